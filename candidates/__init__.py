@@ -1,0 +1,1 @@
+"""Our own model implementations, one subpackage per family."""

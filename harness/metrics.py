@@ -1,0 +1,134 @@
+"""Error metrics between a candidate tensor and its reference, and the tolerance policy.
+
+All metrics are computed in float64 whatever the inputs' dtype, so the measurement never adds
+rounding of its own. A comparison passes when
+
+    max_abs <= atol + rtol * max(|reference|)
+
+i.e. an absolute floor plus an error relative to the tensor's own scale: activations of a deep
+net with random weights reach magnitudes in the hundreds, where a fixed absolute bound would be
+meaningless. Both sides must also agree on where values are NaN/Inf.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+from typing import Mapping, Sequence
+
+import torch
+
+__all__ = ["Tolerance", "Metrics", "DEFAULT_TOLERANCES", "measure", "tolerance_for"]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """``max_abs <= atol + rtol * max|reference|`` passes."""
+
+    atol: float
+    rtol: float
+
+    def __post_init__(self) -> None:
+        for field_name in ("atol", "rtol"):
+            value = getattr(self, field_name)
+            if not isinstance(value, (int, float)) or value < 0 or math.isnan(value):
+                raise ValueError(f"Tolerance.{field_name} must be a number >= 0, got {value!r}")
+
+    def bound(self, reference_absmax: float) -> float:
+        return self.atol + self.rtol * reference_absmax
+
+
+# float64 is tight enough to tell a bug from rounding: an eps change of 1e-6 in one LayerNorm
+# moves outputs by ~1e-6 relative, a million times above float64 rounding through a deep net.
+DEFAULT_TOLERANCES: dict[str, Tolerance] = {
+    "float64": Tolerance(atol=1e-10, rtol=1e-9),
+    "float32": Tolerance(atol=1e-5, rtol=1e-4),
+    "bfloat16": Tolerance(atol=1e-2, rtol=5e-2),
+    "float16": Tolerance(atol=1e-3, rtol=1e-2),
+}
+
+
+def dtype_name(dtype: torch.dtype | str) -> str:
+    name = str(dtype).removeprefix("torch.")
+    if name not in DEFAULT_TOLERANCES:
+        raise ValueError(f"no tolerance policy for dtype {name!r}; expected one of {sorted(DEFAULT_TOLERANCES)}")
+    return name
+
+
+def tolerance_for(
+    dtype: torch.dtype | str,
+    *,
+    module: str | None = None,
+    overrides: Mapping[str, Tolerance] | None = None,
+    module_overrides: Sequence[tuple[str, str | None, Tolerance]] = (),
+) -> Tolerance:
+    """The tolerance for ``dtype``: default, then pair override, then the last matching module rule."""
+    name = dtype_name(dtype)
+    tol = (overrides or {}).get(name, DEFAULT_TOLERANCES[name])
+    if module is not None:
+        for pattern, rule_dtype, rule_tol in module_overrides:
+            if (rule_dtype is None or rule_dtype == name) and re.search(pattern, module):
+                tol = rule_tol
+    return tol
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Error of ``candidate`` against ``reference``."""
+
+    max_abs: float
+    max_rel: float
+    rel_l2: float
+    cosine: float
+    ref_absmax: float
+    nonfinite_mismatch: int = 0
+    shape_mismatch: bool = False
+
+    def passes(self, tol: Tolerance) -> bool:
+        if self.shape_mismatch or self.nonfinite_mismatch:
+            return False
+        return self.max_abs <= tol.bound(self.ref_absmax)
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: _json_float(v) for k, v in asdict(self).items()}
+
+
+def _json_float(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+def measure(candidate: torch.Tensor, reference: torch.Tensor) -> Metrics:
+    """Metrics of ``candidate`` against ``reference`` (same shape, any dtypes, any devices)."""
+    if not isinstance(candidate, torch.Tensor) or not isinstance(reference, torch.Tensor):
+        raise TypeError(
+            f"measure() takes two tensors, got {type(candidate).__name__} and {type(reference).__name__}"
+        )
+    if candidate.shape != reference.shape:
+        nan = float("nan")
+        return Metrics(nan, nan, nan, nan, nan, shape_mismatch=True)
+    a = candidate.detach().to("cpu", torch.float64)
+    b = reference.detach().to("cpu", torch.float64)
+    if a.numel() == 0:
+        return Metrics(0.0, 0.0, 0.0, 1.0, 0.0)
+    finite_a, finite_b = torch.isfinite(a), torch.isfinite(b)
+    # Non-finite values must sit at the same places with the same values (inf == inf, nan ~ nan).
+    same_nonfinite = (~finite_a & ~finite_b) & ((a == b) | (torch.isnan(a) & torch.isnan(b)))
+    nonfinite_mismatch = int(((~finite_a | ~finite_b) & ~same_nonfinite).sum())
+    both = finite_a & finite_b
+    a, b = torch.where(both, a, 0.0), torch.where(both, b, 0.0)
+    diff = (a - b).abs()
+    ref_absmax = float(b.abs().max())
+    max_abs = float(diff.max())
+    # Elementwise relative error, with the denominator floored at 1e-3 of the tensor's scale so
+    # that reference values crossing zero do not turn rounding into an "infinite" error.
+    floor = max(ref_absmax * 1e-3, torch.finfo(torch.float64).tiny)
+    max_rel = float((diff / b.abs().clamp_min(floor)).max())
+    ref_norm = float(b.norm())
+    diff_norm = float(diff.norm())
+    rel_l2 = diff_norm / ref_norm if ref_norm > 0 else (0.0 if diff_norm == 0 else math.inf)
+    na, nb = float(a.norm()), ref_norm
+    cosine = float((a * b).sum()) / (na * nb) if na > 0 and nb > 0 else (1.0 if na == nb else 0.0)
+    return Metrics(max_abs, max_rel, rel_l2, cosine, ref_absmax, nonfinite_mismatch)

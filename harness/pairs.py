@@ -1,0 +1,226 @@
+"""Pairs: a candidate model, its reference, and everything needed to compare them.
+
+A :class:`Pair` is declarative. Definitions live in the ``reference`` package (one module per
+upstream family); the harness discovers them through the ``parity_harness.pairs`` entry-point
+group, so this module imports nothing from ``candidates`` or ``reference``.
+
+Determinism: ``pair.build()`` seeds its own generator, builds the reference, re-draws every
+parameter from that generator (upstream inits such as a 1e-6 layer scale or zero biases would
+hide whole branches from a parity check), converts the reference state dict with the pair's pure
+``convert`` function and loads it strictly into the candidate. The same call gives bitwise the
+same weights on both sides, every time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from harness.metrics import Tolerance
+
+__all__ = ["Call", "Pair", "as_call", "register", "get_pair", "list_pairs", "randomize_"]
+
+StateDict = dict[str, torch.Tensor]
+ENTRY_POINT_GROUP = "parity_harness.pairs"
+
+
+@dataclass(frozen=True)
+class Call:
+    """Positional and keyword arguments of one forward call."""
+
+    args: tuple = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __call__(self, model: nn.Module) -> Any:
+        return model(*self.args, **self.kwargs)
+
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "Call":
+        """Cast floating tensors to ``dtype`` and move every tensor to ``device``."""
+
+        def cast(x: Any) -> Any:
+            if isinstance(x, torch.Tensor):
+                return x.to(device=device, dtype=dtype if (dtype and x.is_floating_point()) else x.dtype)
+            if isinstance(x, (list, tuple)):
+                return type(x)(cast(v) for v in x)
+            if isinstance(x, dict):
+                return {k: cast(v) for k, v in x.items()}
+            return x
+
+        return Call(cast(self.args), cast(dict(self.kwargs)))
+
+
+def as_call(inputs: Any) -> Call:
+    """A tensor, a tuple of positional args, a dict of kwargs, or a Call -> Call."""
+    if isinstance(inputs, Call):
+        return inputs
+    if isinstance(inputs, torch.Tensor):
+        return Call((inputs,))
+    if isinstance(inputs, tuple):
+        return Call(inputs)
+    if isinstance(inputs, dict):
+        return Call((), inputs)
+    raise TypeError(
+        f"inputs must be a Tensor, a tuple of positional args, a dict of kwargs or a harness.Call; "
+        f"got {type(inputs).__name__}"
+    )
+
+
+def randomize_(model: nn.Module, generator: torch.Generator, *, scale: float = 0.2) -> None:
+    """Re-draw every floating parameter of ``model`` in place from ``generator``.
+
+    Matrices and kernels get N(0, 1/fan_in) so activations keep their scale through depth;
+    vectors (biases, norm weights, layer scales, per-channel gains) get ``init + N(0, scale)``
+    so that a norm weight stays near 1 and a 1e-6 layer scale becomes a live branch.
+    Buffers are left alone: they are usually derived constants (RoPE periods, masks).
+    """
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.is_floating_point():
+                continue
+            noise = torch.randn(p.shape, generator=generator, dtype=torch.float64)
+            if p.ndim >= 2:
+                fan_in = p[0].numel()
+                p.copy_(noise / math.sqrt(max(fan_in, 1)))
+            else:
+                p.copy_(p.double() + scale * noise)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A candidate/reference pair and how to compare it.
+
+    Attributes:
+        name: registry name (``convnext_tiny``).
+        candidate: builds our model (random init; weights are overwritten).
+        reference: builds the upstream model, eval mode, eager attention.
+        convert: pure function, reference state dict -> candidate state dict (loaded strictly).
+        make_inputs: ``generator -> inputs`` (tensor, tuple, dict or Call), float32; floating
+            tensors are cast to the requested dtype afterwards.
+        rename: ``(regex, replacement)`` rules mapping candidate module names to reference names.
+        tolerances: per-dtype overrides, e.g. ``{"float32": Tolerance(atol=1e-4, rtol=1e-3)}``.
+        module_tolerances: ``(regex on candidate name, dtype name or None, Tolerance)``.
+        candidate_call / reference_call: ``(model, Call) -> output`` when a side is not called
+            as ``model(*args, **kwargs)`` (e.g. a transformers model wants ``pixel_values=``).
+        candidate_outputs / reference_outputs: ``output -> {name: tensor}``, the final outputs
+            to compare (same keys on both sides); default: every tensor leaf of the output.
+        rerun: regexes of candidate module names whose forward takes the same arguments as
+            its reference twin, so the culprit search may re-run them on reference inputs.
+            ``None`` lets the harness decide per module (plain tensor arguments of equal shapes).
+        randomize: re-draw reference parameters before transfer (see :func:`randomize_`).
+        randomize_fn: a pair-specific re-draw ``(reference, generator) -> None``.
+        tags: free labels, e.g. ``{"nightly"}`` for full-size pairs kept out of the default suite.
+    """
+
+    name: str
+    candidate: Callable[[], nn.Module]
+    reference: Callable[[], nn.Module]
+    convert: Callable[[StateDict], StateDict]
+    make_inputs: Callable[[torch.Generator], Any]
+    rename: Sequence[tuple[str, str]] = ()
+    tolerances: Mapping[str, Tolerance] = field(default_factory=dict)
+    module_tolerances: Sequence[tuple[str, str | None, Tolerance]] = ()
+    candidate_call: Callable[[nn.Module, Call], Any] | None = None
+    reference_call: Callable[[nn.Module, Call], Any] | None = None
+    candidate_outputs: Callable[[Any], Mapping[str, torch.Tensor]] | None = None
+    reference_outputs: Callable[[Any], Mapping[str, torch.Tensor]] | None = None
+    rerun: Sequence[str] | None = None
+    randomize: bool = True
+    randomize_fn: Callable[[nn.Module, torch.Generator], None] | None = None
+    seed: int = 0
+    tags: frozenset[str] = frozenset()
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.name):
+            raise ValueError(f"pair name must be letters, digits, '_', '.', '-'; got {self.name!r}")
+        for pattern, _ in self.rename:
+            re.compile(pattern)
+
+    def build(
+        self, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+    ) -> tuple[nn.Module, nn.Module]:
+        """(candidate, reference) with identical weights, in eval mode, on ``device``/``dtype``."""
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        generator = torch.Generator().manual_seed(self.seed)
+        torch.manual_seed(self.seed)  # upstream constructors draw from the global RNG
+        reference = self.reference()
+        if self.randomize:
+            (self.randomize_fn or randomize_)(reference, generator)
+        candidate = self.candidate()
+        state = self.convert({k: v.detach().clone() for k, v in reference.state_dict().items()})
+        result = candidate.load_state_dict(state, strict=True)
+        assert not result.missing_keys and not result.unexpected_keys, result
+        return (
+            candidate.to(device=device, dtype=dtype).eval(),
+            reference.to(device=device, dtype=dtype).eval(),
+        )
+
+    def inputs(self, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Call:
+        """Seeded, deterministic inputs; floating tensors cast to ``dtype``."""
+        generator = torch.Generator().manual_seed(self.seed + 1)
+        return as_call(self.make_inputs(generator)).to(dtype=dtype, device=device)
+
+    def compare_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`harness.compare` that this pair declares."""
+        return dict(
+            rename=self.rename,
+            tolerances=self.tolerances,
+            module_tolerances=self.module_tolerances,
+            candidate_call=self.candidate_call,
+            reference_call=self.reference_call,
+            candidate_outputs=self.candidate_outputs,
+            reference_outputs=self.reference_outputs,
+            rerun=self.rerun,
+        )
+
+
+_REGISTRY: dict[str, Pair] = {}
+_LOADED = False
+
+
+def register(pair: Pair) -> Pair:
+    """Add ``pair`` to the registry; names are unique."""
+    if not isinstance(pair, Pair):
+        raise TypeError(f"register() takes a harness.Pair, got {type(pair).__name__}")
+    if pair.name in _REGISTRY and _REGISTRY[pair.name] is not pair:
+        raise ValueError(f"a pair named {pair.name!r} is already registered")
+    _REGISTRY[pair.name] = pair
+    return pair
+
+
+def _load_definitions() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        ep.load()
+
+
+def list_pairs(*, tag: str | None = None) -> list[str]:
+    """Names of every registered pair (optionally only those carrying ``tag``), sorted."""
+    _load_definitions()
+    return sorted(n for n, p in _REGISTRY.items() if tag is None or tag in p.tags)
+
+
+def get_pair(name: str) -> Pair:
+    """The registered pair called ``name``; a ValueError names close matches otherwise."""
+    _load_definitions()
+    if not isinstance(name, str):
+        raise TypeError(f"pair name must be a str, got {type(name).__name__}")
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"no pair named {name!r}{hint} (python -m harness list shows all {len(_REGISTRY)})"
+        ) from None

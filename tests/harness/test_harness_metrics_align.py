@@ -1,0 +1,73 @@
+import math
+
+import pytest
+import torch
+
+from harness import Tolerance, measure
+from harness.align import align
+from harness.metrics import tolerance_for
+from harness.trace import Record
+
+
+def test_metrics_values():
+    ref = torch.tensor([1.0, -2.0, 4.0], dtype=torch.float64)
+    cand = ref + torch.tensor([0.0, 0.5, 0.0], dtype=torch.float64)
+    m = measure(cand, ref)
+    assert m.max_abs == 0.5 and m.ref_absmax == 4.0
+    assert m.max_rel == pytest.approx(0.25)
+    assert m.rel_l2 == pytest.approx(0.5 / math.sqrt(21))
+    assert m.cosine == pytest.approx(float(cand @ ref / (cand.norm() * ref.norm())))
+    assert measure(ref, ref).max_abs == 0 and measure(ref, ref).cosine == pytest.approx(1.0)
+
+
+def test_metrics_shape_and_nonfinite_mismatch_fail():
+    assert measure(torch.zeros(2), torch.zeros(3)).shape_mismatch
+    tol = Tolerance(atol=1.0, rtol=1.0)
+    assert not measure(torch.zeros(2), torch.zeros(3)).passes(tol)
+    nan = torch.tensor([float("nan"), 1.0])
+    assert measure(nan, nan.clone()).passes(Tolerance(0, 0))
+    assert not measure(torch.tensor([0.0, 1.0]), nan).passes(tol)
+
+
+def test_tolerance_policy_dtype_pair_and_module_overrides():
+    assert tolerance_for(torch.float64) == Tolerance(atol=1e-10, rtol=1e-9)
+    loose = Tolerance(atol=1e-3, rtol=1e-3)
+    assert tolerance_for("float32", overrides={"float32": loose}) == loose
+    rule = (r"\.attn$", "float64", Tolerance(atol=1e-8, rtol=0))
+    assert tolerance_for(torch.float64, module="blocks.0.attn", module_overrides=[rule]).atol == 1e-8
+    assert tolerance_for(torch.float64, module="blocks.0.mlp", module_overrides=[rule]).atol == 1e-10
+    with pytest.raises(ValueError, match="no tolerance policy for dtype 'int64'"):
+        tolerance_for(torch.int64)
+    with pytest.raises(ValueError, match="atol must be a number >= 0"):
+        Tolerance(atol=-1, rtol=0)
+
+
+def rec(name, i, shape, call=0):
+    return Record(name=name, call=call, start=i, end=i, outputs={"": torch.zeros(shape)})
+
+
+def test_alignment_by_name_rename_and_structure_lists_the_rest():
+    cand = [rec("stem", 0, (1, 4)), rec("blocks.0.qkv", 1, (1, 12)), rec("blocks.0.extra", 2, (1, 4)),
+            rec("blocks.0.proj", 3, (1, 4)), rec("norm", 4, (1, 4))]
+    ref = [rec("stem", 0, (1, 4)), rec("layer.0.q", 1, (1, 4)), rec("layer.0.k", 2, (1, 4)),
+           rec("layer.0.v", 3, (1, 4)), rec("layer.0.out", 4, (1, 4)), rec("final_norm", 5, (1, 4))]
+    result = align(cand, ref, rename=[(r"^norm$", "final_norm")])
+    how = {m.candidate.name: (m.reference.name, m.how) for m in result.matches}
+    assert how["stem"] == ("stem", "name") and how["norm"] == ("final_norm", "rename")
+    # the fused qkv has no shape twin: it stays unmatched, and the rest pairs up in order
+    assert "blocks.0.qkv" not in how
+    assert how["blocks.0.extra"][1] == "structure" and how["blocks.0.proj"][1] == "structure"
+    assert [r.name for r in result.unmatched_candidate] == ["blocks.0.qkv"]
+    assert len(result.unmatched_reference) == 2
+
+
+def test_alignment_keeps_call_indices_apart():
+    cand = [rec("lin", 0, (2,), call=0), rec("lin", 1, (2,), call=1)]
+    ref = [rec("lin", 0, (2,), call=0), rec("lin", 1, (2,), call=1)]
+    result = align(cand, ref)
+    assert [(m.candidate.key, m.reference.key) for m in result.matches] == [("lin#0", "lin#0"), ("lin#1", "lin#1")]
+
+
+def test_alignment_rejects_malformed_rules():
+    with pytest.raises(TypeError, match=r"\(regex, replacement\)"):
+        align([], [], rename=["^a$"])  # type: ignore[list-item]

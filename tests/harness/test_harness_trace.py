@@ -1,0 +1,99 @@
+import pytest
+import torch
+from torch import nn
+
+from harness import Tracer
+from harness.trace import ROOT, TensorSummary, flatten_tensors
+from harness_toys import Net
+
+
+def test_records_every_call_in_completion_order_with_nesting():
+    model = Net(depth=2)
+    with Tracer(model) as tracer:
+        model(torch.randn(2, 5, 8))
+    names = [r.name for r in tracer.records]
+    assert names[:5] == ["blocks.0.norm", "blocks.0.fc1", "blocks.0.act", "blocks.0.fc2", "blocks.0"]
+    assert names[-1] == ROOT and "head" in names
+    by = {r.name: r for r in tracer.records}
+    assert by["blocks.0"].contains(by["blocks.0.fc1"]) and not by["blocks.0"].contains(by["blocks.1.fc1"])
+    assert by["blocks.0.fc1"].inputs["args.0"].shape == (2, 5, 8)
+    assert by["blocks.0.fc1"].outputs[""].shape == (2, 5, 16)
+
+
+def test_module_called_per_frame_gets_call_indices():
+    lin = nn.Linear(3, 3)
+
+    class PerFrame(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = lin
+
+        def forward(self, video):  # (T, N, 3)
+            return torch.stack([self.lin(frame) for frame in video])
+
+    model = PerFrame()
+    with Tracer(model) as tracer:
+        model(torch.randn(3, 2, 3))
+    assert [r.key for r in tracer.records] == ["lin#0", "lin#1", "lin#2", f"{ROOT}#0"]
+
+
+def test_flattens_tuples_dicts_and_kwargs():
+    class Multi(nn.Module):
+        def forward(self, x, *, scale):
+            return {"a": x * scale, "pair": (x, None, [x + 1])}
+
+    model = Multi()
+    with Tracer(model) as tracer:
+        model(torch.ones(2), scale=torch.tensor(3.0))
+    record = tracer.records[0]
+    assert sorted(record.outputs) == ["a", "pair.0", "pair.2.0"]
+    assert sorted(record.inputs) == ["args.0", "kwargs.scale"]
+    assert flatten_tensors(torch.ones(1)) == {"": torch.ones(1)}
+
+
+def test_summary_mode_keeps_statistics_only():
+    model = Net(depth=1)
+    with Tracer(model, mode="summary") as tracer:
+        model(torch.randn(2, 5, 8))
+    leaf = tracer.records[0].outputs[""]
+    assert isinstance(leaf, TensorSummary) and leaf.shape == (2, 5, 8) and leaf.dtype == "float32"
+    assert abs(leaf.mean) < 1 and leaf.nonfinite == 0
+
+
+def test_include_filter_limits_hooked_modules():
+    model = Net(depth=2)
+    with Tracer(model, include=r"fc1$") as tracer:
+        model(torch.randn(2, 5, 8))
+    assert [r.name for r in tracer.records] == ["blocks.0.fc1", "blocks.1.fc1", ROOT]
+
+
+def test_hooks_are_removed_after_an_exception_inside_forward():
+    model = Net(depth=2)
+
+    def boom(_module, _args):
+        raise RuntimeError("boom")
+
+    model.blocks[1].fc2.register_forward_pre_hook(boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        with Tracer(model) as tracer:
+            model(torch.randn(2, 5, 8))
+    assert not tracer.active
+    hooked = [m for m in model.modules() if m._forward_pre_hooks or m._forward_hooks]
+    assert hooked == [model.blocks[1].fc2]  # only the test's own hook remains
+    assert len(model.blocks[1].fc2._forward_pre_hooks) == 1
+
+
+def test_first_module_producing_nan_is_recorded():
+    model = Net(depth=2)
+    with torch.no_grad():
+        model.blocks[1].fc1.weight[0, 0] = float("nan")
+    with Tracer(model) as tracer:
+        model(torch.randn(2, 5, 8))
+    assert tracer.first_nonfinite == "blocks.1.fc1#0"
+
+
+def test_user_errors():
+    with pytest.raises(TypeError, match="nn.Module"):
+        Tracer("model")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'full' or 'summary'"):
+        Tracer(Net(), mode="everything")  # type: ignore[arg-type]
