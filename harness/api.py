@@ -140,8 +140,10 @@ def compare_pair(
         raise TypeError(f"pair must be a registered name or a harness.Pair, got {type(pair).__name__}")
     if candidate is not None and not isinstance(candidate, nn.Module):
         raise TypeError(f"candidate must be an nn.Module, got {type(candidate).__name__}")
-    built_candidate, reference = pair.build(dtype=dtype, device=device)
-    candidate = built_candidate if candidate is None else candidate
+    if candidate is None:
+        candidate, reference = pair.build(dtype=dtype, device=device)
+    else:
+        reference = pair.build_reference(dtype=dtype, device=device)
     call = pair.inputs(dtype=dtype, device=device) if inputs is None else as_call(inputs).to(dtype, device)
     options = pair.compare_options() | overrides
     return compare(candidate, reference, call, dtype=dtype, pair_name=pair.name, **options)

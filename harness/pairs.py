@@ -143,25 +143,36 @@ class Pair:
         for pattern, _ in self.rename:
             re.compile(pattern)
 
+    def build_reference(
+        self, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+    ) -> nn.Module:
+        """The reference alone, with exactly the weights :meth:`build` gives it."""
+        return self._reference().to(device=device, dtype=_check_dtype(dtype)).eval()
+
     def build(
         self, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
     ) -> tuple[nn.Module, nn.Module]:
         """(candidate, reference) with identical weights, in eval mode, on ``device``/``dtype``."""
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-        generator = torch.Generator().manual_seed(self.seed)
-        torch.manual_seed(self.seed)  # upstream constructors draw from the global RNG
-        reference = self.reference()
-        if self.randomize:
-            (self.randomize_fn or randomize_)(reference, generator)
-        candidate = self.candidate()
+        _check_dtype(dtype)
+        reference = self._reference()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            candidate = self.candidate()
         state = self.convert({k: v.detach().clone() for k, v in reference.state_dict().items()})
-        result = candidate.load_state_dict(state, strict=True)
-        assert not result.missing_keys and not result.unexpected_keys, result
+        candidate.load_state_dict(state, strict=True)
         return (
             candidate.to(device=device, dtype=dtype).eval(),
             reference.to(device=device, dtype=dtype).eval(),
         )
+
+    def _reference(self) -> nn.Module:
+        generator = torch.Generator().manual_seed(self.seed)
+        with torch.random.fork_rng(devices=[]):  # upstream constructors draw from the global RNG
+            torch.manual_seed(self.seed)
+            reference = self.reference()
+        if self.randomize:
+            (self.randomize_fn or randomize_)(reference, generator)
+        return reference
 
     def inputs(self, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Call:
         """Seeded, deterministic inputs; floating tensors cast to ``dtype``."""
@@ -180,6 +191,12 @@ class Pair:
             reference_outputs=self.reference_outputs,
             rerun=self.rerun,
         )
+
+
+def _check_dtype(dtype: torch.dtype) -> torch.dtype:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    return dtype
 
 
 _REGISTRY: dict[str, Pair] = {}

@@ -1,0 +1,501 @@
+"""VidEoMT: an encoder-only ViT that segments video, frame by frame, with propagated queries.
+
+Paper: "VidEoMT: Your ViT is Secretly Also a Video Segmentation Model" (TU/e MPS, 2026), built on
+"Your ViT is Secretly an Image Segmentation Model" (EoMT, Kerssies et al., CVPR 2025).
+Upstream: github.com/tue-mps/videomt; references here: ``transformers.VideomtForUniversalSegmentation``
+(DINOv2-style backbone) and ``transformers.EomtDinov3ForUniversalSegmentation`` (DINOv3, RoPE).
+
+The model in one paragraph: frames are patch-embedded (plus CLS and register tokens, plus learned
+position embeddings for the DINOv2 backbone) and run through the first ``depth - num_blocks`` ViT
+layers as a flat batch of frames. The last ``num_blocks`` layers run per frame with ``num_queries``
+query tokens prepended: frame 0 uses the learned queries, frame t > 0 uses
+``query_updater(queries output by frame t-1) + learned queries``. The final norm feeds a class
+head (queries), a mask head (queries) and upscale blocks (patch tokens); mask logits are the
+einsum of both. Per-frame outputs are concatenated frame-major along dim 0, as the reference does.
+
+Deliberate differences from the references:
+
+- Inputs are validated: rank, channels, frame size, ``bool_masked_pos`` dtype/batch/token count
+  (the references reshape whatever they get). Training (labels) is not implemented: passing
+  labels raises instead of computing a loss.
+- 4D input ``(N, C, H, W)`` is N single-frame clips (T=1); the Videomt reference accepts 5D only.
+- Masked attention (EoMT's mask annealing) is inference-only: a query layer uses the predicted
+  mask iff its ``attn_mask_probs`` entry is 1, runs unmasked at 0, and a value in between (a
+  training-time random drop) raises instead of drawing random numbers at inference. The additive
+  mask is 0 / dtype-min; the reference adds 1 / dtype-min, which softmax cannot tell apart.
+- Numerics copied on purpose, so float64 parity is exact: the DINOv2 attention takes its softmax
+  in float32 (the Videomt eager path does), and RoPE patch coordinates are computed in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["VidEoMTConfig", "VidEoMT", "VidEoMTOutput", "videomt_tiny", "videomt_dinov3_tiny",
+           "videomt_small"]
+
+Backbone = Literal["dinov2", "dinov3"]
+_ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
+
+
+@dataclass(frozen=True)
+class VidEoMTConfig:
+    """Architecture of one VidEoMT variant (validated on construction)."""
+
+    backbone: Backbone = "dinov2"
+    hidden_size: int = 32
+    num_layers: int = 3
+    num_heads: int = 2
+    intermediate_size: int = 64
+    patch_size: int = 4
+    image_size: int = 16
+    num_channels: int = 3
+    num_register_tokens: int = 2
+    num_queries: int = 5
+    num_blocks: int = 1
+    num_labels: int = 4
+    num_upscale_blocks: int = 2
+    layer_norm_eps: float = 1e-6
+    hidden_act: str = "gelu"
+    query_bias: bool = True
+    key_bias: bool = True
+    value_bias: bool = True
+    rope_theta: float = 100.0  # DINOv3 only
+    masked_attention: bool = False  # EoMT mask annealing in the query stage (EoMT-DINOv3 does it)
+
+    def __post_init__(self) -> None:
+        if self.backbone not in ("dinov2", "dinov3"):
+            raise ValueError(f"backbone must be 'dinov2' or 'dinov3', got {self.backbone!r}")
+        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "patch_size",
+                     "image_size", "num_channels", "num_queries", "num_blocks", "num_labels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.num_register_tokens < 0 or self.num_upscale_blocks < 0:
+            raise ValueError("num_register_tokens and num_upscale_blocks must be >= 0, got "
+                             f"{self.num_register_tokens} and {self.num_upscale_blocks}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        if self.num_blocks > self.num_layers:
+            raise ValueError(f"num_blocks ({self.num_blocks}) must be <= num_layers ({self.num_layers})")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
+        if self.hidden_act not in _ACTIVATIONS:
+            raise ValueError(f"hidden_act must be one of {sorted(_ACTIVATIONS)}, got {self.hidden_act!r}")
+        if self.backbone == "dinov3" and self.head_dim % 4:
+            raise ValueError(f"2D RoPE needs head_dim divisible by 4, got {self.head_dim}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size**2
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1 + self.num_register_tokens
+
+
+class VidEoMTOutput(NamedTuple):
+    """Per-frame predictions, frames concatenated frame-major along dim 0 (``T * B``)."""
+
+    masks_queries_logits: Tensor  # (T*B, Q, 2^u * Hp, 2^u * Wp) for u upscale blocks
+    class_queries_logits: Tensor  # (T*B, Q, num_labels + 1)
+    last_hidden_state: Tensor  # (T*B, Q + prefix + N, D)
+
+
+# ----------------------------------------------------------------------------- leaf modules
+
+
+class PatchEmbed(nn.Module):
+    """(F, C, H, W) -> (F, N, D) by a stride-``patch`` convolution."""
+
+    def __init__(self, cfg: VidEoMTConfig) -> None:
+        super().__init__()
+        self.projection = nn.Conv2d(cfg.num_channels, cfg.hidden_size, cfg.patch_size, stride=cfg.patch_size)
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        return self.projection(pixels).flatten(2).transpose(1, 2)  # (F, D, h, w) -> (F, N, D)
+
+
+class Embeddings(nn.Module):
+    """Patch tokens (masked where asked, plus learned positions for DINOv2), then CLS + registers."""
+
+    def __init__(self, cfg: VidEoMTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.hidden_size))
+        self.register_tokens = nn.Parameter(torch.zeros(1, cfg.num_register_tokens, cfg.hidden_size))
+        self.patch_embed = PatchEmbed(cfg)
+        if cfg.backbone == "dinov2":  # DINOv3 has neither: positions come from RoPE, no mask token
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.hidden_size))
+            self.position_embeddings = nn.Parameter(torch.zeros(cfg.num_patches, cfg.hidden_size))
+
+    def forward(self, pixel_values: Tensor, bool_masked_pos: Tensor | None = None) -> Tensor:
+        """``(B, T, C, H, W)`` or ``(F, C, H, W)`` -> ``(F, prefix + N, D)`` with ``F = B * T``."""
+        frames = flatten_frames(pixel_values)
+        mask = frame_mask(bool_masked_pos, pixel_values, self.cfg) if bool_masked_pos is not None else None
+        tokens = self.patch_embed(frames)  # (F, N, D)
+        if mask is not None:
+            if not hasattr(self, "mask_token"):
+                raise ValueError("bool_masked_pos needs a mask token; the dinov3 backbone has none")
+            tokens = torch.where(mask.unsqueeze(-1), self.mask_token, tokens)
+        if hasattr(self, "position_embeddings"):
+            tokens = tokens + self.position_embeddings
+        batch = tokens.shape[0]
+        prefix = [self.cls_token.expand(batch, -1, -1), self.register_tokens.expand(batch, -1, -1)]
+        return torch.cat([*prefix, tokens], dim=1)  # (F, 1 + R + N, D)
+
+
+class RotaryEmbedding(nn.Module):
+    """DINOv3 2D RoPE: patch-centre coordinates in [-1, 1] times per-axis frequencies -> (cos, sin)."""
+
+    def __init__(self, cfg: VidEoMTConfig) -> None:
+        super().__init__()
+        self.patch_size = cfg.patch_size
+        # float32 like the reference, then cast with the model, so float64 parity is exact.
+        periods = torch.arange(0, 1, 4 / cfg.head_dim, dtype=torch.float32)
+        self.register_buffer("inv_freq", 1 / cfg.rope_theta**periods, persistent=False)
+
+    def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        h, w = pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
+        ys = torch.arange(0.5, h, dtype=torch.float32, device=pixels.device) / h
+        xs = torch.arange(0.5, w, dtype=torch.float32, device=pixels.device) / w
+        coords = 2.0 * torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).flatten(0, 1) - 1.0  # (N, 2)
+        angles = 2 * math.pi * coords[:, :, None] * self.inv_freq[None, None, :]  # (N, 2, hd/4)
+        angles = angles.flatten(1, 2).tile(2)  # (N, hd)
+        return angles.cos().to(pixels.dtype), angles.sin().to(pixels.dtype)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the trailing patch tokens of ``x`` (B, heads, L, hd); queries/CLS/registers stay."""
+    num_prefix = x.shape[-2] - cos.shape[-2]
+    prefix, patches = x.split((num_prefix, cos.shape[-2]), dim=-2)
+    return torch.cat((prefix, patches * cos + rotate_half(patches) * sin), dim=-2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with split q/k/v projections and optional RoPE."""
+
+    def __init__(self, cfg: VidEoMTConfig) -> None:
+        super().__init__()
+        d = cfg.hidden_size
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.scale = cfg.head_dim**-0.5
+        self.softmax_float32 = cfg.backbone == "dinov2"  # the Videomt eager path's upcast
+        self.q_proj = nn.Linear(d, d, bias=cfg.query_bias)
+        self.k_proj = nn.Linear(d, d, bias=cfg.key_bias)
+        self.v_proj = nn.Linear(d, d, bias=cfg.value_bias)
+        self.out_proj = nn.Linear(d, d)
+
+    def forward(
+        self, x: Tensor, attention_mask: Tensor | None = None,
+        position_embeddings: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        b, n, _ = x.shape
+        q, k, v = (proj(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, L, hd)
+                   for proj in (self.q_proj, self.k_proj, self.v_proj))
+        if position_embeddings is not None:
+            q, k = apply_rope(q, *position_embeddings), apply_rope(k, *position_embeddings)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale  # (B, h, L, L)
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        if self.softmax_float32:
+            weights = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+        else:
+            weights = scores.softmax(dim=-1)
+        out = torch.matmul(weights, v).transpose(1, 2).reshape(b, n, -1)  # (B, L, D)
+        return self.out_proj(out)
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.lambda1 = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.lambda1
+
+
+class Mlp(nn.Module):
+    def __init__(self, cfg: VidEoMTConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.act = _ACTIVATIONS[cfg.hidden_act]()
+        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+# ----------------------------------------------------------------------------- block
+
+
+class Layer(nn.Module):
+    """Pre-norm ViT block with layer scale on both residual branches."""
+
+    def __init__(self, cfg: VidEoMTConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.attention = Attention(cfg)
+        self.layer_scale1 = LayerScale(cfg.hidden_size)
+        self.norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.mlp = Mlp(cfg)
+        self.layer_scale2 = LayerScale(cfg.hidden_size)
+
+    def forward(
+        self, x: Tensor, attention_mask: Tensor | None = None,
+        position_embeddings: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        x = x + self.layer_scale1(self.attention(self.norm1(x), attention_mask, position_embeddings))
+        return x + self.layer_scale2(self.mlp(self.norm2(x)))
+
+
+# ----------------------------------------------------------------------------- heads
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over channels of a (B, C, H, W) map."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ScaleLayer(nn.Module):
+    """2x upsampling: transposed conv, activation, depthwise 3x3, channel LayerNorm."""
+
+    def __init__(self, cfg: VidEoMTConfig) -> None:
+        super().__init__()
+        d = cfg.hidden_size
+        self.conv1 = nn.ConvTranspose2d(d, d, kernel_size=2, stride=2)
+        self.activation = _ACTIVATIONS[cfg.hidden_act]()
+        self.conv2 = nn.Conv2d(d, d, kernel_size=3, padding=1, groups=d, bias=False)
+        self.layernorm2d = LayerNorm2d(d, eps=1e-6)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layernorm2d(self.conv2(self.activation(self.conv1(x))))
+
+
+class ScaleBlock(nn.Module):
+    def __init__(self, cfg: VidEoMTConfig) -> None:
+        super().__init__()
+        self.block = nn.ModuleList(ScaleLayer(cfg) for _ in range(cfg.num_upscale_blocks))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.block:
+            x = layer(x)
+        return x
+
+
+class MaskHead(nn.Module):
+    def __init__(self, cfg: VidEoMTConfig) -> None:
+        super().__init__()
+        d = cfg.hidden_size
+        self.fc1, self.fc2, self.fc3 = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.activation = _ACTIVATIONS[cfg.hidden_act]()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc3(self.activation(self.fc2(self.activation(self.fc1(x)))))
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def flatten_frames(pixel_values: Tensor) -> Tensor:
+    """``(B, T, C, H, W)`` -> ``(B*T, C, H, W)``; 4D passes through; other ranks raise."""
+    if not isinstance(pixel_values, Tensor):
+        raise TypeError(f"pixel_values must be a Tensor, got {type(pixel_values).__name__}")
+    if pixel_values.ndim == 5:
+        return pixel_values.flatten(0, 1)
+    if pixel_values.ndim == 4:
+        return pixel_values
+    raise ValueError(f"pixel_values must be (B, T, C, H, W) or (B*T, C, H, W), got shape {tuple(pixel_values.shape)}")
+
+
+def frame_mask(mask: Tensor, pixel_values: Tensor, cfg: VidEoMTConfig) -> Tensor:
+    """Validate ``bool_masked_pos`` against the input and return it as (frames, N).
+
+    Accepted: for 4D input of F frames, ``(F, N)`` or ``(F, Hp, Wp)``; for 5D input ``(B, T)``,
+    ``(B*T, N)``, ``(B, T, N)`` or ``(B, T, Hp, Wp)``.
+    """
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(f"bool_masked_pos must be a torch.bool tensor, got {got}")
+    hp, wp = pixel_values.shape[-2] // cfg.patch_size, pixel_values.shape[-1] // cfg.patch_size
+    if pixel_values.ndim == 5:
+        b, t = pixel_values.shape[:2]
+        layouts = {2: ((b * t, hp * wp), "(B*T, N)"), 3: ((b, t, hp * wp), "(B, T, N)"),
+                   4: ((b, t, hp, wp), "(B, T, Hp, Wp)")}
+    else:
+        f = pixel_values.shape[0]
+        layouts = {2: ((f, hp * wp), "(F, N)"), 3: ((f, hp, wp), "(F, Hp, Wp)")}
+    if mask.ndim not in layouts:
+        expected = " or ".join(f"{name}={shape}" for shape, name in layouts.values())
+        raise ValueError(f"bool_masked_pos must be {expected} for input {tuple(pixel_values.shape)}, "
+                         f"got rank {mask.ndim} shape {tuple(mask.shape)}")
+    shape, name = layouts[mask.ndim]
+    if mask.shape[0] != shape[0] or (mask.ndim == 4 and mask.shape[1] != shape[1]):
+        raise ValueError(f"bool_masked_pos batch does not match the input: expected {name}={shape}, "
+                         f"got {tuple(mask.shape)}")
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"bool_masked_pos token count does not match the {hp}x{wp} patch grid: "
+                         f"expected {name}={shape}, got {tuple(mask.shape)}")
+    return mask.reshape(-1, hp * wp)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class VidEoMT(nn.Module):
+    """VidEoMT for video (and, at T=1, image) universal segmentation."""
+
+    def __init__(self, cfg: VidEoMTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embeddings = Embeddings(cfg)
+        if cfg.backbone == "dinov3":
+            self.rope_embeddings = RotaryEmbedding(cfg)
+        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
+        self.layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.query = nn.Embedding(cfg.num_queries, cfg.hidden_size)
+        self.query_updater = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.class_predictor = nn.Linear(cfg.hidden_size, cfg.num_labels + 1)
+        self.mask_head = MaskHead(cfg)
+        self.upscale_block = ScaleBlock(cfg)
+        self.register_buffer("attn_mask_probs", torch.ones(cfg.num_blocks))
+
+    def forward(
+        self,
+        pixel_values: Tensor | Sequence[Tensor],
+        *,
+        bool_masked_pos: Tensor | None = None,
+        mask_labels: Sequence[Tensor] | None = None,
+        class_labels: Sequence[Tensor] | None = None,
+        patch_offsets: Sequence[Tensor] | None = None,
+    ) -> VidEoMTOutput:
+        """``(B, T, C, H, W)``, a list of T ``(B, C, H, W)`` frames, or ``(B, C, H, W)`` (T=1)."""
+        pixels = self._check_inputs(pixel_values, mask_labels, class_labels, patch_offsets)
+        b, t = pixels.shape[:2] if pixels.ndim == 5 else (pixels.shape[0], 1)
+        x = self.embeddings(pixels, bool_masked_pos)  # (B*T, prefix + N, D)
+        rope = self.rope_embeddings(flatten_frames(pixels)) if hasattr(self, "rope_embeddings") else None
+        start = self.cfg.num_layers - self.cfg.num_blocks
+        for layer in self.layers[:start]:
+            x = layer(x, position_embeddings=rope)
+        x = x.view(b, t, *x.shape[1:])  # (B, T, L, D)
+
+        outputs, propagated = [], None
+        for frame in range(t):
+            queries = self._frame_queries(propagated, b)  # (B, Q, D)
+            out, hidden = self._query_stage(torch.cat((queries, x[:, frame]), dim=1), rope)
+            outputs.append(out)
+            propagated = hidden[:, : self.cfg.num_queries]
+        return VidEoMTOutput(*(torch.cat(parts, dim=0) for parts in zip(*outputs)))
+
+    def _frame_queries(self, propagated: Tensor | None, batch: int) -> Tensor:
+        """Frame 0: the learned queries; later frames: update of the previous output plus them."""
+        learned = self.query.weight[None]  # (1, Q, D)
+        if propagated is None:
+            return learned.expand(batch, -1, -1)
+        return self.query_updater(propagated) + learned
+
+    def _query_stage(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> tuple[VidEoMTOutput, Tensor]:
+        """The last ``num_blocks`` layers on (B, Q + prefix + N, D), then the heads."""
+        start = self.cfg.num_layers - self.cfg.num_blocks
+        mask = None
+        for i, layer in enumerate(self.layers[start:]):
+            if self.cfg.masked_attention:
+                mask = self._attention_mask(x, float(self.attn_mask_probs[i]))
+            x = layer(x, mask, rope)
+        sequence = self.layernorm(x)
+        masks, classes = self.predict(sequence)
+        return VidEoMTOutput(masks, classes, sequence), x
+
+    def _attention_mask(self, x: Tensor, prob: float) -> Tensor | None:
+        """EoMT masked attention: queries see patch tokens only inside their predicted masks."""
+        if prob == 0.0:
+            return None
+        if prob != 1.0:
+            raise ValueError(f"attn_mask_probs entries must be 0 or 1 at inference, got {prob} "
+                             "(values in between randomly drop masks during training)")
+        masks, _ = self.predict(self.layernorm(x))
+        grid = (self.cfg.grid_size, self.cfg.grid_size)
+        inside = F.interpolate(masks, size=grid, mode="bilinear").flatten(2) > 0  # (B, Q, N)
+        q, start = self.cfg.num_queries, self.cfg.num_queries + self.cfg.num_prefix_tokens
+        allowed = torch.ones(x.shape[0], x.shape[1], x.shape[1], dtype=torch.bool, device=x.device)
+        allowed[:, :q, start:] = inside
+        blocked = torch.zeros_like(allowed, dtype=x.dtype).masked_fill(~allowed, torch.finfo(x.dtype).min)
+        return blocked[:, None]  # (B, 1, L, L), broadcast over heads
+
+    def predict(self, sequence: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, Q + prefix + N, D) -> mask logits (B, Q, H', W') and class logits (B, Q, K+1)."""
+        q = self.cfg.num_queries
+        queries = sequence[:, :q]
+        classes = self.class_predictor(queries)
+        patches = sequence[:, q + self.cfg.num_prefix_tokens:].transpose(1, 2)
+        patches = patches.reshape(patches.shape[0], -1, self.cfg.grid_size, self.cfg.grid_size)  # (B, D, h, w)
+        masks = torch.einsum("bqc,bchw->bqhw", self.mask_head(queries), self.upscale_block(patches))
+        return masks, classes
+
+    def _check_inputs(self, pixel_values, mask_labels, class_labels, patch_offsets) -> Tensor:
+        """Guardrails; returns the input as a tensor, (B, T, C, H, W) or (B, C, H, W)."""
+        if isinstance(pixel_values, (list, tuple)):
+            if not pixel_values or not all(isinstance(f, Tensor) for f in pixel_values):
+                raise TypeError("a list of frames must hold one or more (B, C, H, W) tensors, got "
+                                f"{[type(f).__name__ for f in pixel_values]}")
+            sizes = {tuple(f.shape) for f in pixel_values}
+            if len(sizes) != 1:
+                raise ValueError(f"all frames must have the same size, got frame shapes {sorted(sizes)}")
+            pixel_values = torch.stack(list(pixel_values), dim=1)
+        if not isinstance(pixel_values, Tensor):
+            raise TypeError(f"pixel_values must be a Tensor or a list of frames, got {type(pixel_values).__name__}")
+        is_video = pixel_values.ndim == 5
+        if mask_labels is not None or class_labels is not None:
+            raise ValueError("training labels are not supported: VidEoMT here is inference-only"
+                             + (" (and 5D video training has no reference either)" if is_video else ""))
+        if is_video and patch_offsets is not None:
+            raise ValueError("patch_offsets cannot be combined with 5D video input (B, T, C, H, W): "
+                             "frame-to-patch indexing would be ambiguous")
+        c, h, w = flatten_frames(pixel_values).shape[1:]
+        expected = (self.cfg.num_channels, self.cfg.image_size, self.cfg.image_size)
+        if (c, h, w) != expected:
+            raise ValueError(f"frames must be (C, H, W)={expected} (learned positions and the mask grid "
+                             f"are fixed), got {(c, h, w)}")
+        return pixel_values
+
+
+# ----------------------------------------------------------------------------- factories
+
+
+def videomt_tiny(**overrides) -> VidEoMT:
+    """DINOv2-style, hidden 32, 3 layers (2 in the query stage); for tests."""
+    return VidEoMT(VidEoMTConfig(**{"num_blocks": 2, **overrides}))
+
+
+def videomt_dinov3_tiny(**overrides) -> VidEoMT:
+    """DINOv3-style (RoPE, no key bias, masked attention), hidden 32, 3 layers; for tests."""
+    base = dict(backbone="dinov3", key_bias=False, masked_attention=True, num_blocks=2)
+    return VidEoMT(VidEoMTConfig(**{**base, **overrides}))
+
+
+def videomt_small(**overrides) -> VidEoMT:
+    """ViT-S width (384, 6 heads, 12 layers, 4 query blocks), the released VidEoMT-S shape."""
+    base = dict(hidden_size=384, num_layers=12, num_heads=6, intermediate_size=1536, patch_size=16,
+                image_size=128, num_register_tokens=4, num_queries=20, num_blocks=4, num_labels=40)
+    return VidEoMT(VidEoMTConfig(**{**base, **overrides}))

@@ -1,0 +1,168 @@
+"""VidEoMT pairs: our ``candidates.videomt`` against transformers' Videomt and EoMT-DINOv3.
+
+- ``videomt`` (3-frame clips) and ``videomt_2frames``: DINOv2-style backbone with learned
+  positions, registers and layer scale, against ``VideomtForUniversalSegmentation``. The query
+  layers, final norm and heads run once per frame, so the trace has ``layers.2#0..#2`` etc.
+- ``eomt_dinov3``: single frames, DINOv3-style backbone (RoPE, masked attention in the query
+  stage), against ``EomtDinov3ForUniversalSegmentation``.
+- ``videomt_small`` / ``eomt_dinov3_small`` (nightly): the same at ViT-S width (384, 12 layers).
+
+Adapters pin eval mode and eager attention. ``convert_*`` are pure state-dict functions.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from transformers import (
+    EomtDinov3Config, EomtDinov3ForUniversalSegmentation, VideomtConfig, VideomtForUniversalSegmentation,
+)
+
+from candidates.videomt import VidEoMT, VidEoMTConfig
+from harness import Pair, register
+
+__all__ = ["hf_videomt", "hf_eomt_dinov3", "convert_hf_videomt", "convert_hf_eomt_dinov3"]
+
+StateDict = dict[str, torch.Tensor]
+
+TINY = dict(hidden_size=32, num_layers=3, num_heads=2, intermediate_size=64, patch_size=4, image_size=16,
+            num_register_tokens=2, num_queries=5, num_blocks=2, num_labels=4)
+SMALL = dict(hidden_size=384, num_layers=12, num_heads=6, intermediate_size=1536, patch_size=16,
+             image_size=64, num_register_tokens=4, num_queries=20, num_blocks=4, num_labels=40)
+
+
+def _common_hf(cfg: VidEoMTConfig) -> dict:
+    return dict(
+        hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        image_size=cfg.image_size, patch_size=cfg.patch_size, num_channels=cfg.num_channels,
+        num_register_tokens=cfg.num_register_tokens, num_queries=cfg.num_queries, num_blocks=cfg.num_blocks,
+        num_labels=cfg.num_labels, num_upscale_blocks=cfg.num_upscale_blocks, layer_norm_eps=cfg.layer_norm_eps,
+        hidden_act=cfg.hidden_act, attn_implementation="eager",
+    )
+
+
+def hf_videomt(cfg: VidEoMTConfig) -> VideomtForUniversalSegmentation:
+    """transformers' Videomt with the architecture of ``cfg`` (DINOv2-style), eval, eager."""
+    if cfg.backbone != "dinov2" or cfg.intermediate_size % cfg.hidden_size or cfg.masked_attention:
+        raise ValueError(f"Videomt is DINOv2-style, unmasked, with an integer mlp_ratio; got {cfg}")
+    hf = VideomtConfig(**_common_hf(cfg), mlp_ratio=cfg.intermediate_size // cfg.hidden_size)
+    return VideomtForUniversalSegmentation(hf).eval()
+
+
+def hf_eomt_dinov3(cfg: VidEoMTConfig) -> EomtDinov3ForUniversalSegmentation:
+    """transformers' EoMT-DINOv3 with the architecture of ``cfg``, eval, eager."""
+    if cfg.backbone != "dinov3" or not cfg.masked_attention:
+        raise ValueError(f"EoMT-DINOv3 has the dinov3 backbone and masked attention; got {cfg}")
+    hf = EomtDinov3Config(
+        **_common_hf(cfg), intermediate_size=cfg.intermediate_size, query_bias=cfg.query_bias,
+        key_bias=cfg.key_bias, value_bias=cfg.value_bias,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+    )
+    return EomtDinov3ForUniversalSegmentation(hf).eval()
+
+
+_DROP = ("criterion.",)  # the loss's class weights: no part of inference
+
+
+def convert_hf_videomt(state: StateDict) -> StateDict:
+    """Videomt state dict -> candidate state dict (a rename of the patch and position embeddings)."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith(_DROP):
+            continue
+        key = key.replace("embeddings.patch_embeddings.", "embeddings.patch_embed.")
+        key = key.replace("embeddings.position_embeddings.weight", "embeddings.position_embeddings")
+        out[key] = value
+    return out
+
+
+_DINOV3_RULES = (
+    (r"^embeddings\.patch_embeddings\.", "embeddings.patch_embed.projection."),
+    (r"\.attention\.o_proj\.", ".attention.out_proj."),
+    (r"\.mlp\.up_proj\.", ".mlp.fc1."),
+    (r"\.mlp\.down_proj\.", ".mlp.fc2."),
+)
+
+
+def convert_hf_eomt_dinov3(state: StateDict) -> StateDict:
+    """EoMT-DINOv3 state dict -> candidate state dict; the candidate's query_updater (unused on
+    single frames, absent upstream) gets zeros so the load stays strict."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith(_DROP):
+            continue
+        for pattern, replacement in _DINOV3_RULES:
+            key = re.sub(pattern, replacement, key)
+        out[key] = value
+    d = state["query.weight"].shape[1]
+    dtype = state["query.weight"].dtype
+    out["query_updater.weight"] = torch.zeros(d, d, dtype=dtype)
+    out["query_updater.bias"] = torch.zeros(d, dtype=dtype)
+    return out
+
+
+# Candidate module names -> reference names, where they differ.
+VIDEOMT_RENAME = (
+    (r"^embeddings\.patch_embed", "embeddings.patch_embeddings"),
+    (r"\.mlp\.act$", ".mlp.activation_fn"),
+)
+EOMT_DINOV3_RENAME = (
+    (r"^embeddings\.patch_embed\.projection$", "embeddings.patch_embeddings"),
+    (r"\.attention\.out_proj$", ".attention.o_proj"),
+    (r"\.mlp\.fc1$", ".mlp.up_proj"),
+    (r"\.mlp\.fc2$", ".mlp.down_proj"),
+    (r"\.mlp\.act$", ".mlp.act_fn"),
+)
+
+
+def _outputs(out) -> dict[str, torch.Tensor]:
+    keys = ("class_queries_logits", "masks_queries_logits", "last_hidden_state")
+    return {k: getattr(out, k) for k in keys}
+
+
+def _video(batch: int, frames: int, size: int):
+    return lambda g: torch.randn(batch, frames, 3, size, size, generator=g)
+
+
+def _videomt_pair(name: str, size: dict, frames: int, batch: int, tags=frozenset(), description=""):
+    cfg = VidEoMTConfig(**size)
+    return register(Pair(
+        name=name,
+        candidate=lambda: VidEoMT(cfg),
+        reference=lambda: hf_videomt(cfg),
+        convert=convert_hf_videomt,
+        make_inputs=_video(batch, frames, cfg.image_size),
+        rename=VIDEOMT_RENAME,
+        reference_call=lambda model, call: model(pixel_values_videos=call.args[0]),
+        candidate_outputs=_outputs,
+        reference_outputs=_outputs,
+        tags=frozenset(tags),
+        description=description,
+    ))
+
+
+def _eomt_dinov3_pair(name: str, size: dict, batch: int, tags=frozenset(), description=""):
+    cfg = VidEoMTConfig(**size, backbone="dinov3", key_bias=False, masked_attention=True)
+    return register(Pair(
+        name=name,
+        candidate=lambda: VidEoMT(cfg),
+        reference=lambda: hf_eomt_dinov3(cfg),
+        convert=convert_hf_eomt_dinov3,
+        make_inputs=lambda g: torch.randn(batch, 3, cfg.image_size, cfg.image_size, generator=g),
+        rename=EOMT_DINOV3_RENAME,
+        reference_call=lambda model, call: model(pixel_values=call.args[0]),
+        candidate_outputs=_outputs,
+        reference_outputs=_outputs,
+        tags=frozenset(tags),
+        description=description,
+    ))
+
+
+_videomt_pair("videomt", TINY, frames=3, batch=2, description="VidEoMT (DINOv2) vs transformers Videomt, 3 frames")
+_videomt_pair("videomt_2frames", TINY, frames=2, batch=2, description="VidEoMT (DINOv2) vs Videomt, 2 frames")
+_eomt_dinov3_pair("eomt_dinov3", TINY, batch=2, description="VidEoMT (DINOv3, RoPE) vs EoMT-DINOv3, one frame")
+_videomt_pair("videomt_small", SMALL, frames=3, batch=1, tags={"nightly"},
+              description="VidEoMT ViT-S width vs Videomt, 3 frames")
+_eomt_dinov3_pair("eomt_dinov3_small", SMALL, batch=1, tags={"nightly"},
+                  description="VidEoMT-DINOv3 ViT-S width vs EoMT-DINOv3")

@@ -1,0 +1,120 @@
+"""VidEoMT unit tests: output layout, temporal propagation, masked attention, guardrails."""
+
+import pytest
+import torch
+
+from candidates.videomt import VidEoMT, VidEoMTConfig, videomt_dinov3_tiny, videomt_tiny
+from harness import randomize_
+
+
+def _model(factory=videomt_tiny, seed=0, **overrides) -> VidEoMT:
+    torch.manual_seed(seed)  # default inits draw from the global RNG; randomize_ adds to them
+    model = factory(**overrides).double().eval()
+    randomize_(model, torch.Generator().manual_seed(seed))
+    return model
+
+
+def _video(b=2, t=3, size=16, seed=1):
+    return torch.randn(b, t, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("factory", [videomt_tiny, videomt_dinov3_tiny])
+def test_videomt_output_layout_is_frame_major(factory):
+    model, video = _model(factory), _video()
+    with torch.no_grad():
+        out = model(video)
+        first = model(video[:, :1])
+    b, t = video.shape[:2]
+    q, hw = model.cfg.num_queries, 4 * model.cfg.grid_size
+    assert out.masks_queries_logits.shape == (t * b, q, hw, hw)
+    assert out.class_queries_logits.shape == (t * b, q, model.cfg.num_labels + 1)
+    assert out.last_hidden_state.shape == (t * b, q + model.cfg.num_prefix_tokens + model.cfg.num_patches, 32)
+    for got, want in zip(out, first):  # rows [0, B) are frame 0 of every clip
+        # equal up to float64 rounding: the pre-query layers see 6 frames vs 2 (other matmul blocking)
+        torch.testing.assert_close(got[:b], want, rtol=1e-12, atol=1e-12)
+
+
+def test_videomt_later_frames_use_propagated_queries():
+    """Frame 1 of a clip is not frame 1 run alone: its queries come from frame 0."""
+    model, video = _model(), _video()
+    with torch.no_grad():
+        joint = model(video).class_queries_logits[2:4]
+        alone = model(video[:, 1:2]).class_queries_logits
+    assert (joint - alone).abs().max() > 1e-3
+
+
+def test_videomt_list_of_frames_equals_5d():
+    model, video = _model(), _video()
+    with torch.no_grad():
+        a, b = model(video), model(list(video.unbind(1)))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_videomt_dinov3_masked_attention_is_live_and_probs_zero_disable_it():
+    masked, video = _model(videomt_dinov3_tiny), _video(t=1)
+    unmasked = _model(videomt_dinov3_tiny, masked_attention=False)
+    with torch.no_grad():
+        a, b = masked(video).masks_queries_logits, unmasked(video).masks_queries_logits
+        assert (a - b).abs().max() > 1e-6
+        masked.attn_mask_probs.zero_()
+        assert torch.equal(masked(video).masks_queries_logits, b)
+
+
+def test_videomt_fractional_attn_mask_prob_raises():
+    model = _model(videomt_dinov3_tiny)
+    model.attn_mask_probs[0] = 0.5
+    with pytest.raises(ValueError, match=r"attn_mask_probs entries must be 0 or 1 at inference, got 0.5"):
+        model(_video(t=1))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(mask_labels=[torch.zeros(1, 16, 16)]), "training labels are not supported"),
+    (dict(class_labels=[torch.zeros(1, dtype=torch.long)]), "training labels are not supported"),
+    (dict(patch_offsets=[torch.zeros(4)]), "patch_offsets cannot be combined with 5D video input"),
+])
+def test_videomt_5d_guardrails(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _model()(_video(), **kwargs)
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 16), (1, 2, 2, 3, 16, 16)])
+def test_videomt_wrong_rank_raises(shape):
+    with pytest.raises(ValueError, match=r"pixel_values must be \(B, T, C, H, W\) or \(B\*T, C, H, W\), got shape"):
+        _model()(torch.zeros(shape, dtype=torch.float64))
+
+
+def test_videomt_frames_of_different_sizes_raise():
+    frames = [torch.zeros(2, 3, 16, 16), torch.zeros(2, 3, 12, 12)]
+    with pytest.raises(ValueError, match=r"all frames must have the same size, got frame shapes"):
+        _model()(frames)
+
+
+def test_videomt_frame_size_must_match_config():
+    with pytest.raises(ValueError, match=r"frames must be \(C, H, W\)=\(3, 16, 16\) .* got \(3, 12, 12\)"):
+        _model()(torch.zeros(1, 2, 3, 12, 12, dtype=torch.float64))
+
+
+def test_videomt_pixel_values_type_checked():
+    with pytest.raises(TypeError, match="pixel_values must be a Tensor or a list of frames, got ndarray"):
+        _model()(_video().numpy())
+    with pytest.raises(TypeError, match=r"a list of frames must hold one or more \(B, C, H, W\) tensors, got \[\]"):
+        _model()([])
+
+
+def test_videomt_dinov3_rejects_bool_masked_pos():
+    with pytest.raises(ValueError, match="the dinov3 backbone has none"):
+        _model(videomt_dinov3_tiny)(_video(), bool_masked_pos=torch.zeros(2, 3, 16, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(backbone="vit"), "backbone must be 'dinov2' or 'dinov3', got 'vit'"),
+    (dict(num_heads=3), r"hidden_size \(32\) must be divisible by num_heads \(3\)"),
+    (dict(num_blocks=4), r"num_blocks \(4\) must be <= num_layers \(3\)"),
+    (dict(image_size=18), r"image_size \(18\) must be a multiple of patch_size \(4\)"),
+    (dict(hidden_act="tanh"), "hidden_act must be one of"),
+    (dict(backbone="dinov3", hidden_size=24, num_heads=4), "2D RoPE needs head_dim divisible by 4, got 6"),
+    (dict(num_layers=0), "num_layers must be a positive int, got 0"),
+])
+def test_videomt_config_validation(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        VidEoMTConfig(**overrides)
