@@ -91,3 +91,11 @@ def test_different_output_structures_need_output_functions():
 
     with pytest.raises(ValueError, match="final outputs differ in structure"):
         harness.compare(Tup(), Net(depth=1), torch.zeros(1, 5, 8))
+
+
+def test_parity_toy_extra_identity_on_one_side_is_listed_not_fatal():
+    candidate, reference = TOY.build(dtype=torch.float64)
+    extended = Net(extra_identity=True).double().eval()
+    extended.load_state_dict(candidate.state_dict())
+    report = harness.compare(extended, reference, TOY.inputs(dtype=torch.float64))
+    assert report.passed and report.unmatched_candidate == ["pre#0"] and not report.unmatched_reference

@@ -1,0 +1,423 @@
+"""Resampler checkpoints that carry their own configuration.
+
+The failure this module makes impossible: a resampler trained with ``hidden_dim=1024,
+expand=1.75`` is rebuilt for evaluation from defaults (``1536, 2.0``) and dies on a size
+mismatch, or worse, loads something half-right. Three layers, each reported per field:
+
+1. **Metadata.** :func:`save_checkpoint` writes ``NAME.safetensors`` and ``NAME.metadata.json``
+   holding the complete :class:`ResamplerConfig`, the library versions and the SHA-256 of the
+   weights file. Both files are written atomically (temp file in the same folder, then
+   ``os.replace``); the hash ties them together, so a stale or torn pair is an error.
+2. **Inference from weight shapes** for checkpoints without metadata (``hidden_dim`` from the
+   rows of ``input_proj.weight``, ``expand`` from the mixer's ``in_proj.weight`` rows /
+   (2 * hidden_dim), ``d_state``/``d_conv``/``dt_rank``/``depth`` from their tensors). Metadata
+   is checked against it: a contradiction is an error naming field, both values and the tensor.
+3. **Defaults** (a preset or a user config) only for fields that neither layer determines.
+
+Legacy ``.pth``/``.pt``/``.ckpt`` files are read with ``torch.load(weights_only=True)`` only, so
+a pickle that would execute code is refused. ``python -m harness add-metadata CKPT`` (see
+``reference/resampler_commands.py``) writes the metadata for such files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import pickle
+import platform
+import re
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, Mapping
+
+import safetensors
+import safetensors.torch
+import torch
+
+from candidates.resampler.resampler import BiMambaResampler, ResamplerConfig
+
+__all__ = [
+    "CheckpointError", "FieldSource", "LoadedCheckpoint", "metadata_path", "read_weights",
+    "infer_config", "resolve_config", "save_checkpoint", "load_checkpoint", "load_weights_into",
+    "write_metadata",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "bimamba-resampler-checkpoint"
+FORMAT_VERSION = 1
+PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+StateDict = dict[str, torch.Tensor]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit; the message names the file."""
+
+
+@dataclass(frozen=True)
+class FieldSource:
+    """Where one config field came from: ``metadata``, ``weights`` (with the tensor) or ``defaults``."""
+
+    kind: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind} ({self.detail})" if self.detail else self.kind
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A model rebuilt from a checkpoint, its config and the source of every config field."""
+
+    model: BiMambaResampler
+    config: ResamplerConfig
+    sources: Mapping[str, FieldSource]
+    path: Path
+
+    def describe(self) -> str:
+        lines = [f"loaded {self.path}"]
+        lines += [f"  {name:<10} = {getattr(self.config, name)!r:<12} <- {self.sources[name]}"
+                  for name in ResamplerConfig.field_names()]
+        return "\n".join(lines)
+
+
+def metadata_path(weights: str | os.PathLike) -> Path:
+    """``run/final.safetensors`` -> ``run/final.metadata.json``."""
+    weights = Path(weights)
+    return weights.with_name(f"{weights.stem}.metadata.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and writing files
+# ---------------------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    return path.read_bytes()
+
+
+def _parse_weights(path: Path, data: bytes) -> StateDict:
+    """Tensors of a ``.safetensors`` file or a weights-only pickle; errors name the file."""
+    if path.suffix == ".safetensors":
+        try:
+            return dict(safetensors.torch.load(data))
+        except Exception as exc:  # safetensors raises its own SafetensorError for bad headers
+            raise CheckpointError(
+                f"{path}: not a readable safetensors file ({len(data)} bytes; truncated or corrupted?): {exc}"
+            ) from exc
+    if path.suffix not in PICKLE_SUFFIXES:
+        raise CheckpointError(f"{path}: unknown checkpoint type {path.suffix!r}; expected .safetensors or one of {PICKLE_SUFFIXES}")
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused to unpickle: the file holds objects other than tensors and plain "
+            f"containers, and only torch.load(weights_only=True) is allowed (it may try to run code). "
+            f"Re-save its state dict as safetensors from a trusted environment. Details: {exc}"
+        ) from exc
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupted?): {exc}") from exc
+    return _state_dict_of(path, obj)
+
+
+def _state_dict_of(path: Path, obj: Any) -> StateDict:
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]  # Lightning-style {"state_dict": ..., "epoch": ...}
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a dict of tensors (a state dict), got {type(obj).__name__}")
+    return {str(k): v for k, v in obj.items()}
+
+
+def read_weights(path: str | os.PathLike) -> StateDict:
+    """The state dict stored in ``path`` (safetensors, or a weights-only pickle)."""
+    path = Path(path)
+    return _parse_weights(path, _read_bytes(path))
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "safetensors": safetensors.__version__}
+    try:
+        versions["parity-harness"] = importlib_metadata.version("parity-harness")
+    except importlib_metadata.PackageNotFoundError:
+        versions["parity-harness"] = "unknown"
+    return versions
+
+
+def _metadata_document(config: ResamplerConfig, weights: Path, digest: str, origin: str,
+                       sources: Mapping[str, FieldSource] | None = None) -> bytes:
+    document = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "config_sources": {k: str(v) for k, v in (sources or {}).items()},
+        "weights": {"file": weights.name, "sha256": digest},
+        "versions": _versions(),
+        "written_by": origin,
+    }
+    return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _read_metadata(path: Path, weights: Path, digest: str) -> dict[str, Any] | None:
+    """The ``config`` mapping of the metadata next to ``weights``, or None when there is none."""
+    if not path.exists():
+        return None
+    try:
+        document = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: metadata is not valid JSON (truncated or corrupted?): {exc}") from exc
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not resampler checkpoint metadata (expected \"format\": {FORMAT!r})")
+    if document.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {document.get('format_version')!r}, this code reads {FORMAT_VERSION}")
+    recorded = (document.get("weights") or {}).get("sha256")
+    if recorded != digest:
+        raise CheckpointError(
+            f"{path} was written for weights with sha256 {recorded}, but {weights} has sha256 {digest}: "
+            f"the weights were changed, corrupted or replaced after the metadata was written. "
+            f"If the weights are right, rewrite it with: python -m harness add-metadata {weights} --force"
+        )
+    config = document.get("config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: \"config\" must be an object, got {type(config).__name__}")
+    unknown = sorted(set(config) - set(ResamplerConfig.field_names()))
+    if unknown:
+        raise CheckpointError(f"{path}: unknown config fields {unknown}; expected a subset of {ResamplerConfig.field_names()}")
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer 2: the configuration implied by the weights
+# ---------------------------------------------------------------------------------------------
+
+_MIXER = "blocks.0.forward_block"
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "(" + ", ".join(str(d) for d in t.shape) + ")"
+
+
+def infer_config(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[Any, str]]:
+    """Config fields implied by tensor shapes: ``{field: (value, "tensor (shape)")}``.
+
+    Fields the weights do not determine (``norm_eps``, ``preset``; the mixer fields when
+    ``depth == 0``) are absent.
+    """
+    found: dict[str, tuple[Any, str]] = {}
+
+    def tensor(key: str, ndim: int) -> torch.Tensor | None:
+        t = state.get(key)
+        if t is not None and t.ndim != ndim:
+            raise ValueError(f"tensor {key} should have {ndim} dims, has shape {_shape(t)}")
+        return t
+
+    if (w := tensor("input_proj.weight", 2)) is not None:
+        found["hidden_dim"] = (int(w.shape[0]), f"input_proj.weight {_shape(w)}")
+        found["vision_dim"] = (int(w.shape[1]), f"input_proj.weight {_shape(w)}")
+    if (w := tensor("output_proj.weight", 2)) is not None:
+        found["out_dim"] = (int(w.shape[0]), f"output_proj.weight {_shape(w)}")
+    indices = sorted({int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))})
+    if indices != list(range(len(indices))):
+        raise ValueError(f"block indices must be 0..n-1, found {indices}")
+    if "input_proj.weight" in state:  # only count blocks of something that is a resampler at all
+        found["depth"] = (len(indices), f"blocks.* ({len(indices)} distinct indices)")
+    if (w := tensor(f"{_MIXER}.in_proj.weight", 2)) is not None:
+        if w.shape[0] % 2:
+            raise ValueError(f"tensor {_MIXER}.in_proj.weight {_shape(w)} should have an even row count (signal + gate)")
+        d_inner, hidden = w.shape[0] // 2, int(w.shape[1])
+        found["expand"] = (d_inner / hidden, f"{_MIXER}.in_proj.weight {_shape(w)}: {d_inner} / {hidden}")
+        found["bias"] = (f"{_MIXER}.in_proj.bias" in state, f"{_MIXER}.in_proj.bias present?")
+    if (w := tensor(f"{_MIXER}.A_log", 2)) is not None:
+        found["d_state"] = (int(w.shape[1]), f"{_MIXER}.A_log {_shape(w)}")
+    if (w := tensor(f"{_MIXER}.conv1d.weight", 3)) is not None:
+        found["d_conv"] = (int(w.shape[2]), f"{_MIXER}.conv1d.weight {_shape(w)}")
+        found["conv_bias"] = (f"{_MIXER}.conv1d.bias" in state, f"{_MIXER}.conv1d.bias present?")
+    if (w := tensor(f"{_MIXER}.dt_proj.weight", 2)) is not None:
+        found["dt_rank"] = (int(w.shape[1]), f"{_MIXER}.dt_proj.weight {_shape(w)}")
+    return found
+
+
+def _same(field: str, a: Any, b: Any) -> bool:
+    if field == "expand":  # a ratio read back from shapes may differ from the written one by rounding
+        return abs(float(a) - float(b)) <= 1e-9 * max(abs(float(a)), abs(float(b)))
+    return a == b
+
+
+def resolve_config(
+    metadata: Mapping[str, Any] | None,
+    inferred: Mapping[str, tuple[Any, str]],
+    defaults: ResamplerConfig,
+    *,
+    where: str = "checkpoint",
+) -> tuple[ResamplerConfig, dict[str, FieldSource]]:
+    """Per field: metadata, else the weights, else ``defaults``; metadata must agree with the weights."""
+    metadata = metadata or {}
+    contradictions = [
+        f"  {field}: metadata says {metadata[field]!r}, but tensor {tensor} implies {value!r}"
+        for field, (value, tensor) in inferred.items()
+        if field in metadata and not _same(field, metadata[field], value)
+    ]
+    if contradictions:
+        raise CheckpointError(
+            f"{where}: the metadata contradicts the weights; refusing to guess which is right:\n"
+            + "\n".join(contradictions)
+            + "\nFix the metadata, or rewrite it from the weights with: python -m harness add-metadata WEIGHTS --force"
+        )
+    values: dict[str, Any] = {}
+    sources: dict[str, FieldSource] = {}
+    for field in ResamplerConfig.field_names():
+        if field in metadata:
+            values[field], sources[field] = metadata[field], FieldSource("metadata")
+        elif field in inferred:
+            values[field], sources[field] = inferred[field][0], FieldSource("weights", inferred[field][1])
+        else:
+            values[field], sources[field] = getattr(defaults, field), FieldSource("defaults")
+    try:
+        return ResamplerConfig(**values), sources
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: the resolved config is invalid: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading weights into a model
+# ---------------------------------------------------------------------------------------------
+
+
+def _fit_report(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Every key whose presence or shape differs between ``model`` and ``state``."""
+    expected = model.state_dict()
+    problems = [
+        f"  {key}: checkpoint {_shape(state[key])} vs model {_shape(expected[key])}"
+        for key in expected if key in state and state[key].shape != expected[key].shape
+    ]
+    problems += [f"  {key}: missing from checkpoint (model {_shape(expected[key])})" for key in expected if key not in state]
+    problems += [f"  {key}: unexpected in checkpoint {_shape(state[key])}" for key in state if key not in expected]
+    return problems
+
+
+def _skeleton(config: ResamplerConfig) -> BiMambaResampler:
+    """A model with parameters on the meta device: shapes only, filled by ``load_state_dict(assign=True)``."""
+    with torch.device("meta"):
+        return BiMambaResampler(config)
+
+
+def load_weights_into(model: BiMambaResampler, path: str | os.PathLike) -> None:
+    """Load ``path`` into an existing ``model``, strictly and bitwise (dtypes kept as stored).
+
+    A mismatch raises one error listing every offending key with both shapes, and the config
+    that would fit the checkpoint.
+    """
+    path = Path(path)
+    state = read_weights(path)
+    problems = _fit_report(model, state)
+    if problems:
+        try:
+            fitting, _ = resolve_config(None, infer_config(state), model.config, where=str(path))
+            hint = f"A model that fits: BiMambaResampler({fitting!r}), or use load_checkpoint({str(path)!r})."
+        except ValueError as exc:
+            hint = f"No config fits these weights: {exc}"
+        raise CheckpointError(
+            f"{path} does not fit the model built with {model.config!r}: {len(problems)} mismatched keys\n"
+            + "\n".join(problems) + "\n" + hint
+        )
+    model.load_state_dict(state, strict=True, assign=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+# ---------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(model: BiMambaResampler, path: str | os.PathLike) -> Path:
+    """Write ``path`` (``.safetensors``) and its metadata JSON atomically; returns the metadata path."""
+    path = Path(path)
+    if not isinstance(model, BiMambaResampler):
+        raise TypeError(f"save_checkpoint takes a BiMambaResampler, got {type(model).__name__}")
+    if path.suffix != ".safetensors":
+        raise ValueError(f"checkpoints are saved as .safetensors, got {path.name!r}")
+    data = safetensors.torch.save({k: v.detach().contiguous() for k, v in model.state_dict().items()})
+    digest = hashlib.sha256(data).hexdigest()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Weights first: if we die in between, the old metadata's hash no longer matches, and the
+    # load fails loudly instead of pairing new weights with an old config.
+    _atomic_write(path, data)
+    meta = metadata_path(path)
+    _atomic_write(meta, _metadata_document(model.config, path, digest, "save_checkpoint"))
+    return meta
+
+
+def load_checkpoint(path: str | os.PathLike, *, defaults: ResamplerConfig | None = None) -> LoadedCheckpoint:
+    """Rebuild the resampler stored at ``path``: metadata -> weight shapes -> ``defaults``.
+
+    Returns the model (eval mode, weights and dtypes bitwise as stored), its config, and the
+    source of every config field (also logged at INFO).
+    """
+    path = Path(path)
+    defaults = ResamplerConfig() if defaults is None else defaults
+    if not isinstance(defaults, ResamplerConfig):
+        raise TypeError(f"defaults must be a ResamplerConfig, got {type(defaults).__name__}")
+    data = _read_bytes(path)
+    state = _parse_weights(path, data)
+    meta = _read_metadata(metadata_path(path), path, hashlib.sha256(data).hexdigest())
+    try:
+        inferred = infer_config(state)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    config, sources = resolve_config(meta, inferred, defaults, where=str(path))
+    model = _skeleton(config)
+    problems = _fit_report(model, state)
+    if problems:
+        raise CheckpointError(
+            f"{path}: weights do not fit the resolved config {config!r}: {len(problems)} mismatched keys\n"
+            + "\n".join(problems)
+        )
+    model.load_state_dict(state, strict=True, assign=True)
+    loaded = LoadedCheckpoint(model.eval(), config, sources, path)
+    logger.info("%s", loaded.describe())
+    return loaded
+
+
+def write_metadata(
+    path: str | os.PathLike, *, defaults: ResamplerConfig | None = None, force: bool = False
+) -> tuple[Path, ResamplerConfig, dict[str, FieldSource]]:
+    """Write the metadata of a legacy checkpoint, inferred from its weights (``add-metadata``).
+
+    Fields the weights do not determine come from ``defaults``; every source is recorded in the
+    file. Existing metadata is kept unless ``force``.
+    """
+    path = Path(path)
+    meta = metadata_path(path)
+    if meta.exists() and not force:
+        raise CheckpointError(f"{meta} already exists; pass force=True (--force) to rewrite it from the weights")
+    data = _read_bytes(path)
+    state = _parse_weights(path, data)
+    try:
+        inferred = infer_config(state)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    config, sources = resolve_config(None, inferred, defaults or ResamplerConfig(), where=str(path))
+    problems = _fit_report(_skeleton(config), state)
+    if problems:
+        raise CheckpointError(f"{path}: weights do not form a resampler of {config!r}:\n" + "\n".join(problems))
+    _atomic_write(meta, _metadata_document(config, path, hashlib.sha256(data).hexdigest(), "add-metadata", sources))
+    return meta, config, sources

@@ -1,0 +1,134 @@
+"""Mamba selective-scan mixer, in plain PyTorch.
+
+Paper: Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces" (2023),
+https://arxiv.org/abs/2312.00752, Algorithm 2 (S6).
+Upstream twin: ``transformers.models.mamba.modeling_mamba.MambaMixer`` (its pure-PyTorch path);
+submodule and parameter names follow it (``in_proj``, ``conv1d``, ``act``, ``x_proj``,
+``dt_proj``, ``A_log``, ``D``, ``out_proj``) so a state dict moves over unchanged.
+
+Deliberate differences from the upstream pure-PyTorch path:
+
+* ``conv1d``, ``act`` and ``dt_proj`` are *called* as modules (upstream only reads their
+  weights inside functional helpers); they show in our trace but have no upstream twin, so an
+  error made in them is localized to the mixer as a whole.
+* The scan runs in the input dtype, promoted to at least float32. Upstream casts
+  ``A``, ``D``, the step bias, ``B`` and the input to float32 with ``.float()``, which silently
+  rounds a float64 run to float32 precision; ours stays float64 end to end.
+* The recurrence is one fused ``addcmul`` per token, and the readout ``C_t . h_t`` is a single
+  batched contraction after the loop (upstream does a matmul per token).
+* No cache / single-token decoding path: the resampler always sees whole token sequences.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["MambaMixer", "selective_scan"]
+
+
+def selective_scan(
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor
+) -> torch.Tensor:
+    """The S6 recurrence over the sequence, from a zero state.
+
+    ``h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t * x_t`` and ``y_t = C_t . h_t`` (per channel).
+
+    Args:
+        x, dt: ``(batch, length, d_inner)``; ``dt`` already positive (after softplus).
+        A: ``(d_inner, d_state)``, negative.
+        B, C: ``(batch, length, d_state)``.
+
+    Returns:
+        ``(batch, length, d_inner)``.
+    """
+    dtype = x.dtype
+    compute = torch.promote_types(dtype, torch.float32)  # half-precision runs scan in float32
+    A = A.to(compute)
+    # Time-major layout so that each step reads one contiguous slab.
+    x, dt, B, C = (t.to(compute).transpose(0, 1) for t in (x, dt, B, C))  # (length, batch, ...)
+    decay = torch.exp(dt.unsqueeze(-1) * A)  # (length, batch, d_inner, d_state)
+    drive = (dt * x).unsqueeze(-1) * B.unsqueeze(-2)  # (length, batch, d_inner, d_state)
+    state = torch.zeros_like(drive[0])
+    states = []
+    for decay_t, drive_t in zip(decay, drive):
+        state = torch.addcmul(drive_t, decay_t, state)
+        states.append(state)
+    states = torch.stack(states)  # (length, batch, d_inner, d_state)
+    y = torch.einsum("lben,lbn->lbe", states, C)  # (length, batch, d_inner): C_t . h_t
+    return y.transpose(0, 1).to(dtype)
+
+
+class MambaMixer(nn.Module):
+    """Gated selective state-space mixer over a token sequence ``(batch, length, hidden_dim)``.
+
+    ``in_proj`` splits into a signal and a gate; the signal runs through a causal depthwise
+    ``conv1d`` and ``act``; ``x_proj`` makes the input-dependent step ``dt`` (low rank, lifted
+    by ``dt_proj``), ``B`` and ``C``; the selective scan mixes tokens; ``D`` is the skip; the
+    SiLU of the gate multiplies the result; ``out_proj`` maps back to ``hidden_dim``.
+    """
+
+    def __init__(
+        self,
+        hidden_dim: int,
+        *,
+        d_inner: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        dt_rank: int | None = None,
+        bias: bool = False,
+        conv_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value in (("hidden_dim", hidden_dim), ("d_inner", d_inner), ("d_state", d_state), ("d_conv", d_conv)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"MambaMixer: {name} must be a positive int, got {value!r}")
+        dt_rank = math.ceil(hidden_dim / 16) if dt_rank is None else dt_rank
+        if not isinstance(dt_rank, int) or dt_rank < 1:
+            raise ValueError(f"MambaMixer: dt_rank must be a positive int or None (auto), got {dt_rank!r}")
+        self.hidden_dim, self.d_inner, self.d_state, self.d_conv, self.dt_rank = (
+            hidden_dim, d_inner, d_state, d_conv, dt_rank
+        )
+        self.in_proj = nn.Linear(hidden_dim, 2 * d_inner, bias=bias)
+        # Left-padded by d_conv - 1 and cut back to the input length in forward: a causal conv.
+        self.conv1d = nn.Conv1d(
+            d_inner, d_inner, kernel_size=d_conv, groups=d_inner, padding=d_conv - 1, bias=conv_bias
+        )
+        self.act = nn.SiLU()
+        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
+        self.A_log = nn.Parameter(torch.empty(d_inner, d_state))
+        self.D = nn.Parameter(torch.empty(d_inner))
+        self.out_proj = nn.Linear(d_inner, hidden_dim, bias=bias)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self, *, dt_min: float = 1e-3, dt_max: float = 1e-1) -> None:
+        """S4D-real ``A = -(1..d_state)``, unit skip ``D``, and step sizes log-uniform in [dt_min, dt_max]."""
+        self.A_log.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).expand_as(self.A_log))
+        self.D.fill_(1.0)
+        nn.init.uniform_(self.dt_proj.weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
+        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if hidden_states.ndim != 3 or hidden_states.shape[-1] != self.hidden_dim:
+            raise ValueError(
+                f"MambaMixer expects (batch, length, {self.hidden_dim}), got {tuple(hidden_states.shape)}"
+            )
+        length = hidden_states.shape[1]
+        x, gate = self.in_proj(hidden_states).chunk(2, dim=-1)  # (batch, length, d_inner) each
+        x = self.conv1d(x.transpose(1, 2))[..., :length]  # (batch, d_inner, length), causal
+        x = self.act(x).transpose(1, 2)  # (batch, length, d_inner)
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(self.dt_proj(dt))  # (batch, length, d_inner), positive step sizes
+        A = -torch.exp(self.A_log)  # (d_inner, d_state), negative: every mode decays
+        y = selective_scan(x, dt, A, B, C) + x * self.D
+        y = y * F.silu(gate)
+        return self.out_proj(y)
+
+    def extra_repr(self) -> str:
+        return f"d_inner={self.d_inner}, d_state={self.d_state}, d_conv={self.d_conv}, dt_rank={self.dt_rank}"
