@@ -5,7 +5,8 @@
   layers, final norm and heads run once per frame, so the trace has ``layers.2#0..#2`` etc.
 - ``eomt_dinov3``: single frames, DINOv3-style backbone (RoPE, masked attention in the query
   stage), against ``EomtDinov3ForUniversalSegmentation``.
-- ``videomt_small`` / ``eomt_dinov3_small`` (nightly): the same at ViT-S width (384, 12 layers).
+- ``videomt_small`` / ``eomt_dinov3_small`` (nightly): the same at ViT-S width (384, 12 layers);
+  ``videomt_small_224`` (nightly): ViT-S on a 3-frame 224x224 clip, the benchmark's size.
 
 Adapters pin eval mode and eager attention. ``convert_*`` are pure state-dict functions.
 """
@@ -164,5 +165,7 @@ _videomt_pair("videomt_2frames", TINY, frames=2, batch=2, description="VidEoMT (
 _eomt_dinov3_pair("eomt_dinov3", TINY, batch=2, description="VidEoMT (DINOv3, RoPE) vs EoMT-DINOv3, one frame")
 _videomt_pair("videomt_small", SMALL, frames=3, batch=1, tags={"nightly"},
               description="VidEoMT ViT-S width vs Videomt, 3 frames")
+_videomt_pair("videomt_small_224", {**SMALL, "image_size": 224}, frames=3, batch=1, tags={"nightly"},
+              description="VidEoMT ViT-S width vs Videomt, a 3-frame 224x224 clip (benchmark size)")
 _eomt_dinov3_pair("eomt_dinov3_small", SMALL, batch=1, tags={"nightly"},
                   description="VidEoMT-DINOv3 ViT-S width vs EoMT-DINOv3")

@@ -1,5 +1,8 @@
 """Convert the official VidEoMT release (``tue-mps/videomt`` ``.pth``) into :class:`VidEoMT`.
 
+This module reads the DINOv2-style release; the DINOv3 release (RoPE) is read by
+:mod:`candidates.videomt.convert_dinov3`.
+
 Upstream layout (DINOv2-style timm ViT inside the EoMT wrapper)::
 
     backbone.encoder.backbone.{cls_token, reg_token, pos_embed (1, N, D)}
@@ -94,6 +97,9 @@ def _require(state: StateDict, key: str) -> torch.Tensor:
 
 def infer_config(state: StateDict, *, num_heads: int, layer_norm_eps: float, hidden_act: str) -> VidEoMTConfig:
     """The architecture read off the shapes; heads, eps and activation are not in the shapes."""
+    if f"{VIT}patch_embed.patch_embeddings.weight" in state:
+        raise ValueError("this is the DINOv3 release layout (RoPE, no pos_embed): use "
+                         "candidates.videomt.convert_dinov3.infer_config_dinov3")
     patch = _require(state, f"{VIT}patch_embed.proj.weight")  # (D, C, p, p)
     pos = _require(state, _POS)  # (1, N, D)
     grid = math.isqrt(pos.shape[1])
@@ -211,8 +217,8 @@ def _inverse_name(key: str) -> str:
         new, n = re.subn(pattern, replacement, key)
         if n:
             return new
-    raise ValueError(f"no upstream name for candidate key {key!r} (is this a dinov3 model? only the "
-                     "DINOv2-style release layout is supported)")
+    raise ValueError(f"no upstream name for candidate key {key!r} (a dinov3 model? use "
+                     "candidates.videomt.convert_dinov3.to_upstream_dinov3)")
 
 
 def load_upstream(
