@@ -6,7 +6,7 @@ nested calls comes first) whose output fails tolerance.
 The ``culprit`` is the innermost module that introduces an error itself rather than receiving
 one. For each failing call:
 
-- inputs bitwise equal to the reference twin's -> the error is made here;
+- inputs bitwise equal to the reference twin's, or no tensor inputs at all -> made here;
 - inputs differ, and the module may be re-run (its arguments have the reference's structure):
   run the candidate module on the reference's recorded inputs; if that output still fails, the
   error is made here, otherwise it was received;
@@ -108,9 +108,13 @@ def measure_match(match: Match, tol: Tolerance) -> Row:
 
 
 def _inputs_state(cand: Record, ref: Record, tol: Tolerance) -> Literal["equal", "close", "differ"]:
+    if not cand.inputs:
+        # No tensor flows into the candidate call (e.g. a RoPE table built from grid integers):
+        # no error can have reached it through its inputs, so a wrong output is made here.
+        return "equal"
     pairs = _leaf_pairs(cand.inputs, ref.inputs)
     if not pairs:
-        return "equal" if not cand.inputs and not ref.inputs else "differ"
+        return "differ"
     if all(isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
            and torch.equal(a.to(b.dtype), b) for _, a, b in pairs):
         return "equal"

@@ -99,3 +99,29 @@ def test_parity_toy_extra_identity_on_one_side_is_listed_not_fatal():
     extended.load_state_dict(candidate.state_dict())
     report = harness.compare(extended, reference, TOY.inputs(dtype=torch.float64))
     assert report.passed and report.unmatched_candidate == ["pre#0"] and not report.unmatched_reference
+
+
+def test_module_without_tensor_inputs_can_be_the_culprit():
+    """A table built from integers (a RoPE grid) gets no error through inputs: it makes its own."""
+
+    class Table(torch.nn.Module):
+        def __init__(self, scale: float):
+            super().__init__()
+            self.scale = scale
+
+        def forward(self, n: int) -> torch.Tensor:
+            return torch.arange(n, dtype=torch.float64) * self.scale
+
+    class Model(torch.nn.Module):
+        def __init__(self, scale: float):
+            super().__init__()
+            self.table = Table(scale)
+            self.proj = torch.nn.Linear(4, 4).double()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.proj(x + self.table(x.shape[-1]))
+
+    reference, candidate = Model(1.0), Model(1.5)
+    candidate.load_state_dict(reference.state_dict())
+    report = harness.compare(candidate, reference, torch.randn(2, 4, dtype=torch.float64))
+    assert report.first_divergence == "table" and report.culprit == "table"

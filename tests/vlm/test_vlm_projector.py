@@ -1,0 +1,93 @@
+"""Modality projector: 2D pixel shuffle (vs F.pixel_unshuffle), inverse, legacy square path, errors."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from candidates.vlm.projector import (
+    ModalityProjector, ProjectorConfig, pixel_shuffle_2d, pixel_shuffle_square, pixel_unshuffle_2d,
+)
+from reference.dinov3 import UnshufflePixels
+
+grids = st.tuples(st.integers(1, 5), st.integers(1, 5), st.integers(1, 4), st.integers(1, 3), st.integers(1, 2))
+
+
+def _tokens(batch, n, dim, seed=0):
+    return torch.randn(batch, n, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.property
+@settings(max_examples=25, deadline=None)
+@given(grids)
+def test_vlm_shuffle_2d_is_a_permutation_of_pixel_unshuffle(case):
+    gh, gw, s, dim, batch = case
+    x = _tokens(batch, gh * s * gw * s, dim)
+    ours = pixel_shuffle_2d(x, (gh * s, gw * s), s)
+    assert ours.shape == (batch, gh * gw, s * s * dim)
+    assert torch.equal(ours, UnshufflePixels()(x, (gh * s, gw * s), s))
+
+
+@pytest.mark.property
+@settings(max_examples=25, deadline=None)
+@given(grids)
+def test_vlm_shuffle_2d_inverse_restores_tokens(case):
+    gh, gw, s, dim, batch = case
+    x = _tokens(batch, gh * s * gw * s, dim)
+    folded = pixel_shuffle_2d(x, (gh * s, gw * s), s)
+    assert torch.equal(pixel_unshuffle_2d(folded, (gh, gw), s), x)
+
+
+@pytest.mark.property
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 3), st.integers(1, 3))
+def test_vlm_square_2d_shuffle_equals_legacy(g, s, dim):
+    x = _tokens(2, (g * s) ** 2, dim)
+    assert torch.equal(pixel_shuffle_2d(x, (g * s, g * s), s), pixel_shuffle_square(x, s))
+
+
+def test_vlm_shuffle_order_is_row_column_channel():
+    """Grid 2x4, s=2, one channel: tokens 0..7 fold into [0, 1, 4, 5] and [2, 3, 6, 7]."""
+    x = torch.arange(8.0).reshape(1, 8, 1)
+    assert pixel_shuffle_2d(x, (2, 4), 2).tolist() == [[[0.0, 1.0, 4.0, 5.0], [2.0, 3.0, 6.0, 7.0]]]
+    y = torch.arange(8.0).reshape(1, 4, 2)  # 2x2 grid, two channels: (token, channel)
+    assert pixel_shuffle_2d(y, (2, 2), 2).tolist() == [[[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]]]
+
+
+def test_vlm_projector_drops_prefix_and_projects_rectangular_grids():
+    config = ProjectorConfig(vision_dim=8, text_dim=12, factors=(2, 4), num_prefix_tokens=5)
+    projector = ModalityProjector(config).double()
+    x = _tokens(2, 5 + 40 * 60, 8)
+    assert projector(x, (40, 60), factor=4).shape == (2, 10 * 15, 12)  # the seed's 640x960 case
+    assert projector(x, (40, 60)).shape == (2, 20 * 30, 12)  # default factor 2
+    # prefix tokens never reach the output: changing them changes nothing
+    y = x.clone()
+    y[:, :5] = 0
+    assert torch.equal(projector(x, (40, 60)), projector(y, (40, 60)))
+    # one projection per configured factor, nanoVLM style (no bias)
+    assert {k: tuple(v.shape) for k, v in projector.state_dict().items()} == {
+        "proj.s2.weight": (12, 32), "proj.s4.weight": (12, 128)}
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda p: p(_tokens(1, 5 + 24, 8)), r"square token count, got 24; pass grid=\(Hp, Wp\)"),
+    (lambda p: p(_tokens(1, 5 + 24, 8), (4, 5)), r"token count 24 does not match grid 4x5 = 20"),
+    (lambda p: p(_tokens(1, 5 + 24, 8), (4, 6), factor=4), r"grid 4x6 is not divisible by the pixel-shuffle factor 4"),
+    (lambda p: p(_tokens(1, 5 + 24, 8), (4, 6), factor=3), r"factor 3 is not configured; expected one of \(2, 4\)"),
+    (lambda p: p(_tokens(1, 5 + 24, 7), (4, 6)), r"tokens must be \(B, N, 8\), got shape \(1, 29, 7\)"),
+])
+def test_vlm_projector_errors(call, message):
+    projector = ModalityProjector(ProjectorConfig(vision_dim=8, text_dim=12, factors=(2, 4), num_prefix_tokens=5)).double()
+    with pytest.raises(ValueError, match=message):
+        call(projector)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"factors": ()}, "non-empty tuple of distinct ints"),
+    ({"factors": (2, 2)}, "non-empty tuple of distinct ints"),
+    ({"num_prefix_tokens": -1}, "num_prefix_tokens must be an int >= 0"),
+    ({"text_dim": 0}, "text_dim must be an int >= 1"),
+])
+def test_vlm_projector_config_rejects(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ProjectorConfig(**{"vision_dim": 8, "text_dim": 12, **kwargs})
