@@ -1,0 +1,276 @@
+"""mFormerV1: a ConvNeXt trunk up to stride 16 feeding RoPE-Mixed ViT blocks.
+
+Components: ConvNeXt (Liu et al., CVPR 2022, https://arxiv.org/abs/2201.03545) and RoPE-Mixed ViT
+(Heo et al., ECCV 2024, https://arxiv.org/abs/2403.13298), both from this repository
+(``candidates.convnext``, ``candidates.rope_vit``). The parity reference is the same hybrid
+assembled from timm 1.0.31's own modules (``reference/mformer.py``).
+
+    stem        ConvNeXt stem, conv 4x4/4 + LayerNorm2d           (B, dims[0], H/4,  W/4)
+    stages.0    ConvNeXt stage 0 (no downsample)                  (B, dims[0], H/4,  W/4)
+    stages.1    ConvNeXt stage 1 (LayerNorm2d + conv 2x2/2, blocks) (B, dims[1], H/8,  W/8)
+    downsample  the "S2 juncture": LayerNorm2d + conv 2x2/2       (B, dims[2], H/16, W/16)
+    tokens      flatten row-major, prepend the ViT's CLS token    (B, 1 + H/16 * W/16, dims[2])
+    rope        mixed 2D rotary tables on the H/16 x W/16 grid
+    blocks      RoPE-Mixed ViT blocks at width dims[2] == embed_dim
+    norm, head  final LayerNorm, linear head on the CLS token
+
+The juncture width ``dims[2]`` of the ConvNeXt must equal the RoPE-ViT ``embed_dim``;
+:func:`check_juncture` refuses other pairs with one message naming both widths, used by the
+constructor, by checkpoint loading and by ``python -m harness compat``.
+
+Key map from the two source checkpoints (timm layouts; the original releases are converted to
+them first by ``candidates.checkpoints``):
+
+    ConvNeXt checkpoint            mFormerV1              RoPE-ViT checkpoint   mFormerV1
+    stem.*                      -> stem.*                 cls_token          -> cls_token
+    stages.0.*                  -> stages.0.*             rope.freqs         -> rope.freqs
+    stages.1.*                  -> stages.1.*             blocks.*           -> blocks.*
+    stages.2.downsample.*       -> downsample.*           norm.*, head.*     -> norm.*, head.*
+    stages.2.blocks.*, stages.3.*, head.*  unused         patch_embed.*         unused
+
+In the original ConvNeXt release's names the juncture is ``downsample_layers.2`` (index 0 is the
+stem). The seed's note calls it ``mFormerV1.downsample_layers[1]``, its own numbering; read with
+the release's numbering that index would be the dims[0] -> dims[1] downsample, which cannot output
+width dims[2], so the map above follows the widths. Unused keys are returned in a
+:class:`LoadReport`, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from candidates.convnext import VARIANTS as CONVNEXT_VARIANTS
+from candidates.convnext import ConvNeXtConfig, ConvNeXtStage, LayerNorm2d
+from candidates.rope_vit.rope_vit import ROPE_VIT_VARIANTS, Block, MixedRope, RopeViTConfig, load_exactly
+
+__all__ = [
+    "MFormerConfig", "MFormerV1", "MFORMER_VARIANTS", "LoadReport", "check_juncture",
+    "split_convnext_state_dict", "split_rope_vit_state_dict", "load_mformer_from_state_dicts",
+    "mformer_v1", "mformer_v1_sm", "mformer_v1_md", "mformer_v1_lg", "mformer_v1_xl",
+]
+
+StateDict = dict[str, torch.Tensor]
+
+
+def check_juncture(convnext_dims: tuple[int, ...], vit_embed_dim: int) -> None:
+    """Raise ValueError unless the ConvNeXt width at the S2 juncture equals the ViT width."""
+    if len(convnext_dims) < 3:
+        raise ValueError(f"ConvNeXt dims must name at least 3 stages, got {tuple(convnext_dims)}")
+    if convnext_dims[2] != vit_embed_dim:
+        raise ValueError(
+            f"incompatible mFormerV1 pair: the ConvNeXt width at the S2 juncture is {convnext_dims[2]} "
+            f"(dims={list(convnext_dims)}) but the RoPE-ViT input width (embed_dim) is {vit_embed_dim}; "
+            f"pick a RoPE-ViT with embed_dim {convnext_dims[2]} or a ConvNeXt with dims[2] == {vit_embed_dim}"
+        )
+
+
+@dataclass(frozen=True)
+class MFormerConfig:
+    """Source ConvNeXt and RoPE-ViT architectures; only stages 0-1 and the juncture are used."""
+
+    convnext: ConvNeXtConfig
+    vit: RopeViTConfig
+    convnext_name: str = "convnext"
+    vit_name: str = "rope_mixed_vit"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.convnext, ConvNeXtConfig):
+            raise TypeError(f"convnext must be a ConvNeXtConfig, got {type(self.convnext).__name__}")
+        if not isinstance(self.vit, RopeViTConfig):
+            raise TypeError(f"vit must be a RopeViTConfig, got {type(self.vit).__name__}")
+        check_juncture(self.convnext.dims, self.vit.embed_dim)
+        if self.vit.patch_size != 16:
+            raise ValueError(
+                f"the juncture has stride 16, so the RoPE-ViT patch size must be 16, got {self.vit.patch_size}"
+            )
+
+    @property
+    def width(self) -> int:
+        return self.vit.embed_dim
+
+
+_SMALL, _BASE, _LARGE = (f"rope_mixed_deit_{size}_patch16_LS" for size in ("small", "base", "large"))
+
+# The seed's four variants: (ConvNeXt checkpoint family, RoPE-ViT checkpoint family).
+MFORMER_VARIANTS: Mapping[str, MFormerConfig] = {
+    "sm": MFormerConfig(CONVNEXT_VARIANTS["tiny"], ROPE_VIT_VARIANTS["small"], "convnext_tiny", _SMALL),
+    "md": MFormerConfig(CONVNEXT_VARIANTS["small"], ROPE_VIT_VARIANTS["small"], "convnext_small", _SMALL),
+    "lg": MFormerConfig(CONVNEXT_VARIANTS["large"], ROPE_VIT_VARIANTS["base"], "convnext_large", _BASE),
+    "xl": MFormerConfig(CONVNEXT_VARIANTS["xlarge"], ROPE_VIT_VARIANTS["large"], "convnext_xlarge", _LARGE),
+}
+
+
+class MFormerV1(nn.Module):
+    """ConvNeXt stem + stages 0-1 + juncture downsample, then RoPE-Mixed ViT blocks, norm, head."""
+
+    def __init__(self, config: MFormerConfig) -> None:
+        super().__init__()
+        if not isinstance(config, MFormerConfig):
+            raise TypeError(f"MFormerV1 takes an MFormerConfig, got {type(config).__name__}")
+        self.config = config
+        cnx, vit = config.convnext, config.vit
+        d0, d1, d2 = cnx.dims[:3]
+        self.stem = nn.Sequential(nn.Conv2d(cnx.in_chans, d0, kernel_size=4, stride=4), LayerNorm2d(d0))
+        self.stages = nn.Sequential(
+            ConvNeXtStage(d0, d0, downsample=False, drop_path_rates=[0.0] * cnx.depths[0],
+                          layer_scale_init_value=cnx.layer_scale_init_value),
+            ConvNeXtStage(d0, d1, downsample=True, drop_path_rates=[0.0] * cnx.depths[1],
+                          layer_scale_init_value=cnx.layer_scale_init_value),
+        )
+        self.downsample = nn.Sequential(LayerNorm2d(d1), nn.Conv2d(d1, d2, kernel_size=2, stride=2))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d2))
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.rope = MixedRope(head_dim=vit.head_dim, depth=vit.depth, num_heads=vit.num_heads,
+                              temperature=vit.rope_temperature)
+        self.blocks = nn.ModuleList(Block(vit) for _ in range(vit.depth))
+        self.norm = nn.LayerNorm(d2, eps=vit.norm_eps)
+        self.head = nn.Linear(d2, vit.num_classes) if vit.num_classes else nn.Identity()
+
+    def forward_features(self, image: torch.Tensor) -> torch.Tensor:
+        if image.ndim != 4 or image.shape[-2] % 16 or image.shape[-1] % 16:
+            raise ValueError(f"expected images (B, C, H, W) with H, W multiples of 16, got {tuple(image.shape)}")
+        x = self.stem(image)                                                   # (B, d0, H/4, W/4)
+        x = self.stages(x)                                                     # (B, d1, H/8, W/8)
+        x = self.downsample(x)                                                 # (B, d2, H/16, W/16)
+        grid = (x.shape[-2], x.shape[-1])
+        x = x.flatten(2).transpose(1, 2)                                       # (B, N, d2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + N, d2)
+        rope = self.rope(grid)                                                 # (depth, heads, N, 2 * head_dim)
+        for block, table in zip(self.blocks, rope):
+            x = block(x, table)
+        return self.norm(x)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(image)[:, 0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Key mapping: two checkpoints -> one model
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class LoadReport:
+    """Which checkpoint keys went where; ``unused_*`` lists what the hybrid does not take."""
+
+    used_convnext: list[str] = field(default_factory=list)
+    unused_convnext: list[str] = field(default_factory=list)
+    used_rope_vit: list[str] = field(default_factory=list)
+    unused_rope_vit: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        def groups(keys: list[str]) -> str:
+            # stages.2.blocks.0.gamma -> stages.2, patch_embed.proj.weight -> patch_embed
+            depth = lambda k: 2 if k.startswith("stages.") else 1
+            return ", ".join(sorted({".".join(k.split(".")[:depth(k)]) for k in keys})) or "none"
+
+        return (
+            f"ConvNeXt: {len(self.used_convnext)} tensors used, "
+            f"{len(self.unused_convnext)} unused ({groups(self.unused_convnext)}); "
+            f"RoPE-ViT: {len(self.used_rope_vit)} tensors used, "
+            f"{len(self.unused_rope_vit)} unused ({groups(self.unused_rope_vit)})"
+        )
+
+
+def split_convnext_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple[StateDict, list[str]]:
+    """timm-layout ConvNeXt keys -> (mFormer keys, unused keys)."""
+    taken: StateDict = {}
+    unused: list[str] = []
+    for key, value in state_dict.items():
+        if key.startswith(("stem.", "stages.0.", "stages.1.")):
+            taken[key] = value
+        elif key.startswith("stages.2.downsample."):
+            taken["downsample." + key[len("stages.2.downsample."):]] = value
+        else:
+            unused.append(key)
+    return taken, unused
+
+
+def split_rope_vit_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple[StateDict, list[str]]:
+    """timm-layout RoPE-ViT keys -> (mFormer keys, unused keys)."""
+    taken: StateDict = {}
+    unused: list[str] = []
+    for key, value in state_dict.items():
+        if key in ("cls_token", "rope.freqs") or key.startswith(("blocks.", "norm.", "head.")):
+            taken[key] = value
+        else:
+            unused.append(key)
+    return taken, unused
+
+
+def load_mformer_from_state_dicts(
+    model: MFormerV1,
+    convnext_state: Mapping[str, torch.Tensor],
+    rope_vit_state: Mapping[str, torch.Tensor],
+) -> LoadReport:
+    """Fill ``model`` from a ConvNeXt and a RoPE-ViT state dict (timm layouts), strictly."""
+    juncture = convnext_state.get("stages.2.downsample.1.weight")
+    cls_token = rope_vit_state.get("cls_token")
+    if juncture is not None and cls_token is not None:
+        dims = (
+            convnext_state["stem.0.weight"].shape[0],
+            convnext_state["stages.1.downsample.1.weight"].shape[0],
+            juncture.shape[0],
+        )
+        check_juncture(dims, cls_token.shape[-1])
+    convnext_part, unused_convnext = split_convnext_state_dict(convnext_state)
+    vit_part, unused_vit = split_rope_vit_state_dict(rope_vit_state)
+    cnx, vit = model.config.convnext, model.config.vit
+    what = f"mFormerV1(convnext depths {list(cnx.depths[:2])}, dims {list(cnx.dims[:3])}, vit depth {vit.depth})"
+    load_exactly(model, {**convnext_part, **vit_part}, what=what)
+    return LoadReport(
+        used_convnext=sorted(set(convnext_state) - set(unused_convnext)),
+        unused_convnext=sorted(unused_convnext),
+        used_rope_vit=sorted(set(rope_vit_state) - set(unused_vit)),
+        unused_rope_vit=sorted(unused_vit),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Factories
+# ---------------------------------------------------------------------------------------------
+
+def mformer_v1(
+    variant: str,
+    *,
+    convnext_depths: tuple[int, int] | None = None,
+    vit_depth: int | None = None,
+    num_classes: int | None = None,
+) -> MFormerV1:
+    """An mFormerV1 variant from the seed table; depths may be reduced (e.g. for tests)."""
+    if variant not in MFORMER_VARIANTS:
+        raise ValueError(f"unknown mFormerV1 variant {variant!r}; expected one of {sorted(MFORMER_VARIANTS)}")
+    config = MFORMER_VARIANTS[variant]
+    if convnext_depths is not None:
+        if len(convnext_depths) != 2:
+            raise ValueError(f"convnext_depths gives the depths of stages 0 and 1, got {convnext_depths!r}")
+        depths = tuple(convnext_depths) + tuple(config.convnext.depths[2:])
+        config = dataclasses.replace(config, convnext=dataclasses.replace(config.convnext, depths=depths))
+    vit_overrides = {k: v for k, v in (("depth", vit_depth), ("num_classes", num_classes)) if v is not None}
+    if vit_overrides:
+        config = dataclasses.replace(config, vit=dataclasses.replace(config.vit, **vit_overrides))
+    return MFormerV1(config)
+
+
+def mformer_v1_sm(**options) -> MFormerV1:
+    """ConvNeXt-T trunk (96, 192 -> 384) + RoPE-Mixed ViT-S blocks."""
+    return mformer_v1("sm", **options)
+
+
+def mformer_v1_md(**options) -> MFormerV1:
+    """ConvNeXt-S trunk (96, 192 -> 384) + RoPE-Mixed ViT-S blocks (same shape as ``sm``)."""
+    return mformer_v1("md", **options)
+
+
+def mformer_v1_lg(**options) -> MFormerV1:
+    """ConvNeXt-L trunk (192, 384 -> 768) + RoPE-Mixed ViT-B blocks."""
+    return mformer_v1("lg", **options)
+
+
+def mformer_v1_xl(**options) -> MFormerV1:
+    """ConvNeXt-XL trunk (256, 512 -> 1024) + RoPE-Mixed ViT-L blocks."""
+    return mformer_v1("xl", **options)

@@ -1,0 +1,63 @@
+"""``python -m harness inspect CHECKPOINT`` and ``python -m harness compat CONVNEXT ROPE_VIT``.
+
+``inspect`` prints the recognized family and layout, the dimensions inferable from the tensor
+shapes and the parameter count (``--json`` for machines). ``compat`` prints the mFormerV1 seed
+table row for a ConvNeXt and a RoPE-ViT checkpoint; it exits 0 when the pair is compatible and
+1 (after printing the row and an error naming both widths) when not. Unreadable or unrecognized
+files exit 2 through the harness CLI's error handling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from harness.cli import print_json, register_command
+
+from candidates.checkpoints import compat_row, inspect_checkpoint
+
+
+def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a .pth/.pt/.bin/.ckpt or .safetensors state dict")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    info = inspect_checkpoint(args.checkpoint)
+    if args.json:
+        print_json(info.to_dict())
+    else:
+        print(info.format())
+    return 0
+
+
+def _compat_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("convnext", metavar="CONVNEXT_CKPT", help="ConvNeXt checkpoint (timm or original layout)")
+    parser.add_argument("rope_vit", metavar="ROPE_VIT_CKPT", help="RoPE-Mixed ViT checkpoint (timm or original layout)")
+    parser.add_argument("--json", action="store_true", help="print the row as JSON instead of a table")
+
+
+def _compat(args: argparse.Namespace) -> int:
+    row = compat_row(inspect_checkpoint(args.convnext), inspect_checkpoint(args.rope_vit))
+    if args.json:
+        print_json(row.to_dict())
+    else:
+        print(row.format())
+    if not row.compatible:
+        print(f"error: {row.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+register_command(
+    "inspect",
+    help="recognize a checkpoint's family and print its inferred dimensions and parameter count",
+    add_arguments=_inspect_arguments,
+    run=_inspect,
+)
+register_command(
+    "compat",
+    help="mFormerV1 compatibility of a ConvNeXt and a RoPE-ViT checkpoint; exit 1 if incompatible",
+    add_arguments=_compat_arguments,
+    run=_compat,
+)

@@ -1,0 +1,82 @@
+"""RoPE-Mixed ViT vs timm, every layer, float32 and float64; injected bugs are localized."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+import harness
+from candidates.rope_vit.rope_vit import MixedRope
+
+VARIANTS = ("small", "base", "large")
+DTYPES = (torch.float32, torch.float64)
+
+
+# Default suite: two blocks. ViT-S at 224 and non-square in both dtypes; ViT-B/L (same code at
+# other widths) non-square in float64. Everything at full depth and both dtypes runs in nightly.
+REDUCED = [
+    ("small", "_d2", torch.float32), ("small", "_d2", torch.float64),
+    ("small", "_d2_nonsquare", torch.float32), ("small", "_d2_nonsquare", torch.float64),
+    ("base", "_d2_nonsquare", torch.float64), ("large", "_d2_nonsquare", torch.float64),
+]
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize(("variant", "size", "dtype"), REDUCED, ids=lambda v: str(v).removeprefix("torch."))
+def test_rope_vit_parity_reduced_depth(parity_check, variant, size, dtype):
+    report = parity_check(f"rope_mixed_vit_{variant}{size}", dtype=dtype)
+    if dtype == torch.float64:
+        assert report.output.max_abs <= 1e-10
+    names = {row.candidate for row in report.rows}
+    # every layer was compared: the rotary table, both blocks and their sublayers, norm, head
+    assert {"rope", "patch_embed", "blocks.1.attn.qkv", "blocks.1.mlp.fc2", "blocks.1", "norm", "head"} <= names
+
+
+@pytest.mark.parity
+@pytest.mark.nightly
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("size", ["", "_nonsquare"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rope_vit_parity_full(parity_check, variant, size, dtype):
+    report = parity_check(f"rope_mixed_vit_{variant}{size}", dtype=dtype)
+    if dtype == torch.float64:
+        assert report.output.max_abs <= 1e-10
+
+
+def _rope_table_with_axes_swapped(self: MixedRope, grid_size: tuple[int, int]) -> torch.Tensor:
+    """The injected bug: x frequencies applied to rows and y frequencies to columns."""
+    height, width = grid_size
+    rows, cols = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
+                                indexing="ij")
+    f_x, f_y = self.freqs.float()
+    angles = rows.reshape(-1, 1) * f_x[..., None, :] + cols.reshape(-1, 1) * f_y[..., None, :]
+    sin, cos = angles.sin().repeat_interleave(2, -1), angles.cos().repeat_interleave(2, -1)
+    return torch.cat([sin, cos], dim=-1).to(self.freqs.dtype)
+
+
+def _block_without_layer_scale(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    x = x + self.attn(self.norm1(x), rope)
+    return x + self.mlp(self.norm2(x))
+
+
+@pytest.mark.parity
+def test_rope_vit_parity_localizes_transposed_frequency_mixing():
+    pair = harness.get_pair("rope_mixed_vit_small_d2_nonsquare")
+    candidate, _ = pair.build(dtype=torch.float64)
+    candidate.rope.forward = types.MethodType(_rope_table_with_axes_swapped, candidate.rope)
+    report = harness.compare_pair(pair, candidate=candidate, dtype=torch.float64)
+    assert not report.passed
+    assert (report.first_divergence, report.culprit) == ("rope", "rope")
+
+
+@pytest.mark.parity
+def test_rope_vit_parity_localizes_missing_layer_scale():
+    pair = harness.get_pair("rope_mixed_vit_small_d2_nonsquare")
+    candidate, _ = pair.build(dtype=torch.float64)
+    candidate.blocks[1].forward = types.MethodType(_block_without_layer_scale, candidate.blocks[1])
+    report = harness.compare_pair(pair, candidate=candidate, dtype=torch.float64)
+    assert not report.passed
+    assert report.culprit == "blocks.1"
+    assert report.first_divergence.startswith("blocks.1")
