@@ -1,8 +1,9 @@
 """Checkpoint files: loading, family recognition, inferred dimensions, mFormerV1 compatibility.
 
-A checkpoint here is a state dict saved as ``.pth``/``.pt``/``.bin`` (read with
+A checkpoint here is a state dict saved as ``.pth``/``.pt``/``.bin``/``.ckpt`` (read with
 ``torch.load(weights_only=True)``, never unpickling code) or ``.safetensors``; training wrappers
-such as ``{"model": state_dict, "optimizer": ...}`` are unwrapped.
+such as ``{"model": state_dict, "optimizer": ...}`` are unwrapped. Reading and writing live in
+:mod:`candidates.io`; ``load_state_dict`` and ``save_state_dict`` are re-exported from there.
 
 Recognized families and layouts:
 
@@ -27,9 +28,7 @@ same error (:func:`candidates.mformer.check_juncture`).
 from __future__ import annotations
 
 import os
-import pickle
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -38,6 +37,7 @@ import torch
 
 from candidates.convnext import VARIANTS as CONVNEXT_VARIANTS
 from candidates.convnext import ConvNeXtConfig
+from candidates.io import StateDict, load_state_dict, save_state_dict
 from candidates.mformer import (
     MFORMER_VARIANTS, LoadReport, MFormerConfig, MFormerV1, check_juncture, load_mformer_from_state_dicts,
 )
@@ -50,81 +50,7 @@ __all__ = [
     "build_mformer", "ASSUMED_HEAD_DIM",
 ]
 
-StateDict = dict[str, torch.Tensor]
-PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
-WRAPPER_KEYS = ("model_ema", "model", "state_dict", "module")
 ASSUMED_HEAD_DIM = 64
-
-
-# ---------------------------------------------------------------------------------------------
-# Files
-# ---------------------------------------------------------------------------------------------
-
-def _unwrap(obj: Any, path: Path) -> StateDict:
-    while isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            break
-        obj = inner
-    if not isinstance(obj, Mapping) or not obj:
-        raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(obj).__name__}")
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise ValueError(f"{path}: no tensors found; top-level keys are {sorted(map(str, obj))[:8]}")
-    return tensors
-
-
-def load_state_dict(path: str | os.PathLike) -> StateDict:
-    """Tensors of a ``.pth``/``.pt``/``.bin``/``.ckpt`` or ``.safetensors`` checkpoint, on CPU."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return _unwrap(load_file(str(path), device="cpu"), path)
-    if path.suffix in PICKLE_SUFFIXES:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            first_line = str(exc).strip().splitlines()[0]
-            raise ValueError(
-                f"{path}: holds objects other than tensors and containers ({first_line}); checkpoints are "
-                f"loaded with weights_only=True and never unpickle code. Re-save the weights alone, e.g. "
-                f"torch.save(torch.load(path, weights_only=False)['model'], 'weights.pth'), from a source you trust"
-            ) from None
-        return _unwrap(obj, path)
-    raise ValueError(
-        f"{path}: unsupported checkpoint extension {path.suffix!r}; expected .safetensors or one of {PICKLE_SUFFIXES}"
-    )
-
-
-def save_state_dict(
-    state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, *, wrap: str | None = None
-) -> Path:
-    """Write atomically (temp file in the same folder, then rename); ``wrap="model"`` nests it."""
-    path = Path(path)
-    state = {k: v.detach().contiguous() for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        if path.suffix == ".safetensors":
-            if wrap is not None:
-                raise ValueError("safetensors files hold flat tensor maps; wrap must be None")
-            from safetensors.torch import save_file
-
-            save_file(state, tmp)
-        elif path.suffix in PICKLE_SUFFIXES:
-            torch.save({wrap: state} if wrap else state, tmp)
-        else:
-            raise ValueError(
-                f"{path}: unsupported extension {path.suffix!r}; expected .safetensors or {PICKLE_SUFFIXES}"
-            )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,14 +22,11 @@ a pickle that would execute code is refused. ``python -m harness add-metadata CK
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
-import pickle
 import platform
 import re
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -39,6 +36,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from candidates.io import PICKLE_SUFFIXES, StateDict, UnsafePickleError, atomic_write_bytes, state_dict_from_bytes
 from candidates.resampler.resampler import BiMambaResampler, ResamplerConfig
 
 __all__ = [
@@ -51,8 +49,6 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "bimamba-resampler-checkpoint"
 FORMAT_VERSION = 1
-PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
-StateDict = dict[str, torch.Tensor]
 
 
 class CheckpointError(ValueError):
@@ -97,20 +93,6 @@ def metadata_path(weights: str | os.PathLike) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_bytes(path: Path) -> bytes:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
@@ -118,35 +100,19 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def _parse_weights(path: Path, data: bytes) -> StateDict:
-    """Tensors of a ``.safetensors`` file or a weights-only pickle; errors name the file."""
-    if path.suffix == ".safetensors":
-        try:
-            return dict(safetensors.torch.load(data))
-        except Exception as exc:  # safetensors raises its own SafetensorError for bad headers
-            raise CheckpointError(
-                f"{path}: not a readable safetensors file ({len(data)} bytes; truncated or corrupted?): {exc}"
-            ) from exc
-    if path.suffix not in PICKLE_SUFFIXES:
+    """Tensors of a ``.safetensors`` file or a weights-only pickle (exactly ``data``); errors name the file."""
+    if path.suffix != ".safetensors" and path.suffix not in PICKLE_SUFFIXES:
         raise CheckpointError(f"{path}: unknown checkpoint type {path.suffix!r}; expected .safetensors or one of {PICKLE_SUFFIXES}")
     try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+        return state_dict_from_bytes(data, path)
+    except UnsafePickleError as exc:
         raise CheckpointError(
             f"{path}: refused to unpickle: the file holds objects other than tensors and plain "
             f"containers, and only torch.load(weights_only=True) is allowed (it may try to run code). "
-            f"Re-save its state dict as safetensors from a trusted environment. Details: {exc}"
+            f"Re-save its state dict as safetensors from a trusted environment. Details: {exc.__cause__}"
         ) from exc
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupted?): {exc}") from exc
-    return _state_dict_of(path, obj)
-
-
-def _state_dict_of(path: Path, obj: Any) -> StateDict:
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]  # Lightning-style {"state_dict": ..., "epoch": ...}
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: expected a dict of tensors (a state dict), got {type(obj).__name__}")
-    return {str(k): v for k, v in obj.items()}
+    except ValueError as exc:  # unreadable, truncated, or not a state dict: the message names the file
+        raise CheckpointError(str(exc)) from exc
 
 
 def read_weights(path: str | os.PathLike) -> StateDict:
@@ -360,9 +326,9 @@ def save_checkpoint(model: BiMambaResampler, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Weights first: if we die in between, the old metadata's hash no longer matches, and the
     # load fails loudly instead of pairing new weights with an old config.
-    _atomic_write(path, data)
+    atomic_write_bytes(path, data)
     meta = metadata_path(path)
-    _atomic_write(meta, _metadata_document(model.config, path, digest, "save_checkpoint"))
+    atomic_write_bytes(meta, _metadata_document(model.config, path, digest, "save_checkpoint"))
     return meta
 
 
@@ -419,5 +385,5 @@ def write_metadata(
     problems = _fit_report(_skeleton(config), state)
     if problems:
         raise CheckpointError(f"{path}: weights do not form a resampler of {config!r}:\n" + "\n".join(problems))
-    _atomic_write(meta, _metadata_document(config, path, hashlib.sha256(data).hexdigest(), "add-metadata", sources))
+    atomic_write_bytes(meta, _metadata_document(config, path, hashlib.sha256(data).hexdigest(), "add-metadata", sources))
     return meta, config, sources

@@ -26,16 +26,15 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
+from candidates.io import load_state_dict, write_atomically
 from candidates.videomt.videomt import VidEoMT, VidEoMTConfig
 
 __all__ = ["ConversionReport", "infer_config", "convert_upstream", "to_upstream", "load_upstream",
-           "save_upstream", "DOCUMENTED_UNCONVERTED", "FILLED_TARGETS"]
+           "build_converted", "save_upstream", "DOCUMENTED_UNCONVERTED", "FILLED_TARGETS"]
 
 StateDict = dict[str, torch.Tensor]
 VIT = "backbone.encoder.backbone."
@@ -224,17 +223,24 @@ def _inverse_name(key: str) -> str:
 def load_upstream(
     path: str | os.PathLike, *, num_heads: int, layer_norm_eps: float, hidden_act: str, strict: bool = True,
 ) -> tuple[VidEoMT, ConversionReport]:
-    """Read an upstream ``.pth`` (``weights_only=True``), infer the config, build and load the model.
+    """Read an upstream ``.pth`` (``weights_only=True``; see :func:`candidates.io.load_state_dict`),
+    infer the config, build and load the model.
 
     ``strict`` raises a ValueError with the report when anything beyond the documented leftovers
     was not converted.
     """
-    checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"expected a state dict (or {{'state_dict': ...}}) in {path}, got {type(checkpoint).__name__}")
+    state = load_state_dict(path)
     cfg = infer_config(state, num_heads=num_heads, layer_norm_eps=layer_norm_eps, hidden_act=hidden_act)
-    converted, report = convert_upstream(state, cfg)
+    return build_converted(cfg, *convert_upstream(state, cfg), path=path, strict=strict)
+
+
+def build_converted(
+    cfg: VidEoMTConfig, converted: StateDict, report: ConversionReport, *, path: str | os.PathLike, strict: bool,
+) -> tuple[VidEoMT, ConversionReport]:
+    """``VidEoMT(cfg)`` (eval mode) loaded with a conversion's output; ``strict`` refuses an unclean one.
+
+    Not strict, what converted is loaded and the report says what did not (missing or misshapen keys).
+    """
     if strict and not report.clean:
         raise ValueError(f"checkpoint {path} did not convert cleanly:\n{report.format()}")
     model = VidEoMT(cfg)
@@ -245,13 +251,5 @@ def load_upstream(
 
 
 def save_upstream(state: StateDict, path: str | os.PathLike) -> None:
-    """Write ``state`` (upstream layout) to ``path`` atomically."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``state`` (upstream layout, or any wrapper of it) to ``path`` atomically."""
+    write_atomically(path, lambda tmp: torch.save(state, tmp))

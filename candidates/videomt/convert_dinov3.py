@@ -38,11 +38,11 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 import torch
 
-from candidates.videomt.convert import ConversionReport, save_upstream
+from candidates.io import load_state_dict
+from candidates.videomt.convert import ConversionReport, build_converted, save_upstream
 from candidates.videomt.videomt import VidEoMT, VidEoMTConfig
 
 __all__ = ["is_dinov3_layout", "infer_config_dinov3", "convert_upstream_dinov3", "to_upstream_dinov3",
@@ -82,6 +82,10 @@ _TABLE = (
 _FUSED = re.compile(rf"^{re.escape(VIT)}blocks\.(\d+)\.attention\.qkv_proj\.(weight|bias)$")
 _CANDIDATE_QKV = re.compile(r"^layers\.(\d+)\.attention\.([qkv])_proj\.(weight|bias)$")
 _BLOCK = re.compile(rf"^{re.escape(VIT)}blocks\.(\d+)\.norm1\.weight$")
+
+# A state dict from a checkpoint file: bare, or under ``model`` (detectron2), ``state_dict`` and the
+# other wrappers :func:`candidates.io.load_state_dict` unwraps. Kept under the name this module exports.
+read_checkpoint = load_state_dict
 
 
 def _compile(source: str, target: str) -> tuple[re.Pattern, str]:
@@ -225,20 +229,6 @@ def to_upstream_dinov3(state: StateDict, *, fused_qkv: bool = False) -> StateDic
     return out
 
 
-def read_checkpoint(path: str | os.PathLike) -> StateDict:
-    """A state dict from a ``.pth`` (``weights_only=True``): bare, or under ``model`` (detectron2)
-    or ``state_dict``."""
-    checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if isinstance(checkpoint, dict):
-        for wrapper in ("model", "state_dict"):
-            if isinstance(checkpoint.get(wrapper), dict):
-                return checkpoint[wrapper]
-        if all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-            return checkpoint
-    raise ValueError(f"expected a state dict (bare, or under 'model' or 'state_dict') in {path}, "
-                     f"got {type(checkpoint).__name__}")
-
-
 def load_upstream_dinov3(
     path: str | os.PathLike, *, num_heads: int, layer_norm_eps: float, hidden_act: str, rope_theta: float,
     image_size: int, strict: bool = True,
@@ -248,14 +238,7 @@ def load_upstream_dinov3(
     ``strict`` raises a ValueError with the report when anything beyond the documented leftovers
     (``criterion.empty_weight``) was not converted.
     """
-    state = read_checkpoint(path)
+    state = load_state_dict(path)
     cfg = infer_config_dinov3(state, num_heads=num_heads, layer_norm_eps=layer_norm_eps, hidden_act=hidden_act,
                               rope_theta=rope_theta, image_size=image_size)
-    converted, report = convert_upstream_dinov3(state, cfg)
-    if strict and not report.clean:
-        raise ValueError(f"checkpoint {path} did not convert cleanly:\n{report.format()}")
-    model = VidEoMT(cfg)
-    mismatched = {key for key, _, _ in report.shape_mismatches}
-    model.load_state_dict({k: v for k, v in converted.items() if k not in mismatched},
-                          strict=not (report.missing_target or mismatched))
-    return model.eval(), report
+    return build_converted(cfg, *convert_upstream_dinov3(state, cfg), path=path, strict=strict)

@@ -1,0 +1,170 @@
+"""Checkpoint file I/O shared by the candidate families: atomic writes and state-dict loading.
+
+Reading. A checkpoint is ``.safetensors`` or a pickle (``.pth``/``.pt``/``.bin``/``.ckpt``) read
+with ``torch.load(weights_only=True)`` only: a pickle that would run code is refused with
+:class:`UnsafePickleError`, never unpickled. Training wrappers are unwrapped: while a level holds
+one of :data:`WRAPPER_KEYS` as a mapping, the first such (``model_ema`` before ``model``, as timm
+prefers the EMA weights) replaces it, so ``{"model": sd, "iteration": 7}`` (detectron2),
+``{"state_dict": sd, "epoch": 3}`` (Lightning) and ``{"module": sd}`` (DDP) all give ``sd``. What
+remains must be a non-empty mapping of tensors; every error names the file and what was expected.
+:func:`state_dict_from_bytes` parses bytes already read, for callers that hash exactly what they
+parse.
+
+Writing. :func:`write_atomically` writes a temp file in the destination's folder, fsyncs it and
+renames it over the destination: readers see the old file or the new one, and a failed write
+leaves the old file and no temp file behind.
+
+This module depends on torch and safetensors only (not on ``harness``), so any family can use it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import safetensors.torch
+import torch
+
+__all__ = [
+    "PICKLE_SUFFIXES", "WRAPPER_KEYS", "StateDict", "UnsafePickleError", "write_atomically", "atomic_write_bytes",
+    "load_state_dict", "state_dict_from_bytes", "unwrap_state_dict", "save_state_dict",
+]
+
+StateDict = dict[str, torch.Tensor]
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+WRAPPER_KEYS = ("model_ema", "model", "state_dict", "module")
+
+
+class UnsafePickleError(ValueError, pickle.UnpicklingError):
+    """A pickle holding objects other than tensors and containers, refused by ``weights_only=True``.
+
+    A ValueError (a bad user file) and an UnpicklingError (what ``torch.load`` raises for it) alike.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+
+def _fsync(path: str) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
+    """Run ``write(tmp)`` on a temp file next to ``path``, fsync it, then rename it over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    return write_atomically(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def save_state_dict(
+    state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, *, wrap: str | None = None
+) -> Path:
+    """Write atomically as ``.safetensors`` or a pickle (by suffix); ``wrap="model"`` nests a pickle's."""
+    path = Path(path)
+    kind = _format(path)
+    if kind == "safetensors" and wrap is not None:
+        raise ValueError("safetensors files hold flat tensor maps; wrap must be None")
+    state = {k: v.detach().contiguous() for k, v in state_dict.items()}
+    if kind == "safetensors":
+        return write_atomically(path, lambda tmp: safetensors.torch.save_file(state, tmp))
+    return write_atomically(path, lambda tmp: torch.save({wrap: state} if wrap else state, tmp))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+
+def _format(path: Path) -> str:
+    """``"safetensors"`` or ``"pickle"``, from the file name's suffix."""
+    if path.suffix == ".safetensors":
+        return "safetensors"
+    if path.suffix in PICKLE_SUFFIXES:
+        return "pickle"
+    raise ValueError(
+        f"{path}: unsupported checkpoint extension {path.suffix!r}; expected .safetensors or one of {PICKLE_SUFFIXES}"
+    )
+
+
+def _read_safetensors(source: Path | bytes, path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if isinstance(source, bytes):
+            return dict(safetensors.torch.load(source))
+        return safetensors.torch.load_file(str(source), device="cpu")
+    except Exception as exc:  # safetensors raises its own SafetensorError for bad headers
+        size = len(source) if isinstance(source, bytes) else path.stat().st_size
+        raise ValueError(
+            f"{path}: not a readable safetensors file ({size} bytes; truncated or corrupted?): {exc}"
+        ) from exc
+
+
+def _read_pickle(source: Path | bytes, path: Path) -> Any:
+    try:
+        return torch.load(io.BytesIO(source) if isinstance(source, bytes) else source,
+                          map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first_line = str(exc).strip().splitlines()[0]
+        raise UnsafePickleError(
+            f"{path}: holds objects other than tensors and containers ({first_line}); checkpoints are "
+            f"loaded with weights_only=True and never unpickle code. Re-save the weights alone, e.g. "
+            f"torch.save(torch.load(path, weights_only=False)['model'], 'weights.pth'), from a source you trust"
+        ) from exc
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable torch checkpoint (truncated or corrupted?): {exc}") from exc
+
+
+def unwrap_state_dict(obj: Any, path: str | os.PathLike) -> StateDict:
+    """The state dict inside ``obj`` (see the module docstring); ``path`` names the file in errors."""
+    while isinstance(obj, Mapping):
+        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping) or not obj:
+        got = f"an empty {type(obj).__name__}" if isinstance(obj, Mapping) else type(obj).__name__
+        raise ValueError(f"{path}: expected a state dict (name -> tensor), got {got}")
+    others = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
+    if len(others) == len(obj):
+        raise ValueError(f"{path}: no tensors found; top-level keys are {others[:8]}")
+    if others:
+        raise ValueError(f"{path}: expected a state dict (name -> tensor), but {len(others)} entries are "
+                         f"not tensors: {others[:8]}")
+    return {str(k): v for k, v in obj.items()}
+
+
+def _load(source: Path | bytes, path: Path) -> StateDict:
+    read = _read_safetensors if _format(path) == "safetensors" else _read_pickle
+    return unwrap_state_dict(read(source, path), path)
+
+
+def load_state_dict(path: str | os.PathLike) -> StateDict:
+    """Tensors of a ``.safetensors`` or weights-only pickle checkpoint, on CPU, unwrapped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    return _load(path, path)
+
+
+def state_dict_from_bytes(data: bytes, path: str | os.PathLike) -> StateDict:
+    """:func:`load_state_dict` of bytes already read from ``path`` (its suffix picks the format)."""
+    return _load(bytes(data), Path(path))

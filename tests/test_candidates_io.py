@@ -1,0 +1,189 @@
+"""candidates.io: atomic writes and the one state-dict loader the families share."""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from candidates import io as cio
+
+STATE = {"fc.weight": torch.arange(6.0).reshape(2, 3), "fc.bias": torch.tensor([1.0, -0.0], dtype=torch.float64),
+         "steps": torch.tensor([3], dtype=torch.int64)}
+
+
+def _assert_bitwise(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key].dtype == value.dtype and got[key].view(torch.uint8).equal(value.view(torch.uint8)), key
+
+
+class _RunsCode:
+    """Unpickling this calls exec(): what a malicious checkpoint does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
+
+
+# --- round trips -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["w.safetensors", "w.pth", "w.pt", "w.bin", "w.ckpt"])
+def test_save_load_round_trip_is_bitwise(tmp_path, name):
+    path = cio.save_state_dict(STATE, tmp_path / name)
+    assert path == tmp_path / name
+    _assert_bitwise(cio.load_state_dict(path), STATE)
+    _assert_bitwise(cio.state_dict_from_bytes(path.read_bytes(), path), STATE)
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no temp file left
+
+
+def test_save_makes_views_contiguous_and_detached(tmp_path):
+    weight = torch.randn(3, 4, requires_grad=True)
+    state = {"t": weight.t(), "w": weight}
+    loaded = cio.load_state_dict(cio.save_state_dict(state, tmp_path / "v.safetensors"))
+    assert torch.equal(loaded["t"], weight.detach().t()) and not loaded["w"].requires_grad
+
+
+def test_save_wrap_nests_a_pickle_and_load_unwraps_it(tmp_path):
+    path = cio.save_state_dict(STATE, tmp_path / "w.pth", wrap="model")
+    assert torch.load(path, weights_only=True).keys() == {"model"}
+    _assert_bitwise(cio.load_state_dict(path), STATE)
+    with pytest.raises(ValueError, match="safetensors files hold flat tensor maps; wrap must be None"):
+        cio.save_state_dict(STATE, tmp_path / "w.safetensors", wrap="model")
+
+
+def test_save_refuses_unknown_extensions_without_writing(tmp_path):
+    with pytest.raises(ValueError, match=r"w\.npz: unsupported checkpoint extension '\.npz'; expected \.safetensors"):
+        cio.save_state_dict(STATE, tmp_path / "w.npz")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- wrappers --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wrapped", [
+    {"model": STATE, "iteration": torch.tensor(7)},          # detectron2: a tensor beside the wrapper
+    {"state_dict": STATE, "epoch": 3, "optimizer_states": []},  # Lightning
+    {"module": STATE},                                        # DistributedDataParallel
+    {"model": {"module": STATE}, "args": {"lr": 0.1}},        # nested wrappers
+    {"model_ema": STATE, "model": {"other": torch.zeros(1)}},  # the EMA weights first, as timm
+], ids=["detectron2", "lightning", "ddp", "nested", "ema"])
+def test_training_wrappers_are_unwrapped(tmp_path, wrapped):
+    torch.save(wrapped, tmp_path / "w.pth")
+    _assert_bitwise(cio.load_state_dict(tmp_path / "w.pth"), STATE)
+    _assert_bitwise(cio.unwrap_state_dict(wrapped, "in-memory"), STATE)
+
+
+def test_a_tensor_named_like_a_wrapper_is_a_weight(tmp_path):
+    state = {"model": torch.ones(2), "module": torch.zeros(1)}
+    _assert_bitwise(cio.unwrap_state_dict(state, "x"), state)
+
+
+# --- errors name the file and what was expected ----------------------------------------------
+
+
+def test_missing_file_and_unknown_extension(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint file at .*missing\.pth"):
+        cio.load_state_dict(tmp_path / "missing.pth")
+    (tmp_path / "w.npz").write_bytes(b"x")
+    expected = r"w\.npz: unsupported checkpoint extension '\.npz'; expected \.safetensors or one of \('\.pth'"
+    with pytest.raises(ValueError, match=expected):
+        cio.load_state_dict(tmp_path / "w.npz")
+    with pytest.raises(ValueError, match=expected):
+        cio.state_dict_from_bytes(b"x", tmp_path / "w.npz")
+
+
+@pytest.mark.parametrize("obj, message", [
+    ([torch.zeros(1)], r"list\.pth: expected a state dict \(name -> tensor\), got list$"),
+    ({}, r"list\.pth: expected a state dict \(name -> tensor\), got an empty dict$"),
+    ({"model": {}}, r"list\.pth: expected a state dict \(name -> tensor\), got an empty dict$"),
+    ({"epoch": 3, "args": {"lr": 0.1}}, r"list\.pth: no tensors found; top-level keys are \['args', 'epoch'\]$"),
+    ({"w": torch.zeros(1), "epoch": 3}, r"list\.pth: expected a state dict \(name -> tensor\), but 1 entries are "
+                                        r"not tensors: \['epoch'\]$"),
+], ids=["list", "empty", "empty-wrapped", "no-tensors", "mixed"])
+def test_not_a_state_dict_is_a_clear_error(tmp_path, obj, message):
+    torch.save(obj, tmp_path / "list.pth")
+    with pytest.raises(ValueError, match=message):
+        cio.load_state_dict(tmp_path / "list.pth")
+
+
+@pytest.mark.parametrize("name", ["w.safetensors", "w.pth"])
+def test_truncated_file_is_a_value_error_naming_it(tmp_path, name):
+    path = cio.save_state_dict(STATE, tmp_path / name)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    kind = "safetensors file" if name.endswith("safetensors") else "torch checkpoint"
+    for load in (lambda: cio.load_state_dict(path), lambda: cio.state_dict_from_bytes(path.read_bytes(), path)):
+        with pytest.raises(ValueError, match=rf"{name}: not a readable {kind} .*truncated or corrupted\?"):
+            load()
+
+
+def test_a_pickle_that_runs_code_is_refused_and_does_not_run(tmp_path):
+    marker, path = tmp_path / "pwned.txt", tmp_path / "evil.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "hook": _RunsCode(marker)}, path)
+    for load in (lambda: cio.load_state_dict(path), lambda: cio.state_dict_from_bytes(path.read_bytes(), path)):
+        with pytest.raises(cio.UnsafePickleError, match=r"evil\.pth: holds objects other than tensors .*"
+                                                        r"Weights only load failed.* weights_only=True") as info:
+            load()
+        # a ValueError for callers handling bad user files, an UnpicklingError for torch.load's callers
+        assert isinstance(info.value, ValueError) and isinstance(info.value, pickle.UnpicklingError)
+        assert "Weights only load failed" in str(info.value.__cause__)
+    assert not marker.exists()
+
+
+def test_a_pickle_with_a_non_tensor_object_is_refused(tmp_path):
+    torch.save({"model": {"w": torch.zeros(1)}, "args": argparse.Namespace(lr=0.1)}, tmp_path / "train.pth")
+    with pytest.raises(cio.UnsafePickleError, match=r"train\.pth: holds objects other than tensors"):
+        cio.load_state_dict(tmp_path / "train.pth")
+
+
+# --- atomic writes ---------------------------------------------------------------------------
+
+
+def test_atomic_write_bytes_replaces_the_file(tmp_path):
+    path = tmp_path / "a.json"
+    assert cio.atomic_write_bytes(path, b"old") == path
+    cio.atomic_write_bytes(path, b"new")
+    assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_a_failed_fsync_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "a.json"
+    cio.atomic_write_bytes(path, b"old")
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cio.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        cio.atomic_write_bytes(path, b"new")
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+@pytest.mark.parametrize("name", ["w.safetensors", "w.pth"])
+def test_a_writer_failing_halfway_leaves_the_old_checkpoint(tmp_path, monkeypatch, name):
+    path = cio.save_state_dict(STATE, tmp_path / name)
+    before = path.read_bytes()
+
+    def half_then_fail(obj, target, *args, **kwargs):
+        Path(target).write_bytes(before[: len(before) // 2])  # a torn write into the temp file
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", half_then_fail)
+    monkeypatch.setattr(safetensors.torch, "save_file", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        cio.save_state_dict({"w": torch.ones(1)}, path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_write_atomically_needs_an_existing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        cio.write_atomically(tmp_path / "nope" / "a.bin", lambda tmp: Path(tmp).write_bytes(b"x"))
+    assert list(tmp_path.iterdir()) == []
