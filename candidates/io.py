@@ -61,6 +61,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], object]) ->
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, _default_mode())  # mkstemp makes 0600; a saved file should look like open()'s
     try:
         write(tmp)
         _fsync(tmp)
@@ -168,3 +169,10 @@ def load_state_dict(path: str | os.PathLike) -> StateDict:
 def state_dict_from_bytes(data: bytes, path: str | os.PathLike) -> StateDict:
     """:func:`load_state_dict` of bytes already read from ``path`` (its suffix picks the format)."""
     return _load(bytes(data), Path(path))
+
+
+def _default_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask

@@ -84,12 +84,12 @@ def randomize_(model: nn.Module, generator: torch.Generator, *, scale: float = 0
         for p in model.parameters():
             if not p.is_floating_point():
                 continue
-            noise = torch.randn(p.shape, generator=generator, dtype=torch.float64)
+            noise = torch.randn(p.shape, generator=generator, dtype=p.dtype)
             if p.ndim >= 2:
                 fan_in = p[0].numel()
-                p.copy_(noise / math.sqrt(max(fan_in, 1)))
+                p.copy_(noise.div_(math.sqrt(max(fan_in, 1))))
             else:
-                p.copy_(p.double() + scale * noise)
+                p.add_(noise.mul_(scale))
 
 
 @dataclass(frozen=True)
@@ -153,17 +153,10 @@ class Pair:
         self, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
     ) -> tuple[nn.Module, nn.Module]:
         """(candidate, reference) with identical weights, in eval mode, on ``device``/``dtype``."""
-        _check_dtype(dtype)
-        reference = self._reference()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            candidate = self.candidate()
+        reference = self.build_reference(dtype=dtype, device=device)
         state = self.convert({k: v.detach().clone() for k, v in reference.state_dict().items()})
-        candidate.load_state_dict(state, strict=True)
-        return (
-            candidate.to(device=device, dtype=dtype).eval(),
-            reference.to(device=device, dtype=dtype).eval(),
-        )
+        candidate = _load_candidate(self.candidate, state, seed=self.seed)
+        return candidate.to(device=device, dtype=dtype).eval(), reference
 
     def _reference(self) -> nn.Module:
         generator = torch.Generator().manual_seed(self.seed)
@@ -191,6 +184,25 @@ class Pair:
             reference_outputs=self.reference_outputs,
             rerun=self.rerun,
         )
+
+
+def _load_candidate(factory: Callable[[], nn.Module], state: StateDict, *, seed: int) -> nn.Module:
+    """``factory()`` with ``state`` loaded strictly.
+
+    The candidate is first built on the meta device and the converted tensors are assigned to it:
+    its own initialization would be overwritten anyway, and for the largest variants it costs more
+    than everything else in a parity run. Anything a constructor computes that is not in the
+    state dict (a non-persistent buffer) would stay on meta; then the model is built for real.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with torch.device("meta"):
+            candidate = factory()
+        candidate.load_state_dict(state, strict=True, assign=True)
+        if any(t.is_meta for t in (*candidate.parameters(), *candidate.buffers())):
+            candidate = factory()
+            candidate.load_state_dict(state, strict=True)
+    return candidate
 
 
 def _check_dtype(dtype: torch.dtype) -> torch.dtype:

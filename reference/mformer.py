@@ -6,7 +6,7 @@ ViT ``cls_token``, ``rope`` (``RotaryEmbeddingMixed``), ``blocks`` (``EvaBlock``
 ``head`` (``timm/models/eva.py``), wired exactly as described in ``candidates/mformer``. The ViT
 is created at the input size, so timm's cached rotary grid is the H/16 x W/16 feature grid.
 
-Pairs: ``mformer_v1_{sm,md,lg,xl}`` (full depth, 224x224, nightly) and
+Pairs: ``mformer_v1_{sm,md,lg,xl}`` (full depth, 224x224; md/lg/xl nightly) and
 ``mformer_v1_{sm,md,lg,xl}_tiny`` (1 + 1 ConvNeXt blocks, 2 ViT blocks, 64x96, batch 2).
 """
 
@@ -85,7 +85,7 @@ def _register(variant: str, *, tiny: bool) -> None:
         convert=_convert,
         make_inputs=lambda g: torch.randn(2 if tiny else 1, 3, *size, generator=g),
         randomize_fn=randomize_rope_vit_,
-        tags=frozenset() if tiny else frozenset({"nightly"}),
+        tags=frozenset() if tiny or variant == "sm" else frozenset({"nightly"}),
         description=f"mFormerV1-{variant}: {config.convnext_name} + {config.vit_name}"
                     + (" (1+1 ConvNeXt blocks, 2 ViT blocks, 64x96)" if tiny else ", 224x224"),
     ))

@@ -4,8 +4,8 @@ Reference: timm 1.0.31 ``vit_{small,base,large}_patch16_rope_mixed_224`` (``Eva`
 ``rope_type='mixed'``), built with ``pretrained=False``; eval mode, eager attention.
 
 Pairs (``python -m harness list``):
-  * ``rope_mixed_vit_{small,base,large}``            full depth, 224x224        (nightly)
-  * ``rope_mixed_vit_{small,base,large}_nonsquare``  full depth, 160x256        (nightly)
+  * ``rope_mixed_vit_{small,base,large}``            full depth, 224x224        (base/large nightly)
+  * ``rope_mixed_vit_{small,base,large}_nonsquare``  full depth, 160x256        (base/large nightly)
   * ``rope_mixed_vit_{small,base,large}_d2``         2 blocks, 224x224          (default suite)
   * ``rope_mixed_vit_{small,base,large}_d2_nonsquare`` 2 blocks, 48x80, batch 2 (default suite)
 
@@ -87,7 +87,8 @@ def _register(variant: str, *, suffix: str, size: tuple[int, int], depth: int | 
 
 
 for _variant in ("small", "base", "large"):
-    _register(_variant, suffix="", size=(224, 224), depth=None, batch=1, tags=frozenset({"nightly"}))
-    _register(_variant, suffix="_nonsquare", size=NONSQUARE, depth=None, batch=1, tags=frozenset({"nightly"}))
+    _full = frozenset() if _variant == "small" else frozenset({"nightly"})  # ViT-S is cheap enough
+    _register(_variant, suffix="", size=(224, 224), depth=None, batch=1, tags=_full)
+    _register(_variant, suffix="_nonsquare", size=NONSQUARE, depth=None, batch=1, tags=_full)
     _register(_variant, suffix="_d2", size=(224, 224), depth=2, batch=1, tags=frozenset())
     _register(_variant, suffix="_d2_nonsquare", size=TINY_NONSQUARE, depth=2, batch=2, tags=frozenset())

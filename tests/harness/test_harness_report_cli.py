@@ -78,3 +78,20 @@ def test_golden_roundtrip_and_report(tmp_path):
         golden.check("missing", value, directory=tmp_path)
     with pytest.raises(ValueError, match="plain file stem"):
         golden.check("../x", value, directory=tmp_path)
+
+
+def test_report_files_are_written_atomically_and_readable(tmp_path):
+    import os
+    import stat
+
+    from harness.report import atomic_write_text
+
+    path = atomic_write_text(tmp_path / "sub" / "a.json", "{}")
+    assert path.read_text() == "{}" and not [p for p in path.parent.iterdir() if p.name.startswith(".")]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+    with pytest.raises(TypeError):
+        atomic_write_text(path, 123)  # type: ignore[arg-type]
+    assert path.read_text() == "{}" and len(list(path.parent.iterdir())) == 1  # old file kept, no temp left

@@ -31,10 +31,15 @@ def test_mformer_parity_tiny(parity_check, variant, dtype):
     assert {"stem", "stages.0", "stages.1.downsample", "downsample", "rope", "blocks.1", "norm", "head"} <= names
 
 
+# Full size: sm (23M parameters) in the default suite; md/lg/xl (up to 314M) nightly, one at a
+# time on a single xdist worker (memory).
+FULL_VARIANTS = ["sm", *(pytest.param(v, marks=[pytest.mark.nightly, pytest.mark.xdist_group("large_models")])
+                         for v in VARIANTS[1:])]
+
+
 @pytest.mark.parity
-@pytest.mark.nightly
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", FULL_VARIANTS)
 def test_mformer_parity_full(parity_check, variant, dtype):
     report = parity_check(f"mformer_v1_{variant}", dtype=dtype)
     if dtype == torch.float64:
@@ -42,7 +47,6 @@ def test_mformer_parity_full(parity_check, variant, dtype):
 
 
 @pytest.mark.parity
-@pytest.mark.nightly
 def test_mformer_parity_cli_compare_sm_float64_exits_0(capsys):
     assert harness_cli(["compare", "mformer_v1_sm", "--dtype", "float64"]) == 0
     assert "PASS" in capsys.readouterr().out

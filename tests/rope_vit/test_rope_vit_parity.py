@@ -15,7 +15,7 @@ DTYPES = (torch.float32, torch.float64)
 
 
 # Default suite: two blocks. ViT-S at 224 and non-square in both dtypes; ViT-B/L (same code at
-# other widths) non-square in float64. Everything at full depth and both dtypes runs in nightly.
+# other widths) non-square in float64. Full depth: ViT-S in both dtypes here, ViT-B/L nightly.
 REDUCED = [
     ("small", "_d2", torch.float32), ("small", "_d2", torch.float64),
     ("small", "_d2_nonsquare", torch.float32), ("small", "_d2_nonsquare", torch.float64),
@@ -34,11 +34,16 @@ def test_rope_vit_parity_reduced_depth(parity_check, variant, size, dtype):
     assert {"rope", "patch_embed", "blocks.1.attn.qkv", "blocks.1.mlp.fc2", "blocks.1", "norm", "head"} <= names
 
 
+# Full depth: small (22M parameters) in the default suite; base and large nightly, one at a time
+# on a single xdist worker (memory).
+FULL_VARIANTS = ["small", *(pytest.param(v, marks=[pytest.mark.nightly, pytest.mark.xdist_group("large_models")])
+                            for v in VARIANTS[1:])]
+
+
 @pytest.mark.parity
-@pytest.mark.nightly
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("size", ["", "_nonsquare"])
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", FULL_VARIANTS)
 def test_rope_vit_parity_full(parity_check, variant, size, dtype):
     report = parity_check(f"rope_mixed_vit_{variant}{size}", dtype=dtype)
     if dtype == torch.float64:

@@ -1,0 +1,24 @@
+"""ConvNeXt (Liu et al. 2022), timm-compatible names; see :mod:`candidates.convnext.convnext`."""
+
+from candidates.convnext.convnext import (
+    VARIANTS,
+    ConvNeXt,
+    ConvNeXtBlock,
+    ConvNeXtConfig,
+    ConvNeXtStage,
+    DropPath,
+    LayerNorm2d,
+    Mlp,
+    convert_timm_state_dict,
+    convnext_base,
+    convnext_large,
+    convnext_small,
+    convnext_tiny,
+    convnext_xlarge,
+)
+
+__all__ = [
+    "VARIANTS", "ConvNeXt", "ConvNeXtBlock", "ConvNeXtConfig", "ConvNeXtStage", "DropPath",
+    "LayerNorm2d", "Mlp", "convert_timm_state_dict", "convnext_base", "convnext_large",
+    "convnext_small", "convnext_tiny", "convnext_xlarge",
+]

@@ -1,0 +1,357 @@
+"""ConvNeXt: a pure convolutional network modernised along the lines of a vision Transformer.
+
+Paper: Liu et al., "A ConvNet for the 2020s", CVPR 2022, https://arxiv.org/abs/2201.03545.
+Upstream: https://github.com/facebookresearch/ConvNeXt and timm's ``timm/models/convnext.py``
+(timm 1.0.31), which is the parity reference (``reference/convnext.py``).
+
+Structure (stage ``i`` has ``depths[i]`` blocks of width ``dims[i]``)::
+
+    stem      conv 4x4/4 + LayerNorm2d          (CIFAR: conv 3x3/1 pad 1 + LayerNorm2d)
+    stages.i  downsample (LayerNorm2d + conv 2x2/2; identity in stage 0) -> blocks
+    block     x + drop_path(gamma * fc2(GELU(fc1(LayerNorm(dwconv7x7(x))))))   (MLP channels-last)
+    head      global mean pool -> LayerNorm -> fc
+
+Every submodule and parameter carries timm's name (``stem.0``, ``stages.1.downsample.1``,
+``stages.2.blocks.4.mlp.fc1``, ``gamma``, ``head.norm``, ``head.fc``), so state dicts move
+between the two implementations unchanged and the parity harness lines layers up by name.
+
+Deliberate differences from timm:
+
+* Only the paper's model: patch/CIFAR stems, LayerNorm, exact GELU, Linear MLP, layer scale
+  always on. No conv-MLP, GRN (ConvNeXt-V2), dilation, output stride or MLP head options.
+* No-op modules that timm keeps for its options are not mirrored (``mlp.drop1/norm/drop2``,
+  block ``shortcut``, ``norm_pre``, ``head.global_pool/flatten/pre_logits/drop``); global pooling
+  is an inline mean. The head norm is a LayerNorm2d over the pooled ``(B, C, 1, 1)`` map, as in
+  timm, so that ``head.norm`` produces the same shape on both sides.
+* Truncated-normal init is truncated at +-2 standard deviations. Upstream passes timm's default
+  bounds of +-2 *absolute*, which at std 0.02 is +-100 sigma and truncates nothing.
+* The CIFAR stem (3x3, stride 1, padding 1) keeps 32x32 inputs at full resolution in stage 0;
+  it is not part of the paper or of timm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "ConvNeXt", "ConvNeXtBlock", "ConvNeXtConfig", "ConvNeXtStage", "DropPath", "LayerNorm2d",
+    "Mlp", "VARIANTS", "convert_timm_state_dict", "convnext_base", "convnext_large",
+    "convnext_small", "convnext_tiny", "convnext_xlarge",
+]
+
+LAYER_NORM_EPS = 1e-6  # the paper's (and timm's) LayerNorm epsilon, everywhere in the network
+INIT_STD = 0.02
+
+
+# ---------------------------------------------------------------------------------------------
+# Leaf modules
+# ---------------------------------------------------------------------------------------------
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a channels-first ``(B, C, H, W)`` tensor."""
+
+    def __init__(self, num_channels: int, *, eps: float = LAYER_NORM_EPS) -> None:
+        super().__init__(num_channels, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)  # (B, C, H, W)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: in training, zero a sample's residual branch with probability ``drop_prob``.
+
+    Kept branches are scaled by ``1 / (1 - drop_prob)`` so the expectation is unchanged; in eval
+    mode (and at ``drop_prob == 0``) the module is the identity.
+    """
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob!r}")
+        self.drop_prob = drop_prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.drop_prob == 0.0:
+            return x
+        keep_prob = 1.0 - self.drop_prob
+        mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)  # one draw per sample
+        mask = x.new_empty(mask_shape).bernoulli_(keep_prob)
+        return x * mask / keep_prob
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob:.3f}"
+
+
+class Mlp(nn.Module):
+    """Inverted bottleneck on channels-last input: Linear(C, 4C) -> GELU -> Linear(4C, C)."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()  # exact (erf) GELU, as in the paper
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.fc1(x)
+        x = self.act(x)
+        return self.fc2(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Block, stage, head, model
+# ---------------------------------------------------------------------------------------------
+
+
+class ConvNeXtBlock(nn.Module):
+    """Depthwise 7x7 conv -> LayerNorm -> MLP (ratio 4) -> layer scale -> drop path, plus residual."""
+
+    def __init__(self, dim: int, *, drop_path: float = 0.0, layer_scale_init_value: float = 1e-6) -> None:
+        super().__init__()
+        self.conv_dw = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.mlp = Mlp(dim, 4 * dim)
+        self.gamma = nn.Parameter(torch.full((dim,), layer_scale_init_value))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x
+        x = self.conv_dw(x)
+        x = x.permute(0, 2, 3, 1)  # (B, H, W, C): norm and MLP act on the channel axis
+        x = self.norm(x)
+        x = self.mlp(x)
+        x = x.permute(0, 3, 1, 2)  # (B, C, H, W)
+        x = x * self.gamma.view(1, -1, 1, 1)
+        return shortcut + self.drop_path(x)
+
+
+class ConvNeXtStage(nn.Module):
+    """Optional downsample (LayerNorm2d + 2x2 stride-2 conv), then one block per drop-path rate."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        *,
+        downsample: bool,
+        drop_path_rates: Sequence[float],
+        layer_scale_init_value: float,
+    ) -> None:
+        super().__init__()
+        if downsample:
+            self.downsample = nn.Sequential(
+                LayerNorm2d(in_dim),
+                nn.Conv2d(in_dim, out_dim, kernel_size=2, stride=2),
+            )
+        else:
+            assert in_dim == out_dim, "a stage without downsample keeps its width"
+            self.downsample = nn.Identity()  # stage 0: the stem already produced dims[0] channels
+        self.blocks = nn.Sequential(*(
+            ConvNeXtBlock(out_dim, drop_path=rate, layer_scale_init_value=layer_scale_init_value)
+            for rate in drop_path_rates
+        ))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.downsample(x)
+        return self.blocks(x)
+
+
+class ClassifierHead(nn.Module):
+    """Global average pool -> LayerNorm -> Linear."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm = LayerNorm2d(dim)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+        x = self.norm(x)
+        x = x.flatten(1)  # (B, C)
+        return self.fc(x)
+
+
+@dataclass(frozen=True)
+class ConvNeXtConfig:
+    """Shape and options of a ConvNeXt; validated on construction.
+
+    Attributes:
+        depths: blocks per stage (4 stages).
+        dims: channels per stage (4 stages).
+        drop_path_rate: stochastic-depth rate of the last block; it rises linearly from 0 over
+            all blocks of the network.
+        layer_scale_init_value: initial value of every block's per-channel ``gamma``.
+        in_chans: input image channels.
+        num_classes: classifier outputs.
+        use_cifar_stem: 3x3 stride-1 stem for 32x32 images instead of the 4x4 stride-4 patchify.
+    """
+
+    depths: tuple[int, ...] = (3, 3, 9, 3)
+    dims: tuple[int, ...] = (96, 192, 384, 768)
+    drop_path_rate: float = 0.0
+    layer_scale_init_value: float = 1e-6
+    in_chans: int = 3
+    num_classes: int = 1000
+    use_cifar_stem: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("depths", "dims"):
+            value = getattr(self, name)
+            if not isinstance(value, (tuple, list)) or len(value) != 4:
+                raise ValueError(f"{name} must be a sequence of 4 positive ints (one per stage), got {value!r}")
+            if not all(_is_positive_int(v) for v in value):
+                raise ValueError(f"{name} must be a sequence of 4 positive ints (one per stage), got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        for name in ("in_chans", "num_classes"):
+            if not _is_positive_int(getattr(self, name)):
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        if not _is_real(self.drop_path_rate) or not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be a float in [0, 1), got {self.drop_path_rate!r}")
+        if not _is_real(self.layer_scale_init_value) or not self.layer_scale_init_value > 0:
+            raise ValueError(f"layer_scale_init_value must be a float > 0, got {self.layer_scale_init_value!r}")
+        if not isinstance(self.use_cifar_stem, bool):
+            raise TypeError(f"use_cifar_stem must be a bool, got {type(self.use_cifar_stem).__name__}")
+
+    @property
+    def min_input_size(self) -> int:
+        """Smallest height/width that survives the stem and the three 2x downsamples."""
+        return 8 if self.use_cifar_stem else 32
+
+    def drop_path_rates(self) -> list[list[float]]:
+        """Per stage, per block: rates rising linearly from 0 to ``drop_path_rate`` over all blocks."""
+        last = sum(self.depths) - 1
+        rates = [self.drop_path_rate * i / last if last else 0.0 for i in range(last + 1)]
+        starts = [sum(self.depths[:i]) for i in range(len(self.depths))]
+        return [rates[start:start + depth] for start, depth in zip(starts, self.depths)]
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class ConvNeXt(nn.Module):
+    """ConvNeXt image classifier: ``(B, in_chans, H, W) -> (B, num_classes)`` logits."""
+
+    def __init__(self, config: ConvNeXtConfig = ConvNeXtConfig()) -> None:
+        super().__init__()
+        if not isinstance(config, ConvNeXtConfig):
+            raise TypeError(f"ConvNeXt takes a ConvNeXtConfig, got {type(config).__name__}")
+        self.config = config
+        dims = config.dims
+        if config.use_cifar_stem:
+            stem_conv = nn.Conv2d(config.in_chans, dims[0], kernel_size=3, stride=1, padding=1)
+        else:
+            stem_conv = nn.Conv2d(config.in_chans, dims[0], kernel_size=4, stride=4)
+        self.stem = nn.Sequential(stem_conv, LayerNorm2d(dims[0]))
+        in_dims = (dims[0],) + dims[:-1]
+        self.stages = nn.Sequential(*(
+            ConvNeXtStage(
+                in_dim,
+                out_dim,
+                downsample=i > 0,
+                drop_path_rates=rates,
+                layer_scale_init_value=config.layer_scale_init_value,
+            )
+            for i, (in_dim, out_dim, rates) in enumerate(zip(in_dims, dims, config.drop_path_rates()))
+        ))
+        self.head = ClassifierHead(dims[-1], config.num_classes)
+        self.apply(_init_weights)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        x = self.stem(x)  # (B, dims[0], H/4, W/4); CIFAR stem: (B, dims[0], H, W)
+        x = self.stages(x)  # (B, dims[3], H/32, W/32); CIFAR stem: (B, dims[3], H/8, W/8)
+        return self.head(x)  # (B, num_classes)
+
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"ConvNeXt expects a Tensor, got {type(x).__name__}")
+        expected = f"(B, {self.config.in_chans}, H, W) with H, W >= {self.config.min_input_size}"
+        if x.ndim != 4 or x.shape[1] != self.config.in_chans or min(x.shape[-2:]) < self.config.min_input_size:
+            raise ValueError(f"ConvNeXt expects input of shape {expected}, got {tuple(x.shape)}")
+
+
+def _init_weights(module: nn.Module) -> None:
+    """Truncated normal (std 0.02, cut at +-2 std) for conv and linear weights, zero biases."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.trunc_normal_(module.weight, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# Key mapping
+# ---------------------------------------------------------------------------------------------
+
+
+def convert_timm_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """timm ``convnext_*`` state dict -> ours (and back): the identity, as a new dict.
+
+    Every parameter already carries timm's name and shape, so no key is renamed and no tensor is
+    reshaped; the function exists so the transfer stays an explicit, tested step of the pair.
+    """
+    return dict(state_dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Variants and factories
+# ---------------------------------------------------------------------------------------------
+
+# Paper Table / timm defaults; drop_path_rate is the paper's ImageNet-1K training value.
+VARIANTS: Mapping[str, ConvNeXtConfig] = MappingProxyType({
+    "tiny": ConvNeXtConfig(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), drop_path_rate=0.1),
+    "small": ConvNeXtConfig(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768), drop_path_rate=0.4),
+    "base": ConvNeXtConfig(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), drop_path_rate=0.5),
+    "large": ConvNeXtConfig(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536), drop_path_rate=0.5),
+    "xlarge": ConvNeXtConfig(depths=(3, 3, 27, 3), dims=(256, 512, 1024, 2048), drop_path_rate=0.5),
+})
+
+_FACTORY_OPTIONS = ("drop_path_rate", "layer_scale_init_value", "in_chans", "num_classes", "use_cifar_stem")
+
+
+def _create(variant: str, options: Mapping[str, Any]) -> ConvNeXt:
+    unknown = sorted(set(options) - set(_FACTORY_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"convnext_{variant}() got unexpected option(s) {unknown}; expected any of {list(_FACTORY_OPTIONS)} "
+            f"(for other depths/dims build ConvNeXt(ConvNeXtConfig(...)))"
+        )
+    return ConvNeXt(dataclasses.replace(VARIANTS[variant], **options))
+
+
+def convnext_tiny(**options: Any) -> ConvNeXt:
+    """ConvNeXt-T, 28.6M parameters; ``options`` override ConvNeXtConfig fields (not depths/dims)."""
+    return _create("tiny", options)
+
+
+def convnext_small(**options: Any) -> ConvNeXt:
+    """ConvNeXt-S, 50.2M parameters; ``options`` override ConvNeXtConfig fields (not depths/dims)."""
+    return _create("small", options)
+
+
+def convnext_base(**options: Any) -> ConvNeXt:
+    """ConvNeXt-B, 88.6M parameters; ``options`` override ConvNeXtConfig fields (not depths/dims)."""
+    return _create("base", options)
+
+
+def convnext_large(**options: Any) -> ConvNeXt:
+    """ConvNeXt-L, 197.8M parameters; ``options`` override ConvNeXtConfig fields (not depths/dims)."""
+    return _create("large", options)
+
+
+def convnext_xlarge(**options: Any) -> ConvNeXt:
+    """ConvNeXt-XL, 350.2M parameters; ``options`` override ConvNeXtConfig fields (not depths/dims)."""
+    return _create("xlarge", options)

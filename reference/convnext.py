@@ -1,0 +1,107 @@
+"""timm ConvNeXt as the reference for ``candidates.convnext``, and the ConvNeXt pairs.
+
+Pairs (default suite, small inputs so a float64 run takes seconds):
+
+* ``convnext_{tiny,small,base,large,xlarge}``: ``timm.create_model("convnext_*", pretrained=False)``
+  with 1000 classes and the variant's drop-path rate (inactive in eval mode, but it gives both
+  sides the same ``drop_path`` modules). Tiny sees 2x3x64x64, the others 1x3x32x32: the smallest
+  input the patchify stem and three downsamples leave a 1x1 map for.
+* ``convnext_tiny_cifar``: the CIFAR stem (3x3 conv, stride 1, padding 1 + LayerNorm2d) on
+  1x3x32x32, 10 classes. timm has no such stem, so the reference is timm's ``convnext_tiny`` with
+  ``model.stem`` replaced by the same two layers built from timm's own parts (``nn.Conv2d`` and
+  ``timm.layers.LayerNorm2d``); every other module is timm's.
+
+Nightly pairs (tag ``nightly``) run the paper's full resolutions: ``convnext_*_224`` all five
+variants at 1x3x224x224, ``convnext_{tiny,small,base}_384`` at 1x3x384x384. Peak host memory of a
+float64 run with full traces: about 16 GB for ``convnext_xlarge_224``.
+
+Weights: the candidate's parameter names and shapes are timm's, so the transfer is the identity
+``convert_timm_state_dict`` (loaded strictly by ``Pair.build``). Module names match too, hence no
+rename rules; timm's no-op modules (``mlp.drop1/norm/drop2``, ``shortcut``, ``norm_pre``,
+``head.global_pool/flatten/pre_logits/drop``) have no candidate twin and are listed as unmatched.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import timm
+import torch
+from timm.layers import LayerNorm2d
+from torch import nn
+
+import candidates.convnext as convnext
+from harness import Pair, register
+
+__all__ = ["timm_convnext", "timm_convnext_cifar", "variant_pair"]
+
+IMAGENET_CLASSES = 1000
+CIFAR_CLASSES = 10
+SMALL_INPUTS: dict[str, tuple[int, int, int, int]] = {
+    "tiny": (2, 3, 64, 64),
+    "small": (1, 3, 32, 32),
+    "base": (1, 3, 32, 32),
+    "large": (1, 3, 32, 32),
+    "xlarge": (1, 3, 32, 32),
+}
+FULL_SIZE_INPUTS = {"_224": (1, 3, 224, 224), "_384": (1, 3, 384, 384)}
+# 384x384 float64 traces of Large/XLarge need well over 16 GB of host memory: 224 only for those.
+FULL_SIZE_VARIANTS = {"_224": tuple(SMALL_INPUTS), "_384": ("tiny", "small", "base")}
+NIGHTLY = frozenset({"nightly"})
+CIFAR_INPUT = (1, 3, 32, 32)
+
+
+def timm_convnext(variant: str, *, num_classes: int = IMAGENET_CLASSES) -> nn.Module:
+    """timm's ``convnext_<variant>``, random init, eval mode, same drop-path rate as ours."""
+    model = timm.create_model(
+        f"convnext_{variant}",
+        pretrained=False,
+        num_classes=num_classes,
+        drop_path_rate=convnext.VARIANTS[variant].drop_path_rate,
+    )
+    return model.eval()
+
+
+def timm_convnext_cifar(*, num_classes: int = CIFAR_CLASSES) -> nn.Module:
+    """timm's ``convnext_tiny`` with the CIFAR stem: conv 3x3/1 (padding 1) + timm LayerNorm2d."""
+    model = timm_convnext("tiny", num_classes=num_classes)
+    in_chans, dim = model.stem[0].in_channels, model.stem[0].out_channels
+    model.stem = nn.Sequential(
+        nn.Conv2d(in_chans, dim, kernel_size=3, stride=1, padding=1),
+        LayerNorm2d(dim),
+    )
+    return model.eval()
+
+
+def _images(shape: tuple[int, ...]) -> Callable[[torch.Generator], torch.Tensor]:
+    return lambda generator: torch.randn(shape, generator=generator)
+
+
+def variant_pair(variant: str, *, suffix: str, input_shape: tuple[int, ...], tags: frozenset[str]) -> Pair:
+    """``convnext_<variant><suffix>``: our factory against timm's, on ``input_shape`` images."""
+    factory = getattr(convnext, f"convnext_{variant}")
+    return Pair(
+        name=f"convnext_{variant}{suffix}",
+        candidate=lambda: factory(num_classes=IMAGENET_CLASSES),
+        reference=lambda: timm_convnext(variant),
+        convert=convnext.convert_timm_state_dict,
+        make_inputs=_images(input_shape),
+        tags=tags,
+        description=f"ConvNeXt-{variant} vs timm convnext_{variant}, input {'x'.join(map(str, input_shape))}",
+    )
+
+
+for _variant, _shape in SMALL_INPUTS.items():
+    register(variant_pair(_variant, suffix="", input_shape=_shape, tags=frozenset()))
+    for _suffix, _full_shape in FULL_SIZE_INPUTS.items():
+        if _variant in FULL_SIZE_VARIANTS[_suffix]:
+            register(variant_pair(_variant, suffix=_suffix, input_shape=_full_shape, tags=NIGHTLY))
+
+register(Pair(
+    name="convnext_tiny_cifar",
+    candidate=lambda: convnext.convnext_tiny(num_classes=CIFAR_CLASSES, use_cifar_stem=True),
+    reference=timm_convnext_cifar,
+    convert=convnext.convert_timm_state_dict,
+    make_inputs=_images(CIFAR_INPUT),
+    description="ConvNeXt-T with the 3x3/1 CIFAR stem vs timm convnext_tiny with that stem swapped in",
+))
