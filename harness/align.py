@@ -10,7 +10,9 @@ Three passes, each only over what the previous ones left:
    may only pair when their primary outputs have the same shape. It tolerates modules present on
    one side only (an extra ``Identity``, a fused qkv against split q/k/v): those stay unmatched.
 
-Nothing is dropped silently: whatever no pass paired is returned as unmatched, per side.
+Nothing is dropped silently: whatever no pass paired is returned as unmatched, per side; calls
+that returned their input tensor itself (an ``Identity``, a ``Dropout`` in eval mode) are
+returned apart as pass-through, since there is nothing to compare in them.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class Alignment:
     matches: list[Match]  # in candidate execution (completion) order
     unmatched_candidate: list[Record]
     unmatched_reference: list[Record]
+    passthrough_candidate: list[Record]  # unmatched calls that returned their input unchanged
+    passthrough_reference: list[Record]
 
 
 def apply_rename(name: str, rules: Sequence[tuple[str, str]]) -> str:
@@ -80,10 +84,14 @@ def align(
         _structural(candidate, reference, paired, taken)
 
     matches = [Match(candidate[ci], reference[ri], how) for ci, (ri, how) in sorted(paired.items())]
+    left_c = [r for i, r in enumerate(candidate) if i not in paired]
+    left_r = [r for i, r in enumerate(reference) if i not in taken]
     return Alignment(
         matches=matches,
-        unmatched_candidate=[r for i, r in enumerate(candidate) if i not in paired],
-        unmatched_reference=[r for i, r in enumerate(reference) if i not in taken],
+        unmatched_candidate=[r for r in left_c if not r.passthrough],
+        unmatched_reference=[r for r in left_r if not r.passthrough],
+        passthrough_candidate=[r for r in left_c if r.passthrough],
+        passthrough_reference=[r for r in left_r if r.passthrough],
     )
 
 
@@ -94,8 +102,9 @@ def _structural(
     anchors = _monotone_anchors(sorted((ci, ri) for ci, (ri, _) in paired.items()))
     bounds = [(-1, -1), *anchors, (len(candidate), len(reference))]
     for (c0, r0), (c1, r1) in zip(bounds, bounds[1:]):
-        cs = [i for i in range(c0 + 1, c1) if i not in paired]
-        rs = [j for j in range(r0 + 1, r1) if j not in taken]
+        # pass-through calls compute nothing: pairing one would only invent a spurious row
+        cs = [i for i in range(c0 + 1, c1) if i not in paired and not candidate[i].passthrough]
+        rs = [j for j in range(r0 + 1, r1) if j not in taken and not reference[j].passthrough]
         if not cs or not rs:
             continue
         for ci, ri in _lcs([candidate[i] for i in cs], [reference[j] for j in rs]):

@@ -107,6 +107,8 @@ def compare(
         rows=rows,
         unmatched_candidate=[r.key for r in alignment.unmatched_candidate],
         unmatched_reference=[r.key for r in alignment.unmatched_reference],
+        passthrough_candidate=[r.key for r in alignment.passthrough_candidate],
+        passthrough_reference=[r.key for r in alignment.passthrough_reference],
         tolerance=tol,
         seconds=time.perf_counter() - started,
         first_nonfinite={"candidate": cand_trace.first_nonfinite, "reference": ref_trace.first_nonfinite},

@@ -47,6 +47,8 @@ class ParityReport:
     tolerance: Tolerance
     seconds: float
     first_nonfinite: dict[str, str | None] = field(default_factory=dict)
+    passthrough_candidate: list[str] = field(default_factory=list)
+    passthrough_reference: list[str] = field(default_factory=list)
 
     # -- JSON ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -61,6 +63,7 @@ class ParityReport:
             "outputs": {k: m.to_dict() for k, m in self.outputs.items()},
             "layers": [_row_dict(r) for r in self.rows],
             "unmatched": {"candidate": self.unmatched_candidate, "reference": self.unmatched_reference},
+            "passthrough": {"candidate": self.passthrough_candidate, "reference": self.passthrough_reference},
             "seconds": round(self.seconds, 4),
             "tolerance": {"atol": self.tolerance.atol, "rtol": self.tolerance.rtol},
             "first_nonfinite": self.first_nonfinite,
@@ -87,8 +90,10 @@ class ParityReport:
         if self.first_nonfinite.get("candidate") or self.first_nonfinite.get("reference"):
             lines.append(f"first NaN/Inf: candidate {self.first_nonfinite.get('candidate')}, "
                          f"reference {self.first_nonfinite.get('reference')}")
+        passthrough = len(self.passthrough_candidate) + len(self.passthrough_reference)
         lines.append(f"{len(self.rows)} aligned calls ({sum(not r.passed for r in self.rows)} failing); "
-                     f"unmatched: {len(self.unmatched_candidate)} candidate, {len(self.unmatched_reference)} reference")
+                     f"unmatched: {len(self.unmatched_candidate)} candidate, {len(self.unmatched_reference)} reference"
+                     + (f"; {passthrough} pass-through calls (Identity, eval Dropout) without a twin" if passthrough else ""))
         return "\n".join(lines)
 
     def format(self, *, max_rows: int = 24) -> str:

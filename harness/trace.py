@@ -10,6 +10,8 @@ also when the forward raised. Each call of a hooked module becomes a :class:`Rec
   known exactly (``a`` contains ``b`` iff ``a.start < b.start and b.end < a.end``),
 - ``inputs`` / ``outputs``: tensor leaves by path (``args.0``, ``kwargs.mask``, ``logits``,
   ``0.1``...). Tuples, lists, dicts and transformers ``ModelOutput`` are flattened.
+- ``passthrough``: the call returned its input tensor object itself (``Identity``, ``Dropout`` in
+  eval mode): it computes nothing, so alignment lists it apart when it has no twin.
 
 Storage modes: ``"full"`` keeps detached copies (needed for error metrics and for re-running a
 module on the other model's inputs), ``"summary"`` keeps only :class:`TensorSummary` (shape,
@@ -95,6 +97,7 @@ class Record:
     module: nn.Module | None = field(default=None, repr=False)
     args: tuple = field(default=(), repr=False)  # full mode: the call's arguments, for re-runs
     kwargs: dict = field(default_factory=dict, repr=False)
+    passthrough: bool = False  # returned its input tensor itself (Identity, Dropout in eval)
 
     @property
     def key(self) -> str:
@@ -219,6 +222,7 @@ class Tracer:
                 return
             record = stack.pop()
             record.end = self._tick()
+            record.passthrough = isinstance(output, torch.Tensor) and any(output is a for a in args)
             record.outputs = {k: self._keep(v) for k, v in flatten_tensors(output).items()}
             if self.first_nonfinite is None and _nonfinite(record.outputs):
                 self.first_nonfinite = record.key

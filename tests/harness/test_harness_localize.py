@@ -98,7 +98,23 @@ def test_parity_toy_extra_identity_on_one_side_is_listed_not_fatal():
     extended = Net(extra_identity=True).double().eval()
     extended.load_state_dict(candidate.state_dict())
     report = harness.compare(extended, reference, TOY.inputs(dtype=torch.float64))
-    assert report.passed and report.unmatched_candidate == ["pre#0"] and not report.unmatched_reference
+    assert report.passed and not report.unmatched_candidate and not report.unmatched_reference
+    assert report.passthrough_candidate == ["pre#0"]  # listed apart: an Identity computes nothing
+    assert report.to_dict()["passthrough"] == {"candidate": ["pre#0"], "reference": []}
+    assert "1 pass-through calls" in report.format()
+
+
+def test_unmatched_module_that_computes_is_listed_as_unmatched():
+    class Scaled(Net):
+        def __init__(self):
+            super().__init__(extra_identity=True)
+            self.pre = torch.nn.Dropout(p=0.5)  # in training mode it computes: not a pass-through
+
+    candidate, reference = TOY.build(dtype=torch.float64)
+    extended = Scaled().double().train()
+    extended.load_state_dict(candidate.state_dict())
+    report = harness.compare(extended, reference, TOY.inputs(dtype=torch.float64))
+    assert "pre#0" in report.unmatched_candidate and not report.passthrough_candidate
 
 
 def test_module_without_tensor_inputs_can_be_the_culprit():
