@@ -48,19 +48,24 @@ class TensorSummary:
     def of(cls, t: torch.Tensor) -> "TensorSummary":
         x = t.detach()
         shape, dtype = tuple(x.shape), str(x.dtype).removeprefix("torch.")
-        if not (x.is_floating_point() or x.is_complex()) or x.numel() == 0:
-            x = x.double() if x.numel() else x
-            return cls(shape, dtype, float(x.mean()) if x.numel() else 0.0, 0.0,
-                       float(x.abs().max()) if x.numel() else 0.0, 0)
-        finite = torch.isfinite(x)
-        y = x[finite].double()
-        return cls(
-            shape, dtype,
-            float(y.mean()) if y.numel() else float("nan"),
-            float(y.std()) if y.numel() > 1 else 0.0,
-            float(y.abs().max()) if y.numel() else float("nan"),
-            int((~finite).sum()),
-        )
+        if x.numel() == 0:
+            return cls(shape, dtype, 0.0, 0.0, 0.0, 0)
+        if not x.is_floating_point():
+            x = x.double()
+        # Built from sum/mean/aminmax only: on CPU these are vectorized, while isfinite, std_mean
+        # and vector_norm are 20-50x slower and made summary tracing dearer than full copies.
+        # A finite sum means every element is finite (bar an overflow, which the exact count covers).
+        nonfinite = 0 if bool(torch.isfinite(x.sum())) else int(x.numel() - torch.isfinite(x).sum())
+        if nonfinite:
+            x = x[torch.isfinite(x)]
+            if x.numel() == 0:
+                nan = float("nan")
+                return cls(shape, dtype, nan, nan, nan, nonfinite)
+        mean = x.mean()
+        centered = x - mean
+        std = (centered * centered).sum().div(max(x.numel() - 1, 1)).sqrt()
+        low, high = torch.aminmax(x)
+        return cls(shape, dtype, float(mean), float(std), float(max(-low, high)), nonfinite)
 
 
 Leaf = torch.Tensor | TensorSummary
@@ -204,13 +209,14 @@ class Tracer:
             call = self._counts.get(name, 0)
             self._counts[name] = call + 1
             record = Record(name=name, call=call, start=self._tick())
-            if self.record_inputs:
+            if self.record_inputs and self.mode == "full":
+                record.module = module
+                record.args, record.kwargs = _clone_tree(args), _clone_tree(kwargs)
+                # the leaves are views of the cloned arguments: one copy serves both uses
+                record.inputs = flatten_tensors(record.args, "args") | flatten_tensors(record.kwargs, "kwargs")
+            elif self.record_inputs:
                 leaves = flatten_tensors(args, "args") | flatten_tensors(kwargs, "kwargs")
-                record.inputs = {k: self._keep(v) for k, v in leaves.items()}
-                if self.mode == "full":
-                    record.module = module
-                    record.args = _clone_tree(args)
-                    record.kwargs = _clone_tree(kwargs)
+                record.inputs = {k: TensorSummary.of(v) for k, v in leaves.items()}
             self._open.setdefault(id(module), []).append(record)
 
         return hook

@@ -97,3 +97,17 @@ def test_user_errors():
         Tracer("model")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="'full' or 'summary'"):
         Tracer(Net(), mode="everything")  # type: ignore[arg-type]
+
+
+def test_summary_statistics_match_torch_and_count_nonfinite():
+    x = torch.randn(3, 50, dtype=torch.float64) * 3 + 1
+    s = TensorSummary.of(x)
+    assert s.mean == pytest.approx(float(x.mean())) and s.std == pytest.approx(float(x.std()))
+    assert s.absmax == pytest.approx(float(x.abs().max())) and s.nonfinite == 0
+    y = x.clone()
+    y[0, 0], y[1, 1] = float("nan"), float("-inf")
+    t = TensorSummary.of(y)
+    finite = y[torch.isfinite(y)]
+    assert t.nonfinite == 2 and t.mean == pytest.approx(float(finite.mean()))
+    assert TensorSummary.of(torch.full((2,), float("nan"))).nonfinite == 2
+    assert TensorSummary.of(torch.tensor([1, -5, 2])).absmax == 5.0
