@@ -21,6 +21,7 @@ dtype and statistics) so that big models can be traced in little memory.
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal
 
@@ -166,6 +167,9 @@ class Tracer:
         self._open: dict[int, list[Record]] = {}
         self._counts: dict[str, int] = {}
         self._clock = 0
+        # id(tensor) -> (weak ref, version, copy): an output that is the next call's input is
+        # copied once; the version counter tells an in-place change apart.
+        self._copies: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
 
     # -- context management ------------------------------------------------------------------
     def __enter__(self) -> "Tracer":
@@ -195,6 +199,7 @@ class Tracer:
             handle.remove()
         self._handles.clear()
         self._open.clear()
+        self._copies.clear()
 
     @property
     def active(self) -> bool:
@@ -202,7 +207,26 @@ class Tracer:
 
     # -- hooks -----------------------------------------------------------------------------------
     def _keep(self, t: torch.Tensor) -> Leaf:
-        return t.detach().clone() if self.mode == "full" else TensorSummary.of(t)
+        return self._copy(t) if self.mode == "full" else TensorSummary.of(t)
+
+    def _copy(self, t: torch.Tensor) -> torch.Tensor:
+        entry = self._copies.get(id(t))
+        if entry is not None and entry[0]() is t and entry[1] == t._version:
+            return entry[2]
+        copy = t.detach().clone()
+        self._copies[id(t)] = (weakref.ref(t), t._version, copy)
+        return copy
+
+    def _copy_tree(self, value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return self._copy(value)
+        if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
+            return type(value)(*(self._copy_tree(v) for v in value))
+        if isinstance(value, (tuple, list)):
+            return type(value)(self._copy_tree(v) for v in value)
+        if isinstance(value, dict):
+            return {k: self._copy_tree(v) for k, v in value.items()}
+        return value
 
     def _pre_hook(self, name: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -211,7 +235,7 @@ class Tracer:
             record = Record(name=name, call=call, start=self._tick())
             if self.record_inputs and self.mode == "full":
                 record.module = module
-                record.args, record.kwargs = _clone_tree(args), _clone_tree(kwargs)
+                record.args, record.kwargs = self._copy_tree(args), self._copy_tree(kwargs)
                 # the leaves are views of the cloned arguments: one copy serves both uses
                 record.inputs = flatten_tensors(record.args, "args") | flatten_tensors(record.kwargs, "kwargs")
             elif self.record_inputs:
@@ -249,15 +273,3 @@ class Tracer:
 
     def by_key(self) -> dict[str, Record]:
         return {r.key: r for r in self.records}
-
-
-def _clone_tree(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
-        return type(value)(*(_clone_tree(v) for v in value))
-    if isinstance(value, (tuple, list)):
-        return type(value)(_clone_tree(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _clone_tree(v) for k, v in value.items()}
-    return value

@@ -111,3 +111,24 @@ def test_summary_statistics_match_torch_and_count_nonfinite():
     assert t.nonfinite == 2 and t.mean == pytest.approx(float(finite.mean()))
     assert TensorSummary.of(torch.full((2,), float("nan"))).nonfinite == 2
     assert TensorSummary.of(torch.tensor([1, -5, 2])).absmax == 5.0
+
+
+def test_full_mode_copies_are_shared_only_while_the_tensor_is_unchanged():
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Identity()
+            self.b = nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            y = self.a(x * 1.0)  # Identity: y is the very tensor a received
+            return self.b(y)  # modifies y in place after it was recorded
+
+    model = InPlace()
+    x = torch.tensor([-1.0, 2.0])
+    with Tracer(model) as tracer:
+        model(x)
+    by = {r.name: r for r in tracer.records}
+    assert by["a"].inputs["args.0"] is by["a"].outputs[""]  # one copy for an unchanged tensor
+    assert torch.equal(by["a"].outputs[""], torch.tensor([-1.0, 2.0]))  # not clobbered by ReLU_
+    assert torch.equal(by["b"].outputs[""], torch.tensor([0.0, 2.0]))
