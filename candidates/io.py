@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -59,9 +59,11 @@ def _fsync(path: str) -> None:
 def write_atomically(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
     """Run ``write(tmp)`` on a temp file next to ``path``, fsync it, then rename it over ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, _default_mode())  # mkstemp makes 0600; a saved file should look like open()'s
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: its folder {path.parent} does not exist")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    # O_EXCL on a fresh name, mode 0666 less the umask: the same file open(path, "w") would make
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
         write(tmp)
         _fsync(tmp)
@@ -170,9 +172,3 @@ def state_dict_from_bytes(data: bytes, path: str | os.PathLike) -> StateDict:
     """:func:`load_state_dict` of bytes already read from ``path`` (its suffix picks the format)."""
     return _load(bytes(data), Path(path))
 
-
-def _default_mode() -> int:
-    """The mode ``open(path, "w")`` would give a new file under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask

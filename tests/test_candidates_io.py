@@ -187,3 +187,25 @@ def test_write_atomically_needs_an_existing_folder(tmp_path):
     with pytest.raises(FileNotFoundError):
         cio.write_atomically(tmp_path / "nope" / "a.bin", lambda tmp: Path(tmp).write_bytes(b"x"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_write_into_a_missing_folder_names_the_folder(tmp_path):
+    from candidates.io import atomic_write_bytes
+
+    target = tmp_path / "missing" / "w.bin"
+    with pytest.raises(FileNotFoundError, match=r"its folder .*missing does not exist"):
+        atomic_write_bytes(target, b"x")
+
+
+def test_written_files_get_the_umask_mode_like_open(tmp_path):
+    import os
+    import stat
+
+    from candidates.io import atomic_write_bytes
+
+    umask = os.umask(0o022)
+    try:
+        path = atomic_write_bytes(tmp_path / "w.bin", b"x")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644 and path.read_bytes() == b"x"
