@@ -24,7 +24,7 @@ from typing import Literal, Sequence
 
 from harness.trace import ROOT, Record
 
-__all__ = ["Match", "Alignment", "align", "apply_rename"]
+__all__ = ["Match", "Alignment", "align", "apply_rename", "check_rename"]
 
 How = Literal["name", "rename", "structure"]
 
@@ -45,6 +45,19 @@ class Alignment:
     passthrough_reference: list[Record]
 
 
+def check_rename(rules: Sequence[tuple[str, str]]) -> None:
+    """Raise a TypeError/ValueError naming the first malformed ``(regex, replacement)`` rule."""
+    if isinstance(rules, (str, bytes)) or not isinstance(rules, Sequence):
+        raise TypeError(f"rename must be a sequence of (regex, replacement) pairs, got {type(rules).__name__}")
+    for rule in rules:
+        if not (isinstance(rule, tuple) and len(rule) == 2 and all(isinstance(s, str) for s in rule)):
+            raise TypeError(f"rename rules are (regex, replacement) string pairs, got {rule!r}")
+        try:
+            re.sub(rule[0], rule[1], "")
+        except re.error as exc:
+            raise ValueError(f"rename rule {rule!r} is not a valid regex/replacement: {exc}") from None
+
+
 def apply_rename(name: str, rules: Sequence[tuple[str, str]]) -> str:
     for pattern, replacement in rules:
         name = re.sub(pattern, replacement, name)
@@ -59,9 +72,7 @@ def align(
     structural: bool = True,
 ) -> Alignment:
     """Match candidate records to reference records (see module docstring)."""
-    for rule in rename:
-        if not (isinstance(rule, tuple) and len(rule) == 2 and all(isinstance(s, str) for s in rule)):
-            raise TypeError(f"rename rules are (regex, replacement) string pairs, got {rule!r}")
+    check_rename(rename)
     ref_by_key = {r.key: i for i, r in enumerate(reference)}
     paired: dict[int, tuple[int, How]] = {}  # candidate index -> (reference index, how)
     taken: set[int] = set()
@@ -136,29 +147,37 @@ def _monotone_anchors(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def _score(c: Record, r: Record) -> float:
+    """0 when the calls cannot pair; otherwise 1, plus 0.5 when their last names share a word."""
     if c.shape is None or c.shape != r.shape:
         return 0.0
-    leaf_c, leaf_r = c.name.rsplit(".", 1)[-1], r.name.rsplit(".", 1)[-1]
-    return 1.0 + (0.5 if leaf_c == leaf_r else 0.0)
+    words_c = set(c.name.rsplit(".", 1)[-1].split("_"))
+    words_r = set(r.name.rsplit(".", 1)[-1].split("_"))
+    return 1.0 + (0.5 if words_c & words_r else 0.0)
 
 
 def _lcs(cs: list[Record], rs: list[Record]) -> list[tuple[int, int]]:
-    """Weighted LCS over two call streams; pairs only shape-compatible records."""
+    """Weighted LCS over two call streams, pairing only shape-compatible records.
+
+    Among equally good alignments the one that pairs the *last* calls of a gap is kept: what one
+    side has in excess (a fused qkv before an output projection, an extra stem conv) tends to
+    open a gap, while the calls that close it lead into the next anchor on both sides.
+    """
     n, m = len(cs), len(rs)
+    # best[i][j]: best score of cs[:i] against rs[:j]; backtracking from the end favours late pairs
     best = [[0.0] * (m + 1) for _ in range(n + 1)]
-    for i in range(n - 1, -1, -1):
-        row, below = best[i], best[i + 1]
-        for j in range(m - 1, -1, -1):
-            s = _score(cs[i], rs[j])
-            row[j] = max(below[j], row[j + 1], below[j + 1] + s if s else 0.0)
-    out, i, j = [], 0, 0
-    while i < n and j < m:
-        s = _score(cs[i], rs[j])
-        if s and best[i][j] == best[i + 1][j + 1] + s:
-            out.append((i, j))
-            i, j = i + 1, j + 1
-        elif best[i][j] == best[i + 1][j]:
-            i += 1
+    for i in range(1, n + 1):
+        row, above = best[i], best[i - 1]
+        for j in range(1, m + 1):
+            s = _score(cs[i - 1], rs[j - 1])
+            row[j] = max(above[j], row[j - 1], above[j - 1] + s if s else 0.0)
+    out, i, j = [], n, m
+    while i > 0 and j > 0:
+        s = _score(cs[i - 1], rs[j - 1])
+        if s and best[i][j] == best[i - 1][j - 1] + s:
+            out.append((i - 1, j - 1))
+            i, j = i - 1, j - 1
+        elif best[i][j] == best[i - 1][j]:
+            i -= 1
         else:
-            j += 1
-    return out
+            j -= 1
+    return out[::-1]

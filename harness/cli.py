@@ -61,12 +61,23 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from harness.api import compare_pair
     from harness.report import write_json
 
-    report = compare_pair(args.pair, dtype=DTYPES[args.dtype], device=args.device)
+    report = compare_pair(args.pair, dtype=DTYPES[args.dtype], device=_device(args.device))
     print(report.format(max_rows=args.rows))
     if args.json:
         path = write_json(args.json, [report.to_dict()], device=args.device)
         print(f"report written to {path}")
     return 0 if report.passed else 1
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a torch device (expected cpu, cuda, cuda:0, mps, ...)") from None
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+    if device.type in available and not available[device.type]():
+        raise ValueError(f"--device {name!r}: torch sees no {device.type} device on this machine")
+    return device
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -33,7 +33,7 @@ from harness.trace import Leaf, Record, flatten_tensors
 
 __all__ = ["Row", "Status", "measure_match", "localize"]
 
-Status = Literal["ok", "introduced", "contains", "propagated"]
+Status = Literal["ok", "introduced", "contains", "propagated", "tentative"]
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-__all__ = ["Tolerance", "Metrics", "DEFAULT_TOLERANCES", "measure", "tolerance_for"]
+__all__ = ["Tolerance", "Metrics", "DEFAULT_TOLERANCES", "measure", "tolerance_for", "check_tolerances"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,33 @@ def dtype_name(dtype: torch.dtype | str) -> str:
     if name not in DEFAULT_TOLERANCES:
         raise ValueError(f"no tolerance policy for dtype {name!r}; expected one of {sorted(DEFAULT_TOLERANCES)}")
     return name
+
+
+def check_tolerances(
+    overrides: Mapping[str, Tolerance] | None,
+    module_overrides: Sequence[tuple[str, str | None, Tolerance]] = (),
+) -> None:
+    """Raise a ValueError/TypeError naming the first malformed override (nothing passes unchecked)."""
+    known = sorted(DEFAULT_TOLERANCES)
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise TypeError(f"tolerances must map a dtype name to a Tolerance, got {type(overrides).__name__}")
+    for key, tol in (overrides or {}).items():
+        if key not in DEFAULT_TOLERANCES:
+            raise ValueError(f"tolerances key {key!r} is not a dtype name; expected one of {known}")
+        if not isinstance(tol, Tolerance):
+            raise TypeError(f"tolerances[{key!r}] must be a harness.Tolerance(atol=..., rtol=...), got {tol!r}")
+    for rule in module_overrides:
+        if not (isinstance(rule, tuple) and len(rule) == 3):
+            raise TypeError(f"module tolerance rules are (regex, dtype name or None, Tolerance), got {rule!r}")
+        pattern, dtype, tol = rule
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as exc:
+            raise ValueError(f"module tolerance rule {rule!r}: {pattern!r} is not a valid regex ({exc})") from None
+        if dtype is not None and dtype not in DEFAULT_TOLERANCES:
+            raise ValueError(f"module tolerance rule {rule!r}: dtype {dtype!r} is not one of {known} or None")
+        if not isinstance(tol, Tolerance):
+            raise TypeError(f"module tolerance rule {rule!r}: expected a harness.Tolerance, got {tol!r}")
 
 
 def tolerance_for(

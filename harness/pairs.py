@@ -23,7 +23,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from harness.metrics import Tolerance
+from harness.align import check_rename
+from harness.metrics import Tolerance, check_tolerances
 
 __all__ = ["Call", "Pair", "as_call", "register", "get_pair", "list_pairs", "randomize_"]
 
@@ -44,16 +45,38 @@ class Call:
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "Call":
         """Cast floating tensors to ``dtype`` and move every tensor to ``device``."""
 
-        def cast(x: Any) -> Any:
-            if isinstance(x, torch.Tensor):
-                return x.to(device=device, dtype=dtype if (dtype and x.is_floating_point()) else x.dtype)
-            if isinstance(x, (list, tuple)):
-                return type(x)(cast(v) for v in x)
-            if isinstance(x, dict):
-                return {k: cast(v) for k, v in x.items()}
-            return x
+        def cast(x: torch.Tensor) -> torch.Tensor:
+            return x.to(device=device, dtype=dtype if (dtype and x.is_floating_point()) else x.dtype)
 
-        return Call(cast(self.args), cast(dict(self.kwargs)))
+        return Call(_map_tensors(self.args, cast), _map_tensors(dict(self.kwargs), cast))
+
+    def clone(self) -> "Call":
+        """A copy whose tensors are independent of this call's (containers copied, others shared)."""
+        return Call(_map_tensors(self.args, torch.Tensor.clone), _map_tensors(dict(self.kwargs), torch.Tensor.clone))
+
+    def mutated_in(self, other: "Call") -> list[str]:
+        """Paths of tensor arguments whose values differ in ``other`` (a clone that was used)."""
+        from harness.trace import flatten_tensors
+
+        mine = flatten_tensors(self.args, "args") | flatten_tensors(dict(self.kwargs), "kwargs")
+        theirs = flatten_tensors(other.args, "args") | flatten_tensors(dict(other.kwargs), "kwargs")
+        return [k for k, t in mine.items() if k in theirs and not _same(t, theirs[k])]
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and bool(((a == b) | (a != a) & (b != b)).all())
+
+
+def _map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_map_tensors(v, fn) for v in value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map_tensors(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: _map_tensors(v, fn) for k, v in value.items()}
+    return value
 
 
 def as_call(inputs: Any) -> Call:
@@ -113,6 +136,7 @@ class Pair:
         rerun: regexes of candidate module names whose forward takes the same arguments as
             its reference twin, so the culprit search may re-run them on reference inputs.
             ``None`` lets the harness decide per module (plain tensor arguments of equal shapes).
+        allow_nonfinite: final outputs may hold NaN/Inf (compared position by position).
         randomize: re-draw reference parameters before transfer (see :func:`randomize_`).
         randomize_fn: a pair-specific re-draw ``(reference, generator) -> None``.
         tags: free labels, e.g. ``{"nightly"}`` for full-size pairs kept out of the default suite.
@@ -131,6 +155,7 @@ class Pair:
     candidate_outputs: Callable[[Any], Mapping[str, torch.Tensor]] | None = None
     reference_outputs: Callable[[Any], Mapping[str, torch.Tensor]] | None = None
     rerun: Sequence[str] | None = None
+    allow_nonfinite: bool = False
     randomize: bool = True
     randomize_fn: Callable[[nn.Module, torch.Generator], None] | None = None
     seed: int = 0
@@ -140,8 +165,8 @@ class Pair:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.name):
             raise ValueError(f"pair name must be letters, digits, '_', '.', '-'; got {self.name!r}")
-        for pattern, _ in self.rename:
-            re.compile(pattern)
+        check_rename(self.rename)
+        check_tolerances(self.tolerances, self.module_tolerances)
 
     def build_reference(
         self, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
@@ -183,6 +208,7 @@ class Pair:
             candidate_outputs=self.candidate_outputs,
             reference_outputs=self.reference_outputs,
             rerun=self.rerun,
+            allow_nonfinite=self.allow_nonfinite,
         )
 
 

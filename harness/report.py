@@ -49,6 +49,8 @@ class ParityReport:
     first_nonfinite: dict[str, str | None] = field(default_factory=dict)
     passthrough_candidate: list[str] = field(default_factory=list)
     passthrough_reference: list[str] = field(default_factory=list)
+    input_mutations: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     # -- JSON ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -67,6 +69,8 @@ class ParityReport:
             "seconds": round(self.seconds, 4),
             "tolerance": {"atol": self.tolerance.atol, "rtol": self.tolerance.rtol},
             "first_nonfinite": self.first_nonfinite,
+            "input_mutations": self.input_mutations,
+            "notes": self.notes,
             "counts": {
                 "aligned": len(self.rows),
                 "failed": sum(not r.passed for r in self.rows),
@@ -90,6 +94,7 @@ class ParityReport:
         if self.first_nonfinite.get("candidate") or self.first_nonfinite.get("reference"):
             lines.append(f"first NaN/Inf: candidate {self.first_nonfinite.get('candidate')}, "
                          f"reference {self.first_nonfinite.get('reference')}")
+        lines += [f"note: {note}" for note in self.notes]
         passthrough = len(self.passthrough_candidate) + len(self.passthrough_reference)
         lines.append(f"{len(self.rows)} aligned calls ({sum(not r.passed for r in self.rows)} failing); "
                      f"unmatched: {len(self.unmatched_candidate)} candidate, {len(self.unmatched_reference)} reference"

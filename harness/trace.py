@@ -164,7 +164,7 @@ class Tracer:
         self.records: list[Record] = []
         self.first_nonfinite: str | None = None
         self._handles: list[Any] = []
-        self._open: dict[int, list[Record]] = {}
+        self._open: dict[int, list[tuple[Record, dict[int, int]]]] = {}  # per module: calls in progress
         self._counts: dict[str, int] = {}
         self._clock = 0
         # id(tensor) -> (weak ref, version, copy): an output that is the next call's input is
@@ -173,6 +173,8 @@ class Tracer:
 
     # -- context management ------------------------------------------------------------------
     def __enter__(self) -> "Tracer":
+        if self._handles:
+            raise RuntimeError("this Tracer is already active; leave it before entering it again")
         self.records.clear()
         self.first_nonfinite = None
         self._counts.clear()
@@ -233,6 +235,7 @@ class Tracer:
             call = self._counts.get(name, 0)
             self._counts[name] = call + 1
             record = Record(name=name, call=call, start=self._tick())
+            versions = {id(a): a._version for a in args if isinstance(a, torch.Tensor)}
             if self.record_inputs and self.mode == "full":
                 record.module = module
                 record.args, record.kwargs = self._copy_tree(args), self._copy_tree(kwargs)
@@ -241,7 +244,7 @@ class Tracer:
             elif self.record_inputs:
                 leaves = flatten_tensors(args, "args") | flatten_tensors(kwargs, "kwargs")
                 record.inputs = {k: TensorSummary.of(v) for k, v in leaves.items()}
-            self._open.setdefault(id(module), []).append(record)
+            self._open.setdefault(id(module), []).append((record, versions))
 
         return hook
 
@@ -250,9 +253,12 @@ class Tracer:
             stack = self._open.get(id(module))
             if not stack:  # hooks registered mid-forward: nothing to pair with
                 return
-            record = stack.pop()
+            record, versions = stack.pop()
             record.end = self._tick()
-            record.passthrough = isinstance(output, torch.Tensor) and any(output is a for a in args)
+            # the input object itself, unchanged: an in-place op (ReLU(inplace=True)) also returns
+            # its input, but bumps its version counter, and it computes: that is no pass-through
+            record.passthrough = isinstance(output, torch.Tensor) and versions.get(id(output)) == output._version \
+                and any(output is a for a in args)
             record.outputs = {k: self._keep(v) for k, v in flatten_tensors(output).items()}
             if self.first_nonfinite is None and _nonfinite(record.outputs):
                 self.first_nonfinite = record.key

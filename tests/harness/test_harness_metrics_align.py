@@ -54,11 +54,20 @@ def test_alignment_by_name_rename_and_structure_lists_the_rest():
     result = align(cand, ref, rename=[(r"^norm$", "final_norm")])
     how = {m.candidate.name: (m.reference.name, m.how) for m in result.matches}
     assert how["stem"] == ("stem", "name") and how["norm"] == ("final_norm", "rename")
-    # the fused qkv has no shape twin: it stays unmatched, and the rest pairs up in order
+    # the fused qkv has no shape twin: it stays unmatched; the calls closing the gap pair up
     assert "blocks.0.qkv" not in how
-    assert how["blocks.0.extra"][1] == "structure" and how["blocks.0.proj"][1] == "structure"
+    assert how["blocks.0.proj"] == ("layer.0.out", "structure")
+    assert how["blocks.0.extra"] == ("layer.0.v", "structure")
     assert [r.name for r in result.unmatched_candidate] == ["blocks.0.qkv"]
-    assert len(result.unmatched_reference) == 2
+    assert [r.name for r in result.unmatched_reference] == ["layer.0.q", "layer.0.k"]
+
+
+def test_structural_pairing_prefers_shared_name_words():
+    cand = [rec("a", 0, (1, 4)), rec("blk.o_proj", 1, (1, 4)), rec("blk.mlp", 2, (1, 4)), rec("z", 3, (1, 4))]
+    ref = [rec("a", 0, (1, 4)), rec("layer.proj", 1, (1, 4)), rec("layer.norm", 2, (1, 4)),
+           rec("layer.fc", 3, (1, 4)), rec("z", 4, (1, 4))]
+    how = {m.candidate.name: m.reference.name for m in align(cand, ref).matches}
+    assert how["blk.o_proj"] == "layer.proj" and how["blk.mlp"] in {"layer.norm", "layer.fc"}
 
 
 def test_alignment_keeps_call_indices_apart():

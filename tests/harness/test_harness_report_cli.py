@@ -55,6 +55,8 @@ def test_cli_list_and_compare_exit_codes(capsys, tmp_path, monkeypatch):
     assert "first divergence: blocks.2.norm" in text and "culprit (introduces the error itself): blocks.2.norm" in text
     assert cli.main(["compare", "no_such_pair"]) == 2
     assert "no pair named 'no_such_pair'" in capsys.readouterr().err
+    assert cli.main(["compare", "toy_mlp", "--device", "foo"]) == 2
+    assert "--device 'foo' is not a torch device" in capsys.readouterr().err
 
 
 def _eps_bug():
