@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -64,13 +64,17 @@ def compare(
     rerun: Sequence[str] | None = None,
     include: str | None = None,
     allow_nonfinite: bool = False,
+    mode: Literal["full", "summary"] = "full",
     pair_name: str | None = None,
 ) -> ParityReport:
-    """Run both models on ``inputs`` under full tracing and report layer-by-layer parity.
+    """Run both models on ``inputs`` under tracing and report layer-by-layer parity.
 
     ``inputs``: a tensor, a tuple of positional args, a dict of kwargs or a :class:`harness.Call`;
-    both models get the very same objects. ``dtype`` picks the tolerance policy (default: the
+    each side gets its own copy of the same values. ``dtype`` picks the tolerance policy (default: the
     reference's parameter dtype). Final outputs containing NaN/Inf fail unless ``allow_nonfinite``.
+    ``mode="summary"`` keeps only statistics of intermediate tensors (for models whose full traces
+    do not fit in memory): layer errors are then lower bounds (see ``measure_summaries``) and no
+    module is re-run; final outputs are always compared exactly.
     See :class:`harness.Pair` for the other options.
     """
     for side, model in (("candidate", candidate), ("reference", reference)):
@@ -93,9 +97,9 @@ def compare(
     # other one sees. What each side changed is reported.
     cand_call, ref_call = call.clone(), call.clone()
     with torch.no_grad():
-        with Tracer(candidate, include=include) as cand_trace:
+        with Tracer(candidate, include=include, mode=mode) as cand_trace:
             cand_out = candidate_call(candidate, cand_call) if candidate_call else cand_call(candidate)
-        with Tracer(reference, include=include) as ref_trace:
+        with Tracer(reference, include=include, mode=mode) as ref_trace:
             ref_out = reference_call(reference, ref_call) if reference_call else ref_call(reference)
     final = _final_outputs(cand_out, ref_out, candidate_outputs, reference_outputs)
     outputs = {key: measure(a, b) for key, a, b in final}
@@ -106,6 +110,8 @@ def compare(
                                    module_overrides=module_tolerances)
         rows.append(measure_match(match, module_tol))
     notes: list[str] = []
+    if mode == "summary":
+        notes.append("summary mode: layer errors are lower bounds from statistics (mean, std, absmax)")
     nonfinite = sorted(k for k, a, b in final if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())))
     outputs_pass = all(m.passes(tol) for m in outputs.values()) and (allow_nonfinite or not nonfinite)
     if nonfinite and not allow_nonfinite:
@@ -148,6 +154,7 @@ def compare(
         passthrough_reference=[r.key for r in alignment.passthrough_reference],
         input_mutations=mutations,
         notes=notes,
+        mode=mode,
     )
 
 

@@ -61,7 +61,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from harness.api import compare_pair
     from harness.report import write_json
 
-    report = compare_pair(args.pair, dtype=DTYPES[args.dtype], device=_device(args.device))
+    report = compare_pair(args.pair, dtype=DTYPES[args.dtype], device=_device(args.device),
+                          mode="summary" if args.summary else "full")
     print(report.format(max_rows=args.rows))
     if args.json:
         path = write_json(args.json, [report.to_dict()], device=args.device)
@@ -93,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--json", metavar="PATH", help="also write the report JSON (schema 1) here")
     p.add_argument("--rows", type=int, default=24, help="at most this many table rows (default 24)")
+    p.add_argument("--summary", action="store_true",
+                   help="keep only statistics of intermediate tensors (big models; layer errors become lower bounds)")
     p.set_defaults(run=_cmd_compare)
     for command in _COMMANDS.values():
         p = sub.add_parser(command.name, help=command.help)

@@ -19,7 +19,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-__all__ = ["Tolerance", "Metrics", "DEFAULT_TOLERANCES", "measure", "tolerance_for", "check_tolerances"]
+__all__ = ["Tolerance", "Metrics", "DEFAULT_TOLERANCES", "measure", "measure_summaries", "tolerance_for",
+           "check_tolerances"]
 
 
 @dataclass(frozen=True)
@@ -159,3 +160,23 @@ def measure(candidate: torch.Tensor, reference: torch.Tensor) -> Metrics:
     na, nb = float(a.norm()), ref_norm
     cosine = float((a * b).sum()) / (na * nb) if na > 0 and nb > 0 else (1.0 if na == nb else 0.0)
     return Metrics(max_abs, max_rel, rel_l2, cosine, ref_absmax, nonfinite_mismatch)
+
+
+def measure_summaries(candidate, reference) -> Metrics:
+    """Metrics from two :class:`harness.trace.TensorSummary` (summary-mode traces).
+
+    ``max_abs`` is the largest of |d mean|, |d std| and |d absmax|: each is at most the true
+    max abs error (up to a factor sqrt(n/(n-1)) for the std), so a failing summary row is a real
+    divergence, while a passing one may hide errors that leave the statistics unchanged.
+    ``rel_l2`` and ``cosine`` cannot be known and are NaN.
+    """
+    nan = float("nan")
+    if tuple(candidate.shape) != tuple(reference.shape):
+        return Metrics(nan, nan, nan, nan, nan, shape_mismatch=True)
+    deltas = [abs(candidate.mean - reference.mean), abs(candidate.std - reference.std),
+              abs(candidate.absmax - reference.absmax)]
+    finite = [d for d in deltas if d == d]
+    max_abs = max(finite) if finite else 0.0
+    scale = reference.absmax if reference.absmax == reference.absmax else 0.0
+    mismatch = int(candidate.nonfinite != reference.nonfinite)
+    return Metrics(max_abs, max_abs / scale if scale > 0 else 0.0, nan, nan, scale, mismatch)

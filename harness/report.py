@@ -51,6 +51,7 @@ class ParityReport:
     passthrough_reference: list[str] = field(default_factory=list)
     input_mutations: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    mode: str = "full"
 
     # -- JSON ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -70,6 +71,7 @@ class ParityReport:
             "tolerance": {"atol": self.tolerance.atol, "rtol": self.tolerance.rtol},
             "first_nonfinite": self.first_nonfinite,
             "input_mutations": self.input_mutations,
+            "mode": self.mode,
             "notes": self.notes,
             "counts": {
                 "aligned": len(self.rows),

@@ -141,3 +141,15 @@ def test_module_without_tensor_inputs_can_be_the_culprit():
     candidate.load_state_dict(reference.state_dict())
     report = harness.compare(candidate, reference, torch.randn(2, 4, dtype=torch.float64))
     assert report.first_divergence == "table" and report.culprit == "table"
+
+
+def test_summary_mode_compares_statistics_and_still_localizes():
+    assert harness.compare_pair(TOY, dtype=torch.float64, mode="summary").passed
+    candidate, _ = TOY.build(dtype=torch.float64)
+    candidate.blocks[1].norm.eps = 1e-2
+    report = harness.compare_pair(TOY, candidate=candidate, dtype=torch.float64, mode="summary")
+    assert not report.passed and report.mode == "summary"
+    assert report.first_divergence == "blocks.1.norm" and report.culprit == "blocks.1.norm"
+    assert "summary mode: layer errors are lower bounds" in report.format()
+    row = next(r for r in report.rows if r.candidate == "blocks.1.norm")
+    assert row.metrics.max_abs > 0 and row.metrics.rel_l2 != row.metrics.rel_l2  # unknown: NaN
