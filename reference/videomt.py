@@ -5,7 +5,7 @@
   layers, final norm and heads run once per frame, so the trace has ``layers.2#0..#2`` etc.
 - ``eomt_dinov3``: single frames, DINOv3-style backbone (RoPE, masked attention in the query
   stage), against ``EomtDinov3ForUniversalSegmentation``.
-- ``videomt_small`` / ``eomt_dinov3_small`` (nightly): the same at ViT-S width (384, 12 layers);
+- ``videomt_small`` / ``eomt_dinov3_small`` (nightly): the same at ViT-S width (384, 12 layers, 128x128);
   ``videomt_small_224`` (nightly): ViT-S on a 3-frame 224x224 clip, the benchmark's size.
 
 Adapters pin eval mode and eager attention. ``convert_*`` are pure state-dict functions.
@@ -20,17 +20,14 @@ from transformers import (
     EomtDinov3Config, EomtDinov3ForUniversalSegmentation, VideomtConfig, VideomtForUniversalSegmentation,
 )
 
-from candidates.videomt import VidEoMT, VidEoMTConfig
+from candidates.videomt import (
+    VidEoMT, VidEoMTConfig, videomt_dinov3_tiny_config, videomt_small_config, videomt_tiny_config,
+)
 from harness import Pair, register
 
 __all__ = ["hf_videomt", "hf_eomt_dinov3", "convert_hf_videomt", "convert_hf_eomt_dinov3"]
 
 StateDict = dict[str, torch.Tensor]
-
-TINY = dict(hidden_size=32, num_layers=3, num_heads=2, intermediate_size=64, patch_size=4, image_size=16,
-            num_register_tokens=2, num_queries=5, num_blocks=2, num_labels=4)
-SMALL = dict(hidden_size=384, num_layers=12, num_heads=6, intermediate_size=1536, patch_size=16,
-             image_size=64, num_register_tokens=4, num_queries=20, num_blocks=4, num_labels=40)
 
 
 def _common_hf(cfg: VidEoMTConfig) -> dict:
@@ -126,8 +123,7 @@ def _video(batch: int, frames: int, size: int):
     return lambda g: torch.randn(batch, frames, 3, size, size, generator=g)
 
 
-def _videomt_pair(name: str, size: dict, frames: int, batch: int, tags=frozenset(), description=""):
-    cfg = VidEoMTConfig(**size)
+def _videomt_pair(name: str, cfg: VidEoMTConfig, frames: int, batch: int, tags=frozenset(), description=""):
     return register(Pair(
         name=name,
         candidate=lambda: VidEoMT(cfg),
@@ -143,8 +139,7 @@ def _videomt_pair(name: str, size: dict, frames: int, batch: int, tags=frozenset
     ))
 
 
-def _eomt_dinov3_pair(name: str, size: dict, batch: int, tags=frozenset(), description=""):
-    cfg = VidEoMTConfig(**size, backbone="dinov3", key_bias=False, masked_attention=True)
+def _eomt_dinov3_pair(name: str, cfg: VidEoMTConfig, batch: int, tags=frozenset(), description=""):
     return register(Pair(
         name=name,
         candidate=lambda: VidEoMT(cfg),
@@ -160,12 +155,17 @@ def _eomt_dinov3_pair(name: str, size: dict, batch: int, tags=frozenset(), descr
     ))
 
 
-_videomt_pair("videomt", TINY, frames=3, batch=2, description="VidEoMT (DINOv2) vs transformers Videomt, 3 frames")
-_videomt_pair("videomt_2frames", TINY, frames=2, batch=2, description="VidEoMT (DINOv2) vs Videomt, 2 frames")
-_eomt_dinov3_pair("eomt_dinov3", TINY, batch=2, description="VidEoMT (DINOv3, RoPE) vs EoMT-DINOv3, one frame")
-_videomt_pair("videomt_small", SMALL, frames=3, batch=1, tags={"nightly"},
-              description="VidEoMT ViT-S width vs Videomt, 3 frames")
-_videomt_pair("videomt_small_224", {**SMALL, "image_size": 224}, frames=3, batch=1, tags={"nightly"},
+# Sizes come from the candidate's config factories: one source for tests, pairs and benchmarks.
+_DINOV3 = dict(backbone="dinov3", key_bias=False, masked_attention=True)
+_videomt_pair("videomt", videomt_tiny_config(), frames=3, batch=2,
+              description="VidEoMT (DINOv2) vs transformers Videomt, 3 frames")
+_videomt_pair("videomt_2frames", videomt_tiny_config(), frames=2, batch=2,
+              description="VidEoMT (DINOv2) vs Videomt, 2 frames")
+_eomt_dinov3_pair("eomt_dinov3", videomt_dinov3_tiny_config(), batch=2,
+                  description="VidEoMT (DINOv3, RoPE) vs EoMT-DINOv3, one frame")
+_videomt_pair("videomt_small", videomt_small_config(), frames=3, batch=1, tags={"nightly"},
+              description="VidEoMT ViT-S width vs Videomt, 3 frames of 128x128")
+_videomt_pair("videomt_small_224", videomt_small_config(image_size=224), frames=3, batch=1, tags={"nightly"},
               description="VidEoMT ViT-S width vs Videomt, a 3-frame 224x224 clip (benchmark size)")
-_eomt_dinov3_pair("eomt_dinov3_small", SMALL, batch=1, tags={"nightly"},
-                  description="VidEoMT-DINOv3 ViT-S width vs EoMT-DINOv3")
+_eomt_dinov3_pair("eomt_dinov3_small", videomt_small_config(**_DINOV3), batch=1, tags={"nightly"},
+                  description="VidEoMT-DINOv3 ViT-S width vs EoMT-DINOv3, 128x128")

@@ -1,7 +1,10 @@
 """VidEoMT video segmentation (DINOv2- and DINOv3-style backbones) and its checkpoint conversion."""
 
 from candidates.videomt.videomt import (
-    VidEoMT, VidEoMTConfig, VidEoMTOutput, videomt_dinov3_tiny, videomt_small, videomt_tiny,
+    QueryPropagation, VidEoMT, VidEoMTConfig, VidEoMTOutput, videomt_dinov3_tiny, videomt_dinov3_tiny_config,
+    videomt_small, videomt_small_config, videomt_tiny, videomt_tiny_config,
 )
 
-__all__ = ["VidEoMT", "VidEoMTConfig", "VidEoMTOutput", "videomt_dinov3_tiny", "videomt_small", "videomt_tiny"]
+__all__ = ["QueryPropagation", "VidEoMT", "VidEoMTConfig", "VidEoMTOutput", "videomt_dinov3_tiny",
+           "videomt_dinov3_tiny_config", "videomt_small", "videomt_small_config", "videomt_tiny",
+           "videomt_tiny_config"]

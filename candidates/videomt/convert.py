@@ -100,11 +100,10 @@ def infer_config(state: StateDict, *, num_heads: int, layer_norm_eps: float, hid
         raise ValueError("this is the DINOv3 release layout (RoPE, no pos_embed): use "
                          "candidates.videomt.convert_dinov3.infer_config_dinov3")
     patch = _require(state, f"{VIT}patch_embed.proj.weight")  # (D, C, p, p)
-    pos = _require(state, _POS)  # (1, N, D)
-    grid = math.isqrt(pos.shape[1])
-    if grid * grid != pos.shape[1] or patch.shape[-1] != patch.shape[-2]:
-        raise ValueError(f"need a square patch grid and square patches, got pos_embed {tuple(pos.shape)} "
-                         f"and patch kernel {tuple(patch.shape[-2:])}")
+    if patch.ndim != 4 or patch.shape[-1] != patch.shape[-2]:
+        raise ValueError(f"{VIT}patch_embed.proj.weight must be (D, C, p, p) with square patches, got "
+                         f"{tuple(patch.shape)}")
+    grid = _pos_grid(_require(state, _POS), hidden=patch.shape[0])
     blocks = {int(m.group(1)) for k in state if (m := _QKV.match(k))}
     upscales = {int(m.group(1)) for k in state if (m := re.match(r"^backbone\.upscale\.(\d+)\.", k))}
     has_bias = f"{VIT}blocks.0.attn.qkv.bias" in state
@@ -127,6 +126,23 @@ def infer_config(state: StateDict, *, num_heads: int, layer_norm_eps: float, hid
         hidden_act=hidden_act,
         query_bias=has_bias, key_bias=has_bias, value_bias=has_bias,
     )
+
+
+def _pos_grid(pos: torch.Tensor, *, hidden: int) -> int:
+    """Side of the square patch grid of a (1, N, D) ``pos_embed``, which has no CLS slot."""
+    expected = f"(1, N, {hidden}) with N = grid**2 patch positions and no CLS slot"
+    if pos.ndim != 3 or pos.shape[0] != 1 or pos.shape[2] != hidden:
+        raise ValueError(f"{_POS} must be {expected}, got {tuple(pos.shape)}")
+    n = pos.shape[1]
+    grid = math.isqrt(n)
+    if n > 0 and grid * grid == n:
+        return grid
+    if n > 1 and math.isqrt(n - 1) ** 2 == n - 1:
+        hint = (f"N = {n} = 1 + {math.isqrt(n - 1)}**2 looks like a grid plus a CLS slot, "
+                "which this layout does not have")
+    else:
+        hint = f"N = {n} is not a square number"
+    raise ValueError(f"{_POS} must be {expected}, got {tuple(pos.shape)}: {hint}")
 
 
 def _rename(key: str) -> str | None:

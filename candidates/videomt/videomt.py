@@ -15,9 +15,14 @@ einsum of both. Per-frame outputs are concatenated frame-major along dim 0, as t
 
 Deliberate differences from the references:
 
-- Inputs are validated: rank, channels, frame size, ``bool_masked_pos`` dtype/batch/token count
-  (the references reshape whatever they get). Training (labels) is not implemented: passing
-  labels raises instead of computing a loss.
+- Inputs are validated: rank, floating dtype, non-empty batch, channels, frame size,
+  ``bool_masked_pos`` dtype/batch/frames/token count (the references reshape whatever they get).
+  Training (labels) is not implemented: passing labels raises instead of computing a loss.
+  ``patch_offsets`` (crop bookkeeping EoMT only echoes into its output) raises too.
+- ``bool_masked_pos`` is applied by the model: masked patch tokens become the mask token before
+  the position embeddings. ``VideomtForUniversalSegmentation.forward`` swallows it through
+  ``**kwargs`` and ignores it, so the two models differ on masked inputs; the embeddings modules
+  agree on every accepted mask layout (tested bitwise against ``VideomtEmbeddings``).
 - 4D input ``(N, C, H, W)`` is N single-frame clips (T=1); the Videomt reference accepts 5D only.
 - Masked attention (EoMT's mask annealing) is inference-only: a query layer uses the predicted
   mask iff its ``attn_mask_probs`` entry is 1, runs unmasked at 0, and a value in between (a
@@ -37,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["VidEoMTConfig", "VidEoMT", "VidEoMTOutput", "videomt_tiny", "videomt_dinov3_tiny",
-           "videomt_small"]
+__all__ = ["VidEoMTConfig", "VidEoMT", "VidEoMTOutput", "QueryPropagation", "videomt_tiny", "videomt_dinov3_tiny",
+           "videomt_small", "videomt_tiny_config", "videomt_dinov3_tiny_config", "videomt_small_config"]
 
 Backbone = Literal["dinov2", "dinov3"]
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
@@ -75,11 +80,19 @@ class VidEoMTConfig:
         for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "patch_size",
                      "image_size", "num_channels", "num_queries", "num_blocks", "num_labels"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:  # bool is an int to Python, not here
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.num_register_tokens < 0 or self.num_upscale_blocks < 0:
-            raise ValueError("num_register_tokens and num_upscale_blocks must be >= 0, got "
-                             f"{self.num_register_tokens} and {self.num_upscale_blocks}")
+        for name in ("num_register_tokens", "num_upscale_blocks"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        for name in ("layer_norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            if not _is_real(value) or not 0 < value < math.inf:
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        for name in ("query_bias", "key_bias", "value_bias", "masked_attention"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
         if self.num_blocks > self.num_layers:
@@ -106,6 +119,14 @@ class VidEoMTConfig:
     @property
     def num_prefix_tokens(self) -> int:
         return 1 + self.num_register_tokens
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class VidEoMTOutput(NamedTuple):
@@ -268,6 +289,28 @@ class Layer(nn.Module):
         return x + self.layer_scale2(self.mlp(self.norm2(x)))
 
 
+# ----------------------------------------------------------------------------- temporal propagation
+
+
+class QueryPropagation(nn.Linear):
+    """Carries queries from frame to frame: frame 0 starts from the learned queries, frame t > 0
+    from ``update(queries output by frame t-1) + learned queries``.
+
+    It is the model's ``query_updater``, named like the reference's linear so the state-dict keys
+    and the traced rows stay those of the reference: a call maps frame t-1's output queries
+    (B, Q, D) to their update, and a bug in it is localized here, not in the frame loop.
+    """
+
+    def __init__(self, cfg: VidEoMTConfig) -> None:
+        super().__init__(cfg.hidden_size, cfg.hidden_size)
+
+    def frame_queries(self, learned: Tensor, previous: Tensor | None, batch: int) -> Tensor:
+        """Input queries (B, Q, D) of a frame, from the learned (Q, D) and frame t-1's output queries."""
+        if previous is None:  # frame 0
+            return learned[None].expand(batch, -1, -1)
+        return self(previous) + learned[None]
+
+
 # ----------------------------------------------------------------------------- heads
 
 
@@ -319,14 +362,21 @@ class MaskHead(nn.Module):
 
 
 def flatten_frames(pixel_values: Tensor) -> Tensor:
-    """``(B, T, C, H, W)`` -> ``(B*T, C, H, W)``; 4D passes through; other ranks raise."""
+    """``(B, T, C, H, W)`` -> ``(B*T, C, H, W)``; 4D passes through; other ranks, non-float
+    dtypes and empty batches (B, T or F of 0) raise."""
     if not isinstance(pixel_values, Tensor):
         raise TypeError(f"pixel_values must be a Tensor, got {type(pixel_values).__name__}")
-    if pixel_values.ndim == 5:
-        return pixel_values.flatten(0, 1)
-    if pixel_values.ndim == 4:
-        return pixel_values
-    raise ValueError(f"pixel_values must be (B, T, C, H, W) or (B*T, C, H, W), got shape {tuple(pixel_values.shape)}")
+    if not pixel_values.is_floating_point():  # uint8 images must be normalized first
+        raise TypeError(f"pixel_values must be a floating-point tensor (normalized pixels), got {pixel_values.dtype}")
+    if pixel_values.ndim not in (4, 5):
+        raise ValueError("pixel_values must be (B, T, C, H, W) or (B*T, C, H, W), got shape "
+                         f"{tuple(pixel_values.shape)}")
+    batch_dims = pixel_values.shape[: pixel_values.ndim - 3]
+    if 0 in batch_dims:
+        layout = "(B, T)" if pixel_values.ndim == 5 else "(B*T,)"
+        raise ValueError(f"pixel_values must hold at least one frame: expected {layout} >= 1, got shape "
+                         f"{tuple(pixel_values.shape)}")
+    return pixel_values.flatten(0, 1) if pixel_values.ndim == 5 else pixel_values
 
 
 def frame_mask(mask: Tensor, pixel_values: Tensor, cfg: VidEoMTConfig) -> Tensor:
@@ -339,19 +389,20 @@ def frame_mask(mask: Tensor, pixel_values: Tensor, cfg: VidEoMTConfig) -> Tensor
         got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
         raise ValueError(f"bool_masked_pos must be a torch.bool tensor, got {got}")
     hp, wp = pixel_values.shape[-2] // cfg.patch_size, pixel_values.shape[-1] // cfg.patch_size
+    # rank -> (shape, name, how many leading dims index clips and frames)
     if pixel_values.ndim == 5:
         b, t = pixel_values.shape[:2]
-        layouts = {2: ((b * t, hp * wp), "(B*T, N)"), 3: ((b, t, hp * wp), "(B, T, N)"),
-                   4: ((b, t, hp, wp), "(B, T, Hp, Wp)")}
+        layouts = {2: ((b * t, hp * wp), "(B*T, N)", 1), 3: ((b, t, hp * wp), "(B, T, N)", 2),
+                   4: ((b, t, hp, wp), "(B, T, Hp, Wp)", 2)}
     else:
         f = pixel_values.shape[0]
-        layouts = {2: ((f, hp * wp), "(F, N)"), 3: ((f, hp, wp), "(F, Hp, Wp)")}
+        layouts = {2: ((f, hp * wp), "(F, N)", 1), 3: ((f, hp, wp), "(F, Hp, Wp)", 1)}
     if mask.ndim not in layouts:
-        expected = " or ".join(f"{name}={shape}" for shape, name in layouts.values())
+        expected = " or ".join(f"{name}={shape}" for shape, name, _ in layouts.values())
         raise ValueError(f"bool_masked_pos must be {expected} for input {tuple(pixel_values.shape)}, "
                          f"got rank {mask.ndim} shape {tuple(mask.shape)}")
-    shape, name = layouts[mask.ndim]
-    if mask.shape[0] != shape[0] or (mask.ndim == 4 and mask.shape[1] != shape[1]):
+    shape, name, frame_dims = layouts[mask.ndim]
+    if tuple(mask.shape[:frame_dims]) != shape[:frame_dims]:
         raise ValueError(f"bool_masked_pos batch does not match the input: expected {name}={shape}, "
                          f"got {tuple(mask.shape)}")
     if tuple(mask.shape) != shape:
@@ -375,7 +426,7 @@ class VidEoMT(nn.Module):
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
         self.layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.query = nn.Embedding(cfg.num_queries, cfg.hidden_size)
-        self.query_updater = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.query_updater = QueryPropagation(cfg)
         self.class_predictor = nn.Linear(cfg.hidden_size, cfg.num_labels + 1)
         self.mask_head = MaskHead(cfg)
         self.upscale_block = ScaleBlock(cfg)
@@ -402,18 +453,11 @@ class VidEoMT(nn.Module):
 
         outputs, propagated = [], None
         for frame in range(t):
-            queries = self._frame_queries(propagated, b)  # (B, Q, D)
+            queries = self.query_updater.frame_queries(self.query.weight, propagated, b)  # (B, Q, D)
             out, hidden = self._query_stage(torch.cat((queries, x[:, frame]), dim=1), rope)
             outputs.append(out)
             propagated = hidden[:, : self.cfg.num_queries]
         return VidEoMTOutput(*(torch.cat(parts, dim=0) for parts in zip(*outputs)))
-
-    def _frame_queries(self, propagated: Tensor | None, batch: int) -> Tensor:
-        """Frame 0: the learned queries; later frames: update of the previous output plus them."""
-        learned = self.query.weight[None]  # (1, Q, D)
-        if propagated is None:
-            return learned.expand(batch, -1, -1)
-        return self.query_updater(propagated) + learned
 
     def _query_stage(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> tuple[VidEoMTOutput, Tensor]:
         """The last ``num_blocks`` layers on (B, Q + prefix + N, D), then the heads."""
@@ -472,6 +516,9 @@ class VidEoMT(nn.Module):
         if is_video and patch_offsets is not None:
             raise ValueError("patch_offsets cannot be combined with 5D video input (B, T, C, H, W): "
                              "frame-to-patch indexing would be ambiguous")
+        if patch_offsets is not None:  # EoMT only echoes them into its output, which has no such field here
+            raise ValueError("patch_offsets is not supported: it is crop bookkeeping for post-processing that "
+                             f"the model never reads; expected None, got {type(patch_offsets).__name__}")
         c, h, w = flatten_frames(pixel_values).shape[1:]
         expected = (self.cfg.num_channels, self.cfg.image_size, self.cfg.image_size)
         if (c, h, w) != expected:
@@ -483,19 +530,33 @@ class VidEoMT(nn.Module):
 # ----------------------------------------------------------------------------- factories
 
 
+def videomt_tiny_config(**overrides) -> VidEoMTConfig:
+    """DINOv2-style, hidden 32, 3 layers (2 in the query stage), 16x16 frames; for tests."""
+    return VidEoMTConfig(**{"num_blocks": 2, **overrides})
+
+
+def videomt_dinov3_tiny_config(**overrides) -> VidEoMTConfig:
+    """DINOv3-style (RoPE, no key bias, masked attention), hidden 32, 3 layers; for tests."""
+    return videomt_tiny_config(**{"backbone": "dinov3", "key_bias": False, "masked_attention": True, **overrides})
+
+
+def videomt_small_config(**overrides) -> VidEoMTConfig:
+    """ViT-S width (384, 6 heads, 12 layers, 4 query blocks), the released VidEoMT-S shape, 128x128 frames."""
+    base = dict(hidden_size=384, num_layers=12, num_heads=6, intermediate_size=1536, patch_size=16,
+                image_size=128, num_register_tokens=4, num_queries=20, num_blocks=4, num_labels=40)
+    return VidEoMTConfig(**{**base, **overrides})
+
+
 def videomt_tiny(**overrides) -> VidEoMT:
-    """DINOv2-style, hidden 32, 3 layers (2 in the query stage); for tests."""
-    return VidEoMT(VidEoMTConfig(**{"num_blocks": 2, **overrides}))
+    """The model of :func:`videomt_tiny_config`."""
+    return VidEoMT(videomt_tiny_config(**overrides))
 
 
 def videomt_dinov3_tiny(**overrides) -> VidEoMT:
-    """DINOv3-style (RoPE, no key bias, masked attention), hidden 32, 3 layers; for tests."""
-    base = dict(backbone="dinov3", key_bias=False, masked_attention=True, num_blocks=2)
-    return VidEoMT(VidEoMTConfig(**{**base, **overrides}))
+    """The model of :func:`videomt_dinov3_tiny_config`."""
+    return VidEoMT(videomt_dinov3_tiny_config(**overrides))
 
 
 def videomt_small(**overrides) -> VidEoMT:
-    """ViT-S width (384, 6 heads, 12 layers, 4 query blocks), the released VidEoMT-S shape."""
-    base = dict(hidden_size=384, num_layers=12, num_heads=6, intermediate_size=1536, patch_size=16,
-                image_size=128, num_register_tokens=4, num_queries=20, num_blocks=4, num_labels=40)
-    return VidEoMT(VidEoMTConfig(**{**base, **overrides}))
+    """The model of :func:`videomt_small_config`."""
+    return VidEoMT(videomt_small_config(**overrides))

@@ -3,6 +3,7 @@ biases, ``weights_only`` loading and the bitwise round trip. Checkpoints are syn
 into ``tmp_path`` in the upstream layout."""
 
 import pickle
+import re
 
 import pytest
 import torch
@@ -57,6 +58,32 @@ def test_videomt_infer_config_names_missing_key():
     state = _upstream(_model())
     del state["backbone.q.weight"]
     with pytest.raises(ValueError, match=r"not an upstream VidEoMT checkpoint: key 'backbone.q.weight' is missing"):
+        infer_config(state, **ARCH)
+
+
+_POS = "backbone.encoder.backbone.pos_embed"
+
+
+@pytest.mark.parametrize("shape, detail", [
+    ((1, 17, 32), "got (1, 17, 32): N = 17 = 1 + 4**2 looks like a grid plus a CLS slot, which this layout "
+                  "does not have"),
+    ((1, 15, 32), "got (1, 15, 32): N = 15 is not a square number"),
+    ((16, 32), "got (16, 32)"),
+    ((2, 16, 32), "got (2, 16, 32)"),
+    ((1, 16, 24), "got (1, 16, 24)"),
+])
+def test_videomt_infer_config_says_which_pos_embed_shape_it_expected(shape, detail):
+    state = _upstream(_model())
+    state[_POS] = torch.zeros(shape)
+    expected = f"{_POS} must be (1, N, 32) with N = grid**2 patch positions and no CLS slot, {detail}"
+    with pytest.raises(ValueError, match=re.escape(expected) + "$"):
+        infer_config(state, **ARCH)
+
+
+def test_videomt_infer_config_rejects_non_square_patches():
+    state = _upstream(_model())
+    state["backbone.encoder.backbone.patch_embed.proj.weight"] = torch.zeros(32, 3, 4, 2)
+    with pytest.raises(ValueError, match=re.escape("must be (D, C, p, p) with square patches, got (32, 3, 4, 2)")):
         infer_config(state, **ARCH)
 
 

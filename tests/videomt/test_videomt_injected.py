@@ -1,9 +1,12 @@
 """Injected bugs: each is caught by the parity harness and localized to the module that has it.
 
 1. A conversion that drops the key bias (the seed's update 29): culprit ``layers.0.attention.k_proj``.
-2. Queries propagated from the wrong frame: frames 0 and 1 pass, the first failing call is the
-   updater's call for frame 2 (``query_updater#1``), and the culprit is the root's own forward
-   (the frame loop), since the updater itself is right on the reference's inputs.
+2. Queries propagated from the wrong frame (frame 2 built from frame 0's output queries):
+   a. inside the propagation module (``QueryPropagation``, the model's ``query_updater``), which
+      keeps updating the first frame's queries: frames 0 and 1 pass and the culprit is
+      ``query_updater`` itself, since its inputs equal the reference's;
+   b. in the caller, the frame loop handing it the wrong frame's queries: the updater is right on
+      the reference's inputs (re-run), so the error is the loop's, i.e. the root's forward.
 3. Layer scales swapped inside one block: culprit ``layers.1.layer_scale1``.
 """
 
@@ -47,7 +50,36 @@ def test_videomt_parity_catches_dropped_key_bias_in_conversion():
 
 
 @pytest.mark.parity
-def test_videomt_parity_catches_wrong_query_propagation_frame():
+def test_videomt_parity_localizes_wrong_frame_in_query_propagation():
+    pair = harness.get_pair("videomt")  # 3 frames: frame 2 must use frame 1's queries
+    candidate, _ = pair.build(dtype=torch.float64)
+    propagation = candidate.query_updater
+    update = propagation.forward
+    first_frame: list[torch.Tensor] = []
+
+    def stale(previous):  # the bug: remembers frame 0's output queries and propagates them forever
+        if not first_frame:
+            first_frame.append(previous)
+        return update(first_frame[0])
+
+    propagation.forward = stale
+    report = harness.compare_pair("videomt", candidate=candidate)
+    rows = _rows(report)
+    assert not report.passed
+    assert report.first_divergence == "query_updater"
+    assert report.culprit == "query_updater"
+    assert rows["query_updater#1"]["status"] == "introduced" and not rows["query_updater#1"]["passed"]
+    assert rows["<root>#0"]["status"] == "contains"
+    assert rows["query_updater#0"]["passed"] and rows["layers.2#1"]["passed"]  # frames 0 and 1 intact
+    assert all(not rows[f"{m}#2"]["passed"] for m in ("layers.1", "layers.2", "layernorm", "class_predictor"))
+    assert rows["layers.1#2"]["status"] == "propagated"  # received the error, re-run on the reference's inputs
+
+    propagation.forward = update  # control: the same model without the bug passes
+    assert harness.compare_pair("videomt", candidate=candidate).passed
+
+
+@pytest.mark.parity
+def test_videomt_parity_blames_the_frame_loop_for_feeding_the_wrong_frame():
     pair = harness.get_pair("videomt")  # 3 frames: frame 2 must use frame 1's queries
     candidate, _ = pair.build(dtype=torch.float64)
     query_stage = candidate._query_stage
@@ -67,7 +99,8 @@ def test_videomt_parity_catches_wrong_query_propagation_frame():
     # The frame loop is the model's own forward: the updater runs correctly on the reference's
     # inputs (re-run), so the error is the root's, fed into query_updater#1.
     assert report.culprit == "<root>"
-    assert not rows["query_updater#1"]["passed"]  # the update feeding frame 2
+    assert not rows["query_updater#1"]["passed"]  # the update feeding frame 2 ...
+    assert rows["query_updater#1"]["reran"] and rows["query_updater#1"]["status"] == "propagated"  # ... is right
     assert rows["query_updater#0"]["passed"] and rows["layers.2#1"]["passed"]  # frames 0 and 1 intact
     assert not rows["layers.1#2"]["passed"]
 

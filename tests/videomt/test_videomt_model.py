@@ -1,9 +1,11 @@
 """VidEoMT unit tests: output layout, temporal propagation, masked attention, guardrails."""
 
+import re
+
 import pytest
 import torch
 
-from candidates.videomt import VidEoMT, VidEoMTConfig, videomt_dinov3_tiny, videomt_tiny
+from candidates.videomt import QueryPropagation, VidEoMT, VidEoMTConfig, videomt_dinov3_tiny, videomt_tiny
 from harness import randomize_
 
 
@@ -77,6 +79,39 @@ def test_videomt_5d_guardrails(kwargs, message):
         _model()(_video(), **kwargs)
 
 
+def test_videomt_patch_offsets_with_4d_input_raises():
+    """EoMT only echoes patch_offsets into its output; ours has no field for them: refuse, not drop."""
+    with pytest.raises(ValueError, match="patch_offsets is not supported: .* expected None, got list"):
+        _model()(_video()[:, 0], patch_offsets=[torch.zeros(4)])
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool])
+def test_videomt_integer_pixels_raise(dtype):
+    message = re.escape(f"pixel_values must be a floating-point tensor (normalized pixels), got {dtype}")
+    model = _model()
+    with pytest.raises(TypeError, match=message):
+        model(torch.zeros(1, 2, 3, 16, 16, dtype=dtype))
+    with pytest.raises(TypeError, match=message):
+        model.embeddings(torch.zeros(2, 3, 16, 16, dtype=dtype))
+
+
+@pytest.mark.parametrize("shape, layout", [
+    ((0, 2, 3, 16, 16), "(B, T)"), ((2, 0, 3, 16, 16), "(B, T)"), ((0, 3, 16, 16), "(B*T,)"),
+])
+def test_videomt_empty_batch_or_no_frames_raise(shape, layout):
+    message = re.escape(f"pixel_values must hold at least one frame: expected {layout} >= 1, got shape {shape}")
+    model = _model()
+    with pytest.raises(ValueError, match=message):
+        model(torch.zeros(shape, dtype=torch.float64))
+    with pytest.raises(ValueError, match=message):
+        model.embeddings(torch.zeros(shape, dtype=torch.float64))
+
+
+def test_videomt_list_of_empty_frames_raises():
+    with pytest.raises(ValueError, match=re.escape("expected (B, T) >= 1, got shape (0, 2, 3, 16, 16)")):
+        _model()([torch.zeros(0, 3, 16, 16, dtype=torch.float64)] * 2)
+
+
 @pytest.mark.parametrize("shape", [(3, 16, 16), (1, 2, 2, 3, 16, 16)])
 def test_videomt_wrong_rank_raises(shape):
     with pytest.raises(ValueError, match=r"pixel_values must be \(B, T, C, H, W\) or \(B\*T, C, H, W\), got shape"):
@@ -114,7 +149,35 @@ def test_videomt_dinov3_rejects_bool_masked_pos():
     (dict(hidden_act="tanh"), "hidden_act must be one of"),
     (dict(backbone="dinov3", hidden_size=24, num_heads=4), "2D RoPE needs head_dim divisible by 4, got 6"),
     (dict(num_layers=0), "num_layers must be a positive int, got 0"),
+    (dict(num_layers=True), "num_layers must be a positive int, got True"),  # bool is not an int here
+    (dict(num_queries=5.0), "num_queries must be a positive int, got 5.0"),
+    (dict(num_register_tokens=-1), "num_register_tokens must be an int >= 0, got -1"),
+    (dict(num_upscale_blocks=False), "num_upscale_blocks must be an int >= 0, got False"),
+    (dict(layer_norm_eps=-1e-6), "layer_norm_eps must be a finite number > 0, got -1e-06"),
+    (dict(layer_norm_eps=0.0), "layer_norm_eps must be a finite number > 0, got 0.0"),
+    (dict(layer_norm_eps=True), "layer_norm_eps must be a finite number > 0, got True"),
+    (dict(rope_theta=float("nan")), "rope_theta must be a finite number > 0, got nan"),
+    (dict(rope_theta=float("inf")), "rope_theta must be a finite number > 0, got inf"),
+    (dict(rope_theta=-100.0), "rope_theta must be a finite number > 0, got -100.0"),
+    (dict(rope_theta="100"), "rope_theta must be a finite number > 0, got '100'"),
+    (dict(key_bias=1), "key_bias must be a bool, got 1"),
+    (dict(masked_attention="yes"), "masked_attention must be a bool, got 'yes'"),
 ])
 def test_videomt_config_validation(overrides, message):
     with pytest.raises(ValueError, match=message):
         VidEoMTConfig(**overrides)
+
+
+def test_videomt_query_propagation_keeps_the_reference_keys():
+    """QueryPropagation is the model's ``query_updater``: state-dict keys unchanged (weights convert by
+    identity), the frame-0 queries are the learned ones and later ones add the update."""
+    model = _model()
+    assert isinstance(model.query_updater, QueryPropagation)
+    assert {k for k in model.state_dict() if k.startswith("query")} == {
+        "query.weight", "query_updater.weight", "query_updater.bias"}
+    learned, previous = model.query.weight, torch.randn(2, model.cfg.num_queries, 32, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(model.query_updater.frame_queries(learned, None, 2), learned.expand(2, -1, -1))
+        assert torch.equal(model.query_updater.frame_queries(learned, previous, 2),
+                           torch.nn.functional.linear(previous, model.query_updater.weight,
+                                                      model.query_updater.bias) + learned)

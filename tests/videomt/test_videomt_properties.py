@@ -127,6 +127,8 @@ def _invalid_masks(mask: torch.Tensor) -> list[tuple[torch.Tensor, str]]:
         (torch.zeros(b * t + 1, n, dtype=torch.bool), "batch does not match the input"),
         (torch.zeros(b + 1, t, n, dtype=torch.bool), "batch does not match the input"),
         (torch.zeros(b, t + 1, hp, wp, dtype=torch.bool), "batch does not match the input"),
+        (torch.zeros(b, t + 1, n, dtype=torch.bool), "batch does not match the input"),  # one frame too many
+        (torch.zeros(b + 1, t + 1, n, dtype=torch.bool), "batch does not match the input"),
         (torch.zeros(b * t, n + 1, dtype=torch.bool), "token count does not match"),
         (torch.zeros(b, t, n - 1, dtype=torch.bool), "token count does not match"),
         (torch.zeros(b, t, hp, wp + 1, dtype=torch.bool), "token count does not match"),
