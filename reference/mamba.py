@@ -4,35 +4,59 @@ Upstream: ``transformers.models.mamba.modeling_mamba.MambaMixer`` (transformers 
 Candidate: :class:`candidates.resampler.mamba.MambaMixer`; parameter names are identical, so
 the weight transfer is the identity.
 
-What the trace can and cannot line up: upstream's pure path calls ``in_proj``, ``x_proj`` and
-``out_proj`` as modules but uses ``conv1d``, ``act`` and ``dt_proj`` only through their weights
-inside functional helpers (``causal_conv1d_fn``, ``dt_proj.weight @ ...``, the bias and softplus
-inside ``mamba_selective_scan``). Those three candidate modules therefore have no reference twin
-and stay unmatched; an error made there is localized to the mixer itself (the root row).
+Probes, so that every step is traced. Upstream's pure path calls ``in_proj``, ``x_proj`` and
+``out_proj`` as modules but runs the causal conv (with its activation) and the selective scan
+(step bias, softplus, recurrence, ``D`` skip, gate) as module-level functions,
+``causal_conv1d_fn`` and ``mamba_selective_scan``, which a hook-based trace cannot see.
+:func:`instrument` changes one reference *instance*, never transformers' code or classes:
+
+* its ``conv1d`` becomes :class:`UpstreamCausalConv1d`, an ``nn.Conv1d`` whose forward calls
+  upstream's ``causal_conv1d_fn`` with its own weights and no activation;
+* its ``act`` (upstream's own activation module) applies the activation that upstream's helper
+  would have applied (``ACT2FN[activation]``, the same class);
+* a parameter-free submodule ``scan`` (:class:`UpstreamSelectiveScan`) calls upstream's
+  ``mamba_selective_scan`` with the arguments it is given;
+* its ``forward`` runs upstream's forward function itself (same code object, the
+  ``force_accelerate_hooks`` wrapper left out: it only acts on accelerate-offloaded models)
+  with a copy of its module globals in which the two helper names route to the probes of the
+  mixer that is running (a context variable, so threads and copies keep to their own).
+
+The probed reference computes exactly what the plain one does (tested bitwise in float32 and
+float64) and its trace has rows ``in_proj``, ``conv1d``, ``act``, ``x_proj``, ``scan``,
+``out_proj`` with the candidate's names and argument structure. ``dt_proj`` has no call on
+either side: upstream uses its weight in the forward body and hands its bias to the scan.
 
 Precision: upstream calls ``.float()`` on ``A_log``, ``D``, the step bias, ``B`` and the scan
 input, meaning "at least float32" for half-precision runs. On a float64 run that rounds those
 tensors to float32 and caps the reference at ~4e-8 absolute error, so a float64 comparison
-could not tell a bug from rounding. :func:`float_keeps_float64` runs upstream's code with
-``Tensor.float()`` leaving float64 tensors alone; for every other dtype it is exactly
-``Tensor.float()`` (tested bitwise), so float32 runs are untouched.
+could not tell a bug from rounding. :func:`float_keeps_float64` is a
+:class:`~torch.overrides.TorchFunctionMode` under which ``Tensor.float()`` leaves float64
+tensors alone; for every other dtype it is exactly ``Tensor.float()`` (tested bitwise), so
+float32 runs are untouched. A torch function mode lives on the current thread's mode stack:
+nothing global is patched, and reference runs in other threads are unaffected (tested).
 """
 
 from __future__ import annotations
 
-import contextlib
+import contextvars
 import importlib.util
-from typing import Any, Iterator
+import inspect
+import types
+from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from transformers import MambaConfig
 from transformers.models.mamba import modeling_mamba
 
 from candidates.resampler.mamba import MambaMixer as CandidateMixer
 from harness import Call, Pair, register
 
-__all__ = ["reference_mixer", "candidate_mixer", "convert_mixer", "float_keeps_float64", "reference_call"]
+__all__ = [
+    "UpstreamCausalConv1d", "UpstreamSelectiveScan", "candidate_mixer", "convert_mixer", "float_keeps_float64",
+    "instrument", "reference_call", "reference_mixer",
+]
 
 # The pure-PyTorch helpers upstream's forward calls; optional packages would replace them.
 _TORCH_HELPERS = ("causal_conv1d_fn", "mamba_selective_scan", "mamba_inner_fn")
@@ -51,10 +75,119 @@ def _check_pure_torch_path() -> None:
             raise RuntimeError(f"transformers resolved {name} to a kernel ({cells['implementation'].cell_contents!r})")
 
 
+# ---------------------------------------------------------------------------------------------
+# Probes: upstream's functional steps as traceable modules
+# ---------------------------------------------------------------------------------------------
+
+
+class UpstreamCausalConv1d(nn.Conv1d):
+    """Upstream's ``causal_conv1d_fn`` on this conv's weights, activation left to ``act``."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return modeling_mamba.causal_conv1d_fn(hidden_states, self.weight.squeeze(1), self.bias, activation=None)
+
+
+class UpstreamSelectiveScan(nn.Module):
+    """Upstream's ``mamba_selective_scan``, called unchanged (full sequence, sequential scan)."""
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        dt: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        *,
+        D: torch.Tensor | None = None,
+        z: torch.Tensor | None = None,
+        delta_bias: torch.Tensor | None = None,
+        delta_softplus: bool = False,
+    ) -> torch.Tensor:
+        return modeling_mamba.mamba_selective_scan(
+            hidden_states, dt, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus
+        )
+
+
+# The instrumented mixer whose forward is running (per thread and nesting-safe).
+_RUNNING: contextvars.ContextVar[nn.Module] = contextvars.ContextVar("instrumented MambaMixer")
+
+
+def _conv_step(
+    hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+    activation: str | None = None, **kwargs: Any,
+) -> torch.Tensor:
+    """Stands in for ``causal_conv1d_fn`` inside an instrumented forward: ``act(conv1d(x))``."""
+    mixer = _RUNNING.get()
+    if kwargs:
+        raise ValueError(f"the instrumented mamba reference takes no extra conv arguments, got {sorted(kwargs)}")
+    own_weights = weight.data_ptr() == mixer.conv1d.weight.data_ptr() and bias is mixer.conv1d.bias
+    if not own_weights or activation != mixer.activation:
+        raise ValueError("the instrumented mamba reference expects its own conv1d weights and activation")
+    out = mixer.conv1d(hidden_states)
+    return out if activation is None else mixer.act(out)
+
+
+def _scan_step(
+    hidden_states: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+    C: torch.Tensor, *, D: torch.Tensor | None = None, z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None, delta_softplus: bool = False, return_last_state: bool = False,
+    use_mambapy: bool = False, use_associative_scan: bool = False,
+) -> torch.Tensor:
+    """Stands in for ``mamba_selective_scan``: the ``scan`` probe, for the sequential full-sequence path."""
+    if return_last_state or use_mambapy or use_associative_scan:
+        raise ValueError(
+            "the instrumented mamba reference runs the sequential scan without a cache; got "
+            f"return_last_state={return_last_state}, use_mambapy={use_mambapy}, "
+            f"use_associative_scan={use_associative_scan}"
+        )
+    return _RUNNING.get().scan(
+        hidden_states, dt, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus
+    )
+
+
+_UPSTREAM_FORWARD = inspect.unwrap(modeling_mamba.MambaMixer.forward)
+# Upstream's forward, same code object, reading the two helper names from a copy of its globals.
+_FORWARD_WITH_PROBES = types.FunctionType(
+    _UPSTREAM_FORWARD.__code__,
+    {**_UPSTREAM_FORWARD.__globals__, "causal_conv1d_fn": _conv_step, "mamba_selective_scan": _scan_step},
+    _UPSTREAM_FORWARD.__name__, _UPSTREAM_FORWARD.__defaults__, _UPSTREAM_FORWARD.__closure__,
+)
+_FORWARD_WITH_PROBES.__kwdefaults__ = _UPSTREAM_FORWARD.__kwdefaults__
+
+
+def _probed_forward(self: modeling_mamba.MambaMixer, *args: Any, **kwargs: Any) -> torch.Tensor:
+    token = _RUNNING.set(self)
+    try:
+        return _FORWARD_WITH_PROBES(self, *args, **kwargs)
+    finally:
+        _RUNNING.reset(token)
+
+
+def instrument(mixer: modeling_mamba.MambaMixer) -> modeling_mamba.MambaMixer:
+    """Give this reference instance its probes (see module docstring); returns it."""
+    if type(mixer) is not modeling_mamba.MambaMixer:
+        raise TypeError(f"instrument takes a transformers MambaMixer, got {type(mixer).__name__}")
+    if type(mixer.conv1d) is not nn.Conv1d:
+        raise TypeError(f"expected upstream's nn.Conv1d as mixer.conv1d, got {type(mixer.conv1d).__name__}")
+    mixer.conv1d.__class__ = UpstreamCausalConv1d  # same parameters, a forward that calls upstream's helper
+    mixer.scan = UpstreamSelectiveScan()
+    mixer.forward = types.MethodType(_probed_forward, mixer)  # deepcopy rebinds it to the copy
+    return mixer
+
+
+# ---------------------------------------------------------------------------------------------
+# Models, conversion, precision
+# ---------------------------------------------------------------------------------------------
+
+
 def reference_mixer(
-    hidden_size: int, *, intermediate_size: int, state_size: int, conv_kernel: int, time_step_rank: int
+    hidden_size: int, *, intermediate_size: int, state_size: int, conv_kernel: int, time_step_rank: int,
+    probes: bool = True,
 ) -> nn.Module:
-    """transformers' MambaMixer, eval mode, sequential scan (no mambapy, no associative scan)."""
+    """transformers' MambaMixer, eval mode, sequential scan (no mambapy, no associative scan).
+
+    ``probes=True`` (default) instruments it (see :func:`instrument`); ``False`` gives it plain.
+    """
     _check_pure_torch_path()
     config = MambaConfig(
         hidden_size=hidden_size,
@@ -71,7 +204,8 @@ def reference_mixer(
     # MambaConfig.expand must be an int; upstream derives intermediate_size = int(expand * hidden).
     # Setting it directly gives non-integer ratios such as the seed's 1024 * 1.75 = 1792.
     config.intermediate_size = intermediate_size
-    return modeling_mamba.MambaMixer(config, layer_idx=0).eval()
+    mixer = modeling_mamba.MambaMixer(config, layer_idx=0).eval()
+    return instrument(mixer) if probes else mixer
 
 
 def candidate_mixer(
@@ -87,21 +221,16 @@ def convert_mixer(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-@contextlib.contextmanager
-def float_keeps_float64() -> Iterator[None]:
-    """Inside the block, ``Tensor.float()`` returns float64 tensors unchanged (see module docstring)."""
-    original = torch.Tensor.float
+class _FloatKeepsFloat64(TorchFunctionMode):
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if func is torch.Tensor.float and args and isinstance(args[0], torch.Tensor) and args[0].dtype == torch.float64:
+            return args[0]
+        return func(*args, **(kwargs or {}))
 
-    def at_least_float32(self: torch.Tensor, memory_format: torch.memory_format = torch.preserve_format) -> torch.Tensor:
-        if self.dtype == torch.float64:
-            return self
-        return original(self, memory_format=memory_format)
 
-    torch.Tensor.float = at_least_float32
-    try:
-        yield
-    finally:
-        torch.Tensor.float = original
+def float_keeps_float64() -> TorchFunctionMode:
+    """``with float_keeps_float64():`` on this thread, ``Tensor.float()`` returns float64 tensors unchanged."""
+    return _FloatKeepsFloat64()
 
 
 def reference_call(model: nn.Module, call: Call) -> Any:

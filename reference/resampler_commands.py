@@ -1,8 +1,10 @@
 """``python -m harness add-metadata CKPT``: give a legacy resampler checkpoint its metadata.
 
-Infers the configuration from the weight shapes (see ``candidates/resampler/checkpoint.py``),
-fills the fields the weights cannot tell (``norm_eps``, ``preset``) from ``--preset`` or the
-library defaults, prints where every field came from, and writes ``CKPT``'s ``.metadata.json``
+Finds the resampler's keys (``--prefix``, or the only prefix followed by ``input_proj.weight``,
+as in a Lightning ``.ckpt`` holding ``resampler_module.resampler.*``), infers the configuration
+from the weight shapes (see ``candidates/resampler/checkpoint.py``), fills the fields the
+weights cannot tell (``norm_eps``, ``preset``) from ``--preset`` or the library defaults, prints
+where every field and the prefix came from, and writes ``CKPT``'s ``.metadata.json``
 atomically. Exit 0 on success, 2 on a bad file (the harness CLI prints the error).
 """
 
@@ -21,12 +23,20 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset", choices=sorted(PRESETS), default=None,
         help="defaults for the fields the weights cannot tell (default: ResamplerConfig())",
     )
+    parser.add_argument(
+        "--prefix", default=None,
+        help="key prefix of the resampler inside the file, e.g. resampler_module.resampler. "
+             "(default: the only prefix followed by input_proj.weight)",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite existing metadata")
 
 
 def _run(args: argparse.Namespace) -> int:
     defaults = ResamplerConfig.from_preset(args.preset) if args.preset else ResamplerConfig()
-    path, config, sources = write_metadata(args.checkpoint, defaults=defaults, force=args.force)
+    path, config, sources, prefix = write_metadata(
+        args.checkpoint, defaults=defaults, force=args.force, prefix=args.prefix
+    )
+    print(f"{'prefix':<10} = {prefix}")
     for name in ResamplerConfig.field_names():
         print(f"{name:<10} = {getattr(config, name)!r:<12} <- {sources[name]}")
     print(f"metadata written to {path}")

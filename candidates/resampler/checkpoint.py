@@ -14,6 +14,13 @@ mismatch, or worse, loads something half-right. Three layers, each reported per 
    is checked against it: a contradiction is an error naming field, both values and the tensor.
 3. **Defaults** (a preset or a user config) only for fields that neither layer determines.
 
+Key prefixes. A training framework stores the resampler inside a bigger model, e.g. a Lightning
+``.ckpt`` whose ``state_dict`` holds ``resampler_module.resampler.input_proj.weight`` next to
+other modules' keys. The resampler's keys are those under one prefix, ending right before
+``input_proj.weight``: an explicit ``prefix=`` (``--prefix``), else the one recorded in the
+metadata, else the only prefix that holds an ``input_proj.weight`` (several is an error naming
+them). Keys outside it are ignored and counted; the prefix and its source are reported.
+
 Legacy ``.pth``/``.pt``/``.ckpt`` files are read with ``torch.load(weights_only=True)`` only, so
 a pickle that would execute code is refused. ``python -m harness add-metadata CKPT`` (see
 ``reference/resampler_commands.py``) writes the metadata for such files.
@@ -40,9 +47,9 @@ from candidates.io import PICKLE_SUFFIXES, StateDict, UnsafePickleError, atomic_
 from candidates.resampler.resampler import BiMambaResampler, ResamplerConfig
 
 __all__ = [
-    "CheckpointError", "FieldSource", "LoadedCheckpoint", "metadata_path", "read_weights",
-    "infer_config", "resolve_config", "save_checkpoint", "load_checkpoint", "load_weights_into",
-    "write_metadata",
+    "CheckpointError", "FieldSource", "KeyPrefix", "LoadedCheckpoint", "metadata_path", "read_weights",
+    "find_prefixes", "select_prefix", "infer_config", "resolve_config", "save_checkpoint", "load_checkpoint",
+    "load_weights_into", "write_metadata",
 ]
 
 logger = logging.getLogger(__name__)
@@ -67,16 +74,30 @@ class FieldSource:
 
 
 @dataclass(frozen=True)
+class KeyPrefix:
+    """The prefix the resampler's keys carry in a file, where it came from, and how many keys lie outside it."""
+
+    value: str
+    source: FieldSource
+    ignored: int = 0
+
+    def __str__(self) -> str:
+        outside = f"; {self.ignored} keys outside it ignored" if self.ignored else ""
+        return f"{self.value!r} <- {self.source}{outside}"
+
+
+@dataclass(frozen=True)
 class LoadedCheckpoint:
-    """A model rebuilt from a checkpoint, its config and the source of every config field."""
+    """A model rebuilt from a checkpoint, its config, the source of every config field and the key prefix."""
 
     model: BiMambaResampler
     config: ResamplerConfig
     sources: Mapping[str, FieldSource]
     path: Path
+    prefix: KeyPrefix = KeyPrefix("", FieldSource("none"))
 
     def describe(self) -> str:
-        lines = [f"loaded {self.path}"]
+        lines = [f"loaded {self.path}", f"  {'prefix':<10} = {self.prefix}"]
         lines += [f"  {name:<10} = {getattr(self.config, name)!r:<12} <- {self.sources[name]}"
                   for name in ResamplerConfig.field_names()]
         return "\n".join(lines)
@@ -130,24 +151,27 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _metadata_document(config: ResamplerConfig, weights: Path, digest: str, origin: str,
+def _metadata_document(config: ResamplerConfig, weights: Path, digest: str, origin: str, prefix: str,
                        sources: Mapping[str, FieldSource] | None = None) -> bytes:
     document = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": config.to_dict(),
         "config_sources": {k: str(v) for k, v in (sources or {}).items()},
-        "weights": {"file": weights.name, "sha256": digest},
+        "weights": {"file": weights.name, "sha256": digest, "prefix": prefix},
         "versions": _versions(),
         "written_by": origin,
     }
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
 
 
-def _read_metadata(path: Path, weights: Path, digest: str) -> dict[str, Any] | None:
-    """The ``config`` mapping of the metadata next to ``weights``, or None when there is none."""
+def _read_metadata(path: Path, weights: Path, digest: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The ``config`` mapping and key prefix recorded next to ``weights``; ``(None, None)`` without metadata.
+
+    The prefix is None when the metadata predates prefixes (it then means: detect).
+    """
     if not path.exists():
-        return None
+        return None, None
     try:
         document = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -169,7 +193,67 @@ def _read_metadata(path: Path, weights: Path, digest: str) -> dict[str, Any] | N
     unknown = sorted(set(config) - set(ResamplerConfig.field_names()))
     if unknown:
         raise CheckpointError(f"{path}: unknown config fields {unknown}; expected a subset of {ResamplerConfig.field_names()}")
-    return config
+    prefix = document["weights"].get("prefix")
+    if prefix is not None and not (isinstance(prefix, str) and (prefix == "" or prefix.endswith("."))):
+        raise CheckpointError(f"{path}: \"weights\".\"prefix\" must be \"\" or a string ending in '.', got {prefix!r}")
+    return config, prefix
+
+
+# ---------------------------------------------------------------------------------------------
+# Key prefixes: the resampler inside a bigger checkpoint
+# ---------------------------------------------------------------------------------------------
+
+_ANCHOR = "input_proj.weight"
+
+
+def find_prefixes(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Every prefix (``""`` or ending in ``.``) directly followed by ``input_proj.weight`` in a key."""
+    return sorted(
+        key[: -len(_ANCHOR)] for key in state
+        if key == _ANCHOR or (key.endswith(_ANCHOR) and key[-len(_ANCHOR) - 1] == ".")
+    )
+
+
+def _normalize_prefix(prefix: str) -> str:
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str such as 'resampler_module.resampler.', got {type(prefix).__name__}")
+    return prefix if prefix == "" or prefix.endswith(".") else prefix + "."
+
+
+def select_prefix(
+    state: Mapping[str, torch.Tensor], *, prefix: str | None = None, recorded: str | None = None,
+    where: str = "checkpoint",
+) -> tuple[StateDict, KeyPrefix]:
+    """The resampler's tensors with their prefix stripped, and the prefix used.
+
+    Priority: ``prefix`` (a missing trailing ``.`` is added), then ``recorded`` (from metadata),
+    then detection: the only prefix followed by ``input_proj.weight``. No such key: no prefix.
+    Several: an error listing them. Keys outside the prefix are left out and counted.
+    """
+    found = find_prefixes(state)
+    if prefix is not None:
+        prefix = _normalize_prefix(prefix)
+        if recorded is not None and prefix != recorded:
+            raise CheckpointError(f"{where}: prefix={prefix!r} contradicts the prefix {recorded!r} recorded in its metadata")
+        if not any(key.startswith(prefix) for key in state):
+            raise CheckpointError(
+                f"{where}: no key starts with prefix {prefix!r}; prefixes followed by {_ANCHOR} in this file: {found}"
+            )
+        source = FieldSource("argument")
+    elif recorded is not None:
+        prefix, source = recorded, FieldSource("metadata")
+    elif len(found) == 1:
+        prefix, source = found[0], FieldSource("detected", f"the only key ending in {_ANCHOR}: {found[0]}{_ANCHOR}")
+    elif not found:
+        prefix, source = "", FieldSource("none", f"no key ends in {_ANCHOR}")
+    else:
+        counts = [f"  {p!r}: {sum(k.startswith(p) for k in state)} keys" for p in found]
+        raise CheckpointError(
+            f"{where}: ambiguous key prefix: {len(found)} prefixes are followed by {_ANCHOR}:\n" + "\n".join(counts)
+            + f"\nPick one with prefix={found[0]!r} (CLI: --prefix {found[0]})"
+        )
+    inner = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    return inner, KeyPrefix(prefix, source, ignored=len(state) - len(inner))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,14 +371,22 @@ def _skeleton(config: ResamplerConfig) -> BiMambaResampler:
         return BiMambaResampler(config)
 
 
-def load_weights_into(model: BiMambaResampler, path: str | os.PathLike) -> None:
+def _no_resampler_hint(state: Mapping[str, torch.Tensor], prefix: KeyPrefix) -> str:
+    if "input_proj.weight" in state:
+        return ""
+    return (f"\nNo key ends in {_ANCHOR} under prefix {prefix.value!r}: not a resampler checkpoint, or the "
+            f"resampler sits under another prefix (pass prefix=..., CLI --prefix). First keys: {sorted(state)[:3]}")
+
+
+def load_weights_into(model: BiMambaResampler, path: str | os.PathLike, *, prefix: str | None = None) -> KeyPrefix:
     """Load ``path`` into an existing ``model``, strictly and bitwise (dtypes kept as stored).
 
-    A mismatch raises one error listing every offending key with both shapes, and the config
-    that would fit the checkpoint.
+    The resampler's keys are found as in :func:`select_prefix`. A mismatch raises one error
+    listing every offending key with both shapes, and the config that would fit the checkpoint.
+    Returns the key prefix used.
     """
     path = Path(path)
-    state = read_weights(path)
+    state, used = select_prefix(read_weights(path), prefix=prefix, where=str(path))
     problems = _fit_report(model, state)
     if problems:
         try:
@@ -303,10 +395,11 @@ def load_weights_into(model: BiMambaResampler, path: str | os.PathLike) -> None:
         except ValueError as exc:
             hint = f"No config fits these weights: {exc}"
         raise CheckpointError(
-            f"{path} does not fit the model built with {model.config!r}: {len(problems)} mismatched keys\n"
-            + "\n".join(problems) + "\n" + hint
+            f"{path} (key prefix {used}) does not fit the model built with {model.config!r}: "
+            f"{len(problems)} mismatched keys\n" + "\n".join(problems) + "\n" + hint + _no_resampler_hint(state, used)
         )
     model.load_state_dict(state, strict=True, assign=True)
+    return used
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,23 +421,26 @@ def save_checkpoint(model: BiMambaResampler, path: str | os.PathLike) -> Path:
     # load fails loudly instead of pairing new weights with an old config.
     atomic_write_bytes(path, data)
     meta = metadata_path(path)
-    atomic_write_bytes(meta, _metadata_document(model.config, path, digest, "save_checkpoint"))
+    atomic_write_bytes(meta, _metadata_document(model.config, path, digest, "save_checkpoint", prefix=""))
     return meta
 
 
-def load_checkpoint(path: str | os.PathLike, *, defaults: ResamplerConfig | None = None) -> LoadedCheckpoint:
+def load_checkpoint(
+    path: str | os.PathLike, *, defaults: ResamplerConfig | None = None, prefix: str | None = None
+) -> LoadedCheckpoint:
     """Rebuild the resampler stored at ``path``: metadata -> weight shapes -> ``defaults``.
 
-    Returns the model (eval mode, weights and dtypes bitwise as stored), its config, and the
-    source of every config field (also logged at INFO).
+    ``prefix``: the resampler's key prefix inside the file (default: recorded or detected, see
+    :func:`select_prefix`). Returns the model (eval mode, weights and dtypes bitwise as stored),
+    its config, the source of every config field and the prefix (all also logged at INFO).
     """
     path = Path(path)
     defaults = ResamplerConfig() if defaults is None else defaults
     if not isinstance(defaults, ResamplerConfig):
         raise TypeError(f"defaults must be a ResamplerConfig, got {type(defaults).__name__}")
     data = _read_bytes(path)
-    state = _parse_weights(path, data)
-    meta = _read_metadata(metadata_path(path), path, hashlib.sha256(data).hexdigest())
+    meta, recorded = _read_metadata(metadata_path(path), path, hashlib.sha256(data).hexdigest())
+    state, used = select_prefix(_parse_weights(path, data), prefix=prefix, recorded=recorded, where=str(path))
     try:
         inferred = infer_config(state)
     except ValueError as exc:
@@ -354,29 +450,31 @@ def load_checkpoint(path: str | os.PathLike, *, defaults: ResamplerConfig | None
     problems = _fit_report(model, state)
     if problems:
         raise CheckpointError(
-            f"{path}: weights do not fit the resolved config {config!r}: {len(problems)} mismatched keys\n"
-            + "\n".join(problems)
+            f"{path} (key prefix {used}): weights do not fit the resolved config {config!r}: "
+            f"{len(problems)} mismatched keys\n" + "\n".join(problems) + _no_resampler_hint(state, used)
         )
     model.load_state_dict(state, strict=True, assign=True)
-    loaded = LoadedCheckpoint(model.eval(), config, sources, path)
+    loaded = LoadedCheckpoint(model.eval(), config, sources, path, used)
     logger.info("%s", loaded.describe())
     return loaded
 
 
 def write_metadata(
-    path: str | os.PathLike, *, defaults: ResamplerConfig | None = None, force: bool = False
-) -> tuple[Path, ResamplerConfig, dict[str, FieldSource]]:
+    path: str | os.PathLike, *, defaults: ResamplerConfig | None = None, force: bool = False,
+    prefix: str | None = None,
+) -> tuple[Path, ResamplerConfig, dict[str, FieldSource], KeyPrefix]:
     """Write the metadata of a legacy checkpoint, inferred from its weights (``add-metadata``).
 
-    Fields the weights do not determine come from ``defaults``; every source is recorded in the
-    file. Existing metadata is kept unless ``force``.
+    Fields the weights do not determine come from ``defaults``; every source, and the key prefix
+    (``prefix`` or detected, see :func:`select_prefix`), is recorded in the file. Existing
+    metadata is kept unless ``force``.
     """
     path = Path(path)
     meta = metadata_path(path)
     if meta.exists() and not force:
         raise CheckpointError(f"{meta} already exists; pass force=True (--force) to rewrite it from the weights")
     data = _read_bytes(path)
-    state = _parse_weights(path, data)
+    state, used = select_prefix(_parse_weights(path, data), prefix=prefix, where=str(path))
     try:
         inferred = infer_config(state)
     except ValueError as exc:
@@ -384,6 +482,10 @@ def write_metadata(
     config, sources = resolve_config(None, inferred, defaults or ResamplerConfig(), where=str(path))
     problems = _fit_report(_skeleton(config), state)
     if problems:
-        raise CheckpointError(f"{path}: weights do not form a resampler of {config!r}:\n" + "\n".join(problems))
-    atomic_write_bytes(meta, _metadata_document(config, path, hashlib.sha256(data).hexdigest(), "add-metadata", sources))
-    return meta, config, sources
+        raise CheckpointError(
+            f"{path} (key prefix {used}): weights do not form a resampler of {config!r}:\n" + "\n".join(problems)
+            + _no_resampler_hint(state, used)
+        )
+    digest = hashlib.sha256(data).hexdigest()
+    atomic_write_bytes(meta, _metadata_document(config, path, digest, "add-metadata", used.value, sources))
+    return meta, config, sources, used

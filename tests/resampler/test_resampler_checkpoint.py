@@ -70,7 +70,7 @@ def test_save_writes_weights_and_complete_metadata(tmp_path):
     assert set(document["versions"]) == {"python", "torch", "safetensors", "parity-harness"}
     assert document["versions"]["torch"] == torch.__version__
     weights = (tmp_path / "run" / "final.safetensors").read_bytes()
-    assert document["weights"] == {"file": "final.safetensors", "sha256": hashlib.sha256(weights).hexdigest()}
+    assert document["weights"] == {"file": "final.safetensors", "sha256": hashlib.sha256(weights).hexdigest(), "prefix": ""}
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["final.metadata.json", "final.safetensors"]
 
 
@@ -352,3 +352,112 @@ def test_infer_config_reports_the_tensor_behind_each_field():
     assert inferred["depth"] == (2, "blocks.* (2 distinct indices)")
     assert inferred["dt_rank"] == (1, "blocks.0.forward_block.dt_proj.weight (12, 1)")
     assert set(inferred) == set(ResamplerConfig.field_names()) - NOT_IN_WEIGHTS
+
+
+# --- key prefixes: the resampler inside a bigger (Lightning) checkpoint ----------------------------
+
+SEED_PREFIX = "resampler_module.resampler."
+
+
+def _lightning_ckpt(path: Path, model: BiMambaResampler, prefixes: tuple[str, ...] = (SEED_PREFIX,)) -> Path:
+    """A Lightning-style ``.ckpt``: the resampler under ``prefixes`` next to other modules' weights and trainer state."""
+    state = {f"{prefix}{k}": v for prefix in prefixes for k, v in model.state_dict().items()}
+    state["vision_encoder.patch_embed.weight"] = torch.randn(4, 3)
+    state["language_model.lm_head.weight"] = torch.randn(5, 4)
+    torch.save({
+        "state_dict": state,
+        "epoch": 3,
+        "global_step": 120,
+        "pytorch-lightning_version": "2.4.0",
+        "optimizer_states": [{"state": {0: {"step": torch.tensor(120.0)}}, "param_groups": [{"lr": 1e-4, "params": [0]}]}],
+    }, path)
+    return path
+
+
+def test_seed_key_layout_in_a_lightning_ckpt_is_detected_stripped_and_reported(tmp_path):
+    """The seed's real keys: resampler_module.resampler.* inside a Lightning state_dict, no metadata."""
+    trained_config = ResamplerConfig.from_preset("bimamba", vision_dim=1152, out_dim=64, depth=1, d_state=4)
+    trained = _model(trained_config)
+    path = _lightning_ckpt(tmp_path / "last.ckpt", trained)
+    eval_defaults = ResamplerConfig(vision_dim=1152, out_dim=64, depth=1, d_state=4)  # 1536 / 2.0
+
+    loaded = load_checkpoint(path, defaults=eval_defaults)
+    assert (loaded.config.hidden_dim, loaded.config.expand, loaded.config.d_inner) == (1024, 1.75, 1792)
+    assert loaded.prefix.value == SEED_PREFIX and loaded.prefix.ignored == 2
+    assert str(loaded.prefix.source) == f"detected (the only key ending in input_proj.weight: {SEED_PREFIX}input_proj.weight)"
+    assert str(loaded.sources["hidden_dim"]) == "weights (input_proj.weight (1024, 1152))"
+    assert f"prefix     = '{SEED_PREFIX}' <- detected" in loaded.describe()
+    assert "2 keys outside it ignored" in loaded.describe()
+    x = _features(trained_config, torch.float32, tokens=6)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), trained(x))
+
+    target = BiMambaResampler(trained_config)
+    assert load_weights_into(target, path).value == SEED_PREFIX
+    assert all(torch.equal(a, b) for a, b in zip(target.state_dict().values(), trained.state_dict().values()))
+    fit_error = rf"(?s)key prefix '{SEED_PREFIX}' <- detected .*input_proj.weight: checkpoint \(1024, 1152\) vs model \(1536, 1152\)"
+    with pytest.raises(CheckpointError, match=fit_error):
+        load_weights_into(BiMambaResampler(eval_defaults), path)
+
+
+def test_explicit_prefix_with_or_without_the_trailing_dot(tmp_path):
+    model = _model()
+    path = _lightning_ckpt(tmp_path / "last.ckpt", model)
+    for given in (SEED_PREFIX, SEED_PREFIX.rstrip(".")):
+        loaded = load_checkpoint(path, defaults=TINY, prefix=given)
+        assert (loaded.prefix.value, str(loaded.prefix.source), loaded.config) == (SEED_PREFIX, "argument", TINY)
+    no_such = r"no key starts with prefix 'resampler\.'; prefixes followed by input_proj.weight in this file: \['resampler_"
+    with pytest.raises(CheckpointError, match=no_such):
+        load_checkpoint(path, prefix="resampler")
+    with pytest.raises(TypeError, match="prefix must be a str such as 'resampler_module.resampler.', got int"):
+        load_checkpoint(path, prefix=3)
+
+
+def test_ambiguous_prefix_is_an_error_listing_the_candidates(tmp_path):
+    """Two resamplers (e.g. the model and its EMA copy): refuse to pick one; prefix= chooses."""
+    model = _model()
+    path = _lightning_ckpt(tmp_path / "last.ckpt", model, prefixes=(SEED_PREFIX, "ema.resampler."))
+    for action in (lambda: load_checkpoint(path), lambda: load_weights_into(BiMambaResampler(TINY), path),
+                   lambda: write_metadata(path)):
+        with pytest.raises(CheckpointError) as info:
+            action()
+        message = str(info.value)
+        assert f"{path}: ambiguous key prefix: 2 prefixes are followed by input_proj.weight" in message
+        n = len(model.state_dict())
+        assert f"'ema.resampler.': {n} keys" in message and f"'{SEED_PREFIX}': {n} keys" in message
+        assert "Pick one with prefix='ema.resampler.' (CLI: --prefix ema.resampler.)" in message
+    loaded = load_checkpoint(path, defaults=TINY, prefix="ema.resampler")
+    assert loaded.prefix.value == "ema.resampler." and loaded.prefix.ignored == n + 2
+
+
+def test_no_resampler_keys_say_so_instead_of_only_listing_missing_keys(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"encoder.weight": torch.zeros(2, 2)}, path)
+    hint = r"No key ends in input_proj.weight under prefix '': not a resampler checkpoint.*--prefix.*\['encoder.weight'\]"
+    with pytest.raises(CheckpointError, match=hint):
+        load_checkpoint(path)
+
+
+def test_add_metadata_records_the_prefix_and_later_loads_use_it(tmp_path, capsys):
+    model = _model()
+    path = _lightning_ckpt(tmp_path / "last.ckpt", model, prefixes=(SEED_PREFIX, "ema.resampler."))
+    assert harness_cli(["add-metadata", str(path)]) == 2
+    assert "ambiguous key prefix" in capsys.readouterr().err
+    assert harness_cli(["add-metadata", str(path), "--prefix", SEED_PREFIX.rstrip(".")]) == 0
+    assert f"prefix     = '{SEED_PREFIX}' <- argument" in capsys.readouterr().out
+    assert json.loads(metadata_path(path).read_text())["weights"]["prefix"] == SEED_PREFIX
+    loaded = load_checkpoint(path)  # ambiguous by detection, settled by the metadata
+    assert (loaded.prefix.value, str(loaded.prefix.source)) == (SEED_PREFIX, "metadata")
+    assert {str(s) for s in loaded.sources.values()} == {"metadata"}
+    assert loaded.config == ResamplerConfig(**{**TINY.to_dict(), "preset": None})  # preset: not in weights
+    contradiction = rf"prefix='ema.resampler.' contradicts the prefix '{SEED_PREFIX}' recorded in its metadata"
+    with pytest.raises(CheckpointError, match=contradiction):
+        load_checkpoint(path, prefix="ema.resampler.")
+
+
+def test_saved_checkpoints_record_the_empty_prefix(tmp_path):
+    path = tmp_path / "m.safetensors"
+    meta = save_checkpoint(_model(), path)
+    assert json.loads(meta.read_text())["weights"]["prefix"] == ""
+    loaded = load_checkpoint(path)
+    assert (loaded.prefix.value, str(loaded.prefix.source), loaded.prefix.ignored) == ("", "metadata", 0)
