@@ -20,6 +20,10 @@ transformers, ``periods`` for timm), so float64 parity is exact to float64 round
 timm computes its rotary table with ``rope.get_embed()``, not a module call; :func:`expose_rope_table`
 routes it through a traced ``rope.cos_sin`` module in the candidate's ``(cos, sin)`` layout, so a
 wrong table is reported at ``rope`` on both references.
+
+The candidate applies its fused ``qkv`` weight as three traced projections ``attn.{q,k,v}_proj``:
+they twin transformers' ``attention.{q,k,v}_proj``; timm makes one fused ``qkv`` call, so on
+the timm pairs they have no twin and attention errors are localized to ``attn``.
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ TRANSFORMERS_RENAME: tuple[tuple[str, str], ...] = (
     (r"^rope$", "rope_embeddings"),
     (r"^blocks\.(\d+)", r"model.layer.\1"),
     (r"\.attn$", ".attention"),
+    (r"\.attn\.([qkv])_proj$", r".attention.\1_proj"),
     (r"\.attn\.proj$", ".attention.o_proj"),
     (r"\.ls([12])$", r".layer_scale\1"),
     (r"\.mlp\.fc1$", ".mlp.up_proj"),

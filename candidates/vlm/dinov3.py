@@ -23,8 +23,9 @@ Deliberate differences:
 - The two ports round differently (``angle = 2*pi*c / period`` in timm and the original code;
   ``(2*pi*c in float32) * (1 / period in float32)`` in transformers). They agree to float32
   rounding; ``rope_impl`` reproduces either one bit for bit so that float64 parity is exact.
-- Attention uses one fused ``qkv`` projection whose key part never has a bias (the key bias is
-  absent upstream too, or a masked zero); ``q_bias``/``v_bias`` are separate parameters.
+- Attention stores q/k/v as one fused ``qkv`` weight (timm's key layout) but applies it as three
+  traced projections ``q_proj``/``k_proj``/``v_proj`` (transformers' structure); the key never
+  has a bias (absent upstream too, or a masked zero); ``q_bias``/``v_bias`` are separate parameters.
 - Training-time RoPE coordinate augmentation (shift/jitter/rescale), the mask token and
   stochastic depth are not implemented: this encoder is for inference and feature extraction.
 """
@@ -213,17 +214,33 @@ def apply_rope_to_patches(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor)
     return torch.cat((prefix, rotated), dim=-2)
 
 
+class Projection(nn.Module):
+    """``x @ weight.T + bias`` with weights held by the parent (a block of the fused ``qkv`` weight).
+
+    A module of its own so that parity tracing compares each of q, k, v with its transformers
+    twin (``q_proj``/``k_proj``/``v_proj``), which localizes a query- or value-bias error.
+    """
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(x, weight, bias)
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention with RoPE on the patch tokens."""
+    """Multi-head self-attention with RoPE on the patch tokens.
+
+    The q, k, v weights are stored fused as ``qkv.weight`` (rows ``[q; k; v]``, timm's layout, so
+    its checkpoints load by name) and applied as three projections (transformers' structure).
+    """
 
     def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)  # weight storage only, see the class docstring
         self.q_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
         self.v_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
+        self.q_proj, self.k_proj, self.v_proj = Projection(), Projection(), Projection()
         self.proj = nn.Linear(dim, dim)
 
     def project(
@@ -231,13 +248,13 @@ class Attention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries and keys (rotated) and values, each ``(B, heads, T, head_dim)``."""
         batch, tokens, dim = x.shape
-        qkv = self.qkv(x)  # (B, T, 3D)
-        if self.q_bias is not None:
-            qkv = qkv + torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
-        qkv = qkv.reshape(batch, tokens, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, heads, T, head_dim)
+        w_q, w_k, w_v = self.qkv.weight.chunk(3)  # 3 x (D, D)
+        q = self.q_proj(x, w_q, self.q_bias)  # (B, T, D)
+        k = self.k_proj(x, w_k, None)  # the key never has a bias
+        v = self.v_proj(x, w_v, self.v_bias)
+        q, k, v = (t.reshape(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
         cos, sin = rope
-        return apply_rope_to_patches(q, cos, sin), apply_rope_to_patches(k, cos, sin), v
+        return apply_rope_to_patches(q, cos, sin), apply_rope_to_patches(k, cos, sin), v  # (B, heads, T, head_dim)
 
     def logits(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Pre-softmax attention scores ``(B, heads, T, T)`` (for inspection and tests)."""

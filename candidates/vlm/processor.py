@@ -11,14 +11,25 @@ Geometry, for an image ``H0 x W0``, patch size ``p`` and pixel-shuffle factor ``
    multiple of ``m`` not above ``max_img_size``), so ``H, W`` divide into whole shuffle blocks;
 3. ``(Hp, Wp) = (H/p, W/p)`` patch tokens, ``(Gh, Gw) = (Hp/s, Wp/s)`` language-model tokens.
 
+With a token budget (``max_image_tokens``) the smallest configured ``s`` whose ``Gh*Gw`` fits is
+used; if none fits at ``max_img_size``, the largest ``s`` is kept and the long side is lowered in
+steps of ``p*s`` until it fits (so a small image is never upscaled past the budget).
+
+Inputs: PIL images in modes RGB, RGBA, L, LA, P, PA (converted to RGB; alpha is dropped, not
+composited, as PIL's ``convert("RGB")`` does); ``(H, W[, C])`` arrays and ``(C, H, W)`` tensors
+with ``C`` in 1 (grey), 2 (grey + alpha), 3 (RGB), 4 (RGBA), as ``uint8`` or as floats in
+``[0, 1]`` (anything else, NaN included, is an error: no silent clamping).
+
 Deliberate differences from nanoVLM: no image splitting (DINOv3 takes the whole image), resize
 by ``torch`` bicubic interpolation with antialiasing (no torchvision/PIL resampling, so the
-pixels do not depend on the PIL version), collator pads labels with ``-100`` everywhere.
+pixels do not depend on the PIL version), the collator pads labels with ``-100`` and masks image
+placeholders out of them.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
 
@@ -29,13 +40,30 @@ import torch.nn.functional as F
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "ImageGrid", "ImageProcessorConfig", "ImageProcessor",
     "ProcessedImage", "VLMCollator", "plan_image", "plan_image_with_budget", "image_placeholder",
-    "expand_image_tokens", "IGNORE_INDEX",
+    "expand_image_tokens", "IGNORE_INDEX", "SUPPORTED_PIL_MODES",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-SUPPORTED_PIL_MODES = ("RGB", "RGBA", "L")
+SUPPORTED_PIL_MODES = ("RGB", "RGBA", "L", "LA", "P", "PA")  # all converted to RGB
 IGNORE_INDEX = -100  # labels the loss skips
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _as_int(name: str, value: Any, *, minimum: int = 1) -> int:
+    """``value`` as a Python int (numpy/torch integer scalars accepted), ``TypeError``/``ValueError`` otherwise."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})") from None
+    if number < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {number}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -69,10 +97,11 @@ class ImageProcessorConfig:
     """Attributes:
         max_img_size: cap on the longest side after resizing (pixels).
         patch_size: encoder patch size ``p``.
-        pixel_shuffle_factor: projector factor ``s`` when no token budget is set.
+        pixel_shuffle_factor: projector factor ``s`` when no token budget is set; one of ``factors``.
         max_image_tokens: optional cap on ``Gh*Gw``; the factor is then chosen per image from
-            ``factors`` (the smallest that fits, i.e. the most detail the budget allows).
-        factors: factors the budget may choose from (those the projector has weights for).
+            ``factors`` (the smallest that fits, i.e. the most detail the budget allows), and
+            the resolution is lowered when even the largest factor does not fit.
+        factors: factors the projector has weights for (a tuple of distinct ints).
         min_image_size: both input sides must be at least this many pixels.
         allow_upscale: scale small images up to ``max_img_size`` (else only down).
     """
@@ -90,14 +119,26 @@ class ImageProcessorConfig:
     def __post_init__(self) -> None:
         for name in ("max_img_size", "patch_size", "pixel_shuffle_factor", "min_image_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ValueError(f"ImageProcessorConfig.{name} must be an int >= 1, got {value!r}")
         budget = self.max_image_tokens
-        if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
+        if budget is not None and (not _is_int(budget) or budget < 1):
             raise ValueError(f"max_image_tokens must be None or an int >= 1, got {self.max_image_tokens!r}")
-        if not self.factors or any(not isinstance(s, int) or s < 1 for s in self.factors):
-            raise ValueError(f"factors must be a non-empty tuple of ints >= 1, got {self.factors!r}")
-        largest = max(self.factors) if self.max_image_tokens is not None else self.pixel_shuffle_factor
+        factors = self.factors
+        if not isinstance(factors, tuple) or not factors or len(set(factors)) != len(factors) or any(
+            not _is_int(s) or s < 1 for s in factors
+        ):
+            raise ValueError(
+                f"ImageProcessorConfig.factors must be a non-empty tuple of distinct ints >= 1, got {factors!r}"
+            )
+        if self.pixel_shuffle_factor not in factors:
+            raise ValueError(
+                f"pixel_shuffle_factor={self.pixel_shuffle_factor} is not in factors={factors}; "
+                f"the projector has weights only for the configured factors"
+            )
+        if not isinstance(self.allow_upscale, bool):
+            raise ValueError(f"allow_upscale must be a bool, got {self.allow_upscale!r}")
+        largest = max(factors) if budget is not None else self.pixel_shuffle_factor
         if self.max_img_size < self.patch_size * largest:
             raise ValueError(
                 f"max_img_size={self.max_img_size} is smaller than one shuffle block "
@@ -111,8 +152,11 @@ def plan_image(
     height: int, width: int, *, max_img_size: int, patch_size: int, factor: int, allow_upscale: bool = True
 ) -> ImageGrid:
     """Resized size and grids for an ``height x width`` image (pure geometry, see module docstring)."""
+    height, width = _as_int("height", height, minimum=0), _as_int("width", width, minimum=0)
     if height < 1 or width < 1:
         raise ValueError(f"image is zero-sized: got {height}x{width}")
+    max_img_size = _as_int("max_img_size", max_img_size)
+    patch_size, factor = _as_int("patch_size", patch_size), _as_int("factor", factor)
     unit = patch_size * factor
     cap = (max_img_size // unit) * unit
     if cap < unit:
@@ -128,19 +172,22 @@ def plan_image(
 
 
 def plan_image_with_budget(height: int, width: int, config: ImageProcessorConfig) -> ImageGrid:
-    """:func:`plan_image` with the factor chosen so that ``Gh*Gw <= max_image_tokens``."""
-    common = dict(max_img_size=config.max_img_size, patch_size=config.patch_size, allow_upscale=config.allow_upscale)
+    """:func:`plan_image` with the factor (and if need be a lower resolution) so that ``Gh*Gw <= max_image_tokens``."""
+    common = dict(patch_size=config.patch_size, allow_upscale=config.allow_upscale)
     if config.max_image_tokens is None:
-        return plan_image(height, width, factor=config.pixel_shuffle_factor, **common)
-    plans = [plan_image(height, width, factor=s, **common) for s in sorted(config.factors)]
-    for plan in plans:
+        return plan_image(height, width, max_img_size=config.max_img_size, factor=config.pixel_shuffle_factor, **common)
+    for factor in sorted(config.factors):  # the most detail first
+        plan = plan_image(height, width, max_img_size=config.max_img_size, factor=factor, **common)
         if plan.num_tokens <= config.max_image_tokens:
             return plan
-    fewest = min(plans, key=lambda p: p.num_tokens)
-    raise ValueError(
-        f"a {height}x{width} image needs at least {fewest.num_tokens} image tokens (factor {fewest.factor}) "
-        f"but max_image_tokens={config.max_image_tokens}; lower max_img_size or allow a larger factor"
-    )
+    # Even the largest factor needs too many tokens: keep it and lower the long side, one block at a time.
+    factor = max(config.factors)
+    unit = config.patch_size * factor
+    for long_side in range((config.max_img_size // unit) * unit, unit - 1, -unit):
+        plan = plan_image(height, width, max_img_size=long_side, factor=factor, **common)
+        if plan.num_tokens <= config.max_image_tokens:
+            break
+    return plan  # at long_side == unit the plan is one token, so the loop always ends within budget
 
 
 @dataclass(frozen=True)
@@ -155,6 +202,8 @@ class ImageProcessor:
     """PIL image / ``(H, W[, C])`` array / ``(C, H, W)`` tensor -> ``(pixels, (Gh, Gw))``."""
 
     def __init__(self, config: ImageProcessorConfig | None = None) -> None:
+        if config is not None and not isinstance(config, ImageProcessorConfig):
+            raise TypeError(f"config must be an ImageProcessorConfig or None, got {type(config).__name__}")
         self.config = config or ImageProcessorConfig()
 
     def __call__(self, image: Any) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -171,40 +220,72 @@ class ImageProcessor:
         grid = plan_image_with_budget(height, width, self.config)
         resized = F.interpolate(
             pixels[None], size=(grid.height, grid.width), mode="bicubic", align_corners=False, antialias=True
-        )[0].clamp(0.0, 1.0)  # (3, H, W)
+        )[0].clamp(0.0, 1.0)  # (3, H, W); bicubic overshoots at edges, the input itself is in [0, 1]
         mean = torch.tensor(self.config.mean).view(3, 1, 1)
         std = torch.tensor(self.config.std).view(3, 1, 1)
         return ProcessedImage((resized - mean) / std, grid)
 
 
 def to_float_image(image: Any) -> torch.Tensor:
-    """``(3, H, W)`` float32 in ``[0, 1]`` from a PIL image, a numpy array or a tensor."""
+    """``(3, H, W)`` float32 in ``[0, 1]`` from a PIL image, a numpy array or a tensor (alpha dropped)."""
     if _is_pil_image(image):
-        if image.mode not in SUPPORTED_PIL_MODES:
-            raise ValueError(f"unsupported PIL image mode {image.mode!r}; expected one of {SUPPORTED_PIL_MODES}")
-        if image.width == 0 or image.height == 0:
-            raise ValueError(f"image is zero-sized: got {image.height}x{image.width}")
-        image = np.asarray(image.convert("RGB"))
+        image = _pil_to_rgb_array(image)
     if isinstance(image, np.ndarray):
-        image = torch.from_numpy(np.array(image))  # a writable copy
-        if image.ndim == 2:
-            image = image[:, :, None]
-        if image.ndim != 3 or image.shape[-1] not in (1, 3):
-            raise ValueError(f"array images must be (H, W), (H, W, 1) or (H, W, 3), got shape {tuple(image.shape)}")
-        image = image.permute(2, 0, 1)  # (C, H, W)
+        image = _array_to_tensor(image)
     if not isinstance(image, torch.Tensor):
         raise TypeError(f"image must be a PIL image, a numpy array or a torch.Tensor, got {type(image).__name__}")
-    if image.ndim != 3 or image.shape[0] not in (1, 3):
-        raise ValueError(f"tensor images must be (1 or 3, H, W), got shape {tuple(image.shape)}")
+    if image.ndim != 3 or image.shape[0] not in (1, 2, 3, 4):
+        raise ValueError(
+            f"tensor images must be (C, H, W) with C = 1 (grey), 2 (grey+alpha), 3 (RGB) or 4 (RGBA), "
+            f"got shape {tuple(image.shape)}"
+        )
     if image.shape[1] == 0 or image.shape[2] == 0:
         raise ValueError(f"image is zero-sized: got {image.shape[1]}x{image.shape[2]}")
+    image = image[:1] if image.shape[0] <= 2 else image[:3]  # drop alpha, as PIL's convert("RGB") does
     if image.dtype == torch.uint8:
         image = image.float() / 255.0
     elif image.is_floating_point():
         image = image.float()
+        _check_unit_range(image)
     else:
         raise TypeError(f"image dtype must be uint8 or floating point in [0, 1], got {image.dtype}")
     return image.expand(3, -1, -1).contiguous()  # grey -> RGB
+
+
+def _check_unit_range(image: torch.Tensor) -> None:
+    if not torch.isfinite(image).all():
+        raise ValueError("image contains NaN or infinite values")
+    low, high = image.aminmax()
+    if low < 0 or high > 1:
+        raise ValueError(
+            f"float images must be in [0, 1], got values in [{float(low):.4g}, {float(high):.4g}]; "
+            f"divide 0..255 images by 255 (or pass uint8), and pass pixels before normalization"
+        )
+
+
+def _array_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """``(H, W)`` or ``(H, W, C)`` array -> ``(C, H, W)`` tensor (a copy)."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(
+            f"array images must be (H, W) or (H, W, C) with C = 1, 2 (grey+alpha), 3 or 4 (RGBA), "
+            f"got shape {tuple(image.shape)}"
+        )
+    if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
+        raise TypeError(f"image dtype must be uint8 or floating point in [0, 1], got {image.dtype}")
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)  # (C, H, W), writable copy
+
+
+def _pil_to_rgb_array(image: Any) -> np.ndarray:
+    if image.mode not in SUPPORTED_PIL_MODES:
+        raise ValueError(
+            f"unsupported PIL image mode {image.mode!r}; expected one of {SUPPORTED_PIL_MODES} "
+            f"(convert it yourself, e.g. image.convert('RGB'), if that conversion is meaningful)"
+        )
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"image is zero-sized: got {image.height}x{image.width}")
+    return np.asarray(image.convert("RGB"))  # palette -> colours, grey -> 3 channels, alpha dropped
 
 
 def _is_pil_image(image: Any) -> bool:
@@ -218,14 +299,14 @@ def _is_pil_image(image: Any) -> bool:
 # --------------------------------------------------------------------------- text side
 
 
-def image_placeholder(grid: tuple[int, int], *, image_token: str = "<|image|>") -> str:
+def image_placeholder(grid: tuple[int, int] | ImageGrid, *, image_token: str = "<|image|>") -> str:
     """Exactly ``Gh*Gw`` image tokens for one image with token grid ``(Gh, Gw)``."""
     gh, gw = _token_grid(grid)
     return image_token * (gh * gw)
 
 
 def expand_image_tokens(
-    input_ids: Sequence[int], grids: Sequence[tuple[int, int]], *, image_token_id: int
+    input_ids: Sequence[int], grids: Sequence[tuple[int, int] | ImageGrid], *, image_token_id: int
 ) -> list[int]:
     """Replace the i-th single ``image_token_id`` by ``Gh_i*Gw_i`` copies (one marker per image)."""
     positions = [i for i, t in enumerate(input_ids) if t == image_token_id]
@@ -243,22 +324,32 @@ def expand_image_tokens(
 
 
 def _token_grid(grid: Any) -> tuple[int, int]:
+    """``(Gh, Gw)`` from an :class:`ImageGrid` or two int-likes (Python, numpy or 0-d tensor ints)."""
     if isinstance(grid, ImageGrid):
         return grid.token_grid
-    if len(grid) != 2 or any(not isinstance(g, int) or g < 1 for g in grid):
+    try:
+        gh, gw = (operator.index(g) for g in grid)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"grid must be (Gh, Gw), two ints >= 1, or an ImageGrid, got {grid!r} ({type(grid).__name__})"
+        ) from None
+    if gh < 1 or gw < 1:
         raise ValueError(f"grid must be (Gh, Gw), two ints >= 1, got {grid!r}")
-    return int(grid[0]), int(grid[1])
+    return gh, gw
 
 
 @dataclass(frozen=True)
 class VLMCollator:
     """Pads a list of samples into a batch.
 
-    A sample is a mapping with ``input_ids`` (1-D int tensor), optional ``labels`` (same length,
-    default: a copy of ``input_ids``) and optional ``images`` (list of :class:`ProcessedImage`).
+    A sample is a mapping with ``input_ids`` (1-D integer ids), optional ``labels`` (same length;
+    default: a copy of ``input_ids``) and optional ``images`` (a list of :class:`ProcessedImage`).
     The batch has ``input_ids`` padded with ``pad_token_id``, ``labels`` padded with ``-100``,
     ``attention_mask`` (1 on real tokens), and the images and grids as lists (their sizes vary).
-    With ``image_token_id`` set, each sample's image-token count must equal its images' ``Gh*Gw``.
+
+    Image placeholders are inputs, never targets: labels at ``image_token_id`` positions are
+    always ``-100``. A sample with images therefore needs ``image_token_id``, and its number of
+    image tokens must equal its images' ``sum(Gh*Gw)``.
     """
 
     pad_token_id: int
@@ -267,17 +358,30 @@ class VLMCollator:
     max_length: int | None = None
 
     def __post_init__(self) -> None:
+        if not _is_int(self.pad_token_id):
+            raise TypeError(
+                f"pad_token_id must be an int (the tokenizer's pad token id; tokenizers without one often "
+                f"reuse eos_token_id), got {self.pad_token_id!r}"
+            )
+        if self.image_token_id is not None and not _is_int(self.image_token_id):
+            raise TypeError(f"image_token_id must be an int or None, got {self.image_token_id!r}")
+        if self.pad_token_id < 0 or (self.image_token_id is not None and self.image_token_id < 0):
+            raise ValueError(
+                f"token ids must be >= 0, got pad_token_id={self.pad_token_id}, image_token_id={self.image_token_id}"
+            )
+        if self.pad_token_id == self.image_token_id:
+            raise ValueError(f"pad_token_id and image_token_id must differ, both are {self.pad_token_id}")
         if self.padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
+        if self.max_length is not None and (not _is_int(self.max_length) or self.max_length < 1):
+            raise ValueError(f"max_length must be None or an int >= 1, got {self.max_length!r}")
 
     def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        if isinstance(samples, Mapping) or not isinstance(samples, Sequence):
+            raise TypeError(f"samples must be a list of mappings (one per sample), got {type(samples).__name__}")
         if not samples:
             raise ValueError("cannot collate an empty list of samples")
-        ids = [torch.as_tensor(s["input_ids"], dtype=torch.long) for s in samples]
-        labels = [torch.as_tensor(s.get("labels", s["input_ids"]), dtype=torch.long) for s in samples]
-        images = [list(s.get("images", ())) for s in samples]
-        for index, (i, lab, imgs) in enumerate(zip(ids, labels, images)):
-            self._check_sample(index, i, lab, imgs)
+        ids, labels, images = zip(*(self._sample(index, sample) for index, sample in enumerate(samples)))
         length = max(len(i) for i in ids)
         return {
             "input_ids": torch.stack([self._pad(i, length, self.pad_token_id) for i in ids]),
@@ -287,22 +391,84 @@ class VLMCollator:
             "grids": [img.grid for imgs in images for img in imgs],
         }
 
-    def _check_sample(self, index: int, ids: torch.Tensor, labels: torch.Tensor, images: list) -> None:
-        if ids.ndim != 1 or labels.shape != ids.shape:
+    def _sample(self, index: int, sample: Any) -> tuple[torch.Tensor, torch.Tensor, list[ProcessedImage]]:
+        """One sample's checked ``input_ids``, ``labels`` (image positions masked) and images."""
+        if not isinstance(sample, Mapping):
+            raise TypeError(
+                f"sample {index} must be a mapping with 'input_ids' (and optional 'labels', 'images'), "
+                f"got {type(sample).__name__}"
+            )
+        if "input_ids" not in sample:
+            raise ValueError(
+                f"sample {index} has no 'input_ids'; expected keys 'input_ids' and optionally 'labels', 'images', "
+                f"got {sorted(map(str, sample))}"
+            )
+        ids = _token_ids(index, "input_ids", sample["input_ids"])
+        labels = _token_ids(index, "labels", sample["labels"]) if "labels" in sample else ids.clone()
+        images = _images(index, sample.get("images", ()))
+        if labels.shape != ids.shape:
             raise ValueError(
                 f"sample {index}: input_ids and labels must be 1-D and equally long, "
                 f"got {tuple(ids.shape)} and {tuple(labels.shape)}"
             )
         if self.max_length is not None and len(ids) > self.max_length:
             raise ValueError(f"sample {index}: {len(ids)} tokens exceed max_length={self.max_length}")
-        if self.image_token_id is not None:
-            found = int((ids == self.image_token_id).sum())
-            expected = sum(img.grid.num_tokens for img in images)
-            if found != expected:
+        if self.image_token_id is None:
+            if images:
                 raise ValueError(
-                    f"sample {index}: {found} image tokens in input_ids but its images need {expected} (sum of Gh*Gw)"
+                    f"sample {index} has {len(images)} image(s) but image_token_id is None; set "
+                    f"VLMCollator(image_token_id=...) so that image tokens are counted and masked out of the labels"
                 )
+            return ids, labels, images
+        is_image = ids == self.image_token_id
+        expected = sum(img.grid.num_tokens for img in images)
+        if int(is_image.sum()) != expected:
+            raise ValueError(
+                f"sample {index}: {int(is_image.sum())} image tokens in input_ids but its images need {expected} "
+                f"(sum of Gh*Gw)"
+            )
+        return ids, labels.masked_fill(is_image, IGNORE_INDEX), images
 
     def _pad(self, x: torch.Tensor, length: int, value: int) -> torch.Tensor:
         pad = (length - len(x), 0) if self.padding_side == "left" else (0, length - len(x))
         return F.pad(x, pad, value=value)
+
+
+def _token_ids(index: int, key: str, value: Any) -> torch.Tensor:
+    """A sample's ``input_ids`` or ``labels`` as a 1-D int64 tensor; floats and bools are refused, not cast."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"sample {index}: {key} must be a 1-D sequence of int token ids, got {type(value).__name__}")
+    try:
+        ids = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(
+            f"sample {index}: {key} must be a 1-D sequence of int token ids, got {type(value).__name__}"
+        ) from None
+    if ids.ndim != 1:
+        raise ValueError(
+            f"sample {index}: input_ids and labels must be 1-D and equally long, got {key} of shape {tuple(ids.shape)}"
+        )
+    if ids.numel() == 0:
+        raise ValueError(f"sample {index}: {key} is empty")
+    if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+        raise TypeError(f"sample {index}: {key} must hold integer token ids, got dtype {ids.dtype}")
+    return ids.long()
+
+
+def _images(index: int, images: Any) -> list[ProcessedImage]:
+    if isinstance(images, ProcessedImage):
+        raise TypeError(
+            f"sample {index}: images must be a list of ProcessedImage, got one ProcessedImage; wrap it in a list"
+        )
+    if isinstance(images, (str, bytes, Mapping)) or not isinstance(images, Sequence):
+        raise TypeError(
+            f"sample {index}: images must be a list of ProcessedImage (from ImageProcessor.process), "
+            f"got {type(images).__name__}; leave the key out for a text-only sample"
+        )
+    for position, image in enumerate(images):
+        if not isinstance(image, ProcessedImage):
+            raise TypeError(
+                f"sample {index}, image {position}: expected a ProcessedImage (from ImageProcessor.process), "
+                f"got {type(image).__name__}"
+            )
+    return list(images)

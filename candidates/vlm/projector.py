@@ -20,6 +20,7 @@ Deliberate differences from nanoVLM:
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -63,9 +64,7 @@ class ProjectorConfig:
 def _check_grid(x: torch.Tensor, grid: tuple[int, int], factor: int) -> tuple[int, int]:
     if x.ndim != 3:
         raise ValueError(f"tokens must be (B, N, D), got shape {tuple(x.shape)}")
-    if len(grid) != 2 or any(not isinstance(g, int) or g < 1 for g in grid):
-        raise ValueError(f"grid must be two ints >= 1 (rows, columns), got {grid!r}")
-    hp, wp = grid
+    hp, wp = _grid_ints(grid)
     if x.shape[1] != hp * wp:
         raise ValueError(f"token count {x.shape[1]} does not match grid {hp}x{wp} = {hp * wp}")
     if hp % factor or wp % factor:
@@ -96,14 +95,38 @@ def pixel_unshuffle_2d(x: torch.Tensor, grid: tuple[int, int], factor: int) -> t
 
 
 def pixel_shuffle_square(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """nanoVLM's legacy shuffle: the grid is assumed square, side ``sqrt(N)``."""
-    side = math.isqrt(x.shape[1])
-    if side * side != x.shape[1]:
+    """nanoVLM's legacy shuffle, kept in its own formulation: the grid is assumed square, side ``sqrt(N)``.
+
+    Written independently of :func:`pixel_shuffle_2d` (a square ``(B, h, w, D)`` view first, as
+    upstream) so that the two can be tested against each other.
+    """
+    if x.ndim != 3:
+        raise ValueError(f"tokens must be (B, N, D), got shape {tuple(x.shape)}")
+    batch, seq, dim = x.shape
+    side = math.isqrt(seq)
+    if side * side != seq:
         raise ValueError(
-            f"the legacy square pixel shuffle needs a square token count, got {x.shape[1]}; "
+            f"the legacy square pixel shuffle needs a square token count, got {seq}; "
             f"pass grid=(Hp, Wp) for rectangular images"
         )
-    return pixel_shuffle_2d(x, (side, side), factor)
+    if side % factor:
+        raise ValueError(f"grid {side}x{side} is not divisible by the pixel-shuffle factor {factor}")
+    out_side = side // factor
+    x = x.view(batch, side, side, dim)  # (B, h, w, D)
+    x = x.reshape(batch, out_side, factor, out_side, factor, dim)  # (B, h/s, s, w/s, s, D)
+    x = x.permute(0, 1, 3, 2, 4, 5)  # (B, h/s, w/s, s_row, s_col, D)
+    return x.reshape(batch, out_side * out_side, factor * factor * dim)  # (B, (h/s)*(w/s), s*s*D)
+
+
+def _grid_ints(grid: object) -> tuple[int, int]:
+    """``(rows, columns)`` as two Python ints >= 1; int-likes (numpy, 0-d tensors) are accepted."""
+    try:
+        rows, cols = (operator.index(g) for g in grid)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError(f"grid must be two ints >= 1 (rows, columns), got {grid!r}") from None
+    if rows < 1 or cols < 1:
+        raise ValueError(f"grid must be two ints >= 1 (rows, columns), got {grid!r}")
+    return rows, cols
 
 
 class PixelShuffle(nn.Module):
@@ -112,7 +135,7 @@ class PixelShuffle(nn.Module):
     def forward(self, x: torch.Tensor, grid: tuple[int, int] | None, factor: int) -> torch.Tensor:
         if grid is None:
             return pixel_shuffle_square(x, factor)
-        return pixel_shuffle_2d(x, tuple(grid), factor)
+        return pixel_shuffle_2d(x, grid, factor)
 
 
 class ModalityProjector(nn.Module):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import harness
-from candidates.vlm.dinov3 import RopeEmbedding
+from candidates.vlm.dinov3 import Projection, RopeEmbedding
 from candidates.vlm.projector import PixelShuffle
 
 RECT_INPUT = torch.randn(1, 3, 48, 80, generator=torch.Generator().manual_seed(2))  # grid 3x5
@@ -33,6 +33,13 @@ class ShuffleColumnsFirst(PixelShuffle):
         return x.reshape(batch, gh * gw, factor * factor * dim)
 
 
+class BiasDropped(Projection):
+    """Ignores its bias, as a fused-bias concatenation that leaves one part out would."""
+
+    def forward(self, x, weight, bias):
+        return super().forward(x, weight, None)
+
+
 def _with_rope(pair: str, bug: type[RopeEmbedding]) -> torch.nn.Module:
     candidate, _ = harness.get_pair(pair).build(dtype=torch.float64)
     rope = candidate.rope
@@ -58,3 +65,17 @@ def test_vlm_parity_localizes_wrong_shuffle_order():
     report = harness.compare_pair("dinov3_projector", candidate=candidate, dtype=torch.float64)
     assert not report.passed
     assert report.first_divergence == "shuffle" and report.culprit == "shuffle", report.format()
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("projection", ["q_proj", "v_proj"])
+def test_vlm_parity_localizes_missing_qv_bias(projection):
+    """transformers applies q, k, v separately; the candidate's traced q/k/v twins blame the right one."""
+    candidate, _ = harness.get_pair("dinov3_vit").build(dtype=torch.float64)
+    setattr(candidate.blocks[1].attn, projection, BiasDropped())
+    report = harness.compare_pair("dinov3_vit", candidate=candidate, dtype=torch.float64)
+    assert not report.passed
+    blamed = f"blocks.1.attn.{projection}"
+    assert report.first_divergence == blamed and report.culprit == blamed, report.format()
+    rows = {row.candidate: row for row in report.rows}
+    assert rows["blocks.1.attn.k_proj"].passed and rows["blocks.0.attn"].passed

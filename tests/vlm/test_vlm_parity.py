@@ -10,10 +10,11 @@ from reference.dinov3 import TIMM_RENAME, TINY, TINY_TIMM, TRANSFORMERS_RENAME
 
 DTYPES = [torch.float32, torch.float64]
 # Candidate calls without a twin: transformers embeds with a bare conv (no channels-last patch
-# module) and splits q/k/v; timm's forward_features is not a root call.
+# module); timm's forward_features is not a root call, and timm applies q/k/v as one fused call.
+QKV_CALLS = {f"blocks.{i}.attn.{p}_proj#0" for i in (0, 1) for p in "qkv"}
 ALLOWED_UNMATCHED = {
-    "dinov3_vit": {"patch_embed#0", "blocks.0.attn.qkv#0", "blocks.1.attn.qkv#0"},
-    "dinov3_vit_timm": {"<root>#0"},
+    "dinov3_vit": {"patch_embed#0"},
+    "dinov3_vit_timm": {"<root>#0"} | QKV_CALLS,
     "dinov3_projector": set(),
 }
 
@@ -32,6 +33,8 @@ def test_vlm_parity(parity_check, name, dtype):
     traced = {row["candidate"] for row in result["layers"]}
     if name != "dinov3_projector":  # every block, the RoPE table and the final norm were compared
         assert {"rope", "blocks.0", "blocks.1", "blocks.1.attn", "norm"} <= traced
+    if name.startswith("dinov3_vit") and "timm" not in name:  # q, k, v each against its own twin
+        assert {"blocks.0.attn.q_proj", "blocks.0.attn.k_proj", "blocks.1.attn.v_proj"} <= traced
 
 
 @pytest.mark.parity
@@ -66,7 +69,7 @@ def test_vlm_parity_rename_rules_cover_reference_names():
 
     for candidate_cfg, reference, rules, untwinned in (
         (TINY, transformers_dinov3(TINY), TRANSFORMERS_RENAME, {"", "patch_embed", "blocks", "blocks.0.attn.qkv", "blocks.1.attn.qkv"}),
-        (TINY_TIMM, timm_dinov3(TINY_TIMM), TIMM_RENAME, {""}),
+        (TINY_TIMM, timm_dinov3(TINY_TIMM), TIMM_RENAME, {""} | {name.removesuffix("#0") for name in QKV_CALLS}),
     ):
         reference_names = {n for n, _ in reference.named_modules()}
         for name, _ in DinoV3ViT(candidate_cfg).named_modules():

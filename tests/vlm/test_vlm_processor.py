@@ -1,6 +1,7 @@
 """Image processor, grid math, token budget, placeholders, collator; the seed's table as a golden."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,8 +17,17 @@ from candidates.vlm.processor import (
 from candidates.vlm.projector import ModalityProjector, ProjectorConfig
 from reference.dinov3 import TINY
 
-skimage_data = pytest.importorskip("skimage.data", reason="real-photo tests need scikit-image's sample images")
-PIL_Image = pytest.importorskip("PIL.Image", reason="PIL inputs need Pillow")
+
+
+@pytest.fixture(scope="module")
+def skimage_data():
+    """Real photos; only the photo tests need scikit-image (a declared test dependency)."""
+    return pytest.importorskip("skimage.data", reason="real-photo tests need scikit-image's sample images")
+
+
+@pytest.fixture(scope="module")
+def PIL_Image():  # noqa: N802 - the module's own name
+    return pytest.importorskip("PIL.Image", reason="PIL inputs need Pillow")
 
 
 # --------------------------------------------------------------------------- grid math
@@ -76,20 +86,20 @@ def test_vlm_seed_table(golden):
 # --------------------------------------------------------------------------- processor on photos
 
 
-PHOTOS = {  # name -> (loader, transpose?)
-    "astronaut": (skimage_data.astronaut, False),  # 512x512 RGB
-    "coffee": (skimage_data.coffee, False),  # 400x600 RGB, landscape
-    "chelsea": (skimage_data.chelsea, False),  # 300x451 RGB
-    "rocket_portrait": (skimage_data.rocket, True),  # 640x427 RGB, portrait
-    "camera": (skimage_data.camera, False),  # 512x512 grey
-    "page": (skimage_data.page, False),  # 191x384 grey, document
+PHOTOS = {  # test id -> (skimage.data loader, transpose?)
+    "astronaut": ("astronaut", False),  # 512x512 RGB
+    "coffee": ("coffee", False),  # 400x600 RGB, landscape
+    "chelsea": ("chelsea", False),  # 300x451 RGB
+    "rocket_portrait": ("rocket", True),  # 640x427 RGB, portrait
+    "camera": ("camera", False),  # 512x512 grey
+    "page": ("page", False),  # 191x384 grey, document
 }
 
 
 @pytest.mark.parametrize("name", sorted(PHOTOS))
-def test_vlm_processor_on_photos(name):
+def test_vlm_processor_on_photos(name, skimage_data):
     loader, transpose = PHOTOS[name]
-    photo = loader()
+    photo = getattr(skimage_data, loader)()
     if transpose:
         photo = np.ascontiguousarray(photo.swapaxes(0, 1))
     h0, w0 = photo.shape[:2]
@@ -112,44 +122,117 @@ def test_vlm_processor_on_photos(name):
         torch.testing.assert_close(restored[1], restored[2], atol=1e-6, rtol=0)
 
 
-def test_vlm_processor_pil_and_array_inputs_agree():
+def test_vlm_processor_pil_and_array_inputs_agree(skimage_data, PIL_Image):
     photo = skimage_data.coffee()
     processor = ImageProcessor(ImageProcessorConfig(max_img_size=256, pixel_shuffle_factor=2))
     from_array, grid = processor(photo)
     from_pil, grid_pil = processor(PIL_Image.fromarray(photo))
-    from_rgba, _ = processor(PIL_Image.fromarray(photo).convert("RGBA"))
     from_tensor, _ = processor(torch.from_numpy(photo).permute(2, 0, 1))
+    from_float, _ = processor(torch.from_numpy(photo).permute(2, 0, 1).double() / 255)
     assert grid == grid_pil == (5, 8)  # 400x600 -> 170.7x256 -> snapped to 32: 160x256 -> patches 10x16 -> 5x8
-    assert torch.equal(from_array, from_pil) and torch.equal(from_array, from_rgba) and torch.equal(from_array, from_tensor)
+    assert torch.equal(from_array, from_pil) and torch.equal(from_array, from_tensor)
+    torch.testing.assert_close(from_float, from_array, atol=1e-5, rtol=0)
+    # alpha is dropped (not composited) the same way for PIL RGBA, (H, W, 4) arrays and (4, H, W) tensors
+    alpha = np.random.default_rng(0).integers(0, 256, photo.shape[:2], dtype=np.uint8)
+    rgba = np.dstack([photo, alpha])
+    for image in (PIL_Image.fromarray(rgba, "RGBA"), rgba, torch.from_numpy(rgba).permute(2, 0, 1)):
+        assert torch.equal(processor(image)[0], from_array)
 
 
 @pytest.mark.parametrize("image, error, message", [
     (np.zeros((8, 40, 3), np.uint8), ValueError, r"image is too small: 8x40, expected both sides >= 16"),
     (np.zeros((0, 40, 3), np.uint8), ValueError, r"image is zero-sized: got 0x40"),
-    (np.zeros((32, 32, 4), np.uint8), ValueError, r"must be \(H, W\), \(H, W, 1\) or \(H, W, 3\), got shape \(32, 32, 4\)"),
-    (np.zeros((32, 32, 3), np.int32), TypeError, r"dtype must be uint8 or floating point"),
+    (np.zeros((32, 32, 5), np.uint8), ValueError, r"\(H, W, C\) with C = 1, 2 \(grey\+alpha\), 3 or 4 \(RGBA\), got shape \(32, 32, 5\)"),
+    (torch.zeros(5, 32, 32), ValueError, r"\(C, H, W\) with C = 1 \(grey\), 2 .* got shape \(5, 32, 32\)"),
+    (np.zeros((32, 32, 3), np.int32), TypeError, r"dtype must be uint8 or floating point in \[0, 1\], got int32"),
+    (torch.zeros(3, 32, 32, dtype=torch.int64), TypeError, r"dtype must be uint8 or floating point in \[0, 1\], got torch.int64"),
     ("photo.png", TypeError, r"must be a PIL image, a numpy array or a torch.Tensor, got str"),
+    # floats are [0, 1] pixels: a 0..255 float image or a normalized one is refused, not clamped
+    (torch.full((3, 32, 32), 200.0), ValueError, r"float images must be in \[0, 1\], got values in \[200, 200\]; divide 0..255"),
+    (np.full((32, 32, 3), 128.0), ValueError, r"float images must be in \[0, 1\], got values in \[128, 128\]"),
+    (torch.full((3, 32, 32), -0.5), ValueError, r"float images must be in \[0, 1\], got values in \[-0.5, -0.5\]"),
+    (torch.full((3, 32, 32), float("nan")), ValueError, r"image contains NaN or infinite values"),
+    (torch.zeros(3, 32, 32).index_fill(1, torch.tensor([3]), float("inf")), ValueError, r"image contains NaN or infinite"),
+], ids=[
+    "too_small", "zero_sized", "array_5_channels", "tensor_5_channels", "array_int32", "tensor_int64", "path",
+    "tensor_0_255_float", "array_0_255_float", "normalized_float", "nan", "inf",
 ])
 def test_vlm_processor_errors(image, error, message):
     with pytest.raises(error, match=message):
         ImageProcessor()(image)
 
 
-@pytest.mark.parametrize("mode", ["CMYK", "I;16", "LA"])
-def test_vlm_processor_rejects_unsupported_pil_modes(mode):
+def test_vlm_processor_grey_alpha_and_palette_inputs(PIL_Image):
+    processor = ImageProcessor(ImageProcessorConfig(max_img_size=96, pixel_shuffle_factor=2))
+    rng = np.random.default_rng(1)
+    grey = rng.integers(0, 256, (64, 96), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (64, 96), dtype=np.uint8)
+    expected, grid = processor(grey)
+    assert grid == (2, 3)
+    # grey + alpha: PIL LA, (H, W, 2) array and (2, H, W) tensor all give the grey image's pixels
+    la = np.dstack([grey, alpha])
+    for image in (PIL_Image.fromarray(la, "LA"), la, torch.from_numpy(la).permute(2, 0, 1)):
+        assert torch.equal(processor(image)[0], expected)
+    # palette images become their colours: a two-colour palette, left half colour 0, right half colour 1
+    colours = np.array([[10, 20, 30], [200, 100, 50]], np.uint8)
+    index = np.zeros((64, 96), np.uint8)
+    index[:, 48:] = 1
+    palette = PIL_Image.fromarray(index, "P")
+    palette.putpalette(colours.ravel().tolist())
+    assert torch.equal(processor(palette)[0], processor(colours[index])[0])
+    with_alpha = palette.convert("PA")
+    assert with_alpha.mode == "PA" and torch.equal(processor(with_alpha)[0], processor(colours[index])[0])
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "I;16", "F", "YCbCr"])
+def test_vlm_processor_rejects_unsupported_pil_modes(mode, PIL_Image):
     image = PIL_Image.new(mode, (32, 32))
-    with pytest.raises(ValueError, match=rf"unsupported PIL image mode '{mode}'; expected one of \('RGB', 'RGBA', 'L'\)"):
+    with pytest.raises(ValueError, match=(
+        rf"unsupported PIL image mode '{mode}'; expected one of \('RGB', 'RGBA', 'L', 'LA', 'P', 'PA'\) "
+        rf"\(convert it yourself, e\.g\. image\.convert\('RGB'\)"
+    )):
         ImageProcessor()(image)
 
 
-def test_vlm_processor_config_rejects():
-    with pytest.raises(ValueError, match=r"max_img_size=48 is smaller than one shuffle block patch_size\*factor = 64"):
-        ImageProcessorConfig(max_img_size=48, pixel_shuffle_factor=4)
-    with pytest.raises(ValueError, match="max_image_tokens must be None or an int >= 1"):
-        ImageProcessorConfig(max_image_tokens=0)
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_img_size": 48, "pixel_shuffle_factor": 4}, r"max_img_size=48 is smaller than one shuffle block patch_size\*factor = 64"),
+    ({"max_image_tokens": 0}, "max_image_tokens must be None or an int >= 1, got 0"),
+    ({"factors": [2, 4]}, r"factors must be a non-empty tuple of distinct ints >= 1, got \[2, 4\]"),
+    ({"factors": (True,), "pixel_shuffle_factor": 1}, r"factors must be a non-empty tuple of distinct ints >= 1, got \(True,\)"),
+    ({"factors": (2, 2)}, r"factors must be a non-empty tuple of distinct ints >= 1, got \(2, 2\)"),
+    ({"factors": ()}, r"factors must be a non-empty tuple"),
+    ({"pixel_shuffle_factor": 3}, r"pixel_shuffle_factor=3 is not in factors=\(2, 4\); the projector has weights only"),
+    ({"patch_size": 16.0}, r"ImageProcessorConfig.patch_size must be an int >= 1, got 16.0"),
+    ({"allow_upscale": "no"}, r"allow_upscale must be a bool, got 'no'"),
+])
+def test_vlm_processor_config_rejects(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ImageProcessorConfig(**kwargs)
+    with pytest.raises(TypeError, match="config must be an ImageProcessorConfig or None, got dict"):
+        ImageProcessor(kwargs)
 
 
-def test_vlm_photo_end_to_end_token_count_matches_placeholders():
+@pytest.mark.parametrize("args, kwargs, error, message", [
+    ((64, 64), {"patch_size": 0}, ValueError, "patch_size must be an int >= 1, got 0"),
+    ((64, 64), {"factor": 0}, ValueError, "factor must be an int >= 1, got 0"),
+    ((64.0, 64), {}, TypeError, r"height must be an int, got 64.0 \(float\)"),
+    ((64, 64), {"patch_size": 16.0}, TypeError, r"patch_size must be an int, got 16.0 \(float\)"),
+    ((64, 64), {"max_img_size": 767.5}, TypeError, r"max_img_size must be an int, got 767.5"),
+    ((64, 0), {}, ValueError, "image is zero-sized: got 64x0"),
+    ((64, 64), {"max_img_size": 32}, ValueError, "max_img_size=32 is smaller than one shuffle block 64"),
+])
+def test_vlm_plan_image_rejects(args, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        plan_image(*args, **{"max_img_size": 768, "patch_size": 16, "factor": 4, **kwargs})
+
+
+def test_vlm_plan_image_accepts_int_likes():
+    expected = plan_image(300, 400, max_img_size=512, patch_size=16, factor=2)
+    numpy_ints = plan_image(np.int64(300), np.int32(400), max_img_size=np.int64(512), patch_size=16, factor=np.int8(2))
+    assert numpy_ints == expected and type(numpy_ints.height) is int
+
+
+def test_vlm_photo_end_to_end_token_count_matches_placeholders(skimage_data):
     """A rectangular photo through processor -> encoder -> projector: exactly Gh*Gw tokens, as in the text."""
     processor = ImageProcessor(ImageProcessorConfig(max_img_size=512, pixel_shuffle_factor=4))
     pixels, grid = processor(skimage_data.rocket())  # 427x640 -> 320x512 (snapped to 64)
@@ -167,17 +250,33 @@ def test_vlm_photo_end_to_end_token_count_matches_placeholders():
 
 @pytest.mark.property
 @settings(max_examples=25, deadline=None)
-@given(st.integers(16, 4000), st.integers(16, 4000), st.integers(1, 3000))
-def test_vlm_token_budget_picks_smallest_fitting_factor(height, width, budget):
-    config = ImageProcessorConfig(max_img_size=1024, max_image_tokens=budget, factors=(1, 2, 4, 8))
-    plans = {s: plan_image(height, width, max_img_size=1024, patch_size=16, factor=s) for s in (1, 2, 4, 8)}
-    if plans[8].num_tokens > budget:
-        with pytest.raises(ValueError, match=rf"needs at least {plans[8].num_tokens} image tokens .*max_image_tokens={budget}"):
-            plan_image_with_budget(height, width, config)
-        return
+@given(st.integers(16, 4000), st.integers(16, 4000), st.integers(1, 3000), st.booleans())
+def test_vlm_token_budget_picks_smallest_fitting_factor(height, width, budget, upscale):
+    factors = (1, 2, 4, 8)
+    config = ImageProcessorConfig(max_img_size=1024, max_image_tokens=budget, factors=factors, allow_upscale=upscale)
+    plans = {s: plan_image(height, width, max_img_size=1024, patch_size=16, factor=s, allow_upscale=upscale) for s in factors}
     grid = plan_image_with_budget(height, width, config)
     assert grid.num_tokens <= budget
-    assert all(plans[s].num_tokens > budget for s in (1, 2, 4, 8) if s < grid.factor)
+    fitting = [s for s in factors if plans[s].num_tokens <= budget]
+    if fitting:  # at max_img_size: the most detail the budget allows
+        assert grid == plans[min(fitting)]
+        return
+    # nothing fits at max_img_size: the largest factor at the largest long side that fits
+    long_side = max(grid.height, grid.width)
+    assert grid.factor == 8 and long_side < max(plans[8].height, plans[8].width)
+    one_block_more = plan_image(height, width, max_img_size=long_side + 128, patch_size=16, factor=8, allow_upscale=upscale)
+    assert one_block_more.num_tokens > budget
+
+
+def test_vlm_token_budget_caps_upscaling():
+    """A 64x64 image is not upscaled to 768 (144 tokens at s=4) past a 64-token budget: 512x512, 8x8."""
+    config = ImageProcessorConfig(max_img_size=768, max_image_tokens=64, factors=(2, 4))
+    processed = ImageProcessor(config).process(np.full((64, 64, 3), 90, np.uint8))
+    assert processed.pixel_values.shape == (3, 512, 512)
+    assert (processed.grid.factor, processed.grid.token_grid) == (4, (8, 8))
+    # without upscaling the image keeps its size and the finer factor fits
+    small = ImageProcessor(replace(config, allow_upscale=False)).process(np.full((64, 64, 3), 90, np.uint8))
+    assert small.pixel_values.shape == (3, 64, 64) and small.grid.token_grid == (2, 2)
 
 
 def test_vlm_token_budget_factor_travels_to_projector():
@@ -208,6 +307,20 @@ def test_vlm_placeholders_and_expansion():
         expand_image_tokens([1, 9], [(1, 1), (1, 1)], image_token_id=9)
     with pytest.raises(ValueError, match=r"grid must be \(Gh, Gw\), two ints >= 1, got \(0, 3\)"):
         image_placeholder((0, 3))
+
+
+def test_vlm_placeholders_accept_int_likes_and_name_bad_grids():
+    expected = image_placeholder((2, 3), image_token="<i>")
+    assert image_placeholder((np.int64(2), np.int32(3)), image_token="<i>") == expected
+    assert image_placeholder(np.array([2, 3]), image_token="<i>") == expected
+    assert image_placeholder(torch.tensor([2, 3]), image_token="<i>") == expected
+    assert expand_image_tokens([9], [np.array([1, 2])], image_token_id=9) == [9, 9]
+    with pytest.raises(TypeError, match=r"grid must be \(Gh, Gw\), two ints >= 1, or an ImageGrid, got 6 \(int\)"):
+        image_placeholder(6)
+    with pytest.raises(TypeError, match=r"got \(2.0, 3\) \(tuple\)"):
+        image_placeholder((2.0, 3))
+    with pytest.raises(TypeError, match=r"got \(1, 2, 3\) \(tuple\)"):
+        image_placeholder((1, 2, 3))
 
 
 def _sample(processor, shape, prompt, answer, image_token_id=9):
@@ -244,8 +357,101 @@ def test_vlm_collator_errors():
     with pytest.raises(ValueError, match="sample 0: input_ids and labels must be 1-D and equally long"):
         collate([dict(sample, labels=sample["labels"][:-1])])
     with pytest.raises(ValueError, match="sample 0: 11 tokens exceed max_length=10"):
-        VLMCollator(pad_token_id=0, max_length=10)([sample])
+        VLMCollator(pad_token_id=0, image_token_id=9, max_length=10)([sample])
     with pytest.raises(ValueError, match="empty list"):
         collate([])
     with pytest.raises(ValueError, match="padding_side must be 'left' or 'right'"):
         VLMCollator(pad_token_id=0, padding_side="center")
+
+
+def test_vlm_collator_default_labels_mask_image_tokens_and_padding():
+    """Without labels the targets are the text: image placeholders and padding are -100."""
+    processor = ImageProcessor(ImageProcessorConfig(max_img_size=128, pixel_shuffle_factor=2))
+    short, long = (_sample(processor, shape, [5, 6], [7]) for shape in ((64, 128), (128, 128)))
+    samples = [{k: v for k, v in sample.items() if k != "labels"} for sample in (short, long)]
+    batch = VLMCollator(pad_token_id=0, image_token_id=9, padding_side="right")(samples)
+    assert batch["labels"][0].tolist() == [1] + [-100] * 8 + [5, 6, 7] + [-100] * 8  # 12 tokens, 8 pads
+    assert batch["labels"][1].tolist() == [1] + [-100] * 16 + [5, 6, 7]
+    assert batch["input_ids"][0].tolist() == [1] + [9] * 8 + [5, 6, 7] + [0] * 8
+    # given labels keep their values, except that image positions are never targets
+    leaky = dict(short, labels=short["input_ids"].clone())
+    assert torch.equal(VLMCollator(pad_token_id=0, image_token_id=9)([leaky])["labels"][0],
+                       VLMCollator(pad_token_id=0, image_token_id=9)([samples[0]])["labels"][0])
+    # a text-only sample needs no image_token_id; its labels are its ids
+    text = VLMCollator(pad_token_id=0)([{"input_ids": [4, 5, 6]}])
+    assert text["labels"].tolist() == [[4, 5, 6]] and text["pixel_values"] == []
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"pad_token_id": None}, TypeError, r"pad_token_id must be an int \(the tokenizer's pad token id; .*eos_token_id\), got None"),
+    ({"pad_token_id": 0.0}, TypeError, "pad_token_id must be an int .* got 0.0"),
+    ({"pad_token_id": -1}, ValueError, "token ids must be >= 0, got pad_token_id=-1"),
+    ({"pad_token_id": 9, "image_token_id": 9}, ValueError, "pad_token_id and image_token_id must differ, both are 9"),
+    ({"pad_token_id": 0, "image_token_id": "<image>"}, TypeError, "image_token_id must be an int or None, got '<image>'"),
+    ({"pad_token_id": 0, "max_length": 0}, ValueError, "max_length must be None or an int >= 1, got 0"),
+])
+def test_vlm_collator_config_rejects(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        VLMCollator(**kwargs)
+
+
+BAD_SAMPLES = {  # case -> (samples made from one good sample, error, message)
+    "float_ids": (
+        lambda good: [dict(good, input_ids=good["input_ids"].double())],
+        TypeError, r"sample 0: input_ids must hold integer token ids, got dtype torch.float64"),
+    "float_list_ids": (
+        lambda good: [{"input_ids": [1.0, 2.5]}],
+        TypeError, r"sample 0: input_ids must hold integer token ids, got dtype torch.float32"),
+    "float_labels": (
+        lambda good: [dict(good, labels=good["labels"].float())],
+        TypeError, r"sample 0: labels must hold integer token ids"),
+    "bool_ids": (
+        lambda good: [{"input_ids": [True, False]}],
+        TypeError, r"input_ids must hold integer token ids, got dtype torch.bool"),
+    "string_ids": (
+        lambda good: [{"input_ids": "hello"}],
+        TypeError, r"sample 0: input_ids must be a 1-D sequence of int token ids, got str"),
+    "empty_ids": (
+        lambda good: [{"input_ids": []}],
+        ValueError, r"sample 0: input_ids is empty"),
+    "2d_ids": (
+        lambda good: [{"input_ids": [[1, 2]]}],
+        ValueError, r"sample 0: input_ids and labels must be 1-D and equally long, got input_ids of shape \(1, 2\)"),
+    "missing_ids": (
+        lambda good: [{"labels": [1, 2]}],
+        ValueError, r"sample 0 has no 'input_ids'; expected keys 'input_ids' and optionally 'labels', 'images', "
+                    r"got \['labels'\]"),
+    "not_a_mapping": (
+        lambda good: [[1, 2, 3]],
+        TypeError, r"sample 0 must be a mapping with 'input_ids' .*got list"),
+    "one_sample_not_a_list": (
+        lambda good: good,
+        TypeError, r"samples must be a list of mappings \(one per sample\), got dict"),
+    "images_none": (
+        lambda good: [dict(good, images=None)],
+        TypeError, r"sample 0: images must be a list of ProcessedImage \(from ImageProcessor.process\), got NoneType"),
+    "image_not_in_list": (
+        lambda good: [dict(good, images=good["images"][0])],
+        TypeError, r"got one ProcessedImage; wrap it in a list"),
+    "tensor_in_images": (
+        lambda good: [dict(good, images=[good["images"][0].pixel_values])],
+        TypeError, r"sample 0, image 0: expected a ProcessedImage \(from ImageProcessor.process\), got Tensor"),
+    "tensor_as_images": (
+        lambda good: [dict(good, images=good["images"][0].pixel_values)],
+        TypeError, r"sample 0: images must be a list of ProcessedImage .*got Tensor"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SAMPLES))
+def test_vlm_collator_rejects_bad_samples(case):
+    make_samples, error, message = BAD_SAMPLES[case]
+    good = _sample(ImageProcessor(ImageProcessorConfig(max_img_size=128, pixel_shuffle_factor=2)), (64, 128), [5], [7])
+    assert VLMCollator(pad_token_id=0, image_token_id=9)([good])["input_ids"].shape == (1, 11)
+    with pytest.raises(error, match=message):
+        VLMCollator(pad_token_id=0, image_token_id=9)(make_samples(good))
+
+
+def test_vlm_collator_needs_image_token_id_for_images():
+    sample = _sample(ImageProcessor(ImageProcessorConfig(max_img_size=128, pixel_shuffle_factor=2)), (64, 128), [5], [7])
+    with pytest.raises(ValueError, match=r"sample 0 has 1 image\(s\) but image_token_id is None; set VLMCollator\(image_token_id=...\)"):
+        VLMCollator(pad_token_id=0)([sample])

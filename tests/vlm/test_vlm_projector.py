@@ -1,5 +1,6 @@
 """Modality projector: 2D pixel shuffle (vs F.pixel_unshuffle), inverse, legacy square path, errors."""
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -42,8 +43,41 @@ def test_vlm_shuffle_2d_inverse_restores_tokens(case):
 @settings(max_examples=20, deadline=None)
 @given(st.integers(1, 6), st.integers(1, 3), st.integers(1, 3))
 def test_vlm_square_2d_shuffle_equals_legacy(g, s, dim):
+    """The 2D shuffle on a square grid is nanoVLM's square shuffle (so its weights load unchanged);
+    the legacy function is its own formulation, and both agree with F.pixel_unshuffle."""
     x = _tokens(2, (g * s) ** 2, dim)
-    assert torch.equal(pixel_shuffle_2d(x, (g * s, g * s), s), pixel_shuffle_square(x, s))
+    legacy = pixel_shuffle_square(x, s)
+    assert legacy.shape == (2, g * g, s * s * dim)
+    assert torch.equal(pixel_shuffle_2d(x, (g * s, g * s), s), legacy)
+    assert torch.equal(UnshufflePixels()(x, (g * s, g * s), s), legacy)
+
+
+def test_vlm_legacy_square_shuffle_order():
+    """4x4 grid, s=2, one channel: block (0, 0) holds tokens 0, 1, 4, 5 (row in block, then column)."""
+    x = torch.arange(16.0).reshape(1, 16, 1)
+    assert pixel_shuffle_square(x, 2).tolist() == [[
+        [0.0, 1.0, 4.0, 5.0], [2.0, 3.0, 6.0, 7.0], [8.0, 9.0, 12.0, 13.0], [10.0, 11.0, 14.0, 15.0],
+    ]]
+    with pytest.raises(ValueError, match="grid 4x4 is not divisible by the pixel-shuffle factor 3"):
+        pixel_shuffle_square(x, 3)
+
+
+def test_vlm_projector_legacy_path_equals_explicit_square_grid():
+    projector = ModalityProjector(ProjectorConfig(vision_dim=4, text_dim=6, factors=(2,), num_prefix_tokens=1)).double()
+    x = _tokens(2, 1 + 36, 4)
+    assert torch.equal(projector(x), projector(x, (6, 6)))
+
+
+def test_vlm_projector_accepts_int_like_grids():
+    projector = ModalityProjector(ProjectorConfig(vision_dim=4, text_dim=6, factors=(2,))).double()
+    x = _tokens(1, 4 * 6, 4)
+    expected = projector(x, (4, 6))
+    assert torch.equal(projector(x, (np.int64(4), np.int64(6))), expected)
+    assert torch.equal(projector(x, torch.tensor([4, 6])), expected)
+    with pytest.raises(ValueError, match=r"grid must be two ints >= 1 \(rows, columns\), got \(4.0, 6.0\)"):
+        projector(x, (4.0, 6.0))
+    with pytest.raises(ValueError, match=r"grid must be two ints >= 1 \(rows, columns\), got 24"):
+        projector(x, 24)
 
 
 def test_vlm_shuffle_order_is_row_column_channel():
