@@ -1,7 +1,9 @@
 """``python -m harness inspect CHECKPOINT`` and ``python -m harness compat CONVNEXT ROPE_VIT``.
 
 ``inspect`` prints the recognized family and layout, the dimensions inferable from the tensor
-shapes and the parameter count (``--json`` for machines). ``compat`` prints the mFormerV1 seed
+shapes and the parameter count (``--json`` for machines), and for a RoPE-ViT where its head count
+comes from (``num_heads_source``: derived from a shape, given with ``--num-heads``, or assumed:
+the original release's layout does not store it). ``compat`` prints the mFormerV1 seed
 table row for a ConvNeXt and a RoPE-ViT checkpoint; it exits 0 when the pair is compatible and
 1 (after printing the row and an error naming both widths) when not. Unreadable or unrecognized
 files exit 2 through the harness CLI's error handling.
@@ -17,13 +19,22 @@ from harness.cli import print_json, register_command
 from candidates.checkpoints import compat_row, inspect_checkpoint
 
 
+def _num_heads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--num-heads", type=int, metavar="N",
+        help="RoPE-ViT head count; the original release's layout does not store it (checked against "
+             "the shapes where a layout does)",
+    )
+
+
 def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a .pth/.pt/.bin/.ckpt or .safetensors state dict")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _num_heads_argument(parser)
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    info = inspect_checkpoint(args.checkpoint)
+    info = inspect_checkpoint(args.checkpoint, num_heads=args.num_heads)
     if args.json:
         print_json(info.to_dict())
     else:
@@ -35,10 +46,12 @@ def _compat_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("convnext", metavar="CONVNEXT_CKPT", help="ConvNeXt checkpoint (timm or original layout)")
     parser.add_argument("rope_vit", metavar="ROPE_VIT_CKPT", help="RoPE-Mixed ViT checkpoint (timm or original layout)")
     parser.add_argument("--json", action="store_true", help="print the row as JSON instead of a table")
+    _num_heads_argument(parser)
 
 
 def _compat(args: argparse.Namespace) -> int:
-    row = compat_row(inspect_checkpoint(args.convnext), inspect_checkpoint(args.rope_vit))
+    rope_vit = inspect_checkpoint(args.rope_vit, num_heads=args.num_heads)
+    row = compat_row(inspect_checkpoint(args.convnext), rope_vit)
     if args.json:
         print_json(row.to_dict())
     else:

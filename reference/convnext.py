@@ -4,12 +4,28 @@ Pairs (default suite, small inputs so a float64 run takes seconds):
 
 * ``convnext_{tiny,small,base,large,xlarge}``: ``timm.create_model("convnext_*", pretrained=False)``
   with 1000 classes and the variant's drop-path rate (inactive in eval mode, but it gives both
-  sides the same ``drop_path`` modules). Tiny sees 2x3x64x64, the others 1x3x32x32: the smallest
-  input the patchify stem and three downsamples leave a 1x1 map for.
+  sides the same ``drop_path`` modules). Tiny sees 2x3x128x128, Small and Base 1x3x128x128, Large
+  and XLarge 1x3x32x32 (the smallest input the patchify stem and three downsamples allow).
+* ``convnext_{variant}_stage3_block``: one ConvNeXt block at the variant's stage-3 width against
+  timm's ``ConvNeXtBlock`` on a 1 x dims[3] x 7 x 7 map, the stage-3 map of a 224 input: every
+  output pixel sees the 7x7 depthwise kernel clipped by the border, the centre pixel all 49 taps.
 * ``convnext_tiny_cifar``: the CIFAR stem (3x3 conv, stride 1, padding 1 + LayerNorm2d) on
   1x3x32x32, 10 classes. timm has no such stem, so the reference is timm's ``convnext_tiny`` with
   ``model.stem`` replaced by the same two layers built from timm's own parts (``nn.Conv2d`` and
   ``timm.layers.LayerNorm2d``); every other module is timm's.
+
+Which depthwise taps an input exercises. A 7x7 kernel with padding 3 on an s x s map uses tap
+offset d (-3..3) at some output pixel iff |d| < s: a map of side >= 4 exercises all 49 taps, side 2
+the central 3x3, side 1 the centre only. Stage i of the ImageNet stem sees side H / 2^(i+2):
+
+    input   stage 0  stage 1  stage 2  stage 3    taps exercised
+    128     32       16       8        4          all 49 in every stage          (tiny, small, base)
+    32      8        4        2        1          49, 49, central 9, centre 1     (large, xlarge)
+
+Large and XLarge stay at 32 because a 128 input costs their float64 run several seconds more
+(full traces of 198M/350M-parameter models); their stage-2/3 block code is the same code at
+another width, and the ``*_stage3_block`` pairs check it with all 49 taps at exactly their widths.
+``tests/convnext/test_convnext_parity.py`` checks this table against gradients.
 
 Nightly pairs (tag ``nightly``) run the paper's full resolutions: ``convnext_*_224`` all five
 variants at 1x3x224x224, ``convnext_{tiny,small,base}_384`` at 1x3x384x384. Peak host memory of a
@@ -28,22 +44,24 @@ from typing import Callable
 import timm
 import torch
 from timm.layers import LayerNorm2d
+from timm.models.convnext import ConvNeXtBlock as TimmConvNeXtBlock
 from torch import nn
 
 import candidates.convnext as convnext
 from harness import Pair, register
 
-__all__ = ["timm_convnext", "timm_convnext_cifar", "variant_pair"]
+__all__ = ["timm_convnext", "timm_convnext_cifar", "variant_pair", "stage3_block_pair"]
 
 IMAGENET_CLASSES = 1000
 CIFAR_CLASSES = 10
-SMALL_INPUTS: dict[str, tuple[int, int, int, int]] = {
-    "tiny": (2, 3, 64, 64),
-    "small": (1, 3, 32, 32),
-    "base": (1, 3, 32, 32),
+SMALL_INPUTS: dict[str, tuple[int, int, int, int]] = {  # see the docstring's tap table
+    "tiny": (2, 3, 128, 128),
+    "small": (1, 3, 128, 128),
+    "base": (1, 3, 128, 128),
     "large": (1, 3, 32, 32),
     "xlarge": (1, 3, 32, 32),
 }
+STAGE3_MAP = 7  # the stage-3 map side of a 224 input
 FULL_SIZE_INPUTS = {"_224": (1, 3, 224, 224), "_384": (1, 3, 384, 384)}
 # 384x384 float64 traces of Large/XLarge need well over 16 GB of host memory: 224 only for those.
 FULL_SIZE_VARIANTS = {"_224": tuple(SMALL_INPUTS), "_384": ("tiny", "small", "base")}
@@ -91,8 +109,25 @@ def variant_pair(variant: str, *, suffix: str, input_shape: tuple[int, ...], tag
     )
 
 
+def stage3_block_pair(variant: str) -> Pair:
+    """``convnext_<variant>_stage3_block``: one block at the stage-3 width on a 7x7 map."""
+    config = convnext.VARIANTS[variant]
+    dim = config.dims[3]
+    shape = (1, dim, STAGE3_MAP, STAGE3_MAP)
+    return Pair(
+        name=f"convnext_{variant}_stage3_block",
+        candidate=lambda: convnext.ConvNeXtBlock(dim, layer_scale_init_value=config.layer_scale_init_value),
+        reference=lambda: TimmConvNeXtBlock(dim, ls_init_value=config.layer_scale_init_value).eval(),
+        convert=convnext.convert_timm_state_dict,
+        make_inputs=_images(shape),
+        description=f"ConvNeXt-{variant} stage-3 block (width {dim}) vs timm ConvNeXtBlock on a "
+                    f"{STAGE3_MAP}x{STAGE3_MAP} map: all 49 depthwise taps",
+    )
+
+
 for _variant, _shape in SMALL_INPUTS.items():
     register(variant_pair(_variant, suffix="", input_shape=_shape, tags=frozenset()))
+    register(stage3_block_pair(_variant))
     for _suffix, _full_shape in FULL_SIZE_INPUTS.items():
         if _variant in FULL_SIZE_VARIANTS[_suffix]:
             register(variant_pair(_variant, suffix=_suffix, input_shape=_full_shape, tags=NIGHTLY))

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Mapping
 
 import torch
@@ -96,13 +97,13 @@ class MFormerConfig:
 
 _SMALL, _BASE, _LARGE = (f"rope_mixed_deit_{size}_patch16_LS" for size in ("small", "base", "large"))
 
-# The seed's four variants: (ConvNeXt checkpoint family, RoPE-ViT checkpoint family).
-MFORMER_VARIANTS: Mapping[str, MFormerConfig] = {
+# The seed's four variants: (ConvNeXt checkpoint family, RoPE-ViT checkpoint family); read-only.
+MFORMER_VARIANTS: Mapping[str, MFormerConfig] = MappingProxyType({
     "sm": MFormerConfig(CONVNEXT_VARIANTS["tiny"], ROPE_VIT_VARIANTS["small"], "convnext_tiny", _SMALL),
     "md": MFormerConfig(CONVNEXT_VARIANTS["small"], ROPE_VIT_VARIANTS["small"], "convnext_small", _SMALL),
     "lg": MFormerConfig(CONVNEXT_VARIANTS["large"], ROPE_VIT_VARIANTS["base"], "convnext_large", _BASE),
     "xl": MFormerConfig(CONVNEXT_VARIANTS["xlarge"], ROPE_VIT_VARIANTS["large"], "convnext_xlarge", _LARGE),
-}
+})
 
 
 class MFormerV1(nn.Module):
@@ -132,7 +133,10 @@ class MFormerV1(nn.Module):
         self.head = nn.Linear(d2, vit.num_classes) if vit.num_classes else nn.Identity()
 
     def forward_features(self, image: torch.Tensor) -> torch.Tensor:
-        if image.ndim != 4 or image.shape[-2] % 16 or image.shape[-1] % 16:
+        in_chans = self.config.convnext.in_chans
+        if image.ndim != 4 or image.shape[1] != in_chans:
+            raise ValueError(f"expected images (B, {in_chans}, H, W), got shape {tuple(image.shape)}")
+        if image.shape[-2] % 16 or image.shape[-1] % 16:
             raise ValueError(f"expected images (B, C, H, W) with H, W multiples of 16, got {tuple(image.shape)}")
         x = self.stem(image)                                                   # (B, d0, H/4, W/4)
         x = self.stages(x)                                                     # (B, d1, H/8, W/8)

@@ -40,7 +40,9 @@ Checkpoint layouts (both loaded by :func:`load_rope_vit_state_dict`):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Mapping
 
 import torch
@@ -76,8 +78,13 @@ class RopeViTConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not isinstance(self.num_classes, int) or self.num_classes < 0:
+        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 0:
             raise ValueError(f"num_classes must be an int >= 0, got {self.num_classes!r}")
+        for name in ("mlp_ratio", "rope_temperature", "norm_eps", "layer_scale_init"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise TypeError(f"{name} must be a finite real number (int or float), got {value!r}")
+            object.__setattr__(self, name, float(value))  # an int would make int-typed parameters
         if self.embed_dim % self.num_heads:
             raise ValueError(
                 f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})"
@@ -87,9 +94,12 @@ class RopeViTConfig:
                 f"head_dim = embed_dim / num_heads must be divisible by 4 for 2D rotary pairs, "
                 f"got {self.embed_dim} / {self.num_heads} = {self.head_dim}"
             )
-        if self.mlp_ratio <= 0 or self.rope_temperature <= 0:
+        for name in ("mlp_ratio", "rope_temperature", "norm_eps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if int(self.embed_dim * self.mlp_ratio) < 1:
             raise ValueError(
-                f"mlp_ratio and rope_temperature must be > 0, got {self.mlp_ratio}, {self.rope_temperature}"
+                f"mlp_ratio leaves no MLP hidden units: int({self.embed_dim} * {self.mlp_ratio}) = 0"
             )
 
     @property
@@ -97,11 +107,12 @@ class RopeViTConfig:
         return self.embed_dim // self.num_heads
 
 
-ROPE_VIT_VARIANTS: Mapping[str, RopeViTConfig] = {
+# read-only: the released architectures; derive others with ``rope_mixed_vit(variant, **overrides)``
+ROPE_VIT_VARIANTS: Mapping[str, RopeViTConfig] = MappingProxyType({
     "small": RopeViTConfig(embed_dim=384, depth=12, num_heads=6),
     "base": RopeViTConfig(embed_dim=768, depth=12, num_heads=12),
     "large": RopeViTConfig(embed_dim=1024, depth=24, num_heads=16),
-}
+})
 
 
 def init_mixed_frequencies(head_dim: int, depth: int, num_heads: int, temperature: float) -> torch.Tensor:

@@ -1,7 +1,13 @@
 """Layer-by-layer parity of candidates.convnext against timm (pairs in reference/convnext.py).
 
-Default suite: all five variants and the CIFAR-stem ConvNeXt-T at float32 and float64, on small
-inputs (ConvNeXt-T 2x3x64x64; the others 1x3x32x32, the smallest input, a 1x1 map in stage 3).
+Default suite: all five variants and the CIFAR-stem ConvNeXt-T at float32 and float64. Tiny, Small
+and Base see 128x128 inputs: stage maps 32, 16, 8 and 4 pixels wide, so each stage's 7x7
+depthwise conv (padding 3) uses all 49 taps (tap offset d reaches some output pixel iff |d| < map
+side). Large and XLarge see 32x32 (maps 8, 4, 2, 1): all taps in stages 0-1, the central 3x3 in
+stage 2 and only the centre tap in stage 3; the ``*_stage3_block`` pairs complete them with one
+block at each variant's stage-3 width on the 7x7 map a 224 input gives (all 49 taps, the centre
+pixel sees every one). ``test_default_inputs_exercise_the_depthwise_taps`` measures this table
+with gradients instead of trusting it.
 Base, Large and XLarge hold 88M-350M parameters (up to ~10 GB at float64 while a pair is built),
 so they share one xdist group: they run one after another on a single worker, never two at once.
 Nightly: all five variants at 224x224 and Tiny/Small/Base at 384x384.
@@ -11,6 +17,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from candidates.convnext import ConvNeXt, ConvNeXtBlock, ConvNeXtConfig
+from reference.convnext import SMALL_INPUTS, STAGE3_MAP
 
 FLOAT64_OUTPUT_BOUND = 1e-10  # issue 2: float64 output max abs error at or below 1e-10
 DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.float64, id="float64")]
@@ -41,6 +50,39 @@ def test_parity_convnext(parity_check, pair: str, dtype: torch.dtype) -> None:
     check(parity_check, pair, dtype)
 
 
+@pytest.mark.parity
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", ["tiny", "small", "base", "large", "xlarge"])
+def test_parity_convnext_stage3_block_all_taps(parity_check, variant: str, dtype: torch.dtype) -> None:
+    check(parity_check, f"convnext_{variant}_stage3_block", dtype)
+
+
+def _taps(weight_grad: torch.Tensor) -> int:
+    """Number of the 7x7 depthwise taps whose gradient is non-zero in some channel."""
+    return int((weight_grad != 0).any(dim=0).sum())
+
+
+def _taps_per_stage(input_side: int) -> list[int]:
+    """Depthwise taps that reach the output, per stage, for a ConvNeXt on ``input_side`` images."""
+    torch.manual_seed(0)
+    model = ConvNeXt(ConvNeXtConfig(depths=(1, 1, 1, 1), dims=(4, 8, 8, 8), num_classes=3)).double()
+    image = torch.randn(1, 3, input_side, input_side, dtype=torch.float64)
+    model(image).sum().backward()
+    return [_taps(stage.blocks[0].conv_dw.weight.grad) for stage in model.stages]
+
+
+def test_default_inputs_exercise_the_depthwise_taps() -> None:
+    expected = {"tiny": [49] * 4, "small": [49] * 4, "base": [49] * 4,
+                "large": [49, 49, 9, 1], "xlarge": [49, 49, 9, 1]}
+    assert {variant: _taps_per_stage(shape[-1]) for variant, shape in SMALL_INPUTS.items()} == expected
+    # the stage-3 block pairs: a 7x7 map, whose centre pixel alone sees all 49 taps
+    torch.manual_seed(0)
+    block = ConvNeXtBlock(4).double()
+    out = block(torch.randn(1, 4, STAGE3_MAP, STAGE3_MAP, dtype=torch.float64))
+    out[..., STAGE3_MAP // 2, STAGE3_MAP // 2].sum().backward()
+    assert _taps(block.conv_dw.weight.grad) == 49
+
+
 FULL_SIZE_PAIRS = [f"convnext_{v}_224" for v in ("tiny", "small", "base", "large", "xlarge")] + [
     f"convnext_{v}_384" for v in ("tiny", "small", "base")]
 
@@ -60,4 +102,5 @@ def test_convnext_pairs_registered() -> None:
     names = set(harness.list_pairs())
     variants = ("tiny", "small", "base", "large", "xlarge")
     assert {f"convnext_{v}" for v in variants} | set(FULL_SIZE_PAIRS) | {"convnext_tiny_cifar"} <= names
+    assert {f"convnext_{v}_stage3_block" for v in variants} <= names
     assert {n for n in harness.list_pairs(tag="nightly") if n.startswith("convnext")} == set(FULL_SIZE_PAIRS)

@@ -50,6 +50,20 @@ def test_sides_must_be_multiples_of_16():
         model(torch.randn(1, 3, 40, 32))
 
 
+def test_input_channels_are_checked():
+    model = mformer_v1("sm", convnext_depths=(1, 1), vit_depth=1)
+    with pytest.raises(ValueError, match=r"expected images \(B, 3, H, W\), got shape \(2, 1, 32, 32\)"):
+        model.forward_features(torch.randn(2, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"expected images \(B, 3, H, W\), got shape \(3, 32, 32\)"):
+        model(torch.randn(3, 32, 32))
+
+
+def test_variants_are_read_only():
+    with pytest.raises(TypeError, match="does not support item assignment"):
+        MFORMER_VARIANTS["xs"] = MFORMER_VARIANTS["sm"]
+    assert sorted(MFORMER_VARIANTS) == ["lg", "md", "sm", "xl"]
+
+
 def _count(variant: str) -> dict[str, int]:
     with torch.device("meta"):
         model = mformer_v1(variant)

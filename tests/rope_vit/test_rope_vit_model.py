@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from candidates.rope_vit import RopeViTConfig, rope_mixed_vit
+from candidates.rope_vit import ROPE_VIT_VARIANTS, RopeViTConfig, rope_mixed_vit
 from candidates.rope_vit.rope_vit import MixedRope, apply_rotary
 
 
@@ -29,6 +29,42 @@ def tiny(**overrides):
 def test_config_rejects_bad_shapes(fields, message):
     with pytest.raises(ValueError, match=message):
         RopeViTConfig(**fields)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error", "message"),
+    [
+        ("num_classes", True, ValueError, r"num_classes must be an int >= 0, got True"),
+        ("num_classes", 2.0, ValueError, r"num_classes must be an int >= 0, got 2.0"),
+        ("mlp_ratio", "4", TypeError, r"mlp_ratio must be a finite real number \(int or float\), got '4'"),
+        ("mlp_ratio", True, TypeError, r"mlp_ratio must be a finite real number \(int or float\), got True"),
+        ("mlp_ratio", 0.0, ValueError, r"mlp_ratio must be > 0, got 0.0"),
+        ("mlp_ratio", 1e-4, ValueError, r"mlp_ratio leaves no MLP hidden units: int\(384 \* 0.0001\) = 0"),
+        ("norm_eps", None, TypeError, r"norm_eps must be a finite real number \(int or float\), got None"),
+        ("norm_eps", -1e-6, ValueError, r"norm_eps must be > 0, got -1e-06"),
+        ("norm_eps", float("nan"), TypeError, r"norm_eps must be a finite real number \(int or float\), got nan"),
+        ("layer_scale_init", "1e-5", TypeError, r"layer_scale_init must be a finite real number \(int or float\), got '1e-5'"),
+        ("layer_scale_init", False, TypeError, r"layer_scale_init must be a finite real number \(int or float\), got False"),
+        ("layer_scale_init", float("inf"), TypeError, r"layer_scale_init must be a finite real number \(int or float\), got inf"),
+        ("rope_temperature", torch.tensor(10.0), TypeError, r"rope_temperature must be a finite real number"),
+    ],
+)
+def test_config_type_checks_the_numeric_options(field, value, error, message):
+    with pytest.raises(error, match=message):
+        RopeViTConfig(embed_dim=384, depth=2, num_heads=6, **{field: value})
+
+
+def test_config_accepts_ints_for_the_real_options():
+    config = RopeViTConfig(embed_dim=384, depth=1, num_heads=6, mlp_ratio=2, layer_scale_init=1, num_classes=0)
+    assert (config.mlp_ratio, config.layer_scale_init) == (2.0, 1.0) and type(config.layer_scale_init) is float
+    block = rope_mixed_vit("small", **config.__dict__).blocks[0]
+    assert block.mlp.fc1.out_features == 768 and block.gamma_1.dtype == torch.float32
+
+
+def test_variants_are_read_only():
+    with pytest.raises(TypeError, match="does not support item assignment"):
+        ROPE_VIT_VARIANTS["huge"] = ROPE_VIT_VARIANTS["large"]
+    assert sorted(ROPE_VIT_VARIANTS) == ["base", "large", "small"]
 
 
 def test_unknown_variant_is_named():
