@@ -17,7 +17,6 @@ the controller, which alone writes the files.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,8 @@ MARKERS = {
     "parity": "layer-by-layer comparison of a candidate with its reference",
     "property": "hypothesis property test",
     "golden": "diff against a golden file (regenerate with --update-goldens)",
-    "bench": "pytest-benchmark speed/memory benchmark (tox -e bench)",
-    "nightly": "full-size or long check; runs only with --nightly (tox -e nightly)",
+    "bench": "pytest-benchmark speed/memory benchmark (tox -- -m bench --benchmark-only)",
+    "nightly": "full-size or long check; runs only with --nightly (tox -- -n 2 --dist loadgroup --nightly --report)",
 }
 
 
@@ -50,9 +49,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--nightly") or os.environ.get("PARITY_NIGHTLY") == "1":
+    if config.getoption("--nightly"):
         return
-    skip = pytest.mark.skip(reason="nightly: full-size check, run with --nightly (tox -e nightly)")
+    skip = pytest.mark.skip(reason="nightly: full-size check, run with --nightly (tox -- -n 2 --dist loadgroup --nightly --report)")
     for item in items:
         if "nightly" in item.keywords:
             item.add_marker(skip)

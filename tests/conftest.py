@@ -1,13 +1,18 @@
-"""Shared test configuration: hypothesis profiles (the nightly env runs long ones)."""
-
-import os
+"""Shared test configuration: hypothesis profiles (``--nightly`` runs long ones)."""
 
 from hypothesis import HealthCheck, settings
 
-settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Example counts live here, not in the tests, so that --nightly really runs the long version.
+settings.register_profile("default", deadline=None, max_examples=20, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile(
     "nightly", deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow]
 )
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+settings.load_profile("default")
 
 pytest_plugins = ["pytester"]
+
+
+def pytest_configure(config):
+    # runs before the test modules are imported, so their @settings inherit this profile
+    if config.getoption("--nightly"):
+        settings.load_profile("nightly")

@@ -1,7 +1,7 @@
 """Forward time of our ConvNeXt-T against timm's at 1x3x224x224, float32, eval, no grad.
 
 Both sides come from the ``convnext_tiny`` pair (identical weights) and are measured in the same
-run and the same benchmark group, so ``tox -e bench`` prints them side by side. In the default
+run and the same benchmark group, so ``tox -- -m bench --benchmark-only`` prints them side by side. In the default
 suite (xdist) pytest-benchmark is disabled and each side runs once as a smoke test.
 """
 

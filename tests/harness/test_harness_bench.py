@@ -1,6 +1,6 @@
 """Tracer overhead: traced / plain forward of convnext_tiny at 224, summary and full storage.
 
-Benchmarks only (``tox -e bench``); under the default suite each runs once as a smoke test.
+Benchmarks only (``tox -- -m bench --benchmark-only``); under the default suite each runs once as a smoke test.
 """
 
 import pytest

@@ -1,7 +1,7 @@
 """Forward time at 224x224, batch 1, float32: mFormerV1-sm vs ConvNeXt-T vs RoPE-Mixed ViT-S.
 
 Each model is measured as candidate (ours) and reference (timm, or the timm-assembled hybrid)
-in the same run and benchmark group, so ``tox -e bench`` prints all six side by side. In the
+in the same run and benchmark group, so ``tox -- -m bench --benchmark-only`` prints all six side by side. In the
 default suite (xdist) pytest-benchmark is disabled and each forward runs once as a smoke test.
 """
 

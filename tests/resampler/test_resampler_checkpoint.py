@@ -99,7 +99,7 @@ def test_save_rejects_other_formats(tmp_path):
 
 
 @pytest.mark.property
-@settings(max_examples=15, deadline=None)
+@settings(deadline=None)
 @given(config=configs(), dtype=st.sampled_from([torch.float32, torch.float64]))
 def test_save_load_is_bitwise(config, dtype):
     model = _model(config, dtype=dtype)
@@ -119,7 +119,7 @@ def test_save_load_is_bitwise(config, dtype):
 
 
 @pytest.mark.property
-@settings(max_examples=15, deadline=None)
+@settings(deadline=None)
 @given(config=configs())
 def test_metadata_less_load_infers_the_same_config(config):
     defaults = ResamplerConfig(norm_eps=1e-4, preset="from-defaults")
@@ -139,7 +139,7 @@ def test_metadata_less_load_infers_the_same_config(config):
 
 
 @pytest.mark.property
-@settings(max_examples=20, deadline=None)
+@settings(deadline=None)
 @given(keep=st.floats(0.0, 0.999), with_metadata=st.booleans())
 def test_truncated_file_is_a_clear_error_naming_it(keep, with_metadata):
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,7 +155,7 @@ def test_truncated_file_is_a_clear_error_naming_it(keep, with_metadata):
 
 
 @pytest.mark.property
-@settings(max_examples=20, deadline=None)
+@settings(deadline=None)
 @given(position=st.floats(0.0, 0.999), flip=st.integers(1, 255))
 def test_corrupted_byte_is_a_clear_error_naming_it(position, flip):
     """Any changed byte: a broken header, or (in the tensor data) the metadata's hash no longer matches."""

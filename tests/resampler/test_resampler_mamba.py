@@ -280,7 +280,7 @@ def _scan_inputs(seed, batch, length, d_inner, d_state):
 
 
 @pytest.mark.property
-@settings(max_examples=20, deadline=None)
+@settings(deadline=None)
 @given(
     batch=st.integers(1, 2), length=st.integers(1, 12), d_inner=st.integers(1, 6),
     d_state=st.integers(1, 5), seed=st.integers(0, 2**31 - 1),
@@ -325,7 +325,7 @@ def test_causal_conv_equals_left_padded_conv():
 
 
 @pytest.mark.property
-@settings(max_examples=15, deadline=None)
+@settings(deadline=None)
 @given(length=st.integers(2, 10), position=st.data(), seed=st.integers(0, 2**31 - 1))
 def test_mixer_is_causal(length, position, seed):
     """Changing token k changes outputs at k and later, never before (conv and scan are causal)."""

@@ -114,7 +114,7 @@ def _silence(mixer: MambaMixer) -> None:
 
 
 @pytest.mark.property
-@settings(max_examples=15, deadline=None)
+@settings(deadline=None)
 @given(length=st.integers(1, 9), seed=st.integers(0, 2**31 - 1))
 def test_backward_direction_is_forward_mixer_on_reversed_tokens(length, seed):
     """With the left-to-right branch silenced, block(x) - x == 0.5 * rev(M(rev(x))), rev by explicit indexing."""
@@ -130,7 +130,7 @@ def test_backward_direction_is_forward_mixer_on_reversed_tokens(length, seed):
 
 
 @pytest.mark.property
-@settings(max_examples=15, deadline=None)
+@settings(deadline=None)
 @given(length=st.integers(2, 9), data=st.data(), seed=st.integers(0, 2**31 - 1))
 def test_directions_see_past_and_future(length, data, seed):
     """Perturbing token k moves the forward branch at t >= k only and the backward branch at t <= k only."""

@@ -104,7 +104,7 @@ def test_rope_table_layout_and_grid_order():
 
 
 @pytest.mark.property
-@settings(max_examples=20, deadline=None)
+@settings(deadline=None)
 @given(
     rows=st.integers(1, 5), cols=st.integers(1, 5),
     shift_r=st.integers(0, 3), shift_c=st.integers(0, 3), seed=st.integers(0, 2**16),

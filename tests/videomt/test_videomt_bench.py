@@ -1,7 +1,7 @@
 """Forward time of our VidEoMT against transformers' Videomt on 3-frame clips, float32, eval, no grad.
 
 Both sides come from one pair (identical weights) and are measured in the same run and the same
-benchmark group, so ``tox -e bench`` prints them side by side:
+benchmark group, so ``tox -- -m bench --benchmark-only`` prints them side by side:
 
 - ``videomt``: the tiny default size (hidden 32, 3 layers, 2x3x3x16x16 clips): per-call overhead.
 - ``videomt_small_224`` (nightly): ViT-S width (384, 12 layers, 4 query blocks), a 1x3x3x224x224

@@ -36,7 +36,7 @@ def _layouts(mask: torch.Tensor) -> dict[str, tuple[bool, torch.Tensor]]:
 
 @pytest.mark.parity
 @pytest.mark.property
-@settings(max_examples=20, deadline=None)
+@settings(deadline=None)
 @given(b=st.integers(1, 3), t=st.integers(1, 3), density=st.sampled_from([0.0, 0.3, 0.7, 1.0]),
        seed=st.integers(0, 2**16))
 def test_videomt_embeddings_parity_with_masks_in_every_layout(b, t, density, seed):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from candidates.videomt import VidEoMT, VidEoMTConfig
 from harness import randomize_
 
-SETTINGS = settings(max_examples=15, deadline=None)
+SETTINGS = settings(deadline=None)
 
 
 @st.composite

@@ -34,7 +34,7 @@ def PIL_Image():  # noqa: N802 - the module's own name
 
 
 @pytest.mark.property
-@settings(max_examples=25, deadline=None)
+@settings(deadline=None)
 @given(
     st.integers(1, 3000), st.integers(1, 3000), st.sampled_from([8, 14, 16]), st.integers(1, 4),
     st.integers(64, 1600), st.booleans(),
@@ -249,7 +249,7 @@ def test_vlm_photo_end_to_end_token_count_matches_placeholders(skimage_data):
 
 
 @pytest.mark.property
-@settings(max_examples=25, deadline=None)
+@settings(deadline=None)
 @given(st.integers(16, 4000), st.integers(16, 4000), st.integers(1, 3000), st.booleans())
 def test_vlm_token_budget_picks_smallest_fitting_factor(height, width, budget, upscale):
     factors = (1, 2, 4, 8)

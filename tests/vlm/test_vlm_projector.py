@@ -19,7 +19,7 @@ def _tokens(batch, n, dim, seed=0):
 
 
 @pytest.mark.property
-@settings(max_examples=25, deadline=None)
+@settings(deadline=None)
 @given(grids)
 def test_vlm_shuffle_2d_is_a_permutation_of_pixel_unshuffle(case):
     gh, gw, s, dim, batch = case
@@ -30,7 +30,7 @@ def test_vlm_shuffle_2d_is_a_permutation_of_pixel_unshuffle(case):
 
 
 @pytest.mark.property
-@settings(max_examples=25, deadline=None)
+@settings(deadline=None)
 @given(grids)
 def test_vlm_shuffle_2d_inverse_restores_tokens(case):
     gh, gw, s, dim, batch = case
@@ -40,7 +40,7 @@ def test_vlm_shuffle_2d_inverse_restores_tokens(case):
 
 
 @pytest.mark.property
-@settings(max_examples=20, deadline=None)
+@settings(deadline=None)
 @given(st.integers(1, 6), st.integers(1, 3), st.integers(1, 3))
 def test_vlm_square_2d_shuffle_equals_legacy(g, s, dim):
     """The 2D shuffle on a square grid is nanoVLM's square shuffle (so its weights load unchanged);
