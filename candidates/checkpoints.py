@@ -189,6 +189,16 @@ def _assumed_heads(embed_dim: int, depth: int, notes: list[str]) -> int | None:
     return heads
 
 
+def _rename_keys(state_dict: Mapping[str, torch.Tensor], rules: tuple[tuple[str, str], ...]) -> StateDict:
+    """Every key rewritten by all ``(regex, replacement)`` rules in turn; values untouched."""
+    out: StateDict = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in rules:
+            key = re.sub(pattern, replacement, key)
+        out[key] = value
+    return out
+
+
 def convert_original_convnext(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
     """facebookresearch/ConvNeXt keys -> timm keys (``downsample_layers.0`` is the stem)."""
     rules = (
@@ -201,12 +211,7 @@ def convert_original_convnext(state_dict: Mapping[str, torch.Tensor]) -> StateDi
         (r"^norm\.", "head.norm."),
         (r"^head\.(weight|bias)$", r"head.fc.\1"),
     )
-    out: StateDict = {}
-    for key, value in state_dict.items():
-        for pattern, replacement in rules:
-            key = re.sub(pattern, replacement, key)
-        out[key] = value
-    return out
+    return _rename_keys(state_dict, rules)
 
 
 def convnext_to_original(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
@@ -221,12 +226,7 @@ def convnext_to_original(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
         (r"^head\.norm\.", "norm."),
         (r"^head\.fc\.", "head."),
     )
-    out: StateDict = {}
-    for key, value in state_dict.items():
-        for pattern, replacement in rules:
-            key = re.sub(pattern, replacement, key)
-        out[key] = value
-    return out
+    return _rename_keys(state_dict, rules)
 
 
 def rope_vit_to_original(state_dict: Mapping[str, torch.Tensor], *, grid_size: tuple[int, int] = (14, 14)) -> StateDict:
