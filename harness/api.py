@@ -109,28 +109,9 @@ def compare(
         module_tol = tolerance_for(dtype, module=match.candidate.name, overrides=tolerances,
                                    module_overrides=module_tolerances)
         rows.append(measure_match(match, module_tol))
-    notes: list[str] = []
+    passed, first_divergence, culprit, notes = _verdict(final, outputs, rows, tol, allow_nonfinite, rerun)
     if mode == "summary":
-        notes.append("summary mode: layer errors are lower bounds from statistics (mean, std, absmax)")
-    nonfinite = sorted(k for k, a, b in final if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())))
-    outputs_pass = all(m.passes(tol) for m in outputs.values()) and (allow_nonfinite or not nonfinite)
-    if nonfinite and not allow_nonfinite:
-        notes.append(f"non-finite values (NaN/Inf) in final outputs {nonfinite}: agreeing NaNs prove nothing "
-                     f"(pass allow_nonfinite=True if they are expected)")
-    first_divergence, culprit = None, None
-    if outputs_pass and all(r.passed for r in rows if r.match.how != "structure"):
-        # Outputs and every layer paired by name agree: a failing structural pairing is a guess
-        # that was wrong, not evidence of an error. Keep it visible, do not fail on it.
-        tentative = [r for r in rows if not r.passed]
-        for row in tentative:
-            row.status = "tentative"
-        if tentative:
-            notes.append(f"{len(tentative)} structurally paired rows differ (tentative pairings by shape, "
-                         f"not counted): {', '.join(r.key for r in tentative[:5])}")
-        passed = True
-    else:
-        passed = False
-        first_divergence, culprit = localize(rows, rerun=rerun)
+        notes.insert(0, "summary mode: layer errors are lower bounds from statistics (mean, std, absmax)")
     mutations = {"candidate": call.mutated_in(cand_call), "reference": call.mutated_in(ref_call)}
     for side, paths in mutations.items():
         if paths:
@@ -156,6 +137,35 @@ def compare(
         notes=notes,
         mode=mode,
     )
+
+
+def _verdict(
+    final: list[tuple[str, torch.Tensor, torch.Tensor]],
+    outputs: Mapping[str, Metrics],
+    rows: list[Row],
+    tol: Tolerance,
+    allow_nonfinite: bool,
+    rerun: Sequence[str] | None,
+) -> tuple[bool, str | None, str | None, list[str]]:
+    """(passed, first_divergence, culprit, notes) from the final outputs and the aligned rows."""
+    notes: list[str] = []
+    nonfinite = sorted(k for k, a, b in final if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())))
+    if nonfinite and not allow_nonfinite:
+        notes.append(f"non-finite values (NaN/Inf) in final outputs {nonfinite}: agreeing NaNs prove nothing "
+                     f"(pass allow_nonfinite=True if they are expected)")
+    outputs_pass = all(m.passes(tol) for m in outputs.values()) and (allow_nonfinite or not nonfinite)
+    if not (outputs_pass and all(r.passed for r in rows if r.match.how != "structure")):
+        first_divergence, culprit = localize(rows, rerun=rerun)
+        return False, first_divergence, culprit, notes
+    # Outputs and every layer paired by name agree: a failing structural pairing is a guess that
+    # was wrong, not evidence of an error. Keep it visible, do not fail on it.
+    tentative = [r for r in rows if not r.passed]
+    for row in tentative:
+        row.status = "tentative"
+    if tentative:
+        notes.append(f"{len(tentative)} structurally paired rows differ (tentative pairings by shape, "
+                     f"not counted): {', '.join(r.key for r in tentative[:5])}")
+    return True, None, None, notes
 
 
 def _worst_output(outputs: Mapping[str, Metrics], tol: Tolerance) -> Metrics:
