@@ -105,7 +105,6 @@ def infer_config(state: StateDict, *, num_heads: int, layer_norm_eps: float, hid
                          f"{tuple(patch.shape)}")
     grid = _pos_grid(_require(state, _POS), hidden=patch.shape[0])
     blocks = {int(m.group(1)) for k in state if (m := _QKV.match(k))}
-    upscales = {int(m.group(1)) for k in state if (m := re.match(r"^backbone\.upscale\.(\d+)\.", k))}
     has_bias = f"{VIT}blocks.0.attn.qkv.bias" in state
     reg = state.get(f"{VIT}reg_token")
     return VidEoMTConfig(
@@ -118,13 +117,21 @@ def infer_config(state: StateDict, *, num_heads: int, layer_norm_eps: float, hid
         image_size=grid * patch.shape[-1],
         num_channels=patch.shape[1],
         num_register_tokens=0 if reg is None else reg.shape[1],
-        num_queries=_require(state, "backbone.q.weight").shape[0],
-        num_blocks=_require(state, "backbone.attn_mask_probs").shape[0],
-        num_labels=_require(state, "backbone.class_head.weight").shape[0] - 1,
-        num_upscale_blocks=len(upscales),
+        **head_fields(state),
         layer_norm_eps=layer_norm_eps,
         hidden_act=hidden_act,
         query_bias=has_bias, key_bias=has_bias, value_bias=has_bias,
+    )
+
+
+def head_fields(state: StateDict) -> dict[str, int]:
+    """Config fields of the segmentation head, stored alike in the DINOv2 and DINOv3 releases."""
+    upscales = {int(m.group(1)) for k in state if (m := re.match(r"^backbone\.upscale\.(\d+)\.", k))}
+    return dict(
+        num_queries=_require(state, "backbone.q.weight").shape[0],
+        num_blocks=_require(state, "backbone.attn_mask_probs").shape[0],
+        num_labels=_require(state, "backbone.class_head.weight").shape[0] - 1,  # + "no object"
+        num_upscale_blocks=len(upscales),
     )
 
 

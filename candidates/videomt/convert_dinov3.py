@@ -42,7 +42,7 @@ import re
 import torch
 
 from candidates.io import load_state_dict
-from candidates.videomt.convert import ConversionReport, build_converted, save_upstream
+from candidates.videomt.convert import ConversionReport, build_converted, head_fields, save_upstream
 from candidates.videomt.videomt import VidEoMT, VidEoMTConfig
 
 __all__ = ["is_dinov3_layout", "infer_config_dinov3", "convert_upstream_dinov3", "to_upstream_dinov3",
@@ -152,7 +152,6 @@ def infer_config_dinov3(
     if gated := sorted(k for k in state if ".mlp.gate_proj." in k)[:1]:
         raise ValueError(f"gated-MLP (SwiGLU) DINOv3 backbones are not supported by the candidate, got {gated[0]!r}")
     blocks = {int(m.group(1)) for k in state if (m := _BLOCK.match(k))}
-    upscales = {int(m.group(1)) for k in state if (m := re.match(r"^backbone\.upscale\.(\d+)\.", k))}
     query_bias, key_bias, value_bias = _qkv_biases(state, patch.shape[0])
     return VidEoMTConfig(
         backbone="dinov3",
@@ -164,10 +163,7 @@ def infer_config_dinov3(
         image_size=image_size,
         num_channels=patch.shape[1],
         num_register_tokens=_require(state, f"{VIT}patch_embed.register_tokens").shape[1],
-        num_queries=_require(state, "backbone.q.weight").shape[0],
-        num_blocks=_require(state, "backbone.attn_mask_probs").shape[0],
-        num_labels=_require(state, "backbone.class_head.weight").shape[0] - 1,
-        num_upscale_blocks=len(upscales),
+        **head_fields(state),
         layer_norm_eps=layer_norm_eps,
         hidden_act=hidden_act,
         query_bias=query_bias, key_bias=key_bias, value_bias=value_bias,
