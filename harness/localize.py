@@ -29,7 +29,7 @@ import torch
 
 from harness.align import Match
 from harness.metrics import Metrics, Tolerance, measure, measure_summaries
-from harness.trace import Leaf, Record, TensorSummary, flatten_tensors
+from harness.trace import Leaf, Record, TensorSummary, flatten_tensors, map_tensors
 
 __all__ = ["Row", "Status", "measure_match", "localize"]
 
@@ -154,22 +154,12 @@ def _cast_like(value: Any, like: Any) -> Any:
     return value
 
 
-def _copy(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.clone()
-    if isinstance(value, (tuple, list)):
-        items = [_copy(v) for v in value]
-        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    return value
-
-
 def _rerun_fails(row: Row) -> bool | None:
     """Run the candidate module on the reference's inputs: True if it still fails, None if it cannot run."""
     cand, ref = row.match.candidate, row.match.reference
     # copies: an in-place module must not write into the recorded trace
-    args, kwargs = _copy(_cast_like(ref.args, cand.args)), _copy(_cast_like(ref.kwargs, cand.kwargs))
+    args = map_tensors(_cast_like(ref.args, cand.args), torch.Tensor.clone)
+    kwargs = map_tensors(_cast_like(ref.kwargs, cand.kwargs), torch.Tensor.clone)
     try:
         with torch.no_grad():
             out = cand.module(*args, **kwargs)

@@ -25,6 +25,7 @@ from torch import nn
 
 from harness.align import check_rename
 from harness.metrics import Tolerance, check_tolerances
+from harness.trace import flatten_tensors, map_tensors
 
 __all__ = ["Call", "Pair", "as_call", "register", "get_pair", "list_pairs", "randomize_"]
 
@@ -48,16 +49,14 @@ class Call:
         def cast(x: torch.Tensor) -> torch.Tensor:
             return x.to(device=device, dtype=dtype if (dtype and x.is_floating_point()) else x.dtype)
 
-        return Call(_map_tensors(self.args, cast), _map_tensors(dict(self.kwargs), cast))
+        return Call(map_tensors(self.args, cast), map_tensors(dict(self.kwargs), cast))
 
     def clone(self) -> "Call":
         """A copy whose tensors are independent of this call's (containers copied, others shared)."""
-        return Call(_map_tensors(self.args, torch.Tensor.clone), _map_tensors(dict(self.kwargs), torch.Tensor.clone))
+        return Call(map_tensors(self.args, torch.Tensor.clone), map_tensors(dict(self.kwargs), torch.Tensor.clone))
 
     def mutated_in(self, other: "Call") -> list[str]:
         """Paths of tensor arguments whose values differ in ``other`` (a clone that was used)."""
-        from harness.trace import flatten_tensors
-
         mine = flatten_tensors(self.args, "args") | flatten_tensors(dict(self.kwargs), "kwargs")
         theirs = flatten_tensors(other.args, "args") | flatten_tensors(dict(other.kwargs), "kwargs")
         return [k for k, t in mine.items() if k in theirs and not _same(t, theirs[k])]
@@ -65,18 +64,6 @@ class Call:
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and bool(((a == b) | (a != a) & (b != b)).all())
-
-
-def _map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    if isinstance(value, torch.Tensor):
-        return fn(value)
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*(_map_tensors(v, fn) for v in value))
-    if isinstance(value, (list, tuple)):
-        return type(value)(_map_tensors(v, fn) for v in value)
-    if isinstance(value, dict):
-        return {k: _map_tensors(v, fn) for k, v in value.items()}
-    return value
 
 
 def as_call(inputs: Any) -> Call:

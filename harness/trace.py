@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, Literal
 import torch
 from torch import nn
 
-__all__ = ["Record", "TensorSummary", "Tracer", "flatten_tensors", "ROOT"]
+__all__ = ["Record", "TensorSummary", "Tracer", "flatten_tensors", "map_tensors", "ROOT"]
 
 ROOT = "<root>"
 Mode = Literal["full", "summary"]
@@ -88,6 +88,19 @@ def flatten_tensors(value: Any, prefix: str = "") -> dict[str, torch.Tensor]:
 
     visit(value, prefix)
     return out
+
+
+def map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``value`` with ``fn`` applied to every tensor in nested tuples/namedtuples/lists/dicts."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
+        return type(value)(*(map_tensors(v, fn) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(map_tensors(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: map_tensors(v, fn) for k, v in value.items()}
+    return value
 
 
 @dataclass
@@ -219,17 +232,6 @@ class Tracer:
         self._copies[id(t)] = (weakref.ref(t), t._version, copy)
         return copy
 
-    def _copy_tree(self, value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            return self._copy(value)
-        if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
-            return type(value)(*(self._copy_tree(v) for v in value))
-        if isinstance(value, (tuple, list)):
-            return type(value)(self._copy_tree(v) for v in value)
-        if isinstance(value, dict):
-            return {k: self._copy_tree(v) for k, v in value.items()}
-        return value
-
     def _pre_hook(self, name: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             call = self._counts.get(name, 0)
@@ -238,7 +240,7 @@ class Tracer:
             versions = {id(a): a._version for a in args if isinstance(a, torch.Tensor)}
             if self.record_inputs and self.mode == "full":
                 record.module = module
-                record.args, record.kwargs = self._copy_tree(args), self._copy_tree(kwargs)
+                record.args, record.kwargs = map_tensors(args, self._copy), map_tensors(kwargs, self._copy)
                 # the leaves are views of the cloned arguments: one copy serves both uses
                 record.inputs = flatten_tensors(record.args, "args") | flatten_tensors(record.kwargs, "kwargs")
             elif self.record_inputs:
