@@ -50,7 +50,7 @@ import torch
 
 from candidates.convnext import VARIANTS as CONVNEXT_VARIANTS
 from candidates.convnext import ConvNeXtConfig
-from candidates.io import StateDict, load_state_dict, save_state_dict
+from candidates.io import StateDict, load_state_dict, naming_file, save_state_dict
 from candidates.mformer import (
     MFORMER_VARIANTS, LoadReport, MFormerConfig, MFormerV1, check_juncture, load_mformer_from_state_dicts,
 )
@@ -301,7 +301,9 @@ def inspect_state_dict(
 
 
 def inspect_checkpoint(path: str | os.PathLike, *, num_heads: int | None = None) -> CheckpointInfo:
-    return inspect_state_dict(load_state_dict(path), path=str(path), num_heads=num_heads)
+    state = load_state_dict(path)
+    with naming_file(path):
+        return inspect_state_dict(state, path=str(path), num_heads=num_heads)
 
 
 def _heads_for_build(info: CheckpointInfo) -> int:
@@ -424,10 +426,12 @@ def build_mformer(
     vit_path = str(rope_vit) if isinstance(rope_vit, (str, os.PathLike)) else None
     cnx_state = load_state_dict(convnext) if cnx_path else dict(convnext)
     vit_state = load_state_dict(rope_vit) if vit_path else dict(rope_vit)
-    cnx_info = inspect_state_dict(cnx_state, path=cnx_path)
-    _require(cnx_info, "convnext", "ConvNeXt")
-    vit_info = inspect_state_dict(vit_state, path=vit_path, num_heads=num_heads)
-    _require(vit_info, "rope_mixed_vit", "RoPE-ViT")
+    with naming_file(cnx_path):
+        cnx_info = inspect_state_dict(cnx_state, path=cnx_path)
+        _require(cnx_info, "convnext", "ConvNeXt")
+    with naming_file(vit_path):
+        vit_info = inspect_state_dict(vit_state, path=vit_path, num_heads=num_heads)
+        _require(vit_info, "rope_mixed_vit", "RoPE-ViT")
     check_juncture(tuple(cnx_info.dims["dims"]), vit_info.dims["embed_dim"])
     heads = _heads_for_build(vit_info)
     cnx_state, _ = to_timm_layout(cnx_state, cnx_info)

@@ -8,13 +8,15 @@ prefers the EMA weights) replaces it, so ``{"model": sd, "iteration": 7}`` (dete
 ``{"state_dict": sd, "epoch": 3}`` (Lightning) and ``{"module": sd}`` (DDP) all give ``sd``. What
 remains must be a non-empty mapping of tensors; every error names the file and what was expected.
 :func:`state_dict_from_bytes` parses bytes already read, for callers that hash exactly what they
-parse.
+parse. Loaders that go on to interpret the tensors (config inference, layout conversion) wrap that
+step in :func:`naming_file`, so that their errors name the file too.
 
-Writing. :func:`write_atomically` writes a temp file in the destination's folder, fsyncs it and
-renames it over the destination: readers see the old file or the new one, and a failed write
-leaves the old file and no temp file behind.
+Writing. :func:`write_atomically` writes a temp file on the destination's file system, fsyncs it
+and renames it over the destination (:func:`harness.files.atomic_write`): readers see the old file
+or the new one, a failed write leaves the old file and no temp file behind, stale temporaries of
+killed writes are removed, and an OSError names the destination.
 
-This module depends on torch and safetensors only (not on ``harness``), so any family can use it.
+This module depends on torch, safetensors and the model-free :mod:`harness.files` only.
 """
 
 from __future__ import annotations
@@ -22,16 +24,18 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import safetensors.torch
 import torch
 
+from harness.files import atomic_write
+
 __all__ = [
     "PICKLE_SUFFIXES", "WRAPPER_KEYS", "StateDict", "UnsafePickleError", "write_atomically", "atomic_write_bytes",
-    "load_state_dict", "state_dict_from_bytes", "unwrap_state_dict", "save_state_dict",
+    "load_state_dict", "state_dict_from_bytes", "unwrap_state_dict", "save_state_dict", "naming_file",
 ]
 
 StateDict = dict[str, torch.Tensor]
@@ -51,27 +55,9 @@ class UnsafePickleError(ValueError, pickle.UnpicklingError):
 # ---------------------------------------------------------------------------------------------
 
 
-def _fsync(path: str) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 def write_atomically(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
-    """Run ``write(tmp)`` on a temp file next to ``path``, fsync it, then rename it over ``path``."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"cannot write {path}: its folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    # O_EXCL on a fresh name, mode 0666 less the umask: the same file open(path, "w") would make
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-    try:
-        write(tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Run ``write(tmp)`` on a temp file, fsync it, then rename it over ``path`` (whose folder must exist)."""
+    return atomic_write(path, lambda tmp: write(str(tmp)), make_parents=False)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -163,6 +149,8 @@ def _load(source: Path | bytes, path: Path) -> StateDict:
 def load_state_dict(path: str | os.PathLike) -> StateDict:
     """Tensors of a ``.safetensors`` or weights-only pickle checkpoint, on CPU, unwrapped."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
     return _load(path, path)
@@ -172,3 +160,28 @@ def state_dict_from_bytes(data: bytes, path: str | os.PathLike) -> StateDict:
     """:func:`load_state_dict` of bytes already read from ``path`` (its suffix picks the format)."""
     return _load(bytes(data), Path(path))
 
+
+@contextmanager
+def naming_file(path: str | os.PathLike | None) -> Iterator[None]:
+    """Errors raised inside that do not name ``path`` get it as a prefix (``ckpt.pth: ...``).
+
+    ``None`` (tensors that came from no file) lets every error pass unchanged.
+
+    A ValueError keeps its type; a KeyError or IndexError (a tensor missing or of too few
+    dimensions) becomes a ValueError saying which. Other errors (wrong argument types) pass as they are.
+    """
+    try:
+        yield
+    except (ValueError, KeyError, IndexError) as exc:
+        if path is None:
+            raise
+        text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        if str(path) in text:
+            raise
+        if not isinstance(exc, ValueError):
+            raise ValueError(f"{path}: cannot interpret this checkpoint ({type(exc).__name__}: {text})") from exc
+        try:
+            renamed = type(exc)(f"{path}: {text}")
+        except Exception:  # an error type with another constructor (UnicodeDecodeError)
+            renamed = ValueError(f"{path}: {text}")
+        raise renamed from exc

@@ -1,14 +1,21 @@
 """Pair candidate records with reference records.
 
-Three passes, each only over what the previous ones left:
+Passes, each only over what the previous ones left:
 
+0. ``weights`` (when a weight map gives twins): modules whose subtrees hold corresponding
+   tensors are twins, call by call. Independently written models share no names; they share
+   weights. Names cannot then be trusted alone: a later name or rename match is kept only where
+   the innermost paired calls enclosing the two calls are each other's twins.
 1. ``name``: identical qualified name and call index.
 2. ``rename``: the candidate name rewritten by the pair's ``(regex, replacement)`` rules, applied
-   in order, each to the result of the previous one.
+   in order, each to the result of the previous one (a replacement may be a callable, as in
+   ``re.sub``). Rules that never fire, rewrite to names the reference does not have, or are
+   overridden by an identical name are reported in ``Alignment.notes``.
 3. ``structure``: between consecutive matched anchors, a sequence alignment (weighted longest
    common subsequence) of the leftover calls on both sides by execution order, where two calls
    may only pair when their primary outputs have the same shape. It tolerates modules present on
    one side only (an extra ``Identity``, a fused qkv against split q/k/v): those stay unmatched.
+   A structural pairing is a guess: it never names the first divergence or the culprit alone.
 
 Nothing is dropped silently: whatever no pass paired is returned as unmatched, per side; calls
 that returned their input tensor itself (an ``Identity``, a ``Dropout`` in eval mode) are
@@ -19,14 +26,18 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left
+from itertools import combinations
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Callable, Literal, Mapping, Sequence
+
+import torch
 
 from harness.trace import ROOT, Record
 
 __all__ = ["Match", "Alignment", "align", "apply_rename", "check_rename"]
 
-How = Literal["name", "rename", "structure"]
+How = Literal["weights", "name", "rename", "structure"]
+Rule = tuple[str, str | Callable[[re.Match], str]]
 
 
 @dataclass(frozen=True)
@@ -43,54 +54,224 @@ class Alignment:
     unmatched_reference: list[Record]
     passthrough_candidate: list[Record]  # unmatched calls that returned their input unchanged
     passthrough_reference: list[Record]
+    notes: tuple[str, ...] = ()  # rename rules that never fired, missed, or were overridden
 
 
-def check_rename(rules: Sequence[tuple[str, str]]) -> None:
+def check_rename(rules: Sequence[Rule]) -> None:
     """Raise a TypeError/ValueError naming the first malformed ``(regex, replacement)`` rule."""
     if isinstance(rules, (str, bytes)) or not isinstance(rules, Sequence):
         raise TypeError(f"rename must be a sequence of (regex, replacement) pairs, got {type(rules).__name__}")
     for rule in rules:
-        if not (isinstance(rule, tuple) and len(rule) == 2 and all(isinstance(s, str) for s in rule)):
-            raise TypeError(f"rename rules are (regex, replacement) string pairs, got {rule!r}")
+        if not (isinstance(rule, tuple) and len(rule) == 2 and isinstance(rule[0], str)
+                and (isinstance(rule[1], str) or callable(rule[1]))):
+            raise TypeError(f"rename rules are (regex, replacement) pairs with a string or callable replacement, "
+                            f"got {rule!r}")
         try:
-            re.sub(rule[0], rule[1], "")
+            re.compile(rule[0])
+            if isinstance(rule[1], str):
+                re.sub(rule[0], rule[1], "")
         except re.error as exc:
             raise ValueError(f"rename rule {rule!r} is not a valid regex/replacement: {exc}") from None
 
 
-def apply_rename(name: str, rules: Sequence[tuple[str, str]]) -> str:
+def apply_rename(name: str, rules: Sequence[Rule]) -> str:
     for pattern, replacement in rules:
         name = re.sub(pattern, replacement, name)
     return name
 
 
+def _rename_notes(candidate: Sequence[Record], reference: Sequence[Record], rules: Sequence[Rule],
+                  paired: dict[int, tuple[int, How]]) -> list[str]:
+    """What a user should know about their rules: unused ones, missed targets, overridden ones."""
+    notes = []
+    ref_names = {r.name for r in reference}
+    names = list(dict.fromkeys(r.name for r in candidate if r.name != ROOT))
+    for pattern, replacement in rules:
+        fired = [n for n in names if re.search(pattern, n)]
+        if not fired:
+            notes.append(f"rename rule {pattern!r} never fires on a candidate module name")
+            continue
+        missing = [apply_rename(n, rules) for n in fired if apply_rename(n, rules) not in ref_names]
+        if missing:
+            notes.append(f"rename rule {pattern!r} rewrites to {len(missing)} names the reference does not have, "
+                         f"e.g. {missing[0]!r}")
+    for ci, (ri, how) in paired.items():
+        name = candidate[ci].name
+        target = apply_rename(name, rules)
+        if how == "name" and target != name and target in ref_names:
+            notes.append(f"{name!r} matched the reference module of the same name, although the rename rules "
+                         f"map it to {target!r}")
+    return notes
+
+
+def fused_records(
+    candidate: Sequence[Record], reference: Sequence[Record],
+    fused: Sequence[tuple[str, str, tuple[str, ...], tuple[int, int, int] | None]],
+) -> tuple[list[Record], dict[str, str]]:
+    """Reference records standing for fused or split twins, and their twin table.
+
+    ``concat``: a candidate ``qkv`` against reference ``q``, ``k``, ``v``: one record whose output
+    is the three outputs concatenated along the channel dim (the last dim whose sizes add up).
+    ``slice``: a candidate ``q`` against a reference ``qkv``: one record whose output is that slice
+    of the fused output. Inputs are those of the first reference call. Full-mode traces only.
+    """
+    by_key = {r.key: r for r in reference}
+    calls: dict[str, int] = {}
+    for rec in candidate:
+        calls[rec.name] = max(calls.get(rec.name, 0), rec.call + 1)
+    records, twins = [], {}
+    for kind, cand_name, ref_names, cut in fused:
+        name = "+".join(ref_names) if kind == "concat" else f"{ref_names[0]}[{cut[0]}:{cut[1]}]"
+        for call in range(calls.get(cand_name, 0)):
+            parts = [by_key.get(f"{n}#{call}") for n in ref_names]
+            if any(p is None or not isinstance(p.primary, torch.Tensor) for p in parts):
+                continue
+            output = _fuse([p.primary for p in parts], kind, cut)
+            if output is None:
+                continue
+            first = parts[0]
+            records.append(Record(name=name, call=call, start=min(p.start for p in parts),
+                                  end=max(p.end for p in parts), inputs=first.inputs, outputs={"0": output}))
+        twins[cand_name] = name
+    return records, twins
+
+
+def _fuse(tensors: list[torch.Tensor], kind: str, cut: tuple[int, int, int] | None) -> torch.Tensor | None:
+    if kind == "concat":
+        first = tensors[0]
+        for d in reversed(range(first.ndim)):
+            if all(t.ndim == first.ndim and all(t.shape[k] == first.shape[k] for k in range(first.ndim) if k != d)
+                   for t in tensors):
+                return torch.cat(tensors, dim=d)
+        return None
+    (fused,) = tensors
+    start, stop, size = cut
+    dim = next((d for d in reversed(range(fused.ndim)) if fused.shape[d] == size), None)
+    return None if dim is None else fused.narrow(dim, start, stop - start)
+
+
+def choose_twins(
+    chains: Sequence[tuple[list[str], list[str]]], candidate: Sequence[Record], reference: Sequence[Record],
+) -> dict[str, str]:
+    """Candidate -> reference twins from chains of modules holding the same tensors.
+
+    A torchvision ``BasicBlock`` holds the same tensors as both transformers' ``ResNetBasicLayer``
+    and the ``Sequential`` of convolutions inside it; only one of them computes what the block
+    computes. Within a chain the order is kept (outer with outer) and the pairing whose first
+    calls' outputs agree best is chosen; without recorded tensors, innermost with innermost.
+    """
+    first_c = {r.name: r for r in candidate if r.call == 0}
+    first_r = {r.name: r for r in reference if r.call == 0}
+    out: dict[str, str] = {}
+    for cs, rs in chains:
+        if len(cs) == 1 and len(rs) == 1:
+            out[cs[0]] = rs[0]
+            continue
+        short, long_, flip = (cs, rs, False) if len(cs) <= len(rs) else (rs, cs, True)
+        best: tuple[float, tuple[int, ...]] | None = None
+        for picks in combinations(range(len(long_)), len(short)):
+            cost = 0.0
+            for a, b in zip(short, (long_[p] for p in picks)):
+                c, r = (b, a) if flip else (a, b)
+                cost += _distance(first_c.get(c), first_r.get(r))
+            key = (cost, tuple(-p for p in picks))  # ties: the innermost modules
+            if best is None or key < best:
+                best = key
+        picks = tuple(-p for p in best[1])
+        for a, p in zip(short, picks):
+            c, r = (long_[p], a) if flip else (a, long_[p])
+            out[c] = r
+    return out
+
+
+def _distance(c: Record | None, r: Record | None) -> float:
+    """Relative L2 distance of two calls' primary outputs (layouts adapted); 1e6 when incomparable."""
+    if c is None or r is None or not isinstance(c.primary, torch.Tensor) or not isinstance(r.primary, torch.Tensor):
+        return 0.0  # nothing to tell them apart: the order decides
+    a, b = c.primary.detach().double(), r.primary.detach().double()
+    if a.shape != b.shape:
+        from harness.adapters import find_adapter
+
+        adapter = find_adapter(a, b) if a.numel() == b.numel() else None
+        if adapter is None:
+            return 1e6
+        a = adapter.apply(a)
+    scale = float(b.norm())
+    return min(float((a - b).norm()) / scale if scale > 0 else float((a - b).norm()), 1e3)
+
+
+def _numel(record: Record) -> int | None:
+    shape = record.shape
+    if shape is None:
+        return None
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _parents(records: Sequence[Record]) -> list[int]:
+    """Index of the innermost record enclosing each record (-1 for none)."""
+    parent = [-1] * len(records)
+    stack: list[int] = []
+    for i in sorted(range(len(records)), key=lambda k: records[k].start):
+        while stack and not records[stack[-1]].contains(records[i]):
+            stack.pop()
+        parent[i] = stack[-1] if stack else -1
+        stack.append(i)
+    return parent
+
+
 def align(
     candidate: Sequence[Record],
     reference: Sequence[Record],
-    rename: Sequence[tuple[str, str]] = (),
+    rename: Sequence[Rule] = (),
     *,
     structural: bool = True,
+    twins: Mapping[str, str] | None = None,
 ) -> Alignment:
     """Match candidate records to reference records (see module docstring)."""
     check_rename(rename)
     ref_by_key = {r.key: i for i, r in enumerate(reference)}
     paired: dict[int, tuple[int, How]] = {}  # candidate index -> (reference index, how)
     taken: set[int] = set()
+    parents_c, parents_r = (_parents(candidate), _parents(reference)) if twins else ([], [])
+
+    def consistent(ci: int, ri: int) -> bool:
+        # the innermost paired calls around both must be twins (or both be absent)
+        pc, pr = parents_c[ci], parents_r[ri]
+        while pc != -1 and pc not in paired:
+            pc = parents_c[pc]
+        while pr != -1 and pr not in taken:
+            pr = parents_r[pr]
+        return (pc == -1 and pr == -1) or (pc != -1 and paired[pc][0] == pr)
 
     def try_pair(ci: int, key: str, how: How) -> bool:
         ri = ref_by_key.get(key)
-        if ri is None or ri in taken:
+        if ri is None or ri in taken or (twins and how != "weights" and not consistent(ci, ri)):
             return False
         paired[ci] = (ri, how)
         taken.add(ri)
         return True
 
-    for ci, rec in enumerate(candidate):
-        try_pair(ci, rec.key, "name")
-    if rename:
+    if twins:
         for ci, rec in enumerate(candidate):
+            ri = ref_by_key.get(f"{twins.get(rec.name)}#{rec.call}")
+            # A fused projection (qkv) owns the same tensors as the attention around q/k/v on the
+            # other side, yet computes only part of it: twins must at least return as many values.
+            if ri is not None and _numel(rec) == _numel(reference[ri]):
+                try_pair(ci, reference[ri].key, "weights")
+    # outer calls first, so that the consistency check sees the pairs around a call
+    order = sorted(range(len(candidate)), key=lambda k: candidate[k].start) if twins else range(len(candidate))
+    for ci in order:
+        if ci not in paired:
+            try_pair(ci, candidate[ci].key, "name")
+    if rename:
+        for ci in order:
+            rec = candidate[ci]
             if ci not in paired and rec.name != ROOT:
                 try_pair(ci, f"{apply_rename(rec.name, rename)}#{rec.call}", "rename")
+    notes = _rename_notes(candidate, reference, rename, paired) if rename else []
     if structural:
         _structural(candidate, reference, paired, taken)
 
@@ -103,6 +284,7 @@ def align(
         unmatched_reference=[r for r in left_r if not r.passthrough],
         passthrough_candidate=[r for r in left_c if r.passthrough],
         passthrough_reference=[r for r in left_r if r.passthrough],
+        notes=tuple(notes),
     )
 
 

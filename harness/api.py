@@ -8,12 +8,20 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import torch
 from torch import nn
 
-from harness.align import align, check_rename
-from harness.localize import Row, localize, measure_match
+from harness import guards, progress
+from harness.align import align, check_rename, choose_twins, fused_records
+from harness.backward import check_backward, compare_backward
+from harness.adapters import UserAdapter, check_adapters
+from harness.diagnose import annotate_mismatches, culprit_diagnosis
+from harness.localize import Localization, Row, localize_all, measure_match
+from harness.memory import trace_budget
+from harness.noise import float64_hint, noise_verdicts
 from harness.metrics import Metrics, Tolerance, check_tolerances, dtype_name, measure, tolerance_for
 from harness.pairs import Call, Pair, as_call, get_pair
 from harness.report import ParityReport
 from harness.trace import Tracer, flatten_tensors
+from harness.tracefile import Replay, Trace
+from harness.weights import WeightMap, infer_map
 
 __all__ = ["compare", "compare_pair"]
 
@@ -35,23 +43,17 @@ def _final_outputs(
     )
 
 
-def _model_dtype(model: nn.Module) -> torch.dtype:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float32
-
-
 def _model_device(model: nn.Module) -> str:
     for p in model.parameters():
         return str(p.device)
     return "cpu"
 
 
+@guards.preserves_models
 def compare(
     candidate: nn.Module,
-    reference: nn.Module,
-    inputs: Any,
+    reference: nn.Module | Trace,
+    inputs: Any = None,
     *,
     rename: Sequence[tuple[str, str]] = (),
     dtype: torch.dtype | None = None,
@@ -62,64 +64,136 @@ def compare(
     candidate_outputs: Outputs | None = None,
     reference_outputs: Outputs | None = None,
     rerun: Sequence[str] | None = None,
-    include: str | None = None,
+    include: str | Mapping[str, str] | None = None,
+    exclude: str | Mapping[str, str] | None = None,
     allow_nonfinite: bool = False,
-    mode: Literal["full", "summary"] = "full",
+    mode: Literal["full", "summary", "auto"] = "full",
     pair_name: str | None = None,
+    weights: WeightMap | None = None,
+    adapters: Sequence[UserAdapter] = (),
+    noise_floor: bool | float | None = None,
+    backward: bool = False,
+    backward_loss: Any = None,
 ) -> ParityReport:
     """Run both models on ``inputs`` under tracing and report layer-by-layer parity.
 
     ``inputs``: a tensor, a tuple of positional args, a dict of kwargs or a :class:`harness.Call`;
     each side gets its own copy of the same values. ``dtype`` picks the tolerance policy (default: the
-    reference's parameter dtype). Final outputs containing NaN/Inf fail unless ``allow_nonfinite``.
+    reference's parameter dtype; for models without floating parameters, that of the outputs). Final
+    outputs containing NaN/Inf fail unless ``allow_nonfinite``.
     ``mode="summary"`` keeps only statistics of intermediate tensors (for models whose full traces
     do not fit in memory): layer errors are then lower bounds (see ``measure_summaries``) and no
-    module is re-run; final outputs are always compared exactly.
+    module is re-run; final outputs are always compared exactly. ``mode="auto"`` traces in full
+    unless the trace would not fit in memory, then in summary mode (see :mod:`harness.memory`).
+    Both models are left bitwise as they were (see :mod:`harness.guards`).
+    ``weights``: a :class:`harness.WeightMap` (from :func:`harness.map_weights`) pairing modules
+    through the tensors they own, for models whose names differ. Without it, models whose state-dict
+    keys differ and that have no ``rename`` rules get an inferred map (names are then not trusted
+    alone). ``adapters``: ``(regex on candidate module name, fn)`` bringing that module's output into
+    the reference's layout, where the automatic layout search does not find it.
+    ``include``/``exclude``: regexes on module names (or ``{"candidate": ..., "reference": ...}``
+    for one per side) selecting the traced modules.
+    ``noise_floor``: judge float32/bfloat16/float16 layers against the reference's own rounding
+    error, measured on a float64 copy of it (:mod:`harness.noise`; default on at those dtypes in
+    full mode, off at float64; a number sets the ratio threshold; ``False``: atol/rtol only).
+    A failing report explains the culprit's error operation by operation (``report.diagnosis``,
+    :mod:`harness.diagnose`).
+    ``backward=True``: both sides also run backward from one loss and the report's ``backward``
+    compares their gradients per parameter and per aligned module (:mod:`harness.backward`);
+    ``backward_loss``: ``output -> scalar`` for both sides or a pair ``(candidate_fn, reference_fn)``
+    (default: the outputs weighted by a seeded random tensor, the same on both sides).
     See :class:`harness.Pair` for the other options.
     """
+    # A recorded reference (harness.load_trace): its records, outputs and inputs come from the file.
+    replay = Replay.of(reference, candidate, inputs) if isinstance(reference, Trace) else None
+    if replay is not None:
+        reference, inputs, reference_call, reference_outputs = replay.module, replay.call, None, None
+        rename, tolerances, module_tolerances, rerun, allow_nonfinite = replay.options(
+            rename, tolerances, module_tolerances, rerun, allow_nonfinite)
     for side, model in (("candidate", candidate), ("reference", reference)):
         if not isinstance(model, nn.Module):
             raise TypeError(f"{side} must be an nn.Module, got {type(model).__name__}")
     check_rename(rename)
     check_tolerances(tolerances, module_tolerances)
-    cand_dtype, ref_dtype = _model_dtype(candidate), _model_dtype(reference)
-    if cand_dtype != ref_dtype:
-        raise TypeError(
-            f"candidate parameters are {cand_dtype} but reference parameters are {ref_dtype}; build both "
-            f"in one dtype (pair.build(dtype=...) or model.to(dtype)) so both see the same inputs"
-        )
+    check_adapters(adapters)
+    check_backward(backward, backward_loss, recorded=replay is not None)
+    if weights is not None and not isinstance(weights, WeightMap):
+        raise TypeError(f"weights must be a harness.WeightMap (harness.map_weights(...) or harness.load_weight_map(path)), "
+                        f"got {type(weights).__name__}")
+    filters = {side: _module_filter(side, include, exclude) for side in ("candidate", "reference")}
+    guards.check_dtypes(candidate, reference)
     call = as_call(inputs)
-    dtype = dtype or ref_dtype
-    name = dtype_name(dtype)
-    tol = tolerance_for(dtype, overrides=tolerances)
+    if dtype is not None:
+        dtype_name(dtype)  # an unknown dtype fails before anything runs
     started = time.perf_counter()
     # Each side gets its own copy: a model that writes into its input must not change what the
     # other one sees. What each side changed is reported.
     cand_call, ref_call = call.clone(), call.clone()
+    budget = trace_budget(mode, reference)
     with torch.no_grad():
-        with Tracer(candidate, include=include, mode=mode) as cand_trace:
+        progress.stage("trace candidate")
+        with Tracer(candidate, include=filters["candidate"], mode=mode, budget=budget) as cand_trace:
             cand_out = candidate_call(candidate, cand_call) if candidate_call else cand_call(candidate)
-        with Tracer(reference, include=include, mode=mode) as ref_trace:
-            ref_out = reference_call(reference, ref_call) if reference_call else ref_call(reference)
+        if replay is not None:
+            ref_trace, ref_out = replay.recorded, replay.outputs
+        else:
+            progress.stage("trace reference")
+            with Tracer(reference, include=filters["reference"], mode=mode, budget=budget) as ref_trace:
+                ref_out = reference_call(reference, ref_call) if reference_call else ref_call(reference)
     final = _final_outputs(cand_out, ref_out, candidate_outputs, reference_outputs)
+    dtype = dtype or guards.comparison_dtype(candidate, reference, call, final)
+    name = dtype_name(dtype)
+    tol = tolerance_for(dtype, overrides=tolerances)
     outputs = {key: measure(a, b) for key, a, b in final}
-    alignment = align(cand_trace.records, ref_trace.records, rename)
+    progress.stage("align")
+    if weights is None and not rename and replay is None and _keys_differ(candidate, reference):
+        weights = infer_map(candidate, reference, call, candidate_call=candidate_call, reference_call=reference_call)
+    twins = None if weights is None else choose_twins(weights.twin_chains(candidate, reference),
+                                                        cand_trace.records, ref_trace.records)
+    ref_records = ref_trace.records
+    if weights is not None and mode == "full":
+        fused, fused_twins = fused_records(cand_trace.records, ref_records, weights.fused_twins())
+        ref_records = sorted([*ref_records, *fused], key=lambda r: r.end)
+        twins = {**fused_twins, **twins}
+    alignment = align(cand_trace.records, ref_records, rename, twins=twins)
     rows: list[Row] = []
     for match in alignment.matches:
         module_tol = tolerance_for(dtype, module=match.candidate.name, overrides=tolerances,
                                    module_overrides=module_tolerances)
-        rows.append(measure_match(match, module_tol))
-    passed, first_divergence, culprit, notes = _verdict(final, outputs, rows, tol, allow_nonfinite, rerun)
+        rows.append(measure_match(match, module_tol, adapters))
+    progress.stage("localize")
+    noise = noise_verdicts(noise_floor, name, rows, final, reference=None if replay is not None else reference,
+                           call=call, mode=getattr(cand_trace, "mode", mode), reference_call=reference_call,
+                           reference_outputs=reference_outputs, include=filters["reference"])
+    passed, found, notes = _verdict(final, outputs, rows, tol, allow_nonfinite, rerun,
+                                    alignment.unmatched_candidate, output_passed=noise.outputs_passed)
+    diagnosis = [] if passed else culprit_diagnosis(rows, found.culprit)
+    if not passed:
+        annotate_mismatches(rows, final, outputs, tol)
+    notes += ([noise.note] if noise.note else []) + float64_hint(pair_name, name, passed, found.culprit, rows)
+    first_divergence, culprit = found.first_divergence, found.culprit
+    notes += list(alignment.notes) + (replay.notes if replay is not None else [])
     if mode == "summary":
         notes.insert(0, "summary mode: layer errors are lower bounds from statistics (mean, std, absmax)")
     mutations = {"candidate": call.mutated_in(cand_call), "reference": call.mutated_in(ref_call)}
     for side, paths in mutations.items():
         if paths:
             notes.append(f"the {side} modified its inputs in place: {', '.join(paths)}")
+    backward_result = None
+    if backward:
+        progress.stage("backward")
+        backward_result = compare_backward(
+            candidate, reference, call, rows, weights=weights, loss=backward_loss, rerun=rerun,
+            tolerance=lambda module: tolerance_for(dtype, module=module, overrides=tolerances,
+                                                   module_overrides=module_tolerances),
+            candidate_call=candidate_call, reference_call=reference_call,
+            candidate_outputs=candidate_outputs, reference_outputs=reference_outputs)
+        passed = passed and backward_result.passed
+    progress.done()
     return ParityReport(
         pair=pair_name,
         dtype=name,
-        device=_model_device(reference),
+        device=replay.device if replay is not None else _model_device(reference),
         passed=passed,
         first_divergence=first_divergence,
         culprit=culprit,
@@ -136,7 +210,42 @@ def compare(
         input_mutations=mutations,
         notes=notes,
         mode=mode,
+        introduced=found.introduced,
+        weight_coverage=None if weights is None else weights.coverage,
+        diagnosis=diagnosis,
+        noise_floor=noise.to_dict(),
+        backward=backward_result,
     )
+
+
+def _keys_differ(candidate: nn.Module, reference: nn.Module) -> bool:
+    """Whether the two models name their parameters differently (so names cannot pair modules)."""
+    return {k for k, _ in candidate.named_parameters()} != {k for k, _ in reference.named_parameters()}
+
+
+def _module_filter(side: str, include: Any, exclude: Any):
+    """A predicate on module names from the include/exclude regexes for one side (None: all)."""
+    import re
+
+    def pick(option: str, value: Any) -> str | None:
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, Mapping) and set(value) <= {"candidate", "reference"}:
+            return value.get(side)
+        raise TypeError(f"{option} must be a regex string or a dict {{'candidate': regex, 'reference': regex}}, "
+                        f"got {value!r}")
+
+    inc, exc = pick("include", include), pick("exclude", exclude)
+    for option, pattern in (("include", inc), ("exclude", exc)):
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"{option}={pattern!r} is not a valid regex ({err}); it is matched with re.search "
+                                 f"against qualified module names such as 'blocks.0.attn'") from None
+    if inc is None and exc is None:
+        return None
+    return lambda name: (inc is None or re.search(inc, name) is not None) and (exc is None or re.search(exc, name) is None)
 
 
 def _verdict(
@@ -146,17 +255,21 @@ def _verdict(
     tol: Tolerance,
     allow_nonfinite: bool,
     rerun: Sequence[str] | None,
-) -> tuple[bool, str | None, str | None, list[str]]:
-    """(passed, first_divergence, culprit, notes) from the final outputs and the aligned rows."""
+    untwinned: Sequence = (),
+    output_passed: bool | None = None,
+) -> tuple[bool, Localization, list[str]]:
+    """(passed, where the error is, notes) from the final outputs and the aligned rows."""
     notes: list[str] = []
     nonfinite = sorted(k for k, a, b in final if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())))
-    if nonfinite and not allow_nonfinite:
-        notes.append(f"non-finite values (NaN/Inf) in final outputs {nonfinite}: agreeing NaNs prove nothing "
-                     f"(pass allow_nonfinite=True if they are expected)")
-    outputs_pass = all(m.passes(tol) for m in outputs.values()) and (allow_nonfinite or not nonfinite)
+    notes += guards.nonfinite_notes(final, outputs, allow_nonfinite)
+    outputs_pass = all(m.passes(tol) for m in outputs.values()) if output_passed is None else output_passed
+    outputs_pass = outputs_pass and (allow_nonfinite or not nonfinite)
     if not (outputs_pass and all(r.passed for r in rows if r.match.how != "structure")):
-        first_divergence, culprit = localize(rows, rerun=rerun)
-        return False, first_divergence, culprit, notes
+        found = localize_all(rows, rerun=rerun, untwinned=untwinned)
+        if found.culprit is None:
+            notes.append("no confirmed twin introduces the error: the outputs differ, but no module paired "
+                         "by weights, name or rename rule does; compare the unmatched modules")
+        return False, found, notes + found.notes
     # Outputs and every layer paired by name agree: a failing structural pairing is a guess that
     # was wrong, not evidence of an error. Keep it visible, do not fail on it.
     tentative = [r for r in rows if not r.passed]
@@ -165,7 +278,7 @@ def _verdict(
     if tentative:
         notes.append(f"{len(tentative)} structurally paired rows differ (tentative pairings by shape, "
                      f"not counted): {', '.join(r.key for r in tentative[:5])}")
-    return True, None, None, notes
+    return True, Localization(), notes
 
 
 def _worst_output(outputs: Mapping[str, Metrics], tol: Tolerance) -> Metrics:
@@ -195,6 +308,7 @@ def compare_pair(
         raise TypeError(f"pair must be a registered name or a harness.Pair, got {type(pair).__name__}")
     if candidate is not None and not isinstance(candidate, nn.Module):
         raise TypeError(f"candidate must be an nn.Module, got {type(candidate).__name__}")
+    progress.stage("build", f"{pair.name} {dtype_name(dtype)}")
     if candidate is None:
         candidate, reference = pair.build(dtype=dtype, device=device)
     else:

@@ -4,6 +4,11 @@ A golden holds any JSON-able structure; tensors are stored with dtype and shape.
 compares a fresh value with the stored one, numbers within ``atol + rtol*|expected|``, and fails
 with a report: what differs at which path, tensor shapes/dtypes and error statistics, the first
 mismatching indices, and the command that regenerates the file. Files are written atomically.
+
+Reading checks what it decodes: a file that is not JSON, cannot be read, or holds a tensor whose
+spec is broken (missing ``dtype``/``shape``/``data``, an unknown dtype, a shape that is not a list
+of sizes, data that is not a flat list of numbers, or as many numbers as the shape does not hold)
+raises :class:`GoldenFileError` naming the file and the path inside it (``$.table[2].logits``).
 """
 
 from __future__ import annotations
@@ -18,13 +23,24 @@ import torch
 
 from harness.report import atomic_write_text
 
-__all__ = ["GoldenMismatch", "to_jsonable", "from_jsonable", "diff", "check", "write", "read"]
+__all__ = ["GoldenMismatch", "GoldenFileError", "to_jsonable", "from_jsonable", "diff", "check", "write", "read"]
 
 _MAX_LISTED = 8
 
 
 class GoldenMismatch(AssertionError):
     """A value differs from its golden file; the message is the report."""
+
+
+class GoldenFileError(ValueError):
+    """A golden file that cannot be read or decoded; the message names the file and the path inside it."""
+
+
+class _Broken(ValueError):
+    """What is wrong at ``where`` inside a decoded document (turned into a GoldenFileError by ``read``)."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(f"{where}: {problem}")
 
 
 def to_jsonable(value: Any) -> Any:
@@ -46,17 +62,47 @@ def to_jsonable(value: Any) -> Any:
     raise TypeError(f"golden values must be JSON-able or tensors; got {type(value).__name__} ({value!r:.60})")
 
 
-def from_jsonable(value: Any) -> Any:
+def _tensor(spec: Any, where: str) -> torch.Tensor:
+    where = f"{where}.__tensor__"
+    if not isinstance(spec, dict):
+        raise _Broken(where, f"expected an object with dtype, shape and data, got {type(spec).__name__}")
+    missing = [k for k in ("dtype", "shape", "data") if k not in spec]
+    if missing:
+        raise _Broken(where, f"missing {', '.join(missing)} (a tensor is {{dtype, shape, data}})")
+    dtype = getattr(torch, spec["dtype"], None) if isinstance(spec["dtype"], str) else None
+    if not isinstance(dtype, torch.dtype):
+        raise _Broken(f"{where}.dtype", f"{spec['dtype']!r} is not a torch dtype name such as 'float32' or 'int64'")
+    shape = spec["shape"]
+    if not (isinstance(shape, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
+        raise _Broken(f"{where}.shape", f"expected a list of sizes >= 0, got {shape!r:.60}")
+    if not isinstance(spec["data"], list):
+        raise _Broken(f"{where}.data", f"expected a flat list of numbers, got {type(spec['data']).__name__}")
+    data = [from_jsonable(v, f"{where}.data[{i}]") for i, v in enumerate(spec["data"])]
+    bad = next((i for i, v in enumerate(data) if not isinstance(v, (int, float))), None)
+    if bad is not None:
+        raise _Broken(f"{where}.data[{bad}]", f"expected a number, got {spec['data'][bad]!r:.60}")
+    if len(data) != math.prod(shape):
+        raise _Broken(where, f"shape {shape} holds {math.prod(shape)} values but data has {len(data)}")
+    try:
+        return torch.tensor(data, dtype=dtype).reshape(shape)
+    except (RuntimeError, TypeError, ValueError, OverflowError) as exc:
+        raise _Broken(where, f"cannot build a {spec['dtype']} tensor from its data: {exc}") from None
+
+
+def from_jsonable(value: Any, where: str = "$") -> Any:
+    """The value :func:`to_jsonable` encoded; a broken tensor or float raises a ValueError naming ``where``."""
     if isinstance(value, dict):
-        if set(value) == {"__tensor__"}:
-            spec = value["__tensor__"]
-            data = [from_jsonable(v) for v in spec["data"]]
-            return torch.tensor(data, dtype=getattr(torch, spec["dtype"])).reshape(spec["shape"])
-        if set(value) == {"__float__"}:
-            return float(value["__float__"])
-        return {k: from_jsonable(v) for k, v in value.items()}
+        if "__tensor__" in value and len(value) == 1:
+            return _tensor(value["__tensor__"], where)
+        if "__float__" in value and len(value) == 1:
+            text = value["__float__"]
+            try:
+                return float(text)
+            except (TypeError, ValueError):
+                raise _Broken(f"{where}.__float__", f"expected 'nan', 'inf' or '-inf', got {text!r:.60}") from None
+        return {k: from_jsonable(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, list):
-        return [from_jsonable(v) for v in value]
+        return [from_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
     return value
 
 
@@ -64,12 +110,23 @@ def write(path: str | Path, value: Any) -> Path:
     return atomic_write_text(path, json.dumps(to_jsonable(value), indent=1, sort_keys=True) + "\n")
 
 
-def read(path: str | Path) -> Any:
+def read(path: str | Path, *, regenerate: str | None = None) -> Any:
+    """The value stored in the golden file ``path``; errors are GoldenFileErrors naming the file."""
     path = Path(path)
+    fix = f"; regenerate it with: {regenerate}" if regenerate else ""
     try:
-        return from_jsonable(json.loads(path.read_text(encoding="utf-8")))
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = "it is a directory" if path.is_dir() else (exc.strerror if isinstance(exc, OSError) else exc)
+        raise GoldenFileError(f"golden file {path} cannot be read: {reason or exc}{fix}") from None
+    try:
+        document = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"golden file {path} is not valid JSON: {exc}") from None
+        raise GoldenFileError(f"golden file {path} is not valid JSON: {exc}{fix}") from None
+    try:
+        return from_jsonable(document)
+    except _Broken as exc:
+        raise GoldenFileError(f"golden file {path}: broken value at {exc}{fix}") from None
 
 
 def _close(a: float, b: float, atol: float, rtol: float) -> bool:
@@ -134,7 +191,7 @@ def check(
         return write(path, value)
     if not path.exists():
         raise GoldenMismatch(f"golden file {path} does not exist; create it with: {regenerate}")
-    problems = diff(normalized, read(path), atol=atol, rtol=rtol)
+    problems = diff(normalized, read(path, regenerate=regenerate), atol=atol, rtol=rtol)
     if problems:
         shown = "\n  ".join(problems[:_MAX_LISTED])
         more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""

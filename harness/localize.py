@@ -15,23 +15,35 @@ one. For each failing call:
 
 A call that makes an error counts as ``introduced`` unless one of its descendants (a call nested
 inside it) already does, in which case it ``contains`` the error. The culprit is the first
-``introduced`` call. (Prior art: coremltools' comparator blames an op whose output fails while
+``introduced`` call.
+
+Only confirmed pairings (by weights, name or rename rule) can name the first divergence or the
+culprit; a structural pairing is a guess, shown as ``tentative`` when it fails. Code without a
+twin is still located: when a confirmed call introduces an error and, inside it, a candidate call
+without a twin (or with a failing guess) completed after the last agreeing call and before the
+first failing one, the error was made there, and the innermost such call is named instead (its
+untwinned children are listed). So an error in an untwinned ``embeddings`` is not blamed on
+``<root>``. ``introduced`` lists every independent origin in execution order.
+
+Twins whose outputs hold the same elements in another layout are compared through an adapter
+(:mod:`harness.adapters`); twins whose shapes no adapter explains fail as a visible shape mismatch. (Prior art: coremltools' comparator blames an op whose output fails while
 its direct inputs pass; torch.ao.ns' shadow mode feeds one model's inputs into the other's layers.)
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
 import torch
 
+from harness.adapters import Adapter, UserAdapter, find_adapter, user_adapter
 from harness.align import Match
 from harness.metrics import Metrics, Tolerance, measure, measure_summaries
 from harness.trace import Leaf, Record, TensorSummary, flatten_tensors, map_tensors
 
-__all__ = ["Row", "Status", "measure_match", "localize"]
+__all__ = ["Row", "Status", "Localization", "measure_match", "localize", "localize_all"]
 
 Status = Literal["ok", "introduced", "contains", "propagated", "tentative"]
 
@@ -47,6 +59,13 @@ class Row:
     leaf: str  # the output leaf the metrics describe (the worst one)
     status: Status = "ok"
     reran: bool = False
+    adapter: str | None = None  # layout adapter applied to the candidate's output, if any
+    reference_shape: tuple[int, ...] | None = None  # the twin's output shape, when it differs
+    # noise floor (harness.noise): its judgement, the absolute-tolerance verdict it replaced, and
+    # the judge of re-runs (outputs -> still fails?)
+    noise: Any = None
+    passed_tolerance: bool | None = None
+    rerun_judge: Any = field(default=None, repr=False)
 
     @property
     def candidate(self) -> str:
@@ -66,7 +85,8 @@ class Row:
 
 
 def _leaf_pairs(cand: dict[str, Leaf], ref: dict[str, Leaf]) -> list[tuple[str, Leaf, Leaf]]:
-    """Same keys: leaf by leaf. Otherwise: in order, as far as both sides go, by equal shape."""
+    """Same keys: leaf by leaf. Otherwise: in order, as far as both sides go, by equal shape; with
+    no equal shapes at all, the primary (first) leaves, whose layouts may differ."""
     if cand.keys() == ref.keys():
         return [(k, cand[k], ref[k]) for k in cand]
     pairs, rest = [], list(ref.items())
@@ -76,14 +96,52 @@ def _leaf_pairs(cand: dict[str, Leaf], ref: dict[str, Leaf]) -> list[tuple[str, 
                 pairs.append((k if k == rk else f"{k}~{rk}", a, b))
                 del rest[idx]
                 break
+    if not pairs and cand and ref:
+        (k, a), (rk, b) = next(iter(cand.items())), next(iter(ref.items()))
+        pairs.append((k if k == rk else f"{k}~{rk}", a, b))
     return pairs
 
 
-def _worst(pairs: list[tuple[str, Leaf, Leaf]], tol: Tolerance) -> tuple[str, Metrics, bool]:
+def _numel(leaf: Leaf) -> int:
+    n = 1
+    for d in leaf.shape:
+        n *= d
+    return n
+
+
+def _adapt(a: Leaf, b: Leaf, forced: Adapter | None) -> tuple[Leaf, str | None]:
+    """``a`` in ``b``'s layout when their shapes differ and an adapter explains it."""
+    if tuple(a.shape) == tuple(b.shape):
+        return a, None
+    if isinstance(a, TensorSummary) or isinstance(b, TensorSummary):
+        if _numel(a) != _numel(b):
+            return a, None
+        s = _summary(a)
+        return TensorSummary(tuple(b.shape), s.dtype, s.mean, s.std, s.absmax, s.nonfinite), "same elements (statistics)"
+    adapter = forced or find_adapter(a, b)
+    if adapter is None:
+        return a, None
+    try:
+        out = adapter.apply(a)
+    except Exception:  # a user adapter that does not fit this call: the shapes stay different
+        return a, None
+    return out, adapter.description
+
+
+def _worst(pairs: list[tuple[str, Leaf, Leaf]], tol: Tolerance,
+           forced: Adapter | None = None) -> tuple[str, Metrics, bool]:
     """Metrics of the leaf furthest beyond its bound, and whether every leaf passes."""
-    worst: tuple[float, str, Metrics] | None = None
+    return _worst_adapted(pairs, tol, forced)[:3]
+
+
+def _worst_adapted(pairs: list[tuple[str, Leaf, Leaf]], tol: Tolerance,
+                   forced: Adapter | None = None) -> tuple[str, Metrics, bool, str | None, tuple | None]:
+    """As :func:`_worst`, plus the adapter used on the worst leaf and the reference shape when it differs."""
+    worst: tuple[float, str, Metrics, str | None, tuple | None] | None = None
     passed = True
-    for key, a, b in pairs:
+    for key, a0, b in pairs:
+        a, adapter = _adapt(a0, b, forced)
+        ref_shape = tuple(b.shape) if tuple(a0.shape) != tuple(b.shape) else None
         if isinstance(a, TensorSummary) or isinstance(b, TensorSummary):
             m = measure_summaries(_summary(a), _summary(b))
         elif not (a.is_floating_point() or a.is_complex()) and not (b.is_floating_point() or b.is_complex()):
@@ -95,20 +153,23 @@ def _worst(pairs: list[tuple[str, Leaf, Leaf]], tol: Tolerance) -> tuple[str, Me
         ratio = float("inf") if not ok and (m.shape_mismatch or m.nonfinite_mismatch) else (
             m.max_abs / max(tol.bound(m.ref_absmax), 1e-300))
         if worst is None or ratio > worst[0]:
-            worst = (ratio, key, m)
+            worst = (ratio, key, m, adapter, ref_shape)
     if worst is None:  # no comparable tensor leaves: structure differs entirely
         nan = float("nan")
-        return "", Metrics(nan, nan, nan, nan, nan, shape_mismatch=True), False
-    return worst[1], worst[2], passed
+        return "", Metrics(nan, nan, nan, nan, nan, shape_mismatch=True), False, None, None
+    return worst[1], worst[2], passed, worst[3], worst[4]
 
 
 def _summary(leaf: Leaf) -> TensorSummary:
     return leaf if isinstance(leaf, TensorSummary) else TensorSummary.of(leaf)
 
 
-def measure_match(match: Match, tol: Tolerance) -> Row:
-    leaf, metrics, passed = _worst(_leaf_pairs(match.candidate.outputs, match.reference.outputs), tol)
-    return Row(match=match, metrics=metrics, tolerance=tol, passed=passed, leaf=leaf)
+def measure_match(match: Match, tol: Tolerance, adapters: Sequence[UserAdapter] = ()) -> Row:
+    forced = user_adapter(match.candidate.name, adapters)
+    pairs = _leaf_pairs(match.candidate.outputs, match.reference.outputs)
+    leaf, metrics, passed, adapter, ref_shape = _worst_adapted(pairs, tol, forced)
+    return Row(match=match, metrics=metrics, tolerance=tol, passed=passed, leaf=leaf, adapter=adapter,
+               reference_shape=ref_shape)
 
 
 def _inputs_state(cand: Record, ref: Record, tol: Tolerance) -> Literal["equal", "close", "differ"]:
@@ -132,10 +193,46 @@ def _rerunnable(cand: Record, ref: Record, patterns: Sequence[str] | None) -> bo
         return False
     if patterns is not None:
         return any(re.search(p, cand.name) for p in patterns)
-    # Automatic: the same argument structure on both sides (same leaf paths and shapes).
+    return _rerun_inputs(cand, ref) is not None
+
+
+def _same_structure(cand: Record, ref: Record) -> bool:
     return cand.inputs.keys() == ref.inputs.keys() and all(
         tuple(cand.inputs[k].shape) == tuple(ref.inputs[k].shape) for k in cand.inputs
     ) and len(cand.args) == len(ref.args) and cand.kwargs.keys() == ref.kwargs.keys()
+
+
+def _rerun_inputs(cand: Record, ref: Record) -> tuple[tuple, dict] | None:
+    """The reference's recorded inputs in the form the candidate module takes, or None.
+
+    The same argument structure: the reference's arguments as they are. Otherwise the candidate's
+    own arguments with every tensor replaced by the reference input of its shape (an attention
+    called as ``(x, x, x)`` against one called as ``(x)``), or of its element count brought into
+    the candidate's layout (``(B, L, C)`` against ``(B, H, W, C)``); None if a tensor has no
+    counterpart."""
+    if _same_structure(cand, ref):
+        return _cast_like(ref.args, cand.args), _cast_like(ref.kwargs, cand.kwargs)
+    if any(not isinstance(v, torch.Tensor) for v in (*cand.inputs.values(), *ref.inputs.values())):
+        return None
+    refs = list(ref.inputs.values())
+    if not refs:
+        return None
+    missing = object()
+
+    def translate(t: torch.Tensor) -> torch.Tensor:
+        same = [r for r in refs if tuple(r.shape) == tuple(t.shape)]
+        if same:
+            return same[0].to(dtype=t.dtype) if t.is_floating_point() else same[0]
+        sized = [r for r in refs if r.numel() == t.numel() and r.numel() > 0]
+        adapter = find_adapter(sized[0], t) if sized else None
+        if adapter is None:
+            raise LookupError(missing)
+        return adapter.apply(sized[0]).to(dtype=t.dtype)
+
+    try:
+        return map_tensors(cand.args, translate), map_tensors(cand.kwargs, translate)
+    except LookupError:
+        return None
 
 
 def _cast_like(value: Any, like: Any) -> Any:
@@ -157,23 +254,61 @@ def _cast_like(value: Any, like: Any) -> Any:
 def _rerun_fails(row: Row) -> bool | None:
     """Run the candidate module on the reference's inputs: True if it still fails, None if it cannot run."""
     cand, ref = row.match.candidate, row.match.reference
+    inputs = _rerun_inputs(cand, ref) if not _same_structure(cand, ref) else (
+        _cast_like(ref.args, cand.args), _cast_like(ref.kwargs, cand.kwargs))
+    if inputs is None:
+        return None
     # copies: an in-place module must not write into the recorded trace
-    args = map_tensors(_cast_like(ref.args, cand.args), torch.Tensor.clone)
-    kwargs = map_tensors(_cast_like(ref.kwargs, cand.kwargs), torch.Tensor.clone)
+    args, kwargs = (map_tensors(x, torch.Tensor.clone) for x in inputs)
     try:
         with torch.no_grad():
             out = cand.module(*args, **kwargs)
     except Exception:  # a signature that only looked compatible: no verdict from re-running
         return None
     outputs = {k: v.detach() for k, v in flatten_tensors(out).items()}
+    judged = row.rerun_judge(outputs) if row.rerun_judge is not None else None
+    if judged is not None:
+        return judged
     return not _worst(_leaf_pairs(outputs, ref.outputs), row.tolerance)[2]
+
+
+@dataclass
+class Localization:
+    """Where the error is: see the module docstring."""
+
+    first_divergence: str | None = None
+    culprit: str | None = None
+    introduced: list[str] = field(default_factory=list)  # every origin, in execution order
+    notes: list[str] = field(default_factory=list)
 
 
 def localize(rows: list[Row], *, rerun: Sequence[str] | None = None) -> tuple[str | None, str | None]:
     """Set each row's status; return (first_divergence, culprit) as candidate names."""
-    failing = [r for r in rows if not r.passed]
+    found = localize_all(rows, rerun=rerun)
+    return found.first_divergence, found.culprit
+
+
+def localize_all(
+    rows: list[Row],
+    *,
+    rerun: Sequence[str] | None = None,
+    untwinned: Sequence[Record] = (),
+) -> Localization:
+    """Set each row's status and find every origin of an error (see the module docstring).
+
+    ``untwinned``: the candidate's calls without a twin (unmatched, not pass-through).
+    """
+    for row in rows:
+        if not row.passed and row.match.how == "structure":
+            row.status = "tentative"
+    failing = [r for r in rows if not r.passed and r.match.how != "structure"]
+    found = Localization()
     if not failing:
-        return None, None
+        guesses = [r for r in rows if not r.passed]
+        if guesses:
+            found.notes.append(f"only structural guesses fail ({', '.join(r.key for r in guesses[:5])}): "
+                               f"pairings by shape alone, not evidence of an error")
+        return found
     makes_error: list[Row] = []
     for row in failing:
         cand, ref = row.match.candidate, row.match.reference
@@ -191,5 +326,61 @@ def localize(rows: list[Row], *, rerun: Sequence[str] | None = None) -> tuple[st
     for row in makes_error:
         inner = any(row.match.candidate.contains(o.match.candidate) for o in makes_error if o is not row)
         row.status = "contains" if inner else "introduced"
-    culprit = next((r for r in rows if r.status == "introduced"), None)
-    return failing[0].candidate, culprit.candidate if culprit else None
+    origins: list[tuple[int, str]] = []  # (completion position, candidate name)
+    for row in (r for r in rows if r.status == "introduced"):
+        origin = _untwinned_origin(row, rows, untwinned)
+        if origin is None:
+            origins.append((row.match.candidate.end, row.candidate))
+            continue
+        row.status = "contains"
+        origins.append((origin.end, origin.name))
+        children = [u.name for u in untwinned if origin.contains(u)]
+        found.notes.append(f"the error starts inside {origin.name}, which has no twin in the reference"
+                           + (f" (nor have its children {', '.join(children[:6])})" if children else "")
+                           + f"; {row.candidate} around it is the innermost module with a twin")
+    for row in failing:  # an error received from nowhere was made by code without a twin
+        earlier = any(o.match.candidate.end < row.match.candidate.start for o in failing)
+        if row.status != "propagated" or earlier or any(end < row.match.candidate.start for end, _ in origins):
+            continue
+        around = [r for r in rows if r.match.how != "structure" and r.match.candidate.contains(row.match.candidate)]
+        outer = min(around, key=lambda r: r.match.candidate.end - r.match.candidate.start, default=None)
+        origin = _untwinned_origin(outer, rows, untwinned, limit=row.match.candidate)
+        if origin is not None:
+            origins.append((origin.end, origin.name))
+            found.notes.append(f"the error {row.candidate} receives starts in {origin.name}, which has no twin "
+                               f"in the reference")
+    origins.sort()
+    found.introduced = list(dict.fromkeys(name for _, name in origins))
+    found.first_divergence = failing[0].candidate
+    found.culprit = found.introduced[0] if found.introduced else None
+    return found
+
+
+def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Record],
+                      limit: Record | None = None) -> Record | None:
+    """The innermost candidate call without a twin (or with a failing guess) inside ``row``'s call
+    (anywhere when None) that completed after the last agreeing call and before the first failing
+    one inside it (or before ``limit`` starts)."""
+    outer = row.match.candidate if row is not None else None
+
+    def within(record: Record) -> bool:
+        return outer is None or outer.contains(record)
+
+    inside = [r for r in rows if within(r.match.candidate)]
+    confirmed = [r for r in inside if r.match.how != "structure"]
+    first_bad = limit or next((r.match.candidate for r in confirmed if not r.passed), None)
+    end = first_bad.start if first_bad is not None else (outer.end if outer is not None else None)
+    if end is None:
+        return None
+    good_ends = [r.match.candidate.end for r in inside if r.passed and r.match.candidate.end < end]
+    since = max(good_ends, default=outer.start if outer is not None else -1)
+    suspects = [u for u in untwinned if within(u) and since < u.end < end]
+    suspects += [r.match.candidate for r in inside if r.status == "tentative" and since < r.match.candidate.end < end]
+    if not suspects:
+        if first_bad is None:
+            return None
+        # the error may be made by an untwinned container's own code, before the failing call
+        around = [u for u in untwinned if within(u) and u.contains(first_bad) and u.start > since]
+        return max(around, key=lambda u: u.start, default=None)
+    # innermost: the earliest to complete; its untwinned parents completed later
+    return min(suspects, key=lambda u: u.end)

@@ -7,7 +7,8 @@ rounding of its own. A comparison passes when
 
 i.e. an absolute floor plus an error relative to the tensor's own scale: activations of a deep
 net with random weights reach magnitudes in the hundreds, where a fixed absolute bound would be
-meaningless. Both sides must also agree on where values are NaN/Inf.
+meaningless. Both sides must also agree on where values are NaN/Inf: ``nonfinite_mismatch`` counts
+the positions where they do not, and any such position makes the errors infinite and the cosine NaN.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Mapping, Sequence
 import torch
 
 __all__ = ["Tolerance", "Metrics", "DEFAULT_TOLERANCES", "measure", "measure_summaries", "tolerance_for",
-           "check_tolerances"]
+           "check_tolerances", "mismatch_stats"]
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,14 @@ class Metrics:
     ref_absmax: float
     nonfinite_mismatch: int = 0
     shape_mismatch: bool = False
+    # failing rows (see mismatch_stats): elements beyond the bound, the worst element, the bound
+    mismatched: int | None = None
+    mismatched_share: float | None = None
+    worst_index: tuple[int, ...] | None = None
+    allowed: float | None = None
+    # final outputs: the tolerance that would have passed (rtol at the same atol, atol at rtol 0)
+    passing_rtol: float | None = None
+    passing_atol: float | None = None
 
     def passes(self, tol: Tolerance) -> bool:
         if self.shape_mismatch or self.nonfinite_mismatch:
@@ -159,7 +168,34 @@ def measure(candidate: torch.Tensor, reference: torch.Tensor) -> Metrics:
     rel_l2 = diff_norm / ref_norm if ref_norm > 0 else (0.0 if diff_norm == 0 else math.inf)
     na, nb = float(a.norm()), ref_norm
     cosine = float((a * b).sum()) / (na * nb) if na > 0 and nb > 0 else (1.0 if na == nb else 0.0)
+    if nonfinite_mismatch:  # NaN/Inf against a number: an unbounded error, never a perfect score
+        max_abs, max_rel, rel_l2, cosine = math.inf, math.inf, math.inf, math.nan
     return Metrics(max_abs, max_rel, rel_l2, cosine, ref_absmax, nonfinite_mismatch)
+
+
+def mismatch_stats(candidate: torch.Tensor, reference: torch.Tensor, tol: Tolerance) -> dict:
+    """What ``torch.testing.assert_close`` tells: elements beyond the bound (count, share), the
+    worst element's index and the bound allowed, plus the loosest tolerance needed to pass
+    (``passing_rtol`` at ``tol.atol``; ``passing_atol`` with rtol 0). Same shapes expected."""
+    a = candidate.detach().to("cpu", torch.float64)
+    b = reference.detach().to("cpu", torch.float64)
+    diff = (a - b).abs()
+    diff = torch.where(torch.isnan(a) & torch.isnan(b), 0.0, diff)
+    diff = torch.where(torch.isnan(diff), math.inf, diff)
+    ref_absmax = float(torch.where(torch.isfinite(b), b, 0.0).abs().max()) if b.numel() else 0.0
+    allowed = tol.bound(ref_absmax)
+    if diff.numel() == 0:
+        return {"mismatched": 0, "mismatched_share": 0.0, "worst_index": (), "allowed": allowed}
+    flat = int(diff.argmax())
+    worst = float(diff.reshape(-1)[flat])
+    bad = int((diff > allowed).sum())
+    return {
+        "mismatched": bad, "mismatched_share": bad / diff.numel(),
+        "worst_index": tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape)),
+        "allowed": allowed,
+        "passing_rtol": max(worst - tol.atol, 0.0) / ref_absmax if ref_absmax > 0 else math.inf,
+        "passing_atol": worst,
+    }
 
 
 def measure_summaries(candidate, reference) -> Metrics:
@@ -179,4 +215,6 @@ def measure_summaries(candidate, reference) -> Metrics:
     max_abs = max(finite) if finite else 0.0
     scale = reference.absmax if reference.absmax == reference.absmax else 0.0
     mismatch = int(candidate.nonfinite != reference.nonfinite)
+    if mismatch:
+        return Metrics(math.inf, math.inf, nan, nan, scale, mismatch)
     return Metrics(max_abs, max_abs / scale if scale > 0 else 0.0, nan, nan, scale, mismatch)

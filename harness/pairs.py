@@ -2,7 +2,9 @@
 
 A :class:`Pair` is declarative. Definitions live in the ``reference`` package (one module per
 upstream family); the harness discovers them through the ``parity_harness.pairs`` entry-point
-group, so this module imports nothing from ``candidates`` or ``reference``.
+group, so this module imports nothing from ``candidates`` or ``reference``. A family declares
+its pairs first (:mod:`harness.catalog`: name, tags, description, the module that defines it), so
+listing needs no model library; :func:`get_pair` imports a declared pair's module on first use.
 
 Determinism: ``pair.build()`` seeds its own generator, builds the reference, re-draws every
 parameter from that generator (upstream inits such as a 1e-6 layer scale or zero biases would
@@ -17,12 +19,12 @@ import difflib
 import math
 import re
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from harness import catalog
 from harness.align import check_rename
 from harness.metrics import Tolerance, check_tolerances
 from harness.trace import flatten_tensors, map_tensors
@@ -30,7 +32,7 @@ from harness.trace import flatten_tensors, map_tensors
 __all__ = ["Call", "Pair", "as_call", "register", "get_pair", "list_pairs", "randomize_"]
 
 StateDict = dict[str, torch.Tensor]
-ENTRY_POINT_GROUP = "parity_harness.pairs"
+ENTRY_POINT_GROUP = catalog.ENTRY_POINT_GROUP
 
 
 @dataclass(frozen=True)
@@ -224,8 +226,7 @@ def _check_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
-_REGISTRY: dict[str, Pair] = {}
-_LOADED = False
+_REGISTRY: dict[str, Pair] = {}  # built pairs; declared ones (harness.catalog) join on first get_pair
 
 
 def register(pair: Pair) -> Pair:
@@ -239,30 +240,40 @@ def register(pair: Pair) -> Pair:
 
 
 def _load_definitions() -> None:
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        ep.load()
+    catalog.load_entry_points()
 
 
 def list_pairs(*, tag: str | None = None) -> list[str]:
-    """Names of every registered pair (optionally only those carrying ``tag``), sorted."""
+    """Names of every registered pair (optionally only those carrying ``tag``), sorted.
+
+    Declared pairs are listed from their declarations: nothing is built or imported for them.
+    """
     _load_definitions()
-    return sorted(n for n, p in _REGISTRY.items() if tag is None or tag in p.tags)
+    declared = catalog.lazy_pairs()
+    names = set(_REGISTRY) | set(declared)
+    if tag is None:
+        return sorted(names)
+    return sorted(n for n in names if tag in (_REGISTRY[n].tags if n in _REGISTRY else declared[n].tags))
 
 
 def get_pair(name: str) -> Pair:
-    """The registered pair called ``name``; a ValueError names close matches otherwise."""
+    """The registered pair called ``name`` (its definitions imported now if only declared so far);
+    a ValueError names close matches otherwise."""
     _load_definitions()
     if not isinstance(name, str):
         raise TypeError(f"pair name must be a str, got {type(name).__name__}")
+    declared = catalog.lazy_pairs()
+    if name not in _REGISTRY and name in declared:
+        catalog.load(name)
+        if name not in _REGISTRY:
+            raise ValueError(f"pair {name!r} is declared with loader {declared[name].loader!r}, "
+                             f"which did not register it: register(Pair(name={name!r}, ...)) there")
     try:
         return _REGISTRY[name]
     except KeyError:
-        close = difflib.get_close_matches(name, _REGISTRY, n=3)
+        known = set(_REGISTRY) | set(declared)
+        close = difflib.get_close_matches(name, sorted(known), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(
-            f"no pair named {name!r}{hint} (python -m harness list shows all {len(_REGISTRY)})"
+            f"no pair named {name!r}{hint} (python -m harness list shows all {len(known)})"
         ) from None

@@ -1,4 +1,4 @@
-"""ParityReport: the result of one comparison, as JSON, a terminal table and an HTML page.
+"""ParityReport: the result of one comparison, as JSON and a terminal table (HTML pages: harness.pages).
 
 The JSON layout is a contract (ARCHITECTURE.md): fields may be added, never renamed::
 
@@ -6,16 +6,20 @@ The JSON layout is a contract (ARCHITECTURE.md): fields may be added, never rena
      "first_divergence", "culprit", "output": {"max_abs", "max_rel", "rel_l2", "cosine"},
      "layers": [{"candidate", "reference", "call", "shape", "max_abs", "rel_l2", "passed"}, ...],
      "unmatched": {"candidate": [...], "reference": [...]}, "seconds"}]}
+
+A failing result also explains its culprit (``"diagnosis"``: findings of :mod:`harness.diagnose`,
+the first one printed as the ``why:`` line) and counts its failing elements per row
+(``mismatched``, ``mismatched_share``, ``worst_index``, ``allowed``; the output also gets the
+``passing_rtol``/``passing_atol`` that would have passed). ``"noise_floor"`` and each layer's
+``"noise"``/``"passed_tolerance"`` give the rounding-aware verdict next to atol/rtol (:mod:`harness.noise`).
 """
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import platform
 import sys
-import uuid
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -23,6 +27,7 @@ from typing import Any, Iterable
 
 import torch
 
+from harness.files import atomic_write
 from harness.localize import Row
 from harness.metrics import Metrics, Tolerance
 
@@ -52,9 +57,15 @@ class ParityReport:
     input_mutations: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     mode: str = "full"
+    introduced: list[str] = field(default_factory=list)  # every origin of an error, in execution order
+    weight_coverage: float | None = None  # when modules were paired through a weight map
+    diagnosis: list = field(default_factory=list)  # what the error is (harness.diagnose), most specific first
+    noise_floor: dict = field(default_factory=dict)  # harness.noise.NoiseVerdicts.to_dict()
+    backward: Any = None  # harness.backward.BackwardResult with compare(..., backward=True), else None
 
     # -- JSON ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        backward = {} if self.backward is None else {"backward": self.backward.to_dict()}
         return {
             "pair": self.pair,
             "dtype": self.dtype,
@@ -73,13 +84,19 @@ class ParityReport:
             "input_mutations": self.input_mutations,
             "mode": self.mode,
             "notes": self.notes,
+            "introduced": self.introduced,
+            "weight_coverage": self.weight_coverage,
+            "diagnosis": self.diagnosis,
+            "noise_floor": self.noise_floor,
             "counts": {
                 "aligned": len(self.rows),
                 "failed": sum(not r.passed for r in self.rows),
                 "by_name": sum(r.match.how == "name" for r in self.rows),
+                "by_weights": sum(r.match.how == "weights" for r in self.rows),
                 "by_rename": sum(r.match.how == "rename" for r in self.rows),
                 "by_structure": sum(r.match.how == "structure" for r in self.rows),
             },
+            **backward,
         }
 
     # -- terminal --------------------------------------------------------------------------------
@@ -88,11 +105,23 @@ class ParityReport:
         o = self.output
         head = (f"{name} [{self.dtype}, {self.device}]: {'PASS' if self.passed else 'FAIL'} -- "
                 f"output max_abs={o.max_abs:.3e} max_rel={o.max_rel:.3e} rel_l2={o.rel_l2:.3e} "
-                f"cosine={o.cosine:.12f} (tolerance atol={self.tolerance.atol:g} rtol={self.tolerance.rtol:g})")
+                f"cosine={o.cosine:.12f}"
+                + (f" nonfinite_mismatch={o.nonfinite_mismatch}" if o.nonfinite_mismatch else "")
+                + f" (tolerance atol={self.tolerance.atol:g} rtol={self.tolerance.rtol:g})")
         lines = [head]
         if not self.passed:
             lines.append(f"first divergence: {self.first_divergence or '(none in aligned layers)'}")
             lines.append(f"culprit (introduces the error itself): {self.culprit or '(not localized)'}")
+            if len(self.introduced) > 1:
+                lines.append(f"errors introduced independently at: {', '.join(self.introduced)}")
+            if self.diagnosis:
+                lines.append(f"why: {self.diagnosis[0]['text']}")
+            if o.passing_rtol is not None and not o.passes(self.tolerance):
+                lines.append(f"output: {o.mismatched} elements ({_share(o.mismatched_share)}) beyond the bound "
+                             f"{o.allowed:.3e}, worst at {list(o.worst_index or ())}; it would pass with rtol >= "
+                             f"{o.passing_rtol:.3e} (atol {self.tolerance.atol:g}) or atol >= {o.passing_atol:.3e} (rtol 0)")
+        lines += _noise_lines(self.noise_floor, self.dtype)
+        lines += self.backward.lines() if self.backward is not None else []
         if self.first_nonfinite.get("candidate") or self.first_nonfinite.get("reference"):
             lines.append(f"first NaN/Inf: candidate {self.first_nonfinite.get('candidate')}, "
                          f"reference {self.first_nonfinite.get('reference')}")
@@ -103,11 +132,18 @@ class ParityReport:
                      + (f"; {passthrough} pass-through calls (Identity, eval Dropout) without a twin" if passthrough else ""))
         return "\n".join(lines)
 
-    def format(self, *, max_rows: int = 24) -> str:
-        """Verdict plus the rows that matter: around the first divergence, then the worst ones."""
+    def format(self, *, max_rows: int = 24, table: bool | None = None) -> str:
+        """Verdict plus the rows that matter: around the first divergence, then the worst ones.
+
+        A passing report shows the verdict and its closest call to the bound instead of a table of
+        agreeing rows, unless ``table=True``.
+        """
+        if table is None:
+            table = not self.passed
+        if not table:
+            return "\n".join([self.verdict(), _closest(self.rows)])
         selected = _select_rows(self.rows, self.first_divergence, max_rows)
-        table = _table(self.rows, selected)
-        parts = [self.verdict(), table]
+        parts = [self.verdict(), _table(self.rows, selected)]
         for side, names in (("candidate", self.unmatched_candidate), ("reference", self.unmatched_reference)):
             if names:
                 shown = ", ".join(names[:8]) + (f", ... (+{len(names) - 8})" if len(names) > 8 else "")
@@ -116,6 +152,14 @@ class ParityReport:
 
     def __str__(self) -> str:
         return self.format()
+
+    def __repr__(self) -> str:
+        # one line: the full report (thousands of rows with tensors behind them) belongs in format()
+        failing = sum(not r.passed for r in self.rows)
+        where = f" culprit={self.culprit!r} first_divergence={self.first_divergence!r}" if not self.passed else ""
+        return (f"<ParityReport {self.pair or 'comparison'} {self.dtype} {self.device} "
+                f"{'PASS' if self.passed else 'FAIL'}{where} output_rel_l2={self.output.rel_l2:.3g} "
+                f"layers={len(self.rows)} failing={failing}>")
 
 
 def _row_dict(r: Row) -> dict[str, Any]:
@@ -127,7 +171,28 @@ def _row_dict(r: Row) -> dict[str, Any]:
         "max_abs": m["max_abs"], "rel_l2": m["rel_l2"], "passed": r.passed,
         "max_rel": m["max_rel"], "cosine": m["cosine"], "status": r.status,
         "match": r.match.how, "leaf": r.leaf, "reran": r.reran,
+        "reference_shape": list(r.reference_shape) if r.reference_shape is not None else None,
+        "adapter": r.adapter, "shape_mismatch": r.metrics.shape_mismatch,
+        "noise": r.noise.to_dict() if r.noise is not None else None, "passed_tolerance": r.passed_tolerance,
+        **{k: m[k] for k in ("mismatched", "mismatched_share", "worst_index", "allowed") if m.get(k) is not None},
     }
+
+
+def _share(share: float | None) -> str:
+    return "?" if share is None else f"{share:.2%}"
+
+
+def _noise_lines(noise: dict, dtype: str) -> list[str]:
+    """The noise-floor verdict next to the atol/rtol one (harness.noise)."""
+    if not noise.get("enabled"):
+        return []
+    outs = noise.get("outputs") or {}
+    if not outs:
+        return []
+    worst = max(outs.values(), key=lambda j: float(j["ratio"]))
+    return [f"noise floor: output error {float(worst['ratio']):.3g}x the reference's own {dtype} rounding "
+            f"(error {float(worst['error']):.3e}, floor {float(worst['floor']):.3e} relative L2 against a float64 "
+            f"run; threshold {noise['threshold']:g}x): {'within' if worst['passed'] else 'beyond'} rounding"]
 
 
 def _select_rows(rows: list[Row], first: str | None, limit: int) -> list[int]:
@@ -153,6 +218,33 @@ def _badness(r: Row) -> float:
     return m.max_abs / bound if bound > 0 else m.max_abs
 
 
+# What each per-layer status means (terminal table footer and the HTML pages).
+STATUS_LEGEND: dict[str, str] = {
+    "ok": "within tolerance",
+    "introduced": "makes the error itself: its inputs agree with the reference, its output does not",
+    "contains": "fails because a module nested inside it introduces the error",
+    "propagated": "fails only because it received an error from an earlier module",
+    "tentative": "paired by shape only and differs; a guess, not counted against the verdict",
+    "*": "re-run on the reference's recorded inputs to decide between made and received",
+}
+
+
+def _closest(rows: list[Row]) -> str:
+    """One line for a passing report: how many calls agree and which came closest to its bound."""
+    if not rows:
+        return "(no aligned calls)"
+    worst = max(rows, key=_badness)
+    if _badness(worst) == 0:
+        return f"all {len(rows)} aligned calls agree exactly"
+    return (f"all {len(rows)} aligned calls within tolerance; closest to its bound: {worst.key} "
+            f"(max_abs {_fmt(worst.metrics.max_abs)}, {_badness(worst):.2g} of the bound)")
+
+
+def _legend(statuses: set[str]) -> str:
+    shown = [k for k in STATUS_LEGEND if k in statuses and k != "ok"]
+    return "\n".join(["statuses:"] + [f"  {k:<10}  {STATUS_LEGEND[k]}" for k in shown]) if shown else ""
+
+
 def _fmt(v: float) -> str:
     return f"{v:.2e}" if v == v else "nan"
 
@@ -166,6 +258,8 @@ def _table(rows: list[Row], indices: list[int]) -> str:
             lines.append(("...",) + ("",) * (len(header) - 1))
         r = rows[i]
         shape = "x".join(map(str, r.match.candidate.shape or ())) or "-"
+        if r.reference_shape is not None:  # twins in different layouts: both shapes, and the adapter
+            shape += " vs " + "x".join(map(str, r.reference_shape)) + (f" [{r.adapter}]" if r.adapter else " [no adapter]")
         status = ("ok" if r.passed else r.status) + ("*" if r.reran else "")
         ref = r.reference if r.reference != r.candidate else "="
         lines.append((str(i), r.key, ref, shape, _fmt(r.metrics.max_abs), _fmt(r.metrics.rel_l2),
@@ -173,12 +267,14 @@ def _table(rows: list[Row], indices: list[int]) -> str:
         previous = i
     if not lines:
         return "(no aligned calls)"
-    widths = [min(max(len(row[c]) for row in [header, *lines]), 48) for c in range(len(header))]
+    widths = [min(max(len(row[c]) for row in [header, *lines]), 64 if c == 3 else 48) for c in range(len(header))]
     out = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     out += ["  ".join(_clip(v, w).ljust(w) for v, w in zip(row, widths)) for row in lines]
     if len(indices) < len(rows):
-        out.append(f"({len(indices)} of {len(rows)} rows shown: around the first divergence and the worst; "
-                   f"'*' = re-run on reference inputs)")
+        out.append(f"({len(indices)} of {len(rows)} rows shown: around the first divergence and the worst)")
+    statuses = {row[-1].rstrip("*") for row in lines} | ({"*"} if any(row[-1].endswith("*") for row in lines) else set())
+    if legend := _legend(statuses):
+        out.append(legend)
     return "\n".join(out)
 
 
@@ -206,22 +302,11 @@ def environment(device: str = "cpu") -> dict[str, Any]:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    # O_EXCL on a fresh name, mode 0666 less the umask: reports are read by dashboards and people
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``text`` to ``path`` atomically, creating missing folders (:func:`harness.files.atomic_write`:
+    no debris, and an OSError names the file)."""
+    if not isinstance(text, str):
+        raise TypeError(f"atomic_write_text writes a str, got {type(text).__name__}")
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def document(results: Iterable[dict[str, Any]], *, device: str = "cpu") -> dict[str, Any]:
@@ -233,56 +318,8 @@ def write_json(path: str | os.PathLike, results: Iterable[dict[str, Any]], *, de
     return atomic_write_text(path, json.dumps(document(results, device=device), indent=1, allow_nan=False))
 
 
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Parity report</title>
-<style>
-body{{font:14px system-ui,sans-serif;margin:2em}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}} th{{background:#f3f3f3}}
-.pass{{color:#176b2c;font-weight:600}} .fail{{color:#b00020;font-weight:600}} code{{font-size:13px}}
-td.num{{text-align:right;font-family:monospace}}
-</style></head><body>
-<h1>Parity report</h1>
-<p>{summary}</p>
-<p><small>{env}</small></p>
-<table><thead><tr><th>pair</th><th>dtype</th><th>verdict</th><th>output max_abs</th><th>max_rel</th>
-<th>rel_l2</th><th>cosine</th><th>layers (failing)</th><th>first divergence</th><th>culprit</th>
-<th>unmatched cand/ref</th><th>seconds</th></tr></thead>
-<tbody>
-{rows}
-</tbody></table></body></html>
-"""
-
-
 def write_html(path: str | os.PathLike, doc: dict[str, Any]) -> Path:
-    """One row per pair and dtype: verdict, errors, first divergence, culprit."""
-    esc = html.escape
-    rows = []
-    results = sorted(doc["results"], key=lambda r: (str(r["pair"]), r["dtype"]))
-    for r in results:
-        o = r["output"]
-        failing = sum(not layer["passed"] for layer in r["layers"])
-        verdict = '<span class="pass">PASS</span>' if r["passed"] else '<span class="fail">FAIL</span>'
-        cells = [
-            f"<td>{esc(str(r['pair']))}</td>", f"<td>{esc(r['dtype'])}</td>", f"<td>{verdict}</td>",
-            *(f'<td class="num">{_num(o[k])}</td>' for k in ("max_abs", "max_rel", "rel_l2")),
-            f'<td class="num">{esc(str(o["cosine"]))}</td>',
-            f'<td class="num">{len(r["layers"])} ({failing})</td>',
-            f"<td><code>{esc(r['first_divergence'] or '-')}</code></td>",
-            f"<td><code>{esc(r['culprit'] or '-')}</code></td>",
-            f'<td class="num">{len(r["unmatched"]["candidate"])}/{len(r["unmatched"]["reference"])}</td>',
-            f'<td class="num">{r["seconds"]:.2f}</td>',
-        ]
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    passed = sum(r["passed"] for r in results)
-    env = doc.get("environment", {})
-    versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items())
-    page = _PAGE.format(
-        summary=f"{passed} of {len(results)} comparisons pass.",
-        env=esc(f"{versions}; device {env.get('device')}; threads {env.get('threads')}"),
-        rows="\n".join(rows),
-    )
-    return atomic_write_text(path, page)
+    """The report's index page (harness.pages: failures grouped by culprit, links to pair pages)."""
+    from harness.pages import write_index
 
-
-def _num(v: Any) -> str:
-    return f"{v:.3e}" if isinstance(v, (int, float)) else html.escape(str(v))
+    return write_index(path, doc)

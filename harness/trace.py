@@ -20,6 +20,8 @@ dtype and statistics) so that big models can be traced in little memory.
 
 from __future__ import annotations
 
+import cmath
+import math
 import re
 import weakref
 from dataclasses import dataclass, field
@@ -53,27 +55,72 @@ class TensorSummary:
             return cls(shape, dtype, 0.0, 0.0, 0.0, 0)
         if not x.is_floating_point():
             x = x.double()
-        # Built from sum/mean/aminmax only: on CPU these are vectorized, while isfinite, std_mean
-        # and vector_norm are 20-50x slower and made summary tracing dearer than full copies.
-        # A finite sum means every element is finite (bar an overflow, which the exact count covers).
-        nonfinite = 0 if bool(torch.isfinite(x.sum())) else int(x.numel() - torch.isfinite(x).sum())
+        elif x.dtype not in (torch.float32, torch.float64):
+            x = x.float()  # half and bfloat16 statistics accumulate in float32, as torch's own sum does
+        x = _flat(x)
+        # Three read-only passes over the tensor in memory order (sum, dot, aminmax), scalar
+        # arithmetic in Python: on CPU these are vectorized, while isfinite, std_mean and an inf
+        # norm are 20-50x slower, aminmax over a permuted view (a channels-last activation seen as
+        # NCHW) is 40x slower than over the same memory read in order, and each further small op
+        # costs a dispatch. A finite sum means every element is finite (bar an overflow, which the
+        # exact count covers), and it gives the mean.
+        total = x.sum().item()
+        nonfinite = 0 if math.isfinite(total) else int(x.numel() - torch.isfinite(x).sum())
         if nonfinite:
             x = x[torch.isfinite(x)]
             if x.numel() == 0:
                 nan = float("nan")
                 return cls(shape, dtype, nan, nan, nan, nonfinite)
-        mean = x.mean()
-        centered = x - mean
-        std = (centered * centered).sum().div(max(x.numel() - 1, 1)).sqrt()
+            total = x.sum().item()
+        n = x.numel()
+        mean = total / n
+        # variance as E[x^2] - mean^2; when the mean dominates, that difference has lost digits
+        # (relative error grows as E[x^2] / variance), and a centred pass recomputes it
+        square_mean = torch.dot(x, x).item() / n
+        variance = square_mean - mean * mean
+        if not variance * _CANCELLATION >= square_mean:
+            centered = x - mean
+            variance = torch.dot(centered, centered).item() / n
+        std = math.sqrt(max(variance, 0.0) * n / max(n - 1, 1))
         low, high = torch.aminmax(x)
-        return cls(shape, dtype, float(mean), float(std), float(max(-low, high)), nonfinite)
+        return cls(shape, dtype, mean, std, max(-low.item(), high.item()), nonfinite)
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """``x``'s elements as a 1-D tensor in memory order: a view when ``x`` is a permuted dense
+    tensor (no copy), a copy only when it overlaps or has gaps."""
+    if x.is_contiguous():
+        return x.view(-1)
+    permuted = _in_memory_order(x)
+    return permuted.view(-1) if permuted.is_contiguous() else x.reshape(-1)
+
+
+def _in_memory_order(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with its dimensions permuted by decreasing stride (contiguous iff ``x`` is dense)."""
+    return x.permute(sorted(range(x.ndim), key=lambda d: (-x.stride(d), -x.shape[d])))
+
+
+def _dense(x: torch.Tensor) -> bool:
+    """Whether ``x``'s elements fill ``numel`` consecutive memory slots (any dimension order)."""
+    return x.is_contiguous() or _in_memory_order(x).is_contiguous()
 
 
 Leaf = torch.Tensor | TensorSummary
+# largest E[x^2] / variance for which the one-pass variance is kept: its error is then at most 16x
+# the dot product's rounding (~1e-7 relative in float32), far inside every tolerance's rtol
+_CANCELLATION = 16.0
 
 
 def flatten_tensors(value: Any, prefix: str = "") -> dict[str, torch.Tensor]:
     """Tensor leaves of nested tuples/lists/dicts/ModelOutputs, keyed by their dotted path."""
+    # the tracer's hooks call this twice per module call: the usual cases (a tensor output, no
+    # keyword arguments, one tensor argument) skip the walk
+    if isinstance(value, torch.Tensor):
+        return {prefix: value}
+    if type(value) is dict and not value:
+        return {}
+    if type(value) is tuple and len(value) == 1 and isinstance(value[0], torch.Tensor):
+        return {f"{prefix}.0" if prefix else "0": value[0]}
     out: dict[str, torch.Tensor] = {}
 
     def visit(v: Any, path: str) -> None:
@@ -136,12 +183,20 @@ class Record:
         return self.start < other.start and other.end < self.end
 
 
+def _version(t: torch.Tensor) -> int | None:
+    """The version counter; None for inference tensors (made under torch.inference_mode()), which keep none."""
+    return None if t.is_inference() else t._version
+
+
 def _nonfinite(leaves: dict[str, Leaf]) -> bool:
     for v in leaves.values():
         if isinstance(v, TensorSummary):
             if v.nonfinite:
                 return True
-        elif (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
+        # a finite sum means finite elements (an overflowing sum falls back to the exact check):
+        # one vectorized pass instead of isfinite's much slower elementwise one
+        elif (v.is_floating_point() or v.is_complex()) and not cmath.isfinite(v.sum().item()) \
+                and not bool(torch.isfinite(v).all()):
             return True
     return False
 
@@ -153,6 +208,8 @@ class Tracer:
         model: the module to trace (all submodules, and the root as ``"<root>"``).
         mode: ``"full"`` (detached tensor copies) or ``"summary"`` (statistics only).
         include: regex (``re.search`` on the qualified name) or predicate selecting modules.
+        budget: a :class:`harness.memory.MemoryBudget` charged with every copy kept (full mode);
+            it raises :class:`harness.memory.TraceTooLarge` before the trace outgrows memory.
         record_inputs: also keep call inputs (needed for culprit localization).
     """
 
@@ -163,6 +220,7 @@ class Tracer:
         mode: Mode = "full",
         include: str | Callable[[str], bool] | None = None,
         record_inputs: bool = True,
+        budget: Any = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"Tracer needs an nn.Module, got {type(model).__name__}")
@@ -170,6 +228,13 @@ class Tracer:
             raise ValueError(f"mode must be 'full' or 'summary', got {mode!r}")
         if include is not None and not (isinstance(include, str) or callable(include)):
             raise TypeError(f"include must be a regex string or a callable, got {type(include).__name__}")
+        if isinstance(include, str):
+            try:
+                re.compile(include)
+            except re.error as exc:
+                raise ValueError(f"include={include!r} is not a valid regex ({exc}); it is matched with "
+                                 f"re.search against qualified module names such as 'blocks.0.attn'") from None
+        self.budget = budget
         self.model = model
         self.mode: Mode = mode
         self.record_inputs = record_inputs
@@ -180,9 +245,12 @@ class Tracer:
         self._open: dict[int, list[tuple[Record, dict[int, int]]]] = {}  # per module: calls in progress
         self._counts: dict[str, int] = {}
         self._clock = 0
-        # id(tensor) -> (weak ref, version, copy): an output that is the next call's input is
-        # copied once; the version counter tells an in-place change apart.
-        self._copies: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
+        # id(tensor) -> (weak ref, version, copy or summary): an output that is the next call's
+        # input is copied (summarized) once; the version counter tells an in-place change apart.
+        self._copies: dict[int, tuple[weakref.ref, int, Leaf]] = {}
+        # storage address -> (weak ref, version, copy) of dense tensors copied: a new view of one
+        # (a permute, a reshape between modules) becomes the same view of its copy, not a copy
+        self._dense: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
 
     # -- context management ------------------------------------------------------------------
     def __enter__(self) -> "Tracer":
@@ -215,6 +283,7 @@ class Tracer:
         self._handles.clear()
         self._open.clear()
         self._copies.clear()
+        self._dense.clear()
 
     @property
     def active(self) -> bool:
@@ -222,22 +291,59 @@ class Tracer:
 
     # -- hooks -----------------------------------------------------------------------------------
     def _keep(self, t: torch.Tensor) -> Leaf:
-        return self._copy(t) if self.mode == "full" else TensorSummary.of(t)
+        return self._copy(t) if self.mode == "full" else self._summary(t)
+
+    def _kept(self, t: torch.Tensor) -> Leaf | None:
+        """What was kept of ``t`` already, if ``t`` is unchanged since (same object, same version)."""
+        entry = self._copies.get(id(t))
+        if entry is not None and entry[0]() is t and entry[1] == _version(t) is not None:
+            return entry[2]
+        return None
+
+    def _summary(self, t: torch.Tensor) -> TensorSummary:
+        summary = self._kept(t)
+        if summary is None:
+            summary = TensorSummary.of(t)
+            self._copies[id(t)] = (weakref.ref(t), _version(t), summary)
+        return summary
 
     def _copy(self, t: torch.Tensor) -> torch.Tensor:
-        entry = self._copies.get(id(t))
-        if entry is not None and entry[0]() is t and entry[1] == t._version:
-            return entry[2]
-        copy = t.detach().clone()
-        self._copies[id(t)] = (weakref.ref(t), t._version, copy)
+        copy = self._kept(t)
+        if copy is not None:
+            return copy
+        copy = self._view_of_copy(t)
+        if copy is None:
+            copy = t.detach().clone()
+            if self.budget is not None:
+                self.budget.charge(copy.nbytes, self, started=len(self._counts), modules=len(self._handles) // 2)
+            if _version(t) is not None and copy.stride() == t.stride() and _dense(t):
+                self._dense[t.untyped_storage().data_ptr()] = (weakref.ref(t), _version(t), copy)
+        self._copies[id(t)] = (weakref.ref(t), _version(t), copy)
         return copy
+
+    def _view_of_copy(self, t: torch.Tensor) -> torch.Tensor | None:
+        """``t`` as a view of an earlier copy, when ``t`` views the same unchanged memory as a
+        dense tensor copied before (same root tensor, version, dtype; inside its elements)."""
+        entry = self._dense.get(t.untyped_storage().data_ptr()) if t.numel() else None
+        if entry is None:
+            return None
+        base, version, copy = entry[0](), entry[1], entry[2]
+        if base is None or _version(t) != version or t.dtype != base.dtype or t.device != base.device:
+            return None
+        if (t._base if t._base is not None else t) is not (base._base if base._base is not None else base):
+            return None  # another tensor on the same memory: its version counter is its own
+        low = t.storage_offset()
+        high = low + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+        if min(t.stride(), default=0) < 0 or low < base.storage_offset() or high >= base.storage_offset() + base.numel():
+            return None
+        return copy.as_strided(t.shape, t.stride(), copy.storage_offset() + low - base.storage_offset())
 
     def _pre_hook(self, name: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             call = self._counts.get(name, 0)
             self._counts[name] = call + 1
             record = Record(name=name, call=call, start=self._tick())
-            versions = {id(a): a._version for a in args if isinstance(a, torch.Tensor)}
+            versions = {id(a): _version(a) for a in args if isinstance(a, torch.Tensor)}
             if self.record_inputs and self.mode == "full":
                 record.module = module
                 record.args, record.kwargs = map_tensors(args, self._copy), map_tensors(kwargs, self._copy)
@@ -245,7 +351,7 @@ class Tracer:
                 record.inputs = flatten_tensors(record.args, "args") | flatten_tensors(record.kwargs, "kwargs")
             elif self.record_inputs:
                 leaves = flatten_tensors(args, "args") | flatten_tensors(kwargs, "kwargs")
-                record.inputs = {k: TensorSummary.of(v) for k, v in leaves.items()}
+                record.inputs = {k: self._summary(v) for k, v in leaves.items()}
             self._open.setdefault(id(module), []).append((record, versions))
 
         return hook
@@ -259,8 +365,8 @@ class Tracer:
             record.end = self._tick()
             # the input object itself, unchanged: an in-place op (ReLU(inplace=True)) also returns
             # its input, but bumps its version counter, and it computes: that is no pass-through
-            record.passthrough = isinstance(output, torch.Tensor) and versions.get(id(output)) == output._version \
-                and any(output is a for a in args)
+            record.passthrough = isinstance(output, torch.Tensor) and any(output is a for a in args) \
+                and versions.get(id(output)) == _version(output) is not None
             record.outputs = {k: self._keep(v) for k, v in flatten_tensors(output).items()}
             if self.first_nonfinite is None and _nonfinite(record.outputs):
                 self.first_nonfinite = record.key

@@ -115,9 +115,14 @@ def metadata_path(weights: str | os.PathLike) -> Path:
 
 
 def _read_bytes(path: Path) -> bytes:
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
-    return path.read_bytes()
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint: {exc.strerror or exc}") from exc
 
 
 def _parse_weights(path: Path, data: bytes) -> StateDict:
@@ -172,15 +177,23 @@ def _read_metadata(path: Path, weights: Path, digest: str) -> tuple[dict[str, An
     """
     if not path.exists():
         return None, None
+    if not path.is_file():
+        raise CheckpointError(f"{path} is a directory where the metadata JSON file of {weights.name} should be; "
+                              f"remove it, then write the metadata with: python -m harness add-metadata {weights}")
     try:
         document = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: metadata is not valid JSON (truncated or corrupted?): {exc}") from exc
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the metadata: {exc.strerror or exc}") from exc
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not resampler checkpoint metadata (expected \"format\": {FORMAT!r})")
     if document.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {document.get('format_version')!r}, this code reads {FORMAT_VERSION}")
-    recorded = (document.get("weights") or {}).get("sha256")
+    if not isinstance(document.get("weights"), dict):
+        raise CheckpointError(f"{path}: \"weights\" must be an object {{\"file\", \"sha256\", \"prefix\"}}, "
+                              f"got {document.get('weights')!r:.60}")
+    recorded = document["weights"].get("sha256")
     if recorded != digest:
         raise CheckpointError(
             f"{path} was written for weights with sha256 {recorded}, but {weights} has sha256 {digest}: "
@@ -309,8 +322,10 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[Any, str]
 
 def _same(field: str, a: Any, b: Any) -> bool:
     if field == "expand":  # a ratio read back from shapes may differ from the written one by rounding
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)):
+            return False  # "expand": "1.5" in metadata is a contradiction, not a number
         return abs(float(a) - float(b)) <= 1e-9 * max(abs(float(a)), abs(float(b)))
-    return a == b
+    return a == b and type(a) is type(b) or (type(a), type(b)) in ((int, float), (float, int)) and a == b
 
 
 def resolve_config(
@@ -371,11 +386,14 @@ def _skeleton(config: ResamplerConfig) -> BiMambaResampler:
         return BiMambaResampler(config)
 
 
-def _no_resampler_hint(state: Mapping[str, torch.Tensor], prefix: KeyPrefix) -> str:
+def _require_resampler(state: Mapping[str, torch.Tensor], prefix: KeyPrefix, path: Path) -> None:
+    """A file holding no resampler is refused with that one reason first, not a list of missing keys."""
     if "input_proj.weight" in state:
-        return ""
-    return (f"\nNo key ends in {_ANCHOR} under prefix {prefix.value!r}: not a resampler checkpoint, or the "
-            f"resampler sits under another prefix (pass prefix=..., CLI --prefix). First keys: {sorted(state)[:3]}")
+        return
+    raise CheckpointError(
+        f"{path}: not a resampler checkpoint: no key ends in {_ANCHOR} under prefix {prefix.value!r} "
+        f"(first keys: {sorted(state)[:3]}); if the resampler sits under another prefix, pass prefix=... "
+        f"(CLI --prefix)")
 
 
 def load_weights_into(model: BiMambaResampler, path: str | os.PathLike, *, prefix: str | None = None) -> KeyPrefix:
@@ -387,6 +405,7 @@ def load_weights_into(model: BiMambaResampler, path: str | os.PathLike, *, prefi
     """
     path = Path(path)
     state, used = select_prefix(read_weights(path), prefix=prefix, where=str(path))
+    _require_resampler(state, used, path)
     problems = _fit_report(model, state)
     if problems:
         try:
@@ -396,7 +415,7 @@ def load_weights_into(model: BiMambaResampler, path: str | os.PathLike, *, prefi
             hint = f"No config fits these weights: {exc}"
         raise CheckpointError(
             f"{path} (key prefix {used}) does not fit the model built with {model.config!r}: "
-            f"{len(problems)} mismatched keys\n" + "\n".join(problems) + "\n" + hint + _no_resampler_hint(state, used)
+            f"{len(problems)} mismatched keys\n" + "\n".join(problems) + "\n" + hint
         )
     model.load_state_dict(state, strict=True, assign=True)
     return used
@@ -441,6 +460,7 @@ def load_checkpoint(
     data = _read_bytes(path)
     meta, recorded = _read_metadata(metadata_path(path), path, hashlib.sha256(data).hexdigest())
     state, used = select_prefix(_parse_weights(path, data), prefix=prefix, recorded=recorded, where=str(path))
+    _require_resampler(state, used, path)
     try:
         inferred = infer_config(state)
     except ValueError as exc:
@@ -451,7 +471,7 @@ def load_checkpoint(
     if problems:
         raise CheckpointError(
             f"{path} (key prefix {used}): weights do not fit the resolved config {config!r}: "
-            f"{len(problems)} mismatched keys\n" + "\n".join(problems) + _no_resampler_hint(state, used)
+            f"{len(problems)} mismatched keys\n" + "\n".join(problems)
         )
     model.load_state_dict(state, strict=True, assign=True)
     loaded = LoadedCheckpoint(model.eval(), config, sources, path, used)
@@ -471,10 +491,13 @@ def write_metadata(
     """
     path = Path(path)
     meta = metadata_path(path)
+    if meta.is_dir():
+        raise CheckpointError(f"{meta} is a directory where the metadata JSON file of {path.name} should be; remove it")
     if meta.exists() and not force:
         raise CheckpointError(f"{meta} already exists; pass force=True (--force) to rewrite it from the weights")
     data = _read_bytes(path)
     state, used = select_prefix(_parse_weights(path, data), prefix=prefix, where=str(path))
+    _require_resampler(state, used, path)
     try:
         inferred = infer_config(state)
     except ValueError as exc:
@@ -484,7 +507,6 @@ def write_metadata(
     if problems:
         raise CheckpointError(
             f"{path} (key prefix {used}): weights do not form a resampler of {config!r}:\n" + "\n".join(problems)
-            + _no_resampler_hint(state, used)
         )
     digest = hashlib.sha256(data).hexdigest()
     atomic_write_bytes(meta, _metadata_document(config, path, digest, "add-metadata", used.value, sources))

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from candidates.io import load_state_dict, write_atomically
+from candidates.io import load_state_dict, naming_file, write_atomically
 from candidates.videomt.videomt import VidEoMT, VidEoMTConfig
 
 __all__ = ["ConversionReport", "infer_config", "convert_upstream", "to_upstream", "load_upstream",
@@ -253,8 +253,9 @@ def load_upstream(
     was not converted.
     """
     state = load_state_dict(path)
-    cfg = infer_config(state, num_heads=num_heads, layer_norm_eps=layer_norm_eps, hidden_act=hidden_act)
-    return build_converted(cfg, *convert_upstream(state, cfg), path=path, strict=strict)
+    with naming_file(path):  # a foreign checkpoint's missing keys are reported with the file
+        cfg = infer_config(state, num_heads=num_heads, layer_norm_eps=layer_norm_eps, hidden_act=hidden_act)
+        return build_converted(cfg, *convert_upstream(state, cfg), path=path, strict=strict)
 
 
 def build_converted(

@@ -41,7 +41,7 @@ import re
 
 import torch
 
-from candidates.io import load_state_dict
+from candidates.io import load_state_dict, naming_file
 from candidates.videomt.convert import ConversionReport, build_converted, head_fields, save_upstream
 from candidates.videomt.videomt import VidEoMT, VidEoMTConfig
 
@@ -235,6 +235,7 @@ def load_upstream_dinov3(
     (``criterion.empty_weight``) was not converted.
     """
     state = load_state_dict(path)
-    cfg = infer_config_dinov3(state, num_heads=num_heads, layer_norm_eps=layer_norm_eps, hidden_act=hidden_act,
-                              rope_theta=rope_theta, image_size=image_size)
-    return build_converted(cfg, *convert_upstream_dinov3(state, cfg), path=path, strict=strict)
+    with naming_file(path):  # a foreign checkpoint's missing keys are reported with the file
+        cfg = infer_config_dinov3(state, num_heads=num_heads, layer_norm_eps=layer_norm_eps, hidden_act=hidden_act,
+                                  rope_theta=rope_theta, image_size=image_size)
+        return build_converted(cfg, *convert_upstream_dinov3(state, cfg), path=path, strict=strict)

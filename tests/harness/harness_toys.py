@@ -85,3 +85,59 @@ TOY_RENAMED = harness.Pair(
 def drop_residual(block: Block) -> None:
     """Monkeypatch one block instance so that it forgets its residual connection."""
     block.forward = lambda x: block.fc2(block.act(block.fc1(block.norm(x))))  # type: ignore[method-assign]
+
+
+# -- a pre-norm attention block stack; switches inject the bugs the diagnosis must name -------------
+class Attention(nn.Module):
+    """Multi-head self-attention, written out (``fused=False``) or through the fused kernel."""
+
+    def __init__(self, dim: int = 8, heads: int = 2, *, fused: bool = False) -> None:
+        super().__init__()
+        self.heads, self.fused = heads, fused
+        self.scale = (dim // heads) ** -0.5
+        self.softmax_dim, self.softmax_dtype, self.transpose_heads = -1, None, True
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.fused:
+            x = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        else:
+            weights = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=self.softmax_dim, dtype=self.softmax_dtype)
+            x = weights.to(v.dtype) @ v
+        x = x.transpose(1, 2).reshape(batch, tokens, dim) if self.transpose_heads else x.reshape(batch, tokens, dim)
+        return self.proj(x)
+
+
+class AttnBlock(nn.Module):
+    def __init__(self, dim: int = 8, *, fused: bool = False) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, fused=fused)
+        self.gamma_1 = nn.Parameter(torch.ones(dim))
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.gamma_2 = nn.Parameter(torch.ones(dim))
+        self.layer_scale = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.attn(self.norm1(x))
+        x = x + (self.gamma_1 * a if self.layer_scale else a)
+        return x + self.gamma_2 * self.mlp(self.norm2(x))
+
+
+class AttnNet(nn.Module):
+    def __init__(self, dim: int = 8, depth: int = 2, *, fused: bool = False) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*[AttnBlock(dim, fused=fused) for _ in range(depth)])
+        self.head = nn.Linear(dim, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(x).mean(1))
+
+
+# the candidate writes attention out, the reference calls the fused kernel: the same math
+TOY_ATTENTION = harness.Pair(name="toy_attention", candidate=AttnNet, reference=lambda: AttnNet(fused=True),
+                             convert=dict, make_inputs=make_inputs)

@@ -1,36 +1,109 @@
-"""Tracer overhead: traced / plain forward of convnext_tiny at 224, summary and full storage.
+"""Tracer overhead on ConvNeXt-T and ViT-S at 1x3x224x224, float32: traced / plain forward.
 
-Benchmarks only (``tox -- -m bench --benchmark-only``); under the default suite each runs once as a smoke test.
+Five variants run interleaved in one benchmark per model (``bench_record.interleaved``):
+
+- ``plain``: the forward alone;
+- ``floor_reduce``: the forward with a hook on every module taking one sum of each output (the
+  least a summary must read);
+- ``floor_copy``: the forward with a hook on every module cloning each output tensor once (the
+  least a full trace must write);
+- ``summary`` / ``full``: the forward under :class:`harness.Tracer` in that mode.
+
+The ratios to ``plain`` and the overhead above each mode's floor go to ``benchmark.extra_info``
+and ``reports/bench.json`` (section ``tracer``). Speed is reported, never asserted; what is asserted
+is that both tracing modes recorded the same calls.
+Benchmarks only (``tox -e bench``); in the default suite each variant runs once as a smoke test.
 """
+
+from __future__ import annotations
+
+from typing import Callable
 
 import pytest
 import torch
+from torch import nn
 
 import harness
+from bench_record import interleaved, record, rounds_for, say
 from harness import Tracer
+
+MODELS = {"convnext_tiny": "convnext_tiny", "vit_small": "rope_mixed_vit_small"}  # model -> pair whose candidate it is
+IMAGE = (1, 3, 224, 224)
+
+
+def _hooked(model: nn.Module, x: torch.Tensor, keep: Callable[[torch.Tensor], object]) -> Callable[[], int]:
+    """The forward with a hook on every module applying ``keep`` once to each output tensor."""
+    def run() -> int:
+        kept: dict[int, object] = {}
+
+        def hook(module, args, output):
+            for t in harness.trace.flatten_tensors(output).values():
+                if id(t) not in kept:
+                    kept[id(t)] = keep(t)
+
+        handles = [m.register_forward_hook(hook) for m in model.modules()]
+        try:
+            with torch.no_grad():
+                model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return len(kept)
+
+    return run
+
+
+def _traced(model: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], int]:
+    def run() -> int:
+        with torch.no_grad(), Tracer(model, mode=mode) as tracer:
+            model(x)
+        return len(tracer)
+
+    return run
+
+
+def _variants(model: nn.Module, x: torch.Tensor) -> dict[str, Callable[[], object]]:
+    def plain():
+        with torch.no_grad():
+            return model(x)
+
+    return {
+        "plain": plain,
+        "floor_reduce": _hooked(model, x, lambda t: t.sum()),
+        "floor_copy": _hooked(model, x, lambda t: t.detach().clone()),
+        "summary": _traced(model, x, "summary"),
+        "full": _traced(model, x, "full"),
+    }
 
 
 @pytest.fixture(scope="module")
-def model_and_input():
-    candidate, _ = harness.get_pair("convnext_tiny").build(dtype=torch.float32)
-    return candidate, torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-
-
-def _traced(model, x, mode):
-    with torch.no_grad(), Tracer(model, mode=mode) as tracer:
-        model(x)
-    return len(tracer)
+def image() -> torch.Tensor:
+    return torch.randn(IMAGE, generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.bench
-@pytest.mark.benchmark(group="tracer-overhead-convnext_tiny-224")
-@pytest.mark.parametrize("mode", ["plain", "summary", "full"])
-def test_bench_tracer_overhead(benchmark, model_and_input, mode):
-    model, x = model_and_input
-    if mode == "plain":
-        with torch.no_grad():
-            out = benchmark(model, x)
-        assert out.shape == (1, 1000)
-    else:
-        records = benchmark(_traced, model, x, mode)
-        assert records > 100  # every block's submodules were recorded
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_bench_tracer_overhead(benchmark, request, image, model_name: str) -> None:
+    model, _ = harness.get_pair(MODELS[model_name]).build(dtype=torch.float32)
+    variants = _variants(model, image)
+    calls = {mode: variants[mode]() for mode in ("summary", "full")}
+    assert calls["summary"] == calls["full"] > 0, f"{model_name}: the two modes recorded different calls: {calls}"
+    if benchmark.disabled:  # default suite: one run of each variant as a smoke test
+        for fn in variants.values():
+            fn()
+        return
+    rounds = rounds_for(list(variants.values()), budget_s=20.0)
+    seconds: dict[str, float] = {}
+    benchmark.group = "tracer overhead, 1x3x224x224 float32"
+    benchmark.pedantic(lambda: seconds.update(interleaved(variants, rounds=rounds)), rounds=1, iterations=1)
+    ratio = {name: s / seconds["plain"] for name, s in seconds.items()}
+    entry = {
+        "image": list(IMAGE), "rounds": rounds, "seconds": {k: round(v, 5) for k, v in seconds.items()},
+        "ratio": {k: round(v, 3) for k, v in ratio.items()},
+        "summary_above_floor": round(ratio["summary"] - ratio["floor_reduce"], 3),
+        "full_above_floor": round(ratio["full"] - ratio["floor_copy"], 3),
+    }
+    benchmark.extra_info.update(entry)
+    record("tracer", model_name, entry)
+    say(request.config, [f"tracer {model_name}: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratio.items())
+          + f"; above floor: summary {entry['summary_above_floor']:+.2f}, full {entry['full_above_floor']:+.2f}"])

@@ -45,6 +45,7 @@ def test_report_written_with_every_row(project: pytest.Pytester, xdist: bool):
     result = project.runpytest_subprocess(*args)
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.re_match_lines([r".*culprit \(introduces the error itself\): blocks\.0.*"])
+    result.stdout.re_match_lines([r"FAILED test_scratch.py::test_parity_toy_broken - culprit blocks\.0: .*"])
     doc = json.loads((project.path / "reports" / "parity.json").read_text())
     assert doc["schema"] == 1
     rows = sorted((r["pair"], r["dtype"], r["passed"]) for r in doc["results"])
@@ -52,7 +53,7 @@ def test_report_written_with_every_row(project: pytest.Pytester, xdist: bool):
     failed = next(r for r in doc["results"] if not r["passed"])
     assert failed["first_divergence"] == "blocks.0" and failed["culprit"] == "blocks.0"
     page = (project.path / "reports" / "index.html").read_text()
-    assert page.count("<tr>") == 1 + 3 and "2 of 3 comparisons pass" in page
+    assert page.count('<tr class="') == 3 and "2 of 3 comparisons pass" in page
     assert len((project.path / "reports" / "history.jsonl").read_text().splitlines()) == 1
 
 

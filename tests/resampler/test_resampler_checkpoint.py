@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -433,9 +434,17 @@ def test_ambiguous_prefix_is_an_error_listing_the_candidates(tmp_path):
 def test_no_resampler_keys_say_so_instead_of_only_listing_missing_keys(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"encoder.weight": torch.zeros(2, 2)}, path)
-    hint = r"No key ends in input_proj.weight under prefix '': not a resampler checkpoint.*--prefix.*\['encoder.weight'\]"
+    hint = r"other.pth: not a resampler checkpoint: no key ends in input_proj.weight under prefix ''.*\['encoder.weight'\].*--prefix"
     with pytest.raises(CheckpointError, match=hint):
         load_checkpoint(path)
+
+
+def test_add_metadata_on_a_foreign_file_leads_with_the_one_line_reason(tmp_path, capsys):
+    path = tmp_path / "convnext.safetensors"
+    safetensors.torch.save_file({"stem.0.weight": torch.zeros(4, 3, 4, 4)}, path)
+    assert harness_cli(["add-metadata", str(path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and error.startswith(f"error: {path}: not a resampler checkpoint"), error
 
 
 def test_add_metadata_records_the_prefix_and_later_loads_use_it(tmp_path, capsys):

@@ -1,0 +1,183 @@
+"""Layout adapters: twin modules that return the same values in another shape.
+
+Independent implementations store one activation differently: ``(N, C)`` against
+``(N, C, 1, 1)``, NCHW against NHWC, ``(B, H, W, C)`` against ``(B, H*W, C)``, a Swin window
+attention's ``(B*nW, ws*ws, C)`` against the map ``(B, H, W, C)`` (cyclically shifted or not).
+When twin outputs have the same number of elements but different shapes, the harness looks for an
+adapter that brings the candidate's tensor into the reference's shape:
+
+1. reshape alone (squeeze, unsqueeze, flatten, unflatten: row-major order kept);
+2. a permutation of the candidate's dims, then a reshape (NCHW -> NHWC, ``(B, C, H*W)`` ->
+   ``(B, H*W, C)``);
+3. the same with the roles swapped: the reference permuted and reshaped into the candidate's
+   shape, the inverse applied to the candidate;
+4. window partition or reverse for window sizes that fit, with and without a cyclic shift of
+   half a window.
+
+Among the adapters whose shapes fit, the one giving the smallest error is kept; the verdict on the
+row is then made on the adapted tensor as on any other, and the adapter is shown in the row. A
+wrong layout is not hidden by this: the module's consumers receive the wrong layout and fail.
+Summary-mode leaves (statistics only) need no adapter: mean, std and absmax do not depend on
+layout, so equal element counts suffice.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from itertools import permutations
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+__all__ = ["Adapter", "find_adapter", "UserAdapter", "check_adapters"]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A function bringing a candidate tensor into the reference's layout, and its description."""
+
+    description: str
+    apply: Callable[[torch.Tensor], torch.Tensor]
+
+
+UserAdapter = tuple[str, Callable[[torch.Tensor], torch.Tensor]]  # (regex on candidate module name, fn)
+
+
+def check_adapters(adapters: Sequence[UserAdapter]) -> None:
+    if isinstance(adapters, (str, bytes)) or not isinstance(adapters, Sequence):
+        raise TypeError(f"adapters must be a sequence of (regex, function) pairs, got {type(adapters).__name__}")
+    for rule in adapters:
+        if not (isinstance(rule, tuple) and len(rule) == 2 and isinstance(rule[0], str) and callable(rule[1])):
+            raise TypeError(f"adapters are (regex on candidate module name, function tensor -> tensor) pairs, "
+                            f"got {rule!r}")
+        try:
+            re.compile(rule[0])
+        except re.error as exc:
+            raise ValueError(f"adapter rule {rule[0]!r} is not a valid regex: {exc}") from None
+
+
+def user_adapter(module: str, adapters: Sequence[UserAdapter]) -> Adapter | None:
+    for pattern, fn in adapters:
+        if re.search(pattern, module):
+            return Adapter(f"user adapter for /{pattern}/", fn)
+    return None
+
+
+def _groupable(shape: Sequence[int], target: Sequence[int]) -> bool:
+    """A row-major reshape of ``shape`` into ``target`` that only merges or splits neighbours."""
+    a = [d for d in shape if d != 1]
+    b = [d for d in target if d != 1]
+    i = j = 0
+    while i < len(a) and j < len(b):
+        pa, pb = a[i], b[j]
+        while pa != pb:
+            if pa < pb:
+                i += 1
+                if i >= len(a):
+                    return False
+                pa *= a[i]
+            else:
+                j += 1
+                if j >= len(b):
+                    return False
+                pb *= b[j]
+        i += 1
+        j += 1
+    return i == len(a) and j == len(b)
+
+
+def _perm_text(dims: Sequence[int]) -> str:
+    return "permute(" + ",".join(map(str, dims)) + ")"
+
+
+def _candidates(cand_shape: tuple[int, ...], ref_shape: tuple[int, ...]) -> Iterator[Adapter]:
+    if _groupable(cand_shape, ref_shape):
+        yield Adapter(f"reshape{ref_shape}", lambda t: t.reshape(ref_shape))
+    nd = len(cand_shape)
+    if nd <= 6:
+        for dims in permutations(range(nd)):
+            if list(dims) == sorted(dims):
+                continue
+            shape = tuple(cand_shape[d] for d in dims)
+            if shape == ref_shape:
+                yield Adapter(_perm_text(dims), lambda t, dims=dims: t.permute(*dims))
+            elif _groupable(shape, ref_shape):
+                yield Adapter(f"{_perm_text(dims)} + reshape{ref_shape}",
+                              lambda t, dims=dims: t.permute(*dims).reshape(ref_shape))
+    nr = len(ref_shape)
+    if nr <= 6:
+        for dims in permutations(range(nr)):
+            if list(dims) == sorted(dims):
+                continue
+            shape = tuple(ref_shape[d] for d in dims)
+            if shape == cand_shape:
+                continue  # the same as a candidate permutation, found above
+            if _groupable(shape, cand_shape):
+                inverse = [dims.index(i) for i in range(nr)]
+                yield Adapter(f"reshape{shape} + {_perm_text(inverse)}",
+                              lambda t, shape=shape, inverse=inverse: t.reshape(shape).permute(*inverse))
+    yield from _window_adapters(cand_shape, ref_shape)
+
+
+def _partition(x: torch.Tensor, ws: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B*nW, ws*ws, C), windows in row-major order."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, ws * ws, c)
+
+
+def _reverse(x: torch.Tensor, ws: int, h: int, w: int) -> torch.Tensor:
+    """(B*nW, ws*ws, C) (or (B*nW, ws, ws, C)) -> (B, H, W, C)."""
+    c = x.shape[-1]
+    b = x.numel() // (h * w * c)
+    x = x.reshape(b, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h, w, c)
+
+
+def _window_adapters(cand: tuple[int, ...], ref: tuple[int, ...]) -> Iterator[Adapter]:
+    """Window partition/reverse (optionally with a cyclic shift) between a map and its windows."""
+    for map_shape, win_shape, to_windows in ((cand, ref, True), (ref, cand, False)):
+        if len(map_shape) != 4 or len(win_shape) not in (3, 4):
+            continue
+        b, h, w, c = map_shape
+        if win_shape[-1] != c:
+            continue
+        n = win_shape[1] * (win_shape[2] if len(win_shape) == 4 else 1)
+        ws = math.isqrt(n)
+        if ws * ws != n or h % ws or w % ws or win_shape[0] != b * (h // ws) * (w // ws):
+            continue
+        for shift in sorted({0, ws // 2, -(ws // 2)}, key=abs):
+            label = f"window partition {ws}x{ws}" + (f" after roll {shift}" if shift else "")
+            if to_windows:  # candidate is the map, reference the windows
+                yield Adapter(label, lambda t, ws=ws, s=shift, out=win_shape: _partition(torch.roll(t, (s, s), (1, 2)), ws).reshape(out))
+            else:  # candidate is the windows, reference the map
+                label = f"window reverse {ws}x{ws}" + (f" then roll {shift}" if shift else "")
+                yield Adapter(label, lambda t, ws=ws, s=shift, h=h, w=w: torch.roll(_reverse(t, ws, h, w), (s, s), (1, 2)))
+
+
+def find_adapter(candidate: torch.Tensor, reference: torch.Tensor) -> Adapter | None:
+    """The adapter (see module docstring) giving the smallest error, or None if no layout fits."""
+    cs, rs = tuple(candidate.shape), tuple(reference.shape)
+    if cs == rs or candidate.numel() != reference.numel() or candidate.numel() == 0:
+        return None
+    ref = reference.detach().double()
+    best: tuple[float, Adapter] | None = None
+    seen: set[str] = set()
+    for adapter in _candidates(cs, rs):
+        if adapter.description in seen:
+            continue
+        seen.add(adapter.description)
+        try:
+            out = adapter.apply(candidate.detach())
+        except RuntimeError:
+            continue
+        if tuple(out.shape) != rs:
+            continue
+        err = float((out.double() - ref).abs().nan_to_num(nan=math.inf).max())
+        if best is None or err < best[0]:
+            best = (err, adapter)
+            if err == 0.0:
+                break
+    return None if best is None else best[1]

@@ -1,0 +1,909 @@
+"""Say what the error is: the first diverging torch operation inside the culprit, and why.
+
+Algorithm, for the culprit row of a failing comparison (full mode only):
+
+1. Re-run. The candidate module and its reference twin are deep-copied, cast to float64 (so that
+   rounding cannot hide a bug, and the diagnosis reads the same at every comparison dtype) and
+   run on copies of the reference's recorded inputs, both under :class:`OpRecorder`, a
+   ``TorchFunctionMode`` that sees every torch function called in the forward: ``F.layer_norm``,
+   ``torch.matmul``, ``x * gamma``, ``x.softmax(-1)``... (calls nested inside a recorded call are
+   not seen: the recorder runs with itself disabled). When either twin cannot be copied or cast
+   (a forward patched with a closure over the original), both run as they are, in their own dtype,
+   under ``no_grad`` with their parameters and buffers snapshotted and restored bitwise.
+2. Canonicalize. Spellings of one operation get one name (``__mul__``/``mul``/``mul_`` -> ``mul``,
+   ``view`` -> ``reshape``, ``addmm`` -> ``linear``, ``bmm``/``@`` -> ``matmul``), non-tensor
+   arguments are bound to parameter names with their defaults (``eps``, ``approximate``,
+   ``dim`` made non-negative, ``stride`` as a tuple), and tensor arguments that are the module's
+   parameters or buffers (or views of them) are named (``gamma``). A written-out attention
+   ``softmax((q * s) @ k^T) @ v`` becomes one ``scaled_dot_product_attention`` with its
+   effective ``scale``, as does the fused call. Dropout in eval mode and casts to the same dtype
+   vanish. Ops that only move values (reshape, permute, cat, indexing...) are kept apart as
+   layout ops: implementations spell them in too many ways to align them usefully.
+3. Align the two computational op streams by name (``difflib.SequenceMatcher``) and walk the
+   aligned pairs in order. Unpaired ops are held as pending until the next pair: if that pair's
+   output agrees, they were harmless spellings. A pair whose output differs while a nearby op of
+   the same name agrees (``x * cos + rot * sin`` against ``rot * sin + x * cos``) is a reordering.
+   The first pair whose output differs (float64 tolerance) is the divergence. It is explained by
+   the pending missing / extra / different ops, its differing non-tensor arguments, a parameter
+   holding other values
+   (``weight`` holds the reference's ``bias``: a swap), or, when its inputs already differ while
+   everything computed before agreed, by the layout ops between (a transpose missing before a
+   reshape). When no pair differs but the module output does, the pending ops at the end explain
+   it (a residual ``add`` missing after the last operation).
+4. Attribute diff. Submodules of the two twins (paired by relative name, else in order) are
+   compared on their plain settings (``eps``, ``approximate``, ``stride``, ``groups``,
+   ``inplace``...): what differs is reported even when no op shows it.
+
+Findings are ranked argument, missing_op, extra_op, op, attribute, value: an argument names the
+value to fix, an attribute may be a harmless difference of style (``fused=True``).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import inspect
+import math
+import types
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from harness.metrics import DEFAULT_TOLERANCES, Tolerance, measure
+from harness.trace import flatten_tensors, map_tensors
+
+__all__ = ["Op", "OpRecorder", "record_ops", "diagnose", "diagnose_modules", "attribute_diff", "KINDS"]
+
+KINDS = ("argument", "attribute", "missing_op", "extra_op", "op", "value")
+# most specific first: an argument names the value to fix; a missing op says what to add; an
+# attribute diff may be a harmless difference of style (fused=True) and comes after the ops
+_RANK = ("argument", "missing_op", "extra_op", "op", "attribute", "value")
+
+# -- canonical names ---------------------------------------------------------------------------
+_ALIASES = {
+    "multiply": "mul", "true_divide": "div", "divide": "div", "truediv": "div", "subtract": "sub",
+    "bmm": "matmul", "mm": "matmul", "view": "reshape", "_unsafe_view": "reshape", "swapaxes": "transpose",
+    "swapdims": "transpose", "T": "transpose", "mT": "transpose", "t": "transpose", "concat": "cat",
+    "concatenate": "cat", "_softmax": "softmax", "special_softmax": "softmax", "view_as": "reshape",
+    "reshape_as": "reshape", "flatten": "reshape", "unflatten": "reshape", "getitem": "index",
+}
+LAYOUT = frozenset({
+    "reshape", "permute", "transpose", "contiguous", "squeeze", "unsqueeze", "expand", "expand_as",
+    "repeat", "unbind", "chunk", "split", "tensor_split", "index", "narrow", "select", "cat", "stack",
+    "clone", "detach", "movedim", "moveaxis", "flip", "roll", "broadcast_to",
+})
+_CASTS = frozenset({"to", "type", "float", "double", "half", "bfloat16", "type_as"})
+_COMMUTATIVE = frozenset({"add", "mul"})
+
+# Parameter names of builtins (no inspect.signature): canonical name -> (name, default) in order.
+_NO_DEFAULT = object()
+_SIGNATURES: dict[str, tuple[tuple[str, Any], ...]] = {
+    "linear": (("input", _NO_DEFAULT), ("weight", _NO_DEFAULT), ("bias", None)),
+    "gelu": (("input", _NO_DEFAULT), ("approximate", "none")),
+    "silu": (("input", _NO_DEFAULT), ("inplace", False)),
+    "softmax": (("input", _NO_DEFAULT), ("dim", None), ("dtype", None)),
+    "log_softmax": (("input", _NO_DEFAULT), ("dim", None), ("dtype", None)),
+    "scaled_dot_product_attention": (
+        ("query", _NO_DEFAULT), ("key", _NO_DEFAULT), ("value", _NO_DEFAULT), ("attn_mask", None),
+        ("dropout_p", 0.0), ("is_causal", False), ("scale", None), ("enable_gqa", False)),
+    "layer_norm": (("input", _NO_DEFAULT), ("normalized_shape", _NO_DEFAULT), ("weight", None),
+                   ("bias", None), ("eps", 1e-5)),
+    "add": (("input", _NO_DEFAULT), ("other", _NO_DEFAULT), ("alpha", 1)),
+    "sub": (("input", _NO_DEFAULT), ("other", _NO_DEFAULT), ("alpha", 1)),
+    "mul": (("input", _NO_DEFAULT), ("other", _NO_DEFAULT)),
+    "div": (("input", _NO_DEFAULT), ("other", _NO_DEFAULT), ("rounding_mode", None)),
+    "matmul": (("input", _NO_DEFAULT), ("other", _NO_DEFAULT)),
+    "transpose": (("input", _NO_DEFAULT), ("dim0", _NO_DEFAULT), ("dim1", _NO_DEFAULT)),
+    "mean": (("input", _NO_DEFAULT), ("dim", None), ("keepdim", False), ("dtype", None)),
+    "sum": (("input", _NO_DEFAULT), ("dim", None), ("keepdim", False), ("dtype", None)),
+    "pow": (("input", _NO_DEFAULT), ("exponent", _NO_DEFAULT)),
+    "cat": (("tensors", _NO_DEFAULT), ("dim", 0)),
+    "stack": (("tensors", _NO_DEFAULT), ("dim", 0)),
+}
+for _n in ("conv1d", "conv2d", "conv3d"):
+    _SIGNATURES[_n] = (("input", _NO_DEFAULT), ("weight", _NO_DEFAULT), ("bias", None), ("stride", 1),
+                       ("padding", 0), ("dilation", 1), ("groups", 1))
+_DIM_ARGS = frozenset({"dim", "dim0", "dim1", "dims"})
+_SPATIAL_ARGS = frozenset({"stride", "padding", "dilation", "kernel_size", "output_padding"})
+
+
+def canonical_name(func: Callable) -> str:
+    """One name per operation, whatever the spelling (``Tensor.__rmul__`` -> ``mul``)."""
+    name = getattr(func, "__name__", None) or str(func)
+    if name == "__get__":  # a property such as ``x.T``: name it after the descriptor
+        name = getattr(getattr(func, "__self__", None), "__name__", name)
+    if name.startswith("__") and name.endswith("__"):
+        name = name[2:-2]
+        if name[:1] in "ri" and name[1:] in ("add", "sub", "mul", "truediv", "matmul", "div", "pow", "and", "or"):
+            name = name[1:]
+    elif name.endswith("_") and not name.startswith("_"):
+        name = name[:-1]  # in-place variant: same math
+    return _ALIASES.get(name, name)
+
+
+# -- recording ---------------------------------------------------------------------------------
+@dataclass
+class Op:
+    """One recorded torch call, canonicalized."""
+
+    index: int
+    name: str
+    spelling: str
+    args: dict[str, Any]  # non-tensor arguments, bound to parameter names with defaults
+    params: dict[str, str]  # argument name -> module parameter/buffer name (views included)
+    param_values: dict[str, torch.Tensor]
+    input_ids: list[int]  # ids of activation tensors flowing in
+    out_ids: list[int]
+    outputs: list[torch.Tensor]  # detached copies
+    scope: str = ""  # innermost submodule (relative name) running the op
+    kind: str = "compute"  # "compute" | "layout" | "noop"
+    absorbed: bool = False  # folded into a composite op
+
+    @property
+    def shape(self) -> tuple[int, ...] | None:
+        return tuple(self.outputs[0].shape) if self.outputs else None
+
+
+class OpRecorder(TorchFunctionMode):
+    """Records every torch function called while active (see module docstring).
+
+    ``module``: its parameters and buffers are named when passed to an op; forward hooks on its
+    submodules tell which one runs each op (removed on exit).
+    """
+
+    def __init__(self, module: nn.Module | None = None) -> None:
+        super().__init__()
+        self.ops: list[Op] = []
+        self._alive: list[Any] = []  # originals kept alive: ids stay unique during the run
+        self._provenance: dict[int, str] = {}
+        self._roots: dict[int, torch.Tensor] = {}  # id of a parameter or a view of it -> the parameter
+        self._producers: dict[int, list[int]] = {}  # tensor id -> indices of the ops writing it
+        self._scope: list[str] = []
+        self._handles: list[Any] = []
+        self._module = module
+        if module is not None:
+            for name, t in (*module.named_parameters(), *module.named_buffers()):
+                self._provenance[id(t)] = name
+                self._roots[id(t)] = t
+
+    def __enter__(self):
+        if self._module is not None:
+            for name, sub in self._module.named_modules():
+                if name:
+                    self._handles.append(sub.register_forward_pre_hook(self._push(name)))
+                    self._handles.append(sub.register_forward_hook(self._pop))
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        return super().__exit__(*exc)
+
+    def _push(self, name: str):
+        def hook(module, args):
+            self._scope.append(name)
+        return hook
+
+    def _pop(self, module, args, output):
+        if self._scope:
+            self._scope.pop()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self._record(func, args, kwargs, out)
+        return out
+
+    def _record(self, func: Callable, args: tuple, kwargs: dict, out: Any) -> None:
+        outs = [t for t in flatten_tensors(out).values()]
+        if not outs:  # shape, dim(), item(): no tensor comes out, nothing to compare
+            return
+        name = canonical_name(func)
+        if name == "addmm" and len(args) >= 3:  # torch.addmm(bias, x, weight.t()): a linear layer
+            name, args, kwargs = "linear", (args[1], args[2], args[0]), {}
+        bound = _bind(func, name, args, kwargs)
+        tensors = {k: v for k, v in bound.items() if isinstance(v, torch.Tensor)}
+        tensor_lists = {k: v for k, v in bound.items() if isinstance(v, (list, tuple))
+                        and v and all(isinstance(t, torch.Tensor) for t in v)}
+        params = {k: self._provenance[id(v)] for k, v in tensors.items() if id(v) in self._provenance}
+        kind = "layout" if name in LAYOUT else "compute"
+        first = next(iter(tensors.values()), None)
+        if first is None and tensor_lists:
+            first = next(iter(tensor_lists.values()))[0]
+        if name in _CASTS:
+            kind = "noop" if first is not None and outs[0].dtype == first.dtype else "compute"
+            name = "cast" if kind == "compute" else name
+        if name in ("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout") \
+                and (not bound.get("training", True) or not bound.get("p", 0.5)):
+            kind = "noop"
+        if kind != "compute" and first is not None and id(first) in self._provenance:
+            for t in outs:  # a view of a parameter is that parameter
+                self._provenance[id(t)] = self._provenance[id(first)]
+                self._roots[id(t)] = self._roots[id(first)]
+            self._alive.append(out)
+            return
+        inputs = [id(v) for k, v in tensors.items() if k not in params]
+        inputs += [id(t) for v in tensor_lists.values() for t in v]
+        op = Op(
+            index=len(self.ops), name=name, spelling=_spelling(func),
+            args=_normalize(name, {k: v for k, v in bound.items() if k not in tensors and k not in tensor_lists},
+                            first, outs),
+            params=params, param_values={k: self._roots[id(tensors[k])].detach() for k in params},
+            input_ids=inputs, out_ids=[id(t) for t in outs], outputs=[t.detach().clone() for t in outs],
+            scope=self._scope[-1] if self._scope else "", kind=kind,
+        )
+        self._alive.append(out)
+        for i in op.out_ids:
+            self._producers.setdefault(i, []).append(op.index)
+        self.ops.append(op)
+
+    def producer(self, tensor_id: int, before: int | None = None) -> Op | None:
+        """The last op that wrote ``tensor_id`` before op index ``before`` (in-place ops write their input)."""
+        found = [i for i in self._producers.get(tensor_id, ()) if before is None or i < before]
+        return self.ops[found[-1]] if found else None
+
+    def value(self, tensor_id: int, before: int | None = None) -> torch.Tensor | None:
+        op = self.producer(tensor_id, before)
+        return None if op is None else op.outputs[op.out_ids.index(tensor_id)]
+
+
+def _spelling(func: Callable) -> str:
+    return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+
+
+def _bind(func: Callable, name: str, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """Arguments by parameter name, defaults filled in where the signature is known."""
+    if name in _SIGNATURES:
+        sig = _SIGNATURES[name]
+        out = {}
+        for i, (pname, default) in enumerate(sig):
+            if i < len(args):
+                out[pname] = args[i]
+            elif pname in kwargs:
+                out[pname] = kwargs[pname]
+            elif default is not _NO_DEFAULT:
+                out[pname] = default
+        for i in range(len(sig), len(args)):
+            out[f"arg{i}"] = args[i]
+        out.update({k: v for k, v in kwargs.items() if k not in out})
+        if name in _COMMUTATIVE:  # 2 * x and x * 2 alike: the tensor is the input
+            a, b = out.get("input"), out.get("other")
+            if not isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+                out["input"], out["other"] = b, a
+        return out
+    try:
+        bound = inspect.signature(func).bind(*args, **kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments)
+    except (TypeError, ValueError):
+        out = {f"arg{i}": a for i, a in enumerate(args)}
+        out.update(kwargs)
+        return out
+
+
+def _normalize(name: str, args: dict[str, Any], first: torch.Tensor | None, outs: list[torch.Tensor]) -> dict:
+    """Comparable argument values: dims non-negative, spatial ints as tuples, shapes as output shape."""
+    ndim = first.ndim if first is not None else None
+    out: dict[str, Any] = {}
+    for k, v in args.items():
+        if k in ("out", "memory_format", "non_blocking", "copy"):
+            continue
+        v = _plain(v)
+        if k in _DIM_ARGS and ndim:
+            v = _nonneg(v, ndim if name not in ("unsqueeze", "stack") else ndim + 1)
+        if k in _SPATIAL_ARGS and isinstance(v, int) and name.startswith("conv") and outs:
+            v = (v,) * (outs[0].ndim - 2)
+        out[k] = v
+    if name == "reshape":
+        out = {"shape": tuple(outs[0].shape)}  # -1 or explicit, view or reshape: the shape made
+    if name == "index":
+        out = {"index": repr(args.get("arg1"))}
+    return out
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, torch.Size):
+        return tuple(v)
+    if isinstance(v, list):
+        return tuple(_plain(x) for x in v)
+    if isinstance(v, tuple):
+        return tuple(_plain(x) for x in v)
+    if isinstance(v, torch.dtype):
+        return str(v).removeprefix("torch.")
+    if isinstance(v, torch.Tensor):
+        return f"tensor{tuple(v.shape)}"
+    return v
+
+
+def _nonneg(v: Any, ndim: int) -> Any:
+    if isinstance(v, bool) or v is None:
+        return v
+    if isinstance(v, int):
+        return v % ndim if ndim else v
+    if isinstance(v, tuple):
+        return tuple(_nonneg(x, ndim) for x in v)
+    return v
+
+
+# -- composite attention -----------------------------------------------------------------------
+def _scalar(op: Op) -> float | None:
+    """The scalar factor of ``x * s`` / ``x / s`` (None for any other op)."""
+    other = op.args.get("other")
+    if op.name in ("mul", "div") and isinstance(other, (int, float)) and not isinstance(other, bool) \
+            and len(op.input_ids) == 1:
+        return float(other) if op.name == "mul" else 1.0 / float(other)
+    return None
+
+
+def _walk_back(rec: OpRecorder, tensor_id: int, factors: list[float], path: list[Op], *, mask: list | None,
+               before: int) -> Op | None:
+    """Follow ``tensor_id`` back through layout ops, casts, scalar scalings and a mask add."""
+    while True:
+        op = rec.producer(tensor_id, before)
+        if op is None:
+            return None
+        before = op.index  # strictly backwards: an in-place op reads and writes one tensor
+        s = _scalar(op)
+        if op.kind in ("layout", "noop") or op.name == "cast" or s is not None:
+            if s is not None:
+                factors.append(s)
+                path.append(op)
+            elif op.name == "cast":
+                path.append(op)
+            if not op.input_ids:
+                return None
+            tensor_id = op.input_ids[0]
+            continue
+        if op.name == "add" and mask is not None and len(op.input_ids) + len(op.params) == 2:
+            mask.append(op)
+            path.append(op)
+            tensor_id = op.input_ids[0]
+            mask = None  # one mask at most
+            continue
+        return op
+
+
+def _fold_attention(rec: OpRecorder) -> list[Op]:
+    """Replace written-out ``softmax(q k^T * s) v`` by one ``scaled_dot_product_attention``."""
+    ops = rec.ops
+    consumers: dict[int, list[Op]] = {}
+    for op in ops:
+        for i in op.input_ids:
+            consumers.setdefault(i, []).append(op)
+    composites: dict[int, Op] = {}
+    for s in ops:
+        if s.name != "softmax" or s.kind != "compute" or not s.input_ids:
+            continue
+        factors: list[float] = []
+        path: list[Op] = []
+        mask: list[Op] = []
+        m1 = _walk_back(rec, s.input_ids[0], factors, path, mask=mask, before=s.index)
+        if m1 is None or m1.name != "matmul" or len(m1.input_ids) != 2:
+            continue
+        for tid in m1.input_ids:  # q and k: scalings applied before the product count too
+            _walk_back(rec, tid, factors, path, mask=None, before=m1.index)
+        m2 = _consumer_matmul(rec, s, consumers)
+        if m2 is None:
+            continue
+        scale = math.prod(factors) if factors else 1.0
+        args = {"scale": scale, "dim": s.args.get("dim"), "dtype": s.args.get("dtype"),
+                "attn_mask": bool(mask), "is_causal": False}
+        composites[m2.index] = Op(
+            index=m2.index, name="scaled_dot_product_attention", spelling="softmax(q @ k^T * scale) @ v",
+            args=args, params={}, param_values={}, input_ids=m2.input_ids, out_ids=m2.out_ids,
+            outputs=m2.outputs, scope=m2.scope)
+        for op in (m1, s, m2, *path):
+            op.absorbed = True
+    stream = []
+    for op in ops:
+        if op.index in composites:
+            stream.append(composites[op.index])
+        elif op.kind == "compute" and not op.absorbed:
+            stream.append(_canonical_sdpa(op) if op.name == "scaled_dot_product_attention" else op)
+    return stream
+
+
+def _consumer_matmul(rec: OpRecorder, s: Op, consumers: dict[int, list[Op]]) -> Op | None:
+    frontier = list(s.out_ids)
+    for _ in range(6):  # through a dropout, a cast or a reshape
+        nxt = []
+        for tid in frontier:
+            for op in consumers.get(tid, []):
+                if op.index <= s.index:
+                    continue  # an earlier reader of a tensor id that was written again in place
+                if op.name == "matmul" and op.input_ids and op.input_ids[0] == tid:
+                    return op
+                if op.kind in ("layout", "noop") or op.name in ("cast", "dropout"):
+                    nxt.extend(op.out_ids)
+        frontier = nxt
+    return None
+
+
+def _canonical_sdpa(op: Op) -> Op:
+    args = dict(op.args)
+    q_dim = op.args.get("_q_last")
+    if args.get("scale") is None and q_dim:
+        args["scale"] = 1.0 / math.sqrt(q_dim)
+    args.pop("_q_last", None)
+    args["attn_mask"] = args.get("attn_mask") not in (None, False)
+    scores_ndim = op.outputs[0].ndim if op.outputs else 4
+    args["dim"] = scores_ndim - 1
+    args.setdefault("dtype", None)
+    keep = {k: args[k] for k in ("scale", "dim", "dtype", "attn_mask", "is_causal") if k in args}
+    if args.get("dropout_p"):
+        keep["dropout_p"] = args["dropout_p"]
+    return Op(op.index, op.name, op.spelling, keep, op.params, op.param_values, op.input_ids, op.out_ids,
+              op.outputs, op.scope, op.kind)
+
+
+# -- running -----------------------------------------------------------------------------------
+def record_ops(module: nn.Module, args: tuple, kwargs: dict) -> tuple[OpRecorder, list[Op], Any]:
+    """Run ``module(*args, **kwargs)`` under an :class:`OpRecorder`; (recorder, op stream, output)."""
+    rec = OpRecorder(module)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the same dropout masks on both sides, global RNG left as it was
+        with rec:
+            out = module(*args, **kwargs)
+    for op in rec.ops:  # the fused attention's default scale needs the query's last dimension
+        if op.name == "scaled_dot_product_attention" and op.args.get("scale") is None and op.outputs:
+            op.args["_q_last"] = _sdpa_head_dim(rec, op)
+    return rec, _fold_attention(rec), out
+
+
+def _sdpa_head_dim(rec: OpRecorder, op: Op) -> int | None:
+    q = rec.value(op.input_ids[0], op.index) if op.input_ids else None
+    return int(q.shape[-1]) if q is not None else int(op.outputs[0].shape[-1])
+
+
+def _working_copy(module: nn.Module, dtype: torch.dtype | None) -> nn.Module | None:
+    if has_instance_forward(module):
+        return None  # a patched forward closes over the original's submodules: a copy would run them
+    try:
+        clone = copy.deepcopy(module)
+        return clone.to(dtype) if dtype is not None else clone
+    except Exception:  # a module that cannot be copied: the caller falls back to the original
+        return None
+
+
+def has_instance_forward(module: nn.Module) -> bool:
+    """Whether some submodule's ``forward`` was replaced on the instance by a function that a deep
+    copy would not rebind (a lambda or closure over the original); a method bound to the module
+    itself is rebound to the copy, so it does not count."""
+    for m in module.modules():
+        f = vars(m).get("forward")
+        if f is not None and not (isinstance(f, types.MethodType) and f.__self__ is m):
+            return True
+    return False
+
+
+class _Snapshot:
+    """Restore a module's parameters and buffers bitwise (a BatchNorm in train mode updates them)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.saved = {k: v.detach().clone() for k, v in module.state_dict(keep_vars=True).items()
+                      if isinstance(v, torch.Tensor)}
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for k, v in self.module.state_dict(keep_vars=True).items():
+                if k in self.saved:
+                    v.copy_(self.saved[k])
+
+
+def _run(module: nn.Module, args: tuple, kwargs: dict, dtype: torch.dtype | None) -> tuple[OpRecorder, list[Op], Any]:
+    """Record ``module`` on a float copy at ``dtype``; with ``dtype`` None, the original itself
+    in its own dtype, its state snapshotted and restored afterwards."""
+    if dtype is not None:
+        cast = (lambda t: t.to(dtype) if t.is_floating_point() else t.clone())
+        work = _working_copy(module, dtype)
+        if work is None:
+            raise TypeError("the module cannot be copied")
+        return record_ops(work, map_tensors(args, cast), map_tensors(kwargs, cast))
+    snap = _Snapshot(module)
+    try:
+        return record_ops(module, map_tensors(args, torch.Tensor.clone), map_tensors(kwargs, torch.Tensor.clone))
+    finally:
+        snap.restore()
+
+
+def _run_both(candidate: nn.Module, c_inputs: tuple[tuple, dict], reference: nn.Module,
+              r_inputs: tuple[tuple, dict], dtype: torch.dtype) -> tuple[tuple, tuple, str]:
+    """Both twins recorded at ``dtype`` on copies, or, when either cannot be, both as they are."""
+    try:
+        return _run(candidate, *c_inputs, dtype), _run(reference, *r_inputs, dtype), str(dtype).removeprefix("torch.")
+    except Exception:  # a patched forward, fixed-dtype internals: run the originals, restored after
+        own = next((p.dtype for p in reference.parameters() if p.is_floating_point()), torch.float32)
+        return _run(candidate, *c_inputs, None), _run(reference, *r_inputs, None), str(own).removeprefix("torch.")
+
+
+# -- comparing ---------------------------------------------------------------------------------
+def _finding(module: str, kind: str, op: str | None, argument: str | None, candidate: Any, reference: Any,
+             text: str) -> dict[str, Any]:
+    return {"module": module, "kind": kind, "op": op, "argument": argument,
+            "candidate": _jsonable(candidate), "reference": _jsonable(reference), "text": text}
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return str(v)
+
+
+def _show(v: Any) -> str:
+    return repr(v) if isinstance(v, (float, str)) else str(v)
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b or a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0) or (a != a and b != b)
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _outputs_agree(c: list[torch.Tensor], r: list[torch.Tensor], tol: Tolerance) -> bool:
+    if len(c) != len(r):
+        return False
+    for a, b in zip(c, r):
+        if not (a.is_floating_point() or a.is_complex()):
+            a, b = a.double(), b.double()
+        if not measure(a, b).passes(tol):
+            return False
+    return True
+
+
+@dataclass
+class _Side:
+    rec: OpRecorder
+    stream: list[Op]
+    output: dict[str, torch.Tensor]
+
+
+def _where(stream: list[Op], pos: int) -> str:
+    """Where an op at stream position ``pos`` sits, in words, from its neighbours."""
+    before = stream[pos - 1].name if pos > 0 else None
+    after = stream[pos].name if pos < len(stream) else None
+    if before and not after:
+        return f"after the module's last operation ({before})"
+    if before and after:
+        return f"between {before} and {after}"
+    if after:
+        return f"before {after}"
+    return "in the module"
+
+
+def _op_label(op: Op) -> str:
+    if op.params:
+        return f"{op.name} by {', '.join(sorted(set(op.params.values())))}"
+    s = _scalar(op)
+    return f"{op.name} by {s:g}" if s is not None else op.name
+
+
+def _unpaired_finding(base: str, tag: str, op: Op, stream_other: list[Op], pos: int) -> dict:
+    where, module = _where(stream_other, pos), _scoped(base, op)
+    if tag == "missing_op":
+        hint = " (a residual connection?)" if op.name == "add" and op.params == {} and len(op.input_ids) == 2 \
+            and pos == len(stream_other) else ""
+        text = f"{module}: {_op_label(op)} missing in the candidate {where}{hint}; the reference applies it"
+        return _finding(module, "missing_op", op.name, None, None, op.name, text)
+    text = f"{module}: extra {_op_label(op)} in the candidate {where}; the reference has none"
+    return _finding(module, "extra_op", op.name, None, op.name, None, text)
+
+
+def _argument_findings(module: str, c: Op, r: Op) -> list[dict]:
+    out = []
+    for key in sorted(set(c.args) | set(r.args), key=lambda k: (k not in ("eps", "approximate", "scale", "dim"), k)):
+        a, b = c.args.get(key), r.args.get(key)
+        if key.startswith("arg") and (key not in c.args or key not in r.args):
+            continue  # positional leftovers of different spellings
+        if not _same_value(a, b):
+            op, inside = c.name, ""
+            if c.name == "scaled_dot_product_attention" and key in ("dim", "dtype"):
+                op, inside = "softmax", " (the attention's softmax)"
+            text = f"{module}: {op} {key} {_show(a)} in the candidate, {_show(b)} in the reference{inside}"
+            out.append(_finding(module, "argument", op, key, a, b, text))
+    return out
+
+
+def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module) -> list[dict]:
+    out = []
+    for key in [k for k in c.params if k in r.params]:
+        a, b = c.param_values[key], r.param_values[key]
+        if a.shape == b.shape and torch.equal(a, b.to(a.dtype)):
+            continue
+        name, holds = c.params[key], _whose_values(a, ref_module, exclude=r.params[key])
+        if holds:
+            text = f"{module}: {c.name} operand {name} holds the reference's {holds} (swapped weights?)"
+        else:
+            err = (a.double() - b.double()).abs().max().item() if a.shape == b.shape else float("nan")
+            text = f"{module}: {c.name} operand {name} holds other values than the reference's {r.params[key]} " \
+                   f"(max_abs difference {err:.3e})"
+        out.append(_finding(module, "argument", c.name, name, holds or f"{name} (other values)", r.params[key], text))
+    return out
+
+
+def _whose_values(t: torch.Tensor, module: nn.Module, *, exclude: str) -> str | None:
+    for name, p in (*module.named_parameters(), *module.named_buffers()):
+        if name != exclude and p.shape == t.shape and torch.equal(p.to(t.dtype), t):
+            return name
+    for name, p in (*module.named_parameters(), *module.named_buffers()):
+        if name != exclude and p.numel() == t.numel() and p.shape != t.shape \
+                and torch.equal(p.reshape(t.shape).to(t.dtype), t):
+            return f"{name} (reshaped)"
+    return None
+
+
+def _layout_between(side: _Side, lo: int, hi: int) -> list[Op]:
+    return [op for op in side.rec.ops[lo + 1:hi] if op.kind == "layout" and not op.absorbed]
+
+
+def _scoped(base: str, op: Op) -> str:
+    return f"{base}.{op.scope}" if op.scope and base != "<root>" else (op.scope or base)
+
+
+def _layout_findings(base: str, cand: _Side, ref: _Side, c_lo: int, c_hi: int, r_lo: int, r_hi: int,
+                     before: str) -> list[dict]:
+    """Differences among the layout ops feeding the first diverging op (a missing transpose...)."""
+    cl, rl = _layout_between(cand, c_lo, c_hi), _layout_between(ref, r_lo, r_hi)
+    sm = difflib.SequenceMatcher(None, [o.name for o in cl], [o.name for o in rl], autojunk=False)
+    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+        if tag == "equal":
+            for c, r in zip(cl[i1:i2], rl[j1:j2]):
+                found = _argument_findings(_scoped(base, c), c, r)
+                if found:
+                    return found
+            continue
+        if tag in ("delete", "replace"):
+            op = cl[i1]
+            module = _scoped(base, op)
+            return [_finding(module, "extra_op", op.name, None, op.name, None,
+                             f"{module}: extra {op.name}{_layout_args(op)} in the candidate before {before}; "
+                             f"the reference has none")]
+        op = rl[j1]
+        module = _scoped(base, op)
+        return [_finding(module, "missing_op", op.name, None, None, op.name,
+                         f"{module}: {op.name}{_layout_args(op)} missing in the candidate before {before}; "
+                         f"the reference applies it")]
+    return []
+
+
+def _layout_args(op: Op) -> str:
+    return "(" + ", ".join(f"{k}={_show(v)}" for k, v in op.args.items()) + ")" if op.args else ""
+
+
+def _inputs_differ(c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance) -> bool:
+    cv = [cand.rec.value(i, c.index) for i in c.input_ids]
+    rv = [ref.rec.value(i, r.index) for i in r.input_ids]
+    if len(cv) != len(rv):
+        return True
+    if c.name in _COMMUTATIVE:  # x + shortcut against shortcut + x
+        key = (lambda t: (t is None, tuple(t.shape) if t is not None else ()))
+        cv, rv = sorted(cv, key=key), sorted(rv, key=key)
+    for a, b in zip(cv, rv):
+        if a is None and b is None:
+            continue  # both the module's own inputs: the same values on both sides
+        if a is None or b is None or not _outputs_agree([a], [b], tol):
+            return True
+    return False
+
+
+_REORDER_WINDOW = 12  # stream positions searched for the twin of an op computed in another order
+
+
+def _pair_agrees(c: Op, r: Op, tol: Tolerance) -> bool:
+    """Same result, and no differing argument behind a result that merely rounds alike."""
+    return _outputs_agree(c.outputs, r.outputs, tol) and not (
+        _argument_findings("", c, r) and not _identical(c.outputs, r.outputs))
+
+
+def _value_twin(c: Op, rs: list[Op], pos: int, tol: Tolerance) -> Op | None:
+    """A nearby reference op of the same name with the same result: ``x * cos + rot * sin`` spelled
+    in another order pairs the two products crosswise by name alone."""
+    for j in range(max(0, pos - _REORDER_WINDOW), min(len(rs), pos + _REORDER_WINDOW + 1)):
+        r = rs[j]
+        if j != pos and r.name == c.name and r.shape == c.shape and _pair_agrees(c, r, tol):
+            return r
+    return None
+
+
+def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_module: nn.Module) -> list[dict]:
+    """The findings that explain the first diverging op of two recorded op streams."""
+    cs, rs = cand.stream, ref.stream
+    sm = difflib.SequenceMatcher(None, [o.name for o in cs], [o.name for o in rs], autojunk=False)
+    pending: list[dict] = []
+    last_c, last_r = -1, -1  # recorder indices of the last agreeing pair
+    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+        if tag != "equal":
+            n = min(i2 - i1, j2 - j1) if tag == "replace" else 0
+            for k in range(n):
+                c, r = cs[i1 + k], rs[j1 + k]
+                pending.append(_finding(_scoped(module, c), "op", c.name, None, c.name,
+                                        r.name, f"{module}: the candidate applies {c.name} where the reference "
+                                                f"applies {r.name} ({_where(rs, j1 + k)})"))
+            for k in range(i1 + n, i2):
+                pending.append(_unpaired_finding(module, "extra_op", cs[k], rs, j2))
+            for k in range(j1 + n, j2):
+                pending.append(_unpaired_finding(module, "missing_op", rs[k], cs, i2))
+            continue
+        for k, (c, r) in enumerate(zip(cs[i1:i2], rs[j1:j2])):
+            twin = r if _pair_agrees(c, r, tol) else _value_twin(c, rs, j1 + k, tol)
+            if twin is not None:
+                pending.clear()  # what was unpaired so far changed nothing
+                last_c, last_r = c.index, twin.index
+                continue
+            where = _scoped(module, c)
+            found = list(pending)
+            found += _argument_findings(where, c, r)
+            found += _param_findings(where, c, r, ref_module)
+            if not found and _inputs_differ(c, r, cand, ref, tol):
+                found = _layout_findings(module, cand, ref, last_c, c.index, last_r, r.index, c.name)
+            if not found:
+                err = _max_err(c.outputs, r.outputs)
+                found = [_finding(where, "value", c.name, None, None, None,
+                                  f"{where}: {c.name} gives another result from the same arguments and inputs "
+                                  f"(max_abs {err:.3e}; candidate {c.spelling}, reference {r.spelling})")]
+            return found
+    if pending and not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
+        return pending
+    if not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
+        # every op agrees, yet the output does not: the layout after the last op differs
+        found = _layout_findings(module, cand, ref, last_c, len(cand.rec.ops), last_r, len(ref.rec.ops), "the output")
+        return found or [_finding(module, "value", None, None, None, None,
+                                  f"{module}: every operation agrees with the reference, the returned value does not")]
+    return []
+
+
+def _identical(c: list[torch.Tensor], r: list[torch.Tensor]) -> bool:
+    return len(c) == len(r) and all(a.shape == b.shape and torch.equal(a, b.to(a.dtype)) for a, b in zip(c, r))
+
+
+def _max_err(c: list[torch.Tensor], r: list[torch.Tensor]) -> float:
+    if not c or not r or c[0].shape != r[0].shape:
+        return float("nan")
+    return measure(c[0], r[0]).max_abs
+
+
+# -- module attributes -------------------------------------------------------------------------
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _settings(m: nn.Module) -> dict[str, Any]:
+    out = {}
+    for k, v in vars(m).items():
+        if k.startswith("_"):
+            continue
+        v = _plain(v)
+        if isinstance(v, _PLAIN) or (isinstance(v, tuple) and all(isinstance(x, _PLAIN) for x in v)):
+            out[k] = v
+    return out
+
+
+def attribute_diff(candidate: nn.Module, reference: nn.Module, prefix: str) -> list[dict]:
+    """Settings (eps, approximate, stride, groups, inplace...) that differ between twin submodules."""
+    cmods, rmods = dict(candidate.named_modules()), dict(reference.named_modules())
+    pairs = [(n, cmods[n], rmods[n]) for n in cmods if n in rmods]
+    left_c = [(n, m) for n, m in cmods.items() if n not in rmods]
+    left_r = [(n, m) for n, m in rmods.items() if n not in cmods]
+    for n, m in left_c:  # renamed twins: pair in order those with the same kind of settings
+        for idx, (rn, rm) in enumerate(left_r):
+            if set(_settings(m)) == set(_settings(rm)) and len(list(m.children())) == len(list(rm.children())):
+                pairs.append((n, m, rm))
+                del left_r[idx]
+                break
+    out = []
+    for name, c, r in pairs:
+        cs, rs = _settings(c), _settings(r)
+        where = f"{prefix}.{name}" if name and prefix != "<root>" else (name or prefix)
+        for key in sorted(set(cs) & set(rs)):
+            if not _same_value(cs[key], rs[key]):
+                out.append(_finding(where, "attribute", None, key, cs[key], rs[key],
+                                    f"{where}: {type(c).__name__}.{key} {_show(cs[key])} in the candidate, "
+                                    f"{_show(rs[key])} in the reference"))
+    return out
+
+
+# -- entry points ------------------------------------------------------------------------------
+def diagnose_modules(
+    candidate: nn.Module, reference: nn.Module, args: tuple, kwargs: dict, *, name: str = "<root>",
+    candidate_inputs: tuple[tuple, dict] | None = None, dtype: torch.dtype = torch.float64,
+) -> list[dict]:
+    """Findings for two twin modules run on the same ``args``/``kwargs`` (most specific first).
+
+    ``candidate_inputs``: the candidate's own ``(args, kwargs)`` when it cannot take the
+    reference's. The modules are run on copies at ``dtype`` (see module docstring).
+    """
+    (c_rec, c_stream, c_out), (r_rec, r_stream, r_out), run_dtype = _run_both(
+        candidate, candidate_inputs or (args, kwargs), reference, (args, kwargs), dtype)
+    tol = DEFAULT_TOLERANCES.get(run_dtype, DEFAULT_TOLERANCES["float32"])
+    cand = _Side(c_rec, c_stream, flatten_tensors(c_out))
+    ref = _Side(r_rec, r_stream, flatten_tensors(r_out))
+    findings = compare_streams(name, cand, ref, tol, reference)
+    findings += attribute_diff(candidate, reference, name)
+    return _rank(_dedupe(findings))
+
+
+def _dedupe(findings: Iterable[dict]) -> list[dict]:
+    seen, out = set(), []
+    for f in findings:
+        key = (f["module"], f["kind"], f["op"], f["argument"], str(f["candidate"]), str(f["reference"]))
+        if key not in seen:
+            seen.add(key)
+            out.append(f)
+    return out
+
+
+def _rank(findings: list[dict]) -> list[dict]:
+    order = {k: i for i, k in enumerate(_RANK)}
+    return sorted(findings, key=lambda f: order[f["kind"]])  # stable: stream order within a kind
+
+
+def diagnose(match: Any) -> list[dict]:
+    """Findings for the culprit's :class:`harness.align.Match` (full-mode records), or [].
+
+    Both twins run on the reference's recorded inputs when the candidate's arguments have the same
+    structure; otherwise each runs on its own (then the first ops may already differ by value)."""
+    if match is None:
+        return []
+    cand, ref = match.candidate, match.reference
+    if cand.module is None or ref.module is None:
+        return []  # summary mode: no module or inputs kept to re-run
+    if type(ref.module).__name__ == "RecordedModule":  # a trace file: settings kept, no code to run
+        return _rank(_dedupe(attribute_diff(cand.module, ref.module, cand.name)))
+    own = (cand.args, cand.kwargs)
+    same_structure = flatten_tensors(cand.args).keys() == flatten_tensors(ref.args).keys() and \
+        cand.kwargs.keys() == ref.kwargs.keys() and all(
+            tuple(a.shape) == tuple(b.shape) for a, b in zip(flatten_tensors((cand.args, cand.kwargs)).values(),
+                                                           flatten_tensors((ref.args, ref.kwargs)).values()))
+    return diagnose_modules(cand.module, ref.module, ref.args, ref.kwargs, name=cand.name,
+                            candidate_inputs=None if same_structure else own)
+
+
+def culprit_diagnosis(rows: Iterable[Any], culprit: str | None) -> list[dict]:
+    """:func:`diagnose` for the culprit's row (the first ``introduced`` row with that name), or []."""
+    if culprit is None:
+        return []
+    rows = list(rows)
+    row = next((r for r in rows if r.candidate == culprit and r.status == "introduced"), None) \
+        or next((r for r in rows if r.candidate == culprit), None)
+    if row is None:
+        return []
+    try:
+        return diagnose(row.match)
+    except Exception as exc:  # the diagnosis explains; it must never cost the verdict
+        return [_finding(culprit, "value", None, None, None, None,
+                         f"{culprit}: no operation-level diagnosis ({type(exc).__name__}: {exc})")]
+
+
+def annotate_mismatches(rows: Iterable[Any], final: Iterable[tuple[str, torch.Tensor, torch.Tensor]],
+                        outputs: dict[str, Any], tol: Tolerance) -> None:
+    """Add :func:`harness.metrics.mismatch_stats` to failing rows and to the final outputs (in place)."""
+    from dataclasses import replace
+
+    from harness.metrics import mismatch_stats
+
+    for row in rows:
+        if row.passed:
+            continue
+        key = row.leaf.split("~")
+        a = row.match.candidate.outputs.get(key[0])
+        b = row.match.reference.outputs.get(key[-1])
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape:
+            row.metrics = replace(row.metrics, **_row_stats(mismatch_stats(a, b, row.tolerance)))
+    for key, a, b in final:
+        if key in outputs and a.shape == b.shape:
+            outputs[key] = replace(outputs[key], **mismatch_stats(a, b, tol))
+
+
+def _row_stats(stats: dict) -> dict:
+    return {k: v for k, v in stats.items() if not k.startswith("passing_")}

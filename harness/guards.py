@@ -1,0 +1,357 @@
+"""Guards around a comparison: checks before it runs, and what it must leave as it found it.
+
+- Up front: both models on the same device(s) and not on ``meta`` (:func:`check_devices`), both
+  with floating parameters of one dtype (:func:`check_dtypes`).
+- The tolerance dtype (:func:`comparison_dtype`): the reference's (else the candidate's) floating
+  parameter dtype; a model without one (parameter-free, buffers only) is judged by the most
+  precise floating dtype of the final outputs, else of the inputs, else float32. The most precise
+  one, so that a float64 comparison is never waved through at float32 tolerance.
+- Unchanged models (:class:`ModelState`): every buffer of both models is copied before the
+  comparison and restored afterwards (also when it raises), with each module's ``training`` flag
+  and every parameter or buffer a forward replaced by another tensor object. Buffers are compared
+  bit by bit (version counters miss BatchNorm's kernel updates) and only changed ones written
+  back, so a comparison in eval mode writes nothing; one in train mode undoes the BatchNorm
+  running statistics and ``num_batches_tracked`` that its forward passes and culprit re-runs
+  advanced. Parameters are not copied (that would double the weights' memory): one changed in
+  place by a forward (its version counter moved) cannot be restored, and the report says so. A
+  comparison of models in train mode says so in the report (:func:`train_mode_notes`).
+- Non-determinism (:func:`determinism_notes`): only when a comparison fails, each side is run once
+  more on a fresh copy of the same inputs, from the restored state and without reseeding; outputs
+  that differ from the traced run's are named in the report. A passing comparison costs nothing.
+- Non-finite outputs (:func:`nonfinite_notes`): NaN/Inf on one side only is a disagreement, said
+  as such; agreeing NaN/Inf are said to prove nothing.
+- ``torch.inference_mode()`` around a comparison is left for the comparison's duration (traces
+  need version counters, which inference tensors lack); gradients stay off all the same.
+- ``mode="auto"``: a full trace that the memory budget (:mod:`harness.memory`) refuses is
+  retried in summary mode, and the report says so.
+
+:func:`preserves_models` applies all of them but the dtype choice to :func:`harness.compare`,
+which calls :func:`check_dtypes`, :func:`comparison_dtype` and :func:`nonfinite_notes` itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from itertools import chain
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from harness.memory import TraceTooLarge
+from harness.metrics import DEFAULT_TOLERANCES, Metrics, measure
+from harness.pairs import Call, as_call
+from harness.trace import flatten_tensors
+
+__all__ = ["check_devices", "check_dtypes", "parameter_dtype", "comparison_dtype", "ModelState",
+           "train_mode_notes", "determinism_notes", "nonfinite_notes", "preserves_models"]
+
+_SHOWN = 5
+
+
+# -- up front ------------------------------------------------------------------------------------
+def _devices(model: nn.Module) -> set[torch.device]:
+    return {t.device for t in chain(model.parameters(), model.buffers())}
+
+
+def _names(devices: set[torch.device]) -> str:
+    return ", ".join(sorted(str(d) for d in devices)) or "no tensors"
+
+
+def check_devices(candidate: nn.Module, reference: nn.Module) -> None:
+    """Raise a ValueError naming both devices when the models cannot run on the same inputs."""
+    cand, ref = _devices(candidate), _devices(reference)
+    for side, devices in (("candidate", cand), ("reference", ref)):
+        if any(d.type == "meta" for d in devices):
+            raise ValueError(
+                f"the {side} has tensors on the meta device (candidate on {_names(cand)}, reference on "
+                f"{_names(ref)}): meta tensors hold no values; load real weights first "
+                f"(load_state_dict(..., assign=True))"
+            )
+    if cand and ref and not cand & ref:
+        raise ValueError(
+            f"the candidate is on {_names(cand)} but the reference is on {_names(ref)}; move both to one device "
+            f"(model.to(device)) and give the inputs on it"
+        )
+
+
+def parameter_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of the first floating parameter, None for a model without one."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+
+
+def check_dtypes(candidate: nn.Module, reference: nn.Module) -> None:
+    cand, ref = parameter_dtype(candidate), parameter_dtype(reference)
+    if cand is not None and ref is not None and cand != ref:
+        raise TypeError(
+            f"candidate parameters are {cand} but reference parameters are {ref}; build both "
+            f"in one dtype (pair.build(dtype=...) or model.to(dtype)) so both see the same inputs"
+        )
+
+
+def _most_precise(tensors: Iterable[torch.Tensor]) -> torch.dtype | None:
+    known = {t.dtype for t in tensors if t.is_floating_point()
+             and str(t.dtype).removeprefix("torch.") in DEFAULT_TOLERANCES}
+    return min(known, key=lambda d: torch.finfo(d).eps, default=None)
+
+
+def comparison_dtype(
+    candidate: nn.Module, reference: nn.Module, call: Call,
+    final: Sequence[tuple[str, torch.Tensor, torch.Tensor]] = (),
+) -> torch.dtype:
+    """The dtype whose tolerance judges the comparison (see the module docstring)."""
+    for model in (reference, candidate):
+        if (dtype := parameter_dtype(model)) is not None:
+            return dtype
+    inputs = flatten_tensors(call.args, "args") | flatten_tensors(dict(call.kwargs), "kwargs")
+    return (_most_precise(t for _, a, b in final for t in (a, b)) or _most_precise(inputs.values())
+            or torch.float32)
+
+
+# -- unchanged models ----------------------------------------------------------------------------
+_INTS = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as integers of the same width: equal iff bitwise equal (NaN payloads and -0.0 included)."""
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    return t.view(_INTS[t.element_size()]) if t.is_floating_point() else t
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    try:
+        return bool(torch.equal(_bits(a), _bits(b)))
+    except (RuntimeError, TypeError, KeyError):  # layouts without a bit view (sparse, quantized)
+        return bool(torch.equal(a, b))
+
+
+class ModelState:
+    """What a comparison must leave as it found it, for ``models``; :meth:`restore` puts it back.
+
+    Buffers are copied and restored bit by bit; parameters are kept by identity and version
+    counter, which every in-place op bumps (a copy of every weight would double the models'
+    memory: 2.8 GB more for a float32 ConvNeXt-XL pair). :meth:`changed_parameters` names those a
+    forward changed in place, which cannot be undone. ``training`` flags are restored too.
+    """
+
+    def __init__(self, *models: nn.Module) -> None:
+        self._flags = [(m, m.training) for model in models for m in model.modules()]
+        self._buffers: list[tuple[dict, str, torch.Tensor, torch.Tensor]] = []
+        self._parameters: list[tuple[dict, str, torch.Tensor, int | None, int, str]] = []
+        copies: dict[int, torch.Tensor] = {}  # one copy per buffer, however often it is shared
+        with torch.no_grad():
+            for index, model in enumerate(models):
+                for prefix, module in model.named_modules():
+                    for name, t in module._parameters.items():
+                        if t is not None:
+                            qualified = f"{prefix}.{name}" if prefix else name
+                            self._parameters.append((module._parameters, name, t, _version(t), index, qualified))
+                    for name, t in module._buffers.items():
+                        if t is not None:
+                            copy = copies.get(id(t))
+                            if copy is None:
+                                copy = copies[id(t)] = t.detach().clone()
+                            self._buffers.append((module._buffers, name, t, copy))
+
+    def restore(self) -> None:
+        """Put back every replaced tensor and the values of every changed buffer; reset ``training``."""
+        with torch.no_grad():
+            for slots, name, t, copy in self._buffers:
+                if slots.get(name) is not t:
+                    slots[name] = t
+                if not _same_bits(t.detach(), copy):
+                    t.detach().copy_(copy)
+            for slots, name, t, *_ in self._parameters:
+                if slots.get(name) is not t:
+                    slots[name] = t
+        for module, training in self._flags:
+            module.training = training
+
+    def changed_parameters(self) -> dict[int, list[str]]:
+        """Per model (by position), the parameters changed in place since the snapshot."""
+        changed: dict[int, list[str]] = {}
+        for _, _, t, version, index, qualified in self._parameters:
+            if version is not None and _version(t) != version:
+                changed.setdefault(index, []).append(qualified)
+        return changed
+
+
+def _version(t: torch.Tensor) -> int | None:
+    return None if t.is_inference() else t._version
+
+
+def _training(model: nn.Module) -> list[str]:
+    return [name or "<root>" for name, m in model.named_modules() if m.training]
+
+
+def train_mode_notes(candidate: nn.Module, reference: Any) -> list[str]:
+    """One note naming the modules in train mode on each side; none when both are in eval mode."""
+    sides = []
+    for side, model in (("candidate", candidate), ("reference", reference)):
+        names = _training(model) if isinstance(model, nn.Module) else []
+        if names:
+            total = sum(1 for _ in model.modules())
+            shown = ", ".join(names[:_SHOWN]) + (", ..." if len(names) > _SHOWN else "")
+            sides.append(f"the {side} has {len(names)} of {total} modules in train mode ({shown})")
+    if not sides:
+        return []
+    return [f"compared in train mode: {'; '.join(sides)}. BatchNorm then normalizes with batch statistics and "
+            f"Dropout draws random masks; call .eval() for a parity check (the models' state was restored afterwards)"]
+
+
+def _label(key: str) -> str:
+    return f"output {key!r}" if key else "the output"
+
+
+# -- non-determinism -----------------------------------------------------------------------------
+def _leaves(output: Any, extract: Callable[[Any], Mapping[str, torch.Tensor]] | None) -> dict[str, torch.Tensor]:
+    return dict(extract(output)) if extract else flatten_tensors(output)
+
+
+def _disagreement(first: Mapping[str, torch.Tensor], second: Mapping[str, torch.Tensor]) -> str | None:
+    """How two runs' outputs differ, or None when they are identical."""
+    if first.keys() != second.keys():
+        return f"different output structures ({sorted(first)} vs {sorted(second)})"
+    for key, a in first.items():
+        b = second[key]
+        if a.shape != b.shape:
+            return f"{_label(key)}: shape {tuple(a.shape)} vs {tuple(b.shape)}"
+        if a.dtype != b.dtype or not _same_bits(a.detach(), b.detach()):
+            m = measure(a, b)
+            differ = int((_bits(a.detach()) != _bits(b.detach())).sum()) if a.dtype == b.dtype else a.numel()
+            return (f"max_abs={m.max_abs:.3e} in {_label(key)} ({differ} of {a.numel()} elements differ"
+                    + (f", {m.nonfinite_mismatch} NaN/Inf on one run only" if m.nonfinite_mismatch else "") + ")")
+    return None
+
+
+def determinism_notes(sides: Sequence[tuple[str, nn.Module, Callable, Any, Callable | None]], call: Call,
+                      state: ModelState | None = None) -> list[str]:
+    """Run each side once more on a fresh copy of ``call`` and name those whose outputs changed.
+
+    ``sides``: ``(name, model, run(model, call), first output, output extractor)``. ``state`` is
+    restored before each run, so only randomness (not state a forward advances) can differ.
+    """
+    notes = []
+    for side, model, run, first, extract in sides:
+        if state is not None:
+            state.restore()
+        try:
+            with torch.no_grad():
+                second = run(model, call.clone())
+            how = _disagreement(_leaves(first, extract), _leaves(second, extract))
+        except Exception:  # a second run that cannot even complete says nothing about randomness
+            continue
+        if how is not None:
+            notes.append(f"the {side} is not deterministic: two runs on the same inputs differ by {how}; random "
+                         f"numbers in forward (Dropout in train mode, sampling) make a parity verdict meaningless: "
+                         f"call .eval() or remove the randomness")
+    return notes
+
+
+# -- non-finite outputs --------------------------------------------------------------------------
+def nonfinite_notes(final: Sequence[tuple[str, torch.Tensor, torch.Tensor]], outputs: Mapping[str, Metrics],
+                    allow_nonfinite: bool) -> list[str]:
+    """One-sided NaN/Inf are a disagreement; agreeing ones prove nothing unless allowed."""
+    notes, agreeing = [], []
+    for key, a, b in final:
+        count_a, count_b = (int((~torch.isfinite(t)).sum()) for t in (a, b))
+        if outputs[key].nonfinite_mismatch:
+            what = _label(key).removeprefix("the ")
+            notes.append(f"final {what}: {outputs[key].nonfinite_mismatch} values are NaN/Inf on one side only "
+                         f"(candidate has {count_a} non-finite values, reference {count_b}): the outputs disagree there")
+        elif count_a or count_b:
+            agreeing.append(key)
+    if agreeing and not allow_nonfinite:
+        notes.append(f"non-finite values (NaN/Inf) in final outputs {sorted(agreeing)}, at the same places on both "
+                     f"sides: agreeing NaNs prove nothing (pass allow_nonfinite=True if they are expected)")
+    return notes
+
+
+# -- around compare() ----------------------------------------------------------------------------
+class _FirstOutput:
+    """A side's call function that keeps the output of its first call (the traced run)."""
+
+    def __init__(self, run: Callable[[nn.Module, Call], Any] | None) -> None:
+        self.run = run or (lambda model, call: call(model))
+        self.output: Any = None
+        self.called = False
+
+    def __call__(self, model: nn.Module, call: Call) -> Any:
+        out = self.run(model, call)
+        if not self.called:
+            self.output, self.called = out, True
+        return out
+
+
+def preserves_models(compare: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap ``compare(candidate, reference, inputs, **options)`` with the guards of this module."""
+    signature = inspect.signature(compare)
+
+    @functools.wraps(compare)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        options = bound.arguments
+        candidate, reference = options["candidate"], options["reference"]
+        if not isinstance(candidate, nn.Module):
+            return compare(*args, **kwargs)  # compare's own checks name the wrong argument
+        models = [m for m in (candidate, reference) if isinstance(m, nn.Module)]  # or a recorded trace
+        if len(models) == 2:
+            check_devices(candidate, reference)
+        with torch.inference_mode(False):
+            state = ModelState(*models)
+            try:
+                report = _run(compare, options, state)
+            finally:
+                state.restore()
+        report.notes.extend(_changed_parameter_notes(state))
+        return report
+
+    return guarded
+
+
+def _changed_parameter_notes(state: ModelState) -> list[str]:
+    notes = []
+    for index, names in sorted(state.changed_parameters().items()):
+        shown = ", ".join(names[:_SHOWN]) + (", ..." if len(names) > _SHOWN else "")
+        notes.append(f"the {('candidate', 'reference')[index]} changed {len(names)} parameters in place during the "
+                     f"comparison ({shown}); parameters are not copied, so this cannot be undone: the model now "
+                     f"holds other weights than before")
+    return notes
+
+
+def _run(compare: Callable[..., Any], options: dict[str, Any], state: ModelState) -> Any:
+    train_notes = train_mode_notes(*(options[side] for side in ("candidate", "reference")))
+    if options["inputs"] is None and not isinstance(options["reference"], nn.Module):
+        options["inputs"] = options["reference"].call()  # a recorded trace brings the inputs of its run
+    call = as_call(options["inputs"])
+    if any(t.is_inference() for t in flatten_tensors((call.args, dict(call.kwargs))).values()):
+        call = options["inputs"] = call.clone()  # made under inference_mode: ordinary copies from here on
+    auto = options.get("mode") == "auto"
+    notes: list[str] = []
+    try:
+        report, runs = _attempt(compare, options, "full" if auto else options.get("mode"))
+    except TraceTooLarge as exc:
+        if not auto:
+            raise
+        state.restore()
+        report, runs = _attempt(compare, options, "summary")
+        notes.append(f"switched to summary mode: {exc.estimate()}")
+    if not report.passed:
+        sides = [(side, options[side], runs[side].run, runs[side].output, options[f"{side}_outputs"])
+                 for side in ("candidate", "reference") if runs[side].called]
+        notes = determinism_notes(sides, call, state) + notes
+    report.notes[:0] = notes
+    report.notes.extend(train_notes)
+    return report
+
+
+def _attempt(compare: Callable[..., Any], options: dict[str, Any], mode: str) -> tuple[Any, dict[str, _FirstOutput]]:
+    runs = {side: _FirstOutput(options[f"{side}_call"]) for side in ("candidate", "reference")}
+    attempt = dict(options, mode=mode, candidate_call=runs["candidate"], reference_call=runs["reference"])
+    return compare(**attempt), runs
+

@@ -1,0 +1,142 @@
+"""``python -m harness record`` and ``compare PAIR --reference-trace``: trace files from the command line.
+
+``record MODEL --out FILE`` runs one model and writes its trace (:mod:`harness.tracefile`).
+MODEL is a registered pair side (``convnext_tiny:reference``, or ``convnext_tiny --side
+reference``), ``file.py:function`` or ``package.module:function`` returning an ``nn.Module``;
+for the latter two, ``--input-shape`` gives the seeded random inputs.
+
+``compare PAIR --reference-trace FILE`` builds the pair's candidate (from the weights stored in
+the trace when there are any, so the reference library is never asked to build a model) and
+compares it with the recorded reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.cli import DTYPES, register_command
+
+__all__ = ["compare_pair_trace", "parse_shape"]
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"1,3,224,224"`` or ``"1x3x224x224"`` -> ``(1, 3, 224, 224)``."""
+    parts = [p for p in re.split(r"[x,\s]+", text.strip()) if p]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if not shape or any(d <= 0 for d in shape):
+        raise ValueError(f"--input-shape {text!r}: expected positive integers like 1,3,224,224 or 1x3x224x224")
+    return shape
+
+
+def _pair_side(model: str, side: str | None) -> tuple[str, str] | None:
+    """(pair, side) when ``model`` names a registered pair (``NAME`` or ``NAME:SIDE``), else None."""
+    from harness.pairs import list_pairs
+
+    name, sep, given = model.rpartition(":") if ":" in model else (model, "", "")
+    if sep and given not in ("reference", "candidate"):
+        return None
+    if name not in list_pairs():
+        if sep or model.endswith(".py"):
+            raise ValueError(f"{model!r}: no registered pair named {name!r} (python -m harness list shows them)")
+        raise ValueError(f"{model!r} is neither a registered pair nor a file.py:function / package.module:function spec")
+    if sep and side and side != given:
+        raise ValueError(f"{model!r} names the {given} side but --side {side} was given; use one of them")
+    return name, given or side or "reference"
+
+
+def _run_record(args: argparse.Namespace) -> int:
+    from harness.cli import _device
+    from harness.tracefile import load_model_spec, record, record_pair
+
+    dtype, device = DTYPES[args.dtype], _device(args.device)
+    out = Path(args.out)
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(args.seed)
+    shapes = [parse_shape(s) for s in args.input_shape or []]
+    inputs = tuple(torch.randn(s, generator=generator).to(dtype=dtype, device=device) for s in shapes) or None
+    pair_side = _pair_side(args.model, args.side)
+    options = dict(include=args.include, precision=args.precision)
+    if pair_side is not None:
+        pair, side = pair_side
+        record_pair(pair, side, out, dtype=dtype, device=device, inputs=inputs,
+                    weights=True if args.weights is None else args.weights, **options)
+    else:
+        if args.side:
+            raise ValueError(f"--side applies to registered pairs; {args.model!r} is a model spec")
+        if inputs is None:
+            raise ValueError(f"recording {args.model!r} needs --input-shape (e.g. --input-shape 1,3,224,224)")
+        model, _ = load_model_spec(args.model)
+        model = model.to(device=device, dtype=dtype).eval()
+        record(model, inputs, out, weights=bool(args.weights), source=args.model, **options)
+    size = os.path.getsize(out)
+    print(f"trace written to {out} ({size / 1e6:.1f} MB, {time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+def _record_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL",
+                   help="PAIR, PAIR:SIDE (convnext_tiny:reference), file.py:function or package.module:function")
+    p.add_argument("--side", choices=("reference", "candidate"), help="side of a registered pair (default reference)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the trace file to write")
+    p.add_argument("--input-shape", action="append", metavar="SHAPE",
+                   help="shape of a seeded random input, e.g. 1,3,224,224 (repeat for more positional inputs); "
+                        "pairs default to their own inputs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --input-shape inputs (default 0)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--include", metavar="REGEX",
+                   help="keep full tensors only for modules whose name matches (others: statistics)")
+    p.add_argument("--precision", choices=("float32", "float16", "bfloat16"),
+                   help="store floating tensors in this precision (its rounding error is stated in reports)")
+    p.add_argument("--weights", action=argparse.BooleanOptionalAction, default=None,
+                   help="store the weights, so a candidate can be built from the file alone (default: on for pairs)")
+
+
+register_command("record", help="run one model and write its trace file (for compare --reference-trace)",
+                 add_arguments=_record_arguments, run=_run_record)
+
+
+def compare_pair_trace(
+    pair: Any,
+    trace: Any,
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+    **overrides: Any,
+):
+    """Compare a registered pair's candidate with a recorded reference (a path or a loaded trace).
+
+    The candidate gets the pair's converted weights: from the trace when it stores them (the
+    reference is then never built), otherwise from ``pair.build``.
+    """
+    from harness.api import compare
+    from harness.pairs import Pair, _load_candidate, get_pair
+    from harness.tracefile import Trace, load_trace
+
+    pair = get_pair(pair) if isinstance(pair, str) else pair
+    if not isinstance(pair, Pair):
+        raise TypeError(f"pair must be a registered name or a harness.Pair, got {type(pair).__name__}")
+    trace = trace if isinstance(trace, Trace) else load_trace(trace)
+    if trace.dtype != dtype:
+        raise ValueError(f"trace {trace.path} was recorded in {trace.meta['dtype']}, the comparison asks for "
+                         f"{str(dtype).removeprefix('torch.')}: record it again with --dtype "
+                         f"{str(dtype).removeprefix('torch.')} or compare with --dtype {trace.meta['dtype']}")
+    weights = trace.weights()
+    if weights is not None and trace.source == f"{pair.name}:reference":
+        state = pair.convert({k: v.clone() for k, v in weights.items()})
+        candidate = _load_candidate(pair.candidate, state, seed=pair.seed).to(device=device, dtype=dtype).eval()
+    else:
+        candidate, reference = pair.build(dtype=dtype, device=device)
+        del reference
+    options = pair.compare_options() | overrides
+    return compare(candidate, trace, None, dtype=dtype, pair_name=pair.name, **options)

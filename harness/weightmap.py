@@ -1,0 +1,432 @@
+"""The weight map: which reference tensor(s) feed which candidate tensor, and by which transform.
+
+A map is data, so that a person can read it, correct it and use it as a conversion script's
+table. Each :class:`Entry` reads ``candidate key <- reference key(s) + steps``; the steps turn the
+reference tensor(s) into the candidate's:
+
+- ``concat`` (dim, sizes): several reference tensors into one (split ``q``/``k``/``v`` into ``qkv``);
+- ``slice`` (dim, start, stop): one part of a fused reference tensor (``qkv`` into ``q``);
+- ``reshape`` (shape), ``transpose`` (dims), ``permute`` (dims): another layout of the same
+  values (``(C,)`` against ``(C, 1, 1)``, a 1x1 convolution against a linear layer).
+
+:meth:`WeightMap.to_candidate` reads the table forward, :meth:`WeightMap.to_reference` backward
+(every step is invertible), :meth:`WeightMap.transfer` copies a reference's values into a candidate,
+:meth:`WeightMap.save` / :func:`load_weight_map` keep it as JSON (``"format": FORMAT``).
+:meth:`WeightMap.twin_chains` and :meth:`WeightMap.fused_twins` tell which modules hold
+corresponding tensors, for alignment. How a map is inferred: :mod:`harness.weights`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from itertools import permutations
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from harness.trace import ROOT
+
+__all__ = ["WeightMap", "Entry", "load_weight_map", "FORMAT", "layout_steps", "apply_steps", "owner_of", "clear_weight_caches",
+           "check_module"]
+
+FORMAT = "parity-harness weight map 1"
+StateDict = dict[str, torch.Tensor]
+Step = dict[str, Any]
+
+# -- transforms as data ---------------------------------------------------------------------------
+def apply_steps(tensors: Sequence[torch.Tensor], steps: Sequence[Step]) -> torch.Tensor:
+    """The candidate tensor made from the reference tensors ``tensors`` by ``steps``, in order."""
+    if len(tensors) > 1 and (not steps or steps[0]["op"] != "concat"):
+        raise ValueError(f"{len(tensors)} reference tensors need a leading concat step, got {list(steps)}")
+    out = tensors[0]
+    for step in steps:
+        op = step["op"]
+        if op == "concat":
+            out = torch.cat(list(tensors), dim=step["dim"])
+        elif op == "slice":
+            out = out.narrow(step["dim"], step["start"], step["stop"] - step["start"])
+        elif op == "reshape":
+            out = out.reshape(step["shape"])
+        elif op == "transpose":
+            out = out.transpose(*step["dims"])
+        elif op == "permute":
+            out = out.permute(*step["dims"])
+        else:
+            raise ValueError(f"unknown transform step {step!r}; expected concat, slice, reshape, transpose or permute")
+    return out
+
+
+def _invert_shape_steps(steps: Sequence[Step], source_shape: Sequence[int]) -> list[Step]:
+    """Inverse of reshape/transpose/permute steps that turned ``source_shape`` into another shape."""
+    inverse: list[Step] = []
+    shape = list(source_shape)
+    for step in steps:
+        op = step["op"]
+        if op == "reshape":
+            inverse.append({"op": "reshape", "shape": list(shape)})
+            shape = list(step["shape"])
+        elif op == "transpose":
+            inverse.append(dict(step))
+            a, b = step["dims"]
+            shape[a], shape[b] = shape[b], shape[a]
+        elif op == "permute":
+            dims = step["dims"]
+            inverse.append({"op": "permute", "dims": [dims.index(i) for i in range(len(dims))]})
+            shape = [shape[d] for d in dims]
+        else:
+            raise ValueError(f"step {step!r} is not a layout step")
+    return inverse[::-1]
+
+
+def _describe(steps: Sequence[Step]) -> str:
+    if not steps:
+        return "identity"
+    parts = []
+    for s in steps:
+        args = {k: v for k, v in s.items() if k != "op"}
+        parts.append(f"{s['op']}(" + ", ".join(f"{k}={v}" for k, v in args.items()) + ")")
+    return " + ".join(parts)
+
+
+def layout_steps(target: tuple[int, ...], source: tuple[int, ...]) -> tuple[list[Step], float] | None:
+    """Steps turning a tensor of shape ``source`` into ``target`` (and a penalty), or None."""
+    if target == source:
+        return [], 0.0
+    if math.prod(target) != math.prod(source):
+        return None
+    squeeze_t = tuple(d for d in target if d != 1)
+    squeeze_s = tuple(d for d in source if d != 1)
+    if squeeze_t == squeeze_s:  # (C,) <-> (C, 1, 1), conv 1x1 <-> linear, (1, N, D) <-> (N, D)
+        return [{"op": "reshape", "shape": list(target)}], 0.02
+    if len(target) == len(source) == 2 and target == source[::-1]:
+        return [{"op": "transpose", "dims": [0, 1]}], 0.05
+    if len(target) == len(source) and sorted(target) == sorted(source) and len(target) <= 6:
+        for dims in permutations(range(len(source))):  # lexicographic: the stablest order first
+            if tuple(source[d] for d in dims) == target:
+                return [{"op": "permute", "dims": list(dims)}], 0.08
+    if len(target) >= 2 and len(source) >= 2 and target[0] == source[0]:
+        # a patch-embedding convolution (D, C, p, p) against a linear layer (D, C*p*p)
+        return [{"op": "reshape", "shape": list(target)}], 0.1
+    return None
+
+
+# -- the map --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Entry:
+    """``candidate`` <- ``reference`` tensors (one, or several to concatenate) through ``steps``."""
+
+    candidate: str
+    reference: tuple[str, ...]
+    steps: tuple[Step, ...] = ()
+    shape: tuple[int, ...] = ()  # the candidate tensor's shape
+    reference_shapes: tuple[tuple[int, ...], ...] = ()
+    kind: str = "parameter"  # or "buffer"
+
+    @property
+    def transform(self) -> str:
+        return _describe(self.steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"candidate": self.candidate, "reference": list(self.reference), "transform": list(self.steps),
+                "shape": list(self.shape), "reference_shapes": [list(s) for s in self.reference_shapes],
+                "kind": self.kind}
+
+
+@dataclass
+class WeightMap:
+    """Which reference tensor feeds which candidate tensor, and how (see the module docstring).
+
+    Attributes:
+        entries: one per mapped candidate tensor, in the candidate's first-use order.
+        unmatched: ``{"candidate": [...], "reference": [...]}`` state-dict keys (parameters and
+            learned buffers) without a counterpart; ``reasons`` says why for each.
+        computed: buffers each side computes itself (index tables, periods), never copied.
+        conflicts: twin modules that still disagree after transfer (the map, or the model, is
+            wrong there); empty when ``verified``.
+    """
+
+    entries: list[Entry]
+    unmatched: dict[str, list[str]]
+    reasons: dict[str, str] = field(default_factory=dict)
+    computed: dict[str, list[str]] = field(default_factory=lambda: {"candidate": [], "reference": []})
+    candidate_numel: int = 0  # parameter elements of the candidate, for coverage
+    verified: bool | None = None  # None: not verified
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    # -- contract --------------------------------------------------------------------------------
+    @property
+    def coverage(self) -> float:
+        """Share of the candidate's parameter elements that receive a reference value."""
+        if self.candidate_numel == 0:
+            return 1.0
+        mapped = sum(math.prod(e.shape) for e in self.entries if e.kind == "parameter")
+        return mapped / self.candidate_numel
+
+    def transfer(self, reference: nn.Module, candidate: nn.Module) -> None:
+        """Copy the reference's current values into the candidate, in place (shapes checked)."""
+        check_module("reference", reference)
+        check_module("candidate", candidate)
+        values = self.to_candidate(_named_tensors(reference))
+        targets = _named_tensors(candidate)
+        missing = [k for k in values if k not in targets]
+        if missing:
+            raise ValueError(f"this weight map names candidate tensors the candidate does not have: "
+                             f"{missing[:5]}; build the map for this candidate (harness.map_weights)")
+        with torch.no_grad():
+            for key, value in values.items():
+                target = targets[key]
+                if tuple(target.shape) != tuple(value.shape):
+                    raise ValueError(f"weight map entry {key!r}: candidate tensor has shape {tuple(target.shape)}, "
+                                     f"the transform gives {tuple(value.shape)}; the map was made for another model")
+                target.copy_(value.to(device=target.device, dtype=target.dtype))
+        clear_weight_caches(candidate)
+
+    def to_candidate(self, reference_state: Mapping[str, torch.Tensor]) -> StateDict:
+        """Candidate tensors (by candidate key) from a reference state dict."""
+        out: StateDict = {}
+        for e in self.entries:
+            missing = [k for k in e.reference if k not in reference_state]
+            if missing:
+                raise ValueError(f"weight map entry {e.candidate!r} needs reference tensors {missing} that the "
+                                 f"reference state does not have; the map was made for another model")
+            out[e.candidate] = apply_steps([reference_state[k].detach() for k in e.reference], e.steps)
+        return out
+
+    def to_reference(self, candidate_state: Mapping[str, torch.Tensor]) -> StateDict:
+        """The table read backward: reference tensors (by reference key) from candidate tensors."""
+        out: StateDict = {}
+        slices: dict[str, list[tuple[int, torch.Tensor, list[Step], tuple[int, ...]]]] = {}
+        for e in self.entries:
+            if e.candidate not in candidate_state:
+                raise ValueError(f"candidate state has no {e.candidate!r}, which the weight map needs")
+            value = candidate_state[e.candidate].detach()
+            layout = [s for s in e.steps if s["op"] not in ("concat", "slice")]
+            cut = next((s for s in e.steps if s["op"] == "slice"), None)
+            if cut is not None:  # candidate is one slice of a fused reference tensor
+                at = e.steps.index(cut)
+                head, tail = list(e.steps[:at]), list(e.steps[at + 1:])
+                fused = _shape_after(head, e.reference_shapes[0])
+                piece_shape = (cut["stop"] - cut["start"], *fused[1:])
+                piece = apply_steps([value], _invert_shape_steps(tail, piece_shape))
+                slices.setdefault(e.reference[0], []).append((cut["start"], piece, head, e.reference_shapes[0]))
+                continue
+            fused_shape = _fused_shape(e)
+            value = apply_steps([value], _invert_shape_steps(layout, fused_shape))
+            if len(e.reference) > 1:
+                sizes = [s[0] for s in e.reference_shapes]
+                for key, part in zip(e.reference, torch.split(value, sizes, dim=0)):
+                    out[key] = part
+            else:
+                out[e.reference[0]] = value
+        for key, parts in slices.items():
+            parts.sort(key=lambda p: p[0])
+            fused = torch.cat([p[1] for p in parts], dim=0)
+            head, source = parts[0][2], parts[0][3]
+            out[key] = apply_steps([fused], _invert_shape_steps(head, source))
+        return out
+
+    def twin_chains(self, candidate: nn.Module, reference: nn.Module) -> list[tuple[list[str], list[str]]]:
+        """Modules whose subtrees hold exactly corresponding tensors (roots as ``<root>``): per set
+        of tensors, the candidate modules holding it and the reference modules holding its
+        sources, each outer to inner (wrappers around the same tensors form a chain)."""
+        return _twin_chains(self, candidate, reference)
+
+    def twins(self, candidate: nn.Module, reference: nn.Module) -> dict[str, str]:
+        """Candidate module name -> reference module name, chains paired from the innermost
+        outwards (:func:`harness.align.choose_twins` decides by the modules' outputs instead)."""
+        return {c: r for cs, rs in self.twin_chains(candidate, reference) for c, r in zip(reversed(cs), reversed(rs))}
+
+    def fused_twins(self) -> list[tuple[str, str, tuple[str, ...], tuple[int, int, int] | None]]:
+        """Twins of fused and split modules: ``("concat", candidate module, reference modules, None)``
+        when a candidate module's tensors are concatenations of several reference modules' tensors
+        (its output is theirs, concatenated), ``("slice", candidate module, (reference module,),
+        (start, stop, fused size))`` when they are one slice of a reference module's tensors."""
+        by_owner: dict[str, list[Entry]] = {}
+        for e in self.entries:
+            by_owner.setdefault(owner_of(e.candidate), []).append(e)
+        out = []
+        for owner, entries in by_owner.items():
+            kinds = {e.steps[0]["op"] if e.steps else "one" for e in entries}
+            if kinds == {"concat"}:
+                sources = {tuple(owner_of(k) for k in e.reference) for e in entries}
+                if len(sources) == 1 and len(set(next(iter(sources)))) > 1:
+                    out.append(("concat", owner or ROOT, next(iter(sources)), None))
+            cuts = {(tuple(owner_of(k) for k in e.reference),
+                     next(((st["start"], st["stop"], _shape_after(e.steps[:e.steps.index(st)], e.reference_shapes[0])[0])
+                           for st in e.steps if st["op"] == "slice"), None)) for e in entries}
+            if len(cuts) == 1:
+                (sources, cut), = cuts
+                if cut is not None and len(sources) == 1:
+                    out.append(("slice", owner or ROOT, sources, cut))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready table (``format``, ``entries``, ``unmatched`` with reasons, ``computed``, ``coverage``)."""
+        return {
+            "format": FORMAT,
+            "coverage": self.coverage,
+            "verified": self.verified,
+            "entries": [e.to_dict() for e in self.entries],
+            "unmatched": self.unmatched,
+            "reasons": self.reasons,
+            "computed": self.computed,
+            "conflicts": self.conflicts,
+            "candidate_numel": self.candidate_numel,
+            "notes": self.notes,
+        }
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write the table as JSON, atomically; returns the path."""
+        from harness.report import atomic_write_text
+
+        return str(atomic_write_text(path, json.dumps(self.to_dict(), indent=1)))
+
+    def __str__(self) -> str:
+        lines = [f"weight map: {len(self.entries)} candidate tensors <- reference, coverage {self.coverage:.1%} "
+                 f"of candidate parameter elements"
+                 + {True: ", verified", False: ", NOT verified (see conflicts)", None: ", not verified"}[self.verified]]
+        width = max((len(e.candidate) for e in self.entries), default=0)
+        for e in self.entries:
+            lines.append(f"  {e.candidate.ljust(width)} <- {' + '.join(e.reference)}"
+                         + ("" if not e.steps else f"  [{e.transform}]"))
+        for side in ("candidate", "reference"):
+            for key in self.unmatched.get(side, []):
+                lines.append(f"  unmatched {side} {key}: {self.reasons.get(key, 'no counterpart')}")
+        computed = self.computed.get("candidate", []) + self.computed.get("reference", [])
+        if computed:
+            lines.append(f"  computed by each model, not copied: {', '.join(computed[:8])}"
+                         + (f", ... (+{len(computed) - 8})" if len(computed) > 8 else ""))
+        for c in self.conflicts:
+            lines.append(f"  conflict: {c['text']}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"WeightMap({len(self.entries)} entries, coverage={self.coverage:.3f}, "
+                f"unmatched={len(self.unmatched['candidate'])}/{len(self.unmatched['reference'])}, "
+                f"verified={self.verified})")
+
+
+def _shape_after(steps: Sequence[Step], shape: Sequence[int]) -> tuple[int, ...]:
+    """The shape layout ``steps`` give a tensor of ``shape``."""
+    shape = list(shape)
+    for step in steps:
+        if step["op"] == "reshape":
+            shape = list(step["shape"])
+        elif step["op"] == "transpose":
+            a, b = step["dims"]
+            shape[a], shape[b] = shape[b], shape[a]
+        elif step["op"] == "permute":
+            shape = [shape[d] for d in step["dims"]]
+    return tuple(shape)
+
+
+def _fused_shape(e: Entry) -> tuple[int, ...]:
+    """Shape after the concat (or of the single reference tensor): what the layout steps start from."""
+    if len(e.reference_shapes) > 1:
+        first = e.reference_shapes[0]
+        return (sum(s[0] for s in e.reference_shapes), *first[1:])
+    return e.reference_shapes[0]
+
+
+def load_weight_map(source: str | os.PathLike | Mapping[str, Any]) -> WeightMap:
+    """A :class:`WeightMap` from a JSON file written by :meth:`WeightMap.save` (or its dict)."""
+    where = "weight map"
+    if not isinstance(source, Mapping):
+        where = f"weight map file {os.fspath(source)!r}"
+        try:
+            with open(source, encoding="utf-8") as f:
+                source = json.load(f)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read {where}: {exc}") from None
+    if not isinstance(source, Mapping) or source.get("format") != FORMAT:
+        raise ValueError(f"{where} is not a weight map (expected 'format': {FORMAT!r}); write one with "
+                         f"python -m harness map ... --save-map FILE")
+    try:
+        entries = [Entry(candidate=d["candidate"], reference=tuple(d["reference"]),
+                         steps=tuple(_check_step(s) for s in d.get("transform", [])),
+                         shape=tuple(d["shape"]), reference_shapes=tuple(tuple(s) for s in d["reference_shapes"]),
+                         kind=d.get("kind", "parameter")) for d in source["entries"]]
+        unmatched = {"candidate": list(source["unmatched"]["candidate"]),
+                     "reference": list(source["unmatched"]["reference"])}
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{where} is malformed: missing or wrong field {exc}") from None
+    return WeightMap(entries=entries, unmatched=unmatched, reasons=dict(source.get("reasons", {})),
+                     computed=dict(source.get("computed", {"candidate": [], "reference": []})),
+                     candidate_numel=int(source.get("candidate_numel", 0)), verified=source.get("verified"),
+                     conflicts=list(source.get("conflicts", [])), notes=list(source.get("notes", [])))
+
+
+def _check_step(step: Any) -> Step:
+    if not isinstance(step, Mapping) or step.get("op") not in ("concat", "slice", "reshape", "transpose", "permute"):
+        raise ValueError(f"transform step {step!r} is not one of concat, slice, reshape, transpose, permute")
+    return dict(step)
+
+
+# -- tensors of a model -----------------------------------------------------------------------------
+def check_module(side: str, model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{side} must be an nn.Module, got {type(model).__name__}")
+
+
+def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and persistent buffers by state-dict key (each tensor once)."""
+    state_keys = set(model.state_dict(keep_vars=True))
+    out = dict(model.named_parameters())
+    for key, buf in model.named_buffers():
+        if key in state_keys:
+            out[key] = buf
+    return out
+
+
+def clear_weight_caches(model: nn.Module) -> None:
+    """Drop values some models derive from their weights at the first eval forward (attention
+    bias caches): after a transfer they would be stale."""
+    for module in model.modules():
+        for name, value in list(vars(module).items()):
+            if "cache" in name.lower() and isinstance(value, dict) and value:
+                value.clear()
+
+
+def owner_of(key: str) -> str:
+    return key.rsplit(".", 1)[0] if "." in key else ""
+
+
+def _twin_chains(weights: WeightMap, candidate: nn.Module, reference: nn.Module) -> list[tuple[list[str], list[str]]]:
+    def subtree_keys(model: nn.Module, keys: Iterable[str]) -> dict[str, frozenset[str]]:
+        keys = list(keys)
+        out = {}
+        for name, _ in model.named_modules():
+            prefix = f"{name}." if name else ""
+            out[name or ROOT] = frozenset(k for k in keys if k.startswith(prefix))
+        return out
+
+    entries = [e for e in weights.entries if e.kind == "parameter" or e.steps == ()]
+    sources = {e.candidate: set(e.reference) for e in entries}
+    sinks: dict[str, set[str]] = {}
+    for e in entries:
+        for r in e.reference:
+            sinks.setdefault(r, set()).add(e.candidate)
+    cand_sub = subtree_keys(candidate, sources)
+    ref_sub = subtree_keys(reference, sinks)
+    by_keys: dict[frozenset[str], list[str]] = {}
+    for name, keys in ref_sub.items():
+        if keys:
+            by_keys.setdefault(keys, []).append(name)  # named_modules order: outer before inner
+    groups: dict[frozenset[str], list[str]] = {}
+    for name, keys in cand_sub.items():
+        if not keys:
+            continue
+        src = frozenset(r for k in keys for r in sources[k])
+        if src not in by_keys:
+            continue
+        back = frozenset(c for r in src for c in sinks[r])
+        if back != keys:
+            continue
+        groups.setdefault(src, []).append(name)
+    return [(names, by_keys[src]) for src, names in groups.items()]

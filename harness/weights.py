@@ -1,0 +1,635 @@
+"""Weight correspondence between two independently written models, inferred from a forward run.
+
+Two implementations of one architecture name their tensors differently, nest their modules
+differently, fuse what the other splits (one ``qkv`` against ``q``/``k``/``v``) and store some
+tensors in another layout (a layer scale of shape ``(C, 1, 1)`` against ``(C,)``, a 1x1
+convolution against a linear layer). What they share is the order in which the computation uses
+its weights. The algorithm:
+
+1. First use. Each model runs once on the inputs under a torch-function mode that sees every torch
+   operation, functional ones included (``F.linear``, ``x * gamma``, ``torch.cat([cls_token, x])``,
+   ``F.multi_head_attention_forward``), and notes which parameter or learned buffer (BatchNorm
+   running statistics) each operation touches for the first time, in argument order. Tensors the
+   forward never touches follow in state-dict order.
+2. Siblings. Consecutive operations of one kind that read the same input tensor (the query, key
+   and value projections of one token sequence) may stand for one fused operation on the other
+   side: their i-th tensors, concatenated along dim 0, form a composite that can match one tensor.
+3. Alignment. A dynamic program over the two first-use sequences, in order, pairs tensors that can
+   hold the same values (same shape; the same after squeezing or flattening; transposed; a
+   composite) and maximizes the number of pairs. Ties are broken by the operation that used the
+   tensor (a ``layer_norm`` weight matches a ``layer_norm`` weight), then by the tensor's own name
+   (``weight``/``bias``), then by word overlap of the full names. Names never decide alone.
+4. Companions. Integer buffers (``num_batches_tracked``) follow the module their floating
+   siblings were mapped to. Buffers each model computes for itself (index tables, RoPE periods)
+   are listed as computed and never copied.
+5. Verification. The reference's weights are transferred into a copy of the candidate and the two
+   are compared with modules paired through the map. Where twin modules disagree, the ambiguous
+   alternatives inside the first disagreeing module are tried (a square matrix transposed, two
+   same-shaped submodules swapped) and kept when the module then agrees. What still disagrees is
+   listed in ``conflicts``: a map is never accepted silently.
+
+The result is a :class:`harness.weightmap.WeightMap`: data that reads both ways.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, replace
+from itertools import combinations
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from harness.trace import ROOT
+from harness.weightmap import Entry, Step, WeightMap, check_module, layout_steps, load_weight_map, owner_of
+
+__all__ = ["WeightMap", "Entry", "map_weights", "infer_map", "load_weight_map"]
+
+
+@dataclass
+class _Tensor:
+    key: str
+    shape: tuple[int, ...]
+    kind: str  # "parameter" | "buffer"
+    op: str  # the operation that used it first ("<unused>" if none)
+    op_index: int
+    source: int | None  # id of the op's first non-weight tensor argument (siblings share it)
+
+
+class _FirstUse(TorchFunctionMode):
+    """Notes the first torch operation touching each watched tensor."""
+
+    def __init__(self, watched: dict[int, str]) -> None:
+        super().__init__()
+        self.watched = watched
+        self.seen: set[str] = set()
+        self.uses: list[tuple[str, str, int, int | None]] = []  # (key, op, op index, source id)
+        self.ops = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", None) or str(func)
+        if name != "__get__":  # attribute reads (.dtype, .shape) use no values
+            leaves = _tensor_leaves((args, kwargs))
+            keys = [self.watched[id(t)] for t in leaves if id(t) in self.watched]
+            if keys:
+                source = next((id(t) for t in leaves if id(t) not in self.watched), None)
+                self.ops += 1
+                for key in keys:
+                    if key not in self.seen:
+                        self.seen.add(key)
+                        self.uses.append((key, name.strip("_"), self.ops, source))
+        return func(*args, **kwargs)
+
+
+def _tensor_leaves(value: Any) -> list[torch.Tensor]:
+    out: list[torch.Tensor] = []
+
+    def visit(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            out.append(v)
+        elif isinstance(v, (tuple, list)):
+            for item in v:
+                visit(item)
+        elif isinstance(v, dict):
+            for item in v.values():
+                visit(item)
+
+    visit(value)
+    return out
+
+
+def _first_uses(model: nn.Module, run: Callable[[nn.Module], Any]) -> tuple[list[_Tensor], dict[str, str]]:
+    """Learned tensors in first-use order, and the computed buffers (key -> reason)."""
+    state_keys = set(model.state_dict(keep_vars=True))
+    learned: dict[str, torch.Tensor] = {}
+    computed: dict[str, str] = {}
+    for key, p in model.named_parameters():
+        learned[key] = p
+    for key, b in model.named_buffers():
+        if key not in state_keys:
+            continue  # non-persistent: never part of a checkpoint
+        if b.is_floating_point() or b.is_complex():
+            learned[key] = b
+        else:
+            computed[key] = "integer buffer computed by the model (index table or counter)"
+    watched = {id(t): k for k, t in learned.items()}
+    recorder = _FirstUse(watched)
+    caches = {id(m): {n for n, v in vars(m).items() if "cache" in n.lower() and isinstance(v, dict) and not v}
+              for m in model.modules()}
+    with torch.no_grad(), recorder:
+        run(model)
+    for m in model.modules():  # leave the model as it was: caches filled by this run are dropped
+        for n in caches.get(id(m), ()):
+            getattr(m, n).clear()
+    kinds = {k: "parameter" for k, _ in model.named_parameters()}
+    out = [_Tensor(k, tuple(learned[k].shape), kinds.get(k, "buffer"), op, i, src) for k, op, i, src in recorder.uses]
+    tail = recorder.ops + 1
+    for key, t in learned.items():
+        if key not in recorder.seen:
+            out.append(_Tensor(key, tuple(t.shape), kinds.get(key, "buffer"), "<unused>", tail, None))
+            tail += 1
+    return out, computed
+
+
+# -- sequence alignment -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Unit:
+    """One tensor, or a composite of sibling tensors concatenated along dim 0."""
+
+    members: tuple[int, ...]  # indices into the side's tensor list
+    shape: tuple[int, ...]
+
+
+def _composites(tensors: list[_Tensor]) -> dict[int, list[tuple[int, list[_Unit]]]]:
+    """For each start index: (end index, composite units) for runs of sibling operations.
+
+    Siblings: consecutive operations of the same kind reading the same source tensor, whose i-th
+    tensors agree in every dim but the first.
+    """
+    ops: list[list[int]] = []
+    for i, t in enumerate(tensors):
+        if t.op != "<unused>" and ops and tensors[ops[-1][0]].op_index == t.op_index:
+            ops[-1].append(i)
+        else:
+            ops.append([i])
+    out: dict[int, list[tuple[int, list[_Unit]]]] = {}
+    for s in range(len(ops)):
+        head = tensors[ops[s][0]]
+        if head.op == "<unused>" or head.source is None:
+            continue
+        for e in range(s + 1, len(ops)):
+            t = tensors[ops[e][0]]
+            # a sibling may lack a tensor the others have (a key projection without bias): the
+            # composites are made of the tensors every sibling has, in argument order
+            same = (t.op == head.op and t.source == head.source
+                    and ops[e][0] == ops[e - 1][-1] + 1
+                    and all(tensors[a].shape[1:] == tensors[b].shape[1:] and tensors[a].kind == tensors[b].kind
+                            and len(tensors[a].shape) >= 1 for a, b in zip(ops[s], ops[e])))
+            if not same:
+                break
+            units = []
+            for pos in range(min(len(ops[k]) for k in range(s, e + 1))):
+                members = tuple(ops[k][pos] for k in range(s, e + 1))
+                first = tensors[members[0]].shape
+                units.append(_Unit(members, (sum(tensors[m].shape[0] for m in members), *first[1:])))
+            out.setdefault(ops[s][0], []).append((ops[e][-1] + 1, units))
+    return out
+
+
+def _words(key: str) -> set[str]:
+    return {w for w in re.split(r"[._]", key) if w and not w.isdigit()}
+
+
+def _bonus(c: _Tensor, r: _Tensor) -> float:
+    bonus = 0.2 if c.op == r.op else 0.0
+    if c.key.rsplit(".", 1)[-1] == r.key.rsplit(".", 1)[-1]:
+        bonus += 0.1
+    wc, wr = _words(c.key), _words(r.key)
+    if wc and wr:
+        bonus += 0.05 * len(wc & wr) / len(wc | wr)
+    return bonus
+
+
+def _align(cand: list[_Tensor], ref: list[_Tensor]) -> list[tuple[list[int], list[int], list[Step], str]]:
+    """Order-preserving pairing maximizing matched tensors (see the module docstring).
+
+    Returns (candidate indices, reference indices, steps, how): ``how`` is ``one`` (1:1),
+    ``concat`` (one candidate tensor from several reference tensors) or ``slice`` (several
+    candidate tensors from one reference tensor).
+    """
+    n, m = len(cand), len(ref)
+    comp_r, comp_c = _composites(ref), _composites(cand)
+    neg = -1.0
+    best = [[neg] * (m + 1) for _ in range(n + 1)]
+    back: list[list[Any]] = [[None] * (m + 1) for _ in range(n + 1)]
+    best[0][0] = 0.0
+    layout_cache: dict[tuple, Any] = {}
+
+    def layout(target: tuple[int, ...], source: tuple[int, ...]):
+        key = (target, source)
+        if key not in layout_cache:
+            layout_cache[key] = layout_steps(target, source)
+        return layout_cache[key]
+
+    def push(i2: int, j2: int, value: float, how: Any) -> None:
+        if value > best[i2][j2] + 1e-12:
+            best[i2][j2] = value
+            back[i2][j2] = how
+
+    for i in range(n + 1):
+        row = best[i]
+        for j in range(m + 1):
+            here = row[j]
+            if here < 0:
+                continue
+            if i < n:
+                push(i + 1, j, here, ("skip_c", i, j))
+            if j < m:
+                push(i, j + 1, here, ("skip_r", i, j))
+            if i < n and j < m:
+                c, r = cand[i], ref[j]
+                if c.kind == r.kind:
+                    fit = layout(c.shape, r.shape)
+                    if fit is not None:
+                        push(i + 1, j + 1, here + 1.0 - fit[1] + _bonus(c, r), ("one", i, j, fit[0]))
+            for end, units in comp_r.get(j, ()):  # one candidate tensor per reference composite
+                if i + len(units) > n:
+                    continue
+                gain, steps_all = 0.0, []
+                for k, unit in enumerate(units):
+                    c = cand[i + k]
+                    r0 = ref[unit.members[0]]
+                    fit = layout(c.shape, unit.shape) if c.kind == r0.kind else None
+                    if fit is None:
+                        break
+                    sizes = [ref[x].shape[0] for x in unit.members]
+                    steps_all.append([{"op": "concat", "dim": 0, "sizes": sizes}, *fit[0]])
+                    gain += len(unit.members) * (1.0 - fit[1] + _bonus(c, r0))
+                else:
+                    push(i + len(units), end, here + gain, ("concat", i, j, units, steps_all))
+            for end, units in comp_c.get(i, ()):  # several candidate tensors from one reference tensor
+                if j + len(units) > m:
+                    continue
+                gain, steps_all = 0.0, []
+                for k, unit in enumerate(units):
+                    r = ref[j + k]
+                    c0 = cand[unit.members[0]]
+                    fit = layout(unit.shape, r.shape) if c0.kind == r.kind else None
+                    if fit is None:
+                        break
+                    steps_all.append(fit[0])
+                    gain += len(unit.members) * (1.0 - fit[1] + _bonus(c0, r))
+                else:
+                    push(end, j + len(units), here + gain, ("slice", i, j, units, steps_all))
+    out: list[tuple[list[int], list[int], list[Step], str]] = []
+    i, j = n, m
+    while i > 0 or j > 0:
+        how = back[i][j]
+        kind = how[0]
+        if kind == "one":
+            out.append(([how[1]], [how[2]], how[3], "one"))
+        elif kind == "concat":
+            _, i0, j0, units, steps_all = how
+            for k, unit in enumerate(units):
+                out.append(([i0 + k], list(unit.members), steps_all[k], "concat"))
+        elif kind == "slice":
+            _, i0, j0, units, steps_all = how
+            for k, unit in enumerate(units):
+                start = 0
+                for member in unit.members:
+                    size = cand[member].shape[0]
+                    cut = {"op": "slice", "dim": 0, "start": start, "stop": start + size}
+                    # the fused tensor in candidate layout, cut; then the member's own shape
+                    shape_fix = layout(cand[member].shape, (size, *unit.shape[1:]))
+                    out.append(([member], [j0 + k], [*steps_all[k], cut, *(shape_fix[0] if shape_fix else [])], "slice"))
+                    start += size
+        i, j = how[1], how[2]
+    return out[::-1]
+
+# -- building the map -------------------------------------------------------------------------------
+def _runner(call: Any, call_fn: Callable | None) -> Callable[[nn.Module], Any]:
+    from harness.pairs import as_call
+
+    c = as_call(call)
+
+    def run(model: nn.Module) -> Any:
+        fresh = c.clone()
+        return call_fn(model, fresh) if call_fn else fresh(model)
+
+    return run
+
+
+def infer_map(
+    candidate: nn.Module,
+    reference: nn.Module,
+    inputs: Any,
+    *,
+    candidate_call: Callable | None = None,
+    reference_call: Callable | None = None,
+) -> WeightMap:
+    """The inferred map, without verification (steps 1-4 of the module docstring)."""
+    cand, cand_computed = _first_uses(candidate, _runner(inputs, candidate_call))
+    ref, ref_computed = _first_uses(reference, _runner(inputs, reference_call))
+    pairs = _align(cand, ref)
+    entries: list[Entry] = []
+    used_c: set[int] = set()
+    used_r: set[int] = set()
+    for ci, ri, steps, _ in pairs:
+        c = cand[ci[0]]
+        entries.append(Entry(candidate=c.key, reference=tuple(ref[r].key for r in ri), steps=tuple(steps),
+                             shape=c.shape, reference_shapes=tuple(ref[r].shape for r in ri), kind=c.kind))
+        used_c.update(ci)
+        used_r.update(ri)
+    entries += _repair(cand, ref, entries, used_c, used_r)
+    entries = _untangle(entries)
+    order = {t.key: k for k, t in enumerate(cand)}
+    entries.sort(key=lambda e: order[e.candidate])
+    entries += _companions(entries, candidate, reference, cand_computed, ref_computed)
+    reasons: dict[str, str] = {}
+    unmatched = {"candidate": [], "reference": []}
+    for side, tensors, used, other in (("candidate", cand, used_c, ref), ("reference", ref, used_r, cand)):
+        other_shapes = {t.shape for t in other}
+        for k, t in enumerate(tensors):
+            if k in used:
+                continue
+            unmatched[side].append(t.key)
+            if t.op == "<unused>":
+                reasons[t.key] = "never used by the forward on these inputs, and no unused counterpart in order"
+            elif t.shape not in other_shapes and not any(layout_steps(t.shape, o.shape) for o in other):
+                reasons[t.key] = f"no tensor of a compatible shape {t.shape} on the other side (shape family differs)"
+            else:
+                reasons[t.key] = "no counterpart at this point of the computation (same-shape tensors were used elsewhere)"
+    mapped_buffers = {e.candidate for e in entries} | {k for e in entries for k in e.reference}
+    computed = {"candidate": [k for k in cand_computed if k not in mapped_buffers],
+                "reference": [k for k in ref_computed if k not in mapped_buffers]}
+    for k in computed["candidate"]:
+        reasons[k] = cand_computed[k]
+    for k in computed["reference"]:
+        reasons[k] = ref_computed[k]
+    numel = sum(p.numel() for p in candidate.parameters())
+    return WeightMap(entries=entries, unmatched=unmatched, reasons=reasons, computed=computed, candidate_numel=numel)
+
+
+def _repair(cand: list[_Tensor], ref: list[_Tensor], entries: list[Entry], used_c: set[int], used_r: set[int]) -> list[Entry]:
+    """Pair tensors the in-order alignment left out because the two models use them in another
+    order inside one block (a relative-position table read before the projections on one side and
+    after them on the other). A leftover candidate tensor is paired with a leftover reference tensor
+    of a compatible shape and kind inside the smallest reference module holding the sources of the
+    candidate's neighbours (its owner's, then its owner's parent's mapped tensors)."""
+    sources: dict[str, set[str]] = {}
+    for e in entries:
+        sources.setdefault(owner_of(e.candidate), set()).update(e.reference)
+    free_r = {k: t for k, t in enumerate(ref) if k not in used_r}
+    out = []
+    for ci, c in enumerate(cand):
+        if ci in used_c:
+            continue
+        owner = owner_of(c.key)
+        while True:
+            found = {k for name, keys in sources.items() if name == owner or name.startswith(f"{owner}.") or not owner
+                     for k in keys}
+            if found or not owner:
+                break
+            owner = owner_of(owner)
+        if not found:
+            continue
+        region = _common_prefix(found)
+        for _ in range(3):  # the module itself, then up to two enclosing ones (a q_bias beside qkv)
+            fits = [(k, t) for k, t in free_r.items() if t.kind == c.kind and t.key.startswith(region)
+                    and layout_steps(c.shape, t.shape) is not None]
+            if fits or not region:
+                break
+            region = region[:-1].rsplit(".", 1)[0] + "." if "." in region[:-1] else ""
+        if not fits:
+            continue
+        k, t = max(fits, key=lambda kt: (layout_steps(c.shape, kt[1].shape)[1] * -1, _bonus(c, kt[1])))
+        steps = layout_steps(c.shape, t.shape)[0]
+        out.append(Entry(c.key, (t.key,), tuple(steps), c.shape, (t.shape,), c.kind))
+        used_c.add(ci)
+        used_r.add(k)
+        del free_r[k]
+    return out
+
+
+def _swap_sources(a: Entry, b: Entry) -> tuple[Entry, Entry]:
+    return (replace(a, reference=b.reference, steps=b.steps, reference_shapes=b.reference_shapes),
+            replace(b, reference=a.reference, steps=a.steps, reference_shapes=a.reference_shapes))
+
+
+def _untangle(entries: list[Entry]) -> list[Entry]:
+    """Within one module, the order of use says nothing between same-shaped tensors read by one
+    expression (timm's GRN reads ``bias`` before ``weight`` in ``addcmul(bias, weight, x)``,
+    transformers' ``weight`` first): there, and only there, the tensors' own names decide."""
+    entries = list(entries)
+    groups: dict[tuple, list[int]] = {}
+    for k, e in enumerate(entries):
+        if len(e.reference) == 1:
+            groups.setdefault((owner_of(e.candidate), owner_of(e.reference[0]), e.shape), []).append(k)
+
+    def leaf(key: str) -> str:
+        return key.rsplit(".", 1)[-1]
+
+    for members in groups.values():
+        for x in range(len(members)):
+            for y in range(x + 1, len(members)):
+                a, b = entries[members[x]], entries[members[y]]
+                now = (leaf(a.candidate) == leaf(a.reference[0])) + (leaf(b.candidate) == leaf(b.reference[0]))
+                swapped = (leaf(a.candidate) == leaf(b.reference[0])) + (leaf(b.candidate) == leaf(a.reference[0]))
+                if swapped > now and a.reference_shapes == b.reference_shapes:
+                    entries[members[x]], entries[members[y]] = _swap_sources(a, b)
+    return entries
+
+
+def _common_prefix(keys: Iterable[str]) -> str:
+    """The deepest module (as ``name.``) containing every key; ``""`` for the root."""
+    parts = [k.split(".")[:-1] for k in keys]
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return ".".join(common) + "." if common else ""
+
+def _companions(entries: list[Entry], candidate: nn.Module, reference: nn.Module,
+                cand_computed: dict[str, str], ref_computed: dict[str, str]) -> list[Entry]:
+    """Integer buffers (``num_batches_tracked``) of a module whose floating tensors all come from one
+    reference module that has a buffer of the same name and shape."""
+    owners: dict[str, set[str]] = {}
+    for e in entries:
+        owners.setdefault(owner_of(e.candidate), set()).update(owner_of(k) for k in e.reference)
+    ref_state = reference.state_dict(keep_vars=True)
+    cand_state = candidate.state_dict(keep_vars=True)
+    out = []
+    for key in cand_computed:
+        sources = owners.get(owner_of(key), set())
+        if len(sources) != 1:
+            continue
+        leaf = key.rsplit(".", 1)[-1]
+        twin = f"{next(iter(sources))}.{leaf}" if next(iter(sources)) else leaf
+        if twin in ref_computed and tuple(ref_state[twin].shape) == tuple(cand_state[key].shape):
+            shape = tuple(cand_state[key].shape)
+            out.append(Entry(key, (twin,), (), shape, (shape,), "buffer"))
+    return out
+
+def map_weights(
+    candidate: nn.Module,
+    reference: nn.Module,
+    inputs: Any,
+    *,
+    verify: bool = True,
+    candidate_call: Callable | None = None,
+    reference_call: Callable | None = None,
+    candidate_outputs: Callable | None = None,
+    reference_outputs: Callable | None = None,
+    max_alternatives: int = 12,
+) -> WeightMap:
+    """Infer which reference tensor feeds which candidate tensor (see the module docstring).
+
+    Neither model is changed: verification works on a copy of the candidate. ``inputs`` as for
+    :func:`harness.compare`; ``*_call``/``*_outputs`` when the two sides are called differently.
+    """
+    check_module("candidate", candidate)
+    check_module("reference", reference)
+    weights = infer_map(candidate, reference, inputs, candidate_call=candidate_call, reference_call=reference_call)
+    if verify:
+        _verify(weights, candidate, reference, inputs, max_alternatives,
+                dict(candidate_call=candidate_call, reference_call=reference_call,
+                     candidate_outputs=candidate_outputs, reference_outputs=reference_outputs))
+    return weights
+
+
+def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inputs: Any,
+            budget: int, options: dict[str, Any]) -> None:
+    """Transfer into a copy, compare through the map, try alternatives where twins disagree."""
+    from harness.api import compare
+
+    trial = copy.deepcopy(candidate)
+
+    def run(w: WeightMap):
+        w.transfer(reference, trial)
+        # the map is right or wrong whatever the rounding: absolute tolerances, no noise floor
+        return compare(trial, reference, inputs, weights=w, noise_floor=False, **options)
+
+    report = run(weights)
+    stuck: set[str] = set()  # modules around which no alternative helps
+    while not report.passed and budget > 0:
+        culprit = next((m for m in report.introduced if m not in stuck), None)
+        if culprit is None:
+            break
+        for alternative, change in _alternatives(weights, culprit):
+            if budget <= 0:
+                break
+            budget -= 1
+            trial_report = run(alternative)  # every run transfers the whole map: no undo needed
+            if _better(trial_report, report):
+                weights.entries = alternative.entries
+                weights.notes.append(f"ambiguous order of use around {culprit} resolved by running both models")
+                report = trial_report
+                elsewhere = _same_exchange_elsewhere(weights, change) if change else None
+                if elsewhere is not None and budget > 0:
+                    budget -= 1
+                    trial_report = run(elsewhere)
+                    if _better(trial_report, report):
+                        weights.entries, report = elsewhere.entries, trial_report
+                        weights.notes.append(f"the same exchange made in the other blocks built like {change[0].rstrip('.') or ROOT}")
+                break
+        else:
+            stuck.add(culprit)
+    weights.verified = bool(report.passed)
+    weights.conflicts = [] if report.passed else [
+        {"module": m, "text": f"after transfer, {m} disagrees with its reference twin "
+                              f"(the map or the model is wrong there)"} for m in report.introduced]
+    if not report.passed and not report.introduced:
+        weights.conflicts.append({"module": None, "text": f"after transfer the outputs disagree "
+                                                          f"(max_abs {report.output.max_abs:.3e})"})
+
+
+def _better(trial, current) -> bool:
+    """More twins agree, and none was lost: an exchange that only makes failing rows vanish from the
+    alignment (twins no longer found) is no improvement. A cycle of three misplaced blocks is
+    fixed by two exchanges, the first of which leaves the disagreeing module disagreeing."""
+    def counts(report) -> tuple[int, int]:
+        confirmed = [r for r in report.rows if r.match.how != "structure"]
+        return sum(r.passed for r in confirmed), len(confirmed)
+
+    (passing, aligned), (passing_now, aligned_now) = counts(trial), counts(current)
+    return passing > passing_now and aligned >= aligned_now
+
+
+def _scopes(module: str) -> list[str]:
+    """``module`` and up to two enclosing modules: where a misordered pair of tensors may sit."""
+    scopes = [module]
+    while len(scopes) < 3 and module not in (ROOT, ""):
+        module = module.rsplit(".", 1)[0] if "." in module else ROOT
+        scopes.append(module)
+    return scopes
+
+
+def _alternatives(weights: WeightMap, module: str) -> Iterable[tuple[WeightMap, tuple | None]]:
+    """Maps differing from ``weights`` in one ambiguous choice around ``module``: a square matrix
+    transposed, two same-shaped tensors of one module exchanged, or two submodules holding the
+    same tensor shapes exchanged whole (a shortcut projection computed before the main branch on
+    one side and after it on the other). Each comes with the exchange ``(prefix, a, b)`` it made."""
+    entries = weights.entries
+    seen: set[tuple] = set()
+    for scope in _scopes(module):
+        prefix = "" if scope == ROOT else f"{scope}."
+        inside = [k for k, e in enumerate(entries) if e.candidate.startswith(prefix)]
+        for k in inside:
+            e = entries[k]
+            if len(e.shape) == 2 and e.shape[0] == e.shape[1] and len(e.reference) == 1 and ("t", k) not in seen:
+                seen.add(("t", k))
+                flipped = (*e.steps, {"op": "transpose", "dims": [0, 1]})
+                yield replace(weights, entries=[*entries[:k], replace(e, steps=flipped), *entries[k + 1:]]), None
+        for a, b, swap in _subtree_swaps(entries, inside, prefix, module):
+            if swap not in seen:
+                seen.add(swap)
+                yield _exchanged(weights, [swap]), (prefix, a, b)
+
+
+def _exchanged(weights: WeightMap, swaps: Iterable[tuple[tuple[int, int], ...]]) -> WeightMap:
+    changed = list(weights.entries)
+    for swap in swaps:
+        for x, y in swap:
+            changed[x], changed[y] = _swap_sources(changed[x], changed[y])
+    return replace(weights, entries=changed)
+
+
+def _same_exchange_elsewhere(weights: WeightMap, change: tuple) -> WeightMap | None:
+    """The exchange that helped in one block, made in every other block of the same structure
+    (repeated stages misorder their tensors alike); None if there is no other such block."""
+    prefix, a, b = change
+    entries = weights.entries
+    prefixes = set()
+    for e in entries:
+        key = e.candidate
+        for at in range(len(key)):
+            if (at == 0 or key[at - 1] == ".") and key.startswith(f"{a}.", at) or key[at:] == a:
+                prefixes.add(key[:at])
+    swaps = []
+    for other in sorted(prefixes - {prefix}):
+        inside = [k for k, e in enumerate(entries) if e.candidate.startswith(other)]
+        modules = _modules(entries, inside, other)
+        if a in modules and b in modules and _signature(entries, modules[a]) == _signature(entries, modules[b]):
+            swaps.append(tuple((modules[a][rel], modules[b][rel]) for rel in sorted(modules[a])))
+    return _exchanged(weights, swaps) if swaps else None
+
+
+def _modules(entries: list[Entry], inside: list[int], prefix: str) -> dict[str, dict[str, int]]:
+    """Every module (and tensor) below ``prefix``: relative name -> {key relative to it: entry index}."""
+    by_module: dict[str, dict[str, int]] = {}
+    for k in inside:
+        parts = entries[k].candidate[len(prefix):].split(".")
+        for depth in range(len(parts)):
+            by_module.setdefault(".".join(parts[:depth + 1]), {})[".".join(parts[depth + 1:])] = k
+    return by_module
+
+
+def _signature(entries: list[Entry], members: dict[str, int]) -> tuple:
+    return tuple(sorted((rel, entries[k].shape, entries[k].reference_shapes) for rel, k in members.items()))
+
+
+def _subtree_swaps(entries: list[Entry], inside: list[int], prefix: str,
+                   culprit: str) -> list[tuple[str, str, tuple[tuple[int, int], ...]]]:
+    """Pairs of disjoint submodules under ``prefix`` (or single tensors of one module) whose mapped
+    tensors have the same relative names and shapes, with the index pairs to exchange. Exchanges
+    that move the disagreeing module's own tensors come first, whole modules before their parts."""
+    by_module = _modules(entries, inside, prefix)
+    target = culprit[len(prefix):] if culprit != ROOT else ""
+
+    def involves(name: str) -> bool:
+        return bool(target) and (target == name or target.startswith(f"{name}.") or name.startswith(f"{target}."))
+
+    ranked = []
+    for a, b in combinations(sorted(by_module), 2):
+        if a.startswith(f"{b}.") or b.startswith(f"{a}.") or _signature(entries, by_module[a]) != _signature(entries, by_module[b]):
+            continue
+        if any(len(entries[k].reference) != 1 for k in (*by_module[a].values(), *by_module[b].values())):
+            continue
+        swap = tuple((by_module[a][rel], by_module[b][rel]) for rel in sorted(by_module[a]))
+        ranked.append(((not (involves(a) or involves(b)), -len(swap), a, b), (a, b, swap)))
+    return [item for _, item in sorted(ranked)]

@@ -1,0 +1,63 @@
+"""Interleaved timing and ``reports/bench.json`` for the benchmark suite (``tox -e bench``).
+
+Ratios are what the benchmarks report: variants are timed in turn, round after round (A B C A B
+C ...), and each variant's median is divided by the baseline's, so a machine whose speed drifts
+during the run (other jobs on shared cores) moves every variant alike. Time is the process's CPU
+time (``time.process_time``): a process descheduled by other jobs is not charged for the wait.
+
+``reports/bench.json`` gathers the results of every benchmark module, section by section
+(``{"pairs": {name: {...}}, "tracer": {model: {...}}}``); each entry is merged into the file as it
+completes and the file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from harness.report import atomic_write_text
+
+PATH = Path(__file__).resolve().parents[1] / "reports" / "bench.json"
+TIMER = "process CPU seconds (time.process_time), median of interleaved rounds"
+
+
+def interleaved(variants: dict[str, Callable[[], Any]], *, rounds: int) -> dict[str, float]:
+    """Median CPU seconds of each variant over ``rounds`` rounds that run every variant once in turn."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            start = time.process_time()
+            fn()
+            times[name].append(time.process_time() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def rounds_for(fns: list[Callable[[], Any]], *, budget_s: float, low: int = 3, high: int = 15) -> int:
+    """Rounds that fit ``budget_s`` CPU seconds, from one warm-up call of each function (which also warms caches)."""
+    start = time.process_time()
+    for fn in fns:
+        fn()
+    one = max(time.process_time() - start, 1e-6)
+    return max(low, min(high, int(budget_s / one)))
+
+
+def record(section: str, key: str, entry: dict[str, Any]) -> Path:
+    """Merge ``entry`` into ``reports/bench.json`` as ``[section][key]``."""
+    try:
+        document = json.loads(PATH.read_text(encoding="utf-8")) if PATH.exists() else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{PATH} is not valid JSON ({exc}); delete it to start a new benchmark record") from None
+    document.setdefault(section, {})[key] = entry
+    document["timer"] = TIMER
+    return atomic_write_text(PATH, json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
+def say(config: pytest.Config, lines: list[str]) -> None:
+    """Write ``lines`` to the terminal past pytest's output capture (the results are the point of a benchmark)."""
+    with config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
+        print("\n" + "\n".join(lines), flush=True)

@@ -1,0 +1,19 @@
+"""Model specs for the command-line tests: ``tests/harness/port_specs.py:function``."""
+
+from tests.harness.port_toys import FusedBlock, SplitBlock, randomized
+
+
+def fused():
+    return FusedBlock()
+
+
+def fused_wrong_eps():
+    return FusedBlock(eps=1e-3)
+
+
+def split():
+    return randomized(SplitBlock(), 2).float()
+
+
+def not_a_model():
+    return "a string"

@@ -1,0 +1,127 @@
+"""Toy pairs of independently written models: other names, fused vs split, other layouts.
+
+``FusedBlock`` and ``SplitBlock`` compute the same pre-norm transformer block: one with a fused
+``qkv`` projection, a ``(C,)`` layer scale and a linear MLP; the other with ``query``/``key``/
+``value`` modules, a differently named scale and a 1x1 ``Conv1d`` as first MLP layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    return torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1) @ v
+
+
+class FusedBlock(nn.Module):
+    def __init__(self, dim: int = 16, heads: int = 2, scale_power: float = 0.5, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.heads, self.scale_power = heads, scale_power
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.gamma = nn.Parameter(torch.ones(dim))
+        self.fc1 = nn.Linear(dim, 3 * dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(3 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = attention(q, k, v, (d // self.heads) ** -self.scale_power)  # (B, heads, N, d/heads)
+        x = x + self.gamma * self.proj(a.transpose(1, 2).reshape(b, n, d))
+        return x + self.fc2(self.act(self.fc1(x)))
+
+
+class SplitAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, key_first: bool = False) -> None:
+        super().__init__()
+        self.heads, self.key_first = heads, key_first
+        self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        b, n, d = y.shape
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(b, n, self.heads, d // self.heads).transpose(1, 2)
+
+        if self.key_first:  # same maths, the projections used in another order
+            k, q = split(self.key(y)), split(self.query(y))
+        else:
+            q, k = split(self.query(y)), split(self.key(y))
+        v = split(self.value(y))
+        return attention(q, k, v, (d // self.heads) ** -0.5).transpose(1, 2).reshape(b, n, d)
+
+
+class SplitBlock(nn.Module):
+    def __init__(self, dim: int = 16, heads: int = 2, key_first: bool = False) -> None:
+        super().__init__()
+        self.ln_a = nn.LayerNorm(dim, eps=1e-6)
+        self.attention = SplitAttention(dim, heads, key_first)
+        self.out = nn.Linear(dim, dim)
+        self.scale = nn.Parameter(torch.ones(dim))
+        self.up = nn.Conv1d(dim, 3 * dim, 1)
+        self.down = nn.Linear(3 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.scale * self.out(self.attention(self.ln_a(x)))
+        h = self.up(x.transpose(1, 2)).transpose(1, 2)  # (B, N, 3C) through a (B, 3C, N) conv
+        return x + self.down(F.gelu(h))
+
+
+class ConvNet(nn.Module):
+    """Conv, BatchNorm, ReLU, a (C, 1, 1) scale, pooled to (N, C) and a linear head."""
+
+    def __init__(self, classes: int = 5) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.act = nn.ReLU()
+        self.layer_scale = nn.Parameter(torch.ones(8, 1, 1))
+        self.head = nn.Linear(8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer_scale * self.act(self.bn(self.conv(x)))
+        return self.head(x.mean((2, 3)))
+
+
+class ChannelsLastNet(nn.Module):
+    """The same network written channels-last: NHWC inside, a (C,) scale, a 1x1 conv head."""
+
+    def __init__(self, classes: int = 5) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.relu = nn.ReLU()
+        self.gain = nn.Parameter(torch.ones(8))
+        self.classifier = nn.Conv2d(8, classes, 1)
+        self.register_buffer("pixel_index", torch.arange(4))  # computed by the model, never copied
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.stem(x)).permute(0, 2, 3, 1) * self.gain  # (B, H, W, C)
+        pooled = x.mean((1, 2))[:, :, None, None]  # (B, C, 1, 1)
+        return self.classifier(pooled).flatten(1)
+
+
+def randomized(model: nn.Module, seed: int) -> nn.Module:
+    """``model`` in float64 and eval mode with every parameter and BatchNorm statistic re-drawn."""
+    generator = torch.Generator().manual_seed(seed)
+    model = model.double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * 0.3)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=generator, dtype=torch.float64) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=generator, dtype=torch.float64) + 0.5)
+    return model
+
+
+def tokens(seed: int = 0) -> torch.Tensor:
+    return torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def images(seed: int = 0) -> torch.Tensor:
+    return torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)

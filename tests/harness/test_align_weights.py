@@ -1,0 +1,170 @@
+"""Alignment through weights, layout adapters and error origins in models that share no names."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+import harness
+from harness.adapters import find_adapter
+from tests.harness.port_toys import ChannelsLastNet, ConvNet, FusedBlock, SplitBlock, images, randomized, tokens
+
+
+def transferred(candidate, reference, inputs):
+    weights = harness.map_weights(candidate, reference, inputs)
+    weights.transfer(reference, candidate)
+    return weights
+
+
+@pytest.fixture
+def block_pair():
+    candidate, reference = randomized(FusedBlock(), 1), randomized(SplitBlock(), 2)
+    return candidate, reference, transferred(candidate, reference, tokens())
+
+
+def rows_by_candidate(report):
+    return {r.candidate: r for r in report.rows}
+
+
+def test_modules_owning_corresponding_weights_are_twins(block_pair):
+    candidate, reference, weights = block_pair
+    rows = rows_by_candidate(harness.compare(candidate, reference, tokens(), weights=weights))
+    assert {c: (r.reference, r.match.how) for c, r in rows.items() if c in ("norm", "proj", "fc2")} == {
+        "norm": ("ln_a", "weights"), "proj": ("out", "weights"), "fc2": ("down", "weights")}
+
+
+def test_a_fused_projection_is_compared_with_the_concatenated_split_outputs(block_pair):
+    candidate, reference, weights = block_pair
+    row = rows_by_candidate(harness.compare(candidate, reference, tokens(), weights=weights))["qkv"]
+    assert row.reference == "attention.query+attention.key+attention.value" and row.passed
+
+
+def test_names_differ_so_compare_infers_the_map_by_itself(block_pair):
+    candidate, reference, _ = block_pair
+    report = harness.compare(candidate, reference, tokens())
+    assert report.passed and report.weight_coverage == 1.0, report.format()
+
+
+def test_a_perturbed_weight_is_blamed_on_its_module(block_pair):
+    candidate, reference, weights = block_pair
+    with torch.no_grad():
+        candidate.fc1.weight.mul_(1.001)
+    report = harness.compare(candidate, reference, tokens(), weights=weights)
+    assert (report.culprit, report.introduced) == ("fc1", ["fc1"]), report.format()
+
+
+def test_an_error_in_code_without_a_twin_is_not_blamed_on_a_twin(block_pair):
+    candidate, reference, weights = block_pair
+    candidate.scale_power = 0.51  # the attention maths lives in the block's own forward
+    report = harness.compare(candidate, reference, tokens(), weights=weights)
+    assert report.culprit == "<root>" and report.first_divergence == "proj", report.format()
+
+
+def test_an_untwinned_submodule_is_named_instead_of_its_parent():
+    candidate, reference = randomized(FusedBlock(), 1), randomized(SplitBlock(), 2)
+    weights = transferred(candidate, reference, tokens())
+    candidate.act = torch.nn.GELU(approximate="tanh")  # no twin: the reference calls F.gelu
+    report = harness.compare(candidate, reference, tokens(), weights=weights)
+    assert report.culprit == "act", report.format()
+
+
+def test_every_independent_origin_is_listed_in_execution_order(block_pair):
+    candidate, reference, weights = block_pair
+    with torch.no_grad():
+        candidate.proj.bias.add_(1e-3)
+        candidate.fc2.bias.add_(1e-3)
+    report = harness.compare(candidate, reference, tokens(), weights=weights)
+    assert report.introduced == ["proj", "fc2"], report.format()
+
+
+def test_twins_in_another_layout_are_compared_through_an_adapter():
+    candidate, reference = randomized(ChannelsLastNet(), 1), randomized(ConvNet(), 2)
+    weights = transferred(candidate, reference, images())
+    report = harness.compare(candidate, reference, images(), weights=weights)
+    row = rows_by_candidate(report)["classifier"]
+    assert report.passed and (row.reference, row.reference_shape, row.adapter) == ("head", (2, 5), "reshape(2, 5)"), report.format()
+
+
+def test_layout_rows_show_both_shapes_in_json_and_table():
+    candidate, reference = randomized(ChannelsLastNet(), 1), randomized(ConvNet(), 2)
+    report = harness.compare(candidate, reference, images(), weights=transferred(candidate, reference, images()))
+    layer = next(r for r in report.to_dict()["layers"] if r["candidate"] == "classifier")
+    assert (layer["shape"], layer["reference_shape"], layer["adapter"]) == ([2, 5, 1, 1], [2, 5], "reshape(2, 5)")
+    assert "2x5x1x1 vs 2x5 [reshape(2, 5)]" in report.format(table=True)
+
+
+def test_a_shape_no_adapter_explains_is_a_visible_failing_row():
+    class Wide(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 6)
+
+        def forward(self, x):
+            return self.lin(x).sum()
+
+    class Other(Wide):
+        def forward(self, x):
+            return self.lin(x).sum()
+
+    candidate, reference = Wide().double(), Other().double()
+    candidate.lin.forward = types.MethodType(lambda self, x: torch.nn.functional.linear(x, self.weight, self.bias)[:, :3], candidate.lin)
+    report = harness.compare(candidate, reference, torch.ones(2, 4, dtype=torch.float64))
+    layer = next(r for r in report.to_dict()["layers"] if r["candidate"] == "lin")
+    assert (layer["shape"], layer["reference_shape"], layer["adapter"], layer["passed"]) == ([2, 3], [2, 6], None, False)
+
+
+def test_a_user_adapter_is_applied_to_its_module():
+    candidate, reference = randomized(ChannelsLastNet(), 1), randomized(ConvNet(), 2)
+    weights = transferred(candidate, reference, images())
+    report = harness.compare(candidate, reference, images(), weights=weights,
+                             adapters=[(r"^classifier$", lambda t: t.flatten(1))])
+    assert rows_by_candidate(report)["classifier"].adapter == "user adapter for /^classifier$/"
+
+
+@pytest.mark.parametrize("make, description", [
+    (lambda x: x.permute(0, 2, 3, 1), "permute(0,2,3,1)"),                  # NCHW -> NHWC
+    (lambda x: x.flatten(2).transpose(1, 2), "permute(0,2,3,1) + reshape(2, 16, 3)"),  # map -> tokens
+    (lambda x: x[..., None, None], "reshape(2, 3, 4, 4, 1, 1)"),            # unsqueezed
+])
+def test_find_adapter_recovers_common_layouts(make, description):
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    adapter = find_adapter(x, make(x))
+    assert adapter is not None and adapter.description == description and torch.equal(adapter.apply(x), make(x))
+
+
+def test_find_adapter_recovers_shifted_windows():
+    x = torch.randn(1, 8, 8, 3, dtype=torch.float64)
+    windows = torch.roll(x, (-2, -2), (1, 2)).reshape(1, 2, 4, 2, 4, 3).permute(0, 1, 3, 2, 4, 5).reshape(4, 16, 3)
+    adapter = find_adapter(x, windows)
+    assert adapter.description == "window partition 4x4 after roll -2" and torch.equal(adapter.apply(x), windows)
+
+
+def test_rename_rule_that_never_fires_is_reported():
+    candidate, reference = randomized(FusedBlock(), 1), randomized(FusedBlock(), 1)
+    report = harness.compare(candidate, reference, tokens(), rename=[(r"^blocks\.", "layers.")])
+    assert any("never fires" in n for n in report.notes), report.notes
+
+
+def test_rename_rule_with_a_missing_target_is_reported():
+    candidate, reference = randomized(FusedBlock(), 1), randomized(FusedBlock(), 1)
+    report = harness.compare(candidate, reference, tokens(), rename=[(r"^fc1$", "mlp.fc1")])
+    assert any("'mlp.fc1'" in n and "does not have" in n for n in report.notes), report.notes
+
+
+def test_rename_accepts_a_callable_replacement():
+    candidate, reference = randomized(SplitBlock(), 1), randomized(SplitBlock(), 1)
+    report = harness.compare(candidate, reference, tokens(), rename=[(r"^ln_a$", lambda m: m.group(0))])
+    assert report.passed
+
+
+def test_include_and_exclude_filter_each_side():
+    candidate, reference = randomized(FusedBlock(), 1), randomized(FusedBlock(), 1)
+    report = harness.compare(candidate, reference, tokens(), include={"candidate": "fc", "reference": "fc"}, exclude="fc2")
+    assert sorted(r.candidate for r in report.rows) == ["<root>", "fc1"]
+
+
+def test_a_bad_exclude_regex_names_the_option():
+    with pytest.raises(ValueError, match=r"exclude='\('"):
+        harness.compare(FusedBlock(), FusedBlock(), tokens().float(), exclude="(")

@@ -1,0 +1,74 @@
+"""``python -m harness map`` and ``compare --candidate/--reference``: two models of one's own."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+
+SPECS = str(Path(__file__).with_name("port_specs.py"))
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def harness_cli(capsys):
+    """``python -m harness ARGS`` in this process (a fresh interpreter would re-import torch each time)."""
+
+    def run(*args: str) -> Run:
+        code = main(list(args))
+        out = capsys.readouterr()
+        return Run(code, out.out, out.err)
+
+    return run
+
+
+def test_map_prints_the_table(harness_cli):
+    run = harness_cli("map", f"{SPECS}:fused", f"{SPECS}:split", "--input-shape", "2x5x16")
+    assert run.returncode == 0, run.stderr
+    assert "qkv.weight  <- attention.query.weight + attention.key.weight + attention.value.weight" in run.stdout
+
+
+def test_compare_specs_passes_after_transferring_the_inferred_map(harness_cli, tmp_path):
+    saved = tmp_path / "map.json"
+    run = harness_cli("compare", "--candidate", f"{SPECS}:fused", "--reference", f"{SPECS}:split",
+                      "--input-shape", "2x5x16", "--dtype", "float64", "--save-map", str(saved))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "PASS" in run.stdout and json.loads(saved.read_text())["coverage"] == 1.0
+
+
+def test_compare_specs_with_a_bug_exits_1_and_names_the_module(harness_cli):
+    run = harness_cli("compare", "--candidate", f"{SPECS}:fused_wrong_eps", "--reference", f"{SPECS}:split",
+                      "--input-shape", "2x5x16", "--dtype", "float64")
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "culprit (introduces the error itself): norm" in run.stdout
+
+
+def test_compare_reuses_a_saved_map(harness_cli, tmp_path):
+    saved = tmp_path / "map.json"
+    harness_cli("map", f"{SPECS}:fused", f"{SPECS}:split", "--input-shape", "2x5x16", "--save-map", str(saved))
+    run = harness_cli("compare", "--candidate", f"{SPECS}:fused", "--reference", f"{SPECS}:split",
+                      "--input-shape", "2x5x16", "--dtype", "float64", "--map", str(saved))
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (("map", "missing.py:fn", f"{SPECS}:split"), "no file 'missing.py'"),
+    (("map", f"{SPECS}:not_a_model", f"{SPECS}:split"), "returned str, expected an nn.Module"),
+    (("map", "no_colon", f"{SPECS}:split"), "is not a model spec"),
+    (("map", f"{SPECS}:fused", f"{SPECS}:split", "--input-shape", "2by5"), "expected sizes joined by 'x'"),
+    (("compare", "--candidate", f"{SPECS}:fused"), "--candidate needs --reference"),
+    (("compare",), "compare needs a registered pair"),
+])
+def test_usage_errors_are_one_line_and_exit_2(harness_cli, args, message):
+    run = harness_cli(*args)
+    assert run.returncode == 2 and message in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr

@@ -1,0 +1,160 @@
+"""harness.map_weights: the weight correspondence of independently written models, inferred."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import harness
+from tests.harness.port_toys import ChannelsLastNet, ConvNet, FusedBlock, SplitBlock, images, randomized, tokens
+
+
+def state_equal(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def entry(weights: harness.WeightMap, key: str):
+    return next(e for e in weights.entries if e.candidate == key)
+
+
+@pytest.fixture
+def fused_from_split():
+    candidate, reference = randomized(FusedBlock(), 1), randomized(SplitBlock(), 2)
+    return candidate, reference, harness.map_weights(candidate, reference, tokens())
+
+
+def test_fused_qkv_is_the_concatenation_of_the_split_projections(fused_from_split):
+    _, _, weights = fused_from_split
+    e = entry(weights, "qkv.weight")
+    assert e.reference == ("attention.query.weight", "attention.key.weight", "attention.value.weight"), str(weights)
+    assert e.steps[0]["op"] == "concat", str(weights)
+
+
+def test_split_projections_are_slices_of_the_fused_one():
+    candidate, reference = randomized(SplitBlock(), 1), randomized(FusedBlock(), 2)
+    weights = harness.map_weights(candidate, reference, tokens())
+    cuts = [(entry(weights, f"attention.{n}.weight").steps[-1]["start"], entry(weights, f"attention.{n}.weight").reference)
+            for n in ("query", "key", "value")]
+    assert cuts == [(0, ("qkv.weight",)), (16, ("qkv.weight",)), (32, ("qkv.weight",))], str(weights)
+
+
+def test_conv1x1_weight_is_reshaped_into_a_linear_weight(fused_from_split):
+    _, _, weights = fused_from_split
+    e = entry(weights, "fc1.weight")
+    assert (e.reference, e.transform) == (("up.weight",), "reshape(shape=[48, 16])"), str(weights)
+
+
+def test_parameters_used_in_functional_code_are_placed(fused_from_split):
+    _, _, weights = fused_from_split
+    assert entry(weights, "gamma").reference == ("scale",), str(weights)
+
+
+def test_every_parameter_is_covered_and_the_map_verified(fused_from_split):
+    _, _, weights = fused_from_split
+    assert (weights.coverage, weights.unmatched, weights.verified) == (1.0, {"candidate": [], "reference": []}, True), str(weights)
+
+
+def test_transferred_pair_agrees_in_float64(fused_from_split):
+    candidate, reference, weights = fused_from_split
+    weights.transfer(reference, candidate)
+    report = harness.compare(candidate, reference, tokens(), weights=weights)
+    assert report.passed, report.format()
+
+
+def test_map_weights_changes_neither_model():
+    candidate, reference = randomized(FusedBlock(), 1), randomized(SplitBlock(), 2)
+    before_c, before_r = copy.deepcopy(candidate), copy.deepcopy(reference)
+    harness.map_weights(candidate, reference, tokens())
+    assert state_equal(candidate, before_c) and state_equal(reference, before_r)
+
+
+def test_the_table_read_backward_gives_the_reference_state(fused_from_split):
+    candidate, reference, weights = fused_from_split
+    weights.transfer(reference, candidate)
+    back = weights.to_reference(candidate.state_dict())
+    assert back.keys() == reference.state_dict().keys()
+    assert all(torch.equal(back[k], v) for k, v in reference.state_dict().items())
+
+
+def test_saved_map_loads_to_the_same_table(fused_from_split, tmp_path):
+    _, _, weights = fused_from_split
+    path = weights.save(tmp_path / "map.json")
+    loaded = harness.load_weight_map(path)
+    assert loaded.to_dict() == json.loads(json.dumps(weights.to_dict()))
+
+
+def test_a_foreign_json_file_is_refused_with_its_name(tmp_path):
+    path = tmp_path / "other.json"
+    path.write_text('{"weights": []}')
+    with pytest.raises(ValueError, match=r"other\.json.*is not a weight map"):
+        harness.load_weight_map(path)
+
+
+def test_order_of_use_ambiguity_is_resolved_by_running_both_models():
+    # key computed before query on the reference side: the in-order guess swaps them, the run does not
+    candidate, reference = randomized(SplitBlock(), 1), randomized(SplitBlock(key_first=True), 2)
+    weights = harness.map_weights(candidate, reference, tokens())
+    assert entry(weights, "attention.query.weight").reference == ("attention.query.weight",), str(weights)
+    assert weights.verified, str(weights)
+
+
+def test_a_map_that_makes_twins_disagree_is_reported_not_accepted():
+    candidate, reference = randomized(FusedBlock(eps=1e-3), 1), randomized(SplitBlock(), 2)
+    weights = harness.map_weights(candidate, reference, tokens())
+    assert weights.verified is False and [c["module"] for c in weights.conflicts] == ["norm"], str(weights)
+
+
+def test_batchnorm_statistics_and_counter_are_mapped_and_index_buffers_are_not():
+    candidate, reference = randomized(ChannelsLastNet(), 1), randomized(ConvNet(), 2)
+    weights = harness.map_weights(candidate, reference, images())
+    sources = {e.candidate: e.reference for e in weights.entries}
+    assert sources["stem.1.running_var"] == ("bn.running_var",), str(weights)
+    assert sources["stem.1.num_batches_tracked"] == ("bn.num_batches_tracked",), str(weights)
+    assert weights.computed["candidate"] == ["pixel_index"], str(weights)
+
+
+def test_channel_scale_and_conv_head_take_other_layouts():
+    candidate, reference = randomized(ChannelsLastNet(), 1), randomized(ConvNet(), 2)
+    weights = harness.map_weights(candidate, reference, images())
+    assert entry(weights, "gain").transform == "reshape(shape=[8])", str(weights)
+    assert entry(weights, "classifier.weight").transform == "reshape(shape=[5, 8, 1, 1])", str(weights)
+
+
+def test_a_tensor_without_counterpart_is_listed_with_its_reason():
+    class Extra(FusedBlock):
+        def __init__(self) -> None:
+            super().__init__()
+            self.unused_head = nn.Linear(16, 7)
+
+    candidate, reference = randomized(Extra(), 1), randomized(SplitBlock(), 2)
+    weights = harness.map_weights(candidate, reference, tokens())
+    assert weights.unmatched["candidate"] == ["unused_head.weight", "unused_head.bias"], str(weights)
+    assert "never used by the forward" in weights.reasons["unused_head.weight"]
+    assert weights.coverage == pytest.approx(1 - (16 * 7 + 7) / sum(p.numel() for p in candidate.parameters()))
+
+
+def test_transfer_clears_caches_derived_from_weights():
+    class Cached(FusedBlock):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention_bias_cache = {"stale": torch.zeros(1)}
+
+    candidate, reference = randomized(Cached(), 1), randomized(SplitBlock(), 2)
+    harness.map_weights(candidate, reference, tokens(), verify=False).transfer(reference, candidate)
+    assert candidate.attention_bias_cache == {}
+
+
+def test_transfer_refuses_a_map_made_for_another_model(fused_from_split):
+    _, _, weights = fused_from_split
+    with pytest.raises(ValueError, match="does not have"):
+        weights.transfer(randomized(SplitBlock(), 2), randomized(ConvNet(), 3))
+
+
+def test_map_weights_names_a_non_module_argument():
+    with pytest.raises(TypeError, match="candidate must be an nn.Module, got str"):
+        harness.map_weights("model.pt", SplitBlock(), tokens())
