@@ -34,7 +34,7 @@ import torch
 
 from harness.trace import ROOT, Record
 
-__all__ = ["Match", "Alignment", "align", "apply_rename", "check_rename"]
+__all__ = ["Match", "Aligned", "Alignment", "align", "apply_rename", "check_rename"]
 
 How = Literal["weights", "name", "rename", "structure"]
 Rule = tuple[str, str | Callable[[re.Match], str]]
@@ -45,6 +45,28 @@ class Match:
     candidate: Record
     reference: Record
     how: How
+
+
+class Aligned:
+    """The names of an aligned call, for anything that holds its ``match`` (layer rows, gradient rows)."""
+
+    match: Match
+
+    @property
+    def candidate(self) -> str:
+        return self.match.candidate.name
+
+    @property
+    def reference(self) -> str:
+        return self.match.reference.name
+
+    @property
+    def call(self) -> int:
+        return self.match.candidate.call
+
+    @property
+    def key(self) -> str:
+        return self.match.candidate.key
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from harness.align import Match
+from harness.align import Aligned, Match
 from harness.adapters import find_adapter
 from harness.localize import Row, _cast_like, _inputs_state, _leaf_pairs, _rerunnable, _worst_adapted
 from harness.metrics import Metrics, Tolerance, measure
@@ -85,7 +85,7 @@ class ParameterGrad:
 
 
 @dataclass
-class BackwardRow:
+class BackwardRow(Aligned):
     """One aligned module call in the backward pass: the errors of its gradients."""
 
     match: Match
@@ -98,22 +98,6 @@ class BackwardRow:
     order: int  # position in backward order
     status: str = "ok"
     reran: bool = False
-
-    @property
-    def candidate(self) -> str:
-        return self.match.candidate.name
-
-    @property
-    def reference(self) -> str:
-        return self.match.reference.name
-
-    @property
-    def call(self) -> int:
-        return self.match.candidate.call
-
-    @property
-    def key(self) -> str:
-        return self.match.candidate.key
 
     @property
     def metrics(self) -> Metrics:

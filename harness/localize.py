@@ -39,7 +39,7 @@ from typing import Any, Literal, Sequence
 import torch
 
 from harness.adapters import Adapter, UserAdapter, find_adapter, user_adapter
-from harness.align import Match
+from harness.align import Aligned, Match
 from harness.metrics import Metrics, Tolerance, measure, measure_summaries
 from harness.trace import Leaf, Record, TensorSummary, flatten_tensors, map_tensors
 
@@ -49,7 +49,7 @@ Status = Literal["ok", "introduced", "contains", "propagated", "tentative"]
 
 
 @dataclass
-class Row:
+class Row(Aligned):
     """One aligned module call and its error."""
 
     match: Match
@@ -66,22 +66,6 @@ class Row:
     noise: Any = None
     passed_tolerance: bool | None = None
     rerun_judge: Any = field(default=None, repr=False)
-
-    @property
-    def candidate(self) -> str:
-        return self.match.candidate.name
-
-    @property
-    def reference(self) -> str:
-        return self.match.reference.name
-
-    @property
-    def call(self) -> int:
-        return self.match.candidate.call
-
-    @property
-    def key(self) -> str:
-        return self.match.candidate.key
 
 
 def _leaf_pairs(cand: dict[str, Leaf], ref: dict[str, Leaf]) -> list[tuple[str, Leaf, Leaf]]:

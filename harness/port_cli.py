@@ -4,19 +4,15 @@
     python -m harness compare --candidate SPEC --reference SPEC [--input-shape ...] [--dtype ...]
                               [--save-map F | --map F] [--json PATH]
 
-A SPEC is ``path/to/file.py:function`` or ``package.module:function``: a callable with no required
-arguments returning an ``nn.Module``. Both models are built by the command, put in eval mode and
-cast to ``--dtype``; the input is seeded random data of ``--input-shape`` (several shapes separated
-by commas give several positional arguments). ``compare`` infers the weight map (or reads
+A SPEC is ``path/to/file.py:function`` or ``package.module:function`` (:mod:`harness.specs`). Both
+models are built by the command, put in eval mode and cast to ``--dtype``; the input is seeded
+random data of ``--input-shape`` (repeated for several positional arguments). ``compare`` infers the weight map (or reads
 ``--map``), copies the reference's weights into the candidate through it, and compares.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
-import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -24,71 +20,22 @@ if TYPE_CHECKING:  # torch is imported when a command runs, not when the parser 
     import torch
     from torch import nn
 
-__all__ = ["load_spec", "parse_input_shape", "add_map_arguments", "run_map", "add_port_arguments", "run_port_compare"]
-
-
-def load_spec(spec: str, *, option: str = "model") -> "nn.Module":
-    """Build the model a ``file.py:function`` or ``package.module:function`` spec names."""
-    from torch import nn
-
-    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
-        raise ValueError(f"{option} {spec!r} is not a model spec; expected path/to/file.py:function or "
-                         f"package.module:function (a callable returning an nn.Module)")
-    where, name = spec.split(":")
-    if where.endswith(".py"):
-        if not os.path.isfile(where):
-            raise ValueError(f"{option} {spec!r}: no file {where!r}")
-        module_name = f"_harness_spec_{abs(hash(os.path.abspath(where)))}"
-        loader = importlib.util.spec_from_file_location(module_name, where)
-        module = importlib.util.module_from_spec(loader)
-        sys.path.insert(0, os.path.dirname(os.path.abspath(where)))
-        try:
-            loader.loader.exec_module(module)
-        finally:
-            sys.path.pop(0)
-    else:
-        try:
-            module = importlib.import_module(where)
-        except ImportError as exc:
-            raise ValueError(f"{option} {spec!r}: cannot import {where!r} ({exc})") from None
-    factory = getattr(module, name, None)
-    if not callable(factory):
-        raise ValueError(f"{option} {spec!r}: {where!r} has no callable {name!r}")
-    model = factory()
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{option} {spec!r}: {name}() returned {type(model).__name__}, expected an nn.Module")
-    return model
-
-
-def parse_input_shape(text: str, dtype: "torch.dtype", seed: int = 0) -> tuple["torch.Tensor", ...]:
-    """``1x3x224x224`` (or ``1x3x64x64,1x10``) -> seeded random tensors of those shapes."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    tensors = []
-    for part in text.split(","):
-        try:
-            shape = tuple(int(d) for d in part.strip().lower().split("x"))
-        except ValueError:
-            raise ValueError(f"--input-shape {text!r}: expected sizes joined by 'x', e.g. 1x3x224x224 "
-                             f"(several inputs separated by commas)") from None
-        if not shape or any(d <= 0 for d in shape):
-            raise ValueError(f"--input-shape {text!r}: sizes must be positive integers, e.g. 1x3x224x224")
-        tensors.append(torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype))
-    return tuple(tensors)
+__all__ = ["add_map_arguments", "run_map", "add_port_arguments", "run_port_compare"]
 
 
 def _build(args: argparse.Namespace, dtype: "torch.dtype") -> tuple["nn.Module", "nn.Module", tuple]:
+    from harness.specs import load_spec, random_inputs
+
     candidate = load_spec(args.candidate, option="--candidate").to(dtype).eval()
     reference = load_spec(args.reference, option="--reference").to(dtype).eval()
-    return candidate, reference, parse_input_shape(args.input_shape, dtype, args.seed)
+    return candidate, reference, random_inputs(args.input_shape, dtype, seed=args.seed)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     from harness.cli import DTYPES
 
-    p.add_argument("--input-shape", default="1x3x224x224",
-                   help="shape of the seeded random input (default 1x3x224x224; inputs separated by commas)")
+    p.add_argument("--input-shape", action="append", default=None,
+                   help="shape of the seeded random input (default 1x3x224x224; repeat for several inputs)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
 
@@ -106,6 +53,7 @@ def run_map(args: argparse.Namespace) -> int:
     from harness.cli import DTYPES, print_json
     from harness.weights import map_weights
 
+    args.input_shape = args.input_shape or ["1x3x224x224"]
     candidate, reference, inputs = _build(args, DTYPES[args.dtype])
     weights = map_weights(candidate, reference, inputs, verify=not args.no_verify)
     if args.json:
@@ -121,7 +69,8 @@ def add_port_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``compare`` for two models given as specs (no registered pair)."""
     p.add_argument("--candidate", metavar="SPEC", help="your model: path/to/file.py:function or package.module:function")
     p.add_argument("--reference", metavar="SPEC", help="the original model, as --candidate")
-    p.add_argument("--input-shape", default=None, help="with --candidate: the seeded input's shape (default 1x3x224x224)")
+    p.add_argument("--input-shape", action="append", default=None,
+                   help="with --candidate: the seeded input's shape (default 1x3x224x224; repeat for several inputs)")
     p.add_argument("--seed", type=int, default=0, help="with --candidate: seed of the random input (default 0)")
     p.add_argument("--map", metavar="FILE", help="with --candidate: use this weight map instead of inferring one")
     p.add_argument("--save-map", metavar="FILE", help="with --candidate: write the inferred weight map here")
@@ -140,7 +89,7 @@ def run_port_compare(args: argparse.Namespace, report_options: dict[str, Any],
         raise ValueError("--candidate needs --reference SPEC: the model to compare against")
     if args.map and args.save_map:
         raise ValueError("--map reads a weight map and --save-map writes an inferred one; give one of them")
-    args.input_shape = args.input_shape or "1x3x224x224"
+    args.input_shape = args.input_shape or ["1x3x224x224"]
     dtype = DTYPES[args.dtype]
     candidate, reference, inputs = _build(args, dtype)
     weights = load_weight_map(args.map) if args.map else map_weights(candidate, reference, inputs)

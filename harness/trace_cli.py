@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -23,19 +22,7 @@ import torch
 
 from harness.cli import DTYPES, register_command
 
-__all__ = ["compare_pair_trace", "parse_shape"]
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``"1,3,224,224"`` or ``"1x3x224x224"`` -> ``(1, 3, 224, 224)``."""
-    parts = [p for p in re.split(r"[x,\s]+", text.strip()) if p]
-    try:
-        shape = tuple(int(p) for p in parts)
-    except ValueError:
-        shape = ()
-    if not shape or any(d <= 0 for d in shape):
-        raise ValueError(f"--input-shape {text!r}: expected positive integers like 1,3,224,224 or 1x3x224x224")
-    return shape
+__all__ = ["compare_pair_trace"]
 
 
 def _pair_side(model: str, side: str | None) -> tuple[str, str] | None:
@@ -56,14 +43,13 @@ def _pair_side(model: str, side: str | None) -> tuple[str, str] | None:
 
 def _run_record(args: argparse.Namespace) -> int:
     from harness.cli import _device
-    from harness.tracefile import load_model_spec, record, record_pair
+    from harness.specs import load_spec, random_inputs
+    from harness.tracefile import record, record_pair
 
     dtype, device = DTYPES[args.dtype], _device(args.device)
     out = Path(args.out)
     started = time.perf_counter()
-    generator = torch.Generator().manual_seed(args.seed)
-    shapes = [parse_shape(s) for s in args.input_shape or []]
-    inputs = tuple(torch.randn(s, generator=generator).to(dtype=dtype, device=device) for s in shapes) or None
+    inputs = random_inputs(args.input_shape or [], dtype, seed=args.seed, device=device) or None
     pair_side = _pair_side(args.model, args.side)
     options = dict(include=args.include, precision=args.precision)
     if pair_side is not None:
@@ -75,7 +61,7 @@ def _run_record(args: argparse.Namespace) -> int:
             raise ValueError(f"--side applies to registered pairs; {args.model!r} is a model spec")
         if inputs is None:
             raise ValueError(f"recording {args.model!r} needs --input-shape (e.g. --input-shape 1,3,224,224)")
-        model, _ = load_model_spec(args.model)
+        model = load_spec(args.model)
         model = model.to(device=device, dtype=dtype).eval()
         record(model, inputs, out, weights=bool(args.weights), source=args.model, **options)
     size = os.path.getsize(out)

@@ -30,14 +30,11 @@ from the recorded model by renaming, reshaping, splitting or fusing tensors.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import math
 import os
 import re
 import struct
-import sys
 import uuid
 import weakref
 from dataclasses import dataclass, field
@@ -813,29 +810,3 @@ class Replay:
         return rename, tolerances, module_tolerances, rerun, allow_nonfinite
 
 
-# -- model specs for the command line --------------------------------------------------------------
-def load_model_spec(spec: str) -> tuple[nn.Module, Any]:
-    """``file.py:function`` or ``package.module:function`` -> (model, the function's object)."""
-    if ":" not in spec:
-        raise ValueError(f"model spec {spec!r} must be PAIR:SIDE, file.py:function or package.module:function")
-    where, _, attr = spec.rpartition(":")
-    if where.endswith(".py"):
-        file = Path(where)
-        if not file.is_file():
-            raise FileNotFoundError(f"model spec {spec!r}: file {file} does not exist")
-        module_spec = importlib.util.spec_from_file_location(f"_harness_model_{file.stem}", file)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[module_spec.name] = module
-        module_spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(where)
-        except ImportError as exc:
-            raise ValueError(f"model spec {spec!r}: cannot import {where!r}: {exc}") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ValueError(f"model spec {spec!r}: {where} has no function {attr!r}")
-    model = fn()
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model spec {spec!r}: {attr}() returned {type(model).__name__}, expected an nn.Module")
-    return model, fn

@@ -17,6 +17,7 @@ Benchmarks only (``tox -e bench``); in the default suite each variant runs once 
 
 from __future__ import annotations
 
+import weakref
 from typing import Callable
 
 import pytest
@@ -34,12 +35,13 @@ IMAGE = (1, 3, 224, 224)
 def _hooked(model: nn.Module, x: torch.Tensor, keep: Callable[[torch.Tensor], object]) -> Callable[[], int]:
     """The forward with a hook on every module applying ``keep`` once to each output tensor."""
     def run() -> int:
-        kept: dict[int, object] = {}
+        kept: dict[int, tuple[weakref.ref, object]] = {}
 
         def hook(module, args, output):
             for t in harness.trace.flatten_tensors(output).values():
-                if id(t) not in kept:
-                    kept[id(t)] = keep(t)
+                seen = kept.get(id(t))
+                if seen is None or seen[0]() is not t:  # an id is reused once its tensor is freed
+                    kept[id(t)] = (weakref.ref(t), keep(t))
 
         handles = [m.register_forward_hook(hook) for m in model.modules()]
         try:

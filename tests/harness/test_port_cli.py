@@ -65,7 +65,7 @@ def test_compare_reuses_a_saved_map(harness_cli, tmp_path):
     (("map", "missing.py:fn", f"{SPECS}:split"), "no file 'missing.py'"),
     (("map", f"{SPECS}:not_a_model", f"{SPECS}:split"), "returned str, expected an nn.Module"),
     (("map", "no_colon", f"{SPECS}:split"), "is not a model spec"),
-    (("map", f"{SPECS}:fused", f"{SPECS}:split", "--input-shape", "2by5"), "expected sizes joined by 'x'"),
+    (("map", f"{SPECS}:fused", f"{SPECS}:split", "--input-shape", "2by5"), "expected positive sizes joined by 'x'"),
     (("compare", "--candidate", f"{SPECS}:fused"), "--candidate needs --reference"),
     (("compare",), "compare needs a registered pair"),
 ])

@@ -1,0 +1,78 @@
+"""Models and inputs named on the command line.
+
+A model spec is ``path/to/file.py:function`` or ``package.module:function``: a callable with no
+required arguments returning an ``nn.Module``. An input shape is sizes joined by ``x`` or commas
+(``1x3x224x224``, ``1,3,224,224``); the inputs are seeded random tensors, drawn in float64 and cast,
+so that every command (``map``, ``compare --candidate``, ``record``) given the same shapes and seed
+sees the same values.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+import sys
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:  # torch is imported when a command runs, not when the parser is built
+    import torch
+    from torch import nn
+
+__all__ = ["load_spec", "parse_shape", "random_inputs"]
+
+
+def load_spec(spec: str, *, option: str = "model spec") -> "nn.Module":
+    """Build the model a ``file.py:function`` or ``package.module:function`` spec names."""
+    from torch import nn
+
+    if not isinstance(spec, str) or ":" not in spec or not all(spec.rpartition(":")[::2]):
+        raise ValueError(f"{option} {spec!r} is not a model spec; expected path/to/file.py:function or "
+                         f"package.module:function (a callable returning an nn.Module)")
+    where, _, name = spec.rpartition(":")
+    if where.endswith(".py"):
+        if not os.path.isfile(where):
+            raise ValueError(f"{option} {spec!r}: no file {where!r}")
+        loader = importlib.util.spec_from_file_location(f"_harness_spec_{abs(hash(os.path.abspath(where)))}", where)
+        module = importlib.util.module_from_spec(loader)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(where)))  # the file's own imports
+        try:
+            loader.loader.exec_module(module)
+        finally:
+            sys.path.pop(0)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as exc:
+            raise ValueError(f"{option} {spec!r}: cannot import {where!r} ({exc})") from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise ValueError(f"{option} {spec!r}: {where!r} has no callable {name!r}")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{option} {spec!r}: {name}() returned {type(model).__name__}, expected an nn.Module")
+    return model
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"1x3x224x224"`` or ``"1,3,224,224"`` -> ``(1, 3, 224, 224)``."""
+    parts = [p for p in re.split(r"[x,\s]+", text.strip().lower()) if p]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if not shape or any(d <= 0 for d in shape):
+        raise ValueError(f"--input-shape {text!r}: expected positive sizes joined by 'x', e.g. 1x3x224x224 "
+                         f"(repeat --input-shape for several inputs)")
+    return shape
+
+
+def random_inputs(shapes: Sequence[str], dtype: "torch.dtype", *, seed: int = 0,
+                  device: "torch.device | str" = "cpu") -> tuple["torch.Tensor", ...]:
+    """Seeded random tensors of the given shapes (one positional input each)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(parse_shape(s), generator=generator, dtype=torch.float64).to(dtype=dtype, device=device)
+                 for s in shapes)
