@@ -13,7 +13,7 @@ from harness.align import align, check_rename, choose_twins, fused_records
 from harness.backward import check_backward, compare_backward
 from harness.adapters import UserAdapter, check_adapters
 from harness.diagnose import annotate_mismatches, culprit_diagnosis
-from harness.localize import Localization, Row, localize_all, measure_match
+from harness.localize import Localization, Row, extend_twins, localize_all, measure_match
 from harness.memory import trace_budget
 from harness.noise import float64_hint, noise_verdicts
 from harness.metrics import Metrics, Tolerance, check_tolerances, dtype_name, measure, tolerance_for
@@ -161,6 +161,9 @@ def compare(
         module_tol = tolerance_for(dtype, module=match.candidate.name, overrides=tolerances,
                                    module_overrides=module_tolerances)
         rows.append(measure_match(match, module_tol, adapters))
+    if twins:
+        alignment = extend_twins(rows, alignment, lambda m: measure_match(m, tolerance_for(
+            dtype, module=m.candidate.name, overrides=tolerances, module_overrides=module_tolerances), adapters))
     progress.stage("localize")
     noise = noise_verdicts(noise_floor, name, rows, final, reference=None if replay is not None else reference,
                            call=call, mode=getattr(cand_trace, "mode", mode), reference_call=reference_call,

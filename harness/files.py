@@ -30,7 +30,8 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["atomic_write", "check_target", "clean_stale_temporaries", "temporaries", "TMP_DIR", "STALE_AFTER"]
+__all__ = ["atomic_write", "check_target", "clean_stale_temporaries", "discard", "scratch_file", "temporaries", "TMP_DIR",
+           "STALE_AFTER"]
 
 TMP_DIR = ".partial"
 STALE_AFTER = 3600.0
@@ -124,6 +125,24 @@ def _new_temporary(path: Path) -> Path:
         except FileNotFoundError:
             continue
     raise FileNotFoundError(errno.ENOENT, f"cannot create a temporary file in {folder}")
+
+
+def scratch_file(path: str | os.PathLike, role: str) -> Path:
+    """A fresh temporary for data a writer of ``path`` streams before the final write (a trace's
+    tensors, written while the model runs): kept and cleaned as ``path``'s own temporaries are,
+    under the name ``<target name>.<role>``. The caller removes it when done."""
+    target = Path(path).with_name(f"{Path(path).name}.{role}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(target)
+    return _new_temporary(target)
+
+
+def discard(tmp: str | os.PathLike) -> None:
+    """Remove a temporary (a :func:`scratch_file` done with) and its folder once empty."""
+    tmp = Path(tmp)
+    tmp.unlink(missing_ok=True)
+    if tmp.parent.name == TMP_DIR:
+        _remove_if_empty(tmp.parent)
 
 
 def _fsync(path: Path) -> None:

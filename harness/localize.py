@@ -33,17 +33,17 @@ its direct inputs pass; torch.ao.ns' shadow mode feeds one model's inputs into t
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 
 from harness.adapters import Adapter, UserAdapter, find_adapter, user_adapter
-from harness.align import Aligned, Match
+from harness.align import Aligned, Alignment, Match
 from harness.metrics import Metrics, Tolerance, measure, measure_summaries
 from harness.trace import Leaf, Record, TensorSummary, flatten_tensors, map_tensors
 
-__all__ = ["Row", "Status", "Localization", "measure_match", "localize", "localize_all"]
+__all__ = ["Row", "Status", "Localization", "measure_match", "extend_twins", "localize", "localize_all"]
 
 Status = Literal["ok", "introduced", "contains", "propagated", "tentative"]
 
@@ -154,6 +154,38 @@ def measure_match(match: Match, tol: Tolerance, adapters: Sequence[UserAdapter] 
     leaf, metrics, passed, adapter, ref_shape = _worst_adapted(pairs, tol, forced)
     return Row(match=match, metrics=metrics, tolerance=tol, passed=passed, leaf=leaf, adapter=adapter,
                reference_shape=ref_shape)
+
+
+def extend_twins(rows: list[Row], alignment: Alignment, measure_row: Callable[[Match], Row]) -> Alignment:
+    """Twins by weights that differ by a trailing operation without weights: timm's
+    ``BatchNormAct2d`` applies its activation inside, torchvision's BatchNorm is followed by its own
+    ``SiLU`` module. When such a row fails, the unpaired calls that follow one side's module (up to
+    the next paired call) are tried against the other side's output; one that agrees takes the
+    row's place, and the module it replaces is listed as unmatched. Rows are replaced in place."""
+    paired_c = sorted(r.match.candidate.start for r in rows)
+    paired_r = sorted(r.match.reference.start for r in rows)
+    unmatched_c, unmatched_r = list(alignment.unmatched_candidate), list(alignment.unmatched_reference)
+    for at, row in enumerate(rows):
+        if row.passed or row.match.how != "weights":
+            continue
+        cand, ref = row.match.candidate, row.match.reference
+        for side in ("candidate", "reference"):
+            own, pool, starts = (cand, unmatched_c, paired_c) if side == "candidate" else (ref, unmatched_r, paired_r)
+            stop = next((s for s in starts if s > own.end), None)
+            following = [u for u in pool if u.start > own.end and (stop is None or u.end < stop)][:3]
+            for call in following:
+                match = Match(call, ref, "weights") if side == "candidate" else Match(cand, call, "weights")
+                trial = measure_row(match)
+                if trial.passed:
+                    rows[at] = trial
+                    pool.remove(call)
+                    pool.append(own)
+                    break
+            else:
+                continue
+            break
+    return replace(alignment, unmatched_candidate=sorted(unmatched_c, key=lambda r: r.end),
+                   unmatched_reference=sorted(unmatched_r, key=lambda r: r.end))
 
 
 def _inputs_state(cand: Record, ref: Record, tol: Tolerance) -> Literal["equal", "close", "differ"]:

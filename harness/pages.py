@@ -352,6 +352,32 @@ def _diagnosis(result: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def _backward(result: dict[str, Any]) -> str:
+    """The gradient comparison (``compare(..., backward=True)``): verdict, culprit, worst rows."""
+    back = result.get("backward")
+    if not back:
+        return ""
+    verdict = '<span class="pass">PASS</span>' if back.get("passed") else '<span class="fail">FAIL</span>'
+    parts = [f"<h3>Backward {verdict}</h3>"]
+    if not back.get("passed"):
+        parts.append(f'<p>First divergence in backward order <code>{esc(str(back.get("first_divergence") or "–"))}</code>; '
+                     f'culprit <code>{esc(str(back.get("culprit") or "(not localized)"))}</code>.</p>')
+    layers = sorted(back.get("layers") or [], key=lambda r: (r.get("passed", True), r.get("order", 0)))[:12]
+    if layers:
+        rows = "".join(f'<tr><td><code>{esc(str(r.get("candidate")))}</code></td><td>{esc(str(r.get("status")))}</td>'
+                       f'<td class="num">{fmt_num(r.get("max_abs"))}</td><td class="num">{fmt_num(r.get("rel_l2"))}</td></tr>'
+                       for r in layers)
+        parts.append('<table><thead><tr><th>module (gradients)</th><th>status</th><th class="num">max abs</th>'
+                     f'<th class="num">rel. L2</th></tr></thead><tbody>{rows}</tbody></table>')
+    params = sorted(back.get("parameters") or [], key=lambda p: -(p.get("rel_l2") or 0) if isinstance(p.get("rel_l2"), (int, float)) else 0)[:8]
+    if params:
+        rows = "".join(f'<tr><td><code>{esc(str(p.get("candidate")))}</code></td><td class="num">{fmt_num(p.get("rel_l2"))}</td>'
+                       f'<td>{"ok" if p.get("passed") else "fails"}</td></tr>' for p in params)
+        parts.append('<table><thead><tr><th>parameter gradient (worst first)</th><th class="num">rel. L2</th>'
+                     f'<th>verdict</th></tr></thead><tbody>{rows}</tbody></table>')
+    return "".join(parts)
+
+
 def _reproduce(result: dict[str, Any]) -> str:
     lines = []
     if result.get("test"):
@@ -398,6 +424,7 @@ def _result_section(result: dict[str, Any], doc_env: dict[str, Any]) -> str:
         parts.append("<h3>Error by depth</h3>" + error_plot(result))
         parts.append("<h3>Per-layer table</h3>" + _legend() + _layer_table(result))
         parts.append(_calls(result))
+        parts.append(_backward(result))
     parts.append("<h3>Reproduce</h3>" + _reproduce(result))
     parts.append(f'<h3>Environment</h3><p class="muted">{_environment(result.get("environment") or doc_env)}</p>')
     return "\n".join(parts)

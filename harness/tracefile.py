@@ -35,7 +35,6 @@ import math
 import os
 import re
 import struct
-import uuid
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from harness.files import atomic_write, discard, scratch_file
 from harness.metrics import Tolerance
 from harness.pairs import Call, as_call
 from harness.trace import ROOT, Record, TensorSummary, flatten_tensors
@@ -140,8 +140,8 @@ class _Sink:
     def __init__(self, path: Path, precision: torch.dtype | None) -> None:
         self.path = path
         self.precision = precision
-        self.data_path = path.with_name(f".{path.name}.{uuid.uuid4().hex}.data.tmp")
-        self.file = open(self.data_path, "xb")
+        self.data_path = scratch_file(path, "data")
+        self.file = open(self.data_path, "r+b")
         self.entries: dict[str, dict[str, Any]] = {}
         self.tensor_meta: dict[str, dict[str, Any]] = {}
         self.offset = 0
@@ -197,27 +197,23 @@ class _Sink:
         if len(raw) > _MAX_HEADER:
             raise ValueError(f"the trace metadata of {self.path} is {len(raw)} bytes, over the safetensors "
                              f"limit of {_MAX_HEADER}; record fewer modules (include=...)")
-        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-        try:
-            with os.fdopen(fd, "wb") as out, open(self.data_path, "rb") as data:
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as out, open(self.data_path, "rb") as data:
                 out.write(struct.pack("<Q", len(raw)))
                 out.write(raw)
                 while chunk := data.read(1 << 24):
                     out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+
+        try:
+            atomic_write(self.path, write)
         finally:
-            self.data_path.unlink(missing_ok=True)
+            discard(self.data_path)
         return self.path
 
     def abort(self) -> None:
         self.file.close()
-        self.data_path.unlink(missing_ok=True)
+        discard(self.data_path)
 
 
 def _encode(value: Any, store: Callable[[torch.Tensor], str]) -> Any:

@@ -150,3 +150,11 @@ def test_dashboard_marks_partial_runs(passing):
     stamp = _stamped({}, time="2026-01-01T00:00:00Z", why_partial=["-k toy"])["run"]
     page = dashboard_html([runs.history_entry(stamp, [dict(passing, test="t")])])
     assert "partial</span> -k toy" in page and 'fill="#fff"' in page, "partial runs are labelled and their points hollow"
+
+
+def test_pair_page_shows_the_backward_comparison():
+    model = torch.nn.Linear(3, 2).double()
+    result = harness.compare(model, model, torch.ones(1, 3, dtype=torch.float64), backward=True,
+                             pair_name="toy_linear").to_dict()
+    page = unescape(pair_html([result], {}))
+    assert "<h3>Backward" in page and "parameter gradient (worst first)" in page and "<code>weight</code>" in page
