@@ -346,7 +346,7 @@ def to_timm_layout(
 
 @dataclass
 class CompatRow:
-    """One row of the seed's compatibility table."""
+    """One row of the mFormerV1 compatibility table (which ConvNeXt and ViT checkpoints join)."""
 
     variant: str | None
     convnext_checkpoint: str | None

@@ -10,7 +10,7 @@ References:
 
 Pairs (``python -m harness list``), all at toy width (2 blocks, width 32, 2 heads, 4 registers):
   * ``dinov3_vit`` / ``dinov3_vit_timm``            2 x 64x64 (square grid 4x4)
-  * ``dinov3_vit_rect`` / ``dinov3_vit_timm_rect``  1 x 640x960 (grid 40x60, the seed's case)
+  * ``dinov3_vit_rect`` / ``dinov3_vit_timm_rect``  1 x 640x960 (grid 40x60: a non-square high-resolution grid)
   * ``dinov3_vit_small`` / ``dinov3_vit_timm_small`` ViT-S/16 full size, 1 x 224x320 (nightly)
   * ``dinov3_projector``                           grid 4x8, factor 2, CLS + 4 registers dropped
 

@@ -202,7 +202,7 @@ def reference_mixer(
         use_associative_scan=False,
     )
     # MambaConfig.expand must be an int; upstream derives intermediate_size = int(expand * hidden).
-    # Setting it directly gives non-integer ratios such as the seed's 1024 * 1.75 = 1792.
+    # Setting it directly gives non-integer ratios such as 1024 * 1.75 = 1792.
     config.intermediate_size = intermediate_size
     mixer = modeling_mamba.MambaMixer(config, layer_idx=0).eval()
     return instrument(mixer) if probes else mixer

@@ -245,7 +245,7 @@ def mformer_v1(
     vit_depth: int | None = None,
     num_classes: int | None = None,
 ) -> MFormerV1:
-    """An mFormerV1 variant from the seed table; depths may be reduced (e.g. for tests)."""
+    """An mFormerV1 variant from the variant table; depths may be reduced (e.g. for tests)."""
     if variant not in MFORMER_VARIANTS:
         raise ValueError(f"unknown mFormerV1 variant {variant!r}; expected one of {sorted(MFORMER_VARIANTS)}")
     config = MFORMER_VARIANTS[variant]

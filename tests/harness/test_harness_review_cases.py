@@ -1,4 +1,4 @@
-"""Cases that once gave a wrong verdict or an unclear error (each from a reviewer's reproduction)."""
+"""Cases that once gave a wrong verdict or an unclear error (each as it was first reproduced)."""
 
 import pytest
 import torch

@@ -1,11 +1,11 @@
-"""Checkpoint inspection, the seed's compatibility table, and mFormerV1 built from two checkpoints.
+"""Checkpoint inspection, the compatibility table, and mFormerV1 built from two checkpoints.
 
 Test checkpoints are written here from the key names of each layout: timm's, the original
 ConvNeXt release's (``downsample_layers.*``, ``stages.i.j.dwconv``...) and the original RoPE-ViT
 release's (``freqs``, ``freqs_t_x``, ``freqs_t_y``), the latter two wrapped in ``{"model": ...}``.
 Full-size checkpoints would be gigabytes, so files use reduced depths (dims unchanged, which is
-all that inspection and compatibility read) and the seed table is built from meta-device state
-dicts of the full variants and compared with a hand transcription of the seed's rows.
+all that inspection and compatibility read) and the compatibility table is built from meta-device state
+dicts of the full variants and compared with a hand transcription of its published rows.
 
 Head counts: a 2-head toy ViT (embed_dim 64, where head_dim 64 would wrongly give 1 head) checks
 that inspection says where the count comes from (derived / given / assumed), that a given count
@@ -61,7 +61,7 @@ def _seed_rows() -> list[dict]:
     for convnext_file, convnext_factory, vit_file, vit_variant in SEED:
         with torch.device("meta"):
             convnext, vit = convnext_factory(), rope_mixed_vit(vit_variant)
-        # the seed's files are the original releases: inspect them in the original layouts
+        # the real files are the original releases: inspect them in the original layouts
         convnext_info = inspect_state_dict(convnext_to_original(convnext.state_dict()), path=convnext_file)
         vit_info = inspect_state_dict(rope_vit_to_original(vit.state_dict()), path=vit_file)
         assert (convnext_info.layout, vit_info.layout) == ("original", "original")

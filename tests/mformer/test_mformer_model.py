@@ -1,4 +1,4 @@
-"""mFormerV1: variants as in the seed, juncture check, shapes, parameter counts (meta device)."""
+"""mFormerV1: published variants, juncture check, shapes, parameter counts (meta device)."""
 
 from __future__ import annotations
 

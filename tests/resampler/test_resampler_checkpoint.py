@@ -1,4 +1,4 @@
-"""Checkpoints that round-trip their configuration: the seed's three-layer defense, tested."""
+"""Checkpoints that round-trip their configuration: metadata, shape inference and defaults, each tested."""
 
 from __future__ import annotations
 
@@ -243,11 +243,11 @@ def test_not_a_resampler_is_an_error(tmp_path):
         load_checkpoint(path)
 
 
-# --- the seed's scenario ---------------------------------------------------------------------------
+# --- a legacy run without metadata -----------------------------------------------------------------
 
 
-def test_seed_scenario_1024_x_1_75_checkpoint_into_1536_x_2_defaults(tmp_path):
-    """Trained with hidden 1024 / expand 1.75 (the seed's widths; depth 1 and d_state 4 for speed),
+def test_a_1024_x_1_75_checkpoint_loads_into_code_with_1536_x_2_defaults(tmp_path):
+    """Trained with hidden 1024 / expand 1.75 (a released model's widths; depth 1 and d_state 4 for speed),
     evaluated by code whose defaults are 1536 / 2.0."""
     trained_config = ResamplerConfig.from_preset("bimamba", vision_dim=1152, out_dim=64, depth=1, d_state=4)
     trained = _model(trained_config)

@@ -1,6 +1,6 @@
 """Injected bugs: each is caught by the parity harness and localized to the module that has it.
 
-1. A conversion that drops the key bias (the seed's update 29): culprit ``layers.0.attention.k_proj``.
+1. A conversion that drops the key bias (a real conversion bug): culprit ``layers.0.attention.k_proj``.
 2. Queries propagated from the wrong frame (frame 2 built from frame 0's output queries):
    a. inside the propagation module (``QueryPropagation``, the model's ``query_updater``), which
       keeps updating the first frame's queries: frames 0 and 1 pass and the culprit is

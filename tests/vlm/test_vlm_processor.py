@@ -1,4 +1,4 @@
-"""Image processor, grid math, token budget, placeholders, collator; the seed's table as a golden."""
+"""Image processor, grid math, token budget, placeholders, collator; the published token table as a golden."""
 
 import math
 from dataclasses import replace

@@ -92,7 +92,7 @@ def test_vlm_projector_drops_prefix_and_projects_rectangular_grids():
     config = ProjectorConfig(vision_dim=8, text_dim=12, factors=(2, 4), num_prefix_tokens=5)
     projector = ModalityProjector(config).double()
     x = _tokens(2, 5 + 40 * 60, 8)
-    assert projector(x, (40, 60), factor=4).shape == (2, 10 * 15, 12)  # the seed's 640x960 case
+    assert projector(x, (40, 60), factor=4).shape == (2, 10 * 15, 12)  # a 640x960 high-resolution image
     assert projector(x, (40, 60)).shape == (2, 20 * 30, 12)  # default factor 2
     # prefix tokens never reach the output: changing them changes nothing
     y = x.clone()
