@@ -1,6 +1,6 @@
 """Model specs for the command-line tests: ``tests/harness/port_specs.py:function``."""
 
-from tests.harness.port_toys import FusedBlock, SplitBlock, randomized
+from port_toys import FusedBlock, SplitBlock, randomized
 
 
 def fused():

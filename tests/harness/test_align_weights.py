@@ -9,7 +9,7 @@ import torch
 
 import harness
 from harness.adapters import find_adapter
-from tests.harness.port_toys import ChannelsLastNet, ConvNet, FusedBlock, SplitBlock, images, randomized, tokens
+from port_toys import ChannelsLastNet, ConvNet, FusedBlock, SplitBlock, images, randomized, tokens
 
 
 def transferred(candidate, reference, inputs):

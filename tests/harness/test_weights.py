@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import harness
-from tests.harness.port_toys import ChannelsLastNet, ConvNet, FusedBlock, SplitBlock, images, randomized, tokens
+from port_toys import ChannelsLastNet, ConvNet, FusedBlock, SplitBlock, images, randomized, tokens
 
 
 def state_equal(a: nn.Module, b: nn.Module) -> bool:
