@@ -20,8 +20,6 @@ import harness
 from harness.plugin import PROPERTY
 from port_pairs import BUGS, BY_NAME, PAIRS, PortPair
 
-pytestmark = pytest.mark.parity
-
 PAIR_NAMES = [p.name for p in PAIRS]
 DEFAULT_NAMES = [p.name for p in PAIRS if p.default_culprit]
 BUG_CASES = [pytest.param(p.name, kind, id=f"{p.name}-{kind}") for p in PAIRS for kind in BUGS]
@@ -121,6 +119,7 @@ def test_map_is_verified_by_running_both_models(name):
 
 # -- the transferred port -------------------------------------------------------------------------
 
+@pytest.mark.parity  # the ports' rows in the parity report; the rest of this suite runs in the full test run
 @pytest.mark.parametrize("name", PAIR_NAMES)
 def test_transferred_port_passes_in_float64(name, request):
     pair = BY_NAME[name]
