@@ -51,7 +51,7 @@ from torch import nn
 
 from harness.align import Aligned, Match
 from harness.adapters import find_adapter
-from harness.localize import Row, _cast_like, _inputs_state, _leaf_pairs, _rerunnable, _worst_adapted
+from harness.localize import Row, _cast_like, classify, _inputs_state, _leaf_pairs, _rerunnable, _worst_adapted
 from harness.metrics import Metrics, Tolerance, measure
 from harness.trace import ROOT, flatten_tensors, map_tensors
 from harness.weights import WeightMap
@@ -616,23 +616,13 @@ def _row(r: Row, cand_taps: _Taps, ref_taps: _Taps, by_param: Mapping[str, Param
 def _localize(failing: list[BackwardRow], ref_taps: _Taps, pmap: _ParamMap,
               tolerance: Callable[[str], Tolerance], rerun: Sequence[str] | None) -> list[str]:
     """Set statuses (made here or received) and return the introducing calls in backward order."""
-    makes: list[BackwardRow] = []
-    for b in failing:
-        state = _out_state(b)
-        verdict: bool | None = None
-        if state != "equal" and _rerunnable(b.match.candidate, b.match.reference, rerun):
-            ref_out = _grads_of(ref_taps.calls.get((b.reference, b.match.reference.call)), "out")
-            verdict = _rerun_fails(b, ref_out, pmap, tolerance)
-            b.reran = verdict is not None
-        if verdict is None:
-            verdict = state != "differ"
-        if verdict:
-            makes.append(b)
-        else:
-            b.status = "propagated"
-    for b in makes:
-        inner = any(b.match.candidate.contains(o.match.candidate) for o in makes if o is not b)
-        b.status = "contains" if inner else "introduced"
+    def rerun_fails(b: BackwardRow) -> bool | None:
+        if not _rerunnable(b.match.candidate, b.match.reference, rerun):
+            return None
+        ref_out = _grads_of(ref_taps.calls.get((b.reference, b.match.reference.call)), "out")
+        return _rerun_fails(b, ref_out, pmap, tolerance)
+
+    classify(failing, _out_state, rerun_fails)
     return list(dict.fromkeys(b.candidate for b in failing if b.status == "introduced"))
 
 

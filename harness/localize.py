@@ -43,7 +43,7 @@ from harness.align import Aligned, Alignment, Match
 from harness.metrics import Metrics, Tolerance, measure, measure_summaries
 from harness.trace import Leaf, Record, TensorSummary, flatten_tensors, map_tensors
 
-__all__ = ["Row", "Status", "Localization", "measure_match", "extend_twins", "localize", "localize_all"]
+__all__ = ["Row", "Status", "Localization", "measure_match", "extend_twins", "classify", "localize", "localize_all"]
 
 Status = Literal["ok", "introduced", "contains", "propagated", "tentative"]
 
@@ -325,23 +325,8 @@ def localize_all(
             found.notes.append(f"only structural guesses fail ({', '.join(r.key for r in guesses[:5])}): "
                                f"pairings by shape alone, not evidence of an error")
         return found
-    makes_error: list[Row] = []
-    for row in failing:
-        cand, ref = row.match.candidate, row.match.reference
-        state = _inputs_state(cand, ref, row.tolerance)
-        verdict: bool | None = None
-        if state != "equal" and _rerunnable(cand, ref, rerun):
-            verdict = _rerun_fails(row)
-            row.reran = verdict is not None
-        if verdict is None:
-            verdict = state != "differ"
-        if verdict:
-            makes_error.append(row)
-        else:
-            row.status = "propagated"
-    for row in makes_error:
-        inner = any(row.match.candidate.contains(o.match.candidate) for o in makes_error if o is not row)
-        row.status = "contains" if inner else "introduced"
+    classify(failing, lambda r: _inputs_state(r.match.candidate, r.match.reference, r.tolerance),
+             lambda r: _rerun_fails(r) if _rerunnable(r.match.candidate, r.match.reference, rerun) else None)
     origins: list[tuple[int, str]] = []  # (completion position, candidate name)
     for row in (r for r in rows if r.status == "introduced"):
         origin = _untwinned_origin(row, rows, untwinned)
@@ -370,6 +355,28 @@ def localize_all(
     found.first_divergence = failing[0].candidate
     found.culprit = found.introduced[0] if found.introduced else None
     return found
+
+
+def classify(failing: Sequence[Any], state: Callable[[Any], str], rerun: Callable[[Any], bool | None]) -> None:
+    """Mark failing rows ``introduced``, ``contains`` or ``propagated`` (see the module docstring).
+
+    ``state(row)``: how the row's inputs compare with the twin's (``equal``, ``close``, ``differ``);
+    ``rerun(row)``: whether the row still fails on the twin's inputs, None when it cannot be re-run.
+    Shared by the forward rows and the gradient rows (:mod:`harness.backward`)."""
+    makes: list[Any] = []
+    for row in failing:
+        how = state(row)
+        verdict = rerun(row) if how != "equal" else None
+        row.reran = verdict is not None
+        if verdict is None:
+            verdict = how != "differ"
+        if verdict:
+            makes.append(row)
+        else:
+            row.status = "propagated"
+    for row in makes:
+        inner = any(row.match.candidate.contains(o.match.candidate) for o in makes if o is not row)
+        row.status = "contains" if inner else "introduced"
 
 
 def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Record],

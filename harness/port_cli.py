@@ -35,7 +35,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     from harness.cli import DTYPES
 
     p.add_argument("--input-shape", action="append", default=None,
-                   help="shape of the seeded random input (default 1x3x224x224; repeat for several inputs)")
+                   help="shape of a seeded random input (default 1x3x224x224; repeat for several inputs)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
 
@@ -70,7 +70,7 @@ def add_port_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--candidate", metavar="SPEC", help="your model: path/to/file.py:function or package.module:function")
     p.add_argument("--reference", metavar="SPEC", help="the original model, as --candidate")
     p.add_argument("--input-shape", action="append", default=None,
-                   help="with --candidate: the seeded input's shape (default 1x3x224x224; repeat for several inputs)")
+                   help="with --candidate: shape of a seeded random input (default 1x3x224x224; repeat for several inputs)")
     p.add_argument("--seed", type=int, default=0, help="with --candidate: seed of the random input (default 0)")
     p.add_argument("--map", metavar="FILE", help="with --candidate: use this weight map instead of inferring one")
     p.add_argument("--save-map", metavar="FILE", help="with --candidate: write the inferred weight map here")

@@ -3,7 +3,7 @@
 ``record MODEL --out FILE`` runs one model and writes its trace (:mod:`harness.tracefile`).
 MODEL is a registered pair side (``convnext_tiny:reference``, or ``convnext_tiny --side
 reference``), ``file.py:function`` or ``package.module:function`` returning an ``nn.Module``;
-for the latter two, ``--input-shape`` gives the seeded random inputs.
+for the latter two, ``--input-shape`` gives seeded random inputs.
 
 ``compare PAIR --reference-trace FILE`` builds the pair's candidate (from the weights stored in
 the trace when there are any, so the reference library is never asked to build a model) and
