@@ -236,11 +236,6 @@ class WeightMap:
         sources, each outer to inner (wrappers around the same tensors form a chain)."""
         return _twin_chains(self, candidate, reference)
 
-    def twins(self, candidate: nn.Module, reference: nn.Module) -> dict[str, str]:
-        """Candidate module name -> reference module name, chains paired from the innermost
-        outwards (:func:`harness.align.choose_twins` decides by the modules' outputs instead)."""
-        return {c: r for cs, rs in self.twin_chains(candidate, reference) for c, r in zip(reversed(cs), reversed(rs))}
-
     def fused_twins(self) -> list[tuple[str, str, tuple[str, ...], tuple[int, int, int] | None]]:
         """Twins of fused and split modules: ``("concat", candidate module, reference modules, None)``
         when a candidate module's tensors are concatenations of several reference modules' tensors
