@@ -23,11 +23,12 @@ import math
 import os
 from dataclasses import dataclass, field
 from itertools import permutations
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
 
+from harness.keymap import Move, apply_moves, apply_steps, check_step, describe_steps, invert_steps, shape_after
 from harness.trace import ROOT
 
 __all__ = ["WeightMap", "Entry", "load_weight_map", "FORMAT", "layout_steps", "apply_steps", "owner_of", "clear_weight_caches",
@@ -37,61 +38,7 @@ FORMAT = "parity-harness weight map 1"
 StateDict = dict[str, torch.Tensor]
 Step = dict[str, Any]
 
-# -- transforms as data ---------------------------------------------------------------------------
-def apply_steps(tensors: Sequence[torch.Tensor], steps: Sequence[Step]) -> torch.Tensor:
-    """The candidate tensor made from the reference tensors ``tensors`` by ``steps``, in order."""
-    if len(tensors) > 1 and (not steps or steps[0]["op"] != "concat"):
-        raise ValueError(f"{len(tensors)} reference tensors need a leading concat step, got {list(steps)}")
-    out = tensors[0]
-    for step in steps:
-        op = step["op"]
-        if op == "concat":
-            out = torch.cat(list(tensors), dim=step["dim"])
-        elif op == "slice":
-            out = out.narrow(step["dim"], step["start"], step["stop"] - step["start"])
-        elif op == "reshape":
-            out = out.reshape(step["shape"])
-        elif op == "transpose":
-            out = out.transpose(*step["dims"])
-        elif op == "permute":
-            out = out.permute(*step["dims"])
-        else:
-            raise ValueError(f"unknown transform step {step!r}; expected concat, slice, reshape, transpose or permute")
-    return out
-
-
-def _invert_shape_steps(steps: Sequence[Step], source_shape: Sequence[int]) -> list[Step]:
-    """Inverse of reshape/transpose/permute steps that turned ``source_shape`` into another shape."""
-    inverse: list[Step] = []
-    shape = list(source_shape)
-    for step in steps:
-        op = step["op"]
-        if op == "reshape":
-            inverse.append({"op": "reshape", "shape": list(shape)})
-            shape = list(step["shape"])
-        elif op == "transpose":
-            inverse.append(dict(step))
-            a, b = step["dims"]
-            shape[a], shape[b] = shape[b], shape[a]
-        elif op == "permute":
-            dims = step["dims"]
-            inverse.append({"op": "permute", "dims": [dims.index(i) for i in range(len(dims))]})
-            shape = [shape[d] for d in dims]
-        else:
-            raise ValueError(f"step {step!r} is not a layout step")
-    return inverse[::-1]
-
-
-def _describe(steps: Sequence[Step]) -> str:
-    if not steps:
-        return "identity"
-    parts = []
-    for s in steps:
-        args = {k: v for k, v in s.items() if k != "op"}
-        parts.append(f"{s['op']}(" + ", ".join(f"{k}={v}" for k, v in args.items()) + ")")
-    return " + ".join(parts)
-
-
+# -- transforms as data (steps: harness.keymap) --------------------------------------------------
 def layout_steps(target: tuple[int, ...], source: tuple[int, ...]) -> tuple[list[Step], float] | None:
     """Steps turning a tensor of shape ``source`` into ``target`` (and a penalty), or None."""
     if target == source:
@@ -128,7 +75,7 @@ class Entry:
 
     @property
     def transform(self) -> str:
-        return _describe(self.steps)
+        return describe_steps(self.steps)
 
     def to_dict(self) -> dict[str, Any]:
         return {"candidate": self.candidate, "reference": list(self.reference), "transform": list(self.steps),
@@ -188,47 +135,25 @@ class WeightMap:
 
     def to_candidate(self, reference_state: Mapping[str, torch.Tensor]) -> StateDict:
         """Candidate tensors (by candidate key) from a reference state dict."""
-        out: StateDict = {}
-        for e in self.entries:
-            missing = [k for k in e.reference if k not in reference_state]
-            if missing:
-                raise ValueError(f"weight map entry {e.candidate!r} needs reference tensors {missing} that the "
-                                 f"reference state does not have; the map was made for another model")
-            out[e.candidate] = apply_steps([reference_state[k].detach() for k in e.reference], e.steps)
-        return out
+        return apply_moves(self.moves("candidate"), reference_state, what="reference state")
 
     def to_reference(self, candidate_state: Mapping[str, torch.Tensor]) -> StateDict:
         """The table read backward: reference tensors (by reference key) from candidate tensors."""
-        out: StateDict = {}
-        slices: dict[str, list[tuple[int, torch.Tensor, list[Step], tuple[int, ...]]]] = {}
+        return apply_moves(self.moves("reference"), candidate_state, what="candidate state")
+
+    def moves(self, to: str) -> list[Move]:
+        """The table as :class:`harness.keymap.Move` rows toward ``to`` ("candidate" or "reference"):
+        the same engine that reads the families' conversion tables."""
+        if to == "candidate":
+            return [_forward_move(e) for e in self.entries]
+        cuts: dict[str, list[Entry]] = {}
+        moves = []
         for e in self.entries:
-            if e.candidate not in candidate_state:
-                raise ValueError(f"candidate state has no {e.candidate!r}, which the weight map needs")
-            value = candidate_state[e.candidate].detach()
-            layout = [s for s in e.steps if s["op"] not in ("concat", "slice")]
-            cut = next((s for s in e.steps if s["op"] == "slice"), None)
-            if cut is not None:  # candidate is one slice of a fused reference tensor
-                at = e.steps.index(cut)
-                head, tail = list(e.steps[:at]), list(e.steps[at + 1:])
-                fused = _shape_after(head, e.reference_shapes[0])
-                piece_shape = (cut["stop"] - cut["start"], *fused[1:])
-                piece = apply_steps([value], _invert_shape_steps(tail, piece_shape))
-                slices.setdefault(e.reference[0], []).append((cut["start"], piece, head, e.reference_shapes[0]))
-                continue
-            fused_shape = _fused_shape(e)
-            value = apply_steps([value], _invert_shape_steps(layout, fused_shape))
-            if len(e.reference) > 1:
-                sizes = [s[0] for s in e.reference_shapes]
-                for key, part in zip(e.reference, torch.split(value, sizes, dim=0)):
-                    out[key] = part
+            if any(s["op"] == "slice" for s in e.steps):
+                cuts.setdefault(e.reference[0], []).append(e)
             else:
-                out[e.reference[0]] = value
-        for key, parts in slices.items():
-            parts.sort(key=lambda p: p[0])
-            fused = torch.cat([p[1] for p in parts], dim=0)
-            head, source = parts[0][2], parts[0][3]
-            out[key] = apply_steps([fused], _invert_shape_steps(head, source))
-        return out
+                moves.append(_backward_move(e))
+        return moves + [_joining_move(key, parts) for key, parts in cuts.items()]
 
     def twin_chains(self, candidate: nn.Module, reference: nn.Module) -> list[tuple[list[str], list[str]]]:
         """Modules whose subtrees hold exactly corresponding tensors (roots as ``<root>``): per set
@@ -252,7 +177,7 @@ class WeightMap:
                 if len(sources) == 1 and len(set(next(iter(sources)))) > 1:
                     out.append(("concat", owner or ROOT, next(iter(sources)), None))
             cuts = {(tuple(owner_of(k) for k in e.reference),
-                     next(((st["start"], st["stop"], _shape_after(e.steps[:e.steps.index(st)], e.reference_shapes[0])[0])
+                     next(((st["start"], st["stop"], shape_after(e.steps[:e.steps.index(st)], e.reference_shapes[0])[0])
                            for st in e.steps if st["op"] == "slice"), None)) for e in entries}
             if len(cuts) == 1:
                 (sources, cut), = cuts
@@ -307,26 +232,44 @@ class WeightMap:
                 f"verified={self.verified})")
 
 
-def _shape_after(steps: Sequence[Step], shape: Sequence[int]) -> tuple[int, ...]:
-    """The shape layout ``steps`` give a tensor of ``shape``."""
-    shape = list(shape)
-    for step in steps:
-        if step["op"] == "reshape":
-            shape = list(step["shape"])
-        elif step["op"] == "transpose":
-            a, b = step["dims"]
-            shape[a], shape[b] = shape[b], shape[a]
-        elif step["op"] == "permute":
-            shape = [shape[d] for d in step["dims"]]
-    return tuple(shape)
+def _forward_move(e: Entry) -> Move:
+    if e.steps and e.steps[0]["op"] == "concat":
+        return Move(sources=e.reference, targets=(e.candidate,), steps=tuple(e.steps[1:]), dim=e.steps[0]["dim"])
+    return Move(sources=e.reference, targets=(e.candidate,), steps=tuple(e.steps))
 
 
-def _fused_shape(e: Entry) -> tuple[int, ...]:
-    """Shape after the concat (or of the single reference tensor): what the layout steps start from."""
-    if len(e.reference_shapes) > 1:
-        first = e.reference_shapes[0]
-        return (sum(s[0] for s in e.reference_shapes), *first[1:])
-    return e.reference_shapes[0]
+def _backward_move(e: Entry) -> Move:
+    """A candidate tensor back to its reference tensor(s): undo the layout, split a concatenation."""
+    dim = e.steps[0]["dim"] if e.steps and e.steps[0]["op"] == "concat" else 0
+    layout = [s for s in e.steps if s["op"] != "concat"]
+    shapes = e.reference_shapes
+    fused = shapes[0] if len(shapes) == 1 else tuple(
+        sum(s[dim] for s in shapes) if d == dim else n for d, n in enumerate(shapes[0]))
+    sizes = tuple(s[dim] for s in shapes) if len(e.reference) > 1 else None
+    return Move(sources=(e.candidate,), targets=e.reference, steps=tuple(invert_steps(layout, fused)), dim=dim,
+                sizes=sizes)
+
+
+def _joining_move(key: str, parts: list[Entry]) -> Move:
+    """Candidate tensors that are slices of one reference tensor, joined back into it."""
+    cuts = []
+    for e in parts:
+        at = next(i for i, s in enumerate(e.steps) if s["op"] == "slice")
+        cuts.append((e.steps[at], list(e.steps[:at]), list(e.steps[at + 1:]), e))
+    cuts.sort(key=lambda c: c[0]["start"])
+    head, source, dim = cuts[0][1], cuts[0][3].reference_shapes[0], cuts[0][0]["dim"]
+    fused = shape_after(head, source)
+    covered = [(c[0]["start"], c[0]["stop"]) for c in cuts]
+    if [a for a, _ in covered] != [0] + [b for _, b in covered[:-1]] or covered[-1][1] != fused[dim]:
+        raise ValueError(f"candidate tensors {[c[3].candidate for c in cuts]} cover rows {covered} of {key!r} "
+                         f"(size {fused[dim]} along dim {dim}); the rest has no source, so the table cannot be "
+                         f"read backward")
+    pre = []
+    for cut, _, tail, _ in cuts:
+        piece = tuple(cut["stop"] - cut["start"] if d == dim else n for d, n in enumerate(fused))
+        pre.append(tuple(invert_steps(tail, piece)))
+    return Move(sources=tuple(c[3].candidate for c in cuts), targets=(key,), dim=dim,
+                steps=tuple(invert_steps(head, source)), pre=tuple(pre))
 
 
 def load_weight_map(source: str | os.PathLike | Mapping[str, Any]) -> WeightMap:
@@ -344,7 +287,7 @@ def load_weight_map(source: str | os.PathLike | Mapping[str, Any]) -> WeightMap:
                          f"python -m harness map ... --save-map FILE")
     try:
         entries = [Entry(candidate=d["candidate"], reference=tuple(d["reference"]),
-                         steps=tuple(_check_step(s) for s in d.get("transform", [])),
+                         steps=tuple(check_step(s) for s in d.get("transform", [])),
                          shape=tuple(d["shape"]), reference_shapes=tuple(tuple(s) for s in d["reference_shapes"]),
                          kind=d.get("kind", "parameter")) for d in source["entries"]]
         unmatched = {"candidate": list(source["unmatched"]["candidate"]),
@@ -355,12 +298,6 @@ def load_weight_map(source: str | os.PathLike | Mapping[str, Any]) -> WeightMap:
                      computed=dict(source.get("computed", {"candidate": [], "reference": []})),
                      candidate_numel=int(source.get("candidate_numel", 0)), verified=source.get("verified"),
                      conflicts=list(source.get("conflicts", [])), notes=list(source.get("notes", [])))
-
-
-def _check_step(step: Any) -> Step:
-    if not isinstance(step, Mapping) or step.get("op") not in ("concat", "slice", "reshape", "transpose", "permute"):
-        raise ValueError(f"transform step {step!r} is not one of concat, slice, reshape, transpose, permute")
-    return dict(step)
 
 
 # -- tensors of a model -----------------------------------------------------------------------------

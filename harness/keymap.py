@@ -1,0 +1,327 @@
+"""Key mapping: one table of tensor correspondences, read both ways, that names what it cannot map.
+
+Every conversion between two state-dict layouts (an upstream release and our candidate, timm and
+an original repository, a reference model and a port) is the same job: rename keys, sometimes
+join or split tensors (a fused ``qkv`` against ``q``/``k``/``v``), sometimes change a layout
+(a transpose). This module does that job once, for the family conversions and for the inferred
+weight maps of :mod:`harness.weightmap`.
+
+The unit is a :class:`Move`: source keys -> target keys. Its tensors are read, each through its
+``pre`` steps; several sources are concatenated along ``dim``; the ``steps`` run on the result;
+several targets split it along ``dim`` (``sizes``, or equal parts); each part runs its ``post``
+steps. Steps are data (``concat`` aside): ``slice``, ``reshape``, ``transpose``, ``permute``.
+
+A :class:`KeyTable` is an ordered tuple of :class:`Rule` rows, written once from the reference
+side (the upstream layout) to the candidate side. A template names an index with ``{i}``
+(``{j}`` ...: any name; each matches a decimal number and must appear on both sides); a template
+ending in ``.`` is a prefix and carries the rest of the key (``weight``, ``bias``) across; any
+other template is a whole key. Reading a state dict, each key is given to the first rule whose
+leading source template matches it (table order decides, so specific rows go first); the rule's
+other source templates name its partners, which must be present. Reading backward swaps the
+sides of every rule and inverts its steps (a reshape names its inverse in ``reverse``).
+
+Every source key ends in exactly one place of a :class:`KeyMapping`: mapped into ``state``,
+``ignored`` (a rule with no target: known and deliberately not carried), or ``unmatched`` (no
+rule knows it). ``to_candidate``/``to_reference`` raise a ValueError naming the unmatched keys;
+:meth:`KeyTable.map` with ``strict=False`` returns them for the caller to report.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+
+__all__ = ["Move", "Rule", "KeyTable", "KeyMapping", "apply_steps", "apply_moves", "invert_steps",
+           "describe_steps", "check_step", "shape_after", "LAYOUT_OPS", "STEP_OPS"]
+
+StateDict = dict[str, torch.Tensor]
+Step = dict[str, Any]
+LAYOUT_OPS = ("reshape", "transpose", "permute")
+STEP_OPS = ("concat", "slice", *LAYOUT_OPS)
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
+
+
+# -- steps ----------------------------------------------------------------------------------------
+def check_step(step: Any) -> Step:
+    """``step`` as a dict, or a ValueError naming the ops there are."""
+    if not isinstance(step, Mapping) or step.get("op") not in STEP_OPS:
+        raise ValueError(f"transform step {step!r} is not one of {', '.join(STEP_OPS)}; write it as "
+                         f"{{'op': 'transpose', 'dims': [0, 1]}} and the like")
+    return dict(step)
+
+
+def apply_steps(tensors: Sequence[torch.Tensor], steps: Sequence[Step]) -> torch.Tensor:
+    """The tensor made from ``tensors`` by ``steps`` in order (several tensors need a leading concat)."""
+    if len(tensors) > 1 and (not steps or steps[0]["op"] != "concat"):
+        raise ValueError(f"{len(tensors)} source tensors need a leading concat step, got {list(steps)}")
+    out = tensors[0]
+    for step in steps:
+        op = step["op"]
+        if op == "concat":
+            out = torch.cat(list(tensors), dim=step["dim"])
+        elif op == "slice":
+            out = out.narrow(step["dim"], step["start"], step["stop"] - step["start"])
+        elif op == "reshape":
+            out = out.reshape(step["shape"])
+        elif op == "transpose":
+            out = out.transpose(*step["dims"])
+        elif op == "permute":
+            out = out.permute(*step["dims"])
+        else:
+            check_step(step)
+    return out
+
+
+def shape_after(steps: Sequence[Step], shape: Sequence[int]) -> tuple[int, ...]:
+    """The shape layout ``steps`` give a tensor of ``shape``."""
+    shape = list(shape)
+    for step in steps:
+        if step["op"] == "reshape":
+            shape = list(step["shape"])
+        elif step["op"] == "transpose":
+            a, b = step["dims"]
+            shape[a], shape[b] = shape[b], shape[a]
+        elif step["op"] == "permute":
+            shape = [shape[d] for d in step["dims"]]
+    return tuple(shape)
+
+
+def invert_steps(steps: Sequence[Step], source_shape: Sequence[int] | None = None) -> list[Step]:
+    """Steps undoing layout ``steps``; a reshape can only be undone knowing ``source_shape``."""
+    inverse: list[Step] = []
+    shape = None if source_shape is None else list(source_shape)
+    for step in steps:
+        op = step["op"]
+        if op == "reshape":
+            if shape is None:
+                raise ValueError(f"a reshape step {step} cannot be inverted without the shape it started from; "
+                                 f"give the rule its reverse steps (Rule(..., reverse=...))")
+            inverse.append({"op": "reshape", "shape": list(shape)})
+        elif op == "transpose":
+            inverse.append(dict(step))
+        elif op == "permute":
+            dims = step["dims"]
+            inverse.append({"op": "permute", "dims": [dims.index(i) for i in range(len(dims))]})
+        else:
+            raise ValueError(f"step {step!r} is not a layout step ({', '.join(LAYOUT_OPS)})")
+        if shape is not None:
+            shape = list(shape_after([step], shape))
+    return inverse[::-1]
+
+
+def describe_steps(steps: Sequence[Step]) -> str:
+    """``transpose(dims=[0, 1]) + reshape(shape=[4, 2])``; ``identity`` for none."""
+    if not steps:
+        return "identity"
+    return " + ".join(f"{s['op']}(" + ", ".join(f"{k}={v}" for k, v in s.items() if k != "op") + ")" for s in steps)
+
+
+# -- moves: the concrete unit ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Move:
+    """Source keys -> target keys: ``pre`` per source, concat, ``steps``, split, ``post`` per target."""
+
+    sources: tuple[str, ...]
+    targets: tuple[str, ...]
+    steps: tuple[Step, ...] = ()
+    dim: int = 0
+    sizes: tuple[int, ...] | None = None  # split sizes along dim; None: equal parts
+    pre: tuple[tuple[Step, ...], ...] = ()
+    post: tuple[tuple[Step, ...], ...] = ()
+
+    def apply(self, state: Mapping[str, torch.Tensor]) -> StateDict:
+        parts = [state[k].detach() for k in self.sources]
+        if self.pre:
+            parts = [apply_steps([p], s) for p, s in zip(parts, self.pre)]
+        value = parts[0] if len(parts) == 1 else torch.cat(parts, dim=self.dim)
+        value = apply_steps([value], self.steps)
+        pieces = [value] if len(self.targets) == 1 else self._split(value)
+        if self.post:
+            pieces = [apply_steps([p], s) for p, s in zip(pieces, self.post)]
+        return dict(zip(self.targets, pieces))
+
+    def _split(self, value: torch.Tensor) -> list[torch.Tensor]:
+        n, size = len(self.targets), value.shape[self.dim]
+        sizes = self.sizes
+        if sizes is None:
+            if size % n:
+                raise ValueError(f"cannot split {self.sources} (size {size} along dim {self.dim}) into {n} equal "
+                                 f"parts for {self.targets}")
+            sizes = (size // n,) * n
+        if sum(sizes) != size:
+            raise ValueError(f"split sizes {list(sizes)} for {self.targets} do not add up to {size}, the size of "
+                             f"{self.sources} along dim {self.dim}")
+        return list(torch.split(value, list(sizes), dim=self.dim))
+
+
+def apply_moves(moves: Iterable[Move], state: Mapping[str, torch.Tensor], *, what: str = "state") -> StateDict:
+    """Every move applied to ``state``; a ValueError names a source key the state lacks."""
+    out: StateDict = {}
+    for move in moves:
+        missing = [k for k in move.sources if k not in state]
+        if missing:
+            raise ValueError(f"{what} has no {missing[0]!r}, which {' + '.join(move.sources)} -> "
+                             f"{' + '.join(move.targets)} needs; the table was made for another layout")
+        out.update(move.apply(state))
+    return out
+
+
+# -- rules and tables -----------------------------------------------------------------------------
+def _templates(side: str | Sequence[str] | None) -> tuple[str, ...]:
+    if side is None:
+        return ()
+    if isinstance(side, str):
+        return (side,)
+    if isinstance(side, Sequence) and side and all(isinstance(t, str) for t in side):
+        return tuple(side)
+    raise TypeError(f"a rule side must be a key template, a tuple of templates or None, got {side!r}")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Reference template(s) -> candidate template(s); see the module docstring.
+
+    ``None`` on one side: the other side's keys are known and not carried (ignored).
+    ``steps`` run reference -> candidate; ``reverse`` runs candidate -> reference and is needed
+    only when ``steps`` hold a reshape (a reshape does not say the shape it came from).
+    """
+
+    reference: str | tuple[str, ...] | None
+    candidate: str | tuple[str, ...] | None
+    steps: tuple[Step, ...] = ()
+    dim: int = 0
+    reverse: tuple[Step, ...] | None = None
+
+    def __post_init__(self) -> None:
+        ref, cand = _templates(self.reference), _templates(self.candidate)
+        if not ref and not cand:
+            raise ValueError("a rule needs a template on at least one side")
+        if len(ref) > 1 and len(cand) > 1:
+            raise ValueError(f"rule {ref} -> {cand}: only one side may hold several templates (concat/split)")
+        templates = ref + cand
+        names = {t: sorted(_PLACEHOLDER.findall(t)) for t in templates}
+        if len({tuple(v) for v in names.values()}) > 1:
+            raise ValueError(f"rule {ref} -> {cand}: every template must name the same indices, got {names}")
+        if len({t.endswith(".") for t in templates}) > 1:
+            raise ValueError(f"rule {ref} -> {cand}: either every template is a prefix (ends in '.') or none is")
+        for step in (*self.steps, *(self.reverse or ())):
+            check_step(step)
+        if any(s["op"] == "reshape" for s in self.steps) and self.reverse is None and ref and cand:
+            raise ValueError(f"rule {ref} -> {cand} reshapes: give its reverse steps (reverse=...) so the table "
+                             f"reads backward too")
+
+    def sides(self, to: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[Step, ...]]:
+        """(source templates, target templates, steps) when reading toward ``to``."""
+        ref, cand = _templates(self.reference), _templates(self.candidate)
+        if to == "candidate":
+            return ref, cand, tuple(self.steps)
+        steps = self.reverse if self.reverse is not None else tuple(invert_steps(self.steps))
+        return cand, ref, tuple(steps)
+
+
+def _pattern(template: str) -> re.Pattern:
+    seen: set[str] = set()
+
+    def group(m: re.Match) -> str:
+        name = m.group(1)
+        if name in seen:
+            return f"(?P={name})"
+        seen.add(name)
+        return rf"(?P<{name}>\d+)"
+
+    body = _PLACEHOLDER.sub(group, re.escape(template).replace(r"\{", "{").replace(r"\}", "}"))
+    return re.compile("^" + body + ("(?P<_rest>.+)$" if template.endswith(".") else "$"))
+
+
+def _fill(template: str, values: Mapping[str, str]) -> str:
+    key = _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+    return key + values.get("_rest", "") if template.endswith(".") else key
+
+
+@dataclass
+class KeyMapping:
+    """What reading a state dict through a table gave: ``state`` by target key, and the source
+    keys that were ``ignored`` (a rule without target) or ``unmatched`` (no rule)."""
+
+    state: StateDict
+    unmatched: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+
+class KeyTable:
+    """An ordered table of :class:`Rule` rows between a reference layout and a candidate layout."""
+
+    def __init__(self, *rules: Rule, name: str = "key table") -> None:
+        for rule in rules:
+            if not isinstance(rule, Rule):
+                raise TypeError(f"{name}: every row must be a harness.keymap.Rule, got {rule!r}")
+        self.rules = rules
+        self.name = name
+        self._compiled = {to: [(rule, *rule.sides(to)) for rule in rules] for to in ("candidate", "reference")}
+        self._patterns = {t: _pattern(t) for r in rules for t in _templates(r.reference) + _templates(r.candidate)}
+
+    def __repr__(self) -> str:
+        return f"KeyTable({self.name!r}, {len(self.rules)} rules)"
+
+    def to_candidate(self, reference_state: Mapping[str, torch.Tensor]) -> StateDict:
+        """The candidate state dict from a reference (upstream) one; ValueError on unmatched keys."""
+        return self.map(reference_state, to="candidate").state
+
+    def to_reference(self, candidate_state: Mapping[str, torch.Tensor]) -> StateDict:
+        """The table read backward: the reference (upstream) state dict from a candidate one."""
+        return self.map(candidate_state, to="reference").state
+
+    def moves(self, keys: Iterable[str], to: str) -> tuple[list[Move], list[str], list[str]]:
+        """(moves, ignored keys, unmatched keys) for source ``keys`` read toward ``to``."""
+        if to not in ("candidate", "reference"):
+            raise ValueError(f"to must be 'candidate' or 'reference', got {to!r}")
+        keys = list(keys)
+        present, taken = set(keys), set()
+        moves, ignored, unmatched = [], [], []
+        for key in keys:
+            if key in taken:
+                continue
+            found = self._match(key, to)
+            if found is None:
+                unmatched.append(key)
+                continue
+            (sources, targets, steps, dim) = found
+            missing = [k for k in sources if k not in present or k in taken]
+            if missing:
+                raise ValueError(f"{self.name}: {key!r} is read together with {missing}, which the state "
+                                 f"{'lacks' if missing[0] not in present else 'gave to another rule'}")
+            taken.update(sources)
+            if targets:
+                moves.append(Move(sources=sources, targets=targets, steps=steps, dim=dim))
+            else:
+                ignored.extend(sources)
+        return moves, ignored, unmatched
+
+    def _match(self, key: str, to: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[Step, ...], int] | None:
+        for rule, sources, targets, steps in self._compiled[to]:
+            if not sources:
+                continue
+            m = self._patterns[sources[0]].match(key)
+            if m is not None:
+                values = m.groupdict()
+                return (tuple(_fill(t, values) for t in sources), tuple(_fill(t, values) for t in targets),
+                        steps, rule.dim)
+        return None
+
+    def map(self, state: Mapping[str, torch.Tensor], *, to: str, strict: bool = True) -> KeyMapping:
+        """Read ``state`` toward ``to`` ("candidate" or "reference"); with ``strict``, a ValueError
+        names the keys no rule knows."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"{self.name}: expected a state dict (a mapping of key -> tensor), got "
+                            f"{type(state).__name__}")
+        moves, ignored, unmatched = self.moves(state, to)
+        if strict and unmatched:
+            shown = ", ".join(repr(k) for k in unmatched[:5])
+            more = f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else ""
+            raise ValueError(f"{self.name}: {len(unmatched)} of {len(state)} keys match no rule: {shown}{more}; "
+                             f"this is not the layout the table reads, or the table needs a row for them")
+        source = "reference state" if to == "candidate" else "candidate state"
+        return KeyMapping(state=apply_moves(moves, state, what=source), unmatched=unmatched, ignored=ignored)
