@@ -15,9 +15,9 @@ A :class:`KeyTable` is an ordered tuple of :class:`Rule` rows, written once from
 side (the upstream layout) to the candidate side. A template names an index with ``{i}``
 (``{j}`` ...: any name; each matches a decimal number and must appear on both sides); a template
 ending in ``.`` is a prefix and carries the rest of the key (``weight``, ``bias``) across; any
-other template is a whole key. Reading a state dict, each key is given to the first rule whose
-leading source template matches it (table order decides, so specific rows go first); the rule's
-other source templates name its partners, which must be present. Reading backward swaps the
+other template is a whole key. Reading a state dict, each key is given to the first rule with a
+source template that matches it (table order decides, so specific rows go first); the rule's
+other source templates name its partners, which must be present, in any order. Reading backward swaps the
 sides of every rule and inverts its steps (a reshape names its inverse in ``reverse``).
 
 Every source key ends in exactly one place of a :class:`KeyMapping`: mapped into ``state``,
@@ -302,13 +302,12 @@ class KeyTable:
 
     def _match(self, key: str, to: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[Step, ...], int] | None:
         for rule, sources, targets, steps in self._compiled[to]:
-            if not sources:
-                continue
-            m = self._patterns[sources[0]].match(key)
-            if m is not None:
-                values = m.groupdict()
-                return (tuple(_fill(t, values) for t in sources), tuple(_fill(t, values) for t in targets),
-                        steps, rule.dim)
+            for template in sources:  # any source of a concat, whichever the state lists first
+                m = self._patterns[template].match(key)
+                if m is not None:
+                    values = m.groupdict()
+                    return (tuple(_fill(t, values) for t in sources), tuple(_fill(t, values) for t in targets),
+                            steps, rule.dim)
         return None
 
     def map(self, state: Mapping[str, torch.Tensor], *, to: str, strict: bool = True) -> KeyMapping:

@@ -150,3 +150,10 @@ def test_weight_map_concatenation_along_dim_one_splits_back_by_the_reference_siz
     weights = WeightMap(entries=entries, unmatched={"candidate": [], "reference": []})
     state = _state(a=(2, 3), b=(2, 5))
     _assert_same_state(weights.to_reference(weights.to_candidate(state)), state)
+
+
+def test_concat_partners_may_come_in_any_order():
+    state = {k: RELEASE[k] for k in ("blocks.0.k.weight", "blocks.0.v.weight", "blocks.0.q.weight")}
+    table = KeyTable(Rule(("blocks.{i}.q.", "blocks.{i}.k.", "blocks.{i}.v."), "blocks.{i}.attn.qkv."))
+    mapping = table.map(state, to="candidate", strict=False)
+    assert (list(mapping.state), mapping.unmatched) == (["blocks.0.attn.qkv.weight"], [])
