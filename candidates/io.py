@@ -1,4 +1,4 @@
-"""Checkpoint file I/O shared by the candidate families: atomic writes and state-dict loading.
+"""Checkpoint file I/O shared by the candidate families: atomic writes, state-dict loading, strict loads.
 
 Reading. A checkpoint is ``.safetensors`` or a pickle (``.pth``/``.pt``/``.bin``/``.ckpt``) read
 with ``torch.load(weights_only=True)`` only: a pickle that would run code is refused with
@@ -15,6 +15,10 @@ Writing. :func:`write_atomically` writes a temp file on the destination's file s
 and renames it over the destination (:func:`harness.files.atomic_write`): readers see the old file
 or the new one, a failed write leaves the old file and no temp file behind, stale temporaries of
 killed writes are removed, and an OSError names the destination.
+
+Loading into a model. :func:`load_exactly` is the one strict load of every family: keys and shapes
+must match the model's exactly, and a mismatch is a ValueError naming the missing, unexpected and
+wrong-shape keys (``nn.Module.load_state_dict`` raises a RuntimeError after a partial copy).
 
 This module depends on torch, safetensors and the model-free :mod:`harness.files` only.
 """
@@ -36,6 +40,7 @@ from harness.files import atomic_write
 __all__ = [
     "PICKLE_SUFFIXES", "WRAPPER_KEYS", "StateDict", "UnsafePickleError", "write_atomically", "atomic_write_bytes",
     "load_state_dict", "state_dict_from_bytes", "unwrap_state_dict", "save_state_dict", "naming_file",
+    "load_exactly",
 ]
 
 StateDict = dict[str, torch.Tensor]
@@ -185,3 +190,31 @@ def naming_file(path: str | os.PathLike | None) -> Iterator[None]:
         except Exception:  # an error type with another constructor (UnicodeDecodeError)
             renamed = ValueError(f"{path}: {text}")
         raise renamed from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading into a model
+# ---------------------------------------------------------------------------------------------
+
+
+def load_exactly(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, what: str) -> None:
+    """Load ``state`` into ``model`` strictly; ``what`` names the model in the error.
+
+    Checked before any tensor is copied, so a refused state dict leaves ``model`` unchanged.
+    """
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = [f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
+                   for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong_shape:
+        raise ValueError(
+            f"checkpoint does not fit {what}: missing {_first(missing, 5)}, unexpected {_first(unexpected, 5)}, "
+            f"wrong shape {_first(wrong_shape, 3)}"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def _first(items: list[str], n: int) -> str:
+    """The first ``n`` items, and how many more there are: an error never hides that keys were left out."""
+    return f"{items[:n]}" + (f" (+{len(items) - n} more)" if len(items) > n else "")

@@ -1,6 +1,6 @@
 """Parity harness: trace two models layer by layer, align, measure, localize the first error.
 
-Public API (contract, see ARCHITECTURE.md)::
+Public API (contract, see docs/architecture.md)::
 
     harness.list_pairs()                      # every registered pair
     pair = harness.get_pair("convnext_tiny")
@@ -9,6 +9,7 @@ Public API (contract, see ARCHITECTURE.md)::
     report.passed, report.first_divergence, report.culprit, report.rows, report.to_dict()
     harness.compare(candidate, reference, inputs, backward=True).backward   # gradients, localized alike
     harness.compare_pair("convnext_tiny", candidate=my_modified_model, dtype=torch.float64)
+    pair.options.replace(mode="summary").to_kwargs()     # harness.CompareOptions: compare()'s options as one value
 """
 
 import importlib
@@ -19,6 +20,7 @@ _EXPORTS = {
     "compare": "harness.api", "compare_pair": "harness.api",
     "DEFAULT_TOLERANCES": "harness.metrics", "Metrics": "harness.metrics", "Tolerance": "harness.metrics",
     "measure": "harness.metrics",
+    "CompareOptions": "harness.options",
     "Call": "harness.pairs", "Pair": "harness.pairs", "as_call": "harness.pairs", "get_pair": "harness.pairs",
     "list_pairs": "harness.pairs", "randomize_": "harness.pairs", "register": "harness.pairs",
     "ParityReport": "harness.report",
@@ -48,7 +50,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "Trace", "load_trace",
     "WeightMap", "load_weight_map", "map_weights",
-    "Call", "DEFAULT_TOLERANCES", "Metrics", "Pair", "ParityReport", "Record", "Tolerance",
+    "Call", "CompareOptions", "DEFAULT_TOLERANCES", "Metrics", "Pair", "ParityReport", "Record", "Tolerance",
     "Tracer", "as_call", "compare", "compare_pair", "get_pair", "list_pairs", "measure",
     "randomize_", "register",
 ]

@@ -31,6 +31,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from harness.checks import type_error
+
 __all__ = ["Adapter", "find_adapter", "UserAdapter", "check_adapters"]
 
 
@@ -47,11 +49,10 @@ UserAdapter = tuple[str, Callable[[torch.Tensor], torch.Tensor]]  # (regex on ca
 
 def check_adapters(adapters: Sequence[UserAdapter]) -> None:
     if isinstance(adapters, (str, bytes)) or not isinstance(adapters, Sequence):
-        raise TypeError(f"adapters must be a sequence of (regex, function) pairs, got {type(adapters).__name__}")
+        raise type_error("adapters", adapters, "a sequence of (regex, function) pairs")
     for rule in adapters:
         if not (isinstance(rule, tuple) and len(rule) == 2 and isinstance(rule[0], str) and callable(rule[1])):
-            raise TypeError(f"adapters are (regex on candidate module name, function tensor -> tensor) pairs, "
-                            f"got {rule!r}")
+            raise type_error("an adapter", rule, "a (regex on candidate module name, function tensor -> tensor) pair")
         try:
             re.compile(rule[0])
         except re.error as exc:

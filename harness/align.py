@@ -32,6 +32,7 @@ from typing import Callable, Literal, Mapping, Sequence
 
 import torch
 
+from harness.checks import type_error
 from harness.trace import ROOT, Record
 
 __all__ = ["Match", "Aligned", "Alignment", "align", "apply_rename", "check_rename"]
@@ -82,12 +83,11 @@ class Alignment:
 def check_rename(rules: Sequence[Rule]) -> None:
     """Raise a TypeError/ValueError naming the first malformed ``(regex, replacement)`` rule."""
     if isinstance(rules, (str, bytes)) or not isinstance(rules, Sequence):
-        raise TypeError(f"rename must be a sequence of (regex, replacement) pairs, got {type(rules).__name__}")
+        raise type_error("rename", rules, "a sequence of (regex, replacement) pairs", fix="e.g. [(r'^layers', 'blocks')]")
     for rule in rules:
         if not (isinstance(rule, tuple) and len(rule) == 2 and isinstance(rule[0], str)
                 and (isinstance(rule[1], str) or callable(rule[1]))):
-            raise TypeError(f"rename rules are (regex, replacement) pairs with a string or callable replacement, "
-                            f"got {rule!r}")
+            raise type_error("a rename rule", rule, "a (regex, replacement) pair with a string or callable replacement")
         try:
             re.compile(rule[0])
             if isinstance(rule[1], str):

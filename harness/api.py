@@ -9,17 +9,19 @@ import torch
 from torch import nn
 
 from harness import guards, progress
-from harness.align import align, check_rename, choose_twins, fused_records
+from harness.align import align, choose_twins, fused_records
 from harness.backward import check_backward, compare_backward
-from harness.adapters import UserAdapter, check_adapters
+from harness.adapters import UserAdapter
+from harness.checks import check_module, type_error
 from harness.diagnose import annotate_mismatches, culprit_diagnosis
 from harness.localize import Localization, Row, extend_twins, localize_all, measure_match
 from harness.memory import trace_budget
 from harness.noise import float64_hint, noise_verdicts
-from harness.metrics import Metrics, Tolerance, check_tolerances, dtype_name, measure, tolerance_for
-from harness.pairs import Call, Pair, as_call, get_pair
+from harness.metrics import Metrics, Tolerance, dtype_name, measure, tolerance_for
+from harness.options import CompareOptions
+from harness.pairs import Call, Pair, as_call, as_pair
 from harness.report import ParityReport
-from harness.trace import Tracer, flatten_tensors
+from harness.trace import Tracer, flatten_tensors, name_filter
 from harness.tracefile import Replay, Trace
 from harness.weights import WeightMap, infer_map
 
@@ -102,25 +104,27 @@ def compare(
     compares their gradients per parameter and per aligned module (:mod:`harness.backward`);
     ``backward_loss``: ``output -> scalar`` for both sides or a pair ``(candidate_fn, reference_fn)``
     (default: the outputs weighted by a seeded random tensor, the same on both sides).
-    See :class:`harness.Pair` for the other options.
+    See :class:`harness.CompareOptions` for every option.
     """
+    options = CompareOptions(
+        rename=rename, tolerances=tolerances, module_tolerances=module_tolerances, candidate_call=candidate_call,
+        reference_call=reference_call, candidate_outputs=candidate_outputs, reference_outputs=reference_outputs,
+        rerun=rerun, allow_nonfinite=allow_nonfinite, include=include, exclude=exclude, mode=mode, weights=weights,
+        adapters=adapters, noise_floor=noise_floor, backward=backward, backward_loss=backward_loss)
+    return _compare(candidate, reference, inputs, options, dtype=dtype, pair_name=pair_name)
+
+
+def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o: CompareOptions, *,
+             dtype: torch.dtype | None, pair_name: str | None) -> ParityReport:
+    """:func:`compare` with its options ``o`` gathered (and checked) in one value."""
     # A recorded reference (harness.load_trace): its records, outputs and inputs come from the file.
     replay = Replay.of(reference, candidate, inputs) if isinstance(reference, Trace) else None
     if replay is not None:
-        reference, inputs, reference_call, reference_outputs = replay.module, replay.call, None, None
-        rename, tolerances, module_tolerances, rerun, allow_nonfinite = replay.options(
-            rename, tolerances, module_tolerances, rerun, allow_nonfinite)
-    for side, model in (("candidate", candidate), ("reference", reference)):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"{side} must be an nn.Module, got {type(model).__name__}")
-    check_rename(rename)
-    check_tolerances(tolerances, module_tolerances)
-    check_adapters(adapters)
-    check_backward(backward, backward_loss, recorded=replay is not None)
-    if weights is not None and not isinstance(weights, WeightMap):
-        raise TypeError(f"weights must be a harness.WeightMap (harness.map_weights(...) or harness.load_weight_map(path)), "
-                        f"got {type(weights).__name__}")
-    filters = {side: _module_filter(side, include, exclude) for side in ("candidate", "reference")}
+        reference, inputs, o = replay.module, replay.call, replay.options(o)
+    check_module("candidate", candidate)
+    check_module("reference", reference)
+    check_backward(o.backward, o.backward_loss, recorded=replay is not None)
+    filters = {side: _module_filter(side, o.include, o.exclude) for side in ("candidate", "reference")}
     guards.check_dtypes(candidate, reference)
     call = as_call(inputs)
     if dtype is not None:
@@ -129,46 +133,50 @@ def compare(
     # Each side gets its own copy: a model that writes into its input must not change what the
     # other one sees. What each side changed is reported.
     cand_call, ref_call = call.clone(), call.clone()
-    budget = trace_budget(mode, reference)
+    budget = trace_budget(o.mode, reference)
     with torch.no_grad():
         progress.stage("trace candidate")
-        with Tracer(candidate, include=filters["candidate"], mode=mode, budget=budget) as cand_trace:
-            cand_out = candidate_call(candidate, cand_call) if candidate_call else cand_call(candidate)
+        with Tracer(candidate, include=filters["candidate"], mode=o.mode, budget=budget) as cand_trace:
+            cand_out = o.candidate_call(candidate, cand_call) if o.candidate_call else cand_call(candidate)
         if replay is not None:
             ref_trace, ref_out = replay.recorded, replay.outputs
         else:
             progress.stage("trace reference")
-            with Tracer(reference, include=filters["reference"], mode=mode, budget=budget) as ref_trace:
-                ref_out = reference_call(reference, ref_call) if reference_call else ref_call(reference)
-    final = _final_outputs(cand_out, ref_out, candidate_outputs, reference_outputs)
+            # copies bitwise equal to the candidate's are shared: agreeing layers are kept once
+            with Tracer(reference, include=filters["reference"], mode=o.mode, budget=budget,
+                        share=cand_trace) as ref_trace:
+                ref_out = o.reference_call(reference, ref_call) if o.reference_call else ref_call(reference)
+    final = _final_outputs(cand_out, ref_out, o.candidate_outputs, o.reference_outputs)
     dtype = dtype or guards.comparison_dtype(candidate, reference, call, final)
     name = dtype_name(dtype)
-    tol = tolerance_for(dtype, overrides=tolerances)
+    tol = tolerance_for(dtype, overrides=o.tolerances)
     outputs = {key: measure(a, b) for key, a, b in final}
     progress.stage("align")
-    if weights is None and not rename and replay is None and _keys_differ(candidate, reference):
-        weights = infer_map(candidate, reference, call, candidate_call=candidate_call, reference_call=reference_call)
+    weights = o.weights
+    if weights is None and not o.rename and replay is None and _keys_differ(candidate, reference):
+        weights = infer_map(candidate, reference, call, candidate_call=o.candidate_call,
+                            reference_call=o.reference_call)
     twins = None if weights is None else choose_twins(weights.twin_chains(candidate, reference),
                                                         cand_trace.records, ref_trace.records)
     ref_records = ref_trace.records
-    if weights is not None and mode == "full":
+    if weights is not None and o.mode == "full":
         fused, fused_twins = fused_records(cand_trace.records, ref_records, weights.fused_twins())
         ref_records = sorted([*ref_records, *fused], key=lambda r: r.end)
         twins = {**fused_twins, **twins}
-    alignment = align(cand_trace.records, ref_records, rename, twins=twins)
-    rows: list[Row] = []
-    for match in alignment.matches:
-        module_tol = tolerance_for(dtype, module=match.candidate.name, overrides=tolerances,
-                                   module_overrides=module_tolerances)
-        rows.append(measure_match(match, module_tol, adapters))
+    alignment = align(cand_trace.records, ref_records, o.rename, twins=twins)
+
+    def module_tolerance(module: str) -> Tolerance:
+        return tolerance_for(dtype, module=module, overrides=o.tolerances, module_overrides=o.module_tolerances)
+
+    rows = [measure_match(match, module_tolerance(match.candidate.name), o.adapters) for match in alignment.matches]
     if twins:
-        alignment = extend_twins(rows, alignment, lambda m: measure_match(m, tolerance_for(
-            dtype, module=m.candidate.name, overrides=tolerances, module_overrides=module_tolerances), adapters))
+        alignment = extend_twins(rows, alignment,
+                                 lambda m: measure_match(m, module_tolerance(m.candidate.name), o.adapters))
     progress.stage("localize")
-    noise = noise_verdicts(noise_floor, name, rows, final, reference=None if replay is not None else reference,
-                           call=call, mode=getattr(cand_trace, "mode", mode), reference_call=reference_call,
-                           reference_outputs=reference_outputs, include=filters["reference"])
-    passed, found, notes = _verdict(final, outputs, rows, tol, allow_nonfinite, rerun,
+    noise = noise_verdicts(o.noise_floor, name, rows, final, reference=None if replay is not None else reference,
+                           call=call, mode=getattr(cand_trace, "mode", o.mode), reference_call=o.reference_call,
+                           reference_outputs=o.reference_outputs)
+    passed, found, notes = _verdict(final, outputs, rows, tol, o.allow_nonfinite, o.rerun,
                                     alignment.unmatched_candidate, output_passed=noise.outputs_passed)
     diagnosis = [] if passed else culprit_diagnosis(rows, found.culprit)
     if not passed:
@@ -176,21 +184,19 @@ def compare(
     notes += ([noise.note] if noise.note else []) + float64_hint(pair_name, name, passed, found.culprit, rows)
     first_divergence, culprit = found.first_divergence, found.culprit
     notes += list(alignment.notes) + (replay.notes if replay is not None else [])
-    if mode == "summary":
+    if o.mode == "summary":
         notes.insert(0, "summary mode: layer errors are lower bounds from statistics (mean, std, absmax)")
     mutations = {"candidate": call.mutated_in(cand_call), "reference": call.mutated_in(ref_call)}
     for side, paths in mutations.items():
         if paths:
             notes.append(f"the {side} modified its inputs in place: {', '.join(paths)}")
     backward_result = None
-    if backward:
+    if o.backward:
         progress.stage("backward")
         backward_result = compare_backward(
-            candidate, reference, call, rows, weights=weights, loss=backward_loss, rerun=rerun,
-            tolerance=lambda module: tolerance_for(dtype, module=module, overrides=tolerances,
-                                                   module_overrides=module_tolerances),
-            candidate_call=candidate_call, reference_call=reference_call,
-            candidate_outputs=candidate_outputs, reference_outputs=reference_outputs)
+            candidate, reference, call, rows, weights=weights, loss=o.backward_loss, rerun=o.rerun,
+            tolerance=module_tolerance, candidate_call=o.candidate_call, reference_call=o.reference_call,
+            candidate_outputs=o.candidate_outputs, reference_outputs=o.reference_outputs)
         passed = passed and backward_result.passed
     progress.done()
     return ParityReport(
@@ -212,7 +218,7 @@ def compare(
         passthrough_reference=[r.key for r in alignment.passthrough_reference],
         input_mutations=mutations,
         notes=notes,
-        mode=mode,
+        mode=o.mode,
         introduced=found.introduced,
         weight_coverage=None if weights is None else weights.coverage,
         diagnosis=diagnosis,
@@ -226,29 +232,20 @@ def _keys_differ(candidate: nn.Module, reference: nn.Module) -> bool:
     return {k for k, _ in candidate.named_parameters()} != {k for k, _ in reference.named_parameters()}
 
 
-def _module_filter(side: str, include: Any, exclude: Any):
+def _module_filter(side: str, include: Any, exclude: Any) -> Callable[[str], bool] | None:
     """A predicate on module names from the include/exclude regexes for one side (None: all)."""
-    import re
 
-    def pick(option: str, value: Any) -> str | None:
-        if value is None or isinstance(value, str):
-            return value
+    def pick(option: str, value: Any) -> Callable[[str], bool] | None:
         if isinstance(value, Mapping) and set(value) <= {"candidate", "reference"}:
-            return value.get(side)
-        raise TypeError(f"{option} must be a regex string or a dict {{'candidate': regex, 'reference': regex}}, "
-                        f"got {value!r}")
+            value = value.get(side)
+        elif value is not None and not isinstance(value, str):
+            raise type_error(option, value, "a regex string or a dict {'candidate': regex, 'reference': regex}")
+        return name_filter(value, option=option)
 
     inc, exc = pick("include", include), pick("exclude", exclude)
-    for option, pattern in (("include", inc), ("exclude", exc)):
-        if pattern is not None:
-            try:
-                re.compile(pattern)
-            except re.error as err:
-                raise ValueError(f"{option}={pattern!r} is not a valid regex ({err}); it is matched with re.search "
-                                 f"against qualified module names such as 'blocks.0.attn'") from None
     if inc is None and exc is None:
         return None
-    return lambda name: (inc is None or re.search(inc, name) is not None) and (exc is None or re.search(exc, name) is None)
+    return lambda name: (inc is None or inc(name)) and (exc is None or not exc(name))
 
 
 def _verdict(
@@ -304,18 +301,17 @@ def compare_pair(
 
     When ``candidate`` is given it is paired with a freshly built reference; ``pair.build`` is
     deterministic, so a candidate taken from ``pair.build()`` and then modified is compared
-    against exactly the weights it started from.
+    against exactly the weights it started from. ``overrides``: fields of :class:`harness.CompareOptions`
+    (``mode="summary"``, ``tolerances=...``), replacing what the pair declares.
     """
-    pair = get_pair(pair) if isinstance(pair, str) else pair
-    if not isinstance(pair, Pair):
-        raise TypeError(f"pair must be a registered name or a harness.Pair, got {type(pair).__name__}")
-    if candidate is not None and not isinstance(candidate, nn.Module):
-        raise TypeError(f"candidate must be an nn.Module, got {type(candidate).__name__}")
+    pair = as_pair(pair)
+    if candidate is not None:
+        check_module("candidate", candidate)
     progress.stage("build", f"{pair.name} {dtype_name(dtype)}")
     if candidate is None:
         candidate, reference = pair.build(dtype=dtype, device=device)
     else:
         reference = pair.build_reference(dtype=dtype, device=device)
     call = pair.inputs(dtype=dtype, device=device) if inputs is None else as_call(inputs).to(dtype, device)
-    options = pair.compare_options() | overrides
-    return compare(candidate, reference, call, dtype=dtype, pair_name=pair.name, **options)
+    options = pair.options.replace(**overrides)
+    return compare(candidate, reference, call, dtype=dtype, pair_name=pair.name, **options.to_kwargs())

@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from harness.align import Aligned, Match
+from harness.checks import check_type, type_error
 from harness.adapters import find_adapter
 from harness.localize import Row, _cast_like, classify, _inputs_state, _leaf_pairs, _rerunnable, _worst_adapted
 from harness.metrics import Metrics, Tolerance, measure
@@ -191,14 +192,12 @@ def check_loss(loss: Any) -> tuple[Loss | None, Loss | None]:
         return loss, loss
     if isinstance(loss, (tuple, list)) and len(loss) == 2 and all(callable(f) for f in loss):
         return loss[0], loss[1]
-    raise TypeError(f"backward_loss must be a function output -> scalar tensor, or a pair (candidate_fn, "
-                    f"reference_fn); got {loss!r}")
+    raise type_error("backward_loss", loss, "a function output -> scalar tensor, or a pair (candidate_fn, reference_fn)")
 
 
 def check_backward(backward: Any, loss: Any, *, recorded: bool = False) -> None:
     """Raise a TypeError/ValueError for backward options that cannot work, before anything runs."""
-    if not isinstance(backward, bool):
-        raise TypeError(f"backward must be True or False, got {backward!r}")
+    check_type("backward", backward, bool, what="True or False")
     if loss is not None and not backward:
         raise ValueError("backward_loss was given without backward=True; pass backward=True to compare gradients")
     check_loss(loss)

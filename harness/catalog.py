@@ -18,6 +18,8 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import dataclass
+
+from harness.checks import check_type, check_value, type_error
 from importlib import metadata
 from typing import Callable, Iterable
 
@@ -52,16 +54,22 @@ _LOADED_MODULES: set[str] = set()
 _ENTRY_POINTS_LOADED = False
 
 
+def check_pair_name(name: str) -> str:
+    """``name`` if it can name a pair (a file name and a command-line word), else a ValueError."""
+    check_type("pair name", name, str)
+    return check_value("pair name", name, re.fullmatch(r"[A-Za-z0-9_.\-]+", name) is not None,
+                       expected="letters, digits, '_', '.', '-'", fix="e.g. convnext_tiny")
+
+
 def register_lazy(
     name: str, *, tags: Iterable[str] = (), description: str = "", loader: str | Callable[[], object]
 ) -> LazyPair:
     """Declare pair ``name``; ``loader`` (module name or callable) registers the full pair when first needed."""
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
-        raise ValueError(f"pair name must be letters, digits, '_', '.', '-'; got {name!r}")
+    check_pair_name(name)
     if isinstance(tags, str):
-        raise TypeError(f"tags must be an iterable of strings such as {{'nightly'}}, got the string {tags!r}")
+        raise type_error("tags", tags, "an iterable of strings such as {'nightly'}", fix=f"write {{{tags!r}}}")
     if not (isinstance(loader, str) or callable(loader)):
-        raise TypeError(f"loader must be a module name or a callable registering the pair, got {type(loader).__name__}")
+        raise type_error("loader", loader, "a module name or a callable registering the pair")
     entry = LazyPair(name, frozenset(tags), description, loader)
     if name in _PAIRS and _PAIRS[name] != entry:
         raise ValueError(f"a pair named {name!r} is already declared (by {_PAIRS[name].loader!r})")

@@ -143,7 +143,7 @@ def _tolerance_option(args: argparse.Namespace) -> dict:
     from harness.pairs import get_pair
 
     dtype = DTYPES[args.dtype]
-    pair_tolerances = dict(get_pair(args.pair).compare_options().get("tolerances") or {}) if args.pair else {}
+    pair_tolerances = dict(get_pair(args.pair).options.tolerances or {}) if args.pair else {}
     base = tolerance_for(dtype, overrides=pair_tolerances or None)
     chosen = Tolerance(atol=base.atol if args.atol is None else args.atol,
                        rtol=base.rtol if args.rtol is None else args.rtol)

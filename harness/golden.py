@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from harness.checks import check_type, check_value
 from harness.report import atomic_write_text
 
 __all__ = ["GoldenMismatch", "GoldenFileError", "to_jsonable", "from_jsonable", "diff", "check", "write", "read"]
@@ -183,8 +184,9 @@ def check(
     regenerate: str = "pytest --update-goldens",
 ) -> Path:
     """Compare ``value`` with ``directory/name.json``; with ``update`` (re)write it instead."""
-    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-        raise ValueError(f"golden name must be a plain file stem like 'vlm_grid_table', got {name!r}")
+    check_type("golden name", name, str)
+    check_value("golden name", name, bool(name) and "/" not in name and not name.startswith("."),
+                expected="a plain file stem like 'vlm_grid_table'")
     path = Path(directory) / f"{name}.json"
     normalized = from_jsonable(to_jsonable(value))  # tuples -> lists, dataclasses -> dicts
     if update:

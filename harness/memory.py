@@ -6,7 +6,10 @@ first calls: each copy a tracer keeps is charged to a :class:`MemoryBudget` shar
 comparison's traces. With ``kept`` bytes after a fraction ``p`` of the hooked modules have
 started, a trace is projected to ``kept / p``; the traces still to come (the reference's, while
 the candidate is traced) are assumed to be as large as the largest seen so far, so a comparison
-whose second trace would not fit is refused while the first is being taken. The budget refuses
+whose second trace would not fit is refused while the first is being taken. The reference's
+trace reuses the candidate's copies of the tensors on which the two agree bitwise
+(:class:`harness.trace.Tracer` ``share``); those cost nothing and are not charged, so for a
+faithful port the assumption is pessimistic: the comparison is refused early rather than late. The budget refuses
 (:class:`TraceTooLarge`, a ValueError and a MemoryError) when
 
 - the bytes actually kept exceed the limit (``HEADROOM`` of the memory available when the

@@ -20,6 +20,8 @@ from typing import Mapping, Sequence
 
 import torch
 
+from harness.checks import check_choice, check_type, check_value, type_error
+
 __all__ = ["Tolerance", "Metrics", "DEFAULT_TOLERANCES", "measure", "measure_summaries", "tolerance_for",
            "check_tolerances", "mismatch_stats"]
 
@@ -34,8 +36,8 @@ class Tolerance:
     def __post_init__(self) -> None:
         for field_name in ("atol", "rtol"):
             value = getattr(self, field_name)
-            if not isinstance(value, (int, float)) or value < 0 or math.isnan(value):
-                raise ValueError(f"Tolerance.{field_name} must be a number >= 0, got {value!r}")
+            check_type(f"Tolerance.{field_name}", value, (int, float), what="a number >= 0")
+            check_value(f"Tolerance.{field_name}", value, value >= 0, expected="a number >= 0")  # NaN fails too
 
     def bound(self, reference_absmax: float) -> float:
         return self.atol + self.rtol * reference_absmax
@@ -64,25 +66,22 @@ def check_tolerances(
 ) -> None:
     """Raise a ValueError/TypeError naming the first malformed override (nothing passes unchecked)."""
     known = sorted(DEFAULT_TOLERANCES)
-    if overrides is not None and not isinstance(overrides, Mapping):
-        raise TypeError(f"tolerances must map a dtype name to a Tolerance, got {type(overrides).__name__}")
+    if overrides is not None:
+        check_type("tolerances", overrides, Mapping, what="a dict of dtype name -> harness.Tolerance",
+                   fix="e.g. {'float32': Tolerance(atol=1e-5, rtol=1e-4)}")
     for key, tol in (overrides or {}).items():
-        if key not in DEFAULT_TOLERANCES:
-            raise ValueError(f"tolerances key {key!r} is not a dtype name; expected one of {known}")
-        if not isinstance(tol, Tolerance):
-            raise TypeError(f"tolerances[{key!r}] must be a harness.Tolerance(atol=..., rtol=...), got {tol!r}")
+        check_choice("tolerances key", key, known)
+        check_type(f"tolerances[{key!r}]", tol, Tolerance, what="a harness.Tolerance(atol=..., rtol=...)")
     for rule in module_overrides:
         if not (isinstance(rule, tuple) and len(rule) == 3):
-            raise TypeError(f"module tolerance rules are (regex, dtype name or None, Tolerance), got {rule!r}")
+            raise type_error("a module tolerance rule", rule, "a tuple (regex, dtype name or None, Tolerance)")
         pattern, dtype, tol = rule
         try:
             re.compile(pattern)
         except (re.error, TypeError) as exc:
             raise ValueError(f"module tolerance rule {rule!r}: {pattern!r} is not a valid regex ({exc})") from None
-        if dtype is not None and dtype not in DEFAULT_TOLERANCES:
-            raise ValueError(f"module tolerance rule {rule!r}: dtype {dtype!r} is not one of {known} or None")
-        if not isinstance(tol, Tolerance):
-            raise TypeError(f"module tolerance rule {rule!r}: expected a harness.Tolerance, got {tol!r}")
+        check_choice(f"the dtype of module tolerance rule {rule!r}", dtype, [*known, None])
+        check_type(f"the tolerance of module tolerance rule {rule!r}", tol, Tolerance, what="a harness.Tolerance")
 
 
 def tolerance_for(
@@ -139,10 +138,8 @@ def _json_float(v):
 
 def measure(candidate: torch.Tensor, reference: torch.Tensor) -> Metrics:
     """Metrics of ``candidate`` against ``reference`` (same shape, any dtypes, any devices)."""
-    if not isinstance(candidate, torch.Tensor) or not isinstance(reference, torch.Tensor):
-        raise TypeError(
-            f"measure() takes two tensors, got {type(candidate).__name__} and {type(reference).__name__}"
-        )
+    check_type("measure()'s candidate", candidate, torch.Tensor)
+    check_type("measure()'s reference", reference, torch.Tensor)
     if candidate.shape != reference.shape:
         nan = float("nan")
         return Metrics(nan, nan, nan, nan, nan, shape_mismatch=True)

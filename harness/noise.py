@@ -5,8 +5,12 @@ At float32 or bfloat16 a fixed atol/rtol either hides real bugs in rounding (a L
 Instead, as AWS Neuron's equivalence checks and torch's dynamo accuracy checker do, measure what
 rounding alone costs:
 
-1. Copy the reference and cast the copy to float64 (``copy.deepcopy(reference).double()``; the
-   reference itself is never touched), run it on the same inputs cast to float64, under tracing.
+1. Run the reference once more on the same inputs cast to float64, with float64 copies of its
+   floating parameters and buffers swapped in for that run (``torch.func.functional_call``: the
+   reference's own tensors are never touched, and no copy of the module tree is made). Each
+   aligned call is judged in a forward hook as it completes, against the rows' recorded outputs,
+   so nothing of the float64 run is kept but the final outputs: the run costs one float64 forward
+   and one cast of the weights, and its memory is that forward's own.
 2. Per aligned layer, with ``r64`` the float64 reference's output, ``r`` the reference's and
    ``c`` the candidate's output at the comparison dtype, and ``||.||`` the L2 norm (an RMS error,
    steadier than a maximum)::
@@ -20,8 +24,14 @@ rounding alone costs:
    of the floor; a bug adds an error of its own on top. ``u`` keeps layers that the reference
    computes exactly (floor 0) from failing on the candidate's first rounding.
 3. Re-runs (culprit search, see :mod:`harness.localize`) are judged the same way, locally: the
-   candidate module and the float64 reference twin both run on the reference's recorded inputs,
-   so the floor is that module's own rounding, not the rounding accumulated upstream.
+   candidate module and the reference twin, with float64 copies of that module's weights, both
+   run on the reference's recorded inputs, so the floor is that module's own rounding, not the
+   rounding accumulated upstream.
+
+When every final output and every judged layer of the candidate is bitwise the reference's,
+``error == floor`` on each and every ratio is at most 1: no float64 run can change the verdict,
+so none is made (the judgements give ratio 1, error and floor NaN, and a note says so), unless
+the threshold asked for is below 1.
 
 The absolute atol/rtol verdict is still computed and reported next to this one
 (``compare(..., noise_floor=False)`` makes it the verdict again).
@@ -32,12 +42,11 @@ and a written-out LayerNorm + Linear + GELU against the functional calls stays b
 GELU, an eps of 1e-5 instead of 1e-6, or a 1e-3 relative weight change are 20x to 1000x the floor.
 In 16-bit formats a written-out formula rounds every intermediate while fused kernels accumulate in
 float32: the same written-out block reaches a median 1.35, p99 2.0 and, on tensors of a few
-elements, above 4 (the property test in ``tests/harness/test_noise_floor.py``), hence 8.
+elements, above 4 (the property test in ``tests/harness/test_noise.py``), hence 8.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -47,13 +56,15 @@ import torch
 from torch import nn
 
 from harness.adapters import find_adapter
-from harness.diagnose import has_instance_forward
-from harness.trace import Record, Tracer, flatten_tensors, map_tensors
+from harness.checks import check_type, check_value
+from harness.trace import ROOT, Record, flatten_tensors, map_tensors
 
-__all__ = ["DEFAULT_NOISE_RATIO", "UNIT_ROUNDOFF", "NoiseFloor", "NoiseJudgement", "NoiseVerdicts", "judge",
+__all__ = ["BITWISE_NOTE", "DEFAULT_NOISE_RATIO", "UNIT_ROUNDOFF", "NoiseFloor", "NoiseJudgement", "NoiseVerdicts", "judge",
            "noise_verdicts", "float64_hint"]
 
 DEFAULT_NOISE_RATIO: dict[str, float] = {"float32": 4.0, "bfloat16": 8.0, "float16": 8.0}
+BITWISE_NOTE = ("noise floor: every output and layer is bitwise the reference's, so each error is the reference's own "
+                "rounding (ratio at most 1); no float64 run was needed")
 UNIT_ROUNDOFF: dict[str, float] = {"float32": 2.0 ** -24, "bfloat16": 2.0 ** -8, "float16": 2.0 ** -11,
                                    "float64": 2.0 ** -53}
 
@@ -62,6 +73,8 @@ UNIT_ROUNDOFF: dict[str, float] = {"float32": 2.0 ** -24, "bfloat16": 2.0 ** -8,
 class NoiseJudgement:
     """A candidate tensor's error judged against the reference's own rounding error."""
 
+    # error and floor are NaN when the candidate is bitwise the reference: then error == floor and
+    # the ratio is at most 1 (given as 1), with no float64 run to measure them
     error: float  # ||candidate - reference@float64|| / ||reference@float64||
     floor: float  # ||reference - reference@float64|| / ||reference@float64||
     ratio: float  # error / max(floor, unit roundoff)
@@ -76,6 +89,12 @@ class NoiseJudgement:
 def _rel(a: torch.Tensor, exact: torch.Tensor) -> float:
     a = a.detach().to("cpu", torch.float64)
     b = exact.detach().to("cpu", torch.float64)
+    # Two norms decide at once when both are finite: a NaN or an infinity anywhere makes a norm
+    # non-finite, so finite norms mean finite elements. isfinite is an elementwise pass several
+    # times slower than a norm, so it runs only for the rest (non-finite values, or an overflow).
+    scale, diff = float(b.norm()), float((a - b).norm())
+    if math.isfinite(scale) and math.isfinite(diff):
+        return (0.0 if diff == 0.0 else math.inf) if scale == 0.0 else diff / scale
     finite = torch.isfinite(a) & torch.isfinite(b)
     if not bool(finite.all()):
         # non-finite values must coincide; where they do, they carry no rounding error
@@ -137,12 +156,14 @@ def _worst(triples: list[tuple], dtype: str, threshold: float | None) -> NoiseJu
 
 
 class NoiseFloor:
-    """The float64 reference run, traced, and the verdicts it gives (see module docstring)."""
+    """The float64 reference run and the verdicts it gives (see module docstring).
 
-    def __init__(self, exact: nn.Module, records: dict[str, Record], outputs: dict[str, torch.Tensor],
+    ``judged``: per aligned call (``id`` of its match), the judgement made when the float64 twin
+    completed; ``outputs``: the float64 run's final outputs. No layer output of the run is kept."""
+
+    def __init__(self, judged: dict[int, NoiseJudgement | None], outputs: dict[str, torch.Tensor],
                  dtype: str, threshold: float | None) -> None:
-        self.exact = exact
-        self.records = records
+        self.judged = judged
         self.outputs = outputs
         self.dtype = dtype
         self.threshold = DEFAULT_NOISE_RATIO.get(dtype, 4.0) if threshold is None else threshold
@@ -153,26 +174,34 @@ class NoiseFloor:
         reference: nn.Module,
         call: Any,
         dtype: str,
+        matches: Sequence[Any] = (),
         *,
         reference_call: Callable[[nn.Module, Any], Any] | None = None,
         reference_outputs: Callable[[Any], Mapping[str, torch.Tensor]] | None = None,
-        include: str | None = None,
         threshold: float | None = None,
     ) -> "NoiseFloor":
-        """Copy ``reference`` to float64 and trace it on ``call`` (a :class:`harness.Call`) cast to float64.
+        """Run ``reference`` with float64 weights on ``call`` (a :class:`harness.Call`) cast to float64,
+        judging each of ``matches`` (aligned calls whose reference side is a call of ``reference``)
+        as its float64 twin completes.
 
-        Raises whatever the copy or the float64 run raises (the caller reports it and keeps the
-        absolute tolerances).
+        Raises whatever the float64 run raises (the caller reports it and keeps the absolute
+        tolerances).
         """
-        if has_instance_forward(reference):
-            raise ValueError("a submodule's forward is patched on the instance; a copy would run the original")
-        exact = copy.deepcopy(reference).to(torch.float64)
+        floor = cls({}, {}, dtype, threshold)
+        wanted: dict[str, list[Any]] = {}
+        for match in matches:
+            wanted.setdefault(match.reference.key, []).append(match)
+        run = reference_call or (lambda model, c: c(model))
         exact_call = call.to(torch.float64)
-        # outputs only: re-runs take their inputs from the reference's own trace
-        with torch.no_grad(), Tracer(exact, include=include, mode="full", record_inputs=False) as trace:
-            out = reference_call(exact, exact_call) if reference_call else exact_call(exact)
-        outputs = dict(reference_outputs(out)) if reference_outputs else flatten_tensors(out)
-        return cls(exact, trace.by_key(), outputs, dtype, threshold)
+        handles = _judging_hooks(reference, wanted, floor)
+        try:
+            with torch.no_grad():
+                out = _run_float64(reference, lambda model: run(model, exact_call))
+        finally:
+            for handle in handles:
+                handle.remove()
+        floor.outputs = dict(reference_outputs(out)) if reference_outputs else flatten_tensors(out)
+        return floor
 
     # -- verdicts --------------------------------------------------------------------------------
     def judge_outputs(self, final: Sequence[tuple[str, torch.Tensor, torch.Tensor]]) -> dict[str, NoiseJudgement]:
@@ -187,12 +216,13 @@ class NoiseFloor:
         return out
 
     def judge_match(self, match: Any) -> NoiseJudgement | None:
-        """The worst leaf of an aligned call against the float64 twin's recorded output, or None."""
-        twin = self.records.get(match.reference.key)
-        if twin is None:
-            return None
-        triples = _pairs(match.candidate.outputs, match.reference.outputs, twin.outputs)
-        return _worst(triples, self.dtype, self.threshold)
+        """The worst leaf of an aligned call against its float64 twin's output, or None (no twin run,
+        or not judged: a summary leaf, a fused record)."""
+        return self.judged.get(id(match))
+
+    def judge_live(self, match: Any, exact: Mapping[str, torch.Tensor]) -> NoiseJudgement | None:
+        """Judge ``match`` against ``exact``, its float64 twin's output leaves."""
+        return _worst(_pairs(match.candidate.outputs, match.reference.outputs, exact), self.dtype, self.threshold)
 
     def rerun_judge(self, match: Any) -> Callable[[Mapping[str, torch.Tensor]], bool | None] | None:
         """For the culprit search: ``outputs of the candidate re-run -> still fails?`` (None: no verdict)."""
@@ -201,7 +231,7 @@ class NoiseFloor:
             return None
 
         def still_fails(outputs: Mapping[str, torch.Tensor]) -> bool | None:
-            local = self._local_exact(ref)
+            local = _local_exact(ref)
             if local is None:
                 return None
             j = _worst(_pairs(dict(outputs), ref.outputs, local), self.dtype, self.threshold)
@@ -209,19 +239,86 @@ class NoiseFloor:
 
         return still_fails
 
-    def _local_exact(self, ref: Record) -> dict[str, torch.Tensor] | None:
-        """The float64 twin of ``ref``'s module run on ``ref``'s recorded inputs cast to float64."""
-        try:
-            module = self.exact.get_submodule(ref.name) if ref.name != "<root>" else self.exact
-        except AttributeError:
-            return None
-        to64 = (lambda t: t.to(torch.float64) if t.is_floating_point() else t.clone())
-        try:
-            with torch.no_grad():
-                out = module(*map_tensors(ref.args, to64), **map_tensors(ref.kwargs, to64))
-        except Exception:  # a signature or dtype the float64 copy cannot take: no local verdict
-            return None
-        return {k: v.detach() for k, v in flatten_tensors(out).items()}
+
+def _float64_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``module``'s parameters and buffers by name as ``functional_call`` swaps them in for a float64
+    run: floating ones cast to float64 (complex to complex128), buffers always copies, so that a
+    forward updating a buffer in place (a train-mode BatchNorm) leaves the module's own alone."""
+    state: dict[str, torch.Tensor] = {}
+    for kind, named in (("parameter", module.named_parameters()), ("buffer", module.named_buffers())):
+        for name, t in named:
+            t = t.detach()
+            wide = torch.float64 if t.is_floating_point() else torch.complex128 if t.is_complex() else t.dtype
+            state[name] = t.to(wide, copy=kind == "buffer")
+    return state
+
+
+class _Bound(nn.Module):
+    """``run(model)`` as a forward, so that ``functional_call`` swaps ``model``'s tensors for it."""
+
+    def __init__(self, model: nn.Module, run: Callable[[nn.Module], Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.run = run
+
+    def forward(self) -> Any:
+        return self.run(self.model)
+
+
+def _run_float64(model: nn.Module, run: Callable[[nn.Module], Any]) -> Any:
+    """``run(model)`` with float64 copies of ``model``'s weights swapped in for the run only."""
+    state = {f"model.{k}": v for k, v in _float64_state(model).items()}
+    return torch.func.functional_call(_Bound(model, run), state, ())
+
+
+def _judging_hooks(model: nn.Module, wanted: Mapping[str, list[Any]], floor: NoiseFloor) -> list[Any]:
+    """Forward hooks on the modules that ``wanted`` (record key -> matches) names; each call of one
+    is keyed as the tracer keys it (``name#call``) and its matches are judged on its live output."""
+    names = {key.rpartition("#")[0] for key in wanted}
+    calls: dict[str, int] = {}
+    open_calls: dict[str, list[int]] = {}
+    handles = []
+
+    def pre(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            open_calls.setdefault(name, []).append(calls[name] - 1)
+        return hook
+
+    def post(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            stack = open_calls.get(name)
+            if not stack:
+                return
+            matches = wanted.get(f"{name}#{stack.pop()}", ())
+            exact = {k: v.detach() for k, v in flatten_tensors(output).items()} if matches else {}
+            for match in matches:
+                floor.judged[id(match)] = floor.judge_live(match, exact)
+        return hook
+
+    try:
+        for name, module in model.named_modules():
+            name = name or ROOT
+            if name in names:
+                handles.append(module.register_forward_pre_hook(pre(name)))
+                handles.append(module.register_forward_hook(post(name)))
+    except BaseException:
+        for handle in handles:
+            handle.remove()
+        raise
+    return handles
+
+
+def _local_exact(ref: Record) -> dict[str, torch.Tensor] | None:
+    """The output of ``ref``'s module with float64 weights on ``ref``'s recorded inputs cast to float64."""
+    to64 = (lambda t: t.to(torch.float64) if t.is_floating_point() else t.clone())
+    args, kwargs = map_tensors(ref.args, to64), map_tensors(ref.kwargs, to64)
+    try:
+        with torch.no_grad():
+            out = _run_float64(ref.module, lambda module: module(*args, **kwargs))
+    except Exception:  # a signature or dtype the float64 run cannot take: no local verdict
+        return None
+    return {k: v.detach() for k, v in flatten_tensors(out).items()}
 
 
 @dataclass
@@ -247,6 +344,18 @@ class NoiseVerdicts:
                 "note": self.note, "seconds": round(self.seconds, 4)}
 
 
+def check_noise_floor(option: bool | float | None) -> float | None:
+    """The ratio threshold ``option`` sets (None: none set); a TypeError/ValueError for an option that is none of
+    None, True, False or a positive number."""
+    check_type("noise_floor", option, (bool, int, float, type(None)),
+               what="None (automatic), True, False or a ratio threshold")
+    if option is None or isinstance(option, bool):
+        return None
+    check_value("noise_floor ratio threshold", option, option > 0 and math.isfinite(option),
+                expected="a positive number")
+    return float(option)
+
+
 def noise_verdicts(
     option: bool | float | None,
     dtype: str,
@@ -258,7 +367,6 @@ def noise_verdicts(
     mode: str,
     reference_call: Callable | None = None,
     reference_outputs: Callable | None = None,
-    include: Any = None,
 ) -> NoiseVerdicts:
     """Measure the noise floor and make it the verdict of every row it can judge.
 
@@ -267,11 +375,7 @@ def noise_verdicts(
     threshold. Each judged row keeps its absolute-tolerance verdict in ``row.passed_tolerance``
     (the report shows both); ``row.noise`` holds the :class:`NoiseJudgement`.
     """
-    if option is not None and not isinstance(option, (bool, int, float)):
-        raise TypeError(f"noise_floor must be None (automatic), True, False or a ratio threshold, got {option!r}")
-    threshold = None if isinstance(option, bool) or option is None else float(option)
-    if threshold is not None and not (threshold > 0 and math.isfinite(threshold)):
-        raise ValueError(f"noise_floor ratio threshold must be a positive number, got {option!r}")
+    threshold = check_noise_floor(option)
     wanted = option is not False and (option is not None or dtype in DEFAULT_NOISE_RATIO)
     if not wanted:
         return NoiseVerdicts(False)
@@ -280,17 +384,26 @@ def noise_verdicts(
                else "the reference is a recorded trace, not a module" if reference is None else None)
     if why_not:
         return NoiseVerdicts(False, note=f"noise floor off: {why_not}" if option else None)
+    started = time.perf_counter()
+    limit = DEFAULT_NOISE_RATIO.get(dtype, 4.0) if threshold is None else threshold
+    if limit >= 1 and _bitwise_alike(rows, final):
+        # error == floor exactly, so every ratio is at most 1: no float64 run can change the verdict
+        same = NoiseJudgement(math.nan, math.nan, 1.0, limit, True)
+        for row in rows:
+            if _judgeable(row.match):
+                row.noise, row.passed_tolerance = same, row.passed
+        return NoiseVerdicts(True, limit, {key: same for key, _, _ in final}, note=BITWISE_NOTE,
+                             seconds=time.perf_counter() - started)
     need, room = _floor_bytes(reference, rows), _room(reference)
     if option is None and room is not None and need > room:
-        return NoiseVerdicts(False, note=f"noise floor off: a float64 copy of the reference and its trace need about "
+        return NoiseVerdicts(False, note=f"noise floor off: a float64 run of the reference needs about "
                                          f"{need / 2**30:.2f} GiB, {room / 2**30:.2f} GiB are free; noise_floor=True "
                                          f"forces it")
-    started = time.perf_counter()
     try:
-        floor = NoiseFloor.measure(reference, call, dtype, reference_call=reference_call,
-                                   reference_outputs=reference_outputs, include=include, threshold=threshold)
-    except Exception as exc:  # a reference that cannot be copied or run at float64
-        return NoiseVerdicts(False, note=f"noise floor off: the float64 copy of the reference failed "
+        floor = NoiseFloor.measure(reference, call, dtype, [row.match for row in rows], reference_call=reference_call,
+                                   reference_outputs=reference_outputs, threshold=threshold)
+    except Exception as exc:  # a reference that cannot run at float64
+        return NoiseVerdicts(False, note=f"noise floor off: the float64 run of the reference failed "
                                          f"({type(exc).__name__}: {exc}); absolute tolerances decide")
     for row in rows:
         judged = floor.judge_match(row.match)
@@ -303,12 +416,40 @@ def noise_verdicts(
     return NoiseVerdicts(True, floor.threshold, outputs, seconds=time.perf_counter() - started)
 
 
+def _judgeable(match: Any) -> bool:
+    """Whether the floor judges ``match``: its reference side is a call of the reference (not a
+    record fused from several) with a floating output."""
+    leaves = list(match.reference.outputs.values())
+    return match.reference.module is not None and all(isinstance(t, torch.Tensor) for t in leaves) \
+        and any(t.is_floating_point() or t.is_complex() for t in leaves)
+
+
+def _bitwise_alike(rows: Sequence[Any], final: Sequence[tuple[str, torch.Tensor, torch.Tensor]]) -> bool:
+    """Whether every final output and every judged row's output is bitwise the reference's (same
+    leaves, shapes, dtypes and values; a NaN is never equal)."""
+    def same(a: Any, b: Any) -> bool:
+        if a is b:  # one copy kept for both traces (harness.trace: they agreed bitwise then)
+            return True
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype \
+            and a.shape == b.shape and bool(torch.equal(a, b))
+
+    if not all(same(c, r) for _, c, r in final):
+        return False
+    for row in rows:
+        cand, ref = row.match.candidate.outputs, row.match.reference.outputs
+        if _judgeable(row.match) and not (cand.keys() == ref.keys() and all(same(cand[k], ref[k]) for k in ref)):
+            return False
+    return True
+
+
 def _floor_bytes(reference: nn.Module, rows: Sequence[Any]) -> int:
-    """Float64 bytes of the reference's floating tensors plus the outputs of its aligned calls."""
+    """Float64 bytes of the float64 run: the reference's floating tensors, plus twice its largest
+    aligned output (a forward holds at least one call's input and output at once; no layer output
+    of the run is kept beyond its call)."""
     weights = sum(t.numel() for t in (*reference.parameters(), *reference.buffers()) if t.is_floating_point())
-    outputs = sum(getattr(leaf, "numel", lambda: 0)() for row in rows for leaf in row.match.reference.outputs.values()
-                  if isinstance(leaf, torch.Tensor))
-    return 8 * (weights + outputs)
+    largest = max((leaf.numel() for row in rows for leaf in row.match.reference.outputs.values()
+                   if isinstance(leaf, torch.Tensor)), default=0)
+    return 8 * (weights + 2 * largest)
 
 
 def _room(reference: nn.Module) -> int | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -25,11 +24,12 @@ import torch
 from torch import nn
 
 from harness import catalog
-from harness.align import check_rename
-from harness.metrics import Tolerance, check_tolerances
+from harness.checks import check_type, type_error
+from harness.metrics import Tolerance
+from harness.options import PAIR_OPTIONS, CompareOptions
 from harness.trace import flatten_tensors, map_tensors
 
-__all__ = ["Call", "Pair", "as_call", "register", "get_pair", "list_pairs", "randomize_"]
+__all__ = ["Call", "Pair", "as_call", "as_pair", "register", "get_pair", "list_pairs", "randomize_"]
 
 StateDict = dict[str, torch.Tensor]
 ENTRY_POINT_GROUP = catalog.ENTRY_POINT_GROUP
@@ -78,10 +78,7 @@ def as_call(inputs: Any) -> Call:
         return Call(inputs)
     if isinstance(inputs, dict):
         return Call((), inputs)
-    raise TypeError(
-        f"inputs must be a Tensor, a tuple of positional args, a dict of kwargs or a harness.Call; "
-        f"got {type(inputs).__name__}"
-    )
+    raise type_error("inputs", inputs, "a Tensor, a tuple of positional args, a dict of kwargs or a harness.Call")
 
 
 def randomize_(model: nn.Module, generator: torch.Generator, *, scale: float = 0.2) -> None:
@@ -115,17 +112,11 @@ class Pair:
         convert: pure function, reference state dict -> candidate state dict (loaded strictly).
         make_inputs: ``generator -> inputs`` (tensor, tuple, dict or Call), float32; floating
             tensors are cast to the requested dtype afterwards.
-        rename: ``(regex, replacement)`` rules mapping candidate module names to reference names.
-        tolerances: per-dtype overrides, e.g. ``{"float32": Tolerance(atol=1e-4, rtol=1e-3)}``.
-        module_tolerances: ``(regex on candidate name, dtype name or None, Tolerance)``.
-        candidate_call / reference_call: ``(model, Call) -> output`` when a side is not called
-            as ``model(*args, **kwargs)`` (e.g. a transformers model wants ``pixel_values=``).
-        candidate_outputs / reference_outputs: ``output -> {name: tensor}``, the final outputs
-            to compare (same keys on both sides); default: every tensor leaf of the output.
-        rerun: regexes of candidate module names whose forward takes the same arguments as
-            its reference twin, so the culprit search may re-run them on reference inputs.
-            ``None`` lets the harness decide per module (plain tensor arguments of equal shapes).
-        allow_nonfinite: final outputs may hold NaN/Inf (compared position by position).
+        rename, tolerances, module_tolerances, candidate_call, reference_call, candidate_outputs,
+            reference_outputs, rerun, allow_nonfinite: the comparison options this pair declares
+            (see :class:`harness.CompareOptions`), checked and gathered in ``options``. E.g. a
+            transformers reference wants ``reference_call=lambda m, c: m(pixel_values=c.args[0])``;
+            ``rerun`` names modules whose forward takes the same arguments as their reference twin.
         randomize: re-draw reference parameters before transfer (see :func:`randomize_`).
         randomize_fn: a pair-specific re-draw ``(reference, generator) -> None``.
         tags: free labels, e.g. ``{"nightly"}`` for full-size pairs kept out of the default suite.
@@ -150,12 +141,13 @@ class Pair:
     seed: int = 0
     tags: frozenset[str] = frozenset()
     description: str = ""
+    # The comparison options above stay keyword arguments (the pair's public constructor); they are
+    # checked and gathered here once, and compare_pair hands this one value on.
+    options: CompareOptions = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.name):
-            raise ValueError(f"pair name must be letters, digits, '_', '.', '-'; got {self.name!r}")
-        check_rename(self.rename)
-        check_tolerances(self.tolerances, self.module_tolerances)
+        catalog.check_pair_name(self.name)
+        object.__setattr__(self, "options", CompareOptions(**{n: getattr(self, n) for n in PAIR_OPTIONS}))
 
     def build_reference(
         self, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
@@ -188,17 +180,7 @@ class Pair:
 
     def compare_options(self) -> dict[str, Any]:
         """Keyword arguments of :func:`harness.compare` that this pair declares."""
-        return dict(
-            rename=self.rename,
-            tolerances=self.tolerances,
-            module_tolerances=self.module_tolerances,
-            candidate_call=self.candidate_call,
-            reference_call=self.reference_call,
-            candidate_outputs=self.candidate_outputs,
-            reference_outputs=self.reference_outputs,
-            rerun=self.rerun,
-            allow_nonfinite=self.allow_nonfinite,
-        )
+        return self.options.declared()
 
 
 def _load_candidate(factory: Callable[[], nn.Module], state: StateDict, *, seed: int) -> nn.Module:
@@ -222,7 +204,7 @@ def _load_candidate(factory: Callable[[], nn.Module], state: StateDict, *, seed:
 
 def _check_dtype(dtype: torch.dtype) -> torch.dtype:
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        raise type_error("dtype", dtype, "a floating torch.dtype", fix="e.g. torch.float32 or torch.float64")
     return dtype
 
 
@@ -231,8 +213,7 @@ _REGISTRY: dict[str, Pair] = {}  # built pairs; declared ones (harness.catalog) 
 
 def register(pair: Pair) -> Pair:
     """Add ``pair`` to the registry; names are unique."""
-    if not isinstance(pair, Pair):
-        raise TypeError(f"register() takes a harness.Pair, got {type(pair).__name__}")
+    check_type("register() argument", pair, Pair, what="a harness.Pair")
     if pair.name in _REGISTRY and _REGISTRY[pair.name] is not pair:
         raise ValueError(f"a pair named {pair.name!r} is already registered")
     _REGISTRY[pair.name] = pair
@@ -260,8 +241,7 @@ def get_pair(name: str) -> Pair:
     """The registered pair called ``name`` (its definitions imported now if only declared so far);
     a ValueError names close matches otherwise."""
     _load_definitions()
-    if not isinstance(name, str):
-        raise TypeError(f"pair name must be a str, got {type(name).__name__}")
+    check_type("pair name", name, str, fix="python -m harness list shows the registered names")
     declared = catalog.lazy_pairs()
     if name not in _REGISTRY and name in declared:
         catalog.load(name)
@@ -277,3 +257,9 @@ def get_pair(name: str) -> Pair:
         raise ValueError(
             f"no pair named {name!r}{hint} (python -m harness list shows all {len(known)})"
         ) from None
+
+
+def as_pair(pair: "str | Pair") -> Pair:
+    """A registered pair's name or a Pair -> the Pair."""
+    return check_type("pair", get_pair(pair) if isinstance(pair, str) else pair, Pair,
+                      what="a registered name or a harness.Pair")

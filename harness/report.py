@@ -1,6 +1,6 @@
 """ParityReport: the result of one comparison, as JSON and a terminal table (HTML pages: harness.pages).
 
-The JSON layout is a contract (ARCHITECTURE.md): fields may be added, never renamed::
+The JSON layout is a contract (docs/architecture.md): fields may be added, never renamed::
 
     {"schema": 1, "environment": {...}, "results": [{"pair", "dtype", "device", "passed",
      "first_divergence", "culprit", "output": {"max_abs", "max_rel", "rel_l2", "cosine"},
@@ -17,6 +17,7 @@ the first one printed as the ``why:`` line) and counts its failing elements per 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
@@ -27,6 +28,7 @@ from typing import Any, Iterable
 
 import torch
 
+from harness.checks import check_type
 from harness.files import atomic_write
 from harness.localize import Row
 from harness.metrics import Metrics, Tolerance
@@ -190,6 +192,9 @@ def _noise_lines(noise: dict, dtype: str) -> list[str]:
     if not outs:
         return []
     worst = max(outs.values(), key=lambda j: float(j["ratio"]))
+    if math.isnan(float(worst["error"])) and worst["passed"]:  # bitwise the reference's (harness.noise)
+        return [f"noise floor: output error at most 1x the reference's own {dtype} rounding (bitwise the "
+                f"reference's outputs, no float64 run needed; threshold {noise['threshold']:g}x): within rounding"]
     return [f"noise floor: output error {float(worst['ratio']):.3g}x the reference's own {dtype} rounding "
             f"(error {float(worst['error']):.3e}, floor {float(worst['floor']):.3e} relative L2 against a float64 "
             f"run; threshold {noise['threshold']:g}x): {'within' if worst['passed'] else 'beyond'} rounding"]
@@ -304,8 +309,7 @@ def environment(device: str = "cpu") -> dict[str, Any]:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically, creating missing folders (:func:`harness.files.atomic_write`:
     no debris, and an OSError names the file)."""
-    if not isinstance(text, str):
-        raise TypeError(f"atomic_write_text writes a str, got {type(text).__name__}")
+    check_type("atomic_write_text(text)", text, str)
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 

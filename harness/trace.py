@@ -30,7 +30,9 @@ from typing import Any, Callable, Iterator, Literal
 import torch
 from torch import nn
 
-__all__ = ["Record", "TensorSummary", "Tracer", "flatten_tensors", "map_tensors", "ROOT"]
+from harness.checks import check_choice, check_module, type_error
+
+__all__ = ["Record", "TensorSummary", "Tracer", "flatten_tensors", "map_tensors", "name_filter", "ROOT"]
 
 ROOT = "<root>"
 Mode = Literal["full", "summary"]
@@ -201,6 +203,54 @@ def _nonfinite(leaves: dict[str, Leaf]) -> bool:
     return False
 
 
+def name_filter(pattern: str | Callable[[str], bool] | None, *, option: str = "include") -> Callable[[str], bool] | None:
+    """A predicate on qualified module names: a regex (``re.search``) or a predicate itself; None stays None."""
+    if pattern is None or callable(pattern):
+        return pattern
+    if not isinstance(pattern, str):
+        raise type_error(option, pattern, "a regex string or a callable")
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{option}={pattern!r} is not a valid regex ({exc}); it is matched with "
+                         f"re.search against qualified module names such as 'blocks.0.attn'") from None
+    return lambda name: compiled.search(name) is not None
+
+
+class _SharedCopies:
+    """The tensors another trace kept, found by value: grouped by (shape, strides, dtype, device),
+    then by their sum (computed once per group, when a tensor of that layout is first looked up),
+    and confirmed by ``torch.equal``. A sum is one vectorized read, cheaper than the clone it
+    saves; bitwise equal tensors of one layout have equal sums (the same reduction order)."""
+
+    def __init__(self, records: list[Record]) -> None:
+        self._groups: dict[tuple, list[torch.Tensor]] = {}
+        seen: set[int] = set()
+        for record in records:
+            for leaf in (*record.inputs.values(), *record.outputs.values()):
+                if isinstance(leaf, torch.Tensor) and leaf.numel() and id(leaf) not in seen:
+                    seen.add(id(leaf))
+                    self._groups.setdefault(self._layout(leaf), []).append(leaf)
+        self._sums: dict[tuple, dict[Any, list[torch.Tensor]]] = {}
+
+    @staticmethod
+    def _layout(t: torch.Tensor) -> tuple:
+        return tuple(t.shape), t.stride(), t.dtype, t.device
+
+    def find(self, t: torch.Tensor) -> torch.Tensor | None:
+        """A kept tensor bitwise equal to ``t`` in the same layout, or None."""
+        layout = self._layout(t)
+        group = self._groups.get(layout)
+        if not group or t.is_sparse or t.is_quantized:
+            return None
+        sums = self._sums.get(layout)
+        if sums is None:
+            sums = self._sums[layout] = {}
+            for kept in group:
+                sums.setdefault(kept.sum().item(), []).append(kept)
+        return next((kept for kept in sums.get(t.sum().item(), ()) if torch.equal(kept, t)), None)
+
+
 class Tracer:
     """Records every module call of ``model`` while the context is active.
 
@@ -211,6 +261,10 @@ class Tracer:
         budget: a :class:`harness.memory.MemoryBudget` charged with every copy kept (full mode);
             it raises :class:`harness.memory.TraceTooLarge` before the trace outgrows memory.
         record_inputs: also keep call inputs (needed for culprit localization).
+        share: a finished full-mode trace (the other model's, in a comparison) whose copies this
+            one reuses: a tensor bitwise equal to one it kept (same shape, strides, dtype, device
+            and values) is kept as that very copy, not a second one. A faithful port's trace then
+            costs little beyond its twin's (at float64 most layers agree bitwise).
     """
 
     def __init__(
@@ -221,24 +275,15 @@ class Tracer:
         include: str | Callable[[str], bool] | None = None,
         record_inputs: bool = True,
         budget: Any = None,
+        share: "Tracer | None" = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"Tracer needs an nn.Module, got {type(model).__name__}")
-        if mode not in ("full", "summary"):
-            raise ValueError(f"mode must be 'full' or 'summary', got {mode!r}")
-        if include is not None and not (isinstance(include, str) or callable(include)):
-            raise TypeError(f"include must be a regex string or a callable, got {type(include).__name__}")
-        if isinstance(include, str):
-            try:
-                re.compile(include)
-            except re.error as exc:
-                raise ValueError(f"include={include!r} is not a valid regex ({exc}); it is matched with "
-                                 f"re.search against qualified module names such as 'blocks.0.attn'") from None
+        check_module("Tracer(model)", model)
+        check_choice("mode", mode, ("full", "summary"))
         self.budget = budget
         self.model = model
         self.mode: Mode = mode
         self.record_inputs = record_inputs
-        self._include = (lambda n: re.search(include, n) is not None) if isinstance(include, str) else include
+        self._include = name_filter(include)
         self.records: list[Record] = []
         self.first_nonfinite: str | None = None
         self._handles: list[Any] = []
@@ -251,6 +296,10 @@ class Tracer:
         # storage address -> (weak ref, version, copy) of dense tensors copied: a new view of one
         # (a permute, a reshape between modules) becomes the same view of its copy, not a copy
         self._dense: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
+        if share is not None and not isinstance(share, Tracer):
+            raise type_error("Tracer(share=...)", share, "a finished harness.Tracer or None")
+        self._share = share
+        self._shared: _SharedCopies | None = None
 
     # -- context management ------------------------------------------------------------------
     def __enter__(self) -> "Tracer":
@@ -261,6 +310,8 @@ class Tracer:
         self._counts.clear()
         self._open.clear()
         self._clock = 0
+        if self._share is not None and self.mode == "full":
+            self._shared = _SharedCopies(self._share.records)
         try:
             for name, module in self.model.named_modules():
                 name = name or ROOT
@@ -283,6 +334,7 @@ class Tracer:
         self._handles.clear()
         self._open.clear()
         self._copies.clear()
+        self._shared = None
         self._dense.clear()
 
     @property
@@ -312,6 +364,8 @@ class Tracer:
         if copy is not None:
             return copy
         copy = self._view_of_copy(t)
+        if copy is None and self._shared is not None:
+            copy = self._shared.find(t)
         if copy is None:
             copy = t.detach().clone()
             if self.budget is not None:

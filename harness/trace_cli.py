@@ -106,12 +106,10 @@ def compare_pair_trace(
     reference is then never built), otherwise from ``pair.build``.
     """
     from harness.api import compare
-    from harness.pairs import Pair, _load_candidate, get_pair
+    from harness.pairs import _load_candidate, as_pair
     from harness.tracefile import Trace, load_trace
 
-    pair = get_pair(pair) if isinstance(pair, str) else pair
-    if not isinstance(pair, Pair):
-        raise TypeError(f"pair must be a registered name or a harness.Pair, got {type(pair).__name__}")
+    pair = as_pair(pair)
     trace = trace if isinstance(trace, Trace) else load_trace(trace)
     if trace.dtype != dtype:
         raise ValueError(f"trace {trace.path} was recorded in {trace.meta['dtype']}, the comparison asks for "
@@ -124,5 +122,5 @@ def compare_pair_trace(
     else:
         candidate, reference = pair.build(dtype=dtype, device=device)
         del reference
-    options = pair.compare_options() | overrides
-    return compare(candidate, trace, None, dtype=dtype, pair_name=pair.name, **options)
+    options = pair.options.replace(**overrides)
+    return compare(candidate, trace, None, dtype=dtype, pair_name=pair.name, **options.to_kwargs())

@@ -33,20 +33,21 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import struct
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
+from harness.checks import check_choice, check_module
 from harness.files import atomic_write, discard, scratch_file
 from harness.metrics import Tolerance
+from harness.options import CompareOptions
 from harness.pairs import Call, as_call
-from harness.trace import ROOT, Record, TensorSummary, flatten_tensors
+from harness.trace import ROOT, Record, TensorSummary, flatten_tensors, name_filter
 
 __all__ = ["Trace", "Replay", "RecordedModel", "RecordedModule", "record", "record_pair", "load_trace", "weights_fingerprint",
            "check_fingerprint", "trace_reference", "FORMAT", "VERSION"]
@@ -371,24 +372,10 @@ def _environment(device: str) -> dict[str, Any]:
     return environment(device)
 
 
-def _include_fn(include: str | Callable[[str], bool] | None) -> Callable[[str], bool] | None:
-    if include is None or callable(include):
-        return include
-    if isinstance(include, str):
-        try:
-            pattern = re.compile(include)
-        except re.error as exc:
-            raise ValueError(f"include must be a valid regex on module names, got {include!r}: {exc}") from None
-        return lambda name: pattern.search(name) is not None
-    raise TypeError(f"include must be a regex string or a callable, got {type(include).__name__}")
-
-
 def _check_precision(precision: str | None) -> torch.dtype | None:
     if precision is None:
         return None
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(_PRECISIONS)} or None, got {precision!r}")
-    return _PRECISIONS[precision]
+    return _PRECISIONS[check_choice("precision", precision, [*sorted(_PRECISIONS), None])]
 
 
 def record(
@@ -412,9 +399,8 @@ def record(
     ``compare_options``: data options of the pair (rename rules, tolerances, rerun patterns,
     allow_nonfinite) that a comparison against this trace uses by default.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"record() needs an nn.Module, got {type(model).__name__}")
-    include_fn = _include_fn(include)
+    check_module("record(model)", model)
+    include_fn = name_filter(include)
     store_dtype = _check_precision(precision)
     path = Path(path)
     if not path.parent.is_dir():
@@ -487,13 +473,10 @@ def record_pair(
     The reference side also stores the pair's rename rules and tolerances, and by default its
     weights, so that ``compare PAIR --reference-trace`` can build the candidate from the file.
     """
-    from harness.pairs import Pair, _load_candidate, get_pair
+    from harness.pairs import _load_candidate, as_pair
 
-    pair = get_pair(pair) if isinstance(pair, str) else pair
-    if not isinstance(pair, Pair):
-        raise TypeError(f"pair must be a registered name or a harness.Pair, got {type(pair).__name__}")
-    if side not in ("reference", "candidate"):
-        raise ValueError(f"side must be 'reference' or 'candidate', got {side!r}")
+    pair = as_pair(pair)
+    check_choice("side", side, ("reference", "candidate"))
     reference = pair.build_reference(dtype=dtype, device=device)
     if side == "reference":
         model, call, outputs = reference, pair.reference_call, pair.reference_outputs
@@ -753,8 +736,7 @@ class Replay:
 
     @classmethod
     def of(cls, trace: Trace, candidate: nn.Module, inputs: Any = None) -> "Replay":
-        if not isinstance(candidate, nn.Module):
-            raise TypeError(f"candidate must be an nn.Module, got {type(candidate).__name__}")
+        check_module("candidate", candidate)
         dtype = next((p.dtype for p in candidate.parameters() if p.is_floating_point()), trace.dtype)
         if dtype != trace.dtype:
             raise TypeError(f"candidate parameters are {dtype} but trace {trace.path} was recorded in {trace.dtype}; "
@@ -786,23 +768,22 @@ class Replay:
     def device(self) -> str:
         return self.trace.device
 
-    def options(self, rename: Sequence[tuple[str, str]], tolerances: Mapping[str, Tolerance] | None,
-                module_tolerances: Sequence[tuple[str, str | None, Tolerance]], rerun: Sequence[str] | None,
-                allow_nonfinite: bool) -> tuple:
+    def options(self, given: CompareOptions) -> CompareOptions:
         """The comparison options: those given, else the recorded pair's; tolerances widened by
-        the rounding of compact storage."""
+        the rounding of compact storage. The reference side is not called: no call or output function."""
         from harness.metrics import DEFAULT_TOLERANCES, tolerance_for
 
         recorded = self.trace.compare_options()
-        rename = rename or recorded.get("rename", ())
-        tolerances = tolerances or recorded.get("tolerances")
-        module_tolerances = module_tolerances or recorded.get("module_tolerances", ())
-        rerun = rerun if rerun is not None else recorded.get("rerun")
-        allow_nonfinite = allow_nonfinite or recorded.get("allow_nonfinite", False)
+        tolerances = given.tolerances or recorded.get("tolerances")
+        module_tolerances = given.module_tolerances or recorded.get("module_tolerances", ())
         if self.trace.precision is not None:
             tolerances = {name: self.trace.widen(tolerance_for(name, overrides=tolerances))
                           for name in DEFAULT_TOLERANCES}
             module_tolerances = [(p, d, self.trace.widen(t)) for p, d, t in module_tolerances]
-        return rename, tolerances, module_tolerances, rerun, allow_nonfinite
+        return given.replace(
+            rename=given.rename or recorded.get("rename", ()), tolerances=tolerances,
+            module_tolerances=module_tolerances, rerun=given.rerun if given.rerun is not None else recorded.get("rerun"),
+            allow_nonfinite=given.allow_nonfinite or recorded.get("allow_nonfinite", False),
+            reference_call=None, reference_outputs=None)
 
 

@@ -28,11 +28,11 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from harness.checks import check_module
 from harness.keymap import Move, apply_moves, apply_steps, check_step, describe_steps, invert_steps, shape_after
 from harness.trace import ROOT
 
-__all__ = ["WeightMap", "Entry", "load_weight_map", "FORMAT", "layout_steps", "apply_steps", "owner_of", "clear_weight_caches",
-           "check_module"]
+__all__ = ["WeightMap", "Entry", "load_weight_map", "FORMAT", "layout_steps", "apply_steps", "owner_of", "clear_weight_caches"]
 
 FORMAT = "parity-harness weight map 1"
 StateDict = dict[str, torch.Tensor]
@@ -301,11 +301,6 @@ def load_weight_map(source: str | os.PathLike | Mapping[str, Any]) -> WeightMap:
 
 
 # -- tensors of a model -----------------------------------------------------------------------------
-def check_module(side: str, model: Any) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{side} must be an nn.Module, got {type(model).__name__}")
-
-
 def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """Parameters and persistent buffers by state-dict key (each tensor once)."""
     state_keys = set(model.state_dict(keep_vars=True))

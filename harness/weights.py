@@ -44,7 +44,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from harness.trace import ROOT
-from harness.weightmap import Entry, Step, WeightMap, check_module, layout_steps, load_weight_map, owner_of
+from harness.checks import check_module
+from harness.weightmap import Entry, Step, WeightMap, layout_steps, load_weight_map, owner_of
 
 __all__ = ["WeightMap", "Entry", "map_weights", "infer_map", "load_weight_map"]
 

@@ -36,7 +36,7 @@ PAIRS = {
         ("convnext_xlarge_224", NIGHTLY, "ConvNeXt-xlarge vs timm convnext_xlarge, input 1x3x224x224"),
         ("convnext_xlarge_stage3_block", (), "ConvNeXt-xlarge stage-3 block (width 2048) vs timm ConvNeXtBlock on a 7x7 map: all 49 depthwise taps"),
     ),
-    "dinov3": (
+    "vlm": (
         ("dinov3_projector", (), "modality projector 2D pixel shuffle vs F.pixel_unshuffle formulation, grid 4x8, s=2"),
         ("dinov3_vit", (), "DINOv3 ViT (toy width) vs transformers DINOv3ViTModel, 2 x 64x64"),
         ("dinov3_vit_rect", (), "DINOv3 ViT (toy width) vs transformers DINOv3ViTModel, 1 x 640x960"),
@@ -45,7 +45,7 @@ PAIRS = {
         ("dinov3_vit_timm_rect", (), "DINOv3 ViT (toy width) vs timm vit_small_patch16_dinov3, 1 x 640x960"),
         ("dinov3_vit_timm_small", NIGHTLY, "DINOv3 ViT-S/16 vs timm vit_small_patch16_dinov3, 1 x 224x320"),
     ),
-    "mamba": (
+    "resampler": (
         ("mamba_mixer", (), "selective-scan mixer vs transformers MambaMixer (pure PyTorch), hidden 64"),
         ("mamba_mixer_bimamba", NIGHTLY, "selective-scan mixer vs transformers MambaMixer at the bimamba preset widths (1024 x 1.75)"),
     ),
@@ -88,14 +88,14 @@ for _family, _rows in PAIRS.items():
         register_lazy(_name, tags=_tags, description=_description, loader=f"{__name__}.{_family}")
 
 register_lazy_command(
-    "inspect", module=f"{__name__}.checkpoint_commands",
+    "inspect", module=f"{__name__}.inspect_cli",
     help="recognize a checkpoint's family and print its inferred dimensions and parameter count",
 )
 register_lazy_command(
-    "compat", module=f"{__name__}.checkpoint_commands",
+    "compat", module=f"{__name__}.mformer",
     help="mFormerV1 compatibility of a ConvNeXt and a RoPE-ViT checkpoint; exit 1 if incompatible",
 )
 register_lazy_command(
-    "add-metadata", module=f"{__name__}.resampler_commands",
+    "add-metadata", module=f"{__name__}.resampler",
     help="write the metadata JSON (full config, versions, weights hash) for a resampler checkpoint",
 )

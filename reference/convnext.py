@@ -32,7 +32,8 @@ variants at 1x3x224x224, ``convnext_{tiny,small,base}_384`` at 1x3x384x384. Peak
 float64 run with full traces: about 16 GB for ``convnext_xlarge_224``.
 
 Weights: the candidate's parameter names and shapes are timm's, so the transfer is the identity
-``convert_timm_state_dict`` (loaded strictly by ``Pair.build``). Module names match too, hence no
+``convert_timm_state_dict`` of :mod:`candidates.convnext.convert`, which also holds the original
+release's table (loaded strictly by ``Pair.build``). Module names match too, hence no
 rename rules; timm's no-op modules (``mlp.drop1/norm/drop2``, ``shortcut``, ``norm_pre``,
 ``head.global_pool/flatten/pre_logits/drop``) have no candidate twin and are listed as unmatched.
 """

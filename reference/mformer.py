@@ -7,18 +7,32 @@ ViT ``cls_token``, ``rope`` (``RotaryEmbeddingMixed``), ``blocks`` (``EvaBlock``
 is created at the input size, so timm's cached rotary grid is the H/16 x W/16 feature grid.
 
 Pairs: ``mformer_v1_{sm,md,lg,xl}`` (full depth, 224x224; md/lg/xl nightly) and
-``mformer_v1_{sm,md,lg,xl}_tiny`` (1 + 1 ConvNeXt blocks, 2 ViT blocks, 64x96, batch 2).
+``mformer_v1_{sm,md,lg,xl}_tiny`` (1 + 1 ConvNeXt blocks, 2 ViT blocks, 64x96, batch 2). The
+reference's names are the candidate's, so the transfer is the identity
+(:func:`candidates.mformer.convert.convert_timm_state_dict`).
+
+Command: ``python -m harness compat CONVNEXT ROPE_VIT`` prints the mFormerV1 compatibility table
+row of a ConvNeXt and a RoPE-ViT checkpoint (either layout; :func:`candidates.mformer.compat_row`);
+it exits 0 when the pair is compatible and 1 (after printing the row and an error naming both
+widths) when not. Unreadable or unrecognized files exit 2 through the harness CLI's error handling.
 """
 
 from __future__ import annotations
+
+import argparse
+import sys
 
 import torch
 from torch import nn
 
 import timm
 from harness import Pair, register
+from harness.cli import print_json, register_command
 
-from candidates.mformer import MFORMER_VARIANTS, mformer_v1
+from candidates.mformer import VARIANTS, compat_row, mformer_v1
+from candidates.mformer.convert import convert_timm_state_dict
+from candidates.recognize import inspect_checkpoint
+from reference.inspect_cli import num_heads_argument
 from reference.rope_vit import TIMM_NAMES, expose_rope_table, pin_eager_attention, randomize_rope_vit_
 
 __all__ = ["TimmMFormerV1", "timm_mformer_v1"]
@@ -69,20 +83,15 @@ def timm_mformer_v1(
     return TimmMFormerV1(convnext, vit).eval()
 
 
-def _convert(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Reference hybrid -> candidate: the same names on both sides (identity, as a new dict)."""
-    return dict(state_dict)
-
-
 def _register(variant: str, *, tiny: bool) -> None:
     size = TINY_SIZE if tiny else (224, 224)
     depths = {"convnext_depths": (1, 1), "vit_depth": 2} if tiny else {}
-    config = MFORMER_VARIANTS[variant]
+    config = VARIANTS[variant]
     register(Pair(
         name=f"mformer_v1_{variant}" + ("_tiny" if tiny else ""),
         candidate=lambda: mformer_v1(variant, **depths),
         reference=lambda: timm_mformer_v1(variant, img_size=size, **depths),
-        convert=_convert,
+        convert=convert_timm_state_dict,
         make_inputs=lambda g: torch.randn(2 if tiny else 1, 3, *size, generator=g),
         randomize_fn=randomize_rope_vit_,
         tags=frozenset() if tiny or variant == "sm" else frozenset({"nightly"}),
@@ -91,6 +100,34 @@ def _register(variant: str, *, tiny: bool) -> None:
     ))
 
 
-for _variant in MFORMER_VARIANTS:
+for _variant in VARIANTS:
     _register(_variant, tiny=False)
     _register(_variant, tiny=True)
+
+
+def _compat_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("convnext", metavar="CONVNEXT_CKPT", help="ConvNeXt checkpoint (timm or original layout)")
+    parser.add_argument("rope_vit", metavar="ROPE_VIT_CKPT", help="RoPE-Mixed ViT checkpoint (timm or original layout)")
+    parser.add_argument("--json", action="store_true", help="print the row as JSON instead of a table")
+    num_heads_argument(parser)
+
+
+def _compat(args: argparse.Namespace) -> int:
+    rope_vit = inspect_checkpoint(args.rope_vit, num_heads=args.num_heads)
+    row = compat_row(inspect_checkpoint(args.convnext), rope_vit)
+    if args.json:
+        print_json(row.to_dict())
+    else:
+        print(row.format())
+    if not row.compatible:
+        print(f"error: {row.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+register_command(
+    "compat",
+    help="mFormerV1 compatibility of a ConvNeXt and a RoPE-ViT checkpoint; exit 1 if incompatible",
+    add_arguments=_compat_arguments,
+    run=_compat,
+)

@@ -8,12 +8,11 @@
 - ``videomt_small`` / ``eomt_dinov3_small`` (nightly): the same at ViT-S width (384, 12 layers, 128x128);
   ``videomt_small_224`` (nightly): ViT-S on a 3-frame 224x224 clip, the benchmark's size.
 
-Adapters pin eval mode and eager attention. ``convert_*`` are pure state-dict functions.
+Adapters only build the upstream models, pinned to eval mode and eager attention; the weight
+mappings (``convert_hf_*``, pure state-dict functions) are the family's, in :mod:`candidates.videomt.convert`.
 """
 
 from __future__ import annotations
-
-import re
 
 import torch
 from transformers import (
@@ -23,11 +22,10 @@ from transformers import (
 from candidates.videomt import (
     VidEoMT, VidEoMTConfig, videomt_dinov3_tiny_config, videomt_small_config, videomt_tiny_config,
 )
+from candidates.videomt.convert import convert_hf_eomt_dinov3, convert_hf_videomt
 from harness import Pair, register
 
 __all__ = ["hf_videomt", "hf_eomt_dinov3", "convert_hf_videomt", "convert_hf_eomt_dinov3"]
-
-StateDict = dict[str, torch.Tensor]
 
 
 def _common_hf(cfg: VidEoMTConfig) -> dict:
@@ -60,46 +58,6 @@ def hf_eomt_dinov3(cfg: VidEoMTConfig) -> EomtDinov3ForUniversalSegmentation:
     return EomtDinov3ForUniversalSegmentation(hf).eval()
 
 
-_DROP = ("criterion.",)  # the loss's class weights: no part of inference
-
-
-def convert_hf_videomt(state: StateDict) -> StateDict:
-    """Videomt state dict -> candidate state dict (a rename of the patch and position embeddings)."""
-    out = {}
-    for key, value in state.items():
-        if key.startswith(_DROP):
-            continue
-        key = key.replace("embeddings.patch_embeddings.", "embeddings.patch_embed.")
-        key = key.replace("embeddings.position_embeddings.weight", "embeddings.position_embeddings")
-        out[key] = value
-    return out
-
-
-_DINOV3_RULES = (
-    (r"^embeddings\.patch_embeddings\.", "embeddings.patch_embed.projection."),
-    (r"\.attention\.o_proj\.", ".attention.out_proj."),
-    (r"\.mlp\.up_proj\.", ".mlp.fc1."),
-    (r"\.mlp\.down_proj\.", ".mlp.fc2."),
-)
-
-
-def convert_hf_eomt_dinov3(state: StateDict) -> StateDict:
-    """EoMT-DINOv3 state dict -> candidate state dict; the candidate's query_updater (unused on
-    single frames, absent upstream) gets zeros so the load stays strict."""
-    out = {}
-    for key, value in state.items():
-        if key.startswith(_DROP):
-            continue
-        for pattern, replacement in _DINOV3_RULES:
-            key = re.sub(pattern, replacement, key)
-        out[key] = value
-    d = state["query.weight"].shape[1]
-    dtype = state["query.weight"].dtype
-    out["query_updater.weight"] = torch.zeros(d, d, dtype=dtype)
-    out["query_updater.bias"] = torch.zeros(d, dtype=dtype)
-    return out
-
-
 # Candidate module names -> reference names, where they differ.
 VIDEOMT_RENAME = (
     (r"^embeddings\.patch_embed", "embeddings.patch_embeddings"),
@@ -123,36 +81,33 @@ def _video(batch: int, frames: int, size: int):
     return lambda g: torch.randn(batch, frames, 3, size, size, generator=g)
 
 
-def _videomt_pair(name: str, cfg: VidEoMTConfig, frames: int, batch: int, tags=frozenset(), description=""):
+def _pair(name: str, cfg: VidEoMTConfig, *, reference, convert, make_inputs, rename, input_name: str, tags,
+          description: str) -> Pair:
     return register(Pair(
         name=name,
         candidate=lambda: VidEoMT(cfg),
-        reference=lambda: hf_videomt(cfg),
-        convert=convert_hf_videomt,
-        make_inputs=_video(batch, frames, cfg.image_size),
-        rename=VIDEOMT_RENAME,
-        reference_call=lambda model, call: model(pixel_values_videos=call.args[0]),
+        reference=lambda: reference(cfg),
+        convert=convert,
+        make_inputs=make_inputs,
+        rename=rename,
+        reference_call=lambda model, call: model(**{input_name: call.args[0]}),
         candidate_outputs=_outputs,
         reference_outputs=_outputs,
         tags=frozenset(tags),
         description=description,
     ))
+
+
+def _videomt_pair(name: str, cfg: VidEoMTConfig, frames: int, batch: int, tags=frozenset(), description=""):
+    return _pair(name, cfg, reference=hf_videomt, convert=convert_hf_videomt,
+                 make_inputs=_video(batch, frames, cfg.image_size), rename=VIDEOMT_RENAME,
+                 input_name="pixel_values_videos", tags=tags, description=description)
 
 
 def _eomt_dinov3_pair(name: str, cfg: VidEoMTConfig, batch: int, tags=frozenset(), description=""):
-    return register(Pair(
-        name=name,
-        candidate=lambda: VidEoMT(cfg),
-        reference=lambda: hf_eomt_dinov3(cfg),
-        convert=convert_hf_eomt_dinov3,
-        make_inputs=lambda g: torch.randn(batch, 3, cfg.image_size, cfg.image_size, generator=g),
-        rename=EOMT_DINOV3_RENAME,
-        reference_call=lambda model, call: model(pixel_values=call.args[0]),
-        candidate_outputs=_outputs,
-        reference_outputs=_outputs,
-        tags=frozenset(tags),
-        description=description,
-    ))
+    return _pair(name, cfg, reference=hf_eomt_dinov3, convert=convert_hf_eomt_dinov3,
+                 make_inputs=lambda g: torch.randn(batch, 3, cfg.image_size, cfg.image_size, generator=g),
+                 rename=EOMT_DINOV3_RENAME, input_name="pixel_values", tags=tags, description=description)
 
 
 # Sizes come from the candidate's config factories: one source for tests, pairs and benchmarks.

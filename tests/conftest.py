@@ -1,6 +1,13 @@
-"""Shared test configuration: hypothesis profiles (``--nightly`` runs long ones)."""
+"""Shared test configuration: hypothesis profiles (``--nightly`` runs long ones).
+
+Helpers shared by the tests of several families live in ``tests/helpers.py`` (``from helpers import
+...``): a module named ``conftest`` is ambiguous once a test folder has its own (tests/ports).
+"""
 
 from hypothesis import HealthCheck, settings
+
+# Re-exported until every test imports them from helpers.
+from helpers import PARITY_DTYPES, RunsCode, inject_forward, swap_values_, write_malicious_checkpoint  # noqa: F401
 
 # Example counts live here, not in the tests, so that --nightly really runs the long version.
 settings.register_profile("default", deadline=None, max_examples=20, suppress_health_check=[HealthCheck.too_slow])
@@ -16,3 +23,4 @@ def pytest_configure(config):
     # runs before the test modules are imported, so their @settings inherit this profile
     if config.getoption("--nightly"):
         settings.load_profile("nightly")
+

@@ -209,3 +209,26 @@ def test_written_files_get_the_umask_mode_like_open(tmp_path):
     finally:
         os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644 and path.read_bytes() == b"x"
+
+
+# -- strict loading into a model ------------------------------------------------------------------
+def test_load_exactly_loads_a_fitting_state_dict():
+    model, source = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    cio.load_exactly(model, source.state_dict(), what="Linear(3, 2)")
+    assert torch.equal(model.weight, source.weight) and torch.equal(model.bias, source.bias)
+
+
+def test_load_exactly_names_missing_unexpected_and_misshapen_keys_and_changes_nothing():
+    model = torch.nn.Linear(3, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = {"weight": torch.zeros(2, 4), "extra": torch.zeros(1)}
+    with pytest.raises(ValueError, match=(r"checkpoint does not fit Linear\(3, 2\): missing \['bias'\], "
+                                          r"unexpected \['extra'\], wrong shape \['weight \(2, 4\) != \(2, 3\)'\]")):
+        cio.load_exactly(model, state, what="Linear(3, 2)")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items()), "a refused load changed the model"
+
+
+def test_load_exactly_says_how_many_keys_it_did_not_list():
+    model = torch.nn.Sequential(*(torch.nn.Linear(1, 1) for _ in range(4)))  # 8 keys
+    with pytest.raises(ValueError, match=r"missing \['0.bias', '0.weight', '1.bias', '1.weight', '2.bias'\] \(\+3 more\)"):
+        cio.load_exactly(model, {}, what="four Linears")

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from candidates.checkpoints import build_mformer, inspect_checkpoint
+from candidates.mformer import build_mformer
+from candidates.recognize import inspect_checkpoint
 from candidates.io import load_state_dict, naming_file, save_state_dict
 from candidates.resampler.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_metadata
 from candidates.resampler.resampler import BiMambaResampler, ResamplerConfig
-from candidates.videomt.convert import load_upstream
-from candidates.videomt.convert_dinov3 import load_upstream_dinov3
+from candidates.videomt.convert import load_upstream, load_upstream_dinov3
 
 VIT = "backbone.encoder.backbone."
 DINOV2_ARGS = dict(num_heads=2, layer_norm_eps=1e-6, hidden_act="gelu")

@@ -9,16 +9,17 @@ from candidates.convnext.convnext import (
     DropPath,
     LayerNorm2d,
     Mlp,
-    convert_timm_state_dict,
     convnext_base,
     convnext_large,
     convnext_small,
     convnext_tiny,
     convnext_xlarge,
 )
+from candidates.convnext.convert import convert_original_convnext, convert_timm_state_dict, convnext_to_original
 
 __all__ = [
     "VARIANTS", "ConvNeXt", "ConvNeXtBlock", "ConvNeXtConfig", "ConvNeXtStage", "DropPath",
-    "LayerNorm2d", "Mlp", "convert_timm_state_dict", "convnext_base", "convnext_large",
+    "LayerNorm2d", "Mlp", "convert_original_convnext", "convert_timm_state_dict", "convnext_to_original",
+    "convnext_base", "convnext_large",
     "convnext_small", "convnext_tiny", "convnext_xlarge",
 ]

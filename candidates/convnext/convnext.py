@@ -37,12 +37,13 @@ from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from candidates.layers import LayerNorm2d  # re-exported: candidates.convnext.LayerNorm2d
 
 __all__ = [
     "ConvNeXt", "ConvNeXtBlock", "ConvNeXtConfig", "ConvNeXtStage", "DropPath", "LayerNorm2d",
-    "Mlp", "VARIANTS", "convert_timm_state_dict", "convnext_base", "convnext_large",
+    "Mlp", "VARIANTS", "convnext_base", "convnext_large",
     "convnext_small", "convnext_tiny", "convnext_xlarge",
 ]
 
@@ -53,18 +54,6 @@ INIT_STD = 0.02
 # ---------------------------------------------------------------------------------------------
 # Leaf modules
 # ---------------------------------------------------------------------------------------------
-
-
-class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of a channels-first ``(B, C, H, W)`` tensor."""
-
-    def __init__(self, num_channels: int, *, eps: float = LAYER_NORM_EPS) -> None:
-        super().__init__(num_channels, eps=eps)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
-        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)  # (B, C, H, W)
 
 
 class DropPath(nn.Module):
@@ -290,20 +279,6 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.trunc_normal_(module.weight, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-
-
-# ---------------------------------------------------------------------------------------------
-# Key mapping
-# ---------------------------------------------------------------------------------------------
-
-
-def convert_timm_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """timm ``convnext_*`` state dict -> ours (and back): the identity, as a new dict.
-
-    Every parameter already carries timm's name and shape, so no key is renamed and no tensor is
-    reshaped; the function exists so the transfer stays an explicit, tested step of the pair.
-    """
-    return dict(state_dict)
 
 
 # ---------------------------------------------------------------------------------------------

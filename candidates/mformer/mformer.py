@@ -18,27 +18,17 @@ The juncture width ``dims[2]`` of the ConvNeXt must equal the RoPE-ViT ``embed_d
 :func:`check_juncture` refuses other pairs with one message naming both widths, used by the
 constructor, by checkpoint loading and by ``python -m harness compat``.
 
-Key map from the two source checkpoints (timm layouts; the original releases are converted to
-them first by ``candidates.checkpoints``):
-
-    ConvNeXt checkpoint            mFormerV1              RoPE-ViT checkpoint   mFormerV1
-    stem.*                      -> stem.*                 cls_token          -> cls_token
-    stages.0.*                  -> stages.0.*             rope.freqs         -> rope.freqs
-    stages.1.*                  -> stages.1.*             blocks.*           -> blocks.*
-    stages.2.downsample.*       -> downsample.*           norm.*, head.*     -> norm.*, head.*
-    stages.2.blocks.*, stages.3.*, head.*  unused         patch_embed.*         unused
-
-In the original ConvNeXt release's names the juncture is ``downsample_layers.2`` (index 0 is the
-stem). The seed's note calls it ``mFormerV1.downsample_layers[1]``, its own numbering; read with
-the release's numbering that index would be the dims[0] -> dims[1] downsample, which cannot output
-width dims[2], so the map above follows the widths. Unused keys are returned in a
-:class:`LoadReport`, never dropped silently.
+Weights: :mod:`candidates.mformer.convert` maps a ConvNeXt and a RoPE-ViT checkpoint into one
+model (stem, stages 0-1 and the juncture ``stages.2.downsample`` from the first; ``cls_token``,
+``rope.freqs``, blocks, norm and head from the second) and recognizes an mFormerV1 state dict;
+:mod:`candidates.mformer.assembly` builds the model from two checkpoint files and computes the
+compatibility table row.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
@@ -46,16 +36,15 @@ import torch
 from torch import nn
 
 from candidates.convnext import VARIANTS as CONVNEXT_VARIANTS
-from candidates.convnext import ConvNeXtConfig, ConvNeXtStage, LayerNorm2d
-from candidates.rope_vit.rope_vit import ROPE_VIT_VARIANTS, Block, MixedRope, RopeViTConfig, load_exactly
+from candidates.convnext import ConvNeXtConfig, ConvNeXtStage
+from candidates.layers import LayerNorm2d
+from candidates.rope_vit.rope_vit import VARIANTS as ROPE_VIT_VARIANTS
+from candidates.rope_vit.rope_vit import Block, MixedRope, RopeViTConfig
 
 __all__ = [
-    "MFormerConfig", "MFormerV1", "MFORMER_VARIANTS", "LoadReport", "check_juncture",
-    "split_convnext_state_dict", "split_rope_vit_state_dict", "load_mformer_from_state_dicts",
-    "mformer_v1", "mformer_v1_sm", "mformer_v1_md", "mformer_v1_lg", "mformer_v1_xl",
+    "MFormerConfig", "MFormerV1", "VARIANTS", "check_juncture", "mformer_v1", "mformer_v1_sm", "mformer_v1_md",
+    "mformer_v1_lg", "mformer_v1_xl",
 ]
-
-StateDict = dict[str, torch.Tensor]
 
 
 def check_juncture(convnext_dims: tuple[int, ...], vit_embed_dim: int) -> None:
@@ -97,8 +86,8 @@ class MFormerConfig:
 
 _SMALL, _BASE, _LARGE = (f"rope_mixed_deit_{size}_patch16_LS" for size in ("small", "base", "large"))
 
-# The seed's four variants: (ConvNeXt checkpoint family, RoPE-ViT checkpoint family); read-only.
-MFORMER_VARIANTS: Mapping[str, MFormerConfig] = MappingProxyType({
+# The four designed variants: (ConvNeXt checkpoint family, RoPE-ViT checkpoint family); read-only.
+VARIANTS: Mapping[str, MFormerConfig] = MappingProxyType({
     "sm": MFormerConfig(CONVNEXT_VARIANTS["tiny"], ROPE_VIT_VARIANTS["small"], "convnext_tiny", _SMALL),
     "md": MFormerConfig(CONVNEXT_VARIANTS["small"], ROPE_VIT_VARIANTS["small"], "convnext_small", _SMALL),
     "lg": MFormerConfig(CONVNEXT_VARIANTS["large"], ROPE_VIT_VARIANTS["base"], "convnext_large", _BASE),
@@ -154,87 +143,6 @@ class MFormerV1(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Key mapping: two checkpoints -> one model
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class LoadReport:
-    """Which checkpoint keys went where; ``unused_*`` lists what the hybrid does not take."""
-
-    used_convnext: list[str] = field(default_factory=list)
-    unused_convnext: list[str] = field(default_factory=list)
-    used_rope_vit: list[str] = field(default_factory=list)
-    unused_rope_vit: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        def groups(keys: list[str]) -> str:
-            # stages.2.blocks.0.gamma -> stages.2, patch_embed.proj.weight -> patch_embed
-            depth = lambda k: 2 if k.startswith("stages.") else 1
-            return ", ".join(sorted({".".join(k.split(".")[:depth(k)]) for k in keys})) or "none"
-
-        return (
-            f"ConvNeXt: {len(self.used_convnext)} tensors used, "
-            f"{len(self.unused_convnext)} unused ({groups(self.unused_convnext)}); "
-            f"RoPE-ViT: {len(self.used_rope_vit)} tensors used, "
-            f"{len(self.unused_rope_vit)} unused ({groups(self.unused_rope_vit)})"
-        )
-
-
-def split_convnext_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple[StateDict, list[str]]:
-    """timm-layout ConvNeXt keys -> (mFormer keys, unused keys)."""
-    taken: StateDict = {}
-    unused: list[str] = []
-    for key, value in state_dict.items():
-        if key.startswith(("stem.", "stages.0.", "stages.1.")):
-            taken[key] = value
-        elif key.startswith("stages.2.downsample."):
-            taken["downsample." + key[len("stages.2.downsample."):]] = value
-        else:
-            unused.append(key)
-    return taken, unused
-
-
-def split_rope_vit_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple[StateDict, list[str]]:
-    """timm-layout RoPE-ViT keys -> (mFormer keys, unused keys)."""
-    taken: StateDict = {}
-    unused: list[str] = []
-    for key, value in state_dict.items():
-        if key in ("cls_token", "rope.freqs") or key.startswith(("blocks.", "norm.", "head.")):
-            taken[key] = value
-        else:
-            unused.append(key)
-    return taken, unused
-
-
-def load_mformer_from_state_dicts(
-    model: MFormerV1,
-    convnext_state: Mapping[str, torch.Tensor],
-    rope_vit_state: Mapping[str, torch.Tensor],
-) -> LoadReport:
-    """Fill ``model`` from a ConvNeXt and a RoPE-ViT state dict (timm layouts), strictly."""
-    juncture = convnext_state.get("stages.2.downsample.1.weight")
-    cls_token = rope_vit_state.get("cls_token")
-    if juncture is not None and cls_token is not None:
-        dims = (
-            convnext_state["stem.0.weight"].shape[0],
-            convnext_state["stages.1.downsample.1.weight"].shape[0],
-            juncture.shape[0],
-        )
-        check_juncture(dims, cls_token.shape[-1])
-    convnext_part, unused_convnext = split_convnext_state_dict(convnext_state)
-    vit_part, unused_vit = split_rope_vit_state_dict(rope_vit_state)
-    cnx, vit = model.config.convnext, model.config.vit
-    what = f"mFormerV1(convnext depths {list(cnx.depths[:2])}, dims {list(cnx.dims[:3])}, vit depth {vit.depth})"
-    load_exactly(model, {**convnext_part, **vit_part}, what=what)
-    return LoadReport(
-        used_convnext=sorted(set(convnext_state) - set(unused_convnext)),
-        unused_convnext=sorted(unused_convnext),
-        used_rope_vit=sorted(set(rope_vit_state) - set(unused_vit)),
-        unused_rope_vit=sorted(unused_vit),
-    )
-
-
-# ---------------------------------------------------------------------------------------------
 # Factories
 # ---------------------------------------------------------------------------------------------
 
@@ -246,9 +154,9 @@ def mformer_v1(
     num_classes: int | None = None,
 ) -> MFormerV1:
     """An mFormerV1 variant from the variant table; depths may be reduced (e.g. for tests)."""
-    if variant not in MFORMER_VARIANTS:
-        raise ValueError(f"unknown mFormerV1 variant {variant!r}; expected one of {sorted(MFORMER_VARIANTS)}")
-    config = MFORMER_VARIANTS[variant]
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown mFormerV1 variant {variant!r}; expected one of {sorted(VARIANTS)}")
+    config = VARIANTS[variant]
     if convnext_depths is not None:
         if len(convnext_depths) != 2:
             raise ValueError(f"convnext_depths gives the depths of stages 0 and 1, got {convnext_depths!r}")

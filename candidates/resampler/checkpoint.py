@@ -8,22 +8,23 @@ mismatch, or worse, loads something half-right. Three layers, each reported per 
    holding the complete :class:`ResamplerConfig`, the library versions and the SHA-256 of the
    weights file. Both files are written atomically (temp file in the same folder, then
    ``os.replace``); the hash ties them together, so a stale or torn pair is an error.
-2. **Inference from weight shapes** for checkpoints without metadata (``hidden_dim`` from the
-   rows of ``input_proj.weight``, ``expand`` from the mixer's ``in_proj.weight`` rows /
-   (2 * hidden_dim), ``d_state``/``d_conv``/``dt_rank``/``depth`` from their tensors). Metadata
-   is checked against it: a contradiction is an error naming field, both values and the tensor.
+2. **Inference from weight shapes** (:func:`~candidates.resampler.convert.infer_config`) for
+   checkpoints without metadata (``hidden_dim`` from the rows of ``input_proj.weight``,
+   ``expand`` from the mixer's ``in_proj.weight`` rows / (2 * hidden_dim),
+   ``d_state``/``d_conv``/``dt_rank``/``depth`` from their tensors). Metadata is checked
+   against it: a contradiction is an error naming field, both values and the tensor.
 3. **Defaults** (a preset or a user config) only for fields that neither layer determines.
 
-Key prefixes. A training framework stores the resampler inside a bigger model, e.g. a Lightning
+Key layouts. A training framework stores the resampler inside a bigger model, e.g. a Lightning
 ``.ckpt`` whose ``state_dict`` holds ``resampler_module.resampler.input_proj.weight`` next to
-other modules' keys. The resampler's keys are those under one prefix, ending right before
-``input_proj.weight``: an explicit ``prefix=`` (``--prefix``), else the one recorded in the
-metadata, else the only prefix that holds an ``input_proj.weight`` (several is an error naming
-them). Keys outside it are ignored and counted; the prefix and its source are reported.
+other modules' keys. Which prefix, and the table that reads the keys under it, are
+:mod:`candidates.resampler.convert`'s job; this module records the prefix in the metadata and
+reports it with its source. Loading is strict: every key the model has, none it lacks, every
+shape equal, dtypes kept as stored.
 
 Legacy ``.pth``/``.pt``/``.ckpt`` files are read with ``torch.load(weights_only=True)`` only, so
 a pickle that would execute code is refused. ``python -m harness add-metadata CKPT`` (see
-``reference/resampler_commands.py``) writes the metadata for such files.
+``reference/resampler.py``) writes the metadata for such files.
 """
 
 from __future__ import annotations
@@ -33,23 +34,23 @@ import json
 import logging
 import os
 import platform
-import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import safetensors
 import safetensors.torch
 import torch
 
 from candidates.io import PICKLE_SUFFIXES, StateDict, UnsafePickleError, atomic_write_bytes, state_dict_from_bytes
+from candidates.resampler.convert import FieldSource, KeyPrefix, infer_config, select_prefix
 from candidates.resampler.resampler import BiMambaResampler, ResamplerConfig
 
 __all__ = [
-    "CheckpointError", "FieldSource", "KeyPrefix", "LoadedCheckpoint", "metadata_path", "read_weights",
-    "find_prefixes", "select_prefix", "infer_config", "resolve_config", "save_checkpoint", "load_checkpoint",
-    "load_weights_into", "write_metadata",
+    "CheckpointError", "LoadedCheckpoint", "metadata_path", "read_weights", "resolve_config", "save_checkpoint",
+    "load_checkpoint", "load_weights_into", "write_metadata",
 ]
 
 logger = logging.getLogger(__name__)
@@ -60,30 +61,6 @@ FORMAT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit; the message names the file."""
-
-
-@dataclass(frozen=True)
-class FieldSource:
-    """Where one config field came from: ``metadata``, ``weights`` (with the tensor) or ``defaults``."""
-
-    kind: str
-    detail: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.kind} ({self.detail})" if self.detail else self.kind
-
-
-@dataclass(frozen=True)
-class KeyPrefix:
-    """The prefix the resampler's keys carry in a file, where it came from, and how many keys lie outside it."""
-
-    value: str
-    source: FieldSource
-    ignored: int = 0
-
-    def __str__(self) -> str:
-        outside = f"; {self.ignored} keys outside it ignored" if self.ignored else ""
-        return f"{self.value!r} <- {self.source}{outside}"
 
 
 @dataclass(frozen=True)
@@ -213,111 +190,29 @@ def _read_metadata(path: Path, weights: Path, digest: str) -> tuple[dict[str, An
 
 
 # ---------------------------------------------------------------------------------------------
-# Key prefixes: the resampler inside a bigger checkpoint
+# The configuration: metadata, then the weights, then defaults
 # ---------------------------------------------------------------------------------------------
 
-_ANCHOR = "input_proj.weight"
+
+@contextmanager
+def _content_errors(path: Path) -> Iterator[None]:
+    """A ValueError about what the file holds (layout, shapes) becomes a CheckpointError naming it."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except ValueError as exc:
+        message = str(exc)
+        raise CheckpointError(message if message.startswith(str(path)) else f"{path}: {message}") from exc
 
 
-def find_prefixes(state: Mapping[str, torch.Tensor]) -> list[str]:
-    """Every prefix (``""`` or ending in ``.``) directly followed by ``input_proj.weight`` in a key."""
-    return sorted(
-        key[: -len(_ANCHOR)] for key in state
-        if key == _ANCHOR or (key.endswith(_ANCHOR) and key[-len(_ANCHOR) - 1] == ".")
-    )
-
-
-def _normalize_prefix(prefix: str) -> str:
-    if not isinstance(prefix, str):
-        raise TypeError(f"prefix must be a str such as 'resampler_module.resampler.', got {type(prefix).__name__}")
-    return prefix if prefix == "" or prefix.endswith(".") else prefix + "."
-
-
-def select_prefix(
-    state: Mapping[str, torch.Tensor], *, prefix: str | None = None, recorded: str | None = None,
-    where: str = "checkpoint",
-) -> tuple[StateDict, KeyPrefix]:
-    """The resampler's tensors with their prefix stripped, and the prefix used.
-
-    Priority: ``prefix`` (a missing trailing ``.`` is added), then ``recorded`` (from metadata),
-    then detection: the only prefix followed by ``input_proj.weight``. No such key: no prefix.
-    Several: an error listing them. Keys outside the prefix are left out and counted.
-    """
-    found = find_prefixes(state)
-    if prefix is not None:
-        prefix = _normalize_prefix(prefix)
-        if recorded is not None and prefix != recorded:
-            raise CheckpointError(f"{where}: prefix={prefix!r} contradicts the prefix {recorded!r} recorded in its metadata")
-        if not any(key.startswith(prefix) for key in state):
-            raise CheckpointError(
-                f"{where}: no key starts with prefix {prefix!r}; prefixes followed by {_ANCHOR} in this file: {found}"
-            )
-        source = FieldSource("argument")
-    elif recorded is not None:
-        prefix, source = recorded, FieldSource("metadata")
-    elif len(found) == 1:
-        prefix, source = found[0], FieldSource("detected", f"the only key ending in {_ANCHOR}: {found[0]}{_ANCHOR}")
-    elif not found:
-        prefix, source = "", FieldSource("none", f"no key ends in {_ANCHOR}")
-    else:
-        counts = [f"  {p!r}: {sum(k.startswith(p) for k in state)} keys" for p in found]
-        raise CheckpointError(
-            f"{where}: ambiguous key prefix: {len(found)} prefixes are followed by {_ANCHOR}:\n" + "\n".join(counts)
-            + f"\nPick one with prefix={found[0]!r} (CLI: --prefix {found[0]})"
-        )
-    inner = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
-    return inner, KeyPrefix(prefix, source, ignored=len(state) - len(inner))
-
-
-# ---------------------------------------------------------------------------------------------
-# Layer 2: the configuration implied by the weights
-# ---------------------------------------------------------------------------------------------
-
-_MIXER = "blocks.0.forward_block"
-
-
-def _shape(t: torch.Tensor) -> str:
-    return "(" + ", ".join(str(d) for d in t.shape) + ")"
-
-
-def infer_config(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[Any, str]]:
-    """Config fields implied by tensor shapes: ``{field: (value, "tensor (shape)")}``.
-
-    Fields the weights do not determine (``norm_eps``, ``preset``; the mixer fields when
-    ``depth == 0``) are absent.
-    """
-    found: dict[str, tuple[Any, str]] = {}
-
-    def tensor(key: str, ndim: int) -> torch.Tensor | None:
-        t = state.get(key)
-        if t is not None and t.ndim != ndim:
-            raise ValueError(f"tensor {key} should have {ndim} dims, has shape {_shape(t)}")
-        return t
-
-    if (w := tensor("input_proj.weight", 2)) is not None:
-        found["hidden_dim"] = (int(w.shape[0]), f"input_proj.weight {_shape(w)}")
-        found["vision_dim"] = (int(w.shape[1]), f"input_proj.weight {_shape(w)}")
-    if (w := tensor("output_proj.weight", 2)) is not None:
-        found["out_dim"] = (int(w.shape[0]), f"output_proj.weight {_shape(w)}")
-    indices = sorted({int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))})
-    if indices != list(range(len(indices))):
-        raise ValueError(f"block indices must be 0..n-1, found {indices}")
-    if "input_proj.weight" in state:  # only count blocks of something that is a resampler at all
-        found["depth"] = (len(indices), f"blocks.* ({len(indices)} distinct indices)")
-    if (w := tensor(f"{_MIXER}.in_proj.weight", 2)) is not None:
-        if w.shape[0] % 2:
-            raise ValueError(f"tensor {_MIXER}.in_proj.weight {_shape(w)} should have an even row count (signal + gate)")
-        d_inner, hidden = w.shape[0] // 2, int(w.shape[1])
-        found["expand"] = (d_inner / hidden, f"{_MIXER}.in_proj.weight {_shape(w)}: {d_inner} / {hidden}")
-        found["bias"] = (f"{_MIXER}.in_proj.bias" in state, f"{_MIXER}.in_proj.bias present?")
-    if (w := tensor(f"{_MIXER}.A_log", 2)) is not None:
-        found["d_state"] = (int(w.shape[1]), f"{_MIXER}.A_log {_shape(w)}")
-    if (w := tensor(f"{_MIXER}.conv1d.weight", 3)) is not None:
-        found["d_conv"] = (int(w.shape[2]), f"{_MIXER}.conv1d.weight {_shape(w)}")
-        found["conv_bias"] = (f"{_MIXER}.conv1d.bias" in state, f"{_MIXER}.conv1d.bias present?")
-    if (w := tensor(f"{_MIXER}.dt_proj.weight", 2)) is not None:
-        found["dt_rank"] = (int(w.shape[1]), f"{_MIXER}.dt_proj.weight {_shape(w)}")
-    return found
+def _resampler_state(
+    path: Path, weights: Mapping[str, torch.Tensor], *, prefix: str | None, recorded: str | None = None
+) -> tuple[StateDict, KeyPrefix, dict[str, tuple[Any, str]]]:
+    """The resampler's bare state dict in the file, the prefix it sat under, and the config its shapes imply."""
+    with _content_errors(path):
+        state, used = select_prefix(weights, prefix=prefix, recorded=recorded, where=str(path))
+        return state, used, infer_config(state)
 
 
 def _same(field: str, a: Any, b: Any) -> bool:
@@ -380,36 +275,29 @@ def _fit_report(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> li
     return problems
 
 
+def _shape(t: torch.Tensor) -> str:
+    return "(" + ", ".join(str(d) for d in t.shape) + ")"
+
+
 def _skeleton(config: ResamplerConfig) -> BiMambaResampler:
     """A model with parameters on the meta device: shapes only, filled by ``load_state_dict(assign=True)``."""
     with torch.device("meta"):
         return BiMambaResampler(config)
 
 
-def _require_resampler(state: Mapping[str, torch.Tensor], prefix: KeyPrefix, path: Path) -> None:
-    """A file holding no resampler is refused with that one reason first, not a list of missing keys."""
-    if "input_proj.weight" in state:
-        return
-    raise CheckpointError(
-        f"{path}: not a resampler checkpoint: no key ends in {_ANCHOR} under prefix {prefix.value!r} "
-        f"(first keys: {sorted(state)[:3]}); if the resampler sits under another prefix, pass prefix=... "
-        f"(CLI --prefix)")
-
-
 def load_weights_into(model: BiMambaResampler, path: str | os.PathLike, *, prefix: str | None = None) -> KeyPrefix:
     """Load ``path`` into an existing ``model``, strictly and bitwise (dtypes kept as stored).
 
-    The resampler's keys are found as in :func:`select_prefix`. A mismatch raises one error
-    listing every offending key with both shapes, and the config that would fit the checkpoint.
-    Returns the key prefix used.
+    The resampler's keys are found as in :func:`~candidates.resampler.convert.select_prefix`. A
+    mismatch raises one error listing every offending key with both shapes, and the config that
+    would fit the checkpoint. Returns the key prefix used.
     """
     path = Path(path)
-    state, used = select_prefix(read_weights(path), prefix=prefix, where=str(path))
-    _require_resampler(state, used, path)
+    state, used, inferred = _resampler_state(path, read_weights(path), prefix=prefix)
     problems = _fit_report(model, state)
     if problems:
         try:
-            fitting, _ = resolve_config(None, infer_config(state), model.config, where=str(path))
+            fitting, _ = resolve_config(None, inferred, model.config, where=str(path))
             hint = f"A model that fits: BiMambaResampler({fitting!r}), or use load_checkpoint({str(path)!r})."
         except ValueError as exc:
             hint = f"No config fits these weights: {exc}"
@@ -450,8 +338,9 @@ def load_checkpoint(
     """Rebuild the resampler stored at ``path``: metadata -> weight shapes -> ``defaults``.
 
     ``prefix``: the resampler's key prefix inside the file (default: recorded or detected, see
-    :func:`select_prefix`). Returns the model (eval mode, weights and dtypes bitwise as stored),
-    its config, the source of every config field and the prefix (all also logged at INFO).
+    :func:`~candidates.resampler.convert.select_prefix`). Returns the model (eval mode, weights
+    and dtypes bitwise as stored), its config, the source of every config field and the prefix
+    (all also logged at INFO).
     """
     path = Path(path)
     defaults = ResamplerConfig() if defaults is None else defaults
@@ -459,12 +348,7 @@ def load_checkpoint(
         raise TypeError(f"defaults must be a ResamplerConfig, got {type(defaults).__name__}")
     data = _read_bytes(path)
     meta, recorded = _read_metadata(metadata_path(path), path, hashlib.sha256(data).hexdigest())
-    state, used = select_prefix(_parse_weights(path, data), prefix=prefix, recorded=recorded, where=str(path))
-    _require_resampler(state, used, path)
-    try:
-        inferred = infer_config(state)
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: {exc}") from exc
+    state, used, inferred = _resampler_state(path, _parse_weights(path, data), prefix=prefix, recorded=recorded)
     config, sources = resolve_config(meta, inferred, defaults, where=str(path))
     model = _skeleton(config)
     problems = _fit_report(model, state)
@@ -486,8 +370,8 @@ def write_metadata(
     """Write the metadata of a legacy checkpoint, inferred from its weights (``add-metadata``).
 
     Fields the weights do not determine come from ``defaults``; every source, and the key prefix
-    (``prefix`` or detected, see :func:`select_prefix`), is recorded in the file. Existing
-    metadata is kept unless ``force``.
+    (``prefix`` or detected, see :func:`~candidates.resampler.convert.select_prefix`), is
+    recorded in the file. Existing metadata is kept unless ``force``.
     """
     path = Path(path)
     meta = metadata_path(path)
@@ -496,12 +380,7 @@ def write_metadata(
     if meta.exists() and not force:
         raise CheckpointError(f"{meta} already exists; pass force=True (--force) to rewrite it from the weights")
     data = _read_bytes(path)
-    state, used = select_prefix(_parse_weights(path, data), prefix=prefix, where=str(path))
-    _require_resampler(state, used, path)
-    try:
-        inferred = infer_config(state)
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: {exc}") from exc
+    state, used, inferred = _resampler_state(path, _parse_weights(path, data), prefix=prefix)
     config, sources = resolve_config(None, inferred, defaults or ResamplerConfig(), where=str(path))
     problems = _fit_report(_skeleton(config), state)
     if problems:

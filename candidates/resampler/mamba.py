@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.checks import check_int
+
 __all__ = ["CausalConv1d", "MambaMixer", "SelectiveScan", "selective_scan"]
 
 
@@ -139,11 +141,10 @@ class MambaMixer(nn.Module):
     ) -> None:
         super().__init__()
         for name, value in (("hidden_dim", hidden_dim), ("d_inner", d_inner), ("d_state", d_state), ("d_conv", d_conv)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"MambaMixer: {name} must be a positive int, got {value!r}")
-        dt_rank = math.ceil(hidden_dim / 16) if dt_rank is None else dt_rank
-        if not isinstance(dt_rank, int) or dt_rank < 1:
-            raise ValueError(f"MambaMixer: dt_rank must be a positive int or None (auto), got {dt_rank!r}")
+            check_int(f"MambaMixer.{name}", value, minimum=1)
+        if dt_rank is None:
+            dt_rank = math.ceil(hidden_dim / 16)  # upstream's automatic rank
+        check_int("MambaMixer.dt_rank", dt_rank, minimum=1, fix="pass None for the automatic ceil(hidden_dim / 16)")
         self.hidden_dim, self.d_inner, self.d_state, self.d_conv, self.dt_rank = (
             hidden_dim, d_inner, d_state, d_conv, dt_rank
         )

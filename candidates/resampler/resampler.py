@@ -10,21 +10,27 @@ bidirectional scan; the mixer itself is :class:`candidates.resampler.mamba.Mamba
 
 The configuration is a frozen dataclass and is the single source of truth for every width: a
 checkpoint stores it next to the weights (see ``checkpoint.py``), so a model is never rebuilt
-from defaults that differ from the ones it was trained with.
+from defaults that differ from the ones it was trained with. The released configurations are
+the read-only :data:`VARIANTS`; ``ResamplerConfig.from_preset(name, **overrides)`` derives others.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
+from types import MappingProxyType
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from candidates.resampler.mamba import MambaMixer
+from harness.checks import check_int, check_number, check_type
 
-__all__ = ["ResamplerConfig", "PRESETS", "BiMambaBlock", "BiMambaResampler", "bimamba_resampler"]
+__all__ = [
+    "ResamplerConfig", "VARIANTS", "BiMambaBlock", "BiMambaResampler", "bimamba_resampler", "bimamba_large_resampler",
+    "inner_width",
+]
 
 # hidden_dim * expand must be a whole number of channels. A ratio read back from weights
 # (d_inner / hidden_dim, e.g. 200 / 96) times hidden_dim can miss the integer by float rounding
@@ -51,7 +57,7 @@ class ResamplerConfig:
 
     ``dt_rank=None`` means upstream Mamba's "auto" rank ``ceil(hidden_dim / 16)``; it is resolved
     on construction, so a config always holds the concrete rank it builds. ``preset`` is only a
-    label recording which preset the values came from.
+    label recording which of the :data:`VARIANTS` the values came from (a checkpoint metadata field).
     """
 
     vision_dim: int = 1152
@@ -69,22 +75,18 @@ class ResamplerConfig:
 
     def __post_init__(self) -> None:
         for name in ("vision_dim", "hidden_dim", "out_dim", "d_state", "d_conv"):
-            _check_int(name, getattr(self, name), minimum=1)
-        _check_int("depth", self.depth, minimum=0)
+            check_int(f"ResamplerConfig.{name}", getattr(self, name), minimum=1)
+        check_int("ResamplerConfig.depth", self.depth, minimum=0)
         for name in ("bias", "conv_bias"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"ResamplerConfig.{name} must be a bool, got {getattr(self, name)!r}")
+            check_type(f"ResamplerConfig.{name}", getattr(self, name), bool)
         for name in ("expand", "norm_eps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"ResamplerConfig.{name} must be a finite number > 0, got {value!r}")
-            object.__setattr__(self, name, float(value))
-        if self.preset is not None and not isinstance(self.preset, str):
-            raise TypeError(f"ResamplerConfig.preset must be a str or None, got {self.preset!r}")
+            object.__setattr__(self, name, check_number(f"ResamplerConfig.{name}", getattr(self, name), above=0))
+        check_type("ResamplerConfig.preset", self.preset, (str, type(None)))
         inner_width(self.hidden_dim, self.expand)
         if self.dt_rank is None:
             object.__setattr__(self, "dt_rank", math.ceil(self.hidden_dim / 16))
-        _check_int("dt_rank", self.dt_rank, minimum=1)
+        check_int("ResamplerConfig.dt_rank", self.dt_rank, minimum=1,
+                  fix="pass None for upstream's automatic rank ceil(hidden_dim / 16)")
 
     @property
     def d_inner(self) -> int:
@@ -93,10 +95,10 @@ class ResamplerConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "ResamplerConfig":
-        """The preset called ``name`` with some fields replaced."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown resampler preset {name!r}; expected one of {sorted(PRESETS)}")
-        preset = PRESETS[name]
+        """The variant called ``name`` (a key of :data:`VARIANTS`) with some fields replaced."""
+        if name not in VARIANTS:
+            raise ValueError(f"unknown resampler preset {name!r}; expected one of {sorted(VARIANTS)}")
+        preset = VARIANTS[name]
         if "dt_rank" not in overrides and preset.dt_rank == math.ceil(preset.hidden_dim / 16):
             overrides["dt_rank"] = None  # the preset's rank is "auto": keep it auto for a new width
         return replace(preset, **overrides)
@@ -116,19 +118,6 @@ class ResamplerConfig:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
-
-
-def _check_int(name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"ResamplerConfig.{name} must be an int >= {minimum}, got {value!r}")
-
-
-PRESETS: dict[str, ResamplerConfig] = {
-    # The seed's trained configuration: 1024 * 1.75 = 1792 inner channels per mixer.
-    "bimamba": ResamplerConfig(hidden_dim=1024, expand=1.75, d_state=64, d_conv=4, preset="bimamba"),
-    # The wider default (what a model built without the checkpoint's config gets).
-    "bimamba_large": ResamplerConfig(hidden_dim=1536, expand=2.0, d_state=64, d_conv=4, preset="bimamba_large"),
-}
 
 
 class BiMambaBlock(nn.Module):
@@ -184,6 +173,23 @@ class BiMambaResampler(nn.Module):
         return self.output_proj(self.norm(x))  # (batch, tokens, out_dim)
 
 
-def bimamba_resampler(preset: str = "bimamba", **overrides: Any) -> BiMambaResampler:
-    """A resampler from a named preset, some fields overridden (``depth=1``, ``vision_dim=768``...)."""
-    return BiMambaResampler(ResamplerConfig.from_preset(preset, **overrides))
+# ---------------------------------------------------------------------------------------------
+# Variants and factories
+# ---------------------------------------------------------------------------------------------
+
+VARIANTS: Mapping[str, ResamplerConfig] = MappingProxyType({
+    # The trained configuration: 1024 * 1.75 = 1792 inner channels per mixer.
+    "bimamba": ResamplerConfig(hidden_dim=1024, expand=1.75, d_state=64, d_conv=4, preset="bimamba"),
+    # The wider default (what a model built without the checkpoint's config gets).
+    "bimamba_large": ResamplerConfig(hidden_dim=1536, expand=2.0, d_state=64, d_conv=4, preset="bimamba_large"),
+})
+
+
+def bimamba_resampler(**overrides: Any) -> BiMambaResampler:
+    """The ``bimamba`` variant (hidden 1024 x 1.75); ``overrides`` replace fields (``depth=1``, ``vision_dim=768``)."""
+    return BiMambaResampler(ResamplerConfig.from_preset("bimamba", **overrides))
+
+
+def bimamba_large_resampler(**overrides: Any) -> BiMambaResampler:
+    """The ``bimamba_large`` variant (hidden 1536 x 2.0); ``overrides`` replace fields."""
+    return BiMambaResampler(ResamplerConfig.from_preset("bimamba_large", **overrides))

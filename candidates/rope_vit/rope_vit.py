@@ -22,20 +22,8 @@ Deliberate choices:
   * Attention is written out (scaled q k^T, softmax, times v), no fused kernel, so every step is
     traceable and bitwise comparable with the reference's eager path.
   * Parameter names follow timm's Eva (``blocks.i.gamma_1``, ``attn.qkv``, ``rope.freqs``), so a
-    timm checkpoint loads as is; :func:`convert_original_state_dict` maps the original release.
-
-Checkpoint layouts (both loaded by :func:`load_rope_vit_state_dict`):
-
-    original release (naver-ai/rope-vit)    this package / timm
-    ------------------------------------    ------------------------------------------------
-    freqs            (2, depth, dim // 2)    rope.freqs (2, depth, heads, head_dim // 2)  [view]
-    freqs_t_x, freqs_t_y (grid buffers)      dropped: derived from the input size every call
-    cls_token, patch_embed.proj.*            same
-    blocks.i.{norm1,norm2,gamma_1,gamma_2}   same
-    blocks.i.attn.{qkv,proj}.*               same
-    blocks.i.mlp.{fc1,fc2}.*                 same
-    norm.*, head.*                           same
-    a wrapping {"model": ...} dict           unwrapped by candidates.checkpoints.load_state_dict
+    timm checkpoint loads as is; :mod:`candidates.rope_vit.convert` maps the original release's
+    layout (and recognizes both).
 """
 
 from __future__ import annotations
@@ -48,14 +36,13 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from candidates.layers import Mlp
+
 __all__ = [
     "RopeViTConfig", "MixedRope", "PatchEmbed", "Attention", "Mlp", "Block", "RopeMixedViT",
-    "ROPE_VIT_VARIANTS", "convert_original_state_dict", "convert_timm_state_dict", "is_original_layout",
-    "load_exactly", "load_rope_vit_state_dict", "rope_mixed_vit_small", "rope_mixed_vit_base",
+    "VARIANTS", "rope_mixed_vit_small", "rope_mixed_vit_base",
     "rope_mixed_vit_large", "rope_mixed_vit",
 ]
-
-StateDict = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -108,7 +95,7 @@ class RopeViTConfig:
 
 
 # read-only: the released architectures; derive others with ``rope_mixed_vit(variant, **overrides)``
-ROPE_VIT_VARIANTS: Mapping[str, RopeViTConfig] = MappingProxyType({
+VARIANTS: Mapping[str, RopeViTConfig] = MappingProxyType({
     "small": RopeViTConfig(embed_dim=384, depth=12, num_heads=6),
     "base": RopeViTConfig(embed_dim=768, depth=12, num_heads=12),
     "large": RopeViTConfig(embed_dim=1024, depth=24, num_heads=16),
@@ -196,17 +183,6 @@ class Attention(nn.Module):
         return self.proj(x)
 
 
-class Mlp(nn.Module):
-    def __init__(self, *, dim: int, hidden_dim: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class Block(nn.Module):
     """Pre-norm transformer block with per-channel layer scale on both residual branches."""
 
@@ -272,88 +248,14 @@ class RopeMixedViT(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoint layouts
-# ---------------------------------------------------------------------------------------------
-
-ORIGINAL_DERIVED_BUFFERS = ("freqs_t_x", "freqs_t_y")
-
-
-def is_original_layout(state_dict: Mapping[str, torch.Tensor]) -> bool:
-    """True for the naver-ai release (top-level ``freqs``), False for timm's (``rope.freqs``)."""
-    return "freqs" in state_dict and "rope.freqs" not in state_dict
-
-
-def convert_original_state_dict(
-    state_dict: Mapping[str, torch.Tensor], *, num_heads: int
-) -> tuple[StateDict, list[str]]:
-    """Original-release keys -> this package's keys; returns (state dict, dropped derived keys).
-
-    ``num_heads`` is needed because the original stores the frequencies with heads and pairs
-    flattened together, ``(2, depth, heads * head_dim // 2)``.
-    """
-    if not is_original_layout(state_dict):
-        raise ValueError("not an original-layout RoPE-ViT state dict: expected a top-level 'freqs' key")
-    freqs = state_dict["freqs"]
-    if freqs.ndim != 3 or freqs.shape[0] != 2 or freqs.shape[-1] % num_heads:
-        raise ValueError(
-            f"original 'freqs' must be (2, depth, heads * head_dim // 2) with heads={num_heads}, "
-            f"got {tuple(freqs.shape)}"
-        )
-    out: StateDict = {}
-    dropped: list[str] = []
-    for key, value in state_dict.items():
-        if key == "freqs":
-            out["rope.freqs"] = value.reshape(2, value.shape[1], num_heads, -1)
-        elif key in ORIGINAL_DERIVED_BUFFERS:
-            dropped.append(key)
-        else:
-            out[key] = value
-    return out, dropped
-
-
-def convert_timm_state_dict(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
-    """timm ``vit_*_patch16_rope_mixed_224`` state dict -> ours: the identity, as a new dict.
-
-    Every parameter carries timm's name and shape (timm's derived grid buffers and ``k_bias``
-    are non-persistent, so they never appear); the function keeps the transfer an explicit step.
-    """
-    return dict(state_dict)
-
-
-def load_rope_vit_state_dict(model: RopeMixedViT, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
-    """Load either layout strictly into ``model``; returns the derived keys that were dropped."""
-    if is_original_layout(state_dict):
-        state, dropped = convert_original_state_dict(state_dict, num_heads=model.config.num_heads)
-    else:
-        state, dropped = dict(state_dict), []
-    load_exactly(model, state, what=f"RopeMixedViT(embed_dim={model.config.embed_dim}, depth={model.config.depth})")
-    return dropped
-
-
-def load_exactly(model: nn.Module, state: Mapping[str, torch.Tensor], *, what: str) -> None:
-    """Strict load; a ValueError lists missing, unexpected and wrong-shape keys (not a RuntimeError)."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = [f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
-                   for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong_shape:
-        raise ValueError(
-            f"checkpoint does not fit {what}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"wrong shape {wrong_shape[:3]}"
-        )
-    model.load_state_dict(state, strict=True)
-
-
-# ---------------------------------------------------------------------------------------------
 # Factories
 # ---------------------------------------------------------------------------------------------
 
 def rope_mixed_vit(variant: str, **overrides) -> RopeMixedViT:
     """``rope_mixed_vit("small", depth=2, num_classes=10)``: a released variant with overrides."""
-    if variant not in ROPE_VIT_VARIANTS:
-        raise ValueError(f"unknown RoPE-ViT variant {variant!r}; expected one of {sorted(ROPE_VIT_VARIANTS)}")
-    fields = dict(ROPE_VIT_VARIANTS[variant].__dict__, **overrides)
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown RoPE-ViT variant {variant!r}; expected one of {sorted(VARIANTS)}")
+    fields = dict(VARIANTS[variant].__dict__, **overrides)
     return RopeMixedViT(RopeViTConfig(**fields))
 
 

@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness.checks import check_int, check_number, check_value
+
 __all__ = ["VidEoMTLoss", "LossTerms", "auxiliary_predictions", "hungarian_match"]
 
 Prediction = tuple[Tensor, Tensor]  # (mask logits (F, Q, h, w), class logits (F, Q, K + 1))
@@ -142,11 +144,14 @@ class VidEoMTLoss(nn.Module):
                  dice_weight: float = 5.0, no_object_weight: float = 0.1, num_points: int = 12544,
                  oversample_ratio: float = 3.0, importance_sample_ratio: float = 0.75) -> None:
         super().__init__()
-        if num_labels < 1 or num_points < 1:
-            raise ValueError(f"num_labels and num_points must be >= 1, got {num_labels} and {num_points}")
-        if not 0 <= importance_sample_ratio <= 1 or oversample_ratio < 1:
-            raise ValueError(f"importance_sample_ratio must lie in [0, 1] and oversample_ratio be >= 1, got "
-                             f"{importance_sample_ratio} and {oversample_ratio}")
+        for name, value in (("num_labels", num_labels), ("num_points", num_points)):
+            check_int(f"VidEoMTLoss {name}", value, minimum=1)
+        for name, value in (("class_weight", class_weight), ("mask_weight", mask_weight),
+                            ("dice_weight", dice_weight), ("no_object_weight", no_object_weight)):
+            check_number(f"VidEoMTLoss {name}", value, minimum=0)
+        check_number("VidEoMTLoss oversample_ratio", oversample_ratio, minimum=1)
+        share = check_number("VidEoMTLoss importance_sample_ratio", importance_sample_ratio, minimum=0)
+        check_value("VidEoMTLoss importance_sample_ratio", share, share <= 1, expected="a share in [0, 1]")
         self.num_labels = num_labels
         self.class_weight, self.mask_weight, self.dice_weight = class_weight, mask_weight, dice_weight
         self.num_points, self.oversample_ratio = num_points, oversample_ratio

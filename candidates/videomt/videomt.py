@@ -34,16 +34,21 @@ Deliberate differences from the references:
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, Sequence
+from types import MappingProxyType
+from typing import Literal, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["VidEoMTConfig", "VidEoMT", "VidEoMTOutput", "QueryPropagation", "videomt_tiny", "videomt_dinov3_tiny",
-           "videomt_small", "videomt_tiny_config", "videomt_dinov3_tiny_config", "videomt_small_config"]
+from candidates.layers import LayerNorm2d, RopeEmbedding, apply_rope_to_patches
+from harness.checks import check_choice, check_int, check_number, check_type, check_value
+
+__all__ = ["VARIANTS", "VidEoMTConfig", "VidEoMT", "VidEoMTOutput", "QueryPropagation", "videomt_tiny",
+           "videomt_dinov3_tiny", "videomt_small", "videomt_tiny_config", "videomt_dinov3_tiny_config",
+           "videomt_small_config"]
 
 Backbone = Literal["dinov2", "dinov3"]
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
@@ -75,34 +80,28 @@ class VidEoMTConfig:
     masked_attention: bool = False  # EoMT mask annealing in the query stage (EoMT-DINOv3 does it)
 
     def __post_init__(self) -> None:
-        if self.backbone not in ("dinov2", "dinov3"):
-            raise ValueError(f"backbone must be 'dinov2' or 'dinov3', got {self.backbone!r}")
+        check_choice("VidEoMTConfig.backbone", self.backbone, ("dinov2", "dinov3"))
         for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "patch_size",
                      "image_size", "num_channels", "num_queries", "num_blocks", "num_labels"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:  # bool is an int to Python, not here
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_int(f"VidEoMTConfig.{name}", getattr(self, name), minimum=1)
         for name in ("num_register_tokens", "num_upscale_blocks"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+            check_int(f"VidEoMTConfig.{name}", getattr(self, name), minimum=0)
         for name in ("layer_norm_eps", "rope_theta"):
-            value = getattr(self, name)
-            if not _is_real(value) or not 0 < value < math.inf:
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+            object.__setattr__(self, name, check_number(f"VidEoMTConfig.{name}", getattr(self, name), above=0))
         for name in ("query_bias", "key_bias", "value_bias", "masked_attention"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
-        if self.num_blocks > self.num_layers:
-            raise ValueError(f"num_blocks ({self.num_blocks}) must be <= num_layers ({self.num_layers})")
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
-        if self.hidden_act not in _ACTIVATIONS:
-            raise ValueError(f"hidden_act must be one of {sorted(_ACTIVATIONS)}, got {self.hidden_act!r}")
-        if self.backbone == "dinov3" and self.head_dim % 4:
-            raise ValueError(f"2D RoPE needs head_dim divisible by 4, got {self.head_dim}")
+            check_type(f"VidEoMTConfig.{name}", getattr(self, name), bool)
+        check_choice("VidEoMTConfig.hidden_act", self.hidden_act, sorted(_ACTIVATIONS))
+        check_value("VidEoMTConfig.num_heads", self.num_heads, self.hidden_size % self.num_heads == 0,
+                    expected=f"a divisor of hidden_size ({self.hidden_size})")
+        check_value("VidEoMTConfig.num_blocks", self.num_blocks, self.num_blocks <= self.num_layers,
+                    expected=f"at most num_layers ({self.num_layers})", fix="the query stage is the last layers")
+        check_value("VidEoMTConfig.image_size", self.image_size, self.image_size % self.patch_size == 0,
+                    expected=f"a multiple of patch_size ({self.patch_size})")
+        if self.backbone == "dinov3":
+            fits = [h for h in range(1, self.hidden_size + 1) if self.hidden_size % (4 * h) == 0]
+            check_value("VidEoMTConfig.num_heads", self.num_heads, self.head_dim % 4 == 0,
+                        expected=f"one of {fits}, leaving head_dim = {self.hidden_size} / num_heads divisible by 4",
+                        fix="2D RoPE rotates each head in quarters")
 
     @property
     def head_dim(self) -> int:
@@ -119,14 +118,6 @@ class VidEoMTConfig:
     @property
     def num_prefix_tokens(self) -> int:
         return 1 + self.num_register_tokens
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class VidEoMTOutput(NamedTuple):
@@ -180,36 +171,19 @@ class Embeddings(nn.Module):
         return torch.cat([*prefix, tokens], dim=1)  # (F, 1 + R + N, D)
 
 
-class RotaryEmbedding(nn.Module):
-    """DINOv3 2D RoPE: patch-centre coordinates in [-1, 1] times per-axis frequencies -> (cos, sin)."""
+class RotaryEmbedding(RopeEmbedding):
+    """DINOv3 2D RoPE on the patch grid of the input frames -> (cos, sin), each (N, head_dim).
+
+    transformers' rounding (``impl="inv_freq"``), so float64 parity with EoMT-DINOv3 is exact.
+    """
 
     def __init__(self, cfg: VidEoMTConfig) -> None:
-        super().__init__()
+        super().__init__(cfg.head_dim, theta=cfg.rope_theta, impl="inv_freq")
         self.patch_size = cfg.patch_size
-        # float32 like the reference, then cast with the model, so float64 parity is exact.
-        periods = torch.arange(0, 1, 4 / cfg.head_dim, dtype=torch.float32)
-        self.register_buffer("inv_freq", 1 / cfg.rope_theta**periods, persistent=False)
 
     def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
-        h, w = pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
-        ys = torch.arange(0.5, h, dtype=torch.float32, device=pixels.device) / h
-        xs = torch.arange(0.5, w, dtype=torch.float32, device=pixels.device) / w
-        coords = 2.0 * torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).flatten(0, 1) - 1.0  # (N, 2)
-        angles = 2 * math.pi * coords[:, :, None] * self.inv_freq[None, None, :]  # (N, 2, hd/4)
-        angles = angles.flatten(1, 2).tile(2)  # (N, hd)
-        return angles.cos().to(pixels.dtype), angles.sin().to(pixels.dtype)
-
-
-def rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate the trailing patch tokens of ``x`` (B, heads, L, hd); queries/CLS/registers stay."""
-    num_prefix = x.shape[-2] - cos.shape[-2]
-    prefix, patches = x.split((num_prefix, cos.shape[-2]), dim=-2)
-    return torch.cat((prefix, patches * cos + rotate_half(patches) * sin), dim=-2)
+        grid = (pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size)
+        return super().forward(grid, dtype=pixels.dtype, device=pixels.device)
 
 
 class Attention(nn.Module):
@@ -234,7 +208,7 @@ class Attention(nn.Module):
         q, k, v = (proj(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, L, hd)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))
         if position_embeddings is not None:
-            q, k = apply_rope(q, *position_embeddings), apply_rope(k, *position_embeddings)
+            q, k = apply_rope_to_patches(q, *position_embeddings), apply_rope_to_patches(k, *position_embeddings)
         scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale  # (B, h, L, L)
         if attention_mask is not None:
             scores = scores + attention_mask
@@ -312,13 +286,6 @@ class QueryPropagation(nn.Linear):
 
 
 # ----------------------------------------------------------------------------- heads
-
-
-class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over channels of a (B, C, H, W) map."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class ScaleLayer(nn.Module):
@@ -527,24 +494,31 @@ class VidEoMT(nn.Module):
         return pixel_values
 
 
-# ----------------------------------------------------------------------------- factories
+# ----------------------------------------------------------------------------- variants and factories
+
+_TINY = VidEoMTConfig(num_blocks=2)  # hidden 32, 3 layers (2 in the query stage), 16x16 frames
+VARIANTS: Mapping[str, VidEoMTConfig] = MappingProxyType({
+    "tiny": _TINY,  # DINOv2-style; for tests
+    "dinov3_tiny": dataclasses.replace(_TINY, backbone="dinov3", key_bias=False, masked_attention=True),
+    # ViT-S width (384, 6 heads, 12 layers, 4 query blocks), the released VidEoMT-S shape, 128x128 frames
+    "small": VidEoMTConfig(hidden_size=384, num_layers=12, num_heads=6, intermediate_size=1536, patch_size=16,
+                           image_size=128, num_register_tokens=4, num_queries=20, num_blocks=4, num_labels=40),
+})
 
 
 def videomt_tiny_config(**overrides) -> VidEoMTConfig:
-    """DINOv2-style, hidden 32, 3 layers (2 in the query stage), 16x16 frames; for tests."""
-    return VidEoMTConfig(**{"num_blocks": 2, **overrides})
+    """``VARIANTS["tiny"]`` with ``overrides`` (config fields)."""
+    return dataclasses.replace(VARIANTS["tiny"], **overrides)
 
 
 def videomt_dinov3_tiny_config(**overrides) -> VidEoMTConfig:
-    """DINOv3-style (RoPE, no key bias, masked attention), hidden 32, 3 layers; for tests."""
-    return videomt_tiny_config(**{"backbone": "dinov3", "key_bias": False, "masked_attention": True, **overrides})
+    """``VARIANTS["dinov3_tiny"]`` (RoPE, no key bias, masked attention) with ``overrides``."""
+    return dataclasses.replace(VARIANTS["dinov3_tiny"], **overrides)
 
 
 def videomt_small_config(**overrides) -> VidEoMTConfig:
-    """ViT-S width (384, 6 heads, 12 layers, 4 query blocks), the released VidEoMT-S shape, 128x128 frames."""
-    base = dict(hidden_size=384, num_layers=12, num_heads=6, intermediate_size=1536, patch_size=16,
-                image_size=128, num_register_tokens=4, num_queries=20, num_blocks=4, num_labels=40)
-    return VidEoMTConfig(**{**base, **overrides})
+    """``VARIANTS["small"]`` with ``overrides``."""
+    return dataclasses.replace(VARIANTS["small"], **overrides)
 
 
 def videomt_tiny(**overrides) -> VidEoMT:

@@ -10,10 +10,9 @@ The encoder takes any ``H, W`` that are multiples of the patch size. The patch g
 source of RoPE positions (never a ``sqrt(N)`` guess), and it is returned with the tokens so that a
 projector downstream can fold a rectangular grid.
 
-RoPE, as upstream: patch centres ``(i + 0.5) / Hp`` and ``(j + 0.5) / Wp`` mapped to ``[-1, 1]``;
-``head_dim / 4`` periods ``theta ** (4k / head_dim)`` per axis; angles ``2*pi*coord / period``
-laid out ``[y-freqs, x-freqs]`` twice ("rotate half" pairing); applied to patch tokens only (CLS
-and register tokens are not rotated).
+RoPE, as upstream, is :class:`candidates.layers.RopeEmbedding` (shared with VidEoMT's DINOv3
+backbone): patch centres in ``[-1, 1]``, ``head_dim / 4`` periods per axis, "rotate half"
+pairing, applied to patch tokens only (CLS and register tokens are not rotated).
 
 Deliberate differences:
 
@@ -32,22 +31,21 @@ Deliberate differences:
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass, replace
-from typing import Literal, Mapping, NamedTuple
+from types import MappingProxyType
+from typing import Mapping, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = [
-    "DinoV3Config", "DinoV3Output", "DinoV3ViT", "RopeEmbedding", "VARIANTS",
-    "patch_center_coords", "convert_timm_state_dict", "convert_transformers_state_dict", "dinov3_vit",
-]
+from candidates.layers import Mlp, RopeEmbedding, RopeImpl, apply_rope_to_patches, patch_center_coords
+from harness.checks import check_choice, check_int, check_number, check_type, check_value
 
-RopeImpl = Literal["periods", "inv_freq"]
-StateDict = dict[str, torch.Tensor]
+__all__ = [
+    "DinoV3Config", "DinoV3Output", "DinoV3ViT", "RopeEmbedding", "VARIANTS", "patch_center_coords", "dinov3_vit",
+    "dinov3_vit_small", "dinov3_vit_base", "dinov3_vit_large", "dinov3_tiny",
+]
 
 
 @dataclass(frozen=True)
@@ -63,6 +61,7 @@ class DinoV3Config:
         rope_theta: base of the RoPE period schedule.
         rope_impl: ``"periods"`` (original code, timm) or ``"inv_freq"`` (transformers) rounding.
         norm_eps: LayerNorm epsilon.
+        in_chans: image channels.
     """
 
     patch_size: int = 16
@@ -79,25 +78,19 @@ class DinoV3Config:
 
     def __post_init__(self) -> None:
         for name in ("patch_size", "embed_dim", "depth", "num_heads", "in_chans"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"DinoV3Config.{name} must be an int >= 1, got {value!r}")
-        if not isinstance(self.num_reg_tokens, int) or self.num_reg_tokens < 0:
-            raise ValueError(f"DinoV3Config.num_reg_tokens must be an int >= 0, got {self.num_reg_tokens!r}")
-        if self.embed_dim % self.num_heads:
-            raise ValueError(
-                f"embed_dim must be divisible by num_heads, got embed_dim={self.embed_dim}, num_heads={self.num_heads}"
-            )
-        if self.head_dim % 4:
-            raise ValueError(
-                f"2D RoPE needs head_dim divisible by 4 (two axes, rotate-half pairs), got head_dim={self.head_dim}"
-            )
-        if self.mlp_hidden_dim < 1:
-            raise ValueError(f"mlp_ratio * embed_dim must be >= 1, got mlp_ratio={self.mlp_ratio!r}")
-        if not self.rope_theta > 0:
-            raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
-        if self.rope_impl not in ("periods", "inv_freq"):
-            raise ValueError(f"rope_impl must be 'periods' or 'inv_freq', got {self.rope_impl!r}")
+            check_int(f"DinoV3Config.{name}", getattr(self, name), minimum=1)
+        check_int("DinoV3Config.num_reg_tokens", self.num_reg_tokens, minimum=0)
+        check_type("DinoV3Config.qkv_bias", self.qkv_bias, bool)
+        for name in ("mlp_ratio", "rope_theta", "norm_eps"):
+            object.__setattr__(self, name, check_number(f"DinoV3Config.{name}", getattr(self, name), above=0))
+        check_choice("DinoV3Config.rope_impl", self.rope_impl, ("periods", "inv_freq"))
+        check_value("DinoV3Config.num_heads", self.num_heads, self.embed_dim % self.num_heads == 0,
+                    expected=f"a divisor of embed_dim {self.embed_dim}")
+        check_value("DinoV3Config.num_heads", self.num_heads, self.head_dim % 4 == 0,
+                    expected=f"a count leaving head_dim = {self.embed_dim} / num_heads divisible by 4",
+                    fix="2D RoPE rotates (y, x) pairs of each half of a head")
+        check_value("DinoV3Config.mlp_ratio", self.mlp_ratio, self.mlp_hidden_dim >= 1,
+                    expected=f"a ratio leaving int(mlp_ratio * {self.embed_dim}) >= 1 MLP units")
 
     @property
     def head_dim(self) -> int:
@@ -154,64 +147,6 @@ def _check_pixels(pixel_values: torch.Tensor, patch_size: int, channels: int) ->
             f"image height and width must be positive multiples of the patch size {patch_size}, "
             f"got {height}x{width}; resize with candidates.vlm.processor.ImageProcessor"
         )
-
-
-def patch_center_coords(grid: tuple[int, int]) -> torch.Tensor:
-    """``(Hp*Wp, 2)`` float32 ``(y, x)`` patch centres in ``[-1, 1]``, row-major over the grid."""
-    hp, wp = grid
-    ys = torch.arange(0.5, hp, dtype=torch.float32) / hp  # (Hp,) in (0, 1)
-    xs = torch.arange(0.5, wp, dtype=torch.float32) / wp  # (Wp,)
-    coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1)  # (Hp, Wp, 2)
-    return 2.0 * coords.flatten(0, 1) - 1.0  # (Hp*Wp, 2)
-
-
-class RopeEmbedding(nn.Module):
-    """cos/sin tables ``(Hp*Wp, head_dim)`` for a patch grid; no parameters, no buffers.
-
-    The frequency table is rebuilt in float32 on every call (it has ``head_dim / 4`` entries), so
-    casting the model to a low-precision dtype can never quantize it.
-    """
-
-    def __init__(self, head_dim: int, *, theta: float, impl: RopeImpl) -> None:
-        super().__init__()
-        self.head_dim = head_dim
-        self.theta = theta
-        self.impl = impl
-
-    def periods(self) -> torch.Tensor:
-        """``(head_dim / 4,)`` float32 periods ``theta ** (4k / head_dim)``, as each upstream spells it."""
-        if self.impl == "periods":
-            exponents = 2.0 * torch.arange(self.head_dim // 4, dtype=torch.float32) / (self.head_dim // 2)
-            return self.theta ** exponents
-        return self.theta ** torch.arange(0, 1, 4 / self.head_dim, dtype=torch.float32)
-
-    def forward(
-        self, grid: tuple[int, int], *, dtype: torch.dtype, device: torch.device | str
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        compute = torch.promote_types(torch.float32, dtype)  # never below float32
-        coords = patch_center_coords(grid).to(device)[:, :, None]  # (N, 2, 1) float32
-        periods = self.periods().to(device)  # (head_dim/4,) float32
-        if self.impl == "periods":
-            angles = 2 * math.pi * coords.to(compute) / periods.to(compute)  # (N, 2, head_dim/4)
-        else:
-            angles = (2 * math.pi * coords).to(compute) * (1 / periods).to(compute)
-        angles = angles.flatten(1)  # (N, head_dim/2): [y-freqs, x-freqs]
-        angles = torch.cat([angles, angles], dim=-1)  # (N, head_dim): rotate-half layout
-        return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """``[x1, x2] -> [-x2, x1]`` on the last dimension."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope_to_patches(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the last ``len(cos)`` tokens of ``x`` ``(B, H, T, hd)``; the prefix tokens stay put."""
-    num_patches = cos.shape[0]
-    prefix, patches = x.split((x.shape[-2] - num_patches, num_patches), dim=-2)
-    rotated = patches * cos + rotate_half(patches) * sin
-    return torch.cat((prefix, rotated), dim=-2)
 
 
 class Projection(nn.Module):
@@ -278,17 +213,6 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden_dim: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 # --------------------------------------------------------------------------- block, model
 
 
@@ -316,9 +240,7 @@ class DinoV3ViT(nn.Module):
 
     def __init__(self, config: DinoV3Config) -> None:
         super().__init__()
-        if not isinstance(config, DinoV3Config):
-            raise TypeError(f"config must be a DinoV3Config, got {type(config).__name__}")
-        self.config = config
+        self.config = check_type("config", config, DinoV3Config)
         dim = config.embed_dim
         self.patch_embed = PatchEmbed(config.patch_size, config.in_chans, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -353,120 +275,17 @@ class DinoV3ViT(nn.Module):
         return DinoV3Output(self.norm(x), (hp, wp), self.config.num_prefix_tokens)
 
 
-# --------------------------------------------------------------------------- key mapping
-
-_TRANSFORMERS_RULES: tuple[tuple[str, str], ...] = (
-    (r"^embeddings\.cls_token$", "cls_token"),
-    (r"^embeddings\.register_tokens$", "reg_token"),
-    (r"^embeddings\.patch_embeddings\.", "patch_embed.proj."),
-    (r"^model\.layer\.(\d+)\.attention\.o_proj\.", r"blocks.\1.attn.proj."),
-    (r"^model\.layer\.(\d+)\.layer_scale([12])\.lambda1$", r"blocks.\1.ls\2.gamma"),
-    (r"^model\.layer\.(\d+)\.mlp\.up_proj\.", r"blocks.\1.mlp.fc1."),
-    (r"^model\.layer\.(\d+)\.mlp\.down_proj\.", r"blocks.\1.mlp.fc2."),
-    (r"^model\.layer\.(\d+)\.(norm[12])\.", r"blocks.\1.\2."),
-    (r"^norm\.", "norm."),
-)
-_QKV = re.compile(r"^model\.layer\.(\d+)\.attention\.([qkv])_proj\.(weight|bias)$")
-
-
-def convert_transformers_state_dict(state: Mapping[str, torch.Tensor]) -> StateDict:
-    """``transformers.DINOv3ViTModel`` state dict -> :class:`DinoV3ViT` state dict (pure).
-
-    q/k/v projections are stacked into ``attn.qkv``; their biases become ``q_bias``/``v_bias``.
-    The mask token (masked-image pretraining only) is dropped. A key bias, a gated MLP or any
-    unknown key raises ``ValueError``.
-    """
-    out: StateDict = {}
-    qkv: dict[str, dict[str, torch.Tensor]] = {}
-    unknown = []
-    for key, value in state.items():
-        if key == "embeddings.mask_token" or (key == "embeddings.register_tokens" and value.shape[1] == 0):
-            continue
-        if m := _QKV.match(key):
-            qkv.setdefault(m[1], {})[f"{m[2]}.{m[3]}"] = value
-            continue
-        new = _apply_first(key, _TRANSFORMERS_RULES)
-        if new is None:
-            unknown.append(key)
-        else:
-            out[new] = value
-    if unknown:
-        raise ValueError(f"unsupported transformers DINOv3 keys (gated MLP? different model?): {sorted(unknown)}")
-    for layer, parts in qkv.items():
-        out.update(_stack_qkv(layer, parts))
-    return out
-
-
-def _stack_qkv(layer: str, parts: Mapping[str, torch.Tensor]) -> StateDict:
-    missing = {"q.weight", "k.weight", "v.weight"} - parts.keys()
-    if missing:
-        raise ValueError(f"layer {layer}: missing attention projections {sorted(missing)}")
-    if "k.bias" in parts:
-        raise ValueError(f"layer {layer}: a key bias is not supported (DINOv3 has none); got k_proj.bias")
-    if ("q.bias" in parts) != ("v.bias" in parts):
-        raise ValueError(
-            f"layer {layer}: query and value biases must both be present or both absent, got {sorted(parts)}"
-        )
-    out = {f"blocks.{layer}.attn.qkv.weight": torch.cat([parts["q.weight"], parts["k.weight"], parts["v.weight"]])}
-    if "q.bias" in parts:
-        out[f"blocks.{layer}.attn.q_bias"] = parts["q.bias"]
-        out[f"blocks.{layer}.attn.v_bias"] = parts["v.bias"]
-    return out
-
-
-_TIMM_RULES: tuple[tuple[str, str], ...] = (
-    (r"^(cls_token|reg_token)$", r"\1"),
-    (r"^patch_embed\.proj\.", "patch_embed.proj."),
-    (r"^blocks\.(\d+)\.gamma_([12])$", r"blocks.\1.ls\2.gamma"),
-    (r"^blocks\.(\d+)\.attn\.(qkv\.weight|q_bias|v_bias)$", r"blocks.\1.attn.\2"),
-    (r"^blocks\.(\d+)\.(attn\.proj|mlp\.fc1|mlp\.fc2|norm1|norm2)\.", r"blocks.\1.\2."),
-    (r"^norm\.", "norm."),
-)
-
-
-def convert_timm_state_dict(state: Mapping[str, torch.Tensor]) -> StateDict:
-    """timm ``vit_*_patch16_dinov3`` (``Eva``) state dict -> :class:`DinoV3ViT` state dict (pure).
-
-    The names are nearly identical; layer scales move from ``gamma_1`` to ``ls1.gamma``. A
-    classifier ``head`` is dropped (this is a feature encoder). Absolute position embeddings,
-    SwiGLU MLPs or any other unknown key raise ``ValueError``; so does a non-zero key bias.
-    """
-    out: StateDict = {}
-    unknown = []
-    for key, value in state.items():
-        if key.startswith("head."):
-            continue
-        if key.endswith(".attn.k_bias"):
-            if torch.count_nonzero(value):
-                raise ValueError(f"{key}: a non-zero key bias is not supported (DINOv3 masks it to zero)")
-            continue
-        new = _apply_first(key, _TIMM_RULES)
-        if new is None:
-            unknown.append(key)
-        else:
-            out[new] = value
-    if unknown:
-        raise ValueError(f"unsupported timm DINOv3 keys (abs pos embed? SwiGLU? different model?): {sorted(unknown)}")
-    return out
-
-
-def _apply_first(key: str, rules: tuple[tuple[str, str], ...]) -> str | None:
-    for pattern, replacement in rules:
-        if re.search(pattern, key):
-            return re.sub(pattern, replacement, key)
-    return None
-
-
 # --------------------------------------------------------------------------- variants, factories
 
-VARIANTS: dict[str, DinoV3Config] = {
+# read-only: derive other architectures with ``dinov3_vit(variant, **overrides)``
+VARIANTS: Mapping[str, DinoV3Config] = MappingProxyType({
     "vit_small_patch16_dinov3": DinoV3Config(embed_dim=384, depth=12, num_heads=6),
     "vit_small_patch16_dinov3_qkvb": DinoV3Config(embed_dim=384, depth=12, num_heads=6, qkv_bias=True),
     "vit_base_patch16_dinov3": DinoV3Config(embed_dim=768, depth=12, num_heads=12),
     "vit_large_patch16_dinov3": DinoV3Config(embed_dim=1024, depth=24, num_heads=16),
     # Tests and parity pairs: every code path (registers, q/v bias, several heads) at toy width.
     "dinov3_tiny": DinoV3Config(embed_dim=32, depth=2, num_heads=2, qkv_bias=True),
-}
+})
 
 
 def dinov3_vit(variant: str = "vit_small_patch16_dinov3", **overrides) -> DinoV3ViT:
@@ -474,3 +293,19 @@ def dinov3_vit(variant: str = "vit_small_patch16_dinov3", **overrides) -> DinoV3
     if variant not in VARIANTS:
         raise ValueError(f"unknown DINOv3 variant {variant!r}; expected one of {sorted(VARIANTS)}")
     return DinoV3ViT(replace(VARIANTS[variant], **overrides))
+
+
+def dinov3_vit_small(**overrides) -> DinoV3ViT:
+    return dinov3_vit("vit_small_patch16_dinov3", **overrides)
+
+
+def dinov3_vit_base(**overrides) -> DinoV3ViT:
+    return dinov3_vit("vit_base_patch16_dinov3", **overrides)
+
+
+def dinov3_vit_large(**overrides) -> DinoV3ViT:
+    return dinov3_vit("vit_large_patch16_dinov3", **overrides)
+
+
+def dinov3_tiny(**overrides) -> DinoV3ViT:
+    return dinov3_vit("dinov3_tiny", **overrides)

@@ -37,6 +37,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from candidates.vlm.projector import check_factors
+from harness.checks import check_int, check_type
+
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "ImageGrid", "ImageProcessorConfig", "ImageProcessor",
     "ProcessedImage", "VLMCollator", "plan_image", "plan_image_with_budget", "image_placeholder",
@@ -118,26 +121,17 @@ class ImageProcessorConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_img_size", "patch_size", "pixel_shuffle_factor", "min_image_size"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"ImageProcessorConfig.{name} must be an int >= 1, got {value!r}")
+            check_int(f"ImageProcessorConfig.{name}", getattr(self, name), minimum=1)
         budget = self.max_image_tokens
-        if budget is not None and (not _is_int(budget) or budget < 1):
-            raise ValueError(f"max_image_tokens must be None or an int >= 1, got {self.max_image_tokens!r}")
-        factors = self.factors
-        if not isinstance(factors, tuple) or not factors or len(set(factors)) != len(factors) or any(
-            not _is_int(s) or s < 1 for s in factors
-        ):
-            raise ValueError(
-                f"ImageProcessorConfig.factors must be a non-empty tuple of distinct ints >= 1, got {factors!r}"
-            )
+        if budget is not None:
+            check_int("ImageProcessorConfig.max_image_tokens", budget, minimum=1, fix="or None for no budget")
+        factors = check_factors("ImageProcessorConfig.factors", self.factors)
         if self.pixel_shuffle_factor not in factors:
             raise ValueError(
                 f"pixel_shuffle_factor={self.pixel_shuffle_factor} is not in factors={factors}; "
                 f"the projector has weights only for the configured factors"
             )
-        if not isinstance(self.allow_upscale, bool):
-            raise ValueError(f"allow_upscale must be a bool, got {self.allow_upscale!r}")
+        check_type("ImageProcessorConfig.allow_upscale", self.allow_upscale, bool)
         largest = max(factors) if budget is not None else self.pixel_shuffle_factor
         if self.max_img_size < self.patch_size * largest:
             raise ValueError(

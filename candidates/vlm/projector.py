@@ -22,12 +22,15 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from harness.checks import check_int, check_type, check_value
+
 __all__ = [
-    "ProjectorConfig", "ModalityProjector", "PixelShuffle",
+    "ProjectorConfig", "ModalityProjector", "PixelShuffle", "check_factors",
     "pixel_shuffle_2d", "pixel_unshuffle_2d", "pixel_shuffle_square",
 ]
 
@@ -48,17 +51,19 @@ class ProjectorConfig:
 
     def __post_init__(self) -> None:
         for name in ("vision_dim", "text_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"ProjectorConfig.{name} must be an int >= 1, got {value!r}")
-        if not isinstance(self.factors, tuple) or not self.factors or any(
-            not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in self.factors
-        ) or len(set(self.factors)) != len(self.factors):
-            raise ValueError(
-                f"ProjectorConfig.factors must be a non-empty tuple of distinct ints >= 1, got {self.factors!r}"
-            )
-        if not isinstance(self.num_prefix_tokens, int) or self.num_prefix_tokens < 0:
-            raise ValueError(f"ProjectorConfig.num_prefix_tokens must be an int >= 0, got {self.num_prefix_tokens!r}")
+            check_int(f"ProjectorConfig.{name}", getattr(self, name), minimum=1)
+        check_factors("ProjectorConfig.factors", self.factors)
+        check_int("ProjectorConfig.num_prefix_tokens", self.num_prefix_tokens, minimum=0)
+
+
+def check_factors(name: str, factors: Any) -> tuple[int, ...]:
+    """``factors`` if it is a non-empty tuple of distinct ints >= 1 (pixel-shuffle factors), else an error."""
+    expected = "a non-empty tuple of distinct ints >= 1"
+    check_type(name, factors, tuple, what=expected, fix="write factors=(2,) for a single factor")
+    for factor in factors:
+        check_type(name, factor, int, what=expected)
+    return check_value(name, factors, bool(factors) and min(factors) >= 1 and len(set(factors)) == len(factors),
+                       expected=expected)
 
 
 def _check_grid(x: torch.Tensor, grid: tuple[int, int], factor: int) -> tuple[int, int]:
@@ -143,9 +148,7 @@ class ModalityProjector(nn.Module):
 
     def __init__(self, config: ProjectorConfig) -> None:
         super().__init__()
-        if not isinstance(config, ProjectorConfig):
-            raise TypeError(f"config must be a ProjectorConfig, got {type(config).__name__}")
-        self.config = config
+        self.config = check_type("config", config, ProjectorConfig)
         self.shuffle = PixelShuffle()
         self.proj = nn.ModuleDict({
             f"s{s}": nn.Linear(config.vision_dim * s * s, config.text_dim, bias=False) for s in config.factors

@@ -82,6 +82,17 @@ TOY_RENAMED = harness.Pair(
 )
 
 
+def _net_with_a_changed_eps() -> Net:
+    model = Net()
+    model.blocks[2].norm.eps = 1e-4
+    return model
+
+
+# A bug the CLI can build: the candidate's third block normalizes with eps 1e-4 instead of 1e-6.
+TOY_EPS = harness.Pair(name="toy_eps", candidate=_net_with_a_changed_eps, reference=Net, convert=dict,
+                       make_inputs=make_inputs)
+
+
 def drop_residual(block: Block) -> None:
     """Monkeypatch one block instance so that it forgets its residual connection."""
     block.forward = lambda x: block.fc2(block.act(block.fc1(block.norm(x))))  # type: ignore[method-assign]

@@ -158,12 +158,19 @@ def test_rows_are_in_backward_order(twins):
     assert order.index("blocks.2.norm") < order.index("blocks.2"), "inner calls finish their backward first"
 
 
-def test_fused_qkv_gradients_compare_with_split_projections_through_the_map():
+@pytest.fixture
+def fused_and_split():
+    """(fused-qkv candidate, split-projection reference, inputs, weight map), the weights transferred."""
     torch.manual_seed(0)
     candidate, reference = FusedAttention().double(), SplitAttention().double()
     x = torch.randn(2, 5, 8, dtype=torch.float64)
     weights = harness.map_weights(candidate, reference, x)
     weights.transfer(reference, candidate)
+    return candidate, reference, x, weights
+
+
+def test_fused_qkv_gradients_compare_with_split_projections_through_the_map(fused_and_split):
+    candidate, reference, x, weights = fused_and_split
     report = harness.compare(candidate, reference, x, weights=weights, backward=True)
     assert report.backward.passed, report.format()
     qkv = next(p for p in report.backward.parameters if p.candidate == "qkv.weight")
@@ -264,12 +271,8 @@ def test_summary_mode_still_localizes_the_backward(twins):
     assert report.backward.culprit == "blocks.2.act", report.format()
 
 
-def test_one_adamw_step_keeps_fused_and_split_weights_corresponding():
-    torch.manual_seed(0)
-    candidate, reference = FusedAttention().double(), SplitAttention().double()
-    x = torch.randn(2, 5, 8, dtype=torch.float64)
-    weights = harness.map_weights(candidate, reference, x)
-    weights.transfer(reference, candidate)
+def test_one_adamw_step_keeps_fused_and_split_weights_corresponding(fused_and_split):
+    candidate, reference, x, weights = fused_and_split
     for model in (candidate, reference):
         model(x).square().mean().backward()
         torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.05).step()

@@ -1,12 +1,11 @@
 """Injected bugs in registered pairs (ConvNeXt block against timm, RoPE-ViT against timm): the
 diagnosis names the operation inside the culprit, and float32 (noise floor) agrees with float64."""
 
-import types
-
 import pytest
 import torch
 
 import harness
+from helpers import inject_forward, swap_values_
 
 BLOCK = "convnext_tiny_stage3_block"  # one ConvNeXt-T block (width 768) against timm's ConvNeXtBlock
 VIT = "rope_mixed_vit_small_d2"  # RoPE-Mixed ViT-S, two blocks, against timm (eager attention)
@@ -44,32 +43,22 @@ def _vit_attention_forward(*, transpose: bool = True):
     return forward
 
 
-def _patch(module, forward):
-    module.forward = types.MethodType(forward, module)
-
-
-def _swap(a, b):
-    t = a.data.clone()
-    a.data.copy_(b.data)
-    b.data.copy_(t)
-
-
 BUGS = {  # (pair, bug, culprit, expected first finding)
     "eps": (BLOCK, lambda m: setattr(m.norm, "eps", 1e-5), "norm",
             dict(kind="argument", op="layer_norm", argument="eps", candidate=1e-5, reference=1e-6)),
     "gelu_tanh": (BLOCK, lambda m: setattr(m.mlp.act, "approximate", "tanh"), "mlp.act",
                   dict(kind="argument", op="gelu", argument="approximate", candidate="tanh", reference="none")),
-    "dropped_residual": (BLOCK, lambda m: _patch(m, _convnext_forward(residual=False)), "<root>",
+    "dropped_residual": (BLOCK, lambda m: inject_forward(m, _convnext_forward(residual=False)), "<root>",
                          dict(kind="missing_op", op="add")),
-    "missing_layer_scale": (BLOCK, lambda m: _patch(m, _convnext_forward(layer_scale=False)), "<root>",
+    "missing_layer_scale": (BLOCK, lambda m: inject_forward(m, _convnext_forward(layer_scale=False)), "<root>",
                             dict(kind="missing_op", op="mul")),
-    "swapped_norm_weight_bias": (BLOCK, lambda m: _swap(m.norm.weight, m.norm.bias), "norm",
+    "swapped_norm_weight_bias": (BLOCK, lambda m: swap_values_(m.norm.weight, m.norm.bias), "norm",
                                  dict(kind="argument", op="layer_norm", argument="weight",
                                       candidate="bias", reference="weight")),
     "attention_scale": (VIT, lambda m: setattr(m.blocks[1].attn, "scale", 0.125 * 1.01), "blocks.1.attn",
                         dict(kind="argument", op="scaled_dot_product_attention", argument="scale",
                              candidate=0.125 * 1.01, reference=0.125)),
-    "transposed_reshape": (VIT, lambda m: _patch(m.blocks[0].attn, _vit_attention_forward(transpose=False)),
+    "transposed_reshape": (VIT, lambda m: inject_forward(m.blocks[0].attn, _vit_attention_forward(transpose=False)),
                            "blocks.0.attn", dict(kind="missing_op", op="transpose")),
 }
 
@@ -114,7 +103,7 @@ def test_injected_bug_in_registered_pair_is_diagnosed(name, dtype, built):
 
 def test_dropped_residual_in_a_convnext_block_reads_as_a_missing_add_after_its_last_operation(built):
     candidate, reference = built(BLOCK, torch.float64)
-    _patch(candidate, _convnext_forward(residual=False))
+    inject_forward(candidate, _convnext_forward(residual=False))
     pair = harness.get_pair(BLOCK)
     report = harness.compare(candidate, reference, pair.inputs(dtype=torch.float64), **pair.compare_options())
     assert report.diagnosis[0]["text"].startswith(

@@ -9,12 +9,7 @@ import torch
 
 import harness
 from harness_toys import TOY, TOY_ATTENTION, drop_residual
-
-
-def _swap(a: torch.Tensor, b: torch.Tensor) -> None:
-    t = a.data.clone()
-    a.data.copy_(b.data)
-    b.data.copy_(t)
+from helpers import swap_values_
 
 
 # (pair, bug, culprit, expected first finding)
@@ -37,7 +32,7 @@ BUGS = {
                            "blocks.1.attn", dict(kind="missing_op", op="transpose", argument=None)),
     "missing_layer_scale": (TOY_ATTENTION, lambda m: setattr(m.blocks[1], "layer_scale", False), "blocks.1",
                             dict(kind="missing_op", op="mul", argument=None)),
-    "swapped_weights": (TOY_ATTENTION, lambda m: _swap(m.blocks[0].gamma_1, m.blocks[0].gamma_2), "blocks.0",
+    "swapped_weights": (TOY_ATTENTION, lambda m: swap_values_(m.blocks[0].gamma_1, m.blocks[0].gamma_2), "blocks.0",
                         dict(kind="argument", op="mul", argument="gamma_1", candidate="gamma_2", reference="gamma_1")),
 }
 

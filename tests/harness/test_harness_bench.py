@@ -13,11 +13,20 @@ The ratios to ``plain`` and the overhead above each mode's floor go to ``benchma
 and ``reports/bench.json`` (section ``tracer``). Speed is reported, never asserted; what is asserted
 is that both tracing modes recorded the same calls.
 Benchmarks only (``tox -e bench``); in the default suite each variant runs once as a smoke test.
+
+Memory: the peak resident size of a float64 comparison of ConvNeXt-L at 224 against a plain
+forward of the larger model, each measured from a reset high-water mark in a child process
+(``tests/bench_memory.py``); section ``memory`` of ``reports/bench.json``. The default suite
+runs the child once on a one-block pair.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import weakref
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -109,3 +118,36 @@ def test_bench_tracer_overhead(benchmark, request, image, model_name: str) -> No
     record("tracer", model_name, entry)
     say(request.config, [f"tracer {model_name}: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratio.items())
           + f"; above floor: summary {entry['summary_above_floor']:+.2f}, full {entry['full_above_floor']:+.2f}"])
+
+
+MEMORY_BENCH = ("convnext_large", "1x3x224x224")  # 2.9 GiB of float64 weights for the two models
+MEMORY_SMOKE = ("convnext_tiny_stage3_block", None)
+
+
+def _peak_memory(pair: str, shape: str | None) -> dict:
+    script = Path(__file__).resolve().parents[1] / "bench_memory.py"
+    command = [sys.executable, str(script), pair, *(["--shape", shape] if shape else [])]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stderr[-3000:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.bench
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak memory is reset through Linux's /proc")
+def test_bench_comparison_peak_memory(benchmark, request) -> None:
+    pair, shape = MEMORY_SMOKE if benchmark.disabled else MEMORY_BENCH
+    result: dict = {}
+    if benchmark.disabled:
+        result = _peak_memory(pair, shape)
+    else:
+        benchmark.group = "peak memory, float64 comparison (seconds: the child process)"
+        benchmark.pedantic(lambda: result.update(_peak_memory(pair, shape)), rounds=1, iterations=1)
+    assert result["passed"], f"the comparison measured failed: {result}"
+    assert result["compare"]["peak_gib"] >= result["compare"]["start_gib"] > 0, result
+    if benchmark.disabled:
+        return
+    benchmark.extra_info.update(result)
+    record("memory", pair, result)
+    say(request.config, [f"memory {pair} {result['shape']} float64: comparison peak {result['compare']['peak_gib']:.2f} GiB "
+                         f"({result['compare']['peak_above_start_gib']:.2f} above the models), plain forward "
+                         f"{result['forward']['peak_gib']:.2f} GiB ({result['forward']['peak_above_start_gib']:.2f} above)"])

@@ -77,3 +77,80 @@ def test_summary_statistics_agree_with_float64_whatever_the_layout(case: str):
     assert math.isclose(s.mean, exact.mean().item(), rel_tol=1e-6, abs_tol=1e-6), f"mean {s.mean} vs {exact.mean().item()}"
     assert math.isclose(s.std, exact.std().item(), rel_tol=1e-4, abs_tol=1e-9), f"std {s.std} vs {exact.std().item()}"
     assert s.absmax == exact.abs().max().item(), f"absmax {s.absmax} vs {exact.abs().max().item()}"
+
+
+# -- a second trace shares the copies of the first where they agree bitwise -----------------------
+def _twins(seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(seed)
+    first = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8), nn.LayerNorm(8))
+    second = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8), nn.LayerNorm(8))
+    second.load_state_dict(first.state_dict())
+    return first, second
+
+
+def _traced_pair(first: nn.Module, second: nn.Module, x: torch.Tensor, budget=None) -> tuple[dict, dict]:
+    with torch.no_grad():
+        with Tracer(first, budget=budget) as one:
+            first(x)
+        with Tracer(second, share=one, budget=budget) as two:
+            second(x)
+    return one.by_key(), two.by_key()
+
+
+def test_a_second_trace_keeps_bitwise_equal_tensors_as_the_first_traces_copies():
+    one, two = _traced_pair(*_twins(), torch.randn(3, 8))
+    for key, record in two.items():
+        for leaf, tensor in record.outputs.items():
+            assert tensor is one[key].outputs[leaf], f"{key} {leaf}: a second copy of equal values"
+
+
+def test_tensors_that_differ_are_copied_with_their_own_values():
+    first, second = _twins()
+    with torch.no_grad():
+        second[2].weight[0, 0] += 1e-3  # from the second linear layer on, the outputs differ
+    x = torch.randn(3, 8)
+    one, two = _traced_pair(first, second, x)
+    assert two["0#0"].outputs[""] is one["0#0"].outputs[""]
+    with torch.no_grad():
+        expected = second[:3](x)
+    assert two["2#0"].outputs[""] is not one["2#0"].outputs[""]
+    assert torch.equal(two["2#0"].outputs[""], expected)
+
+
+def test_a_layout_that_differs_is_not_shared():
+    first, second = _twins()
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        with Tracer(first) as one:
+            first(x)
+        with Tracer(second, share=one) as two:
+            second(x.t().contiguous().t())  # the same values with transposed strides
+    assert not torch.equal(torch.tensor(x.stride()), torch.tensor(x.t().contiguous().t().stride()))
+    assert two.by_key()["0#0"].inputs["args.0"] is not one.by_key()["0#0"].inputs["args.0"]
+    assert torch.equal(two.by_key()["0#0"].inputs["args.0"], x)
+
+
+def test_shared_copies_are_not_charged_to_the_memory_budget():
+    from harness.memory import MemoryBudget
+
+    budget = MemoryBudget(2 ** 40)
+    _traced_pair(*_twins(), torch.randn(3, 8), budget=budget)
+    charged = list(budget._kept.values())  # bytes per tracer that was charged, in order
+    assert len(charged) == 1 and charged[0] > 0, f"expected the first trace alone to be charged: {charged}"
+
+
+def test_share_must_be_a_tracer():
+    with pytest.raises(TypeError, match="share"):
+        Tracer(nn.Linear(2, 2), share="trace.safetensors")
+
+
+def test_a_comparison_keeps_the_layers_that_agree_bitwise_once():
+    import harness
+
+    first, second = _twins()
+    with torch.no_grad():
+        second[3].weight[0] += 1e-3  # the last layer alone differs
+    report = harness.compare(first, second, torch.randn(3, 8, dtype=torch.float32))
+    shared = {row.candidate for row in report.rows
+              if all(t is row.match.candidate.outputs[k] for k, t in row.match.reference.outputs.items())}
+    assert shared == {"0", "1", "2"}, f"kept once: {sorted(shared)}"

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from candidates.convnext import VARIANTS as CONVNEXT_VARIANTS
-from candidates.mformer import MFORMER_VARIANTS, MFormerConfig, MFormerV1, mformer_v1
-from candidates.rope_vit import ROPE_VIT_VARIANTS
+from candidates.mformer import VARIANTS, MFormerConfig, MFormerV1, mformer_v1
+from candidates.rope_vit import VARIANTS as ROPE_VIT_VARIANTS
 
 
 def test_variants_pair_the_seed_checkpoints():
-    pairs = {name: (c.convnext_name, c.vit_name, c.convnext.dims, c.vit.embed_dim) for name, c in MFORMER_VARIANTS.items()}
+    pairs = {name: (c.convnext_name, c.vit_name, c.convnext.dims, c.vit.embed_dim) for name, c in VARIANTS.items()}
     assert pairs == {
         "sm": ("convnext_tiny", "rope_mixed_deit_small_patch16_LS", (96, 192, 384, 768), 384),
         "md": ("convnext_small", "rope_mixed_deit_small_patch16_LS", (96, 192, 384, 768), 384),
@@ -60,8 +60,8 @@ def test_input_channels_are_checked():
 
 def test_variants_are_read_only():
     with pytest.raises(TypeError, match="does not support item assignment"):
-        MFORMER_VARIANTS["xs"] = MFORMER_VARIANTS["sm"]
-    assert sorted(MFORMER_VARIANTS) == ["lg", "md", "sm", "xl"]
+        VARIANTS["xs"] = VARIANTS["sm"]
+    assert sorted(VARIANTS) == ["lg", "md", "sm", "xl"]
 
 
 def _count(variant: str) -> dict[str, int]:
@@ -76,11 +76,11 @@ def _count(variant: str) -> dict[str, int]:
 
 @pytest.mark.golden
 def test_parameter_counts_of_the_four_variants(golden):
-    counts = {variant: _count(variant) for variant in MFORMER_VARIANTS}
+    counts = {variant: _count(variant) for variant in VARIANTS}
     golden("mformer_param_counts", counts)
     # ConvNeXt-S differs from ConvNeXt-T only in stage 2 depth, which the hybrid drops
     assert counts["sm"] == counts["md"]
-    for variant, config in MFORMER_VARIANTS.items():
+    for variant, config in VARIANTS.items():
         d0, d1, d2 = config.convnext.dims[:3]
         stem = 3 * d0 * 16 + d0 + 2 * d0
         block = lambda d: d * 49 + d + 2 * d + 8 * d * d + 5 * d + d   # dwconv, norm, mlp, gamma

@@ -1,6 +1,8 @@
-"""ResamplerConfig arithmetic and validation, presets, and the BiMamba block's two directions."""
+"""ResamplerConfig arithmetic and validation, the variants and factories, and the BiMamba block's two directions."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ from hypothesis import strategies as st
 
 from candidates.resampler.mamba import MambaMixer
 from candidates.resampler.resampler import (
-    PRESETS, BiMambaBlock, BiMambaResampler, ResamplerConfig, bimamba_resampler, inner_width,
+    VARIANTS, BiMambaBlock, BiMambaResampler, ResamplerConfig, bimamba_large_resampler, bimamba_resampler, inner_width,
 )
 
 TINY = dict(vision_dim=6, hidden_dim=8, out_dim=5, depth=2, expand=1.5, d_state=3, d_conv=3)
@@ -18,8 +20,8 @@ TINY = dict(vision_dim=6, hidden_dim=8, out_dim=5, depth=2, expand=1.5, d_state=
 # --- configuration ----------------------------------------------------------------------------
 
 
-def test_bimamba_preset_is_the_seeds_configuration():
-    config = PRESETS["bimamba"]
+def test_bimamba_variant_is_the_trained_configuration():
+    config = VARIANTS["bimamba"]
     assert (config.hidden_dim, config.expand, config.d_state, config.d_conv) == (1024, 1.75, 64, 4)
     assert config.d_inner == 1792  # 1024 * 1.75, exactly
     assert config.dt_rank == 64 and config.preset == "bimamba"
@@ -42,19 +44,27 @@ def test_ratio_read_back_from_weights_is_accepted():
     [
         (dict(hidden_dim=0), ValueError, r"hidden_dim must be an int >= 1, got 0"),
         (dict(depth=-1), ValueError, r"depth must be an int >= 0, got -1"),
-        (dict(d_state=True), ValueError, r"d_state must be an int >= 1, got True"),
-        (dict(d_conv=2.0), ValueError, r"d_conv must be an int >= 1, got 2.0"),
+        (dict(d_state=True), TypeError, r"d_state must be an int >= 1, got bool True"),
+        (dict(d_conv=2.0), TypeError, r"d_conv must be an int >= 1, got float 2.0"),
         (dict(expand=0), ValueError, r"expand must be a finite number > 0, got 0"),
         (dict(expand=float("nan")), ValueError, r"expand must be a finite number > 0, got nan"),
         (dict(norm_eps=-1e-5), ValueError, r"norm_eps must be a finite number > 0, got -1e-05"),
-        (dict(bias=1), TypeError, r"bias must be a bool, got 1"),
-        (dict(dt_rank=0), ValueError, r"dt_rank must be an int >= 1, got 0"),
-        (dict(preset=3), TypeError, r"preset must be a str or None, got 3"),
+        (dict(bias=1), TypeError, r"bias must be a bool, got int 1"),
+        (dict(dt_rank=0), ValueError, r"dt_rank must be an int >= 1, got 0; pass None for upstream's automatic rank"),
+        (dict(preset=3), TypeError, r"preset must be a str or None, got int 3"),
     ],
 )
-def test_config_validation_names_field_and_value(overrides, error, message):
+def test_config_validation_names_field_expectation_and_value(overrides, error, message):
     with pytest.raises(error, match=message):
         ResamplerConfig(**overrides)
+
+
+def test_variants_are_a_read_only_table_of_frozen_configs():
+    with pytest.raises(TypeError):
+        VARIANTS["mine"] = ResamplerConfig()  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        VARIANTS["bimamba"].hidden_dim = 7  # type: ignore[misc]
+    assert all(config.preset == name for name, config in VARIANTS.items()), "a variant's preset label is its name"
 
 
 def test_from_preset_overrides_and_keeps_auto_rank():
@@ -85,8 +95,16 @@ def test_resampler_shapes_and_names():
     assert model.blocks[0].forward_block.in_proj.weight.shape == (2 * 12, 8)  # 2 x (8 * 1.5)
 
 
-def test_bimamba_factory_builds_seed_widths():
-    model = bimamba_resampler(depth=1, d_state=4, vision_dim=1152, out_dim=32)
+def test_each_factory_builds_its_variant_with_overrides():
+    for factory, name in ((bimamba_resampler, "bimamba"), (bimamba_large_resampler, "bimamba_large")):
+        with torch.device("meta"):  # shapes only: the full widths need no memory
+            model = factory(depth=1, out_dim=32)
+        assert model.config == ResamplerConfig.from_preset(name, depth=1, out_dim=32), name
+
+
+def test_bimamba_factory_builds_the_trained_widths():
+    with torch.device("meta"):
+        model = bimamba_resampler(depth=1, d_state=4, vision_dim=1152, out_dim=32)
     assert model.input_proj.weight.shape == (1024, 1152)
     assert model.blocks[0].forward_block.in_proj.weight.shape == (3584, 1024)
 

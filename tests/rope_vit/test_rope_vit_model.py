@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from candidates.rope_vit import ROPE_VIT_VARIANTS, RopeViTConfig, rope_mixed_vit
+from candidates.rope_vit import VARIANTS, RopeViTConfig, rope_mixed_vit
 from candidates.rope_vit.rope_vit import MixedRope, apply_rotary
 
 
@@ -63,8 +63,8 @@ def test_config_accepts_ints_for_the_real_options():
 
 def test_variants_are_read_only():
     with pytest.raises(TypeError, match="does not support item assignment"):
-        ROPE_VIT_VARIANTS["huge"] = ROPE_VIT_VARIANTS["large"]
-    assert sorted(ROPE_VIT_VARIANTS) == ["base", "large", "small"]
+        VARIANTS["huge"] = VARIANTS["large"]
+    assert sorted(VARIANTS) == ["base", "large", "small"]
 
 
 def test_unknown_variant_is_named():

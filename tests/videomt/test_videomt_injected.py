@@ -12,6 +12,7 @@
 
 import pytest
 import torch
+from helpers import swap_values_
 
 import harness
 from candidates.videomt import VidEoMT
@@ -20,6 +21,14 @@ from candidates.videomt.convert import convert_upstream, to_upstream
 
 def _rows(report) -> dict[str, dict]:
     return {f"{r['candidate']}#{r['call']}": r for r in report.to_dict()["layers"]}
+
+
+def _caught(candidate, *, first_divergence: str, culprit: str) -> dict[str, dict]:
+    """The ``videomt`` pair's rows for a candidate with an injected bug, which must fail there."""
+    report = harness.compare_pair("videomt", candidate=candidate)
+    assert not report.passed, "the injected bug went unnoticed"
+    assert (report.first_divergence, report.culprit) == (first_divergence, culprit), report.format()
+    return _rows(report)
 
 
 def _convert_dropping_key_bias(upstream: dict, cfg) -> dict:
@@ -43,10 +52,7 @@ def test_videomt_parity_catches_dropped_key_bias_in_conversion():
     bad = VidEoMT(candidate.cfg)
     bad.load_state_dict(_convert_dropping_key_bias(upstream, candidate.cfg) | {
         "embeddings.mask_token": candidate.embeddings.mask_token.detach()})
-    report = harness.compare_pair("videomt", candidate=bad.double().eval())
-    assert not report.passed
-    assert report.first_divergence == "layers.0.attention.k_proj"
-    assert report.culprit == "layers.0.attention.k_proj"
+    _caught(bad.double().eval(), first_divergence="layers.0.attention.k_proj", culprit="layers.0.attention.k_proj")
 
 
 @pytest.mark.parity
@@ -63,11 +69,7 @@ def test_videomt_parity_localizes_wrong_frame_in_query_propagation():
         return update(first_frame[0])
 
     propagation.forward = stale
-    report = harness.compare_pair("videomt", candidate=candidate)
-    rows = _rows(report)
-    assert not report.passed
-    assert report.first_divergence == "query_updater"
-    assert report.culprit == "query_updater"
+    rows = _caught(candidate, first_divergence="query_updater", culprit="query_updater")
     assert rows["query_updater#1"]["status"] == "introduced" and not rows["query_updater#1"]["passed"]
     assert rows["<root>#0"]["status"] == "contains"
     assert rows["query_updater#0"]["passed"] and rows["layers.2#1"]["passed"]  # frames 0 and 1 intact
@@ -92,13 +94,9 @@ def test_videomt_parity_blames_the_frame_loop_for_feeding_the_wrong_frame():
         return out, first_frame[0]
 
     candidate._query_stage = stale
-    report = harness.compare_pair("videomt", candidate=candidate)
-    rows = _rows(report)
-    assert not report.passed
-    assert report.first_divergence == "query_updater"
     # The frame loop is the model's own forward: the updater runs correctly on the reference's
     # inputs (re-run), so the error is the root's, fed into query_updater#1.
-    assert report.culprit == "<root>"
+    rows = _caught(candidate, first_divergence="query_updater", culprit="<root>")
     assert not rows["query_updater#1"]["passed"]  # the update feeding frame 2 ...
     assert rows["query_updater#1"]["reran"] and rows["query_updater#1"]["status"] == "propagated"  # ... is right
     assert rows["query_updater#0"]["passed"] and rows["layers.2#1"]["passed"]  # frames 0 and 1 intact
@@ -109,13 +107,6 @@ def test_videomt_parity_blames_the_frame_loop_for_feeding_the_wrong_frame():
 def test_videomt_parity_catches_layer_scale_swap():
     pair = harness.get_pair("videomt")
     candidate, _ = pair.build(dtype=torch.float64)
-    block = candidate.layers[1]
-    with torch.no_grad():
-        gamma1 = block.layer_scale1.lambda1.clone()
-        block.layer_scale1.lambda1.copy_(block.layer_scale2.lambda1)
-        block.layer_scale2.lambda1.copy_(gamma1)
-    report = harness.compare_pair("videomt", candidate=candidate)
-    assert not report.passed
-    assert report.first_divergence == "layers.1.layer_scale1"
-    assert report.culprit == "layers.1.layer_scale1"
-    assert _rows(report)["layers.0#0"]["passed"]
+    swap_values_(candidate.layers[1].layer_scale1.lambda1, candidate.layers[1].layer_scale2.lambda1)
+    rows = _caught(candidate, first_divergence="layers.1.layer_scale1", culprit="layers.1.layer_scale1")
+    assert rows["layers.0#0"]["passed"]

@@ -218,3 +218,16 @@ def test_class_labels_outside_the_label_range_are_refused():
     criterion = VidEoMTLoss(4)
     with pytest.raises(ValueError, match=r"class labels must lie in \[0, 4\)"):
         criterion([(torch.zeros(1, 5, 8, 8), torch.zeros(1, 5, 5))], [torch.zeros(1, 8, 8)], [torch.tensor([4])])
+
+
+@pytest.mark.parametrize("options, error, message", [
+    (dict(num_labels=0), ValueError, "VidEoMTLoss num_labels must be an int >= 1, got 0"),
+    (dict(num_points=1.5), TypeError, "VidEoMTLoss num_points must be an int >= 1, got float 1.5"),
+    (dict(no_object_weight=-0.1), ValueError, "VidEoMTLoss no_object_weight must be a finite number >= 0, got -0.1"),
+    (dict(oversample_ratio=0.5), ValueError, "VidEoMTLoss oversample_ratio must be a finite number >= 1, got 0.5"),
+    (dict(importance_sample_ratio=1.5), ValueError,
+     r"VidEoMTLoss importance_sample_ratio must be a share in \[0, 1\], got 1.5"),
+])
+def test_loss_options_are_checked(options, error, message):
+    with pytest.raises(error, match=f"^{message}$"):
+        VidEoMTLoss(**{"num_labels": 4, **options})

@@ -1,11 +1,15 @@
 """VidEoMT unit tests: output layout, temporal propagation, masked attention, guardrails."""
 
+import dataclasses
 import re
 
 import pytest
 import torch
 
-from candidates.videomt import QueryPropagation, VidEoMT, VidEoMTConfig, videomt_dinov3_tiny, videomt_tiny
+from candidates.videomt import (
+    VARIANTS, QueryPropagation, VidEoMT, VidEoMTConfig, videomt_dinov3_tiny, videomt_dinov3_tiny_config,
+    videomt_small_config, videomt_tiny, videomt_tiny_config,
+)
 from harness import randomize_
 
 
@@ -141,31 +145,48 @@ def test_videomt_dinov3_rejects_bool_masked_pos():
         _model(videomt_dinov3_tiny)(_video(), bool_masked_pos=torch.zeros(2, 3, 16, dtype=torch.bool))
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(backbone="vit"), "backbone must be 'dinov2' or 'dinov3', got 'vit'"),
-    (dict(num_heads=3), r"hidden_size \(32\) must be divisible by num_heads \(3\)"),
-    (dict(num_blocks=4), r"num_blocks \(4\) must be <= num_layers \(3\)"),
-    (dict(image_size=18), r"image_size \(18\) must be a multiple of patch_size \(4\)"),
-    (dict(hidden_act="tanh"), "hidden_act must be one of"),
-    (dict(backbone="dinov3", hidden_size=24, num_heads=4), "2D RoPE needs head_dim divisible by 4, got 6"),
-    (dict(num_layers=0), "num_layers must be a positive int, got 0"),
-    (dict(num_layers=True), "num_layers must be a positive int, got True"),  # bool is not an int here
-    (dict(num_queries=5.0), "num_queries must be a positive int, got 5.0"),
-    (dict(num_register_tokens=-1), "num_register_tokens must be an int >= 0, got -1"),
-    (dict(num_upscale_blocks=False), "num_upscale_blocks must be an int >= 0, got False"),
-    (dict(layer_norm_eps=-1e-6), "layer_norm_eps must be a finite number > 0, got -1e-06"),
-    (dict(layer_norm_eps=0.0), "layer_norm_eps must be a finite number > 0, got 0.0"),
-    (dict(layer_norm_eps=True), "layer_norm_eps must be a finite number > 0, got True"),
-    (dict(rope_theta=float("nan")), "rope_theta must be a finite number > 0, got nan"),
-    (dict(rope_theta=float("inf")), "rope_theta must be a finite number > 0, got inf"),
-    (dict(rope_theta=-100.0), "rope_theta must be a finite number > 0, got -100.0"),
-    (dict(rope_theta="100"), "rope_theta must be a finite number > 0, got '100'"),
-    (dict(key_bias=1), "key_bias must be a bool, got 1"),
-    (dict(masked_attention="yes"), "masked_attention must be a bool, got 'yes'"),
+@pytest.mark.parametrize("overrides, error, message", [
+    (dict(backbone="vit"), ValueError, "backbone must be one of 'dinov2', 'dinov3', got 'vit'"),
+    (dict(num_heads=3), ValueError, r"num_heads must be a divisor of hidden_size \(32\), got 3"),
+    (dict(num_blocks=4), ValueError, r"num_blocks must be at most num_layers \(3\), got 4"),
+    (dict(image_size=18), ValueError, r"image_size must be a multiple of patch_size \(4\), got 18"),
+    (dict(hidden_act="tanh"), ValueError, "hidden_act must be one of 'gelu', 'relu', 'silu', got 'tanh'"),
+    (dict(backbone="dinov3", hidden_size=24, num_heads=4), ValueError,
+     r"num_heads must be one of \[1, 2, 3, 6\], leaving head_dim = 24 / num_heads divisible by 4, got 4"),
+    (dict(num_layers=0), ValueError, "num_layers must be an int >= 1, got 0"),
+    (dict(num_layers=True), TypeError, "num_layers must be an int >= 1, got bool True"),  # bool is no int here
+    (dict(num_queries=5.0), TypeError, "num_queries must be an int >= 1, got float 5.0"),
+    (dict(num_register_tokens=-1), ValueError, "num_register_tokens must be an int >= 0, got -1"),
+    (dict(num_upscale_blocks=False), TypeError, "num_upscale_blocks must be an int >= 0, got bool False"),
+    (dict(layer_norm_eps=-1e-6), ValueError, "layer_norm_eps must be a finite number > 0, got -1e-06"),
+    (dict(layer_norm_eps=0.0), ValueError, "layer_norm_eps must be a finite number > 0, got 0.0"),
+    (dict(layer_norm_eps=True), TypeError, "layer_norm_eps must be a finite number > 0, got bool True"),
+    (dict(rope_theta=float("nan")), ValueError, "rope_theta must be a finite number > 0, got nan"),
+    (dict(rope_theta=float("inf")), ValueError, "rope_theta must be a finite number > 0, got inf"),
+    (dict(rope_theta=-100.0), ValueError, "rope_theta must be a finite number > 0, got -100.0"),
+    (dict(rope_theta="100"), TypeError, "rope_theta must be a finite number > 0, got str '100'"),
+    (dict(key_bias=1), TypeError, "key_bias must be a bool, got int 1"),
+    (dict(masked_attention="yes"), TypeError, "masked_attention must be a bool, got str 'yes'"),
 ])
-def test_videomt_config_validation(overrides, message):
-    with pytest.raises(ValueError, match=message):
+def test_videomt_config_validation(overrides, error, message):
+    with pytest.raises(error, match=f"^VidEoMTConfig.{message}"):
         VidEoMTConfig(**overrides)
+
+
+def test_videomt_variants_are_read_only():
+    with pytest.raises(TypeError):
+        VARIANTS["huge"] = VARIANTS["small"]  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        VARIANTS["small"].hidden_size = 768  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name, factory", [("tiny", videomt_tiny_config), ("dinov3_tiny", videomt_dinov3_tiny_config),
+                                           ("small", videomt_small_config)])
+def test_videomt_config_factories_are_the_variants_with_overrides(name, factory):
+    assert factory() == VARIANTS[name]
+    assert factory(image_size=224) == dataclasses.replace(VARIANTS[name], image_size=224)
+    with pytest.raises(ValueError, match=r"image_size must be a multiple of patch_size"):
+        factory(image_size=18)  # overrides are validated like any config
 
 
 def test_videomt_query_propagation_keeps_the_reference_keys():

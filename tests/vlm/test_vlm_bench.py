@@ -24,7 +24,7 @@ from torch.utils._pytree import tree_leaves
 
 from candidates.vlm.dinov3 import VARIANTS, DinoV3ViT
 from candidates.vlm.processor import ImageProcessor, ImageProcessorConfig, ProcessedImage
-from reference.dinov3 import TINY, TINY_TIMM, timm_dinov3, transformers_dinov3
+from reference.vlm import TINY, TINY_TIMM, timm_dinov3, transformers_dinov3
 
 IMAGES = {  # name -> (input height, input width, max_img_size)
     "224": (224, 224, 224),

@@ -1,17 +1,16 @@
-"""DINOv3 encoder: config validation, the two key mappings, the true patch grid, RoPE behaviour, bf16 autocast."""
+"""DINOv3 encoder: config and variants, the true patch grid, RoPE behaviour in the model, bf16 autocast.
+
+The weight layouts are tested in test_vlm_convert.py, the shared RoPE primitives in test_candidates_layers.py."""
 
 from dataclasses import replace
 
 import pytest
 import torch
 
-from candidates.vlm.dinov3 import (
-    VARIANTS, DinoV3Config, DinoV3ViT, RopeEmbedding, convert_timm_state_dict,
-    convert_transformers_state_dict, patch_center_coords,
-)
+from candidates.vlm.dinov3 import VARIANTS, DinoV3Config, DinoV3ViT, dinov3_vit
 from candidates.vlm.projector import ModalityProjector, ProjectorConfig
 from harness import randomize_
-from reference.dinov3 import TINY, TINY_TIMM, timm_dinov3, transformers_dinov3
+from reference.vlm import TINY
 
 
 def live_model(config: DinoV3Config = TINY, seed: int = 0) -> DinoV3ViT:
@@ -25,16 +24,46 @@ def live_model(config: DinoV3Config = TINY, seed: int = 0) -> DinoV3ViT:
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"embed_dim": 30, "num_heads": 4}, "divisible by num_heads"),
-    ({"embed_dim": 36, "num_heads": 2}, "head_dim divisible by 4"),
-    ({"depth": 0}, "depth must be an int >= 1"),
-    ({"num_reg_tokens": -1}, "num_reg_tokens must be an int >= 0"),
-    ({"rope_impl": "cat"}, "rope_impl must be 'periods' or 'inv_freq'"),
-    ({"rope_theta": 0.0}, "rope_theta must be > 0"),
+    ({"embed_dim": 30, "num_heads": 4}, r"num_heads must be a divisor of embed_dim 30, got 4"),
+    ({"embed_dim": 36, "num_heads": 2}, r"num_heads must be a count leaving head_dim = 36 / num_heads divisible by 4"),
+    ({"depth": 0}, r"DinoV3Config.depth must be an int >= 1, got 0"),
+    ({"num_reg_tokens": -1}, r"num_reg_tokens must be an int >= 0, got -1"),
+    ({"rope_impl": "cat"}, r"rope_impl must be one of 'periods', 'inv_freq', got 'cat'"),
+    ({"rope_theta": 0.0}, r"rope_theta must be a finite number > 0, got 0.0"),
 ])
-def test_vlm_config_rejects(overrides, message):
+def test_vlm_config_rejects_a_bad_value(overrides, message):
     with pytest.raises(ValueError, match=message):
         replace(TINY, **overrides)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"depth": 2.0}, r"DinoV3Config.depth must be an int >= 1, got float 2.0"),
+    ({"qkv_bias": 1}, r"DinoV3Config.qkv_bias must be a bool, got int 1"),
+])
+def test_vlm_config_rejects_a_wrong_type(overrides, message):
+    with pytest.raises(TypeError, match=message):
+        replace(TINY, **overrides)
+
+
+def test_vlm_model_rejects_a_config_of_another_type():
+    with pytest.raises(TypeError, match=r"config must be a DinoV3Config, got dict"):
+        DinoV3ViT({"embed_dim": 32})
+
+
+def test_vlm_variants_are_read_only():
+    with pytest.raises(TypeError):
+        VARIANTS["mine"] = TINY  # type: ignore[index]
+    assert all(isinstance(config, DinoV3Config) for config in VARIANTS.values())
+
+
+def test_vlm_factory_builds_a_variant_with_overrides():
+    model = dinov3_vit("dinov3_tiny", depth=1)
+    assert model.config == replace(VARIANTS["dinov3_tiny"], depth=1) and len(model.blocks) == 1
+
+
+def test_vlm_factory_names_the_variants_when_given_an_unknown_one():
+    with pytest.raises(ValueError, match=r"unknown DINOv3 variant 'vit_huge'; expected one of \['dinov3_tiny'"):
+        dinov3_vit("vit_huge")
 
 
 def test_vlm_input_size_errors_name_expected_and_got():
@@ -47,76 +76,6 @@ def test_vlm_input_size_errors_name_expected_and_got():
         model([[0.0]])
 
 
-# --------------------------------------------------------------------------- key mapping
-
-
-def _snapshot(state):
-    return {k: v.clone() for k, v in state.items()}
-
-
-@pytest.mark.parametrize("config", [TINY, VARIANTS["vit_small_patch16_dinov3_qkvb"]], ids=["tiny", "small"])
-def test_vlm_transformers_mapping_is_pure_and_complete(config):
-    reference = transformers_dinov3(replace(config, rope_impl="inv_freq"))
-    state = reference.state_dict()
-    before = _snapshot(state)
-    converted = convert_transformers_state_dict(state)
-    assert state.keys() == before.keys() and all(torch.equal(state[k], before[k]) for k in state)
-    candidate = DinoV3ViT(config)
-    assert converted.keys() == candidate.state_dict().keys()
-    candidate.load_state_dict(converted, strict=True)
-    dim = config.embed_dim
-    attn = reference.model.layer[1].attention
-    qkv = candidate.blocks[1].attn.qkv.weight
-    assert torch.equal(qkv[:dim], attn.q_proj.weight) and torch.equal(qkv[dim:2 * dim], attn.k_proj.weight)
-    assert torch.equal(qkv[2 * dim:], attn.v_proj.weight)
-    assert torch.equal(candidate.blocks[1].attn.v_bias, attn.v_proj.bias)
-    assert torch.equal(candidate.reg_token, reference.embeddings.register_tokens)
-
-
-@pytest.mark.parametrize("variant, config", [
-    ("vit_small_patch16_dinov3", TINY_TIMM), ("vit_small_patch16_dinov3_qkvb", replace(TINY_TIMM, qkv_bias=True)),
-])
-def test_vlm_timm_mapping_is_pure_and_complete(variant, config):
-    reference = timm_dinov3(config, variant=variant)
-    state = reference.state_dict()
-    before = _snapshot(state)
-    converted = convert_timm_state_dict(state)
-    assert state.keys() == before.keys() and all(torch.equal(state[k], before[k]) for k in state)
-    candidate = DinoV3ViT(config)
-    candidate.load_state_dict(converted, strict=True)
-    assert torch.equal(candidate.blocks[0].ls2.gamma, reference.blocks[0].gamma_2)
-    # a classifier head is dropped, a zero key bias is accepted
-    extra = dict(state, **{"head.weight": torch.zeros(3, 32), "blocks.0.attn.k_bias": torch.zeros(32)})
-    assert convert_timm_state_dict(extra).keys() == converted.keys()
-
-
-@pytest.mark.parametrize("extra, message", [
-    ({"model.layer.0.mlp.gate_proj.weight": torch.zeros(1)}, "unsupported transformers DINOv3 keys"),
-    ({"model.layer.0.attention.k_proj.bias": torch.zeros(32)}, "a key bias is not supported"),
-])
-def test_vlm_transformers_mapping_rejects(extra, message):
-    state = dict(transformers_dinov3(TINY).state_dict(), **extra)
-    with pytest.raises(ValueError, match=message):
-        convert_transformers_state_dict(state)
-
-
-def test_vlm_transformers_mapping_rejects_lone_query_bias():
-    state = dict(transformers_dinov3(TINY).state_dict())
-    del state["model.layer.0.attention.v_proj.bias"]
-    with pytest.raises(ValueError, match="both be present or both absent"):
-        convert_transformers_state_dict(state)
-
-
-@pytest.mark.parametrize("extra, message", [
-    ({"pos_embed": torch.zeros(1, 5, 32)}, "unsupported timm DINOv3 keys"),
-    ({"blocks.0.attn.k_bias": torch.ones(32)}, "non-zero key bias"),
-])
-def test_vlm_timm_mapping_rejects(extra, message):
-    state = dict(timm_dinov3(TINY_TIMM).state_dict(), **extra)
-    with pytest.raises(ValueError, match=message):
-        convert_timm_state_dict(state)
-
-
 # --------------------------------------------------------------------------- grid and RoPE
 
 
@@ -126,27 +85,6 @@ def test_vlm_patch_grid_comes_from_patch_embedding():
         out = model(torch.randn(1, 3, 48, 112))
     assert out.patch_grid == (3, 7)
     assert out.last_hidden_state.shape == (1, 5 + 21, 32) and out.patch_tokens.shape == (1, 21, 32)
-
-
-def test_vlm_patch_center_coords():
-    coords = patch_center_coords((2, 4))
-    assert coords.dtype == torch.float32 and coords.shape == (8, 2)
-    assert coords[:, 0].tolist() == [-0.5] * 4 + [0.5] * 4  # rows: centres of 2 bands in [-1, 1]
-    assert coords[:4, 1].tolist() == [-0.75, -0.25, 0.25, 0.75]  # columns: centres of 4 bands
-
-
-@pytest.mark.parametrize("impl", ["periods", "inv_freq"])
-def test_vlm_rope_tables_computed_in_float32_then_cast(impl):
-    rope = RopeEmbedding(16, theta=100.0, impl=impl)
-    cos32, sin32 = rope((12, 20), dtype=torch.float32, device="cpu")
-    cos16, sin16 = rope((12, 20), dtype=torch.bfloat16, device="cpu")
-    assert cos16.dtype == torch.bfloat16
-    assert torch.equal(cos16, cos32.to(torch.bfloat16)) and torch.equal(sin16, sin32.to(torch.bfloat16))
-    # ...which is not what computing the angles in bfloat16 would give
-    angles_bf16 = torch.atan2(sin32, cos32).to(torch.bfloat16)
-    assert not torch.equal(angles_bf16.float().cos().to(torch.bfloat16), cos16)
-    # a model cast to bfloat16 keeps float32 periods (they are rebuilt, never stored)
-    assert rope.periods().dtype == torch.float32 and not list(rope.buffers())
 
 
 def _first_layer_logits(model: DinoV3ViT, image: torch.Tensor) -> torch.Tensor:
@@ -225,7 +163,7 @@ def test_vlm_rope_transposed_image_gives_transposed_tokens():
 
 
 def test_vlm_bf16_autocast_at_512x768_is_finite_and_close_to_float32():
-    """Seed test plan "AMP at 768, no NaNs": a bf16 autocast forward and backward at 512x768
+    """Mixed precision at high resolution stays finite: a bf16 autocast forward and backward at 512x768
     (grid 32x48, 1541 tokens) through encoder and projector, with live O(1) weights."""
     encoder = DinoV3ViT(TINY).train()
     randomize_(encoder, torch.Generator().manual_seed(0))

@@ -5,10 +5,9 @@ import pytest
 import torch
 
 import harness
+from helpers import PARITY_DTYPES
 from candidates.vlm.dinov3 import DinoV3ViT
-from reference.dinov3 import TIMM_RENAME, TINY, TINY_TIMM, TRANSFORMERS_RENAME
 
-DTYPES = [torch.float32, torch.float64]
 # Candidate calls without a twin: transformers embeds with a bare conv (no channels-last patch
 # module); timm's forward_features is not a root call, and timm applies q/k/v as one fused call.
 QKV_CALLS = {f"blocks.{i}.attn.{p}_proj#0" for i in (0, 1) for p in "qkv"}
@@ -20,7 +19,7 @@ ALLOWED_UNMATCHED = {
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("dtype", PARITY_DTYPES)
 @pytest.mark.parametrize(
     "name", ["dinov3_vit", "dinov3_vit_rect", "dinov3_vit_timm", "dinov3_vit_timm_rect", "dinov3_projector"]
 )
@@ -62,24 +61,9 @@ def test_vlm_parity_rope_rounding_matters():
         assert 1e-10 < report.output.max_abs < 1e-6  # rounding-sized, far above float64 noise
 
 
-def test_vlm_parity_rename_rules_cover_reference_names():
-    """Every candidate module whose name differs from transformers' is renamed to an existing one."""
-    from harness.align import apply_rename
-    from reference.dinov3 import timm_dinov3, transformers_dinov3
-
-    for candidate_cfg, reference, rules, untwinned in (
-        (TINY, transformers_dinov3(TINY), TRANSFORMERS_RENAME, {"", "patch_embed", "blocks", "blocks.0.attn.qkv", "blocks.1.attn.qkv"}),
-        (TINY_TIMM, timm_dinov3(TINY_TIMM), TIMM_RENAME, {""} | {name.removesuffix("#0") for name in QKV_CALLS}),
-    ):
-        reference_names = {n for n, _ in reference.named_modules()}
-        for name, _ in DinoV3ViT(candidate_cfg).named_modules():
-            if name not in untwinned:
-                assert apply_rename(name, rules) in reference_names, name
-
-
 @pytest.mark.parity
 @pytest.mark.nightly
-@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("dtype", PARITY_DTYPES)
 @pytest.mark.parametrize("name", ["dinov3_vit_small", "dinov3_vit_timm_small"])
 def test_vlm_parity_vit_small(parity_check, name, dtype):
     report = parity_check(name, dtype=dtype)

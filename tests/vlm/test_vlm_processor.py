@@ -15,7 +15,7 @@ from candidates.vlm.processor import (
     image_placeholder, plan_image, plan_image_with_budget,
 )
 from candidates.vlm.projector import ModalityProjector, ProjectorConfig
-from reference.dinov3 import TINY
+from reference.vlm import TINY
 
 
 
@@ -61,7 +61,7 @@ def test_vlm_grid_math(height, width, patch, factor, max_size, upscale):
     assert image_placeholder(grid.token_grid, image_token="<i>").count("<i>") == grid.num_tokens
 
 
-def test_vlm_seed_table(golden):
+def test_vlm_grid_table_at_640x960(golden):
     """640x960 -> Hp=40, Wp=60; s=4 -> Gh=10, Gw=15, 150 projector tokens (s=2: 20x30)."""
     with torch.no_grad():
         out = DinoV3ViT(TINY).eval()(torch.zeros(1, 3, 640, 960))
@@ -80,7 +80,7 @@ def test_vlm_seed_table(golden):
         "placeholders_s4": image_placeholder(grid).count("<|image|>"),
     }
     assert table["patch_grid"] == [40, 60] and tokens == {4: 150, 2: 600} and grid == (10, 15)
-    golden("vlm_seed_table", table)
+    golden("vlm_grid_table", table)
 
 
 # --------------------------------------------------------------------------- processor on photos
@@ -196,18 +196,29 @@ def test_vlm_processor_rejects_unsupported_pil_modes(mode, PIL_Image):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"max_img_size": 48, "pixel_shuffle_factor": 4}, r"max_img_size=48 is smaller than one shuffle block patch_size\*factor = 64"),
-    ({"max_image_tokens": 0}, "max_image_tokens must be None or an int >= 1, got 0"),
-    ({"factors": [2, 4]}, r"factors must be a non-empty tuple of distinct ints >= 1, got \[2, 4\]"),
-    ({"factors": (True,), "pixel_shuffle_factor": 1}, r"factors must be a non-empty tuple of distinct ints >= 1, got \(True,\)"),
+    ({"max_image_tokens": 0}, r"max_image_tokens must be an int >= 1, got 0; or None for no budget"),
     ({"factors": (2, 2)}, r"factors must be a non-empty tuple of distinct ints >= 1, got \(2, 2\)"),
     ({"factors": ()}, r"factors must be a non-empty tuple"),
     ({"pixel_shuffle_factor": 3}, r"pixel_shuffle_factor=3 is not in factors=\(2, 4\); the projector has weights only"),
-    ({"patch_size": 16.0}, r"ImageProcessorConfig.patch_size must be an int >= 1, got 16.0"),
-    ({"allow_upscale": "no"}, r"allow_upscale must be a bool, got 'no'"),
 ])
-def test_vlm_processor_config_rejects(kwargs, message):
+def test_vlm_processor_config_rejects_a_bad_value(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ImageProcessorConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"factors": [2, 4]}, r"factors must be a non-empty tuple of distinct ints >= 1, got list \[2, 4\]"),
+    ({"factors": (True,), "pixel_shuffle_factor": 1}, r"factors must be a non-empty tuple of distinct ints >= 1, got bool True"),
+    ({"patch_size": 16.0}, r"ImageProcessorConfig.patch_size must be an int >= 1, got float 16.0"),
+    ({"allow_upscale": "no"}, r"allow_upscale must be a bool, got str 'no'"),
+])
+def test_vlm_processor_config_rejects_a_wrong_type(kwargs, message):
+    with pytest.raises(TypeError, match=message):
+        ImageProcessorConfig(**kwargs)
+
+
+def test_vlm_processor_rejects_a_config_of_another_type():
+    kwargs = {"max_img_size": 512}
     with pytest.raises(TypeError, match="config must be an ImageProcessorConfig or None, got dict"):
         ImageProcessor(kwargs)
 

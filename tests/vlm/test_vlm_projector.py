@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from candidates.vlm.projector import (
     ModalityProjector, ProjectorConfig, pixel_shuffle_2d, pixel_shuffle_square, pixel_unshuffle_2d,
 )
-from reference.dinov3 import UnshufflePixels
+from reference.vlm import UnshufflePixels
 
 grids = st.tuples(st.integers(1, 5), st.integers(1, 5), st.integers(1, 4), st.integers(1, 3), st.integers(1, 2))
 
@@ -18,25 +18,29 @@ def _tokens(batch, n, dim, seed=0):
     return torch.randn(batch, n, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
+def _patch_tokens(case):
+    """(tokens, patch grid, factor) for a drawn (Gh, Gw, factor, width, batch): a grid of Gh x Gw blocks."""
+    gh, gw, s, dim, batch = case
+    return _tokens(batch, gh * s * gw * s, dim), (gh * s, gw * s), s
+
+
 @pytest.mark.property
 @settings(deadline=None)
 @given(grids)
 def test_vlm_shuffle_2d_is_a_permutation_of_pixel_unshuffle(case):
-    gh, gw, s, dim, batch = case
-    x = _tokens(batch, gh * s * gw * s, dim)
-    ours = pixel_shuffle_2d(x, (gh * s, gw * s), s)
-    assert ours.shape == (batch, gh * gw, s * s * dim)
-    assert torch.equal(ours, UnshufflePixels()(x, (gh * s, gw * s), s))
+    x, grid, s = _patch_tokens(case)
+    ours = pixel_shuffle_2d(x, grid, s)
+    assert ours.shape == (x.shape[0], x.shape[1] // (s * s), s * s * x.shape[2])
+    assert torch.equal(ours, UnshufflePixels()(x, grid, s))
 
 
 @pytest.mark.property
 @settings(deadline=None)
 @given(grids)
 def test_vlm_shuffle_2d_inverse_restores_tokens(case):
-    gh, gw, s, dim, batch = case
-    x = _tokens(batch, gh * s * gw * s, dim)
-    folded = pixel_shuffle_2d(x, (gh * s, gw * s), s)
-    assert torch.equal(pixel_unshuffle_2d(folded, (gh, gw), s), x)
+    x, grid, s = _patch_tokens(case)
+    folded = pixel_shuffle_2d(x, grid, s)
+    assert torch.equal(pixel_unshuffle_2d(folded, (grid[0] // s, grid[1] // s), s), x)
 
 
 @pytest.mark.property

@@ -1,0 +1,108 @@
+"""compare(): verdicts that a misbehaving model must not fool, and errors for malformed options."""
+
+import pytest
+import torch
+from torch import nn
+
+import harness
+from harness import Tolerance
+from harness_toys import TOY, Net
+
+
+class ActThenLinear(nn.Module):
+    def __init__(self, act: nn.Module) -> None:
+        super().__init__()
+        self.act = act
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.act(x))
+
+
+def _pair(a: nn.Module, b: nn.Module) -> tuple[nn.Module, nn.Module]:
+    b.load_state_dict(a.state_dict())
+    return a.double(), b.double()
+
+
+def test_candidate_writing_into_its_input_cannot_fake_a_pass():
+    candidate, reference = _pair(ActThenLinear(nn.ReLU(inplace=True)), ActThenLinear(nn.Identity()))
+    x = torch.randn(3, 4, dtype=torch.float64)
+    before = x.clone()
+    report = harness.compare(candidate, reference, x)
+    assert not report.passed and report.output.max_abs > 0.1
+    assert report.input_mutations == {"candidate": ["args.0"], "reference": []}
+    assert "the candidate modified its inputs in place: args.0" in report.format()
+    assert torch.equal(x, before) and (x < 0).any()  # the caller's tensor is untouched
+
+
+def test_agreeing_nans_in_outputs_do_not_pass_unless_allowed():
+    torch.manual_seed(0)
+    a, b = nn.Linear(2, 2).double(), nn.Linear(2, 2).double()  # different weights
+    x = torch.tensor([[float("nan"), 1.0]], dtype=torch.float64)
+    report = harness.compare(a, b, x)
+    assert not report.passed and "non-finite values (NaN/Inf) in final outputs" in report.format()
+    assert harness.compare(a, b, x, allow_nonfinite=True).passed  # NaN at the same places, opted in
+
+
+def test_unmatched_in_place_activation_is_not_a_pass_through():
+    class Clipped(Net):
+        def __init__(self):
+            super().__init__(extra_identity=True)
+            self.pre = nn.ReLU(inplace=True)
+
+    candidate, reference = TOY.build(dtype=torch.float64)
+    clipped = Clipped().double().eval()
+    clipped.load_state_dict(candidate.state_dict())
+    report = harness.compare(clipped, reference, TOY.inputs(dtype=torch.float64))
+    assert report.unmatched_candidate == ["pre#0"] and report.passthrough_candidate == []
+    assert not report.passed and report.culprit == "pre"  # no twin, yet named rather than the root
+
+
+def test_tolerance_and_rename_options_are_validated():
+    a, b = _pair(ActThenLinear(nn.Identity()), ActThenLinear(nn.Identity()))
+    x = torch.randn(2, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"tolerances key must be one of 'bfloat16', .*got 'fp32'"):
+        harness.compare(a, b, x, tolerances={"fp32": Tolerance(atol=1, rtol=1)})
+    with pytest.raises(TypeError, match=r"tolerances\['float32'\] must be a harness.Tolerance"):
+        harness.compare(a, b, x, tolerances={"float32": 1e-3})
+    with pytest.raises(TypeError, match=r"a module tolerance rule must be a tuple \(regex, dtype name or None, Tolerance\)"):
+        harness.compare(a, b, x, module_tolerances=[("fc", Tolerance(atol=1, rtol=1))])
+    with pytest.raises(ValueError, match=r"the dtype of module tolerance rule .* must be one of .*None, got 'fp64'"):
+        harness.compare(a, b, x, module_tolerances=[("fc", "fp64", Tolerance(atol=1, rtol=1))])
+    with pytest.raises(ValueError, match="is not a valid regex"):
+        harness.compare(a, b, x, module_tolerances=[("(", None, Tolerance(atol=1, rtol=1))])
+    with pytest.raises(ValueError, match=r"rename rule \('\(', 'x'\) is not a valid regex"):
+        harness.compare(a, b, x, rename=[("(", "x")])
+    with pytest.raises(ValueError, match="is not a valid regex"):
+        harness.Pair(name="bad", candidate=Net, reference=Net, convert=dict, make_inputs=lambda g: None,
+                     rename=(("[", "x"),))
+
+
+def test_models_of_different_dtypes_are_refused_with_both_named():
+    a, b = ActThenLinear(nn.Identity()), ActThenLinear(nn.Identity()).double()
+    with pytest.raises(TypeError, match="candidate parameters are torch.float32 but reference parameters are torch.float64"):
+        harness.compare(a, b, torch.randn(2, 4))
+
+
+def test_wrong_structural_guess_is_tentative_when_everything_else_agrees():
+    class Ab(nn.Module):
+        def __init__(self, names: tuple[str, str]) -> None:
+            super().__init__()
+            self.first, self.second = names
+            self.add_module(names[0], nn.Tanh())
+            self.add_module(names[1], nn.Sigmoid())
+
+        def forward(self, x):
+            return getattr(self, self.first)(x) + getattr(self, self.second)(x)
+
+    # same math, names that tell nothing: structure pairs u<->p (Tanh) and v<->q (Sigmoid)...
+    report = harness.compare(Ab(("u", "v")), Ab(("p", "q")), torch.randn(3))
+    assert report.passed and [r.status for r in report.rows if r.match.how == "structure"] == ["ok", "ok"]
+
+    class Ba(Ab):  # ...but here the candidate calls its Sigmoid first: pairing by order guesses wrong
+        def forward(self, x):
+            return getattr(self, self.second)(x) + getattr(self, self.first)(x)
+
+    report = harness.compare(Ba(("u", "v")), Ab(("p", "q")), torch.randn(3))
+    assert report.passed and {r.status for r in report.rows if r.match.how == "structure"} == {"tentative"}
+    assert "structurally paired rows differ (tentative pairings by shape, not counted)" in report.format()

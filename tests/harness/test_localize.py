@@ -1,0 +1,156 @@
+"""Localization on toy pairs: an unmodified pair passes; injected bugs are named precisely."""
+
+import pytest
+import torch
+
+import harness
+from harness_toys import TOY, TOY_RENAMED, Net, drop_residual
+from helpers import PARITY_DTYPES
+
+
+def test_build_is_deterministic_and_weights_are_live():
+    c1, r1 = TOY.build(dtype=torch.float64)
+    c2, r2 = TOY.build(dtype=torch.float64)
+    for (k, a), b, c in zip(c1.state_dict().items(), c2.state_dict().values(), r1.state_dict().values()):
+        assert torch.equal(a, b) and torch.equal(a, c), k
+    assert c1.blocks[0].fc1.bias.abs().max() > 0  # biases re-drawn, not the zero init
+    assert c1.blocks[0].norm.weight.dtype == torch.float64 and not c1.training
+    assert torch.equal(TOY.inputs(dtype=torch.float64).args[0], TOY.inputs(dtype=torch.float64).args[0])
+
+
+@pytest.mark.parametrize("dtype", PARITY_DTYPES)
+def test_parity_toy_unmodified_pair_passes(dtype):
+    report = harness.compare_pair(TOY, dtype=dtype)
+    assert report.passed and report.first_divergence is None and report.culprit is None
+    assert len(report.rows) == 3 * 5 + 3 and not report.unmatched_candidate
+
+
+def test_parity_toy_renamed_reference_aligns_through_rules():
+    report = harness.compare_pair(TOY_RENAMED, dtype=torch.float64)
+    assert report.passed, report.format()
+    hows = {r.candidate: r.match.how for r in report.rows}
+    assert hows["blocks.1.fc1"] == "rename" and hows["<root>"] == "name"
+    # Sequential/ModuleList containers have no twin by name; structure pairs what has a shape twin.
+    assert report.output.max_abs < 1e-12
+
+
+@pytest.mark.parametrize("bug, module", [
+    (lambda m: setattr(m.blocks[1].norm, "eps", 1e-3), "blocks.1.norm"),
+    (lambda m: setattr(m.blocks[2].act, "approximate", "tanh"), "blocks.2.act"),
+    (lambda m: m.blocks[1].fc2.bias.data.add_(1e-7), "blocks.1.fc2"),
+    (lambda m: drop_residual(m.blocks[1]), "blocks.1"),
+])
+def test_injected_bug_is_localized(bug, module):
+    candidate, _ = TOY.build(dtype=torch.float64)
+    bug(candidate)
+    report = harness.compare_pair(TOY, candidate=candidate, dtype=torch.float64)
+    assert not report.passed
+    assert report.first_divergence == module and report.culprit == module, report.format()
+    statuses = {r.candidate: r.status for r in report.rows}
+    assert statuses[module] == "introduced"
+    assert statuses["<root>"] == "contains" and statuses["head"] == "propagated"
+
+
+def test_culprit_found_by_rerun_when_inputs_already_differ_slightly():
+    """A tiny upstream difference (within tolerance) plus a real bug downstream: the re-run on
+    reference inputs tells the downstream module's own error from the inherited one."""
+    candidate, _ = TOY.build(dtype=torch.float32)
+    candidate.blocks[0].fc2.bias.data.add_(1e-7)  # far below float32 tolerance
+    candidate.blocks[2].norm.eps = 1e-2
+    report = harness.compare_pair(TOY, candidate=candidate, dtype=torch.float32)
+    assert report.culprit == "blocks.2.norm"
+    row = next(r for r in report.rows if r.candidate == "blocks.2.norm")
+    assert row.reran and row.status == "introduced"
+
+
+def test_compare_accepts_tuple_dict_and_call_inputs():
+    class TwoArgs(torch.nn.Module):
+        def forward(self, x, *, shift):
+            return x + shift
+
+    a, b = TwoArgs(), TwoArgs()
+    x, s = torch.ones(2), torch.full((2,), 3.0)
+    assert harness.compare(a, b, harness.Call((x,), {"shift": s})).passed
+    assert harness.compare(Net(), Net(), torch.zeros(1, 5, 8), dtype=torch.float32).rows
+    with pytest.raises(TypeError, match="inputs must be a Tensor"):
+        harness.compare(a, b, [x])
+
+
+def test_compare_pair_errors_name_what_was_expected():
+    with pytest.raises(ValueError, match="no pair named 'convnxt_tiny'"):
+        harness.compare_pair("convnxt_tiny")
+    with pytest.raises(TypeError, match="candidate must be an nn.Module"):
+        harness.compare_pair(TOY, candidate="model")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="floating torch.dtype"):
+        TOY.build(dtype=torch.int32)
+
+
+def test_different_output_structures_need_output_functions():
+    class Tup(torch.nn.Module):
+        def forward(self, x):
+            return x, x * 2, x * 3
+
+    with pytest.raises(ValueError, match="final outputs differ in structure"):
+        harness.compare(Tup(), Net(depth=1), torch.zeros(1, 5, 8))
+
+
+def test_parity_toy_extra_identity_on_one_side_is_listed_not_fatal():
+    candidate, reference = TOY.build(dtype=torch.float64)
+    extended = Net(extra_identity=True).double().eval()
+    extended.load_state_dict(candidate.state_dict())
+    report = harness.compare(extended, reference, TOY.inputs(dtype=torch.float64))
+    assert report.passed and not report.unmatched_candidate and not report.unmatched_reference
+    assert report.passthrough_candidate == ["pre#0"]  # listed apart: an Identity computes nothing
+    assert report.to_dict()["passthrough"] == {"candidate": ["pre#0"], "reference": []}
+    assert "1 pass-through calls" in report.format()
+
+
+def test_unmatched_module_that_computes_is_listed_as_unmatched():
+    class Scaled(Net):
+        def __init__(self):
+            super().__init__(extra_identity=True)
+            self.pre = torch.nn.Dropout(p=0.5)  # in training mode it computes: not a pass-through
+
+    candidate, reference = TOY.build(dtype=torch.float64)
+    extended = Scaled().double().train()
+    extended.load_state_dict(candidate.state_dict())
+    report = harness.compare(extended, reference, TOY.inputs(dtype=torch.float64))
+    assert "pre#0" in report.unmatched_candidate and not report.passthrough_candidate
+
+
+def test_module_without_tensor_inputs_can_be_the_culprit():
+    """A table built from integers (a RoPE grid) gets no error through inputs: it makes its own."""
+
+    class Table(torch.nn.Module):
+        def __init__(self, scale: float):
+            super().__init__()
+            self.scale = scale
+
+        def forward(self, n: int) -> torch.Tensor:
+            return torch.arange(n, dtype=torch.float64) * self.scale
+
+    class Model(torch.nn.Module):
+        def __init__(self, scale: float):
+            super().__init__()
+            self.table = Table(scale)
+            self.proj = torch.nn.Linear(4, 4).double()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.proj(x + self.table(x.shape[-1]))
+
+    reference, candidate = Model(1.0), Model(1.5)
+    candidate.load_state_dict(reference.state_dict())
+    report = harness.compare(candidate, reference, torch.randn(2, 4, dtype=torch.float64))
+    assert report.first_divergence == "table" and report.culprit == "table"
+
+
+def test_summary_mode_compares_statistics_and_still_localizes():
+    assert harness.compare_pair(TOY, dtype=torch.float64, mode="summary").passed
+    candidate, _ = TOY.build(dtype=torch.float64)
+    candidate.blocks[1].norm.eps = 1e-2
+    report = harness.compare_pair(TOY, candidate=candidate, dtype=torch.float64, mode="summary")
+    assert not report.passed and report.mode == "summary"
+    assert report.first_divergence == "blocks.1.norm" and report.culprit == "blocks.1.norm"
+    assert "summary mode: layer errors are lower bounds" in report.format()
+    row = next(r for r in report.rows if r.candidate == "blocks.1.norm")
+    assert row.metrics.max_abs > 0 and row.metrics.rel_l2 != row.metrics.rel_l2  # unknown: NaN

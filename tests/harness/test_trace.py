@@ -1,0 +1,147 @@
+"""harness.trace: every module call recorded in completion order, with its inputs, outputs and statistics."""
+
+import pytest
+import torch
+from torch import nn
+
+from harness import Tracer
+from harness.trace import ROOT, TensorSummary, flatten_tensors
+from harness_toys import Net
+
+
+def test_records_every_call_in_completion_order_with_nesting():
+    model = Net(depth=2)
+    with Tracer(model) as tracer:
+        model(torch.randn(2, 5, 8))
+    names = [r.name for r in tracer.records]
+    assert names[:5] == ["blocks.0.norm", "blocks.0.fc1", "blocks.0.act", "blocks.0.fc2", "blocks.0"]
+    assert names[-1] == ROOT and "head" in names
+    by = {r.name: r for r in tracer.records}
+    assert by["blocks.0"].contains(by["blocks.0.fc1"]) and not by["blocks.0"].contains(by["blocks.1.fc1"])
+    assert by["blocks.0.fc1"].inputs["args.0"].shape == (2, 5, 8)
+    assert by["blocks.0.fc1"].outputs[""].shape == (2, 5, 16)
+
+
+def test_module_called_per_frame_gets_call_indices():
+    lin = nn.Linear(3, 3)
+
+    class PerFrame(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = lin
+
+        def forward(self, video):  # (T, N, 3)
+            return torch.stack([self.lin(frame) for frame in video])
+
+    model = PerFrame()
+    with Tracer(model) as tracer:
+        model(torch.randn(3, 2, 3))
+    assert [r.key for r in tracer.records] == ["lin#0", "lin#1", "lin#2", f"{ROOT}#0"]
+
+
+def test_flattens_tuples_dicts_and_kwargs():
+    class Multi(nn.Module):
+        def forward(self, x, *, scale):
+            return {"a": x * scale, "pair": (x, None, [x + 1])}
+
+    model = Multi()
+    with Tracer(model) as tracer:
+        model(torch.ones(2), scale=torch.tensor(3.0))
+    record = tracer.records[0]
+    assert sorted(record.outputs) == ["a", "pair.0", "pair.2.0"]
+    assert sorted(record.inputs) == ["args.0", "kwargs.scale"]
+    assert flatten_tensors(torch.ones(1)) == {"": torch.ones(1)}
+
+
+def test_summary_mode_keeps_statistics_only():
+    model = Net(depth=1)
+    with Tracer(model, mode="summary") as tracer:
+        model(torch.randn(2, 5, 8))
+    leaf = tracer.records[0].outputs[""]
+    assert isinstance(leaf, TensorSummary) and leaf.shape == (2, 5, 8) and leaf.dtype == "float32"
+    assert abs(leaf.mean) < 1 and leaf.nonfinite == 0
+
+
+def test_include_filter_limits_hooked_modules():
+    model = Net(depth=2)
+    with Tracer(model, include=r"fc1$") as tracer:
+        model(torch.randn(2, 5, 8))
+    assert [r.name for r in tracer.records] == ["blocks.0.fc1", "blocks.1.fc1", ROOT]
+
+
+def test_hooks_are_removed_after_an_exception_inside_forward():
+    model = Net(depth=2)
+
+    def boom(_module, _args):
+        raise RuntimeError("boom")
+
+    model.blocks[1].fc2.register_forward_pre_hook(boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        with Tracer(model) as tracer:
+            model(torch.randn(2, 5, 8))
+    assert not tracer.active
+    hooked = [m for m in model.modules() if m._forward_pre_hooks or m._forward_hooks]
+    assert hooked == [model.blocks[1].fc2]  # only the test's own hook remains
+    assert len(model.blocks[1].fc2._forward_pre_hooks) == 1
+
+
+def test_first_module_producing_nan_is_recorded():
+    model = Net(depth=2)
+    with torch.no_grad():
+        model.blocks[1].fc1.weight[0, 0] = float("nan")
+    with Tracer(model) as tracer:
+        model(torch.randn(2, 5, 8))
+    assert tracer.first_nonfinite == "blocks.1.fc1#0"
+
+
+def test_a_tracer_needs_a_module():
+    with pytest.raises(TypeError, match=r"Tracer\(model\) must be an nn.Module, got str 'model'"):
+        Tracer("model")  # type: ignore[arg-type]
+
+
+def test_a_tracer_names_its_modes():
+    with pytest.raises(ValueError, match="mode must be one of 'full', 'summary', got 'everything'"):
+        Tracer(Net(), mode="everything")  # type: ignore[arg-type]
+
+
+def test_summary_statistics_match_torch_and_count_nonfinite():
+    x = torch.randn(3, 50, dtype=torch.float64) * 3 + 1
+    s = TensorSummary.of(x)
+    assert s.mean == pytest.approx(float(x.mean())) and s.std == pytest.approx(float(x.std()))
+    assert s.absmax == pytest.approx(float(x.abs().max())) and s.nonfinite == 0
+    y = x.clone()
+    y[0, 0], y[1, 1] = float("nan"), float("-inf")
+    t = TensorSummary.of(y)
+    finite = y[torch.isfinite(y)]
+    assert t.nonfinite == 2 and t.mean == pytest.approx(float(finite.mean()))
+    assert TensorSummary.of(torch.full((2,), float("nan"))).nonfinite == 2
+    assert TensorSummary.of(torch.tensor([1, -5, 2])).absmax == 5.0
+
+
+def test_full_mode_copies_are_shared_only_while_the_tensor_is_unchanged():
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Identity()
+            self.b = nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            y = self.a(x * 1.0)  # Identity: y is the very tensor a received
+            return self.b(y)  # modifies y in place after it was recorded
+
+    model = InPlace()
+    x = torch.tensor([-1.0, 2.0])
+    with Tracer(model) as tracer:
+        model(x)
+    by = {r.name: r for r in tracer.records}
+    assert by["a"].inputs["args.0"] is by["a"].outputs[""]  # one copy for an unchanged tensor
+    assert torch.equal(by["a"].outputs[""], torch.tensor([-1.0, 2.0]))  # not clobbered by ReLU_
+    assert torch.equal(by["b"].outputs[""], torch.tensor([0.0, 2.0]))
+
+
+def test_entering_an_active_tracer_again_is_refused():
+    tracer = Tracer(Net())
+    with tracer:
+        with pytest.raises(RuntimeError, match="already active"):
+            tracer.__enter__()
+    assert not tracer.active
