@@ -17,8 +17,11 @@ or the new one, a failed write leaves the old file and no temp file behind, stal
 killed writes are removed, and an OSError names the destination.
 
 Loading into a model. :func:`load_exactly` is the one strict load of every family: keys and shapes
-must match the model's exactly, and a mismatch is a ValueError naming the missing, unexpected and
-wrong-shape keys (``nn.Module.load_state_dict`` raises a RuntimeError after a partial copy).
+must match the model's exactly, and a mismatch is a ValueError listing, one per line, every
+missing, unexpected and wrong-shape key with its shapes, then an optional family hint (a config
+that would fit); ``nn.Module.load_state_dict`` raises a RuntimeError after a partial copy.
+:func:`check_fit` is the same check without loading (a model built on the meta device only to be
+compared with a checkpoint).
 
 This module depends on torch, safetensors and the model-free :mod:`harness.files` only.
 """
@@ -30,7 +33,7 @@ import os
 import pickle
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Collection, Iterator, Mapping
 
 import safetensors.torch
 import torch
@@ -40,7 +43,7 @@ from harness.files import atomic_write
 __all__ = [
     "PICKLE_SUFFIXES", "WRAPPER_KEYS", "StateDict", "UnsafePickleError", "write_atomically", "atomic_write_bytes",
     "load_state_dict", "state_dict_from_bytes", "unwrap_state_dict", "save_state_dict", "naming_file",
-    "load_exactly",
+    "fit_problems", "check_fit", "load_exactly",
 ]
 
 StateDict = dict[str, torch.Tensor]
@@ -197,24 +200,64 @@ def naming_file(path: str | os.PathLike | None) -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_exactly(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, what: str) -> None:
-    """Load ``state`` into ``model`` strictly; ``what`` names the model in the error.
+def fit_problems(
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, allow_missing: Collection[str] = ()
+) -> list[str]:
+    """One line per key whose presence or shape differs between ``model`` and ``state``.
 
-    Checked before any tensor is copied, so a refused state dict leaves ``model`` unchanged.
+    Wrong shapes first (both shapes), then keys missing from ``state``, then keys ``model`` does
+    not have; the model's key order, then the state's. ``allow_missing`` keys may be absent.
     """
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = [f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
-                   for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong_shape:
-        raise ValueError(
-            f"checkpoint does not fit {what}: missing {_first(missing, 5)}, unexpected {_first(unexpected, 5)}, "
-            f"wrong shape {_first(wrong_shape, 3)}"
-        )
-    model.load_state_dict(state, strict=True)
+    problems = [f"  {key}: checkpoint {_shape(state[key])} vs model {_shape(expected[key])}"
+                for key in expected if key in state and state[key].shape != expected[key].shape]
+    problems += [f"  {key}: missing from checkpoint (model {_shape(expected[key])})"
+                 for key in expected if key not in state and key not in allow_missing]
+    problems += [f"  {key}: unexpected in checkpoint {_shape(state[key])}" for key in state if key not in expected]
+    return problems
 
 
-def _first(items: list[str], n: int) -> str:
-    """The first ``n`` items, and how many more there are: an error never hides that keys were left out."""
-    return f"{items[:n]}" + (f" (+{len(items) - n} more)" if len(items) > n else "")
+def check_fit(
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, what: str, source: str = "checkpoint",
+    hint: str | Callable[[], str] | None = None, allow_missing: Collection[str] = (),
+    error: type[ValueError] = ValueError,
+) -> None:
+    """Raise ``error`` listing every key of :func:`fit_problems` unless ``state`` fits ``model``.
+
+    ``source`` names the state dict and ``what`` the model (``"{source} does not fit {what}"``);
+    ``hint`` (a string, or a function called only on a mismatch) is the message's last line, e.g.
+    a config that would fit. ``error`` is a family's own ValueError subclass.
+    """
+    problems = fit_problems(model, state, allow_missing=allow_missing)
+    if problems:
+        last = hint() if callable(hint) else hint
+        raise error(f"{source} does not fit {what}: {len(problems)} mismatched keys\n" + "\n".join(problems)
+                    + (f"\n{last}" if last else ""))
+
+
+def load_exactly(
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, what: str, source: str = "checkpoint",
+    hint: str | Callable[[], str] | None = None, allow_missing: Collection[str] = (), assign: bool = False,
+    error: type[ValueError] = ValueError,
+) -> None:
+    """Load ``state`` into ``model`` strictly, after :func:`check_fit` (same keyword options).
+
+    Checked before any tensor is copied, so a refused state dict leaves ``model`` unchanged.
+    ``allow_missing`` keys keep the model's own values: the caller has reported them elsewhere
+    (a conversion report). ``assign=True`` puts the state's tensors themselves into ``model``
+    (dtypes as stored, no cast; how a model built on the meta device is filled); a tensor still on
+    the meta device afterwards (computed, not stored) is an error, never left behind silently.
+    """
+    check_fit(model, state, what=what, source=source, hint=hint, allow_missing=allow_missing, error=error)
+    if not assign and any(t.is_meta for t in model.state_dict().values()):  # copying into meta does nothing
+        raise error(f"{what} is on the meta device (shapes only); load {source} with assign=True to fill it")
+    model.load_state_dict(state, strict=not allow_missing, assign=assign)
+    if assign:
+        left = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+        if left:
+            raise error(f"{what} still has tensors on the meta device after loading {source}, which does not store "
+                        f"them: {left}; build the model on a real device and load without assign=True")
+
+
+def _shape(t: torch.Tensor) -> str:
+    return str(tuple(t.shape))

@@ -96,17 +96,17 @@ def inspect_state_dict(
     and so is any ``num_heads`` for a state dict whose family has no heads to count.
     """
     recognizers = _recognizers()
-    for _, recognize in recognizers:
+    for family, recognize in recognizers:
         info = recognize(state, num_heads=num_heads)
         if info is not None:
             if num_heads is not None and info.num_heads_source is None:
-                break
+                raise ValueError(f"num_heads applies to checkpoints with attention heads; {path or 'this state dict'} "
+                                 f"is a {family} checkpoint, which has none: leave --num-heads out")
             info.path = path
             return info
     if num_heads is not None:
-        raise ValueError(
-            f"num_heads applies to RoPE-ViT and mFormerV1 checkpoints; {path or 'this state dict'} is not one"
-        )
+        raise ValueError(f"num_heads applies to checkpoints with attention heads; {path or 'this state dict'} is not "
+                         f"a checkpoint of a known family: leave --num-heads out")
     tried = ", ".join(family for family, _ in recognizers)
     return CheckpointInfo(
         "unknown", None, count_parameters(state), len(state), path=path,

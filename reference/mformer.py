@@ -25,7 +25,6 @@ import sys
 import torch
 from torch import nn
 
-import timm
 from harness import Pair, register
 from harness.cli import print_json, register_command
 
@@ -75,6 +74,8 @@ def timm_mformer_v1(
     if convnext_depths is not None:
         # stages 2-3 are discarded (only stage 2's downsample is used): no blocks keeps them cheap
         cnx_extra["depths"] = (*convnext_depths, 0, 0)
+    import timm  # here, not at the top: the family's CLI command needs no model library
+
     convnext = timm.create_model(CONVNEXT_TIMM[variant], pretrained=False, **cnx_extra)
     vit_extra = {} if vit_depth is None else {"depth": vit_depth}
     vit = timm.create_model(TIMM_NAMES[VIT_VARIANT[variant]], pretrained=False, img_size=img_size, **vit_extra)

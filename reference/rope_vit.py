@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import timm
 from harness import Pair, randomize_, register
 
 from candidates.rope_vit import convert_timm_state_dict, rope_mixed_vit
@@ -48,6 +47,8 @@ def pin_eager_attention(model: nn.Module) -> None:
 def timm_rope_mixed_vit(variant: str, *, img_size: tuple[int, int] = (224, 224), depth: int | None = None) -> nn.Module:
     """timm's RoPE-Mixed ViT at a fixed input size (timm caches the rotary grid for it)."""
     extra = {} if depth is None else {"depth": depth}
+    import timm  # here, not at the top: the family's CLI command needs no model library
+
     model = timm.create_model(TIMM_NAMES[variant], pretrained=False, img_size=img_size, **extra)
     pin_eager_attention(model)
     expose_rope_table(model.rope)

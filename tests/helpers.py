@@ -47,3 +47,14 @@ def write_malicious_checkpoint(path: Path, state: dict[str, torch.Tensor], marke
     """``torch.save`` of ``state`` plus, under ``key``, an object whose unpickling runs code (writes ``marker``)."""
     torch.save({**state, key: RunsCode(marker)}, path)
     return path
+
+
+def image_224() -> torch.Tensor:
+    """The seeded 1x3x224x224 image the forward benchmarks time."""
+    return torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+
+
+def inference_forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """One forward as a user runs inference (no autograd): what the forward benchmarks time."""
+    with torch.inference_mode():
+        return model(x)

@@ -218,17 +218,115 @@ def test_load_exactly_loads_a_fitting_state_dict():
     assert torch.equal(model.weight, source.weight) and torch.equal(model.bias, source.bias)
 
 
-def test_load_exactly_names_missing_unexpected_and_misshapen_keys_and_changes_nothing():
+def test_load_exactly_lists_each_misfit_key_with_its_shapes_and_changes_nothing():
     model = torch.nn.Linear(3, 2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     state = {"weight": torch.zeros(2, 4), "extra": torch.zeros(1)}
-    with pytest.raises(ValueError, match=(r"checkpoint does not fit Linear\(3, 2\): missing \['bias'\], "
-                                          r"unexpected \['extra'\], wrong shape \['weight \(2, 4\) != \(2, 3\)'\]")):
+    with pytest.raises(ValueError) as info:
         cio.load_exactly(model, state, what="Linear(3, 2)")
+    assert str(info.value) == ("checkpoint does not fit Linear(3, 2): 3 mismatched keys\n"
+                               "  weight: checkpoint (2, 4) vs model (2, 3)\n"
+                               "  bias: missing from checkpoint (model (2,))\n"
+                               "  extra: unexpected in checkpoint (1,)")
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items()), "a refused load changed the model"
 
 
-def test_load_exactly_says_how_many_keys_it_did_not_list():
-    model = torch.nn.Sequential(*(torch.nn.Linear(1, 1) for _ in range(4)))  # 8 keys
-    with pytest.raises(ValueError, match=r"missing \['0.bias', '0.weight', '1.bias', '1.weight', '2.bias'\] \(\+3 more\)"):
-        cio.load_exactly(model, {}, what="four Linears")
+def test_load_exactly_lists_every_key_however_many():
+    model = torch.nn.Sequential(*(torch.nn.Linear(1, 1) for _ in range(40)))  # 80 keys
+    with pytest.raises(ValueError, match="80 mismatched keys") as info:
+        cio.load_exactly(model, {}, what="forty Linears")
+    listed = [line.split(":")[0].strip() for line in str(info.value).splitlines()[1:]]
+    assert listed == list(model.state_dict()), "the error left keys out"
+
+
+def test_load_exactly_names_the_source_and_raises_the_family_error():
+    class FamilyError(ValueError):
+        pass
+
+    with pytest.raises(FamilyError, match=r"^w\.pth \(key prefix 'm\.'\) does not fit Linear\(3, 2\): 1 mismatched keys"):
+        cio.load_exactly(torch.nn.Linear(3, 2), {"weight": torch.zeros(2, 3)}, what="Linear(3, 2)",
+                         source="w.pth (key prefix 'm.')", error=FamilyError)
+
+
+def test_load_exactly_ends_the_error_with_the_hint():
+    with pytest.raises(ValueError, match=r"\n  bias: missing from checkpoint \(model \(2,\)\)\nuse Linear\(3, 2, bias=False\)$"):
+        cio.load_exactly(torch.nn.Linear(3, 2), {"weight": torch.zeros(2, 3)}, what="Linear(3, 2)",
+                         hint="use Linear(3, 2, bias=False)")
+
+
+def test_a_hint_function_is_called_only_when_the_state_does_not_fit():
+    calls = []
+
+    def hint() -> str:
+        calls.append(1)
+        return "a config that fits"
+
+    model = torch.nn.Linear(3, 2)
+    cio.load_exactly(model, torch.nn.Linear(3, 2).state_dict(), what="Linear(3, 2)", hint=hint)
+    assert calls == [], "the hint was computed for a state dict that fits"
+    with pytest.raises(ValueError, match=r"\na config that fits$"):
+        cio.load_exactly(model, {}, what="Linear(3, 2)", hint=hint)
+    assert calls == [1]
+
+
+def test_assign_fills_a_model_built_on_the_meta_device():
+    source = torch.nn.Linear(3, 2)
+    with torch.device("meta"):
+        model = torch.nn.Linear(3, 2)
+    cio.load_exactly(model, source.state_dict(), what="Linear(3, 2)", assign=True)
+    assert not model.weight.is_meta and torch.equal(model.weight, source.weight) and torch.equal(model.bias, source.bias)
+
+
+def test_assign_keeps_the_stored_dtype_bitwise():
+    state = {"weight": torch.randn(2, 3, dtype=torch.float64), "bias": torch.tensor([0.1, -0.0], dtype=torch.float64)}
+    model = torch.nn.Linear(3, 2)  # float32
+    cio.load_exactly(model, state, what="Linear(3, 2)", assign=True)
+    assert model.weight.dtype == torch.float64, "assign=True cast the stored tensor to the model's dtype"
+    _assert_bitwise(dict(model.state_dict()), state)
+
+
+def test_without_assign_a_meta_model_is_refused_rather_than_left_empty():
+    with torch.device("meta"):
+        model = torch.nn.Linear(3, 2)
+    with pytest.raises(ValueError, match=r"Linear\(3, 2\) is on the meta device .* with assign=True to fill it"):
+        cio.load_exactly(model, torch.nn.Linear(3, 2).state_dict(), what="Linear(3, 2)")
+
+
+def test_assign_refuses_to_leave_an_unstored_buffer_on_the_meta_device():
+    class WithComputedBuffer(torch.nn.Linear):
+        def __init__(self) -> None:
+            super().__init__(3, 2)
+            self.register_buffer("table", torch.arange(4.0), persistent=False)  # computed, never stored
+
+    with torch.device("meta"):
+        model = WithComputedBuffer()
+    with pytest.raises(ValueError, match=r"still has tensors on the meta device .*\['table'\]; build the model on a real"):
+        cio.load_exactly(model, torch.nn.Linear(3, 2).state_dict(), what="WithComputedBuffer", assign=True)
+
+
+def test_allow_missing_keys_keep_the_model_values():
+    model = torch.nn.Linear(3, 2)
+    bias = model.bias.detach().clone()
+    weight = torch.ones(2, 3)
+    cio.load_exactly(model, {"weight": weight}, what="Linear(3, 2)", allow_missing={"bias"})
+    assert torch.equal(model.weight, weight) and torch.equal(model.bias, bias)
+
+
+def test_allow_missing_excuses_only_the_keys_it_names():
+    with pytest.raises(ValueError, match=r"1 mismatched keys\n  weight: missing from checkpoint \(model \(2, 3\)\)$"):
+        cio.load_exactly(torch.nn.Linear(3, 2), {}, what="Linear(3, 2)", allow_missing={"bias"})
+
+
+def test_check_fit_passes_a_fitting_state_without_loading_it():
+    with torch.device("meta"):
+        model = torch.nn.Linear(3, 2)
+    cio.check_fit(model, torch.nn.Linear(3, 2).state_dict(), what="Linear(3, 2)")
+    assert model.weight.is_meta, "check_fit loaded the state dict"
+
+
+def test_check_fit_refuses_a_misfit_state_as_load_exactly_does():
+    with torch.device("meta"):
+        model = torch.nn.Linear(3, 2)
+    with pytest.raises(ValueError, match=r"does not fit Linear\(3, 2\): 1 mismatched keys\n  weight: checkpoint \(2, 4\) "
+                                         r"vs model \(2, 3\)$"):
+        cio.check_fit(model, {"weight": torch.zeros(2, 4), "bias": torch.zeros(2)}, what="Linear(3, 2)")

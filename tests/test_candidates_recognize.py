@@ -38,11 +38,15 @@ def test_a_state_dict_no_family_claims_is_unknown_with_counts():
     assert info.notes == [f"not a state dict of a known family ({', '.join(FAMILIES)}); only counts are reported"]
 
 
-@pytest.mark.parametrize("state", [CONVNEXT, {"fc.weight": torch.zeros(2, 3)}], ids=["convnext", "unknown"])
-def test_a_head_count_for_a_family_without_heads_is_refused(state):
-    with pytest.raises(ValueError, match=r"num_heads applies to RoPE-ViT and mFormerV1 checkpoints; "
-                                         r"this state dict is not one"):
-        inspect_state_dict(state, num_heads=2)
+def test_a_head_count_for_a_family_without_heads_is_refused():
+    with pytest.raises(ValueError, match=r"num_heads applies to checkpoints with attention heads; this state dict "
+                                         r"is a convnext checkpoint, which has none: leave --num-heads out"):
+        inspect_state_dict(CONVNEXT, num_heads=2)
+
+
+def test_a_head_count_for_an_unknown_state_dict_is_refused():
+    with pytest.raises(ValueError, match=r"this state dict is not a checkpoint of a known family: leave --num-heads"):
+        inspect_state_dict({"fc.weight": torch.zeros(2, 3)}, num_heads=2)
 
 
 def test_the_path_is_set_on_the_answer(tmp_path):

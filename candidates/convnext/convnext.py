@@ -39,7 +39,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from candidates.layers import LayerNorm2d  # re-exported: candidates.convnext.LayerNorm2d
+from candidates.layers import LayerNorm2d, Mlp  # re-exported: candidates.convnext.LayerNorm2d, .Mlp
 
 __all__ = [
     "ConvNeXt", "ConvNeXtBlock", "ConvNeXtConfig", "ConvNeXtStage", "DropPath", "LayerNorm2d",
@@ -81,21 +81,6 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob:.3f}"
 
 
-class Mlp(nn.Module):
-    """Inverted bottleneck on channels-last input: Linear(C, 4C) -> GELU -> Linear(4C, C)."""
-
-    def __init__(self, dim: int, hidden_dim: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()  # exact (erf) GELU, as in the paper
-        self.fc2 = nn.Linear(hidden_dim, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.fc1(x)
-        x = self.act(x)
-        return self.fc2(x)
-
-
 # ---------------------------------------------------------------------------------------------
 # Block, stage, head, model
 # ---------------------------------------------------------------------------------------------
@@ -108,7 +93,7 @@ class ConvNeXtBlock(nn.Module):
         super().__init__()
         self.conv_dw = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
         self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
-        self.mlp = Mlp(dim, 4 * dim)
+        self.mlp = Mlp(dim, 4 * dim)  # exact (erf) GELU, as in the paper
         self.gamma = nn.Parameter(torch.full((dim,), layer_scale_init_value))
         self.drop_path = DropPath(drop_path)
 

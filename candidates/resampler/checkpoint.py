@@ -44,7 +44,9 @@ import safetensors
 import safetensors.torch
 import torch
 
-from candidates.io import PICKLE_SUFFIXES, StateDict, UnsafePickleError, atomic_write_bytes, state_dict_from_bytes
+from candidates.io import (
+    PICKLE_SUFFIXES, StateDict, UnsafePickleError, atomic_write_bytes, check_fit, load_exactly, state_dict_from_bytes,
+)
 from candidates.resampler.convert import FieldSource, KeyPrefix, infer_config, select_prefix
 from candidates.resampler.resampler import BiMambaResampler, ResamplerConfig
 
@@ -263,24 +265,8 @@ def resolve_config(
 # ---------------------------------------------------------------------------------------------
 
 
-def _fit_report(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
-    """Every key whose presence or shape differs between ``model`` and ``state``."""
-    expected = model.state_dict()
-    problems = [
-        f"  {key}: checkpoint {_shape(state[key])} vs model {_shape(expected[key])}"
-        for key in expected if key in state and state[key].shape != expected[key].shape
-    ]
-    problems += [f"  {key}: missing from checkpoint (model {_shape(expected[key])})" for key in expected if key not in state]
-    problems += [f"  {key}: unexpected in checkpoint {_shape(state[key])}" for key in state if key not in expected]
-    return problems
-
-
-def _shape(t: torch.Tensor) -> str:
-    return "(" + ", ".join(str(d) for d in t.shape) + ")"
-
-
 def _skeleton(config: ResamplerConfig) -> BiMambaResampler:
-    """A model with parameters on the meta device: shapes only, filled by ``load_state_dict(assign=True)``."""
+    """A model with parameters on the meta device: shapes only, filled by ``load_exactly(..., assign=True)``."""
     with torch.device("meta"):
         return BiMambaResampler(config)
 
@@ -294,18 +280,15 @@ def load_weights_into(model: BiMambaResampler, path: str | os.PathLike, *, prefi
     """
     path = Path(path)
     state, used, inferred = _resampler_state(path, read_weights(path), prefix=prefix)
-    problems = _fit_report(model, state)
-    if problems:
+    def fitting_config() -> str:  # resolved only when the weights do not fit
         try:
             fitting, _ = resolve_config(None, inferred, model.config, where=str(path))
-            hint = f"A model that fits: BiMambaResampler({fitting!r}), or use load_checkpoint({str(path)!r})."
         except ValueError as exc:
-            hint = f"No config fits these weights: {exc}"
-        raise CheckpointError(
-            f"{path} (key prefix {used}) does not fit the model built with {model.config!r}: "
-            f"{len(problems)} mismatched keys\n" + "\n".join(problems) + "\n" + hint
-        )
-    model.load_state_dict(state, strict=True, assign=True)
+            return f"No config fits these weights: {exc}"
+        return f"A model that fits: BiMambaResampler({fitting!r}), or use load_checkpoint({str(path)!r})."
+
+    load_exactly(model, state, what=f"the model built with {model.config!r}", source=f"{path} (key prefix {used})",
+                 hint=fitting_config, assign=True, error=CheckpointError)
     return used
 
 
@@ -351,13 +334,8 @@ def load_checkpoint(
     state, used, inferred = _resampler_state(path, _parse_weights(path, data), prefix=prefix, recorded=recorded)
     config, sources = resolve_config(meta, inferred, defaults, where=str(path))
     model = _skeleton(config)
-    problems = _fit_report(model, state)
-    if problems:
-        raise CheckpointError(
-            f"{path} (key prefix {used}): weights do not fit the resolved config {config!r}: "
-            f"{len(problems)} mismatched keys\n" + "\n".join(problems)
-        )
-    model.load_state_dict(state, strict=True, assign=True)
+    load_exactly(model, state, what=f"the resolved config {config!r}", source=f"{path} (key prefix {used})",
+                 assign=True, error=CheckpointError)
     loaded = LoadedCheckpoint(model.eval(), config, sources, path, used)
     logger.info("%s", loaded.describe())
     return loaded
@@ -382,11 +360,8 @@ def write_metadata(
     data = _read_bytes(path)
     state, used, inferred = _resampler_state(path, _parse_weights(path, data), prefix=prefix)
     config, sources = resolve_config(None, inferred, defaults or ResamplerConfig(), where=str(path))
-    problems = _fit_report(_skeleton(config), state)
-    if problems:
-        raise CheckpointError(
-            f"{path} (key prefix {used}): weights do not form a resampler of {config!r}:\n" + "\n".join(problems)
-        )
+    check_fit(_skeleton(config), state, what=f"a resampler of {config!r}", source=f"{path} (key prefix {used})",
+              error=CheckpointError)
     digest = hashlib.sha256(data).hexdigest()
     atomic_write_bytes(meta, _metadata_document(config, path, digest, "add-metadata", used.value, sources))
     return meta, config, sources, used

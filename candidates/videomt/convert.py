@@ -571,16 +571,16 @@ def build_converted(
 ) -> tuple[VidEoMT, ConversionReport]:
     """``VidEoMT(cfg)`` (eval mode) loaded with a conversion's output; ``strict`` refuses an unclean one.
 
-    Not strict, what converted is loaded and the report says what did not (missing or misshapen keys).
+    Not strict, what converted is loaded and the report says what did not (missing or misshapen keys,
+    which keep the model's initial values); anything else that does not fit is still an error.
     """
     if strict and not report.clean:
         raise ValueError(f"checkpoint {path} did not convert cleanly:\n{report.format()}")
     model = VidEoMT(cfg)
     mismatched = {key for key, _, _ in report.shape_mismatches}
-    if report.missing_target or mismatched:  # what fits; the report names the rest
-        model.load_state_dict({k: v for k, v in converted.items() if k not in mismatched}, strict=False)
-    else:
-        load_exactly(model, converted, what=f"VidEoMT ({cfg.backbone} backbone)")
+    load_exactly(model, {k: v for k, v in converted.items() if k not in mismatched},
+                 what=f"VidEoMT ({cfg.backbone} backbone)", source=f"checkpoint {path}",
+                 allow_missing={*report.missing_target, *mismatched})
     return model.eval(), report
 
 

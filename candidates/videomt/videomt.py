@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from candidates.layers import LayerNorm2d, RopeEmbedding, apply_rope_to_patches
+from candidates.layers import LayerNorm2d, Mlp, RopeEmbedding, apply_rope_to_patches
 from harness.checks import check_choice, check_int, check_number, check_type, check_value
 
 __all__ = ["VARIANTS", "VidEoMTConfig", "VidEoMT", "VidEoMTOutput", "QueryPropagation", "videomt_tiny",
@@ -229,17 +229,6 @@ class LayerScale(nn.Module):
         return x * self.lambda1
 
 
-class Mlp(nn.Module):
-    def __init__(self, cfg: VidEoMTConfig) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
-        self.act = _ACTIVATIONS[cfg.hidden_act]()
-        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 # ----------------------------------------------------------------------------- block
 
 
@@ -252,7 +241,7 @@ class Layer(nn.Module):
         self.attention = Attention(cfg)
         self.layer_scale1 = LayerScale(cfg.hidden_size)
         self.norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.mlp = Mlp(cfg)
+        self.mlp = Mlp(cfg.hidden_size, cfg.intermediate_size, act_layer=_ACTIVATIONS[cfg.hidden_act])
         self.layer_scale2 = LayerScale(cfg.hidden_size)
 
     def forward(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import image_224, inference_forward
 from torch import nn
 
 import harness
@@ -24,12 +25,7 @@ def models() -> dict[str, nn.Module]:
 
 @pytest.fixture(scope="module")
 def image() -> torch.Tensor:
-    return torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-
-
-def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.inference_mode():
-        return model(x)
+    return image_224()
 
 
 @pytest.mark.bench
@@ -38,5 +34,5 @@ def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def test_bench_convnext_tiny_224_forward(benchmark, models, image, side: str) -> None:
     model = models[side]
     benchmark.extra_info["parameters"] = sum(p.numel() for p in model.parameters())
-    logits = benchmark.pedantic(forward, args=(model, image), rounds=10, warmup_rounds=2)
+    logits = benchmark.pedantic(inference_forward, args=(model, image), rounds=10, warmup_rounds=2)
     assert logits.shape == (1, 1000) and bool(torch.isfinite(logits).all())

@@ -11,10 +11,10 @@ block's own forward (layer scale ``gamma``, the residual).
 from __future__ import annotations
 
 import copy
-import types
 
 import pytest
 import torch
+from helpers import inject_forward
 from torch import Tensor, nn
 
 import harness
@@ -87,7 +87,7 @@ def test_dropped_residual_blames_the_block(candidate: nn.Module) -> None:
         return self.drop_path(x * self.gamma.view(1, -1, 1, 1))  # bug: "+ shortcut" missing
 
     block = block_of(candidate)
-    block.forward = types.MethodType(forward_without_residual, block)
+    inject_forward(block, forward_without_residual)
     report = harness.compare_pair(PAIR, candidate=candidate, dtype=torch.float64)
     assert_blamed(report, BLOCK)
     assert report.first_divergence == BLOCK  # every submodule of the block still agrees

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import PARITY_DTYPES
 
 from candidates.convnext import ConvNeXt, ConvNeXtBlock, ConvNeXtConfig
 from reference.convnext import SMALL_INPUTS, STAGE3_MAP
 
 FLOAT64_OUTPUT_BOUND = 1e-10  # float64 rounding through a deep net stays far below this; any bug is far above
-DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.float64, id="float64")]
 nightly = pytest.mark.nightly
 one_at_a_time = pytest.mark.xdist_group("large_models")  # memory: see the docstring
 
@@ -37,7 +37,7 @@ def check(parity_check, pair: str, dtype: torch.dtype) -> None:
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", PARITY_DTYPES)
 @pytest.mark.parametrize("pair", [
     "convnext_tiny",
     "convnext_small",
@@ -51,7 +51,7 @@ def test_parity_convnext(parity_check, pair: str, dtype: torch.dtype) -> None:
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", PARITY_DTYPES)
 @pytest.mark.parametrize("variant", ["tiny", "small", "base", "large", "xlarge"])
 def test_parity_convnext_stage3_block_all_taps(parity_check, variant: str, dtype: torch.dtype) -> None:
     check(parity_check, f"convnext_{variant}_stage3_block", dtype)
@@ -90,7 +90,7 @@ FULL_SIZE_PAIRS = [f"convnext_{v}_224" for v in ("tiny", "small", "base", "large
 @pytest.mark.parity
 @pytest.mark.nightly
 @one_at_a_time
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", PARITY_DTYPES)
 @pytest.mark.parametrize("pair", FULL_SIZE_PAIRS)
 def test_parity_convnext_full_size(parity_check, pair: str, dtype: torch.dtype) -> None:
     check(parity_check, pair, dtype)

@@ -192,7 +192,7 @@ def test_head_count_source_is_visible_in_inspect_text(two_heads, capsys):
     ("timm", "1", r"num_heads=1 contradicts the checkpoint: rope.freqs \(2, 1, 2, 16\) stores 2 heads"),
     ("orig", "3", r"num_heads=3 does not fit embed_dim 64: .* head counts that fit: \[1, 2, 4, 8, 16\]"),
     ("orig", "0", r"num_heads must be a positive int, got 0"),
-    ("convnext", "2", r"num_heads applies to RoPE-ViT and mFormerV1 checkpoints; .*toy_convnext.safetensors is not one"),
+    ("convnext", "2", r"num_heads applies to checkpoints with attention heads; .*toy_convnext.safetensors is a convnext checkpoint"),
 ])
 def test_inspect_refuses_a_head_count_the_shapes_contradict(two_heads, capsys, layout, heads, message):
     assert harness_cli(["inspect", str(two_heads[layout]), "--num-heads", heads]) == 2

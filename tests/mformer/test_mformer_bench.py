@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import image_224, inference_forward
 from torch import nn
 
 import harness
@@ -19,17 +20,12 @@ PAIRS = {"mformer_v1_sm": "mformer_v1_sm", "convnext_tiny": "convnext_tiny", "ro
 
 @pytest.fixture(scope="module")
 def image() -> torch.Tensor:
-    return torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    return image_224()
 
 
 @pytest.fixture(scope="module")
 def built() -> dict[str, tuple[nn.Module, nn.Module]]:
     return {}
-
-
-def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.inference_mode():
-        return model(x)
 
 
 @pytest.mark.bench
@@ -41,5 +37,5 @@ def test_bench_mformer_sm_vs_parents_224_forward(benchmark, built, image, model_
         built[model_name] = harness.get_pair(PAIRS[model_name]).build(dtype=torch.float32)
     model = built[model_name][0 if side == "candidate" else 1]
     benchmark.extra_info["parameters"] = sum(p.numel() for p in model.parameters())
-    logits = benchmark.pedantic(forward, args=(model, image), rounds=10, warmup_rounds=2)
+    logits = benchmark.pedantic(inference_forward, args=(model, image), rounds=10, warmup_rounds=2)
     assert logits.shape == (1, 1000) and bool(torch.isfinite(logits).all())

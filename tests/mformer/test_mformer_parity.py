@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import types
 
 import pytest
 import torch
+from helpers import PARITY_DTYPES, inject_forward
 
 import harness
 from harness.cli import main as harness_cli
 
 VARIANTS = ("sm", "md", "lg", "xl")
-DTYPES = (torch.float32, torch.float64)
 
 
 # Default suite: every variant in float64, sm also in float32. md is architecturally identical to
@@ -38,7 +37,7 @@ FULL_VARIANTS = ["sm", *(pytest.param(v, marks=[pytest.mark.nightly, pytest.mark
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", PARITY_DTYPES)
 @pytest.mark.parametrize("variant", FULL_VARIANTS)
 def test_mformer_parity_full(parity_check, variant, dtype):
     report = parity_check(f"mformer_v1_{variant}", dtype=dtype)
@@ -82,7 +81,7 @@ def test_mformer_parity_localizes_injected_bug(module, bug, culprit):
     pair = harness.get_pair("mformer_v1_sm_tiny")
     candidate, _ = pair.build(dtype=torch.float64)
     target = candidate.get_submodule(module)
-    target.forward = types.MethodType(bug, target)
+    inject_forward(target, bug)
     report = harness.compare_pair(pair, candidate=candidate, dtype=torch.float64)
     assert not report.passed
     assert report.culprit == culprit, report.format()

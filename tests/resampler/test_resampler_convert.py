@@ -153,5 +153,5 @@ def test_other_models_are_not_recognized(state):
 def test_the_family_loop_finds_a_resampler_and_refuses_a_head_count_for_it():
     state = wrapped_state(trained())
     assert (inspect_state_dict(state).family, inspect_state_dict(state).layout) == ("resampler", "prefixed")
-    with pytest.raises(ValueError, match="num_heads applies to RoPE-ViT and mFormerV1 checkpoints"):
+    with pytest.raises(ValueError, match="is a resampler checkpoint, which has none"):
         inspect_state_dict(state, num_heads=4)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import types
 
 import pytest
 import torch
+from helpers import PARITY_DTYPES, inject_forward
 
 import harness
 from candidates.rope_vit.rope_vit import MixedRope
 
 VARIANTS = ("small", "base", "large")
-DTYPES = (torch.float32, torch.float64)
 
 
 # Default suite: two blocks. ViT-S at 224 and non-square in both dtypes; ViT-B/L (same code at
@@ -41,7 +40,7 @@ FULL_VARIANTS = ["small", *(pytest.param(v, marks=[pytest.mark.nightly, pytest.m
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", PARITY_DTYPES)
 @pytest.mark.parametrize("size", ["", "_nonsquare"])
 @pytest.mark.parametrize("variant", FULL_VARIANTS)
 def test_rope_vit_parity_full(parity_check, variant, size, dtype):
@@ -70,7 +69,7 @@ def _block_without_layer_scale(self, x: torch.Tensor, rope: torch.Tensor) -> tor
 def test_rope_vit_parity_localizes_transposed_frequency_mixing():
     pair = harness.get_pair("rope_mixed_vit_small_d2_nonsquare")
     candidate, _ = pair.build(dtype=torch.float64)
-    candidate.rope.forward = types.MethodType(_rope_table_with_axes_swapped, candidate.rope)
+    inject_forward(candidate.rope, _rope_table_with_axes_swapped)
     report = harness.compare_pair(pair, candidate=candidate, dtype=torch.float64)
     assert not report.passed
     assert (report.first_divergence, report.culprit) == ("rope", "rope")
@@ -80,7 +79,7 @@ def test_rope_vit_parity_localizes_transposed_frequency_mixing():
 def test_rope_vit_parity_localizes_missing_layer_scale():
     pair = harness.get_pair("rope_mixed_vit_small_d2_nonsquare")
     candidate, _ = pair.build(dtype=torch.float64)
-    candidate.blocks[1].forward = types.MethodType(_block_without_layer_scale, candidate.blocks[1])
+    inject_forward(candidate.blocks[1], _block_without_layer_scale)
     report = harness.compare_pair(pair, candidate=candidate, dtype=torch.float64)
     assert not report.passed
     assert report.culprit == "blocks.1"

@@ -410,6 +410,22 @@ def test_release_load_strict_raises_with_the_report(tmp_path, layout):
 
 
 @pytest.mark.parametrize("layout", ["dinov2", "dinov3"])
+def test_a_lenient_load_carries_every_key_but_the_reported_ones(tmp_path, layout):
+    release = RELEASES[layout]
+    state = {**_release(layout), "backbone.query_updater.bias": torch.ones(31)}
+    del state["backbone.class_head.bias"]
+    save_upstream(state, tmp_path / "partial.pth")
+    model, report = release.load(tmp_path / "partial.pth", **release.arch, strict=False)
+    converted, _ = release.convert(state, release.cfg)
+    reported = {"class_predictor.bias", "query_updater.bias"}
+    assert {*report.missing_target, *(key for key, _, _ in report.shape_mismatches)} == reported
+    loaded = model.state_dict()
+    assert loaded["query_updater.bias"].shape == (32,), "a misshapen tensor replaced the model's own"
+    for key in loaded.keys() - reported:
+        assert torch.equal(loaded[key], converted[key]), f"{key} was not loaded"
+
+
+@pytest.mark.parametrize("layout", ["dinov2", "dinov3"])
 def test_release_load_is_weights_only(tmp_path, layout):
     release = RELEASES[layout]
     path = write_malicious_checkpoint(tmp_path / "evil.pth", _release(layout), marker=tmp_path / "pwned")
