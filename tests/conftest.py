@@ -6,9 +6,6 @@ Helpers shared by the tests of several families live in ``tests/helpers.py`` (``
 
 from hypothesis import HealthCheck, settings
 
-# Re-exported until every test imports them from helpers.
-from helpers import PARITY_DTYPES, RunsCode, inject_forward, swap_values_, write_malicious_checkpoint  # noqa: F401
-
 # Example counts live here, not in the tests, so that --nightly really runs the long version.
 settings.register_profile("default", deadline=None, max_examples=20, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile(

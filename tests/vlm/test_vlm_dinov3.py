@@ -1,6 +1,6 @@
 """DINOv3 encoder: config and variants, the true patch grid, RoPE behaviour in the model, bf16 autocast.
 
-The weight layouts are tested in test_vlm_convert.py, the shared RoPE primitives in test_candidates_layers.py."""
+The weight layouts are tested in test_vlm_convert.py, the shared RoPE primitives in tests/candidates/test_layers.py."""
 
 from dataclasses import replace
 

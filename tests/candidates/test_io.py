@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from helpers import write_malicious_checkpoint
 
 from candidates import io as cio
 
@@ -20,16 +21,6 @@ def _assert_bitwise(got: dict[str, torch.Tensor], expected: dict[str, torch.Tens
     assert got.keys() == expected.keys()
     for key, value in expected.items():
         assert got[key].dtype == value.dtype and got[key].view(torch.uint8).equal(value.view(torch.uint8)), key
-
-
-class _RunsCode:
-    """Unpickling this calls exec(): what a malicious checkpoint does."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
 
 
 # --- round trips -----------------------------------------------------------------------------
@@ -127,7 +118,7 @@ def test_truncated_file_is_a_value_error_naming_it(tmp_path, name):
 
 def test_a_pickle_that_runs_code_is_refused_and_does_not_run(tmp_path):
     marker, path = tmp_path / "pwned.txt", tmp_path / "evil.pth"
-    torch.save({"model": {"w": torch.zeros(1)}, "hook": _RunsCode(marker)}, path)
+    write_malicious_checkpoint(path, {"model": {"w": torch.zeros(1)}}, marker)
     for load in (lambda: cio.load_state_dict(path), lambda: cio.state_dict_from_bytes(path.read_bytes(), path)):
         with pytest.raises(cio.UnsafePickleError, match=r"evil\.pth: holds objects other than tensors .*"
                                                         r"Weights only load failed.* weights_only=True") as info:
