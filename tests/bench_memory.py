@@ -87,8 +87,10 @@ def main(argv: list[str]) -> dict[str, Any]:
                                        for t in (*m.parameters(), *m.buffers())) / 2**30, 3),
               "forward": measure(forward), "compare": measure(comparison)}
     result["passed"] = report[0].passed
+    # what the comparison adds over the models, in units of what a plain forward adds; and the peaks
     result["ratio"] = round(result["compare"]["peak_above_start_gib"]
                             / max(result["forward"]["peak_above_start_gib"], 1e-9), 2)
+    result["peak_ratio"] = round(result["compare"]["peak_gib"] / result["forward"]["peak_gib"], 3)
     return result
 
 

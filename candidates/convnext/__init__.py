@@ -14,6 +14,7 @@ from candidates.convnext.convnext import (
     convnext_small,
     convnext_tiny,
     convnext_xlarge,
+    create_convnext,
 )
 from candidates.convnext.convert import convert_original_convnext, convert_timm_state_dict, convnext_to_original
 
@@ -21,5 +22,5 @@ __all__ = [
     "VARIANTS", "ConvNeXt", "ConvNeXtBlock", "ConvNeXtConfig", "ConvNeXtStage", "DropPath",
     "LayerNorm2d", "Mlp", "convert_original_convnext", "convert_timm_state_dict", "convnext_to_original",
     "convnext_base", "convnext_large",
-    "convnext_small", "convnext_tiny", "convnext_xlarge",
+    "convnext_small", "convnext_tiny", "convnext_xlarge", "create_convnext",
 ]

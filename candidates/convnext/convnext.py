@@ -40,10 +40,11 @@ import torch
 from torch import Tensor, nn
 
 from candidates.layers import LayerNorm2d, Mlp  # re-exported: candidates.convnext.LayerNorm2d, .Mlp
+from harness.checks import check_choice, check_int, check_number, check_type, check_value, value_error
 
 __all__ = [
     "ConvNeXt", "ConvNeXtBlock", "ConvNeXtConfig", "ConvNeXtStage", "DropPath", "LayerNorm2d",
-    "Mlp", "VARIANTS", "convnext_base", "convnext_large",
+    "Mlp", "VARIANTS", "convnext_base", "convnext_large", "create_convnext",
     "convnext_small", "convnext_tiny", "convnext_xlarge",
 ]
 
@@ -65,9 +66,7 @@ class DropPath(nn.Module):
 
     def __init__(self, drop_prob: float = 0.0) -> None:
         super().__init__()
-        if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob!r}")
-        self.drop_prob = drop_prob
+        self.drop_prob = _check_drop_rate("DropPath.drop_prob", drop_prob)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.drop_prob == 0.0:
@@ -79,6 +78,13 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob:.3f}"
+
+
+def _check_drop_rate(name: str, value: Any) -> float:
+    """``value`` as a float in [0, 1): a drop rate of 1 would zero every residual branch."""
+    expected = "a number in [0, 1)"
+    check_type(name, value, (int, float), what=expected)
+    return float(check_value(name, value, 0 <= value < 1, expected=expected))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,21 +185,15 @@ class ConvNeXtConfig:
 
     def __post_init__(self) -> None:
         for name in ("depths", "dims"):
-            value = getattr(self, name)
-            if not isinstance(value, (tuple, list)) or len(value) != 4:
-                raise ValueError(f"{name} must be a sequence of 4 positive ints (one per stage), got {value!r}")
-            if not all(_is_positive_int(v) for v in value):
-                raise ValueError(f"{name} must be a sequence of 4 positive ints (one per stage), got {value!r}")
-            object.__setattr__(self, name, tuple(value))
+            object.__setattr__(self, name, _per_stage(f"ConvNeXtConfig.{name}", getattr(self, name)))
         for name in ("in_chans", "num_classes"):
-            if not _is_positive_int(getattr(self, name)):
-                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
-        if not _is_real(self.drop_path_rate) or not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be a float in [0, 1), got {self.drop_path_rate!r}")
-        if not _is_real(self.layer_scale_init_value) or not self.layer_scale_init_value > 0:
-            raise ValueError(f"layer_scale_init_value must be a float > 0, got {self.layer_scale_init_value!r}")
-        if not isinstance(self.use_cifar_stem, bool):
-            raise TypeError(f"use_cifar_stem must be a bool, got {type(self.use_cifar_stem).__name__}")
+            check_int(f"ConvNeXtConfig.{name}", getattr(self, name), minimum=1)
+        object.__setattr__(self, "drop_path_rate",
+                           _check_drop_rate("ConvNeXtConfig.drop_path_rate", self.drop_path_rate))
+        # a float, so that gamma (filled with it) is a floating parameter even when an int was given
+        object.__setattr__(self, "layer_scale_init_value", check_number(
+            "ConvNeXtConfig.layer_scale_init_value", self.layer_scale_init_value, above=0))
+        check_type("ConvNeXtConfig.use_cifar_stem", self.use_cifar_stem, bool)
 
     @property
     def min_input_size(self) -> int:
@@ -208,12 +208,12 @@ class ConvNeXtConfig:
         return [rates[start:start + depth] for start, depth in zip(starts, self.depths)]
 
 
-def _is_positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _per_stage(name: str, value: Any) -> tuple[int, ...]:
+    """A tuple of 4 positive ints (one per stage) from a tuple or list."""
+    expected = "a tuple of 4 positive ints (one per stage)"
+    check_type(name, value, (tuple, list), what=expected)
+    check_value(name, value, len(value) == 4, expected=expected)
+    return tuple(check_int(f"{name}[{i}]", v, minimum=1) for i, v in enumerate(value))
 
 
 class ConvNeXt(nn.Module):
@@ -221,9 +221,8 @@ class ConvNeXt(nn.Module):
 
     def __init__(self, config: ConvNeXtConfig = ConvNeXtConfig()) -> None:
         super().__init__()
-        if not isinstance(config, ConvNeXtConfig):
-            raise TypeError(f"ConvNeXt takes a ConvNeXtConfig, got {type(config).__name__}")
-        self.config = config
+        self.config = check_type("ConvNeXt(config)", config, ConvNeXtConfig,
+                                 fix="build one with ConvNeXtConfig(...) or use a factory such as convnext_tiny()")
         dims = config.dims
         if config.use_cifar_stem:
             stem_conv = nn.Conv2d(config.in_chans, dims[0], kernel_size=3, stride=1, padding=1)
@@ -251,11 +250,10 @@ class ConvNeXt(nn.Module):
         return self.head(x)  # (B, num_classes)
 
     def _check_input(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"ConvNeXt expects a Tensor, got {type(x).__name__}")
+        check_type("ConvNeXt input", x, Tensor, what="a Tensor")
         expected = f"(B, {self.config.in_chans}, H, W) with H, W >= {self.config.min_input_size}"
         if x.ndim != 4 or x.shape[1] != self.config.in_chans or min(x.shape[-2:]) < self.config.min_input_size:
-            raise ValueError(f"ConvNeXt expects input of shape {expected}, got {tuple(x.shape)}")
+            raise value_error("ConvNeXt input shape", tuple(x.shape), expected)
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -282,36 +280,39 @@ VARIANTS: Mapping[str, ConvNeXtConfig] = MappingProxyType({
 _FACTORY_OPTIONS = ("drop_path_rate", "layer_scale_init_value", "in_chans", "num_classes", "use_cifar_stem")
 
 
-def _create(variant: str, options: Mapping[str, Any]) -> ConvNeXt:
+def create_convnext(variant: str, **options: Any) -> ConvNeXt:
+    """The ConvNeXt ``variant`` (a key of :data:`VARIANTS`); ``options`` override config fields
+    other than depths/dims (``create_convnext("tiny", num_classes=10)``)."""
+    check_choice("ConvNeXt variant", variant, VARIANTS)
     unknown = sorted(set(options) - set(_FACTORY_OPTIONS))
-    if unknown:
+    if unknown:  # an unknown keyword is a TypeError, as for any Python call
         raise TypeError(
-            f"convnext_{variant}() got unexpected option(s) {unknown}; expected any of {list(_FACTORY_OPTIONS)} "
-            f"(for other depths/dims build ConvNeXt(ConvNeXtConfig(...)))"
+            f"convnext_{variant}() options must be among {', '.join(_FACTORY_OPTIONS)}, got {', '.join(map(repr, unknown))}; "
+            f"for other depths/dims build ConvNeXt(ConvNeXtConfig(...))"
         )
     return ConvNeXt(dataclasses.replace(VARIANTS[variant], **options))
 
 
 def convnext_tiny(**options: Any) -> ConvNeXt:
     """ConvNeXt-T, 28.6M parameters; ``options`` override ConvNeXtConfig fields (not depths/dims)."""
-    return _create("tiny", options)
+    return create_convnext("tiny", **options)
 
 
 def convnext_small(**options: Any) -> ConvNeXt:
     """ConvNeXt-S, 50.2M parameters; ``options`` override ConvNeXtConfig fields (not depths/dims)."""
-    return _create("small", options)
+    return create_convnext("small", **options)
 
 
 def convnext_base(**options: Any) -> ConvNeXt:
     """ConvNeXt-B, 88.6M parameters; ``options`` override ConvNeXtConfig fields (not depths/dims)."""
-    return _create("base", options)
+    return create_convnext("base", **options)
 
 
 def convnext_large(**options: Any) -> ConvNeXt:
     """ConvNeXt-L, 197.8M parameters; ``options`` override ConvNeXtConfig fields (not depths/dims)."""
-    return _create("large", options)
+    return create_convnext("large", **options)
 
 
 def convnext_xlarge(**options: Any) -> ConvNeXt:
     """ConvNeXt-XL, 350.2M parameters; ``options`` override ConvNeXtConfig fields (not depths/dims)."""
-    return _create("xlarge", options)
+    return create_convnext("xlarge", **options)

@@ -31,6 +31,7 @@ from candidates.mformer.mformer import VARIANTS, MFormerConfig, MFormerV1, check
 from candidates.recognize import CheckpointInfo, inspect_state_dict
 from candidates.rope_vit import RopeViTConfig
 from candidates.rope_vit import convert as rope_vit_convert
+from harness.checks import check_type, check_value
 
 __all__ = ["CompatRow", "compat_row", "build_mformer"]
 
@@ -64,8 +65,15 @@ class CompatRow:
 def _require(info: CheckpointInfo, family: str, role: str) -> None:
     if info.family != family:
         raise ValueError(
-            f"{role} checkpoint {info.path or ''} must be a {family} state dict, got family {info.family!r}"
+            f"{role} checkpoint {info.path or ''} must be a {family} state dict, got family {info.family!r}; "
+            f"pass the ConvNeXt checkpoint first and the RoPE-ViT checkpoint second"
         )
+
+
+def _checkpoint(name: str, value: Any) -> str | None:
+    """The path of a checkpoint given as a path, None for a state dict given as a mapping."""
+    check_type(name, value, (str, os.PathLike, Mapping), what="a checkpoint path or a state dict")
+    return str(value) if isinstance(value, (str, os.PathLike)) else None
 
 
 def _mformer_variant(convnext: CheckpointInfo, rope: CheckpointInfo) -> str | None:
@@ -82,8 +90,8 @@ def compat_row(convnext: CheckpointInfo, rope: CheckpointInfo) -> CompatRow:
     _require(convnext, "convnext", "ConvNeXt")
     _require(rope, rope_vit_convert.FAMILY, "RoPE-ViT")
     dims = list(convnext.dims["dims"])
-    if len(dims) < 3:
-        raise ValueError(f"ConvNeXt checkpoint has only {len(dims)} stages with a width; the S2 juncture needs 3")
+    check_value("ConvNeXt checkpoint dims", dims, len(dims) >= 3,
+                expected="the widths of at least 3 stages (the S2 juncture is dims[2])")
     error = None
     try:
         check_juncture(tuple(dims), rope.dims["embed_dim"])
@@ -113,8 +121,7 @@ def build_mformer(
     dims are not a released variant's (that layout does not store it), checked against the
     shapes otherwise.
     """
-    cnx_path = str(convnext) if isinstance(convnext, (str, os.PathLike)) else None
-    vit_path = str(rope_vit) if isinstance(rope_vit, (str, os.PathLike)) else None
+    cnx_path, vit_path = _checkpoint("convnext", convnext), _checkpoint("rope_vit", rope_vit)
     cnx_state = load_state_dict(convnext) if cnx_path else dict(convnext)
     vit_state = load_state_dict(rope_vit) if vit_path else dict(rope_vit)
     with naming_file(cnx_path):

@@ -39,7 +39,8 @@ from candidates.convnext import VARIANTS as CONVNEXT_VARIANTS
 from candidates.convnext import ConvNeXtConfig, ConvNeXtStage
 from candidates.layers import LayerNorm2d
 from candidates.rope_vit.rope_vit import VARIANTS as ROPE_VIT_VARIANTS
-from candidates.rope_vit.rope_vit import Block, MixedRope, RopeViTConfig
+from candidates.rope_vit.rope_vit import Block, MixedRope, RopeViTConfig, patch_grid
+from harness.checks import check_choice, check_int, check_type, check_value
 
 __all__ = [
     "MFormerConfig", "MFormerV1", "VARIANTS", "check_juncture", "mformer_v1", "mformer_v1_sm", "mformer_v1_md",
@@ -49,8 +50,8 @@ __all__ = [
 
 def check_juncture(convnext_dims: tuple[int, ...], vit_embed_dim: int) -> None:
     """Raise ValueError unless the ConvNeXt width at the S2 juncture equals the ViT width."""
-    if len(convnext_dims) < 3:
-        raise ValueError(f"ConvNeXt dims must name at least 3 stages, got {tuple(convnext_dims)}")
+    check_value("ConvNeXt dims", tuple(convnext_dims), len(convnext_dims) >= 3,
+                expected="the widths of at least 3 stages (the S2 juncture is dims[2])")
     if convnext_dims[2] != vit_embed_dim:
         raise ValueError(
             f"incompatible mFormerV1 pair: the ConvNeXt width at the S2 juncture is {convnext_dims[2]} "
@@ -69,15 +70,13 @@ class MFormerConfig:
     vit_name: str = "rope_mixed_vit"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.convnext, ConvNeXtConfig):
-            raise TypeError(f"convnext must be a ConvNeXtConfig, got {type(self.convnext).__name__}")
-        if not isinstance(self.vit, RopeViTConfig):
-            raise TypeError(f"vit must be a RopeViTConfig, got {type(self.vit).__name__}")
+        check_type("MFormerConfig.convnext", self.convnext, ConvNeXtConfig)
+        check_type("MFormerConfig.vit", self.vit, RopeViTConfig)
+        for name in ("convnext_name", "vit_name"):
+            check_type(f"MFormerConfig.{name}", getattr(self, name), str)
         check_juncture(self.convnext.dims, self.vit.embed_dim)
-        if self.vit.patch_size != 16:
-            raise ValueError(
-                f"the juncture has stride 16, so the RoPE-ViT patch size must be 16, got {self.vit.patch_size}"
-            )
+        check_value("MFormerConfig.vit.patch_size", self.vit.patch_size, self.vit.patch_size == 16,
+                    expected="16 (the token grid is the juncture's stride-16 grid)")
 
     @property
     def width(self) -> int:
@@ -100,9 +99,8 @@ class MFormerV1(nn.Module):
 
     def __init__(self, config: MFormerConfig) -> None:
         super().__init__()
-        if not isinstance(config, MFormerConfig):
-            raise TypeError(f"MFormerV1 takes an MFormerConfig, got {type(config).__name__}")
-        self.config = config
+        self.config = check_type("MFormerV1(config)", config, MFormerConfig, what="an MFormerConfig",
+                                 fix='build one with MFormerConfig(...) or mformer_v1("sm", ...)')
         cnx, vit = config.convnext, config.vit
         d0, d1, d2 = cnx.dims[:3]
         self.stem = nn.Sequential(nn.Conv2d(cnx.in_chans, d0, kernel_size=4, stride=4), LayerNorm2d(d0))
@@ -122,11 +120,7 @@ class MFormerV1(nn.Module):
         self.head = nn.Linear(d2, vit.num_classes) if vit.num_classes else nn.Identity()
 
     def forward_features(self, image: torch.Tensor) -> torch.Tensor:
-        in_chans = self.config.convnext.in_chans
-        if image.ndim != 4 or image.shape[1] != in_chans:
-            raise ValueError(f"expected images (B, {in_chans}, H, W), got shape {tuple(image.shape)}")
-        if image.shape[-2] % 16 or image.shape[-1] % 16:
-            raise ValueError(f"expected images (B, C, H, W) with H, W multiples of 16, got {tuple(image.shape)}")
+        patch_grid("MFormerV1 input", image, in_chans=self.config.convnext.in_chans, stride=16)
         x = self.stem(image)                                                   # (B, d0, H/4, W/4)
         x = self.stages(x)                                                     # (B, d1, H/8, W/8)
         x = self.downsample(x)                                                 # (B, d2, H/16, W/16)
@@ -154,13 +148,14 @@ def mformer_v1(
     num_classes: int | None = None,
 ) -> MFormerV1:
     """An mFormerV1 variant from the variant table; depths may be reduced (e.g. for tests)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown mFormerV1 variant {variant!r}; expected one of {sorted(VARIANTS)}")
+    check_choice("mFormerV1 variant", variant, VARIANTS)
     config = VARIANTS[variant]
     if convnext_depths is not None:
-        if len(convnext_depths) != 2:
-            raise ValueError(f"convnext_depths gives the depths of stages 0 and 1, got {convnext_depths!r}")
-        depths = tuple(convnext_depths) + tuple(config.convnext.depths[2:])
+        expected = "the depths of ConvNeXt stages 0 and 1, a pair of ints >= 1"
+        check_type("convnext_depths", convnext_depths, (tuple, list), what=expected)
+        check_value("convnext_depths", convnext_depths, len(convnext_depths) == 2, expected=expected)
+        depths = tuple(check_int(f"convnext_depths[{i}]", d, minimum=1) for i, d in enumerate(convnext_depths))
+        depths += tuple(config.convnext.depths[2:])
         config = dataclasses.replace(config, convnext=dataclasses.replace(config.convnext, depths=depths))
     vit_overrides = {k: v for k, v in (("depth", vit_depth), ("num_classes", num_classes)) if v is not None}
     if vit_overrides:

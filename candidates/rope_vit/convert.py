@@ -43,6 +43,7 @@ from candidates.recognize import (
     HEADS_ASSUMED, HEADS_DERIVED, HEADS_GIVEN, CheckpointInfo, count_indices, count_parameters,
 )
 from candidates.rope_vit.rope_vit import VARIANTS, RopeMixedViT
+from harness.checks import check_type, check_value
 from harness.keymap import KeyTable, Rule
 
 __all__ = [
@@ -97,6 +98,7 @@ def convert_original_state_dict(
     ``num_heads`` is needed because the original stores the frequencies with heads and pairs
     flattened together, ``(2, depth, heads * head_dim // 2)``.
     """
+    _check_positive_heads(num_heads)
     if not is_original_layout(state_dict):
         raise ValueError("not an original-layout RoPE-ViT state dict: expected a top-level 'freqs' key")
     freqs = state_dict["freqs"]
@@ -147,15 +149,20 @@ def head_counts(embed_dim: int) -> list[int]:
 
 
 def check_given_heads(num_heads: Any, embed_dim: int) -> int:
-    """``num_heads`` when it is a head count width ``embed_dim`` can have; a ValueError naming those that fit."""
-    if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads <= 0:
-        raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
+    """``num_heads`` when it is a head count width ``embed_dim`` can have: a TypeError for a non-int, a
+    ValueError naming the counts that fit otherwise."""
+    _check_positive_heads(num_heads, fix=f"head counts that fit embed_dim {embed_dim}: {head_counts(embed_dim)}")
     if num_heads not in head_counts(embed_dim):
         raise ValueError(
             f"num_heads={num_heads} does not fit embed_dim {embed_dim}: head_dim = embed_dim / num_heads must be "
             f"an integer divisible by 4; head counts that fit: {head_counts(embed_dim)}"
         )
     return num_heads
+
+
+def _check_positive_heads(num_heads: Any, *, fix: str | None = None) -> int:
+    check_type("num_heads", num_heads, int, what="a positive int", fix=fix)
+    return check_value("num_heads", num_heads, num_heads > 0, expected="a positive int", fix=fix)
 
 
 def rope_vit_dims(

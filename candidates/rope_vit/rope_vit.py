@@ -28,8 +28,7 @@ Deliberate choices:
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Mapping
 
@@ -37,10 +36,11 @@ import torch
 from torch import nn
 
 from candidates.layers import Mlp
+from harness.checks import check_choice, check_int, check_number, check_type, check_value, value_error
 
 __all__ = [
     "RopeViTConfig", "MixedRope", "PatchEmbed", "Attention", "Mlp", "Block", "RopeMixedViT",
-    "VARIANTS", "rope_mixed_vit_small", "rope_mixed_vit_base",
+    "VARIANTS", "patch_grid", "rope_mixed_vit_small", "rope_mixed_vit_base",
     "rope_mixed_vit_large", "rope_mixed_vit",
 ]
 
@@ -62,32 +62,20 @@ class RopeViTConfig:
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "depth", "num_heads", "patch_size", "in_chans"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0, got {self.num_classes!r}")
-        for name in ("mlp_ratio", "rope_temperature", "norm_eps", "layer_scale_init"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise TypeError(f"{name} must be a finite real number (int or float), got {value!r}")
-            object.__setattr__(self, name, float(value))  # an int would make int-typed parameters
-        if self.embed_dim % self.num_heads:
-            raise ValueError(
-                f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})"
-            )
-        if self.head_dim % 4:
-            raise ValueError(
-                f"head_dim = embed_dim / num_heads must be divisible by 4 for 2D rotary pairs, "
-                f"got {self.embed_dim} / {self.num_heads} = {self.head_dim}"
-            )
+            check_int(f"RopeViTConfig.{name}", getattr(self, name), minimum=1)
+        check_int("RopeViTConfig.num_classes", self.num_classes, minimum=0, fix="0 leaves the head out")
+        # floats, so that an int never makes int-typed parameters (layer scale) or integer frequencies
         for name in ("mlp_ratio", "rope_temperature", "norm_eps"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if int(self.embed_dim * self.mlp_ratio) < 1:
-            raise ValueError(
-                f"mlp_ratio leaves no MLP hidden units: int({self.embed_dim} * {self.mlp_ratio}) = 0"
-            )
+            object.__setattr__(self, name, check_number(f"RopeViTConfig.{name}", getattr(self, name), above=0))
+        object.__setattr__(self, "layer_scale_init", check_number("RopeViTConfig.layer_scale_init",
+                                                                  self.layer_scale_init))
+        check_value("RopeViTConfig.num_heads", self.num_heads, self.embed_dim % self.num_heads == 0,
+                    expected=f"a divisor of embed_dim {self.embed_dim}")
+        check_value("RopeViTConfig.num_heads", self.num_heads, self.head_dim % 4 == 0,
+                    expected=f"a count leaving head_dim = {self.embed_dim} / num_heads divisible by 4",
+                    fix="2D rotary embedding rotates (x, y) pairs of each half of a head")
+        check_value("RopeViTConfig.mlp_ratio", self.mlp_ratio, int(self.embed_dim * self.mlp_ratio) >= 1,
+                    expected=f"a ratio leaving int(mlp_ratio * {self.embed_dim}) >= 1 MLP units")
 
     @property
     def head_dim(self) -> int:
@@ -145,6 +133,17 @@ def apply_rotary(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     pairs = x.unflatten(-1, (-1, 2))                                           # (..., N, D/2, 2)
     rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)  # (-x1, x0, -x3, x2, ...)
     return (x * cos + rotated * sin).to(x.dtype)
+
+
+def patch_grid(name: str, image: torch.Tensor, *, in_chans: int, stride: int) -> tuple[int, int]:
+    """(rows, cols) of the ``stride``-pixel token grid of images (B, in_chans, H, W); H, W multiples of stride."""
+    check_type(name, image, torch.Tensor, what="a Tensor")
+    shape = tuple(image.shape)
+    if image.ndim != 4 or shape[1] != in_chans or shape[2] % stride or shape[3] % stride:
+        sides_only = image.ndim == 4 and shape[1] == in_chans
+        raise value_error(f"{name} shape", shape, f"(B, {in_chans}, H, W) with H, W multiples of {stride}",
+                          fix=f"resize or pad the image to multiples of {stride} pixels" if sides_only else None)
+    return shape[2] // stride, shape[3] // stride
 
 
 class PatchEmbed(nn.Module):
@@ -207,9 +206,8 @@ class RopeMixedViT(nn.Module):
 
     def __init__(self, config: RopeViTConfig) -> None:
         super().__init__()
-        if not isinstance(config, RopeViTConfig):
-            raise TypeError(f"config must be a RopeViTConfig, got {type(config).__name__}")
-        self.config = config
+        self.config = check_type("RopeMixedViT(config)", config, RopeViTConfig,
+                                 fix='build one with RopeViTConfig(...) or rope_mixed_vit("small", ...)')
         dim = config.embed_dim
         self.patch_embed = PatchEmbed(patch_size=config.patch_size, in_chans=config.in_chans, embed_dim=dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -224,15 +222,7 @@ class RopeMixedViT(nn.Module):
 
     def grid_size(self, image: torch.Tensor) -> tuple[int, int]:
         """(rows, cols) of patch tokens; a ValueError if a side is not a multiple of the patch."""
-        if image.ndim != 4 or image.shape[1] != self.config.in_chans:
-            raise ValueError(
-                f"expected images (B, {self.config.in_chans}, H, W), got shape {tuple(image.shape)}"
-            )
-        p = self.config.patch_size
-        height, width = image.shape[-2:]
-        if height % p or width % p:
-            raise ValueError(f"image sides must be multiples of the patch size {p}, got {height}x{width}")
-        return height // p, width // p
+        return patch_grid("RopeMixedViT input", image, in_chans=self.config.in_chans, stride=self.config.patch_size)
 
     def forward_features(self, image: torch.Tensor) -> torch.Tensor:
         grid = self.grid_size(image)
@@ -253,19 +243,20 @@ class RopeMixedViT(nn.Module):
 
 def rope_mixed_vit(variant: str, **overrides) -> RopeMixedViT:
     """``rope_mixed_vit("small", depth=2, num_classes=10)``: a released variant with overrides."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown RoPE-ViT variant {variant!r}; expected one of {sorted(VARIANTS)}")
-    fields = dict(VARIANTS[variant].__dict__, **overrides)
-    return RopeMixedViT(RopeViTConfig(**fields))
+    check_choice("RoPE-ViT variant", variant, VARIANTS)
+    return RopeMixedViT(replace(VARIANTS[variant], **overrides))
 
 
 def rope_mixed_vit_small(**overrides) -> RopeMixedViT:
+    """RoPE-Mixed ViT-S (384 wide, 12 blocks, 6 heads); ``overrides`` replace RopeViTConfig fields."""
     return rope_mixed_vit("small", **overrides)
 
 
 def rope_mixed_vit_base(**overrides) -> RopeMixedViT:
+    """RoPE-Mixed ViT-B (768 wide, 12 blocks, 12 heads); ``overrides`` replace RopeViTConfig fields."""
     return rope_mixed_vit("base", **overrides)
 
 
 def rope_mixed_vit_large(**overrides) -> RopeMixedViT:
+    """RoPE-Mixed ViT-L (1024 wide, 24 blocks, 16 heads); ``overrides`` replace RopeViTConfig fields."""
     return rope_mixed_vit("large", **overrides)

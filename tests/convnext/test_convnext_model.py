@@ -7,6 +7,7 @@ parameter counts and key sets of all five variants are checked without allocatin
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import timm
@@ -190,9 +191,14 @@ def test_drop_path_drops_whole_samples_in_training_only() -> None:
     assert DropPath(0.0).train()(x) is x
 
 
-def test_drop_path_rejects_invalid_probability() -> None:
-    with pytest.raises(ValueError, match=r"drop_prob must be in \[0, 1\), got 1.0"):
+def test_drop_path_rejects_a_probability_of_one() -> None:
+    with pytest.raises(ValueError, match=r"^DropPath.drop_prob must be a number in \[0, 1\), got 1.0$"):
         DropPath(1.0)
+
+
+def test_drop_path_rejects_a_string_probability_as_a_type_error() -> None:
+    with pytest.raises(TypeError, match=r"^DropPath.drop_prob must be a number in \[0, 1\), got str '0.1'$"):
+        DropPath("0.1")  # type: ignore[arg-type]
 
 
 # --- init ---------------------------------------------------------------------------------------
@@ -221,20 +227,38 @@ def test_init_truncated_normal_weights_zero_biases_unit_norms() -> None:
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
-    ("depths", (3, 3, 9), r"depths must be a sequence of 4 positive ints \(one per stage\), got \(3, 3, 9\)"),
-    ("depths", (3, 0, 9, 3), r"depths must be .* got \(3, 0, 9, 3\)"),
-    ("dims", "96", r"dims must be a sequence of 4 positive ints .* got '96'"),
-    ("dims", (96, 192, 384, 768.0), r"dims must be .* got \(96, 192, 384, 768.0\)"),
-    ("drop_path_rate", 1.0, r"drop_path_rate must be a float in \[0, 1\), got 1.0"),
-    ("drop_path_rate", -0.1, r"drop_path_rate must be a float in \[0, 1\), got -0.1"),
-    ("layer_scale_init_value", 0.0, r"layer_scale_init_value must be a float > 0, got 0.0"),
-    ("drop_path_rate", False, r"drop_path_rate must be a float in \[0, 1\), got False"),
-    ("num_classes", 0, r"num_classes must be a positive int, got 0"),
-    ("in_chans", True, r"in_chans must be a positive int, got True"),
+    ("depths", (3, 3, 9), r"ConvNeXtConfig.depths must be a tuple of 4 positive ints \(one per stage\), got \(3, 3, 9\)$"),
+    ("depths", (3, 0, 9, 3), r"ConvNeXtConfig.depths\[1\] must be an int >= 1, got 0$"),
+    ("drop_path_rate", 1.0, r"ConvNeXtConfig.drop_path_rate must be a number in \[0, 1\), got 1.0$"),
+    ("drop_path_rate", -0.1, r"ConvNeXtConfig.drop_path_rate must be a number in \[0, 1\), got -0.1$"),
+    ("drop_path_rate", float("nan"), r"ConvNeXtConfig.drop_path_rate must be a number in \[0, 1\), got nan$"),
+    ("layer_scale_init_value", 0.0, r"ConvNeXtConfig.layer_scale_init_value must be a finite number > 0, got 0.0$"),
+    ("num_classes", 0, r"ConvNeXtConfig.num_classes must be an int >= 1, got 0$"),
 ])
-def test_config_rejects_invalid_values(field: str, value: object, message: str) -> None:
+def test_config_rejects_out_of_range_values(field: str, value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ConvNeXtConfig(**{field: value})
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("dims", "96", r"ConvNeXtConfig.dims must be a tuple of 4 positive ints \(one per stage\), got str '96'$"),
+    ("dims", (96, 192, 384, 768.0), r"ConvNeXtConfig.dims\[3\] must be an int >= 1, got float 768.0$"),
+    ("drop_path_rate", False, r"ConvNeXtConfig.drop_path_rate must be a number in \[0, 1\), got bool False$"),
+    ("layer_scale_init_value", "1e-6", r"ConvNeXtConfig.layer_scale_init_value must be a finite number > 0, "
+                                       r"got str '1e-6'$"),
+    ("in_chans", True, r"ConvNeXtConfig.in_chans must be an int >= 1, got bool True$"),
+    ("num_classes", 10.0, r"ConvNeXtConfig.num_classes must be an int >= 1, got float 10.0$"),
+    ("use_cifar_stem", "yes", r"ConvNeXtConfig.use_cifar_stem must be a bool, got str 'yes'$"),
+])
+def test_config_rejects_wrong_types_as_type_errors(field: str, value: object, message: str) -> None:
+    with pytest.raises(TypeError, match=message):
+        ConvNeXtConfig(**{field: value})
+
+
+def test_config_stores_an_int_layer_scale_as_a_float_so_gamma_is_a_floating_parameter() -> None:
+    config = ConvNeXtConfig(depths=(1, 1, 1, 1), dims=(8, 8, 8, 8), layer_scale_init_value=1)
+    assert type(config.layer_scale_init_value) is float
+    assert ConvNeXt(config).stages[0].blocks[0].gamma.dtype == torch.float32
 
 
 def test_config_is_frozen_and_normalizes_lists_to_tuples() -> None:
@@ -244,30 +268,51 @@ def test_config_is_frozen_and_normalizes_lists_to_tuples() -> None:
         config.depths = (2, 2, 2, 2)  # type: ignore[misc]
 
 
-def test_config_rejects_non_bool_cifar_flag() -> None:
-    with pytest.raises(TypeError, match="use_cifar_stem must be a bool, got str"):
-        ConvNeXtConfig(use_cifar_stem="yes")  # type: ignore[arg-type]
-
-
-def test_factory_rejects_unknown_and_shape_options() -> None:
-    with pytest.raises(TypeError, match=r"convnext_tiny\(\) got unexpected option\(s\) \['depths'\]"):
+def test_factory_rejects_a_shape_option_naming_the_ones_it_takes() -> None:
+    with pytest.raises(TypeError, match=r"^convnext_tiny\(\) options must be among drop_path_rate, .*use_cifar_stem, "
+                                        r"got 'depths'; for other depths/dims build ConvNeXt\(ConvNeXtConfig\(...\)\)$"):
         convnext.convnext_tiny(depths=(1, 1, 1, 1))
-    with pytest.raises(TypeError, match=r"got unexpected option\(s\) \['num_class'\]; expected any of"):
+
+
+def test_factory_rejects_a_misspelled_option() -> None:
+    with pytest.raises(TypeError, match=r"^convnext_base\(\) options must be among .* got 'num_class';"):
         convnext.convnext_base(num_class=10)
 
 
-def test_model_rejects_non_config_and_bad_inputs() -> None:
-    with pytest.raises(TypeError, match="ConvNeXt takes a ConvNeXtConfig, got dict"):
+def test_an_unknown_variant_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"^ConvNeXt variant must be one of 'tiny', 'small', 'base', 'large', 'xlarge', "
+                                         r"got 'tiny2'; did you mean 'tiny'\?$"):
+        convnext.create_convnext("tiny2")
+
+
+def test_a_named_variant_builds_the_same_model_as_its_factory() -> None:
+    with torch.device("meta"):
+        by_name, by_factory = convnext.create_convnext("small", num_classes=10), convnext.convnext_small(num_classes=10)
+    assert by_name.config == by_factory.config == dataclasses.replace(convnext.VARIANTS["small"], num_classes=10)
+
+
+def test_model_rejects_a_non_config_as_a_type_error() -> None:
+    with pytest.raises(TypeError, match=r"^ConvNeXt\(config\) must be a ConvNeXtConfig, got dict \{'depths': "
+                                        r"\(1, 1, 1, 1\)\}; build one with ConvNeXtConfig"):
         ConvNeXt({"depths": (1, 1, 1, 1)})  # type: ignore[arg-type]
-    model = ConvNeXt(TOY).eval()
-    with pytest.raises(ValueError, match=r"expects input of shape \(B, 3, H, W\) with H, W >= 32, got \(2, 1, 32, 32\)"):
-        model(torch.randn(2, 1, 32, 32))
-    with pytest.raises(ValueError, match=r"got \(2, 3, 16, 32\)"):
-        model(torch.randn(2, 3, 16, 32))
-    with pytest.raises(ValueError, match=r"got \(3, 32, 32\)"):
-        model(torch.randn(3, 32, 32))
-    with pytest.raises(TypeError, match="ConvNeXt expects a Tensor, got list"):
-        model([1.0])  # type: ignore[arg-type]
+
+
+def test_model_rejects_a_non_tensor_input_as_a_type_error() -> None:
+    with pytest.raises(TypeError, match=r"^ConvNeXt input must be a Tensor, got list \[1.0\]$"):
+        ConvNeXt(TOY).eval()([1.0])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("shape", "message"), [
+    ((2, 1, 32, 32), r"^ConvNeXt input shape must be \(B, 3, H, W\) with H, W >= 32, got \(2, 1, 32, 32\)$"),
+    ((2, 3, 16, 32), r"got \(2, 3, 16, 32\)$"),
+    ((3, 32, 32), r"got \(3, 32, 32\)$"),
+])
+def test_model_rejects_inputs_of_the_wrong_shape(shape: tuple[int, ...], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ConvNeXt(TOY).eval()(torch.randn(*shape))
+
+
+def test_the_cifar_stem_accepts_8_pixel_inputs() -> None:
     cifar = ConvNeXt(ConvNeXtConfig(**{**TOY.__dict__, "use_cifar_stem": True})).eval()
     assert cifar(torch.randn(1, 3, 8, 8)).shape == (1, 5)  # 8 px survives the stride-1 stem
 

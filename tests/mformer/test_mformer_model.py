@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
 
 from candidates.convnext import VARIANTS as CONVNEXT_VARIANTS
-from candidates.mformer import VARIANTS, MFormerConfig, MFormerV1, mformer_v1
+from candidates.mformer import VARIANTS, MFormerConfig, MFormerV1, check_juncture, mformer_v1
 from candidates.rope_vit import VARIANTS as ROPE_VIT_VARIANTS
 
 
@@ -27,11 +28,54 @@ def test_incompatible_pair_is_refused_naming_both_widths():
         MFormerConfig(CONVNEXT_VARIANTS["tiny"], ROPE_VIT_VARIANTS["base"])
 
 
-def test_config_types_are_checked():
-    with pytest.raises(TypeError, match=r"convnext must be a ConvNeXtConfig, got dict"):
+def test_a_convnext_config_of_the_wrong_type_is_a_type_error():
+    with pytest.raises(TypeError, match=r"^MFormerConfig.convnext must be a ConvNeXtConfig, got dict \{\}$"):
         MFormerConfig({}, ROPE_VIT_VARIANTS["small"])
-    with pytest.raises(ValueError, match=r"unknown mFormerV1 variant 'xs'; expected one of \['lg', 'md', 'sm', 'xl'\]"):
+
+
+def test_a_vit_config_of_the_wrong_type_is_a_type_error():
+    with pytest.raises(TypeError, match=r"^MFormerConfig.vit must be a RopeViTConfig, got NoneType None$"):
+        MFormerConfig(CONVNEXT_VARIANTS["tiny"], None)
+
+
+def test_a_checkpoint_name_of_the_wrong_type_is_a_type_error():
+    with pytest.raises(TypeError, match=r"^MFormerConfig.vit_name must be a str, got int 3$"):
+        MFormerConfig(CONVNEXT_VARIANTS["tiny"], ROPE_VIT_VARIANTS["small"], "convnext_tiny", 3)
+
+
+def test_a_vit_patch_size_other_than_the_juncture_stride_is_refused():
+    vit = dataclasses.replace(ROPE_VIT_VARIANTS["small"], patch_size=8)
+    with pytest.raises(ValueError, match=r"^MFormerConfig.vit.patch_size must be 16 \(the token grid is the juncture's "
+                                         r"stride-16 grid\), got 8$"):
+        MFormerConfig(CONVNEXT_VARIANTS["tiny"], vit)
+
+
+def test_the_model_rejects_a_non_config_as_a_type_error():
+    with pytest.raises(TypeError, match=r"^MFormerV1\(config\) must be an MFormerConfig, got str 'sm'; build one with"):
+        MFormerV1("sm")
+
+
+def test_an_unknown_variant_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"^mFormerV1 variant must be one of 'sm', 'md', 'lg', 'xl', got 'xs'$"):
         mformer_v1("xs")
+
+
+@pytest.mark.parametrize(("depths", "error", "message"), [
+    ((1, 1, 1), ValueError, r"^convnext_depths must be the depths of ConvNeXt stages 0 and 1, a pair of ints >= 1, "
+                            r"got \(1, 1, 1\)$"),
+    (2, TypeError, r"^convnext_depths must be the depths of ConvNeXt stages 0 and 1, .* got int 2$"),
+    ((1, 0), ValueError, r"^convnext_depths\[1\] must be an int >= 1, got 0$"),
+    ((1, 1.0), TypeError, r"^convnext_depths\[1\] must be an int >= 1, got float 1.0$"),
+])
+def test_reduced_convnext_depths_are_checked(depths, error, message):
+    with pytest.raises(error, match=message):
+        mformer_v1("sm", convnext_depths=depths, vit_depth=1)
+
+
+def test_the_juncture_needs_three_convnext_stages():
+    with pytest.raises(ValueError, match=r"^ConvNeXt dims must be the widths of at least 3 stages \(the S2 juncture is "
+                                         r"dims\[2\]\), got \(96, 192\)$"):
+        check_juncture((96, 192), 384)
 
 
 @pytest.mark.parametrize("size", [(64, 96), (32, 32), (48, 16)])
@@ -46,16 +90,23 @@ def test_forward_shapes_on_the_stride_16_grid(size):
 
 def test_sides_must_be_multiples_of_16():
     model = mformer_v1("sm", convnext_depths=(1, 1), vit_depth=1)
-    with pytest.raises(ValueError, match=r"H, W multiples of 16, got \(1, 3, 40, 32\)"):
+    with pytest.raises(ValueError, match=r"^MFormerV1 input shape must be \(B, 3, H, W\) with H, W multiples of 16, "
+                                         r"got \(1, 3, 40, 32\); resize or pad the image to multiples of 16 pixels$"):
         model(torch.randn(1, 3, 40, 32))
 
 
-def test_input_channels_are_checked():
+@pytest.mark.parametrize("shape", [(2, 1, 32, 32), (3, 32, 32)])
+def test_input_channels_and_rank_are_checked(shape):
     model = mformer_v1("sm", convnext_depths=(1, 1), vit_depth=1)
-    with pytest.raises(ValueError, match=r"expected images \(B, 3, H, W\), got shape \(2, 1, 32, 32\)"):
-        model.forward_features(torch.randn(2, 1, 32, 32))
-    with pytest.raises(ValueError, match=r"expected images \(B, 3, H, W\), got shape \(3, 32, 32\)"):
-        model(torch.randn(3, 32, 32))
+    with pytest.raises(ValueError, match=r"^MFormerV1 input shape must be \(B, 3, H, W\) with H, W multiples of 16, "
+                                         rf"got {re.escape(str(shape))}$"):
+        model.forward_features(torch.randn(*shape))
+
+
+def test_a_non_tensor_input_is_a_type_error():
+    model = mformer_v1("sm", convnext_depths=(1, 1), vit_depth=1)
+    with pytest.raises(TypeError, match=r"^MFormerV1 input must be a Tensor, got list \[\]$"):
+        model([])
 
 
 def test_variants_are_read_only():

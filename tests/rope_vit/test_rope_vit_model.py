@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from candidates.rope_vit import VARIANTS, RopeViTConfig, rope_mixed_vit
+from candidates.rope_vit import VARIANTS, RopeMixedViT, RopeViTConfig, rope_mixed_vit
 from candidates.rope_vit.rope_vit import MixedRope, apply_rotary
 
 
@@ -20,10 +20,12 @@ def tiny(**overrides):
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        (dict(embed_dim=384, depth=2, num_heads=5), r"embed_dim \(384\) must be divisible by num_heads \(5\)"),
-        (dict(embed_dim=36, depth=2, num_heads=6), r"divisible by 4 .* got 36 / 6 = 6"),
-        (dict(embed_dim=384, depth=0, num_heads=6), r"depth must be a positive int, got 0"),
-        (dict(embed_dim=384, depth=2, num_heads=6, num_classes=-1), r"num_classes must be an int >= 0, got -1"),
+        (dict(embed_dim=384, depth=2, num_heads=5), r"^RopeViTConfig.num_heads must be a divisor of embed_dim 384, got 5$"),
+        (dict(embed_dim=36, depth=2, num_heads=6),
+         r"^RopeViTConfig.num_heads must be a count leaving head_dim = 36 / num_heads divisible by 4, got 6; "),
+        (dict(embed_dim=384, depth=0, num_heads=6), r"^RopeViTConfig.depth must be an int >= 1, got 0$"),
+        (dict(embed_dim=384, depth=2, num_heads=6, num_classes=-1),
+         r"^RopeViTConfig.num_classes must be an int >= 0, got -1; 0 leaves the head out$"),
     ],
 )
 def test_config_rejects_bad_shapes(fields, message):
@@ -32,25 +34,37 @@ def test_config_rejects_bad_shapes(fields, message):
 
 
 @pytest.mark.parametrize(
-    ("field", "value", "error", "message"),
+    ("field", "value", "message"),
     [
-        ("num_classes", True, ValueError, r"num_classes must be an int >= 0, got True"),
-        ("num_classes", 2.0, ValueError, r"num_classes must be an int >= 0, got 2.0"),
-        ("mlp_ratio", "4", TypeError, r"mlp_ratio must be a finite real number \(int or float\), got '4'"),
-        ("mlp_ratio", True, TypeError, r"mlp_ratio must be a finite real number \(int or float\), got True"),
-        ("mlp_ratio", 0.0, ValueError, r"mlp_ratio must be > 0, got 0.0"),
-        ("mlp_ratio", 1e-4, ValueError, r"mlp_ratio leaves no MLP hidden units: int\(384 \* 0.0001\) = 0"),
-        ("norm_eps", None, TypeError, r"norm_eps must be a finite real number \(int or float\), got None"),
-        ("norm_eps", -1e-6, ValueError, r"norm_eps must be > 0, got -1e-06"),
-        ("norm_eps", float("nan"), TypeError, r"norm_eps must be a finite real number \(int or float\), got nan"),
-        ("layer_scale_init", "1e-5", TypeError, r"layer_scale_init must be a finite real number \(int or float\), got '1e-5'"),
-        ("layer_scale_init", False, TypeError, r"layer_scale_init must be a finite real number \(int or float\), got False"),
-        ("layer_scale_init", float("inf"), TypeError, r"layer_scale_init must be a finite real number \(int or float\), got inf"),
-        ("rope_temperature", torch.tensor(10.0), TypeError, r"rope_temperature must be a finite real number"),
+        ("num_classes", True, r"^RopeViTConfig.num_classes must be an int >= 0, got bool True; "),
+        ("num_classes", 2.0, r"^RopeViTConfig.num_classes must be an int >= 0, got float 2.0; "),
+        ("mlp_ratio", "4", r"^RopeViTConfig.mlp_ratio must be a finite number > 0, got str '4'$"),
+        ("mlp_ratio", True, r"^RopeViTConfig.mlp_ratio must be a finite number > 0, got bool True$"),
+        ("norm_eps", None, r"^RopeViTConfig.norm_eps must be a finite number > 0, got NoneType None$"),
+        ("layer_scale_init", "1e-5", r"^RopeViTConfig.layer_scale_init must be a finite number, got str '1e-5'$"),
+        ("layer_scale_init", False, r"^RopeViTConfig.layer_scale_init must be a finite number, got bool False$"),
+        ("rope_temperature", torch.tensor(10.0), r"^RopeViTConfig.rope_temperature must be a finite number > 0, "
+                                                 r"got Tensor tensor\(10.\)$"),
     ],
 )
-def test_config_type_checks_the_numeric_options(field, value, error, message):
-    with pytest.raises(error, match=message):
+def test_config_rejects_wrong_types_as_type_errors(field, value, message):
+    with pytest.raises(TypeError, match=message):
+        RopeViTConfig(embed_dim=384, depth=2, num_heads=6, **{field: value})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("mlp_ratio", 0.0, r"^RopeViTConfig.mlp_ratio must be a finite number > 0, got 0.0$"),
+        ("mlp_ratio", 1e-4, r"^RopeViTConfig.mlp_ratio must be a ratio leaving int\(mlp_ratio \* 384\) >= 1 MLP units, "
+                            r"got 0.0001$"),
+        ("norm_eps", -1e-6, r"^RopeViTConfig.norm_eps must be a finite number > 0, got -1e-06$"),
+        ("norm_eps", float("nan"), r"^RopeViTConfig.norm_eps must be a finite number > 0, got nan$"),
+        ("layer_scale_init", float("inf"), r"^RopeViTConfig.layer_scale_init must be a finite number, got inf$"),
+    ],
+)
+def test_config_rejects_out_of_range_numbers_as_value_errors(field, value, message):
+    with pytest.raises(ValueError, match=message):
         RopeViTConfig(embed_dim=384, depth=2, num_heads=6, **{field: value})
 
 
@@ -67,9 +81,19 @@ def test_variants_are_read_only():
     assert sorted(VARIANTS) == ["base", "large", "small"]
 
 
-def test_unknown_variant_is_named():
-    with pytest.raises(ValueError, match=r"unknown RoPE-ViT variant 'huge'; expected one of \['base', 'large', 'small'\]"):
+def test_an_unknown_variant_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"^RoPE-ViT variant must be one of 'small', 'base', 'large', got 'huge'$"):
         rope_mixed_vit("huge")
+
+
+def test_a_misspelled_variant_names_the_closest_one():
+    with pytest.raises(ValueError, match=r"got 'smal'; did you mean 'small'\?$"):
+        rope_mixed_vit("smal")
+
+
+def test_the_model_rejects_a_non_config_as_a_type_error():
+    with pytest.raises(TypeError, match=r"^RopeMixedViT\(config\) must be a RopeViTConfig, got dict \{\}; build one with"):
+        RopeMixedViT({})
 
 
 @pytest.mark.parametrize("size", [(224, 224), (48, 80), (96, 32), (16, 16)])
@@ -83,10 +107,20 @@ def test_forward_any_multiple_of_the_patch(size):
 
 
 def test_image_sides_must_be_multiples_of_the_patch():
-    with pytest.raises(ValueError, match=r"multiples of the patch size 16, got 50x64"):
+    with pytest.raises(ValueError, match=r"^RopeMixedViT input shape must be \(B, 3, H, W\) with H, W multiples of 16, "
+                                         r"got \(1, 3, 50, 64\); resize or pad the image to multiples of 16 pixels$"):
         tiny()(torch.randn(1, 3, 50, 64))
-    with pytest.raises(ValueError, match=r"expected images \(B, 3, H, W\), got shape \(1, 1, 32, 32\)"):
+
+
+def test_image_channels_must_match_the_config():
+    with pytest.raises(ValueError, match=r"^RopeMixedViT input shape must be \(B, 3, H, W\) with H, W multiples of 16, "
+                                         r"got \(1, 1, 32, 32\)$"):
         tiny()(torch.randn(1, 1, 32, 32))
+
+
+def test_a_non_tensor_image_is_a_type_error():
+    with pytest.raises(TypeError, match=r"^RopeMixedViT input must be a Tensor, got list \[0.0\]$"):
+        tiny()([0.0])
 
 
 def test_rope_table_layout_and_grid_order():
