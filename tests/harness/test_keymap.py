@@ -157,3 +157,50 @@ def test_concat_partners_may_come_in_any_order():
     table = KeyTable(Rule(("blocks.{i}.q.", "blocks.{i}.k.", "blocks.{i}.v."), "blocks.{i}.attn.qkv."))
     mapping = table.map(state, to="candidate", strict=False)
     assert (list(mapping.state), mapping.unmatched) == (["blocks.0.attn.qkv.weight"], [])
+
+
+# An independent port the table was not written for: torchvision's ViT and timm's, which name and
+# nest every tensor differently (torchvision keeps attention projections as bare parameters).
+TORCHVISION_VIT = KeyTable(
+    Rule("class_token", "cls_token"),
+    Rule("encoder.pos_embedding", "pos_embed"),
+    Rule("conv_proj.", "patch_embed.proj."),
+    Rule("encoder.layers.encoder_layer_{i}.ln_1.", "blocks.{i}.norm1."),
+    Rule("encoder.layers.encoder_layer_{i}.self_attention.in_proj_weight", "blocks.{i}.attn.qkv.weight"),
+    Rule("encoder.layers.encoder_layer_{i}.self_attention.in_proj_bias", "blocks.{i}.attn.qkv.bias"),
+    Rule("encoder.layers.encoder_layer_{i}.self_attention.out_proj.", "blocks.{i}.attn.proj."),
+    Rule("encoder.layers.encoder_layer_{i}.ln_2.", "blocks.{i}.norm2."),
+    Rule("encoder.layers.encoder_layer_{i}.mlp.0.", "blocks.{i}.mlp.fc1."),
+    Rule("encoder.layers.encoder_layer_{i}.mlp.3.", "blocks.{i}.mlp.fc2."),
+    Rule("encoder.ln.", "norm."),
+    Rule("heads.head.", "head."),
+    name="torchvision ViT <-> timm ViT",
+)
+
+
+def _vits() -> tuple[torch.nn.Module, torch.nn.Module]:
+    timm = pytest.importorskip("timm")
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    reference = VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32,
+                                  mlp_dim=64, num_classes=5).double().eval()
+    candidate = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=32, embed_dim=32, depth=2,
+                                  num_heads=2, mlp_ratio=2, num_classes=5).double().eval()
+    return candidate, reference
+
+
+def test_a_torchvision_vit_loads_into_timm_through_one_table_and_computes_the_same():
+    import harness
+
+    candidate, reference = _vits()
+    candidate.load_state_dict(TORCHVISION_VIT.to_candidate(reference.state_dict()), strict=True)
+    image = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    report = harness.compare(candidate, reference, image)
+    assert report.passed, report.format()
+
+
+def test_a_timm_vit_state_reads_back_into_the_torchvision_layout():
+    candidate, reference = _vits()
+    _assert_same_state(TORCHVISION_VIT.to_reference(TORCHVISION_VIT.to_candidate(reference.state_dict())),
+                       reference.state_dict())
