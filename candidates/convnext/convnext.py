@@ -287,7 +287,8 @@ def create_convnext(variant: str, **options: Any) -> ConvNeXt:
     unknown = sorted(set(options) - set(_FACTORY_OPTIONS))
     if unknown:  # an unknown keyword is a TypeError, as for any Python call
         raise TypeError(
-            f"convnext_{variant}() options must be among {', '.join(_FACTORY_OPTIONS)}, got {', '.join(map(repr, unknown))}; "
+            f"convnext_{variant}() options must be among {', '.join(_FACTORY_OPTIONS)}, "
+            f"got {', '.join(map(repr, unknown))}; "
             f"for other depths/dims build ConvNeXt(ConvNeXtConfig(...))"
         )
     return ConvNeXt(dataclasses.replace(VARIANTS[variant], **options))

@@ -227,7 +227,8 @@ def test_init_truncated_normal_weights_zero_biases_unit_norms() -> None:
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
-    ("depths", (3, 3, 9), r"ConvNeXtConfig.depths must be a tuple of 4 positive ints \(one per stage\), got \(3, 3, 9\)$"),
+    ("depths", (3, 3, 9),
+     r"ConvNeXtConfig.depths must be a tuple of 4 positive ints \(one per stage\), got \(3, 3, 9\)$"),
     ("depths", (3, 0, 9, 3), r"ConvNeXtConfig.depths\[1\] must be an int >= 1, got 0$"),
     ("drop_path_rate", 1.0, r"ConvNeXtConfig.drop_path_rate must be a number in \[0, 1\), got 1.0$"),
     ("drop_path_rate", -0.1, r"ConvNeXtConfig.drop_path_rate must be a number in \[0, 1\), got -0.1$"),
@@ -270,7 +271,8 @@ def test_config_is_frozen_and_normalizes_lists_to_tuples() -> None:
 
 def test_factory_rejects_a_shape_option_naming_the_ones_it_takes() -> None:
     with pytest.raises(TypeError, match=r"^convnext_tiny\(\) options must be among drop_path_rate, .*use_cifar_stem, "
-                                        r"got 'depths'; for other depths/dims build ConvNeXt\(ConvNeXtConfig\(...\)\)$"):
+                                        r"got 'depths'; for other depths/dims build "
+                                        r"ConvNeXt\(ConvNeXtConfig\(...\)\)$"):
         convnext.convnext_tiny(depths=(1, 1, 1, 1))
 
 
@@ -280,8 +282,8 @@ def test_factory_rejects_a_misspelled_option() -> None:
 
 
 def test_an_unknown_variant_lists_the_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"^ConvNeXt variant must be one of 'tiny', 'small', 'base', 'large', 'xlarge', "
-                                         r"got 'tiny2'; did you mean 'tiny'\?$"):
+    with pytest.raises(ValueError, match=r"^ConvNeXt variant must be one of 'tiny', 'small', 'base', 'large', "
+                                         r"'xlarge', got 'tiny2'; did you mean 'tiny'\?$"):
         convnext.create_convnext("tiny2")
 
 

@@ -20,7 +20,8 @@ def tiny(**overrides):
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        (dict(embed_dim=384, depth=2, num_heads=5), r"^RopeViTConfig.num_heads must be a divisor of embed_dim 384, got 5$"),
+        (dict(embed_dim=384, depth=2, num_heads=5),
+         r"^RopeViTConfig.num_heads must be a divisor of embed_dim 384, got 5$"),
         (dict(embed_dim=36, depth=2, num_heads=6),
          r"^RopeViTConfig.num_heads must be a count leaving head_dim = 36 / num_heads divisible by 4, got 6; "),
         (dict(embed_dim=384, depth=0, num_heads=6), r"^RopeViTConfig.depth must be an int >= 1, got 0$"),
@@ -92,7 +93,7 @@ def test_a_misspelled_variant_names_the_closest_one():
 
 
 def test_the_model_rejects_a_non_config_as_a_type_error():
-    with pytest.raises(TypeError, match=r"^RopeMixedViT\(config\) must be a RopeViTConfig, got dict \{\}; build one with"):
+    with pytest.raises(TypeError, match=r"^RopeMixedViT\(config\) must be a RopeViTConfig, got dict \{\}; build one"):
         RopeMixedViT({})
 
 
