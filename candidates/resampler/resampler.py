@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from candidates.resampler.mamba import MambaMixer
-from harness.checks import check_int, check_number, check_type
+from harness.checks import check_choice, check_int, check_number, check_type
 
 __all__ = [
     "ResamplerConfig", "VARIANTS", "BiMambaBlock", "BiMambaResampler", "bimamba_resampler", "bimamba_large_resampler",
@@ -96,9 +96,7 @@ class ResamplerConfig:
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "ResamplerConfig":
         """The variant called ``name`` (a key of :data:`VARIANTS`) with some fields replaced."""
-        if name not in VARIANTS:
-            raise ValueError(f"unknown resampler preset {name!r}; expected one of {sorted(VARIANTS)}")
-        preset = VARIANTS[name]
+        preset = VARIANTS[check_choice("resampler preset", name, VARIANTS)]
         if "dt_rank" not in overrides and preset.dt_rank == math.ceil(preset.hidden_dim / 16):
             overrides["dt_rank"] = None  # the preset's rank is "auto": keep it auto for a new width
         return replace(preset, **overrides)

@@ -290,8 +290,7 @@ VARIANTS: Mapping[str, DinoV3Config] = MappingProxyType({
 
 def dinov3_vit(variant: str = "vit_small_patch16_dinov3", **overrides) -> DinoV3ViT:
     """A randomly initialized :class:`DinoV3ViT`; ``overrides`` replace config fields."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown DINOv3 variant {variant!r}; expected one of {sorted(VARIANTS)}")
+    check_choice("DINOv3 variant", variant, VARIANTS)
     return DinoV3ViT(replace(VARIANTS[variant], **overrides))
 
 

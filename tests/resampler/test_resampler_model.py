@@ -71,7 +71,7 @@ def test_from_preset_overrides_and_keeps_auto_rank():
     config = ResamplerConfig.from_preset("bimamba", hidden_dim=512)
     assert (config.hidden_dim, config.expand, config.d_inner, config.dt_rank) == (512, 1.75, 896, 32)
     assert ResamplerConfig.from_preset("bimamba", dt_rank=8).dt_rank == 8
-    with pytest.raises(ValueError, match=r"unknown resampler preset 'mamba'; expected one of \['bimamba', 'bimamba_large'\]"):
+    with pytest.raises(ValueError, match=r"^resampler preset must be one of 'bimamba', 'bimamba_large', got 'mamba'; did you mean 'bimamba'\?$"):
         ResamplerConfig.from_preset("mamba")
 
 
