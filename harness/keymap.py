@@ -34,7 +34,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-__all__ = ["Move", "Rule", "KeyTable", "KeyMapping", "apply_steps", "apply_moves", "invert_steps",
+from harness.checks import check_choice
+
+__all__ = ["Move", "Rule", "KeyTable", "KeyMapping", "StateDict", "Step", "apply_steps", "apply_moves", "invert_steps",
            "describe_steps", "check_step", "shape_after", "LAYOUT_OPS", "STEP_OPS"]
 
 StateDict = dict[str, torch.Tensor]
@@ -276,8 +278,7 @@ class KeyTable:
 
     def moves(self, keys: Iterable[str], to: str) -> tuple[list[Move], list[str], list[str]]:
         """(moves, ignored keys, unmatched keys) for source ``keys`` read toward ``to``."""
-        if to not in ("candidate", "reference"):
-            raise ValueError(f"to must be 'candidate' or 'reference', got {to!r}")
+        check_choice("to", to, ("candidate", "reference"))
         keys = list(keys)
         present, taken = set(keys), set()
         moves, ignored, unmatched = [], [], []

@@ -29,14 +29,12 @@ import torch
 from torch import nn
 
 from harness.checks import check_module
-from harness.keymap import Move, apply_moves, apply_steps, check_step, describe_steps, invert_steps, shape_after
+from harness.keymap import Move, StateDict, Step, apply_moves, check_step, describe_steps, invert_steps, shape_after
 from harness.trace import ROOT
 
-__all__ = ["WeightMap", "Entry", "load_weight_map", "FORMAT", "layout_steps", "apply_steps", "owner_of", "clear_weight_caches"]
+__all__ = ["WeightMap", "Entry", "load_weight_map", "FORMAT", "layout_steps", "owner_of", "clear_weight_caches"]
 
 FORMAT = "parity-harness weight map 1"
-StateDict = dict[str, torch.Tensor]
-Step = dict[str, Any]
 
 # -- transforms as data (steps: harness.keymap) --------------------------------------------------
 def layout_steps(target: tuple[int, ...], source: tuple[int, ...]) -> tuple[list[Step], float] | None:

@@ -36,7 +36,6 @@ from reference.rope_vit import TIMM_NAMES, expose_rope_table, pin_eager_attentio
 
 __all__ = ["TimmMFormerV1", "timm_mformer_v1"]
 
-CONVNEXT_TIMM = {"sm": "convnext_tiny", "md": "convnext_small", "lg": "convnext_large", "xl": "convnext_xlarge"}
 VIT_VARIANT = {"sm": "small", "md": "small", "lg": "base", "xl": "large"}
 TINY_SIZE = (64, 96)
 
@@ -76,7 +75,7 @@ def timm_mformer_v1(
         cnx_extra["depths"] = (*convnext_depths, 0, 0)
     import timm  # here, not at the top: the family's CLI command needs no model library
 
-    convnext = timm.create_model(CONVNEXT_TIMM[variant], pretrained=False, **cnx_extra)
+    convnext = timm.create_model(VARIANTS[variant].convnext_name, pretrained=False, **cnx_extra)
     vit_extra = {} if vit_depth is None else {"depth": vit_depth}
     vit = timm.create_model(TIMM_NAMES[VIT_VARIANT[variant]], pretrained=False, img_size=img_size, **vit_extra)
     pin_eager_attention(vit)

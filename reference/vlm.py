@@ -22,7 +22,7 @@ routes it through a traced ``rope.cos_sin`` module in the candidate's ``(cos, si
 wrong table is reported at ``rope`` on both references.
 
 Weight and module-name mappings (``TRANSFORMERS_RENAME``, ``TIMM_RENAME``, the state-dict tables)
-live in :mod:`candidates.vlm.convert`; the rename rules are re-exported here.
+live in :mod:`candidates.vlm.convert`.
 
 The candidate applies its fused ``qkv`` weight as three traced projections ``attn.{q,k,v}_proj``:
 they twin transformers' ``attention.{q,k,v}_proj``; timm makes one fused ``qkv`` call, so on
@@ -48,7 +48,7 @@ from harness import Call, Pair, register
 
 __all__ = [
     "TINY", "TINY_TIMM", "transformers_dinov3", "timm_dinov3", "expose_rope_table",
-    "UnshuffleProjector", "TRANSFORMERS_RENAME", "TIMM_RENAME",
+    "UnshuffleProjector",
 ]
 
 TINY = replace(VARIANTS["dinov3_tiny"], rope_impl="inv_freq")  # q/v biases, as transformers' default

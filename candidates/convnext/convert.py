@@ -27,6 +27,7 @@ from typing import Any, Mapping
 from torch import Tensor
 
 from candidates.convnext.convnext import VARIANTS
+from candidates.io import StateDict
 from candidates.recognize import CheckpointInfo, count_indices, count_parameters
 from harness.keymap import KeyTable, Rule
 
@@ -35,7 +36,6 @@ __all__ = [
     "match_variant", "recognize", "to_timm_layout",
 ]
 
-StateDict = dict[str, Tensor]
 
 ORIGINAL = KeyTable(
     Rule("downsample_layers.0.", "stem."),

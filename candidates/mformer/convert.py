@@ -32,7 +32,7 @@ from typing import Mapping
 import torch
 
 from candidates.convnext.convert import convnext_dims
-from candidates.io import load_exactly
+from candidates.io import StateDict, load_exactly
 from candidates.mformer.mformer import MFormerV1, check_juncture
 from candidates.recognize import CheckpointInfo, count_parameters
 from candidates.rope_vit.convert import rope_vit_dims
@@ -43,7 +43,6 @@ __all__ = [
     "split_rope_vit_state_dict", "load_mformer_from_state_dicts", "recognize",
 ]
 
-StateDict = dict[str, torch.Tensor]
 
 CONVNEXT_PART = KeyTable(
     Rule("stem.", "stem."),

@@ -38,7 +38,7 @@ from typing import Any, Mapping
 
 import torch
 
-from candidates.io import load_exactly
+from candidates.io import StateDict, load_exactly
 from candidates.recognize import (
     HEADS_ASSUMED, HEADS_DERIVED, HEADS_GIVEN, CheckpointInfo, count_indices, count_parameters,
 )
@@ -52,7 +52,6 @@ __all__ = [
     "check_given_heads", "rope_vit_dims", "match_variant", "heads_for_build", "recognize", "to_timm_layout",
 ]
 
-StateDict = dict[str, torch.Tensor]
 ASSUMED_HEAD_DIM = 64
 ORIGINAL_DERIVED_BUFFERS = ("freqs_t_x", "freqs_t_y")
 FAMILY = "rope_mixed_vit"
