@@ -39,11 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from candidates.layers import Mlp, RopeEmbedding, RopeImpl, apply_rope_to_patches, patch_center_coords
+from candidates.layers import Mlp, RopeEmbedding, RopeImpl, apply_rope_to_patches, patch_grid
 from harness.checks import check_choice, check_int, check_number, check_type, check_value
 
 __all__ = [
-    "DinoV3Config", "DinoV3Output", "DinoV3ViT", "RopeEmbedding", "VARIANTS", "patch_center_coords", "dinov3_vit",
+    "DinoV3Config", "DinoV3Output", "DinoV3ViT", "VARIANTS", "dinov3_vit",
     "dinov3_vit_small", "dinov3_vit_base", "dinov3_vit_large", "dinov3_tiny",
 ]
 
@@ -131,22 +131,10 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        _check_pixels(pixel_values, self.patch_size, self.proj.in_channels)
+        patch_grid("pixel_values", pixel_values, in_chans=self.proj.in_channels, stride=self.patch_size,
+                   fix="resize with candidates.vlm.processor.ImageProcessor")
         x = self.proj(pixel_values)  # (B, D, Hp, Wp)
         return x.permute(0, 2, 3, 1)  # (B, Hp, Wp, D)
-
-
-def _check_pixels(pixel_values: torch.Tensor, patch_size: int, channels: int) -> None:
-    if not isinstance(pixel_values, torch.Tensor):
-        raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
-    if pixel_values.ndim != 4 or pixel_values.shape[1] != channels:
-        raise ValueError(f"pixel_values must be (B, {channels}, H, W), got shape {tuple(pixel_values.shape)}")
-    height, width = pixel_values.shape[-2:]
-    if height == 0 or width == 0 or height % patch_size or width % patch_size:
-        raise ValueError(
-            f"image height and width must be positive multiples of the patch size {patch_size}, "
-            f"got {height}x{width}; resize with candidates.vlm.processor.ImageProcessor"
-        )
 
 
 class Projection(nn.Module):

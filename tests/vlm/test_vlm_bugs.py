@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import harness
-from candidates.vlm.dinov3 import Projection, RopeEmbedding
+from candidates.layers import RopeEmbedding
+from candidates.vlm.dinov3 import Projection
 from candidates.vlm.projector import PixelShuffle
 
 RECT_INPUT = torch.randn(1, 3, 48, 80, generator=torch.Generator().manual_seed(2))  # grid 3x5
