@@ -7,6 +7,8 @@ module names do not change when a family imports its primitive from here.
 
 - :class:`LayerNorm2d`: LayerNorm over the channels of a channels-first map (ConvNeXt, VidEoMT).
 - :class:`Mlp`: ``fc1 -> activation -> fc2`` on channels-last tokens (ViT-style blocks).
+- :func:`patch_grid`: the input check of every patch-embedding ViT (RoPE-Mixed ViT, mFormer,
+  DINOv3): a ``(B, C, H, W)`` tensor whose sides are positive multiples of the patch stride.
 - DINOv3 2D rotary position embedding (DINOv3 ViT, VidEoMT's DINOv3 backbone):
   :func:`patch_center_coords`, :class:`RopeEmbedding`, :func:`rotate_half`,
   :func:`apply_rope_to_patches`.
@@ -32,8 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness.checks import check_choice, check_type, value_error
+
 __all__ = [
-    "LayerNorm2d", "Mlp", "RopeImpl", "RopeEmbedding", "patch_center_coords", "rotate_half",
+    "LayerNorm2d", "Mlp", "RopeImpl", "RopeEmbedding", "patch_center_coords", "patch_grid", "rotate_half",
     "apply_rope_to_patches",
 ]
 
@@ -65,6 +69,23 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def patch_grid(name: str, image: Tensor, *, in_chans: int, stride: int, fix: str | None = None) -> tuple[int, int]:
+    """(rows, cols) of the ``stride``-pixel token grid of images ``(B, in_chans, H, W)``.
+
+    ``H`` and ``W`` must be positive multiples of ``stride``: a convolution over an empty side fails
+    deep inside torch, and a partial patch would be dropped silently. ``fix`` replaces the default
+    advice for a bad side (a family with its own resizing names it).
+    """
+    check_type(name, image, Tensor, what="a Tensor")
+    shape = tuple(image.shape)
+    layout_ok = image.ndim == 4 and shape[1] == in_chans
+    if not layout_ok or not all(side > 0 and side % stride == 0 for side in shape[2:]):
+        advice = fix or f"resize or pad the image to multiples of {stride} pixels"
+        raise value_error(f"{name} shape", shape, f"(B, {in_chans}, H, W) with H, W multiples of {stride}",
+                          fix=advice if layout_ok else None)
+    return shape[2] // stride, shape[3] // stride
+
+
 # --------------------------------------------------------------------------- DINOv3 rotary embedding
 
 
@@ -86,8 +107,7 @@ class RopeEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, *, theta: float, impl: RopeImpl) -> None:
         super().__init__()
-        if impl not in ("periods", "inv_freq"):
-            raise ValueError(f"impl must be 'periods' or 'inv_freq', got {impl!r}")
+        check_choice("impl", impl, ("periods", "inv_freq"))
         self.head_dim = head_dim
         self.theta = theta
         self.impl = impl

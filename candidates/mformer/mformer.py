@@ -37,9 +37,9 @@ from torch import nn
 
 from candidates.convnext import VARIANTS as CONVNEXT_VARIANTS
 from candidates.convnext import ConvNeXtConfig, ConvNeXtStage
-from candidates.layers import LayerNorm2d
+from candidates.layers import LayerNorm2d, patch_grid
 from candidates.rope_vit.rope_vit import VARIANTS as ROPE_VIT_VARIANTS
-from candidates.rope_vit.rope_vit import Block, MixedRope, RopeViTConfig, patch_grid
+from candidates.rope_vit.rope_vit import Block, MixedRope, RopeViTConfig
 from harness.checks import check_choice, check_int, check_type, check_value
 
 __all__ = [

@@ -49,6 +49,7 @@ from candidates.io import (
 )
 from candidates.resampler.convert import FieldSource, KeyPrefix, infer_config, select_prefix
 from candidates.resampler.resampler import BiMambaResampler, ResamplerConfig
+from harness.checks import check_type
 
 __all__ = [
     "CheckpointError", "LoadedCheckpoint", "metadata_path", "read_weights", "resolve_config", "save_checkpoint",
@@ -300,8 +301,7 @@ def load_weights_into(model: BiMambaResampler, path: str | os.PathLike, *, prefi
 def save_checkpoint(model: BiMambaResampler, path: str | os.PathLike) -> Path:
     """Write ``path`` (``.safetensors``) and its metadata JSON atomically; returns the metadata path."""
     path = Path(path)
-    if not isinstance(model, BiMambaResampler):
-        raise TypeError(f"save_checkpoint takes a BiMambaResampler, got {type(model).__name__}")
+    check_type("save_checkpoint(model)", model, BiMambaResampler)
     if path.suffix != ".safetensors":
         raise ValueError(f"checkpoints are saved as .safetensors, got {path.name!r}")
     data = safetensors.torch.save({k: v.detach().contiguous() for k, v in model.state_dict().items()})
@@ -327,8 +327,7 @@ def load_checkpoint(
     """
     path = Path(path)
     defaults = ResamplerConfig() if defaults is None else defaults
-    if not isinstance(defaults, ResamplerConfig):
-        raise TypeError(f"defaults must be a ResamplerConfig, got {type(defaults).__name__}")
+    check_type("defaults", defaults, ResamplerConfig, fix="or None for ResamplerConfig()")
     data = _read_bytes(path)
     meta, recorded = _read_metadata(metadata_path(path), path, hashlib.sha256(data).hexdigest())
     state, used, inferred = _resampler_state(path, _parse_weights(path, data), prefix=prefix, recorded=recorded)

@@ -35,6 +35,7 @@ import torch
 from candidates.io import StateDict
 from candidates.recognize import CheckpointInfo, count_parameters
 from candidates.resampler.resampler import VARIANTS
+from harness.checks import check_type
 from harness.keymap import KeyTable, Rule
 
 __all__ = [
@@ -104,8 +105,7 @@ def find_prefixes(state: Mapping[str, torch.Tensor]) -> list[str]:
 
 
 def _normalize_prefix(prefix: str) -> str:
-    if not isinstance(prefix, str):
-        raise TypeError(f"prefix must be a str such as 'resampler_module.resampler.', got {type(prefix).__name__}")
+    check_type("prefix", prefix, str, what="a str such as 'resampler_module.resampler.'")
     return prefix if prefix == "" or prefix.endswith(".") else prefix + "."
 
 

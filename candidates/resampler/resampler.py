@@ -151,9 +151,7 @@ class BiMambaResampler(nn.Module):
 
     def __init__(self, config: ResamplerConfig) -> None:
         super().__init__()
-        if not isinstance(config, ResamplerConfig):
-            raise TypeError(f"BiMambaResampler takes a ResamplerConfig, got {type(config).__name__}")
-        self.config = config
+        self.config = check_type("BiMambaResampler(config)", config, ResamplerConfig)
         self.input_proj = nn.Linear(config.vision_dim, config.hidden_dim)
         self.blocks = nn.ModuleList(BiMambaBlock(config) for _ in range(config.depth))
         self.norm = nn.LayerNorm(config.hidden_dim, eps=config.norm_eps)

@@ -35,12 +35,12 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from candidates.layers import Mlp
-from harness.checks import check_choice, check_int, check_number, check_type, check_value, value_error
+from candidates.layers import Mlp, patch_grid
+from harness.checks import check_choice, check_int, check_number, check_type, check_value
 
 __all__ = [
     "RopeViTConfig", "MixedRope", "PatchEmbed", "Attention", "Mlp", "Block", "RopeMixedViT",
-    "VARIANTS", "patch_grid", "rope_mixed_vit_small", "rope_mixed_vit_base",
+    "VARIANTS", "rope_mixed_vit_small", "rope_mixed_vit_base",
     "rope_mixed_vit_large", "rope_mixed_vit",
 ]
 
@@ -133,17 +133,6 @@ def apply_rotary(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     pairs = x.unflatten(-1, (-1, 2))                                           # (..., N, D/2, 2)
     rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)  # (-x1, x0, -x3, x2, ...)
     return (x * cos + rotated * sin).to(x.dtype)
-
-
-def patch_grid(name: str, image: torch.Tensor, *, in_chans: int, stride: int) -> tuple[int, int]:
-    """(rows, cols) of the ``stride``-pixel token grid of images (B, in_chans, H, W); H, W multiples of stride."""
-    check_type(name, image, torch.Tensor, what="a Tensor")
-    shape = tuple(image.shape)
-    if image.ndim != 4 or shape[1] != in_chans or shape[2] % stride or shape[3] % stride:
-        sides_only = image.ndim == 4 and shape[1] == in_chans
-        raise value_error(f"{name} shape", shape, f"(B, {in_chans}, H, W) with H, W multiples of {stride}",
-                          fix=f"resize or pad the image to multiples of {stride} pixels" if sides_only else None)
-    return shape[2] // stride, shape[3] // stride
 
 
 class PatchEmbed(nn.Module):

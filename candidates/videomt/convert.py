@@ -30,6 +30,10 @@ read forward (upstream -> candidate) and backward:
 - :data:`TRANSFORMERS_VIDEOMT`: ``VideomtForUniversalSegmentation``.
 - :data:`TRANSFORMERS_EOMT_DINOV3`: ``EomtDinov3ForUniversalSegmentation`` (no ``query_updater``).
 
+:data:`VIDEOMT_RENAME` and :data:`EOMT_DINOV3_RENAME` are the module-name rules the parity pairs
+trace with (candidate module -> reference module, ``harness.Pair.rename``): modules without
+parameters (the activation) have no key to map, so they are named here next to the tables.
+
 Tensor work that is not a rename stays in small functions beside the tables:
 
 - DINOv2 ``pos_embed`` is (1, N, D) with no CLS slot; ours is (N, D).
@@ -77,6 +81,7 @@ __all__ = [
     "infer_config", "infer_config_dinov3", "head_fields",
     "convert_upstream", "to_upstream", "convert_upstream_dinov3", "to_upstream_dinov3",
     "convert_hf_videomt", "to_hf_videomt", "convert_hf_eomt_dinov3", "to_hf_eomt_dinov3",
+    "VIDEOMT_RENAME", "EOMT_DINOV3_RENAME",
     "load_upstream", "load_upstream_dinov3", "build_converted", "save_upstream", "read_checkpoint",
 ]
 
@@ -165,6 +170,19 @@ TRANSFORMERS_EOMT_DINOV3 = KeyTable(
     *_SAME_NAMES,
     _LOSS,
     name="transformers EoMT-DINOv3",
+)
+
+# Candidate module names -> transformers names, where they differ (for tracing, ``harness.Pair.rename``).
+VIDEOMT_RENAME: tuple[tuple[str, str], ...] = (
+    (r"^embeddings\.patch_embed", "embeddings.patch_embeddings"),
+    (r"\.mlp\.act$", ".mlp.activation_fn"),
+)
+EOMT_DINOV3_RENAME: tuple[tuple[str, str], ...] = (
+    (r"^embeddings\.patch_embed\.projection$", "embeddings.patch_embeddings"),
+    (r"\.attention\.out_proj$", ".attention.o_proj"),
+    (r"\.mlp\.fc1$", ".mlp.up_proj"),
+    (r"\.mlp\.fc2$", ".mlp.down_proj"),
+    (r"\.mlp\.act$", ".mlp.act_fn"),
 )
 
 _BLOCK = re.compile(rf"^{re.escape(VIT)}blocks\.(\d+)\.norm1\.weight$")
@@ -378,8 +396,8 @@ def _check_heads(num_heads: Any, hidden: int, layout: str) -> int:
 
 def _variant(layout: str, dims: Mapping[str, Any]) -> str | None:
     """The named variant whose config has every dimension the checkpoint stores, if any."""
-    for name, cfg in VARIANTS.items():
-        if cfg.backbone == layout and all(getattr(cfg, k) == v for k, v in dims.items()):
+    for name, config in VARIANTS.items():
+        if config.backbone == layout and all(getattr(config, k) == v for k, v in dims.items()):
             return f"videomt_{name}"
     return None
 
@@ -401,12 +419,12 @@ def _nested_positions(state: StateDict) -> StateDict:
     return {k: v[None] if k == key else v for k, v in state.items()}
 
 
-def _split_fused_qkv(state: Mapping[str, torch.Tensor], cfg: VidEoMTConfig) -> tuple[StateDict, dict[str, str]]:
+def _split_fused_qkv(state: Mapping[str, torch.Tensor], config: VidEoMTConfig) -> tuple[StateDict, dict[str, str]]:
     """DINOv3 ``attention.qkv_proj`` -> split upstream keys, and where each split key came from.
 
-    An all-zero bias segment that ``cfg`` has no bias for is upstream's fill: dropped, exactly.
+    An all-zero bias segment that ``config`` has no bias for is upstream's fill: dropped, exactly.
     """
-    has_bias = {"q": cfg.query_bias, "k": cfg.key_bias, "v": cfg.value_bias}
+    has_bias = {"q": config.query_bias, "k": config.key_bias, "v": config.value_bias}
     out: StateDict = {}
     origins: dict[str, str] = {}
     for key, value in state.items():
@@ -439,9 +457,9 @@ def _fuse_qkv(state: StateDict) -> StateDict:
 
 
 def _to_config(
-    table: KeyTable, state: Mapping[str, torch.Tensor], cfg: VidEoMTConfig, origins: Mapping[str, str] | None = None,
+    table: KeyTable, state: Mapping[str, torch.Tensor], config: VidEoMTConfig, origins: Mapping[str, str] | None = None,
 ) -> tuple[StateDict, ConversionReport]:
-    """Read ``state`` through ``table`` and fit it to ``cfg``; the report says what did not fit.
+    """Read ``state`` through ``table`` and fit it to ``config``; the report says what did not fit.
 
     ``origins`` names source tensors that are not keys of ``state`` (a segment of a fused one).
     """
@@ -449,7 +467,7 @@ def _to_config(
     source = {target: (origins or {}).get(m.sources[0], m.sources[0]) for m in moves for target in m.targets}
     out = _flat_positions({k: v.clone() for k, v in apply_moves(moves, state).items()})
     report = ConversionReport(unconverted_source=[*ignored, *unmatched])
-    expected = VidEoMT(cfg).state_dict()
+    expected = VidEoMT(config).state_dict()
     for key, reason in FILLED_TARGETS.items():
         if key in expected and key not in out:
             out[key] = torch.zeros_like(expected[key])
@@ -463,10 +481,10 @@ def _to_config(
     return out, report
 
 
-def convert_upstream(state: Mapping[str, torch.Tensor], cfg: VidEoMTConfig) -> tuple[StateDict, ConversionReport]:
-    """DINOv2 release state dict -> (candidate state dict for ``cfg``, report). Pure; never raises on
+def convert_upstream(state: Mapping[str, torch.Tensor], config: VidEoMTConfig) -> tuple[StateDict, ConversionReport]:
+    """DINOv2 release state dict -> (candidate state dict for ``config``, report). Pure; never raises on
     leftovers: the report lists them and loading strictly is the caller's choice."""
-    return _to_config(RELEASE_DINOV2, state, cfg)
+    return _to_config(RELEASE_DINOV2, state, config)
 
 
 def to_upstream(state: Mapping[str, torch.Tensor]) -> StateDict:
@@ -478,14 +496,14 @@ def to_upstream(state: Mapping[str, torch.Tensor]) -> StateDict:
 
 
 def convert_upstream_dinov3(
-    state: Mapping[str, torch.Tensor], cfg: VidEoMTConfig,
+    state: Mapping[str, torch.Tensor], config: VidEoMTConfig,
 ) -> tuple[StateDict, ConversionReport]:
-    """DINOv3 release state dict (split or fused q/k/v) -> (candidate state dict for ``cfg``, report).
+    """DINOv3 release state dict (split or fused q/k/v) -> (candidate state dict for ``config``, report).
     Pure; the report lists what was not carried over (a nonzero fused bias segment the config lacks too)."""
-    if cfg.backbone != "dinov3":
-        raise ValueError(f"the DINOv3 release layout needs a dinov3 config, got backbone={cfg.backbone!r}")
-    split, origins = _split_fused_qkv(state, cfg)
-    return _to_config(RELEASE_DINOV3, split, cfg, origins)
+    if config.backbone != "dinov3":
+        raise ValueError(f"the DINOv3 release layout needs a dinov3 config, got backbone={config.backbone!r}")
+    split, origins = _split_fused_qkv(state, config)
+    return _to_config(RELEASE_DINOV3, split, config, origins)
 
 
 def to_upstream_dinov3(state: Mapping[str, torch.Tensor], *, fused_qkv: bool = False) -> StateDict:
@@ -549,8 +567,8 @@ def load_upstream(
     """
     state = load_state_dict(path)
     with naming_file(path):  # a foreign checkpoint's missing keys are reported with the file
-        cfg = infer_config(state, num_heads=num_heads, layer_norm_eps=layer_norm_eps, hidden_act=hidden_act)
-        return build_converted(cfg, *convert_upstream(state, cfg), path=path, strict=strict)
+        config = infer_config(state, num_heads=num_heads, layer_norm_eps=layer_norm_eps, hidden_act=hidden_act)
+        return build_converted(config, *convert_upstream(state, config), path=path, strict=strict)
 
 
 def load_upstream_dinov3(
@@ -561,25 +579,25 @@ def load_upstream_dinov3(
     :func:`load_upstream`)."""
     state = load_state_dict(path)
     with naming_file(path):
-        cfg = infer_config_dinov3(state, num_heads=num_heads, layer_norm_eps=layer_norm_eps, hidden_act=hidden_act,
+        config = infer_config_dinov3(state, num_heads=num_heads, layer_norm_eps=layer_norm_eps, hidden_act=hidden_act,
                                   rope_theta=rope_theta, image_size=image_size)
-        return build_converted(cfg, *convert_upstream_dinov3(state, cfg), path=path, strict=strict)
+        return build_converted(config, *convert_upstream_dinov3(state, config), path=path, strict=strict)
 
 
 def build_converted(
-    cfg: VidEoMTConfig, converted: StateDict, report: ConversionReport, *, path: str | os.PathLike, strict: bool,
+    config: VidEoMTConfig, converted: StateDict, report: ConversionReport, *, path: str | os.PathLike, strict: bool,
 ) -> tuple[VidEoMT, ConversionReport]:
-    """``VidEoMT(cfg)`` (eval mode) loaded with a conversion's output; ``strict`` refuses an unclean one.
+    """``VidEoMT(config)`` (eval mode) loaded with a conversion's output; ``strict`` refuses an unclean one.
 
     Not strict, what converted is loaded and the report says what did not (missing or misshapen keys,
     which keep the model's initial values); anything else that does not fit is still an error.
     """
     if strict and not report.clean:
         raise ValueError(f"checkpoint {path} did not convert cleanly:\n{report.format()}")
-    model = VidEoMT(cfg)
+    model = VidEoMT(config)
     mismatched = {key for key, _, _ in report.shape_mismatches}
     load_exactly(model, {k: v for k, v in converted.items() if k not in mismatched},
-                 what=f"VidEoMT ({cfg.backbone} backbone)", source=f"checkpoint {path}",
+                 what=f"VidEoMT ({config.backbone} backbone)", source=f"checkpoint {path}",
                  allow_missing={*report.missing_target, *mismatched})
     return model.eval(), report
 

@@ -61,8 +61,8 @@ def auxiliary_predictions(model: nn.Module, pixel_values: Tensor) -> tuple[list[
 
     A layer whose attention mask the model predicts itself (masked attention, probability 1)
     contributes that prediction; for the others it is made here, from the layer's input."""
-    start = model.cfg.num_layers - model.cfg.num_blocks
-    per_layer: list[list[Prediction]] = [[] for _ in range(model.cfg.num_blocks)]
+    start = model.config.num_layers - model.config.num_blocks
+    per_layer: list[list[Prediction]] = [[] for _ in range(model.config.num_blocks)]
     made: list[Prediction] = []
     predict = model.predict
 
@@ -71,7 +71,7 @@ def auxiliary_predictions(model: nn.Module, pixel_values: Tensor) -> tuple[list[
         return made[-1]
 
     def hook(index: int):
-        own = model.cfg.masked_attention and float(model.attn_mask_probs[index]) == 1.0
+        own = model.config.masked_attention and float(model.attn_mask_probs[index]) == 1.0
 
         def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
             per_layer[index].append(made[-1] if own else predict(model.layernorm(args[0])))

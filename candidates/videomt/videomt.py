@@ -47,8 +47,8 @@ from candidates.layers import LayerNorm2d, Mlp, RopeEmbedding, apply_rope_to_pat
 from harness.checks import check_choice, check_int, check_number, check_type, check_value
 
 __all__ = ["VARIANTS", "VidEoMTConfig", "VidEoMT", "VidEoMTOutput", "QueryPropagation", "videomt_tiny",
-           "videomt_dinov3_tiny", "videomt_small", "videomt_tiny_config", "videomt_dinov3_tiny_config",
-           "videomt_small_config"]
+           "videomt_dinov3_tiny", "videomt_small", "videomt_dinov3_small", "videomt_tiny_config",
+           "videomt_dinov3_tiny_config", "videomt_small_config", "videomt_dinov3_small_config"]
 
 Backbone = Literal["dinov2", "dinov3"]
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
@@ -134,9 +134,10 @@ class VidEoMTOutput(NamedTuple):
 class PatchEmbed(nn.Module):
     """(F, C, H, W) -> (F, N, D) by a stride-``patch`` convolution."""
 
-    def __init__(self, cfg: VidEoMTConfig) -> None:
+    def __init__(self, config: VidEoMTConfig) -> None:
         super().__init__()
-        self.projection = nn.Conv2d(cfg.num_channels, cfg.hidden_size, cfg.patch_size, stride=cfg.patch_size)
+        self.projection = nn.Conv2d(
+            config.num_channels, config.hidden_size, config.patch_size, stride=config.patch_size)
 
     def forward(self, pixels: Tensor) -> Tensor:
         return self.projection(pixels).flatten(2).transpose(1, 2)  # (F, D, h, w) -> (F, N, D)
@@ -145,20 +146,20 @@ class PatchEmbed(nn.Module):
 class Embeddings(nn.Module):
     """Patch tokens (masked where asked, plus learned positions for DINOv2), then CLS + registers."""
 
-    def __init__(self, cfg: VidEoMTConfig) -> None:
+    def __init__(self, config: VidEoMTConfig) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.hidden_size))
-        self.register_tokens = nn.Parameter(torch.zeros(1, cfg.num_register_tokens, cfg.hidden_size))
-        self.patch_embed = PatchEmbed(cfg)
-        if cfg.backbone == "dinov2":  # DINOv3 has neither: positions come from RoPE, no mask token
-            self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.hidden_size))
-            self.position_embeddings = nn.Parameter(torch.zeros(cfg.num_patches, cfg.hidden_size))
+        self.config = config
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.register_tokens = nn.Parameter(torch.zeros(1, config.num_register_tokens, config.hidden_size))
+        self.patch_embed = PatchEmbed(config)
+        if config.backbone == "dinov2":  # DINOv3 has neither: positions come from RoPE, no mask token
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+            self.position_embeddings = nn.Parameter(torch.zeros(config.num_patches, config.hidden_size))
 
     def forward(self, pixel_values: Tensor, bool_masked_pos: Tensor | None = None) -> Tensor:
         """``(B, T, C, H, W)`` or ``(F, C, H, W)`` -> ``(F, prefix + N, D)`` with ``F = B * T``."""
         frames = flatten_frames(pixel_values)
-        mask = frame_mask(bool_masked_pos, pixel_values, self.cfg) if bool_masked_pos is not None else None
+        mask = frame_mask(bool_masked_pos, pixel_values, self.config) if bool_masked_pos is not None else None
         tokens = self.patch_embed(frames)  # (F, N, D)
         if mask is not None:
             if not hasattr(self, "mask_token"):
@@ -177,9 +178,9 @@ class RotaryEmbedding(RopeEmbedding):
     transformers' rounding (``impl="inv_freq"``), so float64 parity with EoMT-DINOv3 is exact.
     """
 
-    def __init__(self, cfg: VidEoMTConfig) -> None:
-        super().__init__(cfg.head_dim, theta=cfg.rope_theta, impl="inv_freq")
-        self.patch_size = cfg.patch_size
+    def __init__(self, config: VidEoMTConfig) -> None:
+        super().__init__(config.head_dim, theta=config.rope_theta, impl="inv_freq")
+        self.patch_size = config.patch_size
 
     def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
         grid = (pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size)
@@ -189,15 +190,15 @@ class RotaryEmbedding(RopeEmbedding):
 class Attention(nn.Module):
     """Multi-head self-attention with split q/k/v projections and optional RoPE."""
 
-    def __init__(self, cfg: VidEoMTConfig) -> None:
+    def __init__(self, config: VidEoMTConfig) -> None:
         super().__init__()
-        d = cfg.hidden_size
-        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
-        self.scale = cfg.head_dim**-0.5
-        self.softmax_float32 = cfg.backbone == "dinov2"  # the Videomt eager path's upcast
-        self.q_proj = nn.Linear(d, d, bias=cfg.query_bias)
-        self.k_proj = nn.Linear(d, d, bias=cfg.key_bias)
-        self.v_proj = nn.Linear(d, d, bias=cfg.value_bias)
+        d = config.hidden_size
+        self.num_heads, self.head_dim = config.num_heads, config.head_dim
+        self.scale = config.head_dim**-0.5
+        self.softmax_float32 = config.backbone == "dinov2"  # the Videomt eager path's upcast
+        self.q_proj = nn.Linear(d, d, bias=config.query_bias)
+        self.k_proj = nn.Linear(d, d, bias=config.key_bias)
+        self.v_proj = nn.Linear(d, d, bias=config.value_bias)
         self.out_proj = nn.Linear(d, d)
 
     def forward(
@@ -235,14 +236,14 @@ class LayerScale(nn.Module):
 class Layer(nn.Module):
     """Pre-norm ViT block with layer scale on both residual branches."""
 
-    def __init__(self, cfg: VidEoMTConfig) -> None:
+    def __init__(self, config: VidEoMTConfig) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.attention = Attention(cfg)
-        self.layer_scale1 = LayerScale(cfg.hidden_size)
-        self.norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.mlp = Mlp(cfg.hidden_size, cfg.intermediate_size, act_layer=_ACTIVATIONS[cfg.hidden_act])
-        self.layer_scale2 = LayerScale(cfg.hidden_size)
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = Attention(config)
+        self.layer_scale1 = LayerScale(config.hidden_size)
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = Mlp(config.hidden_size, config.intermediate_size, act_layer=_ACTIVATIONS[config.hidden_act])
+        self.layer_scale2 = LayerScale(config.hidden_size)
 
     def forward(
         self, x: Tensor, attention_mask: Tensor | None = None,
@@ -264,8 +265,8 @@ class QueryPropagation(nn.Linear):
     (B, Q, D) to their update, and a bug in it is localized here, not in the frame loop.
     """
 
-    def __init__(self, cfg: VidEoMTConfig) -> None:
-        super().__init__(cfg.hidden_size, cfg.hidden_size)
+    def __init__(self, config: VidEoMTConfig) -> None:
+        super().__init__(config.hidden_size, config.hidden_size)
 
     def frame_queries(self, learned: Tensor, previous: Tensor | None, batch: int) -> Tensor:
         """Input queries (B, Q, D) of a frame, from the learned (Q, D) and frame t-1's output queries."""
@@ -280,11 +281,11 @@ class QueryPropagation(nn.Linear):
 class ScaleLayer(nn.Module):
     """2x upsampling: transposed conv, activation, depthwise 3x3, channel LayerNorm."""
 
-    def __init__(self, cfg: VidEoMTConfig) -> None:
+    def __init__(self, config: VidEoMTConfig) -> None:
         super().__init__()
-        d = cfg.hidden_size
+        d = config.hidden_size
         self.conv1 = nn.ConvTranspose2d(d, d, kernel_size=2, stride=2)
-        self.activation = _ACTIVATIONS[cfg.hidden_act]()
+        self.activation = _ACTIVATIONS[config.hidden_act]()
         self.conv2 = nn.Conv2d(d, d, kernel_size=3, padding=1, groups=d, bias=False)
         self.layernorm2d = LayerNorm2d(d, eps=1e-6)
 
@@ -293,9 +294,9 @@ class ScaleLayer(nn.Module):
 
 
 class ScaleBlock(nn.Module):
-    def __init__(self, cfg: VidEoMTConfig) -> None:
+    def __init__(self, config: VidEoMTConfig) -> None:
         super().__init__()
-        self.block = nn.ModuleList(ScaleLayer(cfg) for _ in range(cfg.num_upscale_blocks))
+        self.block = nn.ModuleList(ScaleLayer(config) for _ in range(config.num_upscale_blocks))
 
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.block:
@@ -304,11 +305,11 @@ class ScaleBlock(nn.Module):
 
 
 class MaskHead(nn.Module):
-    def __init__(self, cfg: VidEoMTConfig) -> None:
+    def __init__(self, config: VidEoMTConfig) -> None:
         super().__init__()
-        d = cfg.hidden_size
+        d = config.hidden_size
         self.fc1, self.fc2, self.fc3 = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
-        self.activation = _ACTIVATIONS[cfg.hidden_act]()
+        self.activation = _ACTIVATIONS[config.hidden_act]()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc3(self.activation(self.fc2(self.activation(self.fc1(x)))))
@@ -320,8 +321,7 @@ class MaskHead(nn.Module):
 def flatten_frames(pixel_values: Tensor) -> Tensor:
     """``(B, T, C, H, W)`` -> ``(B*T, C, H, W)``; 4D passes through; other ranks, non-float
     dtypes and empty batches (B, T or F of 0) raise."""
-    if not isinstance(pixel_values, Tensor):
-        raise TypeError(f"pixel_values must be a Tensor, got {type(pixel_values).__name__}")
+    check_type("pixel_values", pixel_values, Tensor)
     if not pixel_values.is_floating_point():  # uint8 images must be normalized first
         raise TypeError(f"pixel_values must be a floating-point tensor (normalized pixels), got {pixel_values.dtype}")
     if pixel_values.ndim not in (4, 5):
@@ -335,7 +335,7 @@ def flatten_frames(pixel_values: Tensor) -> Tensor:
     return pixel_values.flatten(0, 1) if pixel_values.ndim == 5 else pixel_values
 
 
-def frame_mask(mask: Tensor, pixel_values: Tensor, cfg: VidEoMTConfig) -> Tensor:
+def frame_mask(mask: Tensor, pixel_values: Tensor, config: VidEoMTConfig) -> Tensor:
     """Validate ``bool_masked_pos`` against the input and return it as (frames, N).
 
     Accepted: for 4D input of F frames, ``(F, N)`` or ``(F, Hp, Wp)``; for 5D input ``(B, T)``,
@@ -344,7 +344,7 @@ def frame_mask(mask: Tensor, pixel_values: Tensor, cfg: VidEoMTConfig) -> Tensor
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
         got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
         raise ValueError(f"bool_masked_pos must be a torch.bool tensor, got {got}")
-    hp, wp = pixel_values.shape[-2] // cfg.patch_size, pixel_values.shape[-1] // cfg.patch_size
+    hp, wp = pixel_values.shape[-2] // config.patch_size, pixel_values.shape[-1] // config.patch_size
     # rank -> (shape, name, how many leading dims index clips and frames)
     if pixel_values.ndim == 5:
         b, t = pixel_values.shape[:2]
@@ -373,20 +373,20 @@ def frame_mask(mask: Tensor, pixel_values: Tensor, cfg: VidEoMTConfig) -> Tensor
 class VidEoMT(nn.Module):
     """VidEoMT for video (and, at T=1, image) universal segmentation."""
 
-    def __init__(self, cfg: VidEoMTConfig) -> None:
+    def __init__(self, config: VidEoMTConfig) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.embeddings = Embeddings(cfg)
-        if cfg.backbone == "dinov3":
-            self.rope_embeddings = RotaryEmbedding(cfg)
-        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
-        self.layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.query = nn.Embedding(cfg.num_queries, cfg.hidden_size)
-        self.query_updater = QueryPropagation(cfg)
-        self.class_predictor = nn.Linear(cfg.hidden_size, cfg.num_labels + 1)
-        self.mask_head = MaskHead(cfg)
-        self.upscale_block = ScaleBlock(cfg)
-        self.register_buffer("attn_mask_probs", torch.ones(cfg.num_blocks))
+        self.config = config
+        self.embeddings = Embeddings(config)
+        if config.backbone == "dinov3":
+            self.rope_embeddings = RotaryEmbedding(config)
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_layers))
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.query = nn.Embedding(config.num_queries, config.hidden_size)
+        self.query_updater = QueryPropagation(config)
+        self.class_predictor = nn.Linear(config.hidden_size, config.num_labels + 1)
+        self.mask_head = MaskHead(config)
+        self.upscale_block = ScaleBlock(config)
+        self.register_buffer("attn_mask_probs", torch.ones(config.num_blocks))
 
     def forward(
         self,
@@ -402,7 +402,7 @@ class VidEoMT(nn.Module):
         b, t = pixels.shape[:2] if pixels.ndim == 5 else (pixels.shape[0], 1)
         x = self.embeddings(pixels, bool_masked_pos)  # (B*T, prefix + N, D)
         rope = self.rope_embeddings(flatten_frames(pixels)) if hasattr(self, "rope_embeddings") else None
-        start = self.cfg.num_layers - self.cfg.num_blocks
+        start = self.config.num_layers - self.config.num_blocks
         for layer in self.layers[:start]:
             x = layer(x, position_embeddings=rope)
         x = x.view(b, t, *x.shape[1:])  # (B, T, L, D)
@@ -412,15 +412,15 @@ class VidEoMT(nn.Module):
             queries = self.query_updater.frame_queries(self.query.weight, propagated, b)  # (B, Q, D)
             out, hidden = self._query_stage(torch.cat((queries, x[:, frame]), dim=1), rope)
             outputs.append(out)
-            propagated = hidden[:, : self.cfg.num_queries]
+            propagated = hidden[:, : self.config.num_queries]
         return VidEoMTOutput(*(torch.cat(parts, dim=0) for parts in zip(*outputs)))
 
     def _query_stage(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> tuple[VidEoMTOutput, Tensor]:
         """The last ``num_blocks`` layers on (B, Q + prefix + N, D), then the heads."""
-        start = self.cfg.num_layers - self.cfg.num_blocks
+        start = self.config.num_layers - self.config.num_blocks
         mask = None
         for i, layer in enumerate(self.layers[start:]):
-            if self.cfg.masked_attention:
+            if self.config.masked_attention:
                 mask = self._attention_mask(x, float(self.attn_mask_probs[i]))
             x = layer(x, mask, rope)
         sequence = self.layernorm(x)
@@ -435,9 +435,9 @@ class VidEoMT(nn.Module):
             raise ValueError(f"attn_mask_probs entries must be 0 or 1 at inference, got {prob} "
                              "(values in between randomly drop masks during training)")
         masks, _ = self.predict(self.layernorm(x))
-        grid = (self.cfg.grid_size, self.cfg.grid_size)
+        grid = (self.config.grid_size, self.config.grid_size)
         inside = F.interpolate(masks, size=grid, mode="bilinear").flatten(2) > 0  # (B, Q, N)
-        q, start = self.cfg.num_queries, self.cfg.num_queries + self.cfg.num_prefix_tokens
+        q, start = self.config.num_queries, self.config.num_queries + self.config.num_prefix_tokens
         allowed = torch.ones(x.shape[0], x.shape[1], x.shape[1], dtype=torch.bool, device=x.device)
         allowed[:, :q, start:] = inside
         blocked = torch.zeros_like(allowed, dtype=x.dtype).masked_fill(~allowed, torch.finfo(x.dtype).min)
@@ -445,11 +445,11 @@ class VidEoMT(nn.Module):
 
     def predict(self, sequence: Tensor) -> tuple[Tensor, Tensor]:
         """(B, Q + prefix + N, D) -> mask logits (B, Q, H', W') and class logits (B, Q, K+1)."""
-        q = self.cfg.num_queries
+        q = self.config.num_queries
         queries = sequence[:, :q]
         classes = self.class_predictor(queries)
-        patches = sequence[:, q + self.cfg.num_prefix_tokens:].transpose(1, 2)
-        patches = patches.reshape(patches.shape[0], -1, self.cfg.grid_size, self.cfg.grid_size)  # (B, D, h, w)
+        patches = sequence[:, q + self.config.num_prefix_tokens:].transpose(1, 2)
+        patches = patches.reshape(patches.shape[0], -1, self.config.grid_size, self.config.grid_size)  # (B, D, h, w)
         masks = torch.einsum("bqc,bchw->bqhw", self.mask_head(queries), self.upscale_block(patches))
         return masks, classes
 
@@ -463,8 +463,7 @@ class VidEoMT(nn.Module):
             if len(sizes) != 1:
                 raise ValueError(f"all frames must have the same size, got frame shapes {sorted(sizes)}")
             pixel_values = torch.stack(list(pixel_values), dim=1)
-        if not isinstance(pixel_values, Tensor):
-            raise TypeError(f"pixel_values must be a Tensor or a list of frames, got {type(pixel_values).__name__}")
+        check_type("pixel_values", pixel_values, Tensor, what="a Tensor or a list of frames")
         is_video = pixel_values.ndim == 5
         if mask_labels is not None or class_labels is not None:
             raise ValueError("training labels are not supported: VidEoMT here is inference-only"
@@ -476,7 +475,7 @@ class VidEoMT(nn.Module):
             raise ValueError("patch_offsets is not supported: it is crop bookkeeping for post-processing that "
                              f"the model never reads; expected None, got {type(patch_offsets).__name__}")
         c, h, w = flatten_frames(pixel_values).shape[1:]
-        expected = (self.cfg.num_channels, self.cfg.image_size, self.cfg.image_size)
+        expected = (self.config.num_channels, self.config.image_size, self.config.image_size)
         if (c, h, w) != expected:
             raise ValueError(f"frames must be (C, H, W)={expected} (learned positions and the mask grid "
                              f"are fixed), got {(c, h, w)}")
@@ -486,12 +485,15 @@ class VidEoMT(nn.Module):
 # ----------------------------------------------------------------------------- variants and factories
 
 _TINY = VidEoMTConfig(num_blocks=2)  # hidden 32, 3 layers (2 in the query stage), 16x16 frames
+# ViT-S width (384, 6 heads, 12 layers, 4 query blocks), the released VidEoMT-S shape, 128x128 frames
+_SMALL = VidEoMTConfig(hidden_size=384, num_layers=12, num_heads=6, intermediate_size=1536, patch_size=16,
+                       image_size=128, num_register_tokens=4, num_queries=20, num_blocks=4, num_labels=40)
+_DINOV3 = dict(backbone="dinov3", key_bias=False, masked_attention=True)  # RoPE, EoMT-DINOv3's biases and masking
 VARIANTS: Mapping[str, VidEoMTConfig] = MappingProxyType({
     "tiny": _TINY,  # DINOv2-style; for tests
-    "dinov3_tiny": dataclasses.replace(_TINY, backbone="dinov3", key_bias=False, masked_attention=True),
-    # ViT-S width (384, 6 heads, 12 layers, 4 query blocks), the released VidEoMT-S shape, 128x128 frames
-    "small": VidEoMTConfig(hidden_size=384, num_layers=12, num_heads=6, intermediate_size=1536, patch_size=16,
-                           image_size=128, num_register_tokens=4, num_queries=20, num_blocks=4, num_labels=40),
+    "dinov3_tiny": dataclasses.replace(_TINY, **_DINOV3),
+    "small": _SMALL,
+    "dinov3_small": dataclasses.replace(_SMALL, **_DINOV3),
 })
 
 
@@ -510,6 +512,11 @@ def videomt_small_config(**overrides) -> VidEoMTConfig:
     return dataclasses.replace(VARIANTS["small"], **overrides)
 
 
+def videomt_dinov3_small_config(**overrides) -> VidEoMTConfig:
+    """``VARIANTS["dinov3_small"]`` (ViT-S width, DINOv3-style) with ``overrides``."""
+    return dataclasses.replace(VARIANTS["dinov3_small"], **overrides)
+
+
 def videomt_tiny(**overrides) -> VidEoMT:
     """The model of :func:`videomt_tiny_config`."""
     return VidEoMT(videomt_tiny_config(**overrides))
@@ -523,3 +530,8 @@ def videomt_dinov3_tiny(**overrides) -> VidEoMT:
 def videomt_small(**overrides) -> VidEoMT:
     """The model of :func:`videomt_small_config`."""
     return VidEoMT(videomt_small_config(**overrides))
+
+
+def videomt_dinov3_small(**overrides) -> VidEoMT:
+    """The model of :func:`videomt_dinov3_small_config`."""
+    return VidEoMT(videomt_dinov3_small_config(**overrides))

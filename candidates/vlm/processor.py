@@ -29,7 +29,6 @@ placeholders out of them.
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
 
@@ -37,8 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from candidates.vlm.projector import check_factors
-from harness.checks import check_int, check_type
+from candidates.vlm.projector import check_factors, check_grid, check_int_like
+from harness.checks import check_choice, check_int, check_type
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "ImageGrid", "ImageProcessorConfig", "ImageProcessor",
@@ -50,23 +49,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SUPPORTED_PIL_MODES = ("RGB", "RGBA", "L", "LA", "P", "PA")  # all converted to RGB
 IGNORE_INDEX = -100  # labels the loss skips
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _as_int(name: str, value: Any, *, minimum: int = 1) -> int:
-    """``value`` as a Python int (numpy/torch integer scalars accepted), ``TypeError``/``ValueError`` otherwise."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})") from None
-    if number < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {number}")
-    return number
 
 
 @dataclass(frozen=True)
@@ -146,11 +128,12 @@ def plan_image(
     height: int, width: int, *, max_img_size: int, patch_size: int, factor: int, allow_upscale: bool = True
 ) -> ImageGrid:
     """Resized size and grids for an ``height x width`` image (pure geometry, see module docstring)."""
-    height, width = _as_int("height", height, minimum=0), _as_int("width", width, minimum=0)
+    height, width = check_int_like("height", height, minimum=0), check_int_like("width", width, minimum=0)
     if height < 1 or width < 1:
         raise ValueError(f"image is zero-sized: got {height}x{width}")
-    max_img_size = _as_int("max_img_size", max_img_size)
-    patch_size, factor = _as_int("patch_size", patch_size), _as_int("factor", factor)
+    max_img_size = check_int_like("max_img_size", max_img_size, minimum=1)
+    patch_size = check_int_like("patch_size", patch_size, minimum=1)
+    factor = check_int_like("factor", factor, minimum=1)
     unit = patch_size * factor
     cap = (max_img_size // unit) * unit
     if cap < unit:
@@ -196,8 +179,7 @@ class ImageProcessor:
     """PIL image / ``(H, W[, C])`` array / ``(C, H, W)`` tensor -> ``(pixels, (Gh, Gw))``."""
 
     def __init__(self, config: ImageProcessorConfig | None = None) -> None:
-        if config is not None and not isinstance(config, ImageProcessorConfig):
-            raise TypeError(f"config must be an ImageProcessorConfig or None, got {type(config).__name__}")
+        check_type("config", config, (ImageProcessorConfig, type(None)), what="an ImageProcessorConfig or None")
         self.config = config or ImageProcessorConfig()
 
     def __call__(self, image: Any) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -321,15 +303,7 @@ def _token_grid(grid: Any) -> tuple[int, int]:
     """``(Gh, Gw)`` from an :class:`ImageGrid` or two int-likes (Python, numpy or 0-d tensor ints)."""
     if isinstance(grid, ImageGrid):
         return grid.token_grid
-    try:
-        gh, gw = (operator.index(g) for g in grid)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"grid must be (Gh, Gw), two ints >= 1, or an ImageGrid, got {grid!r} ({type(grid).__name__})"
-        ) from None
-    if gh < 1 or gw < 1:
-        raise ValueError(f"grid must be (Gh, Gw), two ints >= 1, got {grid!r}")
-    return gh, gw
+    return check_grid("grid", grid, expected="(Gh, Gw), two ints >= 1, or an ImageGrid")
 
 
 @dataclass(frozen=True)
@@ -352,23 +326,15 @@ class VLMCollator:
     max_length: int | None = None
 
     def __post_init__(self) -> None:
-        if not _is_int(self.pad_token_id):
-            raise TypeError(
-                f"pad_token_id must be an int (the tokenizer's pad token id; tokenizers without one often "
-                f"reuse eos_token_id), got {self.pad_token_id!r}"
-            )
-        if self.image_token_id is not None and not _is_int(self.image_token_id):
-            raise TypeError(f"image_token_id must be an int or None, got {self.image_token_id!r}")
-        if self.pad_token_id < 0 or (self.image_token_id is not None and self.image_token_id < 0):
-            raise ValueError(
-                f"token ids must be >= 0, got pad_token_id={self.pad_token_id}, image_token_id={self.image_token_id}"
-            )
+        check_int("VLMCollator.pad_token_id", self.pad_token_id, minimum=0,
+                  fix="pass the tokenizer's pad_token_id (tokenizers without one often reuse eos_token_id)")
+        if self.image_token_id is not None:
+            check_int("VLMCollator.image_token_id", self.image_token_id, minimum=0, fix="or None for text only")
         if self.pad_token_id == self.image_token_id:
             raise ValueError(f"pad_token_id and image_token_id must differ, both are {self.pad_token_id}")
-        if self.padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
-        if self.max_length is not None and (not _is_int(self.max_length) or self.max_length < 1):
-            raise ValueError(f"max_length must be None or an int >= 1, got {self.max_length!r}")
+        check_choice("VLMCollator.padding_side", self.padding_side, ("left", "right"))
+        if self.max_length is not None:
+            check_int("VLMCollator.max_length", self.max_length, minimum=1, fix="or None for no limit")
 
     def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if isinstance(samples, Mapping) or not isinstance(samples, Sequence):

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.checks import check_int, check_type, check_value
+from harness.checks import check_int, check_type, check_value, type_error
 
 __all__ = [
-    "ProjectorConfig", "ModalityProjector", "PixelShuffle", "check_factors",
+    "ProjectorConfig", "ModalityProjector", "PixelShuffle", "check_factors", "check_grid", "check_int_like",
     "pixel_shuffle_2d", "pixel_unshuffle_2d", "pixel_shuffle_square",
 ]
 
@@ -66,10 +66,43 @@ def check_factors(name: str, factors: Any) -> tuple[int, ...]:
                        expected=expected)
 
 
+def _index(value: Any) -> int:
+    """``operator.index`` (ints, numpy integers, 0-d integer tensors), refusing bools: True is never a size."""
+    if isinstance(value, bool):
+        raise TypeError(f"{value!r} is a bool")
+    return operator.index(value)
+
+
+def check_int_like(name: str, value: Any, *, minimum: int | None = None) -> int:
+    """:func:`harness.checks.check_int` that also takes int-likes (numpy integers, 0-d integer tensors),
+    returned as a Python int: sizes often come from array shapes and tensor arithmetic."""
+    try:
+        value = _index(value)
+    except TypeError:
+        pass  # check_int words the TypeError
+    return check_int(name, value, minimum=minimum)
+
+
+def check_grid(name: str, grid: Any, *, expected: str = "(rows, columns), two ints >= 1") -> tuple[int, int]:
+    """Two Python ints >= 1 from a pair of ints or int-likes (a tuple, a numpy array, a 1-D tensor).
+
+    A ``TypeError`` when ``grid`` is not a pair of integers (``'ab'``, ``(4.0, 6.0)``, ``24``,
+    three sides), a ``ValueError`` when a side is below 1; either message quotes the whole grid.
+    """
+    try:
+        sides = tuple(_index(side) for side in grid)
+    except TypeError:  # not iterable, or a side that is no integer
+        raise type_error(name, grid, expected) from None
+    if len(sides) != 2:
+        raise type_error(name, grid, expected)
+    check_value(name, grid, min(sides) >= 1, expected=expected)
+    return sides  # type: ignore[return-value]
+
+
 def _check_grid(x: torch.Tensor, grid: tuple[int, int], factor: int) -> tuple[int, int]:
     if x.ndim != 3:
         raise ValueError(f"tokens must be (B, N, D), got shape {tuple(x.shape)}")
-    hp, wp = _grid_ints(grid)
+    hp, wp = check_grid("grid", grid)
     if x.shape[1] != hp * wp:
         raise ValueError(f"token count {x.shape[1]} does not match grid {hp}x{wp} = {hp * wp}")
     if hp % factor or wp % factor:
@@ -121,17 +154,6 @@ def pixel_shuffle_square(x: torch.Tensor, factor: int) -> torch.Tensor:
     x = x.reshape(batch, out_side, factor, out_side, factor, dim)  # (B, h/s, s, w/s, s, D)
     x = x.permute(0, 1, 3, 2, 4, 5)  # (B, h/s, w/s, s_row, s_col, D)
     return x.reshape(batch, out_side * out_side, factor * factor * dim)  # (B, (h/s)*(w/s), s*s*D)
-
-
-def _grid_ints(grid: object) -> tuple[int, int]:
-    """``(rows, columns)`` as two Python ints >= 1; int-likes (numpy, 0-d tensors) are accepted."""
-    try:
-        rows, cols = (operator.index(g) for g in grid)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        raise ValueError(f"grid must be two ints >= 1 (rows, columns), got {grid!r}") from None
-    if rows < 1 or cols < 1:
-        raise ValueError(f"grid must be two ints >= 1 (rows, columns), got {grid!r}")
-    return rows, cols
 
 
 class PixelShuffle(nn.Module):

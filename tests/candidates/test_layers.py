@@ -6,7 +6,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from candidates import layers
-from candidates.layers import LayerNorm2d, Mlp, RopeEmbedding, apply_rope_to_patches, patch_center_coords, rotate_half
+from candidates.layers import (
+    LayerNorm2d, Mlp, RopeEmbedding, apply_rope_to_patches, patch_center_coords, patch_grid, rotate_half,
+)
 
 
 def _randn(*shape, seed=0):
@@ -45,6 +47,29 @@ def test_mlp_is_fc1_activation_fc2():
     mlp = Mlp(4, 8, act_layer=nn.ReLU).double()
     x = _randn(3, 4)
     torch.testing.assert_close(mlp(x), mlp.fc2(torch.relu(mlp.fc1(x))), rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- patch_grid
+
+
+def test_patch_grid_counts_patches_down_and_across():
+    assert patch_grid("image", torch.zeros(2, 3, 32, 80), in_chans=3, stride=16) == (2, 5)
+
+
+def test_patch_grid_refuses_an_empty_side_before_the_convolution_sees_it():
+    with pytest.raises(ValueError, match=r"^image shape must be \(B, 3, H, W\) with H, W multiples of 16, "
+                                         r"got \(1, 3, 0, 16\); resize or pad the image to multiples of 16 pixels$"):
+        patch_grid("image", torch.zeros(1, 3, 0, 16), in_chans=3, stride=16)
+
+
+def test_patch_grid_advice_can_name_the_familys_own_resizing():
+    with pytest.raises(ValueError, match=r"got \(1, 3, 20, 16\); use the processor$"):
+        patch_grid("image", torch.zeros(1, 3, 20, 16), in_chans=3, stride=16, fix="use the processor")
+
+
+def test_patch_grid_refuses_a_non_tensor_with_a_type_error():
+    with pytest.raises(TypeError, match=r"^image must be a Tensor, got list \[0\]$"):
+        patch_grid("image", [0], in_chans=3, stride=16)
 
 
 # --------------------------------------------------------------------------- DINOv3 RoPE
@@ -109,7 +134,7 @@ def test_rope_stores_no_tensor_a_dtype_cast_could_quantize():
 
 
 def test_rope_refuses_an_unknown_rounding():
-    with pytest.raises(ValueError, match="impl must be 'periods' or 'inv_freq', got 'cat'"):
+    with pytest.raises(ValueError, match=r"^impl must be one of 'periods', 'inv_freq', got 'cat'$"):
         RopeEmbedding(16, theta=100.0, impl="cat")
 
 

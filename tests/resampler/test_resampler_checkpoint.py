@@ -84,7 +84,7 @@ def test_save_is_atomic_when_the_write_fails(tmp_path, monkeypatch):
 def test_save_rejects_other_formats(tmp_path):
     with pytest.raises(ValueError, match=r"saved as \.safetensors, got 'final\.pth'"):
         save_checkpoint(trained(), tmp_path / "final.pth")
-    with pytest.raises(TypeError, match="takes a BiMambaResampler, got Linear"):
+    with pytest.raises(TypeError, match=r"^save_checkpoint\(model\) must be a BiMambaResampler, got Linear$"):
         save_checkpoint(torch.nn.Linear(2, 2), tmp_path / "final.safetensors")
 
 
@@ -304,7 +304,7 @@ def test_missing_and_unknown_files(tmp_path):
     (tmp_path / "w.npz").write_bytes(b"x")
     with pytest.raises(CheckpointError, match=r"unknown checkpoint type '\.npz'"):
         read_weights(tmp_path / "w.npz")
-    with pytest.raises(TypeError, match="defaults must be a ResamplerConfig, got dict"):
+    with pytest.raises(TypeError, match=r"^defaults must be a ResamplerConfig, got dict \{\}; or None for ResamplerConfig\(\)$"):
         load_checkpoint(tmp_path / "w.npz", defaults={})
 
 
@@ -346,7 +346,7 @@ def test_explicit_prefix_with_or_without_the_trailing_dot(tmp_path):
     no_such = r"no key starts with prefix 'resampler\.'; prefixes followed by input_proj.weight in this file: \['resampler_"
     with pytest.raises(CheckpointError, match=no_such):
         load_checkpoint(path, prefix="resampler")
-    with pytest.raises(TypeError, match="prefix must be a str such as 'resampler_module.resampler.', got int"):
+    with pytest.raises(TypeError, match=r"^prefix must be a str such as 'resampler_module.resampler.', got int 3$"):
         load_checkpoint(path, prefix=3)
 
 
@@ -381,3 +381,55 @@ def test_saved_checkpoints_record_the_empty_prefix(tmp_path):
     assert json.loads(meta.read_text())["weights"]["prefix"] == ""
     loaded = load_checkpoint(path)
     assert (loaded.prefix.value, str(loaded.prefix.source), loaded.prefix.ignored) == ("", "metadata", 0)
+
+
+# --- metadata of the wrong shape ---------------------------------------------------------------
+
+
+@pytest.fixture
+def saved_resampler(tmp_path):
+    """(weights path, metadata path) of a saved tiny resampler."""
+    path = tmp_path / "final.safetensors"
+    return path, save_checkpoint(trained(), path)
+
+
+def _edit_metadata(meta: Path, **changes) -> None:
+    """Set fields of the metadata JSON; ``a__b`` is field ``b`` of object ``a``."""
+    document = json.loads(meta.read_text())
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split("__")
+        target = document
+        for key in parents:
+            target = target[key]
+        target[leaf] = value
+    meta.write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize("change", [
+    {"weights": "text"}, {"weights": ["final.safetensors"]}, {"weights": None},
+    {"config__expand": "1.5"}, {"config__norm_eps": "small"}, {"config__depth": 1.5}, {"config__bias": "yes"},
+    {"config": ["hidden_dim"]}, {"format_version": "1"},
+], ids=lambda change: "-".join(f"{k}={v!r}" for k, v in change.items()))
+def test_metadata_of_wrong_types_is_a_checkpoint_error_naming_the_file(saved_resampler, change):
+    path, meta = saved_resampler
+    _edit_metadata(meta, **change)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    assert str(meta) in str(caught.value) or str(path) in str(caught.value), f"names neither file: {caught.value}"
+
+
+def test_a_directory_where_the_metadata_should_be_is_a_checkpoint_error(saved_resampler):
+    path, meta = saved_resampler
+    meta.unlink()
+    meta.mkdir()
+    with pytest.raises(CheckpointError, match=rf"{meta} is a directory where the metadata JSON file"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=rf"{meta} is a directory"):
+        write_metadata(path, force=True)
+
+
+def test_a_directory_where_the_resampler_weights_should_be_is_a_checkpoint_error(tmp_path):
+    path = tmp_path / "final.safetensors"
+    path.mkdir()
+    with pytest.raises(CheckpointError, match=rf"{path} is a directory, not a checkpoint file"):
+        load_checkpoint(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import PARITY_DTYPES, inject_forward
+from helpers import PARITY_DTYPES, block_without_layer_scale, inject_forward
 
 import harness
 from candidates.rope_vit.rope_vit import MixedRope
@@ -60,11 +60,6 @@ def _rope_table_with_axes_swapped(self: MixedRope, grid_size: tuple[int, int]) -
     return torch.cat([sin, cos], dim=-1).to(self.freqs.dtype)
 
 
-def _block_without_layer_scale(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    x = x + self.attn(self.norm1(x), rope)
-    return x + self.mlp(self.norm2(x))
-
-
 @pytest.mark.parity
 def test_rope_vit_parity_localizes_transposed_frequency_mixing():
     pair = harness.get_pair("rope_mixed_vit_small_d2_nonsquare")
@@ -79,7 +74,7 @@ def test_rope_vit_parity_localizes_transposed_frequency_mixing():
 def test_rope_vit_parity_localizes_missing_layer_scale():
     pair = harness.get_pair("rope_mixed_vit_small_d2_nonsquare")
     candidate, _ = pair.build(dtype=torch.float64)
-    inject_forward(candidate.blocks[1], _block_without_layer_scale)
+    inject_forward(candidate.blocks[1], block_without_layer_scale)
     report = harness.compare_pair(pair, candidate=candidate, dtype=torch.float64)
     assert not report.passed
     assert report.culprit == "blocks.1"

@@ -68,11 +68,13 @@ def test_vlm_factory_names_the_variants_when_given_an_unknown_one():
 
 def test_vlm_input_size_errors_name_expected_and_got():
     model = DinoV3ViT(TINY)
-    with pytest.raises(ValueError, match=r"multiples of the patch size 16, got 64x40"):
+    with pytest.raises(ValueError, match=r"^pixel_values shape must be \(B, 3, H, W\) with H, W multiples of 16, "
+                                         r"got \(1, 3, 64, 40\); resize with candidates.vlm.processor.ImageProcessor$"):
         model(torch.zeros(1, 3, 64, 40))
-    with pytest.raises(ValueError, match=r"must be \(B, 3, H, W\), got shape \(3, 64, 64\)"):
+    with pytest.raises(ValueError, match=r"^pixel_values shape must be \(B, 3, H, W\) with H, W multiples of 16, "
+                                         r"got \(3, 64, 64\)$"):
         model(torch.zeros(3, 64, 64))
-    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"^pixel_values must be a Tensor, got list \[\[0.0\]\]$"):
         model([[0.0]])
 
 

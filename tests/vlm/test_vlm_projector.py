@@ -78,10 +78,14 @@ def test_vlm_projector_accepts_int_like_grids():
     expected = projector(x, (4, 6))
     assert torch.equal(projector(x, (np.int64(4), np.int64(6))), expected)
     assert torch.equal(projector(x, torch.tensor([4, 6])), expected)
-    with pytest.raises(ValueError, match=r"grid must be two ints >= 1 \(rows, columns\), got \(4.0, 6.0\)"):
+    with pytest.raises(TypeError, match=r"^grid must be \(rows, columns\), two ints >= 1, got tuple \(4.0, 6.0\)$"):
         projector(x, (4.0, 6.0))
-    with pytest.raises(ValueError, match=r"grid must be two ints >= 1 \(rows, columns\), got 24"):
+    with pytest.raises(TypeError, match=r"^grid must be \(rows, columns\), two ints >= 1, got int 24$"):
         projector(x, 24)
+    with pytest.raises(TypeError, match=r"^grid must be \(rows, columns\), two ints >= 1, got str 'ab'$"):
+        projector(x, "ab")
+    with pytest.raises(ValueError, match=r"^grid must be \(rows, columns\), two ints >= 1, got \(0, 24\)$"):
+        projector(x, (0, 24))
 
 
 def test_vlm_shuffle_order_is_row_column_channel():
