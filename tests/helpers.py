@@ -24,6 +24,29 @@ def inject_forward(module: torch.nn.Module, forward: Callable[..., Any]) -> torc
     return module
 
 
+def block_without_layer_scale(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """The injected bug for a RoPE-Mixed ViT block (mFormer's blocks too): both residual branches added
+    without their layer scale, as a port that forgot ``gamma_1``/``gamma_2`` would."""
+    x = x + self.attn(self.norm1(x), rope)
+    return x + self.mlp(self.norm2(x))
+
+
+def random_state(**shapes: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """A seeded float64 state dict of the given shapes; ``a__b=(2, 3)`` is key ``a.b``."""
+    gen = torch.Generator().manual_seed(0)
+    return {k.replace("__", "."): torch.randn(*s, generator=gen, dtype=torch.float64) for k, s in shapes.items()}
+
+
+def assert_same_state(got: dict, want: dict) -> None:
+    """The same keys, shapes and values, bitwise; the message names the first difference."""
+    assert sorted(got) == sorted(want), f"keys differ: only got {sorted(set(got) - set(want))}, " \
+                                        f"only wanted {sorted(set(want) - set(got))}"
+    for key in want:
+        assert got[key].shape == want[key].shape, f"{key}: shape {tuple(got[key].shape)} != {tuple(want[key].shape)}"
+        assert torch.equal(got[key], want[key]), \
+            f"{key}: values differ, max |diff| {(got[key] - want[key]).abs().max()}"
+
+
 def swap_values_(a: torch.Tensor, b: torch.Tensor) -> None:
     """Exchange the values of two tensors of one shape in place (e.g. two weights mixed up by a port)."""
     with torch.no_grad():
@@ -47,6 +70,28 @@ def write_malicious_checkpoint(path: Path, state: dict[str, torch.Tensor], marke
     """``torch.save`` of ``state`` plus, under ``key``, an object whose unpickling runs code (writes ``marker``)."""
     torch.save({**state, key: RunsCode(marker)}, path)
     return path
+
+
+# One tiny state dict in each family's key layout (and the EoMT-DINOv3 release's, which no loader reads):
+# the file of another family that a loader must refuse, naming it.
+_VIT = "backbone.encoder.backbone."
+FAMILY_STATES = {
+    "convnext": {"stem.0.weight": torch.ones(8, 3, 4, 4), "stages.0.blocks.0.conv_dw.weight": torch.ones(8, 1, 7, 7)},
+    "rope_vit": {"cls_token": torch.ones(1, 1, 8), "rope.freqs": torch.ones(2, 1, 2, 2),
+                 "blocks.0.norm1.weight": torch.ones(8)},
+    "resampler": {"input_proj.weight": torch.ones(8, 6), "output_proj.weight": torch.ones(5, 8)},
+    "videomt_dinov3": {f"{_VIT}patch_embed.patch_embeddings.weight": torch.ones(8, 3, 4, 4)},
+    "videomt_dinov2": {f"{_VIT}patch_embed.proj.weight": torch.ones(8, 3, 4, 4)},
+    "eomt_dinov3": {"network.encoder.backbone.patch_embed.patch_embeddings.weight": torch.ones(8, 3, 4, 4)},
+}
+
+
+def write_family_state(folder: Path, family: str, suffix: str = ".pth") -> Path:
+    """``FAMILY_STATES[family]`` saved as ``folder/<family><suffix>`` (the suffix picks the format)."""
+    # Imported here: the harness's scratch-project tests copy this module where no candidates package is.
+    from candidates.io import save_state_dict
+
+    return save_state_dict(FAMILY_STATES[family], folder / f"{family}{suffix}")
 
 
 def image_224() -> torch.Tensor:

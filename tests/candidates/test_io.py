@@ -12,7 +12,11 @@ import torch
 from helpers import write_malicious_checkpoint
 
 from candidates import io as cio
+from candidates.recognize import inspect_checkpoint
+from candidates.resampler.checkpoint import CheckpointError
+from candidates.videomt.convert import load_upstream
 
+VIDEOMT_ARCH = dict(num_heads=2, layer_norm_eps=1e-6, hidden_act="gelu")  # what a VidEoMT release leaves out
 STATE = {"fc.weight": torch.arange(6.0).reshape(2, 3), "fc.bias": torch.tensor([1.0, -0.0], dtype=torch.float64),
          "steps": torch.tensor([3], dtype=torch.int64)}
 
@@ -114,6 +118,26 @@ def test_truncated_file_is_a_value_error_naming_it(tmp_path, name):
     for load in (lambda: cio.load_state_dict(path), lambda: cio.state_dict_from_bytes(path.read_bytes(), path)):
         with pytest.raises(ValueError, match=rf"{name}: not a readable {kind} .*truncated or corrupted\?"):
             load()
+
+
+def test_a_directory_where_the_checkpoint_should_be_is_named(tmp_path):
+    path = tmp_path / "model.pth"
+    path.mkdir()
+    for load in (cio.load_state_dict, lambda p: load_upstream(p, **VIDEOMT_ARCH), inspect_checkpoint):
+        with pytest.raises(IsADirectoryError, match=rf"{path} is a directory, not a checkpoint file"):
+            load(path)
+
+
+def test_naming_file_keeps_the_error_type_and_leaves_named_errors_alone():
+    with pytest.raises(CheckpointError, match=r"^ckpt\.pth: bad$"):
+        with cio.naming_file("ckpt.pth"):
+            raise CheckpointError("bad")
+    with pytest.raises(ValueError, match=r"^already names ckpt\.pth$"):
+        with cio.naming_file("ckpt.pth"):
+            raise ValueError("already names ckpt.pth")
+    with pytest.raises(TypeError, match=r"^an argument$"):  # not about the file: unchanged
+        with cio.naming_file("ckpt.pth"):
+            raise TypeError("an argument")
 
 
 def test_a_pickle_that_runs_code_is_refused_and_does_not_run(tmp_path):

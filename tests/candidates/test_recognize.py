@@ -56,6 +56,19 @@ def test_the_path_is_set_on_the_answer(tmp_path):
     assert inspect_checkpoint(path).path == str(path)
 
 
+@pytest.mark.parametrize("state, problem", [
+    ({"cls_token": torch.ones(1, 1, 8), "rope.freqs": torch.ones(2, 3)}, "rope.freqs must be"),
+    ({"cls_token": torch.ones(()), "freqs": torch.ones(2, 1, 8)}, "IndexError"),
+], ids=["misshapen-rope-freqs", "zero-dim-cls-token"])
+def test_inspect_names_the_file_of_a_malformed_checkpoint(tmp_path, state, problem):
+    from candidates.io import save_state_dict
+
+    path = save_state_dict(state, tmp_path / "odd.safetensors")
+    with pytest.raises(ValueError) as caught:
+        inspect_checkpoint(path)
+    assert str(caught.value).startswith(f"{path}: ") and problem in str(caught.value), caught.value
+
+
 def test_text_and_json_forms_carry_the_same_fields():
     info = CheckpointInfo("rope_mixed_vit", "original", 1234, 5, variant=None, dims={"embed_dim": 8, "num_heads": 2},
                           notes=["n"], path="p.pth", num_heads_source="given")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import types
-
 import pytest
 import torch
 
 import harness
 from harness.adapters import find_adapter
+from helpers import inject_forward
 from port_toys import ChannelsLastNet, ConvNet, FusedBlock, SplitBlock, images, randomized, tokens
 
 
@@ -109,7 +108,7 @@ def test_a_shape_no_adapter_explains_is_a_visible_failing_row():
             return self.lin(x).sum()
 
     candidate, reference = Wide().double(), Other().double()
-    candidate.lin.forward = types.MethodType(lambda self, x: torch.nn.functional.linear(x, self.weight, self.bias)[:, :3], candidate.lin)
+    inject_forward(candidate.lin, lambda self, x: torch.nn.functional.linear(x, self.weight, self.bias)[:, :3])
     report = harness.compare(candidate, reference, torch.ones(2, 4, dtype=torch.float64))
     layer = next(r for r in report.to_dict()["layers"] if r["candidate"] == "lin")
     assert (layer["shape"], layer["reference_shape"], layer["adapter"], layer["passed"]) == ([2, 3], [2, 6], None, False)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import harness
-from helpers import inject_forward, swap_values_
+from helpers import PARITY_DTYPES, inject_forward, swap_values_
 
 BLOCK = "convnext_tiny_stage3_block"  # one ConvNeXt-T block (width 768) against timm's ConvNeXtBlock
 VIT = "rope_mixed_vit_small_d2"  # RoPE-Mixed ViT-S, two blocks, against timm (eager attention)
@@ -85,7 +85,7 @@ def _cases(names):
             for n in names]
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("dtype", PARITY_DTYPES)
 @pytest.mark.parametrize("name", _cases(sorted(BUGS)))
 def test_injected_bug_in_registered_pair_is_diagnosed(name, dtype, built):
     pair_name, bug, culprit, expected = BUGS[name]

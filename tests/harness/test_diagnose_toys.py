@@ -9,7 +9,7 @@ import torch
 
 import harness
 from harness_toys import TOY, TOY_ATTENTION, drop_residual
-from helpers import swap_values_
+from helpers import PARITY_DTYPES, swap_values_
 
 
 # (pair, bug, culprit, expected first finding)
@@ -44,7 +44,7 @@ def _diagnosed(name: str, dtype: torch.dtype) -> harness.ParityReport:
     return harness.compare_pair(pair, candidate=candidate, dtype=dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("dtype", PARITY_DTYPES)
 @pytest.mark.parametrize("name", sorted(BUGS))
 def test_injected_bug_is_diagnosed_at_its_operation(name, dtype):
     _, _, culprit, expected = BUGS[name]

@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import assert_same_state, random_state
 
 from harness.keymap import KeyTable, Move, Rule, apply_moves
-from harness.weightmap import Entry, WeightMap
 
 TRANSPOSE = {"op": "transpose", "dims": [0, 1]}
-
-
-def _state(**shapes: tuple[int, ...]) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    return {k.replace("__", "."): torch.randn(*s, generator=gen, dtype=torch.float64) for k, s in shapes.items()}
-
-
-def _assert_same_state(got: dict, want: dict) -> None:
-    assert sorted(got) == sorted(want), f"keys differ: only got {sorted(set(got) - set(want))}, " \
-                                        f"only wanted {sorted(set(want) - set(got))}"
-    for key in want:
-        assert got[key].shape == want[key].shape, f"{key}: shape {tuple(got[key].shape)} != {tuple(want[key].shape)}"
-        assert torch.equal(got[key], want[key]), f"{key}: values differ, max |diff| {(got[key] - want[key]).abs().max()}"
 
 
 TABLE = KeyTable(
@@ -32,7 +19,7 @@ TABLE = KeyTable(
     Rule("criterion.empty_weight", None),
     name="toy release",
 )
-RELEASE = _state(downsample_layers__0__0__weight=(4, 3, 2, 2), downsample_layers__0__0__bias=(4,),
+RELEASE = random_state(downsample_layers__0__0__weight=(4, 3, 2, 2), downsample_layers__0__0__bias=(4,),
                  stages__1__2__dwconv__weight=(8, 1, 7, 7), blocks__0__q__weight=(6, 6), blocks__0__k__weight=(6, 6),
                  blocks__0__v__weight=(6, 6), blocks__0__q__bias=(6,), blocks__0__k__bias=(6,),
                  blocks__0__v__bias=(6,), head__weight=(6, 10), criterion__empty_weight=(3,))
@@ -60,7 +47,7 @@ def test_layout_steps_run_reference_to_candidate():
 
 def test_the_table_read_backward_gives_back_the_release_but_the_ignored_keys():
     back = TABLE.to_reference(TABLE.to_candidate(RELEASE))
-    _assert_same_state(back, {k: v for k, v in RELEASE.items() if k != "criterion.empty_weight"})
+    assert_same_state(back, {k: v for k, v in RELEASE.items() if k != "criterion.empty_weight"})
 
 
 def test_keys_no_rule_knows_are_named_in_the_error():
@@ -75,7 +62,7 @@ def test_a_lenient_read_lists_unmatched_and_ignored_keys():
 
 def test_the_first_matching_rule_wins():
     table = KeyTable(Rule("head.fc.", "classifier."), Rule("head.", "neck."))
-    assert sorted(table.to_candidate(_state(head__fc__weight=(2, 2), head__norm__weight=(2,)))) == \
+    assert sorted(table.to_candidate(random_state(head__fc__weight=(2, 2), head__norm__weight=(2,)))) == \
         ["classifier.weight", "neck.norm.weight"]
 
 
@@ -87,10 +74,10 @@ def test_a_missing_concat_partner_is_named():
 
 def test_a_fused_reference_tensor_splits_into_equal_candidate_parts_and_joins_back():
     table = KeyTable(Rule("attn.qkv.", ("attn.q.", "attn.k.", "attn.v.")))
-    fused = _state(attn__qkv__weight=(12, 4))
+    fused = random_state(attn__qkv__weight=(12, 4))
     split = table.to_candidate(fused)
     assert [tuple(split[f"attn.{n}.weight"].shape) for n in "qkv"] == [(4, 4)] * 3
-    _assert_same_state(table.to_reference(split), fused)
+    assert_same_state(table.to_reference(split), fused)
 
 
 def test_a_rule_that_reshapes_must_say_how_to_go_back():
@@ -101,9 +88,9 @@ def test_a_rule_that_reshapes_must_say_how_to_go_back():
 def test_a_reshape_with_its_reverse_reads_both_ways():
     table = KeyTable(Rule("gamma", "layer_scale", steps=({"op": "reshape", "shape": [-1, 1, 1]},),
                           reverse=({"op": "reshape", "shape": [-1]},)))
-    state = _state(gamma=(5,))
+    state = random_state(gamma=(5,))
     assert tuple(table.to_candidate(state)["layer_scale"].shape) == (5, 1, 1)
-    _assert_same_state(table.to_reference(table.to_candidate(state)), state)
+    assert_same_state(table.to_reference(table.to_candidate(state)), state)
 
 
 def test_templates_naming_different_indices_are_refused():
@@ -122,34 +109,9 @@ def test_a_row_that_is_not_a_rule_is_a_type_error():
 
 
 def test_moves_split_by_explicit_sizes():
-    state = _state(fused=(7, 2))
+    state = random_state(fused=(7, 2))
     out = apply_moves([Move(sources=("fused",), targets=("a", "b"), sizes=(3, 4))], state)
     assert (tuple(out["a"].shape), tuple(out["b"].shape)) == ((3, 2), (4, 2))
-
-
-def test_weight_map_slices_join_back_into_the_fused_reference_tensor():
-    entries = [Entry(candidate=f"{n}.weight", reference=("qkv.weight",), reference_shapes=((9, 4),),
-                     steps=({"op": "slice", "dim": 0, "start": 3 * i, "stop": 3 * i + 3}, TRANSPOSE), shape=(4, 3))
-               for i, n in enumerate("qkv")]
-    weights = WeightMap(entries=entries, unmatched={"candidate": [], "reference": []})
-    state = _state(qkv__weight=(9, 4))
-    _assert_same_state(weights.to_reference(weights.to_candidate(state)), state)
-
-
-def test_weight_map_slices_that_leave_rows_uncovered_cannot_be_read_backward():
-    entries = [Entry(candidate="q.weight", reference=("qkv.weight",), reference_shapes=((9, 4),),
-                     steps=({"op": "slice", "dim": 0, "start": 0, "stop": 3},), shape=(3, 4))]
-    weights = WeightMap(entries=entries, unmatched={"candidate": [], "reference": []})
-    with pytest.raises(ValueError, match=r"cover rows \[\(0, 3\)\] of 'qkv.weight' \(size 9"):
-        weights.to_reference({"q.weight": torch.zeros(3, 4)})
-
-
-def test_weight_map_concatenation_along_dim_one_splits_back_by_the_reference_sizes():
-    entries = [Entry(candidate="w", reference=("a", "b"), reference_shapes=((2, 3), (2, 5)),
-                     steps=({"op": "concat", "dim": 1, "sizes": [3, 5]},), shape=(2, 8))]
-    weights = WeightMap(entries=entries, unmatched={"candidate": [], "reference": []})
-    state = _state(a=(2, 3), b=(2, 5))
-    _assert_same_state(weights.to_reference(weights.to_candidate(state)), state)
 
 
 def test_concat_partners_may_come_in_any_order():
@@ -202,5 +164,5 @@ def test_a_torchvision_vit_loads_into_timm_through_one_table_and_computes_the_sa
 
 def test_a_timm_vit_state_reads_back_into_the_torchvision_layout():
     candidate, reference = _vits()
-    _assert_same_state(TORCHVISION_VIT.to_reference(TORCHVISION_VIT.to_candidate(reference.state_dict())),
+    assert_same_state(TORCHVISION_VIT.to_reference(TORCHVISION_VIT.to_candidate(reference.state_dict())),
                        reference.state_dict())

@@ -12,13 +12,15 @@ import pytest
 import harness.api  # noqa: F401
 
 TOYS = Path(__file__).with_name("harness_toys.py").read_text()
+HELPERS = Path(__file__).parent.parent.joinpath("helpers.py").read_text()  # a subprocess run imports its own copy
 
 TESTS = '''
 import pytest, torch
 from harness_toys import TOY, drop_residual
+from helpers import PARITY_DTYPES
 
 @pytest.mark.parity
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", PARITY_DTYPES)
 def test_toy(parity_check, dtype):
     parity_check(TOY, dtype=dtype)
 
@@ -54,7 +56,7 @@ CLEAN = "test_toy and not broken and not raises"
 
 @pytest.fixture
 def project(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makepyfile(harness_toys=TOYS, test_scratch=TESTS)
+    pytester.makepyfile(harness_toys=TOYS, helpers=HELPERS, test_scratch=TESTS)
     pytester.syspathinsert()
     return pytester
 
@@ -75,10 +77,10 @@ def test_two_selections_accumulate_in_one_report(project):
     project.runpytest("-k", CLEAN, "--report")
     project.runpytest("-k", "broken", "--report")
     doc = _report(project)
-    assert _keys(doc) == [("test_toy[dtype0]", "toy_mlp", "float32"), ("test_toy[dtype1]", "toy_mlp", "float64"),
+    assert _keys(doc) == [("test_toy[float32]", "toy_mlp", "float32"), ("test_toy[float64]", "toy_mlp", "float64"),
                           ("test_toy_broken[0]", "toy_mlp", "float64"), ("test_toy_broken[1]", "toy_mlp", "float64")]
     selections = {r["test"].split("::")[1]: r["run"]["selection"] for r in doc["results"]}
-    assert selections["test_toy[dtype0]"].startswith(f"-k {CLEAN} --report")
+    assert selections["test_toy[float32]"].startswith(f"-k {CLEAN} --report")
     assert selections["test_toy_broken[0]"].startswith("-k broken --report")
     assert len(doc["runs"]) == 2 and len(_history(project)) == 2
 
@@ -86,10 +88,10 @@ def test_two_selections_accumulate_in_one_report(project):
 def test_a_rerun_replaces_its_own_results_only(project):
     project.runpytest("-k", CLEAN, "--report")
     first = {r["test"]: r["run"]["id"] for r in _report(project)["results"]}
-    project.runpytest("-k", "test_toy and dtype1", "--report")
+    project.runpytest("-k", "test_toy and float64", "--report")
     second = {r["test"]: r["run"]["id"] for r in _report(project)["results"]}
     changed = sorted(t.split("::")[1] for t in second if second[t] != first[t])
-    assert changed == ["test_toy[dtype1]"] and len(second) == 2
+    assert changed == ["test_toy[float64]"] and len(second) == 2
 
 
 def test_a_run_without_parity_tests_leaves_the_report_alone_and_says_so(project):

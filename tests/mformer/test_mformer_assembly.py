@@ -21,6 +21,7 @@ import re
 import pytest
 import timm
 import torch
+from helpers import write_family_state
 
 from candidates.convnext.convert import convnext_to_original
 from candidates.io import load_state_dict, save_state_dict
@@ -341,3 +342,10 @@ def test_a_pickle_with_code_objects_is_refused_not_executed(tmp_path):
     torch.save({"model": {"w": torch.zeros(1)}, "args": argparse.Namespace(lr=0.1)}, tmp_path / "train.pth")
     with pytest.raises(ValueError, match=r"train.pth: holds objects other than tensors .* weights_only=True"):
         load_state_dict(tmp_path / "train.pth")
+
+
+def test_build_mformer_names_the_file_that_is_not_a_convnext(tmp_path):
+    vit = write_family_state(tmp_path, "rope_vit")
+    other = write_family_state(tmp_path, "resampler")
+    with pytest.raises(ValueError, match=str(other)):
+        build_mformer(other, vit)

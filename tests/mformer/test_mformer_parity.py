@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import PARITY_DTYPES, inject_forward
+from helpers import PARITY_DTYPES, block_without_layer_scale, inject_forward
 
 import harness
 from harness.cli import main as harness_cli
@@ -62,18 +62,13 @@ def _rope_table_with_axes_swapped(self, grid_size: tuple[int, int]) -> torch.Ten
     return type(self).forward(self, (width, height)).unflatten(2, (width, height)).transpose(2, 3).flatten(2, 3)
 
 
-def _block_without_layer_scale(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    x = x + self.attn(self.norm1(x), rope)
-    return x + self.mlp(self.norm2(x))
-
-
 @pytest.mark.parity
 @pytest.mark.parametrize(
     ("module", "bug", "culprit"),
     [
         ("downsample", _juncture_without_norm, "downsample"),
         ("rope", _rope_table_with_axes_swapped, "rope"),
-        ("blocks.0", _block_without_layer_scale, "blocks.0"),
+        ("blocks.0", block_without_layer_scale, "blocks.0"),
     ],
     ids=["juncture-downsample", "rope-mixing-transposed", "layer-scale-off"],
 )

@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple
 
 import pytest
 import torch
-from helpers import write_malicious_checkpoint
+from helpers import write_family_state, write_malicious_checkpoint
 
 from candidates.recognize import inspect_state_dict
 from candidates.videomt import VidEoMT, VidEoMTConfig, videomt_dinov3_tiny_config, videomt_tiny_config
@@ -36,21 +36,21 @@ DINOV2_ARCH = dict(num_heads=2, layer_norm_eps=1e-6, hidden_act="gelu")
 DINOV3_ARCH = dict(DINOV2_ARCH, rope_theta=100.0, image_size=16)
 
 
-def _model(cfg: VidEoMTConfig) -> VidEoMT:
+def _model(config: VidEoMTConfig) -> VidEoMT:
     torch.manual_seed(0)
-    model = VidEoMT(cfg).eval()
+    model = VidEoMT(config).eval()
     randomize_(model, torch.Generator().manual_seed(0))
     return model
 
 
-def _with_loss_buffer(state: dict, cfg: VidEoMTConfig) -> dict:
-    return {**state, "criterion.empty_weight": torch.ones(cfg.num_labels + 1)}
+def _with_loss_buffer(state: dict, config: VidEoMTConfig) -> dict:
+    return {**state, "criterion.empty_weight": torch.ones(config.num_labels + 1)}
 
 
 class Release(NamedTuple):
     """One release layout: its config, writer, reader, loader and what the loader must be told."""
 
-    cfg: VidEoMTConfig
+    config: VidEoMTConfig
     write: Callable[[dict], dict]  # candidate state dict -> release state dict
     convert: Callable
     infer: Callable
@@ -67,16 +67,16 @@ RELEASES = {
 }
 
 
-def _release(layout: str, cfg: VidEoMTConfig | None = None) -> dict:
-    """A release file's state dict, loss buffer included, of a random model of ``cfg``."""
+def _release(layout: str, config: VidEoMTConfig | None = None) -> dict:
+    """A release file's state dict, loss buffer included, of a random model of ``config``."""
     release = RELEASES[layout]
-    cfg = cfg or release.cfg
-    return _with_loss_buffer(release.write(_model(cfg).state_dict()), cfg)
+    config = config or release.config
+    return _with_loss_buffer(release.write(_model(config).state_dict()), config)
 
 
-def _candidate(cfg: VidEoMTConfig) -> dict:
+def _candidate(config: VidEoMTConfig) -> dict:
     """A candidate state dict as the releases can hold it: DINOv2's mask token is not released (zero)."""
-    model = _model(cfg)
+    model = _model(config)
     if hasattr(model.embeddings, "mask_token"):
         with torch.no_grad():
             model.embeddings.mask_token.zero_()
@@ -142,9 +142,9 @@ def test_transformers_videomt_state_dict_loads_strictly_into_the_candidate():
 
 def test_transformers_eomt_dinov3_state_dict_loads_with_a_zero_query_updater():
     """EoMT has no query updater (single frames): the candidate's is zero, and not written back."""
-    cfg = videomt_dinov3_tiny_config()
-    reference = hf_eomt_dinov3(cfg)
-    candidate = VidEoMT(cfg)
+    config = videomt_dinov3_tiny_config()
+    reference = hf_eomt_dinov3(config)
+    candidate = VidEoMT(config)
     candidate.load_state_dict(convert_hf_eomt_dinov3(reference.state_dict()), strict=True)
     assert not candidate.query_updater.weight.any() and not candidate.query_updater.bias.any()
     back = to_hf_eomt_dinov3(candidate.state_dict())
@@ -198,7 +198,7 @@ def test_dinov3_fused_release_writes_upstreams_zero_key_bias():
 @pytest.mark.parametrize("layout", RELEASES)
 def test_release_config_is_read_off_the_checkpoint(layout):
     release = RELEASES[layout]
-    assert release.infer(_release(layout), **release.arch) == release.cfg
+    assert release.infer(_release(layout), **release.arch) == release.config
 
 
 @pytest.mark.parametrize("layout, missing", [("dinov2", "num_heads"), ("dinov3", "num_heads"),
@@ -294,10 +294,10 @@ def test_dinov2_release_cannot_hold_a_model_without_key_bias():
 
 
 def test_dinov3_key_bias_present_in_the_split_form_is_carried():
-    cfg = dataclasses.replace(DINOV3, key_bias=True)
-    state = _release("dinov3", cfg)
-    assert infer_config_dinov3(state, **DINOV3_ARCH) == cfg
-    converted, report = convert_upstream_dinov3(state, cfg)
+    config = dataclasses.replace(DINOV3, key_bias=True)
+    state = _release("dinov3", config)
+    assert infer_config_dinov3(state, **DINOV3_ARCH) == config
+    converted, report = convert_upstream_dinov3(state, config)
     assert torch.equal(converted["layers.1.attention.k_proj.bias"], state[f"{VIT}blocks.1.attention.k_proj.bias"])
     assert report.clean
 
@@ -314,10 +314,10 @@ def test_dinov3_fused_bias_segments_are_split_exactly():
 
 
 def test_dinov3_nonzero_fused_key_bias_is_carried_never_dropped():
-    cfg = dataclasses.replace(DINOV3, key_bias=True)
-    state = _release("dinov3_fused", cfg)
+    config = dataclasses.replace(DINOV3, key_bias=True)
+    state = _release("dinov3_fused", config)
     assert infer_config_dinov3(state, **DINOV3_ARCH).key_bias  # a nonzero segment means a key bias
-    converted, report = convert_upstream_dinov3(state, cfg)
+    converted, report = convert_upstream_dinov3(state, config)
     fused_k = state[f"{VIT}blocks.0.attention.qkv_proj.bias"][32:64]
     assert torch.equal(converted["layers.0.attention.k_proj.bias"], fused_k)
     assert report.clean
@@ -331,7 +331,7 @@ def test_dinov3_nonzero_fused_key_bias_is_carried_never_dropped():
 @pytest.mark.parametrize("layout", RELEASES)
 def test_release_report_is_clean_but_for_the_documented_leftovers(layout):
     release = RELEASES[layout]
-    _, report = release.convert(_release(layout), release.cfg)
+    _, report = release.convert(_release(layout), release.config)
     assert report.unconverted_source == ["criterion.empty_weight"]
     assert report.missing_target == [] and report.shape_mismatches == []
     assert list(report.filled) == (["embeddings.mask_token"] if layout == "dinov2" else [])
@@ -344,7 +344,7 @@ def test_release_report_lists_unconverted_missing_and_mismatched(layout, unknown
     release = RELEASES[layout]
     state = {**_release(layout), unknown: torch.ones(4), "backbone.query_updater.bias": torch.ones(31)}
     del state["backbone.class_head.bias"]
-    _, report = release.convert(state, release.cfg)
+    _, report = release.convert(state, release.config)
     assert unknown in report.unconverted_source
     assert report.missing_target == ["class_predictor.bias"]
     assert report.shape_mismatches == [("query_updater.bias", (31,), (32,))]
@@ -368,12 +368,12 @@ def test_conversion_report_defaults_clean():
 @pytest.mark.parametrize("layout", RELEASES)
 def test_release_round_trip_is_bitwise(layout):
     release = RELEASES[layout]
-    candidate = _candidate(release.cfg)
-    back, report = release.convert(release.write(candidate), release.cfg)
+    candidate = _candidate(release.config)
+    back, report = release.convert(release.write(candidate), release.config)
     assert report.clean
     _same_tensors(back, candidate, f"{layout}: candidate -> release -> candidate")  # mask token: zeros, filled
     upstream = _release(layout)
-    again = release.write(release.convert(upstream, release.cfg)[0])
+    again = release.write(release.convert(upstream, release.config)[0])
     assert again.keys() == upstream.keys() - {"criterion.empty_weight"}
     for key in again:  # bitwise: same bytes, signed zeros included
         assert again[key].view(torch.int32).equal(upstream[key].view(torch.int32)), key
@@ -382,14 +382,14 @@ def test_release_round_trip_is_bitwise(layout):
 @pytest.mark.parametrize("layout, wrapper", [("dinov2", "state_dict"), ("dinov3", None), ("dinov3_fused", "model")])
 def test_release_file_loads_to_an_identical_model(tmp_path, layout, wrapper):
     release = RELEASES[layout]
-    original = _model(release.cfg)
+    original = _model(release.config)
     if hasattr(original.embeddings, "mask_token"):
         with torch.no_grad():
             original.embeddings.mask_token.zero_()  # not released; conversion fills zeros
-    state = _with_loss_buffer(release.write(original.state_dict()), release.cfg)
+    state = _with_loss_buffer(release.write(original.state_dict()), release.config)
     save_upstream(state if wrapper is None else {wrapper: state, "iteration": torch.tensor(7)}, tmp_path / "r.pth")
     loaded, report = release.load(tmp_path / "r.pth", **release.arch)
-    assert report.clean and loaded.cfg == release.cfg
+    assert report.clean and loaded.config == release.config
     _same_tensors(loaded.state_dict(), original.state_dict(), f"{layout} file")
     video = torch.randn(1, 2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -416,7 +416,7 @@ def test_a_lenient_load_carries_every_key_but_the_reported_ones(tmp_path, layout
     del state["backbone.class_head.bias"]
     save_upstream(state, tmp_path / "partial.pth")
     model, report = release.load(tmp_path / "partial.pth", **release.arch, strict=False)
-    converted, _ = release.convert(state, release.cfg)
+    converted, _ = release.convert(state, release.config)
     reported = {"class_predictor.bias", "query_updater.bias"}
     assert {*report.missing_target, *(key for key, _, _ in report.shape_mismatches)} == reported
     loaded = model.state_dict()
@@ -454,6 +454,34 @@ def test_save_upstream_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]
 
 
+# ----------------------------------------------------------------------------- other families' files
+
+
+@pytest.mark.parametrize("family", ["convnext", "rope_vit", "resampler", "videomt_dinov3", "eomt_dinov3"])
+def test_videomt_loader_names_the_file_of_a_foreign_family(tmp_path, family):
+    path = write_family_state(tmp_path, family)
+    with pytest.raises(ValueError) as caught:
+        load_upstream(path, **DINOV2_ARCH)
+    assert str(path) in str(caught.value), f"the error does not name {path}: {caught.value}"
+
+
+@pytest.mark.parametrize("family", ["convnext", "rope_vit", "resampler", "videomt_dinov2", "eomt_dinov3"])
+def test_videomt_dinov3_loader_names_the_file_of_a_foreign_family(tmp_path, family):
+    path = write_family_state(tmp_path, family, ".safetensors")
+    with pytest.raises(ValueError) as caught:
+        load_upstream_dinov3(path, **DINOV3_ARCH)
+    assert str(path) in str(caught.value), f"the error does not name {path}: {caught.value}"
+
+
+@pytest.mark.parametrize("loader", [load_upstream, load_upstream_dinov3])
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all"])
+def test_videomt_loaders_name_an_unreadable_file(tmp_path, loader, content):
+    path = tmp_path / "broken.pth"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=str(path)):
+        loader(path, **DINOV3_ARCH) if loader is load_upstream_dinov3 else loader(path, **DINOV2_ARCH)
+
+
 # ----------------------------------------------------------------------------- recognition
 
 
@@ -464,7 +492,7 @@ def test_recognize_reads_a_release_and_its_dimensions(layout, variant):
     state = _release(layout)
     info = recognize(state)
     assert (info.family, info.layout, info.variant) == ("videomt", layout.removesuffix("_fused"), variant)
-    stored = {k: v for k, v in dataclasses.asdict(release.cfg).items()
+    stored = {k: v for k, v in dataclasses.asdict(release.config).items()
               if k not in ("backbone", "num_heads", "layer_norm_eps", "hidden_act", "rope_theta", "masked_attention")
               and not (k == "image_size" and layout != "dinov2")}  # DINOv3 positions are RoPE: no image size
     assert info.dims == stored

@@ -41,19 +41,21 @@ def _layouts(mask: torch.Tensor) -> dict[str, tuple[bool, torch.Tensor]]:
        seed=st.integers(0, 2**16))
 def test_videomt_embeddings_parity_with_masks_in_every_layout(b, t, density, seed):
     candidate, reference = _built()
-    cfg = candidate.cfg
+    config = candidate.config
     g = torch.Generator().manual_seed(seed)
-    video = torch.randn(b, t, cfg.num_channels, cfg.image_size, cfg.image_size, generator=g, dtype=torch.float64)
-    mask = torch.rand(b, t, cfg.grid_size, cfg.grid_size, generator=g) < density
+    video = torch.randn(b, t, config.num_channels, config.image_size, config.image_size, generator=g,
+                        dtype=torch.float64)
+    mask = torch.rand(b, t, config.grid_size, config.grid_size, generator=g) < density
     with torch.no_grad():
         unmasked = candidate.embeddings(video)
         for name, (five_d, layout) in _layouts(mask).items():
             pixels = video if five_d else video.flatten(0, 1)
             ours, theirs = candidate.embeddings(pixels, layout), reference.embeddings(pixels, layout)
-            assert ours.shape == theirs.shape == (b * t, cfg.num_prefix_tokens + cfg.num_patches, cfg.hidden_size)
+            tokens = config.num_prefix_tokens + config.num_patches
+            assert ours.shape == theirs.shape == (b * t, tokens, config.hidden_size)
             assert torch.equal(ours, theirs), name  # bitwise: the same ops in the same order
             # the mask is live: masked positions, and only those, differ from the unmasked embeddings
-            changed = (ours != unmasked).any(-1)[:, cfg.num_prefix_tokens:]  # (F, N)
+            changed = (ours != unmasked).any(-1)[:, config.num_prefix_tokens:]  # (F, N)
             assert torch.equal(changed, mask.reshape(b * t, -1)), name
 
 
@@ -61,10 +63,10 @@ def test_videomt_embeddings_parity_with_masks_in_every_layout(b, t, density, see
 def test_videomt_parity_reference_model_ignores_bool_masked_pos_ours_applies_it():
     """The documented model-level difference: the reference drops the mask, we apply it."""
     candidate, reference = _built()
-    cfg = candidate.cfg
-    video = torch.randn(2, 2, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(0),
+    config = candidate.config
+    video = torch.randn(2, 2, 3, config.image_size, config.image_size, generator=torch.Generator().manual_seed(0),
                         dtype=torch.float64)
-    mask = torch.zeros(2, 2, cfg.num_patches, dtype=torch.bool)
+    mask = torch.zeros(2, 2, config.num_patches, dtype=torch.bool)
     mask[:, :, ::3] = True
     with torch.no_grad():
         plain = reference(pixel_values_videos=video).class_queries_logits

@@ -31,10 +31,10 @@ def _caught(candidate, *, first_divergence: str, culprit: str) -> dict[str, dict
     return _rows(report)
 
 
-def _convert_dropping_key_bias(upstream: dict, cfg) -> dict:
+def _convert_dropping_key_bias(upstream: dict, config) -> dict:
     """The buggy conversion: q/v biases split out of qkv, the k bias left at its init value."""
-    state, _ = convert_upstream(upstream, cfg)
-    fresh = VidEoMT(cfg).state_dict()
+    state, _ = convert_upstream(upstream, config)
+    fresh = VidEoMT(config).state_dict()
     return {k: (fresh[k] if k.endswith("attention.k_proj.bias") else v) for k, v in state.items()}
 
 
@@ -44,13 +44,13 @@ def test_videomt_parity_catches_dropped_key_bias_in_conversion():
     candidate, _ = pair.build(dtype=torch.float64)
     upstream = to_upstream(candidate.state_dict())  # the release layout of the reference's weights
 
-    good = VidEoMT(candidate.cfg)
-    good.load_state_dict(convert_upstream(upstream, candidate.cfg)[0] | {
+    good = VidEoMT(candidate.config)
+    good.load_state_dict(convert_upstream(upstream, candidate.config)[0] | {
         "embeddings.mask_token": candidate.embeddings.mask_token.detach()})
     assert harness.compare_pair("videomt", candidate=good.double().eval()).passed  # control
 
-    bad = VidEoMT(candidate.cfg)
-    bad.load_state_dict(_convert_dropping_key_bias(upstream, candidate.cfg) | {
+    bad = VidEoMT(candidate.config)
+    bad.load_state_dict(_convert_dropping_key_bias(upstream, candidate.config) | {
         "embeddings.mask_token": candidate.embeddings.mask_token.detach()})
     _caught(bad.double().eval(), first_divergence="layers.0.attention.k_proj", culprit="layers.0.attention.k_proj")
 

@@ -102,10 +102,10 @@ def _pair_setup(name: str):
     reference.criterion.forward = _in_float64(reference.criterion.forward)
     pixels = pair.inputs(dtype=torch.float64).args[0]
     frames = pixels.shape[0] * (pixels.shape[1] if pixels.ndim == 5 else 1)
-    masks, classes = _targets(frames, candidate.cfg.image_size, candidate.cfg.num_labels)
+    masks, classes = _targets(frames, candidate.config.image_size, candidate.config.num_labels)
     for module in (reference.criterion, reference.criterion.matcher):
         module.num_points = POINTS  # fewer sampled points than upstream's 12544: a small test, the same math
-    criterion = VidEoMTLoss(candidate.cfg.num_labels, num_points=POINTS).double()
+    criterion = VidEoMTLoss(candidate.config.num_labels, num_points=POINTS).double()
     cand_call = _candidate_loss(criterion, masks, classes)
     ref_call = _reference_loss(_reference_predictions if pixels.ndim == 5 else _eomt_predictions, masks, classes)
     return pair, candidate, reference, pixels, cand_call, ref_call
@@ -144,7 +144,7 @@ def test_eomt_training_loop_here_is_the_one_in_its_forward():
 
 def test_matching_agrees_with_the_transformers_matcher():
     _, candidate, reference, pixels, _, _ = _pair_setup("eomt_dinov3")
-    masks, classes = _targets(pixels.shape[0], candidate.cfg.image_size, candidate.cfg.num_labels, seed=3)
+    masks, classes = _targets(pixels.shape[0], candidate.config.image_size, candidate.config.num_labels, seed=3)
     with torch.no_grad():
         out = candidate(pixels)
     matcher = reference.criterion.matcher
@@ -164,7 +164,7 @@ def test_per_layer_predictions_match_the_reference_frame_major():
     with torch.no_grad():
         ours, out = auxiliary_predictions(candidate, pixels)
         theirs, _ = _reference_predictions(reference, pixels)
-    assert len(ours) == candidate.cfg.num_blocks + 1
+    assert len(ours) == candidate.config.num_blocks + 1
     assert torch.equal(ours[-1][0], out.masks_queries_logits)
     for i, ((m, c), (rm, rc)) in enumerate(zip(ours, theirs)):
         assert m.shape[0] == pixels.shape[0] * pixels.shape[1], f"prediction {i}: not one row per frame"

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from candidates.videomt import (
-    VARIANTS, QueryPropagation, VidEoMT, VidEoMTConfig, videomt_dinov3_tiny, videomt_dinov3_tiny_config,
-    videomt_small_config, videomt_tiny, videomt_tiny_config,
+    VARIANTS, QueryPropagation, VidEoMT, VidEoMTConfig, videomt_dinov3_small_config, videomt_dinov3_tiny,
+    videomt_dinov3_tiny_config, videomt_small_config, videomt_tiny, videomt_tiny_config,
 )
 from harness import randomize_
 
@@ -31,10 +31,10 @@ def test_videomt_output_layout_is_frame_major(factory):
         out = model(video)
         first = model(video[:, :1])
     b, t = video.shape[:2]
-    q, hw = model.cfg.num_queries, 4 * model.cfg.grid_size
+    q, hw = model.config.num_queries, 4 * model.config.grid_size
     assert out.masks_queries_logits.shape == (t * b, q, hw, hw)
-    assert out.class_queries_logits.shape == (t * b, q, model.cfg.num_labels + 1)
-    assert out.last_hidden_state.shape == (t * b, q + model.cfg.num_prefix_tokens + model.cfg.num_patches, 32)
+    assert out.class_queries_logits.shape == (t * b, q, model.config.num_labels + 1)
+    assert out.last_hidden_state.shape == (t * b, q + model.config.num_prefix_tokens + model.config.num_patches, 32)
     for got, want in zip(out, first):  # rows [0, B) are frame 0 of every clip
         # equal up to float64 rounding: the pre-query layers see 6 frames vs 2 (other matmul blocking)
         torch.testing.assert_close(got[:b], want, rtol=1e-12, atol=1e-12)
@@ -181,7 +181,8 @@ def test_videomt_variants_are_read_only():
 
 
 @pytest.mark.parametrize("name, factory", [("tiny", videomt_tiny_config), ("dinov3_tiny", videomt_dinov3_tiny_config),
-                                           ("small", videomt_small_config)])
+                                           ("small", videomt_small_config),
+                                           ("dinov3_small", videomt_dinov3_small_config)])
 def test_videomt_config_factories_are_the_variants_with_overrides(name, factory):
     assert factory() == VARIANTS[name]
     assert factory(image_size=224) == dataclasses.replace(VARIANTS[name], image_size=224)
@@ -196,7 +197,7 @@ def test_videomt_query_propagation_keeps_the_reference_keys():
     assert isinstance(model.query_updater, QueryPropagation)
     assert {k for k in model.state_dict() if k.startswith("query")} == {
         "query.weight", "query_updater.weight", "query_updater.bias"}
-    learned, previous = model.query.weight, torch.randn(2, model.cfg.num_queries, 32, dtype=torch.float64)
+    learned, previous = model.query.weight, torch.randn(2, model.config.num_queries, 32, dtype=torch.float64)
     with torch.no_grad():
         assert torch.equal(model.query_updater.frame_queries(learned, None, 2), learned.expand(2, -1, -1))
         assert torch.equal(model.query_updater.frame_queries(learned, previous, 2),

@@ -8,11 +8,13 @@ import torch
 from helpers import PARITY_DTYPES
 
 import harness
-from candidates.videomt import VidEoMT, VidEoMTConfig, videomt_dinov3_tiny_config
-from candidates.videomt.convert import load_upstream_dinov3, read_checkpoint, save_upstream, to_upstream_dinov3
+from candidates.videomt import VidEoMT, VidEoMTConfig, videomt_dinov3_small_config, videomt_dinov3_tiny_config
+from candidates.videomt.convert import (
+    EOMT_DINOV3_RENAME, load_upstream_dinov3, read_checkpoint, save_upstream, to_upstream_dinov3,
+)
 from harness import randomize_
 from harness.keymap import KeyTable, Rule
-from reference.videomt import EOMT_DINOV3_RENAME, hf_eomt_dinov3
+from reference.videomt import hf_eomt_dinov3
 
 NIGHTLY = pytest.mark.nightly
 VIT = "backbone.encoder.backbone."
@@ -75,26 +77,27 @@ TRANSFORMERS_RENAMING = KeyTable(
 DINOV3_ARCH = dict(layer_norm_eps=1e-6, hidden_act="gelu", rope_theta=100.0)
 
 
-def _parity_via_release_file(path, cfg: VidEoMTConfig, masked: bool) -> harness.ParityReport:
-    """Write one synthetic release file of ``cfg``; read it with ours into the candidate and with
+def _parity_via_release_file(path, config: VidEoMTConfig, masked: bool) -> harness.ParityReport:
+    """Write one synthetic release file of ``config``; read it with ours into the candidate and with
     transformers' renaming into ``EomtDinov3ForUniversalSegmentation``; compare at float64."""
-    source = VidEoMT(cfg).eval()
+    source = VidEoMT(config).eval()
     randomize_(source, torch.Generator().manual_seed(0))
     with torch.no_grad():
         source.attn_mask_probs.fill_(float(masked))
-    release = {**to_upstream_dinov3(source.state_dict()), "criterion.empty_weight": torch.ones(cfg.num_labels + 1)}
+    release = {**to_upstream_dinov3(source.state_dict()), "criterion.empty_weight": torch.ones(config.num_labels + 1)}
     save_upstream({"model": release}, path)
 
-    candidate, report = load_upstream_dinov3(path, num_heads=cfg.num_heads, image_size=cfg.image_size, **DINOV3_ARCH)
-    assert report.clean and candidate.cfg == cfg
+    candidate, report = load_upstream_dinov3(path, num_heads=config.num_heads, image_size=config.image_size,
+                                             **DINOV3_ARCH)
+    assert report.clean and candidate.config == config
     if masked:  # same weights, EoMT's inference-time masked attention switched on
         converted = candidate.state_dict()
-        candidate = VidEoMT(dataclasses.replace(candidate.cfg, masked_attention=True)).eval()
+        candidate = VidEoMT(dataclasses.replace(candidate.config, masked_attention=True)).eval()
         candidate.load_state_dict(converted)
-    reference = hf_eomt_dinov3(dataclasses.replace(cfg, masked_attention=True))
+    reference = hf_eomt_dinov3(dataclasses.replace(config, masked_attention=True))
     reference.load_state_dict(TRANSFORMERS_RENAMING.to_candidate(read_checkpoint(path)), strict=True)
 
-    x = torch.randn(2, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(1),
+    x = torch.randn(2, 3, config.image_size, config.image_size, generator=torch.Generator().manual_seed(1),
                     dtype=torch.float64)
     keys = ("class_queries_logits", "masks_queries_logits", "last_hidden_state")
     outputs = lambda out: {k: getattr(out, k) for k in keys}  # noqa: E731
@@ -104,18 +107,17 @@ def _parity_via_release_file(path, cfg: VidEoMTConfig, masked: bool) -> harness.
 
 
 _TINY = videomt_dinov3_tiny_config(masked_attention=False)
-_SMALL = dataclasses.replace(_TINY, hidden_size=384, num_layers=12, num_heads=6, intermediate_size=1536, patch_size=16,
-                             image_size=64, num_register_tokens=4, num_queries=20, num_blocks=4, num_labels=40)
+_SMALL = videomt_dinov3_small_config(masked_attention=False, image_size=64)
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("cfg", [_TINY, pytest.param(_SMALL, marks=NIGHTLY)], ids=["tiny", "vit_small"])
+@pytest.mark.parametrize("config", [_TINY, pytest.param(_SMALL, marks=NIGHTLY)], ids=["tiny", "vit_small"])
 @pytest.mark.parametrize("masked", [False, True], ids=["videomt_unmasked", "eomt_masked"])
-def test_videomt_dinov3_release_file_computes_eomt_dinov3(tmp_path, cfg, masked):
+def test_videomt_dinov3_release_file_computes_eomt_dinov3(tmp_path, config, masked):
     """Converted weights compute EoMT-DINOv3's output to 1e-10 at float64, at every layer.
     VidEoMT never masks attention (the file's attn_mask_probs is 0, so EoMT skips it too);
     ``eomt_masked`` runs EoMT's masked query stage (probs 1) on the same converted weights."""
-    result = _parity_via_release_file(tmp_path / "release.pth", cfg, masked)
+    result = _parity_via_release_file(tmp_path / "release.pth", config, masked)
     assert result.passed, result.format()
     assert result.to_dict()["output"]["max_abs"] <= 1e-10
     assert result.first_divergence is None

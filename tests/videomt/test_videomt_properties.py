@@ -18,7 +18,7 @@ def setups(draw, backbone=None):
     heads = draw(st.sampled_from([1, 2]))
     layers = draw(st.integers(1, 3))
     patch = draw(st.sampled_from([2, 4]))
-    cfg = VidEoMTConfig(
+    config = VidEoMTConfig(
         backbone=backbone, hidden_size=16, num_heads=heads, intermediate_size=draw(st.sampled_from([16, 32])),
         num_layers=layers, num_blocks=draw(st.integers(1, layers)), patch_size=patch,
         image_size=patch * draw(st.integers(2, 4)), num_register_tokens=draw(st.integers(0, 2)),
@@ -27,12 +27,12 @@ def setups(draw, backbone=None):
     )
     seed = draw(st.integers(0, 2**16))
     torch.manual_seed(seed)
-    model = VidEoMT(cfg).double().eval()
+    model = VidEoMT(config).double().eval()
     randomize_(model, torch.Generator().manual_seed(seed))
     b, t = draw(st.integers(1, 2)), draw(st.integers(1, 3))
     g = torch.Generator().manual_seed(seed + 1)
-    video = torch.randn(b, t, 3, cfg.image_size, cfg.image_size, generator=g, dtype=torch.float64)
-    mask = torch.rand(b, t, cfg.grid_size, cfg.grid_size, generator=g) < 0.3
+    video = torch.randn(b, t, 3, config.image_size, config.image_size, generator=g, dtype=torch.float64)
+    mask = torch.rand(b, t, config.grid_size, config.grid_size, generator=g) < 0.3
     return model, video, mask
 
 
@@ -46,7 +46,7 @@ def _mask_layouts(mask: torch.Tensor) -> tuple[dict, dict]:
 
 def _pre_query_states(model: VidEoMT, pixels: torch.Tensor, mask) -> list[torch.Tensor]:
     """Embedding output and the output of every pre-query layer, captured by hooks."""
-    states, start = [], model.cfg.num_layers - model.cfg.num_blocks
+    states, start = [], model.config.num_layers - model.config.num_blocks
     hooks = [m.register_forward_hook(lambda _m, _a, out: states.append(out))
              for m in (model.embeddings, *model.layers[:start])]
     try:
@@ -65,7 +65,7 @@ def test_videomt_5d_and_flat_4d_agree_without_masks(setup):
     model, video, _ = setup
     five = _pre_query_states(model, video, None)
     four = _pre_query_states(model, video.flatten(0, 1), None)
-    assert len(five) == len(four) == model.cfg.num_layers - model.cfg.num_blocks + 1
+    assert len(five) == len(four) == model.config.num_layers - model.config.num_blocks + 1
     assert all(torch.equal(a, b) for a, b in zip(five, four))
 
 
@@ -92,7 +92,7 @@ def test_videomt_5d_and_flat_4d_agree_with_masks_in_every_layout(setup):
 def test_videomt_single_frame_clip_equals_image_path(setup, masked):
     model, video, mask = setup
     video, mask = video[:, :1], mask[:, :1]
-    mask5 = mask if masked and model.cfg.backbone == "dinov2" else None
+    mask5 = mask if masked and model.config.backbone == "dinov2" else None
     mask4 = None if mask5 is None else mask5.flatten(0, 1)
     with torch.no_grad():
         clip, image = model(video, bool_masked_pos=mask5), model(video[:, 0], bool_masked_pos=mask4)
