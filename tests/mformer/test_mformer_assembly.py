@@ -41,10 +41,10 @@ RELEASED_PAIRS = [
     ("convnext_xlarge_22k_1k_384_ema.pth", convnext_xlarge, "rope_mixed_deit_large_patch16_LS.pth", "large"),
 ]
 
-# The mFormerV1 design's compatibility table ("Dimensionality Compatibility Check & Table"),
-# transcribed by hand, one tuple per row: Variant, ConvNeXt Checkpoint, ConvNeXt Stages (DIMS),
-# Output Dim @ S2 Juncture, RoPE-ViT Checkpoint, RoPE Input Dim, Compatible?. The design writes the
-# RoPE-ViT checkpoints without ".pth" in the table and with it in its variant list.
+# The mFormerV1 compatibility table as the design publishes it, written out by hand so the computed
+# rows are checked against an independent transcription: one tuple per row, Variant, ConvNeXt
+# Checkpoint, ConvNeXt Stages (DIMS), Output Dim @ S2 Juncture, RoPE-ViT Checkpoint, RoPE Input Dim,
+# Compatible?. The RoPE-ViT checkpoints appear without ".pth" there and with it in the variant list.
 PUBLISHED_TABLE = [
     ("mFormerV1_sm", "convnext_tiny_22k_1k_384.pth", [96, 192, 384, 768], 384,
      "rope_mixed_deit_small_patch16_LS", 384, True),
