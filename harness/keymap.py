@@ -8,8 +8,8 @@ weight maps of :mod:`harness.weightmap`.
 
 The unit is a :class:`Move`: source keys -> target keys. Its tensors are read, each through its
 ``pre`` steps; several sources are concatenated along ``dim``; the ``steps`` run on the result;
-several targets split it along ``dim`` (``sizes``, or equal parts); each part runs its ``post``
-steps. Steps are data (``concat`` aside): ``slice``, ``reshape``, ``transpose``, ``permute``.
+several targets split it along ``dim`` (``sizes``, or equal parts). Steps are data: ``slice``,
+``reshape``, ``transpose``, ``permute`` (a stored ``concat`` step is the move's join).
 
 A :class:`KeyTable` is an ordered tuple of :class:`Rule` rows, written once from the reference
 side (the upstream layout) to the candidate side. A template names an index with ``{i}``
@@ -55,25 +55,21 @@ def check_step(step: Any) -> Step:
     return dict(step)
 
 
-def apply_steps(tensors: Sequence[torch.Tensor], steps: Sequence[Step]) -> torch.Tensor:
-    """The tensor made from ``tensors`` by ``steps`` in order (several tensors need a leading concat)."""
-    if len(tensors) > 1 and (not steps or steps[0]["op"] != "concat"):
-        raise ValueError(f"{len(tensors)} source tensors need a leading concat step, got {list(steps)}")
-    out = tensors[0]
+def apply_steps(tensor: torch.Tensor, steps: Sequence[Step]) -> torch.Tensor:
+    """``tensor`` through ``steps`` in order; joining several tensors is a :class:`Move`'s concat."""
+    out = tensor
     for step in steps:
-        op = step["op"]
+        op = check_step(step)["op"]
         if op == "concat":
-            out = torch.cat(list(tensors), dim=step["dim"])
-        elif op == "slice":
+            raise ValueError(f"a concat step joins a move's sources and cannot act on one tensor, got {list(steps)}")
+        if op == "slice":
             out = out.narrow(step["dim"], step["start"], step["stop"] - step["start"])
         elif op == "reshape":
             out = out.reshape(step["shape"])
         elif op == "transpose":
             out = out.transpose(*step["dims"])
-        elif op == "permute":
-            out = out.permute(*step["dims"])
         else:
-            check_step(step)
+            out = out.permute(*step["dims"])
     return out
 
 
@@ -124,7 +120,7 @@ def describe_steps(steps: Sequence[Step]) -> str:
 # -- moves: the concrete unit ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class Move:
-    """Source keys -> target keys: ``pre`` per source, concat, ``steps``, split, ``post`` per target."""
+    """Source keys -> target keys: ``pre`` steps per source, concat, ``steps``, split."""
 
     sources: tuple[str, ...]
     targets: tuple[str, ...]
@@ -132,18 +128,14 @@ class Move:
     dim: int = 0
     sizes: tuple[int, ...] | None = None  # split sizes along dim; None: equal parts
     pre: tuple[tuple[Step, ...], ...] = ()
-    post: tuple[tuple[Step, ...], ...] = ()
 
     def apply(self, state: Mapping[str, torch.Tensor]) -> StateDict:
         parts = [state[k].detach() for k in self.sources]
         if self.pre:
-            parts = [apply_steps([p], s) for p, s in zip(parts, self.pre)]
+            parts = [apply_steps(p, s) for p, s in zip(parts, self.pre)]
         value = parts[0] if len(parts) == 1 else torch.cat(parts, dim=self.dim)
-        value = apply_steps([value], self.steps)
-        pieces = [value] if len(self.targets) == 1 else self._split(value)
-        if self.post:
-            pieces = [apply_steps([p], s) for p, s in zip(pieces, self.post)]
-        return dict(zip(self.targets, pieces))
+        value = apply_steps(value, self.steps)
+        return dict(zip(self.targets, [value] if len(self.targets) == 1 else self._split(value)))
 
     def _split(self, value: torch.Tensor) -> list[torch.Tensor]:
         n, size = len(self.targets), value.shape[self.dim]
