@@ -34,7 +34,7 @@ different model.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -49,7 +49,7 @@ from harness.keymap import KeyTable, Rule
 __all__ = [
     "ORIGINAL", "ORIGINAL_DERIVED_BUFFERS", "ASSUMED_HEAD_DIM", "convert_timm_state_dict", "is_original_layout",
     "convert_original_state_dict", "rope_vit_to_original", "load_rope_vit_state_dict", "head_counts",
-    "check_given_heads", "rope_vit_dims", "match_variant", "heads_for_build", "recognize", "to_timm_layout",
+    "check_given_heads", "assume_heads", "rope_vit_dims", "match_variant", "heads_for_build", "recognize", "to_timm_layout",
 ]
 
 ASSUMED_HEAD_DIM = 64
@@ -176,7 +176,7 @@ def rope_vit_dims(
         if num_heads is not None:
             heads, source = num_heads, HEADS_GIVEN
         else:
-            heads, source = _assumed_heads(embed_dim, depth, notes), HEADS_ASSUMED
+            heads, source = assume_heads(embed_dim, depth, notes), HEADS_ASSUMED
     else:
         heads, source = _derived_heads(state["rope.freqs"], num_heads), HEADS_DERIVED
     out: dict[str, Any] = {"embed_dim": embed_dim, "depth": depth, "num_heads": heads}
@@ -201,21 +201,26 @@ def _derived_heads(freqs: torch.Tensor, num_heads: int | None) -> int:
     return heads
 
 
-def _assumed_heads(embed_dim: int, depth: int, notes: list[str]) -> int | None:
-    """The original layout's head count when nobody gave it: a released variant's, else head_dim 64."""
-    released = [(name, c) for name, c in VARIANTS.items() if (c.embed_dim, c.depth) == (embed_dim, depth)]
+def assume_heads(
+    embed_dim: int, depth: int, notes: list[str], *, variants: Mapping[str, Any] = VARIANTS,
+    stored: str = "the original layout", released: Callable[[str], str] = lambda name: f"rope_mixed_vit_{name}",
+) -> int | None:
+    """A head count for a layout that does not store one: a released variant's of the same width
+    and depth, else head_dim :data:`ASSUMED_HEAD_DIM`; a note says which and how to override it.
+    ``stored`` names the layout and ``released`` a variant in those notes."""
+    candidates = [(name, c) for name, c in variants.items() if (c.embed_dim, c.depth) == (embed_dim, depth)]
     fits = head_counts(embed_dim)
-    if released:
-        name, config = released[0]
+    if candidates:
+        name, config = candidates[0]
         notes.append(
-            f"num_heads is not stored in the original layout; assumed {config.num_heads} as in the released "
-            f"rope_mixed_vit_{name} (head_dim {config.head_dim}); pass --num-heads if this checkpoint differs "
+            f"num_heads is not stored in {stored}; assumed {config.num_heads} as in the released "
+            f"{released(name)} (head_dim {config.head_dim}); pass --num-heads if this checkpoint differs "
             f"(head counts that fit embed_dim {embed_dim}: {fits})"
         )
         return config.num_heads
     heads = embed_dim // ASSUMED_HEAD_DIM if embed_dim % ASSUMED_HEAD_DIM == 0 else None
     notes.append(
-        f"num_heads is not stored in the original layout and embed_dim {embed_dim} / depth {depth} match no "
+        f"num_heads is not stored in {stored} and embed_dim {embed_dim} / depth {depth} match no "
         f"released variant; assumed head_dim {ASSUMED_HEAD_DIM} -> num_heads {heads}; building needs "
         f"--num-heads / num_heads= (head counts that fit: {fits})"
     )

@@ -38,7 +38,7 @@ import torch
 
 from candidates.io import StateDict
 from candidates.recognize import HEADS_ASSUMED, HEADS_GIVEN, CheckpointInfo, count_indices, count_parameters
-from candidates.rope_vit.convert import ASSUMED_HEAD_DIM, check_given_heads, head_counts
+from candidates.rope_vit.convert import assume_heads, check_given_heads
 from candidates.vlm.dinov3 import VARIANTS
 from harness.keymap import KeyTable, Rule
 
@@ -214,20 +214,10 @@ def _dims(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 
 def _heads(dims: Mapping[str, Any], num_heads: Any, notes: list[str]) -> tuple[int | None, str]:
     """(head count, its source): given and checked, else a released variant's or head_dim 64, said in a note."""
-    embed_dim, depth = dims["embed_dim"], dims["depth"]
     if num_heads is not None:
-        return check_given_heads(num_heads, embed_dim), HEADS_GIVEN
-    fits = head_counts(embed_dim)
-    released = [(n, c) for n, c in VARIANTS.items() if (c.embed_dim, c.depth) == (embed_dim, depth)]
-    if released:
-        name, config = released[0]
-        notes.append(f"num_heads is not stored in DINOv3 checkpoints; assumed {config.num_heads} as in {name}; "
-                     f"pass --num-heads if this checkpoint differs (head counts that fit: {fits})")
-        return config.num_heads, HEADS_ASSUMED
-    heads = embed_dim // ASSUMED_HEAD_DIM if embed_dim % ASSUMED_HEAD_DIM == 0 else None
-    notes.append(f"num_heads is not stored in DINOv3 checkpoints and embed_dim {embed_dim} / depth {depth} match "
-                 f"no released variant; assumed head_dim {ASSUMED_HEAD_DIM} -> num_heads {heads}; pass "
-                 f"--num-heads (head counts that fit: {fits})")
+        return check_given_heads(num_heads, dims["embed_dim"]), HEADS_GIVEN
+    heads = assume_heads(dims["embed_dim"], dims["depth"], notes, variants=VARIANTS, stored="DINOv3 checkpoints",
+                         released=lambda name: name)
     return heads, HEADS_ASSUMED
 
 
