@@ -309,7 +309,8 @@ def compare_pair(
         check_module("candidate", candidate)
     progress.stage("build", f"{pair.name} {dtype_name(dtype)}")
     if candidate is None:
-        candidate, reference = pair.build(dtype=dtype, device=device)
+        # the comparison owns both models: one copy of the weights serves both
+        candidate, reference = pair.build(dtype=dtype, device=device, share_weights=True)
     else:
         reference = pair.build_reference(dtype=dtype, device=device)
     call = pair.inputs(dtype=dtype, device=device) if inputs is None else as_call(inputs).to(dtype, device)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -29,7 +29,8 @@ from harness.metrics import Tolerance
 from harness.options import PAIR_OPTIONS, CompareOptions
 from harness.trace import flatten_tensors, map_tensors
 
-__all__ = ["Call", "Pair", "as_call", "as_pair", "register", "get_pair", "list_pairs", "randomize_"]
+__all__ = ["Call", "Pair", "as_call", "as_pair", "register", "get_pair", "list_pairs", "randomize_",
+           "reuse_references"]
 
 StateDict = dict[str, torch.Tensor]
 ENTRY_POINT_GROUP = catalog.ENTRY_POINT_GROUP
@@ -93,10 +94,13 @@ def randomize_(model: nn.Module, generator: torch.Generator, *, scale: float = 0
         for p in model.parameters():
             if not p.is_floating_point():
                 continue
+            if p.ndim >= 2 and p.is_contiguous():
+                # drawn in place: the values torch.randn would give, without a second big tensor
+                p.normal_(generator=generator).div_(math.sqrt(max(p[0].numel(), 1)))
+                continue
             noise = torch.randn(p.shape, generator=generator, dtype=p.dtype)
             if p.ndim >= 2:
-                fan_in = p[0].numel()
-                p.copy_(noise.div_(math.sqrt(max(fan_in, 1))))
+                p.copy_(noise.div_(math.sqrt(max(p[0].numel(), 1))))
             else:
                 p.add_(noise.mul_(scale))
 
@@ -153,15 +157,34 @@ class Pair:
         self, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
     ) -> nn.Module:
         """The reference alone, with exactly the weights :meth:`build` gives it."""
-        return self._reference().to(device=device, dtype=_check_dtype(dtype)).eval()
+        dtype = _check_dtype(dtype)
+        reference = _LAST_REFERENCE.rebuild(self, dtype=dtype, device=device)
+        if reference is not None:
+            return reference.eval()
+        reference = self._reference()
+        drawn = reference.state_dict()  # float32 on the CPU, before the move below
+        reference = reference.to(device=device, dtype=dtype).eval()
+        _LAST_REFERENCE.keep(self, drawn, reference)
+        return reference
 
     def build(
-        self, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+        self, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", share_weights: bool = False
     ) -> tuple[nn.Module, nn.Module]:
-        """(candidate, reference) with identical weights, in eval mode, on ``device``/``dtype``."""
+        """(candidate, reference) with identical weights, in eval mode, on ``device``/``dtype``.
+
+        ``share_weights=True``: the candidate's parameters are the reference's memory wherever the
+        conversion only renames, reshapes or slices (one copy of the weights instead of two, the
+        difference between fitting and not for the largest variants). For a comparison that owns
+        both models: a parameter changed in place on one side changes on both. Buffers are always
+        the candidate's own (a train-mode forward updates running statistics in place).
+        """
         reference = self.build_reference(dtype=dtype, device=device)
-        state = self.convert({k: v.detach().clone() for k, v in reference.state_dict().items()})
-        candidate = _load_candidate(self.candidate, state, seed=self.seed)
+        state = reference.state_dict()  # detached, sharing the reference's memory
+        if not share_weights:
+            state = {k: v.clone() for k, v in state.items()}
+        candidate = _load_candidate(self.candidate, self.convert(state), seed=self.seed)
+        if share_weights:
+            _own_buffers(candidate, reference)
         return candidate.to(device=device, dtype=dtype).eval(), reference
 
     def _reference(self) -> nn.Module:
@@ -196,10 +219,91 @@ def _load_candidate(factory: Callable[[], nn.Module], state: StateDict, *, seed:
         with torch.device("meta"):
             candidate = factory()
         candidate.load_state_dict(state, strict=True, assign=True)
-        if any(t.is_meta for t in (*candidate.parameters(), *candidate.buffers())):
+        if _on_meta(candidate):
             candidate = factory()
             candidate.load_state_dict(state, strict=True)
     return candidate
+
+
+def _memory(tensors: Iterable[torch.Tensor]) -> set[int]:
+    """The addresses of the memory that ``tensors`` (the non-empty ones) live in."""
+    return {t.untyped_storage().data_ptr() for t in tensors if t.numel()}
+
+
+def _on_meta(model: nn.Module) -> bool:
+    """Whether a constructor run on the meta device left ``model`` anything without values: a
+    non-persistent buffer, or a tensor kept as a plain attribute (neither is in a state dict)."""
+    return any(t.is_meta for t in (*model.parameters(), *model.buffers())) or any(
+        isinstance(v, torch.Tensor) and v.is_meta for m in model.modules() for v in vars(m).values())
+
+
+class _LastReference:
+    """The last built reference's weights, re-drawn and in float32, when reuse is switched on.
+
+    Building a big reference is mostly its upstream initialization and the re-draw that replaces
+    it (for ConvNeXt-XL 11 of the 13 seconds a float64 parity run takes). A parity suite builds
+    every pair at two dtypes in a row; the second build constructs the upstream model on the meta
+    device and assigns it a cast copy of these weights, bitwise what a fresh build gives. Only the
+    last pair is kept (its float32 weights stay resident: 1.3 GiB for ConvNeXt-XL), and a
+    reference whose constructor leaves anything the state dict does not hold is built for real.
+    """
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self._pair: Pair | None = None
+        self._state: StateDict = {}
+
+    def keep(self, pair: Pair, state: StateDict, reference: nn.Module) -> None:
+        """Keep ``pair``'s re-drawn float32 ``state``, copied if ``reference`` (as built) still holds it."""
+        if not self.enabled:
+            return
+        self.clear()  # the old weights go before the copy is made
+        # tied weights (one tensor under two names) would come back untied: build those for real
+        if len(_memory(state.values())) < sum(1 for t in state.values() if t.numel()):
+            return
+        held = _memory(state.values()) & _memory((*reference.parameters(), *reference.buffers()))
+        self._pair, self._state = pair, {k: v.clone() for k, v in state.items()} if held else state
+
+    def rebuild(self, pair: Pair, *, dtype: torch.dtype, device: torch.device | str) -> nn.Module | None:
+        if not self.enabled or self._pair is not pair:
+            return None
+        state = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype, copy=True)
+                 for k, v in self._state.items()}
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(pair.seed)
+                with torch.device("meta"):
+                    reference = pair.reference()
+            reference.load_state_dict(state, strict=True, assign=True)
+        except (RuntimeError, NotImplementedError):  # a constructor that reads tensor values
+            return None
+        return None if _on_meta(reference) else reference
+
+    def clear(self) -> None:
+        self._pair, self._state = None, {}
+
+
+_LAST_REFERENCE = _LastReference()
+
+
+def reuse_references(enabled: bool = True) -> bool:
+    """Keep the last built pair's reference weights to build that pair again without its upstream
+    initialization (see :class:`_LastReference`); the parity plugin switches this on. ``False``
+    switches it off and frees them. Returns the setting it replaced."""
+    check_type("reuse_references(enabled)", enabled, bool)
+    before, _LAST_REFERENCE.enabled = _LAST_REFERENCE.enabled, enabled
+    if not enabled:
+        _LAST_REFERENCE.clear()
+    return before
+
+
+def _own_buffers(candidate: nn.Module, reference: nn.Module) -> None:
+    """Give ``candidate`` its own copy of every buffer that shares memory with ``reference``."""
+    shared = _memory((*reference.parameters(), *reference.buffers()))
+    for module in candidate.modules():
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.numel() and buffer.untyped_storage().data_ptr() in shared:
+                module._buffers[name] = buffer.clone()
 
 
 def _check_dtype(dtype: torch.dtype) -> torch.dtype:

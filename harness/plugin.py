@@ -19,6 +19,10 @@ the report as it was and says so. A parity test that raises before its compariso
 ``error`` result carrying the exception. Results travel as test-report user properties, so those
 of pytest-xdist workers reach the controller, which alone writes the files.
 
+Pairs built in a row are built from the last one's reference weights when they are the same pair
+(:func:`harness.pairs.reuse_references`): a parity test per dtype pays the upstream
+initialization of a big model once.
+
 In the terminal, a failing parity test's short-summary line names its culprit; the failures whose
 culprits share a pattern (digits as ``*``: ``stages.*.blocks.*.norm``) print one table between
 them and are listed together in the ``parity`` section.
@@ -77,6 +81,10 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(str(exc)) from None
     config.pluginmanager.register(ParityCollector(config), "parity_collector")
     _share_cores()
+    # parity tests build each pair at several dtypes in a row: the second build skips the upstream init
+    from harness.pairs import reuse_references
+
+    reuse_references(True)
 
 
 def _share_cores() -> None:

@@ -120,7 +120,6 @@ def compare_pair_trace(
         state = pair.convert({k: v.clone() for k, v in weights.items()})
         candidate = _load_candidate(pair.candidate, state, seed=pair.seed).to(device=device, dtype=dtype).eval()
     else:
-        candidate, reference = pair.build(dtype=dtype, device=device)
-        del reference
+        candidate, _ = pair.build(dtype=dtype, device=device, share_weights=True)
     options = pair.options.replace(**overrides)
     return compare(candidate, trace, None, dtype=dtype, pair_name=pair.name, **options.to_kwargs())

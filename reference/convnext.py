@@ -2,10 +2,14 @@
 
 Pairs (default suite, small inputs so a float64 run takes seconds):
 
-* ``convnext_{tiny,small,base,large,xlarge}``: ``timm.create_model("convnext_*", pretrained=False)``
-  with 1000 classes and the variant's drop-path rate (inactive in eval mode, but it gives both
-  sides the same ``drop_path`` modules). Tiny sees 2x3x128x128, Small and Base 1x3x128x128, Large
-  and XLarge 1x3x32x32 (the smallest input the patchify stem and three downsamples allow).
+* ``convnext_{tiny,small,base}``: ``timm.create_model("convnext_*", pretrained=False)`` with 1000
+  classes and the variant's drop-path rate (inactive in eval mode, but it gives both sides the
+  same ``drop_path`` modules). Tiny sees 2x3x128x128, Small and Base 1x3x128x128.
+* ``convnext_{large,xlarge}_d2``: Large and XLarge at every width they have (stem, four stages,
+  downsamples, head) with two blocks per stage instead of (3, 3, 27, 3), on 1x3x128x128. Their
+  full depth is 198M/350M parameters whose upstream initialization alone costs more than a
+  default-suite pair may; the 25 further stage-2 blocks are the same block code at the same
+  width, and two blocks per stage check the hand-over from block to block.
 * ``convnext_{variant}_stage3_block``: one ConvNeXt block at the variant's stage-3 width against
   timm's ``ConvNeXtBlock`` on a 1 x dims[3] x 7 x 7 map, the stage-3 map of a 224 input: every
   output pixel sees the 7x7 depthwise kernel clipped by the border, the centre pixel all 49 taps.
@@ -19,17 +23,16 @@ offset d (-3..3) at some output pixel iff |d| < s: a map of side >= 4 exercises 
 the central 3x3, side 1 the centre only. Stage i of the ImageNet stem sees side H / 2^(i+2):
 
     input   stage 0  stage 1  stage 2  stage 3    taps exercised
-    128     32       16       8        4          all 49 in every stage          (tiny, small, base)
-    32      8        4        2        1          49, 49, central 9, centre 1     (large, xlarge)
+    128     32       16       8        4          all 49 in every stage          (every default pair)
+    32      8        4        2        1          49, 49, central 9, centre 1     (nightly full-depth L/XL)
 
-Large and XLarge stay at 32 because a 128 input costs their float64 run several seconds more
-(full traces of 198M/350M-parameter models); their stage-2/3 block code is the same code at
-another width, and the ``*_stage3_block`` pairs check it with all 49 taps at exactly their widths.
 ``tests/convnext/test_convnext_parity.py`` checks this table against gradients.
 
-Nightly pairs (tag ``nightly``) run the paper's full resolutions: ``convnext_*_224`` all five
-variants at 1x3x224x224, ``convnext_{tiny,small,base}_384`` at 1x3x384x384. Peak host memory of a
-float64 run with full traces: about 16 GB for ``convnext_xlarge_224``.
+Nightly pairs (tag ``nightly``): ``convnext_{large,xlarge}``, the full depth on 1x3x32x32 (the
+smallest input the patchify stem and three downsamples allow), and the paper's full resolutions:
+``convnext_*_224`` all five variants at 1x3x224x224, ``convnext_{tiny,small,base}_384`` at
+1x3x384x384. Peak host memory of a float64 comparison of ``convnext_xlarge_224``: 4.7 GiB (the
+two models share one copy of the weights, see ``Pair.build(share_weights=True)``).
 
 Weights: the candidate's parameter names and shapes are timm's, so the transfer is the identity
 ``convert_timm_state_dict`` of :mod:`candidates.convnext.convert`, which also holds the original
@@ -40,7 +43,8 @@ rename rules; timm's no-op modules (``mlp.drop1/norm/drop2``, ``shortcut``, ``no
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import replace
+from typing import Any, Callable
 
 import timm
 import torch
@@ -51,7 +55,7 @@ from torch import nn
 import candidates.convnext as convnext
 from harness import Pair, register
 
-__all__ = ["timm_convnext", "timm_convnext_cifar", "variant_pair", "stage3_block_pair"]
+__all__ = ["timm_convnext", "timm_convnext_cifar", "variant_pair", "reduced_depth_pair", "stage3_block_pair"]
 
 IMAGENET_CLASSES = 1000
 CIFAR_CLASSES = 10
@@ -62,6 +66,9 @@ SMALL_INPUTS: dict[str, tuple[int, int, int, int]] = {  # see the docstring's ta
     "large": (1, 3, 32, 32),
     "xlarge": (1, 3, 32, 32),
 }
+FULL_DEPTH_IN_NIGHTLY = ("large", "xlarge")  # by default at REDUCED_DEPTHS: see the docstring
+REDUCED_DEPTHS = (2, 2, 2, 2)
+REDUCED_INPUT = (1, 3, 128, 128)
 STAGE3_MAP = 7  # the stage-3 map side of a 224 input
 FULL_SIZE_INPUTS = {"_224": (1, 3, 224, 224), "_384": (1, 3, 384, 384)}
 # 384x384 float64 traces of Large/XLarge need well over 16 GB of host memory: 224 only for those.
@@ -70,13 +77,15 @@ NIGHTLY = frozenset({"nightly"})
 CIFAR_INPUT = (1, 3, 32, 32)
 
 
-def timm_convnext(variant: str, *, num_classes: int = IMAGENET_CLASSES) -> nn.Module:
-    """timm's ``convnext_<variant>``, random init, eval mode, same drop-path rate as ours."""
+def timm_convnext(variant: str, *, num_classes: int = IMAGENET_CLASSES, **overrides: Any) -> nn.Module:
+    """timm's ``convnext_<variant>``, random init, eval mode, same drop-path rate as ours;
+    ``overrides``: further timm ConvNeXt arguments (``depths=``)."""
     model = timm.create_model(
         f"convnext_{variant}",
         pretrained=False,
         num_classes=num_classes,
         drop_path_rate=convnext.VARIANTS[variant].drop_path_rate,
+        **overrides,
     )
     return model.eval()
 
@@ -110,6 +119,20 @@ def variant_pair(variant: str, *, suffix: str, input_shape: tuple[int, ...], tag
     )
 
 
+def reduced_depth_pair(variant: str) -> Pair:
+    """``convnext_<variant>_d2``: every width of the variant, two blocks per stage, on 128x128."""
+    config = replace(convnext.VARIANTS[variant], depths=REDUCED_DEPTHS, num_classes=IMAGENET_CLASSES)
+    return Pair(
+        name=f"convnext_{variant}_d2",
+        candidate=lambda: convnext.ConvNeXt(config),
+        reference=lambda: timm_convnext(variant, depths=REDUCED_DEPTHS),
+        convert=convnext.convert_timm_state_dict,
+        make_inputs=_images(REDUCED_INPUT),
+        description=f"ConvNeXt-{variant} widths, 2 blocks per stage, vs timm convnext_{variant} "
+                    f"with depths={REDUCED_DEPTHS}, input {'x'.join(map(str, REDUCED_INPUT))}",
+    )
+
+
 def stage3_block_pair(variant: str) -> Pair:
     """``convnext_<variant>_stage3_block``: one block at the stage-3 width on a 7x7 map."""
     config = convnext.VARIANTS[variant]
@@ -127,8 +150,11 @@ def stage3_block_pair(variant: str) -> Pair:
 
 
 for _variant, _shape in SMALL_INPUTS.items():
-    register(variant_pair(_variant, suffix="", input_shape=_shape, tags=frozenset()))
+    register(variant_pair(_variant, suffix="", input_shape=_shape,
+                          tags=NIGHTLY if _variant in FULL_DEPTH_IN_NIGHTLY else frozenset()))
     register(stage3_block_pair(_variant))
+    if _variant in FULL_DEPTH_IN_NIGHTLY:
+        register(reduced_depth_pair(_variant))
     for _suffix, _full_shape in FULL_SIZE_INPUTS.items():
         if _variant in FULL_SIZE_VARIANTS[_suffix]:
             register(variant_pair(_variant, suffix=_suffix, input_shape=_full_shape, tags=NIGHTLY))

@@ -8,8 +8,9 @@ resident set size, ``ru_maxrss``; Linux only):
 - ``compare``: ``harness.compare`` of the two models on the same inputs.
 
 Each is reported as the peak above the resident size before it started (both models' weights
-are resident in both), and as the absolute peak. One JSON object goes to stdout. A child
-process keeps the parent's allocations (the test session's) out of the figures.
+are resident in both, shared where the conversion allows, as ``compare_pair`` builds them), and
+as the absolute peak. One JSON object goes to stdout. A child process keeps the parent's
+allocations (the test session's) out of the figures.
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ def _rss() -> int:
 def _peak() -> int:
     """Peak resident set size in bytes since the last reset (ru_maxrss is in KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _unique_bytes(*models: Any) -> int:
+    """Bytes of the models' parameters and buffers, memory the two share counted once."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for m in models for t in (*m.parameters(), *m.buffers())}
+    return sum(storages.values())
 
 
 def measure(fn: Callable[[], Any]) -> dict[str, float]:
@@ -68,7 +76,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     pair = get_pair(args.pair)
-    candidate, reference = pair.build(dtype=dtype)
+    candidate, reference = pair.build(dtype=dtype, share_weights=True)  # as compare_pair builds them
     call = pair.inputs(dtype=dtype) if args.shape is None else as_call(
         torch.randn(args.shape, generator=torch.Generator().manual_seed(0), dtype=dtype))
     larger = max((candidate, reference), key=lambda m: sum(p.numel() for p in m.parameters()))
@@ -83,8 +91,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         report.append(compare(candidate, reference, call, dtype=dtype, pair_name=pair.name, **pair.compare_options()))
 
     result = {"pair": pair.name, "dtype": dtype_name(dtype), "shape": list(call.args[0].shape) if call.args else None,
-              "weights_gib": round(sum(t.nbytes for m in (candidate, reference)
-                                       for t in (*m.parameters(), *m.buffers())) / 2**30, 3),
+              "weights_gib": round(_unique_bytes(candidate, reference) / 2**30, 3),
               "forward": measure(forward), "compare": measure(comparison)}
     result["passed"] = report[0].passed
     # what the comparison adds over the models, in units of what a plain forward adds; and the peaks

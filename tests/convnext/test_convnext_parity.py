@@ -1,16 +1,17 @@
 """Layer-by-layer parity of candidates.convnext against timm (pairs in reference/convnext.py).
 
-Default suite: all five variants and the CIFAR-stem ConvNeXt-T at float32 and float64. Tiny, Small
-and Base see 128x128 inputs: stage maps 32, 16, 8 and 4 pixels wide, so each stage's 7x7
-depthwise conv (padding 3) uses all 49 taps (tap offset d reaches some output pixel iff |d| < map
-side). Large and XLarge see 32x32 (maps 8, 4, 2, 1): all taps in stages 0-1, the central 3x3 in
-stage 2 and only the centre tap in stage 3; the ``*_stage3_block`` pairs complete them with one
-block at each variant's stage-3 width on the 7x7 map a 224 input gives (all 49 taps, the centre
-pixel sees every one). ``test_default_inputs_exercise_the_depthwise_taps`` measures this table
-with gradients instead of trusting it.
-Base, Large and XLarge hold 88M-350M parameters (up to ~10 GB at float64 while a pair is built),
-so they share one xdist group: they run one after another on a single worker, never two at once.
-Nightly: all five variants at 224x224 and Tiny/Small/Base at 384x384.
+Default suite, at float32 and float64: Tiny, Small and Base, the CIFAR-stem ConvNeXt-T, and Large
+and XLarge at all their widths with two blocks per stage (``*_d2``), all on 128x128 inputs: stage
+maps 32, 16, 8 and 4 pixels wide, so each stage's 7x7 depthwise conv (padding 3) uses all 49 taps
+(tap offset d reaches some output pixel iff |d| < map side). The ``*_stage3_block`` pairs add one
+block at each variant's stage-3 width on the 7x7 map a 224 input gives (the centre pixel sees
+every tap). ``test_default_inputs_exercise_the_depthwise_taps`` measures this with gradients
+instead of trusting it.
+Base and the reduced Large and XLarge hold 88M-95M parameters, so they share one xdist group:
+they run one after another on a single worker, never two at once.
+Nightly: Large and XLarge at full depth on 32x32 (maps 8, 4, 2, 1: all taps in stages 0-1, the
+central 3x3 in stage 2, the centre tap in stage 3), all five variants at 224x224 and
+Tiny/Small/Base at 384x384.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from helpers import PARITY_DTYPES
 
 from candidates.convnext import ConvNeXt, ConvNeXtBlock, ConvNeXtConfig
-from reference.convnext import SMALL_INPUTS, STAGE3_MAP
+from reference.convnext import FULL_DEPTH_IN_NIGHTLY, REDUCED_INPUT, SMALL_INPUTS, STAGE3_MAP
 
 FLOAT64_OUTPUT_BOUND = 1e-10  # float64 rounding through a deep net stays far below this; any bug is far above
 nightly = pytest.mark.nightly
@@ -43,8 +44,8 @@ def check(parity_check, pair: str, dtype: torch.dtype) -> None:
     "convnext_small",
     "convnext_tiny_cifar",
     pytest.param("convnext_base", marks=one_at_a_time),
-    pytest.param("convnext_large", marks=one_at_a_time),
-    pytest.param("convnext_xlarge", marks=one_at_a_time),
+    pytest.param("convnext_large_d2", marks=one_at_a_time),
+    pytest.param("convnext_xlarge_d2", marks=one_at_a_time),
 ])
 def test_parity_convnext(parity_check, pair: str, dtype: torch.dtype) -> None:
     check(parity_check, pair, dtype)
@@ -72,9 +73,9 @@ def _taps_per_stage(input_side: int) -> list[int]:
 
 
 def test_default_inputs_exercise_the_depthwise_taps() -> None:
-    expected = {"tiny": [49] * 4, "small": [49] * 4, "base": [49] * 4,
-                "large": [49, 49, 9, 1], "xlarge": [49, 49, 9, 1]}
-    assert {variant: _taps_per_stage(shape[-1]) for variant, shape in SMALL_INPUTS.items()} == expected
+    default = {v: shape for v, shape in SMALL_INPUTS.items() if v not in FULL_DEPTH_IN_NIGHTLY}
+    default |= {f"{v}_d2": REDUCED_INPUT for v in FULL_DEPTH_IN_NIGHTLY}
+    assert {name: _taps_per_stage(shape[-1]) for name, shape in default.items()} == {name: [49] * 4 for name in default}
     # the stage-3 block pairs: a 7x7 map, whose centre pixel alone sees all 49 taps
     torch.manual_seed(0)
     block = ConvNeXtBlock(4).double()
@@ -84,7 +85,7 @@ def test_default_inputs_exercise_the_depthwise_taps() -> None:
 
 
 FULL_SIZE_PAIRS = [f"convnext_{v}_224" for v in ("tiny", "small", "base", "large", "xlarge")] + [
-    f"convnext_{v}_384" for v in ("tiny", "small", "base")]
+    f"convnext_{v}_384" for v in ("tiny", "small", "base")] + [f"convnext_{v}" for v in FULL_DEPTH_IN_NIGHTLY]
 
 
 @pytest.mark.parity
@@ -103,4 +104,5 @@ def test_convnext_pairs_registered() -> None:
     variants = ("tiny", "small", "base", "large", "xlarge")
     assert {f"convnext_{v}" for v in variants} | set(FULL_SIZE_PAIRS) | {"convnext_tiny_cifar"} <= names
     assert {f"convnext_{v}_stage3_block" for v in variants} <= names
+    assert {f"convnext_{v}_d2" for v in FULL_DEPTH_IN_NIGHTLY} <= names
     assert {n for n in harness.list_pairs(tag="nightly") if n.startswith("convnext")} == set(FULL_SIZE_PAIRS)

@@ -40,3 +40,24 @@ def test_tolerance_policy_dtype_pair_and_module_overrides():
         tolerance_for(torch.int64)
     with pytest.raises(ValueError, match="atol must be a number >= 0"):
         Tolerance(atol=-1, rtol=0)
+
+
+@pytest.mark.parametrize("values", [
+    torch.tensor([[1.5, -3.0], [0.25, 2.0]]),
+    torch.tensor([[1.5, -3.0], [0.25, 2.0]], dtype=torch.bfloat16).t(),
+    torch.tensor([True, False]),
+    torch.tensor([3, -7]),
+    torch.zeros(4),
+], ids=["float32", "bfloat16-transposed", "bool", "int64", "zeros"])
+def test_bitwise_equal_tensors_measure_as_the_general_formula_says(values):
+    shortcut = measure(values, values.clone())
+    general = measure(values, values.clone() + torch.zeros((), dtype=torch.float64))  # float64: no shortcut
+    assert shortcut.max_abs == shortcut.max_rel == shortcut.rel_l2 == 0.0 and shortcut.cosine == 1.0
+    assert shortcut.ref_absmax == general.ref_absmax and shortcut.nonfinite_mismatch == 0
+    assert general.max_abs == 0.0 and general.cosine == pytest.approx(1.0)
+
+
+def test_equal_tensors_with_nan_and_inf_are_measured_in_full():
+    values = torch.tensor([float("nan"), float("inf"), -2.0])
+    m = measure(values, values)
+    assert m.passes(Tolerance(0, 0)) and m.ref_absmax == 2.0 and m.nonfinite_mismatch == 0
