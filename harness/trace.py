@@ -217,6 +217,36 @@ def name_filter(pattern: str | Callable[[str], bool] | None, *, option: str = "i
     return lambda name: compiled.search(name) is not None
 
 
+class _Arena:
+    """Where a full trace's copies of large CPU tensors live: carved one after another out of big
+    blocks, not allocated one by one. Copies live until the comparison ends, the forward's own
+    tensors only until their consumer ran; allocated from one heap, each freed activation leaves a
+    hole between two copies, and a trace of ConvNeXt-XL at 224 held 0.23 GiB of such holes on top
+    of its 0.93 GiB of copies. Blocks cost only the pages written (CPU memory is mapped lazily).
+    A copy keeps the original's strides (dense tensors in any dimension order fill exactly their
+    ``numel`` slots); other tensors, and those on accelerators (whose caching allocators pool
+    memory by themselves), are cloned as usual."""
+
+    BLOCK = 256 * 2**20
+    SMALLEST = 2**20  # below this, a clone costs no hole worth saving
+    ALIGN = 64
+
+    def __init__(self) -> None:
+        self._block: torch.Tensor | None = None
+        self._used = 0
+
+    def copy(self, t: torch.Tensor) -> torch.Tensor:
+        nbytes = t.numel() * t.element_size()
+        if t.device.type != "cpu" or nbytes < self.SMALLEST or t.layout != torch.strided or not _dense(t):
+            return t.detach().clone()
+        if self._block is None or self._used + nbytes > self._block.numel():
+            self._block, self._used = torch.empty(max(self.BLOCK, nbytes), dtype=torch.uint8), 0
+        start = self._used
+        self._used += -(-nbytes // self.ALIGN) * self.ALIGN
+        copy = self._block[start:start + nbytes].view(t.dtype).as_strided(t.shape, t.stride())
+        return copy.copy_(t.detach())
+
+
 class _SharedCopies:
     """The tensors another trace kept, found by value: grouped by (shape, strides, dtype, device),
     then by their sum (computed once per group, when a tensor of that layout is first looked up),
@@ -300,6 +330,7 @@ class Tracer:
             raise type_error("Tracer(share=...)", share, "a finished harness.Tracer or None")
         self._share = share
         self._shared: _SharedCopies | None = None
+        self._arena = _Arena()
 
     # -- context management ------------------------------------------------------------------
     def __enter__(self) -> "Tracer":
@@ -310,6 +341,7 @@ class Tracer:
         self._counts.clear()
         self._open.clear()
         self._clock = 0
+        self._arena = _Arena()
         if self._share is not None and self.mode == "full":
             self._shared = _SharedCopies(self._share.records)
         try:
@@ -367,7 +399,7 @@ class Tracer:
         if copy is None and self._shared is not None:
             copy = self._shared.find(t)
         if copy is None:
-            copy = t.detach().clone()
+            copy = self._arena.copy(t)
             if self.budget is not None:
                 self.budget.charge(copy.nbytes, self, started=len(self._counts), modules=len(self._handles) // 2)
             if _version(t) is not None and copy.stride() == t.stride() and _dense(t):

@@ -145,3 +145,48 @@ def test_entering_an_active_tracer_again_is_refused():
         with pytest.raises(RuntimeError, match="already active"):
             tracer.__enter__()
     assert not tracer.active
+
+
+class Widen(nn.Module):
+    """Three large outputs in a row, the middle one channels-last (a permuted dense tensor)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Identity(), nn.Identity(), nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x * 2)
+        z = self.b(y.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2) + 1)
+        return self.c(z - 3)
+
+
+def _large() -> torch.Tensor:
+    return torch.randn(1, 8, 128, 256, dtype=torch.float64)  # 2 MiB: above the size cloned one by one
+
+
+def test_large_copies_are_packed_into_shared_blocks_not_allocated_one_by_one():
+    model = Widen()
+    with Tracer(model) as tracer:
+        model(_large())
+    outputs = [tracer.by_key()[f"{name}#0"].outputs[""] for name in ("a", "b", "c")]
+    assert len({o.untyped_storage().data_ptr() for o in outputs}) == 1
+
+
+def test_a_packed_copy_keeps_the_values_and_strides_of_what_it_copies():
+    x = _large()
+    model = Widen()
+    with Tracer(model) as tracer:
+        model(x)
+    b = tracer.by_key()["b#0"].outputs[""]
+    expected = (x * 2).permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2) + 1
+    assert b.stride() == expected.stride() and torch.equal(b, expected)
+
+
+def test_a_packed_copy_does_not_follow_later_changes_to_the_original():
+    x = _large()
+    before = x.clone()
+    layer = nn.Identity()
+    with Tracer(layer) as tracer:
+        layer(x)
+    x.add_(1.0)
+    assert torch.equal(tracer.records[0].outputs[""], before)
