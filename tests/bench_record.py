@@ -1,8 +1,9 @@
 """Interleaved timing and ``reports/bench.json`` for the benchmark suite (``tox -e bench``).
 
-Ratios are what the benchmarks report: variants are timed in turn, round after round (A B C A B
-C ...), and each variant's median is divided by the baseline's, so a machine whose speed drifts
-during the run (other jobs on shared cores) moves every variant alike. Time is the process's CPU
+Ratios are what the benchmarks report: variants are timed in turn, round after round (A B C, C B
+A, ...); a ratio is taken within each round and its median reported (:func:`paired_ratio`), so a
+machine whose speed drifts during the run (other jobs on shared cores) moves both sides of every
+ratio alike. Time is the process's CPU
 time (``time.process_time``): a process descheduled by other jobs is not charged for the wait.
 
 ``reports/bench.json`` gathers the results of every benchmark module, section by section
@@ -23,18 +24,27 @@ import pytest
 from harness.report import atomic_write_text
 
 PATH = Path(__file__).resolve().parents[1] / "reports" / "bench.json"
-TIMER = "process CPU seconds (time.process_time), median of interleaved rounds"
+TIMER = ("process CPU seconds (time.process_time): seconds are medians over interleaved rounds, "
+         "ratios medians of the per-round ratios")
 
 
-def interleaved(variants: dict[str, Callable[[], Any]], *, rounds: int) -> dict[str, float]:
-    """Median CPU seconds of each variant over ``rounds`` rounds that run every variant once in turn."""
+def interleaved_times(variants: dict[str, Callable[[], Any]], *, rounds: int) -> dict[str, list[float]]:
+    """CPU seconds of each variant in each of ``rounds`` rounds that run every variant once in
+    turn, the order reversed every other round (whoever runs second finds caches and the
+    allocator as the first left them)."""
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
+    for i in range(rounds):
+        for name, fn in (variants.items() if i % 2 == 0 else reversed(variants.items())):
             start = time.process_time()
             fn()
             times[name].append(time.process_time() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def paired_ratio(times: dict[str, list[float]], variant: str, baseline: str) -> float:
+    """Median over rounds of ``variant``'s time over ``baseline``'s in the same round: each ratio
+    compares two runs seconds apart, so drift in the machine's speed cancels within a round."""
+    return statistics.median(v / b for v, b in zip(times[variant], times[baseline]))
 
 
 def rounds_for(fns: list[Callable[[], Any]], *, budget_s: float, low: int = 3, high: int = 15) -> int:
