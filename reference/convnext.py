@@ -31,7 +31,7 @@ the central 3x3, side 1 the centre only. Stage i of the ImageNet stem sees side 
 Nightly pairs (tag ``nightly``): ``convnext_{large,xlarge}``, the full depth on 1x3x32x32 (the
 smallest input the patchify stem and three downsamples allow), and the paper's full resolutions:
 ``convnext_*_224`` all five variants at 1x3x224x224, ``convnext_{tiny,small,base}_384`` at
-1x3x384x384. Peak host memory of a float64 comparison of ``convnext_xlarge_224``: 4.7 GiB (the
+1x3x384x384. Peak host memory of a float64 comparison of ``convnext_xlarge_224``: 4.4 GiB (the
 two models share one copy of the weights, see ``Pair.build(share_weights=True)``).
 
 Weights: the candidate's parameter names and shapes are timm's, so the transfer is the identity
