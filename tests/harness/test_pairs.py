@@ -149,3 +149,37 @@ def test_reuse_references_takes_a_bool_and_returns_the_setting_it_replaced(reuse
     with pytest.raises(TypeError, match="reuse_references"):
         reuse_references("yes")
     assert reuse_references(False) is True and reuse_references(True) is False
+
+
+class WritesItsWeight(nn.Linear):
+    """A candidate bug: each forward scales its own weight in place first."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            self.weight.mul_(1.001)
+        return super().forward(x)
+
+
+def test_compare_pair_judges_a_forward_that_writes_its_weights_on_separate_copies():
+    pair = harness.Pair(name="toy_writes_weight", candidate=lambda: WritesItsWeight(4, 4),
+                        reference=lambda: nn.Linear(4, 4), convert=dict,
+                        make_inputs=lambda g: torch.randn(2, 4, generator=g))
+    report = harness.compare_pair(pair, dtype=torch.float64)
+    assert not report.passed and report.culprit == "<root>", report.format()
+
+
+def test_compare_pair_builds_once_when_no_forward_writes_weights():
+    built: list[int] = []
+
+    def reference() -> nn.Module:
+        built.append(1)
+        return _normed()
+
+    before = reuse_references(False)
+    try:
+        pair = harness.Pair(name="toy_built_once", candidate=_normed, reference=reference, convert=dict,
+                            make_inputs=lambda g: torch.randn(3, 4, generator=g))
+        assert harness.compare_pair(pair, dtype=torch.float64).passed
+    finally:
+        reuse_references(before)
+    assert len(built) == 1
