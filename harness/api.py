@@ -317,11 +317,13 @@ def compare_pair(
     # The comparison owns both models: one copy of the weights serves both. A forward that writes
     # into a weight would then change it for the other side too and hide the difference it makes,
     # so such a comparison is made again on separate copies (the shared counter of the two views
-    # moves whichever side wrote).
-    candidate, reference = pair.build(dtype=dtype, device=device, share_weights=True)
-    versions = [p._version for p in candidate.parameters()]
+    # moves whichever side wrote). Tensors made under inference mode have no version counter to
+    # show a write: there the copies are separate from the start.
+    share = not torch.is_inference_mode_enabled()
+    candidate, reference = pair.build(dtype=dtype, device=device, share_weights=share)
+    versions = [p._version for p in candidate.parameters()] if share else []
     report = compare(candidate, reference, call, dtype=dtype, pair_name=pair.name, **options.to_kwargs())
-    if all(p._version == v for p, v in zip(candidate.parameters(), versions)):
+    if not share or all(p._version == v for p, v in zip(candidate.parameters(), versions)):
         return report
     progress.stage("build", f"{pair.name} {dtype_name(dtype)}: a forward wrote into the shared weights, separate copies")
     candidate, reference = pair.build(dtype=dtype, device=device)
