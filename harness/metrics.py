@@ -180,10 +180,13 @@ def _identical(candidate: torch.Tensor, reference: torch.Tensor) -> Metrics | No
                                        or not torch.equal(candidate, reference)):
         return None
     values = reference.detach()
-    ref_absmax = float((values if values.is_floating_point() else values.double()).abs().max())
-    if not math.isfinite(ref_absmax):
+    if values.is_floating_point():  # the extremes, without a temporary the size of the tensor
+        low, high = (float(v) for v in torch.aminmax(values))
+    else:
+        low, high = 0.0, float((values if values.is_complex() else values.double()).abs().max())
+    if not (math.isfinite(low) and math.isfinite(high)):
         return None  # NaN or Inf somewhere: the general path checks they sit at the same places
-    return Metrics(0.0, 0.0, 0.0, 1.0, ref_absmax)
+    return Metrics(0.0, 0.0, 0.0, 1.0, max(-low, high))
 
 
 def mismatch_stats(candidate: torch.Tensor, reference: torch.Tensor, tol: Tolerance) -> dict:
