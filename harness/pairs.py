@@ -260,8 +260,7 @@ class _LastReference:
         if not self.enabled:
             return
         self.clear()  # the old weights go before the copy is made
-        # tied weights (one tensor under two names) would come back untied: build those for real
-        if len(_memory(state.values())) < sum(1 for t in state.values() if t.numel()):
+        if not _rebuildable(reference, state):
             return
         held = _memory(state.values()) & _memory((*reference.parameters(), *reference.buffers()))
         self._pair, self._state = pair, {k: v.clone() for k, v in state.items()} if held else state
@@ -283,6 +282,15 @@ class _LastReference:
 
     def clear(self) -> None:
         self._pair, self._state = None, {}
+
+
+def _rebuildable(reference: nn.Module, state: StateDict) -> bool:
+    """Whether ``state`` holds everything of ``reference`` that its constructor on the meta device
+    would leave without values, and holds each tensor once (tied weights would come back untied)."""
+    names = {n for n, _ in (*reference.named_parameters(), *reference.named_buffers())}
+    attributes = any(isinstance(v, torch.Tensor) for m in reference.modules() for v in vars(m).values())
+    tied = len(_memory(state.values())) < sum(1 for t in state.values() if t.numel())
+    return names <= state.keys() and not attributes and not tied
 
 
 _LAST_REFERENCE = _LastReference()

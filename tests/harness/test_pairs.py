@@ -127,13 +127,22 @@ def test_changing_a_built_reference_does_not_change_the_next_build(reuse):
 
 @pytest.mark.parametrize("factory", [Periods, Tied], ids=["non-persistent-buffer", "tied-weights"])
 def test_a_reference_the_state_dict_cannot_rebuild_is_built_for_real(reuse, factory):
-    pair = _pair(f"toy_{factory.__name__.lower()}", factory)
+    built_on: list[str] = []
+
+    def counted() -> nn.Module:
+        model = factory()
+        built_on.append(next(model.parameters()).device.type)
+        return model
+
+    pair = harness.Pair(name=f"toy_{factory.__name__.lower()}", candidate=factory, reference=counted,
+                        convert=dict, make_inputs=lambda g: torch.randn(3, 4, generator=g))
     pair.build_reference()
     rebuilt = pair.build_reference(dtype=torch.float64)
     x = torch.randn(3, 4, dtype=torch.float64)
     reuse_references(False)
     fresh = pair.build_reference(dtype=torch.float64)
     assert torch.equal(rebuilt(x), fresh(x))
+    assert built_on == ["cpu", "cpu", "cpu"]  # never tried on meta: nothing was kept
     if factory is Tied:
         assert rebuilt.a.weight is rebuilt.b.weight
 
