@@ -16,7 +16,8 @@ NIGHTLY = ("nightly",)
 # family module -> (name, tags, description) of every pair it registers
 PAIRS = {
     "convnext": (
-        ("convnext_base", (), "ConvNeXt-base vs timm convnext_base, input 1x3x128x128"),
+        ("convnext_base", NIGHTLY, "ConvNeXt-base vs timm convnext_base, input 1x3x128x128"),
+        ("convnext_base_d2", (), "ConvNeXt-base widths, 2 blocks per stage, vs timm convnext_base with depths=(2, 2, 2, 2), input 1x3x128x128"),
         ("convnext_base_224", NIGHTLY, "ConvNeXt-base vs timm convnext_base, input 1x3x224x224"),
         ("convnext_base_384", NIGHTLY, "ConvNeXt-base vs timm convnext_base, input 1x3x384x384"),
         ("convnext_base_stage3_block", (), "ConvNeXt-base stage-3 block (width 1024) vs timm ConvNeXtBlock on a 7x7 map: all 49 depthwise taps"),

@@ -2,14 +2,14 @@
 
 Pairs (default suite, small inputs so a float64 run takes seconds):
 
-* ``convnext_{tiny,small,base}``: ``timm.create_model("convnext_*", pretrained=False)`` with 1000
+* ``convnext_{tiny,small}``: ``timm.create_model("convnext_*", pretrained=False)`` with 1000
   classes and the variant's drop-path rate (inactive in eval mode, but it gives both sides the
-  same ``drop_path`` modules). Tiny sees 2x3x128x128, Small and Base 1x3x128x128.
-* ``convnext_{large,xlarge}_d2``: Large and XLarge at every width they have (stem, four stages,
-  downsamples, head) with two blocks per stage instead of (3, 3, 27, 3), on 1x3x128x128. Their
-  full depth is 198M/350M parameters whose upstream initialization alone costs more than a
-  default-suite pair may; the 25 further stage-2 blocks are the same block code at the same
-  width, and two blocks per stage check the hand-over from block to block.
+  same ``drop_path`` modules), at full depth: the two depth tables there are, (3, 3, 9, 3) and
+  (3, 3, 27, 3). Tiny sees 2x3x128x128, Small 1x3x128x128.
+* ``convnext_{base,large,xlarge}_d2``: Base, Large and XLarge at every width they have (stem, four
+  stages, downsamples, head) with two blocks per stage, on 1x3x128x128. Their depths are Small's;
+  at full depth they hold 88M/198M/350M parameters, whose upstream initialization alone costs more
+  than a default-suite pair may. Two blocks per stage check the hand-over from block to block.
 * ``convnext_{variant}_stage3_block``: one ConvNeXt block at the variant's stage-3 width against
   timm's ``ConvNeXtBlock`` on a 1 x dims[3] x 7 x 7 map, the stage-3 map of a 224 input: every
   output pixel sees the 7x7 depthwise kernel clipped by the border, the centre pixel all 49 taps.
@@ -24,12 +24,13 @@ the central 3x3, side 1 the centre only. Stage i of the ImageNet stem sees side 
 
     input   stage 0  stage 1  stage 2  stage 3    taps exercised
     128     32       16       8        4          all 49 in every stage          (every default pair)
-    32      8        4        2        1          49, 49, central 9, centre 1     (nightly full-depth L/XL)
+    32      8        4        2        1          49, 49, central 9, centre 1     (nightly full-depth L, XL)
 
 ``tests/convnext/test_convnext_parity.py`` checks this table against gradients.
 
-Nightly pairs (tag ``nightly``): ``convnext_{large,xlarge}``, the full depth on 1x3x32x32 (the
-smallest input the patchify stem and three downsamples allow), and the paper's full resolutions:
+Nightly pairs (tag ``nightly``): ``convnext_base`` at full depth on 1x3x128x128,
+``convnext_{large,xlarge}`` at full depth on 1x3x32x32 (the smallest input the patchify stem and
+three downsamples allow), and the paper's full resolutions:
 ``convnext_*_224`` all five variants at 1x3x224x224, ``convnext_{tiny,small,base}_384`` at
 1x3x384x384. Peak host memory of a float64 comparison of ``convnext_xlarge_224``: 4.4 GiB (the
 two models share one copy of the weights, see ``Pair.build(share_weights=True)``).
@@ -66,7 +67,7 @@ SMALL_INPUTS: dict[str, tuple[int, int, int, int]] = {  # see the docstring's ta
     "large": (1, 3, 32, 32),
     "xlarge": (1, 3, 32, 32),
 }
-FULL_DEPTH_IN_NIGHTLY = ("large", "xlarge")  # by default at REDUCED_DEPTHS: see the docstring
+FULL_DEPTH_IN_NIGHTLY = ("base", "large", "xlarge")  # by default at REDUCED_DEPTHS: see the docstring
 REDUCED_DEPTHS = (2, 2, 2, 2)
 REDUCED_INPUT = (1, 3, 128, 128)
 STAGE3_MAP = 7  # the stage-3 map side of a 224 input
