@@ -302,8 +302,9 @@ def compare_pair(
     When ``candidate`` is given it is paired with a freshly built reference; ``pair.build`` is
     deterministic, so a candidate taken from ``pair.build()`` and then modified is compared
     against exactly the weights it started from. Otherwise both sides are built with one copy of
-    the weights (``share_weights=True``), and on separate copies again if a forward wrote into it. ``overrides``: fields of :class:`harness.CompareOptions`
-    (``mode="summary"``, ``tolerances=...``), replacing what the pair declares.
+    the weights (``share_weights=True``), and on separate copies again if a forward wrote into it.
+    ``overrides``: fields of :class:`harness.CompareOptions` (``mode="summary"``,
+    ``tolerances=...``), replacing what the pair declares.
     """
     pair = as_pair(pair)
     if candidate is not None:
