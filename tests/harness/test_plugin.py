@@ -204,3 +204,9 @@ def test_nightly_skipped_with_reason_and_goldens(project: pytest.Pytester):
     project.runpytest("-k", "golden").assert_outcomes(passed=1)
     assert json.loads((project.path / "tests" / "goldens" / "answer.json").read_text()) == {"value": 42}
     assert project.runpytest("-k", "big", "--nightly").ret == 1
+
+
+def test_the_plugin_keeps_the_last_reference_for_the_next_dtype():
+    from harness.pairs import reuse_references
+
+    assert reuse_references(True) is True  # switched on when the plugin configured this session
