@@ -311,10 +311,13 @@ def compare_pair(
         check_module("candidate", candidate)
     call = pair.inputs(dtype=dtype, device=device) if inputs is None else as_call(inputs).to(dtype, device)
     options = pair.options.replace(**overrides)
+
+    def judge(candidate: nn.Module, reference: nn.Module) -> ParityReport:
+        return compare(candidate, reference, call, dtype=dtype, pair_name=pair.name, **options.to_kwargs())
+
     progress.stage("build", f"{pair.name} {dtype_name(dtype)}")
     if candidate is not None:
-        reference = pair.build_reference(dtype=dtype, device=device)
-        return compare(candidate, reference, call, dtype=dtype, pair_name=pair.name, **options.to_kwargs())
+        return judge(candidate, pair.build_reference(dtype=dtype, device=device))
     # The comparison owns both models: one copy of the weights serves both. A forward that writes
     # into a weight would then change it for the other side too and hide the difference it makes,
     # so such a comparison is made again on separate copies (the shared counter of the two views
@@ -323,9 +326,8 @@ def compare_pair(
     share = not torch.is_inference_mode_enabled()
     candidate, reference = pair.build(dtype=dtype, device=device, share_weights=share)
     versions = [p._version for p in candidate.parameters()] if share else []
-    report = compare(candidate, reference, call, dtype=dtype, pair_name=pair.name, **options.to_kwargs())
+    report = judge(candidate, reference)
     if not share or all(p._version == v for p, v in zip(candidate.parameters(), versions)):
         return report
     progress.stage("build", f"{pair.name} {dtype_name(dtype)}: a forward wrote into the shared weights, separate copies")
-    candidate, reference = pair.build(dtype=dtype, device=device)
-    return compare(candidate, reference, call, dtype=dtype, pair_name=pair.name, **options.to_kwargs())
+    return judge(*pair.build(dtype=dtype, device=device))
