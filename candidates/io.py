@@ -23,7 +23,10 @@ that would fit); ``nn.Module.load_state_dict`` raises a RuntimeError after a par
 :func:`check_fit` is the same check without loading (a model built on the meta device only to be
 compared with a checkpoint).
 
-This module depends on torch, safetensors and the model-free :mod:`harness.files` only.
+This module depends on torch, safetensors and the model-free :mod:`harness.files` and
+:mod:`harness.headers` only, and imports torch and safetensors when a tensor is read, written or
+loaded: recognition (:mod:`candidates.recognize`) imports it for :func:`naming_file` and the
+reader of a checkpoint that :func:`harness.headers.read_headers` leaves to torch.
 """
 
 from __future__ import annotations
@@ -33,12 +36,13 @@ import os
 import pickle
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterator, Mapping
-
-import safetensors.torch
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Mapping
 
 from harness.files import atomic_write
+from harness.headers import WRAPPER_KEYS, unwrap_state
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "PICKLE_SUFFIXES", "WRAPPER_KEYS", "StateDict", "UnsafePickleError", "write_atomically", "atomic_write_bytes",
@@ -46,9 +50,8 @@ __all__ = [
     "fit_problems", "check_fit", "load_exactly",
 ]
 
-StateDict = dict[str, torch.Tensor]
+StateDict = dict[str, "torch.Tensor"]
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
-WRAPPER_KEYS = ("model_ema", "model", "state_dict", "module")
 
 
 class UnsafePickleError(ValueError, pickle.UnpicklingError):
@@ -77,6 +80,9 @@ def save_state_dict(
     state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, *, wrap: str | None = None
 ) -> Path:
     """Write atomically as ``.safetensors`` or a pickle (by suffix); ``wrap="model"`` nests a pickle's."""
+    import safetensors.torch
+    import torch
+
     path = Path(path)
     kind = _format(path)
     if kind == "safetensors" and wrap is not None:
@@ -104,6 +110,8 @@ def _format(path: Path) -> str:
 
 
 def _read_safetensors(source: Path | bytes, path: Path) -> dict[str, torch.Tensor]:
+    import safetensors.torch
+
     try:
         if isinstance(source, bytes):
             return dict(safetensors.torch.load(source))
@@ -116,6 +124,8 @@ def _read_safetensors(source: Path | bytes, path: Path) -> dict[str, torch.Tenso
 
 
 def _read_pickle(source: Path | bytes, path: Path) -> Any:
+    import torch
+
     try:
         return torch.load(io.BytesIO(source) if isinstance(source, bytes) else source,
                           map_location="cpu", weights_only=True)
@@ -132,21 +142,9 @@ def _read_pickle(source: Path | bytes, path: Path) -> Any:
 
 def unwrap_state_dict(obj: Any, path: str | os.PathLike) -> StateDict:
     """The state dict inside ``obj`` (see the module docstring); ``path`` names the file in errors."""
-    while isinstance(obj, Mapping):
-        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            break
-        obj = inner
-    if not isinstance(obj, Mapping) or not obj:
-        got = f"an empty {type(obj).__name__}" if isinstance(obj, Mapping) else type(obj).__name__
-        raise ValueError(f"{path}: expected a state dict (name -> tensor), got {got}")
-    others = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
-    if len(others) == len(obj):
-        raise ValueError(f"{path}: no tensors found; top-level keys are {others[:8]}")
-    if others:
-        raise ValueError(f"{path}: expected a state dict (name -> tensor), but {len(others)} entries are "
-                         f"not tensors: {others[:8]}")
-    return {str(k): v for k, v in obj.items()}
+    import torch
+
+    return unwrap_state(obj, path, is_tensor=lambda v: isinstance(v, torch.Tensor))
 
 
 def _load(source: Path | bytes, path: Path) -> StateDict:

@@ -13,8 +13,12 @@ output and in ``--json``): ``derived`` (read off a shape), ``given`` (passed by 
 checked against the shapes) or ``assumed`` (see :mod:`candidates.rope_vit.convert`); None for a
 family without heads, which refuses a given ``num_heads``.
 
-The family modules are imported inside the loop: each imports :class:`CheckpointInfo` from here,
-and a family's model code is loaded only when a state dict gets that far.
+The family modules are imported inside the loop: each imports :class:`CheckpointInfo` from here.
+None of this imports torch: recognition reads shapes, and :func:`inspect_checkpoint` gives the
+recognizers :class:`harness.headers.TensorHeader` s read off the file's header (milliseconds,
+where importing torch takes seconds). A file that header reader leaves to torch (a legacy pickle,
+an object it does not know) or a recognizer that needs values a header cannot give is loaded with
+:func:`candidates.io.load_state_dict`; the answer is the same either way.
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ import importlib
 import os
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Mapping
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from candidates.io import load_state_dict, naming_file
+from harness.headers import ValuesUnavailable, read_headers
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "CheckpointInfo", "FAMILIES", "HEADS_ASSUMED", "HEADS_DERIVED", "HEADS_GIVEN", "count_indices",
@@ -115,7 +121,19 @@ def inspect_state_dict(
 
 
 def inspect_checkpoint(path: str | os.PathLike, *, num_heads: int | None = None) -> CheckpointInfo:
-    """:func:`inspect_state_dict` of the checkpoint file at ``path``; errors name the file."""
+    """:func:`inspect_state_dict` of the checkpoint file at ``path``; errors name the file.
+
+    The tensors' headers suffice and need no torch; the file is loaded with torch only when the
+    header reader cannot read it or a recognizer needs values it cannot give.
+    """
+    with naming_file(path):
+        headers = read_headers(path)
+    if headers is not None:
+        try:
+            with naming_file(path):
+                return inspect_state_dict(headers, path=str(path), num_heads=num_heads)
+        except ValuesUnavailable:
+            pass
     state = load_state_dict(path)
     with naming_file(path):
         return inspect_state_dict(state, path=str(path), num_heads=num_heads)

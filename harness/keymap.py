@@ -24,22 +24,28 @@ Every source key ends in exactly one place of a :class:`KeyMapping`: mapped into
 ``ignored`` (a rule with no target: known and deliberately not carried), or ``unmatched`` (no
 rule knows it). ``to_candidate``/``to_reference`` raise a ValueError naming the unmatched keys;
 :meth:`KeyTable.map` with ``strict=False`` returns them for the caller to report.
+
+Moves act on tensors and equally on :class:`harness.headers.TensorHeader` s (shapes without
+values), which is how a checkpoint is recognized without importing torch; this module imports
+torch only to concatenate real tensors.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from harness.checks import check_choice
+from harness.headers import TensorHeader
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Move", "Rule", "KeyTable", "KeyMapping", "StateDict", "Step", "apply_steps", "apply_moves", "invert_steps",
            "describe_steps", "check_step", "shape_after", "LAYOUT_OPS", "STEP_OPS"]
 
-StateDict = dict[str, torch.Tensor]
+StateDict = dict[str, "torch.Tensor"]
 Step = dict[str, Any]
 LAYOUT_OPS = ("reshape", "transpose", "permute")
 STEP_OPS = ("concat", "slice", *LAYOUT_OPS)
@@ -133,7 +139,7 @@ class Move:
         parts = [state[k].detach() for k in self.sources]
         if self.pre:
             parts = [apply_steps(p, s) for p, s in zip(parts, self.pre)]
-        value = parts[0] if len(parts) == 1 else torch.cat(parts, dim=self.dim)
+        value = parts[0] if len(parts) == 1 else _cat(parts, self.dim)
         value = apply_steps(value, self.steps)
         return dict(zip(self.targets, [value] if len(self.targets) == 1 else self._split(value)))
 
@@ -148,7 +154,16 @@ class Move:
         if sum(sizes) != size:
             raise ValueError(f"split sizes {list(sizes)} for {self.targets} do not add up to {size}, the size of "
                              f"{self.sources} along dim {self.dim}")
-        return list(torch.split(value, list(sizes), dim=self.dim))
+        return list(value.split(list(sizes), self.dim))
+
+
+def _cat(parts: Sequence[Any], dim: int) -> Any:
+    """Concatenated tensors, or the header of the concatenation (recognition needs no torch)."""
+    if isinstance(parts[0], TensorHeader):
+        return TensorHeader.cat(parts, dim)
+    import torch
+
+    return torch.cat(parts, dim=dim)
 
 
 def apply_moves(moves: Iterable[Move], state: Mapping[str, torch.Tensor], *, what: str = "state") -> StateDict:

@@ -22,14 +22,15 @@ the shapes of either layout and names the released variant with exactly those de
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from torch import Tensor
-
-from candidates.convnext.convnext import VARIANTS
+from candidates.convnext.config import VARIANTS
 from candidates.io import StateDict
 from candidates.recognize import CheckpointInfo, count_indices, count_parameters
 from harness.keymap import KeyTable, Rule
+
+if TYPE_CHECKING:  # recognition runs without torch (see candidates.recognize)
+    from torch import Tensor
 
 __all__ = [
     "ORIGINAL", "convert_timm_state_dict", "convert_original_convnext", "convnext_to_original", "convnext_dims",

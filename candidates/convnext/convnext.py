@@ -27,20 +27,22 @@ Deliberate differences from timm:
   bounds of +-2 *absolute*, which at std 0.02 is +-100 sigma and truncates nothing.
 * The CIFAR stem (3x3, stride 1, padding 1) keeps 32x32 inputs at full resolution in stage 0;
   it is not part of the paper or of timm.
+
+The configuration (:class:`ConvNeXtConfig`) and the released variants (:data:`VARIANTS`) live in
+:mod:`candidates.convnext.config`, which imports no torch; they are re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from candidates.convnext.config import VARIANTS, ConvNeXtConfig, check_drop_rate  # re-exported
 from candidates.layers import LayerNorm2d, Mlp  # re-exported: candidates.convnext.LayerNorm2d, .Mlp
-from harness.checks import check_choice, check_int, check_number, check_type, check_value, value_error
+from harness.checks import check_choice, check_type, value_error
 
 __all__ = [
     "ConvNeXt", "ConvNeXtBlock", "ConvNeXtConfig", "ConvNeXtStage", "DropPath", "LayerNorm2d",
@@ -66,7 +68,7 @@ class DropPath(nn.Module):
 
     def __init__(self, drop_prob: float = 0.0) -> None:
         super().__init__()
-        self.drop_prob = _check_drop_rate("DropPath.drop_prob", drop_prob)
+        self.drop_prob = check_drop_rate("DropPath.drop_prob", drop_prob)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.drop_prob == 0.0:
@@ -78,13 +80,6 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob:.3f}"
-
-
-def _check_drop_rate(name: str, value: Any) -> float:
-    """``value`` as a float in [0, 1): a drop rate of 1 would zero every residual branch."""
-    expected = "a number in [0, 1)"
-    check_type(name, value, (int, float), what=expected)
-    return float(check_value(name, value, 0 <= value < 1, expected=expected))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,62 +155,6 @@ class ClassifierHead(nn.Module):
         return self.fc(x)
 
 
-@dataclass(frozen=True)
-class ConvNeXtConfig:
-    """Shape and options of a ConvNeXt; validated on construction.
-
-    Attributes:
-        depths: blocks per stage (4 stages).
-        dims: channels per stage (4 stages).
-        drop_path_rate: stochastic-depth rate of the last block; it rises linearly from 0 over
-            all blocks of the network.
-        layer_scale_init_value: initial value of every block's per-channel ``gamma``.
-        in_chans: input image channels.
-        num_classes: classifier outputs.
-        use_cifar_stem: 3x3 stride-1 stem for 32x32 images instead of the 4x4 stride-4 patchify.
-    """
-
-    depths: tuple[int, ...] = (3, 3, 9, 3)
-    dims: tuple[int, ...] = (96, 192, 384, 768)
-    drop_path_rate: float = 0.0
-    layer_scale_init_value: float = 1e-6
-    in_chans: int = 3
-    num_classes: int = 1000
-    use_cifar_stem: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("depths", "dims"):
-            object.__setattr__(self, name, _per_stage(f"ConvNeXtConfig.{name}", getattr(self, name)))
-        for name in ("in_chans", "num_classes"):
-            check_int(f"ConvNeXtConfig.{name}", getattr(self, name), minimum=1)
-        object.__setattr__(self, "drop_path_rate",
-                           _check_drop_rate("ConvNeXtConfig.drop_path_rate", self.drop_path_rate))
-        # a float, so that gamma (filled with it) is a floating parameter even when an int was given
-        object.__setattr__(self, "layer_scale_init_value", check_number(
-            "ConvNeXtConfig.layer_scale_init_value", self.layer_scale_init_value, above=0))
-        check_type("ConvNeXtConfig.use_cifar_stem", self.use_cifar_stem, bool)
-
-    @property
-    def min_input_size(self) -> int:
-        """Smallest height/width that survives the stem and the three 2x downsamples."""
-        return 8 if self.use_cifar_stem else 32
-
-    def drop_path_rates(self) -> list[list[float]]:
-        """Per stage, per block: rates rising linearly from 0 to ``drop_path_rate`` over all blocks."""
-        last = sum(self.depths) - 1
-        rates = [self.drop_path_rate * i / last if last else 0.0 for i in range(last + 1)]
-        starts = [sum(self.depths[:i]) for i in range(len(self.depths))]
-        return [rates[start:start + depth] for start, depth in zip(starts, self.depths)]
-
-
-def _per_stage(name: str, value: Any) -> tuple[int, ...]:
-    """A tuple of 4 positive ints (one per stage) from a tuple or list."""
-    expected = "a tuple of 4 positive ints (one per stage)"
-    check_type(name, value, (tuple, list), what=expected)
-    check_value(name, value, len(value) == 4, expected=expected)
-    return tuple(check_int(f"{name}[{i}]", v, minimum=1) for i, v in enumerate(value))
-
-
 class ConvNeXt(nn.Module):
     """ConvNeXt image classifier: ``(B, in_chans, H, W) -> (B, num_classes)`` logits."""
 
@@ -265,17 +204,8 @@ def _init_weights(module: nn.Module) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Variants and factories
+# Factories (the variants are in candidates.convnext.config)
 # ---------------------------------------------------------------------------------------------
-
-# Paper Table / timm defaults; drop_path_rate is the paper's ImageNet-1K training value.
-VARIANTS: Mapping[str, ConvNeXtConfig] = MappingProxyType({
-    "tiny": ConvNeXtConfig(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), drop_path_rate=0.1),
-    "small": ConvNeXtConfig(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768), drop_path_rate=0.4),
-    "base": ConvNeXtConfig(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), drop_path_rate=0.5),
-    "large": ConvNeXtConfig(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536), drop_path_rate=0.5),
-    "xlarge": ConvNeXtConfig(depths=(3, 3, 27, 3), dims=(256, 512, 1024, 2048), drop_path_rate=0.5),
-})
 
 _FACTORY_OPTIONS = ("drop_path_rate", "layer_scale_init_value", "in_chans", "num_classes", "use_cifar_stem")
 

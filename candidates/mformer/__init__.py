@@ -1,26 +1,16 @@
-"""mFormerV1: ConvNeXt trunk to stride 16 + RoPE-Mixed ViT blocks; see :mod:`.mformer`, :mod:`.convert`, :mod:`.assembly`."""
+"""mFormerV1: ConvNeXt trunk to stride 16 + RoPE-Mixed ViT blocks; see :mod:`.mformer`, :mod:`.convert`, :mod:`.assembly`.
 
-from candidates.mformer.mformer import (
-    VARIANTS,
-    MFormerConfig,
-    MFormerV1,
-    check_juncture,
-    mformer_v1,
-    mformer_v1_lg,
-    mformer_v1_md,
-    mformer_v1_sm,
-    mformer_v1_xl,
-)
-from candidates.mformer.convert import (
-    LoadReport,
-    load_mformer_from_state_dicts,
-    split_convnext_state_dict,
-    split_rope_vit_state_dict,
-)
-from candidates.mformer.assembly import CompatRow, build_mformer, compat_row
+Names load on first use (:func:`candidates.exports.lazy_exports`): recognition imports no torch."""
 
-__all__ = [
-    "VARIANTS", "CompatRow", "LoadReport", "MFormerConfig", "MFormerV1", "build_mformer", "check_juncture",
-    "compat_row", "load_mformer_from_state_dicts", "mformer_v1", "mformer_v1_lg", "mformer_v1_md",
-    "mformer_v1_sm", "mformer_v1_xl", "split_convnext_state_dict", "split_rope_vit_state_dict",
-]
+from candidates.exports import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "candidates.mformer.mformer": (
+        "VARIANTS", "MFormerConfig", "MFormerV1", "check_juncture", "mformer_v1", "mformer_v1_lg", "mformer_v1_md",
+        "mformer_v1_sm", "mformer_v1_xl",
+    ),
+    "candidates.mformer.convert": (
+        "LoadReport", "load_mformer_from_state_dicts", "split_convnext_state_dict", "split_rope_vit_state_dict",
+    ),
+    "candidates.mformer.assembly": ("CompatRow", "build_mformer", "compat_row"),
+})

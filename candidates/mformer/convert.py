@@ -27,16 +27,18 @@ from ``rope.freqs``) are read off the shapes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
-
-import torch
+from typing import TYPE_CHECKING, Mapping
 
 from candidates.convnext.convert import convnext_dims
 from candidates.io import StateDict, load_exactly
-from candidates.mformer.mformer import MFormerV1, check_juncture
 from candidates.recognize import CheckpointInfo, count_parameters
 from candidates.rope_vit.convert import rope_vit_dims
 from harness.keymap import KeyTable, Rule
+
+if TYPE_CHECKING:  # recognition runs without torch and the model file; only annotations name them
+    import torch
+
+    from candidates.mformer.mformer import MFormerV1
 
 __all__ = [
     "CONVNEXT_PART", "ROPE_VIT_PART", "LoadReport", "convert_timm_state_dict", "split_convnext_state_dict",
@@ -115,6 +117,9 @@ def load_mformer_from_state_dicts(
     rope_vit_state: Mapping[str, torch.Tensor],
 ) -> LoadReport:
     """Fill ``model`` from a ConvNeXt and a RoPE-ViT state dict (timm layouts), strictly."""
+    # here, not at module level: the model file imports torch, and recognition imports this module
+    from candidates.mformer.mformer import check_juncture
+
     juncture = convnext_state.get("stages.2.downsample.1.weight")
     cls_token = rope_vit_state.get("cls_token")
     if juncture is not None and cls_token is not None:

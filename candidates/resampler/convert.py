@@ -28,15 +28,16 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
-
-import torch
+from typing import TYPE_CHECKING, Any, Mapping
 
 from candidates.io import StateDict
 from candidates.recognize import CheckpointInfo, count_parameters
-from candidates.resampler.resampler import VARIANTS
+from candidates.resampler.config import VARIANTS
 from harness.checks import check_type
 from harness.keymap import KeyTable, Rule
+
+if TYPE_CHECKING:  # recognition runs without torch (python -m harness inspect)
+    import torch
 
 __all__ = [
     "MIXER_TABLE", "FieldSource", "KeyPrefix", "find_prefixes", "infer_config", "recognize", "resampler_table",

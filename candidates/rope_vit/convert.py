@@ -34,17 +34,20 @@ different model.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from candidates.io import StateDict, load_exactly
 from candidates.recognize import (
     HEADS_ASSUMED, HEADS_DERIVED, HEADS_GIVEN, CheckpointInfo, count_indices, count_parameters,
 )
-from candidates.rope_vit.rope_vit import VARIANTS, RopeMixedViT
+from candidates.rope_vit.config import VARIANTS
 from harness.checks import check_type, check_value
 from harness.keymap import KeyTable, Rule
+
+if TYPE_CHECKING:  # recognition runs without torch and the model file; only annotations name them
+    import torch
+
+    from candidates.rope_vit.rope_vit import RopeMixedViT
 
 __all__ = [
     "ORIGINAL", "ORIGINAL_DERIVED_BUFFERS", "ASSUMED_HEAD_DIM", "convert_timm_state_dict", "is_original_layout",
@@ -120,6 +123,8 @@ def rope_vit_to_original(state_dict: Mapping[str, torch.Tensor], *, grid_size: t
     out = ORIGINAL.to_reference(state_dict)
     freqs = out["freqs"]
     out["freqs"] = freqs.reshape(2, freqs.shape[1], -1)
+    import torch  # here, not at module level: recognition imports this module without torch
+
     rows, cols = grid_size
     index = torch.arange(rows * cols, dtype=torch.float32, device=freqs.device)
     out["freqs_t_x"] = index % cols

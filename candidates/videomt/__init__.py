@@ -1,12 +1,17 @@
 """VidEoMT video segmentation (DINOv2- and DINOv3-style backbones); its weight mappings are in
-:mod:`candidates.videomt.convert`."""
+:mod:`candidates.videomt.convert`.
 
-from candidates.videomt.videomt import (
-    VARIANTS, QueryPropagation, VidEoMT, VidEoMTConfig, VidEoMTOutput, videomt_dinov3_small,
-    videomt_dinov3_small_config, videomt_dinov3_tiny, videomt_dinov3_tiny_config, videomt_small,
-    videomt_small_config, videomt_tiny, videomt_tiny_config,
-)
+Names load on first use (:func:`candidates.exports.lazy_exports`): recognition imports no torch."""
 
-__all__ = ["VARIANTS", "QueryPropagation", "VidEoMT", "VidEoMTConfig", "VidEoMTOutput", "videomt_dinov3_small",
-           "videomt_dinov3_small_config", "videomt_dinov3_tiny", "videomt_dinov3_tiny_config", "videomt_small",
-           "videomt_small_config", "videomt_tiny", "videomt_tiny_config"]
+from candidates.exports import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "candidates.videomt.config": (
+        "VARIANTS", "VidEoMTConfig", "videomt_dinov3_small_config", "videomt_dinov3_tiny_config",
+        "videomt_small_config", "videomt_tiny_config",
+    ),
+    "candidates.videomt.videomt": (
+        "QueryPropagation", "VidEoMT", "VidEoMTOutput", "videomt_dinov3_small", "videomt_dinov3_tiny",
+        "videomt_small", "videomt_tiny",
+    ),
+})

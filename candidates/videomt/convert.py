@@ -65,15 +65,18 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
-
-from candidates.io import load_exactly, load_state_dict, naming_file, write_atomically
+from candidates.io import StateDict, load_exactly, load_state_dict, naming_file, write_atomically
 from candidates.recognize import HEADS_GIVEN, CheckpointInfo, count_parameters
-from candidates.videomt.videomt import VARIANTS, VidEoMT, VidEoMTConfig
+from candidates.videomt.config import VARIANTS, VidEoMTConfig
 from harness.checks import check_int, check_value
 from harness.keymap import KeyTable, Rule, apply_moves
+
+if TYPE_CHECKING:  # recognition runs without torch; the functions that compute import it themselves
+    import torch
+
+    from candidates.videomt.videomt import VidEoMT
 
 __all__ = [
     "RELEASE_DINOV2", "RELEASE_DINOV3", "TRANSFORMERS_VIDEOMT", "TRANSFORMERS_EOMT_DINOV3",
@@ -85,7 +88,6 @@ __all__ = [
     "load_upstream", "load_upstream_dinov3", "build_converted", "save_upstream", "read_checkpoint",
 ]
 
-StateDict = dict[str, torch.Tensor]
 VIT = "backbone.encoder.backbone."
 DOCUMENTED_UNCONVERTED = frozenset({"criterion.empty_weight"})
 FILLED_TARGETS = {"embeddings.mask_token": "zeros: upstream has no mask token"}
@@ -319,13 +321,27 @@ def _qkv_biases(state: Mapping[str, torch.Tensor], hidden: int) -> tuple[bool, b
         if f"{attn}qkv_proj.weight" in state and f"{attn}q_proj.weight" in state:
             raise ValueError(f"block {i} has both fused qkv_proj and split q/k/v projections")
         if f"{attn}qkv_proj.weight" in state:
-            segments = fused.split(hidden) if fused is not None else (None,) * 3
-            per_block[i] = tuple(bool(s is not None and s.ne(0).any()) for s in segments)
+            per_block[i] = _fused_biases(fused, hidden, f"{attn}qkv_proj.bias")
         else:
             per_block[i] = tuple(f"{attn}{n}_proj.bias" in state for n in "qkv")
     if len(set(per_block.values())) > 1:
         raise ValueError(f"q/k/v bias presence must be the same in every block, got {per_block}")
     return next(iter(per_block.values()), (True, True, True))
+
+
+def _fused_biases(fused: torch.Tensor | None, hidden: int, key: str) -> tuple[bool, bool, bool]:
+    """Which (q, k, v) segments of a fused (3 * hidden,) bias are biases: those with a nonzero value.
+
+    Upstream's fusion writes zeros for a projection without a bias, so an all-zero segment is none;
+    a NaN counts as nonzero. Read through ``tolist()``, as recognition sees only tensor headers.
+    """
+    if fused is None:
+        return False, False, False
+    if tuple(fused.shape) != (3 * hidden,):
+        raise ValueError(f"{key} must be ({3 * hidden},): q, k and v segments of hidden size {hidden}, "
+                         f"got {tuple(fused.shape)}")
+    values = fused.tolist()
+    return tuple(any(v != 0 for v in values[j * hidden:(j + 1) * hidden]) for j in range(3))
 
 
 def _refuse_gated_mlp(state: Mapping[str, torch.Tensor]) -> None:
@@ -442,6 +458,8 @@ def _split_fused_qkv(state: Mapping[str, torch.Tensor], config: VidEoMTConfig) -
 
 def _fuse_qkv(state: StateDict) -> StateDict:
     """Split upstream q/k/v projections -> ``attention.qkv_proj`` as upstream fuses them (zero bias fill)."""
+    import torch
+
     out: StateDict = {}
     for key, value in state.items():
         if (m := _SPLIT.match(key)) is None:
@@ -463,6 +481,10 @@ def _to_config(
 
     ``origins`` names source tensors that are not keys of ``state`` (a segment of a fused one).
     """
+    import torch
+
+    from candidates.videomt.videomt import VidEoMT
+
     moves, ignored, unmatched = table.moves(state, to="candidate")
     source = {target: (origins or {}).get(m.sources[0], m.sources[0]) for m in moves for target in m.targets}
     out = _flat_positions({k: v.clone() for k, v in apply_moves(moves, state).items()})
@@ -592,6 +614,8 @@ def build_converted(
     Not strict, what converted is loaded and the report says what did not (missing or misshapen keys,
     which keep the model's initial values); anything else that does not fit is still an error.
     """
+    from candidates.videomt.videomt import VidEoMT
+
     if strict and not report.clean:
         raise ValueError(f"checkpoint {path} did not convert cleanly:\n{report.format()}")
     model = VidEoMT(config)
@@ -604,4 +628,6 @@ def build_converted(
 
 def save_upstream(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
     """Write ``state`` (upstream layout, or any wrapper of it) to ``path`` atomically."""
+    import torch
+
     write_atomically(path, lambda tmp: torch.save(state, tmp))

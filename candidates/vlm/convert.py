@@ -32,15 +32,16 @@ they are named here next to the tables.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
-
-import torch
+from typing import TYPE_CHECKING, Any, Mapping
 
 from candidates.io import StateDict
 from candidates.recognize import HEADS_ASSUMED, HEADS_GIVEN, CheckpointInfo, count_indices, count_parameters
 from candidates.rope_vit.convert import assume_heads, check_given_heads
-from candidates.vlm.dinov3 import VARIANTS
+from candidates.vlm.config import VARIANTS
 from harness.keymap import KeyTable, Rule
+
+if TYPE_CHECKING:  # recognition runs without torch (python -m harness inspect)
+    import torch
 
 __all__ = [
     "TRANSFORMERS_TABLE", "TIMM_TABLE", "TRANSFORMERS_RENAME", "TIMM_RENAME",
@@ -128,7 +129,7 @@ def convert_timm_state_dict(state: Mapping[str, torch.Tensor]) -> StateDict:
     key no row knows (absolute position embeddings, SwiGLU MLPs, a different model), named.
     """
     for key, value in state.items():
-        if key.endswith(".attn.k_bias") and torch.count_nonzero(value):
+        if key.endswith(".attn.k_bias") and value.count_nonzero():
             raise ValueError(f"{key}: a non-zero key bias is not supported (DINOv3 masks it to zero); "
                              f"this is not a DINOv3 checkpoint")
     return TIMM_TABLE.to_candidate(state)

@@ -7,6 +7,7 @@ import importlib
 import pytest
 import torch
 
+from candidates.io import load_state_dict
 from candidates.recognize import FAMILIES, CheckpointInfo, inspect_checkpoint, inspect_state_dict
 
 CONVNEXT = {"stem.0.weight": torch.ones(8, 3, 4, 4), "stages.0.blocks.0.gamma": torch.ones(8)}
@@ -78,3 +79,141 @@ def test_text_and_json_forms_carry_the_same_fields():
         "checkpoint: p.pth", "family:     rope_mixed_vit (original layout)", "embed_dim:  8",
         "num_heads:  2 (given)", "parameters: 1,234 in 5 tensors", "note:       n",
     ]
+
+
+# ------------------------------------------------------------------ recognition from headers, without torch
+def _convnext():
+    from candidates.convnext import ConvNeXt, ConvNeXtConfig
+
+    return ConvNeXt(ConvNeXtConfig(depths=(1, 1, 2, 1), dims=(8, 16, 32, 64), num_classes=3)).state_dict()
+
+
+def _rope_vit():
+    from candidates.rope_vit import rope_mixed_vit
+
+    return rope_mixed_vit("small", embed_dim=64, num_heads=2, depth=2, num_classes=4).state_dict()
+
+
+def _mformer():
+    from candidates.mformer import build_mformer
+
+    vit = _rope_vit()
+    from candidates.convnext import ConvNeXt, ConvNeXtConfig
+
+    convnext = ConvNeXt(ConvNeXtConfig(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128), num_classes=3)).state_dict()
+    return build_mformer(convnext, vit)[0].state_dict()
+
+
+def _vlm(write):
+    from candidates.vlm import dinov3_tiny
+
+    return write(dinov3_tiny().state_dict())
+
+
+def _videomt(dinov3, **options):
+    from candidates.videomt import VidEoMT, videomt_dinov3_tiny_config, videomt_tiny_config
+    from candidates.videomt.convert import to_upstream, to_upstream_dinov3
+    from harness import randomize_
+
+    model = VidEoMT(videomt_dinov3_tiny_config(masked_attention=False) if dinov3 else videomt_tiny_config())
+    randomize_(model, torch.Generator().manual_seed(0))  # nonzero biases, so that the fused q/k/v bias segments are read for their values
+    state = model.state_dict()
+    return to_upstream_dinov3(state, **options) if dinov3 else to_upstream(state)
+
+
+def _resampler(prefix=""):
+    from candidates.resampler import bimamba_resampler
+
+    state = bimamba_resampler(vision_dim=12, hidden_dim=16, out_dim=8, depth=2, d_state=4).state_dict()
+    return {prefix + k: v for k, v in state.items()}
+
+
+def _layouts():
+    from candidates.convnext import convnext_to_original
+    from candidates.rope_vit import rope_vit_to_original
+    from candidates.vlm import to_timm_state_dict, to_transformers_state_dict
+
+    return {
+        "convnext timm": _convnext,
+        "convnext original": lambda: convnext_to_original(_convnext()),
+        "rope_vit timm": _rope_vit,
+        "rope_vit original": lambda: rope_vit_to_original(_rope_vit()),
+        "mformer": _mformer,
+        "vlm transformers": lambda: _vlm(to_transformers_state_dict),
+        "vlm timm": lambda: _vlm(to_timm_state_dict),
+        "videomt dinov2": lambda: _videomt(False),
+        "videomt dinov3": lambda: _videomt(True),
+        "videomt dinov3 fused qkv": lambda: _videomt(True, fused_qkv=True),
+        "resampler bare": _resampler,
+        "resampler prefixed": lambda: _resampler("model.resampler."),
+        "unknown": lambda: {"fc.weight": torch.zeros(2, 3), "steps": torch.tensor([3])},
+    }
+
+
+LAYOUTS = list(_layouts())
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_checkpoint_read_as_headers_is_recognized_as_its_loaded_tensors_are(tmp_path, layout, suffix):
+    from candidates.io import save_state_dict
+    from harness.headers import read_headers
+
+    path = save_state_dict(_layouts()[layout](), tmp_path / f"ckpt{suffix}")
+    headers = read_headers(path)
+    assert headers is not None, f"{path.name} ({layout}) was left to torch"
+    from_tensors = inspect_state_dict(load_state_dict(path), path=str(path))
+    assert inspect_state_dict(headers, path=str(path)) == from_tensors
+    assert inspect_checkpoint(path) == from_tensors
+
+
+def test_inspect_recognizes_every_layout_without_importing_torch(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from candidates.io import save_state_dict
+
+    paths = [str(save_state_dict(build(), tmp_path / f"{i}.pth")) for i, build in enumerate(_layouts().values())]
+    script = (
+        "import contextlib, io, json, sys\n"
+        "from harness.cli import main\n"
+        "codes = []\n"
+        "for path in sys.argv[1:]:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        codes.append(main(['inspect', path, '--json']))\n"
+        "print(json.dumps({'codes': codes, 'torch': sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3]}))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result == {"codes": [0] * len(paths), "torch": []}, (
+        f"inspect of {dict(zip(LAYOUTS, result['codes']))} imported {result['torch']}; "
+        f"`python -X importtime -m harness inspect {paths[0]} 2>&1 | grep -B5 torch` shows which import pulls it")
+
+
+def test_a_recognizer_that_needs_unreadable_values_falls_back_to_torch(tmp_path, monkeypatch):
+    from candidates.io import save_state_dict
+
+    path = tmp_path / "fused.pth"
+    save_state_dict(_videomt(True, fused_qkv=True), path)
+    expected = inspect_checkpoint(path)
+    monkeypatch.setattr("harness.headers.TensorHeader.tolist", _unreadable)
+    assert inspect_checkpoint(path) == expected
+
+
+def _unreadable(self):
+    from harness.headers import ValuesUnavailable
+
+    raise ValuesUnavailable("values withheld to test the fallback")
+
+
+def test_inspect_refuses_a_pickle_that_runs_code_without_running_it(tmp_path):
+    from candidates.io import UnsafePickleError
+    from helpers import write_malicious_checkpoint
+
+    marker = tmp_path / "pwned"
+    path = write_malicious_checkpoint(tmp_path / "evil.pth", _convnext(), marker)
+    with pytest.raises(UnsafePickleError, match="evil.pth"):
+        inspect_checkpoint(path)
+    assert not marker.exists(), "inspecting the checkpoint ran code from its pickle"
