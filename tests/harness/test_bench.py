@@ -18,6 +18,9 @@ Memory: the peak resident size of a float64 comparison of ConvNeXt-L and -XL at 
 forward of the larger model, each measured from a reset high-water mark in a child process
 (``tests/bench_memory.py``); section ``memory`` of ``reports/bench.json``. The default suite
 runs the child once on a one-block pair.
+
+CLI start-up: wall seconds of ``python -m harness list`` and ``inspect`` (a ConvNeXt-T checkpoint)
+beside the interpreter alone and ``import torch``, which neither command needs; section ``cli``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 import weakref
 from pathlib import Path
 from typing import Callable
@@ -157,3 +161,54 @@ def test_bench_comparison_peak_memory(benchmark, request, index: int) -> None:
     say(request.config, [f"memory {pair} {result['shape']} float64: comparison peak {result['compare']['peak_gib']:.2f} GiB "
                          f"({result['compare']['peak_above_start_gib']:.2f} above the models), plain forward "
                          f"{result['forward']['peak_gib']:.2f} GiB ({result['forward']['peak_above_start_gib']:.2f} above)"])
+
+
+# ------------------------------------------------------------------------------ CLI start-up
+def _cli_variants(checkpoint: Path) -> dict[str, list[str]]:
+    """Each command line timed: the interpreter alone and ``import torch`` frame the two CLI commands."""
+    python = sys.executable
+    return {
+        "python": [python, "-c", "pass"],
+        "import_torch": [python, "-c", "import torch"],
+        "list": [python, "-m", "harness", "list"],
+        "inspect": [python, "-m", "harness", "inspect", str(checkpoint)],
+    }
+
+
+def _wall_seconds(command: list[str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    seconds = time.perf_counter() - start
+    assert done.returncode == 0, f"{' '.join(command)} exited {done.returncode}:\n{done.stderr[-2000:]}"
+    return seconds, done.stdout
+
+
+@pytest.mark.bench
+def test_bench_cli_startup(benchmark, request, tmp_path) -> None:
+    from candidates.convnext import ConvNeXt, ConvNeXtConfig, convnext_tiny
+    from candidates.io import save_state_dict
+
+    model = ConvNeXt(ConvNeXtConfig(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))) if benchmark.disabled else convnext_tiny()
+    checkpoint = save_state_dict(model.state_dict(), tmp_path / "convnext.pth", wrap="model")
+    variants = _cli_variants(checkpoint)
+    outputs = {name: _wall_seconds(command)[1] for name, command in variants.items()}  # also the warm-up
+    assert "convnext_tiny" in outputs["list"] and "family:     convnext" in outputs["inspect"], outputs
+    if benchmark.disabled:
+        return
+    rounds = 5
+    times: dict[str, list[float]] = {name: [] for name in variants}
+
+    def run() -> None:
+        for i in range(rounds):
+            for name, command in (variants.items() if i % 2 == 0 else reversed(variants.items())):
+                times[name].append(_wall_seconds(command)[0])
+
+    benchmark.group = "CLI start-up (wall seconds of the whole process)"
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    seconds = {name: round(statistics.median(values), 3) for name, values in times.items()}
+    entry = {"rounds": rounds, "timer": "wall seconds of each process, medians over interleaved rounds",
+             "checkpoint": "convnext_tiny, torch.save zip pickle wrapped in {'model': ...}", "seconds": seconds,
+             "ratio_to_import_torch": {k: round(paired_ratio(times, k, "import_torch"), 3) for k in ("list", "inspect")}}
+    benchmark.extra_info.update(entry)
+    record("cli", "startup", entry)
+    say(request.config, ["CLI start-up (wall, median of 5): " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items())])
