@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Mapping
 
 from harness.files import atomic_write
-from harness.headers import WRAPPER_KEYS, unwrap_state
+from harness.headers import PICKLE_SUFFIXES, WRAPPER_KEYS, unwrap_state
 
 if TYPE_CHECKING:
     import torch
@@ -51,7 +51,6 @@ __all__ = [
 ]
 
 StateDict = dict[str, "torch.Tensor"]
-PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 
 class UnsafePickleError(ValueError, pickle.UnpicklingError):

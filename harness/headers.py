@@ -39,8 +39,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-__all__ = ["TensorHeader", "ValuesUnavailable", "WRAPPER_KEYS", "read_headers", "unwrap_state"]
+__all__ = ["PICKLE_SUFFIXES", "TensorHeader", "ValuesUnavailable", "WRAPPER_KEYS", "read_headers", "unwrap_state"]
 
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")  # what a torch.save checkpoint is called; .safetensors is the other
 WRAPPER_KEYS = ("model_ema", "model", "state_dict", "module")
 _MAX_HEADER = 100_000_000  # safetensors' own limit on its JSON header
 
@@ -49,15 +50,16 @@ _FORMATS = {
     "float64": ("d", 8), "float32": ("f", 4), "float16": ("e", 2), "bfloat16": ("H", 2), "int64": ("q", 8),
     "int32": ("i", 4), "int16": ("h", 2), "int8": ("b", 1), "uint8": ("B", 1), "bool": ("?", 1),
 }
-_SAFETENSORS_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
-    "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+_SAFETENSORS_DTYPES = {  # name in the header -> (dtype name, bytes per element)
+    "F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
+    "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1), "U8": ("uint8", 1),
+    "BOOL": ("bool", 1), "F8_E4M3": ("float8_e4m3fn", 1), "F8_E5M2": ("float8_e5m2", 1),
 }
-_STORAGE_DTYPES = {
-    "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16", "BFloat16Storage": "bfloat16",
-    "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16", "CharStorage": "int8",
-    "ByteStorage": "uint8", "BoolStorage": "bool", "ComplexFloatStorage": "complex64",
-    "ComplexDoubleStorage": "complex128",
+_STORAGE_DTYPES = {  # torch.<X>Storage -> (dtype name, bytes per element)
+    "DoubleStorage": ("float64", 8), "FloatStorage": ("float32", 4), "HalfStorage": ("float16", 2),
+    "BFloat16Storage": ("bfloat16", 2), "LongStorage": ("int64", 8), "IntStorage": ("int32", 4),
+    "ShortStorage": ("int16", 2), "CharStorage": ("int8", 1), "ByteStorage": ("uint8", 1), "BoolStorage": ("bool", 1),
+    "ComplexFloatStorage": ("complex64", 8), "ComplexDoubleStorage": ("complex128", 16),
 }
 
 
@@ -190,7 +192,7 @@ def read_headers(path: str | os.PathLike) -> dict[str, TensorHeader] | None:
     try:
         if path.suffix == ".safetensors":
             state = _safetensors_headers(path)
-        elif zipfile.is_zipfile(path):
+        elif path.suffix in PICKLE_SUFFIXES and zipfile.is_zipfile(path):
             state = _zip_pickle_headers(path)
         else:
             return None
@@ -214,10 +216,13 @@ def _safetensors_headers(path: Path) -> dict[str, TensorHeader] | None:
         if name == "__metadata__":
             continue
         start, stop = info["data_offsets"]
-        if info["dtype"] not in _SAFETENSORS_DTYPES or not 0 <= start <= stop <= size - 8 - n:
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
             return None
-        out[name] = TensorHeader(tuple(int(d) for d in info["shape"]), _SAFETENSORS_DTYPES[info["dtype"]],
-                                 read=_file_range(path, 8 + n + start, stop - start))
+        dtype, itemsize = _SAFETENSORS_DTYPES[info["dtype"]]
+        shape = tuple(int(d) for d in info["shape"])
+        if not 0 <= start <= stop <= size - 8 - n or stop - start != math.prod(shape) * itemsize:
+            return None  # a header that disagrees with the file: the loader says what is wrong
+        out[name] = TensorHeader(shape, dtype, read=_file_range(path, 8 + n + start, stop - start))
     return out
 
 
@@ -236,11 +241,13 @@ class _Unsupported(Exception):
 @dataclass(frozen=True)
 class _StorageType:
     dtype: str
+    itemsize: int
 
 
 @dataclass(frozen=True)
 class _Storage:
     dtype: str
+    itemsize: int
     member: str
     numel: int
 
@@ -255,17 +262,18 @@ def _zip_pickle_headers(path: Path) -> dict[str, Any] | None:
         if f"{prefix}byteorder" in names and archive.read(f"{prefix}byteorder").strip() != b"little":
             return None
         data = archive.read(pickles[0])
-    return _HeaderUnpickler(data, path, prefix).load()
+        sizes = {info.filename: info.file_size for info in archive.infolist()}
+    return _HeaderUnpickler(data, path, prefix, sizes).load()
 
 
 class _HeaderUnpickler(pickle.Unpickler):
     """Rebuilds a torch zip pickle with :class:`TensorHeader` leaves; knows no other objects."""
 
-    def __init__(self, data: bytes, path: Path, prefix: str) -> None:
+    def __init__(self, data: bytes, path: Path, prefix: str, sizes: Mapping[str, int]) -> None:
         import io
 
         super().__init__(io.BytesIO(data))
-        self._path, self._prefix = path, prefix
+        self._path, self._prefix, self._sizes = path, prefix, sizes
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "collections" and name == "OrderedDict":
@@ -277,24 +285,29 @@ class _HeaderUnpickler(pickle.Unpickler):
         if module == "torch._utils" and name == "_rebuild_parameter":
             return lambda data, requires_grad, hooks: data
         if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(_STORAGE_DTYPES[name])
+            return _StorageType(*_STORAGE_DTYPES[name])
         raise _Unsupported(f"{module}.{name}")
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
             raise _Unsupported(f"persistent id {pid!r}")
-        return _Storage(pid[1].dtype, f"{self._prefix}data/{pid[2]}", int(pid[4]))
+        member = f"{self._prefix}data/{pid[2]}"
+        if self._sizes.get(member, -1) < int(pid[4]) * pid[1].itemsize:
+            raise _Unsupported(f"storage {member} is missing or shorter than its {pid[4]} elements")
+        return _Storage(pid[1].dtype, pid[1].itemsize, member, int(pid[4]))
 
     def _rebuild_tensor(self, storage: _Storage, offset: int, size: Sequence[int], stride: Sequence[int],
                         requires_grad: bool = False, hooks: Any = None, metadata: Any = None) -> TensorHeader:
         if not isinstance(storage, _Storage):
             raise _Unsupported("a tensor without a storage")
         shape = tuple(int(d) for d in size)
+        if math.prod(shape) and offset + sum((d - 1) * s for d, s in zip(shape, stride)) >= storage.numel:
+            raise _Unsupported(f"a tensor of shape {shape} reaches past its storage of {storage.numel} elements")
         contiguous = tuple(stride) == tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))
         read = None
         if contiguous and storage.dtype in _FORMATS:
-            itemsize = _FORMATS[storage.dtype][1]
-            read = _member_range(self._path, storage.member, offset * itemsize, math.prod(shape) * itemsize)
+            read = _member_range(self._path, storage.member, offset * storage.itemsize,
+                                 math.prod(shape) * storage.itemsize)
         return TensorHeader(shape, storage.dtype, read=read)
 
 

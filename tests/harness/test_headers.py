@@ -168,3 +168,36 @@ def test_a_key_table_maps_headers_to_the_shapes_it_maps_tensors_to():
     assert {k: h.shape for k, h in table.to_candidate(headers).items()} == from_tensors
     back = {k: tuple(v.shape) for k, v in table.to_reference(table.to_candidate(state)).items()}
     assert {k: h.shape for k, h in table.to_reference(table.to_candidate(headers)).items()} == back
+
+
+def test_a_file_with_another_extension_is_left_to_the_loader(tmp_path):
+    path = tmp_path / "weights.zip"
+    torch.save(MIXED, path)  # a valid torch.save zip, but the loader accepts only checkpoint extensions
+    assert read_headers(path) is None
+
+
+def test_a_safetensors_header_that_disagrees_with_its_data_is_left_to_torch(tmp_path):
+    import json
+    import struct
+
+    path = save_state_dict({"w": torch.zeros(4, 4)}, tmp_path / "m.safetensors")
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    header["w"]["shape"] = [4, 5]  # 80 bytes announced, 64 stored
+    raw = json.dumps(header).encode().ljust(n)
+    path.write_bytes(data[:8] + raw + data[8 + n:])
+    assert read_headers(path) is None
+
+
+def test_a_zip_checkpoint_missing_a_storage_is_left_to_torch(tmp_path):
+    import zipfile
+
+    whole, broken = tmp_path / "whole.pth", tmp_path / "broken.pth"
+    torch.save({"a": torch.ones(3), "b": torch.ones(5)}, whole)
+    with zipfile.ZipFile(whole) as src, zipfile.ZipFile(broken, "w") as dst:
+        kept = [info for info in src.infolist() if not info.filename.endswith("/data/1")]
+        for info in kept:
+            dst.writestr(info, src.read(info.filename))
+    assert read_headers(whole) is not None
+    assert read_headers(broken) is None
