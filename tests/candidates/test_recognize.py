@@ -217,3 +217,13 @@ def test_inspect_refuses_a_pickle_that_runs_code_without_running_it(tmp_path):
     with pytest.raises(UnsafePickleError, match="evil.pth"):
         inspect_checkpoint(path)
     assert not marker.exists(), "inspecting the checkpoint ran code from its pickle"
+
+
+def test_a_checkpoint_the_header_reader_leaves_to_torch_is_recognized_all_the_same(tmp_path):
+    from harness.headers import read_headers
+
+    path = tmp_path / "legacy.pth"
+    torch.save({"model": _convnext()}, path, _use_new_zipfile_serialization=False)
+    assert read_headers(path) is None, "the legacy format should be read by torch"
+    info = inspect_checkpoint(path)
+    assert (info.family, info.layout, info.dims["depths"]) == ("convnext", "timm", [1, 1, 2, 1])
