@@ -39,27 +39,28 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-__all__ = ["PICKLE_SUFFIXES", "TensorHeader", "ValuesUnavailable", "WRAPPER_KEYS", "read_headers", "unwrap_state"]
+__all__ = ["MAX_SAFETENSORS_HEADER", "PICKLE_SUFFIXES", "TensorHeader", "ValuesUnavailable", "WRAPPER_KEYS",
+           "read_headers", "unwrap_state"]
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")  # what a torch.save checkpoint is called; .safetensors is the other
 WRAPPER_KEYS = ("model_ema", "model", "state_dict", "module")
-_MAX_HEADER = 100_000_000  # safetensors' own limit on its JSON header
+MAX_SAFETENSORS_HEADER = 100_000_000  # safetensors' own limit on its JSON header (trace files obey it too)
 
-# name -> (struct format, bytes per element); bfloat16 is widened to float32 by hand
-_FORMATS = {
-    "float64": ("d", 8), "float32": ("f", 4), "float16": ("e", 2), "bfloat16": ("H", 2), "int64": ("q", 8),
-    "int32": ("i", 4), "int16": ("h", 2), "int8": ("b", 1), "uint8": ("B", 1), "bool": ("?", 1),
+_ITEMSIZE = {
+    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1, "int64": 8,
+    "int32": 4, "int16": 2, "int8": 1, "uint8": 1, "bool": 1, "complex64": 8, "complex128": 16,
 }
-_SAFETENSORS_DTYPES = {  # name in the header -> (dtype name, bytes per element)
-    "F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
-    "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1), "U8": ("uint8", 1),
-    "BOOL": ("bool", 1), "F8_E4M3": ("float8_e4m3fn", 1), "F8_E5M2": ("float8_e5m2", 1),
-}
-_STORAGE_DTYPES = {  # torch.<X>Storage -> (dtype name, bytes per element)
-    "DoubleStorage": ("float64", 8), "FloatStorage": ("float32", 4), "HalfStorage": ("float16", 2),
-    "BFloat16Storage": ("bfloat16", 2), "LongStorage": ("int64", 8), "IntStorage": ("int32", 4),
-    "ShortStorage": ("int16", 2), "CharStorage": ("int8", 1), "ByteStorage": ("uint8", 1), "BoolStorage": ("bool", 1),
-    "ComplexFloatStorage": ("complex64", 8), "ComplexDoubleStorage": ("complex128", 16),
+# the dtypes whose values tolist() decodes, and their struct codes (bfloat16 is widened by hand)
+_FORMATS = {"float64": "d", "float32": "f", "float16": "e", "bfloat16": "H", "int64": "q", "int32": "i",
+            "int16": "h", "int8": "b", "uint8": "B", "bool": "?"}
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+                       "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+_STORAGE_DTYPES = {  # torch.<X>Storage -> dtype
+    "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16", "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16", "CharStorage": "int8",
+    "ByteStorage": "uint8", "BoolStorage": "bool", "ComplexFloatStorage": "complex64",
+    "ComplexDoubleStorage": "complex128",
 }
 
 
@@ -95,7 +96,7 @@ class TensorHeader:
         """The values, flat (tensors recognizers read are 1-D); ValuesUnavailable when not stored as read."""
         if self.read is None or self.dtype not in _FORMATS:
             raise ValuesUnavailable(f"values of a {self.dtype} tensor of shape {self.shape} are not readable here")
-        code, size = _FORMATS[self.dtype]
+        code, size = _FORMATS[self.dtype], _ITEMSIZE[self.dtype]
         data = self.read()
         if len(data) != self.numel() * size:
             raise ValuesUnavailable(f"expected {self.numel() * size} bytes of {self.dtype}, read {len(data)}")
@@ -208,7 +209,7 @@ def _safetensors_headers(path: Path) -> dict[str, TensorHeader] | None:
     size = path.stat().st_size
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
-        if n > min(_MAX_HEADER, size - 8):
+        if n > min(MAX_SAFETENSORS_HEADER, size - 8):
             return None
         header = json.loads(f.read(n))
     out = {}
@@ -218,9 +219,9 @@ def _safetensors_headers(path: Path) -> dict[str, TensorHeader] | None:
         start, stop = info["data_offsets"]
         if info["dtype"] not in _SAFETENSORS_DTYPES:
             return None
-        dtype, itemsize = _SAFETENSORS_DTYPES[info["dtype"]]
+        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
         shape = tuple(int(d) for d in info["shape"])
-        if not 0 <= start <= stop <= size - 8 - n or stop - start != math.prod(shape) * itemsize:
+        if not 0 <= start <= stop <= size - 8 - n or stop - start != math.prod(shape) * _ITEMSIZE[dtype]:
             return None  # a header that disagrees with the file: the loader says what is wrong
         out[name] = TensorHeader(shape, dtype, read=_file_range(path, 8 + n + start, stop - start))
     return out
@@ -241,13 +242,11 @@ class _Unsupported(Exception):
 @dataclass(frozen=True)
 class _StorageType:
     dtype: str
-    itemsize: int
 
 
 @dataclass(frozen=True)
 class _Storage:
     dtype: str
-    itemsize: int
     member: str
     numel: int
 
@@ -285,16 +284,16 @@ class _HeaderUnpickler(pickle.Unpickler):
         if module == "torch._utils" and name == "_rebuild_parameter":
             return lambda data, requires_grad, hooks: data
         if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(*_STORAGE_DTYPES[name])
+            return _StorageType(_STORAGE_DTYPES[name])
         raise _Unsupported(f"{module}.{name}")
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
             raise _Unsupported(f"persistent id {pid!r}")
         member = f"{self._prefix}data/{pid[2]}"
-        if self._sizes.get(member, -1) < int(pid[4]) * pid[1].itemsize:
+        if self._sizes.get(member, -1) < int(pid[4]) * _ITEMSIZE[pid[1].dtype]:
             raise _Unsupported(f"storage {member} is missing or shorter than its {pid[4]} elements")
-        return _Storage(pid[1].dtype, pid[1].itemsize, member, int(pid[4]))
+        return _Storage(pid[1].dtype, member, int(pid[4]))
 
     def _rebuild_tensor(self, storage: _Storage, offset: int, size: Sequence[int], stride: Sequence[int],
                         requires_grad: bool = False, hooks: Any = None, metadata: Any = None) -> TensorHeader:
@@ -306,8 +305,8 @@ class _HeaderUnpickler(pickle.Unpickler):
         contiguous = tuple(stride) == tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))
         read = None
         if contiguous and storage.dtype in _FORMATS:
-            read = _member_range(self._path, storage.member, offset * storage.itemsize,
-                                 math.prod(shape) * storage.itemsize)
+            itemsize = _ITEMSIZE[storage.dtype]
+            read = _member_range(self._path, storage.member, offset * itemsize, math.prod(shape) * itemsize)
         return TensorHeader(shape, storage.dtype, read=read)
 
 

@@ -44,6 +44,7 @@ from torch import nn
 
 from harness.checks import check_choice, check_module
 from harness.files import atomic_write, discard, scratch_file
+from harness.headers import MAX_SAFETENSORS_HEADER
 from harness.metrics import Tolerance
 from harness.options import CompareOptions
 from harness.pairs import Call, as_call
@@ -55,7 +56,6 @@ __all__ = ["Trace", "Replay", "RecordedModel", "RecordedModule", "record", "reco
 FORMAT = "harness-trace"
 VERSION = 1
 _META_KEY = "harness_trace"
-_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 
 _ST_DTYPES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -195,9 +195,9 @@ class _Sink:
         header = {"__metadata__": {_META_KEY: json.dumps(metadata, allow_nan=True)}, **self.entries}
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-len(raw) % 8)  # safetensors pads the header to 8 bytes with spaces
-        if len(raw) > _MAX_HEADER:
+        if len(raw) > MAX_SAFETENSORS_HEADER:
             raise ValueError(f"the trace metadata of {self.path} is {len(raw)} bytes, over the safetensors "
-                             f"limit of {_MAX_HEADER}; record fewer modules (include=...)")
+                             f"limit of {MAX_SAFETENSORS_HEADER}; record fewer modules (include=...)")
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as out, open(self.data_path, "rb") as data:
@@ -660,7 +660,7 @@ def load_trace(path: str | os.PathLike) -> Trace:
         if len(head) < 8:
             raise ValueError(f"{path} is not a trace file: {size} bytes, too short for a safetensors header")
         (n,) = struct.unpack("<Q", head)
-        if n > min(_MAX_HEADER, size - 8):
+        if n > min(MAX_SAFETENSORS_HEADER, size - 8):
             raise ValueError(f"{path} is not a trace file (not safetensors, or truncated inside its header: "
                              f"header of {n} bytes announced, file has {size} bytes)")
         raw = f.read(n)
