@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.pages import COLORS, _page, esc, fmt_num, fmt_seconds, pair_page_name
-from harness.report import atomic_write_text
+from harness.files import atomic_write_text
 from harness.runs import regressions
 
 __all__ = ["series", "dashboard_html", "write_dashboard"]

@@ -30,7 +30,9 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["atomic_write", "check_target", "clean_stale_temporaries", "discard", "scratch_file", "temporaries", "TMP_DIR",
+from harness.checks import check_type
+
+__all__ = ["atomic_write", "atomic_write_text", "check_target", "clean_stale_temporaries", "discard", "scratch_file", "temporaries", "TMP_DIR",
            "STALE_AFTER"]
 
 TMP_DIR = ".partial"
@@ -173,3 +175,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], *, ma
             tmp.unlink(missing_ok=True)
         _remove_if_empty(path.parent / TMP_DIR)
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically, creating missing folders (:func:`atomic_write`)."""
+    check_type("atomic_write_text(text)", text, str)
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from harness.checks import check_type, check_value
-from harness.report import atomic_write_text
+from harness.files import atomic_write_text
 
 __all__ = ["GoldenMismatch", "GoldenFileError", "to_jsonable", "from_jsonable", "diff", "check", "write", "read"]
 

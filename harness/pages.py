@@ -21,8 +21,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from harness.report import STATUS_LEGEND, atomic_write_text
-from harness.runs import key, status
+from harness.files import atomic_write_text
+from harness.runs import STATUS_LEGEND, key, status
 
 __all__ = ["render", "write_index", "write_pair_pages", "pair_page_name", "fmt_num", "fmt_cosine",
            "fmt_seconds", "STATUS_LEGEND", "error_plot"]

@@ -269,7 +269,8 @@ class ParityCollector:
             return
         from harness import runs
         from harness.pages import render
-        from harness.report import atomic_write_text, document
+        from harness.files import atomic_write_text
+        from harness.report import document
 
         directory = Path(config.getoption("--report-dir") or Path(config.rootpath) / "reports")
         target = directory / "parity.json"

@@ -28,10 +28,10 @@ from typing import Any, Iterable
 
 import torch
 
-from harness.checks import check_type
-from harness.files import atomic_write
+from harness.files import atomic_write_text  # re-exported: harness.report.atomic_write_text is public
 from harness.localize import Row
 from harness.metrics import Metrics, Tolerance
+from harness.runs import STATUS_LEGEND
 
 __all__ = ["ParityReport", "environment", "write_json", "write_html", "atomic_write_text", "SCHEMA"]
 
@@ -223,17 +223,6 @@ def _badness(r: Row) -> float:
     return m.max_abs / bound if bound > 0 else m.max_abs
 
 
-# What each per-layer status means (terminal table footer and the HTML pages).
-STATUS_LEGEND: dict[str, str] = {
-    "ok": "within tolerance",
-    "introduced": "makes the error itself: its inputs agree with the reference, its output does not",
-    "contains": "fails because a module nested inside it introduces the error",
-    "propagated": "fails only because it received an error from an earlier module",
-    "tentative": "paired by shape only and differs; a guess, not counted against the verdict",
-    "*": "re-run on the reference's recorded inputs to decide between made and received",
-}
-
-
 def _closest(rows: list[Row]) -> str:
     """One line for a passing report: how many calls agree and which came closest to its bound."""
     if not rows:
@@ -304,13 +293,6 @@ def environment(device: str = "cpu") -> dict[str, Any]:
         "machine": platform.machine(),
         "argv": sys.argv[:1],
     }
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically, creating missing folders (:func:`harness.files.atomic_write`:
-    no debris, and an OSError names the file)."""
-    check_type("atomic_write_text(text)", text, str)
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def document(results: Iterable[dict[str, Any]], *, device: str = "cpu") -> dict[str, Any]:

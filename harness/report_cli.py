@@ -78,7 +78,7 @@ def merged_stamp(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _merge(args: argparse.Namespace) -> int:
     from harness.pages import render
-    from harness.report import atomic_write_text
+    from harness.files import atomic_write_text
     from harness.runs import append_history, history_entry, load_document, merge_documents, read_history
 
     docs = []

@@ -26,11 +26,20 @@ from pathlib import Path
 from typing import Any, Iterable
 
 __all__ = [
-    "GROWTH", "Key", "key", "status", "run_stamp", "commit_of", "load_document", "merge_results", "merge_documents",
+    "GROWTH", "STATUS_LEGEND", "Key", "key", "status", "run_stamp", "commit_of", "load_document", "merge_results", "merge_documents",
     "history_entry", "append_history", "read_history", "regressions", "diff_documents", "shard_of",
     "parse_shard",
 ]
 
+# What each per-layer status means (the terminal table's footer and the HTML pages).
+STATUS_LEGEND: dict[str, str] = {
+    "ok": "within tolerance",
+    "introduced": "makes the error itself: its inputs agree with the reference, its output does not",
+    "contains": "fails because a module nested inside it introduces the error",
+    "propagated": "fails only because it received an error from an earlier module",
+    "tentative": "paired by shape only and differs; a guess, not counted against the verdict",
+    "*": "re-run on the reference's recorded inputs to decide between made and received",
+}
 GROWTH = 10.0  # an output error grown more than this many times while passing is a regression
 
 Key = tuple[str, str, str]

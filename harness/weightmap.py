@@ -200,7 +200,7 @@ class WeightMap:
 
     def save(self, path: str | os.PathLike) -> str:
         """Write the table as JSON, atomically; returns the path."""
-        from harness.report import atomic_write_text
+        from harness.files import atomic_write_text
 
         return str(atomic_write_text(path, json.dumps(self.to_dict(), indent=1)))
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import pytest
 
-from harness.report import atomic_write_text
+from harness.files import atomic_write_text
 
 PATH = Path(__file__).resolve().parents[1] / "reports" / "bench.json"
 TIMER = ("process CPU seconds (time.process_time): seconds are medians over interleaved rounds, "

@@ -12,7 +12,7 @@ from torch import nn
 
 import harness
 from harness import cli, golden
-from harness.report import atomic_write_text
+from harness.files import atomic_write_text
 from harness_toys import TOY, TOY_EPS
 
 F64 = torch.float64

@@ -13,7 +13,7 @@ import torch
 from candidates.io import save_state_dict
 from harness import files, golden
 from harness.files import TMP_DIR, atomic_write, temporaries
-from harness.report import atomic_write_text
+from harness.files import atomic_write_text
 
 # Loads harness/files.py alone (it imports nothing from the package), so the writer starts in a blink.
 _KILLED_WRITER = """
