@@ -95,7 +95,7 @@ register_lazy_command(
     help="recognize a checkpoint's family and print its inferred dimensions and parameter count",
 )
 register_lazy_command(
-    "compat", module=f"{__name__}.mformer",
+    "compat", module=f"{__name__}.inspect_cli",
     help="mFormerV1 compatibility of a ConvNeXt and a RoPE-ViT checkpoint; exit 1 if incompatible",
 )
 register_lazy_command(

@@ -5,16 +5,22 @@ Prints the recognized family and layout (:mod:`candidates.recognize`, every fami
 (``--json`` for machines), and for a RoPE-ViT where its head count comes from
 (``num_heads_source``: derived from a shape, given with ``--num-heads``, or assumed: the original
 release's layout does not store it). Unreadable or malformed files exit 2 through the harness
-CLI's error handling. The mFormerV1 ``compat`` command, which shares ``--num-heads``, is in
-:mod:`reference.mformer`.
+CLI's error handling.
+
+``python -m harness compat CONVNEXT ROPE_VIT`` prints the mFormerV1 compatibility table row of a
+ConvNeXt and a RoPE-ViT checkpoint (either layout; :func:`candidates.mformer.compat_row`); it exits
+0 when the pair is compatible and 1 (after printing the row and an error naming both widths) when
+not. Both commands read checkpoints through :mod:`candidates.recognize` and import no torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from harness.cli import print_json, register_command
 
+from candidates.mformer.assembly import compat_row
 from candidates.recognize import inspect_checkpoint
 
 __all__ = ["num_heads_argument"]
@@ -49,4 +55,32 @@ register_command(
     help="recognize a checkpoint's family and print its inferred dimensions and parameter count",
     add_arguments=_inspect_arguments,
     run=_inspect,
+)
+
+
+def _compat_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("convnext", metavar="CONVNEXT_CKPT", help="ConvNeXt checkpoint (timm or original layout)")
+    parser.add_argument("rope_vit", metavar="ROPE_VIT_CKPT", help="RoPE-Mixed ViT checkpoint (timm or original layout)")
+    parser.add_argument("--json", action="store_true", help="print the row as JSON instead of a table")
+    num_heads_argument(parser)
+
+
+def _compat(args: argparse.Namespace) -> int:
+    rope_vit = inspect_checkpoint(args.rope_vit, num_heads=args.num_heads)
+    row = compat_row(inspect_checkpoint(args.convnext), rope_vit)
+    if args.json:
+        print_json(row.to_dict())
+    else:
+        print(row.format())
+    if not row.compatible:
+        print(f"error: {row.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+register_command(
+    "compat",
+    help="mFormerV1 compatibility of a ConvNeXt and a RoPE-ViT checkpoint; exit 1 if incompatible",
+    add_arguments=_compat_arguments,
+    run=_compat,
 )

@@ -11,27 +11,19 @@ Pairs: ``mformer_v1_{sm,md,lg,xl}`` (full depth, 224x224; md/lg/xl nightly) and
 reference's names are the candidate's, so the transfer is the identity
 (:func:`candidates.mformer.convert.convert_timm_state_dict`).
 
-Command: ``python -m harness compat CONVNEXT ROPE_VIT`` prints the mFormerV1 compatibility table
-row of a ConvNeXt and a RoPE-ViT checkpoint (either layout; :func:`candidates.mformer.compat_row`);
-it exits 0 when the pair is compatible and 1 (after printing the row and an error naming both
-widths) when not. Unreadable or unrecognized files exit 2 through the harness CLI's error handling.
+The ``compat`` command, which checks a ConvNeXt / RoPE-ViT checkpoint pair without building
+anything, is in :mod:`reference.inspect_cli` with the other checkpoint command.
 """
 
 from __future__ import annotations
-
-import argparse
-import sys
 
 import torch
 from torch import nn
 
 from harness import Pair, register
-from harness.cli import print_json, register_command
 
-from candidates.mformer import VARIANTS, compat_row, mformer_v1
+from candidates.mformer import VARIANTS, mformer_v1
 from candidates.mformer.convert import convert_timm_state_dict
-from candidates.recognize import inspect_checkpoint
-from reference.inspect_cli import num_heads_argument
 from reference.rope_vit import TIMM_NAMES, expose_rope_table, pin_eager_attention, randomize_rope_vit_
 
 __all__ = ["TimmMFormerV1", "timm_mformer_v1"]
@@ -103,31 +95,3 @@ def _register(variant: str, *, tiny: bool) -> None:
 for _variant in VARIANTS:
     _register(_variant, tiny=False)
     _register(_variant, tiny=True)
-
-
-def _compat_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("convnext", metavar="CONVNEXT_CKPT", help="ConvNeXt checkpoint (timm or original layout)")
-    parser.add_argument("rope_vit", metavar="ROPE_VIT_CKPT", help="RoPE-Mixed ViT checkpoint (timm or original layout)")
-    parser.add_argument("--json", action="store_true", help="print the row as JSON instead of a table")
-    num_heads_argument(parser)
-
-
-def _compat(args: argparse.Namespace) -> int:
-    rope_vit = inspect_checkpoint(args.rope_vit, num_heads=args.num_heads)
-    row = compat_row(inspect_checkpoint(args.convnext), rope_vit)
-    if args.json:
-        print_json(row.to_dict())
-    else:
-        print(row.format())
-    if not row.compatible:
-        print(f"error: {row.error}", file=sys.stderr)
-        return 1
-    return 0
-
-
-register_command(
-    "compat",
-    help="mFormerV1 compatibility of a ConvNeXt and a RoPE-ViT checkpoint; exit 1 if incompatible",
-    add_arguments=_compat_arguments,
-    run=_compat,
-)

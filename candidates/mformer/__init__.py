@@ -5,9 +5,9 @@ Names load on first use (:func:`candidates.exports.lazy_exports`): recognition i
 from candidates.exports import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "candidates.mformer.config": ("VARIANTS", "MFormerConfig", "check_juncture"),
     "candidates.mformer.mformer": (
-        "VARIANTS", "MFormerConfig", "MFormerV1", "check_juncture", "mformer_v1", "mformer_v1_lg", "mformer_v1_md",
-        "mformer_v1_sm", "mformer_v1_xl",
+        "MFormerV1", "mformer_v1", "mformer_v1_lg", "mformer_v1_md", "mformer_v1_sm", "mformer_v1_xl",
     ),
     "candidates.mformer.convert": (
         "LoadReport", "load_mformer_from_state_dicts", "split_convnext_state_dict", "split_rope_vit_state_dict",

@@ -19,19 +19,22 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
-
-from candidates.convnext import ConvNeXtConfig
 from candidates.convnext import convert as convnext_convert
+from candidates.convnext.config import ConvNeXtConfig
 from candidates.io import load_state_dict, naming_file
+from candidates.mformer.config import VARIANTS, MFormerConfig, check_juncture
 from candidates.mformer.convert import LoadReport, load_mformer_from_state_dicts
-from candidates.mformer.mformer import VARIANTS, MFormerConfig, MFormerV1, check_juncture
 from candidates.recognize import CheckpointInfo, inspect_state_dict
-from candidates.rope_vit import RopeViTConfig
 from candidates.rope_vit import convert as rope_vit_convert
+from candidates.rope_vit.config import RopeViTConfig
 from harness.checks import check_type, check_value
+
+if TYPE_CHECKING:  # the compatibility row is computed without torch (python -m harness compat)
+    import torch
+
+    from candidates.mformer.mformer import MFormerV1
 
 __all__ = ["CompatRow", "compat_row", "build_mformer"]
 
@@ -143,6 +146,8 @@ def build_mformer(
         ),
         convnext_name=cnx_info.variant or "convnext", vit_name=vit_info.variant or "rope_mixed_vit",
     )
+    from candidates.mformer.mformer import MFormerV1
+
     model = MFormerV1(config)
     report = load_mformer_from_state_dicts(model, cnx_state, vit_state)
     report.unused_rope_vit = sorted(report.unused_rope_vit + dropped)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from candidates.convnext.convert import convnext_dims
 from candidates.io import StateDict, load_exactly
+from candidates.mformer.config import check_juncture
 from candidates.recognize import CheckpointInfo, count_parameters
 from candidates.rope_vit.convert import rope_vit_dims
 from harness.keymap import KeyTable, Rule
@@ -117,9 +118,6 @@ def load_mformer_from_state_dicts(
     rope_vit_state: Mapping[str, torch.Tensor],
 ) -> LoadReport:
     """Fill ``model`` from a ConvNeXt and a RoPE-ViT state dict (timm layouts), strictly."""
-    # here, not at module level: the model file imports torch, and recognition imports this module
-    from candidates.mformer.mformer import check_juncture
-
     juncture = convnext_state.get("stages.2.downsample.1.weight")
     cls_token = rope_vit_state.get("cls_token")
     if juncture is not None and cls_token is not None:
