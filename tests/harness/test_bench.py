@@ -19,8 +19,9 @@ forward of the larger model, each measured from a reset high-water mark in a chi
 (``tests/bench_memory.py``); section ``memory`` of ``reports/bench.json``. The default suite
 runs the child once on a one-block pair.
 
-CLI start-up: wall seconds of ``python -m harness list`` and ``inspect`` (a ConvNeXt-T checkpoint)
-beside the interpreter alone and ``import torch``, which neither command needs; section ``cli``.
+CLI start-up: wall seconds of ``python -m harness list``, ``inspect`` (a ConvNeXt-T checkpoint),
+``compat`` and ``report render`` beside the interpreter alone and ``import torch``, which none of
+them needs; section ``cli``.
 """
 
 from __future__ import annotations
@@ -164,35 +165,49 @@ def test_bench_comparison_peak_memory(benchmark, request, index: int) -> None:
 
 
 # ------------------------------------------------------------------------------ CLI start-up
-def _cli_variants(checkpoint: Path) -> dict[str, list[str]]:
-    """Each command line timed: the interpreter alone and ``import torch`` frame the two CLI commands."""
+def _cli_inputs(folder: Path, *, full_size: bool) -> dict[str, list[str]]:
+    """The files the timed commands read: a ConvNeXt and a RoPE-ViT checkpoint, a report folder."""
+    from candidates.convnext import ConvNeXt, ConvNeXtConfig, convnext_tiny
+    from candidates.io import save_state_dict
+    from candidates.rope_vit import rope_mixed_vit
+    from harness.report import document
+    from report_toys import toy_results
+
+    convnext = convnext_tiny() if full_size else ConvNeXt(ConvNeXtConfig(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)))
+    vit = rope_mixed_vit("small", **({} if full_size else {"embed_dim": 32, "num_heads": 2, "depth": 1}))
+    checkpoint = save_state_dict(convnext.state_dict(), folder / "convnext.pth", wrap="model")
+    vit_checkpoint = save_state_dict(vit.state_dict(), folder / "rope_vit.safetensors")
+    reports = folder / "reports"
+    reports.mkdir()
+    (reports / "parity.json").write_text(json.dumps(document(
+        [dict(r, test=f"t{i}") for i, r in enumerate(toy_results())])))
+    return {"inspect": ["inspect", str(checkpoint)], "compat": ["compat", str(checkpoint), str(vit_checkpoint)],
+            "report_render": ["report", "render", str(reports)]}
+
+
+def _cli_variants(folder: Path, *, full_size: bool) -> dict[str, list[str]]:
+    """Each command line timed: the interpreter alone and ``import torch`` frame the CLI commands."""
     python = sys.executable
-    return {
-        "python": [python, "-c", "pass"],
-        "import_torch": [python, "-c", "import torch"],
-        "list": [python, "-m", "harness", "list"],
-        "inspect": [python, "-m", "harness", "inspect", str(checkpoint)],
-    }
+    commands = {"list": ["list"], **_cli_inputs(folder, full_size=full_size)}
+    return {"python": [python, "-c", "pass"], "import_torch": [python, "-c", "import torch"],
+            **{name: [python, "-m", "harness", *args] for name, args in commands.items()}}
 
 
 def _wall_seconds(command: list[str]) -> tuple[float, str]:
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     seconds = time.perf_counter() - start
+    # compat exits 1 for an incompatible pair; the timed pair is compatible, so anything but 0 is a failure
     assert done.returncode == 0, f"{' '.join(command)} exited {done.returncode}:\n{done.stderr[-2000:]}"
     return seconds, done.stdout
 
 
 @pytest.mark.bench
 def test_bench_cli_startup(benchmark, request, tmp_path) -> None:
-    from candidates.convnext import ConvNeXt, ConvNeXtConfig, convnext_tiny
-    from candidates.io import save_state_dict
-
-    model = ConvNeXt(ConvNeXtConfig(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))) if benchmark.disabled else convnext_tiny()
-    checkpoint = save_state_dict(model.state_dict(), tmp_path / "convnext.pth", wrap="model")
-    variants = _cli_variants(checkpoint)
+    variants = _cli_variants(tmp_path, full_size=not benchmark.disabled)
     outputs = {name: _wall_seconds(command)[1] for name, command in variants.items()}  # also the warm-up
     assert "convnext_tiny" in outputs["list"] and "family:     convnext" in outputs["inspect"], outputs
+    assert "| Yes |" in outputs["compat"] and "rendered" in outputs["report_render"], outputs
     if benchmark.disabled:
         return
     rounds = 5
@@ -206,9 +221,12 @@ def test_bench_cli_startup(benchmark, request, tmp_path) -> None:
     benchmark.group = "CLI start-up (wall seconds of the whole process)"
     benchmark.pedantic(run, rounds=1, iterations=1)
     seconds = {name: round(statistics.median(values), 3) for name, values in times.items()}
+    commands = [name for name in variants if name not in ("python", "import_torch")]
     entry = {"rounds": rounds, "timer": "wall seconds of each process, medians over interleaved rounds",
-             "checkpoint": "convnext_tiny, torch.save zip pickle wrapped in {'model': ...}", "seconds": seconds,
-             "ratio_to_import_torch": {k: round(paired_ratio(times, k, "import_torch"), 3) for k in ("list", "inspect")}}
+             "inputs": "convnext_tiny checkpoint (torch.save zip, wrapped in {'model': ...}), "
+                       "rope_mixed_vit_small (safetensors), a two-result report folder",
+             "seconds": seconds,
+             "ratio_to_import_torch": {k: round(paired_ratio(times, k, "import_torch"), 3) for k in commands}}
     benchmark.extra_info.update(entry)
     record("cli", "startup", entry)
     say(request.config, ["CLI start-up (wall, median of 5): " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items())])
