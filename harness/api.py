@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
@@ -21,7 +22,7 @@ from harness.metrics import Metrics, Tolerance, dtype_name, measure, tolerance_f
 from harness.options import CompareOptions
 from harness.pairs import Call, Pair, as_call, as_pair
 from harness.report import ParityReport
-from harness.trace import Tracer, flatten_tensors, name_filter
+from harness.trace import Tracer, flatten_tensors, name_filter, spill_folder
 from harness.tracefile import Replay, Trace
 from harness.weights import WeightMap, infer_map
 
@@ -76,6 +77,7 @@ def compare(
     noise_floor: bool | float | None = None,
     backward: bool = False,
     backward_loss: Any = None,
+    spill: Any = None,
 ) -> ParityReport:
     """Run both models on ``inputs`` under tracing and report layer-by-layer parity.
 
@@ -87,6 +89,10 @@ def compare(
     do not fit in memory): layer errors are then lower bounds (see ``measure_summaries``) and no
     module is re-run; final outputs are always compared exactly. ``mode="auto"`` traces in full
     unless the trace would not fit in memory, then in summary mode (see :mod:`harness.memory`).
+    ``spill``: a folder (``True``: the temp folder) where the full traces keep their copies of
+    1 MiB and more in files, each read back when it is measured: exact layer errors for models
+    whose traces do not fit in memory next to them (:class:`harness.Tracer`; Linux gives the
+    pages back, elsewhere they stay resident). A spilled copy is not charged to the memory budget.
     Both models are left bitwise as they were (see :mod:`harness.guards`).
     ``weights``: a :class:`harness.WeightMap` (from :func:`harness.map_weights`) pairing modules
     through the tensors they own, for models whose names differ. Without it, models whose state-dict
@@ -110,7 +116,7 @@ def compare(
         rename=rename, tolerances=tolerances, module_tolerances=module_tolerances, candidate_call=candidate_call,
         reference_call=reference_call, candidate_outputs=candidate_outputs, reference_outputs=reference_outputs,
         rerun=rerun, allow_nonfinite=allow_nonfinite, include=include, exclude=exclude, mode=mode, weights=weights,
-        adapters=adapters, noise_floor=noise_floor, backward=backward, backward_loss=backward_loss)
+        adapters=adapters, noise_floor=noise_floor, backward=backward, backward_loss=backward_loss, spill=spill)
     return _compare(candidate, reference, inputs, options, dtype=dtype, pair_name=pair_name)
 
 
@@ -136,7 +142,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
     budget = trace_budget(o.mode, reference)
     with torch.no_grad():
         progress.stage("trace candidate")
-        with Tracer(candidate, include=filters["candidate"], mode=o.mode, budget=budget) as cand_trace:
+        with Tracer(candidate, include=filters["candidate"], mode=o.mode, budget=budget, spill=o.spill) as cand_trace:
             cand_out = o.candidate_call(candidate, cand_call) if o.candidate_call else cand_call(candidate)
         if replay is not None:
             ref_trace, ref_out = replay.recorded, replay.outputs
@@ -144,9 +150,14 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
             progress.stage("trace reference")
             # copies bitwise equal to the candidate's are shared: agreeing layers are kept once
             with Tracer(reference, include=filters["reference"], mode=o.mode, budget=budget,
-                        share=cand_trace) as ref_trace:
+                        share=cand_trace, spill=o.spill) as ref_trace:
                 ref_out = o.reference_call(reference, ref_call) if o.reference_call else ref_call(reference)
     final = _final_outputs(cand_out, ref_out, o.candidate_outputs, o.reference_outputs)
+
+    def release() -> None:
+        for trace in (cand_trace, ref_trace):
+            if isinstance(trace, Tracer):
+                trace.release()
     dtype = dtype or guards.comparison_dtype(candidate, reference, call, final)
     name = dtype_name(dtype)
     tol = tolerance_for(dtype, overrides=o.tolerances)
@@ -164,14 +175,19 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
         ref_records = sorted([*ref_records, *fused], key=lambda r: r.end)
         twins = {**fused_twins, **twins}
     alignment = align(cand_trace.records, ref_records, o.rename, twins=twins)
+    release()
 
     def module_tolerance(module: str) -> Tolerance:
         return tolerance_for(dtype, module=module, overrides=o.tolerances, module_overrides=o.module_tolerances)
 
-    rows = [measure_match(match, module_tolerance(match.candidate.name), o.adapters) for match in alignment.matches]
+    def measured(match) -> Row:
+        row = measure_match(match, module_tolerance(match.candidate.name), o.adapters)
+        release()  # a spilled trace's copies leave memory again once measured
+        return row
+
+    rows = [measured(match) for match in alignment.matches]
     if twins:
-        alignment = extend_twins(rows, alignment,
-                                 lambda m: measure_match(m, module_tolerance(m.candidate.name), o.adapters))
+        alignment = extend_twins(rows, alignment, measured)
     progress.stage("localize")
     noise = noise_verdicts(o.noise_floor, name, rows, final, reference=None if replay is not None else reference,
                            call=call, mode=getattr(cand_trace, "mode", o.mode), reference_call=o.reference_call,
@@ -183,7 +199,10 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
         annotate_mismatches(rows, final, outputs, tol)
     notes += ([noise.note] if noise.note else []) + float64_hint(pair_name, name, passed, found.culprit, rows)
     first_divergence, culprit = found.first_divergence, found.culprit
+    release()
     notes += list(alignment.notes) + (replay.notes if replay is not None else [])
+    if o.spill:
+        notes.append(_spill_note(spill_folder(o.spill), cand_trace, ref_trace))
     if o.mode == "summary":
         notes.insert(0, "summary mode: layer errors are lower bounds from statistics (mean, std, absmax)")
     mutations = {"candidate": call.mutated_in(cand_call), "reference": call.mutated_in(ref_call)}
@@ -225,6 +244,16 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
         noise_floor=noise.to_dict(),
         backward=backward_result,
     )
+
+
+def _spill_note(folder: Path, *traces: Any) -> str:
+    """What ``spill`` did: the bytes the traces kept in files, or why none went there."""
+    spilled = sum(t.spilled_bytes for t in traces if isinstance(t, Tracer))
+    if spilled:
+        return (f"spill: {spilled / 2**20:.0f} MiB of trace copies were kept in files in {folder} and read back "
+                f"as they were measured")
+    return (f"spill: nothing went to {folder}; only full-mode copies of 1 MiB and more in CPU memory are "
+            f"spilled, the others stay in memory")
 
 
 def _keys_differ(candidate: nn.Module, reference: nn.Module) -> bool:

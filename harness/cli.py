@@ -120,17 +120,19 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             raise ValueError("compare --backward needs the reference model itself: a recorded trace cannot run "
                              "backward; drop --reference-trace or --backward")
         return finish(compare_pair_trace(args.pair, args.reference_trace, dtype=DTYPES[args.dtype],
-                                         device=_device(args.device), mode=mode, **_tolerance_option(args)))
+                                         device=_device(args.device), mode=mode, spill=args.spill,
+                                         **_tolerance_option(args)))
     if args.candidate or args.reference:
         from harness.port_cli import run_port_compare
 
         _device(args.device)
-        return run_port_compare(args, {"mode": mode, "backward": args.backward, **_tolerance_option(args)}, finish)
+        return run_port_compare(args, {"mode": mode, "backward": args.backward, "spill": args.spill,
+                                       **_tolerance_option(args)}, finish)
     if not args.pair:
         raise ValueError("compare needs a registered pair (python -m harness list) or "
                          "--candidate SPEC --reference SPEC for two models of your own")
     return finish(compare_pair(args.pair, dtype=DTYPES[args.dtype], device=_device(args.device),
-                               mode=mode, backward=args.backward, **_tolerance_option(args)))
+                               mode=mode, backward=args.backward, spill=args.spill, **_tolerance_option(args)))
 
 
 def _tolerance_option(args: argparse.Namespace) -> dict:
@@ -185,6 +187,9 @@ def _parser(chosen: str | None = None) -> argparse.ArgumentParser:
                    help="keep only statistics of intermediate tensors (big models; layer errors become lower bounds)")
     p.add_argument("--auto-summary", action="store_true",
                    help="trace in full unless the trace would not fit in memory, then as with --summary")
+    p.add_argument("--spill", nargs="?", const=True, default=None, metavar="DIR",
+                   help="keep the full traces' large copies in files in DIR (default: the temp folder), read "
+                        "back as they are measured: exact layer errors when the traces do not fit in memory")
     p.add_argument("--atol", type=float, help="absolute tolerance for this run (default: the dtype's policy)")
     p.add_argument("--rtol", type=float, help="relative tolerance for this run (default: the dtype's policy)")
     p.add_argument("--table", action="store_true", help="print the per-layer table even when the pair passes")

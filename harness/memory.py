@@ -17,8 +17,9 @@ faithful port the assumption is pessimistic: the comparison is refused early rat
 - once half of a trace's modules have started, the projection for all traces exceeds it
   (earlier projections are not trusted: nested containers start long before they finish).
 
-The error gives the estimate and names ``--summary`` (``mode="summary"``), which keeps statistics
-only; ``mode="auto"`` (``--auto-summary``) switches to it by itself. Available memory is
+The error gives the estimate and names ``--spill`` (``spill=True``: large copies kept in files and
+read back as they are measured, not charged here) and ``--summary`` (``mode="summary"``), which
+keeps statistics only; ``mode="auto"`` (``--auto-summary``) switches to summary by itself. Available memory is
 :func:`available_bytes`: ``MemAvailable`` of ``/proc/meminfo`` bounded by the cgroup limit on
 CPU, free plus cached-but-unused memory on CUDA; unknown elsewhere, and then nothing is refused.
 """
@@ -52,8 +53,9 @@ class TraceTooLarge(ValueError, MemoryError):
         self.needed, self.kept, self.side, self.available, self.device = needed, kept, side, available, device
         self.started, self.modules = started, modules
         super().__init__(
-            f"{self.estimate()}; rerun with --summary (mode='summary': statistics only, layer errors become "
-            f"lower bounds) or --auto-summary (mode='auto') to switch when a full trace does not fit"
+            f"{self.estimate()}; rerun with --spill (spill=True: the trace kept in files, exact layer errors), "
+            f"--summary (mode='summary': statistics only, layer errors become lower bounds) or --auto-summary "
+            f"(mode='auto') to switch when a full trace does not fit"
         )
 
     def estimate(self) -> str:

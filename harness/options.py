@@ -2,7 +2,7 @@
 
 The options travel together: a :class:`harness.Pair` declares some of them (how each side is called,
 which outputs are final, rename rules, tolerances), a run adds others (mode, module filters, a weight
-map, the noise floor, backward), a recorded reference fills in what it stored, and
+map, the noise floor, backward, where traces spill), a recorded reference fills in what it stored, and
 :func:`harness.compare` reads them all. They are one frozen value, checked once when it is made, so
 that a malformed option fails before any model runs and every stage reads the same settings.
 :func:`harness.compare`'s keyword arguments are exactly these fields.
@@ -20,6 +20,7 @@ from harness.backward import check_backward
 from harness.checks import check_choice, check_type, type_error
 from harness.metrics import Tolerance, check_tolerances
 from harness.noise import check_noise_floor
+from harness.trace import spill_folder
 from harness.weights import WeightMap
 
 __all__ = ["CompareOptions", "PAIR_OPTIONS"]
@@ -54,6 +55,8 @@ class CompareOptions:
         adapters: ``(regex on candidate module name, fn)`` bringing outputs into the reference's layout.
         noise_floor: ``None`` (automatic), ``True``, ``False`` or a ratio threshold (:mod:`harness.noise`).
         backward / backward_loss: also compare gradients, from this loss (:mod:`harness.backward`).
+        spill: a folder (``True``: the temp folder) where full-mode traces keep their large copies in
+            files, read back as they are measured, instead of memory (:class:`harness.Tracer`).
     """
 
     rename: Sequence[tuple[str, str]] = ()
@@ -73,6 +76,7 @@ class CompareOptions:
     noise_floor: bool | float | None = None
     backward: bool = False
     backward_loss: Any = None
+    spill: Any = None
 
     def __post_init__(self) -> None:
         check_rename(self.rename)
@@ -90,6 +94,7 @@ class CompareOptions:
             check_type("weights", self.weights, WeightMap, what="a harness.WeightMap",
                        fix="make one with harness.map_weights(...) or harness.load_weight_map(path)")
         check_backward(self.backward, self.backward_loss)
+        spill_folder(self.spill)
 
     def replace(self, **changes: Any) -> "CompareOptions":
         """These options with some replaced (checked again); an unknown name is a TypeError."""

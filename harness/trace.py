@@ -16,14 +16,25 @@ also when the forward raised. Each call of a hooked module becomes a :class:`Rec
 Storage modes: ``"full"`` keeps detached copies (needed for error metrics and for re-running a
 module on the other model's inputs), ``"summary"`` keeps only :class:`TensorSummary` (shape,
 dtype and statistics) so that big models can be traced in little memory.
+
+Spilling (``spill=FOLDER``, full mode): the copies of large CPU tensors go to files in FOLDER,
+mapped into memory, and :meth:`Tracer.release` hands their pages back to the kernel. They stay
+readable (from the page cache or the disk) but count against the process's memory only while
+being read, so a full trace no longer needs to fit in memory next to the models: a comparison
+reads each copy back when it measures it (:func:`harness.compare` ``spill``).
 """
 
 from __future__ import annotations
 
 import cmath
+import ctypes
 import math
+import os
 import re
+import sys
+import tempfile
 import weakref
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal
 
@@ -32,7 +43,8 @@ from torch import nn
 
 from harness.checks import check_choice, check_module, type_error
 
-__all__ = ["Record", "TensorSummary", "Tracer", "flatten_tensors", "map_tensors", "name_filter", "ROOT"]
+__all__ = ["Record", "TensorSummary", "Tracer", "flatten_tensors", "map_tensors", "name_filter", "spill_folder",
+           "ROOT"]
 
 ROOT = "<root>"
 Mode = Literal["full", "summary"]
@@ -225,35 +237,107 @@ class _Arena:
     of its 0.93 GiB of copies. Blocks cost only the pages written (CPU memory is mapped lazily).
     A copy keeps the original's strides (dense tensors in any dimension order fill exactly their
     ``numel`` slots); other tensors, and those on accelerators (whose caching allocators pool
-    memory by themselves), are cloned as usual."""
+    memory by themselves), are cloned as usual.
+
+    Spilled (``spill``: a folder), a block is a file there mapped into memory; :meth:`release`
+    gives the blocks' pages back to the kernel (Linux ``madvise(MADV_DONTNEED)``; elsewhere the
+    pages stay resident and spilling saves nothing), and a full block is released at once. The
+    file is preallocated, so a full disk is an OSError naming the folder rather than a bus error
+    at a later page fault, and unlinked as soon as it is mapped, so nothing is left behind.
+    """
 
     BLOCK = 256 * 2**20
     SMALLEST = 2**20  # below this, a clone costs no hole worth saving
     ALIGN = 64
 
-    def __init__(self) -> None:
+    def __init__(self, spill: Path | None = None) -> None:
         self._block: torch.Tensor | None = None
         self._used = 0
+        self._spill = spill
+        self._mapped: list[torch.Tensor] = []  # the spilled blocks
+        self.spilled_bytes = 0
 
     def copy(self, t: torch.Tensor) -> torch.Tensor:
         nbytes = t.numel() * t.element_size()
         if t.device.type != "cpu" or nbytes < self.SMALLEST or t.layout != torch.strided or not _dense(t):
             return t.detach().clone()
         if self._block is None or self._used + nbytes > self._block.numel():
-            self._block, self._used = torch.empty(max(self.BLOCK, nbytes), dtype=torch.uint8), 0
+            self.release()
+            self._block, self._used = self._new_block(max(self.BLOCK, nbytes)), 0
         start = self._used
         self._used += -(-nbytes // self.ALIGN) * self.ALIGN
+        self.spilled_bytes += nbytes if self._spill is not None else 0
         copy = self._block[start:start + nbytes].view(t.dtype).as_strided(t.shape, t.stride())
         return copy.copy_(t.detach())
+
+    def in_memory(self, copy: torch.Tensor) -> bool:
+        """Whether ``copy`` (one this arena made) stays in memory: it is not in a spilled block."""
+        ptr = copy.untyped_storage().data_ptr()
+        return not any(block.untyped_storage().data_ptr() == ptr for block in self._mapped)
+
+    def release(self) -> None:
+        """Give the pages of the spilled blocks back to the kernel; their contents stay readable."""
+        for block in self._mapped:
+            _dont_need(block)
+
+    def _new_block(self, size: int) -> torch.Tensor:
+        if self._spill is None:
+            return torch.empty(size, dtype=torch.uint8)
+        try:
+            fd, name = tempfile.mkstemp(prefix=".harness-trace-", suffix=".bin", dir=self._spill)
+        except OSError as exc:
+            raise type(exc)(exc.errno, f"cannot spill the trace to {self._spill}: {exc.strerror}") from exc
+        try:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fd, 0, size)
+            else:
+                os.ftruncate(fd, size)
+            block = torch.from_file(name, shared=True, size=size, dtype=torch.uint8)
+        except OSError as exc:
+            raise type(exc)(exc.errno, f"cannot spill the trace to {self._spill} ({size / 2**20:.0f} MiB "
+                                       f"more): {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+            os.unlink(name)
+        self._mapped.append(block)
+        return block
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+_MADV_DONTNEED = 4
+
+
+def _dont_need(block: torch.Tensor) -> None:
+    """Unmap ``block``'s pages from this process (a shared file mapping keeps them in the file)."""
+    if _LIBC is not None:
+        _LIBC.madvise(ctypes.c_void_p(block.data_ptr()), ctypes.c_size_t(block.numel()), _MADV_DONTNEED)
+
+
+def spill_folder(spill: Any) -> Path | None:
+    """The folder a trace spills to: ``None``/``False``: none, ``True``: the temp folder, or a path;
+    a TypeError for another type, a ValueError for a path that is no existing folder."""
+    if spill is None or spill is False:
+        return None
+    if spill is True:
+        return Path(tempfile.gettempdir())
+    if not isinstance(spill, (str, os.PathLike)):
+        raise type_error("spill", spill, "a folder path, True (the temp folder) or None")
+    folder = Path(spill)
+    if not folder.is_dir():
+        raise ValueError(f"spill folder {folder} {'is not a folder' if folder.exists() else 'does not exist'}; "
+                         f"create it, or pass spill=True for the temp folder (CLI: --spill without a folder)")
+    return folder
 
 
 class _SharedCopies:
     """The tensors another trace kept, found by value: grouped by (shape, strides, dtype, device),
     then by their sum (computed once per group, when a tensor of that layout is first looked up),
     and confirmed by ``torch.equal``. A sum is one vectorized read, cheaper than the clone it
-    saves; bitwise equal tensors of one layout have equal sums (the same reduction order)."""
+    saves; bitwise equal tensors of one layout have equal sums (the same reduction order). What
+    a lookup read of a spilled trace is released again (``release``)."""
 
-    def __init__(self, records: list[Record]) -> None:
+    def __init__(self, records: list[Record], release: Callable[[], None] = lambda: None) -> None:
+        self._release = release
         self._groups: dict[tuple, list[torch.Tensor]] = {}
         seen: set[int] = set()
         for record in records:
@@ -278,7 +362,9 @@ class _SharedCopies:
             sums = self._sums[layout] = {}
             for kept in group:
                 sums.setdefault(kept.sum().item(), []).append(kept)
-        return next((kept for kept in sums.get(t.sum().item(), ()) if torch.equal(kept, t)), None)
+        found = next((kept for kept in sums.get(t.sum().item(), ()) if torch.equal(kept, t)), None)
+        self._release()
+        return found
 
 
 class Tracer:
@@ -295,6 +381,9 @@ class Tracer:
             one reuses: a tensor bitwise equal to one it kept (same shape, strides, dtype, device
             and values) is kept as that very copy, not a second one. A faithful port's trace then
             costs little beyond its twin's (at float64 most layers agree bitwise).
+        spill: a folder (or ``True``: the temp folder) where the copies of large CPU tensors are
+            kept in files instead of memory (see the module docstring); :meth:`release` after
+            reading them gives their memory back.
     """
 
     def __init__(
@@ -306,8 +395,10 @@ class Tracer:
         record_inputs: bool = True,
         budget: Any = None,
         share: "Tracer | None" = None,
+        spill: str | os.PathLike | bool | None = None,
     ) -> None:
         check_module("Tracer(model)", model)
+        self.spill = spill_folder(spill)
         check_choice("mode", mode, ("full", "summary"))
         self.budget = budget
         self.model = model
@@ -330,7 +421,7 @@ class Tracer:
             raise type_error("Tracer(share=...)", share, "a finished harness.Tracer or None")
         self._share = share
         self._shared: _SharedCopies | None = None
-        self._arena = _Arena()
+        self._arena = _Arena(self.spill)
 
     # -- context management ------------------------------------------------------------------
     def __enter__(self) -> "Tracer":
@@ -341,9 +432,9 @@ class Tracer:
         self._counts.clear()
         self._open.clear()
         self._clock = 0
-        self._arena = _Arena()
+        self._arena = _Arena(self.spill)
         if self._share is not None and self.mode == "full":
-            self._shared = _SharedCopies(self._share.records)
+            self._shared = _SharedCopies(self._share.records, self._share.release)
         try:
             for name, module in self.model.named_modules():
                 name = name or ROOT
@@ -358,6 +449,16 @@ class Tracer:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+        self.release()
+
+    def release(self) -> None:
+        """Give the memory of spilled copies that were read back to the kernel (nothing without ``spill``)."""
+        self._arena.release()
+
+    @property
+    def spilled_bytes(self) -> int:
+        """Bytes of copies this trace keeps in files (``spill``)."""
+        return self._arena.spilled_bytes
 
     def remove(self) -> None:
         """Remove every hook this tracer registered (idempotent)."""
@@ -400,7 +501,7 @@ class Tracer:
             copy = self._shared.find(t)
         if copy is None:
             copy = self._arena.copy(t)
-            if self.budget is not None:
+            if self.budget is not None and self._arena.in_memory(copy):  # a spilled copy costs disk
                 self.budget.charge(copy.nbytes, self, started=len(self._counts), modules=len(self._handles) // 2)
             if _version(t) is not None and copy.stride() == t.stride() and _dense(t):
                 self._dense[t.untyped_storage().data_ptr()] = (weakref.ref(t), _version(t), copy)

@@ -14,9 +14,9 @@ and ``reports/bench.json`` (section ``tracer``). Speed is reported, never assert
 is that both tracing modes recorded the same calls.
 Benchmarks only (``tox -e bench``); in the default suite each variant runs once as a smoke test.
 
-Memory: the peak resident size of a float64 comparison of ConvNeXt-L and -XL at 224 against a plain
-forward of the larger model, each measured from a reset high-water mark in a child process
-(``tests/bench_memory.py``); section ``memory`` of ``reports/bench.json``. The default suite
+Memory: the peak resident size of a float64 comparison of ConvNeXt-L and -XL at 224 (and of -XL
+with its traces spilled to files) against a plain forward of the larger model, each measured from
+a reset high-water mark in a child process (``tests/bench_memory.py``); section ``memory`` of ``reports/bench.json``. The default suite
 runs the child once on a one-block pair.
 
 CLI start-up: wall seconds of ``python -m harness list``, ``inspect`` (a ConvNeXt-T checkpoint),
@@ -128,13 +128,16 @@ def test_bench_tracer_overhead(benchmark, request, image, model_name: str) -> No
 
 
 # float64 weights of one model (the two share them): 1.5 GiB for Large, 2.6 GiB for XLarge
-MEMORY_BENCH = [("convnext_large", "1x3x224x224"), ("convnext_xlarge", "1x3x224x224")]
-MEMORY_SMOKE = [("convnext_tiny_stage3_block", None)]
+# (pair, input shape, spill the traces to files)
+MEMORY_BENCH = [("convnext_large", "1x3x224x224", False), ("convnext_xlarge", "1x3x224x224", False),
+                ("convnext_xlarge", "1x3x224x224", True)]
+MEMORY_SMOKE = [("convnext_tiny_stage3_block", None, True)]
 
 
-def _peak_memory(pair: str, shape: str | None) -> dict:
+def _peak_memory(pair: str, shape: str | None, spill: bool) -> dict:
     script = Path(__file__).resolve().parents[1] / "bench_memory.py"
-    command = [sys.executable, str(script), pair, *(["--shape", shape] if shape else [])]
+    command = [sys.executable, str(script), pair, *(["--shape", shape] if shape else []),
+               *(["--spill"] if spill else [])]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stderr[-3000:]}"
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -146,20 +149,20 @@ def _peak_memory(pair: str, shape: str | None) -> dict:
 def test_bench_comparison_peak_memory(benchmark, request, index: int) -> None:
     if benchmark.disabled and index >= len(MEMORY_SMOKE):
         pytest.skip("the default suite runs one smoke measurement")
-    pair, shape = (MEMORY_SMOKE if benchmark.disabled else MEMORY_BENCH)[index]
+    pair, shape, spill = (MEMORY_SMOKE if benchmark.disabled else MEMORY_BENCH)[index]
     result: dict = {}
     if benchmark.disabled:
-        result = _peak_memory(pair, shape)
+        result = _peak_memory(pair, shape, spill)
     else:
         benchmark.group = "peak memory, float64 comparison (seconds: the child process)"
-        benchmark.pedantic(lambda: result.update(_peak_memory(pair, shape)), rounds=1, iterations=1)
+        benchmark.pedantic(lambda: result.update(_peak_memory(pair, shape, spill)), rounds=1, iterations=1)
     assert result["passed"], f"the comparison measured failed: {result}"
     assert result["compare"]["peak_gib"] >= result["compare"]["start_gib"] > 0, result
     if benchmark.disabled:
         return
     benchmark.extra_info.update(result)
-    record("memory", pair, result)
-    say(request.config, [f"memory {pair} {result['shape']} float64: comparison peak {result['compare']['peak_gib']:.2f} GiB "
+    record("memory", pair + ("_spill" if spill else ""), result)
+    say(request.config, [f"memory {pair} {result['shape']} float64{' spilled' if spill else ''}: comparison peak {result['compare']['peak_gib']:.2f} GiB "
                          f"({result['compare']['peak_above_start_gib']:.2f} above the models), plain forward "
                          f"{result['forward']['peak_gib']:.2f} GiB ({result['forward']['peak_above_start_gib']:.2f} above)"])
 
@@ -229,4 +232,5 @@ def test_bench_cli_startup(benchmark, request, tmp_path) -> None:
              "ratio_to_import_torch": {k: round(paired_ratio(times, k, "import_torch"), 3) for k in commands}}
     benchmark.extra_info.update(entry)
     record("cli", "startup", entry)
-    say(request.config, ["CLI start-up (wall, median of 5): " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items())])
+    say(request.config,
+        ["CLI start-up (wall, median of 5): " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items())])

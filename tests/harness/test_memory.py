@@ -1,5 +1,6 @@
 """A full-mode trace that would not fit in memory is refused from an estimate, before the allocator
-fails, with one line suggesting --summary; mode="auto" (--auto-summary) switches to it instead.
+fails, with one line suggesting --summary; mode="auto" (--auto-summary) switches to it instead;
+spill (--spill) keeps the large copies in files instead, read back as they are measured.
 
 Available memory is set by replacing :func:`harness.memory.available_bytes`."""
 
@@ -140,3 +141,61 @@ def test_available_memory_is_known_on_linux_cpu_and_unknown_on_meta():
     available = memory.available_bytes("cpu")
     assert available is None or available > 0
     assert memory.available_bytes("meta") is None
+
+
+# -- spilling the traces to files --------------------------------------------------------------------
+class Wide(torch.nn.Module):
+    """Activations of 4 MiB at float64: above the size a trace clones one by one, so they spill."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = torch.nn.Linear(512, 512), torch.nn.Linear(512, 512), torch.nn.Linear(512, 256)
+        self.act = torch.nn.GELU()
+
+    def forward(self, x):
+        return self.c(self.act(self.b(self.a(x))))
+
+
+def _wide_pair(bug: bool):
+    torch.manual_seed(0)
+    reference = Wide().double().eval()
+    candidate = Wide().double().eval()
+    candidate.load_state_dict(reference.state_dict())
+    if bug:
+        candidate.act = torch.nn.GELU(approximate="tanh")
+    return candidate, reference, torch.randn(1024, 512, dtype=F64, generator=torch.Generator().manual_seed(1))
+
+
+def _verdict(report) -> dict:
+    """What a report says, without how long it took and the notes (which name the spill folder)."""
+    return {k: v for k, v in report.to_dict().items() if k not in ("seconds", "notes")}
+
+
+@pytest.mark.parametrize("bug", [False, True], ids=["passing", "failing"])
+def test_a_spilled_comparison_reports_what_an_in_memory_one_reports(tmp_path, bug):
+    in_memory = harness.compare(*_wide_pair(bug))
+    spilled = harness.compare(*_wide_pair(bug), spill=tmp_path)
+    assert in_memory.passed is not bug and (in_memory.culprit == "act") is bug
+    assert _verdict(spilled) == _verdict(in_memory)
+    assert any(f"MiB of trace copies were kept in files in {tmp_path}" in n for n in spilled.notes), spilled.notes
+    assert list(tmp_path.iterdir()) == [], "the spill left files behind"
+
+
+def test_spilled_copies_are_not_charged_to_the_memory_budget(tmp_path, memory_of):
+    candidate, reference, x = _wide_pair(bug=False)
+    memory_of(8 * 2**20)  # a trace keeps about 24 MiB per model
+    with pytest.raises(TraceTooLarge):
+        harness.compare(candidate, reference, x)
+    assert harness.compare(candidate, reference, x, spill=tmp_path).passed
+
+
+def test_cli_spill_keeps_the_trace_in_files_in_the_folder_given(toy_cli, tmp_path, capsys):
+    assert cli.main(["compare", "toy_mlp", "--dtype", "float64", "--spill", str(tmp_path)]) == 0
+    # the toy's activations are small: kept in memory, and the note says so
+    assert f"note: spill: nothing went to {tmp_path}; only full-mode copies of 1 MiB" in capsys.readouterr().out
+
+
+def test_cli_spill_to_a_missing_folder_is_a_one_line_usage_error(toy_cli, tmp_path, capsys):
+    assert cli.main(["compare", "toy_mlp", "--spill", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"spill folder {tmp_path / 'missing'} does not exist" in err, err

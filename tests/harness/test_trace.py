@@ -190,3 +190,70 @@ def test_a_packed_copy_does_not_follow_later_changes_to_the_original():
         layer(x)
     x.add_(1.0)
     assert torch.equal(tracer.records[0].outputs[""], before)
+
+
+# -- spilling copies to files -----------------------------------------------------------------------
+def _trace(model, x, **options):
+    with torch.no_grad(), Tracer(model, **options) as tracer:
+        model(x)
+    return tracer
+
+
+def _resident_kib(tensor: torch.Tensor) -> int:
+    """Resident KiB of the memory mapping holding ``tensor`` (/proc/self/smaps)."""
+    address, rss, inside = tensor.untyped_storage().data_ptr(), None, False
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and all(c in "0123456789abcdef-" for c in head):
+            low, high = (int(part, 16) for part in head.split("-"))
+            inside = low <= address < high
+        elif inside and line.startswith("Rss:"):
+            rss = int(line.split()[1])
+            inside = False
+    assert rss is not None, f"no mapping of /proc/self/smaps holds address {address:#x}"
+    return rss
+
+
+def test_a_spilled_trace_keeps_what_an_in_memory_trace_keeps(tmp_path):
+    x = _large()
+    kept = {r.key: r.outputs[""] for r in _trace(Widen(), x).records}
+    spilled = {r.key: r.outputs[""] for r in _trace(Widen(), x, spill=tmp_path).records}
+    assert spilled.keys() == kept.keys()
+    for key, copy in spilled.items():
+        assert copy.stride() == kept[key].stride() and torch.equal(copy, kept[key]), key
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="pages are handed back on Linux")
+def test_spilled_copies_leave_resident_memory_until_read_again(tmp_path):
+    tracer = _trace(Widen(), _large(), spill=tmp_path)
+    copy = tracer.by_key()["c#0"].outputs[""]  # 2 MiB in a 256 MiB file-backed block
+    assert _resident_kib(copy) < 256, "the tracer kept its spilled block resident after the forward"
+    copy.sum()
+    assert _resident_kib(copy) >= 2048, "reading a spilled copy should bring its pages back"
+    tracer.release()
+    assert _resident_kib(copy) < 256, "release() left the read pages resident"
+
+
+def test_a_spill_leaves_no_file_in_its_folder(tmp_path):
+    tracer = _trace(Widen(), _large(), spill=tmp_path)
+    assert tracer.records and list(tmp_path.iterdir()) == []
+
+
+def test_spill_names_an_existing_folder(tmp_path):
+    with pytest.raises(ValueError, match=r"spill folder .*missing does not exist; create it, or pass spill=True"):
+        Tracer(Widen(), spill=tmp_path / "missing")
+    with pytest.raises(TypeError, match=r"spill must be a folder path, True \(the temp folder\) or None, got int 3"):
+        Tracer(Widen(), spill=3)
+
+
+def test_a_full_spill_disk_is_an_oserror_naming_the_folder(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    with pytest.raises(OSError, match=rf"cannot spill the trace to {tmp_path} \(256 MiB more\): No space left"):
+        _trace(Widen(), _large(), spill=tmp_path)
+    assert list(tmp_path.iterdir()) == []
