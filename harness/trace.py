@@ -34,8 +34,8 @@ import re
 import sys
 import tempfile
 import weakref
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
 import torch
