@@ -1,11 +1,11 @@
-"""``python -m harness inspect CHECKPOINT``: which family and layout a checkpoint is, and its dimensions.
+"""The checkpoint commands: ``inspect`` (what a checkpoint is) and ``compat`` (whether two join).
 
-Prints the recognized family and layout (:mod:`candidates.recognize`, every family's
-``recognize``), the dimensions inferable from the tensor shapes and the parameter count
-(``--json`` for machines), and for a RoPE-ViT where its head count comes from
-(``num_heads_source``: derived from a shape, given with ``--num-heads``, or assumed: the original
-release's layout does not store it). Unreadable or malformed files exit 2 through the harness
-CLI's error handling.
+``python -m harness inspect CHECKPOINT`` prints the recognized family and layout
+(:mod:`candidates.recognize`, every family's ``recognize``), the dimensions inferable from the
+tensor shapes and the parameter count (``--json`` for machines), and for a RoPE-ViT where its
+head count comes from (``num_heads_source``: derived from a shape, given with ``--num-heads``, or
+assumed: the original release's layout does not store it). Unreadable or malformed files exit 2
+through the harness CLI's error handling.
 
 ``python -m harness compat CONVNEXT ROPE_VIT`` prints the mFormerV1 compatibility table row of a
 ConvNeXt and a RoPE-ViT checkpoint (either layout; :func:`candidates.mformer.compat_row`); it exits
