@@ -128,9 +128,8 @@ def inspect_checkpoint(path: str | os.PathLike, *, num_heads: int | None = None)
     """
     with naming_file(path):
         headers = read_headers(path)
-    if headers is not None:
         try:
-            with naming_file(path):
+            if headers is not None:
                 return inspect_state_dict(headers, path=str(path), num_heads=num_heads)
         except ValuesUnavailable:
             pass

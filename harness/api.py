@@ -158,6 +158,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
         for trace in (cand_trace, ref_trace):
             if isinstance(trace, Tracer):
                 trace.release()
+
     dtype = dtype or guards.comparison_dtype(candidate, reference, call, final)
     name = dtype_name(dtype)
     tol = tolerance_for(dtype, overrides=o.tolerances)

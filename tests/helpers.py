@@ -5,6 +5,9 @@ Import them as ``from helpers import ...`` (``tests/`` is on ``sys.path`` throug
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import types
 from pathlib import Path
 from typing import Any, Callable
@@ -103,3 +106,25 @@ def inference_forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """One forward as a user runs inference (no autograd): what the forward benchmarks time."""
     with torch.inference_mode():
         return model(x)
+
+
+_CLI_SCRIPT = """\
+import contextlib, io, json, sys
+from harness.cli import main
+codes = []
+for argv in json.loads(sys.argv[1]):
+    with contextlib.redirect_stdout(io.StringIO()):
+        codes.append(main(argv))
+print(json.dumps({"codes": codes, "torch": sorted(m for m in sys.modules if m.split(".")[0] == "torch")[:3]}))
+"""
+
+
+def cli_in_fresh_process(*argvs: list[Any]) -> tuple[list[int], list[str]]:
+    """(exit codes, first torch modules imported) of ``python -m harness`` commands run one after
+    another in one new interpreter: what they import at start-up, which a test process that has
+    torch loaded already cannot show."""
+    commands = json.dumps([[str(a) for a in argv] for argv in argvs])
+    run = subprocess.run([sys.executable, "-c", _CLI_SCRIPT, commands], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    return result["codes"], result["torch"]

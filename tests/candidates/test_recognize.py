@@ -168,27 +168,13 @@ def test_a_checkpoint_read_as_headers_is_recognized_as_its_loaded_tensors_are(tm
 
 
 def test_inspect_recognizes_every_layout_without_importing_torch(tmp_path):
-    import json
-    import subprocess
-    import sys
-
     from candidates.io import save_state_dict
+    from helpers import cli_in_fresh_process
 
-    paths = [str(save_state_dict(build(), tmp_path / f"{i}.pth")) for i, build in enumerate(_layouts().values())]
-    script = (
-        "import contextlib, io, json, sys\n"
-        "from harness.cli import main\n"
-        "codes = []\n"
-        "for path in sys.argv[1:]:\n"
-        "    with contextlib.redirect_stdout(io.StringIO()):\n"
-        "        codes.append(main(['inspect', path, '--json']))\n"
-        "print(json.dumps({'codes': codes, 'torch': sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3]}))\n"
-    )
-    run = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-2000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
-    assert result == {"codes": [0] * len(paths), "torch": []}, (
-        f"inspect of {dict(zip(LAYOUTS, result['codes']))} imported {result['torch']}; "
+    paths = [save_state_dict(build(), tmp_path / f"{i}.pth") for i, build in enumerate(_layouts().values())]
+    codes, torch_modules = cli_in_fresh_process(*(["inspect", path, "--json"] for path in paths))
+    assert (codes, torch_modules) == ([0] * len(paths), []), (
+        f"inspect of {dict(zip(LAYOUTS, codes))} imported {torch_modules}; "
         f"`python -X importtime -m harness inspect {paths[0]} 2>&1 | grep -B5 torch` shows which import pulls it")
 
 

@@ -89,24 +89,14 @@ def test_diff_of_a_fix_exits_0(tmp_path, results, capsys):
 
 
 def test_render_merge_and_diff_run_without_importing_torch(tmp_path, results):
-    import subprocess
-    import sys
+    from helpers import cli_in_fresh_process
 
     passing, failing = results
     a = _shard(tmp_path, "a", [dict(passing, test="t1")], shard="1/2")
     b = _shard(tmp_path, "b", [dict(failing, test="t2")], shard="2/2")
     out = tmp_path / "out"
-    script = (
-        "import contextlib, io, json, sys\n"
-        "from harness.cli import main\n"
-        "a, b, out = sys.argv[1:]\n"
-        "with contextlib.redirect_stdout(io.StringIO()):\n"
-        "    codes = [main(['report', 'merge', a, b, '--out', out]), main(['report', 'render', out]),\n"
-        "             main(['report', 'diff', a, out + '/parity.json'])]\n"
-        "print(json.dumps({'codes': codes, 'torch': sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3]}))\n"
-    )
-    run = subprocess.run([sys.executable, "-c", script, str(a), str(b), str(out)], capture_output=True, text=True,
-                         timeout=120)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert json.loads(run.stdout.strip().splitlines()[-1]) == {"codes": [0, 0, 0], "torch": []}, (
+    codes, torch_modules = cli_in_fresh_process(["report", "merge", a, b, "--out", out], ["report", "render", out],
+                                                ["report", "diff", a, out / "parity.json"])
+    assert (codes, torch_modules) == ([0, 0, 0], []), (
+        f"exit codes {codes}, imported {torch_modules}; "
         f"`python -X importtime -m harness report render {out} 2>&1 | grep -B5 torch` shows which import pulls it")

@@ -352,18 +352,9 @@ def test_build_mformer_names_the_file_that_is_not_a_convnext(tmp_path):
 
 
 def test_compat_cli_checks_a_pair_without_importing_torch(files):
-    import subprocess
-    import sys
+    from helpers import cli_in_fresh_process
 
-    script = (
-        "import contextlib, io, json, sys\n"
-        "from harness.cli import main\n"
-        "with contextlib.redirect_stdout(io.StringIO()):\n"
-        "    code = main(['compat', *sys.argv[1:]])\n"
-        "print(json.dumps({'code': code, 'torch': sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3]}))\n"
-    )
-    run = subprocess.run([sys.executable, "-c", script, str(files["convnext_orig"]), str(files["vit_s_orig"])],
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert json.loads(run.stdout.strip().splitlines()[-1]) == {"code": 0, "torch": []}, (
+    codes, torch_modules = cli_in_fresh_process(["compat", files["convnext_orig"], files["vit_s_orig"]])
+    assert (codes, torch_modules) == ([0], []), (
+        f"exit code {codes[0]}, imported {torch_modules}; "
         "`python -X importtime -m harness compat CONVNEXT ROPE_VIT 2>&1 | grep -B5 torch` shows which import pulls it")
