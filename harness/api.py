@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
@@ -22,7 +21,7 @@ from harness.metrics import Metrics, Tolerance, dtype_name, measure, tolerance_f
 from harness.options import CompareOptions
 from harness.pairs import Call, Pair, as_call, as_pair
 from harness.report import ParityReport
-from harness.trace import Tracer, flatten_tensors, name_filter, spill_folder
+from harness.trace import AUTO, Tracer, flatten_tensors, name_filter, spill_folder
 from harness.tracefile import Replay, Trace
 from harness.weights import WeightMap, infer_map
 
@@ -77,7 +76,7 @@ def compare(
     noise_floor: bool | float | None = None,
     backward: bool = False,
     backward_loss: Any = None,
-    spill: Any = None,
+    spill: Any = "auto",
 ) -> ParityReport:
     """Run both models on ``inputs`` under tracing and report layer-by-layer parity.
 
@@ -93,6 +92,9 @@ def compare(
     1 MiB and more in files, each read back when it is measured: exact layer errors for models
     whose traces do not fit in memory next to them (:class:`harness.Tracer`; Linux gives the
     pages back, elsewhere they stay resident). A spilled copy is not charged to the memory budget.
+    The default ``"auto"`` keeps each trace's first 256 MiB of such copies in memory and spills
+    the rest to the temp folder where that saves memory (Linux, a folder on disk); ``None`` or
+    ``False`` keeps everything in memory.
     Both models are left bitwise as they were (see :mod:`harness.guards`).
     ``weights``: a :class:`harness.WeightMap` (from :func:`harness.map_weights`) pairing modules
     through the tensors they own, for models whose names differ. Without it, models whose state-dict
@@ -202,8 +204,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
     first_divergence, culprit = found.first_divergence, found.culprit
     release()
     notes += list(alignment.notes) + (replay.notes if replay is not None else [])
-    if o.spill:
-        notes.append(_spill_note(spill_folder(o.spill), cand_trace, ref_trace))
+    notes += _spill_notes(o.spill, cand_trace, ref_trace)
     if o.mode == "summary":
         notes.insert(0, "summary mode: layer errors are lower bounds from statistics (mean, std, absmax)")
     mutations = {"candidate": call.mutated_in(cand_call), "reference": call.mutated_in(ref_call)}
@@ -247,14 +248,28 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
     )
 
 
-def _spill_note(folder: Path, *traces: Any) -> str:
-    """What ``spill`` did: the bytes the traces kept in files, or why none went there."""
-    spilled = sum(t.spilled_bytes for t in traces if isinstance(t, Tracer))
+def _spill_notes(spill: Any, *traces: Any) -> list[str]:
+    """What ``spill`` did: the bytes the traces kept in files, or why none went there. ``"auto"``
+    speaks only when it spilled, or when copies beyond its allowance had to stay in memory."""
+    traces = [t for t in traces if isinstance(t, Tracer)]
+    if not spill or not traces:
+        return []
+    folder = spill_folder(spill)
+    spilled = sum(t.spilled_bytes for t in traces)
+    auto = isinstance(spill, str) and spill == AUTO
+    notes = []
     if spilled:
-        return (f"spill: {spilled / 2**20:.0f} MiB of trace copies were kept in files in {folder} and read back "
-                f"as they were measured")
-    return (f"spill: nothing went to {folder}; only full-mode copies of 1 MiB and more in CPU memory are "
-            f"spilled, the others stay in memory")
+        beyond = f" beyond the first {traces[0].spill_allowance / 2**20:.0f} MiB per trace" if auto else ""
+        notes.append(f"spill: {spilled / 2**20:.0f} MiB of trace copies{beyond} were kept in files in {folder} and "
+                     f"read back as they were measured" + ("; --no-spill (spill=False) keeps them in memory" if auto else ""))
+    elif not auto:
+        notes.append(f"spill: nothing went to {folder}; only full-mode copies of 1 MiB and more in CPU memory are "
+                     f"spilled, the others stay in memory")
+    for trace in traces:
+        if trace.spill_declined is not None:
+            overflow, reason = trace.spill_declined
+            notes.append(f"spill: {overflow / 2**20:.0f} MiB of trace copies stayed in memory: {reason}")
+    return notes
 
 
 def _keys_differ(candidate: nn.Module, reference: nn.Module) -> bool:

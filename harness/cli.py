@@ -187,9 +187,14 @@ def _parser(chosen: str | None = None) -> argparse.ArgumentParser:
                    help="keep only statistics of intermediate tensors (big models; layer errors become lower bounds)")
     p.add_argument("--auto-summary", action="store_true",
                    help="trace in full unless the trace would not fit in memory, then as with --summary")
-    p.add_argument("--spill", nargs="?", const=True, default=None, metavar="DIR",
-                   help="keep the full traces' large copies in files in DIR (default: the temp folder), read "
-                        "back as they are measured: exact layer errors when the traces do not fit in memory")
+    spill = p.add_mutually_exclusive_group()
+    spill.add_argument("--spill", nargs="?", const=True, default="auto", metavar="DIR",
+                       help="keep all the full traces' large copies in files in DIR (default: the temp folder), "
+                            "read back as they are measured: exact layer errors when the traces do not fit in "
+                            "memory (without the flag, copies beyond each trace's first 256 MiB go to the temp "
+                            "folder when it is on disk)")
+    spill.add_argument("--no-spill", dest="spill", action="store_false",
+                       help="keep the full traces in memory, however large")
     p.add_argument("--atol", type=float, help="absolute tolerance for this run (default: the dtype's policy)")
     p.add_argument("--rtol", type=float, help="relative tolerance for this run (default: the dtype's policy)")
     p.add_argument("--table", action="store_true", help="print the per-layer table even when the pair passes")

@@ -56,7 +56,9 @@ class CompareOptions:
         noise_floor: ``None`` (automatic), ``True``, ``False`` or a ratio threshold (:mod:`harness.noise`).
         backward / backward_loss: also compare gradients, from this loss (:mod:`harness.backward`).
         spill: a folder (``True``: the temp folder) where full-mode traces keep their large copies in
-            files, read back as they are measured, instead of memory (:class:`harness.Tracer`).
+            files, read back as they are measured, instead of memory (:class:`harness.Tracer`);
+            ``"auto"`` (the default): the temp folder, beyond each trace's first 256 MiB;
+            ``None``/``False``: memory only.
     """
 
     rename: Sequence[tuple[str, str]] = ()
@@ -76,7 +78,7 @@ class CompareOptions:
     noise_floor: bool | float | None = None
     backward: bool = False
     backward_loss: Any = None
-    spill: Any = None
+    spill: Any = "auto"
 
     def __post_init__(self) -> None:
         check_rename(self.rename)

@@ -21,7 +21,11 @@ Spilling (``spill=FOLDER``, full mode): the copies of large CPU tensors go to fi
 mapped into memory, and :meth:`Tracer.release` hands their pages back to the kernel. They stay
 readable (from the page cache or the disk) but count against the process's memory only while
 being read, so a full trace no longer needs to fit in memory next to the models: a comparison
-reads each copy back when it measures it (:func:`harness.compare` ``spill``).
+reads each copy back when it measures it (:func:`harness.compare` ``spill``). ``spill="auto"``
+(what a comparison does by default) keeps the first ``AUTO_IN_MEMORY`` bytes of large
+copies in memory and spills the rest to the temp folder, unless that folder is itself in memory
+(tmpfs) or the platform cannot hand pages back; a folder that refuses a file (full disk) then
+leaves the copies in memory instead of failing the trace, and :attr:`Tracer.spill_declined` says why.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from torch import nn
 from harness.checks import check_choice, check_module, type_error
 
 __all__ = ["Record", "TensorSummary", "Tracer", "flatten_tensors", "map_tensors", "name_filter", "spill_folder",
-           "ROOT"]
+           "AUTO", "ROOT"]
 
 ROOT = "<root>"
 Mode = Literal["full", "summary"]
@@ -250,12 +254,17 @@ class _Arena:
     SMALLEST = 2**20  # below this, a clone costs no hole worth saving
     ALIGN = 64
 
-    def __init__(self, spill: Path | None = None) -> None:
+    def __init__(self, spill: Path | None = None, *, auto: bool = False) -> None:
         self._block: torch.Tensor | None = None
         self._used = 0
         self._spill = spill
+        self._auto = auto
+        self.allowance = AUTO_IN_MEMORY if auto else 0  # bytes of blocks in memory before they go to files
+        self._in_memory = 0  # bytes of the blocks in memory
         self._mapped: list[torch.Tensor] = []  # the spilled blocks
         self.spilled_bytes = 0
+        self.overflow_bytes = 0  # auto: bytes kept in memory beyond the allowance (spilling declined or failed)
+        self.declined: str | None = None  # auto: why the copies beyond the allowance stay in memory
 
     def copy(self, t: torch.Tensor) -> torch.Tensor:
         nbytes = t.numel() * t.element_size()
@@ -266,7 +275,10 @@ class _Arena:
             self._block, self._used = self._new_block(max(self.BLOCK, nbytes)), 0
         start = self._used
         self._used += -(-nbytes // self.ALIGN) * self.ALIGN
-        self.spilled_bytes += nbytes if self._spill is not None else 0
+        if self._mapped and self._block is self._mapped[-1]:
+            self.spilled_bytes += nbytes
+        elif self._auto and self._in_memory > self.allowance:
+            self.overflow_bytes += nbytes
         copy = self._block[start:start + nbytes].view(t.dtype).as_strided(t.shape, t.stride())
         return copy.copy_(t.detach())
 
@@ -281,8 +293,17 @@ class _Arena:
             _dont_need(block)
 
     def _new_block(self, size: int) -> torch.Tensor:
-        if self._spill is None:
-            return torch.empty(size, dtype=torch.uint8)
+        if self._spill is not None and self._in_memory >= self.allowance:
+            try:
+                return self._file_block(size)
+            except OSError as exc:
+                if not self._auto:
+                    raise
+                self._spill, self.declined = None, str(exc)  # auto: the trace goes on in memory
+        self._in_memory += size
+        return torch.empty(size, dtype=torch.uint8)
+
+    def _file_block(self, size: int) -> torch.Tensor:
         try:
             fd, name = tempfile.mkstemp(prefix=".harness-trace-", suffix=".bin", dir=self._spill)
         except OSError as exc:
@@ -313,20 +334,53 @@ def _dont_need(block: torch.Tensor) -> None:
         _LIBC.madvise(ctypes.c_void_p(block.data_ptr()), ctypes.c_size_t(block.numel()), _MADV_DONTNEED)
 
 
+AUTO = "auto"
+AUTO_IN_MEMORY = 256 * 2**20  # spill="auto": each trace's large copies kept in memory before blocks go to files
+_MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
+
+
 def spill_folder(spill: Any) -> Path | None:
-    """The folder a trace spills to: ``None``/``False``: none, ``True``: the temp folder, or a path;
-    a TypeError for another type, a ValueError for a path that is no existing folder."""
+    """The folder a trace spills to: ``None``/``False``: none, ``True`` or ``"auto"``: the temp
+    folder, or a path; a TypeError for another type, a ValueError for a path that is no existing folder."""
     if spill is None or spill is False:
         return None
-    if spill is True:
+    if spill is True or spill == AUTO:
         return Path(tempfile.gettempdir())
     if not isinstance(spill, (str, os.PathLike)):
-        raise type_error("spill", spill, "a folder path, True (the temp folder) or None")
+        raise type_error("spill", spill, "a folder path, True (the temp folder), 'auto' or None")
     folder = Path(spill)
     if not folder.is_dir():
         raise ValueError(f"spill folder {folder} {'is not a folder' if folder.exists() else 'does not exist'}; "
                          f"create it, or pass spill=True for the temp folder (CLI: --spill without a folder)")
     return folder
+
+
+def auto_spill_declined(folder: Path) -> str | None:
+    """Why ``spill="auto"`` keeps a trace in memory rather than in files in ``folder``; None when it spills."""
+    if _LIBC is None:
+        return "this platform keeps a mapped file's pages resident, so spilling would save no memory"
+    fstype = _filesystem(folder)
+    if fstype in _MEMORY_FILESYSTEMS:
+        return f"the temp folder {folder} is itself in memory ({fstype}); --spill DIR names a folder on disk"
+    return None
+
+
+def _filesystem(folder: Path) -> str | None:
+    """The type of the filesystem holding ``folder`` (the longest mount point above it, /proc/self/mounts)."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    path, best, fstype = os.path.realpath(folder), -1, None
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > best:
+            best, fstype = len(point), fields[2]
+    return fstype
 
 
 class _SharedCopies:
@@ -383,7 +437,8 @@ class Tracer:
             costs little beyond its twin's (at float64 most layers agree bitwise).
         spill: a folder (or ``True``: the temp folder) where the copies of large CPU tensors are
             kept in files instead of memory (see the module docstring); :meth:`release` after
-            reading them gives their memory back.
+            reading them gives their memory back. ``"auto"``: the temp folder, once the trace's
+            large copies exceed ``AUTO_IN_MEMORY``, where spilling saves memory.
     """
 
     def __init__(
@@ -399,6 +454,10 @@ class Tracer:
     ) -> None:
         check_module("Tracer(model)", model)
         self.spill = spill_folder(spill)
+        self._auto = isinstance(spill, str) and spill == AUTO
+        self._declined = auto_spill_declined(self.spill) if self._auto else None
+        if self._declined is not None:
+            self.spill = None
         check_choice("mode", mode, ("full", "summary"))
         self.budget = budget
         self.model = model
@@ -421,7 +480,7 @@ class Tracer:
             raise type_error("Tracer(share=...)", share, "a finished harness.Tracer or None")
         self._share = share
         self._shared: _SharedCopies | None = None
-        self._arena = _Arena(self.spill)
+        self._arena = _Arena(self.spill, auto=self._auto)
 
     # -- context management ------------------------------------------------------------------
     def __enter__(self) -> "Tracer":
@@ -432,7 +491,7 @@ class Tracer:
         self._counts.clear()
         self._open.clear()
         self._clock = 0
-        self._arena = _Arena(self.spill)
+        self._arena = _Arena(self.spill, auto=self._auto)
         if self._share is not None and self.mode == "full":
             self._shared = _SharedCopies(self._share.records, self._share.release)
         try:
@@ -459,6 +518,19 @@ class Tracer:
     def spilled_bytes(self) -> int:
         """Bytes of copies this trace keeps in files (``spill``)."""
         return self._arena.spilled_bytes
+
+    @property
+    def spill_allowance(self) -> int:
+        """Bytes of large copies kept in memory before the rest are spilled (``"auto"``; 0 otherwise)."""
+        return self._arena.allowance
+
+    @property
+    def spill_declined(self) -> tuple[int, str] | None:
+        """``spill="auto"``: the bytes of large copies kept in memory beyond the allowance, and why
+        they did not go to files (the temp folder is in memory, the platform, a refused file)."""
+        overflow = self._arena.overflow_bytes
+        reason = self._arena.declined or self._declined
+        return (overflow, reason) if overflow and reason else None
 
     def remove(self) -> None:
         """Remove every hook this tracer registered (idempotent)."""

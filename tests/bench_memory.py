@@ -5,8 +5,8 @@ then measures, each from a reset high-water mark (``/proc/self/clear_refs`` 5 re
 resident set size, ``ru_maxrss``; Linux only):
 
 - ``forward``: a plain ``torch.no_grad()`` forward of the model with more parameters;
-- ``compare``: ``harness.compare`` of the two models on the same inputs (``--spill``: with its
-  traces spilled to the temp folder).
+- ``compare``: ``harness.compare`` of the two models on the same inputs (``--spill``: where its
+  traces keep their large copies: ``memory``, ``auto`` as by default, ``all`` in files).
 
 Each is reported as the peak above the resident size before it started (both models' weights
 are resident in both, shared where the conversion allows, as ``compare_pair`` builds them), and
@@ -62,6 +62,9 @@ def measure(fn: Callable[[], Any]) -> dict[str, float]:
             "start_gib": round(before / 2**30, 3), "seconds": round(seconds, 2)}
 
 
+SPILL = {"memory": False, "auto": "auto", "all": True}  # --spill: compare()'s spill
+
+
 def main(argv: list[str]) -> dict[str, Any]:
     import torch
 
@@ -74,7 +77,9 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("pair")
     parser.add_argument("--shape", type=parse_shape, default=None, help="input shape (default: the pair's inputs)")
     parser.add_argument("--dtype", default="float64")
-    parser.add_argument("--spill", action="store_true", help="the comparison spills its traces to the temp folder")
+    parser.add_argument("--spill", choices=sorted(SPILL), default="auto",
+                        help="where the comparison keeps its traces' large copies: memory, files in the temp "
+                             "folder beyond the first 256 MiB per trace (auto, the default), files (all)")
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     pair = get_pair(args.pair)
@@ -91,7 +96,7 @@ def main(argv: list[str]) -> dict[str, Any]:
 
     def comparison() -> None:
         report.append(compare(candidate, reference, call, dtype=dtype, pair_name=pair.name,
-                              **pair.compare_options(), spill=args.spill or None))
+                              **pair.compare_options(), spill=SPILL[args.spill]))
 
     result = {"pair": pair.name, "dtype": dtype_name(dtype), "spill": args.spill, "shape": list(call.args[0].shape) if call.args else None,
               "weights_gib": round(_unique_bytes(candidate, reference) / 2**30, 3),

@@ -14,8 +14,9 @@ and ``reports/bench.json`` (section ``tracer``). Speed is reported, never assert
 is that both tracing modes recorded the same calls.
 Benchmarks only (``tox -e bench``); in the default suite each variant runs once as a smoke test.
 
-Memory: the peak resident size of a float64 comparison of ConvNeXt-L and -XL at 224 (and of -XL
-with its traces spilled to files) against a plain forward of the larger model, each measured from
+Memory: the peak resident size of a float64 comparison of ConvNeXt-L and -XL at 224 with their
+traces in memory (and of -XL with the default automatic spill, and with every large copy in files)
+against a plain forward of the larger model, each measured from
 a reset high-water mark in a child process (``tests/bench_memory.py``); section ``memory`` of ``reports/bench.json``. The default suite
 runs the child once on a one-block pair.
 
@@ -128,16 +129,17 @@ def test_bench_tracer_overhead(benchmark, request, image, model_name: str) -> No
 
 
 # float64 weights of one model (the two share them): 1.5 GiB for Large, 2.6 GiB for XLarge
-# (pair, input shape, spill the traces to files)
-MEMORY_BENCH = [("convnext_large", "1x3x224x224", False), ("convnext_xlarge", "1x3x224x224", False),
-                ("convnext_xlarge", "1x3x224x224", True)]
-MEMORY_SMOKE = [("convnext_tiny_stage3_block", None, True)]
+# (pair, input shape, where the traces' large copies go: memory, auto (the default), all to files)
+MEMORY_BENCH = [("convnext_large", "1x3x224x224", "memory"), ("convnext_xlarge", "1x3x224x224", "memory"),
+                ("convnext_xlarge", "1x3x224x224", "auto"), ("convnext_xlarge", "1x3x224x224", "all")]
+MEMORY_SMOKE = [("convnext_tiny_stage3_block", None, "all")]
+SPILL_KEYS = {"memory": "", "auto": "_auto", "all": "_spill"}  # reports/bench.json "memory" entries
+SPILL_WORDS = {"memory": "in memory", "auto": "auto spill", "all": "spilled"}
 
 
-def _peak_memory(pair: str, shape: str | None, spill: bool) -> dict:
+def _peak_memory(pair: str, shape: str | None, spill: str) -> dict:
     script = Path(__file__).resolve().parents[1] / "bench_memory.py"
-    command = [sys.executable, str(script), pair, *(["--shape", shape] if shape else []),
-               *(["--spill"] if spill else [])]
+    command = [sys.executable, str(script), pair, *(["--shape", shape] if shape else []), "--spill", spill]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stderr[-3000:]}"
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -161,8 +163,8 @@ def test_bench_comparison_peak_memory(benchmark, request, index: int) -> None:
     if benchmark.disabled:
         return
     benchmark.extra_info.update(result)
-    record("memory", pair + ("_spill" if spill else ""), result)
-    say(request.config, [f"memory {pair} {result['shape']} float64{' spilled' if spill else ''}: comparison peak {result['compare']['peak_gib']:.2f} GiB "
+    record("memory", pair + SPILL_KEYS[spill], result)
+    say(request.config, [f"memory {pair} {result['shape']} float64 {SPILL_WORDS[spill]}: comparison peak {result['compare']['peak_gib']:.2f} GiB "
                          f"({result['compare']['peak_above_start_gib']:.2f} above the models), plain forward "
                          f"{result['forward']['peak_gib']:.2f} GiB ({result['forward']['peak_above_start_gib']:.2f} above)"])
 

@@ -1,6 +1,7 @@
 """A full-mode trace that would not fit in memory is refused from an estimate, before the allocator
 fails, with one line suggesting --summary; mode="auto" (--auto-summary) switches to it instead;
-spill (--spill) keeps the large copies in files instead, read back as they are measured.
+spill (--spill) keeps the large copies in files instead, read back as they are measured; by
+default (spill="auto") the copies beyond each trace's first 256 MiB go there.
 
 Available memory is set by replacing :func:`harness.memory.available_bytes`."""
 
@@ -199,3 +200,41 @@ def test_cli_spill_to_a_missing_folder_is_a_one_line_usage_error(toy_cli, tmp_pa
     assert cli.main(["compare", "toy_mlp", "--spill", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and f"spill folder {tmp_path / 'missing'} does not exist" in err, err
+
+
+def test_an_auto_spilled_comparison_reports_what_an_in_memory_one_reports(small_auto_spill):
+    in_memory = harness.compare(*_wide_pair(bug=True), spill=False)
+    auto = harness.compare(*_wide_pair(bug=True))
+    assert _verdict(auto) == _verdict(in_memory)
+    assert not any(n.startswith("spill:") for n in in_memory.notes), in_memory.notes
+    note = next((n for n in auto.notes if n.startswith("spill:")), None)
+    assert note is not None and "MiB of trace copies beyond the first 2 MiB per trace were kept in files in " \
+        f"{small_auto_spill}" in note and "--no-spill" in note, auto.notes
+    assert list(small_auto_spill.iterdir()) == [], "the spill left files behind"
+
+
+def test_a_comparison_within_the_auto_spill_allowance_says_nothing_about_spilling(toy):
+    report = harness.compare(*toy)
+    assert report.passed and not any(n.startswith("spill:") for n in report.notes), report.notes
+
+
+def test_auto_spill_declined_on_a_memory_folder_is_a_note(small_auto_spill, monkeypatch):
+    from harness import trace
+
+    monkeypatch.setattr(trace, "_filesystem", lambda folder: "tmpfs")
+    report = harness.compare(*_wide_pair(bug=False))
+    assert report.passed
+    assert any("MiB of trace copies stayed in memory: the temp folder" in n and "(tmpfs)" in n
+               for n in report.notes), report.notes
+
+
+def test_cli_no_spill_keeps_the_trace_in_memory(toy_cli, small_auto_spill, capsys):
+    assert cli.main(["compare", "toy_mlp", "--dtype", "float64", "--no-spill"]) == 0
+    assert "spill:" not in capsys.readouterr().out
+
+
+def test_cli_spill_and_no_spill_together_are_a_usage_error(toy_cli, capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["compare", "toy_mlp", "--spill", "--no-spill"])
+    assert exit.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err

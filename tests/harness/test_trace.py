@@ -1,5 +1,7 @@
 """harness.trace: every module call recorded in completion order, with its inputs, outputs and statistics."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -242,11 +244,11 @@ def test_a_spill_leaves_no_file_in_its_folder(tmp_path):
 def test_spill_names_an_existing_folder(tmp_path):
     with pytest.raises(ValueError, match=r"spill folder .*missing does not exist; create it, or pass spill=True"):
         Tracer(Widen(), spill=tmp_path / "missing")
-    with pytest.raises(TypeError, match=r"spill must be a folder path, True \(the temp folder\) or None, got int 3"):
+    with pytest.raises(TypeError, match=r"spill must be a folder path, True \(the temp folder\), 'auto' or None, got int 3"):
         Tracer(Widen(), spill=3)
 
 
-def test_a_full_spill_disk_is_an_oserror_naming_the_folder(tmp_path, monkeypatch):
+def _disk_full(monkeypatch) -> None:
     import errno
     import os
 
@@ -254,6 +256,53 @@ def test_a_full_spill_disk_is_an_oserror_naming_the_folder(tmp_path, monkeypatch
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+
+
+def test_a_full_spill_disk_is_an_oserror_naming_the_folder(tmp_path, monkeypatch):
+    _disk_full(monkeypatch)
     with pytest.raises(OSError, match=rf"cannot spill the trace to {tmp_path} \(256 MiB more\): No space left"):
         _trace(Widen(), _large(), spill=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_auto_spill_keeps_its_allowance_in_memory_and_spills_the_rest(small_auto_spill):
+    tracer = _trace(Widen(), _large(), spill="auto")
+    copies = {c.data_ptr(): c for r in tracer.records for c in [*r.inputs.values(), *r.outputs.values()]}.values()
+    in_memory = [c for c in copies if tracer._arena.in_memory(c)]
+    assert tracer.spill_allowance == 2 * 2**20
+    assert len(in_memory) == 1, f"{len(in_memory)} of {len(copies)} copies in memory; the 2 MiB allowance holds one"
+    assert tracer.spilled_bytes == (len(copies) - 1) * _large().nbytes
+    assert list(small_auto_spill.iterdir()) == [], "the spill left files behind"
+
+
+def test_auto_spill_stays_in_memory_when_the_temp_folder_is_in_memory(small_auto_spill, monkeypatch):
+    from harness import trace
+
+    monkeypatch.setattr(trace, "_filesystem", lambda folder: "tmpfs")
+    tracer = _trace(Widen(), _large(), spill="auto")
+    assert tracer.spilled_bytes == 0
+    overflow, reason = tracer.spill_declined
+    assert overflow > 0 and f"the temp folder {small_auto_spill} is itself in memory (tmpfs)" in reason, reason
+
+
+def test_auto_spill_goes_on_in_memory_when_the_disk_is_full(small_auto_spill, monkeypatch):
+    _disk_full(monkeypatch)
+    tracer = _trace(Widen(), _large(), spill="auto")
+    assert tracer.spilled_bytes == 0 and len(tracer.records) == 4
+    overflow, reason = tracer.spill_declined
+    assert f"cannot spill the trace to {small_auto_spill}" in reason and "No space left" in reason, reason
+
+
+def test_an_auto_spill_within_its_allowance_declines_nothing(small_auto_spill, monkeypatch):
+    from harness import trace
+
+    monkeypatch.setattr(trace, "AUTO_IN_MEMORY", 64 * 2**20)
+    monkeypatch.setattr(trace, "_filesystem", lambda folder: "tmpfs")
+    tracer = _trace(Widen(), _large(), spill="auto")
+    assert tracer.spilled_bytes == 0 and tracer.spill_declined is None
+
+
+def test_the_filesystem_of_a_folder_is_read_from_the_mount_table():
+    from harness import trace
+
+    assert trace._filesystem(Path("/proc/self")) == "proc"
