@@ -196,7 +196,8 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
                            call=call, mode=getattr(cand_trace, "mode", o.mode), reference_call=o.reference_call,
                            reference_outputs=o.reference_outputs)
     passed, found, notes = _verdict(final, outputs, rows, tol, o.allow_nonfinite, o.rerun,
-                                    alignment.unmatched_candidate, output_passed=noise.outputs_passed)
+                                    alignment.unmatched_candidate, output_passed=noise.outputs_passed,
+                                    reference=ref_records)
     diagnosis = [] if passed else culprit_diagnosis(rows, found.culprit)
     if not passed:
         annotate_mismatches(rows, final, outputs, tol)
@@ -302,6 +303,7 @@ def _verdict(
     rerun: Sequence[str] | None,
     untwinned: Sequence = (),
     output_passed: bool | None = None,
+    reference: Sequence = (),
 ) -> tuple[bool, Localization, list[str]]:
     """(passed, where the error is, notes) from the final outputs and the aligned rows."""
     notes: list[str] = []
@@ -310,7 +312,7 @@ def _verdict(
     outputs_pass = all(m.passes(tol) for m in outputs.values()) if output_passed is None else output_passed
     outputs_pass = outputs_pass and (allow_nonfinite or not nonfinite)
     if not (outputs_pass and all(r.passed for r in rows if r.match.how != "structure")):
-        found = localize_all(rows, rerun=rerun, untwinned=untwinned)
+        found = localize_all(rows, rerun=rerun, untwinned=untwinned, reference=reference)
         if found.culprit is None:
             notes.append("no confirmed twin introduces the error: the outputs differ, but no module paired "
                          "by weights, name or rename rule does; compare the unmatched modules")

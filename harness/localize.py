@@ -23,7 +23,11 @@ twin is still located: when a confirmed call introduces an error and, inside it,
 without a twin (or with a failing guess) completed after the last agreeing call and before the
 first failing one, the error was made there, and the innermost such call is named instead (its
 untwinned children are listed). So an error in an untwinned ``embeddings`` is not blamed on
-``<root>``. ``introduced`` lists every independent origin in execution order.
+``<root>``. Such a call is cleared when it did its part right: an untwinned call whose output
+the reference also computes (in any layout: a ``Permute`` module against a functional permute),
+or a failing guess that gives its guessed twin's output when re-run on that twin's inputs (a
+shared ReLU after a dropped residual add). With every suspect cleared, the error was made in the
+twinned call's own code. ``introduced`` lists every independent origin in execution order.
 
 Twins whose outputs hold the same elements in another layout are compared through an adapter
 (:mod:`harness.adapters`); twins whose shapes no adapter explains fail as a visible shape mismatch. (Prior art: coremltools' comparator blames an op whose output fails while
@@ -40,7 +44,7 @@ import torch
 
 from harness.adapters import Adapter, UserAdapter, find_adapter, user_adapter
 from harness.align import Aligned, Alignment, Match
-from harness.metrics import Metrics, Tolerance, measure, measure_summaries
+from harness.metrics import Metrics, Tolerance, measure, measure_summaries, tolerance_for
 from harness.trace import Leaf, Record, TensorSummary, flatten_tensors, map_tensors
 
 __all__ = ["Row", "Status", "Localization", "measure_match", "extend_twins", "classify", "localize", "localize_all"]
@@ -309,10 +313,12 @@ def localize_all(
     *,
     rerun: Sequence[str] | None = None,
     untwinned: Sequence[Record] = (),
+    reference: Sequence[Record] = (),
 ) -> Localization:
     """Set each row's status and find every origin of an error (see the module docstring).
 
-    ``untwinned``: the candidate's calls without a twin (unmatched, not pass-through).
+    ``untwinned``: the candidate's calls without a twin (unmatched, not pass-through);
+    ``reference``: the reference's calls, against whose values an untwinned call is vouched for.
     """
     for row in rows:
         if not row.passed and row.match.how == "structure":
@@ -329,7 +335,7 @@ def localize_all(
              lambda r: _rerun_fails(r) if _rerunnable(r.match.candidate, r.match.reference, rerun) else None)
     origins: list[tuple[int, str]] = []  # (completion position, candidate name)
     for row in (r for r in rows if r.status == "introduced"):
-        origin = _untwinned_origin(row, rows, untwinned)
+        origin = _untwinned_origin(row, rows, untwinned, reference, rerun)
         if origin is None:
             origins.append((row.match.candidate.end, row.candidate))
             continue
@@ -345,7 +351,7 @@ def localize_all(
             continue
         around = [r for r in rows if r.match.how != "structure" and r.match.candidate.contains(row.match.candidate)]
         outer = min(around, key=lambda r: r.match.candidate.end - r.match.candidate.start, default=None)
-        origin = _untwinned_origin(outer, rows, untwinned, limit=row.match.candidate)
+        origin = _untwinned_origin(outer, rows, untwinned, reference, rerun, limit=row.match.candidate)
         if origin is not None:
             origins.append((origin.end, origin.name))
             found.notes.append(f"the error {row.candidate} receives starts in {origin.name}, which has no twin "
@@ -379,11 +385,11 @@ def classify(failing: Sequence[Any], state: Callable[[Any], str], rerun: Callabl
         row.status = "contains" if inner else "introduced"
 
 
-def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Record],
-                      limit: Record | None = None) -> Record | None:
+def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Record], reference: Sequence[Record],
+                      rerun: Sequence[str] | None, limit: Record | None = None) -> Record | None:
     """The innermost candidate call without a twin (or with a failing guess) inside ``row``'s call
     (anywhere when None) that completed after the last agreeing call and before the first failing
-    one inside it (or before ``limit`` starts)."""
+    one inside it (or before ``limit`` starts), and whose output the reference never computed."""
     outer = row.match.candidate if row is not None else None
 
     def within(record: Record) -> bool:
@@ -398,7 +404,18 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
     good_ends = [r.match.candidate.end for r in inside if r.passed and r.match.candidate.end < end]
     since = max(good_ends, default=outer.start if outer is not None else -1)
     suspects = [u for u in untwinned if within(u) and since < u.end < end]
-    suspects += [r.match.candidate for r in inside if r.status == "tentative" and since < r.match.candidate.end < end]
+    if suspects:
+        # a call without a twin that computes a value the reference computes too (a permute back
+        # to NCHW, a wrapper around twinned layers) did its part right: the error is made later,
+        # in the outer module's own code
+        pool = reference if row is None else [r for r in reference if r is row.match.reference
+                                              or row.match.reference.contains(r)]
+        tol = row.tolerance if row is not None else None
+        suspects = [u for u in suspects if not _vouched(u, pool, tol)]
+    # a failing guess that gives its guessed twin's output from that twin's inputs received the
+    # error (a shared ReLU after a dropped residual add); one that does not may have made it
+    suspects += [r.match.candidate for r in inside if r.status == "tentative" and since < r.match.candidate.end < end
+                 and not (_rerunnable(r.match.candidate, r.match.reference, rerun) and _rerun_fails(r) is False)]
     if not suspects:
         if first_bad is None:
             return None
@@ -407,3 +424,27 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         return max(around, key=lambda u: u.start, default=None)
     # innermost: the earliest to complete; its untwinned parents completed later
     return min(suspects, key=lambda u: u.end)
+
+
+def _vouched(call: Record, pool: Sequence[Record], tol: Tolerance | None) -> bool:
+    """Whether ``call``'s output holds, in its layout or another, the values of some output of a
+    reference call in ``pool`` (full-mode copies only; statistics vouch for nothing), within
+    ``tol`` (None: the tolerance of the output's dtype)."""
+    out = call.primary
+    if not isinstance(out, torch.Tensor) or out.numel() == 0 or not out.is_floating_point():
+        return False
+    tol = tol or tolerance_for(out.dtype)
+    for record in pool:
+        for ref in record.outputs.values():
+            if not isinstance(ref, torch.Tensor) or ref.numel() != out.numel() or ref.dtype != out.dtype:
+                continue
+            if ref.shape != out.shape:
+                adapter = find_adapter(out, ref)
+                if adapter is None:
+                    continue
+                candidate = adapter.apply(out)
+            else:
+                candidate = out
+            if measure(candidate, ref).passes(tol):
+                return True
+    return False

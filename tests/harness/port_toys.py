@@ -105,6 +105,72 @@ class ChannelsLastNet(nn.Module):
         return self.classifier(pooled).flatten(1)
 
 
+class Permute(nn.Module):
+    def __init__(self, *dims: int) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+
+
+class SequentialConvBlock(nn.Module):
+    """torchvision's ConvNeXt block layout: the branch one ``Sequential`` holding ``Permute``
+    modules (no twin on the other side), the ``(C, 1, 1)`` layer scale applied in the block's code."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, groups=dim), Permute(0, 2, 3, 1),
+                                   nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim),
+                                   Permute(0, 3, 1, 2))
+        self.layer_scale = nn.Parameter(torch.ones(dim, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer_scale * self.block(x) + x
+
+
+class FunctionalConvBlock(nn.Module):
+    """timm's layout of the same block: permutes in code, a ``(C,)`` layer scale ``gamma``."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.conv_dw = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.norm, self.fc1, self.act, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(self.conv_dw(x).permute(0, 2, 3, 1))
+        y = self.fc2(self.act(self.fc1(y))).permute(0, 3, 1, 2)
+        return x + y * self.gamma.view(1, -1, 1, 1)
+
+
+class SharedReluBlock(nn.Module):
+    """torchvision's ResNet basic block: one ReLU module called twice, the second after the residual add."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.relu = nn.Conv2d(dim, dim, 3, padding=1), nn.Conv2d(dim, dim, 3, padding=1), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv2(self.relu(self.conv1(x))) + x)
+
+
+class TwoReluBlock(nn.Module):
+    """timm's layout of the same block: one activation module per use."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.conv_a, self.act_a = nn.Conv2d(dim, dim, 3, padding=1), nn.ReLU()
+        self.conv_b, self.act_b = nn.Conv2d(dim, dim, 3, padding=1), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act_b(self.conv_b(self.act_a(self.conv_a(x))) + x)
+
+
+def feature_maps(seed: int = 0) -> torch.Tensor:
+    return torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
 def randomized(model: nn.Module, seed: int) -> nn.Module:
     """``model`` in float64 and eval mode with every parameter and BatchNorm statistic re-drawn."""
     generator = torch.Generator().manual_seed(seed)

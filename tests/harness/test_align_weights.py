@@ -8,7 +8,8 @@ import torch
 import harness
 from harness.adapters import find_adapter
 from helpers import inject_forward
-from port_toys import ChannelsLastNet, ConvNet, FusedBlock, SplitBlock, images, randomized, tokens
+from port_toys import (ChannelsLastNet, ConvNet, FunctionalConvBlock, FusedBlock, SequentialConvBlock, SharedReluBlock,
+                       SplitBlock, TwoReluBlock, feature_maps, images, randomized, tokens)
 
 
 def transferred(candidate, reference, inputs):
@@ -67,6 +68,31 @@ def test_an_untwinned_submodule_is_named_instead_of_its_parent():
     candidate.act = torch.nn.GELU(approximate="tanh")  # no twin: the reference calls F.gelu
     report = harness.compare(candidate, reference, tokens(), weights=weights)
     assert report.culprit == "act", report.format()
+
+
+def _two_blocks(candidate_block, reference_block):
+    """Two-block models of each layout with the reference's weights transferred into the candidate."""
+    candidate = randomized(torch.nn.Sequential(candidate_block(), candidate_block()), 1)
+    reference = randomized(torch.nn.Sequential(reference_block(), reference_block()), 2)
+    return candidate, reference, transferred(candidate, reference, feature_maps())
+
+
+def test_a_layer_scale_dropped_in_a_block_with_untwinned_permutes_is_blamed_on_the_block():
+    candidate, reference, weights = _two_blocks(SequentialConvBlock, FunctionalConvBlock)
+    inject_forward(candidate[1], lambda self, x: self.block(x) + x)
+    report = harness.compare(candidate, reference, feature_maps(), weights=weights)
+    # the Permute modules have no twin but compute what the reference computes: they are not the origin
+    assert (report.culprit, report.introduced) == ("1", ["1"]), report.format()
+    assert report.diagnosis[0]["kind"] == "missing_op" and report.diagnosis[0]["op"] == "mul", report.diagnosis
+
+
+def test_a_shared_activation_after_a_dropped_residual_is_not_the_culprit():
+    candidate, reference, weights = _two_blocks(SharedReluBlock, TwoReluBlock)
+    inject_forward(candidate[1], lambda self, x: self.relu(self.conv2(self.relu(self.conv1(x)))))
+    report = harness.compare(candidate, reference, feature_maps(), weights=weights)
+    # relu#1 (paired with act_b by shape only) gives act_b's output from act_b's inputs: it received the error
+    assert (report.culprit, report.introduced) == ("1", ["1"]), report.format()
+    assert report.diagnosis[0]["kind"] == "missing_op" and report.diagnosis[0]["op"] == "add", report.diagnosis
 
 
 def test_every_independent_origin_is_listed_in_execution_order(block_pair):
