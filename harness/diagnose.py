@@ -7,11 +7,13 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    run on copies of the reference's recorded inputs, both under :class:`OpRecorder`, a
    ``TorchFunctionMode`` that sees every torch function called in the forward: ``F.layer_norm``,
    ``torch.matmul``, ``x * gamma``, ``x.softmax(-1)``... (calls nested inside a recorded call are
-   not seen: the recorder runs with itself disabled). When either twin cannot be copied or cast
+   not seen: the recorder runs with itself disabled). A culprit without a twin is explained
+   through its innermost twinned ancestor, which runs the same code. When either twin cannot be copied or cast
    (a forward patched with a closure over the original), both run as they are, in their own dtype,
    under ``no_grad`` with their parameters and buffers snapshotted and restored bitwise.
 2. Canonicalize. Spellings of one operation get one name (``__mul__``/``mul``/``mul_`` -> ``mul``,
-   ``view`` -> ``reshape``, ``addmm`` -> ``linear``, ``bmm``/``@`` -> ``matmul``), non-tensor
+   ``view`` -> ``reshape``, ``addmm`` -> ``linear``, ``bmm``/``@``/two-operand ``einsum`` ->
+   ``matmul``; a pad of zero width vanishes), non-tensor
    arguments are bound to parameter names with their defaults (``eps``, ``approximate``,
    ``dim`` made non-negative, ``stride`` as a tuple), and tensor arguments that are the module's
    parameters or buffers (or views of them) are named (``gamma``). A written-out attention
@@ -19,20 +21,27 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    effective ``scale``, as does the fused call. Dropout in eval mode and casts to the same dtype
    vanish. Ops that only move values (reshape, permute, cat, indexing...) are kept apart as
    layout ops: implementations spell them in too many ways to align them usefully.
-3. Align the two computational op streams by name (``difflib.SequenceMatcher``) and walk the
+3. Fuse siblings: one operation applied to one input by several modules in a row (``q``, ``k``,
+   ``v`` projections) becomes one op, its output and parameters concatenated, where the other
+   side computes that concatenation in one op (a fused ``qkv``) from the same input values.
+   Align the two computational op streams by name (``difflib.SequenceMatcher``) and walk the
    aligned pairs in order. Unpaired ops are held as pending until the next pair: if that pair's
    output agrees, they were harmless spellings. A pair whose output differs while a nearby op of
    the same name agrees (``x * cos + rot * sin`` against ``rot * sin + x * cos``) is a reordering.
    The first pair whose output differs (float64 tolerance) is the divergence. It is explained by
    the pending missing / extra / different ops, its differing non-tensor arguments, a parameter
    holding other values
-   (``weight`` holds the reference's ``bias``: a swap), or, when its inputs already differ while
-   everything computed before agreed, by the layout ops between (a transpose missing before a
-   reshape). When no pair differs but the module output does, the pending ops at the end explain
+   (``weight`` holds the reference's ``bias``, or another module's tensor anywhere in the reference
+   model, as it is, reshaped or transposed: a swap), a parameter one side does not pass (a dropped
+   bias), or, when its inputs already differ while everything computed before agreed, operands
+   passed in another order (``key`` where ``query`` belongs) or the layout ops between (a transpose
+   missing before a reshape). Outputs agree in any layout (:mod:`harness.adapters`): an einsum may
+   write ``(B, N, H, D)`` where the fused attention writes ``(B, H, N, D)``. When no pair differs but the module output does, the pending ops at the end explain
    it (a residual ``add`` missing after the last operation).
-4. Attribute diff. Submodules of the two twins (paired by relative name, else in order) are
-   compared on their plain settings (``eps``, ``approximate``, ``stride``, ``groups``,
-   ``inplace``...): what differs is reported even when no op shows it.
+4. Attribute diff. Submodules of the two twins (paired by relative name, else in order among
+   those of one type whose own tensors have the same shapes) are compared on their plain
+   settings (``eps``, ``approximate``, ``stride``, ``groups``, ``inplace``...): what differs is
+   reported even when no op shows it (``stride`` 1 is ``(1, 1)``; ``momentum`` counts in training only).
 
 Findings are ranked argument, missing_op, extra_op, op, attribute, value: an argument names the
 value to fix, an attribute may be a harmless difference of style (``fused=True``).
@@ -52,6 +61,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from harness.adapters import find_adapter
 from harness.metrics import DEFAULT_TOLERANCES, Tolerance, measure
 from harness.trace import flatten_tensors, map_tensors
 
@@ -205,7 +215,12 @@ class OpRecorder(TorchFunctionMode):
         name = canonical_name(func)
         if name == "addmm" and len(args) >= 3:  # torch.addmm(bias, x, weight.t()): a linear layer
             name, args, kwargs = "linear", (args[1], args[2], args[0]), {}
-        bound = _bind(func, name, args, kwargs)
+        if name == "einsum":
+            operands = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
+            # a product of two operands is a (batched) matmul in another spelling: attention
+            # written with einsum folds like attention written with @
+            name, args, kwargs = ("matmul", tuple(operands), {}) if len(operands) == 2 else ("einsum", (), {})
+        bound = _bind(func, name, args, kwargs) if name != "einsum" else {"operands": operands}
         tensors = {k: v for k, v in bound.items() if isinstance(v, torch.Tensor)}
         tensor_lists = {k: v for k, v in bound.items() if isinstance(v, (list, tuple))
                         and v and all(isinstance(t, torch.Tensor) for t in v)}
@@ -220,6 +235,8 @@ class OpRecorder(TorchFunctionMode):
         if name in ("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout") \
                 and (not bound.get("training", True) or not bound.get("p", 0.5)):
             kind = "noop"
+        if name in ("pad", "constant_pad_nd") and first is not None and outs[0].shape == first.shape:
+            kind = "noop"  # a pad of zero width: written for shapes that need none
         if kind != "compute" and first is not None and id(first) in self._provenance:
             for t in outs:  # a view of a parameter is that parameter
                 self._provenance[id(t)] = self._provenance[id(first)]
@@ -549,15 +566,25 @@ def _same_value(a: Any, b: Any) -> bool:
         return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0) or (a != a and b != b)
     if isinstance(a, tuple) and isinstance(b, tuple):
         return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, int) and isinstance(b, tuple) or isinstance(a, tuple) and isinstance(b, int):
+        n, t = (a, b) if isinstance(a, int) else (b, a)
+        return bool(t) and all(_same_value(n, x) for x in t)  # stride 1 is stride (1, 1)
     return a == b
 
 
 def _outputs_agree(c: list[torch.Tensor], r: list[torch.Tensor], tol: Tolerance) -> bool:
+    """Same values within ``tol``, in the same layout or another (an einsum writing ``(B, N, H, D)``
+    where the fused attention writes ``(B, H, N, D)``: :mod:`harness.adapters`)."""
     if len(c) != len(r):
         return False
     for a, b in zip(c, r):
         if not (a.is_floating_point() or a.is_complex()):
             a, b = a.double(), b.double()
+        if a.shape != b.shape:
+            adapter = find_adapter(a, b) if a.numel() == b.numel() else None
+            if adapter is None:
+                return False
+            a = adapter.apply(a)
         if not measure(a, b).passes(tol):
             return False
     return True
@@ -616,31 +643,48 @@ def _argument_findings(module: str, c: Op, r: Op) -> list[dict]:
     return out
 
 
-def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module) -> list[dict]:
+def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.Module | None = None) -> list[dict]:
     out = []
     for key in [k for k in c.params if k in r.params]:
         a, b = c.param_values[key], r.param_values[key]
         if a.shape == b.shape and torch.equal(a, b.to(a.dtype)):
             continue
-        name, holds = c.params[key], _whose_values(a, ref_module, exclude=r.params[key])
+        name, holds = c.params[key], _whose_values(a, ref_module, r.params[key], root)
         if holds:
             text = f"{module}: {c.name} operand {name} holds the reference's {holds} (swapped weights?)"
         else:
             err = (a.double() - b.double()).abs().max().item() if a.shape == b.shape else float("nan")
+            shapes = "" if a.shape == b.shape else f"; shapes {tuple(a.shape)} and {tuple(b.shape)}"
             text = f"{module}: {c.name} operand {name} holds other values than the reference's {r.params[key]} " \
-                   f"(max_abs difference {err:.3e})"
+                   f"(max_abs difference {err:.3e}{shapes})"
         out.append(_finding(module, "argument", c.name, name, holds or f"{name} (other values)", r.params[key], text))
+    if len(c.params) != len(r.params) and c.name not in _COMMUTATIVE:  # a bias dropped or added
+        for key in sorted(set(c.params) ^ set(r.params)):
+            if key in r.params:
+                text = f"{module}: {c.name} {key} missing in the candidate; the reference passes {r.params[key]}"
+            else:
+                text = f"{module}: {c.name} {key} {c.params[key]} in the candidate; the reference passes none"
+            out.append(_finding(module, "argument", c.name, key, c.params.get(key), r.params.get(key), text))
     return out
 
 
-def _whose_values(t: torch.Tensor, module: nn.Module, *, exclude: str) -> str | None:
-    for name, p in (*module.named_parameters(), *module.named_buffers()):
-        if name != exclude and p.shape == t.shape and torch.equal(p.to(t.dtype), t):
-            return name
-    for name, p in (*module.named_parameters(), *module.named_buffers()):
-        if name != exclude and p.numel() == t.numel() and p.shape != t.shape \
-                and torch.equal(p.reshape(t.shape).to(t.dtype), t):
-            return f"{name} (reshaped)"
+def _whose_values(t: torch.Tensor, module: nn.Module, exclude: str, root: nn.Module | None = None) -> str | None:
+    """The reference tensor whose values ``t`` holds (as it is, reshaped or transposed): one of
+    ``module``'s other than ``exclude``, else any of ``root``'s other than that one."""
+    own = dict((*module.named_parameters(), *module.named_buffers()))
+    scopes = [{k: v for k, v in own.items() if k != exclude}]
+    if root is not None:
+        scopes.append({k: v for k, v in (*root.named_parameters(), *root.named_buffers())
+                       if all(v is not o for o in own.values())})
+    for tensors in scopes:
+        for name, p in tensors.items():
+            if p.shape == t.shape and torch.equal(p.to(t.dtype), t):
+                return name
+        for name, p in tensors.items():
+            if p.numel() == t.numel() and p.shape != t.shape and torch.equal(p.reshape(t.shape).to(t.dtype), t):
+                return f"{name} (reshaped)"
+            if p.ndim == 2 and t.ndim == 2 and p.shape == t.shape[::-1] and torch.equal(p.t().to(t.dtype), t):
+                return f"{name} (transposed)"
     return None
 
 
@@ -698,6 +742,32 @@ def _inputs_differ(c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance) -> boo
     return False
 
 
+_OPERANDS = {"scaled_dot_product_attention": ("query", "key", "value"), "matmul": ("input", "other"),
+             "sub": ("input", "other"), "div": ("input", "other")}
+
+
+def _swapped_inputs(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance) -> list[dict]:
+    """Operands passed in another order: the candidate's ``key`` holds the reference's ``query``."""
+    names = _OPERANDS.get(c.name)
+    cv = [cand.rec.value(i, c.index) for i in c.input_ids]
+    rv = [ref.rec.value(i, r.index) for i in r.input_ids]
+    if names is None or len(cv) != len(rv) or len(cv) > len(names) or any(t is None for t in (*cv, *rv)):
+        return []
+
+    def agree(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return a.shape == b.shape and _outputs_agree([a], [b], tol)
+
+    for i, a in enumerate(cv):
+        if agree(a, rv[i]):
+            continue
+        j = next((j for j, b in enumerate(rv) if j != i and agree(a, b)), None)
+        if j is not None:
+            text = (f"{module}: {c.name} operand {names[i]} holds the reference's {names[j]} "
+                    f"(operands passed in another order?)")
+            return [_finding(module, "argument", c.name, names[i], names[j], names[i], text)]
+    return []
+
+
 _REORDER_WINDOW = 12  # stream positions searched for the twin of an op computed in another order
 
 
@@ -717,9 +787,63 @@ def _value_twin(c: Op, rs: list[Op], pos: int, tol: Tolerance) -> Op | None:
     return None
 
 
-def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_module: nn.Module) -> list[dict]:
-    """The findings that explain the first diverging op of two recorded op streams."""
-    cs, rs = cand.stream, ref.stream
+def _input_value(side: _Side, op: Op) -> torch.Tensor | None:
+    return side.rec.value(op.input_ids[0], op.index) if op.input_ids else None
+
+
+def _fuse_siblings(side: _Side, other: _Side, tol: Tolerance) -> list[Op]:
+    """``side``'s stream with each run of one operation applied to one input by sibling modules
+    (``q``, ``k`` and ``v`` projections) made one op, where ``other`` computes their concatenation
+    in a single op (a fused ``qkv``) from the same input values or to the same result."""
+    stream, out, i = side.stream, [], 0
+    while i < len(stream):
+        j = i + 1
+        while j < len(stream) and stream[j].name == stream[i].name and stream[i].input_ids \
+                and stream[j].input_ids == stream[i].input_ids and stream[j].outputs:
+            j += 1
+        fused = _fused(stream[i:j], side, other, tol) if j - i > 1 and stream[i].outputs else None
+        out.append(fused or stream[i])
+        i = j if fused is not None else i + 1
+    return out
+
+
+def _fused(group: list[Op], side: _Side, other: _Side, tol: Tolerance) -> Op | None:
+    outs = [g.outputs[0] for g in group]
+    x = _input_value(side, group[0])
+    for dim in reversed(range(outs[0].ndim)):
+        if any(o.ndim != outs[0].ndim or o.shape[:dim] + o.shape[dim + 1:] != outs[0].shape[:dim] + outs[0].shape[dim + 1:]
+               for o in outs):
+            continue
+        cat = torch.cat(outs, dim)
+        for twin in other.stream:
+            if twin.name != group[0].name or twin.shape != tuple(cat.shape):
+                continue
+            y = _input_value(other, twin)
+            same_input = x is not None and y is not None and x.shape == y.shape and _outputs_agree([x], [y], tol)
+            if same_input or _outputs_agree([cat], twin.outputs[:1], tol):
+                return _fused_op(group, cat)
+    return None
+
+
+def _fused_op(group: list[Op], output: torch.Tensor) -> Op:
+    """One op standing for ``group``: its parameters concatenated as a fused module stores them."""
+    params, values = {}, {}
+    for key in group[0].params:
+        tensors = [g.param_values.get(key) for g in group]
+        if all(t is not None and t.shape[1:] == tensors[0].shape[1:] for t in tensors):
+            params[key] = "+".join(g.params[key] for g in group)
+            values[key] = torch.cat(tensors, 0)
+    first = group[0]
+    return Op(index=first.index, name=first.name, spelling=" + ".join(g.spelling for g in group), args=first.args,
+              params=params, param_values=values, input_ids=first.input_ids,
+              out_ids=[i for g in group for i in g.out_ids], outputs=[output], scope=first.scope)
+
+
+def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_module: nn.Module,
+                    root: nn.Module | None = None) -> list[dict]:
+    """The findings that explain the first diverging op of two recorded op streams (``root``:
+    the whole reference model, searched for the tensor a differing operand holds)."""
+    cs, rs = _fuse_siblings(cand, ref, tol), _fuse_siblings(ref, cand, tol)
     sm = difflib.SequenceMatcher(None, [o.name for o in cs], [o.name for o in rs], autojunk=False)
     pending: list[dict] = []
     last_c, last_r = -1, -1  # recorder indices of the last agreeing pair
@@ -745,14 +869,19 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             where = _scoped(module, c)
             found = list(pending)
             found += _argument_findings(where, c, r)
-            found += _param_findings(where, c, r, ref_module)
-            if not found and _inputs_differ(c, r, cand, ref, tol):
-                found = _layout_findings(module, cand, ref, last_c, c.index, last_r, r.index, c.name)
+            found += _param_findings(where, c, r, ref_module, root)
+            inputs_differ = not found and _inputs_differ(c, r, cand, ref, tol)
+            if inputs_differ:
+                found = _swapped_inputs(where, c, r, cand, ref, tol) \
+                    or _layout_findings(module, cand, ref, last_c, c.index, last_r, r.index, c.name)
             if not found:
                 err = _max_err(c.outputs, r.outputs)
+                why = ("receives other inputs, though every operation before it agrees: they are sliced, "
+                       "indexed or ordered differently" if inputs_differ
+                       else "gives another result from the same arguments and inputs")
                 found = [_finding(where, "value", c.name, None, None, None,
-                                  f"{where}: {c.name} gives another result from the same arguments and inputs "
-                                  f"(max_abs {err:.3e}; candidate {c.spelling}, reference {r.spelling})")]
+                                  f"{where}: {c.name} {why} (max_abs {err:.3e}; candidate {c.spelling}, "
+                                  f"reference {r.spelling})")]
             return found
     if pending and not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
         return pending
@@ -789,15 +918,24 @@ def _settings(m: nn.Module) -> dict[str, Any]:
     return out
 
 
+_TRAINING_ONLY = frozenset({"momentum"})
+
+
+def _own_shapes(m: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    return sorted((k, tuple(t.shape)) for k, t in (*m.named_parameters(recurse=False), *m.named_buffers(recurse=False))
+                  if t is not None)
+
+
 def attribute_diff(candidate: nn.Module, reference: nn.Module, prefix: str) -> list[dict]:
     """Settings (eps, approximate, stride, groups, inplace...) that differ between twin submodules."""
     cmods, rmods = dict(candidate.named_modules()), dict(reference.named_modules())
     pairs = [(n, cmods[n], rmods[n]) for n in cmods if n in rmods]
     left_c = [(n, m) for n, m in cmods.items() if n not in rmods]
     left_r = [(n, m) for n, m in rmods.items() if n not in cmods]
-    for n, m in left_c:  # renamed twins: pair in order those with the same kind of settings
+    for n, m in left_c:  # renamed twins: in order, those of one type whose own tensors have the same shapes
         for idx, (rn, rm) in enumerate(left_r):
-            if set(_settings(m)) == set(_settings(rm)) and len(list(m.children())) == len(list(rm.children())):
+            if type(m) is type(rm) and _own_shapes(m) == _own_shapes(rm) \
+                    and len(list(m.children())) == len(list(rm.children())):
                 pairs.append((n, m, rm))
                 del left_r[idx]
                 break
@@ -806,6 +944,8 @@ def attribute_diff(candidate: nn.Module, reference: nn.Module, prefix: str) -> l
         cs, rs = _settings(c), _settings(r)
         where = f"{prefix}.{name}" if name and prefix != "<root>" else (name or prefix)
         for key in sorted(set(cs) & set(rs)):
+            if key in _TRAINING_ONLY and not (c.training or r.training):
+                continue  # a BatchNorm's momentum changes nothing in eval mode
             if not _same_value(cs[key], rs[key]):
                 out.append(_finding(where, "attribute", None, key, cs[key], rs[key],
                                     f"{where}: {type(c).__name__}.{key} {_show(cs[key])} in the candidate, "
@@ -817,18 +957,20 @@ def attribute_diff(candidate: nn.Module, reference: nn.Module, prefix: str) -> l
 def diagnose_modules(
     candidate: nn.Module, reference: nn.Module, args: tuple, kwargs: dict, *, name: str = "<root>",
     candidate_inputs: tuple[tuple, dict] | None = None, dtype: torch.dtype = torch.float64,
+    root: nn.Module | None = None,
 ) -> list[dict]:
     """Findings for two twin modules run on the same ``args``/``kwargs`` (most specific first).
 
     ``candidate_inputs``: the candidate's own ``(args, kwargs)`` when it cannot take the
-    reference's. The modules are run on copies at ``dtype`` (see module docstring).
+    reference's. The modules are run on copies at ``dtype`` (see module docstring). ``root``: the
+    whole reference model, where an operand's values are looked for (swapped weights).
     """
     (c_rec, c_stream, c_out), (r_rec, r_stream, r_out), run_dtype = _run_both(
         candidate, candidate_inputs or (args, kwargs), reference, (args, kwargs), dtype)
     tol = DEFAULT_TOLERANCES.get(run_dtype, DEFAULT_TOLERANCES["float32"])
     cand = _Side(c_rec, c_stream, flatten_tensors(c_out))
     ref = _Side(r_rec, r_stream, flatten_tensors(r_out))
-    findings = compare_streams(name, cand, ref, tol, reference)
+    findings = compare_streams(name, cand, ref, tol, reference, root)
     findings += attribute_diff(candidate, reference, name)
     return _rank(_dedupe(findings))
 
@@ -848,7 +990,7 @@ def _rank(findings: list[dict]) -> list[dict]:
     return sorted(findings, key=lambda f: order[f["kind"]])  # stable: stream order within a kind
 
 
-def diagnose(match: Any) -> list[dict]:
+def diagnose(match: Any, root: nn.Module | None = None) -> list[dict]:
     """Findings for the culprit's :class:`harness.align.Match` (full-mode records), or [].
 
     Both twins run on the reference's recorded inputs when the candidate's arguments have the same
@@ -866,20 +1008,25 @@ def diagnose(match: Any) -> list[dict]:
             tuple(a.shape) == tuple(b.shape) for a, b in zip(flatten_tensors((cand.args, cand.kwargs)).values(),
                                                            flatten_tensors((ref.args, ref.kwargs)).values()))
     return diagnose_modules(cand.module, ref.module, ref.args, ref.kwargs, name=cand.name,
-                            candidate_inputs=None if same_structure else own)
+                            candidate_inputs=None if same_structure else own, root=root)
 
 
-def culprit_diagnosis(rows: Iterable[Any], culprit: str | None) -> list[dict]:
-    """:func:`diagnose` for the culprit's row (the first ``introduced`` row with that name), or []."""
+def culprit_diagnosis(rows: Iterable[Any], culprit: str | None, root: nn.Module | None = None) -> list[dict]:
+    """:func:`diagnose` for the culprit's row (the first ``introduced`` row with that name), or [];
+    ``root``: the reference model."""
     if culprit is None:
         return []
     rows = list(rows)
     row = next((r for r in rows if r.candidate == culprit and r.status == "introduced"), None) \
         or next((r for r in rows if r.candidate == culprit), None)
+    if row is None:  # a culprit without a twin: its innermost twinned ancestor runs the same code
+        around = [r for r in rows if r.match.how != "structure" and r.status == "contains"
+                  and (r.candidate == "<root>" or culprit.startswith(r.candidate + "."))]
+        row = max(around, key=lambda r: (r.candidate != "<root>", r.candidate.count(".")), default=None)
     if row is None:
         return []
     try:
-        return diagnose(row.match)
+        return diagnose(row.match, root)
     except Exception as exc:  # the diagnosis explains; it must never cost the verdict
         return [_finding(culprit, "value", None, None, None, None,
                          f"{culprit}: no operation-level diagnosis ({type(exc).__name__}: {exc})")]
