@@ -146,13 +146,14 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
         progress.stage("trace candidate")
         with Tracer(candidate, include=filters["candidate"], mode=o.mode, budget=budget, spill=o.spill) as cand_trace:
             cand_out = o.candidate_call(candidate, cand_call) if o.candidate_call else cand_call(candidate)
+        ref_draws = guards.RandomDraws()
         if replay is not None:
             ref_trace, ref_out = replay.recorded, replay.outputs
         else:
             progress.stage("trace reference")
             # copies bitwise equal to the candidate's are shared: agreeing layers are kept once
             with Tracer(reference, include=filters["reference"], mode=o.mode, budget=budget,
-                        share=cand_trace, spill=o.spill) as ref_trace:
+                        share=cand_trace, spill=o.spill) as ref_trace, ref_draws:
                 ref_out = o.reference_call(reference, ref_call) if o.reference_call else ref_call(reference)
     final = _final_outputs(cand_out, ref_out, o.candidate_outputs, o.reference_outputs)
 
@@ -194,7 +195,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
     progress.stage("localize")
     noise = noise_verdicts(o.noise_floor, name, rows, final, reference=None if replay is not None else reference,
                            call=call, mode=getattr(cand_trace, "mode", o.mode), reference_call=o.reference_call,
-                           reference_outputs=o.reference_outputs)
+                           reference_outputs=o.reference_outputs, random_reference=ref_draws.drew)
     passed, found, notes = _verdict(final, outputs, rows, tol, o.allow_nonfinite, o.rerun,
                                     alignment.unmatched_candidate, output_passed=noise.outputs_passed,
                                     reference=ref_records)

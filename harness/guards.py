@@ -18,6 +18,8 @@
 - Non-determinism (:func:`determinism_notes`): only when a comparison fails, each side is run once
   more on a fresh copy of the same inputs, from the restored state and without reseeding; outputs
   that differ from the traced run's are named in the report. A passing comparison costs nothing.
+  A reference whose traced forward drew from torch's global generators (:class:`RandomDraws`)
+  gets no noise floor: a float64 run of it would differ by its random draws, not by rounding.
 - Non-finite outputs (:func:`nonfinite_notes`): NaN/Inf on one side only is a disagreement, said
   as such; agreeing NaN/Inf are said to prove nothing.
 - ``torch.inference_mode()`` around a comparison is left for the comparison's duration (traces
@@ -44,7 +46,7 @@ from harness.metrics import DEFAULT_TOLERANCES, Metrics, measure
 from harness.pairs import Call, as_call
 from harness.trace import flatten_tensors
 
-__all__ = ["check_devices", "check_dtypes", "parameter_dtype", "comparison_dtype", "ModelState",
+__all__ = ["check_devices", "check_dtypes", "parameter_dtype", "comparison_dtype", "ModelState", "RandomDraws",
            "train_mode_notes", "determinism_notes", "nonfinite_notes", "preserves_models"]
 
 _SHOWN = 5
@@ -250,6 +252,27 @@ def determinism_notes(sides: Sequence[tuple[str, nn.Module, Callable, Any, Calla
                          f"numbers in forward (Dropout in train mode, sampling) make a parity verdict meaningless: "
                          f"call .eval() or remove the randomness")
     return notes
+
+
+class RandomDraws:
+    """Whether the code run inside drew from torch's global random generators (CPU, and the CUDA
+    ones initialized before it started): a forward that does (Dropout in train mode, sampling)
+    gives other outputs on every run, so no second run of it measures rounding alone."""
+
+    def __enter__(self) -> "RandomDraws":
+        self._before, self.drew = _generator_states(), False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        after = _generator_states()[:len(self._before)]
+        self.drew = any(not torch.equal(a, b) for a, b in zip(self._before, after))
+
+
+def _generator_states() -> list[torch.Tensor]:
+    states = [torch.random.get_rng_state()]
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states += torch.cuda.get_rng_state_all()
+    return states
 
 
 # -- non-finite outputs --------------------------------------------------------------------------

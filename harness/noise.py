@@ -367,6 +367,7 @@ def noise_verdicts(
     mode: str,
     reference_call: Callable | None = None,
     reference_outputs: Callable | None = None,
+    random_reference: bool = False,
 ) -> NoiseVerdicts:
     """Measure the noise floor and make it the verdict of every row it can judge.
 
@@ -374,6 +375,8 @@ def noise_verdicts(
     reference, off otherwise; ``True``/``False`` force it; a number turns it on with that ratio
     threshold. Each judged row keeps its absolute-tolerance verdict in ``row.passed_tolerance``
     (the report shows both); ``row.noise`` holds the :class:`NoiseJudgement`.
+    ``random_reference``: the reference's traced forward drew random numbers, so no float64 run
+    of it measures rounding alone; the floor is off, and a note says why.
     """
     threshold = check_noise_floor(option)
     wanted = option is not False and (option is not None or dtype in DEFAULT_NOISE_RATIO)
@@ -384,6 +387,10 @@ def noise_verdicts(
                else "the reference is a recorded trace, not a module" if reference is None else None)
     if why_not:
         return NoiseVerdicts(False, note=f"noise floor off: {why_not}" if option else None)
+    if random_reference:
+        return NoiseVerdicts(False, note="noise floor off: the reference drew random numbers in its forward (Dropout "
+                                         "in train mode, sampling), so a float64 run of it differs by more than "
+                                         "rounding; absolute tolerances decide")
     started = time.perf_counter()
     limit = DEFAULT_NOISE_RATIO.get(dtype, 4.0) if threshold is None else threshold
     if limit >= 1 and _bitwise_alike(rows, final):

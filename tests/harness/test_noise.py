@@ -233,3 +233,36 @@ def test_the_floor_needs_room_for_float64_weights_and_one_forward_not_a_trace(mo
     assert report.noise_floor["enabled"], report.format()
     traced = sum(leaf.numel() for r in report.rows for leaf in r.match.reference.outputs.values())
     assert traced > 2 * largest, "the toy's trace must exceed the room given, or this proves nothing"
+
+
+class DroppingOut(torch.nn.Module):
+    """Linear -> GELU -> Dropout -> Linear; the Dropout draws masks only if put in train mode."""
+
+    def __init__(self, approximate: str = "none") -> None:
+        super().__init__()
+        self.fc1, self.act, self.drop, self.fc2 = (torch.nn.Linear(8, 8), torch.nn.GELU(approximate=approximate),
+                                                   torch.nn.Dropout(0.3), torch.nn.Linear(8, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.drop(self.act(self.fc1(x))))
+
+
+def test_a_reference_drawing_random_numbers_gets_no_noise_floor_to_hide_a_bug_in():
+    torch.manual_seed(0)
+    reference, candidate = DroppingOut().eval(), DroppingOut(approximate="tanh").eval()
+    candidate.load_state_dict(reference.state_dict())
+    reference.drop.train()  # a forgotten .eval(): its float64 run would draw other masks than its traced run
+    report = harness.compare(candidate, reference, torch.randn(4, 8, generator=torch.Generator().manual_seed(1)))
+    assert not report.passed, report.format()
+    assert any(n.startswith("noise floor off: the reference drew random numbers in its forward") for n in report.notes), \
+        report.notes
+
+
+def test_random_draws_are_seen_on_the_global_generator():
+    from harness.guards import RandomDraws
+
+    with RandomDraws() as deterministic:
+        torch.ones(3).sum()
+    with RandomDraws() as drawing:
+        torch.rand(3)
+    assert (deterministic.drew, drawing.drew) == (False, True)
