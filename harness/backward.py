@@ -54,7 +54,7 @@ from harness.checks import check_type, type_error
 from harness.adapters import find_adapter
 from harness.localize import Row, _cast_like, classify, _inputs_state, _leaf_pairs, _rerunnable, _worst_adapted
 from harness.metrics import Metrics, Tolerance, measure
-from harness.trace import ROOT, flatten_tensors, map_tensors
+from harness.trace import ROOT, flatten_tensors, hookable_modules, map_tensors
 from harness.weights import WeightMap
 
 __all__ = ["BackwardResult", "BackwardRow", "ParameterGrad", "compare_backward", "check_backward", "check_loss",
@@ -264,7 +264,7 @@ class _Taps:
         self.calls: dict[tuple[str, int], _CallGrads] = {}
         self.clock = clock
         self.handles = []
-        modules = {(name or ROOT): m for name, m in model.named_modules(remove_duplicate=False)}
+        modules = {(name or ROOT): m for name, m in hookable_modules(model, remove_duplicate=False)}
         for name in names:
             module = modules.get(name)
             if module is not None:

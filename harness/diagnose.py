@@ -63,7 +63,7 @@ from torch.overrides import TorchFunctionMode
 
 from harness.adapters import find_adapter
 from harness.metrics import DEFAULT_TOLERANCES, Tolerance, measure
-from harness.trace import flatten_tensors, map_tensors
+from harness.trace import flatten_tensors, hookable_modules, map_tensors
 
 __all__ = ["Op", "OpRecorder", "record_ops", "diagnose", "diagnose_modules", "attribute_diff", "KINDS"]
 
@@ -181,7 +181,7 @@ class OpRecorder(TorchFunctionMode):
 
     def __enter__(self):
         if self._module is not None:
-            for name, sub in self._module.named_modules():
+            for name, sub in hookable_modules(self._module):
                 if name:
                     self._handles.append(sub.register_forward_pre_hook(self._push(name)))
                     self._handles.append(sub.register_forward_hook(self._pop))

@@ -163,13 +163,11 @@ class ModelState:
         """Put back every replaced tensor and the values of every changed buffer; reset ``training``."""
         with torch.no_grad():
             for slots, name, t, copy in self._buffers:
-                if slots.get(name) is not t:
-                    slots[name] = t
+                _put_back(slots, name, t)
                 if not _same_bits(t.detach(), copy):
                     t.detach().copy_(copy)
             for slots, name, t, *_ in self._parameters:
-                if slots.get(name) is not t:
-                    slots[name] = t
+                _put_back(slots, name, t)
         for module, training in self._flags:
             module.training = training
 
@@ -180,6 +178,16 @@ class ModelState:
             if version is not None and _version(t) != version:
                 changed.setdefault(index, []).append(qualified)
         return changed
+
+
+def _put_back(slots: Any, name: str, t: torch.Tensor) -> None:
+    """``slots[name] = t`` where a forward replaced it; a scripted module's slots (a wrapper with
+    item access only) cannot have been replaced from Python, so reading them is enough."""
+    try:
+        if slots[name] is not t:
+            slots[name] = t
+    except (KeyError, RuntimeError):
+        slots[name] = t
 
 
 def _version(t: torch.Tensor) -> int | None:

@@ -57,7 +57,7 @@ from torch import nn
 
 from harness.adapters import find_adapter
 from harness.checks import check_type, check_value
-from harness.trace import ROOT, Record, flatten_tensors, map_tensors
+from harness.trace import ROOT, Record, flatten_tensors, hookable_modules, map_tensors
 
 __all__ = ["BITWISE_NOTE", "DEFAULT_NOISE_RATIO", "UNIT_ROUNDOFF", "NoiseFloor", "NoiseJudgement", "NoiseVerdicts", "judge",
            "noise_verdicts", "float64_hint"]
@@ -297,7 +297,7 @@ def _judging_hooks(model: nn.Module, wanted: Mapping[str, list[Any]], floor: Noi
         return hook
 
     try:
-        for name, module in model.named_modules():
+        for name, module in hookable_modules(model):
             name = name or ROOT
             if name in names:
                 handles.append(module.register_forward_pre_hook(pre(name)))

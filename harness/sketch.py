@@ -275,7 +275,7 @@ class SketchTracer:
     def __enter__(self) -> "SketchTracer":
         import weakref
 
-        from harness.trace import ROOT, flatten_tensors
+        from harness.trace import ROOT, flatten_tensors, hookable_modules
 
         def post(name: str):
             def hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
@@ -298,7 +298,7 @@ class SketchTracer:
 
             return hook
 
-        for name, module in self.model.named_modules():
+        for name, module in hookable_modules(self.model):
             name = self._apply(name, self.rename) if name else ROOT
             self._handles.append(module.register_forward_hook(post(name)))
         return self

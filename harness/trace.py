@@ -47,8 +47,8 @@ from torch import nn
 
 from harness.checks import check_choice, check_module, type_error
 
-__all__ = ["Record", "TensorSummary", "Tracer", "flatten_tensors", "map_tensors", "name_filter", "spill_folder",
-           "AUTO", "ROOT"]
+__all__ = ["Record", "TensorSummary", "Tracer", "flatten_tensors", "hookable_modules", "map_tensors", "name_filter",
+           "spill_folder", "AUTO", "ROOT"]
 
 ROOT = "<root>"
 Mode = Literal["full", "summary"]
@@ -217,6 +217,19 @@ def _nonfinite(leaves: dict[str, Leaf]) -> bool:
                 and not bool(torch.isfinite(v).all()):
             return True
     return False
+
+
+def hookable_modules(model: nn.Module, **options: Any) -> Iterator[tuple[str, nn.Module]]:
+    """``model.named_modules(**options)`` without TorchScript modules and what they contain: they
+    take no Python hooks, so a scripted submodule is traced as part of the module calling it."""
+    scripted: list[str] = []
+    for name, module in model.named_modules(**options):
+        if any(name == s or name.startswith(s + ".") or s == "" for s in scripted):
+            continue
+        if isinstance(module, torch.jit.ScriptModule):
+            scripted.append(name)
+            continue
+        yield name, module
 
 
 def name_filter(pattern: str | Callable[[str], bool] | None, *, option: str = "include") -> Callable[[str], bool] | None:
@@ -495,7 +508,7 @@ class Tracer:
         if self._share is not None and self.mode == "full":
             self._shared = _SharedCopies(self._share.records, self._share.release)
         try:
-            for name, module in self.model.named_modules():
+            for name, module in hookable_modules(self.model):
                 name = name or ROOT
                 if self._include is not None and name != ROOT and not self._include(name):
                     continue

@@ -48,7 +48,7 @@ from harness.headers import MAX_SAFETENSORS_HEADER
 from harness.metrics import Tolerance
 from harness.options import CompareOptions
 from harness.pairs import Call, as_call
-from harness.trace import ROOT, Record, TensorSummary, flatten_tensors, name_filter
+from harness.trace import ROOT, Record, TensorSummary, flatten_tensors, hookable_modules, name_filter
 
 __all__ = ["Trace", "Replay", "RecordedModel", "RecordedModule", "record", "record_pair", "load_trace", "weights_fingerprint",
            "check_fingerprint", "trace_reference", "FORMAT", "VERSION"]
@@ -286,7 +286,7 @@ class _Recorder:
 
     def __enter__(self) -> "_Recorder":
         try:
-            for name, module in self.model.named_modules():
+            for name, module in hookable_modules(self.model):
                 name = name or ROOT
                 self._handles.append(module.register_forward_pre_hook(self._pre(name), with_kwargs=True))
                 self._handles.append(module.register_forward_hook(self._post(name), with_kwargs=True))

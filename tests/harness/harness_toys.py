@@ -152,3 +152,24 @@ class AttnNet(nn.Module):
 # the candidate writes attention out, the reference calls the fused kernel: the same math
 TOY_ATTENTION = harness.Pair(name="toy_attention", candidate=AttnNet, reference=lambda: AttnNet(fused=True),
                              convert=dict, make_inputs=make_inputs)
+
+
+class _Inner(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.fc(x))
+
+
+class WithScripted(nn.Module):
+    """A TorchScript submodule (which takes no Python hooks) between two plain ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = torch.jit.script(_Inner())
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.inner(x))

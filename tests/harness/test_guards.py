@@ -10,7 +10,7 @@ from torch import nn
 import harness
 from harness.guards import ModelState, comparison_dtype
 from harness.pairs import as_call
-from harness_toys import TOY
+from harness_toys import TOY, WithScripted
 
 F64 = torch.float64
 
@@ -302,3 +302,14 @@ def test_summary_rows_with_a_nonfinite_mismatch_are_not_scored_perfect():
     report = harness.compare(Poison(float("nan")), Poison(None), torch.randn(3, 4, dtype=F64), mode="summary")
     (row,) = report.rows
     assert row.metrics.nonfinite_mismatch and row.metrics.max_abs == float("inf"), row.metrics
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_a_model_with_a_scripted_submodule_is_compared_and_left_as_it_was():
+    torch.manual_seed(0)
+    candidate, reference = WithScripted().eval(), WithScripted().eval()
+    candidate.load_state_dict(reference.state_dict())
+    before = {k: v.clone() for k, v in candidate.state_dict().items()}
+    report = harness.compare(candidate, reference, torch.randn(3, 4), backward=True)
+    assert report.passed, report.format()
+    assert all(torch.equal(before[k], v) for k, v in candidate.state_dict().items())

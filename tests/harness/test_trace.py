@@ -8,7 +8,7 @@ from torch import nn
 
 from harness import Tracer
 from harness.trace import ROOT, TensorSummary, flatten_tensors
-from harness_toys import Net
+from harness_toys import Net, WithScripted
 
 
 def test_records_every_call_in_completion_order_with_nesting():
@@ -306,3 +306,9 @@ def test_the_filesystem_of_a_folder_is_read_from_the_mount_table():
     from harness import trace
 
     assert trace._filesystem(Path("/proc/self")) == "proc"
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_a_scripted_submodule_is_traced_as_part_of_its_caller():
+    tracer = _trace(WithScripted(), torch.randn(3, 4))
+    assert [r.name for r in tracer.records] == ["out", ROOT]
