@@ -145,7 +145,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
     with torch.no_grad():
         progress.stage("trace candidate")
         with Tracer(candidate, include=filters["candidate"], mode=o.mode, budget=budget, spill=o.spill) as cand_trace:
-            cand_out = o.candidate_call(candidate, cand_call) if o.candidate_call else cand_call(candidate)
+            cand_out = guards.run_forward("candidate", candidate, cand_call, o.candidate_call)
         ref_draws = guards.RandomDraws()
         if replay is not None:
             ref_trace, ref_out = replay.recorded, replay.outputs
@@ -154,7 +154,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
             # copies bitwise equal to the candidate's are shared: agreeing layers are kept once
             with Tracer(reference, include=filters["reference"], mode=o.mode, budget=budget,
                         share=cand_trace, spill=o.spill) as ref_trace, ref_draws:
-                ref_out = o.reference_call(reference, ref_call) if o.reference_call else ref_call(reference)
+                ref_out = guards.run_forward("reference", reference, ref_call, o.reference_call)
     final = _final_outputs(cand_out, ref_out, o.candidate_outputs, o.reference_outputs)
 
     def release() -> None:

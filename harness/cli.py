@@ -251,6 +251,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        from harness.guards import ForwardFailed  # only a comparison raises it, and then torch is loaded
+
+        if not isinstance(exc, ForwardFailed):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _one_line(exc: OSError) -> str:

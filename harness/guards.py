@@ -47,6 +47,7 @@ from harness.pairs import Call, as_call
 from harness.trace import flatten_tensors
 
 __all__ = ["check_devices", "check_dtypes", "parameter_dtype", "comparison_dtype", "ModelState", "RandomDraws",
+           "ForwardFailed", "run_forward",
            "train_mode_notes", "determinism_notes", "nonfinite_notes", "preserves_models"]
 
 _SHOWN = 5
@@ -260,6 +261,30 @@ def determinism_notes(sides: Sequence[tuple[str, nn.Module, Callable, Any, Calla
                          f"numbers in forward (Dropout in train mode, sampling) make a parity verdict meaningless: "
                          f"call .eval() or remove the randomness")
     return notes
+
+
+class ForwardFailed(RuntimeError):
+    """A model's own forward raised during a comparison (other than a ValueError or TypeError, which
+    already read as usage errors): the message names the side, the error and the inputs' shapes."""
+
+    def __init__(self, side: str, error: BaseException, call: Call) -> None:
+        leaves = {**flatten_tensors(call.args, "args"), **flatten_tensors(dict(call.kwargs), "kwargs")}
+        shapes = ", ".join(f"{k} {tuple(t.shape)}" for k, t in leaves.items())
+        super().__init__(f"the {side}'s forward raised {type(error).__name__}: {' '.join(str(error).split())} "
+                         f"(inputs: {shapes or 'none'}); check the inputs' shapes and dtypes against what the "
+                         f"model takes, or the model's code")
+        self.side = side
+
+
+def run_forward(side: str, model: nn.Module, call: Call, run: Callable[[nn.Module, Call], Any] | None) -> Any:
+    """``run(model, call)`` (default ``call(model)``), a failure of the model's own code raised as
+    :class:`ForwardFailed`, its cause chained; a memory budget's refusal passes unchanged."""
+    try:
+        return run(model, call) if run else call(model)
+    except (TraceTooLarge, ValueError, TypeError):
+        raise
+    except Exception as exc:
+        raise ForwardFailed(side, exc, call) from exc
 
 
 class RandomDraws:

@@ -53,11 +53,32 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
 
 
 # -- steps ----------------------------------------------------------------------------------------
+# the fields each op needs: (name, what it must be, check)
+_INT = ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))
+_INTS = ("a list of integers", lambda v: isinstance(v, (list, tuple)) and all(_INT[1](x) for x in v))
+_PAIR = ("a list of two integers", lambda v: _INTS[1](v) and len(v) == 2)
+_STEP_FIELDS = {
+    "slice": (("dim", *_INT), ("start", *_INT), ("stop", *_INT)),
+    "reshape": (("shape", *_INTS),),
+    "transpose": (("dims", *_PAIR),),
+    "permute": (("dims", *_INTS),),
+    "concat": (("dim", *_INT),),
+}
+_STEP_EXAMPLES = ("{'op': 'transpose', 'dims': [0, 1]}, {'op': 'permute', 'dims': [2, 3, 1, 0]}, "
+                  "{'op': 'reshape', 'shape': [96, 1, 1]}, {'op': 'slice', 'dim': 0, 'start': 0, 'stop': 96}")
+
+
 def check_step(step: Any) -> Step:
-    """``step`` as a dict, or a ValueError naming the ops there are."""
+    """``step`` as a dict, or a ValueError naming the ops there are and the fields each needs."""
     if not isinstance(step, Mapping) or step.get("op") not in STEP_OPS:
         raise ValueError(f"transform step {step!r} is not one of {', '.join(STEP_OPS)}; write it as "
-                         f"{{'op': 'transpose', 'dims': [0, 1]}} and the like")
+                         f"{_STEP_EXAMPLES}")
+    for name, what, ok in _STEP_FIELDS[step["op"]]:
+        if name not in step or not ok(step[name]):
+            raise ValueError(f"transform step {dict(step)!r}: {name!r} must be {what}, got "
+                             f"{step.get(name, 'nothing')!r}; steps look like {_STEP_EXAMPLES}")
+    if step["op"] == "slice" and not 0 <= step["start"] <= step["stop"]:
+        raise ValueError(f"transform step {dict(step)!r}: a slice needs 0 <= start <= stop")
     return dict(step)
 
 
@@ -174,7 +195,13 @@ def apply_moves(moves: Iterable[Move], state: Mapping[str, torch.Tensor], *, wha
         if missing:
             raise ValueError(f"{what} has no {missing[0]!r}, which {' + '.join(move.sources)} -> "
                              f"{' + '.join(move.targets)} needs; the table was made for another layout")
-        out.update(move.apply(state))
+        try:
+            out.update(move.apply(state))
+        except (RuntimeError, IndexError) as exc:  # a step that does not fit the tensor it is given
+            shapes = ", ".join(f"{k} {tuple(state[k].shape)}" for k in move.sources)
+            raise ValueError(f"{' + '.join(move.sources)} -> {' + '.join(move.targets)}: the steps "
+                             f"{describe_steps(move.steps)} do not fit {shapes} "
+                             f"({' '.join(str(exc).split())})") from None
     return out
 
 

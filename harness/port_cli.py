@@ -87,6 +87,8 @@ def run_port_compare(args: argparse.Namespace, report_options: dict[str, Any],
         raise ValueError(f"give either a registered pair ({args.pair!r}) or --candidate/--reference, not both")
     if not args.reference:
         raise ValueError("--candidate needs --reference SPEC: the model to compare against")
+    if not args.candidate:
+        raise ValueError("--reference needs --candidate SPEC: the model to compare (your port)")
     if args.map and args.save_map:
         raise ValueError("--map reads a weight map and --save-map writes an inferred one; give one of them")
     args.input_shape = args.input_shape or ["1x3x224x224"]

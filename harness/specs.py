@@ -10,6 +10,7 @@ sees the same values.
 from __future__ import annotations
 
 import importlib
+import math
 import importlib.util
 import os
 import re
@@ -39,6 +40,8 @@ def load_spec(spec: str, *, option: str = "model spec") -> "nn.Module":
         sys.path.insert(0, os.path.dirname(os.path.abspath(where)))  # the file's own imports
         try:
             loader.loader.exec_module(module)
+        except Exception as exc:  # the file's own code: a syntax error, a failing import
+            raise ValueError(f"{option} {spec!r}: running {where!r} raised {_raised(exc)}; fix that file") from exc
         finally:
             sys.path.pop(0)
     else:
@@ -46,13 +49,24 @@ def load_spec(spec: str, *, option: str = "model spec") -> "nn.Module":
             module = importlib.import_module(where)
         except ImportError as exc:
             raise ValueError(f"{option} {spec!r}: cannot import {where!r} ({exc})") from None
+        except Exception as exc:
+            raise ValueError(f"{option} {spec!r}: importing {where!r} raised {_raised(exc)}; fix that module") from exc
     factory = getattr(module, name, None)
     if not callable(factory):
         raise ValueError(f"{option} {spec!r}: {where!r} has no callable {name!r}")
-    model = factory()
+    try:
+        model = factory()
+    except Exception as exc:  # the user's factory: a missing argument, a failing constructor
+        raise ValueError(f"{option} {spec!r}: {name}() raised {_raised(exc)}; the function must build the model "
+                         f"with no arguments (wrap it in one that does)") from exc
     if not isinstance(model, nn.Module):
         raise TypeError(f"{option} {spec!r}: {name}() returned {type(model).__name__}, expected an nn.Module")
     return model
+
+
+def _raised(exc: BaseException) -> str:
+    """``TypeError: message`` on one line."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -74,5 +88,13 @@ def random_inputs(shapes: Sequence[str], dtype: "torch.dtype", *, seed: int = 0,
     import torch
 
     generator = torch.Generator().manual_seed(seed)
-    return tuple(torch.randn(parse_shape(s), generator=generator, dtype=torch.float64).to(dtype=dtype, device=device)
-                 for s in shapes)
+    inputs = []
+    for text in shapes:
+        shape = parse_shape(text)
+        try:
+            inputs.append(torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype=dtype, device=device))
+        except (RuntimeError, MemoryError) as exc:  # the allocator refused
+            size = math.prod(shape) * 8 / 2**30
+            raise ValueError(f"--input-shape {text!r}: cannot allocate that input ({size:.3g} GiB in float64: "
+                             f"{_raised(exc)[:120]}); give a smaller shape") from None
+    return tuple(inputs)

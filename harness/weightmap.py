@@ -278,24 +278,79 @@ def load_weight_map(source: str | os.PathLike | Mapping[str, Any]) -> WeightMap:
         try:
             with open(source, encoding="utf-8") as f:
                 source = json.load(f)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"cannot read {where}: {exc}") from None
+        except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
+            raise ValueError(f"cannot read {where}: {' '.join(str(exc).split())}") from None
     if not isinstance(source, Mapping) or source.get("format") != FORMAT:
         raise ValueError(f"{where} is not a weight map (expected 'format': {FORMAT!r}); write one with "
                          f"python -m harness map ... --save-map FILE")
     try:
-        entries = [Entry(candidate=d["candidate"], reference=tuple(d["reference"]),
-                         steps=tuple(check_step(s) for s in d.get("transform", [])),
-                         shape=tuple(d["shape"]), reference_shapes=tuple(tuple(s) for s in d["reference_shapes"]),
-                         kind=d.get("kind", "parameter")) for d in source["entries"]]
-        unmatched = {"candidate": list(source["unmatched"]["candidate"]),
-                     "reference": list(source["unmatched"]["reference"])}
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"{where} is malformed: missing or wrong field {exc}") from None
-    return WeightMap(entries=entries, unmatched=unmatched, reasons=dict(source.get("reasons", {})),
-                     computed=dict(source.get("computed", {"candidate": [], "reference": []})),
-                     candidate_numel=int(source.get("candidate_numel", 0)), verified=source.get("verified"),
-                     conflicts=list(source.get("conflicts", [])), notes=list(source.get("notes", [])))
+        entries = [_entry(d) for d in _field(source, "entries", list, "a list of entries")]
+        unmatched = _field(source, "unmatched", Mapping, "{'candidate': [...], 'reference': [...]}")
+        unmatched = {side: _names(unmatched, side) for side in ("candidate", "reference")}
+        computed = source.get("computed") or {"candidate": [], "reference": []}
+        computed = {side: _names(computed, side) for side in ("candidate", "reference")}
+        numel = source.get("candidate_numel", 0)
+        if not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
+            raise ValueError(f"'candidate_numel' must be a count of elements, got {numel!r}")
+    except ValueError as exc:
+        raise ValueError(f"{where} is malformed: {exc}; regenerate it with python -m harness map ... --save-map FILE "
+                         f"or fix that field") from None
+    return WeightMap(entries=entries, unmatched=unmatched, reasons=dict(source.get("reasons") or {}),
+                     computed=computed, candidate_numel=numel, verified=source.get("verified"),
+                     conflicts=list(source.get("conflicts") or []), notes=list(source.get("notes") or []))
+
+
+_KINDS = ("parameter", "buffer")
+
+
+def _field(source: Mapping[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
+    value = source.get(name)
+    if not isinstance(value, kind):
+        raise ValueError(f"{name!r} must be {what}, got {value!r}")
+    return value
+
+
+def _names(source: Mapping[str, Any], side: str) -> list[str]:
+    names = source.get(side, [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{side!r} must be a list of tensor names, got {names!r}")
+    return names
+
+
+def _shape(value: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                                        for n in value):
+        raise ValueError(f"{what} must be a list of sizes such as [96, 3, 4, 4], got {value!r}")
+    return tuple(value)
+
+
+def _entry(d: Any) -> Entry:
+    """One entry of a saved map, every field checked."""
+    if not isinstance(d, Mapping):
+        raise ValueError(f"an entry must be an object with 'candidate', 'reference', 'shape'..., got {d!r}")
+    candidate = _field(d, "candidate", str, "a candidate tensor name")
+    reference = d.get("reference")
+    if not isinstance(reference, list) or not reference or not all(isinstance(r, str) for r in reference):
+        raise ValueError(f"entry {candidate!r}: 'reference' must be a non-empty list of reference tensor names "
+                         f"(one, or several concatenated), got {reference!r}")
+    transform = d.get("transform", [])
+    if not isinstance(transform, list):
+        raise ValueError(f"entry {candidate!r}: 'transform' must be a list of steps, got {transform!r}")
+    shapes = d.get("reference_shapes")
+    if not isinstance(shapes, list) or len(shapes) != len(reference):
+        raise ValueError(f"entry {candidate!r}: 'reference_shapes' must hold one shape per reference tensor "
+                         f"({len(reference)}), got {shapes!r}")
+    kind = d.get("kind", "parameter")
+    if kind not in _KINDS:
+        raise ValueError(f"entry {candidate!r}: 'kind' must be one of {', '.join(_KINDS)}, got {kind!r}")
+    try:
+        steps = tuple(check_step(s) for s in transform)
+    except ValueError as exc:
+        raise ValueError(f"entry {candidate!r}: {exc}") from None
+    return Entry(candidate=candidate, reference=tuple(reference), steps=steps,
+                 shape=_shape(d.get("shape"), f"entry {candidate!r}: 'shape'"),
+                 reference_shapes=tuple(_shape(s, f"entry {candidate!r}: 'reference_shapes'") for s in shapes),
+                 kind=kind)
 
 
 # -- tensors of a model -----------------------------------------------------------------------------

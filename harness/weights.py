@@ -292,14 +292,14 @@ def _align(cand: list[_Tensor], ref: list[_Tensor]) -> list[tuple[list[int], lis
     return out[::-1]
 
 # -- building the map -------------------------------------------------------------------------------
-def _runner(call: Any, call_fn: Callable | None) -> Callable[[nn.Module], Any]:
+def _runner(call: Any, call_fn: Callable | None, side: str) -> Callable[[nn.Module], Any]:
+    from harness.guards import run_forward
     from harness.pairs import as_call
 
     c = as_call(call)
 
     def run(model: nn.Module) -> Any:
-        fresh = c.clone()
-        return call_fn(model, fresh) if call_fn else fresh(model)
+        return run_forward(side, model, c.clone(), call_fn)
 
     return run
 
@@ -313,8 +313,8 @@ def infer_map(
     reference_call: Callable | None = None,
 ) -> WeightMap:
     """The inferred map, without verification (steps 1-4 of the module docstring)."""
-    cand, cand_computed = _first_uses(candidate, _runner(inputs, candidate_call))
-    ref, ref_computed = _first_uses(reference, _runner(inputs, reference_call))
+    cand, cand_computed = _first_uses(candidate, _runner(inputs, candidate_call, "candidate"))
+    ref, ref_computed = _first_uses(reference, _runner(inputs, reference_call, "reference"))
     pairs = _align(cand, ref)
     entries: list[Entry] = []
     used_c: set[int] = set()

@@ -17,3 +17,11 @@ def split():
 
 def not_a_model():
     return "a string"
+
+
+def needs_an_argument(width):
+    return FusedBlock(dim=width)
+
+
+def fails_to_build():
+    raise RuntimeError("the checkpoint is missing")

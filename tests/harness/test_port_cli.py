@@ -11,6 +11,7 @@ import pytest
 from harness.cli import main
 
 SPECS = str(Path(__file__).with_name("port_specs.py"))
+BROKEN = str(Path(__file__).with_name("port_specs_broken.py"))
 
 
 @dataclass
@@ -67,8 +68,39 @@ def test_compare_reuses_a_saved_map(harness_cli, tmp_path):
     (("map", "no_colon", f"{SPECS}:split"), "is not a model spec"),
     (("map", f"{SPECS}:fused", f"{SPECS}:split", "--input-shape", "2by5"), "expected positive sizes joined by 'x'"),
     (("compare", "--candidate", f"{SPECS}:fused"), "--candidate needs --reference"),
+    (("compare", "--reference", f"{SPECS}:split"), "--reference needs --candidate"),
     (("compare",), "compare needs a registered pair"),
+    # the user's own code failing: named, with what to fix, never a traceback
+    (("map", f"{SPECS}:needs_an_argument", f"{SPECS}:split"), "must build the model with no arguments"),
+    (("map", f"{SPECS}:fails_to_build", f"{SPECS}:split"), "fails_to_build() raised RuntimeError: the checkpoint is missing"),
+    (("map", f"{BROKEN}:model", f"{SPECS}:split"), "raised ModuleNotFoundError: No module named 'a_package_that_is_not"),
+    (("map", f"{SPECS}:fused", f"{SPECS}:split", "--input-shape", "2x5x15"), "the candidate's forward raised RuntimeError"),
+    (("compare", "--candidate", f"{SPECS}:fused", "--reference", f"{SPECS}:split", "--input-shape", "2x5x15"),
+     "(inputs: args.0 (2, 5, 15)); check the inputs' shapes"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(harness_cli, args, message):
     run = harness_cli(*args)
+    assert run.returncode == 2 and message in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+def _saved_map(harness_cli, tmp_path: Path) -> Path:
+    saved = tmp_path / "map.json"
+    harness_cli("map", f"{SPECS}:fused", f"{SPECS}:split", "--input-shape", "2x5x16", "--save-map", str(saved))
+    return saved
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda e: e.update(transform=[{"op": "transpose", "dim0": 0, "dim1": 1}]), "'dims' must be a list of two integers"),
+    (lambda e: e.update(reference=e["reference"][0]), "'reference' must be a non-empty list of reference tensor names"),
+    (lambda e: e.update(shape="16x16"), "'shape' must be a list of sizes"),
+    (lambda e: e.update(kind="weights"), "'kind' must be one of parameter, buffer"),
+    (lambda e: e.update(transform=[{"op": "reshape", "shape": [5, 5]}]), "do not fit"),
+])
+def test_a_hand_edited_map_that_does_not_hold_is_one_line_naming_the_entry(harness_cli, tmp_path, edit, message):
+    saved = _saved_map(harness_cli, tmp_path)
+    document = json.loads(saved.read_text())
+    edit(next(e for e in document["entries"] if e["candidate"] == "norm.weight"))
+    saved.write_text(json.dumps(document))
+    run = harness_cli("compare", "--candidate", f"{SPECS}:fused", "--reference", f"{SPECS}:split",
+                      "--input-shape", "2x5x16", "--map", str(saved))
     assert run.returncode == 2 and message in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
