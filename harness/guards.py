@@ -292,6 +292,9 @@ class RandomDraws:
     ones initialized before it started): a forward that does (Dropout in train mode, sampling)
     gives other outputs on every run, so no second run of it measures rounding alone."""
 
+    def __init__(self) -> None:
+        self.drew = False
+
     def __enter__(self) -> "RandomDraws":
         self._before, self.drew = _generator_states(), False
         return self

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 __all__ = ["MAX_SAFETENSORS_HEADER", "PICKLE_SUFFIXES", "TensorHeader", "ValuesUnavailable", "WRAPPER_KEYS",
-           "read_headers", "unwrap_state"]
+           "read_headers", "safetensors_entry_problem", "unwrap_state"]
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")  # what a torch.save checkpoint is called; .safetensors is the other
 WRAPPER_KEYS = ("model_ema", "model", "state_dict", "module")
@@ -216,15 +216,33 @@ def _safetensors_headers(path: Path) -> dict[str, TensorHeader] | None:
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        start, stop = info["data_offsets"]
-        if info["dtype"] not in _SAFETENSORS_DTYPES:
-            return None
-        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-        shape = tuple(int(d) for d in info["shape"])
-        if not 0 <= start <= stop <= size - 8 - n or stop - start != math.prod(shape) * _ITEMSIZE[dtype]:
+        if safetensors_entry_problem(info, size - 8 - n) is not None:
             return None  # a header that disagrees with the file: the loader says what is wrong
-        out[name] = TensorHeader(shape, dtype, read=_file_range(path, 8 + n + start, stop - start))
+        start, stop = info["data_offsets"]
+        out[name] = TensorHeader(tuple(info["shape"]), _SAFETENSORS_DTYPES[info["dtype"]],
+                                 read=_file_range(path, 8 + n + start, stop - start))
     return out
+
+
+def safetensors_entry_problem(info: Any, data_bytes: int) -> str | None:
+    """What is wrong with one tensor entry of a safetensors header whose data section holds
+    ``data_bytes``: an unknown dtype, a malformed shape, offsets outside the data or a span that
+    is not the shape's size; None when it holds."""
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+        return f"an entry without dtype, shape and data_offsets ({info!r})"
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if dtype not in _SAFETENSORS_DTYPES:
+        return f"unknown dtype {dtype!r}"
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        return f"shape {shape!r} is not a list of sizes"
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+        return f"data_offsets {offsets!r} are not two byte offsets"
+    start, stop = offsets
+    if not 0 <= start <= stop <= data_bytes:
+        return f"data_offsets {offsets} fall outside the {data_bytes} bytes of data"
+    if stop - start != math.prod(shape) * _ITEMSIZE[_SAFETENSORS_DTYPES[dtype]]:
+        return f"{stop - start} bytes hold no {dtype} tensor of shape {shape}"
+    return None
 
 
 def _file_range(path: Path, offset: int, length: int) -> Callable[[], bytes]:

@@ -44,7 +44,7 @@ from torch import nn
 
 from harness.checks import check_choice, check_module
 from harness.files import atomic_write, discard, scratch_file
-from harness.headers import MAX_SAFETENSORS_HEADER
+from harness.headers import MAX_SAFETENSORS_HEADER, safetensors_entry_problem
 from harness.metrics import Tolerance
 from harness.options import CompareOptions
 from harness.pairs import Call, as_call
@@ -667,20 +667,72 @@ def load_trace(path: str | os.PathLike) -> Trace:
     try:
         header = json.loads(raw)
         meta = json.loads(header["__metadata__"][_META_KEY])
+        if not isinstance(meta, dict):
+            raise TypeError(meta)
     except (ValueError, KeyError, TypeError):
         raise ValueError(f"{path} is not a trace file: no {_META_KEY!r} metadata in a safetensors header "
                          f"(a checkpoint or another program's file?); record one with `python -m harness record`") from None
-    if meta.get("format") != FORMAT or not isinstance(meta.get("version"), int):
+    if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a trace file: format {meta.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(meta.get("version"), int):
+        raise ValueError(f"{path} is damaged: its format version is {meta.get('version')!r}, not a number; "
+                         f"record the trace again")
     if meta["version"] > VERSION:
         raise ValueError(f"{path} is trace format version {meta['version']}; this harness reads up to "
                          f"{VERSION}: upgrade the harness")
-    data = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    header.pop("__metadata__")
+    entries = [v for v in header.values() if isinstance(v, dict) and isinstance(v.get("data_offsets"), list)
+               and len(v["data_offsets"]) == 2 and isinstance(v["data_offsets"][1], int)]
+    data = max((v["data_offsets"][1] for v in entries), default=0)
     if size < 8 + n + data:
         raise ValueError(f"{path} is truncated: its header lists {data} bytes of tensors, the file holds "
                          f"{size - 8 - n}; record the trace again")
-    header.pop("__metadata__")
+    problem = _damage(meta, header, size - 8 - n)
+    if problem is not None:
+        raise ValueError(f"{path} is damaged: {problem}; record the trace again")
     return Trace(path=path, meta=meta, header=header)
+
+
+# what a trace's metadata must hold, and of which type (the rest is optional or checked where read)
+_META_FIELDS = {"source": str, "dtype": str, "device": str, "environment": dict, "fingerprint": dict,
+                "inputs": dict, "outputs": dict, "calls": list, "tensors": dict, "options": dict,
+                "input_mutations": list, "first_nonfinite": (str, type(None))}
+_CALL_FIELDS = {"name": str, "call": int, "start": int, "end": int, "inputs": dict, "outputs": dict,
+                "passthrough": bool, "full": bool}
+
+
+def _damage(meta: dict[str, Any], header: dict[str, Any], data_bytes: int) -> str | None:
+    """What makes a trace's metadata or tensor header unreadable, or None."""
+    for name, kind in _META_FIELDS.items():
+        if not isinstance(meta.get(name), kind):
+            return f"metadata field {name!r} is {meta.get(name)!r}"
+    if not isinstance(getattr(torch, meta["dtype"], None), torch.dtype):
+        return f"dtype {meta['dtype']!r} is no torch dtype"
+    for index, call in enumerate(meta["calls"]):
+        bad = next((k for k, kind in _CALL_FIELDS.items() if not isinstance(call, dict)
+                    or not isinstance(call.get(k), kind)), None)
+        if bad is not None:
+            return f"call {index} has no valid {bad!r}"
+    for key, info in header.items():
+        problem = safetensors_entry_problem(info, data_bytes)
+        if problem is not None:
+            return f"tensor {key}: {problem}"
+    ids = {*_tensor_ids(meta), *meta["outputs"].values(), *(meta.get("weights") or {}).values()}
+    missing = sorted(str(i) for i in ids - header.keys() | ids - meta["tensors"].keys())
+    if missing:
+        return f"the metadata refers to tensors the file does not hold ({', '.join(missing[:5])})"
+    return None
+
+
+def _tensor_ids(value: Any) -> list[str]:
+    """Every tensor id the metadata refers to (``{"tensor": id}`` leaves)."""
+    if isinstance(value, dict):
+        if set(value) == {"tensor"} and isinstance(value["tensor"], str):
+            return [value["tensor"]]
+        return [i for k, v in value.items() if k != "tensors" for i in _tensor_ids(v)]
+    if isinstance(value, list):
+        return [i for v in value for i in _tensor_ids(v)]
+    return []
 
 
 def trace_reference(

@@ -101,18 +101,44 @@ def test_a_checkpoint_or_other_file_is_refused_as_foreign(tmp_path):
         load_trace(text)
 
 
-def test_a_newer_format_version_is_refused(recorded, tmp_path):
-    data = recorded[3].read_bytes()
+def _rewritten(path, target, edit) -> None:
+    """``path``'s trace written to ``target`` with ``edit(meta, header)`` applied to its metadata
+    and safetensors header (the tensor bytes kept)."""
+    data = path.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8:8 + n])
     meta = json.loads(header["__metadata__"]["harness_trace"])
-    header["__metadata__"]["harness_trace"] = json.dumps(dict(meta, version=99))
+    edit(meta, header)
+    header["__metadata__"]["harness_trace"] = json.dumps(meta)
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
-    newer = tmp_path / "newer.trace"
-    newer.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+    target.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+
+
+def test_a_newer_format_version_is_refused(recorded, tmp_path):
+    _rewritten(recorded[3], tmp_path / "newer.trace", lambda meta, header: meta.update(version=99))
     with pytest.raises(ValueError, match=r"newer\.trace is trace format version 99"):
-        load_trace(newer)
+        load_trace(tmp_path / "newer.trace")
+
+
+def _first_output(meta: dict) -> str:
+    return next(iter(meta["outputs"].values()))
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda meta, header: meta.pop("calls"), "metadata field 'calls' is None"),
+    (lambda meta, header: meta["calls"][0].update(start="1"), "call 0 has no valid 'start'"),
+    (lambda meta, header: meta.update(dtype="float99"), "dtype 'float99' is no torch dtype"),
+    (lambda meta, header: meta.update(version="1"), "its format version is '1', not a number"),
+    (lambda meta, header: header.pop(_first_output(meta)), "the metadata refers to tensors the file does not hold"),
+    (lambda meta, header: header[_first_output(meta)].update(dtype="F32"), "bytes hold no F32 tensor of shape"),
+    (lambda meta, header: header[_first_output(meta)].update(dtype="Q7"), "unknown dtype 'Q7'"),
+])
+def test_a_damaged_trace_is_refused_naming_the_file_and_the_damage(recorded, tmp_path, edit, problem):
+    _rewritten(recorded[3], tmp_path / "damaged.trace", edit)
+    with pytest.raises(ValueError, match=r"damaged\.trace is damaged: .*record the trace again") as refused:
+        load_trace(tmp_path / "damaged.trace")
+    assert problem in str(refused.value)
 
 
 def test_tensors_reach_the_disk_while_the_model_runs(tmp_path):
