@@ -104,7 +104,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     def finish(report) -> int:
         print(report.format(max_rows=args.rows, table=True if args.table else None))
         if args.json:
-            path = write_json(args.json, [report.to_dict()], device=args.device)
+            result = report.to_dict()
+            if args.candidate:  # no pair name: the command is what tells this result from others when merged
+                result["test"] = f"compare --candidate {args.candidate} --reference {args.reference}"
+            path = write_json(args.json, [result], device=args.device)
             print(f"report written to {path}")
         return 0 if report.passed else 1
 

@@ -111,13 +111,51 @@ def load_document(path: str | os.PathLike) -> dict[str, Any]:
     """Read a report JSON document; ValueError naming the file when it is not one."""
     path = Path(path)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not a parity report (invalid JSON: {exc})") from None
+        doc = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
+    except ValueError as exc:  # not UTF-8, not JSON, a bare NaN or Infinity
+        raise ValueError(f"{path}: not a parity report (invalid JSON: {' '.join(str(exc).split())})") from None
     if not isinstance(doc, dict) or doc.get("schema") != 1 or not isinstance(doc.get("results"), list):
         raise ValueError(f"{path}: not a parity report (expected a JSON object with \"schema\": 1 and a "
                          f"\"results\" list, as written by --report or compare --json)")
+    problem = _document_problem(doc)
+    if problem is not None:
+        raise ValueError(f"{path}: a damaged parity report ({problem}); write it again with --report or "
+                         f"compare --json")
     return doc
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON; a report writes non-finite numbers as strings (\"inf\", \"nan\")")
+
+
+# what a result's fields must be when present (None stands for "not measured")
+_RESULT_FIELDS = {"test": (str,), "pair": (str,), "dtype": (str,), "output": (dict,), "layers": (list,),
+                  "run": (dict,), "diagnosis": (list,), "notes": (list,), "seconds": (int, float, str)}
+
+
+def _document_problem(doc: dict[str, Any]) -> str | None:
+    """The first field of a schema-1 document that no page, merge or diff can read, or None."""
+    if not isinstance(doc.get("environment", {}), dict):
+        return "\"environment\" is not an object"
+    runs = doc.get("runs", [])
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        return "\"runs\" is not a list of run objects"
+    for run in runs:
+        if run.get("shard") is not None:
+            try:
+                parse_shard(run["shard"])
+            except ValueError:
+                return f"run {run.get('id')!r} has shard {run['shard']!r}, not i/n"
+    for index, result in enumerate(doc["results"]):
+        if not isinstance(result, dict):
+            return f"result {index} is {type(result).__name__}, not an object"
+        for name, kinds in _RESULT_FIELDS.items():
+            value = result.get(name)
+            if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+                return f"result {index} field {name!r} is {value!r}"
+        if not all(isinstance(row, dict) for row in result.get("layers") or []):
+            return f"result {index} has a layer row that is not an object"
+    return None
 
 
 def _newer(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -160,7 +198,7 @@ def _number(v: Any) -> float | None:
         f = float(v)
     except (TypeError, ValueError):
         return None
-    return f if not math.isnan(f) else None
+    return f if math.isfinite(f) else None  # an infinite error is no point on a chart; the status says it failed
 
 
 def history_entry(stamp: dict[str, Any], results: list[dict[str, Any]],

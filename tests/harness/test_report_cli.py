@@ -61,6 +61,32 @@ def test_merge_of_a_foreign_file_names_it(tmp_path, capsys):
     assert f"{foreign}: not a parity report" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("damage, problem", [
+    (lambda doc: doc.update(environment="cpu"), '"environment" is not an object'),
+    (lambda doc: doc["results"].append("t9"), "result 1 is str, not an object"),
+    (lambda doc: doc["results"][0].update(layers="all"), "result 0 field 'layers' is 'all'"),
+    (lambda doc: doc["results"][0].update(output=3.0), "result 0 field 'output' is 3.0"),
+    (lambda doc: doc["runs"][0].update(shard="2/x"), "has shard '2/x', not i/n"),
+])
+def test_merge_of_a_damaged_report_is_one_line_naming_the_file_and_field(tmp_path, results, capsys, damage, problem):
+    path = _shard(tmp_path, "damaged", [dict(results[0], test="t1")])
+    doc = json.loads(path.read_text())
+    damage(doc)
+    path.write_text(json.dumps(doc))
+    assert cli.main(["report", "merge", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{path}: a damaged parity report (" in err and problem in err, err
+    assert not (tmp_path / "out").exists(), "a refused merge wrote files"
+
+
+def test_merge_takes_a_report_with_an_infinite_error(tmp_path, results):
+    inf = dict(results[1], test="t1", output=dict(results[1]["output"], max_abs="inf", rel_l2="inf"))
+    path = _shard(tmp_path, "inf", [inf])
+    assert cli.main(["report", "merge", str(path), "--out", str(tmp_path / "out")]) == 0
+    (entry,) = runs.read_history(tmp_path / "out" / "history.jsonl")
+    assert entry["results"][0]["max_abs"] is None and entry["failures"] == 1
+
+
 def test_render_writes_pages_from_json(tmp_path, results, capsys):
     _shard(tmp_path, "parity", [dict(results[1], test="t")])
     assert cli.main(["report", "render", str(tmp_path)]) == 0
