@@ -115,8 +115,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def _error_result(test: str, pair: Any, dtype: Any, exc: BaseException | None, text: str | None) -> dict[str, Any]:
     if exc is not None:
-        error = {"type": type(exc).__name__, "message": str(exc),
+        from harness.guards import ForwardFailed
+
+        # a model's forward that raised: the row names the model's own error, and which side raised it
+        side = exc.side if isinstance(exc, ForwardFailed) else None
+        own = exc.__cause__ if side is not None and exc.__cause__ is not None else exc
+        error = {"type": type(own).__name__, "message": str(own),
                  "traceback": "".join(traceback.format_exception(exc, limit=-8))[-6000:]}
+        if side is not None:
+            error["side"] = side
     else:
         lines = [line for line in (text or "").strip().splitlines() if line.strip()]
         last = lines[-1] if lines else "the test failed before its comparison finished"
