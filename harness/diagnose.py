@@ -1007,8 +1007,21 @@ def diagnose(match: Any, root: nn.Module | None = None) -> list[dict]:
         cand.kwargs.keys() == ref.kwargs.keys() and all(
             tuple(a.shape) == tuple(b.shape) for a, b in zip(flatten_tensors((cand.args, cand.kwargs)).values(),
                                                            flatten_tensors((ref.args, ref.kwargs)).values()))
-    return diagnose_modules(cand.module, ref.module, ref.args, ref.kwargs, name=cand.name,
-                            candidate_inputs=None if same_structure else own, root=root)
+    findings = diagnose_modules(cand.module, ref.module, ref.args, ref.kwargs, name=cand.name,
+                                candidate_inputs=None if same_structure else own, root=root)
+    return _named_parts(findings, cand.name, cand.module, ref.module)
+
+
+def _named_parts(findings: list[dict], name: str, *modules: nn.Module) -> list[dict]:
+    """Findings inside a twin that runs several calls as one (``scope_names``: part -> call name)
+    name the calls, not the parts."""
+    parts = {f"{name}.{part}": call for m in modules for part, call in getattr(m, "scope_names", {}).items()}
+    for finding in findings:
+        for part, call in parts.items():
+            if finding["module"] == part or finding["module"].startswith(part + "."):
+                finding["text"] = finding["text"].replace(part, call, 1)
+                finding["module"] = call + finding["module"][len(part):]
+    return findings
 
 
 def culprit_diagnosis(rows: Iterable[Any], culprit: str | None, root: nn.Module | None = None) -> list[dict]:

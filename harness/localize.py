@@ -41,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Literal, Sequence
 
 import torch
+from torch import nn
 
 from harness.adapters import Adapter, UserAdapter, find_adapter, user_adapter
 from harness.align import Aligned, Alignment, Match
@@ -164,32 +165,81 @@ def extend_twins(rows: list[Row], alignment: Alignment, measure_row: Callable[[M
     """Twins by weights that differ by a trailing operation without weights: timm's
     ``BatchNormAct2d`` applies its activation inside, torchvision's BatchNorm is followed by its own
     ``SiLU`` module. When such a row fails, the unpaired calls that follow one side's module (up to
-    the next paired call) are tried against the other side's output; one that agrees takes the
-    row's place, and the module it replaces is listed as unmatched. Rows are replaced in place."""
+    the next paired call) are tried against the other side's output; one that agrees joins the
+    row's module as one call (its name and inputs, the trailing call's outputs; re-runs run
+    both). Downstream of a real error no
+    trial agrees, so a failing row is extended all the same when an agreeing row extended the
+    same kinds of modules so (the same pattern), or when the trial's error is less than half the
+    row's (the activation's effect gone). Rows are replaced in place."""
     paired_c = sorted(r.match.candidate.start for r in rows)
     paired_r = sorted(r.match.reference.start for r in rows)
-    unmatched_c, unmatched_r = list(alignment.unmatched_candidate), list(alignment.unmatched_reference)
+    pools = {"candidate": list(alignment.unmatched_candidate), "reference": list(alignment.unmatched_reference)}
+    patterns: set[tuple] = set()
+    later: list[tuple[int, list[tuple[str, Record, Row, tuple]]]] = []
     for at, row in enumerate(rows):
         if row.passed or row.match.how != "weights":
             continue
-        cand, ref = row.match.candidate, row.match.reference
+        trials = []
         for side in ("candidate", "reference"):
-            own, pool, starts = (cand, unmatched_c, paired_c) if side == "candidate" else (ref, unmatched_r, paired_r)
-            stop = next((s for s in starts if s > own.end), None)
-            following = [u for u in pool if u.start > own.end and (stop is None or u.end < stop)][:3]
-            for call in following:
-                match = Match(call, ref, "weights") if side == "candidate" else Match(cand, call, "weights")
-                trial = measure_row(match)
-                if trial.passed:
-                    rows[at] = trial
-                    pool.remove(call)
-                    pool.append(own)
-                    break
-            else:
-                continue
-            break
-    return replace(alignment, unmatched_candidate=sorted(unmatched_c, key=lambda r: r.end),
-                   unmatched_reference=sorted(unmatched_r, key=lambda r: r.end))
+            for call in _following(row, side, pools[side], paired_c if side == "candidate" else paired_r):
+                match = Match(call, row.match.reference, "weights") if side == "candidate" else \
+                    Match(row.match.candidate, call, "weights")
+                trials.append((side, call, measure_row(match), _pattern(row.match, side, call)))
+        agreeing = next((t for t in trials if t[2].passed), None)
+        if agreeing is not None:
+            _extend(rows, at, pools, *agreeing[:2], measure_row)
+            patterns.add(agreeing[3])
+        elif trials:
+            later.append((at, trials))
+    for at, trials in later:  # failing downstream of an error: the same pattern, or a far closer pairing
+        row = rows[at]
+        chosen = next((t for t in trials if t[3] in patterns), None) or min(
+            (t for t in trials if t[2].metrics.rel_l2 < 0.5 * row.metrics.rel_l2 and t[1] in pools[t[0]]),
+            key=lambda t: t[2].metrics.rel_l2, default=None)
+        if chosen is not None and chosen[1] in pools[chosen[0]]:
+            _extend(rows, at, pools, *chosen[:2], measure_row)
+    return replace(alignment, unmatched_candidate=sorted(pools["candidate"], key=lambda r: r.end),
+                   unmatched_reference=sorted(pools["reference"], key=lambda r: r.end))
+
+
+def _following(row: Row, side: str, pool: list[Record], starts: list[int]) -> list[Record]:
+    """Up to three unpaired calls of ``side`` right after the row's module, before the next paired call."""
+    own = row.match.candidate if side == "candidate" else row.match.reference
+    stop = next((s for s in starts if s > own.end), None)
+    return [u for u in pool if u.start > own.end and (stop is None or u.end < stop)][:3]
+
+
+def _pattern(match: Match, side: str, call: Record) -> tuple:
+    """The kinds of modules an extension pairs: (side, candidate type, reference type, trailing call's type)."""
+    kind = (lambda r: type(r.module).__name__ if r.module is not None else r.name.rsplit(".", 1)[-1])
+    return side, kind(match.candidate), kind(match.reference), kind(call)
+
+
+class _Chain(nn.Module):
+    """A module and the call that follows it, run as one (a BatchNorm and its activation): what a
+    culprit re-run or a diagnosis of an extended twin runs."""
+
+    def __init__(self, head: nn.Module, tail: nn.Module, names: tuple[str, str]) -> None:
+        super().__init__()
+        self.head, self.tail = head, tail
+        self.training = head.training  # the flag alone: train() would set the models' own modules
+        self.scope_names = {"head": names[0], "tail": names[1]}  # how findings name the two parts
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.tail(self.head(*args, **kwargs))
+
+
+def _extend(rows: list[Row], at: int, pools: dict[str, list[Record]], side: str, call: Record,
+            measure_row: Callable[[Match], Row]) -> None:
+    """Make the row's ``side`` the module and the call after it as one: the module's name, inputs
+    and arguments, the call's outputs (so re-runs and the diagnosis run both)."""
+    match = rows[at].match
+    own = match.candidate if side == "candidate" else match.reference
+    chain = None if own.module is None or call.module is None else _Chain(own.module, call.module,
+                                                                          (own.name, call.name))
+    joined = replace(own, end=call.end, outputs=call.outputs, module=chain)
+    rows[at] = measure_row(replace(match, **{side: joined}))
+    pools[side].remove(call)
 
 
 def _inputs_state(cand: Record, ref: Record, tol: Tolerance) -> Literal["equal", "close", "differ"]:

@@ -167,6 +167,45 @@ class TwoReluBlock(nn.Module):
         return self.act_b(self.conv_b(self.act_a(self.conv_a(x))) + x)
 
 
+class NormAct(nn.BatchNorm2d):
+    """timm's ``BatchNormAct2d`` layout: the activation applied inside the norm module."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(super().forward(x))
+
+
+class ConvNormActStack(nn.Module):
+    """Three conv -> BatchNorm -> SiLU stages, each a module of its own (torchvision's layout)."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(dim, dim, 3, padding=1) for _ in range(3))
+        self.norms = nn.ModuleList(nn.BatchNorm2d(dim) for _ in range(3))
+        self.acts = nn.ModuleList(nn.SiLU() for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv, norm, act in zip(self.convs, self.norms, self.acts):
+            x = act(norm(conv(x)))
+        return x
+
+
+class ConvNormActFused(nn.Module):
+    """The same stages with the activation inside the norm (timm's layout)."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.conv_a, self.bn_a = nn.Conv2d(dim, dim, 3, padding=1), NormAct(dim)
+        self.conv_b, self.bn_b = nn.Conv2d(dim, dim, 3, padding=1), NormAct(dim)
+        self.conv_c, self.bn_c = nn.Conv2d(dim, dim, 3, padding=1), NormAct(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn_c(self.conv_c(self.bn_b(self.conv_b(self.bn_a(self.conv_a(x))))))
+
+
 def feature_maps(seed: int = 0) -> torch.Tensor:
     return torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 

@@ -8,7 +8,7 @@ import torch
 import harness
 from harness.adapters import find_adapter
 from helpers import inject_forward
-from port_toys import (ChannelsLastNet, ConvNet, FunctionalConvBlock, FusedBlock, SequentialConvBlock, SharedReluBlock,
+from port_toys import (ChannelsLastNet, ConvNet, ConvNormActFused, ConvNormActStack, FunctionalConvBlock, FusedBlock, SequentialConvBlock, SharedReluBlock,
                        SplitBlock, TwoReluBlock, feature_maps, images, randomized, tokens)
 
 
@@ -93,6 +93,18 @@ def test_a_shared_activation_after_a_dropped_residual_is_not_the_culprit():
     # relu#1 (paired with act_b by shape only) gives act_b's output from act_b's inputs: it received the error
     assert (report.culprit, report.introduced) == ("1", ["1"]), report.format()
     assert report.diagnosis[0]["kind"] == "missing_op" and report.diagnosis[0]["op"] == "add", report.diagnosis
+
+
+@pytest.mark.parametrize("stage", [0, 1])
+def test_an_error_upstream_of_norms_with_their_activation_inside_has_one_origin(stage):
+    candidate, reference = randomized(ConvNormActStack(), 1), randomized(ConvNormActFused(), 2)
+    weights = transferred(candidate, reference, feature_maps())
+    candidate.norms[stage].eps = 1e-3
+    report = harness.compare(candidate, reference, feature_maps(), weights=weights)
+    # each BatchNorm and the SiLU after it are one twin of the fused module, downstream of the error too
+    assert report.introduced == [f"norms.{stage}"], report.format()
+    first = report.diagnosis[0]
+    assert (first["module"], first["op"], first["argument"]) == (f"norms.{stage}", "batch_norm", "eps"), report.diagnosis
 
 
 def test_every_independent_origin_is_listed_in_execution_order(block_pair):
