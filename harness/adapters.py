@@ -12,7 +12,9 @@ adapter that brings the candidate's tensor into the reference's shape:
 3. the same with the roles swapped: the reference permuted and reshaped into the candidate's
    shape, the inverse applied to the candidate;
 4. window partition or reverse for window sizes that fit, with and without a cyclic shift of
-   half a window.
+   half a window;
+5. twins of one shape whose plain comparison fails: the permutations that keep the shape (NHWC
+   against NCHW when C == H == W); one that passes is taken.
 
 Among the adapters whose shapes fit, the one giving the smallest error is kept; the verdict on the
 row is then made on the adapted tensor as on any other, and the adapter is shown in the row. A
@@ -158,15 +160,25 @@ def _window_adapters(cand: tuple[int, ...], ref: tuple[int, ...]) -> Iterator[Ad
                 yield Adapter(label, lambda t, ws=ws, s=shift, h=h, w=w: torch.roll(_reverse(t, ws, h, w), (s, s), (1, 2)))
 
 
-def find_adapter(candidate: torch.Tensor, reference: torch.Tensor) -> Adapter | None:
-    """The adapter (see module docstring) giving the smallest error, or None if no layout fits."""
+def _shape_keeping(shape: tuple[int, ...]) -> Iterator[Adapter]:
+    """Permutations that leave ``shape`` as it is (NHWC against NCHW when C == H == W)."""
+    if len(shape) <= 6:
+        for dims in permutations(range(len(shape))):
+            if list(dims) != sorted(dims) and tuple(shape[d] for d in dims) == shape:
+                yield Adapter(_perm_text(dims), lambda t, dims=dims: t.permute(*dims))
+
+
+def find_adapter(candidate: torch.Tensor, reference: torch.Tensor, *, same_shape: bool = False) -> Adapter | None:
+    """The adapter (see module docstring) giving the smallest error, or None if no layout fits.
+    Tensors of one shape need none, unless ``same_shape``: then the permutations that keep the
+    shape are tried (a caller does so when the plain comparison fails)."""
     cs, rs = tuple(candidate.shape), tuple(reference.shape)
-    if cs == rs or candidate.numel() != reference.numel() or candidate.numel() == 0:
+    if (cs == rs and not same_shape) or candidate.numel() != reference.numel() or candidate.numel() == 0:
         return None
     ref = reference.detach().double()
     best: tuple[float, Adapter] | None = None
     seen: set[str] = set()
-    for adapter in _candidates(cs, rs):
+    for adapter in (_shape_keeping(cs) if cs == rs else _candidates(cs, rs)):
         if adapter.description in seen:
             continue
         seen.add(adapter.description)

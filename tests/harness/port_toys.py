@@ -206,6 +206,40 @@ class ConvNormActFused(nn.Module):
         return self.bn_c(self.conv_c(self.bn_b(self.conv_b(self.bn_a(self.conv_a(x))))))
 
 
+class ChannelsLastConv(nn.Module):
+    """A conv written channels-last: ``(B, H, W, C)`` in and out, the weight kept as torch stores it."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(channels, channels, 3, 3))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x.permute(0, 3, 1, 2), self.weight, self.bias, padding=1).permute(0, 2, 3, 1)
+
+
+class ChannelsLastPool(nn.Module):
+    """Channels-last conv then global mean pool and a linear head."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv, self.head = ChannelsLastConv(channels), nn.Linear(channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x.permute(0, 2, 3, 1)).mean((1, 2)))
+
+
+class ChannelsFirstPool(nn.Module):
+    """The same in NCHW."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(channels, channels, 3, padding=1), nn.Linear(channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
 def feature_maps(seed: int = 0) -> torch.Tensor:
     return torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 

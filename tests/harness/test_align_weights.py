@@ -8,7 +8,7 @@ import torch
 import harness
 from harness.adapters import find_adapter
 from helpers import inject_forward
-from port_toys import (ChannelsLastNet, ConvNet, ConvNormActFused, ConvNormActStack, FunctionalConvBlock, FusedBlock, SequentialConvBlock, SharedReluBlock,
+from port_toys import (ChannelsFirstPool, ChannelsLastNet, ChannelsLastPool, ConvNet, ConvNormActFused, ConvNormActStack, FunctionalConvBlock, FusedBlock, SequentialConvBlock, SharedReluBlock,
                        SplitBlock, TwoReluBlock, feature_maps, images, randomized, tokens)
 
 
@@ -122,6 +122,14 @@ def test_twins_in_another_layout_are_compared_through_an_adapter():
     report = harness.compare(candidate, reference, images(), weights=weights)
     row = rows_by_candidate(report)["classifier"]
     assert report.passed and (row.reference, row.reference_shape, row.adapter) == ("head", (2, 5), "reshape(2, 5)"), report.format()
+
+
+def test_twins_whose_layouts_differ_but_shapes_coincide_are_compared_through_an_adapter():
+    candidate, reference = randomized(ChannelsLastPool(8), 1), randomized(ChannelsFirstPool(8), 2)
+    x = torch.randn(2, 8, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # C == H == W
+    report = harness.compare(candidate, reference, x, weights=transferred(candidate, reference, x))
+    row = rows_by_candidate(report)["conv"]
+    assert report.passed and row.adapter == "permute(0,3,1,2)", report.format()
 
 
 def test_layout_rows_show_both_shapes_in_json_and_table():
