@@ -13,8 +13,10 @@ adapter that brings the candidate's tensor into the reference's shape:
    shape, the inverse applied to the candidate;
 4. window partition or reverse for window sizes that fit, with and without a cyclic shift of
    half a window;
-5. twins of one shape whose plain comparison fails: the permutations that keep the shape (NHWC
-   against NCHW when C == H == W); one that passes is taken.
+5. twins of one shape whose plain comparison fails and whose inputs agree only through such a
+   permutation: the permutations that keep the shape (NHWC against NCHW when C == H == W); one
+   that passes is taken. A module given the reference's layout that returns a permuted one (a
+   transpose of H and W) still fails.
 
 Among the adapters whose shapes fit, the one giving the smallest error is kept; the verdict on the
 row is then made on the adapted tensor as on any other, and the adapter is shown in the row. A

@@ -123,9 +123,11 @@ def _worst(pairs: list[tuple[str, Leaf, Leaf]], tol: Tolerance,
     return _worst_adapted(pairs, tol, forced)[:3]
 
 
-def _worst_adapted(pairs: list[tuple[str, Leaf, Leaf]], tol: Tolerance,
-                   forced: Adapter | None = None) -> tuple[str, Metrics, bool, str | None, tuple | None]:
-    """As :func:`_worst`, plus the adapter used on the worst leaf and the reference shape when it differs."""
+def _worst_adapted(pairs: list[tuple[str, Leaf, Leaf]], tol: Tolerance, forced: Adapter | None = None,
+                   keep_shape: bool = False) -> tuple[str, Metrics, bool, str | None, tuple | None]:
+    """As :func:`_worst`, plus the adapter used on the worst leaf and the reference shape when it
+    differs. ``keep_shape``: a leaf of the reference's shape that fails may pass through a
+    permutation keeping its shape (see :func:`measure_match`)."""
     worst: tuple[float, str, Metrics, str | None, tuple | None] | None = None
     passed = True
     for key, a0, b in pairs:
@@ -138,11 +140,10 @@ def _worst_adapted(pairs: list[tuple[str, Leaf, Leaf]], tol: Tolerance,
         else:
             m = measure(a, b)
         ok = m.passes(tol)
-        if not ok and adapter is None and forced is None and isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-            # one shape, another layout: NHWC against NCHW when C == H == W
-            keep = find_adapter(a, b, same_shape=True)
-            if keep is not None and measure(keep.apply(a), b).passes(tol):
-                m, ok, adapter = measure(keep.apply(a), b), True, keep.description
+        if not ok and keep_shape and adapter is None and isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            kept = find_adapter(a, b, same_shape=True)
+            if kept is not None and measure(kept.apply(a), b).passes(tol):
+                m, ok, adapter = measure(kept.apply(a), b), True, kept.description
         passed &= ok
         ratio = float("inf") if not ok and (m.shape_mismatch or m.nonfinite_mismatch) else (
             m.max_abs / max(tol.bound(m.ref_absmax), 1e-300))
@@ -162,8 +163,27 @@ def measure_match(match: Match, tol: Tolerance, adapters: Sequence[UserAdapter] 
     forced = user_adapter(match.candidate.name, adapters)
     pairs = _leaf_pairs(match.candidate.outputs, match.reference.outputs)
     leaf, metrics, passed, adapter, ref_shape = _worst_adapted(pairs, tol, forced)
+    if not passed and forced is None and _inputs_in_another_layout(match, tol):
+        # one shape, another layout (NHWC against NCHW when C == H == W): a module given its input
+        # permuted may return its output permuted; one given the reference's layout may not
+        leaf, metrics, passed, adapter, ref_shape = _worst_adapted(pairs, tol, keep_shape=True)
     return Row(match=match, metrics=metrics, tolerance=tol, passed=passed, leaf=leaf, adapter=adapter,
                reference_shape=ref_shape)
+
+
+def _inputs_in_another_layout(match: Match, tol: Tolerance) -> bool:
+    """Whether the twins' tensor inputs agree only through a layout adapter (another shape, or a
+    permutation keeping the shape), not as they are."""
+    pairs = _leaf_pairs(match.candidate.inputs, match.reference.inputs)
+    tensors = [(a, b) for _, a, b in pairs if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+               and a.numel() == b.numel() and a.is_floating_point()]
+    for a, b in tensors:
+        if a.shape == b.shape and measure(a, b).passes(tol):
+            continue
+        adapter = find_adapter(a, b, same_shape=a.shape == b.shape)
+        if adapter is not None and measure(adapter.apply(a), b).passes(tol):
+            return True
+    return False
 
 
 def extend_twins(rows: list[Row], alignment: Alignment, measure_row: Callable[[Match], Row]) -> Alignment:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -130,6 +132,16 @@ def test_twins_whose_layouts_differ_but_shapes_coincide_are_compared_through_an_
     report = harness.compare(candidate, reference, x, weights=transferred(candidate, reference, x))
     row = rows_by_candidate(report)["conv"]
     assert report.passed and row.adapter == "permute(0,3,1,2)", report.format()
+
+
+def test_a_module_that_transposes_a_square_map_is_still_the_culprit():
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)).double()
+    candidate = copy.deepcopy(reference)
+    # given the reference's layout, it returns H and W swapped: a bug, not another layout
+    inject_forward(candidate[0], lambda self, x: self._conv_forward(x, self.weight, self.bias).transpose(2, 3))
+    report = harness.compare(candidate, reference, feature_maps())
+    assert report.culprit == "0" and rows_by_candidate(report)["0"].adapter is None, report.format()
 
 
 def test_layout_rows_show_both_shapes_in_json_and_table():
