@@ -199,7 +199,8 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
     passed, found, notes = _verdict(final, outputs, rows, tol, o.allow_nonfinite, o.rerun,
                                     alignment.unmatched_candidate, output_passed=noise.outputs_passed,
                                     reference=ref_records)
-    diagnosis = [] if passed else culprit_diagnosis(rows, found.culprit, root=reference if replay is None else None)
+    diagnosis = [] if passed else culprit_diagnosis(rows, found.culprit, root=reference if replay is None else None,
+                                                    weights=weights)
     if not passed:
         annotate_mismatches(rows, final, outputs, tol)
     notes += ([noise.note] if noise.note else []) + float64_hint(pair_name, name, passed, found.culprit, rows)

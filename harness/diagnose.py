@@ -16,7 +16,9 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    ``matmul``; a pad of zero width vanishes), non-tensor
    arguments are bound to parameter names with their defaults (``eps``, ``approximate``,
    ``dim`` made non-negative, ``stride`` as a tuple), and tensor arguments that are the module's
-   parameters or buffers (or views of them) are named (``gamma``). A written-out attention
+   parameters or buffers (or views of them) are named (``gamma``), with their values as stored
+   and as passed (a kernel stored HWIO, permuted for the conv), read before the op runs; an op
+   that only updates the module's own state (``num_batches_tracked += 1``) is no computation. A written-out attention
    ``softmax((q * s) @ k^T) @ v`` becomes one ``scaled_dot_product_attention`` with its
    effective ``scale``, as does the fused call. Dropout in eval mode and casts to the same dtype
    vanish. Ops that only move values (reshape, permute, cat, indexing...) are kept apart as
@@ -54,7 +56,7 @@ import difflib
 import inspect
 import math
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import torch
@@ -144,13 +146,14 @@ class Op:
     spelling: str
     args: dict[str, Any]  # non-tensor arguments, bound to parameter names with defaults
     params: dict[str, str]  # argument name -> module parameter/buffer name (views included)
-    param_values: dict[str, torch.Tensor]
+    param_values: dict[str, torch.Tensor]  # copies of those parameters as the module holds them
     input_ids: list[int]  # ids of activation tensors flowing in
     out_ids: list[int]
     outputs: list[torch.Tensor]  # detached copies
     scope: str = ""  # innermost submodule (relative name) running the op
     kind: str = "compute"  # "compute" | "layout" | "noop"
     absorbed: bool = False  # folded into a composite op
+    operands: dict[str, torch.Tensor] = field(default_factory=dict)  # the parameters as passed (a permuted kernel)
 
     @property
     def shape(self) -> tuple[int, ...] | None:
@@ -204,14 +207,19 @@ class OpRecorder(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        # the module's tensors as the op reads them: a BatchNorm in train mode updates its
+        # statistics in place while it runs
+        before = {id(t): t.detach().clone() for t in flatten_tensors((args, kwargs)).values() if id(t) in self._roots}
         out = func(*args, **kwargs)
-        self._record(func, args, kwargs, out)
+        self._record(func, args, kwargs, out, before)
         return out
 
-    def _record(self, func: Callable, args: tuple, kwargs: dict, out: Any) -> None:
+    def _record(self, func: Callable, args: tuple, kwargs: dict, out: Any, before: dict[int, torch.Tensor]) -> None:
         outs = [t for t in flatten_tensors(out).values()]
         if not outs:  # shape, dim(), item(): no tensor comes out, nothing to compare
             return
+        if any(id(t) in self._roots and self._roots[id(t)] is t for t in outs):
+            return  # an update of the module's own state (num_batches_tracked += 1), not computation
         name = canonical_name(func)
         if name == "addmm" and len(args) >= 3:  # torch.addmm(bias, x, weight.t()): a linear layer
             name, args, kwargs = "linear", (args[1], args[2], args[0]), {}
@@ -249,7 +257,9 @@ class OpRecorder(TorchFunctionMode):
             index=len(self.ops), name=name, spelling=_spelling(func),
             args=_normalize(name, {k: v for k, v in bound.items() if k not in tensors and k not in tensor_lists},
                             first, outs),
-            params=params, param_values={k: self._roots[id(tensors[k])].detach() for k in params},
+            # copies: a BatchNorm in train mode updates its statistics in place after the op
+            params=params, param_values={k: self._value_before(self._roots[id(tensors[k])], before) for k in params},
+            operands={k: self._value_before(tensors[k], before) for k in params},
             input_ids=inputs, out_ids=[id(t) for t in outs], outputs=[t.detach().clone() for t in outs],
             scope=self._scope[-1] if self._scope else "", kind=kind,
         )
@@ -257,6 +267,11 @@ class OpRecorder(TorchFunctionMode):
         for i in op.out_ids:
             self._producers.setdefault(i, []).append(op.index)
         self.ops.append(op)
+
+    @staticmethod
+    def _value_before(t: torch.Tensor, before: dict[int, torch.Tensor]) -> torch.Tensor:
+        """``t`` as the op read it: the copy taken before the op ran, when there is one."""
+        return before[id(t)] if id(t) in before else t.detach().clone()
 
     def producer(self, tensor_id: int, before: int | None = None) -> Op | None:
         """The last op that wrote ``tensor_id`` before op index ``before`` (in-place ops write their input)."""
@@ -643,16 +658,34 @@ def _argument_findings(module: str, c: Op, r: Op) -> list[dict]:
     return out
 
 
-def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.Module | None = None) -> list[dict]:
+_UNREAD_IN_TRAINING = frozenset({"running_mean", "running_var"})
+Expected = Callable[[str], "torch.Tensor | None"]  # candidate parameter (relative name) -> what the weight map puts there
+
+
+def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.Module | None = None,
+                    expected: Expected | None = None) -> list[dict]:
     out = []
+    training = c.args.get("training") or r.args.get("training")
     for key in [k for k in c.params if k in r.params]:
-        a, b = c.param_values[key], r.param_values[key]
-        if a.shape == b.shape and torch.equal(a, b.to(a.dtype)):
+        if training and key in _UNREAD_IN_TRAINING:
+            continue  # a norm in train mode normalizes with the batch's statistics; it only updates these
+        passed_c, passed_r = c.operands.get(key, c.param_values[key]), r.operands.get(key, r.param_values[key])
+        if passed_c.shape == passed_r.shape and torch.equal(passed_c, passed_r.to(passed_c.dtype)):
+            continue  # the op receives the same tensor, however each side stores and lays it out
+        name, stored = c.params[key], _stored_right(c.param_values[key], r.param_values[key],
+                                                    expected(c.params[key]) if expected is not None else None)
+        if stored is not None and passed_c.shape == passed_r.shape:
+            err = (passed_c.double() - passed_r.double()).abs().max().item()
+            text = (f"{module}: {c.name} operand {name} is stored right ({stored}) but passed in another layout than "
+                    f"the reference's {r.params[key]} (max_abs difference {err:.3e} in what {c.name} receives)")
+            out.append(_finding(module, "argument", c.name, name, f"{name} (another layout)", r.params[key], text))
             continue
-        name, holds = c.params[key], _whose_values(a, ref_module, r.params[key], root)
+        a, b = c.param_values[key], r.param_values[key]
+        holds = _whose_values(a, ref_module, r.params[key], root)
         if holds:
             text = f"{module}: {c.name} operand {name} holds the reference's {holds} (swapped weights?)"
         else:
+            a, b = (passed_c, passed_r) if passed_c.shape == passed_r.shape else (a, b)
             err = (a.double() - b.double()).abs().max().item() if a.shape == b.shape else float("nan")
             shapes = "" if a.shape == b.shape else f"; shapes {tuple(a.shape)} and {tuple(b.shape)}"
             text = f"{module}: {c.name} operand {name} holds other values than the reference's {r.params[key]} " \
@@ -666,6 +699,19 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
                 text = f"{module}: {c.name} {key} {c.params[key]} in the candidate; the reference passes none"
             out.append(_finding(module, "argument", c.name, key, c.params.get(key), r.params.get(key), text))
     return out
+
+
+def _stored_right(stored: torch.Tensor, reference: torch.Tensor, mapped: torch.Tensor | None) -> str | None:
+    """How the candidate's stored parameter holds the reference's values (``mapped``: what the
+    weight map puts there), or None when it does not."""
+    if mapped is not None:
+        return "as the weight map puts it" if mapped.shape == stored.shape and torch.equal(stored, mapped.to(stored.dtype)) \
+            else None
+    if stored.shape == reference.shape:
+        return "the reference's values" if torch.equal(stored, reference.to(stored.dtype)) else None
+    layout = find_adapter(stored, reference)
+    return f"through {layout.description}" if layout is not None and torch.equal(
+        layout.apply(stored), reference.to(stored.dtype)) else None
 
 
 def _whose_values(t: torch.Tensor, module: nn.Module, exclude: str, root: nn.Module | None = None) -> str | None:
@@ -840,7 +886,7 @@ def _fused_op(group: list[Op], output: torch.Tensor) -> Op:
 
 
 def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_module: nn.Module,
-                    root: nn.Module | None = None) -> list[dict]:
+                    root: nn.Module | None = None, expected: Expected | None = None) -> list[dict]:
     """The findings that explain the first diverging op of two recorded op streams (``root``:
     the whole reference model, searched for the tensor a differing operand holds)."""
     cs, rs = _fuse_siblings(cand, ref, tol), _fuse_siblings(ref, cand, tol)
@@ -869,7 +915,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             where = _scoped(module, c)
             found = list(pending)
             found += _argument_findings(where, c, r)
-            found += _param_findings(where, c, r, ref_module, root)
+            found += _param_findings(where, c, r, ref_module, root, expected)
             inputs_differ = not found and _inputs_differ(c, r, cand, ref, tol)
             if inputs_differ:
                 found = _swapped_inputs(where, c, r, cand, ref, tol) \
@@ -957,20 +1003,21 @@ def attribute_diff(candidate: nn.Module, reference: nn.Module, prefix: str) -> l
 def diagnose_modules(
     candidate: nn.Module, reference: nn.Module, args: tuple, kwargs: dict, *, name: str = "<root>",
     candidate_inputs: tuple[tuple, dict] | None = None, dtype: torch.dtype = torch.float64,
-    root: nn.Module | None = None,
+    root: nn.Module | None = None, expected: Expected | None = None,
 ) -> list[dict]:
     """Findings for two twin modules run on the same ``args``/``kwargs`` (most specific first).
 
     ``candidate_inputs``: the candidate's own ``(args, kwargs)`` when it cannot take the
     reference's. The modules are run on copies at ``dtype`` (see module docstring). ``root``: the
-    whole reference model, where an operand's values are looked for (swapped weights).
+    whole reference model, where an operand's values are looked for (swapped weights);
+    ``expected``: what the weight map puts into a candidate parameter (by name relative to ``candidate``).
     """
     (c_rec, c_stream, c_out), (r_rec, r_stream, r_out), run_dtype = _run_both(
         candidate, candidate_inputs or (args, kwargs), reference, (args, kwargs), dtype)
     tol = DEFAULT_TOLERANCES.get(run_dtype, DEFAULT_TOLERANCES["float32"])
     cand = _Side(c_rec, c_stream, flatten_tensors(c_out))
     ref = _Side(r_rec, r_stream, flatten_tensors(r_out))
-    findings = compare_streams(name, cand, ref, tol, reference, root)
+    findings = compare_streams(name, cand, ref, tol, reference, root, expected)
     findings += attribute_diff(candidate, reference, name)
     return _rank(_dedupe(findings))
 
@@ -990,7 +1037,24 @@ def _rank(findings: list[dict]) -> list[dict]:
     return sorted(findings, key=lambda f: order[f["kind"]])  # stable: stream order within a kind
 
 
-def diagnose(match: Any, root: nn.Module | None = None) -> list[dict]:
+def _mapped(weights: Any, root: nn.Module | None, prefix: str) -> Expected | None:
+    """A parameter's value as ``weights`` (a :class:`harness.WeightMap`) maps it from ``root``."""
+    if weights is None or root is None:
+        return None
+    state = {**dict(root.named_parameters()), **dict(root.named_buffers())}
+
+    def expected(name: str) -> torch.Tensor | None:
+        key = name if prefix == "<root>" else f"{prefix}.{name}"
+        try:
+            value = weights.expected(key, state)
+        except (ValueError, RuntimeError, IndexError):
+            return None
+        return None if value is None else value.detach()
+
+    return expected
+
+
+def diagnose(match: Any, root: nn.Module | None = None, weights: Any = None) -> list[dict]:
     """Findings for the culprit's :class:`harness.align.Match` (full-mode records), or [].
 
     Both twins run on the reference's recorded inputs when the candidate's arguments have the same
@@ -1008,7 +1072,8 @@ def diagnose(match: Any, root: nn.Module | None = None) -> list[dict]:
             tuple(a.shape) == tuple(b.shape) for a, b in zip(flatten_tensors((cand.args, cand.kwargs)).values(),
                                                            flatten_tensors((ref.args, ref.kwargs)).values()))
     findings = diagnose_modules(cand.module, ref.module, ref.args, ref.kwargs, name=cand.name,
-                                candidate_inputs=None if same_structure else own, root=root)
+                                candidate_inputs=None if same_structure else own, root=root,
+                                expected=_mapped(weights, root, cand.name))
     return _named_parts(findings, cand.name, cand.module, ref.module)
 
 
@@ -1024,9 +1089,10 @@ def _named_parts(findings: list[dict], name: str, *modules: nn.Module) -> list[d
     return findings
 
 
-def culprit_diagnosis(rows: Iterable[Any], culprit: str | None, root: nn.Module | None = None) -> list[dict]:
+def culprit_diagnosis(rows: Iterable[Any], culprit: str | None, root: nn.Module | None = None,
+                      weights: Any = None) -> list[dict]:
     """:func:`diagnose` for the culprit's row (the first ``introduced`` row with that name), or [];
-    ``root``: the reference model."""
+    ``root``: the reference model; ``weights``: the weight map between the two, if any."""
     if culprit is None:
         return []
     rows = list(rows)
@@ -1039,7 +1105,7 @@ def culprit_diagnosis(rows: Iterable[Any], culprit: str | None, root: nn.Module 
     if row is None:
         return []
     try:
-        return diagnose(row.match, root)
+        return diagnose(row.match, root, weights)
     except Exception as exc:  # the diagnosis explains; it must never cost the verdict
         return [_finding(culprit, "value", None, None, None, None,
                          f"{culprit}: no operation-level diagnosis ({type(exc).__name__}: {exc})")]

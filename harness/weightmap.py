@@ -50,13 +50,27 @@ def layout_steps(target: tuple[int, ...], source: tuple[int, ...]) -> tuple[list
     if len(target) == len(source) == 2 and target == source[::-1]:
         return [{"op": "transpose", "dims": [0, 1]}], 0.05
     if len(target) == len(source) and sorted(target) == sorted(source) and len(target) <= 6:
-        for dims in permutations(range(len(source))):  # lexicographic: the stablest order first
-            if tuple(source[d] for d in dims) == target:
-                return [{"op": "permute", "dims": list(dims)}], 0.08
+        dims = next(iter(shape_permutations(target, source)))
+        return [{"op": "permute", "dims": list(dims)}], 0.08
     if len(target) >= 2 and len(source) >= 2 and target[0] == source[0]:
         # a patch-embedding convolution (D, C, p, p) against a linear layer (D, C*p*p)
         return [{"op": "reshape", "shape": list(target)}], 0.1
     return None
+
+
+# kernel layouts of other frameworks, tried before any other order when several permutations fit:
+# TF/JAX HWIO <-> torch OIHW, and channels-last OHWI <-> OIHW
+_KNOWN_PERMUTES = ((3, 2, 0, 1), (2, 3, 1, 0), (0, 3, 1, 2), (0, 2, 3, 1))
+
+
+def shape_permutations(target: tuple[int, ...], source: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Every permutation of ``source``'s dims giving ``target``: the known kernel layouts first,
+    then in lexicographic order (the stablest first). Verification picks among them when several fit."""
+    if len(target) != len(source) or sorted(target) != sorted(source) or len(target) > 6:
+        return []
+    fits = [dims for dims in permutations(range(len(source))) if tuple(source[d] for d in dims) == target
+            and list(dims) != sorted(dims)]
+    return sorted(fits, key=lambda dims: (dims not in _KNOWN_PERMUTES, fits.index(dims)))
 
 
 # -- the map --------------------------------------------------------------------------------------
@@ -134,6 +148,14 @@ class WeightMap:
     def to_candidate(self, reference_state: Mapping[str, torch.Tensor]) -> StateDict:
         """Candidate tensors (by candidate key) from a reference state dict."""
         return apply_moves(self.moves("candidate"), reference_state, what="reference state")
+
+    def expected(self, candidate_key: str, reference_state: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """What the map puts into one candidate tensor from ``reference_state``; None when the map
+        has no entry for it or the state lacks a source."""
+        entry = next((e for e in self.entries if e.candidate == candidate_key), None)
+        if entry is None or any(k not in reference_state for k in entry.reference):
+            return None
+        return _forward_move(entry).apply(reference_state)[candidate_key]
 
     def to_reference(self, candidate_state: Mapping[str, torch.Tensor]) -> StateDict:
         """The table read backward: reference tensors (by reference key) from candidate tensors."""

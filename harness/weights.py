@@ -45,7 +45,7 @@ from torch.overrides import TorchFunctionMode
 
 from harness.trace import ROOT
 from harness.checks import check_module
-from harness.weightmap import Entry, Step, WeightMap, layout_steps, load_weight_map, owner_of
+from harness.weightmap import Entry, Step, WeightMap, layout_steps, load_weight_map, owner_of, shape_permutations
 
 __all__ = ["WeightMap", "Entry", "map_weights", "infer_map", "load_weight_map"]
 
@@ -566,6 +566,12 @@ def _alternatives(weights: WeightMap, module: str) -> Iterable[tuple[WeightMap, 
                 seen.add(("t", k))
                 flipped = (*e.steps, {"op": "transpose", "dims": [0, 1]})
                 yield replace(weights, entries=[*entries[:k], replace(e, steps=flipped), *entries[k + 1:]]), None
+            if len(e.steps) == 1 and e.steps[0]["op"] == "permute" and len(e.reference) == 1 and ("p", k) not in seen:
+                seen.add(("p", k))  # another order of dims of equal sizes (HWIO kernels with Cin == Cout)
+                for dims in shape_permutations(e.shape, e.reference_shapes[0]):
+                    if list(dims) != list(e.steps[0]["dims"]):
+                        other = ({"op": "permute", "dims": list(dims)},)
+                        yield replace(weights, entries=[*entries[:k], replace(e, steps=other), *entries[k + 1:]]), None
         for a, b, swap in _subtree_swaps(entries, inside, prefix, module):
             if swap not in seen:
                 seen.add(swap)

@@ -240,6 +240,20 @@ class ChannelsFirstPool(nn.Module):
         return self.fc(self.conv(x).mean((2, 3)))
 
 
+class KernelHWIO(nn.Module):
+    """A conv whose kernel is stored as TF/JAX store it, ``(kh, kw, C_in, C_out)``; ``order`` is how
+    it is permuted for ``F.conv2d`` (``(3, 2, 0, 1)`` is right; ``(3, 2, 1, 0)`` swaps kh and kw)."""
+
+    def __init__(self, channels: int, order: tuple[int, ...] = (3, 2, 0, 1)) -> None:
+        super().__init__()
+        self.kernel = nn.Parameter(torch.randn(3, 3, channels, channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.order = order
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.kernel.permute(*self.order), self.bias, padding=1)
+
+
 def feature_maps(seed: int = 0) -> torch.Tensor:
     return torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 

@@ -9,7 +9,7 @@ from torch.nn import functional as F
 import harness
 from harness.diagnose import attribute_diff
 from helpers import inject_forward
-from port_toys import FusedBlock, SplitBlock, randomized, tokens
+from port_toys import FusedBlock, KernelHWIO, SplitBlock, feature_maps, randomized, tokens
 
 
 @pytest.fixture
@@ -129,3 +129,40 @@ def test_settings_that_change_nothing_are_not_findings():
     assert attribute_diff(candidate, reference, "stem") == []
     candidate[1].momentum = 0.3
     assert attribute_diff(candidate.train(), reference.train(), "stem")[0]["argument"] == "momentum"
+
+
+def _hwio_pair():
+    """Two HWIO-kernel convs (C_in == C_out: several permutations fit the shapes) against torch convs."""
+    candidate = randomized(nn.Sequential(KernelHWIO(8), nn.ReLU(), KernelHWIO(8)), 1)
+    reference = randomized(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)), 2)
+    weights = harness.map_weights(candidate, reference, feature_maps())
+    weights.transfer(reference, candidate)
+    return candidate, reference, weights
+
+
+def test_kernels_stored_hwio_are_mapped_to_the_permutation_that_verifies():
+    candidate, reference, weights = _hwio_pair()
+    assert weights.verified and harness.compare(candidate, reference, feature_maps(), weights=weights).passed, str(weights)
+
+
+def test_a_kernel_stored_right_but_passed_in_another_layout_says_so():
+    candidate, reference, weights = _hwio_pair()
+    candidate[2].order = (3, 2, 1, 0)  # kh and kw swapped when passed to the conv
+    report = harness.compare(candidate, reference, feature_maps(), weights=weights)
+    assert report.culprit == "2", report.format()
+    assert report.diagnosis[0]["text"].startswith(
+        "2: conv2d operand kernel is stored right (as the weight map puts it) but passed in another layout than the "
+        "reference's weight"), _findings(report)
+
+
+def test_a_norm_in_train_mode_is_named_without_its_statistics_updates():
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 1)).double().eval()
+    candidate = nn.Sequential(nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 1)).double().eval()
+    candidate.load_state_dict(reference.state_dict())
+    candidate[1].train()
+    report = harness.compare(candidate, reference, feature_maps())
+    assert report.culprit == "1", report.format()
+    texts = [d["text"] for d in report.diagnosis]
+    assert any("training True in the candidate, False in the reference" in t for t in texts), texts
+    assert not any("running_mean" in t or "running_var" in t or "num_batches_tracked" in t for t in texts), texts
