@@ -149,6 +149,11 @@ class WeightMap:
         """Candidate tensors (by candidate key) from a reference state dict."""
         return apply_moves(self.moves("candidate"), reference_state, what="reference state")
 
+    def reason(self, side: str, key: str) -> str:
+        """Why ``side``'s tensor ``key`` has no counterpart (a key both models use keeps the
+        reference's reason under ``reference:KEY``)."""
+        return self.reasons.get(f"{side}:{key}") or self.reasons.get(key, "no counterpart")
+
     def expected(self, candidate_key: str, reference_state: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """What the map puts into one candidate tensor from ``reference_state``; None when the map
         has no entry for it or the state lacks a source."""
@@ -236,7 +241,7 @@ class WeightMap:
                          + ("" if not e.steps else f"  [{e.transform}]"))
         for side in ("candidate", "reference"):
             for key in self.unmatched.get(side, []):
-                lines.append(f"  unmatched {side} {key}: {self.reasons.get(key, 'no counterpart')}")
+                lines.append(f"  unmatched {side} {key}: {self.reason(side, key)}")
         computed = self.computed.get("candidate", []) + self.computed.get("reference", [])
         if computed:
             lines.append(f"  computed by each model, not copied: {', '.join(computed[:8])}"

@@ -338,12 +338,14 @@ def infer_map(
             if k in used:
                 continue
             unmatched[side].append(t.key)
+            # a key both models use: the reference's reason under "reference:KEY", so neither is lost
+            at = f"reference:{t.key}" if side == "reference" and t.key in reasons else t.key
             if t.op == "<unused>":
-                reasons[t.key] = "never used by the forward on these inputs, and no unused counterpart in order"
+                reasons[at] = "never used by the forward on these inputs, and no unused counterpart in order"
             elif t.shape not in other_shapes and not any(layout_steps(t.shape, o.shape) for o in other):
-                reasons[t.key] = f"no tensor of a compatible shape {t.shape} on the other side (shape family differs)"
+                reasons[at] = f"no tensor of a compatible shape {t.shape} on the other side (shape family differs)"
             else:
-                reasons[t.key] = "no counterpart at this point of the computation (same-shape tensors were used elsewhere)"
+                reasons[at] = "no counterpart at this point of the computation (same-shape tensors were used elsewhere)"
     mapped_buffers = {e.candidate for e in entries} | {k for e in entries for k in e.reference}
     computed = {"candidate": [k for k in cand_computed if k not in mapped_buffers],
                 "reference": [k for k in ref_computed if k not in mapped_buffers]}

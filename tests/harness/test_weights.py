@@ -158,3 +158,12 @@ def test_transfer_refuses_a_map_made_for_another_model(fused_from_split):
 def test_map_weights_names_a_non_module_argument():
     with pytest.raises(TypeError, match="candidate must be an nn.Module, got str"):
         harness.map_weights("model.pt", SplitBlock(), tokens())
+
+
+def test_a_key_both_models_leave_unmatched_keeps_each_sides_reason():
+    def model(width):
+        return torch.nn.Sequential(torch.nn.Linear(4, width, bias=False), torch.nn.Linear(width, 2, bias=False)).double()
+
+    weights = harness.map_weights(model(6), model(5), torch.randn(1, 4, dtype=torch.float64))
+    assert "(6, 4)" in weights.reason("candidate", "0.weight"), weights.reasons
+    assert "(5, 4)" in weights.reason("reference", "0.weight"), weights.reasons
