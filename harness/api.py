@@ -21,7 +21,7 @@ from harness.metrics import Metrics, Tolerance, dtype_name, measure, tolerance_f
 from harness.options import CompareOptions
 from harness.pairs import Call, Pair, as_call, as_pair
 from harness.report import ParityReport
-from harness.trace import AUTO, Tracer, flatten_tensors, name_filter, spill_folder
+from harness.trace import AUTO, Tracer, name_filter, output_leaves, spill_folder
 from harness.tracefile import Replay, Trace
 from harness.weights import WeightMap, infer_map
 
@@ -33,8 +33,8 @@ Outputs = Callable[[Any], Mapping[str, torch.Tensor]]
 def _final_outputs(
     cand_out: Any, ref_out: Any, candidate_outputs: Outputs | None, reference_outputs: Outputs | None
 ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    cand = dict(candidate_outputs(cand_out)) if candidate_outputs else flatten_tensors(cand_out)
-    ref = dict(reference_outputs(ref_out)) if reference_outputs else flatten_tensors(ref_out)
+    cand = output_leaves(cand_out, candidate_outputs, side="candidate")
+    ref = output_leaves(ref_out, reference_outputs, side="reference")
     if cand.keys() == ref.keys():
         return [(k, cand[k], ref[k]) for k in cand]
     if candidate_outputs is None and reference_outputs is None and len(cand) == len(ref):

@@ -44,7 +44,7 @@ from torch import nn
 from harness.memory import TraceTooLarge
 from harness.metrics import DEFAULT_TOLERANCES, Metrics, measure
 from harness.pairs import Call, as_call
-from harness.trace import flatten_tensors
+from harness.trace import flatten_tensors, output_leaves
 
 __all__ = ["check_devices", "check_dtypes", "parameter_dtype", "comparison_dtype", "ModelState", "RandomDraws",
            "ForwardFailed", "run_forward",
@@ -219,8 +219,7 @@ def _label(key: str) -> str:
 
 
 # -- non-determinism -----------------------------------------------------------------------------
-def _leaves(output: Any, extract: Callable[[Any], Mapping[str, torch.Tensor]] | None) -> dict[str, torch.Tensor]:
-    return dict(extract(output)) if extract else flatten_tensors(output)
+
 
 
 def _disagreement(first: Mapping[str, torch.Tensor], second: Mapping[str, torch.Tensor]) -> str | None:
@@ -253,7 +252,7 @@ def determinism_notes(sides: Sequence[tuple[str, nn.Module, Callable, Any, Calla
         try:
             with torch.no_grad():
                 second = run(model, call.clone())
-            how = _disagreement(_leaves(first, extract), _leaves(second, extract))
+            how = _disagreement(output_leaves(first, extract), output_leaves(second, extract))
         except Exception:  # a second run that cannot even complete says nothing about randomness
             continue
         if how is not None:

@@ -57,7 +57,7 @@ from torch import nn
 
 from harness.adapters import find_adapter
 from harness.checks import check_type, check_value
-from harness.trace import ROOT, Record, flatten_tensors, hookable_modules, map_tensors
+from harness.trace import ROOT, Record, flatten_tensors, hookable_modules, map_tensors, output_leaves
 
 __all__ = ["BITWISE_NOTE", "DEFAULT_NOISE_RATIO", "UNIT_ROUNDOFF", "NoiseFloor", "NoiseJudgement", "NoiseVerdicts", "judge",
            "noise_verdicts", "float64_hint"]
@@ -200,7 +200,7 @@ class NoiseFloor:
         finally:
             for handle in handles:
                 handle.remove()
-        floor.outputs = dict(reference_outputs(out)) if reference_outputs else flatten_tensors(out)
+        floor.outputs = output_leaves(out, reference_outputs, side="reference")
         return floor
 
     # -- verdicts --------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ import tempfile
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, Mapping
 
 import torch
 from torch import nn
@@ -48,6 +48,7 @@ from torch import nn
 from harness.checks import check_choice, check_module, type_error
 
 __all__ = ["Record", "TensorSummary", "Tracer", "flatten_tensors", "hookable_modules", "map_tensors", "name_filter",
+           "output_leaves",
            "spill_folder", "AUTO", "ROOT"]
 
 ROOT = "<root>"
@@ -153,6 +154,19 @@ def flatten_tensors(value: Any, prefix: str = "") -> dict[str, torch.Tensor]:
 
     visit(value, prefix)
     return out
+
+
+def output_leaves(output: Any, extract: Callable[[Any], Any] | None = None, *, side: str = "model") -> dict[str, torch.Tensor]:
+    """A model's final outputs by leaf path: ``extract(output)`` when given (a mapping of tensors,
+    or any value holding them: a tensor, a tuple, a ModelOutput), else the output's tensor leaves."""
+    if extract is None:
+        return flatten_tensors(output)
+    picked = extract(output)
+    leaves = dict(picked) if isinstance(picked, Mapping) else flatten_tensors(picked)
+    if not leaves or not all(isinstance(v, torch.Tensor) for v in leaves.values()):
+        raise TypeError(f"{side}_outputs must return the output's tensors (a tensor, or a mapping or tuple of "
+                        f"them), got {type(picked).__name__}")
+    return leaves
 
 
 def map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:

@@ -1,5 +1,7 @@
 """compare(): verdicts that a misbehaving model must not fool, and errors for malformed options."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -106,3 +108,14 @@ def test_wrong_structural_guess_is_tentative_when_everything_else_agrees():
     report = harness.compare(Ba(("u", "v")), Ab(("p", "q")), torch.randn(3))
     assert report.passed and {r.status for r in report.rows if r.match.how == "structure"} == {"tentative"}
     assert "structurally paired rows differ (tentative pairings by shape, not counted)" in report.format()
+
+
+def test_an_output_function_may_return_the_tensor_itself():
+    torch.manual_seed(0)
+    reference = torch.nn.Linear(4, 3).double()
+    candidate = copy.deepcopy(reference)
+    x = torch.randn(2, 4, dtype=torch.float64)
+    report = harness.compare(candidate, reference, x, reference_outputs=lambda out: out)
+    assert report.passed, report.format()
+    with pytest.raises(TypeError, match=r"reference_outputs must return the output's tensors .*got str"):
+        harness.compare(candidate, reference, x, reference_outputs=lambda out: "logits")
