@@ -156,6 +156,10 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
                         share=cand_trace, spill=o.spill) as ref_trace, ref_draws:
                 ref_out = guards.run_forward("reference", reference, ref_call, o.reference_call)
     final = _final_outputs(cand_out, ref_out, o.candidate_outputs, o.reference_outputs)
+    if final and all(a.numel() == 0 and b.numel() == 0 for _, a, b in final):
+        shapes = ", ".join(f"{k or 'output'} {tuple(a.shape)}" for k, a, _ in final)
+        raise ValueError(f"the final outputs hold no elements ({shapes}): nothing would be compared; give inputs "
+                         f"with at least one sample (an empty batch passes any comparison)")
 
     def release() -> None:
         for trace in (cand_trace, ref_trace):

@@ -119,3 +119,10 @@ def test_an_output_function_may_return_the_tensor_itself():
     assert report.passed, report.format()
     with pytest.raises(TypeError, match=r"reference_outputs must return the output's tensors .*got str"):
         harness.compare(candidate, reference, x, reference_outputs=lambda out: "logits")
+
+
+def test_an_empty_batch_is_refused_rather_than_passed():
+    reference = torch.nn.Linear(4, 3).double()
+    candidate = torch.nn.Linear(4, 3).double()  # other weights: only an empty batch would agree
+    with pytest.raises(ValueError, match=r"the final outputs hold no elements \(output \(0, 3\)\)"):
+        harness.compare(candidate, reference, torch.randn(0, 4, dtype=torch.float64))
