@@ -195,8 +195,12 @@ def _noise_lines(noise: dict, dtype: str) -> list[str]:
     if math.isnan(float(worst["error"])) and worst["passed"]:  # bitwise the reference's (harness.noise)
         return [f"noise floor: output error at most 1x the reference's own {dtype} rounding (bitwise the "
                 f"reference's outputs, no float64 run needed; threshold {noise['threshold']:g}x): within rounding"]
+    floor, error = float(worst["floor"]), float(worst["error"])
+    # the ratio divides by the floor, or by the unit roundoff where the floor is smaller (harness.noise)
+    divisor = error / float(worst["ratio"]) if float(worst["ratio"]) not in (0.0, math.inf) else floor
+    raised = f", raised to the unit roundoff {divisor:.3e}" if divisor > floor * (1 + 1e-9) else ""
     return [f"noise floor: output error {float(worst['ratio']):.3g}x the reference's own {dtype} rounding "
-            f"(error {float(worst['error']):.3e}, floor {float(worst['floor']):.3e} relative L2 against a float64 "
+            f"(error {error:.3e}, floor {floor:.3e}{raised}; relative L2 against a float64 "
             f"run; threshold {noise['threshold']:g}x): {'within' if worst['passed'] else 'beyond'} rounding"]
 
 
