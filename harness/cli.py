@@ -111,8 +111,18 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             print(f"report written to {path}")
         return 0 if report.passed else 1
 
-    if args.json:
-        check_target(args.json)  # a path that cannot be written fails now, not after the comparison
+    if args.rows < 0:
+        raise ValueError(f"--rows {args.rows}: give the number of table rows to show, 0 or more")
+    if args.pair:  # the options of two models of one's own mean nothing to a registered pair: say so
+        given = [flag for flag, value in (("--map", args.map), ("--save-map", args.save_map),
+                                          ("--input-shape", args.input_shape), ("--seed", args.seed or None))
+                 if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply to --candidate/--reference; a registered pair "
+                             f"({args.pair!r}) brings its own inputs and weights")
+    for target in (args.json, args.save_map):
+        if target:
+            check_target(target)  # a path that cannot be written fails now, not after the comparison
     mode = "summary" if args.summary else "auto" if args.auto_summary else "full"
     if args.reference_trace:
         from harness.trace_cli import compare_pair_trace

@@ -25,6 +25,7 @@ import hashlib
 import os
 import re
 import socket
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -55,9 +56,20 @@ def check_target(path: str | os.PathLike, *, make_parents: bool = True) -> None:
         if folder.exists():
             if not folder.is_dir():
                 raise NotADirectoryError(errno.ENOTDIR, f"cannot write {path}: {folder} is a file, not a folder")
+            _probe(folder, path)
             break
         if not make_parents:
             raise FileNotFoundError(errno.ENOENT, f"cannot write {path}: its folder {path.parent} does not exist")
+
+
+def _probe(folder: Path, path: Path) -> None:
+    """Create and remove a file in ``folder``: permissions alone miss read-only mounts and /proc."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".harness-probe-"):
+            pass
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"cannot write {path}: {folder} does not take new files "
+                                   f"({exc.strerror})") from None
 
 
 def temporaries(path: str | os.PathLike) -> list[Path]:

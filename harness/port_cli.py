@@ -53,6 +53,10 @@ def run_map(args: argparse.Namespace) -> int:
     from harness.cli import DTYPES, print_json
     from harness.weights import map_weights
 
+    from harness.files import check_target
+
+    if args.save_map:
+        check_target(args.save_map)  # before the models are built and mapped
     args.input_shape = args.input_shape or ["1x3x224x224"]
     candidate, reference, inputs = _build(args, DTYPES[args.dtype])
     weights = map_weights(candidate, reference, inputs, verify=not args.no_verify)

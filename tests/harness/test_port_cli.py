@@ -70,6 +70,9 @@ def test_compare_reuses_a_saved_map(harness_cli, tmp_path):
     (("compare", "--candidate", f"{SPECS}:fused"), "--candidate needs --reference"),
     (("compare", "--reference", f"{SPECS}:split"), "--reference needs --candidate"),
     (("compare",), "compare needs a registered pair"),
+    (("compare", "toy_mlp", "--input-shape", "1x8"), "--input-shape only apply to --candidate/--reference"),
+    (("compare", "toy_mlp", "--rows", "-5"), "--rows -5: give the number of table rows"),
+    (("map", f"{SPECS}:fused", f"{SPECS}:split", "--save-map", "/proc/map.json"), "/proc does not take new files"),
     # the user's own code failing: named, with what to fix, never a traceback
     (("map", f"{SPECS}:needs_an_argument", f"{SPECS}:split"), "must build the model with no arguments"),
     (("map", f"{SPECS}:fails_to_build", f"{SPECS}:split"), "fails_to_build() raised RuntimeError: the checkpoint is missing"),
