@@ -7,6 +7,7 @@ The JSON layout is a contract (docs/architecture.md): fields may be added, never
      "layers": [{"candidate", "reference", "call", "shape", "max_abs", "rel_l2", "passed"}, ...],
      "unmatched": {"candidate": [...], "reference": [...]}, "seconds"}]}
 
+``"culprit_call"`` says which call of the culprit made the error when its module ran more than once.
 A failing result also explains its culprit (``"diagnosis"``: findings of :mod:`harness.diagnose`,
 the first one printed as the ``why:`` line) and counts its failing elements per row
 (``mismatched``, ``mismatched_share``, ``worst_index``, ``allowed``; the output also gets the
@@ -65,6 +66,16 @@ class ParityReport:
     noise_floor: dict = field(default_factory=dict)  # harness.noise.NoiseVerdicts.to_dict()
     backward: Any = None  # harness.backward.BackwardResult with compare(..., backward=True), else None
 
+    @property
+    def culprit_call(self) -> int | None:
+        """Which call of the culprit made the error (0 for the first), when its module ran more than
+        once (a shared module, a block run per frame); None otherwise."""
+        calls = [r for r in self.rows if r.candidate == self.culprit]
+        if len({r.match.candidate.call for r in calls}) < 2:
+            return None
+        made = next((r for r in calls if r.status == "introduced"), None) or next((r for r in calls if not r.passed), None)
+        return None if made is None else made.match.candidate.call
+
     # -- JSON ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         backward = {} if self.backward is None else {"backward": self.backward.to_dict()}
@@ -75,6 +86,7 @@ class ParityReport:
             "passed": self.passed,
             "first_divergence": self.first_divergence,
             "culprit": self.culprit,
+            "culprit_call": self.culprit_call,
             "output": self.output.to_dict(),
             "outputs": {k: m.to_dict() for k, m in self.outputs.items()},
             "layers": [_row_dict(r) for r in self.rows],
@@ -113,7 +125,9 @@ class ParityReport:
         lines = [head]
         if not self.passed:
             lines.append(f"first divergence: {self.first_divergence or '(none in aligned layers)'}")
-            lines.append(f"culprit (introduces the error itself): {self.culprit or '(not localized)'}")
+            call = self.culprit_call
+            lines.append(f"culprit (introduces the error itself): {self.culprit or '(not localized)'}"
+                         + (f" (its call #{call})" if call is not None else ""))
             if len(self.introduced) > 1:
                 lines.append(f"errors introduced independently at: {', '.join(self.introduced)}")
             if self.diagnosis:

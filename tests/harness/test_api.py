@@ -126,3 +126,33 @@ def test_an_empty_batch_is_refused_rather_than_passed():
     candidate = torch.nn.Linear(4, 3).double()  # other weights: only an empty batch would agree
     with pytest.raises(ValueError, match=r"the final outputs hold no elements \(output \(0, 3\)\)"):
         harness.compare(candidate, reference, torch.randn(0, 4, dtype=torch.float64))
+
+
+class Doubler(nn.Module):
+    """A linear layer whose output is doubled when called with ``final=True``."""
+
+    def __init__(self, factor: float = 2.0) -> None:
+        super().__init__()
+        self.fc, self.factor = nn.Linear(8, 8), factor
+
+    def forward(self, x, final=False):
+        y = self.fc(x)
+        return y * self.factor if final else y
+
+
+class CalledTwice(nn.Module):
+    def __init__(self, factor: float = 2.0) -> None:
+        super().__init__()
+        self.shared, self.head = Doubler(factor), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(self.shared(self.shared(x).relu(), final=True))
+
+
+def test_the_culprits_call_is_named_when_its_module_runs_more_than_once():
+    torch.manual_seed(0)
+    reference, candidate = CalledTwice().double(), CalledTwice(factor=2.5).double()
+    candidate.load_state_dict(reference.state_dict())
+    report = harness.compare(candidate, reference, torch.randn(1, 5, 8, dtype=torch.float64))
+    assert (report.culprit, report.culprit_call, report.to_dict()["culprit_call"]) == ("shared", 1, 1), report.format()
+    assert "culprit (introduces the error itself): shared (its call #1)" in report.format()
