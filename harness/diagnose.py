@@ -57,7 +57,7 @@ import inspect
 import math
 import types
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -67,7 +67,8 @@ from harness.adapters import find_adapter
 from harness.metrics import DEFAULT_TOLERANCES, Tolerance, measure
 from harness.trace import flatten_tensors, hookable_modules, map_tensors
 
-__all__ = ["Op", "OpRecorder", "record_ops", "diagnose", "diagnose_modules", "attribute_diff", "KINDS"]
+__all__ = ["Op", "OpRecorder", "record_ops", "diagnose", "diagnose_modules", "attribute_diff", "culprit_diagnosis",
+           "origins_diagnosis", "KINDS"]
 
 KINDS = ("argument", "attribute", "missing_op", "extra_op", "op", "value")
 # most specific first: an argument names the value to fix; a missing op says what to add; an
@@ -1109,6 +1110,20 @@ def culprit_diagnosis(rows: Iterable[Any], culprit: str | None, root: nn.Module 
     except Exception as exc:  # the diagnosis explains; it must never cost the verdict
         return [_finding(culprit, "value", None, None, None, None,
                          f"{culprit}: no operation-level diagnosis ({type(exc).__name__}: {exc})")]
+
+
+EXPLAINED_ORIGINS = 4  # origins of an error explained per report: each costs two module re-runs
+
+
+def origins_diagnosis(rows: Iterable[Any], introduced: Sequence[str], root: nn.Module | None = None,
+                      weights: Any = None) -> list[dict]:
+    """:func:`culprit_diagnosis` for each independent origin (the culprit first), up to
+    ``EXPLAINED_ORIGINS``: a report with two bugs explains both."""
+    rows = list(rows)
+    findings: list[dict] = []
+    for origin in list(dict.fromkeys(introduced))[:EXPLAINED_ORIGINS]:
+        findings += culprit_diagnosis(rows, origin, root, weights)
+    return _dedupe(findings)
 
 
 def annotate_mismatches(rows: Iterable[Any], final: Iterable[tuple[str, torch.Tensor, torch.Tensor]],

@@ -98,3 +98,14 @@ def test_failing_rows_report_mismatched_elements_worst_index_and_bound():
     passing = harness.Tolerance(atol=report.tolerance.atol, rtol=output.passing_rtol * (1 + 1e-9))
     assert output.passes(passing), "the tolerance reported as passing does not pass"
     assert "it would pass with rtol >=" in report.verdict()
+
+
+def test_every_independent_origin_is_explained():
+    candidate, _ = TOY.build(dtype=torch.float64)
+    candidate.blocks[0].norm.eps = 1e-5
+    candidate.blocks[2].act.approximate = "tanh"
+    report = harness.compare_pair(TOY, candidate=candidate, dtype=torch.float64)
+    assert report.introduced == ["blocks.0.norm", "blocks.2.act"], report.format()
+    explained = {(d["module"], d["argument"]) for d in report.diagnosis if d["kind"] == "argument"}
+    assert {("blocks.0.norm", "eps"), ("blocks.2.act", "approximate")} <= explained, report.diagnosis
+    assert report.diagnosis[0]["module"] == "blocks.0.norm"  # the culprit's finding reads as the why line
