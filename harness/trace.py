@@ -47,8 +47,8 @@ from torch import nn
 
 from harness.checks import check_choice, check_module, type_error
 
-__all__ = ["Record", "TensorSummary", "Tracer", "flatten_tensors", "hookable_modules", "map_tensors", "name_filter",
-           "output_leaves",
+__all__ = ["Record", "TensorSummary", "Tracer", "flatten_tensors", "has_nonfinite", "hookable_modules", "map_tensors",
+           "name_filter", "output_leaves",
            "spill_folder", "AUTO", "ROOT"]
 
 ROOT = "<root>"
@@ -220,7 +220,8 @@ def _version(t: torch.Tensor) -> int | None:
     return None if t.is_inference() else t._version
 
 
-def _nonfinite(leaves: dict[str, Leaf]) -> bool:
+def has_nonfinite(leaves: dict[str, Leaf]) -> bool:
+    """Whether a tensor (or a statistics summary) among ``leaves`` holds a NaN or an infinity."""
     for v in leaves.values():
         if isinstance(v, TensorSummary):
             if v.nonfinite:
@@ -654,7 +655,8 @@ class Tracer:
             record.passthrough = isinstance(output, torch.Tensor) and any(output is a for a in args) \
                 and versions.get(id(output)) == _version(output) is not None
             record.outputs = {k: self._keep(v) for k, v in flatten_tensors(output).items()}
-            if self.first_nonfinite is None and _nonfinite(record.outputs):
+            # the first call that makes a NaN/Inf, not one that received it through its inputs
+            if self.first_nonfinite is None and has_nonfinite(record.outputs) and not has_nonfinite(record.inputs):
                 self.first_nonfinite = record.key
             self.records.append(record)
 

@@ -48,7 +48,7 @@ from harness.headers import MAX_SAFETENSORS_HEADER, safetensors_entry_problem
 from harness.metrics import Tolerance
 from harness.options import CompareOptions
 from harness.pairs import Call, as_call
-from harness.trace import ROOT, Record, TensorSummary, flatten_tensors, hookable_modules, name_filter
+from harness.trace import ROOT, Record, TensorSummary, flatten_tensors, has_nonfinite, hookable_modules, name_filter
 
 __all__ = ["Trace", "Replay", "RecordedModel", "RecordedModule", "record", "record_pair", "load_trace", "weights_fingerprint",
            "check_fingerprint", "trace_reference", "FORMAT", "VERSION"]
@@ -339,9 +339,9 @@ class _Recorder:
                 and any(output is a for a in args)
             leaves = flatten_tensors(output)
             entry["outputs"] = {k: self._leaf(v, entry["full"]) for k, v in leaves.items()}
-            if self.first_nonfinite is None and any(
-                    (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())
-                    for v in leaves.values()):
+            # the first call that makes a NaN/Inf, not one that received it through its inputs
+            if self.first_nonfinite is None and has_nonfinite(leaves) \
+                    and not has_nonfinite(flatten_tensors((args, kwargs))):
                 self.first_nonfinite = f"{name}#{entry['call']}"
             self.calls.append(entry)
 

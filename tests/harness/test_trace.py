@@ -312,3 +312,19 @@ def test_the_filesystem_of_a_folder_is_read_from_the_mount_table():
 def test_a_scripted_submodule_is_traced_as_part_of_its_caller():
     tracer = _trace(WithScripted(), torch.randn(3, 4))
     assert [r.name for r in tracer.records] == ["out", ROOT]
+
+
+class NanBeforeHead(nn.Module):
+    """Makes a NaN in its own code, then hands it to a submodule that computes correctly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.log())  # log of a negative value: NaN, made here
+
+
+def test_the_first_nonfinite_call_is_the_one_that_made_it_not_one_that_received_it():
+    tracer = _trace(NanBeforeHead(), -torch.ones(3, 4))
+    assert tracer.first_nonfinite == f"{ROOT}#0"
