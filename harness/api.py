@@ -13,7 +13,7 @@ from harness.align import align, choose_twins, fused_records
 from harness.backward import check_backward, compare_backward
 from harness.adapters import UserAdapter
 from harness.checks import check_module, type_error
-from harness.diagnose import annotate_mismatches, origins_diagnosis
+from harness.diagnose import annotate_mismatches, origins_diagnosis, setting_notes
 from harness.localize import Localization, Row, extend_twins, localize_all, measure_match
 from harness.memory import trace_budget
 from harness.noise import float64_hint, noise_verdicts
@@ -203,6 +203,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
     passed, found, notes = _verdict(final, outputs, rows, tol, o.allow_nonfinite, o.rerun,
                                     alignment.unmatched_candidate, output_passed=noise.outputs_passed,
                                     reference=ref_records)
+    notes += setting_notes(rows, name) if passed and name != "float64" else []
     diagnosis = [] if passed else origins_diagnosis(rows, found.introduced or [found.culprit] * bool(found.culprit),
                                                     root=reference if replay is None else None, weights=weights)
     if not passed:

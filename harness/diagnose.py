@@ -68,7 +68,7 @@ from harness.metrics import DEFAULT_TOLERANCES, Tolerance, measure
 from harness.trace import flatten_tensors, hookable_modules, map_tensors
 
 __all__ = ["Op", "OpRecorder", "record_ops", "diagnose", "diagnose_modules", "attribute_diff", "culprit_diagnosis",
-           "origins_diagnosis", "KINDS"]
+           "origins_diagnosis", "setting_notes", "KINDS"]
 
 KINDS = ("argument", "attribute", "missing_op", "extra_op", "op", "value")
 # most specific first: an argument names the value to fix; a missing op says what to add; an
@@ -1110,6 +1110,32 @@ def culprit_diagnosis(rows: Iterable[Any], culprit: str | None, root: nn.Module 
     except Exception as exc:  # the diagnosis explains; it must never cost the verdict
         return [_finding(culprit, "value", None, None, None, None,
                          f"{culprit}: no operation-level diagnosis ({type(exc).__name__}: {exc})")]
+
+
+# settings that change a module's numbers, reported on a passing comparison when twins disagree on
+# them: at 16 bits an eps of 1e-5 against 1e-6 rounds away, at float64 it would not
+_NUMERIC_SETTINGS = frozenset({"eps", "approximate", "negative_slope", "alpha", "beta", "threshold", "min_val",
+                               "max_val", "dim", "scale", "lambd"})
+
+
+def setting_notes(rows: Iterable[Any], dtype: str) -> list[str]:
+    """One note naming the numeric settings (eps, approximate...) on which confirmed twins disagree,
+    for a comparison that passed all the same (a difference its dtype rounds away)."""
+    found = []
+    for row in rows:
+        cand, ref = row.match.candidate.module, row.match.reference.module
+        if row.match.how == "structure" or cand is None or ref is None or type(ref).__name__ == "RecordedModule":
+            continue
+        cs, rs = _settings(cand), _settings(ref)
+        for key in sorted(_NUMERIC_SETTINGS & cs.keys() & rs.keys()):
+            if not _same_value(cs[key], rs[key]):
+                found.append(f"{row.candidate} {key} {_show(cs[key])} (reference {_show(rs[key])})")
+    found = list(dict.fromkeys(found))
+    if not found:
+        return []
+    more = f" and {len(found) - 6} more" if len(found) > 6 else ""
+    return [f"twins differ in settings that change numbers, though the outputs agree at {dtype}: "
+            f"{'; '.join(found[:6])}{more}; compare at float64 to see their effect"]
 
 
 EXPLAINED_ORIGINS = 4  # origins of an error explained per report: each costs two module re-runs

@@ -266,3 +266,9 @@ def test_random_draws_are_seen_on_the_global_generator():
     with RandomDraws() as drawing:
         torch.rand(3)
     assert (deterministic.drew, drawing.drew) == (False, True)
+
+
+def test_a_setting_difference_rounded_away_at_bfloat16_is_still_named():
+    report = _report(lambda m: setattr(m.blocks[1].norm, "eps", 1e-5), torch.bfloat16)
+    note = next((n for n in report.notes if n.startswith("twins differ in settings")), None)
+    assert note is not None and "blocks.1.norm eps 1e-05 (reference 1e-06)" in note, report.notes
