@@ -32,8 +32,10 @@ Nightly pairs (tag ``nightly``): ``convnext_base`` at full depth on 1x3x128x128,
 ``convnext_{large,xlarge}`` at full depth on 1x3x32x32 (the smallest input the patchify stem and
 three downsamples allow), and the paper's full resolutions:
 ``convnext_*_224`` all five variants at 1x3x224x224, ``convnext_{tiny,small,base}_384`` at
-1x3x384x384. Peak host memory of a float64 comparison of ``convnext_xlarge_224``: 4.4 GiB (the
-two models share one copy of the weights, see ``Pair.build(share_weights=True)``).
+1x3x384x384. Peak host memory of a float64 comparison of ``convnext_xlarge_224``: 4.0 GiB as
+``compare`` runs by default (trace copies beyond 256 MiB per trace spilled to files), 4.4 GiB
+with ``--no-spill`` (the two models share one copy of the weights, see
+``Pair.build(share_weights=True)``).
 
 Weights: the candidate's parameter names and shapes are timm's, so the transfer is the identity
 ``convert_timm_state_dict`` of :mod:`candidates.convnext.convert`, which also holds the original
