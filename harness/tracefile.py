@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from harness.checks import check_choice, check_module
-from harness.files import atomic_write, discard, scratch_file
+from harness.files import atomic_write, check_target, discard, scratch_file
 from harness.headers import MAX_SAFETENSORS_HEADER, safetensors_entry_problem
 from harness.metrics import Tolerance
 from harness.options import CompareOptions
@@ -403,8 +403,7 @@ def record(
     include_fn = name_filter(include)
     store_dtype = _check_precision(precision)
     path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"cannot write trace {path}: folder {path.parent} does not exist")
+    check_target(path, make_parents=False)  # a missing folder, a file in its place, a folder taking no files
     run_call = as_call(inputs)
     sink = _Sink(path, store_dtype)
     try:

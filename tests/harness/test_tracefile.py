@@ -216,3 +216,10 @@ def test_a_candidate_in_another_dtype_is_refused_before_the_fingerprint(recorded
     candidate, _, _, path = recorded
     with pytest.raises(TypeError, match=r"candidate parameters are torch.float32 but trace .*ref\.trace was recorded in torch.float64"):
         harness.compare(candidate.float(), load_trace(path))
+
+
+def test_a_trace_path_under_a_file_names_that_file(tmp_path):
+    candidate, reference, x = _models()
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    with pytest.raises(NotADirectoryError, match=r"notes\.txt is a file, not a folder"):
+        record(reference, x, tmp_path / "notes.txt" / "ref.trace")
