@@ -374,7 +374,7 @@ def _scalar(op: Op) -> float | None:
 
 def _walk_back(rec: OpRecorder, tensor_id: int, factors: list[float], path: list[Op], *, mask: list | None,
                before: int) -> Op | None:
-    """Follow ``tensor_id`` back through layout ops, casts, scalar scalings and a mask add."""
+    """Follow ``tensor_id`` back through layout ops, casts, scalar scalings and a mask (added or filled in)."""
     while True:
         op = rec.producer(tensor_id, before)
         if op is None:
@@ -391,7 +391,7 @@ def _walk_back(rec: OpRecorder, tensor_id: int, factors: list[float], path: list
                 return None
             tensor_id = op.input_ids[0]
             continue
-        if op.name == "add" and mask is not None and len(op.input_ids) + len(op.params) == 2:
+        if op.name in ("add", "masked_fill") and mask is not None and len(op.input_ids) + len(op.params) == 2:
             mask.append(op)
             path.append(op)
             tensor_id = op.input_ids[0]

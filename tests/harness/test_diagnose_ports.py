@@ -166,3 +166,29 @@ def test_a_norm_in_train_mode_is_named_without_its_statistics_updates():
     texts = [d["text"] for d in report.diagnosis]
     assert any("training True in the candidate, False in the reference" in t for t in texts), texts
     assert not any("running_mean" in t or "running_var" in t or "num_batches_tracked" in t for t in texts), texts
+
+
+class MaskedAttention(nn.Module):
+    """Attention written out with a causal mask filled in before the softmax."""
+
+    def __init__(self, use_mask: bool = True) -> None:
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+        self.use_mask = use_mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.q(x) @ self.k(x).transpose(-1, -2) * 8 ** -0.5
+        if self.use_mask:
+            causal = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).tril()
+            scores = scores.masked_fill(~causal, float("-inf"))
+        return scores.softmax(-1) @ self.v(x)
+
+
+def test_a_dropped_attention_mask_is_named():
+    torch.manual_seed(0)
+    reference = nn.Sequential(MaskedAttention()).double()
+    candidate = nn.Sequential(MaskedAttention(use_mask=False)).double()
+    candidate.load_state_dict(reference.state_dict())
+    report = harness.compare(candidate, reference, torch.randn(1, 5, 8, dtype=torch.float64))
+    assert report.diagnosis[0]["text"] == ("0: scaled_dot_product_attention attn_mask False in the candidate, True in "
+                                           "the reference"), _findings(report)
