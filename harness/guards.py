@@ -376,9 +376,9 @@ def _changed_parameter_notes(state: ModelState) -> list[str]:
     notes = []
     for index, names in sorted(state.changed_parameters().items()):
         shown = ", ".join(names[:_SHOWN]) + (", ..." if len(names) > _SHOWN else "")
-        notes.append(f"the {('candidate', 'reference')[index]} changed {len(names)} parameters in place during the "
-                     f"comparison ({shown}); parameters are not copied, so this cannot be undone: the model now "
-                     f"holds other weights than before")
+        notes.append(f"the {('candidate', 'reference')[index]} wrote into {len(names)} parameters in place during "
+                     f"the comparison ({shown}); parameters are not copied, so a write that changed them cannot be "
+                     f"undone: the model may now hold other weights than before")
     return notes
 
 

@@ -190,7 +190,7 @@ def test_a_parameter_changed_in_place_by_forward_is_named():
     reference.forward = lambda x: reference.fc(x)
     report = harness.compare(candidate, reference, torch.randn(3, 2, dtype=F64))
     (note,) = [n for n in report.notes if "parameters in place" in n]
-    assert note.startswith("the candidate changed 1 parameters in place during the comparison (fc.weight)"), note
+    assert note.startswith("the candidate wrote into 1 parameters in place during the comparison (fc.weight)"), note
 
 
 def test_train_mode_is_said_in_the_report_and_eval_mode_is_not():
