@@ -178,13 +178,20 @@ def _device(name: str) -> "torch.device":
     return device
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (the usage itself is what --help is for)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} ({self.prog} --help lists the options)\n")
+
+
 def _parser(chosen: str | None = None) -> argparse.ArgumentParser:
     """Every command; when ``chosen`` is given, the others that need torch or a family module get
     only their name and help (they are parsed only when they run), so that command starts at once."""
     def full(name: str) -> bool:
         return chosen is None or chosen == name
 
-    parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m harness", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("list", help="print the registered pairs, one per line")
     p.add_argument("--tag", help="only pairs carrying this tag (e.g. nightly)")

@@ -222,3 +222,11 @@ def test_models_on_two_real_devices_are_named(monkeypatch):
 def test_a_parameter_free_model_next_to_a_meta_model_is_refused():
     with pytest.raises(ValueError, match="meta device"):
         harness.compare(nn.Identity(), nn.Linear(2, 2, device="meta"), torch.ones(2))
+
+
+def test_an_argument_usage_error_is_one_line_with_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["compare", "--dtype", "int8"])
+    err = capsys.readouterr().err.strip()
+    assert exit.value.code == 2 and "\n" not in err, err
+    assert err.startswith("error: argument --dtype: invalid choice: 'int8'") and "compare --help" in err, err
