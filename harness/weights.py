@@ -568,6 +568,10 @@ def _alternatives(weights: WeightMap, module: str) -> Iterable[tuple[WeightMap, 
                 seen.add(("t", k))
                 flipped = (*e.steps, {"op": "transpose", "dims": [0, 1]})
                 yield replace(weights, entries=[*entries[:k], replace(e, steps=flipped), *entries[k + 1:]]), None
+            channels_last = _channels_last_patches(e)
+            if channels_last is not None and ("c", k) not in seen:
+                seen.add(("c", k))  # a patch embedding flattened (p, p, C) where the other side keeps (C, p, p)
+                yield replace(weights, entries=[*entries[:k], replace(e, steps=channels_last), *entries[k + 1:]]), None
             if len(e.steps) == 1 and e.steps[0]["op"] == "permute" and len(e.reference) == 1 and ("p", k) not in seen:
                 seen.add(("p", k))  # another order of dims of equal sizes (HWIO kernels with Cin == Cout)
                 for dims in shape_permutations(e.shape, e.reference_shapes[0]):
@@ -578,6 +582,20 @@ def _alternatives(weights: WeightMap, module: str) -> Iterable[tuple[WeightMap, 
             if swap not in seen:
                 seen.add(swap)
                 yield _exchanged(weights, [swap]), (prefix, a, b)
+
+
+def _channels_last_patches(e: Entry) -> tuple[Step, ...] | None:
+    """For a reshape between a conv kernel ``(D, C, kh, kw)`` and a linear weight ``(D, C*kh*kw)``:
+    the same with the linear's inputs in channels-last order ``(kh, kw, C)``; None otherwise."""
+    if len(e.reference) != 1 or len(e.steps) != 1 or e.steps[0]["op"] != "reshape":
+        return None
+    source, target = e.reference_shapes[0], e.shape
+    if len(source) == 2 and len(target) == 4:  # linear -> conv kernel
+        d, c, kh, kw = target
+        return ({"op": "reshape", "shape": [d, kh, kw, c]}, {"op": "permute", "dims": [0, 3, 1, 2]})
+    if len(source) == 4 and len(target) == 2:  # conv kernel -> linear
+        return ({"op": "permute", "dims": [0, 2, 3, 1]}, {"op": "reshape", "shape": list(target)})
+    return None
 
 
 def _exchanged(weights: WeightMap, swaps: Iterable[tuple[tuple[int, int], ...]]) -> WeightMap:

@@ -254,6 +254,31 @@ class KernelHWIO(nn.Module):
         return F.conv2d(x, self.kernel.permute(*self.order), self.bias, padding=1)
 
 
+class ConvPatches(nn.Module):
+    """A patch embedding as torch writes it: a 4x4 stride-4 conv, then the tokens ``(B, N, D)``."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, 4, stride=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class ChannelsLastPatches(nn.Module):
+    """The same as JAX ports write it: each patch flattened in ``(p, p, C)`` order, then a linear layer."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(dim, 4 * 4 * 3))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        patches = x.permute(0, 2, 3, 1).reshape(b, h // 4, 4, w // 4, 4, c).permute(0, 1, 3, 2, 4, 5)
+        return F.linear(patches.reshape(b, (h // 4) * (w // 4), 4 * 4 * c), self.weight, self.bias)
+
+
 def feature_maps(seed: int = 0) -> torch.Tensor:
     return torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 import harness
-from port_toys import ChannelsLastNet, ConvNet, FusedBlock, SplitBlock, images, randomized, tokens
+from port_toys import (ChannelsLastNet, ChannelsLastPatches, ConvNet, ConvPatches, FusedBlock, SplitBlock, images,
+                       randomized, tokens)
 
 
 def state_equal(a: nn.Module, b: nn.Module) -> bool:
@@ -167,3 +168,14 @@ def test_a_key_both_models_leave_unmatched_keeps_each_sides_reason():
     weights = harness.map_weights(model(6), model(5), torch.randn(1, 4, dtype=torch.float64))
     assert "(6, 4)" in weights.reason("candidate", "0.weight"), weights.reasons
     assert "(5, 4)" in weights.reason("reference", "0.weight"), weights.reasons
+
+
+def test_a_patch_embedding_flattened_channels_last_is_mapped_and_reads_back():
+    candidate, reference = randomized(ChannelsLastPatches(), 1), randomized(ConvPatches(), 2)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    weights = harness.map_weights(candidate, reference, x)
+    assert weights.verified, str(weights)
+    assert weights.entries[0].transform == "permute(dims=[0, 2, 3, 1]) + reshape(shape=[8, 48])", str(weights)
+    weights.transfer(reference, candidate)
+    back = weights.to_reference(dict(candidate.named_parameters()))
+    assert torch.equal(back["proj.weight"], reference.proj.weight), "the table read backward does not restore the kernel"
