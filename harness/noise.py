@@ -28,6 +28,11 @@ rounding alone costs:
    run on the reference's recorded inputs, so the floor is that module's own rounding, not the
    rounding accumulated upstream.
 
+A reference that computes some of its values in float32 whatever its weights (a position table
+built with ``dtype=torch.float32``) keeps that rounding in its float64 run, so the floor misses it;
+a failing comparison names those operations (the float64 run records what makes a narrower float
+out of none) and points to float64, where no floor is needed.
+
 When every final output and every judged layer of the candidate is bitwise the reference's,
 ``error == floor`` on each and every ratio is at most 1: no float64 run can change the verdict,
 so none is made (the judgements give ratio 1, error and floor NaN, and a note says so), unless
@@ -54,6 +59,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from harness.adapters import find_adapter
 from harness.checks import check_type, check_value
@@ -167,6 +173,7 @@ class NoiseFloor:
         self.outputs = outputs
         self.dtype = dtype
         self.threshold = DEFAULT_NOISE_RATIO.get(dtype, 4.0) if threshold is None else threshold
+        self.narrow: list[str] = []  # operations the float64 run still computed in a narrower float
 
     @classmethod
     def measure(
@@ -196,7 +203,7 @@ class NoiseFloor:
         handles = _judging_hooks(reference, wanted, floor)
         try:
             with torch.no_grad():
-                out = _run_float64(reference, lambda model: run(model, exact_call))
+                out = _run_float64(reference, lambda model: run(model, exact_call), floor.narrow)
         finally:
             for handle in handles:
                 handle.remove()
@@ -265,10 +272,37 @@ class _Bound(nn.Module):
         return self.run(self.model)
 
 
-def _run_float64(model: nn.Module, run: Callable[[nn.Module], Any]) -> Any:
-    """``run(model)`` with float64 copies of ``model``'s weights swapped in for the run only."""
+def _run_float64(model: nn.Module, run: Callable[[nn.Module], Any], narrow: list[str] | None = None) -> Any:
+    """``run(model)`` with float64 copies of ``model``'s weights swapped in for the run only;
+    ``narrow`` collects the operations that still returned a narrower float (a table built in float32)."""
     state = {f"model.{k}": v for k, v in _float64_state(model).items()}
-    return torch.func.functional_call(_Bound(model, run), state, ())
+    if narrow is None:
+        return torch.func.functional_call(_Bound(model, run), state, ())
+    with _NarrowOps(narrow):
+        return torch.func.functional_call(_Bound(model, run), state, ())
+
+
+_NARROW = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class _NarrowOps(TorchFunctionMode):
+    """Names the torch functions that make a floating tensor narrower than float64 out of no narrow
+    one (``arange(dtype=torch.float32)``, a cast); those computing on narrow inputs only follow them."""
+
+    def __init__(self, found: list[str]) -> None:
+        super().__init__()
+        self.found = found
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        made = flatten_tensors(out).values()
+        if any(t.dtype in _NARROW for t in made) and not any(
+                t.dtype in _NARROW for t in flatten_tensors((args, kwargs)).values()):
+            name = getattr(func, "__name__", None) or str(func)
+            if name not in self.found:
+                self.found.append(name)
+        return out
 
 
 def _judging_hooks(model: nn.Module, wanted: Mapping[str, list[Any]], floor: NoiseFloor) -> list[Any]:
@@ -420,7 +454,13 @@ def noise_verdicts(
         row.passed = judged.passed
         row.rerun_judge = floor.rerun_judge(row.match)
     outputs = floor.judge_outputs(final)
-    return NoiseVerdicts(True, floor.threshold, outputs, seconds=time.perf_counter() - started)
+    failing = any(not j.passed for j in outputs.values()) or any(row.noise is not None and not row.passed for row in rows)
+    note = None
+    if failing and floor.narrow:  # the floor itself kept that rounding: a candidate exact there looks worse
+        note = (f"noise floor: the reference's float64 run still computed in lower precision "
+                f"({', '.join(floor.narrow[:5])}{', ...' if len(floor.narrow) > 5 else ''}), so its floor there is not "
+                f"its rounding alone; a failure near those operations is best checked at float64")
+    return NoiseVerdicts(True, floor.threshold, outputs, note=note, seconds=time.perf_counter() - started)
 
 
 def _judgeable(match: Any) -> bool:

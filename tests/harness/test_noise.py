@@ -272,3 +272,30 @@ def test_a_setting_difference_rounded_away_at_bfloat16_is_still_named():
     report = _report(lambda m: setattr(m.blocks[1].norm, "eps", 1e-5), torch.bfloat16)
     note = next((n for n in report.notes if n.startswith("twins differ in settings")), None)
     assert note is not None and "blocks.1.norm eps 1e-05 (reference 1e-06)" in note, report.notes
+
+
+class RotaryTable(torch.nn.Module):
+    """Rotates its features by angles it builds in ``table_dtype`` whatever the weights' dtype (the
+    reference builds them in float32 even in its float64 run; the candidate in float64)."""
+
+    def __init__(self, table_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.fc, self.table_dtype = torch.nn.Linear(16, 16), table_dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(x.shape[1], dtype=self.table_dtype)
+        angles = positions[:, None] / 10000 ** (torch.arange(0, 16, 2, dtype=self.table_dtype) / 16)
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        h = self.fc(x)
+        h1, h2 = h[..., :8], h[..., 8:]
+        return torch.cat([h1 * cos - h2 * sin, h1 * sin + h2 * cos], -1)
+
+
+def test_a_failure_next_to_what_the_float64_run_kept_narrow_names_those_operations():
+    torch.manual_seed(0)
+    reference, candidate = RotaryTable().eval(), RotaryTable(torch.float64).eval()
+    candidate.load_state_dict(reference.state_dict())
+    report = harness.compare(candidate, reference, torch.randn(1, 256, 16))
+    assert not report.passed, "the more exact table should exceed a floor that misses the reference's table rounding"
+    assert "noise floor: the reference's float64 run still computed in lower precision (arange), so its floor " \
+           "there is not its rounding alone; a failure near those operations is best checked at float64" in report.notes
