@@ -296,7 +296,8 @@ class _NarrowOps(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        made = flatten_tensors(out).values()
+        made = (out,) if isinstance(out, torch.Tensor) else flatten_tensors(out).values()
+        # the common case, a float64 result, costs one dtype check; only a narrow one reads the inputs
         if any(t.dtype in _NARROW for t in made) and not any(
                 t.dtype in _NARROW for t in flatten_tensors((args, kwargs)).values()):
             name = getattr(func, "__name__", None) or str(func)
