@@ -21,7 +21,7 @@ from harness.metrics import Metrics, Tolerance, dtype_name, measure, tolerance_f
 from harness.options import CompareOptions
 from harness.pairs import Call, Pair, as_call, as_pair
 from harness.report import ParityReport
-from harness.trace import AUTO, Tracer, name_filter, output_leaves, spill_folder
+from harness.trace import Tracer, is_auto_spill, name_filter, output_leaves, spill_folder
 from harness.tracefile import Replay, Trace
 from harness.weights import WeightMap, infer_map
 
@@ -204,7 +204,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
                                     alignment.unmatched_candidate, output_passed=noise.outputs_passed,
                                     reference=ref_records)
     notes += setting_notes(rows, name) if passed and name != "float64" else []
-    diagnosis = [] if passed else origins_diagnosis(rows, found.introduced or [found.culprit] * bool(found.culprit),
+    diagnosis = [] if passed else origins_diagnosis(rows, found.introduced,
                                                     root=reference if replay is None else None, weights=weights)
     if not passed:
         annotate_mismatches(rows, final, outputs, tol)
@@ -264,7 +264,7 @@ def _spill_notes(spill: Any, *traces: Any) -> list[str]:
         return []
     folder = spill_folder(spill)
     spilled = sum(t.spilled_bytes for t in traces)
-    auto = isinstance(spill, str) and spill == AUTO
+    auto = is_auto_spill(spill)
     notes = []
     if spilled:
         beyond = f" beyond the first {traces[0].spill_allowance / 2**20:.0f} MiB per trace" if auto else ""

@@ -113,9 +113,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     if args.rows < 0:
         raise ValueError(f"--rows {args.rows}: give the number of table rows to show, 0 or more")
-    if args.pair:  # the options of two models of one's own mean nothing to a registered pair: say so
+    if args.pair and not (args.candidate or args.reference):  # options of two models of one's own: say so
         given = [flag for flag, value in (("--map", args.map), ("--save-map", args.save_map),
-                                          ("--input-shape", args.input_shape), ("--seed", args.seed or None))
+                                          ("--input-shape", args.input_shape), ("--seed", args.seed))
                  if value is not None]
         if given:
             raise ValueError(f"{', '.join(given)} only apply to --candidate/--reference; a registered pair "

@@ -41,7 +41,7 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    write ``(B, N, H, D)`` where the fused attention writes ``(B, H, N, D)``. When no pair differs but the module output does, the pending ops at the end explain
    it (a residual ``add`` missing after the last operation).
 4. Attribute diff. Submodules of the two twins (paired by relative name, else in order among
-   those of one type whose own tensors have the same shapes) are compared on their plain
+   those with the same kinds of settings and own tensors of the same shapes) are compared on their plain
    settings (``eps``, ``approximate``, ``stride``, ``groups``, ``inplace``...): what differs is
    reported even when no op shows it (``stride`` 1 is ``(1, 1)``; ``momentum`` counts in training only).
 
@@ -178,10 +178,12 @@ class OpRecorder(TorchFunctionMode):
         self._scope: list[str] = []
         self._handles: list[Any] = []
         self._module = module
+        self._buffers: set[int] = set()  # ids of the module's buffers, which an op may update in place
         if module is not None:
             for name, t in (*module.named_parameters(), *module.named_buffers()):
                 self._provenance[id(t)] = name
                 self._roots[id(t)] = t
+            self._buffers = {id(t) for _, t in module.named_buffers()}
 
     def __enter__(self):
         if self._module is not None:
@@ -208,9 +210,10 @@ class OpRecorder(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        # the module's tensors as the op reads them: a BatchNorm in train mode updates its
-        # statistics in place while it runs
-        before = {id(t): t.detach().clone() for t in flatten_tensors((args, kwargs)).values() if id(t) in self._roots}
+        # buffers as the op reads them: a BatchNorm in train mode updates its statistics in place
+        # while it runs (parameters are not written by a forward, so they are kept by reference)
+        before = {id(t): t.detach().clone() for t in (*args, *kwargs.values())
+                  if isinstance(t, torch.Tensor) and id(t) in self._buffers} if self._buffers else {}
         out = func(*args, **kwargs)
         self._record(func, args, kwargs, out, before)
         return out
@@ -271,8 +274,8 @@ class OpRecorder(TorchFunctionMode):
 
     @staticmethod
     def _value_before(t: torch.Tensor, before: dict[int, torch.Tensor]) -> torch.Tensor:
-        """``t`` as the op read it: the copy taken before the op ran, when there is one."""
-        return before[id(t)] if id(t) in before else t.detach().clone()
+        """``t`` as the op read it: the copy of a buffer taken before the op ran, else ``t`` itself."""
+        return before[id(t)] if id(t) in before else t.detach()
 
     def producer(self, tensor_id: int, before: int | None = None) -> Op | None:
         """The last op that wrote ``tensor_id`` before op index ``before`` (in-place ops write their input)."""
@@ -675,7 +678,9 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
             continue  # the op receives the same tensor, however each side stores and lays it out
         name, stored = c.params[key], _stored_right(c.param_values[key], r.param_values[key],
                                                     expected(c.params[key]) if expected is not None else None)
-        if stored is not None and passed_c.shape == passed_r.shape:
+        if stored is not None and passed_c.shape != passed_r.shape:
+            continue  # stored as the reference's (a slice of a fused tensor): the ops' shapes differ, not it
+        if stored is not None:
             err = (passed_c.double() - passed_r.double()).abs().max().item()
             text = (f"{module}: {c.name} operand {name} is stored right ({stored}) but passed in another layout than "
                     f"the reference's {r.params[key]} (max_abs difference {err:.3e} in what {c.name} receives)")
@@ -979,9 +984,9 @@ def attribute_diff(candidate: nn.Module, reference: nn.Module, prefix: str) -> l
     pairs = [(n, cmods[n], rmods[n]) for n in cmods if n in rmods]
     left_c = [(n, m) for n, m in cmods.items() if n not in rmods]
     left_r = [(n, m) for n, m in rmods.items() if n not in cmods]
-    for n, m in left_c:  # renamed twins: in order, those of one type whose own tensors have the same shapes
+    for n, m in left_c:  # renamed twins: in order, those with the same settings and own tensor shapes
         for idx, (rn, rm) in enumerate(left_r):
-            if type(m) is type(rm) and _own_shapes(m) == _own_shapes(rm) \
+            if set(_settings(m)) == set(_settings(rm)) and _own_shapes(m) == _own_shapes(rm) \
                     and len(list(m.children())) == len(list(rm.children())):
                 pairs.append((n, m, rm))
                 del left_r[idx]
@@ -1101,7 +1106,8 @@ def culprit_diagnosis(rows: Iterable[Any], culprit: str | None, root: nn.Module 
         or next((r for r in rows if r.candidate == culprit), None)
     if row is None:  # a culprit without a twin: its innermost twinned ancestor runs the same code
         around = [r for r in rows if r.match.how != "structure" and r.status == "contains"
-                  and (r.candidate == "<root>" or culprit.startswith(r.candidate + "."))]
+                  and (r.candidate == "<root>" or culprit.startswith(r.candidate + "."))
+                  and _parameters(r.match.candidate.module) <= ANCESTOR_ELEMENTS]
         row = max(around, key=lambda r: (r.candidate != "<root>", r.candidate.count(".")), default=None)
     if row is None:
         return []
@@ -1115,7 +1121,7 @@ def culprit_diagnosis(rows: Iterable[Any], culprit: str | None, root: nn.Module 
 # settings that change a module's numbers, reported on a passing comparison when twins disagree on
 # them: at 16 bits an eps of 1e-5 against 1e-6 rounds away, at float64 it would not
 _NUMERIC_SETTINGS = frozenset({"eps", "approximate", "negative_slope", "alpha", "beta", "threshold", "min_val",
-                               "max_val", "dim", "scale", "lambd"})
+                               "max_val", "scale", "lambd"})
 
 
 def setting_notes(rows: Iterable[Any], dtype: str) -> list[str]:
@@ -1139,6 +1145,13 @@ def setting_notes(rows: Iterable[Any], dtype: str) -> list[str]:
 
 
 EXPLAINED_ORIGINS = 4  # origins of an error explained per report: each costs two module re-runs
+# an untwinned culprit is explained through an ancestor re-run at float64 with every op recorded:
+# not through one holding more parameter elements than this (a whole large model)
+ANCESTOR_ELEMENTS = 2**24
+
+
+def _parameters(module: nn.Module | None) -> int:
+    return sum(p.numel() for p in module.parameters()) if module is not None else 0
 
 
 def origins_diagnosis(rows: Iterable[Any], introduced: Sequence[str], root: nn.Module | None = None,

@@ -182,8 +182,8 @@ class ModelState:
 
 
 def _put_back(slots: Any, name: str, t: torch.Tensor) -> None:
-    """``slots[name] = t`` where a forward replaced it; a scripted module's slots (a wrapper with
-    item access only) cannot have been replaced from Python, so reading them is enough."""
+    """``slots[name] = t`` where a forward replaced it (or removed it); a scripted module's slots
+    are a wrapper with item access only, so they are read and written by item."""
     try:
         if slots[name] is not t:
             slots[name] = t
@@ -280,7 +280,7 @@ def run_forward(side: str, model: nn.Module, call: Call, run: Callable[[nn.Modul
     :class:`ForwardFailed`, its cause chained; a memory budget's refusal passes unchanged."""
     try:
         return run(model, call) if run else call(model)
-    except (TraceTooLarge, ValueError, TypeError):
+    except (ValueError, TypeError):  # usage errors, a memory budget's refusal (TraceTooLarge) among them
         raise
     except Exception as exc:
         raise ForwardFailed(side, exc, call) from exc

@@ -71,6 +71,7 @@ class Row(Aligned):
     noise: Any = None
     passed_tolerance: bool | None = None
     rerun_judge: Any = field(default=None, repr=False)
+    guess_received: bool | None = field(default=None, repr=False)  # a failing guess re-run: it received the error
 
 
 def _leaf_pairs(cand: dict[str, Leaf], ref: dict[str, Leaf]) -> list[tuple[str, Leaf, Leaf]]:
@@ -142,8 +143,9 @@ def _worst_adapted(pairs: list[tuple[str, Leaf, Leaf]], tol: Tolerance, forced: 
         ok = m.passes(tol)
         if not ok and keep_shape and adapter is None and isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
             kept = find_adapter(a, b, same_shape=True)
-            if kept is not None and measure(kept.apply(a), b).passes(tol):
-                m, ok, adapter = measure(kept.apply(a), b), True, kept.description
+            kept_m = measure(kept.apply(a), b) if kept is not None else None
+            if kept_m is not None and kept_m.passes(tol):
+                m, ok, adapter = kept_m, True, kept.description
         passed &= ok
         ratio = float("inf") if not ok and (m.shape_mismatch or m.nonfinite_mismatch) else (
             m.max_abs / max(tol.bound(m.ref_absmax), 1e-300))
@@ -205,24 +207,26 @@ def extend_twins(rows: list[Row], alignment: Alignment, measure_row: Callable[[M
         if row.passed or row.match.how != "weights":
             continue
         trials = []
-        for side in ("candidate", "reference"):
-            for call in _following(row, side, pools[side], paired_c if side == "candidate" else paired_r):
-                match = Match(call, row.match.reference, "weights") if side == "candidate" else \
-                    Match(row.match.candidate, call, "weights")
-                trials.append((side, call, measure_row(match), _pattern(row.match, side, call)))
-        agreeing = next((t for t in trials if t[2].passed), None)
-        if agreeing is not None:
-            _extend(rows, at, pools, *agreeing[:2], measure_row)
-            patterns.add(agreeing[3])
+        for side, call in ((side, call) for side in ("candidate", "reference") for call in
+                           _following(row, side, pools[side], paired_c if side == "candidate" else paired_r)):
+            match = Match(call, row.match.reference, "weights") if side == "candidate" else \
+                Match(row.match.candidate, call, "weights")
+            trials.append((side, call, measure_row(match), _pattern(row.match, side, call)))
+            if trials[-1][2].passed:
+                break
+        if trials and trials[-1][2].passed:
+            _extend(rows, at, pools, *trials[-1][:3])
+            patterns.add(trials[-1][3])
         elif trials:
             later.append((at, trials))
     for at, trials in later:  # failing downstream of an error: the same pattern, or a far closer pairing
         row = rows[at]
-        chosen = next((t for t in trials if t[3] in patterns), None) or min(
-            (t for t in trials if t[2].metrics.rel_l2 < 0.5 * row.metrics.rel_l2 and t[1] in pools[t[0]]),
-            key=lambda t: t[2].metrics.rel_l2, default=None)
-        if chosen is not None and chosen[1] in pools[chosen[0]]:
-            _extend(rows, at, pools, *chosen[:2], measure_row)
+        free = [t for t in trials if t[1] in pools[t[0]]]
+        chosen = next((t for t in free if t[3] in patterns), None) or min(
+            (t for t in free if t[2].metrics.rel_l2 < 0.5 * row.metrics.rel_l2), key=lambda t: t[2].metrics.rel_l2,
+            default=None)
+        if chosen is not None:
+            _extend(rows, at, pools, *chosen[:3])
     return replace(alignment, unmatched_candidate=sorted(pools["candidate"], key=lambda r: r.end),
                    unmatched_reference=sorted(pools["reference"], key=lambda r: r.end))
 
@@ -254,16 +258,16 @@ class _Chain(nn.Module):
         return self.tail(self.head(*args, **kwargs))
 
 
-def _extend(rows: list[Row], at: int, pools: dict[str, list[Record]], side: str, call: Record,
-            measure_row: Callable[[Match], Row]) -> None:
+def _extend(rows: list[Row], at: int, pools: dict[str, list[Record]], side: str, call: Record, trial: Row) -> None:
     """Make the row's ``side`` the module and the call after it as one: the module's name, inputs
-    and arguments, the call's outputs (so re-runs and the diagnosis run both)."""
+    and arguments, the call's outputs (so re-runs and the diagnosis run both); ``trial`` measured
+    those outputs already."""
     match = rows[at].match
     own = match.candidate if side == "candidate" else match.reference
     chain = None if own.module is None or call.module is None else _Chain(own.module, call.module,
                                                                           (own.name, call.name))
     joined = replace(own, end=call.end, outputs=call.outputs, module=chain)
-    rows[at] = measure_row(replace(match, **{side: joined}))
+    rows[at] = replace(trial, match=replace(match, **{side: joined}))
     pools[side].remove(call)
 
 
@@ -492,7 +496,7 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
     # a failing guess that gives its guessed twin's output from that twin's inputs received the
     # error (a shared ReLU after a dropped residual add); one that does not may have made it
     suspects += [r.match.candidate for r in inside if r.status == "tentative" and since < r.match.candidate.end < end
-                 and not (_rerunnable(r.match.candidate, r.match.reference, rerun) and _rerun_fails(r) is False)]
+                 and not _guess_received(r, rerun)]
     if not suspects:
         if first_bad is None:
             return None
@@ -501,6 +505,14 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         return max(around, key=lambda u: u.start, default=None)
     # innermost: the earliest to complete; its untwinned parents completed later
     return min(suspects, key=lambda u: u.end)
+
+
+def _guess_received(row: Row, rerun: Sequence[str] | None) -> bool:
+    """Whether a failing guess gives its guessed twin's output from that twin's inputs (re-run once;
+    the verdict is kept on the row)."""
+    if row.guess_received is None:
+        row.guess_received = _rerunnable(row.match.candidate, row.match.reference, rerun) and _rerun_fails(row) is False
+    return row.guess_received
 
 
 def _vouched(call: Record, pool: Sequence[Record], tol: Tolerance | None) -> bool:

@@ -52,6 +52,7 @@ elements, above 4 (the property test in ``tests/harness/test_noise.py``), hence 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -276,9 +277,7 @@ def _run_float64(model: nn.Module, run: Callable[[nn.Module], Any], narrow: list
     """``run(model)`` with float64 copies of ``model``'s weights swapped in for the run only;
     ``narrow`` collects the operations that still returned a narrower float (a table built in float32)."""
     state = {f"model.{k}": v for k, v in _float64_state(model).items()}
-    if narrow is None:
-        return torch.func.functional_call(_Bound(model, run), state, ())
-    with _NarrowOps(narrow):
+    with _NarrowOps(narrow) if narrow is not None else contextlib.nullcontext():
         return torch.func.functional_call(_Bound(model, run), state, ())
 
 

@@ -28,7 +28,7 @@ def _build(args: argparse.Namespace, dtype: "torch.dtype") -> tuple["nn.Module",
 
     candidate = load_spec(args.candidate, option="--candidate").to(dtype).eval()
     reference = load_spec(args.reference, option="--reference").to(dtype).eval()
-    return candidate, reference, random_inputs(args.input_shape, dtype, seed=args.seed)
+    return candidate, reference, random_inputs(args.input_shape, dtype, seed=args.seed or 0)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -75,7 +75,7 @@ def add_port_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", metavar="SPEC", help="the original model, as --candidate")
     p.add_argument("--input-shape", action="append", default=None,
                    help="with --candidate: shape of a seeded random input (default 1x3x224x224; repeat for several inputs)")
-    p.add_argument("--seed", type=int, default=0, help="with --candidate: seed of the random input (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="with --candidate: seed of the random input (default 0)")
     p.add_argument("--map", metavar="FILE", help="with --candidate: use this weight map instead of inferring one")
     p.add_argument("--save-map", metavar="FILE", help="with --candidate: write the inferred weight map here")
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import cmath
 import ctypes
+import functools
 import math
 import os
 import re
@@ -49,7 +50,7 @@ from harness.checks import check_choice, check_module, type_error
 
 __all__ = ["Record", "TensorSummary", "Tracer", "flatten_tensors", "has_nonfinite", "hookable_modules", "map_tensors",
            "name_filter", "output_leaves",
-           "spill_folder", "AUTO", "ROOT"]
+           "is_auto_spill", "spill_folder", "AUTO", "ROOT"]
 
 ROOT = "<root>"
 Mode = Literal["full", "summary"]
@@ -367,6 +368,11 @@ AUTO_IN_MEMORY = 256 * 2**20  # spill="auto": each trace's large copies kept in 
 _MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
 
 
+def is_auto_spill(spill: Any) -> bool:
+    """Whether ``spill`` asks for the automatic choice (``"auto"``) rather than a folder or nothing."""
+    return isinstance(spill, str) and spill == AUTO
+
+
 def spill_folder(spill: Any) -> Path | None:
     """The folder a trace spills to: ``None``/``False``: none, ``True`` or ``"auto"``: the temp
     folder, or a path; a TypeError for another type, a ValueError for a path that is no existing folder."""
@@ -383,6 +389,7 @@ def spill_folder(spill: Any) -> Path | None:
     return folder
 
 
+@functools.lru_cache(maxsize=8)
 def auto_spill_declined(folder: Path) -> str | None:
     """Why ``spill="auto"`` keeps a trace in memory rather than in files in ``folder``; None when it spills."""
     if _LIBC is None:
@@ -482,7 +489,7 @@ class Tracer:
     ) -> None:
         check_module("Tracer(model)", model)
         self.spill = spill_folder(spill)
-        self._auto = isinstance(spill, str) and spill == AUTO
+        self._auto = is_auto_spill(spill)
         self._declined = auto_spill_declined(self.spill) if self._auto else None
         if self._declined is not None:
             self.spill = None

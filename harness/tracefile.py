@@ -716,6 +716,10 @@ def _damage(meta: dict[str, Any], header: dict[str, Any], data_bytes: int) -> st
         problem = safetensors_entry_problem(info, data_bytes)
         if problem is not None:
             return f"tensor {key}: {problem}"
+    for name in ("outputs", "weights"):
+        ids = meta.get(name) or {}
+        if not isinstance(ids, dict) or not all(isinstance(v, str) for v in ids.values()):
+            return f"metadata field {name!r} is not a map of tensor ids"
     ids = {*_tensor_ids(meta), *meta["outputs"].values(), *(meta.get("weights") or {}).values()}
     missing = sorted(str(i) for i in ids - header.keys() | ids - meta["tensors"].keys())
     if missing:

@@ -70,7 +70,7 @@ def shape_permutations(target: tuple[int, ...], source: tuple[int, ...]) -> list
         return []
     fits = [dims for dims in permutations(range(len(source))) if tuple(source[d] for d in dims) == target
             and list(dims) != sorted(dims)]
-    return sorted(fits, key=lambda dims: (dims not in _KNOWN_PERMUTES, fits.index(dims)))
+    return sorted(fits, key=lambda dims: dims not in _KNOWN_PERMUTES)  # stable: lexicographic within each
 
 
 # -- the map --------------------------------------------------------------------------------------
@@ -315,16 +315,21 @@ def load_weight_map(source: str | os.PathLike | Mapping[str, Any]) -> WeightMap:
         unmatched = _field(source, "unmatched", Mapping, "{'candidate': [...], 'reference': [...]}")
         unmatched = {side: _names(unmatched, side) for side in ("candidate", "reference")}
         computed = source.get("computed") or {"candidate": [], "reference": []}
+        if not isinstance(computed, Mapping):
+            raise ValueError(f"'computed' must be {{'candidate': [...], 'reference': [...]}}, got {computed!r}")
         computed = {side: _names(computed, side) for side in ("candidate", "reference")}
         numel = source.get("candidate_numel", 0)
         if not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
             raise ValueError(f"'candidate_numel' must be a count of elements, got {numel!r}")
+        reasons = _field({"reasons": source.get("reasons") or {}}, "reasons", Mapping, "a map of tensor name to why")
+        conflicts = _field({"conflicts": source.get("conflicts") or []}, "conflicts", list, "a list")
+        notes = _field({"notes": source.get("notes") or []}, "notes", list, "a list of notes")
     except ValueError as exc:
         raise ValueError(f"{where} is malformed: {exc}; regenerate it with python -m harness map ... --save-map FILE "
                          f"or fix that field") from None
-    return WeightMap(entries=entries, unmatched=unmatched, reasons=dict(source.get("reasons") or {}),
-                     computed=computed, candidate_numel=numel, verified=source.get("verified"),
-                     conflicts=list(source.get("conflicts") or []), notes=list(source.get("notes") or []))
+    return WeightMap(entries=entries, unmatched=unmatched, reasons=dict(reasons), computed=computed,
+                     candidate_numel=numel, verified=source.get("verified"), conflicts=list(conflicts),
+                     notes=list(notes))
 
 
 _KINDS = ("parameter", "buffer")

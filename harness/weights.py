@@ -554,9 +554,11 @@ def _scopes(module: str) -> list[str]:
 
 def _alternatives(weights: WeightMap, module: str) -> Iterable[tuple[WeightMap, tuple | None]]:
     """Maps differing from ``weights`` in one ambiguous choice around ``module``: a square matrix
-    transposed, two same-shaped tensors of one module exchanged, or two submodules holding the
-    same tensor shapes exchanged whole (a shortcut projection computed before the main branch on
-    one side and after it on the other). Each comes with the exchange ``(prefix, a, b)`` it made."""
+    transposed, a patch-embedding kernel flattened channels-last, another permutation of dims of
+    equal size (HWIO kernels with C_in == C_out), two same-shaped tensors of one module exchanged,
+    or two submodules holding the same tensor shapes exchanged whole (a shortcut projection
+    computed before the main branch on one side and after it on the other). Each comes with the
+    exchange ``(prefix, a, b)`` it made, or None."""
     entries = weights.entries
     seen: set[tuple] = set()
     for scope in _scopes(module):
@@ -590,10 +592,13 @@ def _channels_last_patches(e: Entry) -> tuple[Step, ...] | None:
     if len(e.reference) != 1 or len(e.steps) != 1 or e.steps[0]["op"] != "reshape":
         return None
     source, target = e.reference_shapes[0], e.shape
-    if len(source) == 2 and len(target) == 4:  # linear -> conv kernel
+    kernel = target if len(target) == 4 else source
+    if len(kernel) != 4 or kernel[1] == 1 or kernel[2] * kernel[3] == 1:
+        return None  # one channel or a 1x1 kernel: both orders are the same tensor
+    if len(source) == 2:  # linear -> conv kernel
         d, c, kh, kw = target
         return ({"op": "reshape", "shape": [d, kh, kw, c]}, {"op": "permute", "dims": [0, 3, 1, 2]})
-    if len(source) == 4 and len(target) == 2:  # conv kernel -> linear
+    if len(target) == 2:  # conv kernel -> linear
         return ({"op": "permute", "dims": [0, 2, 3, 1]}, {"op": "reshape", "shape": list(target)})
     return None
 
