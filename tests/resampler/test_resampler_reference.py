@@ -326,4 +326,5 @@ def test_add_metadata_offers_exactly_the_variants_as_presets(tmp_path, capsys):
         harness_cli(["add-metadata", str(path), "--preset", "large"])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
-    assert "[--preset {bimamba,bimamba_large}]" in error and "invalid choice: 'large'" in error, error
+    assert "invalid choice: 'large' (choose from 'bimamba', 'bimamba_large')" in error, error
+    assert len(error.strip().splitlines()) == 1, error
