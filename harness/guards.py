@@ -18,8 +18,9 @@
 - Non-determinism (:func:`determinism_notes`): only when a comparison fails, each side is run once
   more on a fresh copy of the same inputs, from the restored state and without reseeding; outputs
   that differ from the traced run's are named in the report. A passing comparison costs nothing.
-  A reference whose traced forward drew from torch's global generators (:class:`RandomDraws`)
-  gets no noise floor: a float64 run of it would differ by its random draws, not by rounding.
+  A reference whose traced forward drew from a global generator (torch's, Python's ``random``,
+  numpy's: :class:`RandomDraws`) gets no noise floor: a float64 run of it would differ by its
+  random draws, not by rounding.
 - Non-finite outputs (:func:`nonfinite_notes`): NaN/Inf on one side only is a disagreement, said
   as such; agreeing NaN/Inf are said to prove nothing.
 - ``torch.inference_mode()`` around a comparison is left for the comparison's duration (traces
@@ -35,6 +36,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import random
+import sys
 from itertools import chain
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -287,9 +290,10 @@ def run_forward(side: str, model: nn.Module, call: Call, run: Callable[[nn.Modul
 
 
 class RandomDraws:
-    """Whether the code run inside drew from torch's global random generators (CPU, and the CUDA
-    ones initialized before it started): a forward that does (Dropout in train mode, sampling)
-    gives other outputs on every run, so no second run of it measures rounding alone."""
+    """Whether the code run inside drew from a global random generator: torch's (CPU, and the CUDA
+    ones initialized before it started), Python's ``random`` or numpy's. A forward that does
+    (Dropout in train mode, sampling, augmentation) gives other outputs on every run, so no second
+    run of it measures rounding alone."""
 
     def __init__(self) -> None:
         self.drew = False
@@ -299,15 +303,27 @@ class RandomDraws:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        after = _generator_states()[:len(self._before)]
-        self.drew = any(not torch.equal(a, b) for a, b in zip(self._before, after))
+        after = _generator_states()
+        self.drew = any(_state_moved(a, b) for a, b in zip(self._before, after))
 
 
-def _generator_states() -> list[torch.Tensor]:
-    states = [torch.random.get_rng_state()]
+def _generator_states() -> list[Any]:
+    states: list[Any] = [random.getstate(), torch.random.get_rng_state()]
+    numpy = sys.modules.get("numpy")  # a forward using numpy imported it already
+    states.append(numpy.random.get_state()[1].copy() if numpy is not None else None)
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states += torch.cuda.get_rng_state_all()
     return states
+
+
+def _state_moved(before: Any, after: Any) -> bool:
+    if isinstance(before, torch.Tensor):
+        return not torch.equal(before, after)
+    if before is None or after is None:
+        return False
+    if hasattr(before, "shape"):  # numpy's key array
+        return bool((before != after).any())
+    return before != after
 
 
 # -- non-finite outputs --------------------------------------------------------------------------

@@ -299,3 +299,13 @@ def test_a_failure_next_to_what_the_float64_run_kept_narrow_names_those_operatio
     assert not report.passed, "the more exact table should exceed a floor that misses the reference's table rounding"
     assert "noise floor: the reference's float64 run still computed in lower precision (arange), so its floor " \
            "there is not its rounding alone; a failure near those operations is best checked at float64" in report.notes
+
+
+def test_random_draws_are_seen_on_pythons_generator_too():
+    import random
+
+    from harness.guards import RandomDraws
+
+    with RandomDraws() as drawing:
+        random.random()
+    assert drawing.drew
