@@ -23,12 +23,18 @@ import difflib
 import math
 from typing import Any, Iterable
 
-__all__ = ["check_choice", "check_int", "check_module", "check_number", "check_type", "check_value",
+__all__ = ["one_line", "check_choice", "check_int", "check_module", "check_number", "check_type", "check_value",
            "describe_type", "describe_value", "type_error", "value_error"]
 
 _SCALARS = (str, int, float, bool, type(None))
 _CONTAINERS = (tuple, list, dict, set, frozenset)
 _SHOWN = 60  # characters of a value's repr quoted in a message
+
+
+def one_line(text: object) -> str:
+    """``text`` (an exception's message, say) with every run of whitespace, newlines included, one space:
+    what an ``error:`` line or a message quoting another message needs."""
+    return " ".join(str(text).split())
 
 
 def describe_value(value: Any) -> str:

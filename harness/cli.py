@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping, Sequence
 
 from harness import catalog
+from harness.checks import one_line
 
 __all__ = ["register_command", "main"]
 
@@ -286,7 +287,7 @@ def _one_line(exc: OSError) -> str:
     for name in (exc.filename, exc.filename2):
         if name is not None and str(name) not in text:
             text = f"{name}: {text}"
-    return " ".join(text.split())
+    return one_line(text)
 
 
 def print_json(value: object) -> None:

@@ -44,6 +44,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from harness.checks import one_line
 from harness.memory import TraceTooLarge
 from harness.metrics import DEFAULT_TOLERANCES, Metrics, measure
 from harness.pairs import Call, as_call
@@ -272,7 +273,7 @@ class ForwardFailed(RuntimeError):
     def __init__(self, side: str, error: BaseException, call: Call) -> None:
         leaves = {**flatten_tensors(call.args, "args"), **flatten_tensors(dict(call.kwargs), "kwargs")}
         shapes = ", ".join(f"{k} {tuple(t.shape)}" for k, t in leaves.items())
-        super().__init__(f"the {side}'s forward raised {type(error).__name__}: {' '.join(str(error).split())} "
+        super().__init__(f"the {side}'s forward raised {type(error).__name__}: {one_line(error)} "
                          f"(inputs: {shapes or 'none'}); check the inputs' shapes and dtypes against what the "
                          f"model takes, or the model's code")
         self.side = side

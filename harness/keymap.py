@@ -36,7 +36,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from harness.checks import check_choice
+from harness.checks import check_choice, one_line
 from harness.headers import TensorHeader
 
 if TYPE_CHECKING:
@@ -201,7 +201,7 @@ def apply_moves(moves: Iterable[Move], state: Mapping[str, torch.Tensor], *, wha
             shapes = ", ".join(f"{k} {tuple(state[k].shape)}" for k in move.sources)
             raise ValueError(f"{' + '.join(move.sources)} -> {' + '.join(move.targets)}: the steps "
                              f"{describe_steps(move.steps)} do not fit {shapes} "
-                             f"({' '.join(str(exc).split())})") from None
+                             f"({one_line(exc)})") from None
     return out
 
 

@@ -25,6 +25,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
+from harness.checks import one_line
+
 __all__ = [
     "GROWTH", "STATUS_LEGEND", "Key", "key", "status", "run_stamp", "commit_of", "load_document", "merge_results", "merge_documents",
     "history_entry", "append_history", "read_history", "regressions", "diff_documents", "shard_of",
@@ -113,7 +115,7 @@ def load_document(path: str | os.PathLike) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
     except ValueError as exc:  # not UTF-8, not JSON, a bare NaN or Infinity
-        raise ValueError(f"{path}: not a parity report (invalid JSON: {' '.join(str(exc).split())})") from None
+        raise ValueError(f"{path}: not a parity report (invalid JSON: {one_line(exc)})") from None
     if not isinstance(doc, dict) or doc.get("schema") != 1 or not isinstance(doc.get("results"), list):
         raise ValueError(f"{path}: not a parity report (expected a JSON object with \"schema\": 1 and a "
                          f"\"results\" list, as written by --report or compare --json)")

@@ -10,12 +10,14 @@ sees the same values.
 from __future__ import annotations
 
 import importlib
-import math
 import importlib.util
+import math
 import os
 import re
 import sys
 from typing import TYPE_CHECKING, Sequence
+
+from harness.checks import one_line
 
 if TYPE_CHECKING:  # torch is imported when a command runs, not when the parser is built
     import torch
@@ -66,7 +68,7 @@ def load_spec(spec: str, *, option: str = "model spec") -> "nn.Module":
 
 def _raised(exc: BaseException) -> str:
     """``TypeError: message`` on one line."""
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    return f"{type(exc).__name__}: {one_line(exc)}"
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from harness.checks import check_module
+from harness.checks import check_module, one_line
 from harness.keymap import Move, StateDict, Step, apply_moves, check_step, describe_steps, invert_steps, shape_after
 from harness.trace import ROOT
 
@@ -306,7 +306,7 @@ def load_weight_map(source: str | os.PathLike | Mapping[str, Any]) -> WeightMap:
             with open(source, encoding="utf-8") as f:
                 source = json.load(f)
         except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
-            raise ValueError(f"cannot read {where}: {' '.join(str(exc).split())}") from None
+            raise ValueError(f"cannot read {where}: {one_line(exc)}") from None
     if not isinstance(source, Mapping) or source.get("format") != FORMAT:
         raise ValueError(f"{where} is not a weight map (expected 'format': {FORMAT!r}); write one with "
                          f"python -m harness map ... --save-map FILE")
