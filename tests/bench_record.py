@@ -14,6 +14,7 @@ completes and the file is written atomically.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -45,6 +46,26 @@ def paired_ratio(times: dict[str, list[float]], variant: str, baseline: str) -> 
     """Median over rounds of ``variant``'s time over ``baseline``'s in the same round: each ratio
     compares two runs seconds apart, so drift in the machine's speed cancels within a round."""
     return statistics.median(v / b for v, b in zip(times[variant], times[baseline]))
+
+
+def median_interval(values: list[float], *, confidence: float = 0.95) -> tuple[float, float, float]:
+    """A distribution-free interval for the median of the population ``values`` were drawn from:
+    ``(low, high, coverage)`` with ``low``/``high`` the k-th smallest and k-th largest values, k the
+    largest rank whose interval covers the median with probability ``coverage >= confidence``
+    (the count of values below the median is Binomial(n, 1/2)). With too few values for
+    ``confidence`` (n < 6 at 95%) the interval is the whole range and ``coverage`` says how sure
+    that is."""
+    ordered = sorted(values)
+    n = len(ordered)
+    k = 1
+    while k + 1 <= n // 2 and _coverage(n, k + 1) >= confidence:
+        k += 1
+    return ordered[k - 1], ordered[n - k], _coverage(n, k)
+
+
+def _coverage(n: int, k: int) -> float:
+    """P(the k-th smallest of n draws <= median <= the k-th largest) = 1 - 2 P(Binomial(n, 1/2) < k)."""
+    return 1 - 2 * sum(math.comb(n, j) for j in range(k)) / 2 ** n
 
 
 def rounds_for(fns: list[Callable[[], Any]], *, budget_s: float, low: int = 3, high: int = 15) -> int:

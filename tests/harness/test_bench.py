@@ -20,6 +20,9 @@ against a plain forward of the larger model, each measured from
 a reset high-water mark in a child process (``tests/bench_memory.py``); section ``memory`` of ``reports/bench.json``. The default suite
 runs the child once on a one-block pair.
 
+The helpers the benchmarks lean on are specified at the end: the interval a pair's ratio is read
+with (``bench_record.median_interval``) and the counted work beside it (``bench_work.count_work``).
+
 CLI start-up: wall seconds of ``python -m harness list``, ``inspect`` (a ConvNeXt-T checkpoint),
 ``compat`` and ``report render`` beside the interpreter alone and ``import torch``, which none of
 them needs; section ``cli``.
@@ -41,7 +44,8 @@ import torch
 from torch import nn
 
 import harness
-from bench_record import interleaved_times, paired_ratio, record, rounds_for, say
+from bench_record import interleaved_times, median_interval, paired_ratio, record, rounds_for, say
+from bench_work import count_work
 from harness import Tracer
 
 MODELS = {"convnext_tiny": "convnext_tiny", "vit_small": "rope_mixed_vit_small"}  # model -> pair whose candidate it is
@@ -236,3 +240,48 @@ def test_bench_cli_startup(benchmark, request, tmp_path) -> None:
     record("cli", "startup", entry)
     say(request.config,
         ["CLI start-up (wall, median of 5): " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items())])
+
+
+# ------------------------------------------------------------------------------ helpers
+def test_median_interval_takes_the_ranks_whose_coverage_reaches_95_percent() -> None:
+    # nine draws: the 2nd smallest to the 2nd largest cover the median with P = 1 - 2 * 10/512
+    assert median_interval([float(v) for v in range(9, 0, -1)]) == (2.0, 8.0, pytest.approx(0.9609375))
+
+
+def test_median_interval_of_too_few_draws_is_the_range_with_its_lower_coverage() -> None:
+    assert median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0, 0.75)
+
+
+def test_median_interval_covers_the_median_at_its_stated_rate() -> None:
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.randn(4000, 15, generator=generator)
+    intervals = [median_interval(row.tolist()) for row in draws]
+    covered = sum(low <= 0.0 <= high for low, high, _ in intervals) / len(intervals)
+    stated = intervals[0][2]
+    # 4000 trials: the binomial standard error of the rate is under 0.004
+    assert abs(covered - stated) < 0.015, f"covered {covered:.4f} of 4000 medians, stated {stated:.4f}"
+
+
+def test_count_work_counts_a_linear_layers_multiply_adds_and_its_output() -> None:
+    layer = nn.Linear(8, 16)
+    x = torch.randn(4, 8)
+    work = count_work(lambda: layer(x))
+    assert (work.kernels, work.flops, work.allocated_bytes) == (1, 2 * 4 * 8 * 16, 4 * 16 * 4), work
+
+
+def test_count_work_counts_a_linear_layer_on_tokens_as_one_kernel() -> None:
+    # (B, T, C) -> flattened to 2-D, one addmm, and a re-described result that moves no data
+    layer, tokens = nn.Linear(8, 16), torch.randn(2, 3, 8)
+    work = count_work(lambda: layer(tokens))
+    assert (work.kernels, work.allocated_bytes) == (1, 2 * 3 * 16 * 4), work
+
+
+def test_count_work_charges_nothing_for_views() -> None:
+    x = torch.randn(4, 8)
+    work = count_work(lambda: x.view(8, 4).transpose(0, 1)[1:].unsqueeze(0))
+    assert work.as_dict() == {"kernels": 0, "flops": 0, "allocated_bytes": 0}, work
+
+
+def test_count_work_charges_an_in_place_call_a_kernel_but_no_allocation() -> None:
+    x = torch.randn(4, 8)
+    assert count_work(lambda: x.mul_(2.0)).as_dict() == {"kernels": 1, "flops": 0, "allocated_bytes": 0}
