@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CheckpointInfo", "FAMILIES", "HEADS_ASSUMED", "HEADS_DERIVED", "HEADS_GIVEN", "count_indices",
+    "missing_indices",
     "count_parameters", "inspect_checkpoint", "inspect_state_dict",
 ]
 
@@ -84,7 +85,24 @@ def count_parameters(state: Mapping[str, torch.Tensor], *, excluding: Iterable[s
 
 def count_indices(state: Mapping[str, torch.Tensor], pattern: str) -> int:
     """Number of distinct integers captured by ``pattern`` (group 1) over the keys: blocks, stages."""
-    return len({m.group(1) for k in state if (m := re.match(pattern, k))})
+    return len(_indices(state, pattern))
+
+
+def missing_indices(state: Mapping[str, torch.Tensor], pattern: str, *, what: str, notes: list[str]) -> list[int]:
+    """Indices below the largest that ``pattern`` (group 1) captures that no key has, each named in
+    ``notes``: a file holding blocks 0, 1, 3 of a model was cut (or edited), and its count of 3 is
+    not the model's depth."""
+    found = _indices(state, pattern)
+    missing = sorted(set(range(max(found) + 1)) - found) if found else []
+    if missing:
+        notes.append(f"{what}: {', '.join(map(str, missing))} missing from 0-{max(found)}: the checkpoint "
+                     f"lacks part of the model (a truncated or edited file?), so the count shown is what it "
+                     f"stores, not what the model had")
+    return missing
+
+
+def _indices(state: Mapping[str, torch.Tensor], pattern: str) -> set[int]:
+    return {int(m.group(1)) for k in state if (m := re.match(pattern, k))}
 
 
 def _recognizers() -> list[tuple[str, Callable[..., CheckpointInfo | None]]]:

@@ -22,11 +22,12 @@ the shapes of either layout and names the released variant with exactly those de
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Mapping
 
 from candidates.convnext.config import VARIANTS
 from candidates.io import StateDict
-from candidates.recognize import CheckpointInfo, count_indices, count_parameters
+from candidates.recognize import CheckpointInfo, count_indices, count_parameters, missing_indices
 from harness.keymap import KeyTable, Rule
 
 if TYPE_CHECKING:  # recognition runs without torch (see candidates.recognize)
@@ -76,17 +77,42 @@ def convnext_to_original(state_dict: Mapping[str, Tensor]) -> StateDict:
 # ---------------------------------------------------------------------------------------------
 
 
-def convnext_dims(state: Mapping[str, Tensor]) -> dict[str, Any]:
-    """Depths, widths (stages with a stored width) and classes of a timm-layout ConvNeXt state dict."""
-    depths = [count_indices(state, rf"stages\.{i}\.blocks\.(\d+)\.") for i in range(4)]
-    dims = [state["stem.0.weight"].shape[0]]
-    for i in range(1, 4):
-        if f"stages.{i}.downsample.1.weight" in state:
-            dims.append(state[f"stages.{i}.downsample.1.weight"].shape[0])
+def convnext_dims(state: Mapping[str, Tensor], *, stages: int = 4, notes: list[str] | None = None) -> dict[str, Any]:
+    """Depths, per-stage widths and classes of the first ``stages`` stages of a timm-layout ConvNeXt
+    state dict. A stage the file has no key of has depth and width None, and a gap in its blocks or
+    its stages is named in ``notes``."""
+    notes = [] if notes is None else notes
+    depths: list[int | None] = []
+    dims: list[int | None] = []
+    for i in range(stages):
+        if i > 0 and not any(k.startswith(f"stages.{i}.") for k in state):
+            notes.append(f"stages.{i} has no keys: the checkpoint lacks a whole stage (a truncated or edited "
+                         f"file?), so its depth and width are unknown")
+            depths.append(None)
+            dims.append(None)
+            continue
+        blocks = rf"stages\.{i}\.blocks\.(\d+)\."
+        missing_indices(state, blocks, what=f"stages.{i}.blocks", notes=notes)
+        if i > 0 and f"stages.{i}.downsample.1.weight" not in state:
+            notes.append(f"stages.{i}.downsample.1.weight is missing: the stage's width is read off its blocks, "
+                         f"and the checkpoint cannot build a ConvNeXt as it is")
+        depths.append(count_indices(state, blocks))
+        dims.append(_stage_width(state, i))
     out: dict[str, Any] = {"depths": depths, "dims": dims}
     if "head.fc.weight" in state:
         out["num_classes"] = state["head.fc.weight"].shape[0]
     return out
+
+
+def _stage_width(state: Mapping[str, Tensor], stage: int) -> int | None:
+    """Stage ``stage``'s width: the stem's or downsample's output channels, else its first stored
+    block's depthwise channels."""
+    conv = "stem.0.weight" if stage == 0 else f"stages.{stage}.downsample.1.weight"
+    if conv in state:
+        return state[conv].shape[0]
+    depthwise = sorted((k for k in state if re.fullmatch(rf"stages\.{stage}\.blocks\.\d+\.conv_dw\.weight", k)),
+                       key=lambda k: int(k.split(".")[3]))
+    return state[depthwise[0]].shape[0] if depthwise else None
 
 
 def match_variant(dims: Mapping[str, Any]) -> str | None:
@@ -122,7 +148,7 @@ def recognize(state: Mapping[str, Tensor], *, num_heads: int | None = None) -> C
         if mapping.unmatched:
             info.notes.append(f"keys outside the original layout, not counted in dims: {mapping.unmatched[:5]}"
                               + (f" (+{len(mapping.unmatched) - 5} more)" if len(mapping.unmatched) > 5 else ""))
-    info.dims = convnext_dims(timm_state)
+    info.dims = convnext_dims(timm_state, notes=info.notes)
     info.variant = match_variant(info.dims)
     return info
 

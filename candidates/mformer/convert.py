@@ -145,9 +145,9 @@ def recognize(state: Mapping[str, torch.Tensor], *, num_heads: int | None = None
     if not ("stem.0.weight" in state and "downsample.1.weight" in state and "rope.freqs" in state):
         return None
     info = CheckpointInfo("mformer_v1", "timm", count_parameters(state), len(state))
-    cnx = convnext_dims(state)
+    cnx = convnext_dims(state, stages=2, notes=info.notes)  # an mFormerV1 keeps ConvNeXt stages 0 and 1
     cnx["dims"].append(state["downsample.1.weight"].shape[0])
     vit, info.num_heads_source = rope_vit_dims(state, original=False, num_heads=num_heads, notes=info.notes)
-    info.dims = {"convnext_depths": cnx["depths"][:2], "convnext_dims": cnx["dims"],
+    info.dims = {"convnext_depths": cnx["depths"], "convnext_dims": cnx["dims"],
                  "embed_dim": vit["embed_dim"], "depth": vit["depth"], "num_heads": vit["num_heads"]}
     return info

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from candidates.io import StateDict, load_exactly
 from candidates.recognize import (
-    HEADS_ASSUMED, HEADS_DERIVED, HEADS_GIVEN, CheckpointInfo, count_indices, count_parameters,
+    HEADS_ASSUMED, HEADS_DERIVED, HEADS_GIVEN, CheckpointInfo, count_indices, count_parameters, missing_indices,
 )
 from candidates.rope_vit.config import VARIANTS
 from harness.checks import check_type, check_value
@@ -175,6 +175,7 @@ def rope_vit_dims(
     """(dims, num_heads_source) of a RoPE-ViT (or the ViT part of an mFormerV1) state dict."""
     embed_dim = state["cls_token"].shape[-1]
     depth = count_indices(state, r"blocks\.(\d+)\.")
+    missing_indices(state, r"blocks\.(\d+)\.", what="blocks", notes=notes)
     if num_heads is not None:
         check_given_heads(num_heads, embed_dim)
     if original:

@@ -35,7 +35,9 @@ import re
 from typing import TYPE_CHECKING, Any, Mapping
 
 from candidates.io import StateDict
-from candidates.recognize import HEADS_ASSUMED, HEADS_GIVEN, CheckpointInfo, count_indices, count_parameters
+from candidates.recognize import (
+    HEADS_ASSUMED, HEADS_GIVEN, CheckpointInfo, count_indices, count_parameters, missing_indices,
+)
 from candidates.rope_vit.convert import assume_heads, check_given_heads
 from candidates.vlm.config import VARIANTS
 from harness.keymap import KeyTable, Rule
@@ -185,6 +187,7 @@ def recognize(state: Mapping[str, torch.Tensor], *, num_heads: int | None = None
     if mapping.unmatched:
         notes.append(f"{len(mapping.unmatched)} keys no DINOv3 row knows, e.g. {mapping.unmatched[0]!r}")
     dims = _dims(mapping.state)
+    missing_indices(mapping.state, r"blocks\.(\d+)\.", what="blocks", notes=notes)
     dims["num_heads"], source = _heads(dims, num_heads, notes)
     return CheckpointInfo(
         family="vlm",

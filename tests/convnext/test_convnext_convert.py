@@ -111,6 +111,28 @@ def test_recognize_notes_keys_outside_the_original_layout() -> None:
     assert recognize(original).notes == ["keys outside the original layout, not counted in dims: ['extra']"]
 
 
+def test_recognize_says_a_stage_without_keys_has_unknown_depth_and_width() -> None:
+    state = {k: v for k, v in _small().state_dict().items() if not k.startswith("stages.2.")}
+    info = recognize(state)
+    assert info.dims["depths"] == [1, 1, None, 1] and info.dims["dims"] == [8, 16, None, 32], info.dims
+    assert info.notes == ["stages.2 has no keys: the checkpoint lacks a whole stage (a truncated or edited file?), "
+                          "so its depth and width are unknown"]
+
+
+def test_recognize_names_a_block_missing_between_stored_ones() -> None:
+    state = {k: v for k, v in _small().state_dict().items() if not k.startswith("stages.2.blocks.0.")}
+    info = recognize(state)
+    assert info.dims["depths"] == [1, 1, 1, 1], info.dims
+    assert [n.split(": the")[0] for n in info.notes] == ["stages.2.blocks: 0 missing from 0-1"], info.notes
+
+
+def test_recognize_reads_a_width_off_the_blocks_when_the_downsample_is_missing() -> None:
+    state = {k: v for k, v in _small().state_dict().items() if not k.startswith("stages.2.downsample.")}
+    info = recognize(state)
+    assert info.dims["dims"] == list(DIMS), info.dims
+    assert [n.split(" is missing")[0] for n in info.notes] == ["stages.2.downsample.1.weight"], info.notes
+
+
 def test_recognize_is_none_for_another_family() -> None:
     assert recognize({"cls_token": torch.zeros(1, 1, 8), "rope.freqs": torch.zeros(2, 1, 2, 2)}) is None
 

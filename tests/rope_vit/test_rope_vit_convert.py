@@ -127,5 +127,12 @@ def test_recognize_reads_the_dims_of_either_layout(original):
     assert info.num_params == sum(v.numel() for v in state.values()), "grid buffers are not parameters"
 
 
+def test_recognize_names_a_block_missing_between_stored_ones():
+    state = {k: v for k, v in source_model().state_dict().items() if not k.startswith("blocks.0.")}
+    info = recognize(state)
+    assert info.dims["depth"] == 1
+    assert [n.split(": the")[0] for n in info.notes] == ["blocks: 0 missing from 0-1"], info.notes
+
+
 def test_recognize_is_none_for_another_family():
     assert recognize({"stem.0.weight": torch.zeros(8, 3, 4, 4), "stages.0.blocks.0.gamma": torch.zeros(8)}) is None
