@@ -70,13 +70,15 @@ class MixedRope(nn.Module):
 
     def forward(self, grid_size: tuple[int, int]) -> torch.Tensor:
         height, width = grid_size
-        # t_x = column, t_y = row of each token; broadcast over the (H, W) grid rather than
-        # materialized as a meshgrid, then flattened row-major as the patch embedding flattens
-        t_x = torch.arange(width, device=self.freqs.device, dtype=torch.float32)[:, None]       # (W, 1)
-        t_y = torch.arange(height, device=self.freqs.device, dtype=torch.float32)[:, None, None]  # (H, 1, 1)
+        # row-major token order, as the patch embedding flattens: t_x = column, t_y = row
+        rows, cols = torch.meshgrid(
+            torch.arange(height, device=self.freqs.device, dtype=torch.float32),
+            torch.arange(width, device=self.freqs.device, dtype=torch.float32),
+            indexing="ij",
+        )
+        t_x, t_y = cols.reshape(-1), rows.reshape(-1)                         # (N,)
         f_x, f_y = self.freqs.float()                                          # (depth, heads, P)
-        angles = t_x * f_x[..., None, None, :] + t_y * f_y[..., None, None, :]  # (depth, heads, H, W, P)
-        angles = angles.flatten(-3, -2)                                        # (depth, heads, N, P)
+        angles = t_x[:, None] * f_x[..., None, :] + t_y[:, None] * f_y[..., None, :]  # (depth, heads, N, P)
         sin = angles.sin().repeat_interleave(2, dim=-1)
         cos = angles.cos().repeat_interleave(2, dim=-1)
         return torch.cat([sin, cos], dim=-1).to(self.freqs.dtype)
