@@ -23,6 +23,10 @@ row is then made on the adapted tensor as on any other, and the adapter is shown
 wrong layout is not hidden by this: the module's consumers receive the wrong layout and fail.
 Summary-mode leaves (statistics only) need no adapter: mean, std and absmax do not depend on
 layout, so equal element counts suffice.
+
+Whether two tensors agree in any layout (:func:`agreeing_layout`): tensors of one shape are
+measured as they are; tensors of another shape through the adapter found, and so are tensors of one
+shape that disagree as they are when the caller asks for the shape-keeping permutations (5.).
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from harness.checks import type_error
+from harness.metrics import Tolerance, measure
+from harness.weightmap import shape_permutations
 
-__all__ = ["Adapter", "find_adapter", "UserAdapter", "check_adapters"]
+__all__ = ["AS_IS", "Adapter", "agreeing_layout", "find_adapter", "UserAdapter", "check_adapters"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,8 @@ class Adapter:
     description: str
     apply: Callable[[torch.Tensor], torch.Tensor]
 
+
+AS_IS = Adapter("as is", lambda t: t)  # what agreeing_layout answers for tensors that agree unadapted
 
 UserAdapter = tuple[str, Callable[[torch.Tensor], torch.Tensor]]  # (regex on candidate module name, fn)
 
@@ -164,10 +172,9 @@ def _window_adapters(cand: tuple[int, ...], ref: tuple[int, ...]) -> Iterator[Ad
 
 def _shape_keeping(shape: tuple[int, ...]) -> Iterator[Adapter]:
     """Permutations that leave ``shape`` as it is (NHWC against NCHW when C == H == W)."""
-    if len(shape) <= 6:
-        for dims in permutations(range(len(shape))):
-            if list(dims) != sorted(dims) and tuple(shape[d] for d in dims) == shape:
-                yield Adapter(_perm_text(dims), lambda t, dims=dims: t.permute(*dims))
+    # lexicographic, not the kernel layouts first: of adapters with equal errors the first is kept
+    for dims in sorted(shape_permutations(shape, shape)):
+        yield Adapter(_perm_text(dims), lambda t, dims=dims: t.permute(*dims))
 
 
 def find_adapter(candidate: torch.Tensor, reference: torch.Tensor, *, same_shape: bool = False) -> Adapter | None:
@@ -196,3 +203,20 @@ def find_adapter(candidate: torch.Tensor, reference: torch.Tensor, *, same_shape
             if err == 0.0:
                 break
     return None if best is None else best[1]
+
+
+def agreeing_layout(candidate: torch.Tensor, reference: torch.Tensor, tol: Tolerance, *,
+                    same_shape: bool = False) -> Adapter | None:
+    """The layout in which ``candidate`` holds ``reference``'s values within ``tol``: :data:`AS_IS`
+    when it does as it is, the adapter of :func:`find_adapter` when only through that, None when in
+    no layout. ``same_shape``: tensors of one shape that disagree as they are also try the
+    permutations that keep the shape."""
+    if candidate.shape == reference.shape:
+        if measure(candidate, reference).passes(tol):
+            return AS_IS
+        if not same_shape:
+            return None
+    adapter = find_adapter(candidate, reference, same_shape=same_shape)
+    if adapter is None or not measure(adapter.apply(candidate), reference).passes(tol):
+        return None
+    return adapter

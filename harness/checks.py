@@ -24,7 +24,7 @@ import math
 from typing import Any, Iterable
 
 __all__ = ["one_line", "check_choice", "check_int", "check_module", "check_number", "check_type", "check_value",
-           "describe_type", "describe_value", "type_error", "value_error"]
+           "describe_type", "describe_value", "is_int_list", "type_error", "value_error"]
 
 _SCALARS = (str, int, float, bool, type(None))
 _CONTAINERS = (tuple, list, dict, set, frozenset)
@@ -107,6 +107,14 @@ def check_number(name: str, value: Any, *, minimum: float | None = None, above: 
     check_type(name, value, (int, float), what=expected, fix=fix)
     ok = math.isfinite(value) and (minimum is None or value >= minimum) and (above is None or value > above)
     return float(check_value(name, value, ok, expected=expected, fix=fix))
+
+
+def is_int_list(value: Any, *, minimum: int | None = None, kinds: tuple[type, ...] = (list, tuple)) -> bool:
+    """Whether ``value`` is a list (or another of ``kinds``) of ``int``s, never ``bool``s, each at least
+    ``minimum`` when given (``minimum=0``: a shape's sizes). A test rather than a check, for readers of
+    a file that word every fault in it their own way (one ValueError, a line naming the problem)."""
+    return isinstance(value, kinds) and all(
+        isinstance(n, int) and not isinstance(n, bool) and (minimum is None or n >= minimum) for n in value)
 
 
 def check_choice(name: str, value: Any, choices: Iterable[Any], *, fix: str | None = None) -> Any:

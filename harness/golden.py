@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from harness.checks import check_type, check_value
+from harness.checks import check_type, check_value, is_int_list
 from harness.files import atomic_write_text
 
 __all__ = ["GoldenMismatch", "GoldenFileError", "to_jsonable", "from_jsonable", "diff", "check", "write", "read"]
@@ -74,7 +74,7 @@ def _tensor(spec: Any, where: str) -> torch.Tensor:
     if not isinstance(dtype, torch.dtype):
         raise _Broken(f"{where}.dtype", f"{spec['dtype']!r} is not a torch dtype name such as 'float32' or 'int64'")
     shape = spec["shape"]
-    if not (isinstance(shape, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
+    if not is_int_list(shape, minimum=0, kinds=(list,)):
         raise _Broken(f"{where}.shape", f"expected a list of sizes >= 0, got {shape!r:.60}")
     if not isinstance(spec["data"], list):
         raise _Broken(f"{where}.data", f"expected a flat list of numbers, got {type(spec['data']).__name__}")

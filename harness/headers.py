@@ -39,6 +39,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from harness.checks import is_int_list
+
 __all__ = ["MAX_SAFETENSORS_HEADER", "PICKLE_SUFFIXES", "TensorHeader", "ValuesUnavailable", "WRAPPER_KEYS",
            "read_headers", "safetensors_entry_problem", "unwrap_state"]
 
@@ -233,7 +235,7 @@ def safetensors_entry_problem(info: Any, data_bytes: int) -> str | None:
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
     if dtype not in _SAFETENSORS_DTYPES:
         return f"unknown dtype {dtype!r}"
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+    if not is_int_list(shape, minimum=0, kinds=(list,)):
         return f"shape {shape!r} is not a list of sizes"
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
         return f"data_offsets {offsets!r} are not two byte offsets"

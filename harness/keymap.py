@@ -36,7 +36,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from harness.checks import check_choice, one_line
+from harness.checks import check_choice, is_int_list, one_line
 from harness.headers import TensorHeader
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
 # -- steps ----------------------------------------------------------------------------------------
 # the fields each op needs: (name, what it must be, check)
 _INT = ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))
-_INTS = ("a list of integers", lambda v: isinstance(v, (list, tuple)) and all(_INT[1](x) for x in v))
+_INTS = ("a list of integers", is_int_list)
 _PAIR = ("a list of two integers", lambda v: _INTS[1](v) and len(v) == 2)
 _STEP_FIELDS = {
     "slice": (("dim", *_INT), ("start", *_INT), ("stop", *_INT)),

@@ -43,7 +43,7 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from torch import nn
 
-from harness.adapters import Adapter, UserAdapter, find_adapter, user_adapter
+from harness.adapters import AS_IS, Adapter, UserAdapter, agreeing_layout, find_adapter, user_adapter
 from harness.align import Aligned, Alignment, Match
 from harness.metrics import Metrics, Tolerance, measure, measure_summaries, tolerance_for
 from harness.trace import Leaf, Record, TensorSummary, flatten_tensors, map_tensors
@@ -180,10 +180,8 @@ def _inputs_in_another_layout(match: Match, tol: Tolerance) -> bool:
     tensors = [(a, b) for _, a, b in pairs if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
                and a.numel() == b.numel() and a.is_floating_point()]
     for a, b in tensors:
-        if a.shape == b.shape and measure(a, b).passes(tol):
-            continue
-        adapter = find_adapter(a, b, same_shape=a.shape == b.shape)
-        if adapter is not None and measure(adapter.apply(a), b).passes(tol):
+        found = agreeing_layout(a, b, tol, same_shape=True)
+        if found is not None and found is not AS_IS:
             return True
     return False
 
@@ -523,17 +521,6 @@ def _vouched(call: Record, pool: Sequence[Record], tol: Tolerance | None) -> boo
     if not isinstance(out, torch.Tensor) or out.numel() == 0 or not out.is_floating_point():
         return False
     tol = tol or tolerance_for(out.dtype)
-    for record in pool:
-        for ref in record.outputs.values():
-            if not isinstance(ref, torch.Tensor) or ref.numel() != out.numel() or ref.dtype != out.dtype:
-                continue
-            if ref.shape != out.shape:
-                adapter = find_adapter(out, ref)
-                if adapter is None:
-                    continue
-                candidate = adapter.apply(out)
-            else:
-                candidate = out
-            if measure(candidate, ref).passes(tol):
-                return True
-    return False
+    return any(isinstance(ref, torch.Tensor) and ref.numel() == out.numel() and ref.dtype == out.dtype
+               and agreeing_layout(out, ref, tol) is not None
+               for record in pool for ref in record.outputs.values())

@@ -67,7 +67,7 @@ from harness.checks import check_type, check_value
 from harness.trace import ROOT, Record, flatten_tensors, hookable_modules, map_tensors, output_leaves
 
 __all__ = ["BITWISE_NOTE", "DEFAULT_NOISE_RATIO", "UNIT_ROUNDOFF", "NoiseFloor", "NoiseJudgement", "NoiseVerdicts", "judge",
-           "noise_verdicts", "float64_hint"]
+           "noise_verdicts", "float64_hint", "ratio_divisor"]
 
 DEFAULT_NOISE_RATIO: dict[str, float] = {"float32": 4.0, "bfloat16": 8.0, "float16": 8.0}
 BITWISE_NOTE = ("noise floor: every output and layer is bitwise the reference's, so each error is the reference's own "
@@ -116,6 +116,11 @@ def _rel(a: torch.Tensor, exact: torch.Tensor) -> float:
     return diff / scale
 
 
+def ratio_divisor(floor: float, dtype: str) -> float:
+    """What a ratio divides the error by: the floor, or the unit roundoff of ``dtype`` where the floor is smaller."""
+    return max(floor, UNIT_ROUNDOFF.get(dtype, 2.0 ** -24))
+
+
 def judge(candidate: torch.Tensor, reference: torch.Tensor, exact: torch.Tensor, dtype: str,
           threshold: float | None = None) -> NoiseJudgement:
     """Judge ``candidate`` against ``exact`` (float64 reference) with ``reference``'s error as the floor."""
@@ -123,8 +128,7 @@ def judge(candidate: torch.Tensor, reference: torch.Tensor, exact: torch.Tensor,
     if candidate.shape != exact.shape or reference.shape != exact.shape:
         return NoiseJudgement(math.inf, math.nan, math.inf, threshold, False)
     error, floor = _rel(candidate, exact), _rel(reference, exact)
-    u = UNIT_ROUNDOFF.get(dtype, 2.0 ** -24)
-    ratio = error / max(floor, u) if math.isfinite(error) else math.inf
+    ratio = error / ratio_divisor(floor, dtype) if math.isfinite(error) else math.inf
     return NoiseJudgement(error, floor, ratio, threshold, ratio <= threshold)
 
 

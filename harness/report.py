@@ -32,6 +32,7 @@ import torch
 from harness.files import atomic_write_text  # re-exported: harness.report.atomic_write_text is public
 from harness.localize import Row
 from harness.metrics import Metrics, Tolerance
+from harness.noise import ratio_divisor
 from harness.runs import STATUS_LEGEND
 
 __all__ = ["ParityReport", "environment", "write_json", "write_html", "atomic_write_text", "SCHEMA"]
@@ -210,8 +211,9 @@ def _noise_lines(noise: dict, dtype: str) -> list[str]:
         return [f"noise floor: output error at most 1x the reference's own {dtype} rounding (bitwise the "
                 f"reference's outputs, no float64 run needed; threshold {noise['threshold']:g}x): within rounding"]
     floor, error = float(worst["floor"]), float(worst["error"])
-    # the ratio divides by the floor, or by the unit roundoff where the floor is smaller (harness.noise)
-    divisor = error / float(worst["ratio"]) if float(worst["ratio"]) not in (0.0, math.inf) else floor
+    # a ratio of 0 or infinity is the same whatever it divides by: no divisor worth naming; a floor
+    # within rounding of the unit roundoff prints as it, so raising it is not worth naming either
+    divisor = ratio_divisor(floor, dtype) if float(worst["ratio"]) not in (0.0, math.inf) else floor
     raised = f", raised to the unit roundoff {divisor:.3e}" if divisor > floor * (1 + 1e-9) else ""
     return [f"noise floor: output error {float(worst['ratio']):.3g}x the reference's own {dtype} rounding "
             f"(error {error:.3e}, floor {floor:.3e}{raised}; relative L2 against a float64 "

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from harness.checks import check_module, one_line
+from harness.checks import check_module, is_int_list, one_line
 from harness.keymap import Move, StateDict, Step, apply_moves, check_step, describe_steps, invert_steps, shape_after
 from harness.trace import ROOT
 
@@ -350,8 +350,7 @@ def _names(source: Mapping[str, Any], side: str) -> list[str]:
 
 
 def _shape(value: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(value, (list, tuple)) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
-                                                        for n in value):
+    if not is_int_list(value, minimum=0):
         raise ValueError(f"{what} must be a list of sizes such as [96, 3, 4, 4], got {value!r}")
     return tuple(value)
 
