@@ -968,6 +968,11 @@ def _settings(m: nn.Module) -> dict[str, Any]:
 _TRAINING_ONLY = frozenset({"momentum"})
 
 
+def _build(m: nn.Module) -> tuple:
+    """What a renamed twin must share: setting names, own tensor shapes, number of children."""
+    return frozenset(_settings(m)), tuple(_own_shapes(m)), len(list(m.children()))
+
+
 def _own_shapes(m: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
     return sorted((k, tuple(t.shape)) for k, t in (*m.named_parameters(recurse=False), *m.named_buffers(recurse=False))
                   if t is not None)
@@ -977,15 +982,13 @@ def attribute_diff(candidate: nn.Module, reference: nn.Module, prefix: str) -> l
     """Settings (eps, approximate, stride, groups, inplace...) that differ between twin submodules."""
     cmods, rmods = dict(candidate.named_modules()), dict(reference.named_modules())
     pairs = [(n, cmods[n], rmods[n]) for n in cmods if n in rmods]
-    left_c = [(n, m) for n, m in cmods.items() if n not in rmods]
-    left_r = [(n, m) for n, m in rmods.items() if n not in cmods]
-    for n, m in left_c:  # renamed twins: in order, those with the same settings and own tensor shapes
-        for idx, (rn, rm) in enumerate(left_r):
-            if set(_settings(m)) == set(_settings(rm)) and _own_shapes(m) == _own_shapes(rm) \
-                    and len(list(m.children())) == len(list(rm.children())):
-                pairs.append((n, m, rm))
-                del left_r[idx]
-                break
+    left_r = [(n, m, _build(m)) for n, m in rmods.items() if n not in cmods]
+    for n, m in ((n, m) for n, m in cmods.items() if n not in rmods):
+        # renamed twins: in order, those with the same setting names, own tensor shapes and children
+        build = _build(m)
+        idx = next((i for i, (_, _, b) in enumerate(left_r) if b == build), None)
+        if idx is not None:
+            pairs.append((n, m, left_r.pop(idx)[1]))
     out = []
     for name, c, r in pairs:
         cs, rs = _settings(c), _settings(r)
@@ -1119,19 +1122,30 @@ _NUMERIC_SETTINGS = frozenset({"eps", "approximate", "negative_slope", "alpha", 
                                "max_val", "scale", "lambd"})
 
 
+def numeric_setting_differences(row: Any) -> list[str]:
+    """``"eps 0.001 (reference 1e-05)"`` for each numeric setting on which a confirmed row's twin
+    modules disagree; [] for a row paired by shape only or against a recorded reference."""
+    cand, ref = row.match.candidate.module, row.match.reference.module
+    if row.match.how == "structure" or cand is None or ref is None or type(ref).__name__ == "RecordedModule":
+        return []
+    cs, rs = _joined_settings(cand), _joined_settings(ref)
+    return [f"{key} {_show(cs[key])} (reference {_show(rs[key])})"
+            for key in sorted(_NUMERIC_SETTINGS & cs.keys() & rs.keys()) if not _same_value(cs[key], rs[key])]
+
+
+def _joined_settings(m: nn.Module) -> dict[str, Any]:
+    """A module's settings; for a twin joined with the call after it (a norm and its activation,
+    ``localize._Chain``), both parts', the first part's where both have one."""
+    if hasattr(m, "scope_names"):
+        return {**_settings(m.tail), **_settings(m.head)}
+    return _settings(m)
+
+
 def setting_notes(rows: Iterable[Any], dtype: str) -> list[str]:
     """One note naming the numeric settings (eps, approximate...) on which confirmed twins disagree,
     for a comparison that passed all the same (a difference its dtype rounds away)."""
-    found = []
-    for row in rows:
-        cand, ref = row.match.candidate.module, row.match.reference.module
-        if row.match.how == "structure" or cand is None or ref is None or type(ref).__name__ == "RecordedModule":
-            continue
-        cs, rs = _settings(cand), _settings(ref)
-        for key in sorted(_NUMERIC_SETTINGS & cs.keys() & rs.keys()):
-            if not _same_value(cs[key], rs[key]):
-                found.append(f"{row.candidate} {key} {_show(cs[key])} (reference {_show(rs[key])})")
-    found = list(dict.fromkeys(found))
+    found = list(dict.fromkeys(f"{row.candidate} {difference}" for row in rows
+                               for difference in numeric_setting_differences(row)))
     if not found:
         return []
     more = f" and {len(found) - 6} more" if len(found) > 6 else ""

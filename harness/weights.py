@@ -34,6 +34,7 @@ The result is a :class:`harness.weightmap.WeightMap`: data that reads both ways.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from dataclasses import dataclass, replace
 from itertools import combinations
@@ -45,6 +46,7 @@ from torch.overrides import TorchFunctionMode
 
 from harness.trace import ROOT
 from harness.checks import check_module
+from harness.diagnose import numeric_setting_differences
 from harness.weightmap import Entry, Step, WeightMap, layout_steps, load_weight_map, owner_of, shape_permutations
 
 __all__ = ["WeightMap", "Entry", "map_weights", "infer_map", "load_weight_map"]
@@ -326,7 +328,7 @@ def infer_map(
         used_c.update(ci)
         used_r.update(ri)
     entries += _repair(cand, ref, entries, used_c, used_r)
-    entries = _untangle(entries)
+    entries = _cohere(_untangle(entries))
     order = {t.key: k for k, t in enumerate(cand)}
     entries.sort(key=lambda e: order[e.candidate])
     entries += _companions(entries, candidate, reference, cand_computed, ref_computed)
@@ -427,6 +429,53 @@ def _untangle(entries: list[Entry]) -> list[Entry]:
     return entries
 
 
+def _unit(key: str) -> str:
+    """The module a tensor's module sits in: a conv and the norm after it (``proj.0.weight``,
+    ``proj.1.weight``) form the unit ``proj`` that the other side also builds as one."""
+    return owner_of(owner_of(key))
+
+
+def _cohere(entries: list[Entry]) -> list[Entry]:
+    """Keep units whole. Where the in-order alignment could not follow a block that runs its
+    shortcut before the main branch on one side and after it on the other, leftovers were paired
+    by shape alone and a unit may take its conv from one reference unit and its norm from another.
+    A unit's source is the reference unit most of its elements come from; two same-shaped tensors
+    of one role (equal leaf names on both sides) that each sit in the wrong source exchange their
+    sources when the exchange puts both in their unit's source. Whole units, once consistent, are
+    ordered by the verification (exchanges of same-shaped submodules)."""
+    entries = list(entries)
+    single = [k for k, e in enumerate(entries) if len(e.reference) == 1]
+    for _ in range(len(single)):  # each exchange fixes two entries for good: bounded
+        source = _unit_sources([entries[k] for k in single])
+        misfits = [k for k in single if _unit(entries[k].reference[0]) != source[_unit(entries[k].candidate)]]
+        pair = next(((a, b) for i, a in enumerate(misfits) for b in misfits[i + 1:]
+                     if _exchange_fits(entries[a], entries[b], source)), None)
+        if pair is None:
+            break
+        a, b = pair
+        entries[a], entries[b] = _swap_sources(entries[a], entries[b])
+    return entries
+
+
+def _unit_sources(entries: list[Entry]) -> dict[str, str]:
+    """Each candidate unit's reference unit: the one most of its mapped elements come from."""
+    weight: dict[str, dict[str, int]] = {}
+    for e in entries:
+        votes = weight.setdefault(_unit(e.candidate), {})
+        votes[_unit(e.reference[0])] = votes.get(_unit(e.reference[0]), 0) + math.prod(e.shape)
+    return {unit: max(votes, key=votes.get) for unit, votes in weight.items()}
+
+
+def _exchange_fits(a: Entry, b: Entry, source: dict[str, str]) -> bool:
+    def leaf(key: str) -> str:
+        return key.rsplit(".", 1)[-1]
+
+    return (a.kind == b.kind and a.shape == b.shape and a.reference_shapes == b.reference_shapes
+            and leaf(a.candidate) == leaf(b.candidate) and leaf(a.reference[0]) == leaf(b.reference[0])
+            and _unit(b.reference[0]) == source[_unit(a.candidate)]
+            and _unit(a.reference[0]) == source[_unit(b.candidate)])
+
+
 def _common_prefix(keys: Iterable[str]) -> str:
     """The deepest module (as ``name.``) containing every key; ``""`` for the root."""
     parts = [k.split(".")[:-1] for k in keys]
@@ -503,6 +552,9 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
         culprit = next((m for m in report.introduced if m not in stuck), None)
         if culprit is None:
             break
+        if _settings_differ(report, culprit):  # the models differ there: no choice of weights can help
+            stuck.add(culprit)
+            continue
         for alternative, change in _alternatives(weights, culprit):
             if budget <= 0:
                 break
@@ -523,12 +575,23 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
         else:
             stuck.add(culprit)
     weights.verified = bool(report.passed)
-    weights.conflicts = [] if report.passed else [
-        {"module": m, "text": f"after transfer, {m} disagrees with its reference twin "
-                              f"(the map or the model is wrong there)"} for m in report.introduced]
+    weights.conflicts = [] if report.passed else [_conflict(report, m) for m in report.introduced]
     if not report.passed and not report.introduced:
         weights.conflicts.append({"module": None, "text": f"after transfer the outputs disagree "
                                                           f"(max_abs {report.output.max_abs:.3e})"})
+
+
+def _settings_differ(report, module: str) -> list[str]:
+    """The numeric settings (eps, approximate...) on which ``module`` and its twin disagree."""
+    row = next((r for r in report.rows if r.candidate == module and r.status == "introduced"), None)
+    return numeric_setting_differences(row) if row is not None else []
+
+
+def _conflict(report, module: str) -> dict[str, Any]:
+    settings = _settings_differ(report, module)
+    why = (f"the twins differ in {'; '.join(settings)}, which no choice of weights can make up"
+           if settings else "the map or the model is wrong there")
+    return {"module": module, "text": f"after transfer, {module} disagrees with its reference twin ({why})"}
 
 
 def _better(trial, current) -> bool:
@@ -645,6 +708,11 @@ def _signature(entries: list[Entry], members: dict[str, int]) -> tuple:
     return tuple(sorted((rel, entries[k].shape, entries[k].reference_shapes) for rel, k in members.items()))
 
 
+def _named_alike(entries: list[Entry], members: dict[str, int]) -> bool:
+    return all(entries[k].candidate.rsplit(".", 1)[-1] == entries[k].reference[0].rsplit(".", 1)[-1]
+               for k in members.values())
+
+
 def _subtree_swaps(entries: list[Entry], inside: list[int], prefix: str,
                    culprit: str) -> list[tuple[str, str, tuple[tuple[int, int], ...]]]:
     """Pairs of disjoint submodules under ``prefix`` (or single tensors of one module) whose mapped
@@ -662,6 +730,9 @@ def _subtree_swaps(entries: list[Entry], inside: list[int], prefix: str,
             continue
         if any(len(entries[k].reference) != 1 for k in (*by_module[a].values(), *by_module[b].values())):
             continue
+        if _named_alike(entries, by_module[a]) and _named_alike(entries, by_module[b]) and owner_of(a) == owner_of(b) \
+                and "" in by_module[a]:
+            continue  # two tensors of one module, each under its source's name: names settled their order
         swap = tuple((by_module[a][rel], by_module[b][rel]) for rel in sorted(by_module[a]))
         ranked.append(((not (involves(a) or involves(b)), -len(swap), a, b), (a, b, swap)))
     return [item for _, item in sorted(ranked)]

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import harness
-from port_toys import (ChannelsLastNet, ChannelsLastPatches, ConvNet, ConvPatches, FusedBlock, SplitBlock, images,
-                       randomized, tokens)
+from port_toys import (ChannelsLastNet, ChannelsLastPatches, ConvNet, ConvNormActFused, ConvNormActStack, ConvPatches,
+                       FusedBlock, SplitBlock, feature_maps, images, randomized, tokens)
 
 
 def state_equal(a: nn.Module, b: nn.Module) -> bool:
@@ -108,6 +108,32 @@ def test_a_map_that_makes_twins_disagree_is_reported_not_accepted():
     candidate, reference = randomized(FusedBlock(eps=1e-3), 1), randomized(SplitBlock(), 2)
     weights = harness.map_weights(candidate, reference, tokens())
     assert weights.verified is False and [c["module"] for c in weights.conflicts] == ["norm"], str(weights)
+
+
+def test_a_conflict_from_a_setting_names_the_setting():
+    candidate, reference = randomized(FusedBlock(eps=1e-3), 1), randomized(SplitBlock(), 2)
+    weights = harness.map_weights(candidate, reference, tokens())
+    assert [c["text"] for c in weights.conflicts] == [
+        "after transfer, norm disagrees with its reference twin (the twins differ in eps 0.001 (reference 1e-06), "
+        "which no choice of weights can make up)"], str(weights)
+
+
+def test_a_conflict_from_a_setting_spends_no_verification_run_on_other_weights(monkeypatch):
+    tried = []
+    alternatives = harness.weights._alternatives
+    monkeypatch.setattr(harness.weights, "_alternatives", lambda w, module: tried.append(module) or alternatives(w, module))
+    candidate, reference = randomized(FusedBlock(eps=1e-3), 1), randomized(SplitBlock(), 2)
+    harness.map_weights(candidate, reference, tokens())
+    assert tried == []
+
+
+def test_a_setting_of_a_norm_joined_with_its_activation_is_named():
+    # torchvision's BatchNorm + SiLU modules against timm's norm holding its activation
+    candidate, reference = randomized(ConvNormActStack(), 1), randomized(ConvNormActFused(), 2)
+    candidate.norms[1].eps = 1e-3
+    weights = harness.map_weights(candidate, reference, feature_maps())
+    assert [(c["module"], "eps 0.001 (reference 1e-05)" in c["text"]) for c in weights.conflicts] == [
+        ("norms.1", True)], str(weights)
 
 
 def test_batchnorm_statistics_and_counter_are_mapped_and_index_buffers_are_not():
