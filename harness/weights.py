@@ -19,13 +19,19 @@ its weights. The algorithm:
    composite) and maximizes the number of pairs. Ties are broken by the operation that used the
    tensor (a ``layer_norm`` weight matches a ``layer_norm`` weight), then by the tensor's own name
    (``weight``/``bias``), then by word overlap of the full names. Names never decide alone.
+   Units stay whole: where leftovers were paired by shape alone (a block that runs its shortcut
+   before the main branch on one side and after it on the other), a unit (a conv and its norm)
+   whose tensors come from several reference units exchanges same-role tensors with another so
+   that each takes all from the reference unit most of its elements come from.
 4. Companions. Integer buffers (``num_batches_tracked``) follow the module their floating
    siblings were mapped to. Buffers each model computes for itself (index tables, RoPE periods)
    are listed as computed and never copied.
 5. Verification. The reference's weights are transferred into a copy of the candidate and the two
    are compared with modules paired through the map. Where twin modules disagree, the ambiguous
    alternatives inside the first disagreeing module are tried (a square matrix transposed, two
-   same-shaped submodules swapped) and kept when the module then agrees. What still disagrees is
+   same-shaped submodules swapped) and kept when the module then agrees. A module whose twin
+   differs in a numeric setting (``eps``, ``approximate``) disagrees whatever the weights: no
+   alternative is tried there, and its conflict names the setting. What still disagrees is
    listed in ``conflicts``: a map is never accepted silently.
 
 The result is a :class:`harness.weightmap.WeightMap`: data that reads both ways.
