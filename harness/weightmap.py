@@ -55,6 +55,12 @@ def layout_steps(target: tuple[int, ...], source: tuple[int, ...]) -> tuple[list
     if len(target) >= 2 and len(source) >= 2 and target[0] == source[0]:
         # a patch-embedding convolution (D, C, p, p) against a linear layer (D, C*p*p)
         return [{"op": "reshape", "shape": list(target)}], 0.1
+    if len(target) >= 2 and len(source) >= 2 and target[-1] == source[-1]:
+        # output rows split or merged: a fused qkv weight (3, heads, head_dim, C) against (3C, C)
+        return [{"op": "reshape", "shape": list(target)}], 0.1
+    if len(target) == 1 or len(source) == 1:
+        # a vector against its split form: a fused qkv bias (3, heads, head_dim) against (3C,)
+        return [{"op": "reshape", "shape": list(target)}], 0.12
     return None
 
 

@@ -205,3 +205,35 @@ def test_a_patch_embedding_flattened_channels_last_is_mapped_and_reads_back():
     weights.transfer(reference, candidate)
     back = weights.to_reference(dict(candidate.named_parameters()))
     assert torch.equal(back["proj.weight"], reference.proj.weight), "the table read backward does not restore the kernel"
+
+
+class _HeadSplitQKV(nn.Module):
+    """Attention projections stored (3, heads, head_dim, C) and (3, heads, head_dim), applied by einsum."""
+
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.wqkv = nn.Parameter(torch.randn(3, heads, dim // heads, dim))
+        self.bqkv = nn.Parameter(torch.randn(3, heads, dim // heads))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = (torch.einsum("bnc,hdc->bhnd", x, self.wqkv[i]) + self.bqkv[i][:, None] for i in range(3))
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+
+
+class _FlatQKV(nn.Module):
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads, self.qkv = heads, nn.Linear(dim, 3 * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+
+
+def test_a_qkv_stored_split_by_heads_is_a_reshape_of_a_flat_one():
+    candidate, reference = randomized(_FlatQKV(), 1), randomized(_HeadSplitQKV(), 2)
+    weights = harness.map_weights(candidate, reference, tokens())
+    assert [(e.candidate, e.reference, e.transform) for e in weights.entries] == [
+        ("qkv.weight", ("wqkv",), "reshape(shape=[48, 16])"), ("qkv.bias", ("bqkv",), "reshape(shape=[48])")], str(weights)
+    assert weights.verified, str(weights)
