@@ -648,6 +648,8 @@ def _argument_findings(module: str, c: Op, r: Op) -> list[dict]:
         a, b = c.args.get(key), r.args.get(key)
         if key.startswith("arg") and (key not in c.args or key not in r.args):
             continue  # positional leftovers of different spellings
+        if key in _TRAINING_ONLY and not (c.args.get("training") or r.args.get("training")):
+            continue  # a BatchNorm's momentum changes nothing in eval mode
         if not _same_value(a, b):
             op, inside = c.name, ""
             if c.name == "scaled_dot_product_attention" and key in ("dim", "dtype"):
@@ -1022,7 +1024,9 @@ def diagnose_modules(
     cand = _Side(c_rec, c_stream, flatten_tensors(c_out))
     ref = _Side(r_rec, r_stream, flatten_tensors(r_out))
     findings = compare_streams(name, cand, ref, tol, reference, root, expected)
-    findings += attribute_diff(candidate, reference, name)
+    said = {(f["module"], f["argument"]) for f in findings if f["kind"] == "argument"}
+    # a setting the op's arguments already show (batch_norm eps) is not said again as an attribute
+    findings += [f for f in attribute_diff(candidate, reference, name) if (f["module"], f["argument"]) not in said]
     return _rank(_dedupe(findings))
 
 
