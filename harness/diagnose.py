@@ -1024,9 +1024,7 @@ def diagnose_modules(
     cand = _Side(c_rec, c_stream, flatten_tensors(c_out))
     ref = _Side(r_rec, r_stream, flatten_tensors(r_out))
     findings = compare_streams(name, cand, ref, tol, reference, root, expected)
-    said = {(f["module"], f["argument"]) for f in findings if f["kind"] == "argument"}
-    # a setting the op's arguments already show (batch_norm eps) is not said again as an attribute
-    findings += [f for f in attribute_diff(candidate, reference, name) if (f["module"], f["argument"]) not in said]
+    findings += attribute_diff(candidate, reference, name)
     return _rank(_dedupe(findings))
 
 

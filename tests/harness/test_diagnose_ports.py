@@ -131,12 +131,14 @@ def test_settings_that_change_nothing_are_not_findings():
     assert attribute_diff(candidate.train(), reference.train(), "stem")[0]["argument"] == "momentum"
 
 
-def test_an_eval_mode_batch_norm_finding_names_eps_once_and_not_momentum():
+def test_an_eval_mode_batch_norm_finding_names_eps_and_not_momentum():
     candidate = nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4, eps=1e-3, momentum=0.01)).double().eval()
     reference = nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4, eps=1e-5, momentum=0.1)).double().eval()
     reference.load_state_dict(candidate.state_dict())
     findings = diagnose_modules(candidate, reference, (feature_maps()[:, :4],), {}, name="stem")
-    assert [(f["module"], f["argument"]) for f in findings] == [("stem.1", "eps")], [f["text"] for f in findings]
+    # the op's argument, then the module setting behind it
+    assert [(f["module"], f["kind"], f["argument"]) for f in findings] == [
+        ("stem.1", "argument", "eps"), ("stem.1", "attribute", "eps")], [f["text"] for f in findings]
 
 
 def _hwio_pair():
