@@ -14,7 +14,7 @@ from harness.backward import check_backward, compare_backward
 from harness.adapters import UserAdapter
 from harness.checks import check_module, type_error
 from harness.diagnose import annotate_mismatches, origins_diagnosis, setting_notes
-from harness.localize import Localization, Row, extend_twins, localize_all, measure_match
+from harness.localize import Localization, Row, drop_trailing_ops, extend_twins, localize_all, measure_match
 from harness.memory import trace_budget
 from harness.noise import float64_hint, noise_verdicts
 from harness.metrics import Metrics, Tolerance, dtype_name, measure, tolerance_for
@@ -196,6 +196,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
     rows = [measured(match) for match in alignment.matches]
     if twins:
         alignment = extend_twins(rows, alignment, measured)
+    drop_trailing_ops(rows, alignment, measured)
     progress.stage("localize")
     noise = noise_verdicts(o.noise_floor, name, rows, final, reference=None if replay is not None else reference,
                            call=call, mode=getattr(cand_trace, "mode", o.mode), reference_call=o.reference_call,

@@ -29,6 +29,11 @@ or a failing guess that gives its guessed twin's output when re-run on that twin
 shared ReLU after a dropped residual add). With every suspect cleared, the error was made in the
 twinned call's own code. ``introduced`` lists every independent origin in execution order.
 
+Twins that differ by a parameter-free operation one side applies inside the module and the
+other after it (timm's ``BatchNormAct2d`` against a BatchNorm followed by ``F.relu`` in the
+caller's code) are measured before that operation (:func:`drop_trailing_ops`); a side that never
+applies it is caught by the call that reads the value, or by its caller.
+
 Twins whose outputs hold the same elements in another layout are compared through an adapter
 (:mod:`harness.adapters`); twins whose shapes no adapter explains fail as a visible shape mismatch. (Prior art: coremltools' comparator blames an op whose output fails while
 its direct inputs pass; torch.ao.ns' shadow mode feeds one model's inputs into the other's layers.)
@@ -46,9 +51,10 @@ from torch import nn
 from harness.adapters import AS_IS, Adapter, UserAdapter, agreeing_layout, find_adapter, user_adapter
 from harness.align import Aligned, Alignment, Match
 from harness.metrics import Metrics, Tolerance, measure, measure_summaries, tolerance_for
-from harness.trace import Leaf, Record, TensorSummary, flatten_tensors, map_tensors
+from harness.trace import ROOT, Leaf, Record, TensorSummary, flatten_tensors, map_tensors
 
-__all__ = ["Row", "Status", "Localization", "measure_match", "extend_twins", "classify", "localize", "localize_all"]
+__all__ = ["Row", "Status", "Localization", "measure_match", "extend_twins", "drop_trailing_ops", "classify", "localize",
+           "localize_all"]
 
 Status = Literal["ok", "introduced", "contains", "propagated", "tentative"]
 
@@ -227,6 +233,60 @@ def extend_twins(rows: list[Row], alignment: Alignment, measure_row: Callable[[M
             _extend(rows, at, pools, *chosen[:3])
     return replace(alignment, unmatched_candidate=sorted(pools["candidate"], key=lambda r: r.end),
                    unmatched_reference=sorted(pools["reference"], key=lambda r: r.end))
+
+
+def drop_trailing_ops(rows: list[Row], alignment: Alignment, measure_row: Callable[[Match], Row]) -> None:
+    """Twins that differ by an operation one side applies inside the module and the other after
+    it, in its caller's code: timm's ``BatchNormAct2d`` ends with its ``act`` child, torchvision's
+    Inception applies ``F.relu`` after its BatchNorm. When a confirmed row fails and one side's call
+    ends with an unpaired call without parameters whose output is the call's output (directly or
+    through nested calls ending with it), the other side's output is measured against that trailing
+    call's input; if they agree, or differ by less than half the row's error (the operation's
+    effect gone; downstream of an error nothing agrees), the row is replaced by that measurement,
+    and its re-runs compare against that input too. If the other side never applies the operation,
+    the next call that reads the value (or the caller) makes the error instead. The model's own
+    call is never shortened: its outputs are the outputs. Rows are replaced in place."""
+    unpaired = {id(r) for r in (*alignment.unmatched_candidate, *alignment.unmatched_reference,
+                                *alignment.passthrough_candidate, *alignment.passthrough_reference)}
+    ends = {side: {r.end: r for r in (*(getattr(m, side) for m in alignment.matches),
+                                      *getattr(alignment, f"unmatched_{side}"), *getattr(alignment, f"passthrough_{side}"))}
+            for side in ("candidate", "reference")}
+    for at, row in enumerate(rows):
+        if row.passed or row.match.how == "structure" or ROOT in (row.candidate, row.reference):
+            continue
+        for side in ("reference", "candidate"):
+            own = getattr(row.match, side)
+            trailing = _trailing_call(own, ends[side], unpaired)
+            if trailing is None:
+                continue
+            trial = measure_row(replace(row.match, **{side: replace(own, outputs=_as_outputs(trailing.inputs))}))
+            if trial.passed or trial.metrics.rel_l2 < 0.5 * row.metrics.rel_l2:
+                where = "the reference" if side == "reference" else "the candidate"
+                rows[at] = replace(trial, adapter=f"before {trailing.name}, which {where} applies inside this call")
+                break
+
+
+def _trailing_call(own: Record, by_end: dict[int, Record], unpaired: set[int]) -> Record | None:
+    """The unpaired, parameter-free call that ends ``own``'s computation: the last call nested in
+    it (or in the nested call ending it, and so on) whose output is ``own``'s output."""
+    outer = own
+    while (inner := by_end.get(outer.end - 1)) is not None and inner.start > outer.start:
+        if not _same_leaves(inner.outputs, own.outputs):
+            return None
+        if id(inner) in unpaired and inner.module is not None and not any(True for _ in inner.module.parameters()):
+            return inner
+        outer = inner
+    return None
+
+
+def _same_leaves(a: dict[str, Leaf], b: dict[str, Leaf]) -> bool:
+    return len(a) == len(b) and all(isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape == y.shape
+                                    and torch.equal(x, y) for x, y in zip(a.values(), b.values()))
+
+
+def _as_outputs(inputs: dict[str, Leaf]) -> dict[str, Leaf]:
+    """A call's tensor inputs in the form of outputs (what the trailing call received)."""
+    return {k: v for k, v in inputs.items() if isinstance(v, (torch.Tensor, TensorSummary))}
 
 
 def _following(row: Row, side: str, pool: list[Record], starts: list[int]) -> list[Record]:

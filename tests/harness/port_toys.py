@@ -206,6 +206,25 @@ class ConvNormActFused(nn.Module):
         return self.bn_c(self.conv_c(self.bn_b(self.conv_b(self.bn_a(self.conv_a(x))))))
 
 
+class ConvNormFunctionalAct(nn.Module):
+    """The same stages with plain BatchNorm modules and the activation applied in ``forward``
+    (torchvision's Inception applies ``F.relu`` after its ``bn`` module); ``skip`` leaves it out
+    after one stage."""
+
+    def __init__(self, dim: int = 8, skip: str | None = None) -> None:
+        super().__init__()
+        self.conv_a, self.bn_a = nn.Conv2d(dim, dim, 3, padding=1), nn.BatchNorm2d(dim)
+        self.conv_b, self.bn_b = nn.Conv2d(dim, dim, 3, padding=1), nn.BatchNorm2d(dim)
+        self.conv_c, self.bn_c = nn.Conv2d(dim, dim, 3, padding=1), nn.BatchNorm2d(dim)
+        self.skip = skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in "abc":
+            x = getattr(self, f"bn_{stage}")(getattr(self, f"conv_{stage}")(x))
+            x = x if stage == self.skip else F.silu(x)
+        return x
+
+
 class ChannelsLastConv(nn.Module):
     """A conv written channels-last: ``(B, H, W, C)`` in and out, the weight kept as torch stores it."""
 

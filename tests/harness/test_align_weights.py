@@ -10,7 +10,7 @@ import torch
 import harness
 from harness.adapters import find_adapter
 from helpers import inject_forward
-from port_toys import (ChannelsFirstPool, ChannelsLastNet, ChannelsLastPool, ConvNet, ConvNormActFused, ConvNormActStack, FunctionalConvBlock, FusedBlock, SequentialConvBlock, SharedReluBlock,
+from port_toys import (ChannelsFirstPool, ChannelsLastNet, ChannelsLastPool, ConvNet, ConvNormActFused, ConvNormActStack, ConvNormFunctionalAct, FunctionalConvBlock, FusedBlock, SequentialConvBlock, SharedReluBlock,
                        SplitBlock, TwoReluBlock, feature_maps, images, randomized, tokens)
 
 
@@ -107,6 +107,23 @@ def test_an_error_upstream_of_norms_with_their_activation_inside_has_one_origin(
     assert report.introduced == [f"norms.{stage}"], report.format()
     first = report.diagnosis[0]
     assert (first["module"], first["op"], first["argument"]) == (f"norms.{stage}", "batch_norm", "eps"), report.diagnosis
+
+
+def test_an_activation_applied_after_the_norm_in_the_callers_code_agrees_with_one_inside_the_norm():
+    candidate, reference = randomized(ConvNormFunctionalAct(), 1), randomized(ConvNormActFused(), 2)
+    weights = transferred(candidate, reference, feature_maps())
+    report = harness.compare(candidate, reference, feature_maps(), weights=weights)
+    assert weights.verified and report.passed, report.format()
+
+
+@pytest.mark.parametrize("stage", ["b", "c"])
+def test_an_activation_the_candidate_never_applies_is_blamed_on_the_code_that_should(stage):
+    candidate, reference = randomized(ConvNormFunctionalAct(), 1), randomized(ConvNormActFused(), 2)
+    weights = transferred(candidate, reference, feature_maps())
+    candidate.skip = stage
+    report = harness.compare(candidate, reference, feature_maps(), weights=weights)
+    assert not report.passed and report.introduced == ["<root>"], report.format()
+    assert report.diagnosis[0]["text"].startswith(f"bn_{stage}.act: silu missing in the candidate"), report.diagnosis
 
 
 def test_every_independent_origin_is_listed_in_execution_order(block_pair):
