@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
@@ -209,6 +210,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
                                                     root=reference if replay is None else None, weights=weights)
     if not passed:
         annotate_mismatches(rows, final, outputs, tol)
+        found = _blamed_parts(found, rows, diagnosis)
     notes += ([noise.note] if noise.note else []) + float64_hint(pair_name, name, passed, found.culprit, rows)
     first_divergence, culprit = found.first_divergence, found.culprit
     release()
@@ -255,6 +257,23 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
         noise_floor=noise.to_dict(),
         backward=backward_result,
     )
+
+
+def _blamed_parts(found: Localization, rows: list[Row], diagnosis: list[dict]) -> Localization:
+    """An origin that is two calls run as one (a BatchNorm joined with the activation module after
+    it, to pair with a norm that applies its activation inside) is named by the part its
+    diagnosis blames, when every finding about the pair blames that one part."""
+    renamed: dict[str, str] = {}
+    for origin in found.introduced:
+        row = next((r for r in rows if r.candidate == origin and not r.passed), None)
+        parts = getattr(row.match.candidate.module, "scope_names", None) if row is not None else None
+        blamed = {f["module"] for f in diagnosis if parts and f["module"] in parts.values()}
+        if parts and blamed == {parts["tail"]}:
+            renamed[origin] = parts["tail"]
+    if not renamed:
+        return found
+    return replace(found, culprit=renamed.get(found.culprit, found.culprit),
+                   introduced=[renamed.get(name, name) for name in found.introduced])
 
 
 def _spill_notes(spill: Any, *traces: Any) -> list[str]:

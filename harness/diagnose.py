@@ -611,10 +611,12 @@ class _Side:
     output: dict[str, torch.Tensor]
 
 
-def _where(stream: list[Op], pos: int) -> str:
-    """Where an op at stream position ``pos`` sits, in words, from its neighbours."""
+def _where(stream: list[Op], pos: int, *, replaced: bool = False) -> str:
+    """Where an op sits, in words, from its neighbours: inserted at stream position ``pos``, or
+    (``replaced``) in the place of the op at ``pos``."""
     before = stream[pos - 1].name if pos > 0 else None
-    after = stream[pos].name if pos < len(stream) else None
+    nxt = pos + 1 if replaced else pos
+    after = stream[nxt].name if nxt < len(stream) else None
     if before and not after:
         return f"after the module's last operation ({before})"
     if before and after:
@@ -901,9 +903,10 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             n = min(i2 - i1, j2 - j1) if tag == "replace" else 0
             for k in range(n):
                 c, r = cs[i1 + k], rs[j1 + k]
-                pending.append(_finding(_scoped(module, c), "op", c.name, None, c.name,
-                                        r.name, f"{module}: the candidate applies {c.name} where the reference "
-                                                f"applies {r.name} ({_where(rs, j1 + k)})"))
+                where = _scoped(module, c)
+                pending.append(_finding(where, "op", c.name, None, c.name, r.name,
+                                        f"{where}: the candidate applies {c.name} where the reference applies "
+                                        f"{r.name} ({_where(rs, j1 + k, replaced=True)})"))
             for k in range(i1 + n, i2):
                 pending.append(_unpaired_finding(module, "extra_op", cs[k], rs, j2))
             for k in range(j1 + n, j2):

@@ -109,6 +109,16 @@ def test_an_error_upstream_of_norms_with_their_activation_inside_has_one_origin(
     assert (first["module"], first["op"], first["argument"]) == (f"norms.{stage}", "batch_norm", "eps"), report.diagnosis
 
 
+def test_a_swapped_activation_module_after_a_norm_is_the_culprit_not_the_norm():
+    candidate, reference = randomized(ConvNormActStack(), 1), randomized(ConvNormActFused(), 2)
+    weights = transferred(candidate, reference, feature_maps())
+    candidate.acts[1] = torch.nn.GELU()
+    report = harness.compare(candidate, reference, feature_maps(), weights=weights)
+    assert report.introduced == ["acts.1"], report.format()
+    assert report.diagnosis[0]["text"] == ("acts.1: the candidate applies gelu where the reference applies silu "
+                                           "(after the module's last operation (batch_norm))"), report.diagnosis
+
+
 def test_an_activation_applied_after_the_norm_in_the_callers_code_agrees_with_one_inside_the_norm():
     candidate, reference = randomized(ConvNormFunctionalAct(), 1), randomized(ConvNormActFused(), 2)
     weights = transferred(candidate, reference, feature_maps())
