@@ -416,12 +416,15 @@ def owner_of(key: str) -> str:
 
 def _twin_chains(weights: WeightMap, candidate: nn.Module, reference: nn.Module) -> list[tuple[list[str], list[str]]]:
     def subtree_keys(model: nn.Module, keys: Iterable[str]) -> dict[str, frozenset[str]]:
-        keys = list(keys)
-        out = {}
-        for name, _ in model.named_modules():
-            prefix = f"{name}." if name else ""
-            out[name or ROOT] = frozenset(k for k in keys if k.startswith(prefix))
-        return out
+        """Each module's keys, its descendants' included: each key joins the modules its name runs through."""
+        found: dict[str, set[str]] = {name or ROOT: set() for name, _ in model.named_modules()}
+        for key in keys:
+            parts = key.split(".")
+            for depth in range(len(parts)):
+                module = found.get(".".join(parts[:depth]) or ROOT)
+                if module is not None:
+                    module.add(key)
+        return {name: frozenset(members) for name, members in found.items()}
 
     entries = [e for e in weights.entries if e.kind == "parameter" or e.steps == ()]
     sources = {e.candidate: set(e.reference) for e in entries}

@@ -446,16 +446,17 @@ def _cohere(entries: list[Entry]) -> list[Entry]:
     shortcut before the main branch on one side and after it on the other, leftovers were paired
     by shape alone and a unit may take its conv from one reference unit and its norm from another.
     A unit's source is the reference unit most of its elements come from; two same-shaped tensors
-    of one role (equal leaf names on both sides) that each sit in the wrong source exchange their
-    sources when the exchange puts both in their unit's source. Whole units, once consistent, are
-    ordered by the verification (exchanges of same-shaped submodules)."""
+    of one role (equal leaf names on both sides) that both sit in the wrong source exchange their
+    sources when that puts one of them in its unit's source: a pair of misplaced norms is fixed by
+    one exchange, a cycle of three by two. Whole units, once consistent, are ordered by the
+    verification (exchanges of same-shaped submodules)."""
     entries = list(entries)
     single = [k for k, e in enumerate(entries) if len(e.reference) == 1]
-    for _ in range(len(single)):  # each exchange fixes two entries for good: bounded
+    for _ in range(len(single)):  # each exchange puts one more entry in its source for good: bounded
         source = _unit_sources([entries[k] for k in single])
         misfits = [k for k in single if _unit(entries[k].reference[0]) != source[_unit(entries[k].candidate)]]
-        pair = next(((a, b) for i, a in enumerate(misfits) for b in misfits[i + 1:]
-                     if _exchange_fits(entries[a], entries[b], source)), None)
+        pair = next(((a, b) for a in misfits for b in misfits
+                     if a != b and _exchange_fits(entries[a], entries[b], source)), None)
         if pair is None:
             break
         a, b = pair
@@ -478,8 +479,7 @@ def _exchange_fits(a: Entry, b: Entry, source: dict[str, str]) -> bool:
 
     return (a.kind == b.kind and a.shape == b.shape and a.reference_shapes == b.reference_shapes
             and leaf(a.candidate) == leaf(b.candidate) and leaf(a.reference[0]) == leaf(b.reference[0])
-            and _unit(b.reference[0]) == source[_unit(a.candidate)]
-            and _unit(a.reference[0]) == source[_unit(b.candidate)])
+            and _unit(b.reference[0]) == source[_unit(a.candidate)])
 
 
 def _common_prefix(keys: Iterable[str]) -> str:

@@ -237,3 +237,18 @@ def test_a_qkv_stored_split_by_heads_is_a_reshape_of_a_flat_one():
     assert [(e.candidate, e.reference, e.transform) for e in weights.entries] == [
         ("qkv.weight", ("wqkv",), "reshape(shape=[48, 16])"), ("qkv.bias", ("bqkv",), "reshape(shape=[48])")], str(weights)
     assert weights.verified, str(weights)
+
+
+def test_norms_misplaced_in_a_cycle_of_three_units_follow_their_convs():
+    # leftovers paired by shape alone: each unit's conv came from the right reference unit, its
+    # norm from the next one's (a shortcut run first on one side, last on the other)
+    from harness.weights import Entry, _cohere
+
+    def unit(cand: str, conv: str, norm: str) -> list[Entry]:
+        return [Entry(f"{cand}.0.weight", (f"{conv}.conv.weight",), (), (8, 8, 1, 1), ((8, 8, 1, 1),)),
+                Entry(f"{cand}.1.weight", (f"{norm}.bn.weight",), (), (8,), ((8,),))]
+
+    entries = unit("b.proj", "down", "c1") + unit("b.f.a", "c1", "c3") + unit("b.f.c", "c3", "down")
+    norms = {e.candidate: e.reference[0] for e in _cohere(entries) if e.candidate.endswith("1.weight")}
+    assert norms == {"b.proj.1.weight": "down.bn.weight", "b.f.a.1.weight": "c1.bn.weight",
+                     "b.f.c.1.weight": "c3.bn.weight"}, norms
