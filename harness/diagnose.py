@@ -652,6 +652,8 @@ def _argument_findings(module: str, c: Op, r: Op) -> list[dict]:
             continue  # positional leftovers of different spellings
         if key in _TRAINING_ONLY and not (c.args.get("training") or r.args.get("training")):
             continue  # a BatchNorm's momentum changes nothing in eval mode
+        if key == "inplace":
+            continue  # where the result is written, not what it is
         if not _same_value(a, b):
             op, inside = c.name, ""
             if c.name == "scaled_dot_product_attention" and key in ("dim", "dtype"):
@@ -927,13 +929,12 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                 found = _swapped_inputs(where, c, r, cand, ref, tol) \
                     or _layout_findings(module, cand, ref, last_c, c.index, last_r, r.index, c.name)
             if not found:
-                err = _max_err(c.outputs, r.outputs)
                 why = ("receives other inputs, though every operation before it agrees: they are sliced, "
                        "indexed or ordered differently" if inputs_differ
                        else "gives another result from the same arguments and inputs")
                 found = [_finding(where, "value", c.name, None, None, None,
-                                  f"{where}: {c.name} {why} (max_abs {err:.3e}; candidate {c.spelling}, "
-                                  f"reference {r.spelling})")]
+                                  f"{where}: {c.name} {why} ({_difference(c.outputs, r.outputs)}; candidate "
+                                  f"{c.spelling}, reference {r.spelling})")]
             return found
     if pending and not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
         return pending
@@ -947,6 +948,13 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
 
 def _identical(c: list[torch.Tensor], r: list[torch.Tensor]) -> bool:
     return len(c) == len(r) and all(a.shape == b.shape and torch.equal(a, b.to(a.dtype)) for a, b in zip(c, r))
+
+
+def _difference(c: list[torch.Tensor], r: list[torch.Tensor]) -> str:
+    """``max_abs 1.2e-03``, or the shapes when they differ (an elementwise difference has no meaning then)."""
+    if c and r and c[0].shape != r[0].shape:
+        return f"shape {tuple(c[0].shape)} against the reference's {tuple(r[0].shape)}"
+    return f"max_abs {_max_err(c, r):.3e}"
 
 
 def _max_err(c: list[torch.Tensor], r: list[torch.Tensor]) -> float:

@@ -141,6 +141,29 @@ def test_an_eval_mode_batch_norm_finding_names_eps_and_not_momentum():
         ("stem.1", "argument", "eps"), ("stem.1", "attribute", "eps")], [f["text"] for f in findings]
 
 
+def test_an_in_place_activation_is_no_finding_where_a_dropped_residual_is():
+    class Block(nn.Module):
+        def __init__(self, inplace: bool, residual: bool) -> None:
+            super().__init__()
+            self.conv, self.act, self.residual = nn.Conv2d(4, 4, 1), nn.ReLU(inplace=inplace), residual
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.act(y + x if self.residual else y)
+
+    candidate, reference = Block(False, residual=False).double().eval(), Block(True, residual=True).double().eval()
+    reference.load_state_dict(candidate.state_dict())
+    findings = diagnose_modules(candidate, reference, (feature_maps()[:, :4],), {}, name="block")
+    assert [(f["kind"], f["op"]) for f in findings if f["kind"] != "attribute"] == [("missing_op", "add")], findings
+
+
+def test_a_differing_output_of_another_shape_names_the_shapes_not_a_nan_error():
+    from harness.diagnose import _difference
+
+    assert _difference([torch.zeros(2, 4)], [torch.zeros(2, 12)]) == "shape (2, 4) against the reference's (2, 12)"
+    assert _difference([torch.zeros(2, 4)], [torch.full((2, 4), 0.5)]) == "max_abs 5.000e-01"
+
+
 def _hwio_pair():
     """Two HWIO-kernel convs (C_in == C_out: several permutations fit the shapes) against torch convs."""
     candidate = randomized(nn.Sequential(KernelHWIO(8), nn.ReLU(), KernelHWIO(8)), 1)
