@@ -28,7 +28,7 @@ import re
 from bisect import bisect_left
 from itertools import combinations
 from dataclasses import dataclass
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
 
@@ -180,7 +180,12 @@ def choose_twins(
     A torchvision ``BasicBlock`` holds the same tensors as both transformers' ``ResNetBasicLayer``
     and the ``Sequential`` of convolutions inside it; only one of them computes what the block
     computes. Within a chain the order is kept (outer with outer) and the pairing whose first
-    calls' outputs agree best is chosen; without recorded tensors, innermost with innermost.
+    calls' outputs agree best is chosen. Calls whose outputs are the same values agree equally:
+    then those whose inputs agree best (a pooler that receives the tokens and the norm inside it
+    that receives their mean, against a norm given the mean), and among calls given the same
+    inputs too (a block whose residual was dropped and its inner ``Sequential``) the outer ones, so
+    an error in the outer module's own code is blamed on it, not on a child that computed its part
+    right. Without recorded tensors: innermost with innermost.
     """
     first_c = {r.name: r for r in candidate if r.call == 0}
     first_r = {r.name: r for r in reference if r.call == 0}
@@ -190,16 +195,20 @@ def choose_twins(
             out[cs[0]] = rs[0]
             continue
         short, long_, flip = (cs, rs, False) if len(cs) <= len(rs) else (rs, cs, True)
-        best: tuple[float, tuple[int, ...]] | None = None
+        recorded = all(isinstance(getattr(first_c.get(n), "primary", None), torch.Tensor) for n in cs) and \
+            all(isinstance(getattr(first_r.get(n), "primary", None), torch.Tensor) for n in rs)
+        best: tuple[float, float, tuple[int, ...]] | None = None
         for picks in combinations(range(len(long_)), len(short)):
-            cost = 0.0
+            cost, inputs = 0.0, 0.0
             for a, b in zip(short, (long_[p] for p in picks)):
                 c, r = (b, a) if flip else (a, b)
                 cost += _distance(first_c.get(c), first_r.get(r))
-            key = (cost, tuple(-p for p in picks))  # ties: the innermost modules
+                inputs += _input_distance(first_c.get(c), first_r.get(r))
+            # ties: the calls that also receive what their twins receive, then the outermost
+            key = (cost, inputs, picks if recorded else tuple(-p for p in picks))
             if best is None or key < best:
                 best = key
-        picks = tuple(-p for p in best[1])
+        picks = best[2] if recorded else tuple(-p for p in best[2])
         for a, p in zip(short, picks):
             c, r = (long_[p], a) if flip else (a, long_[p])
             out[c] = r
@@ -208,9 +217,21 @@ def choose_twins(
 
 def _distance(c: Record | None, r: Record | None) -> float:
     """Relative L2 distance of two calls' primary outputs (layouts adapted); 1e6 when incomparable."""
-    if c is None or r is None or not isinstance(c.primary, torch.Tensor) or not isinstance(r.primary, torch.Tensor):
+    if c is None or r is None:
         return 0.0  # nothing to tell them apart: the order decides
-    a, b = c.primary.detach().double(), r.primary.detach().double()
+    return _leaf_distance(c.primary, r.primary)
+
+
+def _input_distance(c: Record | None, r: Record | None) -> float:
+    """:func:`_distance` of the two calls' first tensor inputs."""
+    first = (lambda rec: next((v for v in rec.inputs.values() if isinstance(v, torch.Tensor)), None))
+    return 0.0 if c is None or r is None else _leaf_distance(first(c), first(r))
+
+
+def _leaf_distance(a: Any, b: Any) -> float:
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+        return 0.0
+    a, b = a.detach().double(), b.detach().double()
     if a.shape != b.shape:
         from harness.adapters import find_adapter
 

@@ -136,6 +136,38 @@ def test_an_activation_the_candidate_never_applies_is_blamed_on_the_code_that_sh
     assert report.diagnosis[0]["text"].startswith(f"bn_{stage}.act: silu missing in the candidate"), report.diagnosis
 
 
+class _WrappedResidual(torch.nn.Module):
+    """torchvision's inverted-residual layout: the convolutions in a ``Sequential`` child, the add in
+    the block's own code."""
+
+    def __init__(self, residual: bool = True) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.BatchNorm2d(8))
+        self.residual = residual
+
+    def forward(self, x):
+        return self.layers(x) + x if self.residual else self.layers(x)
+
+
+class _FlatResidual(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return self.bn(self.conv(x)) + x
+
+
+def test_a_dropped_residual_is_blamed_on_the_block_not_on_its_child_that_holds_the_same_weights():
+    candidate = randomized(torch.nn.Sequential(_WrappedResidual(), torch.nn.Conv2d(8, 4, 1)), 1)
+    reference = randomized(torch.nn.Sequential(_FlatResidual(), torch.nn.Conv2d(8, 4, 1)), 2)
+    weights = transferred(candidate, reference, feature_maps())
+    candidate[0].residual = False
+    report = harness.compare(candidate, reference, feature_maps(), weights=weights)
+    assert report.introduced == ["0"], report.format()
+    assert report.diagnosis[0]["op"] == "add" and report.diagnosis[0]["kind"] == "missing_op", report.diagnosis
+
+
 def test_every_independent_origin_is_listed_in_execution_order(block_pair):
     candidate, reference, weights = block_pair
     with torch.no_grad():
