@@ -27,7 +27,9 @@ untwinned children are listed). So an error in an untwinned ``embeddings`` is no
 the reference also computes (in any layout: a ``Permute`` module against a functional permute),
 or a failing guess that gives its guessed twin's output when re-run on that twin's inputs (a
 shared ReLU after a dropped residual add). With every suspect cleared, the error was made in the
-twinned call's own code. ``introduced`` lists every independent origin in execution order.
+own code of an untwinned container around the failing call: the innermost that does not hand its
+input on unchanged (an encoder adding a position table before its ``Sequential`` of layers, not the
+``Sequential``), else the twinned call's own code. ``introduced`` lists every independent origin in execution order.
 
 Twins that differ by a parameter-free operation one side applies inside the module and the
 other after it (timm's ``BatchNormAct2d`` against a BatchNorm followed by ``F.relu`` in the
@@ -558,11 +560,23 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
     if not suspects:
         if first_bad is None:
             return None
-        # the error may be made by an untwinned container's own code, before the failing call
-        around = [u for u in untwinned if within(u) and u.contains(first_bad) and u.start > since]
-        return max(around, key=lambda u: u.start, default=None)
+        # the error may be made by an untwinned container's own code, before the failing call:
+        # the innermost that does not hand the failing call its own input unchanged (a Sequential
+        # passes its input on; an encoder that adds a position table before its layers does not)
+        guesses = [r.match.candidate for r in inside if r.match.how == "structure" and not r.passed]
+        around = sorted((u for u in (*untwinned, *guesses) if within(u) and u.contains(first_bad) and u.start > since),
+                        key=lambda u: -u.start)
+        return next((u for u in around if not _hands_on(u, first_bad)), None)
     # innermost: the earliest to complete; its untwinned parents completed later
     return min(suspects, key=lambda u: u.end)
+
+
+def _hands_on(container: Record, call: Record) -> bool:
+    """Whether ``call`` (nested in ``container``) received ``container``'s first tensor input as it
+    came: nothing in between changed it."""
+    first = (lambda record: next((v for v in record.inputs.values() if isinstance(v, torch.Tensor)), None))
+    a, b = first(container), first(call)
+    return a is not None and b is not None and a.shape == b.shape and torch.equal(a, b)
 
 
 def _guess_received(row: Row, rerun: Sequence[str] | None) -> bool:

@@ -72,6 +72,45 @@ def test_an_untwinned_submodule_is_named_instead_of_its_parent():
     assert report.culprit == "act", report.format()
 
 
+class _PositionsInEncoder(torch.nn.Module):
+    """torchvision's ViT layout: the encoder adds the position table, then runs its layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Linear(16, 16)
+        self.encoder = torch.nn.Module()
+        self.encoder.pos = torch.nn.Parameter(torch.zeros(1, 5, 16))
+        self.encoder.layers = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 16))
+        self.encoder.forward = lambda x: self.encoder.layers(x + self.encoder.pos)
+
+    def forward(self, x):
+        return self.encoder(self.embed(x))
+
+
+class _PositionsInEmbeddings(torch.nn.Module):
+    """transformers' layout: the embeddings add the position table, the layers sit at the top."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embeddings = torch.nn.Module()
+        self.embeddings.proj, self.embeddings.pos = torch.nn.Linear(16, 16), torch.nn.Parameter(torch.zeros(1, 5, 16))
+        self.embeddings.forward = lambda x: self.embeddings.proj(x) + self.embeddings.pos
+        self.first, self.second = torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)
+
+    def forward(self, x):
+        return self.second(self.first(self.embeddings(x)))
+
+
+def test_an_error_in_an_untwinned_encoders_own_code_is_not_blamed_on_its_layers():
+    candidate, reference = randomized(_PositionsInEncoder(), 1), randomized(_PositionsInEmbeddings(), 2)
+    weights = transferred(candidate, reference, tokens())
+    with torch.no_grad():
+        candidate.encoder.pos[0, 2, 3] += 0.01
+    report = harness.compare(candidate, reference, tokens(), weights=weights)
+    # encoder.layers hands its input on unchanged; the add before it is the encoder's own code
+    assert report.culprit == "encoder", report.format()
+
+
 def _two_blocks(candidate_block, reference_block):
     """Two-block models of each layout with the reference's weights transferred into the candidate."""
     candidate = randomized(torch.nn.Sequential(candidate_block(), candidate_block()), 1)
