@@ -78,6 +78,7 @@ def compare(
     backward: bool = False,
     backward_loss: Any = None,
     spill: Any = "auto",
+    diagnose: bool = True,
 ) -> ParityReport:
     """Run both models on ``inputs`` under tracing and report layer-by-layer parity.
 
@@ -108,7 +109,8 @@ def compare(
     error, measured on a float64 copy of it (:mod:`harness.noise`; default on at those dtypes in
     full mode, off at float64; a number sets the ratio threshold; ``False``: atol/rtol only).
     A failing report explains the culprit's error operation by operation (``report.diagnosis``,
-    :mod:`harness.diagnose`).
+    :mod:`harness.diagnose`); ``diagnose=False`` skips that, for callers that need only the verdict
+    and the culprit.
     ``backward=True``: both sides also run backward from one loss and the report's ``backward``
     compares their gradients per parameter and per aligned module (:mod:`harness.backward`);
     ``backward_loss``: ``output -> scalar`` for both sides or a pair ``(candidate_fn, reference_fn)``
@@ -119,7 +121,8 @@ def compare(
         rename=rename, tolerances=tolerances, module_tolerances=module_tolerances, candidate_call=candidate_call,
         reference_call=reference_call, candidate_outputs=candidate_outputs, reference_outputs=reference_outputs,
         rerun=rerun, allow_nonfinite=allow_nonfinite, include=include, exclude=exclude, mode=mode, weights=weights,
-        adapters=adapters, noise_floor=noise_floor, backward=backward, backward_loss=backward_loss, spill=spill)
+        adapters=adapters, noise_floor=noise_floor, backward=backward, backward_loss=backward_loss, spill=spill,
+        diagnose=diagnose)
     return _compare(candidate, reference, inputs, options, dtype=dtype, pair_name=pair_name)
 
 
@@ -206,7 +209,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
                                     alignment.unmatched_candidate, output_passed=noise.outputs_passed,
                                     reference=ref_records)
     notes += setting_notes(rows, name) if passed and name != "float64" else []
-    diagnosis = [] if passed else origins_diagnosis(rows, found.introduced,
+    diagnosis = [] if passed or not o.diagnose else origins_diagnosis(rows, found.introduced,
                                                     root=reference if replay is None else None, weights=weights)
     if not passed:
         annotate_mismatches(rows, final, outputs, tol)

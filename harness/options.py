@@ -59,6 +59,9 @@ class CompareOptions:
             files, read back as they are measured, instead of memory (:class:`harness.Tracer`);
             ``"auto"`` (the default): the temp folder, beyond each trace's first 256 MiB;
             ``None``/``False``: memory only.
+        diagnose: explain a failing comparison's origins operation by operation (``report.diagnosis``);
+            ``False`` leaves the diagnosis empty, for callers that need only the verdict and the
+            culprit (the verification of a weight map runs one comparison per alternative).
     """
 
     rename: Sequence[tuple[str, str]] = ()
@@ -79,6 +82,7 @@ class CompareOptions:
     backward: bool = False
     backward_loss: Any = None
     spill: Any = "auto"
+    diagnose: bool = True
 
     def __post_init__(self) -> None:
         check_rename(self.rename)
@@ -97,6 +101,7 @@ class CompareOptions:
                        fix="make one with harness.map_weights(...) or harness.load_weight_map(path)")
         check_backward(self.backward, self.backward_loss)
         spill_folder(self.spill)
+        check_type("diagnose", self.diagnose, bool)
 
     def replace(self, **changes: Any) -> "CompareOptions":
         """These options with some replaced (checked again); an unknown name is a TypeError."""

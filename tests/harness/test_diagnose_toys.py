@@ -73,6 +73,19 @@ def _diagnosis_text(name: str) -> str:
     return _diagnosed(name, torch.float64).diagnosis[0]["text"]
 
 
+def test_a_comparison_told_not_to_diagnose_keeps_its_verdict_and_culprit_and_explains_nothing():
+    pair, bug, culprit, _ = BUGS["eps"]
+    candidate, _ = pair.build(dtype=torch.float64)
+    bug(candidate)
+    report = harness.compare_pair(pair, candidate=candidate, dtype=torch.float64, diagnose=False)
+    assert (report.passed, report.culprit, report.diagnosis) == (False, culprit, []), report.format()
+
+
+def test_diagnose_must_be_a_bool():
+    with pytest.raises(TypeError, match="diagnose must be"):
+        harness.CompareOptions(diagnose="no")
+
+
 def test_attribute_diff_lists_the_setting_behind_an_argument():
     findings = _diagnosed("eps", torch.float64).diagnosis
     attribute = next(f for f in findings if f["kind"] == "attribute")
