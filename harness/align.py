@@ -224,8 +224,7 @@ def _distance(c: Record | None, r: Record | None) -> float:
 
 def _input_distance(c: Record | None, r: Record | None) -> float:
     """:func:`_distance` of the two calls' first tensor inputs."""
-    first = (lambda rec: next((v for v in rec.inputs.values() if isinstance(v, torch.Tensor)), None))
-    return 0.0 if c is None or r is None else _leaf_distance(first(c), first(r))
+    return 0.0 if c is None or r is None else _leaf_distance(c.first_input, r.first_input)
 
 
 def _leaf_distance(a: Any, b: Any) -> float:

@@ -29,7 +29,8 @@ or a failing guess that gives its guessed twin's output when re-run on that twin
 shared ReLU after a dropped residual add). With every suspect cleared, the error was made in the
 own code of an untwinned container around the failing call: the innermost that does not hand its
 input on unchanged (an encoder adding a position table before its ``Sequential`` of layers, not the
-``Sequential``), else the twinned call's own code. ``introduced`` lists every independent origin in execution order.
+``Sequential``), else the twinned call's own code. ``introduced`` lists every independent origin in
+execution order.
 
 Twins that differ by a parameter-free operation one side applies inside the module and the
 other after it (timm's ``BatchNormAct2d`` against a BatchNorm followed by ``F.relu`` in the
@@ -574,8 +575,7 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
 def _hands_on(container: Record, call: Record) -> bool:
     """Whether ``call`` (nested in ``container``) received ``container``'s first tensor input as it
     came: nothing in between changed it."""
-    first = (lambda record: next((v for v in record.inputs.values() if isinstance(v, torch.Tensor)), None))
-    a, b = first(container), first(call)
+    a, b = container.first_input, call.first_input
     return a is not None and b is not None and a.shape == b.shape and torch.equal(a, b)
 
 

@@ -208,6 +208,11 @@ class Record:
         return next(iter(self.outputs.values()), None)
 
     @property
+    def first_input(self) -> torch.Tensor | None:
+        """The first tensor among the inputs (what a module call mainly reads), if one was kept."""
+        return next((v for v in self.inputs.values() if isinstance(v, torch.Tensor)), None)
+
+    @property
     def shape(self) -> tuple[int, ...] | None:
         p = self.primary
         return None if p is None else tuple(p.shape)
