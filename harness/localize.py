@@ -283,8 +283,13 @@ def _trailing_call(own: Record, by_end: dict[int, Record], unpaired: set[int]) -
 
 
 def _same_leaves(a: dict[str, Leaf], b: dict[str, Leaf]) -> bool:
-    return len(a) == len(b) and all(isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape == y.shape
-                                    and torch.equal(x, y) for x, y in zip(a.values(), b.values()))
+    return len(a) == len(b) and all(_bitwise(x, y) for x, y in zip(a.values(), b.values()))
+
+
+def _bitwise(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` are tensors of one shape holding the same values (``a`` read at ``b``'s dtype)."""
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape \
+        and torch.equal(a.to(b.dtype), b)
 
 
 def _as_outputs(inputs: dict[str, Leaf]) -> dict[str, Leaf]:
@@ -340,8 +345,7 @@ def _inputs_state(cand: Record, ref: Record, tol: Tolerance) -> Literal["equal",
     pairs = _leaf_pairs(cand.inputs, ref.inputs)
     if not pairs:
         return "differ"
-    if all(isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
-           and torch.equal(a.to(b.dtype), b) for _, a, b in pairs):
+    if all(_bitwise(a, b) for _, a, b in pairs):
         return "equal"
     if all(isinstance(a, TensorSummary) and a == b for _, a, b in pairs):
         return "equal"  # summary mode: identical statistics are the closest to equal one can tell
@@ -575,8 +579,7 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
 def _hands_on(container: Record, call: Record) -> bool:
     """Whether ``call`` (nested in ``container``) received ``container``'s first tensor input as it
     came: nothing in between changed it."""
-    a, b = container.first_input, call.first_input
-    return a is not None and b is not None and a.shape == b.shape and torch.equal(a, b)
+    return _bitwise(container.first_input, call.first_input)
 
 
 def _guess_received(row: Row, rerun: Sequence[str] | None) -> bool:

@@ -195,7 +195,7 @@ def _words(key: str) -> set[str]:
 
 def _bonus(c: _Tensor, r: _Tensor) -> float:
     bonus = 0.2 if c.op == r.op else 0.0
-    if c.key.rsplit(".", 1)[-1] == r.key.rsplit(".", 1)[-1]:
+    if _leaf(c.key) == _leaf(r.key):
         bonus += 0.1
     wc, wr = _words(c.key), _words(r.key)
     if wc and wr:
@@ -421,18 +421,20 @@ def _untangle(entries: list[Entry]) -> list[Entry]:
         if len(e.reference) == 1:
             groups.setdefault((owner_of(e.candidate), owner_of(e.reference[0]), e.shape), []).append(k)
 
-    def leaf(key: str) -> str:
-        return key.rsplit(".", 1)[-1]
-
     for members in groups.values():
         for x in range(len(members)):
             for y in range(x + 1, len(members)):
                 a, b = entries[members[x]], entries[members[y]]
-                now = (leaf(a.candidate) == leaf(a.reference[0])) + (leaf(b.candidate) == leaf(b.reference[0]))
-                swapped = (leaf(a.candidate) == leaf(b.reference[0])) + (leaf(b.candidate) == leaf(a.reference[0]))
+                now = (_leaf(a.candidate) == _leaf(a.reference[0])) + (_leaf(b.candidate) == _leaf(b.reference[0]))
+                swapped = (_leaf(a.candidate) == _leaf(b.reference[0])) + (_leaf(b.candidate) == _leaf(a.reference[0]))
                 if swapped > now and a.reference_shapes == b.reference_shapes:
                     entries[members[x]], entries[members[y]] = _swap_sources(a, b)
     return entries
+
+
+def _leaf(key: str) -> str:
+    """A tensor's own name (``weight``, ``running_mean``), without its module's."""
+    return key.rsplit(".", 1)[-1]
 
 
 def _unit(key: str) -> str:
@@ -474,11 +476,8 @@ def _unit_sources(entries: list[Entry]) -> dict[str, str]:
 
 
 def _exchange_fits(a: Entry, b: Entry, source: dict[str, str]) -> bool:
-    def leaf(key: str) -> str:
-        return key.rsplit(".", 1)[-1]
-
     return (a.kind == b.kind and a.shape == b.shape and a.reference_shapes == b.reference_shapes
-            and leaf(a.candidate) == leaf(b.candidate) and leaf(a.reference[0]) == leaf(b.reference[0])
+            and _leaf(a.candidate) == _leaf(b.candidate) and _leaf(a.reference[0]) == _leaf(b.reference[0])
             and _unit(b.reference[0]) == source[_unit(a.candidate)])
 
 
@@ -506,7 +505,7 @@ def _companions(entries: list[Entry], candidate: nn.Module, reference: nn.Module
         sources = owners.get(owner_of(key), set())
         if len(sources) != 1:
             continue
-        leaf = key.rsplit(".", 1)[-1]
+        leaf = _leaf(key)
         twin = f"{next(iter(sources))}.{leaf}" if next(iter(sources)) else leaf
         if twin in ref_computed and tuple(ref_state[twin].shape) == tuple(cand_state[key].shape):
             shape = tuple(cand_state[key].shape)
@@ -716,8 +715,7 @@ def _signature(entries: list[Entry], members: dict[str, int]) -> tuple:
 
 
 def _named_alike(entries: list[Entry], members: dict[str, int]) -> bool:
-    return all(entries[k].candidate.rsplit(".", 1)[-1] == entries[k].reference[0].rsplit(".", 1)[-1]
-               for k in members.values())
+    return all(_leaf(entries[k].candidate) == _leaf(entries[k].reference[0]) for k in members.values())
 
 
 def _subtree_swaps(entries: list[Entry], inside: list[int], prefix: str,

@@ -45,7 +45,12 @@ def interleaved_times(variants: dict[str, Callable[[], Any]], *, rounds: int) ->
 def paired_ratio(times: dict[str, list[float]], variant: str, baseline: str) -> float:
     """Median over rounds of ``variant``'s time over ``baseline``'s in the same round: each ratio
     compares two runs seconds apart, so drift in the machine's speed cancels within a round."""
-    return statistics.median(v / b for v, b in zip(times[variant], times[baseline]))
+    return statistics.median(round_ratios(times, variant, baseline))
+
+
+def round_ratios(times: dict[str, list[float]], variant: str, baseline: str) -> list[float]:
+    """``variant``'s time over ``baseline``'s, round by round."""
+    return [v / b for v, b in zip(times[variant], times[baseline])]
 
 
 def median_interval(values: list[float], *, confidence: float = 0.95) -> tuple[float, float, float]:

@@ -15,9 +15,7 @@ counts
 * one kernel if it allocated or wrote one of its inputs; calls that only re-describe their input
   (``_unsafe_view``, reading a scalar) move no data either;
 * the floating-point operations of the call where ``torch.utils.flop_counter`` has a formula for
-  it (matrix products, convolutions, attention): the arithmetic that dominates a vision model;
-* the bytes of each output whose storage is none of the inputs' (a fresh allocation; an in-place
-  call writes into its input and allocates nothing).
+  it (matrix products, convolutions, attention): the arithmetic that dominates a vision model.
 
 The counts are exact and repeatable, so unlike times they can be compared with ``<=``. The forward
 runs under ``torch.no_grad()``, which runs the same kernels as inference mode; under inference mode

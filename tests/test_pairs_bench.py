@@ -32,7 +32,7 @@ import pytest
 import torch
 
 import harness
-from bench_record import interleaved_times, median_interval, paired_ratio, record, rounds_for, say
+from bench_record import interleaved_times, median_interval, paired_ratio, record, round_ratios, rounds_for, say
 from bench_work import count_work
 
 NIGHTLY = set(harness.list_pairs(tag="nightly"))
@@ -105,7 +105,7 @@ def test_bench_pair_forward(benchmark, table, request, name: str) -> None:
     benchmark.pedantic(lambda: times.update(interleaved_times(sides, rounds=rounds)), rounds=1, iterations=1)
     seconds = {side: statistics.median(values) for side, values in times.items()}
     ratio = paired_ratio(times, "candidate", "reference")
-    low, high, coverage = median_interval([c / r for c, r in zip(times["candidate"], times["reference"])])
+    low, high, coverage = median_interval(round_ratios(times, "candidate", "reference"))
     entry = {"candidate_s": seconds["candidate"], "reference_s": seconds["reference"],
              "ratio": round(ratio, 4), "interval": [round(low, 4), round(high, 4)],
              "interval_coverage": round(coverage, 4), "reads": _reading(ratio, low), "rounds": rounds,
