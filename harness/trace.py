@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import cmath
 import ctypes
+import dataclasses
 import functools
 import math
 import os
@@ -69,8 +70,8 @@ class TensorSummary:
 
     @classmethod
     def of(cls, t: torch.Tensor) -> "TensorSummary":
-        x = t.detach()
-        shape, dtype = tuple(x.shape), str(x.dtype).removeprefix("torch.")
+        x = t.detach() if t.requires_grad else t
+        shape, dtype = tuple(x.shape), _DTYPE_NAMES.get(x.dtype) or str(x.dtype).removeprefix("torch.")
         if x.numel() == 0:
             return cls(shape, dtype, 0.0, 0.0, 0.0, 0)
         if not x.is_floating_point():
@@ -120,12 +121,21 @@ def _in_memory_order(x: torch.Tensor) -> torch.Tensor:
     return x.permute(sorted(range(x.ndim), key=lambda d: (-x.stride(d), -x.shape[d])))
 
 
+def _address(x: torch.Tensor) -> int | None:
+    """Where ``x``'s memory starts: its storage's address; None for a tensor with no elements or
+    with no plain storage (sparse, meta)."""
+    if not x.numel() or x.layout != torch.strided or x.is_meta:
+        return None
+    return x.untyped_storage().data_ptr()
+
+
 def _dense(x: torch.Tensor) -> bool:
     """Whether ``x``'s elements fill ``numel`` consecutive memory slots (any dimension order)."""
     return x.is_contiguous() or _in_memory_order(x).is_contiguous()
 
 
 Leaf = torch.Tensor | TensorSummary
+_DTYPE_NAMES = {d: str(d).removeprefix("torch.") for d in (torch.float64, torch.float32, torch.float16, torch.bfloat16)}
 # largest E[x^2] / variance for which the one-pass variance is kept: its error is then at most 16x
 # the dot product's rounding (~1e-7 relative in float32), far inside every tolerance's rtol
 _CANCELLATION = 16.0
@@ -223,7 +233,10 @@ class Record:
 
 def _version(t: torch.Tensor) -> int | None:
     """The version counter; None for inference tensors (made under torch.inference_mode()), which keep none."""
-    return None if t.is_inference() else t._version
+    try:
+        return t._version
+    except RuntimeError:  # an inference tensor: asking is the cheapest test, the hooks ask for every tensor
+        return None
 
 
 def has_nonfinite(leaves: dict[str, Leaf]) -> bool:
@@ -513,9 +526,10 @@ class Tracer:
         # id(tensor) -> (weak ref, version, copy or summary): an output that is the next call's
         # input is copied (summarized) once; the version counter tells an in-place change apart.
         self._copies: dict[int, tuple[weakref.ref, int, Leaf]] = {}
-        # storage address -> (weak ref, version, copy) of dense tensors copied: a new view of one
-        # (a permute, a reshape between modules) becomes the same view of its copy, not a copy
-        self._dense: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
+        # storage address -> (weak ref, version, copy or summary) of dense tensors kept: a new view
+        # of one (a permute, a reshape between modules) becomes the same view of its copy, not a
+        # copy, or takes its summary, not another pass over the same elements
+        self._dense: dict[int, tuple[weakref.ref, int, Leaf]] = {}
         if share is not None and not isinstance(share, Tracer):
             raise type_error("Tracer(share=...)", share, "a finished harness.Tracer or None")
         self._share = share
@@ -590,22 +604,42 @@ class Tracer:
     def _keep(self, t: torch.Tensor) -> Leaf:
         return self._copy(t) if self.mode == "full" else self._summary(t)
 
-    def _kept(self, t: torch.Tensor) -> Leaf | None:
-        """What was kept of ``t`` already, if ``t`` is unchanged since (same object, same version)."""
+    def _kept(self, t: torch.Tensor, version: int | None) -> Leaf | None:
+        """What was kept of ``t`` already, if ``t`` is unchanged since (same object, same ``version``)."""
         entry = self._copies.get(id(t))
-        if entry is not None and entry[0]() is t and entry[1] == _version(t) is not None:
+        if entry is not None and entry[0]() is t and entry[1] == version is not None:
             return entry[2]
         return None
 
     def _summary(self, t: torch.Tensor) -> TensorSummary:
-        summary = self._kept(t)
+        version = _version(t)
+        summary = self._kept(t, version)
+        if summary is not None:
+            return summary
+        address = _address(t) if version is not None else None
+        summary = self._summary_of_same_elements(t, address, version)
         if summary is None:
             summary = TensorSummary.of(t)
-            self._copies[id(t)] = (weakref.ref(t), _version(t), summary)
+            if address is not None and _dense(t):
+                self._dense[address] = (weakref.ref(t), version, summary)
+        self._copies[id(t)] = (weakref.ref(t), version, summary)
         return summary
 
+    def _summary_of_same_elements(self, t: torch.Tensor, address: int | None, version: int | None) -> TensorSummary | None:
+        """The summary of an earlier dense tensor over exactly ``t``'s elements (at ``address``,
+        unchanged since: same ``version``), with ``t``'s shape: a permute or reshape between
+        modules. Its statistics read the same memory in the same order: the very same numbers."""
+        entry = self._dense.get(address) if address is not None else None
+        if entry is None:
+            return None
+        base, summary = entry[0](), entry[2]
+        if base is None or version != entry[1] or not self._same_root(t, base) or t.dtype != base.dtype \
+                or t.storage_offset() != base.storage_offset() or t.numel() != base.numel() or not _dense(t):
+            return None
+        return dataclasses.replace(summary, shape=tuple(t.shape))
+
     def _copy(self, t: torch.Tensor) -> torch.Tensor:
-        copy = self._kept(t)
+        copy = self._kept(t, _version(t))
         if copy is not None:
             return copy
         copy = self._view_of_copy(t)
@@ -615,27 +649,33 @@ class Tracer:
             copy = self._arena.copy(t)
             if self.budget is not None and self._arena.in_memory(copy):  # a spilled copy costs disk
                 self.budget.charge(copy.nbytes, self, started=len(self._counts), modules=len(self._handles) // 2)
-            if _version(t) is not None and copy.stride() == t.stride() and _dense(t):
-                self._dense[t.untyped_storage().data_ptr()] = (weakref.ref(t), _version(t), copy)
+            if _version(t) is not None and copy.stride() == t.stride() and _address(t) is not None and _dense(t):
+                self._dense[_address(t)] = (weakref.ref(t), _version(t), copy)
         self._copies[id(t)] = (weakref.ref(t), _version(t), copy)
         return copy
 
     def _view_of_copy(self, t: torch.Tensor) -> torch.Tensor | None:
         """``t`` as a view of an earlier copy, when ``t`` views the same unchanged memory as a
         dense tensor copied before (same root tensor, version, dtype; inside its elements)."""
-        entry = self._dense.get(t.untyped_storage().data_ptr()) if t.numel() else None
+        entry = self._dense.get(_address(t))
         if entry is None:
             return None
         base, version, copy = entry[0](), entry[1], entry[2]
         if base is None or _version(t) != version or t.dtype != base.dtype or t.device != base.device:
             return None
-        if (t._base if t._base is not None else t) is not (base._base if base._base is not None else base):
-            return None  # another tensor on the same memory: its version counter is its own
+        if not self._same_root(t, base):
+            return None
         low = t.storage_offset()
         high = low + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
         if min(t.stride(), default=0) < 0 or low < base.storage_offset() or high >= base.storage_offset() + base.numel():
             return None
         return copy.as_strided(t.shape, t.stride(), copy.storage_offset() + low - base.storage_offset())
+
+    @staticmethod
+    def _same_root(t: torch.Tensor, other: torch.Tensor) -> bool:
+        """Whether two tensors view one root tensor: another tensor on the same memory keeps a
+        version counter of its own, which says nothing about changes made through this one."""
+        return (t._base if t._base is not None else t) is (other._base if other._base is not None else other)
 
     def _pre_hook(self, name: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:

@@ -141,6 +141,52 @@ def test_full_mode_copies_are_shared_only_while_the_tensor_is_unchanged():
     assert torch.equal(by["b"].outputs[""], torch.tensor([0.0, 2.0]))
 
 
+class _ChannelsLast(nn.Module):
+    """A conv whose output a norm reads as a channels-last view (the ConvNeXt block's layout)."""
+
+    def __init__(self, in_place: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.norm = nn.LayerNorm(4)
+        self.in_place = in_place
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.in_place:
+            y.mul_(2)  # changes the memory the conv's record summarized
+        return self.norm(y.permute(0, 2, 3, 1))
+
+
+def _summaries_computed(model: nn.Module, x: torch.Tensor, monkeypatch) -> tuple[Tracer, int]:
+    computed = []
+    of = TensorSummary.of.__func__
+    monkeypatch.setattr(TensorSummary, "of", classmethod(lambda cls, t: computed.append(t.shape) or of(cls, t)))
+    with torch.no_grad(), Tracer(model, mode="summary") as tracer:
+        model(x)
+    return tracer, len(computed)
+
+
+def test_a_permuted_view_between_modules_takes_its_sources_statistics_with_its_own_shape(monkeypatch):
+    model, x = _ChannelsLast(), torch.randn(2, 4, 6, 6)
+    tracer, _ = _summaries_computed(model, x, monkeypatch)
+    with torch.no_grad():
+        fresh = TensorSummary.of(model.conv(x).permute(0, 2, 3, 1))
+    assert tracer.by_key()["norm#0"].inputs["args.0"] == fresh
+
+
+def test_a_permuted_view_between_modules_is_not_summarized_again(monkeypatch):
+    _, computed = _summaries_computed(_ChannelsLast(), torch.randn(2, 4, 6, 6), monkeypatch)
+    assert computed == 3, f"summaries computed: {computed}; expected 3 (input, conv output, norm output)"
+
+
+def test_a_view_of_memory_changed_in_place_since_is_summarized_again(monkeypatch):
+    model, x = _ChannelsLast(in_place=True), torch.randn(2, 4, 6, 6)
+    tracer, computed = _summaries_computed(model, x, monkeypatch)
+    with torch.no_grad():
+        fresh = TensorSummary.of((model.conv(x) * 2).permute(0, 2, 3, 1))
+    assert computed == 4 and tracer.by_key()["norm#0"].inputs["args.0"] == fresh
+
+
 def test_entering_an_active_tracer_again_is_refused():
     tracer = Tracer(Net())
     with tracer:
