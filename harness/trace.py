@@ -241,16 +241,16 @@ def _version(t: torch.Tensor) -> int | None:
 
 def has_nonfinite(leaves: dict[str, Leaf]) -> bool:
     """Whether a tensor (or a statistics summary) among ``leaves`` holds a NaN or an infinity."""
-    for v in leaves.values():
-        if isinstance(v, TensorSummary):
-            if v.nonfinite:
-                return True
-        # a finite sum means finite elements (an overflowing sum falls back to the exact check):
-        # one vectorized pass instead of isfinite's much slower elementwise one
-        elif (v.is_floating_point() or v.is_complex()) and not cmath.isfinite(v.sum().item()) \
-                and not bool(torch.isfinite(v).all()):
-            return True
-    return False
+    return any(_nonfinite(v) for v in leaves.values())
+
+
+def _nonfinite(leaf: Leaf) -> bool:
+    if isinstance(leaf, TensorSummary):
+        return leaf.nonfinite > 0
+    # a finite sum means finite elements (an overflowing sum falls back to the exact check):
+    # one vectorized pass instead of isfinite's much slower elementwise one
+    return (leaf.is_floating_point() or leaf.is_complex()) and not cmath.isfinite(leaf.sum().item()) \
+        and not bool(torch.isfinite(leaf).all())
 
 
 def hookable_modules(model: nn.Module, **options: Any) -> Iterator[tuple[str, nn.Module]]:
@@ -530,6 +530,8 @@ class Tracer:
         # of one (a permute, a reshape between modules) becomes the same view of its copy, not a
         # copy, or takes its summary, not another pass over the same elements
         self._dense: dict[int, tuple[weakref.ref, int, Leaf]] = {}
+        # id(kept copy or summary) -> whether it holds a NaN/Inf; the records keep what it names alive
+        self._nonfinite: dict[int, bool] = {}
         if share is not None and not isinstance(share, Tracer):
             raise type_error("Tracer(share=...)", share, "a finished harness.Tracer or None")
         self._share = share
@@ -595,6 +597,7 @@ class Tracer:
         self._copies.clear()
         self._shared = None
         self._dense.clear()
+        self._nonfinite.clear()
 
     @property
     def active(self) -> bool:
@@ -708,11 +711,23 @@ class Tracer:
                 and versions.get(id(output)) == _version(output) is not None
             record.outputs = {k: self._keep(v) for k, v in flatten_tensors(output).items()}
             # the first call that makes a NaN/Inf, not one that received it through its inputs
-            if self.first_nonfinite is None and has_nonfinite(record.outputs) and not has_nonfinite(record.inputs):
+            if self.first_nonfinite is None and self._holds_nonfinite(record.outputs) \
+                    and not self._holds_nonfinite(record.inputs):
                 self.first_nonfinite = record.key
             self.records.append(record)
 
         return hook
+
+    def _holds_nonfinite(self, leaves: dict[str, Leaf]) -> bool:
+        """:func:`has_nonfinite`, reading each kept copy once: a container returns its last child's
+        output, an ``Identity`` its input, and their records hold that very copy."""
+        for leaf in leaves.values():
+            known = self._nonfinite.get(id(leaf))
+            if known is None:
+                known = self._nonfinite[id(leaf)] = _nonfinite(leaf)
+            if known:
+                return True
+        return False
 
     def _tick(self) -> int:
         self._clock += 1

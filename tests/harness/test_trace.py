@@ -374,3 +374,17 @@ class NanBeforeHead(nn.Module):
 def test_the_first_nonfinite_call_is_the_one_that_made_it_not_one_that_received_it():
     tracer = _trace(NanBeforeHead(), -torch.ones(3, 4))
     assert tracer.first_nonfinite == f"{ROOT}#0"
+
+
+def test_a_copy_several_records_hold_is_checked_for_nan_once(monkeypatch):
+    import harness.trace
+
+    checked = []
+    check = harness.trace._nonfinite
+    monkeypatch.setattr(harness.trace, "_nonfinite", lambda leaf: checked.append(leaf) or check(leaf))
+    model = nn.Sequential(nn.Linear(4, 4), nn.Identity())  # the Identity and the root return the Linear's output
+    with torch.no_grad(), Tracer(model) as tracer:
+        model(torch.randn(2, 4))
+    held = [r.outputs[""] for r in tracer.records]
+    assert len(held) == 3 and held[0] is held[1] is held[2]
+    assert len(checked) == 1, f"the one copy was summed for NaN {len(checked)} times"
