@@ -9,7 +9,8 @@ Five variants run interleaved in one benchmark per model (``bench_record.interle
   least a full trace must write);
 - ``summary`` / ``full``: the forward under :class:`harness.Tracer` in that mode.
 
-The ratios to ``plain`` (medians of per-round ratios) and the overhead above each mode's floor go to ``benchmark.extra_info``
+The ratios to ``plain`` (medians of per-round ratios, each with a distribution-free 95% interval
+for its median) and the overhead above each mode's floor go to ``benchmark.extra_info``
 and ``reports/bench.json`` (section ``tracer``). Speed is reported, never asserted; what is asserted
 is that both tracing modes recorded the same calls.
 Benchmarks only (``tox -e bench``); in the default suite each variant runs once as a smoke test.
@@ -44,7 +45,7 @@ import torch
 from torch import nn
 
 import harness
-from bench_record import interleaved_times, median_interval, paired_ratio, record, rounds_for, say
+from bench_record import interleaved_times, median_interval, paired_ratio, record, round_ratios, rounds_for, say
 from bench_work import count_work
 from harness import Tracer
 
@@ -120,15 +121,19 @@ def test_bench_tracer_overhead(benchmark, request, image, model_name: str) -> No
     benchmark.pedantic(lambda: times.update(interleaved_times(variants, rounds=rounds)), rounds=1, iterations=1)
     seconds = {name: statistics.median(values) for name, values in times.items()}
     ratio = {name: paired_ratio(times, name, "plain") for name in times}
+    intervals = {name: median_interval(round_ratios(times, name, "plain")) for name in times if name != "plain"}
     entry = {
         "image": list(IMAGE), "rounds": rounds, "seconds": {k: round(v, 5) for k, v in seconds.items()},
         "ratio": {k: round(v, 3) for k, v in ratio.items()},
+        "interval": {k: [round(low, 3), round(high, 3)] for k, (low, high, _) in intervals.items()},
+        "interval_coverage": round(min(c for _, _, c in intervals.values()), 3),
         "summary_above_floor": round(ratio["summary"] - ratio["floor_reduce"], 3),
         "full_above_floor": round(ratio["full"] - ratio["floor_copy"], 3),
     }
     benchmark.extra_info.update(entry)
     record("tracer", model_name, entry)
-    say(request.config, [f"tracer {model_name}: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratio.items())
+    say(request.config, [f"tracer {model_name}: " + ", ".join(
+        f"{k} {v:.2f}x" + (f" [{intervals[k][0]:.2f}-{intervals[k][1]:.2f}]" if k in intervals else "") for k, v in ratio.items())
           + f"; above floor: summary {entry['summary_above_floor']:+.2f}, full {entry['full_above_floor']:+.2f}"])
 
 
