@@ -7,7 +7,9 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    run on copies of the reference's recorded inputs, both under :class:`OpRecorder`, a
    ``TorchFunctionMode`` that sees every torch function called in the forward: ``F.layer_norm``,
    ``torch.matmul``, ``x * gamma``, ``x.softmax(-1)``... (calls nested inside a recorded call are
-   not seen: the recorder runs with itself disabled). A culprit without a twin is explained
+   not seen: the recorder runs with itself disabled, except in ``F.multi_head_attention_forward``, whose
+   own body runs with the recorder on: ``nn.MultiheadAttention``'s projections and attention are
+   seen one by one, as the other side writes them). A culprit without a twin is explained
    through its innermost twinned ancestor, which runs the same code. When either twin cannot be copied or cast
    (a forward patched with a closure over the original), both run as they are, in their own dtype,
    under ``no_grad`` with their parameters and buffers snapshotted and restored bitwise.
@@ -20,12 +22,14 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    and as passed (a kernel stored HWIO, permuted for the conv), read before the op runs; an op
    that only updates the module's own state (``num_batches_tracked += 1``) is no computation. A written-out attention
    ``softmax((q * s) @ k^T) @ v`` becomes one ``scaled_dot_product_attention`` with its
-   effective ``scale``, as does the fused call. Dropout in eval mode and casts to the same dtype
+   effective ``scale`` and its mask: all that is added to the scores before the softmax (a bias,
+   then a window mask), compared by value with the fused call's ``attn_mask``, be it a parameter
+   or a computed value (the adds that build it are part of it). Dropout in eval mode and casts to the same dtype
    vanish. Ops that only move values (reshape, permute, cat, indexing...) are kept apart as
    layout ops: implementations spell them in too many ways to align them usefully.
 3. Fuse siblings: one operation applied to one input by several modules in a row (``q``, ``k``,
    ``v`` projections) becomes one op, its output and parameters concatenated, where the other
-   side computes that concatenation in one op (a fused ``qkv``) from the same input values.
+   side computes that concatenation in one op (a fused ``qkv``) from the same input values, in any layout.
    Align the two computational op streams by name (``difflib.SequenceMatcher``) and walk the
    aligned pairs in order. Unpaired ops are held as pending until the next pair: if that pair's
    output agrees, they were harmless spellings. A pair whose output differs while a nearby op of
@@ -56,7 +60,7 @@ import difflib
 import inspect
 import math
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -67,7 +71,7 @@ from harness.adapters import agreeing_layout, find_adapter
 from harness.metrics import DEFAULT_TOLERANCES, Tolerance, measure
 from harness.trace import flatten_tensors, hookable_modules, map_tensors
 
-__all__ = ["Op", "OpRecorder", "record_ops", "diagnose", "diagnose_modules", "attribute_diff", "culprit_diagnosis",
+__all__ = ["Op", "OpRecorder", "record_ops", "record_values", "diagnose", "diagnose_modules", "attribute_diff", "culprit_diagnosis",
            "origins_diagnosis", "setting_notes", "KINDS"]
 
 KINDS = ("argument", "attribute", "missing_op", "extra_op", "op", "value")
@@ -155,10 +159,24 @@ class Op:
     kind: str = "compute"  # "compute" | "layout" | "noop"
     absorbed: bool = False  # folded into a composite op
     operands: dict[str, torch.Tensor] = field(default_factory=dict)  # the parameters as passed (a permuted kernel)
+    named_inputs: dict[str, int] = field(default_factory=dict)  # argument name -> id of the activation passed
+    # an attention's additive mask or bias as its scores receive it (written out: every mask added), and the
+    # parameters it is built from
+    mask: torch.Tensor | None = None
+    mask_params: tuple[str, ...] = ()
 
     @property
     def shape(self) -> tuple[int, ...] | None:
         return tuple(self.outputs[0].shape) if self.outputs else None
+
+
+# composites that run a whole module's computation in one call (nn.MultiheadAttention's projections,
+# attention and output projection): the other side writes these ops out, so they are recorded one by one
+_OPENED = frozenset({"multi_head_attention_forward"})
+
+
+def _never(*args: Any) -> bool:
+    return False
 
 
 class OpRecorder(TorchFunctionMode):
@@ -179,6 +197,7 @@ class OpRecorder(TorchFunctionMode):
         self._handles: list[Any] = []
         self._module = module
         self._buffers: set[int] = set()  # ids of the module's buffers, which an op may update in place
+        self.given: dict[int, torch.Tensor] = {}  # the module's own tensor inputs, which no op produced
         if module is not None:
             for name, t in (*module.named_parameters(), *module.named_buffers()):
                 self._provenance[id(t)] = name
@@ -210,6 +229,8 @@ class OpRecorder(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if getattr(func, "__name__", None) in _OPENED and getattr(func, "__code__", None) is not None:
+            return self._open(func, args, kwargs)
         # buffers as the op reads them: a BatchNorm in train mode updates its statistics in place
         # while it runs (parameters are not written by a forward, so they are kept by reference)
         before = {id(t): t.detach().clone() for t in (*args, *kwargs.values())
@@ -217,6 +238,19 @@ class OpRecorder(TorchFunctionMode):
         out = func(*args, **kwargs)
         self._record(func, args, kwargs, out, before)
         return out
+
+    def _open(self, func: Callable, args: tuple, kwargs: dict) -> Any:
+        """Run a composite's own body with the recorder on, so that its ops are seen one by one. Its
+        body first hands itself back to the recorder (``has_torch_function``): a copy of it that
+        sees no such check does the work, or the call would come back here without end."""
+        body = types.FunctionType(func.__code__, {**func.__globals__, "has_torch_function": _never},
+                                  func.__name__, func.__defaults__, func.__closure__)
+        body.__kwdefaults__ = func.__kwdefaults__
+        torch.overrides._push_mode(self)
+        try:
+            return body(*args, **kwargs)
+        finally:
+            torch.overrides._pop_mode()
 
     def _record(self, func: Callable, args: tuple, kwargs: dict, out: Any, before: dict[int, torch.Tensor]) -> None:
         outs = [t for t in flatten_tensors(out).values()]
@@ -264,6 +298,7 @@ class OpRecorder(TorchFunctionMode):
             # copies: a BatchNorm in train mode updates its statistics in place after the op
             params=params, param_values={k: self._value_before(self._roots[id(tensors[k])], before) for k in params},
             operands={k: self._value_before(tensors[k], before) for k in params},
+            named_inputs={k: id(v) for k, v in tensors.items() if k not in params},
             input_ids=inputs, out_ids=[id(t) for t in outs], outputs=[t.detach().clone() for t in outs],
             scope=self._scope[-1] if self._scope else "", kind=kind,
         )
@@ -285,6 +320,11 @@ class OpRecorder(TorchFunctionMode):
     def value(self, tensor_id: int, before: int | None = None) -> torch.Tensor | None:
         op = self.producer(tensor_id, before)
         return None if op is None else op.outputs[op.out_ids.index(tensor_id)]
+
+    def passed(self, tensor_id: int, before: int | None = None) -> torch.Tensor | None:
+        """:meth:`value`, or the module's own input of that id."""
+        found = self.value(tensor_id, before)
+        return found if found is not None else self.given.get(tensor_id)
 
 
 def _spelling(func: Callable) -> str:
@@ -375,6 +415,9 @@ def _scalar(op: Op) -> float | None:
     return None
 
 
+_MASKS = 3  # additive masks followed back from the softmax to the product (a bias, a window mask...)
+
+
 def _walk_back(rec: OpRecorder, tensor_id: int, factors: list[float], path: list[Op], *, mask: list | None,
                before: int) -> Op | None:
     """Follow ``tensor_id`` back through layout ops, casts, scalar scalings and a mask (added or filled in)."""
@@ -394,11 +437,11 @@ def _walk_back(rec: OpRecorder, tensor_id: int, factors: list[float], path: list
                 return None
             tensor_id = op.input_ids[0]
             continue
-        if op.name in ("add", "masked_fill") and mask is not None and len(op.input_ids) + len(op.params) == 2:
-            mask.append(op)
+        if op.name in ("add", "masked_fill") and mask is not None and len(mask) < _MASKS \
+                and len(op.input_ids) + len(op.params) == 2:
+            mask.append(op)  # a bias and a window mask may be added one after the other
             path.append(op)
             tensor_id = op.input_ids[0]
-            mask = None  # one mask at most
             continue
         return op
 
@@ -420,18 +463,20 @@ def _fold_attention(rec: OpRecorder) -> list[Op]:
         m1 = _walk_back(rec, s.input_ids[0], factors, path, mask=mask, before=s.index)
         if m1 is None or m1.name != "matmul" or len(m1.input_ids) != 2:
             continue
+        after = math.prod(factors)  # the scalings between the product and the softmax
         for tid in m1.input_ids:  # q and k: scalings applied before the product count too
             _walk_back(rec, tid, factors, path, mask=None, before=m1.index)
         m2 = _consumer_matmul(rec, s, consumers)
         if m2 is None:
             continue
         scale = math.prod(factors) if factors else 1.0
-        args = {"scale": scale, "dim": s.args.get("dim"), "dtype": s.args.get("dtype"),
+        args = {"scale": scale, "dim": _scores_dim(s), "dtype": s.args.get("dtype"),
                 "attn_mask": bool(mask), "is_causal": False}
         composites[m2.index] = Op(
             index=m2.index, name="scaled_dot_product_attention", spelling="softmax(q @ k^T * scale) @ v",
             args=args, params={}, param_values={}, input_ids=m2.input_ids, out_ids=m2.out_ids,
-            outputs=m2.outputs, scope=m2.scope)
+            outputs=m2.outputs, scope=m2.scope, mask=_added_mask(rec, s, m1, after) if mask else None,
+            mask_params=tuple(dict.fromkeys(n for m in mask for n in m.params.values())))
         for op in (m1, s, m2, *path):
             op.absorbed = True
     stream = []
@@ -441,6 +486,39 @@ def _fold_attention(rec: OpRecorder) -> list[Op]:
         elif op.kind == "compute" and not op.absorbed:
             stream.append(_canonical_sdpa(op) if op.name == "scaled_dot_product_attention" else op)
     return stream
+
+
+_SCORES_NDIM = 4  # attention scores as the fused call lays them out: (batch, heads, queries, keys)
+
+
+def _scores_dim(softmax: Op) -> Any:
+    """The softmax's dim counted as in the fused call's scores: a written-out attention may fold
+    batch and heads into one axis (nn.MultiheadAttention's (batch * heads, queries, keys))."""
+    dim, ndim = softmax.args.get("dim"), softmax.outputs[0].ndim if softmax.outputs else _SCORES_NDIM
+    return dim + _SCORES_NDIM - ndim if isinstance(dim, int) and not isinstance(dim, bool) else dim
+
+
+def _added_mask(rec: OpRecorder, softmax: Op, product: Op, after: float) -> torch.Tensor | None:
+    """Everything added to the scaled scores before the softmax, however many masks and views:
+    what the fused attention receives as ``attn_mask``."""
+    scores = rec.value(softmax.input_ids[0], softmax.index)
+    raw = product.outputs[0] if product.outputs else None
+    if scores is None or raw is None or scores.numel() != raw.numel():
+        return None
+    return scores.reshape(raw.shape) - after * raw
+
+
+def _passed_mask(rec: OpRecorder, op: Op) -> torch.Tensor | None:
+    """The ``attn_mask`` a fused attention receives, boolean masks as the additive ones they stand for."""
+    if "attn_mask" in op.params:
+        mask = op.operands["attn_mask"]
+    elif "attn_mask" in op.named_inputs:
+        mask = rec.passed(op.named_inputs["attn_mask"], op.index)
+    else:
+        return None
+    if mask is not None and mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=op.outputs[0].dtype).masked_fill(~mask, float("-inf"))
+    return mask
 
 
 def _consumer_matmul(rec: OpRecorder, s: Op, consumers: dict[int, list[Op]]) -> Op | None:
@@ -466,20 +544,19 @@ def _canonical_sdpa(op: Op) -> Op:
         args["scale"] = 1.0 / math.sqrt(q_dim)
     args.pop("_q_last", None)
     args["attn_mask"] = args.get("attn_mask") not in (None, False)
-    scores_ndim = op.outputs[0].ndim if op.outputs else 4
-    args["dim"] = scores_ndim - 1
+    args["dim"] = _SCORES_NDIM - 1  # over the keys
     args.setdefault("dtype", None)
     keep = {k: args[k] for k in ("scale", "dim", "dtype", "attn_mask", "is_causal") if k in args}
     if args.get("dropout_p"):
         keep["dropout_p"] = args["dropout_p"]
-    return Op(op.index, op.name, op.spelling, keep, op.params, op.param_values, op.input_ids, op.out_ids,
-              op.outputs, op.scope, op.kind)
+    return replace(op, args=keep)
 
 
 # -- running -----------------------------------------------------------------------------------
 def record_ops(module: nn.Module, args: tuple, kwargs: dict) -> tuple[OpRecorder, list[Op], Any]:
     """Run ``module(*args, **kwargs)`` under an :class:`OpRecorder`; (recorder, op stream, output)."""
     rec = OpRecorder(module)
+    rec.given = {id(t): t for t in flatten_tensors((args, kwargs)).values()}
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the same dropout masks on both sides, global RNG left as it was
         with rec:
@@ -487,7 +564,36 @@ def record_ops(module: nn.Module, args: tuple, kwargs: dict) -> tuple[OpRecorder
     for op in rec.ops:  # the fused attention's default scale needs the query's last dimension
         if op.name == "scaled_dot_product_attention" and op.args.get("scale") is None and op.outputs:
             op.args["_q_last"] = _sdpa_head_dim(rec, op)
+        if op.name == "scaled_dot_product_attention":
+            _take_mask(rec, op)
     return rec, _fold_attention(rec), out
+
+
+def _take_mask(rec: OpRecorder, op: Op) -> None:
+    """A fused attention's mask: whether it gets one, its value, and the adds that built it absorbed,
+    as the written-out attention absorbs the adds before its softmax."""
+    passed = "attn_mask" in op.params or "attn_mask" in op.named_inputs
+    op.args["attn_mask"] = passed
+    op.mask = _passed_mask(rec, op) if passed else None
+    op.mask_params = (op.params["attn_mask"],) if "attn_mask" in op.params else ()
+    tensor_id, before = op.named_inputs.get("attn_mask"), op.index
+    for _ in range(_MASKS):
+        found = tensor_id is not None and _walk_back(rec, tensor_id, [], [], mask=None, before=before)
+        if not found or found.name != "add" or len(found.input_ids) + len(found.params) != 2:
+            return
+        found.absorbed = True  # a bias plus a window mask, summed for the fused call
+        op.mask_params += tuple(n for n in found.params.values() if n not in op.mask_params)
+        tensor_id, before = found.input_ids[0], found.index
+
+
+def record_values(module: nn.Module, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    """Every value ``module`` computes op by op, and the parameters its ops read as passed, run in
+    its own dtype on copies of ``args``/``kwargs`` (state restored); [] when it cannot run."""
+    try:
+        rec = _run(module, args, kwargs, None)[0]
+    except Exception:  # a twin that cannot run again vouches for nothing
+        return []
+    return [t for op in rec.ops for t in (*op.outputs, *op.operands.values())]
 
 
 def _sdpa_head_dim(rec: OpRecorder, op: Op) -> int | None:
@@ -700,12 +806,36 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
         out.append(_finding(module, "argument", c.name, name, holds or f"{name} (other values)", r.params[key], text))
     if len(c.params) != len(r.params) and c.name not in _COMMUTATIVE:  # a bias dropped or added
         for key in sorted(set(c.params) ^ set(r.params)):
+            if key in c.named_inputs or key in r.named_inputs:
+                continue  # passed, as a value computed from the inputs: compared by value
+            if key == "attn_mask" and c.mask is not None and r.mask is not None:
+                continue  # written out against fused: compared by value (_mask_findings)
             if key in r.params:
                 text = f"{module}: {c.name} {key} missing in the candidate; the reference passes {r.params[key]}"
             else:
                 text = f"{module}: {c.name} {key} {c.params[key]} in the candidate; the reference passes none"
             out.append(_finding(module, "argument", c.name, key, c.params.get(key), r.params.get(key), text))
     return out
+
+
+def _mask_findings(module: str, c: Op, r: Op, tol: Tolerance) -> list[dict]:
+    """The attention's additive mask or bias (a relative position bias), compared by value whether
+    it is a parameter, a computed value or a sum written out before the softmax."""
+    if c.mask is None or r.mask is None:
+        return []
+    try:
+        a, b = torch.broadcast_tensors(c.mask.double(), r.mask.double())
+    except RuntimeError:
+        return []  # another layout of the scores: nothing elementwise to say
+    if _outputs_agree([a], [b], tol):
+        return []
+    finite = torch.isfinite(a) & torch.isfinite(b)
+    err = (a - b)[finite].abs().max().item() if finite.any() else float("nan")
+    where = f"{module}: {c.name} attn_mask (the bias or mask added to the attention scores)"
+    built = lambda op: f" (built from {', '.join(op.mask_params)})" if op.mask_params else ""
+    text = f"{where}{built(c)} holds other values than the reference's{built(r)} (max_abs difference {err:.3e})"
+    return [_finding(module, "argument", c.name, "attn_mask", "attn_mask (other values)",
+                     ", ".join(r.mask_params) or "attn_mask", text)]
 
 
 def _stored_right(stored: torch.Tensor, reference: torch.Tensor, mapped: torch.Tensor | None) -> str | None:
@@ -841,7 +971,7 @@ def _value_twin(c: Op, rs: list[Op], pos: int, tol: Tolerance) -> Op | None:
 
 
 def _input_value(side: _Side, op: Op) -> torch.Tensor | None:
-    return side.rec.value(op.input_ids[0], op.index) if op.input_ids else None
+    return side.rec.passed(op.input_ids[0], op.index) if op.input_ids else None
 
 
 def _fuse_siblings(side: _Side, other: _Side, tol: Tolerance) -> list[Op]:
@@ -869,10 +999,11 @@ def _fused(group: list[Op], side: _Side, other: _Side, tol: Tolerance) -> Op | N
             continue
         cat = torch.cat(outs, dim)
         for twin in other.stream:
-            if twin.name != group[0].name or twin.shape != tuple(cat.shape):
+            # in any layout: nn.MultiheadAttention projects its input sequence-first
+            if twin.name != group[0].name or not twin.outputs or twin.outputs[0].numel() != cat.numel():
                 continue
             y = _input_value(other, twin)
-            same_input = x is not None and y is not None and x.shape == y.shape and _outputs_agree([x], [y], tol)
+            same_input = x is not None and y is not None and x.numel() == y.numel() and _outputs_agree([x], [y], tol)
             if same_input or _outputs_agree([cat], twin.outputs[:1], tol):
                 return _fused_op(group, cat)
     return None
@@ -924,6 +1055,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             found = list(pending)
             found += _argument_findings(where, c, r)
             found += _param_findings(where, c, r, ref_module, root, expected)
+            found += _mask_findings(where, c, r, tol)
             inputs_differ = not found and _inputs_differ(c, r, cand, ref, tol)
             if inputs_differ:
                 found = _swapped_inputs(where, c, r, cand, ref, tol) \

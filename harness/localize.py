@@ -25,6 +25,8 @@ first failing one, the error was made there, and the innermost such call is name
 untwinned children are listed). So an error in an untwinned ``embeddings`` is not blamed on
 ``<root>``. Such a call is cleared when it did its part right: an untwinned call whose output
 the reference also computes (in any layout: a ``Permute`` module against a functional permute),
+as a call's output or, inside the twin around it, as any op's value (a slice of a fused ``qkv``,
+a bias table read by an attention's own code: the twin's ops are run again to see),
 or a failing guess that gives its guessed twin's output when re-run on that twin's inputs (a
 shared ReLU after a dropped residual add). With every suspect cleared, the error was made in the
 own code of an untwinned container around the failing call: the innermost that does not hand its
@@ -81,6 +83,7 @@ class Row(Aligned):
     passed_tolerance: bool | None = None
     rerun_judge: Any = field(default=None, repr=False)
     guess_received: bool | None = field(default=None, repr=False)  # a failing guess re-run: it received the error
+    inner_values: list | None = field(default=None, repr=False)  # the twin's values op by op (_inner_values)
 
 
 def _leaf_pairs(cand: dict[str, Leaf], ref: dict[str, Leaf]) -> list[tuple[str, Leaf, Leaf]]:
@@ -558,6 +561,11 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
                                               or row.match.reference.contains(r)]
         tol = row.tolerance if row is not None else None
         suspects = [u for u in suspects if not _vouched(u, pool, tol)]
+    if suspects and row is not None:
+        # nor one whose value the reference computes without a module call of its own (a fused qkv
+        # sliced into q; a bias table read by an attention's own code): its ops run again to see
+        inner = _inner_values(row)
+        suspects = [u for u in suspects if not _holds_any(u.primary, inner, row.tolerance)]
     # a failing guess that gives its guessed twin's output from that twin's inputs received the
     # error (a shared ReLU after a dropped residual add); one that does not may have made it
     suspects += [r.match.candidate for r in inside if r.status == "tentative" and since < r.match.candidate.end < end
@@ -594,10 +602,32 @@ def _vouched(call: Record, pool: Sequence[Record], tol: Tolerance | None) -> boo
     """Whether ``call``'s output holds, in its layout or another, the values of some output of a
     reference call in ``pool`` (full-mode copies only; statistics vouch for nothing), within
     ``tol`` (None: the tolerance of the output's dtype)."""
-    out = call.primary
+    return _holds_any(call.primary, [ref for record in pool for ref in record.outputs.values()], tol)
+
+
+def _holds_any(out: Any, values: Sequence[Any], tol: Tolerance | None) -> bool:
+    """Whether ``out`` holds, in its layout or another, the values of one of ``values``."""
     if not isinstance(out, torch.Tensor) or out.numel() == 0 or not out.is_floating_point():
         return False
     tol = tol or tolerance_for(out.dtype)
     return any(isinstance(ref, torch.Tensor) and ref.numel() == out.numel() and ref.dtype == out.dtype
-               and agreeing_layout(out, ref, tol) is not None
-               for record in pool for ref in record.outputs.values())
+               and agreeing_layout(out, ref, tol) is not None for ref in values)
+
+
+# a twin whose ops are recorded to vouch for untwinned calls inside it: not one holding more
+# parameter elements than this (a whole large model)
+INNER_ELEMENTS = 2**24
+
+
+def _inner_values(row: Row) -> list[torch.Tensor]:
+    """Every value the reference twin of ``row`` computes inside, op by op, and the parameters its
+    ops read as they read them (a slice of a table), from its recorded inputs; [] when it cannot run."""
+    from harness.diagnose import record_values  # diagnose re-runs modules; localize only needs this
+
+    ref = row.match.reference
+    if ref.module is None or type(ref.module).__name__ == "RecordedModule" \
+            or sum(p.numel() for p in ref.module.parameters()) > INNER_ELEMENTS:
+        return []
+    if row.inner_values is None:
+        row.inner_values = record_values(ref.module, ref.args, ref.kwargs)
+    return row.inner_values
