@@ -137,6 +137,52 @@ def invert_steps(steps: Sequence[Step], source_shape: Sequence[int] | None = Non
     return inverse[::-1]
 
 
+def simplify_steps(steps: Sequence[Step], shape: Sequence[int]) -> list[Step]:
+    """Layout ``steps`` on a tensor of ``shape`` with runs merged: consecutive reshapes become the
+    last one, consecutive transposes and permutes one permute, and whatever gives back the shape
+    it started from (a reshape) or the order it started from (a permute) is dropped."""
+    out: list[Step] = []
+    shapes = [tuple(shape)]  # the shape before each step of ``out``, and after the last
+    for step in steps:
+        op = step["op"]
+        if op not in ("reshape", "transpose", "permute"):
+            out.append(dict(step))
+            shapes.append(shape_after([step], shapes[-1]) if op != "slice" else _sliced(step, shapes[-1]))
+            continue
+        if op == "transpose":
+            dims = list(range(len(shapes[-1])))
+            a, b = step["dims"]
+            dims[a], dims[b] = dims[b], dims[a]
+            step = {"op": "permute", "dims": dims}
+        if out and out[-1]["op"] == step["op"] == "reshape":
+            out.pop(), shapes.pop()
+        elif out and out[-1]["op"] in ("permute", "transpose") and step["op"] == "permute":
+            last = out.pop()
+            shapes.pop()
+            first = last["dims"] if last["op"] == "permute" else _swap(len(shapes[-1]), last["dims"])
+            step = {"op": "permute", "dims": [first[d] for d in step["dims"]]}
+        after = shape_after([step], shapes[-1])
+        if (step["op"] == "reshape" and after == shapes[-1]) or (step["op"] == "permute" and step["dims"] == sorted(step["dims"])):
+            continue
+        if step["op"] == "permute" and len(step["dims"]) == 2:
+            step = {"op": "transpose", "dims": [0, 1]}
+        out.append(step)
+        shapes.append(after)
+    return out
+
+
+def _swap(ndim: int, dims: Sequence[int]) -> list[int]:
+    order = list(range(ndim))
+    order[dims[0]], order[dims[1]] = order[dims[1]], order[dims[0]]
+    return order
+
+
+def _sliced(step: Step, shape: tuple[int, ...]) -> tuple[int, ...]:
+    out = list(shape)
+    out[step["dim"]] = step["stop"] - step["start"]
+    return tuple(out)
+
+
 def describe_steps(steps: Sequence[Step]) -> str:
     """``transpose(dims=[0, 1]) + reshape(shape=[4, 2])``; ``identity`` for none."""
     if not steps:

@@ -10,7 +10,12 @@ its weights. The algorithm:
    operation, functional ones included (``F.linear``, ``x * gamma``, ``torch.cat([cls_token, x])``,
    ``F.multi_head_attention_forward``), and notes which parameter or learned buffer (BatchNorm
    running statistics) each operation touches for the first time, in argument order. Tensors the
-   forward never touches follow in state-dict order.
+   forward never touches follow in state-dict order. A tensor the forward re-lays out before using
+   it (``F.linear(x, w.t())``, ``F.conv2d(x, w.permute(3, 2, 0, 1))``, a cast) counts as used by
+   the operation reading the result, in that layout: the steps back to the stored layout join its
+   entry, so a square matrix or a square 1x1 kernel stored the other way is mapped right, where its
+   shape alone could not tell. A matrix read as the right operand of a product (``x @ W``) is a
+   linear layer's weight transposed.
 2. Siblings. Consecutive operations of one kind that read the same input tensor (the query, key
    and value projections of one token sequence) may stand for one fused operation on the other
    side: their i-th tensors, concatenated along dim 0, form a composite that can match one tensor.
@@ -32,7 +37,9 @@ its weights. The algorithm:
    same-shaped submodules swapped) and kept when the module then agrees. A module whose twin
    differs in a numeric setting (``eps``, ``approximate``) disagrees whatever the weights: no
    alternative is tried there, and its conflict names the setting. What still disagrees is
-   listed in ``conflicts``: a map is never accepted silently.
+   listed in ``conflicts``: a map is never accepted silently. Candidate tensors the forward reads
+   but the map leaves out get other values in the copy first, so that a candidate already holding
+   the right values there (a finished conversion being checked) cannot verify an incomplete map.
 
 The result is a :class:`harness.weightmap.WeightMap`: data that reads both ways.
 """
@@ -53,6 +60,7 @@ from torch.overrides import TorchFunctionMode
 from harness.trace import ROOT
 from harness.checks import check_module
 from harness.diagnose import numeric_setting_differences
+from harness.keymap import invert_steps, shape_after, simplify_steps
 from harness.weightmap import Entry, Step, WeightMap, layout_steps, load_weight_map, owner_of, shape_permutations
 
 __all__ = ["WeightMap", "Entry", "map_weights", "infer_map", "load_weight_map"]
@@ -66,32 +74,111 @@ class _Tensor:
     op: str  # the operation that used it first ("<unused>" if none)
     op_index: int
     source: int | None  # id of the op's first non-weight tensor argument (siblings share it)
+    to_used: tuple[Step, ...] = ()  # the layout steps the forward applied before that use (w.t(), w.permute(...))
+
+    @property
+    def used_shape(self) -> tuple[int, ...]:
+        """The shape the operation read: the stored shape through ``to_used``."""
+        return shape_after(self.to_used, self.shape) if self.to_used else self.shape
+
+    def from_used(self) -> list[Step]:
+        """Steps from the layout the operation read back to the stored one."""
+        return invert_steps(self.to_used, self.shape) if self.to_used else []
+
+
+# Operations that only re-lay out a stored tensor or cast it (w.t(), w.permute(3, 2, 0, 1),
+# qkv.reshape(3 * C, C), w.to(x.dtype)): a functional port applies them at the point of use. The use
+# that places the tensor in the computation is the operation reading the result, in its layout.
+_RELAYOUTS = {"t", "T", "mT", "transpose", "permute", "reshape", "view", "flatten", "unflatten", "squeeze",
+              "unsqueeze", "contiguous", "to", "float", "double", "half", "bfloat16", "type_as", "clone", "detach"}
+# a weight read as the right operand of a matrix product is an (in, out) matrix: seen as F.linear's
+# (out, in) through a transpose, so that ``x @ W`` and ``F.linear(x, W.t())`` match a linear layer
+_MATMULS = {"matmul", "mm"}
+
+
+def _relayout_step(name: str, args: tuple, kwargs: dict, before: torch.Tensor, after: Any) -> list[Step] | None:
+    """The layout steps an operation applied to ``before`` giving ``after``; None if it did more."""
+    if not isinstance(after, torch.Tensor) or after.numel() != before.numel():
+        return None
+    if name in ("t", "T", "mT"):
+        steps = [{"op": "transpose", "dims": [before.ndim - 2, before.ndim - 1]}] if before.ndim >= 2 else []
+    elif name == "transpose":
+        dims = [*args[1:], *kwargs.values()][:2]
+        steps = [{"op": "transpose", "dims": [d % before.ndim for d in dims]}] if len(dims) == 2 else None
+    elif name == "permute":
+        dims = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:] or kwargs.get("dims", ())
+        steps = [{"op": "permute", "dims": [d % before.ndim for d in dims]}]
+    elif name in ("reshape", "view", "flatten", "unflatten", "squeeze", "unsqueeze"):
+        steps = [] if tuple(after.shape) == tuple(before.shape) else [{"op": "reshape", "shape": list(after.shape)}]
+    else:  # casts and copies keep the layout
+        steps = []
+    if steps is None or after.dtype.is_floating_point != before.dtype.is_floating_point \
+            or shape_after(steps, before.shape) != tuple(after.shape):
+        return None
+    return steps
 
 
 class _FirstUse(TorchFunctionMode):
-    """Notes the first torch operation touching each watched tensor."""
+    """Notes the first torch operation using each watched tensor, seen through re-layouts."""
 
     def __init__(self, watched: dict[int, str]) -> None:
         super().__init__()
         self.watched = watched
         self.seen: set[str] = set()
-        self.uses: list[tuple[str, str, int, int | None]] = []  # (key, op, op index, source id)
+        self.uses: list[tuple[str, str, int, int | None, tuple[Step, ...]]] = []  # (key, op, op index, source id, to_used)
         self.ops = 0
+        # id(re-laid-out tensor) -> (key, steps from the stored tensor, the tensor: kept alive so its id stays its own)
+        self.relaid: dict[int, tuple[str, tuple[Step, ...], torch.Tensor]] = {}
+        self.first_touch: dict[str, tuple[str, int]] = {}  # key -> (op, op index) of a re-layout never read after
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", None) or str(func)
-        if name != "__get__":  # attribute reads (.dtype, .shape) use no values
-            leaves = _tensor_leaves((args, kwargs))
-            keys = [self.watched[id(t)] for t in leaves if id(t) in self.watched]
-            if keys:
-                source = next((id(t) for t in leaves if id(t) not in self.watched), None)
-                self.ops += 1
-                for key in keys:
-                    if key not in self.seen:
-                        self.seen.add(key)
-                        self.uses.append((key, name.strip("_"), self.ops, source))
-        return func(*args, **kwargs)
+        if name == "__get__":  # attribute reads (.dtype, .shape) use no values; .T and .mT re-lay out
+            name = getattr(getattr(func, "__self__", None), "__name__", name)
+            if name not in ("T", "mT"):
+                return func(*args, **kwargs)
+        result = func(*args, **kwargs)
+        leaves = _tensor_leaves((args, kwargs))
+        held = [(t, self._held(t)) for t in leaves]
+        if not any(h for _, h in held):
+            return result
+        self.ops += 1
+        name = name.strip("_")
+        first = held[0][1] if name in _RELAYOUTS and args and args[0] is held[0][0] else None
+        steps = _relayout_step(name, args, kwargs, args[0], result) if first is not None else None
+        if steps is not None:
+            key, before, _ = first
+            self.relaid[id(result)] = (key, (*before, *steps), result)
+            self.first_touch.setdefault(key, (name, self.ops))
+            return result
+        source = next((id(t) for t, h in held if h is None), None)
+        for position, (t, h) in enumerate(held):
+            if h is None or h[0] in self.seen:
+                continue
+            key, to_used, _ = h
+            op = name
+            if name in _MATMULS and position == 1 and t.ndim == 2:
+                to_used, op = (*to_used, {"op": "transpose", "dims": [0, 1]}), "linear"
+            self.seen.add(key)
+            self.uses.append((key, op, self.ops, source, to_used))
+        return result
+
+    def _held(self, t: torch.Tensor) -> tuple[str, tuple[Step, ...], Any] | None:
+        """(key, steps from the stored tensor) when ``t`` is a watched tensor or a re-layout of one."""
+        key = self.watched.get(id(t))
+        if key is not None:
+            return key, (), None
+        return self.relaid.get(id(t))
+
+    def finish(self) -> None:
+        """Tensors only ever re-laid out count as used where they were first touched."""
+        for key, (op, index) in self.first_touch.items():
+            if key not in self.seen:
+                self.seen.add(key)
+                self.uses.append((key, op, index, None, ()))
+        self.uses.sort(key=lambda use: use[2])  # stable: argument order within one operation
+        self.relaid.clear()
 
 
 def _tensor_leaves(value: Any) -> list[torch.Tensor]:
@@ -131,17 +218,22 @@ def _first_uses(model: nn.Module, run: Callable[[nn.Module], Any]) -> tuple[list
               for m in model.modules()}
     with torch.no_grad(), recorder:
         run(model)
+    recorder.finish()
     for m in model.modules():  # leave the model as it was: caches filled by this run are dropped
         for n in caches.get(id(m), ()):
             getattr(m, n).clear()
     kinds = {k: "parameter" for k, _ in model.named_parameters()}
-    out = [_Tensor(k, tuple(learned[k].shape), kinds.get(k, "buffer"), op, i, src) for k, op, i, src in recorder.uses]
+    out = [_Tensor(k, tuple(learned[k].shape), kinds.get(k, "buffer"), op, i, src, steps)
+           for k, op, i, src, steps in recorder.uses]
     tail = recorder.ops + 1
     for key, t in learned.items():
         if key not in recorder.seen:
             out.append(_Tensor(key, tuple(t.shape), kinds.get(key, "buffer"), "<unused>", tail, None))
             tail += 1
     return out, computed
+
+
+_NEVER_USED = "never used by the forward on these inputs, and no unused counterpart in order"
 
 
 # -- sequence alignment -----------------------------------------------------------------------------
@@ -153,11 +245,12 @@ class _Unit:
     shape: tuple[int, ...]
 
 
-def _composites(tensors: list[_Tensor]) -> dict[int, list[tuple[int, list[_Unit]]]]:
+def _composites(tensors: list[_Tensor], *, stored: bool) -> dict[int, list[tuple[int, list[_Unit]]]]:
     """For each start index: (end index, composite units) for runs of sibling operations.
 
     Siblings: consecutive operations of the same kind reading the same source tensor, whose i-th
-    tensors agree in every dim but the first.
+    tensors agree in every dim but the first, in the layout the operations read. ``stored``: only
+    tensors read as stored (a concat of the stored tensors is the composite).
     """
     ops: list[list[int]] = []
     for i, t in enumerate(tensors):
@@ -176,15 +269,16 @@ def _composites(tensors: list[_Tensor]) -> dict[int, list[tuple[int, list[_Unit]
             # composites are made of the tensors every sibling has, in argument order
             same = (t.op == head.op and t.source == head.source
                     and ops[e][0] == ops[e - 1][-1] + 1
-                    and all(tensors[a].shape[1:] == tensors[b].shape[1:] and tensors[a].kind == tensors[b].kind
-                            and len(tensors[a].shape) >= 1 for a, b in zip(ops[s], ops[e])))
+                    and all(tensors[a].used_shape[1:] == tensors[b].used_shape[1:] and tensors[a].kind == tensors[b].kind
+                            and len(tensors[a].shape) >= 1 and not (stored and (tensors[a].to_used or tensors[b].to_used))
+                            for a, b in zip(ops[s], ops[e])))
             if not same:
                 break
             units = []
             for pos in range(min(len(ops[k]) for k in range(s, e + 1))):
                 members = tuple(ops[k][pos] for k in range(s, e + 1))
-                first = tensors[members[0]].shape
-                units.append(_Unit(members, (sum(tensors[m].shape[0] for m in members), *first[1:])))
+                first = tensors[members[0]].used_shape
+                units.append(_Unit(members, (sum(tensors[m].used_shape[0] for m in members), *first[1:])))
             out.setdefault(ops[s][0], []).append((ops[e][-1] + 1, units))
     return out
 
@@ -211,7 +305,7 @@ def _align(cand: list[_Tensor], ref: list[_Tensor]) -> list[tuple[list[int], lis
     candidate tensors from one reference tensor).
     """
     n, m = len(cand), len(ref)
-    comp_r, comp_c = _composites(ref), _composites(cand)
+    comp_r, comp_c = _composites(ref, stored=True), _composites(cand, stored=False)
     neg = -1.0
     best = [[neg] * (m + 1) for _ in range(n + 1)]
     back: list[list[Any]] = [[None] * (m + 1) for _ in range(n + 1)]
@@ -242,9 +336,10 @@ def _align(cand: list[_Tensor], ref: list[_Tensor]) -> list[tuple[list[int], lis
             if i < n and j < m:
                 c, r = cand[i], ref[j]
                 if c.kind == r.kind:
-                    fit = layout(c.shape, r.shape)
+                    fit = layout(c.used_shape, r.used_shape)
                     if fit is not None:
-                        push(i + 1, j + 1, here + 1.0 - fit[1] + _bonus(c, r), ("one", i, j, fit[0]))
+                        steps = simplify_steps([*r.to_used, *fit[0], *c.from_used()], r.shape)
+                        push(i + 1, j + 1, here + 1.0 - fit[1] + _bonus(c, r), ("one", i, j, steps))
             for end, units in comp_r.get(j, ()):  # one candidate tensor per reference composite
                 if i + len(units) > n:
                     continue
@@ -252,11 +347,12 @@ def _align(cand: list[_Tensor], ref: list[_Tensor]) -> list[tuple[list[int], lis
                 for k, unit in enumerate(units):
                     c = cand[i + k]
                     r0 = ref[unit.members[0]]
-                    fit = layout(c.shape, unit.shape) if c.kind == r0.kind else None
+                    fit = layout(c.used_shape, unit.shape) if c.kind == r0.kind else None
                     if fit is None:
                         break
                     sizes = [ref[x].shape[0] for x in unit.members]
-                    steps_all.append([{"op": "concat", "dim": 0, "sizes": sizes}, *fit[0]])
+                    steps_all.append([{"op": "concat", "dim": 0, "sizes": sizes},
+                                      *simplify_steps([*fit[0], *c.from_used()], unit.shape)])
                     gain += len(unit.members) * (1.0 - fit[1] + _bonus(c, r0))
                 else:
                     push(i + len(units), end, here + gain, ("concat", i, j, units, steps_all))
@@ -267,10 +363,10 @@ def _align(cand: list[_Tensor], ref: list[_Tensor]) -> list[tuple[list[int], lis
                 for k, unit in enumerate(units):
                     r = ref[j + k]
                     c0 = cand[unit.members[0]]
-                    fit = layout(unit.shape, r.shape) if c0.kind == r.kind else None
+                    fit = layout(unit.shape, r.used_shape) if c0.kind == r.kind else None
                     if fit is None:
                         break
-                    steps_all.append(fit[0])
+                    steps_all.append([*r.to_used, *fit[0]])
                     gain += len(unit.members) * (1.0 - fit[1] + _bonus(c0, r))
                 else:
                     push(end, j + len(units), here + gain, ("slice", i, j, units, steps_all))
@@ -290,11 +386,12 @@ def _align(cand: list[_Tensor], ref: list[_Tensor]) -> list[tuple[list[int], lis
             for k, unit in enumerate(units):
                 start = 0
                 for member in unit.members:
-                    size = cand[member].shape[0]
+                    size = cand[member].used_shape[0]
                     cut = {"op": "slice", "dim": 0, "start": start, "stop": start + size}
-                    # the fused tensor in candidate layout, cut; then the member's own shape
-                    shape_fix = layout(cand[member].shape, (size, *unit.shape[1:]))
-                    out.append(([member], [j0 + k], [*steps_all[k], cut, *(shape_fix[0] if shape_fix else [])], "slice"))
+                    # the fused tensor in the layout the candidate's operations read, cut; then the
+                    # member's stored layout
+                    steps = simplify_steps([*steps_all[k], cut, *cand[member].from_used()], ref[j0 + k].shape)
+                    out.append(([member], [j0 + k], steps, "slice"))
                     start += size
         i, j = how[1], how[2]
     return out[::-1]
@@ -349,7 +446,7 @@ def infer_map(
             # a key both models use: the reference's reason under "reference:KEY", so neither is lost
             at = f"reference:{t.key}" if side == "reference" and t.key in reasons else t.key
             if t.op == "<unused>":
-                reasons[at] = "never used by the forward on these inputs, and no unused counterpart in order"
+                reasons[at] = _NEVER_USED
             elif t.shape not in other_shapes and not any(layout_steps(t.shape, o.shape) for o in other):
                 reasons[at] = f"no tensor of a compatible shape {t.shape} on the other side (shape family differs)"
             else:
@@ -545,6 +642,7 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
     from harness.api import compare
 
     trial = copy.deepcopy(candidate)
+    unfilled = _scramble_unfilled(weights, trial)
 
     def run(w: WeightMap):
         w.transfer(reference, trial)
@@ -582,9 +680,33 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
             stuck.add(culprit)
     weights.verified = bool(report.passed)
     weights.conflicts = [] if report.passed else [_conflict(report, m) for m in report.introduced]
+    if not report.passed and unfilled:
+        weights.conflicts.append({"module": None, "text": (
+            f"{len(unfilled)} candidate tensor(s) the forward reads have no counterpart and were given other values "
+            f"for this check, so that their own values cannot pass for a right map: {', '.join(unfilled[:6])}"
+            + (" ..." if len(unfilled) > 6 else ""))})
     if not report.passed and not report.introduced:
         weights.conflicts.append({"module": None, "text": f"after transfer the outputs disagree "
                                                           f"(max_abs {report.output.max_abs:.3e})"})
+
+
+def _scramble_unfilled(weights: WeightMap, trial: nn.Module) -> list[str]:
+    """Give the floating tensors of ``trial`` that the forward reads but the map does not fill other
+    values (seeded): a candidate that already holds the right values there (a finished conversion
+    being checked) would otherwise verify a map that leaves them out. Returns their keys."""
+    keys = [k for k in weights.unmatched.get("candidate", []) if weights.reason("candidate", k) != _NEVER_USED]
+    tensors = dict(trial.named_parameters()) | dict(trial.named_buffers())
+    generator = torch.Generator().manual_seed(0)
+    scrambled = []
+    with torch.no_grad():
+        for key in keys:
+            t = tensors.get(key)
+            if t is None or not t.is_floating_point() or not t.numel():
+                continue
+            scale = float(t.abs().mean()) or 1.0
+            t.add_(torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device) * scale)
+            scrambled.append(key)
+    return scrambled
 
 
 def _settings_differ(report, module: str) -> list[str]:

@@ -273,6 +273,68 @@ class KernelHWIO(nn.Module):
         return F.conv2d(x, self.kernel.permute(*self.order), self.bias, padding=1)
 
 
+class FunctionalHWIONet(nn.Module):
+    """A 3x3 then a square 1x1 conv, kernels stored ``(kh, kw, C_in, C_out)`` and permuted to torch's
+    order where they are used, as a JAX port written with ``F.conv2d`` keeps them."""
+
+    def __init__(self, channels: int = 8) -> None:
+        super().__init__()
+        self.w3 = nn.Parameter(torch.randn(3, 3, 3, channels))
+        self.b3 = nn.Parameter(torch.zeros(channels))
+        self.w1 = nn.Parameter(torch.randn(1, 1, channels, channels))
+        self.b1 = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(F.conv2d(x, self.w3.permute(3, 2, 0, 1), self.b3, padding=1))
+        return F.conv2d(x, self.w1.permute(3, 2, 0, 1), self.b1)
+
+
+class FusedAttention(nn.Module):
+    """Self-attention with one ``qkv`` projection, as timm writes it."""
+
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        return self.proj(attention(q, k, v, (d // self.heads) ** -0.5).transpose(1, 2).reshape(b, n, d))
+
+
+class TransposedAttention(nn.Module):
+    """The same with ``q``/``k``/``v``/``o`` stored ``(C_in, C_out)`` as JAX keeps them and
+    transposed where used; every matrix is square, so their shapes alone cannot tell the layout."""
+
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        for name in "qkvo":
+            setattr(self, f"w{name}", nn.Parameter(torch.randn(dim, dim)))
+            setattr(self, f"b{name}", nn.Parameter(torch.zeros(dim)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = (F.linear(x, getattr(self, f"w{name}").t(), getattr(self, f"b{name}"))
+                   .reshape(b, n, self.heads, d // self.heads).transpose(1, 2) for name in "qkv")
+        a = attention(q, k, v, (d // self.heads) ** -0.5).transpose(1, 2).reshape(b, n, d)
+        return F.linear(a, self.wo.t(), self.bo)
+
+
+class MatmulMlp(nn.Module):
+    """A two-layer MLP written as ``x @ W + b`` with square ``(C_in, C_out)`` matrices."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.w1, self.b1 = nn.Parameter(torch.randn(dim, dim)), nn.Parameter(torch.zeros(dim))
+        self.w2, self.b2 = nn.Parameter(torch.randn(dim, dim)), nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x @ self.w1 + self.b1) @ self.w2 + self.b2
+
+
 class ConvPatches(nn.Module):
     """A patch embedding as torch writes it: a 4x4 stride-4 conv, then the tokens ``(B, N, D)``."""
 

@@ -166,3 +166,32 @@ def test_a_timm_vit_state_reads_back_into_the_torchvision_layout():
     candidate, reference = _vits()
     assert_same_state(TORCHVISION_VIT.to_reference(TORCHVISION_VIT.to_candidate(reference.state_dict())),
                        reference.state_dict())
+
+
+def test_simplified_steps_merge_a_run_of_reshapes_into_the_last():
+    from harness.keymap import simplify_steps
+
+    steps = [{"op": "reshape", "shape": [4, 2]}, {"op": "reshape", "shape": [2, 2, 2]}]
+    assert simplify_steps(steps, (8,)) == [{"op": "reshape", "shape": [2, 2, 2]}]
+
+
+def test_simplified_steps_drop_a_transpose_undone_by_a_permute():
+    from harness.keymap import simplify_steps
+
+    steps = [{"op": "transpose", "dims": [0, 2]}, {"op": "permute", "dims": [2, 1, 0]}]
+    assert simplify_steps(steps, (2, 3, 4)) == []
+
+
+def test_simplified_steps_compose_permutes_and_keep_what_they_do():
+    from harness.keymap import apply_steps, simplify_steps
+
+    steps = [{"op": "permute", "dims": [2, 0, 1]}, {"op": "transpose", "dims": [0, 1]}, {"op": "reshape", "shape": [6, 4]}]
+    x = torch.arange(24).reshape(2, 3, 4)
+    simple = simplify_steps(steps, x.shape)
+    assert len(simple) == 2 and torch.equal(apply_steps(x, simple), apply_steps(x, steps)), simple
+
+
+def test_simplified_steps_drop_a_reshape_to_the_shape_already_there():
+    from harness.keymap import simplify_steps
+
+    assert simplify_steps([{"op": "reshape", "shape": [1, 8]}, {"op": "reshape", "shape": [8]}], (8,)) == []

@@ -11,7 +11,8 @@ from torch import nn
 
 import harness
 from port_toys import (ChannelsLastNet, ChannelsLastPatches, ConvNet, ConvNormActFused, ConvNormActStack, ConvPatches,
-                       FusedBlock, SplitBlock, feature_maps, images, randomized, tokens)
+                       FunctionalHWIONet, FusedAttention, FusedBlock, MatmulMlp, SplitBlock, TransposedAttention,
+                       feature_maps, images, randomized, tokens)
 
 
 def state_equal(a: nn.Module, b: nn.Module) -> bool:
@@ -252,3 +253,64 @@ def test_norms_misplaced_in_a_cycle_of_three_units_follow_their_convs():
     norms = {e.candidate: e.reference[0] for e in _cohere(entries) if e.candidate.endswith("1.weight")}
     assert norms == {"b.proj.1.weight": "down.bn.weight", "b.f.a.1.weight": "c1.bn.weight",
                      "b.f.c.1.weight": "c3.bn.weight"}, norms
+
+
+def _verified_and_passing(candidate: nn.Module, reference: nn.Module, x: torch.Tensor) -> tuple[harness.WeightMap, bool]:
+    weights = harness.map_weights(candidate, reference, x)
+    weights.transfer(reference, candidate)
+    return weights, harness.compare(candidate, reference, x, weights=weights).passed
+
+
+def test_a_square_1x1_kernel_permuted_where_it_is_used_is_mapped_through_that_permute():
+    reference = randomized(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1)), 2)
+    weights, passed = _verified_and_passing(randomized(FunctionalHWIONet(), 1), reference, images())
+    assert entry(weights, "w1").steps == ({"op": "permute", "dims": [2, 3, 1, 0]},), str(weights)
+    assert weights.verified and passed, str(weights)
+
+
+def test_split_projections_transposed_where_they_are_used_are_transposed_slices_of_the_fused_one():
+    weights, passed = _verified_and_passing(randomized(TransposedAttention(), 1), randomized(FusedAttention(), 2), tokens())
+    assert entry(weights, "wk").steps == ({"op": "slice", "dim": 0, "start": 16, "stop": 32},
+                                          {"op": "transpose", "dims": [0, 1]}), str(weights)
+    assert weights.verified and passed, str(weights)
+
+
+def test_a_square_output_projection_transposed_where_it_is_used_is_mapped_transposed():
+    weights, _ = _verified_and_passing(randomized(TransposedAttention(), 1), randomized(FusedAttention(), 2), tokens())
+    assert entry(weights, "wo").steps == ({"op": "transpose", "dims": [0, 1]},), str(weights)
+
+
+def test_square_matrices_read_as_the_right_operand_of_a_matmul_are_linear_weights_transposed():
+    reference = randomized(nn.Sequential(nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 16)), 2)
+    weights, passed = _verified_and_passing(randomized(MatmulMlp(), 1), reference, tokens())
+    assert [entry(weights, k).steps for k in ("w1", "w2")] == [({"op": "transpose", "dims": [0, 1]},)] * 2, str(weights)
+    assert weights.verified and passed, str(weights)
+
+
+class _Scaled(nn.Module):
+    """A linear layer and a learned output scale the reference does not have."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+        self.alpha = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * self.alpha
+
+
+def test_a_map_leaving_out_a_tensor_the_forward_reads_is_not_verified_though_the_candidate_holds_its_right_value():
+    reference = randomized(nn.Sequential(nn.Linear(16, 16)), 2)
+    candidate = _Scaled().double().eval()
+    candidate.fc.load_state_dict(reference[0].state_dict())  # a finished conversion; alpha is 1, as it must be
+    weights = harness.map_weights(candidate, reference, tokens())
+    assert not weights.verified and weights.unmatched["candidate"] == ["alpha"], str(weights)
+    assert any("alpha" in c["text"] and "no counterpart" in c["text"] for c in weights.conflicts), weights.conflicts
+
+
+def test_verification_leaves_the_candidate_as_it_was():
+    reference = randomized(nn.Sequential(nn.Linear(16, 16)), 2)
+    candidate = _Scaled().double().eval()
+    before = copy.deepcopy(candidate)
+    harness.map_weights(candidate, reference, tokens())
+    assert state_equal(candidate, before)
