@@ -1,7 +1,8 @@
 """Measure aligned calls and localize the error: first divergence and culprit.
 
 ``first_divergence`` is the earliest aligned call (in completion order, so the innermost of
-nested calls comes first) whose output fails tolerance.
+nested calls comes first) whose output fails tolerance; a culprit without a confirmed twin (see
+below) that completed before it is the first divergence itself.
 
 The ``culprit`` is the innermost module that introduces an error itself rather than receiving
 one. For each failing call:
@@ -507,7 +508,11 @@ def localize_all(
                                f"in the reference")
     origins.sort()
     found.introduced = list(dict.fromkeys(name for _, name in origins))
-    found.first_divergence = failing[0].candidate
+    # an origin without a confirmed twin (code without a twin, a failing guess) that completed before
+    # the first failing confirmed call is where the outputs first differ: it is the first divergence
+    first = failing[0]
+    early = origins and origins[0][0] < first.match.candidate.end
+    found.first_divergence = origins[0][1] if early else first.candidate
     found.culprit = found.introduced[0] if found.introduced else None
     return found
 

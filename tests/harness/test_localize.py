@@ -154,3 +154,29 @@ def test_summary_mode_compares_statistics_and_still_localizes():
     assert "summary mode: layer errors are lower bounds" in report.format()
     row = next(r for r in report.rows if r.candidate == "blocks.1.norm")
     assert row.metrics.max_abs > 0 and row.metrics.rel_l2 != row.metrics.rel_l2  # unknown: NaN
+
+
+class _Mlp(torch.nn.Module):
+    """A two-layer MLP under names of its own; ``approximate`` is its GELU's."""
+
+    def __init__(self, names: tuple[str, str, str], approximate: str = "none") -> None:
+        super().__init__()
+        self.names = names
+        up, act, down = names
+        setattr(self, up, torch.nn.Linear(8, 24))
+        setattr(self, act, torch.nn.GELU(approximate=approximate))
+        setattr(self, down, torch.nn.Linear(24, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up, act, down = (getattr(self, n) for n in self.names)
+        return down(act(up(x)))
+
+
+def test_a_culprit_twinned_by_position_only_is_also_the_first_divergence():
+    reference = _Mlp(("fc1", "act", "fc2")).double().eval()
+    candidate = _Mlp(("up", "nonlin", "down"), approximate="tanh").double().eval()
+    x = torch.randn(2, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    weights = harness.map_weights(candidate, reference, x)
+    weights.transfer(reference, candidate)
+    report = harness.compare(candidate, reference, x, weights=weights)
+    assert (report.culprit, report.first_divergence) == ("nonlin", "nonlin"), report.format()
