@@ -15,7 +15,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    under ``no_grad`` with their parameters and buffers snapshotted and restored bitwise.
 2. Canonicalize. Spellings of one operation get one name (``__mul__``/``mul``/``mul_`` -> ``mul``,
    ``view`` -> ``reshape``, ``addmm`` -> ``linear``, ``bmm``/``@``/two-operand ``einsum`` ->
-   ``matmul``; a pad of zero width vanishes), non-tensor
+   ``matmul``, an adaptive average pool to size 1 -> ``mean`` over its spatial dims, kept; a pad of
+   zero width vanishes), non-tensor
    arguments are bound to parameter names with their defaults (``eps``, ``approximate``,
    ``dim`` made non-negative, ``stride`` as a tuple), and tensor arguments that are the module's
    parameters or buffers (or views of them) are named (``gamma``), with their values as stored
@@ -24,7 +25,9 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    ``softmax((q * s) @ k^T) @ v`` becomes one ``scaled_dot_product_attention`` with its
    effective ``scale`` and its mask: all that is added to the scores before the softmax (a bias,
    then a window mask), compared by value with the fused call's ``attn_mask``, be it a parameter
-   or a computed value (the adds that build it are part of it). Dropout in eval mode and casts to the same dtype
+   or a computed value (the adds that build it are part of it). ``x @ W`` with ``W`` a matrix
+   parameter, and a parameter vector added to its output features after, is one ``linear`` with
+   weight ``W^T``: a port storing its weights ``(in, out)``. Dropout in eval mode and casts to the same dtype
    vanish. Ops that only move values (reshape, permute, cat, indexing...) are kept apart as
    layout ops: implementations spell them in too many ways to align them usefully.
 3. Fuse siblings: one operation applied to one input by several modules in a row (``q``, ``k``,
@@ -34,9 +37,15 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    aligned pairs in order. Unpaired ops are held as pending until the next pair: if that pair's
    output agrees, they were harmless spellings. A pair whose output differs while a nearby op of
    the same name agrees (``x * cos + rot * sin`` against ``rot * sin + x * cos``) is a reordering.
+   Ops of other names in each other's place are findings only where their results differ and, after
+   the first such op, where their inputs agree: another spelling of one operation (``relu6`` for
+   ``hardtanh(0, 6)``) is none, and an op that only receives what a replaced op before it changed
+   is no lead.
    The first pair whose output differs (float64 tolerance) is the divergence. It is explained by
-   the pending missing / extra / different ops, its differing non-tensor arguments, a parameter
-   holding other values
+   the pending missing / extra / different ops, its differing non-tensor arguments (not ``inplace``
+   or ``keepdim``, which say only where or in what shape the result is written), a parameter
+   holding other values, compared with the reference's in one layout (a ``(C,)`` scale on NHWC
+   against its ``(1, C, 1, 1)`` view on NCHW; ``add``/``mul`` operands paired whatever their side)
    (``weight`` holds the reference's ``bias``, or another module's tensor anywhere in the reference
    model, as it is, reshaped or transposed: a swap), a parameter one side does not pass (a dropped
    bias), or, when its inputs already differ while everything computed before agreed, operands
@@ -261,6 +270,8 @@ class OpRecorder(TorchFunctionMode):
         name = canonical_name(func)
         if name == "addmm" and len(args) >= 3:  # torch.addmm(bias, x, weight.t()): a linear layer
             name, args, kwargs = "linear", (args[1], args[2], args[0]), {}
+        if name in _GLOBAL_POOLS:
+            name, args, kwargs = _global_mean(name, args, kwargs)
         if name == "einsum":
             operands = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
             # a product of two operands is a (batched) matmul in another spelling: attention
@@ -325,6 +336,21 @@ class OpRecorder(TorchFunctionMode):
         """:meth:`value`, or the module's own input of that id."""
         found = self.value(tensor_id, before)
         return found if found is not None else self.given.get(tensor_id)
+
+
+_GLOBAL_POOLS = {"adaptive_avg_pool1d": 1, "adaptive_avg_pool2d": 2, "adaptive_avg_pool3d": 3}
+
+
+def _global_mean(name: str, args: tuple, kwargs: dict) -> tuple[str, tuple, dict]:
+    """An adaptive average pool to size 1 is the mean over its spatial dims, kept: one operation
+    that ports spell either way (``x.mean((2, 3), keepdim=True)``); any other size stays a pool."""
+    x = args[0] if args else kwargs.get("input")
+    size = args[1] if len(args) > 1 else kwargs.get("output_size")
+    sizes = size if isinstance(size, (tuple, list, torch.Size)) else (size,)
+    if not isinstance(x, torch.Tensor) or not all(s == 1 for s in sizes):
+        return name, args, kwargs
+    spatial = _GLOBAL_POOLS[name]
+    return "mean", (x, tuple(range(x.ndim - spatial, x.ndim)), True), {}
 
 
 def _spelling(func: Callable) -> str:
@@ -566,7 +592,58 @@ def record_ops(module: nn.Module, args: tuple, kwargs: dict) -> tuple[OpRecorder
             op.args["_q_last"] = _sdpa_head_dim(rec, op)
         if op.name == "scaled_dot_product_attention":
             _take_mask(rec, op)
-    return rec, _fold_attention(rec), out
+    return rec, _fold_linear(rec, _fold_attention(rec)), out
+
+
+def _fold_linear(rec: OpRecorder, stream: list[Op]) -> list[Op]:
+    """``x @ W + b`` with ``W`` and ``b`` parameters made one ``linear``, as ``F.linear(x, W^T, b)``
+    and ``addmm`` are: a port storing its weights ``(in, out)`` computes what ``nn.Linear`` does.
+    The add is folded in only where it alone reads the product."""
+    out: list[Op] = []
+    for op in stream:
+        if out and _adds_bias(op, out[-1]) and _read_once(rec, out[-1], op):
+            out[-1] = _with_bias(out[-1], op)
+        else:
+            out.append(_as_linear(op) if _weight_product(op) else op)
+    return out
+
+
+def _read_once(rec: OpRecorder, product: Op, add: Op) -> bool:
+    """Whether ``add`` alone reads ``product``'s output (after an in-place add, readers of that
+    tensor read the sum)."""
+    last = add.index if add.out_ids == add.input_ids else len(rec.ops)
+    return sum(product.out_ids[0] in op.input_ids for op in rec.ops[product.index + 1:last + 1]) == 1
+
+
+def _weight_product(op: Op) -> bool:
+    """``x @ W`` with ``W`` a matrix parameter (or a view of one)."""
+    return op.name == "matmul" and list(op.params) == ["other"] and len(op.input_ids) == 1 \
+        and op.operands["other"].ndim == 2
+
+
+def _as_linear(op: Op) -> Op:
+    weight = op.params["other"]
+    return replace(op, name="linear", args={"bias": None}, params={"weight": weight},
+                   param_values={"weight": op.param_values["other"]}, operands={"weight": op.operands["other"].t()},
+                   named_inputs={"input": op.input_ids[0]})
+
+
+def _adds_bias(add: Op, product: Op) -> bool:
+    """``add`` puts a parameter vector on the output features of a folded ``x @ W``."""
+    if add.name != "add" or product.name != "linear" or "bias" in product.params \
+            or add.input_ids != product.out_ids[:1] or len(add.params) != 1 or add.args.get("alpha", 1) != 1:
+        return False
+    bias = next(iter(add.operands.values()))
+    return product.outputs[0].shape[-1:] == bias.shape and "weight" in product.operands \
+        and product.operands["weight"].shape[0] == bias.shape[0]
+
+
+def _with_bias(product: Op, add: Op) -> Op:
+    key = next(iter(add.params))
+    return replace(product, args={}, params={**product.params, "bias": add.params[key]},
+                   param_values={**product.param_values, "bias": add.param_values[key]},
+                   operands={**product.operands, "bias": add.operands[key]}, spelling=f"{product.spelling} + bias",
+                   out_ids=add.out_ids, outputs=add.outputs)
 
 
 def _take_mask(rec: OpRecorder, op: Op) -> None:
@@ -758,8 +835,8 @@ def _argument_findings(module: str, c: Op, r: Op) -> list[dict]:
             continue  # positional leftovers of different spellings
         if key in _TRAINING_ONLY and not (c.args.get("training") or r.args.get("training")):
             continue  # a BatchNorm's momentum changes nothing in eval mode
-        if key == "inplace":
-            continue  # where the result is written, not what it is
+        if key in _LAYOUT_ONLY:
+            continue  # where or in what shape the result is written, not what it is
         if not _same_value(a, b):
             op, inside = c.name, ""
             if c.name == "scaled_dot_product_attention" and key in ("dim", "dtype"):
@@ -769,6 +846,9 @@ def _argument_findings(module: str, c: Op, r: Op) -> list[dict]:
     return out
 
 
+# arguments that change only where or in what shape a result is written: the outputs are compared in
+# any layout (x.mean((2, 3)) against an adaptive pool's kept dims, then flattened)
+_LAYOUT_ONLY = frozenset({"inplace", "keepdim"})
 _UNREAD_IN_TRAINING = frozenset({"running_mean", "running_var"})
 Expected = Callable[[str], "torch.Tensor | None"]  # candidate parameter (relative name) -> what the weight map puts there
 
@@ -777,33 +857,31 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
                     expected: Expected | None = None) -> list[dict]:
     out = []
     training = c.args.get("training") or r.args.get("training")
-    for key in [k for k in c.params if k in r.params]:
+    for key, r_key in _paired_params(c, r):
         if training and key in _UNREAD_IN_TRAINING:
             continue  # a norm in train mode normalizes with the batch's statistics; it only updates these
-        passed_c, passed_r = c.operands.get(key, c.param_values[key]), r.operands.get(key, r.param_values[key])
-        if passed_c.shape == passed_r.shape and torch.equal(passed_c, passed_r.to(passed_c.dtype)):
-            continue  # the op receives the same tensor, however each side stores and lays it out
-        name, stored = c.params[key], _stored_right(c.param_values[key], r.param_values[key],
-                                                    expected(c.params[key]) if expected is not None else None)
-        if stored is not None and passed_c.shape != passed_r.shape:
+        passed_c, passed_r = c.operands.get(key, c.param_values[key]), r.operands.get(r_key, r.param_values[r_key])
+        passed = _in_one_layout(passed_c, passed_r)
+        if passed is not None and torch.equal(passed[0], passed[1].to(passed[0].dtype)):
+            continue  # the op receives the same values, however each side stores and lays them out
+        name, ref_name = c.params[key], r.params[r_key]
+        stored = _stored_right(c.param_values[key], r.param_values[r_key],
+                               expected(name) if expected is not None else None)
+        if stored is not None and passed is None:
             continue  # stored as the reference's (a slice of a fused tensor): the ops' shapes differ, not it
         if stored is not None:
-            err = (passed_c.double() - passed_r.double()).abs().max().item()
+            err = (passed[0].double() - passed[1].double()).abs().max().item()
             text = (f"{module}: {c.name} operand {name} is stored right ({stored}) but passed in another layout than "
-                    f"the reference's {r.params[key]} (max_abs difference {err:.3e} in what {c.name} receives)")
-            out.append(_finding(module, "argument", c.name, name, f"{name} (another layout)", r.params[key], text))
+                    f"the reference's {ref_name} (max_abs difference {err:.3e} in what {c.name} receives)")
+            out.append(_finding(module, "argument", c.name, name, f"{name} (another layout)", ref_name, text))
             continue
-        a, b = c.param_values[key], r.param_values[key]
-        holds = _whose_values(a, ref_module, r.params[key], root)
+        holds = _whose_values(c.param_values[key], ref_module, ref_name, root)
         if holds:
             text = f"{module}: {c.name} operand {name} holds the reference's {holds} (swapped weights?)"
         else:
-            a, b = (passed_c, passed_r) if passed_c.shape == passed_r.shape else (a, b)
-            err = (a.double() - b.double()).abs().max().item() if a.shape == b.shape else float("nan")
-            shapes = "" if a.shape == b.shape else f"; shapes {tuple(a.shape)} and {tuple(b.shape)}"
-            text = f"{module}: {c.name} operand {name} holds other values than the reference's {r.params[key]} " \
-                   f"(max_abs difference {err:.3e}{shapes})"
-        out.append(_finding(module, "argument", c.name, name, holds or f"{name} (other values)", r.params[key], text))
+            text = f"{module}: {c.name} operand {name} holds other values than the reference's {ref_name} " \
+                   f"({_operand_difference(passed, c.param_values[key], r.param_values[r_key])})"
+        out.append(_finding(module, "argument", c.name, name, holds or f"{name} (other values)", ref_name, text))
     if len(c.params) != len(r.params) and c.name not in _COMMUTATIVE:  # a bias dropped or added
         for key in sorted(set(c.params) ^ set(r.params)):
             if key in c.named_inputs or key in r.named_inputs:
@@ -816,6 +894,33 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
                 text = f"{module}: {c.name} {key} {c.params[key]} in the candidate; the reference passes none"
             out.append(_finding(module, "argument", c.name, key, c.params.get(key), r.params.get(key), text))
     return out
+
+
+def _paired_params(c: Op, r: Op) -> list[tuple[str, str]]:
+    """The candidate's and the reference's parameter operands that play one role: by argument name,
+    and for ``add``/``mul`` in order whatever the side they stand on (``gamma * x`` against ``x * gamma``)."""
+    pairs = [(k, k) for k in c.params if k in r.params]
+    if c.name in _COMMUTATIVE:
+        pairs += zip([k for k in c.params if k not in r.params], [k for k in r.params if k not in c.params])
+    return pairs
+
+
+def _in_one_layout(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``a`` and ``b`` in one shape: as they are, or ``a`` in the layout that best holds ``b``'s values
+    (a ``(C,)`` scale against its ``(1, C, 1, 1)`` view, a kernel permuted); None when no layout fits."""
+    if a.shape == b.shape:
+        return a, b
+    adapter = find_adapter(a, b)
+    return None if adapter is None else (adapter.apply(a), b)
+
+
+def _operand_difference(passed: tuple[torch.Tensor, torch.Tensor] | None, stored_c: torch.Tensor,
+                        stored_r: torch.Tensor) -> str:
+    """``max_abs difference ...`` between two operands in one layout: as passed, else as stored."""
+    pair = passed or _in_one_layout(stored_c, stored_r)
+    if pair is None:
+        return f"shapes {tuple(stored_c.shape)} and {tuple(stored_r.shape)}"
+    return f"max_abs difference {(pair[0].double() - pair[1].double()).abs().max().item():.3e}"
 
 
 def _mask_findings(module: str, c: Op, r: Op, tol: Tolerance) -> list[dict]:
@@ -1023,6 +1128,24 @@ def _fused_op(group: list[Op], output: torch.Tensor) -> Op:
               out_ids=[i for g in group for i in g.out_ids], outputs=[output], scope=first.scope)
 
 
+def _replaced_findings(module: str, cs: list[Op], rs: list[Op], j1: int, cand: _Side, ref: _Side,
+                       tol: Tolerance) -> list[dict]:
+    """One finding per op the candidate applies in the place of another (``cs`` against ``rs[j1:]``),
+    except where the two give one result (another spelling of one operation) and where the op only
+    receives what a replaced op before it made differ: the first difference is the one to explain,
+    and an untouched module downstream of it is no lead."""
+    found: list[dict] = []
+    for k, c in enumerate(cs):
+        r = rs[j1 + k]
+        if _outputs_agree(c.outputs, r.outputs, tol) or (found and _inputs_differ(c, r, cand, ref, tol)):
+            continue
+        where = _scoped(module, c)
+        found.append(_finding(where, "op", c.name, None, c.name, r.name,
+                              f"{where}: the candidate applies {c.name} where the reference applies "
+                              f"{r.name} ({_where(rs, j1 + k, replaced=True)})"))
+    return found
+
+
 def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_module: nn.Module,
                     root: nn.Module | None = None, expected: Expected | None = None) -> list[dict]:
     """The findings that explain the first diverging op of two recorded op streams (``root``:
@@ -1034,12 +1157,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
     for tag, i1, i2, j1, j2 in sm.get_opcodes():
         if tag != "equal":
             n = min(i2 - i1, j2 - j1) if tag == "replace" else 0
-            for k in range(n):
-                c, r = cs[i1 + k], rs[j1 + k]
-                where = _scoped(module, c)
-                pending.append(_finding(where, "op", c.name, None, c.name, r.name,
-                                        f"{where}: the candidate applies {c.name} where the reference applies "
-                                        f"{r.name} ({_where(rs, j1 + k, replaced=True)})"))
+            pending += _replaced_findings(module, cs[i1:i1 + n], rs, j1, cand, ref, tol)
             for k in range(i1 + n, i2):
                 pending.append(_unpaired_finding(module, "extra_op", cs[k], rs, j2))
             for k in range(j1 + n, j2):
