@@ -558,10 +558,15 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
     good_ends = [r.match.candidate.end for r in inside if r.passed and r.match.candidate.end < end]
     since = max(good_ends, default=outer.start if outer is not None else -1)
     suspects = [u for u in untwinned if within(u) and since < u.end < end]
+    # a failing guess that gives its guessed twin's output from that twin's inputs received the
+    # error (a shared ReLU after a dropped residual add); one that does not may have made it
+    suspects += [r.match.candidate for r in inside if r.status == "tentative" and since < r.match.candidate.end < end
+                 and not _guess_received(r, rerun)]
     if suspects:
-        # a call without a twin that computes a value the reference computes too (a permute back
-        # to NCHW, a wrapper around twinned layers) did its part right: the error is made later,
-        # in the outer module's own code
+        # a call without a twin (or with a wrong guess for one) that computes a value the reference
+        # computes too (a permute back to NCHW, a wrapper around twinned layers, the main branch
+        # of a block whose shortcut is missing) did its part right: the error is made later, in
+        # the outer module's own code
         pool = reference if row is None else [r for r in reference if r is row.match.reference
                                               or row.match.reference.contains(r)]
         tol = row.tolerance if row is not None else None
@@ -571,10 +576,6 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         # sliced into q; a bias table read by an attention's own code): its ops run again to see
         inner = _inner_values(row)
         suspects = [u for u in suspects if not _holds_any(u.primary, inner, row.tolerance)]
-    # a failing guess that gives its guessed twin's output from that twin's inputs received the
-    # error (a shared ReLU after a dropped residual add); one that does not may have made it
-    suspects += [r.match.candidate for r in inside if r.status == "tentative" and since < r.match.candidate.end < end
-                 and not _guess_received(r, rerun)]
     if not suspects:
         if first_bad is None:
             return None

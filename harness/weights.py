@@ -852,14 +852,21 @@ def _subtree_swaps(entries: list[Entry], inside: list[int], prefix: str,
         return bool(target) and (target == name or target.startswith(f"{name}.") or name.startswith(f"{target}."))
 
     ranked = []
-    for a, b in combinations(sorted(by_module), 2):
+    wholes: set[tuple[str, str]] = set()  # modules offered for exchange whole, before their tensors
+    for a, b in sorted(combinations(sorted(by_module), 2), key=lambda pair: "" in by_module[pair[0]]):
         if a.startswith(f"{b}.") or b.startswith(f"{a}.") or _signature(entries, by_module[a]) != _signature(entries, by_module[b]):
             continue
         if any(len(entries[k].reference) != 1 for k in (*by_module[a].values(), *by_module[b].values())):
             continue
-        if _named_alike(entries, by_module[a]) and _named_alike(entries, by_module[b]) and owner_of(a) == owner_of(b) \
-                and "" in by_module[a]:
-            continue  # two tensors of one module, each under its source's name: names settled their order
+        if "" in by_module[a] and _named_alike(entries, by_module[a]) and _named_alike(entries, by_module[b]) \
+                and (owner_of(a) == owner_of(b) or _leaf(a) != _leaf(b)):
+            # two tensors each under its source's name: of one module, names settled their order;
+            # of two roles (a bias, a running mean), the exchange would swap the roles
+            continue
+        if "" in by_module[a] and (owner_of(a), owner_of(b)) in wholes:
+            continue  # one tensor of each of two modules offered for exchange whole
         swap = tuple((by_module[a][rel], by_module[b][rel]) for rel in sorted(by_module[a]))
+        if "" not in by_module[a]:
+            wholes.add((a, b))
         ranked.append(((not (involves(a) or involves(b)), -len(swap), a, b), (a, b, swap)))
     return [item for _, item in sorted(ranked)]

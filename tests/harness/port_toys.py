@@ -335,6 +335,45 @@ class MatmulMlp(nn.Module):
         return F.gelu(x @ self.w1 + self.b1) @ self.w2 + self.b2
 
 
+class ConvBn(nn.Sequential):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
+
+
+class ShortcutFirst(nn.Module):
+    """A residual block that runs its projection shortcut before its main branch (a ``Sequential``
+    of conv-norm units); ``residual=False`` drops the shortcut and the add."""
+
+    def __init__(self, residual: bool = True) -> None:
+        super().__init__()
+        self.residual = residual
+        self.shortcut = ConvBn(4, 8)
+        self.layer = nn.Sequential(ConvBn(4, 8), nn.ReLU(), ConvBn(8, 8))
+        self.activation = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.residual:
+            return self.activation(self.layer(x))
+        shortcut = self.shortcut(x)
+        return self.activation(self.layer(x) + shortcut)
+
+
+class ShortcutLast(nn.Module):
+    """The same block written with flat conv/norm names and the shortcut computed last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(4, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.act1 = nn.ReLU()
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.downsample = ConvBn(4, 8)
+        self.act2 = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
+        return self.act2(y + self.downsample(x))
+
+
 class ConvPatches(nn.Module):
     """A patch embedding as torch writes it: a 4x4 stride-4 conv, then the tokens ``(B, N, D)``."""
 

@@ -180,3 +180,15 @@ def test_a_culprit_twinned_by_position_only_is_also_the_first_divergence():
     weights.transfer(reference, candidate)
     report = harness.compare(candidate, reference, x, weights=weights)
     assert (report.culprit, report.first_divergence) == ("nonlin", "nonlin"), report.format()
+
+
+def test_a_dropped_residual_whose_shortcut_is_never_called_blames_the_block():
+    from port_toys import ShortcutFirst, ShortcutLast, randomized
+
+    reference, candidate = randomized(ShortcutLast(), 2), randomized(ShortcutFirst(), 1)
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    weights = harness.map_weights(candidate, reference, x)
+    weights.transfer(reference, candidate)
+    candidate.residual = False
+    report = harness.compare(candidate, reference, x, weights=weights)
+    assert report.culprit == "<root>", report.format()

@@ -11,7 +11,8 @@ from torch import nn
 
 import harness
 from port_toys import (ChannelsLastNet, ChannelsLastPatches, ConvNet, ConvNormActFused, ConvNormActStack, ConvPatches,
-                       FunctionalHWIONet, FusedAttention, FusedBlock, MatmulMlp, SplitBlock, TransposedAttention,
+                       FunctionalHWIONet, FusedAttention, FusedBlock, MatmulMlp, ShortcutFirst, ShortcutLast, SplitBlock,
+                       TransposedAttention,
                        feature_maps, images, randomized, tokens)
 
 
@@ -314,3 +315,9 @@ def test_verification_leaves_the_candidate_as_it_was():
     before = copy.deepcopy(candidate)
     harness.map_weights(candidate, reference, tokens())
     assert state_equal(candidate, before)
+
+
+def test_a_shortcut_run_before_the_main_branch_is_mapped_by_exchanging_whole_conv_norm_units():
+    candidate, reference = randomized(ShortcutFirst(), 1), randomized(ShortcutLast(), 2)
+    weights = harness.map_weights(candidate, reference, feature_maps()[:, :4])
+    assert weights.verified and entry(weights, "shortcut.0.weight").reference == ("downsample.0.weight",), str(weights)
