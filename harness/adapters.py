@@ -19,7 +19,9 @@ adapter that brings the candidate's tensor into the reference's shape:
    transpose of H and W) still fails.
 
 Among the adapters whose shapes fit, the one giving the smallest error is kept; the verdict on the
-row is then made on the adapted tensor as on any other, and the adapter is shown in the row. A
+row is then made on the adapted tensor as on any other, and the adapter is shown in the row. The
+layout two shapes last agreed in exactly is tried first, and tensors that agree in no layout (their
+extremes or sums differ beyond the tolerance) take it, or the first that fits, unmeasured. A
 wrong layout is not hidden by this: the module's consumers receive the wrong layout and fail.
 Summary-mode leaves (statistics only) need no adapter: mean, std and absmax do not depend on
 layout, so equal element counts suffice.
@@ -34,7 +36,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from itertools import permutations
+from itertools import chain, permutations
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -177,17 +179,30 @@ def _shape_keeping(shape: tuple[int, ...]) -> Iterator[Adapter]:
         yield Adapter(_perm_text(dims), lambda t, dims=dims: t.permute(*dims))
 
 
-def find_adapter(candidate: torch.Tensor, reference: torch.Tensor, *, same_shape: bool = False) -> Adapter | None:
+def find_adapter(candidate: torch.Tensor, reference: torch.Tensor, *, same_shape: bool = False,
+                 tol: Tolerance | None = None) -> Adapter | None:
     """The adapter (see module docstring) giving the smallest error, or None if no layout fits.
     Tensors of one shape need none, unless ``same_shape``: then the permutations that keep the
-    shape are tried (a caller does so when the plain comparison fails)."""
+    shape are tried (a caller does so when the plain comparison fails).
+
+    The layout in which tensors of these two shapes last agreed exactly is tried first (the twins
+    of one model pair keep their layouts from call to call and run to run). With ``tol``, tensors
+    that cannot agree in any layout (their extremes or sums differ beyond it: downstream of an
+    error) take that layout, or the first that fits, unmeasured: no layout would pass, and trying
+    hundreds (the permutations of a 6-dim window partition) would only rank their errors."""
     cs, rs = tuple(candidate.shape), tuple(reference.shape)
     if (cs == rs and not same_shape) or candidate.numel() != reference.numel() or candidate.numel() == 0:
         return None
+    key = (cs, rs, same_shape)
+    adapters = _shape_keeping(cs) if cs == rs else _candidates(cs, rs)
+    if key in _AGREED:
+        adapters = chain([_AGREED[key]], adapters)
+    if tol is not None and not _same_extremes(candidate, reference, tol):
+        return next((a for a in adapters if _fits(a, candidate, rs)), None)
     ref = reference.detach().double()
     best: tuple[float, Adapter] | None = None
     seen: set[str] = set()
-    for adapter in (_shape_keeping(cs) if cs == rs else _candidates(cs, rs)):
+    for adapter in adapters:
         if adapter.description in seen:
             continue
         seen.add(adapter.description)
@@ -201,8 +216,27 @@ def find_adapter(candidate: torch.Tensor, reference: torch.Tensor, *, same_shape
         if best is None or err < best[0]:
             best = (err, adapter)
             if err == 0.0:
+                _remember(key, adapter)
                 break
     return None if best is None else best[1]
+
+
+# (candidate shape, reference shape, same_shape) -> the adapter they last agreed exactly through
+_AGREED: dict[tuple, Adapter] = {}
+_AGREED_MOST = 4096
+
+
+def _remember(key: tuple, adapter: Adapter) -> None:
+    if len(_AGREED) >= _AGREED_MOST:
+        _AGREED.clear()
+    _AGREED[key] = adapter
+
+
+def _fits(adapter: Adapter, candidate: torch.Tensor, shape: tuple[int, ...]) -> bool:
+    try:
+        return tuple(adapter.apply(candidate.detach()).shape) == shape
+    except RuntimeError:
+        return False
 
 
 def agreeing_layout(candidate: torch.Tensor, reference: torch.Tensor, tol: Tolerance, *,
@@ -216,7 +250,7 @@ def agreeing_layout(candidate: torch.Tensor, reference: torch.Tensor, tol: Toler
             return AS_IS
         if not same_shape or not _same_extremes(candidate, reference, tol):
             return None
-    adapter = find_adapter(candidate, reference, same_shape=same_shape)
+    adapter = find_adapter(candidate, reference, same_shape=same_shape, tol=tol)
     if adapter is None or not measure(adapter.apply(candidate), reference).passes(tol):
         return None
     return adapter

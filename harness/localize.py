@@ -112,8 +112,9 @@ def _numel(leaf: Leaf) -> int:
     return n
 
 
-def _adapt(a: Leaf, b: Leaf, forced: Adapter | None) -> tuple[Leaf, str | None]:
-    """``a`` in ``b``'s layout when their shapes differ and an adapter explains it."""
+def _adapt(a: Leaf, b: Leaf, forced: Adapter | None, tol: Tolerance) -> tuple[Leaf, str | None]:
+    """``a`` in ``b``'s layout when their shapes differ and an adapter explains it (``tol``: see
+    :func:`harness.adapters.find_adapter`)."""
     if tuple(a.shape) == tuple(b.shape):
         return a, None
     if isinstance(a, TensorSummary) or isinstance(b, TensorSummary):
@@ -121,7 +122,7 @@ def _adapt(a: Leaf, b: Leaf, forced: Adapter | None) -> tuple[Leaf, str | None]:
             return a, None
         s = _summary(a)
         return TensorSummary(tuple(b.shape), s.dtype, s.mean, s.std, s.absmax, s.nonfinite), "same elements (statistics)"
-    adapter = forced or find_adapter(a, b)
+    adapter = forced or find_adapter(a, b, tol=tol)
     if adapter is None:
         return a, None
     try:
@@ -145,7 +146,7 @@ def _worst_adapted(pairs: list[tuple[str, Leaf, Leaf]], tol: Tolerance, forced: 
     worst: tuple[float, str, Metrics, str | None, tuple | None] | None = None
     passed = True
     for key, a0, b in pairs:
-        a, adapter = _adapt(a0, b, forced)
+        a, adapter = _adapt(a0, b, forced, tol)
         ref_shape = tuple(b.shape) if tuple(a0.shape) != tuple(b.shape) else None
         if isinstance(a, TensorSummary) or isinstance(b, TensorSummary):
             m = measure_summaries(_summary(a), _summary(b))

@@ -323,3 +323,44 @@ def test_include_and_exclude_filter_each_side():
 def test_a_bad_exclude_regex_names_the_option():
     with pytest.raises(ValueError, match=r"exclude='\('"):
         harness.compare(FusedBlock(), FusedBlock(), tokens().float(), exclude="(")
+
+
+@pytest.fixture
+def no_layouts_remembered(monkeypatch):
+    from harness import adapters
+
+    monkeypatch.setattr(adapters, "_AGREED", {})
+
+
+def _counting_candidates(monkeypatch) -> list[str]:
+    from harness import adapters
+
+    tried: list[str] = []
+    candidates = adapters._candidates
+
+    def counted(*shapes):
+        for adapter in candidates(*shapes):
+            tried.append(adapter.description)
+            yield adapter
+
+    monkeypatch.setattr(adapters, "_candidates", counted)
+    return tried
+
+
+def test_tensors_that_cannot_agree_in_any_layout_take_the_first_layout_that_fits_unmeasured(monkeypatch, no_layouts_remembered):
+    from harness.metrics import tolerance_for
+
+    tried = _counting_candidates(monkeypatch)
+    x = torch.randn(2, 3, 4, 5, 6, dtype=torch.float64)
+    other = torch.randn(2, 6, 5, 4, 3, dtype=torch.float64) * 10  # downstream of an error: other values
+    adapter = find_adapter(x, other, tol=tolerance_for(torch.float64))
+    assert tuple(adapter.apply(x).shape) == tuple(other.shape) and len(tried) == 1, tried
+
+
+def test_the_layout_two_shapes_last_agreed_in_is_tried_first(monkeypatch, no_layouts_remembered):
+    x = torch.randn(2, 3, 4, 5, 6, dtype=torch.float64)
+    assert find_adapter(x, x.permute(0, 4, 3, 2, 1)) is not None  # found by measuring the candidates
+    tried = _counting_candidates(monkeypatch)
+    again = torch.randn(2, 3, 4, 5, 6, dtype=torch.float64)
+    adapter = find_adapter(again, again.permute(0, 4, 3, 2, 1))
+    assert torch.equal(adapter.apply(again), again.permute(0, 4, 3, 2, 1)) and tried == [], tried
