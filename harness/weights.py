@@ -93,7 +93,7 @@ _RELAYOUTS = {"t", "T", "mT", "transpose", "permute", "reshape", "view", "flatte
               "unsqueeze", "contiguous", "to", "float", "double", "half", "bfloat16", "type_as", "clone", "detach"}
 # a weight read as the right operand of a matrix product is an (in, out) matrix: seen as F.linear's
 # (out, in) through a transpose, so that ``x @ W`` and ``F.linear(x, W.t())`` match a linear layer
-_MATMULS = {"matmul", "mm"}
+_MATMULS = {"matmul": 1, "mm": 1, "addmm": 2}  # operation -> the position of its right operand
 
 
 def _relayout_step(name: str, args: tuple, kwargs: dict, before: torch.Tensor, after: Any) -> list[Step] | None:
@@ -153,13 +153,15 @@ class _FirstUse(TorchFunctionMode):
             self.first_touch.setdefault(key, (name, self.ops))
             return result
         source = next((id(t) for t, h in held if h is None), None)
-        for position, (t, h) in enumerate(held):
+        # a product's matrix first, then its bias (addmm(b, x, W)): a linear layer's order of use
+        order = sorted(range(len(held)), key=lambda position: position != _MATMULS.get(name))
+        for position, (t, h) in ((position, held[position]) for position in order):
             if h is None or h[0] in self.seen:
                 continue
             key, to_used, _ = h
-            op = name
-            if name in _MATMULS and position == 1 and t.ndim == 2:
-                to_used, op = (*to_used, {"op": "transpose", "dims": [0, 1]}), "linear"
+            op = "linear" if name in _MATMULS else name
+            if _MATMULS.get(name) == position and t.ndim == 2:
+                to_used = (*to_used, {"op": "transpose", "dims": [0, 1]})
             self.seen.add(key)
             self.uses.append((key, op, self.ops, source, to_used))
         return result

@@ -423,3 +423,12 @@ def tokens(seed: int = 0) -> torch.Tensor:
 
 def images(seed: int = 0) -> torch.Tensor:
     return torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+class AddmmMlp(MatmulMlp):
+    """The same MLP written with ``torch.addmm(b, x, W)`` on the flattened tokens."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        hidden = F.gelu(torch.addmm(self.b1, flat, self.w1))
+        return torch.addmm(self.b2, hidden, self.w2).reshape(x.shape)

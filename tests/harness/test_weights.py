@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import harness
-from port_toys import (ChannelsLastNet, ChannelsLastPatches, ConvNet, ConvNormActFused, ConvNormActStack, ConvPatches,
+from port_toys import (AddmmMlp, ChannelsLastNet, ChannelsLastPatches, ConvNet, ConvNormActFused, ConvNormActStack, ConvPatches,
                        FunctionalHWIONet, FusedAttention, FusedBlock, MatmulMlp, ShortcutFirst, ShortcutLast, SplitBlock,
                        TransposedAttention,
                        feature_maps, images, randomized, tokens)
@@ -281,9 +281,10 @@ def test_a_square_output_projection_transposed_where_it_is_used_is_mapped_transp
     assert entry(weights, "wo").steps == ({"op": "transpose", "dims": [0, 1]},), str(weights)
 
 
-def test_square_matrices_read_as_the_right_operand_of_a_matmul_are_linear_weights_transposed():
+@pytest.mark.parametrize("mlp", [MatmulMlp, AddmmMlp], ids=["x @ W + b", "addmm(b, x, W)"])
+def test_square_matrices_read_as_the_right_operand_of_a_matrix_product_are_linear_weights_transposed(mlp):
     reference = randomized(nn.Sequential(nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 16)), 2)
-    weights, passed = _verified_and_passing(randomized(MatmulMlp(), 1), reference, tokens())
+    weights, passed = _verified_and_passing(randomized(mlp(), 1), reference, tokens())
     assert [entry(weights, k).steps for k in ("w1", "w2")] == [({"op": "transpose", "dims": [0, 1]},)] * 2, str(weights)
     assert weights.verified and passed, str(weights)
 
