@@ -12,7 +12,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    seen one by one, as the other side writes them). A culprit without a twin is explained
    through its innermost twinned ancestor, which runs the same code. When either twin cannot be copied or cast
    (a forward patched with a closure over the original), both run as they are, in their own dtype,
-   under ``no_grad`` with their parameters and buffers snapshotted and restored bitwise.
+   under ``no_grad`` with their parameters and buffers snapshotted and restored bitwise (only the
+   changed ones written back: a comparison leaves the models' version counters as they were).
 2. Canonicalize. Spellings of one operation get one name (``__mul__``/``mul``/``mul_`` -> ``mul``,
    ``view`` -> ``reshape``, ``addmm`` -> ``linear``, ``bmm``/``@``/two-operand ``einsum`` ->
    ``matmul``, an adaptive average pool to size 1 -> ``mean`` over its spatial dims, kept; a pad of
@@ -26,8 +27,10 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    effective ``scale`` and its mask: all that is added to the scores before the softmax (a bias,
    then a window mask), compared by value with the fused call's ``attn_mask``, be it a parameter
    or a computed value (the adds that build it are part of it). ``x @ W`` with ``W`` a matrix
-   parameter, and a parameter vector added to its output features after, is one ``linear`` with
-   weight ``W^T``: a port storing its weights ``(in, out)``. Dropout in eval mode and casts to the same dtype
+   parameter (or an einsum contracting the input's last dim with a matrix parameter, ``'bnc,oc->bno'``,
+   whichever way the matrix is stored), and a parameter vector added to its output features after,
+   is one ``linear`` with weight ``W^T``: a port storing its weights ``(in, out)`` or writing its
+   linears as einsums. Dropout in eval mode and casts to the same dtype
    vanish. Ops that only move values (reshape, permute, cat, indexing...) are kept apart as
    layout ops: implementations spell them in too many ways to align them usefully.
 3. Fuse siblings: one operation applied to one input by several modules in a row (``q``, ``k``,
@@ -275,8 +278,9 @@ class OpRecorder(TorchFunctionMode):
         if name == "einsum":
             operands = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
             # a product of two operands is a (batched) matmul in another spelling: attention
-            # written with einsum folds like attention written with @
-            name, args, kwargs = ("matmul", tuple(operands), {}) if len(operands) == 2 else ("einsum", (), {})
+            # written with einsum folds like attention written with @, a linear like x @ W
+            name, args, kwargs = ("matmul", self._einsum_product(args[0], operands), {}) if len(operands) == 2 \
+                else ("einsum", (), {})
         bound = _bind(func, name, args, kwargs) if name != "einsum" else {"operands": operands}
         tensors = {k: v for k, v in bound.items() if isinstance(v, torch.Tensor)}
         tensor_lists = {k: v for k, v in bound.items() if isinstance(v, (list, tuple))
@@ -318,6 +322,21 @@ class OpRecorder(TorchFunctionMode):
             self._producers.setdefault(i, []).append(op.index)
         self.ops.append(op)
 
+    def _einsum_product(self, equation: Any, operands: list) -> tuple:
+        """An einsum's two operands as ``x @ W``: a weight matrix contracted on ``x``'s last dim
+        (``'bnc,oc->bno'``) comes second, laid out ``(in, out)``, so that it folds into a linear as
+        ``x @ W`` does; any other product keeps its operands as written."""
+        found = _einsum_linear(equation, operands, self._provenance)
+        if found is None:
+            return tuple(operands)
+        x, weight, transposed = found
+        if transposed:  # a view of the parameter is that parameter
+            view = weight.t()
+            self._provenance[id(view)], self._roots[id(view)] = self._provenance[id(weight)], self._roots[id(weight)]
+            self._alive.append(view)
+            weight = view
+        return x, weight
+
     @staticmethod
     def _value_before(t: torch.Tensor, before: dict[int, torch.Tensor]) -> torch.Tensor:
         """``t`` as the op read it: the copy of a buffer taken before the op ran, else ``t`` itself."""
@@ -336,6 +355,29 @@ class OpRecorder(TorchFunctionMode):
         """:meth:`value`, or the module's own input of that id."""
         found = self.value(tensor_id, before)
         return found if found is not None else self.given.get(tensor_id)
+
+
+def _einsum_linear(equation: Any, operands: list, parameters: dict[int, str]) -> tuple | None:
+    """``(x, W, transposed)`` for an einsum that is a linear layer: one operand a matrix parameter
+    whose one subscript contracts ``x``'s last and whose other is the output's last, every other
+    subscript of ``x`` kept in order (``'bnc,oc->bno'``; ``transposed``: W stored ``(out, in)``)."""
+    if not isinstance(equation, str) or "->" not in equation:
+        return None
+    inputs, out = equation.replace(" ", "").split("->")
+    subs = inputs.split(",")
+    if len(subs) != 2:
+        return None
+    for w_pos in (0, 1):
+        weight, x, w_sub, x_sub = operands[w_pos], operands[1 - w_pos], subs[w_pos], subs[1 - w_pos]
+        if id(weight) not in parameters or weight.ndim != 2 or len(w_sub) != 2 or not x_sub:
+            continue
+        contracted = x_sub[-1]
+        if contracted not in w_sub or w_sub[0] == w_sub[1]:
+            continue
+        produced = w_sub.replace(contracted, "")
+        if produced not in x_sub and out == x_sub[:-1] + produced:
+            return x, weight, w_sub[0] == produced
+    return None
 
 
 _GLOBAL_POOLS = {"adaptive_avg_pool1d": 1, "adaptive_avg_pool2d": 2, "adaptive_avg_pool3d": 3}
@@ -700,7 +742,10 @@ def has_instance_forward(module: nn.Module) -> bool:
 
 
 class _Snapshot:
-    """Restore a module's parameters and buffers bitwise (a BatchNorm in train mode updates them)."""
+    """Restore a module's parameters and buffers bitwise (a BatchNorm in train mode updates them).
+
+    Only tensors whose bits changed are written back: a write moves the tensor's version counter,
+    which :class:`harness.guards.ModelState` reads as the model writing its own weights."""
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
@@ -708,9 +753,11 @@ class _Snapshot:
                       if isinstance(v, torch.Tensor)}
 
     def restore(self) -> None:
+        from harness.guards import same_bits  # guards imports, through pairs, what imports this module
+
         with torch.no_grad():
             for k, v in self.module.state_dict(keep_vars=True).items():
-                if k in self.saved:
+                if k in self.saved and not same_bits(v.detach(), self.saved[k]):
                     v.copy_(self.saved[k])
 
 

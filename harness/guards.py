@@ -50,7 +50,7 @@ from harness.metrics import DEFAULT_TOLERANCES, Metrics, measure
 from harness.pairs import Call, as_call
 from harness.trace import flatten_tensors, output_leaves
 
-__all__ = ["check_devices", "check_dtypes", "parameter_dtype", "comparison_dtype", "ModelState", "RandomDraws",
+__all__ = ["check_devices", "check_dtypes", "parameter_dtype", "comparison_dtype", "ModelState", "same_bits", "RandomDraws",
            "ForwardFailed", "run_forward",
            "train_mode_notes", "determinism_notes", "nonfinite_notes", "preserves_models"]
 
@@ -127,7 +127,8 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.view(_INTS[t.element_size()]) if t.is_floating_point() else t
 
 
-def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` hold the same bits (dtype and shape included)."""
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
     try:
@@ -169,7 +170,7 @@ class ModelState:
         with torch.no_grad():
             for slots, name, t, copy in self._buffers:
                 _put_back(slots, name, t)
-                if not _same_bits(t.detach(), copy):
+                if not same_bits(t.detach(), copy):
                     t.detach().copy_(copy)
             for slots, name, t, *_ in self._parameters:
                 _put_back(slots, name, t)
@@ -234,7 +235,7 @@ def _disagreement(first: Mapping[str, torch.Tensor], second: Mapping[str, torch.
         b = second[key]
         if a.shape != b.shape:
             return f"{_label(key)}: shape {tuple(a.shape)} vs {tuple(b.shape)}"
-        if a.dtype != b.dtype or not _same_bits(a.detach(), b.detach()):
+        if a.dtype != b.dtype or not same_bits(a.detach(), b.detach()):
             m = measure(a, b)
             differ = int((_bits(a.detach()) != _bits(b.detach())).sum()) if a.dtype == b.dtype else a.numel()
             return (f"max_abs={m.max_abs:.3e} in {_label(key)} ({differ} of {a.numel()} elements differ"
@@ -284,10 +285,40 @@ def run_forward(side: str, model: nn.Module, call: Call, run: Callable[[nn.Modul
     :class:`ForwardFailed`, its cause chained; a memory budget's refusal passes unchanged."""
     try:
         return run(model, call) if run else call(model)
-    except (ValueError, TypeError):  # usage errors, a memory budget's refusal (TraceTooLarge) among them
+    except TypeError as exc:
+        if (run is None or getattr(run, "plain", False)) and not _binds(model, call):
+            raise TypeError(_wrong_arguments(side, model, call, exc)) from exc
+        raise
+    except ValueError:  # usage errors, a memory budget's refusal (TraceTooLarge) among them
         raise
     except Exception as exc:
         raise ForwardFailed(side, exc, call) from exc
+
+
+def _binds(model: nn.Module, call: Call) -> bool:
+    """Whether ``call``'s arguments fit ``model.forward``'s signature (True when it cannot be read):
+    where they do, a TypeError raised inside is the model's own."""
+    try:
+        inspect.signature(model.forward).bind(*call.args, **call.kwargs)
+    except TypeError:
+        return False
+    except ValueError:
+        return True
+    return True
+
+
+def _wrong_arguments(side: str, model: nn.Module, call: Call, error: TypeError) -> str:
+    got = [f"{len(call.args)} positional" if call.args else "",
+           "keywords " + ", ".join(call.kwargs) if call.kwargs else ""]
+    given = " and ".join(g for g in got if g) or "no arguments"
+    try:
+        takes = f"forward({', '.join(inspect.signature(model.forward).parameters)})"
+    except (TypeError, ValueError):
+        takes = "forward"
+    return (f"the {side} ({type(model).__name__}) cannot take the inputs as given ({given}): its {takes} "
+            f"does not accept them ({one_line(error)}); pass {side}_call=lambda model, call: ... to call it your own "
+            f"way, e.g. {side}_call=lambda model, call: model(*call.kwargs.values()) for keyword inputs it takes "
+            f"by position")
 
 
 class RandomDraws:
@@ -352,6 +383,7 @@ class _FirstOutput:
 
     def __init__(self, run: Callable[[nn.Module, Call], Any] | None) -> None:
         self.run = run or (lambda model, call: call(model))
+        self.plain = run is None  # the model called on the inputs as given: run_forward checks they fit
         self.output: Any = None
         self.called = False
 
