@@ -43,7 +43,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    Ops of other names in each other's place are findings only where their results differ and, after
    the first such op, where their inputs agree: another spelling of one operation (``relu6`` for
    ``hardtanh(0, 6)``) is none, and an op that only receives what a replaced op before it changed
-   is no lead.
+   is no lead; nor are the unpaired ops after such a replacement (a head written as a 7x7 conv
+   against a flattening linear after a max pool that replaced an average pool).
    The first pair whose output differs (float64 tolerance) is the divergence. It is explained by
    the pending missing / extra / different ops, its differing non-tensor arguments (not ``inplace``
    or ``keepdim``, which say only where or in what shape the result is written), a parameter
@@ -59,7 +60,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
 4. Attribute diff. Submodules of the two twins (paired by relative name, else in order among
    those with the same kinds of settings and own tensors of the same shapes) are compared on their plain
    settings (``eps``, ``approximate``, ``stride``, ``groups``, ``inplace``...): what differs is
-   reported even when no op shows it (``stride`` 1 is ``(1, 1)``; ``momentum`` counts in training only).
+   reported even when no op shows it (``stride`` 1 is ``(1, 1)``; ``momentum`` counts in training only;
+   ``training`` only for a module whose code reads it: a dropout, a batch norm, not an activation).
 
 Findings are ranked argument, missing_op, extra_op, op, attribute, value: an argument names the
 value to fix, an attribute may be a harmless difference of style (``fused=True``).
@@ -1205,6 +1207,8 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
         if tag != "equal":
             n = min(i2 - i1, j2 - j1) if tag == "replace" else 0
             pending += _replaced_findings(module, cs[i1:i1 + n], rs, j1, cand, ref, tol)
+            if any(f["kind"] == "op" for f in pending):
+                continue  # what follows a replaced op that changed the values receives its error: no lead
             for k in range(i1 + n, i2):
                 pending.append(_unpaired_finding(module, "extra_op", cs[k], rs, j2))
             for k in range(j1 + n, j2):
@@ -1306,11 +1310,29 @@ def attribute_diff(candidate: nn.Module, reference: nn.Module, prefix: str) -> l
         for key in sorted(set(cs) & set(rs)):
             if key in _TRAINING_ONLY and not (c.training or r.training):
                 continue  # a BatchNorm's momentum changes nothing in eval mode
+            if key == "training" and not (_reads_training(c) or _reads_training(r)):
+                continue  # a module whose code never reads the flag computes the same in either mode
             if not _same_value(cs[key], rs[key]):
                 out.append(_finding(where, "attribute", None, key, cs[key], rs[key],
                                     f"{where}: {type(c).__name__}.{key} {_show(cs[key])} in the candidate, "
                                     f"{_show(rs[key])} in the reference"))
     return out
+
+
+def _reads_training(m: nn.Module) -> bool:
+    """Whether code of ``m``'s class (or a forward set on the instance) reads ``training``: a
+    dropout or a batch norm does, an activation does not (``nn.Module``'s own ``train`` not counted)."""
+    functions = [f for klass in type(m).__mro__ if klass not in (nn.Module, object) for f in vars(klass).values()]
+    functions.append(vars(m).get("forward"))
+    return any("training" in _names_read(getattr(f, "__func__", f)) for f in functions)
+
+
+def _names_read(f: Any) -> set[str]:
+    code = getattr(f, "__code__", None)
+    if code is None:
+        return set()
+    nested = (c for c in code.co_consts if isinstance(c, types.CodeType))  # closures and comprehensions
+    return {*code.co_names, *(n for c in nested for n in c.co_names)}
 
 
 # -- entry points ------------------------------------------------------------------------------
