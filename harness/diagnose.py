@@ -35,7 +35,9 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    layout ops: implementations spell them in too many ways to align them usefully.
 3. Fuse siblings: one operation applied to one input by several modules in a row (``q``, ``k``,
    ``v`` projections) becomes one op, its output and parameters concatenated, where the other
-   side computes that concatenation in one op (a fused ``qkv``) from the same input values, in any layout.
+   side computes that concatenation in one op (a fused ``qkv``) from the same input values, in any layout;
+   a differing fused parameter names the member whose rows differ (``v_proj.weight`` against
+   ``qkv.weight[16:24]``). A culprit twinned to such a slice is explained through its twinned ancestor.
    Align the two computational op streams by name (``difflib.SequenceMatcher``) and walk the
    aligned pairs in order. Unpaired ops are held as pending until the next pair: if that pair's
    output agrees, they were harmless spellings. A pair whose output differs while a nearby op of
@@ -178,6 +180,8 @@ class Op:
     # parameters it is built from
     mask: torch.Tensor | None = None
     mask_params: tuple[str, ...] = ()
+    # sibling ops fused into this one: (scope, argument name -> parameter name, first row, end row)
+    members: tuple[tuple[str, dict[str, str], int, int], ...] = ()
 
     @property
     def shape(self) -> tuple[int, ...] | None:
@@ -924,6 +928,14 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
                     f"the reference's {ref_name} (max_abs difference {err:.3e} in what {c.name} receives)")
             out.append(_finding(module, "argument", c.name, name, f"{name} (another layout)", ref_name, text))
             continue
+        member = _differing_member(c, key, r.param_values[r_key])
+        if member is not None:  # one of sibling projections fused against one fused tensor
+            base = module.removesuffix(c.scope).rstrip(".") if c.scope else module
+            where, name, rows = _scoped(base or "<root>", replace(c, scope=member[0])), member[1][key], \
+                f"[{member[2]}:{member[3]}]"
+            text = f"{where}: {c.name} operand {name} holds other values than the reference's {ref_name}{rows}"
+            out.append(_finding(where, "argument", c.name, name, f"{name} (other values)", f"{ref_name}{rows}", text))
+            continue
         holds = _whose_values(c.param_values[key], ref_module, ref_name, root)
         if holds:
             text = f"{module}: {c.name} operand {name} holds the reference's {holds} (swapped weights?)"
@@ -943,6 +955,18 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
                 text = f"{module}: {c.name} {key} {c.params[key]} in the candidate; the reference passes none"
             out.append(_finding(module, "argument", c.name, key, c.params.get(key), r.params.get(key), text))
     return out
+
+
+def _differing_member(c: Op, key: str, reference: torch.Tensor) -> tuple | None:
+    """The first of ``c``'s fused members whose rows of parameter ``key`` differ from ``reference``'s."""
+    stored = c.param_values[key]
+    if not c.members or stored.shape != reference.shape:
+        return None
+    for member in c.members:
+        lo, hi = member[2], member[3]
+        if key in member[1] and not torch.equal(stored[lo:hi], reference[lo:hi].to(stored.dtype)):
+            return member
+    return None
 
 
 def _paired_params(c: Op, r: Op) -> list[tuple[str, str]]:
@@ -1171,24 +1195,32 @@ def _fused_op(group: list[Op], output: torch.Tensor) -> Op:
         if all(t is not None and t.shape[1:] == tensors[0].shape[1:] for t in tensors):
             params[key] = "+".join(g.params[key] for g in group)
             values[key] = torch.cat(tensors, 0)
-    first = group[0]
+    first, rows = group[0], [0]
+    for g in group:
+        rows.append(rows[-1] + (g.param_values["weight"].shape[0] if "weight" in g.param_values else 0))
+    members = tuple((g.scope, g.params, lo, hi) for g, lo, hi in zip(group, rows, rows[1:]))
     return Op(index=first.index, name=first.name, spelling=" + ".join(g.spelling for g in group), args=first.args,
               params=params, param_values=values, input_ids=first.input_ids,
-              out_ids=[i for g in group for i in g.out_ids], outputs=[output], scope=first.scope)
+              out_ids=[i for g in group for i in g.out_ids], outputs=[output], scope=first.scope, members=members)
 
 
 def _replaced_findings(module: str, cs: list[Op], rs: list[Op], j1: int, cand: _Side, ref: _Side,
-                       tol: Tolerance) -> list[dict]:
+                       tol: Tolerance, operands: Callable[[str, Op, Op], list[dict]]) -> list[dict]:
     """One finding per op the candidate applies in the place of another (``cs`` against ``rs[j1:]``),
     except where the two give one result (another spelling of one operation) and where the op only
     receives what a replaced op before it made differ: the first difference is the one to explain,
-    and an untouched module downstream of it is no lead."""
+    and an untouched module downstream of it is no lead. Where a parameter operand holds other values
+    than the reference's (``operands``: through the weight map), that is the finding: a linear in the
+    place of a conv on a whole map is a spelling the right port has too."""
     found: list[dict] = []
     for k, c in enumerate(cs):
         r = rs[j1 + k]
         if _outputs_agree(c.outputs, r.outputs, tol) or (found and _inputs_differ(c, r, cand, ref, tol)):
             continue
         where = _scoped(module, c)
+        if c.params and r.params and (held := operands(where, c, r)):
+            found += held
+            continue
         found.append(_finding(where, "op", c.name, None, c.name, r.name,
                               f"{where}: the candidate applies {c.name} where the reference applies "
                               f"{r.name} ({_where(rs, j1 + k, replaced=True)})"))
@@ -1200,13 +1232,14 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
     """The findings that explain the first diverging op of two recorded op streams (``root``:
     the whole reference model, searched for the tensor a differing operand holds)."""
     cs, rs = _fuse_siblings(cand, ref, tol), _fuse_siblings(ref, cand, tol)
+    operands = (lambda where, c, r: _param_findings(where, c, r, ref_module, root, expected))
     sm = difflib.SequenceMatcher(None, [o.name for o in cs], [o.name for o in rs], autojunk=False)
     pending: list[dict] = []
     last_c, last_r = -1, -1  # recorder indices of the last agreeing pair
     for tag, i1, i2, j1, j2 in sm.get_opcodes():
         if tag != "equal":
             n = min(i2 - i1, j2 - j1) if tag == "replace" else 0
-            pending += _replaced_findings(module, cs[i1:i1 + n], rs, j1, cand, ref, tol)
+            pending += _replaced_findings(module, cs[i1:i1 + n], rs, j1, cand, ref, tol, operands)
             if any(f["kind"] == "op" for f in pending):
                 continue  # what follows a replaced op that changed the values receives its error: no lead
             for k in range(i1 + n, i2):
@@ -1434,7 +1467,9 @@ def culprit_diagnosis(rows: Iterable[Any], culprit: str | None, root: nn.Module 
     rows = list(rows)
     row = next((r for r in rows if r.candidate == culprit and r.status == "introduced"), None) \
         or next((r for r in rows if r.candidate == culprit), None)
-    if row is None:  # a culprit without a twin: its innermost twinned ancestor runs the same code
+    if row is None or _without_twin_module(row):
+        # a culprit without a twin (or twinned to a slice of another module's output, a fused
+        # qkv's): its innermost twinned ancestor runs the same code
         around = [r for r in rows if r.match.how != "structure" and r.status == "contains"
                   and (r.candidate == "<root>" or culprit.startswith(r.candidate + "."))
                   and _parameters(r.match.candidate.module) <= ANCESTOR_ELEMENTS]
@@ -1446,6 +1481,11 @@ def culprit_diagnosis(rows: Iterable[Any], culprit: str | None, root: nn.Module 
     except Exception as exc:  # the diagnosis explains; it must never cost the verdict
         return [_finding(culprit, "value", None, None, None, None,
                          f"{culprit}: no operation-level diagnosis ({type(exc).__name__}: {exc})")]
+
+
+def _without_twin_module(row: Any) -> bool:
+    """A full-mode row whose reference is a part of a module's output, with no module of its own."""
+    return row.match.candidate.module is not None and row.match.reference.module is None
 
 
 # settings that change a module's numbers, reported on a passing comparison when twins disagree on

@@ -54,3 +54,36 @@ def test_a_max_pool_for_an_average_pool_is_the_only_op_finding_before_a_head_spe
     findings = [f for f in report.diagnosis if f["kind"] != "attribute"]
     assert [(f["kind"], f["candidate"], f["reference"]) for f in findings] == [
         ("op", "adaptive_max_pool2d", "adaptive_avg_pool2d")], _texts(findings)
+
+
+class WholeMapConv(nn.Module):
+    """A conv whose kernel covers the whole 3x3 map: a linear over the flattened map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(4, 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc1(x).flatten(1)
+
+
+class FlatLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(36, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+def test_a_changed_weight_of_a_linear_in_the_place_of_a_conv_is_named_not_the_linear():
+    x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    reference, candidate = randomized(WholeMapConv(), 1), randomized(FlatLinear(), 2)
+    weights = harness.map_weights(candidate, reference, x)
+    weights.transfer(reference, candidate)
+    with torch.no_grad():
+        candidate.fc.weight[2] += 1e-3
+    findings = [f for f in harness.compare(candidate, reference, x, weights=weights).diagnosis
+                if f["kind"] != "attribute"]
+    assert [(f["kind"], f["argument"]) for f in findings] == [("argument", "weight")] and \
+        "holds other values" in findings[0]["text"], _texts(findings)

@@ -1,0 +1,47 @@
+"""Split q/k/v projections against a fused qkv: a projection twinned to a slice of the fused output
+has no module of its own on the reference side, so it is explained through the attention around it,
+and the finding names the member and the rows of the fused weight it should hold."""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import harness
+
+
+class FusedAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(8, 24), nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, 2, 4).permute(2, 0, 3, 1, 4).unbind(0)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+
+
+class SplitAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(8, 8) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        heads = (lambda t: t.reshape(b, n, 2, 4).transpose(1, 2))
+        out = F.scaled_dot_product_attention(heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x)))
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+def test_a_changed_split_projection_weight_is_named_against_its_rows_of_the_fused_weight():
+    torch.manual_seed(0)
+    reference = nn.Sequential(FusedAttention(), nn.Linear(8, 8)).double().eval()
+    candidate = nn.Sequential(SplitAttention(), nn.Linear(8, 8)).double().eval()
+    x = torch.randn(1, 5, 8, dtype=torch.float64)
+    weights = harness.map_weights(candidate, reference, x)
+    weights.transfer(reference, candidate)
+    with torch.no_grad():
+        candidate[0].v_proj.weight[3, 4] += 1e-3
+    report = harness.compare(candidate, reference, x, weights=weights)
+    texts = [f["text"] for f in report.diagnosis]
+    assert texts == ["0.v_proj: linear operand v_proj.weight holds other values than the reference's "
+                     "qkv.weight[16:24]"], f"culprit {report.culprit}, diagnosis {texts}"
