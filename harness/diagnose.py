@@ -1345,6 +1345,8 @@ def attribute_diff(candidate: nn.Module, reference: nn.Module, prefix: str) -> l
                 continue  # a BatchNorm's momentum changes nothing in eval mode
             if key == "training" and not (_reads_training(c) or _reads_training(r)):
                 continue  # a module whose code never reads the flag computes the same in either mode
+            if key in _LAYOUT_ONLY:
+                continue  # ReLU(inplace=True) writes the same values, only over its input
             if not _same_value(cs[key], rs[key]):
                 out.append(_finding(where, "attribute", None, key, cs[key], rs[key],
                                     f"{where}: {type(c).__name__}.{key} {_show(cs[key])} in the candidate, "

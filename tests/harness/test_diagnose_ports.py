@@ -157,6 +157,16 @@ def test_an_in_place_activation_is_no_finding_where_a_dropped_residual_is():
     assert [(f["kind"], f["op"]) for f in findings if f["kind"] != "attribute"] == [("missing_op", "add")], findings
 
 
+def test_an_in_place_activation_module_is_no_attribute_finding():
+    candidate, reference = nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU()), nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU(inplace=True))
+    candidate, reference = candidate.double().eval(), reference.double().eval()
+    reference.load_state_dict(candidate.state_dict())
+    with torch.no_grad():
+        candidate[0].weight[0, 0] += 0.1  # the finding to report, beside the activations' settings
+    findings = diagnose_modules(candidate, reference, (feature_maps()[:, :4],), {}, name="block")
+    assert not [f for f in findings if f.get("argument") == "inplace"], [f["text"] for f in findings]
+
+
 def test_a_differing_output_of_another_shape_names_the_shapes_not_a_nan_error():
     from harness.diagnose import _difference
 
