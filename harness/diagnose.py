@@ -88,7 +88,7 @@ from harness.metrics import DEFAULT_TOLERANCES, Tolerance, measure
 from harness.trace import flatten_tensors, hookable_modules, map_tensors
 
 __all__ = ["Op", "OpRecorder", "record_ops", "record_values", "diagnose", "diagnose_modules", "attribute_diff", "culprit_diagnosis",
-           "origins_diagnosis", "setting_notes", "KINDS"]
+           "origins_diagnosis", "setting_notes", "reads_training", "KINDS"]
 
 KINDS = ("argument", "attribute", "missing_op", "extra_op", "op", "value")
 # most specific first: an argument names the value to fix; a missing op says what to add; an
@@ -1343,7 +1343,7 @@ def attribute_diff(candidate: nn.Module, reference: nn.Module, prefix: str) -> l
         for key in sorted(set(cs) & set(rs)):
             if key in _TRAINING_ONLY and not (c.training or r.training):
                 continue  # a BatchNorm's momentum changes nothing in eval mode
-            if key == "training" and not (_reads_training(c) or _reads_training(r)):
+            if key == "training" and not (reads_training(c) or reads_training(r)):
                 continue  # a module whose code never reads the flag computes the same in either mode
             if key in _LAYOUT_ONLY:
                 continue  # ReLU(inplace=True) writes the same values, only over its input
@@ -1354,7 +1354,7 @@ def attribute_diff(candidate: nn.Module, reference: nn.Module, prefix: str) -> l
     return out
 
 
-def _reads_training(m: nn.Module) -> bool:
+def reads_training(m: nn.Module) -> bool:
     """Whether code of ``m``'s class (or a forward set on the instance) reads ``training``: a
     dropout or a batch norm does, an activation does not (``nn.Module``'s own ``train`` not counted)."""
     functions = [f for klass in type(m).__mro__ if klass not in (nn.Module, object) for f in vars(klass).values()]

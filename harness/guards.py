@@ -201,7 +201,11 @@ def _version(t: torch.Tensor) -> int | None:
 
 
 def _training(model: nn.Module) -> list[str]:
-    return [name or "<root>" for name, m in model.named_modules() if m.training]
+    """Modules in train mode whose code reads the flag: a fresh Identity or activation is in train
+    mode too, and computes the same in either."""
+    from harness.diagnose import reads_training  # diagnose imports this module
+
+    return [name or "<root>" for name, m in model.named_modules() if m.training and reads_training(m)]
 
 
 def train_mode_notes(candidate: nn.Module, reference: Any) -> list[str]:

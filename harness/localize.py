@@ -35,6 +35,10 @@ input on unchanged (an encoder adding a position table before its ``Sequential``
 ``Sequential``), else the twinned call's own code. ``introduced`` lists every independent origin in
 execution order.
 
+An origin whose output holds what its twin and the reference call reading the twin's output give
+together does two steps in one (a batch norm folded into its conv): a note says so, since such
+twins cannot agree one by one and their weights are not the suspects.
+
 Twins that differ by a parameter-free operation one side applies inside the module and the
 other after it (timm's ``BatchNormAct2d`` against a BatchNorm followed by ``F.relu`` in the
 caller's code) are measured before that operation (:func:`drop_trailing_ops`); a side that never
@@ -515,7 +519,24 @@ def localize_all(
     early = origins and origins[0][0] < first.match.candidate.end
     found.first_divergence = origins[0][1] if early else first.candidate
     found.culprit = found.introduced[0] if found.introduced else None
+    found.notes += _folding_notes([r for r in rows if r.status == "introduced"], reference)
     return found
+
+
+def _folding_notes(origins: Sequence[Row], reference: Sequence[Record]) -> list[str]:
+    """A note for each origin whose output holds what its twin and the reference call reading the
+    twin's output give together: the two steps are one in the candidate (a batch norm folded into
+    its conv), so these twins cannot agree one by one, and their weights are not the suspects."""
+    notes = []
+    for row in origins:
+        twin, out = row.match.reference, row.match.candidate.primary
+        reader = min((r for r in reference if r.start > twin.end and _bitwise(r.first_input, twin.primary)),
+                     key=lambda r: r.start, default=None)
+        if reader is not None and reader.primary is not None and _holds_any(out, [reader.primary], row.tolerance):
+            notes.append(f"{row.candidate} gives what the reference's {twin.name} and then {reader.name} give "
+                         f"together: the candidate does both in one step ({reader.name} folded into it?), so the "
+                         f"two cannot be checked one by one; compare with it unfolded, or fold the reference alike")
+    return notes
 
 
 def classify(failing: Sequence[Any], state: Callable[[Any], str], rerun: Callable[[Any], bool | None]) -> None:

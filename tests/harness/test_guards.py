@@ -313,3 +313,11 @@ def test_a_model_with_a_scripted_submodule_is_compared_and_left_as_it_was():
     report = harness.compare(candidate, reference, torch.randn(3, 4), backward=True)
     assert report.passed, report.format()
     assert all(torch.equal(before[k], v) for k, v in candidate.state_dict().items())
+
+
+def test_a_module_in_train_mode_whose_code_never_reads_the_flag_is_not_named_in_the_train_mode_note():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Identity(), nn.GELU()).double().eval()
+    model[1].train(), model[2].train()  # freshly built stand-ins, train mode by default
+    from harness.guards import train_mode_notes
+
+    assert train_mode_notes(model, model) == []

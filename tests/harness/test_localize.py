@@ -192,3 +192,24 @@ def test_a_dropped_residual_whose_shortcut_is_never_called_blames_the_block():
     candidate.residual = False
     report = harness.compare(candidate, reference, x, weights=weights)
     assert report.culprit == "<root>", report.format()
+
+
+class _ConvNorm(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = torch.nn.Conv2d(3, 8, 3, bias=False), torch.nn.BatchNorm2d(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.conv(x))).mean((2, 3))
+
+
+def test_a_norm_folded_into_its_conv_is_named_as_folded_not_left_to_the_weights():
+    from port_toys import randomized
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    reference = randomized(_ConvNorm(), 2)
+    candidate = randomized(_ConvNorm(), 2)
+    candidate.conv, candidate.bn = fuse_conv_bn_eval(candidate.conv, candidate.bn), torch.nn.Identity().eval()
+    report = harness.compare(candidate, reference, torch.randn(1, 3, 9, 11, dtype=torch.float64))
+    assert any(n.startswith("conv gives what the reference's conv and then bn give together") for n in report.notes), \
+        report.format()
