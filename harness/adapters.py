@@ -197,21 +197,12 @@ def find_adapter(candidate: torch.Tensor, reference: torch.Tensor, *, same_shape
     adapters = _shape_keeping(cs) if cs == rs else _candidates(cs, rs)
     if key in _AGREED:
         adapters = chain([_AGREED[key]], adapters)
+    fitting = _fitting(adapters, candidate, rs)
     if tol is not None and not _same_extremes(candidate, reference, tol):
-        return next((a for a in adapters if _fits(a, candidate, rs)), None)
+        return next((adapter for adapter, _ in fitting), None)
     ref = reference.detach().double()
     best: tuple[float, Adapter] | None = None
-    seen: set[str] = set()
-    for adapter in adapters:
-        if adapter.description in seen:
-            continue
-        seen.add(adapter.description)
-        try:
-            out = adapter.apply(candidate.detach())
-        except RuntimeError:
-            continue
-        if tuple(out.shape) != rs:
-            continue
+    for adapter, out in fitting:
         err = float((out.double() - ref).abs().nan_to_num(nan=math.inf).max())
         if best is None or err < best[0]:
             best = (err, adapter)
@@ -232,11 +223,19 @@ def _remember(key: tuple, adapter: Adapter) -> None:
     _AGREED[key] = adapter
 
 
-def _fits(adapter: Adapter, candidate: torch.Tensor, shape: tuple[int, ...]) -> bool:
-    try:
-        return tuple(adapter.apply(candidate.detach()).shape) == shape
-    except RuntimeError:
-        return False
+def _fitting(adapters: Iterator[Adapter], candidate: torch.Tensor, shape: tuple[int, ...]) -> Iterator[tuple[Adapter, torch.Tensor]]:
+    """Each adapter once (by description) with ``candidate`` through it, where that gives ``shape``."""
+    seen: set[str] = set()
+    for adapter in adapters:
+        if adapter.description in seen:
+            continue
+        seen.add(adapter.description)
+        try:
+            out = adapter.apply(candidate.detach())
+        except RuntimeError:
+            continue
+        if tuple(out.shape) == shape:
+            yield adapter, out
 
 
 def agreeing_layout(candidate: torch.Tensor, reference: torch.Tensor, tol: Tolerance, *,

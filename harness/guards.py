@@ -48,7 +48,7 @@ from harness.checks import one_line
 from harness.memory import TraceTooLarge
 from harness.metrics import DEFAULT_TOLERANCES, Metrics, measure
 from harness.pairs import Call, as_call
-from harness.trace import flatten_tensors, output_leaves
+from harness.trace import _version, flatten_tensors, output_leaves
 
 __all__ = ["check_devices", "check_dtypes", "parameter_dtype", "comparison_dtype", "ModelState", "same_bits", "RandomDraws",
            "ForwardFailed", "run_forward",
@@ -194,10 +194,6 @@ def _put_back(slots: Any, name: str, t: torch.Tensor) -> None:
             slots[name] = t
     except (KeyError, RuntimeError):
         slots[name] = t
-
-
-def _version(t: torch.Tensor) -> int | None:
-    return None if t.is_inference() else t._version
 
 
 def _training(model: nn.Module) -> list[str]:
