@@ -101,10 +101,12 @@ def apply_steps(tensor: torch.Tensor, steps: Sequence[Step]) -> torch.Tensor:
 
 
 def shape_after(steps: Sequence[Step], shape: Sequence[int]) -> tuple[int, ...]:
-    """The shape layout ``steps`` give a tensor of ``shape``."""
+    """The shape layout ``steps`` (and slices) give a tensor of ``shape``."""
     shape = list(shape)
     for step in steps:
-        if step["op"] == "reshape":
+        if step["op"] == "slice":
+            shape[step["dim"]] = step["stop"] - step["start"]
+        elif step["op"] == "reshape":
             shape = list(step["shape"])
         elif step["op"] == "transpose":
             a, b = step["dims"]
@@ -141,46 +143,27 @@ def simplify_steps(steps: Sequence[Step], shape: Sequence[int]) -> list[Step]:
     """Layout ``steps`` on a tensor of ``shape`` with runs merged: consecutive reshapes become the
     last one, consecutive transposes and permutes one permute, and whatever gives back the shape
     it started from (a reshape) or the order it started from (a permute) is dropped."""
-    out: list[Step] = []
+    out: list[Step] = []  # transposes kept as permutes while merging
     shapes = [tuple(shape)]  # the shape before each step of ``out``, and after the last
     for step in steps:
-        op = step["op"]
-        if op not in ("reshape", "transpose", "permute"):
-            out.append(dict(step))
-            shapes.append(shape_after([step], shapes[-1]) if op != "slice" else _sliced(step, shapes[-1]))
-            continue
-        if op == "transpose":
+        if step["op"] == "transpose":
             dims = list(range(len(shapes[-1])))
             a, b = step["dims"]
             dims[a], dims[b] = dims[b], dims[a]
             step = {"op": "permute", "dims": dims}
         if out and out[-1]["op"] == step["op"] == "reshape":
             out.pop(), shapes.pop()
-        elif out and out[-1]["op"] in ("permute", "transpose") and step["op"] == "permute":
-            last = out.pop()
+        elif out and out[-1]["op"] == step["op"] == "permute":
+            first = out.pop()["dims"]
             shapes.pop()
-            first = last["dims"] if last["op"] == "permute" else _swap(len(shapes[-1]), last["dims"])
             step = {"op": "permute", "dims": [first[d] for d in step["dims"]]}
         after = shape_after([step], shapes[-1])
         if (step["op"] == "reshape" and after == shapes[-1]) or (step["op"] == "permute" and step["dims"] == sorted(step["dims"])):
             continue
-        if step["op"] == "permute" and len(step["dims"]) == 2:
-            step = {"op": "transpose", "dims": [0, 1]}
-        out.append(step)
+        out.append(dict(step))
         shapes.append(after)
-    return out
-
-
-def _swap(ndim: int, dims: Sequence[int]) -> list[int]:
-    order = list(range(ndim))
-    order[dims[0]], order[dims[1]] = order[dims[1]], order[dims[0]]
-    return order
-
-
-def _sliced(step: Step, shape: tuple[int, ...]) -> tuple[int, ...]:
-    out = list(shape)
-    out[step["dim"]] = step["stop"] - step["start"]
-    return tuple(out)
+    # a permute of two dims reads as the transpose it is
+    return [{"op": "transpose", "dims": [0, 1]} if s["op"] == "permute" and len(s["dims"]) == 2 else s for s in out]
 
 
 def describe_steps(steps: Sequence[Step]) -> str:

@@ -642,29 +642,32 @@ class Tracer:
         return dataclasses.replace(summary, shape=tuple(t.shape))
 
     def _copy(self, t: torch.Tensor) -> torch.Tensor:
-        copy = self._kept(t, _version(t))
+        version = _version(t)
+        copy = self._kept(t, version)
         if copy is not None:
             return copy
-        copy = self._view_of_copy(t)
+        address = _address(t) if version is not None else None
+        copy = self._view_of_copy(t, address, version)
         if copy is None and self._shared is not None:
             copy = self._shared.find(t)
         if copy is None:
             copy = self._arena.copy(t)
             if self.budget is not None and self._arena.in_memory(copy):  # a spilled copy costs disk
                 self.budget.charge(copy.nbytes, self, started=len(self._counts), modules=len(self._handles) // 2)
-            if _version(t) is not None and copy.stride() == t.stride() and _address(t) is not None and _dense(t):
-                self._dense[_address(t)] = (weakref.ref(t), _version(t), copy)
-        self._copies[id(t)] = (weakref.ref(t), _version(t), copy)
+            if address is not None and copy.stride() == t.stride() and _dense(t):
+                self._dense[address] = (weakref.ref(t), version, copy)
+        self._copies[id(t)] = (weakref.ref(t), version, copy)
         return copy
 
-    def _view_of_copy(self, t: torch.Tensor) -> torch.Tensor | None:
-        """``t`` as a view of an earlier copy, when ``t`` views the same unchanged memory as a
-        dense tensor copied before (same root tensor, version, dtype; inside its elements)."""
-        entry = self._dense.get(_address(t))
+    def _view_of_copy(self, t: torch.Tensor, address: int | None, version: int | None) -> torch.Tensor | None:
+        """``t`` as a view of an earlier copy, when ``t`` views the same unchanged memory (at
+        ``address``, same ``version``) as a dense tensor copied before (same root tensor, dtype;
+        inside its elements)."""
+        entry = self._dense.get(address) if address is not None else None
         if entry is None:
             return None
-        base, version, copy = entry[0](), entry[1], entry[2]
-        if base is None or _version(t) != version or t.dtype != base.dtype or t.device != base.device:
+        base, copy = entry[0](), entry[2]
+        if base is None or version != entry[1] or t.dtype != base.dtype or t.device != base.device:
             return None
         if not self._same_root(t, base):
             return None
