@@ -41,10 +41,10 @@ import pytest
 
 # OpenMP threads spin-wait for work by default; on shared or busy cores the spinning takes the CPU
 # that the working threads and other jobs need (ConvNeXt-T forwards on 2 threads of 2 loaded cores:
-# 8x the time and 9x the CPU of passive waiting). libgomp reads this once, when torch loads it.
+# 8x the time and 9x the CPU of passive waiting). libgomp reads this once, when torch loads it, so
+# this module imports torch only inside the hooks that run tests: a pytest-xdist controller, which
+# runs none, starts without it (3 s of every parallel run's start-up, before any worker starts).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import torch  # noqa: E402  (after the OpenMP setting above)
 
 PROPERTY = "parity_result"
 MARKERS = {
@@ -80,6 +80,8 @@ def pytest_configure(config: pytest.Config) -> None:
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
     config.pluginmanager.register(ParityCollector(config), "parity_collector")
+    if _xdist_controller(config):
+        return
     _share_cores()
     # parity tests build each pair at several dtypes in a row: the second build skips the upstream init
     from harness.pairs import reuse_references
@@ -87,11 +89,18 @@ def pytest_configure(config: pytest.Config) -> None:
     reuse_references(True)
 
 
+def _xdist_controller(config: pytest.Config) -> bool:
+    """Whether this process hands the tests to pytest-xdist workers instead of running them."""
+    return not hasattr(config, "workerinput") and bool(getattr(config.option, "numprocesses", None))
+
+
 def _share_cores() -> None:
     """Give each pytest-xdist worker its share of the cores (torch takes them all in every worker),
     unless OMP_NUM_THREADS says otherwise."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
@@ -136,6 +145,8 @@ def _error_result(test: str, pair: Any, dtype: Any, exc: BaseException | None, t
 @pytest.fixture
 def parity_check(request: pytest.FixtureRequest):
     """Compare a registered pair; record the result (or the exception) for --report; fail with the report."""
+    import torch
+
     from harness.api import compare_pair
     from harness.metrics import dtype_name
 

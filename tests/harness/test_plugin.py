@@ -210,3 +210,18 @@ def test_the_plugin_keeps_the_last_reference_for_the_next_dtype():
     from harness.pairs import reuse_references
 
     assert reuse_references(True) is True  # switched on when the plugin configured this session
+
+
+def test_an_xdist_controller_starts_without_importing_torch(pytester: pytest.Pytester):
+    # the controller runs no test: torch in it would only delay every worker's start
+    pytester.makeconftest('''
+import sys
+
+def pytest_sessionfinish(session):
+    if not hasattr(session.config, "workerinput"):
+        with open("controller.txt", "w") as f:
+            f.write(str("torch" in sys.modules))
+''')
+    pytester.makepyfile("def test_one():\n    pass\n\ndef test_two():\n    pass\n")
+    pytester.runpytest_subprocess("-n", "2", "-p", "no:randomly", "-p", "no:cacheprovider").assert_outcomes(passed=2)
+    assert (pytester.path / "controller.txt").read_text() == "False", "the xdist controller imported torch"
