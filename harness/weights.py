@@ -725,15 +725,19 @@ def _conflict(report, module: str) -> dict[str, Any]:
 
 
 def _better(trial, current) -> bool:
-    """More twins agree, and none was lost: an exchange that only makes failing rows vanish from the
-    alignment (twins no longer found) is no improvement. A cycle of three misplaced blocks is
-    fixed by two exchanges, the first of which leaves the disagreeing module disagreeing."""
+    """More twins agree, or fewer modules make an error of their own while no new one does; and no
+    twin was lost: an exchange that only makes failing rows vanish from the alignment (twins no
+    longer found) is no improvement. A cycle of three misplaced blocks is fixed by two exchanges,
+    the first of which leaves the disagreeing module disagreeing. An exchange that fixes later
+    blocks while an earlier one is still wrong passes no more twins (everything after the earlier
+    block disagrees), but takes those blocks off the list of origins."""
     def counts(report) -> tuple[int, int]:
         confirmed = [r for r in report.rows if r.match.how != "structure"]
         return sum(r.passed for r in confirmed), len(confirmed)
 
     (passing, aligned), (passing_now, aligned_now) = counts(trial), counts(current)
-    return passing > passing_now and aligned >= aligned_now
+    fewer_origins = set(trial.introduced) < set(current.introduced)
+    return (passing > passing_now or fewer_origins) and aligned >= aligned_now
 
 
 def _scopes(module: str) -> list[str]:

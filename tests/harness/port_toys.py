@@ -374,6 +374,40 @@ class ShortcutLast(nn.Module):
         return self.act2(y + self.downsample(x))
 
 
+def conv_bn(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout))
+
+
+class BottleneckFirst(nn.Module):
+    """A strided bottleneck block (1x1, 3x3 with the stride, 1x1) whose 1x1 projection shortcut runs
+    first: with ``cin == cout`` its three 1x1 kernels all have one shape."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.proj = conv_bn(cin, cout, 1, 2)
+        self.f = nn.Sequential(conv_bn(cin, cout, 1), nn.ReLU(), conv_bn(cout, cout, 3, 2), nn.ReLU(), conv_bn(cout, cout, 1))
+        self.activation = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.proj(x) + self.f(x))
+
+
+class BottleneckLast(nn.Module):
+    """The same block with flat names and the shortcut computed last."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv1, self.act1 = conv_bn(cin, cout, 1), nn.ReLU()
+        self.conv2, self.act2 = conv_bn(cout, cout, 3, 2), nn.ReLU()
+        self.conv3 = conv_bn(cout, cout, 1)
+        self.downsample = conv_bn(cin, cout, 1, 2)
+        self.act3 = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv3(self.act2(self.conv2(self.act1(self.conv1(x)))))
+        return self.act3(y + self.downsample(x))
+
+
 class ConvPatches(nn.Module):
     """A patch embedding as torch writes it: a 4x4 stride-4 conv, then the tokens ``(B, N, D)``."""
 

@@ -11,7 +11,7 @@ from torch import nn
 
 import harness
 from port_toys import (AddmmMlp, ChannelsLastNet, ChannelsLastPatches, ConvNet, ConvNormActFused, ConvNormActStack, ConvPatches,
-                       FunctionalHWIONet, FusedAttention, FusedBlock, MatmulMlp, ShortcutFirst, ShortcutLast, SplitBlock,
+                       BottleneckFirst, BottleneckLast, FunctionalHWIONet, FusedAttention, FusedBlock, MatmulMlp, ShortcutFirst, ShortcutLast, SplitBlock,
                        TransposedAttention,
                        feature_maps, images, randomized, tokens)
 
@@ -316,6 +316,18 @@ def test_verification_leaves_the_candidate_as_it_was():
     before = copy.deepcopy(candidate)
     harness.map_weights(candidate, reference, tokens())
     assert state_equal(candidate, before)
+
+
+def test_an_exchange_is_made_in_the_later_blocks_while_an_earlier_block_is_still_wrong():
+    # the first stage's block has three same-shaped 1x1 kernels (a cycle of three misplaced units);
+    # the exchange that fixes its shortcut fixes the later stages too, while it is still wrong
+    widths = [(8, 8), (8, 16), (16, 32)]
+    candidate = randomized(nn.Sequential(*(BottleneckFirst(i, o) for i, o in widths)), 1)
+    reference = randomized(nn.Sequential(*(BottleneckLast(i, o) for i, o in widths)), 2)
+    weights = harness.map_weights(candidate, reference, feature_maps())
+    assert weights.verified, str(weights)
+    assert weights.notes[:2] == ["ambiguous order of use around 0.proj.0 resolved by running both models",
+                                 "the same exchange made in the other blocks built like 0"], weights.notes
 
 
 def test_a_shortcut_run_before_the_main_branch_is_mapped_by_exchanging_whole_conv_norm_units():
