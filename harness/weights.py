@@ -871,6 +871,8 @@ def _subtree_swaps(entries: list[Entry], inside: list[int], prefix: str,
             continue
         if "" in by_module[a] and (owner_of(a), owner_of(b)) in wholes:
             continue  # one tensor of each of two modules offered for exchange whole
+        if "" in by_module[a] and _leaf(a) == _leaf(b) == "num_batches_tracked":
+            continue  # batch norm counters: no eval-mode forward reads them
         swap = tuple((by_module[a][rel], by_module[b][rel]) for rel in sorted(by_module[a]))
         if "" not in by_module[a]:
             wholes.add((a, b))

@@ -13,7 +13,7 @@ import harness
 from port_toys import (AddmmMlp, ChannelsLastNet, ChannelsLastPatches, ConvNet, ConvNormActFused, ConvNormActStack, ConvPatches,
                        BottleneckFirst, BottleneckLast, FunctionalHWIONet, FusedAttention, FusedBlock, MatmulMlp, ShortcutFirst, ShortcutLast, SplitBlock,
                        TransposedAttention,
-                       feature_maps, images, randomized, tokens)
+                       conv_bn, feature_maps, images, randomized, tokens)
 
 
 def state_equal(a: nn.Module, b: nn.Module) -> bool:
@@ -334,3 +334,16 @@ def test_a_shortcut_run_before_the_main_branch_is_mapped_by_exchanging_whole_con
     candidate, reference = randomized(ShortcutFirst(), 1), randomized(ShortcutLast(), 2)
     weights = harness.map_weights(candidate, reference, feature_maps()[:, :4])
     assert weights.verified and entry(weights, "shortcut.0.weight").reference == ("downsample.0.weight",), str(weights)
+
+
+def test_verification_never_exchanges_two_batch_norm_counters_alone():
+    from harness.weights import _subtree_swaps
+
+    # two norms of different widths: their counters are the only tensors of one shape
+    def model(seed: int) -> nn.Module:
+        return randomized(nn.Sequential(conv_bn(4, 8, 1), conv_bn(8, 16, 1)), seed)
+
+    entries = harness.map_weights(model(1), model(2), feature_maps()[:, :4], verify=False).entries
+    swaps = _subtree_swaps(entries, list(range(len(entries))), "", "")
+    alone = [tuple(entries[k].candidate for k in swap[0]) for _, _, swap in swaps if len(swap) == 1]
+    assert not [pair for pair in alone if pair[0].endswith("num_batches_tracked")], alone
