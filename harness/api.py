@@ -209,6 +209,8 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
                                     alignment.unmatched_candidate, output_passed=noise.outputs_passed,
                                     reference=ref_records)
     notes += setting_notes(rows, name) if passed and name != "float64" else []
+    caveat = None if passed or weights is None else weights.caveat(given=o.weights is not None)
+    notes = [caveat, *notes] if caveat else notes
     diagnosis = [] if passed or not o.diagnose else origins_diagnosis(rows, found.introduced,
                                                     root=reference if replay is None else None, weights=weights)
     if not passed:

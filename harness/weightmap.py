@@ -35,6 +35,7 @@ from harness.trace import ROOT
 __all__ = ["WeightMap", "Entry", "load_weight_map", "FORMAT", "layout_steps", "owner_of", "clear_weight_caches"]
 
 FORMAT = "parity-harness weight map 1"
+NEVER_USED = "never used by the forward on these inputs, and no unused counterpart in order"
 
 # -- transforms as data (steps: harness.keymap) --------------------------------------------------
 def layout_steps(target: tuple[int, ...], source: tuple[int, ...]) -> tuple[list[Step], float] | None:
@@ -159,6 +160,29 @@ class WeightMap:
         """Why ``side``'s tensor ``key`` has no counterpart (a key both models use keeps the
         reference's reason under ``reference:KEY``)."""
         return self.reasons.get(f"{side}:{key}") or self.reasons.get(key, "no counterpart")
+
+    def unfilled(self) -> list[str]:
+        """Candidate tensors the forward reads that the map gives no value: after a transfer they
+        keep whatever they held."""
+        return [k for k in self.unmatched.get("candidate", []) if self.reason("candidate", k) != NEVER_USED]
+
+    def caveat(self, *, given: bool) -> str | None:
+        """Why a failing comparison through this map may be the map's fault rather than the model's:
+        tensors the forward reads that it leaves unfilled, or (for a map ``given`` by the caller)
+        a verification that failed or never ran; None when there is nothing to say."""
+        unfilled = self.unfilled()
+        if unfilled:
+            shown = ", ".join(unfilled[:6]) + (f", ... (+{len(unfilled) - 6})" if len(unfilled) > 6 else "")
+            return (f"the weight map gives no value to {len(unfilled)} candidate tensor(s) the forward reads ({shown}): "
+                    f"unless they were filled another way, the failure may be the transfer, not the model "
+                    f"(see the map's reasons; give their sources in the map, or fill them by hand)")
+        if given and self.verified is False:
+            where = ", ".join(str(c["module"]) for c in self.conflicts[:4] if c.get("module"))
+            return (f"the weight map is NOT verified (its own check found disagreements{f' at {where}' if where else ''}):"
+                    f" the failure may be the map's, not the model's")
+        if given and self.verified is None:
+            return "the weight map was not verified (harness.map_weights(..., verify=True) checks it by transfer)"
+        return None
 
     def expected(self, candidate_key: str, reference_state: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """What the map puts into one candidate tensor from ``reference_state``; None when the map
