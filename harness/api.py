@@ -12,7 +12,7 @@ from torch import nn
 from harness import guards, progress
 from harness.align import align, choose_twins, fused_records
 from harness.backward import check_backward, compare_backward
-from harness.adapters import UserAdapter
+from harness.adapters import UserAdapter, find_adapter
 from harness.checks import check_module, type_error
 from harness.diagnose import annotate_mismatches, origins_diagnosis, setting_notes
 from harness.localize import Localization, Row, drop_trailing_ops, extend_twins, localize_all, measure_match
@@ -44,6 +44,23 @@ def _final_outputs(
         f"final outputs differ in structure: candidate leaves {sorted(cand)} vs reference leaves "
         f"{sorted(ref)}; give candidate_outputs=/reference_outputs= functions returning the same keys"
     )
+
+
+def _outputs_in_reference_layout(final: list[tuple[str, torch.Tensor, torch.Tensor]], tol: Tolerance
+                                 ) -> tuple[list[tuple[str, torch.Tensor, torch.Tensor]], list[str]]:
+    """Final outputs that hold the same elements in another layout (tokens ``(B, H*W, C)`` against a
+    map ``(B, H, W, C)``) compared through the layout adapter that fits them, as twin modules are,
+    with a note for each; outputs whose shapes no layout explains stay as they are (a shape mismatch)."""
+    adapted, notes = [], []
+    for key, a, b in final:
+        adapter = find_adapter(a, b, tol=tol) if a.shape != b.shape else None
+        if adapter is not None:
+            notes.append(f"output{f' {key}' if key else ''}: the candidate gives shape {tuple(a.shape)}, the reference "
+                         f"{tuple(b.shape)}; compared through {adapter.description} (candidate_outputs= or "
+                         f"reference_outputs= choose the layout)")
+            a = adapter.apply(a)
+        adapted.append((key, a, b))
+    return adapted, notes
 
 
 def _model_device(model: nn.Module) -> str:
@@ -173,6 +190,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
     dtype = dtype or guards.comparison_dtype(candidate, reference, call, final)
     name = dtype_name(dtype)
     tol = tolerance_for(dtype, overrides=o.tolerances)
+    final, layouts = _outputs_in_reference_layout(final, tol)
     outputs = {key: measure(a, b) for key, a, b in final}
     progress.stage("align")
     weights = o.weights
@@ -219,7 +237,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
     notes += ([noise.note] if noise.note else []) + float64_hint(pair_name, name, passed, found.culprit, rows)
     first_divergence, culprit = found.first_divergence, found.culprit
     release()
-    notes += list(alignment.notes) + (replay.notes if replay is not None else [])
+    notes += layouts + list(alignment.notes) + (replay.notes if replay is not None else [])
     notes += _spill_notes(o.spill, cand_trace, ref_trace)
     if o.mode == "summary":
         notes.insert(0, "summary mode: layer errors are lower bounds from statistics (mean, std, absmax)")

@@ -156,3 +156,47 @@ def test_the_culprits_call_is_named_when_its_module_runs_more_than_once():
     report = harness.compare(candidate, reference, torch.randn(1, 5, 8, dtype=torch.float64))
     assert (report.culprit, report.culprit_call, report.to_dict()["culprit_call"]) == ("shared", 1, 1), report.format()
     assert "culprit (introduces the error itself): shared (its call #1)" in report.format()
+
+
+class _TokensOut(nn.Module):
+    """A projection returning tokens ``(B, H*W, C)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dense = nn.Linear(4, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense(x.flatten(2).transpose(1, 2))
+
+
+class _MapOut(nn.Module):
+    """The same projection returning a channels-last map ``(B, H, W, C)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x.permute(0, 2, 3, 1))
+
+
+def _layout_pair() -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    candidate, reference = _TokensOut().double().eval(), _MapOut().double().eval()
+    candidate.dense.load_state_dict(reference.proj.state_dict())
+    return candidate, reference, torch.randn(2, 4, 8, 6, dtype=torch.float64)
+
+
+def test_final_outputs_holding_the_same_values_in_another_layout_pass_with_a_note():
+    candidate, reference, x = _layout_pair()
+    report = harness.compare(candidate, reference, x)
+    assert report.passed and report.output.max_abs == 0, report.format()
+    assert "output: the candidate gives shape (2, 48, 8), the reference (2, 8, 6, 8); compared through" in report.notes[0]
+
+
+def test_final_outputs_in_another_layout_that_differ_fail_with_a_finite_error():
+    candidate, reference, x = _layout_pair()
+    with torch.no_grad():
+        candidate.dense.weight[0, 0] += 1.0
+    report = harness.compare(candidate, reference, x)
+    assert not report.passed and 0 < report.output.max_abs < float("inf"), report.format()
