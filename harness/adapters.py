@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from itertools import chain, permutations
+from itertools import chain, islice, permutations
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -221,6 +221,12 @@ def _remember(key: tuple, adapter: Adapter) -> None:
     if len(_AGREED) >= _AGREED_MOST:
         _AGREED.clear()
     _AGREED[key] = adapter
+
+
+def layouts(tensor: torch.Tensor, shape: tuple[int, ...], limit: int) -> list[Adapter]:
+    """Up to ``limit`` layouts bringing ``tensor`` to ``shape``, unmeasured: for a caller that judges
+    each by what it leads to, where no other tensor tells them apart (the values are off upstream)."""
+    return [adapter for adapter, _ in islice(_fitting(_candidates(tuple(tensor.shape), tuple(shape)), tensor, tuple(shape)), limit)]
 
 
 def _fitting(adapters: Iterator[Adapter], candidate: torch.Tensor, shape: tuple[int, ...]) -> Iterator[tuple[Adapter, torch.Tensor]]:

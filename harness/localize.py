@@ -53,12 +53,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import torch
 from torch import nn
 
-from harness.adapters import AS_IS, Adapter, UserAdapter, agreeing_layout, find_adapter, user_adapter
+from harness.adapters import AS_IS, Adapter, UserAdapter, agreeing_layout, find_adapter, layouts, user_adapter
 from harness.align import Aligned, Alignment, Match
 from harness.metrics import Metrics, Tolerance, measure, measure_summaries, tolerance_for
 from harness.trace import ROOT, Leaf, Record, TensorSummary, flatten_tensors, map_tensors
@@ -375,37 +375,62 @@ def _same_structure(cand: Record, ref: Record) -> bool:
     ) and len(cand.args) == len(ref.args) and cand.kwargs.keys() == ref.kwargs.keys()
 
 
+_LAYOUT_TRIES = 6  # re-runs of one module with its twin's inputs in other layouts, at most
+
+
 def _rerun_inputs(cand: Record, ref: Record) -> tuple[tuple, dict] | None:
-    """The reference's recorded inputs in the form the candidate module takes, or None.
+    """The reference's recorded inputs in the form the candidate module takes, or None (see
+    :func:`_rerun_input_choices`, whose first choice this is)."""
+    return next(_rerun_input_choices(cand, ref), None)
+
+
+def _rerun_input_choices(cand: Record, ref: Record, tol: Tolerance | None = None) -> Iterator[tuple[tuple, dict]]:
+    """The reference's recorded inputs in the forms the candidate module may take.
 
     The same argument structure: the reference's arguments as they are. Otherwise the candidate's
     own arguments with every tensor replaced by the reference input of its shape (an attention
     called as ``(x, x, x)`` against one called as ``(x)``), or of its element count brought into
-    the candidate's layout (``(B, L, C)`` against ``(B, H, W, C)``); None if a tensor has no
-    counterpart."""
+    the candidate's layout (``(B, L, C)`` against ``(B, H, W, C)``); nothing if a tensor has no
+    counterpart. A layout is first the one closest to the candidate's own input. Where that input
+    disagrees with the reference's within ``tol`` in it (an error upstream, which leaves the input
+    unable to tell layouts apart: NCHW against NHWC with H == W), the other layouts that fit follow;
+    where it agrees, the layout is settled (a kernel with its spatial axes swapped must not pass
+    on an input with them swapped too)."""
     if _same_structure(cand, ref):
-        return _cast_like(ref.args, cand.args), _cast_like(ref.kwargs, cand.kwargs)
+        yield _cast_like(ref.args, cand.args), _cast_like(ref.kwargs, cand.kwargs)
+        return
     if any(not isinstance(v, torch.Tensor) for v in (*cand.inputs.values(), *ref.inputs.values())):
-        return None
+        return
     refs = list(ref.inputs.values())
     if not refs:
-        return None
-    missing = object()
+        return
+    for choice in range(_LAYOUT_TRIES if tol is not None else 1):
+        try:
+            translate = _translator(refs, choice, tol)
+            yield map_tensors(cand.args, translate), map_tensors(cand.kwargs, translate)
+        except LookupError:
+            return
 
+
+def _translator(refs: list[torch.Tensor], choice: int, tol: Tolerance | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A candidate input -> the reference input standing for it, in the ``choice``-th layout that
+    fits (LookupError when there is none, or no such choice; see :func:`_rerun_input_choices`)."""
     def translate(t: torch.Tensor) -> torch.Tensor:
         same = [r for r in refs if tuple(r.shape) == tuple(t.shape)]
         if same:
             return same[0].to(dtype=t.dtype) if t.is_floating_point() else same[0]
         sized = [r for r in refs if r.numel() == t.numel() and r.numel() > 0]
-        adapter = find_adapter(sized[0], t) if sized else None
-        if adapter is None:
-            raise LookupError(missing)
-        return adapter.apply(sized[0]).to(dtype=t.dtype)
+        closest = find_adapter(sized[0], t) if sized else None
+        if closest is None:
+            raise LookupError(t.shape)
+        options = [closest]
+        if choice and not measure(closest.apply(sized[0]), t).passes(tol):
+            options += [a for a in layouts(sized[0], tuple(t.shape), _LAYOUT_TRIES) if a.description != closest.description]
+        if choice >= len(options):
+            raise LookupError(t.shape)
+        return options[choice].apply(sized[0]).to(dtype=t.dtype)
 
-    try:
-        return map_tensors(cand.args, translate), map_tensors(cand.kwargs, translate)
-    except LookupError:
-        return None
+    return translate
 
 
 def _cast_like(value: Any, like: Any) -> Any:
@@ -425,12 +450,20 @@ def _cast_like(value: Any, like: Any) -> Any:
 
 
 def _rerun_fails(row: Row) -> bool | None:
-    """Run the candidate module on the reference's inputs: True if it still fails, None if it cannot run."""
+    """Run the candidate module on the reference's inputs: True if it still fails (in every layout
+    those inputs may take), None if it cannot run."""
+    choices = _rerun_input_choices(row.match.candidate, row.match.reference, row.tolerance)
+    verdicts = (_rerun_verdict(row, inputs) for inputs in choices)
+    ran = None
+    for fails in verdicts:
+        if fails is False:
+            return False
+        ran = ran or fails
+    return ran
+
+
+def _rerun_verdict(row: Row, inputs: tuple[tuple, dict]) -> bool | None:
     cand, ref = row.match.candidate, row.match.reference
-    inputs = _rerun_inputs(cand, ref) if not _same_structure(cand, ref) else (
-        _cast_like(ref.args, cand.args), _cast_like(ref.kwargs, cand.kwargs))
-    if inputs is None:
-        return None
     # copies: an in-place module must not write into the recorded trace
     args, kwargs = (map_tensors(x, torch.Tensor.clone) for x in inputs)
     try:

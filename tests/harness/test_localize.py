@@ -2,10 +2,13 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 import harness
 from harness_toys import TOY, TOY_RENAMED, Net, drop_residual
 from helpers import PARITY_DTYPES
+from port_toys import randomized
 
 
 def test_build_is_deterministic_and_weights_are_live():
@@ -213,3 +216,38 @@ def test_a_norm_folded_into_its_conv_is_named_as_folded_not_left_to_the_weights(
     report = harness.compare(candidate, reference, torch.randn(1, 3, 9, 11, dtype=torch.float64))
     assert any(n.startswith("conv gives what the reference's conv and then bn give together") for n in report.notes), \
         report.format()
+
+
+class _ConvHWIO(nn.Module):
+    """A 3x3 conv on channels-last activations with its kernel stored (kh, kw, C_in, C_out)."""
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.kernel = nn.Parameter(torch.randn(3, 3, 4, 4, dtype=torch.float64))
+        self.stride, self.layout = stride, (3, 2, 0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x.permute(0, 3, 1, 2), self.kernel.permute(*self.layout), None, self.stride, 1).permute(0, 2, 3, 1)
+
+
+class _ChannelsLastPort(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = _ConvHWIO(2), _ConvHWIO(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(F.relu(self.a(x.permute(0, 2, 3, 1)))).permute(0, 3, 1, 2)
+
+
+def test_a_right_channels_last_conv_after_a_wrong_one_is_not_an_origin_on_square_maps():
+    # on square maps NHWC fits NCHW two ways (H and W exchanged); the wrong input b receives cannot
+    # tell which, so b is re-run in both before it is named
+    reference = randomized(nn.Sequential(nn.Conv2d(4, 4, 3, 2, 1, bias=False), nn.ReLU(),
+                                         nn.Conv2d(4, 4, 3, 1, 1, bias=False)), 2)
+    candidate = _ChannelsLastPort().double().eval()
+    x = torch.randn(2, 4, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    weights = harness.map_weights(candidate, reference, x)
+    weights.transfer(reference, candidate)
+    candidate.a.layout = (3, 2, 1, 0)  # the kernel's spatial axes exchanged
+    report = harness.compare(candidate, reference, x, weights=weights)
+    assert report.introduced == ["a"], report.format()
