@@ -537,9 +537,12 @@ def localize_all(
         earlier = any(o.match.candidate.end < row.match.candidate.start for o in failing)
         if row.status != "propagated" or earlier or any(end < row.match.candidate.start for end, _ in origins):
             continue
+        # the innermost confirmed call around it first; then wider ones, then anywhere: the code
+        # without a twin may sit before the block that receives its error (an embedding's token)
         around = [r for r in rows if r.match.how != "structure" and r.match.candidate.contains(row.match.candidate)]
-        outer = min(around, key=lambda r: r.match.candidate.end - r.match.candidate.start, default=None)
-        origin = _untwinned_origin(outer, rows, untwinned, reference, rerun, limit=row.match.candidate)
+        scopes = [*sorted(around, key=lambda r: r.match.candidate.end - r.match.candidate.start), None]
+        origin = next(filter(None, (_untwinned_origin(outer, rows, untwinned, reference, rerun, limit=row.match.candidate)
+                                    for outer in scopes)), None)
         if origin is not None:
             origins.append((origin.end, origin.name))
             found.notes.append(f"the error {row.candidate} receives starts in {origin.name}, which has no twin "

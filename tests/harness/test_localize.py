@@ -251,3 +251,58 @@ def test_a_right_channels_last_conv_after_a_wrong_one_is_not_an_origin_on_square
     candidate.a.layout = (3, 2, 1, 0)  # the kernel's spatial axes exchanged
     report = harness.compare(candidate, reference, x, weights=weights)
     assert report.introduced == ["a"], report.format()
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm1, self.fc1, self.norm2, self.fc2 = nn.LayerNorm(8), nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.fc1(self.norm1(x))
+        return x + self.fc2(self.norm2(x))
+
+
+class _TokenInRoot(nn.Module):
+    """Blocks after a class token prepended in the model's own code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 8))
+        self.blocks = nn.Sequential(_Block(), _Block())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1))
+
+
+class _Embeddings(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.token = nn.Parameter(torch.zeros(1, 1, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.token.expand(x.shape[0], -1, -1), x], 1)
+
+
+class _TokenInEmbeddings(nn.Module):
+    """The same with the token in an embeddings module the reference has no twin for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embeddings = _Embeddings()
+        self.layers = nn.Sequential(_Block(), _Block())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.embeddings(x))
+
+
+def test_code_without_a_twin_before_a_block_stays_an_origin_when_the_block_makes_another_error():
+    reference, candidate = randomized(_TokenInRoot(), 2), randomized(_TokenInEmbeddings(), 1)
+    x = torch.randn(2, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    weights = harness.map_weights(candidate, reference, x)
+    weights.transfer(reference, candidate)
+    with torch.no_grad():
+        candidate.embeddings.token[0, 0, 3] += 0.01
+    candidate.layers[0].norm2.eps = 1e-3
+    report = harness.compare(candidate, reference, x, weights=weights)
+    assert report.introduced == ["embeddings", "layers.0.norm2"], report.format()
