@@ -89,6 +89,9 @@ class Row(Aligned):
     rerun_judge: Any = field(default=None, repr=False)
     guess_received: bool | None = field(default=None, repr=False)  # a failing guess re-run: it received the error
     inner_values: list | None = field(default=None, repr=False)  # the twin's values op by op (_inner_values)
+    # the parameter-free call ending the candidate's module that its twin leaves to its caller
+    # (drop_trailing_ops): a re-run is measured at that call's input, as the row is
+    trailing: nn.Module | None = field(default=None, repr=False)
 
 
 def _leaf_pairs(cand: dict[str, Leaf], ref: dict[str, Leaf]) -> list[tuple[str, Leaf, Leaf]]:
@@ -274,7 +277,8 @@ def drop_trailing_ops(rows: list[Row], alignment: Alignment, measure_row: Callab
             trial = measure_row(replace(row.match, **{side: replace(own, outputs=_as_outputs(trailing.inputs))}))
             if trial.passed or trial.metrics.rel_l2 < 0.5 * row.metrics.rel_l2:
                 where = "the reference" if side == "reference" else "the candidate"
-                rows[at] = replace(trial, adapter=f"before {trailing.name}, which {where} applies inside this call")
+                rows[at] = replace(trial, adapter=f"before {trailing.name}, which {where} applies inside this call",
+                                   trailing=trailing.module if side == "candidate" else None)
                 break
 
 
@@ -323,11 +327,12 @@ class _Chain(nn.Module):
     """A module and the call that follows it, run as one (a BatchNorm and its activation): what a
     culprit re-run or a diagnosis of an extended twin runs."""
 
-    def __init__(self, head: nn.Module, tail: nn.Module, names: tuple[str, str]) -> None:
+    def __init__(self, head: nn.Module, tail: nn.Module, names: tuple[str, str], tail_key: str) -> None:
         super().__init__()
         self.head, self.tail = head, tail
         self.training = head.training  # the flag alone: train() would set the models' own modules
         self.scope_names = {"head": names[0], "tail": names[1]}  # how findings name the two parts
+        self.tail_key = tail_key  # the call whose output is the pair's: a float64 run is read there
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.tail(self.head(*args, **kwargs))
@@ -340,7 +345,7 @@ def _extend(rows: list[Row], at: int, pools: dict[str, list[Record]], side: str,
     match = rows[at].match
     own = match.candidate if side == "candidate" else match.reference
     chain = None if own.module is None or call.module is None else _Chain(own.module, call.module,
-                                                                          (own.name, call.name))
+                                                                          (own.name, call.name), call.key)
     joined = replace(own, end=call.end, outputs=call.outputs, module=chain)
     rows[at] = replace(trial, match=replace(match, **{side: joined}))
     pools[side].remove(call)
@@ -466,11 +471,22 @@ def _rerun_verdict(row: Row, inputs: tuple[tuple, dict]) -> bool | None:
     cand, ref = row.match.candidate, row.match.reference
     # copies: an in-place module must not write into the recorded trace
     args, kwargs = (map_tensors(x, torch.Tensor.clone) for x in inputs)
+    received: dict[str, Any] = {}
+    # a copy: the call may write into its input (an in-place ReLU)
+    hook = None if row.trailing is None else row.trailing.register_forward_pre_hook(
+        lambda module, given: received.update(value=given[0].clone() if given and isinstance(given[0], torch.Tensor) else None))
     try:
         with torch.no_grad():
             out = cand.module(*args, **kwargs)
     except Exception:  # a signature that only looked compatible: no verdict from re-running
         return None
+    finally:
+        if hook is not None:
+            hook.remove()
+    if row.trailing is not None:
+        out = received.get("value")  # what the call the twin leaves to its caller received
+        if not isinstance(out, torch.Tensor):
+            return None
     outputs = {k: v.detach() for k, v in flatten_tensors(out).items()}
     judged = row.rerun_judge(outputs) if row.rerun_judge is not None else None
     if judged is not None:
@@ -537,12 +553,14 @@ def localize_all(
         earlier = any(o.match.candidate.end < row.match.candidate.start for o in failing)
         if row.status != "propagated" or earlier or any(end < row.match.candidate.start for end, _ in origins):
             continue
-        # the innermost confirmed call around it first; then wider ones, then anywhere: the code
-        # without a twin may sit before the block that receives its error (an embedding's token)
+        # the innermost confirmed call around it first; then each wider one (and then anywhere)
+        # before the narrower one started: the code without a twin may sit before the block that
+        # receives its error (an embedding's token)
         around = [r for r in rows if r.match.how != "structure" and r.match.candidate.contains(row.match.candidate)]
         scopes = [*sorted(around, key=lambda r: r.match.candidate.end - r.match.candidate.start), None]
-        origin = next(filter(None, (_untwinned_origin(outer, rows, untwinned, reference, rerun, limit=row.match.candidate)
-                                    for outer in scopes)), None)
+        limits = [row.match.candidate, *(scope.match.candidate for scope in scopes[:-1])]
+        origin = next(filter(None, (_untwinned_origin(outer, rows, untwinned, reference, rerun, limit=limit)
+                                    for outer, limit in zip(scopes, limits))), None)
         if origin is not None:
             origins.append((origin.end, origin.name))
             found.notes.append(f"the error {row.candidate} receives starts in {origin.name}, which has no twin "
@@ -634,6 +652,15 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         # sliced into q; a bias table read by an attention's own code): its ops run again to see
         inner = _inner_values(row)
         suspects = [u for u in suspects if not _holds_any(u.primary, inner, row.tolerance)]
+    if suspects:
+        # nor one handed a value the reference never computes: the error was made before it was
+        # called (an activation child after its norm's own code went wrong, a softmax child after
+        # the attention scaled its logits wrongly), by the code around it
+        pool = reference if row is None else [r for r in reference if r is row.match.reference
+                                              or row.match.reference.contains(r)]
+        known = [v for r in pool for v in (*r.inputs.values(), *r.outputs.values())]
+        known += _inner_values(row) if row is not None else []
+        suspects = [u for u in suspects if not _received_unknown(u, known, row.tolerance if row is not None else None)]
     if not suspects:
         if first_bad is None:
             return None
@@ -646,6 +673,13 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         return next((u for u in around if not _hands_on(u, first_bad)), None)
     # innermost: the earliest to complete; its untwinned parents completed later
     return min(suspects, key=lambda u: u.end)
+
+
+def _received_unknown(call: Record, known: Sequence[Any], tol: Tolerance | None) -> bool:
+    """Whether ``call``'s first input is a full-mode floating tensor that none of ``known`` holds."""
+    first = call.first_input
+    return isinstance(first, torch.Tensor) and first.is_floating_point() and first.numel() > 0 \
+        and not _holds_any(first, known, tol)
 
 
 def _hands_on(container: Record, call: Record) -> bool:

@@ -202,7 +202,8 @@ class NoiseFloor:
         floor = cls({}, {}, dtype, threshold)
         wanted: dict[str, list[Any]] = {}
         for match in matches:
-            wanted.setdefault(match.reference.key, []).append(match)
+            # a twin joined with the call after it (a norm and its activation) ends with that call
+            wanted.setdefault(getattr(match.reference.module, "tail_key", match.reference.key), []).append(match)
         run = reference_call or (lambda model, c: c(model))
         exact_call = call.to(torch.float64)
         handles = _judging_hooks(reference, wanted, floor)

@@ -306,3 +306,85 @@ def test_code_without_a_twin_before_a_block_stays_an_origin_when_the_block_makes
     candidate.layers[0].norm2.eps = 1e-3
     report = harness.compare(candidate, reference, x, weights=weights)
     assert report.introduced == ["embeddings", "layers.0.norm2"], report.format()
+
+
+class _NormAct(nn.BatchNorm2d):
+    """A batch norm that applies its activation inside, as a child module (timm's ``BatchNormAct2d``)."""
+
+    def __init__(self) -> None:
+        super().__init__(8)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(super().forward(x))
+
+
+class _ActInside(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.norm, self.head = nn.Conv2d(3, 8, 3, padding=1, bias=False), _NormAct(), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.conv(x)))
+
+
+class _ActInCaller(nn.Module):
+    """The same with the activation applied by the caller's own code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.head = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(self.bn(self.conv(x))))
+
+
+def _act_pair(dtype: torch.dtype = torch.float64):
+    candidate, reference = randomized(_ActInside(), 1).to(dtype), randomized(_ActInCaller(), 2).to(dtype)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)).to(dtype)
+    weights = harness.map_weights(candidate, reference, x)
+    weights.transfer(reference, candidate)
+    return candidate, reference, x, weights
+
+
+def test_a_norm_applying_its_activation_inside_receives_an_upstream_error_as_its_twin_does():
+    candidate, reference, x, weights = _act_pair()
+    with torch.no_grad():
+        candidate.conv.weight[2, 1, 1, 1] += 0.01
+    report = harness.compare(candidate, reference, x, weights=weights)
+    assert report.introduced == ["conv"], report.format()
+
+
+def test_a_module_whose_own_code_errs_before_a_child_without_a_twin_is_the_origin_not_the_child():
+    class Scores(nn.Module):
+        def __init__(self, scale: float) -> None:
+            super().__init__()
+            self.qk, self.scale = nn.Linear(16, 32), scale
+            self.softmax = nn.Softmax(-1) if scale != 1.0 else None
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            q, k = self.qk(x).chunk(2, -1)
+            logits = q @ k.transpose(-1, -2) * self.scale
+            return (self.softmax(logits) if self.softmax is not None else F.softmax(logits, -1)) @ x
+
+    candidate, reference = randomized(Scores(1.1), 1), randomized(Scores(1.0), 2)
+    x = torch.randn(1, 10, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    weights = harness.map_weights(candidate, reference, x)
+    weights.transfer(reference, candidate)
+    report = harness.compare(candidate, reference, x, weights=weights)
+    assert report.culprit == "<root>" and report.introduced == ["<root>"], report.format()
+
+
+def test_at_float32_a_norm_twinned_with_a_norm_and_its_activation_is_judged_against_their_float64_output():
+    # the reference's norm and activation are two modules, joined to pair with the candidate's one
+    candidate = randomized(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), _NormAct(), nn.Conv2d(8, 4, 1)), 1)
+    reference = randomized(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                                         nn.Conv2d(8, 4, 1)), 2)
+    candidate, reference = candidate.float(), reference.float()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    weights = harness.map_weights(candidate, reference, x)
+    weights.transfer(reference, candidate)
+    candidate[1].eps = 1e-3
+    report = harness.compare(candidate, reference, x, weights=weights)
+    row = next(r for r in report.rows if r.candidate == "1")
+    assert row.noise is not None and not row.noise.passed and report.culprit == "1", report.format()
