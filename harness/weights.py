@@ -15,10 +15,16 @@ its weights. The algorithm:
    the operation reading the result, in that layout: the steps back to the stored layout join its
    entry, so a square matrix or a square 1x1 kernel stored the other way is mapped right, where its
    shape alone could not tell. A matrix read as the right operand of a product (``x @ W``) is a
-   linear layer's weight transposed.
+   linear layer's weight transposed; so is any einsum operand contracting the input's features
+   (``'bnc,hdc->bhnd'``, Flax's ``'bnc,chd->bhnd'``): it is read as torch's ``(out, in)`` through
+   the permute and reshape its subscripts imply, its output letters first. A tensor first used by
+   adding it to the output of such a layer without bias (``x @ W + b``) is that layer's bias, read
+   as ``(out,)``.
 2. Siblings. Consecutive operations of one kind that read the same input tensor (the query, key
    and value projections of one token sequence) may stand for one fused operation on the other
    side: their i-th tensors, concatenated along dim 0, form a composite that can match one tensor.
+   A linear layer reading tensors concatenated along its outputs where used
+   (``F.linear(x, torch.cat([wq, wk, wv]), torch.cat([bq, bk, bv]))``) is as many siblings.
 3. Alignment. A dynamic program over the two first-use sequences, in order, pairs tensors that can
    hold the same values (same shape; the same after squeezing or flattening; transposed; a
    composite) and maximizes the number of pairs. Ties are broken by the operation that used the
@@ -49,6 +55,8 @@ from __future__ import annotations
 import copy
 import math
 import re
+import string
+import weakref
 from dataclasses import dataclass, replace
 from itertools import combinations
 from typing import Any, Callable, Iterable
@@ -61,7 +69,7 @@ from harness.trace import ROOT
 from harness.checks import check_module
 from harness.diagnose import numeric_setting_differences
 from harness.keymap import invert_steps, shape_after, simplify_steps
-from harness.weightmap import Entry, Step, WeightMap, layout_steps, load_weight_map, owner_of, shape_permutations
+from harness.weightmap import NEVER_USED, Entry, Step, WeightMap, layout_steps, load_weight_map, owner_of, shape_permutations
 
 __all__ = ["WeightMap", "Entry", "map_weights", "infer_map", "load_weight_map"]
 
@@ -90,10 +98,21 @@ class _Tensor:
 # qkv.reshape(3 * C, C), w.to(x.dtype)): a functional port applies them at the point of use. The use
 # that places the tensor in the computation is the operation reading the result, in its layout.
 _RELAYOUTS = {"t", "T", "mT", "transpose", "permute", "reshape", "view", "flatten", "unflatten", "squeeze",
-              "unsqueeze", "contiguous", "to", "float", "double", "half", "bfloat16", "type_as", "clone", "detach"}
+              "unsqueeze", "contiguous", "to", "float", "double", "half", "bfloat16", "type_as", "clone", "detach",
+              "getitem"}
 # a weight read as the right operand of a matrix product is an (in, out) matrix: seen as F.linear's
 # (out, in) through a transpose, so that ``x @ W`` and ``F.linear(x, W.t())`` match a linear layer
 _MATMULS = {"matmul": 1, "mm": 1, "addmm": 2}  # operation -> the position of its right operand
+_JOINS = {"cat", "concat", "concatenate"}  # a concatenation of weights only is a weight fused where used
+
+
+@dataclass(frozen=True)
+class _Linear:
+    """How an operation acting as a linear layer reads its weight."""
+
+    position: int  # the weight's position among the operation's tensor arguments
+    steps: tuple[Step, ...]  # from the layout the operation reads to torch's (out, in)
+    features: tuple[int, ...]  # the output's axes holding its out features, in the order they flatten
 
 
 def _relayout_step(name: str, args: tuple, kwargs: dict, before: torch.Tensor, after: Any) -> list[Step] | None:
@@ -108,14 +127,112 @@ def _relayout_step(name: str, args: tuple, kwargs: dict, before: torch.Tensor, a
     elif name == "permute":
         dims = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:] or kwargs.get("dims", ())
         steps = [{"op": "permute", "dims": [d % before.ndim for d in dims]}]
-    elif name in ("reshape", "view", "flatten", "unflatten", "squeeze", "unsqueeze"):
+    elif name in ("reshape", "view", "flatten", "unflatten", "squeeze", "unsqueeze") or _plain_index(name, args):
         steps = [] if tuple(after.shape) == tuple(before.shape) else [{"op": "reshape", "shape": list(after.shape)}]
+    elif name == "getitem":  # a gather (w[[1, 0]]) may reorder the values it keeps
+        steps = None
     else:  # casts and copies keep the layout
         steps = []
     if steps is None or after.dtype.is_floating_point != before.dtype.is_floating_point \
             or shape_after(steps, before.shape) != tuple(after.shape):
         return None
     return steps
+
+
+def _plain_index(name: str, args: tuple) -> bool:
+    """Indexing that keeps every value in place (``b[None, :, None]``, ``w[0]`` of a dim of one)
+    when it keeps their number: Nones, ints, slices and Ellipsis only."""
+    if name != "getitem" or len(args) != 2:
+        return False
+    index = args[1] if isinstance(args[1], tuple) else (args[1],)
+    return all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in index)
+
+
+def _einsum_terms(equation: str, ndims: list[int]) -> tuple[list[str], str] | None:
+    """The subscripts of each operand and of the output, ``...`` spelled out in unused letters
+    (right-aligned, as einsum broadcasts it); None where they do not fit the operands."""
+    equation = equation.replace(" ", "")
+    inputs, arrow, output = equation.partition("->")
+    terms = inputs.split(",")
+    spare = [c for c in string.ascii_letters if c not in equation]
+    widths = [n - len(t.replace("...", "")) for t, n in zip(terms, ndims)]
+    width = max([w for t, w in zip(terms, widths) if "..." in t], default=0)
+    if len(terms) != len(ndims) or width > len(spare) or any(w < 0 or w and "..." not in t for t, w in zip(terms, widths)):
+        return None
+    dots = "".join(spare[:width])
+    terms = [t.replace("...", dots[width - w:]) for t, w in zip(terms, widths)]
+    if arrow:
+        output = output.replace("...", dots)
+    else:  # implicit output: the broadcast dims, then every letter used once, in alphabetical order
+        letters = "".join(terms)
+        output = dots + "".join(sorted(c for c in set(letters) - set(dots) if letters.count(c) == 1))
+    return terms, output
+
+
+def _einsum_weight(equation: Any, tensors: list[torch.Tensor], is_weight: Callable[[int], bool]) -> _Linear | None:
+    """An einsum of an input with one weight that contracts input features and produces output
+    features (``'bnc,hdc->bhnd'``, Flax's ``'bnc,chd->bhnd'``) is a linear layer: the weight is
+    read as torch's ``(out, in)`` through a permute putting its output letters first (in the
+    output's order) and its contracted letters after (in the input's order), and a reshape."""
+    terms = _einsum_terms(equation, [t.ndim for t in tensors]) if isinstance(equation, str) else None
+    weights = [p for p in range(len(tensors)) if is_weight(p)]
+    if terms is None or len(tensors) != 2 or len(weights) != 1:
+        return None
+    (position,), output = weights, terms[1]
+    w, x = terms[0][position], terms[0][1 - position]
+    contracted = sorted((c for c in w if c in x and c not in output), key=x.index)
+    produced = sorted((c for c in w if c in output and c not in x), key=output.index)
+    if not contracted or len(set(w)) != len(w) or len(contracted) + len(produced) != len(w):
+        return None  # a letter shared with the output too (per-head weights) or summed away: no linear layer
+    shape = tensors[position].shape
+    dims = [w.index(c) for c in (*produced, *contracted)]
+    steps = [] if dims == sorted(dims) else [{"op": "permute", "dims": dims}]
+    matrix = [math.prod(shape[w.index(c)] for c in produced), math.prod(shape[w.index(c)] for c in contracted)]
+    if list(shape_after(steps, shape)) != matrix:
+        steps.append({"op": "reshape", "shape": matrix})
+    return _Linear(position, tuple(steps), tuple(output.index(c) for c in produced))
+
+
+def _linear_weight(name: str, args: tuple, tensors: list[torch.Tensor], is_weight: Callable[[int], bool],
+                   result: Any) -> _Linear | None:
+    """Where the operation acts as a linear layer on a weight: its weight and how it reads it."""
+    if not isinstance(result, torch.Tensor) or result.ndim == 0:
+        return None
+    features = (result.ndim - 1,)
+    if name in _MATMULS:
+        position = _MATMULS[name]
+        if position < len(tensors) and is_weight(position) and tensors[position].ndim == 2:
+            return _Linear(position, ({"op": "transpose", "dims": [0, 1]},), features)
+    elif name == "linear" and len(tensors) >= 2 and is_weight(1):
+        return _Linear(1, (), features)
+    elif name == "einsum" and args:
+        return _einsum_weight(args[0], tensors, is_weight)
+    return None
+
+
+def _bias_steps(shape: tuple[int, ...], out_shape: tuple[int, ...], features: tuple[int, ...]) -> list[Step] | None:
+    """Steps reading a tensor added to a linear layer's output as its ``(out,)`` bias: None unless
+    it spans the output's feature axes exactly (and broadcasts over every other)."""
+    if len(shape) > len(out_shape):
+        return None
+    padded = (1,) * (len(out_shape) - len(shape)) + tuple(shape)
+    if any(d != (out_shape[a] if a in features else 1) for a, d in enumerate(padded)):
+        return None
+    size = math.prod(out_shape[a] for a in features)
+    return [] if tuple(shape) == (size,) else [{"op": "reshape", "shape": [size]}]
+
+
+def _joined_dim(dim: int, steps: Iterable[Step]) -> int | None:
+    """Where dim ``dim`` of a tensor ends up through transposes and permutes; None through a reshape."""
+    for step in steps:
+        if step["op"] == "transpose":
+            a, b = step["dims"]
+            dim = b if dim == a else a if dim == b else dim
+        elif step["op"] == "permute":
+            dim = step["dims"].index(dim)
+        else:
+            return None
+    return dim
 
 
 class _FirstUse(TorchFunctionMode):
@@ -129,6 +246,11 @@ class _FirstUse(TorchFunctionMode):
         self.ops = 0
         # id(re-laid-out tensor) -> (key, steps from the stored tensor, the tensor: kept alive so its id stays its own)
         self.relaid: dict[int, tuple[str, tuple[Step, ...], torch.Tensor]] = {}
+        # id(concatenation of watched tensors) -> ((key, steps from the stored tensor) per piece, dim, the tensor)
+        self.joined: dict[int, tuple[tuple[tuple[str, tuple[Step, ...]], ...], int, torch.Tensor]] = {}
+        # id(output of a linear layer without bias) -> (a weak reference to it, op index, source id, feature axes):
+        # outputs are activations, not kept alive; the reference tells a reused id
+        self.outputs: dict[int, tuple[Any, int, int | None, tuple[int, ...]]] = {}
         self.first_touch: dict[str, tuple[str, int]] = {}  # key -> (op, op index) of a re-layout never read after
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -141,7 +263,8 @@ class _FirstUse(TorchFunctionMode):
         result = func(*args, **kwargs)
         leaves = _tensor_leaves((args, kwargs))
         held = [(t, self._held(t)) for t in leaves]
-        if not any(h for _, h in held):
+        joined = {p: self.joined[id(t)] for p, t in enumerate(leaves) if self._joined(t)}
+        if not any(h for _, h in held) and not joined:
             return result
         self.ops += 1
         name = name.strip("_")
@@ -152,19 +275,31 @@ class _FirstUse(TorchFunctionMode):
             self.relaid[id(result)] = (key, (*before, *steps), result)
             self.first_touch.setdefault(key, (name, self.ops))
             return result
-        source = next((id(t) for t, h in held if h is None), None)
-        # a product's matrix first, then its bias (addmm(b, x, W)): a linear layer's order of use
-        order = sorted(range(len(held)), key=lambda position: position != _MATMULS.get(name))
-        for position, (t, h) in ((position, held[position]) for position in order):
-            if h is None or h[0] in self.seen:
-                continue
-            key, to_used, _ = h
-            op = "linear" if name in _MATMULS else name
-            if _MATMULS.get(name) == position and t.ndim == 2:
-                to_used = (*to_used, {"op": "transpose", "dims": [0, 1]})
-            self.seen.add(key)
-            self.uses.append((key, op, self.ops, source, to_used))
+        if name in _JOINS and self._join(args, kwargs, result):
+            return result
+        source = next((id(t) for p, (t, h) in enumerate(held) if h is None and p not in joined), None)
+        if self._bias(name, kwargs, held):
+            return result
+        linear = _linear_weight(name, args, leaves, lambda p: held[p][1] is not None or p in joined, result)
+        if not (joined and linear is not None and self._siblings(linear, held, joined, source)):
+            self._record(name, held, linear, source)
+        if linear is not None and sum(h is not None for _, h in held) == 1 and not joined:
+            self.outputs[id(result)] = (weakref.ref(result), self.ops, source, linear.features)
         return result
+
+    def _record(self, name: str, held: list, linear: _Linear | None, source: int | None) -> None:
+        """The tensors this operation uses first, a linear layer's weight in torch's layout."""
+        at = linear.position if linear is not None else None
+        op = "linear" if name in _MATMULS or linear is not None else name
+        # a product's matrix first, then its bias (addmm(b, x, W)): a linear layer's order of use
+        for position in sorted(range(len(held)), key=lambda position: position != at):
+            h = held[position][1]
+            if h is not None and h[0] not in self.seen:
+                self._use(h[0], op, self.ops, source, (*h[1], *(linear.steps if position == at else ())))
+
+    def _use(self, key: str, op: str, index: int, source: int | None, to_used: tuple[Step, ...]) -> None:
+        self.seen.add(key)
+        self.uses.append((key, op, index, source, to_used))
 
     def _held(self, t: torch.Tensor) -> tuple[str, tuple[Step, ...], Any] | None:
         """(key, steps from the stored tensor) when ``t`` is a watched tensor or a re-layout of one."""
@@ -172,6 +307,65 @@ class _FirstUse(TorchFunctionMode):
         if key is not None:
             return key, (), None
         return self.relaid.get(id(t))
+
+    def _joined(self, t: torch.Tensor) -> bool:
+        return id(t) in self.joined and self.joined[id(t)][2] is t
+
+    def _join(self, args: tuple, kwargs: dict, result: Any) -> bool:
+        """A concatenation of watched tensors only (``torch.cat([wq, wk, wv])``) is a fused weight
+        made at the point of use: noted, its pieces placed where it is read. True if it is one."""
+        tensors = args[0] if args else kwargs.get("tensors")
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+        if not isinstance(tensors, (list, tuple)) or len(tensors) < 2 or not isinstance(dim, int) \
+                or not isinstance(result, torch.Tensor) or result.ndim == 0:
+            return False
+        pieces = [self._held(t) if isinstance(t, torch.Tensor) else None for t in tensors]
+        if any(p is None for p in pieces):
+            return False
+        self.joined[id(result)] = (tuple((key, steps) for key, steps, _ in pieces), dim % result.ndim, result)
+        for key, _, _ in pieces:
+            self.first_touch.setdefault(key, ("cat", self.ops))
+        return True
+
+    def _bias(self, name: str, kwargs: dict, held: list) -> bool:
+        """A tensor first used by adding it to the output of a linear layer without bias
+        (``x @ W + b``, an einsum's output plus ``b[None, :, None, :]``) is that layer's bias:
+        used by the same operation, read as ``(out,)``. True if it was one."""
+        if name not in ("add", "iadd", "radd") or kwargs or len(held) != 2:
+            return False
+        for (out, mine), (bias, h) in (held, held[::-1]):
+            found = self.outputs.get(id(out)) if mine is None and h is not None and h[0] not in self.seen else None
+            if found is None or found[0]() is not out:
+                continue
+            steps = _bias_steps(tuple(bias.shape), tuple(out.shape), found[3])
+            if steps is not None:
+                self._use(h[0], "linear", found[1], found[2], (*h[1], *steps))
+                return True
+        return False
+
+    def _siblings(self, linear: _Linear, held: list, joined: dict, source: int | None) -> bool:
+        """A linear layer reading weights concatenated along its outputs (``F.linear(x,
+        torch.cat([wq, wk, wv]), torch.cat([bq, bk, bv]))``) is as many sibling layers on one input:
+        the k-th pieces count as used by the k-th. True if it was one."""
+        pieces: dict[int, list[tuple[str, tuple[Step, ...]]]] = {}
+        for position, (parts, dim) in ((p, j[:2]) for p, j in joined.items()):
+            steps = linear.steps if position == linear.position else ()
+            if _joined_dim(dim, steps) != 0:
+                return False  # joined along the inputs, or reshaped: no sibling reads one piece
+            pieces[position] = [(key, (*before, *steps)) for key, before in parts]
+        if len({len(parts) for parts in pieces.values()}) != 1:
+            return False
+        order = sorted(pieces, key=lambda position: (position != linear.position, position))
+        for k in range(len(pieces[order[0]])):
+            self.ops += 1
+            for key, steps in (pieces[position][k] for position in order):
+                if key not in self.seen:
+                    self._use(key, "linear", self.ops, source, steps)
+        rest = [h for p, (_, h) in enumerate(held) if h is not None and p not in pieces and h[0] not in self.seen]
+        self.ops += bool(rest)
+        for key, steps, _ in rest:  # a bias left whole: after the siblings, matched on its own
+            self._use(key, "linear", self.ops, source, steps)
+        return True
 
     def finish(self) -> None:
         """Tensors only ever re-laid out count as used where they were first touched."""
@@ -181,6 +375,8 @@ class _FirstUse(TorchFunctionMode):
                 self.uses.append((key, op, index, None, ()))
         self.uses.sort(key=lambda use: use[2])  # stable: argument order within one operation
         self.relaid.clear()
+        self.joined.clear()
+        self.outputs.clear()
 
 
 def _tensor_leaves(value: Any) -> list[torch.Tensor]:
@@ -233,9 +429,6 @@ def _first_uses(model: nn.Module, run: Callable[[nn.Module], Any]) -> tuple[list
             out.append(_Tensor(key, tuple(t.shape), kinds.get(key, "buffer"), "<unused>", tail, None))
             tail += 1
     return out, computed
-
-
-_NEVER_USED = "never used by the forward on these inputs, and no unused counterpart in order"
 
 
 # -- sequence alignment -----------------------------------------------------------------------------
@@ -448,7 +641,7 @@ def infer_map(
             # a key both models use: the reference's reason under "reference:KEY", so neither is lost
             at = f"reference:{t.key}" if side == "reference" and t.key in reasons else t.key
             if t.op == "<unused>":
-                reasons[at] = _NEVER_USED
+                reasons[at] = NEVER_USED
             elif t.shape not in other_shapes and not any(layout_steps(t.shape, o.shape) for o in other):
                 reasons[at] = f"no tensor of a compatible shape {t.shape} on the other side (shape family differs)"
             else:
@@ -696,7 +889,7 @@ def _scramble_unfilled(weights: WeightMap, trial: nn.Module) -> list[str]:
     """Give the floating tensors of ``trial`` that the forward reads but the map does not fill other
     values (seeded): a candidate that already holds the right values there (a finished conversion
     being checked) would otherwise verify a map that leaves them out. Returns their keys."""
-    keys = [k for k in weights.unmatched.get("candidate", []) if weights.reason("candidate", k) != _NEVER_USED]
+    keys = weights.unfilled()
     tensors = dict(trial.named_parameters()) | dict(trial.named_buffers())
     generator = torch.Generator().manual_seed(0)
     scrambled = []
