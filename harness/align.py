@@ -135,7 +135,8 @@ def fused_records(
     ``concat``: a candidate ``qkv`` against reference ``q``, ``k``, ``v``: one record whose output
     is the three outputs concatenated along the channel dim (the last dim whose sizes add up).
     ``slice``: a candidate ``q`` against a reference ``qkv``: one record whose output is that slice
-    of the fused output. Inputs are those of the first reference call. Full-mode traces only.
+    of the fused output. Inputs (and arguments) are those of the first reference call. Full-mode
+    traces only.
     """
     by_key = {r.key: r for r in reference}
     calls: dict[str, int] = {}
@@ -152,8 +153,10 @@ def fused_records(
             if output is None:
                 continue
             first = parts[0]
+            # the first call's arguments too: the candidate's module can be re-run on them
             records.append(Record(name=name, call=call, start=min(p.start for p in parts),
-                                  end=max(p.end for p in parts), inputs=first.inputs, outputs={"0": output}))
+                                  end=max(p.end for p in parts), inputs=first.inputs, outputs={"0": output},
+                                  args=first.args, kwargs=first.kwargs))
         twins[cand_name] = name
     return records, twins
 

@@ -367,7 +367,8 @@ def _inputs_state(cand: Record, ref: Record, tol: Tolerance) -> Literal["equal",
 
 
 def _rerunnable(cand: Record, ref: Record, patterns: Sequence[str] | None) -> bool:
-    if cand.module is None or ref.module is None:
+    # the twin's recorded arguments are what a re-run needs (a fused twin has no module of its own)
+    if cand.module is None or (ref.module is None and not (ref.args or ref.kwargs)):
         return False
     if patterns is not None:
         return any(re.search(p, cand.name) for p in patterns)

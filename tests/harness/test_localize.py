@@ -388,3 +388,20 @@ def test_at_float32_a_norm_twinned_with_a_norm_and_its_activation_is_judged_agai
     report = harness.compare(candidate, reference, x, weights=weights)
     row = next(r for r in report.rows if r.candidate == "1")
     assert row.noise is not None and not row.noise.passed and report.culprit == "1", report.format()
+
+
+def test_a_projection_twinned_with_a_slice_of_a_fused_one_is_re_run_on_its_inputs():
+    # its twin has no module of its own, but the fused call's arguments: without a re-run, inputs
+    # that agree within tolerance would name a projection that only received an error an origin
+    from port_toys import FusedBlock, SplitBlock
+
+    candidate, reference = randomized(nn.Sequential(SplitBlock(), SplitBlock()), 1), \
+        randomized(nn.Sequential(FusedBlock(), FusedBlock()), 2)
+    x = torch.randn(2, 5, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    weights = harness.map_weights(candidate, reference, x)
+    weights.transfer(reference, candidate)
+    candidate[0].ln_a.eps = 1e-3
+    report = harness.compare(candidate, reference, x, weights=weights)
+    sliced = [r for r in report.rows if r.reference.startswith("1.qkv[")]
+    assert sliced and all(r.reran and r.status == "propagated" for r in sliced), \
+        [(r.candidate, r.reference, r.status, r.reran) for r in sliced]
