@@ -296,6 +296,7 @@ def _blamed_parts(found: Localization, rows: list[Row], diagnosis: list[dict]) -
     if not renamed:
         return found
     return replace(found, culprit=renamed.get(found.culprit, found.culprit),
+                   first_divergence=renamed.get(found.first_divergence, found.first_divergence),
                    introduced=[renamed.get(name, name) for name in found.introduced])
 
 

@@ -405,3 +405,15 @@ def test_a_projection_twinned_with_a_slice_of_a_fused_one_is_re_run_on_its_input
     sliced = [r for r in report.rows if r.reference.startswith("1.qkv[")]
     assert sliced and all(r.reran and r.status == "propagated" for r in sliced), \
         [(r.candidate, r.reference, r.status, r.reran) for r in sliced]
+
+
+def test_the_first_divergence_of_a_norm_joined_with_its_activation_is_the_part_blamed():
+    # the candidate's norm and activation are joined to pair with a norm applying it inside
+    candidate = randomized(nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU()), 1)
+    reference = randomized(nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), _NormAct()), 2)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    weights = harness.map_weights(candidate, reference, x)
+    weights.transfer(reference, candidate)
+    candidate[2] = nn.SiLU()
+    report = harness.compare(candidate, reference, x, weights=weights)
+    assert (report.culprit, report.first_divergence) == ("2", "2"), report.format()
