@@ -30,7 +30,14 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    parameter (or an einsum contracting the input's last dim with a matrix parameter, ``'bnc,oc->bno'``,
    whichever way the matrix is stored), and a parameter vector added to its output features after,
    is one ``linear`` with weight ``W^T``: a port storing its weights ``(in, out)`` or writing its
-   linears as einsums. Dropout in eval mode and casts to the same dtype
+   linears as einsums; so is a token-mixing einsum (``'bnc,nh->bhc'``) with its bias broadcast on the
+   axis it writes (``b[None, :, None]``), and ``t + x @ W + b``, which Python adds as ``(t + x @ W) + b``.
+   ``F.unfold`` then a linear on the patches is one ``conv2d``, its weight reshaped to the kernel's;
+   a batch norm written out, ``(x - mean) * rsqrt(var + eps) * scale + bias`` (or ``/ sqrt(...)``), is
+   one ``batch_norm`` whose ``eps`` is the constant added to ``var`` and whose ``divides_by`` says
+   what ``x - mean`` is divided by; each only where its arithmetic computes that operation. A cat
+   of a parameter with activations (a class token prepended) is no view of that parameter.
+   Dropout in eval mode and casts to the same dtype
    vanish. Ops that only move values (reshape, permute, cat, indexing...) are kept apart as
    layout ops: implementations spell them in too many ways to align them usefully.
 3. Fuse siblings: one operation applied to one input by several modules in a row (``q``, ``k``,
@@ -56,9 +63,15 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    model, as it is, reshaped or transposed: a swap), a parameter one side does not pass (a dropped
    bias), or, when its inputs already differ while everything computed before agreed, operands
    passed in another order (``key`` where ``query`` belongs) or the layout ops between (a transpose
-   missing before a reshape). Outputs agree in any layout (:mod:`harness.adapters`): an einsum may
-   write ``(B, N, H, D)`` where the fused attention writes ``(B, H, N, D)``. When no pair differs but the module output does, the pending ops at the end explain
-   it (a residual ``add`` missing after the last operation).
+   missing before a reshape; not those that only bring a value into the layout the other side
+   computes it in). Outputs agree in any layout (:mod:`harness.adapters`): an einsum may
+   write ``(B, N, H, D)`` where the fused attention writes ``(B, H, N, D)``, a token-mixing einsum
+   ``(B, N, C)`` where a linear on transposed tokens writes ``(B, C, N)``, even with ``N == C``.
+   When no pair differs but the module output does, the pending ops at the end explain
+   it (a residual ``add`` missing after the last operation). A finding on an op that no submodule
+   of the candidate runs (a port written as functions) says which call it is: the reference module
+   running its twin (where both receive the same parameters) and its place among the candidate's
+   calls of that op (``layer_norm call 2 of 5``).
 4. Attribute diff. Submodules of the two twins (paired by relative name, else in order among
    those with the same kinds of settings and own tensors of the same shapes) are compared on their plain
    settings (``eps``, ``approximate``, ``stride``, ``groups``, ``inplace``...): what differs is
@@ -182,6 +195,7 @@ class Op:
     mask_params: tuple[str, ...] = ()
     # sibling ops fused into this one: (scope, argument name -> parameter name, first row, end row)
     members: tuple[tuple[str, dict[str, str], int, int], ...] = ()
+    features: int = -1  # a product by a weight (a token-mixing einsum): the output axis of its output features
 
     @property
     def shape(self) -> tuple[int, ...] | None:
@@ -281,12 +295,15 @@ class OpRecorder(TorchFunctionMode):
             name, args, kwargs = "linear", (args[1], args[2], args[0]), {}
         if name in _GLOBAL_POOLS:
             name, args, kwargs = _global_mean(name, args, kwargs)
+        features = -1  # the output axis a product by a weight writes its output features on
         if name == "einsum":
             operands = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
             # a product of two operands is a (batched) matmul in another spelling: attention
             # written with einsum folds like attention written with @, a linear like x @ W
-            name, args, kwargs = ("matmul", self._einsum_product(args[0], operands), {}) if len(operands) == 2 \
-                else ("einsum", (), {})
+            if len(operands) == 2:
+                name, (args, features), kwargs = "matmul", self._einsum_product(args[0], operands), {}
+            else:
+                name, args, kwargs = "einsum", (), {}
         bound = _bind(func, name, args, kwargs) if name != "einsum" else {"operands": operands}
         tensors = {k: v for k, v in bound.items() if isinstance(v, torch.Tensor)}
         tensor_lists = {k: v for k, v in bound.items() if isinstance(v, (list, tuple))
@@ -304,8 +321,10 @@ class OpRecorder(TorchFunctionMode):
             kind = "noop"
         if name in ("pad", "constant_pad_nd") and first is not None and outs[0].shape == first.shape:
             kind = "noop"  # a pad of zero width: written for shapes that need none
-        if kind != "compute" and first is not None and id(first) in self._provenance:
-            for t in outs:  # a view of a parameter is that parameter
+        if kind != "compute" and first is not None and id(first) in self._provenance and all(
+                id(t) in self._provenance for v in tensor_lists.values() for t in v):
+            # a view of a parameter is that parameter; not so a cat of it with activations (a cls token)
+            for t in outs:
                 self._provenance[id(t)] = self._provenance[id(first)]
                 self._roots[id(t)] = self._roots[id(first)]
             self._alive.append(out)
@@ -321,27 +340,27 @@ class OpRecorder(TorchFunctionMode):
             operands={k: self._value_before(tensors[k], before) for k in params},
             named_inputs={k: id(v) for k, v in tensors.items() if k not in params},
             input_ids=inputs, out_ids=[id(t) for t in outs], outputs=[t.detach().clone() for t in outs],
-            scope=self._scope[-1] if self._scope else "", kind=kind,
+            scope=self._scope[-1] if self._scope else "", kind=kind, features=features,
         )
         self._alive.append(out)
         for i in op.out_ids:
             self._producers.setdefault(i, []).append(op.index)
         self.ops.append(op)
 
-    def _einsum_product(self, equation: Any, operands: list) -> tuple:
-        """An einsum's two operands as ``x @ W``: a weight matrix contracted on ``x``'s last dim
-        (``'bnc,oc->bno'``) comes second, laid out ``(in, out)``, so that it folds into a linear as
-        ``x @ W`` does; any other product keeps its operands as written."""
+    def _einsum_product(self, equation: Any, operands: list) -> tuple[tuple, int]:
+        """An einsum's two operands as ``x @ W``, and the output axis of its features: a weight matrix
+        contracted with one of ``x``'s dims (``'bnc,oc->bno'``) comes second, laid out ``(in, out)``,
+        so that it folds into a linear as ``x @ W`` does; any other product keeps its operands as written."""
         found = _einsum_linear(equation, operands, self._provenance)
         if found is None:
-            return tuple(operands)
-        x, weight, transposed = found
+            return tuple(operands), -1
+        x, weight, transposed, features = found
         if transposed:  # a view of the parameter is that parameter
             view = weight.t()
             self._provenance[id(view)], self._roots[id(view)] = self._provenance[id(weight)], self._roots[id(weight)]
             self._alive.append(view)
             weight = view
-        return x, weight
+        return (x, weight), features
 
     @staticmethod
     def _value_before(t: torch.Tensor, before: dict[int, torch.Tensor]) -> torch.Tensor:
@@ -364,9 +383,11 @@ class OpRecorder(TorchFunctionMode):
 
 
 def _einsum_linear(equation: Any, operands: list, parameters: dict[int, str]) -> tuple | None:
-    """``(x, W, transposed)`` for an einsum that is a linear layer: one operand a matrix parameter
-    whose one subscript contracts ``x``'s last and whose other is the output's last, every other
-    subscript of ``x`` kept in order (``'bnc,oc->bno'``; ``transposed``: W stored ``(out, in)``)."""
+    """``(x, W, transposed, features)`` for an einsum that is a linear layer: one operand a matrix
+    parameter whose one subscript contracts one of ``x``'s and whose other is written in its place,
+    the other subscripts of ``x`` kept, in any order (``'bnc,oc->bno'``; a token-mixing
+    ``'bnc,nh->bhc'``, which is ``nn.Linear`` on the transposed tokens). ``transposed``: W stored
+    ``(out, in)``; ``features``: the output axis (negative) that holds the output features."""
     if not isinstance(equation, str) or "->" not in equation:
         return None
     inputs, out = equation.replace(" ", "").split("->")
@@ -375,14 +396,16 @@ def _einsum_linear(equation: Any, operands: list, parameters: dict[int, str]) ->
         return None
     for w_pos in (0, 1):
         weight, x, w_sub, x_sub = operands[w_pos], operands[1 - w_pos], subs[w_pos], subs[1 - w_pos]
-        if id(weight) not in parameters or weight.ndim != 2 or len(w_sub) != 2 or not x_sub:
+        if id(weight) not in parameters or weight.ndim != 2 or len(w_sub) != 2 or w_sub[0] == w_sub[1]:
             continue
-        contracted = x_sub[-1]
-        if contracted not in w_sub or w_sub[0] == w_sub[1]:
+        letters = x_sub.replace("...", "")
+        shared = [s for s in w_sub if s in letters]
+        if len(shared) != 1 or len(set(letters)) != len(letters) or shared[0] in out:
             continue
-        produced = w_sub.replace(contracted, "")
-        if produced not in x_sub and out == x_sub[:-1] + produced:
-            return x, weight, w_sub[0] == produced
+        contracted, produced = shared[0], w_sub.replace(shared[0], "")
+        kept = x_sub.replace(contracted, produced)
+        if sorted(out) == sorted(kept) and "..." not in out[out.index(produced):]:
+            return x, weight, w_sub[0] == produced, out.index(produced) - len(out)
     return None
 
 
@@ -452,6 +475,8 @@ def _normalize(name: str, args: dict[str, Any], first: torch.Tensor | None, outs
         out = {"shape": tuple(outs[0].shape)}  # -1 or explicit, view or reshape: the shape made
     if name == "index":
         out = {"index": repr(args.get("arg1"))}
+    if name == "batch_norm":
+        out["divides_by"] = "sqrt(var + eps)"  # what a batch norm written out may divide by otherwise
     return out
 
 
@@ -640,17 +665,20 @@ def record_ops(module: nn.Module, args: tuple, kwargs: dict) -> tuple[OpRecorder
             op.args["_q_last"] = _sdpa_head_dim(rec, op)
         if op.name == "scaled_dot_product_attention":
             _take_mask(rec, op)
-    return rec, _fold_linear(rec, _fold_attention(rec)), out
+    return rec, _fold_batch_norm(rec, _fold_patches(rec, _fold_linear(rec, _fold_attention(rec)))), out
 
 
 def _fold_linear(rec: OpRecorder, stream: list[Op]) -> list[Op]:
     """``x @ W + b`` with ``W`` and ``b`` parameters made one ``linear``, as ``F.linear(x, W^T, b)``
     and ``addmm`` are: a port storing its weights ``(in, out)`` computes what ``nn.Linear`` does.
-    The add is folded in only where it alone reads the product."""
+    The add is folded in only where it alone reads the product. ``t + x @ W + b``, which Python
+    adds as ``(t + x @ W) + b``, is the residual sum of that linear: the same numbers."""
     out: list[Op] = []
     for op in stream:
-        if out and _adds_bias(op, out[-1]) and _read_once(rec, out[-1], op):
+        if out and _adds_bias(op, out[-1]) and op.input_ids == out[-1].out_ids[:1] and _read_once(rec, out[-1], op):
             out[-1] = _with_bias(out[-1], op)
+        elif len(out) > 1 and _adds_bias_after_sum(rec, op, out[-2], out[-1]):
+            out[-2:] = [_with_bias(out[-2], op, summed=False), replace(out[-1], out_ids=op.out_ids, outputs=op.outputs)]
         else:
             out.append(_as_linear(op) if _weight_product(op) else op)
     return out
@@ -677,21 +705,206 @@ def _as_linear(op: Op) -> Op:
 
 
 def _adds_bias(add: Op, product: Op) -> bool:
-    """``add`` puts a parameter vector on the output features of a folded ``x @ W``."""
+    """``add`` puts a parameter vector on the output features of a folded ``x @ W``: on its last
+    axis, or broadcast along the one a token-mixing einsum writes them on (``b[None, :, None]``)."""
     if add.name != "add" or product.name != "linear" or "bias" in product.params \
-            or add.input_ids != product.out_ids[:1] or len(add.params) != 1 or add.args.get("alpha", 1) != 1:
+            or len(add.params) != 1 or add.args.get("alpha", 1) != 1 or "weight" not in product.operands:
         return False
-    bias = next(iter(add.operands.values()))
-    return product.outputs[0].shape[-1:] == bias.shape and "weight" in product.operands \
-        and product.operands["weight"].shape[0] == bias.shape[0]
+    bias, out = next(iter(add.operands.values())), product.outputs[0]
+    features = product.features % out.ndim
+    size = product.operands["weight"].shape[0]
+    if bias.ndim > out.ndim or bias.numel() != size or out.shape[features] != size:
+        return False
+    axes = range(out.ndim - bias.ndim, out.ndim)  # the output axes the bias's dims broadcast against
+    return all(n == (size if axis == features else 1) for axis, n in zip(axes, bias.shape))
 
 
-def _with_bias(product: Op, add: Op) -> Op:
+def _adds_bias_after_sum(rec: OpRecorder, add: Op, product: Op, total: Op) -> bool:
+    """``add`` puts the bias of ``product`` on ``total``, the sum of ``product`` and another value
+    (``t + x @ W + b``), which alone reads it."""
+    return total.name == "add" and not total.params and len(set(total.input_ids)) == 2 \
+        and total.args.get("alpha", 1) == 1 and product.out_ids[0] in total.input_ids \
+        and add.input_ids == total.out_ids[:1] \
+        and _adds_bias(add, product) and _read_once(rec, product, total) and _read_once(rec, total, add)
+
+
+def _with_bias(product: Op, add: Op, *, summed: bool = True) -> Op:
+    """``product`` with ``add``'s bias; ``summed``: ``add`` reads the product itself (not a sum of
+    it and another value), so its output is the linear's."""
     key = next(iter(add.params))
+    passed = add.operands[key]
+    outputs = add.outputs if summed else [product.outputs[0] + passed.to(product.outputs[0].dtype)]
     return replace(product, args={}, params={**product.params, "bias": add.params[key]},
                    param_values={**product.param_values, "bias": add.param_values[key]},
-                   operands={**product.operands, "bias": add.operands[key]}, spelling=f"{product.spelling} + bias",
-                   out_ids=add.out_ids, outputs=add.outputs)
+                   operands={**product.operands, "bias": passed.reshape(-1)}, spelling=f"{product.spelling} + bias",
+                   out_ids=add.out_ids if summed else product.out_ids, outputs=outputs)
+
+
+def _fold_patches(rec: OpRecorder, stream: list[Op]) -> list[Op]:
+    """``F.unfold`` then a linear on the patches made one ``conv2d``, its weight the linear's
+    reshaped to ``(out, in, kh, kw)``: a patch embedding written as im2col and a product computes
+    what a strided convolution does, so it is compared with one, weight against weight."""
+    out: list[Op] = []
+    for op in stream:
+        conv = _as_conv(rec, out[-1], op) if out and op.name == "linear" and out[-1].name == "unfold" else None
+        if conv is not None:
+            out[-1] = conv
+        else:
+            out.append(op)
+    return out
+
+
+def _as_conv(rec: OpRecorder, unfold: Op, linear: Op) -> Op | None:
+    """The ``conv2d`` that ``unfold`` and ``linear`` on its patches compute together, or None."""
+    x = rec.passed(unfold.input_ids[0], unfold.index) if len(unfold.input_ids) == 1 else None
+    if x is None or x.ndim != 4 or "kernel_size" not in unfold.args or \
+            _source(rec, linear.named_inputs.get("input"), linear.index) is not unfold:
+        return None
+    args, kernel, size = _patch_geometry(unfold, x)
+    weight, y = linear.operands["weight"], linear.outputs[0]
+    if weight.shape[1] != x.shape[1] * math.prod(kernel) or y.numel() != x.shape[0] * weight.shape[0] * math.prod(size):
+        return None
+    y = y.movedim(linear.features, 1).reshape(x.shape[0], weight.shape[0], *size)  # the convolution's layout
+    kernel_weight = weight.reshape(weight.shape[0], x.shape[1], *kernel)
+    conv = nn.functional.conv2d(x.to(y.dtype), kernel_weight.to(y.dtype), linear.operands.get("bias"), **args)
+    if not _close(conv, y):
+        return None  # the patches reordered before the product: not that convolution's weight
+    return replace(linear, name="conv2d", spelling=f"unfold + {linear.spelling}", args=args,
+                   operands={**linear.operands, "weight": kernel_weight}, input_ids=unfold.input_ids,
+                   named_inputs={"input": unfold.input_ids[0]}, outputs=[y], scope=unfold.scope, features=-1)
+
+
+def _patch_geometry(unfold: Op, x: torch.Tensor) -> tuple[dict[str, Any], tuple[int, int], list[int]]:
+    """A 2-d ``unfold``'s settings as a convolution's arguments, its kernel size and its output size on ``x``."""
+    pair = (lambda v: tuple(v) if isinstance(v, tuple) else (v, v))
+    kernel, dilation, padding, stride = (pair(unfold.args.get(k, d)) for k, d in
+                                         (("kernel_size", 1), ("dilation", 1), ("padding", 0), ("stride", 1)))
+    size = [(x.shape[2 + i] + 2 * padding[i] - dilation[i] * (kernel[i] - 1) - 1) // stride[i] + 1 for i in (0, 1)]
+    return {"stride": stride, "padding": padding, "dilation": dilation, "groups": 1}, kernel, size
+
+
+def _source(rec: OpRecorder, tensor_id: int | None, before: int) -> Op | None:
+    """The computing op whose output ``tensor_id`` holds, through the layout ops between."""
+    op = rec.producer(tensor_id, before) if tensor_id is not None else None
+    while op is not None and op.kind != "compute" and op.input_ids:
+        op = rec.producer(op.input_ids[0], op.index)
+    return op
+
+
+def _fold_batch_norm(rec: OpRecorder, stream: list[Op]) -> list[Op]:
+    """A batch norm written out, ``(x - mean) * rsqrt(var + eps) * scale + bias`` (in any of its
+    spellings: ``/ sqrt(...)``, ``** -0.5``, the scale multiplied into the inverse first), made one
+    ``batch_norm`` whose ``eps`` is the constant added to ``var`` and whose ``divides_by`` says what
+    ``x - mean`` is divided by; read so only where the arithmetic computes exactly that."""
+    made: dict[int, Op] = {}
+    producers = {i: op for op in stream for i in op.out_ids}
+    for op in stream:
+        if op.name == "sub" and len(op.input_ids) == 1 and list(op.params) == ["other"]:
+            found = _written_batch_norm(rec, stream, producers, op)
+            if found is not None:
+                made[found[0].index] = found[0]
+                for part in found[1]:
+                    part.absorbed = True
+    return [made.get(op.index, op) for op in stream if op.index in made or not op.absorbed]
+
+
+_NORMALIZERS = {"rsqrt": -0.5, "sqrt": 0.5}  # the power of (var + eps) each computes (pow: its exponent)
+
+
+def _written_batch_norm(rec: OpRecorder, stream: list[Op], producers: dict[int, Op],
+                        sub: Op) -> tuple[Op, list[Op]] | None:
+    """The ``batch_norm`` that the arithmetic from ``sub`` (``x - mean``) on computes, and its ops
+    (``producers``: the op of ``stream`` that writes each tensor id)."""
+    chain, side, cur = [sub], [], sub
+    while (nxt := _sole_reader(rec, stream, cur)) is not None and nxt.name in ("mul", "div", "add"):
+        others = [i for i in nxt.input_ids if i != cur.out_ids[0]]
+        extra = _from_parameters(producers, others[0]) if others else []
+        if extra is None or len(others) + len(nxt.params) != 1:
+            break
+        chain, side, cur = chain + [nxt], side + extra, nxt
+    parts = _batch_norm_parts(chain, side)
+    x = rec.passed(sub.input_ids[0], sub.index)
+    if parts is None or x is None or not _close(_batch_norm_value(x, parts), cur.outputs[0]):
+        return None  # another computation than a batch norm: its ops are compared one by one
+    return _batch_norm_op(sub, cur, parts), chain + side
+
+
+def _batch_norm_value(x: torch.Tensor, parts: dict[str, Any]) -> torch.Tensor:
+    """What a batch norm of ``parts`` (:func:`_batch_norm_parts`) computes on ``x``, operands as passed."""
+    out = (x - _operand(parts["running_mean"])) * (_operand(parts["running_var"]) + parts["eps"]) ** parts["power"]
+    out = out * _operand(parts["weight"]) if "weight" in parts else out
+    return out + _operand(parts["bias"]) if "bias" in parts else out
+
+
+def _sole_reader(rec: OpRecorder, stream: list[Op], op: Op) -> Op | None:
+    """The op of ``stream`` that alone reads ``op``'s output."""
+    readers = [o for o in stream if o.index > op.index and op.out_ids[0] in o.input_ids]
+    return readers[0] if len(readers) == 1 and _read_once(rec, op, readers[0]) else None
+
+
+def _from_parameters(producers: dict[int, Op], tensor_id: int, depth: int = 4) -> list[Op] | None:
+    """The ops that compute ``tensor_id`` from parameters and constants alone (``rsqrt(var + eps)``), or None."""
+    op = producers.get(tensor_id)
+    if op is None or depth == 0:
+        return None
+    found = [op]
+    for i in op.input_ids:
+        more = _from_parameters(producers, i, depth - 1)
+        if more is None:
+            return None
+        found += more
+    return found
+
+
+def _batch_norm_parts(chain: list[Op], side: list[Op]) -> dict[str, Any] | None:
+    """What each op of a written-out batch norm stands for: ``{"running_mean": op, "running_var": op,
+    "eps": float, "power": p, "weight": op, "bias": op}`` (``power``: of ``var + eps``, -0.5 when
+    it divides by the square root), or None where an op has no such part."""
+    parts: dict[str, Any] = {"running_mean": chain[0], "power": 1.0}
+    for op in side:
+        if op.name == "add" and not op.input_ids and list(op.params) == ["input"] and _number(op.args.get("other")):
+            parts["running_var"], parts["eps"] = op, float(op.args["other"])
+        elif op.name in _NORMALIZERS or op.name == "pow" and _number(op.args.get("exponent")):
+            parts["power"] *= _NORMALIZERS.get(op.name) or float(op.args["exponent"])
+        elif op.name == "mul" and len(op.params) == 1 and len(op.input_ids) == 1:
+            parts["weight"] = op
+        else:
+            return None
+    for op in chain[1:]:
+        if op.params and op.name in ("mul", "add"):
+            parts["weight" if op.name == "mul" else "bias"] = op
+        elif op.params or op.name == "add" or op.name == "div" and "weight" in parts:
+            return None
+        else:
+            parts["power"] *= -1.0 if op.name == "div" else 1.0
+    return parts if "running_var" in parts and parts["power"] < 0 else None
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _operand(op: Op) -> torch.Tensor:
+    return next(iter(op.operands.values()))
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    tol = DEFAULT_TOLERANCES.get(str(b.dtype).removeprefix("torch."), DEFAULT_TOLERANCES["float32"])
+    return a.shape == b.shape and measure(a.to(b.dtype), b).passes(tol)
+
+
+def _batch_norm_op(sub: Op, last: Op, parts: dict[str, Any]) -> Op:
+    """One ``batch_norm`` op for a written-out one whose parts are ``parts``."""
+    ops, power = {k: v for k, v in parts.items() if isinstance(v, Op)}, parts["power"]
+    key = {k: ("other" if k == "running_mean" else next(iter(op.params))) for k, op in ops.items()}
+    divides_by = "sqrt(var + eps)" if power == -0.5 else "var + eps" if power == -1 else f"(var + eps) ** {-power:g}"
+    return Op(index=last.index, name="batch_norm", spelling="batch norm written out",
+              args={"training": False, "eps": parts["eps"], "divides_by": divides_by},
+              params={k: op.params[key[k]] for k, op in ops.items()},
+              param_values={k: op.param_values[key[k]] for k, op in ops.items()},
+              operands={k: op.operands[key[k]].reshape(-1) for k, op in ops.items()},
+              input_ids=sub.input_ids, named_inputs={"input": sub.input_ids[0]}, out_ids=last.out_ids,
+              outputs=last.outputs, scope=sub.scope)
 
 
 def _take_mask(rec: OpRecorder, op: Op) -> None:
@@ -827,15 +1040,16 @@ def _same_value(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _outputs_agree(c: list[torch.Tensor], r: list[torch.Tensor], tol: Tolerance) -> bool:
+def _outputs_agree(c: list[torch.Tensor], r: list[torch.Tensor], tol: Tolerance, *, same_shape: bool = False) -> bool:
     """Same values within ``tol``, in the same layout or another (an einsum writing ``(B, N, H, D)``
-    where the fused attention writes ``(B, H, N, D)``: :mod:`harness.adapters`)."""
+    where the fused attention writes ``(B, H, N, D)``: :mod:`harness.adapters`); ``same_shape``:
+    also in another layout of one shape (``(B, N, C)`` against ``(B, C, N)`` with ``N == C``)."""
     if len(c) != len(r):
         return False
     for a, b in zip(c, r):
         if not (a.is_floating_point() or a.is_complex()):
             a, b = a.double(), b.double()
-        if agreeing_layout(a, b, tol) is None:
+        if agreeing_layout(a, b, tol, same_shape=same_shape) is None:
             return False
     return True
 
@@ -1058,9 +1272,13 @@ def _scoped(base: str, op: Op) -> str:
 
 
 def _layout_findings(base: str, cand: _Side, ref: _Side, c_lo: int, c_hi: int, r_lo: int, r_hi: int,
-                     before: str) -> list[dict]:
-    """Differences among the layout ops feeding the first diverging op (a missing transpose...)."""
+                     before: str, agreed: tuple[Op, Op] | None = None) -> list[dict]:
+    """Differences among the layout ops feeding the first diverging op (a missing transpose...);
+    ``agreed``: the last pair of ops that agree, at ``c_lo`` and ``r_lo``."""
     cl, rl = _layout_between(cand, c_lo, c_hi), _layout_between(ref, r_lo, r_hi)
+    if agreed is not None:  # the agreeing values as each side holds them when the layout ops read them
+        c_value, r_value = cand.rec.value(agreed[0].out_ids[0], c_hi), ref.rec.value(agreed[1].out_ids[0], r_hi)
+        cl, rl = _past_native(cl, r_value), _past_native(rl, c_value)
     sm = difflib.SequenceMatcher(None, [o.name for o in cl], [o.name for o in rl], autojunk=False)
     for tag, i1, i2, j1, j2 in sm.get_opcodes():
         if tag == "equal":
@@ -1081,6 +1299,20 @@ def _layout_findings(base: str, cand: _Side, ref: _Side, c_lo: int, c_hi: int, r
                          f"{module}: {op.name}{_layout_args(op)} missing in the candidate before {before}; "
                          f"the reference applies it")]
     return []
+
+
+_RELAYOUT = frozenset({"reshape", "permute", "transpose", "contiguous", "movedim", "moveaxis"})
+
+
+def _past_native(ops: list[Op], value: torch.Tensor | None) -> list[Op]:
+    """``ops`` after those that only bring a value into the layout in which the other side computes
+    it (``value``; a convolution's map flattened into the tokens that a patch embedding as unfold
+    and a product writes directly): not a difference."""
+    for k in range(len(ops), 0, -1):
+        out = ops[k - 1].outputs[0] if ops[k - 1].outputs else None
+        if value is not None and out is not None and all(op.name in _RELAYOUT for op in ops[:k]) and _close(value, out):
+            return ops[k:]
+    return ops
 
 
 def _layout_args(op: Op) -> str:
@@ -1133,8 +1365,10 @@ _REORDER_WINDOW = 12  # stream positions searched for the twin of an op computed
 
 
 def _pair_agrees(c: Op, r: Op, tol: Tolerance) -> bool:
-    """Same result, and no differing argument behind a result that merely rounds alike."""
-    return _outputs_agree(c.outputs, r.outputs, tol) and not (
+    """Same result, and no differing argument behind a result that merely rounds alike. A product
+    writing its features on another axis than its twin's (a token-mixing einsum against a linear on
+    the transposed tokens) may give them in another layout of one shape."""
+    return _outputs_agree(c.outputs, r.outputs, tol, same_shape=c.features != r.features) and not (
         _argument_findings("", c, r) and not _identical(c.outputs, r.outputs))
 
 
@@ -1228,14 +1462,15 @@ def _replaced_findings(module: str, cs: list[Op], rs: list[Op], j1: int, cand: _
 
 
 def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_module: nn.Module,
-                    root: nn.Module | None = None, expected: Expected | None = None) -> list[dict]:
+                    root: nn.Module | None = None, expected: Expected | None = None, ref_name: str = "") -> list[dict]:
     """The findings that explain the first diverging op of two recorded op streams (``root``:
-    the whole reference model, searched for the tensor a differing operand holds)."""
+    the whole reference model, searched for the tensor a differing operand holds; ``ref_name``:
+    the reference twin's name, to say where an op of a functional port sits)."""
     cs, rs = _fuse_siblings(cand, ref, tol), _fuse_siblings(ref, cand, tol)
     operands = (lambda where, c, r: _param_findings(where, c, r, ref_module, root, expected))
     sm = difflib.SequenceMatcher(None, [o.name for o in cs], [o.name for o in rs], autojunk=False)
     pending: list[dict] = []
-    last_c, last_r = -1, -1  # recorder indices of the last agreeing pair
+    last_c, last_r, agreed = -1, -1, None  # recorder indices of the last agreeing pair, the pair
     for tag, i1, i2, j1, j2 in sm.get_opcodes():
         if tag != "equal":
             n = min(i2 - i1, j2 - j1) if tag == "replace" else 0
@@ -1251,17 +1486,17 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             twin = r if _pair_agrees(c, r, tol) else _value_twin(c, rs, j1 + k, tol)
             if twin is not None:
                 pending.clear()  # what was unpaired so far changed nothing
-                last_c, last_r = c.index, twin.index
+                last_c, last_r, agreed = c.index, twin.index, (c, twin)
                 continue
             where = _scoped(module, c)
             found = list(pending)
-            found += _argument_findings(where, c, r)
+            found += _located(_argument_findings(where, c, r), c, r, cs, ref_name)
             found += _param_findings(where, c, r, ref_module, root, expected)
             found += _mask_findings(where, c, r, tol)
             inputs_differ = not found and _inputs_differ(c, r, cand, ref, tol)
             if inputs_differ:
                 found = _swapped_inputs(where, c, r, cand, ref, tol) \
-                    or _layout_findings(module, cand, ref, last_c, c.index, last_r, r.index, c.name)
+                    or _layout_findings(module, cand, ref, last_c, c.index, last_r, r.index, c.name, agreed)
             if not found:
                 why = ("receives other inputs, though every operation before it agrees: they are sliced, "
                        "indexed or ordered differently" if inputs_differ
@@ -1274,10 +1509,39 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
         return pending
     if not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
         # every op agrees, yet the output does not: the layout after the last op differs
-        found = _layout_findings(module, cand, ref, last_c, len(cand.rec.ops), last_r, len(ref.rec.ops), "the output")
+        found = _layout_findings(module, cand, ref, last_c, len(cand.rec.ops), last_r, len(ref.rec.ops), "the output",
+                                 agreed)
         return found or [_finding(module, "value", None, None, None, None,
                                   f"{module}: every operation agrees with the reference, the returned value does not")]
     return []
+
+
+def _located(findings: list[dict], c: Op, r: Op, cs: list[Op], ref_name: str) -> list[dict]:
+    """Findings on an op that no submodule of the candidate runs (a port written as functions) say
+    which call it is, since their module does not: the reference module that runs its twin and the
+    op's place among the candidate's calls of that name (``layer_norm call 2 of 5``)."""
+    calls = [op.index for op in cs if op.name == c.name]
+    twin = r.scope if _same_operands(c, r) else ""  # else the two are no twins: ops of other layers paired
+    if c.scope or not (twin or len(calls) > 1):
+        return findings
+    where = []
+    if twin:
+        twin = f"{ref_name}.{r.scope}" if ref_name and ref_name != "<root>" else r.scope
+        where.append(f"its twin is the reference's {twin}")
+    if len(calls) > 1:
+        where.append(f"the candidate's {c.name} call {calls.index(c.index) + 1} of {len(calls)}")
+    for finding in findings:
+        finding["text"] += f" ({'; '.join(where)})"
+    return findings
+
+
+def _same_operands(c: Op, r: Op) -> bool:
+    """Whether the parameters both ops receive hold the same values, in one layout."""
+    for key, r_key in _paired_params(c, r):
+        pair = _in_one_layout(c.operands.get(key, c.param_values[key]), r.operands.get(r_key, r.param_values[r_key]))
+        if pair is None or not torch.equal(pair[0], pair[1].to(pair[0].dtype)):
+            return False
+    return True
 
 
 def _identical(c: list[torch.Tensor], r: list[torch.Tensor]) -> bool:
@@ -1374,21 +1638,22 @@ def _names_read(f: Any) -> set[str]:
 def diagnose_modules(
     candidate: nn.Module, reference: nn.Module, args: tuple, kwargs: dict, *, name: str = "<root>",
     candidate_inputs: tuple[tuple, dict] | None = None, dtype: torch.dtype = torch.float64,
-    root: nn.Module | None = None, expected: Expected | None = None,
+    root: nn.Module | None = None, expected: Expected | None = None, ref_name: str = "",
 ) -> list[dict]:
     """Findings for two twin modules run on the same ``args``/``kwargs`` (most specific first).
 
     ``candidate_inputs``: the candidate's own ``(args, kwargs)`` when it cannot take the
     reference's. The modules are run on copies at ``dtype`` (see module docstring). ``root``: the
     whole reference model, where an operand's values are looked for (swapped weights);
-    ``expected``: what the weight map puts into a candidate parameter (by name relative to ``candidate``).
+    ``expected``: what the weight map puts into a candidate parameter (by name relative to ``candidate``);
+    ``ref_name``: the reference twin's name.
     """
     (c_rec, c_stream, c_out), (r_rec, r_stream, r_out), run_dtype = _run_both(
         candidate, candidate_inputs or (args, kwargs), reference, (args, kwargs), dtype)
     tol = DEFAULT_TOLERANCES.get(run_dtype, DEFAULT_TOLERANCES["float32"])
     cand = _Side(c_rec, c_stream, flatten_tensors(c_out))
     ref = _Side(r_rec, r_stream, flatten_tensors(r_out))
-    findings = compare_streams(name, cand, ref, tol, reference, root, expected)
+    findings = compare_streams(name, cand, ref, tol, reference, root, expected, ref_name)
     findings += attribute_diff(candidate, reference, name)
     return _rank(_dedupe(findings))
 
@@ -1444,7 +1709,7 @@ def diagnose(match: Any, root: nn.Module | None = None, weights: Any = None) -> 
                                                            flatten_tensors((ref.args, ref.kwargs)).values()))
     findings = diagnose_modules(cand.module, ref.module, ref.args, ref.kwargs, name=cand.name,
                                 candidate_inputs=None if same_structure else own, root=root,
-                                expected=_mapped(weights, root, cand.name))
+                                expected=_mapped(weights, root, cand.name), ref_name=ref.name)
     return _named_parts(findings, cand.name, cand.module, ref.module)
 
 
