@@ -19,12 +19,19 @@ its weights. The algorithm:
    (``'bnc,hdc->bhnd'``, Flax's ``'bnc,chd->bhnd'``): it is read as torch's ``(out, in)`` through
    the permute and reshape its subscripts imply, its output letters first. A tensor first used by
    adding it to the output of such a layer without bias (``x @ W + b``) is that layer's bias, read
-   as ``(out,)``.
+   as ``(out,)``. Reading only a tensor's shape (``b.numel()``, ``torch.zeros_like(b)``) is no use,
+   nor is writing constants into rows of a copy of it (torchvision's Swin V2 zeroes the key third
+   of its fused ``qkv`` bias where used): the copy's reader uses it.
 2. Siblings. Consecutive operations of one kind that read the same input tensor (the query, key
    and value projections of one token sequence) may stand for one fused operation on the other
    side: their i-th tensors, concatenated along dim 0, form a composite that can match one tensor.
    A linear layer reading tensors concatenated along its outputs where used
    (``F.linear(x, torch.cat([wq, wk, wv]), torch.cat([bq, bk, bv]))``) is as many siblings.
+   A tensor joined where used from stored tensors and zeros (timm's Swin V2 and BEiT build their
+   fused bias as ``torch.cat([q_bias, zeros, v_bias])``) is one tensor with parts: matched to one
+   tensor of the other side, each stored part takes its slice of it (``q_bias <- qkv.bias[0:C]``,
+   ``v_bias <- qkv.bias[2C:3C]``); the rows of the zeros are not carried. The other way round a
+   map entry cannot make the zeros: the tensor stays unmatched and its reason gives the parts.
 3. Alignment. A dynamic program over the two first-use sequences, in order, pairs tensors that can
    hold the same values (same shape; the same after squeezing or flattening; transposed; a
    composite) and maximizes the number of pairs. Ties are broken by the operation that used the
@@ -42,7 +49,10 @@ its weights. The algorithm:
    alternatives inside the first disagreeing module are tried (a square matrix transposed, two
    same-shaped submodules swapped) and kept when the module then agrees. A module whose twin
    differs in a numeric setting (``eps``, ``approximate``) disagrees whatever the weights: no
-   alternative is tried there, and its conflict names the setting. What still disagrees is
+   alternative is tried there, and its conflict names the setting; nor around a module that owns
+   no mapped tensor and received what its twin received (its own computation differs: a GELU
+   against a tanh). Each alternative is a full comparison, so these save the most time where the
+   models genuinely differ. What still disagrees is
    listed in ``conflicts``: a map is never accepted silently. Candidate tensors the forward reads
    but the map leaves out get other values in the copy first, so that a candidate already holding
    the right values there (a finished conversion being checked) cannot verify an incomplete map.
@@ -83,6 +93,11 @@ class _Tensor:
     op_index: int
     source: int | None  # id of the op's first non-weight tensor argument (siblings share it)
     to_used: tuple[Step, ...] = ()  # the layout steps the forward applied before that use (w.t(), w.permute(...))
+    # a tensor joined where used from stored tensors and zeros: (key or None for zeros, start, stop, steps from
+    # that part back to the stored tensor) per part along ``dim``; ``key`` then names no stored tensor
+    pieces: tuple[tuple[str | None, int, int, tuple[Step, ...]], ...] = ()
+    dim: int = 0
+    overwritten: tuple[tuple[int, int], ...] = ()  # rows (dim 0) the forward replaces by constants before use
 
     @property
     def used_shape(self) -> tuple[int, ...]:
@@ -104,6 +119,11 @@ _RELAYOUTS = {"t", "T", "mT", "transpose", "permute", "reshape", "view", "flatte
 # (out, in) through a transpose, so that ``x @ W`` and ``F.linear(x, W.t())`` match a linear layer
 _MATMULS = {"matmul": 1, "mm": 1, "addmm": 2}  # operation -> the position of its right operand
 _JOINS = {"cat", "concat", "concatenate"}  # a concatenation of weights only is a weight fused where used
+# operations reading a tensor's shape or layout, not its values (``torch.zeros_like(v_bias)``): no use
+_NO_VALUES = {"numel", "size", "dim", "ndimension", "nelement", "element_size", "stride", "storage_offset",
+              "is_contiguous", "is_floating_point", "is_complex", "data_ptr", "len", "zeros_like", "ones_like",
+              "empty_like", "full_like", "new_zeros", "new_ones", "new_empty", "new_full"}
+_FILLS = {"zero_", "fill_"}  # in-place writes of a constant
 
 
 @dataclass(frozen=True)
@@ -252,6 +272,12 @@ class _FirstUse(TorchFunctionMode):
         # outputs are activations, not kept alive; the reference tells a reused id
         self.outputs: dict[int, tuple[Any, int, int | None, tuple[int, ...]]] = {}
         self.first_touch: dict[str, tuple[str, int]] = {}  # key -> (op, op index) of a re-layout never read after
+        # a slice of a watched tensor, its use deferred by one operation: (slice, held, op index, rows)
+        self.pending: tuple[torch.Tensor, tuple, int, tuple[int, int]] | None = None
+        self.overwritten: dict[str, list[tuple[int, int]]] = {}  # key -> rows its copy gets constants in before use
+        # name of a tensor joined from watched tensors and zeros -> (its shape, dim, (key or None, start, stop,
+        # steps from the stored tensor) per part)
+        self.fused: dict[str, tuple[tuple[int, ...], int, tuple]] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -261,6 +287,9 @@ class _FirstUse(TorchFunctionMode):
             if name not in ("T", "mT"):
                 return func(*args, **kwargs)
         result = func(*args, **kwargs)
+        if name.strip("_") in _NO_VALUES or self._fills_slice(name, args):
+            return result
+        self._flush()
         leaves = _tensor_leaves((args, kwargs))
         held = [(t, self._held(t)) for t in leaves]
         joined = {p: self.joined[id(t)] for p, t in enumerate(leaves) if self._joined(t)}
@@ -275,6 +304,8 @@ class _FirstUse(TorchFunctionMode):
             self.relaid[id(result)] = (key, (*before, *steps), result)
             self.first_touch.setdefault(key, (name, self.ops))
             return result
+        if name == "getitem" and first is not None and self._hold_slice(args, result, first):
+            return result
         if name in _JOINS and self._join(args, kwargs, result):
             return result
         source = next((id(t) for p, (t, h) in enumerate(held) if h is None and p not in joined), None)
@@ -282,20 +313,68 @@ class _FirstUse(TorchFunctionMode):
             return result
         linear = _linear_weight(name, args, leaves, lambda p: held[p][1] is not None or p in joined, result)
         if not (joined and linear is not None and self._siblings(linear, held, joined, source)):
-            self._record(name, held, linear, source)
+            self._record(name, held, linear, source, joined)
         if linear is not None and sum(h is not None for _, h in held) == 1 and not joined:
             self.outputs[id(result)] = (weakref.ref(result), self.ops, source, linear.features)
         return result
 
-    def _record(self, name: str, held: list, linear: _Linear | None, source: int | None) -> None:
+    def _record(self, name: str, held: list, linear: _Linear | None, source: int | None, joined: dict) -> None:
         """The tensors this operation uses first, a linear layer's weight in torch's layout."""
         at = linear.position if linear is not None else None
         op = "linear" if name in _MATMULS or linear is not None else name
         # a product's matrix first, then its bias (addmm(b, x, W)): a linear layer's order of use
         for position in sorted(range(len(held)), key=lambda position: position != at):
             h = held[position][1]
+            steps = linear.steps if position == at else ()
             if h is not None and h[0] not in self.seen:
-                self._use(h[0], op, self.ops, source, (*h[1], *(linear.steps if position == at else ())))
+                self._use(h[0], op, self.ops, source, (*h[1], *steps))
+            elif position in joined and any(key is None for key, _ in joined[position][0]):
+                self._use_fused(joined[position], op, source, steps)
+
+    def _use_fused(self, joined: tuple, op: str, source: int | None, steps: tuple[Step, ...]) -> None:
+        """A tensor joined where used from watched tensors and zeros (``torch.cat([q_bias, zeros,
+        v_bias])``) is used whole, like a stored fused tensor: its parts are cut from whatever the
+        other side's matching tensor is. Not when a part was used before (it is mapped there)."""
+        parts, dim, tensor, sizes = joined
+        if any(key in self.seen for key, _ in parts if key is not None):
+            return
+        name = f"cat({', '.join(key or '<zeros>' for key, _ in parts)})"
+        starts = [sum(sizes[:k]) for k in range(len(sizes))]
+        self.fused[name] = (tuple(tensor.shape), dim,
+                            tuple((key, a, a + n, before) for (key, before), a, n in zip(parts, starts, sizes)))
+        self.seen.update(key for key, _ in parts if key is not None)
+        self._use(name, op, self.ops, source, steps)
+
+    def _hold_slice(self, args: tuple, result: Any, held: tuple) -> bool:
+        """A slice of rows of a watched tensor (or of its copy) may be written rather than read:
+        ``b = qkv_bias.clone(); b[C:2 * C].zero_()``. Its use waits for the next operation."""
+        index = args[1] if len(args) == 2 and isinstance(args[1], tuple) else args[1:]
+        if not isinstance(result, torch.Tensor) or len(index) < 1 or not isinstance(index[0], slice) \
+                or not all(isinstance(i, slice) and i == slice(None) or i is Ellipsis for i in index[1:]):
+            return False
+        start, stop, stride = index[0].indices(args[0].shape[0])
+        if stride != 1:
+            return False
+        self.pending = (result, held, self.ops, (start, stop))
+        return True
+
+    def _fills_slice(self, name: str, args: tuple) -> bool:
+        """Constants written into the slice just taken: those rows are replaced, not read. True if so."""
+        if self.pending is None or name not in _FILLS or not args or args[0] is not self.pending[0]:
+            return False
+        _, (key, steps, _), _, rows = self.pending
+        self.pending = None
+        if not steps:  # rows of the stored layout
+            self.overwritten.setdefault(key, []).append(rows)
+        return True
+
+    def _flush(self) -> None:
+        """A slice taken and then read: the tensor counts as used where it was sliced."""
+        if self.pending is not None:
+            _, (key, steps, _), index, _ = self.pending
+            self.pending = None
+            if key not in self.seen:
+                self._use(key, "getitem", index, None, steps)
 
     def _use(self, key: str, op: str, index: int, source: int | None, to_used: tuple[Step, ...]) -> None:
         self.seen.add(key)
@@ -317,14 +396,19 @@ class _FirstUse(TorchFunctionMode):
         tensors = args[0] if args else kwargs.get("tensors")
         dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
         if not isinstance(tensors, (list, tuple)) or len(tensors) < 2 or not isinstance(dim, int) \
-                or not isinstance(result, torch.Tensor) or result.ndim == 0:
+                or not isinstance(result, torch.Tensor) or result.ndim == 0 \
+                or not all(isinstance(t, torch.Tensor) and t.ndim == result.ndim for t in tensors):
             return False
-        pieces = [self._held(t) if isinstance(t, torch.Tensor) else None for t in tensors]
-        if any(p is None for p in pieces):
+        pieces = [self._held(t) for t in tensors]
+        # zeros joined in stand for a part the model leaves out (timm's fixed key bias of Swin V2, BEiT)
+        if not any(pieces) or any(p is None and not _zeros(t) for p, t in zip(pieces, tensors)):
             return False
-        self.joined[id(result)] = (tuple((key, steps) for key, steps, _ in pieces), dim % result.ndim, result)
-        for key, _, _ in pieces:
-            self.first_touch.setdefault(key, ("cat", self.ops))
+        dim %= result.ndim
+        self.joined[id(result)] = (tuple((p[0], p[1]) if p else (None, ()) for p in pieces), dim, result,
+                                   tuple(t.shape[dim] for t in tensors))
+        for p in pieces:
+            if p is not None:
+                self.first_touch.setdefault(p[0], ("cat", self.ops))
         return True
 
     def _bias(self, name: str, kwargs: dict, held: list) -> bool:
@@ -350,7 +434,7 @@ class _FirstUse(TorchFunctionMode):
         pieces: dict[int, list[tuple[str, tuple[Step, ...]]]] = {}
         for position, (parts, dim) in ((p, j[:2]) for p, j in joined.items()):
             steps = linear.steps if position == linear.position else ()
-            if _joined_dim(dim, steps) != 0:
+            if _joined_dim(dim, steps) != 0 or any(key is None for key, _ in parts):
                 return False  # joined along the inputs, or reshaped: no sibling reads one piece
             pieces[position] = [(key, (*before, *steps)) for key, before in parts]
         if len({len(parts) for parts in pieces.values()}) != 1:
@@ -369,6 +453,7 @@ class _FirstUse(TorchFunctionMode):
 
     def finish(self) -> None:
         """Tensors only ever re-laid out count as used where they were first touched."""
+        self._flush()
         for key, (op, index) in self.first_touch.items():
             if key not in self.seen:
                 self.seen.add(key)
@@ -377,6 +462,10 @@ class _FirstUse(TorchFunctionMode):
         self.relaid.clear()
         self.joined.clear()
         self.outputs.clear()
+
+
+def _zeros(t: torch.Tensor) -> bool:
+    return t.is_floating_point() and t.numel() > 0 and not bool(t.any())
 
 
 def _tensor_leaves(value: Any) -> list[torch.Tensor]:
@@ -421,7 +510,9 @@ def _first_uses(model: nn.Module, run: Callable[[nn.Module], Any]) -> tuple[list
         for n in caches.get(id(m), ()):
             getattr(m, n).clear()
     kinds = {k: "parameter" for k, _ in model.named_parameters()}
-    out = [_Tensor(k, tuple(learned[k].shape), kinds.get(k, "buffer"), op, i, src, steps)
+    out = [_Tensor(k, tuple(learned[k].shape), kinds.get(k, "buffer"), op, i, src, steps,
+                   overwritten=tuple(recorder.overwritten.get(k, ())))
+           if k in learned else _fused_tensor(k, recorder.fused[k], learned, kinds, (op, i, src, steps))
            for k, op, i, src, steps in recorder.uses]
     tail = recorder.ops + 1
     for key, t in learned.items():
@@ -429,6 +520,16 @@ def _first_uses(model: nn.Module, run: Callable[[nn.Module], Any]) -> tuple[list
             out.append(_Tensor(key, tuple(t.shape), kinds.get(key, "buffer"), "<unused>", tail, None))
             tail += 1
     return out, computed
+
+
+def _fused_tensor(name: str, fused: tuple, learned: dict[str, torch.Tensor], kinds: dict[str, str],
+                  use: tuple) -> _Tensor:
+    """The tensor a model joins where used from stored tensors and zeros, as one tensor."""
+    shape, dim, parts = fused
+    pieces = tuple((key, start, stop, tuple(invert_steps(before, tuple(learned[key].shape))) if before else ())
+                   if key is not None else (None, start, stop, ()) for key, start, stop, before in parts)
+    kind = kinds.get(next(key for key, *_ in parts if key is not None), "buffer")
+    return _Tensor(name, shape, kind, *use, pieces=pieces, dim=dim)
 
 
 # -- sequence alignment -----------------------------------------------------------------------------
@@ -465,6 +566,7 @@ def _composites(tensors: list[_Tensor], *, stored: bool) -> dict[int, list[tuple
             same = (t.op == head.op and t.source == head.source
                     and ops[e][0] == ops[e - 1][-1] + 1
                     and all(tensors[a].used_shape[1:] == tensors[b].used_shape[1:] and tensors[a].kind == tensors[b].kind
+                            and not tensors[a].pieces and not tensors[b].pieces
                             and len(tensors[a].shape) >= 1 and not (stored and (tensors[a].to_used or tensors[b].to_used))
                             for a, b in zip(ops[s], ops[e])))
             if not same:
@@ -615,37 +717,22 @@ def infer_map(
     """The inferred map, without verification (steps 1-4 of the module docstring)."""
     cand, cand_computed = _first_uses(candidate, _runner(inputs, candidate_call, "candidate"))
     ref, ref_computed = _first_uses(reference, _runner(inputs, reference_call, "reference"))
-    pairs = _align(cand, ref)
-    entries: list[Entry] = []
     used_c: set[int] = set()
     used_r: set[int] = set()
-    for ci, ri, steps, _ in pairs:
-        c = cand[ci[0]]
-        entries.append(Entry(candidate=c.key, reference=tuple(ref[r].key for r in ri), steps=tuple(steps),
-                             shape=c.shape, reference_shapes=tuple(ref[r].shape for r in ri), kind=c.kind))
-        used_c.update(ci)
-        used_r.update(ri)
-    entries += _repair(cand, ref, entries, used_c, used_r)
+    reasons: dict[str, str] = {}
+    entries = _paired(cand, ref, _align(cand, ref), used_c, used_r)
+    entries += _repair(cand, ref, entries, used_c, used_r, reasons)
+    # a tensor joined from parts that found no counterpart whole: its parts may each have one
+    if _split_leftovers(cand, used_c, reasons) + _split_leftovers(ref, used_r, reasons):
+        entries += _repair(cand, ref, entries, used_c, used_r, reasons)
     entries = _cohere(_untangle(entries))
-    order = {t.key: k for k, t in enumerate(cand)}
+    order: dict[str, int] = {}
+    for k, t in enumerate(cand):  # the parts of a joined tensor split for a second search: in its place
+        for key in _stored_keys(t):
+            order.setdefault(key, k)
     entries.sort(key=lambda e: order[e.candidate])
     entries += _companions(entries, candidate, reference, cand_computed, ref_computed)
-    reasons: dict[str, str] = {}
-    unmatched = {"candidate": [], "reference": []}
-    for side, tensors, used, other in (("candidate", cand, used_c, ref), ("reference", ref, used_r, cand)):
-        other_shapes = {t.shape for t in other}
-        for k, t in enumerate(tensors):
-            if k in used:
-                continue
-            unmatched[side].append(t.key)
-            # a key both models use: the reference's reason under "reference:KEY", so neither is lost
-            at = f"reference:{t.key}" if side == "reference" and t.key in reasons else t.key
-            if t.op == "<unused>":
-                reasons[at] = NEVER_USED
-            elif t.shape not in other_shapes and not any(layout_steps(t.shape, o.shape) for o in other):
-                reasons[at] = f"no tensor of a compatible shape {t.shape} on the other side (shape family differs)"
-            else:
-                reasons[at] = "no counterpart at this point of the computation (same-shape tensors were used elsewhere)"
+    unmatched = _unmatched(cand, ref, used_c, used_r, reasons)
     mapped_buffers = {e.candidate for e in entries} | {k for e in entries for k in e.reference}
     computed = {"candidate": [k for k in cand_computed if k not in mapped_buffers],
                 "reference": [k for k in ref_computed if k not in mapped_buffers]}
@@ -657,7 +744,102 @@ def infer_map(
     return WeightMap(entries=entries, unmatched=unmatched, reasons=reasons, computed=computed, candidate_numel=numel)
 
 
-def _repair(cand: list[_Tensor], ref: list[_Tensor], entries: list[Entry], used_c: set[int], used_r: set[int]) -> list[Entry]:
+def _paired(cand: list[_Tensor], ref: list[_Tensor], pairs: list, used_c: set[int], used_r: set[int]) -> list[Entry]:
+    """Entries for the aligned pairs (their indices noted as used)."""
+    entries: list[Entry] = []
+    for ci, ri, steps, how in pairs:
+        c = cand[ci[0]]
+        if any(ref[r].pieces for r in ri) or c.pieces and how != "one":
+            continue  # no entry holds zeros; a composite is not cut apart: left to the searches after
+        entries += _pieces_of(c, ref[ri[0]], steps) if c.pieces else [Entry(
+            candidate=c.key, reference=tuple(ref[r].key for r in ri), steps=tuple(steps),
+            shape=c.shape, reference_shapes=tuple(ref[r].shape for r in ri), kind=c.kind)]
+        used_c.update(ci)
+        used_r.update(ri)
+    return entries
+
+
+def _unmatched(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], used_r: set[int],
+               reasons: dict[str, str]) -> dict[str, list[str]]:
+    """The keys of each side left without a counterpart, each with its reason in ``reasons``."""
+    unmatched: dict[str, list[str]] = {"candidate": [], "reference": []}
+    for side, tensors, used, other in (("candidate", cand, used_c, ref), ("reference", ref, used_r, cand)):
+        other_shapes = {t.shape for t in other}
+        for k, key, t in ((k, key, t) for k, t in enumerate(tensors) for key in _stored_keys(t)):
+            if k in used:
+                continue
+            unmatched[side].append(key)
+            # a key both models use: the reference's reason under "reference:KEY", so neither is lost
+            at = f"reference:{key}" if side == "reference" and key in unmatched["candidate"] else key
+            if at in reasons or f"{side}:{key}" in reasons:
+                continue  # said already: a part of a tensor joined where used
+            if t.op == "<unused>":
+                reasons[at] = NEVER_USED
+            elif t.shape not in other_shapes and not any(layout_steps(t.shape, o.shape) for o in other):
+                reasons[at] = f"no tensor of a compatible shape {t.shape} on the other side (shape family differs)"
+            else:
+                reasons[at] = "no counterpart at this point of the computation (same-shape tensors were used elsewhere)"
+    return unmatched
+
+
+def _stored_keys(t: _Tensor) -> list[str]:
+    """The state-dict keys a first-use tensor stands for: its parts, for one joined where used."""
+    return [key for key, *_ in t.pieces if key is not None] if t.pieces else [t.key]
+
+
+def _rows(start: int, stop: int, dim: int) -> str:
+    return f"rows {start}:{stop}" if dim == 0 else f"{start}:{stop} along dim {dim}"
+
+
+def _split_leftovers(tensors: list[_Tensor], used: set[int], reasons: dict[str, str]) -> int:
+    """Append the stored parts of each unmatched tensor joined where used (marked used in its
+    place), for a second search; returns how many were split."""
+    said = {key.split(":", 1)[-1] for key in reasons}
+    joined = [k for k, t in enumerate(tensors) if t.pieces and k not in used and not said & set(_stored_keys(t))]
+    for k in joined:
+        t = tensors[k]
+        used.add(k)
+        for key, start, stop, from_steps in t.pieces:
+            if key is not None:
+                cut = tuple(stop - start if d == t.dim else n for d, n in enumerate(t.shape))
+                tensors.append(replace(t, key=key, shape=shape_after(from_steps, cut), to_used=(), pieces=()))
+    return len(joined)
+
+
+def _pieces_of(c: _Tensor, r: _Tensor, steps: list[Step]) -> list[Entry]:
+    """Entries for the parts of a candidate tensor joined where used from stored tensors and zeros,
+    matched to one reference tensor: each part is a slice of it. Where the candidate has zeros,
+    the reference tensor's values are not carried (its forward replaces them too, or the map is
+    wrong there and verification says so)."""
+    out = []
+    for key, start, stop, from_steps in c.pieces:
+        if key is not None:
+            cut = {"op": "slice", "dim": c.dim, "start": start, "stop": stop}
+            part = simplify_steps([*steps, cut, *from_steps], r.shape)
+            out.append(Entry(key, (r.key,), tuple(part), shape_after(part, r.shape), (r.shape,), c.kind))
+    return out
+
+
+def _inexpressible(c: _Tensor, other: _Tensor) -> dict[str, str]:
+    """Why a candidate tensor matched to a reference tensor joined where used from stored tensors
+    and zeros has no entry: an entry takes every value from reference tensors, so it cannot hold
+    the zeros."""
+    parts = ", ".join(f"{_rows(a, b, other.dim)} {key or 'zeros'}" for key, a, b, _ in other.pieces)
+    zeros = [(a, b) for key, a, b, _ in other.pieces if key is None]
+    kept = " (the candidate's forward replaces the zeros' rows itself)" if other.dim == 0 and all(
+        any(x <= a and b <= y for x, y in c.overwritten) for a, b in zeros) else ""
+    why = (f"the reference joins its counterpart where used from {parts}{kept}: a weight map entry takes every "
+           f"value from reference tensors and has no step that makes zeros, so it cannot express this one; "
+           f"fill {c.key} by hand (torch.cat of those parts with zeros)")
+    out = {c.key: why}
+    out.update({f"reference:{key}": f"{_rows(a, b, other.dim)} of what the reference joins where used, the "
+                                    f"candidate's {c.key}, which a weight map entry cannot express (see its reason)"
+                for key, a, b, _ in other.pieces if key is not None})
+    return out
+
+
+def _repair(cand: list[_Tensor], ref: list[_Tensor], entries: list[Entry], used_c: set[int], used_r: set[int],
+            reasons: dict[str, str]) -> list[Entry]:
     """Pair tensors the in-order alignment left out because the two models use them in another
     order inside one block (a relative-position table read before the projections on one side and
     after them on the other). A leftover candidate tensor is paired with a leftover reference tensor
@@ -671,7 +853,7 @@ def _repair(cand: list[_Tensor], ref: list[_Tensor], entries: list[Entry], used_
     for ci, c in enumerate(cand):
         if ci in used_c:
             continue
-        owner = owner_of(c.key)
+        owner = owner_of(_stored_keys(c)[0])
         while True:
             found = {k for name, keys in sources.items() if name == owner or name.startswith(f"{owner}.") or not owner
                      for k in keys}
@@ -691,10 +873,14 @@ def _repair(cand: list[_Tensor], ref: list[_Tensor], entries: list[Entry], used_
             continue
         k, t = max(fits, key=lambda kt: (layout_steps(c.shape, kt[1].shape)[1] * -1, _bonus(c, kt[1])))
         steps = layout_steps(c.shape, t.shape)[0]
-        out.append(Entry(c.key, (t.key,), tuple(steps), c.shape, (t.shape,), c.kind))
+        del free_r[k]
+        if t.pieces:  # no entry can hold the zeros joined in: both stay unmatched, said why
+            reasons.update(_inexpressible(c, t))
+            continue
+        out += _pieces_of(c, t, steps) if c.pieces else [
+            Entry(c.key, (t.key,), tuple(steps), c.shape, (t.shape,), c.kind)]
         used_c.add(ci)
         used_r.add(k)
-        del free_r[k]
     return out
 
 
@@ -851,8 +1037,8 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
         culprit = next((m for m in report.introduced if m not in stuck), None)
         if culprit is None:
             break
-        if _settings_differ(report, culprit):  # the models differ there: no choice of weights can help
-            stuck.add(culprit)
+        if _settings_differ(report, culprit) or _beyond_weights(report, culprit, weights):
+            stuck.add(culprit)  # the models differ there: no choice of weights can help
             continue
         for alternative, change in _alternatives(weights, culprit):
             if budget <= 0:
@@ -908,6 +1094,28 @@ def _settings_differ(report, module: str) -> list[str]:
     """The numeric settings (eps, approximate...) on which ``module`` and its twin disagree."""
     row = next((r for r in report.rows if r.candidate == module and r.status == "introduced"), None)
     return numeric_setting_differences(row) if row is not None else []
+
+
+def _beyond_weights(report, module: str, weights: WeightMap) -> bool:
+    """``module`` owns no mapped tensor and received what its twin received, yet disagrees: its
+    own computation differs, and no exchange of weights can change what it does with the same
+    inputs. (A parameter-free module whose inputs disagree, a ReLU after a shortcut projection
+    mapped to the main branch's unit, is fixed by an exchange upstream.)"""
+    prefix = "" if module == ROOT else f"{module}."
+    if module == ROOT or any(e.candidate.startswith(prefix) for e in weights.entries):
+        return False
+    row = next((r for r in report.rows if r.candidate == module and r.status == "introduced"), None)
+    return row is not None and _same_inputs(row.match.candidate.inputs, row.match.reference.inputs, row.tolerance)
+
+
+def _same_inputs(cand: dict, ref: dict, tolerance) -> bool:
+    """Every tensor input of a call equal to its twin's, in order, within the row's tolerance."""
+    a = [t for t in cand.values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    b = [t for t in ref.values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if not a or len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
+        return False
+    return all(float((x.double() - y.double()).abs().max()) <= tolerance.bound(float(y.abs().max()))
+               for x, y in zip(a, b) if x.numel())
 
 
 def _conflict(report, module: str) -> dict[str, Any]:
