@@ -177,6 +177,7 @@ def _fuse(tensors: list[torch.Tensor], kind: str, cut: tuple[int, int, int] | No
 
 def choose_twins(
     chains: Sequence[tuple[list[str], list[str]]], candidate: Sequence[Record], reference: Sequence[Record],
+    known: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Candidate -> reference twins from chains of modules holding the same tensors.
 
@@ -188,14 +189,20 @@ def choose_twins(
     that receives their mean, against a norm given the mean), and among calls given the same
     inputs too (a block whose residual was dropped and its inner ``Sequential``) the outer ones, so
     an error in the outer module's own code is blamed on it, not on a child that computed its part
-    right. Without recorded tensors: innermost with innermost.
+    right. Without recorded tensors: innermost with innermost. ``known``: twins seen agreeing
+    before (a verified weight map's), kept for every chain they pair whole: an error in this run
+    (a residual dropped) can make a block's output nearer its inner branch's than its own twin's.
     """
     first_c = {r.name: r for r in candidate if r.call == 0}
     first_r = {r.name: r for r in reference if r.call == 0}
     out: dict[str, str] = {}
+    known = known or {}
     for cs, rs in chains:
         if len(cs) == 1 and len(rs) == 1:
             out[cs[0]] = rs[0]
+            continue
+        if all(known.get(c) in rs for c in cs) and len({known[c] for c in cs}) == len(cs):
+            out.update({c: known[c] for c in cs})
             continue
         short, long_, flip = (cs, rs, False) if len(cs) <= len(rs) else (rs, cs, True)
         recorded = all(isinstance(getattr(first_c.get(n), "primary", None), torch.Tensor) for n in cs) and \

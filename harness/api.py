@@ -198,7 +198,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
         weights = infer_map(candidate, reference, call, candidate_call=o.candidate_call,
                             reference_call=o.reference_call)
     twins = None if weights is None else choose_twins(weights.twin_chains(candidate, reference),
-                                                        cand_trace.records, ref_trace.records)
+                                                        cand_trace.records, ref_trace.records, known=weights.twins)
     ref_records = ref_trace.records
     if weights is not None and o.mode == "full":
         fused, fused_twins = fused_records(cand_trace.records, ref_records, weights.fused_twins())

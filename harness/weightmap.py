@@ -123,6 +123,10 @@ class WeightMap:
     verified: bool | None = None  # None: not verified
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # twins seen agreeing when the map was verified, among modules holding the same tensors as
+    # others (a block and the branch inside it): a comparison with an error keeps them, where its
+    # own outputs could not tell them apart
+    twins: dict[str, str] = field(default_factory=dict)
 
     # -- contract --------------------------------------------------------------------------------
     @property
@@ -216,6 +220,15 @@ class WeightMap:
         sources, each outer to inner (wrappers around the same tensors form a chain)."""
         return _twin_chains(self, candidate, reference)
 
+    def remember_twins(self, candidate: nn.Module, reference: nn.Module, agreeing: Mapping[str, str]) -> None:
+        """Keep, of ``agreeing`` (candidate -> reference modules whose outputs agreed), the twins of
+        chains with a choice (see :attr:`twins`)."""
+        chosen = {}
+        for cs, rs in self.twin_chains(candidate, reference):
+            if len(cs) > 1 or len(rs) > 1:
+                chosen.update({c: agreeing[c] for c in cs if agreeing.get(c) in rs})
+        self.twins = chosen
+
     def fused_twins(self) -> list[tuple[str, str, tuple[str, ...], tuple[int, int, int] | None]]:
         """Twins of fused and split modules: ``("concat", candidate module, reference modules, None)``
         when a candidate module's tensors are concatenations of several reference modules' tensors
@@ -253,6 +266,7 @@ class WeightMap:
             "conflicts": self.conflicts,
             "candidate_numel": self.candidate_numel,
             "notes": self.notes,
+            "twins": self.twins,
         }
 
     def save(self, path: str | os.PathLike) -> str:
@@ -354,12 +368,15 @@ def load_weight_map(source: str | os.PathLike | Mapping[str, Any]) -> WeightMap:
         reasons = _field({"reasons": source.get("reasons") or {}}, "reasons", Mapping, "a map of tensor name to why")
         conflicts = _field({"conflicts": source.get("conflicts") or []}, "conflicts", list, "a list")
         notes = _field({"notes": source.get("notes") or []}, "notes", list, "a list of notes")
+        twins = _field({"twins": source.get("twins") or {}}, "twins", Mapping, "a map of candidate to reference module")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in twins.items()):
+            raise ValueError(f"'twins' must map candidate module names to reference module names, got {dict(twins)!r}")
     except ValueError as exc:
         raise ValueError(f"{where} is malformed: {exc}; regenerate it with python -m harness map ... --save-map FILE "
                          f"or fix that field") from None
     return WeightMap(entries=entries, unmatched=unmatched, reasons=dict(reasons), computed=computed,
                      candidate_numel=numel, verified=source.get("verified"), conflicts=list(conflicts),
-                     notes=list(notes))
+                     notes=list(notes), twins=dict(twins))
 
 
 _KINDS = ("parameter", "buffer")

@@ -1060,6 +1060,9 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
         else:
             stuck.add(culprit)
     weights.verified = bool(report.passed)
+    if report.passed:
+        weights.remember_twins(candidate, reference, {r.candidate: r.reference for r in report.rows
+                                                      if r.match.how == "weights" and r.passed})
     weights.conflicts = [] if report.passed else [_conflict(report, m) for m in report.introduced]
     if not report.passed and unfilled:
         weights.conflicts.append({"module": None, "text": (

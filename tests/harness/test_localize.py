@@ -417,3 +417,47 @@ def test_the_first_divergence_of_a_norm_joined_with_its_activation_is_the_part_b
     candidate[2] = nn.SiLU()
     report = harness.compare(candidate, reference, x, weights=weights)
     assert (report.culprit, report.first_divergence) == ("2", "2"), report.format()
+
+
+class _BranchBlock(nn.Module):
+    """A residual block whose branch is a child module: the block and the branch hold the same tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                               nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))
+        self.activation = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(x + self.f(x))
+
+
+class _FlatBlock(nn.Module):
+    """The same block with its layers as direct children; ``residual=False`` drops the shortcut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.act = nn.ReLU()
+        self.residual = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return self.act(y + x if self.residual else y)
+
+
+def test_a_block_dropping_its_residual_is_blamed_though_its_output_is_nearer_the_twins_inner_branch():
+    # the verified map remembers that the block's twin is the reference's block, not its branch
+    candidate = randomized(nn.Sequential(nn.Conv2d(3, 8, 1), _FlatBlock(), _FlatBlock()), 1)
+    reference = randomized(nn.Sequential(nn.Conv2d(3, 8, 1), _BranchBlock(), _BranchBlock()), 2)
+    with torch.no_grad():  # a branch small against the shortcut: relu(branch) is nearer the branch than the block
+        for block in reference[1:]:
+            block.f[4].weight.mul_(0.05)
+            block.f[4].bias.mul_(0.05)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    weights = harness.map_weights(candidate, reference, x)
+    weights.transfer(reference, candidate)
+    candidate[2].residual = False
+    report = harness.compare(candidate, reference, x, weights=weights)
+    assert report.culprit == "2", report.format()
