@@ -1063,6 +1063,10 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
     if report.passed:
         weights.remember_twins(candidate, reference, {r.candidate: r.reference for r in report.rows
                                                       if r.match.how == "weights" and r.passed})
+    if not report.passed and report.introduced:
+        # once, for the map as it stands: what differs at each disagreeing module, op by op
+        weights.transfer(reference, trial)
+        report = compare(trial, reference, inputs, weights=weights, noise_floor=False, **options)
     weights.conflicts = [] if report.passed else [_conflict(report, m) for m in report.introduced]
     if not report.passed and unfilled:
         weights.conflicts.append({"module": None, "text": (
@@ -1123,8 +1127,10 @@ def _same_inputs(cand: dict, ref: dict, tolerance) -> bool:
 
 def _conflict(report, module: str) -> dict[str, Any]:
     settings = _settings_differ(report, module)
-    why = (f"the twins differ in {'; '.join(settings)}, which no choice of weights can make up"
-           if settings else "the map or the model is wrong there")
+    found = next((f["text"] for f in report.diagnosis if f.get("module") == module
+                  or str(f.get("module", "")).startswith(f"{module}.")), None)
+    why = (f"the twins differ in {'; '.join(settings)}, which no choice of weights can make up" if settings
+           else f"the diagnosis: {found}" if found else "the map or the model is wrong there")
     return {"module": module, "text": f"after transfer, {module} disagrees with its reference twin ({why})"}
 
 

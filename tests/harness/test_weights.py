@@ -347,3 +347,23 @@ def test_verification_never_exchanges_two_batch_norm_counters_alone():
     swaps = _subtree_swaps(entries, list(range(len(entries))), "", "")
     alone = [tuple(entries[k].candidate for k in swap[0]) for _, _, swap in swaps if len(swap) == 1]
     assert not [pair for pair in alone if pair[0].endswith("num_batches_tracked")], alone
+
+
+class _Scores(nn.Module):
+    """Token scores through a softmax, computed in ``dtype`` when given."""
+
+    def __init__(self, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.proj, self.dtype = nn.Linear(16, 16), dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).softmax(-1, dtype=self.dtype).to(x.dtype)
+
+
+def test_a_conflict_where_no_setting_differs_names_what_the_diagnosis_finds():
+    candidate, reference = randomized(_Scores(torch.float32), 1), randomized(_Scores(), 2)
+    weights = harness.map_weights(candidate, reference, tokens())
+    assert not weights.verified
+    assert [c["text"] for c in weights.conflicts] == [
+        "after transfer, <root> disagrees with its reference twin (the diagnosis: <root>: softmax dtype "
+        "'float32' in the candidate, None in the reference)"], weights.conflicts
