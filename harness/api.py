@@ -229,8 +229,8 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
     notes += setting_notes(rows, name) if passed and name != "float64" else []
     caveat = None if passed or weights is None else weights.caveat(given=o.weights is not None)
     notes = [caveat, *notes] if caveat else notes
-    diagnosis = [] if passed or not o.diagnose else origins_diagnosis(rows, found.introduced,
-                                                    root=reference if replay is None else None, weights=weights)
+    diagnosis = [] if passed or not o.diagnose else origins_diagnosis(
+        rows, found.introduced, root=reference if replay is None else None, weights=weights, candidate=candidate)
     if not passed:
         annotate_mismatches(rows, final, outputs, tol)
         found = _blamed_parts(found, rows, diagnosis)

@@ -9,7 +9,10 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    ``torch.matmul``, ``x * gamma``, ``x.softmax(-1)``... (calls nested inside a recorded call are
    not seen: the recorder runs with itself disabled, except in ``F.multi_head_attention_forward``, whose
    own body runs with the recorder on: ``nn.MultiheadAttention``'s projections and attention are
-   seen one by one, as the other side writes them). A culprit without a twin is explained
+   seen one by one, as the other side writes them). A tensor passed twice is copied once (``mha(x, x, x)``
+   keeps its self-attention path); a candidate taking other flags or keyword names gets the reference's
+   tensors in its own arguments where they pair one to one. A culprit without a twin, or fed other
+   values than its twin (windows its block did not shift), is explained
    through its innermost twinned ancestor, which runs the same code. When either twin cannot be copied or cast
    (a forward patched with a closure over the original), both run as they are, in their own dtype,
    under ``no_grad`` with their parameters and buffers snapshotted and restored bitwise (only the
@@ -21,7 +24,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    arguments are bound to parameter names with their defaults (``eps``, ``approximate``,
    ``dim`` made non-negative, ``stride`` as a tuple), and tensor arguments that are the module's
    parameters or buffers (or views of them) are named (``gamma``), with their values as stored
-   and as passed (a kernel stored HWIO, permuted for the conv), read before the op runs; an op
+   and as passed (a kernel stored HWIO, permuted for the conv), read before the op runs (an
+   ``embedding`` looked up at position ids held as a buffer is a view of its table); an op
    that only updates the module's own state (``num_batches_tracked += 1``) is no computation. A written-out attention
    ``softmax((q * s) @ k^T) @ v`` becomes one ``scaled_dot_product_attention`` with its
    effective ``scale`` and its mask: all that is added to the scores before the softmax (a bias,
@@ -42,12 +46,16 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    layout ops: implementations spell them in too many ways to align them usefully.
 3. Fuse siblings: one operation applied to one input by several modules in a row (``q``, ``k``,
    ``v`` projections) becomes one op, its output and parameters concatenated, where the other
-   side computes that concatenation in one op (a fused ``qkv``) from the same input values, in any layout;
+   side computes that concatenation in one op (a fused ``qkv``) from the same input values, or with
+   their parameters stacked shape by shape (whatever error the input carries), in any layout (a member
+   without a bias adds zeros);
    a differing fused parameter names the member whose rows differ (``v_proj.weight`` against
    ``qkv.weight[16:24]``). A culprit twinned to such a slice is explained through its twinned ancestor.
    Align the two computational op streams by name (``difflib.SequenceMatcher``) and walk the
    aligned pairs in order. Unpaired ops are held as pending until the next pair: if that pair's
-   output agrees, they were harmless spellings. A pair whose output differs while a nearby op of
+   output agrees, they were harmless spellings; if not, only those whose results flow into it explain
+   it. An op missing in the candidate is a finding on the reference's submodule running it where the
+   twins have one name, else on the candidate module, its text naming the reference's submodule. A pair whose output differs while a nearby op of
    the same name agrees (``x * cos + rot * sin`` against ``rot * sin + x * cos``) is a reordering.
    Ops of other names in each other's place are findings only where their results differ and, after
    the first such op, where their inputs agree: another spelling of one operation (``relu6`` for
@@ -56,13 +64,15 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    against a flattening linear after a max pool that replaced an average pool).
    The first pair whose output differs (float64 tolerance) is the divergence. It is explained by
    the pending missing / extra / different ops, its differing non-tensor arguments (not ``inplace``
-   or ``keepdim``, which say only where or in what shape the result is written), a parameter
+   or ``keepdim``, which say only where or in what shape the result is written; a None an op reads
+   as a value, ``align_corners``, is that value), a parameter
    holding other values, compared with the reference's in one layout (a ``(C,)`` scale on NHWC
    against its ``(1, C, 1, 1)`` view on NCHW; ``add``/``mul`` operands paired whatever their side)
    (``weight`` holds the reference's ``bias``, or another module's tensor anywhere in the reference
    model, as it is, reshaped or transposed: a swap), a parameter one side does not pass (a dropped
    bias), or, when its inputs already differ while everything computed before agreed, operands
-   passed in another order (``key`` where ``query`` belongs) or the layout ops between (a transpose
+   passed in another order (``key`` where ``query`` belongs; a written-out attention's q and k read
+   before their scaling and ``k``'s transpose) or the layout ops between (a transpose
    missing before a reshape; not those that only bring a value into the layout the other side
    computes it in). Outputs agree in any layout (:mod:`harness.adapters`): an einsum may
    write ``(B, N, H, D)`` where the fused attention writes ``(B, H, N, D)``, a token-mixing einsum
@@ -78,6 +88,9 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    reported even when no op shows it (``stride`` 1 is ``(1, 1)``; ``momentum`` counts in training only;
    ``training`` only for a module whose code reads it: a dropout, a batch norm, not an activation).
 
+Findings on a twin that runs a module and the call after it as one (a batch norm and its activation)
+name that module's tensors as the model does (``1.running_var``, never the pair's ``head.running_var``).
+
 Findings are ranked argument, missing_op, extra_op, op, attribute, value: an argument names the
 value to fix, an attribute may be a harmless difference of style (``fused=True``).
 """
@@ -88,6 +101,7 @@ import copy
 import difflib
 import inspect
 import math
+import re
 import types
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Sequence
@@ -321,6 +335,10 @@ class OpRecorder(TorchFunctionMode):
             kind = "noop"
         if name in ("pad", "constant_pad_nd") and first is not None and outs[0].shape == first.shape:
             kind = "noop"  # a pad of zero width: written for shapes that need none
+        if name == "embedding" and all(id(t) in self._provenance for t in tensors.values()):
+            # a lookup at fixed indices (position ids held as a buffer) is a view of its table: an
+            # ``add`` of it is an add of the table, compared with the reference's position parameter
+            kind, first = "layout", bound["weight"]
         if kind != "compute" and first is not None and id(first) in self._provenance and all(
                 id(t) in self._provenance for v in tensor_lists.values() for t in v):
             # a view of a parameter is that parameter; not so a cat of it with activations (a cls token)
@@ -573,7 +591,8 @@ def _fold_attention(rec: OpRecorder) -> list[Op]:
                 "attn_mask": bool(mask), "is_causal": False}
         composites[m2.index] = Op(
             index=m2.index, name="scaled_dot_product_attention", spelling="softmax(q @ k^T * scale) @ v",
-            args=args, params={}, param_values={}, input_ids=m2.input_ids, out_ids=m2.out_ids,
+            args=args, params={}, param_values={}, out_ids=m2.out_ids,
+            input_ids=[*(_attention_operand(rec, i, m1.index) for i in m1.input_ids), *m2.input_ids[1:]],
             outputs=m2.outputs, scope=m2.scope, mask=_added_mask(rec, s, m1, after) if mask else None,
             mask_params=tuple(dict.fromkeys(n for m in mask for n in m.params.values())))
         for op in (m1, s, m2, *path):
@@ -585,6 +604,21 @@ def _fold_attention(rec: OpRecorder) -> list[Op]:
         elif op.kind == "compute" and not op.absorbed:
             stream.append(_canonical_sdpa(op) if op.name == "scaled_dot_product_attention" else op)
     return stream
+
+
+def _attention_operand(rec: OpRecorder, tensor_id: int, before: int) -> int:
+    """The query or key a written-out product reads, as a fused call takes it: before its scaling
+    and the transpose of its last two dims (``k.transpose(-2, -1)``), so that operands passed in
+    another order are seen as such."""
+    while (op := rec.producer(tensor_id, before)) is not None and op.input_ids and (
+            _scalar(op) is not None or op.name == "cast" or _transposes_last(op)):
+        tensor_id, before = op.input_ids[0], op.index
+    return tensor_id
+
+
+def _transposes_last(op: Op) -> bool:
+    last = op.outputs[0].ndim - 1 if op.outputs else -1
+    return op.name == "transpose" and {op.args.get("dim0"), op.args.get("dim1")} == {last - 1, last}
 
 
 _SCORES_NDIM = 4  # attention scores as the fused call lays them out: (batch, heads, queries, keys)
@@ -984,16 +1018,29 @@ def _run(module: nn.Module, args: tuple, kwargs: dict, dtype: torch.dtype | None
     """Record ``module`` on a float copy at ``dtype``; with ``dtype`` None, the original itself
     in its own dtype, its state snapshotted and restored afterwards."""
     if dtype is not None:
-        cast = (lambda t: t.to(dtype) if t.is_floating_point() else t.clone())
+        cast = _once(lambda t: t.to(dtype) if t.is_floating_point() else t.clone())
         work = _working_copy(module, dtype)
         if work is None:
             raise TypeError("the module cannot be copied")
         return record_ops(work, map_tensors(args, cast), map_tensors(kwargs, cast))
     snap = _Snapshot(module)
     try:
-        return record_ops(module, map_tensors(args, torch.Tensor.clone), map_tensors(kwargs, torch.Tensor.clone))
+        clone = _once(torch.Tensor.clone)
+        return record_ops(module, map_tensors(args, clone), map_tensors(kwargs, clone))
     finally:
         snap.restore()
+
+
+def _once(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``fn`` applied once per tensor: one tensor passed twice stays one (``mha(x, x, x)`` takes its
+    self-attention path, one fused in-projection, only where ``query is key``)."""
+    done: dict[int, torch.Tensor] = {}
+
+    def apply(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in done:
+            done[id(t)] = fn(t)
+        return done[id(t)]
+    return apply
 
 
 def _run_both(candidate: nn.Module, c_inputs: tuple[tuple, dict], reference: nn.Module,
@@ -1083,12 +1130,17 @@ def _op_label(op: Op) -> str:
     return f"{op.name} by {s:g}" if s is not None else op.name
 
 
-def _unpaired_finding(base: str, tag: str, op: Op, stream_other: list[Op], pos: int) -> dict:
+def _unpaired_finding(base: str, tag: str, op: Op, stream_other: list[Op], pos: int, ref_name: str = "") -> dict:
     where, module = _where(stream_other, pos), _scoped(base, op)
     if tag == "missing_op":
         hint = " (a residual connection?)" if op.name == "add" and op.params == {} and len(op.input_ids) == 2 \
             and pos == len(stream_other) else ""
-        text = f"{module}: {_op_label(op)} missing in the candidate {where}{hint}; the reference applies it"
+        who = "the reference"
+        if op.scope and ref_name not in ("", base):
+            # the op's scope is the reference's: under another twin name it would glue the candidate's
+            # name to the reference's, a module neither model has; the candidate module lacks the op
+            module, who = base, f"the reference's {_scoped(ref_name, op)}"
+        text = f"{module}: {_op_label(op)} missing in the candidate {where}{hint}; {who} applies it"
         return _finding(module, "missing_op", op.name, None, None, op.name, text)
     text = f"{module}: extra {_op_label(op)} in the candidate {where}; the reference has none"
     return _finding(module, "extra_op", op.name, None, op.name, None, text)
@@ -1097,7 +1149,7 @@ def _unpaired_finding(base: str, tag: str, op: Op, stream_other: list[Op], pos: 
 def _argument_findings(module: str, c: Op, r: Op) -> list[dict]:
     out = []
     for key in sorted(set(c.args) | set(r.args), key=lambda k: (k not in ("eps", "approximate", "scale", "dim"), k)):
-        a, b = c.args.get(key), r.args.get(key)
+        a, b = _meant(c.name, key, c.args.get(key)), _meant(r.name, key, r.args.get(key))
         if key.startswith("arg") and (key not in c.args or key not in r.args):
             continue  # positional leftovers of different spellings
         if key in _TRAINING_ONLY and not (c.args.get("training") or r.args.get("training")):
@@ -1111,6 +1163,15 @@ def _argument_findings(module: str, c: Op, r: Op) -> list[dict]:
             text = f"{module}: {op} {key} {_show(a)} in the candidate, {_show(b)} in the reference{inside}"
             out.append(_finding(module, "argument", op, key, a, b, text))
     return out
+
+
+# arguments whose None an op reads as a value: interpolate computes with align_corners=None as with False
+_NONE_MEANS = {("interpolate", "align_corners"): False, ("interpolate", "recompute_scale_factor"): False,
+               ("upsample", "align_corners"): False}
+
+
+def _meant(op: str, key: str, value: Any) -> Any:
+    return _NONE_MEANS.get((op, key), value) if value is None else value
 
 
 # arguments that change only where or in what shape a result is written: the outputs are compared in
@@ -1416,18 +1477,30 @@ def _fused(group: list[Op], side: _Side, other: _Side, tol: Tolerance) -> Op | N
                 continue
             y = _input_value(other, twin)
             same_input = x is not None and y is not None and x.numel() == y.numel() and _outputs_agree([x], [y], tol)
-            if same_input or _outputs_agree([cat], twin.outputs[:1], tol):
+            if same_input or _stacked_parameters(group, twin) or _outputs_agree([cat], twin.outputs[:1], tol):
                 return _fused_op(group, cat)
     return None
+
+
+def _stacked_parameters(group: list[Op], twin: Op) -> bool:
+    """Whether ``twin``'s parameters are ``group``'s stacked, shape by shape (``qkv.weight`` for
+    ``q``, ``k`` and ``v``'s): the pairing then holds through the weights, as the module alignment's
+    does, whatever error the input already carries from upstream."""
+    keys = set(twin.params).intersection(*(g.params for g in group))  # a bias may be computed on one side
+    for key in keys:
+        parts, value = [g.param_values[key] for g in group], twin.param_values[key]
+        if any(p.shape[1:] != value.shape[1:] for p in parts) or sum(p.shape[0] for p in parts) != value.shape[0]:
+            return False
+    return bool(keys)
 
 
 def _fused_op(group: list[Op], output: torch.Tensor) -> Op:
     """One op standing for ``group``: its parameters concatenated as a fused module stores them."""
     params, values = {}, {}
-    for key in group[0].params:
-        tensors = [g.param_values.get(key) for g in group]
+    for key in dict.fromkeys(k for g in group for k in g.params):
+        tensors = [g.param_values.get(key, _no_bias(g, key)) for g in group]
         if all(t is not None and t.shape[1:] == tensors[0].shape[1:] for t in tensors):
-            params[key] = "+".join(g.params[key] for g in group)
+            params[key] = "+".join(g.params[key] for g in group if key in g.params)
             values[key] = torch.cat(tensors, 0)
     first, rows = group[0], [0]
     for g in group:
@@ -1436,6 +1509,13 @@ def _fused_op(group: list[Op], output: torch.Tensor) -> Op:
     return Op(index=first.index, name=first.name, spelling=" + ".join(g.spelling for g in group), args=first.args,
               params=params, param_values=values, input_ids=first.input_ids,
               out_ids=[i for g in group for i in g.out_ids], outputs=[output], scope=first.scope, members=members)
+
+
+def _no_bias(op: Op, key: str) -> torch.Tensor | None:
+    """A member's rows of a fused bias where it has none: zeros (Swin V2's key projection, whose
+    fused side concatenates a zero buffer in its place)."""
+    weight = op.param_values.get("weight")
+    return weight.new_zeros(weight.shape[0]) if key == "bias" and weight is not None else None
 
 
 def _replaced_findings(module: str, cs: list[Op], rs: list[Op], j1: int, cand: _Side, ref: _Side,
@@ -1470,6 +1550,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
     operands = (lambda where, c, r: _param_findings(where, c, r, ref_module, root, expected))
     sm = difflib.SequenceMatcher(None, [o.name for o in cs], [o.name for o in rs], autojunk=False)
     pending: list[dict] = []
+    unpaired: dict[int, tuple[bool, Op]] = {}  # id of an unpaired op's finding -> (the candidate's?, the op)
     last_c, last_r, agreed = -1, -1, None  # recorder indices of the last agreeing pair, the pair
     for tag, i1, i2, j1, j2 in sm.get_opcodes():
         if tag != "equal":
@@ -1479,8 +1560,10 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                 continue  # what follows a replaced op that changed the values receives its error: no lead
             for k in range(i1 + n, i2):
                 pending.append(_unpaired_finding(module, "extra_op", cs[k], rs, j2))
+                unpaired[id(pending[-1])] = True, cs[k]
             for k in range(j1 + n, j2):
-                pending.append(_unpaired_finding(module, "missing_op", rs[k], cs, i2))
+                pending.append(_unpaired_finding(module, "missing_op", rs[k], cs, i2, ref_name))
+                unpaired[id(pending[-1])] = False, rs[k]
             continue
         for k, (c, r) in enumerate(zip(cs[i1:i2], rs[j1:j2])):
             twin = r if _pair_agrees(c, r, tol) else _value_twin(c, rs, j1 + k, tol)
@@ -1489,7 +1572,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                 last_c, last_r, agreed = c.index, twin.index, (c, twin)
                 continue
             where = _scoped(module, c)
-            found = list(pending)
+            found = _feeding(pending, unpaired, c, r, cand, ref)
             found += _located(_argument_findings(where, c, r), c, r, cs, ref_name)
             found += _param_findings(where, c, r, ref_module, root, expected)
             found += _mask_findings(where, c, r, tol)
@@ -1514,6 +1597,29 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
         return found or [_finding(module, "value", None, None, None, None,
                                   f"{module}: every operation agrees with the reference, the returned value does not")]
     return []
+
+
+def _feeding(pending: list[dict], unpaired: dict[int, tuple[bool, Op]], c: Op, r: Op, cand: _Side,
+             ref: _Side) -> list[dict]:
+    """The pending findings that can explain the pair ``c``/``r``: an unpaired op whose result does
+    not flow into its side's op of the pair (a position bias computed before the projections, to be
+    added after them) is no cause of their difference."""
+    reach = {True: _upstream(cand.rec, c), False: _upstream(ref.rec, r)}
+    return [f for f in pending if id(f) not in unpaired or unpaired[id(f)][1].index in reach[unpaired[id(f)][0]]]
+
+
+def _upstream(rec: OpRecorder, op: Op) -> set[int]:
+    """Indices of the recorded ops whose results flow into ``op``."""
+    seen: set[int] = set()
+    # a folded attention reads q, k and v; the product it stands for, the mask added to the scores too
+    todo = [(i, op.index) for i in {*op.input_ids, *rec.ops[op.index].input_ids}]
+    while todo:
+        tensor_id, before = todo.pop()
+        source = rec.producer(tensor_id, before)
+        if source is not None and source.index not in seen:
+            seen.add(source.index)
+            todo += [(i, source.index) for i in source.input_ids]
+    return seen
 
 
 def _located(findings: list[dict], c: Op, r: Op, cs: list[Op], ref_name: str) -> list[dict]:
@@ -1708,9 +1814,35 @@ def diagnose(match: Any, root: nn.Module | None = None, weights: Any = None) -> 
             tuple(a.shape) == tuple(b.shape) for a, b in zip(flatten_tensors((cand.args, cand.kwargs)).values(),
                                                            flatten_tensors((ref.args, ref.kwargs)).values()))
     findings = diagnose_modules(cand.module, ref.module, ref.args, ref.kwargs, name=cand.name,
-                                candidate_inputs=None if same_structure else own, root=root,
+                                candidate_inputs=None if same_structure else _given_reference_tensors(own, ref),
+                                root=root,
                                 expected=_mapped(weights, root, cand.name), ref_name=ref.name)
-    return _named_parts(findings, cand.name, cand.module, ref.module)
+    findings = _named_parts(findings, cand.name, cand.module, ref.module)
+    return _named_tensors(_named_tensors(findings, cand.module, r"(?<!the reference's )(?<!\.)", ""),
+                          ref.module, "the reference's ", re.escape(ref.name) + r"\.")
+
+
+_NEAR = 0.1  # relative difference up to which a candidate's input tensor is taken for the reference's
+
+
+def _given_reference_tensors(own: tuple[tuple, dict], ref: Any) -> tuple[tuple, dict]:
+    """The candidate's own arguments (its flags, its keyword names) with each tensor replaced by the
+    reference's in the same place, where the two pair one to one by shape and near values: an error
+    from upstream must not make the re-run's first ops differ."""
+    mine = list(flatten_tensors(own).values())
+    theirs = list(flatten_tensors((ref.args, ref.kwargs)).values())
+    if len(mine) != len(theirs) or not all(_near(a, b) for a, b in zip(mine, theirs)):
+        return own
+    given = iter(theirs)
+    return map_tensors(own, lambda t: next(given))
+
+
+def _near(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if not a.is_floating_point():
+        return bool(torch.equal(a, b))
+    return bool((a - b).norm() <= _NEAR * b.norm())
 
 
 def _named_parts(findings: list[dict], name: str, *modules: nn.Module) -> list[dict]:
@@ -1725,8 +1857,19 @@ def _named_parts(findings: list[dict], name: str, *modules: nn.Module) -> list[d
     return findings
 
 
+def _named_tensors(findings: list[dict], module: nn.Module, lead: str, twin: str) -> list[dict]:
+    """The tensors and calls of a twin that runs several calls as one, as the model names them
+    (``1.running_var``), not by the twin's part names (``head.running_var``), which exist in neither
+    model; ``lead``: what precedes one side's names in a text, ``twin``: that side's twin name."""
+    for part, call in getattr(module, "scope_names", {}).items():
+        pattern = re.compile(rf"({lead})(?:{twin})?\b{re.escape(part)}\b")
+        for finding in findings:
+            finding["text"] = pattern.sub(lambda m: m.group(1) + call, finding["text"])
+    return findings
+
+
 def culprit_diagnosis(rows: Iterable[Any], culprit: str | None, root: nn.Module | None = None,
-                      weights: Any = None) -> list[dict]:
+                      weights: Any = None, candidate: nn.Module | None = None) -> list[dict]:
     """:func:`diagnose` for the culprit's row (the first ``introduced`` row with that name), or [];
     ``root``: the reference model; ``weights``: the weight map between the two, if any."""
     if culprit is None:
@@ -1734,20 +1877,58 @@ def culprit_diagnosis(rows: Iterable[Any], culprit: str | None, root: nn.Module 
     rows = list(rows)
     row = next((r for r in rows if r.candidate == culprit and r.status == "introduced"), None) \
         or next((r for r in rows if r.candidate == culprit), None)
-    if row is None or _without_twin_module(row):
+    if row is None:
+        # a culprit without a twin: first whether it holds other values than the map puts there
+        # (a class token changed in embeddings the reference has no module for); that is certain
+        try:
+            held = _held_values(candidate, culprit, root, weights)
+        except Exception:  # the diagnosis explains; it must never cost the verdict
+            held = []
+        if held:
+            return held
+    if row is None or _without_twin_module(row) or _fed_otherwise(row):
         # a culprit without a twin (or twinned to a slice of another module's output, a fused
-        # qkv's): its innermost twinned ancestor runs the same code
+        # qkv's), or fed other values than its twin (windows not shifted by the block around it):
+        # its innermost twinned ancestor runs the same code, from where the two part
         around = [r for r in rows if r.match.how != "structure" and r.status == "contains"
                   and (r.candidate == "<root>" or culprit.startswith(r.candidate + "."))
                   and _parameters(r.match.candidate.module) <= ANCESTOR_ELEMENTS]
-        row = max(around, key=lambda r: (r.candidate != "<root>", r.candidate.count(".")), default=None)
-    if row is None:
-        return []
+        row = max(around, key=lambda r: (r.candidate != "<root>", r.candidate.count(".")), default=row)
     try:
+        if row is None:  # no twin to run against: what the culprit holds, against what the map puts there
+            return _held_values(candidate, culprit, root, weights)
         return diagnose(row.match, root, weights)
     except Exception as exc:  # the diagnosis explains; it must never cost the verdict
         return [_finding(culprit, "value", None, None, None, None,
                          f"{culprit}: no operation-level diagnosis ({type(exc).__name__}: {exc})")]
+
+
+def _held_values(candidate: nn.Module | None, culprit: str, root: nn.Module | None, weights: Any) -> list[dict]:
+    """Findings for a culprit with no twinned ancestor (embeddings that hold a class token, a
+    position table): each of its tensors holding other values than the weight map puts there from
+    ``root`` (``candidate``: the candidate model)."""
+    if candidate is None or root is None or weights is None:
+        return []
+    module = candidate if culprit == "<root>" else candidate.get_submodule(culprit)
+    expected, sources = _mapped(weights, root, culprit), {e.candidate: e.reference for e in weights.entries}
+    out = []
+    for name, t in (*module.named_parameters(), *module.named_buffers()):
+        mapped = expected(name)
+        key = name if culprit == "<root>" else f"{culprit}.{name}"
+        if mapped is None or mapped.shape != t.shape or torch.equal(t.detach(), mapped.to(t.dtype)):
+            continue
+        err = (t.detach().double() - mapped.double()).abs().max().item()
+        text = (f"{culprit}: {name} holds other values than the reference's {'+'.join(sources[key])} "
+                f"(max_abs difference {err:.3e})")
+        out.append(_finding(culprit, "argument", None, name, f"{name} (other values)", "+".join(sources[key]), text))
+    return out
+
+
+def _fed_otherwise(row: Any) -> bool:
+    """A full-mode row whose candidate received, as its first tensor, other values than its twin's."""
+    c, r = (list(flatten_tensors((side.args, side.kwargs)).values())
+            for side in (row.match.candidate, row.match.reference))
+    return bool(c and r) and c[0].shape == r[0].shape and c[0].is_floating_point() and not _near(c[0], r[0])
 
 
 def _without_twin_module(row: Any) -> bool:
@@ -1803,13 +1984,13 @@ def _parameters(module: nn.Module | None) -> int:
 
 
 def origins_diagnosis(rows: Iterable[Any], introduced: Sequence[str], root: nn.Module | None = None,
-                      weights: Any = None) -> list[dict]:
+                      weights: Any = None, candidate: nn.Module | None = None) -> list[dict]:
     """:func:`culprit_diagnosis` for each independent origin (the culprit first), up to
     ``EXPLAINED_ORIGINS``: a report with two bugs explains both."""
     rows = list(rows)
     findings: list[dict] = []
     for origin in list(dict.fromkeys(introduced))[:EXPLAINED_ORIGINS]:
-        findings += culprit_diagnosis(rows, origin, root, weights)
+        findings += culprit_diagnosis(rows, origin, root, weights, candidate)
     return _dedupe(findings)
 
 

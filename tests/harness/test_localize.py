@@ -461,3 +461,15 @@ def test_a_block_dropping_its_residual_is_blamed_though_its_output_is_nearer_the
     candidate[2].residual = False
     report = harness.compare(candidate, reference, x, weights=weights)
     assert report.culprit == "2", report.format()
+
+
+def test_a_changed_tensor_of_a_module_without_a_twin_is_explained_as_holding_other_values():
+    reference, candidate = randomized(_TokenInRoot(), 2), randomized(_TokenInEmbeddings(), 1)
+    x = torch.randn(2, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    weights = harness.map_weights(candidate, reference, x)
+    weights.transfer(reference, candidate)
+    with torch.no_grad():
+        candidate.embeddings.token[0, 0, 3] += 0.01
+    report = harness.compare(candidate, reference, x, weights=weights)
+    assert report.culprit == "embeddings" and report.diagnosis and report.diagnosis[0]["text"].startswith(
+        "embeddings: token holds other values than the reference's cls_token"), report.format()
