@@ -296,13 +296,19 @@ class _TokenInEmbeddings(nn.Module):
         return self.layers(self.embeddings(x))
 
 
-def test_code_without_a_twin_before_a_block_stays_an_origin_when_the_block_makes_another_error():
+def _token_changed() -> tuple[nn.Module, nn.Module, torch.Tensor, harness.WeightMap]:
+    """The token pair, transferred, with one element of the candidate's token changed."""
     reference, candidate = randomized(_TokenInRoot(), 2), randomized(_TokenInEmbeddings(), 1)
     x = torch.randn(2, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     weights = harness.map_weights(candidate, reference, x)
     weights.transfer(reference, candidate)
     with torch.no_grad():
         candidate.embeddings.token[0, 0, 3] += 0.01
+    return candidate, reference, x, weights
+
+
+def test_code_without_a_twin_before_a_block_stays_an_origin_when_the_block_makes_another_error():
+    candidate, reference, x, weights = _token_changed()
     candidate.layers[0].norm2.eps = 1e-3
     report = harness.compare(candidate, reference, x, weights=weights)
     assert report.introduced == ["embeddings", "layers.0.norm2"], report.format()
@@ -464,12 +470,7 @@ def test_a_block_dropping_its_residual_is_blamed_though_its_output_is_nearer_the
 
 
 def test_a_changed_tensor_of_a_module_without_a_twin_is_explained_as_holding_other_values():
-    reference, candidate = randomized(_TokenInRoot(), 2), randomized(_TokenInEmbeddings(), 1)
-    x = torch.randn(2, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    weights = harness.map_weights(candidate, reference, x)
-    weights.transfer(reference, candidate)
-    with torch.no_grad():
-        candidate.embeddings.token[0, 0, 3] += 0.01
+    candidate, reference, x, weights = _token_changed()
     report = harness.compare(candidate, reference, x, weights=weights)
     assert report.culprit == "embeddings" and report.diagnosis and report.diagnosis[0]["text"].startswith(
         "embeddings: token holds other values than the reference's cls_token"), report.format()
