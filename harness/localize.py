@@ -410,31 +410,34 @@ def _rerun_input_choices(cand: Record, ref: Record, tol: Tolerance | None = None
     refs = list(ref.inputs.values())
     if not refs:
         return
+    options: dict[int, list[Adapter]] = {}  # per candidate tensor, its layouts: searched once
     for choice in range(_LAYOUT_TRIES if tol is not None else 1):
         try:
-            translate = _translator(refs, choice, tol)
+            translate = _translator(refs, choice, tol, options)
             yield map_tensors(cand.args, translate), map_tensors(cand.kwargs, translate)
         except LookupError:
             return
 
 
-def _translator(refs: list[torch.Tensor], choice: int, tol: Tolerance | None) -> Callable[[torch.Tensor], torch.Tensor]:
+def _translator(refs: list[torch.Tensor], choice: int, tol: Tolerance | None,
+                options: dict[int, list[Adapter]]) -> Callable[[torch.Tensor], torch.Tensor]:
     """A candidate input -> the reference input standing for it, in the ``choice``-th layout that
-    fits (LookupError when there is none, or no such choice; see :func:`_rerun_input_choices`)."""
+    fits (LookupError when there is none, or no such choice; see :func:`_rerun_input_choices`);
+    ``options`` keeps each tensor's layouts from choice to choice."""
     def translate(t: torch.Tensor) -> torch.Tensor:
         same = [r for r in refs if tuple(r.shape) == tuple(t.shape)]
         if same:
             return same[0].to(dtype=t.dtype) if t.is_floating_point() else same[0]
         sized = [r for r in refs if r.numel() == t.numel() and r.numel() > 0]
-        closest = find_adapter(sized[0], t) if sized else None
-        if closest is None:
+        if id(t) not in options:
+            closest = find_adapter(sized[0], t) if sized else None
+            options[id(t)] = [closest] if closest is not None else []
+        found = options[id(t)]
+        if choice and len(found) == 1 and not measure(found[0].apply(sized[0]), t).passes(tol):
+            found += [a for a in layouts(sized[0], tuple(t.shape), _LAYOUT_TRIES) if a.description != found[0].description]
+        if choice >= len(found):
             raise LookupError(t.shape)
-        options = [closest]
-        if choice and not measure(closest.apply(sized[0]), t).passes(tol):
-            options += [a for a in layouts(sized[0], tuple(t.shape), _LAYOUT_TRIES) if a.description != closest.description]
-        if choice >= len(options):
-            raise LookupError(t.shape)
-        return options[choice].apply(sized[0]).to(dtype=t.dtype)
+        return found[choice].apply(sized[0]).to(dtype=t.dtype)
 
     return translate
 
