@@ -642,29 +642,7 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
     # error (a shared ReLU after a dropped residual add); one that does not may have made it
     suspects += [r.match.candidate for r in inside if r.status == "tentative" and since < r.match.candidate.end < end
                  and not _guess_received(r, rerun)]
-    if suspects:
-        # a call without a twin (or with a wrong guess for one) that computes a value the reference
-        # computes too (a permute back to NCHW, a wrapper around twinned layers, the main branch
-        # of a block whose shortcut is missing) did its part right: the error is made later, in
-        # the outer module's own code
-        pool = reference if row is None else [r for r in reference if r is row.match.reference
-                                              or row.match.reference.contains(r)]
-        tol = row.tolerance if row is not None else None
-        suspects = [u for u in suspects if not _vouched(u, pool, tol)]
-    if suspects and row is not None:
-        # nor one whose value the reference computes without a module call of its own (a fused qkv
-        # sliced into q; a bias table read by an attention's own code): its ops run again to see
-        inner = _inner_values(row)
-        suspects = [u for u in suspects if not _holds_any(u.primary, inner, row.tolerance)]
-    if suspects:
-        # nor one handed a value the reference never computes: the error was made before it was
-        # called (an activation child after its norm's own code went wrong, a softmax child after
-        # the attention scaled its logits wrongly), by the code around it
-        pool = reference if row is None else [r for r in reference if r is row.match.reference
-                                              or row.match.reference.contains(r)]
-        known = [v for r in pool for v in (*r.inputs.values(), *r.outputs.values())]
-        known += _inner_values(row) if row is not None else []
-        suspects = [u for u in suspects if not _received_unknown(u, known, row.tolerance if row is not None else None)]
+    suspects = _uncleared(suspects, row, reference)
     if not suspects:
         if first_bad is None:
             return None
@@ -677,6 +655,32 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         return next((u for u in around if not _hands_on(u, first_bad)), None)
     # innermost: the earliest to complete; its untwinned parents completed later
     return min(suspects, key=lambda u: u.end)
+
+
+def _uncleared(suspects: list[Record], row: Row | None, reference: Sequence[Record]) -> list[Record]:
+    """The suspects that did not do their part right, judged against the reference calls inside
+    ``row``'s twin (all of them when None) and the values its ops compute."""
+    if not suspects:
+        return suspects
+    pool = reference if row is None else [r for r in reference if r is row.match.reference
+                                          or row.match.reference.contains(r)]
+    tol = row.tolerance if row is not None else None
+    # a call without a twin (or with a wrong guess for one) that computes a value the reference
+    # computes too (a permute back to NCHW, a wrapper around twinned layers, the main branch of a
+    # block whose shortcut is missing) did its part right: the error is made later, in the outer
+    # module's own code
+    suspects = [u for u in suspects if not _vouched(u, pool, tol)]
+    if not suspects:
+        return suspects
+    # nor one whose value the reference computes without a module call of its own (a fused qkv
+    # sliced into q; a bias table read by an attention's own code): its ops run again to see
+    inner = _inner_values(row) if row is not None else []
+    suspects = [u for u in suspects if not _holds_any(u.primary, inner, tol)]
+    # nor one handed a value the reference never computes: the error was made before it was
+    # called (an activation child after its norm's own code went wrong, a softmax child after the
+    # attention scaled its logits wrongly), by the code around it
+    known = [v for r in pool for v in (*r.inputs.values(), *r.outputs.values())] + inner
+    return [u for u in suspects if not _received_unknown(u, known, tol)]
 
 
 def _received_unknown(call: Record, known: Sequence[Any], tol: Tolerance | None) -> bool:
