@@ -367,12 +367,18 @@ def _inputs_state(cand: Record, ref: Record, tol: Tolerance) -> Literal["equal",
 
 
 def _rerunnable(cand: Record, ref: Record, patterns: Sequence[str] | None) -> bool:
+    """Whether the candidate's module may be re-run on its twin's inputs, and they can be given to it."""
+    return _may_rerun(cand, ref, patterns) and (patterns is not None or _rerun_inputs(cand, ref) is not None)
+
+
+def _may_rerun(cand: Record, ref: Record, patterns: Sequence[str] | None) -> bool:
+    """Whether the candidate's module may be re-run on its twin's inputs: it has one, the twin's
+    arguments were recorded, and ``patterns`` (the ``rerun`` option) names it when given.
+    :func:`_rerun_fails` answers None where the inputs cannot be given to it."""
     # the twin's recorded arguments are what a re-run needs (a fused twin has no module of its own)
     if cand.module is None or (ref.module is None and not (ref.args or ref.kwargs)):
         return False
-    if patterns is not None:
-        return any(re.search(p, cand.name) for p in patterns)
-    return _rerun_inputs(cand, ref) is not None
+    return patterns is None or any(re.search(p, cand.name) for p in patterns)
 
 
 def _same_structure(cand: Record, ref: Record) -> bool:
@@ -540,7 +546,7 @@ def localize_all(
                                f"pairings by shape alone, not evidence of an error")
         return found
     classify(failing, lambda r: _inputs_state(r.match.candidate, r.match.reference, r.tolerance),
-             lambda r: _rerun_fails(r) if _rerunnable(r.match.candidate, r.match.reference, rerun) else None)
+             lambda r: _rerun_fails(r) if _may_rerun(r.match.candidate, r.match.reference, rerun) else None)
     origins: list[tuple[int, str]] = []  # (completion position, candidate name)
     for row in (r for r in rows if r.status == "introduced"):
         origin = _untwinned_origin(row, rows, untwinned, reference, rerun)
@@ -700,7 +706,7 @@ def _guess_received(row: Row, rerun: Sequence[str] | None) -> bool:
     """Whether a failing guess gives its guessed twin's output from that twin's inputs (re-run once;
     the verdict is kept on the row)."""
     if row.guess_received is None:
-        row.guess_received = _rerunnable(row.match.candidate, row.match.reference, rerun) and _rerun_fails(row) is False
+        row.guess_received = _may_rerun(row.match.candidate, row.match.reference, rerun) and _rerun_fails(row) is False
     return row.guess_received
 
 
