@@ -20,6 +20,21 @@ import torch
 PARITY_DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.float64, id="float64")]
 
 
+def findings_text(findings: list[dict]) -> str:
+    """A diagnosis as a failure message reads it: one finding a line, with its kind."""
+    return "\n".join(f"{f['kind']} | {f['text']}" for f in findings) or "(no finding)"
+
+
+def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """Tokens ``(B, N, C)`` -> per head ``(B, heads, N, C / heads)``."""
+    return t.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+def merge_heads(t: torch.Tensor) -> torch.Tensor:
+    """Per head ``(B, heads, N, D)`` -> tokens ``(B, N, heads * D)``."""
+    return t.transpose(1, 2).flatten(2)
+
+
 def inject_forward(module: torch.nn.Module, forward: Callable[..., Any]) -> torch.nn.Module:
     """Replace ``module``'s forward by ``forward(self, ...)`` on this instance only: an injected bug
     that the comparison must localize (the class, and every other instance, stay correct)."""

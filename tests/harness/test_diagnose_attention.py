@@ -12,16 +12,9 @@ from torch import nn
 
 import harness
 from harness.diagnose import diagnose_modules
+from helpers import findings_text, merge_heads, split_heads
 
 DIM, HEADS, TOKENS = 8, 2, 5
-
-
-def _heads(t: torch.Tensor) -> torch.Tensor:
-    return t.unflatten(-1, (HEADS, -1)).transpose(1, 2)
-
-
-def _merge(t: torch.Tensor) -> torch.Tensor:
-    return t.transpose(1, 2).flatten(2)
 
 
 class Projections(nn.Module):
@@ -33,11 +26,11 @@ class Projections(nn.Module):
         self.scale = scale
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(_heads(p(x)) for p in (self.q_proj, self.k_proj, self.v_proj))
+        return tuple(split_heads(p(x), HEADS) for p in (self.q_proj, self.k_proj, self.v_proj))
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         q, k, v = self.qkv(x)
-        return self.out_proj(_merge(F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)))
+        return self.out_proj(merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)))
 
 
 class TorchMultihead(nn.Module):
@@ -62,10 +55,6 @@ def _multihead_pair(need_weights: bool) -> tuple[nn.Module, nn.Module]:
     return cand, ref
 
 
-def _texts(findings: list[dict]) -> str:
-    return "\n".join(f["text"] for f in findings) or "(no finding)"
-
-
 @pytest.mark.parametrize("need_weights", [False, True])
 def test_multihead_attention_weight_change_names_the_in_projection(need_weights):
     cand, ref = _multihead_pair(need_weights)
@@ -75,9 +64,9 @@ def test_multihead_attention_weight_change_names_the_in_projection(need_weights)
         cand.attn.in_proj_weight[DIM + 3, 1] *= 1.01  # a key projection weight
     findings = diagnose_modules(cand, ref, (x,), {})
     assert findings and "in_proj_weight holds other values than the reference's q_proj.weight+k_proj.weight" \
-        in findings[0]["text"], f"the changed projection weight is not named first:\n{_texts(findings)}"
+        in findings[0]["text"], f"the changed projection weight is not named first:\n{findings_text(findings)}"
     assert not any(f["kind"] == "missing_op" for f in findings), \
-        f"ops reported missing, where one fused call computes them:\n{_texts(findings)}"
+        f"ops reported missing, where one fused call computes them:\n{findings_text(findings)}"
 
 
 class TableBias(nn.Module):
@@ -90,7 +79,7 @@ class TableBias(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.attn.qkv(x)
-        return self.attn.out_proj(_merge(F.scaled_dot_product_attention(q, k, v, attn_mask=self.table)))
+        return self.attn.out_proj(merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=self.table)))
 
 
 def test_bias_passed_in_is_compared_by_value_with_a_bias_table_held_inside():
@@ -103,9 +92,9 @@ def test_bias_passed_in_is_compared_by_value_with_a_bias_table_held_inside():
     bias[0, 1, 2, 3] += 0.01
     findings = diagnose_modules(cand, ref, (x,), {}, candidate_inputs=((x, bias), {}))
     assert findings and findings[0]["argument"] == "attn_mask" and "holds other values" in findings[0]["text"], \
-        f"the changed bias is not named by its values:\n{_texts(findings)}"
+        f"the changed bias is not named by its values:\n{findings_text(findings)}"
     assert not any("missing" in f["text"] for f in findings), \
-        f"a bias passed in is reported missing:\n{_texts(findings)}"
+        f"a bias passed in is reported missing:\n{findings_text(findings)}"
 
 
 class WrittenOut(TableBias):
@@ -116,7 +105,7 @@ class WrittenOut(TableBias):
         scores = (q * (DIM // HEADS) ** -0.5) @ k.transpose(-2, -1)
         scores = scores + self.table
         scores = scores + mask
-        return self.attn.out_proj(_merge(scores.softmax(-1) @ v))
+        return self.attn.out_proj(merge_heads(scores.softmax(-1) @ v))
 
 
 def test_written_out_attention_with_two_masks_reads_as_one_fused_call():
@@ -130,7 +119,7 @@ def test_written_out_attention_with_two_masks_reads_as_one_fused_call():
     combined = ref.table.detach() + mask
     findings = diagnose_modules(cand, ref, (x, mask), {}, candidate_inputs=((x, combined), {}))
     assert [(f["argument"], f["candidate"]) for f in findings] == [("scale", 0.3)], \
-        f"the changed scale should be the only finding:\n{_texts(findings)}"
+        f"the changed scale should be the only finding:\n{findings_text(findings)}"
 
 
 class SplitBlock(nn.Module):
@@ -151,8 +140,8 @@ class FusedAttention(nn.Module):
         self.qkv, self.out_proj = nn.Linear(DIM, 3 * DIM), nn.Linear(DIM, DIM)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = (_heads(t) for t in F.linear(x, self.qkv.weight, self.qkv.bias).chunk(3, -1))
-        return self.out_proj(_merge(F.scaled_dot_product_attention(q, k, v)))
+        q, k, v = (split_heads(t, HEADS) for t in F.linear(x, self.qkv.weight, self.qkv.bias).chunk(3, -1))
+        return self.out_proj(merge_heads(F.scaled_dot_product_attention(q, k, v)))
 
 
 class FusedBlock(SplitBlock):

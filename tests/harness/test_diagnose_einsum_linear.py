@@ -9,10 +9,7 @@ from torch.nn import functional as F
 
 from harness.diagnose import diagnose_modules
 from port_toys import randomized, tokens
-
-
-def _texts(findings: list[dict]) -> str:
-    return "\n".join(f"{f['kind']} | {f['text']}" for f in findings)
+from helpers import findings_text
 
 
 def _ops(findings: list[dict]) -> list[dict]:
@@ -49,7 +46,7 @@ def _pair(equation: str, approximate: str) -> tuple[nn.Module, nn.Module]:
 def test_an_einsum_by_a_weight_plus_a_bias_is_a_linear_and_only_the_real_error_is_named(equation):
     candidate, reference = _pair(equation, "tanh")
     findings = _ops(diagnose_modules(candidate, reference, (tokens(),), {}, name="mlp"))
-    assert [(f["op"], f["argument"]) for f in findings] == [("gelu", "approximate")], _texts(findings)
+    assert [(f["op"], f["argument"]) for f in findings] == [("gelu", "approximate")], findings_text(findings)
 
 
 def test_a_changed_einsum_weight_is_named_without_a_bias_said_missing():
@@ -58,4 +55,4 @@ def test_a_changed_einsum_weight_is_named_without_a_bias_said_missing():
         candidate.w1[3, 4] += 0.1
     findings = _ops(diagnose_modules(candidate, reference, (tokens(),), {}, name="mlp"))
     assert len(findings) == 1 and findings[0]["text"].startswith(
-        "mlp: linear operand w1 holds other values than the reference's 0.weight"), _texts(findings)
+        "mlp: linear operand w1 holds other values than the reference's 0.weight"), findings_text(findings)

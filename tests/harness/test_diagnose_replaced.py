@@ -8,10 +8,7 @@ from torch.nn import functional as F
 
 import harness
 from port_toys import randomized
-
-
-def _texts(findings: list[dict]) -> str:
-    return "\n".join(f"{f['kind']} | {f['text']}" for f in findings)
+from helpers import findings_text
 
 
 class ConvHead(nn.Module):
@@ -53,7 +50,7 @@ def test_a_max_pool_for_an_average_pool_is_the_only_op_finding_before_a_head_spe
     report = harness.compare(candidate, reference, _images(), weights=weights)
     findings = [f for f in report.diagnosis if f["kind"] != "attribute"]
     assert [(f["kind"], f["candidate"], f["reference"]) for f in findings] == [
-        ("op", "adaptive_max_pool2d", "adaptive_avg_pool2d")], _texts(findings)
+        ("op", "adaptive_max_pool2d", "adaptive_avg_pool2d")], findings_text(findings)
 
 
 class WholeMapConv(nn.Module):
@@ -86,4 +83,4 @@ def test_a_changed_weight_of_a_linear_in_the_place_of_a_conv_is_named_not_the_li
     findings = [f for f in harness.compare(candidate, reference, x, weights=weights).diagnosis
                 if f["kind"] != "attribute"]
     assert [(f["kind"], f["argument"]) for f in findings] == [("argument", "weight")] and \
-        "holds other values" in findings[0]["text"], _texts(findings)
+        "holds other values" in findings[0]["text"], findings_text(findings)

@@ -8,10 +8,7 @@ from torch.nn import functional as F
 
 from harness.diagnose import diagnose_modules, record_ops
 from port_toys import feature_maps, randomized, tokens
-
-
-def _texts(findings: list[dict]) -> str:
-    return "\n".join(f"{f['kind']} | {f['text']}" for f in findings)
+from helpers import findings_text
 
 
 def _ops(findings: list[dict]) -> list[dict]:
@@ -49,7 +46,7 @@ def test_a_scale_applied_in_another_layout_is_named_when_its_values_differ():
     findings = diagnose_modules(candidate, reference, (feature_maps(),), {}, name="block")
     assert findings and findings[0]["text"].startswith(
         "block: mul operand layer_scale holds other values than the reference's gamma (max_abs difference"), \
-        _texts(findings)
+        findings_text(findings)
 
 
 def test_a_scale_applied_in_another_layout_with_the_same_values_is_no_finding():
@@ -67,7 +64,7 @@ def test_an_operand_stored_in_another_shape_is_compared_in_one_layout():
     findings = diagnose_modules(candidate, reference, (feature_maps(),), {}, name="block")
     assert findings and findings[0]["text"] == (
         "block: mul operand layer_scale holds other values than the reference's gamma (max_abs difference 5.000e-01)"), \
-        _texts(findings)
+        findings_text(findings)
 
 
 class MlpAsMatmul(nn.Module):
@@ -96,7 +93,7 @@ def _mlp_pair(approximate: str) -> tuple[nn.Module, nn.Module]:
 def test_a_matmul_by_a_weight_plus_a_bias_is_a_linear_and_no_finding():
     candidate, reference = _mlp_pair("tanh")
     findings = _ops(diagnose_modules(candidate, reference, (tokens(),), {}, name="mlp"))
-    assert [(f["op"], f["argument"]) for f in findings] == [("gelu", "approximate")], _texts(findings)
+    assert [(f["op"], f["argument"]) for f in findings] == [("gelu", "approximate")], findings_text(findings)
 
 
 def test_a_bias_added_after_a_matmul_is_named_as_the_linears_bias():
@@ -105,7 +102,7 @@ def test_a_bias_added_after_a_matmul_is_named_as_the_linears_bias():
         candidate.b2[0] += 0.1
     findings = diagnose_modules(candidate, reference, (tokens(),), {}, name="mlp")
     assert findings and findings[0]["text"].startswith(
-        "mlp: linear operand b2 holds other values than the reference's 2.bias"), _texts(findings)
+        "mlp: linear operand b2 holds other values than the reference's 2.bias"), findings_text(findings)
 
 
 class GlobalPool(nn.Module):
@@ -140,7 +137,7 @@ class PoolThenAct(nn.Module):
 def test_a_mean_that_drops_its_dims_is_no_finding_against_a_pool_that_keeps_them():
     findings = _ops(diagnose_modules(PoolThenAct(as_mean=False, approximate="tanh"), PoolThenAct(as_mean=True),
                                      (feature_maps(),), {}, name="head"))
-    assert [(f["op"], f["argument"]) for f in findings] == [("gelu", "approximate")], _texts(findings)
+    assert [(f["op"], f["argument"]) for f in findings] == [("gelu", "approximate")], findings_text(findings)
 
 
 class Lambda(nn.Module):
@@ -169,7 +166,7 @@ def test_an_equivalent_spelling_replaced_next_to_the_bug_is_no_finding():
     candidate = nn.Sequential(Lambda(_relu6), Lambda(_gelu_tanh)).double()
     reference = nn.Sequential(Lambda(_hardtanh6), Lambda(F.silu)).double()
     findings = _ops(diagnose_modules(candidate, reference, (tokens(),), {}, name="block"))
-    assert [f["module"] for f in findings] == ["block.1"], _texts(findings)
+    assert [f["module"] for f in findings] == ["block.1"], findings_text(findings)
 
 
 def test_a_module_after_the_bug_that_only_receives_its_error_is_not_blamed():
@@ -177,4 +174,4 @@ def test_a_module_after_the_bug_that_only_receives_its_error_is_not_blamed():
     reference = nn.Sequential(nn.Linear(16, 16), Lambda(F.silu), Lambda(_hardtanh6), nn.Linear(16, 16)).double()
     reference.load_state_dict(candidate.state_dict())
     findings = _ops(diagnose_modules(candidate, reference, (tokens(),), {}, name="block"))
-    assert [f["module"] for f in findings] == ["block.1"], _texts(findings)
+    assert [f["module"] for f in findings] == ["block.1"], findings_text(findings)

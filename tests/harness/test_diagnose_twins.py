@@ -13,20 +13,9 @@ from torch import nn
 
 import harness
 from harness.diagnose import culprit_diagnosis, diagnose_modules
+from helpers import findings_text, merge_heads, split_heads
 
 DIM, HEADS, TOKENS = 8, 2, 5
-
-
-def _texts(findings: list[dict]) -> str:
-    return "\n".join(f["text"] for f in findings) or "(no finding)"
-
-
-def _heads(t: torch.Tensor) -> torch.Tensor:
-    return t.unflatten(-1, (HEADS, -1)).transpose(1, 2)
-
-
-def _merge(t: torch.Tensor) -> torch.Tensor:
-    return t.transpose(1, 2).flatten(2)
 
 
 class Split(nn.Module):
@@ -38,8 +27,8 @@ class Split(nn.Module):
         self.scale = scale
 
     def forward(self, x: torch.Tensor, output_attentions: bool = False) -> torch.Tensor:
-        q, k, v = (_heads(p(x)) for p in (self.q_proj, self.k_proj, self.v_proj))
-        return self.out_proj(_merge(F.scaled_dot_product_attention(q, k, v, scale=self.scale)))
+        q, k, v = (split_heads(p(x), HEADS) for p in (self.q_proj, self.k_proj, self.v_proj))
+        return self.out_proj(merge_heads(F.scaled_dot_product_attention(q, k, v, scale=self.scale)))
 
 
 class Fused(nn.Module):
@@ -48,8 +37,8 @@ class Fused(nn.Module):
         self.qkv, self.proj = nn.Linear(DIM, 3 * DIM), nn.Linear(DIM, DIM)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = (_heads(t) for t in self.qkv(x).chunk(3, -1))
-        return self.proj(_merge(F.scaled_dot_product_attention(q, k, v)))
+        q, k, v = (split_heads(t, HEADS) for t in self.qkv(x).chunk(3, -1))
+        return self.proj(merge_heads(F.scaled_dot_product_attention(q, k, v)))
 
 
 class SplitBlock(nn.Module):
@@ -91,7 +80,7 @@ def test_a_second_bug_is_explained_though_its_inputs_carry_the_first():
     findings = harness.compare(cand, ref, x, weights=weights).diagnosis
     second = [f for f in findings if f["module"].startswith("1.")]
     assert any("scale 0.3 in the candidate" in f["text"] for f in second), \
-        f"the second block's changed scale is lost:\n{_texts(findings)}"
+        f"the second block's changed scale is lost:\n{findings_text(findings)}"
 
 
 def test_split_projections_pair_with_a_fused_one_through_their_weights_whatever_their_inputs():
@@ -102,7 +91,7 @@ def test_split_projections_pair_with_a_fused_one_through_their_weights_whatever_
     upstream = x + 1e-3 * torch.randn_like(x)  # the candidate's own input, an error from upstream in it
     findings = diagnose_modules(cand, ref, (x,), {}, candidate_inputs=((upstream,), {}))
     assert not any(f["kind"] in ("extra_op", "missing_op") for f in findings), \
-        f"the split projections are reported as ops the fused side lacks:\n{_texts(findings)}"
+        f"the split projections are reported as ops the fused side lacks:\n{findings_text(findings)}"
 
 
 class SelfAttention(nn.Module):
@@ -125,7 +114,7 @@ def test_one_tensor_passed_as_query_key_and_value_stays_one_in_the_rerun():
     x = torch.randn(2, TOKENS, DIM)
     findings = diagnose_modules(cand.attn, ref, (x,), {}, candidate_inputs=((x, x, x), {"need_weights": False}))
     assert findings and "out_proj.weight holds other values" in findings[0]["text"], \
-        f"the changed output projection is not named first:\n{_texts(findings)}"
+        f"the changed output projection is not named first:\n{findings_text(findings)}"
 
 
 class TablePositions(nn.Module):
@@ -162,7 +151,7 @@ def test_a_changed_position_table_is_an_operand_holding_other_values():
     findings = harness.compare(cand, ref, x, weights=weights).diagnosis
     text = findings[0]["text"] if findings else ""
     assert text.startswith("position_embedding") and "weight holds other values than the reference's pos_embed" \
-        in text, f"the changed table is not named by its values:\n{_texts(findings)}"
+        in text, f"the changed table is not named by its values:\n{findings_text(findings)}"
 
 
 class NormAct(nn.BatchNorm2d):
@@ -195,7 +184,7 @@ def test_a_norm_joined_with_its_activation_names_the_tensors_as_the_models_do(no
     with torch.no_grad():
         cand[1].running_var[2] += 0.1
     findings = harness.compare(cand, ref, x, weights=weights).diagnosis
-    texts = _texts(findings)
+    texts = findings_text(findings)
     assert "running_var" in texts and not any(part in texts for part in ("head", "tail")), \
         f"a tensor is named by a part name no model has:\n{texts}"
 
@@ -235,9 +224,9 @@ def test_an_op_missing_in_a_twin_of_another_name_is_found_on_the_candidate_modul
     findings = harness.compare(cand, ref, x, weights=weights).diagnosis
     modules = dict(cand.named_modules())
     assert findings and all(f["module"] in modules for f in findings), \
-        f"a finding names a module the candidate does not have:\n{_texts(findings)}"
-    assert "the reference's block.downsample.0 applies it" in _texts(findings), \
-        f"the reference's module running the missing op is not named:\n{_texts(findings)}"
+        f"a finding names a module the candidate does not have:\n{findings_text(findings)}"
+    assert "the reference's block.downsample.0 applies it" in findings_text(findings), \
+        f"the reference's module running the missing op is not named:\n{findings_text(findings)}"
 
 
 class Resized(nn.Module):
@@ -260,7 +249,7 @@ def test_an_argument_given_as_its_default_meaning_is_no_difference():
     findings = diagnose_modules(cand, ref, (torch.randn(1, DIM, 4, 6, dtype=torch.float64),), {})
     assert findings and findings[0]["argument"] == "antialias" and \
         not any(f["argument"] == "align_corners" for f in findings), \
-        f"align_corners None reads as False, antialias is the difference:\n{_texts(findings)}"
+        f"align_corners None reads as False, antialias is the difference:\n{findings_text(findings)}"
 
 
 class WindowAttention(nn.Module):
@@ -272,12 +261,12 @@ class WindowAttention(nn.Module):
 
     def forward(self, windows: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         q, k, v = self._qkv(windows)
-        return self._out(_merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)))
+        return self._out(merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)))
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if isinstance(self.inner, Fused):
-            return tuple(_heads(t) for t in self.inner.qkv(x).chunk(3, -1))
-        return tuple(_heads(p(x)) for p in (self.inner.q_proj, self.inner.k_proj, self.inner.v_proj))
+            return tuple(split_heads(t, HEADS) for t in self.inner.qkv(x).chunk(3, -1))
+        return tuple(split_heads(p(x), HEADS) for p in (self.inner.q_proj, self.inner.k_proj, self.inner.v_proj))
 
     def _out(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner.proj(x) if isinstance(self.inner, Fused) else self.inner.out_proj(x)
@@ -307,22 +296,22 @@ def test_a_block_that_drops_its_shift_names_the_missing_roll_not_its_projections
     cand.shift = 0
     findings = harness.compare(cand, ref, x, weights=weights).diagnosis
     assert findings and "roll" in findings[0]["text"] and not any(f["op"] == "linear" for f in findings), \
-        f"the dropped shift is not what the diagnosis names:\n{_texts(findings)}"
+        f"the dropped shift is not what the diagnosis names:\n{findings_text(findings)}"
 
 
 class Explicit(Fused):
     """``softmax(q * scale @ k^T) @ v`` written out."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = (_heads(t) for t in self.qkv(x).chunk(3, -1))
+        q, k, v = (split_heads(t, HEADS) for t in self.qkv(x).chunk(3, -1))
         scores = (q * (DIM // HEADS) ** -0.5) @ k.transpose(-2, -1)
-        return self.proj(_merge(scores.softmax(-1) @ v))
+        return self.proj(merge_heads(scores.softmax(-1) @ v))
 
 
 class SwappedFused(Fused):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = (_heads(t) for t in self.qkv(x).chunk(3, -1))
-        return self.proj(_merge(F.scaled_dot_product_attention(k, q, v)))
+        q, k, v = (split_heads(t, HEADS) for t in self.qkv(x).chunk(3, -1))
+        return self.proj(merge_heads(F.scaled_dot_product_attention(k, q, v)))
 
 
 def test_query_and_key_swapped_against_a_written_out_attention_are_operands_in_another_order():
@@ -331,7 +320,7 @@ def test_query_and_key_swapped_against_a_written_out_attention_are_operands_in_a
     cand.load_state_dict(ref.state_dict())
     findings = diagnose_modules(cand, ref, (torch.randn(2, TOKENS, DIM, dtype=torch.float64),), {})
     assert findings and "operand query holds the reference's key" in findings[0]["text"], \
-        f"the swapped operands are not named:\n{_texts(findings)}"
+        f"the swapped operands are not named:\n{findings_text(findings)}"
 
 
 class Tokens(nn.Module):
@@ -376,4 +365,4 @@ def test_a_culprit_without_any_twin_names_the_tensor_it_holds_otherwise():
         cand.embeddings.token[0, 0, 3] += 0.01
     findings = culprit_diagnosis([], "embeddings", root=ref, weights=weights, candidate=cand)
     assert findings and "token holds other values than the reference's cls_token" in findings[0]["text"], \
-        f"the changed token is not named:\n{_texts(findings)}"
+        f"the changed token is not named:\n{findings_text(findings)}"

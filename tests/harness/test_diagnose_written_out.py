@@ -10,10 +10,7 @@ from torch.nn import functional as F
 
 from harness.diagnose import diagnose_modules
 from port_toys import feature_maps, images, randomized, tokens
-
-
-def _texts(findings: list[dict]) -> str:
-    return "\n".join(f"{f['kind']} | {f['text']}" for f in findings)
+from helpers import findings_text
 
 
 def _ops(findings: list[dict]) -> list[dict]:
@@ -64,7 +61,7 @@ def test_a_bias_added_after_the_residual_sum_is_the_linear_layers_bias(residual_
     candidate, reference = residual_pair
     candidate.approximate = "tanh"
     findings = _ops(diagnose_modules(candidate, reference, (tokens(),), {}))
-    assert [(f["op"], f["argument"]) for f in findings] == [("gelu", "approximate")], _texts(findings)
+    assert [(f["op"], f["argument"]) for f in findings] == [("gelu", "approximate")], findings_text(findings)
 
 
 def test_a_weight_before_a_bias_added_after_the_residual_sum_is_named(residual_pair):
@@ -73,7 +70,7 @@ def test_a_weight_before_a_bias_added_after_the_residual_sum_is_named(residual_p
         candidate.w2[1, 2] += 0.05
     findings = _ops(diagnose_modules(candidate, reference, (tokens(),), {}))
     assert len(findings) == 1 and findings[0]["text"].startswith(
-        "<root>: linear operand w2 holds other values than the reference's fc2.weight"), _texts(findings)
+        "<root>: linear operand w2 holds other values than the reference's fc2.weight"), findings_text(findings)
 
 
 # -- token mixing as an einsum over the token axis ---------------------------------------------
@@ -126,14 +123,14 @@ def _token_pair(n: int, equations: tuple[str, str] = _TOKEN_MIXING, **bug):
 def test_a_token_mixing_einsum_plus_a_bias_on_the_token_axis_is_a_linear(equations):
     candidate, reference = _token_pair(5, equations, approximate="tanh")
     findings = _ops(diagnose_modules(candidate, reference, (tokens(),), {}))
-    assert [(f["op"], f["argument"]) for f in findings] == [("gelu", "approximate")], _texts(findings)
+    assert [(f["op"], f["argument"]) for f in findings] == [("gelu", "approximate")], findings_text(findings)
 
 
 def test_a_token_mixing_einsum_over_as_many_tokens_as_channels_agrees_in_the_transposed_layout():
     candidate, reference = _token_pair(16, eps_out=1e-5)  # its outputs (B, N, C) against (B, C, N): one shape
     x = torch.randn(2, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     findings = _ops(diagnose_modules(candidate, reference, (x,), {}))
-    assert [(f["op"], f["argument"]) for f in findings] == [("layer_norm", "eps")], _texts(findings)
+    assert [(f["op"], f["argument"]) for f in findings] == [("layer_norm", "eps")], findings_text(findings)
 
 
 # -- a batch norm written as arithmetic ---------------------------------------------------------
@@ -171,7 +168,7 @@ def test_a_batch_norm_written_as_arithmetic_names_the_constant_added_to_the_vari
     candidate, reference = _batch_norm_pair(spelling, eps=1e-3)
     findings = _ops(diagnose_modules(candidate, reference, (feature_maps(),), {}, name="bn"))
     assert [f["text"] for f in findings] == ["bn: batch_norm eps 0.001 in the candidate, 1e-05 in the reference"], \
-        _texts(findings)
+        findings_text(findings)
 
 
 def test_a_batch_norm_written_as_arithmetic_names_a_mean_holding_other_values():
@@ -179,14 +176,14 @@ def test_a_batch_norm_written_as_arithmetic_names_a_mean_holding_other_values():
     candidate.mean[2] += 0.1
     findings = _ops(diagnose_modules(candidate, reference, (feature_maps(),), {}, name="bn"))
     assert len(findings) == 1 and findings[0]["text"].startswith(
-        "bn: batch_norm operand mean holds other values than the reference's running_mean"), _texts(findings)
+        "bn: batch_norm operand mean holds other values than the reference's running_mean"), findings_text(findings)
 
 
 def test_a_batch_norm_written_as_arithmetic_that_divides_by_the_variance_says_so():
     candidate, reference = _batch_norm_pair("no_sqrt")
     findings = _ops(diagnose_modules(candidate, reference, (feature_maps(),), {}, name="bn"))
     assert [f["text"] for f in findings] == [
-        "bn: batch_norm divides_by 'var + eps' in the candidate, 'sqrt(var + eps)' in the reference"], _texts(findings)
+        "bn: batch_norm divides_by 'var + eps' in the candidate, 'sqrt(var + eps)' in the reference"], findings_text(findings)
 
 
 # -- a patch embedding written as unfold and a product ------------------------------------------
@@ -230,7 +227,7 @@ def test_a_patch_embedding_written_as_unfold_and_a_product_is_a_convolution_whos
         candidate.w[5, 3] += 0.05
     findings = _ops(diagnose_modules(candidate, reference, (images(),), {}))
     assert len(findings) == 1 and findings[0]["text"].startswith(
-        "<root>: conv2d operand w holds other values than the reference's proj.weight"), _texts(findings)
+        "<root>: conv2d operand w holds other values than the reference's proj.weight"), findings_text(findings)
 
 
 def test_the_tokens_of_an_unfold_patch_embedding_need_no_flattening_of_a_map_to_be_compared():
@@ -238,7 +235,7 @@ def test_the_tokens_of_an_unfold_patch_embedding_need_no_flattening_of_a_map_to_
     candidate.pos_first = True  # the reference's flatten and transpose of its map are no difference: the cat is
     findings = _ops(diagnose_modules(candidate, reference, (images(),), {}))
     assert [f["text"] for f in findings] == [
-        "<root>: cat(dim=1) missing in the candidate before add; the reference applies it"], _texts(findings)
+        "<root>: cat(dim=1) missing in the candidate before add; the reference applies it"], findings_text(findings)
 
 
 def test_a_class_token_concatenated_with_the_patches_is_no_operand_of_the_add_after():
@@ -247,7 +244,7 @@ def test_a_class_token_concatenated_with_the_patches_is_no_operand_of_the_add_af
         candidate.pos[0, 2, 3] += 0.05
     findings = _ops(diagnose_modules(candidate, reference, (images(),), {}))
     assert len(findings) == 1 and findings[0]["text"].startswith(
-        "<root>: add operand pos holds other values than the reference's pos_embed"), _texts(findings)
+        "<root>: add operand pos holds other values than the reference's pos_embed"), findings_text(findings)
 
 
 # -- where an op of a port in one module sits ---------------------------------------------------
@@ -282,9 +279,9 @@ def two_norms_findings():
 
 def test_a_finding_on_an_op_of_a_port_in_one_module_names_the_reference_module_running_its_twin(two_norms_findings):
     assert len(two_norms_findings) == 1 and "its twin is the reference's norm2" in two_norms_findings[0]["text"], \
-        _texts(two_norms_findings)
+        findings_text(two_norms_findings)
 
 
 def test_a_finding_on_an_op_of_a_port_in_one_module_says_which_call_of_that_op_it_is(two_norms_findings):
     assert len(two_norms_findings) == 1 and "layer_norm call 2 of 2" in two_norms_findings[0]["text"], \
-        _texts(two_norms_findings)
+        findings_text(two_norms_findings)
