@@ -8,7 +8,8 @@ listing needs no model library; :func:`get_pair` imports a declared pair's modul
 
 Determinism: ``pair.build()`` seeds its own generator, builds the reference, re-draws every
 parameter from that generator (upstream inits such as a 1e-6 layer scale or zero biases would
-hide whole branches from a parity check), converts the reference state dict with the pair's pure
+hide whole branches from a parity check; the upstream initialization of the matrices this replaces
+is skipped, :mod:`harness.skip_init`), converts the reference state dict with the pair's pure
 ``convert`` function and loads it strictly into the candidate. The same call gives bitwise the
 same weights on both sides, every time.
 """
@@ -27,6 +28,7 @@ from harness import catalog
 from harness.checks import check_type, type_error
 from harness.metrics import Tolerance
 from harness.options import PAIR_OPTIONS, CompareOptions
+from harness.skip_init import build_without_overwritten_init
 from harness.trace import flatten_tensors, map_tensors
 
 __all__ = ["Call", "Pair", "as_call", "as_pair", "register", "get_pair", "list_pairs", "randomize_",
@@ -190,13 +192,15 @@ class Pair:
         return candidate.to(device=device, dtype=dtype).eval(), reference
 
     def _reference(self) -> nn.Module:
-        generator = torch.Generator().manual_seed(self.seed)
+        if not self.randomize:
+            return self._construct_reference()
+        redraw = lambda model: (self.randomize_fn or randomize_)(model, torch.Generator().manual_seed(self.seed))
+        return build_without_overwritten_init(self.name, self._construct_reference, redraw)
+
+    def _construct_reference(self) -> nn.Module:
         with torch.random.fork_rng(devices=[]):  # upstream constructors draw from the global RNG
             torch.manual_seed(self.seed)
-            reference = self.reference()
-        if self.randomize:
-            (self.randomize_fn or randomize_)(reference, generator)
-        return reference
+            return self.reference()
 
     def inputs(self, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Call:
         """Seeded, deterministic inputs; floating tensors cast to ``dtype``."""
