@@ -9,12 +9,13 @@ they must agree with a float64 computation whatever the layout.
 from __future__ import annotations
 
 import math
+import resource
 
 import pytest
 import torch
 from torch import nn
 
-from harness import Tracer
+from harness import Tracer, trace
 from harness.trace import TensorSummary
 
 
@@ -154,3 +155,47 @@ def test_a_comparison_keeps_the_layers_that_agree_bitwise_once():
     shared = {row.candidate for row in report.rows
               if all(t is row.match.candidate.outputs[k] for k, t in row.match.reference.outputs.items())}
     assert shared == {"0", "1", "2"}, f"kept once: {sorted(shared)}"
+
+
+
+def _minor_faults(run) -> int:
+    """Pages the kernel mapped (minor faults) while ``run()`` ran."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    run()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def _traced(model: nn.Module, x: torch.Tensor) -> Tracer:
+    with torch.no_grad(), Tracer(model, mode="full") as tracer:
+        model(x)
+    return tracer
+
+
+@pytest.fixture
+def arena_for_all(monkeypatch):
+    """Every copy in arena blocks (of the usual size, mapped as they are written), so that the
+    forward's own small tensors come from memory ``malloc`` mapped before and the pages written
+    are the copies'."""
+    monkeypatch.setattr(trace._Arena, "SMALLEST", 0)
+    trace._SPARE_BLOCKS.clear()
+    yield
+    trace._SPARE_BLOCKS.clear()
+
+
+def test_a_trace_writes_its_copies_into_pages_a_dropped_trace_had_mapped(arena_for_all):
+    model, x = nn.Sequential(*(nn.Linear(96, 96) for _ in range(16))).eval(), torch.randn(256, 96)
+    _traced(model, x)
+    pages = sum(r.outputs[""].nbytes for r in _traced(model, x).records) // 4096
+    faults = min(_minor_faults(lambda: _traced(model, x)) for _ in range(3))
+    assert faults < pages // 4, f"a trace copying {pages} pages of outputs mapped {faults} new pages"
+
+
+def test_a_block_holding_copies_of_a_live_trace_is_never_written_by_another(arena_for_all):
+    model, x = nn.Sequential(nn.Linear(96, 96), nn.Linear(96, 96)).eval(), torch.randn(256, 96)
+    first = _traced(model, x)
+    kept = {r.key: r.outputs[""].clone() for r in first.records}
+    second = _traced(model, 2 * x)
+    blocks = [{r.outputs[""].untyped_storage().data_ptr() for r in t.records} for t in (first, second)]
+    assert not blocks[0] & blocks[1], "two live traces share an arena block"
+    changed = [key for key, value in kept.items() if not torch.equal(first.by_key()[key].outputs[""], value)]
+    assert not changed, f"copies of the first trace changed while the second traced: {changed}"
