@@ -233,7 +233,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
         rows, found.introduced, root=reference if replay is None else None, weights=weights, candidate=candidate)
     if not passed:
         annotate_mismatches(rows, final, outputs, tol)
-        found = _blamed_parts(found, rows, diagnosis)
+        found, rows = _blamed_parts(found, rows, diagnosis)
     notes += ([noise.note] if noise.note else []) + float64_hint(pair_name, name, passed, found.culprit, rows)
     first_divergence, culprit = found.first_divergence, found.culprit
     release()
@@ -282,22 +282,27 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
     )
 
 
-def _blamed_parts(found: Localization, rows: list[Row], diagnosis: list[dict]) -> Localization:
+def _blamed_parts(found: Localization, rows: list[Row], diagnosis: list[dict]) -> tuple[Localization, list[Row]]:
     """An origin that is two calls run as one (a BatchNorm joined with the activation module after
     it, to pair with a norm that applies its activation inside) is named by the part its
-    diagnosis blames, when every finding about the pair blames that one part."""
+    diagnosis blames, when every finding about the pair blames that one part; its row is named
+    after the call it measures, its second part's (the pair's output is that call's)."""
     renamed: dict[str, str] = {}
-    for origin in found.introduced:
-        row = next((r for r in rows if r.candidate == origin and not r.passed), None)
-        parts = getattr(row.match.candidate.module, "scope_names", None) if row is not None else None
+    for at, row in enumerate(rows):
+        if row.passed or row.candidate not in found.introduced:
+            continue
+        chain = row.match.candidate.module
+        parts = getattr(chain, "scope_names", None)
         blamed = {f["module"] for f in diagnosis if parts and f["module"] in parts.values()}
         if parts and blamed == {parts["tail"]}:
-            renamed[origin] = parts["tail"]
+            renamed[row.candidate] = parts["tail"]
+            tail = replace(row.match.candidate, name=parts["tail"], call=int(chain.tail_key.rsplit("#", 1)[1]))
+            rows[at] = replace(row, match=replace(row.match, candidate=tail))
     if not renamed:
-        return found
+        return found, rows
     return replace(found, culprit=renamed.get(found.culprit, found.culprit),
                    first_divergence=renamed.get(found.first_divergence, found.first_divergence),
-                   introduced=[renamed.get(name, name) for name in found.introduced])
+                   introduced=[renamed.get(name, name) for name in found.introduced]), rows
 
 
 def _spill_notes(spill: Any, *traces: Any) -> list[str]:

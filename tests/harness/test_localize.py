@@ -413,16 +413,27 @@ def test_a_projection_twinned_with_a_slice_of_a_fused_one_is_re_run_on_its_input
         [(r.candidate, r.reference, r.status, r.reran) for r in sliced]
 
 
-def test_the_first_divergence_of_a_norm_joined_with_its_activation_is_the_part_blamed():
-    # the candidate's norm and activation are joined to pair with a norm applying it inside
+def _activation_swapped_after_a_joined_norm() -> harness.ParityReport:
+    """The candidate's norm and activation (joined to pair with a norm applying it inside), the
+    activation a SiLU where the reference applies a ReLU."""
     candidate = randomized(nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU()), 1)
     reference = randomized(nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), _NormAct()), 2)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     weights = harness.map_weights(candidate, reference, x)
     weights.transfer(reference, candidate)
     candidate[2] = nn.SiLU()
-    report = harness.compare(candidate, reference, x, weights=weights)
+    return harness.compare(candidate, reference, x, weights=weights)
+
+
+def test_the_first_divergence_of_a_norm_joined_with_its_activation_is_the_part_blamed():
+    report = _activation_swapped_after_a_joined_norm()
     assert (report.culprit, report.first_divergence) == ("2", "2"), report.format()
+
+
+def test_the_row_of_a_norm_joined_with_its_activation_is_named_after_the_part_blamed():
+    report = _activation_swapped_after_a_joined_norm()
+    introduced = [(r.candidate, r.reference) for r in report.rows if r.status == "introduced"]
+    assert introduced == [("2", "1")], f"the table blames other rows than the culprit 2:\n{report.format()}"
 
 
 class _BranchBlock(nn.Module):
