@@ -8,15 +8,17 @@ adapter that brings the candidate's tensor into the reference's shape:
 
 1. reshape alone (squeeze, unsqueeze, flatten, unflatten: row-major order kept);
 2. a permutation of the candidate's dims, then a reshape (NCHW -> NHWC, ``(B, C, H*W)`` ->
-   ``(B, H*W, C)``);
+   ``(B, H*W, C)``); only permutations keeping any two axes of one size in their order, or moving
+   the channel axis to the end or back (a square map's H and W are never exchanged);
 3. the same with the roles swapped: the reference permuted and reshaped into the candidate's
    shape, the inverse applied to the candidate;
 4. window partition or reverse for window sizes that fit, with and without a cyclic shift of
    half a window;
 5. twins of one shape whose plain comparison fails and whose inputs agree only through such a
-   permutation: the permutations that keep the shape (NHWC against NCHW when C == H == W); one
-   that passes is taken. A module given the reference's layout that returns a permuted one (a
-   transpose of H and W) still fails.
+   permutation: the permutations of 2. that keep the shape (NHWC against NCHW when
+   C == H == W); one that passes is taken. A module
+   given the reference's layout that returns a permuted one, and a map whose H and W were
+   exchanged (on a square grid they keep the shape), still fail.
 
 Among the adapters whose shapes fit, the one giving the smallest error is kept; the verdict on the
 row is then made on the adapted tensor as on any other, and the adapter is shown in the row. The
@@ -113,7 +115,7 @@ def _candidates(cand_shape: tuple[int, ...], ref_shape: tuple[int, ...]) -> Iter
     nd = len(cand_shape)
     if nd <= 6:
         for dims in permutations(range(nd)):
-            if list(dims) == sorted(dims):
+            if list(dims) == sorted(dims) or not _convention(cand_shape, dims):
                 continue
             shape = tuple(cand_shape[d] for d in dims)
             if shape == ref_shape:
@@ -124,7 +126,7 @@ def _candidates(cand_shape: tuple[int, ...], ref_shape: tuple[int, ...]) -> Iter
     nr = len(ref_shape)
     if nr <= 6:
         for dims in permutations(range(nr)):
-            if list(dims) == sorted(dims):
+            if list(dims) == sorted(dims) or not _convention(ref_shape, dims):
                 continue
             shape = tuple(ref_shape[d] for d in dims)
             if shape == cand_shape:
@@ -173,10 +175,27 @@ def _window_adapters(cand: tuple[int, ...], ref: tuple[int, ...]) -> Iterator[Ad
 
 
 def _shape_keeping(shape: tuple[int, ...]) -> Iterator[Adapter]:
-    """Permutations that leave ``shape`` as it is (NHWC against NCHW when C == H == W)."""
+    """Permutations that leave ``shape`` as it is and are a layout convention (:func:`_convention`:
+    NHWC against NCHW when C == H == W)."""
     # lexicographic, not the kernel layouts first: of adapters with equal errors the first is kept
     for dims in sorted(shape_permutations(shape, shape)):
-        yield Adapter(_perm_text(dims), lambda t, dims=dims: t.permute(*dims))
+        if _convention(shape, dims):
+            yield Adapter(_perm_text(dims), lambda t, dims=dims: t.permute(*dims))
+
+
+def _convention(shape: Sequence[int], dims: Sequence[int]) -> bool:
+    """Whether permuting ``shape`` by ``dims`` is a layout convention: it keeps every two axes of
+    one size in their order, or it only moves the axis after the batch to the end or back (the
+    channels; a matrix: its transpose).
+
+    Conventions differ by where the channels go and how heads and tokens are grouped; none
+    exchanges two other axes of one size. Such a permutation (H and W of a square map) would make
+    a transposed map, a real error, agree with the reference."""
+    n, dims = len(dims), tuple(dims)
+    if n == 2 or dims in ((0, *range(2, n), 1), (0, n - 1, *range(1, n - 1))):
+        return True
+    place = {axis: i for i, axis in enumerate(dims)}
+    return all(shape[a] != shape[b] or place[a] < place[b] for a in range(n) for b in range(a + 1, n))
 
 
 def find_adapter(candidate: torch.Tensor, reference: torch.Tensor, *, same_shape: bool = False,

@@ -10,7 +10,7 @@ import torch
 import harness
 from harness.adapters import find_adapter
 from helpers import inject_forward
-from port_toys import (ChannelsFirstPool, ChannelsLastNet, ChannelsLastPool, ConvNet, ConvNormActFused, ConvNormActStack, ConvNormFunctionalAct, FunctionalConvBlock, FusedBlock, SequentialConvBlock, SharedReluBlock,
+from port_toys import (ChannelsFirstPool, ChannelsLastNet, ChannelsLastPool, ConvNet, ConvNormActFused, ConvNormActStack, ConvNormFunctionalAct, FunctionalConvBlock, FusedBlock, Permute, SequentialConvBlock, SharedReluBlock,
                        SplitBlock, TwoReluBlock, feature_maps, images, randomized, tokens)
 
 
@@ -125,6 +125,13 @@ def test_a_layer_scale_dropped_in_a_block_with_untwinned_permutes_is_blamed_on_t
     # the Permute modules have no twin but compute what the reference computes: they are not the origin
     assert (report.culprit, report.introduced) == ("1", ["1"]), report.format()
     assert report.diagnosis[0]["kind"] == "missing_op" and report.diagnosis[0]["op"] == "mul", report.diagnosis
+
+
+def test_a_permute_exchanging_h_and_w_of_a_square_map_is_the_culprit():
+    candidate, reference, weights = _two_blocks(SequentialConvBlock, FunctionalConvBlock)
+    candidate[1].block[1] = Permute(0, 3, 2, 1)  # the permute back then leaves the map transposed
+    report = harness.compare(candidate, reference, feature_maps(), weights=weights)
+    assert (report.culprit, report.introduced) == ("1.block.1", ["1.block.1"]), report.format()
 
 
 def test_a_shared_activation_after_a_dropped_residual_is_not_the_culprit():
@@ -287,6 +294,13 @@ def test_find_adapter_recovers_common_layouts(make, description):
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
     adapter = find_adapter(x, make(x))
     assert adapter is not None and adapter.description == description and torch.equal(adapter.apply(x), make(x))
+
+
+@pytest.mark.parametrize("make", [lambda x: x.transpose(2, 3), lambda x: x.permute(0, 3, 2, 1)])
+def test_find_adapter_never_recovers_a_square_map_with_h_and_w_exchanged(make):
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    adapter = find_adapter(x, make(x), same_shape=True)
+    assert adapter is None or not torch.equal(adapter.apply(x), make(x)), adapter.description
 
 
 def test_find_adapter_recovers_shifted_windows():
