@@ -88,6 +88,7 @@ class Row(Aligned):
     passed_tolerance: bool | None = None
     rerun_judge: Any = field(default=None, repr=False)
     guess_received: bool | None = field(default=None, repr=False)  # a failing guess re-run: it received the error
+    guess_reran: bool = field(default=False, repr=False)  # ... or it still failed, given its guessed twin's inputs
     inner_values: list | None = field(default=None, repr=False)  # the twin's values op by op (_inner_values)
     # the parameter-free call ending the candidate's module that its twin leaves to its caller
     # (drop_trailing_ops): a re-run is measured at that call's input, as the row is
@@ -646,9 +647,13 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
     suspects = [u for u in untwinned if within(u) and since < u.end < end]
     # a failing guess that gives its guessed twin's output from that twin's inputs received the
     # error (a shared ReLU after a dropped residual add); one that does not may have made it
-    suspects += [r.match.candidate for r in inside if r.status == "tentative" and since < r.match.candidate.end < end
-                 and not _guess_received(r, rerun)]
-    suspects = _uncleared(suspects, row, reference)
+    guesses = [r for r in inside if r.status == "tentative" and since < r.match.candidate.end < end
+               and not _guess_received(r, rerun)]
+    suspects += [r.match.candidate for r in guesses]
+    # a guess that still fails on its twin's own inputs is not vouched for by its twin's value (a
+    # tanh GELU within a float32 tolerance of the exact one it replaces)
+    disowned = {id(r.match.candidate): r.match.reference.primary for r in guesses if r.guess_reran}
+    suspects = _uncleared(suspects, row, reference, disowned)
     if not suspects:
         if first_bad is None:
             return None
@@ -663,30 +668,41 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
     return min(suspects, key=lambda u: u.end)
 
 
-def _uncleared(suspects: list[Record], row: Row | None, reference: Sequence[Record]) -> list[Record]:
+def _uncleared(suspects: list[Record], row: Row | None, reference: Sequence[Record],
+               disowned: dict[int, Any] | None = None) -> list[Record]:
     """The suspects that did not do their part right, judged against the reference calls inside
-    ``row``'s twin (all of them when None) and the values its ops compute."""
+    ``row``'s twin (all of them when None) and the values its ops compute. ``disowned``: by id of
+    a suspect, a value that does not vouch for it, nor does any other holding that value."""
     if not suspects:
         return suspects
     pool = reference if row is None else [r for r in reference if r is row.match.reference
                                           or row.match.reference.contains(r)]
     tol = row.tolerance if row is not None else None
+    disowned = disowned or {}
     # a call without a twin (or with a wrong guess for one) that computes a value the reference
     # computes too (a permute back to NCHW, a wrapper around twinned layers, the main branch of a
     # block whose shortcut is missing) did its part right: the error is made later, in the outer
     # module's own code
-    suspects = [u for u in suspects if not _vouched(u, pool, tol)]
+    outputs = [ref for record in pool for ref in record.outputs.values()]
+    suspects = [u for u in suspects if not _holds_any(u.primary, _apart(outputs, disowned.get(id(u)), tol), tol)]
     if not suspects:
         return suspects
     # nor one whose value the reference computes without a module call of its own (a fused qkv
     # sliced into q; a bias table read by an attention's own code): its ops run again to see
     inner = _inner_values(row) if row is not None else []
-    suspects = [u for u in suspects if not _holds_any(u.primary, inner, tol)]
+    suspects = [u for u in suspects if not _holds_any(u.primary, _apart(inner, disowned.get(id(u)), tol), tol)]
     # nor one handed a value the reference never computes: the error was made before it was
     # called (an activation child after its norm's own code went wrong, a softmax child after the
     # attention scaled its logits wrongly), by the code around it
     known = [v for r in pool for v in (*r.inputs.values(), *r.outputs.values())] + inner
     return [u for u in suspects if not _received_unknown(u, known, tol)]
+
+
+def _apart(values: Sequence[Any], disowned: Any, tol: Tolerance | None) -> Sequence[Any]:
+    """``values`` without those holding ``disowned``'s values (all of them when it is None)."""
+    if disowned is None:
+        return values
+    return [v for v in values if not _holds_any(v, [disowned], tol)]
 
 
 def _received_unknown(call: Record, known: Sequence[Any], tol: Tolerance | None) -> bool:
@@ -704,9 +720,10 @@ def _hands_on(container: Record, call: Record) -> bool:
 
 def _guess_received(row: Row, rerun: Sequence[str] | None) -> bool:
     """Whether a failing guess gives its guessed twin's output from that twin's inputs (re-run once;
-    the verdict is kept on the row)."""
+    the verdict is kept on the row, and whether the re-run ran, in ``guess_reran``)."""
     if row.guess_received is None:
-        row.guess_received = _may_rerun(row.match.candidate, row.match.reference, rerun) and _rerun_fails(row) is False
+        fails = _rerun_fails(row) if _may_rerun(row.match.candidate, row.match.reference, rerun) else None
+        row.guess_received, row.guess_reran = fails is False, fails is True
     return row.guess_received
 
 

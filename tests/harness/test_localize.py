@@ -1,5 +1,7 @@
 """Localization on toy pairs: an unmodified pair passes; injected bugs are named precisely."""
 
+from collections import OrderedDict
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -485,3 +487,43 @@ def test_a_changed_tensor_of_a_module_without_a_twin_is_explained_as_holding_oth
     report = harness.compare(candidate, reference, x, weights=weights)
     assert report.culprit == "embeddings" and report.diagnosis and report.diagnosis[0]["text"].startswith(
         "embeddings: token holds other values than the reference's cls_token"), report.format()
+
+
+class _MlpBlock(nn.Module):
+    """A pre-norm MLP block whose MLP is a container of its own; ``approximate`` its GELU's."""
+
+    def __init__(self, approximate: str = "none") -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(32)
+        self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(32, 128), act=nn.GELU(approximate=approximate),
+                                             fc2=nn.Linear(128, 32)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(self.norm(x))
+
+
+class _FlatMlpBlock(nn.Module):
+    """The same block with the MLP's layers its own children (no container to twin the MLP with)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ln, self.a, self.g, self.b = nn.LayerNorm(32), nn.Linear(32, 128), nn.GELU(), nn.Linear(128, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.b(self.g(self.a(self.ln(x))))
+
+
+def test_a_tanh_gelu_within_the_float32_tolerance_of_its_twin_is_still_the_culprit():
+    candidate = nn.Sequential(_MlpBlock(), _MlpBlock()).float()
+    reference = randomized(nn.Sequential(_FlatMlpBlock(), _FlatMlpBlock()), 2).float()
+    with torch.no_grad():
+        for block in reference:
+            block.ln.weight.mul_(4)  # pre-activations of a few units: the GELUs differ by 4.7e-4 at most
+    x = torch.randn(2, 49, 32, generator=torch.Generator().manual_seed(0))
+    weights = harness.map_weights(candidate, reference, x)
+    weights.transfer(reference, candidate)
+    candidate[1].mlp.act.approximate = "tanh"
+    report = harness.compare(candidate, reference, x, weights=weights)
+    act = next(r for r in report.rows if r.candidate == "1.mlp.act")
+    assert act.metrics.passes(act.tolerance), f"the GELUs now differ beyond the float32 tolerance: the test no longer tests\n{report.format()}"
+    assert report.culprit == "1.mlp.act", report.format()
