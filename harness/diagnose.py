@@ -61,7 +61,13 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    the first such op, where their inputs agree: another spelling of one operation (``relu6`` for
    ``hardtanh(0, 6)``) is none, and an op that only receives what a replaced op before it changed
    is no lead; nor are the unpaired ops after such a replacement (a head written as a 7x7 conv
-   against a flattening linear after a max pool that replaced an average pool).
+   against a flattening linear after a max pool that replaced an average pool). A run of ops in the
+   place of one reference op (a layer norm, a GELU, a softmax written out by hand) is that op where
+   it gives what the reference's call, re-run on the one activation the run receives, gives (the
+   ops after the part that does are extra); else the run is the finding, not its first op (the right
+   port writes it out too): what differs where its ops and arguments show it (an unbiased ``var``,
+   eps added outside the square root or another eps under it, the tanh formula of an erf GELU, a
+   softmax summed over another dim), and by how much it differs from the re-run op.
    The first pair whose output differs (float64 tolerance) is the divergence. It is explained by
    the pending missing / extra / different ops, its differing non-tensor arguments (not ``inplace``
    or ``keepdim``, which say only where or in what shape the result is written; a None an op reads
@@ -210,6 +216,9 @@ class Op:
     # sibling ops fused into this one: (scope, argument name -> parameter name, first row, end row)
     members: tuple[tuple[str, dict[str, str], int, int], ...] = ()
     features: int = -1  # a product by a weight (a token-mixing einsum): the output axis of its output features
+    # the call as made, its one activation input left open (:data:`_OPEN`): the reference's op is run
+    # again on what the candidate's hand-written version of it received
+    call: tuple[Callable, tuple, dict] | None = None
 
     @property
     def shape(self) -> tuple[int, ...] | None:
@@ -302,6 +311,7 @@ class OpRecorder(TorchFunctionMode):
         outs = [t for t in flatten_tensors(out).values()]
         if not outs:  # shape, dim(), item(): no tensor comes out, nothing to compare
             return
+        call = func, args, kwargs  # as made, before the spellings below rewrite the arguments
         if any(id(t) in self._roots and self._roots[id(t)] is t for t in outs):
             return  # an update of the module's own state (num_batches_tracked += 1), not computation
         name = canonical_name(func)
@@ -359,6 +369,7 @@ class OpRecorder(TorchFunctionMode):
             named_inputs={k: id(v) for k, v in tensors.items() if k not in params},
             input_ids=inputs, out_ids=[id(t) for t in outs], outputs=[t.detach().clone() for t in outs],
             scope=self._scope[-1] if self._scope else "", kind=kind, features=features,
+            call=_opened(*call, inputs[0]) if len(set(inputs)) == 1 and not tensor_lists else None,
         )
         self._alive.append(out)
         for i in op.out_ids:
@@ -398,6 +409,42 @@ class OpRecorder(TorchFunctionMode):
         """:meth:`value`, or the module's own input of that id."""
         found = self.value(tensor_id, before)
         return found if found is not None else self.given.get(tensor_id)
+
+
+_OPEN = object()  # the place of a recorded call's activation input
+
+
+def _opened(func: Callable, args: tuple, kwargs: dict, input_id: int) -> tuple[Callable, tuple, dict]:
+    """The call with its activation input left open; the parameters it passed are kept by reference
+    (a forward does not write them)."""
+    def open_input(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return _OPEN if id(v) == input_id else v
+        if isinstance(v, (tuple, list)) and not hasattr(v, "_fields"):
+            return type(v)(open_input(x) for x in v)
+        return {k: open_input(x) for k, x in v.items()} if isinstance(v, dict) else v
+    return func, open_input(args), open_input(kwargs)
+
+
+def _rerun(op: Op, x: torch.Tensor) -> torch.Tensor | None:
+    """``op``'s call made again on ``x`` in the place of its input, on copies (an in-place op or a batch
+    norm in training writes nothing recorded); None where it cannot be."""
+    if op.call is None:
+        return None
+
+    def fill(v: Any) -> Any:
+        if v is _OPEN or isinstance(v, torch.Tensor):
+            return (x if v is _OPEN else v).detach().clone()
+        if isinstance(v, (tuple, list)) and not hasattr(v, "_fields"):
+            return type(v)(fill(a) for a in v)
+        return {k: fill(a) for k, a in v.items()} if isinstance(v, dict) else v
+    func, args, kwargs = op.call
+    try:
+        with torch.no_grad():
+            out = func(*fill(args), **fill(kwargs))
+    except Exception:  # arguments of another dtype or device: no re-run, the recorded result is compared
+        return None
+    return next(iter(flatten_tensors(out).values()), None)
 
 
 def _einsum_linear(equation: Any, operands: list, parameters: dict[int, str]) -> tuple | None:
@@ -712,7 +759,8 @@ def _fold_linear(rec: OpRecorder, stream: list[Op]) -> list[Op]:
         if out and _adds_bias(op, out[-1]) and op.input_ids == out[-1].out_ids[:1] and _read_once(rec, out[-1], op):
             out[-1] = _with_bias(out[-1], op)
         elif len(out) > 1 and _adds_bias_after_sum(rec, op, out[-2], out[-1]):
-            out[-2:] = [_with_bias(out[-2], op, summed=False), replace(out[-1], out_ids=op.out_ids, outputs=op.outputs)]
+            total = replace(out[-1], out_ids=op.out_ids, outputs=op.outputs, call=None)
+            out[-2:] = [_with_bias(out[-2], op, summed=False), total]
         else:
             out.append(_as_linear(op) if _weight_product(op) else op)
     return out
@@ -735,7 +783,7 @@ def _as_linear(op: Op) -> Op:
     weight = op.params["other"]
     return replace(op, name="linear", args={"bias": None}, params={"weight": weight},
                    param_values={"weight": op.param_values["other"]}, operands={"weight": op.operands["other"].t()},
-                   named_inputs={"input": op.input_ids[0]})
+                   named_inputs={"input": op.input_ids[0]}, call=None)
 
 
 def _adds_bias(add: Op, product: Op) -> bool:
@@ -771,7 +819,7 @@ def _with_bias(product: Op, add: Op, *, summed: bool = True) -> Op:
     return replace(product, args={}, params={**product.params, "bias": add.params[key]},
                    param_values={**product.param_values, "bias": add.param_values[key]},
                    operands={**product.operands, "bias": passed.reshape(-1)}, spelling=f"{product.spelling} + bias",
-                   out_ids=add.out_ids if summed else product.out_ids, outputs=outputs)
+                   out_ids=add.out_ids if summed else product.out_ids, outputs=outputs, call=None)
 
 
 def _fold_patches(rec: OpRecorder, stream: list[Op]) -> list[Op]:
@@ -805,7 +853,7 @@ def _as_conv(rec: OpRecorder, unfold: Op, linear: Op) -> Op | None:
         return None  # the patches reordered before the product: not that convolution's weight
     return replace(linear, name="conv2d", spelling=f"unfold + {linear.spelling}", args=args,
                    operands={**linear.operands, "weight": kernel_weight}, input_ids=unfold.input_ids,
-                   named_inputs={"input": unfold.input_ids[0]}, outputs=[y], scope=unfold.scope, features=-1)
+                   named_inputs={"input": unfold.input_ids[0]}, outputs=[y], scope=unfold.scope, features=-1, call=None)
 
 
 def _patch_geometry(unfold: Op, x: torch.Tensor) -> tuple[dict[str, Any], tuple[int, int], list[int]]:
@@ -1541,6 +1589,153 @@ def _replaced_findings(module: str, cs: list[Op], rs: list[Op], j1: int, cand: _
     return found
 
 
+def _written_out(module: str, span: list[Op], rs: list[Op], j: int, cand: _Side, ref: _Side, tol: Tolerance,
+                 after_replaced: bool) -> tuple[int | None, list[dict]]:
+    """The candidate's run of ops ``span`` in the place of the reference's one op ``rs[j]`` (a layer
+    norm, a GELU, an attention written out): the reference's op is run again on the one activation
+    the run receives (else its recorded result stands: its inputs agree) and compared with the
+    run's results. Returns the length of the run's first part that computes it (the ops after it
+    are extra), or None and what says how the run differs from it: naming the run's first op as
+    the error would blame the substitution, which the right port has too. After a replaced op
+    (``after_replaced``) a run that cannot be re-run receives its error: no lead."""
+    r = rs[j]
+    expected, rerun = _reference_result(r, _span_input(cand.rec, span), ref)
+    for k in reversed(range(len(span))):
+        if _outputs_agree(span[k].outputs[:1], expected, tol):
+            return k + 1, []
+    if after_replaced and not rerun:
+        return None, []
+    where, seq = _scoped(module, span[0]), ", ".join(op.name for op in span)
+    basis = f"{_difference(span[-1].outputs[:1], expected)} from the reference's {r.name}{_call_args(r)}" \
+        + (" on the same input" if rerun else "")
+    place = _where(rs, j, replaced=True)
+    variants = [v for recognize in _VARIANTS.get(r.name, ()) for v in recognize(span, r, cand.rec)]
+    if not variants:
+        return None, [_finding(where, "op", r.name, None, seq, r.name,
+                               f"{where}: the candidate's hand-written sequence ({seq}) in place of {r.name}"
+                               f"{_call_args(r)} computes something else: {basis} ({place})")]
+    return None, [_finding(where, "op", r.name, argument, c_value, r_value, f"{where}: the candidate's hand-written "
+                           f"{r.name} {words} ({place}; written as {seq}; {basis})")
+                  for argument, c_value, r_value, words in variants]
+
+
+def _span_input(rec: OpRecorder, span: list[Op]) -> torch.Tensor | None:
+    """The one activation a run of ops reads from before it (through the layout ops inside it), or
+    None when it reads several: what a hand-written layer norm or GELU receives."""
+    start, inside = span[0].index, {op.index for op in span}
+    found: dict[tuple[int, int], torch.Tensor | None] = {}
+    todo = [(i, op.index) for op in span for i in op.input_ids]
+    while todo:
+        tensor_id, before = todo.pop()
+        source = rec.producer(tensor_id, before)
+        if source is None or source.index < start:
+            found[tensor_id, -1 if source is None else source.index] = rec.passed(tensor_id, before)
+        elif source.index not in inside:
+            todo += [(i, source.index) for i in source.input_ids]
+    return next(iter(found.values())) if len(found) == 1 else None
+
+
+def _reference_result(r: Op, x: torch.Tensor | None, ref: _Side) -> tuple[list[torch.Tensor], bool]:
+    """What the reference's op gives on ``x`` (re-run: True), or, where it cannot be re-run on it
+    (several inputs, another shape), its recorded result (False)."""
+    own = ref.rec.passed(r.input_ids[0], r.index) if len(set(r.input_ids)) == 1 else None
+    out = _rerun(r, x) if x is not None and own is not None and x.shape == own.shape else None
+    return ([out], True) if out is not None else (r.outputs[:1], False)
+
+
+def _call_args(op: Op) -> str:
+    """``(eps=1e-06)``: the arguments an op is called with, as written: those that are None or False
+    left out, a dim counted from the end (an attention's is none of its arguments)."""
+    ndim = op.outputs[0].ndim if op.outputs else 0
+    shown = {k: v - ndim if k == "dim" and _number(v) else v for k, v in op.args.items()
+             if v is not None and v is not False and not k.startswith("_")
+             and not (k == "dim" and op.name == "scaled_dot_product_attention")}
+    return "(" + ", ".join(f"{k}={_show(v)}" for k, v in shown.items()) + ")" if shown else ""
+
+
+# Known ways a hand-written op computes something else, by the reference op it stands for: each gives
+# (argument, the candidate's, the reference's, in words) read from the run's ops and arguments.
+def _variance_variant(span: list[Op], r: Op, rec: OpRecorder) -> list[tuple]:
+    """An unbiased variance (``x.var(-1)``: ``torch.var`` defaults to ``correction=1``) where a
+    norm divides by N."""
+    for op in span:
+        if op.name in ("var", "std", "var_mean", "std_mean") and (c := _correction(op)) != 0:
+            return [("correction", c, 0, f"uses an unbiased variance ({op.name} correction={_show(c)}) where "
+                                         f"{r.name} divides by N (correction=0)")]
+    return []
+
+
+def _correction(op: Op) -> Any:
+    """A variance's correction as ``torch.var`` reads its spellings: ``correction``, ``unbiased``
+    or a positional bool, 1 by default."""
+    if op.args.get("correction") is not None:
+        return op.args["correction"]
+    flags = [v for k, v in op.args.items() if k == "unbiased" or k.startswith("arg") and isinstance(v, bool)]
+    return int(bool(flags[0])) if flags else 1
+
+
+def _eps_variant(span: list[Op], r: Op, rec: OpRecorder) -> list[tuple]:
+    """A constant added to the square root of the variance (``sqrt(var) + eps``), or another one
+    added under it than the reference's ``eps``."""
+    eps, found = r.args.get("eps"), []
+    for op in span:
+        v = op.args.get("other")
+        if op.name != "add" or not _number(v) or len(op.input_ids) != 1:
+            continue
+        source = rec.producer(op.input_ids[0], op.index)
+        if source is not None and source.name in ("sqrt", "std"):
+            found.append(("eps", "outside the square root", "inside", f"adds eps outside the square root "
+                          f"({source.name}(var) + {v:g}) where {r.name} divides by sqrt(var + eps)"))
+        elif _number(eps) and not _same_value(float(v), float(eps)) and any(
+                o.name in ("sqrt", "rsqrt") and set(op.out_ids) & set(o.input_ids) for o in span):
+            found.append(("eps", v, eps, f"adds eps={v:g} under the square root where the reference's "
+                                         f"{r.name} has eps={eps:g}"))
+    return found
+
+
+def _gelu_variant(span: list[Op], r: Op, rec: OpRecorder) -> list[tuple]:
+    """The other GELU formula: tanh against erf, or the sigmoid approximation ``x * sigmoid(1.702 x)``."""
+    names, approximate = {op.name for op in span}, r.args.get("approximate", "none")
+    meant = "the exact erf GELU" if approximate == "none" else "the tanh approximation"
+    if approximate == "none" and "tanh" in names:
+        used = "tanh", "the tanh approximation"
+    elif approximate == "tanh" and "erf" in names:
+        used = "none", "the exact erf form"
+    elif "sigmoid" in names and not names & {"tanh", "erf"}:
+        used = "sigmoid", "the sigmoid approximation"
+    else:
+        return []
+    return [("approximate", used[0], approximate, f"uses {used[1]} where the reference applies {meant}")]
+
+
+def _softmax_dim_variant(span: list[Op], r: Op, rec: OpRecorder) -> list[tuple]:
+    """A softmax normalized over another dim than the reference's: the sum of one written out
+    (``e / e.sum(-2)``), or a softmax call an attention written out did not fold."""
+    if r.name == "scaled_dot_product_attention":
+        want, what = -1, "the keys (dim -1)"
+    elif isinstance(r.args.get("dim"), int) and r.outputs:
+        want = r.args["dim"] - r.outputs[0].ndim
+        what = f"dim {want}"
+    else:
+        return []
+    for op in span:
+        dim = op.args.get("dim")
+        x = rec.passed(op.input_ids[0], op.index) if op.input_ids else None
+        if op.name in ("sum", "softmax", "log_softmax") and _number(dim) and x is not None and dim - x.ndim != want:
+            return [("dim", dim - x.ndim, want, f"normalizes over dim {dim - x.ndim} where the reference "
+                                                f"normalizes over {what}")]
+    return []
+
+
+_NORM_VARIANTS = (_variance_variant, _eps_variant)
+_VARIANTS: dict[str, tuple[Callable[[list[Op], Op, OpRecorder], list[tuple]], ...]] = {
+    "layer_norm": _NORM_VARIANTS, "group_norm": _NORM_VARIANTS, "instance_norm": _NORM_VARIANTS,
+    "batch_norm": (_eps_variant,), "rms_norm": (_eps_variant,), "gelu": (_gelu_variant,),
+    "softmax": (_softmax_dim_variant,), "log_softmax": (_softmax_dim_variant,),
+    "scaled_dot_product_attention": (_softmax_dim_variant,),
+}
+
+
 def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_module: nn.Module,
                     root: nn.Module | None = None, expected: Expected | None = None, ref_name: str = "") -> list[dict]:
     """The findings that explain the first diverging op of two recorded op streams (``root``:
@@ -1554,6 +1749,13 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
     last_c, last_r, agreed = -1, -1, None  # recorder indices of the last agreeing pair, the pair
     for tag, i1, i2, j1, j2 in sm.get_opcodes():
         if tag != "equal":
+            if tag == "replace" and i2 - i1 > 1 and j2 - j1 == 1:  # one op written out: does it compute it?
+                done, found = _written_out(module, cs[i1:i2], rs, j1, cand, ref, tol,
+                                           any(f["kind"] == "op" for f in pending))
+                if done is None:
+                    pending += found
+                    continue
+                tag, i1, j1 = "insert", i1 + done, j2  # it does: what follows it is extra
             n = min(i2 - i1, j2 - j1) if tag == "replace" else 0
             pending += _replaced_findings(module, cs[i1:i1 + n], rs, j1, cand, ref, tol, operands)
             if any(f["kind"] == "op" for f in pending):
