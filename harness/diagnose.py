@@ -536,6 +536,8 @@ def _normalize(name: str, args: dict[str, Any], first: torch.Tensor | None, outs
         if k in _SPATIAL_ARGS and isinstance(v, int) and name.startswith("conv") and outs:
             v = (v,) * (outs[0].ndim - 2)
         out[k] = v
+    if name in _SEQUENCE_ARGUMENTS:
+        out = _one_sequence(name, out, ndim)
     if name == "reshape":
         out = {"shape": tuple(outs[0].shape)}  # -1 or explicit, view or reshape: the shape made
     if name == "index":
@@ -543,6 +545,21 @@ def _normalize(name: str, args: dict[str, Any], first: torch.Tensor | None, outs
     if name == "batch_norm":
         out["divides_by"] = "sqrt(var + eps)"  # what a batch norm written out may divide by otherwise
     return out
+
+
+# ops taking their sizes or dims one by one or as one sequence: the argument that holds them
+_SEQUENCE_ARGUMENTS = {"permute": "dims", "flip": "dims", "repeat": "repeats", "tile": "dims", "expand": "size"}
+
+
+def _one_sequence(name: str, args: dict[str, Any], ndim: int | None) -> dict[str, Any]:
+    """``x.permute(0, 2, 3, 1)``, ``x.permute((0, 2, 3, 1))`` and ``torch.permute(x, [0, 2, 3, 1])``
+    alike: the sizes or dims as one tuple under one name (dims non-negative), the input kept."""
+    key = _SEQUENCE_ARGUMENTS[name]
+    given = [args[k] for k in args if k == key or k.startswith("arg") and k != "arg0"]
+    values = tuple(given[0]) if len(given) == 1 and isinstance(given[0], tuple) else tuple(given)
+    if key == "dims" and ndim and all(isinstance(d, int) for d in values):
+        values = tuple(d % ndim for d in values)
+    return {**{k: v for k, v in args.items() if k == "arg0" or not (k == key or k.startswith("arg"))}, key: values}
 
 
 def _plain(v: Any) -> Any:

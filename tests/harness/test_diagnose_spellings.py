@@ -175,3 +175,21 @@ def test_a_module_after_the_bug_that_only_receives_its_error_is_not_blamed():
     reference.load_state_dict(candidate.state_dict())
     findings = _ops(diagnose_modules(candidate, reference, (tokens(),), {}, name="block"))
     assert [f["module"] for f in findings] == ["block.1"], findings_text(findings)
+
+
+class PermuteAs(nn.Module):
+    """A channels-last round trip whose first permute is given as ``spell`` spells it."""
+
+    def __init__(self, spell) -> None:
+        super().__init__()
+        self.norm, self.spell = nn.LayerNorm(8), spell
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.spell(x)).permute(0, 3, 1, 2)
+
+
+def test_permute_dims_given_one_by_one_or_as_a_list_are_one_argument():
+    candidate = randomized(PermuteAs(lambda x: torch.permute(x, [0, 3, 2, 1])), 1)  # H and W exchanged
+    reference = randomized(PermuteAs(lambda x: x.permute(0, 2, 3, 1)), 1)
+    texts = findings_text(_ops(diagnose_modules(candidate, reference, (feature_maps(),), {}, name="block")))
+    assert "permute dims (0, 3, 2, 1) in the candidate, (0, 2, 3, 1) in the reference" in texts, texts
