@@ -22,7 +22,7 @@ from harness.metrics import Metrics, Tolerance, dtype_name, measure, tolerance_f
 from harness.options import CompareOptions
 from harness.pairs import Call, Pair, as_call, as_pair
 from harness.report import ParityReport
-from harness.trace import Tracer, is_auto_spill, name_filter, output_leaves, spill_folder
+from harness.trace import ROOT, Record, TensorSummary, Tracer, is_auto_spill, name_filter, output_leaves, spill_folder
 from harness.tracefile import Replay, Trace
 from harness.weights import WeightMap, infer_map
 
@@ -61,6 +61,19 @@ def _outputs_in_reference_layout(final: list[tuple[str, torch.Tensor, torch.Tens
             a = adapter.apply(a)
         adapted.append((key, a, b))
     return adapted, notes
+
+
+def _select_root_outputs(final: list[tuple[str, torch.Tensor, torch.Tensor]], *sides: list[Record]) -> None:
+    """Each model's root call holds the outputs ``candidate_outputs=`` / ``reference_outputs=`` select,
+    by the keys the final comparison pairs them with: the ``<root>`` row then measures what the
+    verdict does, not the first tensor of a ``ModelOutput`` the other model does not return."""
+    for side, records in enumerate(sides):
+        root = next((r for r in reversed(records) if r.name == ROOT), None)
+        if root is None:
+            continue
+        summary = any(isinstance(v, TensorSummary) for v in root.outputs.values())
+        leaves = {key: (a if side == 0 else b).detach() for key, a, b in final}
+        root.outputs = {k: TensorSummary.of(v) if summary else v for k, v in leaves.items()}
 
 
 def _model_device(model: nn.Module) -> str:
@@ -177,6 +190,8 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
                         share=cand_trace, spill=o.spill) as ref_trace, ref_draws:
                 ref_out = guards.run_forward("reference", reference, ref_call, o.reference_call)
     final = _final_outputs(cand_out, ref_out, o.candidate_outputs, o.reference_outputs)
+    if o.candidate_outputs is not None or o.reference_outputs is not None:
+        _select_root_outputs(final, cand_trace.records, ref_trace.records)
     if final and all(a.numel() == 0 and b.numel() == 0 for _, a, b in final):
         shapes = ", ".join(f"{k or 'output'} {tuple(a.shape)}" for k, a, _ in final)
         raise ValueError(f"the final outputs hold no elements ({shapes}): nothing would be compared; give inputs "

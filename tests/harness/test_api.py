@@ -200,3 +200,36 @@ def test_final_outputs_in_another_layout_that_differ_fail_with_a_finite_error():
         candidate.dense.weight[0, 0] += 1.0
     report = harness.compare(candidate, reference, x)
     assert not report.passed and 0 < report.output.max_abs < float("inf"), report.format()
+
+
+class _PooledDict(nn.Module):
+    """A backbone returning a transformers-style mapping: the last map first, the pooled ``(B, C, 1, 1)`` second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.pool = nn.Conv2d(3, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = torch.relu(self.conv(x))
+        return {"last_hidden_state": h, "pooler_output": self.pool(h)}
+
+
+class _Pooled(nn.Module):
+    """The same backbone returning its pooled features ``(B, C)`` alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.pool = nn.Conv2d(3, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(torch.relu(self.conv(x))).flatten(1)
+
+
+def test_the_root_row_measures_the_outputs_candidate_outputs_selects():
+    torch.manual_seed(0)
+    candidate, reference = _PooledDict().double().eval(), _Pooled().double().eval()
+    candidate.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, 16, 24, dtype=torch.float64)
+    report = harness.compare(candidate, reference, x, candidate_outputs=lambda o: o["pooler_output"])
+    root = next(r for r in report.rows if r.candidate == "<root>")
+    assert report.passed and root.passed, report.format()
