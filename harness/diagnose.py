@@ -763,7 +763,7 @@ def record_ops(module: nn.Module, args: tuple, kwargs: dict) -> tuple[OpRecorder
             op.args["_q_last"] = _sdpa_head_dim(rec, op)
         if op.name == "scaled_dot_product_attention":
             _take_mask(rec, op)
-    return rec, _fold_batch_norm(rec, _fold_patches(rec, _fold_linear(rec, _fold_attention(rec)))), out
+    return rec, _fold_batch_norm(rec, _fold_pad(rec, _fold_patches(rec, _fold_linear(rec, _fold_attention(rec))))), out
 
 
 def _fold_linear(rec: OpRecorder, stream: list[Op]) -> list[Op]:
@@ -851,6 +851,47 @@ def _fold_patches(rec: OpRecorder, stream: list[Op]) -> list[Op]:
         else:
             out.append(op)
     return out
+
+
+_CONVOLUTIONS = frozenset({"conv1d", "conv2d", "conv3d"})
+
+
+def _fold_pad(rec: OpRecorder, stream: list[Op]) -> list[Op]:
+    """A zero ``F.pad`` read only by a convolution made part of that convolution's ``padding``:
+    ``conv2d(pad(x, (3, 3, 3, 3)))`` computes what ``conv2d(x, padding=3)`` does (a port with explicit
+    "same" padding). Padding unequal on the two sides of a dim stays visible, as a ``(before, after)``
+    pair for that dim."""
+    out: list[Op] = []
+    for op in stream:
+        pad = _source(rec, op.input_ids[0], op.index) if op.name in _CONVOLUTIONS and op.input_ids else None
+        if pad is not None and pad.name == "pad" and out and pad in out and _zero_pad(pad) \
+                and _read_once(rec, pad, op) and _numeric(op.args.get("padding")):
+            out.remove(pad)
+            op = replace(op, spelling=f"pad + {op.spelling}", input_ids=pad.input_ids,
+                         named_inputs={**op.named_inputs, "input": pad.input_ids[0]},
+                         args={**op.args, "padding": _merged_padding(op.args["padding"], pad.args["pad"])}, call=None)
+        out.append(op)
+    return out
+
+
+def _zero_pad(pad: Op) -> bool:
+    return pad.args.get("mode", "constant") == "constant" and not pad.args.get("value") \
+        and isinstance(pad.args.get("pad"), tuple) and len(pad.input_ids) == 1
+
+
+def _numeric(padding: Any) -> bool:
+    return isinstance(padding, tuple) and all(isinstance(p, int) for p in padding)
+
+
+def _merged_padding(padding: tuple[int, ...], pad: tuple[int, ...]) -> tuple:
+    """A convolution's per-dim ``padding`` plus ``F.pad``'s ``(last dim before, after, the dim before it
+    before, after, ...)``: an int per dim where both sides are equal, else its ``(before, after)``."""
+    merged = []
+    for d, own in enumerate(padding):
+        at = 2 * (len(padding) - 1 - d)  # F.pad lists the last dim first
+        before, after = (pad[at], pad[at + 1]) if at + 1 < len(pad) else (0, 0)
+        merged.append(own + before if before == after else (own + before, own + after))
+    return tuple(merged)
 
 
 def _as_conv(rec: OpRecorder, unfold: Op, linear: Op) -> Op | None:

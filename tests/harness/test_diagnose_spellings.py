@@ -193,3 +193,29 @@ def test_permute_dims_given_one_by_one_or_as_a_list_are_one_argument():
     reference = randomized(PermuteAs(lambda x: x.permute(0, 2, 3, 1)), 1)
     texts = findings_text(_ops(diagnose_modules(candidate, reference, (feature_maps(),), {}, name="block")))
     assert "permute dims (0, 3, 2, 1) in the candidate, (0, 2, 3, 1) in the reference" in texts, texts
+
+
+class PaddedConv(nn.Module):
+    """A 3x3 convolution padded by ``pad`` (``F.pad``'s order) or by its own ``padding``, then ``act``."""
+
+    def __init__(self, *, pad: tuple[int, ...] | None = None, act=F.gelu) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=0 if pad is not None else 1)
+        self.pad, self.act = pad, act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(F.pad(x, self.pad) if self.pad is not None else x))
+
+
+def test_a_zero_pad_read_by_an_unpadded_conv_is_that_convs_padding():
+    # a convolution before it too: the two streams then pair one conv with the other's pad
+    candidate = randomized(nn.Sequential(nn.Conv2d(8, 8, 1), PaddedConv(pad=(1, 1, 1, 1), act=F.relu)), 1)
+    reference = randomized(nn.Sequential(nn.Conv2d(8, 8, 1), PaddedConv()), 1)
+    texts = findings_text(_ops(diagnose_modules(candidate, reference, (feature_maps(),), {}, name="block")))
+    assert "relu" in texts and "pad" not in texts, f"the explicit padding is blamed, not the activation:\n{texts}"
+
+
+def test_a_pad_unequal_on_the_two_sides_of_a_dim_is_named_as_the_convs_padding():
+    candidate, reference = randomized(PaddedConv(pad=(0, 2, 0, 2)), 1), randomized(PaddedConv(), 1)
+    texts = findings_text(_ops(diagnose_modules(candidate, reference, (feature_maps(),), {}, name="block")))
+    assert "conv2d padding ((0, 2), (0, 2)) in the candidate, (1, 1) in the reference" in texts, texts
