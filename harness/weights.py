@@ -1037,7 +1037,8 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
         culprit = next((m for m in report.introduced if m not in stuck), None)
         if culprit is None:
             break
-        if _settings_differ(report, culprit) or _beyond_weights(report, culprit, weights):
+        if _settings_differ(report, culprit) or _beyond_weights(report, culprit, weights) \
+                or _operation_differs(report, culprit, weights, trial):
             stuck.add(culprit)  # the models differ there: no choice of weights can help
             continue
         for alternative, change in _alternatives(weights, culprit):
@@ -1113,6 +1114,26 @@ def _beyond_weights(report, module: str, weights: WeightMap) -> bool:
         return False
     row = next((r for r in report.rows if r.candidate == module and r.status == "introduced"), None)
     return row is not None and _same_inputs(row.match.candidate.inputs, row.match.reference.inputs, row.tolerance)
+
+
+def _operation_differs(report, module: str, weights: WeightMap, candidate: nn.Module) -> bool:
+    """``module`` computes another operation than its twin (a group norm where the twin applies a
+    layer norm, by the op-level diagnosis of the module alone), and nothing the diagnosis finds is
+    about the values of a tensor: weights only change values, so no exchange can make it agree."""
+    from harness.diagnose import culprit_diagnosis  # re-runs modules; weights only needs it here
+
+    try:
+        findings = culprit_diagnosis(report.rows, module, None, weights, candidate)
+    except Exception:  # the diagnosis explains; it must never cost the map its alternatives
+        return False
+    # a product read as another op (a linear that is a convolution with its kernel laid out right)
+    # may differ by the weights' layout: only other ops count
+    replaced = [f for f in findings if f["kind"] == "op" and not {f["candidate"], f["reference"]} & _PRODUCTS]
+    return bool(replaced) and all(f["kind"] in ("op", "argument", "attribute") for f in findings)
+
+
+_PRODUCTS = frozenset({"linear", "matmul", "bmm", "addmm", "baddbmm", "einsum", "conv1d", "conv2d", "conv3d",
+                       "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "scaled_dot_product_attention"})
 
 
 def _same_inputs(cand: dict, ref: dict, tolerance) -> bool:

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import harness
 from port_toys import (AddmmMlp, ChannelsLastNet, ChannelsLastPatches, ConvNet, ConvNormActFused, ConvNormActStack, ConvPatches,
@@ -367,3 +368,29 @@ def test_a_conflict_where_no_setting_differs_names_what_the_diagnosis_finds():
     assert [c["text"] for c in weights.conflicts] == [
         "after transfer, <root> disagrees with its reference twin (the diagnosis: <root>: softmax dtype "
         "'float32' in the candidate, None in the reference)"], weights.conflicts
+
+
+class _ChannelNorm(nn.Module):
+    """The channels normalized per position (a channels-first layer norm) or, as a port may slip,
+    by ``group_norm`` of one group (over channels and positions together)."""
+
+    def __init__(self, group_norm: bool) -> None:
+        super().__init__()
+        self.weight, self.bias, self.group_norm = nn.Parameter(torch.ones(8)), nn.Parameter(torch.zeros(8)), group_norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.group_norm:
+            return F.group_norm(x, 1, self.weight, self.bias, 1e-6)
+        return F.layer_norm(x.permute(0, 2, 3, 1), (8,), self.weight, self.bias, 1e-6).permute(0, 3, 1, 2)
+
+
+def test_a_twin_computing_another_operation_is_given_no_other_choice_of_weights(monkeypatch):
+    tried: list[str] = []
+    alternatives = harness.weights._alternatives
+    monkeypatch.setattr(harness.weights, "_alternatives", lambda w, module: (tried.append(module), alternatives(w, module))[1])
+    candidate, reference = randomized(nn.Sequential(nn.Conv2d(3, 8, 3), _ChannelNorm(group_norm=True)), 1), \
+        randomized(nn.Sequential(nn.Conv2d(3, 8, 3), _ChannelNorm(group_norm=False)), 2)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    weights = harness.map_weights(candidate, reference, x)
+    assert not weights.verified and not tried, f"weight choices tried around {tried}: {weights}"
+    assert "applies group_norm where the reference applies layer_norm" in weights.conflicts[0]["text"], str(weights)
