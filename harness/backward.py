@@ -22,7 +22,9 @@ forward comparison, :func:`compare_backward`:
    map (its transforms are linear, so the gradient of a concatenation is the concatenation of the
    gradients) and compared with the candidate's, parameter by parameter. Without a map, equally
    named parameters are compared; models whose parameter names differ get an inferred map
-   (:func:`harness.weights.infer_map`).
+   (:func:`harness.weights.infer_map`). A candidate parameter whose values differ from its
+   sources' (a conv with its batch norm folded in) is not that tensor in another layout: its
+   gradient is not compared, and a note lists it.
    What counts as a module's output gradient is what flows back through the tensors it returns:
    a loss that reads a module's result through another channel (a hook, a list filled during the
    forward) bypasses the tap, so both sides must read the same tensors the same way.
@@ -477,7 +479,9 @@ def compare_backward(
         cand_grads = _gradients(cand_loss, candidate, cand_leaves)
         ref_grads = _gradients(ref_loss, reference, ref_leaves)
         loss_metrics = measure(cand_loss.detach().reshape(1), ref_loss.detach().reshape(1))
-        parameters = _parameter_errors(pmap, cand_grads, ref_grads, tolerance)
+        others = _other_values(pmap, cand_params, ref_params, tolerance)
+        parameters = _parameter_errors(pmap, {k: g for k, g in cand_grads.items() if k not in others}, ref_grads,
+                                       tolerance)
         by_param = {p.candidate: p for p in parameters}
         calls = Counter(r.candidate for r in confirmed)
         brows = [_row(r, cand_taps, ref_taps, by_param, single=calls[r.candidate] == 1) for r in confirmed]
@@ -496,6 +500,10 @@ def compare_backward(
     params_ok = all(p.passed for p in parameters)
     cand_loss, ref_loss = float(cand_loss.detach()), float(ref_loss.detach())
     notes += _notes(loss_ok, params_ok, failing, introduced, pmap.unmatched(), cand_loss, ref_loss)
+    if others:
+        notes.append(f"{len(others)} candidate parameters hold other values than their reference sources (a batch "
+                     f"norm folded into its conv, a changed weight): their gradients are not compared: "
+                     f"{', '.join(others[:5])}" + (" ..." if len(others) > 5 else ""))
     return BackwardResult(
         passed=loss_ok and params_ok and not failing,
         first_divergence=failing[0].candidate if failing else None,
@@ -542,6 +550,17 @@ def _measure(a: torch.Tensor, b: torch.Tensor) -> Metrics:
     if a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b):
         return Metrics(0.0, 0.0, 0.0, 1.0, float(b.detach().abs().max()) if b.numel() else 0.0)
     return measure(a, b)
+
+
+def _other_values(pmap: _ParamMap, cand: Mapping[str, torch.Tensor], ref: Mapping[str, torch.Tensor],
+                  tolerance: Callable[[str], Tolerance]) -> list[str]:
+    """Candidate parameters whose values differ from their reference sources' (brought into the
+    candidate's layout): not one tensor in two layouts, so their gradients need not agree (the
+    kernel of a conv with its batch norm folded in scales its gradient by the norm's)."""
+    with torch.no_grad():
+        ref_in_cand = pmap.to_candidate({k: p.detach() for k, p in ref.items()})
+        return [key for key, p in cand.items() if key in ref_in_cand and not _measure(
+            p.detach(), ref_in_cand[key]).passes(tolerance(key.rsplit(".", 1)[0] if "." in key else ROOT))]
 
 
 def _parameter_errors(pmap: _ParamMap, cand: Mapping[str, torch.Tensor], ref: Mapping[str, torch.Tensor],

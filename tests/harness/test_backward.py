@@ -304,3 +304,42 @@ def test_cli_backward_on_two_own_models_compares_the_fused_gradient_with_the_spl
     parameters = json.loads(path.read_text())["results"][0]["backward"]["parameters"]
     fused = [p for p in parameters if len(p["reference"]) > 1]
     assert fused and all(p["passed"] and p["transform"].startswith("concat") for p in fused), fused
+
+
+class _ConvNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.bn(self.conv(x))))
+
+
+class _Folded(nn.Module):
+    """The same with the batch norm folded into the conv, as an inference port does."""
+
+    def __init__(self, unfolded: _ConvNorm) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), copy.deepcopy(unfolded.fc)
+        bn = unfolded.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        with torch.no_grad():
+            self.conv.weight.copy_(unfolded.conv.weight * scale[:, None, None, None])
+            self.conv.bias.copy_(bn.bias - bn.running_mean * scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)))
+
+
+def test_gradients_of_parameters_holding_other_values_than_their_sources_are_not_compared():
+    reference = _ConvNorm().double().eval()
+    with torch.no_grad():
+        reference.bn.running_mean.normal_()
+        reference.bn.running_var.uniform_(0.5, 1.5)
+    candidate = _Folded(reference).double().eval()
+    x = torch.randn(2, 3, 6, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    backward = harness.compare(candidate, reference, x, backward=True).backward
+    compared = [p.candidate for p in backward.parameters]
+    assert compared == ["fc.weight", "fc.bias"], compared
+    assert any("hold other values than their reference sources" in n and "conv.weight" in n for n in backward.notes), \
+        backward.notes
