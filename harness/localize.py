@@ -727,13 +727,6 @@ def _guess_received(row: Row, rerun: Sequence[str] | None) -> bool:
     return row.guess_received
 
 
-def _vouched(call: Record, pool: Sequence[Record], tol: Tolerance | None) -> bool:
-    """Whether ``call``'s output holds, in its layout or another, the values of some output of a
-    reference call in ``pool`` (full-mode copies only; statistics vouch for nothing), within
-    ``tol`` (None: the tolerance of the output's dtype)."""
-    return _holds_any(call.primary, [ref for record in pool for ref in record.outputs.values()], tol)
-
-
 def _holds_any(out: Any, values: Sequence[Any], tol: Tolerance | None) -> bool:
     """Whether ``out`` holds, in its layout or another, the values of one of ``values``."""
     if not isinstance(out, torch.Tensor) or out.numel() == 0 or not out.is_floating_point():

@@ -392,8 +392,8 @@ class _SpareBlocks:
 
     def take(self, size: int) -> torch.Tensor:
         for i in range(len(self._blocks)):
-            # references when free: this list and getrefcount's argument; a live copy adds one
-            if len(self._blocks[i]) >= size and sys.getrefcount(self._blocks[i]) == 2:
+            # a live copy's storage holds one more reference than this list does
+            if len(self._blocks[i]) >= size and sys.getrefcount(self._blocks[i]) == _LISTED_ONLY:
                 block = self._blocks.pop(i)
                 self._blocks.append(block)
                 return torch.frombuffer(block, dtype=torch.uint8, count=size)
@@ -408,6 +408,13 @@ class _SpareBlocks:
         self._blocks.clear()
 
 
+def _references_when_listed() -> int:
+    """What ``sys.getrefcount`` says of an object that only a list refers to (read as ``take`` reads it)."""
+    listed = [object()]
+    return sys.getrefcount(listed[0])
+
+
+_LISTED_ONLY = _references_when_listed()
 _SPARE_BLOCKS = _SpareBlocks()
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 _MADV_DONTNEED = 4
