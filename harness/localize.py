@@ -10,7 +10,9 @@ one. For each failing call:
 - inputs bitwise equal to the reference twin's, or no tensor inputs at all -> made here;
 - inputs differ, and the module may be re-run (its arguments have the reference's structure):
   run the candidate module on the reference's recorded inputs; if that output still fails, the
-  error is made here, otherwise it was received;
+  error is made here, otherwise it was received. Twin layers of one type whose input axes mean the
+  same in every model (a convolution's (B, C, H, W)) take the reference's inputs as they are: an
+  input of another shape is another map (transposed upstream), not the same map in another layout;
 - inputs differ and no re-run is possible: made here if the inputs agree within tolerance,
   received otherwise.
 
@@ -383,9 +385,24 @@ def _may_rerun(cand: Record, ref: Record, patterns: Sequence[str] | None) -> boo
 
 
 def _same_structure(cand: Record, ref: Record) -> bool:
-    return cand.inputs.keys() == ref.inputs.keys() and all(
-        tuple(cand.inputs[k].shape) == tuple(ref.inputs[k].shape) for k in cand.inputs
-    ) and len(cand.args) == len(ref.args) and cand.kwargs.keys() == ref.kwargs.keys()
+    """Whether the reference's arguments fit the candidate's module as they are: the same keys and
+    shapes, or twin layers of one type that read their input's axes alike (:data:`_AXES_FIXED`)."""
+    if cand.inputs.keys() != ref.inputs.keys() or len(cand.args) != len(ref.args) \
+            or cand.kwargs.keys() != ref.kwargs.keys():
+        return False
+    return _axes_fixed(cand, ref) or all(tuple(cand.inputs[k].shape) == tuple(ref.inputs[k].shape) for k in cand.inputs)
+
+
+# layers whose input axes mean one thing whatever the model (a convolution reads (B, C, H, W), a
+# linear layer features last): twins of one such type given inputs of other shapes were given
+# other values (a map transposed upstream), not the same values in another layout
+_AXES_FIXED = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
+               nn.GroupNorm, nn.LayerNorm, nn.Linear, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
+               nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)
+
+
+def _axes_fixed(cand: Record, ref: Record) -> bool:
+    return cand.module is not None and type(cand.module) is type(ref.module) and isinstance(cand.module, _AXES_FIXED)
 
 
 _LAYOUT_TRIES = 6  # re-runs of one module with its twin's inputs in other layouts, at most

@@ -527,3 +527,27 @@ def test_a_tanh_gelu_within_the_float32_tolerance_of_its_twin_is_still_the_culpr
     act = next(r for r in report.rows if r.candidate == "1.mlp.act")
     assert act.metrics.passes(act.tolerance), f"the GELUs now differ beyond the float32 tolerance: the test no longer tests\n{report.format()}"
     assert report.culprit == "1.mlp.act", report.format()
+
+
+class _TransposingBlock(nn.Module):
+    """Two convolutions; ``transpose`` runs the second on the map with H and W exchanged, and back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.transpose = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv1(x))
+        return self.conv2(y.transpose(2, 3)).transpose(2, 3) if self.transpose else self.conv2(y)
+
+
+def test_a_block_handing_its_conv_a_transposed_map_is_the_culprit_not_the_conv():
+    reference = randomized(_TransposingBlock(), 1)
+    candidate = randomized(_TransposingBlock(), 2)
+    candidate.load_state_dict(reference.state_dict())
+    candidate.transpose = True
+    x = torch.randn(2, 4, 6, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    report = harness.compare(candidate, reference, x)
+    # a convolution reads (B, C, H, W) in any model: given the reference's input, conv2 gives its output
+    assert report.culprit == "<root>", report.format()
