@@ -199,7 +199,7 @@ def _convention(shape: Sequence[int], dims: Sequence[int]) -> bool:
 
 
 def find_adapter(candidate: torch.Tensor, reference: torch.Tensor, *, same_shape: bool = False,
-                 tol: Tolerance | None = None) -> Adapter | None:
+                 tol: Tolerance | None = None, remember: bool = True) -> Adapter | None:
     """The adapter (see module docstring) giving the smallest error, or None if no layout fits.
     Tensors of one shape need none, unless ``same_shape``: then the permutations that keep the
     shape are tried (a caller does so when the plain comparison fails).
@@ -208,7 +208,8 @@ def find_adapter(candidate: torch.Tensor, reference: torch.Tensor, *, same_shape
     of one model pair keep their layouts from call to call and run to run). With ``tol``, tensors
     that cannot agree in any layout (their extremes or sums differ beyond it: downstream of an
     error) take that layout, or the first that fits, unmeasured: no layout would pass, and trying
-    hundreds (the permutations of a 6-dim window partition) would only rank their errors."""
+    hundreds (the permutations of a 6-dim window partition) would only rank their errors.
+    ``remember=False``: a layout found is not remembered (a caller that only words a difference)."""
     cs, rs = tuple(candidate.shape), tuple(reference.shape)
     if (cs == rs and not same_shape) or candidate.numel() != reference.numel() or candidate.numel() == 0:
         return None
@@ -226,7 +227,8 @@ def find_adapter(candidate: torch.Tensor, reference: torch.Tensor, *, same_shape
         if best is None or err < best[0]:
             best = (err, adapter)
             if err == 0.0:
-                _remember(key, adapter)
+                if remember:
+                    _remember(key, adapter)
                 break
     return None if best is None else best[1]
 

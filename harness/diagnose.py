@@ -32,11 +32,14 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    then a window mask), compared by value with the fused call's ``attn_mask``, be it a parameter
    or a computed value (the adds that build it are part of it). ``x @ W`` with ``W`` a matrix
    parameter (or an einsum contracting the input's last dim with a matrix parameter, ``'bnc,oc->bno'``,
-   whichever way the matrix is stored), and a parameter vector added to its output features after,
+   whichever way the matrix is stored, or with a parameter of more dims, each contracting one of the
+   input's or written to the output: a fused q/k/v kernel ``'bnc,shdc->sbhnd'``, an output projection
+   merging the heads ``'bhnd,hdc->bnc'``, its bias broadcast on the axes it writes), and a parameter vector added to its output features after,
    is one ``linear`` with weight ``W^T``: a port storing its weights ``(in, out)`` or writing its
    linears as einsums; so is a token-mixing einsum (``'bnc,nh->bhc'``) with its bias broadcast on the
    axis it writes (``b[None, :, None]``), and ``t + x @ W + b``, which Python adds as ``(t + x @ W) + b``.
-   ``F.unfold`` then a linear on the patches is one ``conv2d``, its weight reshaped to the kernel's;
+   ``F.unfold`` then a linear on the patches is one ``conv2d``, its weight reshaped to the kernel's
+   (a depthwise one where each channel's patches meet their own kernel row, ``'bckhw,kc->bhwc'``);
    a batch norm written out, ``(x - mean) * rsqrt(var + eps) * scale + bias`` (or ``/ sqrt(...)``), is
    one ``batch_norm`` whose ``eps`` is the constant added to ``var`` and whose ``divides_by`` says
    what ``x - mean`` is divided by; each only where its arithmetic computes that operation. A cat
@@ -65,9 +68,11 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    place of one reference op (a layer norm, a GELU, a softmax written out by hand) is that op where
    it gives what the reference's call, re-run on the one activation the run receives, gives (the
    ops after the part that does are extra); else the run is the finding, not its first op (the right
-   port writes it out too): what differs where its ops and arguments show it (an unbiased ``var``,
+   port writes it out too): a parameter it reads holding other values or passed in another layout
+   than the reference op's of that role (a hand-written norm's scale), else what differs where its ops and arguments show it (an unbiased ``var``,
    eps added outside the square root or another eps under it, the tanh formula of an erf GELU, a
-   softmax summed over another dim), and by how much it differs from the re-run op.
+   softmax summed over another dim), and by how much it differs from the re-run op (in the
+   layout that best holds its values).
    The first pair whose output differs (float64 tolerance) is the divergence. It is explained by
    the pending missing / extra / different ops, its differing non-tensor arguments (not ``inplace``
    or ``keepdim``, which say only where or in what shape the result is written; a None an op reads
@@ -91,7 +96,7 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
 4. Attribute diff. Submodules of the two twins (paired by relative name, else in order among
    those with the same kinds of settings and own tensors of the same shapes) are compared on their plain
    settings (``eps``, ``approximate``, ``stride``, ``groups``, ``inplace``...): what differs is
-   reported even when no op shows it (``stride`` 1 is ``(1, 1)``; ``momentum`` counts in training only;
+   reported even when no op shows it (``stride`` 1 is ``(1, 1)``; ``momentum`` and a dropout's ``p`` count in training only;
    ``training`` only for a module whose code reads it: a dropout, a batch norm, not an activation).
 
 Findings on a twin that runs a module and the call after it as one (a batch norm and its activation)
@@ -215,7 +220,7 @@ class Op:
     mask_params: tuple[str, ...] = ()
     # sibling ops fused into this one: (scope, argument name -> parameter name, first row, end row)
     members: tuple[tuple[str, dict[str, str], int, int], ...] = ()
-    features: int = -1  # a product by a weight (a token-mixing einsum): the output axis of its output features
+    features: int | tuple[int, ...] = -1  # a product by a weight (a token-mixing einsum): the output axis (axes) of its output features
     # the call as made, its one activation input left open (:data:`_OPEN`): the reference's op is run
     # again on what the candidate's hand-written version of it received
     call: tuple[Callable, tuple, dict] | None = None
@@ -377,15 +382,15 @@ class OpRecorder(TorchFunctionMode):
         self.ops.append(op)
 
     def _einsum_product(self, equation: Any, operands: list) -> tuple[tuple, int]:
-        """An einsum's two operands as ``x @ W``, and the output axis of its features: a weight matrix
-        contracted with one of ``x``'s dims (``'bnc,oc->bno'``) comes second, laid out ``(in, out)``,
+        """An einsum's two operands as ``x @ W``, and the output axis (or axes) of its features: a weight
+        contracted with ``x``'s dims (``'bnc,oc->bno'``, ``'bhnd,hdc->bnc'``) comes second, as an ``(in, out)`` matrix,
         so that it folds into a linear as ``x @ W`` does; any other product keeps its operands as written."""
         found = _einsum_linear(equation, operands, self._provenance)
         if found is None:
             return tuple(operands), -1
-        x, weight, transposed, features = found
-        if transposed:  # a view of the parameter is that parameter
-            view = weight.t()
+        x, weight, order, n_in, features = found
+        if order != [0, 1]:  # as an (in, out) matrix; a view of the parameter is that parameter
+            view = weight.permute(order).reshape(math.prod(weight.shape[d] for d in order[:n_in]), -1)
             self._provenance[id(view)], self._roots[id(view)] = self._provenance[id(weight)], self._roots[id(weight)]
             self._alive.append(view)
             weight = view
@@ -448,11 +453,13 @@ def _rerun(op: Op, x: torch.Tensor) -> torch.Tensor | None:
 
 
 def _einsum_linear(equation: Any, operands: list, parameters: dict[int, str]) -> tuple | None:
-    """``(x, W, transposed, features)`` for an einsum that is a linear layer: one operand a matrix
-    parameter whose one subscript contracts one of ``x``'s and whose other is written in its place,
-    the other subscripts of ``x`` kept, in any order (``'bnc,oc->bno'``; a token-mixing
-    ``'bnc,nh->bhc'``, which is ``nn.Linear`` on the transposed tokens). ``transposed``: W stored
-    ``(out, in)``; ``features``: the output axis (negative) that holds the output features."""
+    """``(x, W, order, n_in, features)`` for an einsum that is a linear layer: one operand a parameter
+    whose subscripts each contract one of ``x``'s or are written in their place, the other subscripts
+    of ``x`` kept, in any order (``'bnc,oc->bno'``; a token-mixing ``'bnc,nh->bhc'``, which is
+    ``nn.Linear`` on the transposed tokens; a fused q/k/v kernel ``'bnc,shdc->sbhnd'``, a head-merging
+    output projection ``'bhnd,hdc->bnc'``). ``order``: W's dims as (contracted in ``x``'s order, produced
+    in the output's), the first ``n_in`` the input features; ``features``: the output axis (negative)
+    that holds the output features, or their axes where they are several."""
     if not isinstance(equation, str) or "->" not in equation:
         return None
     inputs, out = equation.replace(" ", "").split("->")
@@ -461,16 +468,19 @@ def _einsum_linear(equation: Any, operands: list, parameters: dict[int, str]) ->
         return None
     for w_pos in (0, 1):
         weight, x, w_sub, x_sub = operands[w_pos], operands[1 - w_pos], subs[w_pos], subs[1 - w_pos]
-        if id(weight) not in parameters or weight.ndim != 2 or len(w_sub) != 2 or w_sub[0] == w_sub[1]:
-            continue
         letters = x_sub.replace("...", "")
-        shared = [s for s in w_sub if s in letters]
-        if len(shared) != 1 or len(set(letters)) != len(letters) or shared[0] in out:
+        if id(weight) not in parameters or weight.ndim != len(w_sub) or len(set(w_sub)) != len(w_sub) \
+                or len(set(letters)) != len(letters):
             continue
-        contracted, produced = shared[0], w_sub.replace(shared[0], "")
-        kept = x_sub.replace(contracted, produced)
-        if sorted(out) == sorted(kept) and "..." not in out[out.index(produced):]:
-            return x, weight, w_sub[0] == produced, out.index(produced) - len(out)
+        contracted, produced = [s for s in letters if s in w_sub], [s for s in out if s in w_sub]
+        kept = [s for s in letters if s not in w_sub]
+        if not contracted or not produced or len(contracted) + len(produced) != len(w_sub) \
+                or set(contracted) & set(out) or sorted(out.replace("...", "")) != sorted(kept + produced) \
+                or "..." in out[out.index(produced[0]):]:
+            continue
+        features = tuple(out.index(s) - len(out) for s in produced)
+        order = [w_sub.index(s) for s in contracted + produced]
+        return x, weight, order, len(contracted), features[0] if len(features) == 1 else features
     return None
 
 
@@ -810,12 +820,12 @@ def _adds_bias(add: Op, product: Op) -> bool:
             or len(add.params) != 1 or add.args.get("alpha", 1) != 1 or "weight" not in product.operands:
         return False
     bias, out = next(iter(add.operands.values())), product.outputs[0]
-    features = product.features % out.ndim
+    features = {a % out.ndim for a in (product.features if isinstance(product.features, tuple) else (product.features,))}
     size = product.operands["weight"].shape[0]
-    if bias.ndim > out.ndim or bias.numel() != size or out.shape[features] != size:
+    if bias.ndim > out.ndim or bias.numel() != size or math.prod(out.shape[a] for a in features) != size:
         return False
     axes = range(out.ndim - bias.ndim, out.ndim)  # the output axes the bias's dims broadcast against
-    return all(n == (size if axis == features else 1) for axis, n in zip(axes, bias.shape))
+    return all(n == (out.shape[axis] if axis in features else 1) for axis, n in zip(axes, bias.shape))
 
 
 def _adds_bias_after_sum(rec: OpRecorder, add: Op, product: Op, total: Op) -> bool:
@@ -902,10 +912,16 @@ def _as_conv(rec: OpRecorder, unfold: Op, linear: Op) -> Op | None:
         return None
     args, kernel, size = _patch_geometry(unfold, x)
     weight, y = linear.operands["weight"], linear.outputs[0]
-    if weight.shape[1] != x.shape[1] * math.prod(kernel) or y.numel() != x.shape[0] * weight.shape[0] * math.prod(size):
+    if not isinstance(linear.features, int):
+        return None
+    if weight.shape[1] == math.prod(kernel) and weight.shape[0] == x.shape[1]:
+        args["groups"] = x.shape[1]  # each channel's patch by its own kernel row: a depthwise conv
+    elif weight.shape[1] != x.shape[1] * math.prod(kernel):
+        return None
+    if y.numel() != x.shape[0] * weight.shape[0] * math.prod(size):
         return None
     y = y.movedim(linear.features, 1).reshape(x.shape[0], weight.shape[0], *size)  # the convolution's layout
-    kernel_weight = weight.reshape(weight.shape[0], x.shape[1], *kernel)
+    kernel_weight = weight.reshape(weight.shape[0], x.shape[1] // args["groups"], *kernel)
     conv = nn.functional.conv2d(x.to(y.dtype), kernel_weight.to(y.dtype), linear.operands.get("bias"), **args)
     if not _close(conv, y):
         return None  # the patches reordered before the product: not that convolution's weight
@@ -1352,10 +1368,19 @@ def _differing_member(c: Op, key: str, reference: torch.Tensor) -> tuple | None:
 
 def _paired_params(c: Op, r: Op) -> list[tuple[str, str]]:
     """The candidate's and the reference's parameter operands that play one role: by argument name,
-    and for ``add``/``mul`` in order whatever the side they stand on (``gamma * x`` against ``x * gamma``)."""
+    and for ``add``/``mul`` whatever the side they stand on (``gamma * x`` against ``x * gamma``): those
+    of one name (``grn.weight`` and ``mlp.grn.weight``: a ``mul`` by the weight against an ``addcmul``
+    of bias and weight) first, the others in order."""
     pairs = [(k, k) for k in c.params if k in r.params]
     if c.name in _COMMUTATIVE:
-        pairs += zip([k for k in c.params if k not in r.params], [k for k in r.params if k not in c.params])
+        cs, rs = [k for k in c.params if k not in r.params], [k for k in r.params if k not in c.params]
+        last = (lambda name: name.rsplit(".", 1)[-1])
+        for k in list(cs):
+            same = [q for q in rs if last(r.params[q]) == last(c.params[k])]
+            if same:
+                pairs.append((k, same[0]))
+                cs.remove(k), rs.remove(same[0])
+        pairs += zip(cs, rs)
     return pairs
 
 
@@ -1648,14 +1673,16 @@ def _replaced_findings(module: str, cs: list[Op], rs: list[Op], j1: int, cand: _
 
 
 def _written_out(module: str, span: list[Op], rs: list[Op], j: int, cand: _Side, ref: _Side, tol: Tolerance,
-                 after_replaced: bool) -> tuple[int | None, list[dict]]:
+                 after_replaced: bool, operands: Callable[[str, Op, Op], list[dict]]) -> tuple[int | None, list[dict]]:
     """The candidate's run of ops ``span`` in the place of the reference's one op ``rs[j]`` (a layer
     norm, a GELU, an attention written out): the reference's op is run again on the one activation
     the run receives (else its recorded result stands: its inputs agree) and compared with the
     run's results. Returns the length of the run's first part that computes it (the ops after it
     are extra), or None and what says how the run differs from it: naming the run's first op as
-    the error would blame the substitution, which the right port has too. After a replaced op
-    (``after_replaced``) a run that cannot be re-run receives its error: no lead."""
+    the error would blame the substitution, which the right port has too. Where no known variant
+    explains it and a parameter the run reads holds other values or another layout than the
+    reference op's (``operands``: through the weight map), that tensor is the finding, as for a
+    pair. After a replaced op (``after_replaced``) a run that cannot be re-run receives its error: no lead."""
     r = rs[j]
     expected, rerun = _reference_result(r, _span_input(cand.rec, span), ref)
     for k in reversed(range(len(span))):
@@ -1668,6 +1695,9 @@ def _written_out(module: str, span: list[Op], rs: list[Op], j: int, cand: _Side,
         + (" on the same input" if rerun else "")
     place = _where(rs, j, replaced=True)
     variants = [v for recognize in _VARIANTS.get(r.name, ()) for v in recognize(span, r, cand.rec)]
+    held = [f for c, twin in _run_param_pairs(span, r) for f in operands(where, c, twin)] if not variants else []
+    if held:  # a kernel or scale of the run holds other values, or is passed in another layout
+        return None, held
     if not variants:
         return None, [_finding(where, "op", r.name, None, seq, r.name,
                                f"{where}: the candidate's hand-written sequence ({seq}) in place of {r.name}"
@@ -1675,6 +1705,24 @@ def _written_out(module: str, span: list[Op], rs: list[Op], j: int, cand: _Side,
     return None, [_finding(where, "op", r.name, argument, c_value, r_value, f"{where}: the candidate's hand-written "
                            f"{r.name} {words} ({place}; written as {seq}; {basis})")
                   for argument, c_value, r_value, words in variants]
+
+
+def _run_param_pairs(span: list[Op], r: Op) -> list[tuple[Op, Op]]:
+    """Each parameter a run reads with the reference op's parameter of that role, as one-parameter
+    ops under one key: by its name's last part (``norm.weight`` for ``weight``), else the one of its
+    size. A hand-written norm multiplies by its scale with ``mul``, whose operand is no ``weight``."""
+    pairs = []
+    for op in span:
+        for key, name in op.params.items():
+            size = [k for k in r.params if r.param_values[k].numel() == op.param_values[key].numel()]
+            role = name.rsplit(".", 1)[-1] if name.rsplit(".", 1)[-1] in r.params else \
+                (size[0] if len(size) == 1 else None)
+            if role is None:
+                continue
+            one = (lambda o, k: {"params": {role: o.params[k]}, "param_values": {role: o.param_values[k]},
+                                 "operands": {role: o.operands.get(k, o.param_values[k])}})
+            pairs.append((replace(op, **one(op, key)), replace(r, **one(r, role))))
+    return pairs
 
 
 def _span_input(rec: OpRecorder, span: list[Op]) -> torch.Tensor | None:
@@ -1809,7 +1857,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
         if tag != "equal":
             if tag == "replace" and i2 - i1 > 1 and j2 - j1 == 1:  # one op written out: does it compute it?
                 done, found = _written_out(module, cs[i1:i2], rs, j1, cand, ref, tol,
-                                           any(f["kind"] == "op" for f in pending))
+                                           any(f["kind"] == "op" for f in pending), operands)
                 if done is None:
                     pending += found
                     continue
@@ -1915,9 +1963,14 @@ def _identical(c: list[torch.Tensor], r: list[torch.Tensor]) -> bool:
 
 
 def _difference(c: list[torch.Tensor], r: list[torch.Tensor]) -> str:
-    """``max_abs 1.2e-03``, or the shapes when they differ (an elementwise difference has no meaning then)."""
+    """``max_abs 1.2e-03``, in the layout that best holds the reference's values where the shapes
+    differ (an NHWC result against NCHW is no difference), or the shapes when no layout fits. Words
+    only: the layout found is not remembered as agreed (localization tries those first)."""
     if c and r and c[0].shape != r[0].shape:
-        return f"shape {tuple(c[0].shape)} against the reference's {tuple(r[0].shape)}"
+        adapter = find_adapter(c[0], r[0], remember=False)
+        if adapter is None:
+            return f"shape {tuple(c[0].shape)} against the reference's {tuple(r[0].shape)}"
+        return f"max_abs {_max_err([adapter.apply(c[0])], r):.3e} ({adapter.description})"
     return f"max_abs {_max_err(c, r):.3e}"
 
 
@@ -1971,8 +2024,8 @@ def attribute_diff(candidate: nn.Module, reference: nn.Module, prefix: str) -> l
         cs, rs = _settings(c), _settings(r)
         where = f"{prefix}.{name}" if name and prefix != "<root>" else (name or prefix)
         for key in sorted(set(cs) & set(rs)):
-            if key in _TRAINING_ONLY and not (c.training or r.training):
-                continue  # a BatchNorm's momentum changes nothing in eval mode
+            if _training_only(key, c, r) and not (c.training or r.training):
+                continue  # a BatchNorm's momentum, a dropout's p change nothing in eval mode
             if key == "training" and not (reads_training(c) or reads_training(r)):
                 continue  # a module whose code never reads the flag computes the same in either mode
             if key in _LAYOUT_ONLY:
@@ -1982,6 +2035,13 @@ def attribute_diff(candidate: nn.Module, reference: nn.Module, prefix: str) -> l
                                     f"{where}: {type(c).__name__}.{key} {_show(cs[key])} in the candidate, "
                                     f"{_show(rs[key])} in the reference"))
     return out
+
+
+def _training_only(key: str, c: nn.Module, r: nn.Module) -> bool:
+    """Whether setting ``key`` of twins ``c``/``r`` acts in training only: a momentum, or the ``p`` of
+    a dropout (which passes its input through in eval mode; not a norm's ``p``)."""
+    dropout = nn.modules.dropout._DropoutNd
+    return key in _TRAINING_ONLY or key == "p" and isinstance(c, dropout) and isinstance(r, dropout)
 
 
 def reads_training(m: nn.Module) -> bool:
