@@ -170,16 +170,26 @@ class WeightMap:
         keep whatever they held."""
         return [k for k in self.unmatched.get("candidate", []) if self.reason("candidate", k) != NEVER_USED]
 
+    def untaken(self) -> list[str]:
+        """Reference tensors its forward reads that no candidate tensor takes: the candidate computes
+        without them (a position table it never adds), or the map missed their counterpart."""
+        return [k for k in self.unmatched.get("reference", [])
+                if (self.reasons.get(f"reference:{k}") or self.reasons.get(k)) != NEVER_USED]
+
     def caveat(self, *, given: bool) -> str | None:
         """Why a failing comparison through this map may be the map's fault rather than the model's:
-        tensors the forward reads that it leaves unfilled, or (for a map ``given`` by the caller)
-        a verification that failed or never ran; None when there is nothing to say."""
-        unfilled = self.unfilled()
+        tensors the forward reads that it leaves unfilled, reference tensors no candidate tensor
+        takes, or (for a map ``given`` by the caller) a verification that failed or never ran; None
+        when there is nothing to say."""
+        unfilled, untaken = self.unfilled(), self.untaken()
         if unfilled:
-            shown = ", ".join(unfilled[:6]) + (f", ... (+{len(unfilled) - 6})" if len(unfilled) > 6 else "")
-            return (f"the weight map gives no value to {len(unfilled)} candidate tensor(s) the forward reads ({shown}): "
-                    f"unless they were filled another way, the failure may be the transfer, not the model "
-                    f"(see the map's reasons; give their sources in the map, or fill them by hand)")
+            return (f"the weight map gives no value to {len(unfilled)} candidate tensor(s) the forward reads "
+                    f"({_shown(unfilled)}): unless they were filled another way, the failure may be the transfer, "
+                    f"not the model (see the map's reasons; give their sources in the map, or fill them by hand)")
+        if untaken:
+            return (f"the reference's forward reads {len(untaken)} tensor(s) that no candidate tensor takes "
+                    f"({_shown(untaken)}): the candidate computes without them (a position table or a bias it "
+                    f"never adds), or the map missed their counterpart")
         if given and self.verified is False:
             where = ", ".join(str(c["module"]) for c in self.conflicts[:4] if c.get("module"))
             return (f"the weight map is NOT verified (its own check found disagreements{f' at {where}' if where else ''}):"
@@ -299,6 +309,10 @@ class WeightMap:
         return (f"WeightMap({len(self.entries)} entries, coverage={self.coverage:.3f}, "
                 f"unmatched={len(self.unmatched['candidate'])}/{len(self.unmatched['reference'])}, "
                 f"verified={self.verified})")
+
+
+def _shown(keys: list[str], most: int = 6) -> str:
+    return ", ".join(keys[:most]) + (f", ... (+{len(keys) - most})" if len(keys) > most else "")
 
 
 def _forward_move(e: Entry) -> Move:

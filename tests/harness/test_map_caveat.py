@@ -53,3 +53,22 @@ def test_a_failure_through_a_given_map_that_was_never_checked_says_so():
 def test_a_passing_comparison_says_nothing_about_the_map():
     report = _through_map(Scaled(1.0).double(), randomized(nn.Sequential(nn.Linear(16, 16)), 2))
     assert report.passed and not any("weight map" in note for note in report.notes), report.notes
+
+
+class Positions(nn.Module):
+    """A linear layer after a learned position table added to the tokens, or without it."""
+
+    def __init__(self, table: bool) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+        self.pos = nn.Parameter(torch.randn(1, 1, 16)) if table else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x + self.pos if self.pos is not None else x)
+
+
+def test_a_failure_through_a_map_that_gives_a_read_reference_tensor_no_counterpart_names_it_first():
+    report = _through_map(randomized(Positions(table=False), 1), randomized(Positions(table=True), 2))
+    assert not report.passed
+    assert report.notes[0].startswith("the reference's forward reads 1 tensor(s) that no candidate tensor takes (pos)"), \
+        report.notes
