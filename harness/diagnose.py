@@ -58,7 +58,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    aligned pairs in order. Unpaired ops are held as pending until the next pair: if that pair's
    output agrees, they were harmless spellings; if not, only those whose results flow into it explain
    it. An op missing in the candidate is a finding on the reference's submodule running it where the
-   twins have one name, else on the candidate module, its text naming the reference's submodule. A pair whose output differs while a nearby op of
+   twins have one name and the candidate has that submodule, else on the candidate module, its text
+   naming the reference's submodule. A pair whose output differs while a nearby op of
    the same name agrees (``x * cos + rot * sin`` against ``rot * sin + x * cos``) is a reordering.
    Ops of other names in each other's place are findings only where their results differ and, after
    the first such op, where their inputs agree: another spelling of one operation (``relu6`` for
@@ -1252,16 +1253,20 @@ def _op_label(op: Op) -> str:
     return f"{op.name} by {s:g}" if s is not None else op.name
 
 
-def _unpaired_finding(base: str, tag: str, op: Op, stream_other: list[Op], pos: int, ref_name: str = "") -> dict:
+def _unpaired_finding(base: str, tag: str, op: Op, stream_other: list[Op], pos: int, ref_name: str = "",
+                      candidate_scopes: frozenset[str] | None = None) -> dict:
+    """An op one side runs and the other does not. ``candidate_scopes``: the candidate's submodules
+    (relative to ``base``) that ran ops, where a missing op's reference scope may be named."""
     where, module = _where(stream_other, pos), _scoped(base, op)
     if tag == "missing_op":
         hint = " (a residual connection?)" if op.name == "add" and op.params == {} and len(op.input_ids) == 2 \
             and pos == len(stream_other) else ""
         who = "the reference"
-        if op.scope and ref_name not in ("", base):
+        if op.scope and (ref_name not in ("", base) or candidate_scopes is not None and op.scope not in candidate_scopes):
             # the op's scope is the reference's: under another twin name it would glue the candidate's
-            # name to the reference's, a module neither model has; the candidate module lacks the op
-            module, who = base, f"the reference's {_scoped(ref_name, op)}"
+            # name to the reference's, and a submodule the candidate does not have (independently
+            # written models name them otherwise) is no place in it; the candidate module lacks the op
+            module, who = base, f"the reference's {_scoped(ref_name or base, op)}"
         text = f"{module}: {_op_label(op)} missing in the candidate {where}{hint}; {who} applies it"
         return _finding(module, "missing_op", op.name, None, None, op.name, text)
     text = f"{module}: extra {_op_label(op)} in the candidate {where}; the reference has none"
@@ -1457,6 +1462,12 @@ def _whose_values(t: torch.Tensor, module: nn.Module, exclude: str, root: nn.Mod
 
 def _layout_between(side: _Side, lo: int, hi: int) -> list[Op]:
     return [op for op in side.rec.ops[lo + 1:hi] if op.kind == "layout" and not op.absorbed]
+
+
+def _scopes(rec: OpRecorder) -> frozenset[str]:
+    """The submodules (and their ancestors) in which a recorded run ran ops."""
+    names = {op.scope for op in rec.ops if op.scope}
+    return frozenset(n.rsplit(".", k)[0] for n in names for k in range(n.count(".") + 1))
 
 
 def _scoped(base: str, op: Op) -> str:
@@ -1852,6 +1863,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
     sm = difflib.SequenceMatcher(None, [o.name for o in cs], [o.name for o in rs], autojunk=False)
     pending: list[dict] = []
     unpaired: dict[int, tuple[bool, Op]] = {}  # id of an unpaired op's finding -> (the candidate's?, the op)
+    cand_scopes = _scopes(cand.rec)
     last_c, last_r, agreed = -1, -1, None  # recorder indices of the last agreeing pair, the pair
     for tag, i1, i2, j1, j2 in sm.get_opcodes():
         if tag != "equal":
@@ -1870,7 +1882,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                 pending.append(_unpaired_finding(module, "extra_op", cs[k], rs, j2))
                 unpaired[id(pending[-1])] = True, cs[k]
             for k in range(j1 + n, j2):
-                pending.append(_unpaired_finding(module, "missing_op", rs[k], cs, i2, ref_name))
+                pending.append(_unpaired_finding(module, "missing_op", rs[k], cs, i2, ref_name, cand_scopes))
                 unpaired[id(pending[-1])] = False, rs[k]
             continue
         for k, (c, r) in enumerate(zip(cs[i1:i2], rs[j1:j2])):

@@ -366,3 +366,40 @@ def test_a_culprit_without_any_twin_names_the_tensor_it_holds_otherwise():
     findings = culprit_diagnosis([], "embeddings", root=ref, weights=weights, candidate=cand)
     assert findings and "token holds other values than the reference's cls_token" in findings[0]["text"], \
         f"the changed token is not named:\n{findings_text(findings)}"
+
+
+class _Merge(nn.Module):
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x + y
+
+
+class _Residual(nn.Module):
+    """A residual block adding its shortcut in a ``merge`` child, or (``merge`` False) in its own
+    code; ``keep`` False drops the add."""
+
+    def __init__(self, merge: bool, keep: bool = True) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(DIM, DIM, 3, padding=1), nn.BatchNorm2d(DIM))
+        self.merge = _Merge() if merge else None
+        self.keep = keep
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        if not self.keep:
+            return torch.relu(y)
+        return torch.relu(self.merge(x, y) if self.merge is not None else x + y)
+
+
+def test_an_op_missing_in_a_submodule_the_candidate_lacks_is_found_on_the_candidate_module():
+    torch.manual_seed(0)
+    # the reference adds in a child the candidate does not have: the add missing in the candidate's
+    # block is no finding on the reference's child name
+    ref = nn.Sequential(OrderedDict(block=_Residual(merge=True))).double().eval()
+    cand = nn.Sequential(OrderedDict(block=_Residual(merge=False, keep=False))).double().eval()
+    x = torch.randn(2, DIM, 8, 8, dtype=torch.float64)
+    weights = harness.map_weights(cand, ref, x)
+    weights.transfer(ref, cand)
+    findings = harness.compare(cand, ref, x, weights=weights).diagnosis
+    modules = {name or "<root>" for name, _ in cand.named_modules()}
+    assert findings and all(f["module"] in modules for f in findings), \
+        f"a finding names a module the candidate does not have:\n{findings_text(findings)}"
