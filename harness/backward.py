@@ -57,6 +57,7 @@ from harness.adapters import find_adapter
 from harness.localize import Row, _cast_like, classify, _inputs_state, _leaf_pairs, _rerunnable, _worst_adapted
 from harness.metrics import Metrics, Tolerance, measure
 from harness.trace import ROOT, flatten_tensors, hookable_modules, map_tensors
+from harness.weightmap import owner_of
 from harness.weights import WeightMap
 
 __all__ = ["BackwardResult", "BackwardRow", "ParameterGrad", "compare_backward", "check_backward", "check_loss",
@@ -552,6 +553,11 @@ def _measure(a: torch.Tensor, b: torch.Tensor) -> Metrics:
     return measure(a, b)
 
 
+def _owner(key: str) -> str:
+    """The module holding parameter ``key`` (the root for a top-level one): whose tolerance applies."""
+    return owner_of(key) or ROOT
+
+
 def _other_values(pmap: _ParamMap, cand: Mapping[str, torch.Tensor], ref: Mapping[str, torch.Tensor],
                   tolerance: Callable[[str], Tolerance]) -> list[str]:
     """Candidate parameters whose values differ from their reference sources' (brought into the
@@ -560,7 +566,7 @@ def _other_values(pmap: _ParamMap, cand: Mapping[str, torch.Tensor], ref: Mappin
     with torch.no_grad():
         ref_in_cand = pmap.to_candidate({k: p.detach() for k, p in ref.items()})
         return [key for key, p in cand.items() if key in ref_in_cand and not _measure(
-            p.detach(), ref_in_cand[key]).passes(tolerance(key.rsplit(".", 1)[0] if "." in key else ROOT))]
+            p.detach(), ref_in_cand[key]).passes(tolerance(_owner(key)))]
 
 
 def _parameter_errors(pmap: _ParamMap, cand: Mapping[str, torch.Tensor], ref: Mapping[str, torch.Tensor],
@@ -570,7 +576,7 @@ def _parameter_errors(pmap: _ParamMap, cand: Mapping[str, torch.Tensor], ref: Ma
     for key, grad in cand.items():
         if key not in ref_in_cand:
             continue
-        tol = tolerance(key.rsplit(".", 1)[0] if "." in key else ROOT)
+        tol = tolerance(_owner(key))
         m = _measure(grad, ref_in_cand[key])
         out.append(ParameterGrad(key, pmap.sources(key), pmap.transform(key), tuple(grad.shape), m, tol, m.passes(tol)))
     return out

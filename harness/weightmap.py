@@ -173,8 +173,7 @@ class WeightMap:
     def untaken(self) -> list[str]:
         """Reference tensors its forward reads that no candidate tensor takes: the candidate computes
         without them (a position table it never adds), or the map missed their counterpart."""
-        return [k for k in self.unmatched.get("reference", [])
-                if (self.reasons.get(f"reference:{k}") or self.reasons.get(k)) != NEVER_USED]
+        return [k for k in self.unmatched.get("reference", []) if self.reason("reference", k) != NEVER_USED]
 
     def caveat(self, *, given: bool) -> str | None:
         """Why a failing comparison through this map may be the map's fault rather than the model's:
