@@ -55,17 +55,16 @@ class _SkipOverwritten(TorchFunctionMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self.skipped = 0
+        self.skipped: dict[int, nn.Parameter] = {}  # by id: each filled with NaN once
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         target = args[0] if args else kwargs.get("tensor")
         if (func in _IN_PLACE or func in _INITIALIZERS) and _overwritten(target):
-            if not getattr(target, "_harness_skipped", False):
+            if id(target) not in self.skipped:
                 with torch.no_grad():
                     target.fill_(math.nan)
-                target._harness_skipped = True
-                self.skipped += 1
+                self.skipped[id(target)] = target
             return target
         return func(*args, **kwargs)
 
@@ -86,8 +85,6 @@ def build_without_overwritten_init(key: str, construct: Callable[[], nn.Module],
     if key not in _NEEDS_FULL_INIT:
         with _SkipOverwritten() as mode:
             model = construct()
-        for p in model.parameters():
-            p.__dict__.pop("_harness_skipped", None)
         redraw(model)
         if not mode.skipped or not _holds_nan(model):
             return model
