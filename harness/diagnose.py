@@ -417,19 +417,15 @@ class OpRecorder(TorchFunctionMode):
         return found if found is not None else self.given.get(tensor_id)
 
 
-_OPEN = object()  # the place of a recorded call's activation input
+_OPEN = torch.empty(0)  # the place of a recorded call's activation input (a tensor: map_tensors visits it)
 
 
 def _opened(func: Callable, args: tuple, kwargs: dict, input_id: int) -> tuple[Callable, tuple, dict]:
     """The call with its activation input left open; the parameters it passed are kept by reference
     (a forward does not write them)."""
-    def open_input(v: Any) -> Any:
-        if isinstance(v, torch.Tensor):
-            return _OPEN if id(v) == input_id else v
-        if isinstance(v, (tuple, list)) and not hasattr(v, "_fields"):
-            return type(v)(open_input(x) for x in v)
-        return {k: open_input(x) for k, x in v.items()} if isinstance(v, dict) else v
-    return func, open_input(args), open_input(kwargs)
+    def open_input(t: torch.Tensor) -> torch.Tensor:
+        return _OPEN if id(t) == input_id else t
+    return func, map_tensors(args, open_input), map_tensors(kwargs, open_input)
 
 
 def _rerun(op: Op, x: torch.Tensor) -> torch.Tensor | None:
@@ -438,16 +434,12 @@ def _rerun(op: Op, x: torch.Tensor) -> torch.Tensor | None:
     if op.call is None:
         return None
 
-    def fill(v: Any) -> Any:
-        if v is _OPEN or isinstance(v, torch.Tensor):
-            return (x if v is _OPEN else v).detach().clone()
-        if isinstance(v, (tuple, list)) and not hasattr(v, "_fields"):
-            return type(v)(fill(a) for a in v)
-        return {k: fill(a) for k, a in v.items()} if isinstance(v, dict) else v
+    def fill(t: torch.Tensor) -> torch.Tensor:
+        return (x if t is _OPEN else t).detach().clone()
     func, args, kwargs = op.call
     try:
         with torch.no_grad():
-            out = func(*fill(args), **fill(kwargs))
+            out = func(*map_tensors(args, fill), **map_tensors(kwargs, fill))
     except Exception:  # arguments of another dtype or device: no re-run, the recorded result is compared
         return None
     return next(iter(flatten_tensors(out).values()), None)
