@@ -51,7 +51,9 @@ its weights. The algorithm:
    differs in a numeric setting (``eps``, ``approximate``) disagrees whatever the weights: no
    alternative is tried there, and its conflict names the setting; nor around a module that owns
    no mapped tensor and received what its twin received (its own computation differs: a GELU
-   against a tanh). Each alternative is a full comparison, so these save the most time where the
+   against a tanh), nor around one whose op-level diagnosis finds another operation (not a
+   product, whose result a weight layout can change) and nothing about values (a group norm
+   where the twin applies a layer norm). Each alternative is a full comparison, so these save the most time where the
    models genuinely differ. What still disagrees is
    listed in ``conflicts``: a map is never accepted silently. Candidate tensors the forward reads
    but the map leaves out get other values in the copy first, so that a candidate already holding
