@@ -109,17 +109,13 @@ class TensorSummary:
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
-    """``x``'s elements as a 1-D tensor in memory order: a view when ``x`` is a permuted dense
-    tensor (no copy), a copy only when it overlaps or has gaps."""
+    """``x``'s elements as a 1-D tensor in memory order: a view when ``x`` is dense in any dimension
+    order (a permuted activation: no copy), a copy only when it overlaps or has gaps."""
     if x.is_contiguous():
         return x.view(-1)
-    permuted = _in_memory_order(x)
-    return permuted.view(-1) if permuted.is_contiguous() else x.reshape(-1)
-
-
-def _in_memory_order(x: torch.Tensor) -> torch.Tensor:
-    """``x`` with its dimensions permuted by decreasing stride (contiguous iff ``x`` is dense)."""
-    return x.permute(sorted(range(x.ndim), key=lambda d: (-x.stride(d), -x.shape[d])))
+    # a dense tensor's elements fill the slots from its storage offset on, whatever the order of
+    # its dimensions: one strided view reads them all, where a permute and a view cost two dispatches
+    return x.as_strided((x.numel(),), (1,)) if _dense(x) else x.reshape(-1)
 
 
 def _address(x: torch.Tensor) -> int | None:
@@ -132,7 +128,16 @@ def _address(x: torch.Tensor) -> int | None:
 
 def _dense(x: torch.Tensor) -> bool:
     """Whether ``x``'s elements fill ``numel`` consecutive memory slots (any dimension order)."""
-    return x.is_contiguous() or _in_memory_order(x).is_contiguous()
+    if x.is_contiguous() or (x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last)):
+        return True
+    # by increasing stride, each dimension must step over exactly the block the smaller ones fill;
+    # a dimension of size 1 places no element (its stride is free), a zero or negative stride fails
+    filled = 1
+    for stride, size in sorted((st, n) for n, st in zip(x.shape, x.stride()) if n != 1):
+        if stride != filled:
+            return False
+        filled *= size
+    return True
 
 
 Leaf = torch.Tensor | TensorSummary

@@ -63,11 +63,16 @@ def test_a_view_changed_in_place_after_its_base_was_copied_is_copied_as_it_is_th
     assert torch.equal(records["c#0"].inputs["args.0"], (y * 2.0)[:, 1:]), "c's input is not the doubled tensor it saw"
 
 
-@pytest.mark.parametrize("case", ["channels_last_view", "large_mean", "constant", "integer", "bfloat16"])
+@pytest.mark.parametrize("case", ["channels_last_view", "transposed_tokens", "offset_permuted_slice", "gapped_slice",
+                                  "expanded", "large_mean", "constant", "integer", "bfloat16"])
 def test_summary_statistics_agree_with_float64_whatever_the_layout(case: str):
     g = torch.Generator().manual_seed(0)
     x = {
         "channels_last_view": torch.randn(2, 9, 10, 16, generator=g).permute(0, 3, 1, 2),
+        "transposed_tokens": torch.randn(2, 16, 7, generator=g).transpose(1, 2),
+        "offset_permuted_slice": torch.randn(3, 5, 6, 4, generator=g)[1:].permute(0, 3, 1, 2),  # dense, not at offset 0
+        "gapped_slice": torch.randn(6, 8, generator=g)[:, ::2],
+        "expanded": torch.randn(5, 1, 3, generator=g).expand(5, 4, 3),  # overlapping: every element read 4 times
         "large_mean": torch.randn(4096, generator=g) * 1e-3 + 100.0,
         "constant": torch.full((7, 5), 3.25),
         "integer": torch.randint(-50, 50, (33, 3), generator=g),
