@@ -11,17 +11,18 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    own body runs with the recorder on: ``nn.MultiheadAttention``'s projections and attention are
    seen one by one, as the other side writes them). A tensor passed twice is copied once (``mha(x, x, x)``
    keeps its self-attention path); a candidate taking other flags or keyword names gets the reference's
-   tensors in its own arguments where they pair one to one. A culprit without a twin, or fed other
-   values than its twin (windows its block did not shift), is explained
+   tensors in its own arguments where they pair one to one, brought into its layout (NHWC against
+   NCHW). A culprit without a twin, or fed other values than its twin (windows its block did not
+   shift), is explained
    through its innermost twinned ancestor, which runs the same code. When either twin cannot be copied or cast
    (a forward patched with a closure over the original), both run as they are, in their own dtype,
    under ``no_grad`` with their parameters and buffers snapshotted and restored bitwise (only the
    changed ones written back: a comparison leaves the models' version counters as they were).
 2. Canonicalize. Spellings of one operation get one name (``__mul__``/``mul``/``mul_`` -> ``mul``,
    ``view`` -> ``reshape``, ``addmm`` -> ``linear``, ``bmm``/``@``/two-operand ``einsum`` ->
-   ``matmul``, an adaptive average pool to size 1 -> ``mean`` over its spatial dims, kept; a pad of
-   zero width vanishes), non-tensor
-   arguments are bound to parameter names with their defaults (``eps``, ``approximate``,
+   ``matmul``, ``addcmul(x, a, b)`` -> ``a * b`` then ``x + ...`` (the ops a port writes for it),
+   an adaptive average pool to size 1 -> ``mean`` over its spatial dims, kept; a pad of zero width
+   vanishes), non-tensor arguments are bound to parameter names with their defaults (``eps``, ``approximate``,
    ``dim`` made non-negative, ``stride`` as a tuple), and tensor arguments that are the module's
    parameters or buffers (or views of them) are named (``gamma``), with their values as stored
    and as passed (a kernel stored HWIO, permuted for the conv), read before the op runs (an
@@ -149,6 +150,8 @@ LAYOUT = frozenset({
 })
 _CASTS = frozenset({"to", "type", "float", "double", "half", "bfloat16", "type_as"})
 _COMMUTATIVE = frozenset({"add", "mul"})
+# fused ops recorded as the ops they fuse (``x + a * b``), which the other side may write out
+_WRITTEN_OUT = {"addcmul": torch.mul, "addcdiv": torch.div}
 
 # Parameter names of builtins (no inspect.signature): canonical name -> (name, default) in order.
 _NO_DEFAULT = object()
@@ -222,6 +225,7 @@ class Op:
     # sibling ops fused into this one: (scope, argument name -> parameter name, first row, end row)
     members: tuple[tuple[str, dict[str, str], int, int], ...] = ()
     features: int | tuple[int, ...] = -1  # a product by a weight (a token-mixing einsum): the output axis (axes) of its output features
+    in_shape: tuple[int, ...] = ()  # the first input's shape: which axes a ``dim`` names
     # the call as made, its one activation input left open (:data:`_OPEN`): the reference's op is run
     # again on what the candidate's hand-written version of it received
     call: tuple[Callable, tuple, dict] | None = None
@@ -321,6 +325,9 @@ class OpRecorder(TorchFunctionMode):
         if any(id(t) in self._roots and self._roots[id(t)] is t for t in outs):
             return  # an update of the module's own state (num_batches_tracked += 1), not computation
         name = canonical_name(func)
+        if name in _WRITTEN_OUT and len(args) == 3 and set(kwargs) <= {"value"} \
+                and isinstance(kwargs.get("value", 1), (int, float)):
+            return self._record_written_out(name, args, kwargs.get("value", 1), out, before)
         if name == "addmm" and len(args) >= 3:  # torch.addmm(bias, x, weight.t()): a linear layer
             name, args, kwargs = "linear", (args[1], args[2], args[0]), {}
         if name in _GLOBAL_POOLS:
@@ -375,12 +382,27 @@ class OpRecorder(TorchFunctionMode):
             named_inputs={k: id(v) for k, v in tensors.items() if k not in params},
             input_ids=inputs, out_ids=[id(t) for t in outs], outputs=[t.detach().clone() for t in outs],
             scope=self._scope[-1] if self._scope else "", kind=kind, features=features,
+            in_shape=tuple(first.shape) if first is not None else (),
             call=_opened(*call, inputs[0]) if len(set(inputs)) == 1 and not tensor_lists else None,
         )
         self._alive.append(out)
         for i in op.out_ids:
             self._producers.setdefault(i, []).append(op.index)
         self.ops.append(op)
+
+    def _record_written_out(self, name: str, args: tuple, value: float, out: Any, before: dict[int, torch.Tensor]) -> None:
+        """``addcmul(x, a, b, value=v)`` (``addcdiv``) recorded as the ops a port writes for it:
+        ``a * b`` (``a / b``), times ``v`` unless 1, then ``x + ...``. The two sides' ops then pair
+        one by one: a bias added in the wrong place, or a residual missing after it, is named."""
+        x, a, b = args
+        product_op = _WRITTEN_OUT[name]
+        product = product_op(a, b)
+        self._record(product_op, (a, b), {}, product, before)
+        if value != 1:
+            scaled = product * value
+            self._record(torch.mul, (product, value), {}, scaled, before)
+            product = scaled
+        self._record(torch.add, (x, product), {}, out, before)
 
     def _einsum_product(self, equation: Any, operands: list) -> tuple[tuple, int]:
         """An einsum's two operands as ``x @ W``, and the output axis (or axes) of its features: a weight
@@ -1275,6 +1297,8 @@ def _argument_findings(module: str, c: Op, r: Op) -> list[dict]:
             continue  # a BatchNorm's momentum changes nothing in eval mode
         if key in _LAYOUT_ONLY:
             continue  # where or in what shape the result is written, not what it is
+        if key == "dim" and _same_axes(c.in_shape, a, r.in_shape, b):
+            continue  # the channels' dim of an NHWC twin against an NCHW one
         if not _same_value(a, b):
             op, inside = c.name, ""
             if c.name == "scaled_dot_product_attention" and key in ("dim", "dtype"):
@@ -1282,6 +1306,30 @@ def _argument_findings(module: str, c: Op, r: Op) -> list[dict]:
             text = f"{module}: {op} {key} {_show(a)} in the candidate, {_show(b)} in the reference{inside}"
             out.append(_finding(module, "argument", op, key, a, b, text))
     return out
+
+
+def _same_axes(c_shape: tuple[int, ...], c_dim: Any, r_shape: tuple[int, ...], r_dim: Any) -> bool:
+    """Whether two ``dim`` arguments name the same axes of twin inputs laid out differently (the
+    channels: 3 of an NHWC map, 1 of an NCHW one): the inputs' shapes are permutations of each other,
+    the dims name axes of the same sizes, and every axis of those sizes, so that any permutation
+    taking one shape to the other takes one set of axes to the other (the channels of a map with
+    as many rows as channels stay ambiguous, and their dims are compared as they are)."""
+    c_dims, r_dims = _dim_tuple(c_dim), _dim_tuple(r_dim)
+    if c_shape == r_shape or sorted(c_shape) != sorted(r_shape) or c_dims is None or r_dims is None:
+        return False
+    if any(d >= len(c_shape) for d in c_dims) or any(d >= len(r_shape) for d in r_dims):
+        return False
+    sizes = sorted(c_shape[d] for d in c_dims)
+    return sizes == sorted(r_shape[d] for d in r_dims) \
+        and all(sizes.count(n) == c_shape.count(n) for n in sizes)
+
+
+def _dim_tuple(dim: Any) -> tuple[int, ...] | None:
+    if isinstance(dim, int) and dim >= 0:
+        return (dim,)
+    if isinstance(dim, (tuple, list)) and dim and all(isinstance(d, int) and d >= 0 for d in dim):
+        return tuple(dim)
+    return None
 
 
 # arguments whose None an op reads as a value: interpolate computes with align_corners=None as with False
@@ -2151,14 +2199,26 @@ _NEAR = 0.1  # relative difference up to which a candidate's input tensor is tak
 
 def _given_reference_tensors(own: tuple[tuple, dict], ref: Any) -> tuple[tuple, dict]:
     """The candidate's own arguments (its flags, its keyword names) with each tensor replaced by the
-    reference's in the same place, where the two pair one to one by shape and near values: an error
-    from upstream must not make the re-run's first ops differ."""
+    reference's in the same place, in the candidate's layout (an NHWC block against an NCHW one),
+    where the two pair one to one by near values: an error from upstream, or float32 rounding,
+    must not make the re-run's first ops differ."""
     mine = list(flatten_tensors(own).values())
     theirs = list(flatten_tensors((ref.args, ref.kwargs)).values())
-    if len(mine) != len(theirs) or not all(_near(a, b) for a, b in zip(mine, theirs)):
+    given = [_in_layout_of(b, a) for a, b in zip(mine, theirs)] if len(mine) == len(theirs) else [None]
+    if any(t is None for t in given):
         return own
-    given = iter(theirs)
-    return map_tensors(own, lambda t: next(given))
+    tensors = iter(given)
+    return map_tensors(own, lambda t: next(tensors))
+
+
+def _in_layout_of(theirs: torch.Tensor, mine: torch.Tensor) -> torch.Tensor | None:
+    """The reference's tensor brought into the layout of the candidate's, where it then holds near
+    values (None otherwise)."""
+    if theirs.shape != mine.shape and theirs.dtype == mine.dtype and theirs.is_floating_point():
+        adapter = find_adapter(theirs, mine, remember=False)
+        if adapter is not None:  # laid out in memory as the candidate's own (clone keeps its strides)
+            theirs = mine.clone().copy_(adapter.apply(theirs))
+    return theirs if _near(mine, theirs) else None
 
 
 def _near(a: torch.Tensor, b: torch.Tensor) -> bool:
