@@ -25,6 +25,20 @@ def findings_text(findings: list[dict]) -> str:
     return "\n".join(f"{f['kind']} | {f['text']}" for f in findings) or "(no finding)"
 
 
+def compare_port(candidate: torch.nn.Module, reference: torch.nn.Module, x: torch.Tensor,
+                 change: Callable[[torch.nn.Module], Any] = lambda model: None) -> Any:
+    """A port against its reference as a porting engineer checks it: the weight correspondence found
+    by ``harness.map_weights``, the reference's weights carried over, then ``change(candidate)``
+    (the injected bug, under ``no_grad``), then ``harness.compare`` through that map."""
+    import harness
+
+    weights = harness.map_weights(candidate, reference, x)
+    weights.transfer(reference, candidate)
+    with torch.no_grad():
+        change(candidate)
+    return harness.compare(candidate, reference, x, weights=weights)
+
+
 def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     """Tokens ``(B, N, C)`` -> per head ``(B, heads, N, C / heads)``."""
     return t.unflatten(-1, (heads, -1)).transpose(1, 2)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import harness
-from helpers import findings_text
+from helpers import compare_port, findings_text
 
 C = 8
 
@@ -51,16 +51,10 @@ class _Net(nn.Module):
 
 
 def _compare(candidate_norm: nn.Module, change: Callable[[nn.Module], None] = lambda norm: None) -> harness.Report:
-    """The port against the reference, their weights mapped and carried over, then ``change``d."""
     ref = _Net(_FusedResponseNorm()).double().eval()
     harness.randomize_(ref, torch.Generator().manual_seed(0))
-    cand = _Net(candidate_norm).double().eval()
     x = torch.randn(2, 5, C, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    weights = harness.map_weights(cand, ref, x)
-    weights.transfer(ref, cand)
-    with torch.no_grad():
-        change(cand.grn)
-    return harness.compare(cand, ref, x, weights=weights)
+    return compare_port(_Net(candidate_norm).double().eval(), ref, x, lambda cand: change(cand.grn))
 
 
 def test_a_written_out_addcmul_with_its_residual_passes_with_no_finding() -> None:

@@ -13,7 +13,7 @@ from torch import nn
 
 import harness
 from harness.diagnose import _same_axes
-from helpers import findings_text
+from helpers import compare_port, findings_text
 
 C = 12
 
@@ -59,13 +59,8 @@ class _NhwcNet(nn.Module):
 def _compare(change: Callable[[_ChannelGate], None]) -> harness.Report:
     ref = _NchwNet().float().eval()
     harness.randomize_(ref, torch.Generator().manual_seed(0))
-    cand = _NhwcNet().float().eval()
     x = torch.randn(2, C, 5, 7, generator=torch.Generator().manual_seed(1))
-    weights = harness.map_weights(cand, ref, x)
-    weights.transfer(ref, cand)
-    with torch.no_grad():
-        change(cand.gate)
-    return harness.compare(cand, ref, x, weights=weights)
+    return compare_port(_NhwcNet().float().eval(), ref, x, lambda cand: change(cand.gate))
 
 
 def test_the_correct_channels_last_port_passes_in_float32() -> None:
