@@ -85,9 +85,11 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    model, as it is, reshaped or transposed: a swap), a parameter one side does not pass (a dropped
    bias), or, when its inputs already differ while everything computed before agreed, operands
    passed in another order (``key`` where ``query`` belongs; a written-out attention's q and k read
-   before their scaling and ``k``'s transpose) or the layout ops between (a transpose
-   missing before a reshape; not those that only bring a value into the layout the other side
-   computes it in). Outputs agree in any layout (:mod:`harness.adapters`): an einsum may
+   before their scaling and ``k``'s transpose), the reference's values reordered along some axes,
+   each on its own (slices joined in another order, a roll, a flip: :func:`rearrangement`), or the
+   layout ops between (a transpose missing before a reshape; not those that only bring a value
+   into the layout the other side computes it in). So is an input that holds its twin's values
+   only through a layout adapter (a conv run on a map with H and W exchanged). Outputs agree in any layout (:mod:`harness.adapters`): an einsum may
    write ``(B, N, H, D)`` where the fused attention writes ``(B, H, N, D)``, a token-mixing einsum
    ``(B, N, C)`` where a linear on transposed tokens writes ``(B, C, N)``, even with ``N == C``.
    When no pair differs but the module output does, the pending ops at the end explain
@@ -128,7 +130,7 @@ from harness.metrics import DEFAULT_TOLERANCES, Tolerance, measure
 from harness.trace import flatten_tensors, hookable_modules, map_tensors
 
 __all__ = ["Op", "OpRecorder", "record_ops", "record_values", "diagnose", "diagnose_modules", "attribute_diff", "culprit_diagnosis",
-           "origins_diagnosis", "setting_notes", "reads_training", "KINDS"]
+           "origins_diagnosis", "setting_notes", "reads_training", "rearrangement", "KINDS"]
 
 KINDS = ("argument", "attribute", "missing_op", "extra_op", "op", "value")
 # most specific first: an argument names the value to fix; a missing op says what to add; an
@@ -565,11 +567,28 @@ def _normalize(name: str, args: dict[str, Any], first: torch.Tensor | None, outs
         out = _one_sequence(name, out, ndim)
     if name == "reshape":
         out = {"shape": tuple(outs[0].shape)}  # -1 or explicit, view or reshape: the shape made
-    if name == "index":
-        out = {"index": repr(args.get("arg1"))}
+    if name == "index":  # x[..., 0::2, :] as written (Tensor.__getitem__ binds it as ``key``)
+        out = {"index": _index_text(args.get("key", args.get("arg1")))}
     if name == "batch_norm":
         out["divides_by"] = "sqrt(var + eps)"  # what a batch norm written out may divide by otherwise
     return out
+
+
+def _index_text(key: Any) -> str:
+    """An index as Python writes it: ``[..., 0::2, 1::2, :]``."""
+    def one(k: Any) -> str:
+        if k is Ellipsis:
+            return "..."
+        if isinstance(k, slice):
+            text = ("" if k.start is None else str(k.start)) + ":" + ("" if k.stop is None else str(k.stop))
+            return text + ("" if k.step is None else f":{k.step}")
+        if isinstance(k, torch.Tensor):
+            return f"<{_DTYPE_WORDS.get(k.dtype, 'tensor')} {tuple(k.shape)}>"
+        return repr(k)
+    return "[" + ", ".join(one(k) for k in (key if isinstance(key, tuple) else (key,))) + "]"
+
+
+_DTYPE_WORDS = {torch.bool: "mask", torch.int64: "indices", torch.int32: "indices"}
 
 
 # ops taking their sizes or dims one by one or as one sequence: the argument that holds them
@@ -1578,6 +1597,98 @@ def _inputs_differ(c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance) -> boo
     return False
 
 
+def _relaid_input(c: Op, r: Op, cand: _Side, ref: _Side) -> str | None:
+    """How the first input of a diverging pair is laid out otherwise than its twin's, where the two
+    hold the same values only through an adapter (a map with H and W exchanged, for a conv that
+    reads them as they lie): the candidate's and the reference's shapes, and the adapter."""
+    a = cand.rec.value(c.input_ids[0], c.index) if c.input_ids else None
+    b = ref.rec.value(r.input_ids[0], r.index) if r.input_ids else None
+    if a is None or b is None or a.shape == b.shape:
+        return None
+    adapter = find_adapter(a, b, remember=False)
+    if adapter is None or not _close(adapter.apply(a), b):
+        return None
+    return f"{tuple(a.shape)} against {tuple(b.shape)} ({adapter.description} brings it back)"
+
+
+def _rearranged_input(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance) -> list[dict]:
+    """A diverging op whose input holds the reference's values in another order along some axes:
+    blocks exchanged (a patch merging's slices concatenated in another order), a roll, a flip."""
+    a = cand.rec.value(c.input_ids[0], c.index) if c.input_ids else None
+    b = ref.rec.value(r.input_ids[0], r.index) if r.input_ids else None
+    if a is None or b is None or a.shape != b.shape or not a.is_floating_point():
+        return []
+    moves = rearrangement(a, b, tol)
+    if not moves:
+        return []
+    how = "; ".join(f"along dim {d}, {text}" for d, text in moves)
+    return [_finding(module, "op", c.name, None, None, None,
+                     f"{module}: {c.name} receives the reference's values in another order: {how}")]
+
+
+def rearrangement(candidate: torch.Tensor, reference: torch.Tensor, tol: Tolerance) -> list[tuple[int, str]]:
+    """How ``candidate`` holds ``reference``'s values reordered along its axes, each axis on its own
+    (a cyclic shift of rows and columns, blocks of channels exchanged): [(dim, description)], or []
+    when no such reordering gives the reference within ``tol``.
+
+    Each position along an axis is known by the sum and the sum of squares of its slice, which do
+    not change when the other axes are reordered; sorting both sides by them pairs the positions,
+    and the reference reordered by every pairing found must then agree with the candidate."""
+    a, b = candidate.detach().double(), reference.detach().double()
+    orders: list[tuple[int, torch.Tensor]] = []
+    for d, n in enumerate(a.shape):
+        if n < 2:
+            continue
+        order = _pairing(a, b, d)
+        if order is None:
+            return []
+        if not torch.equal(order, torch.arange(n)):
+            orders.append((d, order))
+    if not orders:
+        return []
+    reordered = b
+    for d, order in orders:
+        reordered = reordered.index_select(d, order)
+    if not measure(a, reordered).passes(tol):
+        return []
+    return [(d, _moves_text(order.tolist())) for d, order in orders]
+
+
+def _pairing(a: torch.Tensor, b: torch.Tensor, d: int) -> torch.Tensor | None:
+    """For each position of ``a`` along ``d``, the position of ``b`` holding the same slice values,
+    whatever their order inside the slice: known by the slice's largest and smallest value (exact
+    under any reordering) and its sum; None where the slices of the two differ."""
+    others = [k for k in range(a.ndim) if k != d]
+    keys = []
+    for t in (a, b):
+        features = list(zip(t.amax(others).tolist(), t.amin(others).tolist(), t.sum(others).tolist()))
+        keys.append(sorted(range(t.shape[d]), key=features.__getitem__))
+    pairing = torch.empty(a.shape[d], dtype=torch.long)
+    pairing[torch.tensor(keys[0])] = torch.tensor(keys[1])
+    same = torch.equal(a.amax(others), b.amax(others).index_select(0, pairing)) \
+        and torch.equal(a.amin(others), b.amin(others).index_select(0, pairing))
+    return pairing if same else None
+
+
+def _moves_text(order: list[int]) -> str:
+    """``order[i]``: the reference's position that position ``i`` holds, said as a person would."""
+    n, shift = len(order), order[0]
+    if all(order[i] == (i + shift) % n for i in range(n)):
+        by = -shift if shift <= n // 2 else n - shift
+        return f"rolled by {by} (torch.roll of the reference's by {by})"
+    if order == list(range(n - 1, -1, -1)):
+        return "reversed"
+    runs, start = [], 0
+    for i in range(1, n + 1):
+        if i == n or order[i] != order[i - 1] + 1:
+            if order[start] != start:
+                runs.append(f"[{start}:{i}] holds the reference's [{order[start]}:{order[i - 1] + 1}]")
+            start = i
+    if len(runs) > 4:
+        return f"{sum(o != i for i, o in enumerate(order))} of {n} positions hold another position's values"
+    return ", ".join(runs)
+
+
 _OPERANDS = {"scaled_dot_product_attention": ("query", "key", "value"), "matmul": ("input", "other"),
              "sub": ("input", "other"), "div": ("input", "other")}
 
@@ -1937,9 +2048,15 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             found += _param_findings(where, c, r, ref_module, root, expected)
             found += _mask_findings(where, c, r, tol)
             inputs_differ = not found and _inputs_differ(c, r, cand, ref, tol)
-            if inputs_differ:
+            relaid = not found and not inputs_differ and _relaid_input(c, r, cand, ref)
+            if inputs_differ or relaid:
                 found = _swapped_inputs(where, c, r, cand, ref, tol) \
+                    or _rearranged_input(where, c, r, cand, ref, tol) \
                     or _layout_findings(module, cand, ref, last_c, c.index, last_r, r.index, c.name, agreed)
+            if not found and relaid:
+                found = [_finding(where, "op", c.name, None, None, None,
+                                  f"{where}: {c.name} receives the reference's input in another layout, "
+                                  f"{relaid} ({_difference(c.outputs, r.outputs)})")]
             if not found:
                 why = ("receives other inputs, though every operation before it agrees: they are sliced, "
                        "indexed or ordered differently" if inputs_differ
