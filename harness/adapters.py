@@ -16,7 +16,8 @@ adapter that brings the candidate's tensor into the reference's shape:
    half a window;
 5. twins of one shape whose plain comparison fails and whose inputs agree only through such a
    permutation: the permutations of 2. that keep the shape (NHWC against NCHW when
-   C == H == W); one that passes is taken. A module
+   C == H == W), and rolls of the token axes by a few tokens (a port keeping its class token at
+   the end of the sequence); one that passes is taken. A module
    given the reference's layout that returns a permuted one, and a map whose H and W were
    exchanged (on a square grid they keep the shape), still fail.
 
@@ -176,11 +177,31 @@ def _window_adapters(cand: tuple[int, ...], ref: tuple[int, ...]) -> Iterator[Ad
 
 def _shape_keeping(shape: tuple[int, ...]) -> Iterator[Adapter]:
     """Permutations that leave ``shape`` as it is and are a layout convention (:func:`_convention`:
-    NHWC against NCHW when C == H == W)."""
+    NHWC against NCHW when C == H == W), then token orders (:func:`_token_rolls`)."""
     # lexicographic, not the kernel layouts first: of adapters with equal errors the first is kept
     for dims in sorted(shape_permutations(shape, shape)):
         if _convention(shape, dims):
             yield Adapter(_perm_text(dims), lambda t, dims=dims: t.permute(*dims))
+    yield from _token_rolls(shape)
+
+
+# the most tokens a sequence keeps apart from its patches: a class token, a distillation token, registers
+_PREFIX_TOKENS = 8
+
+
+def _token_rolls(shape: tuple[int, ...]) -> Iterator[Adapter]:
+    """A token sequence whose prefix tokens (a class token, registers) one side keeps at the end:
+    every non-batch axis of one size (the tokens; both axes of attention scores) rolled by up to
+    ``_PREFIX_TOKENS``, the fewest first."""
+    sizes = sorted({n for n in shape[1:] if n > 2})
+    for k in range(1, _PREFIX_TOKENS + 1):
+        for n in sizes:
+            if k >= n:
+                continue
+            axes = tuple(d for d in range(1, len(shape)) if shape[d] == n)
+            for by in (k, -k):
+                yield Adapter(f"roll {by} along dim{'s' if len(axes) > 1 else ''} {', '.join(map(str, axes))}",
+                              lambda t, by=by, axes=axes: torch.roll(t, (by,) * len(axes), axes))
 
 
 def _convention(shape: Sequence[int], dims: Sequence[int]) -> bool:
