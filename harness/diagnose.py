@@ -344,6 +344,8 @@ class OpRecorder(TorchFunctionMode):
             else:
                 name, args, kwargs = "einsum", (), {}
         bound = _bind(func, name, args, kwargs) if name != "einsum" else {"operands": operands}
+        if name.startswith("conv") and isinstance(bound.get("padding"), str):
+            bound["padding"] = _padding_numbers(bound)
         tensors = {k: v for k, v in bound.items() if isinstance(v, torch.Tensor)}
         tensor_lists = {k: v for k, v in bound.items() if isinstance(v, (list, tuple))
                         and v and all(isinstance(t, torch.Tensor) for t in v)}
@@ -572,6 +574,21 @@ def _normalize(name: str, args: dict[str, Any], first: torch.Tensor | None, outs
     if name == "batch_norm":
         out["divides_by"] = "sqrt(var + eps)"  # what a batch norm written out may divide by otherwise
     return out
+
+
+def _padding_numbers(bound: dict[str, Any]) -> Any:
+    """A conv's ``padding="same"``/``"valid"`` as the numbers it pads by, where they are symmetric
+    (an odd kernel): what a port writing them out passes."""
+    weight, padding = bound.get("weight"), bound["padding"]
+    if padding == "valid":
+        return 0
+    if padding != "same" or not isinstance(weight, torch.Tensor):
+        return padding
+    kernel = weight.shape[2:]
+    dilation = bound.get("dilation", 1)
+    dilation = (dilation,) * len(kernel) if isinstance(dilation, int) else tuple(dilation)
+    totals = [d * (k - 1) for d, k in zip(dilation, kernel)]
+    return tuple(t // 2 for t in totals) if all(t % 2 == 0 for t in totals) else padding
 
 
 def _index_text(key: Any) -> str:
@@ -1381,6 +1398,12 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
         name, ref_name = c.params[key], r.params[r_key]
         stored = _stored_right(c.param_values[key], r.param_values[r_key],
                                expected(name) if expected is not None else None)
+        other = _role_holding(r, r_key, passed_c) if stored is not None else None
+        if other is not None:  # stored right, passed in another's place
+            text = (f"{module}: {c.name} receives {name} as its {key}, where the reference passes {ref_name}; "
+                    f"{name} holds what the reference passes as {other} ({r.params[other]}): operands swapped?")
+            out.append(_finding(module, "argument", c.name, key, name, ref_name, text))
+            continue
         if stored is not None and passed is None:
             continue  # stored as the reference's (a slice of a fused tensor): the ops' shapes differ, not it
         if stored is not None:
@@ -1416,6 +1439,18 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
                 text = f"{module}: {c.name} {key} {c.params[key]} in the candidate; the reference passes none"
             out.append(_finding(module, "argument", c.name, key, c.params.get(key), r.params.get(key), text))
     return out
+
+
+def _role_holding(r: Op, r_key: str, value: torch.Tensor) -> str | None:
+    """Another parameter argument of ``r`` than ``r_key`` to which the reference passes ``value``
+    (in any layout): the candidate passed it in the wrong place (a norm's mean and variance swapped)."""
+    for other, name in r.params.items():
+        if other == r_key or name == r.params[r_key]:
+            continue
+        pair = _in_one_layout(value, r.operands.get(other, r.param_values[other]))
+        if pair is not None and torch.equal(pair[0], pair[1].to(pair[0].dtype)):
+            return other
+    return None
 
 
 def _differing_member(c: Op, key: str, reference: torch.Tensor) -> tuple | None:
@@ -1812,17 +1847,20 @@ def _no_bias(op: Op, key: str) -> torch.Tensor | None:
 
 
 def _replaced_findings(module: str, cs: list[Op], rs: list[Op], j1: int, cand: _Side, ref: _Side,
-                       tol: Tolerance, operands: Callable[[str, Op, Op], list[dict]]) -> list[dict]:
+                       tol: Tolerance, operands: Callable[[str, Op, Op], list[dict]],
+                       after_replaced: bool = False) -> list[dict]:
     """One finding per op the candidate applies in the place of another (``cs`` against ``rs[j1:]``),
     except where the two give one result (another spelling of one operation) and where the op only
     receives what a replaced op before it made differ: the first difference is the one to explain,
     and an untouched module downstream of it is no lead. Where a parameter operand holds other values
     than the reference's (``operands``: through the weight map), that is the finding: a linear in the
-    place of a conv on a whole map is a spelling the right port has too."""
+    place of a conv on a whole map is a spelling the right port has too. ``after_replaced``: a
+    replaced op before these already made a difference."""
     found: list[dict] = []
     for k, c in enumerate(cs):
         r = rs[j1 + k]
-        if _outputs_agree(c.outputs, r.outputs, tol) or (found and _inputs_differ(c, r, cand, ref, tol)):
+        if _outputs_agree(c.outputs, r.outputs, tol) or \
+                ((found or after_replaced) and _inputs_differ(c, r, cand, ref, tol)):
             continue
         where = _scoped(module, c)
         if c.params and r.params and (held := operands(where, c, r)):
@@ -2011,12 +2049,11 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
     the reference twin's name, to say where an op of a functional port sits)."""
     cs, rs = _fuse_siblings(cand, ref, tol), _fuse_siblings(ref, cand, tol)
     operands = (lambda where, c, r: _param_findings(where, c, r, ref_module, root, expected))
-    sm = difflib.SequenceMatcher(None, [o.name for o in cs], [o.name for o in rs], autojunk=False)
     pending: list[dict] = []
     unpaired: dict[int, tuple[bool, Op]] = {}  # id of an unpaired op's finding -> (the candidate's?, the op)
     cand_scopes = _scopes(cand.rec)
     last_c, last_r, agreed = -1, -1, None  # recorder indices of the last agreeing pair, the pair
-    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+    for tag, i1, i2, j1, j2 in _aligned(cs, rs, expected, cand.rec):
         if tag != "equal":
             if tag == "replace" and i2 - i1 > 1 and j2 - j1 == 1:  # one op written out: does it compute it?
                 done, found = _written_out(module, cs[i1:i2], rs, j1, cand, ref, tol,
@@ -2026,7 +2063,8 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                     continue
                 tag, i1, j1 = "insert", i1 + done, j2  # it does: what follows it is extra
             n = min(i2 - i1, j2 - j1) if tag == "replace" else 0
-            pending += _replaced_findings(module, cs[i1:i1 + n], rs, j1, cand, ref, tol, operands)
+            pending += _replaced_findings(module, cs[i1:i1 + n], rs, j1, cand, ref, tol, operands,
+                                          any(f["kind"] == "op" for f in pending))
             if any(f["kind"] == "op" for f in pending):
                 continue  # what follows a replaced op that changed the values receives its error: no lead
             for k in range(i1 + n, i2):
@@ -2064,9 +2102,9 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                 found = [_finding(where, "value", c.name, None, None, None,
                                   f"{where}: {c.name} {why} ({_difference(c.outputs, r.outputs)}; candidate "
                                   f"{c.spelling}, reference {r.spelling})")]
-            return found
+            return _moved(found)
     if pending and not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
-        return pending
+        return _moved(pending)
     if not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
         # every op agrees, yet the output does not: the layout after the last op differs
         found = _layout_findings(module, cand, ref, last_c, len(cand.rec.ops), last_r, len(ref.rec.ops), "the output",
@@ -2074,6 +2112,108 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
         return found or [_finding(module, "value", None, None, None, None,
                                   f"{module}: every operation agrees with the reference, the returned value does not")]
     return []
+
+
+def _moved(findings: list[dict]) -> list[dict]:
+    """An op missing in one place and extra in another of one module is one op moved (an activation
+    applied after the norm where the reference applies it before): said first, as one finding."""
+    missing = {(f["module"], f["op"]): f for f in findings if f["kind"] == "missing_op"}
+    for extra in (f for f in findings if f["kind"] == "extra_op"):
+        lost = missing.get((extra["module"], extra["op"]))
+        if lost is None:
+            continue
+        where = lambda f: f["text"].split(" in the candidate ", 1)[1].split(";", 1)[0]
+        text = (f"{extra['module']}: {extra['op']} in another place than the reference's: missing in the candidate "
+                f"{where(lost)}, extra {where(extra)}")
+        rest = [f for f in findings if f is not lost and f is not extra]
+        return [_finding(extra["module"], "missing_op", extra["op"], None, extra["op"], extra["op"], text), *rest]
+    return findings
+
+
+def _aligned(cs: list[Op], rs: list[Op], expected: Expected | None,
+             rec: OpRecorder) -> list[tuple[str, int, int, int, int]]:
+    """``difflib`` opcodes pairing two op streams, anchored on parameters (:func:`_anchors`): an op
+    paired with the one reading the same tensor's values whatever their names (a 1x1 conv with the
+    linear it ports), a hand-written run with the one op it writes out (a batch norm folded into a
+    scale and a shift). Between anchors, ops pair by name; a name alone would pair a hand-written
+    norm's ``mul`` by its scale with a layer scale's ``mul`` further on, and every op after it with
+    the wrong twin."""
+    codes: list[tuple[str, int, int, int, int]] = []
+    i0 = j0 = 0
+    for lo, hi, j in [*_anchors(cs, rs, expected, rec), (len(cs), len(cs), len(rs))]:
+        single = hi - lo == 1
+        # a run ends the stretch that pairs by name with its op last (its first ops are found there)
+        i, j_end = (lo, j) if single else (hi, j + 1)
+        sm = difflib.SequenceMatcher(None, [o.name for o in cs[i0:i]], [o.name for o in rs[j0:j_end]], autojunk=False)
+        codes += [(tag, a1 + i0, a2 + i0, b1 + j0, b2 + j0) for tag, a1, a2, b1, b2 in sm.get_opcodes()]
+        if single and lo < len(cs):
+            codes.append(("equal" if cs[lo].name == rs[j].name else "replace", lo, hi, j, j + 1))
+        i0, j0 = hi, j + 1
+    return codes
+
+
+def _anchors(cs: list[Op], rs: list[Op], expected: Expected | None, rec: OpRecorder) -> list[tuple[int, int, int]]:
+    """``(lo, hi, j)``: the candidate's ops ``cs[lo:hi]`` pair with the reference's ``rs[j]``, each
+    reading parameters that hold what ``rs[j]`` reads and no other reference op's (``rs[j]`` reading
+    none of another candidate op's): one op, or a hand-written run from its first such op to its
+    last, with the ops after it that read only what the run made (its final add). The longest
+    chain of them in order on both sides."""
+    links: dict[int, set[int]] = {}
+    for i, c in enumerate(cs):
+        for j, r in enumerate(rs):
+            if c.params and r.params and _twin_params(c, r, expected):
+                links.setdefault(i, set()).add(j)
+    readers: dict[int, list[int]] = {}
+    for i, js in links.items():
+        if len(js) == 1:
+            readers.setdefault(next(iter(js)), []).append(i)
+    spans = []
+    for j, group in readers.items():
+        if any(j in js for i, js in links.items() if len(js) > 1):
+            continue
+        lo, hi = min(group), max(group) + 1
+        if len(group) == 1:
+            spans.append((lo, hi, j))
+        elif len(group) > 1:
+            spans.append((lo, _run_end(rec, cs, lo, hi), j))
+    return _increasing_chain(sorted(spans))
+
+
+def _run_end(rec: OpRecorder, cs: list[Op], lo: int, hi: int) -> int:
+    """``hi`` moved past the ops after ``cs[lo:hi]`` that join two or more of what those ops made
+    (through views: ``x * inv + shift[:, None, None]``), and nothing else: an activation after the
+    run reads one value, and is the next op."""
+    made = {op.index for op in cs[lo:hi]}
+    while hi < len(cs) and len(set(cs[hi].input_ids)) > 1 and not cs[hi].params and all(
+            (source := _source(rec, t, cs[hi].index)) is not None and source.index in made for t in cs[hi].input_ids):
+        made.add(cs[hi].index)
+        hi += 1
+    return hi
+
+
+def _twin_params(c: Op, r: Op, expected: Expected | None) -> bool:
+    """Whether some parameter ``c`` reads holds what some parameter ``r`` reads (in any layout)."""
+    for key, name in c.params.items():
+        mine = expected(name) if expected is not None else None
+        mine = c.param_values[key] if mine is None else mine
+        for r_key in r.params:
+            theirs = r.param_values[r_key]
+            if mine.numel() != theirs.numel() or mine.numel() < 2:
+                continue
+            pair = _in_one_layout(mine, theirs)
+            if pair is not None and torch.equal(pair[0], pair[1].to(pair[0].dtype)):
+                return True
+    return False
+
+
+def _increasing_chain(spans: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """The longest sub-list of ``spans`` (sorted) in which each begins after the one before ends and
+    pairs with a later reference op."""
+    best: list[list[tuple[int, int, int]]] = []
+    for span in spans:
+        before = [chain for chain in best if chain[-1][1] <= span[0] and chain[-1][2] < span[2]]
+        best.append(max(before, key=len, default=[]) + [span])
+    return max(best, key=len, default=[])
 
 
 def _feeding(pending: list[dict], unpaired: dict[int, tuple[bool, Op]], c: Op, r: Op, cand: _Side,
