@@ -55,13 +55,18 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    without a bias adds zeros);
    a differing fused parameter names the member whose rows differ (``v_proj.weight`` against
    ``qkv.weight[16:24]``). A culprit twinned to such a slice is explained through its twinned ancestor.
-   Align the two computational op streams by name (``difflib.SequenceMatcher``) and walk the
+   Align the two computational op streams, first through the parameters their ops read: an op
+   reading what one reference op reads (as the weight map puts it), and no other's, is that op's
+   twin whatever its name (a 1x1 conv and the linear it ports), and a hand-written run of ops reading
+   it is that op written out (a batch norm folded into a scale and a shift: the run ends with the
+   ops joining what it made); between those anchors, by name (``difflib.SequenceMatcher``). Walk the
    aligned pairs in order. Unpaired ops are held as pending until the next pair: if that pair's
    output agrees, they were harmless spellings; if not, only those whose results flow into it explain
    it. An op missing in the candidate is a finding on the reference's submodule running it where the
    twins have one name and the candidate has that submodule, else on the candidate module, its text
    naming the reference's submodule. A pair whose output differs while a nearby op of
-   the same name agrees (``x * cos + rot * sin`` against ``rot * sin + x * cos``) is a reordering.
+   the same name agrees (``x * cos + rot * sin`` against ``rot * sin + x * cos``) is a reordering;
+   an op missing in one place of a module and extra in another is one op moved.
    Ops of other names in each other's place are findings only where their results differ and, after
    the first such op, where their inputs agree: another spelling of one operation (``relu6`` for
    ``hardtanh(0, 6)``) is none, and an op that only receives what a replaced op before it changed
@@ -82,7 +87,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    holding other values, compared with the reference's in one layout (a ``(C,)`` scale on NHWC
    against its ``(1, C, 1, 1)`` view on NCHW; ``add``/``mul`` operands paired whatever their side)
    (``weight`` holds the reference's ``bias``, or another module's tensor anywhere in the reference
-   model, as it is, reshaped or transposed: a swap), a parameter one side does not pass (a dropped
+   model, as it is, reshaped or transposed: a swap; one stored right but passed where the reference
+   passes another of the op's operands: a norm's mean and variance swapped), a parameter one side does not pass (a dropped
    bias), or, when its inputs already differ while everything computed before agreed, operands
    passed in another order (``key`` where ``query`` belongs; a written-out attention's q and k read
    before their scaling and ``k``'s transpose), the reference's values reordered along some axes,
@@ -2141,15 +2147,26 @@ def _aligned(cs: list[Op], rs: list[Op], expected: Expected | None,
     codes: list[tuple[str, int, int, int, int]] = []
     i0 = j0 = 0
     for lo, hi, j in [*_anchors(cs, rs, expected, rec), (len(cs), len(cs), len(rs))]:
-        single = hi - lo == 1
-        # a run ends the stretch that pairs by name with its op last (its first ops are found there)
-        i, j_end = (lo, j) if single else (hi, j + 1)
-        sm = difflib.SequenceMatcher(None, [o.name for o in cs[i0:i]], [o.name for o in rs[j0:j_end]], autojunk=False)
-        codes += [(tag, a1 + i0, a2 + i0, b1 + j0, b2 + j0) for tag, a1, a2, b1, b2 in sm.get_opcodes()]
-        if single and lo < len(cs):
-            codes.append(("equal" if cs[lo].name == rs[j].name else "replace", lo, hi, j, j + 1))
+        stretch = _by_name(cs, rs, i0, lo, j0, j)
+        if hi - lo == 1 or lo == len(cs):
+            codes += stretch
+            if lo < len(cs):
+                codes.append(("equal" if cs[lo].name == rs[j].name else "replace", lo, hi, j, j + 1))
+        else:  # a hand-written run: it begins after the last ops that pair by name before it
+            last = max((k for k, code in enumerate(stretch) if code[0] == "equal"), default=-1)
+            codes += stretch[:last + 1]
+            start, r_start = (stretch[last][2], stretch[last][4]) if last >= 0 else (i0, j0)
+            if r_start < j:
+                codes.append(("insert", start, start, r_start, j))
+            codes.append(("replace", start, hi, j, j + 1))
         i0, j0 = hi, j + 1
     return codes
+
+
+def _by_name(cs: list[Op], rs: list[Op], i0: int, i1: int, j0: int, j1: int) -> list[tuple[str, int, int, int, int]]:
+    """Opcodes pairing ``cs[i0:i1]`` with ``rs[j0:j1]`` by op name, in stream positions."""
+    sm = difflib.SequenceMatcher(None, [o.name for o in cs[i0:i1]], [o.name for o in rs[j0:j1]], autojunk=False)
+    return [(tag, a1 + i0, a2 + i0, b1 + j0, b2 + j0) for tag, a1, a2, b1, b2 in sm.get_opcodes()]
 
 
 def _anchors(cs: list[Op], rs: list[Op], expected: Expected | None, rec: OpRecorder) -> list[tuple[int, int, int]]:
