@@ -21,8 +21,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
 2. Canonicalize. Spellings of one operation get one name (``__mul__``/``mul``/``mul_`` -> ``mul``,
    ``view`` -> ``reshape``, ``addmm`` -> ``linear``, ``bmm``/``@``/two-operand ``einsum`` ->
    ``matmul``, ``addcmul(x, a, b)`` -> ``a * b`` then ``x + ...`` (the ops a port writes for it),
-   an adaptive average pool to size 1 -> ``mean`` over its spatial dims, kept; a pad of zero width
-   vanishes), non-tensor arguments are bound to parameter names with their defaults (``eps``, ``approximate``,
+   an adaptive average pool to size 1 -> ``mean`` over its spatial dims, kept; a mean of a mean,
+   kept, over other dims -> one mean over both; a pad of zero width vanishes), non-tensor arguments are bound to parameter names with their defaults (``eps``, ``approximate``,
    ``dim`` made non-negative, ``stride`` as a tuple), and tensor arguments that are the module's
    parameters or buffers (or views of them) are named (``gamma``), with their values as stored
    and as passed (a kernel stored HWIO, permuted for the conv), read before the op runs (an
@@ -87,7 +87,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    holding other values, compared with the reference's in one layout (a ``(C,)`` scale on NHWC
    against its ``(1, C, 1, 1)`` view on NCHW; ``add``/``mul`` operands paired whatever their side)
    (``weight`` holds the reference's ``bias``, or another module's tensor anywhere in the reference
-   model, as it is, reshaped or transposed: a swap; one stored right but passed where the reference
+   model, as it is, reshaped or transposed: a swap; its own twin's with the dims permuted: stored
+   transposed; one stored right but passed where the reference
    passes another of the op's operands: a norm's mean and variance swapped), a parameter one side does not pass (a dropped
    bias), or, when its inputs already differ while everything computed before agreed, operands
    passed in another order (``key`` where ``query`` belongs; a written-out attention's q and k read
@@ -99,7 +100,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    write ``(B, N, H, D)`` where the fused attention writes ``(B, H, N, D)``, a token-mixing einsum
    ``(B, N, C)`` where a linear on transposed tokens writes ``(B, C, N)``, even with ``N == C``.
    When no pair differs but the module output does, the pending ops at the end explain
-   it (a residual ``add`` missing after the last operation). A finding on an op that no submodule
+   it (a residual ``add`` missing after the last operation), else the layout ops after the last
+   pair, else the reference's values returned reordered (branches joined in another order). A finding on an op that no submodule
    of the candidate runs (a port written as functions) says which call it is: the reference module
    running its twin (where both receive the same parameters) and its place among the candidate's
    calls of that op (``layer_norm call 2 of 5``).
@@ -134,6 +136,7 @@ from torch.overrides import TorchFunctionMode
 from harness.adapters import agreeing_layout, find_adapter
 from harness.metrics import DEFAULT_TOLERANCES, Tolerance, measure
 from harness.trace import flatten_tensors, hookable_modules, map_tensors
+from harness.weightmap import shape_permutations
 
 __all__ = ["Op", "OpRecorder", "record_ops", "record_values", "diagnose", "diagnose_modules", "attribute_diff", "culprit_diagnosis",
            "origins_diagnosis", "setting_notes", "reads_training", "rearrangement", "KINDS"]
@@ -830,7 +833,25 @@ def record_ops(module: nn.Module, args: tuple, kwargs: dict) -> tuple[OpRecorder
             op.args["_q_last"] = _sdpa_head_dim(rec, op)
         if op.name == "scaled_dot_product_attention":
             _take_mask(rec, op)
-    return rec, _fold_batch_norm(rec, _fold_pad(rec, _fold_patches(rec, _fold_linear(rec, _fold_attention(rec))))), out
+    stream = _fold_linear(rec, _fold_attention(rec))
+    return rec, _fold_reductions(rec, _fold_batch_norm(rec, _fold_pad(rec, _fold_patches(rec, stream)))), out
+
+
+def _fold_reductions(rec: OpRecorder, stream: list[Op]) -> list[Op]:
+    """A mean (sum) of a mean (sum) kept in place, over other dims, made one over both:
+    ``x.mean(2, keepdim=True).mean(3, keepdim=True)`` is ``x.mean((2, 3), keepdim=True)``."""
+    out: list[Op] = []
+    for op in stream:
+        prev = out[-1] if out else None
+        if prev is not None and op.name == prev.name and op.name in ("mean", "sum") and not op.params \
+                and op.args.get("keepdim") and prev.args.get("keepdim") and op.input_ids == prev.out_ids[:1] \
+                and _read_once(rec, prev, op) and _dim_tuple(op.args.get("dim")) and _dim_tuple(prev.args.get("dim")):
+            dims = tuple(sorted(set(_dim_tuple(prev.args["dim"])) | set(_dim_tuple(op.args["dim"]))))
+            out[-1] = replace(prev, args={**prev.args, "dim": dims if len(dims) > 1 else dims[0]},
+                              out_ids=op.out_ids, outputs=op.outputs, call=None)
+        else:
+            out.append(op)
+    return out
 
 
 def _fold_linear(rec: OpRecorder, stream: list[Op]) -> list[Op]:
@@ -1306,7 +1327,9 @@ def _op_label(op: Op) -> str:
     if op.params:
         return f"{op.name} by {', '.join(sorted(set(op.params.values())))}"
     s = _scalar(op)
-    return f"{op.name} by {s:g}" if s is not None else op.name
+    if s is None:
+        return op.name
+    return f"{op.name} by {1.0 / s if op.name == 'div' else s:g}"  # x / 3 reads "div by 3", not by its factor
 
 
 def _unpaired_finding(base: str, tag: str, op: Op, stream_other: list[Op], pos: int, ref_name: str = "",
@@ -1357,13 +1380,29 @@ def _same_axes(c_shape: tuple[int, ...], c_dim: Any, r_shape: tuple[int, ...], r
     taking one shape to the other takes one set of axes to the other (the channels of a map with
     as many rows as channels stay ambiguous, and their dims are compared as they are)."""
     c_dims, r_dims = _dim_tuple(c_dim), _dim_tuple(r_dim)
-    if c_shape == r_shape or sorted(c_shape) != sorted(r_shape) or c_dims is None or r_dims is None:
+    if c_shape == r_shape or c_dims is None or r_dims is None:
         return False
     if any(d >= len(c_shape) for d in c_dims) or any(d >= len(r_shape) for d in r_dims):
         return False
+    if sorted(c_shape) != sorted(r_shape):
+        return _same_merged_axes(c_shape, c_dims, r_shape, r_dims)
     sizes = sorted(c_shape[d] for d in c_dims)
     return sizes == sorted(r_shape[d] for d in r_dims) \
         and all(sizes.count(n) == c_shape.count(n) for n in sizes)
+
+
+def _same_merged_axes(c_shape: tuple[int, ...], c_dims: tuple[int, ...], r_shape: tuple[int, ...],
+                      r_dims: tuple[int, ...]) -> bool:
+    """Whether dims name one block of consecutive axes that one side holds merged (a mean over the
+    flattened ``H*W`` against one over ``H`` and ``W``): the same sizes before and after it, and
+    the same number of elements in it."""
+    def split(shape: tuple[int, ...], dims: tuple[int, ...]) -> tuple | None:
+        lo, hi = min(dims), max(dims) + 1
+        if sorted(dims) != list(range(lo, hi)):
+            return None
+        return shape[:lo], math.prod(shape[lo:hi]), shape[hi:]
+    c, r = split(c_shape, c_dims), split(r_shape, r_dims)
+    return c is not None and c == r
 
 
 def _dim_tuple(dim: Any) -> tuple[int, ...] | None:
@@ -1426,6 +1465,12 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
             text = f"{where}: {c.name} operand {name} holds other values than the reference's {ref_name}{rows}"
             out.append(_finding(where, "argument", c.name, name, f"{name} (other values)", f"{ref_name}{rows}", text))
             continue
+        dims = _permuted_twin(c.param_values[key], r.param_values[r_key])
+        if dims is not None:
+            text = (f"{module}: {c.name} operand {name} holds the reference's {ref_name} with its dims permuted "
+                    f"{dims} (stored transposed?)")
+            out.append(_finding(module, "argument", c.name, name, f"{name} (permuted {dims})", ref_name, text))
+            continue
         holds = _whose_values(c.param_values[key], ref_module, ref_name, root)
         if holds:
             text = f"{module}: {c.name} operand {name} holds the reference's {holds} (swapped weights?)"
@@ -1445,6 +1490,15 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
                 text = f"{module}: {c.name} {key} {c.params[key]} in the candidate; the reference passes none"
             out.append(_finding(module, "argument", c.name, key, c.params.get(key), r.params.get(key), text))
     return out
+
+
+def _permuted_twin(stored: torch.Tensor, reference: torch.Tensor) -> tuple[int, ...] | None:
+    """The permutation of ``stored``'s dims under which it holds ``reference``'s values exactly (a
+    square weight stored transposed, a kernel with its H and W exchanged), or None."""
+    for dims in shape_permutations(tuple(reference.shape), tuple(stored.shape)):
+        if torch.equal(stored.permute(dims), reference.to(stored.dtype)):
+            return dims
+    return None
 
 
 def _role_holding(r: Op, r_key: str, value: torch.Tensor) -> str | None:
@@ -1667,6 +1721,20 @@ def _rearranged_input(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: T
                      f"{module}: {c.name} receives the reference's values in another order: {how}")]
 
 
+def _rearranged_output(module: str, cand: _Side, ref: _Side, tol: Tolerance) -> list[dict]:
+    """A module whose every op agrees, returning the reference's values in another order (branches
+    concatenated in another order)."""
+    for (key, a), b in zip(cand.output.items(), ref.output.values()):
+        moves = rearrangement(a, b, tol) if a.shape == b.shape and a.is_floating_point() else []
+        if moves:
+            how = "; ".join(f"along dim {d}, {text}" for d, text in moves)
+            leaf = f" ({key})" if key else ""
+            return [_finding(module, "op", None, None, None, None,
+                             f"{module}: every operation agrees with the reference, but the module returns the "
+                             f"reference's values in another order{leaf}: {how}")]
+    return []
+
+
 def rearrangement(candidate: torch.Tensor, reference: torch.Tensor, tol: Tolerance) -> list[tuple[int, str]]:
     """How ``candidate`` holds ``reference``'s values reordered along its axes, each axis on its own
     (a cyclic shift of rows and columns, blocks of channels exchanged): [(dim, description)], or []
@@ -1706,9 +1774,47 @@ def _pairing(a: torch.Tensor, b: torch.Tensor, d: int) -> torch.Tensor | None:
         keys.append(sorted(range(t.shape[d]), key=features.__getitem__))
     pairing = torch.empty(a.shape[d], dtype=torch.long)
     pairing[torch.tensor(keys[0])] = torch.tensor(keys[1])
+    pairing = torch.tensor(_untied(pairing.tolist(), features))
     same = torch.equal(a.amax(others), b.amax(others).index_select(0, pairing)) \
         and torch.equal(a.amin(others), b.amin(others).index_select(0, pairing))
     return pairing if same else None
+
+
+def _untied(order: list[int], features: list[tuple]) -> list[int]:
+    """``order`` with the reference positions whose slices look alike (``features``: dead channels,
+    all zero) given out so that runs continue: ties are paired in any order, which would break a
+    block moved whole into pieces. A tied position takes the place its nearest untied neighbours'
+    runs lead to, where one of its look-alikes is there; the most constrained first."""
+    n = len(order)
+    counts: dict[tuple, int] = {}
+    for j in order:
+        counts[features[j]] = counts.get(features[j], 0) + 1
+    tied = [i for i in range(n) if counts[features[order[i]]] > 1]
+    if not tied:
+        return order
+    free = {j for i in tied for j in [order[i]]}
+    fixed = set(range(n)) - set(tied)
+
+    def leads(i: int) -> list[int]:
+        out = []
+        for step in (-1, 1):
+            k = i + step
+            while 0 <= k < n and k not in fixed:
+                k += step
+            j = i + order[k] - k if 0 <= k < n else -1
+            if j in free and features[j] == features[order[i]] and j not in out:
+                out.append(j)
+        return out
+
+    left = list(tied)
+    while left:
+        i = min(left, key=lambda p: (len(leads(p)) or n + 1, p))
+        options = leads(i) or sorted(j for j in free if features[j] == features[order[i]])
+        order[i] = options[-1] if len(options) > 1 else options[0]
+        free.discard(order[i])
+        fixed.add(i)
+        left.remove(i)
+    return order
 
 
 def _moves_text(order: list[int]) -> str:
@@ -2115,8 +2221,9 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
         # every op agrees, yet the output does not: the layout after the last op differs
         found = _layout_findings(module, cand, ref, last_c, len(cand.rec.ops), last_r, len(ref.rec.ops), "the output",
                                  agreed)
-        return found or [_finding(module, "value", None, None, None, None,
-                                  f"{module}: every operation agrees with the reference, the returned value does not")]
+        return found or _rearranged_output(module, cand, ref, tol) or [_finding(
+            module, "value", None, None, None, None,
+            f"{module}: every operation agrees with the reference, the returned value does not")]
     return []
 
 

@@ -82,6 +82,8 @@ def test_a_scale_element_off_in_a_channels_last_twin_names_the_scale_in_float32(
     ((2, 5, 7, 12), 1, (2, 12, 5, 7), 1, False),  # the rows against the channels
     ((2, 12, 5, 12), 3, (2, 12, 12, 5), 1, False),  # as many rows as channels: ambiguous, compared as is
     ((2, 5, 7, 12), 3, (2, 5, 7, 12), 1, False),  # one layout: the dims are compared as they are
+    ((2, 12, 35), 2, (2, 12, 5, 7), (2, 3), True),  # the spatial axes, flattened on one side
+    ((2, 12, 35), 1, (2, 12, 5, 7), (2, 3), False),  # the channels against the spatial axes
 ])
 def test_dims_name_the_same_axes_only_where_the_sizes_tell_the_axes_apart(c_shape, c_dim, r_shape, r_dim, same) -> None:
     assert _same_axes(c_shape, c_dim, r_shape, r_dim) is same

@@ -120,3 +120,40 @@ def test_a_conv_run_on_a_transposed_map_names_the_transpose() -> None:
     assert report.diagnosis[0]["text"] == (
         "<root>: extra transpose(dim0=2, dim1=3) in the candidate before conv2d; the reference has none"), \
         findings_text(report.diagnosis)
+
+
+class _Branches(nn.Module):
+    """Three conv + ReLU branches joined on the channels; ``order``: the branches' order in the join.
+    Some channels are dead (a ReLU of a strongly negative bias): zero slices match each other."""
+
+    def __init__(self, order: tuple[int, ...] = (0, 1, 2)) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList([nn.Conv2d(3, n, 1) for n in (4, 6, 4)])
+        self.order = order
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [torch.relu(branch(x)) for branch in self.branches]
+        return torch.cat([outs[k] for k in self.order], 1)
+
+
+class _Net(nn.Module):
+    def __init__(self, order: tuple[int, ...] = (0, 1, 2)) -> None:
+        super().__init__()
+        self.mixed, self.head = _Branches(order), nn.Conv2d(14, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mixed(x))
+
+
+def test_branches_joined_in_another_order_are_named_by_the_channels_they_hold() -> None:
+    ref = _Net().double().eval()
+    harness.randomize_(ref, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for branch in ref.mixed.branches:
+            branch.bias[0] = -100.0  # a dead channel in each branch
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    report = compare_port(_Net().double().eval(), ref, x, lambda net: setattr(net.mixed, "order", (0, 2, 1)))
+    assert report.diagnosis[0]["text"] == (
+        "mixed: every operation agrees with the reference, but the module returns the reference's values in another "
+        "order: along dim 1, [4:8] holds the reference's [10:14], [8:14] holds the reference's [4:10]"), \
+        findings_text(report.diagnosis)
