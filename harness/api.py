@@ -40,9 +40,11 @@ def _final_outputs(
         return [(k, cand[k], ref[k]) for k in cand]
     if candidate_outputs is None and reference_outputs is None and len(cand) == len(ref):
         return [(f"{kc}~{kr}", cand[kc], ref[kr]) for kc, kr in zip(cand, ref)]
+    leaves = (lambda keys: "one tensor" if list(keys) == [""] else f"the tensors {sorted(keys)}")
     raise ValueError(
-        f"final outputs differ in structure: candidate leaves {sorted(cand)} vs reference leaves "
-        f"{sorted(ref)}; give candidate_outputs=/reference_outputs= functions returning the same keys"
+        f"final outputs differ in structure: the candidate returns {leaves(cand)}, the reference {leaves(ref)}; "
+        f"give candidate_outputs=/reference_outputs= functions picking the tensors to compare "
+        f"(on the command line: --candidate-output/--reference-output NAME)"
     )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:  # torch is imported when a command runs, not when the parser is built
     import torch
@@ -29,6 +29,34 @@ def _build(args: argparse.Namespace, dtype: "torch.dtype") -> tuple["nn.Module",
     candidate = load_spec(args.candidate, option="--candidate").to(dtype).eval()
     reference = load_spec(args.reference, option="--reference").to(dtype).eval()
     return candidate, reference, random_inputs(args.input_shape, dtype, seed=args.seed or 0)
+
+
+def _add_output_arguments(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    for side in ("candidate", "reference"):
+        p.add_argument(f"--{side}-output", metavar="NAME",
+                       help=f"{prefix}compare this field of the {side}'s output (a ModelOutput attribute such as "
+                            f"pooler_output, a dict key, or a tuple index), not all of its tensors")
+
+
+def _outputs(args: argparse.Namespace) -> dict[str, Any]:
+    """``candidate_outputs``/``reference_outputs`` picking the fields named on the command line."""
+    return {f"{side}_outputs": _field(name, f"--{side}-output") for side in ("candidate", "reference")
+            if (name := getattr(args, f"{side}_output", None)) is not None}
+
+
+def _field(name: str, option: str) -> Callable[[Any], Any]:
+    def pick(output: Any) -> Any:
+        if isinstance(output, Mapping) and name in output:
+            return output[name]
+        if isinstance(output, (tuple, list)) and name.lstrip("-").isdigit() and -len(output) <= int(name) < len(output):
+            return output[int(name)]
+        if not isinstance(output, (tuple, list, Mapping)) and hasattr(output, name):
+            return getattr(output, name)
+        fields = list(output.keys()) if isinstance(output, Mapping) else (
+            f"indices 0-{len(output) - 1}" if isinstance(output, (tuple, list)) else type(output).__name__)
+        raise ValueError(f"{option} {name!r}: the model's output has no such field (it has {fields}); "
+                         f"give one of its fields")
+    return pick
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -47,6 +75,7 @@ def add_map_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-map", metavar="FILE", help="write the table as JSON (reuse it with compare --map)")
     p.add_argument("--json", action="store_true", help="print the table as JSON instead of text")
     p.add_argument("--no-verify", action="store_true", help="skip running both models to verify the map")
+    _add_output_arguments(p)
 
 
 def run_map(args: argparse.Namespace) -> int:
@@ -59,7 +88,7 @@ def run_map(args: argparse.Namespace) -> int:
         check_target(args.save_map)  # before the models are built and mapped
     args.input_shape = args.input_shape or ["1x3x224x224"]
     candidate, reference, inputs = _build(args, DTYPES[args.dtype])
-    weights = map_weights(candidate, reference, inputs, verify=not args.no_verify)
+    weights = map_weights(candidate, reference, inputs, verify=not args.no_verify, **_outputs(args))
     if args.json:
         print_json(weights.to_dict())
     else:
@@ -78,6 +107,7 @@ def add_port_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="with --candidate: seed of the random input (default 0)")
     p.add_argument("--map", metavar="FILE", help="with --candidate: use this weight map instead of inferring one")
     p.add_argument("--save-map", metavar="FILE", help="with --candidate: write the inferred weight map here")
+    _add_output_arguments(p, prefix="with --candidate: ")
 
 
 def run_port_compare(args: argparse.Namespace, report_options: dict[str, Any],
@@ -98,11 +128,12 @@ def run_port_compare(args: argparse.Namespace, report_options: dict[str, Any],
     args.input_shape = args.input_shape or ["1x3x224x224"]
     dtype = DTYPES[args.dtype]
     candidate, reference, inputs = _build(args, dtype)
-    weights = load_weight_map(args.map) if args.map else map_weights(candidate, reference, inputs)
+    outputs = _outputs(args)
+    weights = load_weight_map(args.map) if args.map else map_weights(candidate, reference, inputs, **outputs)
     if args.save_map:
         print(f"weight map written to {weights.save(args.save_map)}")
     weights.transfer(reference, candidate)
     print(f"weights: {len(weights.entries)} tensors transferred, coverage {weights.coverage:.1%}"
           + "".join(f"; {len(v)} unmatched {k}" for k, v in weights.unmatched.items() if v))
-    report = compare(candidate, reference, inputs, weights=weights, dtype=dtype, **report_options)
+    report = compare(candidate, reference, inputs, weights=weights, dtype=dtype, **outputs, **report_options)
     return finish(report)

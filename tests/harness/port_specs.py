@@ -1,5 +1,7 @@
 """Model specs for the command-line tests: ``tests/harness/port_specs.py:function``."""
 
+from torch import nn
+
 from port_toys import FusedBlock, SplitBlock, randomized
 
 
@@ -25,3 +27,19 @@ def needs_an_argument(width):
 
 def fails_to_build():
     raise RuntimeError("the checkpoint is missing")
+
+
+class _DictOutput(nn.Module):
+    """The fused block returning a dict of fields, as a transformers model returns a ModelOutput."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = FusedBlock()
+
+    def forward(self, x):
+        y = self.block(x)
+        return {"hidden": y, "pooled": y.mean(1)}
+
+
+def fused_dict():
+    return _DictOutput()

@@ -62,7 +62,26 @@ def test_compare_reuses_a_saved_map(harness_cli, tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
 
 
+def test_compare_picks_the_field_of_a_dict_output_named_on_the_command_line(harness_cli):
+    run = harness_cli("compare", "--candidate", f"{SPECS}:fused_dict", "--reference", f"{SPECS}:split",
+                      "--input-shape", "2x5x16", "--dtype", "float64", "--candidate-output", "hidden")
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_map_picks_the_field_of_a_dict_output_named_on_the_command_line(harness_cli):
+    run = harness_cli("map", f"{SPECS}:fused_dict", f"{SPECS}:split", "--input-shape", "2x5x16",
+                      "--candidate-output", "hidden")
+    assert run.returncode == 0 and "verified" in run.stdout, run.stdout + run.stderr
+
+
 @pytest.mark.parametrize("args, message", [
+    (("compare", "--candidate", f"{SPECS}:fused_dict", "--reference", f"{SPECS}:split", "--input-shape", "2x5x16"),
+     "the candidate returns the tensors ['hidden', 'pooled'], the reference one tensor; give candidate_outputs="
+     "/reference_outputs= functions picking the tensors to compare (on the command line: "
+     "--candidate-output/--reference-output NAME)"),
+    (("compare", "--candidate", f"{SPECS}:fused_dict", "--reference", f"{SPECS}:split", "--input-shape", "2x5x16",
+      "--candidate-output", "pooler_output"),
+     "--candidate-output 'pooler_output': the model's output has no such field (it has ['hidden', 'pooled'])"),
     (("map", "missing.py:fn", f"{SPECS}:split"), "no file 'missing.py'"),
     (("map", f"{SPECS}:not_a_model", f"{SPECS}:split"), "returned str, expected an nn.Module"),
     (("map", "no_colon", f"{SPECS}:split"), "is not a model spec"),
