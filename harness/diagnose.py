@@ -1730,8 +1730,8 @@ def _rearranged_output(module: str, cand: _Side, ref: _Side, tol: Tolerance) -> 
             how = "; ".join(f"along dim {d}, {text}" for d, text in moves)
             leaf = f" ({key})" if key else ""
             return [_finding(module, "op", None, None, None, None,
-                             f"{module}: every operation agrees with the reference, but the module returns the "
-                             f"reference's values in another order{leaf}: {how}")]
+                             f"{module}: returns the reference's values in another order{leaf}: {how} "
+                             f"(its operations compute what the reference's do)")]
     return []
 
 

@@ -218,8 +218,9 @@ def extend_twins(rows: list[Row], alignment: Alignment, measure_row: Callable[[M
     row's module as one call (its name and inputs, the trailing call's outputs; re-runs run
     both). Downstream of a real error no
     trial agrees, so a failing row is extended all the same when an agreeing row extended the
-    same kinds of modules so (the same pattern), or when the trial's error is less than half the
-    row's (the activation's effect gone). Rows are replaced in place."""
+    same kinds of modules so (the same pattern), when the twin runs a submodule of the trailing
+    call's type inside (its ``act``), or when the trial's error is less than half the row's (the
+    activation's effect gone). Rows are replaced in place."""
     paired_c = sorted(r.match.candidate.start for r in rows)
     paired_r = sorted(r.match.reference.start for r in rows)
     pools = {"candidate": list(alignment.unmatched_candidate), "reference": list(alignment.unmatched_reference)}
@@ -244,7 +245,7 @@ def extend_twins(rows: list[Row], alignment: Alignment, measure_row: Callable[[M
     for at, trials in later:  # failing downstream of an error: the same pattern, or a far closer pairing
         row = rows[at]
         free = [t for t in trials if t[1] in pools[t[0]]]
-        chosen = next((t for t in free if t[3] in patterns), None) or min(
+        chosen = next((t for t in free if t[3] in patterns or _applied_inside(row.match, t[0], t[1])), None) or min(
             (t for t in free if t[2].metrics.rel_l2 < 0.5 * row.metrics.rel_l2), key=lambda t: t[2].metrics.rel_l2,
             default=None)
         if chosen is not None:
@@ -260,7 +261,8 @@ def drop_trailing_ops(rows: list[Row], alignment: Alignment, measure_row: Callab
     ends with an unpaired call without parameters whose output is the call's output (directly or
     through nested calls ending with it), the other side's output is measured against that trailing
     call's input; if they agree, or differ by less than half the row's error (the operation's
-    effect gone; downstream of an error nothing agrees), the row is replaced by that measurement,
+    effect gone; downstream of an error nothing agrees), or if an agreeing row of the same kinds of
+    modules was (the same pattern), the row is replaced by that measurement,
     and its re-runs compare against that input too. If the other side never applies the operation,
     the next call that reads the value (or the caller) makes the error instead. The model's own
     call is never shortened: its outputs are the outputs. Rows are replaced in place."""
@@ -269,6 +271,7 @@ def drop_trailing_ops(rows: list[Row], alignment: Alignment, measure_row: Callab
     ends = {side: {r.end: r for r in (*(getattr(m, side) for m in alignment.matches),
                                       *getattr(alignment, f"unmatched_{side}"), *getattr(alignment, f"passthrough_{side}"))}
             for side in ("candidate", "reference")}
+    patterns: set[tuple] = set()  # the kinds of twins whose trailing call was dropped and then agreed
     for at, row in enumerate(rows):
         if row.passed or row.match.how == "structure" or ROOT in (row.candidate, row.reference):
             continue
@@ -278,7 +281,10 @@ def drop_trailing_ops(rows: list[Row], alignment: Alignment, measure_row: Callab
             if trailing is None:
                 continue
             trial = measure_row(replace(row.match, **{side: replace(own, outputs=_as_outputs(trailing.inputs))}))
-            if trial.passed or trial.metrics.rel_l2 < 0.5 * row.metrics.rel_l2:
+            pattern = _pattern(row.match, side, trailing)
+            if trial.passed:
+                patterns.add(pattern)
+            if trial.passed or pattern in patterns or trial.metrics.rel_l2 < 0.5 * row.metrics.rel_l2:
                 where = "the reference" if side == "reference" else "the candidate"
                 rows[at] = replace(trial, adapter=f"before {trailing.name}, which {where} applies inside this call",
                                    trailing=trailing.module if side == "candidate" else None)
@@ -318,6 +324,16 @@ def _following(row: Row, side: str, pool: list[Record], starts: list[int]) -> li
     own = row.match.candidate if side == "candidate" else row.match.reference
     stop = next((s for s in starts if s > own.end), None)
     return [u for u in pool if u.start > own.end and (stop is None or u.end < stop)][:3]
+
+
+def _applied_inside(match: Match, side: str, call: Record) -> bool:
+    """Whether the twin of ``side``'s module runs a submodule of the trailing ``call``'s type inside
+    (a ``BatchNormAct2d`` its ``act``, a ``ReLU`` as the torchvision BatchNorm's next call): the
+    structure says the two are one call, whatever the values downstream of an error."""
+    other = match.reference if side == "candidate" else match.candidate
+    if call.module is None or other.module is None or any(True for _ in call.module.parameters()):
+        return False
+    return any(type(m) is type(call.module) for m in other.module.modules() if m is not other.module)
 
 
 def _pattern(match: Match, side: str, call: Record) -> tuple:
