@@ -39,6 +39,20 @@ def compare_port(candidate: torch.nn.Module, reference: torch.nn.Module, x: torc
     return harness.compare(candidate, reference, x, weights=weights)
 
 
+def trained_statistics_(model: torch.nn.Module, seed: int = 2) -> torch.nn.Module:
+    """Give every batch norm of ``model`` running statistics of its own, as a trained network has
+    (``harness.randomize_`` draws parameters, not buffers): norms that do something, and that no
+    two of which hold the same values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.copy_(torch.randn(buffer.shape, generator=g, dtype=buffer.dtype) * 0.4)
+            elif name.endswith("running_var"):
+                buffer.copy_(torch.rand(buffer.shape, generator=g, dtype=buffer.dtype) + 0.5)
+    return model
+
+
 def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     """Tokens ``(B, N, C)`` -> per head ``(B, heads, N, C / heads)``."""
     return t.unflatten(-1, (heads, -1)).transpose(1, 2)

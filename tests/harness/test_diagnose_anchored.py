@@ -14,7 +14,7 @@ from torch import nn
 
 import harness
 from harness.diagnose import record_ops
-from helpers import compare_port, findings_text
+from helpers import compare_port, findings_text, trained_statistics_
 
 C = 8
 
@@ -125,23 +125,11 @@ class _PortedMixer(nn.Module):
         return self.norm2(y)
 
 
-def _stats(model: nn.Module) -> nn.Module:
-    """Statistics a trained network would have: each batch norm its own, that do something."""
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for name, buffer in model.named_buffers():
-            if name.endswith("running_mean"):
-                buffer.copy_(torch.randn(C, generator=g) * 0.5)
-            elif name.endswith("running_var"):
-                buffer.copy_(torch.rand(C, generator=g) + 0.5)
-    return model
-
-
 def _mixer_report(bug: str | None) -> harness.Report:
     reference = _Mixer().double().eval()
     harness.randomize_(reference, torch.Generator().manual_seed(0))
     # the map is found on the correct code, then the code changes: the weights stay where they belong
-    return compare_port(_PortedMixer().double().eval(), _stats(reference), _map(), lambda port: setattr(port, "bug", bug))
+    return compare_port(_PortedMixer().double().eval(), trained_statistics_(reference), _map(), lambda port: setattr(port, "bug", bug))
 
 
 def test_a_mixer_with_folded_batch_norms_passes() -> None:
