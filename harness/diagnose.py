@@ -2562,7 +2562,10 @@ def diagnose(match: Any, root: nn.Module | None = None, weights: Any = None) -> 
     if type(ref.module).__name__ == "RecordedModule":  # a trace file: settings kept, no code to run
         return _rank(_dedupe(attribute_diff(cand.module, ref.module, cand.name)))
     own = (cand.args, cand.kwargs)
-    same_structure = flatten_tensors(cand.args).keys() == flatten_tensors(ref.args).keys() and \
+    # the same arguments, not only the same tensors: a candidate also taking a mask it is given as
+    # None keeps its own arguments, with the reference's tensors in them
+    same_structure = len(cand.args) == len(ref.args) and \
+        flatten_tensors(cand.args).keys() == flatten_tensors(ref.args).keys() and \
         cand.kwargs.keys() == ref.kwargs.keys() and all(
             tuple(a.shape) == tuple(b.shape) for a, b in zip(flatten_tensors((cand.args, cand.kwargs)).values(),
                                                            flatten_tensors((ref.args, ref.kwargs)).values()))
@@ -2651,6 +2654,16 @@ def culprit_diagnosis(rows: Iterable[Any], culprit: str | None, root: nn.Module 
             held = []
         if held:
             return held
+    if row is not None and not _without_twin_module(row) and _fed_otherwise(row):
+        # fed other values (an error upstream): run on the reference's inputs, it may show a
+        # difference of its own (an activation's flavour); a mere "another result" may come of
+        # inputs it should not get (windows not shifted), and its ancestor is asked below
+        try:
+            own = diagnose(row.match, root, weights)
+        except Exception:  # the diagnosis explains; it must never cost the verdict
+            own = []
+        if any(f["kind"] != "value" for f in own):
+            return own
     if row is None or _without_twin_module(row) or _fed_otherwise(row):
         # a culprit without a twin (or twinned to a slice of another module's output, a fused
         # qkv's), or fed other values than its twin (windows not shifted by the block around it):
