@@ -1462,7 +1462,10 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
             base = module.removesuffix(c.scope).rstrip(".") if c.scope else module
             where, name, rows = _scoped(base or "<root>", replace(c, scope=member[0])), member[1][key], \
                 f"[{member[2]}:{member[3]}]"
-            text = f"{where}: {c.name} operand {name} holds other values than the reference's {ref_name}{rows}"
+            held = _member_holding(c, key, member, r.param_values[r_key])
+            text = f"{where}: {c.name} operand {name} holds other values than the reference's {ref_name}{rows}" \
+                if held is None else (f"{where}: {c.name} operand {name} holds the reference's {ref_name}{held}, "
+                                      f"where {ref_name}{rows} belongs (projections used in each other's place?)")
             out.append(_finding(where, "argument", c.name, name, f"{name} (other values)", f"{ref_name}{rows}", text))
             continue
         dims = _permuted_twin(c.param_values[key], r.param_values[r_key])
@@ -1522,6 +1525,18 @@ def _differing_member(c: Op, key: str, reference: torch.Tensor) -> tuple | None:
         lo, hi = member[2], member[3]
         if key in member[1] and not torch.equal(stored[lo:hi], reference[lo:hi].to(stored.dtype)):
             return member
+    return None
+
+
+def _member_holding(c: Op, key: str, member: tuple, reference: torch.Tensor) -> str | None:
+    """The rows of the fused ``reference`` that a differing member holds instead of its own (``k_proj``
+    used where ``q_proj`` belongs holds the key rows): ``"[64:128]"``, or None."""
+    lo, hi = member[2], member[3]
+    rows = c.param_values[key][lo:hi]
+    for other in c.members:
+        a, b = other[2], other[3]
+        if (a, b) != (lo, hi) and b - a == hi - lo and torch.equal(rows, reference[a:b].to(rows.dtype)):
+            return f"[{a}:{b}]"
     return None
 
 

@@ -21,14 +21,19 @@ class FusedAttention(nn.Module):
 
 
 class SplitAttention(nn.Module):
-    def __init__(self) -> None:
+    """``exchanged``: queries made by ``k_proj`` and keys by ``q_proj`` (each weight right, used in the
+    other's place)."""
+
+    def __init__(self, exchanged: bool = False) -> None:
         super().__init__()
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(8, 8) for _ in range(4))
+        self.exchanged = exchanged
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         heads = (lambda t: t.reshape(b, n, 2, 4).transpose(1, 2))
-        out = F.scaled_dot_product_attention(heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x)))
+        q_proj, k_proj = (self.k_proj, self.q_proj) if self.exchanged else (self.q_proj, self.k_proj)
+        out = F.scaled_dot_product_attention(heads(q_proj(x)), heads(k_proj(x)), heads(self.v_proj(x)))
         return self.o_proj(out.transpose(1, 2).reshape(b, n, c))
 
 
@@ -45,3 +50,16 @@ def test_a_changed_split_projection_weight_is_named_against_its_rows_of_the_fuse
     texts = [f["text"] for f in report.diagnosis]
     assert texts == ["0.v_proj: linear operand v_proj.weight holds other values than the reference's "
                      "qkv.weight[16:24]"], f"culprit {report.culprit}, diagnosis {texts}"
+
+
+def test_split_projections_used_in_each_others_place_name_the_rows_each_holds():
+    torch.manual_seed(0)
+    reference = nn.Sequential(FusedAttention(), nn.Linear(8, 8)).double().eval()
+    candidate = nn.Sequential(SplitAttention(), nn.Linear(8, 8)).double().eval()
+    x = torch.randn(1, 5, 8, dtype=torch.float64)
+    weights = harness.map_weights(candidate, reference, x)
+    weights.transfer(reference, candidate)
+    candidate[0].exchanged = True
+    texts = [f["text"] for f in harness.compare(candidate, reference, x, weights=weights).diagnosis]
+    assert texts[0] == ("0.k_proj: linear operand k_proj.weight holds the reference's qkv.weight[8:16], where "
+                        "qkv.weight[0:8] belongs (projections used in each other's place?)"), texts
