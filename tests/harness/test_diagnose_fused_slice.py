@@ -37,7 +37,8 @@ class SplitAttention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(b, n, c))
 
 
-def test_a_changed_split_projection_weight_is_named_against_its_rows_of_the_fused_weight():
+def _diagnosis(change) -> list[str]:
+    """The split port against the fused reference, weights mapped and carried over, then ``change``d."""
     torch.manual_seed(0)
     reference = nn.Sequential(FusedAttention(), nn.Linear(8, 8)).double().eval()
     candidate = nn.Sequential(SplitAttention(), nn.Linear(8, 8)).double().eval()
@@ -45,21 +46,17 @@ def test_a_changed_split_projection_weight_is_named_against_its_rows_of_the_fuse
     weights = harness.map_weights(candidate, reference, x)
     weights.transfer(reference, candidate)
     with torch.no_grad():
-        candidate[0].v_proj.weight[3, 4] += 1e-3
-    report = harness.compare(candidate, reference, x, weights=weights)
-    texts = [f["text"] for f in report.diagnosis]
+        change(candidate[0])
+    return [f["text"] for f in harness.compare(candidate, reference, x, weights=weights).diagnosis]
+
+
+def test_a_changed_split_projection_weight_is_named_against_its_rows_of_the_fused_weight():
+    texts = _diagnosis(lambda attention: attention.v_proj.weight[3, 4].add_(1e-3))
     assert texts == ["0.v_proj: linear operand v_proj.weight holds other values than the reference's "
-                     "qkv.weight[16:24]"], f"culprit {report.culprit}, diagnosis {texts}"
+                     "qkv.weight[16:24]"], texts
 
 
 def test_split_projections_used_in_each_others_place_name_the_rows_each_holds():
-    torch.manual_seed(0)
-    reference = nn.Sequential(FusedAttention(), nn.Linear(8, 8)).double().eval()
-    candidate = nn.Sequential(SplitAttention(), nn.Linear(8, 8)).double().eval()
-    x = torch.randn(1, 5, 8, dtype=torch.float64)
-    weights = harness.map_weights(candidate, reference, x)
-    weights.transfer(reference, candidate)
-    candidate[0].exchanged = True
-    texts = [f["text"] for f in harness.compare(candidate, reference, x, weights=weights).diagnosis]
+    texts = _diagnosis(lambda attention: setattr(attention, "exchanged", True))
     assert texts[0] == ("0.k_proj: linear operand k_proj.weight holds the reference's qkv.weight[8:16], where "
                         "qkv.weight[0:8] belongs (projections used in each other's place?)"), texts
