@@ -2313,9 +2313,21 @@ def _anchors(cs: list[Op], rs: list[Op], expected: Expected | None, rec: OpRecor
         lo, hi = min(group), max(group) + 1
         if len(group) == 1:
             spans.append((lo, hi, j))
-        elif len(group) > 1:
+        elif _connected(rec, cs, lo, hi):
             spans.append((lo, _run_end(rec, cs, lo, hi), j))
     return _increasing_chain(sorted(spans))
+
+
+def _connected(rec: OpRecorder, cs: list[Op], lo: int, hi: int) -> bool:
+    """Whether every op of ``cs[lo:hi]`` after the first reads what an op before it there made: one
+    computation written out, not ops side by side (a position table added in two slices, to the
+    patches and to the class token, before they are joined)."""
+    made = {cs[lo].index}
+    for op in cs[lo + 1:hi]:
+        if not any((source := _source(rec, t, op.index)) is not None and source.index in made for t in op.input_ids):
+            return False
+        made.add(op.index)
+    return True
 
 
 def _run_end(rec: OpRecorder, cs: list[Op], lo: int, hi: int) -> int:
