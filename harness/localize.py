@@ -393,7 +393,7 @@ def _rerunnable(cand: Record, ref: Record, patterns: Sequence[str] | None) -> bo
 def _may_rerun(cand: Record, ref: Record, patterns: Sequence[str] | None) -> bool:
     """Whether the candidate's module may be re-run on its twin's inputs: it has one, the twin's
     arguments were recorded, and ``patterns`` (the ``rerun`` option) names it when given.
-    :func:`_rerun_fails` answers None where the inputs cannot be given to it."""
+    :func:`rerun_fails` answers None where the inputs cannot be given to it."""
     # the twin's recorded arguments are what a re-run needs (a fused twin has no module of its own)
     if cand.module is None or (ref.module is None and not (ref.args or ref.kwargs)):
         return False
@@ -498,7 +498,7 @@ def _cast_like(value: Any, like: Any) -> Any:
     return value
 
 
-def _rerun_fails(row: Row) -> bool | None:
+def rerun_fails(row: Row) -> bool | None:
     """Run the candidate module on the reference's inputs: True if it still fails (in every layout
     those inputs may take), None if it cannot run."""
     choices = _rerun_input_choices(row.match.candidate, row.match.reference, row.tolerance)
@@ -580,7 +580,7 @@ def localize_all(
                                f"pairings by shape alone, not evidence of an error")
         return found
     classify(failing, lambda r: _inputs_state(r.match.candidate, r.match.reference, r.tolerance),
-             lambda r: _rerun_fails(r) if _may_rerun(r.match.candidate, r.match.reference, rerun) else None)
+             lambda r: rerun_fails(r) if _may_rerun(r.match.candidate, r.match.reference, rerun) else None)
     origins: list[tuple[int, str]] = []  # (completion position, candidate name)
     for row in (r for r in rows if r.status == "introduced"):
         origin = _untwinned_origin(row, rows, untwinned, reference, rerun)
@@ -755,7 +755,7 @@ def _guess_received(row: Row, rerun: Sequence[str] | None) -> bool:
     """Whether a failing guess gives its guessed twin's output from that twin's inputs (re-run once;
     the verdict is kept on the row, and whether the re-run ran, in ``guess_reran``)."""
     if row.guess_received is None:
-        fails = _rerun_fails(row) if _may_rerun(row.match.candidate, row.match.reference, rerun) else None
+        fails = rerun_fails(row) if _may_rerun(row.match.candidate, row.match.reference, rerun) else None
         row.guess_received, row.guess_reran = fails is False, fails is True
     return row.guess_received
 

@@ -1046,9 +1046,13 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
         for alternative, change in _alternatives(weights, culprit):
             if budget <= 0:
                 break
+            if change is None and _still_fails(report, culprit, alternative, weights, reference, trial):
+                continue  # another layout of one tensor that leaves the culprit failing: no comparison
             budget -= 1
-            trial_report = run(alternative)  # every run transfers the whole map: no undo needed
-            if _better(trial_report, report):
+            trial_report = run(alternative)
+            if not _better(trial_report, report):
+                weights.transfer(reference, trial)  # back to the map the next choices differ from
+            else:
                 weights.entries = alternative.entries
                 weights.notes.append(f"ambiguous order of use around {culprit} resolved by running both models")
                 report = trial_report
@@ -1059,6 +1063,8 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
                     if _better(trial_report, report):
                         weights.entries, report = elsewhere.entries, trial_report
                         weights.notes.append(f"the same exchange made in the other blocks built like {change[0].rstrip('.') or ROOT}")
+                    else:
+                        weights.transfer(reference, trial)
                 break
         else:
             stuck.add(culprit)
@@ -1155,6 +1161,28 @@ def _conflict(report, module: str) -> dict[str, Any]:
     why = (f"the twins differ in {'; '.join(settings)}, which no choice of weights can make up" if settings
            else f"the diagnosis: {found}" if found else "the map or the model is wrong there")
     return {"module": module, "text": f"after transfer, {module} disagrees with its reference twin ({why})"}
+
+
+def _still_fails(report: Any, culprit: str, alternative: WeightMap, weights: WeightMap, reference: nn.Module,
+                 trial: nn.Module) -> bool:
+    """Whether the culprit, re-run alone on the reference's recorded inputs with ``alternative``'s
+    weights, still disagrees with its twin. A choice of layout for one tensor (a square matrix
+    transposed) can only help by fixing the module it sits in, and a re-run costs one module's
+    forward where a comparison costs both models' traces and their localization. Only the tensors
+    the choice changes are written into ``trial``, and given back ``weights``' values after."""
+    from harness.localize import rerun_fails
+
+    row = next((r for r in report.rows if r.candidate == culprit and r.status == "introduced"), None)
+    if row is None or row.match.candidate.module is None:
+        return False
+    current = {id(e) for e in weights.entries}
+    changed = [e for e in alternative.entries if id(e) not in current]
+    keys = {e.candidate for e in changed}
+    replace(weights, entries=changed).transfer(reference, trial)  # the culprit's module is the trial's own
+    try:
+        return rerun_fails(row) is True
+    finally:
+        replace(weights, entries=[e for e in weights.entries if e.candidate in keys]).transfer(reference, trial)
 
 
 def _better(trial, current) -> bool:

@@ -394,3 +394,28 @@ def test_a_twin_computing_another_operation_is_given_no_other_choice_of_weights(
     weights = harness.map_weights(candidate, reference, x)
     assert not weights.verified and not tried, f"weight choices tried around {tried}: {weights}"
     assert "applies group_norm where the reference applies layer_norm" in weights.conflicts[0]["text"], str(weights)
+
+
+class _Gated(nn.Module):
+    """Two square linears of different sizes and a gate the reference does not have: no layout of
+    either matrix helps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(16, 16), nn.Linear(16, 8, bias=False), nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(self.fc2(torch.sigmoid(self.fc1(x))) * 0.5)
+
+
+def test_verification_compares_no_matrix_layout_that_leaves_the_failing_module_failing(monkeypatch):
+    import harness.api
+
+    reference = randomized(nn.Sequential(nn.Linear(16, 16), nn.Sigmoid(), nn.Linear(16, 8, bias=False), nn.Linear(8, 8)), 2)
+    comparisons = []
+    compare = harness.api.compare
+    monkeypatch.setattr(harness.api, "compare", lambda *a, **k: comparisons.append(1) or compare(*a, **k))
+    weights = harness.map_weights(_Gated().double().eval(), reference, tokens())
+    # the map as it stands, and once more for the diagnosis of what differs: each transposed
+    # matrix is judged by re-running the failing module alone
+    assert not weights.verified and len(comparisons) == 2, f"{len(comparisons)} comparisons: {weights.notes}"
