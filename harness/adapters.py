@@ -13,7 +13,8 @@ adapter that brings the candidate's tensor into the reference's shape:
 3. the same with the roles swapped: the reference permuted and reshaped into the candidate's
    shape, the inverse applied to the candidate;
 4. window partition or reverse for window sizes that fit, with and without a cyclic shift of
-   half a window;
+   half a window, of a map ``(B, H, W, C)`` or of its tokens ``(B, H*W, C)`` (each grid the
+   token and window counts allow);
 5. twins of one shape whose plain comparison fails and whose inputs agree only through such a
    permutation: the permutations of 2. that keep the shape (NHWC against NCHW when
    C == H == W), and rolls of the token axes by a few tokens (a port keeping its class token at
@@ -155,24 +156,41 @@ def _reverse(x: torch.Tensor, ws: int, h: int, w: int) -> torch.Tensor:
 
 
 def _window_adapters(cand: tuple[int, ...], ref: tuple[int, ...]) -> Iterator[Adapter]:
-    """Window partition/reverse (optionally with a cyclic shift) between a map and its windows."""
+    """Window partition/reverse (optionally with a cyclic shift) between a map and its windows; the
+    map as ``(B, H, W, C)`` or as its tokens ``(B, H*W, C)`` (every grid the token count and the
+    window count allow)."""
     for map_shape, win_shape, to_windows in ((cand, ref, True), (ref, cand, False)):
-        if len(map_shape) != 4 or len(win_shape) not in (3, 4):
-            continue
-        b, h, w, c = map_shape
-        if win_shape[-1] != c:
+        if len(map_shape) not in (3, 4) or len(win_shape) not in (3, 4) or win_shape[-1] != map_shape[-1]:
             continue
         n = win_shape[1] * (win_shape[2] if len(win_shape) == 4 else 1)
         ws = math.isqrt(n)
-        if ws * ws != n or h % ws or w % ws or win_shape[0] != b * (h // ws) * (w // ws):
+        if ws * ws != n:
             continue
-        for shift in sorted({0, ws // 2, -(ws // 2)}, key=abs):
-            label = f"window partition {ws}x{ws}" + (f" after roll {shift}" if shift else "")
-            if to_windows:  # candidate is the map, reference the windows
-                yield Adapter(label, lambda t, ws=ws, s=shift, out=win_shape: _partition(torch.roll(t, (s, s), (1, 2)), ws).reshape(out))
-            else:  # candidate is the windows, reference the map
-                label = f"window reverse {ws}x{ws}" + (f" then roll {shift}" if shift else "")
-                yield Adapter(label, lambda t, ws=ws, s=shift, h=h, w=w: torch.roll(_reverse(t, ws, h, w), (s, s), (1, 2)))
+        for b, h, w, c in _grids(map_shape, ws, win_shape[0]):
+            tokens = len(map_shape) == 3
+            grid = f" of a {h}x{w} map" if tokens else ""
+            for shift in sorted({0, ws // 2, -(ws // 2)}, key=abs):
+                if to_windows:  # candidate is the map, reference the windows
+                    label = f"window partition {ws}x{ws}{grid}" + (f" after roll {shift}" if shift else "")
+                    yield Adapter(label, lambda t, ws=ws, s=shift, out=win_shape, m=(b, h, w, c):
+                                  _partition(torch.roll(t.reshape(m), (s, s), (1, 2)), ws).reshape(out))
+                else:  # candidate is the windows, reference the map
+                    label = f"window reverse {ws}x{ws}{grid}" + (f" then roll {shift}" if shift else "")
+                    yield Adapter(label, lambda t, ws=ws, s=shift, h=h, w=w, out=map_shape:
+                                  torch.roll(_reverse(t, ws, h, w), (s, s), (1, 2)).reshape(out))
+
+
+def _grids(map_shape: tuple[int, ...], ws: int, windows: int) -> Iterator[tuple[int, int, int, int]]:
+    """``(B, H, W, C)`` grids of ``map_shape`` that ``windows`` windows of ``ws x ws`` tile."""
+    if len(map_shape) == 4:
+        b, h, w, c = map_shape
+        if h % ws == 0 and w % ws == 0 and windows == b * (h // ws) * (w // ws):
+            yield b, h, w, c
+        return
+    b, tokens, c = map_shape
+    for h in range(ws, tokens + 1, ws):
+        if tokens % h == 0 and (tokens // h) % ws == 0 and windows == b * (h // ws) * (tokens // h // ws):
+            yield b, h, tokens // h, c
 
 
 def _shape_keeping(shape: tuple[int, ...]) -> Iterator[Adapter]:
