@@ -189,11 +189,18 @@ _SIGNATURES: dict[str, tuple[tuple[str, Any], ...]] = {
     "cat": (("tensors", _NO_DEFAULT), ("dim", 0)),
     "stack": (("tensors", _NO_DEFAULT), ("dim", 0)),
 }
+for _n in ("avg_pool1d", "avg_pool2d", "avg_pool3d"):  # nn.AvgPool2d passes them all by position
+    _SIGNATURES[_n] = (("input", _NO_DEFAULT), ("kernel_size", _NO_DEFAULT), ("stride", None), ("padding", 0),
+                       ("ceil_mode", False), ("count_include_pad", True), ("divisor_override", None))
+for _n in ("max_pool1d", "max_pool2d", "max_pool3d"):
+    _SIGNATURES[_n] = (("input", _NO_DEFAULT), ("kernel_size", _NO_DEFAULT), ("stride", None), ("padding", 0),
+                       ("dilation", 1), ("ceil_mode", False), ("return_indices", False))
 for _n in ("conv1d", "conv2d", "conv3d"):
     _SIGNATURES[_n] = (("input", _NO_DEFAULT), ("weight", _NO_DEFAULT), ("bias", None), ("stride", 1),
                        ("padding", 0), ("dilation", 1), ("groups", 1))
 _DIM_ARGS = frozenset({"dim", "dim0", "dim1", "dims"})
 _SPATIAL_ARGS = frozenset({"stride", "padding", "dilation", "kernel_size", "output_padding"})
+_WINDOWED = ("conv", "avg_pool", "max_pool")  # ops whose spatial arguments an int gives for every axis
 
 
 def canonical_name(func: Callable) -> str:
@@ -571,9 +578,11 @@ def _normalize(name: str, args: dict[str, Any], first: torch.Tensor | None, outs
         v = _plain(v)
         if k in _DIM_ARGS and ndim:
             v = _nonneg(v, ndim if name not in ("unsqueeze", "stack") else ndim + 1)
-        if k in _SPATIAL_ARGS and isinstance(v, int) and name.startswith("conv") and outs:
+        if k in _SPATIAL_ARGS and isinstance(v, int) and name.startswith(_WINDOWED) and outs:
             v = (v,) * (outs[0].ndim - 2)
         out[k] = v
+    if name.startswith(("avg_pool", "max_pool")) and out.get("stride") in (None, ()):
+        out["stride"] = out.get("kernel_size")  # a pool's stride defaults to its window
     if name in _SEQUENCE_ARGUMENTS:
         out = _one_sequence(name, out, ndim)
     if name == "reshape":
