@@ -1043,7 +1043,7 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
                 or _operation_differs(report, culprit, weights, trial):
             stuck.add(culprit)  # the models differ there: no choice of weights can help
             continue
-        for alternative, change in _alternatives(weights, culprit):
+        for alternative, change in _culprit_first(_alternatives(weights, culprit), weights, culprit):
             if budget <= 0:
                 break
             if change is None and _still_fails(report, culprit, alternative, weights, reference, trial):
@@ -1163,6 +1163,20 @@ def _conflict(report, module: str) -> dict[str, Any]:
     return {"module": module, "text": f"after transfer, {module} disagrees with its reference twin ({why})"}
 
 
+def _culprit_first(alternatives: Iterable[tuple[WeightMap, tuple | None]], weights: WeightMap,
+                   culprit: str) -> list[tuple[WeightMap, tuple | None]]:
+    """The choices that move a tensor into or out of the culprit first, in their order, then the
+    others: a choice that leaves the culprit's own tensors as they are (two norms exchanged beside
+    it) cannot make it agree, and the comparisons each choice costs are counted."""
+    prefix = "" if culprit == ROOT else f"{culprit}."
+    current = {id(e) for e in weights.entries}
+
+    def touches(alternative: WeightMap) -> bool:
+        return any(e.candidate.startswith(prefix) for e in alternative.entries if id(e) not in current)
+
+    return sorted(alternatives, key=lambda choice: not touches(choice[0]))
+
+
 def _still_fails(report: Any, culprit: str, alternative: WeightMap, weights: WeightMap, reference: nn.Module,
                  trial: nn.Module) -> bool:
     """Whether the culprit, re-run alone on the reference's recorded inputs with ``alternative``'s
@@ -1202,9 +1216,10 @@ def _better(trial, current) -> bool:
 
 
 def _scopes(module: str) -> list[str]:
-    """``module`` and up to two enclosing modules: where a misordered pair of tensors may sit."""
+    """``module`` and up to three enclosing modules: where a misordered pair of tensors may sit (a
+    conv wrapped in a conv-norm unit in the branch of a block, and the shortcut beside that branch)."""
     scopes = [module]
-    while len(scopes) < 3 and module not in (ROOT, ""):
+    while len(scopes) < 4 and module not in (ROOT, ""):
         module = module.rsplit(".", 1)[0] if "." in module else ROOT
         scopes.append(module)
     return scopes

@@ -419,3 +419,12 @@ def test_verification_compares_no_matrix_layout_that_leaves_the_failing_module_f
     # the map as it stands, and once more for the diagnosis of what differs: each transposed
     # matrix is judged by re-running the failing module alone
     assert not weights.verified and len(comparisons) == 2, f"{len(comparisons)} comparisons: {weights.notes}"
+
+
+def test_a_shortcut_run_first_is_found_for_a_conv_nested_in_a_unit_in_the_branch_of_a_nested_block():
+    # the failing conv sits three modules below the block holding the shortcut (stage.block.branch.unit.conv)
+    candidate = randomized(nn.Sequential(nn.Sequential(ShortcutFirst())), 1)
+    reference = randomized(nn.Sequential(ShortcutLast()), 2)
+    weights = harness.map_weights(candidate, reference, feature_maps()[:, :4])
+    assert weights.verified and entry(weights, "0.0.shortcut.0.weight").reference == ("0.downsample.0.weight",), \
+        str(weights)

@@ -214,6 +214,15 @@ def regnet_tv_hf(keep_defaults: bool = False) -> Built:
     return finish(candidate, RegNetForImageClassification(config), 64)
 
 
+@seeded
+def regnet_hf_tv(keep_defaults: bool = False) -> Built:
+    """The same pair the other way round: the port runs its main branch before its shortcut, whose
+    1x1 kernel has the shape of the branch's first (bottleneck multiplier 1), three modules below
+    the block (``layer.0.convolution``)."""
+    reference, candidate, x = regnet_tv_hf(keep_defaults)
+    return randomize(candidate, CANDIDATE_SEED), randomize(reference, REFERENCE_SEED), x
+
+
 # -- ViT (fused qkv on one side only) ---------------------------------------------------------------
 
 VIT = dict(image=32, patch=8, dim=32, depth=2, heads=2, mlp=64)
@@ -427,6 +436,12 @@ PAIRS: tuple[PortPair, ...] = (
         "regnet_tv_hf", regnet_tv_hf,
         bugs={"weight": "trunk_output.block2.block2-0.f.b.0", "eps": "trunk_output.block1.block1-0.proj.1",
               "act": "trunk_output.block2.block2-1.f.se.activation"},
+    ),
+    PortPair(
+        "regnet_hf_tv", regnet_hf_tv,
+        bugs={"weight": "regnet.encoder.stages.1.layers.0.layer.1.convolution",
+              "eps": "regnet.encoder.stages.0.layers.0.shortcut.normalization",
+              "act": "regnet.encoder.stages.1.layers.1.layer.2.attention.1"},
     ),
     PortPair(
         "vit_hf_timm", vit_hf_timm,
