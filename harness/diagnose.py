@@ -22,7 +22,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    ``view`` -> ``reshape``, ``addmm`` -> ``linear``, ``bmm``/``@``/two-operand ``einsum`` ->
    ``matmul``, ``addcmul(x, a, b)`` -> ``a * b`` then ``x + ...`` (the ops a port writes for it),
    an adaptive average pool to size 1 -> ``mean`` over its spatial dims, kept; a mean of a mean,
-   kept, over other dims -> one mean over both; a pad of zero width vanishes), non-tensor arguments are bound to parameter names with their defaults (``eps``, ``approximate``,
+   kept, over other dims -> one mean over both; a pad of zero width vanishes), non-tensor
+   arguments are bound to parameter names with their defaults (``eps``, ``approximate``,
    ``dim`` made non-negative, ``stride`` as a tuple), and tensor arguments that are the module's
    parameters or buffers (or views of them) are named (``gamma``), with their values as stored
    and as passed (a kernel stored HWIO, permuted for the conv), read before the op runs (an
@@ -88,23 +89,24 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    against its ``(1, C, 1, 1)`` view on NCHW; ``add``/``mul`` operands paired whatever their side)
    (``weight`` holds the reference's ``bias``, or another module's tensor anywhere in the reference
    model, as it is, reshaped or transposed: a swap; its own twin's with the dims permuted: stored
-   transposed; one stored right but passed where the reference
-   passes another of the op's operands: a norm's mean and variance swapped), a parameter one side does not pass (a dropped
+   transposed; one stored right but passed where the reference passes another of the op's
+   operands: a norm's mean and variance swapped), a parameter one side does not pass (a dropped
    bias), or, when its inputs already differ while everything computed before agreed, operands
    passed in another order (``key`` where ``query`` belongs; a written-out attention's q and k read
    before their scaling and ``k``'s transpose), the reference's values reordered along some axes,
    each on its own (slices joined in another order, a roll, a flip: :func:`rearrangement`), or the
    layout ops between (a transpose missing before a reshape; not those that only bring a value
    into the layout the other side computes it in). So is an input that holds its twin's values
-   only through a layout adapter (a conv run on a map with H and W exchanged). Outputs agree in any layout (:mod:`harness.adapters`): an einsum may
-   write ``(B, N, H, D)`` where the fused attention writes ``(B, H, N, D)``, a token-mixing einsum
-   ``(B, N, C)`` where a linear on transposed tokens writes ``(B, C, N)``, even with ``N == C``.
-   When no pair differs but the module output does, the pending ops at the end explain
-   it (a residual ``add`` missing after the last operation), else the layout ops after the last
-   pair, else the reference's values returned reordered (branches joined in another order). A finding on an op that no submodule
-   of the candidate runs (a port written as functions) says which call it is: the reference module
-   running its twin (where both receive the same parameters) and its place among the candidate's
-   calls of that op (``layer_norm call 2 of 5``).
+   only through a layout adapter (a conv run on a map with H and W exchanged). Outputs agree in any
+   layout (:mod:`harness.adapters`): an einsum may write ``(B, N, H, D)`` where the fused attention
+   writes ``(B, H, N, D)``, a token-mixing einsum ``(B, N, C)`` where a linear on transposed tokens
+   writes ``(B, C, N)``, even with ``N == C``. When no pair differs but the module output does, the
+   pending ops at the end explain it (a residual ``add`` missing after the last operation), else the
+   layout ops after the last pair, else the reference's values returned reordered (branches joined
+   in another order). A finding on an op that no submodule of the candidate runs (a port written as
+   functions) says which call it is: the reference module running its twin (where both receive the
+   same parameters) and its place among the candidate's calls of that op (``layer_norm call 2 of
+   5``).
 4. Attribute diff. Submodules of the two twins (paired by relative name, else in order among
    those with the same kinds of settings and own tensors of the same shapes) are compared on their plain
    settings (``eps``, ``approximate``, ``stride``, ``groups``, ``inplace``...): what differs is
