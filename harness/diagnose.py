@@ -1357,6 +1357,9 @@ def _unpaired_finding(base: str, tag: str, op: Op, stream_other: list[Op], pos: 
             # name to the reference's, and a submodule the candidate does not have (independently
             # written models name them otherwise) is no place in it; the candidate module lacks the op
             module, who = base, f"the reference's {_scoped(ref_name or base, op)}"
+        before = stream_other[pos - 1] if 0 < pos <= len(stream_other) else None
+        if module == base and before is not None and before.scope:
+            where += f", after {_scoped(base, before)}"  # where in the candidate, whose module holds no twin of it
         text = f"{module}: {_op_label(op)} missing in the candidate {where}{hint}; {who} applies it"
         return _finding(module, "missing_op", op.name, None, None, op.name, text)
     text = f"{module}: extra {_op_label(op)} in the candidate {where}; the reference has none"

@@ -91,3 +91,11 @@ def test_an_error_upstream_of_norms_with_functional_activations_has_one_origin()
     report = compare_port(_ActFunctions().double().eval(), _reference(), _image(),
                           lambda port: port.a.conv.weight[0, 0, 1, 1].add_(0.1))
     assert report.introduced == ["a.conv"], f"introduced {report.introduced}, expected ['a.conv'] alone"
+
+
+def test_an_activation_left_out_where_no_candidate_module_has_a_twin_is_placed_after_the_module_before_it() -> None:
+    report = compare_port(_ActModules().double().eval(), _reference(), _image(),
+                          lambda port: port.layers.__setitem__(2, nn.Identity()))
+    assert report.diagnosis[0]["text"] == (
+        "<root>: relu missing in the candidate between batch_norm and conv2d, after layers.1; "
+        "the reference's norm1.act applies it"), report.diagnosis[0]["text"]
