@@ -124,6 +124,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+from collections import Counter
 import inspect
 import math
 import re
@@ -853,16 +854,23 @@ def _fold_reductions(rec: OpRecorder, stream: list[Op]) -> list[Op]:
     ``x.mean(2, keepdim=True).mean(3, keepdim=True)`` is ``x.mean((2, 3), keepdim=True)``."""
     out: list[Op] = []
     for op in stream:
-        prev = out[-1] if out else None
-        if prev is not None and op.name == prev.name and op.name in ("mean", "sum") and not op.params \
-                and op.args.get("keepdim") and prev.args.get("keepdim") and op.input_ids == prev.out_ids[:1] \
-                and _read_once(rec, prev, op) and _dim_tuple(op.args.get("dim")) and _dim_tuple(prev.args.get("dim")):
-            dims = tuple(sorted(set(_dim_tuple(prev.args["dim"])) | set(_dim_tuple(op.args["dim"]))))
-            out[-1] = replace(prev, args={**prev.args, "dim": dims if len(dims) > 1 else dims[0]},
-                              out_ids=op.out_ids, outputs=op.outputs, call=None)
-        else:
+        dims = _joined_dims(rec, out[-1], op) if out else None
+        if dims is None:
             out.append(op)
+        else:
+            out[-1] = replace(out[-1], args={**out[-1].args, "dim": dims if len(dims) > 1 else dims[0]},
+                              out_ids=op.out_ids, outputs=op.outputs, call=None)
     return out
+
+
+def _joined_dims(rec: OpRecorder, prev: Op, op: Op) -> tuple[int, ...] | None:
+    """The dims of ``prev`` and ``op`` together, where ``op`` reduces, keeping dims, what alone
+    ``prev`` reduced the same way; None otherwise."""
+    if op.name != prev.name or op.name not in ("mean", "sum") or op.params or op.input_ids != prev.out_ids[:1] \
+            or not (op.args.get("keepdim") and prev.args.get("keepdim")) or not _read_once(rec, prev, op):
+        return None
+    first, second = _dim_tuple(prev.args.get("dim")), _dim_tuple(op.args.get("dim"))
+    return tuple(sorted(set(first) | set(second))) if first and second else None
 
 
 def _fold_linear(rec: OpRecorder, stream: list[Op]) -> list[Op]:
@@ -1721,12 +1729,18 @@ def _inputs_differ(c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance) -> boo
     return False
 
 
+def _computed_inputs(c: Op, r: Op, cand: _Side, ref: _Side) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The first input of each op of a pair as an op before it computed it (None for a module's own
+    input, which is the same on both sides)."""
+    return (cand.rec.value(c.input_ids[0], c.index) if c.input_ids else None,
+            ref.rec.value(r.input_ids[0], r.index) if r.input_ids else None)
+
+
 def _relaid_input(c: Op, r: Op, cand: _Side, ref: _Side) -> str | None:
     """How the first input of a diverging pair is laid out otherwise than its twin's, where the two
     hold the same values only through an adapter (a map with H and W exchanged, for a conv that
     reads them as they lie): the candidate's and the reference's shapes, and the adapter."""
-    a = cand.rec.value(c.input_ids[0], c.index) if c.input_ids else None
-    b = ref.rec.value(r.input_ids[0], r.index) if r.input_ids else None
+    a, b = _computed_inputs(c, r, cand, ref)
     if a is None or b is None or a.shape == b.shape:
         return None
     adapter = find_adapter(a, b, remember=False)
@@ -1738,25 +1752,16 @@ def _relaid_input(c: Op, r: Op, cand: _Side, ref: _Side) -> str | None:
 def _rearranged_input(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance) -> list[dict]:
     """A diverging op whose input holds the reference's values in another order along some axes:
     blocks exchanged (a patch merging's slices concatenated in another order), a roll, a flip."""
-    a = cand.rec.value(c.input_ids[0], c.index) if c.input_ids else None
-    b = ref.rec.value(r.input_ids[0], r.index) if r.input_ids else None
-    if a is None or b is None or a.shape != b.shape or not a.is_floating_point():
-        return []
-    moves = rearrangement(a, b, tol)
-    if not moves:
-        return []
-    how = "; ".join(f"along dim {d}, {text}" for d, text in moves)
+    how = _reordering(*_computed_inputs(c, r, cand, ref), tol)
     return [_finding(module, "op", c.name, None, None, None,
-                     f"{module}: {c.name} receives the reference's values in another order: {how}")]
+                     f"{module}: {c.name} receives the reference's values in another order: {how}")] if how else []
 
 
 def _rearranged_output(module: str, cand: _Side, ref: _Side, tol: Tolerance) -> list[dict]:
     """A module whose every op agrees, returning the reference's values in another order (branches
     concatenated in another order)."""
     for (key, a), b in zip(cand.output.items(), ref.output.values()):
-        moves = rearrangement(a, b, tol) if a.shape == b.shape and a.is_floating_point() else []
-        if moves:
-            how = "; ".join(f"along dim {d}, {text}" for d, text in moves)
+        if how := _reordering(a, b, tol):
             leaf = f" ({key})" if key else ""
             return [_finding(module, "op", None, None, None, None,
                              f"{module}: returns the reference's values in another order{leaf}: {how} "
@@ -1764,14 +1769,22 @@ def _rearranged_output(module: str, cand: _Side, ref: _Side, tol: Tolerance) -> 
     return []
 
 
+def _reordering(a: torch.Tensor | None, b: torch.Tensor | None, tol: Tolerance) -> str | None:
+    """:func:`rearrangement` of two tensors of one shape in words, axis by axis; None if there is none."""
+    if a is None or b is None or a.shape != b.shape or not a.is_floating_point():
+        return None
+    return "; ".join(f"along dim {d}, {text}" for d, text in rearrangement(a, b, tol)) or None
+
+
 def rearrangement(candidate: torch.Tensor, reference: torch.Tensor, tol: Tolerance) -> list[tuple[int, str]]:
     """How ``candidate`` holds ``reference``'s values reordered along its axes, each axis on its own
     (a cyclic shift of rows and columns, blocks of channels exchanged): [(dim, description)], or []
     when no such reordering gives the reference within ``tol``.
 
-    Each position along an axis is known by the sum and the sum of squares of its slice, which do
-    not change when the other axes are reordered; sorting both sides by them pairs the positions,
-    and the reference reordered by every pairing found must then agree with the candidate."""
+    Each position along an axis is known by its slice's largest and smallest value and its sum,
+    which do not change when the other axes are reordered (:func:`_pairing`); sorting both sides by
+    them pairs the positions, and the reference reordered by every pairing found must then agree
+    with the candidate."""
     a, b = candidate.detach().double(), reference.detach().double()
     orders: list[tuple[int, torch.Tensor]] = []
     for d, n in enumerate(a.shape):
@@ -1797,15 +1810,14 @@ def _pairing(a: torch.Tensor, b: torch.Tensor, d: int) -> torch.Tensor | None:
     whatever their order inside the slice: known by the slice's largest and smallest value (exact
     under any reordering) and its sum; None where the slices of the two differ."""
     others = [k for k in range(a.ndim) if k != d]
-    keys = []
-    for t in (a, b):
-        features = list(zip(t.amax(others).tolist(), t.amin(others).tolist(), t.sum(others).tolist()))
-        keys.append(sorted(range(t.shape[d]), key=features.__getitem__))
+    (a_high, a_low, a_sum), (b_high, b_low, b_sum) = ((t.amax(others), t.amin(others), t.sum(others)) for t in (a, b))
+    a_features = list(zip(a_high.tolist(), a_low.tolist(), a_sum.tolist()))
+    b_features = list(zip(b_high.tolist(), b_low.tolist(), b_sum.tolist()))
     pairing = torch.empty(a.shape[d], dtype=torch.long)
-    pairing[torch.tensor(keys[0])] = torch.tensor(keys[1])
-    pairing = torch.tensor(_untied(pairing.tolist(), features))
-    same = torch.equal(a.amax(others), b.amax(others).index_select(0, pairing)) \
-        and torch.equal(a.amin(others), b.amin(others).index_select(0, pairing))
+    pairing[torch.tensor(sorted(range(a.shape[d]), key=a_features.__getitem__))] = \
+        torch.tensor(sorted(range(b.shape[d]), key=b_features.__getitem__))
+    pairing = torch.tensor(_untied(pairing.tolist(), b_features))
+    same = torch.equal(a_high, b_high.index_select(0, pairing)) and torch.equal(a_low, b_low.index_select(0, pairing))
     return pairing if same else None
 
 
@@ -1814,14 +1826,11 @@ def _untied(order: list[int], features: list[tuple]) -> list[int]:
     all zero) given out so that runs continue: ties are paired in any order, which would break a
     block moved whole into pieces. A tied position takes the place its nearest untied neighbours'
     runs lead to, where one of its look-alikes is there; the most constrained first."""
-    n = len(order)
-    counts: dict[tuple, int] = {}
-    for j in order:
-        counts[features[j]] = counts.get(features[j], 0) + 1
+    n, counts = len(order), Counter(features)
     tied = [i for i in range(n) if counts[features[order[i]]] > 1]
     if not tied:
         return order
-    free = {j for i in tied for j in [order[i]]}
+    free = {order[i] for i in tied}
     fixed = set(range(n)) - set(tied)
 
     def leads(i: int) -> list[int]:
@@ -2196,16 +2205,15 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
     last_c, last_r, agreed = -1, -1, None  # recorder indices of the last agreeing pair, the pair
     for tag, i1, i2, j1, j2 in _aligned(cs, rs, expected, cand.rec):
         if tag != "equal":
+            after_replaced = any(f["kind"] == "op" for f in pending)
             if tag == "replace" and i2 - i1 > 1 and j2 - j1 == 1:  # one op written out: does it compute it?
-                done, found = _written_out(module, cs[i1:i2], rs, j1, cand, ref, tol,
-                                           any(f["kind"] == "op" for f in pending), operands)
+                done, found = _written_out(module, cs[i1:i2], rs, j1, cand, ref, tol, after_replaced, operands)
                 if done is None:
                     pending += found
                     continue
                 tag, i1, j1 = "insert", i1 + done, j2  # it does: what follows it is extra
             n = min(i2 - i1, j2 - j1) if tag == "replace" else 0
-            pending += _replaced_findings(module, cs[i1:i1 + n], rs, j1, cand, ref, tol, operands,
-                                          any(f["kind"] == "op" for f in pending))
+            pending += _replaced_findings(module, cs[i1:i1 + n], rs, j1, cand, ref, tol, operands, after_replaced)
             if any(f["kind"] == "op" for f in pending):
                 continue  # what follows a replaced op that changed the values receives its error: no lead
             for k in range(i1 + n, i2):
@@ -2311,10 +2319,12 @@ def _anchors(cs: list[Op], rs: list[Op], expected: Expected | None, rec: OpRecor
     none of another candidate op's): one op, or a hand-written run from its first such op to its
     last, with the ops after it that read only what the run made (its final add). The longest
     chain of them in order on both sides."""
+    mine = [_mapped_values(c, expected) for c in cs]
+    theirs = [list(r.param_values.values()) for r in rs]
     links: dict[int, set[int]] = {}
-    for i, c in enumerate(cs):
-        for j, r in enumerate(rs):
-            if c.params and r.params and _twin_params(c, r, expected):
+    for i, a in enumerate(mine):
+        for j, b in enumerate(theirs):
+            if a and b and _any_alike(a, b):
                 links.setdefault(i, set()).add(j)
     readers: dict[int, list[int]] = {}
     for i, js in links.items():
@@ -2338,7 +2348,7 @@ def _connected(rec: OpRecorder, cs: list[Op], lo: int, hi: int) -> bool:
     patches and to the class token, before they are joined)."""
     made = {cs[lo].index}
     for op in cs[lo + 1:hi]:
-        if not any((source := _source(rec, t, op.index)) is not None and source.index in made for t in op.input_ids):
+        if not any(_made_by(rec, t, op, made) for t in op.input_ids):
             return False
         made.add(op.index)
     return True
@@ -2349,23 +2359,32 @@ def _run_end(rec: OpRecorder, cs: list[Op], lo: int, hi: int) -> int:
     (through views: ``x * inv + shift[:, None, None]``), and nothing else: an activation after the
     run reads one value, and is the next op."""
     made = {op.index for op in cs[lo:hi]}
-    while hi < len(cs) and len(set(cs[hi].input_ids)) > 1 and not cs[hi].params and all(
-            (source := _source(rec, t, cs[hi].index)) is not None and source.index in made for t in cs[hi].input_ids):
+    while hi < len(cs) and len(set(cs[hi].input_ids)) > 1 and not cs[hi].params \
+            and all(_made_by(rec, t, cs[hi], made) for t in cs[hi].input_ids):
         made.add(cs[hi].index)
         hi += 1
     return hi
 
 
-def _twin_params(c: Op, r: Op, expected: Expected | None) -> bool:
-    """Whether some parameter ``c`` reads holds what some parameter ``r`` reads (in any layout)."""
-    for key, name in c.params.items():
-        mine = expected(name) if expected is not None else None
-        mine = c.param_values[key] if mine is None else mine
-        for r_key in r.params:
-            theirs = r.param_values[r_key]
-            if mine.numel() != theirs.numel() or mine.numel() < 2:
+def _made_by(rec: OpRecorder, tensor_id: int, reader: Op, made: set[int]) -> bool:
+    """Whether ``reader``'s input ``tensor_id`` is the output of an op in ``made`` (by index), through views."""
+    source = _source(rec, tensor_id, reader.index)
+    return source is not None and source.index in made
+
+
+def _mapped_values(c: Op, expected: Expected | None) -> list[torch.Tensor]:
+    """The parameters ``c`` reads, as the weight map puts them where it puts them (else as stored)."""
+    mapped = [expected(name) if expected is not None else None for name in c.params.values()]
+    return [c.param_values[key] if value is None else value for key, value in zip(c.params, mapped)]
+
+
+def _any_alike(mine: list[torch.Tensor], theirs: list[torch.Tensor]) -> bool:
+    """Whether one of ``mine`` holds the values of one of ``theirs`` (in any layout)."""
+    for a in mine:
+        for b in theirs:
+            if a.numel() != b.numel() or a.numel() < 2:
                 continue
-            pair = _in_one_layout(mine, theirs)
+            pair = _in_one_layout(a, b)
             if pair is not None and torch.equal(pair[0], pair[1].to(pair[0].dtype)):
                 return True
     return False
@@ -2695,7 +2714,8 @@ def culprit_diagnosis(rows: Iterable[Any], culprit: str | None, root: nn.Module 
             held = []
         if held:
             return held
-    if row is not None and not _without_twin_module(row) and _fed_otherwise(row):
+    fed_otherwise = row is not None and _fed_otherwise(row)
+    if fed_otherwise and not _without_twin_module(row):
         # fed other values (an error upstream): run on the reference's inputs, it may show a
         # difference of its own (an activation's flavour); a mere "another result" may come of
         # inputs it should not get (windows not shifted), and its ancestor is asked below
@@ -2705,7 +2725,7 @@ def culprit_diagnosis(rows: Iterable[Any], culprit: str | None, root: nn.Module 
             own = []
         if any(f["kind"] != "value" for f in own):
             return own
-    if row is None or _without_twin_module(row) or _fed_otherwise(row):
+    if row is None or _without_twin_module(row) or fed_otherwise:
         # a culprit without a twin (or twinned to a slice of another module's output, a fused
         # qkv's), or fed other values than its twin (windows not shifted by the block around it):
         # its innermost twinned ancestor runs the same code, from where the two part

@@ -46,18 +46,21 @@ its weights. The algorithm:
    are listed as computed and never copied.
 5. Verification. The reference's weights are transferred into a copy of the candidate and the two
    are compared with modules paired through the map. Where twin modules disagree, the ambiguous
-   alternatives inside the first disagreeing module are tried (a square matrix transposed, two
-   same-shaped submodules swapped) and kept when the module then agrees. A module whose twin
-   differs in a numeric setting (``eps``, ``approximate``) disagrees whatever the weights: no
-   alternative is tried there, and its conflict names the setting; nor around a module that owns
-   no mapped tensor and received what its twin received (its own computation differs: a GELU
-   against a tanh), nor around one whose op-level diagnosis finds another operation (not a
-   product, whose result a weight layout can change) and nothing about values (a group norm
-   where the twin applies a layer norm). Each alternative is a full comparison, so these save the most time where the
-   models genuinely differ. What still disagrees is
-   listed in ``conflicts``: a map is never accepted silently. Candidate tensors the forward reads
-   but the map leaves out get other values in the copy first, so that a candidate already holding
-   the right values there (a finished conversion being checked) cannot verify an incomplete map.
+   alternatives in and around the first disagreeing module (up to three enclosing modules: the block
+   whose shortcut sits beside the branch holding it) are tried, those moving a tensor of that module
+   first (a square matrix transposed, two same-shaped submodules swapped), and kept when the module
+   then agrees. A module whose twin differs in a numeric setting (``eps``, ``approximate``)
+   disagrees whatever the weights: no alternative is tried there, and its conflict names the
+   setting; nor around a module that owns no mapped tensor and received what its twin received (its
+   own computation differs: a GELU against a tanh), nor around one whose op-level diagnosis finds
+   another operation (not a product, whose result a weight layout can change) and nothing about
+   values (a group norm where the twin applies a layer norm). An exchange costs a full comparison,
+   so these save the most time where the models genuinely differ; a choice of layout for one tensor
+   is first tried on the disagreeing module alone, re-run on the reference's inputs, and costs a
+   comparison only where that module then agrees. What still disagrees is listed in ``conflicts``: a
+   map is never accepted silently. Candidate tensors the forward reads but the map leaves out get
+   other values in the copy first, so that a candidate already holding the right values there (a
+   finished conversion being checked) cannot verify an incomplete map.
 
 The result is a :class:`harness.weightmap.WeightMap`: data that reads both ways.
 """
@@ -1169,12 +1172,17 @@ def _culprit_first(alternatives: Iterable[tuple[WeightMap, tuple | None]], weigh
     others: a choice that leaves the culprit's own tensors as they are (two norms exchanged beside
     it) cannot make it agree, and the comparisons each choice costs are counted."""
     prefix = "" if culprit == ROOT else f"{culprit}."
-    current = {id(e) for e in weights.entries}
 
     def touches(alternative: WeightMap) -> bool:
-        return any(e.candidate.startswith(prefix) for e in alternative.entries if id(e) not in current)
+        return any(e.candidate.startswith(prefix) for e in _changed(alternative, weights))
 
     return sorted(alternatives, key=lambda choice: not touches(choice[0]))
+
+
+def _changed(alternative: WeightMap, weights: WeightMap) -> list[Entry]:
+    """The entries of ``alternative`` that are not ``weights``' own: the choice it makes."""
+    current = {id(e) for e in weights.entries}
+    return [e for e in alternative.entries if id(e) not in current]
 
 
 def _still_fails(report: Any, culprit: str, alternative: WeightMap, weights: WeightMap, reference: nn.Module,
@@ -1189,8 +1197,7 @@ def _still_fails(report: Any, culprit: str, alternative: WeightMap, weights: Wei
     row = next((r for r in report.rows if r.candidate == culprit and r.status == "introduced"), None)
     if row is None or row.match.candidate.module is None:
         return False
-    current = {id(e) for e in weights.entries}
-    changed = [e for e in alternative.entries if id(e) not in current]
+    changed = _changed(alternative, weights)
     keys = {e.candidate for e in changed}
     replace(weights, entries=changed).transfer(reference, trial)  # the culprit's module is the trial's own
     try:
