@@ -25,6 +25,9 @@ its weights. The algorithm:
 2. Siblings. Consecutive operations of one kind that read the same input tensor (the query, key
    and value projections of one token sequence) may stand for one fused operation on the other
    side: their i-th tensors, concatenated along dim 0, form a composite that can match one tensor.
+   Consecutive linear layers may also read different inputs: a cross-attention projects its query
+   from one sequence and its keys and values from another (``nn.MultiheadAttention``'s one
+   ``in_proj_weight`` against separate ``q`` and ``kv`` layers).
    A linear layer reading tensors concatenated along its outputs where used
    (``F.linear(x, torch.cat([wq, wk, wv]), torch.cat([bq, bk, bv]))``) is as many siblings.
    A tensor joined where used from stored tensors and zeros (timm's Swin V2 and BEiT build their
@@ -549,8 +552,9 @@ class _Unit:
 def _composites(tensors: list[_Tensor], *, stored: bool) -> dict[int, list[tuple[int, list[_Unit]]]]:
     """For each start index: (end index, composite units) for runs of sibling operations.
 
-    Siblings: consecutive operations of the same kind reading the same source tensor, whose i-th
-    tensors agree in every dim but the first, in the layout the operations read. ``stored``: only
+    Siblings: consecutive operations of the same kind reading the same source tensor (linear
+    layers: any inputs), whose i-th tensors agree in every dim but the first, in the layout the
+    operations read. ``stored``: only
     tensors read as stored (a concat of the stored tensors is the composite).
     """
     ops: list[list[int]] = []
@@ -568,7 +572,10 @@ def _composites(tensors: list[_Tensor], *, stored: bool) -> dict[int, list[tuple
             t = tensors[ops[e][0]]
             # a sibling may lack a tensor the others have (a key projection without bias): the
             # composites are made of the tensors every sibling has, in argument order
-            same = (t.op == head.op and t.source == head.source
+            # linear layers on different inputs may be one fused projection on the other side: a
+            # cross-attention's query from one sequence and its keys and values from another
+            # (``nn.MultiheadAttention``'s ``in_proj_weight`` against separate ``q`` and ``kv``)
+            same = (t.op == head.op and (t.source == head.source or t.op == "linear")
                     and ops[e][0] == ops[e - 1][-1] + 1
                     and all(tensors[a].used_shape[1:] == tensors[b].used_shape[1:] and tensors[a].kind == tensors[b].kind
                             and not tensors[a].pieces and not tensors[b].pieces
