@@ -7,7 +7,10 @@ below) that completed before it is the first divergence itself.
 The ``culprit`` is the innermost module that introduces an error itself rather than receiving
 one. For each failing call:
 
-- inputs bitwise equal to the reference twin's, or no tensor inputs at all -> made here;
+- inputs bitwise equal to the reference twin's, or no tensor inputs at all -> made here (a tensor
+  the twin was given where the candidate got None, an attention mask its caller never made, makes
+  the inputs differ: re-run with the reference's arguments, the module is cleared and its caller
+  blamed);
 - inputs differ, and the module may be re-run (its arguments have the reference's structure):
   run the candidate module on the reference's recorded inputs; if that output still fails, the
   error is made here, otherwise it was received. Twin layers of one type whose input axes mean the
@@ -376,7 +379,7 @@ def _inputs_state(cand: Record, ref: Record, tol: Tolerance) -> Literal["equal",
         # no error can have reached it through its inputs, so a wrong output is made here.
         return "equal"
     pairs = _leaf_pairs(cand.inputs, ref.inputs)
-    if not pairs:
+    if not pairs or _left_out(cand, ref):  # a tensor its twin was given is missing: not the same inputs
         return "differ"
     if all(_bitwise(a, b) for _, a, b in pairs):
         return "equal"
@@ -407,6 +410,23 @@ def _same_structure(cand: Record, ref: Record) -> bool:
             or cand.kwargs.keys() != ref.kwargs.keys():
         return False
     return _axes_fixed(cand, ref) or all(tuple(cand.inputs[k].shape) == tuple(ref.inputs[k].shape) for k in cand.inputs)
+
+
+def _left_out(cand: Record, ref: Record) -> bool:
+    """Whether the candidate was called as its twin but given None where the twin got a tensor (an
+    attention mask its caller never made: a Swin block that skips the shift): the reference's
+    arguments then fit it as they are, and its caller, not it, made the difference."""
+    if len(cand.args) != len(ref.args) or cand.kwargs.keys() != ref.kwargs.keys():
+        return False
+    pairs = [*zip(cand.args, ref.args), *((cand.kwargs[k], ref.kwargs[k]) for k in cand.kwargs)]
+    missing = False
+    for mine, theirs in pairs:
+        if mine is None and isinstance(theirs, torch.Tensor):
+            missing = True
+        elif isinstance(mine, torch.Tensor) != isinstance(theirs, torch.Tensor) or (
+                isinstance(mine, torch.Tensor) and tuple(mine.shape) != tuple(theirs.shape)):
+            return False
+    return missing
 
 
 # layers whose input axes mean one thing whatever the model (a convolution reads (B, C, H, W), a
@@ -442,7 +462,7 @@ def _rerun_input_choices(cand: Record, ref: Record, tol: Tolerance | None = None
     unable to tell layouts apart: NCHW against NHWC with H == W), the other layouts that fit follow;
     where it agrees, the layout is settled (a kernel with its spatial axes swapped must not pass
     on an input with them swapped too)."""
-    if _same_structure(cand, ref):
+    if _same_structure(cand, ref) or _left_out(cand, ref):
         yield _cast_like(ref.args, cand.args), _cast_like(ref.kwargs, cand.kwargs)
         return
     if any(not isinstance(v, torch.Tensor) for v in (*cand.inputs.values(), *ref.inputs.values())):

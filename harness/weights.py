@@ -737,6 +737,7 @@ def infer_map(
     # a tensor joined from parts that found no counterpart whole: its parts may each have one
     if _split_leftovers(cand, used_c, reasons) + _split_leftovers(ref, used_r, reasons):
         entries += _repair(cand, ref, entries, used_c, used_r, reasons)
+    entries += _split_tables(cand, ref, used_c, used_r)
     entries = _cohere(_untangle(entries))
     order: dict[str, int] = {}
     for k, t in enumerate(cand):  # the parts of a joined tensor split for a second search: in its place
@@ -894,6 +895,74 @@ def _repair(cand: list[_Tensor], ref: list[_Tensor], entries: list[Entry], used_
         used_c.add(ci)
         used_r.add(k)
     return out
+
+
+_TABLE_PARTS = 3  # the most parts one table is cut into: a class row, register rows, the grid
+_TABLE_CHOICES = 12  # leftover candidate tensors tried as parts of one table, at most
+
+
+def _split_tables(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], used_r: set[int]) -> list[Entry]:
+    """Tables one model keeps whole and the other in parts: timm's position table ``(1, 1 + N, C)``
+    against a class-token row ``(1, 1, C)`` added before the join and a grid ``(1, C, h, w)`` added to
+    the patch map. A leftover reference tensor cut along one dim into consecutive slices, each
+    giving one leftover candidate tensor its values (as stored, reshaped, or with its channels moved
+    first: tokens to a ``(C, h, w)`` map), is their source. The smaller parts come first (class and
+    register rows precede the patches in every common layout), ties in the candidate's order of use;
+    verification says if the order is wrong."""
+    out: list[Entry] = []
+    for rk, r in enumerate(ref):
+        if rk in used_r or r.pieces or r.op == "<unused>" or len(r.shape) < 2:
+            continue
+        free = [k for k, c in enumerate(cand) if k not in used_c and c.kind == r.kind and not c.pieces
+                and not c.to_used and c.op != "<unused>"][:_TABLE_CHOICES]
+        found = _table_parts(r, [(k, cand[k]) for k in free])
+        if found is None:
+            continue
+        dim, parts = found
+        start = 0
+        for k, rows, layout in parts:
+            steps = simplify_steps([{"op": "slice", "dim": dim, "start": start, "stop": start + rows}, *layout], r.shape)
+            out.append(Entry(cand[k].key, (r.key,), tuple(steps), cand[k].shape, (r.shape,), r.kind))
+            used_c.add(k)
+            start += rows
+        used_r.add(rk)
+    return out
+
+
+def _table_parts(r: _Tensor, free: list[tuple[int, _Tensor]]) -> tuple[int, list[tuple[int, int, list[Step]]]] | None:
+    """(dim, [(candidate index, rows, layout steps of its slice)] in slice order) for the first dim of
+    ``r`` that consecutive slices of cover exactly with candidate tensors of ``free``; or None."""
+    for dim, size in enumerate(r.shape):
+        across = math.prod(r.shape) // size if size else 0
+        fits = []
+        for k, c in free:
+            numel = math.prod(c.shape)
+            rows = numel // across if across and numel % across == 0 else 0
+            piece = tuple(rows if d == dim else n for d, n in enumerate(r.shape))
+            layout = _table_layout(c.shape, piece) if 0 < rows < size else None
+            if layout is not None:
+                fits.append((k, rows, layout, c.op_index))
+        for count in range(2, _TABLE_PARTS + 1):
+            chosen = next((group for group in combinations(fits, count) if sum(f[1] for f in group) == size), None)
+            if chosen is not None:
+                return dim, [(k, rows, layout) for k, rows, layout, _ in sorted(chosen, key=lambda f: (f[1], f[3]))]
+    return None
+
+
+def _table_layout(target: tuple[int, ...], piece: tuple[int, ...]) -> list[Step] | None:
+    """Steps from a slice of a table to a tensor holding its values: the same rows reshaped
+    (``(1, N, C)`` as ``(1, h, w, C)`` or ``(N, C)``), or with the channels (last) moved before the
+    rows (``(1, N, C)`` as a ``(1, C, h, w)`` map). None if neither fits."""
+    if math.prod(target) != math.prod(piece):
+        return None
+    if target == piece:
+        return []
+    if target[-1] == piece[-1] or [d for d in target if d != 1] == [d for d in piece if d != 1]:
+        return [{"op": "reshape", "shape": list(target)}]
+    lead = next((a for a, d in enumerate(target) if d != 1), None)
+    if len(piece) >= 2 and lead is not None and target[lead] == piece[-1] != piece[-2]:
+        return [{"op": "transpose", "dims": [len(piece) - 2, len(piece) - 1]}, {"op": "reshape", "shape": list(target)}]
+    return None
 
 
 def _swap_sources(a: Entry, b: Entry) -> tuple[Entry, Entry]:
