@@ -183,14 +183,16 @@ def choose_twins(
 
     A torchvision ``BasicBlock`` holds the same tensors as both transformers' ``ResNetBasicLayer``
     and the ``Sequential`` of convolutions inside it; only one of them computes what the block
-    computes. Within a chain the order is kept (outer with outer) and the pairing whose first
+    computes. An ``nn.Sequential`` returning an inner member's output leaves the chain first (see
+    :func:`_unwrapped`). Within a chain the order is kept (outer with outer) and the pairing whose first
     calls' outputs agree best is chosen. Calls whose outputs are the same values agree equally:
     then those whose inputs agree best (a pooler that receives the tokens and the norm inside it
     that receives their mean, against a norm given the mean), and among calls given the same
     inputs too (a block whose residual was dropped and its inner ``Sequential``) the outer ones, so
     an error in the outer module's own code is blamed on it, not on a child that computed its part
     right. Without recorded tensors: innermost with innermost. ``known``: twins seen agreeing
-    before (a verified weight map's), kept for every chain they pair whole: an error in this run
+    before (a verified weight map's), kept for every chain whose shorter side they pair whole (a
+    block's inner Sequential, which had no twin, stays without one): an error in this run
     (a residual dropped) can make a block's output nearer its inner branch's than its own twin's.
     """
     first_c = {r.name: r for r in candidate if r.call == 0}
@@ -198,11 +200,13 @@ def choose_twins(
     out: dict[str, str] = {}
     known = known or {}
     for cs, rs in chains:
+        cs, rs = _unwrapped(cs, first_c), _unwrapped(rs, first_r)
         if len(cs) == 1 and len(rs) == 1:
             out[cs[0]] = rs[0]
             continue
-        if all(known.get(c) in rs for c in cs) and len({known[c] for c in cs}) == len(cs):
-            out.update({c: known[c] for c in cs})
+        seen = {c: known[c] for c in cs if known.get(c) in rs}
+        if len(set(seen.values())) == len(seen) == min(len(cs), len(rs)):
+            out.update(seen)
             continue
         short, long_, flip = (cs, rs, False) if len(cs) <= len(rs) else (rs, cs, True)
         recorded = all(isinstance(getattr(first_c.get(n), "primary", None), torch.Tensor) for n in cs) and \
@@ -223,6 +227,19 @@ def choose_twins(
             c, r = (long_[p], a) if flip else (a, long_[p])
             out[c] = r
     return out
+
+
+def _unwrapped(chain: list[str], first: Mapping[str, Record]) -> list[str]:
+    """``chain`` without its ``nn.Sequential`` wrappers that return an inner member's output as
+    theirs (timm's one-block ``blocks.0`` around a block that adds its own residual): a Sequential
+    computes nothing of its own, so it is no candidate twin for a module with code of its own (a
+    torchvision block adding the residual around its inner Sequential)."""
+    calls = [first.get(name) for name in chain]
+    kept = [name for name, call in zip(chain, calls)
+            if not (call is not None and isinstance(call.module, torch.nn.Sequential) and call.primary is not None
+                    and any(o is not None and o is not call and call.contains(o) and o.primary is call.primary
+                            for o in calls))]
+    return kept or chain
 
 
 def _distance(c: Record | None, r: Record | None) -> float:

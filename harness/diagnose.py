@@ -2588,8 +2588,10 @@ def _dedupe(findings: Iterable[dict]) -> list[dict]:
 
 
 def _rank(findings: list[dict]) -> list[dict]:
+    """By kind (:data:`_RANK`), a twin left in training mode first: its random drop or batch
+    statistics make the ops differ, not the other way round. Stable: stream order within a kind."""
     order = {k: i for i, k in enumerate(_RANK)}
-    return sorted(findings, key=lambda f: order[f["kind"]])  # stable: stream order within a kind
+    return sorted(findings, key=lambda f: (f["kind"] != "attribute" or f["argument"] != "training", order[f["kind"]]))
 
 
 def _mapped(weights: Any, root: nn.Module | None, prefix: str) -> Expected | None:
@@ -2699,10 +2701,39 @@ def _named_tensors(findings: list[dict], module: nn.Module, lead: str, twin: str
 def culprit_diagnosis(rows: Iterable[Any], culprit: str | None, root: nn.Module | None = None,
                       weights: Any = None, candidate: nn.Module | None = None) -> list[dict]:
     """:func:`diagnose` for the culprit's row (the first ``introduced`` row with that name), or [];
-    ``root``: the reference model; ``weights``: the weight map between the two, if any."""
+    ``root``: the reference model; ``weights``: the weight map between the two, if any. A module
+    inside the culprit left in training mode, where the reference runs in eval mode, is named
+    first: its random drop or batch statistics are the difference, whatever the ops then show."""
     if culprit is None:
         return []
-    rows = list(rows)
+    training = _left_training(candidate, culprit, root)
+    found = _culprit_findings(list(rows), culprit, root, weights, candidate)
+    return training + [f for f in found if (f["module"], f["argument"]) not in {(t["module"], "training") for t in training}]
+
+
+_TRAINING_NAMED = 3  # modules left in training mode named in one diagnosis, at most
+
+
+def _left_training(candidate: nn.Module | None, culprit: str, root: nn.Module | None) -> list[dict]:
+    """Findings for the modules inside the culprit that read ``training`` and are in training mode
+    while the reference model is in eval mode (a dropout, a stochastic depth, a batch norm)."""
+    if candidate is None or root is None or root.training:
+        return []
+    module = candidate if culprit == "<root>" else candidate.get_submodule(culprit)
+    out = []
+    for name, m in module.named_modules():
+        if m.training and reads_training(m):
+            where = culprit if not name else name if culprit == "<root>" else f"{culprit}.{name}"
+            out.append(_finding(where, "attribute", None, "training", True, False,
+                                f"{where}: {type(m).__name__} runs in training mode (training True) where the reference "
+                                f"model runs in eval mode: what it does only in training (a random drop, batch "
+                                f"statistics) is active; call .eval() on it"))
+    return out[:_TRAINING_NAMED]
+
+
+def _culprit_findings(rows: list[Any], culprit: str, root: nn.Module | None, weights: Any,
+                      candidate: nn.Module | None) -> list[dict]:
+    """:func:`culprit_diagnosis` without the modules left in training mode."""
     row = next((r for r in rows if r.candidate == culprit and r.status == "introduced"), None) \
         or next((r for r in rows if r.candidate == culprit), None)
     if row is None:

@@ -1090,7 +1090,15 @@ def map_weights(
     """
     check_module("candidate", candidate)
     check_module("reference", reference)
-    weights = infer_map(candidate, reference, inputs, candidate_call=candidate_call, reference_call=reference_call)
+    from harness.guards import ModelState  # guards imports the pair registry, which imports this module
+
+    # the first-use runs call both models as they are: a model left in training mode would update
+    # its batch norms' running statistics, which are part of what is being mapped
+    state = ModelState(candidate, reference)
+    try:
+        weights = infer_map(candidate, reference, inputs, candidate_call=candidate_call, reference_call=reference_call)
+    finally:
+        state.restore()
     if verify:
         _verify(weights, candidate, reference, inputs, max_alternatives,
                 dict(candidate_call=candidate_call, reference_call=reference_call,

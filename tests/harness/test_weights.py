@@ -77,6 +77,15 @@ def test_map_weights_changes_neither_model():
     assert state_equal(candidate, before_c) and state_equal(reference, before_r)
 
 
+def test_map_weights_leaves_models_in_training_mode_with_their_batch_norm_statistics():
+    candidate, reference = randomized(ConvNet(), 1).train(), randomized(ConvNet(), 2).train()
+    before_c, before_r = copy.deepcopy(candidate), copy.deepcopy(reference)
+    harness.map_weights(candidate, reference, images())
+    assert state_equal(candidate, before_c) and state_equal(reference, before_r), \
+        "map_weights updated the running statistics of a model in training mode"
+    assert candidate.training and reference.training
+
+
 def test_the_table_read_backward_gives_the_reference_state(fused_from_split):
     candidate, reference, weights = fused_from_split
     weights.transfer(reference, candidate)
