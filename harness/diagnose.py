@@ -2706,9 +2706,10 @@ def culprit_diagnosis(rows: Iterable[Any], culprit: str | None, root: nn.Module 
     first: its random drop or batch statistics are the difference, whatever the ops then show."""
     if culprit is None:
         return []
-    training = _left_training(candidate, culprit, root)
     found = _culprit_findings(list(rows), culprit, root, weights, candidate)
-    return training + [f for f in found if (f["module"], f["argument"]) not in {(t["module"], "training") for t in training}]
+    named = {f["module"] for f in found if f["kind"] == "attribute" and f["argument"] == "training"}
+    found += [f for f in _left_training(candidate, culprit, root) if f["module"] not in named]
+    return sorted(found, key=lambda f: f["kind"] != "attribute" or f["argument"] != "training")
 
 
 _TRAINING_NAMED = 3  # modules left in training mode named in one diagnosis, at most

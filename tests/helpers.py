@@ -25,6 +25,16 @@ def findings_text(findings: list[dict]) -> str:
     return "\n".join(f"{f['kind']} | {f['text']}" for f in findings) or "(no finding)"
 
 
+def transferred(candidate: torch.nn.Module, reference: torch.nn.Module, x: Any) -> tuple:
+    """``(candidate, reference, weights)``: the weight correspondence found by ``harness.map_weights``
+    and the reference's weights carried over into ``candidate`` through it."""
+    import harness
+
+    weights = harness.map_weights(candidate, reference, x)
+    weights.transfer(reference, candidate)
+    return candidate, reference, weights
+
+
 def compare_port(candidate: torch.nn.Module, reference: torch.nn.Module, x: torch.Tensor,
                  change: Callable[[torch.nn.Module], Any] = lambda model: None) -> Any:
     """A port against its reference as a porting engineer checks it: the weight correspondence found
@@ -32,8 +42,7 @@ def compare_port(candidate: torch.nn.Module, reference: torch.nn.Module, x: torc
     (the injected bug, under ``no_grad``), then ``harness.compare`` through that map."""
     import harness
 
-    weights = harness.map_weights(candidate, reference, x)
-    weights.transfer(reference, candidate)
+    _, _, weights = transferred(candidate, reference, x)
     with torch.no_grad():
         change(candidate)
     return harness.compare(candidate, reference, x, weights=weights)

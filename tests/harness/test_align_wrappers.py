@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import harness
+from helpers import transferred
 from port_toys import images, randomized
 
 C = 4
@@ -61,10 +62,7 @@ class TimmStyle(nn.Module):
 
 @pytest.fixture
 def port():
-    candidate, reference = randomized(TorchvisionStyle(), 1), randomized(TimmStyle(), 2)
-    weights = harness.map_weights(candidate, reference, images())
-    weights.transfer(reference, candidate)
-    return candidate, reference, weights
+    return transferred(randomized(TorchvisionStyle(), 1), randomized(TimmStyle(), 2), images())
 
 
 def test_a_block_adding_its_residual_around_a_sequential_verifies_against_a_wrapped_block(port):

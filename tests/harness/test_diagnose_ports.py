@@ -8,17 +8,14 @@ from torch.nn import functional as F
 
 import harness
 from harness.diagnose import attribute_diff, diagnose_modules
-from helpers import inject_forward
+from helpers import inject_forward, transferred
 from port_toys import FusedBlock, KernelHWIO, SplitBlock, feature_maps, randomized, tokens
 
 
 @pytest.fixture
 def fused_split():
     """The fused-qkv block as candidate, the split query/key/value block as reference, weights transferred."""
-    candidate, reference = randomized(FusedBlock(), 1), randomized(SplitBlock(), 2)
-    weights = harness.map_weights(candidate, reference, tokens())
-    weights.transfer(reference, candidate)
-    return candidate, reference, weights
+    return transferred(randomized(FusedBlock(), 1), randomized(SplitBlock(), 2), tokens())
 
 
 def _findings(report) -> str:
