@@ -5,7 +5,9 @@ Passes, each only over what the previous ones left:
 0. ``weights`` (when a weight map gives twins): modules whose subtrees hold corresponding
    tensors are twins, call by call. Independently written models share no names; they share
    weights. Names cannot then be trusted alone: a later name or rename match is kept only where
-   the innermost paired calls enclosing the two calls are each other's twins.
+   the innermost paired calls enclosing the two calls are each other's twins. Twins may return
+   maps of other sizes (a padding or stride set otherwise: the error itself); a fused projection
+   returning a multiple of its twin's features (``qkv`` against the attention) is no twin.
 1. ``name``: identical qualified name and call index.
 2. ``rename``: the candidate name rewritten by the pair's ``(regex, replacement)`` rules, applied
    in order, each to the result of the previous one (a replacement may be a callable, as in
@@ -269,14 +271,14 @@ def _leaf_distance(a: Any, b: Any) -> float:
     return min(float((a - b).norm()) / scale if scale > 0 else float((a - b).norm()), 1e3)
 
 
-def _numel(record: Record) -> int | None:
-    shape = record.shape
-    if shape is None:
-        return None
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+def _part_of(a: Record, b: Record) -> bool:
+    """Whether one call returns a multiple of the other's features (all dims equal but the last,
+    2x or more of it: a fused ``qkv``'s output against the attention computed from it)."""
+    sa, sb = a.shape, b.shape
+    if sa is None or sb is None or len(sa) != len(sb) or not sa or sa[:-1] != sb[:-1] or sa[-1] == sb[-1]:
+        return False
+    small, large = sorted((sa[-1], sb[-1]))
+    return small > 0 and large % small == 0
 
 
 def _parents(records: Sequence[Record]) -> list[int]:
@@ -327,8 +329,9 @@ def align(
         for ci, rec in enumerate(candidate):
             ri = ref_by_key.get(f"{twins.get(rec.name)}#{rec.call}")
             # A fused projection (qkv) owns the same tensors as the attention around q/k/v on the
-            # other side, yet computes only part of it: twins must at least return as many values.
-            if ri is not None and _numel(rec) == _numel(reference[ri]):
+            # other side, yet computes only part of it: no twins there. Twins whose maps merely
+            # differ in size (a padding or a stride set otherwise) stay twins: that is the error.
+            if ri is not None and not _part_of(rec, reference[ri]):
                 try_pair(ci, reference[ri].key, "weights")
     # outer calls first, so that the consistency check sees the pairs around a call
     order = sorted(range(len(candidate)), key=lambda k: candidate[k].start) if twins else range(len(candidate))

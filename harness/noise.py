@@ -410,8 +410,8 @@ def noise_verdicts(
 ) -> NoiseVerdicts:
     """Measure the noise floor and make it the verdict of every row it can judge.
 
-    ``option``: ``None`` (default) on for float32/bfloat16/float16 full-mode comparisons of a live
-    reference, off otherwise; ``True``/``False`` force it; a number turns it on with that ratio
+    ``option``: ``None`` (default) on for float32/bfloat16/float16 comparisons of a live reference
+    (in summary mode for the final outputs only: the layers keep statistics), off otherwise; ``True``/``False`` force it; a number turns it on with that ratio
     threshold. Each judged row keeps its absolute-tolerance verdict in ``row.passed_tolerance``
     (the report shows both); ``row.noise`` holds the :class:`NoiseJudgement`.
     ``random_reference``: the reference's traced forward drew random numbers, so no float64 run
@@ -421,8 +421,8 @@ def noise_verdicts(
     wanted = option is not False and (option is not None or dtype in DEFAULT_NOISE_RATIO)
     if not wanted:
         return NoiseVerdicts(False)
+    # summary mode keeps the final outputs whole: the floor judges those (its layers keep statistics only)
     why_not = ("the comparison runs at float64: no rounding floor to measure" if dtype == "float64"
-               else "summary mode keeps no tensors to measure the floor against" if mode != "full"
                else "the reference is a recorded trace, not a module" if reference is None else None)
     if why_not:
         return NoiseVerdicts(False, note=f"noise floor off: {why_not}" if option else None)
@@ -465,6 +465,9 @@ def noise_verdicts(
         note = (f"noise floor: the reference's float64 run still computed in lower precision "
                 f"({', '.join(floor.narrow[:5])}{', ...' if len(floor.narrow) > 5 else ''}), so its floor there is not "
                 f"its rounding alone; a failure near those operations is best checked at float64")
+    if mode != "full":
+        note = " ".join(filter(None, [note, "noise floor: summary mode keeps the final outputs whole, and only they are "
+                                            "judged against the reference's rounding; layers by absolute tolerances"]))
     return NoiseVerdicts(True, floor.threshold, outputs, note=note, seconds=time.perf_counter() - started)
 
 
