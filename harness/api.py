@@ -38,6 +38,9 @@ def _final_outputs(
     ref = output_leaves(ref_out, reference_outputs, side="reference")
     if cand.keys() == ref.keys():
         return [(k, cand[k], ref[k]) for k in cand]
+    if len(cand) == len(ref) == 1:  # one tensor against one: nothing to choose, whatever their keys
+        (kc, a), (kr, b) = next(iter(cand.items())), next(iter(ref.items()))
+        return [(kc or kr if not (kc and kr) else f"{kc}~{kr}", a, b)]
     if candidate_outputs is None and reference_outputs is None and len(cand) == len(ref):
         return [(f"{kc}~{kr}", cand[kc], ref[kr]) for kc, kr in zip(cand, ref)]
     leaves = (lambda keys: "one tensor" if list(keys) == [""] else f"the tensors {sorted(keys)}")
@@ -61,6 +64,10 @@ def _outputs_in_reference_layout(final: list[tuple[str, torch.Tensor, torch.Tens
                          f"{tuple(b.shape)}; compared through {adapter.description} (candidate_outputs= or "
                          f"reference_outputs= choose the layout)")
             a = adapter.apply(a)
+        elif a.shape != b.shape:
+            notes.append(f"output{f' {key}' if key else ''}: the candidate gives shape {tuple(a.shape)}, the reference "
+                         f"{tuple(b.shape)}, and no layout turns one into the other: nothing to compare element by "
+                         f"element (another number of classes, tokens or channels?)")
         adapted.append((key, a, b))
     return adapted, notes
 
@@ -167,6 +174,8 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
         reference, inputs, o = replay.module, replay.call, replay.options(o)
     check_module("candidate", candidate)
     check_module("reference", reference)
+    if o.weights is not None:
+        o.weights.check_fits(candidate, reference if replay is None else None)
     check_backward(o.backward, o.backward_loss, recorded=replay is not None)
     filters = {side: _module_filter(side, o.include, o.exclude) for side in ("candidate", "reference")}
     guards.check_dtypes(candidate, reference)
@@ -210,7 +219,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
     final, layouts = _outputs_in_reference_layout(final, tol)
     outputs = {key: measure(a, b) for key, a, b in final}
     progress.stage("align")
-    weights = o.weights
+    weights = None if o.weights is None else o.weights.fitted(candidate)
     if weights is None and not o.rename and replay is None and _keys_differ(candidate, reference):
         weights = infer_map(candidate, reference, call, candidate_call=o.candidate_call,
                             reference_call=o.reference_call)

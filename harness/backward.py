@@ -501,6 +501,13 @@ def compare_backward(
     params_ok = all(p.passed for p in parameters)
     cand_loss, ref_loss = float(cand_loss.detach()), float(ref_loss.detach())
     notes += _notes(loss_ok, params_ok, failing, introduced, pmap.unmatched(), cand_loss, ref_loss)
+    # a parameter whose gradient is exactly zero where its source's is not was cut off from the loss
+    dead = [p.candidate for p in parameters if not p.passed and p.candidate in cand_grads
+            and not bool(cand_grads[p.candidate].any())]
+    if dead:
+        notes.append(f"{len(dead)} candidate parameter(s) receive no gradient at all where their reference sources do "
+                     f"(a detach, a no_grad block or a write through .data on their path?): {', '.join(dead[:5])}"
+                     + (" ..." if len(dead) > 5 else ""))
     if others:
         notes.append(f"{len(others)} candidate parameters hold other values than their reference sources (a batch "
                      f"norm folded into its conv, a changed weight): their gradients are not compared: "

@@ -716,7 +716,12 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         guesses = [r.match.candidate for r in inside if r.match.how == "structure" and not r.passed]
         around = sorted((u for u in (*untwinned, *guesses) if within(u) and u.contains(first_bad) and u.start > since),
                         key=lambda u: -u.start)
-        return next((u for u in around if not _hands_on(u, first_bad)), None)
+        found = next((u for u in around if not _hands_on(u, first_bad)), None)
+        # nor one handed a value the reference never computes (a class token joined after the
+        # patches): the error was made before it was called, by the code around it
+        if found is not None and _received_unknown(found, _known_values(row, reference), row and row.tolerance):
+            return None
+        return found
     # innermost: the earliest to complete; its untwinned parents completed later
     return min(suspects, key=lambda u: u.end)
 
@@ -728,8 +733,7 @@ def _uncleared(suspects: list[Record], row: Row | None, reference: Sequence[Reco
     a suspect, a value that does not vouch for it, nor does any other holding that value."""
     if not suspects:
         return suspects
-    pool = reference if row is None else [r for r in reference if r is row.match.reference
-                                          or row.match.reference.contains(r)]
+    pool = _pool(row, reference)
     tol = row.tolerance if row is not None else None
     disowned = disowned or {}
     # a call without a twin (or with a wrong guess for one) that computes a value the reference
@@ -747,8 +751,21 @@ def _uncleared(suspects: list[Record], row: Row | None, reference: Sequence[Reco
     # nor one handed a value the reference never computes: the error was made before it was
     # called (an activation child after its norm's own code went wrong, a softmax child after the
     # attention scaled its logits wrongly), by the code around it
-    known = [v for r in pool for v in (*r.inputs.values(), *r.outputs.values())] + inner
+    known = _known_values(row, reference)
     return [u for u in suspects if not _received_unknown(u, known, tol)]
+
+
+def _pool(row: Row | None, reference: Sequence[Record]) -> list[Record]:
+    """The reference calls inside ``row``'s twin (all of them when None)."""
+    return list(reference) if row is None else [r for r in reference if r is row.match.reference
+                                                or row.match.reference.contains(r)]
+
+
+def _known_values(row: Row | None, reference: Sequence[Record]) -> list[Any]:
+    """Every value the reference computes inside ``row``'s twin: its calls' inputs and outputs,
+    and its ops' values (all calls' when None)."""
+    inner = _inner_values(row) if row is not None else []
+    return [v for r in _pool(row, reference) for v in (*r.inputs.values(), *r.outputs.values())] + inner
 
 
 def _apart(values: Sequence[Any], disowned: Any, tol: Tolerance | None) -> Sequence[Any]:

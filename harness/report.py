@@ -118,13 +118,18 @@ class ParityReport:
     def verdict(self) -> str:
         name = self.pair or "comparison"
         o = self.output
-        head = (f"{name} [{self.dtype}, {self.device}]: {'PASS' if self.passed else 'FAIL'} -- "
-                f"output max_abs={o.max_abs:.3e} max_rel={o.max_rel:.3e} rel_l2={o.rel_l2:.3e} "
-                f"cosine={o.cosine:.12f}"
+        measured = ("output shapes differ (see the note)" if o.shape_mismatch else
+                    f"output max_abs={o.max_abs:.3e} max_rel={o.max_rel:.3e} rel_l2={o.rel_l2:.3e} cosine={o.cosine:.12f}")
+        head = (f"{name} [{self.dtype}, {self.device}]: {'PASS' if self.passed else 'FAIL'} -- {measured}"
                 + (f" nonfinite_mismatch={o.nonfinite_mismatch}" if o.nonfinite_mismatch else "")
                 + f" (tolerance atol={self.tolerance.atol:g} rtol={self.tolerance.rtol:g})")
         lines = [head]
-        if not self.passed:
+        backward_only = self.backward is not None and not self.backward.passed and self.culprit is None \
+            and all(r.passed for r in self.rows) and all(m.passes(self.tolerance) for m in self.outputs.values())
+        if backward_only:
+            lines.append(f"forward: every aligned call and output agrees; the backward does not (backward culprit: "
+                         f"{self.backward.culprit or 'not localized'}, below)")
+        elif not self.passed:
             lines.append(f"first divergence: {self.first_divergence or '(none in aligned layers)'}")
             call = self.culprit_call
             lines.append(f"culprit (introduces the error itself): {self.culprit or '(not localized)'}"

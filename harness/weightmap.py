@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import permutations
 from typing import Any, Iterable, Mapping
 
@@ -141,12 +141,9 @@ class WeightMap:
         """Copy the reference's current values into the candidate, in place (shapes checked)."""
         check_module("reference", reference)
         check_module("candidate", candidate)
+        self.check_fits(candidate, reference)
         values = self.to_candidate(_named_tensors(reference))
         targets = _named_tensors(candidate)
-        missing = [k for k in values if k not in targets]
-        if missing:
-            raise ValueError(f"this weight map names candidate tensors the candidate does not have: "
-                             f"{missing[:5]}; build the map for this candidate (harness.map_weights)")
         with torch.no_grad():
             for key, value in values.items():
                 target = targets[key]
@@ -155,6 +152,40 @@ class WeightMap:
                                      f"the transform gives {tuple(value.shape)}; the map was made for another model")
                 target.copy_(value.to(device=target.device, dtype=target.dtype))
         clear_weight_caches(candidate)
+
+    def check_fits(self, candidate: nn.Module, reference: nn.Module | None = None) -> None:
+        """ValueError unless every entry names a tensor of ``candidate`` of its shape, and every
+        reference key one of ``reference`` (when given): a map made for another version of a model
+        would pair and fill the wrong tensors."""
+        for side, model, keys in (("candidate", candidate, {e.candidate: e.shape for e in self.entries}),
+                                  ("reference", reference, {k: s for e in self.entries
+                                                            for k, s in zip(e.reference, e.reference_shapes)})):
+            if model is None:
+                continue
+            tensors = _named_tensors(model)
+            missing = [k for k in keys if k not in tensors]
+            resized = [f"{k} {tuple(tensors[k].shape)} (the map: {tuple(keys[k])})" for k in keys
+                       if k in tensors and keys[k] and tuple(tensors[k].shape) != tuple(keys[k])]
+            if missing or resized:
+                found = (f"names {len(missing)} {side} tensor(s) the {side} does not have: {_shown(missing, 5)}"
+                         if missing else f"gives {side} tensors other shapes than they have: {_shown(resized, 3)}")
+                raise ValueError(f"the weight map {found}; it was made for another model: build it for these models "
+                                 f"(harness.map_weights, or `python -m harness map`) or correct those entries")
+
+    def fitted(self, candidate: nn.Module) -> "WeightMap":
+        """This map as it stands for ``candidate``: a tensor of the candidate that the map neither
+        fills, nor lists as unmatched or computed (an entry deleted by hand, a layer added since the
+        map was made) is unmatched with that reason, and coverage counts the candidate's parameters."""
+        known = {e.candidate for e in self.entries} | set(self.unmatched.get("candidate", [])) \
+            | set(self.computed.get("candidate", []))
+        absent = [k for k, t in _named_tensors(candidate).items() if k not in known and t.is_floating_point()]
+        numel = sum(p.numel() for p in candidate.parameters())
+        if not absent and numel == self.candidate_numel:
+            return self
+        reasons = {**self.reasons, **{k: "the map has no entry for it and does not list it: an entry removed, or a "
+                                         "tensor added since the map was made" for k in absent}}
+        unmatched = {**self.unmatched, "candidate": [*self.unmatched.get("candidate", []), *absent]}
+        return replace(self, unmatched=unmatched, reasons=reasons, candidate_numel=numel)
 
     def to_candidate(self, reference_state: Mapping[str, torch.Tensor]) -> StateDict:
         """Candidate tensors (by candidate key) from a reference state dict."""

@@ -57,7 +57,8 @@ its weights. The algorithm:
    setting; nor around a module that owns no mapped tensor and received what its twin received (its
    own computation differs: a GELU against a tanh), nor around one whose op-level diagnosis finds
    another operation (not a product, whose result a weight layout can change) and nothing about
-   values (a group norm where the twin applies a layer norm). An exchange costs a full comparison,
+   values (a group norm where the twin applies a layer norm), nor around one holding a tensor the
+   map leaves out (given other values for the check, below: no choice of weights fills it). An exchange costs a full comparison,
    so these save the most time where the models genuinely differ; a choice of layout for one tensor
    is first tried on the disagreeing module alone, re-run on the reference's inputs, and costs a
    comparison only where that module then agrees. What still disagrees is listed in ``conflicts``: a
@@ -746,6 +747,7 @@ def infer_map(
     entries.sort(key=lambda e: order[e.candidate])
     entries += _companions(entries, candidate, reference, cand_computed, ref_computed)
     unmatched = _unmatched(cand, ref, used_c, used_r, reasons)
+    _computed_alike(unmatched, {"candidate": candidate, "reference": reference}, cand_computed, ref_computed)
     mapped_buffers = {e.candidate for e in entries} | {k for e in entries for k in e.reference}
     computed = {"candidate": [k for k in cand_computed if k not in mapped_buffers],
                 "reference": [k for k in ref_computed if k not in mapped_buffers]}
@@ -793,6 +795,27 @@ def _unmatched(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], used_r
             else:
                 reasons[at] = "no counterpart at this point of the computation (same-shape tensors were used elsewhere)"
     return unmatched
+
+
+def _computed_alike(unmatched: dict[str, list[str]], models: dict[str, nn.Module], cand_computed: dict[str, str],
+                    ref_computed: dict[str, str]) -> None:
+    """Move the unmatched floating buffers that hold exactly the values of a buffer of the other
+    model (kept in its checkpoint or not) to the computed ones: a table both models build from
+    their settings (torchvision's persistent Swin V2 ``relative_coords_table`` against timm's
+    non-persistent one) is no weight to carry, nor one to give other values when verifying."""
+    for side, other, computed in (("candidate", "reference", cand_computed), ("reference", "candidate", ref_computed)):
+        buffers = dict(models[side].named_buffers())
+        theirs = [(k, b) for k, b in models[other].named_buffers() if b.is_floating_point()]
+        for key in list(unmatched[side]):
+            mine = buffers.get(key)
+            # a constant (fresh running statistics: zeros, ones) says nothing about where it came from
+            if mine is None or not mine.is_floating_point() or mine.numel() < 2 or bool((mine == mine.flatten()[0]).all()):
+                continue
+            twin = next((k for k, b in theirs if b.shape == mine.shape and b.dtype == mine.dtype and torch.equal(b, mine)),
+                        None)
+            if twin is not None:
+                unmatched[side].remove(key)
+                computed[key] = f"computed by the model: the {other}'s {twin} holds the same values"
 
 
 def _stored_keys(t: _Tensor) -> list[str]:
@@ -1127,8 +1150,10 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
         if culprit is None:
             break
         if _settings_differ(report, culprit) or _beyond_weights(report, culprit, weights) \
-                or _operation_differs(report, culprit, weights, trial):
-            stuck.add(culprit)  # the models differ there: no choice of weights can help
+                or _operation_differs(report, culprit, weights, trial) or _holds_any(culprit, unfilled):
+            # the models differ there, or it reads a tensor the map leaves out (given other values
+            # on purpose): no choice of weights can help
+            stuck.add(culprit)
             continue
         for alternative, change in _culprit_first(_alternatives(weights, culprit), weights, culprit):
             if budget <= 0:
@@ -1191,6 +1216,11 @@ def _scramble_unfilled(weights: WeightMap, trial: nn.Module) -> list[str]:
             t.add_(torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device) * scale)
             scrambled.append(key)
     return scrambled
+
+
+def _holds_any(module: str, keys: list[str]) -> bool:
+    """Whether candidate module ``module`` holds one of the tensors ``keys``."""
+    return module == ROOT and bool(keys) or any(k.startswith(module + ".") for k in keys)
 
 
 def _settings_differ(report, module: str) -> list[str]:

@@ -233,3 +233,21 @@ def test_the_root_row_measures_the_outputs_candidate_outputs_selects():
     report = harness.compare(candidate, reference, x, candidate_outputs=lambda o: o["pooler_output"])
     root = next(r for r in report.rows if r.candidate == "<root>")
     assert report.passed and root.passed, report.format()
+
+
+def test_outputs_of_other_shapes_say_so_in_the_verdict_and_name_both_shapes():
+    torch.manual_seed(0)
+    candidate, reference = nn.Linear(4, 10).double().eval(), nn.Linear(4, 7).double().eval()
+    report = harness.compare(candidate, reference, torch.randn(2, 4, dtype=torch.float64))
+    assert report.verdict().splitlines()[0].startswith("comparison [float64, cpu]: FAIL -- output shapes differ"), \
+        report.format()
+    assert any("the candidate gives shape (2, 10), the reference (2, 7)" in n for n in report.notes), report.notes
+
+
+def test_one_output_picked_by_key_is_compared_with_a_reference_returning_one_tensor():
+    torch.manual_seed(0)
+    reference = nn.Linear(4, 3).double().eval()
+    candidate = copy.deepcopy(reference)
+    report = harness.compare(candidate, reference, torch.randn(2, 4, dtype=torch.float64),
+                             candidate_outputs=lambda out: {"logits": out})
+    assert report.passed and list(report.outputs) == ["logits"], report.format()

@@ -123,6 +123,22 @@ def test_detach_on_residual_blames_the_block(twins):
     assert report.backward.first_divergence == "blocks.1"
 
 
+def test_a_layer_scale_written_through_data_names_the_parameter_cut_off_from_the_loss(twins):
+    candidate, reference, x = twins
+    candidate.blocks[2].ls.through_data = True
+    report = harness.compare(candidate, reference, x, backward=True)
+    assert any("receive no gradient at all where their reference sources do" in n and "blocks.2.ls.gamma" in n
+               for n in report.backward.notes), "\n".join(report.backward.lines())
+
+
+def test_a_backward_only_failure_says_the_forward_agrees(twins):
+    candidate, reference, x = twins
+    candidate.blocks[1].detach_residual = True
+    lines = harness.compare(candidate, reference, x, backward=True).verdict().splitlines()
+    assert lines[1] == ("forward: every aligned call and output agrees; the backward does not (backward culprit: "
+                        "blocks.1, below)"), "\n".join(lines)
+
+
 def test_custom_function_with_scaled_backward_blames_the_activation(twins):
     candidate, reference, x = twins
     candidate.blocks[2].act = GeluWrongBackward().eval()

@@ -72,3 +72,16 @@ def test_a_failure_through_a_map_that_gives_a_read_reference_tensor_no_counterpa
     assert not report.passed
     assert report.notes[0].startswith("the reference's forward reads 1 tensor(s) that no candidate tensor takes (pos)"), \
         report.notes
+
+
+def test_a_given_map_with_an_entry_removed_by_hand_names_the_tensor_it_leaves_unfilled():
+    reference = randomized(nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16)), 2)
+    candidate = randomized(nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16)), 1)
+    table = harness.map_weights(candidate, reference, tokens()).to_dict()
+    table["entries"] = [e for e in table["entries"] if e["candidate"] != "1.weight"]
+    weights = harness.load_weight_map(table)
+    weights.transfer(reference, candidate)
+    report = harness.compare(candidate, reference, tokens(), weights=weights)
+    assert not report.passed
+    assert report.notes[0].startswith("the weight map gives no value to 1 candidate tensor(s) the forward reads (1.weight)"), \
+        report.notes

@@ -157,6 +157,26 @@ def test_batchnorm_statistics_and_counter_are_mapped_and_index_buffers_are_not()
     assert weights.computed["candidate"] == ["pixel_index"], str(weights)
 
 
+class _TableBias(nn.Module):
+    """A linear layer plus a fixed table built from its size: kept in the checkpoint or not."""
+
+    def __init__(self, persistent: bool) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+        self.register_buffer("coords", torch.linspace(-1, 1, 16).sign() * torch.linspace(0, 1, 16).log1p(),
+                             persistent=persistent)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) + self.coords
+
+
+def test_a_floating_table_both_models_build_alike_is_computed_not_a_weight():
+    candidate, reference = _TableBias(persistent=True).double().eval(), _TableBias(persistent=False).double().eval()
+    weights = harness.map_weights(candidate, reference, tokens())
+    assert (weights.computed["candidate"], weights.unmatched["candidate"], weights.verified) == (["coords"], [], True), \
+        str(weights)
+
+
 def test_channel_scale_and_conv_head_take_other_layouts():
     candidate, reference = randomized(ChannelsLastNet(), 1), randomized(ConvNet(), 2)
     weights = harness.map_weights(candidate, reference, images())
@@ -192,6 +212,14 @@ def test_transfer_refuses_a_map_made_for_another_model(fused_from_split):
     _, _, weights = fused_from_split
     with pytest.raises(ValueError, match="does not have"):
         weights.transfer(randomized(SplitBlock(), 2), randomized(ConvNet(), 3))
+
+
+def test_compare_refuses_a_map_naming_tensors_the_candidate_no_longer_has(fused_from_split):
+    candidate, reference, weights = fused_from_split
+    edited = copy.deepcopy(candidate)
+    edited.fc1 = nn.Sequential(edited.fc1, nn.Tanh())  # the port changed since the map was made
+    with pytest.raises(ValueError, match=r"names 2 candidate tensor\(s\) the candidate does not have: fc1.weight, fc1.bias"):
+        harness.compare(edited, reference, tokens(), weights=weights)
 
 
 def test_map_weights_names_a_non_module_argument():
@@ -318,6 +346,14 @@ def test_a_map_leaving_out_a_tensor_the_forward_reads_is_not_verified_though_the
     weights = harness.map_weights(candidate, reference, tokens())
     assert not weights.verified and weights.unmatched["candidate"] == ["alpha"], str(weights)
     assert any("alpha" in c["text"] and "no counterpart" in c["text"] for c in weights.conflicts), weights.conflicts
+
+
+def test_a_module_reading_a_tensor_the_map_leaves_out_gets_no_other_choice_of_weights(monkeypatch):
+    tried = []
+    alternatives = harness.weights._alternatives
+    monkeypatch.setattr(harness.weights, "_alternatives", lambda w, module: tried.append(module) or alternatives(w, module))
+    harness.map_weights(_Scaled().double().eval(), randomized(nn.Sequential(nn.Linear(16, 16)), 2), tokens())
+    assert tried == [], f"alternatives tried around {tried}, whose unfilled tensor no choice of weights can fill"
 
 
 def test_verification_leaves_the_candidate_as_it_was():
