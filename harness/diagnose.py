@@ -2203,7 +2203,8 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
     unpaired: dict[int, tuple[bool, Op]] = {}  # id of an unpaired op's finding -> (the candidate's?, the op)
     cand_scopes = _scopes(cand.rec)
     last_c, last_r, agreed = -1, -1, None  # recorder indices of the last agreeing pair, the pair
-    for tag, i1, i2, j1, j2 in _aligned(cs, rs, expected, cand.rec):
+    codes = _aligned(cs, rs, expected, cand.rec)
+    for at, (tag, i1, i2, j1, j2) in enumerate(codes):
         if tag != "equal":
             after_replaced = any(f["kind"] == "op" for f in pending)
             if tag == "replace" and i2 - i1 > 1 and j2 - j1 == 1:  # one op written out: does it compute it?
@@ -2251,7 +2252,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                 found = [_finding(where, "value", c.name, None, None, None,
                                   f"{where}: {c.name} {why} ({_difference(c.outputs, r.outputs)}; candidate "
                                   f"{c.spelling}, reference {r.spelling})")]
-            return _moved(found)
+            return _moved(found + _unpaired_later(module, found, codes[at + 1:], cs, rs, ref_name, cand_scopes))
     if pending and not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
         return _moved(pending)
     if not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
@@ -2262,6 +2263,25 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             module, "value", None, None, None, None,
             f"{module}: every operation agrees with the reference, the returned value does not")]
     return []
+
+
+def _unpaired_later(module: str, found: list[dict], later: list[tuple], cs: list[Op], rs: list[Op], ref_name: str,
+                    cand_scopes: Any) -> list[dict]:
+    """For an op found missing (extra) where the streams first differ, the same op found extra
+    (missing) further on, in the opcodes ``later``: the op was moved (a ReLU applied before the
+    residual add where the reference applies it after), which :func:`_moved` then says as one."""
+    out = []
+    for f in found:
+        kind = {"missing_op": "extra_op", "extra_op": "missing_op"}.get(f["kind"])
+        for tag, i1, i2, j1, j2 in later if kind else ():
+            ops = range(i1, i2) if kind == "extra_op" and tag in ("delete", "replace") else \
+                range(j1, j2) if kind == "missing_op" and tag in ("insert", "replace") else ()
+            k = next((k for k in ops if (cs if kind == "extra_op" else rs)[k].name == f["op"]), None)
+            if k is not None:
+                out.append(_unpaired_finding(module, "extra_op", cs[k], rs, j2) if kind == "extra_op" else
+                           _unpaired_finding(module, "missing_op", rs[k], cs, i2, ref_name, cand_scopes))
+                break
+    return out
 
 
 def _moved(findings: list[dict]) -> list[dict]:

@@ -267,7 +267,10 @@ def drop_trailing_ops(rows: list[Row], alignment: Alignment, measure_row: Callab
     effect gone; downstream of an error nothing agrees), or if an agreeing row of the same kinds of
     modules was (the same pattern), the row is replaced by that measurement,
     and its re-runs compare against that input too. If the other side never applies the operation,
-    the next call that reads the value (or the caller) makes the error instead. The model's own
+    the next call that reads the value (or the caller) makes the error instead, unless the candidate
+    module itself ends with a call of its own where the operation belongs (a norm-activation module
+    whose activation is an ``Identity``) and, given its twin's inputs, no call after it receives the
+    operation's result: then the row stays as measured, the module's own error. The model's own
     call is never shortened: its outputs are the outputs. Rows are replaced in place."""
     unpaired = {id(r) for r in (*alignment.unmatched_candidate, *alignment.unmatched_reference,
                                 *alignment.passthrough_candidate, *alignment.passthrough_reference)}
@@ -275,6 +278,8 @@ def drop_trailing_ops(rows: list[Row], alignment: Alignment, measure_row: Callab
                                       *getattr(alignment, f"unmatched_{side}"), *getattr(alignment, f"passthrough_{side}"))}
             for side in ("candidate", "reference")}
     patterns: set[tuple] = set()  # the kinds of twins whose trailing call was dropped and then agreed
+    starts = sorted((*(m.candidate for m in alignment.matches), *alignment.unmatched_candidate,
+                     *alignment.passthrough_candidate), key=lambda r: r.start)
     for at, row in enumerate(rows):
         if row.passed or row.match.how == "structure" or ROOT in (row.candidate, row.reference):
             continue
@@ -282,6 +287,11 @@ def drop_trailing_ops(rows: list[Row], alignment: Alignment, measure_row: Callab
             own = getattr(row.match, side)
             trailing = _trailing_call(own, ends[side], unpaired)
             if trailing is None:
+                continue
+            if side == "reference" and _trailing_call(row.match.candidate, ends["candidate"], unpaired) is not None \
+                    and _never_applied(row, trailing, starts):
+                # the candidate module ends with a call of its own where the operation belongs (an
+                # activation set to Identity) and nothing applies it after: the error is its own
                 continue
             trial = measure_row(replace(row.match, **{side: replace(own, outputs=_as_outputs(trailing.inputs))}))
             pattern = _pattern(row.match, side, trailing)
@@ -292,6 +302,22 @@ def drop_trailing_ops(rows: list[Row], alignment: Alignment, measure_row: Callab
                 rows[at] = replace(trial, adapter=f"before {trailing.name}, which {where} applies inside this call",
                                    trailing=trailing.module if side == "candidate" else None)
                 break
+
+
+_READERS = 3  # candidate calls after a module searched for the value its twin ends with
+
+
+def _never_applied(row: Row, trailing: Record, calls: list[Record]) -> bool:
+    """Whether the candidate, given its twin's inputs, never computes what the reference's trailing
+    call makes (a ReLU inside timm's ``GroupNormAct`` that the port's norm-activation module lost): no call reading
+    the candidate's value after the row's module receives it. Downstream of an error nothing would,
+    so rows with other inputs are not judged."""
+    cand = row.match.candidate
+    made = trailing.primary
+    if not isinstance(made, torch.Tensor) or _inputs_state(cand, row.match.reference, row.tolerance) == "differ":
+        return False
+    after = [c for c in calls if c.start > cand.end][:_READERS]
+    return not any(_holds_any(made, [c.first_input], row.tolerance) for c in after)
 
 
 def _trailing_call(own: Record, by_end: dict[int, Record], unpaired: set[int]) -> Record | None:
