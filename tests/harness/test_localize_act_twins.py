@@ -101,24 +101,14 @@ def test_an_activation_left_out_where_no_candidate_module_has_a_twin_is_placed_a
         "the reference's norm1.act applies it"), report.diagnosis[0]["text"]
 
 
-class _NormThenAct(nn.BatchNorm2d):
-    """A norm-activation module of the port's own (transformers' ``BitGroupNormActivation``): a norm
-    whose activation child it applies inside, as the reference's does, under other names."""
-
-    def __init__(self) -> None:
-        super().__init__(C)
-        self.activation = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activation(super().forward(x))
-
-
 class _NormActModules(nn.Module):
+    """The port with norm-activation modules of its own, as transformers' BiT has, under other names."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.stem, self.n1 = nn.Conv2d(3, C, 3, padding=1), _NormThenAct()
-        self.dw, self.n2 = nn.Conv2d(C, C, 3, padding=1, groups=C), _NormThenAct()
-        self.pw, self.n3 = nn.Conv2d(C, C, 1), _NormThenAct()
+        self.stem, self.n1 = nn.Conv2d(3, C, 3, padding=1), _NormAct()
+        self.dw, self.n2 = nn.Conv2d(C, C, 3, padding=1, groups=C), _NormAct()
+        self.pw, self.n3 = nn.Conv2d(C, C, 1), _NormAct()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.n3(self.pw(self.n2(self.dw(self.n1(self.stem(x))))))
@@ -126,6 +116,6 @@ class _NormActModules(nn.Module):
 
 def test_a_norm_activation_module_whose_activation_is_identity_is_blamed_itself_with_the_activation_named() -> None:
     report = compare_port(_NormActModules().double().eval(), _reference(), _image(),
-                          lambda port: setattr(port.n2, "activation", nn.Identity()))
+                          lambda port: setattr(port.n2, "act", nn.Identity()))
     why = report.diagnosis[0]["text"] if report.diagnosis else ""
     assert report.culprit == "n2" and why.startswith("n2: relu missing"), report.format()
