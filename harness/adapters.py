@@ -80,7 +80,7 @@ def check_adapters(adapters: Sequence[UserAdapter]) -> None:
 def user_adapter(module: str, adapters: Sequence[UserAdapter]) -> Adapter | None:
     for pattern, fn in adapters:
         if re.search(pattern, module):
-            return Adapter(f"user adapter for /{pattern}/", fn)
+            return Adapter(getattr(fn, "description", None) or f"user adapter for /{pattern}/", fn)
     return None
 
 

@@ -175,7 +175,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
     check_module("candidate", candidate)
     check_module("reference", reference)
     if o.weights is not None:
-        o.weights.check_fits(candidate, reference if replay is None else None)
+        o.weights.check_fits(None, reference if replay is None else None)  # the candidate's are dropped, below
     check_backward(o.backward, o.backward_loss, recorded=replay is not None)
     filters = {side: _module_filter(side, o.include, o.exclude) for side in ("candidate", "reference")}
     guards.check_dtypes(candidate, reference)
@@ -219,7 +219,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
     final, layouts = _outputs_in_reference_layout(final, tol)
     outputs = {key: measure(a, b) for key, a, b in final}
     progress.stage("align")
-    weights = None if o.weights is None else o.weights.fitted(candidate)
+    weights, stale = (None, []) if o.weights is None else o.weights.fitted(candidate)
     if weights is None and not o.rename and replay is None and _keys_differ(candidate, reference):
         weights = infer_map(candidate, reference, call, candidate_call=o.candidate_call,
                             reference_call=o.reference_call)
@@ -236,8 +236,10 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
     def module_tolerance(module: str) -> Tolerance:
         return tolerance_for(dtype, module=module, overrides=o.tolerances, module_overrides=o.module_tolerances)
 
+    adapters = [*o.adapters, *(weights.output_adapters() if weights is not None else ())]
+
     def measured(match) -> Row:
-        row = measure_match(match, module_tolerance(match.candidate.name), o.adapters)
+        row = measure_match(match, module_tolerance(match.candidate.name), adapters)
         release()  # a spilled trace's copies leave memory again once measured
         return row
 
@@ -255,6 +257,10 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
     notes += setting_notes(rows, name) if passed and name != "float64" else []
     caveat = None if passed or weights is None else weights.caveat(given=o.weights is not None)
     notes = [caveat, *notes] if caveat else notes
+    if stale:  # before anything else: the pairing itself went without these entries
+        notes.insert(0, f"the weight map names {len(stale)} candidate tensor(s) the candidate does not have or holds "
+                        f"in another shape ({', '.join(stale[:5])}{', ...' if len(stale) > 5 else ''}): those entries "
+                        f"were left out; the model changed since the map was made, or the map is another model's")
     diagnosis = [] if passed or not o.diagnose else origins_diagnosis(
         rows, found.introduced, root=reference if replay is None else None, weights=weights, candidate=candidate)
     if not passed:

@@ -2729,7 +2729,21 @@ def culprit_diagnosis(rows: Iterable[Any], culprit: str | None, root: nn.Module 
     found = _culprit_findings(list(rows), culprit, root, weights, candidate)
     named = {f["module"] for f in found if f["kind"] == "attribute" and f["argument"] == "training"}
     found += [f for f in _left_training(candidate, culprit, root) if f["module"] not in named]
-    return sorted(found, key=lambda f: f["kind"] != "attribute" or f["argument"] != "training")
+    # the culprit's own flag first, then a dropout's or a norm's: a module around it may read the
+    # flag to no effect (an attention whose dropout probability is 0)
+    return sorted(found, key=lambda f: (f["kind"] != "attribute" or f["argument"] != "training", f["module"] != culprit,
+                                        not _acts_in_training(candidate, f["module"])))
+
+
+def _acts_in_training(model: nn.Module | None, name: str) -> bool:
+    """Whether candidate module ``name`` changes what it computes in training: a dropout with a
+    probability, a batch or instance norm."""
+    try:
+        module = model.get_submodule("" if name == "<root>" else name) if model is not None else None
+    except AttributeError:
+        return False
+    return isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0 or isinstance(
+        module, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm))
 
 
 _TRAINING_NAMED = 3  # modules left in training mode named in one diagnosis, at most

@@ -127,8 +127,9 @@ def _numel(leaf: Leaf) -> int:
 
 def _adapt(a: Leaf, b: Leaf, forced: Adapter | None, tol: Tolerance) -> tuple[Leaf, str | None]:
     """``a`` in ``b``'s layout when their shapes differ and an adapter explains it (``tol``: see
-    :func:`harness.adapters.find_adapter`)."""
-    if tuple(a.shape) == tuple(b.shape):
+    :func:`harness.adapters.find_adapter`), or through ``forced`` whatever their shapes (features in
+    another order keep the shape; statistics do not see the order)."""
+    if tuple(a.shape) == tuple(b.shape) and (forced is None or not isinstance(a, torch.Tensor)):
         return a, None
     if isinstance(a, TensorSummary) or isinstance(b, TensorSummary):
         if _numel(a) != _numel(b):

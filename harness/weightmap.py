@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field, replace
 from itertools import permutations
 from typing import Any, Iterable, Mapping
@@ -153,10 +154,10 @@ class WeightMap:
                 target.copy_(value.to(device=target.device, dtype=target.dtype))
         clear_weight_caches(candidate)
 
-    def check_fits(self, candidate: nn.Module, reference: nn.Module | None = None) -> None:
+    def check_fits(self, candidate: nn.Module | None, reference: nn.Module | None = None) -> None:
         """ValueError unless every entry names a tensor of ``candidate`` of its shape, and every
-        reference key one of ``reference`` (when given): a map made for another version of a model
-        would pair and fill the wrong tensors."""
+        reference key one of ``reference`` (each when given): a map made for another version of a
+        model would pair and fill the wrong tensors."""
         for side, model, keys in (("candidate", candidate, {e.candidate: e.shape for e in self.entries}),
                                   ("reference", reference, {k: s for e in self.entries
                                                             for k, s in zip(e.reference, e.reference_shapes)})):
@@ -172,20 +173,38 @@ class WeightMap:
                 raise ValueError(f"the weight map {found}; it was made for another model: build it for these models "
                                  f"(harness.map_weights, or `python -m harness map`) or correct those entries")
 
-    def fitted(self, candidate: nn.Module) -> "WeightMap":
-        """This map as it stands for ``candidate``: a tensor of the candidate that the map neither
-        fills, nor lists as unmatched or computed (an entry deleted by hand, a layer added since the
-        map was made) is unmatched with that reason, and coverage counts the candidate's parameters."""
+    def fitted(self, candidate: nn.Module) -> tuple["WeightMap", list[str]]:
+        """This map as it stands for ``candidate``, and the entries it drops: those naming a tensor
+        the candidate does not have or gives another shape (a parameter removed or a layer wrapped
+        since the map was made: pairing through them would pair the wrong modules). A tensor of the
+        candidate that the map neither fills nor lists (an entry deleted by hand, a layer added) is
+        unmatched with that reason, and coverage counts the candidate's parameters."""
+        tensors = _named_tensors(candidate)
+        stale = [e.candidate for e in self.entries
+                 if e.candidate not in tensors or tuple(tensors[e.candidate].shape) != tuple(e.shape)]
         known = {e.candidate for e in self.entries} | set(self.unmatched.get("candidate", [])) \
             | set(self.computed.get("candidate", []))
-        absent = [k for k, t in _named_tensors(candidate).items() if k not in known and t.is_floating_point()]
+        absent = [k for k, t in tensors.items() if k not in known and t.is_floating_point()]
         numel = sum(p.numel() for p in candidate.parameters())
-        if not absent and numel == self.candidate_numel:
-            return self
+        if not absent and not stale and numel == self.candidate_numel:
+            return self, []
         reasons = {**self.reasons, **{k: "the map has no entry for it and does not list it: an entry removed, or a "
                                          "tensor added since the map was made" for k in absent}}
         unmatched = {**self.unmatched, "candidate": [*self.unmatched.get("candidate", []), *absent]}
-        return replace(self, unmatched=unmatched, reasons=reasons, candidate_numel=numel)
+        entries = [e for e in self.entries if e.candidate not in stale]
+        return replace(self, entries=entries, unmatched=unmatched, reasons=reasons, candidate_numel=numel), stale
+
+    def output_adapters(self) -> list[tuple[str, Any]]:
+        """``(regex on a candidate module name, fn)`` for each module whose weight's output rows the
+        map regroups (a fused ``qkv`` laid out per head, ``(heads, 3, head_dim)``, against ``(3,
+        heads, head_dim)``): its output holds its twin's features in that order, and ``fn`` brings
+        them into the twin's."""
+        out = []
+        for e in self.entries:
+            groups = _row_regrouping(e)
+            if groups is not None:
+                out.append((f"^{re.escape(owner_of(e.candidate) or ROOT)}$", _FeatureOrder(*groups)))
+        return out
 
     def to_candidate(self, reference_state: Mapping[str, torch.Tensor]) -> StateDict:
         """Candidate tensors (by candidate key) from a reference state dict."""
@@ -339,6 +358,35 @@ class WeightMap:
         return (f"WeightMap({len(self.entries)} entries, coverage={self.coverage:.3f}, "
                 f"unmatched={len(self.unmatched['candidate'])}/{len(self.unmatched['reference'])}, "
                 f"verified={self.verified})")
+
+
+def _row_regrouping(e: Entry) -> tuple[int, int, int] | None:
+    """``(outer, inner, size)`` when a 2-D entry ends by regrouping the reference's rows ``(outer,
+    inner, size)`` as ``(inner, outer, size)`` (reshape, swap of the two groups, reshape back)."""
+    tail = e.steps[-3:]
+    if len(e.shape) != 2 or len(tail) != 3 or [st["op"] for st in tail] != ["reshape", "permute", "reshape"] \
+            or tail[1]["dims"] != [1, 0, 2, 3] or len(tail[0]["shape"]) != 4 or tail[2]["shape"] != list(e.shape):
+        return None
+    outer, inner, size, _ = tail[0]["shape"]
+    return outer, inner, size
+
+
+@dataclass(frozen=True)
+class _FeatureOrder:
+    """A module's output features ``(inner, outer, size)`` brought into its twin's ``(outer, inner, size)``."""
+
+    outer: int
+    inner: int
+    size: int
+
+    @property
+    def description(self) -> str:
+        return (f"features regrouped ({self.inner}, {self.outer}, {self.size}) -> ({self.outer}, {self.inner}, "
+                f"{self.size}), as the weight map orders its rows")
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        grouped = t.reshape(*t.shape[:-1], self.inner, self.outer, self.size)
+        return grouped.transpose(-3, -2).reshape(t.shape)
 
 
 def _shown(keys: list[str], most: int = 6) -> str:

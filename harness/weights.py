@@ -37,7 +37,8 @@ its weights. The algorithm:
    map entry cannot make the zeros: the tensor stays unmatched and its reason gives the parts.
 3. Alignment. A dynamic program over the two first-use sequences, in order, pairs tensors that can
    hold the same values (same shape; the same after squeezing or flattening; transposed; a
-   composite) and maximizes the number of pairs. Ties are broken by the operation that used the
+   composite) and maximizes the number of pairs. A parameter may pair with a buffer (a frozen norm
+   keeps its weight and bias as buffers), at a cost that keeps pairs of one kind first. Ties are broken by the operation that used the
    tensor (a ``layer_norm`` weight matches a ``layer_norm`` weight), then by the tensor's own name
    (``weight``/``bias``), then by word overlap of the full names. Names never decide alone.
    Units stay whole: where leftovers were paired by shape alone (a block that runs its shortcut
@@ -51,14 +52,16 @@ its weights. The algorithm:
    are compared with modules paired through the map. Where twin modules disagree, the ambiguous
    alternatives in and around the first disagreeing module (up to three enclosing modules: the block
    whose shortcut sits beside the branch holding it) are tried, those moving a tensor of that module
-   first (a square matrix transposed, two same-shaped submodules swapped), and kept when the module
-   then agrees. A module whose twin differs in a numeric setting (``eps``, ``approximate``)
-   disagrees whatever the weights: no alternative is tried there, and its conflict names the
-   setting; nor around a module that owns no mapped tensor and received what its twin received (its
-   own computation differs: a GELU against a tanh), nor around one whose op-level diagnosis finds
-   another operation (not a product, whose result a weight layout can change) and nothing about
-   values (a group norm where the twin applies a layer norm), nor around one holding a tensor the
-   map leaves out (given other values for the check, below: no choice of weights fills it). An exchange costs a full comparison,
+   first (a square matrix transposed, two same-shaped submodules swapped, a fused projection's
+   output rows regrouped per head: ``(heads, 3, head_dim)`` against ``(3, heads, head_dim)``, whose
+   output the comparison then reads in its twin's order), and kept when the module then agrees. A
+   module whose twin differs in a numeric setting (``eps``, ``approximate``) disagrees whatever the
+   weights: no alternative is tried there, and its conflict names the setting; nor around a module that owns no mapped tensor and received what
+   its twin received (its own computation differs: a GELU against a tanh), nor around one whose
+   op-level diagnosis finds another operation (not a product, whose result a weight layout can
+   change) and nothing about values (a group norm where the twin applies a layer norm), nor around
+   one holding a tensor the map leaves out (given other values for the check, below: no choice of
+   weights fills it). An exchange costs a full comparison,
    so these save the most time where the models genuinely differ; a choice of layout for one tensor
    is first tried on the disagreeing module alone, re-run on the reference's inputs, and costs a
    comparison only where that module then agrees. What still disagrees is listed in ``conflicts``: a
@@ -607,6 +610,9 @@ def _bonus(c: _Tensor, r: _Tensor) -> float:
     return bonus
 
 
+_OTHER_KIND = 0.6  # what pairing a parameter with a buffer costs: more than a pair of one kind gains by its names
+
+
 def _align(cand: list[_Tensor], ref: list[_Tensor]) -> list[tuple[list[int], list[int], list[Step], str]]:
     """Order-preserving pairing maximizing matched tensors (see the module docstring).
 
@@ -645,11 +651,13 @@ def _align(cand: list[_Tensor], ref: list[_Tensor]) -> list[tuple[list[int], lis
                 push(i, j + 1, here, ("skip_r", i, j))
             if i < n and j < m:
                 c, r = cand[i], ref[j]
-                if c.kind == r.kind:
-                    fit = layout(c.used_shape, r.used_shape)
-                    if fit is not None:
-                        steps = simplify_steps([*r.to_used, *fit[0], *c.from_used()], r.shape)
-                        push(i + 1, j + 1, here + 1.0 - fit[1] + _bonus(c, r), ("one", i, j, steps))
+                fit = layout(c.used_shape, r.used_shape)
+                if fit is not None:
+                    # a parameter against a buffer: a frozen norm keeps its weight and bias as buffers
+                    # (detectron2's FrozenBatchNorm2d); one of a kind is preferred where both fit
+                    steps = simplify_steps([*r.to_used, *fit[0], *c.from_used()], r.shape)
+                    kinds = 0.0 if c.kind == r.kind else _OTHER_KIND
+                    push(i + 1, j + 1, here + 1.0 - fit[1] + _bonus(c, r) - kinds, ("one", i, j, steps))
             for end, units in comp_r.get(j, ()):  # one candidate tensor per reference composite
                 if i + len(units) > n:
                     continue
@@ -1224,7 +1232,9 @@ def _holds_any(module: str, keys: list[str]) -> bool:
 
 
 def _settings_differ(report, module: str) -> list[str]:
-    """The numeric settings (eps, approximate...) on which ``module`` and its twin disagree."""
+    """The numeric settings (eps, approximate...) on which ``module`` and its twin disagree. Not a
+    stride or a padding: twins paired wrongly (a shortcut conv and the branch's first conv
+    exchanged) differ in those, and an exchange of weights is what fixes them."""
     row = next((r for r in report.rows if r.candidate == module and r.status == "introduced"), None)
     return numeric_setting_differences(row) if row is not None else []
 
@@ -1374,10 +1384,43 @@ def _alternatives(weights: WeightMap, module: str) -> Iterable[tuple[WeightMap, 
                     if list(dims) != list(e.steps[0]["dims"]):
                         other = ({"op": "permute", "dims": list(dims)},)
                         yield replace(weights, entries=[*entries[:k], replace(e, steps=other), *entries[k + 1:]]), None
+        for grouping in _row_groupings(entries, inside):
+            if grouping[0] not in seen:
+                seen.add(grouping[0])
+                changed = dict(grouping[1])
+                yield replace(weights, entries=[replace(e, steps=changed[k]) if k in changed else e
+                                                for k, e in enumerate(entries)]), None
         for a, b, swap in _subtree_swaps(entries, inside, prefix, module):
             if swap not in seen:
                 seen.add(swap)
                 yield _exchanged(weights, [swap]), (prefix, a, b)
+
+
+def _row_groupings(entries: list[Entry], inside: list[int]) -> Iterable[tuple[tuple, list[tuple[int, tuple]]]]:
+    """Other orders of the output rows of a fused projection (a ``qkv`` weight of ``g * C`` rows
+    and its bias): rows laid out per head, ``(heads, g, head_dim)``, where the other side keeps
+    ``(g, heads, head_dim)``, or the reverse. Per module: (a key, [(entry index, its new steps)])."""
+    owners: dict[str, list[int]] = {}
+    for k in inside:
+        e = entries[k]
+        if len(e.reference) == 1 and e.shape and not any(st["op"] in ("slice", "concat") for st in e.steps):
+            owners.setdefault(owner_of(e.candidate), []).append(k)
+    for owner, ks in owners.items():
+        weight = next((entries[k] for k in ks if len(entries[k].shape) == 2), None)
+        if weight is None or {entries[k].shape[0] for k in ks} != {weight.shape[0]} or weight.shape[0] < 2 * weight.shape[1]:
+            continue
+        rows = weight.shape[0]
+        for groups in (3, 2):
+            for heads in (h for h in range(2, rows // groups) if rows % groups == 0 and (rows // groups) % h == 0):
+                for outer, inner in ((groups, heads), (heads, groups)):
+                    new = []
+                    for k in ks:
+                        e = entries[k]
+                        rest = list(e.shape[1:])
+                        dims = [1, 0, *range(2, 3 + len(rest))]
+                        new.append((k, (*e.steps, {"op": "reshape", "shape": [outer, inner, rows // groups // heads, *rest]},
+                                        {"op": "permute", "dims": dims}, {"op": "reshape", "shape": list(e.shape)})))
+                    yield ("rows", owner, outer, inner), new
 
 
 def _channels_last_patches(e: Entry) -> tuple[Step, ...] | None:

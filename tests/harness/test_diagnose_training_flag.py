@@ -71,3 +71,29 @@ def test_a_dropout_left_in_training_is_ranked_before_the_ops_it_changes():
     candidate[2].train()
     report = harness.compare(candidate, reference, torch.randn(6, 4, dtype=torch.float64))
     assert report.diagnosis and report.diagnosis[0]["argument"] == "training", report.format()
+
+
+class _NoDrop(nn.Module):
+    """Reads ``training`` to no effect: its dropout probability is 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.dropout(x, 0.0, self.training)
+
+
+class _Mlp(nn.Module):
+    def __init__(self, dropout: bool) -> None:
+        super().__init__()
+        self.mix, self.fc = _NoDrop(), nn.Linear(4, 8)
+        self.act = nn.Sequential(nn.GELU(), nn.Dropout(0.5)) if dropout else nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.fc(self.mix(x)))
+
+
+def test_a_model_left_in_training_names_the_dropout_not_a_module_reading_the_flag_to_no_effect():
+    torch.manual_seed(0)
+    reference = nn.Sequential(_Mlp(dropout=False)).double().eval()
+    candidate = nn.Sequential(_Mlp(dropout=True)).double().train()  # .eval() forgotten
+    candidate.load_state_dict(reference.state_dict())
+    report = harness.compare(candidate, reference, torch.randn(6, 4, dtype=torch.float64))
+    assert report.diagnosis and report.diagnosis[0]["module"] == "0.act.1", report.format()
