@@ -318,6 +318,8 @@ class WeightMap:
             "format": FORMAT,
             "coverage": self.coverage,
             "verified": self.verified,
+            # what was verified: a file whose entries were edited since is read back as unverified
+            "verified_entries": _digest([e.to_dict() for e in self.entries]),
             "entries": [e.to_dict() for e in self.entries],
             "unmatched": self.unmatched,
             "reasons": self.reasons,
@@ -466,9 +468,21 @@ def load_weight_map(source: str | os.PathLike | Mapping[str, Any]) -> WeightMap:
     except ValueError as exc:
         raise ValueError(f"{where} is malformed: {exc}; regenerate it with python -m harness map ... --save-map FILE "
                          f"or fix that field") from None
+    verified, notes = source.get("verified"), list(notes)
+    digest = source.get("verified_entries")
+    if verified is not None and digest is not None and digest != _digest([e.to_dict() for e in entries]):
+        verified = None
+        notes.append("the entries were edited after the map was verified: its verification no longer holds")
     return WeightMap(entries=entries, unmatched=unmatched, reasons=dict(reasons), computed=computed,
-                     candidate_numel=numel, verified=source.get("verified"), conflicts=list(conflicts),
-                     notes=list(notes), twins=dict(twins))
+                     candidate_numel=numel, verified=verified, conflicts=list(conflicts),
+                     notes=notes, twins=dict(twins))
+
+
+def _digest(entries: list[dict[str, Any]]) -> str:
+    """A fingerprint of a map's entries as saved (their JSON, keys sorted)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:16]
 
 
 _KINDS = ("parameter", "buffer")

@@ -85,3 +85,14 @@ def test_a_given_map_with_an_entry_removed_by_hand_names_the_tensor_it_leaves_un
     assert not report.passed
     assert report.notes[0].startswith("the weight map gives no value to 1 candidate tensor(s) the forward reads (1.weight)"), \
         report.notes
+
+
+def test_a_saved_map_whose_entries_were_edited_after_verification_reads_back_unverified():
+    reference = randomized(nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16)), 2)
+    candidate = randomized(nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16)), 1)
+    table = harness.map_weights(candidate, reference, tokens()).to_dict()
+    assert table["verified"] and harness.load_weight_map(table).verified
+    table["entries"][0]["reference"] = ["1.weight"]  # a hand edit pointing at the wrong tensor
+    edited = harness.load_weight_map(table)
+    assert edited.verified is None and any("edited after the map was verified" in n for n in edited.notes), \
+        (edited.verified, edited.notes)
