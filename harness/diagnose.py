@@ -2611,7 +2611,12 @@ def _rank(findings: list[dict]) -> list[dict]:
     """By kind (:data:`_RANK`), a twin left in training mode first: its random drop or batch
     statistics make the ops differ, not the other way round. Stable: stream order within a kind."""
     order = {k: i for i, k in enumerate(_RANK)}
-    return sorted(findings, key=lambda f: (f["kind"] != "attribute" or f["argument"] != "training", order[f["kind"]]))
+    return sorted(findings, key=lambda f: (not _training(f), order[f["kind"]]))
+
+
+def _training(finding: dict) -> bool:
+    """Whether ``finding`` is a module's ``training`` flag."""
+    return finding["kind"] == "attribute" and finding["argument"] == "training"
 
 
 def _mapped(weights: Any, root: nn.Module | None, prefix: str) -> Expected | None:
@@ -2727,11 +2732,11 @@ def culprit_diagnosis(rows: Iterable[Any], culprit: str | None, root: nn.Module 
     if culprit is None:
         return []
     found = _culprit_findings(list(rows), culprit, root, weights, candidate)
-    named = {f["module"] for f in found if f["kind"] == "attribute" and f["argument"] == "training"}
+    named = {f["module"] for f in found if _training(f)}
     found += [f for f in _left_training(candidate, culprit, root) if f["module"] not in named]
     # the culprit's own flag first, then a dropout's or a norm's: a module around it may read the
     # flag to no effect (an attention whose dropout probability is 0)
-    return sorted(found, key=lambda f: (f["kind"] != "attribute" or f["argument"] != "training", f["module"] != culprit,
+    return sorted(found, key=lambda f: (not _training(f), f["module"] != culprit,
                                         not _acts_in_training(candidate, f["module"])))
 
 

@@ -33,7 +33,8 @@ from harness.checks import check_module, is_int_list, one_line
 from harness.keymap import Move, StateDict, Step, apply_moves, check_step, describe_steps, invert_steps, shape_after
 from harness.trace import ROOT
 
-__all__ = ["WeightMap", "Entry", "load_weight_map", "FORMAT", "layout_steps", "owner_of", "clear_weight_caches"]
+__all__ = ["WeightMap", "Entry", "load_weight_map", "FORMAT", "layout_steps", "owner_of", "clear_weight_caches",
+           "regrouped_rows"]
 
 FORMAT = "parity-harness weight map 1"
 NEVER_USED = "never used by the forward on these inputs, and no unused counterpart in order"
@@ -164,9 +165,9 @@ class WeightMap:
             if model is None:
                 continue
             tensors = _named_tensors(model)
-            missing = [k for k in keys if k not in tensors]
-            resized = [f"{k} {tuple(tensors[k].shape)} (the map: {tuple(keys[k])})" for k in keys
-                       if k in tensors and keys[k] and tuple(tensors[k].shape) != tuple(keys[k])]
+            misfits = _not_held(keys, tensors)
+            missing = [k for k in misfits if k not in tensors]
+            resized = [f"{k} {tuple(tensors[k].shape)} (the map: {tuple(keys[k])})" for k in misfits if k in tensors]
             if missing or resized:
                 found = (f"names {len(missing)} {side} tensor(s) the {side} does not have: {_shown(missing, 5)}"
                          if missing else f"gives {side} tensors other shapes than they have: {_shown(resized, 3)}")
@@ -180,8 +181,7 @@ class WeightMap:
         candidate that the map neither fills nor lists (an entry deleted by hand, a layer added) is
         unmatched with that reason, and coverage counts the candidate's parameters."""
         tensors = _named_tensors(candidate)
-        stale = [e.candidate for e in self.entries
-                 if e.candidate not in tensors or tuple(tensors[e.candidate].shape) != tuple(e.shape)]
+        stale = _not_held({e.candidate: e.shape for e in self.entries}, tensors)
         known = {e.candidate for e in self.entries} | set(self.unmatched.get("candidate", [])) \
             | set(self.computed.get("candidate", []))
         absent = [k for k, t in tensors.items() if k not in known and t.is_floating_point()]
@@ -362,15 +362,26 @@ class WeightMap:
                 f"verified={self.verified})")
 
 
+def _not_held(keys: Mapping[str, tuple[int, ...]], tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """The keys (with the shapes a map gives them) that ``tensors`` lack or hold in another shape."""
+    return [k for k, shape in keys.items() if k not in tensors or shape and tuple(tensors[k].shape) != tuple(shape)]
+
+
+def regrouped_rows(shape: tuple[int, ...], outer: int, inner: int) -> list[Step]:
+    """Steps regrouping the rows of a tensor of ``shape`` laid out ``(outer, inner, size)`` as
+    ``(inner, outer, size)``: reshape, swap of the two groups, reshape back."""
+    rest = list(shape[1:])
+    return [{"op": "reshape", "shape": [outer, inner, shape[0] // outer // inner, *rest]},
+            {"op": "permute", "dims": [1, 0, *range(2, 3 + len(rest))]}, {"op": "reshape", "shape": list(shape)}]
+
+
 def _row_regrouping(e: Entry) -> tuple[int, int, int] | None:
-    """``(outer, inner, size)`` when a 2-D entry ends by regrouping the reference's rows ``(outer,
-    inner, size)`` as ``(inner, outer, size)`` (reshape, swap of the two groups, reshape back)."""
+    """``(outer, inner, size)`` when a 2-D entry ends with :func:`regrouped_rows`' steps."""
     tail = e.steps[-3:]
-    if len(e.shape) != 2 or len(tail) != 3 or [st["op"] for st in tail] != ["reshape", "permute", "reshape"] \
-            or tail[1]["dims"] != [1, 0, 2, 3] or len(tail[0]["shape"]) != 4 or tail[2]["shape"] != list(e.shape):
+    if len(e.shape) != 2 or len(tail) != 3 or tail[0]["op"] != "reshape" or len(tail[0]["shape"]) != 4:
         return None
     outer, inner, size, _ = tail[0]["shape"]
-    return outer, inner, size
+    return (outer, inner, size) if list(tail) == regrouped_rows(e.shape, outer, inner) else None
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,8 @@ from harness.trace import ROOT
 from harness.checks import check_module
 from harness.diagnose import numeric_setting_differences
 from harness.keymap import invert_steps, shape_after, simplify_steps
-from harness.weightmap import NEVER_USED, Entry, Step, WeightMap, layout_steps, load_weight_map, owner_of, shape_permutations
+from harness.weightmap import (NEVER_USED, Entry, Step, WeightMap, layout_steps, load_weight_map, owner_of,
+                               regrouped_rows, shape_permutations)
 
 __all__ = ["WeightMap", "Entry", "map_weights", "infer_map", "load_weight_map"]
 
@@ -1413,14 +1414,8 @@ def _row_groupings(entries: list[Entry], inside: list[int]) -> Iterable[tuple[tu
         for groups in (3, 2):
             for heads in (h for h in range(2, rows // groups) if rows % groups == 0 and (rows // groups) % h == 0):
                 for outer, inner in ((groups, heads), (heads, groups)):
-                    new = []
-                    for k in ks:
-                        e = entries[k]
-                        rest = list(e.shape[1:])
-                        dims = [1, 0, *range(2, 3 + len(rest))]
-                        new.append((k, (*e.steps, {"op": "reshape", "shape": [outer, inner, rows // groups // heads, *rest]},
-                                        {"op": "permute", "dims": dims}, {"op": "reshape", "shape": list(e.shape)})))
-                    yield ("rows", owner, outer, inner), new
+                    yield ("rows", owner, outer, inner), [
+                        (k, (*entries[k].steps, *regrouped_rows(entries[k].shape, outer, inner))) for k in ks]
 
 
 def _channels_last_patches(e: Entry) -> tuple[Step, ...] | None:

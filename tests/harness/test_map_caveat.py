@@ -74,10 +74,15 @@ def test_a_failure_through_a_map_that_gives_a_read_reference_tensor_no_counterpa
         report.notes
 
 
-def test_a_given_map_with_an_entry_removed_by_hand_names_the_tensor_it_leaves_unfilled():
+def _saved_map_of_two_linears() -> tuple[nn.Module, nn.Module, dict]:
+    """A candidate, its reference (two linear layers each) and their map as saved."""
     reference = randomized(nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16)), 2)
     candidate = randomized(nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16)), 1)
-    table = harness.map_weights(candidate, reference, tokens()).to_dict()
+    return candidate, reference, harness.map_weights(candidate, reference, tokens()).to_dict()
+
+
+def test_a_given_map_with_an_entry_removed_by_hand_names_the_tensor_it_leaves_unfilled():
+    candidate, reference, table = _saved_map_of_two_linears()
     table["entries"] = [e for e in table["entries"] if e["candidate"] != "1.weight"]
     weights = harness.load_weight_map(table)
     weights.transfer(reference, candidate)
@@ -88,9 +93,7 @@ def test_a_given_map_with_an_entry_removed_by_hand_names_the_tensor_it_leaves_un
 
 
 def test_a_saved_map_whose_entries_were_edited_after_verification_reads_back_unverified():
-    reference = randomized(nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16)), 2)
-    candidate = randomized(nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16)), 1)
-    table = harness.map_weights(candidate, reference, tokens()).to_dict()
+    _, _, table = _saved_map_of_two_linears()
     assert table["verified"] and harness.load_weight_map(table).verified
     table["entries"][0]["reference"] = ["1.weight"]  # a hand edit pointing at the wrong tensor
     edited = harness.load_weight_map(table)
