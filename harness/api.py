@@ -263,6 +263,8 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
                         f"were left out; the model changed since the map was made, or the map is another model's")
     diagnosis = [] if passed or not o.diagnose else origins_diagnosis(
         rows, found.introduced, root=reference if replay is None else None, weights=weights, candidate=candidate)
+    if not passed and o.diagnose and not any(f["module"] == found.culprit for f in diagnosis):
+        diagnosis = [*(f for f in found.findings if f["module"] == found.culprit), *diagnosis]
     if not passed:
         annotate_mismatches(rows, final, outputs, tol)
         found, rows = _blamed_parts(found, rows, diagnosis)

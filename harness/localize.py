@@ -34,11 +34,16 @@ the reference also computes (in any layout: a ``Permute`` module against a funct
 as a call's output or, inside the twin around it, as any op's value (a slice of a fused ``qkv``,
 a bias table read by an attention's own code: the twin's ops are run again to see),
 or a failing guess that gives its guessed twin's output when re-run on that twin's inputs (a
-shared ReLU after a dropped residual add). With every suspect cleared, the error was made in the
+shared ReLU after a dropped residual add; one that cannot be re-run, in summary mode, when its
+inputs already differ from its twin's). With every suspect cleared, the error was made in the
 own code of an untwinned container around the failing call: the innermost that does not hand its
 input on unchanged (an encoder adding a position table before its ``Sequential`` of layers, not the
-``Sequential``), else the twinned call's own code. ``introduced`` lists every independent origin in
-execution order.
+``Sequential``); else a cleared module with a forward of its own that returns its child's output
+as it is (a residual layer that lost its add: every call passed its value on, so an operation was
+left out, and that call exists to do it; where no twinned call is around, also a torch
+container), else the twinned call's own code. For such a call the values name the operation left
+out when they show it (the reference's next value is the call's input plus its output: a residual
+add). ``introduced`` lists every independent origin in execution order.
 
 An origin whose output holds what its twin and the reference call reading the twin's output give
 together does two steps in one (a batch norm folded into its conv): a note says so, since such
@@ -47,7 +52,9 @@ twins cannot agree one by one and their weights are not the suspects.
 Twins that differ by a parameter-free operation one side applies inside the module and the
 other after it (timm's ``BatchNormAct2d`` against a BatchNorm followed by ``F.relu`` in the
 caller's code) are measured before that operation (:func:`drop_trailing_ops`); a side that never
-applies it is caught by the call that reads the value, or by its caller.
+applies it is caught by the call that reads the value, or by its caller. Twins that both end with
+an unpaired call of one class (a Dropout left in training against one in eval mode) apply it in
+the same place: that call's result is the error.
 
 Twins whose outputs hold the same elements in another layout are compared through an adapter
 (:mod:`harness.adapters`); twins whose shapes no adapter explains fail as a visible shape mismatch. (Prior art: coremltools' comparator blames an op whose output fails while
@@ -267,7 +274,9 @@ def drop_trailing_ops(rows: list[Row], alignment: Alignment, measure_row: Callab
     call's input; if they agree, or differ by less than half the row's error (the operation's
     effect gone; downstream of an error nothing agrees), or if an agreeing row of the same kinds of
     modules was (the same pattern), the row is replaced by that measurement,
-    and its re-runs compare against that input too. If the other side never applies the operation,
+    and its re-runs compare against that input too; not when the twin ends with an unpaired call of
+    the same class (a Dropout left in training against one in eval mode: the same place on both
+    sides, the operation's result is the error). If the other side never applies the operation,
     the next call that reads the value (or the caller) makes the error instead, unless the candidate
     module itself ends with a call of its own where the operation belongs (a norm-activation module
     whose activation is an ``Identity``) and, given its twin's inputs, no call after it receives the
@@ -287,7 +296,7 @@ def drop_trailing_ops(rows: list[Row], alignment: Alignment, measure_row: Callab
         for side in ("reference", "candidate"):
             own = getattr(row.match, side)
             trailing = _trailing_call(own, ends[side], unpaired)
-            if trailing is None:
+            if trailing is None or _ends_alike(getattr(row.match, _OTHER[side]), trailing, ends[_OTHER[side]], unpaired):
                 continue
             if side == "reference" and _trailing_call(row.match.candidate, ends["candidate"], unpaired) is not None \
                     and _never_applied(row, trailing, starts):
@@ -303,6 +312,17 @@ def drop_trailing_ops(rows: list[Row], alignment: Alignment, measure_row: Callab
                 rows[at] = replace(trial, adapter=f"before {trailing.name}, which {where} applies inside this call",
                                    trailing=trailing.module if side == "candidate" else None)
                 break
+
+
+_OTHER = {"candidate": "reference", "reference": "candidate"}
+
+
+def _ends_alike(twin: Record, trailing: Record, by_end: dict[int, Record], unpaired: set[int]) -> bool:
+    """Whether ``twin`` ends with an unpaired call of ``trailing``'s module class too: both sides
+    apply the operation inside the call (one as a no-op, a Dropout in eval mode against one left
+    in training), so it is not applied elsewhere, and what it computes is the error."""
+    other = _trailing_call(twin, by_end, unpaired)
+    return other is not None and type(other.module) is type(trailing.module)
 
 
 _READERS = 3  # candidate calls after a module searched for the value its twin ends with
@@ -595,6 +615,8 @@ class Localization:
     culprit: str | None = None
     introduced: list[str] = field(default_factory=list)  # every origin, in execution order
     notes: list[str] = field(default_factory=list)
+    # what an origin without a twin left out, where its values show it (report diagnosis entries)
+    findings: list[dict] = field(default_factory=list)
 
 
 def localize(rows: list[Row], *, rerun: Sequence[str] | None = None) -> tuple[str | None, str | None]:
@@ -629,6 +651,7 @@ def localize_all(
     classify(failing, lambda r: _inputs_state(r.match.candidate, r.match.reference, r.tolerance),
              lambda r: rerun_fails(r) if _may_rerun(r.match.candidate, r.match.reference, rerun) else None)
     origins: list[tuple[int, str]] = []  # (completion position, candidate name)
+    calls = [*(r.match.candidate for r in rows), *untwinned]
     for row in (r for r in rows if r.status == "introduced"):
         origin = _untwinned_origin(row, rows, untwinned, reference, rerun)
         if origin is None:
@@ -636,6 +659,7 @@ def localize_all(
             continue
         row.status = "contains"
         origins.append((origin.end, origin.name))
+        found.findings += _left_out_after(origin, _failing_after(rows, origin), calls)
         children = [u.name for u in untwinned if origin.contains(u)]
         found.notes.append(f"the error starts inside {origin.name}, which has no twin in the reference"
                            + (f" (nor have its children {', '.join(children[:6])})" if children else "")
@@ -656,6 +680,7 @@ def localize_all(
             origins.append((origin.end, origin.name))
             found.notes.append(f"the error {row.candidate} receives starts in {origin.name}, which has no twin "
                                f"in the reference")
+            found.findings += _left_out_after(origin, row, calls)
     origins.sort()
     found.introduced = list(dict.fromkeys(name for _, name in origins))
     # an origin without a confirmed twin (code without a twin, a failing guess) that completed before
@@ -733,10 +758,13 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
     # a guess that still fails on its twin's own inputs is not vouched for by its twin's value (a
     # tanh GELU within a float32 tolerance of the exact one it replaces)
     disowned = {id(r.match.candidate): r.match.reference.primary for r in guesses if r.guess_reran}
-    suspects = _uncleared(suspects, row, reference, disowned)
+    cleared, suspects = suspects, _uncleared(suspects, row, reference, disowned)
     if not suspects:
         if first_bad is None:
             return None
+        calls = [*(r.match.candidate for r in rows), *untwinned]
+        if outer is None:  # no call around it has a twin whose own code could have made the error
+            return _bare_wrapper(cleared, calls)
         # the error may be made by an untwinned container's own code, before the failing call:
         # the innermost that does not hand the failing call its own input unchanged (a Sequential
         # passes its input on; an encoder that adds a position table before its layers does not)
@@ -748,9 +776,57 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         # patches): the error was made before it was called, by the code around it
         if found is not None and _received_unknown(found, _known_values(row, reference), row and row.tolerance):
             return None
-        return found
+        # a module of its own (not a torch container) around one child, returning what the child
+        # returns as it is: the twin's code is alike, but this call exists to do the step left out
+        return found or _bare_wrapper(cleared, calls, own_code=True)
     # innermost: the earliest to complete; its untwinned parents completed later
     return min(suspects, key=lambda u: u.end)
+
+
+def _bare_wrapper(cleared: Sequence[Record], calls: Sequence[Record], own_code: bool = False) -> Record | None:
+    """Where an error made between an agreeing call and a failing one, under no twinned call, is
+    last looked for: the innermost cleared suspect that returns a nested call's output as it is
+    (a residual layer that lost its add returns its branch's value, one the reference computes,
+    while the reference goes on adding). Every call there passed its value on unchanged, so the
+    error is an operation left out; the wrapper, whose call exists to do something around its
+    child, is the likeliest place. ``own_code``: only a module with a forward of its own (not a torch
+    container, which only chains its children). None when there is no such call."""
+    wrappers = [u for u in cleared if any(u.contains(c) and _bitwise(c.primary, u.primary) for c in calls)
+                and not _bitwise(u.first_input, u.primary) and (not own_code or _own_forward(u.module))]
+    return min(wrappers, key=lambda u: u.end - u.start, default=None)
+
+
+def _own_forward(module: nn.Module | None) -> bool:
+    """Whether ``module``'s class has a forward written outside torch (not a Sequential's chaining)."""
+    forward = getattr(type(module), "forward", None) if module is not None else None
+    return forward is not None and not getattr(forward, "__module__", "").startswith("torch.")
+
+
+def _failing_after(rows: Sequence[Row], call: Record) -> Row | None:
+    """The first failing row paired by evidence whose call starts after ``call`` ended."""
+    return next((r for r in rows if not r.passed and r.match.how != "structure"
+                 and r.match.candidate.start > call.end), None)
+
+
+def _left_out_after(wrapper: Record, row: Row | None, calls: Sequence[Record]) -> list[dict]:
+    """A finding for a call that returns a nested call's output as it is, where the failing ``row``'s
+    twin reads another value next: the operation left out, named when the values show it (the
+    reference's value is the wrapper's input plus that output: a residual add)."""
+    child = min((c for c in calls if wrapper.contains(c) and _bitwise(c.primary, wrapper.primary)),
+                key=lambda c: c.start, default=None)
+    if row is None or child is None:
+        return []
+    given, wanted, out = wrapper.first_input, row.match.reference.first_input, wrapper.primary
+    if not all(isinstance(t, torch.Tensor) for t in (given, wanted, out)):
+        return []
+    text = (f"{wrapper.name}: returns what {child.name} returns, as it is, where the reference goes on to compute "
+            f"what {row.match.reference.name} then reads: an operation left out")
+    op = None
+    if given.shape == out.shape == wanted.shape and _holds_any(given + out, [wanted], row.tolerance):
+        op, text = "add", (f"{wrapper.name}: add missing in the candidate: the reference adds the call's input to what "
+                           f"{child.name} returns (a residual connection) before {row.match.reference.name} reads it")
+    return [{"module": wrapper.name, "kind": "missing_op", "op": op, "argument": None, "candidate": None,
+             "reference": None, "text": text}]
 
 
 def _uncleared(suspects: list[Record], row: Row | None, reference: Sequence[Record],
@@ -817,10 +893,16 @@ def _hands_on(container: Record, call: Record) -> bool:
 
 def _guess_received(row: Row, rerun: Sequence[str] | None) -> bool:
     """Whether a failing guess gives its guessed twin's output from that twin's inputs (re-run once;
-    the verdict is kept on the row, and whether the re-run ran, in ``guess_reran``)."""
+    the verdict is kept on the row, and whether the re-run ran, in ``guess_reran``). One that cannot
+    be re-run (summary mode keeps no arguments) received the error when its inputs already differ
+    from its twin's: the error was made before it was called."""
     if row.guess_received is None:
         fails = rerun_fails(row) if _may_rerun(row.match.candidate, row.match.reference, rerun) else None
-        row.guess_received, row.guess_reran = fails is False, fails is True
+        if fails is None:
+            fails = _inputs_state(row.match.candidate, row.match.reference, row.tolerance) != "differ"
+            row.guess_received, row.guess_reran = not fails, False
+        else:
+            row.guess_received, row.guess_reran = fails is False, fails is True
     return row.guess_received
 
 
