@@ -428,11 +428,27 @@ def _inputs_state(cand: Record, ref: Record, tol: Tolerance) -> Literal["equal",
     pairs = _leaf_pairs(cand.inputs, ref.inputs)
     if not pairs or _left_out(cand, ref):  # a tensor its twin was given is missing: not the same inputs
         return "differ"
+    pairs += _stand_ins(cand.inputs, ref.inputs, pairs)
     if all(_bitwise(a, b) for _, a, b in pairs):
         return "equal"
     if all(isinstance(a, TensorSummary) and a == b for _, a, b in pairs):
         return "equal"  # summary mode: identical statistics are the closest to equal one can tell
     return "close" if _worst(pairs, tol)[2] else "differ"
+
+
+def _stand_ins(cand: dict[str, Leaf], ref: dict[str, Leaf], pairs: list[tuple[str, Leaf, Leaf]]) -> list[tuple[str, Leaf, Leaf]]:
+    """Candidate inputs left out of ``pairs`` that have the shape of a reference input, each with the
+    reference input it stands for: the one holding its values, else the first of its shape. A module
+    called as ``(q, k, v)`` against one called as ``(x)`` reads every argument: a value tensor that
+    is not the reference's input (the block passed another one) is another input, not an extra."""
+    paired = {id(a) for _, a, _ in pairs}
+    out = []
+    for key, a in cand.items():
+        shaped = [b for b in ref.values() if id(a) not in paired and tuple(b.shape) == tuple(a.shape)]
+        if shaped:
+            b = next((b for b in shaped if _bitwise(a, b) or (isinstance(a, TensorSummary) and a == b)), shaped[0])
+            out.append((key, a, b))
+    return out
 
 
 def _rerunnable(cand: Record, ref: Record, patterns: Sequence[str] | None) -> bool:
@@ -689,6 +705,9 @@ def localize_all(
     early = origins and origins[0][0] < first.match.candidate.end
     found.first_divergence = origins[0][1] if early else first.candidate
     found.culprit = found.introduced[0] if found.introduced else None
+    culprit_row = next((r for r in rows if r.status == "introduced" and r.candidate == found.culprit), None)
+    if culprit_row is not None:
+        found.findings += _argument_findings(culprit_row, rows, calls, reference)
     found.notes += _folding_notes([r for r in rows if r.status == "introduced"], reference)
     return found
 
@@ -800,6 +819,34 @@ def _own_forward(module: nn.Module | None) -> bool:
     """Whether ``module``'s class has a forward written outside torch (not a Sequential's chaining)."""
     forward = getattr(type(module), "forward", None) if module is not None else None
     return forward is not None and not getattr(forward, "__module__", "").startswith("torch.")
+
+
+def _argument_findings(row: Row, rows: Sequence[Row], calls: Sequence[Record], reference: Sequence[Record]) -> list[dict]:
+    """Findings for the children of the culprit ``row`` that received the error through an argument
+    standing for a reference input (a value tensor given as ``(y, y, x)`` where the twin reads
+    ``y``) and agree when given the reference's: the culprit passed them another value."""
+    out = []
+    for child in rows:
+        if child.status != "propagated" or not child.reran or not row.match.candidate.contains(child.match.candidate):
+            continue
+        for key, given, wanted in _stand_ins(child.match.candidate.inputs, child.match.reference.inputs,
+                                             _leaf_pairs(child.match.candidate.inputs, child.match.reference.inputs)):
+            if not isinstance(given, torch.Tensor) or _bitwise(given, wanted):
+                continue
+            ours = _source(given, row.match.candidate, calls)
+            theirs = _source(wanted, row.match.reference, reference)
+            out.append({"module": row.candidate, "kind": "argument", "op": None, "argument": key, "candidate": None,
+                        "reference": None, "text": f"{row.candidate}: passes {ours} to {child.candidate} as {key}; the "
+                                                   f"reference's {row.reference} passes {theirs} to {child.reference}"})
+    return out[:1]
+
+
+def _source(value: Any, scope: Record, calls: Sequence[Record]) -> str:
+    """Which call inside ``scope`` made ``value`` (the latest returning it), or ``scope``'s own input."""
+    if _bitwise(scope.first_input, value):
+        return f"the input of {scope.name}"
+    made = [c for c in calls if c is not scope and scope.contains(c) and _bitwise(c.primary, value)]
+    return f"what {max(made, key=lambda c: c.end).name} returns" if made else "a value computed in its own code"
 
 
 def _failing_after(rows: Sequence[Row], call: Record) -> Row | None:
