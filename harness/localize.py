@@ -10,7 +10,9 @@ one. For each failing call:
 - inputs bitwise equal to the reference twin's, or no tensor inputs at all -> made here (a tensor
   the twin was given where the candidate got None, an attention mask its caller never made, makes
   the inputs differ: re-run with the reference's arguments, the module is cleared and its caller
-  blamed);
+  blamed; so do extra arguments of the shape of a twin's input that hold other values, an
+  attention called as ``(y, y, x)`` against one reading ``y``: the caller passed another tensor,
+  and the why names the argument and where each side's value comes from);
 - inputs differ, and the module may be re-run (its arguments have the reference's structure):
   run the candidate module on the reference's recorded inputs; if that output still fails, the
   error is made here, otherwise it was received. Twin layers of one type whose input axes mean the
