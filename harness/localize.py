@@ -40,7 +40,8 @@ shared ReLU after a dropped residual add; one that cannot be re-run, in summary 
 inputs already differ from its twin's). With every suspect cleared, the error was made in the
 own code of an untwinned container around the failing call: the innermost that does not hand its
 input on unchanged (an encoder adding a position table before its ``Sequential`` of layers, not the
-``Sequential``); else a cleared module with a forward of its own that returns its child's output
+``Sequential``), else the innermost holding tensors of its own (that encoder, when it no longer
+adds its table: only its own code reads them); else a cleared module with a forward of its own that returns its child's output
 as it is (a residual layer that lost its add: every call passed its value on, so an operation was
 left out, and that call exists to do it; where no twinned call is around, also a torch
 container), else the twinned call's own code. For such a call the values name the operation left
@@ -793,6 +794,9 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         around = sorted((u for u in (*untwinned, *guesses) if within(u) and u.contains(first_bad) and u.start > since),
                         key=lambda u: -u.start)
         found = next((u for u in around if not _hands_on(u, first_bad)), None)
+        # else one holding tensors of its own, which only its own code reads: handing its input on
+        # as it came, it left out what it does with them (an encoder's position table not added)
+        found = found or next((u for u in around if _holds_own_tensors(u.module)), None)
         # nor one handed a value the reference never computes (a class token joined after the
         # patches): the error was made before it was called, by the code around it
         if found is not None and _received_unknown(found, _known_values(row, reference), row and row.tolerance):
@@ -815,6 +819,12 @@ def _bare_wrapper(cleared: Sequence[Record], calls: Sequence[Record], own_code: 
     wrappers = [u for u in cleared if any(u.contains(c) and _bitwise(c.primary, u.primary) for c in calls)
                 and not _bitwise(u.first_input, u.primary) and (not own_code or _own_forward(u.module))]
     return min(wrappers, key=lambda u: u.end - u.start, default=None)
+
+
+def _holds_own_tensors(module: nn.Module | None) -> bool:
+    """Whether ``module`` holds a parameter or floating buffer itself (not through a child)."""
+    return module is not None and any(t.is_floating_point() for t in (*module.parameters(recurse=False),
+                                                                      *module.buffers(recurse=False)))
 
 
 def _own_forward(module: nn.Module | None) -> bool:
@@ -859,22 +869,19 @@ def _failing_after(rows: Sequence[Row], call: Record) -> Row | None:
 
 def _left_out_after(wrapper: Record, row: Row | None, calls: Sequence[Record]) -> list[dict]:
     """A finding for a call that returns a nested call's output as it is, where the failing ``row``'s
-    twin reads another value next: the operation left out, named when the values show it (the
-    reference's value is the wrapper's input plus that output: a residual add)."""
+    twin reads that output plus the call's input: a residual add left out. [] when the values do
+    not show it."""
     child = min((c for c in calls if wrapper.contains(c) and _bitwise(c.primary, wrapper.primary)),
                 key=lambda c: c.start, default=None)
     if row is None or child is None:
         return []
     given, wanted, out = wrapper.first_input, row.match.reference.first_input, wrapper.primary
-    if not all(isinstance(t, torch.Tensor) for t in (given, wanted, out)):
+    if not all(isinstance(t, torch.Tensor) for t in (given, wanted, out)) or not given.shape == out.shape == wanted.shape \
+            or not _holds_any(given + out, [wanted], row.tolerance):
         return []
-    text = (f"{wrapper.name}: returns what {child.name} returns, as it is, where the reference goes on to compute "
-            f"what {row.match.reference.name} then reads: an operation left out")
-    op = None
-    if given.shape == out.shape == wanted.shape and _holds_any(given + out, [wanted], row.tolerance):
-        op, text = "add", (f"{wrapper.name}: add missing in the candidate: the reference adds the call's input to what "
-                           f"{child.name} returns (a residual connection) before {row.match.reference.name} reads it")
-    return [{"module": wrapper.name, "kind": "missing_op", "op": op, "argument": None, "candidate": None,
+    text = (f"{wrapper.name}: add missing in the candidate: the reference adds the call's input to what {child.name} "
+            f"returns (a residual connection) before {row.match.reference.name} reads it")
+    return [{"module": wrapper.name, "kind": "missing_op", "op": "add", "argument": None, "candidate": None,
              "reference": None, "text": text}]
 
 

@@ -222,3 +222,52 @@ def test_summary_mode_blames_the_block_that_dropped_its_residual_not_its_activat
     block.forward = types.MethodType(lambda self, h: self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(h)))))), block)
     report = harness.compare(port, original, x, weights=weights, mode="summary")
     assert report.culprit == "2", f"culprit {report.culprit}, expected the block 2 (its forward dropped + x)\n{report.format()}"
+
+
+class TokenOriginal(nn.Module):
+    """Class token and position table in the model's own code, as timm writes a ViT."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Linear(8, D)
+        self.cls_token, self.pos_embed = nn.Parameter(torch.randn(1, 1, D)), nn.Parameter(torch.randn(1, 6, D))
+        self.blocks, self.norm, self.head = nn.Sequential(Block(), Block()), nn.LayerNorm(D), nn.Linear(D, 4)
+
+    def forward(self, x):
+        x = self.patch(x)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+class Encoder(nn.Module):
+    """The port's encoder adds the position table before its layers, as torchvision's does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos_embedding = nn.Parameter(torch.randn(1, 6, D))
+        self.layers, self.ln = nn.Sequential(Block(), Block()), nn.LayerNorm(D)
+
+    def forward(self, x):
+        return self.ln(self.layers(x + self.pos_embedding))
+
+
+class TokenPort(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj, self.class_token = nn.Linear(8, D), nn.Parameter(torch.randn(1, 1, D))
+        self.encoder, self.heads = Encoder(), nn.Linear(D, 4)
+
+    def forward(self, x):
+        x = self.proj(x)
+        return self.heads(self.encoder(torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], 1))[:, 0])
+
+
+def test_encoder_that_no_longer_adds_its_position_table_is_the_culprit():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    port, original = TokenPort().double().eval(), TokenOriginal().double().eval()
+    _, _, weights = transferred(port, original, x)
+    port.encoder.forward = types.MethodType(lambda self, h: self.ln(self.layers(h)), port.encoder)
+    report = harness.compare(port, original, x, weights=weights)
+    assert report.culprit == "encoder", \
+        f"culprit {report.culprit}, expected encoder (it holds the position table and hands its input on without it)\n{report.format()}"
