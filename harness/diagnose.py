@@ -22,15 +22,16 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    ``view`` -> ``reshape``, ``addmm`` -> ``linear``, ``bmm``/``@``/two-operand ``einsum`` ->
    ``matmul``, ``addcmul(x, a, b)`` -> ``a * b`` then ``x + ...`` (the ops a port writes for it),
    an adaptive average pool to size 1 -> ``mean`` over its spatial dims, kept; a mean of a mean,
-   kept, over other dims -> one mean over both; a pad of zero width vanishes), non-tensor
+   kept, over other dims -> one mean over both; a pad of zero width vanishes; ``baddbmm(x, a, b,
+   beta, alpha)`` -> ``a @ b``, ``* alpha``, ``beta * x +``, each where it computes something), non-tensor
    arguments are bound to parameter names with their defaults (``eps``, ``approximate``,
    ``dim`` made non-negative, ``stride`` as a tuple), and tensor arguments that are the module's
    parameters or buffers (or views of them) are named (``gamma``), with their values as stored
    and as passed (a kernel stored HWIO, permuted for the conv), read before the op runs (an
    ``embedding`` looked up at position ids held as a buffer is a view of its table); an op
    that only updates the module's own state (``num_batches_tracked += 1``) is no computation. A written-out attention
-   ``softmax((q * s) @ k^T) @ v`` becomes one ``scaled_dot_product_attention`` with its
-   effective ``scale`` and its mask: all that is added to the scores before the softmax (a bias,
+   ``softmax((q * s) @ k^T) @ v`` (the softmax written out as ``exp(x - max) / sum`` over the keys
+   too) becomes one ``scaled_dot_product_attention`` with its effective ``scale`` and its mask: all that is added to the scores before the softmax (a bias,
    then a window mask), compared by value with the fused call's ``attn_mask``, be it a parameter
    or a computed value (the adds that build it are part of it). ``x @ W`` with ``W`` a matrix
    parameter (or an einsum contracting the input's last dim with a matrix parameter, ``'bnc,oc->bno'``,
@@ -82,7 +83,10 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    softmax summed over another dim), and by how much it differs from the re-run op (in the
    layout that best holds its values).
    The first pair whose output differs (float64 tolerance) is the divergence. It is explained by
-   the pending missing / extra / different ops, its differing non-tensor arguments (not ``inplace``
+   the pending missing / extra / different ops, an attention's head count where its q, k and v hold
+   as many values for as many tokens in heads of another size (said before the scale
+   ``1/sqrt(head size)`` that follows from it, which is then no finding; also where one side folds
+   the heads into the batch for ``bmm``), its differing non-tensor arguments (not ``inplace``
    or ``keepdim``, which say only where or in what shape the result is written; a None an op reads
    as a value, ``align_corners``, is that value), a parameter
    holding other values, compared with the reference's in one layout (a ``(C,)`` scale on NHWC
@@ -93,7 +97,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    operands: a norm's mean and variance swapped), a parameter one side does not pass (a dropped
    bias), or, when its inputs already differ while everything computed before agreed, operands
    passed in another order (``key`` where ``query`` belongs; a written-out attention's q and k read
-   before their scaling and ``k``'s transpose), the reference's values reordered along some axes,
+   before their scaling and ``k``'s transpose, compared through a reshape where one side folds the
+   heads into the batch), the reference's values reordered along some axes,
    each on its own (slices joined in another order, a roll, a flip: :func:`rearrangement`), or the
    layout ops between (a transpose missing before a reshape; not those that only bring a value
    into the layout the other side computes it in). So is an input that holds its twin's values
@@ -349,6 +354,9 @@ class OpRecorder(TorchFunctionMode):
         if name in _WRITTEN_OUT and len(args) == 3 and set(kwargs) <= {"value"} \
                 and isinstance(kwargs.get("value", 1), (int, float)):
             return self._record_written_out(name, args, kwargs.get("value", 1), out, before)
+        if name == "baddbmm" and len(args) == 3 and set(kwargs) <= {"beta", "alpha"} \
+                and all(_number(v) for v in kwargs.values()):
+            return self._record_baddbmm(args, kwargs.get("beta", 1), kwargs.get("alpha", 1), out, before)
         if name == "addmm" and len(args) >= 3:  # torch.addmm(bias, x, weight.t()): a linear layer
             name, args, kwargs = "linear", (args[1], args[2], args[0]), {}
         if name in _GLOBAL_POOLS:
@@ -426,6 +434,27 @@ class OpRecorder(TorchFunctionMode):
             self._record(torch.mul, (product, value), {}, scaled, before)
             product = scaled
         self._record(torch.add, (x, product), {}, out, before)
+
+    def _record_baddbmm(self, args: tuple, beta: float, alpha: float, out: Any,
+                        before: dict[int, torch.Tensor]) -> None:
+        """``baddbmm(x, a, b, beta=, alpha=)`` recorded as the ops a port writes for it: ``a @ b``,
+        times ``alpha`` unless 1, then ``beta * x + ...`` unless ``beta`` is 0 (``x`` is not read
+        then). Attention scores scaled in the product's call (``alpha=scale``) then fold as
+        ``(q @ k^T) * scale`` does, and their scale is compared."""
+        x, a, b = args
+        product = torch.matmul(a, b)
+        last = beta == 0 and alpha == 1
+        self._record(torch.matmul, (a, b), {}, out if last else product, before)
+        if alpha != 1:
+            scaled = out if beta == 0 else product * alpha
+            self._record(torch.mul, (product, alpha), {}, scaled, before)
+            product = scaled
+        if beta != 0:
+            if beta != 1:
+                weighted = x * beta
+                self._record(torch.mul, (x, beta), {}, weighted, before)
+                x = weighted
+            self._record(torch.add, (x, product), {}, out, before)
 
     def _einsum_product(self, equation: Any, operands: list) -> tuple[tuple, int]:
         """An einsum's two operands as ``x @ W``, and the output axis (or axes) of its features: a weight
@@ -718,8 +747,14 @@ def _fold_attention(rec: OpRecorder) -> list[Op]:
             consumers.setdefault(i, []).append(op)
     composites: dict[int, Op] = {}
     for s in ops:
-        if s.name != "softmax" or s.kind != "compute" or not s.input_ids:
+        if s.kind != "compute" or not s.input_ids:
             continue
+        written: list[Op] = []  # the ops of a softmax written out
+        if s.name != "softmax":
+            found = _written_softmax(rec, s)
+            if found is None:
+                continue
+            s, written = found
         factors: list[float] = []
         path: list[Op] = []
         mask: list[Op] = []
@@ -741,7 +776,7 @@ def _fold_attention(rec: OpRecorder) -> list[Op]:
             input_ids=[*(_attention_operand(rec, i, m1.index) for i in m1.input_ids), *m2.input_ids[1:]],
             outputs=m2.outputs, scope=m2.scope, mask=_added_mask(rec, s, m1, after) if mask else None,
             mask_params=tuple(dict.fromkeys(n for m in mask for n in m.params.values())))
-        for op in (m1, s, m2, *path):
+        for op in (m1, s, m2, *path, *written):
             op.absorbed = True
     stream = []
     for op in ops:
@@ -750,6 +785,44 @@ def _fold_attention(rec: OpRecorder) -> list[Op]:
         elif op.kind == "compute" and not op.absorbed:
             stream.append(_canonical_sdpa(op) if op.name == "scaled_dot_product_attention" else op)
     return stream
+
+
+def _written_softmax(rec: OpRecorder, div: Op) -> tuple[Op, list[Op]] | None:
+    """``e / e.sum(d, keepdim=True)`` with ``e = exp(x - x.amax(d, keepdim=True))`` (the max
+    optional, over the same dim) over the last dim: the softmax it writes out, as one op reading
+    ``x``, and its ops. A sum or a max over another dim computes something else, or another
+    softmax than an attention's over its keys, and is left as it is written."""
+    if div.name != "div" or len(div.input_ids) != 2:
+        return None
+    e_id, total_id = div.input_ids
+    exp, total = rec.producer(e_id, div.index), rec.producer(total_id, div.index)
+    if exp is None or total is None or exp.name != "exp" or total.name != "sum" or total.input_ids != [e_id] \
+            or not total.args.get("keepdim") or not exp.input_ids:
+        return None
+    dim = _one_dim(total)
+    if dim is None or dim != len(total.in_shape) - 1:
+        return None  # over the keys only: one over another dim is said as the written-out run it is
+    parts, x_id = [exp, total, div], exp.input_ids[0]
+    sub = rec.producer(x_id, exp.index)
+    if sub is not None and sub.name == "sub" and len(sub.input_ids) == 2:
+        peak = rec.producer(sub.input_ids[1], sub.index)
+        if peak is not None and peak.name in ("amax", "max") and peak.input_ids == sub.input_ids[:1] \
+                and _one_dim(peak) == dim:
+            parts, x_id = [peak, sub, *parts], sub.input_ids[0]
+    softmax = Op(index=div.index, name="softmax", spelling="exp(x - max) / sum", args={"dim": dim, "dtype": None},
+                 params={}, param_values={}, input_ids=[x_id], out_ids=div.out_ids, outputs=div.outputs,
+                 scope=div.scope, in_shape=div.in_shape)
+    return softmax, parts
+
+
+def _one_dim(reduction: Op) -> int | None:
+    """The one dim a reduction runs over, counted from the front (None for several or all)."""
+    dim = reduction.args.get("dim", reduction.args.get("arg1"))
+    if isinstance(dim, (tuple, list)) and len(dim) == 1:
+        dim = dim[0]
+    if not isinstance(dim, int) or isinstance(dim, bool) or not reduction.in_shape:
+        return None
+    return dim % len(reduction.in_shape)
 
 
 def _attention_operand(rec: OpRecorder, tensor_id: int, before: int) -> int:
@@ -1395,6 +1468,50 @@ def _argument_findings(module: str, c: Op, r: Op) -> list[dict]:
     return out
 
 
+def _head_findings(module: str, c: Op, r: Op, cand: _Side, ref: _Side) -> list[dict]:
+    """An attention whose q, k and v are split into another number of heads than its twin's (the
+    same tokens and width, heads of another size): the head count, said first, with the other
+    arguments that differ, less a scale that each side derives from its own head size (1/sqrt(d)
+    follows from the split; fixing it alone would not fix the port)."""
+    split = _head_split(c, r, cand, ref)
+    if split is None:
+        return []
+    (c_heads, c_dim), (r_heads, r_dim) = split
+    shown = (lambda heads, dim: f"{heads} heads of {dim}" if heads else f"heads of {dim}")
+    derived = _follows_head_size(c.args.get("scale"), c_dim) and _follows_head_size(r.args.get("scale"), r_dim)
+    scale = " (its scale 1/sqrt(head size) follows)" if derived and not _same_value(c.args.get("scale"),
+                                                                                       r.args.get("scale")) else ""
+    text = (f"{module}: attention split into {shown(c_heads, c_dim)} in the candidate, {shown(r_heads, r_dim)} "
+            f"in the reference: another head count{scale}")
+    rest = [f for f in _argument_findings(module, c, r) if not (derived and f["argument"] == "scale")]
+    return [_finding(module, "argument", c.name, "heads", c_heads or c_dim, r_heads or r_dim, text), *rest]
+
+
+def _head_split(c: Op, r: Op, cand: _Side, ref: _Side) -> tuple[tuple[int | None, int], tuple[int | None, int]] | None:
+    """``((heads, head size), (heads, head size))`` of two attentions whose queries hold as many
+    values for as many tokens in heads of other sizes; a head count is None where the query folds
+    the heads into its batch (``(batch * heads, tokens, head size)``) on both sides."""
+    if c.name != "scaled_dot_product_attention" or r.name != c.name or not c.input_ids or not r.input_ids:
+        return None
+    q_c, q_r = cand.rec.passed(c.input_ids[0], c.index), ref.rec.passed(r.input_ids[0], r.index)
+    if q_c is None or q_r is None or q_c.ndim < 3 or q_r.ndim < 3:
+        return None
+    if q_c.shape[-1] == q_r.shape[-1] or q_c.shape[-2] != q_r.shape[-2] or q_c.numel() != q_r.numel():
+        return None
+    lead_c, lead_r = q_c.numel() // q_c.shape[-2] // q_c.shape[-1], q_r.numel() // q_r.shape[-2] // q_r.shape[-1]
+    heads_c = int(q_c.shape[-3]) if q_c.ndim >= 4 else None  # (batch, heads, tokens, head size)
+    heads_r = int(q_r.shape[-3]) if q_r.ndim >= 4 else None
+    if heads_c is None and heads_r is not None and heads_r * lead_c % lead_r == 0:
+        heads_c = heads_r * lead_c // lead_r  # the same batch on both sides: heads in proportion
+    if heads_r is None and heads_c is not None and heads_c * lead_r % lead_c == 0:
+        heads_r = heads_c * lead_r // lead_c
+    return (heads_c, int(q_c.shape[-1])), (heads_r, int(q_r.shape[-1]))
+
+
+def _follows_head_size(scale: Any, head_size: int) -> bool:
+    return isinstance(scale, (int, float)) and math.isclose(scale, head_size ** -0.5, rel_tol=1e-6)
+
+
 def _same_axes(c_shape: tuple[int, ...], c_dim: Any, r_shape: tuple[int, ...], r_dim: Any) -> bool:
     """Whether two ``dim`` arguments name the same axes of twin inputs laid out differently (the
     channels: 3 of an NHWC map, 1 of an NCHW one): the inputs' shapes are permutations of each other,
@@ -1887,7 +2004,8 @@ def _swapped_inputs(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tol
         return []
 
     def agree(a: torch.Tensor, b: torch.Tensor) -> bool:
-        return a.shape == b.shape and _outputs_agree([a], [b], tol)
+        # heads folded into the batch ((batch * heads, tokens, head size)) on one side only: one reshape apart
+        return a.numel() == b.numel() and _outputs_agree([a.reshape(b.shape)], [b], tol)
 
     for i, a in enumerate(cv):
         if agree(a, rv[i]):
@@ -2232,7 +2350,8 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                 continue
             where = _scoped(module, c)
             found = _feeding(pending, unpaired, c, r, cand, ref)
-            found += _located(_argument_findings(where, c, r), c, r, cs, ref_name)
+            found += _located(_head_findings(where, c, r, cand, ref) or _argument_findings(where, c, r), c, r, cs,
+                              ref_name)
             found += _param_findings(where, c, r, ref_module, root, expected)
             found += _mask_findings(where, c, r, tol)
             inputs_differ = not found and _inputs_differ(c, r, cand, ref, tol)
