@@ -94,18 +94,25 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    (``weight`` holds the reference's ``bias``, or another module's tensor anywhere in the reference
    model, as it is, reshaped or transposed: a swap; its own twin's with the dims permuted: stored
    transposed; one stored right but passed where the reference passes another of the op's
-   operands: a norm's mean and variance swapped), a parameter one side does not pass (a dropped
-   bias), or, when its inputs already differ while everything computed before agreed, operands
+   operands: a norm's mean and variance swapped), a parameter stored right of which the op receives
+   one slice where the reference passes all of it and no other op receives the rest (a position
+   table added to the patches only: ``pos[:, 0:1]`` never added), a parameter one side does not
+   pass (a dropped bias), or, when its inputs already differ while everything computed before agreed, operands
    passed in another order (``key`` where ``query`` belongs; a written-out attention's q and k read
    before their scaling and ``k``'s transpose, compared through a reshape where one side folds the
-   heads into the batch), the reference's values reordered along some axes,
+   heads into the batch), another part of what the reference splits (a split, chunk or unbind of a
+   fused projection) than the part it passes there (key and value slices taken in another order,
+   whatever op reads them), the reference's values reordered along some axes,
    each on its own (slices joined in another order, a roll, a flip: :func:`rearrangement`), or the
    layout ops between (a transpose missing before a reshape; not those that only bring a value
    into the layout the other side computes it in). So is an input that holds its twin's values
    only through a layout adapter (a conv run on a map with H and W exchanged). Outputs agree in any
    layout (:mod:`harness.adapters`): an einsum may write ``(B, N, H, D)`` where the fused attention
    writes ``(B, H, N, D)``, a token-mixing einsum ``(B, N, C)`` where a linear on transposed tokens
-   writes ``(B, C, N)``, even with ``N == C``. When no pair differs but the module output does, the
+   writes ``(B, C, N)``, even with ``N == C``. A pair receiving the same inputs and arguments whose
+   results of one shape differ is explained by a parameter operand spread over other axes of the
+   result than its twin's (a layer scale passed as one of its values, or along the width where the
+   reference's runs along the channels). When no pair differs but the module output does, the
    pending ops at the end explain it (a residual ``add`` missing after the last operation), else the
    layout ops after the last pair, else the reference's values returned reordered (branches joined
    in another order). A finding on an op that no submodule of the candidate runs (a port written as
@@ -1634,6 +1641,76 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
     return out
 
 
+def _part_findings(module: str, c: Op, r: Op, cs: list[Op], expected: Expected | None) -> list[dict]:
+    """A parameter stored right of which ``c`` receives one slice where the reference passes all of
+    it, and no other op of the candidate receives the rest: a position table added to the patch
+    tokens only (``pos[:, 1:]``), its class token's row never added."""
+    out = []
+    for key, r_key in _paired_params(c, r):
+        passed_c, passed_r = c.operands.get(key, c.param_values[key]), r.operands.get(r_key, r.param_values[r_key])
+        stored_c, name = c.param_values[key], c.params[key]
+        if passed_r.numel() != r.param_values[r_key].numel() or passed_c.numel() >= stored_c.numel() \
+                or _stored_right(stored_c, r.param_values[r_key], expected(name) if expected else None) is None:
+            continue
+        part = _slice_of(passed_c, stored_c)
+        if part is None or any(op is not c and name in op.params.values() for op in cs):
+            continue  # another op receives a part of it too: the rest is applied elsewhere
+        taken, rest = part
+        text = (f"{module}: {c.name} receives {name}{taken} only ({passed_c.numel()} of its {stored_c.numel()} "
+                f"values), where the reference passes all of {r.params[r_key]}: "
+                f"{' and '.join(name + part for part in rest)} never reaches this {c.name}")
+        out.append(_finding(module, "argument", c.name, name, f"{name}{taken}", r.params[r_key], text))
+    return out
+
+
+def _slice_of(part: torch.Tensor, whole: torch.Tensor) -> tuple[str, list[str]] | None:
+    """Where ``part`` lies in ``whole`` as one slice along one axis (``[:, 1:9]``), and the slices
+    of ``whole`` left out (``[:, 0:1]``), or None."""
+    if part.ndim != whole.ndim:
+        return None
+    short = [d for d in range(whole.ndim) if part.shape[d] != whole.shape[d]]
+    if len(short) != 1 or part.shape[short[0]] > whole.shape[short[0]]:
+        return None
+    d, n = short[0], part.shape[short[0]]
+    index = (lambda lo, hi: "[" + ":, " * d + f"{lo}:{hi}]")
+    for start in range(whole.shape[d] - n + 1):
+        if torch.equal(whole.narrow(d, start, n), part.to(whole.dtype)):
+            rest = [index(lo, hi) for lo, hi in ((0, start), (start + n, whole.shape[d])) if hi > lo]
+            return index(start, start + n), rest
+    return None
+
+
+def _broadcast_findings(module: str, c: Op, r: Op) -> list[dict]:
+    """A parameter operand spread over other axes of the result than its twin's, where the two ops
+    receive the same inputs and write results of one shape: a layer scale passed in part (one of
+    its values for every channel), or broadcast along another axis than the channels'."""
+    if c.shape is None or c.shape != r.shape:
+        return []
+    out = []
+    for key, r_key in _paired_params(c, r):
+        passed_c, passed_r = c.operands.get(key, c.param_values[key]), r.operands.get(r_key, r.param_values[r_key])
+        axes_c, axes_r = _spread(passed_c, len(c.shape)), _spread(passed_r, len(r.shape))
+        if axes_c == axes_r:
+            continue
+        name, ref_name = c.params[key], r.params[r_key]
+        if passed_c.numel() < passed_r.numel():
+            text = (f"{module}: {c.name} receives {passed_c.numel()} of {name}'s values (passed as "
+                    f"{tuple(passed_c.shape)}), where the reference passes all {passed_r.numel()} of {ref_name} "
+                    f"({tuple(passed_r.shape)}): sliced or reshaped otherwise before it broadcasts")
+        else:
+            text = (f"{module}: {c.name} operand {name} runs along axes {list(axes_c)} of the result "
+                    f"{tuple(c.shape)}, where the reference's {ref_name} runs along axes {list(axes_r)}: "
+                    f"broadcast along another axis (reshaped otherwise?)")
+        out.append(_finding(module, "argument", c.name, name, f"axes {list(axes_c)}", f"axes {list(axes_r)}", text))
+    return out
+
+
+def _spread(operand: torch.Tensor, ndim: int) -> tuple[int, ...]:
+    """The axes of an ``ndim`` result along which a broadcast ``operand`` holds more than one value."""
+    shift = ndim - operand.ndim
+    return tuple(d + shift for d, n in enumerate(operand.shape) if n > 1)
+
+
 def _permuted_twin(stored: torch.Tensor, reference: torch.Tensor) -> tuple[int, ...] | None:
     """The permutation of ``stored``'s dims under which it holds ``reference``'s values exactly (a
     square weight stored transposed, a kernel with its H and W exchanged), or None."""
@@ -2018,6 +2095,48 @@ def _swapped_inputs(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tol
     return []
 
 
+def _other_part(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance) -> list[dict]:
+    """An input that holds another part of what the reference splits (a split, chunk or unbind of a
+    fused projection) than the part the reference passes there: key and value slices taken in
+    another order, in an attention of any form (``k * softmax(q)`` as much as a fused call)."""
+    cv = [cand.rec.value(i, c.index) for i in c.input_ids]
+    for i in r.input_ids:
+        found = _split_part(ref.rec, i, r.index)
+        if found is None:
+            continue
+        parts, k = found
+        for a in cv:
+            if a is None or _outputs_agree([a], [parts.outputs[k]], tol, same_shape=True):
+                continue
+            j = next((j for j, b in enumerate(parts.outputs) if j != k and b.numel() == a.numel()
+                      and _outputs_agree([a.reshape(b.shape)], [b], tol)), None)
+            if j is not None:
+                n = len(parts.outputs)
+                text = (f"{module}: {c.name} receives part {j + 1} of the {n} the reference's {parts.name} makes, "
+                        f"where the reference passes part {k + 1}: parts taken in another order (swapped?)")
+                return [_finding(module, "argument", c.name, "input", f"part {j + 1} of {n}", f"part {k + 1} of {n}",
+                                 text)]
+    return []
+
+
+_PARTS = frozenset({"split", "chunk", "unbind", "tensor_split"})
+
+
+def _split_part(rec: OpRecorder, tensor_id: int, before: int) -> tuple[Op, int] | None:
+    """The op splitting a tensor into parts (``qkv.split(...)``) that ``tensor_id`` is one of,
+    through the layout ops after it, and which part."""
+    for _ in range(8):
+        op = rec.producer(tensor_id, before)
+        if op is None or op.kind != "layout":
+            return None
+        if op.name in _PARTS and len(op.out_ids) > 1:
+            return op, op.out_ids.index(tensor_id)
+        if not op.input_ids:
+            return None
+        tensor_id, before = op.input_ids[0], op.index
+    return None
+
+
 _REORDER_WINDOW = 12  # stream positions searched for the twin of an op computed in another order
 
 
@@ -2352,18 +2471,22 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             found = _feeding(pending, unpaired, c, r, cand, ref)
             found += _located(_head_findings(where, c, r, cand, ref) or _argument_findings(where, c, r), c, r, cs,
                               ref_name)
-            found += _param_findings(where, c, r, ref_module, root, expected)
+            found += _part_findings(where, c, r, cs, expected) or _param_findings(where, c, r, ref_module, root,
+                                                                                   expected)
             found += _mask_findings(where, c, r, tol)
             inputs_differ = not found and _inputs_differ(c, r, cand, ref, tol)
             relaid = not found and not inputs_differ and _relaid_input(c, r, cand, ref)
             if inputs_differ or relaid:
                 found = _swapped_inputs(where, c, r, cand, ref, tol) \
+                    or _other_part(where, c, r, cand, ref, tol) \
                     or _rearranged_input(where, c, r, cand, ref, tol) \
                     or _layout_findings(module, cand, ref, last_c, c.index, last_r, r.index, c.name, agreed)
             if not found and relaid:
                 found = [_finding(where, "op", c.name, None, None, None,
                                   f"{where}: {c.name} receives the reference's input in another layout, "
                                   f"{relaid} ({_difference(c.outputs, r.outputs)})")]
+            if not found and not inputs_differ:
+                found = _broadcast_findings(where, c, r)
             if not found:
                 why = ("receives other inputs, though every operation before it agrees: they are sliced, "
                        "indexed or ordered differently" if inputs_differ
