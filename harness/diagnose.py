@@ -31,10 +31,11 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    ``embedding`` looked up at position ids held as a buffer is a view of its table); an op
    that only updates the module's own state (``num_batches_tracked += 1``) is no computation. A written-out attention
    ``softmax((q * s) @ k^T) @ v`` (the softmax written out as ``exp(x - max) / sum`` over the keys
-   too) becomes one ``scaled_dot_product_attention`` with its effective ``scale`` and its mask: all that is added to the scores before the softmax (a bias,
-   then a window mask), compared by value with the fused call's ``attn_mask``, be it a parameter
-   or a computed value (the adds that build it are part of it). ``x @ W`` with ``W`` a matrix
-   parameter (or an einsum contracting the input's last dim with a matrix parameter, ``'bnc,oc->bno'``,
+   too) becomes one ``scaled_dot_product_attention`` with its effective ``scale`` and its mask:
+   all that is added to the scores before the softmax (a bias, then a window mask), compared by
+   value with the fused call's ``attn_mask``, be it a parameter or a computed value (the adds that
+   build it are part of it). ``x @ W`` with ``W`` a matrix parameter (or an einsum contracting the
+   input's last dim with a matrix parameter, ``'bnc,oc->bno'``,
    whichever way the matrix is stored, or with a parameter of more dims, each contracting one of the
    input's or written to the output: a fused q/k/v kernel ``'bnc,shdc->sbhnd'``, an output projection
    merging the heads ``'bhnd,hdc->bnc'``, its bias broadcast on the axes it writes), and a parameter vector added to its output features after,
