@@ -446,7 +446,7 @@ class OpRecorder(TorchFunctionMode):
     def _record_baddbmm(self, args: tuple, beta: float, alpha: float, out: Any,
                         before: dict[int, torch.Tensor]) -> None:
         """``baddbmm(x, a, b, beta=, alpha=)`` recorded as the ops a port writes for it: ``a @ b``,
-        times ``alpha`` unless 1, then ``beta * x + ...`` unless ``beta`` is 0 (``x`` is not read
+        times ``alpha`` unless 1, then ``... + beta * x`` unless ``beta`` is 0 (``x`` is not read
         then). Attention scores scaled in the product's call (``alpha=scale``) then fold as
         ``(q @ k^T) * scale`` does, and their scale is compared."""
         x, a, b = args
@@ -462,7 +462,7 @@ class OpRecorder(TorchFunctionMode):
                 weighted = x * beta
                 self._record(torch.mul, (x, beta), {}, weighted, before)
                 x = weighted
-            self._record(torch.add, (x, product), {}, out, before)
+            self._record(torch.add, (product, x), {}, out, before)  # the scores first: a mask added to them
 
     def _einsum_product(self, equation: Any, operands: list) -> tuple[tuple, int]:
         """An einsum's two operands as ``x @ W``, and the output axis (or axes) of its features: a weight

@@ -1,7 +1,8 @@
 """An attention written with a hand-written softmax (``exp(s - max) / sum``) or with its scores
 scaled inside ``baddbmm`` (``alpha=scale``) reads as the one fused attention it computes: right, it
-is no finding; with another scale, the diagnosis names the two scales, as for a fused call; a bias
-``baddbmm`` adds to the scores is compared with the reference's mask."""
+is no finding; with another scale, the diagnosis names the two scales, as for a fused call; a mask
+``baddbmm`` adds to the scores (a causal mask computed in the forward) is compared with the
+reference's ``attn_mask``."""
 
 import pytest
 import torch
@@ -16,27 +17,28 @@ HEAD = DIM // HEADS
 
 
 class Attention(nn.Module):
-    """A fused qkv projection, scores scaled by ``scale`` in ``style``, plus ``bias`` where set."""
+    """A fused qkv projection, scores scaled by ``scale`` in ``style``, a causal mask added where ``masked``."""
 
-    def __init__(self, style: str = "fused", scale: float = HEAD ** -0.5, bias: bool = False) -> None:
+    def __init__(self, style: str = "fused", scale: float = HEAD ** -0.5, masked: bool = False) -> None:
         super().__init__()
         self.qkv, self.proj = nn.Linear(DIM, 3 * DIM), nn.Linear(DIM, DIM)
-        self.bias = nn.Parameter(torch.randn(HEADS, TOKENS, TOKENS)) if bias else None
+        self._masked = masked
         self._style, self.scale = style, scale  # the style: how the toy is written, no setting
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, HEADS, HEAD).permute(2, 0, 3, 1, 4).unbind(0)
+        mask = torch.full((n, n), -1e4, dtype=x.dtype).triu(1) if self._masked else None
         if self._style == "fused":
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias, scale=self.scale)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         elif self._style == "softmax":
             scores = (q @ k.transpose(-2, -1)) * self.scale
             e = torch.exp(scores - scores.amax(-1, keepdim=True))
             o = (e / e.sum(-1, keepdim=True)) @ v
-        else:  # baddbmm: heads folded into the batch, the scale as alpha, a bias as the added input
+        else:  # baddbmm: heads folded into the batch, the scale as alpha, a mask as the added input
             q, k, v = (t.reshape(b * HEADS, n, HEAD) for t in (q, k, v))
-            added = self.bias.repeat(b, 1, 1) if self.bias is not None else torch.zeros(b * HEADS, n, n, dtype=q.dtype)
-            scores = torch.baddbmm(added, q, k.transpose(1, 2), beta=0 if self.bias is None else 1, alpha=self.scale)
+            added = mask.expand(b * HEADS, n, n) if mask is not None else torch.zeros(b * HEADS, n, n, dtype=q.dtype)
+            scores = torch.baddbmm(added, q, k.transpose(1, 2), beta=0 if mask is None else 1, alpha=self.scale)
             o = torch.bmm(scores.softmax(-1), v).reshape(b, HEADS, n, HEAD)
         return self.proj(o.transpose(1, 2).reshape(b, n, c))
 
@@ -63,7 +65,12 @@ def test_attention_written_out_with_another_scale_names_both_scales(style):
         f"expected scale 0.25 in the candidate against 0.5 in the reference first, got:\n{findings_text(findings)}"
 
 
-def test_a_bias_added_by_baddbmm_is_compared_with_the_references_mask():
-    torch.manual_seed(0)
-    findings = _diagnosed(Attention("baddbmm", bias=True), Attention(bias=True))
-    assert findings == [], f"a bias added inside baddbmm is blamed:\n{findings_text(findings)}"
+def test_a_mask_added_by_baddbmm_is_compared_with_the_references_mask():
+    findings = _diagnosed(Attention("baddbmm", masked=True), Attention(masked=True))
+    assert findings == [], f"a mask added inside baddbmm is blamed:\n{findings_text(findings)}"
+
+
+def test_a_mask_added_by_baddbmm_leaves_its_scale_compared():
+    findings = _diagnosed(Attention("baddbmm", scale=1 / HEAD, masked=True), Attention(masked=True))
+    assert findings and (findings[0]["argument"], findings[0]["candidate"]) == ("scale", 1 / HEAD), \
+        f"expected scale 0.25 in the candidate first, got:\n{findings_text(findings)}"

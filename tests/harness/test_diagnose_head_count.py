@@ -60,12 +60,19 @@ class Separate(nn.Module):
 
 
 class Multihead(nn.Module):
-    def __init__(self, heads: int) -> None:
+    """``nn.MultiheadAttention``; ``masked``: with an additive mask and its weights returned, which
+    it computes as ``baddbmm(mask, q * scale, k^T)`` on heads folded into the batch."""
+
+    def __init__(self, heads: int, masked: bool = False) -> None:
         super().__init__()
         self.attn = nn.MultiheadAttention(DIM, heads, batch_first=True)
+        self._masked = masked  # how the toy calls it, no setting to compare
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.attn(x, x, x, need_weights=False)[0]
+        if not self._masked:
+            return self.attn(x, x, x, need_weights=False)[0]
+        mask = torch.zeros(TOKENS, TOKENS, dtype=x.dtype).fill_diagonal_(-1.0)
+        return self.attn(x, x, x, need_weights=True, attn_mask=mask)[0]
 
 
 def _x() -> torch.Tensor:
@@ -131,3 +138,10 @@ def test_multihead_attention_with_another_head_count_names_the_head_count():
     ref, cand = Multihead(HEADS), Multihead(2)
     cand.load_state_dict(ref.state_dict())
     _says_heads(_diagnose(cand, ref), "2 heads of 8", "4 heads of 4")
+
+
+def test_multihead_attention_through_baddbmm_with_another_head_count_names_the_head_size():
+    torch.manual_seed(0)
+    ref, cand = Multihead(HEADS, masked=True), Multihead(2, masked=True)
+    cand.load_state_dict(ref.state_dict())
+    _says_heads(_diagnose(cand, ref), "heads of 8", "heads of 4")
