@@ -2109,8 +2109,7 @@ def _other_part(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Toleran
         for a in cv:
             if a is None or _outputs_agree([a], [parts.outputs[k]], tol, same_shape=True):
                 continue
-            j = next((j for j, b in enumerate(parts.outputs) if j != k and b.numel() == a.numel()
-                      and _outputs_agree([a.reshape(b.shape)], [b], tol)), None)
+            j = next((j for j, b in enumerate(parts.outputs) if j != k and _holds(a, b, tol)), None)
             if j is not None:
                 n = len(parts.outputs)
                 text = (f"{module}: {c.name} receives part {j + 1} of the {n} the reference's {parts.name} makes, "
@@ -2118,6 +2117,13 @@ def _other_part(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Toleran
                 return [_finding(module, "argument", c.name, "input", f"part {j + 1} of {n}", f"part {k + 1} of {n}",
                                  text)]
     return []
+
+
+def _holds(a: torch.Tensor, b: torch.Tensor, tol: Tolerance) -> bool:
+    """Whether ``a`` holds ``b``'s values, in any layout (a part transposed after the split) or
+    reshaped (heads folded into the batch)."""
+    return a.numel() == b.numel() and (_outputs_agree([a], [b], tol, same_shape=True)
+                                       or _outputs_agree([a.reshape(b.shape)], [b], tol))
 
 
 _PARTS = frozenset({"split", "chunk", "unbind", "tensor_split"})

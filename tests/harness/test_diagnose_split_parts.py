@@ -16,7 +16,8 @@ DIM, TOKENS = 8, 6
 
 class Separable(nn.Module):
     """One score per token from a fused projection ``(1, DIM, DIM)``; ``order``: the names given to
-    its parts, in the order the projection holds them; ``how``: ``split`` sizes or equal ``chunk``s."""
+    its parts, in the order the projection holds them; ``how``: ``split`` sizes, equal ``chunk``s, or
+    chunks ``transposed`` to ``(batch, channels, tokens)`` before they are used."""
 
     def __init__(self, order: str = "qkv", how: str = "split") -> None:
         super().__init__()
@@ -27,9 +28,13 @@ class Separable(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.qkv(x)
         parts = y.split([1, DIM, DIM], dim=-1) if self._how == "split" else y.chunk(3, dim=-1)
+        if self._how == "transposed":
+            parts = [p.transpose(1, 2) for p in parts]
+        tokens = 2 if self._how == "transposed" else 1
         named = dict(zip(self._order, parts))
-        context = (named["k"] * F.softmax(named["q"], dim=1)).sum(1, keepdim=True)
-        return self.proj(F.relu(named["v"]) * context)
+        context = (named["k"] * F.softmax(named["q"], dim=tokens)).sum(tokens, keepdim=True)
+        out = F.relu(named["v"]) * context
+        return self.proj(out.transpose(1, 2) if self._how == "transposed" else out)
 
 
 def _diagnosed(how: str, order: str) -> list[dict]:
@@ -40,7 +45,7 @@ def _diagnosed(how: str, order: str) -> list[dict]:
     return diagnose_modules(cand, ref, (x,), {})
 
 
-@pytest.mark.parametrize("how", ["split", "chunk"])
+@pytest.mark.parametrize("how", ["split", "chunk", "transposed"])
 def test_key_and_value_parts_swapped_name_the_part_received_and_the_part_expected(how):
     findings = _diagnosed(how, "qvk")
     assert findings and "receives part 3 of the 3 the reference's" in findings[0]["text"] \
