@@ -2127,12 +2127,13 @@ def _holds(a: torch.Tensor, b: torch.Tensor, tol: Tolerance) -> bool:
 
 
 _PARTS = frozenset({"split", "chunk", "unbind", "tensor_split"})
+_PART_VIEWS = 8  # layout ops followed back from an operand to the split it is a part of (reshape, permute...)
 
 
 def _split_part(rec: OpRecorder, tensor_id: int, before: int) -> tuple[Op, int] | None:
     """The op splitting a tensor into parts (``qkv.split(...)``) that ``tensor_id`` is one of,
     through the layout ops after it, and which part."""
-    for _ in range(8):
+    for _ in range(_PART_VIEWS):
         op = rec.producer(tensor_id, before)
         if op is None or op.kind != "layout":
             return None
