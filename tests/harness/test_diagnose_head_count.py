@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.diagnose import diagnose_modules
-from helpers import findings_text
+from helpers import compare_port, findings_text
 
 DIM, HEADS, TOKENS = 16, 4, 5
 
@@ -145,3 +145,23 @@ def test_multihead_attention_through_baddbmm_with_another_head_count_names_the_h
     ref, cand = Multihead(HEADS, masked=True), Multihead(2, masked=True)
     cand.load_state_dict(ref.state_dict())
     _says_heads(_diagnose(cand, ref), "heads of 8", "heads of 4")
+
+
+class Block(nn.Module):
+    """A pre-norm attention block around ``attn``: the port a comparison reads end to end."""
+
+    def __init__(self, attn: nn.Module) -> None:
+        super().__init__()
+        self.norm, self.attn = nn.LayerNorm(DIM), attn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.attn(self.norm(x))
+
+
+def test_a_port_with_separate_projections_and_another_head_count_reads_as_the_head_count_in_the_report():
+    torch.manual_seed(0)
+    ref, cand = Block(Attention()).double().eval(), Block(Separate(HEADS)).double().eval()
+    report = compare_port(cand, ref, _x(), change=lambda model: setattr(model.attn, "heads", 2))
+    why = report.diagnosis[0]["text"] if report.diagnosis else ""
+    assert report.culprit == "attn" and "2 heads of 8 in the candidate, 4 heads of 4 in the reference" in why, \
+        f"expected the culprit attn and the head count as the why, got culprit {report.culprit!r}, why {why!r}"
