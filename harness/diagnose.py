@@ -87,7 +87,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    the pending missing / extra / different ops, an attention's head count where its q, k and v hold
    as many values for as many tokens in heads of another size (said before the scale
    ``1/sqrt(head size)`` that follows from it, which is then no finding; also where one side folds
-   the heads into the batch for ``bmm``), its differing non-tensor arguments (not ``inplace``
+   the heads into the batch for ``bmm``, and where both do, counted by the batch of the module's
+   tokens), its differing non-tensor arguments (not ``inplace``
    or ``keepdim``, which say only where or in what shape the result is written; a None an op reads
    as a value, ``align_corners``, is that value), a parameter
    holding other values, compared with the reference's in one layout (a ``(C,)`` scale on NHWC
@@ -1498,7 +1499,8 @@ def _head_findings(module: str, c: Op, r: Op, cand: _Side, ref: _Side) -> list[d
 def _head_split(c: Op, r: Op, cand: _Side, ref: _Side) -> tuple[tuple[int | None, int], tuple[int | None, int]] | None:
     """``((heads, head size), (heads, head size))`` of two attentions whose queries hold as many
     values for as many tokens in heads of other sizes; a head count is None where the query folds
-    the heads into its batch (``(batch * heads, tokens, head size)``) on both sides."""
+    the heads into its batch (``(batch * heads, tokens, head size)``) on both sides and the
+    module's input does not say the batch."""
     if c.name != "scaled_dot_product_attention" or r.name != c.name or not c.input_ids or not r.input_ids:
         return None
     q_c, q_r = cand.rec.passed(c.input_ids[0], c.index), ref.rec.passed(r.input_ids[0], r.index)
@@ -1507,13 +1509,24 @@ def _head_split(c: Op, r: Op, cand: _Side, ref: _Side) -> tuple[tuple[int | None
     if q_c.shape[-1] == q_r.shape[-1] or q_c.shape[-2] != q_r.shape[-2] or q_c.numel() != q_r.numel():
         return None
     lead_c, lead_r = q_c.numel() // q_c.shape[-2] // q_c.shape[-1], q_r.numel() // q_r.shape[-2] // q_r.shape[-1]
-    heads_c = int(q_c.shape[-3]) if q_c.ndim >= 4 else None  # (batch, heads, tokens, head size)
-    heads_r = int(q_r.shape[-3]) if q_r.ndim >= 4 else None
+    heads_c = int(q_c.shape[-3]) if q_c.ndim >= 4 else _folded_heads(lead_c, q_c.shape[-2], ref.rec)
+    heads_r = int(q_r.shape[-3]) if q_r.ndim >= 4 else _folded_heads(lead_r, q_r.shape[-2], ref.rec)
     if heads_c is None and heads_r is not None and heads_r * lead_c % lead_r == 0:
         heads_c = heads_r * lead_c // lead_r  # the same batch on both sides: heads in proportion
     if heads_r is None and heads_c is not None and heads_c * lead_r % lead_c == 0:
         heads_r = heads_c * lead_r // lead_c
     return (heads_c, int(q_c.shape[-1])), (heads_r, int(q_r.shape[-1]))
+
+
+def _folded_heads(lead: int, tokens: int, rec: OpRecorder) -> int | None:
+    """The heads a query ``(batch * heads, tokens, head size)`` folds into its batch, the batch read
+    from the module's own token input ``(batch, tokens, width)`` (or ``(tokens, batch, width)``),
+    or None where no such input says it."""
+    for t in rec.given.values():
+        if t.ndim == 3 and tokens in t.shape[:2]:
+            batch = t.shape[1] if t.shape[0] == tokens else t.shape[0]
+            return lead // batch if lead % batch == 0 else None
+    return None
 
 
 def _follows_head_size(scale: Any, head_size: int) -> bool:

@@ -1,7 +1,8 @@
 """An attention whose q, k and v are split into another number of heads than the reference's: the
 diagnosis names the head count (``2 heads of 8`` against ``4 heads of 4``), in whatever style the
 attention is written (a fused qkv reshaped, chunked projections, separate projections, einsum,
-heads folded into the batch for ``bmm``, ``nn.MultiheadAttention``), and not the scale
+heads folded into the batch for ``bmm``, counted by the batch of the module's tokens,
+``nn.MultiheadAttention``), and not the scale
 ``1/sqrt(head size)`` that follows from it, nor a correct chunk or reshape on the way."""
 
 import pytest
@@ -105,6 +106,13 @@ def test_heads_folded_into_the_batch_for_bmm_are_counted_against_the_references_
     _says_heads(_diagnose(*_fused_pair("bmm", heads=8)), "8 heads of 2", "4 heads of 4")
 
 
+def test_heads_folded_into_the_batch_on_both_sides_are_counted_by_the_batch_of_the_tokens():
+    torch.manual_seed(0)
+    ref, cand = Attention("bmm"), Attention("bmm", heads=2)
+    cand.load_state_dict(ref.state_dict())
+    _says_heads(_diagnose(cand, ref), "2 heads of 8", "4 heads of 4")
+
+
 def test_the_scale_that_follows_from_the_head_size_is_no_finding_of_its_own():
     findings = _diagnose(*_fused_pair("fused", heads=2))
     assert not any(f["argument"] == "scale" for f in findings), \
@@ -140,11 +148,11 @@ def test_multihead_attention_with_another_head_count_names_the_head_count():
     _says_heads(_diagnose(cand, ref), "2 heads of 8", "4 heads of 4")
 
 
-def test_multihead_attention_through_baddbmm_with_another_head_count_names_the_head_size():
+def test_multihead_attention_through_baddbmm_counts_the_heads_it_folds_into_the_batch():
     torch.manual_seed(0)
     ref, cand = Multihead(HEADS, masked=True), Multihead(2, masked=True)
     cand.load_state_dict(ref.state_dict())
-    _says_heads(_diagnose(cand, ref), "heads of 8", "heads of 4")
+    _says_heads(_diagnose(cand, ref), "2 heads of 8", "4 heads of 4")
 
 
 class Block(nn.Module):
