@@ -22,18 +22,20 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    ``view`` -> ``reshape``, ``addmm`` -> ``linear``, ``bmm``/``@``/two-operand ``einsum`` ->
    ``matmul``, ``addcmul(x, a, b)`` -> ``a * b`` then ``x + ...`` (the ops a port writes for it),
    an adaptive average pool to size 1 -> ``mean`` over its spatial dims, kept; a mean of a mean,
-   kept, over other dims -> one mean over both; a pad of zero width vanishes), non-tensor
+   kept, over other dims -> one mean over both; a pad of zero width vanishes; ``baddbmm(x, a, b,
+   beta, alpha)`` -> ``a @ b``, ``* alpha``, ``beta * x +``, each where it computes something), non-tensor
    arguments are bound to parameter names with their defaults (``eps``, ``approximate``,
    ``dim`` made non-negative, ``stride`` as a tuple), and tensor arguments that are the module's
    parameters or buffers (or views of them) are named (``gamma``), with their values as stored
    and as passed (a kernel stored HWIO, permuted for the conv), read before the op runs (an
    ``embedding`` looked up at position ids held as a buffer is a view of its table); an op
    that only updates the module's own state (``num_batches_tracked += 1``) is no computation. A written-out attention
-   ``softmax((q * s) @ k^T) @ v`` becomes one ``scaled_dot_product_attention`` with its
-   effective ``scale`` and its mask: all that is added to the scores before the softmax (a bias,
-   then a window mask), compared by value with the fused call's ``attn_mask``, be it a parameter
-   or a computed value (the adds that build it are part of it). ``x @ W`` with ``W`` a matrix
-   parameter (or an einsum contracting the input's last dim with a matrix parameter, ``'bnc,oc->bno'``,
+   ``softmax((q * s) @ k^T) @ v`` (the softmax written out as ``exp(x - max) / sum`` over the keys
+   too) becomes one ``scaled_dot_product_attention`` with its effective ``scale`` and its mask:
+   all that is added to the scores before the softmax (a bias, then a window mask), compared by
+   value with the fused call's ``attn_mask``, be it a parameter or a computed value (the adds that
+   build it are part of it). ``x @ W`` with ``W`` a matrix parameter (or an einsum contracting the
+   input's last dim with a matrix parameter, ``'bnc,oc->bno'``,
    whichever way the matrix is stored, or with a parameter of more dims, each contracting one of the
    input's or written to the output: a fused q/k/v kernel ``'bnc,shdc->sbhnd'``, an output projection
    merging the heads ``'bhnd,hdc->bnc'``, its bias broadcast on the axes it writes), and a parameter vector added to its output features after,
@@ -82,7 +84,11 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    softmax summed over another dim), and by how much it differs from the re-run op (in the
    layout that best holds its values).
    The first pair whose output differs (float64 tolerance) is the divergence. It is explained by
-   the pending missing / extra / different ops, its differing non-tensor arguments (not ``inplace``
+   the pending missing / extra / different ops, an attention's head count where its q, k and v hold
+   as many values for as many tokens in heads of another size (said before the scale
+   ``1/sqrt(head size)`` that follows from it, which is then no finding; also where one side folds
+   the heads into the batch for ``bmm``, and where both do, counted by the batch of the module's
+   tokens), its differing non-tensor arguments (not ``inplace``
    or ``keepdim``, which say only where or in what shape the result is written; a None an op reads
    as a value, ``align_corners``, is that value), a parameter
    holding other values, compared with the reference's in one layout (a ``(C,)`` scale on NHWC
@@ -90,17 +96,25 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    (``weight`` holds the reference's ``bias``, or another module's tensor anywhere in the reference
    model, as it is, reshaped or transposed: a swap; its own twin's with the dims permuted: stored
    transposed; one stored right but passed where the reference passes another of the op's
-   operands: a norm's mean and variance swapped), a parameter one side does not pass (a dropped
-   bias), or, when its inputs already differ while everything computed before agreed, operands
+   operands: a norm's mean and variance swapped), a parameter stored right of which the op receives
+   one slice where the reference passes all of it and no other op receives the rest (a position
+   table added to the patches only: ``pos[:, 0:1]`` never added), a parameter one side does not
+   pass (a dropped bias), or, when its inputs already differ while everything computed before agreed, operands
    passed in another order (``key`` where ``query`` belongs; a written-out attention's q and k read
-   before their scaling and ``k``'s transpose), the reference's values reordered along some axes,
+   before their scaling and ``k``'s transpose, compared through a reshape where one side folds the
+   heads into the batch), another part of what the reference splits (a split, chunk or unbind of a
+   fused projection) than the part it passes there (key and value slices taken in another order,
+   whatever op reads them), the reference's values reordered along some axes,
    each on its own (slices joined in another order, a roll, a flip: :func:`rearrangement`), or the
    layout ops between (a transpose missing before a reshape; not those that only bring a value
    into the layout the other side computes it in). So is an input that holds its twin's values
    only through a layout adapter (a conv run on a map with H and W exchanged). Outputs agree in any
    layout (:mod:`harness.adapters`): an einsum may write ``(B, N, H, D)`` where the fused attention
    writes ``(B, H, N, D)``, a token-mixing einsum ``(B, N, C)`` where a linear on transposed tokens
-   writes ``(B, C, N)``, even with ``N == C``. When no pair differs but the module output does, the
+   writes ``(B, C, N)``, even with ``N == C``. A pair receiving the same inputs and arguments whose
+   results of one shape differ is explained by a parameter operand spread over other axes of the
+   result than its twin's (a layer scale passed as one of its values, or along the width where the
+   reference's runs along the channels). When no pair differs but the module output does, the
    pending ops at the end explain it (a residual ``add`` missing after the last operation), else the
    layout ops after the last pair, else the reference's values returned reordered (branches joined
    in another order). A finding on an op that no submodule of the candidate runs (a port written as
@@ -349,6 +363,9 @@ class OpRecorder(TorchFunctionMode):
         if name in _WRITTEN_OUT and len(args) == 3 and set(kwargs) <= {"value"} \
                 and isinstance(kwargs.get("value", 1), (int, float)):
             return self._record_written_out(name, args, kwargs.get("value", 1), out, before)
+        if name == "baddbmm" and len(args) == 3 and set(kwargs) <= {"beta", "alpha"} \
+                and all(_number(v) for v in kwargs.values()):
+            return self._record_baddbmm(args, kwargs.get("beta", 1), kwargs.get("alpha", 1), out, before)
         if name == "addmm" and len(args) >= 3:  # torch.addmm(bias, x, weight.t()): a linear layer
             name, args, kwargs = "linear", (args[1], args[2], args[0]), {}
         if name in _GLOBAL_POOLS:
@@ -426,6 +443,27 @@ class OpRecorder(TorchFunctionMode):
             self._record(torch.mul, (product, value), {}, scaled, before)
             product = scaled
         self._record(torch.add, (x, product), {}, out, before)
+
+    def _record_baddbmm(self, args: tuple, beta: float, alpha: float, out: Any,
+                        before: dict[int, torch.Tensor]) -> None:
+        """``baddbmm(x, a, b, beta=, alpha=)`` recorded as the ops a port writes for it: ``a @ b``,
+        times ``alpha`` unless 1, then ``... + beta * x`` unless ``beta`` is 0 (``x`` is not read
+        then). Attention scores scaled in the product's call (``alpha=scale``) then fold as
+        ``(q @ k^T) * scale`` does, and their scale is compared."""
+        x, a, b = args
+        product = torch.matmul(a, b)
+        last = beta == 0 and alpha == 1
+        self._record(torch.matmul, (a, b), {}, out if last else product, before)
+        if alpha != 1:
+            scaled = out if beta == 0 else product * alpha
+            self._record(torch.mul, (product, alpha), {}, scaled, before)
+            product = scaled
+        if beta != 0:
+            if beta != 1:
+                weighted = x * beta
+                self._record(torch.mul, (x, beta), {}, weighted, before)
+                x = weighted
+            self._record(torch.add, (product, x), {}, out, before)  # the scores first: a mask added to them
 
     def _einsum_product(self, equation: Any, operands: list) -> tuple[tuple, int]:
         """An einsum's two operands as ``x @ W``, and the output axis (or axes) of its features: a weight
@@ -718,8 +756,14 @@ def _fold_attention(rec: OpRecorder) -> list[Op]:
             consumers.setdefault(i, []).append(op)
     composites: dict[int, Op] = {}
     for s in ops:
-        if s.name != "softmax" or s.kind != "compute" or not s.input_ids:
+        if s.kind != "compute" or not s.input_ids:
             continue
+        written: list[Op] = []  # the ops of a softmax written out
+        if s.name != "softmax":
+            found = _written_softmax(rec, s)
+            if found is None:
+                continue
+            s, written = found
         factors: list[float] = []
         path: list[Op] = []
         mask: list[Op] = []
@@ -741,7 +785,7 @@ def _fold_attention(rec: OpRecorder) -> list[Op]:
             input_ids=[*(_attention_operand(rec, i, m1.index) for i in m1.input_ids), *m2.input_ids[1:]],
             outputs=m2.outputs, scope=m2.scope, mask=_added_mask(rec, s, m1, after) if mask else None,
             mask_params=tuple(dict.fromkeys(n for m in mask for n in m.params.values())))
-        for op in (m1, s, m2, *path):
+        for op in (m1, s, m2, *path, *written):
             op.absorbed = True
     stream = []
     for op in ops:
@@ -750,6 +794,44 @@ def _fold_attention(rec: OpRecorder) -> list[Op]:
         elif op.kind == "compute" and not op.absorbed:
             stream.append(_canonical_sdpa(op) if op.name == "scaled_dot_product_attention" else op)
     return stream
+
+
+def _written_softmax(rec: OpRecorder, div: Op) -> tuple[Op, list[Op]] | None:
+    """``e / e.sum(d, keepdim=True)`` with ``e = exp(x - x.amax(d, keepdim=True))`` (the max
+    optional, over the same dim) over the last dim: the softmax it writes out, as one op reading
+    ``x``, and its ops. A sum or a max over another dim computes something else, or another
+    softmax than an attention's over its keys, and is left as it is written."""
+    if div.name != "div" or len(div.input_ids) != 2:
+        return None
+    e_id, total_id = div.input_ids
+    exp, total = rec.producer(e_id, div.index), rec.producer(total_id, div.index)
+    if exp is None or total is None or exp.name != "exp" or total.name != "sum" or total.input_ids != [e_id] \
+            or not total.args.get("keepdim") or not exp.input_ids:
+        return None
+    dim = _one_dim(total)
+    if dim is None or dim != len(total.in_shape) - 1:
+        return None  # over the keys only: one over another dim is said as the written-out run it is
+    parts, x_id = [exp, total, div], exp.input_ids[0]
+    sub = rec.producer(x_id, exp.index)
+    if sub is not None and sub.name == "sub" and len(sub.input_ids) == 2:
+        peak = rec.producer(sub.input_ids[1], sub.index)
+        if peak is not None and peak.name in ("amax", "max") and peak.input_ids == sub.input_ids[:1] \
+                and _one_dim(peak) == dim:
+            parts, x_id = [peak, sub, *parts], sub.input_ids[0]
+    softmax = Op(index=div.index, name="softmax", spelling="exp(x - max) / sum", args={"dim": dim, "dtype": None},
+                 params={}, param_values={}, input_ids=[x_id], out_ids=div.out_ids, outputs=div.outputs,
+                 scope=div.scope, in_shape=div.in_shape)
+    return softmax, parts
+
+
+def _one_dim(reduction: Op) -> int | None:
+    """The one dim a reduction runs over, counted from the front (None for several or all)."""
+    dim = reduction.args.get("dim", reduction.args.get("arg1"))
+    if isinstance(dim, (tuple, list)) and len(dim) == 1:
+        dim = dim[0]
+    if not isinstance(dim, int) or isinstance(dim, bool) or not reduction.in_shape:
+        return None
+    return dim % len(reduction.in_shape)
 
 
 def _attention_operand(rec: OpRecorder, tensor_id: int, before: int) -> int:
@@ -1395,6 +1477,62 @@ def _argument_findings(module: str, c: Op, r: Op) -> list[dict]:
     return out
 
 
+def _head_findings(module: str, c: Op, r: Op, cand: _Side, ref: _Side) -> list[dict]:
+    """An attention whose q, k and v are split into another number of heads than its twin's (the
+    same tokens and width, heads of another size): the head count, said first, with the other
+    arguments that differ, less a scale that each side derives from its own head size (1/sqrt(d)
+    follows from the split; fixing it alone would not fix the port)."""
+    split = _head_split(c, r, cand, ref)
+    if split is None:
+        return []
+    (c_heads, c_dim), (r_heads, r_dim) = split
+    shown = (lambda heads, dim: f"{heads} heads of {dim}" if heads else f"heads of {dim}")
+    derived = _follows_head_size(c.args.get("scale"), c_dim) and _follows_head_size(r.args.get("scale"), r_dim)
+    scale = " (its scale 1/sqrt(head size) follows)" if derived and not _same_value(c.args.get("scale"),
+                                                                                       r.args.get("scale")) else ""
+    text = (f"{module}: attention split into {shown(c_heads, c_dim)} in the candidate, {shown(r_heads, r_dim)} "
+            f"in the reference: another head count{scale}")
+    rest = [f for f in _argument_findings(module, c, r) if not (derived and f["argument"] == "scale")]
+    return [_finding(module, "argument", c.name, "heads", c_heads or c_dim, r_heads or r_dim, text), *rest]
+
+
+def _head_split(c: Op, r: Op, cand: _Side, ref: _Side) -> tuple[tuple[int | None, int], tuple[int | None, int]] | None:
+    """``((heads, head size), (heads, head size))`` of two attentions whose queries hold as many
+    values for as many tokens in heads of other sizes; a head count is None where the query folds
+    the heads into its batch (``(batch * heads, tokens, head size)``) on both sides and the
+    module's input does not say the batch."""
+    if c.name != "scaled_dot_product_attention" or r.name != c.name or not c.input_ids or not r.input_ids:
+        return None
+    q_c, q_r = cand.rec.passed(c.input_ids[0], c.index), ref.rec.passed(r.input_ids[0], r.index)
+    if q_c is None or q_r is None or q_c.ndim < 3 or q_r.ndim < 3:
+        return None
+    if q_c.shape[-1] == q_r.shape[-1] or q_c.shape[-2] != q_r.shape[-2] or q_c.numel() != q_r.numel():
+        return None
+    lead_c, lead_r = q_c.numel() // q_c.shape[-2] // q_c.shape[-1], q_r.numel() // q_r.shape[-2] // q_r.shape[-1]
+    heads_c = int(q_c.shape[-3]) if q_c.ndim >= 4 else _folded_heads(lead_c, q_c.shape[-2], ref.rec)
+    heads_r = int(q_r.shape[-3]) if q_r.ndim >= 4 else _folded_heads(lead_r, q_r.shape[-2], ref.rec)
+    if heads_c is None and heads_r is not None and heads_r * lead_c % lead_r == 0:
+        heads_c = heads_r * lead_c // lead_r  # the same batch on both sides: heads in proportion
+    if heads_r is None and heads_c is not None and heads_c * lead_r % lead_c == 0:
+        heads_r = heads_c * lead_r // lead_c
+    return (heads_c, int(q_c.shape[-1])), (heads_r, int(q_r.shape[-1]))
+
+
+def _folded_heads(lead: int, tokens: int, rec: OpRecorder) -> int | None:
+    """The heads a query ``(batch * heads, tokens, head size)`` folds into its batch, the batch read
+    from the module's own token input ``(batch, tokens, width)`` (or ``(tokens, batch, width)``),
+    or None where no such input says it."""
+    for t in rec.given.values():
+        if t.ndim == 3 and tokens in t.shape[:2]:
+            batch = t.shape[1] if t.shape[0] == tokens else t.shape[0]
+            return lead // batch if lead % batch == 0 else None
+    return None
+
+
+def _follows_head_size(scale: Any, head_size: int) -> bool:
+    return isinstance(scale, (int, float)) and math.isclose(scale, head_size ** -0.5, rel_tol=1e-6)
+
+
 def _same_axes(c_shape: tuple[int, ...], c_dim: Any, r_shape: tuple[int, ...], r_dim: Any) -> bool:
     """Whether two ``dim`` arguments name the same axes of twin inputs laid out differently (the
     channels: 3 of an NHWC map, 1 of an NCHW one): the inputs' shapes are permutations of each other,
@@ -1515,6 +1653,76 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
                 text = f"{module}: {c.name} {key} {c.params[key]} in the candidate; the reference passes none"
             out.append(_finding(module, "argument", c.name, key, c.params.get(key), r.params.get(key), text))
     return out
+
+
+def _part_findings(module: str, c: Op, r: Op, cs: list[Op], expected: Expected | None) -> list[dict]:
+    """A parameter stored right of which ``c`` receives one slice where the reference passes all of
+    it, and no other op of the candidate receives the rest: a position table added to the patch
+    tokens only (``pos[:, 1:]``), its class token's row never added."""
+    out = []
+    for key, r_key in _paired_params(c, r):
+        passed_c, passed_r = c.operands.get(key, c.param_values[key]), r.operands.get(r_key, r.param_values[r_key])
+        stored_c, name = c.param_values[key], c.params[key]
+        if passed_r.numel() != r.param_values[r_key].numel() or passed_c.numel() >= stored_c.numel() \
+                or _stored_right(stored_c, r.param_values[r_key], expected(name) if expected else None) is None:
+            continue
+        part = _slice_of(passed_c, stored_c)
+        if part is None or any(op is not c and name in op.params.values() for op in cs):
+            continue  # another op receives a part of it too: the rest is applied elsewhere
+        taken, rest = part
+        text = (f"{module}: {c.name} receives {name}{taken} only ({passed_c.numel()} of its {stored_c.numel()} "
+                f"values), where the reference passes all of {r.params[r_key]}: "
+                f"{' and '.join(name + part for part in rest)} never reaches this {c.name}")
+        out.append(_finding(module, "argument", c.name, name, f"{name}{taken}", r.params[r_key], text))
+    return out
+
+
+def _slice_of(part: torch.Tensor, whole: torch.Tensor) -> tuple[str, list[str]] | None:
+    """Where ``part`` lies in ``whole`` as one slice along one axis (``[:, 1:9]``), and the slices
+    of ``whole`` left out (``[:, 0:1]``), or None."""
+    if part.ndim != whole.ndim:
+        return None
+    short = [d for d in range(whole.ndim) if part.shape[d] != whole.shape[d]]
+    if len(short) != 1 or part.shape[short[0]] > whole.shape[short[0]]:
+        return None
+    d, n = short[0], part.shape[short[0]]
+    index = (lambda lo, hi: "[" + ":, " * d + f"{lo}:{hi}]")
+    for start in range(whole.shape[d] - n + 1):
+        if torch.equal(whole.narrow(d, start, n), part.to(whole.dtype)):
+            rest = [index(lo, hi) for lo, hi in ((0, start), (start + n, whole.shape[d])) if hi > lo]
+            return index(start, start + n), rest
+    return None
+
+
+def _broadcast_findings(module: str, c: Op, r: Op) -> list[dict]:
+    """A parameter operand spread over other axes of the result than its twin's, where the two ops
+    receive the same inputs and write results of one shape: a layer scale passed in part (one of
+    its values for every channel), or broadcast along another axis than the channels'."""
+    if c.shape is None or c.shape != r.shape:
+        return []
+    out = []
+    for key, r_key in _paired_params(c, r):
+        passed_c, passed_r = c.operands.get(key, c.param_values[key]), r.operands.get(r_key, r.param_values[r_key])
+        axes_c, axes_r = _spread(passed_c, len(c.shape)), _spread(passed_r, len(r.shape))
+        if axes_c == axes_r:
+            continue
+        name, ref_name = c.params[key], r.params[r_key]
+        if passed_c.numel() < passed_r.numel():
+            text = (f"{module}: {c.name} receives {passed_c.numel()} of {name}'s values (passed as "
+                    f"{tuple(passed_c.shape)}), where the reference passes all {passed_r.numel()} of {ref_name} "
+                    f"({tuple(passed_r.shape)}): sliced or reshaped otherwise before it broadcasts")
+        else:
+            text = (f"{module}: {c.name} operand {name} runs along axes {list(axes_c)} of the result "
+                    f"{tuple(c.shape)}, where the reference's {ref_name} runs along axes {list(axes_r)}: "
+                    f"broadcast along another axis (reshaped otherwise?)")
+        out.append(_finding(module, "argument", c.name, name, f"axes {list(axes_c)}", f"axes {list(axes_r)}", text))
+    return out
+
+
+def _spread(operand: torch.Tensor, ndim: int) -> tuple[int, ...]:
+    """The axes of an ``ndim`` result along which a broadcast ``operand`` holds more than one value."""
+    shift = ndim - operand.ndim
+    return tuple(d + shift for d, n in enumerate(operand.shape) if n > 1)
 
 
 def _permuted_twin(stored: torch.Tensor, reference: torch.Tensor) -> tuple[int, ...] | None:
@@ -1887,7 +2095,8 @@ def _swapped_inputs(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tol
         return []
 
     def agree(a: torch.Tensor, b: torch.Tensor) -> bool:
-        return a.shape == b.shape and _outputs_agree([a], [b], tol)
+        # heads folded into the batch ((batch * heads, tokens, head size)) on one side only: one reshape apart
+        return a.numel() == b.numel() and _outputs_agree([a.reshape(b.shape)], [b], tol)
 
     for i, a in enumerate(cv):
         if agree(a, rv[i]):
@@ -1898,6 +2107,55 @@ def _swapped_inputs(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tol
                     f"(operands passed in another order?)")
             return [_finding(module, "argument", c.name, names[i], names[j], names[i], text)]
     return []
+
+
+def _other_part(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance) -> list[dict]:
+    """An input that holds another part of what the reference splits (a split, chunk or unbind of a
+    fused projection) than the part the reference passes there: key and value slices taken in
+    another order, in an attention of any form (``k * softmax(q)`` as much as a fused call)."""
+    cv = [cand.rec.value(i, c.index) for i in c.input_ids]
+    for i in r.input_ids:
+        found = _split_part(ref.rec, i, r.index)
+        if found is None:
+            continue
+        parts, k = found
+        for a in cv:
+            if a is None or _outputs_agree([a], [parts.outputs[k]], tol, same_shape=True):
+                continue
+            j = next((j for j, b in enumerate(parts.outputs) if j != k and _holds(a, b, tol)), None)
+            if j is not None:
+                n = len(parts.outputs)
+                text = (f"{module}: {c.name} receives part {j + 1} of the {n} the reference's {parts.name} makes, "
+                        f"where the reference passes part {k + 1}: parts taken in another order (swapped?)")
+                return [_finding(module, "argument", c.name, "input", f"part {j + 1} of {n}", f"part {k + 1} of {n}",
+                                 text)]
+    return []
+
+
+def _holds(a: torch.Tensor, b: torch.Tensor, tol: Tolerance) -> bool:
+    """Whether ``a`` holds ``b``'s values, in any layout (a part transposed after the split) or
+    reshaped (heads folded into the batch)."""
+    return a.numel() == b.numel() and (_outputs_agree([a], [b], tol, same_shape=True)
+                                       or _outputs_agree([a.reshape(b.shape)], [b], tol))
+
+
+_PARTS = frozenset({"split", "chunk", "unbind", "tensor_split"})
+_PART_VIEWS = 8  # layout ops followed back from an operand to the split it is a part of (reshape, permute...)
+
+
+def _split_part(rec: OpRecorder, tensor_id: int, before: int) -> tuple[Op, int] | None:
+    """The op splitting a tensor into parts (``qkv.split(...)``) that ``tensor_id`` is one of,
+    through the layout ops after it, and which part."""
+    for _ in range(_PART_VIEWS):
+        op = rec.producer(tensor_id, before)
+        if op is None or op.kind != "layout":
+            return None
+        if op.name in _PARTS and len(op.out_ids) > 1:
+            return op, op.out_ids.index(tensor_id)
+        if not op.input_ids:
+            return None
+        tensor_id, before = op.input_ids[0], op.index
+    return None
 
 
 _REORDER_WINDOW = 12  # stream positions searched for the twin of an op computed in another order
@@ -2232,19 +2490,24 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                 continue
             where = _scoped(module, c)
             found = _feeding(pending, unpaired, c, r, cand, ref)
-            found += _located(_argument_findings(where, c, r), c, r, cs, ref_name)
-            found += _param_findings(where, c, r, ref_module, root, expected)
+            found += _located(_head_findings(where, c, r, cand, ref) or _argument_findings(where, c, r), c, r, cs,
+                              ref_name)
+            found += _part_findings(where, c, r, cs, expected) or _param_findings(where, c, r, ref_module, root,
+                                                                                   expected)
             found += _mask_findings(where, c, r, tol)
             inputs_differ = not found and _inputs_differ(c, r, cand, ref, tol)
             relaid = not found and not inputs_differ and _relaid_input(c, r, cand, ref)
             if inputs_differ or relaid:
                 found = _swapped_inputs(where, c, r, cand, ref, tol) \
+                    or _other_part(where, c, r, cand, ref, tol) \
                     or _rearranged_input(where, c, r, cand, ref, tol) \
                     or _layout_findings(module, cand, ref, last_c, c.index, last_r, r.index, c.name, agreed)
             if not found and relaid:
                 found = [_finding(where, "op", c.name, None, None, None,
                                   f"{where}: {c.name} receives the reference's input in another layout, "
                                   f"{relaid} ({_difference(c.outputs, r.outputs)})")]
+            if not found and not inputs_differ:
+                found = _broadcast_findings(where, c, r)
             if not found:
                 why = ("receives other inputs, though every operation before it agrees: they are sliced, "
                        "indexed or ordered differently" if inputs_differ

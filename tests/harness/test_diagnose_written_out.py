@@ -232,10 +232,11 @@ def test_a_patch_embedding_written_as_unfold_and_a_product_is_a_convolution_whos
 
 def test_the_tokens_of_an_unfold_patch_embedding_need_no_flattening_of_a_map_to_be_compared():
     candidate, reference = _patch_pair(cls=True)
-    candidate.pos_first = True  # the reference's flatten and transpose of its map are no difference: the cat is
-    findings = _ops(diagnose_modules(candidate, reference, (images(),), {}))
+    candidate.pos_first = True  # the reference's flatten and transpose of its map are no difference: the add
+    findings = _ops(diagnose_modules(candidate, reference, (images(),), {}))  # of a part of the table is
     assert [f["text"] for f in findings] == [
-        "<root>: cat(dim=1) missing in the candidate before add; the reference applies it"], findings_text(findings)
+        "<root>: add receives pos[:, 1:5] only (64 of its 80 values), where the reference passes all of pos_embed: "
+        "pos[:, 0:1] never reaches this add"], findings_text(findings)
 
 
 def test_a_class_token_concatenated_with_the_patches_is_no_operand_of_the_add_after():
