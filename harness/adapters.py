@@ -15,7 +15,10 @@ adapter that brings the candidate's tensor into the reference's shape:
 4. window partition or reverse for window sizes that fit, with and without a cyclic shift of
    half a window, of a map ``(B, H, W, C)`` or of its tokens ``(B, H*W, C)`` (each grid the
    token and window counts allow);
-5. twins of one shape whose plain comparison fails and whose inputs agree only through such a
+5. a map ``(B, C, H, W)`` and its non-overlapping patches as tokens ``(B, L, C*p*p)``, each patch
+   flattened channel first (``F.unfold``) or channel last (a patchify before a linear patch
+   embedding), either way round (tried first: only shapes made for a patch grid fit it);
+6. twins of one shape whose plain comparison fails and whose inputs agree only through such a
    permutation: the permutations of 2. that keep the shape (NHWC against NCHW when
    C == H == W), and rolls of the token axes by a few tokens (a port keeping its class token at
    the end of the sequence); one that passes is taken. A module
@@ -32,7 +35,7 @@ layout, so equal element counts suffice.
 
 Whether two tensors agree in any layout (:func:`agreeing_layout`): tensors of one shape are
 measured as they are; tensors of another shape through the adapter found, and so are tensors of one
-shape that disagree as they are when the caller asks for the shape-keeping permutations (5.).
+shape that disagree as they are when the caller asks for the shape-keeping permutations (6.).
 """
 
 from __future__ import annotations
@@ -112,6 +115,9 @@ def _perm_text(dims: Sequence[int]) -> str:
 
 
 def _candidates(cand_shape: tuple[int, ...], ref_shape: tuple[int, ...]) -> Iterator[Adapter]:
+    # a patch grid fits only shapes made for it (features C*p*p, tokens H*W/p^2): tried first, it
+    # is among the few layouts tried when values upstream are off and cannot tell layouts apart
+    yield from _patch_adapters(cand_shape, ref_shape)
     if _groupable(cand_shape, ref_shape):
         yield Adapter(f"reshape{ref_shape}", lambda t: t.reshape(ref_shape))
     nd = len(cand_shape)
@@ -138,6 +144,29 @@ def _candidates(cand_shape: tuple[int, ...], ref_shape: tuple[int, ...]) -> Iter
                 yield Adapter(f"reshape{shape} + {_perm_text(inverse)}",
                               lambda t, shape=shape, inverse=inverse: t.reshape(shape).permute(*inverse))
     yield from _window_adapters(cand_shape, ref_shape)
+
+
+def _patch_adapters(cand: tuple[int, ...], ref: tuple[int, ...]) -> Iterator[Adapter]:
+    """A map ``(B, C, H, W)`` against its non-overlapping ``p x p`` patches as tokens ``(B, L, F)``,
+    each patch flattened channel first (``F.unfold``'s ``(C, p, p)``) or channel last (``(p, p, C)``,
+    a patchify written for a linear patch embedding); both directions."""
+    for map_shape, patch_shape, to_patches in ((cand, ref, True), (ref, cand, False)):
+        if len(map_shape) != 4 or len(patch_shape) != 3 or map_shape[0] != patch_shape[0]:
+            continue
+        b, c, h, w = map_shape
+        p = math.isqrt(patch_shape[2] // c) if patch_shape[2] % c == 0 else 0
+        if p < 2 or c * p * p != patch_shape[2] or h % p or w % p or patch_shape[1] != (h // p) * (w // p):
+            continue
+        for order, dims in (("(C, p, p)", (0, 2, 4, 1, 3, 5)), ("(p, p, C)", (0, 2, 4, 3, 5, 1))):
+            grid = (b, c, h // p, p, w // p, p)
+            if to_patches:
+                yield Adapter(f"{p}x{p} patches of the map, each as {order}",
+                              lambda t, grid=grid, dims=dims, out=patch_shape: t.reshape(grid).permute(*dims).reshape(out))
+            else:
+                inverse = [dims.index(i) for i in range(6)]
+                split = tuple(grid[d] for d in dims)
+                yield Adapter(f"the map of {p}x{p} patches, each as {order}",
+                              lambda t, split=split, inverse=inverse, out=map_shape: t.reshape(split).permute(*inverse).reshape(out))
 
 
 def _partition(x: torch.Tensor, ws: int) -> torch.Tensor:
