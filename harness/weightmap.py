@@ -9,9 +9,14 @@ reference tensor(s) into the candidate's:
 - ``reshape`` (shape), ``transpose`` (dims), ``permute`` (dims): another layout of the same
   values (``(C,)`` against ``(C, 1, 1)``, a 1x1 convolution against a linear layer).
 
+A reference tensor may feed several candidate tensors (a port keeping the head its reference ties
+to the embedding, or a relative-position table per block where the reference shares one).
+
 :meth:`WeightMap.to_candidate` reads the table forward, :meth:`WeightMap.to_reference` backward
-(every step is invertible), :meth:`WeightMap.transfer` copies a reference's values into a candidate,
-:meth:`WeightMap.save` / :func:`load_weight_map` keep it as JSON (``"format": FORMAT``).
+(every step is invertible; of several candidate tensors fed by one reference tensor, the first
+gives it back, and the others must hold the same), :meth:`WeightMap.transfer` copies a reference's
+values into a candidate, :meth:`WeightMap.save` / :func:`load_weight_map` keep it as JSON
+(``"format": FORMAT``).
 :meth:`WeightMap.twin_chains` and :meth:`WeightMap.fused_twins` tell which modules hold
 corresponding tensors, for alignment. How a map is inferred: :mod:`harness.weights`.
 """
@@ -38,6 +43,8 @@ __all__ = ["WeightMap", "Entry", "load_weight_map", "FORMAT", "layout_steps", "o
 
 FORMAT = "parity-harness weight map 1"
 NEVER_USED = "never used by the forward on these inputs, and no unused counterpart in order"
+# the reason of a reference tensor the candidate replaces by reading one of its own tensors again
+STANDS_IN = "feeds nothing in the candidate: where the reference reads it, the candidate reads"
 
 # -- transforms as data (steps: harness.keymap) --------------------------------------------------
 def layout_steps(target: tuple[int, ...], source: tuple[int, ...]) -> tuple[list[Step], float] | None:
@@ -235,6 +242,11 @@ class WeightMap:
             return (f"the weight map gives no value to {len(unfilled)} candidate tensor(s) the forward reads "
                     f"({_shown(unfilled)}): unless they were filled another way, the failure may be the transfer, "
                     f"not the model (see the map's reasons; give their sources in the map, or fill them by hand)")
+        shared = [k for k in untaken if self.reason("reference", k).startswith(STANDS_IN)]
+        if shared and len(shared) == len(untaken):
+            return (f"the candidate applies tensors again where the reference applies {len(shared)} tensor(s) of its "
+                    f"own ({_shown(shared)}): the two agree only where those hold the values the candidate's tensors "
+                    f"took (see the map's reasons)")
         if untaken:
             return (f"the reference's forward reads {len(untaken)} tensor(s) that no candidate tensor takes "
                     f"({_shown(untaken)}): the candidate computes without them (a position table or a bias it "
@@ -255,18 +267,30 @@ class WeightMap:
             return None
         return _forward_move(entry).apply(reference_state)[candidate_key]
 
-    def to_reference(self, candidate_state: Mapping[str, torch.Tensor]) -> StateDict:
-        """The table read backward: reference tensors (by reference key) from candidate tensors."""
-        return apply_moves(self.moves("reference"), candidate_state, what="candidate state")
+    def to_reference(self, candidate_state: Mapping[str, torch.Tensor], *, strict: bool = True) -> StateDict:
+        """The table read backward: reference tensors (by reference key) from candidate tensors.
+
+        Two readings lose values, and are checked: where several candidate tensors take one
+        reference tensor (a port keeping the head a reference ties to its embedding), the first
+        entry's tensor gives it its values; where an entry inserts constant rows (the zero key bias
+        of a fused ``qkv`` bias), they are dropped. With ``strict`` a ValueError names each
+        candidate tensor the result would not give back (a tied copy that differs, inserted rows
+        that are not the constant): the reference cannot hold what it holds. ``strict=False``
+        takes the first tensor and drops the rows without a check."""
+        out = apply_moves(self.moves("reference"), candidate_state, what="candidate state")
+        if strict:
+            _check_given_back(self.entries, out, candidate_state)
+        return out
 
     def moves(self, to: str) -> list[Move]:
         """The table as :class:`harness.keymap.Move` rows toward ``to`` ("candidate" or "reference"):
-        the same engine that reads the families' conversion tables."""
+        the same engine that reads the families' conversion tables. Toward the reference, a
+        reference tensor several entries take is given by the first of them (see :meth:`to_reference`)."""
         if to == "candidate":
             return [_forward_move(e) for e in self.entries]
         cuts: dict[str, list[Entry]] = {}
         moves = []
-        for e in self.entries:
+        for e in _first_readers(self.entries):
             if any(s["op"] == "slice" for s in e.steps):
                 cuts.setdefault(e.reference[0], []).append(e)
             else:
@@ -360,6 +384,49 @@ class WeightMap:
         return (f"WeightMap({len(self.entries)} entries, coverage={self.coverage:.3f}, "
                 f"unmatched={len(self.unmatched['candidate'])}/{len(self.unmatched['reference'])}, "
                 f"verified={self.verified})")
+
+
+def _first_readers(entries: Iterable[Entry]) -> list[Entry]:
+    """The entries that give their reference tensors back: of several taking one reference tensor
+    (tied), the first; a slice of a fused tensor is one of its parts, each of which gives it back."""
+    taken: set[str] = set()
+    out = []
+    for e in entries:
+        cut = next((s for s in e.steps if s["op"] == "slice"), None)
+        part = tuple(e.reference) if cut is None else (e.reference[0], cut["dim"], cut["start"], cut["stop"],
+                                                       tuple(map(str, e.steps)))
+        if part in taken or cut is None and taken & set(e.reference):
+            continue
+        taken.add(part)
+        taken.update(e.reference if cut is None else ())
+        out.append(e)
+    return out
+
+
+def _check_given_back(entries: list[Entry], reference_state: Mapping[str, Any],
+                      candidate_state: Mapping[str, Any]) -> None:
+    """ValueError unless the reference tensors read backward give each candidate tensor back
+    whose reading loses values: a tied copy not read back, an entry inserting constants."""
+    kept = {id(e) for e in _first_readers(entries)}
+    lost = []
+    for e in entries:
+        if id(e) in kept and not any(s["op"] == "insert" for s in e.steps):
+            continue
+        given = candidate_state.get(e.candidate)
+        if not isinstance(given, torch.Tensor) or any(not isinstance(reference_state.get(k), torch.Tensor)
+                                                      for k in e.reference):
+            continue  # headers (shapes only), or a tensor the state does not hold
+        back = _forward_move(e).apply(reference_state)[e.candidate]
+        if back.shape != given.shape or not torch.equal(back.to(given.dtype), given.detach()):
+            diff = float((back.double() - given.detach().double()).abs().max()) if back.shape == given.shape else math.inf
+            why = ("the constant rows the map inserts" if id(e) in kept
+                   else f"what {' + '.join(e.reference)} (taken from another candidate tensor) gives it")
+            lost.append(f"{e.candidate} differs from {why} by up to {diff:.3e}")
+    if lost:
+        raise ValueError(f"reading the weight map backward would lose values the reference cannot hold: "
+                         f"{'; '.join(lost[:4])}{' ...' if len(lost) > 4 else ''}; make the tied tensors equal "
+                         f"and the constant rows constant first, or pass strict=False to take the first tied "
+                         f"tensor's values and drop the constant rows")
 
 
 def _not_held(keys: Mapping[str, tuple[int, ...]], tensors: Mapping[str, torch.Tensor]) -> list[str]:
@@ -589,7 +656,9 @@ def _twin_chains(weights: WeightMap, candidate: nn.Module, reference: nn.Module)
     sinks: dict[str, set[str]] = {}
     for e in entries:
         for r in e.reference:
-            sinks.setdefault(r, set()).add(e.candidate)
+            # a reference tensor several candidate tensors take (a head tied to the embedding) twins
+            # the module of the first: the others' modules compute another use of it
+            sinks.setdefault(r, {e.candidate})
     cand_sub = subtree_keys(candidate, sources)
     ref_sub = subtree_keys(reference, sinks)
     by_keys: dict[frozenset[str], list[str]] = {}
@@ -604,7 +673,7 @@ def _twin_chains(weights: WeightMap, candidate: nn.Module, reference: nn.Module)
         if src not in by_keys:
             continue
         back = frozenset(c for r in src for c in sinks[r])
-        if back != keys:
+        if not back <= keys:  # its sources feed tensors elsewhere too: it holds part of a twin's tensors
             continue
         groups.setdefault(src, []).append(name)
     return [(names, by_keys[src]) for src, names in groups.items()]

@@ -21,7 +21,10 @@ its weights. The algorithm:
    adding it to the output of such a layer without bias (``x @ W + b``) is that layer's bias, read
    as ``(out,)``. Reading only a tensor's shape (``b.numel()``, ``torch.zeros_like(b)``) is no use,
    nor is writing constants into rows of a copy of it (torchvision's Swin V2 zeroes the key third
-   of its fused ``qkv`` bias where used): the copy's reader uses it.
+   of its fused ``qkv`` bias where used): the copy's reader uses it. A tensor read again later by
+   another operation (a head tied to the embedding, ``h @ emb.weight.t()``; a relative-position
+   table every block reads; a block applied twice) is noted there again, as a later read (up to
+   ``_REPEATS`` per tensor).
 2. Siblings. Consecutive operations of one kind that read the same input tensor (the query, key
    and value projections of one token sequence) may stand for one fused operation on the other
    side: their i-th tensors, concatenated along dim 0, form a composite that can match one tensor.
@@ -41,6 +44,14 @@ its weights. The algorithm:
    keeps its weight and bias as buffers), at a cost that keeps pairs of one kind first. Ties are broken by the operation that used the
    tensor (a ``layer_norm`` weight matches a ``layer_norm`` weight), then by the tensor's own name
    (``weight``/``bias``), then by word overlap of the full names. Names never decide alone.
+   A later read pairs only with a tensor used by the same kind of operation, and counts less than
+   any pair of first uses, so it never takes a tensor from its first-use counterpart. Where the
+   reference reads a tensor again, the candidate tensor paired there takes it too (one reference
+   tensor feeds several candidate tensors: a port keeping the head its reference ties to the
+   embedding); where the candidate reads a tensor again whose source is known, the reference
+   tensors there feed nothing in the candidate (a block applied twice against two blocks: the first
+   application's tensors feed it, the second's are unmatched with that reason, and a note says so).
+   Later reads are then set aside: no later search pairs a tensor without this evidence.
    Units stay whole: where leftovers were paired by shape alone (a block that runs its shortcut
    before the main branch on one side and after it on the other), a unit (a conv and its norm)
    whose tensors come from several reference units exchanges same-role tensors with another so
@@ -91,7 +102,7 @@ from harness.trace import ROOT
 from harness.checks import check_module
 from harness.diagnose import numeric_setting_differences
 from harness.keymap import invert_steps, shape_after, simplify_steps
-from harness.weightmap import (NEVER_USED, Entry, Step, WeightMap, layout_steps, load_weight_map, owner_of,
+from harness.weightmap import (NEVER_USED, STANDS_IN, Entry, Step, WeightMap, layout_steps, load_weight_map, owner_of,
                                regrouped_rows, shape_permutations)
 
 __all__ = ["WeightMap", "Entry", "map_weights", "infer_map", "load_weight_map"]
@@ -111,6 +122,7 @@ class _Tensor:
     pieces: tuple[tuple[str | None, int, int, tuple[Step, ...]], ...] = ()
     dim: int = 0
     overwritten: tuple[tuple[int, int], ...] = ()  # rows (dim 0) the forward replaces by constants before use
+    again: bool = False  # a later read of a tensor used before (a tied head, a block applied twice)
 
     @property
     def used_shape(self) -> tuple[int, ...]:
@@ -137,6 +149,7 @@ _NO_VALUES = {"numel", "size", "dim", "ndimension", "nelement", "element_size", 
               "is_contiguous", "is_floating_point", "is_complex", "data_ptr", "len", "zeros_like", "ones_like",
               "empty_like", "full_like", "new_zeros", "new_ones", "new_empty", "new_full"}
 _FILLS = {"zero_", "fill_"}  # in-place writes of a constant
+_REPEATS = 32  # later reads of one tensor noted, at most: a block applied that many times more
 
 
 @dataclass(frozen=True)
@@ -275,7 +288,10 @@ class _FirstUse(TorchFunctionMode):
         super().__init__()
         self.watched = watched
         self.seen: set[str] = set()
-        self.uses: list[tuple[str, str, int, int | None, tuple[Step, ...]]] = []  # (key, op, op index, source id, to_used)
+        # (key, op, op index, source id, to_used, again): ``again`` for a later read of a tensor used before
+        self.uses: list[tuple[str, str, int, int | None, tuple[Step, ...], bool]] = []
+        self.last: dict[str, int] = {}  # key -> the op index of its latest read
+        self.repeats: dict[str, int] = {}  # key -> later reads noted
         self.ops = 0
         # id(re-laid-out tensor) -> (key, steps from the stored tensor, the tensor: kept alive so its id stays its own)
         self.relaid: dict[int, tuple[str, tuple[Step, ...], torch.Tensor]] = {}
@@ -339,8 +355,8 @@ class _FirstUse(TorchFunctionMode):
         for position in sorted(range(len(held)), key=lambda position: position != at):
             h = held[position][1]
             steps = linear.steps if position == at else ()
-            if h is not None and h[0] not in self.seen:
-                self._use(h[0], op, self.ops, source, (*h[1], *steps))
+            if h is not None:
+                self._use(h[0], op, self.ops, source, (*h[1], *steps), again=h[0] in self.seen)
             elif position in joined and any(key is None for key, _ in joined[position][0]):
                 self._use_fused(joined[position], op, source, steps)
 
@@ -389,9 +405,17 @@ class _FirstUse(TorchFunctionMode):
             if key not in self.seen:
                 self._use(key, "getitem", index, None, steps)
 
-    def _use(self, key: str, op: str, index: int, source: int | None, to_used: tuple[Step, ...]) -> None:
+    def _use(self, key: str, op: str, index: int, source: int | None, to_used: tuple[Step, ...],
+             again: bool = False) -> None:
+        """Note a read of ``key``: its first use, or (``again``) a later read by another operation,
+        which may be where the other model reads a tensor of its own (a tied output head)."""
+        if again:
+            if self.last.get(key) == index or self.repeats.get(key, 0) >= _REPEATS:
+                return  # one operation reading it twice; or a loop, whose later reads pair nothing new
+            self.repeats[key] = self.repeats.get(key, 0) + 1
         self.seen.add(key)
-        self.uses.append((key, op, index, source, to_used))
+        self.last[key] = index
+        self.uses.append((key, op, index, source, to_used, again))
 
     def _held(self, t: torch.Tensor) -> tuple[str, tuple[Step, ...], Any] | None:
         """(key, steps from the stored tensor) when ``t`` is a watched tensor or a re-layout of one."""
@@ -431,12 +455,12 @@ class _FirstUse(TorchFunctionMode):
         if name not in ("add", "iadd", "radd") or kwargs or len(held) != 2:
             return False
         for (out, mine), (bias, h) in (held, held[::-1]):
-            found = self.outputs.get(id(out)) if mine is None and h is not None and h[0] not in self.seen else None
+            found = self.outputs.get(id(out)) if mine is None and h is not None else None
             if found is None or found[0]() is not out:
                 continue
             steps = _bias_steps(tuple(bias.shape), tuple(out.shape), found[3])
             if steps is not None:
-                self._use(h[0], "linear", found[1], found[2], (*h[1], *steps))
+                self._use(h[0], "linear", found[1], found[2], (*h[1], *steps), again=h[0] in self.seen)
                 return True
         return False
 
@@ -470,7 +494,7 @@ class _FirstUse(TorchFunctionMode):
         for key, (op, index) in self.first_touch.items():
             if key not in self.seen:
                 self.seen.add(key)
-                self.uses.append((key, op, index, None, ()))
+                self.uses.append((key, op, index, None, (), False))
         self.uses.sort(key=lambda use: use[2])  # stable: argument order within one operation
         self.relaid.clear()
         self.joined.clear()
@@ -524,9 +548,9 @@ def _first_uses(model: nn.Module, run: Callable[[nn.Module], Any]) -> tuple[list
             getattr(m, n).clear()
     kinds = {k: "parameter" for k, _ in model.named_parameters()}
     out = [_Tensor(k, tuple(learned[k].shape), kinds.get(k, "buffer"), op, i, src, steps,
-                   overwritten=tuple(recorder.overwritten.get(k, ())))
+                   overwritten=tuple(recorder.overwritten.get(k, ())), again=again)
            if k in learned else _fused_tensor(k, recorder.fused[k], learned, kinds, (op, i, src, steps))
-           for k, op, i, src, steps in recorder.uses]
+           for k, op, i, src, steps, again in recorder.uses]
     tail = recorder.ops + 1
     for key, t in learned.items():
         if key not in recorder.seen:
@@ -583,6 +607,7 @@ def _composites(tensors: list[_Tensor], *, stored: bool) -> dict[int, list[tuple
             same = (t.op == head.op and (t.source == head.source or t.op == "linear")
                     and ops[e][0] == ops[e - 1][-1] + 1
                     and all(tensors[a].used_shape[1:] == tensors[b].used_shape[1:] and tensors[a].kind == tensors[b].kind
+                            and tensors[a].again == tensors[b].again == head.again
                             and not tensors[a].pieces and not tensors[b].pieces
                             and len(tensors[a].shape) >= 1 and not (stored and (tensors[a].to_used or tensors[b].to_used))
                             for a, b in zip(ops[s], ops[e])))
@@ -612,6 +637,17 @@ def _bonus(c: _Tensor, r: _Tensor) -> float:
 
 
 _OTHER_KIND = 0.6  # what pairing a parameter with a buffer costs: more than a pair of one kind gains by its names
+# what a pair counts where one side reads a tensor again (a tied head, a shared block): less than any
+# pair of first uses, so that a later read never takes a tensor from its first-use counterpart
+_AGAIN = 0.5
+
+
+def _pair_weight(c: _Tensor, r: _Tensor) -> float:
+    """1 for two first uses; ``_AGAIN`` where either reads a tensor again and both operations are
+    one kind (the evidence that the two reads play one role); 0 (no pair) otherwise."""
+    if not (c.again or r.again):
+        return 1.0
+    return _AGAIN if c.op == r.op and c.op != "<unused>" else 0.0
 
 
 def _align(cand: list[_Tensor], ref: list[_Tensor]) -> list[tuple[list[int], list[int], list[Step], str]]:
@@ -652,13 +688,14 @@ def _align(cand: list[_Tensor], ref: list[_Tensor]) -> list[tuple[list[int], lis
                 push(i, j + 1, here, ("skip_r", i, j))
             if i < n and j < m:
                 c, r = cand[i], ref[j]
-                fit = layout(c.used_shape, r.used_shape)
+                weight = _pair_weight(c, r)
+                fit = layout(c.used_shape, r.used_shape) if weight else None
                 if fit is not None:
                     # a parameter against a buffer: a frozen norm keeps its weight and bias as buffers
                     # (detectron2's FrozenBatchNorm2d); one of a kind is preferred where both fit
                     steps = simplify_steps([*r.to_used, *fit[0], *c.from_used()], r.shape)
                     kinds = 0.0 if c.kind == r.kind else _OTHER_KIND
-                    push(i + 1, j + 1, here + 1.0 - fit[1] + _bonus(c, r) - kinds, ("one", i, j, steps))
+                    push(i + 1, j + 1, here + weight * (1.0 - fit[1] + _bonus(c, r) - kinds), ("one", i, j, steps))
             for end, units in comp_r.get(j, ()):  # one candidate tensor per reference composite
                 if i + len(units) > n:
                     continue
@@ -666,13 +703,14 @@ def _align(cand: list[_Tensor], ref: list[_Tensor]) -> list[tuple[list[int], lis
                 for k, unit in enumerate(units):
                     c = cand[i + k]
                     r0 = ref[unit.members[0]]
-                    fit = layout(c.used_shape, unit.shape) if c.kind == r0.kind else None
+                    weight = _pair_weight(c, r0)
+                    fit = layout(c.used_shape, unit.shape) if c.kind == r0.kind and weight else None
                     if fit is None:
                         break
                     sizes = [ref[x].shape[0] for x in unit.members]
                     steps_all.append([{"op": "concat", "dim": 0, "sizes": sizes},
                                       *simplify_steps([*fit[0], *c.from_used()], unit.shape)])
-                    gain += len(unit.members) * (1.0 - fit[1] + _bonus(c, r0))
+                    gain += weight * len(unit.members) * (1.0 - fit[1] + _bonus(c, r0))
                 else:
                     push(i + len(units), end, here + gain, ("concat", i, j, units, steps_all))
             for end, units in comp_c.get(i, ()):  # several candidate tensors from one reference tensor
@@ -682,11 +720,12 @@ def _align(cand: list[_Tensor], ref: list[_Tensor]) -> list[tuple[list[int], lis
                 for k, unit in enumerate(units):
                     r = ref[j + k]
                     c0 = cand[unit.members[0]]
-                    fit = layout(unit.shape, r.used_shape) if c0.kind == r.kind else None
+                    weight = _pair_weight(c0, r)
+                    fit = layout(unit.shape, r.used_shape) if c0.kind == r.kind and weight else None
                     if fit is None:
                         break
                     steps_all.append([*r.to_used, *fit[0]])
-                    gain += len(unit.members) * (1.0 - fit[1] + _bonus(c0, r))
+                    gain += weight * len(unit.members) * (1.0 - fit[1] + _bonus(c0, r))
                 else:
                     push(end, j + len(units), here + gain, ("slice", i, j, units, steps_all))
     out: list[tuple[list[int], list[int], list[Step], str]] = []
@@ -742,7 +781,8 @@ def infer_map(
     used_c: set[int] = set()
     used_r: set[int] = set()
     reasons: dict[str, str] = {}
-    entries = _paired(cand, ref, _align(cand, ref), used_c, used_r)
+    idle: dict[str, str] = {}  # reference keys a tensor the candidate reads again stands in for -> why
+    entries = _paired(cand, ref, _align(cand, ref), used_c, used_r, idle)
     entries += _repair(cand, ref, entries, used_c, used_r, reasons)
     # a tensor joined from parts that found no counterpart whole: its parts may each have one
     if _split_leftovers(cand, used_c, reasons) + _split_leftovers(ref, used_r, reasons):
@@ -756,6 +796,11 @@ def infer_map(
     entries.sort(key=lambda e: order[e.candidate])
     entries += _companions(entries, candidate, reference, cand_computed, ref_computed)
     unmatched = _unmatched(cand, ref, used_c, used_r, reasons)
+    fed = {k for e in entries for k in e.reference}
+    for key, why in idle.items():
+        if key not in fed:
+            reasons[f"reference:{key}" if key in unmatched["candidate"] else key] = why
+            unmatched["reference"].append(key)
     _computed_alike(unmatched, {"candidate": candidate, "reference": reference}, cand_computed, ref_computed)
     mapped_buffers = {e.candidate for e in entries} | {k for e in entries for k in e.reference}
     computed = {"candidate": [k for k in cand_computed if k not in mapped_buffers],
@@ -765,22 +810,66 @@ def infer_map(
     for k in computed["reference"]:
         reasons[k] = ref_computed[k]
     numel = sum(p.numel() for p in candidate.parameters())
-    return WeightMap(entries=entries, unmatched=unmatched, reasons=reasons, computed=computed, candidate_numel=numel)
+    notes = _shared_notes(entries, [k for k in unmatched["reference"] if k in idle])
+    return WeightMap(entries=entries, unmatched=unmatched, reasons=reasons, computed=computed, candidate_numel=numel,
+                     notes=notes)
 
 
-def _paired(cand: list[_Tensor], ref: list[_Tensor], pairs: list, used_c: set[int], used_r: set[int]) -> list[Entry]:
-    """Entries for the aligned pairs (their indices noted as used)."""
+def _paired(cand: list[_Tensor], ref: list[_Tensor], pairs: list, used_c: set[int], used_r: set[int],
+            idle: dict[str, str]) -> list[Entry]:
+    """Entries for the aligned pairs (their indices noted as used). A pair where the reference
+    reads a tensor again gives the candidate tensor that tensor too (a head tied to the embedding
+    against a port keeping two). A pair where the candidate reads a tensor again whose source is
+    known already gives nothing: the reference tensors there feed nothing in the candidate, said in
+    ``idle`` (a block applied twice against two blocks). Every later read is then set aside, and
+    every first use of a tensor the pairs gave a counterpart, so that no later search pairs a
+    tensor twice without that evidence."""
     entries: list[Entry] = []
+    sources: dict[str, tuple[str, ...]] = {}  # candidate key -> the reference keys it takes
     for ci, ri, steps, how in pairs:
         c = cand[ci[0]]
         if any(ref[r].pieces for r in ri) or c.pieces and how != "one":
             continue  # no entry holds zeros; a composite is not cut apart: left to the searches after
+        keys = tuple(ref[r].key for r in ri)
+        if c.key in sources:  # read again by the candidate, its source known
+            if sources[c.key] != keys:
+                idle.update({ref[r].key: _idle_reason(c.key, sources[c.key]) for r in ri
+                             if not ref[r].again})
+            continue
         entries += _pieces_of(c, ref[ri[0]], steps) if c.pieces else [Entry(
-            candidate=c.key, reference=tuple(ref[r].key for r in ri), steps=tuple(steps),
+            candidate=c.key, reference=keys, steps=tuple(steps),
             shape=c.shape, reference_shapes=tuple(ref[r].shape for r in ri), kind=c.kind)]
+        sources[c.key] = keys
         used_c.update(ci)
         used_r.update(ri)
+    fed = {k for e in entries for k in e.reference}
+    used_c.update(k for k, t in enumerate(cand) if t.again or t.key in sources)
+    used_r.update(k for k, t in enumerate(ref) if t.again or t.key in fed or t.key in idle)
     return entries
+
+
+def _idle_reason(candidate_key: str, sources: tuple[str, ...]) -> str:
+    return (f"{STANDS_IN} {candidate_key} again, whose values come from {' + '.join(sources)} (the candidate shares one tensor where the "
+            f"reference keeps one per use; the two agree only where these hold the same values)")
+
+
+def _shared_notes(entries: list[Entry], idle: list[str]) -> list[str]:
+    """What a reader of the map should know about tensors read at several places: a reference
+    tensor feeding several candidate tensors (a tied head), reference tensors standing for a
+    candidate tensor read again (a shared block)."""
+    readers: dict[str, list[str]] = {}
+    for e in entries:
+        for k in e.reference:
+            readers.setdefault(k, []).append(e.candidate)
+    notes = [f"{key} feeds {len(keys)} candidate tensors ({', '.join(keys)}): the reference reads it at "
+             f"{len(keys)} places, the candidate keeps one tensor per place; read backward, the map takes "
+             f"{keys[0]}'s values and checks that the others hold the same" for key, keys in readers.items()
+             if len(keys) > 1 and len(set(keys)) > 1]
+    if idle:
+        notes.append(f"{len(idle)} reference tensor(s) feed nothing in the candidate ({', '.join(idle[:4])}"
+                     f"{', ...' if len(idle) > 4 else ''}): the candidate applies its tensors again where the "
+                     f"reference applies these (see their reasons)")
+    return notes
 
 
 def _unmatched(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], used_r: set[int],
