@@ -7,7 +7,10 @@ reference tensor(s) into the candidate's:
 - ``concat`` (dim, sizes): several reference tensors into one (split ``q``/``k``/``v`` into ``qkv``);
 - ``slice`` (dim, start, stop): one part of a fused reference tensor (``qkv`` into ``q``);
 - ``reshape`` (shape), ``transpose`` (dims), ``permute`` (dims): another layout of the same
-  values (``(C,)`` against ``(C, 1, 1)``, a 1x1 convolution against a linear layer).
+  values (``(C,)`` against ``(C, 1, 1)``, a 1x1 convolution against a linear layer);
+- ``insert`` (dim, start, size, value): a block of one constant the reference keeps as no tensor
+  (the zero key bias of a fused ``qkv`` bias, against ``q_bias`` and ``v_bias``); read backward,
+  its rows are dropped and checked to hold that constant.
 
 A reference tensor may feed several candidate tensors (a port keeping the head its reference ties
 to the embedding, or a relative-position table per block where the reference shares one).
@@ -322,11 +325,16 @@ class WeightMap:
             by_owner.setdefault(owner_of(e.candidate), []).append(e)
         out = []
         for owner, entries in by_owner.items():
-            kinds = {e.steps[0]["op"] if e.steps else "one" for e in entries}
+            # a bias with zeros inserted for a layer without one joins the layers that have one
+            kinds = {"concat" if e.steps and e.steps[0]["op"] == "insert" else e.steps[0]["op"] if e.steps else "one"
+                     for e in entries}
             if kinds == {"concat"}:
                 sources = {tuple(owner_of(k) for k in e.reference) for e in entries}
-                if len(sources) == 1 and len(set(next(iter(sources)))) > 1:
-                    out.append(("concat", owner or ROOT, next(iter(sources)), None))
+                whole = max(sources, key=len)
+                if all(_in_order(part, whole) for part in sources) and len(set(whole)) > 1 and all(
+                        len(part) == len(whole) or any(st["op"] == "insert" for st in e.steps)
+                        for e, part in ((e, tuple(owner_of(k) for k in e.reference)) for e in entries)):
+                    out.append(("concat", owner or ROOT, whole, None))
             cuts = {(tuple(owner_of(k) for k in e.reference),
                      next(((st["start"], st["stop"], shape_after(e.steps[:e.steps.index(st)], e.reference_shapes[0])[0])
                            for st in e.steps if st["op"] == "slice"), None)) for e in entries}
@@ -386,6 +394,12 @@ class WeightMap:
                 f"verified={self.verified})")
 
 
+def _in_order(part: tuple[str, ...], whole: tuple[str, ...]) -> bool:
+    """Whether ``part`` is ``whole`` with some members left out, in its order."""
+    rest = iter(whole)
+    return all(any(p == w for w in rest) for p in part)
+
+
 def _first_readers(entries: Iterable[Entry]) -> list[Entry]:
     """The entries that give their reference tensors back: of several taking one reference tensor
     (tied), the first; a slice of a fused tensor is one of its parts, each of which gives it back."""
@@ -418,7 +432,8 @@ def _check_given_back(entries: list[Entry], reference_state: Mapping[str, Any],
             continue  # headers (shapes only), or a tensor the state does not hold
         back = _forward_move(e).apply(reference_state)[e.candidate]
         if back.shape != given.shape or not torch.equal(back.to(given.dtype), given.detach()):
-            diff = float((back.double() - given.detach().double()).abs().max()) if back.shape == given.shape else math.inf
+            diff = (float((back.double() - given.detach().double()).abs().max()) if back.shape == given.shape
+                    else math.inf)
             why = ("the constant rows the map inserts" if id(e) in kept
                    else f"what {' + '.join(e.reference)} (taken from another candidate tensor) gives it")
             lost.append(f"{e.candidate} differs from {why} by up to {diff:.3e}")

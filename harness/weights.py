@@ -36,16 +36,22 @@ its weights. The algorithm:
    A tensor joined where used from stored tensors and zeros (timm's Swin V2 and BEiT build their
    fused bias as ``torch.cat([q_bias, zeros, v_bias])``) is one tensor with parts: matched to one
    tensor of the other side, each stored part takes its slice of it (``q_bias <- qkv.bias[0:C]``,
-   ``v_bias <- qkv.bias[2C:3C]``); the rows of the zeros are not carried. The other way round a
-   map entry cannot make the zeros: the tensor stays unmatched and its reason gives the parts.
+   ``v_bias <- qkv.bias[2C:3C]``); the rows of the zeros are not carried. The other way round the
+   stored tensor takes the parts concatenated with the zeros inserted where they sit
+   (``qkv.bias <- cat(q_bias, v_bias)`` + ``insert`` of C zeros at C); against a tensor joined
+   alike, each part takes its twin. Likewise sibling linear layers some of which have no bias
+   (BEiT's key projection: an affine map without constant term) make a composite bias with zeros
+   in those layers' rows, which a fused layer's bias may match.
 3. Alignment. A dynamic program over the two first-use sequences, in order, pairs tensors that can
    hold the same values (same shape; the same after squeezing or flattening; transposed; a
    composite) and maximizes the number of pairs. A parameter may pair with a buffer (a frozen norm
    keeps its weight and bias as buffers), at a cost that keeps pairs of one kind first. Ties are broken by the operation that used the
    tensor (a ``layer_norm`` weight matches a ``layer_norm`` weight), then by the tensor's own name
    (``weight``/``bias``), then by word overlap of the full names. Names never decide alone.
-   A later read pairs only with a tensor used by the same kind of operation, and counts less than
-   any pair of first uses, so it never takes a tensor from its first-use counterpart. Where the
+   Later reads join the alignment only where first uses alone leave a tensor either forward uses
+   without a counterpart (a loop applying one block on both sides adds nothing). A later read
+   pairs only with a tensor used by the same kind of operation, and counts less than any pair of
+   first uses, so it never takes a tensor from its first-use counterpart. Where the
    reference reads a tensor again, the candidate tensor paired there takes it too (one reference
    tensor feeds several candidate tensors: a port keeping the head its reference ties to the
    embedding); where the candidate reads a tensor again whose source is known, the reference
@@ -576,6 +582,8 @@ class _Unit:
 
     members: tuple[int, ...]  # indices into the side's tensor list
     shape: tuple[int, ...]
+    # (start row, rows) of the parts no member holds: the zero bias of a sibling layer without one
+    zeros: tuple[tuple[int, int], ...] = ()
 
 
 def _composites(tensors: list[_Tensor], *, stored: bool) -> dict[int, list[tuple[int, list[_Unit]]]]:
@@ -618,8 +626,36 @@ def _composites(tensors: list[_Tensor], *, stored: bool) -> dict[int, list[tuple
                 members = tuple(ops[k][pos] for k in range(s, e + 1))
                 first = tensors[members[0]].used_shape
                 units.append(_Unit(members, (sum(tensors[m].used_shape[0] for m in members), *first[1:])))
-            out.setdefault(ops[s][0], []).append((ops[e][-1] + 1, units))
+            bias = _bias_with_zeros(tensors, ops[s:e + 1]) if stored else None
+            out.setdefault(ops[s][0], []).append((ops[e][-1] + 1, units + [bias] * (bias is not None)))
     return out
+
+
+def _joined_steps(sizes: list[int], zeros: Iterable[tuple[int, int]], dim: int) -> list[Step]:
+    """Steps joining stored parts of ``sizes`` along ``dim`` with blocks of zeros ``(start, size)``
+    between them: the parts concatenated, then each block inserted where it sits in the whole."""
+    steps: list[Step] = [{"op": "concat", "dim": dim, "sizes": list(sizes)}] if len(sizes) > 1 else []
+    return steps + [{"op": "insert", "dim": dim, "start": start, "size": size, "value": 0.0} for start, size in zeros]
+
+
+def _bias_with_zeros(tensors: list[_Tensor], ops: list[list[int]]) -> _Unit | None:
+    """Sibling linear layers some of which have no bias (BEiT's key projection): their bias is the
+    others' biases with zeros in the rows of those without, an affine map with no constant term.
+    None unless each layer reads a weight, then at most a bias of its output size."""
+    if tensors[ops[0][0]].op != "linear" or {len(members) for members in ops} != {1, 2}:
+        return None
+    members, zeros, start = [], [], 0
+    for op in ops:
+        rows = tensors[op[0]].used_shape[0]
+        if len(op) == 2:
+            if tensors[op[1]].used_shape != (rows,):
+                return None
+            members.append(op[1])
+        else:
+            zeros.append((start, rows))
+        start += rows
+    return _Unit(tuple(members), (start,), tuple(zeros))
+
 
 
 def _words(key: str) -> set[str]:
@@ -697,22 +733,20 @@ def _align(cand: list[_Tensor], ref: list[_Tensor]) -> list[tuple[list[int], lis
                     kinds = 0.0 if c.kind == r.kind else _OTHER_KIND
                     push(i + 1, j + 1, here + weight * (1.0 - fit[1] + _bonus(c, r) - kinds), ("one", i, j, steps))
             for end, units in comp_r.get(j, ()):  # one candidate tensor per reference composite
-                if i + len(units) > n:
-                    continue
+                required = sum(not unit.zeros for unit in units)  # a bias with zeros may stay unpaired
                 gain, steps_all = 0.0, []
-                for k, unit in enumerate(units):
+                for k, unit in enumerate(units[:n - i]):
                     c = cand[i + k]
                     r0 = ref[unit.members[0]]
                     weight = _pair_weight(c, r0)
                     fit = layout(c.used_shape, unit.shape) if c.kind == r0.kind and weight else None
                     if fit is None:
                         break
-                    sizes = [ref[x].shape[0] for x in unit.members]
-                    steps_all.append([{"op": "concat", "dim": 0, "sizes": sizes},
+                    steps_all.append([*_joined_steps([ref[x].shape[0] for x in unit.members], unit.zeros, 0),
                                       *simplify_steps([*fit[0], *c.from_used()], unit.shape)])
                     gain += weight * len(unit.members) * (1.0 - fit[1] + _bonus(c, r0))
-                else:
-                    push(i + len(units), end, here + gain, ("concat", i, j, units, steps_all))
+                    if k + 1 >= required:
+                        push(i + k + 1, end, here + gain, ("concat", i, j, units[:k + 1], list(steps_all)))
             for end, units in comp_c.get(i, ()):  # several candidate tensors from one reference tensor
                 if j + len(units) > m:
                     continue
@@ -778,11 +812,12 @@ def infer_map(
     """The inferred map, without verification (steps 1-4 of the module docstring)."""
     cand, cand_computed = _first_uses(candidate, _runner(inputs, candidate_call, "candidate"))
     ref, ref_computed = _first_uses(reference, _runner(inputs, reference_call, "reference"))
+    cand, ref, pairs = _aligned(cand, ref)
     used_c: set[int] = set()
     used_r: set[int] = set()
     reasons: dict[str, str] = {}
     idle: dict[str, str] = {}  # reference keys a tensor the candidate reads again stands in for -> why
-    entries = _paired(cand, ref, _align(cand, ref), used_c, used_r, idle)
+    entries = _paired(cand, ref, pairs, used_c, used_r, idle)
     entries += _repair(cand, ref, entries, used_c, used_r, reasons)
     # a tensor joined from parts that found no counterpart whole: its parts may each have one
     if _split_leftovers(cand, used_c, reasons) + _split_leftovers(ref, used_r, reasons):
@@ -815,6 +850,21 @@ def infer_map(
                      notes=notes)
 
 
+def _aligned(cand: list[_Tensor], ref: list[_Tensor]) -> tuple[list[_Tensor], list[_Tensor], list]:
+    """The two sequences and their alignment: of first uses alone, and only where that leaves a
+    tensor used by either forward without a counterpart, with the later reads too. Later reads
+    lengthen the sequences by every repeated application (a block run in a loop), and where first
+    uses pair whole they have nothing to add."""
+    firsts = [t for t in cand if not t.again], [t for t in ref if not t.again]
+    pairs = _align(*firsts)
+    if len(firsts[0]) == len(cand) and len(firsts[1]) == len(ref):
+        return cand, ref, pairs
+    paired = {k for ci, _, _, _ in pairs for k in ci}, {k for _, ri, _, _ in pairs for k in ri}
+    if all(k in taken or t.op == "<unused>" for side, taken in zip(firsts, paired) for k, t in enumerate(side)):
+        return *firsts, pairs
+    return cand, ref, _align(cand, ref)
+
+
 def _paired(cand: list[_Tensor], ref: list[_Tensor], pairs: list, used_c: set[int], used_r: set[int],
             idle: dict[str, str]) -> list[Entry]:
     """Entries for the aligned pairs (their indices noted as used). A pair where the reference
@@ -828,8 +878,15 @@ def _paired(cand: list[_Tensor], ref: list[_Tensor], pairs: list, used_c: set[in
     sources: dict[str, tuple[str, ...]] = {}  # candidate key -> the reference keys it takes
     for ci, ri, steps, how in pairs:
         c = cand[ci[0]]
+        joined = _joined_entries(c, ref[ri[0]], steps) if how == "one" and ref[ri[0]].pieces else None
+        if joined is not None and c.key not in sources:
+            entries += joined
+            sources[c.key] = ref[ri[0]].key,
+            used_c.update(ci)
+            used_r.update(ri)
+            continue
         if any(ref[r].pieces for r in ri) or c.pieces and how != "one":
-            continue  # no entry holds zeros; a composite is not cut apart: left to the searches after
+            continue  # a composite is not cut apart: left to the searches after
         keys = tuple(ref[r].key for r in ri)
         if c.key in sources:  # read again by the candidate, its source known
             if sources[c.key] != keys:
@@ -849,8 +906,9 @@ def _paired(cand: list[_Tensor], ref: list[_Tensor], pairs: list, used_c: set[in
 
 
 def _idle_reason(candidate_key: str, sources: tuple[str, ...]) -> str:
-    return (f"{STANDS_IN} {candidate_key} again, whose values come from {' + '.join(sources)} (the candidate shares one tensor where the "
-            f"reference keeps one per use; the two agree only where these hold the same values)")
+    return (f"{STANDS_IN} {candidate_key} again, whose values come from {' + '.join(sources)} (the candidate "
+            f"shares one tensor where the reference keeps one per use; the two agree only where these hold the same "
+            f"values)")
 
 
 def _shared_notes(entries: list[Entry], idle: list[str]) -> list[str]:
@@ -954,17 +1012,45 @@ def _pieces_of(c: _Tensor, r: _Tensor, steps: list[Step]) -> list[Entry]:
     return out
 
 
+def _joined_entries(c: _Tensor, r: _Tensor, steps: list[Step]) -> list[Entry] | None:
+    """The entries of a candidate tensor matched to a reference tensor joined where used from
+    stored tensors and zeros (``torch.cat([q_bias, zeros, v_bias])``). Against a stored fused
+    tensor (a ``qkv`` bias) one entry: the stored parts concatenated, the zeros inserted where
+    they sit, then ``steps`` (the whole's). Against a tensor joined alike, each part from its
+    twin. None where a part is re-laid out before the join (an entry concatenates reference
+    tensors as stored), or the two are joined from other parts."""
+    if any(key is not None and back for key, _, _, back in (*r.pieces, *c.pieces)):
+        return None
+    if c.pieces:
+        layout = [[(a, b, key is None) for key, a, b, _ in t.pieces] for t in (c, r)]
+        if steps or c.dim != r.dim or layout[0] != layout[1]:
+            return None
+        return [Entry(ck, (rk,), (), _part_shape(c, a, b), (_part_shape(r, a, b),), c.kind)
+                for (ck, a, b, _), (rk, *_) in zip(c.pieces, r.pieces) if ck is not None]
+    parts = [(key, start, stop) for key, start, stop, _ in r.pieces if key is not None]
+    zeros = [(start, stop - start) for key, start, stop, _ in r.pieces if key is None]
+    joined = _joined_steps([stop - start for _, start, stop in parts], zeros, r.dim)
+    return [Entry(c.key, tuple(key for key, *_ in parts), tuple([*joined, *steps]), c.shape,
+                  tuple(_part_shape(r, a, b) for _, a, b in parts), c.kind)]
+
+
+def _part_shape(t: _Tensor, start: int, stop: int) -> tuple[int, ...]:
+    """The shape of the part ``start:stop`` along ``t.dim`` of a tensor joined where used."""
+    return tuple(stop - start if d == t.dim else n for d, n in enumerate(t.shape))
+
+
 def _inexpressible(c: _Tensor, other: _Tensor) -> dict[str, str]:
     """Why a candidate tensor matched to a reference tensor joined where used from stored tensors
-    and zeros has no entry: an entry takes every value from reference tensors, so it cannot hold
-    the zeros."""
+    and zeros has no entry: an entry concatenates reference tensors as stored, so it cannot re-lay
+    out a part before the join, nor cut a tensor joined from other parts into them."""
     parts = ", ".join(f"{_rows(a, b, other.dim)} {key or 'zeros'}" for key, a, b, _ in other.pieces)
     zeros = [(a, b) for key, a, b, _ in other.pieces if key is None]
     kept = " (the candidate's forward replaces the zeros' rows itself)" if other.dim == 0 and all(
         any(x <= a and b <= y for x, y in c.overwritten) for a, b in zeros) else ""
-    why = (f"the reference joins its counterpart where used from {parts}{kept}: a weight map entry takes every "
-           f"value from reference tensors and has no step that makes zeros, so it cannot express this one; "
-           f"fill {c.key} by hand (torch.cat of those parts with zeros)")
+    why = (f"the reference joins its counterpart where used from {parts}{kept}, re-laying out a part first or "
+           f"joining other parts than the candidate: a weight map entry concatenates reference tensors as stored "
+           f"and inserts constants between them, so it cannot express this one; fill {c.key} by hand (torch.cat "
+           f"of those parts with zeros)")
     out = {c.key: why}
     out.update({f"reference:{key}": f"{_rows(a, b, other.dim)} of what the reference joins where used, the "
                                     f"candidate's {c.key}, which a weight map entry cannot express (see its reason)"
@@ -998,7 +1084,8 @@ def _repair(cand: list[_Tensor], ref: list[_Tensor], entries: list[Entry], used_
             continue
         region = _common_prefix(found)
         for _ in range(3):  # the module itself, then up to two enclosing ones (a q_bias beside qkv)
-            fits = [(k, t) for k, t in free_r.items() if t.kind == c.kind and t.key.startswith(region)
+            fits = [(k, t) for k, t in free_r.items()
+                    if t.kind == c.kind and _stored_keys(t)[0].startswith(region)
                     and layout_steps(c.shape, t.shape) is not None]
             if fits or not region:
                 break
@@ -1008,10 +1095,11 @@ def _repair(cand: list[_Tensor], ref: list[_Tensor], entries: list[Entry], used_
         k, t = max(fits, key=lambda kt: (layout_steps(c.shape, kt[1].shape)[1] * -1, _bonus(c, kt[1])))
         steps = layout_steps(c.shape, t.shape)[0]
         del free_r[k]
-        if t.pieces:  # no entry can hold the zeros joined in: both stay unmatched, said why
+        joined = _joined_entries(c, t, steps) if t.pieces else None
+        if t.pieces and joined is None:  # no entry can hold these parts: both stay unmatched, said why
             reasons.update(_inexpressible(c, t))
             continue
-        out += _pieces_of(c, t, steps) if c.pieces else [
+        out += joined if joined is not None else _pieces_of(c, t, steps) if c.pieces else [
             Entry(c.key, (t.key,), tuple(steps), c.shape, (t.shape,), c.kind)]
         used_c.add(ci)
         used_r.add(k)
