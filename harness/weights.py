@@ -919,10 +919,14 @@ def _shared_notes(entries: list[Entry], idle: list[str]) -> list[str]:
     for e in entries:
         for k in e.reference:
             readers.setdefault(k, []).append(e.candidate)
-    notes = [f"{key} feeds {len(keys)} candidate tensors ({', '.join(keys)}): the reference reads it at "
-             f"{len(keys)} places, the candidate keeps one tensor per place; read backward, the map takes "
-             f"{keys[0]}'s values and checks that the others hold the same" for key, keys in readers.items()
-             if len(keys) > 1 and len(set(keys)) > 1]
+    shared = [(key, keys) for key, keys in readers.items() if len(set(keys)) > 1]
+    notes = []
+    if shared:
+        shown = "; ".join(f"{key} feeds {len(keys)} candidate tensors ({', '.join(keys)})" for key, keys in shared[:3])
+        more = f"; and {len(shared) - 3} more" if len(shared) > 3 else ""
+        notes.append(f"{shown}{more}: the reference reads each at several places, the candidate keeps one tensor "
+                     f"per place; read backward, the first gives the reference tensor its values and the others "
+                     f"must hold the same")
     if idle:
         notes.append(f"{len(idle)} reference tensor(s) feed nothing in the candidate ({', '.join(idle[:4])}"
                      f"{', ...' if len(idle) > 4 else ''}): the candidate applies its tensors again where the "

@@ -307,3 +307,10 @@ def test_a_failing_comparison_through_a_shared_block_map_says_the_reference_bloc
     report = harness.compare(candidate, reference, tokens(), weights=weights)
     assert not report.passed and "the candidate applies tensors again where the reference applies 6 tensor(s)" \
         in report.notes[0], report.notes
+
+
+def test_two_port_blocks_against_one_reference_block_applied_twice_both_take_it_and_are_verified():
+    weights = harness.map_weights(randomized(TwoBlocks(equal=False), 1), randomized(SharedBlock(), 2), tokens())
+    found = sources(weights)
+    assert (found.get("layers.0.fc1.weight"), found.get("layers.1.fc1.weight"), weights.verified) == (
+        ("block.fc1.weight",), ("block.fc1.weight",), True), str(weights)
