@@ -42,7 +42,7 @@ from harness.keymap import Move, StateDict, Step, apply_moves, check_step, descr
 from harness.trace import ROOT
 
 __all__ = ["WeightMap", "Entry", "load_weight_map", "FORMAT", "layout_steps", "owner_of", "clear_weight_caches",
-           "regrouped_rows"]
+           "regrouped_rows", "tied_copies"]
 
 FORMAT = "parity-harness weight map 1"
 NEVER_USED = "never used by the forward on these inputs, and no unused counterpart in order"
@@ -400,20 +400,37 @@ def _in_order(part: tuple[str, ...], whole: tuple[str, ...]) -> bool:
     return all(any(p == w for w in rest) for p in part)
 
 
-def _first_readers(entries: Iterable[Entry]) -> list[Entry]:
-    """The entries that give their reference tensors back: of several taking one reference tensor
-    (tied), the first; a slice of a fused tensor is one of its parts, each of which gives it back."""
-    taken: set[str] = set()
-    out = []
+def _copied(entries: Iterable[Entry]) -> list[tuple[Entry, Entry | None]]:
+    """Each entry with the earlier entry whose values it takes too (None for the first): of
+    several taking one reference tensor (tied), the later ones copy the first; a slice of a fused
+    tensor is one of its parts, so only an entry taking the same slice copies it."""
+    first: dict[Any, Entry] = {}
+    out: list[tuple[Entry, Entry | None]] = []
     for e in entries:
         cut = next((s for s in e.steps if s["op"] == "slice"), None)
         part = tuple(e.reference) if cut is None else (e.reference[0], cut["dim"], cut["start"], cut["stop"],
                                                        tuple(map(str, e.steps)))
-        if part in taken or cut is None and taken & set(e.reference):
-            continue
-        taken.add(part)
-        taken.update(e.reference if cut is None else ())
-        out.append(e)
+        earlier = first.get(part) or (next((first[k] for k in e.reference if k in first), None) if cut is None
+                                      else None)
+        out.append((e, earlier))
+        if earlier is None:
+            first[part] = e
+            first.update({k: e for k in e.reference} if cut is None else {})
+    return out
+
+
+def _first_readers(entries: Iterable[Entry]) -> list[Entry]:
+    """The entries that give their reference tensors back (see :func:`_copied`)."""
+    return [e for e, earlier in _copied(entries) if earlier is None]
+
+
+def tied_copies(entries: Iterable[Entry]) -> dict[str, list[str]]:
+    """Candidate keys taking the same reference values as an earlier entry's (a port keeping the
+    head its reference ties to the embedding): the earlier candidate key -> the later ones."""
+    out: dict[str, list[str]] = {}
+    for e, earlier in _copied(entries):
+        if earlier is not None:
+            out.setdefault(earlier.candidate, []).append(e.candidate)
     return out
 
 

@@ -109,7 +109,7 @@ from harness.checks import check_module
 from harness.diagnose import numeric_setting_differences
 from harness.keymap import invert_steps, shape_after, simplify_steps
 from harness.weightmap import (NEVER_USED, STANDS_IN, Entry, Step, WeightMap, layout_steps, load_weight_map, owner_of,
-                               regrouped_rows, shape_permutations)
+                               regrouped_rows, shape_permutations, tied_copies)
 
 __all__ = ["WeightMap", "Entry", "map_weights", "infer_map", "load_weight_map"]
 
@@ -915,11 +915,8 @@ def _shared_notes(entries: list[Entry], idle: list[str]) -> list[str]:
     """What a reader of the map should know about tensors read at several places: a reference
     tensor feeding several candidate tensors (a tied head), reference tensors standing for a
     candidate tensor read again (a shared block)."""
-    readers: dict[str, list[str]] = {}
-    for e in entries:
-        for k in e.reference:
-            readers.setdefault(k, []).append(e.candidate)
-    shared = [(key, keys) for key, keys in readers.items() if len(set(keys)) > 1]
+    sources = {e.candidate: " + ".join(e.reference) for e in entries}
+    shared = [(sources[first], [first, *copies]) for first, copies in tied_copies(entries).items()]
     notes = []
     if shared:
         shown = "; ".join(f"{key} feeds {len(keys)} candidate tensors ({', '.join(keys)})" for key, keys in shared[:3])

@@ -206,3 +206,8 @@ def test_a_fused_port_with_a_wrong_value_bias_blames_its_qkv_layer_against_the_s
 
 def test_a_fused_layer_whose_bias_has_zeros_for_a_layer_without_one_twins_all_three_split_layers(split_map):
     assert split_map.fused_twins() == [("concat", "qkv", ("query", "key", "value"), None)], split_map.fused_twins()
+
+
+def test_split_layers_cut_from_one_fused_layer_are_parts_of_it_not_tied_copies():
+    weights = harness.map_weights(randomized(SplitBlock(key_bias=True), 1), randomized(FusedBlock(), 2), tokens())
+    assert (weights.verified, [n for n in weights.notes if "feeds" in n]) == (True, []), str(weights)
