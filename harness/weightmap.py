@@ -686,11 +686,11 @@ def _twin_chains(weights: WeightMap, candidate: nn.Module, reference: nn.Module)
     entries = [e for e in weights.entries if e.kind == "parameter" or e.steps == ()]
     sources = {e.candidate: set(e.reference) for e in entries}
     sinks: dict[str, set[str]] = {}
-    for e in entries:
+    # a reference tensor several candidate tensors take whole (a head tied to the embedding) twins
+    # the module of the first: the copies' modules compute another use of it
+    for e in _first_readers(entries):
         for r in e.reference:
-            # a reference tensor several candidate tensors take (a head tied to the embedding) twins
-            # the module of the first: the others' modules compute another use of it
-            sinks.setdefault(r, {e.candidate})
+            sinks.setdefault(r, set()).add(e.candidate)
     cand_sub = subtree_keys(candidate, sources)
     ref_sub = subtree_keys(reference, sinks)
     by_keys: dict[frozenset[str], list[str]] = {}

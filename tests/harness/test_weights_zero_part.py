@@ -211,3 +211,9 @@ def test_a_fused_layer_whose_bias_has_zeros_for_a_layer_without_one_twins_all_th
 def test_split_layers_cut_from_one_fused_layer_are_parts_of_it_not_tied_copies():
     weights = harness.map_weights(randomized(SplitBlock(key_bias=True), 1), randomized(FusedBlock(), 2), tokens())
     assert (weights.verified, [n for n in weights.notes if "feeds" in n]) == (True, []), str(weights)
+
+
+def test_a_split_layer_cut_from_one_fused_layer_is_not_the_fused_layers_twin():
+    candidate, reference = randomized(SplitBlock(key_bias=True), 1), randomized(FusedBlock(), 2)
+    chains = harness.map_weights(candidate, reference, tokens(), verify=False).twin_chains(candidate, reference)
+    assert not any("qkv" in rs for _, rs in chains), chains
