@@ -657,7 +657,6 @@ def _bias_with_zeros(tensors: list[_Tensor], ops: list[list[int]]) -> _Unit | No
     return _Unit(tuple(members), (start,), tuple(zeros))
 
 
-
 def _words(key: str) -> set[str]:
     return {w for w in re.split(r"[._]", key) if w and not w.isdigit()}
 
@@ -881,7 +880,7 @@ def _paired(cand: list[_Tensor], ref: list[_Tensor], pairs: list, used_c: set[in
         joined = _joined_entries(c, ref[ri[0]], steps) if how == "one" and ref[ri[0]].pieces else None
         if joined is not None and c.key not in sources:
             entries += joined
-            sources[c.key] = ref[ri[0]].key,
+            sources[c.key] = (ref[ri[0]].key,)
             used_c.update(ci)
             used_r.update(ri)
             continue
