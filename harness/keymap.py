@@ -9,7 +9,9 @@ weight maps of :mod:`harness.weightmap`.
 The unit is a :class:`Move`: source keys -> target keys. Its tensors are read, each through its
 ``pre`` steps; several sources are concatenated along ``dim``; the ``steps`` run on the result;
 several targets split it along ``dim`` (``sizes``, or equal parts). Steps are data: ``slice``,
-``reshape``, ``transpose``, ``permute`` (a stored ``concat`` step is the move's join).
+``reshape``, ``transpose``, ``permute`` (a stored ``concat`` step is the move's join), ``insert``
+(a block of one constant put in along a dim: the zero key bias a fused ``qkv`` bias holds where
+the other side keeps only ``q_bias`` and ``v_bias``) and its inverse ``remove``.
 
 A :class:`KeyTable` is an ordered tuple of :class:`Rule` rows, written once from the reference
 side (the upstream layout) to the candidate side. A template names an index with ``{i}``
@@ -32,6 +34,7 @@ torch only to concatenate real tensors.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
@@ -48,7 +51,7 @@ __all__ = ["Move", "Rule", "KeyTable", "KeyMapping", "StateDict", "Step", "apply
 StateDict = dict[str, "torch.Tensor"]
 Step = dict[str, Any]
 LAYOUT_OPS = ("reshape", "transpose", "permute")
-STEP_OPS = ("concat", "slice", *LAYOUT_OPS)
+STEP_OPS = ("concat", "slice", "insert", "remove", *LAYOUT_OPS)
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
 
 
@@ -57,15 +60,19 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
 _INT = ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))
 _INTS = ("a list of integers", is_int_list)
 _PAIR = ("a list of two integers", lambda v: _INTS[1](v) and len(v) == 2)
+_NUMBER = ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
 _STEP_FIELDS = {
     "slice": (("dim", *_INT), ("start", *_INT), ("stop", *_INT)),
     "reshape": (("shape", *_INTS),),
     "transpose": (("dims", *_PAIR),),
     "permute": (("dims", *_INTS),),
     "concat": (("dim", *_INT),),
+    "insert": (("dim", *_INT), ("start", *_INT), ("size", *_INT), ("value", *_NUMBER)),
+    "remove": (("dim", *_INT), ("start", *_INT), ("stop", *_INT)),
 }
 _STEP_EXAMPLES = ("{'op': 'transpose', 'dims': [0, 1]}, {'op': 'permute', 'dims': [2, 3, 1, 0]}, "
-                  "{'op': 'reshape', 'shape': [96, 1, 1]}, {'op': 'slice', 'dim': 0, 'start': 0, 'stop': 96}")
+                  "{'op': 'reshape', 'shape': [96, 1, 1]}, {'op': 'slice', 'dim': 0, 'start': 0, 'stop': 96}, "
+                  "{'op': 'insert', 'dim': 0, 'start': 96, 'size': 96, 'value': 0.0}")
 
 
 def check_step(step: Any) -> Step:
@@ -77,8 +84,10 @@ def check_step(step: Any) -> Step:
         if name not in step or not ok(step[name]):
             raise ValueError(f"transform step {dict(step)!r}: {name!r} must be {what}, got "
                              f"{step.get(name, 'nothing')!r}; steps look like {_STEP_EXAMPLES}")
-    if step["op"] == "slice" and not 0 <= step["start"] <= step["stop"]:
-        raise ValueError(f"transform step {dict(step)!r}: a slice needs 0 <= start <= stop")
+    if step["op"] in ("slice", "remove") and not 0 <= step["start"] <= step["stop"]:
+        raise ValueError(f"transform step {dict(step)!r}: a {step['op']} needs 0 <= start <= stop")
+    if step["op"] == "insert" and not (step["start"] >= 0 and step["size"] >= 0):
+        raise ValueError(f"transform step {dict(step)!r}: an insert needs start >= 0 and size >= 0")
     return dict(step)
 
 
@@ -91,6 +100,11 @@ def apply_steps(tensor: torch.Tensor, steps: Sequence[Step]) -> torch.Tensor:
             raise ValueError(f"a concat step joins a move's sources and cannot act on one tensor, got {list(steps)}")
         if op == "slice":
             out = out.narrow(step["dim"], step["start"], step["stop"] - step["start"])
+        elif op == "insert":
+            out = _inserted(out, step)
+        elif op == "remove":
+            dim, size = step["dim"], out.shape[step["dim"]]
+            out = _cat([out.narrow(dim, 0, step["start"]), out.narrow(dim, step["stop"], size - step["stop"])], dim)
         elif op == "reshape":
             out = out.reshape(step["shape"])
         elif op == "transpose":
@@ -100,12 +114,32 @@ def apply_steps(tensor: torch.Tensor, steps: Sequence[Step]) -> torch.Tensor:
     return out
 
 
+def _inserted(value: Any, step: Step) -> Any:
+    """``value`` with ``step["size"]`` entries of ``step["value"]`` put in at ``start`` along ``dim``."""
+    dim, start = step["dim"], step["start"]
+    shape = list(value.shape)
+    if not 0 <= start <= shape[dim]:
+        raise IndexError(f"insert at {start} along dim {dim} of a tensor of shape {tuple(shape)}")
+    block = [step["size"] if d == dim else n for d, n in enumerate(shape)]
+    if isinstance(value, TensorHeader):
+        constant = value._derived(block)
+    else:
+        import torch
+
+        constant = torch.full(block, step["value"], dtype=value.dtype, device=value.device)
+    return _cat([value.narrow(dim, 0, start), constant, value.narrow(dim, start, shape[dim] - start)], dim)
+
+
 def shape_after(steps: Sequence[Step], shape: Sequence[int]) -> tuple[int, ...]:
-    """The shape layout ``steps`` (and slices) give a tensor of ``shape``."""
+    """The shape layout ``steps`` (and slices, inserts, removals) give a tensor of ``shape``."""
     shape = list(shape)
     for step in steps:
         if step["op"] == "slice":
             shape[step["dim"]] = step["stop"] - step["start"]
+        elif step["op"] == "insert":
+            shape[step["dim"]] += step["size"]
+        elif step["op"] == "remove":
+            shape[step["dim"]] -= step["stop"] - step["start"]
         elif step["op"] == "reshape":
             shape = list(step["shape"])
         elif step["op"] == "transpose":
@@ -117,7 +151,8 @@ def shape_after(steps: Sequence[Step], shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def invert_steps(steps: Sequence[Step], source_shape: Sequence[int] | None = None) -> list[Step]:
-    """Steps undoing layout ``steps``; a reshape can only be undone knowing ``source_shape``."""
+    """Steps undoing layout ``steps`` (and inserts: the inserted block removed); a reshape can only
+    be undone knowing ``source_shape``."""
     inverse: list[Step] = []
     shape = None if source_shape is None else list(source_shape)
     for step in steps:
@@ -132,8 +167,11 @@ def invert_steps(steps: Sequence[Step], source_shape: Sequence[int] | None = Non
         elif op == "permute":
             dims = step["dims"]
             inverse.append({"op": "permute", "dims": [dims.index(i) for i in range(len(dims))]})
+        elif op == "insert":
+            inverse.append({"op": "remove", "dim": step["dim"], "start": step["start"],
+                            "stop": step["start"] + step["size"]})
         else:
-            raise ValueError(f"step {step!r} is not a layout step ({', '.join(LAYOUT_OPS)})")
+            raise ValueError(f"step {step!r} is not a layout step ({', '.join(LAYOUT_OPS)}) or an insert")
         if shape is not None:
             shape = list(shape_after([step], shape))
     return inverse[::-1]

@@ -7,11 +7,19 @@ reference tensor(s) into the candidate's:
 - ``concat`` (dim, sizes): several reference tensors into one (split ``q``/``k``/``v`` into ``qkv``);
 - ``slice`` (dim, start, stop): one part of a fused reference tensor (``qkv`` into ``q``);
 - ``reshape`` (shape), ``transpose`` (dims), ``permute`` (dims): another layout of the same
-  values (``(C,)`` against ``(C, 1, 1)``, a 1x1 convolution against a linear layer).
+  values (``(C,)`` against ``(C, 1, 1)``, a 1x1 convolution against a linear layer);
+- ``insert`` (dim, start, size, value): a block of one constant the reference keeps as no tensor
+  (the zero key bias of a fused ``qkv`` bias, against ``q_bias`` and ``v_bias``); read backward,
+  its rows are dropped and checked to hold that constant.
+
+A reference tensor may feed several candidate tensors (a port keeping the head its reference ties
+to the embedding, or a relative-position table per block where the reference shares one).
 
 :meth:`WeightMap.to_candidate` reads the table forward, :meth:`WeightMap.to_reference` backward
-(every step is invertible), :meth:`WeightMap.transfer` copies a reference's values into a candidate,
-:meth:`WeightMap.save` / :func:`load_weight_map` keep it as JSON (``"format": FORMAT``).
+(every step is invertible; of several candidate tensors fed by one reference tensor, the first
+gives it back, and the others must hold the same), :meth:`WeightMap.transfer` copies a reference's
+values into a candidate, :meth:`WeightMap.save` / :func:`load_weight_map` keep it as JSON
+(``"format": FORMAT``).
 :meth:`WeightMap.twin_chains` and :meth:`WeightMap.fused_twins` tell which modules hold
 corresponding tensors, for alignment. How a map is inferred: :mod:`harness.weights`.
 """
@@ -34,10 +42,12 @@ from harness.keymap import Move, StateDict, Step, apply_moves, check_step, descr
 from harness.trace import ROOT
 
 __all__ = ["WeightMap", "Entry", "load_weight_map", "FORMAT", "layout_steps", "owner_of", "clear_weight_caches",
-           "regrouped_rows"]
+           "regrouped_rows", "tied_copies"]
 
 FORMAT = "parity-harness weight map 1"
 NEVER_USED = "never used by the forward on these inputs, and no unused counterpart in order"
+# the reason of a reference tensor the candidate replaces by reading one of its own tensors again
+STANDS_IN = "feeds nothing in the candidate: where the reference reads it, the candidate reads"
 
 # -- transforms as data (steps: harness.keymap) --------------------------------------------------
 def layout_steps(target: tuple[int, ...], source: tuple[int, ...]) -> tuple[list[Step], float] | None:
@@ -235,6 +245,11 @@ class WeightMap:
             return (f"the weight map gives no value to {len(unfilled)} candidate tensor(s) the forward reads "
                     f"({_shown(unfilled)}): unless they were filled another way, the failure may be the transfer, "
                     f"not the model (see the map's reasons; give their sources in the map, or fill them by hand)")
+        shared = [k for k in untaken if self.reason("reference", k).startswith(STANDS_IN)]
+        if shared and len(shared) == len(untaken):
+            return (f"the candidate applies tensors again where the reference applies {len(shared)} tensor(s) of its "
+                    f"own ({_shown(shared)}): the two agree only where those hold the values the candidate's tensors "
+                    f"took (see the map's reasons)")
         if untaken:
             return (f"the reference's forward reads {len(untaken)} tensor(s) that no candidate tensor takes "
                     f"({_shown(untaken)}): the candidate computes without them (a position table or a bias it "
@@ -255,18 +270,30 @@ class WeightMap:
             return None
         return _forward_move(entry).apply(reference_state)[candidate_key]
 
-    def to_reference(self, candidate_state: Mapping[str, torch.Tensor]) -> StateDict:
-        """The table read backward: reference tensors (by reference key) from candidate tensors."""
-        return apply_moves(self.moves("reference"), candidate_state, what="candidate state")
+    def to_reference(self, candidate_state: Mapping[str, torch.Tensor], *, strict: bool = True) -> StateDict:
+        """The table read backward: reference tensors (by reference key) from candidate tensors.
+
+        Two readings lose values, and are checked: where several candidate tensors take one
+        reference tensor (a port keeping the head a reference ties to its embedding), the first
+        entry's tensor gives it its values; where an entry inserts constant rows (the zero key bias
+        of a fused ``qkv`` bias), they are dropped. With ``strict`` a ValueError names each
+        candidate tensor the result would not give back (a tied copy that differs, inserted rows
+        that are not the constant): the reference cannot hold what it holds. ``strict=False``
+        takes the first tensor and drops the rows without a check."""
+        out = apply_moves(self.moves("reference"), candidate_state, what="candidate state")
+        if strict:
+            _check_given_back(self.entries, out, candidate_state)
+        return out
 
     def moves(self, to: str) -> list[Move]:
         """The table as :class:`harness.keymap.Move` rows toward ``to`` ("candidate" or "reference"):
-        the same engine that reads the families' conversion tables."""
+        the same engine that reads the families' conversion tables. Toward the reference, a
+        reference tensor several entries take is given by the first of them (see :meth:`to_reference`)."""
         if to == "candidate":
             return [_forward_move(e) for e in self.entries]
         cuts: dict[str, list[Entry]] = {}
         moves = []
-        for e in self.entries:
+        for e in _first_readers(self.entries):
             if any(s["op"] == "slice" for s in e.steps):
                 cuts.setdefault(e.reference[0], []).append(e)
             else:
@@ -298,11 +325,16 @@ class WeightMap:
             by_owner.setdefault(owner_of(e.candidate), []).append(e)
         out = []
         for owner, entries in by_owner.items():
-            kinds = {e.steps[0]["op"] if e.steps else "one" for e in entries}
+            # a bias with zeros inserted for a layer without one joins the layers that have one
+            kinds = {"concat" if e.steps and e.steps[0]["op"] == "insert" else e.steps[0]["op"] if e.steps else "one"
+                     for e in entries}
             if kinds == {"concat"}:
                 sources = {tuple(owner_of(k) for k in e.reference) for e in entries}
-                if len(sources) == 1 and len(set(next(iter(sources)))) > 1:
-                    out.append(("concat", owner or ROOT, next(iter(sources)), None))
+                whole = max(sources, key=len)
+                if all(_in_order(part, whole) for part in sources) and len(set(whole)) > 1 and all(
+                        len(part) == len(whole) or any(st["op"] == "insert" for st in e.steps)
+                        for e, part in ((e, tuple(owner_of(k) for k in e.reference)) for e in entries)):
+                    out.append(("concat", owner or ROOT, whole, None))
             cuts = {(tuple(owner_of(k) for k in e.reference),
                      next(((st["start"], st["stop"], shape_after(e.steps[:e.steps.index(st)], e.reference_shapes[0])[0])
                            for st in e.steps if st["op"] == "slice"), None)) for e in entries}
@@ -360,6 +392,73 @@ class WeightMap:
         return (f"WeightMap({len(self.entries)} entries, coverage={self.coverage:.3f}, "
                 f"unmatched={len(self.unmatched['candidate'])}/{len(self.unmatched['reference'])}, "
                 f"verified={self.verified})")
+
+
+def _in_order(part: tuple[str, ...], whole: tuple[str, ...]) -> bool:
+    """Whether ``part`` is ``whole`` with some members left out, in its order."""
+    rest = iter(whole)
+    return all(any(p == w for w in rest) for p in part)
+
+
+def _copied(entries: Iterable[Entry]) -> list[tuple[Entry, Entry | None]]:
+    """Each entry with the earlier entry whose values it takes too (None for the first): of
+    several taking one reference tensor (tied), the later ones copy the first; a slice of a fused
+    tensor is one of its parts, so only an entry taking the same slice copies it."""
+    first: dict[Any, Entry] = {}
+    out: list[tuple[Entry, Entry | None]] = []
+    for e in entries:
+        cut = next((s for s in e.steps if s["op"] == "slice"), None)
+        part = tuple(e.reference) if cut is None else (e.reference[0], cut["dim"], cut["start"], cut["stop"],
+                                                       tuple(map(str, e.steps)))
+        earlier = first.get(part) or (next((first[k] for k in e.reference if k in first), None) if cut is None
+                                      else None)
+        out.append((e, earlier))
+        if earlier is None:
+            first[part] = e
+            first.update({k: e for k in e.reference} if cut is None else {})
+    return out
+
+
+def _first_readers(entries: Iterable[Entry]) -> list[Entry]:
+    """The entries that give their reference tensors back (see :func:`_copied`)."""
+    return [e for e, earlier in _copied(entries) if earlier is None]
+
+
+def tied_copies(entries: Iterable[Entry]) -> dict[str, list[str]]:
+    """Candidate keys taking the same reference values as an earlier entry's (a port keeping the
+    head its reference ties to the embedding): the earlier candidate key -> the later ones."""
+    out: dict[str, list[str]] = {}
+    for e, earlier in _copied(entries):
+        if earlier is not None:
+            out.setdefault(earlier.candidate, []).append(e.candidate)
+    return out
+
+
+def _check_given_back(entries: list[Entry], reference_state: Mapping[str, Any],
+                      candidate_state: Mapping[str, Any]) -> None:
+    """ValueError unless the reference tensors read backward give each candidate tensor back
+    whose reading loses values: a tied copy not read back, an entry inserting constants."""
+    kept = {id(e) for e in _first_readers(entries)}
+    lost = []
+    for e in entries:
+        if id(e) in kept and not any(s["op"] == "insert" for s in e.steps):
+            continue
+        given = candidate_state.get(e.candidate)
+        if not isinstance(given, torch.Tensor) or any(not isinstance(reference_state.get(k), torch.Tensor)
+                                                      for k in e.reference):
+            continue  # headers (shapes only), or a tensor the state does not hold
+        back = _forward_move(e).apply(reference_state)[e.candidate]
+        if back.shape != given.shape or not torch.equal(back.to(given.dtype), given.detach()):
+            diff = (float((back.double() - given.detach().double()).abs().max()) if back.shape == given.shape
+                    else math.inf)
+            why = ("the constant rows the map inserts" if id(e) in kept
+                   else f"what {' + '.join(e.reference)} (taken from another candidate tensor) gives it")
+            lost.append(f"{e.candidate} differs from {why} by up to {diff:.3e}")
+    if lost:
+        raise ValueError(f"reading the weight map backward would lose values the reference cannot hold: "
+                         f"{'; '.join(lost[:4])}{' ...' if len(lost) > 4 else ''}; make the tied tensors equal "
+                         f"and the constant rows constant first, or pass strict=False to take the first tied "
+                         f"tensor's values and drop the constant rows")
 
 
 def _not_held(keys: Mapping[str, tuple[int, ...]], tensors: Mapping[str, torch.Tensor]) -> list[str]:
@@ -587,7 +686,9 @@ def _twin_chains(weights: WeightMap, candidate: nn.Module, reference: nn.Module)
     entries = [e for e in weights.entries if e.kind == "parameter" or e.steps == ()]
     sources = {e.candidate: set(e.reference) for e in entries}
     sinks: dict[str, set[str]] = {}
-    for e in entries:
+    # a reference tensor several candidate tensors take whole (a head tied to the embedding) twins
+    # the module of the first: the copies' modules compute another use of it
+    for e in _first_readers(entries):
         for r in e.reference:
             sinks.setdefault(r, set()).add(e.candidate)
     cand_sub = subtree_keys(candidate, sources)
@@ -604,7 +705,7 @@ def _twin_chains(weights: WeightMap, candidate: nn.Module, reference: nn.Module)
         if src not in by_keys:
             continue
         back = frozenset(c for r in src for c in sinks[r])
-        if back != keys:
+        if not back <= keys:  # its sources feed tensors elsewhere too: it holds part of a twin's tensors
             continue
         groups.setdefault(src, []).append(name)
     return [(names, by_keys[src]) for src, names in groups.items()]

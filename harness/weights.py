@@ -21,7 +21,10 @@ its weights. The algorithm:
    adding it to the output of such a layer without bias (``x @ W + b``) is that layer's bias, read
    as ``(out,)``. Reading only a tensor's shape (``b.numel()``, ``torch.zeros_like(b)``) is no use,
    nor is writing constants into rows of a copy of it (torchvision's Swin V2 zeroes the key third
-   of its fused ``qkv`` bias where used): the copy's reader uses it.
+   of its fused ``qkv`` bias where used): the copy's reader uses it. A tensor read again later by
+   another operation (a head tied to the embedding, ``h @ emb.weight.t()``; a relative-position
+   table every block reads; a block applied twice) is noted there again, as a later read (up to
+   ``_REPEATS`` per tensor).
 2. Siblings. Consecutive operations of one kind that read the same input tensor (the query, key
    and value projections of one token sequence) may stand for one fused operation on the other
    side: their i-th tensors, concatenated along dim 0, form a composite that can match one tensor.
@@ -33,14 +36,28 @@ its weights. The algorithm:
    A tensor joined where used from stored tensors and zeros (timm's Swin V2 and BEiT build their
    fused bias as ``torch.cat([q_bias, zeros, v_bias])``) is one tensor with parts: matched to one
    tensor of the other side, each stored part takes its slice of it (``q_bias <- qkv.bias[0:C]``,
-   ``v_bias <- qkv.bias[2C:3C]``); the rows of the zeros are not carried. The other way round a
-   map entry cannot make the zeros: the tensor stays unmatched and its reason gives the parts.
+   ``v_bias <- qkv.bias[2C:3C]``); the rows of the zeros are not carried. The other way round the
+   stored tensor takes the parts concatenated with the zeros inserted where they sit
+   (``qkv.bias <- cat(q_bias, v_bias)`` + ``insert`` of C zeros at C); against a tensor joined
+   alike, each part takes its twin. Likewise sibling linear layers some of which have no bias
+   (BEiT's key projection: an affine map without constant term) make a composite bias with zeros
+   in those layers' rows, which a fused layer's bias may match.
 3. Alignment. A dynamic program over the two first-use sequences, in order, pairs tensors that can
    hold the same values (same shape; the same after squeezing or flattening; transposed; a
    composite) and maximizes the number of pairs. A parameter may pair with a buffer (a frozen norm
    keeps its weight and bias as buffers), at a cost that keeps pairs of one kind first. Ties are broken by the operation that used the
    tensor (a ``layer_norm`` weight matches a ``layer_norm`` weight), then by the tensor's own name
    (``weight``/``bias``), then by word overlap of the full names. Names never decide alone.
+   Later reads join the alignment only where first uses alone leave a tensor either forward uses
+   without a counterpart (a loop applying one block on both sides adds nothing). A later read
+   pairs only with a tensor used by the same kind of operation, and counts less than any pair of
+   first uses, so it never takes a tensor from its first-use counterpart. Where the
+   reference reads a tensor again, the candidate tensor paired there takes it too (one reference
+   tensor feeds several candidate tensors: a port keeping the head its reference ties to the
+   embedding); where the candidate reads a tensor again whose source is known, the reference
+   tensors there feed nothing in the candidate (a block applied twice against two blocks: the first
+   application's tensors feed it, the second's are unmatched with that reason, and a note says so).
+   Later reads are then set aside: no later search pairs a tensor without this evidence.
    Units stay whole: where leftovers were paired by shape alone (a block that runs its shortcut
    before the main branch on one side and after it on the other), a unit (a conv and its norm)
    whose tensors come from several reference units exchanges same-role tensors with another so
@@ -91,8 +108,8 @@ from harness.trace import ROOT
 from harness.checks import check_module
 from harness.diagnose import numeric_setting_differences
 from harness.keymap import invert_steps, shape_after, simplify_steps
-from harness.weightmap import (NEVER_USED, Entry, Step, WeightMap, layout_steps, load_weight_map, owner_of,
-                               regrouped_rows, shape_permutations)
+from harness.weightmap import (NEVER_USED, STANDS_IN, Entry, Step, WeightMap, layout_steps, load_weight_map, owner_of,
+                               regrouped_rows, shape_permutations, tied_copies)
 
 __all__ = ["WeightMap", "Entry", "map_weights", "infer_map", "load_weight_map"]
 
@@ -111,6 +128,7 @@ class _Tensor:
     pieces: tuple[tuple[str | None, int, int, tuple[Step, ...]], ...] = ()
     dim: int = 0
     overwritten: tuple[tuple[int, int], ...] = ()  # rows (dim 0) the forward replaces by constants before use
+    again: bool = False  # a later read of a tensor used before (a tied head, a block applied twice)
 
     @property
     def used_shape(self) -> tuple[int, ...]:
@@ -137,6 +155,7 @@ _NO_VALUES = {"numel", "size", "dim", "ndimension", "nelement", "element_size", 
               "is_contiguous", "is_floating_point", "is_complex", "data_ptr", "len", "zeros_like", "ones_like",
               "empty_like", "full_like", "new_zeros", "new_ones", "new_empty", "new_full"}
 _FILLS = {"zero_", "fill_"}  # in-place writes of a constant
+_REPEATS = 32  # later reads of one tensor noted, at most: a block applied that many times more
 
 
 @dataclass(frozen=True)
@@ -275,7 +294,10 @@ class _FirstUse(TorchFunctionMode):
         super().__init__()
         self.watched = watched
         self.seen: set[str] = set()
-        self.uses: list[tuple[str, str, int, int | None, tuple[Step, ...]]] = []  # (key, op, op index, source id, to_used)
+        # (key, op, op index, source id, to_used, again): ``again`` for a later read of a tensor used before
+        self.uses: list[tuple[str, str, int, int | None, tuple[Step, ...], bool]] = []
+        self.last: dict[str, int] = {}  # key -> the op index of its latest read
+        self.repeats: dict[str, int] = {}  # key -> later reads noted
         self.ops = 0
         # id(re-laid-out tensor) -> (key, steps from the stored tensor, the tensor: kept alive so its id stays its own)
         self.relaid: dict[int, tuple[str, tuple[Step, ...], torch.Tensor]] = {}
@@ -339,8 +361,8 @@ class _FirstUse(TorchFunctionMode):
         for position in sorted(range(len(held)), key=lambda position: position != at):
             h = held[position][1]
             steps = linear.steps if position == at else ()
-            if h is not None and h[0] not in self.seen:
-                self._use(h[0], op, self.ops, source, (*h[1], *steps))
+            if h is not None:
+                self._use(h[0], op, self.ops, source, (*h[1], *steps), again=h[0] in self.seen)
             elif position in joined and any(key is None for key, _ in joined[position][0]):
                 self._use_fused(joined[position], op, source, steps)
 
@@ -389,9 +411,17 @@ class _FirstUse(TorchFunctionMode):
             if key not in self.seen:
                 self._use(key, "getitem", index, None, steps)
 
-    def _use(self, key: str, op: str, index: int, source: int | None, to_used: tuple[Step, ...]) -> None:
+    def _use(self, key: str, op: str, index: int, source: int | None, to_used: tuple[Step, ...],
+             again: bool = False) -> None:
+        """Note a read of ``key``: its first use, or (``again``) a later read by another operation,
+        which may be where the other model reads a tensor of its own (a tied output head)."""
+        if again:
+            if self.last.get(key) == index or self.repeats.get(key, 0) >= _REPEATS:
+                return  # one operation reading it twice; or a loop, whose later reads pair nothing new
+            self.repeats[key] = self.repeats.get(key, 0) + 1
         self.seen.add(key)
-        self.uses.append((key, op, index, source, to_used))
+        self.last[key] = index
+        self.uses.append((key, op, index, source, to_used, again))
 
     def _held(self, t: torch.Tensor) -> tuple[str, tuple[Step, ...], Any] | None:
         """(key, steps from the stored tensor) when ``t`` is a watched tensor or a re-layout of one."""
@@ -431,12 +461,12 @@ class _FirstUse(TorchFunctionMode):
         if name not in ("add", "iadd", "radd") or kwargs or len(held) != 2:
             return False
         for (out, mine), (bias, h) in (held, held[::-1]):
-            found = self.outputs.get(id(out)) if mine is None and h is not None and h[0] not in self.seen else None
+            found = self.outputs.get(id(out)) if mine is None and h is not None else None
             if found is None or found[0]() is not out:
                 continue
             steps = _bias_steps(tuple(bias.shape), tuple(out.shape), found[3])
             if steps is not None:
-                self._use(h[0], "linear", found[1], found[2], (*h[1], *steps))
+                self._use(h[0], "linear", found[1], found[2], (*h[1], *steps), again=h[0] in self.seen)
                 return True
         return False
 
@@ -470,7 +500,7 @@ class _FirstUse(TorchFunctionMode):
         for key, (op, index) in self.first_touch.items():
             if key not in self.seen:
                 self.seen.add(key)
-                self.uses.append((key, op, index, None, ()))
+                self.uses.append((key, op, index, None, (), False))
         self.uses.sort(key=lambda use: use[2])  # stable: argument order within one operation
         self.relaid.clear()
         self.joined.clear()
@@ -524,9 +554,9 @@ def _first_uses(model: nn.Module, run: Callable[[nn.Module], Any]) -> tuple[list
             getattr(m, n).clear()
     kinds = {k: "parameter" for k, _ in model.named_parameters()}
     out = [_Tensor(k, tuple(learned[k].shape), kinds.get(k, "buffer"), op, i, src, steps,
-                   overwritten=tuple(recorder.overwritten.get(k, ())))
+                   overwritten=tuple(recorder.overwritten.get(k, ())), again=again)
            if k in learned else _fused_tensor(k, recorder.fused[k], learned, kinds, (op, i, src, steps))
-           for k, op, i, src, steps in recorder.uses]
+           for k, op, i, src, steps, again in recorder.uses]
     tail = recorder.ops + 1
     for key, t in learned.items():
         if key not in recorder.seen:
@@ -552,6 +582,8 @@ class _Unit:
 
     members: tuple[int, ...]  # indices into the side's tensor list
     shape: tuple[int, ...]
+    # (start row, rows) of the parts no member holds: the zero bias of a sibling layer without one
+    zeros: tuple[tuple[int, int], ...] = ()
 
 
 def _composites(tensors: list[_Tensor], *, stored: bool) -> dict[int, list[tuple[int, list[_Unit]]]]:
@@ -583,6 +615,7 @@ def _composites(tensors: list[_Tensor], *, stored: bool) -> dict[int, list[tuple
             same = (t.op == head.op and (t.source == head.source or t.op == "linear")
                     and ops[e][0] == ops[e - 1][-1] + 1
                     and all(tensors[a].used_shape[1:] == tensors[b].used_shape[1:] and tensors[a].kind == tensors[b].kind
+                            and tensors[a].again == tensors[b].again == head.again
                             and not tensors[a].pieces and not tensors[b].pieces
                             and len(tensors[a].shape) >= 1 and not (stored and (tensors[a].to_used or tensors[b].to_used))
                             for a, b in zip(ops[s], ops[e])))
@@ -593,8 +626,35 @@ def _composites(tensors: list[_Tensor], *, stored: bool) -> dict[int, list[tuple
                 members = tuple(ops[k][pos] for k in range(s, e + 1))
                 first = tensors[members[0]].used_shape
                 units.append(_Unit(members, (sum(tensors[m].used_shape[0] for m in members), *first[1:])))
-            out.setdefault(ops[s][0], []).append((ops[e][-1] + 1, units))
+            bias = _bias_with_zeros(tensors, ops[s:e + 1]) if stored else None
+            out.setdefault(ops[s][0], []).append((ops[e][-1] + 1, units + [bias] * (bias is not None)))
     return out
+
+
+def _joined_steps(sizes: list[int], zeros: Iterable[tuple[int, int]], dim: int) -> list[Step]:
+    """Steps joining stored parts of ``sizes`` along ``dim`` with blocks of zeros ``(start, size)``
+    between them: the parts concatenated, then each block inserted where it sits in the whole."""
+    steps: list[Step] = [{"op": "concat", "dim": dim, "sizes": list(sizes)}] if len(sizes) > 1 else []
+    return steps + [{"op": "insert", "dim": dim, "start": start, "size": size, "value": 0.0} for start, size in zeros]
+
+
+def _bias_with_zeros(tensors: list[_Tensor], ops: list[list[int]]) -> _Unit | None:
+    """Sibling linear layers some of which have no bias (BEiT's key projection): their bias is the
+    others' biases with zeros in the rows of those without, an affine map with no constant term.
+    None unless each layer reads a weight, then at most a bias of its output size."""
+    if tensors[ops[0][0]].op != "linear" or {len(members) for members in ops} != {1, 2}:
+        return None
+    members, zeros, start = [], [], 0
+    for op in ops:
+        rows = tensors[op[0]].used_shape[0]
+        if len(op) == 2:
+            if tensors[op[1]].used_shape != (rows,):
+                return None
+            members.append(op[1])
+        else:
+            zeros.append((start, rows))
+        start += rows
+    return _Unit(tuple(members), (start,), tuple(zeros))
 
 
 def _words(key: str) -> set[str]:
@@ -612,6 +672,17 @@ def _bonus(c: _Tensor, r: _Tensor) -> float:
 
 
 _OTHER_KIND = 0.6  # what pairing a parameter with a buffer costs: more than a pair of one kind gains by its names
+# what a pair counts where one side reads a tensor again (a tied head, a shared block): less than any
+# pair of first uses, so that a later read never takes a tensor from its first-use counterpart
+_AGAIN = 0.5
+
+
+def _pair_weight(c: _Tensor, r: _Tensor) -> float:
+    """1 for two first uses; ``_AGAIN`` where either reads a tensor again and both operations are
+    one kind (the evidence that the two reads play one role); 0 (no pair) otherwise."""
+    if not (c.again or r.again):
+        return 1.0
+    return _AGAIN if c.op == r.op and c.op != "<unused>" else 0.0
 
 
 def _align(cand: list[_Tensor], ref: list[_Tensor]) -> list[tuple[list[int], list[int], list[Step], str]]:
@@ -652,29 +723,29 @@ def _align(cand: list[_Tensor], ref: list[_Tensor]) -> list[tuple[list[int], lis
                 push(i, j + 1, here, ("skip_r", i, j))
             if i < n and j < m:
                 c, r = cand[i], ref[j]
-                fit = layout(c.used_shape, r.used_shape)
+                weight = _pair_weight(c, r)
+                fit = layout(c.used_shape, r.used_shape) if weight else None
                 if fit is not None:
                     # a parameter against a buffer: a frozen norm keeps its weight and bias as buffers
                     # (detectron2's FrozenBatchNorm2d); one of a kind is preferred where both fit
                     steps = simplify_steps([*r.to_used, *fit[0], *c.from_used()], r.shape)
                     kinds = 0.0 if c.kind == r.kind else _OTHER_KIND
-                    push(i + 1, j + 1, here + 1.0 - fit[1] + _bonus(c, r) - kinds, ("one", i, j, steps))
+                    push(i + 1, j + 1, here + weight * (1.0 - fit[1] + _bonus(c, r) - kinds), ("one", i, j, steps))
             for end, units in comp_r.get(j, ()):  # one candidate tensor per reference composite
-                if i + len(units) > n:
-                    continue
+                required = sum(not unit.zeros for unit in units)  # a bias with zeros may stay unpaired
                 gain, steps_all = 0.0, []
-                for k, unit in enumerate(units):
+                for k, unit in enumerate(units[:n - i]):
                     c = cand[i + k]
                     r0 = ref[unit.members[0]]
-                    fit = layout(c.used_shape, unit.shape) if c.kind == r0.kind else None
+                    weight = _pair_weight(c, r0)
+                    fit = layout(c.used_shape, unit.shape) if c.kind == r0.kind and weight else None
                     if fit is None:
                         break
-                    sizes = [ref[x].shape[0] for x in unit.members]
-                    steps_all.append([{"op": "concat", "dim": 0, "sizes": sizes},
+                    steps_all.append([*_joined_steps([ref[x].shape[0] for x in unit.members], unit.zeros, 0),
                                       *simplify_steps([*fit[0], *c.from_used()], unit.shape)])
-                    gain += len(unit.members) * (1.0 - fit[1] + _bonus(c, r0))
-                else:
-                    push(i + len(units), end, here + gain, ("concat", i, j, units, steps_all))
+                    gain += weight * len(unit.members) * (1.0 - fit[1] + _bonus(c, r0))
+                    if k + 1 >= required:
+                        push(i + k + 1, end, here + gain, ("concat", i, j, units[:k + 1], list(steps_all)))
             for end, units in comp_c.get(i, ()):  # several candidate tensors from one reference tensor
                 if j + len(units) > m:
                     continue
@@ -682,11 +753,12 @@ def _align(cand: list[_Tensor], ref: list[_Tensor]) -> list[tuple[list[int], lis
                 for k, unit in enumerate(units):
                     r = ref[j + k]
                     c0 = cand[unit.members[0]]
-                    fit = layout(unit.shape, r.used_shape) if c0.kind == r.kind else None
+                    weight = _pair_weight(c0, r)
+                    fit = layout(unit.shape, r.used_shape) if c0.kind == r.kind and weight else None
                     if fit is None:
                         break
                     steps_all.append([*r.to_used, *fit[0]])
-                    gain += len(unit.members) * (1.0 - fit[1] + _bonus(c0, r))
+                    gain += weight * len(unit.members) * (1.0 - fit[1] + _bonus(c0, r))
                 else:
                     push(end, j + len(units), here + gain, ("slice", i, j, units, steps_all))
     out: list[tuple[list[int], list[int], list[Step], str]] = []
@@ -739,10 +811,12 @@ def infer_map(
     """The inferred map, without verification (steps 1-4 of the module docstring)."""
     cand, cand_computed = _first_uses(candidate, _runner(inputs, candidate_call, "candidate"))
     ref, ref_computed = _first_uses(reference, _runner(inputs, reference_call, "reference"))
+    cand, ref, pairs = _aligned(cand, ref)
     used_c: set[int] = set()
     used_r: set[int] = set()
     reasons: dict[str, str] = {}
-    entries = _paired(cand, ref, _align(cand, ref), used_c, used_r)
+    idle: dict[str, str] = {}  # reference keys a tensor the candidate reads again stands in for -> why
+    entries = _paired(cand, ref, pairs, used_c, used_r, idle)
     entries += _repair(cand, ref, entries, used_c, used_r, reasons)
     # a tensor joined from parts that found no counterpart whole: its parts may each have one
     if _split_leftovers(cand, used_c, reasons) + _split_leftovers(ref, used_r, reasons):
@@ -756,6 +830,11 @@ def infer_map(
     entries.sort(key=lambda e: order[e.candidate])
     entries += _companions(entries, candidate, reference, cand_computed, ref_computed)
     unmatched = _unmatched(cand, ref, used_c, used_r, reasons)
+    fed = {k for e in entries for k in e.reference}
+    for key, why in idle.items():
+        if key not in fed:
+            reasons[f"reference:{key}" if key in unmatched["candidate"] else key] = why
+            unmatched["reference"].append(key)
     _computed_alike(unmatched, {"candidate": candidate, "reference": reference}, cand_computed, ref_computed)
     mapped_buffers = {e.candidate for e in entries} | {k for e in entries for k in e.reference}
     computed = {"candidate": [k for k in cand_computed if k not in mapped_buffers],
@@ -765,22 +844,90 @@ def infer_map(
     for k in computed["reference"]:
         reasons[k] = ref_computed[k]
     numel = sum(p.numel() for p in candidate.parameters())
-    return WeightMap(entries=entries, unmatched=unmatched, reasons=reasons, computed=computed, candidate_numel=numel)
+    notes = _shared_notes(entries, [k for k in unmatched["reference"] if k in idle])
+    return WeightMap(entries=entries, unmatched=unmatched, reasons=reasons, computed=computed, candidate_numel=numel,
+                     notes=notes)
 
 
-def _paired(cand: list[_Tensor], ref: list[_Tensor], pairs: list, used_c: set[int], used_r: set[int]) -> list[Entry]:
-    """Entries for the aligned pairs (their indices noted as used)."""
+def _aligned(cand: list[_Tensor], ref: list[_Tensor]) -> tuple[list[_Tensor], list[_Tensor], list]:
+    """The two sequences and their alignment: of first uses alone, and only where that leaves a
+    tensor used by either forward without a counterpart, with the later reads too. Later reads
+    lengthen the sequences by every repeated application (a block run in a loop), and where first
+    uses pair whole they have nothing to add."""
+    firsts = [t for t in cand if not t.again], [t for t in ref if not t.again]
+    pairs = _align(*firsts)
+    if len(firsts[0]) == len(cand) and len(firsts[1]) == len(ref):
+        return cand, ref, pairs
+    paired = {k for ci, _, _, _ in pairs for k in ci}, {k for _, ri, _, _ in pairs for k in ri}
+    if all(k in taken or t.op == "<unused>" for side, taken in zip(firsts, paired) for k, t in enumerate(side)):
+        return *firsts, pairs
+    return cand, ref, _align(cand, ref)
+
+
+def _paired(cand: list[_Tensor], ref: list[_Tensor], pairs: list, used_c: set[int], used_r: set[int],
+            idle: dict[str, str]) -> list[Entry]:
+    """Entries for the aligned pairs (their indices noted as used). A pair where the reference
+    reads a tensor again gives the candidate tensor that tensor too (a head tied to the embedding
+    against a port keeping two). A pair where the candidate reads a tensor again whose source is
+    known already gives nothing: the reference tensors there feed nothing in the candidate, said in
+    ``idle`` (a block applied twice against two blocks). Every later read is then set aside, and
+    every first use of a tensor the pairs gave a counterpart, so that no later search pairs a
+    tensor twice without that evidence."""
     entries: list[Entry] = []
+    sources: dict[str, tuple[str, ...]] = {}  # candidate key -> the reference keys it takes
     for ci, ri, steps, how in pairs:
         c = cand[ci[0]]
+        joined = _joined_entries(c, ref[ri[0]], steps) if how == "one" and ref[ri[0]].pieces else None
+        if joined is not None and c.key not in sources:
+            entries += joined
+            sources[c.key] = (ref[ri[0]].key,)
+            used_c.update(ci)
+            used_r.update(ri)
+            continue
         if any(ref[r].pieces for r in ri) or c.pieces and how != "one":
-            continue  # no entry holds zeros; a composite is not cut apart: left to the searches after
+            continue  # a composite is not cut apart: left to the searches after
+        keys = tuple(ref[r].key for r in ri)
+        if c.key in sources:  # read again by the candidate, its source known
+            if sources[c.key] != keys:
+                idle.update({ref[r].key: _idle_reason(c.key, sources[c.key]) for r in ri
+                             if not ref[r].again})
+            continue
         entries += _pieces_of(c, ref[ri[0]], steps) if c.pieces else [Entry(
-            candidate=c.key, reference=tuple(ref[r].key for r in ri), steps=tuple(steps),
+            candidate=c.key, reference=keys, steps=tuple(steps),
             shape=c.shape, reference_shapes=tuple(ref[r].shape for r in ri), kind=c.kind)]
+        sources[c.key] = keys
         used_c.update(ci)
         used_r.update(ri)
+    fed = {k for e in entries for k in e.reference}
+    used_c.update(k for k, t in enumerate(cand) if t.again or t.key in sources)
+    used_r.update(k for k, t in enumerate(ref) if t.again or t.key in fed or t.key in idle)
     return entries
+
+
+def _idle_reason(candidate_key: str, sources: tuple[str, ...]) -> str:
+    return (f"{STANDS_IN} {candidate_key} again, whose values come from {' + '.join(sources)} (the candidate "
+            f"shares one tensor where the reference keeps one per use; the two agree only where these hold the same "
+            f"values)")
+
+
+def _shared_notes(entries: list[Entry], idle: list[str]) -> list[str]:
+    """What a reader of the map should know about tensors read at several places: a reference
+    tensor feeding several candidate tensors (a tied head), reference tensors standing for a
+    candidate tensor read again (a shared block)."""
+    sources = {e.candidate: " + ".join(e.reference) for e in entries}
+    shared = [(sources[first], [first, *copies]) for first, copies in tied_copies(entries).items()]
+    notes = []
+    if shared:
+        shown = "; ".join(f"{key} feeds {len(keys)} candidate tensors ({', '.join(keys)})" for key, keys in shared[:3])
+        more = f"; and {len(shared) - 3} more" if len(shared) > 3 else ""
+        notes.append(f"{shown}{more}: the reference reads each at several places, the candidate keeps one tensor "
+                     f"per place; read backward, the first gives the reference tensor its values and the others "
+                     f"must hold the same")
+    if idle:
+        notes.append(f"{len(idle)} reference tensor(s) feed nothing in the candidate ({', '.join(idle[:4])}"
+                     f"{', ...' if len(idle) > 4 else ''}): the candidate applies its tensors again where the "
+                     f"reference applies these (see their reasons)")
+    return notes
 
 
 def _unmatched(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], used_r: set[int],
@@ -865,17 +1012,45 @@ def _pieces_of(c: _Tensor, r: _Tensor, steps: list[Step]) -> list[Entry]:
     return out
 
 
+def _joined_entries(c: _Tensor, r: _Tensor, steps: list[Step]) -> list[Entry] | None:
+    """The entries of a candidate tensor matched to a reference tensor joined where used from
+    stored tensors and zeros (``torch.cat([q_bias, zeros, v_bias])``). Against a stored fused
+    tensor (a ``qkv`` bias) one entry: the stored parts concatenated, the zeros inserted where
+    they sit, then ``steps`` (the whole's). Against a tensor joined alike, each part from its
+    twin. None where a part is re-laid out before the join (an entry concatenates reference
+    tensors as stored), or the two are joined from other parts."""
+    if any(key is not None and back for key, _, _, back in (*r.pieces, *c.pieces)):
+        return None
+    if c.pieces:
+        layout = [[(a, b, key is None) for key, a, b, _ in t.pieces] for t in (c, r)]
+        if steps or c.dim != r.dim or layout[0] != layout[1]:
+            return None
+        return [Entry(ck, (rk,), (), _part_shape(c, a, b), (_part_shape(r, a, b),), c.kind)
+                for (ck, a, b, _), (rk, *_) in zip(c.pieces, r.pieces) if ck is not None]
+    parts = [(key, start, stop) for key, start, stop, _ in r.pieces if key is not None]
+    zeros = [(start, stop - start) for key, start, stop, _ in r.pieces if key is None]
+    joined = _joined_steps([stop - start for _, start, stop in parts], zeros, r.dim)
+    return [Entry(c.key, tuple(key for key, *_ in parts), tuple([*joined, *steps]), c.shape,
+                  tuple(_part_shape(r, a, b) for _, a, b in parts), c.kind)]
+
+
+def _part_shape(t: _Tensor, start: int, stop: int) -> tuple[int, ...]:
+    """The shape of the part ``start:stop`` along ``t.dim`` of a tensor joined where used."""
+    return tuple(stop - start if d == t.dim else n for d, n in enumerate(t.shape))
+
+
 def _inexpressible(c: _Tensor, other: _Tensor) -> dict[str, str]:
     """Why a candidate tensor matched to a reference tensor joined where used from stored tensors
-    and zeros has no entry: an entry takes every value from reference tensors, so it cannot hold
-    the zeros."""
+    and zeros has no entry: an entry concatenates reference tensors as stored, so it cannot re-lay
+    out a part before the join, nor cut a tensor joined from other parts into them."""
     parts = ", ".join(f"{_rows(a, b, other.dim)} {key or 'zeros'}" for key, a, b, _ in other.pieces)
     zeros = [(a, b) for key, a, b, _ in other.pieces if key is None]
     kept = " (the candidate's forward replaces the zeros' rows itself)" if other.dim == 0 and all(
         any(x <= a and b <= y for x, y in c.overwritten) for a, b in zeros) else ""
-    why = (f"the reference joins its counterpart where used from {parts}{kept}: a weight map entry takes every "
-           f"value from reference tensors and has no step that makes zeros, so it cannot express this one; "
-           f"fill {c.key} by hand (torch.cat of those parts with zeros)")
+    why = (f"the reference joins its counterpart where used from {parts}{kept}, re-laying out a part first or "
+           f"joining other parts than the candidate: a weight map entry concatenates reference tensors as stored "
+           f"and inserts constants between them, so it cannot express this one; fill {c.key} by hand (torch.cat "
+           f"of those parts with zeros)")
     out = {c.key: why}
     out.update({f"reference:{key}": f"{_rows(a, b, other.dim)} of what the reference joins where used, the "
                                     f"candidate's {c.key}, which a weight map entry cannot express (see its reason)"
@@ -909,7 +1084,8 @@ def _repair(cand: list[_Tensor], ref: list[_Tensor], entries: list[Entry], used_
             continue
         region = _common_prefix(found)
         for _ in range(3):  # the module itself, then up to two enclosing ones (a q_bias beside qkv)
-            fits = [(k, t) for k, t in free_r.items() if t.kind == c.kind and t.key.startswith(region)
+            fits = [(k, t) for k, t in free_r.items()
+                    if t.kind == c.kind and _stored_keys(t)[0].startswith(region)
                     and layout_steps(c.shape, t.shape) is not None]
             if fits or not region:
                 break
@@ -919,10 +1095,11 @@ def _repair(cand: list[_Tensor], ref: list[_Tensor], entries: list[Entry], used_
         k, t = max(fits, key=lambda kt: (layout_steps(c.shape, kt[1].shape)[1] * -1, _bonus(c, kt[1])))
         steps = layout_steps(c.shape, t.shape)[0]
         del free_r[k]
-        if t.pieces:  # no entry can hold the zeros joined in: both stay unmatched, said why
+        joined = _joined_entries(c, t, steps) if t.pieces else None
+        if t.pieces and joined is None:  # no entry can hold these parts: both stay unmatched, said why
             reasons.update(_inexpressible(c, t))
             continue
-        out += _pieces_of(c, t, steps) if c.pieces else [
+        out += joined if joined is not None else _pieces_of(c, t, steps) if c.pieces else [
             Entry(c.key, (t.key,), tuple(steps), c.shape, (t.shape,), c.kind)]
         used_c.add(ci)
         used_r.add(k)

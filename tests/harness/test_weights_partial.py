@@ -108,8 +108,28 @@ def test_rows_a_model_replaces_in_a_copy_of_a_tensor_before_using_it_are_no_use_
     assert next(t.op for t in used if t.key == "qkv.bias") == "linear", [(t.key, t.op) for t in used]
 
 
-def test_a_tensor_the_reference_joins_with_zeros_where_used_is_unmatched_with_the_reason_the_map_cannot_fill_it():
+def test_a_stored_fused_tensor_takes_the_parts_the_reference_joins_with_zeros_where_used_and_zeros_between():
     weights = harness.map_weights(randomized(ZeroedKeyBias(), 1), randomized(QueryValueBias(), 2), tokens(),
+                                  verify=False)
+    expected = (("q_bias", "v_bias"), ({"op": "concat", "dim": 0, "sizes": [C, C]},
+                                       {"op": "insert", "dim": 0, "start": C, "size": C, "value": 0.0}))
+    assert sources(weights).get("qkv.bias") == expected, str(weights)
+
+
+class ReshapedQueryValueBias(QueryValueBias):
+    """The same attention storing its query bias as a row ``(1, C)``, flattened where joined."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q_bias = nn.Parameter(torch.zeros(1, C))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = torch.cat((self.q_bias.reshape(C), self.k_bias, self.v_bias))
+        return attention(F.linear(x, self.qkv.weight, bias), self.proj)
+
+
+def test_a_tensor_the_reference_joins_where_used_from_a_re_laid_out_part_is_unmatched_with_the_reason():
+    weights = harness.map_weights(randomized(ZeroedKeyBias(), 1), randomized(ReshapedQueryValueBias(), 2), tokens(),
                                   verify=False)
     why = weights.reason("candidate", "qkv.bias")
     assert "qkv.bias" in weights.unmatched["candidate"] and all(
