@@ -950,16 +950,23 @@ def _hands_on(container: Record, call: Record) -> bool:
 def _guess_received(row: Row, rerun: Sequence[str] | None) -> bool:
     """Whether a failing guess gives its guessed twin's output from that twin's inputs (re-run once;
     the verdict is kept on the row, and whether the re-run ran, in ``guess_reran``). One that cannot
-    be re-run (summary mode keeps no arguments) received the error when its inputs already differ
-    from its twin's: the error was made before it was called."""
+    be re-run (summary mode keeps no arguments) received the error when its inputs, of the shapes of
+    its twin's, already differ from them: the error was made before it was called."""
     if row.guess_received is None:
         fails = rerun_fails(row) if _may_rerun(row.match.candidate, row.match.reference, rerun) else None
-        if fails is None:
-            fails = _inputs_state(row.match.candidate, row.match.reference, row.tolerance) != "differ"
+        cand, ref = row.match.candidate, row.match.reference
+        if fails is None and _shaped_alike(cand.inputs, ref.inputs):
+            fails = _inputs_state(cand, ref, row.tolerance) != "differ"
             row.guess_received, row.guess_reran = not fails, False
         else:
             row.guess_received, row.guess_reran = fails is False, fails is True
     return row.guess_received
+
+
+def _shaped_alike(cand: dict[str, Leaf], ref: dict[str, Leaf]) -> bool:
+    """Whether two calls' inputs are as many leaves, of the same shapes in order."""
+    return bool(cand) and len(cand) == len(ref) and all(
+        tuple(a.shape) == tuple(b.shape) for a, b in zip(cand.values(), ref.values()))
 
 
 def _holds_any(out: Any, values: Sequence[Any], tol: Tolerance | None) -> bool:
