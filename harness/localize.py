@@ -60,7 +60,10 @@ an unpaired call of one class (a Dropout left in training against one in eval mo
 the same place: that call's result is the error.
 
 Twins whose outputs hold the same elements in another layout are compared through an adapter
-(:mod:`harness.adapters`); twins whose shapes no adapter explains fail as a visible shape mismatch. (Prior art: coremltools' comparator blames an op whose output fails while
+(:mod:`harness.adapters`); a candidate output of the twin's shape without one axis is compared
+with the twin's output at the position along that axis it agrees with best (a norm on the pooled
+class token against a norm on every token); twins whose shapes neither explains fail as a visible
+shape mismatch. (Prior art: coremltools' comparator blames an op whose output fails while
 its direct inputs pass; torch.ao.ns' shadow mode feeds one model's inputs into the other's layers.)
 """
 
@@ -135,25 +138,51 @@ def _numel(leaf: Leaf) -> int:
     return n
 
 
-def _adapt(a: Leaf, b: Leaf, forced: Adapter | None, tol: Tolerance) -> tuple[Leaf, str | None]:
-    """``a`` in ``b``'s layout when their shapes differ and an adapter explains it (``tol``: see
-    :func:`harness.adapters.find_adapter`), or through ``forced`` whatever their shapes (features in
-    another order keep the shape; statistics do not see the order)."""
+def _adapt(a: Leaf, b: Leaf, forced: Adapter | None, tol: Tolerance) -> tuple[Leaf, Leaf, str | None]:
+    """``(a, b)`` brought to one layout: ``a`` in ``b``'s when their shapes differ and an adapter
+    explains it (``tol``: see :func:`harness.adapters.find_adapter`), or through ``forced`` whatever
+    their shapes (features in another order keep the shape; statistics do not see the order); or
+    ``b`` at the one position ``a`` holds (:func:`_position`)."""
     if tuple(a.shape) == tuple(b.shape) and (forced is None or not isinstance(a, torch.Tensor)):
-        return a, None
+        return a, b, None
     if isinstance(a, TensorSummary) or isinstance(b, TensorSummary):
         if _numel(a) != _numel(b):
-            return a, None
+            return a, b, None
         s = _summary(a)
-        return TensorSummary(tuple(b.shape), s.dtype, s.mean, s.std, s.absmax, s.nonfinite), "same elements (statistics)"
+        return TensorSummary(tuple(b.shape), s.dtype, s.mean, s.std, s.absmax, s.nonfinite), b, "same elements (statistics)"
+    if forced is None and 0 < a.numel() < b.numel():
+        return (a, *_position(a, b, tol))
     adapter = forced or find_adapter(a, b, tol=tol)
     if adapter is None:
-        return a, None
+        return a, b, None
     try:
         out = adapter.apply(a)
     except Exception:  # a user adapter that does not fit this call: the shapes stay different
-        return a, None
-    return out, adapter.description
+        return a, b, None
+    return out, b, adapter.description
+
+
+_POSITIONS = 8  # the first (and last) positions along an axis tried for a call computing one of them
+
+
+def _position(a: torch.Tensor, b: torch.Tensor, tol: Tolerance) -> tuple[Leaf, str | None]:
+    """``b`` at the one position along one axis that ``a`` holds, when ``a`` has ``b``'s shape
+    without that axis (or with it of size 1): a norm run on the pooled class token against one run
+    on every token, the class token taken after it. The positions tried are the first and last few
+    (class, distillation, register tokens); the one agreeing best is kept. ``(b, None)`` when none fits."""
+    best: tuple[float, torch.Tensor, str] | None = None
+    for dim, n in enumerate(b.shape):
+        rest = (*b.shape[:dim], *b.shape[dim + 1:])
+        if n < 2 or tuple(a.shape) not in (rest, (*b.shape[:dim], 1, *b.shape[dim + 1:])):
+            continue
+        for index in dict.fromkeys((*range(min(n, _POSITIONS)), *range(max(n - _POSITIONS, 0), n))):
+            part = b.select(dim, index).reshape(a.shape)
+            err = measure(a, part).max_abs
+            if best is None or err < best[0]:
+                best = (err, part, f"the reference's {index} along dim {dim} (the candidate computes that position only)")
+            if best[0] <= tol.bound(float(part.abs().max())):
+                return best[1], best[2]
+    return (best[1], best[2]) if best is not None else (b, None)
 
 
 def _worst(pairs: list[tuple[str, Leaf, Leaf]], tol: Tolerance,
@@ -170,7 +199,7 @@ def _worst_adapted(pairs: list[tuple[str, Leaf, Leaf]], tol: Tolerance, forced: 
     worst: tuple[float, str, Metrics, str | None, tuple | None] | None = None
     passed = True
     for key, a0, b in pairs:
-        a, adapter = _adapt(a0, b, forced, tol)
+        a, b, adapter = _adapt(a0, b, forced, tol)
         ref_shape = tuple(b.shape) if tuple(a0.shape) != tuple(b.shape) else None
         if isinstance(a, TensorSummary) or isinstance(b, TensorSummary):
             m = measure_summaries(_summary(a), _summary(b))
