@@ -22,7 +22,10 @@ rounding alone costs:
    The layer passes when ``ratio <= DEFAULT_NOISE_RATIO[dtype]``: a correct candidate rounds
    differently but about as much as the reference, so its error stays within a small multiple
    of the floor; a bug adds an error of its own on top. ``u`` keeps layers that the reference
-   computes exactly (floor 0) from failing on the candidate's first rounding.
+   computes exactly (floor 0) from failing on the candidate's first rounding. ``c`` is taken in
+   the layout the row was measured in (another shape; or, for a row measured through a
+   permutation keeping its shape, channels-last against channels-first when C == H == W, that
+   permutation).
 3. Re-runs (culprit search, see :mod:`harness.localize`) are judged the same way, locally: the
    candidate module and the reference twin, with float64 copies of that module's weights, both
    run on the reference's recorded inputs, so the floor is that module's own rounding, not the
@@ -150,7 +153,10 @@ def _pairs(cand: Mapping[str, Any], ref: Mapping[str, Any], exact: Mapping[str, 
     return out
 
 
-def _worst(triples: list[tuple], dtype: str, threshold: float | None) -> NoiseJudgement | None:
+def _worst(triples: list[tuple], dtype: str, threshold: float | None, relaid: bool = False) -> NoiseJudgement | None:
+    """The judgement of the leaf furthest beyond the floor. ``relaid``: a leaf of the reference's
+    shape that fails is judged through the shape-keeping permutation that fits it best (NHWC against
+    NCHW when C == H == W), for a row whose own measurement took that layout."""
     worst = None
     for c, r, e in triples:
         if not all(isinstance(t, torch.Tensor) for t in (c, r, e)):
@@ -161,6 +167,9 @@ def _worst(triples: list[tuple], dtype: str, threshold: float | None) -> NoiseJu
             adapter = find_adapter(c, r)
             c = adapter.apply(c) if adapter is not None else c
         j = judge(c, r, e, dtype, threshold)
+        if relaid and not j.passed and c.shape == r.shape:
+            kept = find_adapter(c, r, same_shape=True, remember=False)
+            j = judge(kept.apply(c), r, e, dtype, threshold) if kept is not None else j
         if worst is None or j.ratio > worst.ratio or (j.ratio != j.ratio):
             worst = j
     return worst
@@ -175,6 +184,9 @@ class NoiseFloor:
     def __init__(self, judged: dict[int, NoiseJudgement | None], outputs: dict[str, torch.Tensor],
                  dtype: str, threshold: float | None) -> None:
         self.judged = judged
+        # per aligned call, its judgement with failing leaves of one shape permuted back: for rows
+        # measured through such a layout (inputs in another layout), as their own verdict was
+        self.relaid: dict[int, NoiseJudgement | None] = {}
         self.outputs = outputs
         self.dtype = dtype
         self.threshold = DEFAULT_NOISE_RATIO.get(dtype, 4.0) if threshold is None else threshold
@@ -233,9 +245,18 @@ class NoiseFloor:
         or not judged: a summary leaf, a fused record)."""
         return self.judged.get(id(match))
 
+    def judge_match_relaid(self, match: Any) -> NoiseJudgement | None:
+        """:meth:`judge_match` with failing same-shape leaves judged in the layout that fits them."""
+        return self.relaid.get(id(match), self.judge_match(match))
+
     def judge_live(self, match: Any, exact: Mapping[str, torch.Tensor]) -> NoiseJudgement | None:
-        """Judge ``match`` against ``exact``, its float64 twin's output leaves."""
-        return _worst(_pairs(match.candidate.outputs, match.reference.outputs, exact), self.dtype, self.threshold)
+        """Judge ``match`` against ``exact``, its float64 twin's output leaves (and, where that
+        fails, in the layout of :meth:`judge_match_relaid`)."""
+        pairs = _pairs(match.candidate.outputs, match.reference.outputs, exact)
+        judged = _worst(pairs, self.dtype, self.threshold)
+        if judged is not None and not judged.passed:
+            self.relaid[id(match)] = _worst(pairs, self.dtype, self.threshold, relaid=True)
+        return judged
 
     def rerun_judge(self, match: Any) -> Callable[[Mapping[str, torch.Tensor]], bool | None] | None:
         """For the culprit search: ``outputs of the candidate re-run -> still fails?`` (None: no verdict)."""
@@ -452,7 +473,9 @@ def noise_verdicts(
         return NoiseVerdicts(False, note=f"noise floor off: the float64 run of the reference failed "
                                          f"({type(exc).__name__}: {exc}); absolute tolerances decide")
     for row in rows:
-        judged = floor.judge_match(row.match)
+        # a row measured through a permutation keeping its shape is judged in that layout too
+        same_shape_layout = row.adapter is not None and row.reference_shape is None
+        judged = floor.judge_match_relaid(row.match) if same_shape_layout else floor.judge_match(row.match)
         if judged is None:
             continue
         row.noise, row.passed_tolerance = judged, row.passed
