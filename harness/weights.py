@@ -58,6 +58,11 @@ its weights. The algorithm:
    tensors there feed nothing in the candidate (a block applied twice against two blocks: the first
    application's tensors feed it, the second's are unmatched with that reason, and a note says so).
    Later reads are then set aside: no later search pairs a tensor without this evidence.
+   Tables last: a leftover table one side keeps whole and the other in consecutive parts (a
+   class row and a patch grid) takes its parts' slices; one with a few more leading rows than a
+   leftover table of the other side, otherwise of its shape (a position table covering the class
+   token against timm's ``no_embed_class`` table for the patches alone), is that table after as
+   many zero rows (``insert``).
    Units stay whole: where leftovers were paired by shape alone (a block that runs its shortcut
    before the main branch on one side and after it on the other), a unit (a conv and its norm)
    whose tensors come from several reference units exchanges same-role tensors with another so
@@ -822,6 +827,7 @@ def infer_map(
     if _split_leftovers(cand, used_c, reasons) + _split_leftovers(ref, used_r, reasons):
         entries += _repair(cand, ref, entries, used_c, used_r, reasons)
     entries += _split_tables(cand, ref, used_c, used_r)
+    entries += _padded_tables(cand, ref, used_c, used_r)
     entries = _cohere(_untangle(entries))
     order: dict[str, int] = {}
     for k, t in enumerate(cand):  # the parts of a joined tensor split for a second search: in its place
@@ -1135,6 +1141,35 @@ def _split_tables(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], use
             used_c.add(k)
             start += rows
         used_r.add(rk)
+    return out
+
+
+_PREFIX_ROWS = 8  # the most rows a table keeps for tokens before the patches (class, registers)
+_TABLE_OPS = ("add", "add_")  # a position table is added to the tokens; a weight read by a layer is no table
+
+
+def _padded_tables(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], used_r: set[int]) -> list[Entry]:
+    """A table with a few more leading rows than a leftover reference table, otherwise of its shape:
+    a position table ``(1, 1 + N, C)`` kept whole for the class token and the patches against
+    timm's ``no_embed_class`` table ``(1, N, C)``, added to the patches alone before the class token
+    joins them. The reference adds nothing to the class token, so those rows are zeros; verification
+    says whether that is right."""
+    out: list[Entry] = []
+    for rk, r in enumerate(ref):
+        if rk in used_r or r.pieces or r.op not in _TABLE_OPS or len(r.shape) < 2:
+            continue
+        for k, c in enumerate(cand):
+            if k in used_c or c.kind != r.kind or c.pieces or c.to_used or c.op not in _TABLE_OPS or len(c.shape) != len(r.shape):
+                continue
+            longer = [d for d, (a, b) in enumerate(zip(c.shape, r.shape)) if a != b]
+            if len(longer) != 1 or not 0 < c.shape[longer[0]] - r.shape[longer[0]] <= _PREFIX_ROWS:
+                continue
+            dim = longer[0]
+            steps = ({"op": "insert", "dim": dim, "start": 0, "size": c.shape[dim] - r.shape[dim], "value": 0.0},)
+            out.append(Entry(c.key, (r.key,), steps, c.shape, (r.shape,), r.kind))
+            used_c.add(k)
+            used_r.add(rk)
+            break
     return out
 
 
