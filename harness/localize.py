@@ -37,16 +37,16 @@ as a call's output or, inside the twin around it, as any op's value (a slice of 
 a bias table read by an attention's own code: the twin's ops are run again to see),
 or a failing guess that gives its guessed twin's output when re-run on that twin's inputs (a
 shared ReLU after a dropped residual add; one that cannot be re-run, in summary mode, when its
-inputs already differ from its twin's). With every suspect cleared, the error was made in the
-own code of an untwinned container around the failing call: the innermost that does not hand its
-input on unchanged (an encoder adding a position table before its ``Sequential`` of layers, not the
-``Sequential``), else the innermost holding tensors of its own (that encoder, when it no longer
-adds its table: only its own code reads them); else a cleared module with a forward of its own that returns its child's output
-as it is (a residual layer that lost its add: every call passed its value on, so an operation was
-left out, and that call exists to do it; where no twinned call is around, also a torch
-container), else the twinned call's own code. For such a call the values name the operation left
-out when they show it (the reference's next value is the call's input plus its output: a residual
-add). ``introduced`` lists every independent origin in execution order.
+inputs already differ from its twin's). With every suspect cleared, an operation was left out or
+moved: first a cleared call that returns its child's output as it is where the reference reads
+that output plus the call's input next (a residual layer that lost its add; a module with a
+forward of its own, or where no call around has a twin, a torch container too), with the add
+named; then the own code of an untwinned container around the failing call: the innermost that
+does not hand its input on unchanged (an encoder adding a position table before its
+``Sequential`` of layers, not the ``Sequential``), else the innermost holding tensors of its own
+(that encoder, when it no longer adds its table: only its own code reads them), else the
+innermost with a forward of its own (a layer calling its norm before the branch it should
+follow); else the twinned call's own code. ``introduced`` lists every independent origin in execution order.
 
 An origin whose output holds what its twin and the reference call reading the twin's output give
 together does two steps in one (a batch norm folded into its conv): a note says so, since such
@@ -814,8 +814,13 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         if first_bad is None:
             return None
         calls = [*(r.match.candidate for r in rows), *untwinned]
-        if outer is None:  # no call around it has a twin whose own code could have made the error
-            return _bare_wrapper(cleared, calls)
+        # a call returning its child's value as it is, where the reference adds its input to it
+        # next: a residual layer that lost its add (a torch container only where no call around
+        # it has a twin whose own code could have left the add out)
+        failing_row = next((r for r in rows if r.match.candidate is first_bad), None)
+        wrapper = _bare_wrapper(cleared, calls, failing_row, own_code=outer is not None)
+        if wrapper is not None:
+            return wrapper
         # the error may be made by an untwinned container's own code, before the failing call:
         # the innermost that does not hand the failing call its own input unchanged (a Sequential
         # passes its input on; an encoder that adds a position table before its layers does not)
@@ -826,27 +831,30 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         # else one holding tensors of its own, which only its own code reads: handing its input on
         # as it came, it left out what it does with them (an encoder's position table not added)
         found = found or next((u for u in around if _holds_own_tensors(u.module)), None)
+        # else the innermost with a forward of its own: it hands its input on as it came, where the
+        # twin's code gives that call another value (a norm called before the modulation it follows)
+        found = found or next((u for u in around if _own_forward(u.module)), None)
         # nor one handed a value the reference never computes (a class token joined after the
         # patches): the error was made before it was called, by the code around it
         if found is not None and _received_unknown(found, _known_values(row, reference), row and row.tolerance):
             return None
         # a module of its own (not a torch container) around one child, returning what the child
         # returns as it is: the twin's code is alike, but this call exists to do the step left out
-        return found or _bare_wrapper(cleared, calls, own_code=True)
+        return found
     # innermost: the earliest to complete; its untwinned parents completed later
     return min(suspects, key=lambda u: u.end)
 
 
-def _bare_wrapper(cleared: Sequence[Record], calls: Sequence[Record], own_code: bool = False) -> Record | None:
-    """Where an error made between an agreeing call and a failing one, under no twinned call, is
-    last looked for: the innermost cleared suspect that returns a nested call's output as it is
-    (a residual layer that lost its add returns its branch's value, one the reference computes,
-    while the reference goes on adding). Every call there passed its value on unchanged, so the
-    error is an operation left out; the wrapper, whose call exists to do something around its
-    child, is the likeliest place. ``own_code``: only a module with a forward of its own (not a torch
-    container, which only chains its children). None when there is no such call."""
-    wrappers = [u for u in cleared if any(u.contains(c) and _bitwise(c.primary, u.primary) for c in calls)
-                and not _bitwise(u.first_input, u.primary) and (not own_code or _own_forward(u.module))]
+def _bare_wrapper(cleared: Sequence[Record], calls: Sequence[Record], failing: Row | None,
+                  own_code: bool = False) -> Record | None:
+    """The innermost cleared suspect that returns a nested call's output as it is where the
+    ``failing`` call's twin reads that output plus the suspect's input (a residual layer that lost
+    its add returns its branch's value, one the reference computes, while the reference goes on
+    adding): every call there passed its value on unchanged, so an operation was left out, and the
+    wrapper, whose call exists to do something around its child, is where. ``own_code``: only a
+    module with a forward of its own (not a torch container, which only chains its children).
+    None when there is no such call."""
+    wrappers = [u for u in cleared if (not own_code or _own_forward(u.module)) and _left_out_after(u, failing, calls)]
     return min(wrappers, key=lambda u: u.end - u.start, default=None)
 
 

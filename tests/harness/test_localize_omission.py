@@ -271,3 +271,66 @@ def test_encoder_that_no_longer_adds_its_position_table_is_the_culprit():
     report = harness.compare(port, original, x, weights=weights)
     assert report.culprit == "encoder", \
         f"culprit {report.culprit}, expected encoder (it holds the position table and hands its input on without it)\n{report.format()}"
+
+
+class PostNormBlock(nn.Module):
+    """The original: each branch normalized after it runs (post-norm), both adds in the block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn, self.norm1, self.mlp, self.norm2 = Attention(), nn.LayerNorm(D), Mlp(), nn.LayerNorm(D)
+
+    def forward(self, x):
+        x = x + self.norm1(self.attn(x))
+        return x + self.norm2(self.mlp(x))
+
+
+class PostNormOriginal(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.blocks, self.head = nn.Linear(8, D), nn.Sequential(PostNormBlock(), PostNormBlock()), nn.Linear(D, 4)
+
+    def forward_features(self, x):
+        return self.blocks(self.embed(x))
+
+    def forward(self, x):
+        return self.head(self.forward_features(x).mean(1))
+
+
+class PostNormLayer(nn.Module):
+    """The port's layer: one branch, its norm and its add."""
+
+    def __init__(self, branch: nn.Module) -> None:
+        super().__init__()
+        self.branch, self.norm, self.pre_norm = branch, nn.LayerNorm(D), False
+
+    def forward(self, x):
+        if self.pre_norm:  # the norm applied before the branch: another block
+            return x + self.branch(self.norm(x))
+        return x + self.norm(self.branch(x))
+
+
+class PostNormPort(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(8, D)
+        self.layers = nn.Sequential(*(PostNormLayer(m) for m in (Attention(), _port_mlp(), Attention(), _port_mlp())))
+
+    def forward(self, x):
+        return self.layers(self.stem(x))
+
+
+def test_layer_calling_its_norm_before_the_branch_is_the_culprit_when_the_root_is_not_compared():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    features = {"reference_call": lambda model, call: model.forward_features(*call.args)}
+    port, original = PostNormPort().double().eval(), PostNormOriginal().double().eval()
+    with torch.no_grad():
+        for p in original.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    weights = harness.map_weights(port, original, x, **features)
+    weights.transfer(original, port)
+    assert harness.compare(port, original, x, weights=weights, **features).passed, "the correct port must pass first"
+    port.layers[2].pre_norm = True
+    report = harness.compare(port, original, x, weights=weights, **features)
+    assert report.culprit == "layers.2", f"culprit {report.culprit}, expected layers.2 (pre-norm where post-norm)\n{report.format()}"
