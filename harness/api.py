@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from harness import guards, progress
-from harness.align import align, choose_twins, fused_records
+from harness.align import Match, align, choose_twins, fused_records
 from harness.backward import check_backward, compare_backward
 from harness.adapters import UserAdapter, find_adapter
 from harness.checks import check_module, type_error
-from harness.diagnose import annotate_mismatches, origins_diagnosis, setting_notes
+from harness.diagnose import annotate_mismatches, diagnose, origins_diagnosis, setting_notes
 from harness.localize import Localization, Row, drop_trailing_ops, extend_twins, localize_all, measure_match
 from harness.memory import trace_budget
 from harness.noise import float64_hint, noise_verdicts
@@ -265,6 +265,8 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
         rows, found.introduced, root=reference if replay is None else None, weights=weights, candidate=candidate)
     if not passed and o.diagnose and not any(f["module"] == found.culprit for f in diagnosis):
         diagnosis = [*(f for f in found.findings if f["module"] == found.culprit), *diagnosis]
+    if not passed and o.diagnose and not diagnosis and replay is None and weights is not None:
+        diagnosis = _weights_twin_diagnosis(found.culprit, weights, cand_trace.records, ref_records, reference)
     if not passed:
         annotate_mismatches(rows, final, outputs, tol)
         found, rows = _blamed_parts(found, rows, diagnosis)
@@ -314,6 +316,33 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
         noise_floor=noise.to_dict(),
         backward=backward_result,
     )
+
+
+def _weights_twin_diagnosis(culprit: str | None, weights: WeightMap, cand_records: Sequence[Record],
+                            ref_records: Sequence[Record], reference: nn.Module) -> list[dict]:
+    """Findings for a culprit that alignment left without a twin and that no twinned call encloses
+    (a comparison of features, where the models' roots are not compared): run against the reference
+    module all its mapped tensors come from (the deepest module holding every source), if it ran."""
+    if culprit is None:
+        return []
+    prefix = "" if culprit == ROOT else culprit + "."
+    sources = [k for e in weights.entries if e.candidate.startswith(prefix) for k in e.reference]
+    if not sources:
+        return []
+    common: list[str] = []
+    for level in zip(*(key.split(".")[:-1] for key in sources)):  # the module path all sources share
+        if len(set(level)) > 1:
+            break
+        common.append(level[0])
+    twin_name = ".".join(common) or ROOT
+    cand = next((r for r in cand_records if r.name == culprit), None)
+    ref = next((r for r in ref_records if r.name == twin_name), None)
+    if cand is None or ref is None:
+        return []
+    try:
+        return diagnose(Match(cand, ref, "weights"), reference, weights)
+    except Exception:  # the diagnosis explains; it must never cost the verdict
+        return []
 
 
 def _blamed_parts(found: Localization, rows: list[Row], diagnosis: list[dict]) -> tuple[Localization, list[Row]]:

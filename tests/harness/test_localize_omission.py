@@ -314,10 +314,13 @@ class PostNormPort(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Linear(8, D)
-        self.layers = nn.Sequential(*(PostNormLayer(m) for m in (Attention(), _port_mlp(), Attention(), _port_mlp())))
+        self.layers = nn.ModuleList(PostNormLayer(m) for m in (Attention(), _port_mlp(), Attention(), _port_mlp()))
 
     def forward(self, x):
-        return self.layers(self.stem(x))
+        x = self.stem(x)
+        for layer in self.layers:  # no call around the layers: none of them has a twinned caller
+            x = layer(x)
+        return x
 
 
 def test_layer_calling_its_norm_before_the_branch_is_the_culprit_when_the_root_is_not_compared():
@@ -334,3 +337,19 @@ def test_layer_calling_its_norm_before_the_branch_is_the_culprit_when_the_root_i
     port.layers[2].pre_norm = True
     report = harness.compare(port, original, x, weights=weights, **features)
     assert report.culprit == "layers.2", f"culprit {report.culprit}, expected layers.2 (pre-norm where post-norm)\n{report.format()}"
+
+
+def test_why_of_a_layer_without_a_twin_compares_it_with_the_module_its_weights_come_from():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    features = {"reference_call": lambda model, call: model.forward_features(*call.args)}
+    port, original = PostNormPort().double().eval(), PostNormOriginal().double().eval()
+    with torch.no_grad():
+        for p in original.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    weights = harness.map_weights(port, original, x, **features)
+    weights.transfer(original, port)
+    port.layers[2].pre_norm = True
+    report = harness.compare(port, original, x, weights=weights, **features)
+    why = _why(report)
+    assert why.startswith("layers.2: layer_norm") and "missing" in why, f"why: {why}\n{report.format()}"
