@@ -62,7 +62,9 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    reading what one reference op reads (as the weight map puts it), and no other's, is that op's
    twin whatever its name (a 1x1 conv and the linear it ports), and a hand-written run of ops reading
    it is that op written out (a batch norm folded into a scale and a shift: the run ends with the
-   ops joining what it made); between those anchors, by name (``difflib.SequenceMatcher``). Walk the
+   ops joining what it made, and begins where, from one activation, it computes that op: a
+   layer norm's eps add is part of it, never the twin of a residual add the candidate dropped);
+   between those anchors, by name (``difflib.SequenceMatcher``). Walk the
    aligned pairs in order. Unpaired ops are held as pending until the next pair: if that pair's
    output agrees, they were harmless spellings; if not, only those whose results flow into it explain
    it. An op missing in the candidate is a finding on the reference's submodule running it where the
@@ -2461,7 +2463,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
     unpaired: dict[int, tuple[bool, Op]] = {}  # id of an unpaired op's finding -> (the candidate's?, the op)
     cand_scopes = _scopes(cand.rec)
     last_c, last_r, agreed = -1, -1, None  # recorder indices of the last agreeing pair, the pair
-    codes = _aligned(cs, rs, expected, cand.rec)
+    codes = _aligned(cs, rs, expected, cand.rec, tol)
     for at, (tag, i1, i2, j1, j2) in enumerate(codes):
         if tag != "equal":
             after_replaced = any(f["kind"] == "op" for f in pending)
@@ -2564,17 +2566,18 @@ def _moved(findings: list[dict]) -> list[dict]:
 
 
 def _aligned(cs: list[Op], rs: list[Op], expected: Expected | None,
-             rec: OpRecorder) -> list[tuple[str, int, int, int, int]]:
+             rec: OpRecorder, tol: Tolerance | None = None) -> list[tuple[str, int, int, int, int]]:
     """``difflib`` opcodes pairing two op streams, anchored on parameters (:func:`_anchors`): an op
     paired with the one reading the same tensor's values whatever their names (a 1x1 conv with the
     linear it ports), a hand-written run with the one op it writes out (a batch norm folded into a
-    scale and a shift). Between anchors, ops pair by name; a name alone would pair a hand-written
-    norm's ``mul`` by its scale with a layer scale's ``mul`` further on, and every op after it with
-    the wrong twin."""
+    scale and a shift), from where it computes that op (:func:`_run_start`). Between anchors, ops
+    pair by name; a name alone would pair a hand-written norm's ``mul`` by its scale with a layer
+    scale's ``mul`` further on, and every op after it with the wrong twin."""
     codes: list[tuple[str, int, int, int, int]] = []
     i0 = j0 = 0
     for lo, hi, j in [*_anchors(cs, rs, expected, rec), (len(cs), len(cs), len(rs))]:
-        stretch = _by_name(cs, rs, i0, lo, j0, j)
+        own = _run_start(cs, rs[j], i0, lo, hi, rec, tol) if hi - lo > 1 and lo < len(cs) else lo
+        stretch = _by_name(cs, rs, i0, own, j0, j)
         if hi - lo == 1 or lo == len(cs):
             codes += stretch
             if lo < len(cs):
@@ -2588,6 +2591,24 @@ def _aligned(cs: list[Op], rs: list[Op], expected: Expected | None,
             codes.append(("replace", start, hi, j, j + 1))
         i0, j0 = hi, j + 1
     return codes
+
+
+def _run_start(cs: list[Op], r: Op, i0: int, lo: int, hi: int, rec: OpRecorder, tol: Tolerance | None) -> int:
+    """Where the hand-written run ``cs[lo:hi]`` (the ops reading ``r``'s parameters) begins: the
+    latest op after ``i0`` from which the ops up to ``hi`` read one activation and compute what
+    ``r``, re-run on it, computes (a layer norm's mean, variance, eps add and square root before its
+    scale). By name, the eps add would pair with a residual add the candidate lacks; ``lo`` where
+    no earlier start computes it (the run differs: its variants are told apart later)."""
+    if tol is None or r.call is None:
+        return lo
+    for start in reversed(range(i0, lo)):
+        x = _span_input(rec, cs[start:hi])
+        if x is None or tuple(x.shape) != r.in_shape:
+            continue
+        expected = _rerun(r, x)
+        if expected is not None and _outputs_agree(cs[hi - 1].outputs[:1], [expected], tol):
+            return start
+    return lo
 
 
 def _by_name(cs: list[Op], rs: list[Op], i0: int, i1: int, j0: int, j1: int) -> list[tuple[str, int, int, int, int]]:
