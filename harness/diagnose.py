@@ -2488,6 +2488,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             twin = r if _pair_agrees(c, r, tol) else _value_twin(c, rs, j1 + k, tol)
             if twin is not None:
                 pending.clear()  # what was unpaired so far changed nothing
+                unpaired.clear()  # keyed by id: a later finding may take a cleared one's id
                 last_c, last_r, agreed = c.index, twin.index, (c, twin)
                 continue
             where = _scoped(module, c)
