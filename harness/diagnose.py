@@ -3081,10 +3081,14 @@ def _culprit_findings(rows: list[Any], culprit: str, root: nn.Module | None, wei
             own = []
         if any(f["kind"] != "value" for f in own):
             return own
-    if row is None or _without_twin_module(row) or fed_otherwise:
+    reshaped = row is not None and not fed_otherwise and _fed_other_shape(row)
+    own_row = row
+    if row is None or _without_twin_module(row) or fed_otherwise or reshaped:
         # a culprit without a twin (or twinned to a slice of another module's output, a fused
-        # qkv's), or fed other values than its twin (windows not shifted by the block around it):
-        # its innermost twinned ancestor runs the same code, from where the two part
+        # qkv's), fed other values than its twin (windows not shifted by the block around it), or
+        # a map of another size (padded by its parent before it: the culprit's own padding, which
+        # the reference does inside, differs only for that): its innermost twinned ancestor runs
+        # the same code, from where the two part
         around = [r for r in rows if r.match.how != "structure" and r.status == "contains"
                   and (r.candidate == "<root>" or culprit.startswith(r.candidate + "."))
                   and _parameters(r.match.candidate.module) <= ANCESTOR_ELEMENTS]
@@ -3092,7 +3096,8 @@ def _culprit_findings(rows: list[Any], culprit: str, root: nn.Module | None, wei
     try:
         if row is None:  # no twin to run against: what the culprit holds, against what the map puts there
             return _held_values(candidate, culprit, root, weights)
-        return diagnose(row.match, root, weights)
+        found = diagnose(row.match, root, weights)
+        return found if found or not reshaped or row is own_row else diagnose(own_row.match, root, weights)
     except Exception as exc:  # the diagnosis explains; it must never cost the verdict
         return [_finding(culprit, "value", None, None, None, None,
                          f"{culprit}: no operation-level diagnosis ({type(exc).__name__}: {exc})")]
@@ -3124,6 +3129,16 @@ def _fed_otherwise(row: Any) -> bool:
     c, r = (list(flatten_tensors((side.args, side.kwargs)).values())
             for side in (row.match.candidate, row.match.reference))
     return bool(c and r) and c[0].shape == r[0].shape and c[0].is_floating_point() and not _near(c[0], r[0])
+
+
+def _fed_other_shape(row: Any) -> bool:
+    """A full-mode row whose candidate received, as its first tensor, a map of another shape than
+    its twin's, not the same values in another layout (NHWC against NCHW): a map padded before it."""
+    c, r = (list(flatten_tensors((side.args, side.kwargs)).values())
+            for side in (row.match.candidate, row.match.reference))
+    if not (c and r) or c[0].shape == r[0].shape or c[0].ndim != r[0].ndim or not c[0].is_floating_point():
+        return False
+    return c[0].dtype != r[0].dtype or find_adapter(r[0], c[0], remember=False) is None
 
 
 def _without_twin_module(row: Any) -> bool:
