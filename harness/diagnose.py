@@ -12,9 +12,10 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    seen one by one, as the other side writes them). A tensor passed twice is copied once (``mha(x, x, x)``
    keeps its self-attention path); a candidate taking other flags or keyword names gets the reference's
    tensors in its own arguments where they pair one to one, brought into its layout (NHWC against
-   NCHW). A culprit without a twin, or fed other values than its twin (windows its block did not
-   shift), is explained
-   through its innermost twinned ancestor, which runs the same code. When either twin cannot be copied or cast
+   NCHW). A culprit without a twin, fed other values than its twin (windows its block did not
+   shift), or a map of another size (padded by its parent before it), is explained
+   through its innermost twinned ancestor, which runs the same code: one whose output the error
+   reaches, else, where a later op cancels it (a norm with a zero scale), one it vanishes in. When either twin cannot be copied or cast
    (a forward patched with a closure over the original), both run as they are, in their own dtype,
    under ``no_grad`` with their parameters and buffers snapshotted and restored bitwise (only the
    changed ones written back: a comparison leaves the models' version counters as they were).
@@ -67,7 +68,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    between those anchors, by name (``difflib.SequenceMatcher``). Walk the
    aligned pairs in order. Unpaired ops are held as pending until the next pair: if that pair's
    output agrees, they were harmless spellings; if not, only those whose results flow into it explain
-   it. An op missing in the candidate is a finding on the reference's submodule running it where the
+   it. An op replaced by another stays pending past an agreeing pair it does not flow into (a
+   context summed as a mean on one branch, the values' activation agreeing on the other). An op missing in the candidate is a finding on the reference's submodule running it where the
    twins have one name and the candidate has that submodule, else on the candidate module, its text
    naming the reference's submodule. A pair whose output differs while a nearby op of
    the same name agrees (``x * cos + rot * sin`` against ``rot * sin + x * cos``) is a reordering;
@@ -2258,14 +2260,15 @@ def _no_bias(op: Op, key: str) -> torch.Tensor | None:
 
 def _replaced_findings(module: str, cs: list[Op], rs: list[Op], j1: int, cand: _Side, ref: _Side,
                        tol: Tolerance, operands: Callable[[str, Op, Op], list[dict]],
-                       after_replaced: bool = False) -> list[dict]:
+                       after_replaced: bool = False, made: dict[int, Op] | None = None) -> list[dict]:
     """One finding per op the candidate applies in the place of another (``cs`` against ``rs[j1:]``),
     except where the two give one result (another spelling of one operation) and where the op only
     receives what a replaced op before it made differ: the first difference is the one to explain,
     and an untouched module downstream of it is no lead. Where a parameter operand holds other values
     than the reference's (``operands``: through the weight map), that is the finding: a linear in the
     place of a conv on a whole map is a spelling the right port has too. ``after_replaced``: a
-    replaced op before these already made a difference."""
+    replaced op before these already made a difference; ``made``: filled with each finding's id ->
+    the candidate's op it is on."""
     found: list[dict] = []
     for k, c in enumerate(cs):
         r = rs[j1 + k]
@@ -2275,10 +2278,12 @@ def _replaced_findings(module: str, cs: list[Op], rs: list[Op], j1: int, cand: _
         where = _scoped(module, c)
         if c.params and r.params and (held := operands(where, c, r)):
             found += held
-            continue
-        found.append(_finding(where, "op", c.name, None, c.name, r.name,
-                              f"{where}: the candidate applies {c.name} where the reference applies "
-                              f"{r.name} ({_where(rs, j1 + k, replaced=True)})"))
+        else:
+            found.append(_finding(where, "op", c.name, None, c.name, r.name,
+                                  f"{where}: the candidate applies {c.name} where the reference applies "
+                                  f"{r.name} ({_where(rs, j1 + k, replaced=True)})"))
+        for f in found if made is not None else ():
+            made.setdefault(id(f), c)
     return found
 
 
@@ -2461,6 +2466,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
     operands = (lambda where, c, r: _param_findings(where, c, r, ref_module, root, expected))
     pending: list[dict] = []
     unpaired: dict[int, tuple[bool, Op]] = {}  # id of an unpaired op's finding -> (the candidate's?, the op)
+    replaced: dict[int, Op] = {}  # id of a replaced op's finding -> the candidate's op
     cand_scopes = _scopes(cand.rec)
     last_c, last_r, agreed = -1, -1, None  # recorder indices of the last agreeing pair, the pair
     codes = _aligned(cs, rs, expected, cand.rec, tol)
@@ -2474,7 +2480,8 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                     continue
                 tag, i1, j1 = "insert", i1 + done, j2  # it does: what follows it is extra
             n = min(i2 - i1, j2 - j1) if tag == "replace" else 0
-            pending += _replaced_findings(module, cs[i1:i1 + n], rs, j1, cand, ref, tol, operands, after_replaced)
+            pending += _replaced_findings(module, cs[i1:i1 + n], rs, j1, cand, ref, tol, operands, after_replaced,
+                                          replaced)
             if any(f["kind"] == "op" for f in pending):
                 continue  # what follows a replaced op that changed the values receives its error: no lead
             for k in range(i1 + n, i2):
@@ -2487,7 +2494,12 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
         for k, (c, r) in enumerate(zip(cs[i1:i2], rs[j1:j2])):
             twin = r if _pair_agrees(c, r, tol) else _value_twin(c, rs, j1 + k, tol)
             if twin is not None:
-                pending.clear()  # what was unpaired so far changed nothing
+                # what was unpaired so far changed nothing; an op replaced on another branch (a sum
+                # of one operand taken as its mean, then the other operand's activation) still may
+                aside = [f for f in pending if id(f) in replaced and replaced[id(f)].index not in
+                         _upstream(cand.rec, c) | {c.index}]
+                replaced = {id(f): replaced[id(f)] for f in aside}
+                pending[:] = aside
                 unpaired.clear()  # keyed by id: a later finding may take a cleared one's id
                 last_c, last_r, agreed = c.index, twin.index, (c, twin)
                 continue
@@ -3089,9 +3101,13 @@ def _culprit_findings(rows: list[Any], culprit: str, root: nn.Module | None, wei
         # a map of another size (padded by its parent before it: the culprit's own padding, which
         # the reference does inside, differs only for that): its innermost twinned ancestor runs
         # the same code, from where the two part
-        around = [r for r in rows if r.match.how != "structure" and r.status == "contains"
-                  and (r.candidate == "<root>" or culprit.startswith(r.candidate + "."))
-                  and _parameters(r.match.candidate.module) <= ANCESTOR_ELEMENTS]
+        ancestors = [r for r in rows if r.match.how != "structure"
+                     and (r.candidate == "<root>" or culprit.startswith(r.candidate + "."))
+                     and _parameters(r.match.candidate.module) <= ANCESTOR_ELEMENTS]
+        # the ancestors whose output the error reaches; where none does (a norm with a zero scale
+        # after the culprit cancels it), those it vanishes in: their ops still show it, re-run
+        around = [r for r in ancestors if r.status == "contains"] or ([] if row is not None else [
+            r for r in ancestors if r.match.candidate.module is not None and r.match.reference.module is not None])
         row = max(around, key=lambda r: (r.candidate != "<root>", r.candidate.count(".")), default=row)
     try:
         if row is None:  # no twin to run against: what the culprit holds, against what the map puts there
