@@ -50,8 +50,9 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    what ``x - mean`` is divided by; each only where its arithmetic computes that operation. A cat
    of a parameter with activations (a class token prepended) is no view of that parameter.
    Dropout in eval mode and casts to the same dtype
-   vanish. Ops that only move values (reshape, permute, cat, indexing...) are kept apart as
-   layout ops: implementations spell them in too many ways to align them usefully.
+   vanish. Ops that only move values (reshape, permute, cat, indexing, windows cut with
+   ``x.unfold(dim, size, step)``...) are kept apart as layout ops: implementations spell them in
+   too many ways to align them usefully.
 3. Fuse siblings: one operation applied to one input by several modules in a row (``q``, ``k``,
    ``v`` projections) becomes one op, its output and parameters concatenated, where the other
    side computes that concatenation in one op (a fused ``qkv``) from the same input values, or with
@@ -94,7 +95,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    the heads into the batch for ``bmm``, and where both do, counted by the batch of the module's
    tokens), its differing non-tensor arguments (not ``inplace``
    or ``keepdim``, which say only where or in what shape the result is written; a None an op reads
-   as a value, ``align_corners``, is that value), a parameter
+   as a value, ``align_corners``, is that value; a number passed where the other side passes a
+   parameter names that parameter: a layer scale left ``1.0``), a parameter
    holding other values, compared with the reference's in one layout (a ``(C,)`` scale on NHWC
    against its ``(1, C, 1, 1)`` view on NCHW; ``add``/``mul`` operands paired whatever their side)
    (``weight`` holds the reference's ``bias``, or another module's tensor anywhere in the reference
@@ -110,7 +112,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    fused projection) than the part it passes there (key and value slices taken in another order,
    whatever op reads them), the reference's values reordered along some axes,
    each on its own (slices joined in another order, a roll, a flip: :func:`rearrangement`), or the
-   layout ops between (a transpose missing before a reshape; not those that only bring a value
+   layout ops between (a transpose missing before a reshape; a roll or flip one side only applies
+   first, before ops that only spell a layout otherwise; not those that only bring a value
    into the layout the other side computes it in). So is an input that holds its twin's values
    only through a layout adapter (a conv run on a map with H and W exchanged). Outputs agree in any
    layout (:mod:`harness.adapters`): an einsum may write ``(B, N, H, D)`` where the fused attention
@@ -390,7 +393,9 @@ class OpRecorder(TorchFunctionMode):
         tensor_lists = {k: v for k, v in bound.items() if isinstance(v, (list, tuple))
                         and v and all(isinstance(t, torch.Tensor) for t in v)}
         params = {k: self._provenance[id(v)] for k, v in tensors.items() if id(v) in self._provenance}
-        kind = "layout" if name in LAYOUT else "compute"
+        # ``x.unfold(dim, size, step)`` is a view (windows cut along a dim); ``F.unfold``, im2col,
+        # computes the patches a linear then reads as a conv
+        kind = "layout" if name in LAYOUT or name == "unfold" and func is torch.Tensor.unfold else "compute"
         first = next(iter(tensors.values()), None)
         if first is None and tensor_lists:
             first = next(iter(tensor_lists.values()))[0]
@@ -1477,8 +1482,25 @@ def _argument_findings(module: str, c: Op, r: Op) -> list[dict]:
             if c.name == "scaled_dot_product_attention" and key in ("dim", "dtype"):
                 op, inside = "softmax", " (the attention's softmax)"
             text = f"{module}: {op} {key} {_show(a)} in the candidate, {_show(b)} in the reference{inside}"
+            c_param, r_param = _parameter_in_place(c, key, a, b), _parameter_in_place(r, key, b, a)
+            if r_param:  # a layer scale left a constant (1.0 where the port built none)
+                b = f"the reference's {r_param}"
+                text = f"{module}: {op} by the constant {_show(a)} in the candidate where the reference's {op} reads {r_param}"
+            elif c_param:
+                a = c_param
+                text = f"{module}: {op} reads {c_param} in the candidate where the reference's {op} is by the constant {_show(b)}"
             out.append(_finding(module, "argument", op, key, a, b, text))
     return out
+
+
+def _parameter_in_place(op: Op, key: str, own: Any, other: Any) -> str | None:
+    """The parameter ``op`` passes where the other side's op passes the number ``other`` (``own``
+    is None there: a tensor, no argument), by argument name, or for an add or a mul its one parameter."""
+    if own is not None or not _number(other) or not op.params:
+        return None
+    if key in op.params:
+        return op.params[key]
+    return next(iter(op.params.values())) if op.name in _COMMUTATIVE and len(op.params) == 1 else None
 
 
 def _head_findings(module: str, c: Op, r: Op, cand: _Side, ref: _Side) -> list[dict]:
@@ -1886,20 +1908,31 @@ def _layout_findings(base: str, cand: _Side, ref: _Side, c_lo: int, c_hi: int, r
         c_value, r_value = cand.rec.value(agreed[0].out_ids[0], c_hi), ref.rec.value(agreed[1].out_ids[0], r_hi)
         cl, rl = _past_native(cl, r_value), _past_native(rl, c_value)
     sm = difflib.SequenceMatcher(None, [o.name for o in cl], [o.name for o in rl], autojunk=False)
-    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+    moves = (lambda code: code[0] != "equal" and (any(o.name in _MOVING for o in cl[code[1]:code[2]])
+                                                  != any(o.name in _MOVING for o in rl[code[3]:code[4]])))
+    for tag, i1, i2, j1, j2 in sorted(sm.get_opcodes(), key=lambda code: not moves(code)):
         if tag == "equal":
             for c, r in zip(cl[i1:i2], rl[j1:j2]):
                 found = _argument_findings(_scoped(base, c), c, r)
                 if found:
                     return found
             continue
-        if tag in ("delete", "replace"):
-            op = cl[i1]
+        extra, missing = cl[i1:i2], rl[j1:j2]
+        # an op that moves values to other places (a cyclic shift) on one side only is the
+        # difference, before any other and not the ops in its place (windows cut with unfold
+        # against reshape and permute: spellings of one layout)
+        moved_c, moved_r = [o for o in extra if o.name in _MOVING], [o for o in missing if o.name in _MOVING]
+        if moved_r and not moved_c:
+            extra = []
+        elif moved_c and not moved_r:
+            extra = moved_c
+        if extra:
+            op = extra[0]
             module = _scoped(base, op)
             return [_finding(module, "extra_op", op.name, None, op.name, None,
                              f"{module}: extra {op.name}{_layout_args(op)} in the candidate before {before}; "
                              f"the reference has none")]
-        op = rl[j1]
+        op = (moved_r or missing)[0]
         module = _scoped(base, op)
         return [_finding(module, "missing_op", op.name, None, None, op.name,
                          f"{module}: {op.name}{_layout_args(op)} missing in the candidate before {before}; "
@@ -1908,6 +1941,7 @@ def _layout_findings(base: str, cand: _Side, ref: _Side, c_lo: int, c_hi: int, r
 
 
 _RELAYOUT = frozenset({"reshape", "permute", "transpose", "contiguous", "movedim", "moveaxis"})
+_MOVING = frozenset({"roll", "flip"})  # layout ops no reshape, permute or slice can stand for
 
 
 def _past_native(ops: list[Op], value: torch.Tensor | None) -> list[Op]:
