@@ -11,7 +11,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    own body runs with the recorder on: ``nn.MultiheadAttention``'s projections and attention are
    seen one by one, as the other side writes them). A tensor passed twice is copied once (``mha(x, x, x)``
    keeps its self-attention path); a candidate taking other flags or keyword names gets the reference's
-   tensors in its own arguments where they pair one to one, brought into its layout (NHWC against
+   tensors in its own arguments where they pair one to one (one it passes several times counted
+   once), brought into its layout (NHWC against
    NCHW). A culprit without a twin, fed other values than its twin (windows its block did not
    shift), or a map of another size (padded by its parent before it), is explained
    through its innermost twinned ancestor, which runs the same code: one whose output the error
@@ -3004,13 +3005,15 @@ def _given_reference_tensors(own: tuple[tuple, dict], ref: Any) -> tuple[tuple, 
     reference's in the same place, in the candidate's layout (an NHWC block against an NCHW one),
     where the two pair one to one by near values: an error from upstream, or float32 rounding,
     must not make the re-run's first ops differ."""
-    mine = list(flatten_tensors(own).values())
+    # one tensor passed several times (``mha(x, x, x)``) is one input: it pairs with one of the
+    # reference's, and stays one object (its self-attention path)
+    mine = list({id(t): t for t in flatten_tensors(own).values()}.values())
     theirs = list(flatten_tensors((ref.args, ref.kwargs)).values())
     given = [_in_layout_of(b, a) for a, b in zip(mine, theirs)] if len(mine) == len(theirs) else [None]
     if any(t is None for t in given):
         return own
-    tensors = iter(given)
-    return map_tensors(own, lambda t: next(tensors))
+    by_id = {id(a): g for a, g in zip(mine, given)}
+    return map_tensors(own, lambda t: by_id[id(t)])
 
 
 def _in_layout_of(theirs: torch.Tensor, mine: torch.Tensor) -> torch.Tensor | None:
