@@ -14,7 +14,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    tensors in its own arguments where they pair one to one (one it passes several times counted
    once), brought into its layout (NHWC against
    NCHW). A culprit without a twin, fed other values than its twin (windows its block did not
-   shift), or a map of another size (padded by its parent before it), is explained
+   shift), a map of another size (padded by its parent before it), or one its twin receives
+   shifted (a rolling layout relates them: the twin's parent shifts, the culprit itself), is explained
    through its innermost twinned ancestor, which runs the same code: one whose output the error
    reaches, else, where a later op cancels it (a norm with a zero scale), one it vanishes in. When either twin cannot be copied or cast
    (a forward patched with a closure over the original), both run as they are, in their own dtype,
@@ -3186,12 +3187,18 @@ def _fed_otherwise(row: Any) -> bool:
 
 def _fed_other_shape(row: Any) -> bool:
     """A full-mode row whose candidate received, as its first tensor, a map of another shape than
-    its twin's, not the same values in another layout (NHWC against NCHW): a map padded before it."""
+    its twin's, not the same values in another layout (NHWC against NCHW): a map padded before it,
+    windows cut from a map its twin's parent shifted (:mod:`harness.adapters` names that layout)."""
     c, r = (list(flatten_tensors((side.args, side.kwargs)).values())
             for side in (row.match.candidate, row.match.reference))
-    if not (c and r) or c[0].shape == r[0].shape or c[0].ndim != r[0].ndim or not c[0].is_floating_point():
+    if not (c and r) or c[0].shape == r[0].shape or not c[0].is_floating_point():
         return False
-    return c[0].dtype != r[0].dtype or find_adapter(r[0], c[0], remember=False) is None
+    if c[0].dtype != r[0].dtype:
+        return True
+    adapter = find_adapter(r[0], c[0], remember=False)
+    # windows its twin's parent cut from a shifted map, where the candidate shifts inside: the
+    # layout relating the two inputs rolls values, which only the parents' ops say
+    return adapter is None or "roll" in adapter.description
 
 
 def _without_twin_module(row: Any) -> bool:
