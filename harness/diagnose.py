@@ -17,7 +17,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    shift), a map of another size (padded by its parent before it), or one its twin receives
    shifted (a rolling layout relates them: the twin's parent shifts, the culprit itself), is explained
    through its innermost twinned ancestor, which runs the same code: one whose output the error
-   reaches, else, where a later op cancels it (a norm with a zero scale), one it vanishes in. When either twin cannot be copied or cast
+   reaches, else, where a later op cancels it (a norm with a zero scale), one it vanishes in.
+   When either twin cannot be copied or cast
    (a forward patched with a closure over the original), both run as they are, in their own dtype,
    under ``no_grad`` with their parameters and buffers snapshotted and restored bitwise (only the
    changed ones written back: a comparison leaves the models' version counters as they were).
@@ -72,7 +73,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    aligned pairs in order. Unpaired ops are held as pending until the next pair: if that pair's
    output agrees, they were harmless spellings; if not, only those whose results flow into it explain
    it. An op replaced by another stays pending past an agreeing pair it does not flow into (a
-   context summed as a mean on one branch, the values' activation agreeing on the other). An op missing in the candidate is a finding on the reference's submodule running it where the
+   context summed as a mean on one branch, the values' activation agreeing on the other). An op
+   missing in the candidate is a finding on the reference's submodule running it where the
    twins have one name and the candidate has that submodule, else on the candidate module, its text
    naming the reference's submodule. A pair whose output differs while a nearby op of
    the same name agrees (``x * cos + rot * sin`` against ``rot * sin + x * cos``) is a reordering;
@@ -1487,10 +1489,12 @@ def _argument_findings(module: str, c: Op, r: Op) -> list[dict]:
             c_param, r_param = _parameter_in_place(c, key, a, b), _parameter_in_place(r, key, b, a)
             if r_param:  # a layer scale left a constant (1.0 where the port built none)
                 b = f"the reference's {r_param}"
-                text = f"{module}: {op} by the constant {_show(a)} in the candidate where the reference's {op} reads {r_param}"
+                text = (f"{module}: {op} by the constant {_show(a)} in the candidate where the reference's {op} "
+                        f"reads {r_param}")
             elif c_param:
                 a = c_param
-                text = f"{module}: {op} reads {c_param} in the candidate where the reference's {op} is by the constant {_show(b)}"
+                text = (f"{module}: {op} reads {c_param} in the candidate where the reference's {op} is by the "
+                        f"constant {_show(b)}")
             out.append(_finding(module, "argument", op, key, a, b, text))
     return out
 

@@ -43,7 +43,8 @@ def test_layer_scale_left_a_constant_names_the_reference_parameter() -> None:
 def test_layer_scale_left_a_constant_reads_as_a_constant_against_a_parameter() -> None:
     findings = _findings(*_pair(1.0))
     assert findings and "by the constant 1.0 in the candidate where the reference's mul reads gamma" \
-        in findings[0]["text"], f"expected the constant and the parameter in one sentence, got:\n{findings_text(findings)}"
+        in findings[0]["text"], \
+        f"expected the constant and the parameter in one sentence, got:\n{findings_text(findings)}"
 
 
 def test_constant_scale_against_a_parameter_scale_the_other_way_names_the_candidate_parameter() -> None:
