@@ -2646,6 +2646,9 @@ def _aligned(cs: list[Op], rs: list[Op], expected: Expected | None,
     return codes
 
 
+_RUN_LEAD = 32  # ops a hand-written run may compute before reading its parameters (a norm's statistics)
+
+
 def _run_start(cs: list[Op], r: Op, i0: int, lo: int, hi: int, rec: OpRecorder, tol: Tolerance | None) -> int:
     """Where the hand-written run ``cs[lo:hi]`` (the ops reading ``r``'s parameters) begins: the
     latest op after ``i0`` from which the ops up to ``hi`` read one activation and compute what
@@ -2654,7 +2657,7 @@ def _run_start(cs: list[Op], r: Op, i0: int, lo: int, hi: int, rec: OpRecorder, 
     no earlier start computes it (the run differs: its variants are told apart later)."""
     if tol is None or r.call is None:
         return lo
-    for start in reversed(range(i0, lo)):
+    for start in reversed(range(max(i0, lo - _RUN_LEAD), lo)):
         x = _span_input(rec, cs[start:hi])
         if x is None or tuple(x.shape) != r.in_shape:
             continue
