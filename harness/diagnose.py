@@ -11,10 +11,14 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    own body runs with the recorder on: ``nn.MultiheadAttention``'s projections and attention are
    seen one by one, as the other side writes them). A tensor passed twice is copied once (``mha(x, x, x)``
    keeps its self-attention path); a candidate taking other flags or keyword names gets the reference's
-   tensors in its own arguments where they pair one to one, brought into its layout (NHWC against
-   NCHW). A culprit without a twin, or fed other values than its twin (windows its block did not
-   shift), is explained
-   through its innermost twinned ancestor, which runs the same code. When either twin cannot be copied or cast
+   tensors in its own arguments where they pair one to one (one it passes several times counted
+   once), brought into its layout (NHWC against
+   NCHW). A culprit without a twin, fed other values than its twin (windows its block did not
+   shift), a map of another size (padded by its parent before it), or one its twin receives
+   shifted (a rolling layout relates them: the twin's parent shifts, the culprit itself), is explained
+   through its innermost twinned ancestor, which runs the same code: one whose output the error
+   reaches, else, where a later op cancels it (a norm with a zero scale), one it vanishes in.
+   When either twin cannot be copied or cast
    (a forward patched with a closure over the original), both run as they are, in their own dtype,
    under ``no_grad`` with their parameters and buffers snapshotted and restored bitwise (only the
    changed ones written back: a comparison leaves the models' version counters as they were).
@@ -49,8 +53,9 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    what ``x - mean`` is divided by; each only where its arithmetic computes that operation. A cat
    of a parameter with activations (a class token prepended) is no view of that parameter.
    Dropout in eval mode and casts to the same dtype
-   vanish. Ops that only move values (reshape, permute, cat, indexing...) are kept apart as
-   layout ops: implementations spell them in too many ways to align them usefully.
+   vanish. Ops that only move values (reshape, permute, cat, indexing, windows cut with
+   ``x.unfold(dim, size, step)``...) are kept apart as layout ops: implementations spell them in
+   too many ways to align them usefully.
 3. Fuse siblings: one operation applied to one input by several modules in a row (``q``, ``k``,
    ``v`` projections) becomes one op, its output and parameters concatenated, where the other
    side computes that concatenation in one op (a fused ``qkv``) from the same input values, or with
@@ -62,10 +67,14 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    reading what one reference op reads (as the weight map puts it), and no other's, is that op's
    twin whatever its name (a 1x1 conv and the linear it ports), and a hand-written run of ops reading
    it is that op written out (a batch norm folded into a scale and a shift: the run ends with the
-   ops joining what it made); between those anchors, by name (``difflib.SequenceMatcher``). Walk the
+   ops joining what it made, and begins where, from one activation, it computes that op: a
+   layer norm's eps add is part of it, never the twin of a residual add the candidate dropped);
+   between those anchors, by name (``difflib.SequenceMatcher``). Walk the
    aligned pairs in order. Unpaired ops are held as pending until the next pair: if that pair's
    output agrees, they were harmless spellings; if not, only those whose results flow into it explain
-   it. An op missing in the candidate is a finding on the reference's submodule running it where the
+   it. An op replaced by another stays pending past an agreeing pair it does not flow into (a
+   context summed as a mean on one branch, the values' activation agreeing on the other). An op
+   missing in the candidate is a finding on the reference's submodule running it where the
    twins have one name and the candidate has that submodule, else on the candidate module, its text
    naming the reference's submodule. A pair whose output differs while a nearby op of
    the same name agrees (``x * cos + rot * sin`` against ``rot * sin + x * cos``) is a reordering;
@@ -90,7 +99,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    the heads into the batch for ``bmm``, and where both do, counted by the batch of the module's
    tokens), its differing non-tensor arguments (not ``inplace``
    or ``keepdim``, which say only where or in what shape the result is written; a None an op reads
-   as a value, ``align_corners``, is that value), a parameter
+   as a value, ``align_corners``, is that value; a number passed where the other side passes a
+   parameter names that parameter: a layer scale left ``1.0``), a parameter
    holding other values, compared with the reference's in one layout (a ``(C,)`` scale on NHWC
    against its ``(1, C, 1, 1)`` view on NCHW; ``add``/``mul`` operands paired whatever their side)
    (``weight`` holds the reference's ``bias``, or another module's tensor anywhere in the reference
@@ -106,7 +116,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    fused projection) than the part it passes there (key and value slices taken in another order,
    whatever op reads them), the reference's values reordered along some axes,
    each on its own (slices joined in another order, a roll, a flip: :func:`rearrangement`), or the
-   layout ops between (a transpose missing before a reshape; not those that only bring a value
+   layout ops between (a transpose missing before a reshape; a roll or flip one side only applies
+   first, before ops that only spell a layout otherwise; not those that only bring a value
    into the layout the other side computes it in). So is an input that holds its twin's values
    only through a layout adapter (a conv run on a map with H and W exchanged). Outputs agree in any
    layout (:mod:`harness.adapters`): an einsum may write ``(B, N, H, D)`` where the fused attention
@@ -386,7 +397,9 @@ class OpRecorder(TorchFunctionMode):
         tensor_lists = {k: v for k, v in bound.items() if isinstance(v, (list, tuple))
                         and v and all(isinstance(t, torch.Tensor) for t in v)}
         params = {k: self._provenance[id(v)] for k, v in tensors.items() if id(v) in self._provenance}
-        kind = "layout" if name in LAYOUT else "compute"
+        # ``x.unfold(dim, size, step)`` is a view (windows cut along a dim); ``F.unfold``, im2col,
+        # computes the patches a linear then reads as a conv
+        kind = "layout" if name in LAYOUT or name == "unfold" and func is torch.Tensor.unfold else "compute"
         first = next(iter(tensors.values()), None)
         if first is None and tensor_lists:
             first = next(iter(tensor_lists.values()))[0]
@@ -1473,8 +1486,27 @@ def _argument_findings(module: str, c: Op, r: Op) -> list[dict]:
             if c.name == "scaled_dot_product_attention" and key in ("dim", "dtype"):
                 op, inside = "softmax", " (the attention's softmax)"
             text = f"{module}: {op} {key} {_show(a)} in the candidate, {_show(b)} in the reference{inside}"
+            c_param, r_param = _parameter_in_place(c, key, a, b), _parameter_in_place(r, key, b, a)
+            if r_param:  # a layer scale left a constant (1.0 where the port built none)
+                b = f"the reference's {r_param}"
+                text = (f"{module}: {op} by the constant {_show(a)} in the candidate where the reference's {op} "
+                        f"reads {r_param}")
+            elif c_param:
+                a = c_param
+                text = (f"{module}: {op} reads {c_param} in the candidate where the reference's {op} is by the "
+                        f"constant {_show(b)}")
             out.append(_finding(module, "argument", op, key, a, b, text))
     return out
+
+
+def _parameter_in_place(op: Op, key: str, own: Any, other: Any) -> str | None:
+    """The parameter ``op`` passes where the other side's op passes the number ``other`` (``own``
+    is None there: a tensor, no argument), by argument name, or for an add or a mul its one parameter."""
+    if own is not None or not _number(other) or not op.params:
+        return None
+    if key in op.params:
+        return op.params[key]
+    return next(iter(op.params.values())) if op.name in _COMMUTATIVE and len(op.params) == 1 else None
 
 
 def _head_findings(module: str, c: Op, r: Op, cand: _Side, ref: _Side) -> list[dict]:
@@ -1882,20 +1914,31 @@ def _layout_findings(base: str, cand: _Side, ref: _Side, c_lo: int, c_hi: int, r
         c_value, r_value = cand.rec.value(agreed[0].out_ids[0], c_hi), ref.rec.value(agreed[1].out_ids[0], r_hi)
         cl, rl = _past_native(cl, r_value), _past_native(rl, c_value)
     sm = difflib.SequenceMatcher(None, [o.name for o in cl], [o.name for o in rl], autojunk=False)
-    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+    moves = (lambda code: code[0] != "equal" and (any(o.name in _MOVING for o in cl[code[1]:code[2]])
+                                                  != any(o.name in _MOVING for o in rl[code[3]:code[4]])))
+    for tag, i1, i2, j1, j2 in sorted(sm.get_opcodes(), key=lambda code: not moves(code)):
         if tag == "equal":
             for c, r in zip(cl[i1:i2], rl[j1:j2]):
                 found = _argument_findings(_scoped(base, c), c, r)
                 if found:
                     return found
             continue
-        if tag in ("delete", "replace"):
-            op = cl[i1]
+        extra, missing = cl[i1:i2], rl[j1:j2]
+        # an op that moves values to other places (a cyclic shift) on one side only is the
+        # difference, before any other and not the ops in its place (windows cut with unfold
+        # against reshape and permute: spellings of one layout)
+        moved_c, moved_r = [o for o in extra if o.name in _MOVING], [o for o in missing if o.name in _MOVING]
+        if moved_r and not moved_c:
+            extra = []
+        elif moved_c and not moved_r:
+            extra = moved_c
+        if extra:
+            op = extra[0]
             module = _scoped(base, op)
             return [_finding(module, "extra_op", op.name, None, op.name, None,
                              f"{module}: extra {op.name}{_layout_args(op)} in the candidate before {before}; "
                              f"the reference has none")]
-        op = rl[j1]
+        op = (moved_r or missing)[0]
         module = _scoped(base, op)
         return [_finding(module, "missing_op", op.name, None, None, op.name,
                          f"{module}: {op.name}{_layout_args(op)} missing in the candidate before {before}; "
@@ -1904,6 +1947,7 @@ def _layout_findings(base: str, cand: _Side, ref: _Side, c_lo: int, c_hi: int, r
 
 
 _RELAYOUT = frozenset({"reshape", "permute", "transpose", "contiguous", "movedim", "moveaxis"})
+_MOVING = frozenset({"roll", "flip"})  # layout ops no reshape, permute or slice can stand for
 
 
 def _past_native(ops: list[Op], value: torch.Tensor | None) -> list[Op]:
@@ -2256,14 +2300,15 @@ def _no_bias(op: Op, key: str) -> torch.Tensor | None:
 
 def _replaced_findings(module: str, cs: list[Op], rs: list[Op], j1: int, cand: _Side, ref: _Side,
                        tol: Tolerance, operands: Callable[[str, Op, Op], list[dict]],
-                       after_replaced: bool = False) -> list[dict]:
+                       after_replaced: bool = False, made: dict[int, Op] | None = None) -> list[dict]:
     """One finding per op the candidate applies in the place of another (``cs`` against ``rs[j1:]``),
     except where the two give one result (another spelling of one operation) and where the op only
     receives what a replaced op before it made differ: the first difference is the one to explain,
     and an untouched module downstream of it is no lead. Where a parameter operand holds other values
     than the reference's (``operands``: through the weight map), that is the finding: a linear in the
     place of a conv on a whole map is a spelling the right port has too. ``after_replaced``: a
-    replaced op before these already made a difference."""
+    replaced op before these already made a difference; ``made``: filled with each finding's id ->
+    the candidate's op it is on."""
     found: list[dict] = []
     for k, c in enumerate(cs):
         r = rs[j1 + k]
@@ -2273,10 +2318,12 @@ def _replaced_findings(module: str, cs: list[Op], rs: list[Op], j1: int, cand: _
         where = _scoped(module, c)
         if c.params and r.params and (held := operands(where, c, r)):
             found += held
-            continue
-        found.append(_finding(where, "op", c.name, None, c.name, r.name,
-                              f"{where}: the candidate applies {c.name} where the reference applies "
-                              f"{r.name} ({_where(rs, j1 + k, replaced=True)})"))
+        else:
+            found.append(_finding(where, "op", c.name, None, c.name, r.name,
+                                  f"{where}: the candidate applies {c.name} where the reference applies "
+                                  f"{r.name} ({_where(rs, j1 + k, replaced=True)})"))
+        for f in found if made is not None else ():
+            made.setdefault(id(f), c)
     return found
 
 
@@ -2459,9 +2506,10 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
     operands = (lambda where, c, r: _param_findings(where, c, r, ref_module, root, expected))
     pending: list[dict] = []
     unpaired: dict[int, tuple[bool, Op]] = {}  # id of an unpaired op's finding -> (the candidate's?, the op)
+    replaced: dict[int, Op] = {}  # id of a replaced op's finding -> the candidate's op
     cand_scopes = _scopes(cand.rec)
     last_c, last_r, agreed = -1, -1, None  # recorder indices of the last agreeing pair, the pair
-    codes = _aligned(cs, rs, expected, cand.rec)
+    codes = _aligned(cs, rs, expected, cand.rec, tol)
     for at, (tag, i1, i2, j1, j2) in enumerate(codes):
         if tag != "equal":
             after_replaced = any(f["kind"] == "op" for f in pending)
@@ -2472,7 +2520,8 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                     continue
                 tag, i1, j1 = "insert", i1 + done, j2  # it does: what follows it is extra
             n = min(i2 - i1, j2 - j1) if tag == "replace" else 0
-            pending += _replaced_findings(module, cs[i1:i1 + n], rs, j1, cand, ref, tol, operands, after_replaced)
+            pending += _replaced_findings(module, cs[i1:i1 + n], rs, j1, cand, ref, tol, operands, after_replaced,
+                                          replaced)
             if any(f["kind"] == "op" for f in pending):
                 continue  # what follows a replaced op that changed the values receives its error: no lead
             for k in range(i1 + n, i2):
@@ -2485,7 +2534,13 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
         for k, (c, r) in enumerate(zip(cs[i1:i2], rs[j1:j2])):
             twin = r if _pair_agrees(c, r, tol) else _value_twin(c, rs, j1 + k, tol)
             if twin is not None:
-                pending.clear()  # what was unpaired so far changed nothing
+                # what was unpaired so far changed nothing; an op replaced on another branch (a sum
+                # of one operand taken as its mean, then the other operand's activation) still may
+                aside = [f for f in pending if id(f) in replaced and replaced[id(f)].index not in
+                         _upstream(cand.rec, c) | {c.index}]
+                replaced = {id(f): replaced[id(f)] for f in aside}
+                pending[:] = aside
+                unpaired.clear()  # keyed by id: a later finding may take a cleared one's id
                 last_c, last_r, agreed = c.index, twin.index, (c, twin)
                 continue
             where = _scoped(module, c)
@@ -2564,17 +2619,18 @@ def _moved(findings: list[dict]) -> list[dict]:
 
 
 def _aligned(cs: list[Op], rs: list[Op], expected: Expected | None,
-             rec: OpRecorder) -> list[tuple[str, int, int, int, int]]:
+             rec: OpRecorder, tol: Tolerance | None = None) -> list[tuple[str, int, int, int, int]]:
     """``difflib`` opcodes pairing two op streams, anchored on parameters (:func:`_anchors`): an op
     paired with the one reading the same tensor's values whatever their names (a 1x1 conv with the
     linear it ports), a hand-written run with the one op it writes out (a batch norm folded into a
-    scale and a shift). Between anchors, ops pair by name; a name alone would pair a hand-written
-    norm's ``mul`` by its scale with a layer scale's ``mul`` further on, and every op after it with
-    the wrong twin."""
+    scale and a shift), from where it computes that op (:func:`_run_start`). Between anchors, ops
+    pair by name; a name alone would pair a hand-written norm's ``mul`` by its scale with a layer
+    scale's ``mul`` further on, and every op after it with the wrong twin."""
     codes: list[tuple[str, int, int, int, int]] = []
     i0 = j0 = 0
     for lo, hi, j in [*_anchors(cs, rs, expected, rec), (len(cs), len(cs), len(rs))]:
-        stretch = _by_name(cs, rs, i0, lo, j0, j)
+        own = _run_start(cs, rs[j], i0, lo, hi, rec, tol) if hi - lo > 1 and lo < len(cs) else lo
+        stretch = _by_name(cs, rs, i0, own, j0, j)
         if hi - lo == 1 or lo == len(cs):
             codes += stretch
             if lo < len(cs):
@@ -2588,6 +2644,27 @@ def _aligned(cs: list[Op], rs: list[Op], expected: Expected | None,
             codes.append(("replace", start, hi, j, j + 1))
         i0, j0 = hi, j + 1
     return codes
+
+
+_RUN_LEAD = 32  # ops a hand-written run may compute before reading its parameters (a norm's statistics)
+
+
+def _run_start(cs: list[Op], r: Op, i0: int, lo: int, hi: int, rec: OpRecorder, tol: Tolerance | None) -> int:
+    """Where the hand-written run ``cs[lo:hi]`` (the ops reading ``r``'s parameters) begins: the
+    latest op after ``i0`` from which the ops up to ``hi`` read one activation and compute what
+    ``r``, re-run on it, computes (a layer norm's mean, variance, eps add and square root before its
+    scale). By name, the eps add would pair with a residual add the candidate lacks; ``lo`` where
+    no earlier start computes it (the run differs: its variants are told apart later)."""
+    if tol is None or r.call is None:
+        return lo
+    for start in reversed(range(max(i0, lo - _RUN_LEAD), lo)):
+        x = _span_input(rec, cs[start:hi])
+        if x is None or tuple(x.shape) != r.in_shape:
+            continue
+        expected = _rerun(r, x)
+        if expected is not None and _outputs_agree(cs[hi - 1].outputs[:1], [expected], tol):
+            return start
+    return lo
 
 
 def _by_name(cs: list[Op], rs: list[Op], i0: int, i1: int, j0: int, j1: int) -> list[tuple[str, int, int, int, int]]:
@@ -2936,13 +3013,15 @@ def _given_reference_tensors(own: tuple[tuple, dict], ref: Any) -> tuple[tuple, 
     reference's in the same place, in the candidate's layout (an NHWC block against an NCHW one),
     where the two pair one to one by near values: an error from upstream, or float32 rounding,
     must not make the re-run's first ops differ."""
-    mine = list(flatten_tensors(own).values())
+    # one tensor passed several times (``mha(x, x, x)``) is one input: it pairs with one of the
+    # reference's, and stays one object (its self-attention path)
+    mine = list({id(t): t for t in flatten_tensors(own).values()}.values())
     theirs = list(flatten_tensors((ref.args, ref.kwargs)).values())
     given = [_in_layout_of(b, a) for a, b in zip(mine, theirs)] if len(mine) == len(theirs) else [None]
     if any(t is None for t in given):
         return own
-    tensors = iter(given)
-    return map_tensors(own, lambda t: next(tensors))
+    by_id = {id(a): g for a, g in zip(mine, given)}
+    return map_tensors(own, lambda t: by_id[id(t)])
 
 
 def _in_layout_of(theirs: torch.Tensor, mine: torch.Tensor) -> torch.Tensor | None:
@@ -3059,18 +3138,27 @@ def _culprit_findings(rows: list[Any], culprit: str, root: nn.Module | None, wei
             own = []
         if any(f["kind"] != "value" for f in own):
             return own
-    if row is None or _without_twin_module(row) or fed_otherwise:
+    reshaped = row is not None and not fed_otherwise and _fed_other_shape(row)
+    own_row = row
+    if row is None or _without_twin_module(row) or fed_otherwise or reshaped:
         # a culprit without a twin (or twinned to a slice of another module's output, a fused
-        # qkv's), or fed other values than its twin (windows not shifted by the block around it):
-        # its innermost twinned ancestor runs the same code, from where the two part
-        around = [r for r in rows if r.match.how != "structure" and r.status == "contains"
-                  and (r.candidate == "<root>" or culprit.startswith(r.candidate + "."))
-                  and _parameters(r.match.candidate.module) <= ANCESTOR_ELEMENTS]
+        # qkv's), fed other values than its twin (windows not shifted by the block around it), or
+        # a map of another size (padded by its parent before it: the culprit's own padding, which
+        # the reference does inside, differs only for that): its innermost twinned ancestor runs
+        # the same code, from where the two part
+        ancestors = [r for r in rows if r.match.how != "structure"
+                     and (r.candidate == "<root>" or culprit.startswith(r.candidate + "."))
+                     and _parameters(r.match.candidate.module) <= ANCESTOR_ELEMENTS]
+        # the ancestors whose output the error reaches; where none does (a norm with a zero scale
+        # after the culprit cancels it), those it vanishes in: their ops still show it, re-run
+        around = [r for r in ancestors if r.status == "contains"] or ([] if row is not None else [
+            r for r in ancestors if r.match.candidate.module is not None and r.match.reference.module is not None])
         row = max(around, key=lambda r: (r.candidate != "<root>", r.candidate.count(".")), default=row)
     try:
         if row is None:  # no twin to run against: what the culprit holds, against what the map puts there
             return _held_values(candidate, culprit, root, weights)
-        return diagnose(row.match, root, weights)
+        found = diagnose(row.match, root, weights)
+        return found if found or not reshaped or row is own_row else diagnose(own_row.match, root, weights)
     except Exception as exc:  # the diagnosis explains; it must never cost the verdict
         return [_finding(culprit, "value", None, None, None, None,
                          f"{culprit}: no operation-level diagnosis ({type(exc).__name__}: {exc})")]
@@ -3102,6 +3190,22 @@ def _fed_otherwise(row: Any) -> bool:
     c, r = (list(flatten_tensors((side.args, side.kwargs)).values())
             for side in (row.match.candidate, row.match.reference))
     return bool(c and r) and c[0].shape == r[0].shape and c[0].is_floating_point() and not _near(c[0], r[0])
+
+
+def _fed_other_shape(row: Any) -> bool:
+    """A full-mode row whose candidate received, as its first tensor, a map of another shape than
+    its twin's, not the same values in another layout (NHWC against NCHW): a map padded before it,
+    windows cut from a map its twin's parent shifted (:mod:`harness.adapters` names that layout)."""
+    c, r = (list(flatten_tensors((side.args, side.kwargs)).values())
+            for side in (row.match.candidate, row.match.reference))
+    if not (c and r) or c[0].shape == r[0].shape or not c[0].is_floating_point():
+        return False
+    if c[0].dtype != r[0].dtype:
+        return True
+    adapter = find_adapter(r[0], c[0], remember=False)
+    # windows its twin's parent cut from a shifted map, where the candidate shifts inside: the
+    # layout relating the two inputs rolls values, which only the parents' ops say
+    return adapter is None or "roll" in adapter.description
 
 
 def _without_twin_module(row: Any) -> bool:
