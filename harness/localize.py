@@ -45,8 +45,10 @@ named; then the own code of an untwinned container around the failing call: the 
 does not hand its input on unchanged (an encoder adding a position table before its
 ``Sequential`` of layers, not the ``Sequential``), else the innermost holding tensors of its own
 (that encoder, when it no longer adds its table: only its own code reads them), else the
-innermost with a forward of its own (a layer calling its norm before the branch it should
-follow); else the twinned call's own code. ``introduced`` lists every independent origin in execution order.
+innermost with a forward of its own where a reference call around the failing call's twin
+received what that container received (a layer calling its norm before the branch it should
+follow: given the same value, the reference routes it otherwise); else the twinned call's own
+code. ``introduced`` lists every independent origin in execution order.
 
 An origin whose output holds what its twin and the reference call reading the twin's output give
 together does two steps in one (a batch norm folded into its conv): a note says so, since such
@@ -833,7 +835,8 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         found = found or next((u for u in around if _holds_own_tensors(u.module)), None)
         # else the innermost with a forward of its own: it hands its input on as it came, where the
         # twin's code gives that call another value (a norm called before the modulation it follows)
-        found = found or next((u for u in around if _own_forward(u.module)), None)
+        found = found or next((u for u in around if _own_forward(u.module)
+                               and _routed_otherwise(u, failing_row, reference, row and row.tolerance)), None)
         # nor one handed a value the reference never computes (a class token joined after the
         # patches): the error was made before it was called, by the code around it
         if found is not None and _received_unknown(found, _known_values(row, reference), row and row.tolerance):
@@ -856,6 +859,16 @@ def _bare_wrapper(cleared: Sequence[Record], calls: Sequence[Record], failing: R
     None when there is no such call."""
     wrappers = [u for u in cleared if (not own_code or _own_forward(u.module)) and _left_out_after(u, failing, calls)]
     return min(wrappers, key=lambda u: u.end - u.start, default=None)
+
+
+def _routed_otherwise(container: Record, failing: Row | None, reference: Sequence[Record], tol: Tolerance | None) -> bool:
+    """Whether a reference call around the ``failing`` call's twin received what ``container``
+    received: given the same value, the reference's code routes it otherwise (a norm after the
+    branch, not before), so the container's own code made the difference, not what it was given."""
+    if failing is None:
+        return False
+    twin, given = failing.match.reference, container.first_input
+    return any(r is not twin and r.contains(twin) and _holds_any(given, [r.first_input], tol) for r in reference)
 
 
 def _holds_own_tensors(module: nn.Module | None) -> bool:

@@ -353,3 +353,33 @@ def test_why_of_a_layer_without_a_twin_compares_it_with_the_module_its_weights_c
     report = harness.compare(port, original, x, weights=weights, **features)
     why = _why(report)
     assert why.startswith("layers.2: layer_norm") and "missing" in why, f"why: {why}\n{report.format()}"
+
+
+class TokenResidualPort(nn.Module):
+    """Class token and position table in the model's own code, then residual layers of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj, self.class_token = nn.Linear(8, D), nn.Parameter(torch.randn(1, 1, D))
+        self.position = nn.Parameter(torch.randn(1, 6, D))
+        self.layers = nn.ModuleList([Residual(Attention()), Residual(_port_mlp()), Residual(Attention()), Residual(_port_mlp())])
+        self.ln, self.heads = nn.LayerNorm(D), nn.Linear(D, 4)
+        self.add_position = True
+
+    def forward(self, x):
+        x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), self.proj(x)], 1)
+        x = x + self.position if self.add_position else x
+        for layer in self.layers:
+            x = layer(x)
+        return self.heads(self.ln(x)[:, 0])
+
+
+def test_model_that_no_longer_adds_its_position_table_is_blamed_not_the_layer_it_feeds():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    port, original = TokenResidualPort().double().eval(), TokenOriginal().double().eval()
+    _, _, weights = transferred(port, original, x)
+    port.add_position = False
+    report = harness.compare(port, original, x, weights=weights)
+    assert report.culprit == "<root>", \
+        f"culprit {report.culprit}, expected <root>, whose own code no longer adds the table\n{report.format()}"
