@@ -62,7 +62,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    their parameters stacked shape by shape (whatever error the input carries), in any layout (a member
    without a bias adds zeros);
    a differing fused parameter names the member whose rows differ (``v_proj.weight`` against
-   ``qkv.weight[16:24]``). A culprit twinned to such a slice is explained through its twinned ancestor.
+   ``qkv.weight[16:24]``), and what those rows hold: another member's rows (projections exchanged),
+   or their own with the dims permuted (a square ``q_proj.weight`` stored transposed). A culprit twinned to such a slice is explained through its twinned ancestor.
    Align the two computational op streams, first through the parameters their ops read: an op
    reading what one reference op reads (as the weight map puts it), and no other's, is that op's
    twin whatever its name (a 1x1 conv and the linear it ports), and a hand-written run of ops reading
@@ -1655,9 +1656,16 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
             where, name, rows = _scoped(base or "<root>", replace(c, scope=member[0])), member[1][key], \
                 f"[{member[2]}:{member[3]}]"
             held = _member_holding(c, key, member, r.param_values[r_key])
-            text = f"{where}: {c.name} operand {name} holds other values than the reference's {ref_name}{rows}" \
-                if held is None else (f"{where}: {c.name} operand {name} holds the reference's {ref_name}{held}, "
-                                      f"where {ref_name}{rows} belongs (projections used in each other's place?)")
+            lo, hi = member[2], member[3]
+            dims = _permuted_twin(c.param_values[key][lo:hi], r.param_values[r_key][lo:hi])
+            if held is not None:
+                text = (f"{where}: {c.name} operand {name} holds the reference's {ref_name}{held}, "
+                        f"where {ref_name}{rows} belongs (projections used in each other's place?)")
+            elif dims is not None:  # its own rows, a square block stored transposed
+                text = (f"{where}: {c.name} operand {name} holds the reference's {ref_name}{rows} with its dims "
+                        f"permuted {dims} (stored transposed?)")
+            else:
+                text = f"{where}: {c.name} operand {name} holds other values than the reference's {ref_name}{rows}"
             out.append(_finding(where, "argument", c.name, name, f"{name} (other values)", f"{ref_name}{rows}", text))
             continue
         dims = _permuted_twin(c.param_values[key], r.param_values[r_key])
