@@ -119,7 +119,9 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    each on its own (slices joined in another order, a roll, a flip: :func:`rearrangement`), or the
    layout ops between (a transpose missing before a reshape; a roll or flip one side only applies
    first, before ops that only spell a layout otherwise; not those that only bring a value
-   into the layout the other side computes it in). So is an input that holds its twin's values
+   into the layout the other side computes it in, nor those by which one side already holds what
+   the other's diverging op receives: a transpose added after the reshape both do, where the
+   reference does them in the caller, is that transpose). So is an input that holds its twin's values
    only through a layout adapter (a conv run on a map with H and W exchanged). Outputs agree in any
    layout (:mod:`harness.adapters`): an einsum may write ``(B, N, H, D)`` where the fused attention
    writes ``(B, H, N, D)``, a token-mixing einsum ``(B, N, C)`` where a linear on transposed tokens
@@ -1921,6 +1923,12 @@ def _layout_findings(base: str, cand: _Side, ref: _Side, c_lo: int, c_hi: int, r
     if agreed is not None:  # the agreeing values as each side holds them when the layout ops read them
         c_value, r_value = cand.rec.value(agreed[0].out_ids[0], c_hi), ref.rec.value(agreed[1].out_ids[0], r_hi)
         cl, rl = _past_native(cl, r_value), _past_native(rl, c_value)
+    if c_hi < len(cand.rec.ops) and r_hi < len(ref.rec.ops):
+        # the ops by which one side already holds what the other's diverging op receives agree
+        # with the other's, whatever each spells and wherever the other runs them (a caller):
+        # the difference is in those after them (a transpose added after the reshape both do)
+        c_in, r_in = _input_value(cand, cand.rec.ops[c_hi]), _input_value(ref, ref.rec.ops[r_hi])
+        cl, rl = _past_native(cl, r_in), _past_native(rl, c_in)
     sm = difflib.SequenceMatcher(None, [o.name for o in cl], [o.name for o in rl], autojunk=False)
     moves = (lambda code: code[0] != "equal" and (any(o.name in _MOVING for o in cl[code[1]:code[2]])
                                                   != any(o.name in _MOVING for o in rl[code[3]:code[4]])))
