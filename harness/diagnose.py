@@ -38,7 +38,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    too) becomes one ``scaled_dot_product_attention`` with its effective ``scale`` and its mask:
    all that is added to the scores before the softmax (a bias, then a window mask), compared by
    value with the fused call's ``attn_mask``, be it a parameter or a computed value (the adds that
-   build it are part of it). ``x @ W`` with ``W`` a matrix parameter (or an einsum contracting the
+   build it are part of it; one holding the reference's laid out otherwise, queries for keys, is named
+   permuted). ``x @ W`` with ``W`` a matrix parameter (or an einsum contracting the
    input's last dim with a matrix parameter, ``'bnc,oc->bno'``,
    whichever way the matrix is stored, or with a parameter of more dims, each contracting one of the
    input's or written to the output: a fused q/k/v kernel ``'bnc,shdc->sbhnd'``, an output projection
@@ -66,12 +67,16 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    or their own with the dims permuted (a square ``q_proj.weight`` stored transposed). A culprit twinned to such a slice is explained through its twinned ancestor.
    Align the two computational op streams, first through the parameters their ops read: an op
    reading what one reference op reads (as the weight map puts it), and no other's, is that op's
-   twin whatever its name (a 1x1 conv and the linear it ports), and a hand-written run of ops reading
+   twin whatever its name (a 1x1 conv and the linear it ports), unless its result flows into a later
+   op of the reference op's name that reads no parameter of its own, which is then the twin (a bias
+   table resized by ``interpolate`` becomes the mask of the attention that, in the reference, reads
+   the table itself), and a hand-written run of ops reading
    it is that op written out (a batch norm folded into a scale and a shift: the run ends with the
    ops joining what it made, and begins where, from one activation, it computes that op: a
    layer norm's eps add is part of it, never the twin of a residual add the candidate dropped);
    between those anchors, by name (``difflib.SequenceMatcher``). Walk the
-   aligned pairs in order. Unpaired ops are held as pending until the next pair: if that pair's
+   aligned pairs in order. Unpaired ops are held as pending until the next pair (an extra op whose
+   result holds its input's values, a resize to the size it has, changes nothing and is not): if that pair's
    output agrees, they were harmless spellings; if not, only those whose results flow into it explain
    it. An op replaced by another stays pending past an agreeing pair it does not flow into (a
    context summed as a mean on one branch, the values' activation agreeing on the other). An op
@@ -1863,6 +1868,12 @@ def _mask_findings(module: str, c: Op, r: Op, tol: Tolerance) -> list[dict]:
     err = (a - b)[finite].abs().max().item() if finite.any() else float("nan")
     where = f"{module}: {c.name} attn_mask (the bias or mask added to the attention scores)"
     built = lambda op: f" (built from {', '.join(op.mask_params)})" if op.mask_params else ""
+    dims = next((d for d in shape_permutations(tuple(b.shape), tuple(a.shape))
+                 if _outputs_agree([a.permute(d)], [b], tol)), None)
+    if dims is not None:  # the reference's bias laid out otherwise: queries for keys, heads for queries
+        text = f"{where}{built(c)} holds the reference's values{built(r)} with its dims permuted {dims} (transposed?)"
+        return [_finding(module, "argument", c.name, "attn_mask", f"attn_mask (permuted {dims})",
+                         ", ".join(r.mask_params) or "attn_mask", text)]
     text = f"{where}{built(c)} holds other values than the reference's{built(r)} (max_abs difference {err:.3e})"
     return [_finding(module, "argument", c.name, "attn_mask", "attn_mask (other values)",
                      ", ".join(r.mask_params) or "attn_mask", text)]
@@ -2541,6 +2552,8 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             if any(f["kind"] == "op" for f in pending):
                 continue  # what follows a replaced op that changed the values receives its error: no lead
             for k in range(i1 + n, i2):
+                if _returns_input(cand.rec, cs[k]):
+                    continue  # it changes nothing (a table resized to the size it has): no cause
                 pending.append(_unpaired_finding(module, "extra_op", cs[k], rs, j2))
                 unpaired[id(pending[-1])] = True, cs[k]
             for k in range(j1 + n, j2):
@@ -2597,6 +2610,16 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             module, "value", None, None, None, None,
             f"{module}: every operation agrees with the reference, the returned value does not")]
     return []
+
+
+def _returns_input(rec: OpRecorder, op: Op) -> bool:
+    """Whether ``op``'s one result holds its first input's values in its shape (the input an
+    activation, or a parameter as passed): run on these values it is no op."""
+    if len(op.outputs) != 1 or len(op.input_ids) + len(op.params) != 1:
+        return False  # an op of several operands combines them
+    key = next(iter(op.params), None)
+    x = rec.passed(op.input_ids[0], op.index) if op.input_ids else op.operands.get(key, op.param_values.get(key))
+    return x is not None and x.is_floating_point() and _close(op.outputs[0], x)
 
 
 def _unpaired_later(module: str, found: list[dict], later: list[tuple], cs: list[Op], rs: list[Op], ref_name: str,
@@ -2712,10 +2735,24 @@ def _anchors(cs: list[Op], rs: list[Op], expected: Expected | None, rec: OpRecor
             continue
         lo, hi = min(group), max(group) + 1
         if len(group) == 1:
-            spans.append((lo, hi, j))
+            lo = _named_consumer(cs, rs[j], lo, links, rec)
+            spans.append((lo, lo + 1, j))
         elif _connected(rec, cs, lo, hi):
             spans.append((lo, _run_end(rec, cs, lo, hi), j))
     return _increasing_chain(sorted(spans))
+
+
+def _named_consumer(cs: list[Op], r: Op, i: int, links: dict[int, set[int]], rec: OpRecorder) -> int:
+    """The op to pair with ``r`` where ``cs[i]`` reads what ``r`` reads but is another op: the first
+    later op of ``r``'s name into which ``cs[i]``'s result flows and which reads no parameter of its
+    own (a position bias table resized by ``interpolate`` before it is the mask of the attention
+    that, on the reference side, reads the table itself); else ``i``."""
+    if cs[i].name == r.name:
+        return i
+    for k in range(i + 1, len(cs)):
+        if cs[k].name == r.name and k not in links and cs[i].index in _upstream(rec, cs[k]):
+            return k
+    return i
 
 
 def _connected(rec: OpRecorder, cs: list[Op], lo: int, hi: int) -> bool:
