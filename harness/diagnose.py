@@ -64,11 +64,12 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    without a bias adds zeros);
    a differing fused parameter names the member whose rows differ (``v_proj.weight`` against
    ``qkv.weight[16:24]``), and what those rows hold: another member's rows (projections exchanged),
-   or their own with the dims permuted (a square ``q_proj.weight`` stored transposed). A culprit twinned to such a slice is explained through its twinned ancestor.
+   or their own with the dims permuted (a square ``q_proj.weight`` stored transposed). A culprit
+   twinned to such a slice is explained through its twinned ancestor.
    Align the two computational op streams, first through the parameters their ops read: an op
    reading what one reference op reads (as the weight map puts it), and no other's, is that op's
    twin whatever its name (a 1x1 conv and the linear it ports), unless its result flows into a later
-   op of the reference op's name that reads no parameter of its own, which is then the twin (a bias
+   op of the reference op's name whose parameters hold none of the reference's: that op is the twin (a bias
    table resized by ``interpolate`` becomes the mask of the attention that, in the reference, reads
    the table itself), and a hand-written run of ops reading
    it is that op written out (a batch norm folded into a scale and a shift: the run ends with the
@@ -2744,9 +2745,9 @@ def _anchors(cs: list[Op], rs: list[Op], expected: Expected | None, rec: OpRecor
 
 def _named_consumer(cs: list[Op], r: Op, i: int, links: dict[int, set[int]], rec: OpRecorder) -> int:
     """The op to pair with ``r`` where ``cs[i]`` reads what ``r`` reads but is another op: the first
-    later op of ``r``'s name into which ``cs[i]``'s result flows and which reads no parameter of its
-    own (a position bias table resized by ``interpolate`` before it is the mask of the attention
-    that, on the reference side, reads the table itself); else ``i``."""
+    later op of ``r``'s name into which ``cs[i]``'s result flows and whose parameters hold none of
+    the reference's (a position bias table resized by ``interpolate`` before it is the mask of the
+    attention that, on the reference side, reads the table itself); else ``i``."""
     if cs[i].name == r.name:
         return i
     for k in range(i + 1, len(cs)):
