@@ -38,7 +38,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    too) becomes one ``scaled_dot_product_attention`` with its effective ``scale`` and its mask:
    all that is added to the scores before the softmax (a bias, then a window mask), compared by
    value with the fused call's ``attn_mask``, be it a parameter or a computed value (the adds that
-   build it are part of it). ``x @ W`` with ``W`` a matrix parameter (or an einsum contracting the
+   build it are part of it; one holding the reference's laid out otherwise, queries for keys, is named
+   permuted). ``x @ W`` with ``W`` a matrix parameter (or an einsum contracting the
    input's last dim with a matrix parameter, ``'bnc,oc->bno'``,
    whichever way the matrix is stored, or with a parameter of more dims, each contracting one of the
    input's or written to the output: a fused q/k/v kernel ``'bnc,shdc->sbhnd'``, an output projection
@@ -62,15 +63,21 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    their parameters stacked shape by shape (whatever error the input carries), in any layout (a member
    without a bias adds zeros);
    a differing fused parameter names the member whose rows differ (``v_proj.weight`` against
-   ``qkv.weight[16:24]``). A culprit twinned to such a slice is explained through its twinned ancestor.
+   ``qkv.weight[16:24]``), and what those rows hold: another member's rows (projections exchanged),
+   or their own with the dims permuted (a square ``q_proj.weight`` stored transposed). A culprit
+   twinned to such a slice is explained through its twinned ancestor.
    Align the two computational op streams, first through the parameters their ops read: an op
    reading what one reference op reads (as the weight map puts it), and no other's, is that op's
-   twin whatever its name (a 1x1 conv and the linear it ports), and a hand-written run of ops reading
+   twin whatever its name (a 1x1 conv and the linear it ports), unless its result flows into a later
+   op of the reference op's name whose parameters hold none of the reference's: that op is the twin (a bias
+   table resized by ``interpolate`` becomes the mask of the attention that, in the reference, reads
+   the table itself), and a hand-written run of ops reading
    it is that op written out (a batch norm folded into a scale and a shift: the run ends with the
    ops joining what it made, and begins where, from one activation, it computes that op: a
    layer norm's eps add is part of it, never the twin of a residual add the candidate dropped);
    between those anchors, by name (``difflib.SequenceMatcher``). Walk the
-   aligned pairs in order. Unpaired ops are held as pending until the next pair: if that pair's
+   aligned pairs in order. Unpaired ops are held as pending until the next pair (an extra op whose
+   result holds its input's values, a resize to the size it has, changes nothing and is not): if that pair's
    output agrees, they were harmless spellings; if not, only those whose results flow into it explain
    it. An op replaced by another stays pending past an agreeing pair it does not flow into (a
    context summed as a mean on one branch, the values' activation agreeing on the other). An op
@@ -118,7 +125,9 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    each on its own (slices joined in another order, a roll, a flip: :func:`rearrangement`), or the
    layout ops between (a transpose missing before a reshape; a roll or flip one side only applies
    first, before ops that only spell a layout otherwise; not those that only bring a value
-   into the layout the other side computes it in). So is an input that holds its twin's values
+   into the layout the other side computes it in, nor those by which one side already holds what
+   the other's diverging op receives: a transpose added after the reshape both do, where the
+   reference does them in the caller, is that transpose). So is an input that holds its twin's values
    only through a layout adapter (a conv run on a map with H and W exchanged). Outputs agree in any
    layout (:mod:`harness.adapters`): an einsum may write ``(B, N, H, D)`` where the fused attention
    writes ``(B, H, N, D)``, a token-mixing einsum ``(B, N, C)`` where a linear on transposed tokens
@@ -1655,9 +1664,16 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
             where, name, rows = _scoped(base or "<root>", replace(c, scope=member[0])), member[1][key], \
                 f"[{member[2]}:{member[3]}]"
             held = _member_holding(c, key, member, r.param_values[r_key])
-            text = f"{where}: {c.name} operand {name} holds other values than the reference's {ref_name}{rows}" \
-                if held is None else (f"{where}: {c.name} operand {name} holds the reference's {ref_name}{held}, "
-                                      f"where {ref_name}{rows} belongs (projections used in each other's place?)")
+            lo, hi = member[2], member[3]
+            dims = _permuted_twin(c.param_values[key][lo:hi], r.param_values[r_key][lo:hi])
+            if held is not None:
+                text = (f"{where}: {c.name} operand {name} holds the reference's {ref_name}{held}, "
+                        f"where {ref_name}{rows} belongs (projections used in each other's place?)")
+            elif dims is not None:  # its own rows, a square block stored transposed
+                text = (f"{where}: {c.name} operand {name} holds the reference's {ref_name}{rows} with its dims "
+                        f"permuted {dims} (stored transposed?)")
+            else:
+                text = f"{where}: {c.name} operand {name} holds other values than the reference's {ref_name}{rows}"
             out.append(_finding(where, "argument", c.name, name, f"{name} (other values)", f"{ref_name}{rows}", text))
             continue
         dims = _permuted_twin(c.param_values[key], r.param_values[r_key])
@@ -1853,6 +1869,12 @@ def _mask_findings(module: str, c: Op, r: Op, tol: Tolerance) -> list[dict]:
     err = (a - b)[finite].abs().max().item() if finite.any() else float("nan")
     where = f"{module}: {c.name} attn_mask (the bias or mask added to the attention scores)"
     built = lambda op: f" (built from {', '.join(op.mask_params)})" if op.mask_params else ""
+    dims = next((d for d in shape_permutations(tuple(b.shape), tuple(a.shape))
+                 if _outputs_agree([a.permute(d)], [b], tol)), None)
+    if dims is not None:  # the reference's bias laid out otherwise: queries for keys, heads for queries
+        text = f"{where}{built(c)} holds the reference's values{built(r)} with its dims permuted {dims} (transposed?)"
+        return [_finding(module, "argument", c.name, "attn_mask", f"attn_mask (permuted {dims})",
+                         ", ".join(r.mask_params) or "attn_mask", text)]
     text = f"{where}{built(c)} holds other values than the reference's{built(r)} (max_abs difference {err:.3e})"
     return [_finding(module, "argument", c.name, "attn_mask", "attn_mask (other values)",
                      ", ".join(r.mask_params) or "attn_mask", text)]
@@ -1913,6 +1935,12 @@ def _layout_findings(base: str, cand: _Side, ref: _Side, c_lo: int, c_hi: int, r
     if agreed is not None:  # the agreeing values as each side holds them when the layout ops read them
         c_value, r_value = cand.rec.value(agreed[0].out_ids[0], c_hi), ref.rec.value(agreed[1].out_ids[0], r_hi)
         cl, rl = _past_native(cl, r_value), _past_native(rl, c_value)
+    if c_hi < len(cand.rec.ops) and r_hi < len(ref.rec.ops):
+        # the ops by which one side already holds what the other's diverging op receives agree
+        # with the other's, whatever each spells and wherever the other runs them (a caller):
+        # the difference is in those after them (a transpose added after the reshape both do)
+        c_in, r_in = _input_value(cand, cand.rec.ops[c_hi]), _input_value(ref, ref.rec.ops[r_hi])
+        cl, rl = _past_native(cl, r_in), _past_native(rl, c_in)
     sm = difflib.SequenceMatcher(None, [o.name for o in cl], [o.name for o in rl], autojunk=False)
     moves = (lambda code: code[0] != "equal" and (any(o.name in _MOVING for o in cl[code[1]:code[2]])
                                                   != any(o.name in _MOVING for o in rl[code[3]:code[4]])))
@@ -2525,6 +2553,8 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             if any(f["kind"] == "op" for f in pending):
                 continue  # what follows a replaced op that changed the values receives its error: no lead
             for k in range(i1 + n, i2):
+                if _returns_input(cand.rec, cs[k]):
+                    continue  # it changes nothing (a table resized to the size it has): no cause
                 pending.append(_unpaired_finding(module, "extra_op", cs[k], rs, j2))
                 unpaired[id(pending[-1])] = True, cs[k]
             for k in range(j1 + n, j2):
@@ -2581,6 +2611,16 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             module, "value", None, None, None, None,
             f"{module}: every operation agrees with the reference, the returned value does not")]
     return []
+
+
+def _returns_input(rec: OpRecorder, op: Op) -> bool:
+    """Whether ``op``'s one result holds its first input's values in its shape (the input an
+    activation, or a parameter as passed): run on these values it is no op."""
+    if len(op.outputs) != 1 or len(op.input_ids) + len(op.params) != 1:
+        return False  # an op of several operands combines them
+    key = next(iter(op.params), None)
+    x = rec.passed(op.input_ids[0], op.index) if op.input_ids else op.operands.get(key, op.param_values.get(key))
+    return x is not None and x.is_floating_point() and _close(op.outputs[0], x)
 
 
 def _unpaired_later(module: str, found: list[dict], later: list[tuple], cs: list[Op], rs: list[Op], ref_name: str,
@@ -2696,10 +2736,24 @@ def _anchors(cs: list[Op], rs: list[Op], expected: Expected | None, rec: OpRecor
             continue
         lo, hi = min(group), max(group) + 1
         if len(group) == 1:
-            spans.append((lo, hi, j))
+            lo = _named_consumer(cs, rs[j], lo, links, rec)
+            spans.append((lo, lo + 1, j))
         elif _connected(rec, cs, lo, hi):
             spans.append((lo, _run_end(rec, cs, lo, hi), j))
     return _increasing_chain(sorted(spans))
+
+
+def _named_consumer(cs: list[Op], r: Op, i: int, links: dict[int, set[int]], rec: OpRecorder) -> int:
+    """The op to pair with ``r`` where ``cs[i]`` reads what ``r`` reads but is another op: the first
+    later op of ``r``'s name into which ``cs[i]``'s result flows and whose parameters hold none of
+    the reference's (a position bias table resized by ``interpolate`` before it is the mask of the
+    attention that, on the reference side, reads the table itself); else ``i``."""
+    if cs[i].name == r.name:
+        return i
+    for k in range(i + 1, len(cs)):
+        if cs[k].name == r.name and k not in links and cs[i].index in _upstream(rec, cs[k]):
+            return k
+    return i
 
 
 def _connected(rec: OpRecorder, cs: list[Op], lo: int, hi: int) -> bool:
