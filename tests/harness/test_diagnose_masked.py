@@ -10,7 +10,6 @@ from torch.nn import functional as F
 
 import harness
 from port_toys import randomized
-from helpers import findings_text
 
 
 class Block(nn.Module):
