@@ -12,7 +12,7 @@ from torch import nn
 
 import harness
 from harness.adapters import find_adapter
-from tests.helpers import transferred
+from helpers import transferred
 
 
 def _image() -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import harness
-from tests.helpers import transferred
+from helpers import transferred
 
 D, HEADS = 16, 2
 

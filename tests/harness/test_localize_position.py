@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import harness
-from tests.helpers import transferred
+from helpers import transferred
 
 D = 16
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import harness
-from tests.helpers import transferred
+from helpers import transferred
 
 C = 8  # channels == height == width: the two layouts have one shape
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import harness
-from tests.helpers import transferred
+from helpers import transferred
 
 D, N = 16, 6
 
