@@ -261,12 +261,8 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
         notes.insert(0, f"the weight map names {len(stale)} candidate tensor(s) the candidate does not have or holds "
                         f"in another shape ({', '.join(stale[:5])}{', ...' if len(stale) > 5 else ''}): those entries "
                         f"were left out; the model changed since the map was made, or the map is another model's")
-    diagnosis = [] if passed or not o.diagnose else origins_diagnosis(
-        rows, found.introduced, root=reference if replay is None else None, weights=weights, candidate=candidate)
-    if not passed and o.diagnose and not any(f["module"] == found.culprit for f in diagnosis):
-        diagnosis = [*(f for f in found.findings if f["module"] == found.culprit), *diagnosis]
-    if not passed and o.diagnose and not diagnosis and replay is None and weights is not None:
-        diagnosis = _weights_twin_diagnosis(found.culprit, weights, cand_trace.records, ref_records, reference)
+    diagnosis = [] if passed or not o.diagnose else _diagnosis(
+        rows, found, reference if replay is None else None, weights, candidate, cand_trace.records, ref_records)
     if not passed:
         annotate_mismatches(rows, final, outputs, tol)
         found, rows = _blamed_parts(found, rows, diagnosis)
@@ -316,6 +312,19 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
         noise_floor=noise.to_dict(),
         backward=backward_result,
     )
+
+
+def _diagnosis(rows: list[Row], found: Localization, root: nn.Module | None, weights: WeightMap | None,
+               candidate: nn.Module, cand_records: Sequence[Record], ref_records: Sequence[Record]) -> list[dict]:
+    """Each origin's findings (the culprit first); where none is about the culprit, what the culprit
+    search saw in the values (a residual add left out, an argument passed otherwise) comes first;
+    with none at all, the culprit against the reference module its weights come from."""
+    diagnosis = origins_diagnosis(rows, found.introduced, root=root, weights=weights, candidate=candidate)
+    if not any(f["module"] == found.culprit for f in diagnosis):
+        diagnosis = [*(f for f in found.findings if f["module"] == found.culprit), *diagnosis]
+    if not diagnosis and root is not None and weights is not None:
+        diagnosis = _weights_twin_diagnosis(found.culprit, weights, cand_records, ref_records, root)
+    return diagnosis
 
 
 def _weights_twin_diagnosis(culprit: str | None, weights: WeightMap, cand_records: Sequence[Record],
