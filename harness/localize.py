@@ -478,7 +478,9 @@ def _stand_ins(cand: dict[str, Leaf], ref: dict[str, Leaf], pairs: list[tuple[st
     paired = {id(a) for _, a, _ in pairs}
     out = []
     for key, a in cand.items():
-        shaped = [b for b in ref.values() if id(a) not in paired and tuple(b.shape) == tuple(a.shape)]
+        if id(a) in paired:
+            continue
+        shaped = [b for b in ref.values() if tuple(b.shape) == tuple(a.shape)]
         if shaped:
             b = next((b for b in shaped if _bitwise(a, b) or (isinstance(a, TensorSummary) and a == b)), shaped[0])
             out.append((key, a, b))
@@ -841,8 +843,6 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         # patches): the error was made before it was called, by the code around it
         if found is not None and _received_unknown(found, _known_values(row, reference), row and row.tolerance):
             return None
-        # a module of its own (not a torch container) around one child, returning what the child
-        # returns as it is: the twin's code is alike, but this call exists to do the step left out
         return found
     # innermost: the earliest to complete; its untwinned parents completed later
     return min(suspects, key=lambda u: u.end)
@@ -883,6 +883,12 @@ def _own_forward(module: nn.Module | None) -> bool:
     return forward is not None and not getattr(forward, "__module__", "").startswith("torch.")
 
 
+def _finding(*fields: Any) -> dict:
+    """A report diagnosis entry, built as the operation-level diagnosis builds its own."""
+    from harness.diagnose import _finding as finding  # diagnose re-runs modules; localize only needs its format
+    return finding(*fields)
+
+
 def _argument_findings(row: Row, rows: Sequence[Row], calls: Sequence[Record], reference: Sequence[Record]) -> list[dict]:
     """Findings for the children of the culprit ``row`` that received the error through an argument
     standing for a reference input (a value tensor given as ``(y, y, x)`` where the twin reads
@@ -897,9 +903,9 @@ def _argument_findings(row: Row, rows: Sequence[Row], calls: Sequence[Record], r
                 continue
             ours = _source(given, row.match.candidate, calls)
             theirs = _source(wanted, row.match.reference, reference)
-            out.append({"module": row.candidate, "kind": "argument", "op": None, "argument": key, "candidate": None,
-                        "reference": None, "text": f"{row.candidate}: passes {ours} to {child.candidate} as {key}; the "
-                                                   f"reference's {row.reference} passes {theirs} to {child.reference}"})
+            out.append(_finding(row.candidate, "argument", None, key, None, None,
+                                f"{row.candidate}: passes {ours} to {child.candidate} as {key}; the reference's "
+                                f"{row.reference} passes {theirs} to {child.reference}"))
     return out[:1]
 
 
@@ -931,8 +937,7 @@ def _left_out_after(wrapper: Record, row: Row | None, calls: Sequence[Record]) -
         return []
     text = (f"{wrapper.name}: add missing in the candidate: the reference adds the call's input to what {child.name} "
             f"returns (a residual connection) before {row.match.reference.name} reads it")
-    return [{"module": wrapper.name, "kind": "missing_op", "op": "add", "argument": None, "candidate": None,
-             "reference": None, "text": text}]
+    return [_finding(wrapper.name, "missing_op", "add", None, None, None, text)]
 
 
 def _uncleared(suspects: list[Record], row: Row | None, reference: Sequence[Record],
@@ -1006,8 +1011,7 @@ def _guess_received(row: Row, rerun: Sequence[str] | None) -> bool:
         fails = rerun_fails(row) if _may_rerun(row.match.candidate, row.match.reference, rerun) else None
         cand, ref = row.match.candidate, row.match.reference
         if fails is None and _shaped_alike(cand.inputs, ref.inputs):
-            fails = _inputs_state(cand, ref, row.tolerance) != "differ"
-            row.guess_received, row.guess_reran = not fails, False
+            row.guess_received, row.guess_reran = _inputs_state(cand, ref, row.tolerance) == "differ", False
         else:
             row.guess_received, row.guess_reran = fails is False, fails is True
     return row.guess_received
