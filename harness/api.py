@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import replace
 from typing import Any, Callable, Literal, Mapping, Sequence
@@ -262,10 +263,12 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
                         f"in another shape ({', '.join(stale[:5])}{', ...' if len(stale) > 5 else ''}): those entries "
                         f"were left out; the model changed since the map was made, or the map is another model's")
     diagnosis = [] if passed or not o.diagnose else _diagnosis(
-        rows, found, reference if replay is None else None, weights, candidate, cand_trace.records, ref_records)
+        rows, found, reference if replay is None else None, weights, candidate, cand_trace.records, ref_records,
+        root_call=None if o.reference_call is None else _root_record(reference, call, o.reference_call))
     if not passed:
         annotate_mismatches(rows, final, outputs, tol)
         found, rows = _blamed_parts(found, rows, diagnosis)
+        found, diagnosis = _holder_of_missing(found, diagnosis, weights, cand_trace.records, rows)
     notes += ([noise.note] if noise.note else []) + float64_hint(pair_name, name, passed, found.culprit, rows)
     first_divergence, culprit = found.first_divergence, found.culprit
     release()
@@ -315,16 +318,32 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
 
 
 def _diagnosis(rows: list[Row], found: Localization, root: nn.Module | None, weights: WeightMap | None,
-               candidate: nn.Module, cand_records: Sequence[Record], ref_records: Sequence[Record]) -> list[dict]:
+               candidate: nn.Module, cand_records: Sequence[Record], ref_records: Sequence[Record], *,
+               root_call: Record | None = None) -> list[dict]:
     """Each origin's findings (the culprit first); where none is about the culprit, what the culprit
     search saw in the values (a residual add left out, an argument passed otherwise) comes first;
-    with none at all, the culprit against the reference module its weights come from."""
+    with none at all, the culprit against the reference module its weights come from (``root_call``:
+    the reference's root as ``reference_call`` ran it, when that call bypassed the root's forward)."""
     diagnosis = origins_diagnosis(rows, found.introduced, root=root, weights=weights, candidate=candidate)
     if not any(f["module"] == found.culprit for f in diagnosis):
         diagnosis = [*(f for f in found.findings if f["module"] == found.culprit), *diagnosis]
     if not diagnosis and root is not None and weights is not None:
-        diagnosis = _weights_twin_diagnosis(found.culprit, weights, cand_records, ref_records, root)
+        known = ref_records if root_call is None else [*ref_records, root_call]
+        diagnosis = _weights_twin_diagnosis(found.culprit, weights, cand_records, known, root)
     return diagnosis
+
+
+def _root_record(reference: nn.Module, call: Call, reference_call: Callable[[nn.Module, Call], Any]) -> Record:
+    """The reference's root call as ``reference_call`` makes it (``m.forward_features(x)``): a root
+    that is not called itself leaves no record, yet its own code (timm adding the position table)
+    is what a candidate's untwinned ``embeddings`` must be held against. The record's module is a
+    stand-in of the reference's class sharing its tensors and submodules, whose ``forward`` is
+    ``reference_call``; the reference itself is left as it is."""
+    stand_in = copy.copy(reference)  # a new object: its class may change, the model's may not
+    stand_in.__class__ = type(type(reference).__name__, (type(reference),), {
+        "forward": lambda self, *args, **kwargs: reference_call(self, Call(args, kwargs)),
+        "__module__": type(reference).__module__})
+    return Record(ROOT, 0, 0, module=stand_in, args=call.args, kwargs=dict(call.kwargs))
 
 
 def _weights_twin_diagnosis(culprit: str | None, weights: WeightMap, cand_records: Sequence[Record],
@@ -349,9 +368,40 @@ def _weights_twin_diagnosis(culprit: str | None, weights: WeightMap, cand_record
     if cand is None or ref is None:
         return []
     try:
-        return diagnose(Match(cand, ref, "weights"), reference, weights)
+        findings = diagnose(Match(cand, ref, "weights"), reference, weights)
     except Exception:  # the diagnosis explains; it must never cost the verdict
         return []
+    # the twin goes on past the culprit's work (a root running the blocks after the embeddings):
+    # of the ops it applies that the culprit does not, only the first can be the culprit's
+    missing = [i for i, f in enumerate(findings) if f["kind"] == "missing_op"]
+    return [f for i, f in enumerate(findings) if i not in missing[1:]]
+
+
+def _holder_of_missing(found: Localization, diagnosis: list[dict], weights: WeightMap | None,
+                       cand_records: Sequence[Record], rows: list[Row]) -> tuple[Localization, list[dict]]:
+    """A culprit whose why is an op left out that reads reference tensors, where one untwinned
+    call inside the culprit holds every candidate copy of them (an ``embeddings`` holding the
+    position table it no longer adds, inside a root whose other calls all have twins): that call
+    left it out, and it is named instead. A holder that never ran, or has a twin of its own, is
+    not: its caller skipped it, or its own row would show the error."""
+    first = diagnosis[0] if diagnosis else None
+    if weights is None or first is None or first["kind"] != "missing_op" or first["module"] != found.culprit \
+            or not first.get("reads"):
+        return found, diagnosis
+    reads = set(first["reads"])
+    copies = [e.candidate for e in weights.entries if reads & set(e.reference)]
+    holders = {key.rpartition(".")[0] or ROOT for key in copies}
+    holder = holders.pop() if len(holders) == 1 else None
+    inside = holder is not None and (found.culprit == ROOT and holder != ROOT or holder.startswith(found.culprit + "."))
+    call = next((r for r in cand_records if r.name == holder), None)
+    if not inside or call is None or any(row.candidate == holder for row in rows):
+        return found, diagnosis
+    moved = {**first, "module": holder, "text": holder + first["text"][len(found.culprit):]}
+    # done before the first failing call, it is where the outputs first differ
+    first_row = next((row for row in rows if row.candidate == found.first_divergence), None)
+    early = first_row is not None and call.end < first_row.match.candidate.end
+    return replace(found, culprit=holder, first_divergence=holder if early else found.first_divergence,
+                   introduced=[holder if n == found.culprit else n for n in found.introduced]), [moved, *diagnosis[1:]]
 
 
 def _blamed_parts(found: Localization, rows: list[Row], diagnosis: list[dict]) -> tuple[Localization, list[Row]]:

@@ -172,7 +172,7 @@ from torch.overrides import TorchFunctionMode
 
 from harness.adapters import agreeing_layout, find_adapter
 from harness.metrics import DEFAULT_TOLERANCES, Tolerance, measure
-from harness.trace import flatten_tensors, hookable_modules, map_tensors
+from harness.trace import ROOT, flatten_tensors, hookable_modules, map_tensors
 from harness.weightmap import shape_permutations
 
 __all__ = ["Op", "OpRecorder", "record_ops", "record_values", "diagnose", "diagnose_modules", "attribute_diff", "culprit_diagnosis",
@@ -1473,7 +1473,11 @@ def _unpaired_finding(base: str, tag: str, op: Op, stream_other: list[Op], pos: 
         if module == base and before is not None and before.scope:
             where += f", after {_scoped(base, before)}"  # where in the candidate, whose module holds no twin of it
         text = f"{module}: {_op_label(op)} missing in the candidate {where}{hint}; {who} applies it"
-        return _finding(module, "missing_op", op.name, None, None, op.name, text)
+        # the reference tensors it reads, by their keys in the reference: whoever holds the
+        # candidate's copies is the module that should have applied it
+        prefix = "" if ref_name in ("", ROOT) else ref_name + "."
+        return {**_finding(module, "missing_op", op.name, None, None, op.name, text),
+                "reads": sorted(prefix + name for name in op.params.values())}
     text = f"{module}: extra {_op_label(op)} in the candidate {where}; the reference has none"
     return _finding(module, "extra_op", op.name, None, op.name, None, text)
 
