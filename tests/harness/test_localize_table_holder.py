@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import harness
-from helpers import findings_text, inject_forward, transferred
+from helpers import findings_text, inject_forward
 
 D, N = 16, 4
 
