@@ -61,6 +61,7 @@ class Adapter:
 
     description: str
     apply: Callable[[torch.Tensor], torch.Tensor]
+    rolls: bool = False  # moves values cyclically (a shifted window partition, a token roll)
 
 
 AS_IS = Adapter("as is", lambda t: t)  # what agreeing_layout answers for tensors that agree unadapted
@@ -202,11 +203,11 @@ def _window_adapters(cand: tuple[int, ...], ref: tuple[int, ...]) -> Iterator[Ad
                 if to_windows:  # candidate is the map, reference the windows
                     label = f"window partition {ws}x{ws}{grid}" + (f" after roll {shift}" if shift else "")
                     yield Adapter(label, lambda t, ws=ws, s=shift, out=win_shape, m=(b, h, w, c):
-                                  _partition(torch.roll(t.reshape(m), (s, s), (1, 2)), ws).reshape(out))
+                                  _partition(torch.roll(t.reshape(m), (s, s), (1, 2)), ws).reshape(out), bool(shift))
                 else:  # candidate is the windows, reference the map
                     label = f"window reverse {ws}x{ws}{grid}" + (f" then roll {shift}" if shift else "")
                     yield Adapter(label, lambda t, ws=ws, s=shift, h=h, w=w, out=map_shape:
-                                  torch.roll(_reverse(t, ws, h, w), (s, s), (1, 2)).reshape(out))
+                                  torch.roll(_reverse(t, ws, h, w), (s, s), (1, 2)).reshape(out), bool(shift))
 
 
 def _grids(map_shape: tuple[int, ...], ws: int, windows: int) -> Iterator[tuple[int, int, int, int]]:
@@ -248,7 +249,7 @@ def _token_rolls(shape: tuple[int, ...]) -> Iterator[Adapter]:
             axes = tuple(d for d in range(1, len(shape)) if shape[d] == n)
             for by in (k, -k):
                 yield Adapter(f"roll {by} along dim{'s' if len(axes) > 1 else ''} {', '.join(map(str, axes))}",
-                              lambda t, by=by, axes=axes: torch.roll(t, (by,) * len(axes), axes))
+                              lambda t, by=by, axes=axes: torch.roll(t, (by,) * len(axes), axes), True)
 
 
 def _convention(shape: Sequence[int], dims: Sequence[int]) -> bool:

@@ -3263,7 +3263,7 @@ def _fed_other_shape(row: Any) -> bool:
     adapter = find_adapter(r[0], c[0], remember=False)
     # windows its twin's parent cut from a shifted map, where the candidate shifts inside: the
     # layout relating the two inputs rolls values, which only the parents' ops say
-    return adapter is None or "roll" in adapter.description
+    return adapter is None or adapter.rolls
 
 
 def _without_twin_module(row: Any) -> bool:
