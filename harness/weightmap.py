@@ -42,7 +42,7 @@ from harness.keymap import Move, StateDict, Step, apply_moves, check_step, descr
 from harness.trace import ROOT
 
 __all__ = ["WeightMap", "Entry", "load_weight_map", "FORMAT", "layout_steps", "owner_of", "clear_weight_caches",
-           "regrouped_rows", "tied_copies"]
+           "regrouped_rows", "regrouped_columns", "tied_copies"]
 
 FORMAT = "parity-harness weight map 1"
 NEVER_USED = "never used by the forward on these inputs, and no unused counterpart in order"
@@ -472,6 +472,15 @@ def regrouped_rows(shape: tuple[int, ...], outer: int, inner: int) -> list[Step]
     rest = list(shape[1:])
     return [{"op": "reshape", "shape": [outer, inner, shape[0] // outer // inner, *rest]},
             {"op": "permute", "dims": [1, 0, *range(2, 3 + len(rest))]}, {"op": "reshape", "shape": list(shape)}]
+
+
+def regrouped_columns(shape: tuple[int, ...], outer: int, inner: int) -> list[Step]:
+    """Steps regrouping the input columns (dim 1) of a tensor of ``shape`` laid out ``(outer,
+    inner)`` as ``(inner, outer)``: the layer reading attention heads concatenated ``(head_dim,
+    heads)`` where its twin reads ``(heads, head_dim)``, a convolution after a channel shuffle."""
+    rest = list(shape[2:])
+    return [{"op": "reshape", "shape": [shape[0], outer, inner, *rest]},
+            {"op": "permute", "dims": [0, 2, 1, *range(3, 3 + len(rest))]}, {"op": "reshape", "shape": list(shape)}]
 
 
 def _row_regrouping(e: Entry) -> tuple[int, int, int] | None:

@@ -114,7 +114,7 @@ from harness.checks import check_module
 from harness.diagnose import numeric_setting_differences
 from harness.keymap import invert_steps, shape_after, simplify_steps
 from harness.weightmap import (NEVER_USED, STANDS_IN, Entry, Step, WeightMap, layout_steps, load_weight_map, owner_of,
-                               regrouped_rows, shape_permutations, tied_copies)
+                               regrouped_columns, regrouped_rows, shape_permutations, tied_copies)
 
 __all__ = ["WeightMap", "Entry", "map_weights", "infer_map", "load_weight_map"]
 
@@ -1474,9 +1474,11 @@ def _operation_differs(report, module: str, weights: WeightMap, candidate: nn.Mo
         findings = culprit_diagnosis(report.rows, module, None, weights, candidate)
     except Exception:  # the diagnosis explains; it must never cost the map its alternatives
         return False
-    # a product read as another op (a linear that is a convolution with its kernel laid out right)
-    # may differ by the weights' layout: only other ops count
-    replaced = [f for f in findings if f["kind"] == "op" and not {f["candidate"], f["reference"]} & _PRODUCTS]
+    # a product read as another op (a linear that is a convolution with its kernel laid out right), or
+    # one receiving its twin's values in another order (heads concatenated (head_dim, heads)), may differ
+    # by the weights' layout: only other ops count
+    replaced = [f for f in findings if f["kind"] == "op"
+                and not {f["candidate"], f["reference"], f.get("op")} & _PRODUCTS]
     return bool(replaced) and all(f["kind"] in ("op", "argument", "attribute") for f in findings)
 
 
@@ -1597,7 +1599,10 @@ def _alternatives(weights: WeightMap, module: str) -> Iterable[tuple[WeightMap, 
                     if list(dims) != list(e.steps[0]["dims"]):
                         other = ({"op": "permute", "dims": list(dims)},)
                         yield replace(weights, entries=[*entries[:k], replace(e, steps=other), *entries[k + 1:]]), None
-        for grouping in _row_groupings(entries, inside):
+        groupings = _row_groupings(entries, inside)
+        if scope == module:  # the culprit's own layers: their inputs may come regrouped (heads concatenated (hd, H))
+            groupings = (*groupings, *_column_groupings(entries, inside))
+        for grouping in groupings:
             if grouping[0] not in seen:
                 seen.add(grouping[0])
                 changed = dict(grouping[1])
@@ -1628,6 +1633,25 @@ def _row_groupings(entries: list[Entry], inside: list[int]) -> Iterable[tuple[tu
                 for outer, inner in ((groups, heads), (heads, groups)):
                     yield ("rows", owner, outer, inner), [
                         (k, (*entries[k].steps, *regrouped_rows(entries[k].shape, outer, inner))) for k in ks]
+
+
+_COLUMN_GROUPINGS = 32  # regroupings of one weight's input columns tried, at most: (a, b) -> (b, a) for a * b = in
+
+
+def _column_groupings(entries: list[Entry], inside: list[int]) -> Iterable[tuple[tuple, list[tuple[int, tuple]]]]:
+    """Other orders of a weight's input columns (dim 1): laid out ``(a, b)`` on one side and
+    ``(b, a)`` on the other. A layer reading attention heads concatenated as ``(head_dim, heads)``
+    where its twin reads ``(heads, head_dim)`` takes its twin's weight so regrouped; no name tells
+    the head count, so every split of the columns into two factors is a candidate (each first
+    tried on the disagreeing module alone). Per weight: (a key, [(entry index, its new steps)])."""
+    for k in inside:
+        e = entries[k]
+        if len(e.shape) < 2:
+            continue
+        columns = e.shape[1]
+        splits = [a for a in range(2, columns // 2 + 1) if columns % a == 0][:_COLUMN_GROUPINGS]
+        for outer in splits:
+            yield ("columns", e.candidate, outer), [(k, (*e.steps, *regrouped_columns(e.shape, outer, columns // outer)))]
 
 
 def _channels_last_patches(e: Entry) -> tuple[Step, ...] | None:
