@@ -10,13 +10,16 @@ reference tensor(s) into the candidate's:
   values (``(C,)`` against ``(C, 1, 1)``, a 1x1 convolution against a linear layer);
 - ``insert`` (dim, start, size, value): a block of one constant the reference keeps as no tensor
   (the zero key bias of a fused ``qkv`` bias, against ``q_bias`` and ``v_bias``); read backward,
-  its rows are dropped and checked to hold that constant.
+  its rows are dropped and checked to hold that constant;
+- ``fold_norm`` (part, eps, of): a batch norm's tensors folded into the ``scale`` or the ``shift``
+  of a port computing ``x * scale + shift``; it loses values, so a map holding one is not read
+  backward.
 
 A reference tensor may feed several candidate tensors (a port keeping the head its reference ties
 to the embedding, or a relative-position table per block where the reference shares one).
 
 :meth:`WeightMap.to_candidate` reads the table forward, :meth:`WeightMap.to_reference` backward
-(every step is invertible; of several candidate tensors fed by one reference tensor, the first
+(every step but a fold is invertible; of several candidate tensors fed by one reference tensor, the first
 gives it back, and the others must hold the same), :meth:`WeightMap.transfer` copies a reference's
 values into a candidate, :meth:`WeightMap.save` / :func:`load_weight_map` keep it as JSON
 (``"format": FORMAT``).
@@ -291,6 +294,12 @@ class WeightMap:
         reference tensor several entries take is given by the first of them (see :meth:`to_reference`)."""
         if to == "candidate":
             return [_forward_move(e) for e in self.entries]
+        folded = [f"{e.candidate} <- {' + '.join(e.reference)}" for e in self.entries if _folds(e)]
+        if folded:
+            raise ValueError(f"the weight map folds batch norms into {len(folded)} candidate tensor(s) "
+                             f"({_shown(folded, 2)}): a fold "
+                             f"keeps two tensors of a norm's four, so the reference's cannot be read back from the "
+                             f"candidate; read the map toward the candidate only, or give those entries by hand")
         cuts: dict[str, list[Entry]] = {}
         moves = []
         for e in _first_readers(self.entries):
@@ -407,6 +416,9 @@ def _copied(entries: Iterable[Entry]) -> list[tuple[Entry, Entry | None]]:
     first: dict[Any, Entry] = {}
     out: list[tuple[Entry, Entry | None]] = []
     for e in entries:
+        if _folds(e):  # the scale and the shift a batch norm folds into read its tensors alike: no copy of each other
+            out.append((e, None))
+            continue
         cut = next((s for s in e.steps if s["op"] == "slice"), None)
         part = tuple(e.reference) if cut is None else (e.reference[0], cut["dim"], cut["start"], cut["stop"],
                                                        tuple(map(str, e.steps)))
@@ -417,6 +429,11 @@ def _copied(entries: Iterable[Entry]) -> list[tuple[Entry, Entry | None]]:
             first[part] = e
             first.update({k: e for k in e.reference} if cut is None else {})
     return out
+
+
+def _folds(e: Entry) -> bool:
+    """Whether the entry folds a batch norm's tensors into one (a ``fold_norm`` step)."""
+    return any(s["op"] == "fold_norm" for s in e.steps)
 
 
 def _first_readers(entries: Iterable[Entry]) -> list[Entry]:
@@ -692,7 +709,8 @@ def _twin_chains(weights: WeightMap, candidate: nn.Module, reference: nn.Module)
                     module.add(key)
         return {name: frozenset(members) for name, members in found.items()}
 
-    entries = [e for e in weights.entries if e.kind == "parameter" or e.steps == ()]
+    # a folded batch norm's buffers (scale, shift) twin the module holding the norm's tensors
+    entries = [e for e in weights.entries if e.kind == "parameter" or e.steps == () or _folds(e)]
     sources = {e.candidate: set(e.reference) for e in entries}
     sinks: dict[str, set[str]] = {}
     # a reference tensor several candidate tensors take whole (a head tied to the embedding) twins

@@ -67,6 +67,10 @@ its weights. The algorithm:
    before the main branch on one side and after it on the other), a unit (a conv and its norm)
    whose tensors come from several reference units exchanges same-role tensors with another so
    that each takes all from the reference unit most of its elements come from.
+   Folded norms: a candidate module whose only mapped tensors are one its forward multiplies by and
+   one it adds (``x * scale + shift``), both taken from one reference batch norm, takes the folding of
+   all that norm's tensors (a ``fold_norm`` step: ``scale = weight / sqrt(var + eps)``, ``shift =
+   bias - mean * scale``) where the order of use alone paired them with two of its four.
 4. Companions. Integer buffers (``num_batches_tracked``) follow the module their floating
    siblings were mapped to. Buffers each model computes for itself (index tables, RoPE periods)
    are listed as computed and never copied.
@@ -76,7 +80,11 @@ its weights. The algorithm:
    whose shortcut sits beside the branch holding it) are tried, those moving a tensor of that module
    first (a square matrix transposed, two same-shaped submodules swapped, a fused projection's
    output rows regrouped per head: ``(heads, 3, head_dim)`` against ``(3, heads, head_dim)``, whose
-   output the comparison then reads in its twin's order), and kept when the module then agrees. A
+   output the comparison then reads in its twin's order; a weight of the disagreeing module itself
+   with its input columns regrouped ``(a, b)`` -> ``(b, a)``, for every split of their number into
+   two factors: an output projection reading heads concatenated ``(head_dim, heads)`` where its twin
+   reads ``(heads, head_dim)``, a convolution after a channel shuffle), and kept when the module then
+   agrees. A
    module whose twin differs in a numeric setting (``eps``, ``approximate``) disagrees whatever the
    weights: no alternative is tried there, and its conflict names the setting; nor around a module that owns no mapped tensor and received what
    its twin received (its own computation differs: a GELU against a tanh), nor around one whose
@@ -112,7 +120,7 @@ from torch.overrides import TorchFunctionMode
 from harness.trace import ROOT
 from harness.checks import check_module
 from harness.diagnose import numeric_setting_differences
-from harness.keymap import invert_steps, shape_after, simplify_steps
+from harness.keymap import NORM_ROLES, invert_steps, shape_after, simplify_steps
 from harness.weightmap import (NEVER_USED, STANDS_IN, Entry, Step, WeightMap, layout_steps, load_weight_map, owner_of,
                                regrouped_columns, regrouped_rows, shape_permutations, tied_copies)
 
@@ -828,7 +836,7 @@ def infer_map(
         entries += _repair(cand, ref, entries, used_c, used_r, reasons)
     entries += _split_tables(cand, ref, used_c, used_r)
     entries += _padded_tables(cand, ref, used_c, used_r)
-    entries = _cohere(_untangle(entries))
+    entries = _folded_norms(_cohere(_untangle(entries)), cand, ref, used_r, reference)
     order: dict[str, int] = {}
     for k, t in enumerate(cand):  # the parts of a joined tensor split for a second search: in its place
         for key in _stored_keys(t):
@@ -1282,6 +1290,51 @@ def _exchange_fits(a: Entry, b: Entry, source: dict[str, str]) -> bool:
     return (a.kind == b.kind and a.shape == b.shape and a.reference_shapes == b.reference_shapes
             and _leaf(a.candidate) == _leaf(b.candidate) and _leaf(a.reference[0]) == _leaf(b.reference[0])
             and _unit(b.reference[0]) == source[_unit(a.candidate)])
+
+
+_SCALES = {"mul", "multiply", "imul", "rmul"}  # how a folded batch norm applies its scale: x * scale
+_SHIFTS = {"add", "iadd", "radd"}  # and its shift: + shift
+
+
+def _folded_norms(entries: list[Entry], cand: list[_Tensor], ref: list[_Tensor], used_r: set[int],
+                  reference: nn.Module) -> list[Entry]:
+    """A port that folds a batch norm into ``x * scale + shift`` keeps two tensors where the
+    reference keeps four; the alignment pairs them with two of the four by order alone (``scale <-
+    running_mean``). Where a candidate module's only mapped tensors are one its forward multiplies
+    by and one it adds, both taken from the tensors of one reference batch norm, they take the
+    folding of all of them instead (``scale = weight / sqrt(var + eps)``, ``shift = bias - mean *
+    scale``: a ``fold_norm`` step), and every tensor of that norm counts as fed. The verification
+    then checks the fold like any other entry."""
+    ops = {t.key: t.op for t in cand}
+    norms: dict[str, dict[str, int]] = {}  # reference norm module -> role -> index of its tensor
+    for k, t in enumerate(ref):
+        if t.op == "batch_norm" and _leaf(t.key) in NORM_ROLES:
+            norms.setdefault(owner_of(t.key), {})[_leaf(t.key)] = k
+    by_owner: dict[str, list[int]] = {}
+    for k, e in enumerate(entries):
+        by_owner.setdefault(owner_of(e.candidate), []).append(k)
+    out = list(entries)
+    for ks in by_owner.values():
+        sources = {owner_of(r) for k in ks for r in entries[k].reference}
+        roles = {ops.get(entries[k].candidate) in _SCALES: k for k in ks}
+        norm = norms.get(next(iter(sources))) if len(sources) == 1 and len(ks) == 2 else None
+        eps = getattr(reference.get_submodule(next(iter(sources))), "eps", None) if norm else None
+        if norm is None or "running_mean" not in norm or "running_var" not in norm or len(roles) != 2 \
+                or ops.get(entries[roles[False]].candidate) not in _SHIFTS or not isinstance(eps, float):
+            continue
+        of = [role for role in NORM_ROLES if role in norm]
+        for part, k in (("scale", roles[True]), ("shift", roles[False])):
+            e = entries[k]
+            size = ref[norm["running_var"]].shape
+            if math.prod(e.shape) != math.prod(size):
+                break
+            fold = {"op": "fold_norm", "part": part, "eps": eps, "of": of}
+            reshape = [{"op": "reshape", "shape": list(e.shape)}] if tuple(e.shape) != tuple(size) else []
+            out[k] = replace(e, reference=tuple(ref[norm[role]].key for role in of), steps=(fold, *reshape),
+                             reference_shapes=tuple(ref[norm[role]].shape for role in of))
+        else:
+            used_r.update(norm.values())
+    return out
 
 
 def _common_prefix(keys: Iterable[str]) -> str:
