@@ -11,6 +11,10 @@ reference tensor(s) into the candidate's:
 - ``insert`` (dim, start, size, value): a block of one constant the reference keeps as no tensor
   (the zero key bias of a fused ``qkv`` bias, against ``q_bias`` and ``v_bias``); read backward,
   its rows are dropped and checked to hold that constant;
+- ``gather`` (dim, index): the rows ``index`` lists, each as often as listed (a relative-position
+  bias ``(heads, N, N)`` kept whole against a table of ``(2w - 1)^2`` rows the reference gathers
+  through its index); read backward, each row comes from the first place that took it, and the
+  places taking one row are checked to agree;
 - ``fold_norm`` (part, eps, of): a batch norm's tensors folded into the ``scale`` or the ``shift``
   of a port computing ``x * scale + shift``; it loses values, so a map holding one is not read
   backward.
@@ -454,11 +458,12 @@ def tied_copies(entries: Iterable[Entry]) -> dict[str, list[str]]:
 def _check_given_back(entries: list[Entry], reference_state: Mapping[str, Any],
                       candidate_state: Mapping[str, Any]) -> None:
     """ValueError unless the reference tensors read backward give each candidate tensor back
-    whose reading loses values: a tied copy not read back, an entry inserting constants."""
+    whose reading loses values: a tied copy not read back, an entry inserting constants, an entry
+    gathering rows of a table (places taking one row must hold the same values)."""
     kept = {id(e) for e in _first_readers(entries)}
     lost = []
     for e in entries:
-        if id(e) in kept and not any(s["op"] == "insert" for s in e.steps):
+        if id(e) in kept and not any(s["op"] in ("insert", "gather") for s in e.steps):
             continue
         given = candidate_state.get(e.candidate)
         if not isinstance(given, torch.Tensor) or any(not isinstance(reference_state.get(k), torch.Tensor)
@@ -468,14 +473,16 @@ def _check_given_back(entries: list[Entry], reference_state: Mapping[str, Any],
         if back.shape != given.shape or not torch.equal(back.to(given.dtype), given.detach()):
             diff = (float((back.double() - given.detach().double()).abs().max()) if back.shape == given.shape
                     else math.inf)
-            why = ("the constant rows the map inserts" if id(e) in kept
-                   else f"what {' + '.join(e.reference)} (taken from another candidate tensor) gives it")
+            why = (f"what {' + '.join(e.reference)} (taken from another candidate tensor) gives it" if id(e) not in kept
+                   else "the constant rows the map inserts" if any(s["op"] == "insert" for s in e.steps)
+                   else f"what {e.reference[0]} read back gives it (places taking one row of it hold other values)")
             lost.append(f"{e.candidate} differs from {why} by up to {diff:.3e}")
     if lost:
         raise ValueError(f"reading the weight map backward would lose values the reference cannot hold: "
-                         f"{'; '.join(lost[:4])}{' ...' if len(lost) > 4 else ''}; make the tied tensors equal "
-                         f"and the constant rows constant first, or pass strict=False to take the first tied "
-                         f"tensor's values and drop the constant rows")
+                         f"{'; '.join(lost[:4])}{' ...' if len(lost) > 4 else ''}; make the tied tensors equal, "
+                         f"the constant rows constant and the places sharing a gathered row equal first, or pass "
+                         f"strict=False to take the first tied tensor's values, drop the constant rows and take "
+                         f"each gathered row from the first place holding it")
 
 
 def _not_held(keys: Mapping[str, tuple[int, ...]], tensors: Mapping[str, torch.Tensor]) -> list[str]:

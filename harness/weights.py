@@ -63,6 +63,11 @@ its weights. The algorithm:
    leftover table of the other side, otherwise of its shape (a position table covering the class
    token against timm's ``no_embed_class`` table for the patches alone), is that table after as
    many zero rows (``insert``).
+   A leftover table the forward gathers rows of through an integer index (timm's Swin:
+   ``table[relative_position_index]``) takes the leftover tensor of the other side holding the
+   gathered layout where it is added (a port keeping the bias ``(heads, N, N)`` whole): a ``gather``
+   step and the re-layouts after it; the other way round each row of the table is read back from the
+   first place that took it.
    Units stay whole: where leftovers were paired by shape alone (a block that runs its shortcut
    before the main branch on one side and after it on the other), a unit (a conv and its norm)
    whose tensors come from several reference units exchanges same-role tensors with another so
@@ -142,6 +147,9 @@ class _Tensor:
     dim: int = 0
     overwritten: tuple[tuple[int, int], ...] = ()  # rows (dim 0) the forward replaces by constants before use
     again: bool = False  # a later read of a tensor used before (a tied head, a block applied twice)
+    # a table whose rows the forward gathers through an index (``table[relative_position_index]``): the
+    # steps from the stored table to the layout the gathered values are added in; () if none
+    gathered: tuple[Step, ...] = ()
 
     @property
     def used_shape(self) -> tuple[int, ...]:
@@ -326,6 +334,10 @@ class _FirstUse(TorchFunctionMode):
         # name of a tensor joined from watched tensors and zeros -> (its shape, dim, (key or None, start, stop,
         # steps from the stored tensor) per part)
         self.fused: dict[str, tuple[tuple[int, ...], int, tuple]] = {}
+        # id(rows gathered from a watched table, or a re-layout of them) -> (key, steps from the stored table,
+        # the tensor: kept alive so its id stays its own); key -> those steps where the values are added
+        self.gathers: dict[int, tuple[str, tuple[Step, ...], torch.Tensor]] = {}
+        self.gathered: dict[str, tuple[Step, ...]] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -339,6 +351,7 @@ class _FirstUse(TorchFunctionMode):
             return result
         self._flush()
         leaves = _tensor_leaves((args, kwargs))
+        self._follow_gathers(name.strip("_"), args, kwargs, leaves, result)
         held = [(t, self._held(t)) for t in leaves]
         joined = {p: self.joined[id(t)] for p, t in enumerate(leaves) if self._joined(t)}
         if not any(h for _, h in held) and not joined:
@@ -365,6 +378,29 @@ class _FirstUse(TorchFunctionMode):
         if linear is not None and sum(h is not None for _, h in held) == 1 and not joined:
             self.outputs[id(result)] = (weakref.ref(result), self.ops, source, linear.features)
         return result
+
+    def _follow_gathers(self, name: str, args: tuple, kwargs: dict, leaves: list, result: Any) -> None:
+        """Rows gathered from a watched table through an integer index (``table[index.view(-1)]``) are
+        followed through their re-layouts (``.view(N, N, -1).permute(2, 0, 1)``) to the operation adding
+        them (to attention scores): where the other model keeps the gathered layout as its own tensor,
+        those steps map the table onto it. The table's own use is noted as ever."""
+        source = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        held = self._held(source) if source is not None else None
+        if name == "getitem" and held is not None and not held[1] and isinstance(result, torch.Tensor):
+            steps = _gather_steps(args, result)
+            if steps is not None:
+                self.gathers[id(result)] = (held[0], steps, result)
+            return
+        for t in leaves:
+            found = self.gathers.get(id(t))
+            if found is None or found[2] is not t:
+                continue
+            key, steps, _ = found
+            relaid = _relayout_step(name, args, kwargs, t, result) if name in _RELAYOUTS and source is t else None
+            if relaid is not None:
+                self.gathers[id(result)] = (key, (*steps, *relaid), result)
+            elif name in _ADDS:
+                self.gathered.setdefault(key, steps)
 
     def _record(self, name: str, held: list, linear: _Linear | None, source: int | None, joined: dict) -> None:
         """The tensors this operation uses first, a linear layer's weight in torch's layout."""
@@ -518,6 +554,25 @@ class _FirstUse(TorchFunctionMode):
         self.relaid.clear()
         self.joined.clear()
         self.outputs.clear()
+        self.gathers.clear()
+
+
+# operations adding gathered rows to what they are a bias of (attention scores, directly or as a mask)
+_ADDS = {"add", "iadd", "radd", "scaled_dot_product_attention", "baddbmm"}
+
+
+def _gather_steps(args: tuple, result: torch.Tensor) -> tuple[Step, ...] | None:
+    """A ``gather`` step (and the reshape to the index's shape) for ``table[index]`` with one integer
+    tensor indexing dim 0; None for any other indexing."""
+    index = args[1] if len(args) == 2 else None
+    index = index[0] if isinstance(index, tuple) and len(index) == 1 else index
+    if not isinstance(index, torch.Tensor) or index.dtype not in (torch.long, torch.int) or index.numel() == 0:
+        return None
+    rows = index.reshape(-1).tolist()
+    if min(rows) < 0:
+        return None
+    flat = ({"op": "gather", "dim": 0, "index": rows},)
+    return flat if index.ndim == 1 else (*flat, {"op": "reshape", "shape": list(result.shape)})
 
 
 def _zeros(t: torch.Tensor) -> bool:
@@ -567,7 +622,8 @@ def _first_uses(model: nn.Module, run: Callable[[nn.Module], Any]) -> tuple[list
             getattr(m, n).clear()
     kinds = {k: "parameter" for k, _ in model.named_parameters()}
     out = [_Tensor(k, tuple(learned[k].shape), kinds.get(k, "buffer"), op, i, src, steps,
-                   overwritten=tuple(recorder.overwritten.get(k, ())), again=again)
+                   overwritten=tuple(recorder.overwritten.get(k, ())), again=again,
+                   gathered=recorder.gathered.get(k, ()) if not again else ())
            if k in learned else _fused_tensor(k, recorder.fused[k], learned, kinds, (op, i, src, steps))
            for k, op, i, src, steps, again in recorder.uses]
     tail = recorder.ops + 1
@@ -836,6 +892,7 @@ def infer_map(
         entries += _repair(cand, ref, entries, used_c, used_r, reasons)
     entries += _split_tables(cand, ref, used_c, used_r)
     entries += _padded_tables(cand, ref, used_c, used_r)
+    entries += _gathered_tables(cand, ref, used_c, used_r)
     entries = _folded_norms(_cohere(_untangle(entries)), cand, ref, used_r, reference)
     order: dict[str, int] = {}
     for k, t in enumerate(cand):  # the parts of a joined tensor split for a second search: in its place
@@ -960,6 +1017,10 @@ def _unmatched(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], used_r
                 continue  # said already: a part of a tensor joined where used
             if t.op == "<unused>":
                 reasons[at] = NEVER_USED
+            elif t.gathered:
+                reasons[at] = (f"a table the forward gathers rows of through an index and adds as "
+                               f"{shape_after(t.gathered, t.shape)}: no leftover tensor of the other side holds "
+                               f"that layout")
             elif t.shape not in other_shapes and not any(layout_steps(t.shape, o.shape) for o in other):
                 reasons[at] = f"no tensor of a compatible shape {t.shape} on the other side (shape family differs)"
             else:
@@ -1179,6 +1240,54 @@ def _padded_tables(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], us
             used_r.add(rk)
             break
     return out
+
+
+def _gathered_tables(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], used_r: set[int]) -> list[Entry]:
+    """A leftover table one model gathers rows of through an index (timm's Swin builds its
+    relative-position bias ``(heads, N, N)`` as ``table[relative_position_index]``) against a
+    leftover tensor of the other holding the gathered layout (a port keeping that bias whole): the
+    table's gather steps map it onto that tensor; the other way round, each row of the table comes
+    from the first place that took it. In order of use; verification says whether it is right."""
+    out: list[Entry] = []
+    for rk, r in enumerate(ref):
+        if rk in used_r or not r.gathered:
+            continue
+        gathered = shape_after(r.gathered, r.shape)
+        k = _first_fit(cand, used_c, r.kind, lambda c: layout_steps(c.shape, gathered))
+        if k is not None:
+            steps = simplify_steps([*r.gathered, *layout_steps(cand[k].shape, gathered)[0]], r.shape)
+            out.append(Entry(cand[k].key, (r.key,), tuple(steps), cand[k].shape, (r.shape,), cand[k].kind))
+            used_c.add(k)
+            used_r.add(rk)
+    for k, c in enumerate(cand):
+        back = _ungathered(c)
+        if k in used_c or back is None:
+            continue
+        gathered = shape_after(c.gathered, c.shape)
+        rk = _first_fit(ref, used_r, c.kind, lambda r: layout_steps(gathered, r.shape))
+        if rk is not None:
+            steps = simplify_steps([*layout_steps(gathered, ref[rk].shape)[0], *back], ref[rk].shape)
+            out.append(Entry(c.key, (ref[rk].key,), tuple(steps), c.shape, (ref[rk].shape,), c.kind))
+            used_c.add(k)
+            used_r.add(rk)
+    return out
+
+
+def _ungathered(t: _Tensor) -> list[Step] | None:
+    """Steps from the gathered layout back to ``t``'s table; None without a gather, or where some
+    row of the table is never gathered (nothing there to read it back from)."""
+    if not t.gathered:
+        return None
+    try:
+        return invert_steps(t.gathered, t.shape)
+    except ValueError:
+        return None
+
+
+def _first_fit(tensors: list[_Tensor], used: set[int], kind: str, fits: Callable[[_Tensor], Any]) -> int | None:
+    """The first unused tensor of ``kind`` (not joined from parts) that ``fits``."""
+    return next((k for k, t in enumerate(tensors) if k not in used and t.kind == kind and not t.pieces
+                 and t.op != "<unused>" and fits(t) is not None), None)
 
 
 def _table_parts(r: _Tensor, free: list[tuple[int, _Tensor]]) -> tuple[int, list[tuple[int, int, list[Step]]]] | None:
