@@ -1424,26 +1424,42 @@ def _folded_norms(entries: list[Entry], cand: list[_Tensor], ref: list[_Tensor],
         by_owner.setdefault(owner_of(e.candidate), []).append(k)
     out = list(entries)
     for ks in by_owner.values():
-        sources = {owner_of(r) for k in ks for r in entries[k].reference}
-        roles = {ops.get(entries[k].candidate) in _SCALES: k for k in ks}
-        norm = norms.get(next(iter(sources))) if len(sources) == 1 and len(ks) == 2 else None
-        eps = getattr(reference.get_submodule(next(iter(sources))), "eps", None) if norm else None
-        if norm is None or "running_mean" not in norm or "running_var" not in norm or len(roles) != 2 \
-                or ops.get(entries[roles[False]].candidate) not in _SHIFTS or not isinstance(eps, float):
+        found = _folded_norm(entries, ks, ops, norms, ref, reference)
+        if found is None:
             continue
+        norm, parts, eps = found
         of = [role for role in NORM_ROLES if role in norm]
-        for part, k in (("scale", roles[True]), ("shift", roles[False])):
+        size = ref[norm["running_var"]].shape
+        for part, k in parts.items():
             e = entries[k]
-            size = ref[norm["running_var"]].shape
-            if math.prod(e.shape) != math.prod(size):
-                break
             fold = {"op": "fold_norm", "part": part, "eps": eps, "of": of}
             reshape = [{"op": "reshape", "shape": list(e.shape)}] if tuple(e.shape) != tuple(size) else []
             out[k] = replace(e, reference=tuple(ref[norm[role]].key for role in of), steps=(fold, *reshape),
                              reference_shapes=tuple(ref[norm[role]].shape for role in of))
-        else:
-            used_r.update(norm.values())
+        used_r.update(norm.values())
     return out
+
+
+def _folded_norm(entries: list[Entry], ks: list[int], ops: dict[str, str], norms: dict[str, dict[str, int]],
+                 ref: list[_Tensor], reference: nn.Module) -> tuple[dict[str, int], dict[str, int], float] | None:
+    """For one candidate module's entries ``ks``: the reference norm they fold (role -> tensor index),
+    which entry takes the scale and which the shift, and the norm's eps; None unless they are one
+    tensor multiplied by and one added, both of the norm's size, taken from one batch norm."""
+    sources = {owner_of(r) for k in ks for r in entries[k].reference}
+    if len(ks) != 2 or len(sources) != 1:
+        return None
+    module = next(iter(sources))
+    norm = norms.get(module, {})
+    scale = next((k for k in ks if ops.get(entries[k].candidate) in _SCALES), None)
+    shift = next((k for k in ks if ops.get(entries[k].candidate) in _SHIFTS), None)
+    eps = getattr(reference.get_submodule(module), "eps", None) if norm else None
+    if "running_mean" not in norm or "running_var" not in norm or scale is None or shift is None \
+            or not isinstance(eps, float):
+        return None
+    size = math.prod(ref[norm["running_var"]].shape)
+    if any(math.prod(entries[k].shape) != size for k in ks):
+        return None
+    return norm, {"scale": scale, "shift": shift}, eps
 
 
 def _common_prefix(keys: Iterable[str]) -> str:
@@ -1808,8 +1824,8 @@ def _column_groupings(entries: list[Entry], inside: list[int]) -> Iterable[tuple
     tried on the disagreeing module alone). Per weight: (a key, [(entry index, its new steps)])."""
     for k in inside:
         e = entries[k]
-        if len(e.shape) < 2:
-            continue
+        if len(e.shape) < 2 or e.shape[0] < 2:
+            continue  # no matrix nor kernel: a vector stored (1, C, 1, 1), a table (1, N, C)
         columns = e.shape[1]
         splits = [a for a in range(2, columns // 2 + 1) if columns % a == 0][:_COLUMN_GROUPINGS]
         for outer in splits:

@@ -115,3 +115,11 @@ def test_a_gathered_table_without_counterpart_says_how_it_is_used():
     assert weights.reason("reference", "table") == \
         "a table the forward gathers rows of through an index and adds as (1, 2, 9, 9): no leftover tensor of the " \
         "other side holds that layout", str(weights)
+
+
+def test_a_saved_map_with_a_gather_loads_verified_and_transfers_the_same_bias(port, tmp_path):
+    candidate, reference, weights = port
+    loaded = harness.load_weight_map(weights.save(tmp_path / "map.json"))
+    fresh = _Whole().double().eval()
+    loaded.transfer(reference, fresh)
+    assert loaded.verified and torch.equal(fresh.rel_bias, candidate.rel_bias), f"the map read back:\n{loaded}"
