@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["Move", "Rule", "KeyTable", "KeyMapping", "StateDict", "Step", "apply_steps", "apply_moves", "invert_steps",
-           "describe_steps", "check_step", "shape_after", "LAYOUT_OPS", "STEP_OPS"]
+           "describe_steps", "check_step", "shape_after", "LAYOUT_OPS", "STEP_OPS", "NORM_ROLES"]
 
 StateDict = dict[str, "torch.Tensor"]
 Step = dict[str, Any]

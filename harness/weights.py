@@ -1829,7 +1829,8 @@ def _column_groupings(entries: list[Entry], inside: list[int]) -> Iterable[tuple
         columns = e.shape[1]
         splits = [a for a in range(2, columns // 2 + 1) if columns % a == 0][:_COLUMN_GROUPINGS]
         for outer in splits:
-            yield ("columns", e.candidate, outer), [(k, (*e.steps, *regrouped_columns(e.shape, outer, columns // outer)))]
+            regrouped = regrouped_columns(e.shape, outer, columns // outer)
+            yield ("columns", e.candidate, outer), [(k, (*e.steps, *regrouped))]
 
 
 def _channels_last_patches(e: Entry) -> tuple[Step, ...] | None:
