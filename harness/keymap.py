@@ -11,7 +11,14 @@ The unit is a :class:`Move`: source keys -> target keys. Its tensors are read, e
 several targets split it along ``dim`` (``sizes``, or equal parts). Steps are data: ``slice``,
 ``reshape``, ``transpose``, ``permute`` (a stored ``concat`` step is the move's join), ``insert``
 (a block of one constant put in along a dim: the zero key bias a fused ``qkv`` bias holds where
-the other side keeps only ``q_bias`` and ``v_bias``) and its inverse ``remove``.
+the other side keeps only ``q_bias`` and ``v_bias``) and its inverse ``remove``, and ``fold_norm``:
+a batch norm's tensors (the move's sources, concatenated along dim 0, in the roles its ``of`` names)
+folded into the ``scale`` or ``shift`` of ``x * scale + shift`` (``scale = weight / sqrt(var +
+eps)``, ``shift = bias - mean * scale``). A fold loses values (four tensors become two), so it has no
+inverse: reading it backward is refused. ``gather`` (dim, index) takes the rows ``index`` lists
+along ``dim``, each as often as listed: a relative-position bias laid out ``(heads, N, N)`` from a
+table of ``(2w - 1)^2`` rows, ``table[relative_position_index]``. Read backward, each row comes from
+the first place that took it, and a table with a row no place takes cannot be read back.
 
 A :class:`KeyTable` is an ordered tuple of :class:`Rule` rows, written once from the reference
 side (the upstream layout) to the candidate side. A template names an index with ``{i}``
@@ -46,12 +53,14 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["Move", "Rule", "KeyTable", "KeyMapping", "StateDict", "Step", "apply_steps", "apply_moves", "invert_steps",
-           "describe_steps", "check_step", "shape_after", "LAYOUT_OPS", "STEP_OPS"]
+           "describe_steps", "check_step", "shape_after", "LAYOUT_OPS", "STEP_OPS", "NORM_ROLES"]
 
 StateDict = dict[str, "torch.Tensor"]
 Step = dict[str, Any]
 LAYOUT_OPS = ("reshape", "transpose", "permute")
-STEP_OPS = ("concat", "slice", "insert", "remove", *LAYOUT_OPS)
+STEP_OPS = ("concat", "slice", "insert", "remove", "fold_norm", "gather", *LAYOUT_OPS)
+# the roles of a batch norm's tensors a fold_norm step reads; ``running_var`` is always one of them
+NORM_ROLES = ("weight", "bias", "running_mean", "running_var")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
 
 
@@ -69,10 +78,17 @@ _STEP_FIELDS = {
     "concat": (("dim", *_INT),),
     "insert": (("dim", *_INT), ("start", *_INT), ("size", *_INT), ("value", *_NUMBER)),
     "remove": (("dim", *_INT), ("start", *_INT), ("stop", *_INT)),
+    "gather": (("dim", *_INT), ("index", "a list of row numbers (integers >= 0)", lambda v: is_int_list(v, minimum=0))),
+    "fold_norm": (("part", "'scale' or 'shift'", lambda v: v in ("scale", "shift")), ("eps", *_NUMBER),
+                  ("of", f"a list of distinct roles among {', '.join(NORM_ROLES)}, running_var among them",
+                   lambda v: isinstance(v, list) and "running_var" in v and len(set(v)) == len(v)
+                   and all(isinstance(r, str) and r in NORM_ROLES for r in v))),
 }
 _STEP_EXAMPLES = ("{'op': 'transpose', 'dims': [0, 1]}, {'op': 'permute', 'dims': [2, 3, 1, 0]}, "
                   "{'op': 'reshape', 'shape': [96, 1, 1]}, {'op': 'slice', 'dim': 0, 'start': 0, 'stop': 96}, "
-                  "{'op': 'insert', 'dim': 0, 'start': 96, 'size': 96, 'value': 0.0}")
+                  "{'op': 'insert', 'dim': 0, 'start': 96, 'size': 96, 'value': 0.0}, "
+                  "{'op': 'fold_norm', 'part': 'scale', 'eps': 1e-05, 'of': ['weight', 'bias', 'running_mean', "
+                  "'running_var']}")
 
 
 def check_step(step: Any) -> Step:
@@ -88,6 +104,9 @@ def check_step(step: Any) -> Step:
         raise ValueError(f"transform step {dict(step)!r}: a {step['op']} needs 0 <= start <= stop")
     if step["op"] == "insert" and not (step["start"] >= 0 and step["size"] >= 0):
         raise ValueError(f"transform step {dict(step)!r}: an insert needs start >= 0 and size >= 0")
+    if step["op"] == "fold_norm" and step["part"] == "shift" and "running_mean" not in step["of"]:
+        raise ValueError(f"transform step {dict(step)!r}: a shift is folded from the running_mean too; "
+                         f"name it in 'of'")
     return dict(step)
 
 
@@ -105,6 +124,10 @@ def apply_steps(tensor: torch.Tensor, steps: Sequence[Step]) -> torch.Tensor:
         elif op == "remove":
             dim, size = step["dim"], out.shape[step["dim"]]
             out = _cat([out.narrow(dim, 0, step["start"]), out.narrow(dim, step["stop"], size - step["stop"])], dim)
+        elif op == "fold_norm":
+            out = _folded(out, step)
+        elif op == "gather":
+            out = _gathered(out, step)
         elif op == "reshape":
             out = out.reshape(step["shape"])
         elif op == "transpose":
@@ -112,6 +135,38 @@ def apply_steps(tensor: torch.Tensor, steps: Sequence[Step]) -> torch.Tensor:
         else:
             out = out.permute(*step["dims"])
     return out
+
+
+def _gathered(value: Any, step: Step) -> Any:
+    """The rows ``step["index"]`` lists along ``step["dim"]`` of ``value``, in that order."""
+    dim, index = step["dim"], step["index"]
+    if index and max(index) >= value.shape[dim]:
+        raise IndexError(f"gather of row {max(index)} along dim {dim} of a tensor of shape {tuple(value.shape)}")
+    if isinstance(value, TensorHeader):
+        return value._derived([len(index) if d == dim else n for d, n in enumerate(value.shape)])
+    import torch
+
+    return value.index_select(dim, torch.tensor(index, dtype=torch.long, device=value.device))
+
+
+def _folded(value: Any, step: Step) -> Any:
+    """The ``scale`` or ``shift`` a batch norm folds into: ``value`` holds its tensors in the roles
+    ``step["of"]`` names, concatenated along dim 0. A weight or bias not named is 1 or 0."""
+    roles = step["of"]
+    if value.ndim < 1 or value.shape[0] % len(roles):
+        raise IndexError(f"fold_norm of {roles} needs {len(roles)} equal parts along dim 0, got a tensor of shape "
+                         f"{tuple(value.shape)}")
+    size = value.shape[0] // len(roles)
+    if isinstance(value, TensorHeader):
+        return value._derived((size, *value.shape[1:]))
+    parts = dict(zip(roles, value.split(size)))
+    scale = (parts["running_var"] + step["eps"]).rsqrt()
+    if "weight" in parts:
+        scale = scale * parts["weight"]
+    if step["part"] == "scale":
+        return scale
+    shift = -parts["running_mean"] * scale
+    return shift + parts["bias"] if "bias" in parts else shift
 
 
 def _inserted(value: Any, step: Step) -> Any:
@@ -140,6 +195,10 @@ def shape_after(steps: Sequence[Step], shape: Sequence[int]) -> tuple[int, ...]:
             shape[step["dim"]] += step["size"]
         elif step["op"] == "remove":
             shape[step["dim"]] -= step["stop"] - step["start"]
+        elif step["op"] == "fold_norm":
+            shape[0] //= len(step["of"])
+        elif step["op"] == "gather":
+            shape[step["dim"]] = len(step["index"])
         elif step["op"] == "reshape":
             shape = list(step["shape"])
         elif step["op"] == "transpose":
@@ -151,8 +210,8 @@ def shape_after(steps: Sequence[Step], shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def invert_steps(steps: Sequence[Step], source_shape: Sequence[int] | None = None) -> list[Step]:
-    """Steps undoing layout ``steps`` (and inserts: the inserted block removed); a reshape can only
-    be undone knowing ``source_shape``."""
+    """Steps undoing layout ``steps`` (inserts: the inserted block removed; gathers: each row taken
+    from the first place that took it); a reshape or a gather can only be undone knowing ``source_shape``."""
     inverse: list[Step] = []
     shape = None if source_shape is None else list(source_shape)
     for step in steps:
@@ -170,11 +229,30 @@ def invert_steps(steps: Sequence[Step], source_shape: Sequence[int] | None = Non
         elif op == "insert":
             inverse.append({"op": "remove", "dim": step["dim"], "start": step["start"],
                             "stop": step["start"] + step["size"]})
+        elif op == "gather":
+            inverse.append(_ungathered(step, shape))
+        elif op == "fold_norm":
+            raise ValueError(f"step {step!r} folds a batch norm's {', '.join(step['of'])} into one {step['part']}: "
+                             f"those tensors cannot be recovered from it, so the step cannot be read backward")
         else:
             raise ValueError(f"step {step!r} is not a layout step ({', '.join(LAYOUT_OPS)}) or an insert")
         if shape is not None:
             shape = list(shape_after([step], shape))
     return inverse[::-1]
+
+
+def _ungathered(step: Step, shape: list[int] | None) -> Step:
+    """The gather giving back the rows a ``gather`` step took: each from the first place that took it."""
+    if shape is None:
+        raise ValueError("a gather step cannot be inverted without the shape it started from")
+    first: dict[int, int] = {}
+    for at, row in enumerate(step["index"]):
+        first.setdefault(row, at)
+    missing = [row for row in range(shape[step["dim"]]) if row not in first]
+    if missing:
+        raise ValueError(f"a gather step takes no value from {len(missing)} of the {shape[step['dim']]} rows along dim "
+                         f"{step['dim']} (row {missing[0]} first): those rows cannot be read back")
+    return {"op": "gather", "dim": step["dim"], "index": [first[row] for row in range(shape[step["dim"]])]}
 
 
 def simplify_steps(steps: Sequence[Step], shape: Sequence[int]) -> list[Step]:
@@ -208,7 +286,15 @@ def describe_steps(steps: Sequence[Step]) -> str:
     """``transpose(dims=[0, 1]) + reshape(shape=[4, 2])``; ``identity`` for none."""
     if not steps:
         return "identity"
-    return " + ".join(f"{s['op']}(" + ", ".join(f"{k}={v}" for k, v in s.items() if k != "op") + ")" for s in steps)
+    return " + ".join(f"{s['op']}(" + ", ".join(f"{k}={_shown_value(v)}" for k, v in s.items() if k != "op") + ")"
+                      for s in steps)
+
+
+def _shown_value(value: Any) -> str:
+    """A step's field as text; a long list (a gather's index) by its first values and its length."""
+    if isinstance(value, list) and len(value) > 8:
+        return f"[{', '.join(map(str, value[:4]))}, ... ({len(value)} values)]"
+    return str(value)
 
 
 # -- moves: the concrete unit ---------------------------------------------------------------------

@@ -10,13 +10,20 @@ reference tensor(s) into the candidate's:
   values (``(C,)`` against ``(C, 1, 1)``, a 1x1 convolution against a linear layer);
 - ``insert`` (dim, start, size, value): a block of one constant the reference keeps as no tensor
   (the zero key bias of a fused ``qkv`` bias, against ``q_bias`` and ``v_bias``); read backward,
-  its rows are dropped and checked to hold that constant.
+  its rows are dropped and checked to hold that constant;
+- ``gather`` (dim, index): the rows ``index`` lists, each as often as listed (a relative-position
+  bias ``(heads, N, N)`` kept whole against a table of ``(2w - 1)^2`` rows the reference gathers
+  through its index); read backward, each row comes from the first place that took it, and the
+  places taking one row are checked to agree;
+- ``fold_norm`` (part, eps, of): a batch norm's tensors folded into the ``scale`` or the ``shift``
+  of a port computing ``x * scale + shift``; it loses values, so a map holding one is not read
+  backward.
 
 A reference tensor may feed several candidate tensors (a port keeping the head its reference ties
 to the embedding, or a relative-position table per block where the reference shares one).
 
 :meth:`WeightMap.to_candidate` reads the table forward, :meth:`WeightMap.to_reference` backward
-(every step is invertible; of several candidate tensors fed by one reference tensor, the first
+(every step but a fold is invertible; of several candidate tensors fed by one reference tensor, the first
 gives it back, and the others must hold the same), :meth:`WeightMap.transfer` copies a reference's
 values into a candidate, :meth:`WeightMap.save` / :func:`load_weight_map` keep it as JSON
 (``"format": FORMAT``).
@@ -42,7 +49,7 @@ from harness.keymap import Move, StateDict, Step, apply_moves, check_step, descr
 from harness.trace import ROOT
 
 __all__ = ["WeightMap", "Entry", "load_weight_map", "FORMAT", "layout_steps", "owner_of", "clear_weight_caches",
-           "regrouped_rows", "tied_copies"]
+           "regrouped_rows", "regrouped_columns", "tied_copies"]
 
 FORMAT = "parity-harness weight map 1"
 NEVER_USED = "never used by the forward on these inputs, and no unused counterpart in order"
@@ -291,6 +298,12 @@ class WeightMap:
         reference tensor several entries take is given by the first of them (see :meth:`to_reference`)."""
         if to == "candidate":
             return [_forward_move(e) for e in self.entries]
+        folded = [f"{e.candidate} <- {' + '.join(e.reference)}" for e in self.entries if _folds(e)]
+        if folded:
+            raise ValueError(f"the weight map folds batch norms into {len(folded)} candidate tensor(s) "
+                             f"({_shown(folded, 2)}): a fold "
+                             f"keeps two tensors of a norm's four, so the reference's cannot be read back from the "
+                             f"candidate; read the map toward the candidate only, or give those entries by hand")
         cuts: dict[str, list[Entry]] = {}
         moves = []
         for e in _first_readers(self.entries):
@@ -407,6 +420,9 @@ def _copied(entries: Iterable[Entry]) -> list[tuple[Entry, Entry | None]]:
     first: dict[Any, Entry] = {}
     out: list[tuple[Entry, Entry | None]] = []
     for e in entries:
+        if _folds(e):  # the scale and the shift a batch norm folds into read its tensors alike: no copy of each other
+            out.append((e, None))
+            continue
         cut = next((s for s in e.steps if s["op"] == "slice"), None)
         part = tuple(e.reference) if cut is None else (e.reference[0], cut["dim"], cut["start"], cut["stop"],
                                                        tuple(map(str, e.steps)))
@@ -417,6 +433,11 @@ def _copied(entries: Iterable[Entry]) -> list[tuple[Entry, Entry | None]]:
             first[part] = e
             first.update({k: e for k in e.reference} if cut is None else {})
     return out
+
+
+def _folds(e: Entry) -> bool:
+    """Whether the entry folds a batch norm's tensors into one (a ``fold_norm`` step)."""
+    return any(s["op"] == "fold_norm" for s in e.steps)
 
 
 def _first_readers(entries: Iterable[Entry]) -> list[Entry]:
@@ -437,11 +458,12 @@ def tied_copies(entries: Iterable[Entry]) -> dict[str, list[str]]:
 def _check_given_back(entries: list[Entry], reference_state: Mapping[str, Any],
                       candidate_state: Mapping[str, Any]) -> None:
     """ValueError unless the reference tensors read backward give each candidate tensor back
-    whose reading loses values: a tied copy not read back, an entry inserting constants."""
+    whose reading loses values: a tied copy not read back, an entry inserting constants, an entry
+    gathering rows of a table (places taking one row must hold the same values)."""
     kept = {id(e) for e in _first_readers(entries)}
     lost = []
     for e in entries:
-        if id(e) in kept and not any(s["op"] == "insert" for s in e.steps):
+        if id(e) in kept and not any(s["op"] in ("insert", "gather") for s in e.steps):
             continue
         given = candidate_state.get(e.candidate)
         if not isinstance(given, torch.Tensor) or any(not isinstance(reference_state.get(k), torch.Tensor)
@@ -451,14 +473,16 @@ def _check_given_back(entries: list[Entry], reference_state: Mapping[str, Any],
         if back.shape != given.shape or not torch.equal(back.to(given.dtype), given.detach()):
             diff = (float((back.double() - given.detach().double()).abs().max()) if back.shape == given.shape
                     else math.inf)
-            why = ("the constant rows the map inserts" if id(e) in kept
-                   else f"what {' + '.join(e.reference)} (taken from another candidate tensor) gives it")
+            why = (f"what {' + '.join(e.reference)} (taken from another candidate tensor) gives it" if id(e) not in kept
+                   else "the constant rows the map inserts" if any(s["op"] == "insert" for s in e.steps)
+                   else f"what {e.reference[0]} read back gives it (places taking one row of it hold other values)")
             lost.append(f"{e.candidate} differs from {why} by up to {diff:.3e}")
     if lost:
         raise ValueError(f"reading the weight map backward would lose values the reference cannot hold: "
-                         f"{'; '.join(lost[:4])}{' ...' if len(lost) > 4 else ''}; make the tied tensors equal "
-                         f"and the constant rows constant first, or pass strict=False to take the first tied "
-                         f"tensor's values and drop the constant rows")
+                         f"{'; '.join(lost[:4])}{' ...' if len(lost) > 4 else ''}; make the tied tensors equal, "
+                         f"the constant rows constant and the places sharing a gathered row equal first, or pass "
+                         f"strict=False to take the first tied tensor's values, drop the constant rows and take "
+                         f"each gathered row from the first place holding it")
 
 
 def _not_held(keys: Mapping[str, tuple[int, ...]], tensors: Mapping[str, torch.Tensor]) -> list[str]:
@@ -472,6 +496,15 @@ def regrouped_rows(shape: tuple[int, ...], outer: int, inner: int) -> list[Step]
     rest = list(shape[1:])
     return [{"op": "reshape", "shape": [outer, inner, shape[0] // outer // inner, *rest]},
             {"op": "permute", "dims": [1, 0, *range(2, 3 + len(rest))]}, {"op": "reshape", "shape": list(shape)}]
+
+
+def regrouped_columns(shape: tuple[int, ...], outer: int, inner: int) -> list[Step]:
+    """Steps regrouping the input columns (dim 1) of a tensor of ``shape`` laid out ``(outer,
+    inner)`` as ``(inner, outer)``: the layer reading attention heads concatenated ``(head_dim,
+    heads)`` where its twin reads ``(heads, head_dim)``, a convolution after a channel shuffle."""
+    rest = list(shape[2:])
+    return [{"op": "reshape", "shape": [shape[0], outer, inner, *rest]},
+            {"op": "permute", "dims": [0, 2, 1, *range(3, 3 + len(rest))]}, {"op": "reshape", "shape": list(shape)}]
 
 
 def _row_regrouping(e: Entry) -> tuple[int, int, int] | None:
@@ -683,7 +716,8 @@ def _twin_chains(weights: WeightMap, candidate: nn.Module, reference: nn.Module)
                     module.add(key)
         return {name: frozenset(members) for name, members in found.items()}
 
-    entries = [e for e in weights.entries if e.kind == "parameter" or e.steps == ()]
+    # a folded batch norm's buffers (scale, shift) twin the module holding the norm's tensors
+    entries = [e for e in weights.entries if e.kind == "parameter" or e.steps == () or _folds(e)]
     sources = {e.candidate: set(e.reference) for e in entries}
     sinks: dict[str, set[str]] = {}
     # a reference tensor several candidate tensors take whole (a head tied to the embedding) twins

@@ -63,10 +63,19 @@ its weights. The algorithm:
    leftover table of the other side, otherwise of its shape (a position table covering the class
    token against timm's ``no_embed_class`` table for the patches alone), is that table after as
    many zero rows (``insert``).
+   A leftover table the forward gathers rows of through an integer index (timm's Swin:
+   ``table[relative_position_index]``) takes the leftover tensor of the other side holding the
+   gathered layout where it is added (a port keeping the bias ``(heads, N, N)`` whole): a ``gather``
+   step and the re-layouts after it; the other way round each row of the table is read back from the
+   first place that took it.
    Units stay whole: where leftovers were paired by shape alone (a block that runs its shortcut
    before the main branch on one side and after it on the other), a unit (a conv and its norm)
    whose tensors come from several reference units exchanges same-role tensors with another so
    that each takes all from the reference unit most of its elements come from.
+   Folded norms: a candidate module whose only mapped tensors are one its forward multiplies by and
+   one it adds (``x * scale + shift``), both taken from one reference batch norm, takes the folding of
+   all that norm's tensors (a ``fold_norm`` step: ``scale = weight / sqrt(var + eps)``, ``shift =
+   bias - mean * scale``) where the order of use alone paired them with two of its four.
 4. Companions. Integer buffers (``num_batches_tracked``) follow the module their floating
    siblings were mapped to. Buffers each model computes for itself (index tables, RoPE periods)
    are listed as computed and never copied.
@@ -76,7 +85,11 @@ its weights. The algorithm:
    whose shortcut sits beside the branch holding it) are tried, those moving a tensor of that module
    first (a square matrix transposed, two same-shaped submodules swapped, a fused projection's
    output rows regrouped per head: ``(heads, 3, head_dim)`` against ``(3, heads, head_dim)``, whose
-   output the comparison then reads in its twin's order), and kept when the module then agrees. A
+   output the comparison then reads in its twin's order; a weight of the disagreeing module itself
+   with its input columns regrouped ``(a, b)`` -> ``(b, a)``, for every split of their number into
+   two factors: an output projection reading heads concatenated ``(head_dim, heads)`` where its twin
+   reads ``(heads, head_dim)``, a convolution after a channel shuffle), and kept when the module then
+   agrees. A
    module whose twin differs in a numeric setting (``eps``, ``approximate``) disagrees whatever the
    weights: no alternative is tried there, and its conflict names the setting; nor around a module that owns no mapped tensor and received what
    its twin received (its own computation differs: a GELU against a tanh), nor around one whose
@@ -112,9 +125,9 @@ from torch.overrides import TorchFunctionMode
 from harness.trace import ROOT
 from harness.checks import check_module
 from harness.diagnose import numeric_setting_differences
-from harness.keymap import invert_steps, shape_after, simplify_steps
+from harness.keymap import NORM_ROLES, invert_steps, shape_after, simplify_steps
 from harness.weightmap import (NEVER_USED, STANDS_IN, Entry, Step, WeightMap, layout_steps, load_weight_map, owner_of,
-                               regrouped_rows, shape_permutations, tied_copies)
+                               regrouped_columns, regrouped_rows, shape_permutations, tied_copies)
 
 __all__ = ["WeightMap", "Entry", "map_weights", "infer_map", "load_weight_map"]
 
@@ -134,6 +147,9 @@ class _Tensor:
     dim: int = 0
     overwritten: tuple[tuple[int, int], ...] = ()  # rows (dim 0) the forward replaces by constants before use
     again: bool = False  # a later read of a tensor used before (a tied head, a block applied twice)
+    # a table whose rows the forward gathers through an index (``table[relative_position_index]``): the
+    # steps from the stored table to the layout the gathered values are added in; () if none
+    gathered: tuple[Step, ...] = ()
 
     @property
     def used_shape(self) -> tuple[int, ...]:
@@ -318,6 +334,10 @@ class _FirstUse(TorchFunctionMode):
         # name of a tensor joined from watched tensors and zeros -> (its shape, dim, (key or None, start, stop,
         # steps from the stored tensor) per part)
         self.fused: dict[str, tuple[tuple[int, ...], int, tuple]] = {}
+        # id(rows gathered from a watched table, or a re-layout of them) -> (key, steps from the stored table,
+        # the tensor: kept alive so its id stays its own); key -> those steps where the values are added
+        self.gathers: dict[int, tuple[str, tuple[Step, ...], torch.Tensor]] = {}
+        self.gathered: dict[str, tuple[Step, ...]] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -331,6 +351,7 @@ class _FirstUse(TorchFunctionMode):
             return result
         self._flush()
         leaves = _tensor_leaves((args, kwargs))
+        self._follow_gathers(name.strip("_"), args, kwargs, leaves, result)
         held = [(t, self._held(t)) for t in leaves]
         joined = {p: self.joined[id(t)] for p, t in enumerate(leaves) if self._joined(t)}
         if not any(h for _, h in held) and not joined:
@@ -357,6 +378,29 @@ class _FirstUse(TorchFunctionMode):
         if linear is not None and sum(h is not None for _, h in held) == 1 and not joined:
             self.outputs[id(result)] = (weakref.ref(result), self.ops, source, linear.features)
         return result
+
+    def _follow_gathers(self, name: str, args: tuple, kwargs: dict, leaves: list, result: Any) -> None:
+        """Rows gathered from a watched table through an integer index (``table[index.view(-1)]``) are
+        followed through their re-layouts (``.view(N, N, -1).permute(2, 0, 1)``) to the operation adding
+        them (to attention scores): where the other model keeps the gathered layout as its own tensor,
+        those steps map the table onto it. The table's own use is noted as ever."""
+        source = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        held = self._held(source) if source is not None else None
+        if name == "getitem" and held is not None and not held[1] and isinstance(result, torch.Tensor):
+            steps = _gather_steps(args, result)
+            if steps is not None:
+                self.gathers[id(result)] = (held[0], steps, result)
+            return
+        for t in leaves:
+            found = self.gathers.get(id(t))
+            if found is None or found[2] is not t:
+                continue
+            key, steps, _ = found
+            relaid = _relayout_step(name, args, kwargs, t, result) if name in _RELAYOUTS and source is t else None
+            if relaid is not None:
+                self.gathers[id(result)] = (key, (*steps, *relaid), result)
+            elif name in _ADDS:
+                self.gathered.setdefault(key, steps)
 
     def _record(self, name: str, held: list, linear: _Linear | None, source: int | None, joined: dict) -> None:
         """The tensors this operation uses first, a linear layer's weight in torch's layout."""
@@ -510,6 +554,25 @@ class _FirstUse(TorchFunctionMode):
         self.relaid.clear()
         self.joined.clear()
         self.outputs.clear()
+        self.gathers.clear()
+
+
+# operations adding gathered rows to what they are a bias of (attention scores, directly or as a mask)
+_ADDS = {"add", "iadd", "radd", "scaled_dot_product_attention", "baddbmm"}
+
+
+def _gather_steps(args: tuple, result: torch.Tensor) -> tuple[Step, ...] | None:
+    """A ``gather`` step (and the reshape to the index's shape) for ``table[index]`` with one integer
+    tensor indexing dim 0; None for any other indexing."""
+    index = args[1] if len(args) == 2 else None
+    index = index[0] if isinstance(index, tuple) and len(index) == 1 else index
+    if not isinstance(index, torch.Tensor) or index.dtype not in (torch.long, torch.int) or index.numel() == 0:
+        return None
+    rows = index.reshape(-1).tolist()
+    if min(rows) < 0:
+        return None
+    flat = ({"op": "gather", "dim": 0, "index": rows},)
+    return flat if index.ndim == 1 else (*flat, {"op": "reshape", "shape": list(result.shape)})
 
 
 def _zeros(t: torch.Tensor) -> bool:
@@ -559,7 +622,8 @@ def _first_uses(model: nn.Module, run: Callable[[nn.Module], Any]) -> tuple[list
             getattr(m, n).clear()
     kinds = {k: "parameter" for k, _ in model.named_parameters()}
     out = [_Tensor(k, tuple(learned[k].shape), kinds.get(k, "buffer"), op, i, src, steps,
-                   overwritten=tuple(recorder.overwritten.get(k, ())), again=again)
+                   overwritten=tuple(recorder.overwritten.get(k, ())), again=again,
+                   gathered=recorder.gathered.get(k, ()) if not again else ())
            if k in learned else _fused_tensor(k, recorder.fused[k], learned, kinds, (op, i, src, steps))
            for k, op, i, src, steps, again in recorder.uses]
     tail = recorder.ops + 1
@@ -828,7 +892,8 @@ def infer_map(
         entries += _repair(cand, ref, entries, used_c, used_r, reasons)
     entries += _split_tables(cand, ref, used_c, used_r)
     entries += _padded_tables(cand, ref, used_c, used_r)
-    entries = _cohere(_untangle(entries))
+    entries += _gathered_tables(cand, ref, used_c, used_r)
+    entries = _folded_norms(_cohere(_untangle(entries)), cand, ref, used_r, reference)
     order: dict[str, int] = {}
     for k, t in enumerate(cand):  # the parts of a joined tensor split for a second search: in its place
         for key in _stored_keys(t):
@@ -952,6 +1017,10 @@ def _unmatched(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], used_r
                 continue  # said already: a part of a tensor joined where used
             if t.op == "<unused>":
                 reasons[at] = NEVER_USED
+            elif t.gathered:
+                reasons[at] = (f"a table the forward gathers rows of through an index and adds as "
+                               f"{shape_after(t.gathered, t.shape)}: no leftover tensor of the other side holds "
+                               f"that layout")
             elif t.shape not in other_shapes and not any(layout_steps(t.shape, o.shape) for o in other):
                 reasons[at] = f"no tensor of a compatible shape {t.shape} on the other side (shape family differs)"
             else:
@@ -1173,6 +1242,54 @@ def _padded_tables(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], us
     return out
 
 
+def _gathered_tables(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], used_r: set[int]) -> list[Entry]:
+    """A leftover table one model gathers rows of through an index (timm's Swin builds its
+    relative-position bias ``(heads, N, N)`` as ``table[relative_position_index]``) against a
+    leftover tensor of the other holding the gathered layout (a port keeping that bias whole): the
+    table's gather steps map it onto that tensor; the other way round, each row of the table comes
+    from the first place that took it. In order of use; verification says whether it is right."""
+    out: list[Entry] = []
+    for rk, r in enumerate(ref):
+        if rk in used_r or not r.gathered:
+            continue
+        gathered = shape_after(r.gathered, r.shape)
+        k = _first_fit(cand, used_c, r.kind, lambda c: layout_steps(c.shape, gathered))
+        if k is not None:
+            steps = simplify_steps([*r.gathered, *layout_steps(cand[k].shape, gathered)[0]], r.shape)
+            out.append(Entry(cand[k].key, (r.key,), tuple(steps), cand[k].shape, (r.shape,), cand[k].kind))
+            used_c.add(k)
+            used_r.add(rk)
+    for k, c in enumerate(cand):
+        back = _ungathered(c)
+        if k in used_c or back is None:
+            continue
+        gathered = shape_after(c.gathered, c.shape)
+        rk = _first_fit(ref, used_r, c.kind, lambda r: layout_steps(gathered, r.shape))
+        if rk is not None:
+            steps = simplify_steps([*layout_steps(gathered, ref[rk].shape)[0], *back], ref[rk].shape)
+            out.append(Entry(c.key, (ref[rk].key,), tuple(steps), c.shape, (ref[rk].shape,), c.kind))
+            used_c.add(k)
+            used_r.add(rk)
+    return out
+
+
+def _ungathered(t: _Tensor) -> list[Step] | None:
+    """Steps from the gathered layout back to ``t``'s table; None without a gather, or where some
+    row of the table is never gathered (nothing there to read it back from)."""
+    if not t.gathered:
+        return None
+    try:
+        return invert_steps(t.gathered, t.shape)
+    except ValueError:
+        return None
+
+
+def _first_fit(tensors: list[_Tensor], used: set[int], kind: str, fits: Callable[[_Tensor], Any]) -> int | None:
+    """The first unused tensor of ``kind`` (not joined from parts) that ``fits``."""
+    return next((k for k, t in enumerate(tensors) if k not in used and t.kind == kind and not t.pieces
+                 and t.op != "<unused>" and fits(t) is not None), None)
+
+
 def _table_parts(r: _Tensor, free: list[tuple[int, _Tensor]]) -> tuple[int, list[tuple[int, int, list[Step]]]] | None:
     """(dim, [(candidate index, rows, layout steps of its slice)] in slice order) for the first dim of
     ``r`` that consecutive slices of cover exactly with candidate tensors of ``free``; or None."""
@@ -1282,6 +1399,67 @@ def _exchange_fits(a: Entry, b: Entry, source: dict[str, str]) -> bool:
     return (a.kind == b.kind and a.shape == b.shape and a.reference_shapes == b.reference_shapes
             and _leaf(a.candidate) == _leaf(b.candidate) and _leaf(a.reference[0]) == _leaf(b.reference[0])
             and _unit(b.reference[0]) == source[_unit(a.candidate)])
+
+
+_SCALES = {"mul", "multiply", "imul", "rmul"}  # how a folded batch norm applies its scale: x * scale
+_SHIFTS = {"add", "iadd", "radd"}  # and its shift: + shift
+
+
+def _folded_norms(entries: list[Entry], cand: list[_Tensor], ref: list[_Tensor], used_r: set[int],
+                  reference: nn.Module) -> list[Entry]:
+    """A port that folds a batch norm into ``x * scale + shift`` keeps two tensors where the
+    reference keeps four; the alignment pairs them with two of the four by order alone (``scale <-
+    running_mean``). Where a candidate module's only mapped tensors are one its forward multiplies
+    by and one it adds, both taken from the tensors of one reference batch norm, they take the
+    folding of all of them instead (``scale = weight / sqrt(var + eps)``, ``shift = bias - mean *
+    scale``: a ``fold_norm`` step), and every tensor of that norm counts as fed. The verification
+    then checks the fold like any other entry."""
+    ops = {t.key: t.op for t in cand}
+    norms: dict[str, dict[str, int]] = {}  # reference norm module -> role -> index of its tensor
+    for k, t in enumerate(ref):
+        if t.op == "batch_norm" and _leaf(t.key) in NORM_ROLES:
+            norms.setdefault(owner_of(t.key), {})[_leaf(t.key)] = k
+    by_owner: dict[str, list[int]] = {}
+    for k, e in enumerate(entries):
+        by_owner.setdefault(owner_of(e.candidate), []).append(k)
+    out = list(entries)
+    for ks in by_owner.values():
+        found = _folded_norm(entries, ks, ops, norms, ref, reference)
+        if found is None:
+            continue
+        norm, parts, eps = found
+        of = [role for role in NORM_ROLES if role in norm]
+        size = ref[norm["running_var"]].shape
+        for part, k in parts.items():
+            e = entries[k]
+            fold = {"op": "fold_norm", "part": part, "eps": eps, "of": of}
+            reshape = [{"op": "reshape", "shape": list(e.shape)}] if tuple(e.shape) != tuple(size) else []
+            out[k] = replace(e, reference=tuple(ref[norm[role]].key for role in of), steps=(fold, *reshape),
+                             reference_shapes=tuple(ref[norm[role]].shape for role in of))
+        used_r.update(norm.values())
+    return out
+
+
+def _folded_norm(entries: list[Entry], ks: list[int], ops: dict[str, str], norms: dict[str, dict[str, int]],
+                 ref: list[_Tensor], reference: nn.Module) -> tuple[dict[str, int], dict[str, int], float] | None:
+    """For one candidate module's entries ``ks``: the reference norm they fold (role -> tensor index),
+    which entry takes the scale and which the shift, and the norm's eps; None unless they are one
+    tensor multiplied by and one added, both of the norm's size, taken from one batch norm."""
+    sources = {owner_of(r) for k in ks for r in entries[k].reference}
+    if len(ks) != 2 or len(sources) != 1:
+        return None
+    module = next(iter(sources))
+    norm = norms.get(module, {})
+    scale = next((k for k in ks if ops.get(entries[k].candidate) in _SCALES), None)
+    shift = next((k for k in ks if ops.get(entries[k].candidate) in _SHIFTS), None)
+    eps = getattr(reference.get_submodule(module), "eps", None) if norm else None
+    if "running_mean" not in norm or "running_var" not in norm or scale is None or shift is None \
+            or not isinstance(eps, float):
+        return None
+    size = math.prod(ref[norm["running_var"]].shape)
+    if any(math.prod(entries[k].shape) != size for k in ks):
+        return None
+    return norm, {"scale": scale, "shift": shift}, eps
 
 
 def _common_prefix(keys: Iterable[str]) -> str:
@@ -1474,9 +1652,11 @@ def _operation_differs(report, module: str, weights: WeightMap, candidate: nn.Mo
         findings = culprit_diagnosis(report.rows, module, None, weights, candidate)
     except Exception:  # the diagnosis explains; it must never cost the map its alternatives
         return False
-    # a product read as another op (a linear that is a convolution with its kernel laid out right)
-    # may differ by the weights' layout: only other ops count
-    replaced = [f for f in findings if f["kind"] == "op" and not {f["candidate"], f["reference"]} & _PRODUCTS]
+    # a product read as another op (a linear that is a convolution with its kernel laid out right), or
+    # one receiving its twin's values in another order (heads concatenated (head_dim, heads)), may differ
+    # by the weights' layout: only other ops count
+    replaced = [f for f in findings if f["kind"] == "op"
+                and not {f["candidate"], f["reference"], f.get("op")} & _PRODUCTS]
     return bool(replaced) and all(f["kind"] in ("op", "argument", "attribute") for f in findings)
 
 
@@ -1597,7 +1777,10 @@ def _alternatives(weights: WeightMap, module: str) -> Iterable[tuple[WeightMap, 
                     if list(dims) != list(e.steps[0]["dims"]):
                         other = ({"op": "permute", "dims": list(dims)},)
                         yield replace(weights, entries=[*entries[:k], replace(e, steps=other), *entries[k + 1:]]), None
-        for grouping in _row_groupings(entries, inside):
+        groupings = _row_groupings(entries, inside)
+        if scope == module:  # the culprit's own layers: their inputs may come regrouped (heads concatenated (hd, H))
+            groupings = (*groupings, *_column_groupings(entries, inside))
+        for grouping in groupings:
             if grouping[0] not in seen:
                 seen.add(grouping[0])
                 changed = dict(grouping[1])
@@ -1628,6 +1811,26 @@ def _row_groupings(entries: list[Entry], inside: list[int]) -> Iterable[tuple[tu
                 for outer, inner in ((groups, heads), (heads, groups)):
                     yield ("rows", owner, outer, inner), [
                         (k, (*entries[k].steps, *regrouped_rows(entries[k].shape, outer, inner))) for k in ks]
+
+
+_COLUMN_GROUPINGS = 32  # regroupings of one weight's input columns tried, at most: (a, b) -> (b, a) for a * b = in
+
+
+def _column_groupings(entries: list[Entry], inside: list[int]) -> Iterable[tuple[tuple, list[tuple[int, tuple]]]]:
+    """Other orders of a weight's input columns (dim 1): laid out ``(a, b)`` on one side and
+    ``(b, a)`` on the other. A layer reading attention heads concatenated as ``(head_dim, heads)``
+    where its twin reads ``(heads, head_dim)`` takes its twin's weight so regrouped; no name tells
+    the head count, so every split of the columns into two factors is a candidate (each first
+    tried on the disagreeing module alone). Per weight: (a key, [(entry index, its new steps)])."""
+    for k in inside:
+        e = entries[k]
+        if len(e.shape) < 2 or e.shape[0] < 2:
+            continue  # no matrix nor kernel: a vector stored (1, C, 1, 1), a table (1, N, C)
+        columns = e.shape[1]
+        splits = [a for a in range(2, columns // 2 + 1) if columns % a == 0][:_COLUMN_GROUPINGS]
+        for outer in splits:
+            regrouped = regrouped_columns(e.shape, outer, columns // outer)
+            yield ("columns", e.candidate, outer), [(k, (*e.steps, *regrouped))]
 
 
 def _channels_last_patches(e: Entry) -> tuple[Step, ...] | None:
