@@ -24,7 +24,8 @@ forward comparison, :func:`compare_backward`:
    named parameters are compared; models whose parameter names differ get an inferred map
    (:func:`harness.weights.infer_map`). A candidate parameter whose values differ from its
    sources' (a conv with its batch norm folded in) is not that tensor in another layout: its
-   gradient is not compared, and a note lists it.
+   gradient is not compared, and a note lists it; nor is one mapped through a gather (a row's
+   gradient sums the places that read it) or a folded norm (not linear).
    What counts as a module's output gradient is what flows back through the tensors it returns:
    a loss that reads a module's result through another channel (a hook, a list filled during the
    forward) bypasses the tap, so both sides must read the same tensors the same way.
@@ -341,6 +342,9 @@ def _tap_nested(value: Any, prefix: str, fn: Callable[[str, torch.Tensor], torch
 
 
 # -- parameters -----------------------------------------------------------------------------------
+_NOT_LINEAR = ("gather", "fold_norm")  # map steps a gradient is not brought through
+
+
 class _ParamMap:
     """Reference gradients in candidate layout, through a weight map or by equal names."""
 
@@ -366,6 +370,13 @@ class _ParamMap:
             return {k: ref_grads[k] for k in self.entries if k in ref_grads}
         usable = [e for e in self.weights.entries if e.kind == "parameter" and all(r in ref_grads for r in e.reference)]
         return WeightMap(entries=usable, unmatched={}).to_candidate(ref_grads)
+
+    def not_carried(self) -> list[str]:
+        """Parameters mapped through a step gradients do not pass through as values do: a gathered
+        table (each of its rows' gradient is the sum over the places that read it) or a folded
+        norm (not linear in the norm's tensors)."""
+        return [k for k, e in self.entries.items() if e is not None and any(
+            step["op"] in _NOT_LINEAR for step in e.steps)]
 
     def unmatched(self) -> dict[str, list[str]]:
         used = {r for k in self.entries for r in self.sources(k)}
@@ -481,7 +492,8 @@ def compare_backward(
         ref_grads = _gradients(ref_loss, reference, ref_leaves)
         loss_metrics = measure(cand_loss.detach().reshape(1), ref_loss.detach().reshape(1))
         others = _other_values(pmap, cand_params, ref_params, tolerance)
-        parameters = _parameter_errors(pmap, {k: g for k, g in cand_grads.items() if k not in others}, ref_grads,
+        skipped = {*others, *pmap.not_carried()}
+        parameters = _parameter_errors(pmap, {k: g for k, g in cand_grads.items() if k not in skipped}, ref_grads,
                                        tolerance)
         by_param = {p.candidate: p for p in parameters}
         calls = Counter(r.candidate for r in confirmed)
@@ -508,6 +520,11 @@ def compare_backward(
         notes.append(f"{len(dead)} candidate parameter(s) receive no gradient at all where their reference sources do "
                      f"(a detach, a no_grad block or a write through .data on their path?): {', '.join(dead[:5])}"
                      + (" ..." if len(dead) > 5 else ""))
+    if pmap.not_carried():
+        carried = pmap.not_carried()
+        notes.append(f"{len(carried)} candidate parameters are mapped through a gather or a folded norm, which "
+                     f"gradients do not pass through as values do: their gradients are not compared: "
+                     f"{', '.join(carried[:5])}" + (" ..." if len(carried) > 5 else ""))
     if others:
         notes.append(f"{len(others)} candidate parameters hold other values than their reference sources (a batch "
                      f"norm folded into its conv, a changed weight): their gradients are not compared: "

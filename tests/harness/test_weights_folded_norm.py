@@ -114,3 +114,12 @@ def test_a_norm_without_affine_parameters_folds_from_its_statistics_alone():
     report = harness.compare(candidate, reference, _images(), weights=weights)
     assert weights.verified and report.passed and entry.reference == ("1.running_mean", "1.running_var"), \
         f"expected shift <- the fold of 1.running_mean, 1.running_var and the port passing; got:\n{weights}"
+
+
+def test_gradients_of_folded_parameters_are_not_held_against_the_norms_tensors():
+    reference = randomized(nn.Sequential(nn.Conv2d(3, C, 1, bias=False), nn.BatchNorm2d(C)), 2)
+    candidate, reference, weights = transferred(_FoldedParameters().double().eval(), reference, _images())
+    report = harness.compare(candidate, reference, _images(), weights=weights, backward=True)
+    compared = {p.candidate for p in report.backward.parameters}
+    assert report.backward.passed and not compared & {"scale", "shift"}, report.format()
+    assert any("folded norm" in note and "scale" in note for note in report.backward.notes), report.backward.notes

@@ -123,3 +123,11 @@ def test_a_saved_map_with_a_gather_loads_verified_and_transfers_the_same_bias(po
     fresh = _Whole().double().eval()
     loaded.transfer(reference, fresh)
     assert loaded.verified and torch.equal(fresh.rel_bias, candidate.rel_bias), f"the map read back:\n{loaded}"
+
+
+def test_gradients_of_a_bias_kept_whole_are_not_held_against_its_gathered_table(port):
+    candidate, reference, weights = port
+    report = harness.compare(candidate, reference, _windows(), weights=weights, backward=True)
+    compared = [p.candidate for p in report.backward.parameters]
+    assert report.backward.passed and "rel_bias" not in compared, report.format()
+    assert any("rel_bias" in note and "gather" in note for note in report.backward.notes), report.backward.notes
