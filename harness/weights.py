@@ -1548,7 +1548,8 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
         culprit = next((m for m in report.introduced if m not in stuck), None)
         if culprit is None:
             break
-        if _settings_differ(report, culprit) or _beyond_weights(report, culprit, weights) \
+        if _settings_differ(report, culprit) or _fed_other_size(report, culprit) \
+                or _beyond_weights(report, culprit, weights) \
                 or _operation_differs(report, culprit, weights, trial) or _holds_any(culprit, unfilled):
             # the models differ there, or it reads a tensor the map leaves out (given other values
             # on purpose): no choice of weights can help
@@ -1628,6 +1629,25 @@ def _settings_differ(report, module: str) -> list[str]:
     exchanged) differ in those, and an exchange of weights is what fixes them."""
     row = next((r for r in report.rows if r.candidate == module and r.status == "introduced"), None)
     return numeric_setting_differences(row) if row is not None else []
+
+
+def _fed_other_size(report, module: str) -> bool:
+    """``module`` receives, as its first input, another number of elements than its twin, in a
+    shape no reference call receives (a map padded by a pad of the port's own, "same" padding
+    against symmetric): the models differ before it, and no choice of weights changes an
+    activation's size. (Twins paired wrongly, a shortcut conv and the branch's first conv, each
+    receive what another reference call does: an exchange fixes those.)"""
+    row = next((r for r in report.rows if r.candidate == module and r.status == "introduced"), None)
+    if row is None:
+        return False
+    c, r = (_first_shape(side) for side in (row.match.candidate, row.match.reference))
+    seen = {_first_shape(other.match.reference) for other in report.rows}
+    return None not in (c, r) and math.prod(c) != math.prod(r) and c not in seen
+
+
+def _first_shape(record) -> tuple[int, ...] | None:
+    first = next((v for v in record.inputs.values() if getattr(v, "shape", None) is not None), None)
+    return None if first is None else tuple(first.shape)
 
 
 def _beyond_weights(report, module: str, weights: WeightMap) -> bool:
