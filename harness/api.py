@@ -268,7 +268,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
     if not passed:
         annotate_mismatches(rows, final, outputs, tol)
         found, rows = _blamed_parts(found, rows, diagnosis)
-        found, diagnosis = _holder_of_missing(found, diagnosis, weights, cand_trace.records, rows)
+        found, diagnosis = _holder_of_missing(found, diagnosis, weights, candidate, cand_trace.records, rows)
     notes += ([noise.note] if noise.note else []) + float64_hint(pair_name, name, passed, found.culprit, rows)
     first_divergence, culprit = found.first_divergence, found.culprit
     release()
@@ -378,30 +378,44 @@ def _weights_twin_diagnosis(culprit: str | None, weights: WeightMap, cand_record
 
 
 def _holder_of_missing(found: Localization, diagnosis: list[dict], weights: WeightMap | None,
-                       cand_records: Sequence[Record], rows: list[Row]) -> tuple[Localization, list[dict]]:
-    """A culprit whose why is an op left out that reads reference tensors, where one untwinned
-    call inside the culprit holds every candidate copy of them (an ``embeddings`` holding the
+                       candidate: nn.Module, cand_records: Sequence[Record],
+                       rows: list[Row]) -> tuple[Localization, list[dict]]:
+    """A culprit whose why is an op left out that reads reference tensors, where the candidate's
+    copies of them sit in one untwinned call inside the culprit (an ``embeddings`` holding the
     position table it no longer adds, inside a root whose other calls all have twins): that call
-    left it out, and it is named instead. A holder that never ran, or has a twin of its own, is
-    not: its caller skipped it, or its own row would show the error."""
+    left it out, and it is named instead. The copies' module, when it never ran or is a torch
+    module (an ``nn.Embedding`` that did its lookup), is not where the op was left out: the
+    nearest module around it that ran its own code is. One with a twin is not named: its own row
+    would show the error; nor the culprit's own code (nothing changes)."""
     first = diagnosis[0] if diagnosis else None
     if weights is None or first is None or first["kind"] != "missing_op" or first["module"] != found.culprit \
             or not first.get("reads"):
         return found, diagnosis
     reads = set(first["reads"])
-    copies = [e.candidate for e in weights.entries if reads & set(e.reference)]
-    holders = {key.rpartition(".")[0] or ROOT for key in copies}
-    holder = holders.pop() if len(holders) == 1 else None
-    inside = holder is not None and (found.culprit == ROOT and holder != ROOT or holder.startswith(found.culprit + "."))
-    call = next((r for r in cand_records if r.name == holder), None)
-    if not inside or call is None or any(row.candidate == holder for row in rows):
+    owners = {e.candidate.rpartition(".")[0] or ROOT for e in weights.entries if reads & set(e.reference)}
+    if len(owners) != 1:
+        return found, diagnosis
+    calls = {r.name: r for r in cand_records}
+    holder = owners.pop()
+    while holder != ROOT and (holder not in calls or _torch_module(candidate, holder)):
+        holder = holder.rpartition(".")[0] or ROOT
+    inside = found.culprit == ROOT and holder != ROOT or holder.startswith(f"{found.culprit}.")
+    if not inside or any(row.candidate == holder for row in rows):
         return found, diagnosis
     moved = {**first, "module": holder, "text": holder + first["text"][len(found.culprit):]}
     # done before the first failing call, it is where the outputs first differ
     first_row = next((row for row in rows if row.candidate == found.first_divergence), None)
-    early = first_row is not None and call.end < first_row.match.candidate.end
+    early = first_row is not None and calls[holder].end < first_row.match.candidate.end
     return replace(found, culprit=holder, first_divergence=holder if early else found.first_divergence,
                    introduced=[holder if n == found.culprit else n for n in found.introduced]), [moved, *diagnosis[1:]]
+
+
+def _torch_module(model: nn.Module, name: str) -> bool:
+    """Whether submodule ``name`` is one of torch's own (its code is torch's, not the port's)."""
+    try:
+        return type(model.get_submodule(name)).__module__.startswith("torch.")
+    except AttributeError:
+        return False
 
 
 def _blamed_parts(found: Localization, rows: list[Row], diagnosis: list[dict]) -> tuple[Localization, list[Row]]:

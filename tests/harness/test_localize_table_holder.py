@@ -131,3 +131,27 @@ def test_a_table_holder_the_port_never_calls_is_not_blamed():
     inject_forward(port, skips_embeddings)
     report = harness.compare(port, original, x, weights=weights)
     assert not report.passed and report.culprit != "embeddings", report.format()
+
+
+class LookupEmbeddings(Embeddings):
+    """The table in an ``nn.Embedding`` looked up by position ids, as transformers' SigLIP holds it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        del self.table
+        self.positions = nn.Embedding(N + 1, D)
+        self.register_buffer("ids", torch.arange(N + 1)[None], persistent=False)
+
+    def forward(self, x):
+        return torch.cat([self.class_token.expand(len(x), -1, -1), self.proj(x)], 1) + self.positions(self.ids)
+
+
+class LookupPort(Port):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embeddings = LookupEmbeddings()
+
+
+def test_embeddings_that_no_longer_add_a_looked_up_table_are_the_culprit_not_the_lookup():
+    report = _compared(LookupPort, _without_table)
+    assert report.culprit == "embeddings", report.format()
