@@ -116,6 +116,7 @@ def run_port_compare(args: argparse.Namespace, report_options: dict[str, Any],
     from harness.api import compare
     from harness.cli import DTYPES
     from harness.weights import load_weight_map, map_weights
+    from harness.metrics import percent
 
     if getattr(args, "pair", None):
         raise ValueError(f"give either a registered pair ({args.pair!r}) or --candidate/--reference, not both")
@@ -133,7 +134,7 @@ def run_port_compare(args: argparse.Namespace, report_options: dict[str, Any],
     if args.save_map:
         print(f"weight map written to {weights.save(args.save_map)}")
     weights.transfer(reference, candidate)
-    print(f"weights: {len(weights.entries)} tensors transferred, coverage {weights.coverage:.1%}"
+    print(f"weights: {len(weights.entries)} tensors transferred, coverage {percent(weights.coverage)}"
           + "".join(f"; {len(v)} unmatched {k}" for k, v in weights.unmatched.items() if v))
     report = compare(candidate, reference, inputs, weights=weights, dtype=dtype, **outputs, **report_options)
     return finish(report)

@@ -252,11 +252,17 @@ def _closest(rows: list[Row]) -> str:
     """One line for a passing report: how many calls agree and which came closest to its bound."""
     if not rows:
         return "(no aligned calls)"
+    # pairings by shape alone that disagree are guesses, not calls of the port (status tentative)
+    guesses = [r for r in rows if not r.passed and r.match.how == "structure"]
+    rows = [r for r in rows if r not in guesses]
+    aside = f" ({len(guesses)} shape-only pairing(s) disagree: guesses, not evidence)" if guesses else ""
+    if not rows:
+        return f"(no aligned calls but shape-only guesses){aside}"
     worst = max(rows, key=_badness)
     if _badness(worst) == 0:
-        return f"all {len(rows)} aligned calls agree exactly"
+        return f"all {len(rows)} aligned calls agree exactly{aside}"
     return (f"all {len(rows)} aligned calls within tolerance; closest to its bound: {worst.key} "
-            f"(max_abs {_fmt(worst.metrics.max_abs)}, {_badness(worst):.2g} of the bound)")
+            f"(max_abs {_fmt(worst.metrics.max_abs)}, {_badness(worst):.2g} of the bound){aside}")
 
 
 def _legend(statuses: set[str]) -> str:

@@ -46,6 +46,7 @@ from torch import nn
 
 from harness.checks import check_module, is_int_list, one_line
 from harness.keymap import Move, StateDict, Step, apply_moves, check_step, describe_steps, invert_steps, shape_after
+from harness.metrics import percent
 from harness.trace import ROOT
 
 __all__ = ["WeightMap", "Entry", "load_weight_map", "FORMAT", "layout_steps", "owner_of", "clear_weight_caches",
@@ -382,7 +383,7 @@ class WeightMap:
         return str(atomic_write_text(path, json.dumps(self.to_dict(), indent=1)))
 
     def __str__(self) -> str:
-        lines = [f"weight map: {len(self.entries)} candidate tensors <- reference, coverage {self.coverage:.1%} "
+        lines = [f"weight map: {len(self.entries)} candidate tensors <- reference, coverage {percent(self.coverage)} "
                  f"of candidate parameter elements"
                  + {True: ", verified", False: ", NOT verified (see conflicts)", None: ", not verified"}[self.verified]]
         width = max((len(e.candidate) for e in self.entries), default=0)
