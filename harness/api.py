@@ -333,6 +333,18 @@ def _diagnosis(rows: list[Row], found: Localization, root: nn.Module | None, wei
     return diagnosis
 
 
+def _sources_around(culprit: str, weights: WeightMap) -> list[str]:
+    """The reference tensors mapped into ``culprit``, or, for one holding none (a pool), into the
+    nearest module around it that holds some: its ops run among theirs."""
+    scope = culprit
+    while True:
+        prefix = "" if scope == ROOT else scope + "."
+        sources = [k for e in weights.entries if e.candidate.startswith(prefix) for k in e.reference]
+        if sources or scope == ROOT:
+            return sources
+        scope = scope.rpartition(".")[0] or ROOT
+
+
 def _root_record(reference: nn.Module, call: Call, reference_call: Callable[[nn.Module, Call], Any]) -> Record:
     """The reference's root call as ``reference_call`` makes it (``m.forward_features(x)``): a root
     that is not called itself leaves no record, yet its own code (timm adding the position table)
@@ -353,8 +365,7 @@ def _weights_twin_diagnosis(culprit: str | None, weights: WeightMap, cand_record
     module all its mapped tensors come from (the deepest module holding every source), if it ran."""
     if culprit is None:
         return []
-    prefix = "" if culprit == ROOT else culprit + "."
-    sources = [k for e in weights.entries if e.candidate.startswith(prefix) for k in e.reference]
+    sources = _sources_around(culprit, weights)
     if not sources:
         return []
     common: list[str] = []
