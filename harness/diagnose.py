@@ -91,13 +91,16 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    result holds its input's values, a resize to the size it has, changes nothing and is not): if that pair's
    output agrees, they were harmless spellings; if not, only those whose results flow into it explain
    it. An op replaced by another stays pending past an agreeing pair it does not flow into (a
-   context summed as a mean on one branch, the values' activation agreeing on the other). An op
+   context summed as a mean on one branch, the values' activation agreeing on the other), and so
+   does an extra op whose result a later op reads (a ReLU on the shortcut, the branch agreeing). An op
    missing in the candidate is a finding on the reference's submodule running it where the
    twins have one name and the candidate has that submodule, else on the candidate module, its text
    naming the reference's submodule. A pair whose output differs while a nearby op of
    the same name agrees (``x * cos + rot * sin`` against ``rot * sin + x * cos``) is a reordering;
    an op missing in one place of a module and extra in another (run by a submodule of it) is one
-   op moved; an op missing in a module that the candidate ran on the module's input before it (it
+   op moved (onto an operand of the op joining branches that reads it), as is one missing where
+   the candidate runs it in another place to no effect (a ReLU on a shortcut that holds no negative
+   values); an op missing in a module that the candidate ran on the module's input before it (it
    receives what that op, re-run on the reference's input, gives: a ReLU before the norm whose
    reference applies it after) is that op applied before the module.
    Ops of other names in each other's place are findings only where their results differ and, after
@@ -2635,6 +2638,8 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
     pending: list[dict] = []
     unpaired: dict[int, tuple[bool, Op]] = {}  # id of an unpaired op's finding -> (the candidate's?, the op)
     replaced: dict[int, Op] = {}  # id of a replaced op's finding -> the candidate's op
+    idle: list[dict] = []  # extra ops that change nothing here: where an op found missing may have gone
+    into: dict[int, str] = {}  # id of an extra op's finding -> the op reading its result (where it went)
     cand_scopes = _scopes(cand.rec)
     last_c, last_r, agreed = -1, -1, None  # recorder indices of the last agreeing pair, the pair
     codes = _aligned(cs, rs, expected, cand.rec, tol)
@@ -2653,9 +2658,14 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             if any(f["kind"] == "op" for f in pending):
                 continue  # what follows a replaced op that changed the values receives its error: no lead
             for k in range(i1 + n, i2):
+                extra = _unpaired_finding(module, "extra_op", cs[k], rs, j2)
+                reader = next((o for o in cs[k + 1:] if set(o.input_ids) & set(cs[k].out_ids)), None)
+                if reader is not None:
+                    into[id(extra)] = reader.name
                 if _returns_input(cand.rec, cs[k]):
-                    continue  # it changes nothing (a table resized to the size it has): no cause
-                pending.append(_unpaired_finding(module, "extra_op", cs[k], rs, j2))
+                    idle.append(extra)  # it changes nothing (a table resized to the size it has): no cause
+                    continue
+                pending.append(extra)
                 unpaired[id(pending[-1])] = True, cs[k]
             for k in range(j1 + n, j2):
                 pending.append(_unpaired_finding(module, "missing_op", rs[k], cs, i2, ref_name, cand_scopes))
@@ -2665,12 +2675,14 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             twin = r if _pair_agrees(c, r, tol) else _value_twin(c, rs, j1 + k, tol)
             if twin is not None:
                 # what was unpaired so far changed nothing; an op replaced on another branch (a sum
-                # of one operand taken as its mean, then the other operand's activation) still may
-                aside = [f for f in pending if id(f) in replaced and replaced[id(f)].index not in
-                         _upstream(cand.rec, c) | {c.index}]
-                replaced = {id(f): replaced[id(f)] for f in aside}
+                # of one operand taken as its mean, then the other operand's activation) still may,
+                # as may an extra op there (a ReLU on the shortcut, read by the residual add)
+                upstream = _upstream(cand.rec, c) | {c.index}
+                aside = [f for f in pending if id(f) in replaced and replaced[id(f)].index not in upstream
+                         or _extra_aside(unpaired.get(id(f)), upstream, cand.rec)]
+                replaced = {id(f): replaced[id(f)] for f in aside if id(f) in replaced}
+                unpaired = {id(f): unpaired[id(f)] for f in aside if id(f) in unpaired}  # kept alive: ids stay
                 pending[:] = aside
-                unpaired.clear()  # keyed by id: a later finding may take a cleared one's id
                 last_c, last_r, agreed = c.index, twin.index, (c, twin)
                 continue
             where = _scoped(module, c)
@@ -2700,9 +2712,10 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                 found = [_finding(where, "value", c.name, None, None, None,
                                   f"{where}: {c.name} {why} ({_difference(c.outputs, r.outputs)}; candidate "
                                   f"{c.spelling}, reference {r.spelling})")]
-            return _moved(found + _unpaired_later(module, found, codes[at + 1:], cs, rs, ref_name, cand_scopes))
+            return _moved(found + _unpaired_later(module, found, codes[at + 1:], cs, rs, ref_name, cand_scopes),
+                          idle, into)
     if pending and not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
-        return _moved(pending)
+        return _moved(pending, idle, into)
     if not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
         # every op agrees, yet the output does not: the layout after the last op differs
         found = _layout_findings(module, cand, ref, last_c, len(cand.rec.ops), last_r, len(ref.rec.ops), "the output",
@@ -2711,6 +2724,16 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             module, "value", None, None, None, None,
             f"{module}: every operation agrees with the reference, the returned value does not")]
     return []
+
+
+def _extra_aside(entry: tuple[bool, Op] | None, upstream: set[int], rec: OpRecorder) -> bool:
+    """Whether an unpaired op (``entry``: the candidate's?, the op) is an extra op of the candidate
+    on another branch than an agreeing pair (none of whose inputs it computed), whose result a later
+    op reads: it may still explain a pair it flows into."""
+    if entry is None or not entry[0] or entry[1].index in upstream:
+        return False
+    made = set(entry[1].out_ids)
+    return any(made & set(op.input_ids) for op in rec.ops[entry[1].index + 1:])
 
 
 def _returns_input(rec: OpRecorder, op: Op) -> bool:
@@ -2742,9 +2765,15 @@ def _unpaired_later(module: str, found: list[dict], later: list[tuple], cs: list
     return out
 
 
-def _moved(findings: list[dict]) -> list[dict]:
+def _moved(findings: list[dict], idle: Sequence[dict] = (), into: dict[int, str] | None = None) -> list[dict]:
     """An op missing in one place and extra in another of one module is one op moved (an activation
-    applied after the norm where the reference applies it before): said first, as one finding."""
+    applied after the norm where the reference applies it before): said first, as one finding.
+    ``idle``: extra ops that change nothing where the candidate runs them (a ReLU on a shortcut that
+    holds no negative values); an op missing with no extra twin but such one was moved there.
+    ``into``: id of an extra op's finding -> the op reading its result (a ReLU moved onto an operand of
+    the add)."""
+    into = into or {}
+    on = lambda f: f" on an operand of {into[id(f)]}" if into.get(id(f)) in _JOINING else ""
     for extra in (f for f in findings if f["kind"] == "extra_op"):
         # the extra op may run in a submodule of the one missing it (a ReLU module the candidate
         # calls before its norm): the moved op is the outer module's
@@ -2754,10 +2783,24 @@ def _moved(findings: list[dict]) -> list[dict]:
             continue
         where = lambda f: f["text"].split(" in the candidate ", 1)[1].split(";", 1)[0]
         text = (f"{lost['module']}: {extra['op']} in another place than the reference's: missing in the candidate "
-                f"{where(lost)}, extra {where(extra)}")
+                f"{where(lost)}, extra{on(extra)} {where(extra)}")
         rest = [f for f in findings if f is not lost and f is not extra]
         return [_finding(lost["module"], "missing_op", extra["op"], None, extra["op"], extra["op"], text), *rest]
+    for extra in idle:
+        lost = next((f for f in findings if f["kind"] == "missing_op" and f["op"] == extra["op"]
+                     and _within(extra["module"], f["module"])), None)
+        if lost is None:
+            continue
+        where = lambda f: f["text"].split(" in the candidate ", 1)[1].split(";", 1)[0]
+        text = (f"{lost['module']}: {extra['op']} applied in another place than the reference's: the candidate "
+                f"applies it{on(extra)} {where(extra)}, where it changes nothing on these inputs; the reference "
+                f"applies it {where(lost)}")
+        rest = [f for f in findings if f is not lost]
+        return [{**lost, "candidate": extra["op"], "text": text}, *rest]
     return findings
+
+
+_JOINING = frozenset({"add", "sub", "mul", "cat", "stack"})  # ops joining branches: an operand is one of them
 
 
 def _within(inner: str, outer: str) -> bool:
