@@ -3163,7 +3163,7 @@ def _applied_before(findings: list[dict], ref: _Side, given: torch.Tensor | None
         where = f["text"].split(" in the candidate ", 1)[1].split(";", 1)[0]
         text = (f"{f['module']}: {_op_label(op)} applied in another place than the reference's: the candidate "
                 f"applies it before the module (the module receives the reference's input after {op.name}), the "
-                f"reference {where}")
+                f"reference applies it {where}")
         out.append({**f, "candidate": f"{op.name} (before the module)", "text": text})
     return out
 
@@ -3174,8 +3174,10 @@ def _gives(op: Op, given: torch.Tensor, received: torch.Tensor, tol: Tolerance) 
     dtype = op.outputs[0].dtype if op.outputs else given.dtype
     x = given.detach().to(dtype)
     y = _rerun(op, x)
+    # what the candidate received was computed at the comparison's dtype: held to its rounding
+    held = DEFAULT_TOLERANCES.get(str(received.dtype).removeprefix("torch."), tol)
     return y is not None and y.shape == received.shape and not _holds(x, y, tol) \
-        and _holds(received.detach().to(dtype), y, tol)
+        and _holds(received.detach().to(dtype), y, held if held.rtol > tol.rtol else tol)
 
 
 def _dedupe(findings: Iterable[dict]) -> list[dict]:
