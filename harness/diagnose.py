@@ -18,6 +18,10 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    shifted (a rolling layout relates them: the twin's parent shifts, the culprit itself), is explained
    through its innermost twinned ancestor, which runs the same code: one whose output the error
    reaches, else, where a later op cancels it (a norm with a zero scale), one it vanishes in.
+   So is a culprit twinned by shape alone whose twin runs only a part of its computation (every
+   finding an op the candidate runs beyond it: an ``nn.MultiheadAttention`` paired with the output
+   projection of an attention its reference parent writes out), where the ancestor, twinned by
+   more, finds more than ops of its own.
    When either twin cannot be copied or cast
    (a forward patched with a closure over the original), both run as they are, in their own dtype,
    under ``no_grad`` with their parameters and buffers snapshotted and restored bitwise (only the
@@ -54,17 +58,24 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    what ``x - mean`` is divided by; each only where its arithmetic computes that operation. A cat
    of a parameter with activations (a class token prepended) is no view of that parameter.
    Dropout in eval mode and casts to the same dtype
-   vanish. Ops that only move values (reshape, permute, cat, indexing, windows cut with
+   vanish, as does a cast, in a copy re-run at float64, to the dtype the models were compared at
+   (``x.to(torch.float32)`` in a float32 model cast nothing there: the copy goes on at float64).
+   Ops that only move values (reshape, permute, cat, indexing, windows cut with
    ``x.unfold(dim, size, step)``...) are kept apart as layout ops: implementations spell them in
    too many ways to align them usefully.
 3. Fuse siblings: one operation applied to one input by several modules in a row (``q``, ``k``,
-   ``v`` projections) becomes one op, its output and parameters concatenated, where the other
+   ``v`` projections), or apart (a SwiGLU's gate and up projections, the gate's activation between
+   them: in the first one's place), becomes one op, its output and parameters concatenated, where the other
    side computes that concatenation in one op (a fused ``qkv``) from the same input values, or with
    their parameters stacked shape by shape (whatever error the input carries), in any layout (a member
    without a bias adds zeros);
    a differing fused parameter names the member whose rows differ (``v_proj.weight`` against
    ``qkv.weight[16:24]``), and what those rows hold: another member's rows (projections exchanged),
-   or their own with the dims permuted (a square ``q_proj.weight`` stored transposed). A culprit
+   or their own with the dims permuted (a square ``q_proj.weight`` stored transposed); a member
+   without a bias holds zeros there: a bias missing, or one the candidate's member has where the
+   reference's rows are zeros (Swin V2's key), is said so. A fused tensor the reference builds by
+   a cat of several (``cat(q_bias, k_bias, v_bias)``) is compared as passed, its rows named by the
+   tensor they come from. A culprit
    twinned to such a slice is explained through its twinned ancestor.
    Align the two computational op streams, first through the parameters their ops read: an op
    reading what one reference op reads (as the weight map puts it), and no other's, is that op's
@@ -80,12 +91,18 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    result holds its input's values, a resize to the size it has, changes nothing and is not): if that pair's
    output agrees, they were harmless spellings; if not, only those whose results flow into it explain
    it. An op replaced by another stays pending past an agreeing pair it does not flow into (a
-   context summed as a mean on one branch, the values' activation agreeing on the other). An op
+   context summed as a mean on one branch, the values' activation agreeing on the other), and so
+   does an extra op whose result a later op reads (a ReLU on the shortcut, the branch agreeing). An op
    missing in the candidate is a finding on the reference's submodule running it where the
    twins have one name and the candidate has that submodule, else on the candidate module, its text
    naming the reference's submodule. A pair whose output differs while a nearby op of
    the same name agrees (``x * cos + rot * sin`` against ``rot * sin + x * cos``) is a reordering;
-   an op missing in one place of a module and extra in another is one op moved.
+   an op missing in one place of a module and extra in another (run by a submodule of it) is one
+   op moved (onto an operand of the op joining branches that reads it), as is one missing where
+   the candidate runs it in another place to no effect (a ReLU on a shortcut that holds no negative
+   values); an op missing in a module that the candidate ran on the module's input before it (it
+   receives what that op, re-run on the reference's input, gives: a ReLU before the norm whose
+   reference applies it after) is that op applied before the module.
    Ops of other names in each other's place are findings only where their results differ and, after
    the first such op, where their inputs agree: another spelling of one operation (``relu6`` for
    ``hardtanh(0, 6)``) is none, and an op that only receives what a replaced op before it changed
@@ -121,7 +138,9 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    before their scaling and ``k``'s transpose, compared through a reshape where one side folds the
    heads into the batch), another part of what the reference splits (a split, chunk or unbind of a
    fused projection) than the part it passes there (key and value slices taken in another order,
-   whatever op reads them), the reference's values reordered along some axes,
+   whatever op reads them), or a part of what the candidate splits where the reference's input
+   holds another part's values (a fused gate|up projection's halves swapped), the reference's
+   values reordered along some axes,
    each on its own (slices joined in another order, a roll, a flip: :func:`rearrangement`), or the
    layout ops between (a transpose missing before a reshape; a roll or flip one side only applies
    first, before ops that only spell a layout otherwise; not those that only bring a value
@@ -318,6 +337,9 @@ class OpRecorder(TorchFunctionMode):
         self._module = module
         self._buffers: set[int] = set()  # ids of the module's buffers, which an op may update in place
         self.given: dict[int, torch.Tensor] = {}  # the module's own tensor inputs, which no op produced
+        # (working dtype, native dtype) of a copy run at another dtype than the comparison's: a
+        # cast from the working dtype to the native one changed nothing in the comparison
+        self.recast: tuple[torch.dtype, torch.dtype] | None = None
         if module is not None:
             for name, t in (*module.named_parameters(), *module.named_buffers()):
                 self._provenance[id(t)] = name
@@ -356,6 +378,12 @@ class OpRecorder(TorchFunctionMode):
         before = {id(t): t.detach().clone() for t in (*args, *kwargs.values())
                   if isinstance(t, torch.Tensor) and id(t) in self._buffers} if self._buffers else {}
         out = func(*args, **kwargs)
+        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        if self.recast is not None and first is not None and isinstance(out, torch.Tensor) \
+                and canonical_name(func) in _CASTS and (first.dtype, out.dtype) == self.recast:
+            # ``x.to(torch.float32)`` in a float32 model run at float64 here: where the models were
+            # compared it cast nothing, so here it casts nothing either (no finding, no float32 error)
+            return first
         self._record(func, args, kwargs, out, before)
         return out
 
@@ -936,9 +964,12 @@ def _canonical_sdpa(op: Op) -> Op:
 
 
 # -- running -----------------------------------------------------------------------------------
-def record_ops(module: nn.Module, args: tuple, kwargs: dict) -> tuple[OpRecorder, list[Op], Any]:
-    """Run ``module(*args, **kwargs)`` under an :class:`OpRecorder`; (recorder, op stream, output)."""
+def record_ops(module: nn.Module, args: tuple, kwargs: dict,
+               recast: tuple[torch.dtype, torch.dtype] | None = None) -> tuple[OpRecorder, list[Op], Any]:
+    """Run ``module(*args, **kwargs)`` under an :class:`OpRecorder`; (recorder, op stream, output).
+    ``recast``: (working dtype, the module's own dtype) of a copy cast to run at another dtype."""
     rec = OpRecorder(module)
+    rec.recast = recast
     rec.given = {id(t): t for t in flatten_tensors((args, kwargs)).values()}
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the same dropout masks on both sides, global RNG left as it was
@@ -1345,13 +1376,21 @@ def _run(module: nn.Module, args: tuple, kwargs: dict, dtype: torch.dtype | None
         work = _working_copy(module, dtype)
         if work is None:
             raise TypeError("the module cannot be copied")
-        return record_ops(work, map_tensors(args, cast), map_tensors(kwargs, cast))
+        native = _native_dtype(module, (args, kwargs))
+        return record_ops(work, map_tensors(args, cast), map_tensors(kwargs, cast),
+                          (dtype, native) if native is not None and native != dtype else None)
     snap = _Snapshot(module)
     try:
         clone = _once(torch.Tensor.clone)
         return record_ops(module, map_tensors(args, clone), map_tensors(kwargs, clone))
     finally:
         snap.restore()
+
+
+def _native_dtype(module: nn.Module, inputs: Any) -> torch.dtype | None:
+    """The floating dtype ``module`` runs in: its first floating parameter's, else its input's."""
+    tensors = (*module.parameters(), *module.buffers(), *flatten_tensors(inputs).values())
+    return next((t.dtype for t in tensors if t.is_floating_point()), None)
 
 
 def _once(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -1662,14 +1701,25 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
                     f"the reference's {ref_name} (max_abs difference {err:.3e} in what {c.name} receives)")
             out.append(_finding(module, "argument", c.name, name, f"{name} (another layout)", ref_name, text))
             continue
-        member = _differing_member(c, key, r.param_values[r_key])
+        # a fused tensor the reference builds from several (Swin V2's q, zero k and v biases) is
+        # compared as it is passed, the rows of each member where they are
+        fused = r.param_values[r_key] if r.param_values[r_key].shape == c.param_values[key].shape \
+            else r.operands.get(r_key, r.param_values[r_key])
+        member = _differing_member(c, key, fused)
         if member is not None:  # one of sibling projections fused against one fused tensor
             base = module.removesuffix(c.scope).rstrip(".") if c.scope else module
-            where, name, rows = _scoped(base or "<root>", replace(c, scope=member[0])), member[1][key], \
-                f"[{member[2]}:{member[3]}]"
-            held = _member_holding(c, key, member, r.param_values[r_key])
             lo, hi = member[2], member[3]
-            dims = _permuted_twin(c.param_values[key][lo:hi], r.param_values[r_key][lo:hi])
+            where, rows = _scoped(base or "<root>", replace(c, scope=member[0])), f"[{lo}:{hi}]"
+            holder = _whose_values(fused[lo:hi], ref_module, "", None) if fused is not r.param_values[r_key] else None
+            if holder is not None:  # the reference's rows by the tensor they come from (k_bias), not the first's
+                ref_name, rows = holder, ""
+            own = member[1].get(key)
+            if own is None or not fused[lo:hi].any():  # a bias one side has and the other has not
+                out.append(_bias_finding(where, c.name, key, own, f"{ref_name}{rows}"))
+                continue
+            name = own
+            held = _member_holding(c, key, member, fused)
+            dims = _permuted_twin(c.param_values[key][lo:hi], fused[lo:hi])
             if held is not None:
                 text = (f"{where}: {c.name} operand {name} holds the reference's {ref_name}{held}, "
                         f"where {ref_name}{rows} belongs (projections used in each other's place?)")
@@ -1798,6 +1848,17 @@ def _role_holding(r: Op, r_key: str, value: torch.Tensor) -> str | None:
     return None
 
 
+def _bias_finding(where: str, op: str, key: str, own: str | None, reference: str) -> dict:
+    """A fused member without ``key`` (a bias) where the reference's rows of it hold values, or with
+    one where the reference's rows are zeros (a key projection that has no bias)."""
+    if own is None:
+        text = f"{where}: {op} {key} missing in the candidate; the reference passes {reference}"
+        return _finding(where, "argument", op, key, None, reference, text)
+    text = (f"{where}: {op} {key} {own} in the candidate, where the reference passes zeros ({reference}): "
+            f"a {key} the reference does not have")
+    return _finding(where, "argument", op, key, own, f"{reference} (zeros)", text)
+
+
 def _differing_member(c: Op, key: str, reference: torch.Tensor) -> tuple | None:
     """The first of ``c``'s fused members whose rows of parameter ``key`` differ from ``reference``'s."""
     stored = c.param_values[key]
@@ -1805,7 +1866,8 @@ def _differing_member(c: Op, key: str, reference: torch.Tensor) -> tuple | None:
         return None
     for member in c.members:
         lo, hi = member[2], member[3]
-        if key in member[1] and not torch.equal(stored[lo:hi], reference[lo:hi].to(stored.dtype)):
+        # a member without the key (a projection without a bias) holds zeros in the fused rows
+        if not torch.equal(stored[lo:hi], reference[lo:hi].to(stored.dtype)):
             return member
     return None
 
@@ -2205,6 +2267,30 @@ def _other_part(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Toleran
                         f"where the reference passes part {k + 1}: parts taken in another order (swapped?)")
                 return [_finding(module, "argument", c.name, "input", f"part {j + 1} of {n}", f"part {k + 1} of {n}",
                                  text)]
+    return _own_other_part(module, c, r, cand, ref, tol)
+
+
+def _own_other_part(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance) -> list[dict]:
+    """:func:`_other_part` where the candidate splits what the reference computes apart (a fused
+    gate|up projection chunked, against gate and up projections): ``c`` receives one part of the
+    candidate's split while the reference's input holds another part's values (halves swapped)."""
+    rv = [ref.rec.value(i, r.index) for i in r.input_ids]
+    for i in c.input_ids:
+        found = _split_part(cand.rec, i, c.index)
+        if found is None:
+            continue
+        parts, k = found
+        for b in rv:
+            if b is None or _holds(parts.outputs[k], b, tol):
+                continue
+            j = next((j for j, a in enumerate(parts.outputs) if j != k and _holds(a, b, tol)), None)
+            if j is not None:
+                n = len(parts.outputs)
+                text = (f"{module}: {c.name} receives part {k + 1} of the {n} the candidate's {parts.name} makes, "
+                        f"where the reference passes the values of part {j + 1}: parts taken in another order "
+                        f"(swapped?)")
+                return [_finding(module, "argument", c.name, "input", f"part {k + 1} of {n}", f"part {j + 1} of {n}",
+                                 text)]
     return []
 
 
@@ -2263,16 +2349,29 @@ def _fuse_siblings(side: _Side, other: _Side, tol: Tolerance) -> list[Op]:
     """``side``'s stream with each run of one operation applied to one input by sibling modules
     (``q``, ``k`` and ``v`` projections) made one op, where ``other`` computes their concatenation
     in a single op (a fused ``qkv``) from the same input values or to the same result."""
-    stream, out, i = side.stream, [], 0
+    stream, out, i, taken = side.stream, [], 0, set()
     while i < len(stream):
+        if i in taken:
+            i += 1
+            continue
         j = i + 1
-        while j < len(stream) and stream[j].name == stream[i].name and stream[i].input_ids \
-                and stream[j].input_ids == stream[i].input_ids and stream[j].outputs:
+        while j < len(stream) and _sibling(stream[i], stream[j]):
             j += 1
         fused = _fused(stream[i:j], side, other, tol) if j - i > 1 and stream[i].outputs else None
+        if fused is None and j == i + 1 and stream[i].outputs:
+            # siblings apart (a SwiGLU's gate and up projections, the gate's activation between
+            # them): fused where the other side computes them in one op, in the first one's place
+            apart = [k for k in range(i + 1, len(stream)) if k not in taken and _sibling(stream[i], stream[k])]
+            fused = _fused([stream[i], *(stream[k] for k in apart)], side, other, tol) if apart else None
+            taken.update(apart if fused is not None else ())
         out.append(fused or stream[i])
         i = j if fused is not None else i + 1
     return out
+
+
+def _sibling(op: Op, other: Op) -> bool:
+    """Whether ``other`` applies ``op``'s operation to ``op``'s inputs (another projection of one input)."""
+    return other.name == op.name and bool(op.input_ids) and other.input_ids == op.input_ids and bool(other.outputs)
 
 
 def _fused(group: list[Op], side: _Side, other: _Side, tol: Tolerance) -> Op | None:
@@ -2539,6 +2638,8 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
     pending: list[dict] = []
     unpaired: dict[int, tuple[bool, Op]] = {}  # id of an unpaired op's finding -> (the candidate's?, the op)
     replaced: dict[int, Op] = {}  # id of a replaced op's finding -> the candidate's op
+    idle: list[dict] = []  # extra ops that change nothing here: where an op found missing may have gone
+    into: dict[int, str] = {}  # id of an extra op's finding -> the op reading its result (where it went)
     cand_scopes = _scopes(cand.rec)
     last_c, last_r, agreed = -1, -1, None  # recorder indices of the last agreeing pair, the pair
     codes = _aligned(cs, rs, expected, cand.rec, tol)
@@ -2557,9 +2658,14 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             if any(f["kind"] == "op" for f in pending):
                 continue  # what follows a replaced op that changed the values receives its error: no lead
             for k in range(i1 + n, i2):
+                extra = _unpaired_finding(module, "extra_op", cs[k], rs, j2)
+                reader = next((o for o in cs[k + 1:] if set(o.input_ids) & set(cs[k].out_ids)), None)
+                if reader is not None:
+                    into[id(extra)] = reader.name
                 if _returns_input(cand.rec, cs[k]):
-                    continue  # it changes nothing (a table resized to the size it has): no cause
-                pending.append(_unpaired_finding(module, "extra_op", cs[k], rs, j2))
+                    idle.append(extra)  # it changes nothing (a table resized to the size it has): no cause
+                    continue
+                pending.append(extra)
                 unpaired[id(pending[-1])] = True, cs[k]
             for k in range(j1 + n, j2):
                 pending.append(_unpaired_finding(module, "missing_op", rs[k], cs, i2, ref_name, cand_scopes))
@@ -2569,12 +2675,14 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             twin = r if _pair_agrees(c, r, tol) else _value_twin(c, rs, j1 + k, tol)
             if twin is not None:
                 # what was unpaired so far changed nothing; an op replaced on another branch (a sum
-                # of one operand taken as its mean, then the other operand's activation) still may
-                aside = [f for f in pending if id(f) in replaced and replaced[id(f)].index not in
-                         _upstream(cand.rec, c) | {c.index}]
-                replaced = {id(f): replaced[id(f)] for f in aside}
+                # of one operand taken as its mean, then the other operand's activation) still may,
+                # as may an extra op there (a ReLU on the shortcut, read by the residual add)
+                upstream = _upstream(cand.rec, c) | {c.index}
+                aside = [f for f in pending if id(f) in replaced and replaced[id(f)].index not in upstream
+                         or _extra_aside(unpaired.get(id(f)), upstream, cand.rec)]
+                replaced = {id(f): replaced[id(f)] for f in aside if id(f) in replaced}
+                unpaired = {id(f): unpaired[id(f)] for f in aside if id(f) in unpaired}  # kept alive: ids stay
                 pending[:] = aside
-                unpaired.clear()  # keyed by id: a later finding may take a cleared one's id
                 last_c, last_r, agreed = c.index, twin.index, (c, twin)
                 continue
             where = _scoped(module, c)
@@ -2604,9 +2712,10 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                 found = [_finding(where, "value", c.name, None, None, None,
                                   f"{where}: {c.name} {why} ({_difference(c.outputs, r.outputs)}; candidate "
                                   f"{c.spelling}, reference {r.spelling})")]
-            return _moved(found + _unpaired_later(module, found, codes[at + 1:], cs, rs, ref_name, cand_scopes))
+            return _moved(found + _unpaired_later(module, found, codes[at + 1:], cs, rs, ref_name, cand_scopes),
+                          idle, into)
     if pending and not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
-        return _moved(pending)
+        return _moved(pending, idle, into)
     if not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
         # every op agrees, yet the output does not: the layout after the last op differs
         found = _layout_findings(module, cand, ref, last_c, len(cand.rec.ops), last_r, len(ref.rec.ops), "the output",
@@ -2615,6 +2724,16 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             module, "value", None, None, None, None,
             f"{module}: every operation agrees with the reference, the returned value does not")]
     return []
+
+
+def _extra_aside(entry: tuple[bool, Op] | None, upstream: set[int], rec: OpRecorder) -> bool:
+    """Whether an unpaired op (``entry``: the candidate's?, the op) is an extra op of the candidate
+    on another branch than an agreeing pair (none of whose inputs it computed), whose result a later
+    op reads: it may still explain a pair it flows into."""
+    if entry is None or not entry[0] or entry[1].index in upstream:
+        return False
+    made = set(entry[1].out_ids)
+    return any(made & set(op.input_ids) for op in rec.ops[entry[1].index + 1:])
 
 
 def _returns_input(rec: OpRecorder, op: Op) -> bool:
@@ -2646,20 +2765,47 @@ def _unpaired_later(module: str, found: list[dict], later: list[tuple], cs: list
     return out
 
 
-def _moved(findings: list[dict]) -> list[dict]:
+def _moved(findings: list[dict], idle: Sequence[dict] = (), into: dict[int, str] | None = None) -> list[dict]:
     """An op missing in one place and extra in another of one module is one op moved (an activation
-    applied after the norm where the reference applies it before): said first, as one finding."""
-    missing = {(f["module"], f["op"]): f for f in findings if f["kind"] == "missing_op"}
+    applied after the norm where the reference applies it before): said first, as one finding.
+    ``idle``: extra ops that change nothing where the candidate runs them (a ReLU on a shortcut that
+    holds no negative values); an op missing with no extra twin but such one was moved there.
+    ``into``: id of an extra op's finding -> the op reading its result (a ReLU moved onto an operand of
+    the add)."""
+    into = into or {}
+    on = lambda f: f" on an operand of {into[id(f)]}" if into.get(id(f)) in _JOINING else ""
     for extra in (f for f in findings if f["kind"] == "extra_op"):
-        lost = missing.get((extra["module"], extra["op"]))
+        # the extra op may run in a submodule of the one missing it (a ReLU module the candidate
+        # calls before its norm): the moved op is the outer module's
+        lost = next((f for f in findings if f["kind"] == "missing_op" and f["op"] == extra["op"]
+                     and _within(extra["module"], f["module"])), None)
         if lost is None:
             continue
         where = lambda f: f["text"].split(" in the candidate ", 1)[1].split(";", 1)[0]
-        text = (f"{extra['module']}: {extra['op']} in another place than the reference's: missing in the candidate "
-                f"{where(lost)}, extra {where(extra)}")
+        text = (f"{lost['module']}: {extra['op']} in another place than the reference's: missing in the candidate "
+                f"{where(lost)}, extra{on(extra)} {where(extra)}")
         rest = [f for f in findings if f is not lost and f is not extra]
-        return [_finding(extra["module"], "missing_op", extra["op"], None, extra["op"], extra["op"], text), *rest]
+        return [_finding(lost["module"], "missing_op", extra["op"], None, extra["op"], extra["op"], text), *rest]
+    for extra in idle:
+        lost = next((f for f in findings if f["kind"] == "missing_op" and f["op"] == extra["op"]
+                     and _within(extra["module"], f["module"])), None)
+        if lost is None:
+            continue
+        where = lambda f: f["text"].split(" in the candidate ", 1)[1].split(";", 1)[0]
+        text = (f"{lost['module']}: {extra['op']} applied in another place than the reference's: the candidate "
+                f"applies it{on(extra)} {where(extra)}, where it changes nothing on these inputs; the reference "
+                f"applies it {where(lost)}")
+        rest = [f for f in findings if f is not lost]
+        return [{**lost, "candidate": extra["op"], "text": text}, *rest]
     return findings
+
+
+_JOINING = frozenset({"add", "sub", "mul", "cat", "stack"})  # ops joining branches: an operand is one of them
+
+
+def _within(inner: str, outer: str) -> bool:
+    """Whether module ``inner`` is ``outer`` or one of its submodules (by name)."""
+    return inner == outer or outer == ROOT or inner.startswith(outer + ".")
 
 
 def _aligned(cs: list[Op], rs: list[Op], expected: Expected | None,
@@ -2976,6 +3122,7 @@ def diagnose_modules(
     candidate: nn.Module, reference: nn.Module, args: tuple, kwargs: dict, *, name: str = "<root>",
     candidate_inputs: tuple[tuple, dict] | None = None, dtype: torch.dtype = torch.float64,
     root: nn.Module | None = None, expected: Expected | None = None, ref_name: str = "",
+    received: torch.Tensor | None = None,
 ) -> list[dict]:
     """Findings for two twin modules run on the same ``args``/``kwargs`` (most specific first).
 
@@ -2983,7 +3130,8 @@ def diagnose_modules(
     reference's. The modules are run on copies at ``dtype`` (see module docstring). ``root``: the
     whole reference model, where an operand's values are looked for (swapped weights);
     ``expected``: what the weight map puts into a candidate parameter (by name relative to ``candidate``);
-    ``ref_name``: the reference twin's name.
+    ``ref_name``: the reference twin's name; ``received``: the first tensor the candidate received
+    in the comparison, where it differs from the reference's (an op the candidate ran before it).
     """
     (c_rec, c_stream, c_out), (r_rec, r_stream, r_out), run_dtype = _run_both(
         candidate, candidate_inputs or (args, kwargs), reference, (args, kwargs), dtype)
@@ -2991,8 +3139,45 @@ def diagnose_modules(
     cand = _Side(c_rec, c_stream, flatten_tensors(c_out))
     ref = _Side(r_rec, r_stream, flatten_tensors(r_out))
     findings = compare_streams(name, cand, ref, tol, reference, root, expected, ref_name)
+    given = next(iter(flatten_tensors((args, kwargs)).values()), None)
+    findings = _applied_before(findings, ref, given, received, tol)
     findings += attribute_diff(candidate, reference, name)
     return _rank(_dedupe(findings))
+
+
+def _applied_before(findings: list[dict], ref: _Side, given: torch.Tensor | None, received: torch.Tensor | None,
+                    tol: Tolerance) -> list[dict]:
+    """An op missing in the candidate module that the candidate ran before it, on the module's input
+    (a ReLU applied before the norm where the reference applies it after): the module received
+    ``received``, which is what the reference's op, run again on ``given`` (the reference's input),
+    gives. Said as one op applied in another place, not as an op missing."""
+    if given is None or received is None or not given.is_floating_point():
+        return findings
+    out = []
+    for f in findings:
+        op = next((r for r in ref.stream if f["kind"] == "missing_op" and r.name == f["op"] and r.call is not None
+                   and " in the candidate " in f["text"] and _gives(r, given, received, tol)), None)
+        if op is None:
+            out.append(f)
+            continue
+        where = f["text"].split(" in the candidate ", 1)[1].split(";", 1)[0]
+        text = (f"{f['module']}: {_op_label(op)} applied in another place than the reference's: the candidate "
+                f"applies it before the module (the module receives the reference's input after {op.name}), the "
+                f"reference applies it {where}")
+        out.append({**f, "candidate": f"{op.name} (before the module)", "text": text})
+    return out
+
+
+def _gives(op: Op, given: torch.Tensor, received: torch.Tensor, tol: Tolerance) -> bool:
+    """Whether ``op``'s call, made again on ``given``, holds ``received``'s values (and changes
+    ``given``: an op that returns its input says nothing of where it ran)."""
+    dtype = op.outputs[0].dtype if op.outputs else given.dtype
+    x = given.detach().to(dtype)
+    y = _rerun(op, x)
+    # what the candidate received was computed at the comparison's dtype: held to its rounding
+    held = DEFAULT_TOLERANCES.get(str(received.dtype).removeprefix("torch."), tol)
+    return y is not None and y.shape == received.shape and not _holds(x, y, tol) \
+        and _holds(received.detach().to(dtype), y, held if held.rtol > tol.rtol else tol)
 
 
 def _dedupe(findings: Iterable[dict]) -> list[dict]:
@@ -3054,10 +3239,13 @@ def diagnose(match: Any, root: nn.Module | None = None, weights: Any = None) -> 
         cand.kwargs.keys() == ref.kwargs.keys() and all(
             tuple(a.shape) == tuple(b.shape) for a, b in zip(flatten_tensors((cand.args, cand.kwargs)).values(),
                                                            flatten_tensors((ref.args, ref.kwargs)).values()))
+    received, given = (next(iter(flatten_tensors(side).values()), None) for side in (own, (ref.args, ref.kwargs)))
+    fed = received is not None and given is not None and received.is_floating_point() and not _near(received, given)
     findings = diagnose_modules(cand.module, ref.module, ref.args, ref.kwargs, name=cand.name,
                                 candidate_inputs=None if same_structure else _given_reference_tensors(own, ref),
                                 root=root,
-                                expected=_mapped(weights, root, cand.name), ref_name=ref.name)
+                                expected=_mapped(weights, root, cand.name), ref_name=ref.name,
+                                received=received if fed else None)
     findings = _named_parts(findings, cand.name, cand.module, ref.module)
     return _named_tensors(_named_tensors(findings, cand.module, r"(?<!the reference's )(?<!\.)", ""),
                           ref.module, "the reference's ", re.escape(ref.name) + r"\.")
@@ -3195,7 +3383,7 @@ def _culprit_findings(rows: list[Any], culprit: str, root: nn.Module | None, wei
         except Exception:  # the diagnosis explains; it must never cost the verdict
             own = []
         if any(f["kind"] != "value" for f in own):
-            return own
+            return (_explained_by_ancestor(rows, culprit, root, weights) or own) if _partial_twin(row, own) else own
     reshaped = row is not None and not fed_otherwise and _fed_other_shape(row)
     own_row = row
     if row is None or _without_twin_module(row) or fed_otherwise or reshaped:
@@ -3216,10 +3404,33 @@ def _culprit_findings(rows: list[Any], culprit: str, root: nn.Module | None, wei
         if row is None:  # no twin to run against: what the culprit holds, against what the map puts there
             return _held_values(candidate, culprit, root, weights)
         found = diagnose(row.match, root, weights)
+        if row is own_row and _partial_twin(row, found):
+            wider = _explained_by_ancestor(rows, culprit, root, weights)
+            return wider or found
         return found if found or not reshaped or row is own_row else diagnose(own_row.match, root, weights)
     except Exception as exc:  # the diagnosis explains; it must never cost the verdict
         return [_finding(culprit, "value", None, None, None, None,
                          f"{culprit}: no operation-level diagnosis ({type(exc).__name__}: {exc})")]
+
+
+def _partial_twin(row: Any, found: list[dict]) -> bool:
+    """Whether the culprit's twin, paired by shape alone, runs only a part of its computation: every
+    finding is an op the candidate runs beyond it (an ``nn.MultiheadAttention`` paired with the
+    output projection of an attention written in its parent's forward). Its ops say the structure
+    differs, not what the bug is."""
+    return row.match.how == "structure" and bool(found) and all(f["kind"] == "extra_op" for f in found)
+
+
+def _explained_by_ancestor(rows: list[Any], culprit: str, root: nn.Module | None, weights: Any) -> list[dict]:
+    """The findings of the innermost ancestor of ``culprit`` twinned by more than shape, which runs
+    the whole computation on both sides; [] where there is none or it finds only ops of its own."""
+    ancestors = [r for r in rows if r.match.how != "structure" and r.match.candidate.module is not None
+                 and r.match.reference.module is not None
+                 and (r.candidate == ROOT or culprit.startswith(r.candidate + "."))
+                 and _parameters(r.match.candidate.module) <= ANCESTOR_ELEMENTS]
+    row = max(ancestors, key=lambda r: (r.candidate != ROOT, r.candidate.count(".")), default=None)
+    found = diagnose(row.match, root, weights) if row is not None else []
+    return found if any(f["kind"] not in ("extra_op", "value") for f in found) else []
 
 
 def _held_values(candidate: nn.Module | None, culprit: str, root: nn.Module | None, weights: Any) -> list[dict]:
