@@ -503,22 +503,48 @@ def _verdict(
     notes += guards.nonfinite_notes(final, outputs, allow_nonfinite)
     outputs_pass = all(m.passes(tol) for m in outputs.values()) if output_passed is None else output_passed
     outputs_pass = outputs_pass and (allow_nonfinite or not nonfinite)
-    if not (outputs_pass and all(r.passed for r in rows if r.match.how != "structure")):
+    confirmed = [r for r in rows if r.match.how != "structure" and not r.passed]
+    unrelated = [r for r in confirmed if _shapes_unrelated(r)]
+    if not (outputs_pass and len(unrelated) == len(confirmed)):
         found = localize_all(rows, rerun=rerun, untwinned=untwinned, reference=reference)
         only_nonfinite = nonfinite and all(m.passes(tol) for m in outputs.values()) and all(r.passed for r in rows)
         if found.culprit is None and not only_nonfinite:  # agreeing NaN/Inf alone: their note says why it fails
             notes.append("no confirmed twin introduces the error: the outputs differ, but no module paired "
                          "by weights, name or rename rule does; compare the unmatched modules")
         return False, found, notes + found.notes
-    # Outputs and every layer paired by name agree: a failing structural pairing is a guess that
-    # was wrong, not evidence of an error. Keep it visible, do not fail on it.
+    # The outputs agree, and so does every layer paired by name or weights whose values can be
+    # compared: a failing structural pairing is a guess that was wrong, and twins whose outputs no
+    # layout relates hold no evidence either way (a norm on other tokens than its twin's). Neither
+    # fails the run; both stay visible, the latter named first, since nothing checked those twins.
     tentative = [r for r in rows if not r.passed]
     for row in tentative:
         row.status = "tentative"
-    if tentative:
-        notes.append(f"{len(tentative)} structurally paired rows differ (tentative pairings by shape, "
-                     f"not counted): {', '.join(r.key for r in tentative[:5])}")
+    if unrelated:
+        notes.append(_unrelated_note(unrelated))
+    guesses = [r for r in tentative if r.match.how == "structure"]
+    if guesses:
+        notes.append(f"{len(guesses)} structurally paired rows differ (tentative pairings by shape, "
+                     f"not counted): {', '.join(r.key for r in guesses[:5])}")
     return True, Localization(), notes
+
+
+def _shapes_unrelated(row: Row) -> bool:
+    """Whether ``row`` fails only because its twins' outputs have shapes that no layout adapter or
+    position relates: nothing was compared, so its values are no evidence of an error."""
+    return row.metrics.shape_mismatch and not row.metrics.nonfinite_mismatch and row.adapter is None
+
+
+def _unrelated_note(rows: Sequence[Row]) -> str:
+    def shapes(row: Row) -> str:
+        cand = "x".join(map(str, row.match.candidate.shape or ())) or "-"
+        ref = "x".join(map(str, row.reference_shape or ())) or "-"
+        return f"{row.key} ({cand} against {row.reference}'s {ref})"
+
+    listed = ", ".join(shapes(r) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+    return (f"not checked: {len(rows)} twin row(s) paired by {' and '.join(sorted({r.match.how for r in rows}))} "
+            f"return outputs of shapes that no layout or position relates, so their values were never compared: "
+            f"{listed}; the final outputs agree, so they do not fail the run, but nothing vouches for these modules "
+            f"on their own (a module run on other tokens than its twin? adapters= compares them)")
 
 
 def _worst_output(outputs: Mapping[str, Metrics], tol: Tolerance) -> Metrics:

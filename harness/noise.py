@@ -65,7 +65,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from harness.adapters import find_adapter
+from harness.adapters import at_position, find_adapter, one_position
 from harness.checks import check_type, check_value
 from harness.trace import ROOT, Record, flatten_tensors, hookable_modules, map_tensors, output_leaves
 
@@ -163,9 +163,7 @@ def _worst(triples: list[tuple], dtype: str, threshold: float | None, relaid: bo
             return None  # a summary-mode leaf or a missing twin: no noise verdict
         if not (r.is_floating_point() or r.is_complex()):
             continue  # integer outputs (indices, masks) carry no rounding
-        if c.shape != r.shape:  # twins in other layouts: judged in the reference's, as the rows are
-            adapter = find_adapter(c, r)
-            c = adapter.apply(c) if adapter is not None else c
+        c, r, e = _in_one_layout(c, r, e)
         j = judge(c, r, e, dtype, threshold)
         if relaid and not j.passed and c.shape == r.shape:
             kept = find_adapter(c, r, same_shape=True, remember=False)
@@ -173,6 +171,22 @@ def _worst(triples: list[tuple], dtype: str, threshold: float | None, relaid: bo
         if worst is None or j.ratio > worst.ratio or (j.ratio != j.ratio):
             worst = j
     return worst
+
+
+def _in_one_layout(c: torch.Tensor, r: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Twins in other layouts judged in the reference's, as the rows are measured; twins one of
+    which computes one position of the other's output (a norm on the pooled token against one on
+    every token) judged at that position."""
+    if c.shape == r.shape:
+        return c, r, e
+    if c.numel() == r.numel():
+        adapter = find_adapter(c, r)
+        return (adapter.apply(c) if adapter is not None else c), r, e
+    if c.numel() < r.numel() and e.shape == r.shape:
+        found = one_position(c, r)
+        return (c, *(at_position(t, c.shape, *found) for t in (r, e))) if found is not None else (c, r, e)
+    found = one_position(r, c)
+    return (at_position(c, r.shape, *found) if found is not None else c), r, e
 
 
 class NoiseFloor:
