@@ -147,7 +147,9 @@ def compare(
     for one per side) selecting the traced modules.
     ``noise_floor``: judge float32/bfloat16/float16 layers against the reference's own rounding
     error, measured on a float64 copy of it (:mod:`harness.noise`; default on at those dtypes in
-    full mode, off at float64; a number sets the ratio threshold; ``False``: atol/rtol only).
+    full mode, off at float64; a number sets the ratio threshold; ``False``: atol/rtol only). At
+    float64, what fails atol/rtol where the reference itself computes in float32 (a norm upcasting
+    to float32) is judged against that rounding (:func:`harness.noise.narrow_verdicts`).
     A failing report explains the culprit's error operation by operation (``report.diagnosis``,
     :mod:`harness.diagnose`); ``diagnose=False`` skips that, for callers that need only the verdict
     and the culprit.
@@ -251,7 +253,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
     progress.stage("localize")
     noise = noise_verdicts(o.noise_floor, name, rows, final, reference=None if replay is not None else reference,
                            call=call, mode=getattr(cand_trace, "mode", o.mode), reference_call=o.reference_call,
-                           reference_outputs=o.reference_outputs, random_reference=ref_draws.drew)
+                           reference_outputs=o.reference_outputs, random_reference=ref_draws.drew, tolerance=tol)
     passed, found, notes = _verdict(final, outputs, rows, tol, o.allow_nonfinite, o.rerun,
                                     alignment.unmatched_candidate, output_passed=noise.outputs_passed,
                                     reference=ref_records)
