@@ -16,7 +16,7 @@ from harness.backward import check_backward, compare_backward
 from harness.adapters import UserAdapter, find_adapter
 from harness.checks import check_module, type_error
 from harness.diagnose import annotate_mismatches, diagnose, origins_diagnosis, setting_notes
-from harness.localize import Localization, Row, drop_trailing_ops, extend_twins, localize_all, measure_match
+from harness.localize import Localization, Row, _leaf_pairs, drop_trailing_ops, extend_twins, localize_all, measure_match
 from harness.memory import trace_budget
 from harness.noise import float64_hint, noise_verdicts
 from harness.metrics import Metrics, Tolerance, dtype_name, measure, tolerance_for
@@ -507,7 +507,8 @@ def _verdict(
     outputs_pass = outputs_pass and (allow_nonfinite or not nonfinite)
     confirmed = [r for r in rows if r.match.how != "structure" and not r.passed]
     unrelated = [r for r in confirmed if _shapes_unrelated(r)]
-    if not (outputs_pass and len(unrelated) == len(confirmed)):
+    reordered = [r for r in confirmed if r not in unrelated and outputs_pass and _values_reordered(r)]
+    if not (outputs_pass and len(unrelated) + len(reordered) == len(confirmed)):
         found = localize_all(rows, rerun=rerun, untwinned=untwinned, reference=reference)
         only_nonfinite = nonfinite and all(m.passes(tol) for m in outputs.values()) and all(r.passed for r in rows)
         if found.culprit is None and not only_nonfinite:  # agreeing NaN/Inf alone: their note says why it fails
@@ -515,14 +516,21 @@ def _verdict(
                          "by weights, name or rename rule does; compare the unmatched modules")
         return False, found, notes + found.notes
     # The outputs agree, and so does every layer paired by name or weights whose values can be
-    # compared: a failing structural pairing is a guess that was wrong, and twins whose outputs no
-    # layout relates hold no evidence either way (a norm on other tokens than its twin's). Neither
-    # fails the run; both stay visible, the latter named first, since nothing checked those twins.
+    # compared in one order: a failing structural pairing is a guess that was wrong, twins whose
+    # outputs no layout relates hold no evidence either way (a norm on other tokens than its twin's),
+    # and twins holding the same values in another order compute the same function in another
+    # arrangement that their consumers undo (patches unfolded from the transposed map, folded back
+    # transposed). None fails the run; all stay visible, the confirmed twins named first.
     tentative = [r for r in rows if not r.passed]
     for row in tentative:
         row.status = "tentative"
     if unrelated:
         notes.append(_unrelated_note(unrelated))
+    if reordered:
+        listed = ", ".join(r.key for r in reordered[:5]) + (", ..." if len(reordered) > 5 else "")
+        notes.append(f"{len(reordered)} twin row(s) hold the reference's values in another order (the same elements, "
+                     f"rearranged within their shape): {listed}; the final outputs agree, so what reads them undoes the "
+                     f"arrangement (an equivalent rewrite), and they do not fail the run")
     guesses = [r for r in tentative if r.match.how == "structure"]
     if guesses:
         notes.append(f"{len(guesses)} structurally paired rows differ (tentative pairings by shape, "
@@ -534,6 +542,18 @@ def _shapes_unrelated(row: Row) -> bool:
     """Whether ``row`` fails only because its twins' outputs have shapes that no layout adapter or
     position relates: nothing was compared, so its values are no evidence of an error."""
     return row.metrics.shape_mismatch and not row.metrics.nonfinite_mismatch and row.adapter is None
+
+
+def _values_reordered(row: Row) -> bool:
+    """Whether each output leaf of ``row``'s candidate holds its twin's elements in another order:
+    sorted, the two agree within the row's tolerance (a rearrangement keeps every value; rounding
+    moves a value less than the gap that could swap it with its neighbour in the sorted order)."""
+    pairs = _leaf_pairs(row.match.candidate.outputs, row.match.reference.outputs)
+    if not pairs or not all(isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.numel() == b.numel()
+                            and a.is_floating_point() and b.is_floating_point() for _, a, b in pairs):
+        return False
+    return all(measure(a.detach().flatten().sort().values, b.detach().flatten().sort().values).passes(row.tolerance)
+               for _, a, b in pairs)
 
 
 def _unrelated_note(rows: Sequence[Row]) -> str:
