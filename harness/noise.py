@@ -79,6 +79,7 @@ from torch.overrides import TorchFunctionMode
 
 from harness.adapters import at_position, find_adapter, one_position
 from harness.checks import check_type, check_value
+from harness.metrics import measure
 from harness.trace import ROOT, Record, flatten_tensors, hookable_modules, map_tensors, output_leaves
 
 __all__ = ["BITWISE_NOTE", "DEFAULT_NOISE_RATIO", "UNIT_ROUNDOFF", "NoiseFloor", "NoiseJudgement", "NoiseVerdicts", "judge",
@@ -448,7 +449,9 @@ class _FusedTwin:
 
             return _fuse(parts, "concat", None)
         (whole,) = parts
-        dim = next((d for d in range(whole.ndim) if whole.ndim == recorded.ndim and whole.shape[d] != recorded.shape[d]), None)
+        if whole.ndim != recorded.ndim:
+            return None
+        dim = next((d for d in range(whole.ndim) if whole.shape[d] != recorded.shape[d]), None)
         return None if dim is None else whole.narrow(dim, self.cut[0], self.cut[1] - self.cut[0])
 
 
@@ -653,7 +656,7 @@ def narrow_verdicts(
     reference narrows nothing, or the run fails (atol/rtol decide)."""
     failing_rows = [row for row in rows if not row.passed and row.match.how != "structure"
                     and (_judgeable(row.match) or _FusedTwin.of(row.match) is not None)]
-    failing_outputs = [(k, c, r) for k, c, r in final if not _measure(c, r).passes(tolerance)]
+    failing_outputs = [(k, c, r) for k, c, r in final if not measure(c, r).passes(tolerance)]
     if not (failing_rows or failing_outputs):
         return None
     started = time.perf_counter()
@@ -681,12 +684,6 @@ def narrow_verdicts(
             f"atol/rtol was judged against that rounding instead (error and floor against a run of the reference with "
             f"those operations kept in float64; threshold {floor.threshold:g}x the floor)")
     return NoiseVerdicts(True, floor.threshold, outputs, note=note, seconds=time.perf_counter() - started)
-
-
-def _measure(c: torch.Tensor, r: torch.Tensor) -> Any:
-    from harness.metrics import measure
-
-    return measure(c, r)
 
 
 def _with_threshold(j: NoiseJudgement, threshold: float, passed: bool | None = None) -> NoiseJudgement:
