@@ -70,6 +70,7 @@ import contextlib
 import math
 import re
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -660,6 +661,10 @@ def narrow_verdicts(
     if not (failing_rows or failing_outputs):
         return None
     started = time.perf_counter()
+    seen = _NARROWS_NOTHING.setdefault(reference, set())
+    signature = _run_signature(reference, call, reference_call)
+    if signature in seen:
+        return None
     try:
         floor = NoiseFloor.measure(reference, call, "float64", [row.match for row in failing_rows],
                                    reference_call=reference_call, reference_outputs=reference_outputs,
@@ -667,6 +672,7 @@ def narrow_verdicts(
     except Exception:  # a reference that cannot run so: atol/rtol decide
         return None
     if not floor.narrow:
+        seen.add(signature)
         return None
     narrowest = [d for d in ("bfloat16", "float16", "float32") if getattr(torch, d) in floor.narrow_dtypes] or ["float32"]
     floor.threshold = DEFAULT_NOISE_RATIO[narrowest[0]] if threshold is None else threshold
@@ -684,6 +690,19 @@ def narrow_verdicts(
             f"atol/rtol was judged against that rounding instead (error and floor against a run of the reference with "
             f"those operations kept in float64; threshold {floor.threshold:g}x the floor)")
     return NoiseVerdicts(True, floor.threshold, outputs, note=note, seconds=time.perf_counter() - started)
+
+
+# references whose float64 run made no narrower float, by run signature (_run_signature): a map's
+# verification compares one reference again and again, and most narrow nothing
+_NARROWS_NOTHING: "weakref.WeakKeyDictionary[nn.Module, set]" = weakref.WeakKeyDictionary()
+
+
+def _run_signature(reference: nn.Module, call: Any, reference_call: Callable | None) -> tuple:
+    """What decides which operations a run of ``reference`` makes: how it is called, the shapes and
+    dtypes it is given, its mode, and its modules' classes and any forward replaced on an instance."""
+    given = tuple((k, tuple(t.shape), t.dtype) for k, t in flatten_tensors((call.args, call.kwargs)).items())
+    code = tuple((type(m), id(m.__dict__.get("forward")), m.training) for m in reference.modules())
+    return reference_call, given, code
 
 
 def _with_threshold(j: NoiseJudgement, threshold: float, passed: bool | None = None) -> NoiseJudgement:
