@@ -25,6 +25,10 @@ adapter that brings the candidate's tensor into the reference's shape:
    given the reference's layout that returns a permuted one, and a map whose H and W were
    exchanged (on a square grid they keep the shape), still fail.
 
+Twins of other element counts, one of which computes one position along an axis of the other's
+output (a norm on the pooled class token against one on every token), are compared at that
+position (:func:`one_position`, either side the smaller).
+
 Among the adapters whose shapes fit, the one giving the smallest error is kept; the verdict on the
 row is then made on the adapted tensor as on any other, and the adapter is shown in the row. The
 layout two shapes last agreed in exactly is tried first, and tensors that agree in no layout (their
@@ -52,7 +56,7 @@ from harness.checks import type_error
 from harness.metrics import Tolerance, measure
 from harness.weightmap import shape_permutations
 
-__all__ = ["AS_IS", "Adapter", "agreeing_layout", "find_adapter", "UserAdapter", "check_adapters"]
+__all__ = ["AS_IS", "Adapter", "agreeing_layout", "at_position", "find_adapter", "one_position", "UserAdapter", "check_adapters"]
 
 
 @dataclass(frozen=True)
@@ -349,6 +353,35 @@ def agreeing_layout(candidate: torch.Tensor, reference: torch.Tensor, tol: Toler
     if adapter is None or not measure(adapter.apply(candidate), reference).passes(tol):
         return None
     return adapter
+
+
+_POSITIONS = 8  # the first (and last) positions along an axis tried for a call computing one of them
+
+
+def one_position(small: torch.Tensor, big: torch.Tensor, tol: Tolerance | None = None) -> tuple[int, int] | None:
+    """``(dim, index)``: the position along one axis of ``big`` that ``small`` holds, when ``small``
+    has ``big``'s shape without that axis (or with it of size 1): a norm run on the pooled class
+    token against one run on every token, the class token taken after it. Either side may be the
+    small one. The positions tried are the first and last few (class, distillation, register
+    tokens); the one agreeing best is kept, the first within ``tol`` at once. None when no axis fits."""
+    best: tuple[float, int, int] | None = None
+    for dim, n in enumerate(big.shape):
+        rest = (*big.shape[:dim], *big.shape[dim + 1:])
+        if n < 2 or tuple(small.shape) not in (rest, (*big.shape[:dim], 1, *big.shape[dim + 1:])):
+            continue
+        for index in dict.fromkeys((*range(min(n, _POSITIONS)), *range(max(n - _POSITIONS, 0), n))):
+            part = big.select(dim, index).reshape(small.shape)
+            err = measure(small, part).max_abs
+            if best is None or err < best[0] or best[0] != best[0]:
+                best = (err, dim, index)
+            if tol is not None and err <= tol.bound(float(part.abs().max())):
+                return dim, index
+    return None if best is None else best[1:]
+
+
+def at_position(big: torch.Tensor, shape: Sequence[int], dim: int, index: int) -> torch.Tensor:
+    """``big`` at ``index`` along ``dim``, in ``shape`` (the shape of the side computing that position only)."""
+    return big.select(dim, index).reshape(tuple(shape))
 
 
 def _same_extremes(candidate: torch.Tensor, reference: torch.Tensor, tol: Tolerance) -> bool:

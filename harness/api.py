@@ -16,9 +16,9 @@ from harness.backward import check_backward, compare_backward
 from harness.adapters import UserAdapter, find_adapter
 from harness.checks import check_module, type_error
 from harness.diagnose import annotate_mismatches, diagnose, origins_diagnosis, setting_notes
-from harness.localize import Localization, Row, drop_trailing_ops, extend_twins, localize_all, measure_match
+from harness.localize import Localization, Row, _leaf_pairs, drop_trailing_ops, extend_twins, localize_all, measure_match
 from harness.memory import trace_budget
-from harness.noise import float64_hint, noise_verdicts
+from harness.noise import float64_hint, noise_verdicts, ratio_divisor
 from harness.metrics import Metrics, Tolerance, dtype_name, measure, tolerance_for
 from harness.options import CompareOptions
 from harness.pairs import Call, Pair, as_call, as_pair
@@ -147,7 +147,9 @@ def compare(
     for one per side) selecting the traced modules.
     ``noise_floor``: judge float32/bfloat16/float16 layers against the reference's own rounding
     error, measured on a float64 copy of it (:mod:`harness.noise`; default on at those dtypes in
-    full mode, off at float64; a number sets the ratio threshold; ``False``: atol/rtol only).
+    full mode, off at float64; a number sets the ratio threshold; ``False``: atol/rtol only). At
+    float64, what fails atol/rtol where the reference itself computes in float32 (a norm upcasting
+    to float32) is judged against that rounding (:func:`harness.noise.narrow_verdicts`).
     A failing report explains the culprit's error operation by operation (``report.diagnosis``,
     :mod:`harness.diagnose`); ``diagnose=False`` skips that, for callers that need only the verdict
     and the culprit.
@@ -251,7 +253,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
     progress.stage("localize")
     noise = noise_verdicts(o.noise_floor, name, rows, final, reference=None if replay is not None else reference,
                            call=call, mode=getattr(cand_trace, "mode", o.mode), reference_call=o.reference_call,
-                           reference_outputs=o.reference_outputs, random_reference=ref_draws.drew)
+                           reference_outputs=o.reference_outputs, random_reference=ref_draws.drew, tolerance=tol)
     passed, found, notes = _verdict(final, outputs, rows, tol, o.allow_nonfinite, o.rerun,
                                     alignment.unmatched_candidate, output_passed=noise.outputs_passed,
                                     reference=ref_records)
@@ -514,22 +516,111 @@ def _verdict(
     notes += guards.nonfinite_notes(final, outputs, allow_nonfinite)
     outputs_pass = all(m.passes(tol) for m in outputs.values()) if output_passed is None else output_passed
     outputs_pass = outputs_pass and (allow_nonfinite or not nonfinite)
-    if not (outputs_pass and all(r.passed for r in rows if r.match.how != "structure")):
+    confirmed = [r for r in rows if r.match.how != "structure" and not r.passed]
+    unrelated = [r for r in confirmed if _shapes_unrelated(r)]
+    reordered = [r for r in confirmed if r not in unrelated and outputs_pass and _values_reordered(r)]
+    if not (outputs_pass and len(unrelated) + len(reordered) == len(confirmed)):
         found = localize_all(rows, rerun=rerun, untwinned=untwinned, reference=reference)
+        if found.culprit is None:
+            found = _search_diluted(rows, found, lambda: localize_all(rows, rerun=rerun, untwinned=untwinned,
+                                                                      reference=reference))
         only_nonfinite = nonfinite and all(m.passes(tol) for m in outputs.values()) and all(r.passed for r in rows)
         if found.culprit is None and not only_nonfinite:  # agreeing NaN/Inf alone: their note says why it fails
             notes.append("no confirmed twin introduces the error: the outputs differ, but no module paired "
                          "by weights, name or rename rule does; compare the unmatched modules")
         return False, found, notes + found.notes
-    # Outputs and every layer paired by name agree: a failing structural pairing is a guess that
-    # was wrong, not evidence of an error. Keep it visible, do not fail on it.
+    # The outputs agree, and so does every layer paired by name or weights whose values can be
+    # compared in one order: a failing structural pairing is a guess that was wrong, twins whose
+    # outputs no layout relates hold no evidence either way (a norm on other tokens than its twin's),
+    # and twins holding the same values in another order compute the same function in another
+    # arrangement that their consumers undo (patches unfolded from the transposed map, folded back
+    # transposed). None fails the run; all stay visible, the confirmed twins named first.
     tentative = [r for r in rows if not r.passed]
     for row in tentative:
         row.status = "tentative"
-    if tentative:
-        notes.append(f"{len(tentative)} structurally paired rows differ (tentative pairings by shape, "
-                     f"not counted): {', '.join(r.key for r in tentative[:5])}")
+    if unrelated:
+        notes.append(_unrelated_note(unrelated))
+    if reordered:
+        listed = ", ".join(r.key for r in reordered[:5]) + (", ..." if len(reordered) > 5 else "")
+        notes.append(f"{len(reordered)} twin row(s) hold the reference's values in another order (the same elements, "
+                     f"rearranged within their shape): {listed}; the final outputs agree, so what reads them undoes the "
+                     f"arrangement (an equivalent rewrite), and they do not fail the run")
+    guesses = [r for r in tentative if r.match.how == "structure"]
+    if guesses:
+        notes.append(f"{len(guesses)} structurally paired rows differ (tentative pairings by shape, "
+                     f"not counted): {', '.join(r.key for r in guesses[:5])}")
     return True, Localization(), notes
+
+
+def _search_diluted(rows: list[Row], found: Localization, search: Callable[[], Localization]) -> Localization:
+    """A failing twin judged beyond its rounding floor that received its error, inside a twin
+    judged within its floor: the error was made inside that outer twin by code without a twin of
+    its own (a tanh GELU between two paired convolutions), and its effect, added to a residual and
+    scaled by a layer scale, is as small as the outer twin's rounding. Judged against the floor of
+    its own computation when re-run on the reference's inputs, that twin does fail: the search is
+    made again with it counted as failing, and kept when it names a culprit."""
+    failing = [r for r in rows if not r.passed and r.noise is not None and r.match.how != "structure"]
+    outer = {}
+    for child in failing:
+        around = [r for r in rows if r.passed and r.noise is not None and r.match.how != "structure"
+                  and r.rerun_judge is not None and r.match.candidate.contains(child.match.candidate)]
+        if around:
+            parent = min(around, key=lambda r: r.match.candidate.end - r.match.candidate.start)
+            outer[id(parent)] = (parent, child)
+    if not outer:
+        return found
+    saved = {id(r): dict(vars(r)) for r in rows}
+    for parent, _ in outer.values():
+        parent.passed = False
+    again = search()
+    if again.culprit is None:
+        for r in rows:
+            vars(r).update(saved[id(r)])
+        return found
+    again.notes.append("; ".join(f"{parent.key} is within its rounding floor but holds {child.key}, which fails "
+                                 f"beyond its own with an error received from inside {parent.key}: searched as failing"
+                                 for parent, child in outer.values()))
+    return again
+
+
+def _shapes_unrelated(row: Row) -> bool:
+    """Whether ``row`` fails only because its twins' outputs have shapes that no layout adapter or
+    position relates: nothing was compared, so its values are no evidence of an error."""
+    return row.metrics.shape_mismatch and not row.metrics.nonfinite_mismatch and row.adapter is None
+
+
+def _values_reordered(row: Row) -> bool:
+    """Whether each output leaf of ``row``'s candidate holds its twin's elements in another order,
+    and that order is what fails: sorted, the two agree (within the row's tolerance, and within
+    the rounding floor where the row was judged by it), and far better than as they are. Rounding
+    moves a value less than the gap that could swap it with its neighbour in the sorted order; a
+    change of values (a tanh GELU) leaves the sorted tensors as far apart as the tensors."""
+    pairs = _leaf_pairs(row.match.candidate.outputs, row.match.reference.outputs)
+    if not pairs or not all(isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.numel() == b.numel()
+                            and a.is_floating_point() and b.is_floating_point() for _, a, b in pairs):
+        return False
+    for _, a, b in pairs:
+        sorted_ = measure(*(t.detach().flatten().sort().values for t in (a, b)))
+        # the row's own measurement (in the layout it was compared in) is the error as they are
+        if not (sorted_.passes(row.tolerance) and sorted_.max_abs <= 0.5 * row.metrics.max_abs):
+            return False
+        rounding = None if row.noise is None else ratio_divisor(row.noise.floor, str(a.dtype).removeprefix("torch."))
+        if rounding is not None and sorted_.rel_l2 > row.noise.threshold * rounding:
+            return False
+    return True
+
+
+def _unrelated_note(rows: Sequence[Row]) -> str:
+    def shapes(row: Row) -> str:
+        cand = "x".join(map(str, row.match.candidate.shape or ())) or "-"
+        ref = "x".join(map(str, row.reference_shape or ())) or "-"
+        return f"{row.key} ({cand} against {row.reference}'s {ref})"
+
+    listed = ", ".join(shapes(r) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+    return (f"not checked: {len(rows)} twin row(s) paired by {' and '.join(sorted({r.match.how for r in rows}))} "
+            f"return outputs of shapes that no layout or position relates, so their values were never compared: "
+            f"{listed}; the final outputs agree, so they do not fail the run, but nothing vouches for these modules "
+            f"on their own (a module run on other tokens than its twin? adapters= compares them)")
 
 
 def _worst_output(outputs: Mapping[str, Metrics], tol: Tolerance) -> Metrics:

@@ -62,10 +62,12 @@ an unpaired call of one class (a Dropout left in training against one in eval mo
 the same place: that call's result is the error.
 
 Twins whose outputs hold the same elements in another layout are compared through an adapter
-(:mod:`harness.adapters`); a candidate output of the twin's shape without one axis is compared
-with the twin's output at the position along that axis it agrees with best (a norm on the pooled
-class token against a norm on every token); twins whose shapes neither explains fail as a visible
-shape mismatch. (Prior art: coremltools' comparator blames an op whose output fails while
+(:mod:`harness.adapters`); an output of the twin's shape without one axis is compared with the
+twin's output at the position along that axis it agrees with best, whichever side is the smaller
+(a norm on the pooled class token against a norm on every token, or a norm on ``[pooled; tokens]``
+against a head norming the pooled row alone); twins whose shapes neither explains fail as a
+visible shape mismatch (with agreeing outputs, a row left unchecked: see :func:`harness.compare`'s
+verdict). (Prior art: coremltools' comparator blames an op whose output fails while
 its direct inputs pass; torch.ao.ns' shadow mode feeds one model's inputs into the other's layers.)
 """
 
@@ -78,7 +80,8 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 import torch
 from torch import nn
 
-from harness.adapters import AS_IS, Adapter, UserAdapter, agreeing_layout, find_adapter, layouts, user_adapter
+from harness.adapters import (AS_IS, Adapter, UserAdapter, agreeing_layout, at_position, find_adapter, layouts, one_position,
+                              user_adapter)
 from harness.align import Aligned, Alignment, Match
 from harness.metrics import Metrics, Tolerance, measure, measure_summaries, tolerance_for
 from harness.trace import ROOT, Leaf, Record, TensorSummary, flatten_tensors, map_tensors
@@ -143,8 +146,9 @@ def _numel(leaf: Leaf) -> int:
 def _adapt(a: Leaf, b: Leaf, forced: Adapter | None, tol: Tolerance) -> tuple[Leaf, Leaf, str | None]:
     """``(a, b)`` brought to one layout: ``a`` in ``b``'s when their shapes differ and an adapter
     explains it (``tol``: see :func:`harness.adapters.find_adapter`), or through ``forced`` whatever
-    their shapes (features in another order keep the shape; statistics do not see the order); or
-    ``b`` at the one position ``a`` holds (:func:`_position`)."""
+    their shapes (features in another order keep the shape; statistics do not see the order); or,
+    when one side computes one position of the other's output, the other side at that position
+    (:func:`_position`)."""
     if tuple(a.shape) == tuple(b.shape) and (forced is None or not isinstance(a, torch.Tensor)):
         return a, b, None
     if isinstance(a, TensorSummary) or isinstance(b, TensorSummary):
@@ -152,8 +156,8 @@ def _adapt(a: Leaf, b: Leaf, forced: Adapter | None, tol: Tolerance) -> tuple[Le
             return a, b, None
         s = _summary(a)
         return TensorSummary(tuple(b.shape), s.dtype, s.mean, s.std, s.absmax, s.nonfinite), b, "same elements (statistics)"
-    if forced is None and 0 < a.numel() < b.numel():
-        return (a, *_position(a, b, tol))
+    if forced is None and a.numel() != b.numel() and min(a.numel(), b.numel()) > 0:
+        return _position(a, b, tol)
     adapter = forced or find_adapter(a, b, tol=tol)
     if adapter is None:
         return a, b, None
@@ -164,27 +168,21 @@ def _adapt(a: Leaf, b: Leaf, forced: Adapter | None, tol: Tolerance) -> tuple[Le
     return out, b, adapter.description
 
 
-_POSITIONS = 8  # the first (and last) positions along an axis tried for a call computing one of them
-
-
-def _position(a: torch.Tensor, b: torch.Tensor, tol: Tolerance) -> tuple[Leaf, str | None]:
-    """``b`` at the one position along one axis that ``a`` holds, when ``a`` has ``b``'s shape
-    without that axis (or with it of size 1): a norm run on the pooled class token against one run
-    on every token, the class token taken after it. The positions tried are the first and last few
-    (class, distillation, register tokens); the one agreeing best is kept. ``(b, None)`` when none fits."""
-    best: tuple[float, torch.Tensor, str] | None = None
-    for dim, n in enumerate(b.shape):
-        rest = (*b.shape[:dim], *b.shape[dim + 1:])
-        if n < 2 or tuple(a.shape) not in (rest, (*b.shape[:dim], 1, *b.shape[dim + 1:])):
-            continue
-        for index in dict.fromkeys((*range(min(n, _POSITIONS)), *range(max(n - _POSITIONS, 0), n))):
-            part = b.select(dim, index).reshape(a.shape)
-            err = measure(a, part).max_abs
-            if best is None or err < best[0]:
-                best = (err, part, f"the reference's {index} along dim {dim} (the candidate computes that position only)")
-            if best[0] <= tol.bound(float(part.abs().max())):
-                return best[1], best[2]
-    return (best[1], best[2]) if best is not None else (b, None)
+def _position(a: torch.Tensor, b: torch.Tensor, tol: Tolerance) -> tuple[Leaf, Leaf, str | None]:
+    """``(a, b)`` with the larger one taken at the one position along one axis that the smaller
+    one holds (:func:`harness.adapters.one_position`): the candidate's norm on the pooled class
+    token against the reference's on every token, or the reverse (a port running its final norm on
+    ``[pooled; tokens]`` and keeping the pooled row, against a head norming the pooled row alone).
+    ``(a, b, None)`` when no axis fits."""
+    small_is_candidate = a.numel() < b.numel()
+    small, big = (a, b) if small_is_candidate else (b, a)
+    found = one_position(small, big, tol)
+    if found is None:
+        return a, b, None
+    part = at_position(big, small.shape, *found)
+    if small_is_candidate:
+        return a, part, f"the reference's {found[1]} along dim {found[0]} (the candidate computes that position only)"
+    return part, b, f"the candidate's {found[1]} along dim {found[0]} (the reference computes that position only)"
 
 
 def _worst(pairs: list[tuple[str, Leaf, Leaf]], tol: Tolerance,

@@ -34,7 +34,18 @@ rounding alone costs:
 A reference that computes some of its values in float32 whatever its weights (a position table
 built with ``dtype=torch.float32``) keeps that rounding in its float64 run, so the floor misses it;
 a failing comparison names those operations (the float64 run records what makes a narrower float
-out of none) and points to float64, where no floor is needed.
+out of none) and points to float64, where such operations are judged against their own rounding
+(below).
+
+At float64 the reference may still round: some operations run in float32 whatever the model's
+dtype (transformers' RMSNorm casts its input to float32), and no port matches that rounding to
+float64 tolerances. When a float64 comparison fails atol/rtol, the reference runs once more with
+every operation that would make a narrower float out of float64 ones kept in float64 (a cast
+returns its input, ``dtype=torch.float32`` becomes float64): the exact values it rounds. If it has
+such operations, each failing output and row is judged against them as above (the threshold that
+of the narrowest float made), re-runs too, and passes within it; a note names the operations. This
+is part of the float64 verdict whatever ``noise_floor`` says: it only passes what the reference's
+own rounding explains (:func:`narrow_verdicts`).
 
 When every final output and every judged layer of the candidate is bitwise the reference's,
 ``error == floor`` on each and every ratio is at most 1: no float64 run can change the verdict,
@@ -57,7 +68,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -65,8 +78,9 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from harness.adapters import find_adapter
+from harness.adapters import at_position, find_adapter, one_position
 from harness.checks import check_type, check_value
+from harness.metrics import measure
 from harness.trace import ROOT, Record, flatten_tensors, hookable_modules, map_tensors, output_leaves
 
 __all__ = ["BITWISE_NOTE", "DEFAULT_NOISE_RATIO", "UNIT_ROUNDOFF", "NoiseFloor", "NoiseJudgement", "NoiseVerdicts", "judge",
@@ -163,9 +177,7 @@ def _worst(triples: list[tuple], dtype: str, threshold: float | None, relaid: bo
             return None  # a summary-mode leaf or a missing twin: no noise verdict
         if not (r.is_floating_point() or r.is_complex()):
             continue  # integer outputs (indices, masks) carry no rounding
-        if c.shape != r.shape:  # twins in other layouts: judged in the reference's, as the rows are
-            adapter = find_adapter(c, r)
-            c = adapter.apply(c) if adapter is not None else c
+        c, r, e = _in_one_layout(c, r, e)
         j = judge(c, r, e, dtype, threshold)
         if relaid and not j.passed and c.shape == r.shape:
             kept = find_adapter(c, r, same_shape=True, remember=False)
@@ -173,6 +185,22 @@ def _worst(triples: list[tuple], dtype: str, threshold: float | None, relaid: bo
         if worst is None or j.ratio > worst.ratio or (j.ratio != j.ratio):
             worst = j
     return worst
+
+
+def _in_one_layout(c: torch.Tensor, r: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Twins in other layouts judged in the reference's, as the rows are measured; twins one of
+    which computes one position of the other's output (a norm on the pooled token against one on
+    every token) judged at that position."""
+    if c.shape == r.shape:
+        return c, r, e
+    if c.numel() == r.numel():
+        adapter = find_adapter(c, r)
+        return (adapter.apply(c) if adapter is not None else c), r, e
+    if c.numel() < r.numel() and e.shape == r.shape:
+        found = one_position(c, r)
+        return (c, *(at_position(t, c.shape, *found) for t in (r, e))) if found is not None else (c, r, e)
+    found = one_position(r, c)
+    return (at_position(c, r.shape, *found) if found is not None else c), r, e
 
 
 class NoiseFloor:
@@ -191,6 +219,8 @@ class NoiseFloor:
         self.dtype = dtype
         self.threshold = DEFAULT_NOISE_RATIO.get(dtype, 4.0) if threshold is None else threshold
         self.narrow: list[str] = []  # operations the float64 run still computed in a narrower float
+        self.narrow_dtypes: set[torch.dtype] = set()  # ... and the narrower floats they made
+        self.widened = False  # whether those operations were made to keep float64 (narrow_verdicts)
 
     @classmethod
     def measure(
@@ -203,29 +233,46 @@ class NoiseFloor:
         reference_call: Callable[[nn.Module, Any], Any] | None = None,
         reference_outputs: Callable[[Any], Mapping[str, torch.Tensor]] | None = None,
         threshold: float | None = None,
+        widen: bool = False,
     ) -> "NoiseFloor":
         """Run ``reference`` with float64 weights on ``call`` (a :class:`harness.Call`) cast to float64,
         judging each of ``matches`` (aligned calls whose reference side is a call of ``reference``)
         as its float64 twin completes.
 
+        ``widen``: the operations that would make a narrower float out of float64 ones (a cast to
+        float32, a table built in float32) keep float64 instead, so that the run is exact where
+        the reference itself rounds (:func:`narrow_verdicts`).
+
         Raises whatever the float64 run raises (the caller reports it and keeps the absolute
         tolerances).
         """
         floor = cls({}, {}, dtype, threshold)
+        floor.widened = widen
         wanted: dict[str, list[Any]] = {}
         for match in matches:
-            # a twin joined with the call after it (a norm and its activation) ends with that call
-            wanted.setdefault(getattr(match.reference.module, "tail_key", match.reference.key), []).append(match)
+            fused = _FusedTwin.of(match)
+            for key in fused.parts if fused is not None else ():
+                wanted.setdefault(key, []).append(fused)
+            if fused is None:
+                # a twin joined with the call after it (a norm and its activation) ends with that call
+                wanted.setdefault(getattr(match.reference.module, "tail_key", match.reference.key), []).append(match)
         run = reference_call or (lambda model, c: c(model))
         exact_call = call.to(torch.float64)
         handles = _judging_hooks(reference, wanted, floor)
         try:
             with torch.no_grad():
-                out = _run_float64(reference, lambda model: run(model, exact_call), floor.narrow)
+                out = _run_float64(reference, lambda model: run(model, exact_call), floor.narrow, widen,
+                                   floor.narrow_dtypes)
         finally:
             for handle in handles:
                 handle.remove()
         floor.outputs = output_leaves(out, reference_outputs, side="reference")
+        for match in matches:
+            if match.reference.name == ROOT:  # its outputs are the ones the final comparison selected
+                exact = list(floor.outputs.values())
+                floor.judged[id(match)] = floor.judge_live(match, {
+                    k: floor.outputs.get(k.split("~")[-1], exact[i] if i < len(exact) else None)
+                    for i, k in enumerate(match.reference.outputs)})
         return floor
 
     # -- verdicts --------------------------------------------------------------------------------
@@ -265,10 +312,12 @@ class NoiseFloor:
             return None
 
         def still_fails(outputs: Mapping[str, torch.Tensor]) -> bool | None:
-            local = _local_exact(ref)
+            local = _local_exact(ref, self.widened)
             if local is None:
                 return None
             j = _worst(_pairs(dict(outputs), ref.outputs, local), self.dtype, self.threshold)
+            if self.widened and j is not None and not j.passed:
+                return None  # beyond the narrow operations' rounding: atol/rtol decide, as for the row
             return None if j is None else not j.passed
 
         return still_fails
@@ -299,11 +348,15 @@ class _Bound(nn.Module):
         return self.run(self.model)
 
 
-def _run_float64(model: nn.Module, run: Callable[[nn.Module], Any], narrow: list[str] | None = None) -> Any:
+def _run_float64(model: nn.Module, run: Callable[[nn.Module], Any], narrow: list[str] | None = None,
+                 widen: bool = False, dtypes: set | None = None) -> Any:
     """``run(model)`` with float64 copies of ``model``'s weights swapped in for the run only;
-    ``narrow`` collects the operations that still returned a narrower float (a table built in float32)."""
+    ``narrow`` collects the operations that still returned a narrower float (a table built in float32),
+    ``dtypes`` the floats they made; ``widen``: those operations keep float64 instead (:class:`_WidenOps`)."""
     state = {f"model.{k}": v for k, v in _float64_state(model).items()}
-    with _NarrowOps(narrow) if narrow is not None else contextlib.nullcontext():
+    found, made = (narrow if narrow is not None else []), (dtypes if dtypes is not None else set())
+    mode = _WidenOps(found, made) if widen else _NarrowOps(found, made) if narrow is not None else contextlib.nullcontext()
+    with mode:
         return torch.func.functional_call(_Bound(model, run), state, ())
 
 
@@ -314,9 +367,10 @@ class _NarrowOps(TorchFunctionMode):
     """Names the torch functions that make a floating tensor narrower than float64 out of no narrow
     one (``arange(dtype=torch.float32)``, a cast); those computing on narrow inputs only follow them."""
 
-    def __init__(self, found: list[str]) -> None:
+    def __init__(self, found: list[str], dtypes: set | None = None) -> None:
         super().__init__()
         self.found = found
+        self.dtypes = dtypes if dtypes is not None else set()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -328,7 +382,78 @@ class _NarrowOps(TorchFunctionMode):
             name = getattr(func, "__name__", None) or str(func)
             if name not in self.found:
                 self.found.append(name)
+            self.dtypes.update(t.dtype for t in made if t.dtype in _NARROW)
         return out
+
+
+# methods that only convert a tensor: kept in float64, they return their input's values unchanged
+_CASTS = frozenset({"to", "float", "half", "bfloat16", "type", "type_as"})
+
+
+class _WidenOps(_NarrowOps):
+    """As :class:`_NarrowOps`, and each such operation keeps float64 instead: a cast returns its
+    input's values, a function given ``dtype=`` a narrow float is run with float64. What the
+    reference computes downstream of them is then exact where it rounded to a narrower float."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        made = (out,) if isinstance(out, torch.Tensor) else flatten_tensors(out).values()
+        if not any(t.dtype in _NARROW for t in made) or any(
+                t.dtype in _NARROW for t in flatten_tensors((args, kwargs)).values()):
+            return out
+        name = getattr(func, "__name__", None) or str(func)
+        if name not in self.found:
+            self.found.append(name)
+        self.dtypes.update(t.dtype for t in made if t.dtype in _NARROW)
+        if kwargs.get("dtype") in _NARROW:
+            return func(*args, **{**kwargs, "dtype": torch.float64})
+        source = args[0] if args else None
+        if name in _CASTS and isinstance(out, torch.Tensor) and isinstance(source, torch.Tensor) \
+                and source.dtype == torch.float64:
+            return source.to(out.device, copy=True)  # a copy, as the cast made one: writes into it stay there
+        return out
+
+
+@dataclass
+class _FusedTwin:
+    """A match whose reference record stands for several calls or a slice of one
+    (:func:`harness.align.fused_records`): the float64 outputs of those calls, gathered as they
+    complete and fused as the record was, are its float64 twin."""
+
+    match: Any
+    parts: tuple[str, ...]  # the record keys of the calls it stands for
+    cut: tuple[int, int] | None  # a slice: its start and stop; None: the parts concatenated
+    got: dict
+
+    @classmethod
+    def of(cls, match: Any) -> "_FusedTwin | None":
+        ref = match.reference
+        if ref.module is not None or not isinstance(ref.primary, torch.Tensor):
+            return None
+        sliced = re.fullmatch(r"(.+)\[(\d+):(\d+)\]", ref.name)
+        if sliced:
+            return cls(match, (f"{sliced[1]}#{ref.call}",), (int(sliced[2]), int(sliced[3])), {})
+        return cls(match, tuple(f"{n}#{ref.call}" for n in ref.name.split("+")), None, {}) if "+" in ref.name else None
+
+    def take(self, key: str, exact: Mapping[str, torch.Tensor], floor: "NoiseFloor") -> None:
+        self.got[key] = next(iter(exact.values()), None)
+        if len(self.got) < len(self.parts) or any(t is None for t in self.got.values()):
+            return
+        fused = self._fused([self.got[k] for k in self.parts], self.match.reference.primary)
+        if fused is not None:
+            floor.judged[id(self.match)] = floor.judge_live(self.match, {next(iter(self.match.reference.outputs)): fused})
+
+    def _fused(self, parts: list[torch.Tensor], recorded: torch.Tensor) -> torch.Tensor | None:
+        if self.cut is None:
+            from harness.align import _fuse  # the one definition of how a record fuses its parts
+
+            return _fuse(parts, "concat", None)
+        (whole,) = parts
+        if whole.ndim != recorded.ndim:
+            return None
+        dim = next((d for d in range(whole.ndim) if whole.shape[d] != recorded.shape[d]), None)
+        return None if dim is None else whole.narrow(dim, self.cut[0], self.cut[1] - self.cut[0])
 
 
 def _judging_hooks(model: nn.Module, wanted: Mapping[str, list[Any]], floor: NoiseFloor) -> list[Any]:
@@ -350,10 +475,14 @@ def _judging_hooks(model: nn.Module, wanted: Mapping[str, list[Any]], floor: Noi
             stack = open_calls.get(name)
             if not stack:
                 return
-            matches = wanted.get(f"{name}#{stack.pop()}", ())
+            key = f"{name}#{stack.pop()}"
+            matches = wanted.get(key, ())
             exact = {k: v.detach() for k, v in flatten_tensors(output).items()} if matches else {}
             for match in matches:
-                floor.judged[id(match)] = floor.judge_live(match, exact)
+                if isinstance(match, _FusedTwin):
+                    match.take(key, exact, floor)
+                else:
+                    floor.judged[id(match)] = floor.judge_live(match, exact)
         return hook
 
     try:
@@ -369,13 +498,14 @@ def _judging_hooks(model: nn.Module, wanted: Mapping[str, list[Any]], floor: Noi
     return handles
 
 
-def _local_exact(ref: Record) -> dict[str, torch.Tensor] | None:
-    """The output of ``ref``'s module with float64 weights on ``ref``'s recorded inputs cast to float64."""
+def _local_exact(ref: Record, widen: bool = False) -> dict[str, torch.Tensor] | None:
+    """The output of ``ref``'s module with float64 weights on ``ref``'s recorded inputs cast to float64
+    (``widen``: its narrowing operations kept in float64, see :class:`_WidenOps`)."""
     to64 = (lambda t: t.to(torch.float64) if t.is_floating_point() else t.clone())
     args, kwargs = map_tensors(ref.args, to64), map_tensors(ref.kwargs, to64)
     try:
         with torch.no_grad():
-            out = _run_float64(ref.module, lambda module: module(*args, **kwargs))
+            out = _run_float64(ref.module, lambda module: module(*args, **kwargs), widen=widen)
     except Exception:  # a signature or dtype the float64 run cannot take: no local verdict
         return None
     return {k: v.detach() for k, v in flatten_tensors(out).items()}
@@ -428,8 +558,13 @@ def noise_verdicts(
     reference_call: Callable | None = None,
     reference_outputs: Callable | None = None,
     random_reference: bool = False,
+    tolerance: Any = None,
 ) -> NoiseVerdicts:
     """Measure the noise floor and make it the verdict of every row it can judge.
+
+    At float64, with ``tolerance`` (the comparison's :class:`harness.metrics.Tolerance`), what
+    fails it is judged against the reference's own narrower operations instead when it has some
+    (:func:`narrow_verdicts`), whatever ``option`` says.
 
     ``option``: ``None`` (default) on for float32/bfloat16/float16 comparisons of a live reference
     (in summary mode for the final outputs only: the layers keep statistics), off otherwise; ``True``/``False`` force it; a number turns it on with that ratio
@@ -439,6 +574,11 @@ def noise_verdicts(
     of it measures rounding alone; the floor is off, and a note says why.
     """
     threshold = check_noise_floor(option)
+    if dtype == "float64" and tolerance is not None and reference is not None and not random_reference:
+        narrow = narrow_verdicts(rows, final, reference=reference, call=call, tolerance=tolerance,
+                                 reference_call=reference_call, reference_outputs=reference_outputs, threshold=threshold)
+        if narrow is not None:
+            return narrow
     wanted = option is not False and (option is not None or dtype in DEFAULT_NOISE_RATIO)
     if not wanted:
         return NoiseVerdicts(False)
@@ -492,6 +632,81 @@ def noise_verdicts(
         note = " ".join(filter(None, [note, "noise floor: summary mode keeps the final outputs whole, and only they are "
                                             "judged against the reference's rounding; layers by absolute tolerances"]))
     return NoiseVerdicts(True, floor.threshold, outputs, note=note, seconds=time.perf_counter() - started)
+
+
+def narrow_verdicts(
+    rows: Sequence[Any],
+    final: Sequence[tuple[str, torch.Tensor, torch.Tensor]],
+    *,
+    reference: nn.Module,
+    call: Any,
+    tolerance: Any,
+    reference_call: Callable | None = None,
+    reference_outputs: Callable | None = None,
+    threshold: float | None = None,
+) -> NoiseVerdicts | None:
+    """A float64 comparison whose reference computes some operations in a narrower float (transformers'
+    RMSNorm casts to float32 inside a float64 model): what fails atol/rtol there is judged against
+    that rounding, as a float32 comparison is against the reference's own.
+
+    Only when some final output or confirmed row fails ``tolerance``: the reference runs once more
+    with those operations kept in float64 (:class:`_WidenOps`), the exact result it rounds. Each
+    failing output and row is then judged as the noise floor judges (error and floor against that
+    run; the threshold that of the narrowest float found) and passes if within it; its re-runs are
+    judged so too, locally. What passes atol/rtol stays as it is. None when nothing fails, the
+    reference narrows nothing, or the run fails (atol/rtol decide)."""
+    failing_rows = [row for row in rows if not row.passed and row.match.how != "structure"
+                    and (_judgeable(row.match) or _FusedTwin.of(row.match) is not None)]
+    failing_outputs = [(k, c, r) for k, c, r in final if not measure(c, r).passes(tolerance)]
+    if not (failing_rows or failing_outputs):
+        return None
+    started = time.perf_counter()
+    seen = _NARROWS_NOTHING.setdefault(reference, set())
+    signature = _run_signature(reference, call, reference_call)
+    if signature in seen:
+        return None
+    try:
+        floor = NoiseFloor.measure(reference, call, "float64", [row.match for row in failing_rows],
+                                   reference_call=reference_call, reference_outputs=reference_outputs,
+                                   threshold=threshold, widen=True)
+    except Exception:  # a reference that cannot run so: atol/rtol decide
+        return None
+    if not floor.narrow:
+        seen.add(signature)
+        return None
+    narrowest = [d for d in ("bfloat16", "float16", "float32") if getattr(torch, d) in floor.narrow_dtypes] or ["float32"]
+    floor.threshold = DEFAULT_NOISE_RATIO[narrowest[0]] if threshold is None else threshold
+    floor.judged = {k: (None if j is None else _with_threshold(j, floor.threshold)) for k, j in floor.judged.items()}
+    for row in failing_rows:
+        judged = floor.judge_match(row.match)
+        if judged is not None:
+            row.noise, row.passed_tolerance, row.passed = judged, False, judged.passed
+            row.rerun_judge = floor.rerun_judge(row.match)
+    failing = {k for k, _, _ in failing_outputs}
+    outputs = {k: _with_threshold(j, floor.threshold, passed=None if k in failing else True)
+               for k, j in floor.judge_outputs(final).items()}
+    shown = ", ".join(floor.narrow[:5]) + (", ..." if len(floor.narrow) > 5 else "")
+    note = (f"the reference computes some operations in {narrowest[0]} inside this float64 run ({shown}): what fails "
+            f"atol/rtol was judged against that rounding instead (error and floor against a run of the reference with "
+            f"those operations kept in float64; threshold {floor.threshold:g}x the floor)")
+    return NoiseVerdicts(True, floor.threshold, outputs, note=note, seconds=time.perf_counter() - started)
+
+
+# references whose float64 run made no narrower float, by run signature (_run_signature): a map's
+# verification compares one reference again and again, and most narrow nothing
+_NARROWS_NOTHING: "weakref.WeakKeyDictionary[nn.Module, set]" = weakref.WeakKeyDictionary()
+
+
+def _run_signature(reference: nn.Module, call: Any, reference_call: Callable | None) -> tuple:
+    """What decides which operations a run of ``reference`` makes: how it is called, the shapes and
+    dtypes it is given, its mode, and its modules' classes and any forward replaced on an instance."""
+    given = tuple((k, tuple(t.shape), t.dtype) for k, t in flatten_tensors((call.args, call.kwargs)).items())
+    code = tuple((type(m), id(m.__dict__.get("forward")), m.training) for m in reference.modules())
+    return reference_call, given, code
+
+
+def _with_threshold(j: NoiseJudgement, threshold: float, passed: bool | None = None) -> NoiseJudgement:
+    return NoiseJudgement(j.error, j.floor, j.ratio, threshold, j.ratio <= threshold if passed is None else passed)
 
 
 def _judgeable(match: Any) -> bool:

@@ -39,7 +39,8 @@ STATUS_LEGEND: dict[str, str] = {
     "introduced": "makes the error itself: its inputs agree with the reference, its output does not",
     "contains": "fails because a module nested inside it introduces the error",
     "propagated": "fails only because it received an error from an earlier module",
-    "tentative": "paired by shape only and differs; a guess, not counted against the verdict",
+    "tentative": "paired by shape only and differs (a guess), or twins of shapes nothing relates in a run whose "
+                 "outputs agree (unchecked); not counted against the verdict",
     "*": "re-run on the reference's recorded inputs to decide between made and received",
 }
 GROWTH = 10.0  # an output error grown more than this many times while passing is a regression
