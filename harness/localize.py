@@ -34,15 +34,18 @@ untwinned children are listed). So an error in an untwinned ``embeddings`` is no
 ``<root>``. Such a call is cleared when it did its part right: an untwinned call whose output
 the reference also computes (in any layout: a ``Permute`` module against a functional permute),
 as a call's output or, inside the twin around it, as any op's value (a slice of a fused ``qkv``,
-a bias table read by an attention's own code: the twin's ops are run again to see),
+a bias table read by an attention's own code: the twin's ops are run again to see), or a torch
+lookup (an ``nn.Embedding``) handed indices whose output rows are rows of a reference tensor (the
+ids, flipped or not, are its caller's choice),
 or a failing guess that gives its guessed twin's output when re-run on that twin's inputs (a
 shared ReLU after a dropped residual add; one that cannot be re-run, in summary mode, when its
 inputs already differ from its twin's). With every suspect cleared, an operation was left out or
 moved: first a cleared call that returns its child's output as it is where the reference reads
 that output plus the call's input next (a residual layer that lost its add; a module with a
 forward of its own, or where no call around has a twin, a torch container too), with the add
-named; then the own code of an untwinned container around the failing call: the innermost that
-does not hand its input on unchanged (an encoder adding a position table before its
+named; then the own code of an untwinned container around the failing call (its chaining may run
+between the last agreeing call and the failing one: a Sequential whose ReLU slot holds an
+``Identity``): the innermost that does not hand its input on unchanged (an encoder adding a position table before its
 ``Sequential`` of layers, not the ``Sequential``), else the innermost holding tensors of its own
 (that encoder, when it no longer adds its table: only its own code reads them), else the
 innermost with a forward of its own where a reference call around the failing call's twin
@@ -829,7 +832,7 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         # the innermost that does not hand the failing call its own input unchanged (a Sequential
         # passes its input on; an encoder that adds a position table before its layers does not)
         guesses = [r.match.candidate for r in inside if r.match.how == "structure" and not r.passed]
-        around = sorted((u for u in (*untwinned, *guesses) if within(u) and u.contains(first_bad) and u.start > since),
+        around = sorted((u for u in (*untwinned, *guesses) if within(u) and u.contains(first_bad)),
                         key=lambda u: -u.start)
         found = next((u for u in around if not _hands_on(u, first_bad)), None)
         # else one holding tensors of its own, which only its own code reads: handing its input on
@@ -945,6 +948,11 @@ def _uncleared(suspects: list[Record], row: Row | None, reference: Sequence[Reco
     """The suspects that did not do their part right, judged against the reference calls inside
     ``row``'s twin (all of them when None) and the values its ops compute. ``disowned``: by id of
     a suspect, a value that does not vouch for it, nor does any other holding that value."""
+    # a torch lookup (an ``nn.Embedding``) handed only indices, whose every output row is a row of
+    # its table and of a reference tensor, did its part right: which rows to read is its caller's
+    # choice (position ids flipped in the caller's code); a row the reference does not hold is a
+    # table of its own
+    suspects = [u for u in suspects if not _looked_up(u, reference)]
     if not suspects:
         return suspects
     pool = _pool(row, reference)
@@ -967,6 +975,33 @@ def _uncleared(suspects: list[Record], row: Row | None, reference: Sequence[Reco
     # attention scaled its logits wrongly), by the code around it
     known = _known_values(row, reference)
     return [u for u in suspects if not _received_unknown(u, known, tol)]
+
+
+def _looked_up(call: Record, reference: Sequence[Record]) -> bool:
+    """Whether ``call`` is a torch module (no code of the port's) given integer tensors only, whose
+    output rows are each a row of its one 2-D floating table and of one tensor the reference model
+    holds: a lookup of what it was handed, in the reference's table."""
+    module, out = call.module, call.primary
+    if module is None or _own_forward(module) or not isinstance(out, torch.Tensor) or not out.is_floating_point():
+        return False
+    given = [v for v in call.inputs.values() if isinstance(v, torch.Tensor)]
+    tables = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    if not given or any(v.is_floating_point() or v.is_complex() for v in given) or len(tables) != 1 \
+            or tables[0].dim() != 2 or out.numel() == 0 or out.shape[-1] != tables[0].shape[1]:
+        return False
+    width = out.shape[-1]
+    rows = {row.tobytes() for row in _rows(out)}
+    if not rows <= {row.tobytes() for row in _rows(tables[0].to(out.dtype))}:
+        return False
+    model = max(reference, key=lambda r: r.end - r.start).module if reference else None
+    held = [] if model is None else [t for t in (*model.parameters(), *model.buffers())
+                                     if t.is_floating_point() and t.dim() and t.shape[-1] == width]
+    return any(rows <= {row.tobytes() for row in _rows(t.to(out.dtype))} for t in held)
+
+
+def _rows(t: torch.Tensor) -> Any:
+    """``t``'s last-axis rows as arrays (compared bitwise by their bytes)."""
+    return t.detach().cpu().contiguous().reshape(-1, t.shape[-1]).view(torch.uint8).numpy()  # any dtype, bf16 too
 
 
 def _pool(row: Row | None, reference: Sequence[Record]) -> list[Record]:
