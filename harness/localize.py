@@ -17,13 +17,17 @@ one. For each failing call:
   run the candidate module on the reference's recorded inputs; if that output still fails, the
   error is made here, otherwise it was received. Twin layers of one type whose input axes mean the
   same in every model (a convolution's (B, C, H, W)) take the reference's inputs as they are: an
-  input of another shape is another map (transposed upstream), not the same map in another layout;
+  input of another shape is another map (transposed upstream), not the same map in another layout.
+  Where the structures differ, a tensor the twin was given that no candidate argument stands for
+  (an attention mask) also goes into the candidate's None argument of its name, or its only one:
+  given it, a Swin attention whose block skipped the shift computes right, and the block is blamed;
 - inputs differ and no re-run is possible: made here if the inputs agree within tolerance,
   received otherwise.
 
 A call that makes an error counts as ``introduced`` unless one of its descendants (a call nested
 inside it) already does, in which case it ``contains`` the error. The culprit is the first
-``introduced`` call.
+``introduced`` call. A failing call inside an ``introduced`` one that was given its twin's inputs
+received its error from that call's own code: no other origin is searched for it.
 
 Only confirmed pairings (by weights, name or rename rule) can name the first divergence or the
 culprit; a structural pairing is a guess, shown as ``tentative`` when it fails. Code without a
@@ -74,6 +78,7 @@ its direct inputs pass; torch.ao.ns' shadow mode feeds one model's inputs into t
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Literal, Sequence
@@ -574,23 +579,73 @@ def _rerun_input_choices(cand: Record, ref: Record, tol: Tolerance | None = None
         return
     options: dict[int, list[Adapter]] = {}  # per candidate tensor, its layouts: searched once
     for choice in range(_LAYOUT_TRIES if tol is not None else 1):
+        used: set[int] = set()
         try:
-            translate = _translator(refs, choice, tol, options)
-            yield map_tensors(cand.args, translate), map_tensors(cand.kwargs, translate)
+            translate = _translator(refs, choice, tol, options, used)
+            args, kwargs = map_tensors(cand.args, translate), map_tensors(cand.kwargs, translate)
         except LookupError:
             return
+        # a tensor the twin was given that no candidate argument stands for (an attention mask)
+        # goes where the candidate was given None: its caller never made it
+        spare = {k: v for k, v in ref.inputs.items() if id(v) not in used}
+        filled = _filled(cand, args, kwargs, spare)
+        if filled is not None:
+            yield filled
+        yield args, kwargs
+
+
+def _filled(cand: Record, args: tuple, kwargs: dict, spare: dict[str, torch.Tensor]) -> tuple[tuple, dict] | None:
+    """``(args, kwargs)`` with the ``spare`` reference tensors in the candidate's None arguments:
+    each in the one whose parameter name holds the tensor's name (``attention_mask`` for ``mask``),
+    else, one spare and one None, in that one. None when nothing is filled."""
+    names = _parameter_names(cand.module, len(args))
+    slots = [("args", i, names[i]) for i, v in enumerate(args) if v is None and i < len(names)] + \
+        [("kwargs", k, k) for k, v in kwargs.items() if v is None]
+    if not spare or not slots:
+        return None
+    chosen: dict[tuple, torch.Tensor] = {}
+    for key, value in spare.items():
+        name = key.rpartition(".")[2].lower()
+        slot = next((s for s in slots if s[:2] not in chosen and name and not name.isdigit()
+                     and (name in s[2].lower() or s[2].lower() in name)), None)
+        if slot is not None:
+            chosen[slot[:2]] = value
+    if not chosen and len(spare) == 1 and len(slots) == 1:
+        chosen[slots[0][:2]] = next(iter(spare.values()))
+    if not chosen:
+        return None
+    args = tuple(chosen.get(("args", i), v) for i, v in enumerate(args))
+    return args, {k: chosen.get(("kwargs", k), v) for k, v in kwargs.items()}
+
+
+def _parameter_names(module: nn.Module | None, count: int) -> list[str]:
+    """The names of the first ``count`` positional parameters of ``module``'s forward ([] when unknown)."""
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError, AttributeError):
+        return []
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        positional += [f"args.{i}" for i in range(len(positional), count)]
+    return positional[:count]
 
 
 def _translator(refs: list[torch.Tensor], choice: int, tol: Tolerance | None,
-                options: dict[int, list[Adapter]]) -> Callable[[torch.Tensor], torch.Tensor]:
+                options: dict[int, list[Adapter]], used: set[int] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """A candidate input -> the reference input standing for it, in the ``choice``-th layout that
     fits (LookupError when there is none, or no such choice; see :func:`_rerun_input_choices`);
-    ``options`` keeps each tensor's layouts from choice to choice."""
+    ``options`` keeps each tensor's layouts from choice to choice; ``used`` gathers the ids of the
+    reference inputs given."""
+    used = set() if used is None else used
+
     def translate(t: torch.Tensor) -> torch.Tensor:
         same = [r for r in refs if tuple(r.shape) == tuple(t.shape)]
         if same:
+            used.add(id(same[0]))
             return same[0].to(dtype=t.dtype) if t.is_floating_point() else same[0]
         sized = [r for r in refs if r.numel() == t.numel() and r.numel() > 0]
+        if sized:
+            used.add(id(sized[0]))
         if id(t) not in options:
             closest = find_adapter(sized[0], t) if sized else None
             options[id(t)] = [closest] if closest is not None else []
@@ -721,7 +776,8 @@ def localize_all(
                            + f"; {row.candidate} around it is the innermost module with a twin")
     for row in failing:  # an error received from nowhere was made by code without a twin
         earlier = any(o.match.candidate.end < row.match.candidate.start for o in failing)
-        if row.status != "propagated" or earlier or any(end < row.match.candidate.start for end, _ in origins):
+        if row.status != "propagated" or earlier or any(end < row.match.candidate.start for end, _ in origins) \
+                or _made_around(row, failing):
             continue
         # the innermost confirmed call around it first; then each wider one (and then anywhere)
         # before the narrower one started: the code without a twin may sit before the block that
@@ -749,6 +805,13 @@ def localize_all(
         found.findings += _argument_findings(culprit_row, rows, calls, reference)
     found.notes += _folding_notes([r for r in rows if r.status == "introduced"], reference)
     return found
+
+
+def _made_around(row: Row, failing: Sequence[Row]) -> bool:
+    """Whether a row making the error around ``row`` was given its twin's inputs: its own code, run
+    before ``row``, made what ``row`` received (a block that skips its shift, around its attention)."""
+    return any(o.status == "introduced" and o.match.candidate.contains(row.match.candidate)
+               and _inputs_state(o.match.candidate, o.match.reference, o.tolerance) != "differ" for o in failing)
 
 
 def _folding_notes(origins: Sequence[Row], reference: Sequence[Record]) -> list[str]:
