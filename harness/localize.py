@@ -40,7 +40,9 @@ the reference also computes (in any layout: a ``Permute`` module against a funct
 as a call's output or, inside the twin around it, as any op's value (a slice of a fused ``qkv``,
 a bias table read by an attention's own code: the twin's ops are run again to see), or a torch
 lookup (an ``nn.Embedding``) handed indices whose output rows are rows of a reference tensor (the
-ids, flipped or not, are its caller's choice),
+ids, flipped or not, are its caller's choice), or one nested in a confirmed call that gives its
+twin's output when re-run on its twin's inputs (a pooling head's attention fed un-normed state:
+the head received the error, and so did everything inside it),
 or a failing guess that gives its guessed twin's output when re-run on that twin's inputs (a
 shared ReLU after a dropped residual add; one that cannot be re-run, in summary mode, when its
 inputs already differ from its twin's). With every suspect cleared, an operation was left out or
@@ -879,7 +881,10 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
     # a guess that still fails on its twin's own inputs is not vouched for by its twin's value (a
     # tanh GELU within a float32 tolerance of the exact one it replaces)
     disowned = {id(r.match.candidate): r.match.reference.primary for r in guesses if r.guess_reran}
-    cleared, suspects = suspects, _uncleared(suspects, row, reference, disowned)
+    # a call inside a module that gives its twin's output when re-run on its twin's inputs did its
+    # part right there: what it was handed is wrong (a pooling head's attention fed un-normed state)
+    cleared = suspects
+    suspects = _uncleared([u for u in suspects if not _inside_received(u, rows)], row, reference, disowned)
     if not suspects:
         if first_bad is None:
             return None
@@ -912,6 +917,13 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         return found
     # innermost: the earliest to complete; its untwinned parents completed later
     return min(suspects, key=lambda u: u.end)
+
+
+def _inside_received(call: Record, rows: Sequence[Row]) -> bool:
+    """Whether ``call`` is nested in a confirmed row that received its error: re-run on its twin's
+    inputs, it agrees, so every call inside it computes right on right inputs."""
+    return any(r.status == "propagated" and r.reran and r.match.how != "structure"
+               and r.match.candidate is not call and r.match.candidate.contains(call) for r in rows)
 
 
 def _bare_wrapper(cleared: Sequence[Record], calls: Sequence[Record], failing: Row | None,
