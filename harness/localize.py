@@ -42,7 +42,10 @@ a bias table read by an attention's own code: the twin's ops are run again to se
 lookup (an ``nn.Embedding``) handed indices whose output rows are rows of a reference tensor (the
 ids, flipped or not, are its caller's choice), or one nested in a confirmed call that gives its
 twin's output when re-run on its twin's inputs (a pooling head's attention fed un-normed state:
-the head received the error, and so did everything inside it),
+the head received the error, and so did everything inside it), or one without parameters that
+gives what a reference call without a twin gives when run on that call's inputs (a GELU the
+port's feed-forward calls before its depthwise conv, not after: its code is right, its caller's
+order is not),
 or a failing guess that gives its guessed twin's output when re-run on that twin's inputs (a
 shared ReLU after a dropped residual add; one that cannot be re-run, in summary mode, when its
 inputs already differ from its twin's). With every suspect cleared, an operation was left out or
@@ -885,6 +888,12 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
     # part right there: what it was handed is wrong (a pooling head's attention fed un-normed state)
     cleared = suspects
     suspects = _uncleared([u for u in suspects if not _inside_received(u, rows)], row, reference, disowned)
+    # nor one that gives what a reference call without a twin gives, run on that call's inputs:
+    # its own code is right, its caller calls it elsewhere (a GELU applied before the depthwise
+    # conv it should follow)
+    twinned = {id(r.match.reference) for r in rows}
+    suspects = [u for u in suspects if not _computes_as(u, [r for r in _pool(row, reference) if id(r) not in twinned],
+                                                        row.tolerance if row is not None else None)]
     if not suspects:
         if first_bad is None:
             return None
@@ -917,6 +926,30 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         return found
     # innermost: the earliest to complete; its untwinned parents completed later
     return min(suspects, key=lambda u: u.end)
+
+
+_COUNTERPARTS = 4  # reference calls without a twin an untwinned call is run on, at most
+
+
+def _computes_as(call: Record, others: Sequence[Record], tol: Tolerance | None) -> bool:
+    """Whether ``call``'s module, one without parameters (its code alone decides what it gives),
+    run on the inputs of one of ``others`` (reference calls given inputs of its own inputs'
+    shapes), gives that call's output."""
+    if call.module is None or not call.args or any(True for _ in call.module.parameters()):
+        return False
+    shaped = [r for r in others if r.module is not None and r.inputs and _shaped_alike(call.inputs, r.inputs)]
+    for other in shaped[:_COUNTERPARTS]:
+        for args, kwargs in _rerun_input_choices(call, other):
+            args, kwargs = (map_tensors(x, torch.Tensor.clone) for x in (args, kwargs))  # an in-place call
+            try:
+                with torch.no_grad():
+                    out = call.module(*args, **kwargs)
+            except Exception:  # a signature that only looked compatible
+                continue
+            got = {k: v.detach() for k, v in flatten_tensors(out).items()}
+            if got and _worst(_leaf_pairs(got, other.outputs), tol or tolerance_for(next(iter(got.values())).dtype))[2]:
+                return True
+    return False
 
 
 def _inside_received(call: Record, rows: Sequence[Row]) -> bool:
