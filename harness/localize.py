@@ -20,7 +20,11 @@ one. For each failing call:
   input of another shape is another map (transposed upstream), not the same map in another layout.
   Where the structures differ, a tensor the twin was given that no candidate argument stands for
   (an attention mask) also goes into the candidate's None argument of its name, or its only one:
-  given it, a Swin attention whose block skipped the shift computes right, and the block is blamed;
+  given it, a Swin attention whose block skipped the shift computes right, and the block is blamed.
+  A twin of another type wrapping the one call of the candidate module's type (a depthwise conv
+  paired with a wrapper reshaping tokens for its own conv) is first seen through that call: given
+  that call's map, the conv agrees, so a map whose height and width its caller swapped is the
+  caller's error;
 - inputs differ and no re-run is possible: made here if the inputs agree within tolerance,
   received otherwise.
 
@@ -680,9 +684,17 @@ def _cast_like(value: Any, like: Any) -> Any:
     return value
 
 
-def rerun_fails(row: Row) -> bool | None:
+def rerun_fails(row: Row, reference: Sequence[Record] = ()) -> bool | None:
     """Run the candidate module on the reference's inputs: True if it still fails (in every layout
-    those inputs may take), None if it cannot run."""
+    those inputs may take), None if it cannot run. A twin of another type that wraps the one call
+    of the candidate module's type among ``reference`` (a depthwise conv paired with a wrapper
+    that reshapes tokens to a map for its own conv) is first seen through that call: given its
+    map, the candidate gives its output, and received the error (a map whose height and width the
+    caller swapped)."""
+    inner = _inner_twin(row, reference)
+    if inner is not None and rerun_fails(replace(row, match=replace(row.match, reference=inner), rerun_judge=None,
+                                                 trailing=None)) is False:
+        return False
     choices = _rerun_input_choices(row.match.candidate, row.match.reference, row.tolerance)
     verdicts = (_rerun_verdict(row, inputs) for inputs in choices)
     ran = None
@@ -691,6 +703,17 @@ def rerun_fails(row: Row) -> bool | None:
             return False
         ran = ran or fails
     return ran
+
+
+def _inner_twin(row: Row, reference: Sequence[Record]) -> Record | None:
+    """The one call nested in ``row``'s twin whose module is of the candidate module's class, when
+    the twin's own module is of another; else None."""
+    cand, twin = row.match.candidate, row.match.reference
+    kind = type(cand.module)
+    if cand.module is None or type(twin.module) is kind or row.trailing is not None:
+        return None
+    inner = [r for r in reference if r is not twin and twin.contains(r) and type(r.module) is kind]
+    return inner[0] if len(inner) == 1 else None
 
 
 def _rerun_verdict(row: Row, inputs: tuple[tuple, dict]) -> bool | None:
@@ -764,7 +787,7 @@ def localize_all(
                                f"pairings by shape alone, not evidence of an error")
         return found
     classify(failing, lambda r: _inputs_state(r.match.candidate, r.match.reference, r.tolerance),
-             lambda r: rerun_fails(r) if _may_rerun(r.match.candidate, r.match.reference, rerun) else None)
+             lambda r: rerun_fails(r, reference) if _may_rerun(r.match.candidate, r.match.reference, rerun) else None)
     origins: list[tuple[int, str]] = []  # (completion position, candidate name)
     calls = [*(r.match.candidate for r in rows), *untwinned]
     for row in (r for r in rows if r.status == "introduced"):
