@@ -64,7 +64,9 @@ between the last agreeing call and the failing one: a Sequential whose ReLU slot
 innermost with a forward of its own where a reference call around the failing call's twin
 received what that container received (a layer calling its norm before the branch it should
 follow: given the same value, the reference routes it otherwise); else the twinned call's own
-code. ``introduced`` lists every independent origin in execution order.
+code; else a failing guess that returns what its guessed twin receives (a backbone whose final
+norm is gone, paired by shape with the original's norm: it stops where the reference goes on).
+``introduced`` lists every independent origin in execution order.
 
 An origin whose output holds what its twin and the reference call reading the twin's output give
 together does two steps in one (a batch norm folded into its conv): a note says so, since such
@@ -942,6 +944,9 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         # twin's code gives that call another value (a norm called before the modulation it follows)
         found = found or next((u for u in around if _own_forward(u.module)
                                and _routed_otherwise(u, failing_row, reference, row and row.tolerance)), None)
+        # else a failing guess that returns what its guessed twin receives: the twin's operation
+        # (a backbone's final norm) is what it left out
+        found = found or _handing_on_guess(cleared, inside)
         # nor one handed a value the reference never computes (a class token joined after the
         # patches): the error was made before it was called, by the code around it
         if found is not None and _received_unknown(found, _known_values(row, reference), row and row.tolerance):
@@ -973,6 +978,17 @@ def _computes_as(call: Record, others: Sequence[Record], tol: Tolerance | None) 
             if got and _worst(_leaf_pairs(got, other.outputs), tol or tolerance_for(next(iter(got.values())).dtype))[2]:
                 return True
     return False
+
+
+def _handing_on_guess(cleared: Sequence[Record], rows: Sequence[Row]) -> Record | None:
+    """The innermost of the ``cleared`` calls that is a failing guess returning its guessed twin's
+    input (not its output): where the reference goes on to apply the twin, it stops."""
+    suspects = {id(u) for u in cleared}
+    found = [r.match.candidate for r in rows if r.match.how == "structure" and not r.passed
+             and id(r.match.candidate) in suspects
+             and _holds_any(r.match.candidate.primary, [r.match.reference.first_input], r.tolerance)
+             and not _holds_any(r.match.candidate.primary, [r.match.reference.primary], r.tolerance)]
+    return min(found, key=lambda u: u.end - u.start, default=None)
 
 
 def _inside_received(call: Record, rows: Sequence[Row]) -> bool:
