@@ -63,9 +63,9 @@ between the last agreeing call and the failing one: a Sequential whose ReLU slot
 (that encoder, when it no longer adds its table: only its own code reads them), else the
 innermost with a forward of its own where a reference call around the failing call's twin
 received what that container received (a layer calling its norm before the branch it should
-follow: given the same value, the reference routes it otherwise); else the twinned call's own
-code; else a failing guess that returns what its guessed twin receives (a backbone whose final
-norm is gone, paired by shape with the original's norm: it stops where the reference goes on).
+follow: given the same value, the reference routes it otherwise); else a failing guess that
+returns what its guessed twin receives (a backbone whose final norm is gone, paired by shape with
+the original's norm: it stops where the reference goes on); else the twinned call's own code.
 ``introduced`` lists every independent origin in execution order.
 
 An origin whose output holds what its twin and the reference call reading the twin's output give
