@@ -49,14 +49,16 @@ twin's output when re-run on its twin's inputs (a pooling head's attention fed u
 the head received the error, and so did everything inside it), or one without parameters that
 gives what a reference call without a twin gives when run on that call's inputs (a GELU the
 port's feed-forward calls before its depthwise conv, not after: its code is right, its caller's
-order is not),
-or a failing guess that gives its guessed twin's output when re-run on that twin's inputs (a
+order is not), or a failing guess that gives its guessed twin's output when re-run on that twin's inputs (a
 shared ReLU after a dropped residual add; one that cannot be re-run, in summary mode, when its
 inputs already differ from its twin's). With every suspect cleared, an operation was left out or
 moved: first a cleared call that returns its child's output as it is where the reference reads
 that output plus the call's input next (a residual layer that lost its add; a module with a
 forward of its own, or where no call around has a twin, a torch container too), with the add
-named; then the own code of an untwinned container around the failing call (its chaining may run
+named; then a cleared call with a forward and tensors of its own that returns its child's
+output as it is where the failing call's twin is handed another value (an embeddings whose
+position add moved to a later layer: it holds the table, and left the add out); then the own
+code of an untwinned container around the failing call (its chaining may run
 between the last agreeing call and the failing one: a Sequential whose ReLU slot holds an
 ``Identity``): the innermost that does not hand its input on unchanged (an encoder adding a position table before its
 ``Sequential`` of layers, not the ``Sequential``), else the innermost holding tensors of its own
@@ -930,6 +932,12 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         wrapper = _bare_wrapper(cleared, calls, failing_row, own_code=outer is not None)
         if wrapper is not None:
             return wrapper
+        # or one that returns its child's value as it is though it holds tensors of its own, where the
+        # failing call's twin is handed another value: it left out what it does with them (an
+        # embeddings no longer adding its position table, the add moved to a later layer)
+        holder = _unused_holder(cleared, calls, failing_row)
+        if holder is not None:
+            return holder
         # the error may be made by an untwinned container's own code, before the failing call:
         # the innermost that does not hand the failing call its own input unchanged (a Sequential
         # passes its input on; an encoder that adds a position table before its layers does not)
@@ -946,7 +954,7 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
                                and _routed_otherwise(u, failing_row, reference, row and row.tolerance)), None)
         # else a failing guess that returns what its guessed twin receives: the twin's operation
         # (a backbone's final norm) is what it left out
-        found = found or _handing_on_guess(cleared, inside)
+        found = found or _handing_on_guess(cleared, inside, _model(rows))
         # nor one handed a value the reference never computes (a class token joined after the
         # patches): the error was made before it was called, by the code around it
         if found is not None and _received_unknown(found, _known_values(row, reference), row and row.tolerance):
@@ -980,15 +988,51 @@ def _computes_as(call: Record, others: Sequence[Record], tol: Tolerance | None) 
     return False
 
 
-def _handing_on_guess(cleared: Sequence[Record], rows: Sequence[Row]) -> Record | None:
+def _unused_holder(cleared: Sequence[Record], calls: Sequence[Record], failing: Row | None) -> Record | None:
+    """The innermost of the ``cleared`` calls with a forward of its own and tensors of its own that
+    returns a nested call's output as it is, where the ``failing`` call's twin is handed a value
+    other than that output."""
+    if failing is None:
+        return None
+    wanted = failing.match.reference.first_input
+    found = [u for u in cleared if _own_forward(u.module) and _holds_own_tensors(u.module)
+             and any(c is not u and u.contains(c) and _bitwise(c.primary, u.primary) for c in calls)
+             and isinstance(wanted, torch.Tensor) and not _holds_any(u.primary, [wanted], failing.tolerance)]
+    return min(found, key=lambda u: u.end - u.start, default=None)
+
+
+def _model(rows: Sequence[Row]) -> nn.Module | None:
+    """The candidate model: the module of the widest call."""
+    widest = max(rows, key=lambda r: r.match.candidate.end - r.match.candidate.start, default=None)
+    return widest.match.candidate.module if widest is not None else None
+
+
+def _handing_on_guess(cleared: Sequence[Record], rows: Sequence[Row], model: nn.Module | None) -> Record | None:
     """The innermost of the ``cleared`` calls that is a failing guess returning its guessed twin's
-    input (not its output): where the reference goes on to apply the twin, it stops."""
+    input (not its output): where the reference goes on to apply the twin, it stops. Not one whose
+    twin's weights the candidate holds outside it (a root norm the root skipped is the root's)."""
     suspects = {id(u) for u in cleared}
     found = [r.match.candidate for r in rows if r.match.how == "structure" and not r.passed
              and id(r.match.candidate) in suspects
              and _holds_any(r.match.candidate.primary, [r.match.reference.first_input], r.tolerance)
-             and not _holds_any(r.match.candidate.primary, [r.match.reference.primary], r.tolerance)]
+             and not _holds_any(r.match.candidate.primary, [r.match.reference.primary], r.tolerance)
+             and not _held_elsewhere(r.match.reference.module, model, r.candidate)]
     return min(found, key=lambda u: u.end - u.start, default=None)
+
+
+def _held_elsewhere(twin: nn.Module | None, model: nn.Module | None, name: str) -> bool:
+    """Whether a module of ``model`` outside the one called ``name`` holds a tensor equal to one of
+    ``twin``'s parameters (the weight map put the candidate's copy there)."""
+    if twin is None or model is None:
+        return False
+    params = [p for p in twin.parameters() if p.is_floating_point()]
+    for path, module in model.named_modules():
+        if path == name or path.startswith(f"{name}."):
+            continue
+        own = [t for t in module.parameters(recurse=False)]
+        if any(a.shape == b.shape and torch.equal(a.detach(), b.detach().to(a.dtype)) for a in own for b in params):
+            return True
+    return False
 
 
 def _inside_received(call: Record, rows: Sequence[Row]) -> bool:

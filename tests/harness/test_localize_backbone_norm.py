@@ -1,7 +1,8 @@
 """A backbone without a twin (the original runs its layers and final norm in the root's own code)
 that stops applying its final norm: paired by shape alone with the original's norm, it returns
 what that norm receives, not what it gives. The backbone left the norm out and is named, not the
-root around it."""
+root around it. Where the port's copy of the norm is the root's own (a root that skips it), the
+backbone before it is not blamed: the root is."""
 
 from __future__ import annotations
 
@@ -50,3 +51,36 @@ def test_backbone_whose_final_norm_is_an_identity_is_the_culprit_not_the_root():
     assert not report.passed
     assert report.culprit in ("backbone", "backbone.final_norm"), \
         f"culprit {report.culprit}, expected backbone (it returns what the original's norm receives)\n{report.format()}"
+
+
+class Layers(nn.Module):
+    """A backbone whose final norm is its caller's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.layer = nn.Linear(4, D), nn.Linear(D, D)
+
+    def forward(self, x):
+        x = self.embed(x)
+        return x + torch.tanh(self.layer(x))
+
+
+class NormInRoot(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers, self.post_norm, self.classifier = Layers(), nn.LayerNorm(D), nn.Linear(D, 3)
+        self.skip_norm = False
+
+    def forward(self, x):
+        x = self.layers(x)
+        return self.classifier((x if self.skip_norm else self.post_norm(x))[:, 0])
+
+
+def test_root_that_skips_the_norm_it_holds_is_the_culprit_not_the_backbone_before_it():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 4, dtype=torch.float64)
+    report = compare_port(NormInRoot().double().eval(), Original().double().eval(), x,
+                          lambda port: setattr(port, "skip_norm", True))
+    assert not report.passed
+    assert report.culprit == "<root>", \
+        f"culprit {report.culprit}, expected <root> (it holds the norm it skips)\n{report.format()}"
