@@ -58,16 +58,17 @@ forward of its own, or where no call around has a twin, a torch container too), 
 named; then a cleared call with a forward and tensors of its own that returns its child's
 output as it is where the failing call's twin is handed another value (an embeddings whose
 position add moved to a later layer: it holds the table, and left the add out); then the own
-code of an untwinned container around the failing call (its chaining may run
-between the last agreeing call and the failing one: a Sequential whose ReLU slot holds an
-``Identity``): the innermost that does not hand its input on unchanged (an encoder adding a position table before its
-``Sequential`` of layers, not the ``Sequential``), else the innermost holding tensors of its own
+code of an untwinned container around the failing call: the innermost that does not hand its
+input on unchanged (an encoder adding a position table before its ``Sequential`` of layers, not
+the ``Sequential``), else the innermost holding tensors of its own
 (that encoder, when it no longer adds its table: only its own code reads them), else the
 innermost with a forward of its own where a reference call around the failing call's twin
 received what that container received (a layer calling its norm before the branch it should
 follow: given the same value, the reference routes it otherwise); else a failing guess that
 returns what its guessed twin receives (a backbone whose final norm is gone, paired by shape with
-the original's norm: it stops where the reference goes on); else the twinned call's own code.
+the original's norm: it stops where the reference goes on); else the innermost call around both
+the last agreeing call and the failing one, whose code runs between them, when it has no twin (a
+Sequential whose ReLU slot holds an ``Identity``); else the twinned call's own code.
 ``introduced`` lists every independent origin in execution order.
 
 An origin whose output holds what its twin and the reference call reading the twin's output give
@@ -942,8 +943,9 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         # the innermost that does not hand the failing call its own input unchanged (a Sequential
         # passes its input on; an encoder that adds a position table before its layers does not)
         guesses = [r.match.candidate for r in inside if r.match.how == "structure" and not r.passed]
-        around = sorted((u for u in (*untwinned, *guesses) if within(u) and u.contains(first_bad)),
-                        key=lambda u: -u.start)
+        enclosing = sorted((u for u in (*untwinned, *guesses) if within(u) and u.contains(first_bad)),
+                           key=lambda u: -u.start)
+        around = [u for u in enclosing if u.start > since]
         found = next((u for u in around if not _hands_on(u, first_bad)), None)
         # else one holding tensors of its own, which only its own code reads: handing its input on
         # as it came, it left out what it does with them (an encoder's position table not added)
@@ -955,6 +957,13 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         # else a failing guess that returns what its guessed twin receives: the twin's operation
         # (a backbone's final norm) is what it left out
         found = found or _handing_on_guess(cleared, inside, _model(rows))
+        # else the call whose code runs between the last agreeing call and the failing one: the
+        # innermost around both, when it has no twin (a Sequential whose ReLU slot holds an
+        # Identity; a feed-forward reshaping its tokens wrongly between its linear and its conv)
+        # (the failing call's own gap: not a wider scope's, whose bounds are its calls, not errors)
+        last = next((r.match.candidate for r in inside if r.passed and r.match.candidate.end == since), None)
+        if found is None and limit is None:
+            found = _gap_frame(enclosing, [*(r.match.candidate for r in rows), *untwinned], last, first_bad)
         # nor one handed a value the reference never computes (a class token joined after the
         # patches): the error was made before it was called, by the code around it
         if found is not None and _received_unknown(found, _known_values(row, reference), row and row.tolerance):
@@ -986,6 +995,18 @@ def _computes_as(call: Record, others: Sequence[Record], tol: Tolerance | None) 
             if got and _worst(_leaf_pairs(got, other.outputs), tol or tolerance_for(next(iter(got.values())).dtype))[2]:
                 return True
     return False
+
+
+def _gap_frame(enclosing: Sequence[Record], calls: Sequence[Record], last: Record | None,
+               first_bad: Record) -> Record | None:
+    """The innermost of ``calls`` around both ``last`` (the last agreeing call) and ``first_bad``,
+    when it is one of ``enclosing`` (without a twin) and changed what it handed ``first_bad``."""
+    if last is None:
+        return None
+    frame = min((c for c in calls if c.contains(last) and c.contains(first_bad)), key=lambda c: c.end - c.start,
+                default=None)
+    return frame if frame is not None and any(frame is u for u in enclosing) and not _hands_on(frame, first_bad) \
+        else None
 
 
 def _unused_holder(cleared: Sequence[Record], calls: Sequence[Record], failing: Row | None) -> Record | None:
