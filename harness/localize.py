@@ -39,36 +39,35 @@ twin is still located: when a confirmed call introduces an error and, inside it,
 without a twin (or with a failing guess) completed after the last agreeing call and before the
 first failing one, the error was made there, and the innermost such call is named instead (its
 untwinned children are listed). So an error in an untwinned ``embeddings`` is not blamed on
-``<root>``. Such a call is cleared when it did its part right: an untwinned call whose output
-the reference also computes (in any layout: a ``Permute`` module against a functional permute),
-as a call's output or, inside the twin around it, as any op's value (a slice of a fused ``qkv``,
-a bias table read by an attention's own code: the twin's ops are run again to see), or a torch
-lookup (an ``nn.Embedding``) handed indices whose output rows are rows of a reference tensor (the
-ids, flipped or not, are its caller's choice), or one nested in a confirmed call that gives its
-twin's output when re-run on its twin's inputs (a pooling head's attention fed un-normed state:
-the head received the error, and so did everything inside it), or one without parameters that
-gives what a reference call without a twin gives when run on that call's inputs (a GELU the
-port's feed-forward calls before its depthwise conv, not after: its code is right, its caller's
-order is not), or a failing guess that gives its guessed twin's output when re-run on that twin's inputs (a
-shared ReLU after a dropped residual add; one that cannot be re-run, in summary mode, when its
-inputs already differ from its twin's). With every suspect cleared, an operation was left out or
-moved: first a cleared call that returns its child's output as it is where the reference reads
-that output plus the call's input next (a residual layer that lost its add; a module with a
-forward of its own, or where no call around has a twin, a torch container too), with the add
-named; then a cleared call with a forward and tensors of its own that returns its child's
-output as it is where the failing call's twin is handed another value (an embeddings whose
-position add moved to a later layer: it holds the table, and left the add out); then the own
-code of an untwinned container around the failing call: the innermost that does not hand its
-input on unchanged (an encoder adding a position table before its ``Sequential`` of layers, not
-the ``Sequential``), else the innermost holding tensors of its own
-(that encoder, when it no longer adds its table: only its own code reads them), else the
-innermost with a forward of its own where a reference call around the failing call's twin
-received what that container received (a layer calling its norm before the branch it should
-follow: given the same value, the reference routes it otherwise); else a failing guess that
-returns what its guessed twin receives (a backbone whose final norm is gone, paired by shape with
-the original's norm: it stops where the reference goes on); else the innermost call around both
-the last agreeing call and the failing one, whose code runs between them, when it has no twin (a
-Sequential whose ReLU slot holds an ``Identity``); else the twinned call's own code.
+``<root>``. Such a call is cleared when it did its part right: an untwinned call whose output the
+reference also computes (in any layout: a ``Permute`` module against a functional permute), as a
+call's output or, inside the twin around it, as any op's value (a slice of a fused ``qkv``, a bias
+table read by an attention's own code: the twin's ops are run again to see), or a torch lookup (an
+``nn.Embedding``) handed indices whose output rows are rows of a reference tensor (the ids,
+flipped or not, are its caller's choice), or one nested in a confirmed call that gives its twin's
+output when re-run on its twin's inputs (a pooling head's attention fed un-normed state: the head
+received the error, and so did everything inside it), or one without parameters that gives what a
+reference call without a twin gives when run on that call's inputs (a GELU the port's feed-forward
+calls before its depthwise conv, not after: its code is right, its caller's order is not), or a
+failing guess that gives its guessed twin's output when re-run on that twin's inputs (a shared
+ReLU after a dropped residual add; one that cannot be re-run, in summary mode, when its inputs
+already differ from its twin's). With every suspect cleared, an operation was left out or moved:
+first a cleared call that returns its child's output as it is where the reference reads that
+output plus the call's input next (a residual layer that lost its add; a module with a forward of
+its own, or where no call around has a twin, a torch container too), with the add named; then a
+cleared call with a forward and tensors of its own that returns its child's output as it is where
+the failing call's twin is handed another value (an embeddings whose position add moved to a later
+layer: it holds the table, and left the add out); then the own code of an untwinned container
+around the failing call: the innermost that does not hand its input on unchanged (an encoder
+adding a position table before its ``Sequential`` of layers, not the ``Sequential``), else the
+innermost holding tensors of its own (that encoder, when it no longer adds its table: only its own
+code reads them), else the innermost with a forward of its own where a reference call around the
+failing call's twin received what that container received (a layer calling its norm before the
+branch it should follow: given the same value, the reference routes it otherwise); else a failing
+guess that returns what its guessed twin receives (a backbone whose final norm is gone, paired by
+shape with the original's norm: it stops where the reference goes on); else the innermost call
+around both the last agreeing call and the failing one, whose code runs between them, when it has
+no twin (a Sequential whose ReLU slot holds an ``Identity``); else the twinned call's own code.
 ``introduced`` lists every independent origin in execution order.
 
 An origin whose output holds what its twin and the reference call reading the twin's output give
@@ -961,8 +960,8 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         # innermost around both, when it has no twin (a Sequential whose ReLU slot holds an
         # Identity; a feed-forward reshaping its tokens wrongly between its linear and its conv)
         # (the failing call's own gap: not a wider scope's, whose bounds are its calls, not errors)
-        last = next((r.match.candidate for r in inside if r.passed and r.match.candidate.end == since), None)
         if found is None and limit is None:
+            last = next((r.match.candidate for r in inside if r.passed and r.match.candidate.end == since), None)
             found = _gap_frame(enclosing, [*(r.match.candidate for r in rows), *untwinned], last, first_bad)
         # nor one handed a value the reference never computes (a class token joined after the
         # patches): the error was made before it was called, by the code around it
@@ -1050,7 +1049,7 @@ def _held_elsewhere(twin: nn.Module | None, model: nn.Module | None, name: str) 
     for path, module in model.named_modules():
         if path == name or path.startswith(f"{name}."):
             continue
-        own = [t for t in module.parameters(recurse=False)]
+        own = list(module.parameters(recurse=False))
         if any(a.shape == b.shape and torch.equal(a.detach(), b.detach().to(a.dtype)) for a in own for b in params):
             return True
     return False
