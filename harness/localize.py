@@ -17,13 +17,21 @@ one. For each failing call:
   run the candidate module on the reference's recorded inputs; if that output still fails, the
   error is made here, otherwise it was received. Twin layers of one type whose input axes mean the
   same in every model (a convolution's (B, C, H, W)) take the reference's inputs as they are: an
-  input of another shape is another map (transposed upstream), not the same map in another layout;
+  input of another shape is another map (transposed upstream), not the same map in another layout.
+  Where the structures differ, a tensor the twin was given that no candidate argument stands for
+  (an attention mask) also goes into the candidate's None argument of its name, or its only one:
+  given it, a Swin attention whose block skipped the shift computes right, and the block is blamed.
+  A twin of another type wrapping the one call of the candidate module's type (a depthwise conv
+  paired with a wrapper reshaping tokens for its own conv) is first seen through that call: given
+  that call's map, the conv agrees, so a map whose height and width its caller swapped is the
+  caller's error;
 - inputs differ and no re-run is possible: made here if the inputs agree within tolerance,
   received otherwise.
 
 A call that makes an error counts as ``introduced`` unless one of its descendants (a call nested
 inside it) already does, in which case it ``contains`` the error. The culprit is the first
-``introduced`` call.
+``introduced`` call. A failing call inside an ``introduced`` one that was given its twin's inputs
+received its error from that call's own code: no other origin is searched for it.
 
 Only confirmed pairings (by weights, name or rename rule) can name the first divergence or the
 culprit; a structural pairing is a guess, shown as ``tentative`` when it fails. Code without a
@@ -31,24 +39,36 @@ twin is still located: when a confirmed call introduces an error and, inside it,
 without a twin (or with a failing guess) completed after the last agreeing call and before the
 first failing one, the error was made there, and the innermost such call is named instead (its
 untwinned children are listed). So an error in an untwinned ``embeddings`` is not blamed on
-``<root>``. Such a call is cleared when it did its part right: an untwinned call whose output
-the reference also computes (in any layout: a ``Permute`` module against a functional permute),
-as a call's output or, inside the twin around it, as any op's value (a slice of a fused ``qkv``,
-a bias table read by an attention's own code: the twin's ops are run again to see),
-or a failing guess that gives its guessed twin's output when re-run on that twin's inputs (a
-shared ReLU after a dropped residual add; one that cannot be re-run, in summary mode, when its
-inputs already differ from its twin's). With every suspect cleared, an operation was left out or
-moved: first a cleared call that returns its child's output as it is where the reference reads
-that output plus the call's input next (a residual layer that lost its add; a module with a
-forward of its own, or where no call around has a twin, a torch container too), with the add
-named; then the own code of an untwinned container around the failing call: the innermost that
-does not hand its input on unchanged (an encoder adding a position table before its
-``Sequential`` of layers, not the ``Sequential``), else the innermost holding tensors of its own
-(that encoder, when it no longer adds its table: only its own code reads them), else the
-innermost with a forward of its own where a reference call around the failing call's twin
-received what that container received (a layer calling its norm before the branch it should
-follow: given the same value, the reference routes it otherwise); else the twinned call's own
-code. ``introduced`` lists every independent origin in execution order.
+``<root>``. Such a call is cleared when it did its part right: an untwinned call whose output the
+reference also computes (in any layout: a ``Permute`` module against a functional permute), as a
+call's output or, inside the twin around it, as any op's value (a slice of a fused ``qkv``, a bias
+table read by an attention's own code: the twin's ops are run again to see), or a torch lookup (an
+``nn.Embedding``) handed indices whose output rows are rows of a reference tensor (the ids,
+flipped or not, are its caller's choice), or one nested in a confirmed call that gives its twin's
+output when re-run on its twin's inputs (a pooling head's attention fed un-normed state: the head
+received the error, and so did everything inside it), or one without parameters that gives what a
+reference call without a twin gives when run on that call's inputs (a GELU the port's feed-forward
+calls before its depthwise conv, not after: its code is right, its caller's order is not), or a
+failing guess that gives its guessed twin's output when re-run on that twin's inputs (a shared
+ReLU after a dropped residual add; one that cannot be re-run, in summary mode, when its inputs
+already differ from its twin's). With every suspect cleared, an operation was left out or moved:
+first a cleared call that returns its child's output as it is where the reference reads that
+output plus the call's input next (a residual layer that lost its add; a module with a forward of
+its own, or where no call around has a twin, a torch container too), with the add named; then a
+cleared call with a forward and tensors of its own that returns its child's output as it is where
+the failing call's twin is handed another value (an embeddings whose position add moved to a later
+layer: it holds the table, and left the add out); then the own code of an untwinned container
+around the failing call: the innermost that does not hand its input on unchanged (an encoder
+adding a position table before its ``Sequential`` of layers, not the ``Sequential``), else the
+innermost holding tensors of its own (that encoder, when it no longer adds its table: only its own
+code reads them), else the innermost with a forward of its own where a reference call around the
+failing call's twin received what that container received (a layer calling its norm before the
+branch it should follow: given the same value, the reference routes it otherwise); else a failing
+guess that returns what its guessed twin receives (a backbone whose final norm is gone, paired by
+shape with the original's norm: it stops where the reference goes on); else the innermost call
+around both the last agreeing call and the failing one, whose code runs between them, when it has
+no twin (a Sequential whose ReLU slot holds an ``Identity``); else the twinned call's own code.
+``introduced`` lists every independent origin in execution order.
 
 An origin whose output holds what its twin and the reference call reading the twin's output give
 together does two steps in one (a batch norm folded into its conv): a note says so, since such
@@ -73,6 +93,7 @@ its direct inputs pass; torch.ao.ns' shadow mode feeds one model's inputs into t
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Literal, Sequence
@@ -569,23 +590,73 @@ def _rerun_input_choices(cand: Record, ref: Record, tol: Tolerance | None = None
         return
     options: dict[int, list[Adapter]] = {}  # per candidate tensor, its layouts: searched once
     for choice in range(_LAYOUT_TRIES if tol is not None else 1):
+        used: set[int] = set()
         try:
-            translate = _translator(refs, choice, tol, options)
-            yield map_tensors(cand.args, translate), map_tensors(cand.kwargs, translate)
+            translate = _translator(refs, choice, tol, options, used)
+            args, kwargs = map_tensors(cand.args, translate), map_tensors(cand.kwargs, translate)
         except LookupError:
             return
+        # a tensor the twin was given that no candidate argument stands for (an attention mask)
+        # goes where the candidate was given None: its caller never made it
+        spare = {k: v for k, v in ref.inputs.items() if id(v) not in used}
+        filled = _filled(cand, args, kwargs, spare)
+        if filled is not None:
+            yield filled
+        yield args, kwargs
+
+
+def _filled(cand: Record, args: tuple, kwargs: dict, spare: dict[str, torch.Tensor]) -> tuple[tuple, dict] | None:
+    """``(args, kwargs)`` with the ``spare`` reference tensors in the candidate's None arguments:
+    each in the one whose parameter name holds the tensor's name (``attention_mask`` for ``mask``),
+    else, one spare and one None, in that one. None when nothing is filled."""
+    names = _parameter_names(cand.module, len(args))
+    slots = [("args", i, names[i]) for i, v in enumerate(args) if v is None and i < len(names)] + \
+        [("kwargs", k, k) for k, v in kwargs.items() if v is None]
+    if not spare or not slots:
+        return None
+    chosen: dict[tuple, torch.Tensor] = {}
+    for key, value in spare.items():
+        name = key.rpartition(".")[2].lower()
+        slot = next((s for s in slots if s[:2] not in chosen and name and not name.isdigit()
+                     and (name in s[2].lower() or s[2].lower() in name)), None)
+        if slot is not None:
+            chosen[slot[:2]] = value
+    if not chosen and len(spare) == 1 and len(slots) == 1:
+        chosen[slots[0][:2]] = next(iter(spare.values()))
+    if not chosen:
+        return None
+    args = tuple(chosen.get(("args", i), v) for i, v in enumerate(args))
+    return args, {k: chosen.get(("kwargs", k), v) for k, v in kwargs.items()}
+
+
+def _parameter_names(module: nn.Module | None, count: int) -> list[str]:
+    """The names of the first ``count`` positional parameters of ``module``'s forward ([] when unknown)."""
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError, AttributeError):
+        return []
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        positional += [f"args.{i}" for i in range(len(positional), count)]
+    return positional[:count]
 
 
 def _translator(refs: list[torch.Tensor], choice: int, tol: Tolerance | None,
-                options: dict[int, list[Adapter]]) -> Callable[[torch.Tensor], torch.Tensor]:
+                options: dict[int, list[Adapter]], used: set[int] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """A candidate input -> the reference input standing for it, in the ``choice``-th layout that
     fits (LookupError when there is none, or no such choice; see :func:`_rerun_input_choices`);
-    ``options`` keeps each tensor's layouts from choice to choice."""
+    ``options`` keeps each tensor's layouts from choice to choice; ``used`` gathers the ids of the
+    reference inputs given."""
+    used = set() if used is None else used
+
     def translate(t: torch.Tensor) -> torch.Tensor:
         same = [r for r in refs if tuple(r.shape) == tuple(t.shape)]
         if same:
+            used.add(id(same[0]))
             return same[0].to(dtype=t.dtype) if t.is_floating_point() else same[0]
         sized = [r for r in refs if r.numel() == t.numel() and r.numel() > 0]
+        if sized:
+            used.add(id(sized[0]))
         if id(t) not in options:
             closest = find_adapter(sized[0], t) if sized else None
             options[id(t)] = [closest] if closest is not None else []
@@ -615,9 +686,17 @@ def _cast_like(value: Any, like: Any) -> Any:
     return value
 
 
-def rerun_fails(row: Row) -> bool | None:
+def rerun_fails(row: Row, reference: Sequence[Record] = ()) -> bool | None:
     """Run the candidate module on the reference's inputs: True if it still fails (in every layout
-    those inputs may take), None if it cannot run."""
+    those inputs may take), None if it cannot run. A twin of another type that wraps the one call
+    of the candidate module's type among ``reference`` (a depthwise conv paired with a wrapper
+    that reshapes tokens to a map for its own conv) is first seen through that call: given its
+    map, the candidate gives its output, and received the error (a map whose height and width the
+    caller swapped)."""
+    inner = _inner_twin(row, reference)
+    if inner is not None and rerun_fails(replace(row, match=replace(row.match, reference=inner), rerun_judge=None,
+                                                 trailing=None)) is False:
+        return False
     choices = _rerun_input_choices(row.match.candidate, row.match.reference, row.tolerance)
     verdicts = (_rerun_verdict(row, inputs) for inputs in choices)
     ran = None
@@ -626,6 +705,17 @@ def rerun_fails(row: Row) -> bool | None:
             return False
         ran = ran or fails
     return ran
+
+
+def _inner_twin(row: Row, reference: Sequence[Record]) -> Record | None:
+    """The one call nested in ``row``'s twin whose module is of the candidate module's class, when
+    the twin's own module is of another; else None."""
+    cand, twin = row.match.candidate, row.match.reference
+    kind = type(cand.module)
+    if cand.module is None or type(twin.module) is kind or row.trailing is not None:
+        return None
+    inner = [r for r in reference if r is not twin and twin.contains(r) and type(r.module) is kind]
+    return inner[0] if len(inner) == 1 else None
 
 
 def _rerun_verdict(row: Row, inputs: tuple[tuple, dict]) -> bool | None:
@@ -699,7 +789,7 @@ def localize_all(
                                f"pairings by shape alone, not evidence of an error")
         return found
     classify(failing, lambda r: _inputs_state(r.match.candidate, r.match.reference, r.tolerance),
-             lambda r: rerun_fails(r) if _may_rerun(r.match.candidate, r.match.reference, rerun) else None)
+             lambda r: rerun_fails(r, reference) if _may_rerun(r.match.candidate, r.match.reference, rerun) else None)
     origins: list[tuple[int, str]] = []  # (completion position, candidate name)
     calls = [*(r.match.candidate for r in rows), *untwinned]
     for row in (r for r in rows if r.status == "introduced"):
@@ -716,7 +806,8 @@ def localize_all(
                            + f"; {row.candidate} around it is the innermost module with a twin")
     for row in failing:  # an error received from nowhere was made by code without a twin
         earlier = any(o.match.candidate.end < row.match.candidate.start for o in failing)
-        if row.status != "propagated" or earlier or any(end < row.match.candidate.start for end, _ in origins):
+        if row.status != "propagated" or earlier or any(end < row.match.candidate.start for end, _ in origins) \
+                or _made_around(row, failing):
             continue
         # the innermost confirmed call around it first; then each wider one (and then anywhere)
         # before the narrower one started: the code without a twin may sit before the block that
@@ -744,6 +835,13 @@ def localize_all(
         found.findings += _argument_findings(culprit_row, rows, calls, reference)
     found.notes += _folding_notes([r for r in rows if r.status == "introduced"], reference)
     return found
+
+
+def _made_around(row: Row, failing: Sequence[Row]) -> bool:
+    """Whether a row making the error around ``row`` was given its twin's inputs: its own code, run
+    before ``row``, made what ``row`` received (a block that skips its shift, around its attention)."""
+    return any(o.status == "introduced" and o.match.candidate.contains(row.match.candidate)
+               and _inputs_state(o.match.candidate, o.match.reference, o.tolerance) != "differ" for o in failing)
 
 
 def _folding_notes(origins: Sequence[Row], reference: Sequence[Record]) -> list[str]:
@@ -811,7 +909,16 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
     # a guess that still fails on its twin's own inputs is not vouched for by its twin's value (a
     # tanh GELU within a float32 tolerance of the exact one it replaces)
     disowned = {id(r.match.candidate): r.match.reference.primary for r in guesses if r.guess_reran}
-    cleared, suspects = suspects, _uncleared(suspects, row, reference, disowned)
+    # a call inside a module that gives its twin's output when re-run on its twin's inputs did its
+    # part right there: what it was handed is wrong (a pooling head's attention fed un-normed state)
+    cleared = suspects
+    suspects = _uncleared([u for u in suspects if not _inside_received(u, rows)], row, reference, disowned)
+    # nor one that gives what a reference call without a twin gives, run on that call's inputs:
+    # its own code is right, its caller calls it elsewhere (a GELU applied before the depthwise
+    # conv it should follow)
+    twinned = {id(r.match.reference) for r in rows}
+    suspects = [u for u in suspects if not _computes_as(u, [r for r in _pool(row, reference) if id(r) not in twinned],
+                                                        row.tolerance if row is not None else None)]
     if not suspects:
         if first_bad is None:
             return None
@@ -823,12 +930,19 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         wrapper = _bare_wrapper(cleared, calls, failing_row, own_code=outer is not None)
         if wrapper is not None:
             return wrapper
+        # or one that returns its child's value as it is though it holds tensors of its own, where the
+        # failing call's twin is handed another value: it left out what it does with them (an
+        # embeddings no longer adding its position table, the add moved to a later layer)
+        holder = _unused_holder(cleared, calls, failing_row)
+        if holder is not None:
+            return holder
         # the error may be made by an untwinned container's own code, before the failing call:
         # the innermost that does not hand the failing call its own input unchanged (a Sequential
         # passes its input on; an encoder that adds a position table before its layers does not)
         guesses = [r.match.candidate for r in inside if r.match.how == "structure" and not r.passed]
-        around = sorted((u for u in (*untwinned, *guesses) if within(u) and u.contains(first_bad) and u.start > since),
-                        key=lambda u: -u.start)
+        enclosing = sorted((u for u in (*untwinned, *guesses) if within(u) and u.contains(first_bad)),
+                           key=lambda u: -u.start)
+        around = [u for u in enclosing if u.start > since]
         found = next((u for u in around if not _hands_on(u, first_bad)), None)
         # else one holding tensors of its own, which only its own code reads: handing its input on
         # as it came, it left out what it does with them (an encoder's position table not added)
@@ -837,6 +951,16 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         # twin's code gives that call another value (a norm called before the modulation it follows)
         found = found or next((u for u in around if _own_forward(u.module)
                                and _routed_otherwise(u, failing_row, reference, row and row.tolerance)), None)
+        # else a failing guess that returns what its guessed twin receives: the twin's operation
+        # (a backbone's final norm) is what it left out
+        found = found or _handing_on_guess(cleared, inside, _model(rows))
+        # else the call whose code runs between the last agreeing call and the failing one: the
+        # innermost around both, when it has no twin (a Sequential whose ReLU slot holds an
+        # Identity; a feed-forward reshaping its tokens wrongly between its linear and its conv)
+        # (the failing call's own gap: not a wider scope's, whose bounds are its calls, not errors)
+        if found is None and limit is None:
+            last = next((r.match.candidate for r in inside if r.passed and r.match.candidate.end == since), None)
+            found = _gap_frame(enclosing, [*(r.match.candidate for r in rows), *untwinned], last, first_bad)
         # nor one handed a value the reference never computes (a class token joined after the
         # patches): the error was made before it was called, by the code around it
         if found is not None and _received_unknown(found, _known_values(row, reference), row and row.tolerance):
@@ -844,6 +968,96 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         return found
     # innermost: the earliest to complete; its untwinned parents completed later
     return min(suspects, key=lambda u: u.end)
+
+
+_COUNTERPARTS = 4  # reference calls without a twin an untwinned call is run on, at most
+
+
+def _computes_as(call: Record, others: Sequence[Record], tol: Tolerance | None) -> bool:
+    """Whether ``call``'s module, one without parameters (its code alone decides what it gives),
+    run on the inputs of one of ``others`` (reference calls given inputs of its own inputs'
+    shapes), gives that call's output."""
+    if call.module is None or not call.args or any(True for _ in call.module.parameters()):
+        return False
+    shaped = [r for r in others if r.module is not None and r.inputs and _shaped_alike(call.inputs, r.inputs)]
+    for other in shaped[:_COUNTERPARTS]:
+        for args, kwargs in _rerun_input_choices(call, other):
+            args, kwargs = (map_tensors(x, torch.Tensor.clone) for x in (args, kwargs))  # an in-place call
+            try:
+                with torch.no_grad():
+                    out = call.module(*args, **kwargs)
+            except Exception:  # a signature that only looked compatible
+                continue
+            got = {k: v.detach() for k, v in flatten_tensors(out).items()}
+            if got and _worst(_leaf_pairs(got, other.outputs), tol or tolerance_for(next(iter(got.values())).dtype))[2]:
+                return True
+    return False
+
+
+def _gap_frame(enclosing: Sequence[Record], calls: Sequence[Record], last: Record | None,
+               first_bad: Record) -> Record | None:
+    """The innermost of ``calls`` around both ``last`` (the last agreeing call) and ``first_bad``,
+    when it is one of ``enclosing`` (without a twin) and changed what it handed ``first_bad``."""
+    if last is None:
+        return None
+    frame = min((c for c in calls if c.contains(last) and c.contains(first_bad)), key=lambda c: c.end - c.start,
+                default=None)
+    return frame if frame is not None and any(frame is u for u in enclosing) and not _hands_on(frame, first_bad) \
+        else None
+
+
+def _unused_holder(cleared: Sequence[Record], calls: Sequence[Record], failing: Row | None) -> Record | None:
+    """The innermost of the ``cleared`` calls with a forward of its own and tensors of its own that
+    returns a nested call's output as it is, where the ``failing`` call's twin is handed a value
+    other than that output."""
+    if failing is None:
+        return None
+    wanted = failing.match.reference.first_input
+    found = [u for u in cleared if _own_forward(u.module) and _holds_own_tensors(u.module)
+             and any(c is not u and u.contains(c) and _bitwise(c.primary, u.primary) for c in calls)
+             and isinstance(wanted, torch.Tensor) and not _holds_any(u.primary, [wanted], failing.tolerance)]
+    return min(found, key=lambda u: u.end - u.start, default=None)
+
+
+def _model(rows: Sequence[Row]) -> nn.Module | None:
+    """The candidate model: the module of the widest call."""
+    widest = max(rows, key=lambda r: r.match.candidate.end - r.match.candidate.start, default=None)
+    return widest.match.candidate.module if widest is not None else None
+
+
+def _handing_on_guess(cleared: Sequence[Record], rows: Sequence[Row], model: nn.Module | None) -> Record | None:
+    """The innermost of the ``cleared`` calls that is a failing guess returning its guessed twin's
+    input (not its output): where the reference goes on to apply the twin, it stops. Not one whose
+    twin's weights the candidate holds outside it (a root norm the root skipped is the root's)."""
+    suspects = {id(u) for u in cleared}
+    found = [r.match.candidate for r in rows if r.match.how == "structure" and not r.passed
+             and id(r.match.candidate) in suspects
+             and _holds_any(r.match.candidate.primary, [r.match.reference.first_input], r.tolerance)
+             and not _holds_any(r.match.candidate.primary, [r.match.reference.primary], r.tolerance)
+             and not _held_elsewhere(r.match.reference.module, model, r.candidate)]
+    return min(found, key=lambda u: u.end - u.start, default=None)
+
+
+def _held_elsewhere(twin: nn.Module | None, model: nn.Module | None, name: str) -> bool:
+    """Whether a module of ``model`` outside the one called ``name`` holds a tensor equal to one of
+    ``twin``'s parameters (the weight map put the candidate's copy there)."""
+    if twin is None or model is None:
+        return False
+    params = [p for p in twin.parameters() if p.is_floating_point()]
+    for path, module in model.named_modules():
+        if path == name or path.startswith(f"{name}."):
+            continue
+        own = list(module.parameters(recurse=False))
+        if any(a.shape == b.shape and torch.equal(a.detach(), b.detach().to(a.dtype)) for a in own for b in params):
+            return True
+    return False
+
+
+def _inside_received(call: Record, rows: Sequence[Row]) -> bool:
+    """Whether ``call`` is nested in a confirmed row that received its error: re-run on its twin's
+    inputs, it agrees, so every call inside it computes right on right inputs."""
+    return any(r.status == "propagated" and r.reran and r.match.how != "structure"
+               and r.match.candidate is not call and r.match.candidate.contains(call) for r in rows)
 
 
 def _bare_wrapper(cleared: Sequence[Record], calls: Sequence[Record], failing: Row | None,
@@ -943,6 +1157,11 @@ def _uncleared(suspects: list[Record], row: Row | None, reference: Sequence[Reco
     """The suspects that did not do their part right, judged against the reference calls inside
     ``row``'s twin (all of them when None) and the values its ops compute. ``disowned``: by id of
     a suspect, a value that does not vouch for it, nor does any other holding that value."""
+    # a torch lookup (an ``nn.Embedding``) handed only indices, whose every output row is a row of
+    # its table and of a reference tensor, did its part right: which rows to read is its caller's
+    # choice (position ids flipped in the caller's code); a row the reference does not hold is a
+    # table of its own
+    suspects = [u for u in suspects if not _looked_up(u, reference)]
     if not suspects:
         return suspects
     pool = _pool(row, reference)
@@ -965,6 +1184,36 @@ def _uncleared(suspects: list[Record], row: Row | None, reference: Sequence[Reco
     # attention scaled its logits wrongly), by the code around it
     known = _known_values(row, reference)
     return [u for u in suspects if not _received_unknown(u, known, tol)]
+
+
+def _looked_up(call: Record, reference: Sequence[Record]) -> bool:
+    """Whether ``call`` is a torch module (no code of the port's) given integer tensors only, whose
+    output rows are each a row of its one 2-D floating table and of one tensor the reference model
+    holds: a lookup of what it was handed, in the reference's table."""
+    module, out = call.module, call.primary
+    if module is None or _own_forward(module) or not isinstance(out, torch.Tensor) or not out.is_floating_point():
+        return False
+    given = [v for v in call.inputs.values() if isinstance(v, torch.Tensor)]
+    tables = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    if not given or any(v.is_floating_point() or v.is_complex() for v in given) or len(tables) != 1 \
+            or tables[0].dim() != 2 or out.numel() == 0 or out.shape[-1] != tables[0].shape[1]:
+        return False
+    width = out.shape[-1]
+    rows = {row.tobytes() for row in _rows(out)}
+    if not rows <= {row.tobytes() for row in _rows(tables[0].to(out.dtype))}:
+        return False
+    model = max(reference, key=lambda r: r.end - r.start).module if reference else None
+    first = out.detach().reshape(-1, width)[0]
+    # a tensor holding the first row is read in full; the others are passed over at once
+    held = [] if model is None else [t for t in (*model.parameters(), *model.buffers())
+                                     if t.is_floating_point() and t.dim() and t.shape[-1] == width
+                                     and bool((t.detach().reshape(-1, width).to(out.dtype) == first.to(t.device)).all(-1).any())]
+    return any(rows <= {row.tobytes() for row in _rows(t.to(out.dtype))} for t in held)
+
+
+def _rows(t: torch.Tensor) -> Any:
+    """``t``'s last-axis rows as arrays (compared bitwise by their bytes)."""
+    return t.detach().cpu().contiguous().reshape(-1, t.shape[-1]).view(torch.uint8).numpy()  # any dtype, bf16 too
 
 
 def _pool(row: Row | None, reference: Sequence[Record]) -> list[Record]:
