@@ -979,7 +979,10 @@ def _computes_as(call: Record, others: Sequence[Record], tol: Tolerance | None) 
     shapes), gives that call's output."""
     if call.module is None or not call.args or any(True for _ in call.module.parameters()):
         return False
-    shaped = [r for r in others if r.module is not None and r.inputs and _shaped_alike(call.inputs, r.inputs)]
+    # a counterpart handing its input on as it is (an Identity, a ReLU on values already >= 0)
+    # proves nothing: any function that leaves those values alone gives its output too
+    shaped = [r for r in others if r.module is not None and r.inputs and _shaped_alike(call.inputs, r.inputs)
+              and not _holds_any(r.primary, [r.first_input], tol)]
     for other in shaped[:_COUNTERPARTS]:
         for args, kwargs in _rerun_input_choices(call, other):
             args, kwargs = (map_tensors(x, torch.Tensor.clone) for x in (args, kwargs))  # an in-place call
