@@ -150,7 +150,8 @@ class ParityReport:
         lines += [f"note: {note}" for note in self.notes]
         passthrough = len(self.passthrough_candidate) + len(self.passthrough_reference)
         # in a passing run every disagreeing row is tentative (not counted): say so, not "failing"
-        disagreeing = f"{sum(not r.passed for r in self.rows)} {'tentative' if self.passed else 'failing'}"
+        count = sum(not r.passed for r in self.rows)
+        disagreeing = f"{count} {'tentative' if self.passed and count else 'failing'}"
         lines.append(f"{len(self.rows)} aligned calls ({disagreeing}); "
                      f"unmatched: {len(self.unmatched_candidate)} candidate, {len(self.unmatched_reference)} reference"
                      + (f"; {passthrough} pass-through calls (Identity, eval Dropout) without a twin" if passthrough else ""))
