@@ -958,7 +958,10 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         # innermost around both, when it has no twin (a Sequential whose ReLU slot holds an
         # Identity; a feed-forward reshaping its tokens wrongly between its linear and its conv)
         # (the failing call's own gap: not a wider scope's, whose bounds are its calls, not errors)
-        if found is None and limit is None:
+        # (only where one reference call turns what the last agreeing call's twin gives into what
+        # the failing call's twin receives: the step the candidate's code left out; twins paired
+        # wrongly, a main-branch norm with the shortcut's, are no such gap: the map's check undoes them)
+        if found is None and limit is None and _bridged(inside, since, failing_row, reference):
             last = next((r.match.candidate for r in inside if r.passed and r.match.candidate.end == since), None)
             found = _gap_frame(enclosing, [*(r.match.candidate for r in rows), *untwinned], last, first_bad)
         # nor one handed a value the reference never computes (a class token joined after the
@@ -995,6 +998,19 @@ def _computes_as(call: Record, others: Sequence[Record], tol: Tolerance | None) 
             if got and _worst(_leaf_pairs(got, other.outputs), tol or tolerance_for(next(iter(got.values())).dtype))[2]:
                 return True
     return False
+
+
+def _bridged(inside: Sequence[Row], since: int, failing: Row | None, reference: Sequence[Record]) -> bool:
+    """Whether some reference call takes the output of the last agreeing call's twin and gives
+    the input of the ``failing`` call's twin (a ReLU between two linears)."""
+    last = next((r for r in inside if r.passed and r.match.candidate.end == since), None)
+    if last is None or failing is None:
+        return False
+    given, wanted, tol = last.match.reference.primary, failing.match.reference.first_input, failing.tolerance
+    if not isinstance(given, torch.Tensor) or not isinstance(wanted, torch.Tensor):
+        return False
+    return any(_holds_any(r.first_input, [given], tol) and _holds_any(r.primary, [wanted], tol)
+               for r in reference if r.first_input is not None and r.primary is not None)
 
 
 def _gap_frame(enclosing: Sequence[Record], calls: Sequence[Record], last: Record | None,
