@@ -1001,14 +1001,16 @@ def _computes_as(call: Record, others: Sequence[Record], tol: Tolerance | None) 
 
 
 def _bridged(inside: Sequence[Row], since: int, failing: Row | None, reference: Sequence[Record]) -> bool:
-    """Whether some reference call takes the output of the last agreeing call's twin and gives
-    the input of the ``failing`` call's twin (a ReLU between two linears)."""
+    """Whether the ``failing`` call's twin receives what the last agreeing call's twin gives, as
+    it is or through one reference call (a ReLU between two linears)."""
     last = next((r for r in inside if r.passed and r.match.candidate.end == since), None)
     if last is None or failing is None:
         return False
     given, wanted, tol = last.match.reference.primary, failing.match.reference.first_input, failing.tolerance
     if not isinstance(given, torch.Tensor) or not isinstance(wanted, torch.Tensor):
         return False
+    if _holds_any(wanted, [given], tol):  # handed on directly: the candidate's code in between changed it
+        return True
     return any(_holds_any(r.first_input, [given], tol) and _holds_any(r.primary, [wanted], tol)
                for r in reference if r.first_input is not None and r.primary is not None)
 
