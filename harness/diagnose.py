@@ -2252,21 +2252,14 @@ def _other_part(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Toleran
     fused projection) than the part the reference passes there: key and value slices taken in
     another order, in an attention of any form (``k * softmax(q)`` as much as a fused call)."""
     cv = [cand.rec.value(i, c.index) for i in c.input_ids]
-    for i in r.input_ids:
-        found = _split_part(ref.rec, i, r.index)
-        if found is None:
-            continue
-        parts, k = found
-        for a in cv:
-            if a is None or _outputs_agree([a], [parts.outputs[k]], tol, same_shape=True):
-                continue
-            j = next((j for j, b in enumerate(parts.outputs) if j != k and _holds(a, b, tol)), None)
-            if j is not None:
-                n = len(parts.outputs)
-                text = (f"{module}: {c.name} receives part {j + 1} of the {n} the reference's {parts.name} makes, "
-                        f"where the reference passes part {k + 1}: parts taken in another order (swapped?)")
-                return [_finding(module, "argument", c.name, "input", f"part {j + 1} of {n}", f"part {k + 1} of {n}",
-                                 text)]
+    found = _part_taken_for(ref.rec, r, cv, lambda a, part: _outputs_agree([a], [part], tol, same_shape=True),
+                            lambda a, part: _holds(a, part, tol))
+    if found is not None:
+        parts, k, j = found
+        n = len(parts.outputs)
+        text = (f"{module}: {c.name} receives part {j + 1} of the {n} the reference's {parts.name} makes, "
+                f"where the reference passes part {k + 1}: parts taken in another order (swapped?)")
+        return [_finding(module, "argument", c.name, "input", f"part {j + 1} of {n}", f"part {k + 1} of {n}", text)]
     return _own_other_part(module, c, r, cand, ref, tol)
 
 
@@ -2275,23 +2268,35 @@ def _own_other_part(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tol
     gate|up projection chunked, against gate and up projections): ``c`` receives one part of the
     candidate's split while the reference's input holds another part's values (halves swapped)."""
     rv = [ref.rec.value(i, r.index) for i in r.input_ids]
-    for i in c.input_ids:
-        found = _split_part(cand.rec, i, c.index)
+    part_holds = (lambda b, part: _holds(part, b, tol))
+    found = _part_taken_for(cand.rec, c, rv, part_holds, part_holds)
+    if found is None:
+        return []
+    parts, k, j = found
+    n = len(parts.outputs)
+    text = (f"{module}: {c.name} receives part {k + 1} of the {n} the candidate's {parts.name} makes, "
+            f"where the reference passes the values of part {j + 1}: parts taken in another order (swapped?)")
+    return [_finding(module, "argument", c.name, "input", f"part {k + 1} of {n}", f"part {j + 1} of {n}", text)]
+
+
+def _part_taken_for(rec: OpRecorder, op: Op, others: list[torch.Tensor | None],
+                    agrees: Callable[[torch.Tensor, torch.Tensor], bool],
+                    holds: Callable[[torch.Tensor, torch.Tensor], bool]) -> tuple[Op, int, int] | None:
+    """``(split, k, j)``: ``op`` (recorded by ``rec``) reads part ``k`` of ``split``, while one of
+    the other side's ``others``, not agreeing with that part, holds part ``j`` of it instead
+    (``agrees``/``holds`` take the other side's value, then the part)."""
+    for i in op.input_ids:
+        found = _split_part(rec, i, op.index)
         if found is None:
             continue
         parts, k = found
-        for b in rv:
-            if b is None or _holds(parts.outputs[k], b, tol):
+        for value in others:
+            if value is None or agrees(value, parts.outputs[k]):
                 continue
-            j = next((j for j, a in enumerate(parts.outputs) if j != k and _holds(a, b, tol)), None)
+            j = next((j for j, part in enumerate(parts.outputs) if j != k and holds(value, part)), None)
             if j is not None:
-                n = len(parts.outputs)
-                text = (f"{module}: {c.name} receives part {k + 1} of the {n} the candidate's {parts.name} makes, "
-                        f"where the reference passes the values of part {j + 1}: parts taken in another order "
-                        f"(swapped?)")
-                return [_finding(module, "argument", c.name, "input", f"part {k + 1} of {n}", f"part {j + 1} of {n}",
-                                 text)]
-    return []
+                return parts, k, j
+    return None
 
 
 def _holds(a: torch.Tensor, b: torch.Tensor, tol: Tolerance) -> bool:
