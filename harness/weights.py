@@ -1584,8 +1584,9 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
     if report.passed:
         weights.remember_twins(candidate, reference, {r.candidate: r.reference for r in report.rows
                                                       if r.match.how == "weights" and r.passed})
-    if not report.passed and report.introduced:
-        # once, for the map as it stands: what differs at each disagreeing module, op by op
+    if not report.passed and any(not _settings_differ(report, m) for m in report.introduced):
+        # once, for the map as it stands: what differs at each disagreeing module, op by op (where
+        # twins differ in a setting, that difference is the conflict and no diagnosis is needed)
         weights.transfer(reference, trial)
         report = compare(trial, reference, inputs, weights=weights, noise_floor=False, **options)
     weights.conflicts = [] if report.passed else [_conflict(report, m) for m in report.introduced]
