@@ -40,7 +40,9 @@ without a twin (or with a failing guess) completed after the last agreeing call 
 first failing one, the error was made there, and the innermost such call is named instead (its
 untwinned children are listed). So an error in an untwinned ``embeddings`` is not blamed on
 ``<root>``. Such a call is cleared when it did its part right: an untwinned call whose output the
-reference also computes (in any layout: a ``Permute`` module against a functional permute), as a
+reference also computes (in any layout: a ``Permute`` module against a functional permute; one
+without parameters also to a few units in the last place when run on the inputs of the reference
+call whose output it holds: a tanh GELU within a float32 tolerance of the exact one is not), as a
 call's output or, inside the twin around it, as any op's value (a slice of a fused ``qkv``, a bias
 table read by an attention's own code: the twin's ops are run again to see), or a torch lookup (an
 ``nn.Embedding``) handed indices whose output rows are rows of a reference tensor (the ids,
@@ -909,6 +911,15 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
     # a guess that still fails on its twin's own inputs is not vouched for by its twin's value (a
     # tanh GELU within a float32 tolerance of the exact one it replaces)
     disowned = {id(r.match.candidate): r.match.reference.primary for r in guesses if r.guess_reran}
+    # nor is an untwinned call without parameters that holds a reference call's output only within
+    # the tolerance, yet gives another value when run on that call's own inputs (a tanh GELU within
+    # a float32 tolerance of the exact one): on the same inputs, the same computation agrees to
+    # its last bits
+    tol = row.tolerance if row is not None else None
+    for u in suspects:
+        apart = None if id(u) in disowned else _differs_on_same_inputs(u, _pool(row, reference), tol)
+        if apart is not None:
+            disowned[id(u)] = apart
     # a call inside a module that gives its twin's output when re-run on its twin's inputs did its
     # part right there: what it was handed is wrong (a pooling head's attention fed un-normed state)
     cleared = suspects
@@ -998,6 +1009,39 @@ def _computes_as(call: Record, others: Sequence[Record], tol: Tolerance | None) 
             if got and _worst(_leaf_pairs(got, other.outputs), tol or tolerance_for(next(iter(got.values())).dtype))[2]:
                 return True
     return False
+
+
+_SAME_INPUT_ULPS = 64  # how far one computation, given the same inputs, may round apart (a formula rewritten)
+
+
+def _differs_on_same_inputs(call: Record, pool: Sequence[Record], tol: Tolerance | None) -> torch.Tensor | None:
+    """The output of the first of ``pool`` (reference calls) that ``call``, one without parameters,
+    holds within ``tol`` but not bitwise, when ``call``'s module run on that call's inputs gives
+    something else beyond a few units in the last place of its values; None otherwise (vouched
+    for, or nothing to run it on)."""
+    out = call.primary
+    if call.module is None or not call.args or any(True for _ in call.module.parameters()) \
+            or not isinstance(out, torch.Tensor) or not out.is_floating_point():
+        return None
+    near = [r for r in pool if r.module is not None and r.inputs and isinstance(r.primary, torch.Tensor)
+            and not _bitwise(out, r.primary) and _holds_any(out, [r.primary], tol)
+            and not _holds_any(r.primary, [r.first_input], tol)]  # one handing its input on proves nothing
+    for other in near[:_COUNTERPARTS]:
+        exact = Tolerance(0.0, _SAME_INPUT_ULPS * torch.finfo(other.primary.dtype).eps)
+        ran = False
+        for args, kwargs in _rerun_input_choices(call, other, tol):
+            args, kwargs = (map_tensors(x, torch.Tensor.clone) for x in (args, kwargs))  # an in-place call
+            try:
+                with torch.no_grad():
+                    got = {k: v.detach() for k, v in flatten_tensors(call.module(*args, **kwargs)).items()}
+            except Exception:  # a signature that only looked compatible
+                continue
+            ran = ran or bool(got)
+            if got and _worst(_leaf_pairs(got, other.outputs), exact)[2]:
+                return None
+        if ran:
+            return other.primary
+    return None
 
 
 def _bridged(inside: Sequence[Row], since: int, failing: Row | None, reference: Sequence[Record]) -> bool:
