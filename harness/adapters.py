@@ -360,14 +360,16 @@ _POSITIONS = 8  # the first (and last) positions along an axis tried for a call 
 
 def one_position(small: torch.Tensor, big: torch.Tensor, tol: Tolerance | None = None) -> tuple[int, int] | None:
     """``(dim, index)``: the position along one axis of ``big`` that ``small`` holds, when ``small``
-    has ``big``'s shape without that axis (or with it of size 1): a norm run on the pooled class
+    has ``big``'s shape without that axis (or with it of size 1; axes of size 1 aside): a norm run on the pooled class
     token against one run on every token, the class token taken after it. Either side may be the
     small one. The positions tried are the first and last few (class, distillation, register
     tokens); the one agreeing best is kept, the first within ``tol`` at once. None when no axis fits."""
     best: tuple[float, int, int] | None = None
     for dim, n in enumerate(big.shape):
         rest = (*big.shape[:dim], *big.shape[dim + 1:])
-        if n < 2 or tuple(small.shape) not in (rest, (*big.shape[:dim], 1, *big.shape[dim + 1:])):
+        # axes of size 1 aside: a head's norm on the pooled map keeps (B, C, 1, 1) where a port's
+        # keeps (B, C)
+        if n < 2 or _unit_axes_dropped(small.shape) != _unit_axes_dropped(rest):
             continue
         for index in dict.fromkeys((*range(min(n, _POSITIONS)), *range(max(n - _POSITIONS, 0), n))):
             part = big.select(dim, index).reshape(small.shape)
@@ -377,6 +379,10 @@ def one_position(small: torch.Tensor, big: torch.Tensor, tol: Tolerance | None =
             if tol is not None and err <= tol.bound(float(part.abs().max())):
                 return dim, index
     return None if best is None else best[1:]
+
+
+def _unit_axes_dropped(shape: Sequence[int]) -> tuple[int, ...]:
+    return tuple(n for n in shape if n != 1)
 
 
 def at_position(big: torch.Tensor, shape: Sequence[int], dim: int, index: int) -> torch.Tensor:
