@@ -57,8 +57,8 @@ already differ from its twin's). With every suspect cleared, an operation was le
 first a cleared call that returns its child's output as it is where the reference reads that
 output plus the call's input next (a residual layer that lost its add; a module with a forward of
 its own, or where no call around has a twin, a torch container too), with the add named; then a
-cleared call with a forward and tensors of its own that returns its child's output as it is where
-the failing call's twin is handed another value (an embeddings whose position add moved to a later
+cleared call with a forward and tensors of its own that hands its input on to its first call and
+returns a child's output as it is where the failing call's twin is handed another value (an embeddings whose position add moved to a later
 layer: it holds the table, and left the add out); then the own code of an untwinned container
 around the failing call: the innermost that does not hand its input on unchanged (an encoder
 adding a position table before its ``Sequential`` of layers, not the ``Sequential``), else the
@@ -1073,15 +1073,24 @@ def _gap_frame(enclosing: Sequence[Record], calls: Sequence[Record], last: Recor
 
 def _unused_holder(cleared: Sequence[Record], calls: Sequence[Record], failing: Row | None) -> Record | None:
     """The innermost of the ``cleared`` calls with a forward of its own and tensors of its own that
-    returns a nested call's output as it is, where the ``failing`` call's twin is handed a value
-    other than that output."""
+    hands its input on to the first call nested in it and returns a nested call's output as it is,
+    where the ``failing`` call's twin is handed a value other than that output."""
     if failing is None:
         return None
     wanted = failing.match.reference.first_input
     found = [u for u in cleared if _own_forward(u.module) and _holds_own_tensors(u.module)
              and any(c is not u and u.contains(c) and _bitwise(c.primary, u.primary) for c in calls)
+             and _first_handed_on(u, calls)
              and isinstance(wanted, torch.Tensor) and not _holds_any(u.primary, [wanted], failing.tolerance)]
     return min(found, key=lambda u: u.end - u.start, default=None)
+
+
+def _first_handed_on(container: Record, calls: Sequence[Record]) -> bool:
+    """Whether the first of ``calls`` nested in ``container`` received its input as it came: its
+    own code did nothing before it (an encoder that adds its position table to what it hands its
+    layers used its tensors)."""
+    first = min((c for c in calls if c is not container and container.contains(c)), key=lambda c: c.start, default=None)
+    return first is None or _hands_on(container, first)
 
 
 def _model(rows: Sequence[Row]) -> nn.Module | None:

@@ -1,0 +1,75 @@
+"""A port whose encoder adds the position table, runs the layers and the final norm, all agreeing,
+while the root reads the wrong token after it (``[:, 1]`` for the class token ``[:, 0]``): the
+encoder has no twin, returns its norm's agreeing output as it is and holds a table of its own, but
+used it (it hands its layers something other than its input), so it is not blamed: the root's own
+code chose the token."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import harness
+from helpers import compare_port
+
+D, N = 16, 4
+
+
+class Original(nn.Module):
+    """The table added and the class token read in the root's own code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Linear(8, D)
+        self.cls = nn.Parameter(torch.randn(1, 1, D))
+        self.pos = nn.Parameter(torch.randn(1, N + 1, D))
+        self.block, self.norm, self.head = nn.Linear(D, D), nn.LayerNorm(D), nn.Linear(D, 3)
+
+    def forward(self, x):
+        x = torch.cat([self.cls.expand(len(x), -1, -1), self.patch(x)], 1) + self.pos
+        return self.head(self.norm(x + torch.tanh(self.block(x)))[:, 0])
+
+
+class Encoder(nn.Module):
+    """The table added by the encoder before its layer and its final norm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.zeros(1, N + 1, D))
+        self.layer, self.ln = nn.Linear(D, D), nn.LayerNorm(D)
+
+    def forward(self, x):
+        x = x + self.table
+        return self.ln(x + torch.tanh(self.layer(x)))
+
+
+class Port(nn.Module):
+    def __init__(self, token: int = 0) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, D)
+        self.class_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.encoder, self.classifier = Encoder(), nn.Linear(D, 3)
+        self.token = token
+
+    def forward(self, x):
+        x = torch.cat([self.class_token.expand(len(x), -1, -1), self.embed(x)], 1)
+        return self.classifier(self.encoder(x)[:, self.token])
+
+
+def ported():
+    reference = Original().double().eval()
+    harness.randomize_(reference, torch.Generator().manual_seed(1))
+    x = torch.randn(2, N, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return Port().double().eval(), reference, x
+
+
+def test_the_port_reading_the_class_token_passes():
+    port, reference, x = ported()
+    report = compare_port(port, reference, x)
+    assert report.passed, report.format()
+
+
+def test_reading_the_wrong_token_after_the_encoder_blames_the_root_not_the_encoder():
+    port, reference, x = ported()
+    report = compare_port(port, reference, x, lambda p: setattr(p, "token", 1))
+    assert not report.passed and report.culprit == "<root>", report.format()
