@@ -271,6 +271,8 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
         annotate_mismatches(rows, final, outputs, tol)
         found, rows = _blamed_parts(found, rows, diagnosis)
         found, diagnosis = _holder_of_missing(found, diagnosis, weights, candidate, cand_trace.records, rows)
+        notes += _setting_note(found, diagnosis, rows)
+        found = _setting_within_rounding(found, diagnosis, rows)
     notes += ([noise.note] if noise.note else []) + float64_hint(pair_name, name, passed, found.culprit, rows)
     first_divergence, culprit = found.first_divergence, found.culprit
     release()
@@ -421,6 +423,38 @@ def _holder_of_missing(found: Localization, diagnosis: list[dict], weights: Weig
     early = first_row is not None and calls[holder].end < first_row.match.candidate.end
     return replace(found, culprit=holder, first_divergence=holder if early else found.first_divergence,
                    introduced=[holder if n == found.culprit else n for n in found.introduced]), [moved, *diagnosis[1:]]
+
+
+def _setting_inside(found: Localization, diagnosis: list[dict], rows: list[Row]) -> Row | None:
+    """The row of the twinned call inside the culprit that the culprit's first finding blames for
+    a setting (an eps, an approximation), when that call's output differs from its twin's yet
+    passed, within its rounding: the error the culprit fails on is that setting's, grown by the
+    calls after it (a final norm's eps at float32, amplified by the head)."""
+    first = diagnosis[0] if diagnosis else None
+    if first is None or first["kind"] not in ("argument", "attribute") or found.culprit is None:
+        return None
+    module = first["module"]
+    if module == found.culprit or not (found.culprit == ROOT or module.startswith(f"{found.culprit}.")):
+        return None
+    return next((row for row in rows if row.candidate == module and row.passed and row.match.how != "structure"
+                 and row.metrics.max_abs > 0), None)
+
+
+def _setting_within_rounding(found: Localization, diagnosis: list[dict], rows: list[Row]) -> Localization:
+    """The culprit moved to the call :func:`_setting_inside` finds, which then is also where the
+    outputs first differ."""
+    row = _setting_inside(found, diagnosis, rows)
+    if row is None:
+        return found
+    return replace(found, culprit=row.candidate, first_divergence=row.candidate,
+                   introduced=[row.candidate if n == found.culprit else n for n in found.introduced])
+
+
+def _setting_note(found: Localization, diagnosis: list[dict], rows: list[Row]) -> list[str]:
+    row = _setting_inside(found, diagnosis, rows)
+    return [] if row is None else [
+        f"{row.candidate} passes within its tolerance, but differs from its twin in a setting ({diagnosis[0]['text']}); "
+        f"the error {found.culprit} fails on starts there and grows after it"]
 
 
 def _torch_module(model: nn.Module, name: str) -> bool:
