@@ -102,7 +102,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    the candidate runs it in another place to no effect (a ReLU on a shortcut that holds no negative
    values); an op missing in a module that the candidate ran on the module's input before it (it
    receives what that op, re-run on the reference's input, gives: a ReLU before the norm whose
-   reference applies it after) is that op applied before the module.
+   reference applies it after) is that op applied before the module. A moved op reading parameters
+   is named with them (a talking-heads mix applied after the softmax).
    Ops of other names in each other's place are findings only where their results differ and, after
    the first such op, where their inputs agree: another spelling of one operation (``relu6`` for
    ``hardtanh(0, 6)``) is none, and an op that only receives what a replaced op before it changed
@@ -114,7 +115,9 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    port writes it out too): a parameter it reads holding other values or passed in another layout
    than the reference op's of that role (a hand-written norm's scale), else what differs where its ops and arguments show it (an unbiased ``var``,
    eps added outside the square root or another eps under it, the tanh formula of an erf GELU, a
-   softmax summed over another dim), and by how much it differs from the re-run op (in the
+   softmax summed over another dim; a kernel standardized by its mean and variance against a
+   batch norm on the kernel: the extra ops feeding the op in the norm's place are that run), and by
+   how much it differs from the re-run op (in the
    layout that best holds its values).
    The first pair whose output differs (float64 tolerance) is the divergence. It is explained by
    the pending missing / extra / different ops, an attention's head count where its q, k and v hold
@@ -128,18 +131,24 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    holding other values, compared with the reference's in one layout (a ``(C,)`` scale on NHWC
    against its ``(1, C, 1, 1)`` view on NCHW; ``add``/``mul`` operands paired whatever their side)
    (``weight`` holds the reference's ``bias``, or another module's tensor anywhere in the reference
-   model, as it is, reshaped or transposed: a swap; its own twin's with the dims permuted: stored
-   transposed; one stored right but passed where the reference passes another of the op's
+   model, as it is, reshaped or transposed: a swap, unless it holds one value throughout, which
+   any tensor of that value would match: a layer scale left at ones is said to hold a constant; its
+   own twin's with the dims permuted: stored transposed, operands of one shape but for axes of size
+   1 compared as they lie: a linear's square weight transposed against a 1x1 conv's; one stored
+   right but passed where the reference passes another of the op's
    operands: a norm's mean and variance swapped), a parameter stored right of which the op receives
    one slice where the reference passes all of it and no other op receives the rest (a position
    table added to the patches only: ``pos[:, 0:1]`` never added), a parameter one side does not
    pass (a dropped bias), or, when its inputs already differ while everything computed before agreed, operands
-   passed in another order (``key`` where ``query`` belongs; a written-out attention's q and k read
+   passed in another order (``key`` where ``query`` belongs; ``k @ q^T`` for ``q @ k^T``, an operand
+   holding the other's transposed; a written-out attention's q and k read
    before their scaling and ``k``'s transpose, compared through a reshape where one side folds the
    heads into the batch), another part of what the reference splits (a split, chunk or unbind of a
    fused projection) than the part it passes there (key and value slices taken in another order,
    whatever op reads them), or a part of what the candidate splits where the reference's input
-   holds another part's values (a fused gate|up projection's halves swapped), the reference's
+   holds another part's values (a fused gate|up projection's halves swapped), an input holding what
+   another reference op computes than the one the reference's op reads (the activation of a SwiGLU
+   with separate gate and up projections applied to the up one), the reference's
    values reordered along some axes,
    each on its own (slices joined in another order, a roll, a flip: :func:`rearrangement`), or the
    layout ops between (a transpose missing before a reshape; a roll or flip one side only applies
@@ -150,7 +159,13 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    only through a layout adapter (a conv run on a map with H and W exchanged). Outputs agree in any
    layout (:mod:`harness.adapters`): an einsum may write ``(B, N, H, D)`` where the fused attention
    writes ``(B, H, N, D)``, a token-mixing einsum ``(B, N, C)`` where a linear on transposed tokens
-   writes ``(B, C, N)``, even with ``N == C``. A pair receiving the same inputs and arguments whose
+   writes ``(B, C, N)``, even with ``N == C``. A pair agreeing only with two axes of one size exchanged,
+   which no layout convention does (tokens and heads, as many of each: ``q * scale`` on q split per
+   token against the reference's per head), is held: a later op it feeds agreeing as it is shows the
+   layout harmless, and the search goes on; an op differing first is explained at the held pair (a
+   square map's H and W exchanged). An op paired crosswise with the twin of a reference op found
+   missing before it (the query normalized, the key not) leaves the op in its own place missing
+   instead. A pair receiving the same inputs and arguments whose
    results of one shape differ is explained by a parameter operand spread over other axes of the
    result than its twin's (a layer scale passed as one of its values, or along the width where the
    reference's runs along the channels). When no pair differs but the module output does, the
@@ -672,6 +687,9 @@ def _normalize(name: str, args: dict[str, Any], first: torch.Tensor | None, outs
         if k in _SPATIAL_ARGS and isinstance(v, int) and name.startswith(_WINDOWED) and outs:
             v = (v,) * (outs[0].ndim - 2)
         out[k] = v
+    if isinstance(out.get("dim0"), int) and isinstance(out.get("dim1"), int):
+        # the two axes a transpose exchanges are one pair in either order: ``(-1, -2)`` is ``(2, 3)``
+        out["dim0"], out["dim1"] = sorted((out["dim0"], out["dim1"]))
     if name.startswith(("avg_pool", "max_pool")) and out.get("stride") in (None, ()):
         out["stride"] = out.get("kernel_size")  # a pool's stride defaults to its window
     if name in _SEQUENCE_ARGUMENTS:
@@ -1681,7 +1699,7 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
         if training and key in _UNREAD_IN_TRAINING:
             continue  # a norm in train mode normalizes with the batch's statistics; it only updates these
         passed_c, passed_r = c.operands.get(key, c.param_values[key]), r.operands.get(r_key, r.param_values[r_key])
-        passed = _in_one_layout(passed_c, passed_r)
+        passed = _in_one_layout(passed_c, passed_r, as_passed=True)
         if passed is not None and torch.equal(passed[0], passed[1].to(passed[0].dtype)):
             continue  # the op receives the same values, however each side stores and lays them out
         name, ref_name = c.params[key], r.params[r_key]
@@ -1736,9 +1754,15 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
                     f"{dims} (stored transposed?)")
             out.append(_finding(module, "argument", c.name, name, f"{name} (permuted {dims})", ref_name, text))
             continue
-        holds = _whose_values(c.param_values[key], ref_module, ref_name, root)
+        value = _constant(c.param_values[key])
+        # a tensor of one value matches every other of that value (ones, zeros: a layer scale left at
+        # its initial value against a batch norm's fresh variance): it tells whose it is not
+        holds = None if value is not None else _whose_values(c.param_values[key], ref_module, ref_name, root)
         if holds:
             text = f"{module}: {c.name} operand {name} holds the reference's {holds} (swapped weights?)"
+        elif value is not None:
+            text = (f"{module}: {c.name} operand {name} holds the constant {value:g} everywhere, where the reference's "
+                    f"{ref_name} holds other values (left at its initial value?)")
         else:
             text = f"{module}: {c.name} operand {name} holds other values than the reference's {ref_name} " \
                    f"({_operand_difference(passed, c.param_values[key], r.param_values[r_key])})"
@@ -1830,10 +1854,17 @@ def _spread(operand: torch.Tensor, ndim: int) -> tuple[int, ...]:
 def _permuted_twin(stored: torch.Tensor, reference: torch.Tensor) -> tuple[int, ...] | None:
     """The permutation of ``stored``'s dims under which it holds ``reference``'s values exactly (a
     square weight stored transposed, a kernel with its H and W exchanged), or None."""
+    if stored.ndim != reference.ndim and len(_kept_axes(stored.shape)) == len(_kept_axes(reference.shape)):
+        # a linear's square weight against its 1x1 conv's: compared without the axes of size 1
+        stored, reference = stored.reshape(_kept_axes(stored.shape)), reference.reshape(_kept_axes(reference.shape))
     for dims in shape_permutations(tuple(reference.shape), tuple(stored.shape)):
         if torch.equal(stored.permute(dims), reference.to(stored.dtype)):
             return dims
     return None
+
+
+def _kept_axes(shape: Sequence[int]) -> tuple[int, ...]:
+    return tuple(n for n in shape if n != 1)
 
 
 def _role_holding(r: Op, r_key: str, value: torch.Tensor) -> str | None:
@@ -1902,11 +1933,18 @@ def _paired_params(c: Op, r: Op) -> list[tuple[str, str]]:
     return pairs
 
 
-def _in_one_layout(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _in_one_layout(a: torch.Tensor, b: torch.Tensor, *,
+                   as_passed: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``a`` and ``b`` in one shape: as they are, or ``a`` in the layout that best holds ``b``'s values
-    (a ``(C,)`` scale against its ``(1, C, 1, 1)`` view, a kernel permuted); None when no layout fits."""
+    (a ``(C,)`` scale against its ``(1, C, 1, 1)`` view, a kernel permuted); None when no layout fits.
+    ``as_passed``: operands as two ops receive them, of one shape but for axes of size 1, are
+    compared as they lie."""
     if a.shape == b.shape:
         return a, b
+    if as_passed and _kept_axes(a.shape) == _kept_axes(b.shape):
+        # axes of size 1 added or dropped move no value (a linear's weight against its 1x1 conv's):
+        # a permutation there would pass a square matrix transposed for the same values
+        return a.reshape(b.shape), b
     adapter = find_adapter(a, b)
     return None if adapter is None else (adapter.apply(a), b)
 
@@ -1957,6 +1995,13 @@ def _stored_right(stored: torch.Tensor, reference: torch.Tensor, mapped: torch.T
     layout = find_adapter(stored, reference)
     return f"through {layout.description}" if layout is not None and torch.equal(
         layout.apply(stored), reference.to(stored.dtype)) else None
+
+
+def _constant(t: torch.Tensor) -> float | None:
+    """The one value every element of ``t`` holds (of several elements), else None."""
+    if t.numel() < 2 or not (t.is_floating_point() or t.is_complex()) or not bool((t == t.flatten()[0]).all()):
+        return None
+    return float(t.flatten()[0].real)
 
 
 def _whose_values(t: torch.Tensor, module: nn.Module, exclude: str, root: nn.Module | None = None) -> str | None:
@@ -2033,10 +2078,13 @@ def _layout_findings(base: str, cand: _Side, ref: _Side, c_lo: int, c_hi: int, r
                              f"{module}: extra {op.name}{_layout_args(op)} in the candidate before {before}; "
                              f"the reference has none")]
         op = (moved_r or missing)[0]
-        module = _scoped(base, op)
+        module, who = _scoped(base, op), "the reference"
+        if op.scope and op.scope not in _scopes(cand.rec):
+            # a submodule of the reference's the candidate does not have is no place in it
+            module, who = base, f"the reference's {module}"
         return [_finding(module, "missing_op", op.name, None, None, op.name,
                          f"{module}: {op.name}{_layout_args(op)} missing in the candidate before {before}; "
-                         f"the reference applies it")]
+                         f"{who} applies it")]
     return []
 
 
@@ -2236,12 +2284,20 @@ def _swapped_inputs(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tol
         # heads folded into the batch ((batch * heads, tokens, head size)) on one side only: one reshape apart
         return a.numel() == b.numel() and _outputs_agree([a.reshape(b.shape)], [b], tol)
 
+    def transposed(a: torch.Tensor, b: torch.Tensor) -> bool:
+        # a product's operands exchanged with the transpose each is read through (``k @ q^T``
+        # where the reference computes ``q @ k^T``): one holds the other's, its last two dims exchanged
+        return c.name == "matmul" and a.ndim >= 2 and agree(a.transpose(-1, -2), b)
+
     for i, a in enumerate(cv):
         if agree(a, rv[i]):
             continue
         j = next((j for j, b in enumerate(rv) if j != i and agree(a, b)), None)
+        how = ""
+        if j is None and (j := next((j for j, b in enumerate(rv) if j != i and transposed(a, b)), None)) is not None:
+            how = " transposed"
         if j is not None:
-            text = (f"{module}: {c.name} operand {names[i]} holds the reference's {names[j]} "
+            text = (f"{module}: {c.name} operand {names[i]} holds the reference's {names[j]}{how} "
                     f"(operands passed in another order?)")
             return [_finding(module, "argument", c.name, names[i], names[j], names[i], text)]
     return []
@@ -2261,6 +2317,30 @@ def _other_part(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Toleran
                 f"where the reference passes part {k + 1}: parts taken in another order (swapped?)")
         return [_finding(module, "argument", c.name, "input", f"part {j + 1} of {n}", f"part {k + 1} of {n}", text)]
     return _own_other_part(module, c, r, cand, ref, tol)
+
+
+def _other_source(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance, ref_base: str) -> list[dict]:
+    """An input holding what another computing op of the reference gives than the one whose result
+    the reference's op reads (through layout ops): a SwiGLU's activation applied to the up
+    projection where the reference applies it to the gate, the two halves swapped."""
+    for c_id, r_id in zip(c.input_ids, r.input_ids):
+        a, b = cand.rec.value(c_id, c.index), ref.rec.value(r_id, r.index)
+        own = _source(ref.rec, r_id, r.index)
+        if a is None or b is None or own is None or _outputs_agree([a], [b], tol):
+            continue
+        before = _upstream(ref.rec, own)  # what the reference's own source computes from: a missing op's input
+        other = next((op for op in reversed(ref.rec.ops[:r.index]) if op.kind == "compute" and op is not own
+                      and op.index not in before and any(_outputs_agree([a], [o], tol) for o in op.outputs)), None)
+        if other is not None:
+            text = (f"{module}: {c.name} reads what the reference's {_producer_text(ref_base, other)} gives, where "
+                    f"the reference's {r.name} reads what its {_producer_text(ref_base, own)} gives (the two swapped?)")
+            return [_finding(module, "argument", c.name, "input", _scoped(ref_base, other), _scoped(ref_base, own),
+                             text)]
+    return []
+
+
+def _producer_text(base: str, op: Op) -> str:
+    return f"{_scoped(base, op)} ({op.name})" if op.scope else op.name
 
 
 def _own_other_part(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance) -> list[dict]:
@@ -2334,6 +2414,22 @@ def _pair_agrees(c: Op, r: Op, tol: Tolerance) -> bool:
     the transposed tokens) may give them in another layout of one shape."""
     return _outputs_agree(c.outputs, r.outputs, tol, same_shape=c.features != r.features) and not (
         _argument_findings("", c, r) and not _identical(c.outputs, r.outputs))
+
+
+def _axes_exchanged(c: list[torch.Tensor], r: list[torch.Tensor], tol: Tolerance) -> bool:
+    """Whether each result holds its twin's values with axes of one size exchanged, which no layout
+    convention does (heads and tokens when there are as many of each: ``(B, N, H, D)`` against
+    ``(B, H, N, D)``), and not as it is."""
+    if len(c) != len(r) or not c:
+        return False
+    for a, b in zip(c, r):
+        if a.shape != b.shape or not a.is_floating_point() or a.numel() < 2 or _outputs_agree([a], [b], tol):
+            return False
+        if not _close(a.flatten().sort().values, b.flatten().sort().values):
+            return False  # not the same values in any order: nothing to try
+        if not any(_outputs_agree([a.permute(*dims)], [b], tol) for dims in shape_permutations(a.shape, a.shape)):
+            return False
+    return True
 
 
 def _value_twin(c: Op, rs: list[Op], pos: int, tol: Tolerance) -> Op | None:
@@ -2627,7 +2723,7 @@ def _softmax_dim_variant(span: list[Op], r: Op, rec: OpRecorder) -> list[tuple]:
 _NORM_VARIANTS = (_variance_variant, _eps_variant)
 _VARIANTS: dict[str, tuple[Callable[[list[Op], Op, OpRecorder], list[tuple]], ...]] = {
     "layer_norm": _NORM_VARIANTS, "group_norm": _NORM_VARIANTS, "instance_norm": _NORM_VARIANTS,
-    "batch_norm": (_eps_variant,), "rms_norm": (_eps_variant,), "gelu": (_gelu_variant,),
+    "batch_norm": _NORM_VARIANTS, "rms_norm": (_eps_variant,), "gelu": (_gelu_variant,),
     "softmax": (_softmax_dim_variant,), "log_softmax": (_softmax_dim_variant,),
     "scaled_dot_product_attention": (_softmax_dim_variant,),
 }
@@ -2647,7 +2743,41 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
     into: dict[int, str] = {}  # id of an extra op's finding -> the op reading its result (where it went)
     cand_scopes = _scopes(cand.rec)
     last_c, last_r, agreed = -1, -1, None  # recorder indices of the last agreeing pair, the pair
+    held: tuple[int, list[dict]] | None = None  # a pair agreeing only with two axes of one size exchanged
     codes = _aligned(cs, rs, expected, cand.rec, tol)
+
+    def diverged(at: int, c: Op, r: Op) -> list[dict]:
+        where = _scoped(module, c)
+        found = _feeding(pending, unpaired, c, r, cand, ref)
+        found += _located(_head_findings(where, c, r, cand, ref) or _argument_findings(where, c, r), c, r, cs,
+                          ref_name)
+        found += _part_findings(where, c, r, cs, expected) or _param_findings(where, c, r, ref_module, root,
+                                                                               expected)
+        found += _mask_findings(where, c, r, tol)
+        inputs_differ = not found and _inputs_differ(c, r, cand, ref, tol)
+        relaid = not found and not inputs_differ and _relaid_input(c, r, cand, ref)
+        if inputs_differ or relaid:
+            found = _swapped_inputs(where, c, r, cand, ref, tol) \
+                or _other_part(where, c, r, cand, ref, tol) \
+                or _other_source(where, c, r, cand, ref, tol, ref_name or module) \
+                or _rearranged_input(where, c, r, cand, ref, tol) \
+                or _layout_findings(module, cand, ref, last_c, c.index, last_r, r.index, c.name, agreed)
+        if not found and relaid:
+            found = [_finding(where, "op", c.name, None, None, None,
+                              f"{where}: {c.name} receives the reference's input in another layout, "
+                              f"{relaid} ({_difference(c.outputs, r.outputs)})")]
+        if not found and not inputs_differ:
+            found = _broadcast_findings(where, c, r)
+        if not found:
+            why = ("receives other inputs, though every operation before it agrees: they are sliced, "
+                   "indexed or ordered differently" if inputs_differ
+                   else "gives another result from the same arguments and inputs")
+            found = [_finding(where, "value", c.name, None, None, None,
+                              f"{where}: {c.name} {why} ({_difference(c.outputs, r.outputs)}; candidate "
+                              f"{c.spelling}, reference {r.spelling})")]
+        return _moved(found + _unpaired_later(module, found, codes[at + 1:], cs, rs, ref_name, cand_scopes),
+                      idle, into)
+
     for at, (tag, i1, i2, j1, j2) in enumerate(codes):
         if tag != "equal":
             after_replaced = any(f["kind"] == "op" for f in pending)
@@ -2657,6 +2787,14 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                     pending += found
                     continue
                 tag, i1, j1 = "insert", i1 + done, j2  # it does: what follows it is extra
+            if tag == "replace" and j2 - j1 == 1 and (run := _extra_run(pending, unpaired, cs[i2 - 1], cand.rec)):
+                # extra ops feeding the op in the place of one reference op: the run it ends, written
+                # out (a weight standardized by its mean and variance where the reference calls a norm)
+                done, found = _written_out(module, [op for _, op in run] + cs[i1:i2], rs, j1, cand, ref, tol,
+                                           after_replaced, operands)
+                if done == len(run) + i2 - i1 or found and not _unexplained(found):
+                    pending[:] = [f for f in pending if all(f is not g for g, _ in run)] + found
+                    continue
             n = min(i2 - i1, j2 - j1) if tag == "replace" else 0
             pending += _replaced_findings(module, cs[i1:i1 + n], rs, j1, cand, ref, tol, operands, after_replaced,
                                           replaced)
@@ -2678,47 +2816,36 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             continue
         for k, (c, r) in enumerate(zip(cs[i1:i2], rs[j1:j2])):
             twin = r if _pair_agrees(c, r, tol) else _value_twin(c, rs, j1 + k, tol)
+            if twin is None and held is None and _axes_exchanged(c.outputs, r.outputs, tol):
+                # heads and tokens of one count exchanged (q split per token, the reference's per
+                # head): the op computes the reference's values, laid out otherwise. A later op it
+                # feeds agreeing as it is shows the layout harmless; one diverging first is
+                # explained here, where the exchanged axes may be the error (a map's H and W)
+                held, twin = (c.index, diverged(at, c, r)), r
             if twin is not None:
+                if held is not None and held[0] in _upstream(cand.rec, c) and _pair_agrees(c, twin, tol):
+                    held = None
                 # what was unpaired so far changed nothing; an op replaced on another branch (a sum
                 # of one operand taken as its mean, then the other operand's activation) still may,
                 # as may an extra op there (a ReLU on the shortcut, read by the residual add)
                 upstream = _upstream(cand.rec, c) | {c.index}
+                crosswise = twin is not r and _missing_for(twin, r, pending, unpaired)
                 aside = [f for f in pending if id(f) in replaced and replaced[id(f)].index not in upstream
                          or _extra_aside(unpaired.get(id(f)), upstream, cand.rec)]
                 replaced = {id(f): replaced[id(f)] for f in aside if id(f) in replaced}
                 unpaired = {id(f): unpaired[id(f)] for f in aside if id(f) in unpaired}  # kept alive: ids stay
                 pending[:] = aside
+                if crosswise:
+                    # the op is the twin of one found missing before it (q normalized where the
+                    # reference normalizes q, then k): the op missing is the one in its place
+                    pending.append(_unpaired_finding(module, "missing_op", r, cs, i1 + k + 1, ref_name, cand_scopes))
+                    unpaired[id(pending[-1])] = False, r
                 last_c, last_r, agreed = c.index, twin.index, (c, twin)
                 continue
-            where = _scoped(module, c)
-            found = _feeding(pending, unpaired, c, r, cand, ref)
-            found += _located(_head_findings(where, c, r, cand, ref) or _argument_findings(where, c, r), c, r, cs,
-                              ref_name)
-            found += _part_findings(where, c, r, cs, expected) or _param_findings(where, c, r, ref_module, root,
-                                                                                   expected)
-            found += _mask_findings(where, c, r, tol)
-            inputs_differ = not found and _inputs_differ(c, r, cand, ref, tol)
-            relaid = not found and not inputs_differ and _relaid_input(c, r, cand, ref)
-            if inputs_differ or relaid:
-                found = _swapped_inputs(where, c, r, cand, ref, tol) \
-                    or _other_part(where, c, r, cand, ref, tol) \
-                    or _rearranged_input(where, c, r, cand, ref, tol) \
-                    or _layout_findings(module, cand, ref, last_c, c.index, last_r, r.index, c.name, agreed)
-            if not found and relaid:
-                found = [_finding(where, "op", c.name, None, None, None,
-                                  f"{where}: {c.name} receives the reference's input in another layout, "
-                                  f"{relaid} ({_difference(c.outputs, r.outputs)})")]
-            if not found and not inputs_differ:
-                found = _broadcast_findings(where, c, r)
-            if not found:
-                why = ("receives other inputs, though every operation before it agrees: they are sliced, "
-                       "indexed or ordered differently" if inputs_differ
-                       else "gives another result from the same arguments and inputs")
-                found = [_finding(where, "value", c.name, None, None, None,
-                                  f"{where}: {c.name} {why} ({_difference(c.outputs, r.outputs)}; candidate "
-                                  f"{c.spelling}, reference {r.spelling})")]
-            return _moved(found + _unpaired_later(module, found, codes[at + 1:], cs, rs, ref_name, cand_scopes),
-                          idle, into)
+            # a held pair explains only what its result flows into (not a bug on another branch)
+            return held[1] if held is not None and held[0] in _upstream(cand.rec, c) else diverged(at, c, r)
+    if held is not None and not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
+        return held[1]
     if pending and not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
         return _moved(pending, idle, into)
     if not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
@@ -2729,6 +2856,29 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             module, "value", None, None, None, None,
             f"{module}: every operation agrees with the reference, the returned value does not")]
     return []
+
+
+def _extra_run(pending: list[dict], unpaired: dict[int, tuple[bool, Op]], last: Op,
+               rec: OpRecorder) -> list[tuple[dict, Op]]:
+    """The pending extra ops of the candidate whose results flow into ``last``, in their order, with
+    their findings."""
+    upstream = _upstream(rec, last)
+    run = [(f, unpaired[id(f)][1]) for f in pending
+           if id(f) in unpaired and unpaired[id(f)][0] and unpaired[id(f)][1].index in upstream]
+    return sorted(run, key=lambda entry: entry[1].index)
+
+
+def _unexplained(found: list[dict]) -> bool:
+    """Whether a written-out run's findings only say that it computes something else."""
+    return all(f["kind"] == "op" and f["argument"] is None for f in found)
+
+
+def _missing_for(twin: Op, r: Op, pending: list[dict], unpaired: dict[int, tuple[bool, Op]]) -> bool:
+    """Whether ``twin``, the reference op a candidate op agrees with in the place of ``r`` (of its
+    name), was found missing before it, and ``r`` was computed after it: the candidate's op is
+    ``twin``'s, and the op it lacks is ``r``."""
+    return r.index > twin.index and any(id(f) in unpaired and not unpaired[id(f)][0] and unpaired[id(f)][1] is twin
+                                        for f in pending)
 
 
 def _extra_aside(entry: tuple[bool, Op] | None, upstream: set[int], rec: OpRecorder) -> bool:
@@ -2787,8 +2937,8 @@ def _moved(findings: list[dict], idle: Sequence[dict] = (), into: dict[int, str]
         if lost is None:
             continue
         where = lambda f: f["text"].split(" in the candidate ", 1)[1].split(";", 1)[0]
-        text = (f"{lost['module']}: {extra['op']} in another place than the reference's: missing in the candidate "
-                f"{where(lost)}, extra{on(extra)} {where(extra)}")
+        text = (f"{lost['module']}: {_moved_label(lost, extra)} in another place than the reference's: missing in "
+                f"the candidate {where(lost)}, extra{on(extra)} {where(extra)}")
         rest = [f for f in findings if f is not lost and f is not extra]
         return [_finding(lost["module"], "missing_op", extra["op"], None, extra["op"], extra["op"], text), *rest]
     for extra in idle:
@@ -2803,6 +2953,15 @@ def _moved(findings: list[dict], idle: Sequence[dict] = (), into: dict[int, str]
         rest = [f for f in findings if f is not lost]
         return [{**lost, "candidate": extra["op"], "text": text}, *rest]
     return findings
+
+
+def _moved_label(lost: dict, extra: dict) -> str:
+    """The moved op as each side's finding labels it: with the parameters it reads (a talking-heads
+    mix applied after the softmax, which the reference applies before it), the candidate's where
+    they are named otherwise."""
+    label_r = lost["text"].split(": ", 1)[1].split(" missing in the candidate", 1)[0]
+    label_c = extra["text"].split(": extra ", 1)[-1].split(" in the candidate", 1)[0]
+    return label_r if label_c in (label_r, extra["op"]) else f"{label_r} (the candidate's {label_c})"
 
 
 _JOINING = frozenset({"add", "sub", "mul", "cat", "stack"})  # ops joining branches: an operand is one of them
