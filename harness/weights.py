@@ -150,6 +150,7 @@ class _Tensor:
     # a table whose rows the forward gathers through an index (``table[relative_position_index]``): the
     # steps from the stored table to the layout the gathered values are added in; () if none
     gathered: tuple[Step, ...] = ()
+    after: int = -1  # the latest operation using weights that the op's inputs derive from (-1: none)
 
     @property
     def used_shape(self) -> tuple[int, ...]:
@@ -338,6 +339,10 @@ class _FirstUse(TorchFunctionMode):
         # the tensor: kept alive so its id stays its own); key -> those steps where the values are added
         self.gathers: dict[int, tuple[str, tuple[Step, ...], torch.Tensor]] = {}
         self.gathered: dict[str, tuple[Step, ...]] = {}
+        # id(activation) -> (a weak reference to it, the latest op index using weights it derives from); and
+        # op index -> that of its inputs: a layer reading what an earlier one computed is no sibling of it
+        self.derived: dict[int, tuple[Any, int]] = {}
+        self.after: dict[int, int] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -354,9 +359,12 @@ class _FirstUse(TorchFunctionMode):
         self._follow_gathers(name.strip("_"), args, kwargs, leaves, result)
         held = [(t, self._held(t)) for t in leaves]
         joined = {p: self.joined[id(t)] for p, t in enumerate(leaves) if self._joined(t)}
+        after = max((self._after(t) for p, (t, h) in enumerate(held) if h is None and p not in joined), default=-1)
         if not any(h for _, h in held) and not joined:
+            self._derive(result, after)
             return result
         self.ops += 1
+        self.after[self.ops] = after
         name = name.strip("_")
         first = held[0][1] if name in _RELAYOUTS and args and args[0] is held[0][0] else None
         steps = _relayout_step(name, args, kwargs, args[0], result) if first is not None else None
@@ -370,6 +378,7 @@ class _FirstUse(TorchFunctionMode):
         if name in _JOINS and self._join(args, kwargs, result):
             return result
         source = next((id(t) for p, (t, h) in enumerate(held) if h is None and p not in joined), None)
+        self._derive(result, self.ops)
         if self._bias(name, kwargs, held):
             return result
         linear = _linear_weight(name, args, leaves, lambda p: held[p][1] is not None or p in joined, result)
@@ -378,6 +387,17 @@ class _FirstUse(TorchFunctionMode):
         if linear is not None and sum(h is not None for _, h in held) == 1 and not joined:
             self.outputs[id(result)] = (weakref.ref(result), self.ops, source, linear.features)
         return result
+
+    def _after(self, t: torch.Tensor) -> int:
+        found = self.derived.get(id(t))
+        return found[1] if found is not None and found[0]() is t else -1
+
+    def _derive(self, result: Any, after: int) -> None:
+        """Note what the outputs of an operation derive from (activations: weakly held, ids reused)."""
+        if after < 0:
+            return
+        for t in _tensor_leaves(result):
+            self.derived[id(t)] = (weakref.ref(t), after)
 
     def _follow_gathers(self, name: str, args: tuple, kwargs: dict, leaves: list, result: Any) -> None:
         """Rows gathered from a watched table through an integer index (``table[index.view(-1)]``) are
@@ -532,8 +552,10 @@ class _FirstUse(TorchFunctionMode):
         if len({len(parts) for parts in pieces.values()}) != 1:
             return False
         order = sorted(pieces, key=lambda position: (position != linear.position, position))
+        after = self.after[self.ops]
         for k in range(len(pieces[order[0]])):
             self.ops += 1
+            self.after[self.ops] = after
             for key, steps in (pieces[position][k] for position in order):
                 if key not in self.seen:
                     self._use(key, "linear", self.ops, source, steps)
@@ -555,6 +577,7 @@ class _FirstUse(TorchFunctionMode):
         self.joined.clear()
         self.outputs.clear()
         self.gathers.clear()
+        self.derived.clear()
 
 
 # operations adding gathered rows to what they are a bias of (attention scores, directly or as a mask)
@@ -623,8 +646,9 @@ def _first_uses(model: nn.Module, run: Callable[[nn.Module], Any]) -> tuple[list
     kinds = {k: "parameter" for k, _ in model.named_parameters()}
     out = [_Tensor(k, tuple(learned[k].shape), kinds.get(k, "buffer"), op, i, src, steps,
                    overwritten=tuple(recorder.overwritten.get(k, ())), again=again,
-                   gathered=recorder.gathered.get(k, ()) if not again else ())
-           if k in learned else _fused_tensor(k, recorder.fused[k], learned, kinds, (op, i, src, steps))
+                   gathered=recorder.gathered.get(k, ()) if not again else (), after=recorder.after.get(i, -1))
+           if k in learned else replace(_fused_tensor(k, recorder.fused[k], learned, kinds, (op, i, src, steps)),
+                                        after=recorder.after.get(i, -1))
            for k, op, i, src, steps, again in recorder.uses]
     tail = recorder.ops + 1
     for key, t in learned.items():
@@ -682,6 +706,7 @@ def _composites(tensors: list[_Tensor], *, stored: bool) -> dict[int, list[tuple
             # cross-attention's query from one sequence and its keys and values from another
             # (``nn.MultiheadAttention``'s ``in_proj_weight`` against separate ``q`` and ``kv``)
             same = (t.op == head.op and (t.source == head.source or t.op == "linear")
+                    and t.after < head.op_index  # a fused operation computes its parts at once: none reads another's
                     and ops[e][0] == ops[e - 1][-1] + 1
                     and all(tensors[a].used_shape[1:] == tensors[b].used_shape[1:] and tensors[a].kind == tensors[b].kind
                             and tensors[a].again == tensors[b].again == head.again
