@@ -1745,8 +1745,8 @@ def _conflict(report, module: str) -> dict[str, Any]:
     return {"module": module, "text": f"after transfer, {module} disagrees with its reference twin ({why})"}
 
 
-def _culprit_first(alternatives: Iterable[tuple[WeightMap, tuple | None]], weights: WeightMap,
-                   culprit: str) -> list[tuple[WeightMap, tuple | None]]:
+def _culprit_first(alternatives: Iterable[tuple[WeightMap, tuple | _Order | None]], weights: WeightMap,
+                   culprit: str) -> list[tuple[WeightMap, tuple | _Order | None]]:
     """The choices that move a tensor into or out of the culprit first, in their order, then the
     others: a choice that leaves the culprit's own tensors as they are (two norms exchanged beside
     it) cannot make it agree, and the comparisons each choice costs are counted."""
@@ -1811,13 +1811,14 @@ def _scopes(module: str) -> list[str]:
     return scopes
 
 
-def _alternatives(weights: WeightMap, module: str) -> Iterable[tuple[WeightMap, tuple | None]]:
+def _alternatives(weights: WeightMap, module: str) -> Iterable[tuple[WeightMap, tuple | _Order | None]]:
     """Maps differing from ``weights`` in one ambiguous choice around ``module``: a square matrix
     transposed, a patch-embedding kernel flattened channels-last, another permutation of dims of
     equal size (HWIO kernels with C_in == C_out), two same-shaped tensors of one module exchanged,
     or two submodules holding the same tensor shapes exchanged whole (a shortcut projection
-    computed before the main branch on one side and after it on the other). Each comes with the
-    exchange ``(prefix, a, b)`` it made, or None."""
+    computed before the main branch on one side and after it on the other); first, split projections
+    taking the slices of one fused tensor in another order (:func:`_sibling_orders`). Each comes with
+    the exchange ``(prefix, a, b)`` or the :class:`_Order` it made, or None."""
     entries = weights.entries
     seen: set[tuple] = set()
     for scope in _scopes(module):
@@ -1882,8 +1883,8 @@ def _sibling_orders(entries: list[Entry], inside: list[int], prefix: str) -> Ite
     use gives the k-th projection called the k-th slice of the fused tensor; a port may call them in
     another order than the fused rows hold them (transformers' YOLOS calls key, value, then query),
     and what decides is what the attention uses each one as. Only where the siblings take slices of
-    (or form) tensors of equal parts, up to ``_ORDERED_SIBLINGS`` of them: every order is re-run on
-    the disagreeing module alone before it costs a comparison."""
+    (or form) tensors of equal parts, up to ``_ORDERED_SIBLINGS`` of them: where the disagreeing
+    module can be re-run alone, an order costs a comparison only if the module then agrees."""
     families: dict[tuple[str, str], list[str]] = {}  # (kind, fused key) -> owners, in order of first entry
     for k in inside:
         e = entries[k]
