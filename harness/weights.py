@@ -30,7 +30,11 @@ its weights. The algorithm:
    side: their i-th tensors, concatenated along dim 0, form a composite that can match one tensor.
    Consecutive linear layers may also read different inputs: a cross-attention projects its query
    from one sequence and its keys and values from another (``nn.MultiheadAttention``'s one
-   ``in_proj_weight`` against separate ``q`` and ``kv`` layers).
+   ``in_proj_weight`` against separate ``q`` and ``kv`` layers). But never one reading what another
+   computed: a fused layer computes its parts at once, so an attention's output projection is no
+   part of its ``q``, ``k``, ``v`` (four layers of ``(C, C)`` would otherwise make the shape of the
+   MLP's ``(4C, C)`` and shift the map). Each operation notes the latest operation using weights its
+   inputs derive from, followed through every operation in between.
    A linear layer reading tensors concatenated along its outputs where used
    (``F.linear(x, torch.cat([wq, wk, wv]), torch.cat([bq, bk, bv]))``) is as many siblings.
    A tensor joined where used from stored tensors and zeros (timm's Swin V2 and BEiT build their
@@ -89,7 +93,11 @@ its weights. The algorithm:
    with its input columns regrouped ``(a, b)`` -> ``(b, a)``, for every split of their number into
    two factors: an output projection reading heads concatenated ``(head_dim, heads)`` where its twin
    reads ``(heads, head_dim)``, a convolution after a channel shuffle), and kept when the module then
-   agrees. A
+   agrees. Split projections holding slices of one fused tensor (or a fused tensor concatenated from
+   split ones) are tried first in every other order, up to four of them: the order of use gives the
+   first projection called the first rows, and a port may call ``key``, ``value``, then ``query``
+   (transformers' ViT-style attentions); an order is kept only where the disagreeing module then
+   agrees, and is then made in every other block holding siblings of the same names. A
    module whose twin differs in a numeric setting (``eps``, ``approximate``) disagrees whatever the
    weights: no alternative is tried there, and its conflict names the setting; nor around a module that owns no mapped tensor and received what
    its twin received (its own computation differs: a GELU against a tanh), nor around one whose
@@ -115,7 +123,7 @@ import re
 import string
 import weakref
 from dataclasses import dataclass, replace
-from itertools import combinations
+from itertools import combinations, permutations
 from typing import Any, Callable, Iterable
 
 import torch
@@ -150,6 +158,7 @@ class _Tensor:
     # a table whose rows the forward gathers through an index (``table[relative_position_index]``): the
     # steps from the stored table to the layout the gathered values are added in; () if none
     gathered: tuple[Step, ...] = ()
+    after: int = -1  # the latest operation using weights that the op's inputs derive from (-1: none)
 
     @property
     def used_shape(self) -> tuple[int, ...]:
@@ -338,6 +347,10 @@ class _FirstUse(TorchFunctionMode):
         # the tensor: kept alive so its id stays its own); key -> those steps where the values are added
         self.gathers: dict[int, tuple[str, tuple[Step, ...], torch.Tensor]] = {}
         self.gathered: dict[str, tuple[Step, ...]] = {}
+        # id(activation) -> (a weak reference to it, the latest op index using weights it derives from); and
+        # op index -> that of its inputs: a layer reading what an earlier one computed is no sibling of it
+        self.derived: dict[int, tuple[Any, int]] = {}
+        self.after: dict[int, int] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -354,9 +367,12 @@ class _FirstUse(TorchFunctionMode):
         self._follow_gathers(name.strip("_"), args, kwargs, leaves, result)
         held = [(t, self._held(t)) for t in leaves]
         joined = {p: self.joined[id(t)] for p, t in enumerate(leaves) if self._joined(t)}
+        after = max((self._after(t) for p, (t, h) in enumerate(held) if h is None and p not in joined), default=-1)
         if not any(h for _, h in held) and not joined:
+            self._derive(result, after)
             return result
         self.ops += 1
+        self.after[self.ops] = after
         name = name.strip("_")
         first = held[0][1] if name in _RELAYOUTS and args and args[0] is held[0][0] else None
         steps = _relayout_step(name, args, kwargs, args[0], result) if first is not None else None
@@ -370,6 +386,7 @@ class _FirstUse(TorchFunctionMode):
         if name in _JOINS and self._join(args, kwargs, result):
             return result
         source = next((id(t) for p, (t, h) in enumerate(held) if h is None and p not in joined), None)
+        self._derive(result, self.ops)
         if self._bias(name, kwargs, held):
             return result
         linear = _linear_weight(name, args, leaves, lambda p: held[p][1] is not None or p in joined, result)
@@ -378,6 +395,17 @@ class _FirstUse(TorchFunctionMode):
         if linear is not None and sum(h is not None for _, h in held) == 1 and not joined:
             self.outputs[id(result)] = (weakref.ref(result), self.ops, source, linear.features)
         return result
+
+    def _after(self, t: torch.Tensor) -> int:
+        found = self.derived.get(id(t))
+        return found[1] if found is not None and found[0]() is t else -1
+
+    def _derive(self, result: Any, after: int) -> None:
+        """Note what the outputs of an operation derive from (activations: weakly held, ids reused)."""
+        if after < 0:
+            return
+        for t in _tensor_leaves(result):
+            self.derived[id(t)] = (weakref.ref(t), after)
 
     def _follow_gathers(self, name: str, args: tuple, kwargs: dict, leaves: list, result: Any) -> None:
         """Rows gathered from a watched table through an integer index (``table[index.view(-1)]``) are
@@ -532,8 +560,10 @@ class _FirstUse(TorchFunctionMode):
         if len({len(parts) for parts in pieces.values()}) != 1:
             return False
         order = sorted(pieces, key=lambda position: (position != linear.position, position))
+        after = self.after[self.ops]
         for k in range(len(pieces[order[0]])):
             self.ops += 1
+            self.after[self.ops] = after
             for key, steps in (pieces[position][k] for position in order):
                 if key not in self.seen:
                     self._use(key, "linear", self.ops, source, steps)
@@ -555,6 +585,7 @@ class _FirstUse(TorchFunctionMode):
         self.joined.clear()
         self.outputs.clear()
         self.gathers.clear()
+        self.derived.clear()
 
 
 # operations adding gathered rows to what they are a bias of (attention scores, directly or as a mask)
@@ -623,8 +654,9 @@ def _first_uses(model: nn.Module, run: Callable[[nn.Module], Any]) -> tuple[list
     kinds = {k: "parameter" for k, _ in model.named_parameters()}
     out = [_Tensor(k, tuple(learned[k].shape), kinds.get(k, "buffer"), op, i, src, steps,
                    overwritten=tuple(recorder.overwritten.get(k, ())), again=again,
-                   gathered=recorder.gathered.get(k, ()) if not again else ())
-           if k in learned else _fused_tensor(k, recorder.fused[k], learned, kinds, (op, i, src, steps))
+                   gathered=recorder.gathered.get(k, ()) if not again else (), after=recorder.after.get(i, -1))
+           if k in learned else replace(_fused_tensor(k, recorder.fused[k], learned, kinds, (op, i, src, steps)),
+                                        after=recorder.after.get(i, -1))
            for k, op, i, src, steps, again in recorder.uses]
     tail = recorder.ops + 1
     for key, t in learned.items():
@@ -682,6 +714,7 @@ def _composites(tensors: list[_Tensor], *, stored: bool) -> dict[int, list[tuple
             # cross-attention's query from one sequence and its keys and values from another
             # (``nn.MultiheadAttention``'s ``in_proj_weight`` against separate ``q`` and ``kv``)
             same = (t.op == head.op and (t.source == head.source or t.op == "linear")
+                    and t.after < head.op_index  # a fused operation computes its parts at once: none reads another's
                     and ops[e][0] == ops[e - 1][-1] + 1
                     and all(tensors[a].used_shape[1:] == tensors[b].used_shape[1:] and tensors[a].kind == tensors[b].kind
                             and tensors[a].again == tensors[b].again == head.again
@@ -1558,23 +1591,27 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
         for alternative, change in _culprit_first(_alternatives(weights, culprit), weights, culprit):
             if budget <= 0:
                 break
-            if change is None and _still_fails(report, culprit, alternative, weights, reference, trial):
+            if not isinstance(change, tuple) and _still_fails(report, culprit, alternative, weights, reference, trial):
                 continue  # another layout of one tensor that leaves the culprit failing: no comparison
             budget -= 1
             trial_report = run(alternative)
-            if not _better(trial_report, report):
+            # of the orders of one set of siblings exactly one is right, and it makes the culprit agree:
+            # another order may fix the one sibling it puts right and leave the culprit failing
+            if not _better(trial_report, report) or isinstance(change, _Order) and culprit in trial_report.introduced:
                 weights.transfer(reference, trial)  # back to the map the next choices differ from
             else:
                 weights.entries = alternative.entries
                 weights.notes.append(f"ambiguous order of use around {culprit} resolved by running both models")
                 report = trial_report
-                elsewhere = _same_exchange_elsewhere(weights, change) if change else None
+                elsewhere = _same_order_elsewhere(weights, change) if isinstance(change, _Order) \
+                    else _same_exchange_elsewhere(weights, change) if change else None
                 if elsewhere is not None and budget > 0:
                     budget -= 1
                     trial_report = run(elsewhere)
                     if _better(trial_report, report):
                         weights.entries, report = elsewhere.entries, trial_report
-                        weights.notes.append(f"the same exchange made in the other blocks built like {change[0].rstrip('.') or ROOT}")
+                        weights.notes.append(f"the same exchange made in the other blocks built like "
+                                             f"{_scope_of(change).rstrip('.') or ROOT}")
                     else:
                         weights.transfer(reference, trial)
                 break
@@ -1598,6 +1635,10 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
     if not report.passed and not report.introduced:
         weights.conflicts.append({"module": None, "text": f"after transfer the outputs disagree "
                                                           f"(max_abs {report.output.max_abs:.3e})"})
+
+
+def _scope_of(change: tuple | _Order) -> str:
+    return change.prefix if isinstance(change, _Order) else change[0]
 
 
 def _scramble_unfilled(weights: WeightMap, trial: nn.Module) -> list[str]:
@@ -1704,8 +1745,8 @@ def _conflict(report, module: str) -> dict[str, Any]:
     return {"module": module, "text": f"after transfer, {module} disagrees with its reference twin ({why})"}
 
 
-def _culprit_first(alternatives: Iterable[tuple[WeightMap, tuple | None]], weights: WeightMap,
-                   culprit: str) -> list[tuple[WeightMap, tuple | None]]:
+def _culprit_first(alternatives: Iterable[tuple[WeightMap, tuple | _Order | None]], weights: WeightMap,
+                   culprit: str) -> list[tuple[WeightMap, tuple | _Order | None]]:
     """The choices that move a tensor into or out of the culprit first, in their order, then the
     others: a choice that leaves the culprit's own tensors as they are (two norms exchanged beside
     it) cannot make it agree, and the comparisons each choice costs are counted."""
@@ -1770,18 +1811,26 @@ def _scopes(module: str) -> list[str]:
     return scopes
 
 
-def _alternatives(weights: WeightMap, module: str) -> Iterable[tuple[WeightMap, tuple | None]]:
+def _alternatives(weights: WeightMap, module: str) -> Iterable[tuple[WeightMap, tuple | _Order | None]]:
     """Maps differing from ``weights`` in one ambiguous choice around ``module``: a square matrix
     transposed, a patch-embedding kernel flattened channels-last, another permutation of dims of
     equal size (HWIO kernels with C_in == C_out), two same-shaped tensors of one module exchanged,
     or two submodules holding the same tensor shapes exchanged whole (a shortcut projection
-    computed before the main branch on one side and after it on the other). Each comes with the
-    exchange ``(prefix, a, b)`` it made, or None."""
+    computed before the main branch on one side and after it on the other); first, split projections
+    taking the slices of one fused tensor in another order (:func:`_sibling_orders`). Each comes with
+    the exchange ``(prefix, a, b)`` or the :class:`_Order` it made, or None."""
     entries = weights.entries
     seen: set[tuple] = set()
     for scope in _scopes(module):
         prefix = "" if scope == ROOT else f"{scope}."
         inside = [k for k, e in enumerate(entries) if e.candidate.startswith(prefix)]
+        # siblings first: where the rows of a fused projection went to the wrong split ones, no
+        # layout of one tensor can help, and each order costs a comparison where the culprit cannot
+        # be re-run alone
+        for order in _sibling_orders(entries, inside, prefix):
+            if order not in seen:
+                seen.add(order)
+                yield replace(weights, entries=_reordered(entries, order)), order
         for k in inside:
             e = entries[k]
             if len(e.shape) == 2 and e.shape[0] == e.shape[1] and len(e.reference) == 1 and ("t", k) not in seen:
@@ -1811,6 +1860,110 @@ def _alternatives(weights: WeightMap, module: str) -> Iterable[tuple[WeightMap, 
             if swap not in seen:
                 seen.add(swap)
                 yield _exchanged(weights, [swap]), (prefix, a, b)
+
+
+_ORDERED_SIBLINGS = 4  # siblings tried in every order, at most: 4! - 1 = 23 other orders, each first re-run alone
+
+
+@dataclass(frozen=True)
+class _Order:
+    """Another order of sibling projections against one fused tensor, relative to ``prefix``:
+    ``slices``: the sibling modules ``owners`` (each holding slices of one fused tensor) take, the
+    k-th, the slices the ``order[k]``-th had; ``parts``: the fused module ``owners[0]`` (each of its
+    tensors a concatenation of siblings' tensors) concatenates its parts in ``order``."""
+
+    prefix: str
+    kind: str
+    owners: tuple[str, ...]
+    order: tuple[int, ...]
+
+
+def _sibling_orders(entries: list[Entry], inside: list[int], prefix: str) -> Iterable[_Order]:
+    """Every other order of split projections against a fused one under ``prefix``. The order of
+    use gives the k-th projection called the k-th slice of the fused tensor; a port may call them in
+    another order than the fused rows hold them (transformers' YOLOS calls key, value, then query),
+    and what decides is what the attention uses each one as. Only where the siblings take slices of
+    (or form) tensors of equal parts, up to ``_ORDERED_SIBLINGS`` of them: where the disagreeing
+    module can be re-run alone, an order costs a comparison only if the module then agrees."""
+    families: dict[tuple[str, str], list[str]] = {}  # (kind, fused key) -> owners, in order of first entry
+    for k in inside:
+        e = entries[k]
+        owner = owner_of(e.candidate)[len(prefix):]
+        if not owner:
+            continue
+        if len(e.reference) == 1 and any(st["op"] == "slice" and st["dim"] == 0 for st in e.steps):
+            family = families.setdefault(("slices", e.reference[0]), [])
+            if owner not in family:
+                family.append(owner)
+        elif 2 <= len(e.reference) <= _ORDERED_SIBLINGS and e.steps and e.steps[0]["op"] == "concat":
+            families.setdefault(("parts", owner), [owner])
+    done = set()
+    for (kind, _), owners in families.items():
+        count = len(owners) if kind == "slices" else len(_parts(entries, prefix + owners[0]) or ())
+        if tuple(owners) in done or not 2 <= count <= _ORDERED_SIBLINGS:
+            continue
+        done.add(tuple(owners))
+        for order in permutations(range(count)):
+            candidate = _Order(prefix, kind, tuple(owners), order)
+            if list(order) != sorted(order) and _reordered(entries, candidate) is not None:
+                yield candidate
+
+
+def _parts(entries: list[Entry], owner: str) -> tuple[str, ...] | None:
+    """The source modules, in order, of the fused module ``owner``'s tensors, each a concatenation
+    of equal parts along dim 0 (``qkv.weight <- cat(q.weight, k.weight, v.weight)``); None if not so."""
+    found = None
+    for e in entries:
+        if owner_of(e.candidate) != owner:
+            continue
+        sources = tuple(owner_of(k) for k in e.reference)
+        if len(e.reference) < 2 or not e.steps or e.steps[0]["op"] != "concat" or e.steps[0].get("dim", 0) != 0 \
+                or len(set(e.reference_shapes)) != 1 or found not in (None, sources):
+            return None
+        found = sources
+    return found
+
+
+def _reordered(entries: list[Entry], order: _Order) -> list[Entry] | None:
+    """``entries`` with the siblings in ``order`` (see :class:`_Order`); None where the entries
+    under its prefix are not built so (another block, looked at for the same change)."""
+    if order.kind == "parts":
+        if _parts(entries, order.prefix + order.owners[0]) is None:
+            return None
+        return [replace(e, reference=tuple(e.reference[k] for k in order.order),
+                        reference_shapes=tuple(e.reference_shapes[k] for k in order.order))
+                if owner_of(e.candidate) == order.prefix + order.owners[0] else e for e in entries]
+    members: list[dict[str, int]] = []  # per sibling: leaf -> entry index
+    for owner in order.owners:
+        found = {_leaf(e.candidate): k for k, e in enumerate(entries) if owner_of(e.candidate) == order.prefix + owner}
+        if not found or any(len(entries[k].reference) != 1 for k in found.values()):
+            return None
+        members.append(found)
+    for leaf in members[0]:
+        parts = [entries[m[leaf]] if leaf in m else None for m in members]
+        if any(p is None or p.reference != parts[0].reference or p.shape != parts[0].shape for p in parts):
+            return None
+    if any(set(m) != set(members[0]) for m in members):
+        return None
+    changed = list(entries)
+    for k, m in enumerate(members):
+        for leaf, at in m.items():
+            changed[at] = replace(entries[at], steps=entries[members[order.order[k]][leaf]].steps)
+    return changed
+
+
+def _same_order_elsewhere(weights: WeightMap, order: _Order) -> WeightMap | None:
+    """The order that helped in one block, made in every other block holding siblings of the
+    same relative names built alike; None if there is none."""
+    first = order.owners[0]
+    prefixes = {owner_of(e.candidate)[:-len(first)] for e in weights.entries
+                if owner_of(e.candidate) == first or owner_of(e.candidate).endswith(f".{first}")}
+    entries, changed = weights.entries, False
+    for prefix in sorted(prefixes - {order.prefix}):
+        again = _reordered(entries, replace(order, prefix=prefix))
+        if again is not None:
+            entries, changed = again, True
+    return replace(weights, entries=entries) if changed else None
 
 
 def _row_groupings(entries: list[Entry], inside: list[int]) -> Iterable[tuple[tuple, list[tuple[int, tuple]]]]:
