@@ -335,7 +335,9 @@ def drop_trailing_ops(rows: list[Row], alignment: Alignment, measure_row: Callab
     the next call that reads the value (or the caller) makes the error instead, unless the candidate
     module itself ends with a call of its own where the operation belongs (a norm-activation module
     whose activation is an ``Identity``) and, given its twin's inputs, no call after it receives the
-    operation's result: then the row stays as measured, the module's own error. The model's own
+    operation's result: then the row stays as measured, the module's own error; so too where the
+    candidate's trailing call makes what, given the same inputs, no reference call after the twin
+    receives and no call around it returns (a GELU appended to a feed-forward: an extra operation). The model's own
     call is never shortened: its outputs are the outputs. Rows are replaced in place."""
     unpaired = {id(r) for r in (*alignment.unmatched_candidate, *alignment.unmatched_reference,
                                 *alignment.passthrough_candidate, *alignment.passthrough_reference)}
@@ -345,6 +347,8 @@ def drop_trailing_ops(rows: list[Row], alignment: Alignment, measure_row: Callab
     patterns: set[tuple] = set()  # the kinds of twins whose trailing call was dropped and then agreed
     starts = sorted((*(m.candidate for m in alignment.matches), *alignment.unmatched_candidate,
                      *alignment.passthrough_candidate), key=lambda r: r.start)
+    ref_starts = sorted((*(m.reference for m in alignment.matches), *alignment.unmatched_reference,
+                         *alignment.passthrough_reference), key=lambda r: r.start)
     for at, row in enumerate(rows):
         if row.passed or row.match.how == "structure" or ROOT in (row.candidate, row.reference):
             continue
@@ -357,6 +361,10 @@ def drop_trailing_ops(rows: list[Row], alignment: Alignment, measure_row: Callab
                     and _never_applied(row, trailing, starts):
                 # the candidate module ends with a call of its own where the operation belongs (an
                 # activation set to Identity) and nothing applies it after: the error is its own
+                continue
+            if side == "candidate" and _reference_never_applies(row, trailing, ref_starts):
+                # an operation the reference applies neither inside the twin nor after it (a GELU
+                # appended to a feed-forward): the candidate's extra operation is its error
                 continue
             trial = measure_row(replace(row.match, **{side: replace(own, outputs=_as_outputs(trailing.inputs))}))
             pattern = _pattern(row.match, side, trailing)
@@ -394,6 +402,21 @@ def _never_applied(row: Row, trailing: Record, calls: list[Record]) -> bool:
         return False
     after = [c for c in calls if c.start > cand.end][:_READERS]
     return not any(_holds_any(made, [c.first_input], row.tolerance) for c in after)
+
+
+def _reference_never_applies(row: Row, trailing: Record, calls: list[Record]) -> bool:
+    """Whether the reference, given the same inputs, never computes what the candidate's trailing
+    call makes: neither a call around the twin returns it nor a call after the twin receives it
+    (an activation its caller applies, functionally or by a module of its own, is received by the
+    next layer or returned by the caller). Rows with other inputs are not judged."""
+    ref = row.match.reference
+    made = trailing.primary
+    if not isinstance(made, torch.Tensor) or _inputs_state(row.match.candidate, ref, row.tolerance) == "differ":
+        return False
+    after = [c for c in calls if c.start > ref.end][:_READERS]
+    around = [c for c in calls if c is not ref and c.contains(ref)]
+    return not any(_holds_any(made, [c.first_input], row.tolerance) for c in after) \
+        and not any(_holds_any(made, [c.primary], row.tolerance) for c in around)
 
 
 def _trailing_call(own: Record, by_end: dict[int, Record], unpaired: set[int]) -> Record | None:
