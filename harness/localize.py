@@ -1125,10 +1125,20 @@ def _model(rows: Sequence[Row]) -> nn.Module | None:
 def _handing_on_guess(cleared: Sequence[Record], rows: Sequence[Row], model: nn.Module | None) -> Record | None:
     """The innermost of the ``cleared`` calls that is a failing guess returning its guessed twin's
     input (not its output): where the reference goes on to apply the twin, it stops. Not one whose
-    twin's weights the candidate holds outside it (a root norm the root skipped is the root's)."""
+    twin's weights the candidate holds outside it (a root norm the root skipped is the root's), nor
+    one returning what a confirmed twin inside it returns (it only wraps that twin)."""
     suspects = {id(u) for u in cleared}
+    # a guess returning what a confirmed twin inside it returns wraps that twin: it is no module
+    # of its own that stopped short (a conv-norm-activation Sequential guessed for a dropped
+    # squeeze-excitation, whose norm and activation are paired already)
+    confirmed = [r.match.candidate for r in rows if r.match.how != "structure"]
+
+    def wraps_twin(call: Record) -> bool:
+        return any(call.contains(inner) and inner is not call and _bitwise(inner.primary, call.primary)
+                   for inner in confirmed)
+
     found = [r.match.candidate for r in rows if r.match.how == "structure" and not r.passed
-             and id(r.match.candidate) in suspects
+             and id(r.match.candidate) in suspects and not wraps_twin(r.match.candidate)
              and _holds_any(r.match.candidate.primary, [r.match.reference.first_input], r.tolerance)
              and not _holds_any(r.match.candidate.primary, [r.match.reference.primary], r.tolerance)
              and not _held_elsewhere(r.match.reference.module, model, r.candidate)]
