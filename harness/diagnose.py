@@ -3253,7 +3253,7 @@ def attribute_diff(candidate: nn.Module, reference: nn.Module, prefix: str) -> l
                 continue  # ReLU(inplace=True) writes the same values, only over its input
             if not _same_value(cs[key], rs[key]):
                 out.append(_finding(where, "attribute", None, key, cs[key], rs[key],
-                                    f"{where}: {type(c).__name__}.{key} {_show(cs[key])} in the candidate, "
+                                    f"{where}: {getattr(c, 'shown_as', type(c).__name__)}.{key} {_show(cs[key])} in the candidate, "
                                     f"{_show(rs[key])} in the reference"))
     return out
 

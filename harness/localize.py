@@ -480,6 +480,7 @@ class _Chain(nn.Module):
         self.training = head.training  # the flag alone: train() would set the models' own modules
         self.scope_names = {"head": names[0], "tail": names[1]}  # how findings name the two parts
         self.tail_key = tail_key  # the call whose output is the pair's: a float64 run is read there
+        self.shown_as = type(head).__name__  # the class findings name for the pair's own settings
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.tail(self.head(*args, **kwargs))
