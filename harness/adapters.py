@@ -48,7 +48,7 @@ import math
 import re
 from dataclasses import dataclass
 from itertools import chain, islice, permutations
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -56,7 +56,7 @@ from harness.checks import type_error
 from harness.metrics import Tolerance, measure
 from harness.weightmap import shape_permutations
 
-__all__ = ["AS_IS", "Adapter", "agreeing_layout", "at_position", "find_adapter", "one_position", "UserAdapter", "check_adapters"]
+__all__ = ["AS_IS", "Adapter", "agreeing_layout", "at_position", "find_adapter", "kept_rolled_layout", "one_position", "UserAdapter", "check_adapters"]
 
 
 @dataclass(frozen=True)
@@ -353,6 +353,21 @@ def agreeing_layout(candidate: torch.Tensor, reference: torch.Tensor, tol: Toler
     if adapter is None or not measure(adapter.apply(candidate), reference).passes(tol):
         return None
     return adapter
+
+
+def kept_rolled_layout(match: Any, tol: Tolerance) -> Adapter | None:
+    """The layout relating two twin calls' first inputs (``match.candidate``/``match.reference``
+    records), when it moves values cyclically (a shifted window partition) and each twin returns a
+    tensor of its own input's shape, in another shape than the other's: such twins keep their
+    input's layout, so their outputs are compared in it (an attention that forgets to roll its
+    shifted windows back agrees only through another roll). None otherwise."""
+    c_in, r_in = match.candidate.first_input, match.reference.first_input
+    c_out, r_out = match.candidate.primary, match.reference.primary
+    if not all(isinstance(t, torch.Tensor) for t in (c_in, r_in, c_out, r_out)) or c_in.shape != c_out.shape \
+            or r_in.shape != r_out.shape or c_in.shape == r_in.shape or c_in.numel() != r_in.numel():
+        return None
+    found = agreeing_layout(c_in, r_in, tol)
+    return found if found is not None and found is not AS_IS and found.rolls else None
 
 
 _POSITIONS = 8  # the first (and last) positions along an axis tried for a call computing one of them

@@ -103,7 +103,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 import torch
 from torch import nn
 
-from harness.adapters import (AS_IS, Adapter, UserAdapter, agreeing_layout, at_position, find_adapter, layouts, one_position,
+from harness.adapters import (AS_IS, Adapter, UserAdapter, agreeing_layout, at_position, find_adapter, kept_rolled_layout, layouts, one_position,
                               user_adapter)
 from harness.align import Aligned, Alignment, Match
 from harness.metrics import Metrics, Tolerance, measure, measure_summaries, tolerance_for
@@ -259,6 +259,11 @@ def measure_match(match: Match, tol: Tolerance, adapters: Sequence[UserAdapter] 
         # one shape, another layout (NHWC against NCHW when C == H == W): a module given its input
         # permuted may return its output permuted; one given the reference's layout may not
         leaf, metrics, passed, adapter, ref_shape = _worst_adapted(pairs, tol, keep_shape=True)
+    kept = kept_rolled_layout(match, tol) if passed and adapter is not None and forced is None else None
+    if kept is not None and kept.description != adapter:
+        # twins that keep their input's layout return their outputs in it too: an attention that
+        # forgets to roll its shifted windows back agrees only through another roll
+        leaf, metrics, passed, adapter, ref_shape = _worst_adapted(pairs, tol, kept)
     return Row(match=match, metrics=metrics, tolerance=tol, passed=passed, leaf=leaf, adapter=adapter,
                reference_shape=ref_shape)
 
@@ -770,7 +775,8 @@ def _rerun_verdict(row: Row, inputs: tuple[tuple, dict]) -> bool | None:
         return judged
     # inputs brought into the candidate's layout: its output may be in that layout whatever its shape
     translated = not _same_structure(cand, ref)
-    return not _worst_adapted(_leaf_pairs(outputs, ref.outputs), row.tolerance, keep_shape=translated)[2]
+    kept = kept_rolled_layout(row.match, row.tolerance)  # the twins' layout, as their row was measured
+    return not _worst_adapted(_leaf_pairs(outputs, ref.outputs), row.tolerance, kept, keep_shape=translated)[2]
 
 
 @dataclass

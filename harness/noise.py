@@ -78,9 +78,9 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from harness.adapters import at_position, find_adapter, one_position
+from harness.adapters import Adapter, at_position, find_adapter, kept_rolled_layout, one_position
 from harness.checks import check_type, check_value
-from harness.metrics import measure
+from harness.metrics import measure, tolerance_for
 from harness.trace import ROOT, Record, flatten_tensors, hookable_modules, map_tensors, output_leaves
 
 __all__ = ["BITWISE_NOTE", "DEFAULT_NOISE_RATIO", "UNIT_ROUNDOFF", "NoiseFloor", "NoiseJudgement", "NoiseVerdicts", "judge",
@@ -167,17 +167,19 @@ def _pairs(cand: Mapping[str, Any], ref: Mapping[str, Any], exact: Mapping[str, 
     return out
 
 
-def _worst(triples: list[tuple], dtype: str, threshold: float | None, relaid: bool = False) -> NoiseJudgement | None:
+def _worst(triples: list[tuple], dtype: str, threshold: float | None, relaid: bool = False,
+           layout: Adapter | None = None) -> NoiseJudgement | None:
     """The judgement of the leaf furthest beyond the floor. ``relaid``: a leaf of the reference's
     shape that fails is judged through the shape-keeping permutation that fits it best (NHWC against
-    NCHW when C == H == W), for a row whose own measurement took that layout."""
+    NCHW when C == H == W), for a row whose own measurement took that layout. ``layout``: the one
+    the twins keep (:func:`harness.adapters.kept_rolled_layout`), for leaves of other shapes."""
     worst = None
     for c, r, e in triples:
         if not all(isinstance(t, torch.Tensor) for t in (c, r, e)):
             return None  # a summary-mode leaf or a missing twin: no noise verdict
         if not (r.is_floating_point() or r.is_complex()):
             continue  # integer outputs (indices, masks) carry no rounding
-        c, r, e = _in_one_layout(c, r, e)
+        c, r, e = _in_one_layout(c, r, e, layout)
         j = judge(c, r, e, dtype, threshold)
         if relaid and not j.passed and c.shape == r.shape:
             kept = find_adapter(c, r, same_shape=True, remember=False)
@@ -187,14 +189,15 @@ def _worst(triples: list[tuple], dtype: str, threshold: float | None, relaid: bo
     return worst
 
 
-def _in_one_layout(c: torch.Tensor, r: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Twins in other layouts judged in the reference's, as the rows are measured; twins one of
-    which computes one position of the other's output (a norm on the pooled token against one on
-    every token) judged at that position."""
+def _in_one_layout(c: torch.Tensor, r: torch.Tensor, e: torch.Tensor,
+                   layout: Adapter | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Twins in other layouts judged in the reference's (``layout`` when given), as the rows are
+    measured; twins one of which computes one position of the other's output (a norm on the pooled
+    token against one on every token) judged at that position."""
     if c.shape == r.shape:
         return c, r, e
     if c.numel() == r.numel():
-        adapter = find_adapter(c, r)
+        adapter = layout or find_adapter(c, r)
         return (adapter.apply(c) if adapter is not None else c), r, e
     if c.numel() < r.numel() and e.shape == r.shape:
         found = one_position(c, r)
@@ -300,7 +303,7 @@ class NoiseFloor:
         """Judge ``match`` against ``exact``, its float64 twin's output leaves (and, where that
         fails, in the layout of :meth:`judge_match_relaid`)."""
         pairs = _pairs(match.candidate.outputs, match.reference.outputs, exact)
-        judged = _worst(pairs, self.dtype, self.threshold)
+        judged = _worst(pairs, self.dtype, self.threshold, layout=_kept_layout(match))
         if judged is not None and not judged.passed:
             self.relaid[id(match)] = _worst(pairs, self.dtype, self.threshold, relaid=True)
         return judged
@@ -315,12 +318,20 @@ class NoiseFloor:
             local = _local_exact(ref, self.widened)
             if local is None:
                 return None
-            j = _worst(_pairs(dict(outputs), ref.outputs, local), self.dtype, self.threshold)
+            j = _worst(_pairs(dict(outputs), ref.outputs, local), self.dtype, self.threshold, layout=_kept_layout(match))
             if self.widened and j is not None and not j.passed:
                 return None  # beyond the narrow operations' rounding: atol/rtol decide, as for the row
             return None if j is None else not j.passed
 
         return still_fails
+
+
+def _kept_layout(match: Any) -> Adapter | None:
+    """The layout ``match``'s twins keep from their inputs to their outputs, judged as their row was
+    measured (within the tolerance of their dtype)."""
+    first = match.candidate.first_input
+    return kept_rolled_layout(match, tolerance_for(first.dtype)) if isinstance(first, torch.Tensor) \
+        and first.is_floating_point() else None
 
 
 def _float64_state(module: nn.Module) -> dict[str, torch.Tensor]:
