@@ -161,9 +161,9 @@ class WeightMap:
         """Copy the reference's current values into the candidate, in place (shapes checked)."""
         check_module("reference", reference)
         check_module("candidate", candidate)
-        self.check_fits(candidate, reference)
-        values = self.to_candidate(_named_tensors(reference))
-        targets = _named_tensors(candidate)
+        sources, targets = _named_tensors(reference), _named_tensors(candidate)
+        self._check_tensors_fit(targets, sources)
+        values = self.to_candidate(sources)
         with torch.no_grad():
             for key, value in values.items():
                 target = targets[key]
@@ -177,12 +177,16 @@ class WeightMap:
         """ValueError unless every entry names a tensor of ``candidate`` of its shape, and every
         reference key one of ``reference`` (each when given): a map made for another version of a
         model would pair and fill the wrong tensors."""
-        for side, model, keys in (("candidate", candidate, {e.candidate: e.shape for e in self.entries}),
-                                  ("reference", reference, {k: s for e in self.entries
-                                                            for k, s in zip(e.reference, e.reference_shapes)})):
-            if model is None:
+        self._check_tensors_fit(*(None if m is None else _named_tensors(m) for m in (candidate, reference)))
+
+    def _check_tensors_fit(self, candidate: dict[str, torch.Tensor] | None,
+                           reference: dict[str, torch.Tensor] | None) -> None:
+        """:meth:`check_fits` on the models' tensors by key."""
+        for side, tensors, keys in (("candidate", candidate, {e.candidate: e.shape for e in self.entries}),
+                                    ("reference", reference, {k: s for e in self.entries
+                                                              for k, s in zip(e.reference, e.reference_shapes)})):
+            if tensors is None:
                 continue
-            tensors = _named_tensors(model)
             misfits = _not_held(keys, tensors)
             missing = [k for k in misfits if k not in tensors]
             resized = [f"{k} {tuple(tensors[k].shape)} (the map: {tuple(keys[k])})" for k in misfits if k in tensors]
@@ -683,12 +687,20 @@ def _entry(d: Any) -> Entry:
 
 # -- tensors of a model -----------------------------------------------------------------------------
 def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Parameters and persistent buffers by state-dict key (each tensor once)."""
-    state_keys = set(model.state_dict(keep_vars=True))
-    out = dict(model.named_parameters())
-    for key, buf in model.named_buffers():
-        if key in state_keys:
-            out[key] = buf
+    """Parameters and persistent buffers by state-dict key (each tensor once). The buffers a
+    module keeps out of its state dict are read from torch's own record of them: building the
+    state dict itself costs a walk with hooks, and a map's verification transfers hundreds of times."""
+    modules = list(model.named_modules())
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    # parameters first, then buffers, each in module order: the order of named_parameters/named_buffers
+    for kind in ("_parameters", "_buffers"):
+        for prefix, module in modules:
+            hidden = module._non_persistent_buffers_set if kind == "_buffers" else ()
+            for name, t in getattr(module, kind).items():
+                if t is not None and name not in hidden and id(t) not in seen:
+                    seen.add(id(t))
+                    out[f"{prefix}.{name}" if prefix else name] = t
     return out
 
 
