@@ -403,8 +403,7 @@ def _holder_of_missing(found: Localization, diagnosis: list[dict], weights: Weig
     nearest module around it that ran its own code is. One with a twin is not named: its own row
     would show the error; nor the culprit's own code (nothing changes)."""
     first = diagnosis[0] if diagnosis else None
-    if weights is None or first is None or first["kind"] != "missing_op" or first["module"] != found.culprit \
-            or not first.get("reads"):
+    if weights is None or first is None or first["kind"] != "missing_op" or not first.get("reads"):
         return found, diagnosis
     reads = set(first["reads"])
     owners = {e.candidate.rpartition(".")[0] or ROOT for e in weights.entries if reads & set(e.reference)}
@@ -414,8 +413,11 @@ def _holder_of_missing(found: Localization, diagnosis: list[dict], weights: Weig
     holder = owners.pop()
     while holder != ROOT and (holder not in calls or _torch_module(candidate, holder)):
         holder = holder.rpartition(".")[0] or ROOT
-    inside = found.culprit == ROOT and holder != ROOT or holder.startswith(f"{found.culprit}.")
-    if not inside or any(row.candidate == holder for row in rows):
+    if holder == found.culprit and _encloses(first["module"], holder):
+        # the culprit search named the holder already; the finding, made on a twin around it (the
+        # original adds its table in its root's code), is about the holder's own code
+        return found, [{**first, "module": holder, "text": holder + first["text"][len(first["module"]):]}, *diagnosis[1:]]
+    if first["module"] != found.culprit or not _encloses(found.culprit, holder) or any(row.candidate == holder for row in rows):
         return found, diagnosis
     moved = {**first, "module": holder, "text": holder + first["text"][len(found.culprit):]}
     # done before the first failing call, it is where the outputs first differ
@@ -455,6 +457,11 @@ def _setting_note(found: Localization, diagnosis: list[dict], rows: list[Row]) -
     return [] if row is None else [
         f"{row.candidate} passes within its tolerance, but differs from its twin in a setting ({diagnosis[0]['text']}); "
         f"the error {found.culprit} fails on starts there and grows after it"]
+
+
+def _encloses(outer: str, inner: str) -> bool:
+    """Whether module ``outer`` holds module ``inner`` (not itself)."""
+    return inner != outer and (outer == ROOT or inner.startswith(f"{outer}."))
 
 
 def _torch_module(model: nn.Module, name: str) -> bool:

@@ -2,7 +2,8 @@
 while the root reads the wrong token after it (``[:, 1]`` for the class token ``[:, 0]``): the
 encoder has no twin, returns its norm's agreeing output as it is and holds a table of its own, but
 used it (it hands its layers something other than its input), so it is not blamed: the root's own
-code chose the token."""
+code chose the token. When the encoder no longer adds its table, it is named, and so is the why
+(made on the original's root, whose code adds the table) about the encoder's own code."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 import harness
-from helpers import compare_port
+from helpers import compare_port, inject_forward
 
 D, N = 16, 4
 
@@ -73,3 +74,15 @@ def test_reading_the_wrong_token_after_the_encoder_blames_the_root_not_the_encod
     port, reference, x = ported()
     report = compare_port(port, reference, x, lambda p: setattr(p, "token", 1))
     assert not report.passed and report.culprit == "<root>", report.format()
+
+
+def _without_table(self, x):
+    return self.ln(x + torch.tanh(self.layer(x)))
+
+
+def test_an_encoder_that_no_longer_adds_its_table_is_named_by_the_why_too():
+    port, reference, x = ported()
+    report = compare_port(port, reference, x, lambda p: inject_forward(p.encoder, _without_table))
+    first = report.diagnosis[0] if report.diagnosis else {}
+    assert report.culprit == "encoder" and first.get("module") == "encoder", \
+        f"culprit {report.culprit}, why on {first.get('module')}: {first.get('text')}"
