@@ -1870,7 +1870,9 @@ class _Order:
     """Another order of sibling projections against one fused tensor, relative to ``prefix``:
     ``slices``: the sibling modules ``owners`` (each holding slices of one fused tensor) take, the
     k-th, the slices the ``order[k]``-th had; ``parts``: the fused module ``owners[0]`` (each of its
-    tensors a concatenation of siblings' tensors) concatenates its parts in ``order``."""
+    tensors a concatenation of siblings' tensors) concatenates its parts in ``order``; ``peers``: the
+    split modules ``owners`` (each taking one split module's tensors as they are) take, the k-th,
+    what the ``order[k]``-th took (:func:`_peer_families`)."""
 
     prefix: str
     kind: str
@@ -1879,7 +1881,8 @@ class _Order:
 
 
 def _sibling_orders(entries: list[Entry], inside: list[int], prefix: str) -> Iterable[_Order]:
-    """Every other order of split projections against a fused one under ``prefix``. The order of
+    """Every other order of split projections against a fused one (or against split ones:
+    :func:`_peer_families`) under ``prefix``. The order of
     use gives the k-th projection called the k-th slice of the fused tensor; a port may call them in
     another order than the fused rows hold them (transformers' YOLOS calls key, value, then query),
     and what decides is what the attention uses each one as. Only where the siblings take slices of
@@ -1897,9 +1900,10 @@ def _sibling_orders(entries: list[Entry], inside: list[int], prefix: str) -> Ite
                 family.append(owner)
         elif 2 <= len(e.reference) <= _ORDERED_SIBLINGS and e.steps and e.steps[0]["op"] == "concat":
             families.setdefault(("parts", owner), [owner])
+    families.update(_peer_families(entries, inside, prefix))
     done = set()
     for (kind, _), owners in families.items():
-        count = len(owners) if kind == "slices" else len(_parts(entries, prefix + owners[0]) or ())
+        count = len(owners) if kind in ("slices", "peers") else len(_parts(entries, prefix + owners[0]) or ())
         if tuple(owners) in done or not 2 <= count <= _ORDERED_SIBLINGS:
             continue
         done.add(tuple(owners))
@@ -1907,6 +1911,29 @@ def _sibling_orders(entries: list[Entry], inside: list[int], prefix: str) -> Ite
             candidate = _Order(prefix, kind, tuple(owners), order)
             if list(order) != sorted(order) and _reordered(entries, candidate) is not None:
                 yield candidate
+
+
+def _peer_families(entries: list[Entry], inside: list[int], prefix: str) -> dict[tuple[str, str], list[str]]:
+    """Split projections against split ones: modules of one parent under ``prefix`` whose tensors
+    each take one tensor, as they are, of modules of one parent of the reference's, all of the same
+    tensor names and shapes (``key``, ``value``, ``query`` called in that order against ``q``, ``k``,
+    ``v``: the order of use pairs them crosswise). By candidate parent: ("peers", parent) -> owners."""
+    sources: dict[str, set[str]] = {}
+    built: dict[str, tuple] = {}
+    for k in inside:
+        e = entries[k]
+        owner = owner_of(e.candidate)[len(prefix):]
+        if not owner or len(e.reference) != 1 or e.steps:
+            sources.setdefault(owner, set()).add("")  # not a plain copy: no peer
+            continue
+        sources.setdefault(owner, set()).add(owner_of(e.reference[0]))
+        built[owner] = tuple(sorted((*built.get(owner, ()), (_leaf(e.candidate), tuple(e.shape)))))
+    families: dict[tuple[str, str], list[str]] = {}
+    for owner, refs in sources.items():
+        if len(refs) == 1 and "" not in refs and owner in built:
+            parent = owner_of(owner)
+            families.setdefault(("peers", f"{parent}|{owner_of(next(iter(refs)))}|{built[owner]}"), []).append(owner)
+    return {key: owners for key, owners in families.items() if len(owners) >= 2}
 
 
 def _parts(entries: list[Entry], owner: str) -> tuple[str, ...] | None:
@@ -1939,6 +1966,8 @@ def _reordered(entries: list[Entry], order: _Order) -> list[Entry] | None:
         if not found or any(len(entries[k].reference) != 1 for k in found.values()):
             return None
         members.append(found)
+    if order.kind == "peers":
+        return _peers_reordered(entries, members, order.order)
     for leaf in members[0]:
         parts = [entries[m[leaf]] if leaf in m else None for m in members]
         if any(p is None or p.reference != parts[0].reference or p.shape != parts[0].shape for p in parts):
@@ -1949,6 +1978,20 @@ def _reordered(entries: list[Entry], order: _Order) -> list[Entry] | None:
     for k, m in enumerate(members):
         for leaf, at in m.items():
             changed[at] = replace(entries[at], steps=entries[members[order.order[k]][leaf]].steps)
+    return changed
+
+
+def _peers_reordered(entries: list[Entry], members: list[dict[str, int]], order: tuple[int, ...]) -> list[Entry] | None:
+    """``entries`` with the k-th peer taking, tensor by tensor, what the ``order[k]``-th took."""
+    if any(set(m) != set(members[0]) for m in members) or any(
+            entries[m[leaf]].shape != entries[members[0][leaf]].shape or entries[m[leaf]].steps
+            for m in members for leaf in m):
+        return None
+    changed = list(entries)
+    for k, m in enumerate(members):
+        for leaf, at in m.items():
+            source = entries[members[order[k]][leaf]]
+            changed[at] = replace(entries[at], reference=source.reference, reference_shapes=source.reference_shapes)
     return changed
 
 

@@ -4,7 +4,9 @@ uses each as, not by the order they are called in.
 transformers' ViT-style self-attentions call ``self.key``, then ``self.value``, then
 ``self.query``; a fused ``qkv`` holds the query rows first. The order of use pairs the first
 projection called with the first rows; verification tries the other orders of the siblings and
-keeps the one with which the attention agrees, and makes the same choice in every block.
+keeps the one with which the attention agrees, and makes the same choice in every block. The
+same holds against split projections called query, key, value: the order of use pairs them
+crosswise, and the other orders of the peers are tried.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from port_toys import randomized, tokens
 
 DIM, HEADS = 16, 2
 ORDERS = {"query": slice(0, DIM), "key": slice(DIM, 2 * DIM), "value": slice(2 * DIM, 3 * DIM)}
+ROLES = ("query", "key", "value")
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -93,3 +96,20 @@ def test_a_fused_projection_concatenates_split_ones_by_their_role_not_their_call
     want = [tuple(f"{block}.{name}.weight" for name in ORDERS) for block in range(2)]
     assert weights.verified and got == want, (
         f"expected qkv.weight <- {want} and a verified map, got {got} (verified={weights.verified})\n{weights}")
+
+
+def test_split_projections_called_key_value_query_take_the_split_ones_of_their_role():
+    candidate, reference = randomized(split(("key", "value", "query")), 1), randomized(split(ROLES), 2)
+    weights = harness.map_weights(candidate, reference, tokens())
+    got = {e.candidate: e.reference[0] for e in weights.entries if e.candidate.split(".")[1] in ROLES}
+    want = {key: key for key in got}
+    assert weights.verified and got == want, (
+        f"expected each split projection to take its namesake and a verified map, got verified={weights.verified}, "
+        f"{ {k: v for k, v in got.items() if v != k} }\n{weights}")
+
+
+def test_split_projections_called_in_one_order_on_both_sides_need_no_reordering():
+    candidate, reference = randomized(split(("key", "value", "query")), 1), randomized(split(("key", "value", "query")), 2)
+    weights = harness.map_weights(candidate, reference, tokens())
+    assert weights.verified and not weights.notes, (
+        f"expected the map verified as inferred, got verified={weights.verified}, notes {weights.notes}")
