@@ -129,7 +129,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    against its ``(1, C, 1, 1)`` view on NCHW; ``add``/``mul`` operands paired whatever their side)
    (``weight`` holds the reference's ``bias``, or another module's tensor anywhere in the reference
    model, as it is, reshaped or transposed: a swap; its own twin's with the dims permuted: stored
-   transposed; one stored right but passed where the reference passes another of the op's
+   transposed; its twin's values reordered along its axes, said in the op's words: a fused
+   projection's q and k row blocks exchanged, a kernel's input channels reversed; one stored right but passed where the reference passes another of the op's
    operands: a norm's mean and variance swapped), a parameter stored right of which the op receives
    one slice where the reference passes all of it and no other op receives the rest (a position
    table added to the patches only: ``pos[:, 0:1]`` never added), a parameter one side does not
@@ -1737,8 +1738,11 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
             out.append(_finding(module, "argument", c.name, name, f"{name} (permuted {dims})", ref_name, text))
             continue
         holds = _whose_values(c.param_values[key], ref_module, ref_name, root)
+        moves = None if holds else _reordered_operand(c.name, key, passed, c.param_values[key], r.param_values[r_key])
         if holds:
             text = f"{module}: {c.name} operand {name} holds the reference's {holds} (swapped weights?)"
+        elif moves:
+            text = f"{module}: {c.name} operand {name} holds the reference's {ref_name} reordered: {moves}"
         else:
             text = f"{module}: {c.name} operand {name} holds other values than the reference's {ref_name} " \
                    f"({_operand_difference(passed, c.param_values[key], r.param_values[r_key])})"
@@ -1755,6 +1759,26 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
                 text = f"{module}: {c.name} {key} {c.params[key]} in the candidate; the reference passes none"
             out.append(_finding(module, "argument", c.name, key, c.params.get(key), r.params.get(key), text))
     return out
+
+
+_EXACT = Tolerance(atol=0.0, rtol=0.0)
+# what each axis of a weight holds, in the layout the op receives it
+_WEIGHT_AXES = {"linear": ("rows (output features)", "columns (input features)"),
+                **{f"conv{n}d": ("output channels", "input channels", *("kernel " + a for a in "DHW"[3 - n:]))
+                   for n in (1, 2, 3)}}
+
+
+def _reordered_operand(op: str, key: str, passed: tuple[torch.Tensor, torch.Tensor] | None, stored_c: torch.Tensor,
+                       stored_r: torch.Tensor) -> str | None:
+    """How an operand holds exactly its twin's values reordered along its axes (q and k row blocks of
+    a fused projection exchanged, conv groups swapped, a kernel's input channels reversed: RGB read as
+    BGR), axis by axis in words, in the layout the op receives it (else as stored); None if it does not."""
+    pair = passed or _in_one_layout(stored_c, stored_r)
+    if pair is None or pair[0].shape != pair[1].shape or not pair[0].is_floating_point():
+        return None
+    axes = _WEIGHT_AXES.get(op, ()) if key == "weight" else ()
+    named = (lambda d: axes[d] if d < len(axes) else f"dim {d}")
+    return "; ".join(f"{named(d)} {text}" for d, text in rearrangement(pair[0], pair[1], _EXACT)) or None
 
 
 def _part_findings(module: str, c: Op, r: Op, cs: list[Op], expected: Expected | None) -> list[dict]:
@@ -2156,7 +2180,9 @@ def _pairing(a: torch.Tensor, b: torch.Tensor, d: int) -> torch.Tensor | None:
     whatever their order inside the slice: known by the slice's largest and smallest value (exact
     under any reordering) and its sum; None where the slices of the two differ."""
     others = [k for k in range(a.ndim) if k != d]
-    (a_high, a_low, a_sum), (b_high, b_low, b_sum) = ((t.amax(others), t.amin(others), t.sum(others)) for t in (a, b))
+    # a vector's positions are its values (a reduction over no dims would reduce over all)
+    (a_high, a_low, a_sum), (b_high, b_low, b_sum) = (((t.amax(others), t.amin(others), t.sum(others)) if others
+                                                       else (t, t, t)) for t in (a, b))
     a_features = list(zip(a_high.tolist(), a_low.tolist(), a_sum.tolist()))
     b_features = list(zip(b_high.tolist(), b_low.tolist(), b_sum.tolist()))
     pairing = torch.empty(a.shape[d], dtype=torch.long)

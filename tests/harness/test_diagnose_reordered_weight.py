@@ -1,0 +1,85 @@
+"""A weight holding exactly its twin's values in another order along its axes is said so, axis by
+axis and in the words of the op's layout: the q and k row blocks of a fused projection exchanged,
+a grouped conv's groups swapped, a stem kernel reading BGR for RGB (input channels reversed), a norm's
+scale rolled. A weight holding other values is still said to hold other values."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import harness
+
+from helpers import compare_port, findings_text
+
+
+class _Fused(nn.Module):
+    """A fused q/k/v projection followed by an op that mixes its rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.out = nn.Linear(8, 24), nn.Linear(24, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.qkv(x)))
+
+
+class _Stem(nn.Module):
+    """A patch stem on an RGB image, then a grouped conv and a norm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 4, stride=4)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=4)
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.grouped(torch.relu(self.patch(x)))
+        return self.norm(x.permute(0, 2, 3, 1))
+
+
+def _why(model: type, change) -> str:
+    torch.manual_seed(0)
+    x = torch.randn(1, 5, 8, dtype=torch.float64) if model is _Fused else torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    reference = model().double().eval()
+    harness.randomize_(reference, torch.Generator().manual_seed(0))  # a norm's scale is not all ones
+    report = compare_port(model().double().eval(), reference, x, change)
+    assert not report.passed, "the changed weight went unnoticed"
+    return findings_text(report.diagnosis)
+
+
+def _exchange(t: torch.Tensor, a: slice, b: slice) -> None:
+    t[a], t[b] = t[b].clone(), t[a].clone()
+
+
+def test_fused_projection_rows_exchanged_are_named_as_row_blocks() -> None:
+    why = _why(_Fused, lambda m: _exchange(m.qkv.weight, slice(0, 8), slice(8, 16)))
+    expected = ("qkv: linear operand weight holds the reference's weight reordered: rows (output features) "
+                "[0:8] holds the reference's [8:16], [8:16] holds the reference's [0:8]")
+    assert expected in why.splitlines()[0], f"expected the row blocks exchanged, got:\n{why}"
+
+
+def test_grouped_conv_groups_swapped_are_named_as_output_channel_blocks() -> None:
+    why = _why(_Stem, lambda m: _exchange(m.grouped.weight, slice(0, 2), slice(4, 6)))
+    expected = ("grouped: conv2d operand weight holds the reference's weight reordered: output channels "
+                "[0:2] holds the reference's [4:6], [4:6] holds the reference's [0:2]")
+    assert expected in why.splitlines()[0], f"expected the groups' kernels exchanged, got:\n{why}"
+
+
+def test_stem_kernel_reading_bgr_is_named_input_channels_reversed() -> None:
+    why = _why(_Stem, lambda m: m.patch.weight.copy_(m.patch.weight.flip(1)))
+    expected = "patch: conv2d operand weight holds the reference's weight reordered: input channels reversed"
+    assert expected in why.splitlines()[0], f"expected the input channels reversed, got:\n{why}"
+
+
+def test_rolled_norm_scale_is_named_rolled() -> None:
+    why = _why(_Stem, lambda m: m.norm.weight.copy_(torch.roll(m.norm.weight, 1)))
+    expected = "norm: layer_norm operand weight holds the reference's weight reordered: dim 0 rolled by 1"
+    assert expected in why.splitlines()[0], f"expected the scale rolled, got:\n{why}"
+
+
+def test_a_weight_with_other_values_is_not_called_reordered() -> None:
+    why = _why(_Fused, lambda m: m.qkv.weight[3, 2].add_(0.5))
+    first = why.splitlines()[0]
+    assert "qkv: linear operand weight holds other values than the reference's weight" in first and "reordered" not in first, \
+        f"expected other values, not a reordering, got:\n{why}"
