@@ -155,9 +155,12 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    results of one shape differ is explained by a parameter operand spread over other axes of the
    result than its twin's (a layer scale passed as one of its values, or along the width where the
    reference's runs along the channels). When no pair differs but the module output does, the
-   pending ops at the end explain it (a residual ``add`` missing after the last operation), else the
-   layout ops after the last pair, else the reference's values returned reordered (branches joined
-   in another order). A finding on an op that no submodule of the candidate runs (a port written as
+   pending ops at the end explain it (a residual ``add`` missing after the last operation; not ops
+   that compute what an op of the other side computes elsewhere: branches run in another order),
+   else the layout ops after the last pair (a join of the reference's operands in another order,
+   ``cat([right, left])``, named with how the output holds the reference's values reordered: first
+   where the join is returned as it is, after it where a shuffle moves them again), else the
+   reference's values returned reordered. A finding on an op that no submodule of the candidate runs (a port written as
    functions) says which call it is: the reference module running its twin (where both receive the
    same parameters) and its place among the candidate's calls of that op (``layer_norm call 2 of
    5``).
@@ -2037,7 +2040,8 @@ def _layout_findings(base: str, cand: _Side, ref: _Side, c_lo: int, c_hi: int, r
     for tag, i1, i2, j1, j2 in sorted(sm.get_opcodes(), key=lambda code: not moves(code)):
         if tag == "equal":
             for c, r in zip(cl[i1:i2], rl[j1:j2]):
-                found = _argument_findings(_scoped(base, c), c, r)
+                found = _argument_findings(_scoped(base, c), c, r) or _joined_otherwise(_scoped(base, c), c, r,
+                                                                                        cand, ref)
                 if found:
                     return found
             continue
@@ -2064,6 +2068,24 @@ def _layout_findings(base: str, cand: _Side, ref: _Side, c_lo: int, c_hi: int, r
     return []
 
 
+def _joined_otherwise(module: str, c: Op, r: Op, cand: _Side, ref: _Side) -> list[dict]:
+    """A join (``cat``, ``stack``) of the reference's operands in another order: a unit returning
+    ``cat([right, left])`` where the reference returns ``cat([left, right])``. Each operand is known by
+    the reference's operand it holds; a join whose operands differ in value is no reordering."""
+    cv = [cand.rec.passed(i, c.index) for i in c.input_ids]
+    rv = [ref.rec.passed(i, r.index) for i in r.input_ids]
+    if c.name not in _JOINS or len(cv) != len(rv) or len(cv) < 2 or any(t is None for t in (*cv, *rv)):
+        return []
+    held = [next((j for j, b in enumerate(rv) if a.shape == b.shape and _close(a, b)), None) for a in cv]
+    if None in held or sorted(held) != list(range(len(rv))) or held == sorted(held):
+        return []
+    moved = ", ".join(f"operand {i} holds the reference's operand {j}" for i, j in enumerate(held) if i != j)
+    text = f"{module}: {c.name} joins the reference's operands in another order: {moved}"
+    return [_finding(module, "op", c.name, _JOINED, f"order {held}", f"order {sorted(held)}", text)]
+
+
+_JOINS = frozenset({"cat", "stack", "hstack", "vstack", "dstack", "column_stack"})
+_JOINED = "tensors"  # the argument of a join's finding: its operands, as a list
 _RELAYOUT = frozenset({"reshape", "permute", "transpose", "contiguous", "movedim", "moveaxis"})
 _MOVING = frozenset({"roll", "flip"})  # layout ops no reshape, permute or slice can stand for
 
@@ -2745,16 +2767,33 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                                   f"{c.spelling}, reference {r.spelling})")]
             return _moved(found + _unpaired_later(module, found, codes[at + 1:], cs, rs, ref_name, cand_scopes),
                           idle, into)
-    if pending and not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
+    if pending and not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol) \
+            and not all(_run_elsewhere(unpaired.get(id(f)), cs, rs, tol) for f in pending):
         return _moved(pending, idle, into)
     if not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
         # every op agrees, yet the output does not: the layout after the last op differs
         found = _layout_findings(module, cand, ref, last_c, len(cand.rec.ops), last_r, len(ref.rec.ops), "the output",
                                  agreed)
+        if found and found[0]["argument"] == _JOINED:  # branches joined in another order
+            # returned as joined, the output's reordering says which channels moved where; moved again after
+            # the join (a channel shuffle), it says less than the join does
+            outcome = _rearranged_output(module, cand, ref, tol)
+            found = outcome + found if cand.rec.ops[-1].name in _JOINS else found + outcome
         return found or _rearranged_output(module, cand, ref, tol) or [_finding(
             module, "value", None, None, None, None,
             f"{module}: every operation agrees with the reference, the returned value does not")]
     return []
+
+
+def _run_elsewhere(entry: tuple[bool, Op] | None, cs: list[Op], rs: list[Op], tol: Tolerance) -> bool:
+    """Whether an unpaired op (``entry``: the candidate's?, the op) computes what an op of the other
+    side computes, elsewhere in its stream: branches run in another order (right before left), each
+    op's result the same. Such ops explain no difference at the output; what joins them may."""
+    if entry is None:
+        return False
+    mine, op = entry
+    return any(o.name == op.name and o.shape == op.shape and (_pair_agrees(op, o, tol) if mine else
+                                                              _pair_agrees(o, op, tol)) for o in (rs if mine else cs))
 
 
 def _extra_aside(entry: tuple[bool, Op] | None, upstream: set[int], rec: OpRecorder) -> bool:
