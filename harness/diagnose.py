@@ -160,7 +160,9 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    else the layout ops after the last pair (a join of the reference's operands in another order,
    ``cat([right, left])``, named with how the output holds the reference's values reordered: first
    where the join is returned as it is, after it where a shuffle moves them again), else the
-   reference's values returned reordered. A finding on an op that no submodule of the candidate runs (a port written as
+   reference's values returned reordered, found in the twin's layout where it returns another
+   (a window reverse reading each window transposed, against a twin returning the windows): said
+   before a reshape or permute one side writes and the other does not, which only spells a layout. A finding on an op that no submodule of the candidate runs (a port written as
    functions) says which call it is: the reference module running its twin (where both receive the
    same parameters) and its place among the candidate's calls of that op (``layer_norm call 2 of
    5``).
@@ -193,7 +195,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from harness.adapters import agreeing_layout, find_adapter
+from harness.adapters import agreeing_layout, find_adapter, layouts
 from harness.metrics import DEFAULT_TOLERANCES, Tolerance, measure
 from harness.trace import ROOT, flatten_tensors, hookable_modules, map_tensors
 from harness.weightmap import shape_permutations
@@ -2153,12 +2155,28 @@ def _rearranged_output(module: str, cand: _Side, ref: _Side, tol: Tolerance) -> 
     """A module whose every op agrees, returning the reference's values in another order (branches
     concatenated in another order)."""
     for (key, a), b in zip(cand.output.items(), ref.output.values()):
-        if how := _reordering(a, b, tol):
+        how, through = _reordering_in_a_layout(a, b, tol)
+        if how:
             leaf = f" ({key})" if key else ""
             return [_finding(module, "op", None, None, None, None,
-                             f"{module}: returns the reference's values in another order{leaf}: {how} "
+                             f"{module}: returns the reference's values in another order{leaf}{through}: {how} "
                              f"(its operations compute what the reference's do)")]
     return []
+
+
+_LAYOUTS_TRIED = 32  # layouts of another shape in which a returned value is searched for a reordering
+
+
+def _reordering_in_a_layout(a: torch.Tensor | None, b: torch.Tensor | None, tol: Tolerance) -> tuple[str | None, str]:
+    """:func:`_reordering` of ``a`` and ``b``, as they are or, where their shapes differ, through a
+    layout bringing ``a`` to ``b``'s shape (a window partition: each window's tokens transposed),
+    with that layout in words (``" (through ...)"``)."""
+    if a is None or b is None or a.shape == b.shape or a.numel() != b.numel() or not a.is_floating_point():
+        return _reordering(a, b, tol), ""
+    for adapter in layouts(a, tuple(b.shape), _LAYOUTS_TRIED):
+        if how := _reordering(adapter.apply(a), b, tol):
+            return how, f" (through {adapter.description})"
+    return None, ""
 
 
 def _reordering(a: torch.Tensor | None, b: torch.Tensor | None, tol: Tolerance) -> str | None:
@@ -2257,6 +2275,8 @@ def _moves_text(order: list[int]) -> str:
         return f"rolled by {by} (torch.roll of the reference's by {by})"
     if order == list(range(n - 1, -1, -1)):
         return "reversed"
+    if side := _transposed_grid(order):
+        return f"transposed as a {side}x{side} grid (position row * {side} + column holds the reference's column * {side} + row)"
     runs, start = [], 0
     for i in range(1, n + 1):
         if i == n or order[i] != order[i - 1] + 1:
@@ -2266,6 +2286,15 @@ def _moves_text(order: list[int]) -> str:
     if len(runs) > 4:
         return f"{sum(o != i for i, o in enumerate(order))} of {n} positions hold another position's values"
     return ", ".join(runs)
+
+
+def _transposed_grid(order: list[int]) -> int | None:
+    """The side ``s`` of a square grid whose flattened positions ``order`` transposes (a window's
+    tokens read column by column), or None."""
+    side = math.isqrt(len(order))
+    if side < 2 or side * side != len(order):
+        return None
+    return side if all(order[i * side + j] == j * side + i for i in range(side) for j in range(side)) else None
 
 
 _OPERANDS = {"scaled_dot_product_attention": ("query", "key", "value"), "matmul": ("input", "other"),
@@ -2774,6 +2803,9 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
         # every op agrees, yet the output does not: the layout after the last op differs
         found = _layout_findings(module, cand, ref, last_c, len(cand.rec.ops), last_r, len(ref.rec.ops), "the output",
                                  agreed)
+        if found and found[0]["kind"] in ("extra_op", "missing_op") and found[0]["op"] in _RELAYOUT:
+            # a reshape or permute one side writes only spells a layout; the values it leaves reordered are the fault
+            found = _rearranged_output(module, cand, ref, tol) or found
         if found and found[0]["argument"] == _JOINED:  # branches joined in another order
             # returned as joined, the output's reordering says which channels moved where; moved again after
             # the join (a channel shuffle), it says less than the join does
