@@ -130,8 +130,11 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    (``weight`` holds the reference's ``bias``, or another module's tensor anywhere in the reference
    model, as it is, reshaped or transposed: a swap; its own twin's with the dims permuted: stored
    transposed; its twin's values reordered along its axes, said in the op's words: a fused
-   projection's q and k row blocks exchanged, a kernel's input channels reversed; one stored right but passed where the reference passes another of the op's
-   operands: a norm's mean and variance swapped), a parameter stored right of which the op receives
+   projection's q and k row blocks exchanged, a kernel's input channels reversed; one stored right
+   but passed where the reference passes another of the op's
+   operands: a norm's mean and variance swapped; one stored right but passed changed: the block holding
+   every difference zeroed (a class token's position left out of the add) or holding other values,
+   or its values reordered, a table rolled), a parameter stored right of which the op receives
    one slice where the reference passes all of it and no other op receives the rest (a position
    table added to the patches only: ``pos[:, 0:1]`` never added), a parameter one side does not
    pass (a dropped bias), or, when its inputs already differ while everything computed before agreed, operands
@@ -162,7 +165,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    where the join is returned as it is, after it where a shuffle moves them again), else the
    reference's values returned reordered, found in the twin's layout where it returns another
    (a window reverse reading each window transposed, against a twin returning the windows): said
-   before a reshape or permute one side writes and the other does not, which only spells a layout. A finding on an op that no submodule of the candidate runs (a port written as
+   before a reshape or permute one side writes and the other does not, which only spells a layout.
+   A finding on an op that no submodule of the candidate runs (a port written as
    functions) says which call it is: the reference module running its twin (where both receive the
    same parameters) and its place among the candidate's calls of that op (``layer_norm call 2 of
    5``).
@@ -1703,8 +1707,10 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
             continue  # stored as the reference's (a slice of a fused tensor): the ops' shapes differ, not it
         if stored is not None:
             err = (passed[0].double() - passed[1].double()).abs().max().item()
-            text = (f"{module}: {c.name} operand {name} is stored right ({stored}) but passed in another layout than "
-                    f"the reference's {ref_name} (max_abs difference {err:.3e} in what {c.name} receives)")
+            how = _passed_otherwise(passed[0], passed[1], ref_name) \
+                or f"in another layout than the reference's {ref_name}"
+            text = (f"{module}: {c.name} operand {name} is stored right ({stored}) but passed {how} "
+                    f"(max_abs difference {err:.3e} in what {c.name} receives)")
             out.append(_finding(module, "argument", c.name, name, f"{name} (another layout)", ref_name, text))
             continue
         # a fused tensor the reference builds from several (Swin V2's q, zero k and v biases) is
@@ -1784,6 +1790,32 @@ def _reordered_operand(op: str, key: str, passed: tuple[torch.Tensor, torch.Tens
     axes = _WEIGHT_AXES.get(op, ()) if key == "weight" else ()
     named = (lambda d: axes[d] if d < len(axes) else f"dim {d}")
     return "; ".join(f"{named(d)} {text}" for d, text in rearrangement(pair[0], pair[1], _EXACT)) or None
+
+
+def _passed_otherwise(passed: torch.Tensor, reference: torch.Tensor, ref_name: str) -> str | None:
+    """How a parameter stored right reaches its op otherwise than its twin passes ``ref_name``, in
+    words that follow "passed": reordered (a position table rolled by one token), or changed in one
+    block only (its class token's row zeroed before the add); None where neither says it."""
+    if how := _reordering(passed, reference, _EXACT):
+        return f"in another layout than the reference's {ref_name}: its values reordered, {how}"
+    differs = passed != reference.to(passed.dtype)
+    if passed.ndim == 0 or not differs.any():
+        return None
+    # the smallest block holding every difference: along each axis, its first and last differing position
+    box = []
+    for d in range(passed.ndim):
+        along = differs.movedim(d, 0).flatten(1).any(1) if passed.ndim > 1 else differs
+        at = along.nonzero().flatten()
+        box.append((int(at[0]), int(at[-1]) + 1))
+    full = [hi - lo == n for (lo, hi), n in zip(box, passed.shape)]
+    if all(full):
+        return None  # every position differs: no part to name
+    last = max(d for d in range(passed.ndim) if not full[d])
+    where = "[" + ", ".join(":" if full[d] else f"{box[d][0]}:{box[d][1]}" for d in range(last + 1)) + "]"
+    part = passed[tuple(slice(lo, hi) for lo, hi in box)]
+    if not part.any():  # a part left out of the sum (a class token's position)
+        return f"with {where} zeroed, where the reference's {ref_name} holds values (the rest agrees)"
+    return f"with {where} holding other values than the reference's {ref_name} (the rest agrees)"
 
 
 def _part_findings(module: str, c: Op, r: Op, cs: list[Op], expected: Expected | None) -> list[dict]:
@@ -2276,7 +2308,8 @@ def _moves_text(order: list[int]) -> str:
     if order == list(range(n - 1, -1, -1)):
         return "reversed"
     if side := _transposed_grid(order):
-        return f"transposed as a {side}x{side} grid (position row * {side} + column holds the reference's column * {side} + row)"
+        return (f"transposed as a {side}x{side} grid (position row * {side} + column holds the reference's "
+                f"column * {side} + row)")
     runs, start = [], 0
     for i in range(1, n + 1):
         if i == n or order[i] != order[i - 1] + 1:
