@@ -1785,8 +1785,9 @@ def _reordered_operand(op: str, key: str, passed: tuple[torch.Tensor, torch.Tens
     a fused projection exchanged, conv groups swapped, a kernel's input channels reversed: RGB read as
     BGR), axis by axis in words, in the layout the op receives it (else as stored); None if it does not."""
     pair = passed or _in_one_layout(stored_c, stored_r)
-    if pair is None or pair[0].shape != pair[1].shape or not pair[0].is_floating_point():
-        return None
+    if pair is None or pair[0].shape != pair[1].shape or not pair[0].is_floating_point() \
+            or not torch.equal(pair[0].flatten().sort().values, pair[1].to(pair[0].dtype).flatten().sort().values):
+        return None  # other values, not the same values in another order
     axes = _WEIGHT_AXES.get(op, ()) if key == "weight" else ()
     named = (lambda d: axes[d] if d < len(axes) else f"dim {d}")
     return "; ".join(f"{named(d)} {text}" for d, text in rearrangement(pair[0], pair[1], _EXACT)) or None
@@ -2226,7 +2227,8 @@ def rearrangement(candidate: torch.Tensor, reference: torch.Tensor, tol: Toleran
     Each position along an axis is known by its slice's largest and smallest value and its sum,
     which do not change when the other axes are reordered (:func:`_pairing`); sorting both sides by
     them pairs the positions, and the reference reordered by every pairing found must then agree
-    with the candidate."""
+    with the candidate. An axis whose pairing moves only slices holding one value (rows of zeros)
+    is said nothing of: any order of it gives the reference."""
     a, b = candidate.detach().double(), reference.detach().double()
     orders: list[tuple[int, torch.Tensor]] = []
     for d, n in enumerate(a.shape):
@@ -2235,7 +2237,8 @@ def rearrangement(candidate: torch.Tensor, reference: torch.Tensor, tol: Toleran
         order = _pairing(a, b, d)
         if order is None:
             return []
-        if not torch.equal(order, torch.arange(n)):
+        # an order moving only slices that hold one value (rows of zeros) changes nothing: no claim
+        if not torch.equal(order, torch.arange(n)) and not torch.equal(b.index_select(d, order), b):
             orders.append((d, order))
     if not orders:
         return []
@@ -2265,6 +2268,9 @@ def _pairing(a: torch.Tensor, b: torch.Tensor, d: int) -> torch.Tensor | None:
     return pairing if same else None
 
 
+_UNTIED_MOST = 128  # tied positions given out so that runs continue; beyond, paired as sorted
+
+
 def _untied(order: list[int], features: list[tuple]) -> list[int]:
     """``order`` with the reference positions whose slices look alike (``features``: dead channels,
     all zero) given out so that runs continue: ties are paired in any order, which would break a
@@ -2272,8 +2278,8 @@ def _untied(order: list[int], features: list[tuple]) -> list[int]:
     runs lead to, where one of its look-alikes is there; the most constrained first."""
     n, counts = len(order), Counter(features)
     tied = [i for i in range(n) if counts[features[order[i]]] > 1]
-    if not tied:
-        return order
+    if not tied or len(tied) > _UNTIED_MOST:
+        return order  # the search below grows with the cube of the ties: many ties keep the sorted pairing
     free = {order[i] for i in tied}
     fixed = set(range(n)) - set(tied)
 

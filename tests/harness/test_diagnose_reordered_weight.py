@@ -1,15 +1,19 @@
 """A weight holding exactly its twin's values in another order along its axes is said so, axis by
 axis and in the words of the op's layout: the q and k row blocks of a fused projection exchanged,
 a grouped conv's groups swapped, a stem kernel reading BGR for RGB (input channels reversed), a norm's
-scale rolled. A weight holding other values is still said to hold other values."""
+scale rolled. A weight holding other values is still said to hold other values; slices that hold one
+value (rows of zeros) are never said to move, and many of them do not slow the search."""
 
 from __future__ import annotations
+
+import time
 
 import torch
 from torch import nn
 
 import harness
-
+from harness.diagnose import rearrangement
+from harness.metrics import DEFAULT_TOLERANCES
 from helpers import compare_port, findings_text
 
 
@@ -83,3 +87,19 @@ def test_a_weight_with_other_values_is_not_called_reordered() -> None:
     first = why.splitlines()[0]
     assert "qkv: linear operand weight holds other values than the reference's weight" in first and "reordered" not in first, \
         f"expected other values, not a reordering, got:\n{why}"
+
+
+def test_slices_of_one_value_are_never_claimed_reordered() -> None:
+    reference = torch.zeros(8, 4, dtype=torch.float64)
+    reference[5] = 1.0  # every column holds the same values: no column order to tell
+    found = rearrangement(torch.roll(reference, 1, 0), reference, DEFAULT_TOLERANCES["float64"])
+    assert [d for d, _ in found] == [0], f"expected the rows moved and nothing said of the columns, got {found}"
+
+
+def test_a_vector_of_many_equal_values_is_searched_fast() -> None:
+    reference = torch.zeros(512, dtype=torch.float64)
+    reference[3], reference[7] = 1.0, 2.0  # a bias left mostly at its zero init
+    start = time.perf_counter()
+    found = rearrangement(torch.roll(reference, 1), reference, DEFAULT_TOLERANCES["float64"])
+    took = time.perf_counter() - start
+    assert found and took < 0.5, f"expected a reordering found within 0.5 s, got {found} in {took:.2f} s"
