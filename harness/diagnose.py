@@ -1738,6 +1738,8 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
             elif dims is not None:  # its own rows, a square block stored transposed
                 text = (f"{where}: {c.name} operand {name} holds the reference's {ref_name}{rows} with its dims "
                         f"permuted {dims} (stored transposed?)")
+            elif moves := _reordered_operand(c.name, key, None, c.param_values[key][lo:hi], fused[lo:hi]):
+                text = f"{where}: {c.name} operand {name} holds the reference's {ref_name}{rows} reordered: {moves}"
             else:
                 text = f"{where}: {c.name} operand {name} holds other values than the reference's {ref_name}{rows}"
             out.append(_finding(where, "argument", c.name, name, f"{name} (other values)", f"{ref_name}{rows}", text))
