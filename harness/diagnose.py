@@ -2180,10 +2180,11 @@ def _relaid_input(c: Op, r: Op, cand: _Side, ref: _Side) -> str | None:
 
 def _rearranged_input(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance) -> list[dict]:
     """A diverging op whose input holds the reference's values in another order along some axes:
-    blocks exchanged (a patch merging's slices concatenated in another order), a roll, a flip."""
-    how = _reordering(*_computed_inputs(c, r, cand, ref), tol)
-    return [_finding(module, "op", c.name, None, None, None,
-                     f"{module}: {c.name} receives the reference's values in another order: {how}")] if how else []
+    blocks exchanged (a patch merging's slices concatenated in another order), a roll, a flip; in
+    the reference's layout where it receives another (windows put back each transposed)."""
+    how, through = _reordering_in_a_layout(*_computed_inputs(c, r, cand, ref), tol)
+    text = f"{module}: {c.name} receives the reference's values in another order{through}: {how}"
+    return [_finding(module, "op", c.name, None, None, None, text)] if how else []
 
 
 def _rearranged_output(module: str, cand: _Side, ref: _Side, tol: Tolerance) -> list[dict]:

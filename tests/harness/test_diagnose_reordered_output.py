@@ -95,3 +95,33 @@ def test_a_square_grid_read_column_by_column_is_said_transposed() -> None:
     swapped = t.view(2, 3, 3, 3).transpose(1, 2).reshape(2, 9, 3)
     assert rearrangement(swapped, t, DEFAULT_TOLERANCES["float64"]) == [
         (1, "transposed as a 3x3 grid (position row * 3 + column holds the reference's column * 3 + row)")]
+
+
+class _RefMlp(nn.Module):
+    """Windows through two linears, put back into the map after."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(C, C), nn.Linear(C, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _reverse(self.fc2(torch.tanh(self.fc1(_partition(x)))), *x.shape[1:3])
+
+
+class _PortMlp(_RefMlp):
+    """The map put back between the two linears, each window transposed."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = _reverse(self.fc1(_partition(x)), *x.shape[1:3], dims=(0, 1, 4, 2, 3, 5))
+        return self.fc2(torch.tanh(y))
+
+
+def test_an_op_fed_the_windows_transposed_in_another_layout_is_said_to_receive_them_reordered() -> None:
+    reference = _RefMlp().double().eval()
+    harness.randomize_(reference, torch.Generator().manual_seed(0))
+    x = torch.randn(1, 8, 8, C, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    report = compare_port(_PortMlp().double().eval(), reference, x)
+    why = findings_text(report.diagnosis)
+    expected = ("tanh receives the reference's values in another order (through window partition 4x4): along dim 1, "
+                "transposed as a 4x4 grid")
+    assert expected in why.splitlines()[0], f"expected tanh's input named reordered, got:\n{why}"
