@@ -145,7 +145,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    whatever op reads them), or a part of what the candidate splits where the reference's input
    holds another part's values (a fused gate|up projection's halves swapped), the reference's
    values reordered along some axes,
-   each on its own (slices joined in another order, a roll, a flip: :func:`rearrangement`), or the
+   each on its own (slices joined in another order, a roll, a flip: :func:`rearrangement`; in the
+   reference's layout where it receives another: windows put back each transposed), or the
    layout ops between (a transpose missing before a reshape; a roll or flip one side only applies
    first, before ops that only spell a layout otherwise; not those that only bring a value
    into the layout the other side computes it in, nor those by which one side already holds what
