@@ -1788,12 +1788,16 @@ def _reordered_operand(op: str, key: str, passed: tuple[torch.Tensor, torch.Tens
     a fused projection exchanged, conv groups swapped, a kernel's input channels reversed: RGB read as
     BGR), axis by axis in words, in the layout the op receives it (else as stored); None if it does not."""
     pair = passed or _in_one_layout(stored_c, stored_r)
-    if pair is None or pair[0].shape != pair[1].shape or not pair[0].is_floating_point() \
-            or not torch.equal(pair[0].flatten().sort().values, pair[1].to(pair[0].dtype).flatten().sort().values):
-        return None  # other values, not the same values in another order
+    if pair is None or pair[0].shape != pair[1].shape or not pair[0].is_floating_point() or pair[0].numel() == 0:
+        return None
+    a, b = pair[0], pair[1].to(pair[0].dtype)
+    # the same values in another order, not other values: extremes first, which cost no sort
+    if a.amax() != b.amax() or a.amin() != b.amin() or not torch.equal(a.flatten().sort().values,
+                                                                        b.flatten().sort().values):
+        return None
     axes = _WEIGHT_AXES.get(op, ()) if key == "weight" else ()
     named = (lambda d: axes[d] if d < len(axes) else f"dim {d}")
-    return "; ".join(f"{named(d)} {text}" for d, text in rearrangement(pair[0], pair[1], _EXACT)) or None
+    return "; ".join(f"{named(d)} {text}" for d, text in rearrangement(a, b, _EXACT)) or None
 
 
 def _passed_otherwise(passed: torch.Tensor, reference: torch.Tensor, ref_name: str) -> str | None:
