@@ -165,8 +165,10 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    ``cat([right, left])``, named with how the output holds the reference's values reordered: first
    where the join is returned as it is, after it where a shuffle moves them again), else the
    reference's values returned reordered, found in the twin's layout where it returns another
-   (a window reverse reading each window transposed, against a twin returning the windows): said
-   before a reshape or permute one side writes and the other does not, which only spells a layout.
+   (a window reverse reading each window transposed, against a twin returning the windows): where
+   the twins return other layouts, said before a reshape or permute one side writes and the other
+   does not, which only spells a layout (of one layout, that reshape missing is the finding: a
+   channel shuffle left out).
    A finding on an op that no submodule of the candidate runs (a port written as
    functions) says which call it is: the reference module running its twin (where both receive the
    same parameters) and its place among the candidate's calls of that op (``layer_norm call 2 of
@@ -2850,8 +2852,10 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
         # every op agrees, yet the output does not: the layout after the last op differs
         found = _layout_findings(module, cand, ref, last_c, len(cand.rec.ops), last_r, len(ref.rec.ops), "the output",
                                  agreed)
-        if found and found[0]["kind"] in ("extra_op", "missing_op") and found[0]["op"] in _RELAYOUT:
-            # a reshape or permute one side writes only spells a layout; the values it leaves reordered are the fault
+        if found and found[0]["kind"] in ("extra_op", "missing_op") and found[0]["op"] in _RELAYOUT \
+                and any(a.shape != b.shape for a, b in zip(cand.output.values(), ref.output.values())):
+            # twins returning other layouts: a reshape or permute one writes only spells its layout; the
+            # values it leaves reordered are the fault (of one layout, one side's reshape missing is)
             found = _rearranged_output(module, cand, ref, tol) or found
         if found and found[0]["argument"] == _JOINED:  # branches joined in another order
             # returned as joined, the output's reordering says which channels moved where; moved again after

@@ -85,3 +85,20 @@ def test_branches_run_and_joined_in_another_order_are_no_extra_ops() -> None:
     report, why = _why(swapped=True, right_first=True)
     assert report.culprit == "unit", f"expected the culprit unit, got {report.culprit}"
     assert EXPECTED in why.splitlines()[0], f"expected the cat's operands exchanged, not extra ops, got:\n{why}"
+
+
+class _UnshuffledUnit(_PermutingUnit):
+    """A port that leaves the channel shuffle out."""
+
+    def shuffle(self, y: torch.Tensor) -> torch.Tensor:
+        return y
+
+
+def test_a_shuffle_left_out_is_named_as_its_missing_reshape_not_as_values_reordered() -> None:
+    reference = _Net(_Unit()).double().eval()
+    harness.randomize_(reference, torch.Generator().manual_seed(0))
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    report = compare_port(_Net(_UnshuffledUnit()).double().eval(), reference, x)
+    first = report.diagnosis[0] if report.diagnosis else {}
+    assert (first.get("kind"), first.get("op")) == ("missing_op", "reshape"), \
+        f"expected the shuffle's reshape missing, got:\n{findings_text(report.diagnosis)}"
