@@ -134,9 +134,13 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    model, as it is, reshaped or transposed: a swap, unless it holds one value throughout, which
    any tensor of that value would match: a layer scale left at ones is said to hold a constant; its
    own twin's with the dims permuted: stored transposed, operands of one shape but for axes of size
-   1 compared as they lie: a linear's square weight transposed against a 1x1 conv's; one stored
-   right but passed where the reference passes another of the op's
-   operands: a norm's mean and variance swapped), a parameter stored right of which the op receives
+   1 compared as they lie: a linear's square weight transposed against a 1x1 conv's; its twin's
+   values reordered along its axes, said in the op's words: a fused projection's q and k row blocks
+   exchanged, a kernel's input channels reversed; one stored right but passed where the reference
+   passes another of the op's
+   operands: a norm's mean and variance swapped; one stored right but passed changed: the block holding
+   every difference zeroed (a class token's position left out of the add) or holding other values,
+   or its values reordered, a table rolled), a parameter stored right of which the op receives
    one slice where the reference passes all of it and no other op receives the rest (a position
    table added to the patches only: ``pos[:, 0:1]`` never added), a parameter one side does not
    pass (a dropped bias), or, when its inputs already differ while everything computed before agreed, operands
@@ -150,7 +154,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    another reference op computes than the one the reference's op reads (the activation of a SwiGLU
    with separate gate and up projections applied to the up one), the reference's
    values reordered along some axes,
-   each on its own (slices joined in another order, a roll, a flip: :func:`rearrangement`), or the
+   each on its own (slices joined in another order, a roll, a flip: :func:`rearrangement`; in the
+   reference's layout where it receives another: windows put back each transposed), or the
    layout ops between (a transpose missing before a reshape; a roll or flip one side only applies
    first, before ops that only spell a layout otherwise; not those that only bring a value
    into the layout the other side computes it in, nor those by which one side already holds what
@@ -169,9 +174,17 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    results of one shape differ is explained by a parameter operand spread over other axes of the
    result than its twin's (a layer scale passed as one of its values, or along the width where the
    reference's runs along the channels). When no pair differs but the module output does, the
-   pending ops at the end explain it (a residual ``add`` missing after the last operation), else the
-   layout ops after the last pair, else the reference's values returned reordered (branches joined
-   in another order). A finding on an op that no submodule of the candidate runs (a port written as
+   pending ops at the end explain it (a residual ``add`` missing after the last operation; not ops
+   that compute what an op of the other side computes elsewhere: branches run in another order),
+   else the layout ops after the last pair (a join of the reference's operands in another order,
+   ``cat([right, left])``, named with how the output holds the reference's values reordered: first
+   where the join is returned as it is, after it where a shuffle moves them again), else the
+   reference's values returned reordered, found in the twin's layout where it returns another
+   (a window reverse reading each window transposed, against a twin returning the windows): where
+   the twins return other layouts, said before a reshape or permute one side writes and the other
+   does not, which only spells a layout (of one layout, that reshape missing is the finding: a
+   channel shuffle left out).
+   A finding on an op that no submodule of the candidate runs (a port written as
    functions) says which call it is: the reference module running its twin (where both receive the
    same parameters) and its place among the candidate's calls of that op (``layer_norm call 2 of
    5``).
@@ -204,7 +217,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from harness.adapters import agreeing_layout, find_adapter
+from harness.adapters import agreeing_layout, find_adapter, layouts
 from harness.metrics import DEFAULT_TOLERANCES, Tolerance, measure
 from harness.trace import ROOT, flatten_tensors, hookable_modules, map_tensors
 from harness.weightmap import shape_permutations
@@ -1715,8 +1728,10 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
             continue  # stored as the reference's (a slice of a fused tensor): the ops' shapes differ, not it
         if stored is not None:
             err = (passed[0].double() - passed[1].double()).abs().max().item()
-            text = (f"{module}: {c.name} operand {name} is stored right ({stored}) but passed in another layout than "
-                    f"the reference's {ref_name} (max_abs difference {err:.3e} in what {c.name} receives)")
+            how = _passed_otherwise(passed[0], passed[1], ref_name) \
+                or f"in another layout than the reference's {ref_name}"
+            text = (f"{module}: {c.name} operand {name} is stored right ({stored}) but passed {how} "
+                    f"(max_abs difference {err:.3e} in what {c.name} receives)")
             out.append(_finding(module, "argument", c.name, name, f"{name} (another layout)", ref_name, text))
             continue
         # a fused tensor the reference builds from several (Swin V2's q, zero k and v biases) is
@@ -1744,6 +1759,8 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
             elif dims is not None:  # its own rows, a square block stored transposed
                 text = (f"{where}: {c.name} operand {name} holds the reference's {ref_name}{rows} with its dims "
                         f"permuted {dims} (stored transposed?)")
+            elif moves := _reordered_operand(c.name, key, None, c.param_values[key][lo:hi], fused[lo:hi]):
+                text = f"{where}: {c.name} operand {name} holds the reference's {ref_name}{rows} reordered: {moves}"
             else:
                 text = f"{where}: {c.name} operand {name} holds other values than the reference's {ref_name}{rows}"
             out.append(_finding(where, "argument", c.name, name, f"{name} (other values)", f"{ref_name}{rows}", text))
@@ -1758,11 +1775,15 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
         # a tensor of one value matches every other of that value (ones, zeros: a layer scale left at
         # its initial value against a batch norm's fresh variance): it tells whose it is not
         holds = None if value is not None else _whose_values(c.param_values[key], ref_module, ref_name, root)
+        moves = None if holds or value is not None else _reordered_operand(c.name, key, passed, c.param_values[key],
+                                                                            r.param_values[r_key])
         if holds:
             text = f"{module}: {c.name} operand {name} holds the reference's {holds} (swapped weights?)"
         elif value is not None:
             text = (f"{module}: {c.name} operand {name} holds the constant {value:g} everywhere, where the reference's "
                     f"{ref_name} holds other values (left at its initial value?)")
+        elif moves:
+            text = f"{module}: {c.name} operand {name} holds the reference's {ref_name} reordered: {moves}"
         else:
             text = f"{module}: {c.name} operand {name} holds other values than the reference's {ref_name} " \
                    f"({_operand_difference(passed, c.param_values[key], r.param_values[r_key])})"
@@ -1779,6 +1800,57 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
                 text = f"{module}: {c.name} {key} {c.params[key]} in the candidate; the reference passes none"
             out.append(_finding(module, "argument", c.name, key, c.params.get(key), r.params.get(key), text))
     return out
+
+
+_EXACT = Tolerance(atol=0.0, rtol=0.0)
+# what each axis of a weight holds, in the layout the op receives it
+_WEIGHT_AXES = {"linear": ("rows (output features)", "columns (input features)"),
+                **{f"conv{n}d": ("output channels", "input channels", *("kernel " + a for a in "DHW"[3 - n:]))
+                   for n in (1, 2, 3)}}
+
+
+def _reordered_operand(op: str, key: str, passed: tuple[torch.Tensor, torch.Tensor] | None, stored_c: torch.Tensor,
+                       stored_r: torch.Tensor) -> str | None:
+    """How an operand holds exactly its twin's values reordered along its axes (q and k row blocks of
+    a fused projection exchanged, conv groups swapped, a kernel's input channels reversed: RGB read as
+    BGR), axis by axis in words, in the layout the op receives it (else as stored); None if it does not."""
+    pair = passed or _in_one_layout(stored_c, stored_r)
+    if pair is None or pair[0].shape != pair[1].shape or not pair[0].is_floating_point() or pair[0].numel() == 0:
+        return None
+    a, b = pair[0], pair[1].to(pair[0].dtype)
+    # the same values in another order, not other values: extremes first, which cost no sort
+    if a.amax() != b.amax() or a.amin() != b.amin() or not torch.equal(a.flatten().sort().values,
+                                                                        b.flatten().sort().values):
+        return None
+    axes = _WEIGHT_AXES.get(op, ()) if key == "weight" else ()
+    named = (lambda d: axes[d] if d < len(axes) else f"dim {d}")
+    return "; ".join(f"{named(d)} {text}" for d, text in rearrangement(a, b, _EXACT)) or None
+
+
+def _passed_otherwise(passed: torch.Tensor, reference: torch.Tensor, ref_name: str) -> str | None:
+    """How a parameter stored right reaches its op otherwise than its twin passes ``ref_name``, in
+    words that follow "passed": reordered (a position table rolled by one token), or changed in one
+    block only (its class token's row zeroed before the add); None where neither says it."""
+    if how := _reordering(passed, reference, _EXACT):
+        return f"in another layout than the reference's {ref_name}: its values reordered, {how}"
+    differs = passed != reference.to(passed.dtype)
+    if passed.ndim == 0 or not differs.any():
+        return None
+    # the smallest block holding every difference: along each axis, its first and last differing position
+    box = []
+    for d in range(passed.ndim):
+        along = differs.movedim(d, 0).flatten(1).any(1) if passed.ndim > 1 else differs
+        at = along.nonzero().flatten()
+        box.append((int(at[0]), int(at[-1]) + 1))
+    full = [hi - lo == n for (lo, hi), n in zip(box, passed.shape)]
+    if all(full):
+        return None  # every position differs: no part to name
+    last = max(d for d in range(passed.ndim) if not full[d])
+    where = "[" + ", ".join(":" if full[d] else f"{box[d][0]}:{box[d][1]}" for d in range(last + 1)) + "]"
+    part = passed[tuple(slice(lo, hi) for lo, hi in box)]
+    if not part.any():  # a part left out of the sum (a class token's position)
+        return f"with {where} zeroed, where the reference's {ref_name} holds values (the rest agrees)"
+    return f"with {where} holding other values than the reference's {ref_name} (the rest agrees)"
 
 
 def _part_findings(module: str, c: Op, r: Op, cs: list[Op], expected: Expected | None) -> list[dict]:
@@ -2058,7 +2130,8 @@ def _layout_findings(base: str, cand: _Side, ref: _Side, c_lo: int, c_hi: int, r
     for tag, i1, i2, j1, j2 in sorted(sm.get_opcodes(), key=lambda code: not moves(code)):
         if tag == "equal":
             for c, r in zip(cl[i1:i2], rl[j1:j2]):
-                found = _argument_findings(_scoped(base, c), c, r)
+                found = _argument_findings(_scoped(base, c), c, r) or _joined_otherwise(_scoped(base, c), c, r,
+                                                                                        cand, ref)
                 if found:
                     return found
             continue
@@ -2088,6 +2161,24 @@ def _layout_findings(base: str, cand: _Side, ref: _Side, c_lo: int, c_hi: int, r
     return []
 
 
+def _joined_otherwise(module: str, c: Op, r: Op, cand: _Side, ref: _Side) -> list[dict]:
+    """A join (``cat``, ``stack``) of the reference's operands in another order: a unit returning
+    ``cat([right, left])`` where the reference returns ``cat([left, right])``. Each operand is known by
+    the reference's operand it holds; a join whose operands differ in value is no reordering."""
+    cv = [cand.rec.passed(i, c.index) for i in c.input_ids]
+    rv = [ref.rec.passed(i, r.index) for i in r.input_ids]
+    if c.name not in _JOINS or len(cv) != len(rv) or len(cv) < 2 or any(t is None for t in (*cv, *rv)):
+        return []
+    held = [next((j for j, b in enumerate(rv) if a.shape == b.shape and _close(a, b)), None) for a in cv]
+    if None in held or sorted(held) != list(range(len(rv))) or held == sorted(held):
+        return []
+    moved = ", ".join(f"operand {i} holds the reference's operand {j}" for i, j in enumerate(held) if i != j)
+    text = f"{module}: {c.name} joins the reference's operands in another order: {moved}"
+    return [_finding(module, "op", c.name, _JOINED, f"order {held}", f"order {sorted(held)}", text)]
+
+
+_JOINS = frozenset({"cat", "stack", "hstack", "vstack", "dstack", "column_stack"})
+_JOINED = "tensors"  # the argument of a join's finding: its operands, as a list
 _RELAYOUT = frozenset({"reshape", "permute", "transpose", "contiguous", "movedim", "moveaxis"})
 _MOVING = frozenset({"roll", "flip"})  # layout ops no reshape, permute or slice can stand for
 
@@ -2145,22 +2236,39 @@ def _relaid_input(c: Op, r: Op, cand: _Side, ref: _Side) -> str | None:
 
 def _rearranged_input(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance) -> list[dict]:
     """A diverging op whose input holds the reference's values in another order along some axes:
-    blocks exchanged (a patch merging's slices concatenated in another order), a roll, a flip."""
-    how = _reordering(*_computed_inputs(c, r, cand, ref), tol)
-    return [_finding(module, "op", c.name, None, None, None,
-                     f"{module}: {c.name} receives the reference's values in another order: {how}")] if how else []
+    blocks exchanged (a patch merging's slices concatenated in another order), a roll, a flip; in
+    the reference's layout where it receives another (windows put back each transposed)."""
+    how, through = _reordering_in_a_layout(*_computed_inputs(c, r, cand, ref), tol)
+    text = f"{module}: {c.name} receives the reference's values in another order{through}: {how}"
+    return [_finding(module, "op", c.name, None, None, None, text)] if how else []
 
 
 def _rearranged_output(module: str, cand: _Side, ref: _Side, tol: Tolerance) -> list[dict]:
     """A module whose every op agrees, returning the reference's values in another order (branches
     concatenated in another order)."""
     for (key, a), b in zip(cand.output.items(), ref.output.values()):
-        if how := _reordering(a, b, tol):
+        how, through = _reordering_in_a_layout(a, b, tol)
+        if how:
             leaf = f" ({key})" if key else ""
             return [_finding(module, "op", None, None, None, None,
-                             f"{module}: returns the reference's values in another order{leaf}: {how} "
+                             f"{module}: returns the reference's values in another order{leaf}{through}: {how} "
                              f"(its operations compute what the reference's do)")]
     return []
+
+
+_LAYOUTS_TRIED = 32  # layouts of another shape in which a returned value is searched for a reordering
+
+
+def _reordering_in_a_layout(a: torch.Tensor | None, b: torch.Tensor | None, tol: Tolerance) -> tuple[str | None, str]:
+    """:func:`_reordering` of ``a`` and ``b``, as they are or, where their shapes differ, through a
+    layout bringing ``a`` to ``b``'s shape (a window partition: each window's tokens transposed),
+    with that layout in words (``" (through ...)"``)."""
+    if a is None or b is None or a.shape == b.shape or a.numel() != b.numel() or not a.is_floating_point():
+        return _reordering(a, b, tol), ""
+    for adapter in layouts(a, tuple(b.shape), _LAYOUTS_TRIED):
+        if how := _reordering(adapter.apply(a), b, tol):
+            return how, f" (through {adapter.description})"
+    return None, ""
 
 
 def _reordering(a: torch.Tensor | None, b: torch.Tensor | None, tol: Tolerance) -> str | None:
@@ -2178,7 +2286,8 @@ def rearrangement(candidate: torch.Tensor, reference: torch.Tensor, tol: Toleran
     Each position along an axis is known by its slice's largest and smallest value and its sum,
     which do not change when the other axes are reordered (:func:`_pairing`); sorting both sides by
     them pairs the positions, and the reference reordered by every pairing found must then agree
-    with the candidate."""
+    with the candidate. An axis whose pairing moves only slices holding one value (rows of zeros)
+    is said nothing of: any order of it gives the reference."""
     a, b = candidate.detach().double(), reference.detach().double()
     orders: list[tuple[int, torch.Tensor]] = []
     for d, n in enumerate(a.shape):
@@ -2187,7 +2296,8 @@ def rearrangement(candidate: torch.Tensor, reference: torch.Tensor, tol: Toleran
         order = _pairing(a, b, d)
         if order is None:
             return []
-        if not torch.equal(order, torch.arange(n)):
+        # an order moving only slices that hold one value (rows of zeros) changes nothing: no claim
+        if not torch.equal(order, torch.arange(n)) and not torch.equal(b.index_select(d, order), b):
             orders.append((d, order))
     if not orders:
         return []
@@ -2204,7 +2314,9 @@ def _pairing(a: torch.Tensor, b: torch.Tensor, d: int) -> torch.Tensor | None:
     whatever their order inside the slice: known by the slice's largest and smallest value (exact
     under any reordering) and its sum; None where the slices of the two differ."""
     others = [k for k in range(a.ndim) if k != d]
-    (a_high, a_low, a_sum), (b_high, b_low, b_sum) = ((t.amax(others), t.amin(others), t.sum(others)) for t in (a, b))
+    # a vector's positions are its values (a reduction over no dims would reduce over all)
+    (a_high, a_low, a_sum), (b_high, b_low, b_sum) = (((t.amax(others), t.amin(others), t.sum(others)) if others
+                                                       else (t, t, t)) for t in (a, b))
     a_features = list(zip(a_high.tolist(), a_low.tolist(), a_sum.tolist()))
     b_features = list(zip(b_high.tolist(), b_low.tolist(), b_sum.tolist()))
     pairing = torch.empty(a.shape[d], dtype=torch.long)
@@ -2215,6 +2327,9 @@ def _pairing(a: torch.Tensor, b: torch.Tensor, d: int) -> torch.Tensor | None:
     return pairing if same else None
 
 
+_UNTIED_MOST = 128  # tied positions given out so that runs continue; beyond, paired as sorted
+
+
 def _untied(order: list[int], features: list[tuple]) -> list[int]:
     """``order`` with the reference positions whose slices look alike (``features``: dead channels,
     all zero) given out so that runs continue: ties are paired in any order, which would break a
@@ -2222,8 +2337,8 @@ def _untied(order: list[int], features: list[tuple]) -> list[int]:
     runs lead to, where one of its look-alikes is there; the most constrained first."""
     n, counts = len(order), Counter(features)
     tied = [i for i in range(n) if counts[features[order[i]]] > 1]
-    if not tied:
-        return order
+    if not tied or len(tied) > _UNTIED_MOST:
+        return order  # the search below grows with the cube of the ties: many ties keep the sorted pairing
     free = {order[i] for i in tied}
     fixed = set(range(n)) - set(tied)
 
@@ -2257,6 +2372,9 @@ def _moves_text(order: list[int]) -> str:
         return f"rolled by {by} (torch.roll of the reference's by {by})"
     if order == list(range(n - 1, -1, -1)):
         return "reversed"
+    if side := _transposed_grid(order):
+        return (f"transposed as a {side}x{side} grid (position row * {side} + column holds the reference's "
+                f"column * {side} + row)")
     runs, start = [], 0
     for i in range(1, n + 1):
         if i == n or order[i] != order[i - 1] + 1:
@@ -2266,6 +2384,15 @@ def _moves_text(order: list[int]) -> str:
     if len(runs) > 4:
         return f"{sum(o != i for i, o in enumerate(order))} of {n} positions hold another position's values"
     return ", ".join(runs)
+
+
+def _transposed_grid(order: list[int]) -> int | None:
+    """The side ``s`` of a square grid whose flattened positions ``order`` transposes (a window's
+    tokens read column by column), or None."""
+    side = math.isqrt(len(order))
+    if side < 2 or side * side != len(order):
+        return None
+    return side if all(order[i * side + j] == j * side + i for i in range(side) for j in range(side)) else None
 
 
 _OPERANDS = {"scaled_dot_product_attention": ("query", "key", "value"), "matmul": ("input", "other"),
@@ -2846,12 +2973,23 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             return held[1] if held is not None and held[0] in _upstream(cand.rec, c) else diverged(at, c, r)
     if held is not None and not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
         return held[1]
-    if pending and not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
+    if pending and not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol) \
+            and not all(_run_elsewhere(unpaired.get(id(f)), cs, rs, tol) for f in pending):
         return _moved(pending, idle, into)
     if not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
         # every op agrees, yet the output does not: the layout after the last op differs
         found = _layout_findings(module, cand, ref, last_c, len(cand.rec.ops), last_r, len(ref.rec.ops), "the output",
                                  agreed)
+        if found and found[0]["kind"] in ("extra_op", "missing_op") and found[0]["op"] in _RELAYOUT \
+                and any(a.shape != b.shape for a, b in zip(cand.output.values(), ref.output.values())):
+            # twins returning other layouts: a reshape or permute one writes only spells its layout; the
+            # values it leaves reordered are the fault (of one layout, one side's reshape missing is)
+            found = _rearranged_output(module, cand, ref, tol) or found
+        if found and found[0]["argument"] == _JOINED:  # branches joined in another order
+            # returned as joined, the output's reordering says which channels moved where; moved again after
+            # the join (a channel shuffle), it says less than the join does
+            outcome = _rearranged_output(module, cand, ref, tol)
+            found = outcome + found if cand.rec.ops[-1].name in _JOINS else found + outcome
         return found or _rearranged_output(module, cand, ref, tol) or [_finding(
             module, "value", None, None, None, None,
             f"{module}: every operation agrees with the reference, the returned value does not")]
@@ -2879,6 +3017,17 @@ def _missing_for(twin: Op, r: Op, pending: list[dict], unpaired: dict[int, tuple
     ``twin``'s, and the op it lacks is ``r``."""
     return r.index > twin.index and any(id(f) in unpaired and not unpaired[id(f)][0] and unpaired[id(f)][1] is twin
                                         for f in pending)
+
+
+def _run_elsewhere(entry: tuple[bool, Op] | None, cs: list[Op], rs: list[Op], tol: Tolerance) -> bool:
+    """Whether an unpaired op (``entry``: the candidate's?, the op) computes what an op of the other
+    side computes, elsewhere in its stream: branches run in another order (right before left), each
+    op's result the same. Such ops explain no difference at the output; what joins them may."""
+    if entry is None:
+        return False
+    mine, op = entry
+    return any(o.name == op.name and o.shape == op.shape and (_pair_agrees(op, o, tol) if mine else
+                                                              _pair_agrees(o, op, tol)) for o in (rs if mine else cs))
 
 
 def _extra_aside(entry: tuple[bool, Op] | None, upstream: set[int], rec: OpRecorder) -> bool:
