@@ -2573,7 +2573,7 @@ def _input_value(side: _Side, op: Op) -> torch.Tensor | None:
     return side.rec.passed(op.input_ids[0], op.index) if op.input_ids else None
 
 
-def _fuse_siblings(side: _Side, other: _Side, tol: Tolerance) -> list[Op]:
+def _fuse_siblings(side: _Side, other: _Side, tol: Tolerance, expected: Expected | None = None) -> list[Op]:
     """``side``'s stream with each run of one operation applied to one input by sibling modules
     (``q``, ``k`` and ``v`` projections) made one op, where ``other`` computes their concatenation
     in a single op (a fused ``qkv``) from the same input values or to the same result."""
@@ -2585,7 +2585,7 @@ def _fuse_siblings(side: _Side, other: _Side, tol: Tolerance) -> list[Op]:
         j = i + 1
         while j < len(stream) and _sibling(stream[i], stream[j]):
             j += 1
-        fused = _fused(stream[i:j], side, other, tol) if j - i > 1 and stream[i].outputs else None
+        fused = _fused(stream[i:j], side, other, tol, expected) if j - i > 1 and stream[i].outputs else None
         if fused is None and j == i + 1 and stream[i].outputs:
             # siblings apart (a SwiGLU's gate and up projections, the gate's activation between
             # them): fused where the other side computes them in one op, in the first one's place
@@ -2602,7 +2602,8 @@ def _sibling(op: Op, other: Op) -> bool:
     return other.name == op.name and bool(op.input_ids) and other.input_ids == op.input_ids and bool(other.outputs)
 
 
-def _fused(group: list[Op], side: _Side, other: _Side, tol: Tolerance) -> Op | None:
+def _fused(group: list[Op], side: _Side, other: _Side, tol: Tolerance, expected: Expected | None = None) -> Op | None:
+    group = _in_mapped_order(group, other, expected)
     outs = [g.outputs[0] for g in group]
     x = _input_value(side, group[0])
     for dim in reversed(range(outs[0].ndim)):
@@ -2619,6 +2620,34 @@ def _fused(group: list[Op], side: _Side, other: _Side, tol: Tolerance) -> Op | N
             if same_input or _stacked_parameters(group, twin) or _outputs_agree([cat], twin.outputs[:1], tol):
                 return _fused_op(group, cat)
     return None
+
+
+def _in_mapped_order(group: list[Op], other: _Side, expected: Expected | None) -> list[Op]:
+    """``group`` (sibling projections) in the order of the rows the weight map gives each of a fused
+    weight of ``other``'s (a port calling ``key``, ``value``, then ``query`` against ``qkv``'s query
+    rows first); as called when there is no map or it gives no such rows."""
+    if expected is None or len(group) < 2:
+        return group
+    mapped = [expected(g.params["weight"]) if "weight" in g.params else None for g in group]
+    if any(m is None for m in mapped):
+        return group
+    for twin in other.stream:
+        fused = twin.param_values.get("weight")
+        if twin.name != group[0].name or fused is None or fused.shape[0] != sum(m.shape[0] for m in mapped):
+            continue
+        starts = [_rows_at(m, fused) for m in mapped]
+        if None not in starts and len(set(starts)) == len(starts):
+            return [g for _, g in sorted(zip(starts, group), key=lambda pair: pair[0])]
+    return group
+
+
+def _rows_at(rows: torch.Tensor, fused: torch.Tensor) -> int | None:
+    """Where ``rows`` sit in ``fused`` along dim 0 (bitwise, at ``fused``'s dtype), or None."""
+    n = rows.shape[0]
+    if rows.shape[1:] != fused.shape[1:]:
+        return None
+    rows = rows.to(device=fused.device, dtype=fused.dtype)
+    return next((a for a in range(0, fused.shape[0] - n + 1, n) if torch.equal(fused[a:a + n], rows)), None)
 
 
 def _stacked_parameters(group: list[Op], twin: Op) -> bool:
@@ -2861,7 +2890,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
     """The findings that explain the first diverging op of two recorded op streams (``root``:
     the whole reference model, searched for the tensor a differing operand holds; ``ref_name``:
     the reference twin's name, to say where an op of a functional port sits)."""
-    cs, rs = _fuse_siblings(cand, ref, tol), _fuse_siblings(ref, cand, tol)
+    cs, rs = _fuse_siblings(cand, ref, tol, expected), _fuse_siblings(ref, cand, tol)
     operands = (lambda where, c, r: _param_findings(where, c, r, ref_module, root, expected))
     pending: list[dict] = []
     unpaired: dict[int, tuple[bool, Op]] = {}  # id of an unpaired op's finding -> (the candidate's?, the op)

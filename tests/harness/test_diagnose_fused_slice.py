@@ -56,7 +56,10 @@ def test_a_changed_split_projection_weight_is_named_against_its_rows_of_the_fuse
                      "qkv.weight[16:24]"], texts
 
 
-def test_split_projections_used_in_each_others_place_name_the_rows_each_holds():
+def test_split_projections_used_in_each_others_place_are_named_where_they_are_used():
+    # each projection holds its own rows (as the map put them), joined in the order of those rows:
+    # the fused op agrees, and the attention receiving the key projection's output as its query is
+    # where the port went wrong
     texts = _diagnosis(lambda attention: setattr(attention, "exchanged", True))
-    assert texts[0] == ("0.k_proj: linear operand k_proj.weight holds the reference's qkv.weight[8:16], where "
-                        "qkv.weight[0:8] belongs (projections used in each other's place?)"), texts
+    assert texts[0] == ("0: scaled_dot_product_attention operand query holds the reference's key "
+                        "(operands passed in another order?)"), texts
