@@ -1568,7 +1568,8 @@ def _argument_findings(module: str, c: Op, r: Op) -> list[dict]:
             op, inside = c.name, ""
             if c.name == "scaled_dot_product_attention" and key in ("dim", "dtype"):
                 op, inside = "softmax", " (the attention's softmax)"
-            text = f"{module}: {op} {key} {_show(a)} in the candidate, {_show(b)} in the reference{inside}"
+            named = op if key == op else f"{op} {key}"  # an indexing op's one argument: "index", not "index index"
+            text = f"{module}: {named} {_show(a)} in the candidate, {_show(b)} in the reference{inside}"
             c_param, r_param = _parameter_in_place(c, key, a, b), _parameter_in_place(r, key, b, a)
             if r_param:  # a layer scale left a constant (1.0 where the port built none)
                 b = f"the reference's {r_param}"

@@ -86,3 +86,10 @@ def test_an_encoder_that_no_longer_adds_its_table_is_named_by_the_why_too():
     first = report.diagnosis[0] if report.diagnosis else {}
     assert report.culprit == "encoder" and first.get("module") == "encoder", \
         f"culprit {report.culprit}, why on {first.get('module')}: {first.get('text')}"
+
+
+def test_the_why_of_the_wrong_token_names_the_index_read():
+    port, reference, x = ported()
+    report = compare_port(port, reference, x, lambda p: setattr(p, "token", 1))
+    why = report.diagnosis[0]["text"] if report.diagnosis else ""
+    assert "index '[:, 1]' in the candidate, '[:, 0]' in the reference" in why and "index index" not in why, why
