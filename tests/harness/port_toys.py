@@ -466,3 +466,33 @@ class AddmmMlp(MatmulMlp):
         flat = x.reshape(-1, x.shape[-1])
         hidden = F.gelu(torch.addmm(self.b1, flat, self.w1))
         return torch.addmm(self.b2, hidden, self.w2).reshape(x.shape)
+
+
+class SdpaFused(nn.Module):
+    """An attention of 8 features in 2 heads through ``F.scaled_dot_product_attention``, one ``qkv``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(8, 24), nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, 2, 4).permute(2, 0, 3, 1, 4).unbind(0)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+
+
+class SdpaSplit(nn.Module):
+    """:class:`SdpaFused` with split projections. ``exchanged``: queries made by ``k_proj`` and keys
+    by ``q_proj`` (each weight right, used in the other's place)."""
+
+    def __init__(self, exchanged: bool = False) -> None:
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(8, 8) for _ in range(4))
+        self.exchanged = exchanged
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        heads = (lambda t: t.reshape(b, n, 2, 4).transpose(1, 2))
+        q_proj, k_proj = (self.k_proj, self.q_proj) if self.exchanged else (self.q_proj, self.k_proj)
+        out = F.scaled_dot_product_attention(heads(q_proj(x)), heads(k_proj(x)), heads(self.v_proj(x)))
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, c))

@@ -3,39 +3,16 @@ transposed is named as permuted against those rows, as an unfused weight stored 
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 import harness
-
-
-class FusedAttention(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.qkv, self.proj = nn.Linear(8, 24), nn.Linear(8, 8)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, 2, 4).permute(2, 0, 3, 1, 4).unbind(0)
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
-
-
-class SplitAttention(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(8, 8) for _ in range(4))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        heads = (lambda t: t.reshape(b, n, 2, 4).transpose(1, 2))
-        out = F.scaled_dot_product_attention(heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x)))
-        return self.o_proj(out.transpose(1, 2).reshape(b, n, c))
+from port_toys import SdpaFused, SdpaSplit
 
 
 def _first_why(change) -> str:
     """The split port against the fused reference, weights mapped and carried over, then ``change``d."""
     torch.manual_seed(0)
-    reference = nn.Sequential(FusedAttention(), nn.Linear(8, 8)).double().eval()
-    candidate = nn.Sequential(SplitAttention(), nn.Linear(8, 8)).double().eval()
+    reference = nn.Sequential(SdpaFused(), nn.Linear(8, 8)).double().eval()
+    candidate = nn.Sequential(SdpaSplit(), nn.Linear(8, 8)).double().eval()
     x = torch.randn(1, 5, 8, dtype=torch.float64)
     weights = harness.map_weights(candidate, reference, x)
     weights.transfer(reference, candidate)

@@ -10,9 +10,9 @@ import time
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 import harness
+from port_toys import SdpaFused, SdpaSplit
 from harness.diagnose import rearrangement
 from harness.metrics import DEFAULT_TOLERANCES
 from helpers import compare_port, findings_text
@@ -106,34 +106,11 @@ def test_a_vector_of_many_equal_values_is_searched_fast() -> None:
     assert found and took < 0.5, f"expected a reordering found within 0.5 s, got {found} in {took:.2f} s"
 
 
-class _FusedAttention(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.qkv, self.proj = nn.Linear(8, 24), nn.Linear(8, 8)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, 2, 4).permute(2, 0, 3, 1, 4).unbind(0)
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
-
-
-class _SplitAttention(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(8, 8) for _ in range(4))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        heads = (lambda t: t.reshape(b, n, 2, 4).transpose(1, 2))
-        out = F.scaled_dot_product_attention(heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x)))
-        return self.o_proj(out.transpose(1, 2).reshape(b, n, c))
-
-
 def test_split_projection_with_its_heads_exchanged_is_named_reordered_against_its_fused_rows() -> None:
     torch.manual_seed(0)
-    reference = nn.Sequential(_FusedAttention(), nn.Linear(8, 8)).double().eval()
+    reference = nn.Sequential(SdpaFused(), nn.Linear(8, 8)).double().eval()
     x = torch.randn(1, 5, 8, dtype=torch.float64)
-    report = compare_port(nn.Sequential(_SplitAttention(), nn.Linear(8, 8)).double().eval(), reference, x,
+    report = compare_port(nn.Sequential(SdpaSplit(), nn.Linear(8, 8)).double().eval(), reference, x,
                           lambda net: _exchange(net[0].k_proj.weight, slice(0, 2), slice(4, 6)))
     why = findings_text(report.diagnosis)
     expected = ("0.k_proj: linear operand k_proj.weight holds the reference's qkv.weight[8:16] reordered: rows (output "
