@@ -496,3 +496,25 @@ class SdpaSplit(nn.Module):
         q_proj, k_proj = (self.k_proj, self.q_proj) if self.exchanged else (self.q_proj, self.k_proj)
         out = F.scaled_dot_product_attention(heads(q_proj(x)), heads(k_proj(x)), heads(self.v_proj(x)))
         return self.o_proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class ClassTokenOriginal(nn.Module):
+    """Tokens of 8 features made 16 wide, a class token and a position table of 5 rows added in the
+    root's own code, one tanh block, a norm, and a head reading the class token."""
+
+    width, tokens = 16, 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        d, n = self.width, self.tokens
+        self.patch = nn.Linear(8, d)
+        self.cls = nn.Parameter(torch.randn(1, 1, d))
+        self.pos = nn.Parameter(torch.randn(1, n + 1, d))
+        self.block, self.norm, self.head = nn.Linear(d, d), nn.LayerNorm(d), nn.Linear(d, 3)
+
+    def features(self, x):
+        x = torch.cat([self.cls.expand(len(x), -1, -1), self.patch(x)], 1) + self.pos
+        return self.norm(x + torch.tanh(self.block(x)))
+
+    def forward(self, x):
+        return self.head(self.features(x)[:, 0])

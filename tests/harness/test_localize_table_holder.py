@@ -10,26 +10,11 @@ from torch import nn
 
 import harness
 from helpers import findings_text, inject_forward
+from port_toys import ClassTokenOriginal
 
-D, N = 16, 4
+D, N = ClassTokenOriginal.width, ClassTokenOriginal.tokens
 
 
-class Original(nn.Module):
-    """Tokens, a class token and the position table added in the root's own code."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.patch = nn.Linear(8, D)
-        self.cls = nn.Parameter(torch.randn(1, 1, D))
-        self.pos = nn.Parameter(torch.randn(1, N + 1, D))
-        self.block, self.norm, self.head = nn.Linear(D, D), nn.LayerNorm(D), nn.Linear(D, 3)
-
-    def features(self, x):
-        x = torch.cat([self.cls.expand(len(x), -1, -1), self.patch(x)], 1) + self.pos
-        return self.norm(x + torch.tanh(self.block(x)))
-
-    def forward(self, x):
-        return self.head(self.features(x)[:, 0])
 
 
 class Embeddings(nn.Module):
@@ -76,7 +61,7 @@ class PortFeatures(Port):
 def _ported(port: nn.Module, **options):
     torch.manual_seed(0)
     x = torch.randn(2, N, 8, dtype=torch.float64)
-    original = Original().double().eval()
+    original = ClassTokenOriginal().double().eval()
     weights = harness.map_weights(port.double().eval(), original, x, **options)
     weights.transfer(original, port)
     return port, original, weights, x

@@ -12,23 +12,11 @@ from torch import nn
 
 import harness
 from helpers import compare_port, inject_forward
+from port_toys import ClassTokenOriginal
 
-D, N = 16, 4
+D, N = ClassTokenOriginal.width, ClassTokenOriginal.tokens
 
 
-class Original(nn.Module):
-    """The table added and the class token read in the root's own code."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.patch = nn.Linear(8, D)
-        self.cls = nn.Parameter(torch.randn(1, 1, D))
-        self.pos = nn.Parameter(torch.randn(1, N + 1, D))
-        self.block, self.norm, self.head = nn.Linear(D, D), nn.LayerNorm(D), nn.Linear(D, 3)
-
-    def forward(self, x):
-        x = torch.cat([self.cls.expand(len(x), -1, -1), self.patch(x)], 1) + self.pos
-        return self.head(self.norm(x + torch.tanh(self.block(x)))[:, 0])
 
 
 class Encoder(nn.Module):
@@ -58,7 +46,7 @@ class Port(nn.Module):
 
 
 def ported():
-    reference = Original().double().eval()
+    reference = ClassTokenOriginal().double().eval()
     harness.randomize_(reference, torch.Generator().manual_seed(1))
     x = torch.randn(2, N, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     return Port().double().eval(), reference, x
