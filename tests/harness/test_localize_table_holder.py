@@ -15,8 +15,6 @@ from port_toys import ClassTokenOriginal
 D, N = ClassTokenOriginal.width, ClassTokenOriginal.tokens
 
 
-
-
 class Embeddings(nn.Module):
     def __init__(self) -> None:
         super().__init__()

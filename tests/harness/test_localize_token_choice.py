@@ -17,8 +17,6 @@ from port_toys import ClassTokenOriginal
 D, N = ClassTokenOriginal.width, ClassTokenOriginal.tokens
 
 
-
-
 class Encoder(nn.Module):
     """The table added by the encoder before its layer and its final norm."""
 
