@@ -375,8 +375,8 @@ _POSITIONS = 8  # the first (and last) positions along an axis tried for a call 
 
 def one_position(small: torch.Tensor, big: torch.Tensor, tol: Tolerance | None = None) -> tuple[int, int] | None:
     """``(dim, index)``: the position along one axis of ``big`` that ``small`` holds, when ``small``
-    has ``big``'s shape without that axis (or with it of size 1; axes of size 1 aside): a norm run on the pooled class
-    token against one run on every token, the class token taken after it. Either side may be the
+    has ``big``'s shape without that axis (or with it of size 1; axes of size 1 aside): a norm run
+    on the pooled class token against one run on every token, the class token taken after it. Either side may be the
     small one. The positions tried are the first and last few (class, distillation, register
     tokens); the one agreeing best is kept, the first within ``tol`` at once. None when no axis fits."""
     best: tuple[float, int, int] | None = None

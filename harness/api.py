@@ -436,7 +436,7 @@ def _setting_inside(found: Localization, diagnosis: list[dict], rows: list[Row])
     if first is None or first["kind"] not in ("argument", "attribute") or found.culprit is None:
         return None
     module = first["module"]
-    if module == found.culprit or not (found.culprit == ROOT or module.startswith(f"{found.culprit}.")):
+    if not _encloses(found.culprit, module):
         return None
     return next((row for row in rows if row.candidate == module and row.passed and row.match.how != "structure"
                  and row.metrics.max_abs > 0), None)

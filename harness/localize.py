@@ -58,8 +58,8 @@ first a cleared call that returns its child's output as it is where the referenc
 output plus the call's input next (a residual layer that lost its add; a module with a forward of
 its own, or where no call around has a twin, a torch container too), with the add named; then a
 cleared call with a forward and tensors of its own that hands its input on to its first call and
-returns a child's output as it is where the failing call's twin is handed another value (an embeddings whose position add moved to a later
-layer: it holds the table, and left the add out); then the own code of an untwinned container
+returns a child's output as it is where the failing call's twin is handed another value (an
+embeddings whose position add moved to a later layer: it holds the table, and left the add out); then the own code of an untwinned container
 around the failing call: the innermost that does not hand its input on unchanged (an encoder
 adding a position table before its ``Sequential`` of layers, not the ``Sequential``), else the
 innermost holding tensors of its own (that encoder, when it no longer adds its table: only its own
@@ -103,8 +103,8 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 import torch
 from torch import nn
 
-from harness.adapters import (AS_IS, Adapter, UserAdapter, agreeing_layout, at_position, find_adapter, kept_rolled_layout, layouts, one_position,
-                              user_adapter)
+from harness.adapters import (AS_IS, Adapter, UserAdapter, agreeing_layout, at_position, find_adapter, kept_rolled_layout,
+                              layouts, one_position, user_adapter)
 from harness.align import Aligned, Alignment, Match
 from harness.metrics import Metrics, Tolerance, measure, measure_summaries, tolerance_for
 from harness.trace import ROOT, Leaf, Record, TensorSummary, flatten_tensors, map_tensors
@@ -342,8 +342,8 @@ def drop_trailing_ops(rows: list[Row], alignment: Alignment, measure_row: Callab
     whose activation is an ``Identity``) and, given its twin's inputs, no call after it receives the
     operation's result: then the row stays as measured, the module's own error; so too where the
     candidate's trailing call makes what, given the same inputs, no reference call after the twin
-    receives and no call around it returns (a GELU appended to a feed-forward: an extra operation). The model's own
-    call is never shortened: its outputs are the outputs. Rows are replaced in place."""
+    receives and no call around it returns (a GELU appended to a feed-forward: an extra operation).
+    The model's own call is never shortened: its outputs are the outputs. Rows are replaced in place."""
     unpaired = {id(r) for r in (*alignment.unmatched_candidate, *alignment.unmatched_reference,
                                 *alignment.passthrough_candidate, *alignment.passthrough_reference)}
     ends = {side: {r.end: r for r in (*(getattr(m, side) for m in alignment.matches),
