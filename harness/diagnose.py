@@ -55,7 +55,14 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    (a depthwise one where each channel's patches meet their own kernel row, ``'bckhw,kc->bhwc'``);
    a batch norm written out, ``(x - mean) * rsqrt(var + eps) * scale + bias`` (or ``/ sqrt(...)``), is
    one ``batch_norm`` whose ``eps`` is the constant added to ``var`` and whose ``divides_by`` says
-   what ``x - mean`` is divided by; each only where its arithmetic computes that operation. A cat
+   what ``x - mean`` is divided by, as is one frozen into a scale and a shift computed from its
+   parameters and buffers, ``x * s + t`` with ``s = scale * rsqrt(var + eps)``, ``t = bias - mean * s``
+   (torchvision's ``FrozenBatchNorm2d``: which tensor plays which role, read from the values); a
+   zero ``F.pad`` read only by a convolution is its ``padding``, a reflecting, replicating or circular
+   one before a convolution of no padding its ``padding`` and ``padding_mode`` (``Conv2d(padding_mode=
+   'reflect')`` runs just that); a ``-inf`` pad read only by a max pool is its ``padding`` and
+   ``ceil_mode`` (the last window padded, then a floor pool); each only where its arithmetic
+   computes that operation. A cat
    of a parameter with activations (a class token prepended) is no view of that parameter.
    Dropout in eval mode and casts to the same dtype
    vanish, as does a cast, in a copy re-run at float64, to the dtype the models were compared at
@@ -77,6 +84,9 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    a cat of several (``cat(q_bias, k_bias, v_bias)``) is compared as passed, its rows named by the
    tensor they come from. A culprit
    twinned to such a slice is explained through its twinned ancestor.
+   One op called on several inputs in turn (an encoder run on each of two frames) becomes one op,
+   its outputs joined along the batch dim, where the other side computes that join in one batched
+   call (``torch.cat([a, b], 0)`` through the encoder): the batching spells a layout, no finding.
    Align the two computational op streams, first through the parameters their ops read: an op
    reading what one reference op reads (as the weight map puts it), and no other's, is that op's
    twin whatever its name (a 1x1 conv and the linear it ports), unless its result flows into a later
@@ -119,7 +129,10 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    batch norm on the kernel: the extra ops feeding the op in the norm's place are that run), and by
    how much it differs from the re-run op (in the
    layout that best holds its values).
-   The first pair whose output differs (float64 tolerance) is the divergence. It is explained by
+   The first pair whose output differs (float64 tolerance, widened by a few units in the last place
+   of the dtype the models were compared at, where the copies are wider: a port's weights folded or
+   converted at float32 differ from the reference by that rounding, which no port at that dtype avoids)
+   is the divergence. It is explained by
    the pending missing / extra / different ops, an attention's head count where its q, k and v hold
    as many values for as many tokens in heads of another size (said before the scale
    ``1/sqrt(head size)`` that follows from it, which is then no finding; also where one side folds
@@ -143,7 +156,9 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    or its values reordered, a table rolled), a parameter stored right of which the op receives
    one slice where the reference passes all of it and no other op receives the rest (a position
    table added to the patches only: ``pos[:, 0:1]`` never added), a parameter one side does not
-   pass (a dropped bias), or, when its inputs already differ while everything computed before agreed, operands
+   pass (a dropped bias; not one a member of fused siblings passes; siblings whose parameters differ
+   in shape past their rows, a 3x3 conv and a 1x1 shortcut on one input, are never fused), or, when
+   its inputs already differ while everything computed before agreed, operands
    passed in another order (``key`` where ``query`` belongs; ``k @ q^T`` for ``q @ k^T``, an operand
    holding the other's transposed; a written-out attention's q and k read
    before their scaling and ``k``'s transpose, compared through a reshape where one side folds the
@@ -207,6 +222,7 @@ import copy
 import difflib
 from collections import Counter
 import inspect
+import itertools
 import math
 import re
 import types
@@ -1012,7 +1028,8 @@ def record_ops(module: nn.Module, args: tuple, kwargs: dict,
         if op.name == "scaled_dot_product_attention":
             _take_mask(rec, op)
     stream = _fold_linear(rec, _fold_attention(rec))
-    return rec, _fold_reductions(rec, _fold_batch_norm(rec, _fold_pad(rec, _fold_patches(rec, stream)))), out
+    stream = _fold_pool_pad(rec, _fold_pad(rec, _fold_patches(rec, stream)))
+    return rec, _fold_reductions(rec, _fold_batch_norm(rec, stream)), out
 
 
 def _fold_reductions(rec: OpRecorder, stream: list[Op]) -> list[Op]:
@@ -1133,18 +1150,69 @@ def _fold_pad(rec: OpRecorder, stream: list[Op]) -> list[Op]:
     """A zero ``F.pad`` read only by a convolution made part of that convolution's ``padding``:
     ``conv2d(pad(x, (3, 3, 3, 3)))`` computes what ``conv2d(x, padding=3)`` does (a port with explicit
     "same" padding). Padding unequal on the two sides of a dim stays visible, as a ``(before, after)``
-    pair for that dim."""
+    pair for that dim. A reflecting, replicating or circular pad before a convolution of no padding of
+    its own (what ``nn.Conv2d(padding_mode='reflect')`` runs) is its ``padding`` and ``padding_mode``."""
     out: list[Op] = []
     for op in stream:
         pad = _source(rec, op.input_ids[0], op.index) if op.name in _CONVOLUTIONS and op.input_ids else None
-        if pad is not None and pad.name == "pad" and out and pad in out and _zero_pad(pad) \
-                and _read_once(rec, pad, op) and _numeric(op.args.get("padding")):
+        if pad is None or pad.name != "pad" or pad not in out or not _read_once(rec, pad, op) \
+                or not _numeric(op.args.get("padding")):
+            out.append(op)
+            continue
+        mode = pad.args.get("mode", "constant")
+        if _zero_pad(pad) or mode in _PADDING_MODES and not any(op.args["padding"]) and len(pad.input_ids) == 1:
             out.remove(pad)
+            args = {**op.args, "padding": _merged_padding(op.args["padding"], pad.args["pad"])}
             op = replace(op, spelling=f"pad + {op.spelling}", input_ids=pad.input_ids,
                          named_inputs={**op.named_inputs, "input": pad.input_ids[0]},
-                         args={**op.args, "padding": _merged_padding(op.args["padding"], pad.args["pad"])}, call=None)
+                         args={**args, "padding_mode": mode} if mode in _PADDING_MODES else args, call=None)
         out.append(op)
     return out
+
+
+_PADDING_MODES = frozenset({"reflect", "replicate", "circular"})  # F.pad's modes a convolution's padding_mode names
+
+
+_MAX_POOLS = {"max_pool1d": 1, "max_pool2d": 2, "max_pool3d": 3}
+
+
+def _fold_pool_pad(rec: OpRecorder, stream: list[Op]) -> list[Op]:
+    """A ``-inf`` ``F.pad`` read only by a max pool made part of that pool's ``padding`` and
+    ``ceil_mode``: a port writing ``ceil_mode=True`` as a pad of the last window then a floor pool.
+    Read so only where the pool so set, run on the unpadded input, gives what the two give."""
+    out: list[Op] = []
+    for op in stream:
+        pad = _source(rec, op.input_ids[0], op.index) if op.name in _MAX_POOLS and op.input_ids else None
+        if pad is not None and pad.name == "pad" and pad in out and _read_once(rec, pad, op) \
+                and (folded := _pool_without_pad(rec, pad, op)) is not None:
+            out.remove(pad)
+            op = folded
+        out.append(op)
+    return out
+
+
+def _pool_without_pad(rec: OpRecorder, pad: Op, pool: Op) -> Op | None:
+    """``pool`` on what ``pad`` received: the padding each side shares added to its own, ``ceil_mode``
+    as it is, else turned (a window over the extra end), or None when neither gives its result."""
+    widths, dims = pad.args.get("pad"), _MAX_POOLS[pool.name]
+    x = rec.passed(pad.input_ids[0], pad.index) if len(pad.input_ids) == 1 else None
+    if pad.args.get("mode", "constant") != "constant" or pad.args.get("value") != -math.inf or x is None \
+            or not isinstance(widths, tuple) or len(widths) > 2 * dims or not _numeric(pool.args.get("padding")):
+        return None
+    widths = widths + (0,) * (2 * dims - len(widths))
+    shared = tuple(own + min(widths[2 * (dims - 1 - d)], widths[2 * (dims - 1 - d) + 1])
+                   for d, own in enumerate(pool.args["padding"]))
+    settings = {k: pool.args[k] for k in ("kernel_size", "stride", "dilation") if k in pool.args}
+    for ceil in dict.fromkeys((bool(pool.args.get("ceil_mode")), True, False)):
+        try:
+            y = getattr(nn.functional, pool.name)(x, padding=shared, ceil_mode=ceil, **settings)
+        except (RuntimeError, ValueError):  # a padding over half the kernel: no pool's own
+            continue
+        if y.shape == pool.outputs[0].shape and torch.equal(y.to(pool.outputs[0].dtype), pool.outputs[0]):
+            return replace(pool, spelling=f"pad + {pool.spelling}", input_ids=pad.input_ids,
+                           named_inputs={**pool.named_inputs, "input": pad.input_ids[0]},
+                           args={**pool.args, "padding": shared, "ceil_mode": ceil}, call=None)
+    return None
 
 
 def _zero_pad(pad: Op) -> bool:
@@ -1212,18 +1280,23 @@ def _source(rec: OpRecorder, tensor_id: int | None, before: int) -> Op | None:
 
 def _fold_batch_norm(rec: OpRecorder, stream: list[Op]) -> list[Op]:
     """A batch norm written out, ``(x - mean) * rsqrt(var + eps) * scale + bias`` (in any of its
-    spellings: ``/ sqrt(...)``, ``** -0.5``, the scale multiplied into the inverse first), made one
-    ``batch_norm`` whose ``eps`` is the constant added to ``var`` and whose ``divides_by`` says what
+    spellings: ``/ sqrt(...)``, ``** -0.5``, the scale multiplied into the inverse first), or folded
+    into a scale and a shift computed from the statistics, ``x * s + (bias - mean * s)`` with ``s =
+    scale * rsqrt(var + eps)`` (a frozen batch norm), made one ``batch_norm`` whose ``eps`` is the
+    constant added to ``var`` and whose ``divides_by`` says what
     ``x - mean`` is divided by; read so only where the arithmetic computes exactly that."""
     made: dict[int, Op] = {}
     producers = {i: op for op in stream for i in op.out_ids}
     for op in stream:
+        found = None
         if op.name == "sub" and len(op.input_ids) == 1 and list(op.params) == ["other"]:
             found = _written_batch_norm(rec, stream, producers, op)
-            if found is not None:
-                made[found[0].index] = found[0]
-                for part in found[1]:
-                    part.absorbed = True
+        elif op.name == "mul" and len(op.input_ids) == 2 and not op.params and not op.absorbed:
+            found = _frozen_batch_norm(rec, stream, producers, op)
+        if found is not None:
+            made[found[0].index] = found[0]
+            for part in found[1]:
+                part.absorbed = True
     return [made.get(op.index, op) for op in stream if op.index in made or not op.absorbed]
 
 
@@ -1246,6 +1319,49 @@ def _written_batch_norm(rec: OpRecorder, stream: list[Op], producers: dict[int, 
     if parts is None or x is None or not _close(_batch_norm_value(x, parts), cur.outputs[0]):
         return None  # another computation than a batch norm: its ops are compared one by one
     return _batch_norm_op(sub, cur, parts), chain + side
+
+
+_SHIFT_DEPTH = 6  # ops deep a shift may be computed: bias - mean * (weight * rsqrt(var + eps)) takes five
+_FROZEN_ROLES = (("weight", "running_mean", "bias"), ("running_mean", "bias"))
+
+
+def _frozen_batch_norm(rec: OpRecorder, stream: list[Op], producers: dict[int, Op],
+                       mul: Op) -> tuple[Op, list[Op]] | None:
+    """The ``batch_norm`` that ``x * s + t`` computes, ``mul`` being ``x * s``, where ``s`` and ``t``
+    are computed from parameters and buffers alone (``s = weight * rsqrt(var + eps)``, ``t = bias -
+    mean * s``), and its ops; which parameter plays which role is read from the values: the
+    one assignment whose batch norm gives what the ops give."""
+    add = _sole_reader(rec, stream, mul)
+    derived = [_from_parameters(producers, i, _SHIFT_DEPTH) for i in mul.input_ids]
+    if add is None or add.name != "add" or add.params or len(add.input_ids) != 2 \
+            or sum(d is None for d in derived) != 1:
+        return None
+    shift = _from_parameters(producers, next(i for i in add.input_ids if i != mul.out_ids[0]), _SHIFT_DEPTH)
+    x = rec.passed(mul.input_ids[derived.index(None)], mul.index)
+    if shift is None or x is None:
+        return None
+    side = list({op.index: op for op in (*next(d for d in derived if d is not None), *shift)}.values())
+    parts: dict[str, Any] = {"power": 1.0}
+    readers = []
+    for op in side:
+        if op.name == "add" and not op.input_ids and list(op.params) == ["input"] and _number(op.args.get("other")):
+            parts["running_var"], parts["eps"] = op, float(op.args["other"])
+        elif op.name in _NORMALIZERS or op.name == "pow" and _number(op.args.get("exponent")):
+            parts["power"] *= _NORMALIZERS.get(op.name) or float(op.args["exponent"])
+        elif op.name in ("mul", "sub", "add") and len(op.params) == 1 and len(op.input_ids) == 1:
+            readers.append(op)
+        else:
+            return None
+    if "running_var" not in parts or parts["power"] >= 0:
+        return None
+    for roles in _FROZEN_ROLES:
+        if len(roles) != len(readers):
+            continue
+        for order in itertools.permutations(readers):
+            tried = {**parts, **dict(zip(roles, order))}
+            if _close(_batch_norm_value(x, tried), add.outputs[0]):
+                return _batch_norm_op(mul, add, tried, x_id=mul.input_ids[derived.index(None)]), [mul, add, *side]
+    return None
 
 
 def _batch_norm_value(x: torch.Tensor, parts: dict[str, Any]) -> torch.Tensor:
@@ -1312,18 +1428,20 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and measure(a.to(b.dtype), b).passes(tol)
 
 
-def _batch_norm_op(sub: Op, last: Op, parts: dict[str, Any]) -> Op:
-    """One ``batch_norm`` op for a written-out one whose parts are ``parts``."""
+def _batch_norm_op(first: Op, last: Op, parts: dict[str, Any], x_id: int | None = None) -> Op:
+    """One ``batch_norm`` op for a written-out one whose parts are ``parts`` (each op reads one
+    parameter), from ``first`` (reading the activation ``x_id``, by default its only one) to ``last``."""
     ops, power = {k: v for k, v in parts.items() if isinstance(v, Op)}, parts["power"]
-    key = {k: ("other" if k == "running_mean" else next(iter(op.params))) for k, op in ops.items()}
+    key = {k: next(iter(op.params)) for k, op in ops.items()}
+    x_id = first.input_ids[0] if x_id is None else x_id
     divides_by = "sqrt(var + eps)" if power == -0.5 else "var + eps" if power == -1 else f"(var + eps) ** {-power:g}"
     return Op(index=last.index, name="batch_norm", spelling="batch norm written out",
               args={"training": False, "eps": parts["eps"], "divides_by": divides_by},
               params={k: op.params[key[k]] for k, op in ops.items()},
               param_values={k: op.param_values[key[k]] for k, op in ops.items()},
               operands={k: op.operands[key[k]].reshape(-1) for k, op in ops.items()},
-              input_ids=sub.input_ids, named_inputs={"input": sub.input_ids[0]}, out_ids=last.out_ids,
-              outputs=last.outputs, scope=sub.scope)
+              input_ids=[x_id], named_inputs={"input": x_id}, out_ids=last.out_ids,
+              outputs=last.outputs, scope=first.scope)
 
 
 def _take_mask(rec: OpRecorder, op: Op) -> None:
@@ -1691,7 +1809,8 @@ def _dim_tuple(dim: Any) -> tuple[int, ...] | None:
 
 # arguments whose None an op reads as a value: interpolate computes with align_corners=None as with False
 _NONE_MEANS = {("interpolate", "align_corners"): False, ("interpolate", "recompute_scale_factor"): False,
-               ("upsample", "align_corners"): False}
+               ("upsample", "align_corners"): False,
+               **{(conv, "padding_mode"): "zeros" for conv in ("conv1d", "conv2d", "conv3d")}}
 
 
 def _meant(op: str, key: str, value: Any) -> Any:
@@ -1795,6 +1914,8 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
                 continue  # passed, as a value computed from the inputs: compared by value
             if key == "attn_mask" and c.mask is not None and r.mask is not None:
                 continue  # written out against fused: compared by value (_mask_findings)
+            if any(key in m[1] for op in (c, r) for m in op.members):
+                continue  # a member of fused siblings passes it: present, compared through the rows
             if key in r.params:
                 text = f"{module}: {c.name} {key} missing in the candidate; the reference passes {r.params[key]}"
             else:
@@ -2598,6 +2719,42 @@ def _fuse_siblings(side: _Side, other: _Side, tol: Tolerance, expected: Expected
     return out
 
 
+def _fuse_batched(stream: list[Op], other: list[Op], tol: Tolerance) -> list[Op]:
+    """``stream`` with the calls of one op on several inputs (one encoder run on each of two frames)
+    made one op, its output their outputs joined along the batch dim, where ``other`` computes that
+    in one batched call: an op of that name whose output agrees with the join. Taken in order, the
+    calls fused are consecutive among ``stream``'s ops of that name and output shape past the batch."""
+    fused: dict[int, Op] = {}
+    absorbed: set[int] = set()
+    shapes = {(op.name, op.shape) for op in stream}
+    for twin in other:
+        out = twin.outputs[0] if twin.kind == "compute" and twin.outputs else None
+        if out is None or out.ndim == 0 or (twin.name, tuple(out.shape)) in shapes:
+            continue
+        calls = [op for op in stream if op.name == twin.name and op.index not in absorbed and op.outputs
+                 and op.outputs[0].ndim == out.ndim and op.shape[1:] == out.shape[1:] and op.shape[0] < out.shape[0]]
+        for start in range(len(calls)):
+            group = _batch_of(calls[start:], out.shape[0])
+            if group and _outputs_agree([torch.cat([g.outputs[0] for g in group])], [out], tol):
+                fused[group[0].index] = replace(group[0], spelling=f"{group[0].spelling} on {len(group)} inputs",
+                                                outputs=[torch.cat([g.outputs[0] for g in group])],
+                                                out_ids=[i for g in group for i in g.out_ids],
+                                                input_ids=list(dict.fromkeys(i for g in group for i in g.input_ids)))
+                absorbed.update(g.index for g in group)
+                break
+    return [fused.get(op.index, op) for op in stream if op.index in fused or op.index not in absorbed]
+
+
+def _batch_of(calls: list[Op], size: int) -> list[Op]:
+    """The first of ``calls`` whose batches sum to ``size``, or [] when they pass it."""
+    group, total = [], 0
+    for op in calls:
+        group, total = group + [op], total + op.shape[0]
+        if total >= size:
+            break
+    return group if total == size and len(group) > 1 else []
+
+
 def _sibling(op: Op, other: Op) -> bool:
     """Whether ``other`` applies ``op``'s operation to ``op``'s inputs (another projection of one input)."""
     return other.name == op.name and bool(op.input_ids) and other.input_ids == op.input_ids and bool(other.outputs)
@@ -2605,6 +2762,8 @@ def _sibling(op: Op, other: Op) -> bool:
 
 def _fused(group: list[Op], side: _Side, other: _Side, tol: Tolerance, expected: Expected | None = None) -> Op | None:
     group = _in_mapped_order(group, other, expected)
+    if not _one_kernel(group):
+        return None  # a 3x3 conv and a 1x1 shortcut on one input: no single op computes both
     outs = [g.outputs[0] for g in group]
     x = _input_value(side, group[0])
     for dim in reversed(range(outs[0].ndim)):
@@ -2617,10 +2776,21 @@ def _fused(group: list[Op], side: _Side, other: _Side, tol: Tolerance, expected:
             if twin.name != group[0].name or not twin.outputs or twin.outputs[0].numel() != cat.numel():
                 continue
             y = _input_value(other, twin)
-            same_input = x is not None and y is not None and x.numel() == y.numel() and _outputs_agree([x], [y], tol)
+            # one input is no proof alone: a later op reading it may merely have as many outputs
+            same_input = x is not None and y is not None and x.numel() == y.numel() \
+                and sorted(twin.outputs[0].shape) == sorted(cat.shape) and _outputs_agree([x], [y], tol)
             if same_input or _stacked_parameters(group, twin) or _outputs_agree([cat], twin.outputs[:1], tol):
                 return _fused_op(group, cat)
     return None
+
+
+def _one_kernel(group: list[Op]) -> bool:
+    """Whether ``group``'s parameters could be rows of one fused op's: each of one shape past its rows."""
+    for key in {k for g in group for k in g.params}:
+        shapes = {g.param_values[key].shape[1:] for g in group if key in g.param_values}
+        if len(shapes) > 1:
+            return False
+    return True
 
 
 def _in_mapped_order(group: list[Op], other: _Side, expected: Expected | None) -> list[Op]:
@@ -2892,6 +3062,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
     the whole reference model, searched for the tensor a differing operand holds; ``ref_name``:
     the reference twin's name, to say where an op of a functional port sits)."""
     cs, rs = _fuse_siblings(cand, ref, tol, expected), _fuse_siblings(ref, cand, tol)
+    cs, rs = _fuse_batched(cs, rs, tol), _fuse_batched(rs, cs, tol)
     operands = (lambda where, c, r: _param_findings(where, c, r, ref_module, root, expected))
     pending: list[dict] = []
     unpaired: dict[int, tuple[bool, Op]] = {}  # id of an unpaired op's finding -> (the candidate's?, the op)
@@ -3478,7 +3649,7 @@ def diagnose_modules(
     """
     (c_rec, c_stream, c_out), (r_rec, r_stream, r_out), run_dtype = _run_both(
         candidate, candidate_inputs or (args, kwargs), reference, (args, kwargs), dtype)
-    tol = DEFAULT_TOLERANCES.get(run_dtype, DEFAULT_TOLERANCES["float32"])
+    tol = _with_rounding(DEFAULT_TOLERANCES.get(run_dtype, DEFAULT_TOLERANCES["float32"]), c_rec, r_rec)
     cand = _Side(c_rec, c_stream, flatten_tensors(c_out))
     ref = _Side(r_rec, r_stream, flatten_tensors(r_out))
     findings = compare_streams(name, cand, ref, tol, reference, root, expected, ref_name)
@@ -3486,6 +3657,22 @@ def diagnose_modules(
     findings = _applied_before(findings, ref, given, received, tol)
     findings += attribute_diff(candidate, reference, name)
     return _rank(_dedupe(findings))
+
+
+_ROUNDING_ULPS = 8  # rounding left in a copy: units in the last place of the compared dtype, of the largest value
+
+
+def _with_rounding(tol: Tolerance, *recs: OpRecorder) -> Tolerance:
+    """``tol`` widened, for copies re-run at a wider dtype than the models were compared at (their own,
+    in ``rec.recast``), by what that dtype rounds off: a port's weights folded or converted there (a
+    batch norm folded into a scale and a shift at float32) differ from the reference by it, and no
+    port at that dtype can do better. Still far below that dtype's tolerance: an error the comparison
+    saw is more than rounding."""
+    native = [rec.recast[1] for rec in recs if rec.recast is not None and rec.recast[1].is_floating_point]
+    if not native:
+        return tol
+    rtol = _ROUNDING_ULPS * max(torch.finfo(d).eps for d in native)
+    return Tolerance(atol=tol.atol, rtol=max(tol.rtol, rtol))
 
 
 def _applied_before(findings: list[dict], ref: _Side, given: torch.Tensor | None, received: torch.Tensor | None,
