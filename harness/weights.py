@@ -76,9 +76,9 @@ its weights. The algorithm:
    before the main branch on one side and after it on the other), a unit (a conv and its norm)
    whose tensors come from several reference units exchanges same-role tensors with another so
    that each takes all from the reference unit most of its elements come from.
-   Folded norms: a candidate module whose only mapped tensors are one its forward multiplies by and
-   one it adds (``x * scale + shift``), both taken from one reference batch norm, takes the folding of
-   all that norm's tensors (a ``fold_norm`` step: ``scale = weight / sqrt(var + eps)``, ``shift =
+   Folded norms: two candidate tensors, one the forward multiplies by and one it adds (``x * scale +
+   shift``), that alone take tensors of one reference batch norm (whatever else their module holds: a
+   fused conv-and-norm module keeps its kernel beside them) take the folding of all that norm's tensors (a ``fold_norm`` step: ``scale = weight / sqrt(var + eps)``, ``shift =
    bias - mean * scale``) where the order of use alone paired them with two of its four.
 4. Companions. Integer buffers (``num_batches_tracked``) follow the module their floating
    siblings were mapped to. Buffers each model computes for itself (index tables, RoPE periods)
@@ -1442,25 +1442,29 @@ def _folded_norms(entries: list[Entry], cand: list[_Tensor], ref: list[_Tensor],
                   reference: nn.Module) -> list[Entry]:
     """A port that folds a batch norm into ``x * scale + shift`` keeps two tensors where the
     reference keeps four; the alignment pairs them with two of the four by order alone (``scale <-
-    running_mean``). Where a candidate module's only mapped tensors are one its forward multiplies
-    by and one it adds, both taken from the tensors of one reference batch norm, they take the
-    folding of all of them instead (``scale = weight / sqrt(var + eps)``, ``shift = bias - mean *
-    scale``: a ``fold_norm`` step), and every tensor of that norm counts as fed. The verification
-    then checks the fold like any other entry."""
+    running_mean``). Where exactly two candidate tensors take tensors of one reference batch norm, one
+    the forward multiplies by and one it adds, they take the folding of all of them instead (``scale =
+    weight / sqrt(var + eps)``, ``shift = bias - mean * scale``: a ``fold_norm`` step), and every tensor
+    of that norm counts as fed. The pair is found from the norm's side, so the module holding them may
+    hold other tensors too (a fused conv-and-norm module keeping the kernel beside them, or a root
+    folding in its own forward). The verification then checks the fold like any other entry."""
     ops = {t.key: t.op for t in cand}
     norms: dict[str, dict[str, int]] = {}  # reference norm module -> role -> index of its tensor
     for k, t in enumerate(ref):
         if t.op == "batch_norm" and _leaf(t.key) in NORM_ROLES:
             norms.setdefault(owner_of(t.key), {})[_leaf(t.key)] = k
-    by_owner: dict[str, list[int]] = {}
+    by_norm: dict[str, list[int]] = {}  # reference norm module -> the entries taking one of its tensors
     for k, e in enumerate(entries):
-        by_owner.setdefault(owner_of(e.candidate), []).append(k)
+        owners = {owner_of(r) for r in e.reference}
+        if len(owners) == 1 and next(iter(owners)) in norms:
+            by_norm.setdefault(next(iter(owners)), []).append(k)
     out = list(entries)
-    for ks in by_owner.values():
-        found = _folded_norm(entries, ks, ops, norms, ref, reference)
+    for module, ks in by_norm.items():
+        found = _folded_norm(entries, ks, ops, norms[module], ref, reference.get_submodule(module))
         if found is None:
             continue
-        norm, parts, eps = found
+        parts, eps = found
+        norm = norms[module]
         of = [role for role in NORM_ROLES if role in norm]
         size = ref[norm["running_var"]].shape
         for part, k in parts.items():
@@ -1473,26 +1477,23 @@ def _folded_norms(entries: list[Entry], cand: list[_Tensor], ref: list[_Tensor],
     return out
 
 
-def _folded_norm(entries: list[Entry], ks: list[int], ops: dict[str, str], norms: dict[str, dict[str, int]],
-                 ref: list[_Tensor], reference: nn.Module) -> tuple[dict[str, int], dict[str, int], float] | None:
-    """For one candidate module's entries ``ks``: the reference norm they fold (role -> tensor index),
-    which entry takes the scale and which the shift, and the norm's eps; None unless they are one
-    tensor multiplied by and one added, both of the norm's size, taken from one batch norm."""
-    sources = {owner_of(r) for k in ks for r in entries[k].reference}
-    if len(ks) != 2 or len(sources) != 1:
+def _folded_norm(entries: list[Entry], ks: list[int], ops: dict[str, str], norm: dict[str, int],
+                 ref: list[_Tensor], module: nn.Module) -> tuple[dict[str, int], float] | None:
+    """For the entries ``ks`` taking tensors of one reference norm (role -> tensor index): which entry
+    takes the scale and which the shift, and the norm's eps; None unless they are two, one tensor
+    multiplied by and one added, both of the norm's size, each taken from one tensor of the norm."""
+    if len(ks) != 2 or any(len(entries[k].reference) != 1 for k in ks):
         return None
-    module = next(iter(sources))
-    norm = norms.get(module, {})
     scale = next((k for k in ks if ops.get(entries[k].candidate) in _SCALES), None)
     shift = next((k for k in ks if ops.get(entries[k].candidate) in _SHIFTS), None)
-    eps = getattr(reference.get_submodule(module), "eps", None) if norm else None
+    eps = getattr(module, "eps", None)
     if "running_mean" not in norm or "running_var" not in norm or scale is None or shift is None \
             or not isinstance(eps, float):
         return None
     size = math.prod(ref[norm["running_var"]].shape)
     if any(math.prod(entries[k].shape) != size for k in ks):
         return None
-    return norm, {"scale": scale, "shift": shift}, eps
+    return {"scale": scale, "shift": shift}, eps
 
 
 def _common_prefix(keys: Iterable[str]) -> str:
