@@ -62,6 +62,12 @@ its weights. The algorithm:
    tensors there feed nothing in the candidate (a block applied twice against two blocks: the first
    application's tensors feed it, the second's are unmatched with that reason, and a note says so).
    Later reads are then set aside: no later search pairs a tensor without this evidence.
+   Modules called in another order: where the alignment leaves tensors both forwards use unpaired on
+   both sides, the reference's modules (runs of tensors of one module) are put in the order of the
+   candidate's modules of the same signature (kinds and shapes of their tensors), the k-th of one
+   signature with the k-th (a feature pyramid running each lateral and then its smoothing conv, level
+   by level, against a port running every lateral first); aligned again, that order is kept where it
+   pairs more tensors.
    Tables last: a leftover table one side keeps whole and the other in consecutive parts (a
    class row and a patch grid) takes its parts' slices; one with a few more leading rows than a
    leftover table of the other side, otherwise of its shape (a position table covering the class
@@ -914,6 +920,7 @@ def infer_map(
     cand, cand_computed = _first_uses(candidate, _runner(inputs, candidate_call, "candidate"))
     ref, ref_computed = _first_uses(reference, _runner(inputs, reference_call, "reference"))
     cand, ref, pairs = _aligned(cand, ref)
+    ref, pairs = _in_unit_order(cand, ref, pairs)
     used_c: set[int] = set()
     used_r: set[int] = set()
     reasons: dict[str, str] = {}
@@ -966,6 +973,64 @@ def _aligned(cand: list[_Tensor], ref: list[_Tensor]) -> tuple[list[_Tensor], li
     if all(k in taken or t.op == "<unused>" for side, taken in zip(firsts, paired) for k, t in enumerate(side)):
         return *firsts, pairs
     return cand, ref, _align(cand, ref)
+
+
+def _in_unit_order(cand: list[_Tensor], ref: list[_Tensor], pairs: list) -> tuple[list[_Tensor], list]:
+    """Where the in-order alignment leaves tensors both forwards use without a counterpart on both
+    sides, the two may call whole modules in another order (torchvision's FPN runs each lateral conv
+    and then its smoothing conv, level by level; a port runs every lateral first): the reference's
+    units (runs of tensors of one module) are put in the order of the candidate's units of the same
+    signature (the kinds and shapes of their tensors; the k-th of one signature with the k-th), each
+    unit without a twin kept right after the unit it followed, and the alignment is run again. The
+    new order is kept only where it pairs more tensors: same-shaped tensors alone never reorder."""
+    if not _unpaired_used(cand, pairs, 0) or not _unpaired_used(ref, pairs, 1):
+        return ref, pairs
+    order = _unit_order(_units(cand), _units(ref))
+    if order is None:
+        return ref, pairs
+    moved = [ref[k] for k in order]
+    again = _align(cand, moved)
+    if len(_unpaired_used(cand, again, 0)) + len(_unpaired_used(moved, again, 1)) \
+            >= len(_unpaired_used(cand, pairs, 0)) + len(_unpaired_used(ref, pairs, 1)):
+        return ref, pairs
+    return moved, again
+
+
+def _unpaired_used(tensors: list[_Tensor], pairs: list, side: int) -> set[int]:
+    """Indices of tensors the forward uses that no pair holds (``side``: 0 candidate, 1 reference)."""
+    paired = {k for pair in pairs for k in pair[side]}
+    return {k for k, t in enumerate(tensors) if k not in paired and t.op != "<unused>"}
+
+
+def _units(tensors: list[_Tensor]) -> list[tuple[tuple, list[int]]]:
+    """Runs of consecutive tensors of one module, each with its signature: its tensors' kinds and
+    shapes without unit dims (a 1x1 convolution against a linear layer)."""
+    runs: list[tuple[str, list[int]]] = []
+    for k, t in enumerate(tensors):
+        owner = owner_of(_stored_keys(t)[0])
+        if runs and runs[-1][0] == owner:
+            runs[-1][1].append(k)
+        else:
+            runs.append((owner, [k]))
+    return [(tuple((tensors[k].kind, tuple(d for d in tensors[k].used_shape if d != 1)) for k in members), members)
+            for _, members in runs]
+
+
+def _unit_order(cand_units: list[tuple[tuple, list[int]]], ref_units: list[tuple[tuple, list[int]]]) -> list[int] | None:
+    """The reference's tensor indices with its units in the order of their candidate twins; None
+    where that changes nothing."""
+    waiting: dict[tuple, list[int]] = {}  # signature -> the candidate units of it, in order
+    for u, (sig, _) in enumerate(cand_units):
+        waiting.setdefault(sig, []).append(u)
+    place: list[float] = []
+    for sig, _ in ref_units:
+        queue = waiting.get(sig)
+        # a unit without a twin, or past the candidate's count, stays right after the unit it followed
+        place.append(queue.pop(0) if queue else (place[-1] if place else -1) + 1e-6)
+    ranked = sorted(range(len(ref_units)), key=lambda u: place[u])
+    if ranked == list(range(len(ref_units))):
+        return None
+    return [k for u in ranked for k in ref_units[u][1]]
 
 
 def _paired(cand: list[_Tensor], ref: list[_Tensor], pairs: list, used_c: set[int], used_r: set[int],
