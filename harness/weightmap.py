@@ -8,9 +8,11 @@ reference tensor(s) into the candidate's:
 - ``slice`` (dim, start, stop): one part of a fused reference tensor (``qkv`` into ``q``);
 - ``reshape`` (shape), ``transpose`` (dims), ``permute`` (dims): another layout of the same
   values (``(C,)`` against ``(C, 1, 1)``, a 1x1 convolution against a linear layer);
-- ``insert`` (dim, start, size, value): a block of one constant the reference keeps as no tensor
-  (the zero key bias of a fused ``qkv`` bias, against ``q_bias`` and ``v_bias``); read backward,
-  its rows are dropped and checked to hold that constant;
+- ``insert`` (dim, start, size, value, optional unread): a block of one constant the reference keeps
+  as no tensor (the zero key bias of a fused ``qkv`` bias, against ``q_bias`` and ``v_bias``); read
+  backward, its rows are dropped and checked to hold that constant. With ``unread`` true the
+  candidate's forward never reads those rows (a class row of a position table whose patch rows alone
+  are added), so whatever they hold is dropped unchecked;
 - ``gather`` (dim, index): the rows ``index`` lists, each as often as listed (a relative-position
   bias ``(heads, N, N)`` kept whole against a table of ``(2w - 1)^2`` rows the reference gathers
   through its index); read backward, each row comes from the first place that took it, and the
@@ -468,7 +470,9 @@ def _check_given_back(entries: list[Entry], reference_state: Mapping[str, Any],
     kept = {id(e) for e in _first_readers(entries)}
     lost = []
     for e in entries:
-        if id(e) in kept and not any(s["op"] in ("insert", "gather") for s in e.steps):
+        # rows the candidate's forward never reads may hold anything: dropping them loses nothing used
+        if id(e) in kept and not any(s["op"] == "gather" or s["op"] == "insert" and not s.get("unread")
+                                     for s in e.steps):
             continue
         given = candidate_state.get(e.candidate)
         if not isinstance(given, torch.Tensor) or any(not isinstance(reference_state.get(k), torch.Tensor)

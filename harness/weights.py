@@ -72,7 +72,10 @@ its weights. The algorithm:
    class row and a patch grid) takes its parts' slices; one with a few more leading rows than a
    leftover table of the other side, otherwise of its shape (a position table covering the class
    token against timm's ``no_embed_class`` table for the patches alone), is that table after as
-   many zero rows (``insert``).
+   many zero rows (``insert``). A table whose first use takes one range of its rows
+   (transformers' VitDet adds ``table[:, 1:]``, its class row never read) against a leftover table of
+   those rows is that table with zero rows inserted where it is not read, marked ``unread``: read
+   backward they are dropped whatever they hold.
    A leftover table the forward gathers rows of through an integer index (timm's Swin:
    ``table[relative_position_index]``) takes the leftover tensor of the other side holding the
    gathered layout where it is added (a port keeping the bias ``(heads, N, N)`` whole): a ``gather``
@@ -165,6 +168,9 @@ class _Tensor:
     # steps from the stored table to the layout the gathered values are added in; () if none
     gathered: tuple[Step, ...] = ()
     after: int = -1  # the latest operation using weights that the op's inputs derive from (-1: none)
+    # the one range of rows (dim, start, stop) of the stored tensor its first use takes, the other rows never
+    # read there (a position table's class row, ``table[:, 1:]``); None if it reads them all
+    kept: tuple[int, int, int] | None = None
 
     @property
     def used_shape(self) -> tuple[int, ...]:
@@ -225,6 +231,22 @@ def _relayout_step(name: str, args: tuple, kwargs: dict, before: torch.Tensor, a
             or shape_after(steps, before.shape) != tuple(after.shape):
         return None
     return steps
+
+
+def _kept_rows(args: tuple, shape: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """(dim, start, stop) for indexing that keeps one contiguous range of rows along one dim and
+    every value along the others (``table[:, 1:]``, ``w[..., :4]``); None for any other."""
+    index = args[1] if len(args) == 2 and isinstance(args[1], tuple) else args[1:]
+    if not all(isinstance(i, slice) or i is Ellipsis for i in index) or sum(i is Ellipsis for i in index) > 1 \
+            or len(index) - (Ellipsis in index) > len(shape):
+        return None
+    at = index.index(Ellipsis) if Ellipsis in index else len(index)
+    full = [*index[:at], *[slice(None)] * (len(shape) - len(index) + (Ellipsis in index)), *index[at + 1:]]
+    cut = [(d, i.indices(n)) for d, (i, n) in enumerate(zip(full, shape)) if i.indices(n) != (0, n, 1)]
+    if len(cut) != 1 or cut[0][1][2] != 1 or cut[0][1][0] >= cut[0][1][1]:
+        return None
+    dim, (start, stop, _) = cut[0]
+    return dim, start, stop
 
 
 def _plain_index(name: str, args: tuple) -> bool:
@@ -326,9 +348,10 @@ def _joined_dim(dim: int, steps: Iterable[Step]) -> int | None:
 class _FirstUse(TorchFunctionMode):
     """Notes the first torch operation using each watched tensor, seen through re-layouts."""
 
-    def __init__(self, watched: dict[int, str]) -> None:
+    def __init__(self, watched: dict[int, str], shapes: dict[str, tuple[int, ...]]) -> None:
         super().__init__()
         self.watched = watched
+        self.watched_shapes = shapes
         self.seen: set[str] = set()
         # (key, op, op index, source id, to_used, again): ``again`` for a later read of a tensor used before
         self.uses: list[tuple[str, str, int, int | None, tuple[Step, ...], bool]] = []
@@ -346,6 +369,7 @@ class _FirstUse(TorchFunctionMode):
         # a slice of a watched tensor, its use deferred by one operation: (slice, held, op index, rows)
         self.pending: tuple[torch.Tensor, tuple, int, tuple[int, int]] | None = None
         self.overwritten: dict[str, list[tuple[int, int]]] = {}  # key -> rows its copy gets constants in before use
+        self.kept: dict[str, tuple[int, int, int]] = {}  # key -> the rows (dim, start, stop) its first use takes
         # name of a tensor joined from watched tensors and zeros -> (its shape, dim, (key or None, start, stop,
         # steps from the stored tensor) per part)
         self.fused: dict[str, tuple[tuple[int, ...], int, tuple]] = {}
@@ -393,6 +417,8 @@ class _FirstUse(TorchFunctionMode):
             return result
         source = next((id(t) for p, (t, h) in enumerate(held) if h is None and p not in joined), None)
         self._derive(result, self.ops)
+        if name == "getitem" and first is not None and not first[1] and first[0] not in self.seen:
+            self._keep(first[0], _kept_rows(args, tuple(args[0].shape)))
         if self._bias(name, kwargs, held):
             return result
         linear = _linear_weight(name, args, leaves, lambda p: held[p][1] is not None or p in joined, result)
@@ -489,10 +515,18 @@ class _FirstUse(TorchFunctionMode):
     def _flush(self) -> None:
         """A slice taken and then read: the tensor counts as used where it was sliced."""
         if self.pending is not None:
-            _, (key, steps, _), index, _ = self.pending
+            _, (key, steps, _), index, (start, stop) = self.pending
             self.pending = None
             if key not in self.seen:
+                if not steps:
+                    self._keep(key, (0, start, stop))
                 self._use(key, "getitem", index, None, steps)
+
+    def _keep(self, key: str, rows: tuple[int, int, int] | None) -> None:
+        """Note that the first use of ``key`` takes only ``rows`` of it (all of them: nothing noted)."""
+        dim = rows[0] if rows is not None else 0
+        if rows is not None and rows[1:] != (0, self.watched_shapes[key][dim]):
+            self.kept[key] = rows
 
     def _use(self, key: str, op: str, index: int, source: int | None, to_used: tuple[Step, ...],
              again: bool = False) -> None:
@@ -648,7 +682,7 @@ def _first_uses(model: nn.Module, run: Callable[[nn.Module], Any]) -> tuple[list
         else:
             computed[key] = "integer buffer computed by the model (index table or counter)"
     watched = {id(t): k for k, t in learned.items()}
-    recorder = _FirstUse(watched)
+    recorder = _FirstUse(watched, {k: tuple(t.shape) for k, t in learned.items()})
     caches = {id(m): {n for n, v in vars(m).items() if "cache" in n.lower() and isinstance(v, dict) and not v}
               for m in model.modules()}
     with torch.no_grad(), recorder:
@@ -660,7 +694,8 @@ def _first_uses(model: nn.Module, run: Callable[[nn.Module], Any]) -> tuple[list
     kinds = {k: "parameter" for k, _ in model.named_parameters()}
     out = [_Tensor(k, tuple(learned[k].shape), kinds.get(k, "buffer"), op, i, src, steps,
                    overwritten=tuple(recorder.overwritten.get(k, ())), again=again,
-                   gathered=recorder.gathered.get(k, ()) if not again else (), after=recorder.after.get(i, -1))
+                   gathered=recorder.gathered.get(k, ()) if not again else (), after=recorder.after.get(i, -1),
+                   kept=recorder.kept.get(k) if not again else None)
            if k in learned else replace(_fused_tensor(k, recorder.fused[k], learned, kinds, (op, i, src, steps)),
                                         after=recorder.after.get(i, -1))
            for k, op, i, src, steps, again in recorder.uses]
@@ -1316,28 +1351,47 @@ _TABLE_OPS = ("add", "add_")  # a position table is added to the tokens; a weigh
 
 
 def _padded_tables(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], used_r: set[int]) -> list[Entry]:
-    """A table with a few more leading rows than a leftover reference table, otherwise of its shape:
-    a position table ``(1, 1 + N, C)`` kept whole for the class token and the patches against
-    timm's ``no_embed_class`` table ``(1, N, C)``, added to the patches alone before the class token
-    joins them. The reference adds nothing to the class token, so those rows are zeros; verification
-    says whether that is right."""
+    """A table with a few more rows than a leftover reference table, otherwise of its shape: a
+    position table ``(1, 1 + N, C)`` kept whole for the class token and the patches against timm's
+    ``no_embed_class`` table ``(1, N, C)``, added to the patches alone before the class token joins
+    them. Where the candidate adds the whole table, the reference adds nothing to the class token, so
+    those rows are zeros; verification says whether that is right. Where the candidate's forward takes
+    only the reference's rows of it (transformers' VitDet keeps a class row it never reads and adds
+    ``table[:, 1:]``), the rows it leaves are zeros too, marked ``unread``: read backward they are
+    dropped whatever they hold."""
     out: list[Entry] = []
     for rk, r in enumerate(ref):
         if rk in used_r or r.pieces or r.op not in _TABLE_OPS or len(r.shape) < 2:
             continue
         for k, c in enumerate(cand):
-            if k in used_c or c.kind != r.kind or c.pieces or c.to_used or c.op not in _TABLE_OPS or len(c.shape) != len(r.shape):
+            if k in used_c or c.kind != r.kind or c.pieces or c.to_used or len(c.shape) != len(r.shape) \
+                    or c.op not in _TABLE_OPS and c.kept is None:
                 continue
-            longer = [d for d, (a, b) in enumerate(zip(c.shape, r.shape)) if a != b]
-            if len(longer) != 1 or not 0 < c.shape[longer[0]] - r.shape[longer[0]] <= _PREFIX_ROWS:
+            steps = _padding(c, r)
+            if steps is None:
                 continue
-            dim = longer[0]
-            steps = ({"op": "insert", "dim": dim, "start": 0, "size": c.shape[dim] - r.shape[dim], "value": 0.0},)
             out.append(Entry(c.key, (r.key,), steps, c.shape, (r.shape,), r.kind))
             used_c.add(k)
             used_r.add(rk)
             break
     return out
+
+
+def _padding(c: _Tensor, r: _Tensor) -> tuple[Step, ...] | None:
+    """The inserts of constant rows turning table ``r`` into the longer table ``c``, or None: the
+    rows ``c``'s forward takes where it takes a range (the others ``unread``), else leading rows."""
+    longer = [d for d, (a, b) in enumerate(zip(c.shape, r.shape)) if a != b]
+    if len(longer) != 1 or not 0 < c.shape[longer[0]] - r.shape[longer[0]] <= _PREFIX_ROWS:
+        return None
+    dim = longer[0]
+    if c.op in _TABLE_OPS:
+        return ({"op": "insert", "dim": dim, "start": 0, "size": c.shape[dim] - r.shape[dim], "value": 0.0},)
+    kept_dim, start, stop = c.kept
+    if kept_dim != dim or stop - start != r.shape[dim]:
+        return None
+    gaps = ((0, start), (stop, c.shape[dim] - stop))
+    return tuple({"op": "insert", "dim": dim, "start": at, "size": size, "value": 0.0, "unread": True}
+                 for at, size in gaps if size)
 
 
 def _gathered_tables(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], used_r: set[int]) -> list[Entry]:
