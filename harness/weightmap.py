@@ -81,9 +81,28 @@ def layout_steps(target: tuple[int, ...], source: tuple[int, ...]) -> tuple[list
     if len(target) >= 2 and len(source) >= 2 and target[-1] == source[-1]:
         # output rows split or merged: a fused qkv weight (3, heads, head_dim, C) against (3C, C)
         return [{"op": "reshape", "shape": list(target)}], 0.1
+    blocks = _column_blocks(target, source)
+    if blocks is not None:
+        return blocks, 0.12
     if len(target) == 1 or len(source) == 1:
         # a vector against its split form: a fused qkv bias (3, heads, head_dim) against (3C,)
         return [{"op": "reshape", "shape": list(target)}], 0.12
+    return None
+
+
+def _column_blocks(target: tuple[int, ...], source: tuple[int, ...]) -> list[Step] | None:
+    """Steps between a projection of concatenated inputs, ``(out, n * in)`` (a 1x1 convolution's
+    kernel dims aside), and its ``n`` blocks of input columns stacked ``(n, out, in)``: a port summing
+    one projection per branch (``sum(x_k @ W[k].T)``) where its twin projects the concatenation of
+    the branches (ASPP). None for any other pair of shapes."""
+    def matrix(shape: tuple[int, ...]) -> tuple[int, ...]:
+        return shape[:2] if len(shape) >= 2 and all(d == 1 for d in shape[2:]) else ()
+
+    if len(target) == 3 and 1 not in target and matrix(source) == (target[1], target[0] * target[2]):
+        n, out, width = target
+        return [{"op": "reshape", "shape": [out, n, width]}, {"op": "permute", "dims": [1, 0, 2]}]
+    if len(source) == 3 and 1 not in source and matrix(target) == (source[1], source[0] * source[2]):
+        return [{"op": "permute", "dims": [1, 0, 2]}, {"op": "reshape", "shape": list(target)}]
     return None
 
 

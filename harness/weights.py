@@ -48,8 +48,10 @@ its weights. The algorithm:
    in those layers' rows, which a fused layer's bias may match.
 3. Alignment. A dynamic program over the two first-use sequences, in order, pairs tensors that can
    hold the same values (same shape; the same after squeezing or flattening; transposed; a
-   composite) and maximizes the number of pairs. A parameter may pair with a buffer (a frozen norm
-   keeps its weight and bias as buffers), at a cost that keeps pairs of one kind first. Ties are broken by the operation that used the
+   projection of concatenated inputs ``(out, n * in)`` against its column blocks stacked ``(n, out,
+   in)``, a port summing one projection per branch; a composite) and maximizes the number of
+   pairs. A parameter may pair with a buffer (a frozen norm keeps its weight and bias as buffers),
+   at a cost that keeps pairs of one kind first. Ties are broken by the operation that used the
    tensor (a ``layer_norm`` weight matches a ``layer_norm`` weight), then by the tensor's own name
    (``weight``/``bias``), then by word overlap of the full names. Names never decide alone.
    Later reads join the alignment only where first uses alone leave a tensor either forward uses
