@@ -13,6 +13,8 @@ reference tensor(s) into the candidate's:
   backward, its rows are dropped and checked to hold that constant. With ``unread`` true the
   candidate's forward never reads those rows (a class row of a position table whose patch rows alone
   are added), so whatever they hold is dropped unchecked;
+- ``remove`` (dim, start, stop, unread): rows of a reference table its forward never reads, left
+  out of the candidate's; read backward, they come back as zeros (an ``unread`` insert);
 - ``gather`` (dim, index): the rows ``index`` lists, each as often as listed (a relative-position
   bias ``(heads, N, N)`` kept whole against a table of ``(2w - 1)^2`` rows the reference gathers
   through its index); read backward, each row comes from the first place that took it, and the

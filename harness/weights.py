@@ -77,7 +77,8 @@ its weights. The algorithm:
    many zero rows (``insert``). A table whose first use takes one range of its rows
    (transformers' VitDet adds ``table[:, 1:]``, its class row never read) against a leftover table of
    those rows is that table with zero rows inserted where it is not read, marked ``unread``: read
-   backward they are dropped whatever they hold.
+   backward they are dropped whatever they hold; the other way round the rows the reference does not
+   read are removed (``remove``, ``unread``), and read backward come back as zeros.
    A leftover table the forward gathers rows of through an integer index (timm's Swin:
    ``table[relative_position_index]``) takes the leftover tensor of the other side holding the
    gathered layout where it is added (a port keeping the bias ``(heads, N, N)`` whole): a ``gather``
@@ -1353,23 +1354,24 @@ _TABLE_OPS = ("add", "add_")  # a position table is added to the tokens; a weigh
 
 
 def _padded_tables(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], used_r: set[int]) -> list[Entry]:
-    """A table with a few more rows than a leftover reference table, otherwise of its shape: a
-    position table ``(1, 1 + N, C)`` kept whole for the class token and the patches against timm's
+    """A table with a few more rows than a leftover table of the other side, otherwise of its shape:
+    a position table ``(1, 1 + N, C)`` kept whole for the class token and the patches against timm's
     ``no_embed_class`` table ``(1, N, C)``, added to the patches alone before the class token joins
-    them. Where the candidate adds the whole table, the reference adds nothing to the class token, so
-    those rows are zeros; verification says whether that is right. Where the candidate's forward takes
-    only the reference's rows of it (transformers' VitDet keeps a class row it never reads and adds
-    ``table[:, 1:]``), the rows it leaves are zeros too, marked ``unread``: read backward they are
-    dropped whatever they hold."""
+    them. Where the candidate adds the whole longer table, the reference adds nothing to the class
+    token, so those rows are zeros; verification says whether that is right. Where the forward
+    holding the longer table takes only the other's rows of it (transformers' VitDet keeps a class
+    row it never reads and adds ``table[:, 1:]``), the rows it leaves are marked ``unread``: inserted
+    as zeros into the candidate's table, or removed from the reference's, and read backward dropped,
+    or given back as zeros, whatever they hold."""
     out: list[Entry] = []
     for rk, r in enumerate(ref):
-        if rk in used_r or r.pieces or r.op not in _TABLE_OPS or len(r.shape) < 2:
+        if rk in used_r or r.pieces or not _table(r) or len(r.shape) < 2:
             continue
         for k, c in enumerate(cand):
             if k in used_c or c.kind != r.kind or c.pieces or c.to_used or len(c.shape) != len(r.shape) \
-                    or c.op not in _TABLE_OPS and c.kept is None:
+                    or not _table(c):
                 continue
-            steps = _padding(c, r)
+            steps = _padding(c, r) if r.op in _TABLE_OPS else _trimming(c, r) if c.op in _TABLE_OPS else None
             if steps is None:
                 continue
             out.append(Entry(c.key, (r.key,), steps, c.shape, (r.shape,), r.kind))
@@ -1379,13 +1381,23 @@ def _padded_tables(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], us
     return out
 
 
+def _table(t: _Tensor) -> bool:
+    """Whether ``t`` is used as a position table: added where first used, or one range of its rows taken."""
+    return t.op in _TABLE_OPS or t.kept is not None
+
+
+def _longer_dim(longer: tuple[int, ...], shorter: tuple[int, ...]) -> int | None:
+    """The one dim along which ``longer`` has a few more rows than ``shorter``, the others alike."""
+    dims = [d for d, (a, b) in enumerate(zip(longer, shorter)) if a != b]
+    return dims[0] if len(dims) == 1 and 0 < longer[dims[0]] - shorter[dims[0]] <= _PREFIX_ROWS else None
+
+
 def _padding(c: _Tensor, r: _Tensor) -> tuple[Step, ...] | None:
     """The inserts of constant rows turning table ``r`` into the longer table ``c``, or None: the
     rows ``c``'s forward takes where it takes a range (the others ``unread``), else leading rows."""
-    longer = [d for d, (a, b) in enumerate(zip(c.shape, r.shape)) if a != b]
-    if len(longer) != 1 or not 0 < c.shape[longer[0]] - r.shape[longer[0]] <= _PREFIX_ROWS:
+    dim = _longer_dim(c.shape, r.shape)
+    if dim is None:
         return None
-    dim = longer[0]
     if c.op in _TABLE_OPS:
         return ({"op": "insert", "dim": dim, "start": 0, "size": c.shape[dim] - r.shape[dim], "value": 0.0},)
     kept_dim, start, stop = c.kept
@@ -1394,6 +1406,17 @@ def _padding(c: _Tensor, r: _Tensor) -> tuple[Step, ...] | None:
     gaps = ((0, start), (stop, c.shape[dim] - stop))
     return tuple({"op": "insert", "dim": dim, "start": at, "size": size, "value": 0.0, "unread": True}
                  for at, size in gaps if size)
+
+
+def _trimming(c: _Tensor, r: _Tensor) -> tuple[Step, ...] | None:
+    """The removals of the rows the reference's forward never reads turning its longer table ``r``
+    (one range of it taken where used) into ``c``, or None."""
+    dim = _longer_dim(r.shape, c.shape)
+    if dim is None or r.kept is None or r.kept[0] != dim or r.kept[2] - r.kept[1] != c.shape[dim]:
+        return None
+    _, start, stop = r.kept
+    gaps = ((stop, r.shape[dim]), (0, start))  # the later rows first: the earlier keep their place
+    return tuple({"op": "remove", "dim": dim, "start": a, "stop": b, "unread": True} for a, b in gaps if b > a)
 
 
 def _gathered_tables(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], used_r: set[int]) -> list[Entry]:

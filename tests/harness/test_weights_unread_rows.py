@@ -2,7 +2,8 @@
 position table and adds ``table[:, 1:]`` to the patches alone) against a reference table holding
 those rows only: the candidate's table is the reference's with constant rows inserted where its
 forward never reads, marked ``unread``, so that reading the map backward drops them whatever they
-hold."""
+hold. The other way round, the reference's table loses its unread rows (``remove``, marked
+``unread``), and reads back with zeros there."""
 
 from __future__ import annotations
 
@@ -91,6 +92,23 @@ def test_rows_a_flat_table_leaves_at_its_end_are_unread_rows_there():
     assert weights.verified and steps == ({"op": "insert", "dim": 0, "start": N, "size": 2, "value": 0.0,
                                            "unread": True},), \
         f"expected table <- table with two unread rows inserted at {N}, verified; got:\n{weights}"
+
+
+def test_a_table_of_the_read_rows_alone_takes_the_references_table_without_its_unread_row():
+    reference = randomized(_Patches(N + 1, slice(1, None)), 3)
+    _, _, weights = transferred(_Patches(N).double().eval(), reference, _images())
+    steps = _table_entry(weights).steps
+    assert weights.verified and steps == ({"op": "remove", "dim": 1, "start": 0, "stop": 1, "unread": True},), \
+        f"expected table <- table with its unread row 0 removed along dim 1, verified; got:\n{weights}"
+
+
+def test_the_removed_unread_row_reads_back_as_zeros():
+    reference = randomized(_Patches(N + 1, slice(1, None)), 3)
+    candidate, reference, weights = transferred(_Patches(N).double().eval(), reference, _images())
+    back = weights.to_reference(dict(candidate.state_dict()))["table"]
+    expected = torch.cat([torch.zeros(1, 1, C, dtype=torch.float64), reference.table.detach()[:, 1:]], 1)
+    assert torch.equal(back, expected), f"expected the reference's read rows after a zero row, got shape " \
+                                        f"{tuple(back.shape)}, max difference {(back - expected).abs().max():.3e}"
 
 
 def test_an_insert_whose_unread_mark_is_no_boolean_is_rejected():
