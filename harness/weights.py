@@ -90,7 +90,8 @@ its weights. The algorithm:
    that each takes all from the reference unit most of its elements come from.
    Folded norms: two candidate tensors, one the forward multiplies by and one it adds (``x * scale +
    shift``), that alone take tensors of one reference batch norm (whatever else their module holds: a
-   fused conv-and-norm module keeps its kernel beside them) take the folding of all that norm's tensors (a ``fold_norm`` step: ``scale = weight / sqrt(var + eps)``, ``shift =
+   fused conv-and-norm module keeps its kernel beside them) take the folding of all that norm's
+   tensors (a ``fold_norm`` step: ``scale = weight / sqrt(var + eps)``, ``shift =
    bias - mean * scale``) where the order of use alone paired them with two of its four.
 4. Companions. Integer buffers (``num_batches_tracked``) follow the module their floating
    siblings were mapped to. Buffers each model computes for itself (index tables, RoPE periods)
@@ -527,8 +528,7 @@ class _FirstUse(TorchFunctionMode):
 
     def _keep(self, key: str, rows: tuple[int, int, int] | None) -> None:
         """Note that the first use of ``key`` takes only ``rows`` of it (all of them: nothing noted)."""
-        dim = rows[0] if rows is not None else 0
-        if rows is not None and rows[1:] != (0, self.watched_shapes[key][dim]):
+        if rows is not None and rows[1:] != (0, self.watched_shapes[key][rows[0]]):
             self.kept[key] = rows
 
     def _use(self, key: str, op: str, index: int, source: int | None, to_used: tuple[Step, ...],
@@ -1054,7 +1054,8 @@ def _units(tensors: list[_Tensor]) -> list[tuple[tuple, list[int]]]:
             for _, members in runs]
 
 
-def _unit_order(cand_units: list[tuple[tuple, list[int]]], ref_units: list[tuple[tuple, list[int]]]) -> list[int] | None:
+def _unit_order(cand_units: list[tuple[tuple, list[int]]],
+                ref_units: list[tuple[tuple, list[int]]]) -> list[int] | None:
     """The reference's tensor indices with its units in the order of their candidate twins; None
     where that changes nothing."""
     waiting: dict[tuple, list[int]] = {}  # signature -> the candidate units of it, in order
