@@ -11,7 +11,10 @@ The unit is a :class:`Move`: source keys -> target keys. Its tensors are read, e
 several targets split it along ``dim`` (``sizes``, or equal parts). Steps are data: ``slice``,
 ``reshape``, ``transpose``, ``permute`` (a stored ``concat`` step is the move's join), ``insert``
 (a block of one constant put in along a dim: the zero key bias a fused ``qkv`` bias holds where
-the other side keeps only ``q_bias`` and ``v_bias``) and its inverse ``remove``, and ``fold_norm``:
+the other side keeps only ``q_bias`` and ``v_bias``; marked ``unread`` where the forward never reads
+those rows, so their values need not be that constant) and its inverse ``remove`` (marked ``unread``
+where the source's forward never reads the rows it drops: read backward, they come back as unread
+zeros), and ``fold_norm``:
 a batch norm's tensors (the move's sources, concatenated along dim 0, in the roles its ``of`` names)
 folded into the ``scale`` or ``shift`` of ``x * scale + shift`` (``scale = weight / sqrt(var +
 eps)``, ``shift = bias - mean * scale``). A fold loses values (four tensors become two), so it has no
@@ -104,6 +107,9 @@ def check_step(step: Any) -> Step:
         raise ValueError(f"transform step {dict(step)!r}: a {step['op']} needs 0 <= start <= stop")
     if step["op"] == "insert" and not (step["start"] >= 0 and step["size"] >= 0):
         raise ValueError(f"transform step {dict(step)!r}: an insert needs start >= 0 and size >= 0")
+    if step["op"] in ("insert", "remove") and not isinstance(step.get("unread", False), bool):
+        raise ValueError(f"transform step {dict(step)!r}: 'unread' must be true or false (true: the forward never "
+                         f"reads those rows), got {step['unread']!r}")
     if step["op"] == "fold_norm" and step["part"] == "shift" and "running_mean" not in step["of"]:
         raise ValueError(f"transform step {dict(step)!r}: a shift is folded from the running_mean too; "
                          f"name it in 'of'")
@@ -229,13 +235,17 @@ def invert_steps(steps: Sequence[Step], source_shape: Sequence[int] | None = Non
         elif op == "insert":
             inverse.append({"op": "remove", "dim": step["dim"], "start": step["start"],
                             "stop": step["start"] + step["size"]})
+        elif op == "remove" and step.get("unread"):  # rows nothing reads: any value gives them back
+            inverse.append({"op": "insert", "dim": step["dim"], "start": step["start"],
+                            "size": step["stop"] - step["start"], "value": 0.0, "unread": True})
         elif op == "gather":
             inverse.append(_ungathered(step, shape))
         elif op == "fold_norm":
             raise ValueError(f"step {step!r} folds a batch norm's {', '.join(step['of'])} into one {step['part']}: "
                              f"those tensors cannot be recovered from it, so the step cannot be read backward")
         else:
-            raise ValueError(f"step {step!r} is not a layout step ({', '.join(LAYOUT_OPS)}) or an insert")
+            raise ValueError(f"step {step!r} is not a layout step ({', '.join(LAYOUT_OPS)}), an insert or the "
+                             f"removal of rows nothing reads")
         if shape is not None:
             shape = list(shape_after([step], shape))
     return inverse[::-1]

@@ -8,9 +8,13 @@ reference tensor(s) into the candidate's:
 - ``slice`` (dim, start, stop): one part of a fused reference tensor (``qkv`` into ``q``);
 - ``reshape`` (shape), ``transpose`` (dims), ``permute`` (dims): another layout of the same
   values (``(C,)`` against ``(C, 1, 1)``, a 1x1 convolution against a linear layer);
-- ``insert`` (dim, start, size, value): a block of one constant the reference keeps as no tensor
-  (the zero key bias of a fused ``qkv`` bias, against ``q_bias`` and ``v_bias``); read backward,
-  its rows are dropped and checked to hold that constant;
+- ``insert`` (dim, start, size, value, optional unread): a block of one constant the reference keeps
+  as no tensor (the zero key bias of a fused ``qkv`` bias, against ``q_bias`` and ``v_bias``); read
+  backward, its rows are dropped and checked to hold that constant. With ``unread`` true the
+  candidate's forward never reads those rows (a class row of a position table whose patch rows alone
+  are added), so whatever they hold is dropped unchecked;
+- ``remove`` (dim, start, stop, unread): rows of a reference table its forward never reads, left
+  out of the candidate's; read backward, they come back as zeros (an ``unread`` insert);
 - ``gather`` (dim, index): the rows ``index`` lists, each as often as listed (a relative-position
   bias ``(heads, N, N)`` kept whole against a table of ``(2w - 1)^2`` rows the reference gathers
   through its index); read backward, each row comes from the first place that took it, and the
@@ -79,9 +83,28 @@ def layout_steps(target: tuple[int, ...], source: tuple[int, ...]) -> tuple[list
     if len(target) >= 2 and len(source) >= 2 and target[-1] == source[-1]:
         # output rows split or merged: a fused qkv weight (3, heads, head_dim, C) against (3C, C)
         return [{"op": "reshape", "shape": list(target)}], 0.1
+    blocks = _column_blocks(target, source)
+    if blocks is not None:
+        return blocks, 0.12
     if len(target) == 1 or len(source) == 1:
         # a vector against its split form: a fused qkv bias (3, heads, head_dim) against (3C,)
         return [{"op": "reshape", "shape": list(target)}], 0.12
+    return None
+
+
+def _column_blocks(target: tuple[int, ...], source: tuple[int, ...]) -> list[Step] | None:
+    """Steps between a projection of concatenated inputs, ``(out, n * in)`` (a 1x1 convolution's
+    kernel dims aside), and its ``n`` blocks of input columns stacked ``(n, out, in)``: a port summing
+    one projection per branch (``sum(x_k @ W[k].T)``) where its twin projects the concatenation of
+    the branches (ASPP). None for any other pair of shapes."""
+    def matrix(shape: tuple[int, ...]) -> tuple[int, ...]:
+        return shape[:2] if len(shape) >= 2 and all(d == 1 for d in shape[2:]) else ()
+
+    if len(target) == 3 and 1 not in target and matrix(source) == (target[1], target[0] * target[2]):
+        n, out, width = target
+        return [{"op": "reshape", "shape": [out, n, width]}, {"op": "permute", "dims": [1, 0, 2]}]
+    if len(source) == 3 and 1 not in source and matrix(target) == (source[1], source[0] * source[2]):
+        return [{"op": "permute", "dims": [1, 0, 2]}, {"op": "reshape", "shape": list(target)}]
     return None
 
 
@@ -468,7 +491,9 @@ def _check_given_back(entries: list[Entry], reference_state: Mapping[str, Any],
     kept = {id(e) for e in _first_readers(entries)}
     lost = []
     for e in entries:
-        if id(e) in kept and not any(s["op"] in ("insert", "gather") for s in e.steps):
+        # rows the candidate's forward never reads may hold anything: dropping them loses nothing used
+        if id(e) in kept and not any(s["op"] == "gather" or s["op"] == "insert" and not s.get("unread")
+                                     for s in e.steps):
             continue
         given = candidate_state.get(e.candidate)
         if not isinstance(given, torch.Tensor) or any(not isinstance(reference_state.get(k), torch.Tensor)

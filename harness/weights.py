@@ -48,8 +48,10 @@ its weights. The algorithm:
    in those layers' rows, which a fused layer's bias may match.
 3. Alignment. A dynamic program over the two first-use sequences, in order, pairs tensors that can
    hold the same values (same shape; the same after squeezing or flattening; transposed; a
-   composite) and maximizes the number of pairs. A parameter may pair with a buffer (a frozen norm
-   keeps its weight and bias as buffers), at a cost that keeps pairs of one kind first. Ties are broken by the operation that used the
+   projection of concatenated inputs ``(out, n * in)`` against its column blocks stacked ``(n, out,
+   in)``, a port summing one projection per branch; a composite) and maximizes the number of
+   pairs. A parameter may pair with a buffer (a frozen norm keeps its weight and bias as buffers),
+   at a cost that keeps pairs of one kind first. Ties are broken by the operation that used the
    tensor (a ``layer_norm`` weight matches a ``layer_norm`` weight), then by the tensor's own name
    (``weight``/``bias``), then by word overlap of the full names. Names never decide alone.
    Later reads join the alignment only where first uses alone leave a tensor either forward uses
@@ -62,11 +64,21 @@ its weights. The algorithm:
    tensors there feed nothing in the candidate (a block applied twice against two blocks: the first
    application's tensors feed it, the second's are unmatched with that reason, and a note says so).
    Later reads are then set aside: no later search pairs a tensor without this evidence.
+   Modules called in another order: where the alignment leaves tensors both forwards use unpaired on
+   both sides, the reference's modules (runs of tensors of one module) are put in the order of the
+   candidate's modules of the same signature (kinds and shapes of their tensors), the k-th of one
+   signature with the k-th (a feature pyramid running each lateral and then its smoothing conv, level
+   by level, against a port running every lateral first); aligned again, that order is kept where it
+   pairs more tensors.
    Tables last: a leftover table one side keeps whole and the other in consecutive parts (a
    class row and a patch grid) takes its parts' slices; one with a few more leading rows than a
    leftover table of the other side, otherwise of its shape (a position table covering the class
    token against timm's ``no_embed_class`` table for the patches alone), is that table after as
-   many zero rows (``insert``).
+   many zero rows (``insert``). A table whose first use takes one range of its rows
+   (transformers' VitDet adds ``table[:, 1:]``, its class row never read) against a leftover table of
+   those rows is that table with zero rows inserted where it is not read, marked ``unread``: read
+   backward they are dropped whatever they hold; the other way round the rows the reference does not
+   read are removed (``remove``, ``unread``), and read backward come back as zeros.
    A leftover table the forward gathers rows of through an integer index (timm's Swin:
    ``table[relative_position_index]``) takes the leftover tensor of the other side holding the
    gathered layout where it is added (a port keeping the bias ``(heads, N, N)`` whole): a ``gather``
@@ -76,9 +88,10 @@ its weights. The algorithm:
    before the main branch on one side and after it on the other), a unit (a conv and its norm)
    whose tensors come from several reference units exchanges same-role tensors with another so
    that each takes all from the reference unit most of its elements come from.
-   Folded norms: a candidate module whose only mapped tensors are one its forward multiplies by and
-   one it adds (``x * scale + shift``), both taken from one reference batch norm, takes the folding of
-   all that norm's tensors (a ``fold_norm`` step: ``scale = weight / sqrt(var + eps)``, ``shift =
+   Folded norms: two candidate tensors, one the forward multiplies by and one it adds (``x * scale +
+   shift``), that alone take tensors of one reference batch norm (whatever else their module holds: a
+   fused conv-and-norm module keeps its kernel beside them) take the folding of all that norm's
+   tensors (a ``fold_norm`` step: ``scale = weight / sqrt(var + eps)``, ``shift =
    bias - mean * scale``) where the order of use alone paired them with two of its four.
 4. Companions. Integer buffers (``num_batches_tracked``) follow the module their floating
    siblings were mapped to. Buffers each model computes for itself (index tables, RoPE periods)
@@ -159,6 +172,9 @@ class _Tensor:
     # steps from the stored table to the layout the gathered values are added in; () if none
     gathered: tuple[Step, ...] = ()
     after: int = -1  # the latest operation using weights that the op's inputs derive from (-1: none)
+    # the one range of rows (dim, start, stop) of the stored tensor its first use takes, the other rows never
+    # read there (a position table's class row, ``table[:, 1:]``); None if it reads them all
+    kept: tuple[int, int, int] | None = None
 
     @property
     def used_shape(self) -> tuple[int, ...]:
@@ -219,6 +235,22 @@ def _relayout_step(name: str, args: tuple, kwargs: dict, before: torch.Tensor, a
             or shape_after(steps, before.shape) != tuple(after.shape):
         return None
     return steps
+
+
+def _kept_rows(args: tuple, shape: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """(dim, start, stop) for indexing that keeps one contiguous range of rows along one dim and
+    every value along the others (``table[:, 1:]``, ``w[..., :4]``); None for any other."""
+    index = args[1] if len(args) == 2 and isinstance(args[1], tuple) else args[1:]
+    if not all(isinstance(i, slice) or i is Ellipsis for i in index) or sum(i is Ellipsis for i in index) > 1 \
+            or len(index) - (Ellipsis in index) > len(shape):
+        return None
+    at = index.index(Ellipsis) if Ellipsis in index else len(index)
+    full = [*index[:at], *[slice(None)] * (len(shape) - len(index) + (Ellipsis in index)), *index[at + 1:]]
+    cut = [(d, i.indices(n)) for d, (i, n) in enumerate(zip(full, shape)) if i.indices(n) != (0, n, 1)]
+    if len(cut) != 1 or cut[0][1][2] != 1 or cut[0][1][0] >= cut[0][1][1]:
+        return None
+    dim, (start, stop, _) = cut[0]
+    return dim, start, stop
 
 
 def _plain_index(name: str, args: tuple) -> bool:
@@ -320,9 +352,10 @@ def _joined_dim(dim: int, steps: Iterable[Step]) -> int | None:
 class _FirstUse(TorchFunctionMode):
     """Notes the first torch operation using each watched tensor, seen through re-layouts."""
 
-    def __init__(self, watched: dict[int, str]) -> None:
+    def __init__(self, watched: dict[int, str], shapes: dict[str, tuple[int, ...]]) -> None:
         super().__init__()
         self.watched = watched
+        self.watched_shapes = shapes
         self.seen: set[str] = set()
         # (key, op, op index, source id, to_used, again): ``again`` for a later read of a tensor used before
         self.uses: list[tuple[str, str, int, int | None, tuple[Step, ...], bool]] = []
@@ -340,6 +373,7 @@ class _FirstUse(TorchFunctionMode):
         # a slice of a watched tensor, its use deferred by one operation: (slice, held, op index, rows)
         self.pending: tuple[torch.Tensor, tuple, int, tuple[int, int]] | None = None
         self.overwritten: dict[str, list[tuple[int, int]]] = {}  # key -> rows its copy gets constants in before use
+        self.kept: dict[str, tuple[int, int, int]] = {}  # key -> the rows (dim, start, stop) its first use takes
         # name of a tensor joined from watched tensors and zeros -> (its shape, dim, (key or None, start, stop,
         # steps from the stored tensor) per part)
         self.fused: dict[str, tuple[tuple[int, ...], int, tuple]] = {}
@@ -387,6 +421,8 @@ class _FirstUse(TorchFunctionMode):
             return result
         source = next((id(t) for p, (t, h) in enumerate(held) if h is None and p not in joined), None)
         self._derive(result, self.ops)
+        if name == "getitem" and first is not None and not first[1] and first[0] not in self.seen:
+            self._keep(first[0], _kept_rows(args, tuple(args[0].shape)))
         if self._bias(name, kwargs, held):
             return result
         linear = _linear_weight(name, args, leaves, lambda p: held[p][1] is not None or p in joined, result)
@@ -483,10 +519,17 @@ class _FirstUse(TorchFunctionMode):
     def _flush(self) -> None:
         """A slice taken and then read: the tensor counts as used where it was sliced."""
         if self.pending is not None:
-            _, (key, steps, _), index, _ = self.pending
+            _, (key, steps, _), index, (start, stop) = self.pending
             self.pending = None
             if key not in self.seen:
+                if not steps:
+                    self._keep(key, (0, start, stop))
                 self._use(key, "getitem", index, None, steps)
+
+    def _keep(self, key: str, rows: tuple[int, int, int] | None) -> None:
+        """Note that the first use of ``key`` takes only ``rows`` of it (all of them: nothing noted)."""
+        if rows is not None and rows[1:] != (0, self.watched_shapes[key][rows[0]]):
+            self.kept[key] = rows
 
     def _use(self, key: str, op: str, index: int, source: int | None, to_used: tuple[Step, ...],
              again: bool = False) -> None:
@@ -642,7 +685,7 @@ def _first_uses(model: nn.Module, run: Callable[[nn.Module], Any]) -> tuple[list
         else:
             computed[key] = "integer buffer computed by the model (index table or counter)"
     watched = {id(t): k for k, t in learned.items()}
-    recorder = _FirstUse(watched)
+    recorder = _FirstUse(watched, {k: tuple(t.shape) for k, t in learned.items()})
     caches = {id(m): {n for n, v in vars(m).items() if "cache" in n.lower() and isinstance(v, dict) and not v}
               for m in model.modules()}
     with torch.no_grad(), recorder:
@@ -654,7 +697,8 @@ def _first_uses(model: nn.Module, run: Callable[[nn.Module], Any]) -> tuple[list
     kinds = {k: "parameter" for k, _ in model.named_parameters()}
     out = [_Tensor(k, tuple(learned[k].shape), kinds.get(k, "buffer"), op, i, src, steps,
                    overwritten=tuple(recorder.overwritten.get(k, ())), again=again,
-                   gathered=recorder.gathered.get(k, ()) if not again else (), after=recorder.after.get(i, -1))
+                   gathered=recorder.gathered.get(k, ()) if not again else (), after=recorder.after.get(i, -1),
+                   kept=recorder.kept.get(k) if not again else None)
            if k in learned else replace(_fused_tensor(k, recorder.fused[k], learned, kinds, (op, i, src, steps)),
                                         after=recorder.after.get(i, -1))
            for k, op, i, src, steps, again in recorder.uses]
@@ -914,6 +958,7 @@ def infer_map(
     cand, cand_computed = _first_uses(candidate, _runner(inputs, candidate_call, "candidate"))
     ref, ref_computed = _first_uses(reference, _runner(inputs, reference_call, "reference"))
     cand, ref, pairs = _aligned(cand, ref)
+    ref, pairs = _in_unit_order(cand, ref, pairs)
     used_c: set[int] = set()
     used_r: set[int] = set()
     reasons: dict[str, str] = {}
@@ -966,6 +1011,65 @@ def _aligned(cand: list[_Tensor], ref: list[_Tensor]) -> tuple[list[_Tensor], li
     if all(k in taken or t.op == "<unused>" for side, taken in zip(firsts, paired) for k, t in enumerate(side)):
         return *firsts, pairs
     return cand, ref, _align(cand, ref)
+
+
+def _in_unit_order(cand: list[_Tensor], ref: list[_Tensor], pairs: list) -> tuple[list[_Tensor], list]:
+    """Where the in-order alignment leaves tensors both forwards use without a counterpart on both
+    sides, the two may call whole modules in another order (torchvision's FPN runs each lateral conv
+    and then its smoothing conv, level by level; a port runs every lateral first): the reference's
+    units (runs of tensors of one module) are put in the order of the candidate's units of the same
+    signature (the kinds and shapes of their tensors; the k-th of one signature with the k-th), each
+    unit without a twin kept right after the unit it followed, and the alignment is run again. The
+    new order is kept only where it pairs more tensors: same-shaped tensors alone never reorder."""
+    if not _unpaired_used(cand, pairs, 0) or not _unpaired_used(ref, pairs, 1):
+        return ref, pairs
+    order = _unit_order(_units(cand), _units(ref))
+    if order is None:
+        return ref, pairs
+    moved = [ref[k] for k in order]
+    again = _align(cand, moved)
+    if len(_unpaired_used(cand, again, 0)) + len(_unpaired_used(moved, again, 1)) \
+            >= len(_unpaired_used(cand, pairs, 0)) + len(_unpaired_used(ref, pairs, 1)):
+        return ref, pairs
+    return moved, again
+
+
+def _unpaired_used(tensors: list[_Tensor], pairs: list, side: int) -> set[int]:
+    """Indices of tensors the forward uses that no pair holds (``side``: 0 candidate, 1 reference)."""
+    paired = {k for pair in pairs for k in pair[side]}
+    return {k for k, t in enumerate(tensors) if k not in paired and t.op != "<unused>"}
+
+
+def _units(tensors: list[_Tensor]) -> list[tuple[tuple, list[int]]]:
+    """Runs of consecutive tensors of one module, each with its signature: its tensors' kinds and
+    shapes without unit dims (a 1x1 convolution against a linear layer)."""
+    runs: list[tuple[str, list[int]]] = []
+    for k, t in enumerate(tensors):
+        owner = owner_of(_stored_keys(t)[0])
+        if runs and runs[-1][0] == owner:
+            runs[-1][1].append(k)
+        else:
+            runs.append((owner, [k]))
+    return [(tuple((tensors[k].kind, tuple(d for d in tensors[k].used_shape if d != 1)) for k in members), members)
+            for _, members in runs]
+
+
+def _unit_order(cand_units: list[tuple[tuple, list[int]]],
+                ref_units: list[tuple[tuple, list[int]]]) -> list[int] | None:
+    """The reference's tensor indices with its units in the order of their candidate twins; None
+    where that changes nothing."""
+    waiting: dict[tuple, list[int]] = {}  # signature -> the candidate units of it, in order
+    for u, (sig, _) in enumerate(cand_units):
+        waiting.setdefault(sig, []).append(u)
+    place: list[float] = []
+    for sig, _ in ref_units:
+        queue = waiting.get(sig)
+        # a unit without a twin, or past the candidate's count, stays right after the unit it followed
+        place.append(queue.pop(0) if queue else (place[-1] if place else -1) + 1e-6)
+    ranked = sorted(range(len(ref_units)), key=lambda u: place[u])
+    if ranked == list(range(len(ref_units))):
+        return None
+    return [k for u in ranked for k in ref_units[u][1]]
 
 
 def _paired(cand: list[_Tensor], ref: list[_Tensor], pairs: list, used_c: set[int], used_r: set[int],
@@ -1251,28 +1355,69 @@ _TABLE_OPS = ("add", "add_")  # a position table is added to the tokens; a weigh
 
 
 def _padded_tables(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], used_r: set[int]) -> list[Entry]:
-    """A table with a few more leading rows than a leftover reference table, otherwise of its shape:
-    a position table ``(1, 1 + N, C)`` kept whole for the class token and the patches against
-    timm's ``no_embed_class`` table ``(1, N, C)``, added to the patches alone before the class token
-    joins them. The reference adds nothing to the class token, so those rows are zeros; verification
-    says whether that is right."""
+    """A table with a few more rows than a leftover table of the other side, otherwise of its shape:
+    a position table ``(1, 1 + N, C)`` kept whole for the class token and the patches against timm's
+    ``no_embed_class`` table ``(1, N, C)``, added to the patches alone before the class token joins
+    them. Where the candidate adds the whole longer table, the reference adds nothing to the class
+    token, so those rows are zeros; verification says whether that is right. Where the forward
+    holding the longer table takes only the other's rows of it (transformers' VitDet keeps a class
+    row it never reads and adds ``table[:, 1:]``), the rows it leaves are marked ``unread``: inserted
+    as zeros into the candidate's table, or removed from the reference's, and read backward dropped,
+    or given back as zeros, whatever they hold."""
     out: list[Entry] = []
     for rk, r in enumerate(ref):
-        if rk in used_r or r.pieces or r.op not in _TABLE_OPS or len(r.shape) < 2:
+        if rk in used_r or r.pieces or not _table(r) or len(r.shape) < 2:
             continue
         for k, c in enumerate(cand):
-            if k in used_c or c.kind != r.kind or c.pieces or c.to_used or c.op not in _TABLE_OPS or len(c.shape) != len(r.shape):
+            if k in used_c or c.kind != r.kind or c.pieces or c.to_used or len(c.shape) != len(r.shape) \
+                    or not _table(c):
                 continue
-            longer = [d for d, (a, b) in enumerate(zip(c.shape, r.shape)) if a != b]
-            if len(longer) != 1 or not 0 < c.shape[longer[0]] - r.shape[longer[0]] <= _PREFIX_ROWS:
+            steps = _padding(c, r) if r.op in _TABLE_OPS else _trimming(c, r) if c.op in _TABLE_OPS else None
+            if steps is None:
                 continue
-            dim = longer[0]
-            steps = ({"op": "insert", "dim": dim, "start": 0, "size": c.shape[dim] - r.shape[dim], "value": 0.0},)
             out.append(Entry(c.key, (r.key,), steps, c.shape, (r.shape,), r.kind))
             used_c.add(k)
             used_r.add(rk)
             break
     return out
+
+
+def _table(t: _Tensor) -> bool:
+    """Whether ``t`` is used as a position table: added where first used, or one range of its rows taken."""
+    return t.op in _TABLE_OPS or t.kept is not None
+
+
+def _longer_dim(longer: tuple[int, ...], shorter: tuple[int, ...]) -> int | None:
+    """The one dim along which ``longer`` has a few more rows than ``shorter``, the others alike."""
+    dims = [d for d, (a, b) in enumerate(zip(longer, shorter)) if a != b]
+    return dims[0] if len(dims) == 1 and 0 < longer[dims[0]] - shorter[dims[0]] <= _PREFIX_ROWS else None
+
+
+def _padding(c: _Tensor, r: _Tensor) -> tuple[Step, ...] | None:
+    """The inserts of constant rows turning table ``r`` into the longer table ``c``, or None: the
+    rows ``c``'s forward takes where it takes a range (the others ``unread``), else leading rows."""
+    dim = _longer_dim(c.shape, r.shape)
+    if dim is None:
+        return None
+    if c.op in _TABLE_OPS:
+        return ({"op": "insert", "dim": dim, "start": 0, "size": c.shape[dim] - r.shape[dim], "value": 0.0},)
+    kept_dim, start, stop = c.kept
+    if kept_dim != dim or stop - start != r.shape[dim]:
+        return None
+    gaps = ((0, start), (stop, c.shape[dim] - stop))
+    return tuple({"op": "insert", "dim": dim, "start": at, "size": size, "value": 0.0, "unread": True}
+                 for at, size in gaps if size)
+
+
+def _trimming(c: _Tensor, r: _Tensor) -> tuple[Step, ...] | None:
+    """The removals of the rows the reference's forward never reads turning its longer table ``r``
+    (one range of it taken where used) into ``c``, or None."""
+    dim = _longer_dim(r.shape, c.shape)
+    if dim is None or r.kept is None or r.kept[0] != dim or r.kept[2] - r.kept[1] != c.shape[dim]:
+        return None
+    _, start, stop = r.kept
+    gaps = ((stop, r.shape[dim]), (0, start))  # the later rows first: the earlier keep their place
+    return tuple({"op": "remove", "dim": dim, "start": a, "stop": b, "unread": True} for a, b in gaps if b > a)
 
 
 def _gathered_tables(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], used_r: set[int]) -> list[Entry]:
@@ -1442,25 +1587,29 @@ def _folded_norms(entries: list[Entry], cand: list[_Tensor], ref: list[_Tensor],
                   reference: nn.Module) -> list[Entry]:
     """A port that folds a batch norm into ``x * scale + shift`` keeps two tensors where the
     reference keeps four; the alignment pairs them with two of the four by order alone (``scale <-
-    running_mean``). Where a candidate module's only mapped tensors are one its forward multiplies
-    by and one it adds, both taken from the tensors of one reference batch norm, they take the
-    folding of all of them instead (``scale = weight / sqrt(var + eps)``, ``shift = bias - mean *
-    scale``: a ``fold_norm`` step), and every tensor of that norm counts as fed. The verification
-    then checks the fold like any other entry."""
+    running_mean``). Where exactly two candidate tensors take tensors of one reference batch norm, one
+    the forward multiplies by and one it adds, they take the folding of all of them instead (``scale =
+    weight / sqrt(var + eps)``, ``shift = bias - mean * scale``: a ``fold_norm`` step), and every tensor
+    of that norm counts as fed. The pair is found from the norm's side, so the module holding them may
+    hold other tensors too (a fused conv-and-norm module keeping the kernel beside them, or a root
+    folding in its own forward). The verification then checks the fold like any other entry."""
     ops = {t.key: t.op for t in cand}
     norms: dict[str, dict[str, int]] = {}  # reference norm module -> role -> index of its tensor
     for k, t in enumerate(ref):
         if t.op == "batch_norm" and _leaf(t.key) in NORM_ROLES:
             norms.setdefault(owner_of(t.key), {})[_leaf(t.key)] = k
-    by_owner: dict[str, list[int]] = {}
+    by_norm: dict[str, list[int]] = {}  # reference norm module -> the entries taking one of its tensors
     for k, e in enumerate(entries):
-        by_owner.setdefault(owner_of(e.candidate), []).append(k)
+        owners = {owner_of(r) for r in e.reference}
+        if len(owners) == 1 and next(iter(owners)) in norms:
+            by_norm.setdefault(next(iter(owners)), []).append(k)
     out = list(entries)
-    for ks in by_owner.values():
-        found = _folded_norm(entries, ks, ops, norms, ref, reference)
+    for module, ks in by_norm.items():
+        found = _folded_norm(entries, ks, ops, norms[module], ref, reference.get_submodule(module))
         if found is None:
             continue
-        norm, parts, eps = found
+        parts, eps = found
+        norm = norms[module]
         of = [role for role in NORM_ROLES if role in norm]
         size = ref[norm["running_var"]].shape
         for part, k in parts.items():
@@ -1473,26 +1622,23 @@ def _folded_norms(entries: list[Entry], cand: list[_Tensor], ref: list[_Tensor],
     return out
 
 
-def _folded_norm(entries: list[Entry], ks: list[int], ops: dict[str, str], norms: dict[str, dict[str, int]],
-                 ref: list[_Tensor], reference: nn.Module) -> tuple[dict[str, int], dict[str, int], float] | None:
-    """For one candidate module's entries ``ks``: the reference norm they fold (role -> tensor index),
-    which entry takes the scale and which the shift, and the norm's eps; None unless they are one
-    tensor multiplied by and one added, both of the norm's size, taken from one batch norm."""
-    sources = {owner_of(r) for k in ks for r in entries[k].reference}
-    if len(ks) != 2 or len(sources) != 1:
+def _folded_norm(entries: list[Entry], ks: list[int], ops: dict[str, str], norm: dict[str, int],
+                 ref: list[_Tensor], module: nn.Module) -> tuple[dict[str, int], float] | None:
+    """For the entries ``ks`` taking tensors of one reference norm (role -> tensor index): which entry
+    takes the scale and which the shift, and the norm's eps; None unless they are two, one tensor
+    multiplied by and one added, both of the norm's size, each taken from one tensor of the norm."""
+    if len(ks) != 2 or any(len(entries[k].reference) != 1 for k in ks):
         return None
-    module = next(iter(sources))
-    norm = norms.get(module, {})
     scale = next((k for k in ks if ops.get(entries[k].candidate) in _SCALES), None)
     shift = next((k for k in ks if ops.get(entries[k].candidate) in _SHIFTS), None)
-    eps = getattr(reference.get_submodule(module), "eps", None) if norm else None
+    eps = getattr(module, "eps", None)
     if "running_mean" not in norm or "running_var" not in norm or scale is None or shift is None \
             or not isinstance(eps, float):
         return None
     size = math.prod(ref[norm["running_var"]].shape)
     if any(math.prod(entries[k].shape) != size for k in ks):
         return None
-    return norm, {"scale": scale, "shift": shift}, eps
+    return {"scale": scale, "shift": shift}, eps
 
 
 def _common_prefix(keys: Iterable[str]) -> str:
