@@ -5,7 +5,10 @@ Passes, each only over what the previous ones left:
 0. ``weights`` (when a weight map gives twins): modules whose subtrees hold corresponding
    tensors are twins, call by call. Independently written models share no names; they share
    weights. Names cannot then be trusted alone: a later name or rename match is kept only where
-   the innermost paired calls enclosing the two calls are each other's twins. Twins may return
+   the innermost paired calls enclosing the two calls are each other's twins, and never where
+   the map puts a tensor of one module's subtree outside the other's (a port's ``stem`` whose
+   last norm its parent holds, against an original ``stem`` holding it: same name, other
+   functions). Tensors the map does not place (a norm replaced by ``Identity``) say nothing. Twins may return
    maps of other sizes (a padding or stride set otherwise: the error itself); a fused projection
    returning a multiple of its twin's features (``qkv`` against the attention) is no twin.
 1. ``name``: identical qualified name and call index.
@@ -28,16 +31,17 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left
+from functools import lru_cache
 from itertools import combinations
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import torch
 
 from harness.checks import type_error
 from harness.trace import ROOT, Record
 
-__all__ = ["Match", "Aligned", "Alignment", "align", "apply_rename", "check_rename"]
+__all__ = ["Match", "Aligned", "Alignment", "align", "apply_rename", "check_rename", "held_apart"]
 
 How = Literal["weights", "name", "rename", "structure"]
 Rule = tuple[str, str | Callable[[re.Match], str]]
@@ -299,6 +303,43 @@ def _part_of(a: Record, b: Record) -> bool:
     return small > 0 and large % small == 0
 
 
+def held_apart(sources: Mapping[str, set[str]], sinks: Mapping[str, set[str]]) -> Callable[[str, str], bool]:
+    """``apart(candidate_module, reference_module)``: whether the weight map puts the tensors of a
+    module inside one of the two wholly outside the other (the original stem's last norm is the
+    port's parent's). ``sources``: candidate key -> the reference keys it is made from; ``sinks``:
+    reference key -> the candidate keys made from it (see
+    :meth:`harness.weightmap.WeightMap.tensor_links`). A module with only some tensors outside
+    (a conv's bias taken from the norm folded into it) is one step done in two modules: no proof."""
+    def subtrees(keys: Iterable[str]) -> dict[str, frozenset[str]]:
+        found: dict[str, set[str]] = {}
+        for key in keys:
+            parts = key.split(".")
+            for depth in range(len(parts)):
+                found.setdefault(".".join(parts[:depth]) or ROOT, set()).add(key)
+        return {name: frozenset(members) for name, members in found.items()}
+
+    def owners(keys: Iterable[str]) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for key in keys:
+            found.setdefault(key.rsplit(".", 1)[0] if "." in key else ROOT, []).append(key)
+        return found
+
+    sub_c, sub_r = subtrees(sources), subtrees(sinks)
+    empty: frozenset[str] = frozenset()
+
+    def outside(held: frozenset[str], links: Mapping[str, set[str]], other: frozenset[str]) -> bool:
+        linked = [k for k in held if links[k]]
+        return any(all(not links[k] & other for k in keys) for keys in owners(linked).values())
+
+    @lru_cache(maxsize=None)
+    def apart(c: str, r: str) -> bool:
+        # a record standing for fused or split twins (see fused_records) holds what its parts hold
+        parts = [re.sub(r"\[\d+:\d+\]$", "", part) for part in r.split("+")]
+        held_c, held_r = sub_c.get(c, empty), frozenset().union(*(sub_r.get(p, empty) for p in parts))
+        return outside(held_c, sources, held_r) or outside(held_r, sinks, held_c)
+    return apart
+
+
 def _parents(records: Sequence[Record]) -> list[int]:
     """Index of the innermost record enclosing each record (-1 for none)."""
     parent = [-1] * len(records)
@@ -318,8 +359,11 @@ def align(
     *,
     structural: bool = True,
     twins: Mapping[str, str] | None = None,
+    apart: Callable[[str, str], bool] | None = None,
 ) -> Alignment:
-    """Match candidate records to reference records (see module docstring)."""
+    """Match candidate records to reference records (see module docstring). ``apart``: whether
+    the weight map holds a candidate and a reference module's tensors apart (:func:`held_apart`);
+    such modules are paired by no name or rename (a structural pairing stays a guess)."""
     check_rename(rename)
     ref_by_key = {r.key: i for i, r in enumerate(reference)}
     paired: dict[int, tuple[int, How]] = {}  # candidate index -> (reference index, how)
@@ -337,7 +381,10 @@ def align(
 
     def try_pair(ci: int, key: str, how: How) -> bool:
         ri = ref_by_key.get(key)
-        if ri is None or ri in taken or (twins and how != "weights" and not consistent(ci, ri)):
+        if ri is None or ri in taken:
+            return False
+        if how != "weights" and ((twins and not consistent(ci, ri))
+                                 or (apart is not None and apart(candidate[ci].name, reference[ri].name))):
             return False
         paired[ci] = (ri, how)
         taken.add(ri)
