@@ -29,19 +29,20 @@ returned apart as pass-through, since there is nothing to compare in them.
 
 from __future__ import annotations
 
+import math
 import re
 from bisect import bisect_left
 from functools import lru_cache
 from itertools import combinations
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import torch
 
 from harness.checks import type_error
-from harness.trace import ROOT, Record
+from harness.trace import ROOT, Leaf, Record, TensorSummary
 
-__all__ = ["Match", "Aligned", "Alignment", "align", "apply_rename", "check_rename", "held_apart"]
+__all__ = ["Match", "Aligned", "Alignment", "align", "apply_rename", "batched_twins", "check_rename", "held_apart"]
 
 How = Literal["weights", "name", "rename", "structure"]
 Rule = tuple[str, str | Callable[[re.Match], str]]
@@ -165,6 +166,82 @@ def fused_records(
                                   args=first.args, kwargs=first.kwargs))
         twins[cand_name] = name
     return records, twins
+
+
+def batched_twins(alignment: Alignment, reference: Sequence[Record]) -> Alignment:
+    """``alignment`` with each summary-mode twin whose candidate call ran ``k`` reference calls of
+    the module in one batch (a port sending both frames through its encoder at once, the original
+    calling it per frame) compared against those ``k`` calls' statistics joined along the batch dim:
+    a summary holds no positions to take one frame from. Candidate call ``j`` covers reference calls
+    ``j*k`` to ``j*k+k-1``; the calls it covers beyond its twin leave the unmatched reference calls."""
+    by_key = {r.key: r for r in reference}
+    matches, covered = [], set()
+    for m in alignment.matches:
+        group = _batch_group(m, by_key)
+        joined = None if group is None else _joined(group)
+        if joined is None:
+            matches.append(m)
+            continue
+        matches.append(Match(m.candidate, joined, m.how))
+        covered.update(id(r) for r in group[1:])
+    if not covered:
+        return alignment
+    return replace(alignment, matches=matches,
+                   unmatched_reference=[r for r in alignment.unmatched_reference if id(r) not in covered])
+
+
+def _batch_group(m: Match, by_key: Mapping[str, Record]) -> list[Record] | None:
+    """The reference calls the candidate call ran in one batch, or None."""
+    cand, ref = m.candidate.primary, m.reference.primary
+    if not isinstance(cand, TensorSummary) or not isinstance(ref, TensorSummary) or not cand.shape or not ref.shape \
+            or cand.shape[1:] != ref.shape[1:] or ref.shape[0] == 0 or cand.shape[0] % ref.shape[0] \
+            or cand.shape[0] == ref.shape[0] or m.reference.call != m.candidate.call:
+        return None
+    k = cand.shape[0] // ref.shape[0]
+    group = [by_key.get(f"{m.reference.name}#{m.candidate.call * k + i}") for i in range(k)]
+    return group if all(r is not None and r.shape == ref.shape for r in group) else None
+
+
+def _joined(group: list[Record]) -> Record | None:
+    """One record for the calls of ``group`` joined along the batch dim (statistics combined
+    exactly), or None when one of their leaves has no counterpart in the others."""
+    first = group[0]
+    outputs, inputs = _joined_leaves([r.outputs for r in group]), _joined_leaves([r.inputs for r in group])
+    if outputs is None or inputs is None:
+        return None
+    return Record(name=first.name, call=first.call, start=first.start, end=first.end, inputs=inputs,
+                  outputs=outputs, module=first.module, passthrough=first.passthrough)
+
+
+def _joined_leaves(leaves: list[dict[str, Leaf]]) -> dict[str, Leaf] | None:
+    first = leaves[0]
+    if any(d.keys() != first.keys() for d in leaves):
+        return None
+    out = {}
+    for key, leaf in first.items():
+        parts = [d[key] for d in leaves]
+        if not all(isinstance(p, TensorSummary) and p.shape[1:] == leaf.shape[1:] and p.shape for p in parts):
+            return None
+        out[key] = _joined_summary(parts)
+    return out
+
+
+def _joined_summary(parts: list[TensorSummary]) -> TensorSummary:
+    """The statistics of the tensors of ``parts`` concatenated: means weighted by their finite
+    counts, variances pooled around the joint mean (no cancellation), the largest absmax."""
+    shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:])
+    counts = [math.prod(p.shape) - p.nonfinite for p in parts]
+    kept = [(n, p) for n, p in zip(counts, parts) if n > 0]
+    total = sum(n for n, _ in kept)
+    nonfinite = sum(p.nonfinite for p in parts)
+    if total == 0:
+        nan = float("nan")
+        return TensorSummary(shape, parts[0].dtype, nan, nan, nan, nonfinite)
+    mean = sum(n * p.mean for n, p in kept) / total
+    # each part's population variance from its sample std, then pooled with its mean's offset
+    spread = sum(n * (p.std ** 2 * (n - 1) / n + (p.mean - mean) ** 2) for n, p in kept)
+    std = math.sqrt(max(spread, 0.0) / max(total - 1, 1))
+    return TensorSummary(shape, parts[0].dtype, mean, std, max(p.absmax for _, p in kept), nonfinite)
 
 
 def _fuse(tensors: list[torch.Tensor], kind: str, cut: tuple[int, int, int] | None) -> torch.Tensor | None:

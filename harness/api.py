@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from harness import guards, progress
-from harness.align import Match, align, choose_twins, fused_records, held_apart
+from harness.align import Match, align, batched_twins, choose_twins, fused_records, held_apart
 from harness.backward import check_backward, compare_backward
 from harness.adapters import UserAdapter, find_adapter
 from harness.checks import check_module, type_error
@@ -234,7 +234,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
         ref_records = sorted([*ref_records, *fused], key=lambda r: r.end)
         twins = {**fused_twins, **twins}
     apart = None if weights is None else held_apart(*weights.tensor_links())
-    alignment = align(cand_trace.records, ref_records, o.rename, twins=twins, apart=apart)
+    alignment = batched_twins(align(cand_trace.records, ref_records, o.rename, twins=twins, apart=apart), ref_records)
     release()
 
     def module_tolerance(module: str) -> Tolerance:
