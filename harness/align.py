@@ -22,6 +22,10 @@ Passes, each only over what the previous ones left:
    one side only (an extra ``Identity``, a fused qkv against split q/k/v): those stay unmatched.
    A structural pairing is a guess: it never names the first divergence or the culprit alone.
 
+After the passes, in summary mode, a twin whose candidate call ran ``k`` of the reference's calls
+in one batch (both frames through one encoder call) is compared with those calls' statistics joined
+along the batch dim (:func:`batched_twins`): a summary keeps no positions to take one frame from.
+
 Nothing is dropped silently: whatever no pass paired is returned as unmatched, per side; calls
 that returned their input tensor itself (an ``Identity``, a ``Dropout`` in eval mode) are
 returned apart as pass-through, since there is nothing to compare in them.

@@ -69,7 +69,12 @@ branch it should follow: given the same value, the reference routes it otherwise
 guess that returns what its guessed twin receives (a backbone whose final norm is gone, paired by
 shape with the original's norm: it stops where the reference goes on); else the innermost call
 around both the last agreeing call and the failing one, whose code runs between them, when it has
-no twin (a Sequential whose ReLU slot holds an ``Identity``); else the twinned call's own code.
+no twin (a Sequential whose ReLU slot holds an ``Identity``); else the twinned call's own code. A
+twinned call failing with nothing inside it failing, that returns as it is what an untwinned call
+around the last agreeing one returned, did nothing after it: where one reference call bridges the
+two twins' values (the step left out), that untwinned call's code is named (a wrapped model whose
+final norm is replaced by ``Identity``), unless the candidate holds the bridge's weights outside
+it (a root skipping its own norm is the root's error).
 ``introduced`` lists every independent origin in execution order.
 
 An origin whose output holds what its twin and the reference call reading the twin's output give
