@@ -83,5 +83,6 @@ def test_joined_statistics_are_those_of_the_concatenated_calls():
     aligned = batched_twins(Alignment([Match(cand, refs[0], "weights")], [], [refs[1]], [], []), refs)
     joined, expected = aligned.matches[0].reference.primary, TensorSummary.of(torch.cat(frames) * 2)
     assert joined.shape == expected.shape and joined.absmax == expected.absmax
-    assert joined.mean == pytest.approx(expected.mean, rel=1e-12) and joined.std == pytest.approx(expected.std, rel=1e-12)
+    assert joined.mean == pytest.approx(expected.mean, rel=1e-12), f"mean {joined.mean}, expected {expected.mean}"
+    assert joined.std == pytest.approx(expected.std, rel=1e-12), f"std {joined.std}, expected {expected.std}"
     assert aligned.unmatched_reference == [], "the second frame's call is compared, not left unmatched"
