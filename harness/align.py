@@ -5,7 +5,10 @@ Passes, each only over what the previous ones left:
 0. ``weights`` (when a weight map gives twins): modules whose subtrees hold corresponding
    tensors are twins, call by call. Independently written models share no names; they share
    weights. Names cannot then be trusted alone: a later name or rename match is kept only where
-   the innermost paired calls enclosing the two calls are each other's twins. Twins may return
+   the innermost paired calls enclosing the two calls are each other's twins, and never where
+   the map puts a tensor of one module's subtree outside the other's (a port's ``stem`` whose
+   last norm its parent holds, against an original ``stem`` holding it: same name, other
+   functions). Tensors the map does not place (a norm replaced by ``Identity``) say nothing. Twins may return
    maps of other sizes (a padding or stride set otherwise: the error itself); a fused projection
    returning a multiple of its twin's features (``qkv`` against the attention) is no twin.
 1. ``name``: identical qualified name and call index.
@@ -19,6 +22,10 @@ Passes, each only over what the previous ones left:
    one side only (an extra ``Identity``, a fused qkv against split q/k/v): those stay unmatched.
    A structural pairing is a guess: it never names the first divergence or the culprit alone.
 
+After the passes, in summary mode, a twin whose candidate call ran ``k`` of the reference's calls
+in one batch (both frames through one encoder call) is compared with those calls' statistics joined
+along the batch dim (:func:`batched_twins`): a summary keeps no positions to take one frame from.
+
 Nothing is dropped silently: whatever no pass paired is returned as unmatched, per side; calls
 that returned their input tensor itself (an ``Identity``, a ``Dropout`` in eval mode) are
 returned apart as pass-through, since there is nothing to compare in them.
@@ -26,18 +33,20 @@ returned apart as pass-through, since there is nothing to compare in them.
 
 from __future__ import annotations
 
+import math
 import re
 from bisect import bisect_left
+from functools import lru_cache
 from itertools import combinations
-from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import torch
 
 from harness.checks import type_error
-from harness.trace import ROOT, Record
+from harness.trace import ROOT, Leaf, Record, TensorSummary
 
-__all__ = ["Match", "Aligned", "Alignment", "align", "apply_rename", "check_rename"]
+__all__ = ["Match", "Aligned", "Alignment", "align", "apply_rename", "batched_twins", "check_rename", "held_apart"]
 
 How = Literal["weights", "name", "rename", "structure"]
 Rule = tuple[str, str | Callable[[re.Match], str]]
@@ -161,6 +170,82 @@ def fused_records(
                                   args=first.args, kwargs=first.kwargs))
         twins[cand_name] = name
     return records, twins
+
+
+def batched_twins(alignment: Alignment, reference: Sequence[Record]) -> Alignment:
+    """``alignment`` with each summary-mode twin whose candidate call ran ``k`` reference calls of
+    the module in one batch (a port sending both frames through its encoder at once, the original
+    calling it per frame) compared against those ``k`` calls' statistics joined along the batch dim:
+    a summary holds no positions to take one frame from. Candidate call ``j`` covers reference calls
+    ``j*k`` to ``j*k+k-1``; the calls it covers beyond its twin leave the unmatched reference calls."""
+    by_key = {r.key: r for r in reference}
+    matches, covered = [], set()
+    for m in alignment.matches:
+        group = _batch_group(m, by_key)
+        joined = None if group is None else _joined(group)
+        if joined is None:
+            matches.append(m)
+            continue
+        matches.append(Match(m.candidate, joined, m.how))
+        covered.update(id(r) for r in group[1:])
+    if not covered:
+        return alignment
+    return replace(alignment, matches=matches,
+                   unmatched_reference=[r for r in alignment.unmatched_reference if id(r) not in covered])
+
+
+def _batch_group(m: Match, by_key: Mapping[str, Record]) -> list[Record] | None:
+    """The reference calls the candidate call ran in one batch, or None."""
+    cand, ref = m.candidate.primary, m.reference.primary
+    if not isinstance(cand, TensorSummary) or not isinstance(ref, TensorSummary) or not cand.shape or not ref.shape \
+            or cand.shape[1:] != ref.shape[1:] or ref.shape[0] == 0 or cand.shape[0] % ref.shape[0] \
+            or cand.shape[0] == ref.shape[0] or m.reference.call != m.candidate.call:
+        return None
+    k = cand.shape[0] // ref.shape[0]
+    group = [by_key.get(f"{m.reference.name}#{m.candidate.call * k + i}") for i in range(k)]
+    return group if all(r is not None and r.shape == ref.shape for r in group) else None
+
+
+def _joined(group: list[Record]) -> Record | None:
+    """One record for the calls of ``group`` joined along the batch dim (statistics combined
+    exactly), or None when one of their leaves has no counterpart in the others."""
+    first = group[0]
+    outputs, inputs = _joined_leaves([r.outputs for r in group]), _joined_leaves([r.inputs for r in group])
+    if outputs is None or inputs is None:
+        return None
+    return Record(name=first.name, call=first.call, start=first.start, end=first.end, inputs=inputs,
+                  outputs=outputs, module=first.module, passthrough=first.passthrough)
+
+
+def _joined_leaves(leaves: list[dict[str, Leaf]]) -> dict[str, Leaf] | None:
+    first = leaves[0]
+    if any(d.keys() != first.keys() for d in leaves):
+        return None
+    out = {}
+    for key, leaf in first.items():
+        parts = [d[key] for d in leaves]
+        if not all(isinstance(p, TensorSummary) and p.shape[1:] == leaf.shape[1:] and p.shape for p in parts):
+            return None
+        out[key] = _joined_summary(parts)
+    return out
+
+
+def _joined_summary(parts: list[TensorSummary]) -> TensorSummary:
+    """The statistics of the tensors of ``parts`` concatenated: means weighted by their finite
+    counts, variances pooled around the joint mean (no cancellation), the largest absmax."""
+    shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:])
+    counts = [math.prod(p.shape) - p.nonfinite for p in parts]
+    kept = [(n, p) for n, p in zip(counts, parts) if n > 0]
+    total = sum(n for n, _ in kept)
+    nonfinite = sum(p.nonfinite for p in parts)
+    if total == 0:
+        nan = float("nan")
+        return TensorSummary(shape, parts[0].dtype, nan, nan, nan, nonfinite)
+    mean = sum(n * p.mean for n, p in kept) / total
+    # each part's population variance from its sample std, then pooled with its mean's offset
+    spread = sum(n * (p.std ** 2 * (n - 1) / n + (p.mean - mean) ** 2) for n, p in kept)
+    std = math.sqrt(max(spread, 0.0) / max(total - 1, 1))
+    return TensorSummary(shape, parts[0].dtype, mean, std, max(p.absmax for _, p in kept), nonfinite)
 
 
 def _fuse(tensors: list[torch.Tensor], kind: str, cut: tuple[int, int, int] | None) -> torch.Tensor | None:
@@ -299,6 +384,43 @@ def _part_of(a: Record, b: Record) -> bool:
     return small > 0 and large % small == 0
 
 
+def held_apart(sources: Mapping[str, set[str]], sinks: Mapping[str, set[str]]) -> Callable[[str, str], bool]:
+    """``apart(candidate_module, reference_module)``: whether the weight map puts the tensors of a
+    module inside one of the two wholly outside the other (the original stem's last norm is the
+    port's parent's). ``sources``: candidate key -> the reference keys it is made from; ``sinks``:
+    reference key -> the candidate keys made from it (see
+    :meth:`harness.weightmap.WeightMap.tensor_links`). A module with only some tensors outside
+    (a conv's bias taken from the norm folded into it) is one step done in two modules: no proof."""
+    def subtrees(keys: Iterable[str]) -> dict[str, frozenset[str]]:
+        found: dict[str, set[str]] = {}
+        for key in keys:
+            parts = key.split(".")
+            for depth in range(len(parts)):
+                found.setdefault(".".join(parts[:depth]) or ROOT, set()).add(key)
+        return {name: frozenset(members) for name, members in found.items()}
+
+    def owners(keys: Iterable[str]) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for key in keys:
+            found.setdefault(key.rsplit(".", 1)[0] if "." in key else ROOT, []).append(key)
+        return found
+
+    sub_c, sub_r = subtrees(sources), subtrees(sinks)
+    empty: frozenset[str] = frozenset()
+
+    def outside(held: frozenset[str], links: Mapping[str, set[str]], other: frozenset[str]) -> bool:
+        linked = [k for k in held if links[k]]
+        return any(all(not links[k] & other for k in keys) for keys in owners(linked).values())
+
+    @lru_cache(maxsize=None)
+    def apart(c: str, r: str) -> bool:
+        # a record standing for fused or split twins (see fused_records) holds what its parts hold
+        parts = [re.sub(r"\[\d+:\d+\]$", "", part) for part in r.split("+")]
+        held_c, held_r = sub_c.get(c, empty), frozenset().union(*(sub_r.get(p, empty) for p in parts))
+        return outside(held_c, sources, held_r) or outside(held_r, sinks, held_c)
+    return apart
+
+
 def _parents(records: Sequence[Record]) -> list[int]:
     """Index of the innermost record enclosing each record (-1 for none)."""
     parent = [-1] * len(records)
@@ -318,8 +440,11 @@ def align(
     *,
     structural: bool = True,
     twins: Mapping[str, str] | None = None,
+    apart: Callable[[str, str], bool] | None = None,
 ) -> Alignment:
-    """Match candidate records to reference records (see module docstring)."""
+    """Match candidate records to reference records (see module docstring). ``apart``: whether
+    the weight map holds a candidate and a reference module's tensors apart (:func:`held_apart`);
+    such modules are paired by no name or rename (a structural pairing stays a guess)."""
     check_rename(rename)
     ref_by_key = {r.key: i for i, r in enumerate(reference)}
     paired: dict[int, tuple[int, How]] = {}  # candidate index -> (reference index, how)
@@ -337,7 +462,10 @@ def align(
 
     def try_pair(ci: int, key: str, how: How) -> bool:
         ri = ref_by_key.get(key)
-        if ri is None or ri in taken or (twins and how != "weights" and not consistent(ci, ri)):
+        if ri is None or ri in taken:
+            return False
+        if how != "weights" and ((twins and not consistent(ci, ri))
+                                 or (apart is not None and apart(candidate[ci].name, reference[ri].name))):
             return False
         paired[ci] = (ri, how)
         taken.add(ri)

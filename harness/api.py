@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from harness import guards, progress
-from harness.align import Match, align, choose_twins, fused_records
+from harness.align import Match, align, batched_twins, choose_twins, fused_records, held_apart
 from harness.backward import check_backward, compare_backward
 from harness.adapters import UserAdapter, find_adapter
 from harness.checks import check_module, type_error
@@ -233,7 +233,8 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
         fused, fused_twins = fused_records(cand_trace.records, ref_records, weights.fused_twins())
         ref_records = sorted([*ref_records, *fused], key=lambda r: r.end)
         twins = {**fused_twins, **twins}
-    alignment = align(cand_trace.records, ref_records, o.rename, twins=twins)
+    apart = None if weights is None else held_apart(*weights.tensor_links())
+    alignment = batched_twins(align(cand_trace.records, ref_records, o.rename, twins=twins, apart=apart), ref_records)
     release()
 
     def module_tolerance(module: str) -> Tolerance:
@@ -256,7 +257,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
                            reference_outputs=o.reference_outputs, random_reference=ref_draws.drew, tolerance=tol)
     passed, found, notes = _verdict(final, outputs, rows, tol, o.allow_nonfinite, o.rerun,
                                     alignment.unmatched_candidate, output_passed=noise.outputs_passed,
-                                    reference=ref_records)
+                                    reference=ref_records, summary=getattr(cand_trace, "mode", o.mode) == "summary")
     notes += setting_notes(rows, name) if passed and name != "float64" else []
     caveat = None if passed or weights is None else weights.caveat(given=o.weights is not None)
     notes = [caveat, *notes] if caveat else notes
@@ -550,8 +551,10 @@ def _verdict(
     untwinned: Sequence = (),
     output_passed: bool | None = None,
     reference: Sequence = (),
+    summary: bool = False,
 ) -> tuple[bool, Localization, list[str]]:
-    """(passed, where the error is, notes) from the final outputs and the aligned rows."""
+    """(passed, where the error is, notes) from the final outputs and the aligned rows (``summary``:
+    the layers were recorded as statistics)."""
     notes: list[str] = []
     nonfinite = sorted(k for k, a, b in final if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())))
     notes += guards.nonfinite_notes(final, outputs, allow_nonfinite)
@@ -567,8 +570,7 @@ def _verdict(
                                                                       reference=reference))
         only_nonfinite = nonfinite and all(m.passes(tol) for m in outputs.values()) and all(r.passed for r in rows)
         if found.culprit is None and not only_nonfinite:  # agreeing NaN/Inf alone: their note says why it fails
-            notes.append("no confirmed twin introduces the error: the outputs differ, but no module paired "
-                         "by weights, name or rename rule does; compare the unmatched modules")
+            notes.append(_unlocalized_note(confirmed, untwinned, summary, output_passed is not None))
         return False, found, notes + found.notes
     # The outputs agree, and so does every layer paired by name or weights whose values can be
     # compared in one order: a failing structural pairing is a guess that was wrong, twins whose
@@ -591,6 +593,23 @@ def _verdict(
         notes.append(f"{len(guesses)} structurally paired rows differ (tentative pairings by shape, "
                      f"not counted): {', '.join(r.key for r in guesses[:5])}")
     return True, Localization(), notes
+
+
+def _unlocalized_note(failing: Sequence[Row], untwinned: Sequence, summary: bool, floor: bool) -> str:
+    """Why no culprit is named, and what would name one: twins that fail without one making the
+    error point at code without a twin; twins that all pass while the outputs fail mean the error
+    is below the layers' tolerances (judged by rounding, the outputs are held to a stricter bound)."""
+    unmatched = ", ".join(dict.fromkeys(r.name for r in untwinned[:5]))
+    if failing:
+        return ("no confirmed twin introduces the error: twins fail, but each received its error; "
+                + (f"compare the modules without a twin ({unmatched})" if unmatched else
+                   "it is made by code outside the paired modules"))
+    judged = ", in summary mode judged on statistics (mean, std, absmax)" if summary else ""
+    held = " against the reference's own rounding" if floor else ""
+    advice = "compare at float64 (dtype=torch.float64)" + (" or in full mode (mode='full')" if summary else "")
+    return (f"no twin fails: every twinned layer is within its tolerance{judged}, while the outputs fail{held}: "
+            f"the error is too small for the layers' tolerances to show; to localize it, {advice}"
+            + (f"; modules without a twin ({unmatched}) could hold it too" if unmatched else ""))
 
 
 def _search_diluted(rows: list[Row], found: Localization, search: Callable[[], Localization]) -> Localization:

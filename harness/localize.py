@@ -69,7 +69,12 @@ branch it should follow: given the same value, the reference routes it otherwise
 guess that returns what its guessed twin receives (a backbone whose final norm is gone, paired by
 shape with the original's norm: it stops where the reference goes on); else the innermost call
 around both the last agreeing call and the failing one, whose code runs between them, when it has
-no twin (a Sequential whose ReLU slot holds an ``Identity``); else the twinned call's own code.
+no twin (a Sequential whose ReLU slot holds an ``Identity``); else the twinned call's own code. A
+twinned call failing with nothing inside it failing, that returns as it is what an untwinned call
+around the last agreeing one returned, did nothing after it: where one reference call bridges the
+two twins' values (the step left out), that untwinned call's code is named (a wrapped model whose
+final norm is replaced by ``Identity``), unless the candidate holds the bridge's weights outside
+it (a root skipping its own norm is the root's error).
 ``introduced`` lists every independent origin in execution order.
 
 An origin whose output holds what its twin and the reference call reading the twin's output give
@@ -962,7 +967,9 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
                                                         row.tolerance if row is not None else None)]
     if not suspects:
         if first_bad is None:
-            return None
+            # nothing inside fails: the error is made after the last agreeing call, by the code
+            # of an untwinned call whose output ``row`` returns as it is, or by ``row``'s own
+            return _returning_frame(cleared, inside, since, row, reference, _model(rows))
         calls = [*(r.match.candidate for r in rows), *untwinned]
         # a call returning its child's value as it is, where the reference adds its input to it
         # next: a residual layer that lost its add (a torch container only where no call around
@@ -1087,6 +1094,28 @@ def _bridged(inside: Sequence[Row], since: int, failing: Row | None, reference: 
         return True
     return any(_holds_any(r.first_input, [given], tol) and _holds_any(r.primary, [wanted], tol)
                for r in reference if r.first_input is not None and r.primary is not None)
+
+
+def _returning_frame(cleared: Sequence[Record], inside: Sequence[Row], since: int, row: Row | None,
+                     reference: Sequence[Record], model: nn.Module | None) -> Record | None:
+    """The innermost of the ``cleared`` calls that holds the last agreeing call and returns as it is
+    what ``row``'s call returns, where one reference call (the bridge) turns the last agreeing
+    call's twin's output into ``row``'s twin's output: the step left out. ``row``'s code only hands
+    that value on, so the code that could have applied the step is the returning call's (a wrapped
+    model whose final norm is replaced by ``Identity``). Not one outside which the candidate holds
+    a copy of the bridge's weights: that holder's caller skipped it (a root skipping its own norm)."""
+    last = next((r for r in inside if r.passed and r.match.candidate.end == since), None)
+    if row is None or last is None:
+        return None
+    given, wanted, tol = last.match.reference.primary, row.match.reference.primary, row.tolerance
+    if not isinstance(given, torch.Tensor) or not isinstance(wanted, torch.Tensor):
+        return None
+    bridges = [r for r in reference if r.first_input is not None and r.primary is not None
+               and _holds_any(r.first_input, [given], tol) and _holds_any(r.primary, [wanted], tol)]
+    found = [u for u in cleared if u.contains(last.match.candidate) and u.end > since
+             and _bitwise(u.primary, row.match.candidate.primary)
+             and not any(_held_elsewhere(b.module, model, u.name) for b in bridges)]
+    return min(found, key=lambda u: u.end - u.start, default=None) if bridges else None
 
 
 def _gap_frame(enclosing: Sequence[Record], calls: Sequence[Record], last: Record | None,

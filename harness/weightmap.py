@@ -347,6 +347,20 @@ class WeightMap:
         sources, each outer to inner (wrappers around the same tensors form a chain)."""
         return _twin_chains(self, candidate, reference)
 
+    def tensor_links(self) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+        """``(sources, sinks)``: each candidate key's reference keys, and each reference key's
+        candidate keys, over the entries that tell which module holds a tensor."""
+        # a folded batch norm's buffers (scale, shift) twin the module holding the norm's tensors
+        entries = [e for e in self.entries if e.kind == "parameter" or e.steps == () or _folds(e)]
+        sources = {e.candidate: set(e.reference) for e in entries}
+        sinks: dict[str, set[str]] = {}
+        # a reference tensor several candidate tensors take whole (a head tied to the embedding) twins
+        # the module of the first: the copies' modules compute another use of it
+        for e in _first_readers(entries):
+            for r in e.reference:
+                sinks.setdefault(r, set()).add(e.candidate)
+        return sources, sinks
+
     def remember_twins(self, candidate: nn.Module, reference: nn.Module, agreeing: Mapping[str, str]) -> None:
         """Keep, of ``agreeing`` (candidate -> reference modules whose outputs agreed), the twins of
         chains with a choice (see :attr:`twins`)."""
@@ -754,15 +768,7 @@ def _twin_chains(weights: WeightMap, candidate: nn.Module, reference: nn.Module)
                     module.add(key)
         return {name: frozenset(members) for name, members in found.items()}
 
-    # a folded batch norm's buffers (scale, shift) twin the module holding the norm's tensors
-    entries = [e for e in weights.entries if e.kind == "parameter" or e.steps == () or _folds(e)]
-    sources = {e.candidate: set(e.reference) for e in entries}
-    sinks: dict[str, set[str]] = {}
-    # a reference tensor several candidate tensors take whole (a head tied to the embedding) twins
-    # the module of the first: the copies' modules compute another use of it
-    for e in _first_readers(entries):
-        for r in e.reference:
-            sinks.setdefault(r, set()).add(e.candidate)
+    sources, sinks = weights.tensor_links()
     cand_sub = subtree_keys(candidate, sources)
     ref_sub = subtree_keys(reference, sinks)
     by_keys: dict[frozenset[str], list[str]] = {}
