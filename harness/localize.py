@@ -1162,16 +1162,17 @@ def _handing_on_guess(cleared: Sequence[Record], rows: Sequence[Row], model: nn.
     """The innermost of the ``cleared`` calls that is a failing guess returning its guessed twin's
     input (not its output): where the reference goes on to apply the twin, it stops. Not one whose
     twin's weights the candidate holds outside it (a root norm the root skipped is the root's), nor
-    one returning what a confirmed twin inside it returns (it only wraps that twin)."""
+    a torch container returning what a confirmed twin inside it returns (it only wraps that twin)."""
     suspects = {id(u) for u in cleared}
-    # a guess returning what a confirmed twin inside it returns wraps that twin: it is no module
-    # of its own that stopped short (a conv-norm-activation Sequential guessed for a dropped
-    # squeeze-excitation, whose norm and activation are paired already)
+    # a torch container returning what a confirmed twin inside it returns only wraps that twin: it
+    # has no code of its own that could stop short (a conv-norm-activation Sequential guessed for a
+    # dropped squeeze-excitation, whose norm and activation are paired already); a backbone with a
+    # forward of its own returning its last layer's output may have left its final norm out
     confirmed = [r.match.candidate for r in rows if r.match.how != "structure"]
 
     def wraps_twin(call: Record) -> bool:
-        return any(call.contains(inner) and inner is not call and _bitwise(inner.primary, call.primary)
-                   for inner in confirmed)
+        return not _own_forward(call.module) and any(
+            call.contains(inner) and inner is not call and _bitwise(inner.primary, call.primary) for inner in confirmed)
 
     found = [r.match.candidate for r in rows if r.match.how == "structure" and not r.passed
              and id(r.match.candidate) in suspects and not wraps_twin(r.match.candidate)

@@ -72,3 +72,58 @@ def test_the_port_with_its_excitation_passes():
 def test_a_dropped_excitation_does_not_blame_the_conv_norm_activation_before_it():
     report = compared(_drop_excitation)
     assert not report.passed and report.culprit == "block", report.format()
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(C, C)
+
+    def forward(self, x):
+        return x + torch.tanh(self.fc(x))
+
+
+class Encoder(nn.Module):
+    """A backbone with a forward of its own: two layers, then its final norm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([Residual(), Residual()])
+        self.final = nn.LayerNorm(C)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return self.final(x)
+
+
+class Flat(nn.Module):
+    """The original: the same layers and norm in its root's code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([Residual(), Residual()])
+        self.norm, self.head = nn.LayerNorm(C), nn.Linear(C, 3)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+
+class WithBackbone(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone, self.classifier = Encoder(), nn.Linear(C, 3)
+
+    def forward(self, x):
+        return self.classifier(self.backbone(x))
+
+
+def test_a_backbone_whose_final_norm_is_gone_is_blamed_though_it_returns_its_last_layer():
+    reference = Flat()
+    harness.randomize_(reference, torch.Generator().manual_seed(1))
+    x = torch.randn(2, 5, C, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    report = compare_port(WithBackbone().double().eval(), reference.double().eval(), x,
+                          lambda port: setattr(port.backbone, "final", nn.Identity()))
+    assert not report.passed and report.culprit in ("backbone", "backbone.final"), report.format()
