@@ -56,7 +56,7 @@ from harness.checks import type_error
 from harness.metrics import Tolerance, measure
 from harness.weightmap import shape_permutations
 
-__all__ = ["AS_IS", "Adapter", "agreeing_layout", "at_position", "find_adapter", "kept_rolled_layout", "one_position", "UserAdapter", "check_adapters"]
+__all__ = ["AS_IS", "Adapter", "agreeing_layout", "at_one_position", "at_position", "find_adapter", "kept_rolled_layout", "one_position", "UserAdapter", "check_adapters"]
 
 
 @dataclass(frozen=True)
@@ -398,6 +398,19 @@ def one_position(small: torch.Tensor, big: torch.Tensor, tol: Tolerance | None =
 
 def _unit_axes_dropped(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(n for n in shape if n != 1)
+
+
+def at_one_position(a: torch.Tensor, b: torch.Tensor, tol: Tolerance | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int] | None]:
+    """``(a, b)`` with the one of more elements taken at the position :func:`one_position` finds
+    the other holding, in the other's shape, and that ``(dim, index)``; ``(a, b, None)`` when no
+    axis fits."""
+    small, big = (a, b) if a.numel() < b.numel() else (b, a)
+    found = one_position(small, big, tol)
+    if found is None:
+        return a, b, None
+    part = at_position(big, small.shape, *found)
+    return (a, part, found) if small is a else (part, b, found)
 
 
 def at_position(big: torch.Tensor, shape: Sequence[int], dim: int, index: int) -> torch.Tensor:

@@ -345,12 +345,13 @@ def _leaf_distance(a: Any, b: Any) -> float:
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
         return 0.0
     a, b = a.detach().double(), b.detach().double()
+    from harness.adapters import at_one_position, find_adapter
+
     if a.shape != b.shape and a.numel() != b.numel():
-        a, b = _at_one_position(a, b)
-        if a is None:
+        a, b, found = at_one_position(a, b)
+        if found is None:
             return 1e6
     if a.shape != b.shape:
-        from harness.adapters import find_adapter
 
         adapter = find_adapter(a, b)
         if adapter is None:
@@ -358,20 +359,6 @@ def _leaf_distance(a: Any, b: Any) -> float:
         a = adapter.apply(a)
     scale = float(b.norm())
     return min(float((a - b).norm()) / scale if scale > 0 else float((a - b).norm()), 1e3)
-
-
-def _at_one_position(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """``(a, b)`` with the larger taken at the position along one axis the smaller one holds (a
-    port's final norm on ``[pooled; tokens]`` against a head's norm on the pooled map alone);
-    ``(None, b)`` when no axis fits."""
-    from harness.adapters import at_position, one_position
-
-    small, big = (a, b) if a.numel() < b.numel() else (b, a)
-    found = one_position(small, big)
-    if found is None:
-        return None, b
-    part = at_position(big, small.shape, *found)
-    return (a, part) if small is a else (part, b)
 
 
 def _part_of(a: Record, b: Record) -> bool:

@@ -272,8 +272,8 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
         annotate_mismatches(rows, final, outputs, tol)
         found, rows = _blamed_parts(found, rows, diagnosis)
         found, diagnosis = _holder_of_missing(found, diagnosis, weights, candidate, cand_trace.records, rows)
-        notes += _setting_note(found, diagnosis, rows)
-        found = _setting_within_rounding(found, diagnosis, rows)
+        found, within = _setting_within_rounding(found, diagnosis, rows)
+        notes += within
     notes += ([noise.note] if noise.note else []) + float64_hint(pair_name, name, passed, found.culprit, rows)
     first_divergence, culprit = found.first_divergence, found.culprit
     release()
@@ -443,21 +443,16 @@ def _setting_inside(found: Localization, diagnosis: list[dict], rows: list[Row])
                  and row.metrics.max_abs > 0), None)
 
 
-def _setting_within_rounding(found: Localization, diagnosis: list[dict], rows: list[Row]) -> Localization:
+def _setting_within_rounding(found: Localization, diagnosis: list[dict], rows: list[Row]) -> tuple[Localization, list[str]]:
     """The culprit moved to the call :func:`_setting_inside` finds, which then is also where the
-    outputs first differ."""
+    outputs first differ, and a note saying why; ``found`` as it is, and no note, without one."""
     row = _setting_inside(found, diagnosis, rows)
     if row is None:
-        return found
+        return found, []
+    note = (f"{row.candidate} passes within its tolerance, but differs from its twin in a setting "
+            f"({diagnosis[0]['text']}); the error {found.culprit} fails on starts there and grows after it")
     return replace(found, culprit=row.candidate, first_divergence=row.candidate,
-                   introduced=[row.candidate if n == found.culprit else n for n in found.introduced])
-
-
-def _setting_note(found: Localization, diagnosis: list[dict], rows: list[Row]) -> list[str]:
-    row = _setting_inside(found, diagnosis, rows)
-    return [] if row is None else [
-        f"{row.candidate} passes within its tolerance, but differs from its twin in a setting ({diagnosis[0]['text']}); "
-        f"the error {found.culprit} fails on starts there and grows after it"]
+                   introduced=[row.candidate if n == found.culprit else n for n in found.introduced]), [note]
 
 
 def _encloses(outer: str, inner: str) -> bool:

@@ -108,8 +108,8 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 import torch
 from torch import nn
 
-from harness.adapters import (AS_IS, Adapter, UserAdapter, agreeing_layout, at_position, find_adapter, kept_rolled_layout,
-                              layouts, one_position, user_adapter)
+from harness.adapters import (AS_IS, Adapter, UserAdapter, agreeing_layout, at_one_position, find_adapter,
+                              kept_rolled_layout, layouts, user_adapter)
 from harness.align import Aligned, Alignment, Match
 from harness.metrics import Metrics, Tolerance, measure, measure_summaries, tolerance_for
 from harness.trace import ROOT, Leaf, Record, TensorSummary, flatten_tensors, map_tensors
@@ -202,15 +202,12 @@ def _position(a: torch.Tensor, b: torch.Tensor, tol: Tolerance) -> tuple[Leaf, L
     token against the reference's on every token, or the reverse (a port running its final norm on
     ``[pooled; tokens]`` and keeping the pooled row, against a head norming the pooled row alone).
     ``(a, b, None)`` when no axis fits."""
-    small_is_candidate = a.numel() < b.numel()
-    small, big = (a, b) if small_is_candidate else (b, a)
-    found = one_position(small, big, tol)
+    a_at, b_at, found = at_one_position(a, b, tol)
     if found is None:
         return a, b, None
-    part = at_position(big, small.shape, *found)
-    if small_is_candidate:
-        return a, part, f"the reference's {found[1]} along dim {found[0]} (the candidate computes that position only)"
-    return part, b, f"the candidate's {found[1]} along dim {found[0]} (the reference computes that position only)"
+    if a.numel() < b.numel():
+        return a_at, b_at, f"the reference's {found[1]} along dim {found[0]} (the candidate computes that position only)"
+    return a_at, b_at, f"the candidate's {found[1]} along dim {found[0]} (the reference computes that position only)"
 
 
 def _worst(pairs: list[tuple[str, Leaf, Leaf]], tol: Tolerance,
@@ -1010,7 +1007,7 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         # the failing call's twin receives: the step the candidate's code left out; twins paired
         # wrongly, a main-branch norm with the shortcut's, are no such gap: the map's check undoes them)
         if found is None and limit is None and _bridged(inside, since, failing_row, reference):
-            last = next((r.match.candidate for r in inside if r.passed and r.match.candidate.end == since), None)
+            last = _last_agreeing(inside, since).match.candidate  # _bridged found it
             found = _gap_frame(enclosing, [*(r.match.candidate for r in rows), *untwinned], last, first_bad)
         # nor one handed a value the reference never computes (a class token joined after the
         # patches): the error was made before it was called, by the code around it
@@ -1084,7 +1081,7 @@ def _differs_on_same_inputs(call: Record, pool: Sequence[Record], tol: Tolerance
 def _bridged(inside: Sequence[Row], since: int, failing: Row | None, reference: Sequence[Record]) -> bool:
     """Whether the ``failing`` call's twin receives what the last agreeing call's twin gives, as
     it is or through one reference call (a ReLU between two linears)."""
-    last = next((r for r in inside if r.passed and r.match.candidate.end == since), None)
+    last = _last_agreeing(inside, since)
     if last is None or failing is None:
         return False
     given, wanted, tol = last.match.reference.primary, failing.match.reference.first_input, failing.tolerance
@@ -1092,8 +1089,18 @@ def _bridged(inside: Sequence[Row], since: int, failing: Row | None, reference: 
         return False
     if _holds_any(wanted, [given], tol):  # handed on directly: the candidate's code in between changed it
         return True
-    return any(_holds_any(r.first_input, [given], tol) and _holds_any(r.primary, [wanted], tol)
-               for r in reference if r.first_input is not None and r.primary is not None)
+    return bool(_bridges(given, wanted, tol, reference))
+
+
+def _last_agreeing(inside: Sequence[Row], since: int) -> Row | None:
+    """The agreeing row whose candidate call completed at ``since`` (the last agreeing call)."""
+    return next((r for r in inside if r.passed and r.match.candidate.end == since), None)
+
+
+def _bridges(given: torch.Tensor, wanted: torch.Tensor, tol: Tolerance, reference: Sequence[Record]) -> list[Record]:
+    """The reference calls that receive ``given`` and return ``wanted``: the one step between them."""
+    return [r for r in reference if r.first_input is not None and r.primary is not None
+            and _holds_any(r.first_input, [given], tol) and _holds_any(r.primary, [wanted], tol)]
 
 
 def _returning_frame(cleared: Sequence[Record], inside: Sequence[Row], since: int, row: Row | None,
@@ -1104,14 +1111,13 @@ def _returning_frame(cleared: Sequence[Record], inside: Sequence[Row], since: in
     that value on, so the code that could have applied the step is the returning call's (a wrapped
     model whose final norm is replaced by ``Identity``). Not one outside which the candidate holds
     a copy of the bridge's weights: that holder's caller skipped it (a root skipping its own norm)."""
-    last = next((r for r in inside if r.passed and r.match.candidate.end == since), None)
+    last = _last_agreeing(inside, since)
     if row is None or last is None:
         return None
     given, wanted, tol = last.match.reference.primary, row.match.reference.primary, row.tolerance
     if not isinstance(given, torch.Tensor) or not isinstance(wanted, torch.Tensor):
         return None
-    bridges = [r for r in reference if r.first_input is not None and r.primary is not None
-               and _holds_any(r.first_input, [given], tol) and _holds_any(r.primary, [wanted], tol)]
+    bridges = _bridges(given, wanted, tol, reference)
     found = [u for u in cleared if u.contains(last.match.candidate) and u.end > since
              and _bitwise(u.primary, row.match.candidate.primary)
              and not any(_held_elsewhere(b.module, model, u.name) for b in bridges)]
