@@ -56,7 +56,7 @@ from harness.checks import type_error
 from harness.metrics import Tolerance, measure
 from harness.weightmap import shape_permutations
 
-__all__ = ["AS_IS", "Adapter", "agreeing_layout", "at_one_position", "at_position", "find_adapter", "kept_rolled_layout", "one_position", "UserAdapter", "check_adapters"]
+__all__ = ["AS_IS", "Adapter", "agreeing_layout", "at_one_position", "at_position", "find_adapter", "kept_rolled_layout", "one_position", "unit_axes_dropped", "UserAdapter", "check_adapters"]
 
 
 @dataclass(frozen=True)
@@ -384,7 +384,7 @@ def one_position(small: torch.Tensor, big: torch.Tensor, tol: Tolerance | None =
         rest = (*big.shape[:dim], *big.shape[dim + 1:])
         # axes of size 1 aside: a head's norm on the pooled map keeps (B, C, 1, 1) where a port's
         # keeps (B, C)
-        if n < 2 or _unit_axes_dropped(small.shape) != _unit_axes_dropped(rest):
+        if n < 2 or unit_axes_dropped(small.shape) != unit_axes_dropped(rest):
             continue
         for index in dict.fromkeys((*range(min(n, _POSITIONS)), *range(max(n - _POSITIONS, 0), n))):
             part = big.select(dim, index).reshape(small.shape)
@@ -396,7 +396,8 @@ def one_position(small: torch.Tensor, big: torch.Tensor, tol: Tolerance | None =
     return None if best is None else best[1:]
 
 
-def _unit_axes_dropped(shape: Sequence[int]) -> tuple[int, ...]:
+def unit_axes_dropped(shape: Sequence[int]) -> tuple[int, ...]:
+    """``shape`` without its axes of size 1 (``(B, C, 1, 1)`` and ``(B, C)`` alike)."""
     return tuple(n for n in shape if n != 1)
 
 

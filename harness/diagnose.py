@@ -233,7 +233,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from harness.adapters import agreeing_layout, find_adapter, layouts
+from harness.adapters import agreeing_layout, find_adapter, layouts, unit_axes_dropped
 from harness.metrics import DEFAULT_TOLERANCES, Tolerance, measure
 from harness.trace import ROOT, flatten_tensors, hookable_modules, map_tensors
 from harness.weightmap import shape_permutations
@@ -2048,17 +2048,13 @@ def _spread(operand: torch.Tensor, ndim: int) -> tuple[int, ...]:
 def _permuted_twin(stored: torch.Tensor, reference: torch.Tensor) -> tuple[int, ...] | None:
     """The permutation of ``stored``'s dims under which it holds ``reference``'s values exactly (a
     square weight stored transposed, a kernel with its H and W exchanged), or None."""
-    if stored.ndim != reference.ndim and len(_kept_axes(stored.shape)) == len(_kept_axes(reference.shape)):
+    if stored.ndim != reference.ndim and len(unit_axes_dropped(stored.shape)) == len(unit_axes_dropped(reference.shape)):
         # a linear's square weight against its 1x1 conv's: compared without the axes of size 1
-        stored, reference = stored.reshape(_kept_axes(stored.shape)), reference.reshape(_kept_axes(reference.shape))
+        stored, reference = stored.reshape(unit_axes_dropped(stored.shape)), reference.reshape(unit_axes_dropped(reference.shape))
     for dims in shape_permutations(tuple(reference.shape), tuple(stored.shape)):
         if torch.equal(stored.permute(dims), reference.to(stored.dtype)):
             return dims
     return None
-
-
-def _kept_axes(shape: Sequence[int]) -> tuple[int, ...]:
-    return tuple(n for n in shape if n != 1)
 
 
 def _role_holding(r: Op, r_key: str, value: torch.Tensor) -> str | None:
@@ -2135,7 +2131,7 @@ def _in_one_layout(a: torch.Tensor, b: torch.Tensor, *,
     compared as they lie."""
     if a.shape == b.shape:
         return a, b
-    if as_passed and _kept_axes(a.shape) == _kept_axes(b.shape):
+    if as_passed and unit_axes_dropped(a.shape) == unit_axes_dropped(b.shape):
         # axes of size 1 added or dropped move no value (a linear's weight against its 1x1 conv's):
         # a permutation there would pass a square matrix transposed for the same values
         return a.reshape(b.shape), b
