@@ -29,6 +29,7 @@ estimate; the interval includes it. So the true relative L2 lies in
 from __future__ import annotations
 
 import base64
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -165,9 +166,18 @@ class LayerSketch:
     nonfinite: int
     slice: tuple[float, ...]
     sketch: tuple[float, ...]  # float32-rounded
+    # how far the run itself was from exact: (rel L2 upper bound, slice max_abs, statistics max_abs)
+    # where the model computes some operations in a narrower float (see :func:`own_rounding`)
+    rounding: tuple[float, float, float] | None = None
 
     @classmethod
     def of(cls, t: torch.Tensor) -> "LayerSketch":
+        return cls.measured(t)[0]
+
+    @classmethod
+    def measured(cls, t: torch.Tensor) -> tuple["LayerSketch", torch.Tensor]:
+        """The sketch of ``t`` and its projection before float32 rounding (two of them give a
+        distance free of the storage rounding)."""
         x = _values(t)
         f = _finite(x)
         nonfinite = 0 if f is x else int(x.numel() - torch.isfinite(x).sum())
@@ -185,27 +195,31 @@ class LayerSketch:
             std, absmax, norm = math.sqrt(var), float(max(-low, high)), math.sqrt(sumsq)
         else:
             mean = std = absmax = norm = 0.0
-        s = _project(x if f is x else torch.where(torch.isfinite(x), x, torch.zeros((), dtype=x.dtype))).float()
+        s = _project(x if f is x else torch.where(torch.isfinite(x), x, torch.zeros((), dtype=x.dtype)))
         # statistics to 12 significant digits (what the JSON form keeps), the slice exactly
         mean, std, absmax, norm = (_round(v) for v in (mean, std, absmax, norm))
         return cls(tuple(t.shape), str(t.dtype).removeprefix("torch."), mean, std, absmax, norm, nonfinite,
-                   tuple(float(x[i]) for i in _slice_positions(x.numel())), tuple(s.tolist()))
+                   tuple(float(x[i]) for i in _slice_positions(x.numel())), tuple(s.float().tolist())), s
 
     def to_json(self) -> dict[str, Any]:
         raw = torch.tensor(self.sketch, dtype=torch.float32).numpy().astype("<f4").tobytes()
-        return {"shape": list(self.shape), "dtype": self.dtype,
-                "stats": [_json_float(_round(v)) for v in (self.mean, self.std, self.absmax, self.norm)]
-                + [self.nonfinite],
-                "slice": [_json_float(v) for v in self.slice],
-                "sketch": base64.b64encode(raw).decode("ascii")}
+        d = {"shape": list(self.shape), "dtype": self.dtype,
+             "stats": [_json_float(_round(v)) for v in (self.mean, self.std, self.absmax, self.norm)]
+             + [self.nonfinite],
+             "slice": [_json_float(v) for v in self.slice],
+             "sketch": base64.b64encode(raw).decode("ascii")}
+        if self.rounding is not None:
+            d["rounding"] = list(self.rounding)
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "LayerSketch":
         raw = base64.b64decode(d["sketch"])
         values = torch.frombuffer(bytearray(raw), dtype=torch.float32).tolist()
         mean, std, absmax, norm, nonfinite = d["stats"]
+        rounding = tuple(_py_float(v) for v in d["rounding"]) if "rounding" in d else None
         return cls(tuple(d["shape"]), d["dtype"], _py_float(mean), _py_float(std), _py_float(absmax),
-                   _py_float(norm), int(nonfinite), tuple(_py_float(v) for v in d["slice"]), tuple(values))
+                   _py_float(norm), int(nonfinite), tuple(_py_float(v) for v in d["slice"]), tuple(values), rounding)
 
     @property
     def numel(self) -> int:
@@ -268,6 +282,7 @@ class SketchTracer:
         self.model, self.rename = model, list(rename)
         self._apply = apply_rename
         self.layers: dict[str, LayerSketch | str] = {}
+        self.raw: dict[str, torch.Tensor] = {}  # each sketch's projection before float32 rounding
         self._counts: dict[str, int] = {}
         self._seen: dict[int, tuple[Any, int, str]] = {}
         self._handles: list[Any] = []
@@ -290,7 +305,10 @@ class SketchTracer:
                 if seen is not None and seen[0]() is t and seen[1] == t._version:
                     self.layers[key] = seen[2]
                     return
-                self.layers[key] = LayerSketch.of(t)
+                # outside any torch-function mode the run is under: a mode keeping float64 for the
+                # model's own casts must not reach the sketch's (or see them as the model's)
+                with torch._C.DisableTorchFunction():
+                    self.layers[key], self.raw[key] = LayerSketch.measured(t)
                 try:
                     self._seen[id(t)] = (weakref.ref(t), t._version, key)
                 except TypeError:
@@ -310,14 +328,31 @@ class SketchTracer:
 
 
 def golden_trace(model: torch.nn.Module, call: Any, *, name: str, model_call: Any = None, outputs: Any = None,
-                 rename: Any = ()) -> dict[str, Any]:
-    """Run ``model`` on ``call`` (a :class:`harness.Call`) and return its golden-trace document."""
+                 rename: Any = (), rounding: bool = False) -> dict[str, Any]:
+    """Run ``model`` on ``call`` (a :class:`harness.Call`) and return its golden-trace document.
+
+    ``rounding``: also run it with the operations that compute in a narrower float kept in float64
+    (a softmax given ``dtype=torch.float32``) and store, per layer, how far the run was from that
+    exact one (:func:`own_rounding`): that rounding differs between machines (vectorized ``exp``
+    and reductions differ by CPU), and :func:`diff_golden` allows for it. The document gains
+    ``"rounding": {"ops": [...]}`` (empty when nothing narrows: then nothing is allowed).
+    """
     from harness.report import environment
     from harness.trace import flatten_tensors
 
+    def run(m: torch.nn.Module) -> Any:
+        return model_call(m, call) if model_call else call(m)
+
+    def final_of(out: Any) -> dict[str, torch.Tensor]:
+        return dict(outputs(out)) if outputs else flatten_tensors(out)
+
     with torch.no_grad(), SketchTracer(model, rename) as tracer:
-        out = model_call(model, call) if model_call else call(model)
-    final = dict(outputs(out)) if outputs else flatten_tensors(out)
+        final = final_of(run(model))
+    layers = dict(tracer.layers)
+    final_sketches = {k: LayerSketch.measured(v) for k, v in final.items()}
+    ops: list[str] = []
+    if rounding:
+        layers, final_sketches, ops = own_rounding(model, run, final_of, rename, tracer, final_sketches)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     with torch.no_grad():
         params = [p.detach().double() for p in model.parameters() if p.is_floating_point()]
@@ -328,9 +363,45 @@ def golden_trace(model: torch.nn.Module, call: Any, *, name: str, model_call: An
         "dtype": str(dtype).removeprefix("torch."),
         "sketch": {"k": K, "buckets": BUCKETS, "seed": SEED, "slice": SLICE},
         "versions": environment()["versions"], "weights": weights,
-        "outputs": {k: LayerSketch.of(v) for k, v in final.items()},
-        "layers": tracer.layers,
+        **({"rounding": {"ops": ops}} if rounding else {}),
+        "outputs": {k: v[0] for k, v in final_sketches.items()},
+        "layers": layers,
     }
+
+
+def own_rounding(model: torch.nn.Module, run: Any, final_of: Any, rename: Any, tracer: SketchTracer,
+                 final: dict[str, tuple[LayerSketch, torch.Tensor]]) -> tuple[dict, dict, list[str]]:
+    """The sketches of ``tracer``'s run (and its ``final`` outputs) with their ``rounding`` set: the
+    distance of each from a run of ``model`` whose narrowing operations keep float64, as an upper
+    bound of the relative L2 (from the unrounded projections, at the low end of the sketch interval),
+    and the largest change of a slice value and of a statistic. Returns the layers, the outputs and
+    the names of the narrowing operations (none: the sketches come back unchanged)."""
+    from harness.noise import _run_float64
+
+    ops: list[str] = []
+    with torch.no_grad(), SketchTracer(model, rename) as exact:
+        exact_final = final_of(_run_float64(model, run, narrow=ops, widen=True))
+    if not ops:
+        return dict(tracer.layers), final, ops
+
+    def with_rounding(run_sketch: LayerSketch, raw: torch.Tensor, other: tuple[LayerSketch, torch.Tensor] | None):
+        if other is None or other[0].shape != run_sketch.shape:
+            return run_sketch
+        e, e_raw = other
+        low, _ = bounds(e.numel)
+        rel = float(torch.linalg.vector_norm(raw - e_raw)) / ((e.norm if e.norm > 0 else 1.0) * low)
+        off_slice = max((abs(a - b) for a, b in zip(run_sketch.slice, e.slice)), default=0.0)
+        off_stats = max(abs(getattr(run_sketch, k) - getattr(e, k)) for k in ("mean", "std", "absmax"))
+        off_stats = max(off_stats, abs(run_sketch.norm - e.norm) / math.sqrt(max(e.numel, 1)))
+        found = tuple(float(f"{v * 1.01:.3g}") for v in (rel, off_slice, off_stats))
+        return dataclasses.replace(run_sketch, rounding=found) if any(found) else run_sketch
+
+    layers = {k: v if isinstance(v, str) else with_rounding(v, tracer.raw[k], (
+        exact.layers[k], exact.raw[k]) if isinstance(exact.layers.get(k), LayerSketch) else None)
+        for k, v in tracer.layers.items()}
+    outputs = {k: (with_rounding(s, raw, LayerSketch.measured(exact_final[k]) if k in exact_final else None), raw)
+               for k, (s, raw) in final.items()}
+    return layers, outputs, ops
 
 
 def dump_golden(doc: dict[str, Any]) -> str:
@@ -418,7 +489,24 @@ def _resolve(layers: dict[str, LayerSketch | str], key: str) -> LayerSketch | No
     return None
 
 
-def _compare_layer(key: str, fresh: LayerSketch, gold: LayerSketch, atol: float, rtol: float) -> Moved | None:
+_NO_ROUNDING = (0.0, 0.0, 0.0)
+
+
+def _allowance(fresh: LayerSketch, gold: LayerSketch, gold_known: bool) -> tuple[float, float, float]:
+    """How far two runs may be apart by their own rounding: each run's distance from the exact one
+    (the triangle inequality). A golden recorded without it is taken to round as the fresh run does
+    within a factor 2, any element by as much as the relative L2 of the whole (which elements round
+    most differs between machines)."""
+    f = fresh.rounding or _NO_ROUNDING
+    if gold.rounding or gold_known:
+        g = gold.rounding or _NO_ROUNDING
+    else:
+        g = (2 * f[0], 2 * max(f[1], f[0] * gold.absmax), 2 * max(f[2], f[0] * gold.absmax))
+    return f[0] + g[0], f[1] + g[1], f[2] + g[2]
+
+
+def _compare_layer(key: str, fresh: LayerSketch, gold: LayerSketch, atol: float, rtol: float,
+                   allow: tuple[float, float, float] = _NO_ROUNDING) -> Moved | None:
     if fresh.shape != gold.shape or fresh.dtype != gold.dtype:
         return Moved(key, f"shape/dtype {list(fresh.shape)} {fresh.dtype}, golden {list(gold.shape)} {gold.dtype}")
     est = estimate(fresh, gold)
@@ -426,9 +514,9 @@ def _compare_layer(key: str, fresh: LayerSketch, gold: LayerSketch, atol: float,
     worst_slice = max((abs(a - b) for a, b in zip(fresh.slice, gold.slice) if not (a != a and b != b)), default=0.0)
     stats = {"mean": (fresh.mean, gold.mean), "std": (fresh.std, gold.std), "absmax": (fresh.absmax, gold.absmax),
              "norm": (fresh.norm / math.sqrt(max(fresh.numel, 1)), gold.norm / math.sqrt(max(gold.numel, 1)))}
-    off_stats = [k for k, (a, b) in stats.items() if not abs(a - b) <= bound]
-    if est.low > rtol or worst_slice > bound or off_stats or fresh.nonfinite != gold.nonfinite:
-        parts = [str(est), f"slice max_abs {worst_slice:.2e} (bound {bound:.1e})"]
+    off_stats = [k for k, (a, b) in stats.items() if not abs(a - b) <= bound + allow[2]]
+    if est.low > rtol + allow[0] or worst_slice > bound + allow[1] or off_stats or fresh.nonfinite != gold.nonfinite:
+        parts = [str(est), f"slice max_abs {worst_slice:.2e} (bound {bound + allow[1]:.1e})"]
         if off_stats:
             parts.append(f"statistics moved: {', '.join(off_stats)}")
         if fresh.nonfinite != gold.nonfinite:
@@ -441,23 +529,37 @@ def diff_golden(fresh: dict[str, Any], golden: dict[str, Any], *, common_only: b
     """Compare a fresh golden-trace document with the stored one (tolerances: the dtype's policy).
 
     A layer moved when its relative L2 change exceeds the dtype's rtol even at the low end of the
-    sketch's interval, or a slice value or statistic moved beyond ``atol + rtol * absmax``.
+    sketch's interval, or a slice value or statistic moved beyond ``atol + rtol * absmax``; where
+    either document carries its own rounding (:func:`own_rounding`), each bound is widened by the
+    two runs' distances from the exact run, and layers within them are only counted in a note.
     ``common_only``: compare only the layers both have (a candidate against its reference's golden:
     modules present on one side only are expected).
     """
     from harness.metrics import tolerance_for
 
     tol = tolerance_for(golden["dtype"])
+    known = "rounding" in golden
     moved: list[Moved] = []
+    forgiven = 0
+
+    def judge(key: str, a: LayerSketch, b: LayerSketch) -> None:
+        nonlocal forgiven
+        if not (m := _compare_layer(key, a, b, tol.atol, tol.rtol)):
+            return
+        allow = _allowance(a, b, known)
+        if allow != _NO_ROUNDING and not _compare_layer(key, a, b, tol.atol, tol.rtol, allow):
+            forgiven += 1
+        else:
+            moved.append(_compare_layer(key, a, b, tol.atol, tol.rtol, allow) or m)
+
     for key in fresh["layers"]:
         if key in golden["layers"]:
             a, b = _resolve(fresh["layers"], key), _resolve(golden["layers"], key)
-            if a is not None and b is not None and (m := _compare_layer(key, a, b, tol.atol, tol.rtol)):
-                moved.append(m)
+            if a is not None and b is not None:
+                judge(key, a, b)
     for key, gold in golden["outputs"].items():
-        if key in fresh["outputs"] and (m := _compare_layer(f"final output {key!r}", fresh["outputs"][key], gold,
-                                                            tol.atol, tol.rtol)):
-            moved.append(m)
+        if key in fresh["outputs"]:
+            judge(f"final output {key!r}", fresh["outputs"][key], gold)
     missing, new = [], []
     if not common_only:
         missing = [k for k in golden["layers"] if k not in fresh["layers"]]
@@ -466,6 +568,11 @@ def diff_golden(fresh: dict[str, Any], golden: dict[str, Any], *, common_only: b
     versions = [f"{k} {golden['versions'].get(k)} -> {v}" for k, v in fresh["versions"].items()
                 if golden["versions"].get(k) != v]
     notes = []
+    if forgiven:
+        ops = sorted({*fresh.get("rounding", {}).get("ops", ()), *golden.get("rounding", {}).get("ops", ())})
+        notes.append(f"{forgiven} layer(s) differ from the golden only within the reference's own rounding, not "
+                     f"counted as moved: operations computing in a narrower float than the model "
+                     f"({', '.join(ops) or 'unnamed'}) round differently on another machine")
     if fresh["dtype"] != golden["dtype"]:
         notes.append(f"the fresh run is {fresh['dtype']}, the golden {golden['dtype']}")
     fw, gw = fresh["weights"], golden["weights"]
