@@ -107,7 +107,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         if args.json:
             result = report.to_dict()
             if args.candidate:  # no pair name: the command is what tells this result from others when merged
-                result["test"] = f"compare --candidate {args.candidate} --reference {args.reference}"
+                against = (f"--reference-trace {args.reference_trace}" if args.reference_trace
+                           else f"--reference {args.reference}")
+                result["test"] = f"compare --candidate {args.candidate} {against}"
             path = write_json(args.json, [result], device=args.device)
             print(f"report written to {path}")
         return 0 if report.passed else 1
@@ -128,11 +130,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.reference_trace:
         from harness.trace_cli import compare_pair_trace
 
-        if not args.pair:
-            raise ValueError("compare --reference-trace needs the registered pair whose candidate to build")
         if args.backward:
             raise ValueError("compare --backward needs the reference model itself: a recorded trace cannot run "
                              "backward; drop --reference-trace or --backward")
+        if args.candidate or args.reference:
+            from harness.port_cli import run_trace_compare
+
+            return run_trace_compare(args, {"mode": mode, "spill": args.spill, **_tolerance_option(args)}, finish)
+        if not args.pair:
+            raise ValueError("compare --reference-trace needs the model to compare: a registered pair whose "
+                             "candidate to build, or --candidate SPEC (your port)")
         return finish(compare_pair_trace(args.pair, args.reference_trace, dtype=DTYPES[args.dtype],
                                          device=_device(args.device), mode=mode, spill=args.spill,
                                          **_tolerance_option(args)))

@@ -3,11 +3,18 @@
     python -m harness map CANDIDATE REFERENCE [--input-shape 1x3x224x224] [--save-map F] [--json]
     python -m harness compare --candidate SPEC --reference SPEC [--input-shape ...] [--dtype ...]
                               [--save-map F | --map F] [--json PATH]
+    python -m harness compare --candidate SPEC --reference-trace FILE [--map F] [--dtype ...]
 
 A SPEC is ``path/to/file.py:function`` or ``package.module:function`` (:mod:`harness.specs`). Both
 models are built by the command, put in eval mode and cast to ``--dtype``; the input is seeded
 random data of ``--input-shape`` (repeated for several positional arguments). ``compare`` infers the weight map (or reads
 ``--map``), copies the reference's weights into the candidate through it, and compares.
+
+Against a recorded reference (``--reference-trace``) only the candidate is built; it runs on the
+recorded inputs. Its weights come from the trace when the trace stores them: through ``--map``
+(made where the reference runs: inferring a map runs both models), or by name when the
+candidate's tensors are named as the stored ones. Otherwise the candidate keeps the weights its
+function gave it, which must be the recorded ones (the trace's weights fingerprint).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ if TYPE_CHECKING:  # torch is imported when a command runs, not when the parser 
     import torch
     from torch import nn
 
-__all__ = ["add_map_arguments", "run_map", "add_port_arguments", "run_port_compare"]
+__all__ = ["add_map_arguments", "run_map", "add_port_arguments", "run_port_compare", "run_trace_compare"]
 
 
 def _build(args: argparse.Namespace, dtype: "torch.dtype") -> tuple["nn.Module", "nn.Module", tuple]:
@@ -105,7 +112,8 @@ def add_port_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-shape", action="append", default=None,
                    help="with --candidate: shape of a seeded random input (default 1x3x224x224; repeat for several inputs)")
     p.add_argument("--seed", type=int, default=None, help="with --candidate: seed of the random input (default 0)")
-    p.add_argument("--map", metavar="FILE", help="with --candidate: use this weight map instead of inferring one")
+    p.add_argument("--map", metavar="FILE", help="with --candidate: use this weight map instead of inferring one "
+                                                 "(with --reference-trace: transfer the trace's weights through it)")
     p.add_argument("--save-map", metavar="FILE", help="with --candidate: write the inferred weight map here")
     _add_output_arguments(p, prefix="with --candidate: ")
 
@@ -116,7 +124,6 @@ def run_port_compare(args: argparse.Namespace, report_options: dict[str, Any],
     from harness.api import compare
     from harness.cli import DTYPES
     from harness.weights import load_weight_map, map_weights
-    from harness.metrics import percent
 
     if getattr(args, "pair", None):
         raise ValueError(f"give either a registered pair ({args.pair!r}) or --candidate/--reference, not both")
@@ -134,7 +141,93 @@ def run_port_compare(args: argparse.Namespace, report_options: dict[str, Any],
     if args.save_map:
         print(f"weight map written to {weights.save(args.save_map)}")
     weights.transfer(reference, candidate)
-    print(f"weights: {len(weights.entries)} tensors transferred, coverage {percent(weights.coverage)}"
-          + "".join(f"; {len(v)} unmatched {k}" for k, v in weights.unmatched.items() if v))
+    print(_transferred(weights))
     report = compare(candidate, reference, inputs, weights=weights, dtype=dtype, **outputs, **report_options)
     return finish(report)
+
+
+def _transferred(weights: Any, source: str = "") -> str:
+    from harness.metrics import percent
+
+    return (f"weights: {len(weights.entries)} tensors transferred{source}, coverage {percent(weights.coverage)}"
+            + "".join(f"; {len(v)} unmatched {k}" for k, v in weights.unmatched.items() if v))
+
+
+def run_trace_compare(args: argparse.Namespace, report_options: dict[str, Any],
+                      finish: Callable[[Any], int]) -> int:
+    """``compare --candidate SPEC --reference-trace FILE``: build the candidate, give it the recorded
+    model's weights, compare it with the recorded reference on the recorded inputs."""
+    from harness.api import compare
+    from harness.cli import DTYPES, _device
+    from harness.specs import load_spec
+    from harness.tracefile import load_trace
+    from harness.weights import load_weight_map
+
+    _check_trace_usage(args)
+    dtype, device = DTYPES[args.dtype], _device(args.device)
+    trace = load_trace(args.reference_trace)
+    if trace.dtype != dtype:
+        raise ValueError(f"trace {trace.path} was recorded in {trace.meta['dtype']}, the comparison asks for "
+                         f"{args.dtype}: compare with --dtype {trace.meta['dtype']} or record it again with "
+                         f"--dtype {args.dtype}")
+    weights = load_weight_map(args.map) if args.map else None
+    candidate = load_spec(args.candidate, option="--candidate").to(device=device, dtype=dtype).eval()
+    print(_recorded_weights(candidate, trace, weights, args))
+    report = compare(candidate, trace, weights=weights, dtype=dtype, **_outputs(args), **report_options)
+    return finish(report)
+
+
+def _check_trace_usage(args: argparse.Namespace) -> None:
+    """One line for each option that cannot apply against a recorded reference, saying what does."""
+    if getattr(args, "pair", None):
+        raise ValueError(f"give either a registered pair ({args.pair!r}) or --candidate, not both")
+    if args.reference:
+        raise ValueError("--reference SPEC and --reference-trace FILE both give the reference; give one of them")
+    given = [flag for flag, value in (("--input-shape", args.input_shape), ("--seed", args.seed)) if value is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)}: the candidate runs on the inputs recorded in the trace; drop "
+                         f"{'them' if len(given) > 1 else 'it'} (choose the inputs when recording)")
+    if args.save_map:
+        raise ValueError("--save-map writes an inferred map, and inferring one runs both models: make it where the "
+                         "reference runs (python -m harness map CANDIDATE REFERENCE --save-map FILE) and give it "
+                         "with --map FILE")
+    if args.reference_output is not None:
+        raise ValueError("--reference-output picks a field of the reference's output as it runs; a trace holds the "
+                         "outputs as recorded: pick the candidate's matching field with --candidate-output")
+
+
+def _recorded_weights(candidate: "nn.Module", trace: Any, weights: Any, args: argparse.Namespace) -> str:
+    """Give ``candidate`` the weights recorded in ``trace`` (through the map ``weights``, else by
+    name), or check that its own are those; the line saying which."""
+    from harness.tracefile import RecordedModel, check_fingerprint
+
+    stored = trace.weights()
+    if weights is not None:
+        if stored is None:
+            raise ValueError(f"--map transfers the weights stored in trace {trace.path}, which was recorded without "
+                             f"them: record it again with --weights, or drop --map when {args.candidate} builds "
+                             f"the model with the converted weights")
+        weights.transfer(RecordedModel(trace, weights=True), candidate)
+        return _transferred(weights, f" from trace {trace.path}")
+    own = candidate.state_dict()
+    misfits = [] if stored is None else [k for k in own if k not in stored or stored[k].shape != own[k].shape]
+    if stored is not None and not misfits and own.keys() == stored.keys():
+        candidate.load_state_dict(stored)
+        return f"weights: {len(stored)} tensors loaded from trace {trace.path} (the candidate names them alike)"
+    try:
+        account = check_fingerprint(trace.fingerprint, candidate, source=str(trace.path))
+    except ValueError as exc:
+        if stored is None:
+            raise ValueError(f"{exc}; from the command line: let {args.candidate} build the model with the converted "
+                             f"weights, or record the trace again with --weights and give --map FILE") from None
+        differ = (f"{_shown(misfits)} are not among the weights trace {trace.path} stores (by name and shape)"
+                  if misfits else f"trace {trace.path} stores {_shown(sorted(stored.keys() - own.keys()))}, which the "
+                                  f"candidate does not have")
+        raise ValueError(f"--candidate {args.candidate}: {differ}, and the candidate's own weights are not the recorded "
+                         f"ones: give --map FILE to transfer the stored weights (make the map where the reference "
+                         f"runs: python -m harness map {args.candidate} REFERENCE --save-map FILE)") from None
+    return f"weights: the candidate's own; {account}"
+
+
+def _shown(keys: list[str], most: int = 3) -> str:
+    return ", ".join(keys[:most]) + (f" ... (+{len(keys) - most})" if len(keys) > most else "")

@@ -7,7 +7,8 @@ for the latter two, ``--input-shape`` gives seeded random inputs.
 
 ``compare PAIR --reference-trace FILE`` builds the pair's candidate (from the weights stored in
 the trace when there are any, so the reference library is never asked to build a model) and
-compares it with the recorded reference.
+compares it with the recorded reference. A port of one's own, ``compare --candidate SPEC
+--reference-trace FILE``, is compared by :func:`harness.port_cli.run_trace_compare`.
 """
 
 from __future__ import annotations

@@ -751,23 +751,57 @@ def trace_reference(
 
 
 class RecordedModel(nn.Module):
-    """Stands for a recorded model inside :func:`harness.compare`: its parameter names, shapes and
-    dtype (on the meta device, holding no values), but no forward."""
+    """Stands for a recorded model inside :func:`harness.compare`: its module tree and its
+    parameters under their recorded names, shapes and dtype (on the meta device, holding no
+    values), but no forward. The tree tells which module owns which weight, so a weight map pairs
+    a candidate's modules with the recorded ones as with the live model.
 
-    def __init__(self, trace: Trace) -> None:
+    ``weights=True``: the parameters and buffers hold the weights the trace stores, so a weight
+    map transfers them to a candidate as from the live model (``map.transfer(recorded, candidate)``).
+    """
+
+    def __init__(self, trace: Trace, *, weights: bool = False) -> None:
         super().__init__()
-        self.trace_path = str(trace.path)
-        for i, (name, shape) in enumerate(trace.meta.get("parameters", [])):
-            self.register_parameter(f"p{i}", nn.Parameter(torch.empty(shape, dtype=trace.dtype, device="meta"),
-                                                          requires_grad=False))
-        self._names = [name for name, _ in trace.meta.get("parameters", [])]
-
-    def named_parameters(self, *args: Any, **kwargs: Any):
-        for name, (_, p) in zip(self._names, super().named_parameters(*args, **kwargs)):
-            yield name, p
+        self._trace_path = str(trace.path)
+        stored = trace.weights() if weights else None
+        if weights and stored is None:
+            raise ValueError(f"trace {trace.path} holds no weights: record it again with weights=True "
+                             f"(python -m harness record ... --weights)")
+        nodes: dict[str, nn.Module] = {"": self}
+        # modules in the recorded order first (parameters then follow named_parameters' order),
+        # then any owner a trace without a module list names only through its parameters
+        recorded = [n for n in trace.meta.get("modules", {}) if n != ROOT]
+        parameters = dict(trace.meta.get("parameters", []))
+        for name in [*recorded, *(n.rpartition(".")[0] for n in [*parameters, *(stored or {})])]:
+            _node(nodes, name)
+        for name, shape in parameters.items():
+            value = stored.get(name) if stored is not None else None
+            value = torch.empty(shape, dtype=trace.dtype, device="meta") if value is None else value
+            owner, _, leaf = name.rpartition(".")
+            nodes[owner].register_parameter(leaf, nn.Parameter(value, requires_grad=False))
+        for name, value in (stored or {}).items():  # buffers, and tied names of parameters held above
+            if name not in parameters:
+                owner, _, leaf = name.rpartition(".")
+                nodes[owner].register_buffer(leaf, value)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError(f"the reference was recorded in trace {self.trace_path} and cannot run here")
+        raise RuntimeError(f"the reference was recorded in trace {self._trace_path} and cannot run here")
+
+
+class _RecordedOwner(nn.Module):
+    """A module of the recorded model inside :class:`RecordedModel`: holds that module's tensors."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a module of a recorded model cannot run here")
+
+
+def _node(nodes: dict[str, nn.Module], name: str) -> nn.Module:
+    """The tree's module ``name``, made (with its parents) when missing."""
+    if name not in nodes:
+        parent, _, child = name.rpartition(".")
+        nodes[name] = _RecordedOwner()
+        _node(nodes, parent).add_module(child, nodes[name])
+    return nodes[name]
 
 
 @dataclass
