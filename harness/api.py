@@ -178,7 +178,8 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
     check_module("candidate", candidate)
     check_module("reference", reference)
     if o.weights is not None:
-        o.weights.check_fits(None, reference if replay is None else None)  # the candidate's are dropped, below
+        o.weights.check_fits(None, reference if replay is None else None,  # the candidate's are dropped, below
+                             called=("compare(candidate, reference, ...)", candidate, reference))
     check_backward(o.backward, o.backward_loss, recorded=replay is not None)
     filters = {side: _module_filter(side, o.include, o.exclude) for side in ("candidate", "reference")}
     guards.check_dtypes(candidate, reference)

@@ -271,13 +271,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     parser = _parser(chosen or "")  # no command (--help): names and help only
     args = parser.parse_args(argv)
+    shapes_given = getattr(args, "input_shape", None) is not None  # before a command fills in its default
     try:
         return int(args.run(args))
     except OSError as exc:  # a report, golden or checkpoint that cannot be read or written
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except (ValueError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_for_command_line(exc, args, shapes_given)}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
         from harness.guards import ForwardFailed  # only a comparison raises it, and then torch is loaded
@@ -286,6 +287,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _for_command_line(exc: Exception, args: argparse.Namespace, shapes_given: bool) -> str:
+    """``exc``'s message, its fix worded in the command's options where Python's would be wrong:
+    inputs made from ``--input-shape`` that a model's forward does not take (one ``--input-shape``
+    per input), models given in each other's place for a ``--map``."""
+    shapes = getattr(args, "input_shape", None)
+    if shapes and isinstance(exc, _loaded("harness.guards", "WrongArguments")):
+        return exc.on_command_line(shapes, shapes_given)
+    if getattr(args, "map", None) and isinstance(exc, _loaded("harness.weightmap", "ModelsSwapped")):
+        return (f"--candidate and --reference look swapped for --map {args.map}: its candidate tensors are those of "
+                f"the --reference model, its reference tensors those of the --candidate model; give them the other "
+                f"way round")
+    return str(exc)
+
+
+def _loaded(module: str, name: str) -> type | tuple:
+    """Class ``name`` of ``module`` where a command imported it (else no class: torch stays unloaded)."""
+    return getattr(sys.modules.get(module), name, ())
 
 
 def _one_line(exc: OSError) -> str:

@@ -17,12 +17,17 @@
   comparison of models in train mode says so in the report (:func:`train_mode_notes`).
 - Non-determinism (:func:`determinism_notes`): only when a comparison fails, each side is run once
   more on a fresh copy of the same inputs, from the restored state and without reseeding; outputs
-  that differ from the traced run's are named in the report. A passing comparison costs nothing.
+  that differ from the traced run's are named in the report, and the diagnosis keeps only the
+  findings read off the modules' settings: the values differ by random draws, not by a cause an
+  operation could be blamed for. A passing comparison costs nothing.
   A reference whose traced forward drew from a global generator (torch's, Python's ``random``,
   numpy's: :class:`RandomDraws`) gets no noise floor: a float64 run of it would differ by its
   random draws, not by rounding.
 - Non-finite outputs (:func:`nonfinite_notes`): NaN/Inf on one side only is a disagreement, said
   as such; agreeing NaN/Inf are said to prove nothing.
+- A model's own forward that raises (:func:`run_forward`): :class:`ForwardFailed` names the side and
+  the inputs' shapes and dtypes; inputs its signature does not take: :class:`WrongArguments`, with
+  the fix.
 - ``torch.inference_mode()`` around a comparison is left for the comparison's duration (traces
   need version counters, which inference tensors lack); gradients stay off all the same.
 - ``mode="auto"``: a full trace that the memory budget (:mod:`harness.memory`) refuses is
@@ -51,7 +56,7 @@ from harness.pairs import Call, as_call
 from harness.trace import _version, flatten_tensors, output_leaves
 
 __all__ = ["check_devices", "check_dtypes", "parameter_dtype", "comparison_dtype", "ModelState", "same_bits", "RandomDraws",
-           "ForwardFailed", "run_forward",
+           "ForwardFailed", "WrongArguments", "run_forward",
            "train_mode_notes", "determinism_notes", "nonfinite_notes", "preserves_models"]
 
 _SHOWN = 5
@@ -250,7 +255,13 @@ def determinism_notes(sides: Sequence[tuple[str, nn.Module, Callable, Any, Calla
     ``sides``: ``(name, model, run(model, call), first output, output extractor)``. ``state`` is
     restored before each run, so only randomness (not state a forward advances) can differ.
     """
-    notes = []
+    return [_nondeterminism_note(side, how) for side, how in _rerun_differences(sides, call, state).items()]
+
+
+def _rerun_differences(sides: Sequence[tuple[str, nn.Module, Callable, Any, Callable | None]], call: Call,
+                       state: ModelState | None) -> dict[str, str]:
+    """Per side whose second run differs from its first, how (see :func:`determinism_notes`)."""
+    differ = {}
     for side, model, run, first, extract in sides:
         if state is not None:
             state.restore()
@@ -261,45 +272,69 @@ def determinism_notes(sides: Sequence[tuple[str, nn.Module, Callable, Any, Calla
         except Exception:  # a second run that cannot even complete says nothing about randomness
             continue
         if how is not None:
-            notes.append(f"the {side} is not deterministic: two runs on the same inputs differ by {how}; random "
-                         f"numbers in forward (Dropout in train mode, sampling) make a parity verdict meaningless: "
-                         f"call .eval() or remove the randomness")
-    return notes
+            differ[side] = how
+    return differ
+
+
+def _nondeterminism_note(side: str, how: str) -> str:
+    return (f"the {side} is not deterministic: two runs on the same inputs differ by {how}; random numbers in "
+            f"forward (Dropout in train mode, sampling) make a parity verdict meaningless: call .eval() or remove "
+            f"the randomness")
+
+
+def _not_blamed_on_values(report: Any, sides: list[str]) -> None:
+    """A failing ``report`` of models whose ``sides`` draw random numbers in forward keeps only the
+    findings read off the modules' settings (a dropout left in training, its ``p``): the others
+    compare values that differ by random draws, and would name a cause that is not there."""
+    report.nondeterministic = sides
+    report.diagnosis = [f for f in report.diagnosis if f["kind"] == "attribute"]
 
 
 class ForwardFailed(RuntimeError):
-    """A model's own forward raised during a comparison (other than a ValueError or TypeError, which
-    already read as usage errors): the message names the side, the error and the inputs' shapes."""
+    """A model's own forward raised during a comparison: the message names the side, the error and
+    the inputs' shapes and dtypes; the error itself is chained (``__cause__``)."""
 
     def __init__(self, side: str, error: BaseException, call: Call) -> None:
         leaves = {**flatten_tensors(call.args, "args"), **flatten_tensors(dict(call.kwargs), "kwargs")}
         shapes = ", ".join(f"{k} {tuple(t.shape)}" for k, t in leaves.items())
         super().__init__(f"the {side}'s forward raised {type(error).__name__}: {one_line(error)} "
-                         f"(inputs: {shapes or 'none'}); check the inputs' shapes and dtypes against what the "
-                         f"model takes, or the model's code")
+                         f"(inputs: {shapes or 'none'}); check the inputs' shapes and dtypes{_dtypes(leaves)} "
+                         f"against what the model takes, or the model's code")
         self.side = side
 
 
+def _dtypes(leaves: Mapping[str, torch.Tensor]) -> str:
+    """`` (float64)`` for inputs of one dtype, `` (args.0 float32, args.1 int64)`` otherwise."""
+    names = {k: str(t.dtype).removeprefix("torch.") for k, t in leaves.items()}
+    if len(set(names.values())) == 1:
+        return f" ({next(iter(names.values()))})"
+    return f" ({', '.join(f'{k} {d}' for k, d in names.items())})" if names else ""
+
+
 def run_forward(side: str, model: nn.Module, call: Call, run: Callable[[nn.Module, Call], Any] | None) -> Any:
-    """``run(model, call)`` (default ``call(model)``), a failure of the model's own code raised as
-    :class:`ForwardFailed`, its cause chained; a memory budget's refusal passes unchanged."""
+    """``run(model, call)`` (default ``call(model)``), whatever the model's own code raises raised as
+    :class:`ForwardFailed`, its cause chained. Passed on unchanged: a memory budget's refusal (raised
+    by the harness's hooks), inputs that do not fit the forward's signature (:class:`WrongArguments`)
+    and a ``run`` that cannot be called as ``run(model, call)``: those are the caller's to fix."""
     try:
         return run(model, call) if run else call(model)
+    except TraceTooLarge:
+        raise
     except TypeError as exc:
-        if (run is None or getattr(run, "plain", False)) and not _binds(model, call):
-            raise TypeError(_wrong_arguments(side, model, call, exc)) from exc
-        raise
-    except ValueError:  # usage errors, a memory budget's refusal (TraceTooLarge) among them
-        raise
+        if (run is None or getattr(run, "plain", False)) and not _binds(model.forward, *call.args, **call.kwargs):
+            raise WrongArguments(side, model, call, exc) from exc
+        if run is not None and not _binds(getattr(run, "given", None) or run, model, call):
+            raise
+        raise ForwardFailed(side, exc, call) from exc
     except Exception as exc:
         raise ForwardFailed(side, exc, call) from exc
 
 
-def _binds(model: nn.Module, call: Call) -> bool:
-    """Whether ``call``'s arguments fit ``model.forward``'s signature (True when it cannot be read):
-    where they do, a TypeError raised inside is the model's own."""
+def _binds(function: Callable, /, *args: Any, **kwargs: Any) -> bool:
+    """Whether the arguments fit ``function``'s signature (True when it cannot be read): where they
+    do, a TypeError raised inside is the function's own."""
     try:
-        inspect.signature(model.forward).bind(*call.args, **call.kwargs)
+        inspect.signature(function).bind(*args, **kwargs)
     except TypeError:
         return False
     except ValueError:
@@ -307,18 +342,52 @@ def _binds(model: nn.Module, call: Call) -> bool:
     return True
 
 
-def _wrong_arguments(side: str, model: nn.Module, call: Call, error: TypeError) -> str:
-    got = [f"{len(call.args)} positional" if call.args else "",
-           "keywords " + ", ".join(call.kwargs) if call.kwargs else ""]
-    given = " and ".join(g for g in got if g) or "no arguments"
-    try:
-        takes = f"forward({', '.join(inspect.signature(model.forward).parameters)})"
-    except (TypeError, ValueError):
-        takes = "forward"
-    return (f"the {side} ({type(model).__name__}) cannot take the inputs as given ({given}): its {takes} "
-            f"does not accept them ({one_line(error)}); pass {side}_call=lambda model, call: ... to call it your own "
-            f"way, e.g. {side}_call=lambda model, call: model(*call.kwargs.values()) for keyword inputs it takes "
-            f"by position")
+class WrongArguments(TypeError):
+    """A model's forward cannot take the inputs as given (its signature does not bind them). The
+    message gives the fix in Python (``{side}_call``); :meth:`on_command_line` gives it for a
+    command that passes one positional input per ``--input-shape``."""
+
+    def __init__(self, side: str, model: nn.Module, call: Call, error: TypeError) -> None:
+        self.side, self.model_name, self.error = side, type(model).__name__, one_line(error)
+        try:
+            self.parameters: list[inspect.Parameter] | None = list(inspect.signature(model.forward).parameters.values())
+        except (TypeError, ValueError):
+            self.parameters = None
+        got = [f"{len(call.args)} positional" if call.args else "",
+               "keywords " + ", ".join(call.kwargs) if call.kwargs else ""]
+        given = " and ".join(g for g in got if g) or "no arguments"
+        super().__init__(
+            f"the {side} ({self.model_name}) cannot take the inputs as given ({given}): its {self._takes()} does not "
+            f"accept them ({self.error}); pass {side}_call=lambda model, call: ... to call it your own way, e.g. "
+            f"{side}_call=lambda model, call: model(*call.kwargs.values()) for keyword inputs it takes by position")
+
+    def _takes(self) -> str:
+        return "forward" if self.parameters is None else f"forward({', '.join(p.name for p in self.parameters)})"
+
+    def on_command_line(self, shapes: Sequence[str], given: bool) -> str:
+        """The error for a command that passed ``shapes`` (one positional input each; ``given``:
+        whether the user gave them, or they are the command's default)."""
+        counted = (f"{len(shapes)} --input-shape {'was' if len(shapes) == 1 else 'were'} given" if given else
+                   f"no --input-shape was given (the default is one input, {' '.join(shapes)})")
+        head = f"the {self.side} ({self.model_name})"
+        if self.parameters is not None:
+            positional = [p for p in self.parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            required = sum(p.default is p.empty for p in positional)
+            most = None if any(p.kind is p.VAR_POSITIONAL for p in self.parameters) else len(positional)
+            keywords = [p.name for p in self.parameters if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+            if not keywords and len(shapes) < required:
+                return (f"{head} takes {_count(required, 'positional input')}, {self._takes()}, but {counted}: give "
+                        f"one --input-shape per input, in the forward's order (repeat --input-shape)")
+            if not keywords and most is not None and len(shapes) > most:
+                return (f"{head} takes at most {_count(most, 'positional input')}, {self._takes()}, but {counted}: "
+                        f"give one --input-shape per input, in the forward's order")
+        return (f"{head} cannot take the inputs the command line gives ({counted}, each one positional input): its "
+                f"{self._takes()} does not accept them ({self.error}); give a factory whose model's forward takes its "
+                f"inputs by position")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 class RandomDraws:
@@ -460,7 +529,10 @@ def _run(compare: Callable[..., Any], options: dict[str, Any], state: ModelState
     if not report.passed:
         sides = [(side, options[side], runs[side].run, runs[side].output, options[f"{side}_outputs"])
                  for side in ("candidate", "reference") if runs[side].called]
-        notes = determinism_notes(sides, call, state) + notes
+        random = _rerun_differences(sides, call, state)
+        notes = [_nondeterminism_note(side, how) for side, how in random.items()] + notes
+        if random:
+            _not_blamed_on_values(report, list(random))
     report.notes[:0] = notes
     report.notes.extend(train_notes)
     return report

@@ -13,6 +13,9 @@ the first one printed as the ``why:`` line) and counts its failing elements per 
 (``mismatched``, ``mismatched_share``, ``worst_index``, ``allowed``; the output also gets the
 ``passing_rtol``/``passing_atol`` that would have passed). ``"noise_floor"`` and each layer's
 ``"noise"``/``"passed_tolerance"`` give the rounding-aware verdict next to atol/rtol (:mod:`harness.noise`).
+``"nondeterministic"`` names the sides whose second run differed (:mod:`harness.guards`); their
+diagnosis keeps only settings, and the ``why:`` line says so where none is left. With several final
+outputs, the text names the one whose numbers it prints.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class ParityReport:
     diagnosis: list = field(default_factory=list)  # what the error is (harness.diagnose), most specific first
     noise_floor: dict = field(default_factory=dict)  # harness.noise.NoiseVerdicts.to_dict()
     backward: Any = None  # harness.backward.BackwardResult with compare(..., backward=True), else None
+    nondeterministic: list[str] = field(default_factory=list)  # sides whose two runs differ (harness.guards)
 
     @property
     def culprit_call(self) -> int | None:
@@ -76,6 +80,13 @@ class ParityReport:
             return None
         made = next((r for r in calls if r.status == "introduced"), None) or next((r for r in calls if not r.passed), None)
         return None if made is None else made.match.candidate.call
+
+    @property
+    def output_key(self) -> str | None:
+        """The key in ``outputs`` of the output that ``output`` measures (the worst)."""
+        keys = [k for k, m in self.outputs.items() if m is self.output] or \
+            [k for k, m in self.outputs.items() if m == self.output]
+        return keys[0] if keys else None
 
     # -- JSON ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -103,6 +114,7 @@ class ParityReport:
             "weight_coverage": self.weight_coverage,
             "diagnosis": self.diagnosis,
             "noise_floor": self.noise_floor,
+            "nondeterministic": self.nondeterministic,
             "counts": {
                 "aligned": len(self.rows),
                 "failed": sum(not r.passed for r in self.rows),
@@ -138,8 +150,12 @@ class ParityReport:
                 lines.append(f"errors introduced independently at: {', '.join(self.introduced)}")
             if self.diagnosis:
                 lines.append(f"why: {self.diagnosis[0]['text']}")
+            elif self.nondeterministic:
+                lines.append(f"why: not decided: {_sides(self.nondeterministic)} not deterministic (see the notes): "
+                             f"the values compared differ by random draws, so no operation is blamed")
             if o.passing_rtol is not None and not o.passes(self.tolerance):
-                lines.append(f"output: {o.mismatched} elements ({_share(o.mismatched_share)}) beyond the bound "
+                which = f" {self.output_key!r}" if len(self.outputs) > 1 else ""
+                lines.append(f"output{which}: {o.mismatched} elements ({_share(o.mismatched_share)}) beyond the bound "
                              f"{o.allowed:.3e}, worst at {list(o.worst_index or ())}; it would pass with rtol >= "
                              f"{o.passing_rtol:.3e} (atol {self.tolerance.atol:g}) or atol >= {o.passing_atol:.3e} (rtol 0)")
         lines += _noise_lines(self.noise_floor, self.dtype)
@@ -201,6 +217,10 @@ def _row_dict(r: Row) -> dict[str, Any]:
         "noise": r.noise.to_dict() if r.noise is not None else None, "passed_tolerance": r.passed_tolerance,
         **{k: m[k] for k in ("mismatched", "mismatched_share", "worst_index", "allowed") if m.get(k) is not None},
     }
+
+
+def _sides(sides: list[str]) -> str:
+    return f"the {sides[0]} is" if len(sides) == 1 else f"the {' and the '.join(sides)} are"
 
 
 def _share(share: float | None) -> str:

@@ -29,7 +29,8 @@ to the embedding, or a relative-position table per block where the reference sha
 :meth:`WeightMap.to_candidate` reads the table forward, :meth:`WeightMap.to_reference` backward
 (every step but a fold is invertible; of several candidate tensors fed by one reference tensor, the first
 gives it back, and the others must hold the same), :meth:`WeightMap.transfer` copies a reference's
-values into a candidate, :meth:`WeightMap.save` / :func:`load_weight_map` keep it as JSON
+values into a candidate (two models the map fits only the other way round: :class:`ModelsSwapped`),
+:meth:`WeightMap.save` / :func:`load_weight_map` keep it as JSON
 (``"format": FORMAT``).
 :meth:`WeightMap.twin_chains` and :meth:`WeightMap.fused_twins` tell which modules hold
 corresponding tensors, for alignment. How a map is inferred: :mod:`harness.weights`.
@@ -53,13 +54,23 @@ from harness.keymap import Move, StateDict, Step, apply_moves, check_step, descr
 from harness.metrics import percent
 from harness.trace import ROOT
 
-__all__ = ["WeightMap", "Entry", "load_weight_map", "FORMAT", "layout_steps", "owner_of", "clear_weight_caches",
-           "regrouped_rows", "regrouped_columns", "tied_copies"]
+__all__ = ["WeightMap", "Entry", "ModelsSwapped", "load_weight_map", "FORMAT", "layout_steps", "owner_of",
+           "clear_weight_caches", "regrouped_rows", "regrouped_columns", "tied_copies"]
 
 FORMAT = "parity-harness weight map 1"
 NEVER_USED = "never used by the forward on these inputs, and no unused counterpart in order"
 # the reason of a reference tensor the candidate replaces by reading one of its own tensors again
 STANDS_IN = "feeds nothing in the candidate: where the reference reads it, the candidate reads"
+
+
+class ModelsSwapped(ValueError):
+    """A map that fits the two models only the other way round: they were given in each other's place."""
+
+    def __init__(self, call: str) -> None:
+        super().__init__(f"the candidate and the reference look swapped: the weight map's candidate tensors are those "
+                         f"of the model given as the reference, and its reference tensors those of the one given as "
+                         f"the candidate; call {call}")
+
 
 # -- transforms as data (steps: harness.keymap) --------------------------------------------------
 def layout_steps(target: tuple[int, ...], source: tuple[int, ...]) -> tuple[list[Step], float] | None:
@@ -185,7 +196,7 @@ class WeightMap:
         check_module("reference", reference)
         check_module("candidate", candidate)
         sources, targets = _named_tensors(reference), _named_tensors(candidate)
-        self._check_tensors_fit(targets, sources)
+        self._check_tensors_fit(targets, sources, called=("transfer(reference, candidate)", candidate, reference))
         values = self.to_candidate(sources)
         with torch.no_grad():
             for key, value in values.items():
@@ -196,28 +207,44 @@ class WeightMap:
                 target.copy_(value.to(device=target.device, dtype=target.dtype))
         clear_weight_caches(candidate)
 
-    def check_fits(self, candidate: nn.Module | None, reference: nn.Module | None = None) -> None:
+    def check_fits(self, candidate: nn.Module | None, reference: nn.Module | None = None, *,
+                   called: tuple[str, nn.Module, nn.Module] | None = None) -> None:
         """ValueError unless every entry names a tensor of ``candidate`` of its shape, and every
         reference key one of ``reference`` (each when given): a map made for another version of a
-        model would pair and fill the wrong tensors."""
-        self._check_tensors_fit(*(None if m is None else _named_tensors(m) for m in (candidate, reference)))
+        model would pair and fill the wrong tensors. ``called``: the call, with its candidate and
+        reference as given, whose error says so when the map fits them the other way round."""
+        self._check_tensors_fit(*(None if m is None else _named_tensors(m) for m in (candidate, reference)),
+                                called=called)
 
     def _check_tensors_fit(self, candidate: dict[str, torch.Tensor] | None,
-                           reference: dict[str, torch.Tensor] | None) -> None:
+                           reference: dict[str, torch.Tensor] | None, *,
+                           called: tuple[str, nn.Module, nn.Module] | None = None) -> None:
         """:meth:`check_fits` on the models' tensors by key."""
-        for side, tensors, keys in (("candidate", candidate, {e.candidate: e.shape for e in self.entries}),
-                                    ("reference", reference, {k: s for e in self.entries
-                                                              for k, s in zip(e.reference, e.reference_shapes)})):
+        for side, tensors, keys in (("candidate", candidate, self._keys("candidate")),
+                                    ("reference", reference, self._keys("reference"))):
             if tensors is None:
                 continue
             misfits = _not_held(keys, tensors)
             missing = [k for k in misfits if k not in tensors]
             resized = [f"{k} {tuple(tensors[k].shape)} (the map: {tuple(keys[k])})" for k in misfits if k in tensors]
             if missing or resized:
+                if called is not None and self._fits_swapped(*called[1:]):
+                    raise ModelsSwapped(called[0])
                 found = (f"names {len(missing)} {side} tensor(s) the {side} does not have: {_shown(missing, 5)}"
                          if missing else f"gives {side} tensors other shapes than they have: {_shown(resized, 3)}")
                 raise ValueError(f"the weight map {found}; it was made for another model: build it for these models "
                                  f"(harness.map_weights, or `python -m harness map`) or correct those entries")
+
+    def _keys(self, side: str) -> dict[str, tuple[int, ...]]:
+        """The tensors the map names on ``side``, with the shapes it gives them."""
+        if side == "candidate":
+            return {e.candidate: e.shape for e in self.entries}
+        return {k: s for e in self.entries for k, s in zip(e.reference, e.reference_shapes)}
+
+    def _fits_swapped(self, candidate: nn.Module, reference: nn.Module) -> bool:
+        """Whether the map fits ``reference`` as its candidate and ``candidate`` as its reference."""
+        return not _not_held(self._keys("candidate"), _named_tensors(reference)) \
+            and not _not_held(self._keys("reference"), _named_tensors(candidate))
 
     def fitted(self, candidate: nn.Module) -> tuple["WeightMap", list[str]]:
         """This map as it stands for ``candidate``, and the entries it drops: those naming a tensor

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import harness
+from harness.guards import ForwardFailed
 
 
 class TakesPixelValues(nn.Module):
@@ -46,6 +47,7 @@ def test_keyword_inputs_the_reference_does_not_take_name_the_side_the_keywords_a
 
 def test_a_type_error_raised_inside_a_forward_that_takes_the_inputs_is_left_as_the_models_own():
     x = torch.randn(2, 4, dtype=torch.float64)
-    with pytest.raises(TypeError) as raised:
+    with pytest.raises(ForwardFailed) as raised:
         harness.compare(RaisesTypeErrorInside().double(), TakesX().double(), x)
     assert "_call=" not in str(raised.value), f"the model's own error is blamed on its arguments: {raised.value}"
+    assert isinstance(raised.value.__cause__, TypeError), f"the model's own error is not chained: {raised.value!r}"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import assert_same_state, random_state
+from port_toys import FusedBlock, SplitBlock, randomized, tokens
 
-from harness.weightmap import Entry, WeightMap
+import harness
+from harness.weightmap import Entry, ModelsSwapped, WeightMap
 
 TRANSPOSE = {"op": "transpose", "dims": [0, 1]}
 
@@ -34,3 +36,29 @@ def test_weight_map_concatenation_along_dim_one_splits_back_by_the_reference_siz
     weights = WeightMap(entries=entries, unmatched={"candidate": [], "reference": []})
     state = random_state(a=(2, 3), b=(2, 5))
     assert_same_state(weights.to_reference(weights.to_candidate(state)), state)
+
+
+# -- models given the other way round ---------------------------------------------------------------
+def _fused_and_split() -> tuple[torch.nn.Module, torch.nn.Module, WeightMap]:
+    candidate, reference = FusedBlock().double().eval(), randomized(SplitBlock(), 2)
+    return candidate, reference, harness.map_weights(candidate, reference, tokens())
+
+
+def test_transfer_given_the_candidate_first_says_the_models_look_swapped():
+    candidate, reference, weights = _fused_and_split()
+    with pytest.raises(ModelsSwapped, match=r"look swapped.*call transfer\(reference, candidate\)"):
+        weights.transfer(candidate, reference)
+
+
+def test_compare_given_the_reference_first_says_the_models_look_swapped():
+    candidate, reference, weights = _fused_and_split()
+    with pytest.raises(ModelsSwapped, match=r"look swapped.*call compare\(candidate, reference"):
+        harness.compare(reference, candidate, tokens(), weights=weights)
+
+
+def test_a_map_of_other_models_is_not_taken_for_swapped_models():
+    _, reference, weights = _fused_and_split()
+    other = FusedBlock(dim=8).double()
+    with pytest.raises(ValueError, match="it was made for another model") as raised:
+        weights.transfer(reference, other)
+    assert not isinstance(raised.value, ModelsSwapped), raised.value
