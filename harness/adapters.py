@@ -29,6 +29,11 @@ Twins of other element counts, one of which computes one position along an axis 
 output (a norm on the pooled class token against one on every token), are compared at that
 position (:func:`one_position`, either side the smaller).
 
+An adapter given for a module (a user's, or the weight map's regroup of the output features of a
+fused ``qkv`` laid out per head) is applied first, in the candidate's own layout; when its result
+still has another shape than the twin's, the search above runs on it and the two compose
+(:func:`then_layout`: features regrouped, then the windows folded into the batch unfolded).
+
 Among the adapters whose shapes fit, the one giving the smallest error is kept; the verdict on the
 row is then made on the adapted tensor as on any other, and the adapter is shown in the row. The
 layout two shapes last agreed in exactly is tried first, and tensors that agree in no layout (their
@@ -56,7 +61,7 @@ from harness.checks import type_error
 from harness.metrics import Tolerance, measure
 from harness.weightmap import shape_permutations
 
-__all__ = ["AS_IS", "Adapter", "agreeing_layout", "at_one_position", "at_position", "find_adapter", "kept_rolled_layout", "one_position", "unit_axes_dropped", "UserAdapter", "check_adapters"]
+__all__ = ["AS_IS", "Adapter", "agreeing_layout", "at_one_position", "at_position", "find_adapter", "kept_rolled_layout", "one_position", "then_layout", "unit_axes_dropped", "UserAdapter", "check_adapters"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,29 @@ def user_adapter(module: str, adapters: Sequence[UserAdapter]) -> Adapter | None
         if re.search(pattern, module):
             return Adapter(getattr(fn, "description", None) or f"user adapter for /{pattern}/", fn)
     return None
+
+
+def then_layout(first: Adapter, candidate: torch.Tensor, reference: torch.Tensor,
+                tol: Tolerance | None = None) -> Adapter | None:
+    """``first`` followed by the layout (:func:`find_adapter`) bringing its result into
+    ``reference``'s shape: ``first`` alone when it gives that shape or no layout does (the shapes
+    then stay different: a visible mismatch); None when ``first`` does not apply to ``candidate``.
+
+    Adapters compose: a fused ``qkv`` whose rows the weight map regroups per head, run on windows
+    folded into the batch ``(B*nW, ws*ws, 3C)`` against a twin keeping the windows as dims, holds
+    its twin's values only through the regroup of its features and then the window fold. The
+    regroup works on the candidate's own last dim, so it goes first."""
+    try:
+        out = first.apply(candidate.detach())
+    except Exception:  # a user adapter that does not fit this call
+        return None
+    if tuple(out.shape) == tuple(reference.shape):
+        return first
+    then = find_adapter(out, reference, tol=tol)
+    if then is None:
+        return first
+    return Adapter(f"{first.description}, then {then.description}", lambda t: then.apply(first.apply(t)),
+                   first.rolls or then.rolls)
 
 
 def _groupable(shape: Sequence[int], target: Sequence[int]) -> bool:

@@ -281,13 +281,24 @@ def choose_twins(
     before (a verified weight map's), kept for every chain whose shorter side they pair whole (a
     block's inner Sequential, which had no twin, stays without one): an error in this run
     (a residual dropped) can make a block's output nearer its inner branch's than its own twin's.
+
+    Before any of that, the place each call has: a torch layer of the shorter side (an
+    ``nn.Conv2d``) twins a layer of its class where the chain has one, and a call of the shorter
+    side whose output the next call reads as it is (its caller hands it from one module to the
+    next) twins a call of the other side whose output is read so too, where one is. A port's
+    position encoding of its own that lost its residual (``peg(x)`` where it should return
+    ``x + dwconv(x)``) returns what the reference's inner conv returns, yet it stands where the
+    reference's ``PosConv`` stands, and only that pairing blames it; a bare ``nn.Conv2d`` whose
+    caller adds (or forgets) the residual twins the inner conv. Modules never called (a
+    ``ModuleList`` holding the blocks) are no twins.
     """
     first_c = {r.name: r for r in candidate if r.call == 0}
     first_r = {r.name: r for r in reference if r.call == 0}
+    handed_c, handed_r = _handed_on(candidate, first_c), _handed_on(reference, first_r)
     out: dict[str, str] = {}
     known = known or {}
     for cs, rs in chains:
-        cs, rs = _unwrapped(cs, first_c), _unwrapped(rs, first_r)
+        cs, rs = _unwrapped(_called(cs, first_c), first_c), _unwrapped(_called(rs, first_r), first_r)
         if len(cs) == 1 and len(rs) == 1:
             out[cs[0]] = rs[0]
             continue
@@ -296,24 +307,87 @@ def choose_twins(
             out.update(seen)
             continue
         short, long_, flip = (cs, rs, False) if len(cs) <= len(rs) else (rs, cs, True)
+        sides = ((first_r, handed_r), (first_c, handed_c)) if flip else ((first_c, handed_c), (first_r, handed_r))
         recorded = all(isinstance(getattr(first_c.get(n), "primary", None), torch.Tensor) for n in cs) and \
             all(isinstance(getattr(first_r.get(n), "primary", None), torch.Tensor) for n in rs)
-        best: tuple[float, float, tuple[int, ...]] | None = None
+        best: tuple[int, int, float, float, tuple[int, ...]] | None = None
         for picks in combinations(range(len(long_)), len(short)):
-            cost, inputs = 0.0, 0.0
+            layers, handed, cost, inputs = 0, 0, 0.0, 0.0
             for a, b in zip(short, (long_[p] for p in picks)):
                 c, r = (b, a) if flip else (a, b)
+                other_layer, other_place = _misplaced(a, b, *sides)
+                layers, handed = layers + other_layer, handed + other_place
                 cost += _distance(first_c.get(c), first_r.get(r))
                 inputs += _input_distance(first_c.get(c), first_r.get(r))
             # ties: the calls that also receive what their twins receive, then the outermost
-            key = (cost, inputs, picks if recorded else tuple(-p for p in picks))
+            key = (layers, handed, cost, inputs, picks if recorded else tuple(-p for p in picks))
             if best is None or key < best:
                 best = key
-        picks = best[2] if recorded else tuple(-p for p in best[2])
+        picks = best[4] if recorded else tuple(-p for p in best[4])
         for a, p in zip(short, picks):
             c, r = (long_[p], a) if flip else (a, long_[p])
             out[c] = r
     return out
+
+
+def _misplaced(a: str, b: str, short: tuple[Mapping[str, Record], Callable[[str], bool]],
+               long_: tuple[Mapping[str, Record], Callable[[str], bool]]) -> tuple[bool, bool]:
+    """How the call of ``b`` (the longer chain's) stands elsewhere than the call of ``a`` (the
+    shorter's): ``a`` is a torch layer (an ``nn.Conv2d``) and ``b`` no such layer; ``a``'s output is
+    handed on to the next call and ``b``'s is not. Only a value handed on is evidence: one read
+    later, or after another call, looks unread."""
+    (first_a, handed_a), (first_b, handed_b) = short, long_
+    layer = _torch_layer(first_a.get(a))
+    return layer is not None and layer is not _torch_layer(first_b.get(b)), handed_a(a) and not handed_b(b)
+
+
+def _torch_layer(call: Record | None) -> type | None:
+    """The ``torch.nn`` layer class a call's module is (or subclasses), for a module without
+    children; None for a module of code of its own."""
+    module = None if call is None else call.module
+    if module is None or next(module.children(), None) is not None:
+        return None
+    return next((cls for cls in type(module).__mro__ if cls.__module__.startswith("torch.nn.")
+                 and cls is not torch.nn.Module), None)
+
+
+def _called(chain: list[str], first: Mapping[str, Record]) -> list[str]:
+    """``chain`` without the modules that were never called (a ``ModuleList``), unless none was."""
+    return [name for name in chain if name in first] or chain
+
+
+def _handed_on(records: Sequence[Record], first: Mapping[str, Record]) -> Callable[[str], bool]:
+    """``handed_on(name)``: whether the first call of module ``name`` returns a tensor that the call
+    starting next reads as it is (in any layout): its caller hands the value from that module to
+    the next one, with no operation between. False where nothing tells (statistics only, no next call)."""
+    by_start: list[Record] = []  # sorted once, on the first question
+    starts: list[int] = []
+
+    @lru_cache(maxsize=None)
+    def handed_on(name: str) -> bool:
+        call = first.get(name)
+        if call is None or not isinstance(call.primary, torch.Tensor):
+            return False
+        if not by_start:
+            by_start.extend(sorted(records, key=lambda r: r.start))
+            starts.extend(r.start for r in by_start)
+        at = bisect_left(starts, call.end)
+        following = by_start[at] if at < len(by_start) else None
+        return following is not None and any(_same_values(call.primary, t) for t in following.inputs.values())
+    return handed_on
+
+
+def _same_values(a: Leaf, b: Leaf) -> bool:
+    """Whether ``b`` holds exactly ``a``'s elements, in ``a``'s layout or another."""
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.numel() != b.numel() or a.dtype != b.dtype:
+        return False
+    if a.shape == b.shape:
+        return torch.equal(a, b)
+    from harness.adapters import find_adapter
+    from harness.metrics import Tolerance
+
+    adapter = find_adapter(a, b, tol=Tolerance(0.0, 0.0), remember=False)
+    return adapter is not None and torch.equal(adapter.apply(a), b)
 
 
 def _unwrapped(chain: list[str], first: Mapping[str, Record]) -> list[str]:

@@ -109,7 +109,7 @@ import torch
 from torch import nn
 
 from harness.adapters import (AS_IS, Adapter, UserAdapter, agreeing_layout, at_one_position, find_adapter,
-                              kept_rolled_layout, layouts, user_adapter)
+                              kept_rolled_layout, layouts, then_layout, user_adapter)
 from harness.align import Aligned, Alignment, Match
 from harness.metrics import Metrics, Tolerance, measure, measure_summaries, tolerance_for
 from harness.trace import ROOT, Leaf, Record, TensorSummary, flatten_tensors, map_tensors
@@ -174,7 +174,8 @@ def _numel(leaf: Leaf) -> int:
 def _adapt(a: Leaf, b: Leaf, forced: Adapter | None, tol: Tolerance) -> tuple[Leaf, Leaf, str | None]:
     """``(a, b)`` brought to one layout: ``a`` in ``b``'s when their shapes differ and an adapter
     explains it (``tol``: see :func:`harness.adapters.find_adapter`), or through ``forced`` whatever
-    their shapes (features in another order keep the shape; statistics do not see the order); or,
+    their shapes (features in another order keep the shape; statistics do not see the order), then
+    the layout that brings its result into ``b``'s shape (:func:`harness.adapters.then_layout`); or,
     when one side computes one position of the other's output, the other side at that position
     (:func:`_position`)."""
     if tuple(a.shape) == tuple(b.shape) and (forced is None or not isinstance(a, torch.Tensor)):
@@ -186,14 +187,11 @@ def _adapt(a: Leaf, b: Leaf, forced: Adapter | None, tol: Tolerance) -> tuple[Le
         return TensorSummary(tuple(b.shape), s.dtype, s.mean, s.std, s.absmax, s.nonfinite), b, "same elements (statistics)"
     if forced is None and a.numel() != b.numel() and min(a.numel(), b.numel()) > 0:
         return _position(a, b, tol)
-    adapter = forced or find_adapter(a, b, tol=tol)
+    # a forced adapter leaving another shape is followed by the layout search (composed)
+    adapter = then_layout(forced, a, b, tol) if forced is not None else find_adapter(a, b, tol=tol)
     if adapter is None:
         return a, b, None
-    try:
-        out = adapter.apply(a)
-    except Exception:  # a user adapter that does not fit this call: the shapes stay different
-        return a, b, None
-    return out, b, adapter.description
+    return adapter.apply(a), b, adapter.description
 
 
 def _position(a: torch.Tensor, b: torch.Tensor, tol: Tolerance) -> tuple[Leaf, Leaf, str | None]:

@@ -518,3 +518,116 @@ class ClassTokenOriginal(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x)[:, 0])
+
+
+class WindowsAsDims(nn.Module):
+    """A window attention of 16 features in 2 heads on a channels-last map ``(B, 8, 8, C)`` cut into
+    4x4 windows kept as dims: the fused ``qkv`` returns ``(B, nh, nw, 4, 4, 3C)``, rows laid out
+    ``(3, heads, head_dim)`` (timm's ``LocallyGroupedAttn``); a norm before it, a residual around."""
+
+    dim, heads, window = 16, 2, 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm, self.qkv, self.proj = nn.LayerNorm(self.dim), nn.Linear(self.dim, 3 * self.dim), nn.Linear(self.dim, self.dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        ws, nh, nw, hd = self.window, h // self.window, w // self.window, c // self.heads
+        windows = self.norm(x).reshape(b, nh, ws, nw, ws, c).transpose(2, 3)
+        q, k, v = self.qkv(windows).reshape(b, nh * nw, ws * ws, 3, self.heads, hd).permute(3, 0, 1, 4, 2, 5)
+        y = attention(q, k, v, hd ** -0.5).transpose(2, 3).reshape(b, nh, nw, ws, ws, c).transpose(2, 3)
+        return x + self.proj(y.reshape(b, h, w, c))
+
+
+class WindowsInBatch(WindowsAsDims):
+    """:class:`WindowsAsDims` written another way: the ``qkv`` rows laid out per head ``(heads, 3,
+    head_dim)``, run on the windows folded into the batch ``(B*nW, 16, C)``, or (``on_map``) on the
+    map before it is cut into windows."""
+
+    def __init__(self, on_map: bool = False) -> None:
+        super().__init__()
+        self.on_map = on_map
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        ws, hd = self.window, c // self.heads
+
+        def windows(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(b, h // ws, ws, w // ws, ws, -1).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, t.shape[-1])
+
+        qkv = windows(self.qkv(self.norm(x))) if self.on_map else self.qkv(windows(self.norm(x)))
+        q, k, v = qkv.reshape(-1, ws * ws, self.heads, 3, hd).permute(3, 0, 2, 1, 4)
+        y = attention(q, k, v, hd ** -0.5).transpose(1, 2).reshape(b, h // ws, w // ws, ws, ws, c)
+        return x + self.proj(y.permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c))
+
+
+def channels_last_maps(seed: int = 0) -> torch.Tensor:
+    return torch.randn(2, 8, 8, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+class PosConv(nn.Module):
+    """timm's Twins position encoding: tokens ``(B, N, C)`` back to the map, a depthwise conv inside
+    a Sequential, the residual added here."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, groups=dim))
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        b, n, c = x.shape
+        feat = x.transpose(1, 2).reshape(b, c, *size)
+        return (self.proj(feat) + feat).flatten(2).transpose(1, 2)
+
+
+class TokensWithPosConv(nn.Module):
+    """A map of 8 channels as tokens, a linear, :class:`PosConv` (held in a ``ModuleList``), a linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Linear(8, 8), nn.Linear(8, 8)])
+        self.pos_block = nn.ModuleList([PosConv()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = tuple(x.shape[-2:])
+        return self.blocks[1](self.pos_block[0](self.blocks[0](x.flatten(2).transpose(1, 2)), size))
+
+
+class ChannelsLastPeg(nn.Module):
+    """A position encoding generator of its own on a channels-last map, owning its depthwise kernel:
+    ``x + dwconv(x)``; ``residual=False``: ``dwconv(x)`` alone."""
+
+    def __init__(self, dim: int = 8, residual: bool = True) -> None:
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.randn(dim, 1, 3, 3)), nn.Parameter(torch.zeros(dim))
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.conv2d(x.permute(0, 3, 1, 2), self.weight, self.bias, padding=1, groups=x.shape[-1]).permute(0, 2, 3, 1)
+        return x + y if self.residual else y
+
+
+class ChannelsLastPegNet(nn.Module):
+    """:class:`TokensWithPosConv` on the channels-last map, with :class:`ChannelsLastPeg` between."""
+
+    def __init__(self, residual: bool = True) -> None:
+        super().__init__()
+        self.local, self.peg, self.glob = nn.Linear(8, 8), ChannelsLastPeg(residual=residual), nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.glob(self.peg(self.local(x.permute(0, 2, 3, 1)))).flatten(1, 2)
+
+
+class BareConvPegNet(nn.Module):
+    """:class:`TokensWithPosConv` with a bare depthwise ``nn.Conv2d`` whose caller adds the residual
+    (``residual=False``: forgets it)."""
+
+    def __init__(self, residual: bool = True) -> None:
+        super().__init__()
+        self.local, self.peg, self.glob = nn.Linear(8, 8), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Linear(8, 8)
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feat = self.local(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        y = self.peg(feat) + feat if self.residual else self.peg(feat)
+        return self.glob(y.flatten(2).transpose(1, 2))
