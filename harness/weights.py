@@ -68,8 +68,10 @@ its weights. The algorithm:
    both sides, the reference's modules (runs of tensors of one module) are put in the order of the
    candidate's modules of the same signature (kinds and shapes of their tensors), the k-th of one
    signature with the k-th (a feature pyramid running each lateral and then its smoothing conv, level
-   by level, against a port running every lateral first); aligned again, that order is kept where it
-   pairs more tensors.
+   by level, against a port running every lateral first), where both sides hold as many modules of
+   that signature (``q``, ``k``, ``v`` per block against a fused ``qk`` and a ``v`` are no twins in
+   turn: they would pair blocks crosswise); aligned again, that order is kept where it pairs more
+   tensors.
    Tables last: a leftover table one side keeps whole and the other in consecutive parts (a
    class row and a patch grid) takes its parts' slices; one with a few more leading rows than a
    leftover table of the other side, otherwise of its shape (a position table covering the class
@@ -110,7 +112,11 @@ its weights. The algorithm:
    split ones) are tried first in every other order, up to four of them: the order of use gives the
    first projection called the first rows, and a port may call ``key``, ``value``, then ``query``
    (transformers' ViT-style attentions); an order is kept only where the disagreeing module then
-   agrees, and is then made in every other block holding siblings of the same names. A
+   agrees, and is then made in every other block holding siblings of the same names. So are split
+   projections some of which take rows of a fused tensor and some a separate tensor of those rows'
+   shape, their tensors moved between the two (timm's ConViT fuses ``qk`` and projects ``v`` after
+   the scores, where a port projects ``q``, ``k``, ``v`` first), and the other way round a fused
+   tensor's parts and a separate one. A
    module whose twin differs in a numeric setting (``eps``, ``approximate``) disagrees whatever the
    weights: no alternative is tried there, and its conflict names the setting; nor around a module that owns no mapped tensor and received what
    its twin received (its own computation differs: a GELU against a tanh), nor around one whose
@@ -135,6 +141,7 @@ import math
 import re
 import string
 import weakref
+from collections import Counter
 from dataclasses import dataclass, replace
 from itertools import combinations, permutations
 from typing import Any, Callable, Iterable
@@ -1057,10 +1064,14 @@ def _units(tensors: list[_Tensor]) -> list[tuple[tuple, list[int]]]:
 def _unit_order(cand_units: list[tuple[tuple, list[int]]],
                 ref_units: list[tuple[tuple, list[int]]]) -> list[int] | None:
     """The reference's tensor indices with its units in the order of their candidate twins; None
-    where that changes nothing."""
+    where that changes nothing. Only a signature both sides hold as many units of has twins: where
+    one side splits what the other fuses (``q``, ``k``, ``v`` in every block against ``qk`` and
+    ``v``), the k-th of one signature is no twin of the k-th, and would pair blocks crosswise."""
     waiting: dict[tuple, list[int]] = {}  # signature -> the candidate units of it, in order
     for u, (sig, _) in enumerate(cand_units):
         waiting.setdefault(sig, []).append(u)
+    held = Counter(sig for sig, _ in ref_units)
+    waiting = {sig: units for sig, units in waiting.items() if len(units) == held[sig]}
     place: list[float] = []
     for sig, _ in ref_units:
         queue = waiting.get(sig)
@@ -1691,7 +1702,9 @@ def map_weights(
     """
     check_module("candidate", candidate)
     check_module("reference", reference)
-    from harness.guards import ModelState  # guards imports the pair registry, which imports this module
+    from harness.guards import ModelState, check_dtypes  # guards imports the pair registry, which imports this module
+
+    check_dtypes(candidate, reference)  # as compare does: before a forward fails on the other side's dtype
 
     # the first-use runs call both models as they are: a model left in training mode would update
     # its batch norms' running statistics, which are part of what is being mapped
@@ -1734,7 +1747,8 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
             # on purpose): no choice of weights can help
             stuck.add(culprit)
             continue
-        for alternative, change in _culprit_first(_alternatives(weights, culprit), weights, culprit):
+        for alternative, change in _culprit_first(_alternatives(weights, culprit, _first_inputs(report)), weights,
+                                                  culprit):
             if budget <= 0:
                 break
             if not isinstance(change, tuple) and _still_fails(report, culprit, alternative, weights, reference, trial):
@@ -1957,14 +1971,16 @@ def _scopes(module: str) -> list[str]:
     return scopes
 
 
-def _alternatives(weights: WeightMap, module: str) -> Iterable[tuple[WeightMap, tuple | _Order | None]]:
+def _alternatives(weights: WeightMap, module: str, inputs: dict[str, torch.Tensor] | None = None,
+                  ) -> Iterable[tuple[WeightMap, tuple | _Order | None]]:
     """Maps differing from ``weights`` in one ambiguous choice around ``module``: a square matrix
     transposed, a patch-embedding kernel flattened channels-last, another permutation of dims of
     equal size (HWIO kernels with C_in == C_out), two same-shaped tensors of one module exchanged,
     or two submodules holding the same tensor shapes exchanged whole (a shortcut projection
     computed before the main branch on one side and after it on the other); first, split projections
-    taking the slices of one fused tensor in another order (:func:`_sibling_orders`). Each comes with
-    the exchange ``(prefix, a, b)`` or the :class:`_Order` it made, or None."""
+    taking the slices of one fused tensor in another order (:func:`_sibling_orders`; ``inputs``: what
+    each candidate module received, :func:`_first_inputs`). Each comes with the exchange ``(prefix,
+    a, b)`` or the :class:`_Order` it made, or None."""
     entries = weights.entries
     seen: set[tuple] = set()
     for scope in _scopes(module):
@@ -1973,7 +1989,7 @@ def _alternatives(weights: WeightMap, module: str) -> Iterable[tuple[WeightMap, 
         # siblings first: where the rows of a fused projection went to the wrong split ones, no
         # layout of one tensor can help, and each order costs a comparison where the culprit cannot
         # be re-run alone
-        for order in _sibling_orders(entries, inside, prefix):
+        for order in _sibling_orders(entries, inside, prefix, inputs):
             if order not in seen:
                 seen.add(order)
                 yield replace(weights, entries=_reordered(entries, order)), order
@@ -2018,22 +2034,27 @@ class _Order:
     k-th, the slices the ``order[k]``-th had; ``parts``: the fused module ``owners[0]`` (each of its
     tensors a concatenation of siblings' tensors) concatenates its parts in ``order``; ``peers``: the
     split modules ``owners`` (each taking one split module's tensors as they are) take, the k-th,
-    what the ``order[k]``-th took (:func:`_peer_families`)."""
+    what the ``order[k]``-th took (:func:`_peer_families`); ``mixed``: the slots ``owners`` (with
+    ``parts``) take, the k-th, what the ``order[k]``-th took (:func:`_mixed_families`)."""
 
     prefix: str
     kind: str
     owners: tuple[str, ...]
     order: tuple[int, ...]
+    parts: tuple[int | None, ...] = ()  # mixed: the part of its owner's concatenated tensors each slot is
+    pattern: tuple = ()  # mixed: where each slot's tensors come from (:class:`_Family`)
 
 
-def _sibling_orders(entries: list[Entry], inside: list[int], prefix: str) -> Iterable[_Order]:
+def _sibling_orders(entries: list[Entry], inside: list[int], prefix: str,
+                    inputs: dict[str, torch.Tensor] | None = None) -> Iterable[_Order]:
     """Every other order of split projections against a fused one (or against split ones:
     :func:`_peer_families`) under ``prefix``. The order of
     use gives the k-th projection called the k-th slice of the fused tensor; a port may call them in
     another order than the fused rows hold them (transformers' YOLOS calls key, value, then query),
     and what decides is what the attention uses each one as. Only where the siblings take slices of
     (or form) tensors of equal parts, up to ``_ORDERED_SIBLINGS`` of them: where the disagreeing
-    module can be re-run alone, an order costs a comparison only if the module then agrees."""
+    module can be re-run alone, an order costs a comparison only if the module then agrees. Last,
+    the orders moving a separate tensor into a fused one's rows (:func:`_mixed_families`)."""
     families: dict[tuple[str, str], list[str]] = {}  # (kind, fused key) -> owners, in order of first entry
     for k in inside:
         e = entries[k]
@@ -2057,6 +2078,13 @@ def _sibling_orders(entries: list[Entry], inside: list[int], prefix: str) -> Ite
             candidate = _Order(prefix, kind, tuple(owners), order)
             if list(order) != sorted(order) and _reordered(entries, candidate) is not None:
                 yield candidate
+    for family in _mixed_families(entries, inside, prefix, inputs):
+        separate = [k for k, (_, part) in enumerate(family.slots) if part is None and family.whole[k]]
+        for order in permutations(range(len(family.slots))):
+            # an order moving no separate tensor reorders the fused rows alone: tried above
+            if any(order[k] != k for k in separate):
+                yield _Order(prefix, "mixed", tuple(owner for owner, _ in family.slots), order,
+                             tuple(part for _, part in family.slots), family.pattern)
 
 
 def _peer_families(entries: list[Entry], inside: list[int], prefix: str) -> dict[tuple[str, str], list[str]]:
@@ -2082,6 +2110,139 @@ def _peer_families(entries: list[Entry], inside: list[int], prefix: str) -> dict
     return {key: owners for key, owners in families.items() if len(owners) >= 2}
 
 
+@dataclass
+class _Family:
+    """Slots taking tensors of one fused reference module and of separate ones alike. ``slots``:
+    (candidate module relative to the prefix, the part of its concatenated tensors, or None where
+    it takes one tensor per tensor); ``sources``: per slot, leaf -> (entry index, reference key,
+    its shape, the rows it takes or None, the steps after them); ``whole``: per slot, whether it
+    takes whole tensors; ``pattern``: per slot, its source module relative to the reference parent
+    and the rows it takes, which another block must repeat to take the same order."""
+
+    slots: tuple[tuple[str, int | None], ...]
+    sources: tuple[dict[str, tuple[int, str, tuple[int, ...], Step | None, tuple[Step, ...]]], ...]
+    whole: tuple[bool, ...]
+    pattern: tuple
+
+
+def _mixed_families(entries: list[Entry], inside: list[int], prefix: str,
+                    inputs: dict[str, torch.Tensor] | None = None) -> list[_Family]:
+    """Split projections against a fused one beside a separate one of the same shape: timm's ConViT
+    fuses query and key into ``qk`` and projects ``v`` after the attention scores, where a port
+    projects ``q``, ``k`` and ``v`` before them; the order of use then gives ``q`` the separate
+    tensor and ``k``, ``v`` the fused rows (or, the other way round, a fused ``qk`` the split ``k`` and
+    ``v``). Slots (:func:`_slots`) of one candidate parent, fed from modules of one reference parent,
+    alike in every tensor's name, shape and further steps, and reading one input where ``inputs``
+    tells (an output projection reads what the others computed: no part of them), form a family
+    where some take a fused tensor's rows (or are parts) and some a separate tensor whole; up to
+    ``_ORDERED_SIBLINGS``."""
+    slots = _slots(entries, inside, prefix)
+    groups: dict[tuple, list[tuple[str, int | None]]] = {}
+    for slot, leaves in slots.items():
+        signature = tuple(sorted((leaf, (*_rows_taken(shape, cut), *shape[1:]), str(rest))
+                                 for leaf, (_, _, shape, cut, rest) in leaves.items()))
+        source = owner_of(next(iter(leaves.values()))[1])
+        groups.setdefault((owner_of(slot[0]), owner_of(source), signature), []).append(slot)
+    found = []
+    for group in groups.values():
+        for members in _fed_alike(group, {slot: (inputs or {}).get(prefix + slot[0]) for slot in group}):
+            family = _family(slots, members)
+            fused = [part is not None or not whole for (_, part), whole in zip(members, family.whole)]
+            parted = any(part is not None for _, part in members)
+            if 2 <= len(members) <= _ORDERED_SIBLINGS and any(fused) and not all(fused) \
+                    and not (parted and not all(family.whole)):  # a part holds a whole tensor, never rows of one
+                found.append(family)
+    return found
+
+
+def _slots(entries: list[Entry], inside: list[int], prefix: str) -> dict[tuple[str, int | None], dict[str, tuple]]:
+    """Slots under ``prefix``: a candidate module, or one part of a module whose tensors are each
+    concatenated from equal parts, taking its tensors from one reference module, whole or a dim-0
+    slice each. Per slot (module relative to ``prefix``, part or None): leaf -> (entry index,
+    reference key, its shape, the rows it takes or None, the steps after them)."""
+    slots: dict[tuple[str, int | None], dict[str, tuple]] = {}
+    broken: set[str] = {""}  # owners with a tensor taken otherwise: no slot; nor the prefix's own tensors
+    for k in inside:
+        e = entries[k]
+        owner, leaf = owner_of(e.candidate)[len(prefix):], _leaf(e.candidate)
+        cut = e.steps[0] if e.steps and e.steps[0]["op"] == "slice" and e.steps[0]["dim"] == 0 else None
+        if len(e.reference) == 1:
+            slots.setdefault((owner, None), {})[leaf] = (k, e.reference[0], e.reference_shapes[0], cut,
+                                                         e.steps[1:] if cut else e.steps)
+        elif e.steps == ({"op": "concat", "dim": 0, "sizes": [s[0] for s in e.reference_shapes]},) \
+                and len(set(e.reference_shapes)) == 1:
+            for part, (key, shape) in enumerate(zip(e.reference, e.reference_shapes)):
+                slots.setdefault((owner, part), {})[leaf] = (k, key, shape, None, ())
+        else:
+            broken.add(owner)
+    return {slot: leaves for slot, leaves in slots.items()
+            if slot[0] not in broken and len({owner_of(source[1]) for source in leaves.values()}) == 1}
+
+
+def _family(slots: dict[tuple[str, int | None], dict[str, tuple]], members: list[tuple[str, int | None]]) -> _Family:
+    """The :class:`_Family` of the slots ``members`` (see :func:`_slots`)."""
+    sources = tuple(slots[slot] for slot in members)
+    modules = [owner_of(next(iter(leaves.values()))[1]) for leaves in sources]
+    parent = owner_of(modules[0])
+    pattern = tuple((module[len(parent) + 1 if parent else 0:],
+                     tuple(sorted((leaf, _rows_taken(s[2], s[3])) for leaf, s in leaves.items())))
+                    for module, leaves in zip(modules, sources))
+    whole = tuple(all(source[3] is None for source in leaves.values()) for leaves in sources)
+    return _Family(tuple(members), sources, whole, pattern)
+
+
+def _fed_alike(slots: list[tuple[str, int | None]], inputs: dict[tuple[str, int | None], torch.Tensor | None],
+               ) -> list[list[tuple[str, int | None]]]:
+    """``slots`` in groups reading equal inputs, each in order; a slot whose input is not known
+    joins every group."""
+    groups: list[list[tuple[str, int | None]]] = []
+    for slot in (slot for slot in slots if inputs[slot] is not None):
+        group = next((g for g in groups if _equal(inputs[g[0]], inputs[slot])), None)
+        if group is None:
+            groups.append([slot])
+        else:
+            group.append(slot)
+    return [[slot for slot in slots if inputs[slot] is None or slot in group] for group in groups or [[]]]
+
+
+def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a is b or a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+
+
+def _first_inputs(report: Any) -> dict[str, torch.Tensor]:
+    """What each candidate module of ``report``'s rows received first (its first tensor input)."""
+    found: dict[str, torch.Tensor] = {}
+    for row in report.rows:
+        t = row.match.candidate.first_input
+        if t is not None:
+            found.setdefault(row.candidate, t)
+    return found
+
+
+def _rows_taken(shape: tuple[int, ...], cut: Step | None) -> tuple[int, ...]:
+    """The number of rows of a tensor of ``shape`` a dim-0 slice ``cut`` takes (all without one)."""
+    return (cut["stop"] - cut["start"],) if cut is not None else shape[:1]
+
+
+def _sources_moved(entries: list[Entry], family: _Family, order: tuple[int, ...]) -> list[Entry]:
+    """``entries`` with the k-th slot of ``family`` taking, tensor by tensor, what the
+    ``order[k]``-th took: a part of a concatenation another reference tensor, a split tensor another
+    reference tensor, whole or the rows it takes, through its own steps after them."""
+    changed = list(entries)
+    for k, (_, part) in enumerate(family.slots):
+        for leaf, (at, _, _, _, rest) in family.sources[k].items():
+            _, key, shape, cut, _ = family.sources[order[k]][leaf]
+            e = changed[at]
+            if part is None:
+                changed[at] = replace(e, reference=(key,), reference_shapes=(shape,),
+                                      steps=(cut, *rest) if cut is not None else rest)
+            else:
+                changed[at] = replace(e, reference=(*e.reference[:part], key, *e.reference[part + 1:]),
+                                      reference_shapes=(*e.reference_shapes[:part], shape,
+                                                        *e.reference_shapes[part + 1:]))
+    return changed
+
+
 def _parts(entries: list[Entry], owner: str) -> tuple[str, ...] | None:
     """The source modules, in order, of the fused module ``owner``'s tensors, each a concatenation
     of equal parts along dim 0 (``qkv.weight <- cat(q.weight, k.weight, v.weight)``); None if not so."""
@@ -2100,6 +2261,14 @@ def _parts(entries: list[Entry], owner: str) -> tuple[str, ...] | None:
 def _reordered(entries: list[Entry], order: _Order) -> list[Entry] | None:
     """``entries`` with the siblings in ``order`` (see :class:`_Order`); None where the entries
     under its prefix are not built so (another block, looked at for the same change)."""
+    if order.kind == "mixed":
+        slots = _slots(entries, [k for k, e in enumerate(entries) if e.candidate.startswith(order.prefix)],
+                       order.prefix)
+        members = list(zip(order.owners, order.parts))
+        if any(slot not in slots or set(slots[slot]) != set(slots[members[0]]) for slot in members):
+            return None
+        family = _family(slots, members)
+        return _sources_moved(entries, family, order.order) if family.pattern == order.pattern else None
     if order.kind == "parts":
         if _parts(entries, order.prefix + order.owners[0]) is None:
             return None
