@@ -31,13 +31,17 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    ``matmul``, ``addcmul(x, a, b)`` -> ``a * b`` then ``x + ...`` (the ops a port writes for it),
    an adaptive average pool to size 1 -> ``mean`` over its spatial dims, kept; a mean of a mean,
    kept, over other dims -> one mean over both; a pad of zero width vanishes; ``baddbmm(x, a, b,
-   beta, alpha)`` -> ``a @ b``, ``* alpha``, ``beta * x +``, each where it computes something), non-tensor
+   beta, alpha)`` -> ``a @ b``, ``* alpha``, ``beta * x +``, each where it computes something; ``1 - x``,
+   which Python calls as ``x.__rsub__(1)``, -> ``sub(1, x)``, never ``x - 1``), non-tensor
    arguments are bound to parameter names with their defaults (``eps``, ``approximate``,
    ``dim`` made non-negative, ``stride`` as a tuple), and tensor arguments that are the module's
    parameters or buffers (or views of them) are named (``gamma``), with their values as stored
    and as passed (a kernel stored HWIO, permuted for the conv), read before the op runs (an
    ``embedding`` looked up at position ids held as a buffer is a view of its table); an op
-   that only updates the module's own state (``num_batches_tracked += 1``) is no computation. A written-out attention
+   that only updates the module's own state (``num_batches_tracked += 1``) is no computation; what
+   the forward computes from no input and no parameter (offsets from ``arange`` and ``meshgrid``) is
+   no op either but a constant operand of the ops reading it, compared by value as a buffer is. A
+   softmax written out as ``exp(x - max) / sum`` is one ``softmax`` wherever it stands. A written-out attention
    ``softmax((q * s) @ k^T) @ v`` (the softmax written out as ``exp(x - max) / sum`` over the keys
    too) becomes one ``scaled_dot_product_attention`` with its effective ``scale`` and its mask:
    all that is added to the scores before the softmax (a bias, then a window mask), compared by
@@ -113,7 +117,10 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    values); an op missing in a module that the candidate ran on the module's input before it (it
    receives what that op, re-run on the reference's input, gives: a ReLU before the norm whose
    reference applies it after) is that op applied before the module. A moved op reading parameters
-   is named with them (a talking-heads mix applied after the softmax).
+   is named with them (a talking-heads mix applied after the softmax). A join found extra before
+   the diverging pair and missing after it, joining on both sides one value that agrees (the
+   block's input: a residual add) with what the pair's op takes or gives, keeps its place: the
+   pair's op is in another place (a layer scale applied to the sum, not the branch), named so.
    Ops of other names in each other's place are findings only where their results differ and, after
    the first such op, where their inputs agree: another spelling of one operation (``relu6`` for
    ``hardtanh(0, 6)``) is none, and an op that only receives what a replaced op before it changed
@@ -132,12 +139,19 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    The first pair whose output differs (float64 tolerance, widened by a few units in the last place
    of the dtype the models were compared at, where the copies are wider: a port's weights folded or
    converted at float32 differ from the reference by that rounding, which no port at that dtype avoids)
-   is the divergence. It is explained by
-   the pending missing / extra / different ops, an attention's head count where its q, k and v hold
+   is the divergence. Two products joined by one add whose factors all agree with the reference's,
+   grouped otherwise (a gate's ``g`` and ``1 - g`` exchanged between the branches it mixes), are
+   said as those factors exchanged, before anything else. Otherwise it is explained by
+   the pending missing / extra / different ops (not one whose result reaches the pair only through
+   operands that agree with the other side's: a mask built with ``masked_fill(~keep, -inf)`` where
+   the reference's attention converts a padding mask itself), an attention's head count where its q, k and v hold
    as many values for as many tokens in heads of another size (said before the scale
    ``1/sqrt(head size)`` that follows from it, which is then no finding; also where one side folds
    the heads into the batch for ``bmm``, and where both do, counted by the batch of the module's
-   tokens), its differing non-tensor arguments (not ``inplace``
+   tokens), a mask masking other positions than the reference's (how many it masks that the
+   reference keeps and keeps that it masks, and its polarity said inverted where it masks just
+   what the reference keeps), its differing non-tensor arguments (a number in the other operand's
+   place, ``x - 1`` against ``1 - x``, as operands in another order; not ``inplace``
    or ``keepdim``, which say only where or in what shape the result is written; a None an op reads
    as a value, ``align_corners``, is that value; a number passed where the other side passes a
    parameter names that parameter: a layer scale left ``1.0``), a parameter
@@ -179,7 +193,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    only through a layout adapter (a conv run on a map with H and W exchanged). Outputs agree in any
    layout (:mod:`harness.adapters`): an einsum may write ``(B, N, H, D)`` where the fused attention
    writes ``(B, H, N, D)``, a token-mixing einsum ``(B, N, C)`` where a linear on transposed tokens
-   writes ``(B, C, N)``, even with ``N == C``. A pair agreeing only with two axes of one size exchanged,
+   writes ``(B, C, N)``, even with ``N == C``; a value computed once agrees with its copies per batch
+   element (scores of a position table the other side expands over the batch first). A pair agreeing only with two axes of one size exchanged,
    which no layout convention does (tokens and heads, as many of each: ``q * scale`` on q split per
    token against the reference's per head), is held: a later op it feeds agreeing as it is shows the
    layout harmless, and the search goes on; an op differing first is explained at the held pair (a
@@ -252,8 +267,12 @@ _ALIASES = {
     "bmm": "matmul", "mm": "matmul", "view": "reshape", "_unsafe_view": "reshape", "swapaxes": "transpose",
     "swapdims": "transpose", "T": "transpose", "mT": "transpose", "t": "transpose", "concat": "cat",
     "concatenate": "cat", "_softmax": "softmax", "special_softmax": "softmax", "view_as": "reshape",
-    "reshape_as": "reshape", "flatten": "reshape", "unflatten": "reshape", "getitem": "index",
+    "reshape_as": "reshape", "flatten": "reshape", "unflatten": "reshape", "getitem": "index", "rsub": "sub",
 }
+# reflected spellings of operations whose operands do not commute: ``1 - x`` calls ``x.__rsub__(1)``,
+# recorded as ``sub(1, x)`` (as ``torch.sub(one, x)`` is), never as ``x - 1``
+_REFLECTED = frozenset({"__rsub__", "__rtruediv__", "__rdiv__", "__rpow__", "__rmatmul__", "__rfloordiv__",
+                        "__rmod__", "rsub"})
 LAYOUT = frozenset({
     "reshape", "permute", "transpose", "contiguous", "squeeze", "unsqueeze", "expand", "expand_as",
     "repeat", "unbind", "chunk", "split", "tensor_split", "index", "narrow", "select", "cat", "stack",
@@ -452,6 +471,8 @@ class OpRecorder(TorchFunctionMode):
         if any(id(t) in self._roots and self._roots[id(t)] is t for t in outs):
             return  # an update of the module's own state (num_batches_tracked += 1), not computation
         name = canonical_name(func)
+        if getattr(func, "__name__", None) in _REFLECTED and len(args) >= 2:
+            args = (args[1], args[0], *args[2:])
         if name in _WRITTEN_OUT and len(args) == 3 and set(kwargs) <= {"value"} \
                 and isinstance(kwargs.get("value", 1), (int, float)):
             return self._record_written_out(name, args, kwargs.get("value", 1), out, before)
@@ -496,6 +517,14 @@ class OpRecorder(TorchFunctionMode):
             # a lookup at fixed indices (position ids held as a buffer) is a view of its table: an
             # ``add`` of it is an add of the table, compared with the reference's position parameter
             kind, first = "layout", bound["weight"]
+        if self._constant_from(name, [*tensors.values(), *(t for v in tensor_lists.values() for t in v)]) \
+                and self._constant_from(name, list(flatten_tensors((args, kwargs)).values())):
+            # computed from no input and no parameter (offsets from arange and meshgrid, stacked): a
+            # constant operand, its own store, compared by value where read, as the reference's buffer is
+            for t in outs:
+                self._provenance[id(t)], self._roots[id(t)] = _CONSTANT.format(name), t
+            self._alive.append(out)
+            return
         if kind != "compute" and first is not None and id(first) in self._provenance and all(
                 id(t) in self._provenance for v in tensor_lists.values() for t in v):
             # a view of a parameter is that parameter; not so a cat of it with activations (a cls token)
@@ -523,6 +552,11 @@ class OpRecorder(TorchFunctionMode):
         for i in op.out_ids:
             self._producers.setdefault(i, []).append(op.index)
         self.ops.append(op)
+
+    def _constant_from(self, name: str, tensors: list[torch.Tensor]) -> bool:
+        """Whether an op reading ``tensors`` computes a constant: each one is (none for a factory such
+        as ``arange``); a random draw is none."""
+        return not name.startswith(_RANDOM) and all(_is_constant(self._provenance.get(id(t), "")) for t in tensors)
 
     def _record_written_out(self, name: str, args: tuple, value: float, out: Any, before: dict[int, torch.Tensor]) -> None:
         """``addcmul(x, a, b, value=v)`` (``addcdiv``) recorded as the ops a port writes for it:
@@ -592,6 +626,16 @@ class OpRecorder(TorchFunctionMode):
         """:meth:`value`, or the module's own input of that id."""
         found = self.value(tensor_id, before)
         return found if found is not None else self.given.get(tensor_id)
+
+
+_CONSTANT = "a constant from {}"  # the name of a tensor computed from no input and no parameter, after its op
+_RANDOM = ("rand", "normal", "bernoulli", "multinomial", "poisson", "dropout", "uniform", "exponential", "geometric",
+           "cauchy", "log_normal")  # draws: no constant
+
+
+def _is_constant(name: str) -> bool:
+    """Whether an operand's name is that of a constant the forward computes (no parameter's name)."""
+    return name.startswith(_CONSTANT.split("{", 1)[0])
 
 
 _OPEN = torch.empty(0)  # the place of a recorded call's activation input (a tensor: map_tensors visits it)
@@ -921,6 +965,21 @@ def _written_softmax(rec: OpRecorder, div: Op) -> tuple[Op, list[Op]] | None:
     return softmax, parts
 
 
+def _fold_softmax(rec: OpRecorder, stream: list[Op]) -> list[Op]:
+    """A softmax written out where no attention absorbs it (scores mixed with others before the
+    product with the values, as a gated attention mixes content and position scores) made one
+    ``softmax``, as an attention's own is: :func:`_written_softmax`."""
+    out: list[Op] = []
+    for op in stream:
+        found = _written_softmax(rec, op) if op.name == "div" else None
+        if found is None or not all(any(o is part for o in out) for part in found[1][:-1]):
+            out.append(op)
+            continue
+        out = [o for o in out if all(o is not part for part in found[1])]
+        out.append(found[0])
+    return out
+
+
 def _one_dim(reduction: Op) -> int | None:
     """The one dim a reduction runs over, counted from the front (None for several or all)."""
     dim = reduction.args.get("dim", reduction.args.get("arg1"))
@@ -1027,7 +1086,7 @@ def record_ops(module: nn.Module, args: tuple, kwargs: dict,
             op.args["_q_last"] = _sdpa_head_dim(rec, op)
         if op.name == "scaled_dot_product_attention":
             _take_mask(rec, op)
-    stream = _fold_linear(rec, _fold_attention(rec))
+    stream = _fold_linear(rec, _fold_softmax(rec, _fold_attention(rec)))
     stream = _fold_pool_pad(rec, _fold_pad(rec, _fold_patches(rec, stream)))
     return rec, _fold_reductions(rec, _fold_batch_norm(rec, stream)), out
 
@@ -1607,6 +1666,8 @@ def _outputs_agree(c: list[torch.Tensor], r: list[torch.Tensor], tol: Tolerance,
     for a, b in zip(c, r):
         if not (a.is_floating_point() or a.is_complex()):
             a, b = a.double(), b.double()
+        if a.ndim != b.ndim and (copies := _broadcast_copies(a, b)) is not None:
+            a, b = copies  # computed once where the other side computes it per batch element, as copies
         if agreeing_layout(a, b, tol, same_shape=same_shape) is None:
             return False
     return True
@@ -1665,14 +1726,24 @@ def _unpaired_finding(base: str, tag: str, op: Op, stream_other: list[Op], pos: 
         # candidate's copies is the module that should have applied it
         prefix = "" if ref_name in ("", ROOT) else ref_name + "."
         return {**_finding(module, "missing_op", op.name, None, None, op.name, text),
-                "reads": sorted(prefix + name for name in op.params.values())}
+                "reads": sorted(prefix + name for name in op.params.values() if not _is_constant(name))}
     text = f"{module}: extra {_op_label(op)} in the candidate {where}; the reference has none"
     return _finding(module, "extra_op", op.name, None, op.name, None, text)
 
 
 def _argument_findings(module: str, c: Op, r: Op) -> list[dict]:
-    out = []
+    out, skip = [], ()
+    c_side, r_side = _number_operand(c), _number_operand(r)
+    if c_side and r_side and c_side[0] != r_side[0] and c.name == r.name:
+        # ``x - 1`` against ``1 - x``: one number in the other operand's place, not two arguments
+        shown = (lambda side: f"{c.name}(x, {_show(side[1])})" if side[0] != _OPERAND_NAMES[c.name][0]
+                 else f"{c.name}({_show(side[1])}, x)")
+        text = f"{module}: {shown(c_side)} in the candidate, {shown(r_side)} in the reference: operands in another order"
+        out.append(_finding(module, "argument", c.name, "operands", shown(c_side), shown(r_side), text))
+        skip = _OPERAND_NAMES[c.name]
     for key in sorted(set(c.args) | set(r.args), key=lambda k: (k not in ("eps", "approximate", "scale", "dim"), k)):
+        if key in skip:
+            continue
         a, b = _meant(c.name, key, c.args.get(key)), _meant(r.name, key, r.args.get(key))
         if key.startswith("arg") and (key not in c.args or key not in r.args):
             continue  # positional leftovers of different spellings
@@ -1699,6 +1770,17 @@ def _argument_findings(module: str, c: Op, r: Op) -> list[dict]:
                         f"constant {_show(b)}")
             out.append(_finding(module, "argument", op, key, a, b, text))
     return out
+
+
+# the two operands of binary ops whose order matters, as bound
+_OPERAND_NAMES = {"sub": ("input", "other"), "div": ("input", "other"), "pow": ("input", "exponent")}
+
+
+def _number_operand(op: Op) -> tuple[str, Any] | None:
+    """``(argument, number)`` of a binary op one of whose two operands is a number (``1 - x``)."""
+    names = _OPERAND_NAMES.get(op.name)
+    found = [(k, op.args[k]) for k in names or () if _number(op.args.get(k))]
+    return found[0] if len(found) == 1 and len(op.input_ids) + len(op.params) == 1 else None
 
 
 def _parameter_in_place(op: Op, key: str, own: Any, other: Any) -> str | None:
@@ -1778,11 +1860,27 @@ def _same_axes(c_shape: tuple[int, ...], c_dim: Any, r_shape: tuple[int, ...], r
         return False
     if any(d >= len(c_shape) for d in c_dims) or any(d >= len(r_shape) for d in r_dims):
         return False
+    c, r = _unit_axes_left_out(c_shape, c_dims), _unit_axes_left_out(r_shape, r_dims)
+    if c is not None and r is not None and (c[0], r[0]) != (c_shape, r_shape):
+        return c == r or _same_axes(*c, *r)  # a (1, H, N, N) map against its (H, N, N) twin
+    lead = len(r_shape) - len(c_shape)
+    if lead and (c_shape[-lead:] if lead < 0 else r_shape[lead:]) == (r_shape if lead < 0 else c_shape):
+        # one side computes per batch element what the other computes once (a table's scores): the same axes
+        return [d - len(c_shape) for d in c_dims] == [d - len(r_shape) for d in r_dims]
     if sorted(c_shape) != sorted(r_shape):
         return _same_merged_axes(c_shape, c_dims, r_shape, r_dims)
     sizes = sorted(c_shape[d] for d in c_dims)
     return sizes == sorted(r_shape[d] for d in r_dims) \
         and all(sizes.count(n) == c_shape.count(n) for n in sizes)
+
+
+def _unit_axes_left_out(shape: tuple[int, ...], dims: tuple[int, ...]) -> tuple | None:
+    """``(shape, dims)`` without the axes of size 1, ``dims`` counted among the others; None where a
+    dim names an axis of size 1."""
+    kept = [d for d, n in enumerate(shape) if n != 1]
+    if any(d not in kept for d in dims):
+        return None
+    return tuple(shape[d] for d in kept), tuple(kept.index(d) for d in dims)
 
 
 def _same_merged_axes(c_shape: tuple[int, ...], c_dims: tuple[int, ...], r_shape: tuple[int, ...],
@@ -1836,6 +1934,7 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
         if passed is not None and torch.equal(passed[0], passed[1].to(passed[0].dtype)):
             continue  # the op receives the same values, however each side stores and lays them out
         name, ref_name = c.params[key], r.params[r_key]
+        name = f"{key} ({name})" if _is_constant(name) else name
         stored = _stored_right(c.param_values[key], r.param_values[r_key],
                                expected(name) if expected is not None else None)
         other = _role_holding(r, r_key, passed_c) if stored is not None else None
@@ -2131,12 +2230,25 @@ def _in_one_layout(a: torch.Tensor, b: torch.Tensor, *,
     compared as they lie."""
     if a.shape == b.shape:
         return a, b
+    if as_passed and (expanded := _broadcast_copies(a, b)) is not None:
+        return expanded  # a table expanded over the batch holds, in each copy, what the other side's holds
     if as_passed and unit_axes_dropped(a.shape) == unit_axes_dropped(b.shape):
         # axes of size 1 added or dropped move no value (a linear's weight against its 1x1 conv's):
         # a permutation there would pass a square matrix transposed for the same values
         return a.reshape(b.shape), b
     adapter = find_adapter(a, b)
     return None if adapter is None else (adapter.apply(a), b)
+
+
+def _broadcast_copies(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``a`` and ``b`` in one shape where one is the other's shape with leading axes of copies (an
+    ``expand`` over the batch: each copy holds the same values); None otherwise."""
+    small, big = (a, b) if a.ndim < b.ndim else (b, a)
+    lead = big.ndim - small.ndim
+    if lead == 0 or big.shape[lead:] != small.shape \
+            or not torch.equal(big, big[(0,) * lead].expand(big.shape)):
+        return None
+    return (a.expand(b.shape), b) if small is a else (a, b.expand(a.shape))
 
 
 def _operand_difference(passed: tuple[torch.Tensor, torch.Tensor] | None, stored_c: torch.Tensor,
@@ -2159,8 +2271,9 @@ def _mask_findings(module: str, c: Op, r: Op, tol: Tolerance) -> list[dict]:
         return []  # another layout of the scores: nothing elementwise to say
     if _outputs_agree([a], [b], tol):
         return []
-    finite = torch.isfinite(a) & torch.isfinite(b)
-    err = (a - b)[finite].abs().max().item() if finite.any() else float("nan")
+    masked_a, masked_b = _masked(a), _masked(b)
+    kept = ~masked_a & ~masked_b
+    err = (a - b)[kept].abs().max().item() if kept.any() else 0.0
     where = f"{module}: {c.name} attn_mask (the bias or mask added to the attention scores)"
     built = lambda op: f" (built from {', '.join(op.mask_params)})" if op.mask_params else ""
     dims = next((d for d in shape_permutations(tuple(b.shape), tuple(a.shape))
@@ -2169,9 +2282,35 @@ def _mask_findings(module: str, c: Op, r: Op, tol: Tolerance) -> list[dict]:
         text = f"{where}{built(c)} holds the reference's values{built(r)} with its dims permuted {dims} (transposed?)"
         return [_finding(module, "argument", c.name, "attn_mask", f"attn_mask (permuted {dims})",
                          ", ".join(r.mask_params) or "attn_mask", text)]
-    text = f"{where}{built(c)} holds other values than the reference's{built(r)} (max_abs difference {err:.3e})"
-    return [_finding(module, "argument", c.name, "attn_mask", "attn_mask (other values)",
+    if torch.equal(masked_a, masked_b):
+        text = f"{where}{built(c)} holds other values than the reference's{built(r)} (max_abs difference {err:.3e})"
+        return [_finding(module, "argument", c.name, "attn_mask", "attn_mask (other values)",
+                         ", ".join(r.mask_params) or "attn_mask", text)]
+    rest = f"; where both keep a position, max_abs difference {err:.3e}" if err > tol.atol else ""
+    text = f"{where}{built(c)} {_masked_otherwise(masked_a, masked_b)}{rest}"
+    return [_finding(module, "argument", c.name, "attn_mask", "attn_mask (masks other positions)",
                      ", ".join(r.mask_params) or "attn_mask", text)]
+
+
+def _masked(mask: torch.Tensor) -> torch.Tensor:
+    """Where an additive mask masks: ``-inf``, or a value as low as a port writes for it (the dtype's minimum)."""
+    return ~torch.isfinite(mask) | (mask <= torch.finfo(mask.dtype).min / 2)
+
+
+def _masked_otherwise(a: torch.Tensor, b: torch.Tensor) -> str:
+    """How the positions mask ``a`` masks differ from those ``b`` masks (both of one shape), counted
+    once along each axis where neither varies (the heads and queries of a key padding mask): how
+    many it masks that ``b`` keeps and keeps that ``b`` masks; said inverted where, over the keys
+    either masks anywhere, it masks exactly what ``b`` keeps (a padding mask of the other polarity)."""
+    for d in reversed(range(a.ndim)):
+        if a.ndim > 1 and all(torch.equal(t, t.narrow(d, 0, 1).expand_as(t)) for t in (a, b)):
+            a, b = a.select(d, 0), b.select(d, 0)
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    shape = " x ".join(str(n) for n in a.shape) or "1"
+    text = f"masks {only_a} position(s) the reference keeps and keeps {only_b} it masks (of {shape} positions)"
+    keys = (a | b).reshape(-1, a.shape[-1]).any(0) if a.ndim else a | b
+    inverted = bool(keys.any()) and torch.equal(a[..., keys], ~b[..., keys]) if a.ndim else bool(a != b)
+    return text + (": its polarity looks inverted" if inverted else "")
 
 
 def _stored_right(stored: torch.Tensor, reference: torch.Tensor, mapped: torch.Tensor | None) -> str | None:
@@ -2405,7 +2544,9 @@ def rearrangement(candidate: torch.Tensor, reference: torch.Tensor, tol: Toleran
     which do not change when the other axes are reordered (:func:`_pairing`); sorting both sides by
     them pairs the positions, and the reference reordered by every pairing found must then agree
     with the candidate. An axis whose pairing moves only slices holding one value (rows of zeros)
-    is said nothing of: any order of it gives the reference."""
+    is said nothing of: any order of it gives the reference. Where the pairings found together do not
+    give it, one axis reordered alone may (relative offsets on a grid with x and y exchanged: many
+    tokens look alike, and their pairing moves them for nothing)."""
     a, b = candidate.detach().double(), reference.detach().double()
     orders: list[tuple[int, torch.Tensor]] = []
     for d, n in enumerate(a.shape):
@@ -2417,14 +2558,49 @@ def rearrangement(candidate: torch.Tensor, reference: torch.Tensor, tol: Toleran
         # an order moving only slices that hold one value (rows of zeros) changes nothing: no claim
         if not torch.equal(order, torch.arange(n)) and not torch.equal(b.index_select(d, order), b):
             orders.append((d, order))
-    if not orders:
-        return []
     reordered = b
     for d, order in orders:
         reordered = reordered.index_select(d, order)
     if not measure(a, reordered).passes(tol):
-        return []
+        return _one_axis_reordered(a, b, tol)
     return [(d, _moves_text(order.tolist())) for d, order in orders]
+
+
+_TIED_ORDERS = 120  # pairings of look-alike slices tried along one axis
+
+
+def _one_axis_reordered(a: torch.Tensor, b: torch.Tensor, tol: Tolerance) -> list[tuple[int, str]]:
+    """``b`` reordered along one axis alone into ``a``, look-alike slices paired every way (channels
+    holding the same values, x and y offsets of a grid, exchanged), where few are alike; [] if none."""
+    for d in range(a.ndim):
+        for order in _tied_pairings(a, b, d):
+            if not torch.equal(order, torch.arange(a.shape[d])) and measure(a, b.index_select(d, order)).passes(tol):
+                return [(d, _moves_text(order.tolist()))]
+    return []
+
+
+def _tied_pairings(a: torch.Tensor, b: torch.Tensor, d: int) -> Iterable[torch.Tensor]:
+    """Each pairing of ``a``'s positions along ``d`` with ``b``'s whose slices look alike
+    (:func:`_slice_features`), while they are few (:data:`_TIED_ORDERS`)."""
+    a_features, b_features = _slice_features(a, d), _slice_features(b, d)
+    if sorted(a_features) != sorted(b_features):
+        return
+    groups = [([i for i, f in enumerate(a_features) if f == g], [j for j, f in enumerate(b_features) if f == g])
+              for g in dict.fromkeys(a_features)]
+    if math.prod(math.factorial(len(mine)) for mine, _ in groups) > _TIED_ORDERS:
+        return
+    for choice in itertools.product(*(itertools.permutations(theirs) for _, theirs in groups)):
+        order = torch.empty(a.shape[d], dtype=torch.long)
+        for (mine, _), theirs in zip(groups, choice):
+            order[list(mine)] = torch.tensor(theirs, dtype=torch.long)
+        yield order
+
+
+def _slice_features(t: torch.Tensor, d: int) -> list[tuple[float, float, float]]:
+    """Each position along ``d`` known by its slice's largest and smallest value and its sum."""
+    others = [k for k in range(t.ndim) if k != d]
+    high, low, total = (t.amax(others), t.amin(others), t.sum(others)) if others else (t, t, t)
+    return list(zip(high.tolist(), low.tolist(), total.tolist()))
 
 
 def _pairing(a: torch.Tensor, b: torch.Tensor, d: int) -> torch.Tensor | None:
@@ -2582,6 +2758,77 @@ def _other_source(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Toler
             return [_finding(module, "argument", c.name, "input", _scoped(ref_base, other), _scoped(ref_base, own),
                              text)]
     return []
+
+
+def _exchanged_factors(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance,
+                       ref_base: str) -> list[dict]:
+    """Two products joined by one add (or sub) that take each other's factors: ``g * content + (1 - g)
+    * pos`` where the reference computes ``(1 - g) * content + g * pos`` (a gate's weights exchanged
+    between the branches it mixes). Each factor is known by the reference's factor whose values it
+    holds; every one agrees, only their grouping into the two products differs. The factors named
+    exchanged are the smaller ones (the weights, not what they weigh)."""
+    if c.name != "mul" or r.name != "mul":
+        return []
+    c_products, r_products = _joined_products(cand.rec, c), _joined_products(ref.rec, r)
+    if c_products is None or r_products is None:
+        return []
+    cf = [f for p in c_products for f in _factors(cand.rec, p)]
+    rf = [f for p in r_products for f in _factors(ref.rec, p)]
+    if len(cf) != 4 or len(rf) != 4 or any(t is None for t in (*cf, *rf)):
+        return []
+    held = [[j for j, b in enumerate(rf) if a.numel() == b.numel() and _outputs_agree([a], [b], tol)] for a in cf]
+    # a bijection in which the candidate's first product holds one factor of each of the reference's
+    order = next((o for o in itertools.permutations(range(4)) if all(j in held[i] for i, j in enumerate(o))
+                  and {o[0] // 2, o[1] // 2} == {0, 1}), None)
+    if order is None or any(set(o[:2]) in ({0, 1}, {2, 3}) for o in itertools.permutations(range(4))
+                            if all(j in held[i] for i, j in enumerate(o))):
+        return []  # no crossing grouping, or the reference's own one holds too
+    # the candidate's first product holds the reference's factors j and k (of the other product): it
+    # multiplies j by k where the reference multiplies j by j's partner, k by j's partner where by k's
+    j, k = order[:2]
+    x, y = min(((k, j ^ 1), (j, k ^ 1)), key=lambda pair: rf[pair[0]].numel() + rf[pair[1]].numel())
+    name = (lambda n: _factor_name(ref.rec, r_products[n // 2], n % 2, ref_base))
+    join = _reader(ref.rec, r)
+    text = (f"{module}: {join.name if join else 'add'} joins two products whose factors {name(x)} and {name(y)} are "
+            f"exchanged: the candidate multiplies by {name(x)} what the reference multiplies by {name(y)}, and by "
+            f"{name(y)} what it multiplies by {name(x)}")
+    return [_finding(module, "argument", c.name, "input", name(x), name(y), text)]
+
+
+def _joined_products(rec: OpRecorder, op: Op) -> list[Op] | None:
+    """The two products, ``op`` one of them, that the add (or sub) reading ``op``'s result joins."""
+    join = _reader(rec, op)
+    if join is None or join.name not in ("add", "sub") or len(set(join.input_ids)) != 2 or join.params:
+        return None
+    products = [_source(rec, i, join.index) for i in join.input_ids]
+    if any(p is None or p.name != "mul" for p in products) or all(p.index != op.index for p in products):
+        return None
+    return products
+
+
+def _factors(rec: OpRecorder, product: Op) -> list[torch.Tensor | None]:
+    """A product's two factors as it reads them: activations, else parameters as passed."""
+    return [rec.passed(i, product.index) for i in product.input_ids] + list(product.operands.values())
+
+
+def _factor_name(rec: OpRecorder, product: Op, slot: int, base: str) -> str:
+    """Factor ``slot`` of ``product`` named by the op computing it (or the parameter it is)."""
+    if slot < len(product.input_ids):
+        source = _source(rec, product.input_ids[slot], product.index)
+        return _producer_text(base, source) if source is not None else "the module's input"
+    return list(product.params.values())[slot - len(product.input_ids)]
+
+
+def _reader(rec: OpRecorder, op: Op) -> Op | None:
+    """The computing op that first reads ``op``'s result, through layout ops."""
+    made = set(op.out_ids)
+    for later in rec.ops[op.index + 1:]:
+        if not made & set(later.input_ids):
+            continue
+        if later.kind == "compute" and not later.absorbed:
+            return later
+        made |= set(later.out_ids)
+    return None
 
 
 def _producer_text(base: str, op: Op) -> str:
@@ -3072,7 +3319,9 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
 
     def diverged(at: int, c: Op, r: Op) -> list[dict]:
         where = _scoped(module, c)
-        found = _feeding(pending, unpaired, c, r, cand, ref)
+        if exchanged := _exchanged_factors(where, c, r, cand, ref, tol, ref_name or module):
+            return exchanged  # every factor agrees: nothing before the products explains them
+        found = _feeding(pending, unpaired, c, r, cand, ref, tol)
         found += _located(_head_findings(where, c, r, cand, ref) or _argument_findings(where, c, r), c, r, cs,
                           ref_name)
         found += _part_findings(where, c, r, cs, expected) or _param_findings(where, c, r, ref_module, root,
@@ -3099,8 +3348,8 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             found = [_finding(where, "value", c.name, None, None, None,
                               f"{where}: {c.name} {why} ({_difference(c.outputs, r.outputs)}; candidate "
                               f"{c.spelling}, reference {r.spelling})")]
-        return _moved(found + _unpaired_later(module, found, codes[at + 1:], cs, rs, ref_name, cand_scopes),
-                      idle, into)
+        found += _unpaired_later(module, found, codes[at + 1:], cs, rs, ref_name, cand_scopes, unpaired)
+        return _moved(_crossed_join(found, unpaired, c, r, cand, ref, tol), idle, into)
 
     for at, (tag, i1, i2, j1, j2) in enumerate(codes):
         if tag != "equal":
@@ -3248,10 +3497,11 @@ def _returns_input(rec: OpRecorder, op: Op) -> bool:
 
 
 def _unpaired_later(module: str, found: list[dict], later: list[tuple], cs: list[Op], rs: list[Op], ref_name: str,
-                    cand_scopes: Any) -> list[dict]:
+                    cand_scopes: Any, unpaired: dict[int, tuple[bool, Op]] | None = None) -> list[dict]:
     """For an op found missing (extra) where the streams first differ, the same op found extra
     (missing) further on, in the opcodes ``later``: the op was moved (a ReLU applied before the
-    residual add where the reference applies it after), which :func:`_moved` then says as one."""
+    residual add where the reference applies it after), which :func:`_moved` then says as one.
+    ``unpaired``, where given, gets each finding's op (id of the finding -> the candidate's?, the op)."""
     out = []
     for f in found:
         kind = {"missing_op": "extra_op", "extra_op": "missing_op"}.get(f["kind"])
@@ -3262,8 +3512,51 @@ def _unpaired_later(module: str, found: list[dict], later: list[tuple], cs: list
             if k is not None:
                 out.append(_unpaired_finding(module, "extra_op", cs[k], rs, j2) if kind == "extra_op" else
                            _unpaired_finding(module, "missing_op", rs[k], cs, i2, ref_name, cand_scopes))
+                if unpaired is not None:
+                    unpaired[id(out[-1])] = (kind == "extra_op", cs[k] if kind == "extra_op" else rs[k])
                 break
     return out
+
+
+def _crossed_join(found: list[dict], unpaired: dict[int, tuple[bool, Op]], c: Op, r: Op, cand: _Side,
+                  ref: _Side, tol: Tolerance) -> list[dict]:
+    """A join found extra before the diverging pair ``c``/``r`` and missing after it, which on both
+    sides joins one value (the module's input: a residual) with what the pair's op takes or gives:
+    the candidate joins, then applies ``c`` to the sum, where the reference applies ``r`` to the
+    join's operand, then joins. The join keeps its place (it reads what the reference's does); the
+    pair's op is in another place (a layer scale applied after the residual add), said first, as one."""
+    mine = lambda f, side: id(f) in unpaired and unpaired[id(f)][0] is side
+    for extra in (f for f in found if f["kind"] == "extra_op" and mine(f, True)):
+        lost = next((f for f in found if f["kind"] == "missing_op" and f["op"] == extra["op"] and mine(f, False)), None)
+        if lost is None:
+            continue
+        e, m = unpaired[id(extra)][1], unpaired[id(lost)][1]
+        if not _joins_across(e, m, c, r, cand, ref, tol):
+            continue
+        label, own = _op_label(r), _op_label(c)
+        label += f" (the candidate's {own})" if own != label else ""
+        text = (f"{lost['module']}: {label} and {e.name} in the other order: the reference applies {_op_label(r)} to "
+                f"an operand of its {m.name}, the candidate to the result of its {e.name}")
+        rest = [f for f in found if f is not extra and f is not lost]
+        return [_finding(lost["module"], "missing_op", r.name, None, f"{c.name} (after {e.name})",
+                         f"{r.name} (before {m.name})", text), *rest]
+    return found
+
+
+def _joins_across(e: Op, m: Op, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance) -> bool:
+    """Whether the candidate's join ``e`` feeds ``c`` and the reference's ``m`` reads ``r``'s result,
+    each joining one value that agrees with the other's, ``e`` the other with what ``r`` receives."""
+    if len(set(e.input_ids)) != 2 or len(set(m.input_ids)) != 2 or e.params or m.params \
+            or all(getattr(_source(cand.rec, i, c.index), "index", None) != e.index for i in c.input_ids):
+        return False
+    made = [i for i in m.input_ids if getattr(_source(ref.rec, i, m.index), "index", None) == r.index]
+    if len(made) != 1:
+        return False
+    other = ref.rec.passed(next(i for i in m.input_ids if i not in made), m.index)
+    taken = [ref.rec.passed(i, r.index) for i in r.input_ids]
+    values = [cand.rec.passed(i, e.index) for i in e.input_ids]
+    agree = (lambda a, b: a is not None and b is not None and _outputs_agree([a], [b], tol))
+    return any(agree(a, other) and any(agree(b, t) for t in taken) for a, b in (values, values[::-1]))
 
 
 def _moved(findings: list[dict], idle: Sequence[dict] = (), into: dict[int, str] | None = None) -> list[dict]:
@@ -3475,12 +3768,52 @@ def _increasing_chain(spans: list[tuple[int, int, int]]) -> list[tuple[int, int,
 
 
 def _feeding(pending: list[dict], unpaired: dict[int, tuple[bool, Op]], c: Op, r: Op, cand: _Side,
-             ref: _Side) -> list[dict]:
+             ref: _Side, tol: Tolerance) -> list[dict]:
     """The pending findings that can explain the pair ``c``/``r``: an unpaired op whose result does
     not flow into its side's op of the pair (a position bias computed before the projections, to be
-    added after them) is no cause of their difference."""
+    added after them) is no cause of their difference, nor is one whose result reaches it only
+    through operands that hold what the other side's op receives (a mask built with
+    ``masked_fill(~keep, -inf)`` where the reference's attention converts a padding mask itself)."""
     reach = {True: _upstream(cand.rec, c), False: _upstream(ref.rec, r)}
-    return [f for f in pending if id(f) not in unpaired or unpaired[id(f)][1].index in reach[unpaired[id(f)][0]]]
+    return [f for f in pending if id(f) not in unpaired or unpaired[id(f)][1].index in reach[unpaired[id(f)][0]]
+            and not _through_agreeing(*unpaired[id(f)], c, r, cand, ref, tol)]
+
+
+def _through_agreeing(mine: bool, op: Op, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance) -> bool:
+    """Whether ``op``, unpaired on the candidate's side (``mine``) or the reference's, reaches its
+    side's op of the pair ``c``/``r`` only through operands that agree with the other side's: each
+    activation input it computes holds the values of one the other op receives, and, where it reaches
+    the op past them (an attention's scores), both attentions receive one mask."""
+    (side, own), (other, twin) = ((cand, c), (ref, r)) if mine else ((ref, r), (cand, c))
+    theirs = [other.rec.passed(i, twin.index) for i in twin.input_ids]
+    through = [i for i in dict.fromkeys(own.input_ids) if _reaches(side.rec, op, i, own.index)]
+    for i in through:
+        value = side.rec.passed(i, own.index)
+        if value is None or not any(t is not None and _outputs_agree([value], [t], tol) for t in theirs):
+            return False
+    if not through or _reaches_past(side.rec, op, own):
+        return c.mask is not None and r.mask is not None and not _mask_findings("", c, r, tol)
+    return True
+
+
+def _reaches(rec: OpRecorder, op: Op, tensor_id: int, before: int) -> bool:
+    """Whether ``op``'s result flows into the tensor ``tensor_id`` as read at op index ``before``."""
+    source = rec.producer(tensor_id, before)
+    return source is not None and (source.index == op.index or op.index in _upstream(rec, source))
+
+
+def _reaches_past(rec: OpRecorder, op: Op, own: Op) -> bool:
+    """Whether ``op``'s result flows into ``own`` otherwise than through its activation inputs: into
+    what a folded op absorbed (the mask added to an attention's scores)."""
+    stop, seen = set(own.input_ids), set()
+    todo = [(i, own.index) for i in rec.ops[own.index].input_ids if i not in stop]
+    while todo:
+        tensor_id, before = todo.pop()
+        source = rec.producer(tensor_id, before)
+        if source is not None and source.index not in seen:
+            seen.add(source.index)
+            todo += [(i, source.index) for i in source.input_ids if i not in stop]
+    return op.index in seen
 
 
 def _upstream(rec: OpRecorder, op: Op) -> set[int]:
