@@ -1,9 +1,15 @@
-"""Shared test configuration: hypothesis profiles (``--nightly`` runs long ones).
+"""Shared test configuration: hypothesis profiles (``--nightly`` runs long ones); every test starts
+from the same global random state, so a test drawing unseeded tensors draws the same ones whichever
+tests ran before it on its worker (its verdict does not depend on the order or the sharding).
 
 Helpers shared by the tests of several families live in ``tests/helpers.py`` (``from helpers import
 ...``): a module named ``conftest`` is ambiguous once a test folder has its own (tests/ports).
 """
 
+import random
+
+import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 # Example counts live here, not in the tests, so that --nightly really runs the long version.
@@ -21,3 +27,9 @@ def pytest_configure(config):
     if config.getoption("--nightly"):
         settings.load_profile("nightly")
 
+
+@pytest.fixture(autouse=True)
+def _same_random_state_for_every_test():
+    random.seed(0)
+    torch.manual_seed(0)
+    yield
