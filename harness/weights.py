@@ -82,10 +82,12 @@ its weights. The algorithm:
    backward they are dropped whatever they hold; the other way round the rows the reference does not
    read are removed (``remove``, ``unread``), and read backward come back as zeros.
    A leftover table the forward gathers rows of through an integer index (timm's Swin:
-   ``table[relative_position_index]``) takes the leftover tensor of the other side holding the
+   ``table[relative_position_index]``; LeViT and EfficientFormer index a later dim,
+   ``biases[:, idxs]``, with a 2-D index) takes the leftover tensor of the other side holding the
    gathered layout where it is added (a port keeping the bias ``(heads, N, N)`` whole): a ``gather``
    step and the re-layouts after it; the other way round each row of the table is read back from the
-   first place that took it.
+   first place that took it. Caches a model fills on its first eval forward (timm's
+   ``attention_bias_cache``) are emptied for the run, so that it reads its tables again.
    Units stay whole: where leftovers were paired by shape alone (a block that runs its shortcut
    before the main branch on one side and after it on the other), a unit (a conv and its norm)
    whose tensors come from several reference units exchanges same-role tensors with another so
@@ -643,16 +645,26 @@ _ADDS = {"add", "iadd", "radd", "scaled_dot_product_attention", "baddbmm"}
 
 
 def _gather_steps(args: tuple, result: torch.Tensor) -> tuple[Step, ...] | None:
-    """A ``gather`` step (and the reshape to the index's shape) for ``table[index]`` with one integer
-    tensor indexing dim 0; None for any other indexing."""
-    index = args[1] if len(args) == 2 else None
-    index = index[0] if isinstance(index, tuple) and len(index) == 1 else index
-    if not isinstance(index, torch.Tensor) or index.dtype not in (torch.long, torch.int) or index.numel() == 0:
+    """A ``gather`` step (and the reshape to the result's shape) for ``table[index]``: one integer
+    tensor of any rank indexing one dim, the dims before it taken whole (``table[:, index]``, LeViT's
+    and EfficientFormer's ``biases[:, idxs]``; ``table[..., index]``), as those after it; None for any
+    other indexing."""
+    if len(args) != 2 or not isinstance(args[0], torch.Tensor):
+        return None
+    items = args[1] if isinstance(args[1], tuple) else (args[1],)
+    at = [k for k, item in enumerate(items) if isinstance(item, torch.Tensor)]
+    if len(at) != 1 or not all(item is Ellipsis or item == slice(None) for k, item in enumerate(items) if k != at[0]) \
+            or sum(item is Ellipsis for item in items) > 1:
+        return None
+    index = items[at[0]]
+    if index.dtype not in (torch.long, torch.int) or index.numel() == 0:
         return None
     rows = index.reshape(-1).tolist()
     if min(rows) < 0:
         return None
-    flat = ({"op": "gather", "dim": 0, "index": rows},)
+    after = len(items) - at[0] - 1  # dims taken whole after the indexed one
+    dim = args[0].ndim - 1 - after if Ellipsis in items[:at[0]] else at[0]
+    flat = ({"op": "gather", "dim": dim, "index": rows},)
     return flat if index.ndim == 1 else (*flat, {"op": "reshape", "shape": list(result.shape)})
 
 
@@ -693,14 +705,18 @@ def _first_uses(model: nn.Module, run: Callable[[nn.Module], Any]) -> tuple[list
             computed[key] = "integer buffer computed by the model (index table or counter)"
     watched = {id(t): k for k, t in learned.items()}
     recorder = _FirstUse(watched, {k: tuple(t.shape) for k, t in learned.items()})
-    caches = {id(m): {n for n, v in vars(m).items() if "cache" in n.lower() and isinstance(v, dict) and not v}
-              for m in model.modules()}
+    # a tensor a model derives from its weights on its first eval forward and keeps (timm's
+    # attention_bias_cache) hides their use from later runs: its caches are emptied for this run
+    caches = {(m, n): dict(v) for m in model.modules() for n, v in vars(m).items()
+              if "cache" in n.lower() and isinstance(v, dict)}
+    for cache in caches:
+        getattr(*cache).clear()
     with torch.no_grad(), recorder:
         run(model)
     recorder.finish()
-    for m in model.modules():  # leave the model as it was: caches filled by this run are dropped
-        for n in caches.get(id(m), ()):
-            getattr(m, n).clear()
+    for (m, n), held in caches.items():  # leave the model as it was
+        getattr(m, n).clear()
+        getattr(m, n).update(held)
     kinds = {k: "parameter" for k, _ in model.named_parameters()}
     out = [_Tensor(k, tuple(learned[k].shape), kinds.get(k, "buffer"), op, i, src, steps,
                    overwritten=tuple(recorder.overwritten.get(k, ())), again=again,
