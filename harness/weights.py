@@ -113,7 +113,9 @@ its weights. The algorithm:
    agrees. Split projections holding slices of one fused tensor (or a fused tensor concatenated from
    split ones) are tried first in every other order, up to four of them: the order of use gives the
    first projection called the first rows, and a port may call ``key``, ``value``, then ``query``
-   (transformers' ViT-style attentions); an order is kept only where the disagreeing module then
+   (transformers' ViT-style attentions); and with their slices taken per head (a ``qkv`` laid out
+   ``(heads, kd + kd + vd)``: each its part of every head's rows, for each head count dividing the
+   slices' bounds; these lose their twins, slices of the fused output's features); an order is kept only where the disagreeing module then
    agrees, and is then made in every other block holding siblings of the same names. So are split
    projections some of which take rows of a fused tensor and some a separate tensor of those rows'
    shape, their tensors moved between the two (timm's ConViT fuses ``qk`` and projects ``v`` after
@@ -1773,7 +1775,8 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
             trial_report = run(alternative)
             # of the orders of one set of siblings exactly one is right, and it makes the culprit agree:
             # another order may fix the one sibling it puts right and leave the culprit failing
-            if not _better(trial_report, report) or isinstance(change, _Order) and culprit in trial_report.introduced:
+            if not _better(trial_report, report, change) \
+                    or isinstance(change, _Order) and culprit in trial_report.introduced:
                 weights.transfer(reference, trial)  # back to the map the next choices differ from
             else:
                 weights.entries = alternative.entries
@@ -1784,7 +1787,7 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
                 if elsewhere is not None and budget > 0:
                     budget -= 1
                     trial_report = run(elsewhere)
-                    if _better(trial_report, report):
+                    if _better(trial_report, report, change):
                         weights.entries, report = elsewhere.entries, trial_report
                         weights.notes.append(f"the same exchange made in the other blocks built like "
                                              f"{_scope_of(change).rstrip('.') or ROOT}")
@@ -1961,15 +1964,20 @@ def _still_fails(report: Any, culprit: str, alternative: WeightMap, weights: Wei
         replace(weights, entries=[e for e in weights.entries if e.candidate in keys]).transfer(reference, trial)
 
 
-def _better(trial, current) -> bool:
+def _better(trial, current, change: tuple | _Order | None = None) -> bool:
     """More twins agree, or fewer modules make an error of their own while no new one does; and no
     twin was lost: an exchange that only makes failing rows vanish from the alignment (twins no
     longer found) is no improvement. A cycle of three misplaced blocks is fixed by two exchanges,
     the first of which leaves the disagreeing module disagreeing. An exchange that fixes later
     blocks while an earlier one is still wrong passes no more twins (everything after the earlier
-    block disagrees), but takes those blocks off the list of origins."""
+    block disagrees), but takes those blocks off the list of origins. Split projections taking
+    their rows per head lose their twins (slices of the fused output's consecutive features) by
+    design: their rows are not counted."""
+    lost = set(change.owners) if isinstance(change, _Order) and change.kind == "heads" else set()
+
     def counts(report) -> tuple[int, int]:
-        confirmed = [r for r in report.rows if r.match.how != "structure"]
+        confirmed = [r for r in report.rows if r.match.how != "structure"
+                     and not any(r.candidate.endswith(f".{owner}") or r.candidate == owner for owner in lost)]
         return sum(r.passed for r in confirmed), len(confirmed)
 
     (passing, aligned), (passing_now, aligned_now) = counts(trial), counts(current)
@@ -2094,6 +2102,8 @@ def _sibling_orders(entries: list[Entry], inside: list[int], prefix: str,
             candidate = _Order(prefix, kind, tuple(owners), order)
             if list(order) != sorted(order) and _reordered(entries, candidate) is not None:
                 yield candidate
+        if kind == "slices":
+            yield from _per_head_orders(entries, prefix, tuple(owners))
     for family in _mixed_families(entries, inside, prefix, inputs):
         separate = [k for k, (_, part) in enumerate(family.slots) if part is None and family.whole[k]]
         for order in permutations(range(len(family.slots))):
@@ -2299,6 +2309,8 @@ def _reordered(entries: list[Entry], order: _Order) -> list[Entry] | None:
         members.append(found)
     if order.kind == "peers":
         return _peers_reordered(entries, members, order.order)
+    if order.kind == "heads":
+        return _per_head(entries, members, order.order[0])
     for leaf in members[0]:
         parts = [entries[m[leaf]] if leaf in m else None for m in members]
         if any(p is None or p.reference != parts[0].reference or p.shape != parts[0].shape for p in parts):
@@ -2309,6 +2321,47 @@ def _reordered(entries: list[Entry], order: _Order) -> list[Entry] | None:
     for k, m in enumerate(members):
         for leaf, at in m.items():
             changed[at] = replace(entries[at], steps=entries[members[order.order[k]][leaf]].steps)
+    return changed
+
+
+_HEAD_COUNTS = 8  # head counts tried for slices taken per head, at most (each first re-run alone)
+
+
+def _per_head_orders(entries: list[Entry], prefix: str, owners: tuple[str, ...]) -> Iterable[_Order]:
+    """Split projections taking consecutive rows of one fused tensor, taken instead per head: for
+    every head count dividing each slice's bounds (no name tells it), the slices cut from each of
+    that many row blocks (:func:`_per_head`)."""
+    bounds = [b for e in entries if owner_of(e.candidate)[len(prefix):] in owners and e.candidate.startswith(prefix)
+              for b in _cut(e) or (1,)]
+    common = math.gcd(*bounds) if bounds else 1
+    for heads in [h for h in range(2, common + 1) if common % h == 0][:_HEAD_COUNTS]:
+        order = _Order(prefix, "heads", owners, (heads,))
+        if _reordered(entries, order) is not None:
+            yield order
+
+
+def _cut(e: Entry) -> tuple[int, int, int] | None:
+    """``(start, stop, rows)`` of an entry that is one slice of a reference tensor's rows; else None."""
+    if len(e.reference) != 1 or len(e.steps) != 1 or e.steps[0]["op"] != "slice" or e.steps[0]["dim"] != 0:
+        return None
+    return e.steps[0]["start"], e.steps[0]["stop"], e.reference_shapes[0][0]
+
+
+def _per_head(entries: list[Entry], members: list[dict[str, int]], heads: int) -> list[Entry] | None:
+    """``entries`` with each sibling's slice of rows ``[a, b)`` of a fused tensor taken instead from
+    each of ``heads`` row blocks, rows ``[a / heads, b / heads)`` of every block: a fused ``qkv``
+    laid out ``(heads, kd + kd + vd)`` (parts of any widths) against separate projections."""
+    changed = list(entries)
+    for m in members:
+        for at in m.values():
+            cut = _cut(entries[at])
+            if cut is None or any(n % heads for n in cut):
+                return None
+            (start, stop, rows), rest = cut, list(entries[at].reference_shapes[0][1:])
+            changed[at] = replace(entries[at], steps=(
+                {"op": "reshape", "shape": [heads, rows // heads, *rest]},
+                {"op": "slice", "dim": 1, "start": start // heads, "stop": stop // heads},
+                {"op": "reshape", "shape": [stop - start, *rest]}))
     return changed
 
 
