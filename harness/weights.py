@@ -53,7 +53,10 @@ its weights. The algorithm:
    pairs. A parameter may pair with a buffer (a frozen norm keeps its weight and bias as buffers),
    at a cost that keeps pairs of one kind first. Ties are broken by the operation that used the
    tensor (a ``layer_norm`` weight matches a ``layer_norm`` weight), then by the tensor's own name
-   (``weight``/``bias``), then by word overlap of the full names. Names never decide alone.
+   (``weight``/``bias``), then by word overlap of the full names. Names never decide alone. A
+   tensor the forward never reads pairs only with one the other never reads: a branch the port
+   holds but never calls (a dropped shortcut) sits after all it reads, and paired in order with the
+   reference's read branch it would cross the head; the leftover search pairs it in its block.
    Later reads join the alignment only where first uses alone leave a tensor either forward uses
    without a counterpart (a loop applying one block on both sides adds nothing). A later read
    pairs only with a tensor used by the same kind of operation, and counts less than any pair of
@@ -850,7 +853,12 @@ _AGAIN = 0.5
 
 def _pair_weight(c: _Tensor, r: _Tensor) -> float:
     """1 for two first uses; ``_AGAIN`` where either reads a tensor again and both operations are
-    one kind (the evidence that the two reads play one role); 0 (no pair) otherwise."""
+    one kind (the evidence that the two reads play one role); 0 (no pair) otherwise. A tensor the
+    forward never reads pairs only with one the other never reads: placed by its state-dict order,
+    it would take what the other reads by shape alone (a branch the candidate drops: its norm's
+    weight taking the reference's running mean), where leaving it out says what happened."""
+    if (c.op == "<unused>") != (r.op == "<unused>"):
+        return 0.0
     if not (c.again or r.again):
         return 1.0
     return _AGAIN if c.op == r.op and c.op != "<unused>" else 0.0
