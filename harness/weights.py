@@ -128,7 +128,10 @@ its weights. The algorithm:
    weights: no alternative is tried there, and its conflict names the setting; nor around a module that owns no mapped tensor and received what
    its twin received (its own computation differs: a GELU against a tanh), nor around one whose
    op-level diagnosis finds another operation (not a product, whose result a weight layout can
-   change) and nothing about values (a group norm where the twin applies a layer norm), nor around
+   change) and nothing about values (a group norm where the twin applies a layer norm), or only
+   code differences (an operation reading no weight applied on one side alone, a ReLU before the
+   add; an argument one side passes and the other not, an attention mask), or a code difference a
+   module stuck before showed too (every block of a port with one bug), nor around
    one holding a tensor the map leaves out (given other values for the check, below: no choice of
    weights fills it). An exchange costs a full comparison,
    so these save the most time where the models genuinely differ; a choice of layout for one tensor
@@ -1762,13 +1765,14 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
 
     report = run(weights)
     stuck: set[str] = set()  # modules around which no alternative helps
+    structural: set[tuple] = set()  # the code differences (by module relative path) that made modules stuck
     while not report.passed and budget > 0:
         culprit = next((m for m in report.introduced if m not in stuck), None)
         if culprit is None:
             break
         if _settings_differ(report, culprit) or _fed_other_size(report, culprit) \
                 or _beyond_weights(report, culprit, weights) \
-                or _operation_differs(report, culprit, weights, trial) or _holds_any(culprit, unfilled):
+                or _operation_differs(report, culprit, weights, trial, structural) or _holds_any(culprit, unfilled):
             # the models differ there, or it reads a tensor the map leaves out (given other values
             # on purpose): no choice of weights can help
             stuck.add(culprit)
@@ -1891,22 +1895,47 @@ def _beyond_weights(report, module: str, weights: WeightMap) -> bool:
     return row is not None and _same_inputs(row.match.candidate.inputs, row.match.reference.inputs, row.tolerance)
 
 
-def _operation_differs(report, module: str, weights: WeightMap, candidate: nn.Module) -> bool:
+def _operation_differs(report, module: str, weights: WeightMap, candidate: nn.Module,
+                       seen: set[tuple] | None = None) -> bool:
     """``module`` computes another operation than its twin (a group norm where the twin applies a
     layer norm, by the op-level diagnosis of the module alone), and nothing the diagnosis finds is
-    about the values of a tensor: weights only change values, so no exchange can make it agree."""
+    about the values of a tensor: weights only change values, so no exchange can make it agree. So
+    where all it finds is structural (:func:`_structural`), or where it finds a structural difference
+    that a module found so before showed too (``seen``, updated: each block of a port with the same
+    bug in every block)."""
     from harness.diagnose import culprit_diagnosis  # re-runs modules; weights only needs it here
 
     try:
         findings = culprit_diagnosis(report.rows, module, None, weights, candidate)
     except Exception:  # the diagnosis explains; it must never cost the map its alternatives
         return False
+    if seen is not None:
+        prefix = "" if module == ROOT else f"{module}."
+        marks = {(f["kind"], f.get("op"), str(f.get("module", ""))[len(prefix):]) for f in findings if _structural(f)}
+        if marks & seen:
+            return True
+        if findings and len(marks) == len(findings):
+            seen.update(marks)
     # a product read as another op (a linear that is a convolution with its kernel laid out right), or
     # one receiving its twin's values in another order (heads concatenated (head_dim, heads)), may differ
     # by the weights' layout: only other ops count
     replaced = [f for f in findings if f["kind"] == "op"
                 and not {f["candidate"], f["reference"], f.get("op")} & _PRODUCTS]
-    return bool(replaced) and all(f["kind"] in ("op", "argument", "attribute") for f in findings)
+    if replaced and all(f["kind"] in ("op", "argument", "attribute") for f in findings):
+        return True
+    return bool(findings) and all(_structural(f) for f in findings)
+
+
+def _structural(finding: dict) -> bool:
+    """A finding no weights can change: an operation reading no weight that one side applies and the
+    other not (a ReLU before the add, a dropped residual's add, an index), or an argument one side
+    passes and the other not (an attention mask, a bias). Not an op reading weights (twins paired wrongly by a wrong
+    map differ in those), nor a setting's value (a reshape by another head width: a regroup of rows)."""
+    if finding["kind"] in ("extra_op", "missing_op"):
+        op = str(finding.get("op") or "")
+        return bool(op) and op not in _PRODUCTS and "norm" not in op
+    absent = [v is None or v is False for v in (finding["candidate"], finding["reference"])]
+    return finding["kind"] == "argument" and absent[0] != absent[1]
 
 
 _PRODUCTS = frozenset({"linear", "matmul", "bmm", "addmm", "baddbmm", "einsum", "conv1d", "conv2d", "conv3d",
