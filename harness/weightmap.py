@@ -419,7 +419,7 @@ class WeightMap:
                     out.append(("concat", owner or ROOT, whole, None))
             cuts = {(tuple(owner_of(k) for k in e.reference),
                      next(((st["start"], st["stop"], shape_after(e.steps[:e.steps.index(st)], e.reference_shapes[0])[0])
-                           for st in e.steps if st["op"] == "slice"), None)) for e in entries}
+                           for st in e.steps if st["op"] == "slice" and st["dim"] == 0), None)) for e in entries}
             if len(cuts) == 1:
                 (sources, cut), = cuts
                 if cut is not None and len(sources) == 1:

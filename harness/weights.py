@@ -53,7 +53,10 @@ its weights. The algorithm:
    pairs. A parameter may pair with a buffer (a frozen norm keeps its weight and bias as buffers),
    at a cost that keeps pairs of one kind first. Ties are broken by the operation that used the
    tensor (a ``layer_norm`` weight matches a ``layer_norm`` weight), then by the tensor's own name
-   (``weight``/``bias``), then by word overlap of the full names. Names never decide alone.
+   (``weight``/``bias``), then by word overlap of the full names. Names never decide alone. A
+   tensor the forward never reads pairs only with one the other never reads: a branch the port
+   holds but never calls (a dropped shortcut) sits after all it reads, and paired in order with the
+   reference's read branch it would cross the head; the leftover search pairs it in its block.
    Later reads join the alignment only where first uses alone leave a tensor either forward uses
    without a counterpart (a loop applying one block on both sides adds nothing). A later read
    pairs only with a tensor used by the same kind of operation, and counts less than any pair of
@@ -82,10 +85,12 @@ its weights. The algorithm:
    backward they are dropped whatever they hold; the other way round the rows the reference does not
    read are removed (``remove``, ``unread``), and read backward come back as zeros.
    A leftover table the forward gathers rows of through an integer index (timm's Swin:
-   ``table[relative_position_index]``) takes the leftover tensor of the other side holding the
+   ``table[relative_position_index]``; LeViT and EfficientFormer index a later dim,
+   ``biases[:, idxs]``, with a 2-D index) takes the leftover tensor of the other side holding the
    gathered layout where it is added (a port keeping the bias ``(heads, N, N)`` whole): a ``gather``
    step and the re-layouts after it; the other way round each row of the table is read back from the
-   first place that took it.
+   first place that took it. Caches a model fills on its first eval forward (timm's
+   ``attention_bias_cache``) are emptied for the run, so that it reads its tables again.
    Units stay whole: where leftovers were paired by shape alone (a block that runs its shortcut
    before the main branch on one side and after it on the other), a unit (a conv and its norm)
    whose tensors come from several reference units exchanges same-role tensors with another so
@@ -111,7 +116,9 @@ its weights. The algorithm:
    agrees. Split projections holding slices of one fused tensor (or a fused tensor concatenated from
    split ones) are tried first in every other order, up to four of them: the order of use gives the
    first projection called the first rows, and a port may call ``key``, ``value``, then ``query``
-   (transformers' ViT-style attentions); an order is kept only where the disagreeing module then
+   (transformers' ViT-style attentions); and with their slices taken per head (a ``qkv`` laid out
+   ``(heads, kd + kd + vd)``: each its part of every head's rows, for each head count dividing the
+   slices' bounds; these lose their twins, slices of the fused output's features); an order is kept only where the disagreeing module then
    agrees, and is then made in every other block holding siblings of the same names. So are split
    projections some of which take rows of a fused tensor and some a separate tensor of those rows'
    shape, their tensors moved between the two (timm's ConViT fuses ``qk`` and projects ``v`` after
@@ -121,7 +128,10 @@ its weights. The algorithm:
    weights: no alternative is tried there, and its conflict names the setting; nor around a module that owns no mapped tensor and received what
    its twin received (its own computation differs: a GELU against a tanh), nor around one whose
    op-level diagnosis finds another operation (not a product, whose result a weight layout can
-   change) and nothing about values (a group norm where the twin applies a layer norm), nor around
+   change) and nothing about values (a group norm where the twin applies a layer norm), or only
+   code differences (an operation reading no weight applied on one side alone, a ReLU before the
+   add; an argument one side passes and the other not, an attention mask), or a code difference a
+   module stuck before showed too (every block of a port with one bug), nor around
    one holding a tensor the map leaves out (given other values for the check, below: no choice of
    weights fills it). An exchange costs a full comparison,
    so these save the most time where the models genuinely differ; a choice of layout for one tensor
@@ -643,16 +653,26 @@ _ADDS = {"add", "iadd", "radd", "scaled_dot_product_attention", "baddbmm"}
 
 
 def _gather_steps(args: tuple, result: torch.Tensor) -> tuple[Step, ...] | None:
-    """A ``gather`` step (and the reshape to the index's shape) for ``table[index]`` with one integer
-    tensor indexing dim 0; None for any other indexing."""
-    index = args[1] if len(args) == 2 else None
-    index = index[0] if isinstance(index, tuple) and len(index) == 1 else index
-    if not isinstance(index, torch.Tensor) or index.dtype not in (torch.long, torch.int) or index.numel() == 0:
+    """A ``gather`` step (and the reshape to the result's shape) for ``table[index]``: one integer
+    tensor of any rank indexing one dim, the dims before it taken whole (``table[:, index]``, LeViT's
+    and EfficientFormer's ``biases[:, idxs]``; ``table[..., index]``), as those after it; None for any
+    other indexing."""
+    if len(args) != 2 or not isinstance(args[0], torch.Tensor):
+        return None
+    items = args[1] if isinstance(args[1], tuple) else (args[1],)
+    at = [k for k, item in enumerate(items) if isinstance(item, torch.Tensor)]
+    if len(at) != 1 or not all(item is Ellipsis or item == slice(None) for k, item in enumerate(items) if k != at[0]) \
+            or sum(item is Ellipsis for item in items) > 1:
+        return None
+    index = items[at[0]]
+    if index.dtype not in (torch.long, torch.int) or index.numel() == 0:
         return None
     rows = index.reshape(-1).tolist()
     if min(rows) < 0:
         return None
-    flat = ({"op": "gather", "dim": 0, "index": rows},)
+    after = len(items) - at[0] - 1  # dims taken whole after the indexed one
+    dim = args[0].ndim - 1 - after if Ellipsis in items[:at[0]] else at[0]
+    flat = ({"op": "gather", "dim": dim, "index": rows},)
     return flat if index.ndim == 1 else (*flat, {"op": "reshape", "shape": list(result.shape)})
 
 
@@ -693,14 +713,18 @@ def _first_uses(model: nn.Module, run: Callable[[nn.Module], Any]) -> tuple[list
             computed[key] = "integer buffer computed by the model (index table or counter)"
     watched = {id(t): k for k, t in learned.items()}
     recorder = _FirstUse(watched, {k: tuple(t.shape) for k, t in learned.items()})
-    caches = {id(m): {n for n, v in vars(m).items() if "cache" in n.lower() and isinstance(v, dict) and not v}
-              for m in model.modules()}
+    # a tensor a model derives from its weights on its first eval forward and keeps (timm's
+    # attention_bias_cache) hides their use from later runs: its caches are emptied for this run
+    caches = {(m, n): dict(v) for m in model.modules() for n, v in vars(m).items()
+              if "cache" in n.lower() and isinstance(v, dict)}
+    for cache in caches:
+        getattr(*cache).clear()
     with torch.no_grad(), recorder:
         run(model)
     recorder.finish()
-    for m in model.modules():  # leave the model as it was: caches filled by this run are dropped
-        for n in caches.get(id(m), ()):
-            getattr(m, n).clear()
+    for (m, n), held in caches.items():  # leave the model as it was
+        getattr(m, n).clear()
+        getattr(m, n).update(held)
     kinds = {k: "parameter" for k, _ in model.named_parameters()}
     out = [_Tensor(k, tuple(learned[k].shape), kinds.get(k, "buffer"), op, i, src, steps,
                    overwritten=tuple(recorder.overwritten.get(k, ())), again=again,
@@ -832,7 +856,12 @@ _AGAIN = 0.5
 
 def _pair_weight(c: _Tensor, r: _Tensor) -> float:
     """1 for two first uses; ``_AGAIN`` where either reads a tensor again and both operations are
-    one kind (the evidence that the two reads play one role); 0 (no pair) otherwise."""
+    one kind (the evidence that the two reads play one role); 0 (no pair) otherwise. A tensor the
+    forward never reads pairs only with one the other never reads: placed by its state-dict order,
+    it would take what the other reads by shape alone (a branch the candidate drops: its norm's
+    weight taking the reference's running mean), where leaving it out says what happened."""
+    if (c.op == "<unused>") != (r.op == "<unused>"):
+        return 0.0
     if not (c.again or r.again):
         return 1.0
     return _AGAIN if c.op == r.op and c.op != "<unused>" else 0.0
@@ -1736,13 +1765,14 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
 
     report = run(weights)
     stuck: set[str] = set()  # modules around which no alternative helps
+    structural: set[tuple] = set()  # the code differences (by module relative path) that made modules stuck
     while not report.passed and budget > 0:
         culprit = next((m for m in report.introduced if m not in stuck), None)
         if culprit is None:
             break
         if _settings_differ(report, culprit) or _fed_other_size(report, culprit) \
                 or _beyond_weights(report, culprit, weights) \
-                or _operation_differs(report, culprit, weights, trial) or _holds_any(culprit, unfilled):
+                or _operation_differs(report, culprit, weights, trial, structural) or _holds_any(culprit, unfilled):
             # the models differ there, or it reads a tensor the map leaves out (given other values
             # on purpose): no choice of weights can help
             stuck.add(culprit)
@@ -1757,7 +1787,8 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
             trial_report = run(alternative)
             # of the orders of one set of siblings exactly one is right, and it makes the culprit agree:
             # another order may fix the one sibling it puts right and leave the culprit failing
-            if not _better(trial_report, report) or isinstance(change, _Order) and culprit in trial_report.introduced:
+            if not _better(trial_report, report, change) \
+                    or isinstance(change, _Order) and culprit in trial_report.introduced:
                 weights.transfer(reference, trial)  # back to the map the next choices differ from
             else:
                 weights.entries = alternative.entries
@@ -1768,7 +1799,7 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
                 if elsewhere is not None and budget > 0:
                     budget -= 1
                     trial_report = run(elsewhere)
-                    if _better(trial_report, report):
+                    if _better(trial_report, report, change):
                         weights.entries, report = elsewhere.entries, trial_report
                         weights.notes.append(f"the same exchange made in the other blocks built like "
                                              f"{_scope_of(change).rstrip('.') or ROOT}")
@@ -1864,22 +1895,47 @@ def _beyond_weights(report, module: str, weights: WeightMap) -> bool:
     return row is not None and _same_inputs(row.match.candidate.inputs, row.match.reference.inputs, row.tolerance)
 
 
-def _operation_differs(report, module: str, weights: WeightMap, candidate: nn.Module) -> bool:
+def _operation_differs(report, module: str, weights: WeightMap, candidate: nn.Module,
+                       seen: set[tuple] | None = None) -> bool:
     """``module`` computes another operation than its twin (a group norm where the twin applies a
     layer norm, by the op-level diagnosis of the module alone), and nothing the diagnosis finds is
-    about the values of a tensor: weights only change values, so no exchange can make it agree."""
+    about the values of a tensor: weights only change values, so no exchange can make it agree. So
+    where all it finds is structural (:func:`_structural`), or where it finds a structural difference
+    that a module found so before showed too (``seen``, updated: each block of a port with the same
+    bug in every block)."""
     from harness.diagnose import culprit_diagnosis  # re-runs modules; weights only needs it here
 
     try:
         findings = culprit_diagnosis(report.rows, module, None, weights, candidate)
     except Exception:  # the diagnosis explains; it must never cost the map its alternatives
         return False
+    if seen is not None:
+        prefix = "" if module == ROOT else f"{module}."
+        marks = {(f["kind"], f.get("op"), str(f.get("module", ""))[len(prefix):]) for f in findings if _structural(f)}
+        if marks & seen:
+            return True
+        if findings and len(marks) == len(findings):
+            seen.update(marks)
     # a product read as another op (a linear that is a convolution with its kernel laid out right), or
     # one receiving its twin's values in another order (heads concatenated (head_dim, heads)), may differ
     # by the weights' layout: only other ops count
     replaced = [f for f in findings if f["kind"] == "op"
                 and not {f["candidate"], f["reference"], f.get("op")} & _PRODUCTS]
-    return bool(replaced) and all(f["kind"] in ("op", "argument", "attribute") for f in findings)
+    if replaced and all(f["kind"] in ("op", "argument", "attribute") for f in findings):
+        return True
+    return bool(findings) and all(_structural(f) for f in findings)
+
+
+def _structural(finding: dict) -> bool:
+    """A finding no weights can change: an operation reading no weight that one side applies and the
+    other not (a ReLU before the add, a dropped residual's add, an index), or an argument one side
+    passes and the other not (an attention mask, a bias). Not an op reading weights (twins paired wrongly by a wrong
+    map differ in those), nor a setting's value (a reshape by another head width: a regroup of rows)."""
+    if finding["kind"] in ("extra_op", "missing_op"):
+        op = str(finding.get("op") or "")
+        return bool(op) and op not in _PRODUCTS and "norm" not in op
+    absent = [v is None or v is False for v in (finding["candidate"], finding["reference"])]
+    return finding["kind"] == "argument" and absent[0] != absent[1]
 
 
 _PRODUCTS = frozenset({"linear", "matmul", "bmm", "addmm", "baddbmm", "einsum", "conv1d", "conv2d", "conv3d",
@@ -1945,15 +2001,20 @@ def _still_fails(report: Any, culprit: str, alternative: WeightMap, weights: Wei
         replace(weights, entries=[e for e in weights.entries if e.candidate in keys]).transfer(reference, trial)
 
 
-def _better(trial, current) -> bool:
+def _better(trial, current, change: tuple | _Order | None = None) -> bool:
     """More twins agree, or fewer modules make an error of their own while no new one does; and no
     twin was lost: an exchange that only makes failing rows vanish from the alignment (twins no
     longer found) is no improvement. A cycle of three misplaced blocks is fixed by two exchanges,
     the first of which leaves the disagreeing module disagreeing. An exchange that fixes later
     blocks while an earlier one is still wrong passes no more twins (everything after the earlier
-    block disagrees), but takes those blocks off the list of origins."""
+    block disagrees), but takes those blocks off the list of origins. Split projections taking
+    their rows per head lose their twins (slices of the fused output's consecutive features) by
+    design: their rows are not counted."""
+    lost = set(change.owners) if isinstance(change, _Order) and change.kind == "heads" else set()
+
     def counts(report) -> tuple[int, int]:
-        confirmed = [r for r in report.rows if r.match.how != "structure"]
+        confirmed = [r for r in report.rows if r.match.how != "structure"
+                     and not any(r.candidate.endswith(f".{owner}") or r.candidate == owner for owner in lost)]
         return sum(r.passed for r in confirmed), len(confirmed)
 
     (passing, aligned), (passing_now, aligned_now) = counts(trial), counts(current)
@@ -2078,6 +2139,8 @@ def _sibling_orders(entries: list[Entry], inside: list[int], prefix: str,
             candidate = _Order(prefix, kind, tuple(owners), order)
             if list(order) != sorted(order) and _reordered(entries, candidate) is not None:
                 yield candidate
+        if kind == "slices":
+            yield from _per_head_orders(entries, prefix, tuple(owners))
     for family in _mixed_families(entries, inside, prefix, inputs):
         separate = [k for k, (_, part) in enumerate(family.slots) if part is None and family.whole[k]]
         for order in permutations(range(len(family.slots))):
@@ -2283,6 +2346,8 @@ def _reordered(entries: list[Entry], order: _Order) -> list[Entry] | None:
         members.append(found)
     if order.kind == "peers":
         return _peers_reordered(entries, members, order.order)
+    if order.kind == "heads":
+        return _per_head(entries, members, order.order[0])
     for leaf in members[0]:
         parts = [entries[m[leaf]] if leaf in m else None for m in members]
         if any(p is None or p.reference != parts[0].reference or p.shape != parts[0].shape for p in parts):
@@ -2293,6 +2358,47 @@ def _reordered(entries: list[Entry], order: _Order) -> list[Entry] | None:
     for k, m in enumerate(members):
         for leaf, at in m.items():
             changed[at] = replace(entries[at], steps=entries[members[order.order[k]][leaf]].steps)
+    return changed
+
+
+_HEAD_COUNTS = 8  # head counts tried for slices taken per head, at most (each first re-run alone)
+
+
+def _per_head_orders(entries: list[Entry], prefix: str, owners: tuple[str, ...]) -> Iterable[_Order]:
+    """Split projections taking consecutive rows of one fused tensor, taken instead per head: for
+    every head count dividing each slice's bounds (no name tells it), the slices cut from each of
+    that many row blocks (:func:`_per_head`)."""
+    bounds = [b for e in entries if owner_of(e.candidate)[len(prefix):] in owners and e.candidate.startswith(prefix)
+              for b in _cut(e) or (1,)]
+    common = math.gcd(*bounds) if bounds else 1
+    for heads in [h for h in range(2, common + 1) if common % h == 0][:_HEAD_COUNTS]:
+        order = _Order(prefix, "heads", owners, (heads,))
+        if _reordered(entries, order) is not None:
+            yield order
+
+
+def _cut(e: Entry) -> tuple[int, int, int] | None:
+    """``(start, stop, rows)`` of an entry that is one slice of a reference tensor's rows; else None."""
+    if len(e.reference) != 1 or len(e.steps) != 1 or e.steps[0]["op"] != "slice" or e.steps[0]["dim"] != 0:
+        return None
+    return e.steps[0]["start"], e.steps[0]["stop"], e.reference_shapes[0][0]
+
+
+def _per_head(entries: list[Entry], members: list[dict[str, int]], heads: int) -> list[Entry] | None:
+    """``entries`` with each sibling's slice of rows ``[a, b)`` of a fused tensor taken instead from
+    each of ``heads`` row blocks, rows ``[a / heads, b / heads)`` of every block: a fused ``qkv``
+    laid out ``(heads, kd + kd + vd)`` (parts of any widths) against separate projections."""
+    changed = list(entries)
+    for m in members:
+        for at in m.values():
+            cut = _cut(entries[at])
+            if cut is None or any(n % heads for n in cut):
+                return None
+            (start, stop, rows), rest = cut, list(entries[at].reference_shapes[0][1:])
+            changed[at] = replace(entries[at], steps=(
+                {"op": "reshape", "shape": [heads, rows // heads, *rest]},
+                {"op": "slice", "dim": 1, "start": start // heads, "stop": stop // heads},
+                {"op": "reshape", "shape": [stop - start, *rest]}))
     return changed
 
 
