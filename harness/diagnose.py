@@ -55,6 +55,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    is one ``linear`` with weight ``W^T``: a port storing its weights ``(in, out)`` or writing its
    linears as einsums; so is a token-mixing einsum (``'bnc,nh->bhc'``) with its bias broadcast on the
    axis it writes (``b[None, :, None]``), and ``t + x @ W + b``, which Python adds as ``(t + x @ W) + b``.
+   A linear over the channels and a 1x1 conv of stride 1, no padding and one group are one op
+   in two spellings (``x @ W`` on NHWC against the reference's fuse conv).
    ``F.unfold`` then a linear on the patches is one ``conv2d``, its weight reshaped to the kernel's
    (a depthwise one where each channel's patches meet their own kernel row, ``'bckhw,kc->bhwc'``);
    a batch norm written out, ``(x - mean) * rsqrt(var + eps) * scale + bias`` (or ``/ sqrt(...)``), is
@@ -68,8 +70,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    ``ceil_mode`` (the last window padded, then a floor pool); each only where its arithmetic
    computes that operation. A cat
    of a parameter with activations (a class token prepended) is no view of that parameter.
-   Dropout in eval mode and casts to the same dtype
-   vanish, as does a cast, in a copy re-run at float64, to the dtype the models were compared at
+   Dropout in eval mode, casts to the same dtype and resizes to the size the input has
+   vanish (``zeros_like(v_bias)``, which reads only a shape, is a constant operand), as does a cast, in a copy re-run at float64, to the dtype the models were compared at
    (``x.to(torch.float32)`` in a float32 model cast nothing there: the copy goes on at float64).
    Ops that only move values (reshape, permute, cat, indexing, windows cut with
    ``x.unfold(dim, size, step)``...) are kept apart as layout ops: implementations spell them in
@@ -139,7 +141,9 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    The first pair whose output differs (float64 tolerance, widened by a few units in the last place
    of the dtype the models were compared at, where the copies are wider: a port's weights folded or
    converted at float32 differ from the reference by that rounding, which no port at that dtype avoids)
-   is the divergence. Two products joined by one add whose factors all agree with the reference's,
+   is the divergence; a pair one side computes in float32 (a softmax given ``dtype=float32``, cast back)
+   agrees within float32's rounding of its scale, as does every pair after it, and a precision
+   difference is said after any value difference that explains the pair. Two products joined by one add whose factors all agree with the reference's,
    grouped otherwise (a gate's ``g`` and ``1 - g`` exchanged between the branches it mixes), are
    said as those factors exchanged, before anything else. Otherwise it is explained by
    the pending missing / extra / different ops (not one whose result reaches the pair only through
@@ -182,7 +186,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    holds another part's values (a fused gate|up projection's halves swapped), an input holding what
    another reference op computes than the one the reference's op reads (the activation of a SwiGLU
    with separate gate and up projections applied to the up one), the reference's
-   values reordered along some axes,
+   values reordered along some axes (made by a join of operands each holding one of the reference's
+   join's in another place: that join's operands exchanged, said first, on the module running it),
    each on its own (slices joined in another order, a roll, a flip: :func:`rearrangement`; in the
    reference's layout where it receives another: windows put back each transposed), or the
    layout ops between (a transpose missing before a reshape; a roll or flip one side only applies
@@ -403,6 +408,8 @@ class OpRecorder(TorchFunctionMode):
         # (working dtype, native dtype) of a copy run at another dtype than the comparison's: a
         # cast from the working dtype to the native one changed nothing in the comparison
         self.recast: tuple[torch.dtype, torch.dtype] | None = None
+        self.hooked: set[str] = set()  # submodules whose calls are seen
+        self.called: set[str] = set()  # of those, the ones called in the run
         if module is not None:
             for name, t in (*module.named_parameters(), *module.named_buffers()):
                 self._provenance[id(t)] = name
@@ -413,6 +420,7 @@ class OpRecorder(TorchFunctionMode):
         if self._module is not None:
             for name, sub in hookable_modules(self._module):
                 if name:
+                    self.hooked.add(name)
                     self._handles.append(sub.register_forward_pre_hook(self._push(name)))
                     self._handles.append(sub.register_forward_hook(self._pop))
         return super().__enter__()
@@ -426,6 +434,7 @@ class OpRecorder(TorchFunctionMode):
     def _push(self, name: str):
         def hook(module, args):
             self._scope.append(name)
+            self.called.add(name)
         return hook
 
     def _pop(self, module, args, output):
@@ -513,6 +522,8 @@ class OpRecorder(TorchFunctionMode):
             kind = "noop"
         if name in ("pad", "constant_pad_nd") and first is not None and outs[0].shape == first.shape:
             kind = "noop"  # a pad of zero width: written for shapes that need none
+        if name in _RESIZES and first is not None and outs[0].shape == first.shape and torch.equal(outs[0], first):
+            kind = "noop"  # a table resized to the size it has: written for sizes that need a resize
         if name == "embedding" and all(id(t) in self._provenance for t in tensors.values()):
             # a lookup at fixed indices (position ids held as a buffer) is a view of its table: an
             # ``add`` of it is an add of the table, compared with the reference's position parameter
@@ -556,7 +567,10 @@ class OpRecorder(TorchFunctionMode):
     def _constant_from(self, name: str, tensors: list[torch.Tensor]) -> bool:
         """Whether an op reading ``tensors`` computes a constant: each one is (none for a factory such
         as ``arange``); a random draw is none."""
+        if name in _SHAPE_ONLY:
+            return True  # ``zeros_like(v_bias)`` reads its operand's shape, never its values
         return not name.startswith(_RANDOM) and all(_is_constant(self._provenance.get(id(t), "")) for t in tensors)
+
 
     def _record_written_out(self, name: str, args: tuple, value: float, out: Any, before: dict[int, torch.Tensor]) -> None:
         """``addcmul(x, a, b, value=v)`` (``addcdiv``) recorded as the ops a port writes for it:
@@ -629,6 +643,10 @@ class OpRecorder(TorchFunctionMode):
 
 
 _CONSTANT = "a constant from {}"  # the name of a tensor computed from no input and no parameter, after its op
+# ops whose result depends on their operands' shape and dtype only
+_SHAPE_ONLY = frozenset({"zeros_like", "ones_like", "full_like", "empty_like", "new_zeros", "new_ones", "new_full",
+                         "new_empty"})
+_RESIZES = frozenset({"interpolate", "upsample", "upsample_bilinear", "upsample_nearest"})
 _RANDOM = ("rand", "normal", "bernoulli", "multinomial", "poisson", "dropout", "uniform", "exponential", "geometric",
            "cauchy", "log_normal")  # draws: no constant
 
@@ -1725,10 +1743,25 @@ def _unpaired_finding(base: str, tag: str, op: Op, stream_other: list[Op], pos: 
         # the reference tensors it reads, by their keys in the reference: whoever holds the
         # candidate's copies is the module that should have applied it
         prefix = "" if ref_name in ("", ROOT) else ref_name + "."
-        return {**_finding(module, "missing_op", op.name, None, None, op.name, text),
+        return {**_finding(module, "missing_op", op.name, None, None, op.name, text), **_rounding_only(op),
                 "reads": sorted(prefix + name for name in op.params.values() if not _is_constant(name))}
     text = f"{module}: extra {_op_label(op)} in the candidate {where}; the reference has none"
-    return _finding(module, "extra_op", op.name, None, op.name, None, text)
+    return {**_finding(module, "extra_op", op.name, None, op.name, None, text), **_rounding_only(op)}
+
+
+def _rounding_only(op: Op) -> dict:
+    """``{"rounding": True}`` for a cast to a dtype at least as wide as float32 (a softmax's float32
+    result cast back): it changes values by a rounding, not a value a port computes."""
+    dtypes = [t.dtype for t in op.outputs[:1]] if op.name == "cast" else []
+    return {"rounding": True} if dtypes and all(_wide(d) for d in dtypes) else {}
+
+
+def _wide(dtype: Any) -> bool:
+    """Whether ``dtype`` (a torch dtype, its name, or None: the input's) rounds no more than float32."""
+    if dtype is None:
+        return True
+    name = str(dtype).removeprefix("torch.")
+    return name in ("float32", "float64")
 
 
 def _argument_findings(module: str, c: Op, r: Op) -> list[dict]:
@@ -1745,8 +1778,8 @@ def _argument_findings(module: str, c: Op, r: Op) -> list[dict]:
         if key in skip:
             continue
         a, b = _meant(c.name, key, c.args.get(key)), _meant(r.name, key, r.args.get(key))
-        if key.startswith("arg") and (key not in c.args or key not in r.args):
-            continue  # positional leftovers of different spellings
+        if (key.startswith("arg") or c.name != r.name) and (key not in c.args or key not in r.args):
+            continue  # positional leftovers of different spellings, or one op's own settings (a conv's stride)
         if key in _TRAINING_ONLY and not (c.args.get("training") or r.args.get("training")):
             continue  # a BatchNorm's momentum changes nothing in eval mode
         if key in _LAYOUT_ONLY:
@@ -2491,13 +2524,47 @@ def _relaid_input(c: Op, r: Op, cand: _Side, ref: _Side) -> str | None:
     return f"{tuple(a.shape)} against {tuple(b.shape)} ({adapter.description} brings it back)"
 
 
-def _rearranged_input(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance) -> list[dict]:
+def _rearranged_input(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance,
+                      base: str | None = None) -> list[dict]:
     """A diverging op whose input holds the reference's values in another order along some axes:
     blocks exchanged (a patch merging's slices concatenated in another order), a roll, a flip; in
     the reference's layout where it receives another (windows put back each transposed)."""
     how, through = _reordering_in_a_layout(*_computed_inputs(c, r, cand, ref), tol)
     text = f"{module}: {c.name} receives the reference's values in another order{through}: {how}"
-    return [_finding(module, "op", c.name, None, None, None, text)] if how else []
+    if not how:
+        return []
+    return _join_reordered(base or module, c, r, cand, ref, tol) + [_finding(module, "op", c.name, None, None, None, text)]
+
+
+def _join_reordered(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance) -> list[dict]:
+    """Where the reordered input of ``c`` (``module``: the streams' module) is made by a join of as many operands as ``r``'s, each
+    holding one of the reference's operands in another place: that join's operand order, the
+    cause the reordering only shows (branches concatenated in another order before a fuse)."""
+    joins = _join_before(cand.rec, c), _join_before(ref.rec, r)
+    if None in joins or len(joins[0].input_ids) != len(joins[1].input_ids):
+        return []
+    mine = [cand.rec.passed(i, joins[0].index) for i in joins[0].input_ids]
+    theirs = [ref.rec.passed(i, joins[1].index) for i in joins[1].input_ids]
+    order = []
+    for a in mine:
+        held = [j for j, b in enumerate(theirs) if a is not None and b is not None and _outputs_agree([a], [b], tol)]
+        if len(held) != 1:
+            return []
+        order.append(held[0])
+    if order == sorted(order) or len(set(order)) != len(order):
+        return []
+    moved = ", ".join(f"operand {i} holds the reference's operand {j}" for i, j in enumerate(order) if i != j)
+    module = _scoped(module, joins[0])  # the module running the join
+    text = f"{module}: {joins[0].name} joins its operands in another order than the reference's: {moved}"
+    return [_finding(module, "argument", joins[0].name, _JOINED, order, sorted(order), text)]
+
+
+def _join_before(rec: OpRecorder, op: Op) -> Op | None:
+    """The join (``cat``, ``stack``) whose result ``op``'s first input holds, through layout ops."""
+    at = rec.producer(op.input_ids[0], op.index) if op.input_ids else None
+    while at is not None and at.name not in _JOINS and at.kind != "compute" and at.input_ids:
+        at = rec.producer(at.input_ids[0], at.index)
+    return at if at is not None and at.name in _JOINS else None
 
 
 def _rearranged_output(module: str, cand: _Side, ref: _Side, tol: Tolerance) -> list[dict]:
@@ -2905,7 +2972,23 @@ def _pair_agrees(c: Op, r: Op, tol: Tolerance) -> bool:
     writing its features on another axis than its twin's (a token-mixing einsum against a linear on
     the transposed tokens) may give them in another layout of one shape."""
     return _outputs_agree(c.outputs, r.outputs, tol, same_shape=c.features != r.features) and not (
-        _argument_findings("", c, r) and not _identical(c.outputs, r.outputs))
+        [f for f in _argument_findings("", c, r) if not _precision_only(f)] and not _identical(c.outputs, r.outputs))
+
+
+def _narrowed(c: Op, r: Op, pending: list[dict]) -> bool:
+    """Whether one side of the pair computes in float32 where the other does not (a softmax upcast to
+    float32, the cast back pending): their results differ by float32's rounding."""
+    return any(f.get("rounding") for f in pending) or any(_precision_only(f) for f in _argument_findings("", c, r))
+
+
+def _float32_rounding(tol: Tolerance) -> Tolerance:
+    """``tol`` widened to what a float32 computation inside a wider model rounds off, relative to the
+    values' scale (:data:`_NARROWED_ULPS`): far below any error a port makes in its values."""
+    rtol = _NARROWED_ULPS * torch.finfo(torch.float32).eps
+    return Tolerance(atol=tol.atol, rtol=max(tol.rtol, rtol))
+
+
+_NARROWED_ULPS = 64  # a float32 softmax's rounding, carried through the products after it
 
 
 def _axes_exchanged(c: list[torch.Tensor], r: list[torch.Tensor], tol: Tolerance) -> bool:
@@ -3327,13 +3410,17 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
         found += _part_findings(where, c, r, cs, expected) or _param_findings(where, c, r, ref_module, root,
                                                                                expected)
         found += _mask_findings(where, c, r, tol)
+        # a precision the two sides compute in (a softmax upcast to float32, the cast back) is a
+        # rounding, not a value: a value difference behind it is said first
+        precision = [f for f in found if _precision_only(f)]
+        found = [f for f in found if not _precision_only(f)]
         inputs_differ = not found and _inputs_differ(c, r, cand, ref, tol)
         relaid = not found and not inputs_differ and _relaid_input(c, r, cand, ref)
         if inputs_differ or relaid:
             found = _swapped_inputs(where, c, r, cand, ref, tol) \
                 or _other_part(where, c, r, cand, ref, tol) \
                 or _other_source(where, c, r, cand, ref, tol, ref_name or module) \
-                or _rearranged_input(where, c, r, cand, ref, tol) \
+                or _rearranged_input(where, c, r, cand, ref, tol, module) \
                 or _layout_findings(module, cand, ref, last_c, c.index, last_r, r.index, c.name, agreed)
         if not found and relaid:
             found = [_finding(where, "op", c.name, None, None, None,
@@ -3341,6 +3428,8 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                               f"{relaid} ({_difference(c.outputs, r.outputs)})")]
         if not found and not inputs_differ:
             found = _broadcast_findings(where, c, r)
+        if not found and precision:
+            found, precision = precision, []
         if not found:
             why = ("receives other inputs, though every operation before it agrees: they are sliced, "
                    "indexed or ordered differently" if inputs_differ
@@ -3348,6 +3437,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             found = [_finding(where, "value", c.name, None, None, None,
                               f"{where}: {c.name} {why} ({_difference(c.outputs, r.outputs)}; candidate "
                               f"{c.spelling}, reference {r.spelling})")]
+        found += precision
         found += _unpaired_later(module, found, codes[at + 1:], cs, rs, ref_name, cand_scopes, unpaired)
         return _moved(_crossed_join(found, unpaired, c, r, cand, ref, tol), idle, into)
 
@@ -3388,6 +3478,8 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                 unpaired[id(pending[-1])] = False, rs[k]
             continue
         for k, (c, r) in enumerate(zip(cs[i1:i2], rs[j1:j2])):
+            if _narrowed(c, r, pending) and _pair_agrees(c, r, _float32_rounding(tol)):
+                tol = _float32_rounding(tol)  # rounding that every op after it carries
             twin = r if _pair_agrees(c, r, tol) else _value_twin(c, rs, j1 + k, tol)
             if twin is None and held is None and _axes_exchanged(c.outputs, r.outputs, tol):
                 # heads and tokens of one count exchanged (q split per token, the reference's per
@@ -3440,6 +3532,15 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             module, "value", None, None, None, None,
             f"{module}: every operation agrees with the reference, the returned value does not")]
     return []
+
+
+def _precision_only(finding: dict) -> bool:
+    """Whether ``finding`` says only in what precision a value is computed: a ``dtype`` argument
+    (``softmax(..., dtype=float32)``) or a cast one side applies, each between dtypes at least as
+    wide as float32: a float16 softmax loses what a port should keep."""
+    if finding["argument"] == "dtype":
+        return _wide(finding["candidate"]) and _wide(finding["reference"])
+    return bool(finding.get("rounding"))
 
 
 def _extra_run(pending: list[dict], unpaired: dict[int, tuple[bool, Op]], last: Op,
@@ -3627,7 +3728,8 @@ def _aligned(cs: list[Op], rs: list[Op], expected: Expected | None,
         if hi - lo == 1 or lo == len(cs):
             codes += stretch
             if lo < len(cs):
-                codes.append(("equal" if cs[lo].name == rs[j].name else "replace", lo, hi, j, j + 1))
+                codes.append(("equal" if cs[lo].name == rs[j].name or _pointwise_pair(cs[lo], rs[j]) else "replace",
+                              lo, hi, j, j + 1))
         else:  # a hand-written run: it begins after the last ops that pair by name before it
             last = max((k for k, code in enumerate(stretch) if code[0] == "equal"), default=-1)
             codes += stretch[:last + 1]
@@ -3637,6 +3739,18 @@ def _aligned(cs: list[Op], rs: list[Op], expected: Expected | None,
             codes.append(("replace", start, hi, j, j + 1))
         i0, j0 = hi, j + 1
     return codes
+
+
+def _pointwise_pair(c: Op, r: Op) -> bool:
+    """Whether ``c`` and ``r`` are one operation in two spellings: a linear over the channels (``x @ W``
+    on NHWC) against a 1x1 conv of stride 1, no padding, one group, or the other way round."""
+    if {c.name, r.name} != {"linear", "conv2d"}:
+        return False
+    conv = c if c.name == "conv2d" else r
+    weight = conv.operands.get("weight")
+    return weight is not None and tuple(weight.shape[2:]) == (1, 1) and conv.args.get("groups", 1) == 1 and all(
+        v in (0, 1, (0, 0), (1, 1)) for k, v in conv.args.items() if k in ("stride", "dilation"))  \
+        and conv.args.get("padding") in (0, (0, 0), None)
 
 
 _RUN_LEAD = 32  # ops a hand-written run may compute before reading its parameters (a norm's statistics)
@@ -3908,8 +4022,10 @@ def _own_shapes(m: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
                   if t is not None)
 
 
-def attribute_diff(candidate: nn.Module, reference: nn.Module, prefix: str) -> list[dict]:
-    """Settings (eps, approximate, stride, groups, inplace...) that differ between twin submodules."""
+def attribute_diff(candidate: nn.Module, reference: nn.Module, prefix: str, idle: set[str] = frozenset()) -> list[dict]:
+    """Settings (eps, approximate, stride, groups, inplace...) that differ between twin submodules;
+    ``idle``: candidate submodules never called in the run (a shortcut branch dropped), whose
+    settings compute nothing and whose pairing by build is no twin."""
     cmods, rmods = dict(candidate.named_modules()), dict(reference.named_modules())
     pairs = [(n, cmods[n], rmods[n]) for n in cmods if n in rmods]
     left_r = [(n, m, _build(m)) for n, m in rmods.items() if n not in cmods]
@@ -3921,6 +4037,8 @@ def attribute_diff(candidate: nn.Module, reference: nn.Module, prefix: str) -> l
             pairs.append((n, m, left_r.pop(idx)[1]))
     out = []
     for name, c, r in pairs:
+        if name in idle:
+            continue
         cs, rs = _settings(c), _settings(r)
         where = f"{prefix}.{name}" if name and prefix != "<root>" else (name or prefix)
         for key in sorted(set(cs) & set(rs)):
@@ -3984,7 +4102,7 @@ def diagnose_modules(
     findings = compare_streams(name, cand, ref, tol, reference, root, expected, ref_name)
     given = next(iter(flatten_tensors((args, kwargs)).values()), None)
     findings = _applied_before(findings, ref, given, received, tol)
-    findings += attribute_diff(candidate, reference, name)
+    findings += attribute_diff(candidate, reference, name, c_rec.hooked - c_rec.called)
     return _rank(_dedupe(findings))
 
 
@@ -4051,9 +4169,10 @@ def _dedupe(findings: Iterable[dict]) -> list[dict]:
 
 def _rank(findings: list[dict]) -> list[dict]:
     """By kind (:data:`_RANK`), a twin left in training mode first: its random drop or batch
-    statistics make the ops differ, not the other way round. Stable: stream order within a kind."""
+    statistics make the ops differ, not the other way round; a precision difference (a softmax upcast)
+    after every other. Stable: stream order within a kind."""
     order = {k: i for i, k in enumerate(_RANK)}
-    return sorted(findings, key=lambda f: (not _training(f), order[f["kind"]]))
+    return sorted(findings, key=lambda f: (not _training(f), _precision_only(f), order[f["kind"]]))
 
 
 def _training(finding: dict) -> bool:
