@@ -335,6 +335,26 @@ class MatmulMlp(nn.Module):
         return F.gelu(x @ self.w1 + self.b1) @ self.w2 + self.b2
 
 
+class BiasedAttention(nn.Module):
+    """Fused-qkv attention (8 channels, 2 heads) adding ``self.bias()``: subclasses say how they keep a
+    relative position bias (a table gathered through an index, or whole)."""
+
+    channels, heads = 8, 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(self.channels, 3 * self.channels), nn.Linear(self.channels, self.channels)
+
+    def bias(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-2, -1) * (c // self.heads) ** -0.5 + self.bias()
+        return self.proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, c))
+
+
 class ConvBn(nn.Sequential):
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 import harness
-from helpers import compare_port
 
 C, WS, SHIFT = 8, 4, 2
 

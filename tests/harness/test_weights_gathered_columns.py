@@ -12,9 +12,9 @@ from torch import nn
 
 import harness
 from helpers import transferred
-from port_toys import randomized
+from port_toys import BiasedAttention, randomized
 
-C, HEADS, SIDE = 8, 2, 3
+C, HEADS, SIDE = BiasedAttention.channels, BiasedAttention.heads, 3
 N = SIDE * SIDE
 
 
@@ -25,19 +25,7 @@ def _offsets() -> torch.Tensor:
     return (yy[:, None] - yy[None]).abs() * SIDE + (xx[:, None] - xx[None]).abs()
 
 
-class _Attention(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.qkv, self.proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, HEADS, C // HEADS).permute(2, 0, 3, 1, 4)
-        scores = q @ k.transpose(-2, -1) * (C // HEADS) ** -0.5 + self.bias()
-        return self.proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, C))
-
-
-class _Columns(_Attention):
+class _Columns(BiasedAttention):
     """``table[:, index]``; with ``cached``, kept after the first eval forward as timm does."""
 
     def __init__(self, ellipsis: bool = False, cached: bool = False) -> None:
@@ -58,7 +46,7 @@ class _Columns(_Attention):
         return self.bias_cache["bias"]
 
 
-class _Whole(_Attention):
+class _Whole(BiasedAttention):
     def __init__(self) -> None:
         super().__init__()
         self.rel_bias = nn.Parameter(torch.zeros(HEADS, N, N))

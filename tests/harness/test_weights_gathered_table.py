@@ -13,9 +13,9 @@ from torch import nn
 
 import harness
 from helpers import transferred
-from port_toys import randomized
+from port_toys import BiasedAttention, randomized
 
-C, HEADS, WINDOW = 8, 2, 3
+C, HEADS, WINDOW = BiasedAttention.channels, BiasedAttention.heads, 3
 N = WINDOW * WINDOW
 
 
@@ -26,19 +26,7 @@ def _relative_index() -> torch.Tensor:
     return offsets[..., 0] * (2 * WINDOW - 1) + offsets[..., 1]
 
 
-class _Attention(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.qkv, self.proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, HEADS, C // HEADS).permute(2, 0, 3, 1, 4)
-        scores = q @ k.transpose(-2, -1) * (C // HEADS) ** -0.5 + self.bias()
-        return self.proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, C))
-
-
-class _Gathering(_Attention):
+class _Gathering(BiasedAttention):
     def __init__(self) -> None:
         super().__init__()
         self.table = nn.Parameter(torch.zeros((2 * WINDOW - 1) ** 2, HEADS))
@@ -48,7 +36,7 @@ class _Gathering(_Attention):
         return self.table[self.index.view(-1)].view(N, N, -1).permute(2, 0, 1).contiguous().unsqueeze(0)
 
 
-class _Whole(_Attention):
+class _Whole(BiasedAttention):
     def __init__(self) -> None:
         super().__init__()
         self.rel_bias = nn.Parameter(torch.zeros(HEADS, N, N))
@@ -57,7 +45,7 @@ class _Whole(_Attention):
         return self.rel_bias
 
 
-class _NoBias(_Attention):
+class _NoBias(BiasedAttention):
     def bias(self) -> float:
         return 0.0
 
