@@ -18,12 +18,12 @@ adapter that brings the candidate's tensor into the reference's shape:
 5. a map ``(B, C, H, W)`` and its non-overlapping patches as tokens ``(B, L, C*p*p)``, each patch
    flattened channel first (``F.unfold``) or channel last (a patchify before a linear patch
    embedding), either way round (tried first: only shapes made for a patch grid fit it);
-6. twins of one shape whose plain comparison fails and whose inputs agree only through such a
-   permutation: the permutations of 2. that keep the shape (NHWC against NCHW when
-   C == H == W), and rolls of the token axes by a few tokens (a port keeping its class token at
-   the end of the sequence); one that passes is taken. A module
-   given the reference's layout that returns a permuted one, and a map whose H and W were
-   exchanged (on a square grid they keep the shape), still fail.
+6. twins of one shape whose plain comparison fails: the permutations of 2. that keep the shape
+   (NHWC against NCHW when C == H == W: a module may turn the reference's layout into its own
+   inside), and, where the inputs agree only through such a layout, rolls of the token axes by a
+   few tokens (a port keeping its class token at the end of the sequence); one that passes is
+   taken. A module given the reference's layout that returns its tokens rolled, and a map whose
+   H and W were exchanged (on a square grid they keep the shape), still fail.
 
 Twins of other element counts, one of which computes one position along an axis of the other's
 output (a norm on the pooled class token against one on every token), are compared at that
@@ -34,10 +34,12 @@ fused ``qkv`` laid out per head) is applied first, in the candidate's own layout
 still has another shape than the twin's, the search above runs on it and the two compose
 (:func:`then_layout`: features regrouped, then the windows folded into the batch unfolded).
 
-Among the adapters whose shapes fit, the one giving the smallest error is kept; the verdict on the
-row is then made on the adapted tensor as on any other, and the adapter is shown in the row. The
-layout two shapes last agreed in exactly is tried first, and tensors that agree in no layout (their
-extremes or sums differ beyond the tolerance) take it, or the first that fits, unmeasured. A
+Among the adapters whose shapes fit, the one giving the smallest error is kept, or the first
+within the tolerance (or within float32's rounding where the tolerance is tighter, which a float64
+reference computing its softmax in float32 leaves between right twins: :func:`rounding_tolerance`);
+the verdict on the row is then made on the adapted tensor as on any other, and the adapter is shown
+in the row. The layout two shapes last agreed in is tried first, and tensors that agree in no layout
+(their extremes or sums differ beyond that bound) take it, or the first that fits, unmeasured. A
 wrong layout is not hidden by this: the module's consumers receive the wrong layout and fail.
 Summary-mode leaves (statistics only) need no adapter: mean, std and absmax do not depend on
 layout, so equal element counts suffice.
@@ -52,16 +54,19 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import chain, islice, permutations
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 from harness.checks import type_error
-from harness.metrics import Tolerance, measure
+from harness.metrics import DEFAULT_TOLERANCES, Tolerance, measure
 from harness.weightmap import shape_permutations
 
-__all__ = ["AS_IS", "Adapter", "agreeing_layout", "at_one_position", "at_position", "find_adapter", "kept_rolled_layout", "one_position", "then_layout", "unit_axes_dropped", "UserAdapter", "check_adapters"]
+__all__ = ["AS_IS", "Adapter", "agreeing_layout", "at_one_position", "at_position", "find_adapter",
+           "kept_permutation", "kept_rolled_layout", "one_position", "rounding_tolerance", "then_layout",
+           "unit_axes_dropped", "UserAdapter", "check_adapters"]
 
 
 @dataclass(frozen=True)
@@ -258,11 +263,33 @@ def _grids(map_shape: tuple[int, ...], ws: int, windows: int) -> Iterator[tuple[
 def _shape_keeping(shape: tuple[int, ...]) -> Iterator[Adapter]:
     """Permutations that leave ``shape`` as it is and are a layout convention (:func:`_convention`:
     NHWC against NCHW when C == H == W), then token orders (:func:`_token_rolls`)."""
-    # lexicographic, not the kernel layouts first: of adapters with equal errors the first is kept
-    for dims in sorted(shape_permutations(shape, shape)):
-        if _convention(shape, dims):
-            yield Adapter(_perm_text(dims), lambda t, dims=dims: t.permute(*dims))
+    yield from _kept_permutations(shape)
     yield from _token_rolls(shape)
+
+
+def _kept_permutations(shape: tuple[int, ...]) -> Iterator[Adapter]:
+    """The permutations of :func:`_shape_keeping` (none for a shape whose axes all differ in size)."""
+    for dims in _convention_dims(shape):
+        yield Adapter(_perm_text(dims), lambda t, dims=dims: t.permute(*dims))
+
+
+@lru_cache(maxsize=1024)
+def _convention_dims(shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    # lexicographic, not the kernel layouts first: of adapters with equal errors the first is kept
+    return tuple(dims for dims in sorted(shape_permutations(shape, shape)) if _convention(shape, dims))
+
+
+def kept_permutation(candidate: torch.Tensor, reference: torch.Tensor, tol: Tolerance) -> Adapter | None:
+    """The permutation keeping the shape of two tensors of one shape (a layout convention: NHWC
+    against NCHW when C == H == W) through which ``candidate`` holds ``reference``'s values within
+    ``tol``, None when none does (no roll of the tokens: :func:`agreeing_layout` with
+    ``same_shape`` tries those too). A shape whose axes all differ in size, or extremes that
+    differ, answer at once."""
+    shape = tuple(candidate.shape)
+    if shape != tuple(reference.shape) or not _convention_dims(shape) or not _same_extremes(candidate, reference, tol):
+        return None
+    return next((adapter for adapter in _kept_permutations(shape)
+                 if measure(adapter.apply(candidate.detach()), reference).passes(tol)), None)
 
 
 # the most tokens a sequence keeps apart from its patches: a class token, a distillation token, registers
@@ -305,11 +332,12 @@ def find_adapter(candidate: torch.Tensor, reference: torch.Tensor, *, same_shape
     Tensors of one shape need none, unless ``same_shape``: then the permutations that keep the
     shape are tried (a caller does so when the plain comparison fails).
 
-    The layout in which tensors of these two shapes last agreed exactly is tried first (the twins
-    of one model pair keep their layouts from call to call and run to run). With ``tol``, tensors
+    The layout in which tensors of these two shapes last agreed is tried first (the twins of one
+    model pair keep their layouts from call to call and run to run). With ``tol`` (widened to
+    :func:`rounding_tolerance`), the first layout agreeing within it is taken at once, and tensors
     that cannot agree in any layout (their extremes or sums differ beyond it: downstream of an
-    error) take that layout, or the first that fits, unmeasured: no layout would pass, and trying
-    hundreds (the permutations of a 6-dim window partition) would only rank their errors.
+    error) take the remembered layout, or the first that fits, unmeasured: no layout would pass,
+    and trying hundreds (the permutations of a 6-dim window partition) would only rank their errors.
     ``remember=False``: a layout found is not remembered (a caller that only words a difference)."""
     cs, rs = tuple(candidate.shape), tuple(reference.shape)
     if (cs == rs and not same_shape) or candidate.numel() != reference.numel() or candidate.numel() == 0:
@@ -319,22 +347,33 @@ def find_adapter(candidate: torch.Tensor, reference: torch.Tensor, *, same_shape
     if key in _AGREED:
         adapters = chain([_AGREED[key]], adapters)
     fitting = _fitting(adapters, candidate, rs)
-    if tol is not None and not _same_extremes(candidate, reference, tol):
+    wide = None if tol is None else rounding_tolerance(tol)
+    if wide is not None and not _same_extremes(candidate, reference, wide):
         return next((adapter for adapter, _ in fitting), None)
     ref = reference.detach().double()
+    enough = 0.0 if wide is None else wide.bound(float(ref.abs().max()))
     best: tuple[float, Adapter] | None = None
     for adapter, out in fitting:
         err = float((out.double() - ref).abs().nan_to_num(nan=math.inf).max())
         if best is None or err < best[0]:
             best = (err, adapter)
-            if err == 0.0:
+            if err <= enough:
                 if remember:
                     _remember(key, adapter)
                 break
     return None if best is None else best[1]
 
 
-# (candidate shape, reference shape, same_shape) -> the adapter they last agreed exactly through
+def rounding_tolerance(tol: Tolerance) -> Tolerance:
+    """``tol``, or float32's where ``tol`` is tighter: within it values tell layouts apart. A
+    float64 reference may compute some operations in float32 (transformers' softmax), so twins in
+    the right layout may differ by that rounding and still stand far apart from every other layout."""
+    wide = DEFAULT_TOLERANCES["float32"]
+    return Tolerance(max(tol.atol, wide.atol), max(tol.rtol, wide.rtol))
+
+
+# (candidate shape, reference shape, same_shape) -> the adapter they last agreed through (exactly, or
+# within the rounding_tolerance of the caller's tolerance)
 _AGREED: dict[tuple, Adapter] = {}
 _AGREED_MOST = 4096
 
@@ -375,8 +414,10 @@ def agreeing_layout(candidate: torch.Tensor, reference: torch.Tensor, tol: Toler
     if candidate.shape == reference.shape:
         if measure(candidate, reference).passes(tol):
             return AS_IS
-        if not same_shape or not _same_extremes(candidate, reference, tol):
+        if not same_shape:
             return None
+    if not _same_extremes(candidate, reference, tol):  # no layout agrees within tol: answered at once
+        return None
     adapter = find_adapter(candidate, reference, same_shape=same_shape, tol=tol)
     if adapter is None or not measure(adapter.apply(candidate), reference).passes(tol):
         return None

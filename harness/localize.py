@@ -83,16 +83,22 @@ twins cannot agree one by one and their weights are not the suspects.
 
 Twins that differ by a parameter-free operation one side applies inside the module and the
 other after it (timm's ``BatchNormAct2d`` against a BatchNorm followed by ``F.relu`` in the
-caller's code) are measured before that operation (:func:`drop_trailing_ops`); a side that never
-applies it is caught by the call that reads the value, or by its caller. Twins that both end with
-an unpaired call of one class (a Dropout left in training against one in eval mode) apply it in
-the same place: that call's result is the error.
+caller's code) are measured before that operation (:func:`drop_trailing_ops`), downstream of an
+error too where the candidate's own values show it applying the operation right after the module
+(two paths handed each other's half of the input clear their norms, and the caller that split the
+input is blamed); a side that never applies it is caught by the call that reads the value, or by
+its caller. Twins that both end with an unpaired call of one class (a Dropout left in training
+against one in eval mode) apply it in the same place: that call's result is the error.
 
 Twins whose outputs hold the same elements in another layout are compared through an adapter
-(:mod:`harness.adapters`); an output of the twin's shape without one axis is compared with the
-twin's output at the position along that axis it agrees with best, whichever side is the smaller
-(a norm on the pooled class token against a norm on every token, or a norm on ``[pooled; tokens]``
-against a head norming the pooled row alone); twins whose shapes neither explains fail as a
+(:mod:`harness.adapters`), also twins of one shape whose values agree only through a permutation
+keeping it (a stage turning the reference's NCHW image into NHWC inside, where C == H == W; a roll
+of the tokens only where the input came rolled); values tell the layout within float32's rounding,
+which a float64 reference computing its softmax in float32 leaves between right twins. An output
+of the twin's shape without one axis is compared with the twin's output at the position along
+that axis it agrees with best, whichever side is the smaller (a norm on the pooled class token
+against a norm on every token, or a norm on ``[pooled; tokens]`` against a head norming the pooled
+row alone); twins whose shapes neither explains fail as a
 visible shape mismatch (with agreeing outputs, a row left unchecked: see :func:`harness.compare`'s
 verdict). (Prior art: coremltools' comparator blames an op whose output fails while
 its direct inputs pass; torch.ao.ns' shadow mode feeds one model's inputs into the other's layers.)
@@ -109,7 +115,8 @@ import torch
 from torch import nn
 
 from harness.adapters import (AS_IS, Adapter, UserAdapter, agreeing_layout, at_one_position, find_adapter,
-                              kept_rolled_layout, layouts, then_layout, user_adapter)
+                              kept_permutation, kept_rolled_layout, layouts, rounding_tolerance, then_layout,
+                              user_adapter)
 from harness.align import Aligned, Alignment, Match
 from harness.metrics import Metrics, Tolerance, measure, measure_summaries, tolerance_for
 from harness.trace import ROOT, Leaf, Record, TensorSummary, flatten_tensors, map_tensors
@@ -171,9 +178,11 @@ def _numel(leaf: Leaf) -> int:
     return n
 
 
-def _adapt(a: Leaf, b: Leaf, forced: Adapter | None, tol: Tolerance) -> tuple[Leaf, Leaf, str | None]:
+def _adapt(a: Leaf, b: Leaf, forced: Adapter | None, tol: Tolerance,
+           measured: bool = False) -> tuple[Leaf, Leaf, str | None]:
     """``(a, b)`` brought to one layout: ``a`` in ``b``'s when their shapes differ and an adapter
-    explains it (``tol``: see :func:`harness.adapters.find_adapter`), or through ``forced`` whatever
+    explains it (``tol``: see :func:`harness.adapters.find_adapter`; ``measured``: every layout
+    that fits is measured, however far apart the values stand), or through ``forced`` whatever
     their shapes (features in another order keep the shape; statistics do not see the order), then
     the layout that brings its result into ``b``'s shape (:func:`harness.adapters.then_layout`); or,
     when one side computes one position of the other's output, the other side at that position
@@ -188,7 +197,8 @@ def _adapt(a: Leaf, b: Leaf, forced: Adapter | None, tol: Tolerance) -> tuple[Le
     if forced is None and a.numel() != b.numel() and min(a.numel(), b.numel()) > 0:
         return _position(a, b, tol)
     # a forced adapter leaving another shape is followed by the layout search (composed)
-    adapter = then_layout(forced, a, b, tol) if forced is not None else find_adapter(a, b, tol=tol)
+    adapter = then_layout(forced, a, b, tol) if forced is not None \
+        else find_adapter(a, b, tol=None if measured else tol)
     if adapter is None:
         return a, b, None
     return adapter.apply(a), b, adapter.description
@@ -215,14 +225,16 @@ def _worst(pairs: list[tuple[str, Leaf, Leaf]], tol: Tolerance,
 
 
 def _worst_adapted(pairs: list[tuple[str, Leaf, Leaf]], tol: Tolerance, forced: Adapter | None = None,
-                   keep_shape: bool = False) -> tuple[str, Metrics, bool, str | None, tuple | None]:
+                   keep_shape: bool = False, rolls: bool = True,
+                   measured: bool = False) -> tuple[str, Metrics, bool, str | None, tuple | None]:
     """As :func:`_worst`, plus the adapter used on the worst leaf and the reference shape when it
     differs. ``keep_shape``: a leaf of the reference's shape that fails may pass through a
-    permutation keeping its shape (see :func:`measure_match`)."""
+    permutation keeping its shape, or, with ``rolls``, a roll of its tokens (see :func:`measure_match`);
+    ``measured``: see :func:`_adapt`."""
     worst: tuple[float, str, Metrics, str | None, tuple | None] | None = None
     passed = True
     for key, a0, b in pairs:
-        a, b, adapter = _adapt(a0, b, forced, tol)
+        a, b, adapter = _adapt(a0, b, forced, tol, measured)
         ref_shape = tuple(b.shape) if tuple(a0.shape) != tuple(b.shape) else None
         if isinstance(a, TensorSummary) or isinstance(b, TensorSummary):
             m = measure_summaries(_summary(a), _summary(b))
@@ -232,10 +244,15 @@ def _worst_adapted(pairs: list[tuple[str, Leaf, Leaf]], tol: Tolerance, forced: 
             m = measure(a, b)
         ok = m.passes(tol)
         if not ok and keep_shape and adapter is None and isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-            kept = find_adapter(a, b, same_shape=True)
-            kept_m = measure(kept.apply(a), b) if kept is not None else None
-            if kept_m is not None and kept_m.passes(tol):
-                m, ok, adapter = kept_m, True, kept.description
+            # values decide, the cheap way first (a leaf whose extremes differ agrees in no
+            # layout), within the reference's own rounding (a float64 reference may compute its
+            # softmax in float32): the verdict is then the tolerance's, in that layout
+            wide = rounding_tolerance(tol)
+            kept = None if not a.is_floating_point() else agreeing_layout(a, b, wide, same_shape=True) if rolls \
+                else kept_permutation(a, b, wide)
+            if kept is not None and kept is not AS_IS:
+                m, adapter = measure(kept.apply(a), b), kept.description
+                ok = m.passes(tol)
         passed &= ok
         ratio = float("inf") if not ok and (m.shape_mismatch or m.nonfinite_mismatch) else (
             m.max_abs / max(tol.bound(m.ref_absmax), 1e-300))
@@ -254,10 +271,13 @@ def _summary(leaf: Leaf) -> TensorSummary:
 def measure_match(match: Match, tol: Tolerance, adapters: Sequence[UserAdapter] = ()) -> Row:
     forced = user_adapter(match.candidate.name, adapters)
     pairs = _leaf_pairs(match.candidate.outputs, match.reference.outputs)
-    leaf, metrics, passed, adapter, ref_shape = _worst_adapted(pairs, tol, forced)
-    if not passed and forced is None and _inputs_in_another_layout(match, tol):
-        # one shape, another layout (NHWC against NCHW when C == H == W): a module given its input
-        # permuted may return its output permuted; one given the reference's layout may not
+    # one shape, another layout (NHWC against NCHW when C == H == W): a module may turn the
+    # reference's layout into its own inside (a stage given an NCHW image that returns NHWC tokens)
+    leaf, metrics, passed, adapter, ref_shape = _worst_adapted(pairs, tol, forced, keep_shape=forced is None,
+                                                               rolls=False)
+    if not passed and forced is None and adapter is None and _inputs_in_another_layout(match, tol):
+        # a roll of the tokens only where the input came rolled: a forgotten roll back of shifted
+        # windows is an error, not a layout (a worst leaf in a layout already is measured alike)
         leaf, metrics, passed, adapter, ref_shape = _worst_adapted(pairs, tol, keep_shape=True)
     kept = kept_rolled_layout(match, tol) if passed and adapter is not None and forced is None else None
     if kept is not None and kept.description != adapter:
@@ -268,6 +288,17 @@ def measure_match(match: Match, tol: Tolerance, adapters: Sequence[UserAdapter] 
                reference_shape=ref_shape)
 
 
+def remeasured_by_values(row: Row) -> None:
+    """Measure ``row`` again, each leaf of another shape in the layout that gives the smallest
+    error of all that fit: for a row whose error is known to be within its reference's own rounding
+    (:mod:`harness.noise`), whatever that rounding left of the tensors' extremes. Its verdict stays;
+    the row is left as it was unless the layouts measured bring its tensors closer."""
+    pairs = _leaf_pairs(row.match.candidate.outputs, row.match.reference.outputs)
+    leaf, metrics, _, adapter, ref_shape = _worst_adapted(pairs, row.tolerance, measured=True)
+    if metrics.rel_l2 < row.metrics.rel_l2:
+        row.leaf, row.metrics, row.adapter, row.reference_shape = leaf, metrics, adapter, ref_shape
+
+
 def _inputs_in_another_layout(match: Match, tol: Tolerance) -> bool:
     """Whether the twins' tensor inputs agree only through a layout adapter (another shape, or a
     permutation keeping the shape), not as they are."""
@@ -275,7 +306,7 @@ def _inputs_in_another_layout(match: Match, tol: Tolerance) -> bool:
     tensors = [(a, b) for _, a, b in pairs if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
                and a.numel() == b.numel() and a.is_floating_point()]
     for a, b in tensors:
-        found = agreeing_layout(a, b, tol, same_shape=True)
+        found = agreeing_layout(a, b, rounding_tolerance(tol), same_shape=True)
         if found is not None and found is not AS_IS:
             return True
     return False
@@ -343,6 +374,8 @@ def drop_trailing_ops(rows: list[Row], alignment: Alignment, measure_row: Callab
     operation's result: then the row stays as measured, the module's own error; so too where the
     candidate's trailing call makes what, given the same inputs, no reference call after the twin
     receives and no call around it returns (a GELU appended to a feed-forward: an extra operation).
+    Downstream of an error a row whose twin ends with the operation is replaced all the same when
+    the candidate applies it right after its module (:func:`_applied_after`).
     The model's own call is never shortened: its outputs are the outputs. Rows are replaced in place."""
     unpaired = {id(r) for r in (*alignment.unmatched_candidate, *alignment.unmatched_reference,
                                 *alignment.passthrough_candidate, *alignment.passthrough_reference)}
@@ -375,7 +408,8 @@ def drop_trailing_ops(rows: list[Row], alignment: Alignment, measure_row: Callab
             pattern = _pattern(row.match, side, trailing)
             if trial.passed:
                 patterns.add(pattern)
-            if trial.passed or pattern in patterns or trial.metrics.rel_l2 < 0.5 * row.metrics.rel_l2:
+            if trial.passed or pattern in patterns or trial.metrics.rel_l2 < 0.5 * row.metrics.rel_l2 \
+                    or (side == "reference" and _applied_after(row, trailing, starts)):
                 where = "the reference" if side == "reference" else "the candidate"
                 rows[at] = replace(trial, adapter=f"before {trailing.name}, which {where} applies inside this call",
                                    trailing=trailing.module if side == "candidate" else None)
@@ -407,6 +441,28 @@ def _never_applied(row: Row, trailing: Record, calls: list[Record]) -> bool:
         return False
     after = [c for c in calls if c.start > cand.end][:_READERS]
     return not any(_holds_any(made, [c.first_input], row.tolerance) for c in after)
+
+
+def _applied_after(row: Row, trailing: Record, calls: list[Record]) -> bool:
+    """Whether the candidate applies the reference's ``trailing`` operation itself, right after its
+    module: run on the candidate module's output, it gives what a candidate call around the module
+    returns or what one of the next calls reads (a ReLU in the caller's code after a BatchNorm,
+    where timm's ``BatchNormAct2d`` applies it inside). The candidate's own values tell, so this
+    holds downstream of an error too, where no value matches the reference's."""
+    cand, out = row.match.candidate, row.match.candidate.primary
+    if trailing.module is None or not isinstance(out, torch.Tensor) or not out.is_floating_point():
+        return False
+    try:
+        with torch.no_grad():
+            made = trailing.module(out.clone())  # a copy: an in-place activation must not write into the trace
+    except Exception:  # a module that does not take the candidate's output as it is
+        return False
+    if not isinstance(made, torch.Tensor) or made.shape != out.shape or _bitwise(made, out):
+        return False  # an operation leaving these values alone shows nothing
+    after = [c for c in calls if c.start > cand.end][:_READERS]
+    around = [c for c in calls if c is not cand and c.contains(cand)]
+    return any(_holds_any(made, [c.first_input], row.tolerance) for c in after) \
+        or any(_holds_any(made, [c.primary], row.tolerance) for c in around)
 
 
 def _reference_never_applies(row: Row, trailing: Record, calls: list[Record]) -> bool:
@@ -603,8 +659,10 @@ def _rerun_input_choices(cand: Record, ref: Record, tol: Tolerance | None = None
     """The reference's recorded inputs in the forms the candidate module may take.
 
     The same argument structure: the reference's arguments as they are. Otherwise the candidate's
-    own arguments with every tensor replaced by the reference input of its shape (an attention
-    called as ``(x, x, x)`` against one called as ``(x)``), or of its element count brought into
+    own arguments with every tensor replaced by the reference input of its shape it stands for
+    (:func:`_standing_for`: an attention called as ``(x, x, x)`` against one called as ``(x)``;
+    windows and a mask of one shape each their own; permuted where only that makes it hold the
+    candidate's values, :func:`_in_own_layout`), or of its element count brought into
     the candidate's layout (``(B, L, C)`` against ``(B, H, W, C)``); nothing if a tensor has no
     counterpart. A layout is first the one closest to the candidate's own input. Where that input
     disagrees with the reference's within ``tol`` in it (an error upstream, which leaves the input
@@ -679,26 +737,50 @@ def _translator(refs: list[torch.Tensor], choice: int, tol: Tolerance | None,
     ``options`` keeps each tensor's layouts from choice to choice; ``used`` gathers the ids of the
     reference inputs given."""
     used = set() if used is None else used
+    given: dict[int, torch.Tensor] = {}  # candidate tensor -> the reference input it stands for
 
     def translate(t: torch.Tensor) -> torch.Tensor:
         same = [r for r in refs if tuple(r.shape) == tuple(t.shape)]
         if same:
-            used.add(id(same[0]))
-            return same[0].to(dtype=t.dtype) if t.is_floating_point() else same[0]
+            ref = given.setdefault(id(t), _standing_for(t, same, used))
+            used.add(id(ref))
+            return _in_own_layout(ref.to(dtype=t.dtype), t, tol) if t.is_floating_point() else ref
         sized = [r for r in refs if r.numel() == t.numel() and r.numel() > 0]
-        if sized:
-            used.add(id(sized[0]))
+        source = given.setdefault(id(t), _standing_for(t, sized, used)) if sized else None
+        if source is not None:
+            used.add(id(source))
         if id(t) not in options:
-            closest = find_adapter(sized[0], t) if sized else None
+            closest = find_adapter(source, t) if source is not None else None
             options[id(t)] = [closest] if closest is not None else []
         found = options[id(t)]
-        if choice and len(found) == 1 and not measure(found[0].apply(sized[0]), t).passes(tol):
-            found += [a for a in layouts(sized[0], tuple(t.shape), _LAYOUT_TRIES) if a.description != found[0].description]
+        if choice and len(found) == 1 and not measure(found[0].apply(source), t).passes(tol):
+            found += [a for a in layouts(source, tuple(t.shape), _LAYOUT_TRIES) if a.description != found[0].description]
         if choice >= len(found):
             raise LookupError(t.shape)
-        return found[choice].apply(sized[0]).to(dtype=t.dtype)
+        return found[choice].apply(source).to(dtype=t.dtype)
 
     return translate
+
+
+def _in_own_layout(ref: torch.Tensor, t: torch.Tensor, tol: Tolerance | None) -> torch.Tensor:
+    """Reference input ``ref`` in the layout of candidate input ``t`` of its shape: as it is, or
+    permuted where only a permutation keeping the shape makes it hold ``t``'s values (a head given
+    NHWC maps where the reference's gets NCHW ones, C == H == W); as it is where values cannot tell
+    (an error upstream)."""
+    wide = rounding_tolerance(tol or tolerance_for(t.dtype))
+    if measure(ref, t).passes(wide):
+        return ref
+    kept = kept_permutation(ref, t, wide)
+    return ref if kept is None else kept.apply(ref).contiguous()
+
+
+def _standing_for(t: torch.Tensor, fitting: list[torch.Tensor], used: set[int]) -> torch.Tensor:
+    """Of the reference inputs that fit candidate input ``t`` (in argument order), the one it
+    stands for: one holding its values (a mask both sides build alike), else the first not given
+    to another argument yet (windows and a mask of one shape each keep their own), else the first
+    (one value read by several arguments: an attention called as ``(x, x, x)``)."""
+    held = next((r for r in fitting if r.shape == t.shape and _bitwise(t, r)), None)
+    return held if held is not None else next((r for r in fitting if id(r) not in used), fitting[0])
 
 
 def _cast_like(value: Any, like: Any) -> Any:
@@ -773,10 +855,12 @@ def _rerun_verdict(row: Row, inputs: tuple[tuple, dict]) -> bool | None:
     judged = row.rerun_judge(outputs) if row.rerun_judge is not None else None
     if judged is not None:
         return judged
-    # inputs brought into the candidate's layout: its output may be in that layout whatever its shape
+    # a module may turn the reference's layout into its own inside, as its row was measured; inputs
+    # brought into the candidate's layout: its output may be in that layout whatever its shape, rolled too
     translated = not _same_structure(cand, ref)
     kept = kept_rolled_layout(row.match, row.tolerance)  # the twins' layout, as their row was measured
-    return not _worst_adapted(_leaf_pairs(outputs, ref.outputs), row.tolerance, kept, keep_shape=translated)[2]
+    return not _worst_adapted(_leaf_pairs(outputs, ref.outputs), row.tolerance, kept, keep_shape=True,
+                              rolls=translated)[2]
 
 
 @dataclass

@@ -25,7 +25,9 @@ rounding alone costs:
    computes exactly (floor 0) from failing on the candidate's first rounding. ``c`` is taken in
    the layout the row was measured in (another shape; or, for a row measured through a
    permutation keeping its shape, channels-last against channels-first when C == H == W, that
-   permutation).
+   permutation; at float64 where the reference narrows, too). A row of another shape that passes
+   while its metrics put it further from the reference than ``error + floor`` was measured in
+   another layout than the one judged: it is measured again in the one its values agree in.
 3. Re-runs (culprit search, see :mod:`harness.localize`) are judged the same way, locally: the
    candidate module and the reference twin, with float64 copies of that module's weights, both
    run on the reference's recorded inputs, so the floor is that module's own rounding, not the
@@ -627,13 +629,13 @@ def noise_verdicts(
                                          f"({type(exc).__name__}: {exc}); absolute tolerances decide")
     for row in rows:
         # a row measured through a permutation keeping its shape is judged in that layout too
-        same_shape_layout = row.adapter is not None and row.reference_shape is None
-        judged = floor.judge_match_relaid(row.match) if same_shape_layout else floor.judge_match(row.match)
+        judged = floor.judge_match_relaid(row.match) if _same_shape_layout(row) else floor.judge_match(row.match)
         if judged is None:
             continue
         row.noise, row.passed_tolerance = judged, row.passed
         row.passed = judged.passed
         row.rerun_judge = floor.rerun_judge(row.match)
+        _shown_as_judged(row)
     outputs = floor.judge_outputs(final)
     failing = any(not j.passed for j in outputs.values()) or any(row.noise is not None and not row.passed for row in rows)
     note = None
@@ -691,10 +693,11 @@ def narrow_verdicts(
     floor.threshold = DEFAULT_NOISE_RATIO[narrowest[0]] if threshold is None else threshold
     floor.judged = {k: (None if j is None else _with_threshold(j, floor.threshold)) for k, j in floor.judged.items()}
     for row in failing_rows:
-        judged = floor.judge_match(row.match)
+        judged = floor.judge_match_relaid(row.match) if _same_shape_layout(row) else floor.judge_match(row.match)
         if judged is not None:
             row.noise, row.passed_tolerance, row.passed = judged, False, judged.passed
             row.rerun_judge = floor.rerun_judge(row.match)
+            _shown_as_judged(row)
     failing = {k for k, _, _ in failing_outputs}
     outputs = {k: _with_threshold(j, floor.threshold, passed=None if k in failing else True)
                for k, j in floor.judge_outputs(final).items()}
@@ -716,6 +719,25 @@ def _run_signature(reference: nn.Module, call: Any, reference_call: Callable | N
     given = tuple((k, tuple(t.shape), t.dtype) for k, t in flatten_tensors((call.args, call.kwargs)).items())
     code = tuple((type(m), id(m.__dict__.get("forward")), m.training) for m in reference.modules())
     return reference_call, given, code
+
+
+def _shown_as_judged(row: Any) -> None:
+    """A row of another shape passed by its judgement, whose metrics say its tensors are further
+    apart than the judgement allows, was measured in another layout than the one judged (chosen
+    unmeasured where rounding moved the extremes): it is measured again in the layout its values
+    agree in. In one layout ``||c - r|| <= ||c - r64|| + ||r - r64||``, so its relative error is at
+    most about ``error + floor``."""
+    j = row.noise
+    if not row.passed or row.reference_shape is None or row.metrics.rel_l2 <= 2 * (j.error + j.floor):
+        return
+    from harness.localize import remeasured_by_values  # localize measures rows; the floor only judges them
+
+    remeasured_by_values(row)
+
+
+def _same_shape_layout(row: Any) -> bool:
+    """Whether ``row`` was measured through a layout keeping its shape (NHWC against NCHW when C == H == W)."""
+    return row.adapter is not None and row.reference_shape is None
 
 
 def _with_threshold(j: NoiseJudgement, threshold: float, passed: bool | None = None) -> NoiseJudgement:
