@@ -1933,11 +1933,15 @@ def _structural(finding: dict) -> bool:
     map differ in those), nor a setting's value (a reshape by another head width: a regroup of rows)."""
     if finding["kind"] in ("extra_op", "missing_op"):
         op = str(finding.get("op") or "")
-        return bool(op) and op not in _PRODUCTS and "norm" not in op
+        # a layout op on one side only may follow from rows the map took in another order (a qkv
+        # laid out per head, windows folded into the batch): a regroup can still help there
+        return bool(op) and op not in _PRODUCTS and op not in _LAYOUT_OPS and "norm" not in op
     absent = [v is None or v is False for v in (finding["candidate"], finding["reference"])]
     return finding["kind"] == "argument" and absent[0] != absent[1]
 
 
+_LAYOUT_OPS = frozenset({"reshape", "view", "permute", "transpose", "flatten", "unflatten", "contiguous", "movedim",
+                         "swapaxes", "split", "chunk", "unbind", "cat", "stack", "squeeze", "unsqueeze"})
 _PRODUCTS = frozenset({"linear", "matmul", "bmm", "addmm", "baddbmm", "einsum", "conv1d", "conv2d", "conv3d",
                        "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "scaled_dot_product_attention"})
 
