@@ -383,6 +383,23 @@ def agreeing_layout(candidate: torch.Tensor, reference: torch.Tensor, tol: Toler
     return adapter
 
 
+def agrees_in_a_layout(candidate: torch.Tensor, reference: torch.Tensor, tol: Tolerance) -> bool:
+    """Whether ``candidate`` holds ``reference``'s values within ``tol``: as it is where the shapes
+    are one, else in the first layout that does (a yes or a no needs no best layout: the one they
+    last agreed in exactly is tried first); tensors whose extremes or sums differ beyond ``tol``
+    hold them in no layout, which is told at once."""
+    cs, rs = tuple(candidate.shape), tuple(reference.shape)
+    if candidate.numel() != reference.numel():
+        return False
+    if cs == rs:
+        return measure(candidate, reference).passes(tol)
+    if not _same_extremes(candidate, reference, tol):
+        return False
+    key = (cs, rs, False)
+    adapters = chain([_AGREED[key]], _candidates(cs, rs)) if key in _AGREED else _candidates(cs, rs)
+    return any(measure(out, reference).passes(tol) for _, out in _fitting(adapters, candidate, rs))
+
+
 def kept_rolled_layout(match: Any, tol: Tolerance) -> Adapter | None:
     """The layout relating two twin calls' first inputs (``match.candidate``/``match.reference``
     records), when it moves values cyclically (a shifted window partition) and each twin returns a
