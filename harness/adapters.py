@@ -343,10 +343,7 @@ def find_adapter(candidate: torch.Tensor, reference: torch.Tensor, *, same_shape
     if (cs == rs and not same_shape) or candidate.numel() != reference.numel() or candidate.numel() == 0:
         return None
     key = (cs, rs, same_shape)
-    adapters = _shape_keeping(cs) if cs == rs else _candidates(cs, rs)
-    if key in _AGREED:
-        adapters = chain([_AGREED[key]], adapters)
-    fitting = _fitting(adapters, candidate, rs)
+    fitting = _fitting(_tried(cs, rs, same_shape), candidate, rs)
     wide = None if tol is None else rounding_tolerance(tol)
     if wide is not None and not _same_extremes(candidate, reference, wide):
         return next((adapter for adapter, _ in fitting), None)
@@ -406,22 +403,42 @@ def _fitting(adapters: Iterator[Adapter], candidate: torch.Tensor, shape: tuple[
 
 
 def agreeing_layout(candidate: torch.Tensor, reference: torch.Tensor, tol: Tolerance, *,
-                    same_shape: bool = False) -> Adapter | None:
+                    same_shape: bool = False, first: bool = False) -> Adapter | None:
     """The layout in which ``candidate`` holds ``reference``'s values within ``tol``: :data:`AS_IS`
     when it does as it is, the adapter of :func:`find_adapter` when only through that, None when in
     no layout. ``same_shape``: tensors of one shape that disagree as they are also try the
-    permutations that keep the shape."""
+    permutations that keep the shape. ``first``: the first layout that holds them, not the best (a
+    yes-or-no question; the one they last agreed in exactly is tried first). Tensors whose extremes
+    or sums differ beyond ``tol`` agree in no layout, which is told at once."""
+    if candidate.numel() != reference.numel():
+        return None
     if candidate.shape == reference.shape:
         if measure(candidate, reference).passes(tol):
             return AS_IS
         if not same_shape:
             return None
-    if not _same_extremes(candidate, reference, tol):  # no layout agrees within tol: answered at once
+    if not _same_extremes(candidate, reference, tol):
         return None
+    if first:
+        return _first_agreeing(candidate, reference, tol, same_shape)
     adapter = find_adapter(candidate, reference, same_shape=same_shape, tol=tol)
     if adapter is None or not measure(adapter.apply(candidate), reference).passes(tol):
         return None
     return adapter
+
+
+def _first_agreeing(candidate: torch.Tensor, reference: torch.Tensor, tol: Tolerance,
+                    same_shape: bool) -> Adapter | None:
+    cs, rs = tuple(candidate.shape), tuple(reference.shape)
+    return next((adapter for adapter, out in _fitting(_tried(cs, rs, same_shape), candidate, rs)
+                 if measure(out, reference).passes(tol)), None)
+
+
+def _tried(cs: tuple[int, ...], rs: tuple[int, ...], same_shape: bool) -> Iterator[Adapter]:
+    """The layouts tried from shape ``cs`` to ``rs``, the one they last agreed in first."""
+    adapters = _shape_keeping(cs) if cs == rs else _candidates(cs, rs)
+    key = (cs, rs, same_shape)
+    return chain([_AGREED[key]], adapters) if key in _AGREED else adapters
 
 
 def kept_rolled_layout(match: Any, tol: Tolerance) -> Adapter | None:

@@ -16,7 +16,11 @@ Passes, each only over what the previous ones left:
    in order, each to the result of the previous one (a replacement may be a callable, as in
    ``re.sub``). Rules that never fire, rewrite to names the reference does not have, or are
    overridden by an identical name are reported in ``Alignment.notes``.
-3. ``structure``: between consecutive matched anchors, a sequence alignment (weighted longest
+3. ``place`` (with twins by weights): a call of a module without tensors and with code of its
+   own (a port's pooling token mixer) pairs with the reference call standing at its place: inside
+   the twin of the call around it, handed what the twin of the call before it returned (see
+   :func:`_placed`).
+4. ``structure``: between consecutive matched anchors, a sequence alignment (weighted longest
    common subsequence) of the leftover calls on both sides by execution order, where two calls
    may only pair when their primary outputs have the same shape. It tolerates modules present on
    one side only (an extra ``Identity``, a fused qkv against split q/k/v): those stay unmatched.
@@ -26,6 +30,11 @@ After the passes, in summary mode, a twin whose candidate call ran ``k`` of the 
 in one batch (both frames through one encoder call) is compared with those calls' statistics joined
 along the batch dim (:func:`batched_twins`): a summary keeps no positions to take one frame from.
 
+A pair whose one side is called with several tensors that the other reads as one (a gate given
+``u`` and ``v`` against one chunking ``x``) sees that side called with them joined, in their order
+along one dim, where that holds near values of the other's input (:func:`_arguments_joined`): its
+inputs are then comparable, and it can be re-run on its twin's.
+
 Nothing is dropped silently: whatever no pass paired is returned as unmatched, per side; calls
 that returned their input tensor itself (an ``Identity``, a ``Dropout`` in eval mode) are
 returned apart as pass-through, since there is nothing to compare in them.
@@ -33,6 +42,7 @@ returned apart as pass-through, since there is nothing to compare in them.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from bisect import bisect_left
@@ -44,11 +54,11 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 import torch
 
 from harness.checks import type_error
-from harness.trace import ROOT, Leaf, Record, TensorSummary
+from harness.trace import ROOT, Leaf, Record, TensorSummary, flatten_tensors, map_tensors
 
 __all__ = ["Match", "Aligned", "Alignment", "align", "apply_rename", "batched_twins", "check_rename", "held_apart"]
 
-How = Literal["weights", "name", "rename", "structure"]
+How = Literal["weights", "name", "rename", "place", "structure"]
 Rule = tuple[str, str | Callable[[re.Match], str]]
 
 
@@ -291,10 +301,18 @@ def choose_twins(
     reference's ``PosConv`` stands, and only that pairing blames it; a bare ``nn.Conv2d`` whose
     caller adds (or forgets) the residual twins the inner conv. Modules never called (a
     ``ModuleList`` holding the blocks) are no twins.
+
+    Among calls whose outputs and inputs agree alike, before the outermost: not a module that only
+    wraps another of its chain (hands it its inputs as they came, returns its output as it is)
+    where that one computes with code of its own, when its partner's own code computes nothing
+    after its last call either (see :class:`_Nesting`). A port's DLA ``Tree`` calling its ``Node``
+    leaves the twin to the node, which joins the branches; a block that lost its residual around
+    a branch of its own stays the twin of an original adding it in its own code.
     """
     first_c = {r.name: r for r in candidate if r.call == 0}
     first_r = {r.name: r for r in reference if r.call == 0}
     handed_c, handed_r = _handed_on(candidate, first_c), _handed_on(reference, first_r)
+    nesting_c, nesting_r = _Nesting(candidate, first_c), _Nesting(reference, first_r)
     out: dict[str, str] = {}
     known = known or {}
     for cs, rs in chains:
@@ -310,24 +328,83 @@ def choose_twins(
         sides = ((first_r, handed_r), (first_c, handed_c)) if flip else ((first_c, handed_c), (first_r, handed_r))
         recorded = all(isinstance(getattr(first_c.get(n), "primary", None), torch.Tensor) for n in cs) and \
             all(isinstance(getattr(first_r.get(n), "primary", None), torch.Tensor) for n in rs)
-        best: tuple[int, int, float, float, tuple[int, ...]] | None = None
+        nest_short, nest_long = (nesting_r, nesting_c) if flip else (nesting_c, nesting_r)
+        best: tuple[int, int, float, float, int, tuple[int, ...]] | None = None
         for picks in combinations(range(len(long_)), len(short)):
-            layers, handed, cost, inputs = 0, 0, 0.0, 0.0
+            layers, handed, cost, inputs, wrappers = 0, 0, 0.0, 0.0, 0
             for a, b in zip(short, (long_[p] for p in picks)):
                 c, r = (b, a) if flip else (a, b)
                 other_layer, other_place = _misplaced(a, b, *sides)
                 layers, handed = layers + other_layer, handed + other_place
                 cost += _distance(first_c.get(c), first_r.get(r))
                 inputs += _input_distance(first_c.get(c), first_r.get(r))
-            # ties: the calls that also receive what their twins receive, then the outermost
-            key = (layers, handed, cost, inputs, picks if recorded else tuple(-p for p in picks))
+                wrappers += nest_long.forwards(b, tuple(long_)) and nest_short.ends_in_call(a)
+            # ties: the calls that also receive what their twins receive, then the ones whose own code
+            # computes (not a wrapper handing on what a module inside computed), then the outermost
+            key = (layers, handed, cost, inputs, wrappers, picks if recorded else tuple(-p for p in picks))
             if best is None or key < best:
                 best = key
-        picks = best[4] if recorded else tuple(-p for p in best[4])
+        picks = best[5] if recorded else tuple(-p for p in best[5])
         for a, p in zip(short, picks):
             c, r = (long_[p], a) if flip else (a, long_[p])
             out[c] = r
     return out
+
+
+class _Nesting:
+    """What the first calls of a model's modules do with the calls nested in them (full mode: the
+    trace keeps one copy per tensor, so a value handed on as it is is the same object)."""
+
+    def __init__(self, records: Sequence[Record], first: Mapping[str, Record]) -> None:
+        self.first = first
+        self.records = sorted(records, key=lambda r: r.start)
+        self.starts = [r.start for r in self.records]
+        self.forwards = lru_cache(maxsize=None)(self._forwards)
+        self.ends_in_call = lru_cache(maxsize=None)(self._ends_in_call)
+
+    def inside(self, call: Record) -> list[Record]:
+        """The calls nested in ``call``, in the order they started."""
+        return self.records[bisect_left(self.starts, call.start + 1):bisect_left(self.starts, call.end)]
+
+    def _ends_in_call(self, name: str) -> bool:
+        """Whether module ``name`` returns as it is what a call nested in it returns (its own code
+        computes nothing after its last call)."""
+        call = self.first.get(name)
+        out = None if call is None else call.primary
+        return isinstance(out, torch.Tensor) and any(o.primary is out for o in self.inside(call))
+
+    def _forwards(self, name: str, chain: tuple[str, ...]) -> bool:
+        """Whether module ``name`` only wraps another module of ``chain`` nested in it: hands it
+        its own inputs as they came and returns its output as it is, where that module computes
+        with code of its own (see :meth:`computes`). A ``Tree`` calling its ``Node`` on its input
+        and returning the node's result, where the node joins its branches and merges them."""
+        call = self.first.get(name)
+        out = None if call is None else call.primary
+        if not isinstance(out, torch.Tensor):
+            return False
+        given = {id(v) for v in call.inputs.values()}
+        return any(o.primary is out and o.name in chain and o.name != name
+                   and all(id(v) in given for v in o.inputs.values()) and self.computes(o) for o in self.inside(call))
+
+    def computes(self, call: Record) -> bool:
+        """Whether ``call``'s own code computes a value: its output, or a tensor it hands one of
+        its direct calls, is neither what it was given nor what a call inside it returned. An
+        ``nn.Sequential`` only chains its members; a node that joins its branches before its
+        merge conv, or applies its activation to the merge's output, computes."""
+        if call.passthrough:
+            return False
+        inside = self.inside(call)
+        if not any(o.primary is call.primary for o in inside):
+            return True
+        seen = {id(v) for v in call.inputs.values()}
+        open_end = -1  # the end of the direct call the next ones may be nested in
+        for o in inside:
+            if o.start > open_end:  # a direct call: what it is handed comes from the caller's code
+                if any(id(v) not in seen for v in o.inputs.values() if isinstance(v, torch.Tensor)):
+                    return True
+                open_end = o.end
+            seen.update(id(v) for v in o.outputs.values())
+        return False
 
 
 def _misplaced(a: str, b: str, short: tuple[Mapping[str, Record], Callable[[str], bool]],
@@ -551,10 +628,12 @@ def align(
             if ci not in paired and rec.name != ROOT:
                 try_pair(ci, f"{apply_rename(rec.name, rename)}#{rec.call}", "rename")
     notes = _rename_notes(candidate, reference, rename, paired) if rename else []
+    if twins:
+        _placed(candidate, reference, paired, taken, parents_c)
     if structural:
         _structural(candidate, reference, paired, taken)
 
-    matches = [Match(candidate[ci], reference[ri], how) for ci, (ri, how) in sorted(paired.items())]
+    matches = [_arguments_joined(Match(candidate[ci], reference[ri], how)) for ci, (ri, how) in sorted(paired.items())]
     left_c = [r for i, r in enumerate(candidate) if i not in paired]
     left_r = [r for i, r in enumerate(reference) if i not in taken]
     return Alignment(
@@ -565,6 +644,139 @@ def align(
         passthrough_reference=[r for r in left_r if r.passthrough],
         notes=tuple(notes),
     )
+
+
+def _placed(candidate: Sequence[Record], reference: Sequence[Record], paired: dict[int, tuple[int, How]],
+            taken: set[int], parents_c: list[int]) -> None:
+    """Pair (in place, as ``place``) each call without a twin of a module without tensors and with
+    code of its own (a port's pooling token mixer) with the reference call standing where it
+    stands: inside the twin of the innermost paired call around it, handed (in any layout) what the
+    twin of the paired call that ended last before it returned, where it is handed that call's
+    output, with as many elements in its output, a module with code of its own too (not a torch
+    layer), the outermost (timm's ``token_mixer``, not the ``nn.AvgPool2d`` inside it). Where their
+    outputs agree; or where the paired call around both makes an error (its input agrees with its
+    twin's, its output does not) and the call returns what a call nested in that reference call
+    returns: it stops short inside it (a mixer returning the pooled map without subtracting its
+    input), and is blamed. A port doing the wrapper's last step in its caller's code agrees
+    around it and keeps its mixer apart."""
+    done = sorted(paired, key=lambda k: candidate[k].end)
+    ends = [candidate[k].end for k in done]
+    by_start = sorted(range(len(reference)), key=lambda j: reference[j].start)
+    starts = [reference[j].start for j in by_start]
+    for ci, call in enumerate(candidate):
+        if ci in paired or call.passthrough or call.first_input is None or not isinstance(call.primary, torch.Tensor) \
+                or not _code_without_tensors(call.module):
+            continue
+        pc = parents_c[ci]
+        while pc != -1 and pc not in paired:
+            pc = parents_c[pc]
+        at = bisect_left(ends, call.start) - 1
+        if pc == -1 or at < 0 or not _handed(candidate[done[at]].primary, call.first_input):
+            continue
+        outer, twin_outer = candidate[pc], reference[paired[pc][0]]
+        source = reference[paired[done[at]][0]]
+        within = by_start[bisect_left(starts, max(source.end, twin_outer.start) + 1):bisect_left(starts, twin_outer.end)]
+        place = next((j for j in within if j not in taken and not (r := reference[j]).passthrough
+                      and isinstance(r.primary, torch.Tensor) and r.primary.numel() == call.primary.numel()
+                      and _code_of_its_own(r.module) and _handed(source.primary, r.first_input)), None)
+        if place is None:
+            continue
+        twin = reference[place]
+        if _agrees(call.primary, twin.primary) or (
+                _agrees(outer.first_input, twin_outer.first_input) and not _agrees(outer.primary, twin_outer.primary)
+                and any(_agrees(call.primary, reference[j].primary) for j in within if twin.contains(reference[j]))):
+            paired[ci] = (place, "place")
+            taken.add(place)
+
+
+def _handed(output: Leaf | None, given: Leaf | None) -> bool:
+    """Whether a call was given ``output`` as it is, or its elements in another layout."""
+    return output is not None and (given is output or _same_values(output, given))
+
+
+def _code_of_its_own(module: torch.nn.Module | None) -> bool:
+    """Whether ``module``'s class is written outside torch (not a torch layer or container)."""
+    return module is not None and not type(module).__module__.startswith("torch.")
+
+
+def _code_without_tensors(module: torch.nn.Module | None) -> bool:
+    return _code_of_its_own(module) and next(module.parameters(), None) is None
+
+
+def _agrees(a: Any, b: Any) -> bool:
+    """Whether two recorded tensors agree within their dtype's tolerance, in one layout or another."""
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+        return False
+    from harness.adapters import agreeing_layout
+    from harness.metrics import tolerance_for
+
+    return agreeing_layout(a, b, tolerance_for(b.dtype), first=True) is not None
+
+
+_NEAR = 0.1  # relative L2 distance up to which joined arguments are taken for the twin's one input
+
+
+def _arguments_joined(match: Match) -> Match:
+    """``match`` with the side called with several tensors that its twin reads as one (a gating
+    unit given ``(u, v)`` against one given ``x`` and chunking it) seen as called with them joined:
+    its record takes the twin's one input, its module cuts that input as its arguments were cut and
+    runs on the parts. Its inputs are then compared with the twin's, and it can be re-run on them.
+    Only where the arguments, joined in their order along one dim, hold near values of the twin's
+    input: values in another order (halves exchanged upstream) are other inputs, not a join."""
+    for side, own, twin in (("candidate", match.candidate, match.reference),
+                            ("reference", match.reference, match.candidate)):
+        joined = _joined_call(own, twin)
+        if joined is not None:
+            return replace(match, **{side: joined})
+    return match
+
+
+def _joined_call(call: Record, twin: Record) -> Record | None:
+    """``call`` taking ``twin``'s one tensor input in place of its several tensor arguments (given
+    apart or in a list), or None."""
+    given = list(twin.inputs.values())
+    parts = list(flatten_tensors(call.args).values())
+    if call.module is None or len(given) != 1 or not isinstance(given[0], torch.Tensor) or len(parts) < 2 \
+            or len(call.inputs) != len(parts) or len({id(p) for p in parts}) != len(parts):
+        return None
+    target = given[0]
+    dim = _joining_dim(parts, target)
+    if dim is None:
+        return None
+    joined = torch.cat(parts, dim)
+    scale = float(target.double().norm())
+    if float((joined.double() - target.double()).norm()) > _NEAR * scale:
+        return None
+    return replace(call, args=(joined,), inputs={"args.0": joined},
+                   module=_cutting(call.module, call.args, [p.shape[dim] for p in parts], dim))
+
+
+def _joining_dim(parts: list[torch.Tensor], target: torch.Tensor) -> int | None:
+    """The dim along which ``parts``, joined in their order, take ``target``'s shape (the last first)."""
+    if not target.is_floating_point() or any(p.ndim != target.ndim or p.dtype != target.dtype for p in parts):
+        return None
+    for d in reversed(range(target.ndim)):
+        if sum(p.shape[d] for p in parts) == target.shape[d] and all(
+                p.shape[k] == target.shape[k] for p in parts for k in range(target.ndim) if k != d):
+            return d
+    return None
+
+
+def _cutting(module: torch.nn.Module, args: tuple, sizes: list[int], dim: int) -> torch.nn.Module:
+    """``module`` (its parameters and children, shared) called with its tensor arguments joined in
+    one: it cuts them apart again (``sizes`` along ``dim``), puts them where ``args`` (the call's
+    own) held its tensors, and runs its own forward on them. Its class is a subclass of the
+    module's of the same name, so settings and findings read as its."""
+    cls = type(module)
+
+    def forward(self: torch.nn.Module, joined: torch.Tensor, **kwargs: Any) -> Any:
+        pieces = iter(joined.split(sizes, dim))
+        return cls.forward(self, *map_tensors(args, lambda _: next(pieces)), **kwargs)
+
+    forward.__module__ = getattr(cls.forward, "__module__", cls.__module__)  # whose code it runs
+    cut = copy.copy(module)
+    cut.__class__ = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__})
+    return cut
 
 
 def _structural(

@@ -651,3 +651,214 @@ class BareConvPegNet(nn.Module):
         feat = self.local(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         y = self.peg(feat) + feat if self.residual else self.peg(feat)
         return self.glob(y.flatten(2).transpose(1, 2))
+
+
+class Merge(nn.Module):
+    """DLA's root: the branches (given in a list) joined along the channels, a 1x1 conv, a norm
+    and a ReLU module."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.conv, self.bn, self.relu = nn.Conv2d(2 * dim, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.ReLU()
+
+    def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(torch.cat(parts, 1))))
+
+
+class Aggregation(nn.Module):
+    """A DLA level as timm writes it: two conv branches, one after the other, and a :class:`Merge`
+    of both, whose result is the level's."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.tree1 = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), nn.BatchNorm2d(dim))
+        self.tree2 = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), nn.BatchNorm2d(dim))
+        self.root = Merge(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.tree1(x)
+        return self.root([self.tree2(a), a])
+
+
+class AggregationNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.level, self.head = nn.Conv2d(8, 8, 1), Aggregation(), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.level(self.stem(x)))
+
+
+class Node(nn.Module):
+    """The same level as a port writes it: the branches joined (with any extra maps) and merged by
+    a conv-norm ``Sequential`` in the node's own code; ``swapped``: joined in the other order."""
+
+    def __init__(self, dim: int = 8, swapped: bool = False) -> None:
+        super().__init__()
+        self.left = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), nn.BatchNorm2d(dim))
+        self.right = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), nn.BatchNorm2d(dim))
+        self.merge = nn.Sequential(nn.Conv2d(2 * dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
+        self.swapped = swapped
+
+    def forward(self, x: torch.Tensor, extras: list[torch.Tensor]) -> torch.Tensor:
+        a = self.left(x)
+        b = self.right(a)
+        return F.relu(self.merge(torch.cat([a, b] if self.swapped else [b, a], 1)))
+
+
+class Tree(nn.Module):
+    """A port's tree of one level: it calls its :class:`Node` on its input and returns its result."""
+
+    def __init__(self, swapped: bool = False) -> None:
+        super().__init__()
+        self.node = Node(swapped=swapped)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.node(x, [])
+
+
+class TreeNet(nn.Module):
+    def __init__(self, swapped: bool = False) -> None:
+        super().__init__()
+        self.stem, self.tree, self.head = nn.Conv2d(8, 8, 1), Tree(swapped), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tree(self.stem(x)))
+
+
+class Pooling(nn.Module):
+    """timm's PoolFormer token mixer: an ``nn.AvgPool2d`` inside, its input subtracted here."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(x) - x
+
+
+class PoolingBlock(nn.Module):
+    """A PoolFormer block on a map: ``x + mixer(norm1(x))``, then ``x + mlp(norm2(x))``."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.norm1, self.token_mixer, self.norm2 = nn.GroupNorm(1, dim), Pooling(), nn.GroupNorm(1, dim)
+        self.mlp = nn.Sequential(nn.Conv2d(dim, 2 * dim, 1), nn.GELU(), nn.Conv2d(2 * dim, dim, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.token_mixer(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PoolMix(nn.Module):
+    """A port's pooling mixer on tokens ``(B, N, C)``: back to the map, pooled, its input subtracted
+    (``subtract=False``: left out)."""
+
+    def __init__(self, subtract: bool = True) -> None:
+        super().__init__()
+        self.subtract = subtract
+
+    def forward(self, t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        b, n, c = t.shape
+        image = t.transpose(1, 2).reshape(b, c, *size)
+        pooled = F.avg_pool2d(image, 3, 1, 1, count_include_pad=False)
+        return (pooled - image if self.subtract else pooled).flatten(2).transpose(1, 2)
+
+
+class PoolOnly(PoolMix):
+    """The pooling alone (its caller subtracts)."""
+
+    def __init__(self) -> None:
+        super().__init__(subtract=False)
+
+
+class TokenPoolBlock(nn.Module):
+    """:class:`PoolingBlock` on tokens, with the port's own mixer; ``caller_subtracts``: the mixer
+    is :class:`PoolOnly` and the block subtracts its input itself."""
+
+    def __init__(self, dim: int = 8, subtract: bool = True, caller_subtracts: bool = False) -> None:
+        super().__init__()
+        self.n1, self.n2 = nn.GroupNorm(1, dim), nn.GroupNorm(1, dim)
+        self.mix = PoolOnly() if caller_subtracts else PoolMix(subtract)
+        self.up, self.down = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+        self.caller_subtracts = caller_subtracts
+
+    def norm(self, norm: nn.GroupNorm, t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        b, n, c = t.shape
+        return norm(t.transpose(1, 2).reshape(b, c, *size)).flatten(2).transpose(1, 2)
+
+    def forward(self, t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        y = self.norm(self.n1, t, size)
+        t = t + (self.mix(y, size) - y if self.caller_subtracts else self.mix(y, size))
+        return t + self.down(F.gelu(self.up(self.norm(self.n2, t, size))))
+
+
+class PoolingNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.block = nn.Conv2d(8, 8, 1), PoolingBlock()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(self.stem(x))
+
+
+class TokenPoolNet(nn.Module):
+    def __init__(self, **block: bool) -> None:
+        super().__init__()
+        self.patch, self.block = nn.Conv2d(8, 8, 1), TokenPoolBlock(**block)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x)
+        b, c, h, w = x.shape
+        return self.block(x.flatten(2).transpose(1, 2), (h, w)).transpose(1, 2).reshape(b, c, h, w)
+
+
+class ChunkedGate(nn.Module):
+    """gMLP's spatial gating unit as timm writes it: one input, cut in halves ``u, v``; ``v`` normed
+    and mixed across the tokens, then ``u * v`` (``swapped``: the halves in each other's roles)."""
+
+    def __init__(self, dim: int = 16, tokens: int = 5, eps: float = 1e-5, swapped: bool = False) -> None:
+        super().__init__()
+        self.norm, self.proj = nn.LayerNorm(dim // 2, eps=eps), nn.Linear(tokens, tokens)
+        self.swapped = swapped
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u, v = x.chunk(2, dim=-1)[::-1] if self.swapped else x.chunk(2, dim=-1)
+        return u * self.proj(self.norm(v).transpose(-1, -2)).transpose(-1, -2)
+
+
+class HalvesGate(nn.Module):
+    """The same unit given ``u`` and ``v`` apart, its tensors its own; ``eps``: its norm's."""
+
+    def __init__(self, dim: int = 16, tokens: int = 5, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.ln_w, self.ln_b = nn.Parameter(torch.ones(dim // 2)), nn.Parameter(torch.zeros(dim // 2))
+        self.spatial, self.spatial_b = nn.Parameter(torch.randn(tokens, tokens)), nn.Parameter(torch.zeros(tokens))
+        self.eps = eps
+
+    def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        v = F.layer_norm(v, v.shape[-1:], self.ln_w, self.ln_b, self.eps)
+        return u * F.linear(v.transpose(1, 2), self.spatial, self.spatial_b).transpose(1, 2)
+
+
+class ChunkedGMlp(nn.Module):
+    """A gMLP block on tokens ``(B, 5, 16)``: one projection to both halves, a GELU, the gate, back."""
+
+    def __init__(self, dim: int = 16, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.fc1, self.gate, self.fc2 = nn.Linear(dim, 2 * dim), ChunkedGate(2 * dim, eps=eps), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(self.gate(F.gelu(self.fc1(x))))
+
+
+class HalvesGMlp(nn.Module):
+    """The same block projecting ``u`` and ``v`` apart (a GELU on each) and gating them."""
+
+    def __init__(self, dim: int = 16, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.to_u, self.to_v = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.gate, self.out = HalvesGate(2 * dim, eps=eps), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.out(self.gate(F.gelu(self.to_u(x)), F.gelu(self.to_v(x))))
