@@ -107,6 +107,7 @@ its direct inputs pass; torch.ao.ns' shadow mode feeds one model's inputs into t
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Literal, Sequence
@@ -569,11 +570,21 @@ def _inputs_state(cand: Record, ref: Record, tol: Tolerance) -> Literal["equal",
     if not pairs or _left_out(cand, ref):  # a tensor its twin was given is missing: not the same inputs
         return "differ"
     pairs += _stand_ins(cand.inputs, ref.inputs, pairs)
+    pairs = [(k, a, b) for k, a, b in pairs if not _inverse_masks(a, b)] or pairs
     if all(_bitwise(a, b) for _, a, b in pairs):
         return "equal"
     if all(isinstance(a, TensorSummary) and a == b for _, a, b in pairs):
         return "equal"  # summary mode: identical statistics are the closest to equal one can tell
     return "close" if _worst(pairs, tol)[2] else "differ"
+
+
+def _inverse_masks(a: Leaf, b: Leaf) -> bool:
+    """Whether two boolean masks known by their statistics alone (summary mode) may be one another's
+    inverse: a mask of the positions kept against one of the positions masked (``key_padding_mask``)
+    is a convention, not another input. Their values are not kept, so the statistics are all that
+    tells; a mask of the wrong polarity shows in the output of the module reading it."""
+    return isinstance(a, TensorSummary) and isinstance(b, TensorSummary) and a.dtype == b.dtype == "bool" \
+        and tuple(a.shape) == tuple(b.shape) and math.isclose(a.mean, 1.0 - b.mean, abs_tol=1e-12)
 
 
 def _stand_ins(cand: dict[str, Leaf], ref: dict[str, Leaf], pairs: list[tuple[str, Leaf, Leaf]]) -> list[tuple[str, Leaf, Leaf]]:
@@ -1394,6 +1405,10 @@ def _uncleared(suspects: list[Record], row: Row | None, reference: Sequence[Reco
     # choice (position ids flipped in the caller's code); a row the reference does not hold is a
     # table of its own
     suspects = [u for u in suspects if not _looked_up(u, reference)]
+    # a call whose output was kept as statistics alone (summary mode) cannot be told apart from
+    # its caller by values: the innermost twinned call around it, whose inputs agree, stays the
+    # origin (the q of a split attention is not blamed for a scale its attention applies)
+    suspects = [u for u in suspects if not isinstance(u.primary, TensorSummary)]
     if not suspects:
         return suspects
     pool = _pool(row, reference)
