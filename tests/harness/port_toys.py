@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -168,14 +170,27 @@ class TwoReluBlock(nn.Module):
 
 
 class NormAct(nn.BatchNorm2d):
-    """timm's ``BatchNormAct2d`` layout: the activation applied inside the norm module."""
+    """timm's ``BatchNormAct2d`` layout: the activation applied inside the norm module, as its child
+    (``act``, a SiLU unless given)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, act: nn.Module | None = None) -> None:
         super().__init__(channels)
-        self.act = nn.SiLU()
+        self.act = nn.SiLU() if act is None else act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(super().forward(x))
+
+
+class FunctionalNormAct(nn.BatchNorm2d):
+    """A batch norm applying its activation inside through a function (``torch.relu`` unless
+    given): the norm has no child, its call holds both steps."""
+
+    def __init__(self, channels: int, act: Callable[[torch.Tensor], torch.Tensor] = torch.relu) -> None:
+        super().__init__(channels)
+        self.act_fn = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act_fn(super().forward(x))
 
 
 class ConvNormActStack(nn.Module):
@@ -353,6 +368,32 @@ class BiasedAttention(nn.Module):
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         scores = q @ k.transpose(-2, -1) * (c // self.heads) ** -0.5 + self.bias()
         return self.proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class WholeBiasAttention(BiasedAttention):
+    """A port keeping its relative position bias whole, as its own ``(heads, tokens, tokens)`` parameter."""
+
+    def __init__(self, tokens: int) -> None:
+        super().__init__()
+        self.rel_bias = nn.Parameter(torch.zeros(self.heads, tokens, tokens))
+
+    def bias(self) -> torch.Tensor:
+        return self.rel_bias
+
+
+class MaskedWindowAttention(nn.Module):
+    """A one-head fused-qkv attention over windows ``(B, T, dim)``, adding ``mask`` to its scores when
+    given one (a shifted-window mask): the original's signature ``(x, mask=None)``; ports subclass it
+    to take the mask another way."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, -1)
+        scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5  # (B, T, T)
+        return self.proj((scores if mask is None else scores + mask).softmax(-1) @ v)
 
 
 class ConvBn(nn.Sequential):

@@ -14,6 +14,7 @@ from torch import nn
 import harness
 from harness.diagnose import culprit_diagnosis, diagnose_modules
 from helpers import findings_text, merge_heads, split_heads
+from port_toys import FunctionalNormAct
 
 DIM, HEADS, TOKENS = 8, 2, 5
 
@@ -154,16 +155,9 @@ def test_a_changed_position_table_is_an_operand_holding_other_values():
         in text, f"the changed table is not named by its values:\n{findings_text(findings)}"
 
 
-class NormAct(nn.BatchNorm2d):
-    """A batch norm and its activation in one module, as timm's ``BatchNormAct2d``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(super().forward(x))
-
-
 def _norm_act_pair(norm_act_candidate: bool) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(0)
-    joined = nn.Sequential(nn.Conv2d(3, DIM, 3, bias=False), NormAct(DIM), nn.Conv2d(DIM, DIM, 3, bias=False))
+    joined = nn.Sequential(nn.Conv2d(3, DIM, 3, bias=False), FunctionalNormAct(DIM), nn.Conv2d(DIM, DIM, 3, bias=False))
     split = nn.Sequential(nn.Conv2d(3, DIM, 3, bias=False), nn.BatchNorm2d(DIM), nn.ReLU(),
                           nn.Conv2d(DIM, DIM, 3, bias=False))
     with torch.no_grad():

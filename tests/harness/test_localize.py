@@ -10,7 +10,7 @@ from torch import nn
 import harness
 from harness_toys import TOY, TOY_RENAMED, Net, drop_residual
 from helpers import PARITY_DTYPES
-from port_toys import randomized
+from port_toys import NormAct, randomized
 
 
 def test_build_is_deterministic_and_weights_are_live():
@@ -316,21 +316,10 @@ def test_code_without_a_twin_before_a_block_stays_an_origin_when_the_block_makes
     assert report.introduced == ["embeddings", "layers.0.norm2"], report.format()
 
 
-class _NormAct(nn.BatchNorm2d):
-    """A batch norm that applies its activation inside, as a child module (timm's ``BatchNormAct2d``)."""
-
-    def __init__(self) -> None:
-        super().__init__(8)
-        self.act = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(super().forward(x))
-
-
 class _ActInside(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.conv, self.norm, self.head = nn.Conv2d(3, 8, 3, padding=1, bias=False), _NormAct(), nn.Conv2d(8, 4, 1)
+        self.conv, self.norm, self.head = nn.Conv2d(3, 8, 3, padding=1, bias=False), NormAct(8, nn.ReLU(inplace=True)), nn.Conv2d(8, 4, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.norm(self.conv(x)))
@@ -385,7 +374,7 @@ def test_a_module_whose_own_code_errs_before_a_child_without_a_twin_is_the_origi
 
 def test_at_float32_a_norm_twinned_with_a_norm_and_its_activation_is_judged_against_their_float64_output():
     # the reference's norm and activation are two modules, joined to pair with the candidate's one
-    candidate = randomized(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), _NormAct(), nn.Conv2d(8, 4, 1)), 1)
+    candidate = randomized(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), NormAct(8, nn.ReLU(inplace=True)), nn.Conv2d(8, 4, 1)), 1)
     reference = randomized(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
                                          nn.Conv2d(8, 4, 1)), 2)
     candidate, reference = candidate.float(), reference.float()
@@ -419,7 +408,7 @@ def _activation_swapped_after_a_joined_norm() -> harness.ParityReport:
     """The candidate's norm and activation (joined to pair with a norm applying it inside), the
     activation a SiLU where the reference applies a ReLU."""
     candidate = randomized(nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU()), 1)
-    reference = randomized(nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), _NormAct()), 2)
+    reference = randomized(nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), NormAct(8, nn.ReLU(inplace=True))), 2)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     weights = harness.map_weights(candidate, reference, x)
     weights.transfer(reference, candidate)

@@ -12,28 +12,17 @@ from torch import nn
 
 import harness
 from helpers import compare_port, trained_statistics_
+from port_toys import NormAct
 
 C = 6
-
-
-class _NormAct(nn.BatchNorm2d):
-    """A batch norm that applies its activation inside, as timm's ``BatchNormAct2d`` does: the
-    activation is a child of the norm, whose parameters are the norm's own."""
-
-    def __init__(self) -> None:
-        super().__init__(C)
-        self.act = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(super().forward(x))
 
 
 class _Reference(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.conv1, self.norm1 = nn.Conv2d(3, C, 3, padding=1), _NormAct()
-        self.conv2, self.norm2 = nn.Conv2d(C, C, 3, padding=1, groups=C), _NormAct()
-        self.conv3, self.norm3 = nn.Conv2d(C, C, 1), _NormAct()
+        self.conv1, self.norm1 = nn.Conv2d(3, C, 3, padding=1), NormAct(C, nn.ReLU())
+        self.conv2, self.norm2 = nn.Conv2d(C, C, 3, padding=1, groups=C), NormAct(C, nn.ReLU())
+        self.conv3, self.norm3 = nn.Conv2d(C, C, 1), NormAct(C, nn.ReLU())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm3(self.conv3(self.norm2(self.conv2(self.norm1(self.conv1(x))))))
@@ -106,9 +95,9 @@ class _NormActModules(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem, self.n1 = nn.Conv2d(3, C, 3, padding=1), _NormAct()
-        self.dw, self.n2 = nn.Conv2d(C, C, 3, padding=1, groups=C), _NormAct()
-        self.pw, self.n3 = nn.Conv2d(C, C, 1), _NormAct()
+        self.stem, self.n1 = nn.Conv2d(3, C, 3, padding=1), NormAct(C, nn.ReLU())
+        self.dw, self.n2 = nn.Conv2d(C, C, 3, padding=1, groups=C), NormAct(C, nn.ReLU())
+        self.pw, self.n3 = nn.Conv2d(C, C, 1), NormAct(C, nn.ReLU())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.n3(self.pw(self.n2(self.dw(self.n1(self.stem(x))))))

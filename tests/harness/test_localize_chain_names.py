@@ -9,21 +9,15 @@ from torch import nn
 
 import harness
 from helpers import compare_port
+from port_toys import FunctionalNormAct
 
 C = 8
-
-
-class NormAct(nn.BatchNorm2d):
-    """A batch norm applying its activation inside, as timm's ``BatchNormAct2d``."""
-
-    def forward(self, x):
-        return torch.relu(super().forward(x))
 
 
 class Original(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.conv, self.bn, self.head = nn.Conv2d(3, C, 3, padding=1), NormAct(C), nn.Conv2d(C, 4, 1)
+        self.conv, self.bn, self.head = nn.Conv2d(3, C, 3, padding=1), FunctionalNormAct(C), nn.Conv2d(C, 4, 1)
 
     def forward(self, x):
         return self.head(self.bn(self.conv(x)))

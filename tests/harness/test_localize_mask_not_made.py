@@ -11,25 +11,13 @@ import torch
 from torch import nn
 
 from helpers import compare_port
+from port_toys import MaskedWindowAttention
 
 D, T = 8, 6
 
 
 def _mask() -> torch.Tensor:
     return torch.triu(torch.full((T, T), -1e4), 1)
-
-
-class WindowAttention(nn.Module):
-    """The original's attention: ``(x, mask)``, the mask a keyword."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.qkv, self.proj = nn.Linear(D, 3 * D), nn.Linear(D, D)
-
-    def forward(self, x, mask=None):
-        q, k, v = self.qkv(x).chunk(3, -1)
-        scores = q @ k.transpose(-1, -2) / D ** 0.5
-        return self.proj((scores if mask is None else scores + mask).softmax(-1) @ v)
 
 
 class Block(nn.Module):
@@ -46,14 +34,14 @@ class Block(nn.Module):
 class Original(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.embed, self.pre, self.block = nn.Linear(4, D), nn.Linear(D, D), Block(WindowAttention())
+        self.embed, self.pre, self.block = nn.Linear(4, D), nn.Linear(D, D), Block(MaskedWindowAttention(D))
         self.down, self.head = nn.Linear(D, D), nn.Linear(D, 2)
 
     def forward(self, x):
         return self.head(self.down(self.block(self.pre(self.embed(x)))))
 
 
-class PortAttention(WindowAttention):
+class PortAttention(MaskedWindowAttention):
     """The port's attention: ``(hidden_states, attention_mask, output_attentions)``, all positional."""
 
     def forward(self, hidden_states, attention_mask=None, output_attentions=False):
@@ -62,7 +50,7 @@ class PortAttention(WindowAttention):
 
 class PortBlock(Block):
     def __init__(self) -> None:
-        super().__init__(PortAttention())
+        super().__init__(PortAttention(D))
         self.shift = 1
 
     def forward(self, x):

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from helpers import compare_port
+from port_toys import MaskedWindowAttention
 
 D = T = 6  # tokens per window == channels: the windows (B, T, D) and the mask (B, T, T) share a shape
 B = 2
@@ -20,23 +21,12 @@ def _mask() -> torch.Tensor:
     return torch.where(torch.rand(B, T, T, generator=g) < 0.3, -100.0, 0.0).double()
 
 
-class WindowAttention(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.qkv, self.proj = nn.Linear(D, 3 * D), nn.Linear(D, D)
-
-    def forward(self, x, mask=None):
-        q, k, v = self.qkv(x).chunk(3, -1)
-        scores = q @ k.transpose(-1, -2) / D ** 0.5
-        return self.proj((scores if mask is None else scores + mask).softmax(-1) @ v)
-
-
 class Block(nn.Module):
     """The original: the attention given its mask as a keyword."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.norm, self.attn = nn.LayerNorm(D), WindowAttention()
+        self.norm, self.attn = nn.LayerNorm(D), MaskedWindowAttention(D)
         self.register_buffer("mask", _mask(), persistent=False)
 
     def forward(self, x):
@@ -54,7 +44,7 @@ class PortBlock(Block):
         return x + self.attn(self.norm(x).roll(self.shift, 1), self.mask).roll(-self.shift, 1)
 
 
-class MaskFirstAttention(WindowAttention):
+class MaskFirstAttention(MaskedWindowAttention):
     """A port's attention taking the mask first."""
 
     def forward(self, mask, x):
@@ -64,7 +54,7 @@ class MaskFirstAttention(WindowAttention):
 class MaskFirstBlock(PortBlock):
     def __init__(self) -> None:
         super().__init__()
-        self.attn = MaskFirstAttention()
+        self.attn = MaskFirstAttention(D)
 
     def forward(self, x):
         return x + self.attn(self.mask, self.norm(x).roll(self.shift, 1)).roll(-self.shift, 1)

@@ -13,23 +13,15 @@ from torch import nn
 
 import harness
 from helpers import compare_port, trained_statistics_
+from port_toys import NormAct
 
 HALF, C = 4, 6
-
-
-class _NormAct(nn.BatchNorm2d):
-    def __init__(self) -> None:
-        super().__init__(C)
-        self.act = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(super().forward(x))
 
 
 class _OriginalPath(nn.Module):
     def __init__(self, dilation: int) -> None:
         super().__init__()
-        self.conv, self.bn = nn.Conv2d(HALF, C, 3, padding=dilation, dilation=dilation, bias=False), _NormAct()
+        self.conv, self.bn = nn.Conv2d(HALF, C, 3, padding=dilation, dilation=dilation, bias=False), NormAct(C, nn.ReLU())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(x))

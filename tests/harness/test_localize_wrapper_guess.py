@@ -11,15 +11,9 @@ from torch import nn
 
 import harness
 from helpers import compare_port
+from port_toys import FunctionalNormAct
 
 C = 8
-
-
-class NormAct(nn.BatchNorm2d):
-    """A batch norm applying its activation inside, as timm's ``BatchNormAct2d``."""
-
-    def forward(self, x):
-        return nn.functional.hardswish(super().forward(x))
 
 
 class Excite(nn.Module):
@@ -34,7 +28,7 @@ class Excite(nn.Module):
 class Original(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.conv_dw, self.bn2 = nn.Conv2d(C, C, 3, padding=1, groups=C, bias=False), NormAct(C)
+        self.conv_dw, self.bn2 = nn.Conv2d(C, C, 3, padding=1, groups=C, bias=False), FunctionalNormAct(C, nn.functional.hardswish)
         self.se, self.conv_pwl = Excite(), nn.Conv2d(C, C, 1)
 
     def forward(self, x):

@@ -12,7 +12,7 @@ from torch import nn
 
 import harness
 from helpers import transferred
-from port_toys import BiasedAttention, randomized
+from port_toys import BiasedAttention, WholeBiasAttention, randomized
 
 C, HEADS, SIDE = BiasedAttention.channels, BiasedAttention.heads, 3
 N = SIDE * SIDE
@@ -46,15 +46,6 @@ class _Columns(BiasedAttention):
         return self.bias_cache["bias"]
 
 
-class _Whole(BiasedAttention):
-    def __init__(self) -> None:
-        super().__init__()
-        self.rel_bias = nn.Parameter(torch.zeros(HEADS, N, N))
-
-    def bias(self) -> torch.Tensor:
-        return self.rel_bias
-
-
 def _tokens() -> torch.Tensor:
     return torch.randn(2, N, C, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
@@ -66,7 +57,7 @@ def _gather() -> list:
 
 @pytest.mark.parametrize("ellipsis", [False, True], ids=["slice", "ellipsis"])
 def test_a_bias_kept_whole_takes_the_columns_the_reference_gathers(ellipsis):
-    _, _, weights = transferred(randomized(_Whole(), 1), randomized(_Columns(ellipsis), 2), _tokens())
+    _, _, weights = transferred(randomized(WholeBiasAttention(N), 1), randomized(_Columns(ellipsis), 2), _tokens())
     entry = {e.candidate: e for e in weights.entries}.get("rel_bias")
     assert weights.verified and entry is not None and entry.reference == ("table",) \
         and list(entry.steps) == _gather(), \
@@ -74,7 +65,7 @@ def test_a_bias_kept_whole_takes_the_columns_the_reference_gathers(ellipsis):
 
 
 def test_a_port_keeping_the_bias_whole_passes_against_gathered_columns():
-    candidate, reference, weights = transferred(randomized(_Whole(), 1), randomized(_Columns(), 2), _tokens())
+    candidate, reference, weights = transferred(randomized(WholeBiasAttention(N), 1), randomized(_Columns(), 2), _tokens())
     report = harness.compare(candidate, reference, _tokens(), weights=weights)
     assert report.passed, report.format()
 
@@ -83,7 +74,7 @@ def test_a_bias_cached_by_an_earlier_forward_is_still_traced_to_its_table():
     reference = randomized(_Columns(cached=True), 2)
     with torch.no_grad():
         reference(_tokens())  # fills the cache: later forwards read no table
-    candidate, reference, weights = transferred(randomized(_Whole(), 1), reference, _tokens())
+    candidate, reference, weights = transferred(randomized(WholeBiasAttention(N), 1), reference, _tokens())
     assert weights.verified and "table" not in weights.unmatched["reference"], \
         f"expected rel_bias <- table although the reference's forward reads its cache; got:\n{weights}"
 
@@ -93,11 +84,11 @@ def test_the_cache_a_model_holds_is_left_as_it_was_by_the_map():
     with torch.no_grad():
         reference(_tokens())
     held = reference.bias_cache["bias"]
-    harness.map_weights(randomized(_Whole(), 1), reference, _tokens(), verify=False)
+    harness.map_weights(randomized(WholeBiasAttention(N), 1), reference, _tokens(), verify=False)
     assert reference.bias_cache.get("bias") is held, "map_weights should leave the model's cache holding what it held"
 
 
 def test_the_table_reads_back_from_a_bias_kept_whole():
-    candidate, reference, weights = transferred(randomized(_Whole(), 1), randomized(_Columns(), 2), _tokens())
+    candidate, reference, weights = transferred(randomized(WholeBiasAttention(N), 1), randomized(_Columns(), 2), _tokens())
     back = weights.to_reference(dict(candidate.state_dict()))
     assert torch.equal(back["table"], reference.table), "reading the map backward should give back the table"

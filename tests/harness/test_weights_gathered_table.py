@@ -13,7 +13,7 @@ from torch import nn
 
 import harness
 from helpers import transferred
-from port_toys import BiasedAttention, randomized
+from port_toys import BiasedAttention, WholeBiasAttention, randomized
 
 C, HEADS, WINDOW = BiasedAttention.channels, BiasedAttention.heads, 3
 N = WINDOW * WINDOW
@@ -36,15 +36,6 @@ class _Gathering(BiasedAttention):
         return self.table[self.index.view(-1)].view(N, N, -1).permute(2, 0, 1).contiguous().unsqueeze(0)
 
 
-class _Whole(BiasedAttention):
-    def __init__(self) -> None:
-        super().__init__()
-        self.rel_bias = nn.Parameter(torch.zeros(HEADS, N, N))
-
-    def bias(self) -> torch.Tensor:
-        return self.rel_bias
-
-
 class _NoBias(BiasedAttention):
     def bias(self) -> float:
         return 0.0
@@ -56,7 +47,7 @@ def _windows() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def port():
-    return transferred(randomized(_Whole(), 1), randomized(_Gathering(), 2), _windows())
+    return transferred(randomized(WholeBiasAttention(N), 1), randomized(_Gathering(), 2), _windows())
 
 
 def test_a_bias_kept_whole_takes_the_reference_table_through_its_gather(port):
@@ -89,7 +80,7 @@ def test_a_bias_whose_places_sharing_a_row_differ_is_refused_read_backward(port)
 
 
 def test_a_table_the_port_gathers_takes_a_reference_bias_kept_whole():
-    reference, source = randomized(_Whole(), 2), randomized(_Gathering(), 3)
+    reference, source = randomized(WholeBiasAttention(N), 2), randomized(_Gathering(), 3)
     with torch.no_grad():  # a bias that is some table gathered, as a converted checkpoint holds
         reference.rel_bias.copy_(source.bias()[0])
     candidate, reference, weights = transferred(randomized(_Gathering(), 1), reference, _windows())
@@ -108,7 +99,7 @@ def test_a_gathered_table_without_counterpart_says_how_it_is_used():
 def test_a_saved_map_with_a_gather_loads_verified_and_transfers_the_same_bias(port, tmp_path):
     candidate, reference, weights = port
     loaded = harness.load_weight_map(weights.save(tmp_path / "map.json"))
-    fresh = _Whole().double().eval()
+    fresh = WholeBiasAttention(N).double().eval()
     loaded.transfer(reference, fresh)
     assert loaded.verified and torch.equal(fresh.rel_bias, candidate.rel_bias), f"the map read back:\n{loaded}"
 
