@@ -53,7 +53,7 @@ from harness.checks import one_line
 from harness.memory import TraceTooLarge
 from harness.metrics import DEFAULT_TOLERANCES, Metrics, measure
 from harness.pairs import Call, as_call
-from harness.trace import _version, flatten_tensors, output_leaves
+from harness.trace import _version, eager_module, flatten_tensors, output_leaves, untraceable_notes
 
 __all__ = ["check_devices", "check_dtypes", "parameter_dtype", "comparison_dtype", "ModelState", "same_bits", "RandomDraws",
            "ForwardFailed", "WrongArguments", "run_forward",
@@ -481,6 +481,9 @@ def preserves_models(compare: Callable[..., Any]) -> Callable[..., Any]:
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         options = bound.arguments
+        given = {side: options[side] for side in ("candidate", "reference")}
+        for side, model in given.items():
+            options[side] = eager_module(model)
         candidate, reference = options["candidate"], options["reference"]
         if not isinstance(candidate, nn.Module):
             return compare(*args, **kwargs)  # compare's own checks name the wrong argument
@@ -494,6 +497,8 @@ def preserves_models(compare: Callable[..., Any]) -> Callable[..., Any]:
             finally:
                 state.restore()
         report.notes.extend(_changed_parameter_notes(state))
+        for side, model in given.items():
+            report.notes.extend(untraceable_notes(side, model, options[side]))
         return report
 
     return guarded

@@ -51,7 +51,7 @@ from torch import nn
 from harness.checks import check_choice, check_module, type_error
 
 __all__ = ["Record", "TensorSummary", "Tracer", "flatten_tensors", "has_nonfinite", "hookable_modules", "map_tensors",
-           "name_filter", "output_leaves",
+           "name_filter", "output_leaves", "eager_module", "untraceable_notes",
            "is_auto_spill", "spill_folder", "AUTO", "ROOT"]
 
 ROOT = "<root>"
@@ -257,6 +257,27 @@ def _nonfinite(leaf: Leaf) -> bool:
     # one vectorized pass instead of isfinite's much slower elementwise one
     return (leaf.is_floating_point() or leaf.is_complex()) and not cmath.isfinite(leaf.sum().item()) \
         and not bool(torch.isfinite(leaf).all())
+
+
+def eager_module(model: Any) -> Any:
+    """The module a tracer hooks for ``model``: the one inside ``torch.compile``'s wrapper (compiled
+    graphs run no submodule hooks, and the compiler would trace the hooks themselves), else ``model``
+    as it is. The wrapper and its module share their tensors: one is the other's weights."""
+    inner = getattr(model, "_orig_mod", None)
+    compiled = type(model).__name__ == "OptimizedModule" and type(model).__module__.startswith("torch._dynamo")
+    return inner if compiled and isinstance(inner, nn.Module) else model
+
+
+def untraceable_notes(side: str, given: Any, traced: Any) -> list[str]:
+    """What a comparison of ``given`` (traced as ``traced``, see :func:`eager_module`) cannot see."""
+    if given is not traced:
+        return [f"the {side} is compiled (torch.compile): its eager module was traced and compared, as "
+                f"layer hooks cannot run inside compiled graphs; what the compiler changes (fused kernels, "
+                f"their rounding) is not checked here"]
+    if isinstance(traced, torch.jit.ScriptModule):
+        return [f"the {side} is a TorchScript module: its submodules run without Python hooks, so only its "
+                f"outputs are compared; compare the eager module it was scripted from to localize an error"]
+    return []
 
 
 def hookable_modules(model: nn.Module, **options: Any) -> Iterator[tuple[str, nn.Module]]:

@@ -52,7 +52,7 @@ from torch import nn
 from harness.checks import check_module, is_int_list, one_line
 from harness.keymap import Move, StateDict, Step, apply_moves, check_step, describe_steps, invert_steps, shape_after
 from harness.metrics import percent
-from harness.trace import ROOT
+from harness.trace import ROOT, eager_module
 
 __all__ = ["WeightMap", "Entry", "ModelsSwapped", "load_weight_map", "FORMAT", "layout_steps", "owner_of",
            "clear_weight_caches", "regrouped_rows", "regrouped_columns", "tied_copies"]
@@ -193,8 +193,7 @@ class WeightMap:
 
     def transfer(self, reference: nn.Module, candidate: nn.Module) -> None:
         """Copy the reference's current values into the candidate, in place (shapes checked)."""
-        check_module("reference", reference)
-        check_module("candidate", candidate)
+        reference, candidate = eager_module(check_module("reference", reference)), eager_module(check_module("candidate", candidate))
         sources, targets = _named_tensors(reference), _named_tensors(candidate)
         self._check_tensors_fit(targets, sources, called=("transfer(reference, candidate)", candidate, reference))
         values = self.to_candidate(sources)
@@ -213,7 +212,7 @@ class WeightMap:
         reference key one of ``reference`` (each when given): a map made for another version of a
         model would pair and fill the wrong tensors. ``called``: the call, with its candidate and
         reference as given, whose error says so when the map fits them the other way round."""
-        self._check_tensors_fit(*(None if m is None else _named_tensors(m) for m in (candidate, reference)),
+        self._check_tensors_fit(*(None if m is None else _named_tensors(eager_module(m)) for m in (candidate, reference)),
                                 called=called)
 
     def _check_tensors_fit(self, candidate: dict[str, torch.Tensor] | None,

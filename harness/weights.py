@@ -160,7 +160,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from harness.trace import ROOT
+from harness.trace import ROOT, eager_module
 from harness.checks import check_module
 from harness.diagnose import numeric_setting_differences
 from harness.keymap import NORM_ROLES, invert_steps, shape_after, simplify_steps
@@ -1729,8 +1729,7 @@ def map_weights(
     Neither model is changed: verification works on a copy of the candidate. ``inputs`` as for
     :func:`harness.compare`; ``*_call``/``*_outputs`` when the two sides are called differently.
     """
-    check_module("candidate", candidate)
-    check_module("reference", reference)
+    candidate, reference = eager_module(check_module("candidate", candidate)), eager_module(check_module("reference", reference))
     from harness.guards import ModelState, check_dtypes  # guards imports the pair registry, which imports this module
 
     check_dtypes(candidate, reference)  # as compare does: before a forward fails on the other side's dtype
