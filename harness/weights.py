@@ -154,7 +154,7 @@ import weakref
 from collections import Counter
 from dataclasses import dataclass, replace
 from itertools import combinations, permutations
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -1755,6 +1755,7 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
 
     trial = copy.deepcopy(candidate)
     unfilled = _scramble_unfilled(weights, trial)
+    reference = _untied(weights, reference)
 
     def run(w: WeightMap):
         w.transfer(reference, trial)
@@ -1848,6 +1849,56 @@ def _scramble_unfilled(weights: WeightMap, trial: nn.Module) -> list[str]:
             t.add_(torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device) * scale)
             scrambled.append(key)
     return scrambled
+
+
+def _untied(weights: WeightMap, reference: nn.Module) -> nn.Module:
+    """``reference``, or where tensors the map takes hold one value alike (a fresh model's norms:
+    weights all one, biases and means zero, variances one), a copy in which each of them is moved
+    apart by seeded noise: a map that exchanges two of them transfers the same values either way,
+    so only other values can tell its twins apart. Tensors the map leaves out keep their values
+    (the candidate may compute them itself)."""
+    taken = {k for e in weights.entries for k in e.reference}
+    tensors = {k: t for k, t in _floating_tensors(reference).items() if k in taken}
+    tied = _tied(tensors)
+    if not tied:
+        return reference
+    untied = copy.deepcopy(reference)
+    copies = _floating_tensors(untied)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for key in sorted(tied):
+            t = copies[key]
+            noise = torch.rand(t.shape, generator=generator, dtype=torch.float64).mul_(0.5).sub_(0.25)
+            if key.endswith("running_var"):  # a variance stays positive
+                t.mul_(noise.exp().to(t.dtype))
+            else:
+                t.add_(noise.to(t.dtype) * (float(t.abs().mean()) or 1.0))
+    return untied
+
+
+def _floating_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: t for k, t in (*model.named_parameters(), *model.named_buffers())
+            if t.is_floating_point() and t.numel()}
+
+
+def _tied(tensors: Mapping[str, torch.Tensor]) -> set[str]:
+    """The keys of tensors holding the same values as another of ``tensors`` (a distinct object)."""
+    groups: dict[tuple, list[str]] = {}
+    for key, t in tensors.items():
+        flat = t.detach().reshape(-1)
+        groups.setdefault((tuple(t.shape), t.dtype, float(flat.sum()), float(flat[0]), float(flat[-1])), []).append(key)
+    tied: set[str] = set()
+    for keys in (g for g in groups.values() if len(g) > 1):
+        classes: list[list[str]] = []  # keys by value, each class compared through its first key
+        for key in keys:
+            t = tensors[key]
+            same = next((c for c in classes if torch.equal(tensors[c[0]], t)), None)
+            if same is None:
+                classes.append([key])
+            elif all(tensors[k].data_ptr() != t.data_ptr() for k in same):  # one tensor shared is no tie
+                same.append(key)
+        tied.update(k for c in classes if len(c) > 1 for k in c)
+    return tied
 
 
 def _holds_any(module: str, keys: list[str]) -> bool:
