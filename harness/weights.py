@@ -24,7 +24,9 @@ its weights. The algorithm:
    of its fused ``qkv`` bias where used): the copy's reader uses it. A tensor read again later by
    another operation (a head tied to the embedding, ``h @ emb.weight.t()``; a relative-position
    table every block reads; a block applied twice) is noted there again, as a later read (up to
-   ``_REPEATS`` per tensor).
+   ``_REPEATS`` per tensor). A tensor the forward reads only in parts along one dim that tile it
+   (``kernels[i]``, ``select``, ``unbind``, ``split``, slices ``w[lo:hi]`` of a norm's tensors passed to
+   ``F.batch_norm``), never whole, says so; it is first used where its first part is taken.
 2. Siblings. Consecutive operations of one kind that read the same input tensor (the query, key
    and value projections of one token sequence) may stand for one fused operation on the other
    side: their i-th tensors, concatenated along dim 0, form a composite that can match one tensor.
@@ -75,6 +77,16 @@ its weights. The algorithm:
    that signature (``q``, ``k``, ``v`` per block against a fused ``qk`` and a ``v`` are no twins in
    turn: they would pair blocks crosswise); aligned again, that order is kept where it pairs more
    tensors.
+   Parts next: a leftover tensor read only in parts is recorded again with each part a tensor of its
+   own, read where its values are (the i-th of kernels stacked ``(n, out, in, kh, kw)`` by the i-th
+   convolution), and the parts are paired like other leftovers. A candidate tensor whose parts all
+   found counterparts takes them joined: concatenated along its dim (one norm over ``n`` branches
+   applied by slices against ``n`` norms), or stacked (``concat`` then ``reshape``, and a ``permute``
+   where the stacked dim is not the first), each choice checked on numbered values; read backward,
+   it splits. A reference part is its tensor's slice. Parts that no entry joins so stay unmatched.
+   Tensors first used together by one join (``torch.stack(list(kernels))`` feeding a grouped
+   convolution) have no order of use among them: the k-th operand takes the k-th of the other side's
+   tensors paired with the group, in that side's order of use, unless names settled it.
    Tables last: a leftover table one side keeps whole and the other in consecutive parts (a
    class row and a patch grid) takes its parts' slices; one with a few more leading rows than a
    leftover table of the other side, otherwise of its shape (a position table covering the class
@@ -123,7 +135,10 @@ its weights. The algorithm:
    projections some of which take rows of a fused tensor and some a separate tensor of those rows'
    shape, their tensors moved between the two (timm's ConViT fuses ``qk`` and projects ``v`` after
    the scores, where a port projects ``q``, ``k``, ``v`` first), and the other way round a fused
-   tensor's parts and a separate one. A
+   tensor's parts and a separate one. So are tensors joined where used (``torch.stack(list(kernels))``
+   run as one grouped convolution), whose operand order pairs them with the other side's tensors in
+   its order of use, where the reference may use its convolutions in another order than it joins
+   their outputs: they take those tensors in every other order, up to four of them. A
    module whose twin differs in a numeric setting (``eps``, ``approximate``) disagrees whatever the
    weights: no alternative is tried there, and its conflict names the setting; nor around a module that owns no mapped tensor and received what
    its twin received (its own computation differs: a GELU against a tanh), nor around one whose
@@ -163,7 +178,7 @@ from torch.overrides import TorchFunctionMode
 from harness.trace import ROOT, eager_module
 from harness.checks import check_module
 from harness.diagnose import numeric_setting_differences
-from harness.keymap import NORM_ROLES, invert_steps, shape_after, simplify_steps
+from harness.keymap import NORM_ROLES, Move, invert_steps, shape_after, simplify_steps
 from harness.weightmap import (NEVER_USED, STANDS_IN, Entry, Step, WeightMap, layout_steps, load_weight_map, owner_of,
                                regrouped_columns, regrouped_rows, shape_permutations, tied_copies)
 
@@ -192,6 +207,10 @@ class _Tensor:
     # the one range of rows (dim, start, stop) of the stored tensor its first use takes, the other rows never
     # read there (a position table's class row, ``table[:, 1:]``); None if it reads them all
     kept: tuple[int, int, int] | None = None
+    # a part of a stored tensor the forward reads only in parts along one dim (``kernels[i]``, ``w[lo:hi]``):
+    # (the stored key, dim, start, stop); ``shape`` is the part's, with that dim kept
+    part: tuple[str, int, int, int] | None = None
+    in_parts: int | None = None  # the dim along which the forward reads this tensor only in parts (None: whole)
 
     @property
     def used_shape(self) -> tuple[int, ...]:
@@ -369,10 +388,16 @@ def _joined_dim(dim: int, steps: Iterable[Step]) -> int | None:
 class _FirstUse(TorchFunctionMode):
     """Notes the first torch operation using each watched tensor, seen through re-layouts."""
 
-    def __init__(self, watched: dict[int, str], shapes: dict[str, tuple[int, ...]]) -> None:
+    def __init__(self, watched: dict[int, str], shapes: dict[str, tuple[int, ...]],
+                 parted: dict[str, int] | None = None) -> None:
         super().__init__()
         self.watched = watched
-        self.watched_shapes = shapes
+        self.watched_shapes = dict(shapes)
+        # key -> the dim along which the forward reads it only in parts: each part is a tensor of its own
+        self.parted = parted or {}
+        self.part_specs: dict[str, tuple[str, int, int, int]] = {}  # part key -> (stored key, dim, start, stop)
+        self.taken: dict[str, set[tuple[int, int, int]]] = {}  # key -> the parts (dim, start, stop) taken of it
+        self.taking: dict[str, set[int]] = {}  # key -> the op indices taking those parts
         self.seen: set[str] = set()
         # (key, op, op index, source id, to_used, again): ``again`` for a later read of a tensor used before
         self.uses: list[tuple[str, str, int, int | None, tuple[Step, ...], bool]] = []
@@ -431,6 +456,8 @@ class _FirstUse(TorchFunctionMode):
             key, before, _ = first
             self.relaid[id(result)] = (key, (*before, *steps), result)
             self.first_touch.setdefault(key, (name, self.ops))
+            return result
+        if self._take_parts(name, args, kwargs, result):
             return result
         if name == "getitem" and first is not None and self._hold_slice(args, result, first):
             return result
@@ -509,6 +536,43 @@ class _FirstUse(TorchFunctionMode):
                             tuple((key, a, a + n, before) for (key, before), a, n in zip(parts, starts, sizes)))
         self.seen.update(key for key, _ in parts if key is not None)
         self._use(name, op, self.ops, source, steps)
+
+    def _take_parts(self, name: str, args: tuple, kwargs: dict, result: Any) -> bool:
+        """Parts taken of a stored tensor along one dim (``kernels[i]``, ``w[lo:hi]``, ``w.unbind(0)``)
+        are noted; where the forward reads that tensor only so (:meth:`read_in_parts`), each part is held as a
+        tensor of its own, read where its values are. True if the parts are held so."""
+        key = self.watched.get(id(args[0])) if args and isinstance(args[0], torch.Tensor) else None
+        taken = _parts_taken(name, args, kwargs, result) if key is not None else None
+        if not taken:
+            return False
+        if key not in self.parted:
+            self.taken.setdefault(key, set()).update((dim, start, stop) for dim, start, stop, _ in taken)
+            self.taking.setdefault(key, set()).add(self.ops)
+            return False
+        for dim, start, stop, piece in taken:
+            part = _part_key(key, dim, start, stop)
+            shape = tuple(stop - start if d == dim else n for d, n in enumerate(self.watched_shapes[key]))
+            self.part_specs[part] = (key, dim, start, stop)
+            self.watched_shapes[part] = shape
+            steps = () if tuple(piece.shape) == shape else ({"op": "reshape", "shape": list(piece.shape)},)
+            self.relaid[id(piece)] = (part, steps, piece)
+        return True
+
+    def read_in_parts(self) -> dict[str, int]:
+        """The tensors the forward read only in parts, tiling them along one dim (key -> that dim):
+        never whole, nor re-laid out, and in at least two parts."""
+        whole = {key for key, _, index, *_ in self.uses if index not in self.taking.get(key, ())}
+        out = {}
+        for key, taken in self.taken.items():
+            dims = {dim for dim, _, _ in taken}
+            if key in whole or len(dims) != 1 or len(taken) < 2:
+                continue
+            dim = dims.pop()
+            cuts = sorted((start, stop) for _, start, stop in taken)
+            if cuts[0][0] == 0 and cuts[-1][1] == self.watched_shapes[key][dim] \
+                    and all(stop == start for (_, stop), (start, _) in zip(cuts, cuts[1:])):
+                out[key] = dim
+        return out
 
     def _hold_slice(self, args: tuple, result: Any, held: tuple) -> bool:
         """A slice of rows of a watched tensor (or of its copy) may be written rather than read:
@@ -676,6 +740,59 @@ def _gather_steps(args: tuple, result: torch.Tensor) -> tuple[Step, ...] | None:
     return flat if index.ndim == 1 else (*flat, {"op": "reshape", "shape": list(result.shape)})
 
 
+_SPLITS = {"unbind", "split", "chunk", "split_with_sizes", "tensor_split"}  # parts along one dim, all at once
+
+
+def _parts_taken(name: str, args: tuple, kwargs: dict, result: Any) -> list[tuple[int, int, int, torch.Tensor]] | None:
+    """The parts ``(dim, start, stop, tensor)`` an operation takes of ``args[0]`` along one dim, every
+    value of the others kept: an integer index or a slice (``w[i]``, ``w[:, lo:hi]``), ``select``,
+    ``narrow``, ``unbind``, ``split``, ``chunk``; None for any other operation."""
+    source = args[0]
+    shape = tuple(source.shape)
+    if name in _SPLITS:
+        pieces = list(result) if isinstance(result, (tuple, list)) else []
+        dim = (args[1] if len(args) > 1 else kwargs.get("dim", 0)) if name == "unbind" \
+            else (args[2] if len(args) > 2 else kwargs.get("dim", 0))
+        if not pieces or not isinstance(dim, int) or not all(isinstance(p, torch.Tensor) for p in pieces):
+            return None
+        dim %= len(shape)
+        kept = name != "unbind"
+        sizes = [p.shape[dim] if kept else 1 for p in pieces]
+        if sum(sizes) != shape[dim] or any(p.ndim != len(shape) - (not kept) for p in pieces):
+            return None
+        starts = [sum(sizes[:k]) for k in range(len(sizes))]
+        return [(dim, a, a + n, p) for a, n, p in zip(starts, sizes, pieces) if n]
+    if not isinstance(result, torch.Tensor):
+        return None
+    if name in ("select", "narrow") and len(args) >= 3 and all(isinstance(a, int) for a in args[1:]):
+        dim = args[1] % len(shape)
+        start = args[2] % shape[dim]
+        stop = start + (1 if name == "select" else args[3] if len(args) > 3 else 0)
+        return [(dim, start, stop, result)] if stop > start else None
+    if name != "getitem" or len(args) != 2:
+        return None
+    items = args[1] if isinstance(args[1], tuple) else (args[1],)
+    if not all(isinstance(i, (int, slice)) or i is Ellipsis for i in items) or sum(i is Ellipsis for i in items) > 1 \
+            or len(items) - (Ellipsis in items) > len(shape):
+        return None
+    at = items.index(Ellipsis) if Ellipsis in items else len(items)
+    full = [*items[:at], *[slice(None)] * (len(shape) - len(items) + (Ellipsis in items)), *items[at + 1:]]
+    cut = [(d, i) for d, (i, n) in enumerate(zip(full, shape)) if not isinstance(i, slice) or i.indices(n) != (0, n, 1)]
+    if len(cut) != 1:
+        return None
+    dim, item = cut[0]
+    if isinstance(item, int):
+        start = item % shape[dim]
+        return [(dim, start, start + 1, result)]
+    start, stop, stride = item.indices(shape[dim])
+    return [(dim, start, stop, result)] if stride == 1 and stop > start else None
+
+
+def _part_key(key: str, dim: int, start: int, stop: int) -> str:
+    """The name of a part of a stored tensor: ``kernels[0:1]``, ``w[:, 4:8]``."""
+    return f"{key}[{':, ' * dim}{start}:{stop}]"
+
+
 def _zeros(t: torch.Tensor) -> bool:
     return t.is_floating_point() and t.numel() > 0 and not bool(t.any())
 
@@ -697,8 +814,23 @@ def _tensor_leaves(value: Any) -> list[torch.Tensor]:
     return out
 
 
-def _first_uses(model: nn.Module, run: Callable[[nn.Module], Any]) -> tuple[list[_Tensor], dict[str, str]]:
-    """Learned tensors in first-use order, and the computed buffers (key -> reason)."""
+def _parts_of(model: nn.Module, run: Callable[[nn.Module], Any], tensors: list[_Tensor],
+              used: set[int]) -> list[_Tensor]:
+    """The parts of the tensors of ``tensors`` left without a counterpart that the forward reads
+    only in parts (each a tensor of its own, read where its values are: ``kernels[i]`` by the i-th
+    convolution), from another run of ``model``; the tensors themselves are marked used."""
+    parted = {t.key: t.in_parts for k, t in enumerate(tensors) if k not in used and t.in_parts is not None}
+    if not parted:
+        return []
+    used.update(k for k, t in enumerate(tensors) if t.key in parted)
+    return [t for t in _first_uses(model, run, parted)[0] if t.part is not None]
+
+
+def _first_uses(model: nn.Module, run: Callable[[nn.Module], Any],
+                parted: dict[str, int] | None = None) -> tuple[list[_Tensor], dict[str, str]]:
+    """Learned tensors in first-use order, and the computed buffers (key -> reason). A tensor the
+    forward reads only in parts says so (``in_parts``); with ``parted`` (key -> dim) the run is
+    recorded with each part of those tensors as a tensor of its own (``part``), read where its values are."""
     state_keys = set(model.state_dict(keep_vars=True))
     learned: dict[str, torch.Tensor] = {}
     computed: dict[str, str] = {}
@@ -712,7 +844,30 @@ def _first_uses(model: nn.Module, run: Callable[[nn.Module], Any]) -> tuple[list
         else:
             computed[key] = "integer buffer computed by the model (index table or counter)"
     watched = {id(t): k for k, t in learned.items()}
-    recorder = _FirstUse(watched, {k: tuple(t.shape) for k, t in learned.items()})
+    recorder = _recorded(model, run, _FirstUse(watched, {k: tuple(t.shape) for k, t in learned.items()}, parted))
+    in_parts = recorder.read_in_parts()
+    shapes = recorder.watched_shapes
+    kinds = {k: "parameter" for k, _ in model.named_parameters()}
+    kinds.update({part: kinds.get(key, "buffer") for part, (key, *_) in recorder.part_specs.items()})
+    out = [_Tensor(k, shapes[k], kinds.get(k, "buffer"), op, i, src, steps,
+                   overwritten=tuple(recorder.overwritten.get(k, ())), again=again,
+                   gathered=recorder.gathered.get(k, ()) if not again else (), after=recorder.after.get(i, -1),
+                   kept=recorder.kept.get(k) if not again else None, part=recorder.part_specs.get(k),
+                   in_parts=in_parts.get(k))
+           if k in shapes else replace(_fused_tensor(k, recorder.fused[k], shapes, kinds, (op, i, src, steps)),
+                                       after=recorder.after.get(i, -1))
+           for k, op, i, src, steps, again in recorder.uses]
+    tail = recorder.ops + 1
+    for key in [*(k for k in learned if k not in (parted or {})), *recorder.part_specs]:
+        if key not in recorder.seen:
+            out.append(_Tensor(key, shapes[key], kinds.get(key, "buffer"), "<unused>", tail, None,
+                               part=recorder.part_specs.get(key)))
+            tail += 1
+    return out, computed
+
+
+def _recorded(model: nn.Module, run: Callable[[nn.Module], Any], recorder: _FirstUse) -> _FirstUse:
+    """``recorder`` after a run of ``model`` under it."""
     # a tensor a model derives from its weights on its first eval forward and keeps (timm's
     # attention_bias_cache) hides their use from later runs: its caches are emptied for this run
     caches = {(m, n): dict(v) for m in model.modules() for n, v in vars(m).items()
@@ -725,27 +880,14 @@ def _first_uses(model: nn.Module, run: Callable[[nn.Module], Any]) -> tuple[list
     for (m, n), held in caches.items():  # leave the model as it was
         getattr(m, n).clear()
         getattr(m, n).update(held)
-    kinds = {k: "parameter" for k, _ in model.named_parameters()}
-    out = [_Tensor(k, tuple(learned[k].shape), kinds.get(k, "buffer"), op, i, src, steps,
-                   overwritten=tuple(recorder.overwritten.get(k, ())), again=again,
-                   gathered=recorder.gathered.get(k, ()) if not again else (), after=recorder.after.get(i, -1),
-                   kept=recorder.kept.get(k) if not again else None)
-           if k in learned else replace(_fused_tensor(k, recorder.fused[k], learned, kinds, (op, i, src, steps)),
-                                        after=recorder.after.get(i, -1))
-           for k, op, i, src, steps, again in recorder.uses]
-    tail = recorder.ops + 1
-    for key, t in learned.items():
-        if key not in recorder.seen:
-            out.append(_Tensor(key, tuple(t.shape), kinds.get(key, "buffer"), "<unused>", tail, None))
-            tail += 1
-    return out, computed
+    return recorder
 
 
-def _fused_tensor(name: str, fused: tuple, learned: dict[str, torch.Tensor], kinds: dict[str, str],
+def _fused_tensor(name: str, fused: tuple, shapes: dict[str, tuple[int, ...]], kinds: dict[str, str],
                   use: tuple) -> _Tensor:
     """The tensor a model joins where used from stored tensors and zeros, as one tensor."""
     shape, dim, parts = fused
-    pieces = tuple((key, start, stop, tuple(invert_steps(before, tuple(learned[key].shape))) if before else ())
+    pieces = tuple((key, start, stop, tuple(invert_steps(before, shapes[key])) if before else ())
                    if key is not None else (None, start, stop, ()) for key, start, stop, before in parts)
     kind = kinds.get(next(key for key, *_ in parts if key is not None), "buffer")
     return _Tensor(name, shape, kind, *use, pieces=pieces, dim=dim)
@@ -835,7 +977,7 @@ def _bias_with_zeros(tensors: list[_Tensor], ops: list[list[int]]) -> _Unit | No
 
 
 def _words(key: str) -> set[str]:
-    return {w for w in re.split(r"[._]", key) if w and not w.isdigit()}
+    return {w for w in re.split(r"[._]", key.split("[", 1)[0]) if w and not w.isdigit()}
 
 
 def _bonus(c: _Tensor, r: _Tensor) -> float:
@@ -991,8 +1133,16 @@ def infer_map(
     reference_call: Callable | None = None,
 ) -> WeightMap:
     """The inferred map, without verification (steps 1-4 of the module docstring)."""
-    cand, cand_computed = _first_uses(candidate, _runner(inputs, candidate_call, "candidate"))
-    ref, ref_computed = _first_uses(reference, _runner(inputs, reference_call, "reference"))
+    return _inferred(candidate, reference, inputs, candidate_call, reference_call)[0]
+
+
+def _inferred(candidate: nn.Module, reference: nn.Module, inputs: Any, candidate_call: Callable | None,
+              reference_call: Callable | None) -> tuple[WeightMap, list[tuple[str, ...]]]:
+    """The inferred map, and the candidate's tensors first used together by one join (their keys in
+    operand order), which verification may take in another order."""
+    run_c, run_r = _runner(inputs, candidate_call, "candidate"), _runner(inputs, reference_call, "reference")
+    cand, cand_computed = _first_uses(candidate, run_c)
+    ref, ref_computed = _first_uses(reference, run_r)
     cand, ref, pairs = _aligned(cand, ref)
     ref, pairs = _in_unit_order(cand, ref, pairs)
     used_c: set[int] = set()
@@ -1004,10 +1154,17 @@ def infer_map(
     # a tensor joined from parts that found no counterpart whole: its parts may each have one
     if _split_leftovers(cand, used_c, reasons) + _split_leftovers(ref, used_r, reasons):
         entries += _repair(cand, ref, entries, used_c, used_r, reasons)
+    # a tensor read only in parts that found no counterpart whole (kernels stacked (n, out, in, kh, kw)
+    # and read kernels[i]): its parts may each have one
+    parts = _parts_of(candidate, run_c, cand, used_c), _parts_of(reference, run_r, ref, used_r)
+    if any(parts):
+        cand, ref = cand + parts[0], ref + parts[1]
+        entries += _repair(cand, ref, entries, used_c, used_r, reasons)
     entries += _split_tables(cand, ref, used_c, used_r)
     entries += _padded_tables(cand, ref, used_c, used_r)
     entries += _gathered_tables(cand, ref, used_c, used_r)
-    entries = _folded_norms(_cohere(_untangle(entries)), cand, ref, used_r, reference)
+    entries = _cohere(_untangle(_in_operand_order(entries, cand, ref)))
+    entries = _folded_norms(_whole_of_parts(entries, cand, ref, used_c, used_r, reasons), cand, ref, used_r, reference)
     order: dict[str, int] = {}
     for k, t in enumerate(cand):  # the parts of a joined tensor split for a second search: in its place
         for key in _stored_keys(t):
@@ -1030,8 +1187,18 @@ def infer_map(
         reasons[k] = ref_computed[k]
     numel = sum(p.numel() for p in candidate.parameters())
     notes = _shared_notes(entries, [k for k in unmatched["reference"] if k in idle])
-    return WeightMap(entries=entries, unmatched=unmatched, reasons=reasons, computed=computed, candidate_numel=numel,
-                     notes=notes)
+    weights = WeightMap(entries=entries, unmatched=unmatched, reasons=reasons, computed=computed,
+                        candidate_numel=numel, notes=notes)
+    return weights, _join_groups(cand)
+
+
+def _join_groups(tensors: list[_Tensor]) -> list[tuple[str, ...]]:
+    """The keys of tensors first used together by one join (``torch.stack(list(kernels))``), in operand order."""
+    groups: dict[int, list[str]] = {}
+    for t in tensors:
+        if t.op in _JOINING and not t.again and not t.pieces and t.part is None:
+            groups.setdefault(t.op_index, []).append(t.key)
+    return [tuple(keys) for keys in groups.values() if len(keys) >= 2]
 
 
 def _aligned(cand: list[_Tensor], ref: list[_Tensor]) -> tuple[list[_Tensor], list[_Tensor], list]:
@@ -1185,7 +1352,7 @@ def _unmatched(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], used_r
     for side, tensors, used, other in (("candidate", cand, used_c, ref), ("reference", ref, used_r, cand)):
         other_shapes = {t.shape for t in other}
         for k, key, t in ((k, key, t) for k, t in enumerate(tensors) for key in _stored_keys(t)):
-            if k in used:
+            if k in used or key in unmatched[side]:  # a tensor read in parts: listed once
                 continue
             unmatched[side].append(key)
             # a key both models use: the reference's reason under "reference:KEY", so neither is lost
@@ -1227,7 +1394,10 @@ def _computed_alike(unmatched: dict[str, list[str]], models: dict[str, nn.Module
 
 
 def _stored_keys(t: _Tensor) -> list[str]:
-    """The state-dict keys a first-use tensor stands for: its parts, for one joined where used."""
+    """The state-dict keys a first-use tensor stands for: its parts, for one joined where used; the
+    tensor it is a part of, for a part."""
+    if t.part is not None:
+        return [t.part[0]]
     return [key for key, *_ in t.pieces if key is not None] if t.pieces else [t.key]
 
 
@@ -1358,6 +1528,207 @@ def _repair(cand: list[_Tensor], ref: list[_Tensor], entries: list[Entry], used_
     return out
 
 
+_JOINING = {"stack", *_JOINS}  # operations joining the tensors they read: their operands have an order
+
+
+def _in_operand_order(entries: list[Entry], cand: list[_Tensor], ref: list[_Tensor]) -> list[Entry]:
+    """Tensors first used together by one join (``torch.stack(list(kernels))``, a grouped convolution's
+    kernels) have no order of use among them but their operand positions: where the searches gave
+    them same-shaped tensors of the other side, the k-th operand takes the k-th of those in that
+    side's order of use. Not where each already takes a tensor of its own name (names settled it)."""
+    entries = list(entries)
+    at: tuple[dict[str, list[int]], dict[str, list[int]]] = ({}, {})  # per side: key -> the entries naming it
+    for k, e in enumerate(entries):
+        at[0].setdefault(e.candidate, []).append(k)
+        for key in e.reference:
+            at[1].setdefault(key, []).append(k)
+    order = [{t.key: k for k, t in enumerate(tensors) if not t.again} for tensors in (cand, ref)]
+    for side, tensors in ((0, cand), (1, ref)):
+        for keys in _join_groups(tensors):
+            members = [at[side].get(key, []) for key in keys]
+            if any(len(m) != 1 for m in members) or len({m[0] for m in members}) != len(members):
+                continue
+            chosen = [entries[m[0]] for m in members]
+            if any(len(e.reference) != 1 or e.shape != chosen[0].shape or e.reference_shapes != chosen[0].reference_shapes
+                   for e in chosen) or all(_leaf(e.candidate) == _leaf(e.reference[0]) for e in chosen):
+                continue
+            # the other side's tensors these take, in that side's order of use, and where each sits now
+            partners = sorted(chosen, key=lambda e: order[1 - side].get(e.reference[0] if side == 0 else e.candidate,
+                                                                       len(order[1 - side])))
+            if side == 0:  # the candidate's k-th operand takes the k-th reference tensor
+                for m, source in zip(members, partners):
+                    entries[m[0]] = replace(entries[m[0]], reference=source.reference, steps=source.steps,
+                                            reference_shapes=source.reference_shapes)
+            else:  # the reference's k-th operand feeds the candidate tensor used k-th of them
+                for e, target in zip(chosen, partners):
+                    k = at[0][target.candidate][0]
+                    entries[k] = replace(target, reference=e.reference, steps=e.steps,
+                                         reference_shapes=e.reference_shapes)
+    return entries
+
+
+def _whole_of_parts(entries: list[Entry], cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], used_r: set[int],
+                    reasons: dict[str, str]) -> list[Entry]:
+    """Entries of stored tensors in place of their parts' (a tensor read only in parts was aligned
+    part by part). A reference part is its tensor's slice; consecutive parts concatenated in order
+    are their span. A candidate tensor whose parts all have entries is their join (:func:`_joined`):
+    kernels stacked ``(n, out, in, kh, kw)`` and read ``kernels[i]`` take ``n`` convolutions' kernels
+    concatenated and reshaped; one norm's tensors read by slices take ``n`` norms' tensors
+    concatenated. Parts that no entry expresses so are left unmatched, with the reason."""
+    parts_c = {t.key: t.part for t in cand if t.part is not None}
+    parts_r = {t.key: t.part for t in ref if t.part is not None}
+    if not parts_c and not parts_r:
+        return entries
+    whole = _whole_shapes(cand) | _whole_shapes(ref)
+    out: list[Entry] = []
+    dropped: list[Entry] = []
+    groups: dict[str, list[Entry]] = {}
+    for e in entries:
+        if e.candidate in parts_c:
+            groups.setdefault(parts_c[e.candidate][0], []).append(e)
+            continue
+        stored = _in_stored(e, parts_r, whole)
+        if stored is None:
+            dropped.append(e)
+            reasons[e.candidate] = (f"its counterpart is read by the reference in parts ({', '.join(e.reference)}), "
+                                    f"which no weight map entry joins so")
+        else:
+            out.append(stored)
+    for key, group in groups.items():
+        tensors = sorted((t for t in cand if t.part is not None and t.part[0] == key), key=lambda t: t.part[2])
+        by_part = {e.candidate: e for e in group}
+        pieces = [_in_stored(by_part[t.key], parts_r, whole) if t.key in by_part else None for t in tensors]
+        joined = _joined(key, whole[key], tensors[0].part[1], pieces, tensors[0].kind) if all(pieces) else None
+        if joined is None:
+            dropped += group
+            missing = [t.key for t, p in zip(tensors, pieces) if p is None]
+            reasons[key] = "read by the candidate in parts, " + (
+                f"of which {', '.join(missing[:4])} found no counterpart" if missing
+                else "whose counterparts no weight map entry joins into it")
+        else:
+            out.append(joined)
+    if dropped:
+        keep = {k for e in entries if e not in dropped for k in (e.candidate, *e.reference)}
+        used_c.difference_update(k for k, t in enumerate(cand) if t.key not in keep
+                                 and t.key in {e.candidate for e in dropped})
+        used_r.difference_update(k for k, t in enumerate(ref) if t.key not in keep
+                                 and t.key in {r for e in dropped for r in e.reference})
+    return out
+
+
+def _whole_shapes(tensors: list[_Tensor]) -> dict[str, tuple[int, ...]]:
+    """The stored shape of each tensor read in parts: its parts' shape, their span along their dim."""
+    out: dict[str, tuple[int, ...]] = {}
+    for t in tensors:
+        if t.part is not None:
+            key, dim, _, stop = t.part
+            size = max(stop, out[key][dim] if key in out else 0)
+            out[key] = tuple(size if d == dim else n for d, n in enumerate(t.shape))
+    return out
+
+
+def _in_stored(e: Entry, parts: dict[str, tuple[str, int, int, int]], whole: dict[str, tuple[int, ...]]) -> Entry | None:
+    """``e`` reading its reference parts from their stored tensors: one part, its slice; several
+    concatenated along their dim, consecutive and in order, their span. None for any other join."""
+    if not any(key in parts for key in e.reference):
+        return e
+    spans = [parts.get(key) for key in e.reference]
+    if len(spans) == 1:
+        key, dim, start, stop = spans[0]
+        steps = simplify_steps([{"op": "slice", "dim": dim, "start": start, "stop": stop}, *e.steps], whole[key])
+        return replace(e, reference=(key,), steps=tuple(steps), reference_shapes=(whole[key],))
+    if None in spans or len({(key, dim) for key, dim, _, _ in spans}) != 1 or not e.steps \
+            or e.steps[0]["op"] != "concat" or e.steps[0]["dim"] != spans[0][1] \
+            or any(a[3] != b[2] for a, b in zip(spans, spans[1:])):
+        return None
+    key, dim, start, stop = spans[0][0], spans[0][1], spans[0][2], spans[-1][3]
+    cut = [] if (start, stop) == (0, whole[key][dim]) else [{"op": "slice", "dim": dim, "start": start, "stop": stop}]
+    return replace(e, reference=(key,), steps=(*cut, *e.steps[1:]), reference_shapes=(whole[key],))
+
+
+def _joined(key: str, shape: tuple[int, ...], dim: int, pieces: list[Entry], kind: str) -> Entry | None:
+    """The entry of a candidate tensor of ``shape`` joined along ``dim`` from the parts ``pieces``
+    gives (each from one reference tensor): that tensor as it is or re-laid out, where the parts
+    take its consecutive slices; the reference tensors concatenated along ``dim`` where the parts
+    are them as they are; stacked where each part is one reference tensor re-laid out alike
+    (``concat`` along that dim then ``reshape``; else along the first, a ``permute`` moving it). Each
+    choice is checked against the parts on numbered values; None where none fits."""
+    if any(len(p.reference) != 1 for p in pieces):
+        return None
+    sources = [p.reference[0] for p in pieces]
+    shapes = [p.reference_shapes[0] for p in pieces]
+    choices: list[Entry] = []
+    if len(set(sources)) == 1:
+        fits = [[]] if shape == shapes[0] else []
+        found = layout_steps(shape, shapes[0])
+        choices += [Entry(key, (sources[0],), tuple(steps), shape, (shapes[0],), kind)
+                    for steps in [*fits, *([found[0]] if found else [])]]
+    elif len(set(sources)) == len(sources):
+        if all(not p.steps for p in pieces):
+            choices.append(Entry(key, tuple(sources), tuple(_joined_steps([s[dim] for s in shapes], (), dim)),
+                                 shape, tuple(shapes), kind))
+        alike = len(set(shapes)) == 1 and all(p.steps == pieces[0].steps for p in pieces)
+        if alike and dim < len(shapes[0]):  # stacked along a dim the references have: joined there, reshaped
+            joined = tuple(len(shapes) * n if d == dim else n for d, n in enumerate(shapes[0]))
+            choices.append(Entry(key, tuple(sources), (*_joined_steps([shapes[0][dim]] * len(shapes), (), dim),
+                                                       *simplify_steps([{"op": "reshape", "shape": list(shape)}], joined)),
+                                 shape, tuple(shapes), kind))
+        stacked = _stacked_steps(shapes, pieces[0].steps, dim, shape) if alike else None
+        if stacked is not None:
+            choices.append(Entry(key, tuple(sources), tuple(stacked), shape, tuple(shapes), kind))
+    return next((choice for choice in choices if _assembles(choice, pieces, dim)), None)
+
+
+def _stacked_steps(shapes: list[tuple[int, ...]], steps: tuple[Step, ...], dim: int,
+                   target: tuple[int, ...]) -> list[Step] | None:
+    """Steps stacking ``n`` reference tensors of one shape, each re-laid out by ``steps`` into a part
+    of ``target`` along ``dim``: concatenated, given a leading dim of ``n``, re-laid out past it, that
+    dim moved to ``dim`` and merged with the part's. None where a step is no layout step."""
+    n, shape = len(shapes), shapes[0]
+    if not shape:
+        return None
+    lifted: list[Step] = []
+    for step in steps:
+        if step["op"] == "reshape":
+            lifted.append({"op": "reshape", "shape": [n, *step["shape"]]})
+        elif step["op"] in ("transpose", "permute"):
+            lifted.append({"op": step["op"], "dims": [*([0] if step["op"] == "permute" else []),
+                                                      *(d + 1 for d in step["dims"])]})
+        else:
+            return None
+    rank = len(shape_after(steps, shape))
+    order = [*range(1, dim + 1), 0, *range(dim + 1, rank + 1)]
+    joined = (n * shape[0], *shape[1:])
+    return [*_joined_steps([shape[0]] * n, (), 0),
+            *simplify_steps([{"op": "reshape", "shape": [n, *shape]}, *lifted, {"op": "permute", "dims": order},
+                             {"op": "reshape", "shape": list(target)}], joined)]
+
+
+def _assembles(entry: Entry, pieces: list[Entry], dim: int) -> bool:
+    """Whether ``entry`` gives, on numbered reference values, the parts ``pieces`` give joined along ``dim``."""
+    shapes = {k: s for e in (entry, *pieces) for k, s in zip(e.reference, e.reference_shapes)}
+    total = sum(math.prod(s) for s in shapes.values())
+    dtype = torch.int32 if total < 2 ** 31 else torch.int64
+    state, start = {}, 0
+    for k, s in shapes.items():
+        state[k] = torch.arange(start, start + math.prod(s), dtype=dtype).reshape(s)
+        start += math.prod(s)
+    try:
+        want = torch.cat([_moved(p, state) for p in pieces], dim)
+        got = _moved(entry, state)
+    except (RuntimeError, ValueError, IndexError):
+        return False
+    return got.shape == want.shape and bool(torch.equal(got, want))
+
+
+def _moved(e: Entry, state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The candidate tensor ``e`` makes of the reference tensors ``state``."""
+    joins = bool(e.steps) and e.steps[0]["op"] == "concat"
+    move = Move(sources=e.reference, targets=(e.candidate,), steps=tuple(e.steps[joins:]),
+                dim=e.steps[0]["dim"] if joins else 0)
+    return move.apply(state)[e.candidate]
+
+
 _TABLE_PARTS = 3  # the most parts one table is cut into: a class row, register rows, the grid
 _TABLE_CHOICES = 12  # leftover candidate tensors tried as parts of one table, at most
 
@@ -1372,9 +1743,9 @@ def _split_tables(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], use
     verification says if the order is wrong."""
     out: list[Entry] = []
     for rk, r in enumerate(ref):
-        if rk in used_r or r.pieces or r.op == "<unused>" or len(r.shape) < 2:
+        if rk in used_r or r.pieces or r.part or r.op == "<unused>" or len(r.shape) < 2:
             continue
-        free = [k for k, c in enumerate(cand) if k not in used_c and c.kind == r.kind and not c.pieces
+        free = [k for k, c in enumerate(cand) if k not in used_c and c.kind == r.kind and not c.pieces and not c.part
                 and not c.to_used and c.op != "<unused>"][:_TABLE_CHOICES]
         found = _table_parts(r, [(k, cand[k]) for k in free])
         if found is None:
@@ -1406,10 +1777,10 @@ def _padded_tables(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], us
     or given back as zeros, whatever they hold."""
     out: list[Entry] = []
     for rk, r in enumerate(ref):
-        if rk in used_r or r.pieces or not _table(r) or len(r.shape) < 2:
+        if rk in used_r or r.pieces or r.part or not _table(r) or len(r.shape) < 2:
             continue
         for k, c in enumerate(cand):
-            if k in used_c or c.kind != r.kind or c.pieces or c.to_used or len(c.shape) != len(r.shape) \
+            if k in used_c or c.kind != r.kind or c.pieces or c.part or c.to_used or len(c.shape) != len(r.shape) \
                     or not _table(c):
                 continue
             steps = _padding(c, r) if r.op in _TABLE_OPS else _trimming(c, r) if c.op in _TABLE_OPS else None
@@ -1504,7 +1875,7 @@ def _ungathered(t: _Tensor) -> list[Step] | None:
 
 def _first_fit(tensors: list[_Tensor], used: set[int], kind: str, fits: Callable[[_Tensor], Any]) -> int | None:
     """The first unused tensor of ``kind`` (not joined from parts) that ``fits``."""
-    return next((k for k, t in enumerate(tensors) if k not in used and t.kind == kind and not t.pieces
+    return next((k for k, t in enumerate(tensors) if k not in used and t.kind == kind and not t.pieces and not t.part
                  and t.op != "<unused>" and fits(t) is not None), None)
 
 
@@ -1571,8 +1942,8 @@ def _untangle(entries: list[Entry]) -> list[Entry]:
 
 
 def _leaf(key: str) -> str:
-    """A tensor's own name (``weight``, ``running_mean``), without its module's."""
-    return key.rsplit(".", 1)[-1]
+    """A tensor's own name (``weight``, ``running_mean``), without its module's (nor a part's rows)."""
+    return key.rsplit(".", 1)[-1].split("[", 1)[0]
 
 
 def _unit(key: str) -> str:
@@ -1636,7 +2007,7 @@ def _folded_norms(entries: list[Entry], cand: list[_Tensor], ref: list[_Tensor],
     ops = {t.key: t.op for t in cand}
     norms: dict[str, dict[str, int]] = {}  # reference norm module -> role -> index of its tensor
     for k, t in enumerate(ref):
-        if t.op == "batch_norm" and _leaf(t.key) in NORM_ROLES:
+        if t.op == "batch_norm" and _leaf(t.key) in NORM_ROLES and t.part is None:
             norms.setdefault(owner_of(t.key), {})[_leaf(t.key)] = k
     by_norm: dict[str, list[int]] = {}  # reference norm module -> the entries taking one of its tensors
     for k, e in enumerate(entries):
@@ -1738,19 +2109,20 @@ def map_weights(
     # its batch norms' running statistics, which are part of what is being mapped
     state = ModelState(candidate, reference)
     try:
-        weights = infer_map(candidate, reference, inputs, candidate_call=candidate_call, reference_call=reference_call)
+        weights, joins = _inferred(candidate, reference, inputs, candidate_call, reference_call)
     finally:
         state.restore()
     if verify:
         _verify(weights, candidate, reference, inputs, max_alternatives,
                 dict(candidate_call=candidate_call, reference_call=reference_call,
-                     candidate_outputs=candidate_outputs, reference_outputs=reference_outputs))
+                     candidate_outputs=candidate_outputs, reference_outputs=reference_outputs), joins)
     return weights
 
 
 def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inputs: Any,
-            budget: int, options: dict[str, Any]) -> None:
-    """Transfer into a copy, compare through the map, try alternatives where twins disagree."""
+            budget: int, options: dict[str, Any], joins: list[tuple[str, ...]] = ()) -> None:
+    """Transfer into a copy, compare through the map, try alternatives where twins disagree.
+    ``joins``: candidate tensors first used together by one join, in operand order."""
     from harness.api import compare
 
     trial = copy.deepcopy(candidate)
@@ -1777,8 +2149,8 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
             # on purpose): no choice of weights can help
             stuck.add(culprit)
             continue
-        for alternative, change in _culprit_first(_alternatives(weights, culprit, _first_inputs(report)), weights,
-                                                  culprit):
+        for alternative, change in _culprit_first(_alternatives(weights, culprit, _first_inputs(report), joins),
+                                                  weights, culprit):
             if budget <= 0:
                 break
             if not isinstance(change, tuple) and _still_fails(report, culprit, alternative, weights, reference, trial):
@@ -2087,7 +2459,7 @@ def _scopes(module: str) -> list[str]:
 
 
 def _alternatives(weights: WeightMap, module: str, inputs: dict[str, torch.Tensor] | None = None,
-                  ) -> Iterable[tuple[WeightMap, tuple | _Order | None]]:
+                  joins: Iterable[tuple[str, ...]] = ()) -> Iterable[tuple[WeightMap, tuple | _Order | None]]:
     """Maps differing from ``weights`` in one ambiguous choice around ``module``: a square matrix
     transposed, a patch-embedding kernel flattened channels-last, another permutation of dims of
     equal size (HWIO kernels with C_in == C_out), two same-shaped tensors of one module exchanged,
@@ -2104,7 +2476,7 @@ def _alternatives(weights: WeightMap, module: str, inputs: dict[str, torch.Tenso
         # siblings first: where the rows of a fused projection went to the wrong split ones, no
         # layout of one tensor can help, and each order costs a comparison where the culprit cannot
         # be re-run alone
-        for order in _sibling_orders(entries, inside, prefix, inputs):
+        for order in (*_sibling_orders(entries, inside, prefix, inputs), *_operand_orders(entries, prefix, joins)):
             if order not in seen:
                 seen.add(order)
                 yield replace(weights, entries=_reordered(entries, order)), order
@@ -2150,7 +2522,9 @@ class _Order:
     tensors a concatenation of siblings' tensors) concatenates its parts in ``order``; ``peers``: the
     split modules ``owners`` (each taking one split module's tensors as they are) take, the k-th,
     what the ``order[k]``-th took (:func:`_peer_families`); ``mixed``: the slots ``owners`` (with
-    ``parts``) take, the k-th, what the ``order[k]``-th took (:func:`_mixed_families`)."""
+    ``parts``) take, the k-th, what the ``order[k]``-th took (:func:`_mixed_families`); ``operands``:
+    the tensors ``owners``, joined where used, take, the k-th, what the ``order[k]``-th took
+    (:func:`_operand_orders`)."""
 
     prefix: str
     kind: str
@@ -2202,6 +2576,21 @@ def _sibling_orders(entries: list[Entry], inside: list[int], prefix: str,
             if any(order[k] != k for k in separate):
                 yield _Order(prefix, "mixed", tuple(owner for owner, _ in family.slots), order,
                              tuple(part for _, part in family.slots), family.pattern)
+
+
+def _operand_orders(entries: list[Entry], prefix: str, joins: Iterable[tuple[str, ...]]) -> Iterable[_Order]:
+    """Every other order of the reference tensors taken by candidate tensors joined where used under
+    ``prefix`` (``torch.stack(list(kernels))``: the operand order pairs the k-th with the k-th the
+    reference uses, where the reference may use them in another order than it joins their results),
+    up to ``_ORDERED_SIBLINGS`` of them."""
+    for keys in joins:
+        if not 2 <= len(keys) <= _ORDERED_SIBLINGS or not all(key.startswith(prefix) for key in keys):
+            continue
+        owners = tuple(key[len(prefix):] for key in keys)
+        for order in permutations(range(len(keys))):
+            candidate = _Order(prefix, "operands", owners, order)
+            if list(order) != sorted(order) and _reordered(entries, candidate) is not None:
+                yield candidate
 
 
 def _peer_families(entries: list[Entry], inside: list[int], prefix: str) -> dict[tuple[str, str], list[str]]:
@@ -2386,6 +2775,19 @@ def _reordered(entries: list[Entry], order: _Order) -> list[Entry] | None:
             return None
         family = _family(slots, members)
         return _sources_moved(entries, family, order.order) if family.pattern == order.pattern else None
+    if order.kind == "operands":
+        at = {e.candidate: k for k, e in enumerate(entries)}
+        members = [at.get(order.prefix + owner) for owner in order.owners]
+        if None in members or any(len(entries[m].reference) != 1 or entries[m].shape != entries[members[0]].shape
+                                  or entries[m].reference_shapes != entries[members[0]].reference_shapes
+                                  for m in members):
+            return None
+        changed = list(entries)
+        for k, m in enumerate(members):
+            source = entries[members[order.order[k]]]
+            changed[m] = replace(entries[m], reference=source.reference, steps=source.steps,
+                                 reference_shapes=source.reference_shapes)
+        return changed
     if order.kind == "parts":
         if _parts(entries, order.prefix + order.owners[0]) is None:
             return None
@@ -2474,8 +2876,8 @@ def _same_order_elsewhere(weights: WeightMap, order: _Order) -> WeightMap | None
     """The order that helped in one block, made in every other block holding siblings of the
     same relative names built alike; None if there is none."""
     first = order.owners[0]
-    prefixes = {owner_of(e.candidate)[:-len(first)] for e in weights.entries
-                if owner_of(e.candidate) == first or owner_of(e.candidate).endswith(f".{first}")}
+    name = (lambda e: e.candidate) if order.kind == "operands" else (lambda e: owner_of(e.candidate))  # tensors joined
+    prefixes = {name(e)[:-len(first)] for e in weights.entries if name(e) == first or name(e).endswith(f".{first}")}
     entries, changed = weights.entries, False
     for prefix in sorted(prefixes - {order.prefix}):
         again = _reordered(entries, replace(order, prefix=prefix))
