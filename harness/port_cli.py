@@ -70,7 +70,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     from harness.cli import DTYPES
 
     p.add_argument("--input-shape", action="append", default=None,
-                   help="shape of a seeded random input (default 1x3x224x224; repeat for several inputs)")
+                   help="shape of a seeded random input (default 1x3x224x224; repeat for several inputs); "
+                        "1x16:int1000 for token ids, 1x16:bool for a mask, 1x16:ones")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
 
@@ -110,7 +111,8 @@ def add_port_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--candidate", metavar="SPEC", help="your model: path/to/file.py:function or package.module:function")
     p.add_argument("--reference", metavar="SPEC", help="the original model, as --candidate")
     p.add_argument("--input-shape", action="append", default=None,
-                   help="with --candidate: shape of a seeded random input (default 1x3x224x224; repeat for several inputs)")
+                   help="with --candidate: shape of a seeded random input (default 1x3x224x224; repeat for several "
+                        "inputs); 1x16:int1000 for token ids, 1x16:bool for a mask, 1x16:ones")
     p.add_argument("--seed", type=int, default=None, help="with --candidate: seed of the random input (default 0)")
     p.add_argument("--map", metavar="FILE", help="with --candidate: use this weight map instead of inferring one "
                                                  "(with --reference-trace: transfer the trace's weights through it)")

@@ -76,8 +76,8 @@ def _record_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--side", choices=("reference", "candidate"), help="side of a registered pair (default reference)")
     p.add_argument("--out", required=True, metavar="FILE", help="the trace file to write")
     p.add_argument("--input-shape", action="append", metavar="SHAPE",
-                   help="shape of a seeded random input, e.g. 1,3,224,224 (repeat for more positional inputs); "
-                        "pairs default to their own inputs")
+                   help="shape of a seeded random input, e.g. 1,3,224,224 (repeat for more positional inputs; "
+                        "1,16:int1000 for token ids, 1,16:bool for a mask); pairs default to their own inputs")
     p.add_argument("--seed", type=int, default=0, help="seed of the --input-shape inputs (default 0)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
