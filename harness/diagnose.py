@@ -13,7 +13,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    keeps its self-attention path); a candidate taking other flags or keyword names gets the reference's
    tensors in its own arguments where they pair one to one (one it passes several times counted
    once), brought into its layout (NHWC against
-   NCHW). A culprit without a twin, fed other values than its twin (windows its block did not
+   NCHW; where an error from upstream leaves its own inputs near no layout of the reference's,
+   the closest, each tensor pairing with the one of its size). A culprit without a twin, fed other values than its twin (windows its block did not
    shift), a map of another size (padded by its parent before it), or one its twin receives
    shifted (a rolling layout relates them: the twin's parent shifts, the culprit itself), is explained
    through its innermost twinned ancestor, which runs the same code: one whose output the error
@@ -82,6 +83,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    side computes that concatenation in one op (a fused ``qkv``) from the same input values, or with
    their parameters stacked shape by shape (whatever error the input carries), in any layout (a member
    without a bias adds zeros);
+   a parameter holding a slice of its twin's larger one (a split head against a fused 1x1 conv)
+   other than the one the weight map puts there names both slices;
    a differing fused parameter names the member whose rows differ (``v_proj.weight`` against
    ``qkv.weight[16:24]``), and what those rows hold: another member's rows (projections exchanged),
    or their own with the dims permuted (a square ``q_proj.weight`` stored transposed); a member
@@ -123,6 +126,13 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    the diverging pair and missing after it, joining on both sides one value that agrees (the
    block's input: a residual add) with what the pair's op takes or gives, keeps its place: the
    pair's op is in another place (a layer scale applied to the sum, not the branch), named so.
+   A pair of other shapes (a GELU on each half of the features where the reference's runs on both,
+   one path weighed at a time where the reference weighs them stacked) whose results rejoin the
+   reference's further on (a later pair, each computed from its side's op, agrees) is a rewrite:
+   the walk goes on after that pair. A join found missing with the missing ops whose results only
+   it reads (a shortcut's conv and norm before the residual add) is one finding, the join's, naming
+   them. Two ops of one name reading one input with each other's parameters (a decomposed relative
+   position's height and width tables), paired crosswise by those values, are named as exchanged.
    Ops of other names in each other's place are findings only where their results differ and, after
    the first such op, where their inputs agree: another spelling of one operation (``relu6`` for
    ``hardtanh(0, 6)``) is none, and an op that only receives what a replaced op before it changed
@@ -2029,6 +2039,16 @@ def _param_findings(module: str, c: Op, r: Op, ref_module: nn.Module, root: nn.M
         holds = None if value is not None else _whose_values(c.param_values[key], ref_module, ref_name, root)
         moves = None if holds or value is not None else _reordered_operand(c.name, key, passed, c.param_values[key],
                                                                             r.param_values[r_key])
+        part = None if holds or value is not None or moves else _part_held(
+            c.param_values[key], r.param_values[r_key], expected(name) if expected is not None else None)
+        if part is not None:  # a part of a fused tensor (one head of a split projection), another part's
+            held, meant = part
+            where_meant = f", where the weight map puts {ref_name}{meant} (parts used in each other's place?)" \
+                if meant else " (another part than its own?)"
+            text = f"{module}: {c.name} operand {name} holds the reference's {ref_name}{held}{where_meant}"
+            out.append(_finding(module, "argument", c.name, name, f"{name} ({ref_name}{held})",
+                                f"{ref_name}{meant or ''}", text))
+            continue
         if holds:
             text = f"{module}: {c.name} operand {name} holds the reference's {holds} (swapped weights?)"
         elif value is not None:
@@ -2144,6 +2164,22 @@ def _slice_of(part: torch.Tensor, whole: torch.Tensor) -> tuple[str, list[str]] 
             rest = [index(lo, hi) for lo, hi in ((0, start), (start + n, whole.shape[d])) if hi > lo]
             return index(start, start + n), rest
     return None
+
+
+def _part_held(stored: torch.Tensor, reference: torch.Tensor,
+               mapped: torch.Tensor | None) -> tuple[str, str | None] | None:
+    """Where the candidate's ``stored``, smaller than the reference's tensor, lies in it as one slice
+    along one axis (``[16:32]``; its axes of size 1 left out: a 1x1 conv's kernel against a linear's
+    matrix), and where the weight map's ``mapped`` value for it lies (None where unknown); None where
+    it is no slice of it."""
+    if stored.numel() >= reference.numel() or not stored.is_floating_point():
+        return None
+    whole = reference if reference.ndim == stored.ndim else reference.reshape(unit_axes_dropped(reference.shape))
+    held = _slice_of(stored, whole)
+    if held is None:
+        return None
+    meant = _slice_of(mapped, whole) if mapped is not None and mapped.shape == stored.shape else None
+    return held[0], meant[0] if meant is not None and meant[0] != held[0] else None
 
 
 def _broadcast_findings(module: str, c: Op, r: Op) -> list[dict]:
@@ -2862,6 +2898,48 @@ def _exchanged_factors(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: 
     return [_finding(module, "argument", c.name, "input", name(x), name(y), text)]
 
 
+def _crossed_operands(module: str, c: Op, r: Op, cs: list[Op], rs: list[Op], tol: Tolerance) -> list[dict]:
+    """Two ops of one name reading one input, each with a parameter (a decomposed relative
+    position's height and width tables), that take each other's: the pair ``c``/``r``, reading one
+    tensor's values, stands in the other order among its siblings than the pair reading the other
+    tensor's, and gives other results from the same arguments: each op of the candidate computes
+    with the tensor the reference's other op reads."""
+    siblings = (lambda op, stream: [o for o in stream if o is not op and o.name == op.name and o.params
+                                    and sorted(o.input_ids) == sorted(op.input_ids)])
+    if not c.params or not r.params:
+        return []
+    for c2 in siblings(c, cs):
+        r2 = next((o for o in siblings(r, rs) if (c2.index - c.index) * (o.index - r.index) < 0
+                   and _same_operands_by_value(c2, o, tol)), None)
+        if r2 is None:
+            continue
+        (c_first, c_second), (r_first, r_second) = sorted((c, c2), key=_index), sorted((r, r2), key=_index)
+        names = (lambda op: ", ".join(op.params.values()))
+        text = (f"{module}: the two {c.name}s reading one input take each other's operands: the candidate's first "
+                f"reads {names(c_first)}, which holds the reference's {names(r_second)} (its second {r.name} reads "
+                f"it), and its second {names(c_second)}, which holds {names(r_first)} (read by the first)")
+        key = next(iter(c_first.params))
+        return [_finding(module, "argument", c.name, key, names(c_first), names(r_first), text)]
+    return []
+
+
+def _index(op: Op) -> int:
+    return op.index
+
+
+def _same_operands_by_value(c: Op, r: Op, tol: Tolerance) -> bool:
+    """Whether each parameter operand of ``c`` holds, as passed, the values of ``r``'s in its role."""
+    pairs = _paired_params(c, r)
+    if not pairs or len(pairs) != len(c.params) or len(pairs) != len(r.params):
+        return False
+    for key, r_key in pairs:
+        passed = _in_one_layout(c.operands.get(key, c.param_values[key]), r.operands.get(r_key, r.param_values[r_key]),
+                                as_passed=True)
+        if passed is None or not _outputs_agree([passed[0]], [passed[1].to(passed[0].dtype)], tol):
+            return False
+    return True
+
+
 def _joined_products(rec: OpRecorder, op: Op) -> list[Op] | None:
     """The two products, ``op`` one of them, that the add (or sub) reading ``op``'s result joins."""
     join = _reader(rec, op)
@@ -3235,7 +3313,8 @@ def _written_out(module: str, span: list[Op], rs: list[Op], j: int, cand: _Side,
         + (" on the same input" if rerun else "")
     place = _where(rs, j, replaced=True)
     variants = [v for recognize in _VARIANTS.get(r.name, ()) for v in recognize(span, r, cand.rec)]
-    held = [f for c, twin in _run_param_pairs(span, r) for f in operands(where, c, twin)] if not variants else []
+    held = [f for c, twin in _run_param_pairs(span, r) for f in operands(_scoped(module, c), c, twin)] \
+        if not variants else []
     if held:  # a kernel or scale of the run holds other values, or is passed in another layout
         return None, held
     if not variants:
@@ -3427,7 +3506,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                               f"{where}: {c.name} receives the reference's input in another layout, "
                               f"{relaid} ({_difference(c.outputs, r.outputs)})")]
         if not found and not inputs_differ:
-            found = _broadcast_findings(where, c, r)
+            found = _broadcast_findings(where, c, r) or _crossed_operands(where, c, r, cs, rs, tol)
         if not found and precision:
             found, precision = precision, []
         if not found:
@@ -3439,9 +3518,14 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                               f"{c.spelling}, reference {r.spelling})")]
         found += precision
         found += _unpaired_later(module, found, codes[at + 1:], cs, rs, ref_name, cand_scopes, unpaired)
-        return _moved(_crossed_join(found, unpaired, c, r, cand, ref, tol), idle, into)
+        return _branch_joined(_moved(_crossed_join(found, unpaired, c, r, cand, ref, tol), idle, into), unpaired,
+                              ref.rec, ref_name or module)
 
+    skip = (-1, -1)  # stream positions up to which a rewrite of other shapes rejoined the reference
     for at, (tag, i1, i2, j1, j2) in enumerate(codes):
+        if tag != "equal" and (skip[0] >= i1 or skip[1] >= j1):
+            i1, j1 = min(max(i1, skip[0] + 1), i2), min(max(j1, skip[1] + 1), j2)
+            tag = "replace" if i1 < i2 and j1 < j2 else "delete" if i1 < i2 else "insert" if j1 < j2 else "equal"
         if tag != "equal":
             after_replaced = any(f["kind"] == "op" for f in pending)
             if tag == "replace" and i2 - i1 > 1 and j2 - j1 == 1:  # one op written out: does it compute it?
@@ -3478,6 +3562,8 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                 unpaired[id(pending[-1])] = False, rs[k]
             continue
         for k, (c, r) in enumerate(zip(cs[i1:i2], rs[j1:j2])):
+            if i1 + k <= skip[0] or j1 + k <= skip[1]:
+                continue  # inside a rewrite that rejoined the reference
             if _narrowed(c, r, pending) and _pair_agrees(c, r, _float32_rounding(tol)):
                 tol = _float32_rounding(tol)  # rounding that every op after it carries
             twin = r if _pair_agrees(c, r, tol) else _value_twin(c, rs, j1 + k, tol)
@@ -3508,12 +3594,26 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                 last_c, last_r, agreed = c.index, twin.index, (c, twin)
                 continue
             # a held pair explains only what its result flows into (not a bug on another branch)
-            return held[1] if held is not None and held[0] in _upstream(cand.rec, c) else diverged(at, c, r)
+            if held is not None and held[0] in _upstream(cand.rec, c):
+                return held[1]
+            if (rejoin := _rejoined(cs, rs, i1 + k, j1 + k, cand, ref, tol)) is not None:
+                # ops of other shapes (one path's product where the reference weighs both paths stacked)
+                # whose results rejoin the reference's: a rewrite, no difference; the walk goes on after it
+                skip, (c, twin) = rejoin, (cs[rejoin[0]], rs[rejoin[1]])
+                upstream = _upstream(cand.rec, c) | {c.index}
+                aside = [f for f in pending if id(f) in replaced and replaced[id(f)].index not in upstream
+                         or _extra_aside(unpaired.get(id(f)), upstream, cand.rec)]
+                replaced = {id(f): replaced[id(f)] for f in aside if id(f) in replaced}
+                unpaired = {id(f): unpaired[id(f)] for f in aside if id(f) in unpaired}
+                pending[:] = aside
+                last_c, last_r, agreed = c.index, twin.index, (c, twin)
+                continue
+            return diverged(at, c, r)
     if held is not None and not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
         return held[1]
     if pending and not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol) \
             and not all(_run_elsewhere(unpaired.get(id(f)), cs, rs, tol) for f in pending):
-        return _moved(pending, idle, into)
+        return _branch_joined(_moved(pending, idle, into), unpaired, ref.rec, ref_name or module)
     if not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
         # every op agrees, yet the output does not: the layout after the last op differs
         found = _layout_findings(module, cand, ref, last_c, len(cand.rec.ops), last_r, len(ref.rec.ops), "the output",
@@ -3532,6 +3632,35 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             module, "value", None, None, None, None,
             f"{module}: every operation agrees with the reference, the returned value does not")]
     return []
+
+
+def _rejoined(cs: list[Op], rs: list[Op], p: int, q: int, cand: _Side, ref: _Side,
+              tol: Tolerance) -> tuple[int, int] | None:
+    """Where the diverging pair ``cs[p]``/``rs[q]``, of other shapes, rejoins the reference: the
+    stream positions of the first later pair of ops whose results agree, each computed from its
+    side's op of the pair. Ops of other shapes compute other parts of one computation (a GELU on
+    each half of the features where the reference's runs on both, one path weighed at a time where
+    the reference weighs the paths stacked); where their results meet again, they were a rewrite
+    and explain nothing. None where the pair has one shape (its difference is a value's) or
+    nothing after it agrees."""
+    c, r = cs[p], rs[q]
+    if c.shape == r.shape or c.shape is None or r.shape is None:
+        return None
+    ours = [a for a in range(p + 1, min(len(cs), p + 1 + _REJOIN_WINDOW)) if _fed_by(cand.rec, c, cs[a])]
+    theirs = [b for b in range(q + 1, min(len(rs), q + 1 + _REJOIN_WINDOW)) if _fed_by(ref.rec, r, rs[b])]
+    for a in ours:
+        for b in theirs:
+            if rs[b].shape == cs[a].shape and _outputs_agree(cs[a].outputs, rs[b].outputs, tol):
+                return a, b
+    return None
+
+
+_REJOIN_WINDOW = 32  # stream positions after a pair of other shapes searched for where it rejoins
+
+
+def _fed_by(rec: OpRecorder, op: Op, later: Op) -> bool:
+    """Whether ``op``'s result flows into ``later`` (a computing op after it)."""
+    return bool(later.outputs) and op.index in _upstream(rec, later)
 
 
 def _precision_only(finding: dict) -> bool:
@@ -3607,6 +3736,8 @@ def _unpaired_later(module: str, found: list[dict], later: list[tuple], cs: list
     for f in found:
         kind = {"missing_op": "extra_op", "extra_op": "missing_op"}.get(f["kind"])
         for tag, i1, i2, j1, j2 in later if kind else ():
+            if tag == "replace" and 1 in (i2 - i1, j2 - j1) and (i2 - i1, j2 - j1) != (1, 1):
+                continue  # a run written out in the place of one op (a hand-written norm's sub): no op of its own
             ops = range(i1, i2) if kind == "extra_op" and tag in ("delete", "replace") else \
                 range(j1, j2) if kind == "missing_op" and tag in ("insert", "replace") else ()
             k = next((k for k in ops if (cs if kind == "extra_op" else rs)[k].name == f["op"]), None)
@@ -3693,6 +3824,39 @@ def _moved(findings: list[dict], idle: Sequence[dict] = (), into: dict[int, str]
         rest = [f for f in findings if f is not lost]
         return [{**lost, "candidate": extra["op"], "text": text}, *rest]
     return findings
+
+
+def _branch_joined(findings: list[dict], unpaired: dict[int, tuple[bool, Op]], rec: OpRecorder,
+                   ref_name: str) -> list[dict]:
+    """A join the candidate lacks (a residual ``add``) with the missing ops whose results only it
+    reads, directly or through each other (the shortcut's conv and norm before it), said as one
+    finding: the join, adding what that branch of the reference computes. One op left out is the
+    join; the branch is its operand, which the candidate never computes."""
+    lost = {id(f): unpaired[id(f)][1] for f in findings
+            if f["kind"] == "missing_op" and id(f) in unpaired and not unpaired[id(f)][0]}
+    for join in (f for f in findings if id(f) in lost and f["op"] in _JOINING):
+        region = _upstream(rec, lost[id(join)]) | {lost[id(join)].index}
+        branch = [f for f in findings if id(f) in lost and f is not join
+                  and lost[id(f)].index in region and _read_within(rec, lost[id(f)], region)]
+        if not branch:
+            continue
+        branch.sort(key=lambda f: lost[id(f)].index)
+        # each op with who applies it (the reference's ``downsample.0``: the shortcut's module)
+        parts = ", ".join(f"{f['op']}: {f['text'].rsplit('; ', 1)[-1]}" for f in branch)
+        text = f"{join['text']} to what a branch the candidate lacks too computes ({parts})"
+        reads = sorted({name for f in (join, *branch) for name in f.get("reads", ())})
+        folded = {**join, "text": text, "reads": reads}
+        unpaired[id(folded)] = unpaired[id(join)]
+        first = min(i for i, f in enumerate(findings) if any(f is g for g in (join, *branch)))
+        rest = [f for f in findings if f is not join and all(f is not b for b in branch)]
+        return rest[:first] + [folded] + rest[first:]
+    return findings
+
+
+def _read_within(rec: OpRecorder, op: Op, region: set[int]) -> bool:
+    """Whether every recorded op reading ``op``'s results lies in ``region`` (op indices)."""
+    made = set(op.out_ids)
+    return all(o.index in region for o in rec.ops[op.index + 1:] if made & set(o.input_ids))
 
 
 def _moved_label(lost: dict, extra: dict) -> str:
@@ -4242,20 +4406,27 @@ def _given_reference_tensors(own: tuple[tuple, dict], ref: Any) -> tuple[tuple, 
     mine = list({id(t): t for t in flatten_tensors(own).values()}.values())
     theirs = list(flatten_tensors((ref.args, ref.kwargs)).values())
     given = [_in_layout_of(b, a) for a, b in zip(mine, theirs)] if len(mine) == len(theirs) else [None]
+    if any(t is None for t in given) and len(mine) == len(theirs) and all(
+            a.numel() == b.numel() and a.dtype == b.dtype for a, b in zip(mine, theirs)) \
+            and len({a.numel() for a in mine}) == len(mine):
+        # an error from upstream leaves the candidate's own inputs far from any layout of the
+        # reference's: where each pairs with the one reference tensor of its size, the layout
+        # closest to them stands, as for the re-run that found the module making its own error
+        given = [_in_layout_of(b, a, near=False) for a, b in zip(mine, theirs)]
     if any(t is None for t in given):
         return own
     by_id = {id(a): g for a, g in zip(mine, given)}
     return map_tensors(own, lambda t: by_id[id(t)])
 
 
-def _in_layout_of(theirs: torch.Tensor, mine: torch.Tensor) -> torch.Tensor | None:
+def _in_layout_of(theirs: torch.Tensor, mine: torch.Tensor, *, near: bool = True) -> torch.Tensor | None:
     """The reference's tensor brought into the layout of the candidate's, where it then holds near
-    values (None otherwise)."""
+    values (``near=False``: in its closest layout, whatever its values); None otherwise."""
     if theirs.shape != mine.shape and theirs.dtype == mine.dtype and theirs.is_floating_point():
         adapter = find_adapter(theirs, mine, remember=False)
         if adapter is not None:  # laid out in memory as the candidate's own (clone keeps its strides)
             theirs = mine.clone().copy_(adapter.apply(theirs))
-    return theirs if _near(mine, theirs) else None
+    return theirs if _near(mine, theirs) or not near and theirs.shape == mine.shape else None
 
 
 def _near(a: torch.Tensor, b: torch.Tensor) -> bool:
