@@ -3651,8 +3651,24 @@ def _rejoined(cs: list[Op], rs: list[Op], p: int, q: int, cand: _Side, ref: _Sid
     for a in ours:
         for b in theirs:
             if rs[b].shape == cs[a].shape and _outputs_agree(cs[a].outputs, rs[b].outputs, tol):
-                return a, b
+                # agreeing within the tolerance is no rewrite where an op on the way is set otherwise
+                # (a tanh GELU within float32's tolerance of the exact one): that setting is the finding
+                return (a, b) if _settings_alike(cs[p:a + 1], rs[q:b + 1]) else None
     return None
+
+
+def _settings_alike(cs: list[Op], rs: list[Op]) -> bool:
+    """Whether the ops of one name on both sides take the same settings (an ``approximate``, an
+    ``eps``: strings, flags and floats; not sizes or dims, which a rewrite changes)."""
+    def settings(ops: list[Op]) -> dict[str, set]:
+        out: dict[str, set] = {}
+        for op in ops:
+            out.setdefault(op.name, set()).add(tuple(sorted(
+                (k, v) for k, v in op.args.items() if isinstance(v, (str, bool, float)))))
+        return out
+
+    ours, theirs = settings(cs), settings(rs)
+    return all(ours[name] == theirs[name] for name in ours.keys() & theirs.keys())
 
 
 _REJOIN_WINDOW = 32  # stream positions after a pair of other shapes searched for where it rejoins
