@@ -88,6 +88,9 @@ def layout_steps(target: tuple[int, ...], source: tuple[int, ...]) -> tuple[list
     if len(target) == len(source) and sorted(target) == sorted(source) and len(target) <= 6:
         dims = next(iter(shape_permutations(target, source)))
         return [{"op": "permute", "dims": list(dims)}], 0.08
+    moved = _moved_groups(target, source) if target[0] == source[0] == 1 else None
+    if moved is not None:  # a leading 1 broadcasts a table over the batch: its channels moved, not reshaped
+        return moved, 0.1
     if len(target) >= 2 and len(source) >= 2 and target[0] == source[0]:
         # a patch-embedding convolution (D, C, p, p) against a linear layer (D, C*p*p)
         return [{"op": "reshape", "shape": list(target)}], 0.1
@@ -100,6 +103,26 @@ def layout_steps(target: tuple[int, ...], source: tuple[int, ...]) -> tuple[list
     if len(target) == 1 or len(source) == 1:
         # a vector against its split form: a fused qkv bias (3, heads, head_dim) against (3C,)
         return [{"op": "reshape", "shape": list(target)}], 0.12
+    moved = _moved_groups(target, source)
+    if moved is not None:
+        return moved, 0.15
+    return None
+
+
+def _moved_groups(target: tuple[int, ...], source: tuple[int, ...]) -> list[Step] | None:
+    """Steps between two layouts of one table whose leading and trailing groups of dims trade places,
+    each group merged or split on the way: a ``(1, C, h, w)`` map against the ``(h * w, C)`` tokens
+    ``flatten(2).transpose(1, 2)`` makes of it. Size-1 dims aside, ``source`` is cut into a head and
+    a tail, and ``target`` must hold the tail's elements in its leading dims and the head's in the
+    rest; the first such cut of ``source`` is taken. None if no cut fits."""
+    dims_s = [d for d in source if d != 1]
+    dims_t = [d for d in target if d != 1]
+    for cut in range(1, len(dims_s)):
+        head, tail = math.prod(dims_s[:cut]), math.prod(dims_s[cut:])
+        lead = next((k for k in range(1, len(dims_t)) if math.prod(dims_t[:k]) >= tail), None)
+        if lead is not None and math.prod(dims_t[:lead]) == tail and math.prod(dims_t[lead:]) == head:
+            steps = [{"op": "reshape", "shape": [head, tail]}, {"op": "transpose", "dims": [0, 1]}]
+            return steps if [tail, head] == list(target) else [*steps, {"op": "reshape", "shape": list(target)}]
     return None
 
 

@@ -36,7 +36,10 @@ its weights. The algorithm:
    computed: a fused layer computes its parts at once, so an attention's output projection is no
    part of its ``q``, ``k``, ``v`` (four layers of ``(C, C)`` would otherwise make the shape of the
    MLP's ``(4C, C)`` and shift the map). Each operation notes the latest operation using weights its
-   inputs derive from, followed through every operation in between.
+   inputs derive from, followed through every operation in between. Nor do layers on different
+   inputs part two neighbours reading one input: a class attention projecting its query from the
+   class token before its keys and values from all tokens holds a query layer and a key-value pair,
+   never a fused query-key layer beside a value layer.
    A linear layer reading tensors concatenated along its outputs where used
    (``F.linear(x, torch.cat([wq, wk, wv]), torch.cat([bq, bk, bv]))``) is as many siblings.
    A tensor joined where used from stored tensors and zeros (timm's Swin V2 and BEiT build their
@@ -107,6 +110,12 @@ its weights. The algorithm:
    before the main branch on one side and after it on the other), a unit (a conv and its norm)
    whose tensors come from several reference units exchanges same-role tensors with another so
    that each takes all from the reference unit most of its elements come from.
+   Data flow: where the order of use put same-shaped modules with a sibling's tensors (a port running
+   a cross-branch exchange one branch at a time against one projecting both branches first), the
+   operation each tensor's first use follows tells them apart: a pair agrees where the tensor of the
+   operation its input derives from is mapped to that of its twin's. Candidate modules of one
+   signature exchange their sources (with the modules reading them, pairwise) while that makes more
+   pairs agree.
    Folded norms: two candidate tensors, one the forward multiplies by and one it adds (``x * scale +
    shift``), that alone take tensors of one reference batch norm (whatever else their module holds: a
    fused conv-and-norm module keeps its kernel beside them) take the folding of all that norm's
@@ -940,6 +949,8 @@ def _composites(tensors: list[_Tensor], *, stored: bool) -> dict[int, list[tuple
                             for a, b in zip(ops[s], ops[e])))
             if not same:
                 break
+            if _cuts_siblings(tensors, ops, s, e):
+                continue
             units = []
             for pos in range(min(len(ops[k]) for k in range(s, e + 1))):
                 members = tuple(ops[k][pos] for k in range(s, e + 1))
@@ -948,6 +959,21 @@ def _composites(tensors: list[_Tensor], *, stored: bool) -> dict[int, list[tuple
             bias = _bias_with_zeros(tensors, ops[s:e + 1]) if stored else None
             out.setdefault(ops[s][0], []).append((ops[e][-1] + 1, units + [bias] * (bias is not None)))
     return out
+
+
+def _cuts_siblings(tensors: list[_Tensor], ops: list[list[int]], s: int, e: int) -> bool:
+    """Whether the run of operations ``s..e``, reading several inputs, parts two neighbouring layers that
+    read one input: a class attention projecting its query from the class token and then its keys and
+    values from all tokens is a query layer beside a fused key-value layer, never a fused query-key
+    layer beside a value layer. A run reading one input, or holding such pairs whole (every
+    projection of a cross-attention against one ``in_proj_weight``), cuts nothing."""
+    def one_input(a: int, b: int) -> bool:
+        x, y = tensors[ops[a][0]], tensors[ops[b][0]]
+        return x.op == y.op and x.source == y.source and ops[b][0] == ops[a][-1] + 1
+
+    if len({tensors[ops[k][0]].source for k in range(s, e + 1)}) == 1:
+        return False
+    return (s > 0 and one_input(s - 1, s)) or (e + 1 < len(ops) and one_input(e, e + 1))
 
 
 def _joined_steps(sizes: list[int], zeros: Iterable[tuple[int, int]], dim: int) -> list[Step]:
@@ -1163,7 +1189,7 @@ def _inferred(candidate: nn.Module, reference: nn.Module, inputs: Any, candidate
     entries += _split_tables(cand, ref, used_c, used_r)
     entries += _padded_tables(cand, ref, used_c, used_r)
     entries += _gathered_tables(cand, ref, used_c, used_r)
-    entries = _cohere(_untangle(_in_operand_order(entries, cand, ref)))
+    entries = _follow_flow(_cohere(_untangle(_in_operand_order(entries, cand, ref))), cand, ref)
     entries = _folded_norms(_whole_of_parts(entries, cand, ref, used_c, used_r, reasons), cand, ref, used_r, reference)
     order: dict[str, int] = {}
     for k, t in enumerate(cand):  # the parts of a joined tensor split for a second search: in its place
@@ -1988,6 +2014,133 @@ def _exchange_fits(a: Entry, b: Entry, source: dict[str, str]) -> bool:
     return (a.kind == b.kind and a.shape == b.shape and a.reference_shapes == b.reference_shapes
             and _leaf(a.candidate) == _leaf(b.candidate) and _leaf(a.reference[0]) == _leaf(b.reference[0])
             and _unit(b.reference[0]) == source[_unit(a.candidate)])
+
+
+_FLOW_DEPTH = 3  # readers of readers exchanged along with a module, at most: a norm, its projection, the next norm
+
+
+def _follow_flow(entries: list[Entry], cand: list[_Tensor], ref: list[_Tensor]) -> list[Entry]:
+    """Same-shaped modules placed by the data they read. Order of use pairs the k-th layer norm of a
+    width with the k-th; a port exchanging information between two branches one branch at a time
+    (project, attend, project back; then the other branch) where its twin first projects both
+    branches uses them in another order, and every norm and projection of that width takes a
+    sibling's tensors. What each tensor's operation reads derives from the output of an earlier
+    operation using weights (its flow): a pair agrees where that operation's tensor is mapped to the
+    tensor of its twin's. Two candidate modules of one signature (the same tensors, shapes and steps,
+    each fed from one reference module) exchange their sources where both then agree and more pairs
+    agree in all: alone, or with the modules reading each of them, pairwise by signature (a norm and
+    the projection after it); three astray pass theirs around a cycle where all three then agree;
+    repeated while an exchange helps. Where two branches join, the later branch's operation is the
+    flow, so a block running its shortcut first agrees after the join only in part: no exchange
+    there may leave one of the two astray. A map whose pairs all agree is left as it is."""
+    flow = _Flow(list(entries), cand, ref)
+    score, astray = flow.agreeing()
+    for _ in range(len(flow.units)):  # each kept exchange makes more pairs agree: bounded
+        better = next(((pairs, trial) for a in sorted(astray) for pairs, moved in flow.moves(a, astray)
+                       for trial in [flow.tried(pairs)] if trial[0] > score and not trial[1] & moved), None)
+        if better is None:
+            break
+        pairs, (score, astray) = better
+        flow.exchange(pairs)
+    return flow.entries
+
+
+class _Flow:
+    """Entries grouped into candidate units (a module's tensors), with what each tensor's first use
+    reads on both sides (see :func:`_follow_flow`)."""
+
+    def __init__(self, entries: list[Entry], cand: list[_Tensor], ref: list[_Tensor]) -> None:
+        self.entries = entries
+        self.flows = _flows(cand), _flows(ref)
+        self.tensors = {t.key: t for t in cand if not t.again}, {t.key: t for t in ref if not t.again}
+        self.units: dict[str, list[int]] = {}
+        for k, e in enumerate(entries):
+            self.units.setdefault(owner_of(e.candidate), []).append(k)
+        self.signatures = {unit: _flow_signature(entries, members) for unit, members in self.units.items()}
+        self.readers: dict[str, list[str]] = {}  # unit -> the units whose operations read what it computed
+        for unit, members in self.units.items():
+            c = self.tensors[0].get(entries[members[0]].candidate)
+            fed_by = self.flows[0].get(c.after) if c is not None else None
+            if fed_by not in (None, "<input>"):
+                self.readers.setdefault(owner_of(fed_by), []).append(unit)
+
+    def agreeing(self) -> tuple[int, set[str]]:
+        """How many entries agree, and the units holding one that does not."""
+        sources = {e.candidate: e.reference for e in self.entries}
+        sources["<input>"] = ("<input>",)  # an operation on the inputs alone agrees with one on them
+        count, astray = 0, set()
+        for unit, members in self.units.items():
+            for e in (self.entries[k] for k in members if len(self.entries[k].reference) == 1):
+                c, r = self.tensors[0].get(e.candidate), self.tensors[1].get(e.reference[0])
+                fc = self.flows[0].get(c.after) if c is not None else None
+                fr = self.flows[1].get(r.after) if r is not None else None
+                if fc not in sources or fr is None:
+                    continue  # the flow says nothing: a tensor joined from parts, or fed by an unmapped one
+                if fr in sources[fc]:
+                    count += 1
+                else:
+                    astray.add(unit)
+        return count, astray
+
+    def tried(self, pairs: list[tuple[str, str]]) -> tuple[int, set[str]]:
+        """:meth:`agreeing` after the exchanges ``pairs``, which are then undone."""
+        self.exchange(pairs)
+        trial = self.agreeing()
+        self.exchange(pairs[::-1])
+        return trial
+
+    def exchange(self, pairs: list[tuple[str, str]]) -> None:
+        for x, y in pairs:
+            _exchange_units(self.entries, self.units[x], self.units[y])
+
+    def moves(self, a: str, astray: set[str]) -> Iterable[tuple[list[tuple[str, str]], set[str]]]:
+        """Exchanges putting ``a`` elsewhere, each with the units that must agree after it: with one
+        unit of its signature (and their readers), or around a cycle of three units astray."""
+        if self.signatures[a] is None:
+            return
+        alike = [b for b in self.units if b != a and self.signatures[b] == self.signatures[a]]
+        for b in alike:
+            for depth in range(_FLOW_DEPTH + 1):
+                yield self.chain(a, b, depth), {a, b}
+        for b, c in permutations([u for u in alike if u in astray], 2):
+            yield [(a, b), (b, c)], {a, b, c}  # a takes b's sources, b c's, c a's
+
+    def chain(self, a: str, b: str, depth: int) -> list[tuple[str, str]]:
+        """``a`` and ``b`` with their readers paired by signature, and theirs, ``depth`` deep."""
+        pairs, free = [(a, b)], list(self.readers.get(b, ()))
+        for x in self.readers.get(a, ()) if depth else ():
+            y = next((y for y in free if y != x and self.signatures[x] is not None
+                      and self.signatures[y] == self.signatures[x]), None)
+            if y is not None:
+                free.remove(y)
+                pairs += self.chain(x, y, depth - 1)
+        return pairs
+
+
+def _flow_signature(entries: list[Entry], members: list[int]) -> tuple | None:
+    """What a unit's exchange partner must hold alike: each tensor's names, shapes, steps and kind;
+    None where some tensor is not fed whole from one reference module."""
+    if any(len(entries[k].reference) != 1 for k in members) or \
+            len({owner_of(entries[k].reference[0]) for k in members}) != 1:
+        return None
+    return tuple((_leaf(entries[k].candidate), _leaf(entries[k].reference[0]), entries[k].shape,
+                  entries[k].reference_shapes, entries[k].steps, entries[k].kind) for k in members)
+
+
+def _exchange_units(entries: list[Entry], a: list[int], b: list[int]) -> None:
+    """Give the entries of unit ``a`` the sources of unit ``b``'s, member by member, and the other way round."""
+    for x, y in zip(a, b):
+        entries[x], entries[y] = _swap_sources(entries[x], entries[y])
+
+
+def _flows(tensors: list[_Tensor]) -> dict[int, str]:
+    """Operation index -> the first tensor that operation reads, ``-1`` -> ``<input>``: what an
+    operation's ``after`` names, as a key."""
+    reads: dict[int, str] = {-1: "<input>"}
+    for t in tensors:
+        if t.op != "<unused>":
+            reads.setdefault(t.op_index, t.key)
+    return reads
 
 
 _SCALES = {"mul", "multiply", "imul", "rmul"}  # how a folded batch norm applies its scale: x * scale
