@@ -23,7 +23,8 @@ from harness.metrics import Metrics, Tolerance, dtype_name, measure, tolerance_f
 from harness.options import CompareOptions
 from harness.pairs import Call, Pair, as_call, as_pair
 from harness.report import ParityReport
-from harness.trace import ROOT, Record, TensorSummary, Tracer, is_auto_spill, name_filter, output_leaves, spill_folder
+from harness.trace import (ROOT, Record, TensorSummary, Tracer, is_auto_spill, name_filter, output_leaves,
+                           outputs_read_after, spill_folder)
 from harness.tracefile import Replay, Trace
 from harness.weights import WeightMap, infer_map
 
@@ -84,6 +85,72 @@ def _select_root_outputs(final: list[tuple[str, torch.Tensor, torch.Tensor]], *s
         summary = any(isinstance(v, TensorSummary) for v in root.outputs.values())
         leaves = {key: (a if side == 0 else b).detach() for key, a, b in final}
         root.outputs = {k: TensorSummary.of(v) if summary else v for k, v in leaves.items()}
+
+
+def _paired_leaves_first(match: Match, cand_records: Sequence[Record], ref_records: Sequence[Record]) -> None:
+    """Twins returning more leaves of one shape on one side than on the other (a backbone returning
+    its block outputs as a list, against a model output holding a final norm's result and every
+    hidden state) are compared on the leaves that pair: of the longer side's leaves, those a later
+    call reads or the model returns, and where more remain, the ones in their order whose values
+    stand nearest the other side's. Leaves are paired in order within a shape, so the chosen ones
+    move ahead of the rest, which pair with nothing; the twins' re-runs and rounding floors read
+    the same order. Twins with the same keys, or as many leaves of each shape, stay as they are."""
+    cand, ref = match.candidate, match.reference
+    if ROOT in (cand.name, ref.name) or cand.outputs.keys() == ref.outputs.keys():
+        return
+    for longer, shorter, records in ((cand, ref, cand_records), (ref, cand, ref_records)):
+        unpaired: list[str] = []
+        read = None
+        for shape, keys in _by_shape(longer.outputs).items():
+            others = _by_shape(shorter.outputs).get(shape, [])
+            if not others or len(keys) <= len(others):
+                continue
+            read = outputs_read_after(longer, records) if read is None else read
+            pool = [k for k in keys if k in read]
+            pool = pool if len(pool) >= len(others) else keys
+            chosen = _nearest_in_order([longer.outputs[k] for k in pool], [shorter.outputs[k] for k in others])
+            unpaired += [k for k in keys if k not in {pool[i] for i in chosen}]
+        if unpaired:
+            longer.outputs = {k: v for k, v in longer.outputs.items() if k not in unpaired} | {
+                k: longer.outputs[k] for k in unpaired}
+
+
+def _by_shape(leaves: Mapping[str, Any]) -> dict[tuple, list[str]]:
+    groups: dict[tuple, list[str]] = {}
+    for key, leaf in leaves.items():
+        groups.setdefault(tuple(leaf.shape), []).append(key)
+    return groups
+
+
+def _nearest_in_order(pool: Sequence[Any], others: Sequence[Any]) -> list[int]:
+    """Indices into ``pool``, increasing, one per leaf of ``others`` (``len(pool) >= len(others)``),
+    whose summed distance to ``others`` taken in order is the least: a leaf wrong by an error
+    upstream still stands nearer its own counterpart than another layer's output."""
+    n, m = len(pool), len(others)
+    if n == m:
+        return list(range(n))
+    # best[i][j]: the least cost of pairing others[:i] with pool[:j], pool[j-1] paired or skipped
+    inf = float("inf")
+    best = [[0.0] * (n + 1)] + [[inf] * (n + 1) for _ in range(m)]
+    for i in range(1, m + 1):
+        for j in range(i, n - m + i + 1):
+            best[i][j] = min(best[i][j - 1], best[i - 1][j - 1] + _distance(pool[j - 1], others[i - 1]))
+    chosen, j = [], n
+    for i in range(m, 0, -1):
+        while best[i][j] == best[i][j - 1] and j > i:
+            j -= 1
+        chosen.append(j - 1)
+        j -= 1
+    return chosen[::-1]
+
+
+def _distance(a: Any, b: Any) -> float:
+    """Relative L2 distance of two leaves (of statistics, for a summary)."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        a, b = a.detach().double(), b.detach().to(a.device, torch.float64)
+        return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b).clamp_min(1e-300))
+    a, b = (v if isinstance(v, TensorSummary) else TensorSummary.of(v) for v in (a, b))
+    return (abs(a.mean - b.mean) + abs(a.std - b.std)) / max(abs(b.mean) + b.std, 1e-300)
 
 
 def _model_device(model: nn.Module) -> str:
@@ -236,6 +303,8 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
         twins = {**fused_twins, **twins}
     apart = None if weights is None else held_apart(*weights.tensor_links())
     alignment = batched_twins(align(cand_trace.records, ref_records, o.rename, twins=twins, apart=apart), ref_records)
+    for match in alignment.matches:
+        _paired_leaves_first(match, cand_trace.records, ref_records)
     release()
 
     def module_tolerance(module: str) -> Tolerance:

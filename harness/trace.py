@@ -43,7 +43,7 @@ import tempfile
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Mapping
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -51,7 +51,7 @@ from torch import nn
 from harness.checks import check_choice, check_module, type_error
 
 __all__ = ["Record", "TensorSummary", "Tracer", "flatten_tensors", "has_nonfinite", "hookable_modules", "map_tensors",
-           "name_filter", "output_leaves", "eager_module", "untraceable_notes",
+           "name_filter", "output_leaves", "outputs_read_after", "eager_module", "untraceable_notes",
            "is_auto_spill", "spill_folder", "AUTO", "ROOT"]
 
 ROOT = "<root>"
@@ -235,6 +235,36 @@ class Record:
 
     def contains(self, other: "Record") -> bool:
         return self.start < other.start and other.end < self.end
+
+
+def outputs_read_after(record: Record, records: Sequence[Record]) -> set[str]:
+    """The keys of ``record``'s output leaves that a call starting after it ends reads as an input,
+    or that the model returns (the root's outputs). A tracer keeps one copy per tensor and a view of
+    that copy for a view of it, so a leaf is read where a later input is that copy or lies in its
+    memory; a field the model computes and never reads (a final norm beside the hidden states a head
+    takes) is in no later input."""
+    later = [leaf for r in records if r.start > record.end for leaf in r.inputs.values()]
+    later += [leaf for r in records if r.name == ROOT and r is not record for leaf in r.outputs.values()]
+    spans = [_span(t) for t in later if isinstance(t, torch.Tensor)]
+    ids = {id(t) for t in later}
+    read = set()
+    for key, leaf in record.outputs.items():
+        if id(leaf) in ids:
+            read.add(key)
+        elif isinstance(leaf, torch.Tensor) and (own := _span(leaf)) is not None and any(
+                s is not None and s[0] == own[0] and s[1] < own[2] and own[1] < s[2] for s in spans):
+            read.add(key)
+    return read
+
+
+def _span(t: torch.Tensor) -> tuple[torch.device, int, int] | None:
+    """The device and the byte range ``[low, high)`` that ``t``'s elements occupy; None when it has none."""
+    if not t.numel() or t.layout != torch.strided or t.is_meta:
+        return None
+    low = sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if st < 0)
+    high = sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if st > 0)
+    size = t.element_size()
+    return t.device, t.data_ptr() + low * size, t.data_ptr() + (high + 1) * size
 
 
 def _version(t: torch.Tensor) -> int | None:
