@@ -22,7 +22,9 @@ Passes, each only over what the previous ones left:
    :func:`_placed`).
 4. ``structure``: between consecutive matched anchors, a sequence alignment (weighted longest
    common subsequence) of the leftover calls on both sides by execution order, where two calls
-   may only pair when their primary outputs have the same shape. It tolerates modules present on
+   may only pair when their primary outputs have the same shape and the innermost anchors around
+   them are each other's twins (a wrapper padding before its conv is no guess for the activation
+   inside the twin of the next norm). It tolerates modules present on
    one side only (an extra ``Identity``, a fused qkv against split q/k/v): those stay unmatched.
    A structural pairing is a guess: it never names the first divergence or the culprit alone.
 
@@ -782,18 +784,35 @@ def _cutting(module: torch.nn.Module, args: tuple, sizes: list[int], dim: int) -
 def _structural(
     candidate: Sequence[Record], reference: Sequence[Record], paired: dict, taken: set
 ) -> None:
-    """Fill ``paired`` with shape-compatible matches between anchors (in place)."""
+    """Fill ``paired`` with shape-compatible matches between anchors (in place). Two calls pair
+    only where the innermost anchors around them are each other's twins (or neither has one): a
+    port's wrapper around its conv (a pad, then the conv child) is no twin of an activation inside
+    the original's norm, though both end between the conv and the norm."""
     anchors = _monotone_anchors(sorted((ci, ri) for ci, (ri, _) in paired.items()))
     bounds = [(-1, -1), *anchors, (len(candidate), len(reference))]
+    around_c = _anchor_around(candidate, {ci: ri for ci, (ri, _) in paired.items()})
+    around_r = _anchor_around(reference, {ri: ri for ri, _ in paired.values()})
     for (c0, r0), (c1, r1) in zip(bounds, bounds[1:]):
         # pass-through calls compute nothing: pairing one would only invent a spurious row
         cs = [i for i in range(c0 + 1, c1) if i not in paired and not candidate[i].passthrough]
         rs = [j for j in range(r0 + 1, r1) if j not in taken and not reference[j].passthrough]
         if not cs or not rs:
             continue
-        for ci, ri in _lcs([candidate[i] for i in cs], [reference[j] for j in rs]):
+        for ci, ri in _lcs([candidate[i] for i in cs], [reference[j] for j in rs],
+                           lambda i, j: around_c[cs[i]] == around_r[rs[j]]):
             paired[cs[ci]] = (rs[ri], "structure")
             taken.add(rs[ri])
+
+
+def _anchor_around(records: Sequence[Record], anchors: Mapping[int, int]) -> list[int]:
+    """For each record, the innermost anchor enclosing it, named by its reference index
+    (``anchors``: record index -> that name), or -1 for none."""
+    parents = _parents(records)
+    around = [-1] * len(records)
+    for i in sorted(range(len(records)), key=lambda k: records[k].start):  # parents first
+        p = parents[i]
+        around[i] = -1 if p == -1 else anchors.get(p, around[p])
+    return around
 
 
 def _monotone_anchors(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -828,8 +847,10 @@ def _score(c: Record, r: Record) -> float:
     return 1.0 + (0.5 if words_c & words_r else 0.0)
 
 
-def _lcs(cs: list[Record], rs: list[Record]) -> list[tuple[int, int]]:
-    """Weighted LCS over two call streams, pairing only shape-compatible records.
+def _lcs(cs: list[Record], rs: list[Record], allowed: Callable[[int, int], bool] = lambda i, j: True,
+         ) -> list[tuple[int, int]]:
+    """Weighted LCS over two call streams, pairing only shape-compatible records that
+    ``allowed(i, j)`` lets pair.
 
     Among equally good alignments the one that pairs the *last* calls of a gap is kept: what one
     side has in excess (a fused qkv before an output projection, an extra stem conv) tends to
@@ -838,14 +859,16 @@ def _lcs(cs: list[Record], rs: list[Record]) -> list[tuple[int, int]]:
     n, m = len(cs), len(rs)
     # best[i][j]: best score of cs[:i] against rs[:j]; backtracking from the end favours late pairs
     best = [[0.0] * (m + 1) for _ in range(n + 1)]
+    score = [[(s if (s := _score(c, r)) and allowed(i, j) else 0.0) for j, r in enumerate(rs)]
+             for i, c in enumerate(cs)]
     for i in range(1, n + 1):
         row, above = best[i], best[i - 1]
         for j in range(1, m + 1):
-            s = _score(cs[i - 1], rs[j - 1])
+            s = score[i - 1][j - 1]
             row[j] = max(above[j], row[j - 1], above[j - 1] + s if s else 0.0)
     out, i, j = [], n, m
     while i > 0 and j > 0:
-        s = _score(cs[i - 1], rs[j - 1])
+        s = score[i - 1][j - 1]
         if s and best[i][j] == best[i - 1][j - 1] + s:
             out.append((i - 1, j - 1))
             i, j = i - 1, j - 1

@@ -17,7 +17,9 @@ one. For each failing call:
   run the candidate module on the reference's recorded inputs; if that output still fails, the
   error is made here, otherwise it was received. Twin layers of one type whose input axes mean the
   same in every model (a convolution's (B, C, H, W)) take the reference's inputs as they are: an
-  input of another shape is another map (transposed upstream), not the same map in another layout.
+  input of another shape is another map (transposed upstream), not the same map in another layout,
+  unless it is the twin's grown by a border of zeros (a "SAME" pad its caller made): it is first
+  re-run on the twin's input padded alike.
   Where the structures differ, a tensor the twin was given that no candidate argument stands for
   (an attention mask) also goes into the candidate's None argument of its name, or its only one:
   given it, a Swin attention whose block skipped the shift computes right, and the block is blamed.
@@ -681,6 +683,9 @@ def _rerun_input_choices(cand: Record, ref: Record, tol: Tolerance | None = None
     where it agrees, the layout is settled (a kernel with its spatial axes swapped must not pass
     on an input with them swapped too)."""
     if _same_structure(cand, ref) or _left_out(cand, ref):
+        padded = _padded_as_given(cand, ref)
+        if padded is not None:
+            yield (padded,), _cast_like(ref.kwargs, cand.kwargs)
         yield _cast_like(ref.args, cand.args), _cast_like(ref.kwargs, cand.kwargs)
         return
     if any(not isinstance(v, torch.Tensor) for v in (*cand.inputs.values(), *ref.inputs.values())):
@@ -703,6 +708,45 @@ def _rerun_input_choices(cand: Record, ref: Record, tol: Tolerance | None = None
         if filled is not None:
             yield filled
         yield args, kwargs
+
+
+def _padded_as_given(cand: Record, ref: Record) -> torch.Tensor | None:
+    """The twin's one input padded with zeros as the candidate's caller padded the candidate's
+    (a "SAME" conv whose wrapper pads before an unpadded conv, against one padding inside), or
+    None: for twin convs, where the candidate's map is the twin's grown by a border of zeros.
+    Given the twin's map as it is, such a conv returns a smaller map, which no output can be
+    compared with."""
+    if not (_axes_fixed(cand, ref) and isinstance(cand.module, nn.modules.conv._ConvNd)) \
+            or len(cand.args) != 1 or len(ref.args) != 1:
+        return None
+    mine, theirs = cand.args[0], ref.args[0]
+    if not (isinstance(mine, torch.Tensor) and isinstance(theirs, torch.Tensor)):
+        return None
+    pad = _zero_border(mine, theirs)
+    return None if pad is None else nn.functional.pad(theirs.to(mine.dtype), pad)
+
+
+def _zero_border(big: torch.Tensor, small: torch.Tensor) -> list[int] | None:
+    """The ``F.pad`` widths by which ``small``'s map (batch and channels first) grew into ``big``'s
+    shape, read off ``big``'s border of zeros (half on each side where the border allows it, the
+    extra one after: TensorFlow's "SAME"), or None where the shapes or the border do not allow one."""
+    if big.ndim != small.ndim or big.ndim < 3 or big.shape[:2] != small.shape[:2] or big.shape == small.shape \
+            or not big.is_floating_point():
+        return None
+    pad: list[int] = []
+    for d in reversed(range(2, big.ndim)):
+        grown = big.shape[d] - small.shape[d]
+        if grown < 0:
+            return None
+        held = (big != 0).transpose(0, d).reshape(big.shape[d], -1).any(1).tolist()
+        lead = next((i for i, h in enumerate(held) if h), len(held))
+        trail = next((i for i, h in enumerate(reversed(held)) if h), len(held))
+        low, high = max(0, grown - trail), min(grown, lead)
+        if low > high:
+            return None  # the border holds values: not a pad of zeros
+        left = min(max(grown // 2, low), high)
+        pad += [left, grown - left]
+    return pad
 
 
 def _filled(cand: Record, args: tuple, kwargs: dict, spare: dict[str, torch.Tensor]) -> tuple[tuple, dict] | None:
@@ -1492,8 +1536,13 @@ def _received_unknown(call: Record, known: Sequence[Any], tol: Tolerance | None)
 
 def _hands_on(container: Record, call: Record) -> bool:
     """Whether ``call`` (nested in ``container``) received ``container``'s first tensor input as it
-    came: nothing in between changed it."""
-    return _bitwise(container.first_input, call.first_input)
+    came: nothing in between changed it, or only a border of zeros was put around it (a "SAME"
+    pad before an unpadded conv: the pad its twin does inside)."""
+    given, got = container.first_input, call.first_input
+    if _bitwise(given, got):
+        return True
+    pad = _zero_border(got, given) if isinstance(got, torch.Tensor) and isinstance(given, torch.Tensor) else None
+    return pad is not None and _bitwise(nn.functional.pad(given, pad), got)
 
 
 def _guess_received(row: Row, rerun: Sequence[str] | None) -> bool:

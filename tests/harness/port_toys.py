@@ -903,3 +903,40 @@ class HalvesGMlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.out(self.gate(F.gelu(self.to_u(x)), F.gelu(self.to_v(x))))
+
+
+class PaddedConv(nn.Module):
+    """A 3x3 conv padded by hand: ``F.pad``, then an unpadded conv child (TensorFlow "SAME" written
+    as a wrapper)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (1, 1, 1, 1)))
+
+
+class PaddedStem(nn.Module):
+    """Padded convs around a plain BatchNorm, the GELU applied in ``forward`` (``act=False``: left out)."""
+
+    def __init__(self, dim: int = 8, act: bool = True) -> None:
+        super().__init__()
+        self.c1, self.bn, self.c2 = PaddedConv(3, dim), nn.BatchNorm2d(dim), PaddedConv(dim, dim)
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.c1(x))
+        return self.c2(F.gelu(y) if self.act else y)
+
+
+class NormActStem(nn.Module):
+    """The same stem with convs padding inside and the GELU inside the norm (its ``act`` child)."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.conv1, self.norm1 = nn.Conv2d(3, dim, 3, padding=1), NormAct(dim, nn.GELU())
+        self.conv2 = nn.Conv2d(dim, dim, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.norm1(self.conv1(x)))
