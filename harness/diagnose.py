@@ -19,6 +19,10 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    shifted (a rolling layout relates them: the twin's parent shifts, the culprit itself), is explained
    through its innermost twinned ancestor, which runs the same code: one whose output the error
    reaches, else, where a later op cancels it (a norm with a zero scale), one it vanishes in.
+   Before that, a culprit without a twin names each tensor holding other values than the weight map
+   puts there: those values with the dims permuted (stored transposed), or reordered along its axes,
+   said in the reference tensor's layout, the map's reshapes and permutes undone (a patch kernel
+   flattened into a linear's columns, read BGR: its input channels reversed).
    So is a culprit twinned by shape alone whose twin runs only a part of its computation (every
    finding an op the candidate runs beyond it: an ``nn.MultiheadAttention`` paired with the output
    projection of an attention its reference parent writes out), where the ancestor, twinned by
@@ -82,7 +86,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    them: in the first one's place), becomes one op, its output and parameters concatenated, where the other
    side computes that concatenation in one op (a fused ``qkv``) from the same input values, or with
    their parameters stacked shape by shape (whatever error the input carries), in any layout (a member
-   without a bias adds zeros);
+   without a bias adds zeros), in the order the weight map gives their rows of the fused weight,
+   on either side (a reference calling ``key``, ``value``, then ``query`` against a port's ``qkv``);
    a parameter holding a slice of its twin's larger one (a split head against a fused 1x1 conv)
    other than the one the weight map puts there names both slices;
    a differing fused parameter names the member whose rows differ (``v_proj.weight`` against
@@ -162,7 +167,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    as many values for as many tokens in heads of another size (said before the scale
    ``1/sqrt(head size)`` that follows from it, which is then no finding; also where one side folds
    the heads into the batch for ``bmm``, and where both do, counted by the batch of the module's
-   tokens), a mask masking other positions than the reference's (how many it masks that the
+   tokens; an einsum's query read in the fused call's axis order, ``'bnhd,bmhd->bhnm'`` as
+   ``(B, H, N, D)``), a mask masking other positions than the reference's (how many it masks that the
    reference keeps and keeps that it masks, and its polarity said inverted where it masks just
    what the reference keeps), its differing non-tensor arguments (a number in the other operand's
    place, ``x - 1`` against ``1 - x``, as operands in another order; not ``inplace``
@@ -266,6 +272,7 @@ from torch.overrides import TorchFunctionMode
 from harness.adapters import agreeing_layout, find_adapter, layouts, unit_axes_dropped
 from harness.metrics import DEFAULT_TOLERANCES, Tolerance, measure
 from harness.trace import ROOT, flatten_tensors, hookable_modules, map_tensors
+from harness.keymap import apply_steps, invert_steps
 from harness.weightmap import shape_permutations
 
 __all__ = ["Op", "OpRecorder", "record_ops", "record_values", "diagnose", "diagnose_modules", "attribute_diff", "culprit_diagnosis",
@@ -378,6 +385,10 @@ class Op:
     members: tuple[tuple[str, dict[str, str], int, int], ...] = ()
     features: int | tuple[int, ...] = -1  # a product by a weight (a token-mixing einsum): the output axis (axes) of its output features
     in_shape: tuple[int, ...] = ()  # the first input's shape: which axes a ``dim`` names
+    # an attention's query axes in the fused call's order (batch and heads, tokens, head size): an einsum
+    # reads ``(B, N, H, D)`` where the fused call reads ``(B, H, N, D)``; None where the query is laid out so
+    query_axes: tuple[int, ...] | None = None
+    equation: str | None = None  # an einsum's subscripts, for a product kept as written
     # the call as made, its one activation input left open (:data:`_OPEN`): the reference's op is run
     # again on what the candidate's hand-written version of it received
     call: tuple[Callable, tuple, dict] | None = None
@@ -503,11 +514,13 @@ class OpRecorder(TorchFunctionMode):
         if name in _GLOBAL_POOLS:
             name, args, kwargs = _global_mean(name, args, kwargs)
         features = -1  # the output axis a product by a weight writes its output features on
+        equation = None
         if name == "einsum":
             operands = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
             # a product of two operands is a (batched) matmul in another spelling: attention
             # written with einsum folds like attention written with @, a linear like x @ W
             if len(operands) == 2:
+                equation = args[0] if isinstance(args[0], str) else None
                 name, (args, features), kwargs = "matmul", self._einsum_product(args[0], operands), {}
             else:
                 name, args, kwargs = "einsum", (), {}
@@ -568,6 +581,7 @@ class OpRecorder(TorchFunctionMode):
             scope=self._scope[-1] if self._scope else "", kind=kind, features=features,
             in_shape=tuple(first.shape) if first is not None else (),
             call=_opened(*call, inputs[0]) if len(set(inputs)) == 1 and not tensor_lists else None,
+            equation=equation if len(inputs) == 2 else None,
         )
         self._alive.append(out)
         for i in op.out_ids:
@@ -953,7 +967,8 @@ def _fold_attention(rec: OpRecorder) -> list[Op]:
             args=args, params={}, param_values={}, out_ids=m2.out_ids,
             input_ids=[*(_attention_operand(rec, i, m1.index) for i in m1.input_ids), *m2.input_ids[1:]],
             outputs=m2.outputs, scope=m2.scope, mask=_added_mask(rec, s, m1, after) if mask else None,
-            mask_params=tuple(dict.fromkeys(n for m in mask for n in m.params.values())))
+            mask_params=tuple(dict.fromkeys(n for m in mask for n in m.params.values())),
+            query_axes=_query_axes(m1.equation))
         for op in (m1, s, m2, *path, *written):
             op.absorbed = True
     stream = []
@@ -963,6 +978,27 @@ def _fold_attention(rec: OpRecorder) -> list[Op]:
         elif op.kind == "compute" and not op.absorbed:
             stream.append(_canonical_sdpa(op) if op.name == "scaled_dot_product_attention" else op)
     return stream
+
+
+def _query_axes(equation: str | None) -> tuple[int, ...] | None:
+    """The query's axes of an einsum's scores (``'bnhd,bmhd->bhnm'``) in the order a fused attention
+    reads them: the batch and head axes as the scores hold them, the tokens (the scores' queries), the
+    one contracted axis (the head size). None where the einsum reads the query so already, or where
+    its subscripts say no such order (an ellipsis, several contracted axes)."""
+    if not equation or "..." in equation or "->" not in equation:
+        return None
+    inputs, out = equation.replace(" ", "").split("->")
+    parts = inputs.split(",")
+    if len(parts) != 2 or len(out) < 2:
+        return None
+    q, k = parts
+    contracted = [s for s in q if s in k and s not in out]
+    if len(contracted) != 1 or out[-2] not in q or out[-1] in q or len(set(q)) != len(q):
+        return None
+    axes = tuple(q.index(s) for s in out[:-2] if s in q) + (q.index(out[-2]), q.index(contracted[0]))
+    if sorted(axes) != list(range(len(q))):
+        return None
+    return None if axes == tuple(range(len(q))) else axes
 
 
 def _written_softmax(rec: OpRecorder, div: Op) -> tuple[Op, list[Op]] | None:
@@ -1865,6 +1901,7 @@ def _head_split(c: Op, r: Op, cand: _Side, ref: _Side) -> tuple[tuple[int | None
     q_c, q_r = cand.rec.passed(c.input_ids[0], c.index), ref.rec.passed(r.input_ids[0], r.index)
     if q_c is None or q_r is None or q_c.ndim < 3 or q_r.ndim < 3:
         return None
+    q_c, q_r = _as_fused_query(q_c, c), _as_fused_query(q_r, r)
     if q_c.shape[-1] == q_r.shape[-1] or q_c.shape[-2] != q_r.shape[-2] or q_c.numel() != q_r.numel():
         return None
     lead_c, lead_r = q_c.numel() // q_c.shape[-2] // q_c.shape[-1], q_r.numel() // q_r.shape[-2] // q_r.shape[-1]
@@ -1875,6 +1912,12 @@ def _head_split(c: Op, r: Op, cand: _Side, ref: _Side) -> tuple[tuple[int | None
     if heads_r is None and heads_c is not None and heads_c * lead_r % lead_c == 0:
         heads_r = heads_c * lead_r // lead_c
     return (heads_c, int(q_c.shape[-1])), (heads_r, int(q_r.shape[-1]))
+
+
+def _as_fused_query(q: torch.Tensor, op: Op) -> torch.Tensor:
+    """An attention's query with its axes as the fused call reads them (an einsum's ``(B, N, H, D)``
+    as ``(B, H, N, D)``)."""
+    return q.permute(op.query_axes) if op.query_axes and len(op.query_axes) == q.ndim else q
 
 
 def _folded_heads(lead: int, tokens: int, rec: OpRecorder) -> int | None:
@@ -2655,7 +2698,7 @@ def rearrangement(candidate: torch.Tensor, reference: torch.Tensor, tol: Toleran
     for d, n in enumerate(a.shape):
         if n < 2:
             continue
-        order = _pairing(a, b, d)
+        order = _pairing(a, b, d, tol)
         if order is None:
             return []
         # an order moving only slices that hold one value (rows of zeros) changes nothing: no claim
@@ -2706,10 +2749,11 @@ def _slice_features(t: torch.Tensor, d: int) -> list[tuple[float, float, float]]
     return list(zip(high.tolist(), low.tolist(), total.tolist()))
 
 
-def _pairing(a: torch.Tensor, b: torch.Tensor, d: int) -> torch.Tensor | None:
+def _pairing(a: torch.Tensor, b: torch.Tensor, d: int, tol: Tolerance = _EXACT) -> torch.Tensor | None:
     """For each position of ``a`` along ``d``, the position of ``b`` holding the same slice values,
     whatever their order inside the slice: known by the slice's largest and smallest value (exact
-    under any reordering) and its sum; None where the slices of the two differ."""
+    under any reordering) and its sum; None where the slices of the two differ by more than ``tol``
+    (values computed on two sides agree to rounding only)."""
     others = [k for k in range(a.ndim) if k != d]
     # a vector's positions are its values (a reduction over no dims would reduce over all)
     (a_high, a_low, a_sum), (b_high, b_low, b_sum) = (((t.amax(others), t.amin(others), t.sum(others)) if others
@@ -2720,7 +2764,8 @@ def _pairing(a: torch.Tensor, b: torch.Tensor, d: int) -> torch.Tensor | None:
     pairing[torch.tensor(sorted(range(a.shape[d]), key=a_features.__getitem__))] = \
         torch.tensor(sorted(range(b.shape[d]), key=b_features.__getitem__))
     pairing = torch.tensor(_untied(pairing.tolist(), b_features))
-    same = torch.equal(a_high, b_high.index_select(0, pairing)) and torch.equal(a_low, b_low.index_select(0, pairing))
+    same = all(torch.equal(mine, paired := theirs.index_select(0, pairing)) or measure(mine, paired).passes(tol)
+               for mine, theirs in ((a_high, b_high), (a_low, b_low)))
     return pairing if same else None
 
 
@@ -3099,10 +3144,13 @@ def _input_value(side: _Side, op: Op) -> torch.Tensor | None:
     return side.rec.passed(op.input_ids[0], op.index) if op.input_ids else None
 
 
-def _fuse_siblings(side: _Side, other: _Side, tol: Tolerance, expected: Expected | None = None) -> list[Op]:
+def _fuse_siblings(side: _Side, other: _Side, tol: Tolerance, expected: Expected | None = None,
+                   into_other: bool = False) -> list[Op]:
     """``side``'s stream with each run of one operation applied to one input by sibling modules
     (``q``, ``k`` and ``v`` projections) made one op, where ``other`` computes their concatenation
-    in a single op (a fused ``qkv``) from the same input values or to the same result."""
+    in a single op (a fused ``qkv``) from the same input values or to the same result; joined in the
+    order the weight map (``expected``: of ``side``'s parameters, or of ``other``'s where
+    ``into_other``) gives their rows in the fused op."""
     stream, out, i, taken = side.stream, [], 0, set()
     while i < len(stream):
         if i in taken:
@@ -3111,7 +3159,8 @@ def _fuse_siblings(side: _Side, other: _Side, tol: Tolerance, expected: Expected
         j = i + 1
         while j < len(stream) and _sibling(stream[i], stream[j]):
             j += 1
-        fused = _fused(stream[i:j], side, other, tol, expected) if j - i > 1 and stream[i].outputs else None
+        fused = _fused(stream[i:j], side, other, tol, expected, into_other) if j - i > 1 and stream[i].outputs \
+            else None
         if fused is None and j == i + 1 and stream[i].outputs:
             # siblings apart (a SwiGLU's gate and up projections, the gate's activation between
             # them): fused where the other side computes them in one op, in the first one's place
@@ -3164,8 +3213,9 @@ def _sibling(op: Op, other: Op) -> bool:
     return other.name == op.name and bool(op.input_ids) and other.input_ids == op.input_ids and bool(other.outputs)
 
 
-def _fused(group: list[Op], side: _Side, other: _Side, tol: Tolerance, expected: Expected | None = None) -> Op | None:
-    group = _in_mapped_order(group, other, expected)
+def _fused(group: list[Op], side: _Side, other: _Side, tol: Tolerance, expected: Expected | None = None,
+           into_other: bool = False) -> Op | None:
+    group = _in_mapped_order(group, other, expected, into_other)
     if not _one_kernel(group):
         return None  # a 3x3 conv and a 1x1 shortcut on one input: no single op computes both
     outs = [g.outputs[0] for g in group]
@@ -3197,17 +3247,21 @@ def _one_kernel(group: list[Op]) -> bool:
     return True
 
 
-def _in_mapped_order(group: list[Op], other: _Side, expected: Expected | None) -> list[Op]:
+def _in_mapped_order(group: list[Op], other: _Side, expected: Expected | None, into_other: bool = False) -> list[Op]:
     """``group`` (sibling projections) in the order of the rows the weight map gives each of a fused
     weight of ``other``'s (a port calling ``key``, ``value``, then ``query`` against ``qkv``'s query
-    rows first); as called when there is no map or it gives no such rows."""
+    rows first; ``into_other``: the map fills ``other``'s fused weight from ``group``'s, a reference
+    calling them so against the port's ``qkv``); as called when there is no map or it gives no such rows."""
     if expected is None or len(group) < 2:
         return group
-    mapped = [expected(g.params["weight"]) if "weight" in g.params else None for g in group]
+    mapped = [g.param_values.get("weight") if into_other else expected(g.params["weight"]) if "weight" in g.params
+              else None for g in group]
     if any(m is None for m in mapped):
         return group
     for twin in other.stream:
         fused = twin.param_values.get("weight")
+        if into_other and fused is not None:  # where the map puts the reference's rows, not what the port holds
+            fused = expected(twin.params["weight"])
         if twin.name != group[0].name or fused is None or fused.shape[0] != sum(m.shape[0] for m in mapped):
             continue
         starts = [_rows_at(m, fused) for m in mapped]
@@ -3466,7 +3520,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
     """The findings that explain the first diverging op of two recorded op streams (``root``:
     the whole reference model, searched for the tensor a differing operand holds; ``ref_name``:
     the reference twin's name, to say where an op of a functional port sits)."""
-    cs, rs = _fuse_siblings(cand, ref, tol, expected), _fuse_siblings(ref, cand, tol)
+    cs, rs = _fuse_siblings(cand, ref, tol, expected), _fuse_siblings(ref, cand, tol, expected, into_other=True)
     cs, rs = _fuse_batched(cs, rs, tol), _fuse_batched(rs, cs, tol)
     operands = (lambda where, c, r: _param_findings(where, c, r, ref_module, root, expected))
     pending: list[dict] = []
@@ -4612,11 +4666,58 @@ def _held_values(candidate: nn.Module | None, culprit: str, root: nn.Module | No
         key = name if culprit == "<root>" else f"{culprit}.{name}"
         if mapped is None or mapped.shape != t.shape or torch.equal(t.detach(), mapped.to(t.dtype)):
             continue
+        source = "+".join(sources[key])
+        entry = next(e for e in weights.entries if e.candidate == key)
+        dims = _permuted_twin(t.detach(), mapped.to(t.dtype))
+        if dims is not None:  # a square weight stored transposed
+            laid = " as the weight map lays it out" if entry.steps else ""
+            text = f"{culprit}: {name} holds the reference's {source}{laid} with its dims permuted {dims} (stored transposed?)"
+            out.append(_finding(culprit, "argument", None, name, f"{name} (permuted {dims})", source, text))
+            continue
+        if moves := _held_reordered(module, name, t.detach(), mapped, entry, root):
+            text = f"{culprit}: {name} holds the reference's {source} reordered: {moves}"
+            out.append(_finding(culprit, "argument", None, name, f"{name} (reordered)", source, text))
+            continue
         err = (t.detach().double() - mapped.double()).abs().max().item()
-        text = (f"{culprit}: {name} holds other values than the reference's {'+'.join(sources[key])} "
-                f"(max_abs difference {err:.3e})")
-        out.append(_finding(culprit, "argument", None, name, f"{name} (other values)", "+".join(sources[key]), text))
+        text = f"{culprit}: {name} holds other values than the reference's {source} (max_abs difference {err:.3e})"
+        out.append(_finding(culprit, "argument", None, name, f"{name} (other values)", source, text))
     return out
+
+
+_UNDONE = frozenset({"reshape", "transpose", "permute"})  # map steps that move values, and can be undone
+
+
+def _held_reordered(module: nn.Module, name: str, held: torch.Tensor, mapped: torch.Tensor, entry: Any,
+                    root: nn.Module) -> str | None:
+    """How a tensor holds exactly the values the weight map puts there reordered along its axes (a
+    stem kernel's input channels reversed: RGB read as BGR), in words: first in the reference
+    tensor's own layout, the map's reshapes and permutes undone (the channels of a conv kernel
+    the map flattens into a linear's columns), then as the candidate lays it out; None if neither says it."""
+    state = {**dict(root.named_parameters()), **dict(root.named_buffers())}
+    ref_key = entry.reference[0] if len(entry.reference) == 1 else None
+    if entry.steps and ref_key in state and all(step["op"] in _UNDONE for step in entry.steps):
+        reference = state[ref_key].detach()
+        try:
+            back = apply_steps(held, invert_steps(entry.steps, tuple(reference.shape)))
+        except (ValueError, RuntimeError):
+            back = None
+        if back is not None and back.shape == reference.shape and (moves := _reordered_operand(
+                _op_of(root, ref_key), ref_key.rsplit(".", 1)[-1], None, back, reference)):
+            return moves
+    return _reordered_operand(_op_of(module, name), name.rsplit(".", 1)[-1], None, held, mapped)
+
+
+def _op_of(root: nn.Module, key: str) -> str:
+    """The op the module holding ``key`` runs on it (``linear``, ``conv2d``), whose axes have names; "" else."""
+    try:
+        owner = root.get_submodule(key.rsplit(".", 1)[0]) if "." in key else root
+    except AttributeError:
+        return ""
+    if isinstance(owner, nn.Linear):
+        return "linear"
+    if isinstance(owner, nn.modules.conv._ConvNd) and not owner.transposed:
+        return f"conv{len(owner.kernel_size)}d"
+    return ""
 
 
 def _fed_otherwise(row: Any) -> bool:
