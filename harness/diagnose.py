@@ -295,10 +295,13 @@ _ALIASES = {
 # recorded as ``sub(1, x)`` (as ``torch.sub(one, x)`` is), never as ``x - 1``
 _REFLECTED = frozenset({"__rsub__", "__rtruediv__", "__rdiv__", "__rpow__", "__rmatmul__", "__rfloordiv__",
                         "__rmod__", "rsub"})
-LAYOUT = frozenset({
-    "reshape", "permute", "transpose", "contiguous", "squeeze", "unsqueeze", "expand", "expand_as",
-    "repeat", "unbind", "chunk", "split", "tensor_split", "index", "narrow", "select", "cat", "stack",
-    "clone", "detach", "movedim", "moveaxis", "flip", "roll", "broadcast_to",
+# layout ops by what they do to values (canonical names: a view is a reshape): moved, every one kept
+# in its place of a new shape; regrouped, still every one kept (a weight map taking rows in another
+# order can explain these); or any layout op at all, selecting, repeating or rolling them too
+_RELAYOUT = frozenset({"reshape", "permute", "transpose", "contiguous", "movedim", "moveaxis"})
+REGROUPING = _RELAYOUT | frozenset({"squeeze", "unsqueeze", "split", "chunk", "tensor_split", "unbind", "cat", "stack"})
+LAYOUT = REGROUPING | frozenset({
+    "expand", "expand_as", "repeat", "index", "narrow", "select", "clone", "detach", "flip", "roll", "broadcast_to",
 })
 _CASTS = frozenset({"to", "type", "float", "double", "half", "bfloat16", "type_as"})
 _COMMUTATIVE = frozenset({"add", "mul"})
@@ -2548,7 +2551,6 @@ def _joined_otherwise(module: str, c: Op, r: Op, cand: _Side, ref: _Side) -> lis
 
 _JOINS = frozenset({"cat", "stack", "hstack", "vstack", "dstack", "column_stack"})
 _JOINED = "tensors"  # the argument of a join's finding: its operands, as a list
-_RELAYOUT = frozenset({"reshape", "permute", "transpose", "contiguous", "movedim", "moveaxis"})
 _MOVING = frozenset({"roll", "flip"})  # layout ops no reshape, permute or slice can stand for
 
 

@@ -186,7 +186,7 @@ from torch.overrides import TorchFunctionMode
 
 from harness.trace import ROOT, eager_module
 from harness.checks import check_module
-from harness.diagnose import numeric_setting_differences
+from harness.diagnose import REGROUPING, numeric_setting_differences
 from harness.keymap import NORM_ROLES, Move, invert_steps, shape_after, simplify_steps
 from harness.weightmap import (NEVER_USED, STANDS_IN, Entry, Step, WeightMap, layout_steps, load_weight_map, owner_of,
                                regrouped_columns, regrouped_rows, shape_permutations, tied_copies)
@@ -2510,13 +2510,11 @@ def _structural(finding: dict) -> bool:
         op = str(finding.get("op") or "")
         # a layout op on one side only may follow from rows the map took in another order (a qkv
         # laid out per head, windows folded into the batch): a regroup can still help there
-        return bool(op) and op not in _PRODUCTS and op not in _LAYOUT_OPS and "norm" not in op
+        return bool(op) and op not in _PRODUCTS and op not in REGROUPING and "norm" not in op
     absent = [v is None or v is False for v in (finding["candidate"], finding["reference"])]
     return finding["kind"] == "argument" and absent[0] != absent[1]
 
 
-_LAYOUT_OPS = frozenset({"reshape", "view", "permute", "transpose", "flatten", "unflatten", "contiguous", "movedim",
-                         "swapaxes", "split", "chunk", "unbind", "cat", "stack", "squeeze", "unsqueeze"})
 _PRODUCTS = frozenset({"linear", "matmul", "bmm", "addmm", "baddbmm", "einsum", "conv1d", "conv2d", "conv3d",
                        "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "scaled_dot_product_attention"})
 
