@@ -398,10 +398,14 @@ def drop_trailing_ops(rows: list[Row], alignment: Alignment, measure_row: Callab
             trailing = _trailing_call(own, ends[side], unpaired)
             if trailing is None or _ends_alike(getattr(row.match, _OTHER[side]), trailing, ends[_OTHER[side]], unpaired):
                 continue
-            if side == "reference" and _trailing_call(row.match.candidate, ends["candidate"], unpaired) is not None \
-                    and _never_applied(row, trailing, starts):
+            if side == "reference" and _never_applied(row, trailing, starts) and (
+                    _trailing_call(row.match.candidate, ends["candidate"], unpaired) is not None
+                    or _own_forward(row.match.candidate.module) and not _returned_around(row, trailing, starts)):
                 # the candidate module ends with a call of its own where the operation belongs (an
-                # activation set to Identity) and nothing applies it after: the error is its own
+                # activation set to Identity), or it has code of its own and, given its twin's inputs,
+                # neither the next calls nor a call around it ever see the operation's result (a
+                # block that lost the ReLU after its residual add): the error is the module's own (a
+                # torch layer's never is: its caller's code left the operation out)
                 continue
             if side == "candidate" and _reference_never_applies(row, trailing, ref_starts):
                 # an operation the reference applies neither inside the twin nor after it (a GELU
@@ -444,6 +448,14 @@ def _never_applied(row: Row, trailing: Record, calls: list[Record]) -> bool:
         return False
     after = [c for c in calls if c.start > cand.end][:_READERS]
     return not any(_holds_any(made, [c.first_input], row.tolerance) for c in after)
+
+
+def _returned_around(row: Row, trailing: Record, calls: list[Record]) -> bool:
+    """Whether a candidate call around the row's module returns what the reference's ``trailing``
+    call makes (a caller applying the operation to the module's output as it returns it)."""
+    cand = row.match.candidate
+    return any(_holds_any(trailing.primary, [c.primary], row.tolerance) for c in calls
+               if c is not cand and c.contains(cand))
 
 
 def _applied_after(row: Row, trailing: Record, calls: list[Record]) -> bool:
