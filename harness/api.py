@@ -101,8 +101,9 @@ def _paired_leaves_first(match: Match, cand_records: Sequence[Record], ref_recor
     for longer, shorter, records in ((cand, ref, cand_records), (ref, cand, ref_records)):
         unpaired: list[str] = []
         read = None
+        theirs = _by_shape(shorter.outputs)
         for shape, keys in _by_shape(longer.outputs).items():
-            others = _by_shape(shorter.outputs).get(shape, [])
+            others = theirs.get(shape, [])
             if not others or len(keys) <= len(others):
                 continue
             read = outputs_read_after(longer, records) if read is None else read

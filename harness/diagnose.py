@@ -256,6 +256,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 from collections import Counter
 import inspect
 import itertools
@@ -263,7 +264,7 @@ import math
 import re
 import types
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Collection, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -670,6 +671,7 @@ class OpRecorder(TorchFunctionMode):
 
 
 _CONSTANT = "a constant from {}"  # the name of a tensor computed from no input and no parameter, after its op
+_CONSTANT_PREFIX = _CONSTANT.split("{", 1)[0]
 # ops whose result depends on their operands' shape and dtype only
 _SHAPE_ONLY = frozenset({"zeros_like", "ones_like", "full_like", "empty_like", "new_zeros", "new_ones", "new_full",
                          "new_empty"})
@@ -680,7 +682,7 @@ _RANDOM = ("rand", "normal", "bernoulli", "multinomial", "poisson", "dropout", "
 
 def _is_constant(name: str) -> bool:
     """Whether an operand's name is that of a constant the forward computes (no parameter's name)."""
-    return name.startswith(_CONSTANT.split("{", 1)[0])
+    return name.startswith(_CONSTANT_PREFIX)
 
 
 _OPEN = torch.empty(0)  # the place of a recorded call's activation input (a tensor: map_tensors visits it)
@@ -2955,8 +2957,9 @@ def _crossed_operands(module: str, c: Op, r: Op, cs: list[Op], rs: list[Op], tol
                                     and sorted(o.input_ids) == sorted(op.input_ids)])
     if not c.params or not r.params:
         return []
+    r_siblings = siblings(r, rs)
     for c2 in siblings(c, cs):
-        r2 = next((o for o in siblings(r, rs) if (c2.index - c.index) * (o.index - r.index) < 0
+        r2 = next((o for o in r_siblings if (c2.index - c.index) * (o.index - r.index) < 0
                    and _same_operands_by_value(c2, o, tol)), None)
         if r2 is None:
             continue
@@ -3620,9 +3623,12 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
         for k, (c, r) in enumerate(zip(cs[i1:i2], rs[j1:j2])):
             if i1 + k <= skip[0] or j1 + k <= skip[1]:
                 continue  # inside a rewrite that rejoined the reference
-            if _narrowed(c, r, pending) and _pair_agrees(c, r, _float32_rounding(tol)):
-                tol = _float32_rounding(tol)  # rounding that every op after it carries
-            twin = r if _pair_agrees(c, r, tol) else _value_twin(c, rs, j1 + k, tol)
+            wide = _float32_rounding(tol)
+            if _narrowed(c, r, pending) and _pair_agrees(c, r, wide):
+                tol, agrees = wide, True  # rounding that every op after it carries
+            else:
+                agrees = _pair_agrees(c, r, tol)
+            twin = r if agrees else _value_twin(c, rs, j1 + k, tol)
             if twin is None and held is None and _axes_exchanged(c.outputs, r.outputs, tol):
                 # heads and tokens of one count exchanged (q split per token, the reference's per
                 # head): the op computes the reference's values, laid out otherwise. A later op it
@@ -3702,11 +3708,12 @@ def _rejoined(cs: list[Op], rs: list[Op], p: int, q: int, cand: _Side, ref: _Sid
     c, r = cs[p], rs[q]
     if c.shape == r.shape or c.shape is None or r.shape is None:
         return None
-    ours = [a for a in range(p + 1, min(len(cs), p + 1 + _REJOIN_WINDOW)) if _fed_by(cand.rec, c, cs[a])]
-    theirs = [b for b in range(q + 1, min(len(rs), q + 1 + _REJOIN_WINDOW)) if _fed_by(ref.rec, r, rs[b])]
-    for a in ours:
-        for b in theirs:
-            if rs[b].shape == cs[a].shape and _outputs_agree(cs[a].outputs, rs[b].outputs, tol):
+    fed = functools.cache(lambda b: _fed_by(ref.rec, r, rs[b]))  # a walk of the graph each: only where shapes fit
+    for a in range(p + 1, min(len(cs), p + 1 + _REJOIN_WINDOW)):
+        if not _fed_by(cand.rec, c, cs[a]):
+            continue
+        for b in range(q + 1, min(len(rs), q + 1 + _REJOIN_WINDOW)):
+            if rs[b].shape == cs[a].shape and fed(b) and _outputs_agree(cs[a].outputs, rs[b].outputs, tol):
                 # agreeing within the tolerance is no rewrite where an op on the way is set otherwise
                 # (a tanh GELU within float32's tolerance of the exact one): that setting is the finding
                 return (a, b) if _settings_alike(cs[p:a + 1], rs[q:b + 1]) else None
@@ -4155,28 +4162,20 @@ def _reaches(rec: OpRecorder, op: Op, tensor_id: int, before: int) -> bool:
 def _reaches_past(rec: OpRecorder, op: Op, own: Op) -> bool:
     """Whether ``op``'s result flows into ``own`` otherwise than through its activation inputs: into
     what a folded op absorbed (the mask added to an attention's scores)."""
-    stop, seen = set(own.input_ids), set()
-    todo = [(i, own.index) for i in rec.ops[own.index].input_ids if i not in stop]
+    return op.index in _upstream(rec, own, stop=set(own.input_ids))
+
+
+def _upstream(rec: OpRecorder, op: Op, stop: Collection[int] = ()) -> set[int]:
+    """Indices of the recorded ops whose results flow into ``op``, not through the tensors ``stop``."""
+    seen: set[int] = set()
+    # a folded attention reads q, k and v; the product it stands for, the mask added to the scores too
+    todo = [(i, op.index) for i in {*op.input_ids, *rec.ops[op.index].input_ids} if i not in stop]
     while todo:
         tensor_id, before = todo.pop()
         source = rec.producer(tensor_id, before)
         if source is not None and source.index not in seen:
             seen.add(source.index)
             todo += [(i, source.index) for i in source.input_ids if i not in stop]
-    return op.index in seen
-
-
-def _upstream(rec: OpRecorder, op: Op) -> set[int]:
-    """Indices of the recorded ops whose results flow into ``op``."""
-    seen: set[int] = set()
-    # a folded attention reads q, k and v; the product it stands for, the mask added to the scores too
-    todo = [(i, op.index) for i in {*op.input_ids, *rec.ops[op.index].input_ids}]
-    while todo:
-        tensor_id, before = todo.pop()
-        source = rec.producer(tensor_id, before)
-        if source is not None and source.index not in seen:
-            seen.add(source.index)
-            todo += [(i, source.index) for i in source.input_ids]
     return seen
 
 

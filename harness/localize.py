@@ -400,7 +400,8 @@ def drop_trailing_ops(rows: list[Row], alignment: Alignment, measure_row: Callab
                 continue
             if side == "reference" and _never_applied(row, trailing, starts) and (
                     _trailing_call(row.match.candidate, ends["candidate"], unpaired) is not None
-                    or _own_forward(row.match.candidate.module) and not _returned_around(row, trailing, starts)):
+                    or _own_forward(row.match.candidate.module)
+                    and not _seen(trailing.primary, row.match.candidate, starts, row.tolerance)):
                 # the candidate module ends with a call of its own where the operation belongs (an
                 # activation set to Identity), or it has code of its own and, given its twin's inputs,
                 # neither the next calls nor a call around it ever see the operation's result (a
@@ -450,12 +451,12 @@ def _never_applied(row: Row, trailing: Record, calls: list[Record]) -> bool:
     return not any(_holds_any(made, [c.first_input], row.tolerance) for c in after)
 
 
-def _returned_around(row: Row, trailing: Record, calls: list[Record]) -> bool:
-    """Whether a candidate call around the row's module returns what the reference's ``trailing``
-    call makes (a caller applying the operation to the module's output as it returns it)."""
-    cand = row.match.candidate
-    return any(_holds_any(trailing.primary, [c.primary], row.tolerance) for c in calls
-               if c is not cand and c.contains(cand))
+def _seen(value: Any, call: Record, calls: list[Record], tol: Tolerance) -> bool:
+    """Whether ``value`` is what one of the next calls after ``call`` reads, or what a call around
+    it returns (an operation its caller applies, functionally or by a module of its own)."""
+    after = [c for c in calls if c.start > call.end][:_READERS]
+    return any(_holds_any(value, [c.first_input], tol) for c in after) \
+        or any(_holds_any(value, [c.primary], tol) for c in calls if c is not call and c.contains(call))
 
 
 def _applied_after(row: Row, trailing: Record, calls: list[Record]) -> bool:
@@ -474,10 +475,7 @@ def _applied_after(row: Row, trailing: Record, calls: list[Record]) -> bool:
         return False
     if not isinstance(made, torch.Tensor) or made.shape != out.shape or _bitwise(made, out):
         return False  # an operation leaving these values alone shows nothing
-    after = [c for c in calls if c.start > cand.end][:_READERS]
-    around = [c for c in calls if c is not cand and c.contains(cand)]
-    return any(_holds_any(made, [c.first_input], row.tolerance) for c in after) \
-        or any(_holds_any(made, [c.primary], row.tolerance) for c in around)
+    return _seen(made, cand, calls, row.tolerance)
 
 
 def _reference_never_applies(row: Row, trailing: Record, calls: list[Record]) -> bool:
@@ -489,10 +487,7 @@ def _reference_never_applies(row: Row, trailing: Record, calls: list[Record]) ->
     made = trailing.primary
     if not isinstance(made, torch.Tensor) or _inputs_state(row.match.candidate, ref, row.tolerance) == "differ":
         return False
-    after = [c for c in calls if c.start > ref.end][:_READERS]
-    around = [c for c in calls if c is not ref and c.contains(ref)]
-    return not any(_holds_any(made, [c.first_input], row.tolerance) for c in after) \
-        and not any(_holds_any(made, [c.primary], row.tolerance) for c in around)
+    return not _seen(made, ref, calls, row.tolerance)
 
 
 def _trailing_call(own: Record, by_end: dict[int, Record], unpaired: set[int]) -> Record | None:

@@ -259,7 +259,7 @@ def outputs_read_after(record: Record, records: Sequence[Record]) -> set[str]:
 
 def _span(t: torch.Tensor) -> tuple[torch.device, int, int] | None:
     """The device and the byte range ``[low, high)`` that ``t``'s elements occupy; None when it has none."""
-    if not t.numel() or t.layout != torch.strided or t.is_meta:
+    if _address(t) is None:
         return None
     low = sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if st < 0)
     high = sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if st > 0)

@@ -103,7 +103,7 @@ def layout_steps(target: tuple[int, ...], source: tuple[int, ...]) -> tuple[list
     if len(target) == 1 or len(source) == 1:
         # a vector against its split form: a fused qkv bias (3, heads, head_dim) against (3C,)
         return [{"op": "reshape", "shape": list(target)}], 0.12
-    moved = _moved_groups(target, source)
+    moved = None if target[0] == source[0] == 1 else _moved_groups(target, source)  # tried first there
     if moved is not None:
         return moved, 0.15
     return None

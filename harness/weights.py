@@ -187,9 +187,10 @@ from torch.overrides import TorchFunctionMode
 from harness.trace import ROOT, eager_module
 from harness.checks import check_module
 from harness.diagnose import REGROUPING, numeric_setting_differences
-from harness.keymap import NORM_ROLES, Move, invert_steps, shape_after, simplify_steps
-from harness.weightmap import (NEVER_USED, STANDS_IN, Entry, Step, WeightMap, layout_steps, load_weight_map, owner_of,
-                               regrouped_columns, regrouped_rows, shape_permutations, tied_copies)
+from harness.keymap import NORM_ROLES, invert_steps, shape_after, simplify_steps
+from harness.weightmap import (NEVER_USED, STANDS_IN, Entry, Step, WeightMap, _forward_move, clear_weight_caches,
+                               layout_steps, load_weight_map, owner_of, regrouped_columns, regrouped_rows,
+                               shape_permutations, tied_copies)
 
 __all__ = ["WeightMap", "Entry", "map_weights", "infer_map", "load_weight_map"]
 
@@ -881,8 +882,7 @@ def _recorded(model: nn.Module, run: Callable[[nn.Module], Any], recorder: _Firs
     # attention_bias_cache) hides their use from later runs: its caches are emptied for this run
     caches = {(m, n): dict(v) for m in model.modules() for n, v in vars(m).items()
               if "cache" in n.lower() and isinstance(v, dict)}
-    for cache in caches:
-        getattr(*cache).clear()
+    clear_weight_caches(model)
     with torch.no_grad(), recorder:
         run(model)
     recorder.finish()
@@ -1583,13 +1583,11 @@ def _in_operand_order(entries: list[Entry], cand: list[_Tensor], ref: list[_Tens
                                                                        len(order[1 - side])))
             if side == 0:  # the candidate's k-th operand takes the k-th reference tensor
                 for m, source in zip(members, partners):
-                    entries[m[0]] = replace(entries[m[0]], reference=source.reference, steps=source.steps,
-                                            reference_shapes=source.reference_shapes)
+                    entries[m[0]] = _with_sources(entries[m[0]], source)
             else:  # the reference's k-th operand feeds the candidate tensor used k-th of them
                 for e, target in zip(chosen, partners):
                     k = at[0][target.candidate][0]
-                    entries[k] = replace(target, reference=e.reference, steps=e.steps,
-                                         reference_shapes=e.reference_shapes)
+                    entries[k] = _with_sources(target, e)
     return entries
 
 
@@ -1749,10 +1747,7 @@ def _assembles(entry: Entry, pieces: list[Entry], dim: int) -> bool:
 
 def _moved(e: Entry, state: dict[str, torch.Tensor]) -> torch.Tensor:
     """The candidate tensor ``e`` makes of the reference tensors ``state``."""
-    joins = bool(e.steps) and e.steps[0]["op"] == "concat"
-    move = Move(sources=e.reference, targets=(e.candidate,), steps=tuple(e.steps[joins:]),
-                dim=e.steps[0]["dim"] if joins else 0)
-    return move.apply(state)[e.candidate]
+    return _forward_move(e).apply(state)[e.candidate]
 
 
 _TABLE_PARTS = 3  # the most parts one table is cut into: a class row, register rows, the grid
@@ -1942,8 +1937,12 @@ def _table_layout(target: tuple[int, ...], piece: tuple[int, ...]) -> list[Step]
 
 
 def _swap_sources(a: Entry, b: Entry) -> tuple[Entry, Entry]:
-    return (replace(a, reference=b.reference, steps=b.steps, reference_shapes=b.reference_shapes),
-            replace(b, reference=a.reference, steps=a.steps, reference_shapes=a.reference_shapes))
+    return _with_sources(a, b), _with_sources(b, a)
+
+
+def _with_sources(a: Entry, b: Entry) -> Entry:
+    """Candidate entry ``a`` taking ``b``'s reference tensors, as ``b`` takes them."""
+    return replace(a, reference=b.reference, steps=b.steps, reference_shapes=b.reference_shapes)
 
 
 def _untangle(entries: list[Entry]) -> list[Entry]:
@@ -2936,8 +2935,7 @@ def _reordered(entries: list[Entry], order: _Order) -> list[Entry] | None:
         changed = list(entries)
         for k, m in enumerate(members):
             source = entries[members[order.order[k]]]
-            changed[m] = replace(entries[m], reference=source.reference, steps=source.steps,
-                                 reference_shapes=source.reference_shapes)
+            changed[m] = _with_sources(entries[m], source)
         return changed
     if order.kind == "parts":
         if _parts(entries, order.prefix + order.owners[0]) is None:
