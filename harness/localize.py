@@ -19,7 +19,12 @@ one. For each failing call:
   same in every model (a convolution's (B, C, H, W)) take the reference's inputs as they are: an
   input of another shape is another map (transposed upstream), not the same map in another layout,
   unless it is the twin's grown by a border of zeros (a "SAME" pad its caller made): it is first
-  re-run on the twin's input padded alike.
+  re-run on the twin's input padded alike. Twins of other types given inputs of one shape are also
+  given them permuted into the layout keeping that shape closest to the candidate's own (an NHWC
+  norm against an NCHW one where C == H == W, which values off upstream cannot tell apart). A
+  candidate argument standing for a reference input that another argument, holding other values,
+  stands for already also keeps its own value (a shifted-window mask as large as the map: the twin
+  makes its mask inside).
   Where the structures differ, a tensor the twin was given that no candidate argument stands for
   (an attention mask) also goes into the candidate's None argument of its name, or its only one:
   given it, a Swin attention whose block skipped the shift computes right, and the block is blamed.
@@ -77,6 +82,15 @@ around the last agreeing one returned, did nothing after it: where one reference
 two twins' values (the step left out), that untwinned call's code is named (a wrapped model whose
 final norm is replaced by ``Identity``), unless the candidate holds the bridge's weights outside
 it (a root skipping its own norm is the root's error).
+A confirmed call handed an error that still fails on its twin's inputs, while every failing call
+inside it only received its error, made it where a call's input is not what the candidate's value
+before it gives through the reference's step between their twins (handed on, or through one
+reference call run on the candidate's value): the code there is searched as above (a tanh GELU in
+every feed-forward of the port's own is named in each block, not the blocks after the first). A
+failing guess nothing after which fails inside its caller, returning what its guessed twin
+receives, stopped where the reference goes on (a conv with its norm folded in, skipping its ReLU);
+a container holding tensors of its own is not said to leave them out where it was handed another
+value than the last agreeing one (its caller routed the other half of the channels to it).
 ``introduced`` lists every independent origin in execution order.
 
 An origin whose output holds what its twin and the reference call reading the twin's output give
@@ -693,7 +707,16 @@ def _rerun_input_choices(cand: Record, ref: Record, tol: Tolerance | None = None
         padded = _padded_as_given(cand, ref)
         if padded is not None:
             yield (padded,), _cast_like(ref.kwargs, cand.kwargs)
-        yield _cast_like(ref.args, cand.args), _cast_like(ref.kwargs, cand.kwargs)
+        args, kwargs = _cast_like(ref.args, cand.args), _cast_like(ref.kwargs, cand.kwargs)
+        yield args, kwargs
+        if tol is not None and not _axes_fixed(cand, ref):
+            # twins of other types given inputs of one shape may read them in other layouts (NHWC
+            # against NCHW where C == H == W), which values off upstream cannot tell within a
+            # tolerance: each positional input also in the layout keeping its shape closest to the
+            # candidate's
+            closest = [_closest_kept(mine, theirs) for mine, theirs in zip(cand.args, args)]
+            if any(c is not theirs for c, theirs in zip(closest, args)):
+                yield tuple(closest), kwargs
         return
     if any(not isinstance(v, torch.Tensor) for v in (*cand.inputs.values(), *ref.inputs.values())):
         return
@@ -704,7 +727,8 @@ def _rerun_input_choices(cand: Record, ref: Record, tol: Tolerance | None = None
     for choice in range(_LAYOUT_TRIES if tol is not None else 1):
         used: set[int] = set()
         try:
-            translate = _translator(refs, choice, tol, options, used)
+            shared: set[int] = set()
+            translate = _translator(refs, choice, tol, options, used, shared)
             args, kwargs = map_tensors(cand.args, translate), map_tensors(cand.kwargs, translate)
         except LookupError:
             return
@@ -715,6 +739,25 @@ def _rerun_input_choices(cand: Record, ref: Record, tol: Tolerance | None = None
         if filled is not None:
             yield filled
         yield args, kwargs
+        if shared:
+            # a tensor standing for an input another argument with other values stands for
+            # already may be one the twin makes inside, not another input (a shifted-window mask
+            # of the windows' size, where the twin masks its own scores): the candidate's own
+            keep = _translator(refs, choice, tol, options, shared=set(), keep=True)
+            yield map_tensors(cand.args, keep), map_tensors(cand.kwargs, keep)
+
+
+def _closest_kept(mine: Any, theirs: Any) -> Any:
+    """Reference input ``theirs`` through the permutation keeping its shape that brings it closest
+    to candidate input ``mine``, where that is closer than it is as it is; else ``theirs``."""
+    if not (isinstance(mine, torch.Tensor) and isinstance(theirs, torch.Tensor)) or mine.shape != theirs.shape \
+            or not mine.is_floating_point() or _bitwise(theirs, mine):
+        return theirs
+    adapter = find_adapter(theirs, mine, same_shape=True, remember=False)
+    if adapter is None:
+        return theirs
+    kept = adapter.apply(theirs).contiguous()
+    return kept if measure(kept, mine).max_abs < measure(theirs, mine).max_abs else theirs
 
 
 def _padded_as_given(cand: Record, ref: Record) -> torch.Tensor | None:
@@ -793,24 +836,34 @@ def _parameter_names(module: nn.Module | None, count: int) -> list[str]:
 
 
 def _translator(refs: list[torch.Tensor], choice: int, tol: Tolerance | None,
-                options: dict[int, list[Adapter]], used: set[int] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+                options: dict[int, list[Adapter]], used: set[int] | None = None,
+                shared: set[int] | None = None, keep: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """A candidate input -> the reference input standing for it, in the ``choice``-th layout that
     fits (LookupError when there is none, or no such choice; see :func:`_rerun_input_choices`);
     ``options`` keeps each tensor's layouts from choice to choice; ``used`` gathers the ids of the
-    reference inputs given."""
+    reference inputs given; ``shared`` the ids of the candidate tensors given one that another
+    tensor, holding other values, took first; ``keep``: those keep their own values instead."""
     used = set() if used is None else used
+    shared = set() if shared is None else shared
     given: dict[int, torch.Tensor] = {}  # candidate tensor -> the reference input it stands for
+    takers: dict[int, torch.Tensor] = {}  # reference input -> the candidate tensor first given it
+
+    def standing_for(t: torch.Tensor, fitting: list[torch.Tensor]) -> torch.Tensor:
+        ref = given.setdefault(id(t), _standing_for(t, fitting, used))
+        first = takers.setdefault(id(ref), t)
+        if first is not t and not _bitwise(first, t):
+            shared.add(id(t))
+        used.add(id(ref))
+        return ref
 
     def translate(t: torch.Tensor) -> torch.Tensor:
         same = [r for r in refs if tuple(r.shape) == tuple(t.shape)]
-        if same:
-            ref = given.setdefault(id(t), _standing_for(t, same, used))
-            used.add(id(ref))
-            return _in_own_layout(ref.to(dtype=t.dtype), t, tol) if t.is_floating_point() else ref
         sized = [r for r in refs if r.numel() == t.numel() and r.numel() > 0]
-        source = given.setdefault(id(t), _standing_for(t, sized, used)) if sized else None
-        if source is not None:
-            used.add(id(source))
+        source = standing_for(t, same or sized) if same or sized else None
+        if keep and id(t) in shared:
+            return t
+        if same:
+            return _in_own_layout(source.to(dtype=t.dtype), t, tol) if t.is_floating_point() else source
         if id(t) not in options:
             closest = find_adapter(source, t) if source is not None else None
             options[id(t)] = [closest] if closest is not None else []
@@ -1078,6 +1131,14 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         return None
     good_ends = [r.match.candidate.end for r in inside if r.passed and r.match.candidate.end < end]
     since = max(good_ends, default=outer.start if outer is not None else -1)
+    # a row handed an error that, re-run on its twin's inputs, still fails, while every call inside
+    # it only passes on what it receives: the error grows where a call's input is not what the
+    # candidate's previous value gives through the reference's step between their twins
+    step = _grown_step(row, confirmed, reference) if row is not None and row.reran and limit is None else None
+    if step is not None:
+        last_step, first_bad = step
+        since = last_step.end if last_step is not None else outer.start
+        end = first_bad.start
     suspects = [u for u in untwinned if within(u) and since < u.end < end]
     # a failing guess that gives its guessed twin's output from that twin's inputs received the
     # error (a shared ReLU after a dropped residual add); one that does not may have made it
@@ -1109,8 +1170,11 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
     if not suspects:
         if first_bad is None:
             # nothing inside fails: the error is made after the last agreeing call, by the code
-            # of an untwinned call whose output ``row`` returns as it is, or by ``row``'s own
-            return _returning_frame(cleared, inside, since, row, reference, _model(rows))
+            # of an untwinned call whose output ``row`` returns as it is, or by ``row``'s own; or
+            # by a failing guess returning what its guessed twin receives (a conv with its norm
+            # folded in that skips its ReLU: it stops where the reference goes on)
+            return _returning_frame(cleared, inside, since, row, reference, _model(rows)) \
+                or _handing_on_guess(cleared, inside, _model(rows))
         calls = [*(r.match.candidate for r in rows), *untwinned]
         # a call returning its child's value as it is, where the reference adds its input to it
         # next: a residual layer that lost its add (a torch container only where no call around
@@ -1134,8 +1198,14 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         around = [u for u in enclosing if u.start > since]
         found = next((u for u in around if not _hands_on(u, first_bad)), None)
         # else one holding tensors of its own, which only its own code reads: handing its input on
-        # as it came, it left out what it does with them (an encoder's position table not added)
-        found = found or next((u for u in around if _holds_own_tensors(u.module)), None)
+        # as it came, it left out what it does with them (an encoder's position table not added);
+        # not one handed another value than the last agreeing one, which its caller's code made (a
+        # folded conv-norm given the half of the channels its unit should have kept)
+        last_value = next((r.match.candidate.primary for r in inside if r.passed and r.match.candidate.end == since),
+                          outer.first_input if outer is not None and since == outer.start else None)
+        found = found or next((u for u in around if _holds_own_tensors(u.module)
+                               and (last_value is None or _holds_any(u.first_input, [last_value], row and row.tolerance))),
+                              None)
         # else the innermost with a forward of its own: it hands its input on as it came, where the
         # twin's code gives that call another value (a norm called before the modulation it follows)
         found = found or next((u for u in around if _own_forward(u.module)
@@ -1150,12 +1220,16 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         # (only where one reference call turns what the last agreeing call's twin gives into what
         # the failing call's twin receives: the step the candidate's code left out; twins paired
         # wrongly, a main-branch norm with the shortcut's, are no such gap: the map's check undoes them)
+        if found is None and step is not None:
+            found = _gap_frame(enclosing, [*(r.match.candidate for r in rows), *untwinned], step[0], first_bad)
         if found is None and limit is None and _bridged(inside, since, failing_row, reference):
             last = _last_agreeing(inside, since).match.candidate  # _bridged found it
             found = _gap_frame(enclosing, [*(r.match.candidate for r in rows), *untwinned], last, first_bad)
         # nor one handed a value the reference never computes (a class token joined after the
-        # patches): the error was made before it was called, by the code around it
-        if found is not None and _received_unknown(found, _known_values(row, reference), row and row.tolerance):
+        # patches): the error was made before it was called, by the code around it (unless the
+        # step showed it grew there: downstream of an error, nothing is a value the reference computes)
+        if found is not None and step is None \
+                and _received_unknown(found, _known_values(row, reference), row and row.tolerance):
             return None
         return found
     # innermost: the earliest to complete; its untwinned parents completed later
@@ -1163,6 +1237,56 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
 
 
 _COUNTERPARTS = 4  # reference calls without a twin an untwinned call is run on, at most
+
+
+def _grown_step(row: Row, confirmed: Sequence[Row], reference: Sequence[Record]) -> tuple[Record | None, Record] | None:
+    """``(last, first)``: of the calls inside ``row`` (an error handed to it, which it still makes
+    given its twin's inputs), where each failing one only receives its error (given its twin's
+    inputs, it agrees), the first whose input is not what the candidate's value before it (``last``'s
+    output; ``row``'s input when None) gives through the reference's step between their twins: as
+    it is, or through the one reference call between them (a GELU applied by the port's own code,
+    tanh where the reference's is exact). None where every step is taken alike, or cannot be told."""
+    outer, pool = row.match.candidate, _pool(row, reference)  # the steps are taken inside the twin
+    kids = sorted((r for r in confirmed if r is not row and outer.contains(r.match.candidate)),
+                  key=lambda r: r.match.candidate.start)
+    for kid in kids:
+        if kid.passed:
+            continue
+        if kid.status != "propagated" or not kid.reran:
+            return None
+        start = kid.match.candidate.start
+        last = max((r for r in kids if r.match.candidate.end < start), key=lambda r: r.match.candidate.end, default=None)
+        given = (last.match.candidate.primary, last.match.reference.primary) if last is not None \
+            else (outer.first_input, row.match.reference.first_input)
+        wanted = (kid.match.candidate.first_input, kid.match.reference.first_input)
+        if _steps_apart(given, wanted, kid.tolerance, pool):
+            return (last.match.candidate if last is not None else None), kid.match.candidate
+    return None
+
+
+def _steps_apart(given: tuple[Any, Any], wanted: tuple[Any, Any], tol: Tolerance, reference: Sequence[Record]) -> bool:
+    """Whether the candidate goes from ``given[0]`` to ``wanted[0]`` otherwise than the reference goes
+    from ``given[1]`` to ``wanted[1]``: handing it on (in any layout), or through one reference call,
+    run on the candidate's value. False where the reference's step is not one of these."""
+    if not all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in (*given, *wanted)):
+        return False
+    if _holds_any(wanted[1], [given[1]], tol):
+        return not _holds_any(wanted[0], [given[0]], tol)
+    for bridge in _bridges(given[1], wanted[1], tol, reference)[:_COUNTERPARTS]:
+        source, like = given[0], bridge.first_input
+        if bridge.module is None or len(bridge.args) != 1 or not isinstance(like, torch.Tensor):
+            continue
+        adapter = AS_IS if source.shape == like.shape else find_adapter(source, like, remember=False)
+        if adapter is None:
+            continue
+        try:
+            with torch.no_grad():
+                out = bridge.module(adapter.apply(source).to(like.dtype).clone())
+        except Exception:  # a signature that only looked compatible
+            continue
+        if isinstance(out, torch.Tensor):
+            return not _holds_any(wanted[0], [out.to(wanted[0].dtype)], tol)
+    return False
 
 
 def _computes_as(call: Record, others: Sequence[Record], tol: Tolerance | None) -> bool:

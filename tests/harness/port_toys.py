@@ -940,3 +940,18 @@ class NormActStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv2(self.norm1(self.conv1(x)))
+
+
+class FoldedConvRelu(nn.Module):
+    """A 1x1 conv whose batch norm is folded into ``x * scale + shift`` of its own, then a ReLU
+    (``relu=False``: left out): the original's conv, norm and ReLU in one module without a twin."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 1, bias=False)
+        self.scale, self.shift = nn.Parameter(torch.ones(channels)), nn.Parameter(torch.zeros(channels))
+        self.relu = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x) * self.scale[:, None, None] + self.shift[:, None, None]
+        return torch.relu(y) if self.relu else y
