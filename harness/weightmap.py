@@ -650,7 +650,8 @@ def _backward_move(e: Entry) -> Move:
 
 
 def _joining_move(key: str, parts: list[Entry]) -> Move:
-    """Candidate tensors that are slices of one reference tensor, joined back into it."""
+    """Candidate tensors that are slices of one reference tensor, joined back into it; rows no slice
+    takes hold the slices' ``rest`` (the zero bias of a sibling layer without one), else a ValueError."""
     cuts = []
     for e in parts:
         at = next(i for i, s in enumerate(e.steps) if s["op"] == "slice")
@@ -659,7 +660,12 @@ def _joining_move(key: str, parts: list[Entry]) -> Move:
     head, source, dim = cuts[0][1], cuts[0][3].reference_shapes[0], cuts[0][0]["dim"]
     fused = shape_after(head, source)
     covered = [(c[0]["start"], c[0]["stop"]) for c in cuts]
-    if [a for a, _ in covered] != [0] + [b for _, b in covered[:-1]] or covered[-1][1] != fused[dim]:
+    # rows no slice takes: where the slices say what they hold (the zero bias of a layer without one), inserted
+    rest = {c[0].get("rest") for c in cuts}
+    gaps = [(a, b) for a, b in zip([0] + [b for _, b in covered], [a for a, _ in covered] + [fused[dim]]) if a != b]
+    fill = [{"op": "insert", "dim": dim, "start": a, "size": b - a, "value": value}
+            for value in rest for a, b in gaps] if len(rest) == 1 and None not in rest else []
+    if any(a > b for a, b in gaps) or gaps and not fill:
         raise ValueError(f"candidate tensors {[c[3].candidate for c in cuts]} cover rows {covered} of {key!r} "
                          f"(size {fused[dim]} along dim {dim}); the rest has no source, so the table cannot be "
                          f"read backward")
@@ -668,7 +674,7 @@ def _joining_move(key: str, parts: list[Entry]) -> Move:
         piece = tuple(cut["stop"] - cut["start"] if d == dim else n for d, n in enumerate(fused))
         pre.append(tuple(invert_steps(tail, piece)))
     return Move(sources=tuple(c[3].candidate for c in cuts), targets=(key,), dim=dim,
-                steps=tuple(invert_steps(head, source)), pre=tuple(pre))
+                steps=(*fill, *invert_steps(head, source)), pre=tuple(pre))
 
 
 def load_weight_map(source: str | os.PathLike | Mapping[str, Any]) -> WeightMap:

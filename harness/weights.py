@@ -30,6 +30,9 @@ its weights. The algorithm:
 2. Siblings. Consecutive operations of one kind that read the same input tensor (the query, key
    and value projections of one token sequence) may stand for one fused operation on the other
    side: their i-th tensors, concatenated along dim 0, form a composite that can match one tensor.
+   Layers of another kind reading consecutive parts of one input along one dim (a grouped convolution
+   written as one convolution per group on ``x.chunk(groups, 1)``) are siblings too: their kernels
+   concatenated are the grouped kernel; such a run is one module when modules are put in order (below).
    Consecutive linear layers may also read different inputs: a cross-attention projects its query
    from one sequence and its keys and values from another (``nn.MultiheadAttention``'s one
    ``in_proj_weight`` against separate ``q`` and ``kv`` layers). But never one reading what another
@@ -50,7 +53,9 @@ its weights. The algorithm:
    (``qkv.bias <- cat(q_bias, v_bias)`` + ``insert`` of C zeros at C); against a tensor joined
    alike, each part takes its twin. Likewise sibling linear layers some of which have no bias
    (BEiT's key projection: an affine map without constant term) make a composite bias with zeros
-   in those layers' rows, which a fused layer's bias may match.
+   in those layers' rows, which a fused layer's bias may match; the other way round each bias takes
+   its slice of the fused one, the rows of the layers without one left out (marked ``rest``: read
+   backward they are zeros).
 3. Alignment. A dynamic program over the two first-use sequences, in order, pairs tensors that can
    hold the same values (same shape; the same after squeezing or flattening; transposed; a
    projection of concatenated inputs ``(out, n * in)`` against its column blocks stacked ``(n, out,
@@ -221,6 +226,9 @@ class _Tensor:
     # (the stored key, dim, start, stop); ``shape`` is the part's, with that dim kept
     part: tuple[str, int, int, int] | None = None
     in_parts: int | None = None  # the dim along which the forward reads this tensor only in parts (None: whole)
+    # the op's source when it is a part of an activation (``x.chunk(g, 1)[i]``, ``x[:, lo:hi]``): (a number
+    # naming that activation, dim, start, stop); layers reading consecutive parts of one input are siblings
+    source_part: tuple[int, int, int, int] | None = None
 
     @property
     def used_shape(self) -> tuple[int, ...]:
@@ -286,17 +294,28 @@ def _relayout_step(name: str, args: tuple, kwargs: dict, before: torch.Tensor, a
 def _kept_rows(args: tuple, shape: tuple[int, ...]) -> tuple[int, int, int] | None:
     """(dim, start, stop) for indexing that keeps one contiguous range of rows along one dim and
     every value along the others (``table[:, 1:]``, ``w[..., :4]``); None for any other."""
-    index = args[1] if len(args) == 2 and isinstance(args[1], tuple) else args[1:]
-    if not all(isinstance(i, slice) or i is Ellipsis for i in index) or sum(i is Ellipsis for i in index) > 1 \
-            or len(index) - (Ellipsis in index) > len(shape):
+    full = _index(args, len(shape))
+    if full is None or not all(isinstance(i, slice) for i in full):
         return None
-    at = index.index(Ellipsis) if Ellipsis in index else len(index)
-    full = [*index[:at], *[slice(None)] * (len(shape) - len(index) + (Ellipsis in index)), *index[at + 1:]]
     cut = [(d, i.indices(n)) for d, (i, n) in enumerate(zip(full, shape)) if i.indices(n) != (0, n, 1)]
     if len(cut) != 1 or cut[0][1][2] != 1 or cut[0][1][0] >= cut[0][1][1]:
         return None
     dim, (start, stop, _) = cut[0]
     return dim, start, stop
+
+
+def _index(args: tuple, ndim: int) -> list | None:
+    """The index of ``tensor[index]`` (``args``: the tensor, the index) one item per dim, an Ellipsis
+    spelled out as whole slices; None where it holds ``None`` (a new dim), several Ellipses, or more
+    items than dims."""
+    if len(args) != 2:
+        return None
+    items = args[1] if isinstance(args[1], tuple) else (args[1],)
+    dots = sum(i is Ellipsis for i in items)
+    if dots > 1 or any(i is None for i in items) or len(items) - dots > ndim:
+        return None
+    at = items.index(Ellipsis) if dots else len(items)
+    return [*items[:at], *[slice(None)] * (ndim - len(items) + dots), *items[at + 1:]]
 
 
 def _plain_index(name: str, args: tuple) -> bool:
@@ -437,6 +456,12 @@ class _FirstUse(TorchFunctionMode):
         # op index -> that of its inputs: a layer reading what an earlier one computed is no sibling of it
         self.derived: dict[int, tuple[Any, int]] = {}
         self.after: dict[int, int] = {}
+        # id(part of an activation) -> (a weak reference to it, (the activation's number, dim, start, stop)); id of
+        # an activation parts were taken of -> (a weak reference to it, its number); op index -> its source's part
+        self.activation_parts: dict[int, tuple[Any, tuple[int, int, int, int]]] = {}
+        self.activations: dict[int, tuple[Any, int]] = {}
+        self.source_parts: dict[int, tuple[int, int, int, int]] = {}
+        self.activations_seen = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -456,6 +481,7 @@ class _FirstUse(TorchFunctionMode):
         after = max((self._after(t) for p, (t, h) in enumerate(held) if h is None and p not in joined), default=-1)
         if not any(h for _, h in held) and not joined:
             self._derive(result, after)
+            self._note_activation_parts(name.strip("_"), args, kwargs, result)
             return result
         self.ops += 1
         self.after[self.ops] = after
@@ -474,6 +500,9 @@ class _FirstUse(TorchFunctionMode):
         if name in _JOINS and self._join(args, kwargs, result):
             return result
         source = next((id(t) for p, (t, h) in enumerate(held) if h is None and p not in joined), None)
+        part = self.activation_parts.get(source) if source is not None else None
+        if part is not None and part[0]() is not None:  # alive: the id is still its own
+            self.source_parts[self.ops] = part[1]
         self._derive(result, self.ops)
         if name == "getitem" and first is not None and not first[1] and first[0] not in self.seen:
             self._keep(first[0], _kept_rows(args, tuple(args[0].shape)))
@@ -485,6 +514,22 @@ class _FirstUse(TorchFunctionMode):
         if linear is not None and sum(h is not None for _, h in held) == 1 and not joined:
             self.outputs[id(result)] = (weakref.ref(result), self.ops, source, linear.features)
         return result
+
+    def _note_activation_parts(self, name: str, args: tuple, kwargs: dict, result: Any) -> None:
+        """Parts taken of an activation along one dim (``x.chunk(g, 1)``, ``x[:, lo:hi]``): layers each
+        reading one of them may be one layer reading the whole (convolutions per group, a grouped one)."""
+        if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
+            return
+        taken = _parts_taken(name, args, kwargs, result)
+        if not taken:
+            return
+        known = self.activations.get(id(args[0]))
+        if known is None or known[0]() is not args[0]:
+            self.activations_seen += 1
+            known = (weakref.ref(args[0]), self.activations_seen)
+            self.activations[id(args[0])] = known
+        for dim, start, stop, piece in taken:
+            self.activation_parts[id(piece)] = (weakref.ref(piece), (known[1], dim, start, stop))
 
     def _after(self, t: torch.Tensor) -> int:
         found = self.derived.get(id(t))
@@ -720,6 +765,8 @@ class _FirstUse(TorchFunctionMode):
         self.outputs.clear()
         self.gathers.clear()
         self.derived.clear()
+        self.activation_parts.clear()
+        self.activations.clear()
 
 
 # operations adding gathered rows to what they are a bias of (attention scores, directly or as a mask)
@@ -731,21 +778,16 @@ def _gather_steps(args: tuple, result: torch.Tensor) -> tuple[Step, ...] | None:
     tensor of any rank indexing one dim, the dims before it taken whole (``table[:, index]``, LeViT's
     and EfficientFormer's ``biases[:, idxs]``; ``table[..., index]``), as those after it; None for any
     other indexing."""
-    if len(args) != 2 or not isinstance(args[0], torch.Tensor):
+    full = _index(args, args[0].ndim) if args and isinstance(args[0], torch.Tensor) else None
+    at = [d for d, item in enumerate(full or ()) if isinstance(item, torch.Tensor)]
+    if len(at) != 1 or not all(item == slice(None) for d, item in enumerate(full) if d != at[0]):
         return None
-    items = args[1] if isinstance(args[1], tuple) else (args[1],)
-    at = [k for k, item in enumerate(items) if isinstance(item, torch.Tensor)]
-    if len(at) != 1 or not all(item is Ellipsis or item == slice(None) for k, item in enumerate(items) if k != at[0]) \
-            or sum(item is Ellipsis for item in items) > 1:
-        return None
-    index = items[at[0]]
+    dim, index = at[0], full[at[0]]
     if index.dtype not in (torch.long, torch.int) or index.numel() == 0:
         return None
     rows = index.reshape(-1).tolist()
     if min(rows) < 0:
         return None
-    after = len(items) - at[0] - 1  # dims taken whole after the indexed one
-    dim = args[0].ndim - 1 - after if Ellipsis in items[:at[0]] else at[0]
     flat = ({"op": "gather", "dim": dim, "index": rows},)
     return flat if index.ndim == 1 else (*flat, {"op": "reshape", "shape": list(result.shape)})
 
@@ -779,14 +821,9 @@ def _parts_taken(name: str, args: tuple, kwargs: dict, result: Any) -> list[tupl
         start = args[2] % shape[dim]
         stop = start + (1 if name == "select" else args[3] if len(args) > 3 else 0)
         return [(dim, start, stop, result)] if stop > start else None
-    if name != "getitem" or len(args) != 2:
+    full = _index(args, len(shape)) if name == "getitem" else None
+    if full is None or not all(isinstance(i, (int, slice)) for i in full):
         return None
-    items = args[1] if isinstance(args[1], tuple) else (args[1],)
-    if not all(isinstance(i, (int, slice)) or i is Ellipsis for i in items) or sum(i is Ellipsis for i in items) > 1 \
-            or len(items) - (Ellipsis in items) > len(shape):
-        return None
-    at = items.index(Ellipsis) if Ellipsis in items else len(items)
-    full = [*items[:at], *[slice(None)] * (len(shape) - len(items) + (Ellipsis in items)), *items[at + 1:]]
     cut = [(d, i) for d, (i, n) in enumerate(zip(full, shape)) if not isinstance(i, slice) or i.indices(n) != (0, n, 1)]
     if len(cut) != 1:
         return None
@@ -863,7 +900,7 @@ def _first_uses(model: nn.Module, run: Callable[[nn.Module], Any],
                    overwritten=tuple(recorder.overwritten.get(k, ())), again=again,
                    gathered=recorder.gathered.get(k, ()) if not again else (), after=recorder.after.get(i, -1),
                    kept=recorder.kept.get(k) if not again else None, part=recorder.part_specs.get(k),
-                   in_parts=in_parts.get(k))
+                   in_parts=in_parts.get(k), source_part=recorder.source_parts.get(i))
            if k in shapes else replace(_fused_tensor(k, recorder.fused[k], shapes, kinds, (op, i, src, steps)),
                                        after=recorder.after.get(i, -1))
            for k, op, i, src, steps, again in recorder.uses]
@@ -917,8 +954,8 @@ def _composites(tensors: list[_Tensor], *, stored: bool) -> dict[int, list[tuple
     """For each start index: (end index, composite units) for runs of sibling operations.
 
     Siblings: consecutive operations of the same kind reading the same source tensor (linear
-    layers: any inputs), whose i-th tensors agree in every dim but the first, in the layout the
-    operations read. ``stored``: only
+    layers: any inputs; others: consecutive parts of one, a convolution per group), whose i-th
+    tensors agree in every dim but the first, in the layout the operations read. ``stored``: only
     tensors read as stored (a concat of the stored tensors is the composite).
     """
     ops: list[list[int]] = []
@@ -939,7 +976,8 @@ def _composites(tensors: list[_Tensor], *, stored: bool) -> dict[int, list[tuple
             # linear layers on different inputs may be one fused projection on the other side: a
             # cross-attention's query from one sequence and its keys and values from another
             # (``nn.MultiheadAttention``'s ``in_proj_weight`` against separate ``q`` and ``kv``)
-            same = (t.op == head.op and (t.source == head.source or t.op == "linear")
+            same = (t.op == head.op and (t.source == head.source or t.op == "linear"
+                                         or _next_part(tensors[ops[e - 1][0]], t))
                     and t.after < head.op_index  # a fused operation computes its parts at once: none reads another's
                     and ops[e][0] == ops[e - 1][-1] + 1
                     and all(tensors[a].used_shape[1:] == tensors[b].used_shape[1:] and tensors[a].kind == tensors[b].kind
@@ -956,9 +994,16 @@ def _composites(tensors: list[_Tensor], *, stored: bool) -> dict[int, list[tuple
                 members = tuple(ops[k][pos] for k in range(s, e + 1))
                 first = tensors[members[0]].used_shape
                 units.append(_Unit(members, (sum(tensors[m].used_shape[0] for m in members), *first[1:])))
-            bias = _bias_with_zeros(tensors, ops[s:e + 1]) if stored else None
+            bias = _bias_with_zeros(tensors, ops[s:e + 1])
             out.setdefault(ops[s][0], []).append((ops[e][-1] + 1, units + [bias] * (bias is not None)))
     return out
+
+
+def _next_part(a: _Tensor, b: _Tensor) -> bool:
+    """Whether ``b``'s operation reads the part of an activation right after the part ``a``'s reads
+    (convolutions each on its group of channels, ``x.chunk(g, 1)``, against one grouped convolution)."""
+    return a.source_part is not None and b.source_part is not None and a.source_part[:2] == b.source_part[:2] \
+        and a.source_part[3] == b.source_part[2]
 
 
 def _cuts_siblings(tensors: list[_Tensor], ops: list[list[int]], s: int, e: int) -> bool:
@@ -1000,6 +1045,15 @@ def _bias_with_zeros(tensors: list[_Tensor], ops: list[list[int]]) -> _Unit | No
             zeros.append((start, rows))
         start += rows
     return _Unit(tuple(members), (start,), tuple(zeros))
+
+
+def _past_zeros(start: int, zeros: Iterable[tuple[int, int]]) -> int:
+    """The first row at or after ``start`` outside the blocks ``(start, rows)`` no sibling holds: the
+    reference's rows there (a key bias) are not taken by a sibling layer without bias."""
+    blocks = dict(zeros)
+    while start in blocks:
+        start += blocks[start]
+    return start
 
 
 def _words(key: str) -> set[str]:
@@ -1097,10 +1151,9 @@ def _align(cand: list[_Tensor], ref: list[_Tensor]) -> list[tuple[list[int], lis
                     if k + 1 >= required:
                         push(i + k + 1, end, here + gain, ("concat", i, j, units[:k + 1], list(steps_all)))
             for end, units in comp_c.get(i, ()):  # several candidate tensors from one reference tensor
-                if j + len(units) > m:
-                    continue
+                required = sum(not unit.zeros for unit in units)
                 gain, steps_all = 0.0, []
-                for k, unit in enumerate(units):
+                for k, unit in enumerate(units[:m - j]):
                     r = ref[j + k]
                     c0 = cand[unit.members[0]]
                     weight = _pair_weight(c0, r)
@@ -1109,8 +1162,8 @@ def _align(cand: list[_Tensor], ref: list[_Tensor]) -> list[tuple[list[int], lis
                         break
                     steps_all.append([*r.to_used, *fit[0]])
                     gain += weight * len(unit.members) * (1.0 - fit[1] + _bonus(c0, r))
-                else:
-                    push(end, j + len(units), here + gain, ("slice", i, j, units, steps_all))
+                    if k + 1 >= required:
+                        push(end, j + k + 1, here + gain, ("slice", i, j, units[:k + 1], list(steps_all)))
     out: list[tuple[list[int], list[int], list[Step], str]] = []
     i, j = n, m
     while i > 0 or j > 0:
@@ -1127,8 +1180,11 @@ def _align(cand: list[_Tensor], ref: list[_Tensor]) -> list[tuple[list[int], lis
             for k, unit in enumerate(units):
                 start = 0
                 for member in unit.members:
+                    start = _past_zeros(start, unit.zeros)
                     size = cand[member].used_shape[0]
                     cut = {"op": "slice", "dim": 0, "start": start, "stop": start + size}
+                    if unit.zeros:  # read backward, the rows no sibling holds are the zeros of one without bias
+                        cut["rest"] = 0.0
                     # the fused tensor in the layout the candidate's operations read, cut; then the
                     # member's stored layout
                     steps = simplify_steps([*steps_all[k], cut, *cand[member].from_used()], ref[j0 + k].shape)
@@ -1252,7 +1308,7 @@ def _in_unit_order(cand: list[_Tensor], ref: list[_Tensor], pairs: list) -> tupl
     new order is kept only where it pairs more tensors: same-shaped tensors alone never reorder."""
     if not _unpaired_used(cand, pairs, 0) or not _unpaired_used(ref, pairs, 1):
         return ref, pairs
-    order = _unit_order(_units(cand), _units(ref))
+    order = _unit_order(_units(cand, stored=False), _units(ref, stored=True))
     if order is None:
         return ref, pairs
     moved = [ref[k] for k in order]
@@ -1269,18 +1325,31 @@ def _unpaired_used(tensors: list[_Tensor], pairs: list, side: int) -> set[int]:
     return {k for k, t in enumerate(tensors) if k not in paired and t.op != "<unused>"}
 
 
-def _units(tensors: list[_Tensor]) -> list[tuple[tuple, list[int]]]:
+def _units(tensors: list[_Tensor], *, stored: bool) -> list[tuple[tuple, list[int]]]:
     """Runs of consecutive tensors of one module, each with its signature: its tensors' kinds and
-    shapes without unit dims (a 1x1 convolution against a linear layer)."""
-    runs: list[tuple[str, list[int]]] = []
+    shapes without unit dims (a 1x1 convolution against a linear layer). Layers reading consecutive
+    parts of one input (a convolution per group) are one unit, of their composite's signature: the
+    twin of the one layer the other side reads the whole with."""
+    label: dict[int, Any] = {}
+    shapes: dict[int, tuple] = {}
+    for start, runs in _composites(tensors, stored=stored).items():
+        if tensors[start].source_part is None:
+            continue
+        end, parts = max(runs, key=lambda run: run[0])
+        label.update({k: ("parts", start) for k in range(start, end)})
+        shapes[start] = tuple((tensors[u.members[0]].kind, u.shape) for u in parts)
+    runs: list[tuple[Any, list[int]]] = []
     for k, t in enumerate(tensors):
-        owner = owner_of(_stored_keys(t)[0])
+        owner = label.get(k, owner_of(_stored_keys(t)[0]))
         if runs and runs[-1][0] == owner:
             runs[-1][1].append(k)
         else:
             runs.append((owner, [k]))
-    return [(tuple((tensors[k].kind, tuple(d for d in tensors[k].used_shape if d != 1)) for k in members), members)
-            for _, members in runs]
+    out = []
+    for owner, members in runs:
+        held = shapes[owner[1]] if isinstance(owner, tuple) else [(tensors[k].kind, tensors[k].used_shape) for k in members]
+        out.append((tuple((kind, tuple(d for d in shape if d != 1)) for kind, shape in held), members))
+    return out
 
 
 def _unit_order(cand_units: list[tuple[tuple, list[int]]],
@@ -1563,20 +1632,15 @@ def _in_operand_order(entries: list[Entry], cand: list[_Tensor], ref: list[_Tens
     them same-shaped tensors of the other side, the k-th operand takes the k-th of those in that
     side's order of use. Not where each already takes a tensor of its own name (names settled it)."""
     entries = list(entries)
-    at: tuple[dict[str, list[int]], dict[str, list[int]]] = ({}, {})  # per side: key -> the entries naming it
-    for k, e in enumerate(entries):
-        at[0].setdefault(e.candidate, []).append(k)
-        for key in e.reference:
-            at[1].setdefault(key, []).append(k)
     order = [{t.key: k for k, t in enumerate(tensors) if not t.again} for tensors in (cand, ref)]
     for side, tensors in ((0, cand), (1, ref)):
         for keys in _join_groups(tensors):
+            at = _naming(entries)  # afresh: a group before may have moved sources this one holds
             members = [at[side].get(key, []) for key in keys]
             if any(len(m) != 1 for m in members) or len({m[0] for m in members}) != len(members):
                 continue
             chosen = [entries[m[0]] for m in members]
-            if any(len(e.reference) != 1 or e.shape != chosen[0].shape or e.reference_shapes != chosen[0].reference_shapes
-                   for e in chosen) or all(_leaf(e.candidate) == _leaf(e.reference[0]) for e in chosen):
+            if not _alike(chosen) or all(_leaf(e.candidate) == _leaf(e.reference[0]) for e in chosen):
                 continue
             # the other side's tensors these take, in that side's order of use, and where each sits now
             partners = sorted(chosen, key=lambda e: order[1 - side].get(e.reference[0] if side == 0 else e.candidate,
@@ -1589,6 +1653,23 @@ def _in_operand_order(entries: list[Entry], cand: list[_Tensor], ref: list[_Tens
                     k = at[0][target.candidate][0]
                     entries[k] = _with_sources(target, e)
     return entries
+
+
+def _naming(entries: list[Entry]) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """Per side (candidate, reference): key -> the indices of the entries naming it."""
+    at: tuple[dict[str, list[int]], dict[str, list[int]]] = ({}, {})
+    for k, e in enumerate(entries):
+        at[0].setdefault(e.candidate, []).append(k)
+        for key in e.reference:
+            at[1].setdefault(key, []).append(k)
+    return at
+
+
+def _alike(chosen: list[Entry]) -> bool:
+    """Whether entries each take one reference tensor, all of one shape from one shape: they may
+    exchange their sources."""
+    return all(len(e.reference) == 1 and e.shape == chosen[0].shape and e.reference_shapes == chosen[0].reference_shapes
+               for e in chosen)
 
 
 def _whole_of_parts(entries: list[Entry], cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], used_r: set[int],
@@ -2928,9 +3009,7 @@ def _reordered(entries: list[Entry], order: _Order) -> list[Entry] | None:
     if order.kind == "operands":
         at = {e.candidate: k for k, e in enumerate(entries)}
         members = [at.get(order.prefix + owner) for owner in order.owners]
-        if None in members or any(len(entries[m].reference) != 1 or entries[m].shape != entries[members[0]].shape
-                                  or entries[m].reference_shapes != entries[members[0]].reference_shapes
-                                  for m in members):
+        if None in members or not _alike([entries[m] for m in members]):
             return None
         changed = list(entries)
         for k, m in enumerate(members):
