@@ -974,6 +974,9 @@ def _fold_attention(rec: OpRecorder) -> list[Op]:
             outputs=m2.outputs, scope=m2.scope, mask=_added_mask(rec, s, m1, after) if mask else None,
             mask_params=tuple(dict.fromkeys(n for m in mask for n in m.params.values())),
             query_axes=_query_axes(m1.equation))
+        for m in mask:  # a bias built from its table by ops of its own is that mask too
+            composites[m2.index].mask_params += _absorb_built(rec, m.input_ids[1:], m.index,
+                                                              composites[m2.index].mask_params)
         for op in (m1, s, m2, *path, *written):
             op.absorbed = True
     stream = []
@@ -1583,10 +1586,38 @@ def _take_mask(rec: OpRecorder, op: Op) -> None:
     for _ in range(_MASKS):
         found = tensor_id is not None and _walk_back(rec, tensor_id, [], [], mask=None, before=before)
         if not found or found.name != "add" or len(found.input_ids) + len(found.params) != 2:
-            return
+            break
         found.absorbed = True  # a bias plus a window mask, summed for the fused call
         op.mask_params += tuple(n for n in found.params.values() if n not in op.mask_params)
+        op.mask_params += _absorb_built(rec, found.input_ids[1:], found.index, op.mask_params)
         tensor_id, before = found.input_ids[0], found.index
+    if tensor_id is not None:
+        op.mask_params += _absorb_built(rec, [tensor_id], before, op.mask_params)
+
+
+_BUILT_OPS = 16  # ops that build a bias from parameters alone, at most (gathers, einsums, views)
+
+
+def _absorb_built(rec: OpRecorder, tensor_ids: list[int], before: int, named: tuple[str, ...]) -> tuple[str, ...]:
+    """Where ``tensor_ids`` are computed from parameters and constants alone (a relative position
+    bias gathered from its table by einsums with one-hot lookups), the ops computing them absorbed
+    into the attention that adds them to its scores: they are its mask, compared by value, which the
+    other side may take from its table by indexing, no op at all. The parameters they read, those
+    not in ``named``; () where a model input reaches them."""
+    ops: dict[int, Op] = {}
+    todo = [(tid, before) for tid in tensor_ids]
+    while todo:
+        tid, until = todo.pop()
+        op = rec.producer(tid, until)
+        if op is None or len(ops) >= _BUILT_OPS:
+            return ()  # a model input (or a tensor of unknown origin): computed from the data
+        if op.index not in ops:
+            ops[op.index] = op
+            todo += [(i, op.index) for i in op.input_ids]
+    for op in ops.values():
+        op.absorbed = True
+    read = (n for op in sorted(ops.values(), key=lambda o: o.index) for n in op.params.values())
+    return tuple(n for n in dict.fromkeys(read) if n not in named and not _is_constant(n))
 
 
 def record_values(module: nn.Module, args: tuple, kwargs: dict) -> list[torch.Tensor]:
