@@ -2440,6 +2440,48 @@ def _mask_findings(module: str, c: Op, r: Op, tol: Tolerance) -> list[dict]:
                      ", ".join(r.mask_params) or "attn_mask", text)]
 
 
+def _folded_norm_findings(where: str, mul: Op, r: Op, rec: OpRecorder) -> list[dict]:
+    """A batch norm folded ahead of time into a stored scale and shift, ``x * scale + shift``, in
+    the place of the reference's batch norm in eval mode: each of the two holding other values than
+    the norm folds into, ``weight / sqrt(running_var + eps)`` and ``bias - running_mean * scale``,
+    by channel, beyond the rounding of the dtype the candidate stores them in; [] where ``mul`` opens
+    no such fold or it holds what the norm folds into."""
+    if mul.name != "mul" or len(mul.params) != 1 or r.name != "batch_norm" or r.args.get("training"):
+        return []
+    add = next((op for op in rec.ops[mul.index + 1:] if mul.out_ids[0] in op.input_ids), None)
+    if add is None or add.name != "add" or len(add.params) != 1 or add.input_ids != mul.out_ids[:1]:
+        return []
+    mean, var = (r.operands.get(k) for k in ("running_mean", "running_var"))
+    if mean is None or var is None:
+        return []
+    weight, bias = (r.operands[k].double().flatten() if k in r.operands else None for k in ("weight", "bias"))
+    scale = (var.double().flatten() + r.args.get("eps", 1e-5)).rsqrt() * (weight if weight is not None else 1)
+    folded = {"scale": (scale, "weight / sqrt(running_var + eps)"),
+              "shift": ((bias if bias is not None else 0) - mean.double().flatten() * scale,
+                        "bias - running_mean * scale")}
+    stored = rec.recast[1] if rec.recast is not None else mul.param_values[next(iter(mul.params))].dtype
+    rtol = 4 * torch.finfo(stored).eps if stored.is_floating_point else 0.0
+    out = []
+    for op, role in ((mul, "scale"), (add, "shift")):
+        key, name = next(iter(op.params.items()))
+        held, (want, how) = op.param_values[key].double().flatten(), folded[role]
+        if held.shape != want.shape:
+            return []
+        wrong = ~torch.isclose(held, want, rtol=rtol, atol=rtol * want.abs().max().item())
+        if wrong.any():
+            at = wrong.nonzero().flatten().tolist()
+            shown = ", ".join(map(str, at[:_CHANNELS_SHOWN])) + (", ..." if len(at) > _CHANNELS_SHOWN else "")
+            text = (f"{where}: {op.name} operand {name}, the {role} of a batch norm folded ahead of time, holds "
+                    f"other values than the reference's batch norm ({', '.join(r.params.values())}) folds into, "
+                    f"{how}, at {len(at)} of {held.numel()} channels ([{shown}]; max_abs difference "
+                    f"{(held - want).abs().max().item():.3e})")
+            out.append(_finding(where, "argument", op.name, name, f"{name} (other values)", f"{role} folded", text))
+    return out
+
+
+_CHANNELS_SHOWN = 4  # channels named in a finding, at most
+
+
 def _masked(mask: torch.Tensor) -> torch.Tensor:
     """Where an additive mask masks: ``-inf``, or a value as low as a port writes for it (the dtype's minimum)."""
     return ~torch.isfinite(mask) | (mask <= torch.finfo(mask.dtype).min / 2)
@@ -3369,7 +3411,7 @@ def _replaced_findings(module: str, cs: list[Op], rs: list[Op], j1: int, cand: _
                 ((found or after_replaced) and _inputs_differ(c, r, cand, ref, tol)):
             continue
         where = _scoped(module, c)
-        if c.params and r.params and (held := operands(where, c, r)):
+        if c.params and r.params and (held := _folded_norm_findings(where, c, r, cand.rec) or operands(where, c, r)):
             found += held
         else:
             found.append(_finding(where, "op", c.name, None, c.name, r.name,
@@ -3402,6 +3444,8 @@ def _written_out(module: str, span: list[Op], rs: list[Op], j: int, cand: _Side,
     basis = f"{_difference(span[-1].outputs[:1], expected)} from the reference's {r.name}{_call_args(r)}" \
         + (" on the same input" if rerun else "")
     place = _where(rs, j, replaced=True)
+    if folded := _folded_norm_findings(where, span[0], r, cand.rec):
+        return None, folded
     variants = [v for recognize in _VARIANTS.get(r.name, ()) for v in recognize(span, r, cand.rec)]
     held = [f for c, twin in _run_param_pairs(span, r) for f in operands(_scoped(module, c), c, twin)] \
         if not variants else []
