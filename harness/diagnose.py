@@ -2968,20 +2968,23 @@ def _other_part(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Toleran
 def _other_source(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance, ref_base: str) -> list[dict]:
     """An input holding what another computing op of the reference gives than the one whose result
     the reference's op reads (through layout ops): a SwiGLU's activation applied to the up
-    projection where the reference applies it to the gate, the two halves swapped."""
+    projection where the reference applies it to the gate, the two halves swapped; or where the
+    reference's op reads the module's own input (a position added to the value's input too)."""
     for c_id, r_id in zip(c.input_ids, r.input_ids):
-        a, b = cand.rec.value(c_id, c.index), ref.rec.value(r_id, r.index)
+        a, b = cand.rec.value(c_id, c.index), ref.rec.passed(r_id, r.index)
         own = _source(ref.rec, r_id, r.index)
-        if a is None or b is None or own is None or _outputs_agree([a], [b], tol):
+        if a is None or b is None or (own is None and r_id not in ref.rec.given) or _outputs_agree([a], [b], tol):
             continue
-        before = _upstream(ref.rec, own)  # what the reference's own source computes from: a missing op's input
+        before = _upstream(ref.rec, own) if own is not None else set()  # a missing op's input
         other = next((op for op in reversed(ref.rec.ops[:r.index]) if op.kind == "compute" and op is not own
                       and op.index not in before and any(_outputs_agree([a], [o], tol) for o in op.outputs)), None)
         if other is not None:
+            reads, why = (f"what its {_producer_text(ref_base, own)} gives", "the two swapped?") if own is not None \
+                else ("the module's input", f"{other.name} applied to it too?")
             text = (f"{module}: {c.name} reads what the reference's {_producer_text(ref_base, other)} gives, where "
-                    f"the reference's {r.name} reads what its {_producer_text(ref_base, own)} gives (the two swapped?)")
-            return [_finding(module, "argument", c.name, "input", _scoped(ref_base, other), _scoped(ref_base, own),
-                             text)]
+                    f"the reference's {r.name} reads {reads} ({why})")
+            return [_finding(module, "argument", c.name, "input", _scoped(ref_base, other),
+                             _scoped(ref_base, own) if own is not None else "input", text)]
     return []
 
 
@@ -3311,7 +3314,7 @@ def _fused(group: list[Op], side: _Side, other: _Side, tol: Tolerance, expected:
             # one input is no proof alone: a later op reading it may merely have as many outputs
             same_input = x is not None and y is not None and x.numel() == y.numel() \
                 and sorted(twin.outputs[0].shape) == sorted(cat.shape) and _outputs_agree([x], [y], tol)
-            if same_input or _stacked_parameters(group, twin) or _outputs_agree([cat], twin.outputs[:1], tol):
+            if same_input or _stacked_parameters(group, twin, expected, into_other) or _outputs_agree([cat], twin.outputs[:1], tol):
                 return _fused_op(group, cat)
     return None
 
@@ -3357,16 +3360,34 @@ def _rows_at(rows: torch.Tensor, fused: torch.Tensor) -> int | None:
     return next((a for a in range(0, fused.shape[0] - n + 1, n) if torch.equal(fused[a:a + n], rows)), None)
 
 
-def _stacked_parameters(group: list[Op], twin: Op) -> bool:
+def _stacked_parameters(group: list[Op], twin: Op, expected: Expected | None = None, into_other: bool = False) -> bool:
     """Whether ``twin``'s parameters are ``group``'s stacked, shape by shape (``qkv.weight`` for
-    ``q``, ``k`` and ``v``'s): the pairing then holds through the weights, as the module alignment's
-    does, whatever error the input already carries from upstream."""
+    ``q``, ``k`` and ``v``'s), and, where the weight map says, its rows theirs: the pairing then holds
+    through the weights, as the module alignment's does, whatever error the input already carries
+    from upstream (``expected``, ``into_other``: as for :func:`_in_mapped_order`)."""
     keys = set(twin.params).intersection(*(g.params for g in group))  # a bias may be computed on one side
     for key in keys:
         parts, value = [g.param_values[key] for g in group], twin.param_values[key]
         if any(p.shape[1:] != value.shape[1:] for p in parts) or sum(p.shape[0] for p in parts) != value.shape[0]:
             return False
-    return bool(keys)
+    mapped = _mapped_rows(group, twin, expected, into_other) if keys else None
+    return bool(keys) if mapped is None else mapped
+
+
+def _mapped_rows(group: list[Op], twin: Op, expected: Expected | None, into_other: bool) -> bool | None:
+    """Whether the weight map fills ``twin``'s weight with the rows of ``group``'s, each somewhere
+    (rows a port holds swapped still stack); None where it does not say. An op of the same shape
+    that the map fills from other tensors (an MLP's first linear, as wide as a fused q and k) is
+    no fused twin of sibling projections."""
+    if expected is None or "weight" not in twin.params or any("weight" not in g.params for g in group):
+        return None
+    if into_other:
+        fused, members = expected(twin.params["weight"]), [g.param_values["weight"] for g in group]
+    else:
+        fused, members = twin.param_values["weight"], [expected(g.params["weight"]) for g in group]
+    if fused is None or any(m is None or m.shape[1:] != fused.shape[1:] for m in members):
+        return None
+    return all(_rows_at(m, fused) is not None for m in members)
 
 
 def _fused_op(group: list[Op], output: torch.Tensor) -> Op:
