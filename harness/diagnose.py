@@ -974,6 +974,9 @@ def _fold_attention(rec: OpRecorder) -> list[Op]:
             outputs=m2.outputs, scope=m2.scope, mask=_added_mask(rec, s, m1, after) if mask else None,
             mask_params=tuple(dict.fromkeys(n for m in mask for n in m.params.values())),
             query_axes=_query_axes(m1.equation))
+        for m in mask:  # a bias built from its table by ops of its own is that mask too
+            composites[m2.index].mask_params += _absorb_built(rec, m.input_ids[1:], m.index,
+                                                              composites[m2.index].mask_params)
         for op in (m1, s, m2, *path, *written):
             op.absorbed = True
     stream = []
@@ -1583,10 +1586,38 @@ def _take_mask(rec: OpRecorder, op: Op) -> None:
     for _ in range(_MASKS):
         found = tensor_id is not None and _walk_back(rec, tensor_id, [], [], mask=None, before=before)
         if not found or found.name != "add" or len(found.input_ids) + len(found.params) != 2:
-            return
+            break
         found.absorbed = True  # a bias plus a window mask, summed for the fused call
         op.mask_params += tuple(n for n in found.params.values() if n not in op.mask_params)
+        op.mask_params += _absorb_built(rec, found.input_ids[1:], found.index, op.mask_params)
         tensor_id, before = found.input_ids[0], found.index
+    if tensor_id is not None:
+        op.mask_params += _absorb_built(rec, [tensor_id], before, op.mask_params)
+
+
+_BUILT_OPS = 16  # ops that build a bias from parameters alone, at most (gathers, einsums, views)
+
+
+def _absorb_built(rec: OpRecorder, tensor_ids: list[int], before: int, named: tuple[str, ...]) -> tuple[str, ...]:
+    """Where ``tensor_ids`` are computed from parameters and constants alone (a relative position
+    bias gathered from its table by einsums with one-hot lookups), the ops computing them absorbed
+    into the attention that adds them to its scores: they are its mask, compared by value, which the
+    other side may take from its table by indexing, no op at all. The parameters they read, those
+    not in ``named``; () where a model input reaches them."""
+    ops: dict[int, Op] = {}
+    todo = [(tid, before) for tid in tensor_ids]
+    while todo:
+        tid, until = todo.pop()
+        op = rec.producer(tid, until)
+        if op is None or len(ops) >= _BUILT_OPS:
+            return ()  # a model input (or a tensor of unknown origin): computed from the data
+        if op.index not in ops:
+            ops[op.index] = op
+            todo += [(i, op.index) for i in op.input_ids]
+    for op in ops.values():
+        op.absorbed = True
+    read = (n for op in sorted(ops.values(), key=lambda o: o.index) for n in op.params.values())
+    return tuple(n for n in dict.fromkeys(read) if n not in named and not _is_constant(n))
 
 
 def record_values(module: nn.Module, args: tuple, kwargs: dict) -> list[torch.Tensor]:
@@ -2409,6 +2440,48 @@ def _mask_findings(module: str, c: Op, r: Op, tol: Tolerance) -> list[dict]:
                      ", ".join(r.mask_params) or "attn_mask", text)]
 
 
+def _folded_norm_findings(where: str, mul: Op, r: Op, rec: OpRecorder) -> list[dict]:
+    """A batch norm folded ahead of time into a stored scale and shift, ``x * scale + shift``, in
+    the place of the reference's batch norm in eval mode: each of the two holding other values than
+    the norm folds into, ``weight / sqrt(running_var + eps)`` and ``bias - running_mean * scale``,
+    by channel, beyond the rounding of the dtype the candidate stores them in; [] where ``mul`` opens
+    no such fold or it holds what the norm folds into."""
+    if mul.name != "mul" or len(mul.params) != 1 or r.name != "batch_norm" or r.args.get("training"):
+        return []
+    add = next((op for op in rec.ops[mul.index + 1:] if mul.out_ids[0] in op.input_ids), None)
+    if add is None or add.name != "add" or len(add.params) != 1 or add.input_ids != mul.out_ids[:1]:
+        return []
+    mean, var = (r.operands.get(k) for k in ("running_mean", "running_var"))
+    if mean is None or var is None:
+        return []
+    weight, bias = (r.operands[k].double().flatten() if k in r.operands else None for k in ("weight", "bias"))
+    scale = (var.double().flatten() + r.args.get("eps", 1e-5)).rsqrt() * (weight if weight is not None else 1)
+    folded = {"scale": (scale, "weight / sqrt(running_var + eps)"),
+              "shift": ((bias if bias is not None else 0) - mean.double().flatten() * scale,
+                        "bias - running_mean * scale")}
+    stored = rec.recast[1] if rec.recast is not None else mul.param_values[next(iter(mul.params))].dtype
+    rtol = 4 * torch.finfo(stored).eps if stored.is_floating_point else 0.0
+    out = []
+    for op, role in ((mul, "scale"), (add, "shift")):
+        key, name = next(iter(op.params.items()))
+        held, (want, how) = op.param_values[key].double().flatten(), folded[role]
+        if held.shape != want.shape:
+            return []
+        wrong = ~torch.isclose(held, want, rtol=rtol, atol=rtol * want.abs().max().item())
+        if wrong.any():
+            at = wrong.nonzero().flatten().tolist()
+            shown = ", ".join(map(str, at[:_CHANNELS_SHOWN])) + (", ..." if len(at) > _CHANNELS_SHOWN else "")
+            text = (f"{where}: {op.name} operand {name}, the {role} of a batch norm folded ahead of time, holds "
+                    f"other values than the reference's batch norm ({', '.join(r.params.values())}) folds into, "
+                    f"{how}, at {len(at)} of {held.numel()} channels ([{shown}]; max_abs difference "
+                    f"{(held - want).abs().max().item():.3e})")
+            out.append(_finding(where, "argument", op.name, name, f"{name} (other values)", f"{role} folded", text))
+    return out
+
+
+_CHANNELS_SHOWN = 4  # channels named in a finding, at most
+
+
 def _masked(mask: torch.Tensor) -> torch.Tensor:
     """Where an additive mask masks: ``-inf``, or a value as low as a port writes for it (the dtype's minimum)."""
     return ~torch.isfinite(mask) | (mask <= torch.finfo(mask.dtype).min / 2)
@@ -2895,20 +2968,23 @@ def _other_part(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Toleran
 def _other_source(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance, ref_base: str) -> list[dict]:
     """An input holding what another computing op of the reference gives than the one whose result
     the reference's op reads (through layout ops): a SwiGLU's activation applied to the up
-    projection where the reference applies it to the gate, the two halves swapped."""
+    projection where the reference applies it to the gate, the two halves swapped; or where the
+    reference's op reads the module's own input (a position added to the value's input too)."""
     for c_id, r_id in zip(c.input_ids, r.input_ids):
-        a, b = cand.rec.value(c_id, c.index), ref.rec.value(r_id, r.index)
+        a, b = cand.rec.value(c_id, c.index), ref.rec.passed(r_id, r.index)
         own = _source(ref.rec, r_id, r.index)
-        if a is None or b is None or own is None or _outputs_agree([a], [b], tol):
+        if a is None or b is None or (own is None and r_id not in ref.rec.given) or _outputs_agree([a], [b], tol):
             continue
-        before = _upstream(ref.rec, own)  # what the reference's own source computes from: a missing op's input
+        before = _upstream(ref.rec, own) if own is not None else set()  # a missing op's input
         other = next((op for op in reversed(ref.rec.ops[:r.index]) if op.kind == "compute" and op is not own
                       and op.index not in before and any(_outputs_agree([a], [o], tol) for o in op.outputs)), None)
         if other is not None:
+            reads, why = (f"what its {_producer_text(ref_base, own)} gives", "the two swapped?") if own is not None \
+                else ("the module's input", f"{other.name} applied to it too?")
             text = (f"{module}: {c.name} reads what the reference's {_producer_text(ref_base, other)} gives, where "
-                    f"the reference's {r.name} reads what its {_producer_text(ref_base, own)} gives (the two swapped?)")
-            return [_finding(module, "argument", c.name, "input", _scoped(ref_base, other), _scoped(ref_base, own),
-                             text)]
+                    f"the reference's {r.name} reads {reads} ({why})")
+            return [_finding(module, "argument", c.name, "input", _scoped(ref_base, other),
+                             _scoped(ref_base, own) if own is not None else "input", text)]
     return []
 
 
@@ -3238,7 +3314,7 @@ def _fused(group: list[Op], side: _Side, other: _Side, tol: Tolerance, expected:
             # one input is no proof alone: a later op reading it may merely have as many outputs
             same_input = x is not None and y is not None and x.numel() == y.numel() \
                 and sorted(twin.outputs[0].shape) == sorted(cat.shape) and _outputs_agree([x], [y], tol)
-            if same_input or _stacked_parameters(group, twin) or _outputs_agree([cat], twin.outputs[:1], tol):
+            if same_input or _stacked_parameters(group, twin, expected, into_other) or _outputs_agree([cat], twin.outputs[:1], tol):
                 return _fused_op(group, cat)
     return None
 
@@ -3284,16 +3360,34 @@ def _rows_at(rows: torch.Tensor, fused: torch.Tensor) -> int | None:
     return next((a for a in range(0, fused.shape[0] - n + 1, n) if torch.equal(fused[a:a + n], rows)), None)
 
 
-def _stacked_parameters(group: list[Op], twin: Op) -> bool:
+def _stacked_parameters(group: list[Op], twin: Op, expected: Expected | None = None, into_other: bool = False) -> bool:
     """Whether ``twin``'s parameters are ``group``'s stacked, shape by shape (``qkv.weight`` for
-    ``q``, ``k`` and ``v``'s): the pairing then holds through the weights, as the module alignment's
-    does, whatever error the input already carries from upstream."""
+    ``q``, ``k`` and ``v``'s), and, where the weight map says, its rows theirs: the pairing then holds
+    through the weights, as the module alignment's does, whatever error the input already carries
+    from upstream (``expected``, ``into_other``: as for :func:`_in_mapped_order`)."""
     keys = set(twin.params).intersection(*(g.params for g in group))  # a bias may be computed on one side
     for key in keys:
         parts, value = [g.param_values[key] for g in group], twin.param_values[key]
         if any(p.shape[1:] != value.shape[1:] for p in parts) or sum(p.shape[0] for p in parts) != value.shape[0]:
             return False
-    return bool(keys)
+    mapped = _mapped_rows(group, twin, expected, into_other) if keys else None
+    return bool(keys) if mapped is None else mapped
+
+
+def _mapped_rows(group: list[Op], twin: Op, expected: Expected | None, into_other: bool) -> bool | None:
+    """Whether the weight map fills ``twin``'s weight with the rows of ``group``'s, each somewhere
+    (rows a port holds swapped still stack); None where it does not say. An op of the same shape
+    that the map fills from other tensors (an MLP's first linear, as wide as a fused q and k) is
+    no fused twin of sibling projections."""
+    if expected is None or "weight" not in twin.params or any("weight" not in g.params for g in group):
+        return None
+    if into_other:
+        fused, members = expected(twin.params["weight"]), [g.param_values["weight"] for g in group]
+    else:
+        fused, members = twin.param_values["weight"], [expected(g.params["weight"]) for g in group]
+    if fused is None or any(m is None or m.shape[1:] != fused.shape[1:] for m in members):
+        return None
+    return all(_rows_at(m, fused) is not None for m in members)
 
 
 def _fused_op(group: list[Op], output: torch.Tensor) -> Op:
@@ -3338,7 +3432,7 @@ def _replaced_findings(module: str, cs: list[Op], rs: list[Op], j1: int, cand: _
                 ((found or after_replaced) and _inputs_differ(c, r, cand, ref, tol)):
             continue
         where = _scoped(module, c)
-        if c.params and r.params and (held := operands(where, c, r)):
+        if c.params and r.params and (held := _folded_norm_findings(where, c, r, cand.rec) or operands(where, c, r)):
             found += held
         else:
             found.append(_finding(where, "op", c.name, None, c.name, r.name,
@@ -3371,6 +3465,8 @@ def _written_out(module: str, span: list[Op], rs: list[Op], j: int, cand: _Side,
     basis = f"{_difference(span[-1].outputs[:1], expected)} from the reference's {r.name}{_call_args(r)}" \
         + (" on the same input" if rerun else "")
     place = _where(rs, j, replaced=True)
+    if folded := _folded_norm_findings(where, span[0], r, cand.rec):
+        return None, folded
     variants = [v for recognize in _VARIANTS.get(r.name, ()) for v in recognize(span, r, cand.rec)]
     held = [f for c, twin in _run_param_pairs(span, r) for f in operands(_scoped(module, c), c, twin)] \
         if not variants else []
