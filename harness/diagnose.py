@@ -4455,7 +4455,8 @@ def diagnose(match: Any, root: nn.Module | None = None, weights: Any = None) -> 
     received, given = (next(iter(flatten_tensors(side).values()), None) for side in (own, (ref.args, ref.kwargs)))
     fed = received is not None and given is not None and received.is_floating_point() and not _near(received, given)
     findings = diagnose_modules(cand.module, ref.module, ref.args, ref.kwargs, name=cand.name,
-                                candidate_inputs=None if same_structure else _given_reference_tensors(own, ref),
+                                candidate_inputs=None if same_structure and not _kept_shape_relaid(own, ref)
+                                else _given_reference_tensors(own, ref),
                                 root=root,
                                 expected=_mapped(weights, root, cand.name), ref_name=ref.name,
                                 received=received if fed else None)
@@ -4493,11 +4494,22 @@ def _given_reference_tensors(own: tuple[tuple, dict], ref: Any) -> tuple[tuple, 
 def _in_layout_of(theirs: torch.Tensor, mine: torch.Tensor, *, near: bool = True) -> torch.Tensor | None:
     """The reference's tensor brought into the layout of the candidate's, where it then holds near
     values (``near=False``: in its closest layout, whatever its values); None otherwise."""
-    if theirs.shape != mine.shape and theirs.dtype == mine.dtype and theirs.is_floating_point():
-        adapter = find_adapter(theirs, mine, remember=False)
+    if theirs.dtype == mine.dtype and theirs.is_floating_point() and (theirs.shape != mine.shape or not _near(mine, theirs)):
+        # of one shape, a permutation keeping it (NHWC against NCHW when C == H == W) may relate them
+        adapter = find_adapter(theirs, mine, same_shape=theirs.shape == mine.shape, remember=False)
         if adapter is not None:  # laid out in memory as the candidate's own (clone keeps its strides)
-            theirs = mine.clone().copy_(adapter.apply(theirs))
+            relaid = mine.clone().copy_(adapter.apply(theirs))
+            theirs = relaid if theirs.shape != mine.shape or _near(mine, relaid) else theirs
     return theirs if _near(mine, theirs) or not near and theirs.shape == mine.shape else None
+
+
+def _kept_shape_relaid(own: tuple[tuple, dict], ref: Any) -> bool:
+    """Whether a tensor the candidate received holds the reference's of one shape only through a
+    permutation keeping that shape (an NHWC block against an NCHW one where C == H == W): given as
+    it is, the reference's would be read in the wrong layout, and the re-run's first ops differ."""
+    pairs = zip(flatten_tensors(own).values(), flatten_tensors((ref.args, ref.kwargs)).values())
+    return any(a.is_floating_point() and a.shape == b.shape and not _near(a, b) and _near(a, _in_layout_of(b, a, near=False))
+               for a, b in pairs)
 
 
 def _near(a: torch.Tensor, b: torch.Tensor) -> bool:
