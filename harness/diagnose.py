@@ -3685,6 +3685,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             # twins returning other layouts: a reshape or permute one writes only spells its layout; the
             # values it leaves reordered are the fault (of one layout, one side's reshape missing is)
             found = _rearranged_output(module, cand, ref, tol) or found
+        found = _respelled_layout(module, found, cand, ref, tol, last_c, last_r)
         if found and found[0]["argument"] == _JOINED:  # branches joined in another order
             # returned as joined, the output's reordering says which channels moved where; moved again after
             # the join (a channel shuffle), it says less than the join does
@@ -3694,6 +3695,21 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             module, "value", None, None, None, None,
             f"{module}: every operation agrees with the reference, the returned value does not")]
     return []
+
+
+def _respelled_layout(module: str, found: list[dict], cand: _Side, ref: _Side, tol: Tolerance, c_lo: int,
+                      r_lo: int) -> list[dict]:
+    """``found`` at the output, where it names a layout op one side writes and the other spells
+    with ops of other names (a channel shuffle as a gather against view, transpose, view): that op
+    is the port's spelling, also in the correct port; what it does to the values, the reference's
+    returned reordered, is the finding. A layout op one side alone writes (a shuffle left out) stays."""
+    if not found or found[0]["kind"] not in ("extra_op", "missing_op") or found[0]["op"] not in LAYOUT:
+        return found
+    mine = Counter(op.name for op in _layout_between(cand, c_lo, len(cand.rec.ops)))
+    theirs = Counter(op.name for op in _layout_between(ref, r_lo, len(ref.rec.ops)))
+    if not (mine - theirs and theirs - mine):
+        return found
+    return _rearranged_output(module, cand, ref, tol) or found
 
 
 def _rejoined(cs: list[Op], rs: list[Op], p: int, q: int, cand: _Side, ref: _Side,

@@ -73,3 +73,56 @@ def test_a_dropped_residual_on_a_square_channels_last_map_is_the_finding_not_its
     assert report.culprit == "block", f"culprit {report.culprit!r}, expected 'block'"
     first = report.diagnosis[0] if report.diagnosis else {}
     assert (first.get("kind"), first.get("op")) == ("missing_op", "add"), findings_text(report.diagnosis)
+
+
+class _ShuffledUnit(nn.Module):
+    """Two branches joined, then their channels interleaved as a channel shuffle of two groups does
+    (torchvision's view, transpose, view)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left, self.right = nn.Conv2d(C, C, 1), nn.Conv2d(C, C, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.cat([self.left(x), self.right(x)], dim=1)
+        b, c, h, w = out.shape
+        return out.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+class _IndexShuffledUnit(_ShuffledUnit):
+    """The same shuffle as a gather of the channels at the interleaving permutation; ``inverse``:
+    at its inverse, which takes the shuffled channels back."""
+
+    inverse = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.cat([self.left(x), self.right(x)], dim=1)
+        order = torch.arange(out.shape[1]).view(2, -1)
+        return out[:, (order if self.inverse else order.t()).reshape(-1)]
+
+
+class _ShuffleNet(nn.Module):
+    def __init__(self, unit: type[nn.Module]) -> None:
+        super().__init__()
+        self.stem, self.unit, self.head = nn.Conv2d(3, C, 1), unit(), nn.Conv2d(2 * C, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.unit(self.stem(x)))
+
+
+def _compare_shuffles(change=lambda cand: None):
+    ref = _ShuffleNet(_ShuffledUnit).double().eval()
+    x = torch.randn(1, 3, 6, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    return compare_port(_ShuffleNet(_IndexShuffledUnit).double().eval(), ref, x, change)
+
+
+def test_a_channel_shuffle_written_as_a_gather_passes() -> None:
+    report = _compare_shuffles()
+    assert report.passed, report.format()
+
+
+def test_an_inverse_channel_shuffle_names_the_channels_it_moves_not_its_gather() -> None:
+    report = _compare_shuffles(lambda cand: setattr(cand.unit, "inverse", True))
+    assert report.culprit == "unit", f"culprit {report.culprit!r}, expected 'unit'"
+    first = report.diagnosis[0]["text"] if report.diagnosis else ""
+    assert "another order" in first and "along dim 1" in first, findings_text(report.diagnosis)
