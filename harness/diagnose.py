@@ -13,7 +13,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    keeps its self-attention path); a candidate taking other flags or keyword names gets the reference's
    tensors in its own arguments where they pair one to one (one it passes several times counted
    once), brought into its layout (NHWC against
-   NCHW; where an error from upstream leaves its own inputs near no layout of the reference's,
+   NCHW, of one shape too where C == H == W and only that permutation holds its own input's
+   values; where an error from upstream leaves its own inputs near no layout of the reference's,
    the closest, each tensor pairing with the one of its size). A culprit without a twin, fed other values than its twin (windows its block did not
    shift), a map of another size (padded by its parent before it), or one its twin receives
    shifted (a rolling layout relates them: the twin's parent shifts, the culprit itself), is explained
@@ -234,7 +235,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    (a window reverse reading each window transposed, against a twin returning the windows): where
    the twins return other layouts, said before a reshape or permute one side writes and the other
    does not, which only spells a layout (of one layout, that reshape missing is the finding: a
-   channel shuffle left out).
+   channel shuffle left out; layout ops of other names on both sides, a shuffle as a gather against
+   view, transpose, view, are the port's spelling: the values they return reordered are the finding).
    A finding on an op that no submodule of the candidate runs (a port written as
    functions) says which call it is: the reference module running its twin (where both receive the
    same parameters) and its place among the candidate's calls of that op (``layer_norm call 2 of
