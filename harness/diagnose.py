@@ -2621,6 +2621,118 @@ def _rearranged_input(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: T
     return _join_reordered(base or module, c, r, cand, ref, tol) + [_finding(module, "op", c.name, None, None, None, text)]
 
 
+def _regrouped_input(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance,
+                     agreed: tuple[Op, Op] | None) -> list[dict]:
+    """A diverging op whose input holds, as its twin's does, the vectors of the last agreeing op's
+    result (its channels), gathered at other places of it than the twin's, which no reordering
+    axis by axis gives (windows cut as a grid, the pixels of each patch folded back transposed):
+    the layout ops before it, each side spelling its own, are that difference, said as the steps
+    each input takes through that result along its axes."""
+    a, b = _computed_inputs(c, r, cand, ref)
+    source = ref.rec.value(agreed[1].out_ids[0], r.index) if agreed is not None and agreed[1].out_ids else None
+    if a is None or b is None or source is None or a.numel() != b.numel() or a.numel() != source.numel() \
+            or not (a.is_floating_point() and source.is_floating_point()) or source.ndim < 2:
+        return []
+    if a.shape != b.shape:  # windows as (B*nW, N, C) against (B*nW, ws, ws, C): said in the reference's
+        if a.shape[-1] != b.shape[-1]:
+            return []
+        a = a.reshape(b.shape)
+    mine, theirs = _steps_through(a, source, tol), _steps_through(b, source, tol)
+    if mine is None or theirs is None or mine == theirs or mine.keys() != theirs.keys():
+        return []
+    moved = "; ".join(f"along dim {d}, by {mine[d]} where the reference's steps by {theirs[d]}"
+                      for d in sorted(mine) if theirs[d] != mine[d])
+    differ = [d for d in sorted(mine) if theirs[d] != mine[d]]
+    if len(differ) == 2 and mine[differ[0]] == theirs[differ[1]] and mine[differ[1]] == theirs[differ[0]]:
+        moved += f" (dims {differ[0]} and {differ[1]} transposed)"
+    axes = ", ".join(str(d) for d, n in enumerate(source.shape[:-1]) if n > 1)
+    text = (f"{_scoped(module, c)}: {c.name} receives the vectors of {agreed[0].name}'s result "
+            f"({_scoped(module, agreed[0])}) reordered, gathered at other places than the reference's: its "
+            f"input steps through that result (at the reference's dims {axes}) {moved}")
+    return [_finding(_scoped(module, c), "op", c.name, None, None, None, text)]
+
+
+_PART_OFFSETS = 8  # positions a part may be offset by in its whole: a class token and registers kept apart
+
+
+def _part_of(c: Op, r: Op, tol: Tolerance) -> tuple[int, int] | None:
+    """Whether ``c`` computes a part of what ``r`` computes, positions along one dim (the patch
+    tokens' sum with their positions, where the reference adds the table to the class token
+    too): that dim and the offset of the part, else None."""
+    if not c.outputs or not r.outputs or c.shape == r.shape:
+        return None
+    return _narrowed_at(c.outputs[0], r.outputs[0], tol)
+
+
+def _narrowed_at(part: torch.Tensor | None, whole: torch.Tensor | None, tol: Tolerance) -> tuple[int, int] | None:
+    """(dim, offset) at which ``part`` holds ``whole`` narrowed along the one dim their sizes differ
+    in (where one of the two parts, it or the rest, is at most ``_PART_OFFSETS`` long), else None."""
+    if part is None or whole is None or part.ndim != whole.ndim or not part.is_floating_point() \
+            or part.dtype != whole.dtype:
+        return None
+    dims = [d for d in range(part.ndim) if part.shape[d] != whole.shape[d]]
+    if len(dims) != 1 or part.shape[dims[0]] > whole.shape[dims[0]] \
+            or min(part.shape[dims[0]], whole.shape[dims[0]] - part.shape[dims[0]]) > _PART_OFFSETS:
+        return None
+    d, n = dims[0], part.shape[dims[0]]
+    return next(((d, o) for o in range(whole.shape[d] - n + 1) if measure(part, whole.narrow(d, o, n)).passes(tol)),
+                None)
+
+
+def _part_operands(where: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance) -> list[dict]:
+    """A pair of which ``c`` computes a part of ``r``'s result, its input holding that part of
+    ``r``'s input, where a parameter operand holds another part of ``r``'s (a position table sliced
+    one row off): that operand, the part it holds and the part the reference passes there."""
+    a, b = _computed_inputs(c, r, cand, ref)
+    at = _narrowed_at(a, b, tol)
+    if at is None:
+        return []
+    d, o = at
+    for key, mine in c.operands.items():
+        theirs = r.operands.get(key)
+        if theirs is None or mine.ndim != theirs.ndim or d >= mine.ndim or mine.shape[d] != a.shape[d] \
+                or theirs.shape[d] != b.shape[d] or measure(mine, theirs.narrow(d, o, mine.shape[d])).passes(tol):
+            continue
+        held = _narrowed_at(mine, theirs, tol)
+        n = mine.shape[d]
+        index = lambda start: "[" + ", ".join([":"] * d + [f"{start}:{start + n}"]) + "]"
+        holds = f"the reference's {r.params.get(key, key)}{index(held[1])}" if held else "other values"
+        text = (f"{where}: {c.name} computes the reference's {index(o)} (its input holds the reference's "
+                f"there), its operand {c.params.get(key, key)} holding {holds}, where the reference passes "
+                f"{index(o)}")
+        return [_finding(where, "argument", c.name, key, index(held[1]) if held else None, index(o), text)]
+    return []
+
+
+def _steps_through(x: torch.Tensor, source: torch.Tensor, tol: Tolerance) -> dict[int, tuple[int, ...]] | None:
+    """Where ``x`` holds the vectors along ``source``'s last axis (one axis of ``x``, of that size,
+    holds them): for each other axis of ``x``, the step in ``source``'s coordinates (its axes of
+    size 1 left out) from the first element along it to the next; None where ``x`` holds other values."""
+    k = source.shape[-1]
+    rows = source.detach().double().reshape(-1, k)
+    probe = torch.linspace(1.0, 2.0, k, dtype=torch.float64)
+    at = torch.argsort(rows @ probe)
+    for f in sorted((d for d in range(x.ndim) if x.shape[d] == k), key=lambda d: d != x.ndim - 1):
+        held = x.detach().double().movedim(f, -1)
+        mine = held.reshape(-1, k)
+        order = torch.argsort(mine @ probe)
+        place = torch.empty_like(order)
+        place[order] = at  # row i of x is source row place[i], where the two sort alike
+        if not measure(mine, rows[place]).passes(tol):
+            continue
+        lead, kept = held.shape[:-1], [n for n in source.shape[:-1] if n > 1]
+        coords = [list(torch.unravel_index(place, tuple(kept))) if kept else []]
+        axes = [d for d in range(x.ndim) if d != f]
+        steps: dict[int, tuple[int, ...]] = {}
+        for i, d in enumerate(axes):
+            if lead[i] < 2:
+                continue
+            one = math.prod(lead[i + 1:])  # row-major index of the element one step along axis d
+            steps[d] = tuple(int(c[one] - c[0]) for c in coords[0])
+        return steps
+    return None
+
+
 def _join_reordered(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance) -> list[dict]:
     """Where the reordered input of ``c`` (``module``: the streams' module) is made by a join of as many operands as ``r``'s, each
     holding one of the reference's operands in another place: that join's operand order, the
@@ -2628,8 +2740,7 @@ def _join_reordered(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tol
     joins = _join_before(cand.rec, c), _join_before(ref.rec, r)
     if None in joins or len(joins[0].input_ids) != len(joins[1].input_ids):
         return []
-    mine = [cand.rec.passed(i, joins[0].index) for i in joins[0].input_ids]
-    theirs = [ref.rec.passed(i, joins[1].index) for i in joins[1].input_ids]
+    mine, theirs = _join_operands(cand.rec, joins[0]), _join_operands(ref.rec, joins[1])
     order = []
     for a in mine:
         held = [j for j, b in enumerate(theirs) if a is not None and b is not None and _outputs_agree([a], [b], tol)]
@@ -2642,6 +2753,23 @@ def _join_reordered(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tol
     module = _scoped(module, joins[0])  # the module running the join
     text = f"{module}: {joins[0].name} joins its operands in another order than the reference's: {moved}"
     return [_finding(module, "argument", joins[0].name, _JOINED, order, sorted(order), text)]
+
+
+def _join_operands(rec: OpRecorder, join: Op) -> list[torch.Tensor | None]:
+    """The tensors a join joins, in order; one no op computed (a register token, a parameter
+    joined to the activations) read from the joined result, the part the others leave."""
+    parts = [rec.passed(i, join.index) for i in join.input_ids]
+    dim, out = join.args.get("dim", 0), join.outputs[0] if join.outputs else None
+    if out is None or parts.count(None) != 1 or join.name not in ("cat", "stack") or not isinstance(dim, int):
+        return parts
+    k = parts.index(None)
+    if join.name == "stack":
+        parts[k] = out.select(dim, k)
+        return parts
+    sizes = [p.shape[dim] if p is not None else 0 for p in parts]
+    start, n = sum(sizes[:k]), out.shape[dim] - sum(sizes)
+    parts[k] = out.narrow(dim, start, n) if n > 0 else None
+    return parts
 
 
 def _join_before(rec: OpRecorder, op: Op) -> Op | None:
@@ -3561,6 +3689,8 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                 or _other_part(where, c, r, cand, ref, tol) \
                 or _other_source(where, c, r, cand, ref, tol, ref_name or module) \
                 or _rearranged_input(where, c, r, cand, ref, tol, module) \
+                or _regrouped_input(module, c, r, cand, ref, tol, agreed) \
+                or _part_operands(where, c, r, cand, ref, tol) \
                 or _layout_findings(module, cand, ref, last_c, c.index, last_r, r.index, c.name, agreed)
         if not found and relaid:
             found = [_finding(where, "op", c.name, None, None, None,
@@ -3613,8 +3743,10 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                 reader = next((o for o in cs[k + 1:] if set(o.input_ids) & set(cs[k].out_ids)), None)
                 if reader is not None:
                     into[id(extra)] = reader.name
-                if _returns_input(cand.rec, cs[k]):
-                    idle.append(extra)  # it changes nothing (a table resized to the size it has): no cause
+                if _returns_input(cand.rec, cs[k]) or agreed is not None and _part_of(cs[k], agreed[1], tol):
+                    # it changes nothing (a table resized to the size it has), or computes another part of
+                    # what the last agreeing reference op computes (a class token's position added on its own)
+                    idle.append(extra)
                     continue
                 pending.append(extra)
                 unpaired[id(pending[-1])] = True, cs[k]
@@ -3629,7 +3761,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             if _narrowed(c, r, pending) and _pair_agrees(c, r, wide):
                 tol, agrees = wide, True  # rounding that every op after it carries
             else:
-                agrees = _pair_agrees(c, r, tol)
+                agrees = _pair_agrees(c, r, tol) or _part_of(c, r, tol) is not None
             twin = r if agrees else _value_twin(c, rs, j1 + k, tol)
             if twin is None and held is None and _axes_exchanged(c.outputs, r.outputs, tol):
                 # heads and tokens of one count exchanged (q split per token, the reference's per
