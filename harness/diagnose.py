@@ -134,7 +134,9 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    pair's op is in another place (a layer scale applied to the sum, not the branch), named so.
    A pair of other shapes (a GELU on each half of the features where the reference's runs on both,
    one path weighed at a time where the reference weighs them stacked) whose results rejoin the
-   reference's further on (a later pair, each computed from its side's op, agrees) is a rewrite:
+   reference's further on (a later pair, each computed from its side's op, agrees) is a rewrite,
+   as is a pair of which the candidate computes a part along one dim (the patch tokens' positions
+   added apart from the class token's), an extra op computing another part of it changing nothing:
    the walk goes on after that pair. A join found missing with the missing ops whose results only
    it reads (a shortcut's conv and norm before the residual add) is one finding, the join's, naming
    them. Two ops of one name reading one input with each other's parameters (a decomposed relative
@@ -206,7 +208,12 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    values reordered along some axes (made by a join of operands each holding one of the reference's
    join's in another place: that join's operands exchanged, said first, on the module running it),
    each on its own (slices joined in another order, a roll, a flip: :func:`rearrangement`; in the
-   reference's layout where it receives another: windows put back each transposed), or the
+   reference's layout where it receives another: windows put back each transposed), the
+   vectors of the last agreeing op's result gathered at other places than the reference's, which
+   no reordering axis by axis gives (windows cut where the reference cuts a grid, a patch's pixels
+   folded back transposed: the steps each input takes through that result along its axes), a part
+   of the reference's input (its patch tokens) with a parameter operand holding another part of
+   the reference's (a position table sliced a row off: the slice it holds), or the
    layout ops between (a transpose missing before a reshape; a roll or flip one side only applies
    first, before ops that only spell a layout otherwise; not those that only bring a value
    into the layout the other side computes it in, nor those by which one side already holds what
@@ -2664,6 +2671,14 @@ def _part_of(c: Op, r: Op, tol: Tolerance) -> tuple[int, int] | None:
     return _narrowed_at(c.outputs[0], r.outputs[0], tol)
 
 
+def _parts_apart(c: Op, cs: list[Op]) -> bool:
+    """Whether another op of ``c``'s name reads a parameter ``c`` reads (the class token's row of
+    the position table, added on its own): the rest of what ``c`` computes a part of is computed
+    apart, not left out (a table's row that never reaches its add)."""
+    read = set(c.params.values())
+    return any(op is not c and op.name == c.name and read & set(op.params.values()) for op in cs)
+
+
 def _narrowed_at(part: torch.Tensor | None, whole: torch.Tensor | None, tol: Tolerance) -> tuple[int, int] | None:
     """(dim, offset) at which ``part`` holds ``whole`` narrowed along the one dim their sizes differ
     in (where one of the two parts, it or the rest, is at most ``_PART_OFFSETS`` long), else None."""
@@ -2720,16 +2735,12 @@ def _steps_through(x: torch.Tensor, source: torch.Tensor, tol: Tolerance) -> dic
         place[order] = at  # row i of x is source row place[i], where the two sort alike
         if not measure(mine, rows[place]).passes(tol):
             continue
-        lead, kept = held.shape[:-1], [n for n in source.shape[:-1] if n > 1]
-        coords = [list(torch.unravel_index(place, tuple(kept))) if kept else []]
+        lead, kept = held.shape[:-1], tuple(n for n in source.shape[:-1] if n > 1)
+        coords = torch.unravel_index(place, kept) if kept else ()
         axes = [d for d in range(x.ndim) if d != f]
-        steps: dict[int, tuple[int, ...]] = {}
-        for i, d in enumerate(axes):
-            if lead[i] < 2:
-                continue
-            one = math.prod(lead[i + 1:])  # row-major index of the element one step along axis d
-            steps[d] = tuple(int(c[one] - c[0]) for c in coords[0])
-        return steps
+        # the row-major index of the element one step along each axis, against the first's
+        return {d: tuple(int(c[math.prod(lead[i + 1:])] - c[0]) for c in coords)
+                for i, d in enumerate(axes) if lead[i] > 1}
     return None
 
 
@@ -3761,7 +3772,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             if _narrowed(c, r, pending) and _pair_agrees(c, r, wide):
                 tol, agrees = wide, True  # rounding that every op after it carries
             else:
-                agrees = _pair_agrees(c, r, tol) or _part_of(c, r, tol) is not None
+                agrees = _pair_agrees(c, r, tol) or _part_of(c, r, tol) is not None and _parts_apart(c, cs)
             twin = r if agrees else _value_twin(c, rs, j1 + k, tol)
             if twin is None and held is None and _axes_exchanged(c.outputs, r.outputs, tol):
                 # heads and tokens of one count exchanged (q split per token, the reference's per
@@ -4649,17 +4660,23 @@ def _in_layout_of(theirs: torch.Tensor, mine: torch.Tensor, *, near: bool = True
         adapter = find_adapter(theirs, mine, same_shape=theirs.shape == mine.shape, remember=False)
         if adapter is not None:  # laid out in memory as the candidate's own (clone keeps its strides)
             relaid = mine.clone().copy_(adapter.apply(theirs))
-            theirs = relaid if theirs.shape != mine.shape or _near(mine, relaid) else theirs
+            theirs = relaid if theirs.shape != mine.shape or _nearer(mine, relaid, theirs) else theirs
     return theirs if _near(mine, theirs) or not near and theirs.shape == mine.shape else None
 
 
 def _kept_shape_relaid(own: tuple[tuple, dict], ref: Any) -> bool:
-    """Whether a tensor the candidate received holds the reference's of one shape only through a
-    permutation keeping that shape (an NHWC block against an NCHW one where C == H == W): given as
-    it is, the reference's would be read in the wrong layout, and the re-run's first ops differ."""
+    """Whether a tensor the candidate received is nearer the reference's of one shape through a
+    permutation keeping that shape (an NHWC block against an NCHW one where C == H == W, whatever
+    error it carries from upstream) than as it is: given as it is, the reference's would be read in
+    the wrong layout, and the re-run's first ops differ."""
     pairs = zip(flatten_tensors(own).values(), flatten_tensors((ref.args, ref.kwargs)).values())
-    return any(a.is_floating_point() and a.shape == b.shape and not _near(a, b) and _near(a, _in_layout_of(b, a, near=False))
-               for a, b in pairs)
+    return any(a.is_floating_point() and a.shape == b.shape and not _near(a, b)
+               and _nearer(a, _in_layout_of(b, a, near=False), b) for a, b in pairs)
+
+
+def _nearer(mine: torch.Tensor, one: torch.Tensor, other: torch.Tensor) -> bool:
+    """Whether ``one`` is clearly nearer ``mine`` than ``other`` is (half the distance)."""
+    return bool((mine - one).norm() < 0.5 * (mine - other).norm())
 
 
 def _near(a: torch.Tensor, b: torch.Tensor) -> bool:
