@@ -3821,8 +3821,10 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
     if pending and not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol) \
             and not all(_run_elsewhere(unpaired.get(id(f)), cs, rs, tol) for f in pending):
         return _branch_joined(_moved(pending, idle, into), unpaired, ref.rec, ref_name or module)
-    if not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
-        # every op agrees, yet the output does not: the layout after the last op differs
+    if not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol) and not \
+            _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol, same_shape=True):
+        # every op agrees, yet the output does not, in any layout (one of one shape too: an NHWC norm
+        # returning its own layout against an NCHW one where C == H == W): the layout after the last op differs
         found = _layout_findings(module, cand, ref, last_c, len(cand.rec.ops), last_r, len(ref.rec.ops), "the output",
                                  agreed)
         if found and found[0]["kind"] in ("extra_op", "missing_op") and found[0]["op"] in _RELAYOUT \

@@ -295,3 +295,22 @@ def test_registers_joined_after_the_patches_name_the_join_order_not_the_flatten(
     report = _compare_tokens(lambda cand: setattr(cand, "registers_last", True))
     first = report.diagnosis[0] if report.diagnosis else {}
     assert first.get("op") == "cat" and "another order" in first.get("text", ""), findings_text(report.diagnosis)
+
+
+class _ChannelsFirstNorm(nn.LayerNorm):
+    """A layer norm over the channels of an NCHW map, returning NCHW."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def test_a_channels_last_norm_returning_its_own_square_layout_has_no_finding() -> None:
+    from harness.diagnose import diagnose_modules
+
+    ref, cand = _ChannelsFirstNorm(C).double(), nn.LayerNorm(C).double()
+    with torch.no_grad():
+        ref.weight.normal_(generator=torch.Generator().manual_seed(2))
+        cand.weight.copy_(ref.weight)
+    x = torch.randn(1, C, C, C, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    found = diagnose_modules(cand, ref, (x,), {}, name="norm", candidate_inputs=((x.permute(0, 2, 3, 1),), {}))
+    assert found == [], findings_text(found)
