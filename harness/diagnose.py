@@ -13,7 +13,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    keeps its self-attention path); a candidate taking other flags or keyword names gets the reference's
    tensors in its own arguments where they pair one to one (one it passes several times counted
    once), brought into its layout (NHWC against
-   NCHW; where an error from upstream leaves its own inputs near no layout of the reference's,
+   NCHW, of one shape too where C == H == W and only that permutation holds its own input's
+   values; where an error from upstream leaves its own inputs near no layout of the reference's,
    the closest, each tensor pairing with the one of its size). A culprit without a twin, fed other values than its twin (windows its block did not
    shift), a map of another size (padded by its parent before it), or one its twin receives
    shifted (a rolling layout relates them: the twin's parent shifts, the culprit itself), is explained
@@ -133,7 +134,9 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    pair's op is in another place (a layer scale applied to the sum, not the branch), named so.
    A pair of other shapes (a GELU on each half of the features where the reference's runs on both,
    one path weighed at a time where the reference weighs them stacked) whose results rejoin the
-   reference's further on (a later pair, each computed from its side's op, agrees) is a rewrite:
+   reference's further on (a later pair, each computed from its side's op, agrees) is a rewrite,
+   as is a pair of which the candidate computes a part along one dim (the patch tokens' positions
+   added apart from the class token's), an extra op computing another part of it changing nothing:
    the walk goes on after that pair. A join found missing with the missing ops whose results only
    it reads (a shortcut's conv and norm before the residual add) is one finding, the join's, naming
    them. Two ops of one name reading one input with each other's parameters (a decomposed relative
@@ -205,7 +208,12 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    values reordered along some axes (made by a join of operands each holding one of the reference's
    join's in another place: that join's operands exchanged, said first, on the module running it),
    each on its own (slices joined in another order, a roll, a flip: :func:`rearrangement`; in the
-   reference's layout where it receives another: windows put back each transposed), or the
+   reference's layout where it receives another: windows put back each transposed), the
+   vectors of the last agreeing op's result gathered at other places than the reference's, which
+   no reordering axis by axis gives (windows cut where the reference cuts a grid, a patch's pixels
+   folded back transposed: the steps each input takes through that result along its axes), a part
+   of the reference's input (its patch tokens) with a parameter operand holding another part of
+   the reference's (a position table sliced a row off: the slice it holds), or the
    layout ops between (a transpose missing before a reshape; a roll or flip one side only applies
    first, before ops that only spell a layout otherwise; not those that only bring a value
    into the layout the other side computes it in, nor those by which one side already holds what
@@ -234,7 +242,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    (a window reverse reading each window transposed, against a twin returning the windows): where
    the twins return other layouts, said before a reshape or permute one side writes and the other
    does not, which only spells a layout (of one layout, that reshape missing is the finding: a
-   channel shuffle left out).
+   channel shuffle left out; layout ops of other names on both sides, a shuffle as a gather against
+   view, transpose, view, are the port's spelling: the values they return reordered are the finding).
    A finding on an op that no submodule of the candidate runs (a port written as
    functions) says which call it is: the reference module running its twin (where both receive the
    same parameters) and its place among the candidate's calls of that op (``layer_norm call 2 of
@@ -2692,6 +2701,122 @@ def _rearranged_input(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: T
     return _join_reordered(base or module, c, r, cand, ref, tol) + [_finding(module, "op", c.name, None, None, None, text)]
 
 
+def _regrouped_input(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance,
+                     agreed: tuple[Op, Op] | None) -> list[dict]:
+    """A diverging op whose input holds, as its twin's does, the vectors of the last agreeing op's
+    result (its channels), gathered at other places of it than the twin's, which no reordering
+    axis by axis gives (windows cut as a grid, the pixels of each patch folded back transposed):
+    the layout ops before it, each side spelling its own, are that difference, said as the steps
+    each input takes through that result along its axes."""
+    a, b = _computed_inputs(c, r, cand, ref)
+    source = ref.rec.value(agreed[1].out_ids[0], r.index) if agreed is not None and agreed[1].out_ids else None
+    if a is None or b is None or source is None or a.numel() != b.numel() or a.numel() != source.numel() \
+            or not (a.is_floating_point() and source.is_floating_point()) or source.ndim < 2:
+        return []
+    if a.shape != b.shape:  # windows as (B*nW, N, C) against (B*nW, ws, ws, C): said in the reference's
+        if a.shape[-1] != b.shape[-1]:
+            return []
+        a = a.reshape(b.shape)
+    mine, theirs = _steps_through(a, source, tol), _steps_through(b, source, tol)
+    if mine is None or theirs is None or mine == theirs or mine.keys() != theirs.keys():
+        return []
+    moved = "; ".join(f"along dim {d}, by {mine[d]} where the reference's steps by {theirs[d]}"
+                      for d in sorted(mine) if theirs[d] != mine[d])
+    differ = [d for d in sorted(mine) if theirs[d] != mine[d]]
+    if len(differ) == 2 and mine[differ[0]] == theirs[differ[1]] and mine[differ[1]] == theirs[differ[0]]:
+        moved += f" (dims {differ[0]} and {differ[1]} transposed)"
+    axes = ", ".join(str(d) for d, n in enumerate(source.shape[:-1]) if n > 1)
+    text = (f"{_scoped(module, c)}: {c.name} receives the vectors of {agreed[0].name}'s result "
+            f"({_scoped(module, agreed[0])}) reordered, gathered at other places than the reference's: its "
+            f"input steps through that result (at the reference's dims {axes}) {moved}")
+    return [_finding(_scoped(module, c), "op", c.name, None, None, None, text)]
+
+
+_PART_OFFSETS = 8  # positions a part may be offset by in its whole: a class token and registers kept apart
+
+
+def _part_of(c: Op, r: Op, tol: Tolerance) -> tuple[int, int] | None:
+    """Whether ``c`` computes a part of what ``r`` computes, positions along one dim (the patch
+    tokens' sum with their positions, where the reference adds the table to the class token
+    too): that dim and the offset of the part, else None."""
+    if not c.outputs or not r.outputs or c.shape == r.shape:
+        return None
+    return _narrowed_at(c.outputs[0], r.outputs[0], tol)
+
+
+def _parts_apart(c: Op, cs: list[Op]) -> bool:
+    """Whether another op of ``c``'s name reads a parameter ``c`` reads (the class token's row of
+    the position table, added on its own): the rest of what ``c`` computes a part of is computed
+    apart, not left out (a table's row that never reaches its add)."""
+    read = set(c.params.values())
+    return any(op is not c and op.name == c.name and read & set(op.params.values()) for op in cs)
+
+
+def _narrowed_at(part: torch.Tensor | None, whole: torch.Tensor | None, tol: Tolerance) -> tuple[int, int] | None:
+    """(dim, offset) at which ``part`` holds ``whole`` narrowed along the one dim their sizes differ
+    in (where one of the two parts, it or the rest, is at most ``_PART_OFFSETS`` long), else None."""
+    if part is None or whole is None or part.ndim != whole.ndim or not part.is_floating_point() \
+            or part.dtype != whole.dtype:
+        return None
+    dims = [d for d in range(part.ndim) if part.shape[d] != whole.shape[d]]
+    if len(dims) != 1 or part.shape[dims[0]] > whole.shape[dims[0]] \
+            or min(part.shape[dims[0]], whole.shape[dims[0]] - part.shape[dims[0]]) > _PART_OFFSETS:
+        return None
+    d, n = dims[0], part.shape[dims[0]]
+    return next(((d, o) for o in range(whole.shape[d] - n + 1) if measure(part, whole.narrow(d, o, n)).passes(tol)),
+                None)
+
+
+def _part_operands(where: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance) -> list[dict]:
+    """A pair of which ``c`` computes a part of ``r``'s result, its input holding that part of
+    ``r``'s input, where a parameter operand holds another part of ``r``'s (a position table sliced
+    one row off): that operand, the part it holds and the part the reference passes there."""
+    a, b = _computed_inputs(c, r, cand, ref)
+    at = _narrowed_at(a, b, tol)
+    if at is None:
+        return []
+    d, o = at
+    for key, mine in c.operands.items():
+        theirs = r.operands.get(key)
+        if theirs is None or mine.ndim != theirs.ndim or d >= mine.ndim or mine.shape[d] != a.shape[d] \
+                or theirs.shape[d] != b.shape[d] or measure(mine, theirs.narrow(d, o, mine.shape[d])).passes(tol):
+            continue
+        held = _narrowed_at(mine, theirs, tol)
+        n = mine.shape[d]
+        index = lambda start: "[" + ", ".join([":"] * d + [f"{start}:{start + n}"]) + "]"
+        holds = f"the reference's {r.params.get(key, key)}{index(held[1])}" if held else "other values"
+        text = (f"{where}: {c.name} computes the reference's {index(o)} (its input holds the reference's "
+                f"there), its operand {c.params.get(key, key)} holding {holds}, where the reference passes "
+                f"{index(o)}")
+        return [_finding(where, "argument", c.name, key, index(held[1]) if held else None, index(o), text)]
+    return []
+
+
+def _steps_through(x: torch.Tensor, source: torch.Tensor, tol: Tolerance) -> dict[int, tuple[int, ...]] | None:
+    """Where ``x`` holds the vectors along ``source``'s last axis (one axis of ``x``, of that size,
+    holds them): for each other axis of ``x``, the step in ``source``'s coordinates (its axes of
+    size 1 left out) from the first element along it to the next; None where ``x`` holds other values."""
+    k = source.shape[-1]
+    rows = source.detach().double().reshape(-1, k)
+    probe = torch.linspace(1.0, 2.0, k, dtype=torch.float64)
+    at = torch.argsort(rows @ probe)
+    for f in sorted((d for d in range(x.ndim) if x.shape[d] == k), key=lambda d: d != x.ndim - 1):
+        held = x.detach().double().movedim(f, -1)
+        mine = held.reshape(-1, k)
+        order = torch.argsort(mine @ probe)
+        place = torch.empty_like(order)
+        place[order] = at  # row i of x is source row place[i], where the two sort alike
+        if not measure(mine, rows[place]).passes(tol):
+            continue
+        lead, kept = held.shape[:-1], tuple(n for n in source.shape[:-1] if n > 1)
+        coords = torch.unravel_index(place, kept) if kept else ()
+        axes = [d for d in range(x.ndim) if d != f]
+        # the row-major index of the element one step along each axis, against the first's
+        return {d: tuple(int(c[math.prod(lead[i + 1:])] - c[0]) for c in coords)
+                for i, d in enumerate(axes) if lead[i] > 1}
+    return None
+
+
 def _join_reordered(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance) -> list[dict]:
     """Where the reordered input of ``c`` (``module``: the streams' module) is made by a join of as many operands as ``r``'s, each
     holding one of the reference's operands in another place: that join's operand order, the
@@ -2699,8 +2824,7 @@ def _join_reordered(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tol
     joins = _join_before(cand.rec, c), _join_before(ref.rec, r)
     if None in joins or len(joins[0].input_ids) != len(joins[1].input_ids):
         return []
-    mine = [cand.rec.passed(i, joins[0].index) for i in joins[0].input_ids]
-    theirs = [ref.rec.passed(i, joins[1].index) for i in joins[1].input_ids]
+    mine, theirs = _join_operands(cand.rec, joins[0]), _join_operands(ref.rec, joins[1])
     order = []
     for a in mine:
         held = [j for j, b in enumerate(theirs) if a is not None and b is not None and _outputs_agree([a], [b], tol)]
@@ -2713,6 +2837,23 @@ def _join_reordered(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tol
     module = _scoped(module, joins[0])  # the module running the join
     text = f"{module}: {joins[0].name} joins its operands in another order than the reference's: {moved}"
     return [_finding(module, "argument", joins[0].name, _JOINED, order, sorted(order), text)]
+
+
+def _join_operands(rec: OpRecorder, join: Op) -> list[torch.Tensor | None]:
+    """The tensors a join joins, in order; one no op computed (a register token, a parameter
+    joined to the activations) read from the joined result, the part the others leave."""
+    parts = [rec.passed(i, join.index) for i in join.input_ids]
+    dim, out = join.args.get("dim", 0), join.outputs[0] if join.outputs else None
+    if out is None or parts.count(None) != 1 or join.name not in ("cat", "stack") or not isinstance(dim, int):
+        return parts
+    k = parts.index(None)
+    if join.name == "stack":
+        parts[k] = out.select(dim, k)
+        return parts
+    sizes = [p.shape[dim] if p is not None else 0 for p in parts]
+    start, n = sum(sizes[:k]), out.shape[dim] - sum(sizes)
+    parts[k] = out.narrow(dim, start, n) if n > 0 else None
+    return parts
 
 
 def _join_before(rec: OpRecorder, op: Op) -> Op | None:
@@ -3655,6 +3796,8 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                 or _other_part(where, c, r, cand, ref, tol) \
                 or _other_source(where, c, r, cand, ref, tol, ref_name or module) \
                 or _rearranged_input(where, c, r, cand, ref, tol, module) \
+                or _regrouped_input(module, c, r, cand, ref, tol, agreed) \
+                or _part_operands(where, c, r, cand, ref, tol) \
                 or _layout_findings(module, cand, ref, last_c, c.index, last_r, r.index, c.name, agreed)
         if not found and relaid:
             found = [_finding(where, "op", c.name, None, None, None,
@@ -3707,8 +3850,10 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                 reader = next((o for o in cs[k + 1:] if set(o.input_ids) & set(cs[k].out_ids)), None)
                 if reader is not None:
                     into[id(extra)] = reader.name
-                if _returns_input(cand.rec, cs[k]):
-                    idle.append(extra)  # it changes nothing (a table resized to the size it has): no cause
+                if _returns_input(cand.rec, cs[k]) or agreed is not None and _part_of(cs[k], agreed[1], tol):
+                    # it changes nothing (a table resized to the size it has), or computes another part of
+                    # what the last agreeing reference op computes (a class token's position added on its own)
+                    idle.append(extra)
                     continue
                 pending.append(extra)
                 unpaired[id(pending[-1])] = True, cs[k]
@@ -3723,7 +3868,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             if _narrowed(c, r, pending) and _pair_agrees(c, r, wide):
                 tol, agrees = wide, True  # rounding that every op after it carries
             else:
-                agrees = _pair_agrees(c, r, tol)
+                agrees = _pair_agrees(c, r, tol) or _part_of(c, r, tol) is not None and _parts_apart(c, cs)
             twin = r if agrees else _value_twin(c, rs, j1 + k, tol)
             if twin is None and held is None and _axes_exchanged(c.outputs, r.outputs, tol):
                 # heads and tokens of one count exchanged (q split per token, the reference's per
@@ -3772,8 +3917,10 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
     if pending and not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol) \
             and not all(_run_elsewhere(unpaired.get(id(f)), cs, rs, tol) for f in pending):
         return _branch_joined(_moved(pending, idle, into), unpaired, ref.rec, ref_name or module)
-    if not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
-        # every op agrees, yet the output does not: the layout after the last op differs
+    if not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol) and not \
+            _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol, same_shape=True):
+        # every op agrees, yet the output does not, in any layout (one of one shape too: an NHWC norm
+        # returning its own layout against an NCHW one where C == H == W): the layout after the last op differs
         found = _layout_findings(module, cand, ref, last_c, len(cand.rec.ops), last_r, len(ref.rec.ops), "the output",
                                  agreed)
         if found and found[0]["kind"] in ("extra_op", "missing_op") and found[0]["op"] in _RELAYOUT \
@@ -3781,6 +3928,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             # twins returning other layouts: a reshape or permute one writes only spells its layout; the
             # values it leaves reordered are the fault (of one layout, one side's reshape missing is)
             found = _rearranged_output(module, cand, ref, tol) or found
+        found = _respelled_layout(module, found, cand, ref, tol, last_c, last_r)
         if found and found[0]["argument"] == _JOINED:  # branches joined in another order
             # returned as joined, the output's reordering says which channels moved where; moved again after
             # the join (a channel shuffle), it says less than the join does
@@ -3790,6 +3938,21 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             module, "value", None, None, None, None,
             f"{module}: every operation agrees with the reference, the returned value does not")]
     return []
+
+
+def _respelled_layout(module: str, found: list[dict], cand: _Side, ref: _Side, tol: Tolerance, c_lo: int,
+                      r_lo: int) -> list[dict]:
+    """``found`` at the output, where it names a layout op one side writes and the other spells
+    with ops of other names (a channel shuffle as a gather against view, transpose, view): that op
+    is the port's spelling, also in the correct port; what it does to the values, the reference's
+    returned reordered, is the finding. A layout op one side alone writes (a shuffle left out) stays."""
+    if not found or found[0]["kind"] not in ("extra_op", "missing_op") or found[0]["op"] not in LAYOUT:
+        return found
+    mine = Counter(op.name for op in _layout_between(cand, c_lo, len(cand.rec.ops)))
+    theirs = Counter(op.name for op in _layout_between(ref, r_lo, len(ref.rec.ops)))
+    if not (mine - theirs and theirs - mine):
+        return found
+    return _rearranged_output(module, cand, ref, tol) or found
 
 
 def _rejoined(cs: list[Op], rs: list[Op], p: int, q: int, cand: _Side, ref: _Side,
@@ -4551,7 +4714,8 @@ def diagnose(match: Any, root: nn.Module | None = None, weights: Any = None) -> 
     received, given = (next(iter(flatten_tensors(side).values()), None) for side in (own, (ref.args, ref.kwargs)))
     fed = received is not None and given is not None and received.is_floating_point() and not _near(received, given)
     findings = diagnose_modules(cand.module, ref.module, ref.args, ref.kwargs, name=cand.name,
-                                candidate_inputs=None if same_structure else _given_reference_tensors(own, ref),
+                                candidate_inputs=None if same_structure and not _kept_shape_relaid(own, ref)
+                                else _given_reference_tensors(own, ref),
                                 root=root,
                                 expected=_mapped(weights, root, cand.name), ref_name=ref.name,
                                 received=received if fed else None)
@@ -4589,11 +4753,28 @@ def _given_reference_tensors(own: tuple[tuple, dict], ref: Any) -> tuple[tuple, 
 def _in_layout_of(theirs: torch.Tensor, mine: torch.Tensor, *, near: bool = True) -> torch.Tensor | None:
     """The reference's tensor brought into the layout of the candidate's, where it then holds near
     values (``near=False``: in its closest layout, whatever its values); None otherwise."""
-    if theirs.shape != mine.shape and theirs.dtype == mine.dtype and theirs.is_floating_point():
-        adapter = find_adapter(theirs, mine, remember=False)
+    if theirs.dtype == mine.dtype and theirs.is_floating_point() and (theirs.shape != mine.shape or not _near(mine, theirs)):
+        # of one shape, a permutation keeping it (NHWC against NCHW when C == H == W) may relate them
+        adapter = find_adapter(theirs, mine, same_shape=theirs.shape == mine.shape, remember=False)
         if adapter is not None:  # laid out in memory as the candidate's own (clone keeps its strides)
-            theirs = mine.clone().copy_(adapter.apply(theirs))
+            relaid = mine.clone().copy_(adapter.apply(theirs))
+            theirs = relaid if theirs.shape != mine.shape or _nearer(mine, relaid, theirs) else theirs
     return theirs if _near(mine, theirs) or not near and theirs.shape == mine.shape else None
+
+
+def _kept_shape_relaid(own: tuple[tuple, dict], ref: Any) -> bool:
+    """Whether a tensor the candidate received is nearer the reference's of one shape through a
+    permutation keeping that shape (an NHWC block against an NCHW one where C == H == W, whatever
+    error it carries from upstream) than as it is: given as it is, the reference's would be read in
+    the wrong layout, and the re-run's first ops differ."""
+    pairs = zip(flatten_tensors(own).values(), flatten_tensors((ref.args, ref.kwargs)).values())
+    return any(a.is_floating_point() and a.shape == b.shape and not _near(a, b)
+               and _nearer(a, _in_layout_of(b, a, near=False), b) for a, b in pairs)
+
+
+def _nearer(mine: torch.Tensor, one: torch.Tensor, other: torch.Tensor) -> bool:
+    """Whether ``one`` is clearly nearer ``mine`` than ``other`` is (half the distance)."""
+    return bool((mine - one).norm() < 0.5 * (mine - other).norm())
 
 
 def _near(a: torch.Tensor, b: torch.Tensor) -> bool:
