@@ -1598,6 +1598,8 @@ def _take_mask(rec: OpRecorder, op: Op) -> None:
             break
         found.absorbed = True  # a bias plus a window mask, summed for the fused call
         op.mask_params += tuple(n for n in found.params.values() if n not in op.mask_params)
+        if not found.input_ids:  # a table plus a constant mask: nothing computed reaches the sum
+            return
         op.mask_params += _absorb_built(rec, found.input_ids[1:], found.index, op.mask_params)
         tensor_id, before = found.input_ids[0], found.index
     if tensor_id is not None:

@@ -131,3 +131,27 @@ def test_bias_built_by_einsums_for_written_out_scores_is_only_the_mask_permuted(
     findings = _diagnosed(WrittenOut(), GatheredBias(transposed=True))
     assert [f["argument"] for f in findings] == ["attn_mask"], \
         f"the ops building the bias are findings of their own:\n{findings_text(findings)}"
+
+
+class ShiftedMaskedBias(GatheredBias):
+    """The gathered bias plus a window mask made in forward from constants (a Swin block's shifted
+    window), summed before the fused call: ``shift`` rolls the tokens first, as a shifted block does."""
+
+    def __init__(self, shift: int) -> None:
+        super().__init__()
+        self.shift = shift
+
+    def bias(self) -> torch.Tensor:
+        mask = torch.zeros(TOKENS, TOKENS, dtype=self.table.dtype)
+        mask[: TOKENS // 2, TOKENS // 2:] = -100.0
+        return self.table[:, self.iy, self.ix] + mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.roll(x, self.shift, dims=1) if self.shift else x)
+
+
+def test_a_mask_summed_from_a_table_and_a_constant_mask_leaves_the_missing_roll_named():
+    findings = _diagnosed(ShiftedMaskedBias(shift=0), ShiftedMaskedBias(shift=-2))
+    text = findings_text(findings)
+    assert findings and "roll" in findings[0]["text"] and "no operation-level diagnosis" not in text, \
+        f"a mask summed from parameters and constants alone breaks the diagnosis of a forgotten roll:\n{text}"
