@@ -19,13 +19,17 @@ Passes, each only over what the previous ones left:
 3. ``place`` (with twins by weights): a call of a module without tensors and with code of its
    own (a port's pooling token mixer) pairs with the reference call standing at its place: inside
    the twin of the call around it, handed what the twin of the call before it returned (see
-   :func:`_placed`).
+   :func:`_placed`); standing elsewhere, with the one such reference call inside that twin handed
+   the very values it was handed (a sine position encoding made from the padding mask, computed
+   before the input projection on one side and after it on the other: :func:`_handed_alike`).
 4. ``structure``: between consecutive matched anchors, a sequence alignment (weighted longest
    common subsequence) of the leftover calls on both sides by execution order, where two calls
    may only pair when their primary outputs have the same shape and the innermost anchors around
    them are each other's twins (a wrapper padding before its conv is no guess for the activation
-   inside the twin of the next norm). It tolerates modules present on
-   one side only (an extra ``Identity``, a fused qkv against split q/k/v): those stay unmatched.
+   inside the twin of the next norm), and never where the weight map makes one a whole the other
+   is a part of, the calls inside it twinned elsewhere (a port's fusion module gathering three of
+   the original's modules is no guess for the last one). It tolerates modules present on one
+   side only (an extra ``Identity``, a fused qkv against split q/k/v): those stay unmatched.
    A structural pairing is a guess: it never names the first divergence or the culprit alone.
 
 After the passes, in summary mode, a twin whose candidate call ran ``k`` of the reference's calls
@@ -524,13 +528,16 @@ def _part_of(a: Record, b: Record) -> bool:
     return small > 0 and large % small == 0
 
 
-def held_apart(sources: Mapping[str, set[str]], sinks: Mapping[str, set[str]]) -> Callable[[str, str], bool]:
+def held_apart(sources: Mapping[str, set[str]], sinks: Mapping[str, set[str]]) -> Callable[..., bool]:
     """``apart(candidate_module, reference_module)``: whether the weight map puts the tensors of a
     module inside one of the two wholly outside the other (the original stem's last norm is the
     port's parent's). ``sources``: candidate key -> the reference keys it is made from; ``sinks``:
     reference key -> the candidate keys made from it (see
     :meth:`harness.weightmap.WeightMap.tensor_links`). A module with only some tensors outside
-    (a conv's bias taken from the norm folded into it) is one step done in two modules: no proof."""
+    (a conv's bias taken from the norm folded into it) is one step done in two modules: no proof.
+    ``apart(c, r, whole=True)``: whether one of the two holds every tensor the map links to the
+    other, and tensors of other modules too (a port's fusion holding the original's projection
+    back and the attention before it): a whole, not the part's twin."""
     def subtrees(keys: Iterable[str]) -> dict[str, frozenset[str]]:
         found: dict[str, set[str]] = {}
         for key in keys:
@@ -552,11 +559,18 @@ def held_apart(sources: Mapping[str, set[str]], sinks: Mapping[str, set[str]]) -
         linked = [k for k in held if links[k]]
         return any(all(not links[k] & other for k in keys) for keys in owners(linked).values())
 
+    def covers(held: frozenset[str], links: Mapping[str, set[str]], other: frozenset[str],
+               other_links: Mapping[str, set[str]], own: frozenset[str]) -> bool:
+        linked = [k for k in other if other_links[k]]
+        return bool(linked) and all(other_links[k] & held for k in linked) and outside(held, links, own)
+
     @lru_cache(maxsize=None)
-    def apart(c: str, r: str) -> bool:
+    def apart(c: str, r: str, whole: bool = False) -> bool:
         # a record standing for fused or split twins (see fused_records) holds what its parts hold
         parts = [re.sub(r"\[\d+:\d+\]$", "", part) for part in r.split("+")]
         held_c, held_r = sub_c.get(c, empty), frozenset().union(*(sub_r.get(p, empty) for p in parts))
+        if whole:  # one holds every tensor the map links to the other, and tensors of others too
+            return covers(held_c, sources, held_r, sinks, held_r) or covers(held_r, sinks, held_c, sources, held_c)
         return outside(held_c, sources, held_r) or outside(held_r, sinks, held_c)
     return apart
 
@@ -580,11 +594,12 @@ def align(
     *,
     structural: bool = True,
     twins: Mapping[str, str] | None = None,
-    apart: Callable[[str, str], bool] | None = None,
+    apart: Callable[..., bool] | None = None,
 ) -> Alignment:
     """Match candidate records to reference records (see module docstring). ``apart``: whether
     the weight map holds a candidate and a reference module's tensors apart (:func:`held_apart`);
-    such modules are paired by no name or rename (a structural pairing stays a guess)."""
+    such modules are paired by no name or rename, nor by shape where one holds the other's tensors
+    and more (a structural pairing stays a guess)."""
     check_rename(rename)
     ref_by_key = {r.key: i for i, r in enumerate(reference)}
     paired: dict[int, tuple[int, How]] = {}  # candidate index -> (reference index, how)
@@ -632,8 +647,9 @@ def align(
     notes = _rename_notes(candidate, reference, rename, paired) if rename else []
     if twins:
         _placed(candidate, reference, paired, taken, parents_c)
+        _handed_alike(candidate, reference, paired, taken, parents_c)
     if structural:
-        _structural(candidate, reference, paired, taken)
+        _structural(candidate, reference, paired, taken, apart)
 
     matches = [_arguments_joined(Match(candidate[ci], reference[ri], how)) for ci, (ri, how) in sorted(paired.items())]
     left_c = [r for i, r in enumerate(candidate) if i not in paired]
@@ -689,6 +705,42 @@ def _placed(candidate: Sequence[Record], reference: Sequence[Record], paired: di
                 and any(_agrees(call.primary, reference[j].primary) for j in within if twin.contains(reference[j]))):
             paired[ci] = (place, "place")
             taken.add(place)
+
+
+def _handed_alike(candidate: Sequence[Record], reference: Sequence[Record], paired: dict[int, tuple[int, How]],
+                  taken: set[int], parents_c: list[int]) -> None:
+    """Pair (in place, as ``place``) each call left without a twin of a module without tensors and
+    with code of its own (a port's sine position encoding, computed from the padding mask) with the
+    one reference call of such a module inside the twin of the innermost paired call around it
+    that was handed the very values it was handed (each of its tensor inputs, in any layout, among
+    that call's), with as many elements in its output, wherever the two stand: independent calls
+    may run in another order (the encoding before the input projection, or after it). Its output
+    does not decide (a wrong encoding is the error to find), unless it is what another reference
+    call returns: it then does that call's part."""
+    for ci, call in enumerate(candidate):
+        if ci in paired or call.passthrough or not isinstance(call.primary, torch.Tensor) or not call.inputs \
+                or not _code_without_tensors(call.module):
+            continue
+        pc = parents_c[ci]
+        while pc != -1 and pc not in paired:
+            pc = parents_c[pc]
+        scope = reference[paired[pc][0]] if pc != -1 else None
+        given = [v for v in call.inputs.values() if isinstance(v, torch.Tensor)]
+        alike = [j for j, r in enumerate(reference) if j not in taken and not r.passthrough
+                 and (scope is None or scope.contains(r)) and isinstance(r.primary, torch.Tensor)
+                 and r.primary.numel() == call.primary.numel() and _code_without_tensors(r.module)
+                 and given and all(any(_same_values(v, t) for t in r.inputs.values()) for v in given)]
+        if len(alike) != 1:
+            continue
+        twin = reference[alike[0]]
+        # one returning what another reference call returns does that call's work, not the twin's
+        # (a mixer that only pools, its caller subtracting the input: the twin's pool returns it)
+        if not _agrees(call.primary, twin.primary) and any(
+                r is not twin and (scope is None or scope.contains(r)) and _agrees(call.primary, r.primary)
+                for r in reference):
+            continue
+        paired[ci] = (alike[0], "place")
+        taken.add(alike[0])
 
 
 def _handed(output: Leaf | None, given: Leaf | None) -> bool:
@@ -782,12 +834,27 @@ def _cutting(module: torch.nn.Module, args: tuple, sizes: list[int], dim: int) -
 
 
 def _structural(
-    candidate: Sequence[Record], reference: Sequence[Record], paired: dict, taken: set
+    candidate: Sequence[Record], reference: Sequence[Record], paired: dict, taken: set,
+    apart: Callable[..., bool] | None = None,
 ) -> None:
     """Fill ``paired`` with shape-compatible matches between anchors (in place). Two calls pair
     only where the innermost anchors around them are each other's twins (or neither has one): a
     port's wrapper around its conv (a pad, then the conv child) is no twin of an activation inside
-    the original's norm, though both end between the conv and the norm."""
+    the original's norm, though both end between the conv and the norm; nor where the weight map
+    makes one a whole holding the other's tensors and others too (``apart(..., whole=True)``) and
+    the calls inside it have twins outside the other (a port's fusion whose projection, attention
+    and projection back twin three of the original's modules is no twin of the last one; an
+    ``nn.MultiheadAttention``, no call inside it twinned, stays a guess for an output projection)."""
+    confirmed = list(paired.items())
+
+    def contradicted(ci: int, ri: int) -> bool:
+        c, r = candidate[ci], reference[ri]
+        return any((c.contains(candidate[i]) and not r.contains(reference[j]))
+                   or (r.contains(reference[j]) and not c.contains(candidate[i])) for i, (j, _) in confirmed)
+
+    def whole(ci: int, ri: int) -> bool:
+        return apart is not None and apart(candidate[ci].name, reference[ri].name, whole=True) and contradicted(ci, ri)
+
     anchors = _monotone_anchors(sorted((ci, ri) for ci, (ri, _) in paired.items()))
     bounds = [(-1, -1), *anchors, (len(candidate), len(reference))]
     around_c = _anchor_around(candidate, {ci: ri for ci, (ri, _) in paired.items()})
@@ -799,7 +866,7 @@ def _structural(
         if not cs or not rs:
             continue
         for ci, ri in _lcs([candidate[i] for i in cs], [reference[j] for j in rs],
-                           lambda i, j: around_c[cs[i]] == around_r[rs[j]]):
+                           lambda i, j: around_c[cs[i]] == around_r[rs[j]] and not whole(cs[i], rs[j])):
             paired[cs[ci]] = (rs[ri], "structure")
             taken.add(rs[ri])
 

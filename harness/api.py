@@ -16,7 +16,8 @@ from harness.backward import check_backward, compare_backward
 from harness.adapters import UserAdapter, find_adapter
 from harness.checks import check_module, type_error
 from harness.diagnose import annotate_mismatches, diagnose, origins_diagnosis, setting_notes
-from harness.localize import Localization, Row, _leaf_pairs, drop_trailing_ops, extend_twins, localize_all, measure_match
+from harness.localize import (Localization, Row, _holds_any, _leaf_pairs, _shaped_alike, drop_trailing_ops,
+                              extend_twins, localize_all, measure_match)
 from harness.memory import trace_budget
 from harness.noise import float64_hint, noise_verdicts, ratio_divisor
 from harness.metrics import Metrics, Tolerance, dtype_name, measure, tolerance_for
@@ -343,6 +344,8 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
         annotate_mismatches(rows, final, outputs, tol)
         found, rows = _blamed_parts(found, rows, diagnosis)
         found, diagnosis = _holder_of_missing(found, diagnosis, weights, candidate, cand_trace.records, rows)
+        found = _maker_named(found, diagnosis, candidate, cand_trace.records, rows, ref_records)
+        found, diagnosis = _gap_maker(found, diagnosis, candidate, cand_trace.records, rows, ref_records)
         found, within = _setting_within_rounding(found, diagnosis, rows)
         notes += within
     notes += ([noise.note] if noise.note else []) + float64_hint(pair_name, name, passed, found.culprit, rows)
@@ -497,6 +500,107 @@ def _holder_of_missing(found: Localization, diagnosis: list[dict], weights: Weig
     early = first_row is not None and calls[holder].end < first_row.match.candidate.end
     return replace(found, culprit=holder, first_divergence=holder if early else found.first_divergence,
                    introduced=[holder if n == found.culprit else n for n in found.introduced]), [moved, *diagnosis[1:]]
+
+
+def _maker_named(found: Localization, diagnosis: list[dict], candidate: nn.Module, cand_records: Sequence[Record],
+                 rows: list[Row], ref_records: Sequence[Record]) -> Localization:
+    """The culprit moved to the call inside it that its first finding is about, where that call
+    ran code of the port's own and no twin vouches for it: it has none (a branch adding its
+    position table shifted by a row, inside a root whose other calls all have twins), or its twin
+    is handed inputs of other shapes, so its row could not tell made from received (a patch
+    embedding resizing its image otherwise, where the original resizes before it). The finding
+    reads that call's own code: the difference is there, not in the code around it."""
+    first = diagnosis[0] if diagnosis else None
+    if first is None or found.culprit is None or not _encloses(found.culprit, first["module"]):
+        return found
+    maker = first["module"]
+    call = next((r for r in cand_records if r.name == maker), None)
+    if call is None or _torch_module(candidate, maker):
+        return found
+    own = [row for row in rows if row.candidate == maker]
+    if any(row.passed or _shaped_alike(row.match.candidate.inputs, row.match.reference.inputs) for row in own):
+        return found
+    if not _handed_known(call, ref_records, tolerance_for(_first_dtype(call))):
+        return found  # what it was handed differs already (a class token joined last, before it)
+    first_row = next((row for row in rows if row.candidate == found.first_divergence), None)
+    early = first_row is not None and call.end < first_row.match.candidate.end
+    return replace(found, culprit=maker, first_divergence=maker if early else found.first_divergence,
+                   introduced=[maker if n == found.culprit else n for n in found.introduced])
+
+
+def _gap_maker(found: Localization, diagnosis: list[dict], candidate: nn.Module, cand_records: Sequence[Record],
+               rows: list[Row], ref_records: Sequence[Record]) -> tuple[Localization, list[dict]]:
+    """A culprit whose first finding is an operation of its own code, where the first failing call
+    inside it received its error (it gives its twin's output from its twin's inputs) and the last
+    agreeing call before it and it both run inside one call without a twin, a module of the
+    port's own (a cross-attention fusion that lost its residual add, between its attention and
+    its output norm, where the original spreads the fusion over three modules): that call's code,
+    run between the two, made the error when every value it was handed is one the reference
+    computes (in part: a class token sliced off). It is named, and the finding with it."""
+    first = diagnosis[0] if diagnosis else None
+    culprit = found.culprit
+    if first is None or culprit is None or first["module"] != culprit or first["kind"] not in _OWN_CODE_KINDS:
+        return found, diagnosis
+    bad = next((r for r in rows if r.candidate == found.first_divergence and r.match.how != "structure"), None)
+    if bad is None or bad.status != "propagated" or not _encloses(culprit, bad.candidate):
+        return found, diagnosis
+    failing = bad.match.candidate
+    agreeing = [r.match.candidate for r in rows if r.passed and r.match.how != "structure"
+                and r.match.candidate.end < failing.start and _encloses(culprit, r.candidate)]
+    if not agreeing:
+        return found, diagnosis
+    last = max(agreeing, key=lambda c: c.end)
+    twinned = {r.candidate for r in rows}
+    frames = [c for c in cand_records if c.name not in twinned and _encloses(culprit, c.name)
+              and c.contains(last) and c.contains(failing) and not _torch_module(candidate, c.name)]
+    if not frames:
+        return found, diagnosis
+    frame = max(frames, key=lambda c: c.start)
+    if not _handed_known(frame, ref_records, bad.tolerance):
+        return found, diagnosis
+    return _named(found, diagnosis, frame.name)
+
+
+_OWN_CODE_KINDS = ("missing_op", "extra_op", "op")  # findings about the operations a module's code runs
+
+
+def _named(found: Localization, diagnosis: list[dict], maker: str) -> tuple[Localization, list[dict]]:
+    """``maker`` named in the culprit's place (and where the outputs first differ, where that was the
+    culprit), and its first finding, about the culprit's code, said of it."""
+    culprit, first = found.culprit, diagnosis[0]
+    moved = {**first, "module": maker, "text": maker + first["text"][len(culprit):]}
+    return replace(found, culprit=maker, introduced=[maker if n == culprit else n for n in found.introduced],
+                   first_divergence=maker if found.first_divergence == culprit else found.first_divergence), \
+        [moved, *diagnosis[1:]]
+
+
+def _handed_known(call: Record, ref_records: Sequence[Record], tol: Tolerance) -> bool:
+    """Whether every tensor ``call`` was handed is a value the reference computes (:func:`_known`)."""
+    known = [v for r in ref_records for v in (*r.inputs.values(), *r.outputs.values()) if isinstance(v, torch.Tensor)]
+    return all(_known(v, known, tol) for v in call.inputs.values() if isinstance(v, torch.Tensor))
+
+
+def _first_dtype(call: Record) -> torch.dtype:
+    return next((v.dtype for v in call.inputs.values() if isinstance(v, torch.Tensor) and v.is_floating_point()),
+                torch.float32)
+
+
+def _known(value: torch.Tensor, known: Sequence[torch.Tensor], tol: Tolerance) -> bool:
+    """Whether ``value`` is one of ``known`` (in any layout), or its first or last part along one dim
+    (a class token sliced off the tokens, or the tokens after it)."""
+    if not value.is_floating_point() or _holds_any(value, known, tol):
+        return True
+    for other in known:
+        if other.ndim != value.ndim or other.dtype != value.dtype or other.shape == value.shape:
+            continue
+        dims = [d for d in range(value.ndim) if other.shape[d] != value.shape[d]]
+        if len(dims) != 1 or other.shape[dims[0]] < value.shape[dims[0]]:
+            continue
+        d, n = dims[0], value.shape[dims[0]]
+        for part in (other.narrow(d, 0, n), other.narrow(d, other.shape[d] - n, n)):
+            if _holds_any(value, [part], tol):
+                return True
+    return False
 
 
 def _setting_inside(found: Localization, diagnosis: list[dict], rows: list[Row]) -> Row | None:

@@ -955,3 +955,172 @@ class FoldedConvRelu(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x) * self.scale[:, None, None] + self.shift[:, None, None]
         return torch.relu(y) if self.relu else y
+
+
+class SineCode(nn.Module):
+    """A position encoding computed from a padding mask, without tensors: ``(B, H, W, 2 * dims)``."""
+
+    def __init__(self, dims: int = 4, normalize: bool = True) -> None:
+        super().__init__()
+        self.dims, self.normalize = dims, normalize
+
+    def forward(self, mask: torch.Tensor) -> torch.Tensor:
+        y = mask.double().cumsum(1)
+        if self.normalize:
+            y = y / y[:, -1:] * 2 * torch.pi
+        freq = 100.0 ** (torch.arange(self.dims, dtype=torch.float64) / self.dims)
+        return torch.cat([(y[..., None] / freq).sin(), (y[..., None] / freq).cos()], -1)
+
+
+class SineAfterProjection(nn.Module):
+    """Projects the maps, then encodes the mask's positions and adds them (channels first)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj, self.code, self.head = nn.Conv2d(8, 8, 1), SineCode(), nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        f = self.proj(x)
+        return self.head(f + self.code(mask).permute(0, 3, 1, 2))
+
+
+class SineBeforeProjection(nn.Module):
+    """The same, the positions encoded first, added channels last."""
+
+    def __init__(self, normalize: bool = True) -> None:
+        super().__init__()
+        self.pos, self.input_proj, self.out = SineCode(normalize=normalize), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        pos = self.pos(mask)
+        f = self.input_proj(x).permute(0, 2, 3, 1)
+        return self.out((f + pos).permute(0, 3, 1, 2))
+
+
+class Mixer(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm, self.lin = nn.LayerNorm(dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(F.gelu(self.norm(x)))
+
+
+class SpreadExchange(nn.Module):
+    """Tokens projected to another width, mixed with a residual add, projected back: the steps
+    are the root's children, the add the root's code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre, self.down, self.mix, self.up = nn.Linear(16, 16), nn.Linear(16, 8), Mixer(8), nn.Linear(8, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.down(self.pre(x))
+        return self.up(c + self.mix(c))
+
+
+class Exchange(nn.Module):
+    def __init__(self, residual: bool = True) -> None:
+        super().__init__()
+        self.go, self.mixer, self.back = nn.Linear(16, 8), Mixer(8), nn.Linear(8, 16)
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.go(x)
+        a = self.mixer(c)
+        return self.back(c + a if self.residual else a)
+
+
+class OneExchange(nn.Module):
+    """:class:`SpreadExchange` with its steps and its add in one module of its own."""
+
+    def __init__(self, residual: bool = True) -> None:
+        super().__init__()
+        self.first, self.exchange = nn.Linear(16, 16), Exchange(residual)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.exchange(self.first(x))
+
+
+class TableInRoot(nn.Module):
+    """Tokens embedded, a class token joined, a position table added: by the root's code; then a
+    second branch of the tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.side, self.head = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+        self.cls_token, self.pos_embed = nn.Parameter(torch.zeros(1, 1, 16)), nn.Parameter(torch.zeros(1, 6, 16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x)
+        t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], 1) + self.pos_embed
+        return self.head(t)[:, 1:] + self.side(x)
+
+
+class TableBranch(nn.Module):
+    def __init__(self, shift: bool = False) -> None:
+        super().__init__()
+        self.lin = nn.Linear(16, 16)
+        self.cls, self.pos = nn.Parameter(torch.zeros(1, 1, 16)), nn.Parameter(torch.zeros(1, 6, 16))
+        self.shift = shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = torch.cat([self.cls.expand(x.shape[0], -1, -1), self.lin(x)], 1)
+        pos = torch.cat([self.pos[:, :1], self.pos[:, 2:], self.pos[:, -1:]], 1) if self.shift else self.pos
+        return t + pos
+
+
+class TableInBranch(nn.Module):
+    """:class:`TableInRoot` with the embedding, the token and the table in a branch of its own."""
+
+    def __init__(self, shift: bool = False) -> None:
+        super().__init__()
+        self.branch, self.other, self.out = TableBranch(shift), nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.branch(x)
+        u = self.other(x)
+        return self.out(t)[:, 1:] + u
+
+
+class PatchProj(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, 8, 2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class ResizedInRoot(nn.Module):
+    """The image resized (bicubic) by the root's code, then cut into patches and projected."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch_embed, self.head = PatchProj(), nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=(4, 4), mode="bicubic", align_corners=False)
+        return self.head(self.patch_embed(x))
+
+
+class ResizingPatches(nn.Module):
+    def __init__(self, mode: str = "bicubic") -> None:
+        super().__init__()
+        self.conv, self.mode = nn.Conv2d(3, 8, 2, stride=2), mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=(4, 4), mode=self.mode, align_corners=False)
+        return self.conv(x).flatten(2).transpose(1, 2)
+
+
+class ResizedInEmbedding(nn.Module):
+    """:class:`ResizedInRoot` with the resize in the patch embedding's own code."""
+
+    def __init__(self, mode: str = "bicubic") -> None:
+        super().__init__()
+        self.embed, self.classifier = ResizingPatches(mode), nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
