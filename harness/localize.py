@@ -60,7 +60,10 @@ reference call without a twin gives when run on that call's inputs (a GELU the p
 calls before its depthwise conv, not after: its code is right, its caller's order is not), or a
 failing guess that gives its guessed twin's output when re-run on that twin's inputs (a shared
 ReLU after a dropped residual add; one that cannot be re-run, in summary mode, when its inputs
-already differ from its twin's). With every suspect cleared, an operation was left out or moved:
+already differ from its twin's), or one without parameters that only rearranges its input, turning
+a value the reference computes into another (a ``Permute`` back to NCHW after a layer scale its
+block left out), or one that, run on a value the reference computes of its input's shape, gives
+another (a ``q`` projection split from a fused ``qkv``, handed windows its block did not shift). With every suspect cleared, an operation was left out or moved:
 first a cleared call that returns its child's output as it is where the reference reads that
 output plus the call's input next (a residual layer that lost its add; a module with a forward of
 its own, or where no call around has a twin, a torch container too), with the add named; then a
@@ -82,6 +85,8 @@ around the last agreeing one returned, did nothing after it: where one reference
 two twins' values (the step left out), that untwinned call's code is named (a wrapped model whose
 final norm is replaced by ``Identity``), unless the candidate holds the bridge's weights outside
 it (a root skipping its own norm is the root's error).
+An error received from no call, in a candidate run through a method of its own (``candidate_call``)
+whose code no recorded call holds, starts in that code: the model, ``<root>``, is named.
 A confirmed call handed an error that still fails on its twin's inputs, while every failing call
 inside it only received its error, made it where a call's input is not what the candidate's value
 before it gives through the reference's step between their twins (handed on, or through one
@@ -103,7 +108,8 @@ caller's code) are measured before that operation (:func:`drop_trailing_ops`), d
 error too where the candidate's own values show it applying the operation right after the module
 (two paths handed each other's half of the input clear their norms, and the caller that split the
 input is blamed); a side that never applies it is caught by the call that reads the value, or by
-its caller. Twins that both end with an unpaired call of one class (a Dropout left in training
+its caller (an op in the caller's own code counts: a ReLU applied in the root before a functional
+pool is applied). Twins that both end with an unpaired call of one class (a Dropout left in training
 against one in eval mode) apply it in the same place: that call's result is the error.
 
 Twins whose outputs hold the same elements in another layout are compared through an adapter
@@ -404,6 +410,7 @@ def drop_trailing_ops(rows: list[Row], alignment: Alignment, measure_row: Callab
                      *alignment.passthrough_candidate), key=lambda r: r.start)
     ref_starts = sorted((*(m.reference for m in alignment.matches), *alignment.unmatched_reference,
                          *alignment.passthrough_reference), key=lambda r: r.start)
+    _CALLER_VALUES.clear()
     for at, row in enumerate(rows):
         if row.passed or row.match.how == "structure" or ROOT in (row.candidate, row.reference):
             continue
@@ -436,6 +443,7 @@ def drop_trailing_ops(rows: list[Row], alignment: Alignment, measure_row: Callab
                 rows[at] = replace(trial, adapter=f"before {trailing.name}, which {where} applies inside this call",
                                    trailing=trailing.module if side == "candidate" else None)
                 break
+    _CALLER_VALUES.clear()
 
 
 _OTHER = {"candidate": "reference", "reference": "candidate"}
@@ -467,10 +475,34 @@ def _never_applied(row: Row, trailing: Record, calls: list[Record]) -> bool:
 
 def _seen(value: Any, call: Record, calls: list[Record], tol: Tolerance) -> bool:
     """Whether ``value`` is what one of the next calls after ``call`` reads, or what a call around
-    it returns (an operation its caller applies, functionally or by a module of its own)."""
+    it returns (an operation its caller applies, functionally or by a module of its own), or, failing
+    both, a value an op of the caller's own code computes or reads (torchvision's DenseNet applies
+    its final ReLU in the root and hands it to a functional pool: no module ever sees it)."""
     after = [c for c in calls if c.start > call.end][:_READERS]
     return any(_holds_any(value, [c.first_input], tol) for c in after) \
-        or any(_holds_any(value, [c.primary], tol) for c in calls if c is not call and c.contains(call))
+        or any(_holds_any(value, [c.primary], tol) for c in calls if c is not call and c.contains(call)) \
+        or _holds_any(value, _caller_values(call, calls), tol)
+
+
+def _caller_values(call: Record, calls: list[Record]) -> list[torch.Tensor]:
+    """Every value the innermost call around ``call`` with a forward of its own computes op by op
+    (its code is where an operation left to the caller runs; a torch container only chains its
+    children), kept on that record; [] when there is none or it cannot run again."""
+    from harness.diagnose import record_values  # diagnose re-runs modules; localize only needs this
+
+    around = [c for c in calls if c is not call and c.contains(call) and _own_forward(c.module)]
+    caller = min(around, key=lambda c: c.end - c.start, default=None)
+    if caller is None or type(caller.module).__name__ == "RecordedModule" \
+            or sum(p.numel() for p in caller.module.parameters()) > INNER_ELEMENTS:
+        return []
+    if (values := _CALLER_VALUES.get(id(caller))) is None or values[0] is not caller:
+        values = _CALLER_VALUES[id(caller)] = (caller, record_values(caller.module, caller.args, caller.kwargs))
+    return values[1]
+
+
+# the op values of callers recorded by _caller_values, by id of their record (the record is kept
+# with them, so an id reused by a later trace is not mistaken for it); cleared per drop_trailing_ops
+_CALLER_VALUES: dict[int, tuple[Record, list[torch.Tensor]]] = {}
 
 
 def _applied_after(row: Row, trailing: Record, calls: list[Record]) -> bool:
@@ -1037,8 +1069,9 @@ def localize_all(
                            + f"; {row.candidate} around it is the innermost module with a twin")
     for row in failing:  # an error received from nowhere was made by code without a twin
         earlier = any(o.match.candidate.end < row.match.candidate.start for o in failing)
-        if row.status != "propagated" or earlier or any(end < row.match.candidate.start for end, _ in origins) \
-                or _made_around(row, failing):
+        # (past an origin in the model's own code, which no call holds, every error is downstream)
+        if row.status != "propagated" or earlier or _made_around(row, failing) \
+                or any(end < row.match.candidate.start or name == ROOT for end, name in origins):
             continue
         # the innermost confirmed call around it first; then each wider one (and then anywhere)
         # before the narrower one started: the code without a twin may sit before the block that
@@ -1053,6 +1086,13 @@ def localize_all(
             found.notes.append(f"the error {row.candidate} receives starts in {origin.name}, which has no twin "
                                f"in the reference")
             found.findings += _left_out_after(origin, row, calls)
+        elif not any(c.name == ROOT for c in calls):
+            # the candidate was run through a method of its own (``candidate_call``), whose code no
+            # recorded call holds: an error no call made starts there (a position table added in the
+            # model's own code), so the model itself is named
+            origins.append((row.match.candidate.start, ROOT))
+            found.notes.append(f"the error {row.candidate} receives starts in code the candidate model runs "
+                               f"outside its modules (the method called on it), named {ROOT}")
     origins.sort()
     found.introduced = list(dict.fromkeys(name for _, name in origins))
     # an origin without a confirmed twin (code without a twin, a failing guess) that completed before
@@ -1167,6 +1207,16 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
     twinned = {id(r.match.reference) for r in rows}
     suspects = [u for u in suspects if not _computes_as(u, [r for r in _pool(row, reference) if id(r) not in twinned],
                                                         row.tolerance if row is not None else None)]
+    # nor one that only rearranges what it was handed, as an op of the reference rearranges one of
+    # its values into another (a Permute back to NCHW after the step its caller left out: the
+    # reference permutes the scaled value, the candidate's code never scaled it)
+    if suspects and row is not None:
+        known = _known_values(row, reference)
+        suspects = [u for u in suspects if not _rearranges_as_reference(u, known, row.tolerance)]
+        # nor one that, run on a value the reference computes in its input's place, gives one the
+        # reference computes too: handed the right input it does its part (a query projection split
+        # from a fused qkv, given windows its block forgot to shift), so it only received the error
+        suspects = [u for u in suspects if not _right_on_reference_input(u, known, row.tolerance)]
     if not suspects:
         if first_bad is None:
             # nothing inside fails: the error is made after the last agreeing call, by the code
@@ -1310,6 +1360,58 @@ def _computes_as(call: Record, others: Sequence[Record], tol: Tolerance | None) 
             got = {k: v.detach() for k, v in flatten_tensors(out).items()}
             if got and _worst(_leaf_pairs(got, other.outputs), tol or tolerance_for(next(iter(got.values())).dtype))[2]:
                 return True
+    return False
+
+
+def _rearranges_as_reference(call: Record, known: Sequence[Any], tol: Tolerance) -> bool:
+    """Whether ``call``'s module, one without parameters whose output holds its one input's elements
+    bitwise in another arrangement (a permute, a reshape), turns one of ``known`` (values the
+    reference computes) of its input's shape into another of them: the reference takes the same
+    step, so the call's code is right wherever its input went wrong. A wrong arrangement (height
+    and width swapped) gives no value the reference computes."""
+    given, out = call.first_input, call.primary
+    if call.module is None or len(call.args) != 1 or any(True for _ in call.module.parameters()) \
+            or not isinstance(given, torch.Tensor) or not isinstance(out, torch.Tensor) \
+            or not given.is_floating_point() or given.numel() != out.numel() or given.numel() == 0 \
+            or not torch.equal(given.detach().flatten().sort().values, out.detach().flatten().sort().values):
+        return False
+    for value in known:
+        if not isinstance(value, torch.Tensor) or value.shape != given.shape or value.dtype != given.dtype:
+            continue
+        try:
+            with torch.no_grad():
+                made = call.module(value.clone())
+        except Exception:  # a module that does not take the value as it is
+            continue
+        if isinstance(made, torch.Tensor) and not _bitwise(made, value) and any(_bitwise(made, v) for v in known):
+            return True
+    return False
+
+
+_REFERENCE_INPUTS = 4  # values of a suspect's input shape it is run on, at most
+
+
+def _right_on_reference_input(call: Record, known: Sequence[Any], tol: Tolerance) -> bool:
+    """Whether ``call``'s module, one with parameters, run on one of ``known`` (values the reference
+    computes) of its one input's shape in place of what it was handed, gives another of them, to a
+    few units in the last place in any layout (``tol``: what sets the value given apart): given the reference's value there, its code and weights compute the
+    reference's. (One without parameters is judged by its arrangement, :func:`_rearranges_as_reference`:
+    any layout would clear a permute swapping height and width.)"""
+    given = call.first_input
+    if call.module is None or len(call.args) != 1 or not isinstance(given, torch.Tensor) \
+            or not given.is_floating_point() or not any(True for _ in call.module.parameters()):
+        return False
+    fitting = [v for v in known if isinstance(v, torch.Tensor) and v.shape == given.shape and v.dtype == given.dtype]
+    for value in fitting[:_REFERENCE_INPUTS]:
+        try:
+            with torch.no_grad():
+                made = call.module(value.clone())
+        except Exception:  # a module that does not take the value as it is
+            continue
+        # to a few units in the last place: a weight off by less than the tolerance is still off
+        exact = Tolerance(0.0, _SAME_INPUT_ULPS * torch.finfo(given.dtype).eps)
+        if isinstance(made, torch.Tensor) and not _holds_any(made, [value], tol) and _holds_any(made, known, exact):
+            return True
     return False
 
 
