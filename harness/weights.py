@@ -55,7 +55,9 @@ its weights. The algorithm:
    (BEiT's key projection: an affine map without constant term) make a composite bias with zeros
    in those layers' rows, which a fused layer's bias may match; the other way round each bias takes
    its slice of the fused one, the rows of the layers without one left out (marked ``rest``: read
-   backward they are zeros).
+   backward they are zeros). A tensor joined with zeros matched to such a composite (timm's BEiT
+   against transformers' ``q_proj``, bias-free ``k_proj``, ``v_proj``) is cut apart there: each
+   stored part takes the bias of the sibling filling its rows in that same call.
 3. Alignment. A dynamic program over the two first-use sequences, in order, pairs tensors that can
    hold the same values (same shape; the same after squeezing or flattening; transposed; a
    projection of concatenated inputs ``(out, n * in)`` against its column blocks stacked ``(n, out,
@@ -103,7 +105,9 @@ its weights. The algorithm:
    (transformers' VitDet adds ``table[:, 1:]``, its class row never read) against a leftover table of
    those rows is that table with zero rows inserted where it is not read, marked ``unread``: read
    backward they are dropped whatever they hold; the other way round the rows the reference does not
-   read are removed (``remove``, ``unread``), and read backward come back as zeros.
+   read are removed (``remove``, ``unread``), and read backward come back as zeros. Where both
+   sides add their whole table, the shorter one takes the longer one's last rows (``slice`` with
+   ``rest``: the patches'), and a note names the leading rows the candidate adds to no token.
    A leftover table the forward gathers rows of through an integer index (timm's Swin:
    ``table[relative_position_index]``; LeViT and EfficientFormer index a later dim,
    ``biases[:, idxs]``, with a 2-D index) takes the leftover tensor of the other side holding the
@@ -182,6 +186,7 @@ import string
 import weakref
 from collections import Counter
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from itertools import combinations, permutations
 from typing import Any, Callable, Iterable, Mapping
 
@@ -1056,8 +1061,9 @@ def _past_zeros(start: int, zeros: Iterable[tuple[int, int]]) -> int:
     return start
 
 
-def _words(key: str) -> set[str]:
-    return {w for w in re.split(r"[._]", key.split("[", 1)[0]) if w and not w.isdigit()}
+@lru_cache(maxsize=4096)  # the alignment asks for every pair of same-shaped tensors: a few hundred names each
+def _words(key: str) -> frozenset[str]:
+    return frozenset(w for w in re.split(r"[._]", key.split("[", 1)[0]) if w and not w.isdigit())
 
 
 def _bonus(c: _Tensor, r: _Tensor) -> float:
@@ -1243,7 +1249,8 @@ def _inferred(candidate: nn.Module, reference: nn.Module, inputs: Any, candidate
         cand, ref = cand + parts[0], ref + parts[1]
         entries += _repair(cand, ref, entries, used_c, used_r, reasons)
     entries += _split_tables(cand, ref, used_c, used_r)
-    entries += _padded_tables(cand, ref, used_c, used_r)
+    uncarried: list[str] = []  # rows of reference tables the candidate adds to no token
+    entries += _padded_tables(cand, ref, used_c, used_r, uncarried)
     entries += _gathered_tables(cand, ref, used_c, used_r)
     entries = _follow_flow(_cohere(_untangle(_in_operand_order(entries, cand, ref))), cand, ref)
     entries = _folded_norms(_whole_of_parts(entries, cand, ref, used_c, used_r, reasons), cand, ref, used_r, reference)
@@ -1268,7 +1275,7 @@ def _inferred(candidate: nn.Module, reference: nn.Module, inputs: Any, candidate
     for k in computed["reference"]:
         reasons[k] = ref_computed[k]
     numel = sum(p.numel() for p in candidate.parameters())
-    notes = _shared_notes(entries, [k for k in unmatched["reference"] if k in idle])
+    notes = _shared_notes(entries, [k for k in unmatched["reference"] if k in idle]) + uncarried
     weights = WeightMap(entries=entries, unmatched=unmatched, reasons=reasons, computed=computed,
                         candidate_numel=numel, notes=notes)
     return weights, _join_groups(cand)
@@ -1394,6 +1401,13 @@ def _paired(cand: list[_Tensor], ref: list[_Tensor], pairs: list, used_c: set[in
             used_c.update(ci)
             used_r.update(ri)
             continue
+        parts = _parts_of_composite(c, [ref[r] for r in ri], steps) if c.pieces and how == "concat" else None
+        if parts is not None and c.key not in sources:
+            entries += parts
+            sources[c.key] = tuple(e.reference[0] for e in parts)
+            used_c.update(ci)
+            used_r.update(r for r in ri if ref[r].key in sources[c.key])
+            continue
         if any(ref[r].pieces for r in ri) or c.pieces and how != "one":
             continue  # a composite is not cut apart: left to the searches after
         keys = tuple(ref[r].key for r in ri)
@@ -1412,6 +1426,36 @@ def _paired(cand: list[_Tensor], ref: list[_Tensor], pairs: list, used_c: set[in
     used_c.update(k for k, t in enumerate(cand) if t.again or t.key in sources)
     used_r.update(k for k, t in enumerate(ref) if t.again or t.key in fed or t.key in idle)
     return entries
+
+
+def _parts_of_composite(c: _Tensor, members: list[_Tensor], steps: list[Step]) -> list[Entry] | None:
+    """Entries for the parts of a candidate tensor joined where used (``torch.cat([q_bias, zeros,
+    v_bias])`` as one linear layer's bias) matched to the composite of sibling layers of that same
+    call (query, key and value layers, the key layer without bias): each stored part takes the
+    sibling filling its rows, or a slice of it. None unless ``steps`` only join the siblings with
+    zeros and every stored part lies within one sibling's rows; the searches after then pair the
+    parts, by global order."""
+    if c.dim != 0 or any(back for key, _, _, back in c.pieces if key is not None):
+        return None
+    if any(st["op"] not in ("concat", "insert") for st in steps):
+        return None
+    zeros = [(st["start"], st["size"]) for st in steps if st["op"] == "insert"]
+    rows, start = [], 0
+    for m in members:
+        start = _past_zeros(start, zeros)
+        rows.append((start, start + m.shape[0], m))
+        start += m.shape[0]
+    out = []
+    for key, a, b, _ in c.pieces:
+        if key is None:
+            continue  # the candidate's zeros: whatever sibling fills those rows feeds nothing here
+        m = next(((lo, t) for lo, hi, t in rows if lo <= a and b <= hi), None)
+        if m is None:
+            return None
+        lo, t = m
+        cut = () if (a - lo, b - lo) == (0, t.shape[0]) else ({"op": "slice", "dim": 0, "start": a - lo, "stop": b - lo},)
+        out.append(Entry(key, (t.key,), cut, _part_shape(c, a, b), (t.shape,), c.kind))
+    return out
 
 
 def _idle_reason(candidate_key: str, sources: tuple[str, ...]) -> str:
@@ -1867,7 +1911,8 @@ _PREFIX_ROWS = 8  # the most rows a table keeps for tokens before the patches (c
 _TABLE_OPS = ("add", "add_")  # a position table is added to the tokens; a weight read by a layer is no table
 
 
-def _padded_tables(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], used_r: set[int]) -> list[Entry]:
+def _padded_tables(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], used_r: set[int],
+                   notes: list[str]) -> list[Entry]:
     """A table with a few more rows than a leftover table of the other side, otherwise of its shape:
     a position table ``(1, 1 + N, C)`` kept whole for the class token and the patches against timm's
     ``no_embed_class`` table ``(1, N, C)``, added to the patches alone before the class token joins
@@ -1876,7 +1921,11 @@ def _padded_tables(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], us
     holding the longer table takes only the other's rows of it (transformers' VitDet keeps a class
     row it never reads and adds ``table[:, 1:]``), the rows it leaves are marked ``unread``: inserted
     as zeros into the candidate's table, or removed from the reference's, and read backward dropped,
-    or given back as zeros, whatever they hold."""
+    or given back as zeros, whatever they hold. Where both add their whole table, the shorter one
+    (timm's ``no_embed_class`` table against transformers' DINOv2 adding a class row too) takes the
+    longer one's last rows, the patches' (``notes``: the leading rows, which the candidate adds to
+    no token: the two agree only where those are zeros); read backward those rows are zeros, what
+    the candidate adds there."""
     out: list[Entry] = []
     for rk, r in enumerate(ref):
         if rk in used_r or r.pieces or r.part or not _table(r) or len(r.shape) < 2:
@@ -1886,6 +1935,13 @@ def _padded_tables(cand: list[_Tensor], ref: list[_Tensor], used_c: set[int], us
                     or not _table(c):
                 continue
             steps = _padding(c, r) if r.op in _TABLE_OPS else _trimming(c, r) if c.op in _TABLE_OPS else None
+            if steps is None and r.op in _TABLE_OPS and c.op in _TABLE_OPS:
+                steps = _patch_rows(c, r)
+                if steps is not None:
+                    cut = steps[0]
+                    notes.append(f"{c.key} takes {_rows(cut['start'], cut['stop'], cut['dim'])} of {r.key}; the "
+                                 f"reference adds its {_rows(0, cut['start'], cut['dim'])} to tokens the candidate "
+                                 f"adds nothing to (the two agree only where those rows are zeros)")
             if steps is None:
                 continue
             out.append(Entry(c.key, (r.key,), steps, c.shape, (r.shape,), r.kind))
@@ -1920,6 +1976,15 @@ def _padding(c: _Tensor, r: _Tensor) -> tuple[Step, ...] | None:
     gaps = ((0, start), (stop, c.shape[dim] - stop))
     return tuple({"op": "insert", "dim": dim, "start": at, "size": size, "value": 0.0, "unread": True}
                  for at, size in gaps if size)
+
+
+def _patch_rows(c: _Tensor, r: _Tensor) -> tuple[Step, ...] | None:
+    """The cut of the longer table ``r`` to its last rows, as many as table ``c`` has, or None; the
+    rows before them are zeros where read backward."""
+    dim = _longer_dim(r.shape, c.shape)
+    if dim is None:
+        return None
+    return ({"op": "slice", "dim": dim, "start": r.shape[dim] - c.shape[dim], "stop": r.shape[dim], "rest": 0.0},)
 
 
 def _trimming(c: _Tensor, r: _Tensor) -> tuple[Step, ...] | None:
@@ -2354,7 +2419,8 @@ def map_weights(
 
 def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inputs: Any,
             budget: int, options: dict[str, Any], joins: list[tuple[str, ...]] = ()) -> None:
-    """Transfer into a copy, compare through the map, try alternatives where twins disagree.
+    """Transfer into a copy, compare through the map, try alternatives where twins disagree; an
+    exchange refused around one culprit is not tried again around its namesake in a block built alike.
     ``joins``: candidate tensors first used together by one join, in operand order."""
     from harness.api import compare
 
@@ -2371,6 +2437,7 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
     report = run(weights)
     stuck: set[str] = set()  # modules around which no alternative helps
     structural: set[tuple] = set()  # the code differences (by module relative path) that made modules stuck
+    refused: set[tuple] = set()  # exchanges that left their culprit failing, as placed in blocks built alike
     while not report.passed and budget > 0:
         culprit = next((m for m in report.introduced if m not in stuck), None)
         if culprit is None:
@@ -2388,6 +2455,9 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
                 break
             if not isinstance(change, tuple) and _still_fails(report, culprit, alternative, weights, reference, trial):
                 continue  # another layout of one tensor that leaves the culprit failing: no comparison
+            alike = _exchange_alike(change, culprit)
+            if alike in refused:
+                continue  # refused in a block built alike: the blocks differ from their twins alike too
             budget -= 1
             trial_report = run(alternative)
             # of the orders of one set of siblings exactly one is right, and it makes the culprit agree:
@@ -2395,6 +2465,8 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
             if not _better(trial_report, report, change) \
                     or isinstance(change, _Order) and culprit in trial_report.introduced:
                 weights.transfer(reference, trial)  # back to the map the next choices differ from
+                if alike is not None:
+                    refused.add(alike)
             else:
                 weights.entries = alternative.entries
                 weights.notes.append(f"ambiguous order of use around {culprit} resolved by running both models")
@@ -2431,6 +2503,15 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
     if not report.passed and not report.introduced:
         weights.conflicts.append({"module": None, "text": f"after transfer the outputs disagree "
                                                           f"(max_abs {report.output.max_abs:.3e})"})
+
+
+def _exchange_alike(change: tuple | _Order | None, culprit: str) -> tuple | None:
+    """An exchange of two modules' tensors around ``culprit`` as it reads in any block built alike
+    (block numbers left out), or None for other changes: one refused where a model differs from its
+    twin in every block (a padding done by hand before each depthwise conv) is refused in each."""
+    if not isinstance(change, tuple) or not change or not culprit.startswith(change[0]):
+        return None
+    return (re.sub(r"\d+", "#", change[0]), culprit[len(change[0]):], *change[1:])
 
 
 def _scope_of(change: tuple | _Order) -> str:
@@ -2524,12 +2605,16 @@ def _fed_other_size(report, module: str) -> bool:
     shape no reference call receives (a map padded by a pad of the port's own, "same" padding
     against symmetric): the models differ before it, and no choice of weights changes an
     activation's size. (Twins paired wrongly, a shortcut conv and the branch's first conv, each
-    receive what another reference call does: an exchange fixes those.)"""
+    receive what another reference call of the twin's kind does: an exchange fixes those. What a
+    container receives counts not: the model's root receives the image a stem conv is handed
+    padded by hand.)"""
     row = next((r for r in report.rows if r.candidate == module and r.status == "introduced"), None)
     if row is None:
         return False
     c, r = (_first_shape(side) for side in (row.match.candidate, row.match.reference))
-    seen = {_first_shape(other.match.reference) for other in report.rows}
+    kind = type(row.match.reference.module)
+    seen = {_first_shape(other.match.reference) for other in report.rows
+            if row.match.reference.module is None or type(other.match.reference.module) is kind}
     return None not in (c, r) and math.prod(c) != math.prod(r) and c not in seen
 
 
