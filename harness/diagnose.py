@@ -23,7 +23,9 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    Before that, a culprit without a twin names each tensor holding other values than the weight map
    puts there: those values with the dims permuted (stored transposed), or reordered along its axes,
    said in the reference tensor's layout, the map's reshapes and permutes undone (a patch kernel
-   flattened into a linear's columns, read BGR: its input channels reversed).
+   flattened into a linear's columns, read BGR: its input channels reversed), another reference
+   tensor's values (a class token holding the distillation token's), or, where it differs in one
+   block only, that block (a relative position table's row zeroed).
    So is a culprit twinned by shape alone whose twin runs only a part of its computation (every
    finding an op the candidate runs beyond it: an ``nn.MultiheadAttention`` paired with the output
    projection of an attention its reference parent writes out), where the ancestor, twinned by
@@ -51,7 +53,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    ``softmax((q * s) @ k^T) @ v`` (the softmax written out as ``exp(x - max) / sum`` over the keys
    too) becomes one ``scaled_dot_product_attention`` with its effective ``scale`` and its mask:
    all that is added to the scores before the softmax (a bias, then a window mask), compared by
-   value with the fused call's ``attn_mask``, be it a parameter or a computed value (the adds that
+   value with the fused call's ``attn_mask`` (holding other values: the one block of a table it is
+   built from that differs, a row zeroed), be it a parameter or a computed value (the adds that
    build it are part of it; one holding the reference's laid out otherwise, queries for keys, is named
    permuted). ``x @ W`` with ``W`` a matrix parameter (or an einsum contracting the
    input's last dim with a matrix parameter, ``'bnc,oc->bno'``,
@@ -99,9 +102,16 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    a cat of several (``cat(q_bias, k_bias, v_bias)``) is compared as passed, its rows named by the
    tensor they come from. A culprit
    twinned to such a slice is explained through its twinned ancestor.
+   Convs, one per group, on the channel chunks one split makes of one input are one grouped conv
+   where the other side runs a conv of as many groups whose kernel stacks theirs, the join of their
+   outputs after them part of it: joined in another order than the chunks, that order is the finding.
    One op called on several inputs in turn (an encoder run on each of two frames) becomes one op,
    its outputs joined along the batch dim, where the other side computes that join in one batched
    call (``torch.cat([a, b], 0)`` through the encoder): the batching spells a layout, no finding.
+   Ops computing from parameters alone (a position-bias MLP on its coordinate table, a logit
+   scale's clamp and exp) move to just before the first op on the activations reading what they
+   compute, on each side: one port builds such a table first thing, another where it adds it; one
+   changing in place a parameter a later op reads (a bias's slice zeroed) is that op's operand.
    Align the two computational op streams, first through the parameters their ops read: an op
    reading what one reference op reads (as the weight map puts it), and no other's, is that op's
    twin whatever its name (a 1x1 conv and the linear it ports), unless its result flows into a later
@@ -402,6 +412,8 @@ class Op:
     # reads ``(B, N, H, D)`` where the fused call reads ``(B, H, N, D)``; None where the query is laid out so
     query_axes: tuple[int, ...] | None = None
     equation: str | None = None  # an einsum's subscripts, for a product kept as written
+    # per-group convs made one grouped conv with the join after them: the group each joined operand holds
+    joined: tuple[int, ...] = ()
     # the call as made, its one activation input left open (:data:`_OPEN`): the reference's op is run
     # again on what the candidate's hand-written version of it received
     call: tuple[Callable, tuple, dict] | None = None
@@ -2197,24 +2209,34 @@ def _passed_otherwise(passed: torch.Tensor, reference: torch.Tensor, ref_name: s
     block only (its class token's row zeroed before the add); None where neither says it."""
     if how := _reordering(passed, reference, _EXACT):
         return f"in another layout than the reference's {ref_name}: its values reordered, {how}"
-    differs = passed != reference.to(passed.dtype)
-    if passed.ndim == 0 or not differs.any():
+    block = _differing_block(passed, reference)
+    if block is None:
         return None
-    # the smallest block holding every difference: along each axis, its first and last differing position
-    box = []
-    for d in range(passed.ndim):
-        along = differs.movedim(d, 0).flatten(1).any(1) if passed.ndim > 1 else differs
-        at = along.nonzero().flatten()
-        box.append((int(at[0]), int(at[-1]) + 1))
-    full = [hi - lo == n for (lo, hi), n in zip(box, passed.shape)]
-    if all(full):
-        return None  # every position differs: no part to name
-    last = max(d for d in range(passed.ndim) if not full[d])
-    where = "[" + ", ".join(":" if full[d] else f"{box[d][0]}:{box[d][1]}" for d in range(last + 1)) + "]"
-    part = passed[tuple(slice(lo, hi) for lo, hi in box)]
-    if not part.any():  # a part left out of the sum (a class token's position)
+    where, zeroed = block
+    if zeroed:  # a part left out of the sum (a class token's position)
         return f"with {where} zeroed, where the reference's {ref_name} holds values (the rest agrees)"
     return f"with {where} holding other values than the reference's {ref_name} (the rest agrees)"
+
+
+def _differing_block(a: torch.Tensor, b: torch.Tensor) -> tuple[str, bool] | None:
+    """The smallest block of ``a`` holding every difference from ``b`` (of one shape), as an index
+    (``[5:6]``: a table's row 5; ``[:, 0:1]``), and whether ``a`` holds zeros all over it; None where
+    they agree or every position along every axis differs (no part to name)."""
+    differs = a != b.to(a.dtype)
+    if a.ndim == 0 or not differs.any():
+        return None
+    # along each axis, the first and last differing position
+    box = []
+    for d in range(a.ndim):
+        along = differs.movedim(d, 0).flatten(1).any(1) if a.ndim > 1 else differs
+        at = along.nonzero().flatten()
+        box.append((int(at[0]), int(at[-1]) + 1))
+    full = [hi - lo == n for (lo, hi), n in zip(box, a.shape)]
+    if all(full):
+        return None
+    last = max(d for d in range(a.ndim) if not full[d])
+    where = "[" + ", ".join(":" if full[d] else f"{box[d][0]}:{box[d][1]}" for d in range(last + 1)) + "]"
+    return where, not a[tuple(slice(lo, hi) for lo, hi in box)].any()
 
 
 def _part_findings(module: str, c: Op, r: Op, cs: list[Op], expected: Expected | None) -> list[dict]:
@@ -2419,9 +2441,11 @@ def _operand_difference(passed: tuple[torch.Tensor, torch.Tensor] | None, stored
     return f"max_abs difference {(pair[0].double() - pair[1].double()).abs().max().item():.3e}"
 
 
-def _mask_findings(module: str, c: Op, r: Op, tol: Tolerance) -> list[dict]:
+def _mask_findings(module: str, c: Op, r: Op, tol: Tolerance,
+                   recs: tuple[OpRecorder, OpRecorder] | None = None) -> list[dict]:
     """The attention's additive mask or bias (a relative position bias), compared by value whether
-    it is a parameter, a computed value or a sum written out before the softmax."""
+    it is a parameter, a computed value or a sum written out before the softmax; where it holds
+    other values, the block of the table it is built from that differs (``recs``: the two runs)."""
     if c.mask is None or r.mask is None:
         return []
     try:
@@ -2442,13 +2466,47 @@ def _mask_findings(module: str, c: Op, r: Op, tol: Tolerance) -> list[dict]:
         return [_finding(module, "argument", c.name, "attn_mask", f"attn_mask (permuted {dims})",
                          ", ".join(r.mask_params) or "attn_mask", text)]
     if torch.equal(masked_a, masked_b):
-        text = f"{where}{built(c)} holds other values than the reference's{built(r)} (max_abs difference {err:.3e})"
+        text = f"{where}{built(c)} holds other values than the reference's{built(r)} (max_abs difference {err:.3e})" \
+               f"{_table_block(c, r, recs)}"
         return [_finding(module, "argument", c.name, "attn_mask", "attn_mask (other values)",
                          ", ".join(r.mask_params) or "attn_mask", text)]
     rest = f"; where both keep a position, max_abs difference {err:.3e}" if err > tol.atol else ""
     text = f"{where}{built(c)} {_masked_otherwise(masked_a, masked_b)}{rest}"
     return [_finding(module, "argument", c.name, "attn_mask", "attn_mask (masks other positions)",
                      ", ".join(r.mask_params) or "attn_mask", text)]
+
+
+def _table_block(c: Op, r: Op, recs: tuple[OpRecorder, OpRecorder] | None) -> str:
+    """``": table[5:6] zeroed ..."``: the one block in which a table the candidate's mask is built
+    from (read through an index: no position of the mask says which row) differs from its twin's,
+    the tables paired in the order the masks read them; "" where none says it."""
+    if recs is None or len(c.mask_params) != len(r.mask_params):
+        return ""
+    for name, ref_name in zip(c.mask_params, r.mask_params):
+        a, b = _param_value(recs[0], name), _param_value(recs[1], ref_name)
+        if a is None or b is None or a.shape != b.shape or torch.equal(a, b.to(a.dtype)):
+            continue
+        return _block_words(name, a, b)
+    return ""
+
+
+def _block_words(name: str, held: torch.Tensor, reference: torch.Tensor) -> str:
+    """``": table[5:6] zeroed, the rest agrees"``: where ``held`` differs from ``reference`` (of one
+    shape) in one block only (a table's row), that block; "" where it differs all over."""
+    block = _differing_block(held, reference)
+    if block is None:
+        return ""
+    where, zeroed = block
+    return f": {name}{where} {'zeroed' if zeroed else 'differs'}, the rest agrees"
+
+
+def _param_value(rec: OpRecorder, name: str) -> torch.Tensor | None:
+    """The parameter or buffer ``name`` as the module holds it, from the first op of ``rec`` reading it."""
+    for op in rec.ops:
+        for key, held in op.params.items():
+            if held == name and key in op.param_values:
+                return op.param_values[key]
+    return None
 
 
 def _folded_norm_findings(where: str, mul: Op, r: Op, rec: OpRecorder) -> list[dict]:
@@ -3385,6 +3443,11 @@ def _fuse_siblings(side: _Side, other: _Side, tol: Tolerance, expected: Expected
             j += 1
         fused = _fused(stream[i:j], side, other, tol, expected, into_other) if j - i > 1 and stream[i].outputs \
             else None
+        if fused is None and j == i + 1 and (groups := _group_run(stream, i, side)):
+            # a grouped conv written one conv per group on the chunks of its input: one op, its
+            # output the groups' joined in their order, the join the port writes after it apart
+            j, fused = i + len(groups[0]), _fused_groups(*groups, side, other, expected, into_other)
+            j = j if fused is not None else i + 1
         if fused is None and j == i + 1 and stream[i].outputs:
             # siblings apart (a SwiGLU's gate and up projections, the gate's activation between
             # them): fused where the other side computes them in one op, in the first one's place
@@ -3394,6 +3457,87 @@ def _fuse_siblings(side: _Side, other: _Side, tol: Tolerance, expected: Expected
         out.append(fused or stream[i])
         i = j if fused is not None else i + 1
     return out
+
+
+_GROUPED = frozenset({"conv1d", "conv2d", "conv3d"})
+
+
+def _group_run(stream: list[Op], i: int, side: _Side) -> tuple[list[Op], Op, torch.Tensor] | None:
+    """The run of convs from ``stream[i]`` each reading the next of the channel chunks one split
+    makes of one input, in order (one ``nn.Conv2d`` per group on ``x.chunk(g, 1)``), with that
+    split and its input; None where ``stream[i]`` opens no such run of two or more."""
+    first = stream[i]
+    if first.name not in _GROUPED or not first.input_ids or "weight" not in first.param_values:
+        return None
+    part = _split_part(side.rec, first.input_ids[0], first.index)
+    if part is None or part[1] != 0 or not part[0].input_ids or _split_dim(part[0], first.outputs[0].ndim) != 1:
+        return None
+    split, run = part[0], [first]
+    for op in stream[i + 1:i + len(split.out_ids)]:
+        at = _split_part(side.rec, op.input_ids[0], op.index) if op.name == first.name and op.input_ids else None
+        if at is None or at[0] is not split or at[1] != len(run) or op.args != first.args \
+                or "weight" not in op.param_values:
+            break
+        run.append(op)
+    whole = side.rec.passed(split.input_ids[0], split.index)
+    return (run, split, whole) if len(run) == len(split.out_ids) and len(run) > 1 and whole is not None else None
+
+
+def _split_dim(split: Op, ndim: int) -> int | None:
+    """The dim along which ``split`` cuts (``x.chunk(4, 1)``, ``torch.split(x, 8, dim=1)``), made
+    non-negative; None where it is no plain dim."""
+    d = split.args.get("dim", split.args.get("arg2", 0))
+    return d % ndim if isinstance(d, int) and -ndim <= d < ndim else None
+
+
+def _fused_groups(group: list[Op], split: Op, whole: torch.Tensor, side: _Side, other: _Side,
+                  expected: Expected | None, into_other: bool) -> Op | None:
+    """One grouped conv standing for ``group`` (per-group convs on the chunks of ``whole``), where
+    ``other`` runs a conv of as many groups whose weight stacks theirs in the chunks' order (as the
+    weight map puts them, where it says); None where it runs none."""
+    groups = len(group) * group[0].args.get("groups", 1)
+    for twin in other.stream:
+        if twin.name != group[0].name or twin.args.get("groups") != groups or "weight" not in twin.param_values \
+                or not _stacked_parameters(group, twin, expected, into_other):
+            continue
+        outs = [g.outputs[0] for g in group]
+        if any(o.ndim != outs[0].ndim for o in outs):
+            return None
+        op = replace(_fused_op(group, torch.cat(outs, 1)), args={**group[0].args, "groups": groups},
+                     input_ids=list(split.input_ids[:1]), spelling=f"{group[0].name} on {len(group)} chunks")
+        join = _groups_join(side.rec, group, op.outputs[0])
+        if join is None:
+            return op
+        join.absorbed = True  # the groups' join is the grouped conv's: its output, in the order it joins them
+        order = tuple(next(k for k, g in enumerate(group) if i in g.out_ids) for i in join.input_ids)
+        return replace(op, out_ids=list(join.out_ids), outputs=[join.outputs[0]], joined=order)
+    return None
+
+
+def _groups_join(rec: OpRecorder, group: list[Op], joined: torch.Tensor) -> Op | None:
+    """The join of ``group``'s outputs along the channels, each once in any order (``torch.cat(ys,
+    1)``), that the candidate writes right after them; None where it writes none."""
+    outs = {i for g in group for i in g.out_ids}
+    for op in rec.ops[group[-1].index + 1:]:
+        if op.kind == "compute":
+            return None
+        if op.name == "cat" and not op.absorbed and len(op.input_ids) == len(group) \
+                and set(op.input_ids) == outs and op.outputs and op.outputs[0].shape == joined.shape:
+            return op
+    return None
+
+
+def _groups_joined(module: str, c: Op) -> list[dict]:
+    """Per-group convs made one grouped conv whose join puts the groups in another order than the
+    chunks of the input they read (``cat(ys[::-1])``): that join's order, each operand by its group."""
+    if not c.joined or list(c.joined) == sorted(c.joined):
+        return []
+    scopes = [m[0] for m in c.members]
+    moved = ", ".join(f"operand {i} holds group {k}" + (f" ({scopes[k]})" if scopes[k] else "")
+                      for i, k in enumerate(c.joined) if i != k)
+    text = (f"{module}: cat joins the outputs of the {len(c.joined)} per-group {c.name}s in another order than the "
+            f"groups of the reference's grouped {c.name} (the chunks they read): {moved}")
+    return [_finding(module, "argument", "cat", _JOINED, list(c.joined), sorted(c.joined), text)]
 
 
 def _fuse_batched(stream: list[Op], other: list[Op], tol: Tolerance) -> list[Op]:
@@ -3775,18 +3919,21 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
     cand_scopes = _scopes(cand.rec)
     last_c, last_r, agreed = -1, -1, None  # recorder indices of the last agreeing pair, the pair
     held: tuple[int, list[dict]] | None = None  # a pair agreeing only with two axes of one size exchanged
+    cs, rs = _at_their_readers(cs, cand.rec), _at_their_readers(rs, ref.rec)
     codes = _aligned(cs, rs, expected, cand.rec, tol)
 
     def diverged(at: int, c: Op, r: Op) -> list[dict]:
         where = _scoped(module, c)
         if exchanged := _exchanged_factors(where, c, r, cand, ref, tol, ref_name or module):
             return exchanged  # every factor agrees: nothing before the products explains them
+        if joined := _groups_joined(module, c):
+            return joined  # the groups' kernels agree (paired by them), their join does not
         found = _feeding(pending, unpaired, c, r, cand, ref, tol)
         found += _located(_head_findings(where, c, r, cand, ref) or _argument_findings(where, c, r), c, r, cs,
                           ref_name)
         found += _part_findings(where, c, r, cs, expected) or _param_findings(where, c, r, ref_module, root,
                                                                                expected)
-        found += _mask_findings(where, c, r, tol)
+        found += _mask_findings(where, c, r, tol, (cand.rec, ref.rec))
         # a precision the two sides compute in (a softmax upcast to float32, the cast back) is a
         # rounding, not a value: a value difference behind it is said first
         precision = [f for f in found if _precision_only(f)]
@@ -4243,6 +4390,67 @@ def _aligned(cs: list[Op], rs: list[Op], expected: Expected | None,
             codes.append(("replace", start, hi, j, j + 1))
         i0, j0 = hi, j + 1
     return codes
+
+
+def _at_their_readers(stream: list[Op], rec: OpRecorder) -> list[Op]:
+    """``stream`` with each op computing from parameters alone (a position-bias MLP on its
+    coordinate table, a logit scale's clamp and exp) moved to just before the first op that reads
+    what it computes from an activation: one port computes such a table first thing in its forward,
+    another right where it adds it, and aligned where they stand, they would pair with the other
+    side's ops on the activations. One that only changes in place a parameter a later op reads (a
+    slice of a bias zeroed) leaves the stream: that op receives it as an operand. Ops nothing on the
+    activations reads keep their place."""
+    derived: set[int] = set()  # ids of tensors computed from parameters alone
+    held: list[Op] = []
+    out: list[Op] = []
+    for op in stream:
+        sources = [_computed_sources(rec, i, op.index) for i in op.input_ids]
+        # from parameters alone: it reads one, or only what such ops computed (an op reading
+        # nothing recorded, a pool on a map from a call not seen, is no such op)
+        if (op.params or any(sources)) and all(found is not None and found <= derived for found in sources):
+            derived.update(op.out_ids)
+            held.append(op)
+            continue
+        needed = set().union(*(found for found in sources if found)) & derived
+        taken = []
+        names, operands = set(op.params.values()), []
+        for h in reversed(held):  # the held ops computing what it reads, and what they read
+            if needed & set(h.out_ids):
+                taken.append(h)
+                needed |= set().union(*(found for i in h.input_ids if (found := _computed_sources(rec, i, h.index))))
+            elif h.spelling.endswith("_") and names & set(h.params.values()):
+                operands.append(h)  # changed a parameter it reads in place (a slice of a bias zeroed): its operand
+        taken.reverse()
+        held = [h for h in held if all(h is not t for t in (*taken, *operands))]
+        out += taken + [op]
+    place = {id(op): k for k, op in enumerate(stream)}
+    for h in held:  # what no op on the activations reads keeps its place
+        out.insert(next((k for k, op in enumerate(out) if place[id(op)] > place[id(h)]), len(out)), h)
+    return out
+
+
+_SOURCE_STEPS = 64  # layout ops followed back from a tensor to the ops computing what it holds
+
+
+def _computed_sources(rec: OpRecorder, tensor_id: int, before: int) -> set[int] | None:
+    """The ids of the tensors computed by ops (not layout ops) that ``tensor_id`` holds values of,
+    through the layout ops making it (a table gathered by an index, viewed); None where it holds
+    the module's input or the walk is too long."""
+    found: set[int] = set()
+    todo, steps = [(tensor_id, before)], 0
+    while todo:
+        tid, at = todo.pop()
+        steps += 1
+        op = rec.producer(tid, at)
+        if steps > _SOURCE_STEPS or op is None and tid in rec.given:
+            return None
+        if op is None:
+            continue  # a tensor no op made and no input: a parameter, a buffer, a constant
+        if op.kind == "compute" and not op.absorbed:
+            found.add(tid)
+        else:
+            todo += [(i, op.index) for i in op.input_ids]
+    return found
 
 
 def _pointwise_pair(c: Op, r: Op) -> bool:
@@ -4958,8 +5166,17 @@ def _held_values(candidate: nn.Module | None, culprit: str, root: nn.Module | No
             text = f"{culprit}: {name} holds the reference's {source} reordered: {moves}"
             out.append(_finding(culprit, "argument", None, name, f"{name} (reordered)", source, text))
             continue
+        # another tensor's values (a class token holding the distillation token's): a swap; never
+        # said of one value throughout, which any tensor of that value would match
+        holds = None if _constant(t.detach()) is not None else _whose_values(
+            t.detach(), root, entry.reference[0] if len(entry.reference) == 1 else "")
+        if holds is not None:
+            text = f"{culprit}: {name} holds the reference's {holds}, where the weight map puts {source} (swapped weights?)"
+            out.append(_finding(culprit, "argument", None, name, holds, source, text))
+            continue
         err = (t.detach().double() - mapped.double()).abs().max().item()
-        text = f"{culprit}: {name} holds other values than the reference's {source} (max_abs difference {err:.3e})"
+        text = f"{culprit}: {name} holds other values than the reference's {source} (max_abs difference {err:.3e})" \
+               f"{_block_words(name, t.detach(), mapped)}"
         out.append(_finding(culprit, "argument", None, name, f"{name} (other values)", source, text))
     return out
 

@@ -1124,3 +1124,30 @@ class ResizedInEmbedding(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))
 
+
+class PerGroupConv(nn.Module):
+    """A grouped 3x3 conv written as one ``nn.Conv2d`` per group on the input's channel chunks,
+    the groups' outputs joined after (``reverse``: joined last group first)."""
+
+    def __init__(self, channels: int, groups: int, reverse: bool = False) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList([nn.Conv2d(channels // groups, channels // groups, 3, padding=1, bias=False)
+                                    for _ in range(groups)])
+        self.reverse = reverse
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ys = [part(chunk) for part, chunk in zip(self.parts, x.chunk(len(self.parts), 1))]
+        return torch.cat(ys[::-1] if self.reverse else ys, 1)
+
+
+class GroupedConvNet(nn.Module):
+    """A 1x1 stem, a grouped 3x3 conv (``per_group``: written per group), a 1x1 head."""
+
+    def __init__(self, channels: int = 16, groups: int = 4, per_group: bool = False) -> None:
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, channels, 1), nn.Conv2d(channels, 4, 1)
+        self.gconv = PerGroupConv(channels, groups) if per_group else \
+            nn.Conv2d(channels, channels, 3, padding=1, groups=groups, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.gconv(torch.relu(self.stem(x)))))
