@@ -361,6 +361,15 @@ def find_adapter(candidate: torch.Tensor, reference: torch.Tensor, *, same_shape
     return None if best is None else best[1]
 
 
+def in_layout_of(theirs: torch.Tensor, mine: torch.Tensor) -> torch.Tensor | None:
+    """``theirs`` brought into the layout of ``mine`` by the adapter bringing it closest (of one
+    shape: the permutation keeping it, NHWC against NCHW when C == H == W), laid out in memory as
+    ``mine`` (a re-run's kernels see the strides the candidate's own input had); None where no
+    layout fits. Nothing is remembered: callers only choose a re-run input or word a difference."""
+    adapter = find_adapter(theirs, mine, same_shape=theirs.shape == mine.shape, remember=False)
+    return None if adapter is None else torch.empty_like(mine, dtype=theirs.dtype).copy_(adapter.apply(theirs))
+
+
 def rounding_tolerance(tol: Tolerance) -> Tolerance:
     """``tol``, or float32's where ``tol`` is tighter: within it values tell layouts apart. A
     float64 reference may compute some operations in float32 (transformers' softmax), so twins in

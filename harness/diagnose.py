@@ -289,7 +289,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from harness.adapters import agreeing_layout, find_adapter, layouts, unit_axes_dropped
+from harness.adapters import agreeing_layout, find_adapter, in_layout_of, layouts, unit_axes_dropped
 from harness.metrics import DEFAULT_TOLERANCES, Tolerance, measure
 from harness.trace import ROOT, flatten_tensors, hookable_modules, map_tensors
 from harness.keymap import apply_steps, invert_steps
@@ -4965,9 +4965,8 @@ def _in_layout_of(theirs: torch.Tensor, mine: torch.Tensor, *, near: bool = True
     values (``near=False``: in its closest layout, whatever its values); None otherwise."""
     if theirs.dtype == mine.dtype and theirs.is_floating_point() and (theirs.shape != mine.shape or not _near(mine, theirs)):
         # of one shape, a permutation keeping it (NHWC against NCHW when C == H == W) may relate them
-        adapter = find_adapter(theirs, mine, same_shape=theirs.shape == mine.shape, remember=False)
-        if adapter is not None:  # laid out in memory as the candidate's own (clone keeps its strides)
-            relaid = mine.clone().copy_(adapter.apply(theirs))
+        relaid = in_layout_of(theirs, mine)
+        if relaid is not None:
             theirs = relaid if theirs.shape != mine.shape or _nearer(mine, relaid, theirs) else theirs
     return theirs if _near(mine, theirs) or not near and theirs.shape == mine.shape else None
 

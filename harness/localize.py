@@ -138,8 +138,8 @@ import torch
 from torch import nn
 
 from harness.adapters import (AS_IS, Adapter, UserAdapter, agreeing_layout, at_one_position, find_adapter,
-                              kept_permutation, kept_rolled_layout, layouts, rounding_tolerance, then_layout,
-                              user_adapter)
+                              in_layout_of, kept_permutation, kept_rolled_layout, layouts, rounding_tolerance,
+                              then_layout, user_adapter)
 from harness.align import Aligned, Alignment, Match
 from harness.metrics import Metrics, Tolerance, measure, measure_summaries, tolerance_for
 from harness.trace import ROOT, Leaf, Record, TensorSummary, flatten_tensors, map_tensors
@@ -785,11 +785,8 @@ def _closest_kept(mine: Any, theirs: Any) -> Any:
     if not (isinstance(mine, torch.Tensor) and isinstance(theirs, torch.Tensor)) or mine.shape != theirs.shape \
             or not mine.is_floating_point() or _bitwise(theirs, mine):
         return theirs
-    adapter = find_adapter(theirs, mine, same_shape=True, remember=False)
-    if adapter is None:
-        return theirs
-    kept = adapter.apply(theirs).contiguous()
-    return kept if measure(kept, mine).max_abs < measure(theirs, mine).max_abs else theirs
+    kept = in_layout_of(theirs, mine)
+    return kept if kept is not None and measure(kept, mine).max_abs < measure(theirs, mine).max_abs else theirs
 
 
 def _padded_as_given(cand: Record, ref: Record) -> torch.Tensor | None:
