@@ -442,7 +442,9 @@ def _called(chain: list[str], first: Mapping[str, Record]) -> list[str]:
 def _handed_on(records: Sequence[Record], first: Mapping[str, Record]) -> Callable[[str], bool]:
     """``handed_on(name)``: whether the first call of module ``name`` returns a tensor that the call
     starting next reads as it is (in any layout): its caller hands the value from that module to
-    the next one, with no operation between. False where nothing tells (statistics only, no next call)."""
+    the next one, with no operation between. Pass-through calls on the way (timm's ``drop_path``,
+    an eval ``Dropout``) are looked through: ``x + drop_path(attn(x))`` adds before any call reads
+    the attention's output. False where nothing tells (statistics only, no next call)."""
     by_start: list[Record] = []  # sorted once, on the first question
     starts: list[int] = []
 
@@ -455,6 +457,8 @@ def _handed_on(records: Sequence[Record], first: Mapping[str, Record]) -> Callab
             by_start.extend(sorted(records, key=lambda r: r.start))
             starts.extend(r.start for r in by_start)
         at = bisect_left(starts, call.end)
+        while at < len(by_start) and by_start[at].passthrough:
+            at = bisect_left(starts, by_start[at].end)
         following = by_start[at] if at < len(by_start) else None
         return following is not None and any(_same_values(call.primary, t) for t in following.inputs.values())
     return handed_on
