@@ -40,7 +40,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    an adaptive average pool to size 1 -> ``mean`` over its spatial dims, kept; a mean of a mean,
    kept, over other dims -> one mean over both; a pad of zero width vanishes; ``baddbmm(x, a, b,
    beta, alpha)`` -> ``a @ b``, ``* alpha``, ``beta * x +``, each where it computes something; ``1 - x``,
-   which Python calls as ``x.__rsub__(1)``, -> ``sub(1, x)``, never ``x - 1``), non-tensor
+   which Python calls as ``x.__rsub__(1)``, -> ``sub(1, x)``, never ``x - 1``; ``x * 2 * pi`` -> one
+   ``mul`` by the product, a chain of scalings by numbers each read by the next alone), non-tensor
    arguments are bound to parameter names with their defaults (``eps``, ``approximate``,
    ``dim`` made non-negative, ``stride`` as a tuple), and tensor arguments that are the module's
    parameters or buffers (or views of them) are named (``gamma``), with their values as stored
@@ -54,7 +55,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    too) becomes one ``scaled_dot_product_attention`` with its effective ``scale`` and its mask:
    all that is added to the scores before the softmax (a bias, then a window mask), compared by
    value with the fused call's ``attn_mask`` (holding other values: the one block of a table it is
-   built from that differs, a row zeroed), be it a parameter or a computed value (the adds that
+   built from that differs, a row zeroed; one adding nothing, every key kept, is no mask, and the ops
+   building it that it alone reads are none), be it a parameter or a computed value (the adds that
    build it are part of it; one holding the reference's laid out otherwise, queries for keys, is named
    permuted). ``x @ W`` with ``W`` a matrix parameter (or an einsum contracting the
    input's last dim with a matrix parameter, ``'bnc,oc->bno'``,
@@ -185,7 +187,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    reference keeps and keeps that it masks, and its polarity said inverted where it masks just
    what the reference keeps), its differing non-tensor arguments (a number in the other operand's
    place, ``x - 1`` against ``1 - x``, as operands in another order; not ``inplace``
-   or ``keepdim``, which say only where or in what shape the result is written; a None an op reads
+   or ``keepdim``, which say only where or in what shape the result is written; nor a norm's
+   ``normalized_shape`` of as many trailing elements, ``(P, C)`` against ``(P * C,)``; a None an op reads
    as a value, ``align_corners``, is that value; a number passed where the other side passes a
    parameter names that parameter: a layer scale left ``1.0``), a parameter
    holding other values, compared with the reference's in one layout (a ``(C,)`` scale on NHWC
