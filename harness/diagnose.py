@@ -40,7 +40,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    an adaptive average pool to size 1 -> ``mean`` over its spatial dims, kept; a mean of a mean,
    kept, over other dims -> one mean over both; a pad of zero width vanishes; ``baddbmm(x, a, b,
    beta, alpha)`` -> ``a @ b``, ``* alpha``, ``beta * x +``, each where it computes something; ``1 - x``,
-   which Python calls as ``x.__rsub__(1)``, -> ``sub(1, x)``, never ``x - 1``), non-tensor
+   which Python calls as ``x.__rsub__(1)``, -> ``sub(1, x)``, never ``x - 1``; ``x * 2 * pi`` -> one
+   ``mul`` by the product, a chain of scalings by numbers each read by the next alone), non-tensor
    arguments are bound to parameter names with their defaults (``eps``, ``approximate``,
    ``dim`` made non-negative, ``stride`` as a tuple), and tensor arguments that are the module's
    parameters or buffers (or views of them) are named (``gamma``), with their values as stored
@@ -54,7 +55,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    too) becomes one ``scaled_dot_product_attention`` with its effective ``scale`` and its mask:
    all that is added to the scores before the softmax (a bias, then a window mask), compared by
    value with the fused call's ``attn_mask`` (holding other values: the one block of a table it is
-   built from that differs, a row zeroed), be it a parameter or a computed value (the adds that
+   built from that differs, a row zeroed; one adding nothing, every key kept, is no mask, and the ops
+   building it that it alone reads are none), be it a parameter or a computed value (the adds that
    build it are part of it; one holding the reference's laid out otherwise, queries for keys, is named
    permuted). ``x @ W`` with ``W`` a matrix parameter (or an einsum contracting the
    input's last dim with a matrix parameter, ``'bnc,oc->bno'``,
@@ -185,7 +187,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    reference keeps and keeps that it masks, and its polarity said inverted where it masks just
    what the reference keeps), its differing non-tensor arguments (a number in the other operand's
    place, ``x - 1`` against ``1 - x``, as operands in another order; not ``inplace``
-   or ``keepdim``, which say only where or in what shape the result is written; a None an op reads
+   or ``keepdim``, which say only where or in what shape the result is written; nor a norm's
+   ``normalized_shape`` of as many trailing elements, ``(P, C)`` against ``(P * C,)``; a None an op reads
    as a value, ``align_corners``, is that value; a number passed where the other side passes a
    parameter names that parameter: a layer scale left ``1.0``), a parameter
    holding other values, compared with the reference's in one layout (a ``(C,)`` scale on NHWC
@@ -986,13 +989,17 @@ def _fold_attention(rec: OpRecorder) -> list[Op]:
         if m2 is None:
             continue
         scale = math.prod(factors) if factors else 1.0
+        added = _added_mask(rec, s, m1, after) if mask else None
+        if _masks_nothing(added, after * m1.outputs[0] if m1.outputs else None):  # every key kept (an all-ones padding mask): no mask, its ops with it
+            _absorb_read_only_by(rec, [t for m in mask for t in m.input_ids[1:]], mask)
+            mask, added = [], None
         args = {"scale": scale, "dim": _scores_dim(s), "dtype": s.args.get("dtype"),
                 "attn_mask": bool(mask), "is_causal": False}
         composites[m2.index] = Op(
             index=m2.index, name="scaled_dot_product_attention", spelling="softmax(q @ k^T * scale) @ v",
             args=args, params={}, param_values={}, out_ids=m2.out_ids,
             input_ids=[*(_attention_operand(rec, i, m1.index) for i in m1.input_ids), *m2.input_ids[1:]],
-            outputs=m2.outputs, scope=m2.scope, mask=_added_mask(rec, s, m1, after) if mask else None,
+            outputs=m2.outputs, scope=m2.scope, mask=added,
             mask_params=tuple(dict.fromkeys(n for m in mask for n in m.params.values())),
             query_axes=_query_axes(m1.equation))
         for m in mask:  # a bias built from its table by ops of its own is that mask too
@@ -1007,6 +1014,36 @@ def _fold_attention(rec: OpRecorder) -> list[Op]:
         elif op.kind == "compute" and not op.absorbed:
             stream.append(_canonical_sdpa(op) if op.name == "scaled_dot_product_attention" else op)
     return stream
+
+
+def _masks_nothing(added: torch.Tensor | None, scores: torch.Tensor | None = None) -> bool:
+    """Whether what a mask adds to the scores is zero everywhere (but for the rounding of ``scores``,
+    from which a written-out one is read back): it masks no key and biases none, so the attention
+    computes what one given no mask does."""
+    if added is None or not added.numel() or not added.is_floating_point() or not bool(added.isfinite().all()):
+        return False
+    size = float(scores.abs().max()) if scores is not None and scores.numel() else 0.0
+    return float(added.abs().max()) <= 64 * torch.finfo(added.dtype).eps * size
+
+
+_MASK_BUILDERS = 8  # ops computing a mask (an inversion, a cast), at most, followed back
+
+
+def _absorb_read_only_by(rec: OpRecorder, tensor_ids: list[int], readers: list[Op]) -> None:
+    """The ops computing ``tensor_ids`` absorbed, back for as long as what each computes is read by
+    absorbed ops alone (an inverted padding mask read by its ``masked_fill``): they compute a mask
+    that changes nothing, no operation of the model's."""
+    absorbed = {op.index for op in readers}
+    todo = [(tid, min(absorbed)) for tid in tensor_ids]
+    while todo and len(absorbed) < len(readers) + _MASK_BUILDERS:
+        tid, before = todo.pop()
+        op = rec.producer(tid, before)
+        if op is None or op.index in absorbed or any(
+                any(t in r.input_ids for t in op.out_ids) and r.index not in absorbed for r in rec.ops[op.index + 1:]):
+            continue
+        op.absorbed = True
+        absorbed.add(op.index)
+        todo += [(t, op.index) for t in op.input_ids]
 
 
 def _query_axes(equation: str | None) -> tuple[int, ...] | None:
@@ -1181,7 +1218,24 @@ def record_ops(module: nn.Module, args: tuple, kwargs: dict,
             _take_mask(rec, op)
     stream = _fold_linear(rec, _fold_softmax(rec, _fold_attention(rec)))
     stream = _fold_pool_pad(rec, _fold_pad(rec, _fold_patches(rec, stream)))
-    return rec, _fold_reductions(rec, _fold_batch_norm(rec, stream)), out
+    return rec, _fold_scalings(rec, _fold_reductions(rec, _fold_batch_norm(rec, stream))), out
+
+
+def _fold_scalings(rec: OpRecorder, stream: list[Op]) -> list[Op]:
+    """A chain of scalings by numbers made one ``mul`` by their product: ``x * 2 * pi`` is
+    ``x * (2 * pi)``, ``x / 2 * 3`` is ``x * 1.5`` (constants folded otherwise, one computation).
+    A single scaling stays as written."""
+    out: list[Op] = []
+    for op in stream:
+        prev = out[-1] if out else None
+        s, t = (_scalar(prev), _scalar(op)) if prev is not None else (None, None)
+        if s is None or t is None or op.params or prev.params or op.input_ids != prev.out_ids[:1] \
+                or not _read_once(rec, prev, op):
+            out.append(op)
+        else:
+            out[-1] = replace(prev, name="mul", args={**prev.args, "other": s * t}, out_ids=op.out_ids,
+                              outputs=op.outputs, call=None)
+    return out
 
 
 def _fold_reductions(rec: OpRecorder, stream: list[Op]) -> list[Op]:
@@ -1600,10 +1654,13 @@ def _take_mask(rec: OpRecorder, op: Op) -> None:
     """A fused attention's mask: whether it gets one, its value, and the adds that built it absorbed,
     as the written-out attention absorbs the adds before its softmax."""
     passed = "attn_mask" in op.params or "attn_mask" in op.named_inputs
-    op.args["attn_mask"] = passed
     op.mask = _passed_mask(rec, op) if passed else None
+    if passed and "attn_mask" in op.named_inputs and _masks_nothing(op.mask):
+        _absorb_read_only_by(rec, [op.named_inputs["attn_mask"]], [op])  # every key kept: no mask
+        passed, op.mask = False, None
+    op.args["attn_mask"] = passed
     op.mask_params = (op.params["attn_mask"],) if "attn_mask" in op.params else ()
-    tensor_id, before = op.named_inputs.get("attn_mask"), op.index
+    tensor_id, before = op.named_inputs.get("attn_mask") if passed else None, op.index
     for _ in range(_MASKS):
         found = tensor_id is not None and _walk_back(rec, tensor_id, [], [], mask=None, before=before)
         if not found or found.name != "add" or len(found.input_ids) + len(found.params) != 2:
@@ -1891,6 +1948,8 @@ def _argument_findings(module: str, c: Op, r: Op) -> list[dict]:
             continue  # where or in what shape the result is written, not what it is
         if key == "dim" and _same_axes(c.in_shape, a, r.in_shape, b):
             continue  # the channels' dim of an NHWC twin against an NCHW one
+        if key == "normalized_shape" and _same_trailing_count(a, b):
+            continue  # a norm over (pixels, C) is one over pixels * C of the flattened input
         if not _same_value(a, b):
             op, inside = c.name, ""
             if c.name == "scaled_dot_product_attention" and key in ("dim", "dtype"):
@@ -1908,6 +1967,15 @@ def _argument_findings(module: str, c: Op, r: Op) -> list[dict]:
                         f"constant {_show(b)}")
             out.append(_finding(module, "argument", op, key, a, b, text))
     return out
+
+
+def _same_trailing_count(a: Any, b: Any) -> bool:
+    """Whether two ``normalized_shape`` cover as many trailing elements: a norm over trailing
+    ``(16, 8)`` normalizes what one over ``(128,)`` does on the input flattened (its weight's values,
+    reshaped alike, compared as parameters)."""
+    a, b = (a,) if isinstance(a, int) else a, (b,) if isinstance(b, int) else b
+    return isinstance(a, tuple) and isinstance(b, tuple) and all(isinstance(n, int) for n in a + b) \
+        and math.prod(a) == math.prod(b)
 
 
 # the two operands of binary ops whose order matters, as bound
