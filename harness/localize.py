@@ -129,6 +129,7 @@ its direct inputs pass; torch.ao.ns' shadow mode feeds one model's inputs into t
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -142,7 +143,7 @@ from harness.adapters import (AS_IS, Adapter, UserAdapter, agreeing_layout, at_o
                               then_layout, user_adapter)
 from harness.align import Aligned, Alignment, Match
 from harness.metrics import Metrics, Tolerance, measure, measure_summaries, tolerance_for
-from harness.trace import ROOT, Leaf, Record, TensorSummary, flatten_tensors, map_tensors
+from harness.trace import ROOT, Leaf, Record, TensorSummary, flatten_tensors, map_tensors, outputs_read_after
 
 __all__ = ["Row", "Status", "Localization", "measure_match", "extend_twins", "drop_trailing_ops", "classify", "localize",
            "localize_all"]
@@ -961,7 +962,60 @@ def rerun_fails(row: Row, reference: Sequence[Record] = ()) -> bool | None:
         if fails is False:
             return False
         ran = ran or fails
+    if ran and not _same_structure(row.match.candidate, row.match.reference) and _right_on_twin_values(row):
+        return False
     return ran
+
+
+_TWIN_VALUE_RUNS = 128  # runs of a module on its twin's inner values, at most
+
+
+def _right_on_twin_values(row: Row) -> bool:
+    """Whether the candidate module, handed in its arguments' places values its twin computes
+    inside (the windows it makes of a map its caller shifted, the mask it builds, where the
+    candidate's caller makes its windows and leaves its mask out as ``None``), gives another value
+    its twin computes there, to a few units in the last place: its code is right, its caller handed
+    it what the twin would not have (a Swin block that skipped its shift: the attention is
+    innocent). The twin's inputs come in another structure, so only its inner values can stand in."""
+    module, cand = row.match.candidate.module, row.match.candidate
+    if module is None or not any(True for _ in module.parameters()):
+        return False
+    inner = [v for v in _inner_values(row) if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel()]
+    try:
+        signature = inspect.signature(module.forward)
+        bound = signature.bind(*cand.args, **cand.kwargs)
+    except (TypeError, ValueError):
+        return False
+    bound.apply_defaults()
+    if not inner:
+        return False
+    given_slots: list[tuple[str, list[torch.Tensor]]] = []
+    left_out = [name for name, given in bound.arguments.items() if given is None]
+    for name, given in bound.arguments.items():
+        if isinstance(given, torch.Tensor) and given.is_floating_point():
+            fitting = [v for v in inner if v.shape == given.shape and v.dtype == given.dtype][:_REFERENCE_INPUTS]
+            if not fitting:
+                return False
+            given_slots.append((name, fitting))
+    if not given_slots:
+        return False
+    # each left-out input (no mask) at most one at a time, filled with a value of the twin's
+    fills = [{}, *({name: v} for name in left_out for v in (*(v.squeeze() for v in inner if 1 in v.shape), *inner))]
+    exact = Tolerance(0.0, _SAME_INPUT_ULPS * torch.finfo(inner[0].dtype).eps)
+    runs = ((dict(zip((n for n, _ in given_slots), values)), fill)
+            for values in itertools.product(*(options for _, options in given_slots)) for fill in fills)
+    for values, fill in itertools.islice(runs, _TWIN_VALUE_RUNS):
+        run = inspect.BoundArguments(signature, {**bound.arguments, **{n: v.clone() for n, v in {**values, **fill}.items()}})
+        try:
+            with torch.no_grad():
+                made = module(*run.args, **run.kwargs)
+        except Exception:  # values of those shapes the module does not take together
+            continue
+        out = next(iter(flatten_tensors(made).values()), None)
+        if isinstance(out, torch.Tensor) and not any(_bitwise(out, v) for v in values.values()) \
+                and _holds_any(out, inner, exact):
+            return True
+    return False
 
 
 def _inner_twin(row: Row, reference: Sequence[Record]) -> Record | None:
@@ -1177,6 +1231,12 @@ def _untwinned_origin(row: Row | None, rows: list[Row], untwinned: Sequence[Reco
         since = last_step.end if last_step is not None else outer.start
         end = first_bad.start
     suspects = [u for u in untwinned if within(u) and since < u.end < end]
+    # a call made from its own tensors alone (a relative position bias built from its table) may run
+    # before the last agreeing call: its value enters where a call that does not agree reads it
+    agreeing = [r.match.candidate for r in inside if r.passed]
+    readers = [*(r.match.candidate for r in inside if not r.passed), *(u for u in untwinned if within(u))]
+    suspects += [u for u in untwinned if within(u) and u.end <= since and _from_own_tensors(u)
+                 and outputs_read_after(u, readers) and not outputs_read_after(u, agreeing)]
     # a failing guess that gives its guessed twin's output from that twin's inputs received the
     # error (a shared ReLU after a dropped residual add); one that does not may have made it
     guesses = [r for r in inside if r.status == "tentative" and since < r.match.candidate.end < end
@@ -1360,6 +1420,11 @@ def _computes_as(call: Record, others: Sequence[Record], tol: Tolerance | None) 
     return False
 
 
+def _from_own_tensors(call: Record) -> bool:
+    """Whether ``call`` was handed no floating tensor: what it returns it made from its own tensors."""
+    return not any(isinstance(v, torch.Tensor) and v.is_floating_point() for v in call.inputs.values())
+
+
 def _rearranges_as_reference(call: Record, known: Sequence[Any], tol: Tolerance) -> bool:
     """Whether ``call``'s module, one without parameters whose output holds its one input's elements
     bitwise in another arrangement (a permute, a reshape), turns one of ``known`` (values the
@@ -1476,18 +1541,23 @@ def _returning_frame(cleared: Sequence[Record], inside: Sequence[Row], since: in
     what ``row``'s call returns, where one reference call (the bridge) turns the last agreeing
     call's twin's output into ``row``'s twin's output: the step left out. ``row``'s code only hands
     that value on, so the code that could have applied the step is the returning call's (a wrapped
-    model whose final norm is replaced by ``Identity``). Not one outside which the candidate holds
-    a copy of the bridge's weights: that holder's caller skipped it (a root skipping its own norm)."""
+    model whose final norm is replaced by ``Identity``); so too where the bridge turns what the
+    returning call gives into ``row``'s twin's output (a fusion module of the port's own that left
+    out the ReLU after its sums, which the original applies by a module after its fusion layers).
+    Not one outside which the candidate holds a copy of the bridge's weights: that holder's caller
+    skipped it (a root skipping its own norm)."""
     last = _last_agreeing(inside, since)
     if row is None or last is None:
         return None
     given, wanted, tol = last.match.reference.primary, row.match.reference.primary, row.tolerance
     if not isinstance(given, torch.Tensor) or not isinstance(wanted, torch.Tensor):
         return None
+    returning = [u for u in cleared if u.contains(last.match.candidate) and u.end > since
+                 and _bitwise(u.primary, row.match.candidate.primary)]
     bridges = _bridges(given, wanted, tol, reference)
-    found = [u for u in cleared if u.contains(last.match.candidate) and u.end > since
-             and _bitwise(u.primary, row.match.candidate.primary)
-             and not any(_held_elsewhere(b.module, model, u.name) for b in bridges)]
+    if not bridges and returning and isinstance(returning[0].primary, torch.Tensor):
+        bridges = _bridges(returning[0].primary, wanted, tol, reference)  # all return one value
+    found = [u for u in returning if not any(_held_elsewhere(b.module, model, u.name) for b in bridges)]
     return min(found, key=lambda u: u.end - u.start, default=None) if bridges else None
 
 

@@ -1151,3 +1151,102 @@ class GroupedConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.relu(self.gconv(torch.relu(self.stem(x)))))
+
+
+# --- an HRNet port: residual units, then a fusion module of its own keyed by (source, target) path,
+# upsampling functionally in its code, against timm's HighResolutionNet (fuse_layers, then fuse_act)
+
+HR_WIDTHS = (8, 16, 32, 64)
+
+
+def hrnet_original() -> nn.Module:
+    from timm.models.hrnet import HighResolutionNet
+
+    def stage(n: int) -> dict:
+        return dict(num_modules=1, num_branches=n, block_type="BASIC", num_blocks=(1,) * n,
+                    num_channels=HR_WIDTHS[:n], fuse_method="SUM")
+    stage1 = dict(num_modules=1, num_branches=1, block_type="BOTTLENECK", num_blocks=(1,), num_channels=(8,),
+                  fuse_method="SUM")
+    return HighResolutionNet(dict(stem_width=16, stage1=stage1, stage2=stage(2), stage3=stage(3), stage4=stage(4)),
+                             head="")
+
+
+class HrConvNorm(nn.Module):
+    def __init__(self, cin: int, cout: int, k: int, s: int = 1, relu: bool = True) -> None:
+        super().__init__()
+        self.conv, self.bn, self.relu = nn.Conv2d(cin, cout, k, s, k // 2, bias=False), nn.BatchNorm2d(cout), relu
+
+    def forward(self, x):
+        x = self.bn(self.conv(x))
+        return F.relu(x) if self.relu else x
+
+
+class HrBottleneck(nn.Module):
+    def __init__(self, cin: int, c: int) -> None:
+        super().__init__()
+        self.a, self.b = HrConvNorm(cin, c, 1), HrConvNorm(c, c, 3)
+        self.c, self.skip = HrConvNorm(c, 4 * c, 1, relu=False), HrConvNorm(cin, 4 * c, 1, relu=False)
+
+    def forward(self, x):
+        return F.relu(self.c(self.b(self.a(x))) + self.skip(x))
+
+
+class HrUnit(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.a, self.b = HrConvNorm(c, c, 3), HrConvNorm(c, c, 3, relu=False)
+
+    def forward(self, x):
+        return F.relu(x + self.b(self.a(x)))
+
+
+class HrFusion(nn.Module):
+    """out_i = relu(sum_j path_ji(x_j)): a 1x1 conv and nearest upsampling from coarser maps,
+    strided 3x3 convs from finer ones."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n, self.final_relu, self.paths = n, True, nn.ModuleDict()
+        w = HR_WIDTHS
+        for i in range(n):
+            for j in range(n):
+                if j > i:
+                    self.paths[f"{j}to{i}"] = HrConvNorm(w[j], w[i], 1, relu=False)
+                elif j < i:
+                    steps = [HrConvNorm(w[j], w[j], 3, 2) for _ in range(i - j - 1)]
+                    self.paths[f"{j}to{i}"] = nn.Sequential(*steps, HrConvNorm(w[j], w[i], 3, 2, relu=False))
+
+    def forward(self, xs):
+        outs = []
+        for i in range(self.n):
+            y = xs[i]
+            for j in (j for j in range(self.n) if j != i):
+                z = self.paths[f"{j}to{i}"](xs[j])
+                y = y + (F.interpolate(z, scale_factor=2 ** (j - i), mode="nearest") if j > i else z)
+            outs.append(F.relu(y) if self.final_relu else y)
+        return outs
+
+
+class HrStage(nn.Module):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.units, self.fusion = nn.ModuleList([HrUnit(HR_WIDTHS[i]) for i in range(n)]), HrFusion(n)
+
+    def forward(self, xs):
+        return self.fusion([u(x) for u, x in zip(self.units, xs)])
+
+
+class HrPort(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        w = HR_WIDTHS
+        self.stem1, self.stem2, self.layer1 = HrConvNorm(3, 16, 3, 2), HrConvNorm(16, 64, 3, 2), HrBottleneck(64, 8)
+        self.split0 = HrConvNorm(32, w[0], 3)
+        self.grow = nn.ModuleList([HrConvNorm(32, w[1], 3, 2), HrConvNorm(w[1], w[2], 3, 2), HrConvNorm(w[2], w[3], 3, 2)])
+        self.stages = nn.ModuleList([HrStage(n) for n in (2, 3, 4)])
+
+    def forward(self, img):
+        x = self.layer1(self.stem2(self.stem1(img)))
+        xs = self.stages[0]([self.split0(x), self.grow[0](x)])
+        xs = self.stages[1](xs + [self.grow[1](xs[-1])])
+        return self.stages[2](xs + [self.grow[2](xs[-1])])
