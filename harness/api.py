@@ -346,6 +346,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
         found, diagnosis = _holder_of_missing(found, diagnosis, weights, candidate, cand_trace.records, rows)
         found = _maker_named(found, diagnosis, candidate, cand_trace.records, rows, ref_records)
         found, diagnosis = _gap_maker(found, diagnosis, candidate, cand_trace.records, rows, ref_records)
+        found, diagnosis = _arranging_caller(found, diagnosis, candidate, cand_trace.records, rows, ref_records)
         found, within = _setting_within_rounding(found, diagnosis, rows)
         notes += within
     notes += ([noise.note] if noise.note else []) + float64_hint(pair_name, name, passed, found.culprit, rows)
@@ -564,6 +565,52 @@ def _gap_maker(found: Localization, diagnosis: list[dict], candidate: nn.Module,
 _OWN_CODE_KINDS = ("missing_op", "extra_op", "op")  # findings about the operations a module's code runs
 
 
+def _arranging_caller(found: Localization, diagnosis: list[dict], candidate: nn.Module, cand_records: Sequence[Record],
+                      rows: list[Row], ref_records: Sequence[Record]) -> tuple[Localization, list[dict]]:
+    """A culprit that is one of torch's own modules, found only to compute its twin's operation in
+    another form (a linear on patch vectors for a strided conv on the map), and handed the very
+    values its twin reads, in another shape: torch's code on weights mapped from the twin's cannot
+    have made the error, so the values reached it in another order than the twin's weights read
+    them. The error is its caller's, whose code arranged them (a patch merge gathering the patch's
+    pixels in another channel order), when what the caller was handed is known to the reference.
+    Its inputs, of another shape than the twin's, could only be re-run in a layout guessed from
+    its own, which takes the wrong order along."""
+    culprit = found.culprit
+    if culprit is None or not diagnosis or any(f["module"] == culprit and f["kind"] != "op" for f in diagnosis) \
+            or diagnosis[0]["module"] != culprit or not _torch_module(candidate, culprit):
+        return found, diagnosis
+    row = next((r for r in rows if r.candidate == culprit and not r.passed), None)
+    if row is None or _shaped_alike(row.match.candidate.inputs, row.match.reference.inputs) \
+            or not _same_values(row.match.candidate.first_input, row.match.reference.first_input, row.tolerance):
+        return found, diagnosis
+    call = row.match.candidate
+    callers = [c for c in cand_records if _encloses(c.name, culprit) and c.contains(call)
+               and not _torch_module(candidate, c.name)]
+    if not callers:
+        return found, diagnosis
+    caller = max(callers, key=lambda c: c.start)
+    if not _handed_known(caller, ref_records, row.tolerance):
+        return found, diagnosis
+    first = diagnosis[0]
+    text = (f"{caller.name}: {culprit} is handed the values its twin {row.match.reference.name} reads, in another "
+            f"order than the twin's weights read them: {culprit} runs torch's {first['candidate']} (where the "
+            f"reference applies {first['reference']}) on weights mapped from the twin's, so the code of "
+            f"{caller.name} that arranges its input (a reshape or permute before it) orders them otherwise")
+    moved = {**first, "module": caller.name, "kind": "value", "text": text}
+    return replace(found, culprit=caller.name, introduced=[caller.name if n == culprit else n for n in found.introduced],
+                   first_divergence=caller.name if found.first_divergence == culprit else found.first_divergence), \
+        [moved, *[f for f in diagnosis if f["module"] != culprit]]
+
+
+def _same_values(mine: Any, theirs: Any, tol: Tolerance) -> bool:
+    """Whether two tensors hold the same values, each in its own order and shape."""
+    if not (isinstance(mine, torch.Tensor) and isinstance(theirs, torch.Tensor)) or mine.numel() != theirs.numel() \
+            or not mine.is_floating_point() or not theirs.is_floating_point() or mine.numel() == 0:
+        return False
+    a, b = mine.detach().double().flatten().sort().values, theirs.detach().double().flatten().sort().values
+    return bool(((a - b).abs() <= tol.atol + tol.rtol * b.abs().max()).all())
+
+
 def _named(found: Localization, diagnosis: list[dict], maker: str) -> tuple[Localization, list[dict]]:
     """``maker`` named in the culprit's place (and where the outputs first differ, where that was the
     culprit), and its first finding, about the culprit's code, said of it."""
@@ -611,11 +658,24 @@ def _setting_inside(found: Localization, diagnosis: list[dict], rows: list[Row])
     first = diagnosis[0] if diagnosis else None
     if first is None or first["kind"] not in ("argument", "attribute") or found.culprit is None:
         return None
+    if not (_setting_value(first["candidate"]) and _setting_value(first["reference"])):
+        return None  # an operand (a tensor passed in another layout) is no setting rounding could hide
     module = first["module"]
     if not _encloses(found.culprit, module):
         return None
     return next((row for row in rows if row.candidate == module and row.passed and row.match.how != "structure"
                  and row.metrics.max_abs > 0), None)
+
+
+def _setting_value(value: Any) -> bool:
+    """Whether a finding's value is a setting's: a number, a flag, a tuple of numbers, or a word
+    (an approximation's, a mode's name); a tensor's name comes dotted or qualified ("scale (another
+    layout)"), a missing operand as None."""
+    if isinstance(value, (bool, int, float)):
+        return True
+    if isinstance(value, list):
+        return bool(value) and all(isinstance(v, (bool, int, float)) for v in value)
+    return isinstance(value, str) and value.isidentifier()
 
 
 def _setting_within_rounding(found: Localization, diagnosis: list[dict], rows: list[Row]) -> tuple[Localization, list[str]]:

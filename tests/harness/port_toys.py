@@ -1250,3 +1250,91 @@ class HrPort(nn.Module):
         xs = self.stages[0]([self.split0(x), self.grow[0](x)])
         xs = self.stages[1](xs + [self.grow[1](xs[-1])])
         return self.stages[2](xs + [self.grow[2](xs[-1])])
+
+
+class FoldedNorm(nn.Module):
+    """An inference-time batch norm stored folded into ``x * scale + shift`` per channel."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.scale, self.shift = nn.Parameter(torch.ones(channels)), nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale[:, None, None] + self.shift[:, None, None]
+
+
+class InvertedResidual(nn.Module):
+    """Expand, depthwise and project convs, each followed by a batch norm (``norm``), and a shortcut."""
+
+    def __init__(self, channels: int = 8, norm: type[nn.Module] = nn.BatchNorm2d) -> None:
+        super().__init__()
+        mid = channels * 2
+        self.expand, self.n1 = nn.Conv2d(channels, mid, 1, bias=False), norm(mid)
+        self.dw, self.n2 = nn.Conv2d(mid, mid, 3, padding=1, groups=mid, bias=False), norm(mid)
+        self.project, self.n3 = nn.Conv2d(mid, channels, 1, bias=False), norm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.silu(self.n1(self.expand(x)))
+        return x + self.n3(self.project(F.silu(self.n2(self.dw(y)))))
+
+
+class FoldedInvertedResidual(InvertedResidual):
+    """The same with its norms folded (:class:`FoldedNorm`); ``use_shortcut = False`` drops the shortcut."""
+
+    def __init__(self, channels: int = 8) -> None:
+        super().__init__(channels, FoldedNorm)
+        self.use_shortcut = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.silu(self.n1(self.expand(x)))
+        y = self.n3(self.project(F.silu(self.n2(self.dw(y)))))
+        return x + y if self.use_shortcut else y
+
+
+class InvertedResidualNet(nn.Module):
+    """A stem conv, one inverted residual (``block``: :class:`InvertedResidual` or its folded form)
+    and a head conv."""
+
+    def __init__(self, block: type[nn.Module] = InvertedResidual) -> None:
+        super().__init__()
+        self.stem, self.block, self.head = nn.Conv2d(8, 8, 3, padding=1), block(), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.stem(x)))
+
+
+
+class ConvMerge(nn.Module):
+    """A 2x2 patch merge as a stride-2 conv, giving channels-last maps."""
+
+    def __init__(self, cin: int = 8, cout: int = 16) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(cin, cout, 2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+class LinearMerge(nn.Module):
+    """The same as a linear on patch vectors gathered by reshape and permute; ``order`` is the
+    permute, ``(0, 2, 4, 1, 3, 5)`` laying each patch out as a conv kernel, ``(C, dh, dw)``."""
+
+    def __init__(self, cin: int = 8, cout: int = 16) -> None:
+        super().__init__()
+        self.lin, self.order = nn.Linear(4 * cin, cout), (0, 2, 4, 1, 3, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        return self.lin(x.reshape(B, C, H // 2, 2, W // 2, 2).permute(*self.order).reshape(B, H // 2, W // 2, 4 * C))
+
+
+class MergeNet(nn.Module):
+    """A stem conv, a 2x2 patch merge (``merge``: :class:`ConvMerge` or :class:`LinearMerge`) and a
+    channels-last head, on ``(B, 8, H, W)``."""
+
+    def __init__(self, merge: type[nn.Module] = ConvMerge) -> None:
+        super().__init__()
+        self.stem, self.merge, self.head = nn.Conv2d(8, 8, 3, padding=1), merge(), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.merge(self.stem(x)))
