@@ -102,3 +102,34 @@ def test_the_port_whose_code_skipped_the_shift_made_the_error() -> None:
 def test_an_honest_port_shifting_in_its_own_code_passes() -> None:
     report = _compared(shift=S)
     assert report.passed, report.format()
+
+
+class Net(nn.Module):
+    """A model around the block: the block, not the model, holds the code that shifts."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.embed, self.block = nn.Linear(C, C), block
+
+    def forward(self, x):
+        return self.block(self.embed(x))
+
+
+class PortWithoutShift(Port):
+    """The block with its shift, roll back and mask left out altogether (no roll by 0)."""
+
+    def forward(self, x):
+        y = self.attn(self.norm(x).reshape(-1, W, C)).reshape(len(x), L, C)
+        return self.head((x + y).mean(1))
+
+
+def test_a_block_leaving_out_its_shift_inside_a_model_is_the_culprit_not_its_attention() -> None:
+    original = Net(Original()).double().eval()
+    harness.randomize_(original, torch.Generator().manual_seed(0))
+    port = Net(PortWithoutShift()).double().eval()
+    port.load_state_dict(original.state_dict())
+    x = torch.randn(2, L, C, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    report = harness.compare(port, original, x)
+    assert report.culprit == "block", \
+        f"culprit {report.culprit!r}, expected 'block': its attention, given the windows and mask its twin makes, " \
+        f"computes right\n{report.format()}"
