@@ -35,6 +35,19 @@ def transferred(candidate: torch.nn.Module, reference: torch.nn.Module, x: Any) 
     return candidate, reference, weights
 
 
+def seeded(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """``model`` in float64 and eval mode with its parameters drawn by ``harness.randomize_`` from ``seed``."""
+    import harness
+
+    harness.randomize_(model.double().eval(), torch.Generator().manual_seed(seed))
+    return model
+
+
+def map_sources(weights: Any) -> dict[str, tuple]:
+    """A weight map's entries as ``{candidate tensor: (reference tensor, steps)}``."""
+    return {e.candidate: (e.reference, e.steps) for e in weights.entries}
+
+
 def compare_port(candidate: torch.nn.Module, reference: torch.nn.Module, x: torch.Tensor,
                  change: Callable[[torch.nn.Module], Any] = lambda model: None) -> Any:
     """A port against its reference as a porting engineer checks it: the weight correspondence found

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import harness
+from helpers import seeded
 
 C, HEADS, TOKENS, BLOCKS = 8, 2, 5, 2
 
@@ -74,17 +75,12 @@ class JoinedNet(nn.Module):
         return self.blocks(x)
 
 
-def randomized(model: nn.Module, seed: int) -> nn.Module:
-    harness.randomize_(model.double().eval(), torch.Generator().manual_seed(seed))
-    return model
-
-
 def tokens() -> torch.Tensor:
     return torch.randn(2, TOKENS, C, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
 
 def pair() -> tuple[nn.Module, nn.Module]:
-    return randomized(JoinedNet(), 1), randomized(nn.Sequential(*[SplitBlock() for _ in range(BLOCKS)]), 2)
+    return seeded(JoinedNet(), 1), seeded(nn.Sequential(*[SplitBlock() for _ in range(BLOCKS)]), 2)
 
 
 @pytest.fixture(scope="module")

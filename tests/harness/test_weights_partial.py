@@ -14,6 +14,7 @@ from torch import nn
 import harness
 import harness.api
 from harness.weights import _first_uses, _runner
+from helpers import map_sources, seeded
 
 C = 8
 
@@ -72,17 +73,8 @@ class Mlps(nn.Module):
         return self.blocks(x)
 
 
-def randomized(model: nn.Module, seed: int) -> nn.Module:
-    harness.randomize_(model.double().eval(), torch.Generator().manual_seed(seed))
-    return model
-
-
 def tokens() -> torch.Tensor:
     return torch.randn(1, 5, C, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-
-
-def sources(weights) -> dict[str, tuple]:
-    return {e.candidate: (e.reference, e.steps) for e in weights.entries}
 
 
 def cut(start: int, stop: int) -> tuple:
@@ -91,15 +83,15 @@ def cut(start: int, stop: int) -> tuple:
 
 @pytest.mark.parametrize("zeros_where_used", [False, True], ids=["zero buffer", "zeros_like"])
 def test_parts_joined_with_zeros_where_used_are_cut_from_the_references_fused_tensor(zeros_where_used):
-    weights = harness.map_weights(randomized(QueryValueBias(zeros_where_used), 1), randomized(ZeroedKeyBias(), 2),
+    weights = harness.map_weights(seeded(QueryValueBias(zeros_where_used), 1), seeded(ZeroedKeyBias(), 2),
                                   tokens(), verify=False)
-    found = sources(weights)
+    found = map_sources(weights)
     expected = ((("qkv.bias",), cut(0, C)), (("qkv.bias",), cut(2 * C, 3 * C)))
     assert (found.get("q_bias"), found.get("v_bias")) == expected, str(weights)
 
 
 def test_a_map_cutting_parts_joined_with_zeros_verifies_against_a_reference_that_replaces_those_rows():
-    weights = harness.map_weights(randomized(QueryValueBias(), 1), randomized(ZeroedKeyBias(), 2), tokens())
+    weights = harness.map_weights(seeded(QueryValueBias(), 1), seeded(ZeroedKeyBias(), 2), tokens())
     assert weights.verified, str(weights)
 
 
@@ -109,11 +101,11 @@ def test_rows_a_model_replaces_in_a_copy_of_a_tensor_before_using_it_are_no_use_
 
 
 def test_a_stored_fused_tensor_takes_the_parts_the_reference_joins_with_zeros_where_used_and_zeros_between():
-    weights = harness.map_weights(randomized(ZeroedKeyBias(), 1), randomized(QueryValueBias(), 2), tokens(),
+    weights = harness.map_weights(seeded(ZeroedKeyBias(), 1), seeded(QueryValueBias(), 2), tokens(),
                                   verify=False)
     expected = (("q_bias", "v_bias"), ({"op": "concat", "dim": 0, "sizes": [C, C]},
                                        {"op": "insert", "dim": 0, "start": C, "size": C, "value": 0.0}))
-    assert sources(weights).get("qkv.bias") == expected, str(weights)
+    assert map_sources(weights).get("qkv.bias") == expected, str(weights)
 
 
 class ReshapedQueryValueBias(QueryValueBias):
@@ -129,7 +121,7 @@ class ReshapedQueryValueBias(QueryValueBias):
 
 
 def test_a_tensor_the_reference_joins_where_used_from_a_re_laid_out_part_is_unmatched_with_the_reason():
-    weights = harness.map_weights(randomized(ZeroedKeyBias(), 1), randomized(ReshapedQueryValueBias(), 2), tokens(),
+    weights = harness.map_weights(seeded(ZeroedKeyBias(), 1), seeded(ReshapedQueryValueBias(), 2), tokens(),
                                   verify=False)
     why = weights.reason("candidate", "qkv.bias")
     assert "qkv.bias" in weights.unmatched["candidate"] and all(
@@ -143,5 +135,5 @@ def test_verification_tries_no_alternative_around_a_parameter_free_module_that_r
     compare = harness.api._compare
     monkeypatch.setattr(harness.api, "_compare", lambda c, r, i, o, **k: trials.extend([1] * (not o.diagnose))
                         or compare(c, r, i, o, **k))
-    weights = harness.map_weights(randomized(Mlps(nn.Tanh()), 1), randomized(Mlps(), 2), tokens())
+    weights = harness.map_weights(seeded(Mlps(nn.Tanh()), 1), seeded(Mlps(), 2), tokens())
     assert (weights.verified, len(trials)) == (False, 1), str(weights)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import harness
+from helpers import map_sources, seeded
 
 C, GROUPS, WIDTH = 16, 4, 4  # channels, groups, channels per group
 
@@ -66,17 +67,8 @@ class PerGroupBlock(nn.Module):
         return F.relu(self.norm(self.grouped(F.relu(self.reduce(x)))) + self.shortcut(x))
 
 
-def randomized(model: nn.Module, seed: int) -> nn.Module:
-    harness.randomize_(model.double().eval(), torch.Generator().manual_seed(seed))
-    return model
-
-
 def image() -> torch.Tensor:
     return torch.randn(2, 8, 6, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-
-
-def sources(weights) -> dict[str, tuple]:
-    return {e.candidate: (e.reference, e.steps) for e in weights.entries}
 
 
 def rows(start: int, stop: int, **rest: float) -> dict:
@@ -85,18 +77,18 @@ def rows(start: int, stop: int, **rest: float) -> dict:
 
 @pytest.fixture(scope="module")
 def per_group_map():
-    return harness.map_weights(randomized(PerGroupBlock(bias=True), 1), randomized(GroupedBlock(bias=True), 2), image())
+    return harness.map_weights(seeded(PerGroupBlock(bias=True), 1), seeded(GroupedBlock(bias=True), 2), image())
 
 
 # -- a convolution per group against a grouped one ------------------------------------------------------
 def test_convolutions_per_group_take_consecutive_slices_of_the_grouped_kernel(per_group_map):
-    found = sources(per_group_map)
+    found = map_sources(per_group_map)
     assert [found.get(f"grouped.parts.{g}.weight") for g in range(GROUPS)] == [
         (("b.weight",), (rows(g * WIDTH, (g + 1) * WIDTH),)) for g in range(GROUPS)], str(per_group_map)
 
 
 def test_convolutions_per_group_take_consecutive_slices_of_the_grouped_bias(per_group_map):
-    found = sources(per_group_map)
+    found = map_sources(per_group_map)
     assert [found.get(f"grouped.parts.{g}.bias") for g in range(GROUPS)] == [
         (("b.bias",), (rows(g * WIDTH, (g + 1) * WIDTH),)) for g in range(GROUPS)], str(per_group_map)
 
@@ -107,14 +99,14 @@ def test_a_per_group_port_is_covered_and_verified(per_group_map):
 
 
 def test_a_per_group_port_is_mapped_where_the_reference_calls_its_shortcut_first():
-    weights = harness.map_weights(randomized(PerGroupBlock(), 1), randomized(GroupedBlock(shortcut_first=True), 2),
+    weights = harness.map_weights(seeded(PerGroupBlock(), 1), seeded(GroupedBlock(shortcut_first=True), 2),
                                   image())
-    assert (weights.unmatched, weights.verified, sources(weights).get("grouped.parts.3.weight")) == (
+    assert (weights.unmatched, weights.verified, map_sources(weights).get("grouped.parts.3.weight")) == (
         {"candidate": [], "reference": []}, True, (("b.weight",), (rows(3 * WIDTH, C),))), str(weights)
 
 
 def test_a_correct_per_group_port_passes_through_the_map():
-    candidate, reference = randomized(PerGroupBlock(), 1), randomized(GroupedBlock(shortcut_first=True), 2)
+    candidate, reference = seeded(PerGroupBlock(), 1), seeded(GroupedBlock(shortcut_first=True), 2)
     weights = harness.map_weights(candidate, reference, image())
     weights.transfer(reference, candidate)
     report = harness.compare(candidate, reference, image(), weights=weights)
@@ -122,7 +114,7 @@ def test_a_correct_per_group_port_passes_through_the_map():
 
 
 def test_a_per_group_port_joining_its_outputs_in_another_order_fails_in_that_module():
-    candidate, reference = randomized(PerGroupBlock(), 1), randomized(GroupedBlock(), 2)
+    candidate, reference = seeded(PerGroupBlock(), 1), seeded(GroupedBlock(), 2)
     weights = harness.map_weights(candidate, reference, image())
     weights.transfer(reference, candidate)
     candidate.grouped.reverse = True
@@ -131,7 +123,7 @@ def test_a_per_group_port_joining_its_outputs_in_another_order_fails_in_that_mod
 
 
 def test_read_backward_the_per_group_kernels_give_the_grouped_kernel_back(per_group_map):
-    reference = randomized(GroupedBlock(bias=True), 3)
+    reference = seeded(GroupedBlock(bias=True), 3)
     back = per_group_map.to_reference(per_group_map.to_candidate(reference.state_dict()))
     assert all(torch.equal(back[k], v) for k, v in reference.state_dict().items() if v.is_floating_point()), \
         sorted(back)
@@ -139,8 +131,8 @@ def test_read_backward_the_per_group_kernels_give_the_grouped_kernel_back(per_gr
 
 # -- a grouped convolution against one per group ---------------------------------------------------------
 def test_a_grouped_kernel_takes_the_per_group_kernels_concatenated():
-    weights = harness.map_weights(randomized(GroupedBlock(), 1), randomized(PerGroupBlock(), 2), image())
-    assert (sources(weights).get("b.weight"), weights.verified) == (
+    weights = harness.map_weights(seeded(GroupedBlock(), 1), seeded(PerGroupBlock(), 2), image())
+    assert (map_sources(weights).get("b.weight"), weights.verified) == (
         (tuple(f"grouped.parts.{g}.weight" for g in range(GROUPS)),
          ({"op": "concat", "dim": 0, "sizes": [WIDTH] * GROUPS},)), True), str(weights)
 
@@ -190,12 +182,12 @@ def tokens() -> torch.Tensor:
 
 @pytest.fixture(scope="module", params=[False, True], ids=["whole_bias", "key_rows_zeroed_where_used"])
 def split_map(request):
-    return harness.map_weights(randomized(SplitAttention(), 1), randomized(FusedAttention(request.param), 2), tokens())
+    return harness.map_weights(seeded(SplitAttention(), 1), seeded(FusedAttention(request.param), 2), tokens())
 
 
 def test_split_biases_beside_a_key_layer_without_one_take_their_rows_of_the_fused_bias(split_map):
     # ``rest``: what the rows no slice takes hold, read backward (the missing key bias: zeros)
-    found = sources(split_map)
+    found = map_sources(split_map)
     assert (found.get("q.bias"), found.get("v.bias")) == (
         (("qkv.bias",), (rows(0, C, rest=0.0),)), (("qkv.bias",), (rows(2 * C, 3 * C, rest=0.0),))), str(split_map)
 
@@ -206,13 +198,13 @@ def test_split_layers_beside_a_key_layer_without_bias_are_covered_and_verified(s
 
 
 def test_read_backward_the_key_rows_no_split_layer_holds_come_back_as_zeros(split_map):
-    state = randomized(SplitAttention(), 3).state_dict()
+    state = seeded(SplitAttention(), 3).state_dict()
     back = split_map.to_reference(state)
     assert torch.equal(back["qkv.bias"], torch.cat([state["q.bias"], torch.zeros(C, dtype=torch.float64),
                                                     state["v.bias"]])), back["qkv.bias"]
 
 
 def test_a_saved_map_reads_the_key_rows_back_as_zeros_too(split_map):
-    state = randomized(SplitAttention(), 3).state_dict()
+    state = seeded(SplitAttention(), 3).state_dict()
     back = harness.load_weight_map(split_map.to_dict()).to_reference(state)
     assert torch.equal(back["qkv.bias"][C:2 * C], torch.zeros(C, dtype=torch.float64)), back["qkv.bias"]

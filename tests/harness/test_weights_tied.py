@@ -14,13 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import harness
+from helpers import seeded
 
 VOCAB, C, TOKENS, HEADS = 20, 8, 5, 2
-
-
-def randomized(model: nn.Module, seed: int) -> nn.Module:
-    harness.randomize_(model.double().eval(), torch.Generator().manual_seed(seed))
-    return model
 
 
 def ids() -> torch.Tensor:
@@ -31,7 +27,7 @@ def tokens() -> torch.Tensor:
     return torch.randn(2, TOKENS, C, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
 
-def sources(weights) -> dict[str, tuple[str, ...]]:
+def map_sources(weights) -> dict[str, tuple[str, ...]]:
     return {e.candidate: e.reference for e in weights.entries}
 
 
@@ -90,19 +86,19 @@ class SecondTableLM(nn.Module):
 
 
 def test_a_port_keeping_the_head_a_reference_ties_to_its_embedding_takes_the_embedding_for_both():
-    weights = harness.map_weights(randomized(UntiedLM(), 1), randomized(TiedLM(), 2), ids())
-    assert (sources(weights).get("tok.weight"), sources(weights).get("out.weight")) == (("emb.weight",),) * 2, \
+    weights = harness.map_weights(seeded(UntiedLM(), 1), seeded(TiedLM(), 2), ids())
+    assert (map_sources(weights).get("tok.weight"), map_sources(weights).get("out.weight")) == (("emb.weight",),) * 2, \
         str(weights)
 
 
 def test_a_tied_reference_map_covers_the_port_and_is_verified():
-    weights = harness.map_weights(randomized(UntiedLM(), 1), randomized(TiedLM(), 2), ids())
+    weights = harness.map_weights(seeded(UntiedLM(), 1), seeded(TiedLM(), 2), ids())
     assert (weights.coverage, weights.unmatched, weights.verified) == (
         1.0, {"candidate": [], "reference": []}, True), str(weights)
 
 
 def test_a_correct_untied_port_of_a_tied_reference_passes_through_the_map():
-    candidate, reference = randomized(UntiedLM(), 1), randomized(TiedLM(), 2)
+    candidate, reference = seeded(UntiedLM(), 1), seeded(TiedLM(), 2)
     weights = harness.map_weights(candidate, reference, ids())
     weights.transfer(reference, candidate)
     report = harness.compare(candidate, reference, ids(), weights=weights)
@@ -110,51 +106,51 @@ def test_a_correct_untied_port_of_a_tied_reference_passes_through_the_map():
 
 
 def test_the_map_notes_which_reference_tensor_feeds_several_candidate_tensors():
-    weights = harness.map_weights(randomized(UntiedLM(), 1), randomized(TiedLM(), 2), ids(), verify=False)
+    weights = harness.map_weights(seeded(UntiedLM(), 1), seeded(TiedLM(), 2), ids(), verify=False)
     assert any("emb.weight feeds 2 candidate tensors (tok.weight, out.weight)" in n for n in weights.notes), \
         str(weights)
 
 
 def test_a_port_whose_head_computes_otherwise_gets_the_tied_pairing_refused_by_verification():
-    weights = harness.map_weights(randomized(UntiedLM(scale=2.0), 1), randomized(TiedLM(), 2), ids())
+    weights = harness.map_weights(seeded(UntiedLM(scale=2.0), 1), seeded(TiedLM(), 2), ids())
     assert weights.verified is False and weights.conflicts, str(weights)
 
 
 def test_a_tensor_the_reference_reads_again_by_another_kind_of_operation_feeds_no_head():
-    weights = harness.map_weights(randomized(UntiedLM(), 1), randomized(SecondTableLM(tied_lookup=True), 2), ids(),
+    weights = harness.map_weights(seeded(UntiedLM(), 1), seeded(SecondTableLM(tied_lookup=True), 2), ids(),
                                   verify=False)
-    assert "out.weight" not in sources(weights) and "out.weight" in weights.unmatched["candidate"], str(weights)
+    assert "out.weight" not in map_sources(weights) and "out.weight" in weights.unmatched["candidate"], str(weights)
 
 
 def test_two_models_tying_alike_map_the_shared_tensor_once():
-    weights = harness.map_weights(randomized(TiedLM(), 1), randomized(TiedLM(), 2), ids())
+    weights = harness.map_weights(seeded(TiedLM(), 1), seeded(TiedLM(), 2), ids())
     assert ([e.candidate for e in weights.entries].count("emb.weight"), weights.verified, weights.notes) == (
         1, True, []), str(weights)
 
 
 def test_an_untied_reference_gives_an_untied_port_its_own_head():
-    weights = harness.map_weights(randomized(UntiedLM(), 1), randomized(SecondTableLM(tied_lookup=False), 2), ids())
-    assert (sources(weights).get("out.weight"), weights.verified) == (("head.weight",), True), str(weights)
+    weights = harness.map_weights(seeded(UntiedLM(), 1), seeded(SecondTableLM(tied_lookup=False), 2), ids())
+    assert (map_sources(weights).get("out.weight"), weights.verified) == (("head.weight",), True), str(weights)
 
 
 # -- reading a map with a tied source backward ---------------------------------------------------------
 def tied_map():
-    return harness.map_weights(randomized(UntiedLM(), 1), randomized(TiedLM(), 2), ids(), verify=False)
+    return harness.map_weights(seeded(UntiedLM(), 1), seeded(TiedLM(), 2), ids(), verify=False)
 
 
 def test_read_backward_tied_candidate_tensors_that_differ_are_refused_naming_the_copy():
     with pytest.raises(ValueError, match=r"out\.weight differs from what emb\.weight .*strict=False"):
-        tied_map().to_reference(randomized(UntiedLM(), 3).state_dict())
+        tied_map().to_reference(seeded(UntiedLM(), 3).state_dict())
 
 
 def test_read_backward_without_strict_tied_candidate_tensors_that_differ_give_the_first():
-    candidate = randomized(UntiedLM(), 3)
+    candidate = seeded(UntiedLM(), 3)
     back = tied_map().to_reference(candidate.state_dict(), strict=False)
     assert torch.equal(back["emb.weight"], candidate.tok.weight), "emb.weight is not tok.weight's values"
 
 
 def test_a_saved_tied_map_loads_and_fills_both_candidate_tensors(tmp_path):
-    candidate, reference = randomized(UntiedLM(), 1), randomized(TiedLM(), 2)
+    candidate, reference = seeded(UntiedLM(), 1), seeded(TiedLM(), 2)
     weights = harness.map_weights(candidate, reference, ids())
     loaded = harness.load_weight_map(weights.save(tmp_path / "tied.json"))
     loaded.transfer(reference, candidate)
@@ -163,7 +159,7 @@ def test_a_saved_tied_map_loads_and_fills_both_candidate_tensors(tmp_path):
 
 
 def test_a_tied_map_twins_the_embedding_with_the_first_candidate_module_only():
-    candidate, reference = randomized(UntiedLM(), 1), randomized(TiedLM(), 2)
+    candidate, reference = seeded(UntiedLM(), 1), seeded(TiedLM(), 2)
     chains = tied_map().twin_chains(candidate, reference)
     assert (["tok"], ["emb"]) in chains and not any("out" in cs for cs, _ in chains), chains
 
@@ -223,8 +219,8 @@ class TablePerBlock(nn.Module):
 
 
 def test_a_port_keeping_a_table_per_block_takes_the_references_shared_table_for_each():
-    weights = harness.map_weights(randomized(TablePerBlock(), 1), randomized(SharedTable(), 2), tokens())
-    found = sources(weights)
+    weights = harness.map_weights(seeded(TablePerBlock(), 1), seeded(SharedTable(), 2), tokens())
+    found = map_sources(weights)
     assert (found.get("blocks.0.table"), found.get("blocks.1.table"), weights.verified) == (
         ("table",), ("table",), True), str(weights)
 
@@ -267,28 +263,28 @@ class TwoBlocks(nn.Module):
 
 
 def two_blocks(equal: bool) -> TwoBlocks:
-    model = randomized(TwoBlocks(equal), 2)
+    model = seeded(TwoBlocks(equal), 2)
     if equal:
         model.layers[1].load_state_dict(model.layers[0].state_dict())
     return model
 
 
 def test_a_block_applied_twice_takes_the_first_reference_blocks_tensors():
-    weights = harness.map_weights(randomized(SharedBlock(), 1), two_blocks(equal=True), tokens(), verify=False)
-    assert {k: v for k, v in sources(weights).items() if k.startswith("block.")} == {
+    weights = harness.map_weights(seeded(SharedBlock(), 1), two_blocks(equal=True), tokens(), verify=False)
+    assert {k: v for k, v in map_sources(weights).items() if k.startswith("block.")} == {
         f"block.{name}": (f"layers.0.{name}",) for name in
         ("norm.weight", "norm.bias", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")}, str(weights)
 
 
 def test_the_reference_blocks_a_shared_block_stands_for_are_unmatched_feeding_nothing_in_the_candidate():
-    weights = harness.map_weights(randomized(SharedBlock(), 1), two_blocks(equal=True), tokens(), verify=False)
+    weights = harness.map_weights(seeded(SharedBlock(), 1), two_blocks(equal=True), tokens(), verify=False)
     second = [k for k in weights.unmatched["reference"] if k.startswith("layers.1.")]
     assert len(second) == 6 and all("feeds nothing in the candidate" in weights.reason("reference", k)
                                     and "block." in weights.reason("reference", k) for k in second), str(weights)
 
 
 def test_a_shared_block_map_against_equal_reference_blocks_is_verified_and_the_port_passes():
-    candidate, reference = randomized(SharedBlock(), 1), two_blocks(equal=True)
+    candidate, reference = seeded(SharedBlock(), 1), two_blocks(equal=True)
     weights = harness.map_weights(candidate, reference, tokens())
     weights.transfer(reference, candidate)
     report = harness.compare(candidate, reference, tokens(), weights=weights)
@@ -296,12 +292,12 @@ def test_a_shared_block_map_against_equal_reference_blocks_is_verified_and_the_p
 
 
 def test_a_shared_block_map_against_reference_blocks_of_their_own_values_is_not_verified():
-    weights = harness.map_weights(randomized(SharedBlock(), 1), two_blocks(equal=False), tokens())
+    weights = harness.map_weights(seeded(SharedBlock(), 1), two_blocks(equal=False), tokens())
     assert weights.verified is False and weights.conflicts, str(weights)
 
 
 def test_a_failing_comparison_through_a_shared_block_map_says_the_reference_blocks_it_stands_for_may_differ():
-    candidate, reference = randomized(SharedBlock(), 1), two_blocks(equal=False)
+    candidate, reference = seeded(SharedBlock(), 1), two_blocks(equal=False)
     weights = harness.map_weights(candidate, reference, tokens(), verify=False)
     weights.transfer(reference, candidate)
     report = harness.compare(candidate, reference, tokens(), weights=weights)
@@ -310,7 +306,7 @@ def test_a_failing_comparison_through_a_shared_block_map_says_the_reference_bloc
 
 
 def test_two_port_blocks_against_one_reference_block_applied_twice_both_take_it_and_are_verified():
-    weights = harness.map_weights(randomized(TwoBlocks(equal=False), 1), randomized(SharedBlock(), 2), tokens())
-    found = sources(weights)
+    weights = harness.map_weights(seeded(TwoBlocks(equal=False), 1), seeded(SharedBlock(), 2), tokens())
+    found = map_sources(weights)
     assert (found.get("layers.0.fc1.weight"), found.get("layers.1.fc1.weight"), weights.verified) == (
         ("block.fc1.weight",), ("block.fc1.weight",), True), str(weights)

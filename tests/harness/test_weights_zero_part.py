@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import harness
+from helpers import map_sources, seeded
 
 C, HEADS, TOKENS = 8, 2, 5
 
@@ -81,17 +82,8 @@ class JoinedBlock(nn.Module):
         return x + self.proj(attention(q, k, v))
 
 
-def randomized(model: nn.Module, seed: int) -> nn.Module:
-    harness.randomize_(model.double().eval(), torch.Generator().manual_seed(seed))
-    return model
-
-
 def tokens() -> torch.Tensor:
     return torch.randn(2, TOKENS, C, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-
-
-def sources(weights) -> dict[str, tuple]:
-    return {e.candidate: (e.reference, e.steps) for e in weights.entries}
 
 
 def concat(*sizes: int) -> dict:
@@ -101,12 +93,12 @@ def concat(*sizes: int) -> dict:
 @pytest.fixture(scope="module")
 def split_map():
     """The verified map of a fused port against a reference whose key layer has no bias."""
-    return harness.map_weights(randomized(FusedBlock(), 1), randomized(SplitBlock(), 2), tokens())
+    return harness.map_weights(seeded(FusedBlock(), 1), seeded(SplitBlock(), 2), tokens())
 
 
 # -- inference ------------------------------------------------------------------------------------------
 def test_a_fused_bias_takes_the_query_and_value_biases_with_zeros_where_the_key_layer_has_none(split_map):
-    assert sources(split_map).get("qkv.bias") == (("query.bias", "value.bias"), (concat(C, C), ZERO_KEY_BIAS)), \
+    assert map_sources(split_map).get("qkv.bias") == (("query.bias", "value.bias"), (concat(C, C), ZERO_KEY_BIAS)), \
         str(split_map)
 
 
@@ -116,7 +108,7 @@ def test_a_fused_port_of_a_reference_without_key_bias_is_covered_and_verified(sp
 
 
 def test_a_correct_fused_port_of_a_reference_without_key_bias_passes_through_the_map():
-    candidate, reference = randomized(FusedBlock(), 1), randomized(SplitBlock(), 2)
+    candidate, reference = seeded(FusedBlock(), 1), seeded(SplitBlock(), 2)
     weights = harness.map_weights(candidate, reference, tokens())
     weights.transfer(reference, candidate)
     report = harness.compare(candidate, reference, tokens(), weights=weights)
@@ -124,53 +116,53 @@ def test_a_correct_fused_port_of_a_reference_without_key_bias_passes_through_the
 
 
 def test_a_fused_bias_takes_the_biases_a_reference_joins_with_zeros_where_used():
-    weights = harness.map_weights(randomized(FusedBlock(), 1), randomized(JoinedBlock(), 2), tokens())
-    assert (sources(weights).get("qkv.bias"), weights.verified) == (
+    weights = harness.map_weights(seeded(FusedBlock(), 1), seeded(JoinedBlock(), 2), tokens())
+    assert (map_sources(weights).get("qkv.bias"), weights.verified) == (
         (("q_bias", "v_bias"), (concat(C, C), ZERO_KEY_BIAS)), True), str(weights)
 
 
 def test_biases_joined_with_zeros_alike_on_both_sides_map_part_to_part():
-    weights = harness.map_weights(randomized(JoinedBlock(), 1), randomized(JoinedBlock(), 2), tokens())
-    found = sources(weights)
+    weights = harness.map_weights(seeded(JoinedBlock(), 1), seeded(JoinedBlock(), 2), tokens())
+    found = map_sources(weights)
     assert (found.get("q_bias"), found.get("v_bias"), weights.verified) == (
         (("q_bias",), ()), (("v_bias",), ()), True), str(weights)
 
 
 def test_a_key_layer_with_a_bias_gives_its_rows_no_zeros():
-    weights = harness.map_weights(randomized(FusedBlock(), 1), randomized(SplitBlock(key_bias=True), 2), tokens())
-    assert sources(weights).get("qkv.bias") == (("query.bias", "key.bias", "value.bias"), (concat(C, C, C),)), \
+    weights = harness.map_weights(seeded(FusedBlock(), 1), seeded(SplitBlock(key_bias=True), 2), tokens())
+    assert map_sources(weights).get("qkv.bias") == (("query.bias", "key.bias", "value.bias"), (concat(C, C, C),)), \
         str(weights)
 
 
 def test_a_fused_port_without_bias_takes_no_zeros_and_leaves_the_references_biases_untaken():
-    weights = harness.map_weights(randomized(FusedBlock(bias=False), 1), randomized(SplitBlock(), 2), tokens(),
+    weights = harness.map_weights(seeded(FusedBlock(bias=False), 1), seeded(SplitBlock(), 2), tokens(),
                                   verify=False)
     assert (sorted(weights.untaken()), all(st["op"] != "insert" for e in weights.entries for st in e.steps)) == (
         ["query.bias", "value.bias"], True), str(weights)
 
 
 def test_a_port_reading_the_zero_rows_as_values_gets_the_map_refused_by_verification():
-    weights = harness.map_weights(randomized(FusedBlock(values_second=True), 1), randomized(SplitBlock(), 2),
+    weights = harness.map_weights(seeded(FusedBlock(values_second=True), 1), seeded(SplitBlock(), 2),
                                   tokens(), max_alternatives=2)
     assert weights.verified is False and weights.conflicts, str(weights)
 
 
 # -- reading the map backward ----------------------------------------------------------------------------
 def test_read_backward_the_zero_rows_are_dropped_and_the_query_and_value_biases_given_back(split_map):
-    reference = randomized(SplitBlock(), 2)
+    reference = seeded(SplitBlock(), 2)
     back = split_map.to_reference(split_map.to_candidate(reference.state_dict()))
     assert sorted(back) == sorted(reference.state_dict()) and all(
         torch.equal(back[k], v) for k, v in reference.state_dict().items()), sorted(back)
 
 
 def test_read_backward_key_rows_that_are_not_zero_are_refused_naming_the_tensor(split_map):
-    state = randomized(FusedBlock(), 3).state_dict()
+    state = seeded(FusedBlock(), 3).state_dict()
     with pytest.raises(ValueError, match=r"qkv\.bias differs from the constant rows the map inserts .*strict=False"):
         split_map.to_reference(state)
 
 
 def test_read_backward_without_strict_key_rows_that_are_not_zero_are_dropped(split_map):
-    state = randomized(FusedBlock(), 3).state_dict()
+    state = seeded(FusedBlock(), 3).state_dict()
     back = split_map.to_reference(state, strict=False)
     assert torch.equal(back["value.bias"], state["qkv.bias"][2 * C:]), "value.bias is not the value rows"
 
@@ -179,7 +171,7 @@ def test_read_backward_without_strict_key_rows_that_are_not_zero_are_dropped(spl
 def test_a_saved_map_with_zeros_keeps_the_insert_step_and_transfers_them(split_map, tmp_path):
     path = split_map.save(tmp_path / "map.json")
     saved = next(e for e in json.loads(open(path).read())["entries"] if e["candidate"] == "qkv.bias")
-    candidate, reference = randomized(FusedBlock(), 3), randomized(SplitBlock(), 2)
+    candidate, reference = seeded(FusedBlock(), 3), seeded(SplitBlock(), 2)
     loaded = harness.load_weight_map(path)
     loaded.transfer(reference, candidate)
     assert (saved["transform"][-1], loaded.verified, bool(candidate.qkv.bias[C:2 * C].any())) == (
@@ -195,7 +187,7 @@ def test_a_map_file_with_an_insert_step_lacking_its_value_is_refused_naming_the_
 
 
 def test_a_fused_port_with_a_wrong_value_bias_blames_its_qkv_layer_against_the_split_layers():
-    candidate, reference = randomized(FusedBlock(), 1), randomized(SplitBlock(), 2)
+    candidate, reference = seeded(FusedBlock(), 1), seeded(SplitBlock(), 2)
     weights = harness.map_weights(candidate, reference, tokens())
     weights.transfer(reference, candidate)
     with torch.no_grad():
@@ -209,11 +201,11 @@ def test_a_fused_layer_whose_bias_has_zeros_for_a_layer_without_one_twins_all_th
 
 
 def test_split_layers_cut_from_one_fused_layer_are_parts_of_it_not_tied_copies():
-    weights = harness.map_weights(randomized(SplitBlock(key_bias=True), 1), randomized(FusedBlock(), 2), tokens())
+    weights = harness.map_weights(seeded(SplitBlock(key_bias=True), 1), seeded(FusedBlock(), 2), tokens())
     assert (weights.verified, [n for n in weights.notes if "feeds" in n]) == (True, []), str(weights)
 
 
 def test_a_split_layer_cut_from_one_fused_layer_is_not_the_fused_layers_twin():
-    candidate, reference = randomized(SplitBlock(key_bias=True), 1), randomized(FusedBlock(), 2)
+    candidate, reference = seeded(SplitBlock(key_bias=True), 1), seeded(FusedBlock(), 2)
     chains = harness.map_weights(candidate, reference, tokens(), verify=False).twin_chains(candidate, reference)
     assert not any("qkv" in rs for _, rs in chains), chains
