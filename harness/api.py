@@ -519,7 +519,7 @@ def _maker_named(found: Localization, diagnosis: list[dict], candidate: nn.Modul
     if call is None or _torch_module(candidate, maker):
         return found
     own = [row for row in rows if row.candidate == maker]
-    if any(row.passed or row.status == "propagated"  # re-run on values its twin computes inside: received
+    if any(row.passed or row.status == "propagated" and row.reran  # re-run, it computed right: received
            or _shaped_alike(row.match.candidate.inputs, row.match.reference.inputs) for row in own):
         return found
     if not _handed_known(call, ref_records, tolerance_for(_first_dtype(call))):
