@@ -6,60 +6,16 @@ order of use."""
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import harness
 from helpers import seeded
+from qkv_toys import C, JoinedBlock, SplitBlock, tokens
 
-C, HEADS, TOKENS, BLOCKS = 8, 2, 5, 2
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    b, n, _ = q.shape
-    q, k, v = (t.reshape(b, n, HEADS, C // HEADS).transpose(1, 2) for t in (q, k, v))
-    weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(C // HEADS), dim=-1)
-    return (weights @ v).transpose(1, 2).reshape(b, n, C)
-
-
-class BufferJoinedBlock(nn.Module):
-    """An attention block on a ``qkv`` layer without bias, its bias joined in the attention's own
-    code from a query bias, a zero key-bias buffer and a value bias after the norm ran (timm's BEiT)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(C)
-        self.qkv = nn.Linear(C, 3 * C, bias=False)
-        self.q_bias = nn.Parameter(torch.zeros(C))
-        self.register_buffer("k_bias", torch.zeros(C), persistent=False)
-        self.v_bias = nn.Parameter(torch.zeros(C))
-        self.proj = nn.Linear(C, C)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.norm(x)
-        bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))
-        q, k, v = F.linear(h, self.qkv.weight, bias).chunk(3, dim=-1)
-        return x + self.proj(attention(q, k, v))
-
-
-class SplitBlock(nn.Module):
-    """The same block with query, key and value layers, the key layer without bias (HF's BEiT)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(C)
-        self.query = nn.Linear(C, C)
-        self.key = nn.Linear(C, C, bias=False)
-        self.value = nn.Linear(C, C)
-        self.proj = nn.Linear(C, C)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.norm(x)
-        return x + self.proj(attention(self.query(h), self.key(h), self.value(h)))
+BLOCKS = 2
 
 
 class JoinedNet(nn.Module):
@@ -68,15 +24,11 @@ class JoinedNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.blocks = nn.Sequential(*[BufferJoinedBlock() for _ in range(BLOCKS)])
+        self.blocks = nn.Sequential(*[JoinedBlock(zeros_where_used=False) for _ in range(BLOCKS)])
         self.head_norm = nn.LayerNorm(C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x)
-
-
-def tokens() -> torch.Tensor:
-    return torch.randn(2, TOKENS, C, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
 
 def pair() -> tuple[nn.Module, nn.Module]:

@@ -7,83 +7,15 @@ drops the zeros' rows and says when they are not zero."""
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import harness
 from helpers import map_sources, seeded
-
-C, HEADS, TOKENS = 8, 2, 5
+from qkv_toys import C, FusedBlock, JoinedBlock, SplitBlock, tokens
 
 ZERO_KEY_BIAS = {"op": "insert", "dim": 0, "start": C, "size": C, "value": 0.0}
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    b, n, _ = q.shape
-    q, k, v = (t.reshape(b, n, HEADS, C // HEADS).transpose(1, 2) for t in (q, k, v))
-    weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(C // HEADS), dim=-1)
-    return (weights @ v).transpose(1, 2).reshape(b, n, C)
-
-
-class FusedBlock(nn.Module):
-    """A ViT attention block with one ``qkv`` linear layer; ``bias``: whether it has a bias;
-    ``values_second``: a port reading the value rows before the key rows."""
-
-    def __init__(self, bias: bool = True, values_second: bool = False) -> None:
-        super().__init__()
-        self.values_second = values_second
-        self.norm = nn.LayerNorm(C)
-        self.qkv = nn.Linear(C, 3 * C, bias=bias)
-        self.proj = nn.Linear(C, C)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(self.norm(x)).chunk(3, dim=-1)
-        if self.values_second:
-            k, v = v, k
-        return x + self.proj(attention(q, k, v))
-
-
-class SplitBlock(nn.Module):
-    """The same block with query, key and value layers; ``key_bias``: whether the key layer has a
-    bias (BEiT's has none: a key bias adds the same logit to every key and changes no output)."""
-
-    def __init__(self, key_bias: bool = False) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(C)
-        self.query = nn.Linear(C, C)
-        self.key = nn.Linear(C, C, bias=key_bias)
-        self.value = nn.Linear(C, C)
-        self.proj = nn.Linear(C, C)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.norm(x)
-        return x + self.proj(attention(self.query(h), self.key(h), self.value(h)))
-
-
-class JoinedBlock(nn.Module):
-    """The same block keeping a query and a value bias and joining them with a zero key bias where
-    used, on a ``qkv`` layer without bias (timm's BEiT and EVA)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(C)
-        self.qkv = nn.Linear(C, 3 * C, bias=False)
-        self.q_bias = nn.Parameter(torch.zeros(C))
-        self.v_bias = nn.Parameter(torch.zeros(C))
-        self.proj = nn.Linear(C, C)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
-        q, k, v = F.linear(self.norm(x), self.qkv.weight, bias).chunk(3, dim=-1)
-        return x + self.proj(attention(q, k, v))
-
-
-def tokens() -> torch.Tensor:
-    return torch.randn(2, TOKENS, C, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
 
 def concat(*sizes: int) -> dict:
