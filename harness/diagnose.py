@@ -1760,7 +1760,9 @@ def _run(module: nn.Module, args: tuple, kwargs: dict, dtype: torch.dtype | None
     """Record ``module`` on a float copy at ``dtype``; with ``dtype`` None, the original itself
     in its own dtype, its state snapshotted and restored afterwards."""
     if dtype is not None:
-        cast = _once(lambda t: t.to(dtype) if t.is_floating_point() else t.clone())
+        # a copy even where the dtype is the tensor's own (``to`` returns the tensor itself): an
+        # in-place activation in the run must not write into the trace's recorded input
+        cast = _once(lambda t: t.to(dtype, copy=True) if t.is_floating_point() else t.clone())
         work = _working_copy(module, dtype)
         if work is None:
             raise TypeError("the module cannot be copied")
