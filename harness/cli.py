@@ -118,7 +118,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         raise ValueError(f"--rows {args.rows}: give the number of table rows to show, 0 or more")
     if args.pair and not (args.candidate or args.reference):  # options of two models of one's own: say so
         given = [flag for flag, value in (("--map", args.map), ("--save-map", args.save_map),
-                                          ("--input-shape", args.input_shape), ("--seed", args.seed))
+                                          ("--input-shape", args.input_shape), ("--seed", args.seed),
+                                          ("--randomize", args.randomize or None))
                  if value is not None]
         if given:
             raise ValueError(f"{', '.join(given)} only apply to --candidate/--reference; a registered pair "

@@ -15,6 +15,9 @@
   advanced. Parameters are not copied (that would double the weights' memory): one changed in
   place by a forward (its version counter moved) cannot be restored, and the report says so. A
   comparison of models in train mode says so in the report (:func:`train_mode_notes`).
+- Silenced branches (:func:`silenced_notes`): a reference holding norm weights, layer weights or
+  layer scales of all zeros (a zero-initialized last norm: timm's ``zero_init_last``) is named in
+  the report, passing or not: the branches they end add zeros, and an error in them cannot show.
 - Non-determinism (:func:`determinism_notes`): only when a comparison fails, each side is run once
   more on a fresh copy of the same inputs, from the restored state and without reseeding; outputs
   that differ from the traced run's are named in the report, and the diagnosis keeps only the
@@ -57,7 +60,7 @@ from harness.trace import _version, eager_module, flatten_tensors, output_leaves
 
 __all__ = ["check_devices", "check_dtypes", "parameter_dtype", "comparison_dtype", "ModelState", "same_bits", "RandomDraws",
            "ForwardFailed", "WrongArguments", "run_forward",
-           "train_mode_notes", "determinism_notes", "nonfinite_notes", "preserves_models"]
+           "train_mode_notes", "silenced_notes", "determinism_notes", "nonfinite_notes", "preserves_models"]
 
 _SHOWN = 5
 
@@ -222,6 +225,38 @@ def train_mode_notes(candidate: nn.Module, reference: Any) -> list[str]:
         return []
     return [f"compared in train mode: {'; '.join(sides)}. BatchNorm then normalizes with batch statistics and "
             f"Dropout draws random masks; call .eval() for a parity check (the models' state was restored afterwards)"]
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+_WEIGHTED = (nn.Linear, nn.modules.conv._ConvNd)
+
+
+def _silencing(module: nn.Module, leaf: str) -> bool:
+    """Whether parameter ``leaf`` of ``module`` scales what the module returns (a norm's or a
+    layer's weight, a layer scale), so that all zeros make the branch it ends return nothing of its
+    input. Biases, tables and tokens add values of their own: zeros there silence nothing."""
+    if leaf == "weight":
+        return isinstance(module, (*_NORMS, *_WEIGHTED)) or "norm" in type(module).__name__.lower()
+    return leaf in ("gamma", "scale", "layer_scale") or leaf.startswith(("ls", "gamma_", "layer_scale"))
+
+
+def silenced_notes(model: Any, side: str = "reference") -> list[str]:
+    """One note naming the weights of ``model`` that are all zero where they scale a branch (a
+    zero-initialized last norm of a residual branch, timm's ``zero_init_last``; a zero layer
+    scale): such a branch adds zeros, so no error inside it, nor where it joins (an activation
+    before or after the add), can show, and a port with one passes."""
+    if not isinstance(model, nn.Module):
+        return []
+    zero = [f"{prefix}.{leaf}" if prefix else leaf for prefix, module in model.named_modules()
+            for leaf, p in module.named_parameters(recurse=False)
+            if p.is_floating_point() and p.numel() and _silencing(module, leaf) and not p.detach().any()]
+    if not zero:
+        return []
+    shown = ", ".join(zero[:_SHOWN]) + (", ..." if len(zero) > _SHOWN else "")
+    return [f"the {side} holds {len(zero)} weight(s) of all zeros that scale a branch ({shown}): those branches add "
+            f"nothing, so no error inside them or where they join can show; compare with trained weights or ones "
+            f"drawn at random (harness.randomize_(reference, generator) before the map is made; --randomize on the "
+            f"command line)"]
 
 
 def _label(key: str) -> str:
@@ -516,6 +551,7 @@ def _changed_parameter_notes(state: ModelState) -> list[str]:
 
 def _run(compare: Callable[..., Any], options: dict[str, Any], state: ModelState) -> Any:
     train_notes = train_mode_notes(*(options[side] for side in ("candidate", "reference")))
+    silenced = silenced_notes(options["reference"])
     if options["inputs"] is None and not isinstance(options["reference"], nn.Module):
         options["inputs"] = options["reference"].call()  # a recorded trace brings the inputs of its run
     call = as_call(options["inputs"])
@@ -539,7 +575,7 @@ def _run(compare: Callable[..., Any], options: dict[str, Any], state: ModelState
         if random:
             _not_blamed_on_values(report, list(random))
     report.notes[:0] = notes
-    report.notes.extend(train_notes)
+    report.notes.extend(train_notes + silenced)
     return report
 
 

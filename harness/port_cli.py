@@ -35,7 +35,23 @@ def _build(args: argparse.Namespace, dtype: "torch.dtype") -> tuple["nn.Module",
 
     candidate = load_spec(args.candidate, option="--candidate").to(dtype).eval()
     reference = load_spec(args.reference, option="--reference").to(dtype).eval()
+    if args.randomize:
+        _redraw(reference, args.seed or 0)
     return candidate, reference, random_inputs(args.input_shape, dtype, seed=args.seed or 0)
+
+
+_RANDOMIZE = ("re-draw the reference's weights at random (harness.randomize_, seeded by --seed) before the map is "
+              "made: a model at its initialization may hold a branch's last norm at zero (timm's zero_init_last), "
+              "which hides every error in that branch")
+
+
+def _redraw(reference: "nn.Module", seed: int) -> None:
+    import torch
+
+    from harness.pairs import randomize_
+
+    randomize_(reference, torch.Generator().manual_seed(seed))
+    print(f"reference: weights re-drawn at random (seed {seed})", file=sys.stderr)
 
 
 def _add_output_arguments(p: argparse.ArgumentParser, prefix: str = "") -> None:
@@ -74,6 +90,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "1x16:int1000 for token ids, 1x16:bool for a mask, 1x16:ones")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
+    p.add_argument("--randomize", action="store_true", help=_RANDOMIZE)
 
 
 def add_map_arguments(p: argparse.ArgumentParser) -> None:
@@ -114,6 +131,7 @@ def add_port_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --candidate: shape of a seeded random input (default 1x3x224x224; repeat for several "
                         "inputs); 1x16:int1000 for token ids, 1x16:bool for a mask, 1x16:ones")
     p.add_argument("--seed", type=int, default=None, help="with --candidate: seed of the random input (default 0)")
+    p.add_argument("--randomize", action="store_true", help=f"with --candidate: {_RANDOMIZE}")
     p.add_argument("--map", metavar="FILE", help="with --candidate: use this weight map instead of inferring one "
                                                  "(with --reference-trace: transfer the trace's weights through it)")
     p.add_argument("--save-map", metavar="FILE", help="with --candidate: write the inferred weight map here")
@@ -185,10 +203,11 @@ def _check_trace_usage(args: argparse.Namespace) -> None:
         raise ValueError(f"give either a registered pair ({args.pair!r}) or --candidate, not both")
     if args.reference:
         raise ValueError("--reference SPEC and --reference-trace FILE both give the reference; give one of them")
-    given = [flag for flag, value in (("--input-shape", args.input_shape), ("--seed", args.seed)) if value is not None]
+    given = [flag for flag, value in (("--input-shape", args.input_shape), ("--seed", args.seed),
+                                      ("--randomize", args.randomize or None)) if value is not None]
     if given:
-        raise ValueError(f"{', '.join(given)}: the candidate runs on the inputs recorded in the trace; drop "
-                         f"{'them' if len(given) > 1 else 'it'} (choose the inputs when recording)")
+        raise ValueError(f"{', '.join(given)}: the candidate runs on the inputs and weights recorded in the trace; "
+                         f"drop {'them' if len(given) > 1 else 'it'} (choose the inputs and weights when recording)")
     if args.save_map:
         raise ValueError("--save-map writes an inferred map, and inferring one runs both models: make it where the "
                          "reference runs (python -m harness map CANDIDATE REFERENCE --save-map FILE) and give it "

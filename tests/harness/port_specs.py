@@ -1,5 +1,6 @@
 """Model specs for the command-line tests: ``tests/harness/port_specs.py:function``."""
 
+import torch
 from torch import nn
 
 from port_toys import FusedBlock, SplitBlock, randomized
@@ -43,3 +44,28 @@ class _DictOutput(nn.Module):
 
 def fused_dict():
     return _DictOutput()
+
+
+class _ScaledResidual(nn.Module):
+    """A residual block after a ReLU stem, its branch scaled by a layer scale at zero, as a model
+    fresh from its initialization holds it (timm's ``zero_init_last``): the branch adds nothing.
+    ``relu_first``: the port applying the block's ReLU to the branch before the add, not after."""
+
+    def __init__(self, relu_first: bool = False) -> None:
+        super().__init__()
+        self.stem, self.fc1, self.fc2 = nn.Linear(16, 16), nn.Linear(16, 32), nn.Linear(32, 16)
+        self.gamma = nn.Parameter(torch.zeros(16))
+        self.relu_first = relu_first
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        branch = self.gamma * self.fc2(torch.relu(self.fc1(h)))
+        return h + torch.relu(branch) if self.relu_first else torch.relu(h + branch)
+
+
+def zero_scaled():
+    return _ScaledResidual()
+
+
+def zero_scaled_relu_first():
+    return _ScaledResidual(relu_first=True)

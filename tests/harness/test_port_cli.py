@@ -54,6 +54,19 @@ def test_compare_specs_with_a_bug_exits_1_and_names_the_module(harness_cli):
     assert "culprit (introduces the error itself): norm" in run.stdout
 
 
+def test_compare_names_the_reference_weights_of_all_zeros_that_silence_a_branch(harness_cli):
+    run = harness_cli("compare", "--candidate", f"{SPECS}:zero_scaled_relu_first", "--reference", f"{SPECS}:zero_scaled",
+                      "--input-shape", "2x5x16", "--dtype", "float64")
+    assert run.returncode == 0 and "1 weight(s) of all zeros that scale a branch (gamma)" in run.stdout, \
+        run.stdout + run.stderr
+
+
+def test_compare_with_randomize_finds_the_error_a_zero_layer_scale_hides(harness_cli):
+    run = harness_cli("compare", "--candidate", f"{SPECS}:zero_scaled_relu_first", "--reference", f"{SPECS}:zero_scaled",
+                      "--input-shape", "2x5x16", "--dtype", "float64", "--randomize")
+    assert run.returncode == 1 and "relu" in run.stdout, run.stdout + run.stderr
+
+
 def test_compare_reuses_a_saved_map(harness_cli, tmp_path):
     saved = tmp_path / "map.json"
     harness_cli("map", f"{SPECS}:fused", f"{SPECS}:split", "--input-shape", "2x5x16", "--save-map", str(saved))
@@ -90,6 +103,7 @@ def test_map_picks_the_field_of_a_dict_output_named_on_the_command_line(harness_
     (("compare", "--reference", f"{SPECS}:split"), "--reference needs --candidate"),
     (("compare",), "compare needs a registered pair"),
     (("compare", "toy_mlp", "--input-shape", "1x8"), "--input-shape only apply to --candidate/--reference"),
+    (("compare", "toy_mlp", "--randomize"), "--randomize only apply to --candidate/--reference"),
     (("compare", "toy_mlp", "--rows", "-5"), "--rows -5: give the number of table rows"),
     (("map", f"{SPECS}:fused", f"{SPECS}:split", "--save-map", "/proc/map.json"), "/proc does not take new files"),
     # the user's own code failing: named, with what to fix, never a traceback
