@@ -154,7 +154,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    added apart from the class token's), an extra op computing another part of it changing nothing:
    the walk goes on after that pair. A join found missing with the missing ops whose results only
    it reads (a shortcut's conv and norm before the residual add) is one finding, the join's, naming
-   them. Two ops of one name reading one input with each other's parameters (a decomposed relative
+   them, and saying so where an op of the candidate whose result nothing reads computes what they
+   compute (a shortcut run before the main branch, then never added). Two ops of one name reading one input with each other's parameters (a decomposed relative
    position's height and width tables), paired crosswise by those values, are named as exchanged.
    Ops of other names in each other's place are findings only where their results differ and, after
    the first such op, where their inputs agree: another spelling of one operation (``relu6`` for
@@ -4052,7 +4053,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
         found += precision
         found += _unpaired_later(module, found, codes[at + 1:], cs, rs, ref_name, cand_scopes, unpaired)
         return _branch_joined(_moved(_crossed_join(found, unpaired, c, r, cand, ref, tol), idle, into), unpaired,
-                              ref.rec, ref_name or module)
+                              cand, ref, tol, module, ref_name or module)
 
     skip = (-1, -1)  # stream positions up to which a rewrite of other shapes rejoined the reference
     for at, (tag, i1, i2, j1, j2) in enumerate(codes):
@@ -4151,7 +4152,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
         return held[1]
     if pending and not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol) \
             and not all(_run_elsewhere(unpaired.get(id(f)), cs, rs, tol) for f in pending):
-        return _branch_joined(_moved(pending, idle, into), unpaired, ref.rec, ref_name or module)
+        return _branch_joined(_moved(pending, idle, into), unpaired, cand, ref, tol, module, ref_name or module)
     if not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol) and not \
             _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol, same_shape=True):
         # every op agrees, yet the output does not, in any layout (one of one shape too: an NHWC norm
@@ -4399,12 +4400,14 @@ def _moved(findings: list[dict], idle: Sequence[dict] = (), into: dict[int, str]
     return findings
 
 
-def _branch_joined(findings: list[dict], unpaired: dict[int, tuple[bool, Op]], rec: OpRecorder,
-                   ref_name: str) -> list[dict]:
+def _branch_joined(findings: list[dict], unpaired: dict[int, tuple[bool, Op]], cand: _Side, ref: _Side,
+                   tol: Tolerance, module: str, ref_name: str) -> list[dict]:
     """A join the candidate lacks (a residual ``add``) with the missing ops whose results only it
     reads, directly or through each other (the shortcut's conv and norm before it), said as one
     finding: the join, adding what that branch of the reference computes. One op left out is the
-    join; the branch is its operand, which the candidate never computes."""
+    join; the branch is its operand, which the candidate never computes, or computes apart and never
+    joins (a shortcut run before the main branch, its result unread: :func:`_unread_twin`)."""
+    rec = ref.rec
     lost = {id(f): unpaired[id(f)][1] for f in findings
             if f["kind"] == "missing_op" and id(f) in unpaired and not unpaired[id(f)][0]}
     for join in (f for f in findings if id(f) in lost and f["op"] in _JOINING):
@@ -4416,7 +4419,10 @@ def _branch_joined(findings: list[dict], unpaired: dict[int, tuple[bool, Op]], r
         branch.sort(key=lambda f: lost[id(f)].index)
         # each op with who applies it (the reference's ``downsample.0``: the shortcut's module)
         parts = ", ".join(f"{f['op']}: {f['text'].rsplit('; ', 1)[-1]}" for f in branch)
-        text = f"{join['text']} to what a branch the candidate lacks too computes ({parts})"
+        own = _unread_twin(lost[id(branch[-1])], cand, tol)
+        text = f"{join['text']} to what a branch the candidate lacks too computes ({parts})" if own is None else \
+            f"{join['text']} to what a branch computes ({parts}), which the candidate computes too " \
+            f"({_computed_by(module, own)}) but never {_JOINING[join['op']]}"
         reads = sorted({name for f in (join, *branch) for name in f.get("reads", ())})
         folded = {**join, "text": text, "reads": reads}
         unpaired[id(folded)] = unpaired[id(join)]
@@ -4424,6 +4430,21 @@ def _branch_joined(findings: list[dict], unpaired: dict[int, tuple[bool, Op]], r
         rest = [f for f in findings if f is not join and all(f is not b for b in branch)]
         return rest[:first] + [folded] + rest[first:]
     return findings
+
+
+def _unread_twin(r: Op, cand: _Side, tol: Tolerance) -> Op | None:
+    """The candidate's op computing what the reference's ``r`` computes, its result read by no later
+    op: a branch the candidate computes, then leaves out of the join."""
+    return next((c for c in cand.stream if c.outputs and _read_within(cand.rec, c, set())
+                 and _outputs_agree(c.outputs[:1], r.outputs[:1], tol)), None)
+
+
+def _computed_by(base: str, op: Op) -> str:
+    """Who computes the candidate's ``op``: its submodule, or the batch norm stored folded it ends."""
+    if op.scope:
+        return _scoped(base, op)
+    owner = "its" if base == ROOT else f"{base}'s"
+    return f"{owner} {_fold_words(op)}" if op.folded else f"{owner} {op.name}"
 
 
 def _fold_words(add: Op) -> str:
@@ -4446,7 +4467,8 @@ def _moved_label(lost: dict, extra: dict) -> str:
     return label_r if label_c in (label_r, extra["op"]) else f"{label_r} (the candidate's {label_c})"
 
 
-_JOINING = frozenset({"add", "sub", "mul", "cat", "stack"})  # ops joining branches: an operand is one of them
+# ops joining branches (an operand is one of them), with what each does to them
+_JOINING = {"add": "adds", "sub": "subtracts", "mul": "multiplies", "cat": "joins", "stack": "stacks"}
 
 
 def _within(inner: str, outer: str) -> bool:
