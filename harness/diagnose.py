@@ -122,7 +122,10 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    the table itself), and a hand-written run of ops reading
    it is that op written out (a batch norm folded into a scale and a shift: the run ends with the
    ops joining what it made, and begins where, from one activation, it computes that op: a
-   layer norm's eps add is part of it, never the twin of a residual add the candidate dropped);
+   layer norm's eps add is part of it, never the twin of a residual add the candidate dropped; one
+   stored folded, ``x * scale + shift`` with tensors of its own, is the run of the reference's eval
+   batch norm that receives what it receives or folds into what it holds, so its shift's add never
+   twins a residual add dropped after it);
    between those anchors, by name (``difflib.SequenceMatcher``). Walk the
    aligned pairs in order. Unpaired ops are held as pending until the next pair (an extra op whose
    result holds its input's values, a resize to the size it has, changes nothing and is not): if that pair's
@@ -151,7 +154,8 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    added apart from the class token's), an extra op computing another part of it changing nothing:
    the walk goes on after that pair. A join found missing with the missing ops whose results only
    it reads (a shortcut's conv and norm before the residual add) is one finding, the join's, naming
-   them. Two ops of one name reading one input with each other's parameters (a decomposed relative
+   them, and saying so where an op of the candidate whose result nothing reads computes what they
+   compute (a shortcut run before the main branch, then never added). Two ops of one name reading one input with each other's parameters (a decomposed relative
    position's height and width tables), paired crosswise by those values, are named as exchanged.
    Ops of other names in each other's place are findings only where their results differ and, after
    the first such op, where their inputs agree: another spelling of one operation (``relu6`` for
@@ -420,6 +424,8 @@ class Op:
     # the call as made, its one activation input left open (:data:`_OPEN`): the reference's op is run
     # again on what the candidate's hand-written version of it received
     call: tuple[Callable, tuple, dict] | None = None
+    # the add ending a batch norm the candidate stores folded (:func:`_stored_folds`): its scale and shift
+    folded: tuple[str, ...] = ()
 
     @property
     def shape(self) -> tuple[int, ...] | None:
@@ -1903,6 +1909,8 @@ def _unpaired_finding(base: str, tag: str, op: Op, stream_other: list[Op], pos: 
         before = stream_other[pos - 1] if 0 < pos <= len(stream_other) else None
         if module == base and before is not None and before.scope:
             where += f", after {_scoped(base, before)}"  # where in the candidate, whose module holds no twin of it
+        elif module == base and before is not None and before.folded:
+            where += f", after its {_fold_words(before)}"
         text = f"{module}: {_op_label(op)} missing in the candidate {where}{hint}; {who} applies it"
         # the reference tensors it reads, by their keys in the reference: whoever holds the
         # candidate's copies is the module that should have applied it
@@ -2585,14 +2593,33 @@ def _folded_norm_findings(where: str, mul: Op, r: Op, rec: OpRecorder) -> list[d
     the norm folds into, ``weight / sqrt(running_var + eps)`` and ``bias - running_mean * scale``,
     by channel, beyond the rounding of the dtype the candidate stores them in; [] where ``mul`` opens
     no such fold or it holds what the norm folds into."""
+    out = []
+    for op, role, wrong, held, want, how in _fold_tensors(mul, r, rec) or ():
+        if wrong.any():
+            name = next(iter(op.params.values()))
+            at = wrong.nonzero().flatten().tolist()
+            shown = ", ".join(map(str, at[:_CHANNELS_SHOWN])) + (", ..." if len(at) > _CHANNELS_SHOWN else "")
+            text = (f"{where}: {op.name} operand {name}, the {role} of a batch norm folded ahead of time, holds "
+                    f"other values than the reference's batch norm ({', '.join(r.params.values())}) folds into, "
+                    f"{how}, at {len(at)} of {held.numel()} channels ([{shown}]; max_abs difference "
+                    f"{(held - want).abs().max().item():.3e})")
+            out.append(_finding(where, "argument", op.name, name, f"{name} (other values)", f"{role} folded", text))
+    return out
+
+
+def _fold_tensors(mul: Op, r: Op, rec: OpRecorder) -> list[tuple] | None:
+    """``(op, role, wrong, held, want, how)`` for the scale and the shift of a batch norm stored
+    folded, ``mul`` being ``x * scale``, against what the reference's eval-mode batch norm ``r`` folds
+    into (``wrong``: the channels differing beyond the rounding of the dtype the candidate stores them
+    in); None where ``mul`` opens no such fold of as many channels."""
     if mul.name != "mul" or len(mul.params) != 1 or r.name != "batch_norm" or r.args.get("training"):
-        return []
+        return None
     add = next((op for op in rec.ops[mul.index + 1:] if mul.out_ids[0] in op.input_ids), None)
     if add is None or add.name != "add" or len(add.params) != 1 or add.input_ids != mul.out_ids[:1]:
-        return []
+        return None
     mean, var = (r.operands.get(k) for k in ("running_mean", "running_var"))
     if mean is None or var is None:
-        return []
+        return None
     weight, bias = (r.operands[k].double().flatten() if k in r.operands else None for k in ("weight", "bias"))
     scale = (var.double().flatten() + r.args.get("eps", 1e-5)).rsqrt() * (weight if weight is not None else 1)
     folded = {"scale": (scale, "weight / sqrt(running_var + eps)"),
@@ -2602,19 +2629,11 @@ def _folded_norm_findings(where: str, mul: Op, r: Op, rec: OpRecorder) -> list[d
     rtol = 4 * torch.finfo(stored).eps if stored.is_floating_point else 0.0
     out = []
     for op, role in ((mul, "scale"), (add, "shift")):
-        key, name = next(iter(op.params.items()))
-        held, (want, how) = op.param_values[key].double().flatten(), folded[role]
+        held, (want, how) = op.param_values[next(iter(op.params))].double().flatten(), folded[role]
         if held.shape != want.shape:
-            return []
+            return None
         wrong = ~torch.isclose(held, want, rtol=rtol, atol=rtol * want.abs().max().item())
-        if wrong.any():
-            at = wrong.nonzero().flatten().tolist()
-            shown = ", ".join(map(str, at[:_CHANNELS_SHOWN])) + (", ..." if len(at) > _CHANNELS_SHOWN else "")
-            text = (f"{where}: {op.name} operand {name}, the {role} of a batch norm folded ahead of time, holds "
-                    f"other values than the reference's batch norm ({', '.join(r.params.values())}) folds into, "
-                    f"{how}, at {len(at)} of {held.numel()} channels ([{shown}]; max_abs difference "
-                    f"{(held - want).abs().max().item():.3e})")
-            out.append(_finding(where, "argument", op.name, name, f"{name} (other values)", f"{role} folded", text))
+        out.append((op, role, wrong, held, want, how))
     return out
 
 
@@ -3990,7 +4009,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
     last_c, last_r, agreed = -1, -1, None  # recorder indices of the last agreeing pair, the pair
     held: tuple[int, list[dict]] | None = None  # a pair agreeing only with two axes of one size exchanged
     cs, rs = _at_their_readers(cs, cand.rec), _at_their_readers(rs, ref.rec)
-    codes = _aligned(cs, rs, expected, cand.rec, tol)
+    codes = _aligned(cs, rs, expected, cand.rec, tol, _stored_folds(cs, rs, cand, ref, tol))
 
     def diverged(at: int, c: Op, r: Op) -> list[dict]:
         where = _scoped(module, c)
@@ -4036,7 +4055,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
         found += precision
         found += _unpaired_later(module, found, codes[at + 1:], cs, rs, ref_name, cand_scopes, unpaired)
         return _branch_joined(_moved(_crossed_join(found, unpaired, c, r, cand, ref, tol), idle, into), unpaired,
-                              ref.rec, ref_name or module)
+                              cand, ref, tol, module, ref_name or module)
 
     skip = (-1, -1)  # stream positions up to which a rewrite of other shapes rejoined the reference
     for at, (tag, i1, i2, j1, j2) in enumerate(codes):
@@ -4135,7 +4154,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
         return held[1]
     if pending and not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol) \
             and not all(_run_elsewhere(unpaired.get(id(f)), cs, rs, tol) for f in pending):
-        return _branch_joined(_moved(pending, idle, into), unpaired, ref.rec, ref_name or module)
+        return _branch_joined(_moved(pending, idle, into), unpaired, cand, ref, tol, module, ref_name or module)
     if not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol) and not \
             _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol, same_shape=True):
         # every op agrees, yet the output does not, in any layout (one of one shape too: an NHWC norm
@@ -4383,12 +4402,14 @@ def _moved(findings: list[dict], idle: Sequence[dict] = (), into: dict[int, str]
     return findings
 
 
-def _branch_joined(findings: list[dict], unpaired: dict[int, tuple[bool, Op]], rec: OpRecorder,
-                   ref_name: str) -> list[dict]:
+def _branch_joined(findings: list[dict], unpaired: dict[int, tuple[bool, Op]], cand: _Side, ref: _Side,
+                   tol: Tolerance, module: str, ref_name: str) -> list[dict]:
     """A join the candidate lacks (a residual ``add``) with the missing ops whose results only it
     reads, directly or through each other (the shortcut's conv and norm before it), said as one
     finding: the join, adding what that branch of the reference computes. One op left out is the
-    join; the branch is its operand, which the candidate never computes."""
+    join; the branch is its operand, which the candidate never computes, or computes apart and never
+    joins (a shortcut run before the main branch, its result unread: :func:`_unread_twin`)."""
+    rec = ref.rec
     lost = {id(f): unpaired[id(f)][1] for f in findings
             if f["kind"] == "missing_op" and id(f) in unpaired and not unpaired[id(f)][0]}
     for join in (f for f in findings if id(f) in lost and f["op"] in _JOINING):
@@ -4400,7 +4421,10 @@ def _branch_joined(findings: list[dict], unpaired: dict[int, tuple[bool, Op]], r
         branch.sort(key=lambda f: lost[id(f)].index)
         # each op with who applies it (the reference's ``downsample.0``: the shortcut's module)
         parts = ", ".join(f"{f['op']}: {f['text'].rsplit('; ', 1)[-1]}" for f in branch)
-        text = f"{join['text']} to what a branch the candidate lacks too computes ({parts})"
+        own = _unread_twin(lost[id(branch[-1])], cand, tol)
+        text = f"{join['text']} to what a branch the candidate lacks too computes ({parts})" if own is None else \
+            f"{join['text']} to what a branch computes ({parts}), which the candidate computes too " \
+            f"({_computed_by(module, own)}) but never {_JOINING[join['op']]}"
         reads = sorted({name for f in (join, *branch) for name in f.get("reads", ())})
         folded = {**join, "text": text, "reads": reads}
         unpaired[id(folded)] = unpaired[id(join)]
@@ -4408,6 +4432,26 @@ def _branch_joined(findings: list[dict], unpaired: dict[int, tuple[bool, Op]], r
         rest = [f for f in findings if f is not join and all(f is not b for b in branch)]
         return rest[:first] + [folded] + rest[first:]
     return findings
+
+
+def _unread_twin(r: Op, cand: _Side, tol: Tolerance) -> Op | None:
+    """The candidate's op computing what the reference's ``r`` computes, its result read by no later
+    op: a branch the candidate computes, then leaves out of the join."""
+    return next((c for c in cand.stream if c.outputs and _read_within(cand.rec, c, set())
+                 and _outputs_agree(c.outputs[:1], r.outputs[:1], tol)), None)
+
+
+def _computed_by(base: str, op: Op) -> str:
+    """Who computes the candidate's ``op``: its submodule, or the batch norm stored folded it ends."""
+    if op.scope:
+        return _scoped(base, op)
+    owner = "its" if base == ROOT else f"{base}'s"
+    return f"{owner} {_fold_words(op)}" if op.folded else f"{owner} {op.name}"
+
+
+def _fold_words(add: Op) -> str:
+    """The batch norm the candidate stores folded, said by the tensors it holds (``add`` ending it)."""
+    return f"batch norm stored folded as {' and '.join(add.folded)}"
 
 
 def _read_within(rec: OpRecorder, op: Op, region: set[int]) -> bool:
@@ -4425,7 +4469,8 @@ def _moved_label(lost: dict, extra: dict) -> str:
     return label_r if label_c in (label_r, extra["op"]) else f"{label_r} (the candidate's {label_c})"
 
 
-_JOINING = frozenset({"add", "sub", "mul", "cat", "stack"})  # ops joining branches: an operand is one of them
+# ops joining branches (an operand is one of them), with what each does to them
+_JOINING = {"add": "adds", "sub": "subtracts", "mul": "multiplies", "cat": "joins", "stack": "stacks"}
 
 
 def _within(inner: str, outer: str) -> bool:
@@ -4433,17 +4478,18 @@ def _within(inner: str, outer: str) -> bool:
     return inner == outer or outer == ROOT or inner.startswith(outer + ".")
 
 
-def _aligned(cs: list[Op], rs: list[Op], expected: Expected | None,
-             rec: OpRecorder, tol: Tolerance | None = None) -> list[tuple[str, int, int, int, int]]:
+def _aligned(cs: list[Op], rs: list[Op], expected: Expected | None, rec: OpRecorder, tol: Tolerance | None = None,
+             folds: Sequence[tuple[int, int, int]] = ()) -> list[tuple[str, int, int, int, int]]:
     """``difflib`` opcodes pairing two op streams, anchored on parameters (:func:`_anchors`): an op
     paired with the one reading the same tensor's values whatever their names (a 1x1 conv with the
     linear it ports), a hand-written run with the one op it writes out (a batch norm folded into a
-    scale and a shift), from where it computes that op (:func:`_run_start`). Between anchors, ops
-    pair by name; a name alone would pair a hand-written norm's ``mul`` by its scale with a layer
-    scale's ``mul`` further on, and every op after it with the wrong twin."""
+    scale and a shift, computed or stored: ``folds``, :func:`_stored_folds`), from where it computes
+    that op (:func:`_run_start`). Between anchors, ops pair by name; a name alone would pair a
+    hand-written norm's ``mul`` by its scale with a layer scale's ``mul`` further on, and every op
+    after it with the wrong twin."""
     codes: list[tuple[str, int, int, int, int]] = []
     i0 = j0 = 0
-    for lo, hi, j in [*_anchors(cs, rs, expected, rec), (len(cs), len(cs), len(rs))]:
+    for lo, hi, j in [*_anchors(cs, rs, expected, rec, folds), (len(cs), len(cs), len(rs))]:
         own = _run_start(cs, rs[j], i0, lo, hi, rec, tol) if hi - lo > 1 and lo < len(cs) else lo
         stretch = _by_name(cs, rs, i0, own, j0, j)
         if hi - lo == 1 or lo == len(cs):
@@ -4562,12 +4608,14 @@ def _by_name(cs: list[Op], rs: list[Op], i0: int, i1: int, j0: int, j1: int) -> 
     return [(tag, a1 + i0, a2 + i0, b1 + j0, b2 + j0) for tag, a1, a2, b1, b2 in sm.get_opcodes()]
 
 
-def _anchors(cs: list[Op], rs: list[Op], expected: Expected | None, rec: OpRecorder) -> list[tuple[int, int, int]]:
+def _anchors(cs: list[Op], rs: list[Op], expected: Expected | None, rec: OpRecorder,
+             folds: Sequence[tuple[int, int, int]] = ()) -> list[tuple[int, int, int]]:
     """``(lo, hi, j)``: the candidate's ops ``cs[lo:hi]`` pair with the reference's ``rs[j]``, each
     reading parameters that hold what ``rs[j]`` reads and no other reference op's (``rs[j]`` reading
     none of another candidate op's): one op, or a hand-written run from its first such op to its
-    last, with the ops after it that read only what the run made (its final add). The longest
-    chain of them in order on both sides."""
+    last, with the ops after it that read only what the run made (its final add); and each stored
+    fold of a batch norm (``folds``), whose tensors hold no tensor of the norm's. The longest chain
+    of them in order on both sides."""
     mine = [_mapped_values(c, expected) for c in cs]
     theirs = [list(r.param_values.values()) for r in rs]
     links: dict[int, set[int]] = {}
@@ -4589,7 +4637,41 @@ def _anchors(cs: list[Op], rs: list[Op], expected: Expected | None, rec: OpRecor
             spans.append((lo, lo + 1, j))
         elif _connected(rec, cs, lo, hi):
             spans.append((lo, _run_end(rec, cs, lo, hi), j))
-    return _increasing_chain(sorted(spans))
+    spans = [s for s in spans if all(s[1] <= lo or s[0] >= hi for lo, hi, _ in folds)
+             and all(s[2] != j for _, _, j in folds)]
+    return _increasing_chain(sorted([*spans, *folds]))
+
+
+def _stored_folds(cs: list[Op], rs: list[Op], cand: _Side, ref: _Side, tol: Tolerance) -> list[tuple[int, int, int]]:
+    """``(lo, hi, j)``: each batch norm the candidate stores folded, ``x * scale + shift`` with a
+    scale and a shift of its own (``cs[lo]`` the mul, ``cs[hi - 1]`` the add reading it alone), and
+    the one eval-mode batch norm ``rs[j]`` of the reference it stands for: receiving what the mul
+    receives, or folding into what the two hold. Its tensors hold none of the norm's, so nothing
+    else anchors it, and by name the mul would twin the norm and the shift's add a residual add
+    that a bug after the fold (the add dropped, a ReLU moved) leaves unpaired. Each such add is
+    marked with the two tensors' names (``Op.folded``): an op found missing after it is placed by them."""
+    spans = []
+    for lo, mul in enumerate(cs):
+        add = _sole_reader(cand.rec, cs, mul) if mul.name == "mul" and len(mul.input_ids) == 1 else None
+        if add is None or add.name != "add" or len(add.params) != 1 or len(mul.params) != 1:
+            continue
+        twins = [j for j, r in enumerate(rs) if _folded_twin(mul, r, cand, ref, tol)]
+        if len(twins) == 1:
+            spans.append((lo, next(k for k, op in enumerate(cs) if op is add) + 1, twins[0]))
+            add.folded = (*mul.params.values(), *add.params.values())
+    return spans
+
+
+def _folded_twin(mul: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance) -> bool:
+    """Whether the stored fold ``mul`` opens (:func:`_stored_folds`) stands for the batch norm ``r``:
+    of as many channels, it receives what ``r`` receives, or holds what ``r`` folds into."""
+    tensors = _fold_tensors(mul, r, cand.rec)
+    if tensors is None:
+        return False
+    if not any(wrong.any() for _, _, wrong, *_ in tensors):
+        return True
+    given, received = cand.rec.passed(mul.input_ids[0], mul.index), ref.rec.passed(r.input_ids[0], r.index)
+    return given is not None and received is not None and _outputs_agree([given], [received], tol)
 
 
 def _named_consumer(cs: list[Op], r: Op, i: int, links: dict[int, set[int]], rec: OpRecorder) -> int:

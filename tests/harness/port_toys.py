@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -433,6 +433,63 @@ class ShortcutLast(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
         return self.act2(y + self.downsample(x))
+
+
+# How a port of :class:`ShortcutLast` joins its main branch ``y`` and its shortcut ``s``: right, or with
+# one bug after the shortcut's norm (the add dropped, the ReLU applied before it, the final ReLU left out)
+ENDINGS = {"right": lambda y, s: F.relu(y + s), "add dropped": lambda y, s: F.relu(y),
+           "relu before the add": lambda y, s: F.relu(y) + s, "final relu dropped": lambda y, s: y + s}
+
+
+class PortedShortcut(nn.Module):
+    """:class:`ShortcutLast` written by hand with the same main-branch names, its shortcut a raw
+    kernel ``proj_kernel`` and a norm ``proj_norm``, or (``folded``) that norm stored folded,
+    ``x * proj_scale + proj_shift``, tensors of ``shape`` (``(8,)``, ``(8, 1, 1)``, ``(1, 8, 1, 1)``);
+    ``shortcut_first``: computed before the main branch; ``ending``: a key of :data:`ENDINGS`."""
+
+    def __init__(self, folded: bool = True, shape: tuple[int, ...] = (8,), shortcut_first: bool = False,
+                 ending: str = "right") -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(4, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.proj_kernel = nn.Parameter(torch.zeros(8, 4, 3, 3))
+        if folded:
+            self.proj_scale, self.proj_shift = nn.Parameter(torch.ones(shape)), nn.Parameter(torch.zeros(shape))
+        else:
+            self.proj_norm = nn.BatchNorm2d(8)
+        self.folded, self.shortcut_first, self.join = folded, shortcut_first, ENDINGS[ending]
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        s = F.conv2d(x, self.proj_kernel, padding=1)
+        if not self.folded:
+            return self.proj_norm(s)
+        scale, shift = self.proj_scale, self.proj_shift
+        if scale.ndim == 1:  # (C,) broadcast along the channels of (B, C, H, W)
+            scale, shift = scale[:, None, None], shift[:, None, None]
+        return s * scale + shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.shortcut(x) if self.shortcut_first else None
+        y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return self.join(y, self.shortcut(x) if s is None else s)
+
+
+def ported_shortcut(reference: ShortcutLast, norm_eps: float | None = None, **options: Any) -> PortedShortcut:
+    """A :class:`PortedShortcut` (``options``) holding ``reference``'s weights, its shortcut norm
+    folded where the port stores it folded (with ``norm_eps``, by default the norm's own)."""
+    port = PortedShortcut(**options).to(reference.conv1.weight.dtype).eval()
+    port.load_state_dict({k: v for k, v in reference.state_dict().items() if not k.startswith("downsample")},
+                         strict=False)
+    conv, norm = reference.downsample
+    with torch.no_grad():
+        port.proj_kernel.copy_(conv.weight)
+        if not port.folded:
+            port.proj_norm.load_state_dict(norm.state_dict())
+            return port
+        scale = norm.weight * (norm.running_var + (norm.eps if norm_eps is None else norm_eps)).rsqrt()
+        port.proj_scale.copy_(scale.reshape(port.proj_scale.shape))
+        port.proj_shift.copy_((norm.bias - norm.running_mean * scale).reshape(port.proj_shift.shape))
+    return port
 
 
 def conv_bn(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Sequential:
