@@ -2442,7 +2442,7 @@ def _verify(weights: WeightMap, candidate: nn.Module, reference: nn.Module, inpu
         culprit = next((m for m in report.introduced if m not in stuck), None)
         if culprit is None:
             break
-        if _settings_differ(report, culprit) or _fed_other_size(report, culprit) \
+        if _settings_differ(report, culprit) or _fed_other_size(report, culprit) or _placed_unlike_any(report, culprit) \
                 or _beyond_weights(report, culprit, weights) \
                 or _operation_differs(report, culprit, weights, trial, structural) or _holds_any(culprit, unfilled):
             # the models differ there, or it reads a tensor the map leaves out (given other values
@@ -2616,6 +2616,31 @@ def _fed_other_size(report, module: str) -> bool:
     seen = {_first_shape(other.match.reference) for other in report.rows
             if row.match.reference.module is None or type(other.match.reference.module) is kind}
     return None not in (c, r) and math.prod(c) != math.prod(r) and c not in seen
+
+
+_PLACEMENT = ("kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
+
+
+def _placed_alike(a: nn.Module, b: nn.Module) -> bool:
+    return all(getattr(a, key, None) == getattr(b, key, None) for key in _PLACEMENT)
+
+
+def _placed_unlike_any(report, module: str) -> bool:
+    """``module``, a convolution, differs from its twin in where its kernel reads (stride, padding,
+    dilation...), and no convolution of the reference with a kernel of its shape reads as it does:
+    twins paired wrongly (a shortcut conv and the branch's first conv) are fixed by exchanging
+    them, but here no reference conv could take its place (TF "same" padding computed in the
+    forward against a symmetric padding), so no choice of weights can help."""
+    row = next((r for r in report.rows if r.candidate == module and r.status == "introduced"), None)
+    if row is None or row.match.how != "weights":
+        return False
+    cand, ref = row.match.candidate.module, row.match.reference.module
+    convs = nn.modules.conv._ConvNd
+    if not isinstance(cand, convs) or not isinstance(ref, convs) or _placed_alike(cand, ref):
+        return False
+    owners = [r.match.reference.module for r in report.rows]
+    return not any(isinstance(m, convs) and m.weight.shape == cand.weight.shape and _placed_alike(m, cand)
+                   for m in owners)
 
 
 def _first_shape(record) -> tuple[int, ...] | None:
