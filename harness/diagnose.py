@@ -3082,6 +3082,42 @@ def rearrangement(candidate: torch.Tensor, reference: torch.Tensor, tol: Toleran
 _TIED_ORDERS = 120  # pairings of look-alike slices tried along one axis
 
 
+def _untied_in_one_pass(order: list[int], features: list[tuple], tied: list[int]) -> list[int]:
+    """:func:`_untied` for many ties (half the channels of a map after a ReLU, dead at one pixel):
+    each tied position, in order, takes the place the run of its nearest untied neighbour leads to
+    (the other side's next), where a look-alike is still free; the rest as sorted."""
+    n, fixed = len(order), set(range(len(order))) - set(tied)
+    left_run, right_run = _nearest_runs(order, fixed, range(n)), _nearest_runs(order, fixed, range(n - 1, -1, -1))
+    taken, out = set(order[i] for i in fixed), list(order)
+    rest = []
+    for i in tied:
+        want = features[order[i]]
+        runs = sorted((abs(i - k), order[k] - k) for k in (left_run[i], right_run[i]) if k is not None)
+        j = next((i + off for _, off in runs if 0 <= i + off < n and i + off not in taken and features[i + off] == want),
+                 None)
+        if j is None:
+            rest.append(i)
+            continue
+        out[i] = j
+        taken.add(j)
+    spare = [j for j in (order[i] for i in tied) if j not in taken]
+    for i in rest:  # look-alikes no run claims, in sorted order
+        j = next(k for k in spare if features[k] == features[order[i]])
+        spare.remove(j)
+        out[i] = j
+    return out
+
+
+def _nearest_runs(order: list[int], fixed: set[int], walk: Iterable[int]) -> list[int | None]:
+    """For each position, the nearest fixed position met walking ``walk`` up to it (None before
+    the first)."""
+    runs, last = [None] * len(order), None
+    for i in walk:
+        last = i if i in fixed else last
+        runs[i] = last
+    return runs
+
+
 def _one_axis_reordered(a: torch.Tensor, b: torch.Tensor, tol: Tolerance) -> list[tuple[int, str]]:
     """``b`` reordered along one axis alone into ``a``, look-alike slices paired every way (channels
     holding the same values, x and y offsets of a grid, exchanged), where few are alike; [] if none."""
@@ -3146,8 +3182,10 @@ def _untied(order: list[int], features: list[tuple]) -> list[int]:
     runs lead to, where one of its look-alikes is there; the most constrained first."""
     n, counts = len(order), Counter(features)
     tied = [i for i in range(n) if counts[features[order[i]]] > 1]
-    if not tied or len(tied) > _UNTIED_MOST:
-        return order  # the search below grows with the cube of the ties: many ties keep the sorted pairing
+    if not tied:
+        return order
+    if len(tied) > _UNTIED_MOST:  # the search below grows with the cube of the ties
+        return _untied_in_one_pass(order, features, tied)
     free = {order[i] for i in tied}
     fixed = set(range(n)) - set(tied)
 

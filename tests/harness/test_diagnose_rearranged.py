@@ -33,6 +33,15 @@ def test_a_reordering_along_axes_is_said_axis_by_axis(arranged, expected) -> Non
     assert rearrangement(arranged(_map()), _map(), F64) == expected
 
 
+def test_blocks_of_channels_exchanged_in_a_map_dead_at_half_its_channels_are_named_as_ranges() -> None:
+    # a pooled map after a ReLU: 512 channels of one value each, about half of them zero; so many
+    # look-alikes are paired by the runs of their neighbours, not in sorted order
+    pooled = torch.relu(torch.randn(1, 512, 1, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    exchanged = torch.cat([pooled[:, :128], pooled[:, 256:384], pooled[:, 128:256], pooled[:, 384:]], 1)
+    assert rearrangement(exchanged, pooled, F64) == [
+        (1, "[128:256] holds the reference's [256:384], [256:384] holds the reference's [128:256]")]
+
+
 @pytest.mark.parametrize("other", [
     lambda t: t,  # the same values in the same order
     lambda t: t + 1e-3,  # other values
