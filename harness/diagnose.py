@@ -1224,7 +1224,29 @@ def record_ops(module: nn.Module, args: tuple, kwargs: dict,
             _take_mask(rec, op)
     stream = _fold_linear(rec, _fold_softmax(rec, _fold_attention(rec)))
     stream = _fold_pool_pad(rec, _fold_pad(rec, _fold_patches(rec, stream)))
-    return rec, _fold_scalings(rec, _fold_reductions(rec, _fold_batch_norm(rec, stream))), out
+    stream = _fold_scalings(rec, _fold_reductions(rec, _fold_batch_norm(rec, stream)))
+    return rec, _reaching(rec, stream, out), out
+
+
+def _reaching(rec: OpRecorder, stream: list[Op], out: Any) -> list[Op]:
+    """``stream`` without the ops that only compute a statistic no output reads: a number a forward
+    hook or a debug line computes (``o.max()``, ``torch.isfinite(x).all()``) changes nothing the
+    module returns, so it is no step of the computation the two sides are compared on. A tensor
+    computed and left unread (a shortcut never added) stays: leaving it out is the port's error."""
+    returned = {id(t) for t in flatten_tensors(out).values()}
+    readers: dict[int, set[int]] = {}
+    for op in rec.ops:
+        for i in op.input_ids:
+            readers.setdefault(i, set()).add(op.index)
+    dropped: set[int] = set()
+    for op in reversed(rec.ops):
+        if op.out_ids and all(i not in returned and (readers.get(i, set()) <= dropped if i in readers
+                                                     else t.numel() <= 1)
+                              for i, t in zip(op.out_ids, op.outputs)):
+            dropped.add(op.index)
+    gone = {i for op in rec.ops if op.index in dropped for i in op.out_ids}
+    kept = [op for op in stream if not op.out_ids or not set(op.out_ids) <= gone]
+    return kept if kept else stream
 
 
 def _fold_scalings(rec: OpRecorder, stream: list[Op]) -> list[Op]:
