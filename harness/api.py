@@ -15,7 +15,7 @@ from harness.align import Match, align, batched_twins, choose_twins, fused_recor
 from harness.backward import check_backward, compare_backward
 from harness.adapters import UserAdapter, find_adapter
 from harness.checks import check_module, type_error
-from harness.diagnose import annotate_mismatches, diagnose, origins_diagnosis, setting_notes
+from harness.diagnose import annotate_mismatches, attribute_diff, diagnose, origins_diagnosis, setting_notes
 from harness.localize import (Localization, Row, _holds_any, _leaf_pairs, _shaped_alike, drop_trailing_ops,
                               extend_twins, localize_all, measure_match)
 from harness.memory import trace_budget
@@ -405,12 +405,35 @@ def _diagnosis(rows: list[Row], found: Localization, root: nn.Module | None, wei
     with none at all, the culprit against the reference module its weights come from (``root_call``:
     the reference's root as ``reference_call`` ran it, when that call bypassed the root's forward)."""
     diagnosis = origins_diagnosis(rows, found.introduced, root=root, weights=weights, candidate=candidate)
+    if not diagnosis:
+        diagnosis = _summary_settings(rows, found.introduced, candidate, root)
     if not any(f["module"] == found.culprit for f in diagnosis):
         diagnosis = [*(f for f in found.findings if f["module"] == found.culprit), *diagnosis]
     if not diagnosis and root is not None and weights is not None:
         known = ref_records if root_call is None else [*ref_records, root_call]
         diagnosis = _weights_twin_diagnosis(found.culprit, weights, cand_records, known, root)
     return diagnosis
+
+
+def _summary_settings(rows: list[Row], introduced: Sequence[str], candidate: nn.Module,
+                      root: nn.Module | None) -> list[dict]:
+    """The settings (eps, approximate, stride...) on which each origin and its twin differ, for
+    rows whose records keep no module (summary mode keeps statistics only, so no op is re-run):
+    the models themselves still hold the twins' settings. Their own settings only: submodules
+    paired by build order alone may be no twins, and the model's root is all of them."""
+    if root is None:
+        return []
+    findings = []
+    for row in (r for r in rows if r.status == "introduced" and r.candidate in introduced):
+        if row.match.candidate.module is not None or row.match.how == "structure" or ROOT in (row.candidate, row.reference):
+            continue  # a full record is diagnosed op by op; a pairing by shape has no twin to diff
+        try:
+            mine = candidate if row.candidate == ROOT else candidate.get_submodule(row.candidate)
+            theirs = root if row.reference == ROOT else root.get_submodule(row.reference)
+        except AttributeError:
+            continue
+        findings += [f for f in attribute_diff(mine, theirs, row.candidate) if f["module"] == row.candidate]
+    return findings
 
 
 def _sources_around(culprit: str, weights: WeightMap) -> list[str]:

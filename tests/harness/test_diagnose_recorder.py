@@ -104,11 +104,16 @@ def test_diagnosis_of_a_patched_forward_restores_the_running_statistics():
     assert all(torch.equal(before[k], v) for k, v in cand.state_dict().items())
 
 
-def test_passing_and_summary_comparisons_have_no_diagnosis():
+def test_a_passing_comparison_has_no_diagnosis():
     from harness_toys import TOY
 
     assert harness.compare_pair(TOY, dtype=torch.float64).diagnosis == []
+
+
+def test_a_summary_comparison_is_explained_by_settings_alone():
+    from harness_toys import TOY
+
     candidate, _ = TOY.build(dtype=torch.float64)
     candidate.blocks[1].norm.eps = 1e-3
     report = harness.compare_pair(TOY, candidate=candidate, dtype=torch.float64, mode="summary")
-    assert not report.passed and report.diagnosis == []
+    assert not report.passed and [f["kind"] for f in report.diagnosis] == ["attribute"], report.diagnosis
