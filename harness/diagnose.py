@@ -4984,7 +4984,7 @@ def diagnose_modules(
     candidate: nn.Module, reference: nn.Module, args: tuple, kwargs: dict, *, name: str = "<root>",
     candidate_inputs: tuple[tuple, dict] | None = None, dtype: torch.dtype = torch.float64,
     root: nn.Module | None = None, expected: Expected | None = None, ref_name: str = "",
-    received: torch.Tensor | None = None,
+    received: torch.Tensor | None = None, reads: Collection[str] | None = None,
 ) -> list[dict]:
     """Findings for two twin modules run on the same ``args``/``kwargs`` (most specific first).
 
@@ -4993,11 +4993,18 @@ def diagnose_modules(
     whole reference model, where an operand's values are looked for (swapped weights);
     ``expected``: what the weight map puts into a candidate parameter (by name relative to ``candidate``);
     ``ref_name``: the reference twin's name; ``received``: the first tensor the candidate received
-    in the comparison, where it differs from the reference's (an op the candidate ran before it).
+    in the comparison, where it differs from the reference's (an op the candidate ran before it);
+    ``reads``: the reference tensors (relative to ``reference``) the candidate's are mapped from,
+    where ``reference`` runs more than the candidate does: only its ops from the first reading
+    one of them are compared (:func:`_span`), and none at all where no op reads one.
     """
     (c_rec, c_stream, c_out), (r_rec, r_stream, r_out), run_dtype = _run_both(
         candidate, candidate_inputs or (args, kwargs), reference, (args, kwargs), dtype)
     tol = _with_rounding(DEFAULT_TOLERANCES.get(run_dtype, DEFAULT_TOLERANCES["float32"]), c_rec, r_rec)
+    if reads is not None:
+        r_stream = _span(r_stream, set(reads))
+        if not r_stream:
+            return []
     cand = _Side(c_rec, c_stream, flatten_tensors(c_out))
     ref = _Side(r_rec, r_stream, flatten_tensors(r_out))
     findings = compare_streams(name, cand, ref, tol, reference, root, expected, ref_name)
@@ -5005,6 +5012,15 @@ def diagnose_modules(
     findings = _applied_before(findings, ref, given, received, tol)
     findings += attribute_diff(candidate, reference, name, c_rec.hooked - c_rec.called)
     return _rank(_dedupe(findings))
+
+
+def _span(stream: list[Op], reads: set[str]) -> list[Op]:
+    """``stream`` from its first op reading one of ``reads`` (the reference tensors the candidate's
+    are mapped from), [] where none does: the ops before it are the reference's work before the
+    candidate's (a whole model's features before an untwinned classifier), not ops the candidate
+    left out, and paired by name they would take the candidate's ops for theirs."""
+    first = next((k for k, op in enumerate(stream) if reads & set(op.params.values())), None)
+    return [] if first is None else stream[first:]
 
 
 _ROUNDING_ULPS = 8  # rounding left in a copy: units in the last place of the compared dtype, of the largest value
@@ -5098,11 +5114,13 @@ def _mapped(weights: Any, root: nn.Module | None, prefix: str) -> Expected | Non
     return expected
 
 
-def diagnose(match: Any, root: nn.Module | None = None, weights: Any = None) -> list[dict]:
+def diagnose(match: Any, root: nn.Module | None = None, weights: Any = None,
+             reads: Collection[str] | None = None) -> list[dict]:
     """Findings for the culprit's :class:`harness.align.Match` (full-mode records), or [].
 
     Both twins run on the reference's recorded inputs when the candidate's arguments have the same
-    structure; otherwise each runs on its own (then the first ops may already differ by value)."""
+    structure; otherwise each runs on its own (then the first ops may already differ by value).
+    ``reads``: as for :func:`diagnose_modules`."""
     if match is None:
         return []
     cand, ref = match.candidate, match.reference
@@ -5125,7 +5143,7 @@ def diagnose(match: Any, root: nn.Module | None = None, weights: Any = None) -> 
                                 else _given_reference_tensors(own, ref),
                                 root=root,
                                 expected=_mapped(weights, root, cand.name), ref_name=ref.name,
-                                received=received if fed else None)
+                                received=received if fed else None, reads=reads)
     findings = _named_parts(findings, cand.name, cand.module, ref.module)
     return _named_tensors(_named_tensors(findings, cand.module, r"(?<!the reference's )(?<!\.)", ""),
                           ref.module, "the reference's ", re.escape(ref.name) + r"\.")
