@@ -465,7 +465,9 @@ def _weights_twin_diagnosis(culprit: str | None, weights: WeightMap, cand_record
                             ref_records: Sequence[Record], reference: nn.Module) -> list[dict]:
     """Findings for a culprit that alignment left without a twin and that no twinned call encloses
     (a comparison of features, where the models' roots are not compared): run against the reference
-    module all its mapped tensors come from (the deepest module holding every source), if it ran."""
+    module all its mapped tensors come from (the deepest module holding every source), if it ran,
+    from its first op reading one of them (a root's features run before an untwinned classifier
+    are not the classifier's ops); with no such op, no finding."""
     if culprit is None:
         return []
     sources = _sources_around(culprit, weights)
@@ -481,8 +483,9 @@ def _weights_twin_diagnosis(culprit: str | None, weights: WeightMap, cand_record
     ref = next((r for r in ref_records if r.name == twin_name), None)
     if cand is None or ref is None:
         return []
+    reads = [key if twin_name == ROOT else key[len(twin_name) + 1:] for key in sources]
     try:
-        findings = diagnose(Match(cand, ref, "weights"), reference, weights)
+        findings = diagnose(Match(cand, ref, "weights"), reference, weights, reads=reads)
     except Exception:  # the diagnosis explains; it must never cost the verdict
         return []
     # the twin goes on past the culprit's work (a root running the blocks after the embeddings):

@@ -221,7 +221,9 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    whatever op reads them), or a part of what the candidate splits where the reference's input
    holds another part's values (a fused gate|up projection's halves swapped), an input holding what
    another reference op computes than the one the reference's op reads (the activation of a SwiGLU
-   with separate gate and up projections applied to the up one), the reference's
+   with separate gate and up projections applied to the up one), or a value computed on the way to
+   what it reads, through a step the candidate runs too (a norm's input, where the reference's op
+   reads the norm's output), the reference's
    values reordered along some axes (made by a join of operands each holding one of the reference's
    join's in another place: that join's operands exchanged, said first, on the module running it),
    each on its own (slices joined in another order, a roll, a flip: :func:`rearrangement`; in the
@@ -3338,6 +3340,48 @@ def _other_source(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Toler
     return []
 
 
+def _step_skipped(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance, ref_base: str,
+                  cand_base: str) -> list[dict]:
+    """An input holding what the reference's op reads before a step the candidate runs too: a
+    layer reading a norm's input where the reference's reads its output (a pre-norm block's MLP
+    fed the residual stream, the norm's result read elsewhere or nowhere). :func:`_other_source`
+    passes over the ops upstream of what the reference's op reads, as a missing op's input would
+    hold their values; here the candidate computes that value itself, so no op is missing."""
+    for c_id, r_id in zip(c.input_ids, r.input_ids):
+        a, b, own = cand.rec.passed(c_id, c.index), ref.rec.passed(r_id, r.index), _source(ref.rec, r_id, r.index)
+        if a is None or b is None or own is None or not own.outputs or _outputs_agree([a], [b], tol) \
+                or _computing(cand.rec, own.outputs[0], tol) is None:
+            continue
+        step = _reader_of(ref.rec, own, a, tol)
+        if step is None:
+            continue
+        mine = _computing(cand.rec, step.outputs[0], tol) if step.outputs else None
+        named = f"{_scoped(cand_base, mine)} ({mine.name}; the reference's {_scoped(ref_base, step)})" \
+            if mine is not None and mine.scope else f"the reference's {_producer_text(ref_base, step)}"
+        inside = step is own or step.scope and (own.scope + ".").startswith(step.scope + ".")
+        reads = "its output" if inside else f"what the reference's {_producer_text(ref_base, own)} gives"
+        text = f"{module}: {c.name} reads the input of {named}, where the reference's {r.name} reads {reads}"
+        return [_finding(module, "argument", c.name, "input", f"input of {_scoped(ref_base, step)}",
+                         _scoped(ref_base, own), text)]
+    return []
+
+
+def _computing(rec: OpRecorder, value: torch.Tensor, tol: Tolerance) -> Op | None:
+    """The first op of ``rec`` that gives ``value`` (in any layout), or None."""
+    return next((op for op in rec.ops if op.kind == "compute" and any(
+        o.numel() == value.numel() and _outputs_agree([o], [value], tol) for o in op.outputs)), None)
+
+
+def _reader_of(rec: OpRecorder, own: Op, value: torch.Tensor, tol: Tolerance) -> Op | None:
+    """The op nearest ``own``, among those its result is computed by, whose input holds ``value``."""
+    for index in sorted(_upstream(rec, own) | {own.index}, reverse=True):
+        op = rec.ops[index]
+        held = (rec.passed(i, index) for i in op.input_ids) if op.kind == "compute" else ()
+        if any(t is not None and t.numel() == value.numel() and _outputs_agree([value], [t], tol) for t in held):
+            return op
+    return None
+
+
 def _exchanged_factors(module: str, c: Op, r: Op, cand: _Side, ref: _Side, tol: Tolerance,
                        ref_base: str) -> list[dict]:
     """Two products joined by one add (or sub) that take each other's factors: ``g * content + (1 - g)
@@ -4093,6 +4137,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             found = _swapped_inputs(where, c, r, cand, ref, tol) \
                 or _other_part(where, c, r, cand, ref, tol) \
                 or _other_source(where, c, r, cand, ref, tol, ref_name or module) \
+                or _step_skipped(where, c, r, cand, ref, tol, ref_name or module, module) \
                 or _rearranged_input(where, c, r, cand, ref, tol, module) \
                 or _regrouped_input(module, c, r, cand, ref, tol, agreed) \
                 or _part_operands(where, c, r, cand, ref, tol) \
@@ -4999,7 +5044,7 @@ def diagnose_modules(
     candidate: nn.Module, reference: nn.Module, args: tuple, kwargs: dict, *, name: str = "<root>",
     candidate_inputs: tuple[tuple, dict] | None = None, dtype: torch.dtype = torch.float64,
     root: nn.Module | None = None, expected: Expected | None = None, ref_name: str = "",
-    received: torch.Tensor | None = None,
+    received: torch.Tensor | None = None, reads: Collection[str] | None = None,
 ) -> list[dict]:
     """Findings for two twin modules run on the same ``args``/``kwargs`` (most specific first).
 
@@ -5008,11 +5053,18 @@ def diagnose_modules(
     whole reference model, where an operand's values are looked for (swapped weights);
     ``expected``: what the weight map puts into a candidate parameter (by name relative to ``candidate``);
     ``ref_name``: the reference twin's name; ``received``: the first tensor the candidate received
-    in the comparison, where it differs from the reference's (an op the candidate ran before it).
+    in the comparison, where it differs from the reference's (an op the candidate ran before it);
+    ``reads``: the reference tensors (relative to ``reference``) the candidate's are mapped from,
+    where ``reference`` runs more than the candidate does: only its ops from the first reading
+    one of them are compared (:func:`_span`), and none at all where no op reads one.
     """
     (c_rec, c_stream, c_out), (r_rec, r_stream, r_out), run_dtype = _run_both(
         candidate, candidate_inputs or (args, kwargs), reference, (args, kwargs), dtype)
     tol = _with_rounding(DEFAULT_TOLERANCES.get(run_dtype, DEFAULT_TOLERANCES["float32"]), c_rec, r_rec)
+    if reads is not None:
+        r_stream = _span(r_stream, set(reads))
+        if not r_stream:
+            return []
     cand = _Side(c_rec, c_stream, flatten_tensors(c_out))
     ref = _Side(r_rec, r_stream, flatten_tensors(r_out))
     findings = compare_streams(name, cand, ref, tol, reference, root, expected, ref_name)
@@ -5020,6 +5072,15 @@ def diagnose_modules(
     findings = _applied_before(findings, ref, given, received, tol)
     findings += attribute_diff(candidate, reference, name, c_rec.hooked - c_rec.called)
     return _rank(_dedupe(findings))
+
+
+def _span(stream: list[Op], reads: set[str]) -> list[Op]:
+    """``stream`` from its first op reading one of ``reads`` (the reference tensors the candidate's
+    are mapped from), [] where none does: the ops before it are the reference's work before the
+    candidate's (a whole model's features before an untwinned classifier), not ops the candidate
+    left out, and paired by name they would take the candidate's ops for theirs."""
+    first = next((k for k, op in enumerate(stream) if reads & set(op.params.values())), None)
+    return [] if first is None else stream[first:]
 
 
 _ROUNDING_ULPS = 8  # rounding left in a copy: units in the last place of the compared dtype, of the largest value
@@ -5113,11 +5174,13 @@ def _mapped(weights: Any, root: nn.Module | None, prefix: str) -> Expected | Non
     return expected
 
 
-def diagnose(match: Any, root: nn.Module | None = None, weights: Any = None) -> list[dict]:
+def diagnose(match: Any, root: nn.Module | None = None, weights: Any = None,
+             reads: Collection[str] | None = None) -> list[dict]:
     """Findings for the culprit's :class:`harness.align.Match` (full-mode records), or [].
 
     Both twins run on the reference's recorded inputs when the candidate's arguments have the same
-    structure; otherwise each runs on its own (then the first ops may already differ by value)."""
+    structure; otherwise each runs on its own (then the first ops may already differ by value).
+    ``reads``: as for :func:`diagnose_modules`."""
     if match is None:
         return []
     cand, ref = match.candidate, match.reference
@@ -5140,7 +5203,7 @@ def diagnose(match: Any, root: nn.Module | None = None, weights: Any = None) -> 
                                 else _given_reference_tensors(own, ref),
                                 root=root,
                                 expected=_mapped(weights, root, cand.name), ref_name=ref.name,
-                                received=received if fed else None)
+                                received=received if fed else None, reads=reads)
     findings = _named_parts(findings, cand.name, cand.module, ref.module)
     return _named_tensors(_named_tensors(findings, cand.module, r"(?<!the reference's )(?<!\.)", ""),
                           ref.module, "the reference's ", re.escape(ref.name) + r"\.")
