@@ -126,7 +126,9 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    stored folded, ``x * scale + shift`` with tensors of its own, is the run of the reference's eval
    batch norm that receives what it receives or folds into what it holds, so its shift's add never
    twins a residual add dropped after it);
-   between those anchors, by name (``difflib.SequenceMatcher``). Walk the
+   between those anchors, by name (``difflib.SequenceMatcher``). A cast that only rounds (to float32
+   and back, timm's position table around its resize) where the other side casts to no such dtype
+   anchors nothing and pairs with no op: it stays unpaired, so the resize pairs with the resize. Walk the
    aligned pairs in order. Unpaired ops are held as pending until the next pair (an extra op whose
    result holds its input's values, a resize to the size it has, changes nothing and is not): if that pair's
    output agrees, they were harmless spellings; if not, only those whose results flow into it explain
@@ -4663,9 +4665,41 @@ def _run_start(cs: list[Op], r: Op, i0: int, lo: int, hi: int, rec: OpRecorder, 
 
 
 def _by_name(cs: list[Op], rs: list[Op], i0: int, i1: int, j0: int, j1: int) -> list[tuple[str, int, int, int, int]]:
-    """Opcodes pairing ``cs[i0:i1]`` with ``rs[j0:j1]`` by op name, in stream positions."""
+    """Opcodes pairing ``cs[i0:i1]`` with ``rs[j0:j1]`` by op name, in stream positions; a cast that
+    only rounds (:func:`_lone_cast`) is left unpaired, never paired with an op computing something."""
     sm = difflib.SequenceMatcher(None, [o.name for o in cs[i0:i1]], [o.name for o in rs[j0:j1]], autojunk=False)
-    return [(tag, a1 + i0, a2 + i0, b1 + j0, b2 + j0) for tag, a1, a2, b1, b2 in sm.get_opcodes()]
+    codes = []
+    for tag, a1, a2, b1, b2 in sm.get_opcodes():
+        codes += _casts_apart(cs, rs, a1 + i0, a2 + i0, b1 + j0, b2 + j0) if tag == "replace" \
+            else [(tag, a1 + i0, a2 + i0, b1 + j0, b2 + j0)]
+    return codes
+
+
+def _casts_apart(cs: list[Op], rs: list[Op], i1: int, i2: int, j1: int, j2: int) -> list[tuple[str, int, int, int, int]]:
+    """A ``replace`` of ``cs[i1:i2]`` by ``rs[j1:j2]`` with each lone cast in it (:func:`_lone_cast`)
+    taken out as unpaired, so that the ops around it pair with each other."""
+    lone_c, lone_r = (lambda i: _lone_cast(cs[i], rs)), (lambda j: _lone_cast(rs[j], cs))
+    codes, i, j = [], i1, j1
+    while i < i2 or j < j2:
+        if i < i2 and lone_c(i):
+            codes, i = codes + [("delete", i, i + 1, j, j)], i + 1
+        elif j < j2 and lone_r(j):
+            codes, j = codes + [("insert", i, i, j, j + 1)], j + 1
+        else:
+            a = next((k for k in range(i, i2) if lone_c(k)), i2)
+            b = next((k for k in range(j, j2) if lone_r(k)), j2)
+            codes.append(("replace" if a > i and b > j else "delete" if a > i else "insert", i, a, j, b))
+            i, j = a, b
+    return codes
+
+
+def _lone_cast(op: Op, others: list[Op]) -> bool:
+    """Whether ``op`` is a cast that only rounds (to float32 and back inside a float64 run: timm's
+    ``posemb.float()`` around a resize) and the other side casts to no such dtype: it has no twin
+    there, and pairing it with an op that computes something would hide that op's own difference."""
+    if not _rounding_only(op):
+        return False
+    return not any(_rounding_only(o) and o.outputs[0].dtype == op.outputs[0].dtype for o in others)
 
 
 def _anchors(cs: list[Op], rs: list[Op], expected: Expected | None, rec: OpRecorder,
@@ -4676,8 +4710,9 @@ def _anchors(cs: list[Op], rs: list[Op], expected: Expected | None, rec: OpRecor
     last, with the ops after it that read only what the run made (its final add); and each stored
     fold of a batch norm (``folds``), whose tensors hold no tensor of the norm's. The longest chain
     of them in order on both sides."""
-    mine = [_mapped_values(c, expected) for c in cs]
-    theirs = [list(r.param_values.values()) for r in rs]
+    # a lone cast reads a parameter only to round it: the op computing from what it made is the twin
+    mine = [[] if _lone_cast(c, rs) else _mapped_values(c, expected) for c in cs]
+    theirs = [[] if _lone_cast(r, cs) else list(r.param_values.values()) for r in rs]
     links: dict[int, set[int]] = {}
     for i, a in enumerate(mine):
         for j, b in enumerate(theirs):
