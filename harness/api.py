@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
@@ -19,7 +19,7 @@ from harness.diagnose import annotate_mismatches, diagnose, origins_diagnosis, s
 from harness.localize import (Localization, Row, _holds_any, _leaf_pairs, _shaped_alike, drop_trailing_ops,
                               extend_twins, localize_all, measure_match)
 from harness.memory import trace_budget
-from harness.noise import float64_hint, noise_verdicts, ratio_divisor
+from harness.noise import Narrowing, candidate_narrowing, float64_hint, noise_verdicts, ratio_divisor
 from harness.metrics import Metrics, Tolerance, dtype_name, measure, tolerance_for
 from harness.options import CompareOptions
 from harness.pairs import Call, Pair, as_call, as_pair
@@ -218,7 +218,9 @@ def compare(
     error, measured on a float64 copy of it (:mod:`harness.noise`; default on at those dtypes in
     full mode, off at float64; a number sets the ratio threshold; ``False``: atol/rtol only). At
     float64, what fails atol/rtol where the reference itself computes in float32 (a norm upcasting
-    to float32) is judged against that rounding (:func:`harness.noise.narrow_verdicts`).
+    to float32) is judged against that rounding (:func:`harness.noise.narrow_verdicts`); where the
+    candidate does (a softmax given ``dtype=torch.float32``), against a run of it with those operations
+    kept in float64 (:func:`_judged_wide`).
     A failing report explains the culprit's error operation by operation (``report.diagnosis``,
     :mod:`harness.diagnose`); ``diagnose=False`` skips that, for callers that need only the verdict
     and the culprit.
@@ -239,7 +241,25 @@ def compare(
 
 def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o: CompareOptions, *,
              dtype: torch.dtype | None, pair_name: str | None) -> ParityReport:
-    """:func:`compare` with its options ``o`` gathered (and checked) in one value."""
+    """:func:`compare` with its options ``o`` gathered (and checked) in one value. A float64 candidate
+    failing atol/rtol that computes some operations in float32 is compared again with them kept in
+    float64 (:func:`_judged_wide`)."""
+    report, narrowed = _compare_once(candidate, reference, inputs, o, dtype=dtype, pair_name=pair_name)
+    if narrowed is None:
+        return report
+    actual = _Actual.of(report)
+    del report  # its traces: the run below makes its own
+    with narrowed.kept_wide():
+        wide, _ = _compare_once(candidate, reference, inputs, o, dtype=dtype, pair_name=pair_name, narrowed=narrowed)
+    return _judged_wide(actual, wide, narrowed)
+
+
+def _compare_once(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o: CompareOptions, *,
+                  dtype: torch.dtype | None, pair_name: str | None,
+                  narrowed: Narrowing | None = None) -> tuple[ParityReport, Narrowing | None]:
+    """The comparison, and where its forward fails at float64 against a live reference, the
+    operations the candidate computes in float32 (None: none). ``narrowed``: this run keeps those
+    in float64 (none are looked for)."""
     # A recorded reference (harness.load_trace): its records, outputs and inputs come from the file.
     replay = Replay.of(reference, candidate, inputs) if isinstance(reference, Trace) else None
     if replay is not None:
@@ -360,7 +380,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
     for side, paths in mutations.items():
         if paths:
             notes.append(f"the {side} modified its inputs in place: {', '.join(paths)}")
-    backward_result = None
+    backward_result, forward_passed = None, passed
     if o.backward:
         progress.stage("backward")
         backward_result = compare_backward(
@@ -369,7 +389,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
             candidate_outputs=o.candidate_outputs, reference_outputs=o.reference_outputs)
         passed = passed and backward_result.passed
     progress.done()
-    return ParityReport(
+    report = ParityReport(
         pair=pair_name,
         dtype=name,
         device=replay.device if replay is not None else _model_device(reference),
@@ -395,6 +415,50 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
         noise_floor=noise.to_dict(),
         backward=backward_result,
     )
+    # (a recorded reference cannot be judged against its own float32 operations, as a run keeping the
+    # candidate's in float64 needs where both compute alike: atol/rtol decide there)
+    wanted = not (forward_passed or name != "float64" or narrowed is not None or replay is not None)
+    return report, candidate_narrowing(candidate, call, o.candidate_call) if wanted else None
+
+
+@dataclass
+class _Actual:
+    """What a comparison's candidate itself gives: its outputs' numbers and each row's, by twin keys."""
+
+    outputs: dict[str, Metrics]
+    output: Metrics
+    seconds: float
+    rows: dict[tuple[str, str], tuple]  # (metrics, leaf, adapter, reference_shape, passed)
+
+    @classmethod
+    def of(cls, report: ParityReport) -> "_Actual":
+        rows = {(r.match.candidate.key, r.match.reference.key): (r.metrics, r.leaf, r.adapter, r.reference_shape,
+                                                                  r.passed) for r in report.rows}
+        return cls(report.outputs, report.output, report.seconds, rows)
+
+
+def _judged_wide(actual: _Actual, wide: ParityReport, narrowed: Narrowing) -> ParityReport:
+    """A float64 comparison failing atol/rtol whose candidate computes some operations in float32 (a
+    softmax given ``dtype=torch.float32``: transformers' eager attention) is judged as
+    :func:`harness.noise.narrow_verdicts` judges a reference that does: on ``wide``, the comparison
+    run again with those operations kept in float64 in every call of the candidate's modules (its
+    forward, the culprit search's re-runs). Its verdict, culprit and diagnosis stand, with the
+    numbers the candidate itself gives (``actual``: its outputs, each row's; a row passing only so
+    keeps ``passed_tolerance`` False) and a note naming those operations and the modules running them."""
+    for row in wide.rows:
+        own = actual.rows.get((row.match.candidate.key, row.match.reference.key))
+        if own is None:
+            continue
+        row.metrics, row.leaf, row.adapter, row.reference_shape, passed = own
+        if row.passed and not passed:
+            row.passed_tolerance = False
+    outcome = (f"which agrees with the reference: the candidate matches it there only to float32's rounding (its "
+               f"output max_abs {actual.output.max_abs:.3e})" if wide.passed else "which still disagrees")
+    wide.notes.append(f"the candidate computes some operations in float32 inside this float64 run ({narrowed.named()}): "
+                      f"what fails atol/rtol was judged against a run of it with those operations kept in float64 (its "
+                      f"forward and every re-run of its modules), {outcome}")
+    wide.outputs, wide.output, wide.seconds = actual.outputs, actual.output, actual.seconds + wide.seconds
+    return wide
 
 
 def _diagnosis(rows: list[Row], found: Localization, root: nn.Module | None, weights: WeightMap | None,
