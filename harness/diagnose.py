@@ -179,7 +179,10 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    converted at float32 differ from the reference by that rounding, which no port at that dtype avoids)
    is the divergence; a pair one side computes in float32 (a softmax given ``dtype=float32``, cast back)
    agrees within float32's rounding of its scale, as does every pair after it, and a precision
-   difference is said after any value difference that explains the pair. Two products joined by one add whose factors all agree with the reference's,
+   difference is said after any value difference that explains the pair; where it is the module's one
+   difference (what it returns agrees only within that rounding), it is the finding ("softmax computed
+   in float32 in the candidate, float64 in the reference"), what it returns compared on the leaves
+   that pair with its twin's (an attention returning its weights too, as transformers' eager one does). Two products joined by one add whose factors all agree with the reference's,
    grouped otherwise (a gate's ``g`` and ``1 - g`` exchanged between the branches it mixes), are
    said as those factors exchanged, before anything else. Otherwise it is explained by
    the pending missing / extra / different ops (not one whose result reaches the pair only through
@@ -4071,6 +4074,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
     last_c, last_r, agreed = -1, -1, None  # recorder indices of the last agreeing pair, the pair
     held: tuple[int, list[dict]] | None = None  # a pair agreeing only with two axes of one size exchanged
     cs, rs = _at_their_readers(cs, cand.rec), _at_their_readers(rs, ref.rec)
+    given, rounded = tol, []  # the tolerance asked for; pairs agreeing only within float32's rounding of it
     codes = _aligned(cs, rs, expected, cand.rec, tol, _stored_folds(cs, rs, cand, ref, tol))
 
     def diverged(at: int, c: Op, r: Op) -> list[dict]:
@@ -4166,6 +4170,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                 continue  # inside a rewrite that rejoined the reference
             wide = _float32_rounding(tol)
             if _narrowed(c, r, pending) and _pair_agrees(c, r, wide):
+                rounded += [] if _pair_agrees(c, r, given) else _precision_finding(_scoped(module, c), c, r)
                 tol, agrees = wide, True  # rounding that every op after it carries
             else:
                 agrees = _pair_agrees(c, r, tol) or _part_of(c, r, tol) is not None and _parts_apart(c, cs)
@@ -4212,13 +4217,15 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                 last_c, last_r, agreed = c.index, twin.index, (c, twin)
                 continue
             return diverged(at, c, r)
-    if held is not None and not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
+    mine, theirs = _returned(cand, ref)
+    if held is not None and not _outputs_agree(mine, theirs, tol):
         return held[1]
-    if pending and not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol) \
+    if pending and not _outputs_agree(mine, theirs, tol) \
             and not all(_run_elsewhere(unpaired.get(id(f)), cs, rs, tol) for f in pending):
         return _branch_joined(_moved(pending, idle, into), unpaired, cand, ref, tol, module, ref_name or module)
-    if not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol) and not \
-            _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol, same_shape=True):
+    if rounded and _outputs_agree(mine, theirs, tol) and not _outputs_agree(mine, theirs, given):
+        return rounded  # the precision an op is computed in is the one difference
+    if not _outputs_agree(mine, theirs, tol) and not _outputs_agree(mine, theirs, tol, same_shape=True):
         # every op agrees, yet the output does not, in any layout (one of one shape too: an NHWC norm
         # returning its own layout against an NCHW one where C == H == W): the layout after the last op differs
         found = _layout_findings(module, cand, ref, last_c, len(cand.rec.ops), last_r, len(ref.rec.ops), "the output",
@@ -4238,6 +4245,35 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             module, "value", None, None, None, None,
             f"{module}: every operation agrees with the reference, the returned value does not")]
     return []
+
+
+def _returned(cand: _Side, ref: _Side) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The twins' returned leaves to compare: all of them, or, where one returns more than the other
+    (an attention returning its weights too), those that pair as their row pairs them."""
+    if len(cand.output) == len(ref.output):
+        return list(cand.output.values()), list(ref.output.values())
+    from harness.localize import _leaf_pairs  # localize measures rows; the diagnosis only pairs leaves alike
+
+    pairs = _leaf_pairs(cand.output, ref.output)
+    return [a for _, a, _ in pairs], [b for _, _, b in pairs]
+
+
+def _precision_finding(where: str, c: Op, r: Op) -> list[dict]:
+    """The pair's difference where it agrees only within float32's rounding: the precision each side
+    computes it in (a softmax given ``dtype=torch.float32`` in one, cast back after), if they differ."""
+    mine, theirs = _computed_in(c), _computed_in(r)
+    if mine == theirs:
+        return []
+    op, inside = ("softmax", " (the attention's softmax)") if c.name == "scaled_dot_product_attention" else (c.name, "")
+    text = (f"{where}: {op} computed in {mine} in the candidate, {theirs} in the reference{inside}; every other "
+            f"operation agrees: the results differ by that rounding")
+    return [{**_finding(where, "argument", op, "dtype", mine, theirs, text), "rounding": True}]
+
+
+def _computed_in(op: Op) -> str:
+    """The dtype ``op`` computes in: the one it is given (``dtype=``), else its result's."""
+    dtype = op.args.get("dtype") or (op.outputs[0].dtype if op.outputs else None)
+    return str(dtype).removeprefix("torch.")
 
 
 def _respelled_layout(module: str, found: list[dict], cand: _Side, ref: _Side, tol: Tolerance, c_lo: int,
