@@ -250,16 +250,18 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
     actual = _Actual.of(report)
     del report  # its traces: the run below makes its own
     with narrowed.kept_wide():
-        wide, _ = _compare_once(candidate, reference, inputs, o, dtype=dtype, pair_name=pair_name, narrowed=narrowed)
+        wide, _ = _compare_once(candidate, reference, inputs, o, dtype=dtype, pair_name=pair_name,
+                                narrowed=narrowed, actual=actual)
     return _judged_wide(actual, wide, narrowed)
 
 
 def _compare_once(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o: CompareOptions, *,
-                  dtype: torch.dtype | None, pair_name: str | None,
-                  narrowed: Narrowing | None = None) -> tuple[ParityReport, Narrowing | None]:
-    """The comparison, and where its forward fails at float64 against a live reference, the
-    operations the candidate computes in float32 (None: none). ``narrowed``: this run keeps those
-    in float64 (none are looked for)."""
+                  dtype: torch.dtype | None, pair_name: str | None, narrowed: Narrowing | None = None,
+                  actual: "_Actual | None" = None) -> tuple[ParityReport, Narrowing | None]:
+    """The comparison, and where its forward fails at float64 against a live reference, from where
+    the candidate computes some operations in float32, those operations (None: none). ``narrowed``:
+    this run keeps them in float64 (none are looked for), and judges only what fails atol/rtol in
+    ``actual``, the run computing them as the candidate does."""
     # A recorded reference (harness.load_trace): its records, outputs and inputs come from the file.
     replay = Replay.of(reference, candidate, inputs) if isinstance(reference, Trace) else None
     if replay is not None:
@@ -343,12 +345,15 @@ def _compare_once(candidate: nn.Module, reference: nn.Module | Trace, inputs: An
     if twins:
         alignment = extend_twins(rows, alignment, measured)
     drop_trailing_ops(rows, alignment, measured)
+    if actual is not None:
+        actual.vouch(rows)
     progress.stage("localize")
     noise = noise_verdicts(o.noise_floor, name, rows, final, reference=None if replay is not None else reference,
                            call=call, mode=getattr(cand_trace, "mode", o.mode), reference_call=o.reference_call,
                            reference_outputs=o.reference_outputs, random_reference=ref_draws.drew, tolerance=tol)
     passed, found, notes = _verdict(final, outputs, rows, tol, o.allow_nonfinite, o.rerun,
-                                    alignment.unmatched_candidate, output_passed=noise.outputs_passed,
+                                    alignment.unmatched_candidate,
+                                    output_passed=True if actual is not None and actual.passed else noise.outputs_passed,
                                     reference=ref_records, summary=getattr(cand_trace, "mode", o.mode) == "summary")
     notes += setting_notes(rows, name) if passed and name != "float64" else []
     caveat = None if passed or weights is None else weights.caveat(given=o.weights is not None)
@@ -418,7 +423,17 @@ def _compare_once(candidate: nn.Module, reference: nn.Module | Trace, inputs: An
     # (a recorded reference cannot be judged against its own float32 operations, as a run keeping the
     # candidate's in float64 needs where both compute alike: atol/rtol decide there)
     wanted = not (forward_passed or name != "float64" or narrowed is not None or replay is not None)
-    return report, candidate_narrowing(candidate, call, o.candidate_call) if wanted else None
+    found_narrow = candidate_narrowing(candidate, call, o.candidate_call) if wanted else None
+    return report, found_narrow if found_narrow is not None and _narrowed_at(found_narrow, found.introduced) else None
+
+
+def _narrowed_at(narrowed: Narrowing, introduced: Sequence[str]) -> bool:
+    """Whether an error starts where the candidate computes in float32: at a module running such an
+    operation, or one holding it (anywhere, where none was localized). One starting elsewhere is
+    the candidate's own: its float32 operations agree there (a table built in float32 as the
+    reference's buffer holds it), and keeping them in float64 would only make them differ."""
+    made = {name for names in narrowed.modules.values() for name in names}
+    return not introduced or any(n == ROOT or m == n or m.startswith(n + ".") for n in introduced for m in made)
 
 
 @dataclass
@@ -429,12 +444,22 @@ class _Actual:
     output: Metrics
     seconds: float
     rows: dict[tuple[str, str], tuple]  # (metrics, leaf, adapter, reference_shape, passed)
+    passed: bool  # whether its final outputs passed
 
     @classmethod
     def of(cls, report: ParityReport) -> "_Actual":
         rows = {(r.match.candidate.key, r.match.reference.key): (r.metrics, r.leaf, r.adapter, r.reference_shape,
                                                                   r.passed) for r in report.rows}
-        return cls(report.outputs, report.output, report.seconds, rows)
+        judged = report.noise_floor.get("outputs") or {}  # within the reference's own rounding, where it rounds
+        return cls(report.outputs, report.output, report.seconds, rows, all(
+            m.passes(report.tolerance) or judged.get(k, {}).get("passed") is True for k, m in report.outputs.items()))
+
+    def vouch(self, rows: list[Row]) -> None:
+        """Rows of the run keeping the float32 operations in float64 that passed atol/rtol as the
+        candidate computes them pass: only what fails is judged on that run."""
+        for row in rows:
+            own = self.rows.get((row.match.candidate.key, row.match.reference.key))
+            row.passed = row.passed or (own is not None and own[-1])
 
 
 def _judged_wide(actual: _Actual, wide: ParityReport, narrowed: Narrowing) -> ParityReport:

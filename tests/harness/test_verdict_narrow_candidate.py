@@ -153,3 +153,41 @@ def test_a_bug_behind_a_float32_softmax_is_not_explained_by_the_attention():
     texts = [f["text"] for f in harness.compare(port, original, x, weights=weights).diagnosis]
     assert texts and "eps" in texts[0] and not any("attention" in t for t in texts), texts
 
+
+
+class BuiltTable(nn.Module):
+    """Frequencies built in float32 at every call, as a port may build its RoPE table."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (100.0 ** -(torch.arange(D, dtype=torch.float32) / D)).to(x.dtype)
+
+
+class StoredTable(nn.Module):
+    """The same frequencies built once in float32 and held as a buffer (float64 in a float64 model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("freqs", 100.0 ** -(torch.arange(D, dtype=torch.float32) / D))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.freqs
+
+
+class Tabled(nn.Module):
+    def __init__(self, table: nn.Module) -> None:
+        super().__init__()
+        self.proj, self.table, self.norm, self.fc = nn.Linear(D, D), table, nn.LayerNorm(D, eps=1e-6), nn.Linear(D, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(self.table(self.proj(x))))
+
+
+def test_a_bug_after_a_float32_table_agreeing_with_the_reference_is_blamed_on_its_own():
+    """The table agrees as the port computes it; kept in float64 it would differ from the buffer."""
+    torch.manual_seed(0)
+    x = torch.randn(2, TOKENS, D, dtype=torch.float64)
+    port, original, weights = transferred(Tabled(BuiltTable()).double().eval(), seeded(Tabled(StoredTable()), 0), x)
+    port.norm.eps = 1e-5
+    report = harness.compare(port, original, x, weights=weights)
+    assert (report.passed, report.culprit) == (False, "norm"), \
+        f"passed {report.passed}, culprit {report.culprit}; expected norm\n{report.format()}"
