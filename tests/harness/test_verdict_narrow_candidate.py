@@ -7,8 +7,6 @@ real bug is still beyond it and blamed where it is."""
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
@@ -98,62 +96,54 @@ def _ported():
     return (*transferred(Port().double().eval(), original, x), x)
 
 
-def _with(port: Port, change) -> Port:
-    port = copy.deepcopy(port)
-    change(port)
-    return port
+def _compared(change=None) -> harness.ParityReport:
+    """The port, changed by ``change`` after its map was made, compared with the original."""
+    port, original, weights, x = _ported()
+    if change is not None:
+        change(port)
+    return harness.compare(port, original, x, weights=weights)
 
 
 def test_port_with_a_float32_softmax_passes_against_a_reference_computing_in_float64():
-    port, original, weights, x = _ported()
-    report = harness.compare(port, original, x, weights=weights)
+    report = _compared()
     assert report.passed and report.output.max_abs > 1e-9, \
         f"passed {report.passed} with output max_abs {report.output.max_abs:.3g} (float32 rounding)\n{report.format()}"
 
 
 def test_map_of_a_port_with_a_float32_softmax_is_verified():
-    port, original, weights, x = _ported()
+    weights = _ported()[2]
     assert weights.verified, f"the map should verify: {weights}"
 
 
 def test_passing_against_the_kept_wide_run_is_noted_with_the_operations_and_their_modules():
-    port, original, weights, x = _ported()
-    report = harness.compare(port, original, x, weights=weights)
-    note = next((n for n in report.notes if "candidate computes some operations in float32" in n), "")
+    notes = _compared().notes
+    note = next((n for n in notes if "candidate computes some operations in float32" in n), "")
     assert "softmax in layers.0.attention, layers.1.attention" in note, \
-        f"expected a note naming the softmax and its modules, got {report.notes}"
+        f"expected a note naming the softmax and its modules, got {notes}"
 
 
 def test_an_attention_passing_only_against_the_kept_wide_run_keeps_its_tolerance_verdict():
-    port, original, weights, x = _ported()
-    row = next(r for r in harness.compare(port, original, x, weights=weights).rows if r.candidate == "layers.0.attention")
+    row = next(r for r in _compared().rows if r.candidate == "layers.0.attention")
     assert (row.passed, row.passed_tolerance) == (True, False), \
         f"(verdict, atol/rtol verdict) {(row.passed, row.passed_tolerance)}: expected within the kept-wide run only"
 
 
 def test_eps_changed_behind_a_float32_softmax_is_still_blamed():
-    port, original, weights, x = _ported()
-    port = _with(port, lambda p: setattr(p.layers[1].layernorm_after, "eps", 1e-5))
-    report = harness.compare(port, original, x, weights=weights)
+    report = _compared(lambda p: setattr(p.layers[1].layernorm_after, "eps", 1e-5))
     assert (report.passed, report.culprit) == (False, "layers.1.layernorm_after"), \
         f"passed {report.passed}, culprit {report.culprit}; expected layers.1.layernorm_after\n{report.format()}"
 
 
 def test_tanh_gelu_behind_a_float32_softmax_is_still_blamed():
-    port, original, weights, x = _ported()
-    port = _with(port, lambda p: setattr(p.layers[0], "activation", nn.GELU(approximate="tanh")))
-    report = harness.compare(port, original, x, weights=weights)
+    report = _compared(lambda p: setattr(p.layers[0], "activation", nn.GELU(approximate="tanh")))
     assert (report.passed, report.culprit) == (False, "layers.0.activation"), \
         f"passed {report.passed}, culprit {report.culprit}; expected layers.0.activation\n{report.format()}"
 
 
 def test_a_bug_behind_a_float32_softmax_is_not_explained_by_the_attention():
-    port, original, weights, x = _ported()
-    port = _with(port, lambda p: setattr(p.layers[1].layernorm_after, "eps", 1e-5))
-    texts = [f["text"] for f in harness.compare(port, original, x, weights=weights).diagnosis]
+    report = _compared(lambda p: setattr(p.layers[1].layernorm_after, "eps", 1e-5))
+    texts = [f["text"] for f in report.diagnosis]
     assert texts and "eps" in texts[0] and not any("attention" in t for t in texts), texts
-
-
 
 class BuiltTable(nn.Module):
     """Frequencies built in float32 at every call, as a port may build its RoPE table."""
