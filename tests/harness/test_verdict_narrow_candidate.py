@@ -181,3 +181,8 @@ def test_a_bug_after_a_float32_table_agreeing_with_the_reference_is_blamed_on_it
     report = harness.compare(port, original, x, weights=weights)
     assert (report.passed, report.culprit) == (False, "norm"), \
         f"passed {report.passed}, culprit {report.culprit}; expected norm\n{report.format()}"
+
+
+def test_a_passing_port_rounding_in_float32_is_not_said_within_tolerance_everywhere():
+    shown = _compared().format()
+    assert "beyond atol/rtol, within the rounding the notes name" in shown, shown
