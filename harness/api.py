@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
@@ -19,7 +19,7 @@ from harness.diagnose import annotate_mismatches, attribute_diff, diagnose, orig
 from harness.localize import (Localization, Row, _holds_any, _leaf_pairs, _shaped_alike, drop_trailing_ops,
                               extend_twins, localize_all, measure_match)
 from harness.memory import trace_budget
-from harness.noise import float64_hint, noise_verdicts, ratio_divisor
+from harness.noise import Narrowing, candidate_narrowing, float64_hint, noise_verdicts, ratio_divisor
 from harness.metrics import Metrics, Tolerance, dtype_name, measure, tolerance_for
 from harness.options import CompareOptions
 from harness.pairs import Call, Pair, as_call, as_pair
@@ -218,7 +218,9 @@ def compare(
     error, measured on a float64 copy of it (:mod:`harness.noise`; default on at those dtypes in
     full mode, off at float64; a number sets the ratio threshold; ``False``: atol/rtol only). At
     float64, what fails atol/rtol where the reference itself computes in float32 (a norm upcasting
-    to float32) is judged against that rounding (:func:`harness.noise.narrow_verdicts`).
+    to float32) is judged against that rounding (:func:`harness.noise.narrow_verdicts`); where the
+    candidate does (a softmax given ``dtype=torch.float32``), against a run of it with those operations
+    kept in float64 (:func:`_judged_wide`).
     A failing report explains the culprit's error operation by operation (``report.diagnosis``,
     :mod:`harness.diagnose`); ``diagnose=False`` skips that, for callers that need only the verdict
     and the culprit.
@@ -239,7 +241,27 @@ def compare(
 
 def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o: CompareOptions, *,
              dtype: torch.dtype | None, pair_name: str | None) -> ParityReport:
-    """:func:`compare` with its options ``o`` gathered (and checked) in one value."""
+    """:func:`compare` with its options ``o`` gathered (and checked) in one value. A float64 candidate
+    failing atol/rtol that computes some operations in float32 is compared again with them kept in
+    float64 (:func:`_judged_wide`)."""
+    report, narrowed = _compare_once(candidate, reference, inputs, o, dtype=dtype, pair_name=pair_name)
+    if narrowed is None:
+        return report
+    actual = _Actual.of(report)
+    del report  # its traces: the run below makes its own
+    with narrowed.kept_wide():
+        wide, _ = _compare_once(candidate, reference, inputs, o, dtype=dtype, pair_name=pair_name,
+                                narrowed=narrowed, actual=actual)
+    return _judged_wide(actual, wide, narrowed)
+
+
+def _compare_once(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o: CompareOptions, *,
+                  dtype: torch.dtype | None, pair_name: str | None, narrowed: Narrowing | None = None,
+                  actual: "_Actual | None" = None) -> tuple[ParityReport, Narrowing | None]:
+    """The comparison, and where its forward fails at float64 against a live reference, from where
+    the candidate computes some operations in float32, those operations (None: none). ``narrowed``:
+    this run keeps them in float64 (none are looked for), and judges only what fails atol/rtol in
+    ``actual``, the run computing them as the candidate does."""
     # A recorded reference (harness.load_trace): its records, outputs and inputs come from the file.
     replay = Replay.of(reference, candidate, inputs) if isinstance(reference, Trace) else None
     if replay is not None:
@@ -323,12 +345,15 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
     if twins:
         alignment = extend_twins(rows, alignment, measured)
     drop_trailing_ops(rows, alignment, measured)
+    if actual is not None:
+        actual.vouch(rows)
     progress.stage("localize")
     noise = noise_verdicts(o.noise_floor, name, rows, final, reference=None if replay is not None else reference,
                            call=call, mode=getattr(cand_trace, "mode", o.mode), reference_call=o.reference_call,
                            reference_outputs=o.reference_outputs, random_reference=ref_draws.drew, tolerance=tol)
     passed, found, notes = _verdict(final, outputs, rows, tol, o.allow_nonfinite, o.rerun,
-                                    alignment.unmatched_candidate, output_passed=noise.outputs_passed,
+                                    alignment.unmatched_candidate,
+                                    output_passed=True if actual is not None and actual.passed else noise.outputs_passed,
                                     reference=ref_records, summary=getattr(cand_trace, "mode", o.mode) == "summary")
     notes += setting_notes(rows, name) if passed and name != "float64" else []
     caveat = None if passed or weights is None else weights.caveat(given=o.weights is not None)
@@ -360,7 +385,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
     for side, paths in mutations.items():
         if paths:
             notes.append(f"the {side} modified its inputs in place: {', '.join(paths)}")
-    backward_result = None
+    backward_result, forward_passed = None, passed
     if o.backward:
         progress.stage("backward")
         backward_result = compare_backward(
@@ -369,7 +394,7 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
             candidate_outputs=o.candidate_outputs, reference_outputs=o.reference_outputs)
         passed = passed and backward_result.passed
     progress.done()
-    return ParityReport(
+    report = ParityReport(
         pair=pair_name,
         dtype=name,
         device=replay.device if replay is not None else _model_device(reference),
@@ -395,6 +420,70 @@ def _compare(candidate: nn.Module, reference: nn.Module | Trace, inputs: Any, o:
         noise_floor=noise.to_dict(),
         backward=backward_result,
     )
+    # (a recorded reference cannot be judged against its own float32 operations, as a run keeping the
+    # candidate's in float64 needs where both compute alike: atol/rtol decide there)
+    wanted = not (forward_passed or name != "float64" or narrowed is not None or replay is not None)
+    found_narrow = candidate_narrowing(candidate, call, o.candidate_call) if wanted else None
+    return report, found_narrow if found_narrow is not None and _narrowed_at(found_narrow, found.introduced) else None
+
+
+def _narrowed_at(narrowed: Narrowing, introduced: Sequence[str]) -> bool:
+    """Whether an error starts where the candidate computes in float32: at a module running such an
+    operation, or one holding it (anywhere, where none was localized). One starting elsewhere is
+    the candidate's own: its float32 operations agree there (a table built in float32 as the
+    reference's buffer holds it), and keeping them in float64 would only make them differ."""
+    made = {name for names in narrowed.modules.values() for name in names}
+    return not introduced or any(n == ROOT or m == n or m.startswith(n + ".") for n in introduced for m in made)
+
+
+@dataclass
+class _Actual:
+    """What a comparison's candidate itself gives: its outputs' numbers and each row's, by twin keys."""
+
+    outputs: dict[str, Metrics]
+    output: Metrics
+    seconds: float
+    rows: dict[tuple[str, str], tuple]  # (metrics, leaf, adapter, reference_shape, passed)
+    passed: bool  # whether its final outputs passed
+
+    @classmethod
+    def of(cls, report: ParityReport) -> "_Actual":
+        rows = {(r.match.candidate.key, r.match.reference.key): (r.metrics, r.leaf, r.adapter, r.reference_shape,
+                                                                  r.passed) for r in report.rows}
+        judged = report.noise_floor.get("outputs") or {}  # within the reference's own rounding, where it rounds
+        return cls(report.outputs, report.output, report.seconds, rows, all(
+            m.passes(report.tolerance) or judged.get(k, {}).get("passed") is True for k, m in report.outputs.items()))
+
+    def vouch(self, rows: list[Row]) -> None:
+        """Rows of the run keeping the float32 operations in float64 that passed atol/rtol as the
+        candidate computes them pass: only what fails is judged on that run."""
+        for row in rows:
+            own = self.rows.get((row.match.candidate.key, row.match.reference.key))
+            row.passed = row.passed or (own is not None and own[-1])
+
+
+def _judged_wide(actual: _Actual, wide: ParityReport, narrowed: Narrowing) -> ParityReport:
+    """A float64 comparison failing atol/rtol whose candidate computes some operations in float32 (a
+    softmax given ``dtype=torch.float32``: transformers' eager attention) is judged as
+    :func:`harness.noise.narrow_verdicts` judges a reference that does: on ``wide``, the comparison
+    run again with those operations kept in float64 in every call of the candidate's modules (its
+    forward, the culprit search's re-runs). Its verdict, culprit and diagnosis stand, with the
+    numbers the candidate itself gives (``actual``: its outputs, each row's; a row passing only so
+    keeps ``passed_tolerance`` False) and a note naming those operations and the modules running them."""
+    for row in wide.rows:
+        own = actual.rows.get((row.match.candidate.key, row.match.reference.key))
+        if own is None:
+            continue
+        row.metrics, row.leaf, row.adapter, row.reference_shape, passed = own
+        if row.passed and not passed:
+            row.passed_tolerance = False
+    outcome = (f"which agrees with the reference: the candidate matches it there only to float32's rounding (its "
+               f"output max_abs {actual.output.max_abs:.3e})" if wide.passed else "which still disagrees")
+    wide.notes.append(f"the candidate computes some operations in float32 inside this float64 run ({narrowed.named()}): "
+                      f"what fails atol/rtol was judged against a run of it with those operations kept in float64 (its "
+                      f"forward and every re-run of its modules), {outcome}")
+    wide.outputs, wide.output, wide.seconds = actual.outputs, actual.output, actual.seconds + wide.seconds
+    return wide
 
 
 def _diagnosis(rows: list[Row], found: Localization, root: nn.Module | None, weights: WeightMap | None,

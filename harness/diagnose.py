@@ -126,7 +126,9 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    stored folded, ``x * scale + shift`` with tensors of its own, is the run of the reference's eval
    batch norm that receives what it receives or folds into what it holds, so its shift's add never
    twins a residual add dropped after it);
-   between those anchors, by name (``difflib.SequenceMatcher``). Walk the
+   between those anchors, by name (``difflib.SequenceMatcher``). A cast that only rounds (to float32
+   and back, timm's position table around its resize) where the other side casts to no such dtype
+   anchors nothing and pairs with no op: it stays unpaired, so the resize pairs with the resize. Walk the
    aligned pairs in order. Unpaired ops are held as pending until the next pair (an extra op whose
    result holds its input's values, a resize to the size it has, changes nothing and is not): if that pair's
    output agrees, they were harmless spellings; if not, only those whose results flow into it explain
@@ -177,7 +179,10 @@ Algorithm, for the culprit row of a failing comparison (full mode only):
    converted at float32 differ from the reference by that rounding, which no port at that dtype avoids)
    is the divergence; a pair one side computes in float32 (a softmax given ``dtype=float32``, cast back)
    agrees within float32's rounding of its scale, as does every pair after it, and a precision
-   difference is said after any value difference that explains the pair. Two products joined by one add whose factors all agree with the reference's,
+   difference is said after any value difference that explains the pair; where it is the module's one
+   difference (what it returns agrees only within that rounding), it is the finding ("softmax computed
+   in float32 in the candidate, float64 in the reference"), what it returns compared on the leaves
+   that pair with its twin's (an attention returning its weights too, as transformers' eager one does). Two products joined by one add whose factors all agree with the reference's,
    grouped otherwise (a gate's ``g`` and ``1 - g`` exchanged between the branches it mixes), are
    said as those factors exchanged, before anything else. Otherwise it is explained by
    the pending missing / extra / different ops (not one whose result reaches the pair only through
@@ -4113,6 +4118,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
     last_c, last_r, agreed = -1, -1, None  # recorder indices of the last agreeing pair, the pair
     held: tuple[int, list[dict]] | None = None  # a pair agreeing only with two axes of one size exchanged
     cs, rs = _at_their_readers(cs, cand.rec), _at_their_readers(rs, ref.rec)
+    given, rounded = tol, []  # the tolerance asked for; pairs agreeing only within float32's rounding of it
     codes = _aligned(cs, rs, expected, cand.rec, tol, _stored_folds(cs, rs, cand, ref, tol))
 
     def diverged(at: int, c: Op, r: Op) -> list[dict]:
@@ -4209,6 +4215,7 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                 continue  # inside a rewrite that rejoined the reference
             wide = _float32_rounding(tol)
             if _narrowed(c, r, pending) and _pair_agrees(c, r, wide):
+                rounded += [] if _pair_agrees(c, r, given) else _precision_finding(_scoped(module, c), c, r)
                 tol, agrees = wide, True  # rounding that every op after it carries
             else:
                 agrees = _pair_agrees(c, r, tol) or _part_of(c, r, tol) is not None and _parts_apart(c, cs)
@@ -4255,13 +4262,15 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
                 last_c, last_r, agreed = c.index, twin.index, (c, twin)
                 continue
             return diverged(at, c, r)
-    if held is not None and not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol):
+    mine, theirs = _returned(cand, ref)
+    if held is not None and not _outputs_agree(mine, theirs, tol):
         return held[1]
-    if pending and not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol) \
+    if pending and not _outputs_agree(mine, theirs, tol) \
             and not all(_run_elsewhere(unpaired.get(id(f)), cs, rs, tol) for f in pending):
         return _branch_joined(_moved(pending, idle, into), unpaired, cand, ref, tol, module, ref_name or module)
-    if not _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol) and not \
-            _outputs_agree(list(cand.output.values()), list(ref.output.values()), tol, same_shape=True):
+    if rounded and _outputs_agree(mine, theirs, tol) and not _outputs_agree(mine, theirs, given):
+        return rounded  # the precision an op is computed in is the one difference
+    if not _outputs_agree(mine, theirs, tol) and not _outputs_agree(mine, theirs, tol, same_shape=True):
         # every op agrees, yet the output does not, in any layout (one of one shape too: an NHWC norm
         # returning its own layout against an NCHW one where C == H == W): the layout after the last op differs
         found = _layout_findings(module, cand, ref, last_c, len(cand.rec.ops), last_r, len(ref.rec.ops), "the output",
@@ -4281,6 +4290,35 @@ def compare_streams(module: str, cand: _Side, ref: _Side, tol: Tolerance, ref_mo
             module, "value", None, None, None, None,
             f"{module}: every operation agrees with the reference, the returned value does not")]
     return []
+
+
+def _returned(cand: _Side, ref: _Side) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The twins' returned leaves to compare: all of them, or, where one returns more than the other
+    (an attention returning its weights too), those that pair as their row pairs them."""
+    if len(cand.output) == len(ref.output):
+        return list(cand.output.values()), list(ref.output.values())
+    from harness.localize import _leaf_pairs  # localize measures rows; the diagnosis only pairs leaves alike
+
+    pairs = _leaf_pairs(cand.output, ref.output)
+    return [a for _, a, _ in pairs], [b for _, _, b in pairs]
+
+
+def _precision_finding(where: str, c: Op, r: Op) -> list[dict]:
+    """The pair's difference where it agrees only within float32's rounding: the precision each side
+    computes it in (a softmax given ``dtype=torch.float32`` in one, cast back after), if they differ."""
+    mine, theirs = _computed_in(c), _computed_in(r)
+    if mine == theirs:
+        return []
+    op, inside = ("softmax", " (the attention's softmax)") if c.name == "scaled_dot_product_attention" else (c.name, "")
+    text = (f"{where}: {op} computed in {mine} in the candidate, {theirs} in the reference{inside}; every other "
+            f"operation agrees: the results differ by that rounding")
+    return [{**_finding(where, "argument", op, "dtype", mine, theirs, text), "rounding": True}]
+
+
+def _computed_in(op: Op) -> str:
+    """The dtype ``op`` computes in: the one it is given (``dtype=``), else its result's."""
+    dtype = op.args.get("dtype") or (op.outputs[0].dtype if op.outputs else None)
+    return str(dtype).removeprefix("torch.")
 
 
 def _respelled_layout(module: str, found: list[dict], cand: _Side, ref: _Side, tol: Tolerance, c_lo: int,
@@ -4708,9 +4746,41 @@ def _run_start(cs: list[Op], r: Op, i0: int, lo: int, hi: int, rec: OpRecorder, 
 
 
 def _by_name(cs: list[Op], rs: list[Op], i0: int, i1: int, j0: int, j1: int) -> list[tuple[str, int, int, int, int]]:
-    """Opcodes pairing ``cs[i0:i1]`` with ``rs[j0:j1]`` by op name, in stream positions."""
+    """Opcodes pairing ``cs[i0:i1]`` with ``rs[j0:j1]`` by op name, in stream positions; a cast that
+    only rounds (:func:`_lone_cast`) is left unpaired, never paired with an op computing something."""
     sm = difflib.SequenceMatcher(None, [o.name for o in cs[i0:i1]], [o.name for o in rs[j0:j1]], autojunk=False)
-    return [(tag, a1 + i0, a2 + i0, b1 + j0, b2 + j0) for tag, a1, a2, b1, b2 in sm.get_opcodes()]
+    codes = []
+    for tag, a1, a2, b1, b2 in sm.get_opcodes():
+        codes += _casts_apart(cs, rs, a1 + i0, a2 + i0, b1 + j0, b2 + j0) if tag == "replace" \
+            else [(tag, a1 + i0, a2 + i0, b1 + j0, b2 + j0)]
+    return codes
+
+
+def _casts_apart(cs: list[Op], rs: list[Op], i1: int, i2: int, j1: int, j2: int) -> list[tuple[str, int, int, int, int]]:
+    """A ``replace`` of ``cs[i1:i2]`` by ``rs[j1:j2]`` with each lone cast in it (:func:`_lone_cast`)
+    taken out as unpaired, so that the ops around it pair with each other."""
+    lone_c, lone_r = (lambda i: _lone_cast(cs[i], rs)), (lambda j: _lone_cast(rs[j], cs))
+    codes, i, j = [], i1, j1
+    while i < i2 or j < j2:
+        if i < i2 and lone_c(i):
+            codes, i = codes + [("delete", i, i + 1, j, j)], i + 1
+        elif j < j2 and lone_r(j):
+            codes, j = codes + [("insert", i, i, j, j + 1)], j + 1
+        else:
+            a = next((k for k in range(i, i2) if lone_c(k)), i2)
+            b = next((k for k in range(j, j2) if lone_r(k)), j2)
+            codes.append(("replace" if a > i and b > j else "delete" if a > i else "insert", i, a, j, b))
+            i, j = a, b
+    return codes
+
+
+def _lone_cast(op: Op, others: list[Op]) -> bool:
+    """Whether ``op`` is a cast that only rounds (to float32 and back inside a float64 run: timm's
+    ``posemb.float()`` around a resize) and the other side casts to no such dtype: it has no twin
+    there, and pairing it with an op that computes something would hide that op's own difference."""
+    if not _rounding_only(op):
+        return False
+    return not any(_rounding_only(o) and o.outputs[0].dtype == op.outputs[0].dtype for o in others)
 
 
 def _anchors(cs: list[Op], rs: list[Op], expected: Expected | None, rec: OpRecorder,
@@ -4721,8 +4791,9 @@ def _anchors(cs: list[Op], rs: list[Op], expected: Expected | None, rec: OpRecor
     last, with the ops after it that read only what the run made (its final add); and each stored
     fold of a batch norm (``folds``), whose tensors hold no tensor of the norm's. The longest chain
     of them in order on both sides."""
-    mine = [_mapped_values(c, expected) for c in cs]
-    theirs = [list(r.param_values.values()) for r in rs]
+    # a lone cast reads a parameter only to round it: the op computing from what it made is the twin
+    mine = [[] if _lone_cast(c, rs) else _mapped_values(c, expected) for c in cs]
+    theirs = [[] if _lone_cast(r, cs) else list(r.param_values.values()) for r in rs]
     links: dict[int, set[int]] = {}
     for i, a in enumerate(mine):
         for j, b in enumerate(theirs):

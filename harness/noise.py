@@ -47,7 +47,12 @@ returns its input, ``dtype=torch.float32`` becomes float64): the exact values it
 such operations, each failing output and row is judged against them as above (the threshold that
 of the narrowest float made), re-runs too, and passes within it; a note names the operations. This
 is part of the float64 verdict whatever ``noise_floor`` says: it only passes what the reference's
-own rounding explains (:func:`narrow_verdicts`).
+own rounding explains (:func:`narrow_verdicts`). A float64 candidate that computes some operations in
+float32 (transformers' eager attention) is judged alike where such a comparison fails: the comparison
+runs again with those operations kept in float64 in every call of the candidate's modules
+(:func:`candidate_narrowing`, :meth:`Narrowing.kept_wide`), and its verdict and culprit stand
+(:func:`harness.api._judged_wide`); a 16-bit float there is a loss a port should not make, and keeps
+atol/rtol.
 
 When every final output and every judged layer of the candidate is bitwise the reference's,
 ``error == floor`` on each and every ratio is at most 1: no float64 run can change the verdict,
@@ -85,8 +90,8 @@ from harness.checks import check_type, check_value
 from harness.metrics import measure, tolerance_for
 from harness.trace import ROOT, Record, flatten_tensors, hookable_modules, map_tensors, output_leaves
 
-__all__ = ["BITWISE_NOTE", "DEFAULT_NOISE_RATIO", "UNIT_ROUNDOFF", "NoiseFloor", "NoiseJudgement", "NoiseVerdicts", "judge",
-           "noise_verdicts", "float64_hint", "ratio_divisor"]
+__all__ = ["BITWISE_NOTE", "DEFAULT_NOISE_RATIO", "UNIT_ROUNDOFF", "Narrowing", "NoiseFloor", "NoiseJudgement",
+           "NoiseVerdicts", "candidate_narrowing", "judge", "noise_verdicts", "float64_hint", "ratio_divisor"]
 
 DEFAULT_NOISE_RATIO: dict[str, float] = {"float32": 4.0, "bfloat16": 8.0, "float16": 8.0}
 BITWISE_NOTE = ("noise floor: every output and layer is bitwise the reference's, so each error is the reference's own "
@@ -362,13 +367,15 @@ class _Bound(nn.Module):
 
 
 def _run_float64(model: nn.Module, run: Callable[[nn.Module], Any], narrow: list[str] | None = None,
-                 widen: bool = False, dtypes: set | None = None) -> Any:
+                 widen: bool = False, dtypes: set | None = None, where: "_Where | None" = None) -> Any:
     """``run(model)`` with float64 copies of ``model``'s weights swapped in for the run only;
     ``narrow`` collects the operations that still returned a narrower float (a table built in float32),
-    ``dtypes`` the floats they made; ``widen``: those operations keep float64 instead (:class:`_WidenOps`)."""
+    ``dtypes`` the floats they made; ``widen``: those operations keep float64 instead (:class:`_WidenOps`);
+    ``where``: the module calls open, whose names each such operation is recorded with."""
     state = {f"model.{k}": v for k, v in _float64_state(model).items()}
     found, made = (narrow if narrow is not None else []), (dtypes if dtypes is not None else set())
-    mode = _WidenOps(found, made) if widen else _NarrowOps(found, made) if narrow is not None else contextlib.nullcontext()
+    mode = _WidenOps(found, made, where) if widen else _NarrowOps(found, made, where) if narrow is not None \
+        else contextlib.nullcontext()
     with mode:
         return torch.func.functional_call(_Bound(model, run), state, ())
 
@@ -376,27 +383,52 @@ def _run_float64(model: nn.Module, run: Callable[[nn.Module], Any], narrow: list
 _NARROW = (torch.float32, torch.float16, torch.bfloat16)
 
 
+class _Where:
+    """The module calls of one model open while it runs, innermost last (kept by :func:`_scope_hooks`),
+    and, per operation that made a narrower float, the modules whose calls ran it."""
+
+    def __init__(self) -> None:
+        self.open: list[str] = []
+        self.modules: dict[str, list[str]] = {}
+
+    def add(self, op: str) -> None:
+        names = self.modules.setdefault(op, [])
+        if self.open and self.open[-1] not in names:
+            names.append(self.open[-1])
+
+
 class _NarrowOps(TorchFunctionMode):
     """Names the torch functions that make a floating tensor narrower than float64 out of no narrow
-    one (``arange(dtype=torch.float32)``, a cast); those computing on narrow inputs only follow them."""
+    one (``arange(dtype=torch.float32)``, a cast); those computing on narrow inputs only follow them.
+    ``where``: records the module each ran in."""
 
-    def __init__(self, found: list[str], dtypes: set | None = None) -> None:
+    def __init__(self, found: list[str], dtypes: set | None = None, where: _Where | None = None) -> None:
         super().__init__()
         self.found = found
         self.dtypes = dtypes if dtypes is not None else set()
+        self.where = where
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        self._narrowing(func, args, kwargs, out)
+        return out
+
+    def _narrowing(self, func: Any, args: tuple, kwargs: dict, out: Any) -> str | None:
+        """The name of ``func`` if its result ``out`` is a narrow float made of no narrow one (then
+        recorded), else None."""
         made = (out,) if isinstance(out, torch.Tensor) else flatten_tensors(out).values()
         # the common case, a float64 result, costs one dtype check; only a narrow one reads the inputs
-        if any(t.dtype in _NARROW for t in made) and not any(
+        if not any(t.dtype in _NARROW for t in made) or any(
                 t.dtype in _NARROW for t in flatten_tensors((args, kwargs)).values()):
-            name = getattr(func, "__name__", None) or str(func)
-            if name not in self.found:
-                self.found.append(name)
-            self.dtypes.update(t.dtype for t in made if t.dtype in _NARROW)
-        return out
+            return None
+        name = getattr(func, "__name__", None) or str(func)
+        if name not in self.found:
+            self.found.append(name)
+        self.dtypes.update(t.dtype for t in made if t.dtype in _NARROW)
+        if self.where is not None:
+            self.where.add(name)
+        return name
 
 
 # methods that only convert a tensor: kept in float64, they return their input's values unchanged
@@ -406,19 +438,23 @@ _CASTS = frozenset({"to", "float", "half", "bfloat16", "type", "type_as"})
 class _WidenOps(_NarrowOps):
     """As :class:`_NarrowOps`, and each such operation keeps float64 instead: a cast returns its
     input's values, a function given ``dtype=`` a narrow float is run with float64. What the
-    reference computes downstream of them is then exact where it rounded to a narrower float."""
+    reference computes downstream of them is then exact where it rounded to a narrower float.
+    ``inside``: only while a module call of the model ``where`` follows is open (its re-runs among
+    the other model's)."""
+
+    def __init__(self, found: list[str], dtypes: set | None = None, where: _Where | None = None,
+                 inside: bool = False) -> None:
+        super().__init__(found, dtypes, where)
+        self.inside = inside
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        made = (out,) if isinstance(out, torch.Tensor) else flatten_tensors(out).values()
-        if not any(t.dtype in _NARROW for t in made) or any(
-                t.dtype in _NARROW for t in flatten_tensors((args, kwargs)).values()):
+        if self.inside and not self.where.open:
             return out
-        name = getattr(func, "__name__", None) or str(func)
-        if name not in self.found:
-            self.found.append(name)
-        self.dtypes.update(t.dtype for t in made if t.dtype in _NARROW)
+        name = self._narrowing(func, args, kwargs, out)
+        if name is None:
+            return out
         if kwargs.get("dtype") in _NARROW:
             return func(*args, **{**kwargs, "dtype": torch.float64})
         source = args[0] if args else None
@@ -511,6 +547,99 @@ def _judging_hooks(model: nn.Module, wanted: Mapping[str, list[Any]], floor: Noi
             handle.remove()
         raise
     return handles
+
+
+def _scope_hooks(model: nn.Module, where: _Where) -> list[Any]:
+    """Forward hooks keeping ``where.open`` the names of ``model``'s module calls open (the end of a
+    failing call too)."""
+    def opened(name: str) -> Callable[..., None]:
+        return lambda module, args: where.open.append(name)
+
+    def closed(module: nn.Module, args: tuple, output: Any) -> None:
+        if where.open:
+            where.open.pop()
+
+    handles = []
+    try:
+        for name, module in hookable_modules(model):
+            handles.append(module.register_forward_pre_hook(opened(name or ROOT)))
+            handles.append(module.register_forward_hook(closed, always_call=True))
+    except BaseException:
+        for handle in handles:
+            handle.remove()
+        raise
+    return handles
+
+
+@dataclass
+class Narrowing:
+    """A float64 model's operations that compute in float32 whatever its dtype (a softmax given
+    ``dtype=torch.float32``: transformers' eager attention), found by :func:`candidate_narrowing`."""
+
+    model: nn.Module
+    ops: list[str]  # the operations, by name
+    modules: dict[str, list[str]]  # per operation, the modules whose calls ran it
+
+    def named(self) -> str:
+        """The operations and the modules they ran in, in words (``softmax in attn.0, attn.1``)."""
+        def one(op: str) -> str:
+            where = self.modules.get(op) or []
+            shown = ", ".join(where[:4]) + (", ..." if len(where) > 4 else "")
+            return f"{op} in {shown}" if where else op
+
+        return "; ".join(one(op) for op in self.ops[:5]) + ("; ..." if len(self.ops) > 5 else "")
+
+    @contextlib.contextmanager
+    def kept_wide(self) -> Any:
+        """Within it, each call of a module of the model (its forward, a re-run of one of its modules
+        on the other side's inputs) keeps those operations in float64; nothing else changes."""
+        where = _Where()
+        mine = {id(m) for m in self.model.modules()}
+
+        def opened(module: nn.Module, args: tuple) -> None:
+            if id(module) in mine:
+                where.open.append("")
+
+        def closed(module: nn.Module, args: tuple, output: Any) -> None:
+            if id(module) in mine and where.open:
+                where.open.pop()
+
+        from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+        handles = [register_module_forward_pre_hook(opened), register_module_forward_hook(closed, always_call=True)]
+        try:
+            with _WidenOps([], set(), where, inside=True):
+                yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def candidate_narrowing(candidate: nn.Module, call: Any, candidate_call: Callable | None = None) -> Narrowing | None:
+    """The operations a float64 ``candidate`` computes in float32 whatever its dtype, found in one run
+    of it as :func:`narrow_verdicts` finds the reference's, with the modules that ran them. None
+    where it narrows nothing, makes a 16-bit float (rounding a port should not add inside a float64
+    model), or cannot run so."""
+    seen = _NARROWS_NOTHING.setdefault(candidate, set())
+    signature = _run_signature(candidate, call, candidate_call)
+    if signature in seen:
+        return None
+    run = candidate_call or (lambda model, c: c(model))
+    # a copy: a candidate may write into its input (an in-place ReLU), and the caller's must stay as it is
+    exact_call, found, made, where = call.clone().to(torch.float64), [], set(), _Where()
+    handles = _scope_hooks(candidate, where)
+    try:
+        with torch.no_grad():
+            _run_float64(candidate, lambda model: run(model, exact_call), found, True, made, where)
+    except Exception:  # a candidate that cannot run so: atol/rtol decide
+        return None
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not found:
+        seen.add(signature)
+        return None
+    return Narrowing(candidate, found, where.modules) if made == {torch.float32} else None
 
 
 def _local_exact(ref: Record, widen: bool = False) -> dict[str, torch.Tensor] | None:
