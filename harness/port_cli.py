@@ -161,16 +161,19 @@ def run_port_compare(args: argparse.Namespace, report_options: dict[str, Any],
     if args.save_map:
         print(f"weight map written to {weights.save(args.save_map)}")
     weights.transfer(reference, candidate)
-    print(_transferred(weights))
+    print(_transferred(weights, candidate))
     report = compare(candidate, reference, inputs, weights=weights, dtype=dtype, **outputs, **report_options)
     return finish(report)
 
 
-def _transferred(weights: Any, source: str = "") -> str:
+def _transferred(weights: Any, candidate: "nn.Module", source: str = "") -> str:
+    """The line saying what a transfer filled: coverage of this candidate's parameters, which a map
+    made for another model (a deeper one sharing its first names) covers only in part."""
     from harness.metrics import percent
 
-    return (f"weights: {len(weights.entries)} tensors transferred{source}, coverage {percent(weights.coverage)}"
-            + "".join(f"; {len(v)} unmatched {k}" for k, v in weights.unmatched.items() if v))
+    fitted = weights.fitted(candidate)[0]
+    return (f"weights: {len(weights.entries)} tensors transferred{source}, coverage {percent(fitted.coverage)}"
+            + "".join(f"; {len(v)} unmatched {k}" for k, v in fitted.unmatched.items() if v))
 
 
 def run_trace_compare(args: argparse.Namespace, report_options: dict[str, Any],
@@ -229,7 +232,7 @@ def _recorded_weights(candidate: "nn.Module", trace: Any, weights: Any, args: ar
                              f"them: record it again with --weights, or drop --map when {args.candidate} builds "
                              f"the model with the converted weights")
         weights.transfer(RecordedModel(trace, weights=True), candidate)
-        return _transferred(weights, f" from trace {trace.path}")
+        return _transferred(weights, candidate, f" from trace {trace.path}")
     own = candidate.state_dict()
     misfits = [] if stored is None else [k for k in own if k not in stored or stored[k].shape != own[k].shape]
     if stored is not None and not misfits and own.keys() == stored.keys():

@@ -42,6 +42,13 @@ def test_a_port_passes_against_a_recorded_reference_through_a_saved_map(recorded
     assert f"tensors transferred from trace {recorded['weights']}, coverage 100.0%" in out, out
 
 
+def test_the_transfer_line_gives_the_coverage_of_a_candidate_the_map_was_not_made_for(recorded, capsys):
+    code, out, err = compare(capsys, "--candidate", f"{SPECS}:fused_with_head", "--reference-trace",
+                             recorded["weights"], "--map", recorded["map"])
+    line = next((l for l in out.splitlines() if l.startswith("weights:")), out + err)
+    assert "coverage 100.0%" not in line and "2 unmatched candidate" in line, line
+
+
 def test_a_port_bug_is_blamed_against_a_recorded_reference(recorded, capsys):
     code, out, err = compare(capsys, "--candidate", f"{SPECS}:fused_wrong_eps", "--reference-trace",
                              recorded["weights"], "--map", recorded["map"])
