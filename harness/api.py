@@ -611,11 +611,25 @@ def _holder_of_missing(found: Localization, diagnosis: list[dict], weights: Weig
     if first["module"] != found.culprit or not _encloses(found.culprit, holder) or any(row.candidate == holder for row in rows):
         return found, diagnosis
     moved = {**first, "module": holder, "text": holder + first["text"][len(found.culprit):]}
-    # done before the first failing call, it is where the outputs first differ
+    early = _before_divergence(found, rows, calls[holder])
+    return _culprit_moved(found, holder, holder if early else found.first_divergence), [moved, *diagnosis[1:]]
+
+
+def _culprit_moved(found: Localization, to: str, first_divergence: str | None = None) -> Localization:
+    """``found`` with ``to`` named as the culprit, in the culprit's place among the origins; where the
+    outputs first differ: ``first_divergence`` where given, else ``to`` where that was the culprit."""
+    culprit = found.culprit
+    if first_divergence is None:
+        first_divergence = to if found.first_divergence == culprit else found.first_divergence
+    return replace(found, culprit=to, first_divergence=first_divergence,
+                   introduced=[to if n == culprit else n for n in found.introduced])
+
+
+def _before_divergence(found: Localization, rows: list[Row], call: Record) -> bool:
+    """Whether ``call`` ended before the call where the outputs first differ: done before it, the
+    call is where they first differ."""
     first_row = next((row for row in rows if row.candidate == found.first_divergence), None)
-    early = first_row is not None and calls[holder].end < first_row.match.candidate.end
-    return replace(found, culprit=holder, first_divergence=holder if early else found.first_divergence,
-                   introduced=[holder if n == found.culprit else n for n in found.introduced]), [moved, *diagnosis[1:]]
+    return first_row is not None and call.end < first_row.match.candidate.end
 
 
 def _maker_named(found: Localization, diagnosis: list[dict], candidate: nn.Module, cand_records: Sequence[Record],
@@ -639,10 +653,7 @@ def _maker_named(found: Localization, diagnosis: list[dict], candidate: nn.Modul
         return found
     if not _handed_known(call, ref_records, tolerance_for(_first_dtype(call))):
         return found  # what it was handed differs already (a class token joined last, before it)
-    first_row = next((row for row in rows if row.candidate == found.first_divergence), None)
-    early = first_row is not None and call.end < first_row.match.candidate.end
-    return replace(found, culprit=maker, first_divergence=maker if early else found.first_divergence,
-                   introduced=[maker if n == found.culprit else n for n in found.introduced])
+    return _culprit_moved(found, maker, maker if _before_divergence(found, rows, call) else found.first_divergence)
 
 
 def _gap_maker(found: Localization, diagnosis: list[dict], candidate: nn.Module, cand_records: Sequence[Record],
@@ -713,9 +724,7 @@ def _arranging_caller(found: Localization, diagnosis: list[dict], candidate: nn.
             f"reference applies {first['reference']}) on weights mapped from the twin's, so the code of "
             f"{caller.name} that arranges its input (a reshape or permute before it) orders them otherwise")
     moved = {**first, "module": caller.name, "kind": "value", "text": text}
-    return replace(found, culprit=caller.name, introduced=[caller.name if n == culprit else n for n in found.introduced],
-                   first_divergence=caller.name if found.first_divergence == culprit else found.first_divergence), \
-        [moved, *[f for f in diagnosis if f["module"] != culprit]]
+    return _culprit_moved(found, caller.name), [moved, *[f for f in diagnosis if f["module"] != culprit]]
 
 
 def _same_values(mine: Any, theirs: Any, tol: Tolerance) -> bool:
@@ -732,9 +741,7 @@ def _named(found: Localization, diagnosis: list[dict], maker: str) -> tuple[Loca
     culprit), and its first finding, about the culprit's code, said of it."""
     culprit, first = found.culprit, diagnosis[0]
     moved = {**first, "module": maker, "text": maker + first["text"][len(culprit):]}
-    return replace(found, culprit=maker, introduced=[maker if n == culprit else n for n in found.introduced],
-                   first_divergence=maker if found.first_divergence == culprit else found.first_divergence), \
-        [moved, *diagnosis[1:]]
+    return _culprit_moved(found, maker), [moved, *diagnosis[1:]]
 
 
 def _handed_known(call: Record, ref_records: Sequence[Record], tol: Tolerance) -> bool:
@@ -802,8 +809,7 @@ def _setting_within_rounding(found: Localization, diagnosis: list[dict], rows: l
         return found, []
     note = (f"{row.candidate} passes within its tolerance, but differs from its twin in a setting "
             f"({diagnosis[0]['text']}); the error {found.culprit} fails on starts there and grows after it")
-    return replace(found, culprit=row.candidate, first_divergence=row.candidate,
-                   introduced=[row.candidate if n == found.culprit else n for n in found.introduced]), [note]
+    return _culprit_moved(found, row.candidate, row.candidate), [note]
 
 
 def _encloses(outer: str, inner: str) -> bool:
