@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import harness
+from helpers import compare_port, seeded
 
 D, N, H = 8, 4, 2
 
@@ -83,14 +84,9 @@ class Port(nn.Module):
 
 
 def _compared(transposed: bool) -> harness.ParityReport:
-    original = Original().double().eval()
-    harness.randomize_(original, torch.Generator().manual_seed(0))
-    port = Port().double().eval()
     x = torch.randn(2, N, D, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    weights = harness.map_weights(port, original, x)
-    weights.transfer(original, port)
-    port.position_bias.transposed = transposed
-    return harness.compare(port, original, x, weights=weights)
+    return compare_port(Port().double().eval(), seeded(Original(), 0), x,
+                        lambda port: setattr(port.position_bias, "transposed", transposed))
 
 
 def test_a_bias_module_returning_its_bias_transposed_is_named_not_the_attention_reading_it() -> None:

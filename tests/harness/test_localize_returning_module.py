@@ -9,20 +9,16 @@ import pytest
 import torch
 
 import harness
+from helpers import compare_port, seeded
 from port_toys import HrPort, hrnet_original
 
 pytest.importorskip("timm")
 
 
 def _compared(final_relu: bool) -> harness.ParityReport:
-    original = hrnet_original().double().eval()
-    harness.randomize_(original, torch.Generator().manual_seed(0))
-    port = HrPort().double().eval()
     x = torch.randn(1, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    weights = harness.map_weights(port, original, x)
-    weights.transfer(original, port)
-    port.stages[0].fusion.final_relu = final_relu
-    return harness.compare(port, original, x, weights=weights)
+    return compare_port(HrPort().double().eval(), seeded(hrnet_original(), 0), x,
+                        lambda port: setattr(port.stages[0].fusion, "final_relu", final_relu))
 
 
 def test_a_fusion_module_that_lost_its_final_relu_is_named_not_its_stage() -> None:
